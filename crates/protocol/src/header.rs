@@ -1,0 +1,63 @@
+//! The fixed 24-byte frame header and the message type registry.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::wire_enum::wire_enum;
+
+/// The frame header exactly as on the wire (all integers little-endian).
+///
+/// | offset | size | field         |
+/// |-------:|-----:|---------------|
+/// | 0      | 4    | `magic`       |
+/// | 4      | 2    | `version`     |
+/// | 6      | 2    | `msg_type`    |
+/// | 8      | 4    | `flags`       |
+/// | 12     | 8    | `request_id`  |
+/// | 20     | 4    | `payload_len` |
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Header {
+    /// Always [`MAGIC`](crate::MAGIC).
+    pub magic: [u8; 4],
+    /// Protocol version the payload is encoded in.
+    pub version: U16,
+    /// A [`MessageType`] wire value.
+    pub msg_type: U16,
+    /// Reserved in version 1: must be zero.
+    pub flags: U32,
+    /// Matches responses to requests; see `docs/protocol.md`.
+    pub request_id: U64,
+    /// Number of payload bytes following the header.
+    pub payload_len: U32,
+}
+
+const _: () = assert!(size_of::<Header>() == crate::HEADER_LEN);
+
+wire_enum! {
+    /// The `msg_type` header field: which message the payload holds.
+    pub enum MessageType: u16, field = "msg_type" {
+        /// Guest → host: first frame, version range and guest identity.
+        Hello = 0x0001,
+        /// Host → guest: handshake answer, chosen version and host limits.
+        HelloAck = 0x0002,
+        /// Guest → host: a file is being opened, executed or was written.
+        FileEvent = 0x0010,
+        /// Host → guest: the decision on one `FileEvent`.
+        Verdict = 0x0011,
+        /// Host → guest: asks for a range of a file's content.
+        ReadRequest = 0x0020,
+        /// Guest → host: answers one `ReadRequest`.
+        ReadData = 0x0021,
+        /// Either side: liveness probe.
+        Ping = 0x0030,
+        /// Either side: echoes a `Ping`.
+        Pong = 0x0031,
+        /// Either side: reports a problem with a received frame.
+        Error = 0x00F0,
+        /// Either side: announces the close of the connection.
+        Goodbye = 0x00F1,
+    }
+}

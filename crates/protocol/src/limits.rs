@@ -1,0 +1,67 @@
+//! Protocol constants: magic, versions, size limits and default timeouts.
+//!
+//! Every number here is normative and listed in `docs/protocol.md`.
+
+/// The first four bytes of every frame: ASCII `"TAGT"` (`54 41 47 54`).
+pub const MAGIC: [u8; 4] = *b"TAGT";
+
+/// The lowest protocol version this implementation speaks.
+pub const MIN_VERSION: u16 = 1;
+
+/// The highest protocol version this implementation speaks.
+pub const MAX_VERSION: u16 = 1;
+
+/// The version written into the header of every frame this implementation
+/// encodes, and the version `Hello` and `HelloAck` are always sent with.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Size in bytes of the fixed frame header.
+pub const HEADER_LEN: usize = 24;
+
+/// Hard upper bound of a whole frame (header plus payload), in bytes.
+///
+/// Peers may announce a lower receive limit in `Hello` / `HelloAck`, never a
+/// higher one.
+pub const MAX_FRAME_LEN: usize = 65_536;
+
+/// The lowest receive limit a peer may announce in `Hello` / `HelloAck`.
+pub const MIN_FRAME_LEN: usize = 4_096;
+
+/// Size in bytes of the fixed part of a `ReadData` payload (before the data).
+pub const READ_DATA_FIXED_LEN: usize = 32;
+
+/// The largest number of content bytes one `ReadRequest` may ask for and one
+/// `ReadData` may carry: what fits in a maximum-size frame.
+pub const MAX_READ_CHUNK: u32 = (MAX_FRAME_LEN - HEADER_LEN - READ_DATA_FIXED_LEN) as u32;
+
+/// Longest guest name in `Hello`, in UTF-8 bytes.
+pub const MAX_GUEST_NAME_LEN: usize = 255;
+
+/// Longest threat name in `Verdict`, in UTF-8 bytes.
+pub const MAX_THREAT_NAME_LEN: usize = 255;
+
+/// Longest text in an `Error` message, in UTF-8 bytes.
+pub const MAX_ERROR_TEXT_LEN: usize = 1_024;
+
+/// Default deadline of one file query, in milliseconds: the guest applies its
+/// fail-open / fail-closed decision when no `Verdict` arrives in time. The
+/// value is the real agent's `umcMsgTimeoutMs` registry default.
+pub const DEFAULT_QUERY_TIMEOUT_MS: u32 = 2_000;
+
+/// Default interval after which an otherwise silent side sends `Ping`, in
+/// milliseconds.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 10_000;
+
+/// Default time without any received frame after which a side gives up on the
+/// connection, in milliseconds.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u32 = 30_000;
+
+/// Time allowed for the handshake (connection established to `HelloAck`
+/// received / sent), in milliseconds.
+pub const HANDSHAKE_TIMEOUT_MS: u32 = 5_000;
+
+/// Default number of `FileEvent`s a guest may have outstanding.
+pub const DEFAULT_MAX_EVENTS_IN_FLIGHT: u32 = 64;
+
+/// Default number of `ReadRequest`s a host may have outstanding.
+pub const DEFAULT_MAX_READS_IN_FLIGHT: u32 = 16;

@@ -1,0 +1,223 @@
+//! `FileEvent` (guest → host): a file is being opened or executed, or was
+//! closed after a write, and the guest waits for a `Verdict`.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::PayloadError;
+use crate::message::Codec;
+use crate::wire::{self, Writer};
+use crate::wire_enum::wire_enum;
+
+wire_enum! {
+    /// What happened to the file.
+    pub enum EventKind: u8, field = "kind" {
+        /// The file is being opened (pre-create / fanotify open permission).
+        Open = 1,
+        /// The file is being mapped for execution.
+        Execute = 2,
+        /// A handle that wrote to the file was closed; the content may have
+        /// changed. The guest still waits for the verdict only if it chooses to.
+        CloseAfterWrite = 3,
+    }
+}
+
+wire_enum! {
+    /// The create disposition of the open, with the values of the Windows
+    /// `FILE_*` create dispositions. Linux agents map `O_CREAT`/`O_TRUNC`/
+    /// `O_EXCL` onto them (see `docs/protocol.md`).
+    pub enum CreateDisposition: u32, field = "create_disposition" {
+        /// `FILE_SUPERSEDE`: replace if it exists, create otherwise.
+        Supersede = 0,
+        /// `FILE_OPEN`: open an existing file.
+        Open = 1,
+        /// `FILE_CREATE`: create, fail if it exists.
+        Create = 2,
+        /// `FILE_OPEN_IF`: open, or create if missing.
+        OpenIf = 3,
+        /// `FILE_OVERWRITE`: open and truncate an existing file.
+        Overwrite = 4,
+        /// `FILE_OVERWRITE_IF`: open and truncate, or create if missing.
+        OverwriteIf = 5,
+    }
+}
+
+wire_enum! {
+    /// How the bytes of a [`FilePath`] are encoded (the `path_encoding` field).
+    pub enum PathEncoding: u8, field = "path_encoding" {
+        /// UTF-8, validated.
+        Utf8 = 1,
+        /// UTF-16 little-endian code units (Windows names; unpaired
+        /// surrogates allowed because NTFS allows them).
+        Utf16Le = 2,
+        /// Raw bytes of a POSIX path; senders use it only for paths that
+        /// are not valid UTF-8.
+        Bytes = 3,
+    }
+}
+
+/// The normalized path of the file, borrowed from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilePath<'a> {
+    /// A UTF-8 path.
+    Utf8(&'a str),
+    /// A UTF-16LE path: an even number of bytes, two per code unit.
+    Utf16Le(&'a [u8]),
+    /// A POSIX path of arbitrary bytes (sent only when not valid UTF-8).
+    Bytes(&'a [u8]),
+}
+
+impl<'a> FilePath<'a> {
+    /// The encoding tag sent on the wire.
+    pub const fn encoding(&self) -> PathEncoding {
+        match self {
+            Self::Utf8(_) => PathEncoding::Utf8,
+            Self::Utf16Le(_) => PathEncoding::Utf16Le,
+            Self::Bytes(_) => PathEncoding::Bytes,
+        }
+    }
+
+    /// The path's bytes as sent on the wire.
+    pub const fn as_bytes(&self) -> &'a [u8] {
+        match *self {
+            Self::Utf8(s) => s.as_bytes(),
+            Self::Utf16Le(b) | Self::Bytes(b) => b,
+        }
+    }
+
+    /// The UTF-16 code units of a `Utf16Le` path; `None` for other encodings.
+    pub fn utf16_units(&self) -> Option<impl Iterator<Item = u16> + 'a> {
+        match *self {
+            Self::Utf16Le(b) => Some(b.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]]))),
+            Self::Utf8(_) | Self::Bytes(_) => None,
+        }
+    }
+
+    fn from_wire(encoding: PathEncoding, bytes: &'a [u8]) -> Result<Self, PayloadError> {
+        Ok(match encoding {
+            PathEncoding::Utf8 => Self::Utf8(
+                core::str::from_utf8(bytes)
+                    .map_err(|_| PayloadError::InvalidUtf8 { field: "path" })?,
+            ),
+            PathEncoding::Utf16Le => Self::Utf16Le(bytes),
+            PathEncoding::Bytes => Self::Bytes(bytes),
+        })
+    }
+
+    fn validate(&self) -> Result<(), PayloadError> {
+        let bytes = self.as_bytes();
+        if bytes.is_empty() {
+            return Err(PayloadError::Empty { field: "path" });
+        }
+        wire::bounded(bytes.len(), usize::from(u16::MAX), "path")?;
+        match self {
+            Self::Utf16Le(b) if b.len() % 2 != 0 => {
+                Err(PayloadError::OddUtf16Length { field: "path" })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Identity and version of the file's content, so the host can cache
+/// verdicts across opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FileIdentity {
+    /// Volume serial number (Windows) or `st_dev` (Linux).
+    pub volume_serial: u64,
+    /// 128-bit file id (`FILE_ID_128`, bytes as Windows stores them) or, on
+    /// Linux, `st_ino` as little-endian u64 in bytes 0..8 and zeros after.
+    pub file_id: [u8; 16],
+    /// File size in bytes when the event was raised.
+    pub size: u64,
+    /// Last write time as a Windows `FILETIME`: 100 ns intervals since
+    /// 1601-01-01 UTC (Linux: `st_mtime` converted).
+    pub last_write_time: u64,
+}
+
+/// Guest → host: asks for a verdict on one file. The header's request id
+/// names the event; the `Verdict` and every `ReadRequest` refer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileEvent<'a> {
+    /// What happened.
+    pub kind: EventKind,
+    /// Id of the process doing it.
+    pub process_id: u32,
+    /// Windows `ACCESS_MASK` of the open (Linux: mapped, see `docs/protocol.md`).
+    pub desired_access: u32,
+    /// Create disposition of the open.
+    pub create_disposition: CreateDisposition,
+    /// File identity and version.
+    pub file: FileIdentity,
+    /// Normalized path, never empty.
+    pub path: FilePath<'a>,
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct FileEventWire {
+    kind: u8,
+    path_encoding: u8,
+    path_len: U16,
+    process_id: U32,
+    desired_access: U32,
+    create_disposition: U32,
+    volume_serial: U64,
+    file_id: [u8; 16],
+    file_size: U64,
+    last_write_time: U64,
+}
+
+/// Size of `FileEvent`'s fixed part.
+pub(crate) const FILE_EVENT_FIXED_LEN: usize = 56;
+const _: () = assert!(size_of::<FileEventWire>() == FILE_EVENT_FIXED_LEN);
+
+impl<'a> Codec<'a> for FileEvent<'a> {
+    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+        let (w, path) = wire::split_fixed::<FileEventWire>(payload)?;
+        wire::expect_len(
+            payload,
+            FILE_EVENT_FIXED_LEN + usize::from(w.path_len.get()),
+        )?;
+        let event = FileEvent {
+            kind: EventKind::decode(w.kind)?,
+            process_id: w.process_id.get(),
+            desired_access: w.desired_access.get(),
+            create_disposition: CreateDisposition::decode(w.create_disposition.get())?,
+            file: FileIdentity {
+                volume_serial: w.volume_serial.get(),
+                file_id: w.file_id,
+                size: w.file_size.get(),
+                last_write_time: w.last_write_time.get(),
+            },
+            path: FilePath::from_wire(PathEncoding::decode(w.path_encoding)?, path)?,
+        };
+        event.validate()?;
+        Ok(event)
+    }
+
+    fn validate(&self) -> Result<(), PayloadError> {
+        self.path.validate()
+    }
+
+    fn payload_len(&self) -> usize {
+        FILE_EVENT_FIXED_LEN.saturating_add(self.path.as_bytes().len())
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        let fixed = FileEventWire {
+            kind: self.kind.to_wire(),
+            path_encoding: self.path.encoding().to_wire(),
+            path_len: wire::len_u16(self.path.as_bytes().len()).into(),
+            process_id: self.process_id.into(),
+            desired_access: self.desired_access.into(),
+            create_disposition: self.create_disposition.to_wire().into(),
+            volume_serial: self.file.volume_serial.into(),
+            file_id: self.file.file_id,
+            file_size: self.file.size.into(),
+            last_write_time: self.file.last_write_time.into(),
+        };
+        w.put(fixed.as_bytes());
+        w.put(self.path.as_bytes());
+    }
+}

@@ -1,0 +1,123 @@
+//! [`StreamDecoder`]: frames out of a byte stream that arrives in arbitrary
+//! pieces, in a fixed buffer the caller owns (no allocation).
+
+use crate::decode::{Decoded, Frame, decode_frame_limited};
+use crate::{DecodeError, MAX_FRAME_LEN};
+
+/// Buffers received bytes and yields whole frames.
+///
+/// `B` is the storage: `[u8; MAX_FRAME_LEN]` in a driver, `Vec<u8>` or
+/// `Box<[u8]>` on a host. Frames longer than the storage (or than
+/// [`set_max_frame_len`](Self::set_max_frame_len)) are
+/// [`DecodeError::FrameTooLarge`].
+///
+/// Typical loop: write received bytes into [`spare_mut`](Self::spare_mut) and
+/// [`commit`](Self::commit) them (or [`push`](Self::push) a slice), then call
+/// [`next_frame`](Self::next_frame) until it returns `Ok(None)`. A recoverable
+/// error has already been skipped when it is returned; after a fatal error
+/// every call returns that error again.
+#[derive(Debug, Clone)]
+pub struct StreamDecoder<B> {
+    buf: B,
+    start: usize,
+    end: usize,
+    max_frame_len: usize,
+    fatal: Option<DecodeError>,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> StreamDecoder<B> {
+    /// A decoder using `buf` as storage, with a frame limit of
+    /// `min(buf.len(), MAX_FRAME_LEN)`.
+    pub fn new(buf: B) -> Self {
+        let max_frame_len = buf.as_ref().len().min(MAX_FRAME_LEN);
+        Self {
+            buf,
+            start: 0,
+            end: 0,
+            max_frame_len,
+            fatal: None,
+        }
+    }
+
+    /// Lowers (or raises, up to the storage length and [`MAX_FRAME_LEN`]) the
+    /// longest frame accepted, e.g. to the limit announced in the handshake.
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len
+            .min(self.buf.as_ref().len())
+            .min(MAX_FRAME_LEN);
+    }
+
+    /// The longest frame currently accepted.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// The fatal error this decoder stopped at, if any.
+    pub fn fatal_error(&self) -> Option<DecodeError> {
+        self.fatal
+    }
+
+    /// Free room at the end of the buffer, after moving pending bytes to the
+    /// front. Fill a prefix of it, then call [`commit`](Self::commit).
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            let (start, end) = (self.start, self.end);
+            self.buf.as_mut().copy_within(start..end, 0);
+            self.end -= start;
+            self.start = 0;
+        }
+        let end = self.end;
+        self.buf.as_mut().get_mut(end..).unwrap_or_default()
+    }
+
+    /// Marks `n` bytes written into [`spare_mut`](Self::spare_mut) as received
+    /// (clamped to the room there is).
+    pub fn commit(&mut self, n: usize) {
+        self.end = self.end.saturating_add(n).min(self.buf.as_ref().len());
+    }
+
+    /// Copies as much of `data` as fits and returns how many bytes it took.
+    pub fn push(&mut self, data: &[u8]) -> usize {
+        let spare = self.spare_mut();
+        let n = spare.len().min(data.len());
+        spare
+            .iter_mut()
+            .zip(data)
+            .for_each(|(dst, src)| *dst = *src);
+        self.commit(n);
+        n
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed, or the
+    /// error of the frame at the front. The frame borrows the buffer until
+    /// the next call.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, DecodeError> {
+        if let Some(error) = self.fatal {
+            return Err(error);
+        }
+        let pending = self
+            .buf
+            .as_ref()
+            .get(self.start..self.end)
+            .unwrap_or_default();
+        match decode_frame_limited(pending, self.max_frame_len) {
+            Ok(Decoded::Incomplete { .. }) => Ok(None),
+            Ok(Decoded::Frame { frame, consumed }) => {
+                self.start += consumed;
+                Ok(Some(frame))
+            }
+            Err(error) => {
+                match error.skip_len() {
+                    Some(skip) => self.start += skip,
+                    None => self.fatal = Some(error),
+                }
+                Err(error)
+            }
+        }
+    }
+}
