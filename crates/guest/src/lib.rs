@@ -16,3 +16,9 @@ pub use connector::{Backoff, Connector, ConnectorAction, ConnectorConfig, GiveUp
 pub use file_key::FileKey;
 pub use status::NtStatus;
 pub use time::Instant;
+pub mod policy;
+pub use policy::{
+    OpenDecision, OpenPolicy, OpenRequest, PathRef, PathStyle, PolicyError, SkipReason,
+};
+pub mod log;
+pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
