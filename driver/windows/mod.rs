@@ -43,6 +43,8 @@ static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
 ///
 /// Scaffold: it sets [`driver_unload`], logs one line in the seed's
 /// `LEVEL: Routine : message: 0xSTATUS` shape and returns `STATUS_SUCCESS`.
+/// Load and unload are `AUDIT` lines, the level `thinagent_guest::log`
+/// always prints; issue 5 formats its lines with that module.
 ///
 /// # Safety
 ///
@@ -61,12 +63,12 @@ pub unsafe extern "system" fn driver_entry(
     driver.DriverUnload = Some(driver_unload);
 
     let status = STATUS_SUCCESS;
-    println!("INFO: DriverEntry : ThinAgent loaded: {status:#010x}");
+    println!("AUDIT: DriverEntry : ThinAgent loaded: {status:#010x}");
     status
 }
 
 /// Unload routine (`DRIVER_OBJECT::DriverUnload`), called at `PASSIVE_LEVEL`
 /// by `fltmc unload` / `sc stop`. The scaffold has nothing to release.
 extern "C" fn driver_unload(_driver: *mut DRIVER_OBJECT) {
-    println!("INFO: DriverUnload : ThinAgent unloaded: {STATUS_SUCCESS:#010x}");
+    println!("AUDIT: DriverUnload : ThinAgent unloaded: {STATUS_SUCCESS:#010x}");
 }
