@@ -1,4 +1,23 @@
-//! ThinAgent portable guest logic (work in progress: see the modules).
+//! ThinAgent portable guest logic: `no_std`, no allocation, no I/O.
+//!
+//! The Windows minifilter driver and the Linux fanotify agent are thin adapters
+//! around this crate. Every decision lives here and takes events and time as
+//! input ([`Instant`], `core::time::Duration`), returning actions:
+//!
+//! * [`status`]: NTSTATUS values ([`NtStatus`]) shared by both adapters.
+//! * [`time`]: the explicit monotonic clock ([`Instant`]).
+//! * [`connector`]: the bounded capture-retry loop of the vSockets provider
+//!   ([`Connector`]): IOCTL `0x810320C0`, 100 attempts, 1 s apart by default.
+//! * [`cache`]: the fixed-capacity verdict cache ([`VerdictCache`]) keyed by
+//!   [`FileKey`].
+//! * [`policy`]: which opens are checked ([`OpenPolicy`]).
+//! * [`params`]: registry / config parameters with defaults and bounds
+//!   ([`Params`]).
+//! * [`log`]: debug lines in the seed's shape `LEVEL: Routine : message: 0xSTATUS`
+//!   and their parser ([`parse_line`]).
+//!
+//! The protocol session with the host scanner is built on top of these (and of
+//! `thinagent-protocol`) in a separate module.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -7,6 +26,9 @@ pub mod cache;
 pub mod clamp;
 pub mod connector;
 pub mod file_key;
+pub mod log;
+pub mod params;
+pub mod policy;
 pub mod status;
 pub mod time;
 
@@ -14,11 +36,10 @@ pub use cache::{CacheStats, CachedVerdict, InsertOutcome, VerdictCache};
 pub use clamp::{Clamp, Clamps};
 pub use connector::{Backoff, Connector, ConnectorAction, ConnectorConfig, GiveUpReason};
 pub use file_key::FileKey;
-pub use status::NtStatus;
-pub use time::Instant;
-pub mod policy;
+pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
+pub use params::{Applied, FailMode, ParamError, ParamIssue, ParamReport, Params, RegValue};
 pub use policy::{
     OpenDecision, OpenPolicy, OpenRequest, PathRef, PathStyle, PolicyError, SkipReason,
 };
-pub mod log;
-pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
+pub use status::NtStatus;
+pub use time::Instant;

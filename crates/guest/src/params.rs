@@ -1,0 +1,824 @@
+//! Agent parameters: defaults, bounds, and a name/value feed.
+//!
+//! The Windows driver reads values under its service key's `Parameters`
+//! subkey; the Linux agent reads `name = value` lines. Both hand each raw pair
+//! to [`Params::apply`] (or all of them to [`Params::from_values`]), which:
+//!
+//! * matches the name case-insensitively (registry value names are);
+//! * accepts a `REG_DWORD`/`REG_QWORD`, or a string holding a decimal or `0x`
+//!   hex number, for numeric parameters;
+//! * **clamps** out-of-range numbers into their bounds and reports a
+//!   [`Clamp`] (a boot driver must start with *some* configuration);
+//! * **rejects** unknown names, wrong types and meaningless values (keeping the
+//!   previous value) and reports them.
+//!
+//! | name | type | default | bounds |
+//! |---|---|---|---|
+//! | `umcMsgTimeoutMs` | DWORD | 2000 (the VMware agent's value) | 100..=60000 |
+//! | `captureRetryCount` | DWORD | 100 | 1..=10000 |
+//! | `captureRetryDelayMs` | DWORD | 1000 | 1..=60000 |
+//! | `captureBackoffFactor` | DWORD | 1 (fixed delay) | 1..=16 |
+//! | `captureBackoffCapMs` | DWORD | 60000 | 1..=300000 (and ≥ the delay) |
+//! | `hostCid` | DWORD | 2 (`VMADDR_CID_HOST`) | not 0, not 0xFFFFFFFF |
+//! | `hostPort` | DWORD | 5317 ([`DEFAULT_HOST_PORT`]) | not 0, not 0xFFFFFFFF |
+//! | `failMode` | DWORD 0/1 or SZ `open`/`closed` | open | |
+//! | `debugLevel` | DWORD | 2 (AUDIT+ERROR+WARN) | 0..=4 |
+//! | `maxScanSizeMb` | DWORD | 0 (no limit) | 0..=1048576 |
+//! | `verdictCacheTtlMs` | DWORD | 600000 (10 min) | 0 (no TTL)..=86400000 |
+//! | `excludePaths` | MULTI_SZ / SZ | none | 32 prefixes × 260 units |
+//! | `excludeExtensions` | MULTI_SZ / SZ | none | 32 × 16 units |
+//!
+//! **Fail mode defaults to open**: when the scanner cannot answer in time the
+//! open is allowed. A boot-start filter that fails closed while the host is
+//! unreachable blocks every file open, which turns a scanner outage (or the
+//! seed's capture failure) into an unbootable guest. Sites that prefer
+//! blocking set `failMode` to 1 / `closed`.
+//!
+//! **Default port 5317**: no IANA or VMware assignment exists for this
+//! protocol on vsock; 5317 is unassigned in the IANA registry and easy to spot.
+
+use core::fmt;
+use core::time::Duration;
+
+use crate::clamp::{Clamp, clamp_u64};
+use crate::connector::{self, Backoff, ConnectorConfig};
+use crate::log::{Level, LevelFilter, LogRecord, routine};
+use crate::policy::{OpenPolicy, PathRef, PathStyle, PolicyError};
+
+/// `VMADDR_CID_HOST`: the hypervisor host's context id.
+pub const VMADDR_CID_HOST: u32 = 2;
+/// `VMADDR_CID_ANY` / `VMADDR_PORT_ANY` (not a valid destination).
+pub const VMADDR_ANY: u32 = 0xFFFF_FFFF;
+/// Default vsock port of the host scanner.
+pub const DEFAULT_HOST_PORT: u32 = 5317;
+/// Default scanner reply timeout (the real VMware agent's `umcMsgTimeoutMs`).
+pub const DEFAULT_UMC_MSG_TIMEOUT_MS: u32 = 2000;
+
+/// Parameter names, as stored in the registry (matched case-insensitively).
+pub mod names {
+    /// Scanner reply timeout, ms.
+    pub const UMC_MSG_TIMEOUT_MS: &str = "umcMsgTimeoutMs";
+    /// Capture attempts.
+    pub const CAPTURE_RETRY_COUNT: &str = crate::connector::FIELD_ATTEMPTS;
+    /// Delay between capture attempts, ms.
+    pub const CAPTURE_RETRY_DELAY_MS: &str = crate::connector::FIELD_DELAY;
+    /// Capture backoff factor (1 = fixed).
+    pub const CAPTURE_BACKOFF_FACTOR: &str = crate::connector::FIELD_FACTOR;
+    /// Capture backoff cap, ms.
+    pub const CAPTURE_BACKOFF_CAP_MS: &str = crate::connector::FIELD_CAP;
+    /// Host vsock CID.
+    pub const HOST_CID: &str = "hostCid";
+    /// Host vsock port.
+    pub const HOST_PORT: &str = "hostPort";
+    /// Fail mode.
+    pub const FAIL_MODE: &str = "failMode";
+    /// Debug level 0..=4.
+    pub const DEBUG_LEVEL: &str = "debugLevel";
+    /// Maximum scanned size, MiB (0 = no limit).
+    pub const MAX_SCAN_SIZE_MB: &str = "maxScanSizeMb";
+    /// Verdict cache TTL, ms (0 = none).
+    pub const VERDICT_CACHE_TTL_MS: &str = "verdictCacheTtlMs";
+    /// Excluded path prefixes.
+    pub const EXCLUDE_PATHS: &str = "excludePaths";
+    /// Excluded extensions.
+    pub const EXCLUDE_EXTENSIONS: &str = "excludeExtensions";
+    /// Every name, for adapters that query each value.
+    pub const ALL: [&str; 13] = [
+        UMC_MSG_TIMEOUT_MS,
+        CAPTURE_RETRY_COUNT,
+        CAPTURE_RETRY_DELAY_MS,
+        CAPTURE_BACKOFF_FACTOR,
+        CAPTURE_BACKOFF_CAP_MS,
+        HOST_CID,
+        HOST_PORT,
+        FAIL_MODE,
+        DEBUG_LEVEL,
+        MAX_SCAN_SIZE_MB,
+        VERDICT_CACHE_TTL_MS,
+        EXCLUDE_PATHS,
+        EXCLUDE_EXTENSIONS,
+    ];
+}
+
+/// A raw registry / config value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegValue<'a> {
+    /// `REG_DWORD`.
+    Dword(u32),
+    /// `REG_QWORD`.
+    Qword(u64),
+    /// `REG_SZ` as UTF-8.
+    Sz(&'a str),
+    /// `REG_SZ` as UTF-16 (no terminating NUL needed).
+    SzUtf16(&'a [u16]),
+    /// `REG_MULTI_SZ` as UTF-8: strings separated by NUL; empty strings are
+    /// skipped (so the registry's double-NUL terminator is harmless).
+    MultiSz(&'a str),
+    /// `REG_MULTI_SZ` as UTF-16, same rules.
+    MultiSzUtf16(&'a [u16]),
+}
+
+impl RegValue<'_> {
+    /// The registry type name, for messages.
+    #[must_use]
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            RegValue::Dword(_) => "REG_DWORD",
+            RegValue::Qword(_) => "REG_QWORD",
+            RegValue::Sz(_) | RegValue::SzUtf16(_) => "REG_SZ",
+            RegValue::MultiSz(_) | RegValue::MultiSzUtf16(_) => "REG_MULTI_SZ",
+        }
+    }
+}
+
+/// What to answer when no verdict arrives in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Allow the open (default; see the module docs).
+    #[default]
+    Open,
+    /// Deny the open.
+    Closed,
+}
+
+/// Why a value was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamError {
+    /// No parameter has this name.
+    UnknownName,
+    /// The value has the wrong registry type.
+    WrongType {
+        /// What was expected.
+        expected: &'static str,
+        /// What was given.
+        given: &'static str,
+    },
+    /// The value cannot mean anything for this parameter (e.g. `hostCid` 0,
+    /// `failMode` 7, a non-numeric string).
+    Invalid,
+    /// An exclusion could not be added.
+    Policy(PolicyError),
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamError::UnknownName => f.write_str("unknown parameter"),
+            ParamError::WrongType { expected, given } => {
+                write!(f, "expected {expected}, got {given}")
+            }
+            ParamError::Invalid => f.write_str("invalid value"),
+            ParamError::Policy(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for ParamError {}
+
+/// The result of applying one value successfully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored as given.
+    Set,
+    /// Stored after clamping.
+    Clamped(Clamp),
+}
+
+/// One problem found while applying values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamIssue {
+    /// The value was clamped.
+    Clamped(Clamp),
+    /// The value was rejected; the previous value stays.
+    Rejected(ParamError),
+}
+
+/// A fixed-capacity list of `(name, issue)` pairs from [`Params::from_values`].
+#[derive(Clone, Copy, Debug)]
+pub struct ParamReport<'a, const N: usize = 16> {
+    items: [Option<(&'a str, ParamIssue)>; N],
+    len: usize,
+    dropped: usize,
+}
+
+impl<const N: usize> Default for ParamReport<'_, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a, const N: usize> ParamReport<'a, N> {
+    /// An empty report.
+    #[must_use]
+    pub const fn new() -> Self {
+        ParamReport {
+            items: [None; N],
+            len: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Records the outcome of applying `name`, if it is an issue.
+    pub fn record(&mut self, name: &'a str, outcome: Result<Applied, ParamError>) {
+        let issue = match outcome {
+            Ok(Applied::Set) => return,
+            Ok(Applied::Clamped(c)) => ParamIssue::Clamped(c),
+            Err(e) => ParamIssue::Rejected(e),
+        };
+        if self.len < N {
+            self.items[self.len] = Some((name, issue));
+            self.len += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The issues, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, ParamIssue)> + '_ {
+        self.items[..self.len].iter().flatten().copied()
+    }
+
+    /// Number of issues kept.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `true` if every value applied cleanly.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0 && self.dropped == 0
+    }
+
+    /// Issues that did not fit.
+    #[must_use]
+    pub const fn dropped(&self) -> usize {
+        self.dropped
+    }
+}
+
+/// The agent's parameters. [`Params::default`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Scanner reply timeout, ms (`umcMsgTimeoutMs`).
+    pub umc_msg_timeout_ms: u32,
+    /// Capture attempts (`captureRetryCount`).
+    pub capture_retry_count: u32,
+    /// Capture delay, ms (`captureRetryDelayMs`).
+    pub capture_retry_delay_ms: u32,
+    /// Capture backoff factor, 1 = fixed (`captureBackoffFactor`).
+    pub capture_backoff_factor: u32,
+    /// Capture backoff cap, ms (`captureBackoffCapMs`).
+    pub capture_backoff_cap_ms: u32,
+    /// Host CID (`hostCid`).
+    pub host_cid: u32,
+    /// Host port (`hostPort`).
+    pub host_port: u32,
+    /// Fail mode (`failMode`).
+    pub fail_mode: FailMode,
+    /// Debug level 0..=4 (`debugLevel`).
+    pub debug_level: u8,
+    /// Maximum scanned size in MiB, 0 = no limit (`maxScanSizeMb`).
+    pub max_scan_size_mb: u32,
+    /// Verdict TTL in ms, 0 = none (`verdictCacheTtlMs`).
+    pub verdict_cache_ttl_ms: u32,
+    /// Open-filter policy holding the path and extension exclusions.
+    pub policy: OpenPolicy,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self::new(PathStyle::Windows)
+    }
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl Params {
+    /// Defaults, with exclusions compared in `style`.
+    #[must_use]
+    pub const fn new(style: PathStyle) -> Self {
+        Params {
+            umc_msg_timeout_ms: DEFAULT_UMC_MSG_TIMEOUT_MS,
+            capture_retry_count: connector::DEFAULT_MAX_ATTEMPTS,
+            capture_retry_delay_ms: 1000,
+            capture_backoff_factor: 1,
+            capture_backoff_cap_ms: 60_000,
+            host_cid: VMADDR_CID_HOST,
+            host_port: DEFAULT_HOST_PORT,
+            fail_mode: FailMode::Open,
+            debug_level: 2,
+            max_scan_size_mb: 0,
+            verdict_cache_ttl_ms: 600_000,
+            policy: OpenPolicy::new(style),
+        }
+    }
+
+    /// Defaults plus every `(name, value)` pair applied in order, with a report
+    /// of clamps and rejections.
+    pub fn from_values<'a, const N: usize, I>(
+        style: PathStyle,
+        values: I,
+    ) -> (Params, ParamReport<'a, N>)
+    where
+        I: IntoIterator<Item = (&'a str, RegValue<'a>)>,
+    {
+        let mut p = Params::new(style);
+        let mut report = ParamReport::new();
+        for (name, value) in values {
+            report.record(name, p.apply(name, value));
+        }
+        (p, report)
+    }
+
+    fn number(value: RegValue<'_>) -> Result<u64, ParamError> {
+        match value {
+            RegValue::Dword(v) => Ok(u64::from(v)),
+            RegValue::Qword(v) => Ok(v),
+            RegValue::Sz(s) => parse_number(s).ok_or(ParamError::Invalid),
+            RegValue::SzUtf16(w) => {
+                let mut buf = [0u8; 24];
+                let mut n = 0;
+                for c in char::decode_utf16(w.iter().copied()) {
+                    let c = c.map_err(|_| ParamError::Invalid)?;
+                    if !c.is_ascii() || n == buf.len() {
+                        return Err(ParamError::Invalid);
+                    }
+                    buf[n] = c as u8;
+                    n += 1;
+                }
+                core::str::from_utf8(&buf[..n])
+                    .ok()
+                    .and_then(parse_number)
+                    .ok_or(ParamError::Invalid)
+            }
+            other => Err(ParamError::WrongType {
+                expected: "REG_DWORD",
+                given: other.type_name(),
+            }),
+        }
+    }
+
+    fn bounded(
+        field: &'static str,
+        value: RegValue<'_>,
+        min: u64,
+        max: u64,
+    ) -> Result<(u32, Applied), ParamError> {
+        let v = Self::number(value)?;
+        let (used, clamp) = clamp_u64(field, v, min, max);
+        Ok((used as u32, clamp.map_or(Applied::Set, Applied::Clamped)))
+    }
+
+    /// Applies one raw value. On error the previous value stays.
+    pub fn apply(&mut self, name: &str, value: RegValue<'_>) -> Result<Applied, ParamError> {
+        let known = names::ALL
+            .iter()
+            .copied()
+            .find(|n| n.eq_ignore_ascii_case(name))
+            .ok_or(ParamError::UnknownName)?;
+        let set = |slot: &mut u32, r: (u32, Applied)| {
+            *slot = r.0;
+            Ok(r.1)
+        };
+        match known {
+            names::UMC_MSG_TIMEOUT_MS => set(
+                &mut self.umc_msg_timeout_ms,
+                Self::bounded(known, value, 100, 60_000)?,
+            ),
+            names::CAPTURE_RETRY_COUNT => set(
+                &mut self.capture_retry_count,
+                Self::bounded(
+                    known,
+                    value,
+                    u64::from(connector::MIN_ATTEMPTS),
+                    u64::from(connector::MAX_ATTEMPTS),
+                )?,
+            ),
+            names::CAPTURE_RETRY_DELAY_MS => set(
+                &mut self.capture_retry_delay_ms,
+                Self::bounded(known, value, 1, 60_000)?,
+            ),
+            names::CAPTURE_BACKOFF_FACTOR => set(
+                &mut self.capture_backoff_factor,
+                Self::bounded(known, value, 1, u64::from(connector::MAX_BACKOFF_FACTOR))?,
+            ),
+            names::CAPTURE_BACKOFF_CAP_MS => set(
+                &mut self.capture_backoff_cap_ms,
+                Self::bounded(known, value, 1, 300_000)?,
+            ),
+            names::HOST_CID | names::HOST_PORT => {
+                let v = Self::number(value)?;
+                if v == 0 || v >= u64::from(VMADDR_ANY) {
+                    return Err(ParamError::Invalid);
+                }
+                if known == names::HOST_CID {
+                    self.host_cid = v as u32;
+                } else {
+                    self.host_port = v as u32;
+                }
+                Ok(Applied::Set)
+            }
+            names::FAIL_MODE => {
+                self.fail_mode = match value {
+                    RegValue::Sz(s) if s.trim().eq_ignore_ascii_case("open") => FailMode::Open,
+                    RegValue::Sz(s) if s.trim().eq_ignore_ascii_case("closed") => FailMode::Closed,
+                    v => match Self::number(v)? {
+                        0 => FailMode::Open,
+                        1 => FailMode::Closed,
+                        _ => return Err(ParamError::Invalid),
+                    },
+                };
+                Ok(Applied::Set)
+            }
+            names::DEBUG_LEVEL => {
+                let (v, a) =
+                    Self::bounded(known, value, 0, u64::from(LevelFilter::MAX_DEBUG_LEVEL))?;
+                self.debug_level = v as u8;
+                Ok(a)
+            }
+            names::MAX_SCAN_SIZE_MB => {
+                let r = Self::bounded(known, value, 0, 1_048_576)?;
+                self.policy.set_max_file_size(if r.0 == 0 {
+                    None
+                } else {
+                    Some(u64::from(r.0) << 20)
+                });
+                set(&mut self.max_scan_size_mb, r)
+            }
+            names::VERDICT_CACHE_TTL_MS => set(
+                &mut self.verdict_cache_ttl_ms,
+                Self::bounded(known, value, 0, 86_400_000)?,
+            ),
+            names::EXCLUDE_PATHS => self.add_list(value, OpenPolicy::add_excluded_prefix),
+            names::EXCLUDE_EXTENSIONS => self.add_list(value, OpenPolicy::add_excluded_extension),
+            _ => Err(ParamError::UnknownName),
+        }
+    }
+
+    fn add_list(
+        &mut self,
+        value: RegValue<'_>,
+        add: fn(&mut OpenPolicy, PathRef<'_>) -> Result<(), PolicyError>,
+    ) -> Result<Applied, ParamError> {
+        let mut first_err = None;
+        let mut each = |p: PathRef<'_>| {
+            if !p.is_empty()
+                && let Err(e) = add(&mut self.policy, p)
+            {
+                first_err.get_or_insert(ParamError::Policy(e));
+            }
+        };
+        match value {
+            RegValue::Sz(s) | RegValue::MultiSz(s) => {
+                s.split('\0').map(PathRef::Utf8).for_each(&mut each)
+            }
+            RegValue::SzUtf16(w) | RegValue::MultiSzUtf16(w) => {
+                w.split(|&u| u == 0).map(PathRef::Utf16).for_each(&mut each)
+            }
+            other => {
+                return Err(ParamError::WrongType {
+                    expected: "REG_MULTI_SZ",
+                    given: other.type_name(),
+                });
+            }
+        }
+        first_err.map_or(Ok(Applied::Set), Err)
+    }
+
+    /// The scanner reply timeout.
+    #[must_use]
+    pub const fn umc_msg_timeout(&self) -> Duration {
+        Duration::from_millis(self.umc_msg_timeout_ms as u64)
+    }
+
+    /// The timeout as an NT relative time (negative, 100 ns units), as
+    /// `KeWaitForSingleObject` takes it: -20000000 for 2000 ms.
+    #[must_use]
+    pub const fn umc_msg_timeout_100ns(&self) -> i64 {
+        -(self.umc_msg_timeout_ms as i64) * 10_000
+    }
+
+    /// The capture loop configuration (clamped by [`Connector::new`](crate::Connector::new)).
+    #[must_use]
+    pub const fn connector_config(&self) -> ConnectorConfig {
+        let delay = Duration::from_millis(self.capture_retry_delay_ms as u64);
+        ConnectorConfig {
+            max_attempts: self.capture_retry_count,
+            delay,
+            backoff: if self.capture_backoff_factor <= 1 {
+                Backoff::Fixed
+            } else {
+                Backoff::Exponential {
+                    factor: self.capture_backoff_factor,
+                    cap: Duration::from_millis(self.capture_backoff_cap_ms as u64),
+                }
+            },
+        }
+    }
+
+    /// The log filter from `debugLevel`.
+    #[must_use]
+    pub const fn level_filter(&self) -> LevelFilter {
+        LevelFilter::from_debug_level(self.debug_level as u32)
+    }
+
+    /// The verdict TTL (`None` when 0).
+    #[must_use]
+    pub const fn verdict_ttl(&self) -> Option<Duration> {
+        if self.verdict_cache_ttl_ms == 0 {
+            None
+        } else {
+            Some(Duration::from_millis(self.verdict_cache_ttl_ms as u64))
+        }
+    }
+
+    /// Emits the parameter dump at DEBUG level, routine `ReadParams`, one
+    /// record per value, starting with the seed's two lines
+    /// (`umcMsgTimeoutMs: 2000`, `umcMsgTimeout100Ns: -20000000`).
+    pub fn dump(&self, mut emit: impl FnMut(&LogRecord<'_>)) {
+        let r = routine::READ_PARAMS;
+        let d = Level::Debug;
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::UMC_MSG_TIMEOUT_MS, self.umc_msg_timeout_ms),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("umcMsgTimeout100Ns: {}", self.umc_msg_timeout_100ns()),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::CAPTURE_RETRY_COUNT,
+                self.capture_retry_count
+            ),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::CAPTURE_RETRY_DELAY_MS,
+                self.capture_retry_delay_ms
+            ),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::CAPTURE_BACKOFF_FACTOR,
+                self.capture_backoff_factor
+            ),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::CAPTURE_BACKOFF_CAP_MS,
+                self.capture_backoff_cap_ms
+            ),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::HOST_CID, self.host_cid),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::HOST_PORT, self.host_port),
+        ));
+        let fm = match self.fail_mode {
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        };
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::FAIL_MODE, fm),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::DEBUG_LEVEL, self.debug_level),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::MAX_SCAN_SIZE_MB, self.max_scan_size_mb),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::VERDICT_CACHE_TTL_MS,
+                self.verdict_cache_ttl_ms
+            ),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::EXCLUDE_PATHS,
+                self.policy.prefixes().count()
+            ),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::EXCLUDE_EXTENSIONS,
+                self.policy.extensions().count()
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::log::parse_line;
+    use proptest::prelude::*;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    #[test]
+    fn defaults_and_seed_dump() {
+        let p = Params::default();
+        assert_eq!(p.umc_msg_timeout_ms, 2000);
+        assert_eq!(p.umc_msg_timeout_100ns(), -20_000_000);
+        assert_eq!(p.umc_msg_timeout(), Duration::from_secs(2));
+        assert_eq!(p.connector_config(), ConnectorConfig::default());
+        assert_eq!(
+            (p.host_cid, p.host_port, p.fail_mode),
+            (2, 5317, FailMode::Open)
+        );
+        assert_eq!(p.verdict_ttl(), Some(Duration::from_secs(600)));
+        let mut lines: Vec<String> = Vec::new();
+        p.dump(|r| lines.push(r.to_string()));
+        assert_eq!(lines[0], "DEBUG: ReadParams : umcMsgTimeoutMs: 2000");
+        assert_eq!(
+            lines[1],
+            "DEBUG: ReadParams : umcMsgTimeout100Ns: -20000000"
+        );
+        assert_eq!(lines.len(), 14);
+        for l in &lines {
+            let parsed = parse_line(l).unwrap();
+            assert!(parsed.key_value().is_some(), "{l}");
+        }
+    }
+
+    #[test]
+    fn apply_clamps_rejects_and_reports() {
+        let multi = "C:\\Temp\0D:\\Logs\0\0";
+        let ext16: Vec<u16> = "log\0tmp\0".encode_utf16().collect();
+        let port16: Vec<u16> = "6000".encode_utf16().collect();
+        let (p, report) = Params::from_values::<16, _>(
+            PathStyle::Windows,
+            [
+                ("UMCMSGTIMEOUTMS", RegValue::Dword(5)),
+                ("captureRetryCount", RegValue::Sz("0x20")),
+                ("captureRetryDelayMs", RegValue::Dword(0)),
+                ("captureBackoffFactor", RegValue::Dword(2)),
+                ("captureBackoffCapMs", RegValue::Qword(10_000)),
+                ("hostCid", RegValue::Dword(0)),
+                ("hostPort", RegValue::SzUtf16(&port16)),
+                ("failMode", RegValue::Sz("Closed")),
+                ("debugLevel", RegValue::Dword(9)),
+                ("maxScanSizeMb", RegValue::Dword(64)),
+                ("excludePaths", RegValue::MultiSz(multi)),
+                ("excludeExtensions", RegValue::MultiSzUtf16(&ext16)),
+                ("bogus", RegValue::Dword(1)),
+                ("umcMsgTimeoutMs", RegValue::MultiSz("x")),
+                ("verdictCacheTtlMs", RegValue::Sz("soon")),
+            ],
+        );
+        assert_eq!(p.umc_msg_timeout_ms, 100);
+        assert_eq!(p.capture_retry_count, 32);
+        assert_eq!(p.capture_retry_delay_ms, 1);
+        assert_eq!(
+            p.connector_config().backoff,
+            Backoff::Exponential {
+                factor: 2,
+                cap: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(p.host_cid, 2);
+        assert_eq!(p.host_port, 6000);
+        assert_eq!(p.fail_mode, FailMode::Closed);
+        assert_eq!(p.debug_level, 4);
+        assert_eq!(p.policy.max_file_size(), Some(64 << 20));
+        assert_eq!(p.policy.prefixes().count(), 2);
+        assert_eq!(p.policy.extensions().count(), 2);
+        let issues: Vec<_> = report.iter().collect();
+        assert_eq!(
+            issues,
+            [
+                (
+                    "UMCMSGTIMEOUTMS",
+                    ParamIssue::Clamped(Clamp {
+                        field: "umcMsgTimeoutMs",
+                        given: 5,
+                        used: 100
+                    })
+                ),
+                (
+                    "captureRetryDelayMs",
+                    ParamIssue::Clamped(Clamp {
+                        field: "captureRetryDelayMs",
+                        given: 0,
+                        used: 1
+                    })
+                ),
+                ("hostCid", ParamIssue::Rejected(ParamError::Invalid)),
+                (
+                    "debugLevel",
+                    ParamIssue::Clamped(Clamp {
+                        field: "debugLevel",
+                        given: 9,
+                        used: 4
+                    })
+                ),
+                ("bogus", ParamIssue::Rejected(ParamError::UnknownName)),
+                (
+                    "umcMsgTimeoutMs",
+                    ParamIssue::Rejected(ParamError::WrongType {
+                        expected: "REG_DWORD",
+                        given: "REG_MULTI_SZ"
+                    })
+                ),
+                (
+                    "verdictCacheTtlMs",
+                    ParamIssue::Rejected(ParamError::Invalid)
+                ),
+            ]
+        );
+        assert_eq!(ParamError::UnknownName.to_string(), "unknown parameter");
+        let mut q = Params::default();
+        assert_eq!(
+            q.apply("failMode", RegValue::Dword(7)),
+            Err(ParamError::Invalid)
+        );
+        assert_eq!(
+            q.apply("verdictCacheTtlMs", RegValue::Dword(0)),
+            Ok(Applied::Set)
+        );
+        assert_eq!(q.verdict_ttl(), None);
+        assert_eq!(
+            q.apply("maxScanSizeMb", RegValue::Dword(0)),
+            Ok(Applied::Set)
+        );
+        assert_eq!(q.policy.max_file_size(), None);
+        assert!(matches!(
+            q.apply("excludePaths", RegValue::Dword(1)),
+            Err(ParamError::WrongType {
+                expected: "REG_MULTI_SZ",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn report_is_bounded() {
+        let vals = (0..5).map(|_| ("nope", RegValue::Dword(0)));
+        let (_, r) = Params::from_values::<2, _>(PathStyle::Posix, vals);
+        assert_eq!((r.len(), r.dropped()), (2, 3));
+        assert!(!r.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn numeric_params_always_in_bounds(idx in 0usize..11, v: u64) {
+            let mut p = Params::default();
+            let _ = p.apply(names::ALL[idx], RegValue::Qword(v));
+            prop_assert!((100..=60_000).contains(&p.umc_msg_timeout_ms));
+            prop_assert!((1..=10_000).contains(&p.capture_retry_count));
+            prop_assert!((1..=60_000).contains(&p.capture_retry_delay_ms));
+            prop_assert!((1..=16).contains(&p.capture_backoff_factor));
+            prop_assert!(p.debug_level <= 4);
+            prop_assert!(p.host_cid != 0 && p.host_cid != VMADDR_ANY);
+            prop_assert!(p.host_port != 0 && p.host_port != VMADDR_ANY);
+            prop_assert_eq!(p.umc_msg_timeout_100ns(), -i64::from(p.umc_msg_timeout_ms) * 10_000);
+            // the connector accepts whatever Params produces (cap may be raised to the delay)
+            let (_, clamps) = p.connector_config().clamped();
+            prop_assert!(clamps.iter().all(|c| c.field == names::CAPTURE_BACKOFF_CAP_MS));
+        }
+    }
+}
