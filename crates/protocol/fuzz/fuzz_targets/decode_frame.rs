@@ -1,0 +1,42 @@
+//! Arbitrary bytes into `decode_frame`: it must not panic, a decoded frame
+//! must re-encode to exactly its input bytes, and errors must be consistent.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use thinagent_protocol::{Decoded, HEADER_LEN, MAX_FRAME_LEN, decode_frame};
+
+fuzz_target!(|data: &[u8]| {
+    match decode_frame(data) {
+        Ok(Decoded::Frame { frame, consumed }) => {
+            assert!(consumed >= HEADER_LEN && consumed <= data.len());
+            let mut out = vec![0u8; MAX_FRAME_LEN];
+            let len = frame
+                .message
+                .encode(frame.request_id, &mut out)
+                .expect("a decoded message re-encodes");
+            assert_eq!(
+                &out[..len],
+                &data[..consumed],
+                "re-encoding differs from the input"
+            );
+            match decode_frame(&out[..len]) {
+                Ok(Decoded::Frame {
+                    frame: again,
+                    consumed: n,
+                }) => {
+                    assert_eq!((again, n), (frame, consumed));
+                }
+                other => panic!("re-encoded frame does not decode: {other:?}"),
+            }
+        }
+        Ok(Decoded::Incomplete { needed }) => {
+            assert!(needed > data.len() && needed <= MAX_FRAME_LEN)
+        }
+        Err(error) => {
+            assert_eq!(error.is_fatal(), error.skip_len().is_none());
+            if let Some(skip) = error.skip_len() {
+                assert!(skip >= HEADER_LEN && skip <= data.len());
+            }
+        }
+    }
+});
