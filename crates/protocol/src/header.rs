@@ -61,3 +61,19 @@ wire_enum! {
         Goodbye = 0x00F1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MessageType;
+
+    #[test]
+    fn message_type_values_round_trip_and_nothing_else_decodes() {
+        for t in MessageType::ALL {
+            assert_eq!(MessageType::from_wire(t.to_wire()), Some(*t));
+        }
+        let known = (0..=u16::MAX)
+            .filter(|v| MessageType::from_wire(*v).is_some())
+            .count();
+        assert_eq!(known, MessageType::ALL.len());
+    }
+}

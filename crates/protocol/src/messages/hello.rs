@@ -291,3 +291,19 @@ impl<'a> Codec<'a> for HelloAck {
         w.put(fixed.as_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Capabilities;
+
+    #[test]
+    fn capabilities_contain_exactly_their_bits() {
+        let caps = Capabilities::READ_CONTENT.union(Capabilities::VERDICT_CACHE);
+        assert_eq!(caps.0, 0b1001);
+        assert!(caps.contains(Capabilities::READ_CONTENT));
+        assert!(caps.contains(Capabilities::READ_CONTENT.union(Capabilities::VERDICT_CACHE)));
+        assert!(!caps.contains(Capabilities::EXECUTE_EVENTS));
+        assert!(!caps.contains(Capabilities::READ_CONTENT.union(Capabilities::EXECUTE_EVENTS)));
+        assert!(Capabilities(1 << 63).contains(Capabilities::default()));
+    }
+}

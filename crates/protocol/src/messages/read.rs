@@ -262,3 +262,31 @@ impl<'a> Codec<'a> for ReadData<'a> {
         w.put(self.data());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{OsError, ReadData, ReadOutcome, ReadStatus};
+
+    #[test]
+    fn data_and_status_follow_the_outcome() {
+        let read = |outcome| ReadData {
+            event_id: 1,
+            offset: 0,
+            outcome,
+        };
+        assert_eq!(read(ReadOutcome::Data(b"ab")).data(), b"ab");
+        assert_eq!(read(ReadOutcome::Data(b"ab")).status(), ReadStatus::Data);
+        assert_eq!(read(ReadOutcome::EndOfFile(b"c")).data(), b"c");
+        assert_eq!(
+            read(ReadOutcome::EndOfFile(b"c")).status(),
+            ReadStatus::EndOfFile
+        );
+        assert_eq!(read(ReadOutcome::Error(OsError::Errno(5))).data(), b"");
+        assert_eq!(
+            read(ReadOutcome::Error(OsError::Errno(5))).status(),
+            ReadStatus::Error
+        );
+        assert_eq!(read(ReadOutcome::Cancelled).data(), b"");
+        assert_eq!(read(ReadOutcome::Cancelled).status(), ReadStatus::Cancelled);
+    }
+}
