@@ -15,9 +15,8 @@
 //!   ([`Params`]).
 //! * [`log`]: debug lines in the seed's shape `LEVEL: Routine : message: 0xSTATUS`
 //!   and their parser ([`parse_line`]).
-//!
-//! The protocol session with the host scanner is built on top of these (and of
-//! `thinagent-protocol`) in a separate module.
+//! * [`session`]: the guest side of the protocol with the host scanner, a
+//!   sans-IO state machine over `thinagent-protocol` ([`Session`]).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -29,6 +28,7 @@ pub mod file_key;
 pub mod log;
 pub mod params;
 pub mod policy;
+pub mod session;
 pub mod status;
 pub mod time;
 
@@ -40,6 +40,10 @@ pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
 pub use params::{Applied, FailMode, ParamError, ParamIssue, ParamReport, Params, RegValue};
 pub use policy::{
     OpenDecision, OpenPolicy, OpenRequest, PathRef, PathStyle, PolicyError, SkipReason,
+};
+pub use session::{
+    CloseReason, QueryId, QueryVerdict, ReadError, Session, SessionConfig, SessionEvent,
+    SubmitError, ThreatName, VerdictSource,
 };
 pub use status::NtStatus;
 pub use time::Instant;
