@@ -28,6 +28,7 @@ pub mod file_key;
 pub mod log;
 pub mod params;
 pub mod policy;
+pub mod reconnect;
 pub mod session;
 pub mod status;
 pub mod time;
@@ -41,6 +42,7 @@ pub use params::{Applied, FailMode, ParamError, ParamIssue, ParamReport, Params,
 pub use policy::{
     OpenDecision, OpenPolicy, OpenRequest, PathRef, PathStyle, PolicyError, SkipReason,
 };
+pub use reconnect::{Reconnect, ReconnectConfig};
 pub use session::{
     CloseReason, QueryId, QueryVerdict, ReadError, Session, SessionConfig, SessionEvent,
     SubmitError, ThreatName, VerdictSource,
