@@ -61,37 +61,44 @@ pub const fn clamp_u64(
     }
 }
 
-/// A fixed-capacity list of [`Clamp`]s (no allocation).
+/// A fixed-capacity list (no allocation): items beyond `N` are counted in
+/// [`BoundedList::dropped`] instead of stored. Used for every report of
+/// values that were adjusted or rejected ([`Clamps`], [`ParamReport`]).
+///
+/// [`ParamReport`]: crate::params::ParamReport
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Clamps<const N: usize> {
-    items: [Option<Clamp>; N],
+pub struct BoundedList<T, const N: usize> {
+    items: [Option<T>; N],
     len: usize,
     dropped: usize,
 }
 
-impl<const N: usize> Default for Clamps<N> {
+/// The clamps applied to one configuration.
+pub type Clamps<const N: usize> = BoundedList<Clamp, N>;
+
+impl<T: Copy, const N: usize> Default for BoundedList<T, N> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<const N: usize> Clamps<N> {
+impl<T: Copy, const N: usize> BoundedList<T, N> {
     /// An empty list.
     #[must_use]
     pub const fn new() -> Self {
-        Clamps {
+        BoundedList {
             items: [None; N],
             len: 0,
             dropped: 0,
         }
     }
 
-    /// Records `clamp` if it is `Some`; beyond capacity it is counted in
-    /// [`Clamps::dropped`].
-    pub fn push(&mut self, clamp: Option<Clamp>) {
-        if let Some(c) = clamp {
+    /// Records `item` (`None` records nothing); beyond capacity it is counted
+    /// in [`BoundedList::dropped`].
+    pub fn push(&mut self, item: impl Into<Option<T>>) {
+        if let Some(item) = item.into() {
             if self.len < N {
-                self.items[self.len] = Some(c);
+                self.items[self.len] = Some(item);
                 self.len += 1;
             } else {
                 self.dropped += 1;
@@ -99,29 +106,31 @@ impl<const N: usize> Clamps<N> {
         }
     }
 
-    /// Number of clamps recorded.
+    /// Number of items kept.
     #[must_use]
     pub const fn len(&self) -> usize {
         self.len
     }
 
-    /// `true` if nothing was clamped.
+    /// `true` if nothing was recorded, kept or dropped.
     #[must_use]
     pub const fn is_empty(&self) -> bool {
         self.len == 0 && self.dropped == 0
     }
 
-    /// Clamps that did not fit.
+    /// Items that did not fit.
     #[must_use]
     pub const fn dropped(&self) -> usize {
         self.dropped
     }
 
-    /// The recorded clamps, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = Clamp> + '_ {
+    /// The kept items, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
         self.items[..self.len].iter().flatten().copied()
     }
+}
 
+impl<const N: usize> Clamps<N> {
     /// The clamp recorded for `field`, if any.
     #[must_use]
     pub fn get(&self, field: &str) -> Option<Clamp> {

@@ -46,12 +46,7 @@ impl FileKey {
         let file_id = [
             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], 0, 0, 0, 0, 0, 0, 0, 0,
         ];
-        FileKey {
-            volume_serial,
-            file_id,
-            size,
-            last_write,
-        }
+        Self::new(volume_serial, file_id, size, last_write)
     }
 
     /// `true` if both keys name the same file, whatever its content version.

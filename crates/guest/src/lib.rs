@@ -34,7 +34,7 @@ pub mod status;
 pub mod time;
 
 pub use cache::{CacheStats, CachedVerdict, InsertOutcome, VerdictCache};
-pub use clamp::{Clamp, Clamps};
+pub use clamp::{BoundedList, Clamp, Clamps};
 pub use connector::{Backoff, Connector, ConnectorAction, ConnectorConfig, GiveUpReason};
 pub use file_key::FileKey;
 pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};

@@ -40,7 +40,7 @@
 use core::fmt;
 use core::time::Duration;
 
-use crate::clamp::{Clamp, clamp_u64};
+use crate::clamp::{BoundedList, Clamp, clamp_u64};
 use crate::connector::{self, Backoff, ConnectorConfig};
 use crate::log::{Level, LevelFilter, LogRecord, routine};
 use crate::policy::{OpenPolicy, PathRef, PathStyle, PolicyError};
@@ -194,30 +194,9 @@ pub enum ParamIssue {
 }
 
 /// A fixed-capacity list of `(name, issue)` pairs from [`Params::from_values`].
-#[derive(Clone, Copy, Debug)]
-pub struct ParamReport<'a, const N: usize = 16> {
-    items: [Option<(&'a str, ParamIssue)>; N],
-    len: usize,
-    dropped: usize,
-}
-
-impl<const N: usize> Default for ParamReport<'_, N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub type ParamReport<'a, const N: usize = 16> = BoundedList<(&'a str, ParamIssue), N>;
 
 impl<'a, const N: usize> ParamReport<'a, N> {
-    /// An empty report.
-    #[must_use]
-    pub const fn new() -> Self {
-        ParamReport {
-            items: [None; N],
-            len: 0,
-            dropped: 0,
-        }
-    }
-
     /// Records the outcome of applying `name`, if it is an issue.
     pub fn record(&mut self, name: &'a str, outcome: Result<Applied, ParamError>) {
         let issue = match outcome {
@@ -225,35 +204,7 @@ impl<'a, const N: usize> ParamReport<'a, N> {
             Ok(Applied::Clamped(c)) => ParamIssue::Clamped(c),
             Err(e) => ParamIssue::Rejected(e),
         };
-        if self.len < N {
-            self.items[self.len] = Some((name, issue));
-            self.len += 1;
-        } else {
-            self.dropped += 1;
-        }
-    }
-
-    /// The issues, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, ParamIssue)> + '_ {
-        self.items[..self.len].iter().flatten().copied()
-    }
-
-    /// Number of issues kept.
-    #[must_use]
-    pub const fn len(&self) -> usize {
-        self.len
-    }
-
-    /// `true` if every value applied cleanly.
-    #[must_use]
-    pub const fn is_empty(&self) -> bool {
-        self.len == 0 && self.dropped == 0
-    }
-
-    /// Issues that did not fit.
-    #[must_use]
-    pub const fn dropped(&self) -> usize {
-        self.dropped
+        self.push((name, issue));
     }
 }
 
