@@ -1,0 +1,75 @@
+//! Scanning engines: each one a module behind [`Engine`].
+//!
+//! Content arrives from the guest in chunks (ReadData), in offset order, and is
+//! streamed into every engine of the active set: an engine never sees the
+//! whole file at once unless it chooses to buffer it. Engines are synchronous;
+//! an engine that does I/O (clamd) or heavy CPU work (YARA) is called by the
+//! service from a blocking-capable context (`tokio::task::spawn_blocking`), so
+//! `update` and `finish` may block, but must honour their own timeouts.
+
+use std::fmt;
+
+/// A positive finding: what was found and by which engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    /// The threat name as the signature names it (e.g. `Eicar-Test-Signature`).
+    pub threat: String,
+    /// The engine that found it ([`Engine::name`]).
+    pub engine: &'static str,
+}
+
+/// What went wrong inside an engine while scanning one file. An engine error
+/// never kills a session: the service turns it into the configured policy
+/// verdict and logs it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine's backend (clamd) could not be reached or broke the
+    /// connection.
+    #[error("{engine}: backend unavailable: {reason}")]
+    Unavailable {
+        /// Engine name.
+        engine: &'static str,
+        /// What failed, for the log.
+        reason: String,
+    },
+    /// The engine took longer than its timeout.
+    #[error("{engine}: timed out after {millis} ms")]
+    Timeout {
+        /// Engine name.
+        engine: &'static str,
+        /// The timeout that expired.
+        millis: u64,
+    },
+    /// The engine refused the content (too large for it, or its backend said
+    /// so).
+    #[error("{engine}: {reason}")]
+    Refused {
+        /// Engine name.
+        engine: &'static str,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// A loaded engine: immutable after loading, shared by every session
+/// (`Send + Sync`). A signature reload builds new engines and swaps the whole
+/// set; scans in progress finish on the old set.
+pub trait Engine: Send + Sync + fmt::Debug {
+    /// Short stable name used in logs, the audit log and metrics
+    /// (`hash`, `yara`, `clamd`).
+    fn name(&self) -> &'static str;
+
+    /// Starts scanning one file of `size` bytes (the size the guest reported;
+    /// the content may end up shorter if the file changes while being read).
+    fn start(&self, size: u64) -> Box<dyn EngineScan>;
+}
+
+/// One file being scanned by one engine.
+pub trait EngineScan: Send {
+    /// Feeds the next chunk, in offset order. Returning a detection early lets
+    /// the service stop pulling content.
+    fn update(&mut self, chunk: &[u8]) -> Result<Option<Detection>, EngineError>;
+
+    /// The content is complete: the final answer (`None` = clean).
+    fn finish(self: Box<Self>) -> Result<Option<Detection>, EngineError>;
+}

@@ -1,0 +1,10 @@
+//! ThinAgent host scanner: the host end of the vsock channel.
+//!
+//! Layers, innermost first:
+//! - [`engine`]: the scanning engines behind one streaming trait.
+//!
+//! (The sans-IO host session, caches, signature sets and the tokio service
+//! edge are added as modules beside it.)
+#![forbid(unsafe_code)]
+
+pub mod engine;
