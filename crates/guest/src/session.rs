@@ -299,6 +299,9 @@ pub struct Session<const N: usize = 64, const PATH: usize = 1024, const R: usize
     last_sent: Instant,
     last_recv: Instant,
     ping: Option<(u64, Instant)>,
+    /// A `Pong` that found the outgoing buffer full (behind large
+    /// `ReadData`s): sent as soon as there is room, never dropped.
+    pong_pending: Option<(Heartbeat, u64)>,
 }
 
 impl<const N: usize, const PATH: usize, const R: usize> core::fmt::Debug for Session<N, PATH, R> {
@@ -356,6 +359,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             last_sent: Instant::ZERO,
             last_recv: Instant::ZERO,
             ping: None,
+            pong_pending: None,
         }
     }
 
@@ -534,6 +538,15 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         let handshaking = matches!(self.state, State::Handshake { .. });
         match msg {
             Incoming::HelloAck(ack) if handshaking && id == self.hello_id => {
+                // The Hello offered exactly PROTOCOL_VERSION; a host that
+                // picks anything else speaks a protocol we cannot (§4).
+                if ack.version != PROTOCOL_VERSION {
+                    self.fatal(
+                        ErrorCode::VersionUnsupported,
+                        CloseReason::Protocol(ErrorCode::VersionUnsupported),
+                    );
+                    return;
+                }
                 self.ack = Some(ack);
                 self.rx.set_max_frame_len(MAX_FRAME_LEN);
                 self.state = State::Connected;
@@ -568,7 +581,10 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             }
             Incoming::ReadRequest(req) => self.on_read_request(id, req),
             Incoming::Ping(hb) => {
-                self.push_frame(&Message::Pong(hb), id);
+                if !self.push_frame(&Message::Pong(hb), id) {
+                    // Only the newest probe matters to the host.
+                    self.pong_pending = Some((hb, id));
+                }
             }
             Incoming::Pong(hb) => {
                 if self.ping.is_some_and(|(nonce, _)| nonce == hb.nonce) {
@@ -789,6 +805,12 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
     /// Copies bytes to send into `out` and returns how many (`None`: nothing
     /// to send now). Frames may be split across calls.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<usize> {
+        if let Some((hb, id)) = self.pong_pending
+            && self.state != State::Closed
+            && self.tx.push(&Message::Pong(hb), id)
+        {
+            self.pong_pending = None;
+        }
         if self.tx.start == self.tx.end && self.state == State::Connected {
             self.queue_file_events();
         }
@@ -1100,6 +1122,31 @@ mod tests {
     }
 
     #[test]
+    fn hello_ack_with_a_version_not_offered_closes() {
+        let mut s = Box::new(S::new(&config(FailMode::Closed)));
+        s.start(ms(0));
+        let hello = sent(&mut s);
+        let (hello_id, _) = frame(&hello[0]);
+        let bad = HelloAck {
+            version: PROTOCOL_VERSION + 1,
+            ..ack()
+        };
+        s.receive(&enc(Message::HelloAck(bad), hello_id), ms(1));
+        assert!(!s.is_connected());
+        let frames = sent(&mut s);
+        assert!(
+            matches!(frame(&frames[0]).1, Message::Error(e) if e.code == ErrorCode::VersionUnsupported),
+            "the host is told why"
+        );
+        assert_eq!(
+            events(&mut s),
+            [SessionEvent::Closed {
+                reason: CloseReason::Protocol(ErrorCode::VersionUnsupported)
+            }]
+        );
+    }
+
+    #[test]
     fn handshake_timeout_closes_and_fails_pending() {
         let mut s = Box::new(S::new(&config(FailMode::Closed)));
         s.start(ms(0));
@@ -1291,6 +1338,46 @@ mod tests {
                 reason: CloseReason::HeartbeatTimeout
             }]
         ));
+    }
+
+    #[test]
+    fn pong_waits_for_room_behind_large_read_data() {
+        const BIG: u32 = (MAX_FRAME_LEN - 56) as u32;
+        let mut s = Box::new(S::new(&config(FailMode::Open)));
+        s.start(ms(0));
+        let (hello_id, _) = frame(&sent(&mut s)[0]);
+        let ack = HelloAck {
+            max_read_chunk: BIG,
+            ..ack()
+        };
+        s.receive(&enc(Message::HelloAck(ack), hello_id), ms(1));
+        events(&mut s);
+        let q = submit_sent(&mut s, 2);
+        // Two reads whose ReadData frames leave less room than a Pong needs.
+        let small = (TX_CAP - MAX_FRAME_LEN - 56 - 30) as u32;
+        for (read_id, offset, length) in [(70, 0, BIG), (71, u64::from(BIG), small)] {
+            let req = ReadRequest {
+                event_id: q,
+                offset,
+                length,
+            };
+            s.receive(&enc(Message::ReadRequest(req), read_id), ms(3));
+        }
+        events(&mut s);
+        let data = std::vec![7u8; BIG as usize];
+        s.read_completed(70, ReadOutcome::Data(&data), ms(4))
+            .unwrap();
+        s.read_completed(71, ReadOutcome::Data(&data[..small as usize]), ms(4))
+            .unwrap();
+        let hb = Heartbeat {
+            nonce: 5,
+            timestamp_ms: 6,
+        };
+        s.receive(&enc(Message::Ping(hb), 90), ms(5));
+        let frames = sent(&mut s);
+        let ids: Vec<u64> = frames.iter().map(|f| frame(f).0).collect();
+        assert_eq!(ids, [70, 71, 90], "the Pong follows once there is room");
+        assert_eq!(frame(&frames[2]).1, Message::Pong(hb));
     }
 
     #[test]
