@@ -7,6 +7,9 @@
 //! service from a blocking-capable context (`tokio::task::spawn_blocking`), so
 //! `update` and `finish` may block, but must honour their own timeouts.
 
+pub mod clamd;
+pub mod yara;
+
 use std::fmt;
 
 /// A positive finding: what was found and by which engine.

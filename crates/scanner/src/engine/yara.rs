@@ -1,0 +1,354 @@
+//! YARA rules, compiled and evaluated by the [`yara_x`] crate.
+//!
+//! Rules are compiled once ([`YaraEngine::from_files`] or
+//! [`YaraEngine::from_sources`]) into an immutable [`yara_x::Rules`], shared by
+//! every scan. Each rule file gets its own namespace (its file stem), so two
+//! files may define rules of the same name without clashing.
+//!
+//! YARA evaluates a rule over the whole file: modules (`pe`, `elf`, `hash`),
+//! `filesize`, `uint32(...)` and patterns across chunk boundaries all need the
+//! complete content. yara-x's block scanner (`yara_x::blocks`) drops all of
+//! these, so a [`YaraScan`] buffers the content it is fed (bounded by
+//! [`YaraEngine::with_max_size`]) and evaluates the rules at
+//! [`EngineScan::finish`] with a [`yara_x::Scanner`] made for that scan and
+//! limited by [`YaraEngine::with_timeout`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Detection, Engine, EngineError, EngineScan};
+
+/// The engine name used in detections, logs and metrics.
+pub const YARA_ENGINE_NAME: &str = "yara";
+
+/// Default bound on the content one scan buffers (see
+/// [`YaraEngine::with_max_size`]).
+pub const DEFAULT_YARA_MAX_SIZE: u64 = 128 * 1024 * 1024;
+
+/// Default time one scan may take (see [`YaraEngine::with_timeout`]).
+pub const DEFAULT_YARA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest buffer reserved up front from the size the guest reported; beyond
+/// it the buffer grows as content actually arrives (a guest may lie).
+const MAX_INITIAL_RESERVE: usize = 4 * 1024 * 1024;
+
+/// A YARA rule file that could not be loaded. Loading is all or nothing: any
+/// error means no engine.
+#[derive(Debug, thiserror::Error)]
+pub enum YaraLoadError {
+    /// The file could not be read.
+    #[error("{}: cannot read YARA rule file: {source}", path.display())]
+    Io {
+        /// The rule file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not compile: a syntax or semantic error at `line`.
+    #[error("{}:{line}:{column}: YARA rule error: {message}", path.display())]
+    Compile {
+        /// The rule file (or the origin given to [`YaraEngine::from_sources`]).
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in bytes) of the error.
+        column: usize,
+        /// What is wrong, as yara-x describes it (e.g. `syntax error:
+        /// expecting ...`).
+        message: String,
+    },
+}
+
+impl YaraLoadError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            YaraLoadError::Io { path, .. } | YaraLoadError::Compile { path, .. } => path,
+        }
+    }
+
+    /// The 1-based line of a compile error (`None` for I/O errors).
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            YaraLoadError::Io { .. } => None,
+            YaraLoadError::Compile { line, .. } => Some(*line),
+        }
+    }
+}
+
+/// Compiled YARA rules as an [`Engine`]. Cheap to clone (the rules are
+/// shared).
+#[derive(Clone)]
+pub struct YaraEngine {
+    rules: Arc<yara_x::Rules>,
+    rule_count: usize,
+    max_size: u64,
+    timeout: Duration,
+}
+
+impl fmt::Debug for YaraEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("YaraEngine")
+            .field("rule_count", &self.rule_count)
+            .field("max_size", &self.max_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// True when `path` names a YARA rule file (`*.yar` or `*.yara`, any case).
+pub fn is_yara_rule_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yar") || e.eq_ignore_ascii_case("yara"))
+}
+
+impl YaraEngine {
+    /// Reads and compiles every rule file in `paths` (the caller picks the
+    /// files, e.g. with [`is_yara_rule_file`]). The first file that cannot be
+    /// read or compiled is the error, naming the file and line.
+    pub fn from_files<P: AsRef<Path>>(paths: &[P]) -> Result<Self, YaraLoadError> {
+        let mut sources = Vec::with_capacity(paths.len());
+        for path in paths {
+            let path = path.as_ref();
+            let text = std::fs::read(path).map_err(|source| YaraLoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            sources.push((path.to_path_buf(), text));
+        }
+        Self::compile(sources.iter().map(|(p, t)| (p.as_path(), t.as_slice())))
+    }
+
+    /// Compiles rules from memory: each item is (origin used in errors and as
+    /// the namespace, rule source text).
+    pub fn from_sources<'a, I>(sources: I) -> Result<Self, YaraLoadError>
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        Self::compile(
+            sources
+                .into_iter()
+                .map(|(origin, text)| (Path::new(origin), text.as_bytes())),
+        )
+    }
+
+    /// Compiles one rule source (origin `<memory>`); convenient for tests.
+    pub fn from_source(text: &str) -> Result<Self, YaraLoadError> {
+        Self::from_sources([("<memory>", text)])
+    }
+
+    fn compile<'a, I>(sources: I) -> Result<Self, YaraLoadError>
+    where
+        I: IntoIterator<Item = (&'a Path, &'a [u8])>,
+    {
+        let mut compiler = yara_x::Compiler::new();
+        for (path, text) in sources {
+            let namespace = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "default".to_owned());
+            compiler.new_namespace(&namespace);
+            let origin = path.display().to_string();
+            let source = yara_x::SourceCode::from(text).with_origin(origin);
+            if let Err(err) = compiler.add_source(source) {
+                return Err(compile_error(path, text, &err));
+            }
+        }
+        let rules = compiler.build();
+        let rule_count = rules.iter().len();
+        Ok(YaraEngine {
+            rules: Arc::new(rules),
+            rule_count,
+            max_size: DEFAULT_YARA_MAX_SIZE,
+            timeout: DEFAULT_YARA_TIMEOUT,
+        })
+    }
+
+    /// Sets the most content one scan buffers; a longer file is refused
+    /// ([`EngineError::Refused`]) rather than scanned in part.
+    #[must_use]
+    pub fn with_max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// Sets how long evaluating the rules over one file may take.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Number of compiled rules (private and global rules included).
+    pub fn rule_count(&self) -> usize {
+        self.rule_count
+    }
+
+    /// Evaluates the rules over a complete buffer: the first matching rule,
+    /// or `None`.
+    pub fn scan_bytes(&self, data: &[u8]) -> Result<Option<Detection>, EngineError> {
+        if self.rule_count == 0 {
+            return Ok(None);
+        }
+        let mut scanner = yara_x::Scanner::new(&self.rules);
+        scanner.set_timeout(self.timeout);
+        let results = scanner.scan(data).map_err(|err| match err {
+            yara_x::ScanError::Timeout => EngineError::Timeout {
+                engine: YARA_ENGINE_NAME,
+                millis: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            },
+            other => EngineError::Refused {
+                engine: YARA_ENGINE_NAME,
+                reason: format!("scan failed: {other}"),
+            },
+        })?;
+        let detection = results.matching_rules().next().map(|rule| Detection {
+            threat: rule.identifier().to_owned(),
+            engine: YARA_ENGINE_NAME,
+        });
+        Ok(detection)
+    }
+}
+
+/// Turns a yara-x compile error into one naming the file, line and column.
+fn compile_error(path: &Path, text: &[u8], err: &yara_x::errors::CompileError) -> YaraLoadError {
+    let (offset, label) = err
+        .labels()
+        .next()
+        .map(|l| (l.span().start(), l.text().to_owned()))
+        .unwrap_or((0, String::new()));
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = offset - line_start + 1;
+    let title = err.title();
+    let message = if label.is_empty() || label == title {
+        title.to_owned()
+    } else {
+        format!("{title}: {label}")
+    };
+    YaraLoadError::Compile {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    }
+}
+
+impl Engine for YaraEngine {
+    fn name(&self) -> &'static str {
+        YARA_ENGINE_NAME
+    }
+
+    fn start(&self, size: u64) -> Box<dyn EngineScan> {
+        let state = if self.rule_count == 0 {
+            // Nothing can match: do not buffer at all.
+            ScanState::NoRules
+        } else if size > self.max_size {
+            ScanState::TooLarge(size)
+        } else {
+            let reserve = usize::try_from(size)
+                .unwrap_or(usize::MAX)
+                .min(MAX_INITIAL_RESERVE);
+            ScanState::Buffering(Vec::with_capacity(reserve))
+        };
+        Box::new(YaraScan {
+            engine: self.clone(),
+            state,
+        })
+    }
+}
+
+enum ScanState {
+    NoRules,
+    Buffering(Vec<u8>),
+    TooLarge(u64),
+}
+
+/// One file being scanned by a [`YaraEngine`]: buffers the content, evaluates
+/// the rules at [`EngineScan::finish`].
+pub struct YaraScan {
+    engine: YaraEngine,
+    state: ScanState,
+}
+
+impl YaraScan {
+    fn too_large(&self, size: u64) -> EngineError {
+        EngineError::Refused {
+            engine: YARA_ENGINE_NAME,
+            reason: format!(
+                "file of {size} bytes exceeds the YARA scan limit of {} bytes",
+                self.engine.max_size
+            ),
+        }
+    }
+}
+
+impl EngineScan for YaraScan {
+    fn update(&mut self, chunk: &[u8]) -> Result<Option<Detection>, EngineError> {
+        match &mut self.state {
+            ScanState::NoRules => Ok(None),
+            ScanState::TooLarge(size) => {
+                let size = *size;
+                Err(self.too_large(size))
+            }
+            ScanState::Buffering(buf) => {
+                let total = buf.len() as u64 + chunk.len() as u64;
+                if total > self.engine.max_size {
+                    self.state = ScanState::TooLarge(total);
+                    return Err(self.too_large(total));
+                }
+                buf.extend_from_slice(chunk);
+                Ok(None)
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<Option<Detection>, EngineError> {
+        match &self.state {
+            ScanState::NoRules => Ok(None),
+            ScanState::TooLarge(size) => Err(self.too_large(*size)),
+            ScanState::Buffering(buf) => self.engine.scan_bytes(buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_rule_file_extensions() {
+        assert!(is_yara_rule_file(Path::new("a/b.yar")));
+        assert!(is_yara_rule_file(Path::new("b.YARA")));
+        assert!(!is_yara_rule_file(Path::new("b.hdb")));
+        assert!(!is_yara_rule_file(Path::new("yar")));
+    }
+
+    #[test]
+    fn compile_error_names_line_and_column() {
+        let src = "rule ok { condition: true }\n\nrule bad {\n  condition: tru e\n}\n";
+        let err = YaraEngine::from_sources([("rules/bad.yar", src)]).unwrap_err();
+        assert_eq!(err.path(), Path::new("rules/bad.yar"));
+        assert_eq!(err.line(), Some(4), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("rules/bad.yar:4:"), "{text}");
+    }
+
+    #[test]
+    fn no_rules_never_buffers_and_never_matches() {
+        let engine = YaraEngine::from_sources(std::iter::empty()).unwrap();
+        assert_eq!(engine.rule_count(), 0);
+        let mut scan = engine.start(10);
+        assert_eq!(scan.update(b"anything").unwrap(), None);
+        assert_eq!(scan.finish().unwrap(), None);
+    }
+}
