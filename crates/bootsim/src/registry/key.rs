@@ -102,6 +102,27 @@ impl RegKey {
         self.values.remove(&fold(name)).map(|(_, v)| v)
     }
 
+    /// Adds `key` as a direct subkey (replacing one with the same name, in
+    /// any case); returns it for further filling.
+    pub fn add_subkey(&mut self, key: RegKey) -> &mut RegKey {
+        let folded = fold(&key.name);
+        self.subkeys.insert(folded.clone(), key);
+        self.subkeys
+            .get_mut(&folded)
+            .expect("the subkey was inserted just above")
+    }
+
+    /// Removes every value and subkey (the name stays).
+    pub fn clear(&mut self) {
+        self.subkeys.clear();
+        self.values.clear();
+    }
+
+    /// Number of keys in this tree, this key included.
+    pub fn tree_key_count(&self) -> usize {
+        1 + self.subkeys().map(RegKey::tree_key_count).sum::<usize>()
+    }
+
     /// Shorthand: a DWORD value.
     pub fn dword(&self, name: &str) -> Option<u32> {
         self.value(name)?.as_dword()

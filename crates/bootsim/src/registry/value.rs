@@ -79,3 +79,130 @@ impl RegValue {
         }
     }
 }
+
+/// How the bytes of string-typed data (`REG_SZ`, `REG_EXPAND_SZ`,
+/// `REG_MULTI_SZ`) are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringEncoding {
+    /// UTF-16LE: hives, and `hex(2)`/`hex(7)` data in version 5 `.reg` exports.
+    Utf16Le,
+    /// One byte per character (the ANSI code page; read as Windows-1252's
+    /// Latin-1 subset): `hex(2)`/`hex(7)` data in `REGEDIT4` exports.
+    Ansi,
+}
+
+impl RegValue {
+    /// Decodes raw value data of type `kind` the way the configuration
+    /// manager stores it. Both readers (hive and `.reg` `hex(N):` data) go
+    /// through here, so the same bytes always give the same value:
+    ///
+    /// - 1 (`REG_SZ`), 2 (`REG_EXPAND_SZ`): the string up to the first NUL
+    ///   (invalid UTF-16 is replaced with U+FFFD, an odd last byte ignored);
+    /// - 7 (`REG_MULTI_SZ`): the strings up to the first empty one;
+    /// - 4 (`REG_DWORD`) with exactly 4 bytes, 11 (`REG_QWORD`) with exactly
+    ///   8 bytes; other lengths stay [`RegValue::Other`] with their bytes;
+    /// - 3 (`REG_BINARY`): the bytes;
+    /// - anything else: [`RegValue::Other`].
+    pub fn from_raw(kind: u32, data: &[u8], encoding: StringEncoding) -> RegValue {
+        match kind {
+            1 => RegValue::Sz(first_string(data, encoding)),
+            2 => RegValue::ExpandSz(first_string(data, encoding)),
+            3 => RegValue::Binary(data.to_vec()),
+            4 if data.len() == 4 => {
+                RegValue::Dword(u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
+            }
+            7 => RegValue::MultiSz(
+                decode_string(data, encoding)
+                    .split('\0')
+                    .take_while(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            11 if data.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(data);
+                RegValue::Qword(u64::from_le_bytes(b))
+            }
+            _ => RegValue::Other {
+                kind,
+                data: data.to_vec(),
+            },
+        }
+    }
+}
+
+/// Decodes the whole byte string.
+fn decode_string(data: &[u8], encoding: StringEncoding) -> String {
+    match encoding {
+        StringEncoding::Utf16Le => {
+            let units: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
+        StringEncoding::Ansi => data.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
+/// The string up to the first NUL.
+fn first_string(data: &[u8], encoding: StringEncoding) -> String {
+    let mut s = decode_string(data, encoding);
+    if let Some(nul) = s.find('\0') {
+        s.truncate(nul);
+    }
+    s
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::*;
+
+    fn utf16(s: &str) -> Vec<u8> {
+        s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    }
+
+    #[test]
+    fn strings_stop_at_the_first_nul() {
+        let v = RegValue::from_raw(1, &utf16("vmci\0junk"), StringEncoding::Utf16Le);
+        assert_eq!(v, RegValue::Sz("vmci".into()));
+        let v = RegValue::from_raw(2, b"%SystemRoot%\0", StringEncoding::Ansi);
+        assert_eq!(v, RegValue::ExpandSz("%SystemRoot%".into()));
+    }
+
+    #[test]
+    fn multi_sz_stops_at_the_first_empty_string() {
+        let v = RegValue::from_raw(7, &utf16("a\0bc\0\0ignored\0\0"), StringEncoding::Utf16Le);
+        assert_eq!(v, RegValue::MultiSz(vec!["a".into(), "bc".into()]));
+        assert_eq!(
+            RegValue::from_raw(7, &[], StringEncoding::Utf16Le),
+            RegValue::MultiSz(vec![])
+        );
+    }
+
+    #[test]
+    fn numbers_need_their_exact_width() {
+        assert_eq!(
+            RegValue::from_raw(4, &[1, 0, 0, 0], StringEncoding::Utf16Le),
+            RegValue::Dword(1)
+        );
+        assert_eq!(
+            RegValue::from_raw(4, &[1, 0], StringEncoding::Utf16Le),
+            RegValue::Other {
+                kind: 4,
+                data: vec![1, 0]
+            }
+        );
+        assert_eq!(
+            RegValue::from_raw(11, &[2, 0, 0, 0, 0, 0, 0, 1], StringEncoding::Utf16Le),
+            RegValue::Qword(0x0100_0000_0000_0002)
+        );
+        assert_eq!(
+            RegValue::from_raw(0, &[9], StringEncoding::Utf16Le),
+            RegValue::Other {
+                kind: 0,
+                data: vec![9]
+            }
+        );
+    }
+}
