@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod scan;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +33,13 @@ enum Command {
     /// parameters, debug level 4. Exit status 0 when the provider is captured,
     /// 1 when the agent gives up.
     Demo(DemoArgs),
+    /// Act as a guest: send each FILE to a thinagent-scanner over the real
+    /// protocol and print `PATH: OK` or `PATH: NAME FOUND` (clamdscan's shape).
+    ///
+    /// Serves the scanner's content reads from the local files. Exit status:
+    /// 0 nothing found, 1 something found, 2 an error occurred. A summary
+    /// (files, found, errors, elapsed, files/s) goes to stderr.
+    Scan(scan::ScanArgs),
 }
 
 #[derive(clap::Args)]
@@ -101,5 +109,6 @@ fn main() -> Result<ExitCode> {
         params: Vec::new(),
     })) {
         Command::Demo(args) => demo(&args),
+        Command::Scan(args) => scan::run(&args),
     }
 }
