@@ -61,9 +61,11 @@ fn verdict(id: u64, decision: Decision, threat: &str) -> Vec<u8> {
     )
 }
 
-/// (seed name, script, what the replay must show).
-fn scripts() -> Vec<(&'static str, Vec<u8>, fn(&Outcome) -> bool)> {
-    let mut out: Vec<(&'static str, Vec<u8>, fn(&Outcome) -> bool)> = Vec::new();
+/// A seed: its file name, its script, and what its replay must show.
+type Seed = (&'static str, Vec<u8>, fn(&Outcome) -> bool);
+
+fn scripts() -> Vec<Seed> {
+    let mut out: Vec<Seed> = Vec::new();
 
     // Handshake, two queries, one allowed and one denied by the host.
     let mut s = vec![0];
