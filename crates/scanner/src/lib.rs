@@ -7,4 +7,9 @@
 //! edge are added as modules beside it.)
 #![forbid(unsafe_code)]
 
+pub mod cache;
+pub mod connection;
 pub mod engine;
+pub mod scan;
+pub mod session;
+pub mod signatures;

@@ -7,7 +7,9 @@
 //! service from a blocking-capable context (`tokio::task::spawn_blocking`), so
 //! `update` and `finish` may block, but must honour their own timeouts.
 
+pub mod builtin;
 pub mod clamd;
+pub mod hash;
 pub mod yara;
 
 use std::fmt;

@@ -1,0 +1,1031 @@
+//! [`HostSession`]: the host side of the ThinAgent protocol
+//! (`docs/protocol.md`) as a sans-IO state machine, in the style of
+//! `quinn-proto` and of the guest's `thinagent_guest::Session`.
+//!
+//! The caller owns the socket and the clock. It feeds received bytes
+//! ([`HostSession::receive`]), the end of the stream
+//! ([`HostSession::transport_closed`]), the time ([`HostSession::handle_timeout`]
+//! at [`HostSession::next_deadline`]) and its decisions
+//! ([`HostSession::verdict`], [`HostSession::fetch`],
+//! [`HostSession::consumed`]), and polls bytes to send
+//! ([`HostSession::poll_transmit`]) and [`SessionEvent`]s
+//! ([`HostSession::poll_event`]). `crate::connection` drives it over tokio.
+//!
+//! Guarantees, for any input bytes and any call order:
+//! * no panic (the workspace aborts on panic, which would end every guest's
+//!   session); proptests and the `host_session` fuzz target check it;
+//! * every accepted `FileEvent` gets at most one `Verdict` on the wire, and
+//!   exactly one unless the guest said `Goodbye` or the transport closed
+//!   (then the guest applies its own fail decision, §8);
+//! * every [`Query`] ends exactly once for the application: its own
+//!   successful [`HostSession::verdict`] call or one
+//!   [`SessionEvent::Finished`];
+//! * content is pulled with `ReadRequest`s of at most the negotiated chunk,
+//!   with at most `min(max_reads_in_flight, guest's max_reads_in_flight)`
+//!   reads and [`SessionLimits::max_bytes_in_flight`] bytes outstanding.
+//!
+//! Defined outcomes of hostile input: fatal decoding errors and session rule
+//! violations (wrong state or direction, a `ReadData` longer than asked or
+//! with a wrong echo, a reused event id, one `FileEvent` above
+//! `max_events_in_flight`) answer every open query with the error policy
+//! verdict, then send `Error` + `Goodbye(ProtocolError)` and close; unknown
+//! message types and versions are skipped with an `Error` (§9); a `ReadData`
+//! for an unknown read id is ignored and reported as an [`Anomaly`] (§7).
+
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thinagent_protocol::{
+    Capabilities, Decision, DecodeError, ErrorCode, ErrorMessage, FileEvent, Goodbye,
+    GoodbyeReason, Heartbeat, HelloAck, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, MAX_VERSION,
+    MIN_VERSION, Message, ReadOutcome, ReadRequest, StreamDecoder, Verdict,
+};
+
+pub use types::{
+    Anomaly, CallError, CloseReason, ContentFailure, EventId, GuestInfo, GuestPath, LimitsError,
+    PolicyReason, PolicyVerdicts, Query, QueryOutcome, SessionEvent, SessionLimits,
+};
+
+/// One outstanding `ReadRequest`.
+#[derive(Debug, Clone, Copy)]
+struct ReadOut {
+    event_id: EventId,
+    offset: u64,
+    length: u32,
+}
+
+/// Content transfer state of one fetched query.
+#[derive(Debug, Default)]
+struct Fetch {
+    /// Where the next new (non-gap) request starts.
+    next_offset: u64,
+    /// Bytes delivered to the application, in order.
+    delivered: u64,
+    /// End of file as the guest reported it.
+    eof_at: Option<u64>,
+    /// Ranges a short read left unread, to request before new ranges.
+    gaps: VecDeque<(u64, u32)>,
+    /// Received out of order, waiting for the bytes before them.
+    held: BTreeMap<u64, Vec<u8>>,
+    /// Reads of this query outstanding.
+    reads_out: u32,
+    /// Bytes this query counts against the budget (outstanding read lengths,
+    /// held bytes, delivered bytes not yet consumed).
+    charged: u64,
+    /// `ContentEnd` or `ContentFailed` was emitted: nothing more to request.
+    done: bool,
+}
+
+#[derive(Debug)]
+struct OpenQuery {
+    info: Arc<Query>,
+    deadline: Option<Instant>,
+    fetch: Option<Fetch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for `Hello` until the deadline.
+    Handshake,
+    Connected,
+    Closed,
+}
+
+/// Decisions the session derives from one received frame, copied out of the
+/// decoder's buffer.
+enum Step {
+    Hello(u64, HelloFields),
+    Ping(u64, Heartbeat),
+    Pong(u64, Heartbeat),
+    Goodbye(GoodbyeReason),
+    /// A host-to-guest message (`HelloAck`, `ReadRequest`, `Verdict`).
+    WrongDirection,
+    FileEvent(u64, Box<Query>),
+    ReadData(u64, ReadDataOwned),
+    PeerError(u64, ErrorCode),
+    Error(DecodeError),
+}
+
+struct HelloFields {
+    min: u16,
+    max: u16,
+    info: GuestInfo,
+}
+
+struct ReadDataOwned {
+    event_id: EventId,
+    offset: u64,
+    kind: ReadKind,
+    data: Vec<u8>,
+}
+
+enum ReadKind {
+    Data,
+    Eof,
+    Error(thinagent_protocol::OsError),
+    Cancelled,
+}
+
+/// The host side of one connection. See the [module docs](self).
+#[derive(Debug)]
+pub struct HostSession {
+    limits: SessionLimits,
+    state: State,
+    handshake_deadline: Option<Instant>,
+    guest: Option<Arc<GuestInfo>>,
+    /// Negotiated read chunk.
+    chunk: u32,
+    /// min(own, guest's) reads in flight.
+    max_reads: u32,
+    rx: StreamDecoder<Box<[u8]>>,
+    tx: Vec<u8>,
+    tx_start: usize,
+    events: VecDeque<SessionEvent>,
+    queries: HashMap<EventId, OpenQuery>,
+    /// Fetching queries in round-robin order.
+    fetch_order: VecDeque<EventId>,
+    reads: HashMap<u64, ReadOut>,
+    next_read_id: u64,
+    bytes_charged: u64,
+    last_sent: Instant,
+    last_recv: Instant,
+    ping: Option<u64>,
+    now: Instant,
+    created: Instant,
+}
+
+impl HostSession {
+    /// A session for a connection accepted at `now`. Limits are
+    /// [normalized](SessionLimits::normalized).
+    pub fn new(limits: SessionLimits, now: Instant) -> Self {
+        let limits = limits.normalized();
+        let mut rx = StreamDecoder::new(vec![0u8; MAX_FRAME_LEN].into_boxed_slice());
+        rx.set_max_frame_len(limits.max_frame_len as usize);
+        Self {
+            handshake_deadline: now.checked_add(limits.handshake_timeout),
+            limits,
+            state: State::Handshake,
+            guest: None,
+            chunk: limits.max_read_chunk,
+            max_reads: limits.max_reads_in_flight,
+            rx,
+            tx: Vec::new(),
+            tx_start: 0,
+            events: VecDeque::new(),
+            queries: HashMap::new(),
+            fetch_order: VecDeque::new(),
+            reads: HashMap::new(),
+            next_read_id: 1,
+            bytes_charged: 0,
+            last_sent: now,
+            last_recv: now,
+            ping: None,
+            now,
+            created: now,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// The guest, once the handshake completed.
+    pub fn guest(&self) -> Option<&Arc<GuestInfo>> {
+        self.guest.as_ref()
+    }
+
+    /// Whether the session is closed (nothing more will be accepted; send
+    /// what [`poll_transmit`](Self::poll_transmit) still yields).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Open (unanswered) queries.
+    pub fn open_queries(&self) -> usize {
+        self.queries.len()
+    }
+
+    /// Outstanding `ReadRequest`s.
+    pub fn reads_in_flight(&self) -> usize {
+        self.reads.len()
+    }
+
+    /// Content bytes currently charged against
+    /// [`SessionLimits::max_bytes_in_flight`].
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.bytes_charged
+    }
+
+    /// Bytes waiting to be sent. A driver should stop reading from the
+    /// guest while this is large (the guest is not reading its answers).
+    pub fn tx_backlog(&self) -> usize {
+        self.tx.len().saturating_sub(self.tx_start)
+    }
+
+    // ----- input -----------------------------------------------------------
+
+    /// Feeds bytes received from the guest.
+    pub fn receive(&mut self, mut bytes: &[u8], now: Instant) {
+        self.now = now;
+        while !bytes.is_empty() && self.state != State::Closed {
+            let n = self.rx.push(bytes);
+            bytes = bytes.get(n..).unwrap_or_default();
+            self.process_rx();
+            if n == 0 {
+                break;
+            }
+        }
+        self.pump_reads();
+    }
+
+    /// The byte stream ended (EOF or I/O error): open queries are abandoned.
+    pub fn transport_closed(&mut self, now: Instant) {
+        self.now = now;
+        if self.state == State::Closed {
+            return;
+        }
+        self.tx.clear();
+        self.tx_start = 0;
+        self.finish_closed(CloseReason::TransportClosed);
+    }
+
+    /// Closes the session from the host side (service stop: `Shutdown`,
+    /// restart: `Restarting`, too many guests: `Overloaded`). Open queries
+    /// get the error policy verdict first.
+    pub fn close(&mut self, reason: GoodbyeReason, now: Instant) {
+        self.now = now;
+        if self.state == State::Closed {
+            return;
+        }
+        self.answer_all_open();
+        self.push(&Message::Goodbye(Goodbye { reason }), 0);
+        self.finish_closed(CloseReason::Local(reason));
+    }
+
+    /// The earliest time [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::Handshake => self.handshake_deadline,
+            State::Connected => {
+                let queries = self.queries.values().filter_map(|q| q.deadline);
+                let idle =
+                    non_zero(self.limits.idle_timeout).and_then(|d| self.last_recv.checked_add(d));
+                let ping = if self.ping.is_none() {
+                    non_zero(self.limits.heartbeat_interval)
+                        .and_then(|d| self.last_sent.checked_add(d))
+                } else {
+                    None
+                };
+                queries.chain(idle).chain(ping).min()
+            }
+        }
+    }
+
+    /// Applies every timer that expired at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        match self.state {
+            State::Closed => {}
+            State::Handshake => {
+                if self.handshake_deadline.is_some_and(|d| now >= d) {
+                    self.push(
+                        &Message::Goodbye(Goodbye {
+                            reason: GoodbyeReason::Timeout,
+                        }),
+                        0,
+                    );
+                    self.finish_closed(CloseReason::HandshakeTimeout);
+                }
+            }
+            State::Connected => {
+                if let Some(idle) = non_zero(self.limits.idle_timeout)
+                    && self.last_recv.checked_add(idle).is_some_and(|d| now >= d)
+                {
+                    self.answer_all_open();
+                    self.push(
+                        &Message::Goodbye(Goodbye {
+                            reason: GoodbyeReason::Timeout,
+                        }),
+                        0,
+                    );
+                    self.finish_closed(CloseReason::IdleTimeout);
+                    return;
+                }
+                let expired: Vec<EventId> = self
+                    .queries
+                    .iter()
+                    .filter(|(_, q)| q.deadline.is_some_and(|d| now >= d))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in expired {
+                    self.resolve_policy(id, PolicyReason::Timeout);
+                }
+                if self.ping.is_none()
+                    && let Some(hb) = non_zero(self.limits.heartbeat_interval)
+                    && self.last_sent.checked_add(hb).is_some_and(|d| now >= d)
+                {
+                    let nonce = self.alloc_read_id();
+                    let ping = Message::Ping(Heartbeat {
+                        nonce,
+                        timestamp_ms: millis(now.saturating_duration_since(self.created)).into(),
+                    });
+                    self.push(&ping, nonce);
+                    self.ping = Some(nonce);
+                }
+                self.pump_reads();
+            }
+        }
+    }
+
+    // ----- application calls ------------------------------------------------
+
+    /// Answers query `id` with `decision`. `threat` is cut to 255 bytes on a
+    /// character boundary; `AllowNoCache` is always sent with TTL 0. The
+    /// query's outstanding reads are forgotten (their late `ReadData` is
+    /// ignored, §7), and its undelivered content events are dropped.
+    pub fn verdict(
+        &mut self,
+        id: EventId,
+        decision: Decision,
+        threat: &str,
+        cache_ttl_secs: u32,
+        now: Instant,
+    ) -> Result<(), CallError> {
+        self.now = now;
+        if self.state == State::Closed {
+            return Err(CallError::Closed);
+        }
+        if !self.queries.contains_key(&id) {
+            return Err(CallError::UnknownQuery(id));
+        }
+        self.send_verdict(id, decision, threat, cache_ttl_secs);
+        self.remove_query(id);
+        self.pump_reads();
+        Ok(())
+    }
+
+    /// Starts pulling query `id`'s content: [`SessionEvent::Content`]s then
+    /// [`SessionEvent::ContentEnd`] or [`SessionEvent::ContentFailed`]. A file
+    /// larger than `max_file_size`, or a guest without `READ_CONTENT`, gets
+    /// its policy verdict at once ([`SessionEvent::Finished`]).
+    pub fn fetch(&mut self, id: EventId, now: Instant) -> Result<(), CallError> {
+        self.now = now;
+        if self.state == State::Closed {
+            return Err(CallError::Closed);
+        }
+        let Some(q) = self.queries.get(&id) else {
+            return Err(CallError::UnknownQuery(id));
+        };
+        if q.fetch.is_some() {
+            return Err(CallError::AlreadyFetching(id));
+        }
+        let too_large = q.info.file.size > self.limits.max_file_size;
+        let can_read = self
+            .guest
+            .as_ref()
+            .is_some_and(|g| g.capabilities.contains(Capabilities::READ_CONTENT));
+        if too_large {
+            self.resolve_policy(id, PolicyReason::TooLarge);
+        } else if !can_read {
+            self.resolve_policy(id, PolicyReason::NoContentCapability);
+        } else if let Some(q) = self.queries.get_mut(&id) {
+            q.fetch = Some(Fetch::default());
+            self.fetch_order.push_back(id);
+            self.pump_reads();
+        }
+        Ok(())
+    }
+
+    /// The application no longer holds `bytes` of query `id`'s delivered
+    /// content: they stop counting against `max_bytes_in_flight`. Ignored
+    /// for queries that are no longer open (their charge was released when
+    /// they ended).
+    pub fn consumed(&mut self, id: EventId, bytes: usize) {
+        if let Some(f) = self.queries.get_mut(&id).and_then(|q| q.fetch.as_mut()) {
+            let n = (bytes as u64).min(f.charged);
+            f.charged -= n;
+            self.bytes_charged = self.bytes_charged.saturating_sub(n);
+        }
+        self.pump_reads();
+    }
+
+    // ----- output -----------------------------------------------------------
+
+    /// Copies bytes to send into `out` and returns how many (`None`: nothing
+    /// to send). Frames may be split across calls.
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<usize> {
+        let pending = self.tx.get(self.tx_start..).unwrap_or_default();
+        let n = pending.len().min(out.len());
+        if n == 0 {
+            return None;
+        }
+        out.get_mut(..n)?.copy_from_slice(pending.get(..n)?);
+        self.advance_transmit(n);
+        Some(n)
+    }
+
+    /// The bytes waiting to be sent, for drivers that write from the
+    /// session's buffer; call [`advance_transmit`](Self::advance_transmit)
+    /// with what was written.
+    pub fn transmit_pending(&self) -> &[u8] {
+        self.tx.get(self.tx_start..).unwrap_or_default()
+    }
+
+    /// Marks `n` bytes of [`transmit_pending`](Self::transmit_pending) as
+    /// sent.
+    pub fn advance_transmit(&mut self, n: usize) {
+        self.tx_start = self.tx_start.saturating_add(n).min(self.tx.len());
+        if self.tx_start == self.tx.len() {
+            self.tx.clear();
+            self.tx_start = 0;
+        } else if self.tx_start > 64 * 1024 {
+            self.tx.drain(..self.tx_start);
+            self.tx_start = 0;
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    // ----- receive path -------------------------------------------------------
+
+    fn process_rx(&mut self) {
+        while self.state != State::Closed {
+            let step = match self.rx.next_frame() {
+                Ok(None) => return,
+                Ok(Some(frame)) => {
+                    let id = frame.request_id;
+                    match frame.message {
+                        Message::Hello(h) => Step::Hello(
+                            id,
+                            HelloFields {
+                                min: h.version_min,
+                                max: h.version_max,
+                                info: GuestInfo {
+                                    name: h.guest_name.to_owned(),
+                                    os: h.os,
+                                    agent_version: h.agent_version,
+                                    capabilities: h.capabilities,
+                                    version: 0,
+                                    max_frame_len: h.max_frame_len,
+                                    max_reads_in_flight: h.max_reads_in_flight,
+                                },
+                            },
+                        ),
+                        Message::FileEvent(e) => {
+                            Step::FileEvent(id, Box::new(owned_query(id, &e, self.now)))
+                        }
+                        Message::ReadData(d) => Step::ReadData(
+                            id,
+                            ReadDataOwned {
+                                event_id: d.event_id,
+                                offset: d.offset,
+                                kind: match d.outcome {
+                                    ReadOutcome::Data(_) => ReadKind::Data,
+                                    ReadOutcome::EndOfFile(_) => ReadKind::Eof,
+                                    ReadOutcome::Error(e) => ReadKind::Error(e),
+                                    ReadOutcome::Cancelled => ReadKind::Cancelled,
+                                },
+                                data: d.data().to_vec(),
+                            },
+                        ),
+                        Message::Error(e) => Step::PeerError(id, e.code),
+                        Message::Ping(h) => Step::Ping(id, h),
+                        Message::Pong(h) => Step::Pong(id, h),
+                        Message::Goodbye(g) => Step::Goodbye(g.reason),
+                        Message::HelloAck(_) | Message::ReadRequest(_) | Message::Verdict(_) => {
+                            Step::WrongDirection
+                        }
+                    }
+                }
+                Err(e) => Step::Error(e),
+            };
+            if !matches!(step, Step::Error(_)) {
+                self.last_recv = self.now;
+            }
+            self.on_step(step);
+        }
+    }
+
+    fn on_step(&mut self, step: Step) {
+        match step {
+            Step::Error(e) if e.is_fatal() => {
+                self.fatal_with(e.error_code(), "", CloseReason::Decode(e));
+            }
+            Step::Error(e) => {
+                let msg = Message::Error(ErrorMessage {
+                    code: e.error_code(),
+                    text: "",
+                });
+                self.push(&msg, e.request_id().unwrap_or(0));
+                self.events
+                    .push_back(SessionEvent::Anomaly(Anomaly::SkippedFrame(e)));
+            }
+            Step::PeerError(request_id, code) => {
+                self.events
+                    .push_back(SessionEvent::Anomaly(Anomaly::PeerError {
+                        request_id,
+                        code,
+                    }));
+            }
+            Step::Goodbye(reason) => {
+                // §5.9: after the peer's Goodbye we send nothing.
+                self.tx.clear();
+                self.tx_start = 0;
+                self.finish_closed(CloseReason::PeerGoodbye(reason));
+            }
+            Step::Hello(id, hello) => self.on_hello(id, hello),
+            _ if self.state == State::Handshake => {
+                self.fatal(ErrorCode::UnexpectedMessage, "message before Hello");
+            }
+            Step::FileEvent(id, query) => self.on_file_event(id, *query),
+            Step::ReadData(id, data) => self.on_read_data(id, data),
+            Step::Ping(id, hb) => {
+                self.push(&Message::Pong(hb), id);
+            }
+            Step::Pong(id, hb) => {
+                if self.ping == Some(hb.nonce) && id == hb.nonce {
+                    self.ping = None;
+                } else {
+                    self.events
+                        .push_back(SessionEvent::Anomaly(Anomaly::UnknownPong {
+                            request_id: id,
+                        }));
+                }
+            }
+            Step::WrongDirection => {
+                self.fatal(
+                    ErrorCode::UnexpectedMessage,
+                    "host-to-guest message sent by the guest",
+                );
+            }
+        }
+    }
+
+    fn on_hello(&mut self, id: u64, hello: HelloFields) {
+        if self.state != State::Handshake {
+            self.fatal(ErrorCode::UnexpectedMessage, "second Hello");
+            return;
+        }
+        let lo = hello.min.max(MIN_VERSION);
+        let hi = hello.max.min(MAX_VERSION);
+        if lo > hi || id == 0 {
+            if id == 0 {
+                self.fatal(ErrorCode::UnexpectedMessage, "Hello with request id 0");
+                return;
+            }
+            let text = "no common protocol version: this host speaks version 1";
+            self.push(
+                &Message::Error(ErrorMessage {
+                    code: ErrorCode::VersionUnsupported,
+                    text,
+                }),
+                id,
+            );
+            self.push(
+                &Message::Goodbye(Goodbye {
+                    reason: GoodbyeReason::VersionUnsupported,
+                }),
+                0,
+            );
+            self.finish_closed(CloseReason::VersionUnsupported {
+                min: hello.min,
+                max: hello.max,
+            });
+            return;
+        }
+        let mut info = hello.info;
+        info.version = hi;
+        self.max_reads = self
+            .limits
+            .max_reads_in_flight
+            .min(info.max_reads_in_flight)
+            .max(1);
+        self.chunk = self.limits.max_read_chunk;
+        let ack = HelloAck {
+            version: hi,
+            max_frame_len: self.limits.max_frame_len,
+            max_events_in_flight: self.limits.max_events_in_flight,
+            max_read_chunk: self.chunk,
+            heartbeat_interval_ms: millis(self.limits.heartbeat_interval),
+            idle_timeout_ms: millis(self.limits.idle_timeout),
+            query_timeout_ms: millis(self.limits.query_timeout).max(1),
+        };
+        self.push(&Message::HelloAck(ack), id);
+        self.state = State::Connected;
+        let info = Arc::new(info);
+        self.guest = Some(Arc::clone(&info));
+        self.events.push_back(SessionEvent::Connected(info));
+    }
+
+    fn on_file_event(&mut self, id: EventId, mut query: Query) {
+        if id == 0 {
+            self.fatal(ErrorCode::UnexpectedMessage, "FileEvent with request id 0");
+            return;
+        }
+        if self.queries.contains_key(&id) {
+            self.fatal(
+                ErrorCode::UnexpectedMessage,
+                "FileEvent id reused while outstanding",
+            );
+            return;
+        }
+        if let Some(g) = &self.guest {
+            query.guest = Arc::clone(g);
+        }
+        query.received_at = self.now;
+        let info = Arc::new(query);
+        if self.queries.len() >= self.limits.max_events_in_flight as usize {
+            let decision = self.limits.policy.error;
+            self.send_verdict(id, decision, "", 0);
+            self.events.push_back(SessionEvent::Finished {
+                query: info,
+                outcome: QueryOutcome::Policy {
+                    decision,
+                    reason: PolicyReason::OverLimit,
+                },
+            });
+            self.fatal(
+                ErrorCode::LimitExceeded,
+                "more FileEvents in flight than max_events_in_flight",
+            );
+            return;
+        }
+        self.queries.insert(
+            id,
+            OpenQuery {
+                info: Arc::clone(&info),
+                deadline: self.now.checked_add(self.limits.query_timeout),
+                fetch: None,
+            },
+        );
+        self.events.push_back(SessionEvent::Query(info));
+    }
+
+    fn on_read_data(&mut self, read_id: u64, rd: ReadDataOwned) {
+        let Some(read) = self.reads.get(&read_id).copied() else {
+            self.events
+                .push_back(SessionEvent::Anomaly(Anomaly::UnknownReadData { read_id }));
+            return;
+        };
+        if read.event_id != rd.event_id || read.offset != rd.offset {
+            self.fatal(
+                ErrorCode::UnexpectedMessage,
+                "ReadData echoes another event id or offset than its ReadRequest",
+            );
+            return;
+        }
+        if rd.data.len() > read.length as usize {
+            self.fatal(
+                ErrorCode::UnexpectedMessage,
+                "ReadData longer than requested",
+            );
+            return;
+        }
+        self.reads.remove(&read_id);
+        let max_file_size = self.limits.max_file_size;
+        let Some(q) = self.queries.get_mut(&read.event_id) else {
+            return;
+        };
+        let Some(f) = q.fetch.as_mut() else {
+            return;
+        };
+        f.reads_out = f.reads_out.saturating_sub(1);
+        let release = u64::from(read.length).min(f.charged);
+        f.charged -= release;
+        self.bytes_charged = self.bytes_charged.saturating_sub(release);
+        if f.done {
+            return;
+        }
+        let len = rd.data.len() as u64;
+        let end = read.offset.saturating_add(len);
+        let failure = match rd.kind {
+            ReadKind::Error(e) => Some(ContentFailure::ReadError(e)),
+            ReadKind::Cancelled => Some(ContentFailure::Cancelled),
+            ReadKind::Data | ReadKind::Eof => {
+                let eof = matches!(rd.kind, ReadKind::Eof);
+                if !eof && len < u64::from(read.length) {
+                    let gap_len = read.length - len as u32;
+                    f.gaps.push_back((end, gap_len));
+                }
+                let beyond_eof = f.eof_at.is_some_and(|e| end > e)
+                    || (eof && (f.held.keys().any(|o| *o >= end) || f.delivered > end));
+                if eof {
+                    f.eof_at = Some(f.eof_at.map_or(end, |e| e.min(end)));
+                    f.gaps.retain(|(o, _)| *o < end);
+                }
+                if beyond_eof {
+                    Some(ContentFailure::Inconsistent)
+                } else {
+                    if !rd.data.is_empty() {
+                        f.charged = f.charged.saturating_add(len);
+                        self.bytes_charged = self.bytes_charged.saturating_add(len);
+                        f.held.insert(read.offset, rd.data);
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(reason) = failure {
+            f.done = true;
+            let held: u64 = f.held.values().map(|d| d.len() as u64).sum();
+            f.held.clear();
+            f.gaps.clear();
+            let n = held.min(f.charged);
+            f.charged -= n;
+            self.bytes_charged = self.bytes_charged.saturating_sub(n);
+            self.events.push_back(SessionEvent::ContentFailed {
+                id: read.event_id,
+                reason,
+            });
+            return;
+        }
+        // Deliver what is now contiguous.
+        while let Some(data) = f.held.remove(&f.delivered) {
+            let offset = f.delivered;
+            f.delivered = f.delivered.saturating_add(data.len() as u64);
+            self.events.push_back(SessionEvent::Content {
+                id: read.event_id,
+                offset,
+                data,
+            });
+        }
+        if f.delivered > max_file_size {
+            self.resolve_policy(read.event_id, PolicyReason::TooLarge);
+            return;
+        }
+        if f.eof_at == Some(f.delivered) {
+            f.done = true;
+            f.gaps.clear();
+            self.events.push_back(SessionEvent::ContentEnd {
+                id: read.event_id,
+                size: f.delivered,
+            });
+        }
+    }
+
+    // ----- content pulling ----------------------------------------------------
+
+    fn alloc_read_id(&mut self) -> u64 {
+        let id = self.next_read_id;
+        self.next_read_id = self.next_read_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Issues as many `ReadRequest`s as the limits allow, round-robin over the
+    /// fetching queries.
+    fn pump_reads(&mut self) {
+        if self.state != State::Connected {
+            return;
+        }
+        let mut idle_rounds = 0usize;
+        while (self.reads.len() as u64) < u64::from(self.max_reads)
+            && self.bytes_charged < self.limits.max_bytes_in_flight
+            && idle_rounds < self.fetch_order.len()
+        {
+            let Some(id) = self.fetch_order.pop_front() else {
+                break;
+            };
+            let budget = self.limits.max_bytes_in_flight - self.bytes_charged;
+            let chunk = self.chunk;
+            let max_file_size = self.limits.max_file_size;
+            let Some(q) = self.queries.get_mut(&id) else {
+                // Ended: drop it from the rotation.
+                continue;
+            };
+            let declared = q.info.file.size;
+            let Some(f) = q.fetch.as_mut() else {
+                continue;
+            };
+            if f.done {
+                continue;
+            }
+            self.fetch_order.push_back(id);
+            let Some((offset, length)) = next_range(f, declared, chunk, budget, max_file_size)
+            else {
+                idle_rounds += 1;
+                continue;
+            };
+            idle_rounds = 0;
+            f.reads_out += 1;
+            f.charged = f.charged.saturating_add(length.into());
+            self.bytes_charged = self.bytes_charged.saturating_add(length.into());
+            let read_id = self.alloc_read_id();
+            self.reads.insert(
+                read_id,
+                ReadOut {
+                    event_id: id,
+                    offset,
+                    length,
+                },
+            );
+            let req = Message::ReadRequest(ReadRequest {
+                event_id: id,
+                offset,
+                length,
+            });
+            self.push(&req, read_id);
+        }
+    }
+
+    // ----- answers and closing -------------------------------------------------
+
+    fn send_verdict(&mut self, id: EventId, decision: Decision, threat: &str, ttl: u32) {
+        let mut end = threat.len().min(MAX_THREAT_NAME_LEN);
+        while !threat.is_char_boundary(end) {
+            end -= 1;
+        }
+        let ttl = if decision == Decision::AllowNoCache {
+            0
+        } else {
+            ttl
+        };
+        let msg = Message::Verdict(Verdict {
+            decision,
+            cache_ttl_secs: ttl,
+            threat_name: threat.get(..end).unwrap_or(""),
+        });
+        self.push(&msg, id);
+    }
+
+    /// Forgets query `id`: its reads, its budget charge, its queued content
+    /// events.
+    fn remove_query(&mut self, id: EventId) -> Option<OpenQuery> {
+        let q = self.queries.remove(&id)?;
+        if let Some(f) = &q.fetch {
+            self.bytes_charged = self.bytes_charged.saturating_sub(f.charged);
+            self.reads.retain(|_, r| r.event_id != id);
+            self.fetch_order.retain(|x| *x != id);
+            self.events.retain(|e| match e {
+                SessionEvent::Content { id: x, .. }
+                | SessionEvent::ContentEnd { id: x, .. }
+                | SessionEvent::ContentFailed { id: x, .. } => *x != id,
+                _ => true,
+            });
+        }
+        Some(q)
+    }
+
+    fn resolve_policy(&mut self, id: EventId, reason: PolicyReason) {
+        let policy = self.limits.policy;
+        let decision = match reason {
+            PolicyReason::TooLarge => policy.too_large,
+            PolicyReason::Timeout => policy.timeout,
+            _ => policy.error,
+        };
+        if let Some(q) = self.remove_query(id) {
+            self.send_verdict(id, decision, "", 0);
+            self.events.push_back(SessionEvent::Finished {
+                query: q.info,
+                outcome: QueryOutcome::Policy { decision, reason },
+            });
+        }
+    }
+
+    fn answer_all_open(&mut self) {
+        let mut ids: Vec<EventId> = self.queries.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.resolve_policy(id, PolicyReason::SessionClosing);
+        }
+    }
+
+    fn fatal(&mut self, code: ErrorCode, detail: &'static str) {
+        self.fatal_with(code, detail, CloseReason::Protocol { code, detail });
+    }
+
+    fn fatal_with(&mut self, code: ErrorCode, text: &str, reason: CloseReason) {
+        self.answer_all_open();
+        self.push(&Message::Error(ErrorMessage { code, text }), 0);
+        self.push(
+            &Message::Goodbye(Goodbye {
+                reason: GoodbyeReason::ProtocolError,
+            }),
+            0,
+        );
+        self.finish_closed(reason);
+    }
+
+    /// Enters `Closed`. Queries still open (callers answer them first when
+    /// they can) are reported as abandoned: no verdict can be sent any more.
+    fn finish_closed(&mut self, reason: CloseReason) {
+        if self.state == State::Closed {
+            return;
+        }
+        let mut ids: Vec<EventId> = self.queries.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(q) = self.remove_query(id) {
+                self.events.push_back(SessionEvent::Finished {
+                    query: q.info,
+                    outcome: QueryOutcome::Abandoned,
+                });
+            }
+        }
+        self.state = State::Closed;
+        self.reads.clear();
+        self.fetch_order.clear();
+        self.bytes_charged = 0;
+        self.events.push_back(SessionEvent::Closed(reason));
+    }
+
+    fn push(&mut self, msg: &Message<'_>, request_id: u64) {
+        if self.state == State::Closed {
+            return;
+        }
+        let len = msg.encoded_len();
+        let old = self.tx.len();
+        self.tx.resize(old.saturating_add(len), 0);
+        match self
+            .tx
+            .get_mut(old..)
+            .map(|out| msg.encode(request_id, out))
+        {
+            Some(Ok(n)) => self.tx.truncate(old + n),
+            _ => self.tx.truncate(old),
+        }
+        self.last_sent = self.now;
+    }
+}
+
+/// The next range to request for `f`, if any.
+fn next_range(
+    f: &mut Fetch,
+    declared: u64,
+    chunk: u32,
+    budget: u64,
+    max_file_size: u64,
+) -> Option<(u64, u32)> {
+    let cap = |len: u32| -> u32 { u64::from(len).min(budget).try_into().unwrap_or(len) };
+    if let Some((offset, len)) = f.gaps.pop_front() {
+        let take = cap(len.min(chunk));
+        if take == 0 {
+            f.gaps.push_front((offset, len));
+            return None;
+        }
+        if take < len {
+            f.gaps
+                .push_front((offset.saturating_add(take.into()), len - take));
+        }
+        return Some((offset, take));
+    }
+    if f.eof_at.is_some() {
+        return None;
+    }
+    let offset = f.next_offset;
+    let length = if offset < declared {
+        u32::try_from((declared - offset).min(chunk.into())).unwrap_or(chunk)
+    } else if f.reads_out == 0 && offset <= max_file_size {
+        // Past the declared size: probe one chunk at a time for more content
+        // or the end of file.
+        chunk
+    } else {
+        return None;
+    };
+    let length = cap(length);
+    if length == 0 || offset.checked_add(length.into()).is_none() {
+        return None;
+    }
+    f.next_offset = offset + u64::from(length);
+    Some((offset, length))
+}
+
+fn non_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn owned_query(id: EventId, e: &FileEvent<'_>, now: Instant) -> Query {
+    Query {
+        id,
+        guest: Arc::new(GuestInfo {
+            name: String::new(),
+            os: thinagent_protocol::OsKind::Linux,
+            agent_version: thinagent_protocol::AgentVersion::default(),
+            capabilities: Capabilities::default(),
+            version: 0,
+            max_frame_len: 0,
+            max_reads_in_flight: 0,
+        }),
+        kind: e.kind,
+        process_id: e.process_id,
+        desired_access: e.desired_access,
+        create_disposition: e.create_disposition,
+        file: e.file,
+        path: GuestPath::from_wire(&e.path),
+        received_at: now,
+    }
+}

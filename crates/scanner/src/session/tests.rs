@@ -1,0 +1,749 @@
+//! Unit tests and proptests of [`HostSession`] against hand-built frames.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use thinagent_protocol::{
+    AgentVersion, Capabilities, CreateDisposition, Decision, Decoded, ErrorCode, EventKind,
+    FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, MAX_FRAME_LEN,
+    Message, OsKind, ReadData, ReadOutcome, decode_frame,
+};
+
+use super::*;
+
+/// A decoded frame, owned enough for assertions.
+#[derive(Debug, Clone, PartialEq)]
+enum Out {
+    HelloAck(u64, HelloAck),
+    Verdict(u64, Decision, String, u32),
+    Read(u64, ReadRequest),
+    Ping(u64),
+    Pong(u64, Heartbeat),
+    Error(u64, ErrorCode),
+    Goodbye(GoodbyeReason),
+    Other,
+}
+
+fn frame(msg: &Message<'_>, id: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let n = msg.encode(id, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn hello_msg(caps: Capabilities, min: u16, max: u16) -> Message<'static> {
+    Message::Hello(Hello {
+        version_min: min,
+        version_max: max,
+        os: OsKind::Windows,
+        agent_version: AgentVersion::default(),
+        capabilities: caps,
+        max_frame_len: MAX_FRAME_LEN as u32,
+        max_reads_in_flight: 4,
+        guest_name: "vm-1",
+    })
+}
+
+fn event_msg(size: u64, path: &'static str) -> Message<'static> {
+    Message::FileEvent(FileEvent {
+        kind: EventKind::Open,
+        process_id: 1,
+        desired_access: 1,
+        create_disposition: CreateDisposition::Open,
+        file: FileIdentity {
+            volume_serial: 9,
+            file_id: [1; 16],
+            size,
+            last_write_time: 5,
+        },
+        path: FilePath::Utf8(path),
+    })
+}
+
+struct Harness {
+    s: HostSession,
+    t0: Instant,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(limits: SessionLimits) -> Self {
+        let t0 = Instant::now();
+        Self {
+            s: HostSession::new(limits, t0),
+            t0,
+            now: t0,
+        }
+    }
+
+    fn connected() -> Self {
+        let mut h = Self::new(SessionLimits::default());
+        h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 1), 1);
+        assert!(matches!(h.out()[..], [Out::HelloAck(1, _)]));
+        assert!(matches!(h.events()[..], [SessionEvent::Connected(_)]));
+        h
+    }
+
+    fn send(&mut self, msg: &Message<'_>, id: u64) {
+        let bytes = frame(msg, id);
+        self.s.receive(&bytes, self.now);
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.s.handle_timeout(self.now);
+    }
+
+    fn out(&mut self) -> Vec<Out> {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 1000];
+        while let Some(n) = self.s.poll_transmit(&mut buf) {
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        let mut rest = &bytes[..];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let Ok(Decoded::Frame { frame, consumed }) = decode_frame(rest) else {
+                panic!("host sent an undecodable frame: {rest:02x?}");
+            };
+            out.push(match frame.message {
+                Message::HelloAck(a) => Out::HelloAck(frame.request_id, a),
+                Message::Verdict(v) => Out::Verdict(
+                    frame.request_id,
+                    v.decision,
+                    v.threat_name.to_owned(),
+                    v.cache_ttl_secs,
+                ),
+                Message::ReadRequest(r) => Out::Read(frame.request_id, r),
+                Message::Ping(_) => Out::Ping(frame.request_id),
+                Message::Pong(h) => Out::Pong(frame.request_id, h),
+                Message::Error(e) => Out::Error(frame.request_id, e.code),
+                Message::Goodbye(g) => Out::Goodbye(g.reason),
+                _ => Out::Other,
+            });
+            rest = &rest[consumed..];
+        }
+        out
+    }
+
+    fn events(&mut self) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| self.s.poll_event()).collect()
+    }
+
+    fn read_data(&mut self, read_id: u64, event_id: u64, offset: u64, outcome: ReadOutcome<'_>) {
+        self.send(
+            &Message::ReadData(ReadData {
+                event_id,
+                offset,
+                outcome,
+            }),
+            read_id,
+        );
+    }
+}
+
+#[test]
+fn handshake_acks_with_limits() {
+    let mut h = Harness::new(SessionLimits::default());
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 3), 77);
+    let out = h.out();
+    let [Out::HelloAck(77, ack)] = out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ack.version, 1);
+    assert_eq!(ack.max_read_chunk, thinagent_protocol::MAX_READ_CHUNK);
+    assert_eq!(ack.max_events_in_flight, 64);
+    let ev = h.events();
+    let [SessionEvent::Connected(info)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!((info.name.as_str(), info.version), ("vm-1", 1));
+    assert_eq!(h.s.guest().map(|g| g.max_reads_in_flight), Some(4));
+}
+
+#[test]
+fn wrong_version_gets_error_and_goodbye() {
+    let mut h = Harness::new(SessionLimits::default());
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 2, 5), 3);
+    assert_eq!(
+        h.out(),
+        vec![
+            Out::Error(3, ErrorCode::VersionUnsupported),
+            Out::Goodbye(GoodbyeReason::VersionUnsupported)
+        ]
+    );
+    assert!(h.s.is_closed());
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::Closed(CloseReason::VersionUnsupported {
+            min: 2,
+            max: 5
+        })]
+    );
+}
+
+#[test]
+fn message_before_hello_is_fatal() {
+    let mut h = Harness::new(SessionLimits::default());
+    h.send(&event_msg(1, "/a"), 1);
+    assert_eq!(
+        h.out(),
+        vec![
+            Out::Error(0, ErrorCode::UnexpectedMessage),
+            Out::Goodbye(GoodbyeReason::ProtocolError)
+        ]
+    );
+    assert!(h.s.is_closed());
+}
+
+#[test]
+fn handshake_timeout_says_goodbye() {
+    let mut h = Harness::new(SessionLimits::default());
+    h.advance(Duration::from_millis(4_999));
+    assert!(h.out().is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.out(), vec![Out::Goodbye(GoodbyeReason::Timeout)]);
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::Closed(CloseReason::HandshakeTimeout)]
+    );
+}
+
+#[test]
+fn query_answered_by_app_from_cache() {
+    let mut h = Harness::connected();
+    h.send(&event_msg(10, "/etc/x"), 5);
+    let ev = h.events();
+    let [SessionEvent::Query(q)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!((q.id, q.path.to_string_lossy().as_str()), (5, "/etc/x"));
+    assert_eq!(q.guest.name, "vm-1");
+    h.s.verdict(5, Decision::Deny, "Bad", 60, h.now).unwrap();
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(5, Decision::Deny, "Bad".into(), 60)]
+    );
+    assert_eq!(
+        h.s.verdict(5, Decision::Allow, "", 0, h.now),
+        Err(CallError::UnknownQuery(5))
+    );
+    assert!(h.out().is_empty(), "answered exactly once");
+}
+
+#[test]
+fn fetch_pulls_chunks_in_order_and_ends() {
+    let limits = SessionLimits {
+        max_read_chunk: 4,
+        ..SessionLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 1), 1);
+    h.out();
+    h.events();
+    h.send(&event_msg(10, "/f"), 9);
+    h.events();
+    h.s.fetch(9, h.now).unwrap();
+    let reads = h.out();
+    // Guest allows 4 reads: [0,4) [4,8) [8,10).
+    let ranges: Vec<(u64, u32)> = reads
+        .iter()
+        .map(|o| match o {
+            Out::Read(_, r) => (r.offset, r.length),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ranges, vec![(0, 4), (4, 4), (8, 2)]);
+    let ids: Vec<u64> = reads
+        .iter()
+        .map(|o| match o {
+            Out::Read(id, _) => *id,
+            _ => 0,
+        })
+        .collect();
+    // Answer out of order: last, then a short first, then middle.
+    h.read_data(ids[2], 9, 8, ReadOutcome::EndOfFile(b"ij"));
+    assert!(h.events().is_empty(), "nothing contiguous yet");
+    h.read_data(ids[0], 9, 0, ReadOutcome::Data(b"ab"));
+    let ev = h.events();
+    assert_eq!(
+        ev,
+        vec![SessionEvent::Content {
+            id: 9,
+            offset: 0,
+            data: b"ab".to_vec()
+        }]
+    );
+    // The short read left a gap [2,4) which is requested next.
+    let gap = h.out();
+    let [Out::Read(gap_id, r)] = gap[..] else {
+        panic!("{gap:?}")
+    };
+    assert_eq!((r.offset, r.length), (2, 2));
+    h.read_data(ids[1], 9, 4, ReadOutcome::Data(b"efgh"));
+    assert!(h.events().is_empty());
+    h.read_data(gap_id, 9, 2, ReadOutcome::Data(b"cd"));
+    let ev = h.events();
+    let data: Vec<u8> = ev
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Content { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(data, b"cdefghij");
+    assert_eq!(
+        ev.last(),
+        Some(&SessionEvent::ContentEnd { id: 9, size: 10 })
+    );
+    h.s.verdict(9, Decision::Allow, "", 30, h.now).unwrap();
+    assert_eq!(h.s.reads_in_flight(), 0);
+    assert_eq!(h.s.bytes_in_flight(), 0);
+}
+
+#[test]
+fn file_exactly_at_declared_size_probes_for_eof() {
+    let mut h = Harness::connected();
+    h.send(&event_msg(3, "/f"), 2);
+    h.events();
+    h.s.fetch(2, h.now).unwrap();
+    let out = h.out();
+    let [Out::Read(r1, req)] = out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((req.offset, req.length), (0, 3));
+    h.read_data(r1, 2, 0, ReadOutcome::Data(b"abc"));
+    let out = h.out();
+    let [Out::Read(r2, req)] = out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(req.offset, 3);
+    h.read_data(r2, 2, 3, ReadOutcome::EndOfFile(b""));
+    let ev = h.events();
+    assert_eq!(
+        ev.last(),
+        Some(&SessionEvent::ContentEnd { id: 2, size: 3 })
+    );
+}
+
+#[test]
+fn too_large_and_timeout_get_policy_verdicts() {
+    let limits = SessionLimits {
+        max_file_size: 100,
+        policy: PolicyVerdicts {
+            too_large: Decision::Deny,
+            ..PolicyVerdicts::default()
+        },
+        ..SessionLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 1), 1);
+    h.out();
+    h.events();
+    h.send(&event_msg(101, "/big"), 4);
+    h.events();
+    h.s.fetch(4, h.now).unwrap();
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(4, Decision::Deny, String::new(), 0)]
+    );
+    let ev = h.events();
+    assert!(matches!(
+        &ev[..],
+        [SessionEvent::Finished {
+            outcome: QueryOutcome::Policy {
+                reason: PolicyReason::TooLarge,
+                ..
+            },
+            ..
+        }]
+    ));
+    h.send(&event_msg(1, "/slow"), 6);
+    h.events();
+    h.advance(Duration::from_millis(1_999));
+    assert!(h.out().is_empty());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(6, Decision::AllowNoCache, String::new(), 0)]
+    );
+    assert!(h.s.verdict(6, Decision::Allow, "", 1, h.now).is_err());
+}
+
+#[test]
+fn no_read_content_capability_gets_policy_verdict() {
+    let mut h = Harness::new(SessionLimits::default());
+    h.send(&hello_msg(Capabilities::default(), 1, 1), 1);
+    h.out();
+    h.events();
+    h.send(&event_msg(1, "/x"), 2);
+    h.events();
+    h.s.fetch(2, h.now).unwrap();
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(2, Decision::AllowNoCache, String::new(), 0)]
+    );
+}
+
+#[test]
+fn flood_beyond_in_flight_limit_answers_all_then_closes() {
+    let limits = SessionLimits {
+        max_events_in_flight: 2,
+        ..SessionLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 1), 1);
+    h.out();
+    h.events();
+    let mut bytes = Vec::new();
+    for id in 10..20 {
+        bytes.extend(frame(&event_msg(1, "/f"), id));
+    }
+    h.s.receive(&bytes, h.now);
+    let out = h.out();
+    let verdicts: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            Out::Verdict(id, ..) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts, vec![12, 10, 11]);
+    assert_eq!(
+        out[3..],
+        [
+            Out::Error(0, ErrorCode::LimitExceeded),
+            Out::Goodbye(GoodbyeReason::ProtocolError)
+        ]
+    );
+    assert!(h.s.is_closed());
+}
+
+#[test]
+fn unknown_read_data_is_ignored_wrong_echo_is_fatal() {
+    let mut h = Harness::connected();
+    h.read_data(999, 1, 0, ReadOutcome::Data(b"x"));
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::Anomaly(Anomaly::UnknownReadData {
+            read_id: 999
+        })]
+    );
+    assert!(!h.s.is_closed());
+    h.send(&event_msg(5, "/f"), 3);
+    h.events();
+    h.s.fetch(3, h.now).unwrap();
+    let out = h.out();
+    let [Out::Read(rid, _)] = out[..] else {
+        panic!("{out:?}")
+    };
+    h.read_data(rid, 3, 1, ReadOutcome::Data(b"x"));
+    let out = h.out();
+    assert_eq!(
+        out,
+        vec![
+            Out::Verdict(3, Decision::AllowNoCache, String::new(), 0),
+            Out::Error(0, ErrorCode::UnexpectedMessage),
+            Out::Goodbye(GoodbyeReason::ProtocolError)
+        ]
+    );
+}
+
+#[test]
+fn longer_than_requested_is_fatal_and_read_error_fails_content() {
+    let mut h = Harness::connected();
+    h.send(&event_msg(2, "/f"), 3);
+    h.send(&event_msg(2, "/g"), 4);
+    h.events();
+    h.s.fetch(3, h.now).unwrap();
+    h.s.fetch(4, h.now).unwrap();
+    let out = h.out();
+    let [Out::Read(r3, _), Out::Read(r4, _)] = out[..] else {
+        panic!("{out:?}")
+    };
+    h.read_data(
+        r4,
+        4,
+        0,
+        ReadOutcome::Error(thinagent_protocol::OsError::Errno(5)),
+    );
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::ContentFailed {
+            id: 4,
+            reason: ContentFailure::ReadError(thinagent_protocol::OsError::Errno(5))
+        }]
+    );
+    h.read_data(r3, 3, 0, ReadOutcome::Data(b"abc"));
+    let out = h.out();
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert!(h.s.is_closed());
+}
+
+#[test]
+fn ping_pong_heartbeat_and_idle_timeout() {
+    let mut h = Harness::connected();
+    h.send(
+        &Message::Ping(Heartbeat {
+            nonce: 7,
+            timestamp_ms: 8,
+        }),
+        42,
+    );
+    assert_eq!(
+        h.out(),
+        vec![Out::Pong(
+            42,
+            Heartbeat {
+                nonce: 7,
+                timestamp_ms: 8
+            }
+        )]
+    );
+    h.advance(Duration::from_secs(10));
+    let out = h.out();
+    let [Out::Ping(nonce)] = out[..] else {
+        panic!("{out:?}")
+    };
+    h.send(
+        &Message::Pong(Heartbeat {
+            nonce,
+            timestamp_ms: 0,
+        }),
+        nonce,
+    );
+    assert!(h.events().is_empty());
+    h.advance(Duration::from_secs(30));
+    assert!(h.out().contains(&Out::Goodbye(GoodbyeReason::Timeout)));
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::Closed(CloseReason::IdleTimeout)]
+    );
+    let _ = h.t0;
+}
+
+#[test]
+fn peer_goodbye_abandons_open_queries_and_sends_nothing() {
+    let mut h = Harness::connected();
+    h.send(&event_msg(2, "/f"), 3);
+    h.events();
+    h.send(
+        &Message::Goodbye(Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        }),
+        0,
+    );
+    assert!(h.out().is_empty());
+    let ev = h.events();
+    assert!(matches!(
+        &ev[..],
+        [
+            SessionEvent::Finished {
+                outcome: QueryOutcome::Abandoned,
+                ..
+            },
+            SessionEvent::Closed(CloseReason::PeerGoodbye(GoodbyeReason::Shutdown))
+        ]
+    ));
+}
+
+#[test]
+fn garbage_closes_with_malformed() {
+    let mut h = Harness::connected();
+    h.s.receive(b"GARBAGE", h.now);
+    assert_eq!(
+        h.out(),
+        vec![
+            Out::Error(0, ErrorCode::MalformedFrame),
+            Out::Goodbye(GoodbyeReason::ProtocolError)
+        ]
+    );
+    assert!(matches!(
+        h.events()[..],
+        [SessionEvent::Closed(CloseReason::Decode(_))]
+    ));
+}
+
+#[test]
+fn bytes_in_flight_budget_limits_reads() {
+    let limits = SessionLimits {
+        max_bytes_in_flight: 100_000,
+        ..SessionLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 1), 1);
+    h.out();
+    h.events();
+    h.send(&event_msg(1_000_000, "/big"), 2);
+    h.events();
+    h.s.fetch(2, h.now).unwrap();
+    let out = h.out();
+    let total: u64 = out
+        .iter()
+        .map(|o| match o {
+            Out::Read(_, r) => u64::from(r.length),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, 100_000);
+    assert_eq!(h.s.bytes_in_flight(), 100_000);
+}
+
+/// One step of a random peer.
+#[derive(Debug, Clone)]
+enum Act {
+    Bytes(Vec<u8>),
+    Frame(u8, u64, u64, u16),
+    Advance(u16),
+    AppVerdict(u8),
+    AppFetch(u8),
+    Consume(u8, u16),
+    Close,
+    Eof,
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Act::Bytes),
+        (0u8..8, 0u64..6, 0u64..200, 0u16..300).prop_map(|(k, a, b, c)| Act::Frame(k, a, b, c)),
+        any::<u16>().prop_map(Act::Advance),
+        any::<u8>().prop_map(Act::AppVerdict),
+        any::<u8>().prop_map(Act::AppFetch),
+        (any::<u8>(), any::<u16>()).prop_map(|(a, b)| Act::Consume(a, b)),
+        Just(Act::Close),
+        Just(Act::Eof),
+    ]
+}
+
+fn valid_frame(kind: u8, id: u64, x: u64, len: u16) -> Vec<u8> {
+    let data = vec![0x41u8; usize::from(len)];
+    let msg = match kind {
+        0 => hello_msg(Capabilities::READ_CONTENT, 1, 1),
+        1 | 2 => event_msg(x, "/p"),
+        3 => Message::ReadData(ReadData {
+            event_id: id,
+            offset: x,
+            outcome: if len == 0 {
+                ReadOutcome::EndOfFile(&[])
+            } else {
+                ReadOutcome::Data(&data)
+            },
+        }),
+        4 => Message::ReadData(ReadData {
+            event_id: id,
+            offset: x,
+            outcome: ReadOutcome::EndOfFile(&data),
+        }),
+        5 => Message::Ping(Heartbeat {
+            nonce: x,
+            timestamp_ms: 0,
+        }),
+        6 => Message::ReadData(ReadData {
+            event_id: id,
+            offset: x,
+            outcome: ReadOutcome::Cancelled,
+        }),
+        _ => Message::Goodbye(Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        }),
+    };
+    frame(
+        &msg,
+        if kind == 3 || kind == 4 || kind == 6 {
+            x % 8
+        } else {
+            id
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// No panic, at most one Verdict per event on the wire, every Query ends
+    /// exactly once, and limits hold.
+    #[test]
+    fn random_peers_and_apps_keep_the_invariants(acts in prop::collection::vec(act(), 1..80)) {
+        let limits = SessionLimits {
+            max_read_chunk: 16,
+            max_bytes_in_flight: 40,
+            max_events_in_flight: 4,
+            ..SessionLimits::default()
+        };
+        let mut h = Harness::new(limits);
+        let mut verdicts: std::collections::HashMap<u64, usize> = Default::default();
+        let mut open: std::collections::HashSet<u64> = Default::default();
+        let mut ended: std::collections::HashSet<u64> = Default::default();
+        let mut tx = Vec::new();
+        for a in acts {
+            match a {
+                Act::Bytes(b) => h.s.receive(&b, h.now),
+                Act::Frame(k, id, x, len) => {
+                    let f = valid_frame(k, id, x, len);
+                    h.s.receive(&f, h.now);
+                }
+                Act::Advance(ms) => h.advance(Duration::from_millis(ms.into())),
+                Act::AppVerdict(i) => {
+                    if let Some(id) = open.iter().copied().nth(usize::from(i) % open.len().max(1))
+                        && h.s.verdict(id, Decision::Allow, "T", 5, h.now).is_ok() {
+                            open.remove(&id);
+                            prop_assert!(ended.insert(id));
+                    }
+                }
+                Act::AppFetch(i) => {
+                    if let Some(id) = open.iter().copied().nth(usize::from(i) % open.len().max(1)) {
+                        let _ = h.s.fetch(id, h.now);
+                    }
+                }
+                Act::Consume(i, n) => {
+                    if let Some(id) = open.iter().copied().nth(usize::from(i) % open.len().max(1)) {
+                        h.s.consumed(id, usize::from(n));
+                    }
+                }
+                Act::Close => h.s.close(GoodbyeReason::Shutdown, h.now),
+                Act::Eof => h.s.transport_closed(h.now),
+            }
+            prop_assert!(h.s.reads_in_flight() <= 4);
+            prop_assert!(h.s.bytes_in_flight() <= 40 + 16 * 4);
+            while let Some(e) = h.s.poll_event() {
+                match e {
+                    SessionEvent::Query(q) => { prop_assert!(open.insert(q.id)); }
+                    SessionEvent::Finished { query, .. } => {
+                        open.remove(&query.id);
+                        prop_assert!(ended.insert(query.id) || !open.contains(&query.id));
+                    }
+                    _ => {}
+                }
+            }
+            let mut buf = [0u8; 333];
+            while let Some(n) = h.s.poll_transmit(&mut buf) {
+                tx.extend_from_slice(&buf[..n]);
+            }
+        }
+        // Every byte the host sent decodes; Verdicts are unique per id.
+        let mut rest = &tx[..];
+        let mut goodbye = false;
+        while !rest.is_empty() {
+            let Ok(Decoded::Frame { frame, consumed }) = decode_frame(rest) else {
+                return Err(TestCaseError::fail("undecodable host output"));
+            };
+            prop_assert!(!goodbye, "frame after Goodbye");
+            match frame.message {
+                Message::Verdict(_) => {
+                    let n = verdicts.entry(frame.request_id).or_default();
+                    *n += 1;
+                }
+                Message::Goodbye(_) => goodbye = true,
+                _ => {}
+            }
+            rest = &rest[consumed..];
+        }
+        if h.s.is_closed() {
+            prop_assert!(open.is_empty(), "open after close: {open:?}");
+        }
+        for id in &ended {
+            prop_assert!(verdicts.get(id).copied().unwrap_or(0) <= 1);
+        }
+    }
+}
