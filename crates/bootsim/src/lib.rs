@@ -7,6 +7,7 @@
 //! simulator are added as modules beside it.)
 #![forbid(unsafe_code)]
 
+pub mod hazard;
 pub mod model;
 pub mod needs;
 pub mod order;

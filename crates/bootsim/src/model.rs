@@ -178,18 +178,12 @@ pub struct DeviceInstance {
 }
 
 /// Options for reading a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModelOptions {
     /// The hardware configuration whose `StartOverride\<id>` value applies
     /// (`HardwareConfig\LastId` in the SYSTEM hive, outside the control set;
     /// 0 on almost every machine).
     pub hardware_config: u32,
-}
-
-impl Default for ModelOptions {
-    fn default() -> Self {
-        ModelOptions { hardware_config: 0 }
-    }
 }
 
 /// Why a registry tree cannot be read as a control set.
@@ -575,7 +569,9 @@ impl ControlSetBuilder {
 
     /// Sets a class's `Class` name and filters.
     pub fn class(&mut self, guid: &str, name: &str, upper: &[&str], lower: &[&str]) -> &mut Self {
-        let k = self.root.key_mut_or_create(&format!("Control\\Class\\{guid}"));
+        let k = self
+            .root
+            .key_mut_or_create(&format!("Control\\Class\\{guid}"));
         k.set_value("Class", RegValue::Sz(name.into()));
         let list = |l: &[&str]| RegValue::MultiSz(l.iter().map(|s| s.to_string()).collect());
         if !upper.is_empty() {
@@ -640,8 +636,7 @@ mod tests {
             .device(r"PCI\VEN_15AD&DEV_0740\3&1", "vmci", SYSTEM_CLASS_GUID);
         b.service_key("vsock")
             .set_value("DependOnService", RegValue::Sz("vmci".into()));
-        b.service_key("over")
-            .set_value("Start", RegValue::Dword(3));
+        b.service_key("over").set_value("Start", RegValue::Dword(3));
         b.service_key(r"over\StartOverride")
             .set_value("0", RegValue::Dword(0));
         let m = Model::from_control_set(b.root()).unwrap();
@@ -683,12 +678,152 @@ mod tests {
     #[test]
     fn wrong_types_are_warnings_not_errors() {
         let mut b = ControlSetBuilder::new();
-        b.service_key("x").set_value("Start", RegValue::Sz("0".into()));
+        b.service_key("x")
+            .set_value("Start", RegValue::Sz("0".into()));
         b.root_mut()
             .key_mut_or_create(r"Control\GroupOrderList")
             .set_value("Base", RegValue::Dword(3));
         let m = Model::from_control_set(b.root()).unwrap();
         assert_eq!(m.service("x").unwrap().start, None);
         assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
+    }
+}
+
+/// The seed incident's two machines, built programmatically: a Windows 7 /
+/// 2008 R2 guest with VMware Tools (vmci and vsock boot-start in "System Bus
+/// Extender", vmci's PnP device of the System class), VMware's thin agent
+/// `vsepflt` (boot-start, "FSFilter Anti-Virus") and, when `product_filter`
+/// is `true`, a third-party product with a boot-start minifilter `dlpflt`
+/// ("FSFilter Activity Monitor") and a boot-start device filter driver
+/// `dlpdev` ("Base") registered as an upper filter of the System class.
+pub mod seed {
+    use super::{ControlSetBuilder, SYSTEM_CLASS_GUID};
+    use crate::registry::RegKey;
+
+    /// `ServiceGroupOrder\List` of a Windows 7 / 2008 R2 machine.
+    pub const WIN7_GROUP_ORDER: &[&str] = &[
+        "System Reserved",
+        "EMS",
+        "WdfLoadGroup",
+        "Boot Bus Extender",
+        "System Bus Extender",
+        "SCSI miniport",
+        "Port",
+        "Primary Disk",
+        "SCSI Class",
+        "SCSI CDROM Class",
+        "FSFilter Infrastructure",
+        "FSFilter System",
+        "FSFilter Bottom",
+        "FSFilter Copy Protection",
+        "FSFilter Security Enhancer",
+        "FSFilter Open File",
+        "FSFilter Physical Quota Management",
+        "FSFilter Virtualization",
+        "FSFilter Encryption",
+        "FSFilter Compression",
+        "FSFilter Imaging",
+        "FSFilter HSM",
+        "FSFilter Cluster File System",
+        "FSFilter System Recovery",
+        "FSFilter Quota Management",
+        "FSFilter Content Screener",
+        "FSFilter Continuous Backup",
+        "FSFilter Replication",
+        "FSFilter Anti-Virus",
+        "FSFilter Undelete",
+        "FSFilter Activity Monitor",
+        "FSFilter Top",
+        "Filter",
+        "Boot File System",
+        "Base",
+        "Pointer Port",
+        "Keyboard Port",
+        "Pointer Class",
+        "Keyboard Class",
+        "Video Init",
+        "Video",
+        "Video Save",
+        "File System",
+        "Streams Drivers",
+        "NDIS Wrapper",
+        "COM Infrastructure",
+        "Event Log",
+        "AudioGroup",
+        "ProfSvc_Group",
+        "UIGroup",
+        "MS_WindowsLocalValidation",
+        "PlugPlay",
+        "Cryptography",
+        "PNP_TDI",
+        "NDIS",
+        "TDI",
+        "iSCSI",
+        "NetBIOSGroup",
+        "ShellSvcGroup",
+        "SchedulerGroup",
+        "SpoolerGroup",
+        "SmartCardGroup",
+        "NetworkProvider",
+        "RemoteValidation",
+        "NetDDEGroup",
+        "Parallel arbitrator",
+        "Extended Base",
+        "PCI Configuration",
+        "MS Transactions",
+    ];
+
+    /// The PCI instance path of vmci's device.
+    pub const VMCI_DEVICE: &str = r"PCI\VEN_15AD&DEV_0740&SUBSYS_074015AD&REV_10\3&61aaa01&0&3F";
+
+    /// The seed machine; with or without the product's System-class upper filter.
+    #[must_use]
+    pub fn machine(product_filter: bool) -> RegKey {
+        let mut b = ControlSetBuilder::new();
+        b.group_order(WIN7_GROUP_ORDER);
+        for (name, group) in [
+            ("Wdf01000", "WdfLoadGroup"),
+            ("ACPI", "Boot Bus Extender"),
+            ("msisadrv", "Boot Bus Extender"),
+            ("pci", "Boot Bus Extender"),
+            ("vdrvroot", "Boot Bus Extender"),
+            ("Compbatt", "System Bus Extender"),
+            ("intelide", "System Bus Extender"),
+            ("mountmgr", "System Bus Extender"),
+            ("partmgr", "System Bus Extender"),
+            ("vmbus", "System Bus Extender"),
+            ("volmgr", "System Bus Extender"),
+            ("volmgrx", "System Bus Extender"),
+            ("vmci", "System Bus Extender"),
+            ("vsock", "System Bus Extender"),
+            ("amdxata", "SCSI miniport"),
+            ("atapi", "SCSI miniport"),
+            ("LSI_SAS", "SCSI miniport"),
+            ("msahci", "SCSI miniport"),
+        ] {
+            b.driver(name, 0, Some(group), None);
+        }
+        b.driver("FltMgr", 0, Some("FSFilter Infrastructure"), None);
+        b.service_key("FltMgr")
+            .set_value("Type", crate::registry::RegValue::Dword(2));
+        b.driver("vsepflt", 0, Some("FSFilter Anti-Virus"), None)
+            .minifilter_instance("vsepflt", "VFileFilter Instance", "328200");
+        b.service_key("vsepflt")
+            .set_value("Type", crate::registry::RegValue::Dword(2));
+        b.device(VMCI_DEVICE, "vmci", SYSTEM_CLASS_GUID);
+        b.device(r"ROOT\ACPI_HAL\0000", "ACPI", SYSTEM_CLASS_GUID);
+        if product_filter {
+            // The product's minifilter, and its separate device filter driver
+            // that registers as a System-class upper filter.
+            b.driver("dlpflt", 0, Some("FSFilter Activity Monitor"), None)
+                .minifilter_instance("dlpflt", "dlpflt Instance", "385100");
+            b.service_key("dlpflt")
+                .set_value("Type", crate::registry::RegValue::Dword(2));
+            b.driver("dlpdev", 0, Some("Base"), None);
+            b.class(SYSTEM_CLASS_GUID, "System", &["dlpdev"], &[]);
+        } else {
+            b.class(SYSTEM_CLASS_GUID, "System", &[], &[]);
+        }
+        b.build()
     }
 }

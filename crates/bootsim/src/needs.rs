@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 use thinagent_guest::NtStatus;
+use thiserror::Error;
 
 use crate::model::{DeviceInstance, Model, fold};
 
@@ -465,7 +465,10 @@ mod tests {
         let vsock_need = t.needs_of("vsock").next().unwrap();
         assert_eq!(vsock_need.when, NeedWhen::Use);
         assert_eq!(vsock_need.busy(), NtStatus::STATUS_DEVICE_BUSY);
-        assert_eq!(t.agent("THINAGENT").unwrap().style, AgentStyle::DeferredRetry);
+        assert_eq!(
+            t.agent("THINAGENT").unwrap().style,
+            AgentStyle::DeferredRetry
+        );
         assert_eq!(t.agent("vsepflt").unwrap().style, AgentStyle::Blocking);
         assert_eq!(t.timing.init_ms("anything"), 10);
     }
@@ -514,7 +517,10 @@ mod tests {
 
     #[test]
     fn object_name_aliases() {
-        assert_eq!(canonical_object_name(r"\DosDevices\vmci"), r"\global??\vmci");
+        assert_eq!(
+            canonical_object_name(r"\DosDevices\vmci"),
+            r"\global??\vmci"
+        );
         assert_eq!(canonical_object_name(r"\??\vmci"), r"\global??\vmci");
         assert_eq!(canonical_object_name(r"\Global??\VMCI"), r"\global??\vmci");
     }

@@ -166,7 +166,10 @@ impl Deferral {
                 s.push_str(&format!(", initialised at #{position}"));
             }
             DeferralReason::LoadedOnDemand { start } => {
-                s.push_str(&format!(", {}-start: loaded only in the system phase", start.name()));
+                s.push_str(&format!(
+                    ", {}-start: loaded only in the system phase",
+                    start.name()
+                ));
             }
             DeferralReason::Disabled => s.push_str(", disabled: device never starts"),
             DeferralReason::Missing => s.push_str(", not installed: device never starts"),
@@ -271,9 +274,9 @@ impl LoadOrder {
     #[must_use]
     pub fn init_step(&self, service: &str) -> Option<usize> {
         let s = fold(service);
-        self.steps.iter().position(
-            |st| matches!(st, Step::InitDriver { service: x, .. } if fold(x) == s),
-        )
+        self.steps
+            .iter()
+            .position(|st| matches!(st, Step::InitDriver { service: x, .. } if fold(x) == s))
     }
 
     /// Index in [`LoadOrder::steps`] of the first start of a device whose
@@ -281,9 +284,9 @@ impl LoadOrder {
     #[must_use]
     pub fn device_start_step(&self, service: &str) -> Option<usize> {
         let s = fold(service);
-        self.steps.iter().position(
-            |st| matches!(st, Step::StartDevice(d) if fold(&d.function_driver) == s),
-        )
+        self.steps
+            .iter()
+            .position(|st| matches!(st, Step::StartDevice(d) if fold(&d.function_driver) == s))
     }
 
     /// Index of the given marker step.
@@ -309,7 +312,7 @@ pub fn tag_rank(model: &Model, service: &Service) -> TagRank {
 }
 
 /// The services initialised in `phase`, in order (rules 1-4).
-fn phase_order<'a>(model: &'a Model, phase: Phase) -> Vec<&'a Service> {
+fn phase_order(model: &Model, phase: Phase) -> Vec<&Service> {
     let want = match phase {
         Phase::Boot => StartType::Boot,
         Phase::System => StartType::System,
@@ -418,7 +421,10 @@ pub fn compute_order(model: &Model) -> LoadOrder {
         let Some(fd_service) = model.service(fd) else {
             continue;
         };
-        if !fd_service.is_driver() || !fd_service.start.is_some_and(StartType::is_kernel_initialised)
+        if !fd_service.is_driver()
+            || !fd_service
+                .start
+                .is_some_and(StartType::is_kernel_initialised)
         {
             continue;
         }
@@ -520,7 +526,7 @@ pub fn compute_order(model: &Model) -> LoadOrder {
     for (i, step) in base.into_iter().enumerate() {
         steps.push(step);
         let mut starts = std::mem::take(&mut starts_after[i]);
-        starts.sort_by(|a, b| fold(&a.device).cmp(&fold(&b.device)));
+        starts.sort_by_key(|a| fold(&a.device));
         steps.extend(starts.into_iter().map(Step::StartDevice));
     }
     LoadOrder {
@@ -593,7 +599,10 @@ mod tests {
             .unwrap()
             .remove_value("UpperFilters");
         let o = compute_order(&Model::from_control_set(b.root()).unwrap());
-        assert_eq!(o.device_start_step("vmci"), Some(o.init_step("vmci").unwrap() + 1));
+        assert_eq!(
+            o.device_start_step("vmci"),
+            Some(o.init_step("vmci").unwrap() + 1)
+        );
         assert!(o.entry("vmci").unwrap().deferred_by.is_empty());
     }
 
@@ -617,6 +626,9 @@ mod tests {
         assert_eq!(x, begins + 1);
         assert!(x < o.init_step("sysdrv").unwrap());
         assert_eq!(o.never_started.len(), 1);
-        assert_eq!(o.never_started[0].deferred_by[0].reason, DeferralReason::Missing);
+        assert_eq!(
+            o.never_started[0].deferred_by[0].reason,
+            DeferralReason::Missing
+        );
     }
 }
