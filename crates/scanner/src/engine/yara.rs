@@ -10,9 +10,17 @@
 //! complete content. yara-x's block scanner (`yara_x::blocks`) drops all of
 //! these, so a [`YaraScan`] buffers the content it is fed (bounded by
 //! [`YaraEngine::with_max_size`]) and evaluates the rules at
-//! [`EngineScan::finish`] with a [`yara_x::Scanner`] made for that scan and
-//! limited by [`YaraEngine::with_timeout`].
+//! [`EngineScan::finish`], limited by [`YaraEngine::with_timeout`].
+//!
+//! A [`yara_x::Scanner`] is costly to create (a WebAssembly store and
+//! instance) compared with scanning a small file, and it is neither `Send`
+//! nor detached from the rules it borrows. So each thread keeps one scanner
+//! for the rules it last used (a [`std::thread_local`] holding the rules'
+//! `Arc` and the scanner borrowing them) and reuses it while the rules stay
+//! the same; after a reload the next scan on that thread replaces it, which
+//! also releases that thread's hold on the old rules.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +32,8 @@ use super::{Detection, Engine, EngineError, EngineScan};
 pub const YARA_ENGINE_NAME: &str = "yara";
 
 /// Default bound on the content one scan buffers (see
-/// [`YaraEngine::with_max_size`]).
-pub const DEFAULT_YARA_MAX_SIZE: u64 = 128 * 1024 * 1024;
+/// [`YaraEngine::with_max_size`]; the service's default `limits.max_file_size`).
+pub const DEFAULT_YARA_MAX_SIZE: u64 = 256 * 1024 * 1024;
 
 /// Default time one scan may take (see [`YaraEngine::with_timeout`]).
 pub const DEFAULT_YARA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -194,7 +202,28 @@ impl YaraEngine {
         if self.rule_count == 0 {
             return Ok(None);
         }
-        let mut scanner = yara_x::Scanner::new(&self.rules);
+        THREAD_SCANNER.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let reusable = slot
+                .as_ref()
+                .is_some_and(|cached| Arc::ptr_eq(cached.borrow_owner(), &self.rules));
+            if !reusable {
+                // Drop the old scanner (and its rules) before building anew.
+                *slot = None;
+                *slot = Some(ThreadScanner::new(Arc::clone(&self.rules), |rules| {
+                    yara_x::Scanner::new(rules)
+                }));
+            }
+            let cached = slot.as_mut().expect("scanner just ensured");
+            cached.with_dependent_mut(|_, scanner| self.scan_with(scanner, data))
+        })
+    }
+
+    fn scan_with(
+        &self,
+        scanner: &mut yara_x::Scanner<'_>,
+        data: &[u8],
+    ) -> Result<Option<Detection>, EngineError> {
         scanner.set_timeout(self.timeout);
         let results = scanner.scan(data).map_err(|err| match err {
             yara_x::ScanError::Timeout => EngineError::Timeout {
@@ -212,6 +241,23 @@ impl YaraEngine {
         });
         Ok(detection)
     }
+}
+
+/// A scanner borrowing the rules it owns a reference to.
+type BorrowedScanner<'rules> = yara_x::Scanner<'rules>;
+
+self_cell::self_cell!(
+    /// One thread's reusable scanner, with the rules it borrows.
+    struct ThreadScanner {
+        owner: Arc<yara_x::Rules>,
+        #[not_covariant]
+        dependent: BorrowedScanner,
+    }
+);
+
+thread_local! {
+    /// The scanner this thread used last (see the module docs).
+    static THREAD_SCANNER: RefCell<Option<ThreadScanner>> = const { RefCell::new(None) };
 }
 
 /// Turns a yara-x compile error into one naming the file, line and column.
@@ -341,6 +387,29 @@ mod tests {
         assert_eq!(err.line(), Some(4), "{err}");
         let text = err.to_string();
         assert!(text.starts_with("rules/bad.yar:4:"), "{text}");
+    }
+
+    #[test]
+    fn alternating_rule_sets_on_one_thread_use_the_right_rules() {
+        let a =
+            YaraEngine::from_source(r#"rule A { strings: $a = "alpha" condition: $a }"#).unwrap();
+        let b =
+            YaraEngine::from_source(r#"rule B { strings: $b = "beta" condition: $b }"#).unwrap();
+        for _ in 0..3 {
+            let hit = |e: &YaraEngine, data: &[u8]| e.scan_bytes(data).unwrap().map(|d| d.threat);
+            assert_eq!(hit(&a, b"alpha beta").as_deref(), Some("A"));
+            assert_eq!(hit(&b, b"alpha beta").as_deref(), Some("B"));
+            assert_eq!(hit(&a, b"beta"), None);
+            assert_eq!(hit(&a.clone(), b"alpha").as_deref(), Some("A"));
+        }
+        // The thread's cached scanner keeps `b`'s rules alive only until a
+        // scan with other rules replaces it.
+        b.scan_bytes(b"x").unwrap();
+        let weak = Arc::downgrade(&b.rules);
+        drop(b);
+        assert!(weak.upgrade().is_some());
+        a.scan_bytes(b"x").unwrap();
+        assert!(weak.upgrade().is_none());
     }
 
     #[test]
