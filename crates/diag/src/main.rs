@@ -7,7 +7,9 @@
 
 #![forbid(unsafe_code)]
 
+mod decode_log;
 mod demo;
+mod lint_inf;
 mod scan;
 
 use std::process::ExitCode;
@@ -33,6 +35,21 @@ enum Command {
     /// parameters, debug level 4. Exit status 0 when the provider is captured,
     /// 1 when the agent gives up.
     Demo(DemoArgs),
+    /// Decode a thin agent's debug log (ours or VMware's vsepflt.sys).
+    ///
+    /// Names every NTSTATUS, groups the lines by routine and states the likely
+    /// cause and the next step. Lines may carry a capture tool's prefix
+    /// (DbgView columns, timestamps). Exit status: 0 nothing wrong, 1 a
+    /// finding of severity error, 2 unreadable input or no log lines in it.
+    DecodeLog(DecodeLogArgs),
+    /// Check a minifilter INF/INX against Filter Manager's rules.
+    ///
+    /// Class/ClassGuid, ServiceType 2, StartType, ErrorControl 1,
+    /// LoadOrderGroup, the FltMgr dependency, instances (Altitude in the
+    /// group's range, never another vendor's such as 328200, Flags,
+    /// DefaultInstance). Exit status: 0 no findings, 1 findings, 2 unreadable
+    /// input.
+    LintInf(LintInfArgs),
     /// Act as a guest: send each FILE to a thinagent-scanner over the real
     /// protocol and print `PATH: OK` or `PATH: NAME FOUND` (clamdscan's shape).
     ///
@@ -40,6 +57,24 @@ enum Command {
     /// 0 nothing found, 1 something found, 2 an error occurred. A summary
     /// (files, found, errors, elapsed, files/s) goes to stderr.
     Scan(scan::ScanArgs),
+}
+
+#[derive(clap::Args)]
+struct LintInfArgs {
+    /// The INF or INX file (UTF-8, or UTF-16 with BOM).
+    file: std::path::PathBuf,
+    /// Print the findings as a JSON array of {id, severity, line, message, fix}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DecodeLogArgs {
+    /// The log file (UTF-8, or UTF-16 with BOM as Windows tools save it).
+    file: std::path::PathBuf,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +135,68 @@ fn demo(args: &DemoArgs) -> Result<ExitCode> {
     })
 }
 
+fn lint_inf_cmd(args: &LintInfArgs) -> Result<ExitCode> {
+    let bytes = match std::fs::read(&args.file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read {}: {e}; give the path of the driver's INF or INX (e.g. inf/thinagent.inx)",
+                args.file.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let findings = lint_inf::lint(&decode_log::bytes_to_text(&bytes));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&findings)?);
+    } else {
+        print!(
+            "{}",
+            lint_inf::render_text(&args.file.display().to_string(), &findings)
+        );
+    }
+    Ok(if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn decode_log_cmd(args: &DecodeLogArgs) -> Result<ExitCode> {
+    let bytes = match std::fs::read(&args.file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read {}: {e}; give the path of a saved debug log (DbgView or kd output)",
+                args.file.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let log = decode_log::decode(&decode_log::bytes_to_text(&bytes));
+    if log.decoded.is_empty() {
+        eprintln!(
+            "error: {} has no lines of the shape `LEVEL: Routine : message[: 0xSTATUS]`; \
+             save the driver's debug output (DbgView, or kd with the Debug Print Filter set) and try again",
+            args.file.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&log)?);
+    } else {
+        print!(
+            "{}",
+            decode_log::render_text(&args.file.display().to_string(), &log)
+        );
+    }
+    Ok(if log.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Demo(DemoArgs {
@@ -109,6 +206,8 @@ fn main() -> Result<ExitCode> {
         params: Vec::new(),
     })) {
         Command::Demo(args) => demo(&args),
+        Command::DecodeLog(args) => decode_log_cmd(&args),
+        Command::LintInf(args) => lint_inf_cmd(&args),
         Command::Scan(args) => scan::run(&args),
     }
 }
