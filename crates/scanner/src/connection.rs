@@ -707,3 +707,411 @@ fn spawn_stream_scan(
         let _ = results.send(WorkMessage::Done(id, WorkResult::Scanned(scan.finish())));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    //! `serve_connection` against the real guest `Session` over an in-memory
+    //! duplex stream.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use thinagent_guest::{
+        FailMode, Instant as GuestInstant, QueryVerdict, Session, SessionConfig,
+        SessionEvent as GuestEvent,
+    };
+    use thinagent_protocol::{
+        AgentVersion, Capabilities, CreateDisposition, FileEvent, FileIdentity, FilePath, OsKind,
+        ReadOutcome,
+    };
+    use tokio::io::DuplexStream;
+
+    use super::*;
+    use crate::engine::builtin::{EICAR, builtin_engines};
+    use crate::engine::hash::{HashDbKind, HashEngine, SharedHashEngine};
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<AuditRecord>>);
+
+    impl ScanObserver for Recorder {
+        fn on_verdict(&self, record: &AuditRecord) {
+            self.0.lock().unwrap().push(record.clone());
+        }
+    }
+
+    struct TestFile {
+        path: &'static str,
+        id: u8,
+        content: Vec<u8>,
+    }
+
+    /// What one guest round saw.
+    struct Round {
+        verdicts: Vec<(String, QueryVerdict)>,
+        reads: usize,
+    }
+
+    fn identity(f: &TestFile) -> FileIdentity {
+        FileIdentity {
+            volume_serial: 0xA1B2,
+            file_id: [f.id; 16],
+            size: f.content.len() as u64,
+            last_write_time: 1,
+        }
+    }
+
+    /// Runs a guest that opens `files` (all at once) on `stream` and waits
+    /// for every verdict.
+    async fn guest_round(
+        guest: &mut Session<16, 256, 4>,
+        stream: &mut DuplexStream,
+        files: &[TestFile],
+        t0: tokio::time::Instant,
+        first: bool,
+    ) -> Round {
+        let now = || GuestInstant::from_nanos(t0.elapsed().as_nanos() as u64);
+        if first {
+            guest.start(now());
+        }
+        let mut by_query: HashMap<u64, usize> = HashMap::new();
+        let mut submitted = !first;
+        if submitted {
+            for (i, f) in files.iter().enumerate() {
+                let id = guest.submit(&event(f), now()).unwrap();
+                by_query.insert(id, i);
+            }
+        }
+        let mut verdicts = Vec::new();
+        let mut reads = 0;
+        let mut rbuf = vec![0u8; 70_000];
+        let mut tbuf = vec![0u8; 70_000];
+        loop {
+            while let Some(ev) = guest.poll_event() {
+                match ev {
+                    GuestEvent::Connected { .. } => {
+                        if !submitted {
+                            submitted = true;
+                            for (i, f) in files.iter().enumerate() {
+                                let id = guest.submit(&event(f), now()).unwrap();
+                                by_query.insert(id, i);
+                            }
+                        }
+                    }
+                    GuestEvent::Verdict(v) => {
+                        let i = by_query[&v.query];
+                        verdicts.push((files[i].path.to_owned(), v));
+                    }
+                    GuestEvent::ReadJob {
+                        read_id,
+                        query,
+                        offset,
+                        length,
+                    } => {
+                        reads += 1;
+                        let content = &files[by_query[&query]].content;
+                        let start = (offset as usize).min(content.len());
+                        let end = (start + length as usize).min(content.len());
+                        let data = &content[start..end];
+                        let outcome = if end == content.len() {
+                            ReadOutcome::EndOfFile(data)
+                        } else {
+                            ReadOutcome::Data(data)
+                        };
+                        // The guest's send buffer holds one full ReadData:
+                        // drain it until the answer fits.
+                        while let Err(e) = guest.read_completed(read_id, outcome, now()) {
+                            assert_eq!(e, thinagent_guest::ReadError::Busy);
+                            while let Some(n) = guest.poll_transmit(&mut tbuf) {
+                                stream.write_all(&tbuf[..n]).await.unwrap();
+                            }
+                        }
+                    }
+                    GuestEvent::Closed { reason } => panic!("guest closed: {reason:?}"),
+                }
+            }
+            while let Some(n) = guest.poll_transmit(&mut tbuf) {
+                stream.write_all(&tbuf[..n]).await.unwrap();
+            }
+            if verdicts.len() == files.len() {
+                return Round { verdicts, reads };
+            }
+            let deadline = guest
+                .next_deadline()
+                .map(|d| t0 + Duration::from_nanos(d.as_nanos()));
+            tokio::select! {
+                r = stream.read(&mut rbuf) => {
+                    let n = r.unwrap();
+                    assert!(n > 0, "host closed the connection");
+                    guest.receive(&rbuf[..n], now());
+                }
+                () = sleep_until_opt(deadline), if deadline.is_some() => guest.on_timeout(now()),
+            }
+        }
+    }
+
+    fn event(f: &TestFile) -> FileEvent<'_> {
+        FileEvent {
+            kind: EventKind::Open,
+            process_id: 4242,
+            desired_access: 0x0012_0089,
+            create_disposition: CreateDisposition::Open,
+            file: identity(f),
+            path: FilePath::Utf8(f.path),
+        }
+    }
+
+    fn guest_session() -> Session<16, 256, 4> {
+        Session::new(&SessionConfig {
+            query_timeout: Duration::from_secs(30),
+            fail_mode: FailMode::Open,
+            os: OsKind::Linux,
+            agent_version: AgentVersion::default(),
+            capabilities: Capabilities::READ_CONTENT,
+            guest_name: "test-vm",
+        })
+    }
+
+    fn context(recorder: Arc<Recorder>, limits: Limits) -> Arc<ScanContext> {
+        let mut hash = HashEngine::new();
+        // md5("hello hash engine\n")
+        let text = format!("{}:18:Test.Hash-Match\n", md5_of(b"hello hash engine\n"));
+        hash.add_text(&text, HashDbKind::Hdb, std::path::Path::new("t.hdb"))
+            .unwrap();
+        let mut big_sig = HashEngine::new();
+        big_sig
+            .add_text(
+                &format!("{}:*:Test.Big-File:73\n", hex(&sha256(&big_infected()))),
+                HashDbKind::Hsb,
+                std::path::Path::new("big.hsb"),
+            )
+            .unwrap();
+        let mut engines = builtin_engines();
+        engines.push(Arc::new(SharedHashEngine(Arc::new(hash))));
+        engines.push(Arc::new(SharedHashEngine(Arc::new(big_sig))));
+        Arc::new(ScanContext::new(
+            SignatureSet::from_engines(engines),
+            limits,
+            recorder,
+        ))
+    }
+
+    fn md5_of(data: &[u8]) -> String {
+        use md5::{Digest, Md5};
+        hex(&Md5::digest(data))
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn big_infected() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn eicar_denied_clean_allowed_hash_match_and_identity_cache_hit() {
+        let recorder = Arc::new(Recorder::default());
+        let limits = Limits {
+            scan_buffer_max: 64 * 1024,
+            ..Limits::default()
+        };
+        let ctx = context(Arc::clone(&recorder), limits);
+        let (host_end, mut guest_end) = tokio::io::duplex(256 * 1024);
+        let server = tokio::spawn(serve_connection(
+            host_end,
+            GuestId::Tcp("127.0.0.1:5000".parse().unwrap()),
+            Arc::clone(&ctx),
+        ));
+        let clean_big: Vec<u8> = (0..200_000u32).map(|i| (i % 13) as u8).collect();
+        let files = vec![
+            TestFile {
+                path: "/tmp/eicar.com",
+                id: 1,
+                content: EICAR.to_vec(),
+            },
+            TestFile {
+                path: "/tmp/clean.txt",
+                id: 2,
+                content: b"just a clean file\n".to_vec(),
+            },
+            TestFile {
+                path: "/tmp/hash.bin",
+                id: 3,
+                content: b"hello hash engine\n".to_vec(),
+            },
+            TestFile {
+                path: "/tmp/big-clean.bin",
+                id: 4,
+                content: clean_big,
+            },
+            TestFile {
+                path: "/tmp/big-infected.bin",
+                id: 5,
+                content: big_infected(),
+            },
+            TestFile {
+                path: "/tmp/empty",
+                id: 6,
+                content: Vec::new(),
+            },
+        ];
+        let t0 = tokio::time::Instant::now();
+        let mut guest = guest_session();
+        let round = guest_round(&mut guest, &mut guest_end, &files, t0, true).await;
+        let got: HashMap<String, (Decision, String)> = round
+            .verdicts
+            .iter()
+            .map(|(p, v)| (p.clone(), (v.decision, v.threat.as_str().to_owned())))
+            .collect();
+        assert_eq!(
+            got["/tmp/eicar.com"],
+            (Decision::Deny, "Eicar-Test-Signature".into())
+        );
+        assert_eq!(got["/tmp/clean.txt"], (Decision::Allow, String::new()));
+        assert_eq!(
+            got["/tmp/hash.bin"],
+            (Decision::Deny, "Test.Hash-Match".into())
+        );
+        assert_eq!(got["/tmp/big-clean.bin"], (Decision::Allow, String::new()));
+        assert_eq!(
+            got["/tmp/big-infected.bin"],
+            (Decision::Deny, "Test.Big-File".into())
+        );
+        assert_eq!(got["/tmp/empty"], (Decision::Allow, String::new()));
+        assert!(round.reads >= 6 + 200_000 / 65_480, "reads {}", round.reads);
+        for (_, v) in &round.verdicts {
+            assert_eq!(v.cache_ttl_secs, 300);
+        }
+
+        // Reopen the same files: every answer comes from the identity
+        // cache, with no content transfer at all.
+        let again = guest_round(&mut guest, &mut guest_end, &files, t0, false).await;
+        assert_eq!(again.reads, 0, "identity cache hit needs no ReadRequest");
+        let again_got: HashMap<String, (Decision, String)> = again
+            .verdicts
+            .iter()
+            .map(|(p, v)| (p.clone(), (v.decision, v.threat.as_str().to_owned())))
+            .collect();
+        assert_eq!(again_got, got);
+
+        // Same content under new identities: transferred, answered from
+        // the content cache (small files) without running the engines.
+        let renamed: Vec<TestFile> = files
+            .iter()
+            .filter(|f| f.content.len() < 1000)
+            .map(|f| TestFile {
+                path: f.path,
+                id: f.id + 100,
+                content: f.content.clone(),
+            })
+            .collect();
+        let third = guest_round(&mut guest, &mut guest_end, &renamed, t0, false).await;
+        assert_eq!(third.verdicts.len(), renamed.len());
+        assert!(third.reads >= renamed.len());
+
+        guest.close(GuestInstant::from_nanos(t0.elapsed().as_nanos() as u64));
+        let mut tbuf = [0u8; 256];
+        while let Some(n) = guest.poll_transmit(&mut tbuf) {
+            guest_end.write_all(&tbuf[..n]).await.unwrap();
+        }
+        let reason = server.await.unwrap();
+        assert_eq!(reason, CloseReason::PeerGoodbye(GoodbyeReason::Shutdown));
+
+        let records = recorder.0.lock().unwrap().clone();
+        assert_eq!(records.len(), files.len() * 2 + renamed.len());
+        let sources: Vec<VerdictSource> = records.iter().map(|r| r.source).collect();
+        assert_eq!(
+            sources
+                .iter()
+                .filter(|s| **s == VerdictSource::IdentityCache)
+                .count(),
+            files.len()
+        );
+        assert_eq!(
+            sources
+                .iter()
+                .filter(|s| **s == VerdictSource::ContentCache)
+                .count(),
+            renamed.len()
+        );
+        let eicar = records.iter().find(|r| r.path == "/tmp/eicar.com").unwrap();
+        assert_eq!(eicar.threat.as_deref(), Some("Eicar-Test-Signature"));
+        assert_eq!(eicar.engine, Some("builtin"));
+        assert_eq!(eicar.bytes, 68);
+        assert_eq!(eicar.guest_name, "test-vm");
+        let big = records
+            .iter()
+            .find(|r| r.path == "/tmp/big-infected.bin")
+            .unwrap();
+        assert_eq!(big.bytes, 300_000);
+    }
+
+    #[tokio::test]
+    async fn signature_reload_invalidates_the_identity_cache() {
+        let recorder = Arc::new(Recorder::default());
+        let ctx = context(Arc::clone(&recorder), Limits::default());
+        let (host_end, mut guest_end) = tokio::io::duplex(256 * 1024);
+        let server = tokio::spawn(serve_connection(
+            host_end,
+            GuestId::Vsock { cid: 3, port: 1 },
+            Arc::clone(&ctx),
+        ));
+        let files = vec![TestFile {
+            path: "/x",
+            id: 9,
+            content: b"abc".to_vec(),
+        }];
+        let t0 = tokio::time::Instant::now();
+        let mut guest = guest_session();
+        let first = guest_round(&mut guest, &mut guest_end, &files, t0, true).await;
+        assert_eq!(first.verdicts[0].1.decision, Decision::Allow);
+        // md5("abc") = 900150983cd24fb0d6963f7d28e17f72
+        let mut hash = HashEngine::new();
+        hash.add_text(
+            "900150983cd24fb0d6963f7d28e17f72:3:Now-Known\n",
+            HashDbKind::Hdb,
+            std::path::Path::new("new.hdb"),
+        )
+        .unwrap();
+        ctx.reload(SignatureSet::from_engines(vec![Arc::new(
+            SharedHashEngine(Arc::new(hash)),
+        )]));
+        let second = guest_round(&mut guest, &mut guest_end, &files, t0, false).await;
+        assert!(second.reads > 0, "reload must force a rescan");
+        assert_eq!(second.verdicts[0].1.decision, Decision::Deny);
+        assert_eq!(second.verdicts[0].1.threat.as_str(), "Now-Known");
+        drop(guest_end);
+        assert_eq!(server.await.unwrap(), CloseReason::TransportClosed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_says_goodbye_and_silent_guest_times_out() {
+        let ctx = context(Arc::new(Recorder::default()), Limits::default());
+        let (host_end, mut guest_end) = tokio::io::duplex(4096);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_connection_until(
+            host_end,
+            GuestId::Tcp("127.0.0.1:1".parse().unwrap()),
+            Arc::clone(&ctx),
+            async move {
+                let _ = stop_rx.await;
+                GoodbyeReason::Shutdown
+            },
+        ));
+        stop_tx.send(()).unwrap();
+        assert_eq!(
+            server.await.unwrap(),
+            CloseReason::Local(GoodbyeReason::Shutdown)
+        );
+        let mut buf = Vec::new();
+        guest_end.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf.len(), 28, "one Goodbye frame");
+
+        // A peer that connects and says nothing is closed after the
+        // handshake timeout.
+        let (host_end, _keep) = tokio::io::duplex(4096);
+        let reason =
+            serve_connection(host_end, GuestId::Tcp("127.0.0.1:2".parse().unwrap()), ctx).await;
+        assert_eq!(reason, CloseReason::HandshakeTimeout);
+    }
+}
