@@ -7,9 +7,14 @@
 //! edge are added as modules beside it.)
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cache;
+pub mod config;
 pub mod connection;
 pub mod engine;
+pub mod listen;
+pub mod metrics;
 pub mod scan;
+pub mod service;
 pub mod session;
 pub mod signatures;

@@ -1,5 +1,295 @@
 //! `thinagent-scanner`: the host scanner service.
+//!
+//! With no arguments it serves on its embedded default: port 5317 on vsock
+//! (when the kernel has AF_VSOCK) and on `tcp://127.0.0.1:5317`, with the
+//! built-in signature set. See `--help` and `dist/thinagent-scanner.toml`.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("thinagent-scanner: the service is being built (issue 3); nothing to run yet")
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use thinagent_scanner::config::{Config, LogFormat, PolicyDecision};
+use thinagent_scanner::service::{self, Service};
+use tracing_subscriber::EnvFilter;
+
+/// The ThinAgent host scanner: answers every guest's file-open queries.
+///
+/// Every option overrides the same key of the --config file.
+#[derive(Parser, Debug)]
+#[command(name = "thinagent-scanner", version)]
+struct Cli {
+    /// TOML configuration file (see dist/thinagent-scanner.toml).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration (and load the signatures, ping clamd), then exit: 0 valid, 2 not.
+    #[arg(long)]
+    check_config: bool,
+    /// Listen here (repeatable): vsock://any:PORT, tcp://127.0.0.1:PORT, unix:///path. [config: listen]
+    #[arg(short, long, value_name = "URL")]
+    listen: Vec<String>,
+    /// Load every .hdb/.hsb/.yar/.yara file of DIR (repeatable). [config: signatures]
+    #[arg(long, value_name = "DIR")]
+    signatures: Vec<PathBuf>,
+    /// Do not load the built-in set (EICAR). [config: builtin_signatures]
+    #[arg(long)]
+    no_builtin: bool,
+    /// Forward content to clamd: unix:///run/clamav/clamd.ctl or tcp://HOST:PORT. [config: clamd]
+    #[arg(long, value_name = "URL")]
+    clamd: Option<String>,
+    /// clamd I/O timeout, ms. [config: clamd_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    clamd_timeout_ms: Option<u64>,
+    /// Append one JSON line per verdict to PATH. [config: audit_log]
+    #[arg(long, value_name = "PATH")]
+    audit_log: Option<PathBuf>,
+    /// Serve Prometheus /metrics here (loopback only): tcp://127.0.0.1:PORT. [config: metrics]
+    #[arg(long, value_name = "URL")]
+    metrics: Option<String>,
+    /// Accept only this vsock CID (repeatable; none = any). [config: allowed_cids]
+    #[arg(long = "allow-cid", value_name = "CID")]
+    allow_cid: Vec<u32>,
+    /// [config: limits.max_frame_len]
+    #[arg(long, value_name = "BYTES")]
+    max_frame_len: Option<u32>,
+    /// [config: limits.max_read_chunk]
+    #[arg(long, value_name = "BYTES")]
+    max_read_chunk: Option<u32>,
+    /// [config: limits.max_reads_in_flight]
+    #[arg(long, value_name = "N")]
+    max_reads_in_flight: Option<u32>,
+    /// Larger files are not scanned (policy.too_large). [config: limits.max_file_size]
+    #[arg(long, value_name = "BYTES")]
+    max_file_size: Option<u64>,
+    /// Scan budget per query. [config: limits.request_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    request_timeout_ms: Option<u64>,
+    /// [config: limits.idle_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// [config: limits.heartbeat_interval_ms]
+    #[arg(long, value_name = "MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// [config: limits.handshake_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    handshake_timeout_ms: Option<u64>,
+    /// [config: limits.max_sessions]
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<u32>,
+    /// Max unanswered FileEvents per guest. [config: limits.max_in_flight_per_guest]
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+    /// [config: limits.max_bytes_in_flight_per_guest]
+    #[arg(long, value_name = "BYTES")]
+    max_bytes_in_flight: Option<u64>,
+    /// [config: limits.scan_buffer_max]
+    #[arg(long, value_name = "BYTES")]
+    scan_buffer_max: Option<u64>,
+    /// [config: cache.identity_entries]
+    #[arg(long, value_name = "N")]
+    identity_cache_entries: Option<u64>,
+    /// [config: cache.content_entries]
+    #[arg(long, value_name = "N")]
+    content_cache_entries: Option<u64>,
+    /// [config: cache.ttl_secs]
+    #[arg(long, value_name = "SECS")]
+    cache_ttl_secs: Option<u64>,
+    /// [config: cache.guest_ttl_secs]
+    #[arg(long, value_name = "SECS")]
+    guest_ttl_secs: Option<u32>,
+    /// allow|deny. [config: policy.too_large]
+    #[arg(long, value_name = "allow|deny")]
+    too_large: Option<PolicyDecision>,
+    /// allow|deny. [config: policy.timeout]
+    #[arg(long, value_name = "allow|deny")]
+    on_timeout: Option<PolicyDecision>,
+    /// allow|deny. [config: policy.error]
+    #[arg(long, value_name = "allow|deny")]
+    on_error: Option<PolicyDecision>,
+    /// tracing filter, e.g. info or thinagent_scanner=debug (RUST_LOG wins). [config: log.level]
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// text|json. [config: log.format]
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+impl Cli {
+    /// The config file (or defaults) with the command line on top.
+    fn config(&self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            c.listen = self.listen.clone();
+        }
+        if !self.signatures.is_empty() {
+            c.signatures = self.signatures.clone();
+        }
+        if self.no_builtin {
+            c.builtin_signatures = false;
+        }
+        if self.clamd.is_some() {
+            c.clamd = self.clamd.clone();
+        }
+        set(&mut c.clamd_timeout_ms, self.clamd_timeout_ms);
+        if self.audit_log.is_some() {
+            c.audit_log = self.audit_log.clone();
+        }
+        if self.metrics.is_some() {
+            c.metrics = self.metrics.clone();
+        }
+        if !self.allow_cid.is_empty() {
+            c.allowed_cids = self.allow_cid.clone();
+        }
+        let l = &mut c.limits;
+        set(&mut l.max_frame_len, self.max_frame_len);
+        set(&mut l.max_read_chunk, self.max_read_chunk);
+        set(&mut l.max_reads_in_flight, self.max_reads_in_flight);
+        set(&mut l.max_file_size, self.max_file_size);
+        set(&mut l.request_timeout_ms, self.request_timeout_ms);
+        set(&mut l.idle_timeout_ms, self.idle_timeout_ms);
+        set(&mut l.heartbeat_interval_ms, self.heartbeat_interval_ms);
+        set(&mut l.handshake_timeout_ms, self.handshake_timeout_ms);
+        set(&mut l.max_sessions, self.max_sessions);
+        set(&mut l.max_in_flight_per_guest, self.max_in_flight);
+        set(
+            &mut l.max_bytes_in_flight_per_guest,
+            self.max_bytes_in_flight,
+        );
+        set(&mut l.scan_buffer_max, self.scan_buffer_max);
+        set(&mut c.cache.identity_entries, self.identity_cache_entries);
+        set(&mut c.cache.content_entries, self.content_cache_entries);
+        set(&mut c.cache.ttl_secs, self.cache_ttl_secs);
+        set(&mut c.cache.guest_ttl_secs, self.guest_ttl_secs);
+        set(&mut c.policy.too_large, self.too_large);
+        set(&mut c.policy.timeout, self.on_timeout);
+        set(&mut c.policy.error, self.on_error);
+        set(&mut c.log.level, self.log_level.clone());
+        if let Some(f) = &self.log_format {
+            c.log.format = match f.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => anyhow::bail!("--log-format {other:?}: expected text or json"),
+            };
+        }
+        Ok(c)
+    }
+}
+
+fn init_logs(c: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&c.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `--check-config`: everything short of binding.
+fn check(config: &Config) -> Result<String> {
+    config.validate()?;
+    let sc = service::signature_config(config)?;
+    let set = service::load_signatures(&sc)?;
+    service::ping_clamd(&sc).context("clamd is configured but does not answer PING")?;
+    let (urls, _) = config.listeners()?;
+    Ok(format!(
+        "configuration OK: listen {}; {}",
+        urls.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        service::describe(set.summary())
+    ))
+}
+
+async fn run(config: Config) -> Result<()> {
+    let service = Service::build(&config).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        for url in service.urls() {
+            writeln!(out, "listening on {url}")?;
+        }
+        if let Some(addr) = service.metrics_addr() {
+            writeln!(out, "metrics on http://{addr}/metrics")?;
+        }
+        out.flush()?;
+    }
+    let handle = service.handle();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let reloader = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading signatures");
+            // Failure is logged inside; the old set stays.
+            let _ = handle.reload().await;
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+    };
+    service.run(shutdown, Duration::from_secs(5)).await;
+    reloader.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("thinagent-scanner: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        return match check(&config) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("thinagent-scanner: configuration invalid: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("thinagent-scanner: configuration invalid: {e:#}");
+        return ExitCode::from(2);
+    }
+    init_logs(&config);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("thinagent-scanner: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("thinagent-scanner: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -134,113 +134,122 @@ async fn run_session(
     let mut closed: Option<CloseReason> = None;
     let mut eof = false;
     loop {
-        // New queries while there is room.
-        if connected && !finishing {
-            while pending.len() < opts.window {
-                let Some(job) = shared.next() else {
-                    break;
-                };
-                let opened = File::open(&job.path).and_then(|f| f.metadata().map(|m| (f, m)));
-                let (file, meta) = match opened {
-                    Ok(x) => x,
-                    Err(e) => {
-                        shared.record(ScanResult {
-                            path: job.path,
-                            round: job.round,
-                            outcome: Outcome::Error(format!("cannot open: {e}")),
-                            latency: Duration::ZERO,
-                            bytes: 0,
-                        });
-                        continue;
-                    }
-                };
-                let abs = std::path::absolute(&job.path).unwrap_or_else(|_| job.path.clone());
-                let raw = abs.as_os_str().as_bytes();
-                let path = match std::str::from_utf8(raw) {
-                    Ok(p) => FilePath::Utf8(p),
-                    Err(_) => FilePath::Bytes(raw),
-                };
-                let event = FileEvent {
-                    kind: EventKind::Open,
-                    process_id: std::process::id(),
-                    desired_access: 0x1, // FILE_READ_DATA
-                    create_disposition: CreateDisposition::Open,
-                    file: files::identity(&meta),
-                    path,
-                };
-                match s.submit(&event, now()) {
-                    Ok(q) => {
-                        pending.insert(
-                            q,
-                            Pending {
-                                job,
-                                file,
-                                size: meta.len(),
-                                start: std::time::Instant::now(),
-                                bytes: 0,
-                            },
-                        );
-                    }
-                    Err(SubmitError::Full) => {
-                        shared
-                            .queue
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push_front(job);
+        // Until neither new queries nor session events make progress.
+        loop {
+            // New queries while there is room.
+            let mut progress = false;
+            if connected && !finishing {
+                while pending.len() < opts.window {
+                    let Some(job) = shared.next() else {
                         break;
-                    }
-                }
-            }
-        }
-        // Outputs of the session.
-        while let Some(ev) = s.poll_event() {
-            match ev {
-                SessionEvent::Connected { .. } => connected = true,
-                SessionEvent::Verdict(v) => {
-                    if let Some(p) = pending.remove(&v.query) {
-                        shared.record(ScanResult {
-                            path: p.job.path,
-                            round: p.job.round,
-                            outcome: outcome(v.decision, v.source, v.threat.as_str()),
-                            latency: p.start.elapsed(),
-                            bytes: p.bytes,
-                        });
-                    }
-                }
-                SessionEvent::ReadJob {
-                    read_id,
-                    query,
-                    offset,
-                    length,
-                } => {
-                    let len = (length as usize).min(rbuf.len());
-                    let (result, n) = match pending.get_mut(&query) {
-                        None => (Err(0), 0),
-                        Some(p) => match read_at(&p.file, offset, &mut rbuf[..len]) {
-                            Ok(n) => {
-                                p.bytes += n as u64;
-                                let end = offset + n as u64 >= p.size || n < len;
-                                (Ok(end), n)
-                            }
-                            Err(e) => (Err(e.raw_os_error().unwrap_or(5) as u32), 0),
-                        },
                     };
-                    let outcome = match result {
-                        Ok(true) => ReadOutcome::EndOfFile(&rbuf[..n]),
-                        Ok(false) => ReadOutcome::Data(&rbuf[..n]),
-                        Err(0) => ReadOutcome::Cancelled,
-                        Err(errno) => ReadOutcome::Error(OsError::Errno(errno)),
+                    let opened = File::open(&job.path).and_then(|f| f.metadata().map(|m| (f, m)));
+                    let (file, meta) = match opened {
+                        Ok(x) => x,
+                        Err(e) => {
+                            shared.record(ScanResult {
+                                path: job.path,
+                                round: job.round,
+                                outcome: Outcome::Error(format!("cannot open: {e}")),
+                                latency: Duration::ZERO,
+                                bytes: 0,
+                            });
+                            continue;
+                        }
                     };
-                    // Busy: the session's send buffer is full; move it out and retry.
-                    while let Err(thinagent_guest::ReadError::Busy) =
-                        s.read_completed(read_id, outcome, now())
-                    {
-                        while let Some(k) = s.poll_transmit(&mut tx) {
-                            out.extend_from_slice(&tx[..k]);
+                    let abs = std::path::absolute(&job.path).unwrap_or_else(|_| job.path.clone());
+                    let raw = abs.as_os_str().as_bytes();
+                    let path = match std::str::from_utf8(raw) {
+                        Ok(p) => FilePath::Utf8(p),
+                        Err(_) => FilePath::Bytes(raw),
+                    };
+                    let event = FileEvent {
+                        kind: EventKind::Open,
+                        process_id: std::process::id(),
+                        desired_access: 0x1, // FILE_READ_DATA
+                        create_disposition: CreateDisposition::Open,
+                        file: files::identity(&meta),
+                        path,
+                    };
+                    match s.submit(&event, now()) {
+                        Ok(q) => {
+                            progress = true;
+                            pending.insert(
+                                q,
+                                Pending {
+                                    job,
+                                    file,
+                                    size: meta.len(),
+                                    start: std::time::Instant::now(),
+                                    bytes: 0,
+                                },
+                            );
+                        }
+                        Err(SubmitError::Full) => {
+                            shared
+                                .queue
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push_front(job);
+                            break;
                         }
                     }
                 }
-                SessionEvent::Closed { reason } => closed = Some(reason),
+            }
+            // Outputs of the session.
+            while let Some(ev) = s.poll_event() {
+                progress = true;
+                match ev {
+                    SessionEvent::Connected { .. } => connected = true,
+                    SessionEvent::Verdict(v) => {
+                        if let Some(p) = pending.remove(&v.query) {
+                            shared.record(ScanResult {
+                                path: p.job.path,
+                                round: p.job.round,
+                                outcome: outcome(v.decision, v.source, v.threat.as_str()),
+                                latency: p.start.elapsed(),
+                                bytes: p.bytes,
+                            });
+                        }
+                    }
+                    SessionEvent::ReadJob {
+                        read_id,
+                        query,
+                        offset,
+                        length,
+                    } => {
+                        let len = (length as usize).min(rbuf.len());
+                        let (result, n) = match pending.get_mut(&query) {
+                            None => (Err(0), 0),
+                            Some(p) => match read_at(&p.file, offset, &mut rbuf[..len]) {
+                                Ok(n) => {
+                                    p.bytes += n as u64;
+                                    let end = offset + n as u64 >= p.size || n < len;
+                                    (Ok(end), n)
+                                }
+                                Err(e) => (Err(e.raw_os_error().unwrap_or(5) as u32), 0),
+                            },
+                        };
+                        let outcome = match result {
+                            Ok(true) => ReadOutcome::EndOfFile(&rbuf[..n]),
+                            Ok(false) => ReadOutcome::Data(&rbuf[..n]),
+                            Err(0) => ReadOutcome::Cancelled,
+                            Err(errno) => ReadOutcome::Error(OsError::Errno(errno)),
+                        };
+                        // Busy: the session's send buffer is full; move it out and retry.
+                        while let Err(thinagent_guest::ReadError::Busy) =
+                            s.read_completed(read_id, outcome, now())
+                        {
+                            while let Some(k) = s.poll_transmit(&mut tx) {
+                                out.extend_from_slice(&tx[..k]);
+                            }
+                        }
+                    }
+                    SessionEvent::Closed { reason } => closed = Some(reason),
+                }
+            }
+            if !progress {
+                break;
             }
         }
         while let Some(k) = s.poll_transmit(&mut tx) {

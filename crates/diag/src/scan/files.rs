@@ -15,9 +15,9 @@ const FILETIME_UNIX_EPOCH: u64 = 116_444_736_000_000_000;
 pub fn expand(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for a in args {
-        let meta = std::fs::metadata(a)
-            .with_context(|| format!("{}: cannot scan (does it exist?)", a.display()))?;
-        if meta.is_dir() {
+        // A missing or unreadable file is kept: opening it fails later and
+        // it is reported as that file's ERROR, like clamdscan does.
+        if std::fs::metadata(a).is_ok_and(|m| m.is_dir()) {
             walk(a, &mut out)?;
         } else {
             out.push(a.clone());

@@ -151,8 +151,15 @@ impl Shared {
     }
 }
 
-/// Runs the subcommand.
+/// Runs the subcommand; usage and setup errors exit with 2.
 pub fn run(args: &ScanArgs) -> Result<ExitCode> {
+    Ok(run_scan(args).unwrap_or_else(|e| {
+        eprintln!("thinagent-diag scan: {e:#}");
+        ExitCode::from(2)
+    }))
+}
+
+fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
     let url: ScanUrl = args.connect.parse()?;
     let files = files::expand(&args.files)?;
     if files.is_empty() {

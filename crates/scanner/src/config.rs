@@ -1,0 +1,507 @@
+//! Service configuration: the TOML file (`--config`) and its defaults.
+//!
+//! Every key has a safe default, so an empty file (or none) is a valid
+//! configuration: the embedded default listens on vsock port 5317 (when the
+//! kernel has AF_VSOCK) and on `tcp://127.0.0.1:5317`, with the built-in
+//! signature set. The command line overrides any key (see the binary's
+//! `--help`); `crates/scanner/dist/thinagent-scanner.toml` documents them all
+//! and is loaded by a test, so it cannot drift from this parser.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thinagent_protocol::Decision;
+
+use crate::listen::ListenUrl;
+
+/// Default port, on vsock and on loopback TCP: the guest's default
+/// `hostPort` (`thinagent_guest::params::DEFAULT_HOST_PORT`).
+pub const DEFAULT_PORT: u32 = 5317;
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys / wrong types.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the line and the key).
+        message: String,
+    },
+    /// A value is out of its range.
+    #[error("config: {key} = {value}: {why}")]
+    Invalid {
+        /// The key, as written in the file (`limits.max_sessions`).
+        key: &'static str,
+        /// The offending value.
+        value: String,
+        /// What is allowed.
+        why: String,
+    },
+}
+
+/// A policy decision: what a guest gets when the engines cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyDecision {
+    /// `AllowNoCache`: the open proceeds, the guest caches nothing.
+    Allow,
+    /// `Deny` (not cached by the guest).
+    Deny,
+}
+
+impl PolicyDecision {
+    /// The wire decision.
+    pub fn decision(self) -> Decision {
+        match self {
+            Self::Allow => Decision::AllowNoCache,
+            Self::Deny => Decision::Deny,
+        }
+    }
+}
+
+impl std::str::FromStr for PolicyDecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Self::Allow),
+            "deny" => Ok(Self::Deny),
+            _ => Err(format!("{s:?}: expected allow or deny")),
+        }
+    }
+}
+
+/// Verdicts the service decides by policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Files larger than `limits.max_file_size` (not scanned).
+    pub too_large: PolicyDecision,
+    /// The scan budget (`limits.request_timeout_ms`) expired.
+    pub timeout: PolicyDecision,
+    /// Content unreadable, or an engine failed without a detection.
+    pub error: PolicyDecision,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            too_large: PolicyDecision::Allow,
+            timeout: PolicyDecision::Allow,
+            error: PolicyDecision::Allow,
+        }
+    }
+}
+
+/// Limits and timeouts, all with safe defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame accepted from a guest, bytes (4096..=65536).
+    pub max_frame_len: u32,
+    /// Largest `ReadRequest.length`, bytes (at most `max_frame_len` - 56).
+    pub max_read_chunk: u32,
+    /// Most `ReadRequest`s outstanding per guest (also bounded by the
+    /// guest's own `max_reads_in_flight`).
+    pub max_reads_in_flight: u32,
+    /// Files larger than this are not scanned: they get `policy.too_large`.
+    pub max_file_size: u64,
+    /// Scan budget per `FileEvent`, milliseconds (sent as `query_timeout_ms`;
+    /// when it expires the guest gets `policy.timeout`).
+    pub request_timeout_ms: u64,
+    /// Close a connection after this much receive silence, milliseconds
+    /// (0 = never; else greater than `heartbeat_interval_ms`).
+    pub idle_timeout_ms: u64,
+    /// Heartbeat interval announced to guests, milliseconds (0 = none).
+    pub heartbeat_interval_ms: u64,
+    /// A connection that sends no `Hello` within this is closed, milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Most concurrent sessions over all listeners; more are refused with
+    /// `Goodbye(Overloaded)`.
+    pub max_sessions: u32,
+    /// Most `FileEvent`s one guest may have unanswered (`max_events_in_flight`).
+    pub max_in_flight_per_guest: u32,
+    /// Most content bytes requested from one guest and not yet consumed.
+    pub max_bytes_in_flight_per_guest: u64,
+    /// Files up to this size are buffered and looked up in the content cache
+    /// before scanning; larger ones are streamed into the engines.
+    pub scan_buffer_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_len: 65_536,
+            max_read_chunk: 65_536 - 24 - 32,
+            max_reads_in_flight: 16,
+            max_file_size: 256 * 1024 * 1024,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            handshake_timeout_ms: 5_000,
+            max_sessions: 1024,
+            max_in_flight_per_guest: 64,
+            max_bytes_in_flight_per_guest: 4 * 1024 * 1024,
+            scan_buffer_max: 1024 * 1024,
+        }
+    }
+}
+
+/// Verdict caches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Entries of the per-guest cache by file identity (volume, file id,
+    /// size, last write), over all guests; 0 disables it.
+    pub identity_entries: u64,
+    /// Entries of the cross-guest cache by content SHA-256; 0 disables it.
+    pub content_entries: u64,
+    /// How long a cached verdict stays valid, seconds.
+    pub ttl_secs: u64,
+    /// `cache_ttl_secs` sent with scanned verdicts: how long the guest may
+    /// cache them itself (0 = not at all).
+    pub guest_ttl_secs: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            identity_entries: 1 << 18,
+            content_entries: 1 << 16,
+            ttl_secs: 600,
+            guest_ttl_secs: 300,
+        }
+    }
+}
+
+/// Logging options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter (`info`, `thinagent_scanner=debug`, ...); the
+    /// `RUST_LOG` environment variable wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener URLs: `vsock://any:PORT`, `vsock://CID:PORT`,
+    /// `tcp://HOST:PORT`, `unix:///path`. Empty = the embedded default.
+    pub listen: Vec<String>,
+    /// Directories whose signature files (`.hdb`, `.hsb`, `.yar`, `.yara`)
+    /// are loaded on top of the built-in set.
+    pub signatures: Vec<PathBuf>,
+    /// Load the built-in set (EICAR and friends).
+    pub builtin_signatures: bool,
+    /// A running clamd to forward content to: `unix:///run/clamav/clamd.ctl`
+    /// or `tcp://127.0.0.1:3310`.
+    pub clamd: Option<String>,
+    /// Timeout of each clamd connect, read and write, milliseconds.
+    pub clamd_timeout_ms: u64,
+    /// Audit log file (JSON lines), appended to.
+    pub audit_log: Option<PathBuf>,
+    /// Prometheus endpoint, loopback TCP only: `tcp://127.0.0.1:9317`.
+    pub metrics: Option<String>,
+    /// Only these vsock CIDs may connect (empty = any). TCP and Unix peers
+    /// are not CIDs and are not filtered by it.
+    pub allowed_cids: Vec<u32>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Verdict caches.
+    pub cache: CacheConfig,
+    /// Policy verdicts.
+    pub policy: Policy,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            signatures: Vec::new(),
+            builtin_signatures: true,
+            clamd: None,
+            clamd_timeout_ms: 30_000,
+            audit_log: None,
+            metrics: None,
+            allowed_cids: Vec::new(),
+            limits: Limits::default(),
+            cache: CacheConfig::default(),
+            policy: Policy::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML file (not yet validated: call
+    /// [`validate`](Self::validate) after command-line overrides).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The listener URLs, parsed; `explicit` is false for the embedded
+    /// default (vsock may then be missing without failing the start).
+    pub fn listeners(&self) -> Result<(Vec<ListenUrl>, bool), ConfigError> {
+        if self.listen.is_empty() {
+            return Ok((ListenUrl::defaults(DEFAULT_PORT), false));
+        }
+        let urls = self
+            .listen
+            .iter()
+            .map(|s| {
+                s.parse::<ListenUrl>().map_err(|e| ConfigError::Invalid {
+                    key: "listen",
+                    value: s.clone(),
+                    why: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((urls, true))
+    }
+
+    /// The metrics endpoint, parsed and checked to be loopback TCP.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(url) = &self.metrics else {
+            return Ok(None);
+        };
+        let invalid = |why: String| ConfigError::Invalid {
+            key: "metrics",
+            value: url.clone(),
+            why,
+        };
+        match url
+            .parse::<ListenUrl>()
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            ListenUrl::Tcp(addr) if addr.ip().is_loopback() => Ok(Some(addr)),
+            _ => Err(invalid(
+                "the metrics endpoint must be loopback TCP, e.g. tcp://127.0.0.1:9317".into(),
+            )),
+        }
+    }
+
+    /// Checks every value's range and the URLs; returns the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listeners()?;
+        self.metrics_addr()?;
+        if let Some(url) = &self.clamd
+            && !(url.starts_with("unix://") || url.starts_with("tcp://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "clamd",
+                value: url.clone(),
+                why: "expected unix:///path/to/clamd.ctl or tcp://HOST:PORT".into(),
+            });
+        }
+        if !self.builtin_signatures && self.signatures.is_empty() && self.clamd.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "builtin_signatures",
+                value: "false".into(),
+                why: "with no signature directory and no clamd nothing would be detected; \
+                      give --signatures DIR or --clamd URL, or keep the built-in set"
+                    .into(),
+            });
+        }
+        let l = &self.limits;
+        let range = |key: &'static str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    value: v.to_string(),
+                    why: format!("must be in {lo}..={hi}"),
+                })
+            }
+        };
+        let ms = u64::from(u32::MAX);
+        range("limits.max_frame_len", l.max_frame_len.into(), 4096, 65_536)?;
+        range(
+            "limits.max_read_chunk",
+            l.max_read_chunk.into(),
+            1,
+            u64::from(l.max_frame_len.clamp(4096, 65_536)) - 56,
+        )?;
+        range(
+            "limits.max_reads_in_flight",
+            l.max_reads_in_flight.into(),
+            1,
+            4096,
+        )?;
+        range("limits.request_timeout_ms", l.request_timeout_ms, 1, ms)?;
+        range("limits.handshake_timeout_ms", l.handshake_timeout_ms, 1, ms)?;
+        range("limits.idle_timeout_ms", l.idle_timeout_ms, 0, ms)?;
+        range(
+            "limits.heartbeat_interval_ms",
+            l.heartbeat_interval_ms,
+            0,
+            ms,
+        )?;
+        if l.idle_timeout_ms != 0
+            && l.heartbeat_interval_ms != 0
+            && l.idle_timeout_ms <= l.heartbeat_interval_ms
+        {
+            return Err(ConfigError::Invalid {
+                key: "limits.idle_timeout_ms",
+                value: l.idle_timeout_ms.to_string(),
+                why: format!(
+                    "must be greater than limits.heartbeat_interval_ms ({}), or one of them 0",
+                    l.heartbeat_interval_ms
+                ),
+            });
+        }
+        range("limits.max_sessions", l.max_sessions.into(), 1, 1 << 20)?;
+        range(
+            "limits.max_in_flight_per_guest",
+            l.max_in_flight_per_guest.into(),
+            1,
+            65_536,
+        )?;
+        range(
+            "limits.max_bytes_in_flight_per_guest",
+            l.max_bytes_in_flight_per_guest,
+            u64::from(l.max_read_chunk),
+            1 << 32,
+        )?;
+        range("limits.scan_buffer_max", l.scan_buffer_max, 0, 1 << 30)?;
+        range(
+            "cache.identity_entries",
+            self.cache.identity_entries,
+            0,
+            1 << 26,
+        )?;
+        range(
+            "cache.content_entries",
+            self.cache.content_entries,
+            0,
+            1 << 26,
+        )?;
+        range("cache.ttl_secs", self.cache.ttl_secs, 1, 1 << 32)?;
+        range("clamd_timeout_ms", self.clamd_timeout_ms, 1, ms)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+        let (urls, explicit) = c.listeners().unwrap();
+        assert!(!explicit);
+        assert_eq!(
+            urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["vsock://any:5317", "tcp://127.0.0.1:5317"]
+        );
+    }
+
+    #[test]
+    fn policy_parses() {
+        let c = Config::from_toml(
+            "[policy]\ntoo_large = \"deny\"\n[cache]\nguest_ttl_secs = 0\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.policy.too_large.decision(), Decision::Deny);
+        assert_eq!(c.policy.error.decision(), Decision::AllowNoCache);
+        assert_eq!(c.cache.guest_ttl_secs, 0);
+    }
+
+    #[test]
+    fn unknown_key_names_it() {
+        let e = Config::from_toml("[limits]\nmax_sesions = 3\n", Path::new("x.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("max_sesions"), "{msg}");
+        assert!(msg.contains("x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = Config::default();
+        c.limits.max_frame_len = 100;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_frame_len")
+        );
+        let mut c = Config::default();
+        c.limits.idle_timeout_ms = 5_000;
+        assert!(c.validate().unwrap_err().to_string().contains("heartbeat"));
+        let mut c = Config::default();
+        c.limits.max_bytes_in_flight_per_guest = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("bytes_in_flight")
+        );
+        let c = Config {
+            metrics: Some("tcp://0.0.0.0:9000".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("loopback"));
+        let c = Config {
+            builtin_signatures: false,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            listen: vec!["http://x".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("listen"));
+    }
+}

@@ -1,0 +1,376 @@
+//! Listener URLs and the sockets behind them.
+//!
+//! `vsock://any:PORT` (or `vsock://CID:PORT`), `tcp://HOST:PORT`,
+//! `unix:///path`. Every accepted connection comes with a [`GuestId`]: on
+//! vsock the peer's CID identifies the guest.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::connection::GuestId;
+
+/// `VMADDR_CID_ANY`.
+pub const VMADDR_CID_ANY: u32 = u32::MAX;
+
+/// A parsed listener (or client) address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenUrl {
+    /// AF_VSOCK: CID ([`VMADDR_CID_ANY`] for `any`) and port.
+    Vsock {
+        /// CID to bind (or connect to).
+        cid: u32,
+        /// Port.
+        port: u32,
+    },
+    /// TCP.
+    Tcp(SocketAddr),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+/// Why a URL was rejected.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{url:?}: {why} (expected vsock://any:PORT, vsock://CID:PORT, tcp://HOST:PORT or unix:///path)"
+)]
+pub struct UrlError {
+    url: String,
+    why: String,
+}
+
+impl FromStr for ListenUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, UrlError> {
+        let err = |why: &str| UrlError {
+            url: s.to_string(),
+            why: why.to_string(),
+        };
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Err(err("no scheme"));
+        };
+        match scheme {
+            "vsock" => {
+                let (cid, port) = rest.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
+                let cid = match cid {
+                    "any" | "-1" => VMADDR_CID_ANY,
+                    c => c
+                        .parse()
+                        .map_err(|_| err("the CID must be `any` or a number"))?,
+                };
+                let port = port
+                    .parse()
+                    .map_err(|_| err("the port must be a number 0..=4294967295"))?;
+                Ok(Self::Vsock { cid, port })
+            }
+            "tcp" => {
+                let addr = rest
+                    .to_socket_addrs()
+                    .map_err(|e| err(&format!("bad TCP address: {e}")))?
+                    .next()
+                    .ok_or_else(|| err("the host name resolves to nothing"))?;
+                Ok(Self::Tcp(addr))
+            }
+            "unix" => {
+                if !rest.starts_with('/') {
+                    return Err(err("the socket path must be absolute: unix:///path"));
+                }
+                Ok(Self::Unix(PathBuf::from(rest)))
+            }
+            _ => Err(err("unknown scheme")),
+        }
+    }
+}
+
+impl fmt::Display for ListenUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Vsock { cid, port } if *cid == VMADDR_CID_ANY => write!(f, "vsock://any:{port}"),
+            Self::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+            Self::Tcp(a) => write!(f, "tcp://{a}"),
+            Self::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+impl ListenUrl {
+    /// The embedded default: vsock on every CID and loopback TCP, same port.
+    pub fn defaults(port: u32) -> Vec<Self> {
+        vec![
+            Self::Vsock {
+                cid: VMADDR_CID_ANY,
+                port,
+            },
+            Self::Tcp(SocketAddr::from(([127, 0, 0, 1], port as u16))),
+        ]
+    }
+}
+
+/// A connected byte stream of any transport.
+pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for T {}
+
+/// A boxed connection.
+pub type BoxConn = Pin<Box<dyn Conn>>;
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// AF_VSOCK.
+    Vsock(tokio_vsock::VsockListener, ListenUrl),
+    /// TCP.
+    Tcp(tokio::net::TcpListener, ListenUrl),
+    /// Unix; the path is removed on drop.
+    Unix(tokio::net::UnixListener, UnixPathGuard, ListenUrl),
+}
+
+/// Removes a Unix socket file when the listener goes away.
+#[derive(Debug)]
+pub struct UnixPathGuard(PathBuf);
+
+impl Drop for UnixPathGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Why binding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The kernel has no AF_VSOCK (module `vsock`/`vhost_vsock` not loaded).
+    #[error(
+        "{url}: this kernel has no AF_VSOCK ({source}); load vhost_vsock or listen on tcp/unix"
+    )]
+    NoVsock {
+        /// The URL.
+        url: ListenUrl,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A live process already serves this Unix socket.
+    #[error("{url}: another process is listening on this socket; stop it or choose another path")]
+    UnixInUse {
+        /// The URL.
+        url: ListenUrl,
+    },
+    /// The Unix path exists and is not a socket: never removed.
+    #[error("{url}: the path exists and is not a socket; refusing to remove it")]
+    NotASocket {
+        /// The URL.
+        url: ListenUrl,
+    },
+    /// Any other bind error.
+    #[error("{url}: cannot listen: {source}")]
+    Io {
+        /// The URL.
+        url: ListenUrl,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Removes `path` if it is a socket nobody listens on (left over by a crash).
+fn remove_stale_socket(path: &Path, url: &ListenUrl) -> Result<(), BindError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BindError::Io {
+                url: url.clone(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket { url: url.clone() });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(BindError::UnixInUse { url: url.clone() }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "removing stale Unix socket");
+            std::fs::remove_file(path).map_err(|source| BindError::Io {
+                url: url.clone(),
+                source,
+            })
+        }
+        Err(source) => Err(BindError::Io {
+            url: url.clone(),
+            source,
+        }),
+    }
+}
+
+fn no_vsock(e: &io::Error) -> bool {
+    // EAFNOSUPPORT (97) / ENODEV (19) / EADDRNOTAVAIL when no transport.
+    matches!(e.raw_os_error(), Some(97) | Some(19) | Some(99))
+}
+
+impl Listener {
+    /// Binds `url`.
+    pub fn bind(url: &ListenUrl) -> Result<Self, BindError> {
+        let io_err = |source| BindError::Io {
+            url: url.clone(),
+            source,
+        };
+        match url {
+            ListenUrl::Vsock { cid, port } => {
+                let addr = tokio_vsock::VsockAddr::new(*cid, *port);
+                match tokio_vsock::VsockListener::bind(addr) {
+                    Ok(l) => Ok(Self::Vsock(l, url.clone())),
+                    Err(source) if no_vsock(&source) => Err(BindError::NoVsock {
+                        url: url.clone(),
+                        source,
+                    }),
+                    Err(source) => Err(io_err(source)),
+                }
+            }
+            ListenUrl::Tcp(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "TCP listener on a non-loopback address: guests are not authenticated on TCP");
+                }
+                let std = std::net::TcpListener::bind(addr).map_err(io_err)?;
+                std.set_nonblocking(true).map_err(io_err)?;
+                let l = tokio::net::TcpListener::from_std(std).map_err(io_err)?;
+                let bound = l.local_addr().map_err(io_err)?;
+                Ok(Self::Tcp(l, ListenUrl::Tcp(bound)))
+            }
+            ListenUrl::Unix(path) => {
+                remove_stale_socket(path, url)?;
+                let l = tokio::net::UnixListener::bind(path).map_err(io_err)?;
+                Ok(Self::Unix(l, UnixPathGuard(path.clone()), url.clone()))
+            }
+        }
+    }
+
+    /// The bound address (a TCP port 0 is resolved to the real port).
+    pub fn url(&self) -> &ListenUrl {
+        match self {
+            Self::Vsock(_, u) | Self::Tcp(_, u) | Self::Unix(_, _, u) => u,
+        }
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<(BoxConn, GuestId)> {
+        match self {
+            Self::Vsock(l, _) => {
+                let (s, a) = l.accept().await?;
+                Ok((
+                    Box::pin(s),
+                    GuestId::Vsock {
+                        cid: a.cid(),
+                        port: a.port(),
+                    },
+                ))
+            }
+            Self::Tcp(l, _) => {
+                let (s, a) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Box::pin(s), GuestId::Tcp(a)))
+            }
+            Self::Unix(l, guard, _) => {
+                let (s, _) = l.accept().await?;
+                let pid = s.peer_cred().ok().and_then(|c| c.pid());
+                Ok((
+                    Box::pin(s),
+                    GuestId::Unix {
+                        listener: guard.0.clone(),
+                        pid,
+                    },
+                ))
+            }
+        }
+    }
+}
+
+/// Connects to `url` as a client (used by `thinagent-diag scan` and tests).
+pub async fn connect(url: &ListenUrl) -> io::Result<BoxConn> {
+    Ok(match url {
+        ListenUrl::Vsock { cid, port } => Box::pin(
+            tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
+        ),
+        ListenUrl::Tcp(a) => {
+            let s = tokio::net::TcpStream::connect(a).await?;
+            let _ = s.set_nodelay(true);
+            Box::pin(s)
+        }
+        ListenUrl::Unix(p) => Box::pin(tokio::net::UnixStream::connect(p).await?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_print() {
+        for s in [
+            "vsock://any:5317",
+            "vsock://2:1024",
+            "tcp://127.0.0.1:5317",
+            "tcp://[::1]:80",
+            "unix:///run/thinagent.sock",
+        ] {
+            assert_eq!(s.parse::<ListenUrl>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "vsock://-1:7".parse::<ListenUrl>().unwrap(),
+            ListenUrl::Vsock {
+                cid: VMADDR_CID_ANY,
+                port: 7
+            }
+        );
+        for bad in [
+            "5317",
+            "http://x:1",
+            "vsock://any",
+            "vsock://foo:1",
+            "tcp://nope",
+            "unix://rel/path",
+        ] {
+            assert!(bad.parse::<ListenUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unix_stale_socket_is_replaced_live_one_refused_file_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let url = ListenUrl::Unix(path.clone());
+        // A stale socket: bound then dropped without unlinking.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = Listener::bind(&url).unwrap();
+        // Now a live one: a second bind must refuse and leave it alone.
+        assert!(matches!(
+            Listener::bind(&url),
+            Err(BindError::UnixInUse { .. })
+        ));
+        assert!(path.exists());
+        drop(live);
+        assert!(!path.exists());
+        // A regular file is never removed.
+        std::fs::write(&path, b"data").unwrap();
+        assert!(matches!(
+            Listener::bind(&url),
+            Err(BindError::NotASocket { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+
+    #[tokio::test]
+    async fn tcp_port_zero_reports_real_port_and_accepts() {
+        let l = Listener::bind(&"tcp://127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = l.url().clone();
+        assert!(!url.to_string().ends_with(":0"));
+        let (c, a) = tokio::join!(connect(&url), l.accept());
+        c.unwrap();
+        assert!(matches!(a.unwrap().1, GuestId::Tcp(_)));
+    }
+}

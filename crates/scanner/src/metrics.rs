@@ -1,0 +1,328 @@
+//! Counters and latency histograms, served as Prometheus text on a loopback
+//! `/metrics` endpoint.
+//!
+//! Encoding is `prometheus-client`'s (OpenMetrics text, which Prometheus
+//! scrapes natively); the HTTP side is a minimal responder on tokio: one
+//! `GET /metrics` per connection, anything else gets 404/405, requests are
+//! size- and time-bounded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One label named `decision`, `kind`, `reason` or `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// `allow`, `deny`, `allow_no_cache`.
+    pub decision: String,
+}
+
+/// One label named `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// What kind (cache kind, protocol error kind).
+    pub kind: String,
+}
+
+/// One label named `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+/// Every metric of the service. Cheap to update from any task.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions accepted since start.
+    pub sessions: Counter,
+    /// Sessions open now.
+    pub sessions_active: Gauge,
+    /// Connections refused (`kind`: `max_sessions`, `cid_not_allowed`).
+    pub sessions_refused: Family<KindLabel, Counter>,
+    /// File queries received.
+    pub queries: Counter,
+    /// Verdicts sent, by decision.
+    pub verdicts: Family<DecisionLabel, Counter>,
+    /// Verdicts served from a cache, by kind (`guest`, `content`).
+    pub cache_hits: Family<KindLabel, Counter>,
+    /// Content bytes received from guests.
+    pub bytes_read: Counter,
+    /// Protocol errors, by kind.
+    pub protocol_errors: Family<KindLabel, Counter>,
+    /// Engine failures, by engine.
+    pub engine_errors: Family<KindLabel, Counter>,
+    /// Seconds from FileEvent to Verdict.
+    pub query_latency: Histogram,
+    /// Signature (re)loads by result.
+    pub signature_reloads: Family<ResultLabel, Counter>,
+    /// Signatures in the active set.
+    pub signatures_loaded: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("thinagent_scanner");
+        let sessions = Counter::default();
+        let sessions_active = Gauge::default();
+        let sessions_refused = Family::<KindLabel, Counter>::default();
+        let queries = Counter::default();
+        let verdicts = Family::<DecisionLabel, Counter>::default();
+        let cache_hits = Family::<KindLabel, Counter>::default();
+        let bytes_read = Counter::default();
+        let protocol_errors = Family::<KindLabel, Counter>::default();
+        let engine_errors = Family::<KindLabel, Counter>::default();
+        // 50 µs .. ~ 26 s.
+        let query_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
+        let signature_reloads = Family::<ResultLabel, Counter>::default();
+        let signatures_loaded = Gauge::default();
+        registry.register("sessions", "Guest sessions accepted", sessions.clone());
+        registry.register(
+            "sessions_active",
+            "Guest sessions open now",
+            sessions_active.clone(),
+        );
+        registry.register(
+            "sessions_refused",
+            "Connections refused, by reason",
+            sessions_refused.clone(),
+        );
+        registry.register("queries", "File queries received", queries.clone());
+        registry.register("verdicts", "Verdicts sent, by decision", verdicts.clone());
+        registry.register(
+            "cache_hits",
+            "Verdicts answered from a cache, by cache kind",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "bytes_read",
+            "File content bytes received from guests",
+            bytes_read.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Protocol errors by kind (each closes or degrades one session only)",
+            protocol_errors.clone(),
+        );
+        registry.register(
+            "engine_errors",
+            "Engine failures on a file, by engine",
+            engine_errors.clone(),
+        );
+        registry.register(
+            "query_latency_seconds",
+            "Time from FileEvent received to Verdict sent",
+            query_latency.clone(),
+        );
+        registry.register(
+            "signature_reloads",
+            "Signature set loads, by result",
+            signature_reloads.clone(),
+        );
+        registry.register(
+            "signatures_loaded",
+            "Signatures in the active set",
+            signatures_loaded.clone(),
+        );
+        Self {
+            registry,
+            sessions,
+            sessions_active,
+            sessions_refused,
+            queries,
+            verdicts,
+            cache_hits,
+            bytes_read,
+            protocol_errors,
+            engine_errors,
+            query_latency,
+            signature_reloads,
+            signatures_loaded,
+        }
+    }
+
+    /// Counts a verdict by decision name.
+    pub fn verdict(&self, decision: &str) {
+        self.verdicts
+            .get_or_create(&DecisionLabel {
+                decision: decision.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a cache hit of `kind`.
+    pub fn cache_hit(&self, kind: &str) {
+        self.cache_hits
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a protocol error of `kind`.
+    pub fn protocol_error(&self, kind: &str) {
+        self.protocol_errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an engine failure.
+    pub fn engine_error(&self, engine: &str) {
+        self.engine_errors
+            .get_or_create(&KindLabel {
+                kind: engine.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, kind: &str) {
+        self.sessions_refused
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a signature load.
+    pub fn reload(&self, ok: bool) {
+        self.signature_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+const MAX_REQUEST: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                std::io::Result::Ok(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                tracing::debug!(%peer, "metrics: request timed out or failed");
+                return;
+            }
+            let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            let line = String::from_utf8_lossy(line);
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                ),
+                ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "only GET /metrics\n".into(),
+                ),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters_and_histogram() {
+        let m = Metrics::new();
+        m.sessions.inc();
+        m.verdict("deny");
+        m.verdict("deny");
+        m.cache_hit("content");
+        m.protocol_error("bad_magic");
+        m.query_latency.observe(0.001);
+        let text = m.encode();
+        assert!(
+            text.contains("thinagent_scanner_sessions_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("thinagent_scanner_verdicts_total{decision=\"deny\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("thinagent_scanner_cache_hits_total{kind=\"content\"} 1"));
+        assert!(text.contains("thinagent_scanner_protocol_errors_total{kind=\"bad_magic\"} 1"));
+        assert!(text.contains("thinagent_scanner_query_latency_seconds_count 1"));
+    }
+
+    #[tokio::test]
+    async fn http_get_metrics_and_404() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let m = Arc::new(Metrics::new());
+        m.queries.inc();
+        let task = tokio::spawn(serve(l, m));
+        for (path, want) in [
+            ("/metrics", "thinagent_scanner_queries_total 1"),
+            ("/", "404"),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            assert!(out.contains(want), "{out}");
+        }
+        task.abort();
+    }
+}

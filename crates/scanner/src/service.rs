@@ -1,0 +1,587 @@
+//! The service: configuration in, listeners and connection tasks out.
+//!
+//! [`Service::build`] loads the signature set (all or nothing), opens the
+//! audit log, binds every listener and the metrics endpoint;
+//! [`Service::run`] accepts connections until shutdown, one task per
+//! connection driving [`serve_connection_until`], with:
+//!
+//! * a bound on concurrent sessions: a connection above it gets
+//!   `Goodbye(Overloaded)` and is closed, without a session;
+//! * an optional vsock CID allow-list: other CIDs are closed at once;
+//! * signature reloads ([`ServiceHandle::reload`], SIGHUP in the binary):
+//!   the new set is built off the runtime and swapped atomically; a failed
+//!   load keeps the old set and says why;
+//! * graceful shutdown: every session is closed with `Goodbye(Shutdown)`
+//!   (open queries first get the policy verdict), then listeners go away.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thinagent_protocol::{Decision, Goodbye, GoodbyeReason, Message};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::audit::{AuditEntry, AuditLog, rfc3339};
+use crate::cache::{CacheLimits, VerdictCaches};
+use crate::config::Config;
+use crate::connection::{
+    AuditRecord, GuestId, Limits, ScanContext, ScanObserver, VerdictSource, serve_connection_until,
+};
+use crate::engine::EngineError;
+use crate::engine::clamd::{ClamdAddress, ClamdEngine};
+use crate::listen::{BindError, ListenUrl, Listener};
+use crate::metrics::Metrics;
+use crate::session::{Anomaly, CloseReason, GuestInfo, PolicyVerdicts, SessionLimits};
+use crate::signatures::{ClamdConfig, LoadSummary, SignatureConfig, SignatureError, SignatureSet};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The signature set did not load.
+    #[error("signatures: {0}")]
+    Signatures(#[from] SignatureError),
+    /// A clamd URL does not parse.
+    #[error(transparent)]
+    Clamd(#[from] crate::engine::clamd::ClamdAddressError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// No listener could be bound at all.
+    #[error("no listener could be bound: {0}")]
+    NoListener(String),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditOpenError),
+    /// The metrics endpoint could not be bound.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The signature configuration a [`Config`] asks for.
+pub fn signature_config(config: &Config) -> Result<SignatureConfig, ServiceError> {
+    let clamd = match &config.clamd {
+        None => None,
+        Some(url) => Some(ClamdConfig {
+            address: url.parse::<ClamdAddress>()?,
+            timeout: Duration::from_millis(config.clamd_timeout_ms),
+        }),
+    };
+    Ok(SignatureConfig {
+        dirs: config.signatures.clone(),
+        builtin: config.builtin_signatures,
+        clamd,
+    })
+}
+
+/// Connection limits from a [`Config`].
+pub fn connection_limits(config: &Config) -> Limits {
+    let l = &config.limits;
+    let p = &config.policy;
+    let session = SessionLimits {
+        max_frame_len: l.max_frame_len,
+        max_events_in_flight: l.max_in_flight_per_guest,
+        max_read_chunk: l.max_read_chunk,
+        max_reads_in_flight: l.max_reads_in_flight,
+        max_bytes_in_flight: l.max_bytes_in_flight_per_guest,
+        max_file_size: l.max_file_size,
+        query_timeout: Duration::from_millis(l.request_timeout_ms),
+        heartbeat_interval: Duration::from_millis(l.heartbeat_interval_ms),
+        idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+        handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+        policy: PolicyVerdicts {
+            too_large: p.too_large.decision(),
+            timeout: p.timeout.decision(),
+            error: p.error.decision(),
+        },
+    }
+    .normalized();
+    Limits {
+        session,
+        verdict_ttl_secs: config.cache.guest_ttl_secs,
+        scan_buffer_max: usize::try_from(l.scan_buffer_max).unwrap_or(usize::MAX),
+        ..Limits::default()
+    }
+}
+
+/// Caches from a [`Config`].
+pub fn caches(config: &Config) -> VerdictCaches {
+    let ttl = Duration::from_secs(config.cache.ttl_secs);
+    VerdictCaches::new(
+        CacheLimits {
+            capacity: usize::try_from(config.cache.identity_entries).unwrap_or(usize::MAX),
+            ttl,
+        },
+        CacheLimits {
+            capacity: usize::try_from(config.cache.content_entries).unwrap_or(usize::MAX),
+            ttl,
+        },
+    )
+}
+
+/// Loads the signatures a config asks for and, when clamd is configured,
+/// checks that it answers. Blocking (YARA compilation, clamd ping).
+pub fn load_signatures(config: &SignatureConfig) -> Result<SignatureSet, ServiceError> {
+    let set = SignatureSet::load(config)?;
+    Ok(set)
+}
+
+/// Pings the configured clamd.
+pub fn ping_clamd(config: &SignatureConfig) -> Result<(), EngineError> {
+    match &config.clamd {
+        Some(c) => ClamdEngine::new(c.address.clone(), c.timeout).ping(),
+        None => Ok(()),
+    }
+}
+
+/// A one-line description of a load.
+pub fn describe(summary: &LoadSummary) -> String {
+    format!(
+        "built-in set {}, {} hash signatures and {} YARA rules from {} files, clamd {}",
+        if summary.builtin { "on" } else { "off" },
+        summary.hash_signatures,
+        summary.yara_rules,
+        summary.files.len(),
+        if summary.clamd { "on" } else { "off" },
+    )
+}
+
+/// Metrics, audit log and logs for every connection.
+pub struct ServiceObserver {
+    metrics: Arc<Metrics>,
+    audit: Option<AuditLog>,
+}
+
+impl std::fmt::Debug for ServiceObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceObserver")
+            .field("audit", &self.audit.as_ref().map(AuditLog::path))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceObserver {
+    /// An observer counting into `metrics` and auditing into `audit`.
+    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>) -> Self {
+        Self { metrics, audit }
+    }
+}
+
+/// `BadMagic { .. }` -> `bad_magic`: a metric label from a Debug name.
+fn kind_label(debug: &str) -> String {
+    let name = debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or("other");
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn decision_label(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::AllowNoCache => "allow_no_cache",
+    }
+}
+
+impl ScanObserver for ServiceObserver {
+    fn on_session_open(&self, guest: &GuestId) {
+        self.metrics.sessions.inc();
+        self.metrics.sessions_active.inc();
+        tracing::debug!(%guest, "connection accepted");
+    }
+
+    fn on_handshake(&self, guest: &GuestId, info: &GuestInfo) {
+        tracing::info!(%guest, name = %info.name, os = ?info.os, version = info.version, "guest connected");
+    }
+
+    fn on_session_closed(&self, guest: &GuestId, reason: &CloseReason) {
+        self.metrics.sessions_active.dec();
+        match reason {
+            CloseReason::PeerGoodbye(_) | CloseReason::Local(_) | CloseReason::TransportClosed => {
+                tracing::info!(%guest, %reason, "session closed");
+            }
+            CloseReason::Decode(e) => {
+                self.metrics.protocol_error(&kind_label(&format!("{e:?}")));
+                tracing::warn!(%guest, %reason, "session closed: protocol error");
+            }
+            CloseReason::Protocol { code, .. } => {
+                self.metrics
+                    .protocol_error(&kind_label(&format!("{code:?}")));
+                tracing::warn!(%guest, %reason, "session closed: protocol error");
+            }
+            CloseReason::VersionUnsupported { .. } => {
+                self.metrics.protocol_error("version_unsupported");
+                tracing::warn!(%guest, %reason, "session closed: protocol error");
+            }
+            CloseReason::HandshakeTimeout => {
+                self.metrics.protocol_error("handshake_timeout");
+                tracing::warn!(%guest, %reason, "session closed");
+            }
+            CloseReason::IdleTimeout => {
+                self.metrics.protocol_error("idle_timeout");
+                tracing::warn!(%guest, %reason, "session closed");
+            }
+        }
+    }
+
+    fn on_verdict(&self, r: &AuditRecord) {
+        let m = &self.metrics;
+        m.queries.inc();
+        m.bytes_read.inc_by(r.bytes);
+        m.query_latency.observe(r.duration.as_secs_f64());
+        let cache = match r.source {
+            VerdictSource::IdentityCache => "guest",
+            VerdictSource::ContentCache => "content",
+            _ => "none",
+        };
+        if cache != "none" {
+            m.cache_hit(cache);
+        }
+        let verdict = r.verdict.map_or("none", decision_label);
+        m.verdict(verdict);
+        match (&r.verdict, &r.threat) {
+            (Some(Decision::Deny), Some(threat)) => {
+                tracing::warn!(guest = %r.guest, name = %r.guest_name, path = %r.path, %threat, engine = r.engine.unwrap_or(""), "threat found, open denied");
+            }
+            (None, _) => {
+                tracing::debug!(guest = %r.guest, path = %r.path, "query abandoned (guest gone)");
+            }
+            _ => {
+                tracing::debug!(guest = %r.guest, path = %r.path, verdict, source = ?r.source, "verdict");
+            }
+        }
+        if let Some(audit) = &self.audit {
+            audit.write(&AuditEntry {
+                time: rfc3339(r.time),
+                guest: format!("{} {}", r.guest, r.guest_name),
+                path: r.path.clone(),
+                verdict: verdict.to_string(),
+                threat: r.threat.clone(),
+                engine: r.engine.map(str::to_string),
+                bytes: r.bytes,
+                duration_ms: r.duration.as_secs_f64() * 1e3,
+                cache: cache.to_string(),
+            });
+        }
+    }
+
+    fn on_protocol_event(&self, guest: &GuestId, anomaly: &Anomaly) {
+        self.metrics
+            .protocol_error(&kind_label(&format!("{anomaly:?}")));
+        tracing::info!(%guest, ?anomaly, "protocol anomaly (session continues)");
+    }
+
+    fn on_engine_error(&self, guest: &GuestId, error: &EngineError) {
+        let text = error.to_string();
+        let engine = text.split(':').next().unwrap_or("engine");
+        self.metrics.engine_error(engine);
+        tracing::warn!(%guest, %error, "engine failed; policy verdict sent");
+    }
+}
+
+/// A built, not yet running service.
+pub struct Service {
+    ctx: Arc<ScanContext>,
+    metrics: Arc<Metrics>,
+    listeners: Vec<Listener>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    signature_config: SignatureConfig,
+    max_sessions: usize,
+    allowed_cids: Vec<u32>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Validates `config`, loads signatures, opens the audit log and binds
+    /// every listener. Must be called inside a tokio runtime.
+    pub async fn build(config: &Config) -> Result<Self, ServiceError> {
+        config.validate()?;
+        let signature_config = signature_config(config)?;
+        let sc = signature_config.clone();
+        let set = tokio::task::spawn_blocking(move || load_signatures(&sc))
+            .await
+            .map_err(|e| ServiceError::NoListener(format!("signature loader panicked: {e}")))??;
+        tracing::info!("signatures loaded: {}", describe(set.summary()));
+        let metrics = Arc::new(Metrics::new());
+        metrics.reload(true);
+        metrics
+            .signatures_loaded
+            .set(set.summary().hash_signatures as i64);
+        let audit = match &config.audit_log {
+            Some(path) => Some(AuditLog::open(path)?),
+            None => None,
+        };
+        let observer = Arc::new(ServiceObserver::new(metrics.clone(), audit));
+        let ctx = Arc::new(ScanContext::with_caches(
+            set,
+            connection_limits(config),
+            observer,
+            caches(config),
+        ));
+        let (urls, explicit) = config.listeners()?;
+        let mut listeners = Vec::new();
+        let mut skipped = Vec::new();
+        for url in &urls {
+            match Listener::bind(url) {
+                Ok(l) => listeners.push(l),
+                Err(e @ BindError::NoVsock { .. }) if !explicit => {
+                    tracing::warn!("{e}; continuing without vsock");
+                    skipped.push(e.to_string());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if listeners.is_empty() {
+            return Err(ServiceError::NoListener(skipped.join("; ")));
+        }
+        let metrics_listener = match config.metrics_addr()? {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServiceError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            ctx,
+            metrics,
+            listeners,
+            metrics_listener,
+            signature_config,
+            max_sessions: config.limits.max_sessions as usize,
+            allowed_cids: config.allowed_cids.clone(),
+        })
+    }
+
+    /// Where it listens (TCP port 0 resolved).
+    pub fn urls(&self) -> Vec<ListenUrl> {
+        self.listeners.iter().map(|l| l.url().clone()).collect()
+    }
+
+    /// The metrics endpoint's bound address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle for reloads and inspection, usable while running.
+    pub fn handle(&self) -> ServiceHandle {
+        ServiceHandle {
+            ctx: self.ctx.clone(),
+            metrics: self.metrics.clone(),
+            signature_config: self.signature_config.clone(),
+        }
+    }
+
+    /// Accepts connections until `shutdown` completes, then closes every
+    /// session with `Goodbye(Shutdown)` and waits (up to `grace`) for them.
+    pub async fn run<F: Future<Output = ()>>(self, shutdown: F, grace: Duration) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sessions = Arc::new(Semaphore::new(self.max_sessions));
+        let mut tasks = JoinSet::new();
+        if let Some(l) = self.metrics_listener {
+            tasks.spawn(crate::metrics::serve(l, self.metrics.clone()));
+        }
+        let mut accept_tasks = JoinSet::new();
+        let conns = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        for listener in self.listeners {
+            let ctx = self.ctx.clone();
+            let metrics = self.metrics.clone();
+            let sessions = sessions.clone();
+            let allowed = self.allowed_cids.clone();
+            let stop_rx = stop_rx.clone();
+            let conns = conns.clone();
+            let refusing = Arc::new(Semaphore::new(64));
+            accept_tasks.spawn(async move {
+                loop {
+                    let (stream, guest) = match listener.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(listener = %listener.url(), error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    if let Some(cid) = guest_cid(&guest)
+                        && !allowed.is_empty()
+                        && !allowed.contains(&cid)
+                    {
+                        metrics.refused("cid_not_allowed");
+                        tracing::warn!(%guest, "CID not in the allow-list: connection closed");
+                        drop(stream);
+                        continue;
+                    }
+                    let Ok(permit) = sessions.clone().try_acquire_owned() else {
+                        metrics.refused("max_sessions");
+                        tracing::warn!(%guest, "max sessions reached: Goodbye(Overloaded)");
+                        if let Ok(p) = refusing.clone().try_acquire_owned() {
+                            tokio::spawn(async move {
+                                refuse(stream).await;
+                                drop(p);
+                            });
+                        }
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    let mut stop_rx = stop_rx.clone();
+                    let mut set = conns.lock().await;
+                    // Reap finished sessions so the set stays small.
+                    while set.try_join_next().is_some() {}
+                    set.spawn(async move {
+                        let stop = async move {
+                            let _ = stop_rx.wait_for(|s| *s).await;
+                            GoodbyeReason::Shutdown
+                        };
+                        let reason = serve_connection_until(stream, guest.clone(), ctx, stop).await;
+                        tracing::debug!(%guest, %reason, "connection task done");
+                        drop(permit);
+                    });
+                }
+            });
+        }
+        shutdown.await;
+        tracing::info!("shutting down: closing every session");
+        accept_tasks.abort_all();
+        while accept_tasks.join_next().await.is_some() {}
+        let _ = stop_tx.send(true);
+        let mut set = std::mem::take(&mut *conns.lock().await);
+        let drained =
+            tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("sessions still open after {grace:?}; aborting them");
+            set.abort_all();
+        }
+        tasks.abort_all();
+    }
+}
+
+fn guest_cid(guest: &GuestId) -> Option<u32> {
+    match guest {
+        GuestId::Vsock { cid, .. } => Some(*cid),
+        _ => None,
+    }
+}
+
+/// Sends `Goodbye(Overloaded)` and closes, within one second.
+async fn refuse(mut stream: crate::listen::BoxConn) {
+    let mut buf = [0u8; 64];
+    let msg = Message::Goodbye(Goodbye {
+        reason: GoodbyeReason::Overloaded,
+    });
+    if let Ok(n) = msg.encode(0, &mut buf) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(&buf[..n]).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Reloads and inspection while the service runs.
+#[derive(Clone)]
+pub struct ServiceHandle {
+    ctx: Arc<ScanContext>,
+    metrics: Arc<Metrics>,
+    signature_config: SignatureConfig,
+}
+
+impl std::fmt::Debug for ServiceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServiceHandle {
+    /// Rebuilds the signature set from the same configuration and swaps it
+    /// in atomically. On failure the old set stays active.
+    pub async fn reload(&self) -> Result<LoadSummary, ServiceError> {
+        let sc = self.signature_config.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_signatures(&sc))
+            .await
+            .map_err(|e| ServiceError::NoListener(format!("signature loader panicked: {e}")))?;
+        match loaded {
+            Ok(set) => {
+                let summary = set.summary().clone();
+                self.ctx.reload(set);
+                self.metrics.reload(true);
+                self.metrics
+                    .signatures_loaded
+                    .set(summary.hash_signatures as i64);
+                tracing::info!("signatures reloaded: {}", describe(&summary));
+                Ok(summary)
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!(error = %e, "signature reload failed; the previous set stays active");
+                Err(e)
+            }
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The shared scan context (caches, active signature set).
+    pub fn context(&self) -> &Arc<ScanContext> {
+        &self.ctx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(kind_label("BadMagic { offset: 3 }"), "bad_magic");
+        assert_eq!(
+            kind_label("UnknownReadData { read_id: 1 }"),
+            "unknown_read_data"
+        );
+        assert_eq!(kind_label("LimitExceeded"), "limit_exceeded");
+    }
+
+    #[test]
+    fn limits_map_from_config() {
+        let mut c = Config::default();
+        c.limits.max_in_flight_per_guest = 7;
+        c.policy.too_large = crate::config::PolicyDecision::Deny;
+        let l = connection_limits(&c);
+        assert_eq!(l.session.max_events_in_flight, 7);
+        assert_eq!(l.session.policy.too_large, Decision::Deny);
+        assert_eq!(l.session.max_file_size, c.limits.max_file_size);
+        l.session.validate().unwrap();
+    }
+}
