@@ -12,3 +12,4 @@ pub mod model;
 pub mod needs;
 pub mod order;
 pub mod registry;
+pub mod simulate;
