@@ -10,7 +10,8 @@
 #   BENCH_JOBS=4         concurrent sessions / clamd threads / client threads
 #   BENCH_DIR=/tmp/thinagent-bench   work dir (corpus is reused if unchanged)
 #   BENCH_SEED=5317      corpus seed
-#   BENCH_BUILD=1        0 = use the existing target/release binaries
+#   BENCH_BUILD=1        0 = use the existing binaries
+#   BENCH_PROFILE=release   cargo profile whose binaries are used (release or debug)
 #   BENCH_SETS="small large"
 #   BENCH_SIDES="thinagent clamd"
 set -euo pipefail
@@ -24,6 +25,7 @@ BENCH_JOBS=${BENCH_JOBS:-4}
 BENCH_DIR=${BENCH_DIR:-/tmp/thinagent-bench}
 BENCH_SEED=${BENCH_SEED:-5317}
 BENCH_BUILD=${BENCH_BUILD:-1}
+BENCH_PROFILE=${BENCH_PROFILE:-release}
 BENCH_SETS=${BENCH_SETS:-small large}
 BENCH_SIDES=${BENCH_SIDES:-thinagent clamd}
 side() { case " $BENCH_SIDES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -36,15 +38,15 @@ CLAMD=${CLAMD:-$(command -v clamd || echo /usr/sbin/clamd)}
 command -v clamdscan >/dev/null || die "clamdscan not found: apt-get install clamav-daemon"
 command -v python3 >/dev/null || die "python3 not found"
 
-SCANNER=$ROOT/target/release/thinagent-scanner
-DIAG=$ROOT/target/release/thinagent-diag
+SCANNER=$ROOT/target/$BENCH_PROFILE/thinagent-scanner
+DIAG=$ROOT/target/$BENCH_PROFILE/thinagent-diag
 if side thinagent; then
     if [ "$BENCH_BUILD" = 1 ]; then
-        log "building release binaries"
-        (cd "$ROOT" && cargo build --release -p thinagent-scanner -p thinagent-diag) >&2
+        log "building $BENCH_PROFILE binaries"
+        (cd "$ROOT" && cargo build --profile "$BENCH_PROFILE" -p thinagent-scanner -p thinagent-diag) >&2
     fi
-    [ -x "$SCANNER" ] || die "$SCANNER missing: cargo build --release -p thinagent-scanner"
-    [ -x "$DIAG" ] || die "$DIAG missing: cargo build --release -p thinagent-diag"
+    [ -x "$SCANNER" ] || die "$SCANNER missing: cargo build --profile $BENCH_PROFILE -p thinagent-scanner"
+    [ -x "$DIAG" ] || die "$DIAG missing: cargo build --profile $BENCH_PROFILE -p thinagent-diag"
 fi
 
 mkdir -p "$BENCH_DIR"
@@ -117,26 +119,16 @@ stop_clamd() {
 }
 
 TA_SOCK=$RUN/thinagent.sock
-cat > "$RUN/thinagent-scanner.toml" <<EOF
-listen = ["unix://$TA_SOCK"]
-signatures = ["$DATA/sigs/thinagent"]
-builtin_signatures = false
-
-[limits]
-max_file_size = $((LIMIT_MB * 1024 * 1024))
-request_timeout_ms = 120000
-
-[log]
-level = "warn"
-EOF
+TA_ARGS=(--listen "unix://$TA_SOCK" --signatures "$DATA/sigs/thinagent" --no-builtin
+         --max-file-size $((LIMIT_MB * 1024 * 1024)) --request-timeout-ms 120000)
 if side thinagent; then
-    "$SCANNER" --config "$RUN/thinagent-scanner.toml" --check-config >&2 \
-        || die "thinagent-scanner rejected $RUN/thinagent-scanner.toml"
+    "$SCANNER" "${TA_ARGS[@]}" --check-config >&2 \
+        || die "thinagent-scanner rejected: ${TA_ARGS[*]}"
 fi
 TA_PID=
 start_scanner() {
     rm -f "$TA_SOCK"
-    "$SCANNER" --config "$RUN/thinagent-scanner.toml" >>"$RUN/thinagent-scanner.out" 2>&1 &
+    "$SCANNER" "${TA_ARGS[@]}" >>"$RUN/thinagent-scanner.out" 2>&1 &
     TA_PID=$!
     PIDS+=("$TA_PID")
     wait_socket "$TA_SOCK" thinagent-scanner "$TA_PID" || { tail -20 "$RUN/thinagent-scanner.out" >&2; exit 2; }
@@ -222,7 +214,7 @@ done
 
 echo
 echo "ThinAgent vs clamd — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $("$CLAMD" --version)"
-echo "corpus: $STAMP; jobs $BENCH_JOBS"
+echo "corpus: $STAMP; jobs $BENCH_JOBS; ThinAgent binaries: $BENCH_PROFILE profile"
 echo
 python3 "$HERE/report.py" "$RESULTS"
 echo
