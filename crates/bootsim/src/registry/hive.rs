@@ -327,7 +327,7 @@ impl<'a> Reader<'a> {
             }
         }
         if subkey_count > 0 {
-            let mut offsets = Vec::with_capacity(subkey_count as usize);
+            let mut offsets = Vec::new();
             self.subkey_list(subkey_list, 0, &mut offsets)?;
             for off in offsets {
                 let (_, sub) = self.key(off, depth + 1, seen, None)?;
@@ -439,6 +439,14 @@ impl<'a> Reader<'a> {
             return Err(malformed(
                 list_at,
                 format!("a segment list of {count} offsets"),
+            ));
+        }
+        if len > count * BIG_DATA_SEGMENT {
+            return Err(malformed(
+                at,
+                format!(
+                    "{len} bytes of big data in {count} segments of at most {BIG_DATA_SEGMENT}"
+                ),
             ));
         }
         let mut out = Vec::with_capacity(len);

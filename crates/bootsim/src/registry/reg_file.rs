@@ -341,7 +341,7 @@ fn parse_key_line(line: &str, line_no: usize) -> Result<(bool, String), RegFileE
         Some(p) => (true, p),
         None => (false, inner),
     };
-    let path = path.trim().trim_end_matches('\\');
+    let path = path.trim_end_matches('\\');
     if path.is_empty() {
         return Err(syntax(line_no, "a key path inside `[...]`", line));
     }
