@@ -37,6 +37,15 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+use crate as scanner;
+
+/// The `host_session` fuzz target's script, replayed over the committed
+/// seed corpus by `tests::fuzz_seeds_keep_the_contract`.
+#[cfg(test)]
+#[path = "../../fuzz/host_session_script.rs"]
+mod fuzz_script;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -747,3 +747,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fuzz_seeds_keep_the_contract() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/host_session");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        super::fuzz_script::run(&std::fs::read(&path).unwrap());
+        n += 1;
+    }
+    assert!(n >= 3, "seed corpus missing in {}", dir.display());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// The fuzz script on random bytes (a cheap in-tree fuzzer).
+    #[test]
+    fn fuzz_script_on_random_bytes(data in prop::collection::vec(any::<u8>(), 0..600)) {
+        super::fuzz_script::run(&data);
+    }
+}
