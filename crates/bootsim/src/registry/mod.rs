@@ -209,11 +209,21 @@ pub fn choose_control_set(
         .filter(|k| control_set_number(k.name()).is_some())
         .map(|k| k.name().to_owned())
         .collect();
-    if system.key("CurrentControlSet").is_some() {
-        if !sets.is_empty() {
+    let current = system.key("Select").and_then(|s| s.dword("Current"));
+    if let Some(ccs) = system.key("CurrentControlSet") {
+        // `reg export HKLM\SYSTEM` writes the link target twice: as
+        // ControlSetNNN and as CurrentControlSet. Only a difference is news.
+        let selected = current.and_then(|n| system.key(&format!("ControlSet{n:03}")));
+        let same = selected.is_some_and(|set| {
+            set.values().eq(ccs.values()) && { set.subkeys().eq(ccs.subkeys()) }
+        });
+        if !sets.is_empty() && !same {
             warnings.push(LoadWarning::ControlSet(format!(
-                "both CurrentControlSet and {} are present; CurrentControlSet is modelled",
-                sets.join(", ")
+                "CurrentControlSet is modelled; it differs from {}",
+                match (current, selected) {
+                    (Some(n), Some(_)) => format!("ControlSet{n:03} named by Select\\Current"),
+                    _ => sets.join(", "),
+                }
             )));
         }
         let key = system
@@ -221,7 +231,6 @@ pub fn choose_control_set(
             .expect("the key was found just above");
         return Ok((key.name().to_owned(), key, warnings));
     }
-    let current = system.key("Select").and_then(|s| s.dword("Current"));
     if let Some(n) = current {
         let wanted = format!("ControlSet{n:03}");
         if let Some(key) = system.remove_key(&wanted) {
@@ -274,7 +283,33 @@ mod tests {
         assert_eq!(r.control_set_name, "CurrentControlSet");
         assert!(r.control_set.key(r"Services\b").is_some());
         assert_eq!(r.warnings.len(), 1);
+        assert!(
+            r.warnings[0]
+                .to_string()
+                .contains("differs from ControlSet001")
+        );
         assert_eq!(r.source, SourceKind::RegFile(RegFormat::Regedit5));
+    }
+
+    #[test]
+    fn a_whole_system_export_with_both_copies_is_not_news() {
+        // What `reg export HKLM\SYSTEM` writes: the current set twice.
+        let set = "\\Services\\a]\r\n\"Start\"=dword:0\r\n";
+        let text = format!(
+            "{V5}[HKLM\\SYSTEM\\Select]\r\n\"Current\"=dword:1\r\n\
+             [HKLM\\SYSTEM\\ControlSet001{set}[HKLM\\SYSTEM\\CurrentControlSet{set}\
+             [HKLM\\SYSTEM\\ControlSet002\\Services\\b]\r\n"
+        );
+        let r = from_reg_str(&text).unwrap();
+        assert_eq!(r.control_set_name, "CurrentControlSet");
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let changed = text.replacen("dword:0", "dword:4", 1);
+        let r = from_reg_str(&changed).unwrap();
+        assert_eq!(
+            r.control_set.key(r"Services\a").unwrap().dword("Start"),
+            Some(0)
+        );
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
     }
 
     #[test]
