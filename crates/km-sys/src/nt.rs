@@ -34,6 +34,14 @@ pub const STATUS_PENDING: NTSTATUS = 0x0000_0103;
 /// returns while `vmci.sys` has not started (the seed incident).
 pub const STATUS_DEVICE_BUSY: NTSTATUS = 0x8000_0011_u32 as i32;
 
+/// `STATUS_DEVICE_NOT_READY` (`ntstatus.h`: 0xC00000A3), what
+/// `WskCaptureProviderNPI` returns while the WSK provider is not available.
+pub const STATUS_DEVICE_NOT_READY: NTSTATUS = 0xC000_00A3_u32 as i32;
+/// `STATUS_NOINTERFACE` (`ntstatus.h`: 0xC00002B9), what
+/// `WskCaptureProviderNPI` returns when the client's WSK version is not
+/// supported.
+pub const STATUS_NOINTERFACE: NTSTATUS = 0xC000_02B9_u32 as i32;
+
 /// `NT_SUCCESS(Status)` (`ntdef.h`: `((NTSTATUS)(Status)) >= 0`).
 #[must_use]
 pub const fn nt_success(status: NTSTATUS) -> bool {
