@@ -1,0 +1,436 @@
+//! End to end through the real `thinagent-scanner` binary: a guest built on
+//! `thinagent_guest::Session` over TCP and Unix sockets (vsock when a
+//! loopback transport exists), signature files, SIGHUP reloads, the audit
+//! log, the metrics endpoint, `--check-config` and shutdown.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{EICAR, FileSpec, ScannerProcess, connect, metric, run_guest, scrape};
+use thinagent_protocol::Decision;
+
+const LIMIT: Duration = Duration::from_secs(30);
+/// `printf 'hash-signature-test-content\n' | md5sum`
+const HASHED: &[u8] = b"hash-signature-test-content\n";
+const HASHED_HDB: &str = "5241dbb51231025ef3dd87f377f8eaba:28:Test.Hash.Custom\n";
+const YARA_RULE: &str =
+    "rule ThinAgent_Test_Yara { strings: $a = \"thinagent-yara-test-marker\" condition: $a }\n";
+
+fn signature_dir(root: &Path) -> std::path::PathBuf {
+    let dir = root.join("sigs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("custom.hdb"), HASHED_HDB).unwrap();
+    std::fs::write(dir.join("rules.yar"), YARA_RULE).unwrap();
+    dir
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn tcp_and_unix_verdicts_cache_changed_file_audit_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sigs = signature_dir(tmp.path());
+    let sock = tmp.path().join("scanner.sock");
+    let audit = tmp.path().join("audit.jsonl");
+    let unix_url = format!("unix://{}", sock.display());
+    let scanner = ScannerProcess::start(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--listen",
+            &unix_url,
+            "--signatures",
+            sigs.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--metrics",
+            "tcp://127.0.0.1:0",
+        ],
+        tmp.path(),
+        2,
+    );
+    let eicar = FileSpec::new("/guest/eicar.com", 1, 1, EICAR);
+    let clean = FileSpec::new("/guest/readme.txt", 2, 1, b"just a clean text file\n");
+    let hashed = FileSpec::new("/guest/hashed.bin", 3, 1, HASHED);
+    let yara = FileSpec::new(
+        "/guest/marked.dat",
+        4,
+        1,
+        b"prefix bytes thinagent-yara-test-marker suffix bytes",
+    );
+    // Same file id, written again: new size, new last-write time, new content.
+    let changed_infected = FileSpec::new("/guest/readme.txt", 2, 2, EICAR);
+    let changed_clean = FileSpec::new("/guest/readme.txt", 2, 3, b"clean again, longer text\n");
+    rt().block_on(async {
+        for (n, url) in [scanner.url("tcp://"), &unix_url].into_iter().enumerate() {
+            let opens = vec![
+                eicar.clone(),
+                clean.clone(),
+                hashed.clone(),
+                yara.clone(),
+                clean.clone(),
+            ];
+            let r = run_guest(connect(url).await, &format!("vm{n}"), &opens, 8, LIMIT).await;
+            r.assert_each_answered_once_by_host();
+            let a: Vec<_> = r.answers.iter().map(|a| a.clone().unwrap()).collect();
+            assert!(a[0].is_found("Eicar-Test-Signature"), "{url}: {:?}", a[0]);
+            assert!(a[1].is_clean(), "{url}: {:?}", a[1]);
+            assert!(a[2].is_found("Test.Hash.Custom"), "{url}: {:?}", a[2]);
+            assert!(a[3].is_found("ThinAgent_Test_Yara"), "{url}: {:?}", a[3]);
+            assert!(a[4].is_clean(), "{url}: {:?}", a[4]);
+            // The changed file is rescanned, not answered from the cache.
+            let r = run_guest(
+                connect(url).await,
+                &format!("vm{n}"),
+                &[changed_infected.clone(), changed_clean.clone()],
+                1,
+                LIMIT,
+            )
+            .await;
+            r.assert_each_answered_once_by_host();
+            let a = r.answers[0].clone().unwrap();
+            assert!(
+                a.is_found("Eicar-Test-Signature"),
+                "{url}: changed file: {a:?}"
+            );
+            assert!(r.answers[1].clone().unwrap().is_clean(), "{url}");
+            // A reopen of an unchanged file: answered from the identity
+            // cache, no content pulled.
+            let r = run_guest(
+                connect(url).await,
+                &format!("vm{n}"),
+                std::slice::from_ref(&clean),
+                1,
+                LIMIT,
+            )
+            .await;
+            r.assert_each_answered_once_by_host();
+            assert!(r.answers[0].clone().unwrap().is_clean(), "{url}");
+        }
+        let text = scrape(scanner.metrics.as_deref().unwrap()).await;
+        assert_eq!(
+            metric(&text, "thinagent_scanner_sessions_total"),
+            6.0,
+            "{text}"
+        );
+        assert_eq!(
+            metric(&text, "thinagent_scanner_verdicts_total{decision=\"deny\"}"),
+            8.0,
+            "{text}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "thinagent_scanner_verdicts_total{decision=\"allow\"}"
+            ),
+            8.0,
+            "{text}"
+        );
+        // The repeated clean open hit the identity cache on both transports.
+        assert!(metric(&text, "thinagent_scanner_cache_hits_total{kind=\"guest\"}") >= 2.0);
+        assert_eq!(metric(&text, "thinagent_scanner_queries_total"), 16.0);
+        assert!(metric(&text, "thinagent_scanner_bytes_read_total") > 0.0);
+        assert_eq!(
+            metric(&text, "thinagent_scanner_query_latency_seconds_count"),
+            16.0
+        );
+    });
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 16);
+    let first = &lines[0];
+    for key in [
+        "time",
+        "guest",
+        "path",
+        "verdict",
+        "threat",
+        "engine",
+        "bytes",
+        "duration_ms",
+        "cache",
+    ] {
+        assert!(first.get(key).is_some(), "audit line lacks {key}: {first}");
+    }
+    let yara_line = lines
+        .iter()
+        .find(|l| l["threat"] == "ThinAgent_Test_Yara")
+        .expect("yara detection audited");
+    assert_eq!(yara_line["verdict"], "deny");
+    assert_eq!(yara_line["engine"], "yara");
+    assert_eq!(yara_line["path"], "/guest/marked.dat");
+    assert!(lines.iter().any(|l| l["cache"] == "guest"));
+    assert!(scanner.log_text().contains("threat found"));
+}
+
+#[test]
+fn sighup_reloads_signatures_and_a_failed_reload_keeps_the_old_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sigs = signature_dir(tmp.path());
+    let scanner = ScannerProcess::start(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--signatures",
+            sigs.to_str().unwrap(),
+            "--metrics",
+            "tcp://127.0.0.1:0",
+        ],
+        tmp.path(),
+        1,
+    );
+    // `printf 'reload-marker\n' | md5sum`
+    let target = FileSpec::new("/guest/later.bin", 9, 1, b"reload-marker\n");
+    let url = scanner.url("tcp://").to_string();
+    let metrics = scanner.metrics.clone().unwrap();
+    let check = |name: &'static str, target: Arc<FileSpec>| {
+        let url = url.clone();
+        async move {
+            let r = run_guest(connect(&url).await, name, &[target], 1, LIMIT).await;
+            r.assert_each_answered_once_by_host();
+            r.answers[0].clone().unwrap()
+        }
+    };
+    let wait_reloads = |result: &'static str, n: f64| {
+        let metrics = metrics.clone();
+        async move {
+            let key = format!("thinagent_scanner_signature_reloads_total{{result=\"{result}\"}}");
+            for _ in 0..200 {
+                if metric(&scrape(&metrics).await, &key) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no {result} reload #{n}");
+        }
+    };
+    rt().block_on(async {
+        assert!(check("a", target.clone()).await.is_clean());
+        std::fs::write(
+            sigs.join("added.hdb"),
+            "fd6e1801ad0304aeeb00077bad52a9c6:14:Test.Reload.Added\n",
+        )
+        .unwrap();
+        scanner.signal("HUP");
+        wait_reloads("ok", 2.0).await;
+        // Same guest name and file identity: the new generation invalidated
+        // the cached clean verdict.
+        let a = check("a", target.clone()).await;
+        assert!(a.is_found("Test.Reload.Added"), "{a:?}");
+        // A broken file: the reload fails, the old set (with the added
+        // signature and EICAR) stays active.
+        std::fs::write(sigs.join("broken.hdb"), "this is not a signature\n").unwrap();
+        scanner.signal("HUP");
+        wait_reloads("failed", 1.0).await;
+        let a = check("b", target.clone()).await;
+        assert!(a.is_found("Test.Reload.Added"), "{a:?}");
+        let a = check("b", FileSpec::new("/e", 10, 1, EICAR)).await;
+        assert!(a.is_found("Eicar-Test-Signature"));
+    });
+    let log = scanner.log_text();
+    assert!(log.contains("signature reload failed"), "{log}");
+    assert!(
+        log.contains("broken.hdb"),
+        "the failed reload names the file: {log}"
+    );
+}
+
+fn run_check(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinagent-scanner"))
+        .args(args)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_exit_codes_and_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, out, _) = run_check(&[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(out.contains("tcp://127.0.0.1:5317"), "{out}");
+    let sigs = signature_dir(tmp.path());
+    let (code, out, err) = run_check(&["--signatures", sigs.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("1 hash signatures") && out.contains("1 YARA rules"),
+        "{out}"
+    );
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/thinagent-scanner.toml");
+    assert_eq!(run_check(&["--config", dist.to_str().unwrap()]).0, 0);
+    // A broken rule file: named, exit 2, nothing half-loaded.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("ok.hdb"), HASHED_HDB).unwrap();
+    std::fs::write(
+        bad.join("broken.yar"),
+        "rule broken { condition: nonsense( }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_check(&["--signatures", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("broken.yar"), "{err}");
+    // A bad hash line names file and line.
+    std::fs::remove_file(bad.join("broken.yar")).unwrap();
+    std::fs::write(bad.join("two.hdb"), format!("{HASHED_HDB}zz:1\n")).unwrap();
+    let (code, _, err) = run_check(&["--signatures", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("two.hdb") && err.contains('2'), "{err}");
+    // Bad URL, unknown key, bad range.
+    let (code, _, err) = run_check(&["--listen", "http://x:1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("http://x:1"), "{err}");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nmax_sesions = 3\n").unwrap();
+    let (code, _, err) = run_check(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("max_sesions"), "{err}");
+    let (code, _, err) = run_check(&["--max-frame-len", "100"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("max_frame_len"), "{err}");
+    // The command line overrides the file.
+    std::fs::write(&cfg, "[limits]\nmax_sessions = 0\n").unwrap();
+    assert_eq!(run_check(&["--config", cfg.to_str().unwrap()]).0, 2);
+    assert_eq!(
+        run_check(&["--config", cfg.to_str().unwrap(), "--max-sessions", "5"]).0,
+        0
+    );
+}
+
+#[test]
+fn sigterm_closes_sessions_and_removes_the_unix_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("s.sock");
+    let url = format!("unix://{}", sock.display());
+    let mut scanner = ScannerProcess::start(&["--listen", &url], tmp.path(), 1);
+    rt().block_on(async {
+        let mut idle = connect(&url).await;
+        use tokio::io::AsyncWriteExt;
+        idle.write_all(&common::hello_v1("idle")).await.unwrap();
+        let frames = common::read_until(&mut idle, LIMIT, |f| !f.is_empty()).await;
+        assert_eq!(frames, [common::HostFrame::HelloAck]);
+        scanner.signal("TERM");
+        // The connected guest is told Goodbye(Shutdown).
+        let frames = common::read_until(&mut idle, LIMIT, |f| {
+            f.iter().any(|f| matches!(f, common::HostFrame::Goodbye(_)))
+        })
+        .await;
+        assert!(
+            frames.contains(&common::HostFrame::Goodbye(
+                thinagent_protocol::GoodbyeReason::Shutdown
+            )),
+            "{frames:?}"
+        );
+    });
+    let status = scanner.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "the socket file is removed on exit");
+}
+
+#[test]
+fn no_arguments_serves_the_embedded_default() {
+    if std::net::TcpListener::bind("127.0.0.1:5317").is_err() {
+        println!("SKIP: 127.0.0.1:5317 is in use; cannot test the embedded default here");
+        return;
+    }
+    let expect = rt().block_on(async {
+        match tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(u32::MAX, 5317)) {
+            Ok(_) => 2,
+            Err(_) => 1,
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = ScannerProcess::start(&[], tmp.path(), expect);
+    assert!(
+        scanner.urls.contains(&"tcp://127.0.0.1:5317".to_string()),
+        "{:?}",
+        scanner.urls
+    );
+    if expect == 2 {
+        assert!(scanner.urls.contains(&"vsock://any:5317".to_string()));
+    } else {
+        assert!(
+            scanner.log_text().contains("AF_VSOCK"),
+            "{}",
+            scanner.log_text()
+        );
+    }
+    rt().block_on(async {
+        let r = run_guest(
+            connect("tcp://127.0.0.1:5317").await,
+            "default",
+            &[FileSpec::new("/e", 1, 1, EICAR)],
+            1,
+            LIMIT,
+        )
+        .await;
+        assert_eq!(r.answers[0].as_ref().unwrap().decision, Decision::Deny);
+    });
+}
+
+#[test]
+fn vsock_loopback_end_to_end_or_skip() {
+    let port = 20_000 + std::process::id() % 20_000;
+    let probe = rt().block_on(async {
+        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(u32::MAX, port)).map(drop)
+    });
+    if let Err(e) = probe {
+        println!("SKIP: no AF_VSOCK on this kernel ({e}); vsock end to end not run");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("vsock://any:{port}");
+    let scanner = ScannerProcess::start(&["--listen", &listen], tmp.path(), 1);
+    rt().block_on(async {
+        // CID 1 = VMADDR_CID_LOCAL, the only CID a test may connect to.
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(1, port)),
+        )
+        .await;
+        let Ok(Ok(stream)) = stream else {
+            println!(
+                "SKIP: AF_VSOCK exists but no loopback transport (vsock_loopback) answers on CID 1"
+            );
+            return;
+        };
+        let r = run_guest(
+            stream,
+            "vsock-guest",
+            &[
+                FileSpec::new("/e", 1, 1, EICAR),
+                FileSpec::new("/c", 2, 1, b"clean"),
+            ],
+            2,
+            LIMIT,
+        )
+        .await;
+        r.assert_each_answered_once_by_host();
+        assert!(
+            r.answers[0]
+                .as_ref()
+                .unwrap()
+                .is_found("Eicar-Test-Signature")
+        );
+        assert!(r.answers[1].as_ref().unwrap().is_clean());
+        assert!(scanner.log_text().contains("vsock://1:"));
+    });
+}
