@@ -10,7 +10,9 @@
 mod decode_log;
 mod demo;
 mod lint_inf;
+mod loadorder;
 mod scan;
+mod simulate_cmd;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,6 +52,25 @@ enum Command {
     /// DefaultInstance). Exit status: 0 no findings, 1 findings, 2 unreadable
     /// input.
     LintInf(LintInfArgs),
+    /// Boot- and system-start driver order of a machine, like LoadOrd, and
+    /// its hazards.
+    ///
+    /// FILE is an offline SYSTEM hive or a `.reg` export of
+    /// HKLM\SYSTEM (UTF-16 or UTF-8). The table shows order, group, tag,
+    /// start, service, image and who defers the driver's devices, with the
+    /// PnP device starts where they happen. Exit status: 0 no hazards, 1
+    /// hazards found (severity error or warning; info notes do not count), 2
+    /// input error.
+    Loadorder(LoadorderArgs),
+    /// Play the machine's boot in virtual time and run a thin agent's real
+    /// capture-retry policy against it.
+    ///
+    /// Prints the timeline in the agent's log shape and the outcome
+    /// (connected at t=..., or failed after N attempts). `--agent vsepflt`
+    /// models VMware's thin agent, which fails DriverEntry when its retries
+    /// run out; the default is ThinAgent's deferred retry. Exit status: 0
+    /// connected, 1 failed, 2 input error.
+    Simulate(SimulateArgs),
     /// Act as a guest: send each FILE to a thinagent-scanner over the real
     /// protocol and print `PATH: OK` or `PATH: NAME FOUND` (clamdscan's shape).
     ///
@@ -57,6 +78,34 @@ enum Command {
     /// 0 nothing found, 1 something found, 2 an error occurred. A summary
     /// (files, found, errors, elapsed, files/s) goes to stderr.
     Scan(scan::ScanArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Offline SYSTEM hive or .reg export.
+    file: std::path::PathBuf,
+    /// The thin agent's service to model (an [[agent]] of the needs table:
+    /// thinagent, vsepflt).
+    #[arg(long, default_value = "thinagent")]
+    agent: String,
+    /// Print one JSON object: {"agent", "outcome", "attempts", "connected_at_ms", "timeline"}.
+    #[arg(long)]
+    json: bool,
+    /// Extra needs table (TOML) merged over the built-in one.
+    #[arg(long, value_name = "FILE")]
+    needs: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct LoadorderArgs {
+    /// Offline SYSTEM hive or .reg export.
+    file: std::path::PathBuf,
+    /// Print one JSON object: {"order": [...], "hazards": [...]}.
+    #[arg(long)]
+    json: bool,
+    /// Extra needs table (TOML, format in docs/boot-order.md) merged over the built-in one.
+    #[arg(long, value_name = "FILE")]
+    needs: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -135,6 +184,55 @@ fn demo(args: &DemoArgs) -> Result<ExitCode> {
     })
 }
 
+fn simulate_cmd(args: &SimulateArgs) -> Result<ExitCode> {
+    let (sim, warnings) = match simulate_cmd::run(&args.file, &args.agent, args.needs.as_deref()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.json {
+        println!("{}", simulate_cmd::render_json(&sim)?);
+    } else {
+        print!("{}", simulate_cmd::render_text(&sim));
+    }
+    Ok(if sim.connected_at_ms().is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn loadorder_cmd(args: &LoadorderArgs) -> Result<ExitCode> {
+    let machine = match loadorder::analyse(&args.file, args.needs.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for w in loadorder::warnings(&machine) {
+        eprintln!("warning: {w}");
+    }
+    if args.json {
+        println!("{}", loadorder::render_json(&machine.analysis)?);
+    } else {
+        print!(
+            "{}",
+            loadorder::render_text(&args.file.display().to_string(), &machine)
+        );
+    }
+    Ok(if machine.analysis.hazards.iter().any(loadorder::counts) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn lint_inf_cmd(args: &LintInfArgs) -> Result<ExitCode> {
     let bytes = match std::fs::read(&args.file) {
         Ok(b) => b,
@@ -208,6 +306,8 @@ fn main() -> Result<ExitCode> {
         Command::Demo(args) => demo(&args),
         Command::DecodeLog(args) => decode_log_cmd(&args),
         Command::LintInf(args) => lint_inf_cmd(&args),
+        Command::Loadorder(args) => loadorder_cmd(&args),
+        Command::Simulate(args) => simulate_cmd(&args),
         Command::Scan(args) => scan::run(&args),
     }
 }

@@ -1,0 +1,328 @@
+//! `thinagent-diag loadorder FILE [--json]`: the boot- and system-start
+//! driver order of a machine, like Sysinternals LoadOrd, and its hazards.
+//!
+//! The input is an offline SYSTEM hive or a `.reg` export
+//! (`thinagent_bootsim::registry::load`); the order and the hazards come from
+//! `thinagent_bootsim::hazard::Analysis`, with the built-in needs table
+//! (extended by `--needs FILE`).
+//!
+//! Exit status: 0 no hazards, 1 hazards found, 2 input error. Hazards of
+//! severity `info` (e.g. a minifilter's `DependOnService=FltMgr`, which
+//! Windows ignores for a boot driver but which group order already
+//! satisfies) are printed as notes and do not count.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use thinagent_bootsim::hazard::{Analysis, Hazard, Severity};
+use thinagent_bootsim::needs::NeedsTable;
+use thinagent_bootsim::order::{LoadOrder, Step, TagRank};
+use thinagent_bootsim::registry::{self, LoadedRegistry};
+
+/// Why the input could not be analysed (exit status 2).
+#[derive(Debug)]
+pub struct InputError(pub String);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The machine, analysed.
+pub struct Machine {
+    /// The registry input, reduced to its control set.
+    pub loaded: LoadedRegistry,
+    /// Model, order, hazards.
+    pub analysis: Analysis,
+    /// The needs table used.
+    pub needs: NeedsTable,
+}
+
+/// The built-in needs table, extended by the file `needs` if given.
+///
+/// # Errors
+/// The needs file cannot be read or parsed.
+pub fn needs_table(needs: Option<&Path>) -> Result<NeedsTable, InputError> {
+    let mut table = NeedsTable::builtin();
+    if let Some(path) = needs {
+        let extra = NeedsTable::from_file(path).map_err(|e| {
+            InputError(format!(
+                "needs file {}: {e}; see docs/boot-order.md, \"The needs table\"",
+                path.display()
+            ))
+        })?;
+        table.merge(extra);
+    }
+    Ok(table)
+}
+
+/// Loads and analyses the machine in `file`.
+///
+/// # Errors
+/// Unreadable or malformed registry input, a control set without `Services`,
+/// or a bad needs file.
+pub fn analyse(file: &Path, needs: Option<&Path>) -> Result<Machine, InputError> {
+    let loaded = registry::load(file).map_err(|e| {
+        InputError(format!(
+            "{}: {e}; give an offline SYSTEM hive (Windows\\System32\\config\\SYSTEM from the VM's disk) or `reg export HKLM\\SYSTEM system.reg`",
+            file.display()
+        ))
+    })?;
+    let needs = needs_table(needs)?;
+    let analysis = Analysis::from_control_set(&loaded.control_set, &needs)
+        .map_err(|e| InputError(format!("{}: {e}", file.display())))?;
+    Ok(Machine {
+        loaded,
+        analysis,
+        needs,
+    })
+}
+
+/// Remarks about the input for stderr: reader warnings and model warnings.
+#[must_use]
+pub fn warnings(m: &Machine) -> Vec<String> {
+    m.loaded
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .chain(m.analysis.model.warnings.iter().cloned())
+        .collect()
+}
+
+/// `true` for hazards that count for the exit status (error and warning).
+#[must_use]
+pub fn counts(h: &Hazard) -> bool {
+    matches!(h.severity, Severity::Error | Severity::Warning)
+}
+
+/// One row of `--json`'s `order`.
+#[derive(Serialize)]
+struct JsonEntry<'a> {
+    service: &'a str,
+    group: Option<&'a str>,
+    tag: Option<u32>,
+    start: String,
+    image: &'a str,
+    deferred_by: Vec<&'a str>,
+}
+
+/// One hazard of `--json`'s `hazards`.
+#[derive(Serialize)]
+struct JsonHazard<'a> {
+    id: &'static str,
+    severity: &'static str,
+    services: &'a [String],
+    message: &'a str,
+    fix: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    order: Vec<JsonEntry<'a>>,
+    hazards: Vec<JsonHazard<'a>>,
+}
+
+/// `--json`: `{"order": [...], "hazards": [...]}`.
+///
+/// # Errors
+/// Serialisation cannot fail for these types; the error is passed on.
+pub fn render_json(a: &Analysis) -> serde_json::Result<String> {
+    let order = a
+        .order
+        .entries
+        .iter()
+        .map(|e| {
+            let mut deferred_by: Vec<&str> = Vec::new();
+            for d in &e.deferred_by {
+                if !deferred_by
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(&d.filter))
+                {
+                    deferred_by.push(&d.filter);
+                }
+            }
+            JsonEntry {
+                service: &e.service,
+                group: e.group.as_deref(),
+                tag: e.tag,
+                start: e.start.name(),
+                image: &e.image,
+                deferred_by,
+            }
+        })
+        .collect();
+    let hazards = a
+        .hazards
+        .iter()
+        .map(|h| JsonHazard {
+            id: h.id.as_str(),
+            severity: h.severity.as_str(),
+            services: &h.services,
+            message: &h.message,
+            fix: &h.fix,
+        })
+        .collect();
+    serde_json::to_string_pretty(&JsonReport { order, hazards })
+}
+
+fn tag_cell(tag: Option<u32>, rank: TagRank) -> String {
+    match (tag, rank) {
+        (None, _) => "-".into(),
+        (Some(t), TagRank::Position(p)) => format!("{t} (#{p})"),
+        (Some(t), TagRank::NotInVector) => format!("{t} (not in list)"),
+        (Some(t), TagRank::NoTag) => t.to_string(),
+    }
+}
+
+fn device_lines(order: &LoadOrder, after_service: &str) -> Vec<String> {
+    // device starts that follow this driver's init step directly
+    let Some(i) = order.init_step(after_service) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for st in &order.steps[i + 1..] {
+        match st {
+            Step::StartDevice(d) => {
+                let mut s = format!(
+                    "device {} ({}) starts, after {}",
+                    d.device, d.function_driver, d.after
+                );
+                if !d.deferred_by.is_empty() {
+                    s.push_str(": deferred by ");
+                    s.push_str(
+                        &d.deferred_by
+                            .iter()
+                            .map(|x| x.describe())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    );
+                }
+                out.push(s);
+            }
+            Step::InitDriver { .. } => break,
+            Step::BootDriversDone => out.push("-- every boot-start driver initialised".into()),
+            Step::SystemPhaseBegins => out.push("-- system phase begins".into()),
+            Step::SystemDriversDone => out.push("-- every system-start driver initialised".into()),
+        }
+    }
+    out
+}
+
+/// The LoadOrd-like table and the hazards.
+#[must_use]
+pub fn render_text(name: &str, m: &Machine) -> String {
+    let a = &m.analysis;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{name}: {} ({}), {} service(s), {} group(s) in ServiceGroupOrder\\List",
+        m.loaded.source,
+        m.loaded.control_set_name,
+        a.model.services.len(),
+        a.model.group_order.len()
+    );
+    let rows: Vec<[String; 7]> = a
+        .order
+        .entries
+        .iter()
+        .map(|e| {
+            let deferred = e
+                .deferred_by
+                .iter()
+                .map(|d| d.describe())
+                .collect::<Vec<_>>()
+                .join("; ");
+            [
+                e.position.to_string(),
+                match (&e.group, e.group_index) {
+                    (Some(g), Some(_)) => g.clone(),
+                    (Some(g), None) => format!("{g} (not in list)"),
+                    (None, _) => "-".into(),
+                },
+                tag_cell(e.tag, e.tag_rank),
+                e.start.name(),
+                e.service.clone(),
+                e.image.clone(),
+                deferred,
+            ]
+        })
+        .collect();
+    let head = [
+        "order",
+        "group",
+        "tag",
+        "start",
+        "service",
+        "image",
+        "deferred-by",
+    ];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate().take(6) {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 7]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i < 6 {
+                let _ = write!(l, "{c:<width$}  ", width = w[i]);
+            } else {
+                l.push_str(c);
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(s, "\n{}", line(head));
+    for (r, e) in rows.iter().zip(&a.order.entries) {
+        let _ = writeln!(
+            s,
+            "{}",
+            line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]])
+        );
+        for d in device_lines(&a.order, &e.service) {
+            let _ = writeln!(s, "{:>width$}  {d}", "", width = w[0]);
+        }
+    }
+    for d in &a.order.never_started {
+        let _ = writeln!(
+            s,
+            "never started: device {} ({}): {}",
+            d.device,
+            d.function_driver,
+            d.deferred_by
+                .iter()
+                .map(|x| x.describe())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let counted = a.hazards.iter().filter(|h| counts(h)).count();
+    let _ = writeln!(
+        s,
+        "\nHazards: {counted} (plus {} note(s))",
+        a.hazards.len() - counted
+    );
+    for h in &a.hazards {
+        let kind = if counts(h) { "hazard" } else { "note" };
+        let _ = writeln!(
+            s,
+            "  [{}] {} {}: {}",
+            h.severity.as_str(),
+            kind,
+            h.id,
+            h.message
+        );
+        let _ = writeln!(s, "      chain: {}", h.services.join(" -> "));
+        let _ = writeln!(s, "      fix:   {}", h.fix);
+    }
+    if counted == 0 {
+        let _ = writeln!(
+            s,
+            "  none: no boot driver waits on a device that starts too late"
+        );
+    }
+    s
+}
