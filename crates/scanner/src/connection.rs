@@ -116,7 +116,7 @@ impl Default for Limits {
         Self {
             session: SessionLimits::default(),
             verdict_ttl_secs: 300,
-            scan_buffer_max: 1 << 20,
+            scan_buffer_max: 256 * 1024,
             read_buffer: 64 * 1024,
             max_tx_backlog: 1 << 20,
             close_linger: Duration::from_secs(2),

@@ -26,9 +26,12 @@
 //!
 //! Defined outcomes of hostile input: fatal decoding errors and session rule
 //! violations (wrong state or direction, a `ReadData` longer than asked or
-//! with a wrong echo, a reused event id, one `FileEvent` above
-//! `max_events_in_flight`) answer every open query with the error policy
-//! verdict, then send `Error` + `Goodbye(ProtocolError)` and close; unknown
+//! with a wrong echo, a reused event id, more consecutive `FileEvent`s above
+//! `max_events_in_flight` than the limit itself) answer every open query
+//! with the error policy verdict, then send `Error` + `Goodbye(ProtocolError)`
+//! and close; a `FileEvent` above the limit is answered at once with the
+//! error policy verdict ([`PolicyReason::OverLimit`]), because a guest whose
+//! own deadline expired no longer counts queries the host still has; unknown
 //! message types and versions are skipped with an `Error` (§9); a `ReadData`
 //! for an unknown read id is ignored and reported as an [`Anomaly`] (§7).
 
@@ -165,6 +168,8 @@ pub struct HostSession {
     last_sent: Instant,
     last_recv: Instant,
     ping: Option<u64>,
+    /// `FileEvent`s in a row answered as over the in-flight limit.
+    excess_run: u32,
     now: Instant,
     created: Instant,
 }
@@ -195,6 +200,7 @@ impl HostSession {
             last_sent: now,
             last_recv: now,
             ping: None,
+            excess_run: 0,
             now,
             created: now,
         }
@@ -655,6 +661,13 @@ impl HostSession {
         query.received_at = self.now;
         let info = Arc::new(query);
         if self.queries.len() >= self.limits.max_events_in_flight as usize {
+            // The guest forgets a query when its own deadline passes, so an
+            // honest guest can briefly have more events outstanding than the
+            // host still counts: an excess event is answered at once with
+            // the error policy verdict. Only a run of excess events longer
+            // than the limit itself (a guest ignoring the limit) is the
+            // fatal `LimitExceeded` of protocol §9.
+            self.excess_run = self.excess_run.saturating_add(1);
             let decision = self.limits.policy.error;
             self.send_verdict(id, decision, "", 0);
             self.events.push_back(SessionEvent::Finished {
@@ -664,12 +677,15 @@ impl HostSession {
                     reason: PolicyReason::OverLimit,
                 },
             });
-            self.fatal(
-                ErrorCode::LimitExceeded,
-                "more FileEvents in flight than max_events_in_flight",
-            );
+            if self.excess_run > self.limits.max_events_in_flight {
+                self.fatal(
+                    ErrorCode::LimitExceeded,
+                    "more FileEvents in flight than max_events_in_flight",
+                );
+            }
             return;
         }
+        self.excess_run = 0;
         self.queries.insert(
             id,
             OpenQuery {
@@ -727,8 +743,14 @@ impl HostSession {
                     let gap_len = read.length - len as u32;
                     f.gaps.push_back((end, gap_len));
                 }
-                let beyond_eof = f.eof_at.is_some_and(|e| end > e)
-                    || (eof && (f.held.keys().any(|o| *o >= end) || f.delivered > end));
+                // Data past a known end of file, or an end of file before
+                // data already received, cannot both be true.
+                let beyond_eof = (len > 0 && f.eof_at.is_some_and(|e| end > e))
+                    || (eof
+                        && (f.delivered > end
+                            || f.held
+                                .iter()
+                                .any(|(o, d)| o.saturating_add(d.len() as u64) > end)));
                 if eof {
                     f.eof_at = Some(f.eof_at.map_or(end, |e| e.min(end)));
                     f.gaps.retain(|(o, _)| *o < end);

@@ -303,6 +303,60 @@ fn fetch_pulls_chunks_in_order_and_ends() {
 }
 
 #[test]
+fn honest_eof_answers_to_reads_past_the_end_are_consistent() {
+    let limits = SessionLimits {
+        max_read_chunk: 4,
+        ..SessionLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 1), 1);
+    h.out();
+    h.events();
+    // Declared 12 bytes, but the file shrank to 6.
+    h.send(&event_msg(12, "/shrunk"), 7);
+    h.events();
+    h.s.fetch(7, h.now).unwrap();
+    let ids: Vec<u64> = h
+        .out()
+        .iter()
+        .map(|o| match o {
+            Out::Read(id, _) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 3);
+    h.read_data(ids[2], 7, 8, ReadOutcome::EndOfFile(b""));
+    h.read_data(ids[1], 7, 4, ReadOutcome::EndOfFile(b"ef"));
+    h.read_data(ids[0], 7, 0, ReadOutcome::Data(b"abcd"));
+    let ev = h.events();
+    assert_eq!(
+        ev.last(),
+        Some(&SessionEvent::ContentEnd { id: 7, size: 6 })
+    );
+    // An end of file before data already received is inconsistent.
+    h.send(&event_msg(8, "/liar"), 8);
+    h.events();
+    h.s.fetch(8, h.now).unwrap();
+    let ids: Vec<u64> = h
+        .out()
+        .iter()
+        .map(|o| match o {
+            Out::Read(id, _) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    h.read_data(ids[1], 8, 4, ReadOutcome::Data(b"efgh"));
+    h.read_data(ids[0], 8, 0, ReadOutcome::EndOfFile(b"ab"));
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::ContentFailed {
+            id: 8,
+            reason: ContentFailure::Inconsistent
+        }]
+    );
+}
+
+#[test]
 fn file_exactly_at_declared_size_probes_for_eof() {
     let mut h = Harness::connected();
     h.send(&event_msg(3, "/f"), 2);
@@ -361,7 +415,7 @@ fn too_large_and_timeout_get_policy_verdicts() {
     ));
     h.send(&event_msg(1, "/slow"), 6);
     h.events();
-    h.advance(Duration::from_millis(1_999));
+    h.advance(Duration::from_millis(1_499));
     assert!(h.out().is_empty());
     h.advance(Duration::from_millis(1));
     assert_eq!(
@@ -396,8 +450,23 @@ fn flood_beyond_in_flight_limit_answers_all_then_closes() {
     h.send(&hello_msg(Capabilities::READ_CONTENT, 1, 1), 1);
     h.out();
     h.events();
+    // One excess event (a guest that already forgot a query) is answered
+    // at once and the session goes on.
+    for id in [10, 11, 12] {
+        h.send(&event_msg(1, "/f"), id);
+    }
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(12, Decision::AllowNoCache, String::new(), 0)]
+    );
+    assert!(!h.s.is_closed());
+    h.s.verdict(10, Decision::Allow, "", 5, h.now).unwrap();
+    h.send(&event_msg(1, "/f"), 13);
+    assert!(!h.s.is_closed());
+    h.out();
+    // A flood: more excess events in a row than the limit is fatal.
     let mut bytes = Vec::new();
-    for id in 10..20 {
+    for id in 20..30 {
         bytes.extend(frame(&event_msg(1, "/f"), id));
     }
     h.s.receive(&bytes, h.now);
@@ -409,15 +478,22 @@ fn flood_beyond_in_flight_limit_answers_all_then_closes() {
             _ => None,
         })
         .collect();
-    assert_eq!(verdicts, vec![12, 10, 11]);
+    assert_eq!(verdicts, vec![20, 21, 22, 11, 13]);
     assert_eq!(
-        out[3..],
+        out[5..],
         [
             Out::Error(0, ErrorCode::LimitExceeded),
             Out::Goodbye(GoodbyeReason::ProtocolError)
         ]
     );
     assert!(h.s.is_closed());
+    let ev = h.events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, SessionEvent::Finished { .. }))
+            .count(),
+        6
+    );
 }
 
 #[test]

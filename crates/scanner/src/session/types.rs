@@ -88,7 +88,9 @@ impl Default for SessionLimits {
             max_reads_in_flight: DEFAULT_MAX_READS_IN_FLIGHT,
             max_bytes_in_flight: 4 << 20,
             max_file_size: 64 << 20,
-            query_timeout: Duration::from_millis(DEFAULT_QUERY_TIMEOUT_MS.into()),
+            // Below the guest's default deadline (2 000 ms), so the host's
+            // policy verdict reaches the guest before it gives up.
+            query_timeout: Duration::from_millis(u64::from(DEFAULT_QUERY_TIMEOUT_MS) * 3 / 4),
             heartbeat_interval: Duration::from_millis(DEFAULT_HEARTBEAT_INTERVAL_MS.into()),
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS.into()),
             handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS.into()),
@@ -289,8 +291,9 @@ pub enum PolicyReason {
     /// The session closed (protocol error, timeout, shutdown) with the query
     /// unanswered; it was answered before the closing `Goodbye`.
     SessionClosing,
-    /// The `FileEvent` exceeded `max_events_in_flight` (the session then
-    /// closes with `LimitExceeded`).
+    /// The `FileEvent` arrived with `max_events_in_flight` queries open; it
+    /// was answered at once (after more such events in a row than the limit,
+    /// the session also closes with `LimitExceeded`).
     OverLimit,
 }
 
