@@ -796,12 +796,17 @@ pub fn closest_groups(model: &Model, name: &str) -> Vec<String> {
 }
 
 fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
-    let mut by_group_tag: BTreeMap<(String, u32), Vec<String>> = BTreeMap::new();
+    let mut by_group_tag: BTreeMap<(crate::order::Phase, String, u32), Vec<String>> =
+        BTreeMap::new();
     for e in &order.entries {
         let Some(group) = e.group.as_deref() else {
             continue;
         };
-        if e.group_index.is_none() {
+        let hardcoded = order.early_lists
+            && crate::order::HARDCODED_GROUPS
+                .iter()
+                .any(|h| fold(h) == fold(group));
+        if e.group_index.is_none() && !hardcoded {
             let close = closest_groups(model, group);
             let extra = if fold(group) == fold("System Boot Extender") {
                 " (\"System Boot Extender\" is not a Windows group, whatever some advice says)"
@@ -834,9 +839,12 @@ fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
             });
             continue;
         }
+        if hardcoded {
+            continue;
+        }
         if let Some(tag) = e.tag {
             by_group_tag
-                .entry((fold(group), tag))
+                .entry((e.phase, fold(group), tag))
                 .or_default()
                 .push(e.service.clone());
             if e.tag_rank == crate::order::TagRank::NotInVector {
@@ -856,7 +864,7 @@ fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
             }
         }
     }
-    for ((_, tag), services) in by_group_tag {
+    for ((_, _, tag), services) in by_group_tag {
         if services.len() < 2 {
             continue;
         }
@@ -866,7 +874,7 @@ fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
             .unwrap_or_default();
         out.push(Hazard {
             id: HazardId::DuplicateTag,
-            severity: Severity::Warning,
+            severity: Severity::Info,
             services: services.clone(),
             message: format!(
                 "{} share Tag {tag} in group \"{group}\": their relative order is only the registry's enumeration order",
@@ -935,22 +943,7 @@ fn altitudes(model: &Model, _order: &LoadOrder, out: &mut Vec<Hazard>) {
 /// `true` if `image` (as `ImagePath` writes it) is under `System32\drivers`.
 #[must_use]
 pub fn image_under_system32_drivers(image: &str) -> bool {
-    let mut p = fold(image).replace('/', "\\");
-    for prefix in [
-        r"\systemroot\",
-        r"%systemroot%\",
-        r"%windir%\",
-        r"\??\c:\windows\",
-        r"c:\windows\",
-        r"\windows\",
-    ] {
-        if let Some(rest) = p.strip_prefix(prefix) {
-            p = rest.to_string();
-            break;
-        }
-    }
-    let p = p.trim_start_matches('\\');
-    p.starts_with(r"system32\drivers\")
+    crate::order::normalize_image(image).starts_with(r"system32\drivers\")
 }
 
 fn boot_images(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
@@ -1037,8 +1030,11 @@ fn dependencies(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
                 )
             } else {
                 (
-                    Severity::Error,
-                    format!("and it does not hold: {}", problems.join("; ")),
+                    Severity::Warning,
+                    format!(
+                        "and it does not hold: {} (a DependOnGroup with no driver loaded may even keep it from loading)",
+                        problems.join("; ")
+                    ),
                 )
             };
             out.push(Hazard {
@@ -1183,7 +1179,7 @@ mod tests {
         let ign: Vec<_> = a.hazards_with(HazardId::IgnoredDependency).collect();
         assert_eq!(ign.len(), 2);
         let bad = ign.iter().find(|h| h.services[0] == "bad").unwrap();
-        assert_eq!(bad.severity, Severity::Error);
+        assert_eq!(bad.severity, Severity::Warning);
         let ok = ign.iter().find(|h| h.services[0] == "ok").unwrap();
         assert_eq!(ok.severity, Severity::Info);
         assert_eq!(a.hazards_with(HazardId::DependencyMissing).count(), 1);

@@ -18,6 +18,12 @@
 //!    the registry's enumeration order (case-insensitive name order).
 //! 4. `DependOnService`/`DependOnGroup` do not influence the order of boot-
 //!    and system-start drivers.
+//! 4a. Windows 8 and later (detected by a boot-start driver in one of the
+//!    loader's hard-coded groups, [`EARLY_GROUPS`] or "Core"): the boot
+//!    loader puts its hard-coded core driver images ([`EARLY_IMAGE_LISTS`])
+//!    first, then the hard-coded groups, before the `ServiceGroupOrder` scan;
+//!    the kernel initialises them first (`PipInitializeCoreDriversAndElam`).
+//!    Lists and order as the `nt-load-order` crate models Windows 10/11 winload.
 //! 5. A PnP device's stack is LowerFilters (device, then class), the function
 //!    driver, UpperFilters (device, then class). The device starts right after
 //!    the latest-initialised driver of that whole stack. A demand- or
@@ -62,6 +68,95 @@ impl TagRank {
             TagRank::NoTag => 0xFFFF_FFFF,
         }
     }
+}
+
+/// Boot driver images the Windows 8+ boot loader puts first, in this order
+/// (list name, images relative to the system root); from `nt-load-order`'s
+/// model of Windows 10/11 winload.
+pub const EARLY_IMAGE_LISTS: &[(&str, &[&str])] = &[
+    (
+        "Core Driver Services",
+        &[
+            r"system32\drivers\verifierext.sys",
+            r"system32\drivers\wdf01000.sys",
+            r"system32\drivers\acpiex.sys",
+            r"system32\drivers\cng.sys",
+            r"system32\drivers\mssecflt.sys",
+            r"system32\drivers\sgrmagent.sys",
+            r"system32\drivers\lxss.sys",
+            r"system32\drivers\palcore.sys",
+        ],
+    ),
+    (
+        "TPM Core Driver Services",
+        &[
+            r"system32\drivers\acpisim.sys",
+            r"system32\drivers\acpi.sys",
+        ],
+    ),
+];
+
+/// Groups the Windows 8+ boot loader puts first, in this order, whatever
+/// `ServiceGroupOrder` says (they are not in it).
+pub const EARLY_GROUPS: &[&str] = &[
+    "Early-Launch",
+    "Core Platform Extensions",
+    "Core Security Extensions",
+];
+
+/// Groups the Windows 8+ loader and kernel handle themselves: not in
+/// `ServiceGroupOrder`, yet not "unknown".
+pub const HARDCODED_GROUPS: &[&str] = &[
+    "Early-Launch",
+    "Core Platform Extensions",
+    "Core Security Extensions",
+    "Core",
+];
+
+/// An image path relative to the system root, folded, with `\SystemRoot\`,
+/// `%SystemRoot%\`, `\??\C:\Windows\` and similar prefixes removed:
+/// `system32\drivers\vmci.sys`.
+#[must_use]
+pub fn normalize_image(image: &str) -> String {
+    let mut p = fold(image).replace('/', "\\");
+    for prefix in [
+        r"\systemroot\",
+        r"%systemroot%\",
+        r"%windir%\",
+        r"\??\c:\windows\",
+        r"c:\windows\",
+        r"\windows\",
+    ] {
+        if let Some(rest) = p.strip_prefix(prefix) {
+            p = rest.to_string();
+            break;
+        }
+    }
+    p.trim_start_matches('\\').to_string()
+}
+
+/// `true` if the machine uses the Windows 8+ hard-coded early lists (rule 4a).
+#[must_use]
+pub fn uses_early_lists(model: &Model) -> bool {
+    model.services.values().any(|s| {
+        s.start == Some(StartType::Boot)
+            && s.group
+                .as_deref()
+                .is_some_and(|g| HARDCODED_GROUPS.iter().any(|h| fold(h) == fold(g)))
+    })
+}
+
+/// The hard-coded list or group that puts `service` first (rule 4a), if any.
+#[must_use]
+pub fn early_reason(service: &Service) -> Option<&'static str> {
+    let image = normalize_image(&service.image_path);
+    for (list, images) in EARLY_IMAGE_LISTS {
+        if images.iter().any(|i| *i == image) {
+            return Some(list);
+        }
+    }
+    let g = fold(service.group.as_deref()?);
+    EARLY_GROUPS.iter().copied().find(|e| fold(e) == g)
 }
 
 /// A stack member's role.
@@ -202,6 +297,8 @@ pub struct OrderEntry {
     pub tag_rank: TagRank,
     /// Image path as written (or the default).
     pub image: String,
+    /// The Windows 8+ hard-coded list or group that put it first (rule 4a).
+    pub early: Option<String>,
     /// Stack members that hold back the start of this driver's devices.
     pub deferred_by: Vec<Deferral>,
 }
@@ -254,6 +351,8 @@ pub struct LoadOrder {
     /// Devices whose function driver is boot/system-start but which never
     /// start (a disabled, missing or non-driver stack member).
     pub never_started: Vec<DeviceStart>,
+    /// Whether the Windows 8+ hard-coded early lists applied (rule 4a).
+    pub early_lists: bool,
 }
 
 impl LoadOrder {
@@ -311,20 +410,40 @@ pub fn tag_rank(model: &Model, service: &Service) -> TagRank {
     }
 }
 
-/// The services initialised in `phase`, in order (rules 1-4).
-fn phase_order(model: &Model, phase: Phase) -> Vec<&Service> {
+/// The services initialised in `phase`, in order (rules 1-4a).
+fn phase_order(model: &Model, phase: Phase, early_lists: bool) -> Vec<&Service> {
     let want = match phase {
         Phase::Boot => StartType::Boot,
         Phase::System => StartType::System,
     };
+    // (bucket, rank, service): bucket 0..E for the early lists/groups, then
+    // E + group index, then usize::MAX for the last bucket.
+    let early_buckets: Vec<&str> = EARLY_IMAGE_LISTS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(EARLY_GROUPS.iter().copied())
+        .collect();
     let mut list: Vec<(usize, u32, &Service)> = model
         .services
         .values()
         .filter(|s| s.is_driver() && s.start == Some(want))
         .map(|s| {
+            if early_lists && phase == Phase::Boot {
+                let image = normalize_image(&s.image_path);
+                for (b, (_, images)) in EARLY_IMAGE_LISTS.iter().enumerate() {
+                    if let Some(i) = images.iter().position(|x| *x == image) {
+                        return (b, i as u32, s);
+                    }
+                }
+                if let Some(r) = early_reason(s)
+                    && let Some(b) = early_buckets.iter().position(|x| *x == r)
+                {
+                    return (b, tag_rank(model, s).key(), s);
+                }
+            }
             let gi = s.group.as_deref().and_then(|g| model.group_index(g));
             match gi {
-                Some(i) => (i, tag_rank(model, s).key(), s),
+                Some(i) => (early_buckets.len() + i, tag_rank(model, s).key(), s),
                 // Last bucket: registry order only.
                 None => (usize::MAX, 0, s),
             }
@@ -374,12 +493,13 @@ enum Ready {
 pub fn compute_order(model: &Model) -> LoadOrder {
     let mut entries = Vec::new();
     let mut base: Vec<Step> = Vec::new();
+    let early_lists = uses_early_lists(model);
     for phase in [Phase::Boot, Phase::System] {
         if phase == Phase::System {
             base.push(Step::BootDriversDone);
             base.push(Step::SystemPhaseBegins);
         }
-        for s in phase_order(model, phase) {
+        for s in phase_order(model, phase, early_lists) {
             let position = entries.len() + 1;
             let gi = s.group.as_deref().and_then(|g| model.group_index(g));
             entries.push(OrderEntry {
@@ -392,6 +512,10 @@ pub fn compute_order(model: &Model) -> LoadOrder {
                 tag: s.tag,
                 tag_rank: tag_rank(model, s),
                 image: s.image_path.clone(),
+                early: (early_lists && phase == Phase::Boot)
+                    .then(|| early_reason(s))
+                    .flatten()
+                    .map(str::to_string),
                 deferred_by: Vec::new(),
             });
             base.push(Step::InitDriver {
@@ -533,6 +657,7 @@ pub fn compute_order(model: &Model) -> LoadOrder {
         entries,
         steps,
         never_started,
+        early_lists,
     }
 }
 
