@@ -449,11 +449,14 @@ impl Driver {
 
     fn on_query(&mut self, q: Arc<Query>) {
         let set = self.ctx.signatures.load_full();
-        let cached = self
-            .ctx
-            .caches
-            .identity
-            .get(&self.scope, &q.file, set.generation(), now());
+        let cached = if has_identity(&q.file) {
+            self.ctx
+                .caches
+                .identity
+                .get(&self.scope, &q.file, set.generation(), now())
+        } else {
+            None
+        };
         if let Some(v) = cached {
             let (decision, ttl) = self.decision_of(&v);
             let threat = v.threat.as_deref().map(str::to_owned);
@@ -571,12 +574,14 @@ impl Driver {
                 };
                 match verdict {
                     Some(v) => {
-                        self.ctx.caches.identity.insert(
-                            &self.scope,
-                            &w.query.file,
-                            v.clone(),
-                            now(),
-                        );
+                        if has_identity(&w.query.file) {
+                            self.ctx.caches.identity.insert(
+                                &self.scope,
+                                &w.query.file,
+                                v.clone(),
+                                now(),
+                            );
+                        }
                         let (decision, ttl) = self.decision_of(&v);
                         let threat = v.threat.as_deref().map(str::to_owned);
                         let engine = v.engine;
@@ -680,6 +685,13 @@ impl Driver {
         };
         self.ctx.observer.on_verdict(&record);
     }
+}
+
+/// Whether the guest sent a usable file identity: one with neither a file
+/// id nor a last-write time would make every file of a size look alike, so
+/// it is never cached by identity.
+fn has_identity(file: &thinagent_protocol::FileIdentity) -> bool {
+    file.file_id != [0; 16] || file.last_write_time != 0
 }
 
 /// Runs a streaming scan in a blocking task: chunks arrive on `rx` until
@@ -1065,6 +1077,15 @@ mod tests {
         let mut guest = guest_session();
         let first = guest_round(&mut guest, &mut guest_end, &files, t0, true).await;
         assert_eq!(first.verdicts[0].1.decision, Decision::Allow);
+        // The same file changed (another size): rescanned, not served from
+        // the identity cache.
+        let changed = vec![TestFile {
+            path: "/x",
+            id: 9,
+            content: b"abcd".to_vec(),
+        }];
+        let rescan = guest_round(&mut guest, &mut guest_end, &changed, t0, false).await;
+        assert!(rescan.reads > 0, "a changed file must be transferred again");
         // md5("abc") = 900150983cd24fb0d6963f7d28e17f72
         let mut hash = HashEngine::new();
         hash.add_text(
