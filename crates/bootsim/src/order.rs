@@ -18,13 +18,14 @@
 //!    the registry's enumeration order (case-insensitive name order).
 //! 4. `DependOnService`/`DependOnGroup` do not influence the order of boot-
 //!    and system-start drivers.
-//! 4a. Windows 8 and later (detected by a boot-start driver in one of the
+//! 5. Windows 8 and later (detected by a boot-start driver in one of the
 //!    loader's hard-coded groups, [`EARLY_GROUPS`] or "Core"): the boot
 //!    loader puts its hard-coded core driver images ([`EARLY_IMAGE_LISTS`])
 //!    first, then the hard-coded groups, before the `ServiceGroupOrder` scan;
 //!    the kernel initialises them first (`PipInitializeCoreDriversAndElam`).
-//!    Lists and order as the `nt-load-order` crate models Windows 10/11 winload.
-//! 5. A PnP device's stack is LowerFilters (device, then class), the function
+//!    Lists and order as the `nt-load-order` crate models Windows 10/11
+//!    winload.
+//! 6. A PnP device's stack is LowerFilters (device, then class), the function
 //!    driver, UpperFilters (device, then class). The device starts right after
 //!    the latest-initialised driver of that whole stack. A demand- or
 //!    auto-start member can only be loaded once the system phase begins (the
@@ -135,7 +136,7 @@ pub fn normalize_image(image: &str) -> String {
     p.trim_start_matches('\\').to_string()
 }
 
-/// `true` if the machine uses the Windows 8+ hard-coded early lists (rule 4a).
+/// `true` if the machine uses the Windows 8+ hard-coded early lists (rule 5).
 #[must_use]
 pub fn uses_early_lists(model: &Model) -> bool {
     model.services.values().any(|s| {
@@ -146,7 +147,7 @@ pub fn uses_early_lists(model: &Model) -> bool {
     })
 }
 
-/// The hard-coded list or group that puts `service` first (rule 4a), if any.
+/// The hard-coded list or group that puts `service` first (rule 5), if any.
 #[must_use]
 pub fn early_reason(service: &Service) -> Option<&'static str> {
     let image = normalize_image(&service.image_path);
@@ -297,7 +298,7 @@ pub struct OrderEntry {
     pub tag_rank: TagRank,
     /// Image path as written (or the default).
     pub image: String,
-    /// The Windows 8+ hard-coded list or group that put it first (rule 4a).
+    /// The Windows 8+ hard-coded list or group that put it first (rule 5).
     pub early: Option<String>,
     /// Stack members that hold back the start of this driver's devices.
     pub deferred_by: Vec<Deferral>,
@@ -351,7 +352,7 @@ pub struct LoadOrder {
     /// Devices whose function driver is boot/system-start but which never
     /// start (a disabled, missing or non-driver stack member).
     pub never_started: Vec<DeviceStart>,
-    /// Whether the Windows 8+ hard-coded early lists applied (rule 4a).
+    /// Whether the Windows 8+ hard-coded early lists applied (rule 5).
     pub early_lists: bool,
 }
 
@@ -410,7 +411,7 @@ pub fn tag_rank(model: &Model, service: &Service) -> TagRank {
     }
 }
 
-/// The services initialised in `phase`, in order (rules 1-4a).
+/// The services initialised in `phase`, in order (rules 1-5).
 fn phase_order(model: &Model, phase: Phase, early_lists: bool) -> Vec<&Service> {
     let want = match phase {
         Phase::Boot => StartType::Boot,
@@ -455,7 +456,7 @@ fn phase_order(model: &Model, phase: Phase, early_lists: bool) -> Vec<&Service> 
     list.into_iter().map(|(_, _, s)| s).collect()
 }
 
-/// The device's stack, bottom to top (rule 5).
+/// The device's stack, bottom to top (rule 6).
 #[must_use]
 pub fn device_stack(model: &Model, device: &DeviceInstance) -> Vec<(String, StackRole)> {
     let class = device.class_guid.as_deref().and_then(|g| model.class(g));
