@@ -102,7 +102,7 @@ fn real_hives_agree_with_hivex_exports() {
         let loaded = registry::from_hive_bytes(&bytes).unwrap();
         let dir = support::TempDir::new("real-export");
         let path = dir.0.join(name);
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(&path, &*bytes).unwrap();
         let out = std::process::Command::new(&hivex)
             .args(["--export", "--prefix", r"HKEY_LOCAL_MACHINE\SYSTEM"])
             .arg(&path)
@@ -127,4 +127,71 @@ fn real_hives_agree_with_hivex_exports() {
             "{name}: trees differ"
         );
     }
+}
+
+/// A class upper filter merged into the real VMware hive: by hivex into a
+/// copy of the hive file, and by our overlay path (`RegFile::apply_to` on the
+/// hive's tree, then `from_system_tree`). Both give the same control set.
+#[test]
+fn an_overlay_merged_by_hivex_and_by_apply_to_agree() {
+    let Some(hivex) = support::hivexregedit() else {
+        return;
+    };
+    let Some(bytes) = support::real_hive("SYSTEM_WIN_10_1709") else {
+        return;
+    };
+    let overlay = "Windows Registry Editor Version 5.00\r\n\r\n\
+[HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Control\\Class\\{4d36e97d-e325-11ce-bfc1-08002be10318}]\r\n\
+\"UpperFilters\"=hex(7):6c,00,61,00,74,00,65,00,00,00,00,00\r\n\r\n\
+[HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\late]\r\n\
+\"Type\"=dword:00000001\r\n\"Start\"=dword:00000001\r\n\"Group\"=\"System Boot Extender\"\r\n";
+
+    let dir = support::TempDir::new("real-overlay");
+    let hive_path = dir.0.join("SYSTEM");
+    let reg_path = dir.0.join("overlay.reg");
+    std::fs::write(&hive_path, &*bytes).unwrap();
+    std::fs::write(&reg_path, overlay).unwrap();
+    let out = std::process::Command::new(&hivex)
+        .args(["--merge", "--prefix", r"HKEY_LOCAL_MACHINE\SYSTEM"])
+        .arg(&hive_path)
+        .arg(&reg_path)
+        .output()
+        .expect("run hivexregedit --merge");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = registry::load(&hive_path).unwrap();
+
+    let hive = parse_hive(&bytes).unwrap();
+    let mut system = hive.system;
+    registry::reg_file::parse_reg_str(overlay)
+        .unwrap()
+        .apply_to(&mut system);
+    let ours = registry::from_system_tree(
+        system,
+        SourceKind::Hive {
+            version: hive.version,
+        },
+    )
+    .unwrap();
+
+    assert_eq!(merged.control_set_name, ours.control_set_name);
+    assert!(
+        merged.control_set == ours.control_set,
+        "control sets differ"
+    );
+    let class = ours
+        .control_set
+        .key(r"Control\Class\{4d36e97d-e325-11ce-bfc1-08002be10318}")
+        .unwrap();
+    assert_eq!(class.strings("UpperFilters"), Some(vec!["late"]));
+    assert_eq!(
+        ours.control_set
+            .key(r"Services\late")
+            .unwrap()
+            .dword("Start"),
+        Some(1)
+    );
 }

@@ -156,28 +156,49 @@ pub fn from_reg_str(text: &str) -> Result<LoadedRegistry, LoadError> {
             first_path: first_path.clone(),
         });
     }
-    let (control_set_name, control_set, chosen) = choose_control_set(file.system_tree())?;
-    warnings.extend(chosen);
-    Ok(LoadedRegistry {
-        control_set,
-        control_set_name,
-        source: SourceKind::RegFile(file.format),
-        warnings,
-    })
+    let mut loaded = from_system_tree(file.system_tree(), SourceKind::RegFile(file.format))?;
+    warnings.append(&mut loaded.warnings);
+    loaded.warnings = warnings;
+    Ok(loaded)
 }
 
 /// Reads an offline hive file's bytes.
 pub fn from_hive_bytes(bytes: &[u8]) -> Result<LoadedRegistry, LoadError> {
     let hive = hive::parse_hive(bytes)?;
     let mut warnings: Vec<LoadWarning> = hive.warnings.into_iter().map(LoadWarning::Hive).collect();
-    let (control_set_name, control_set, chosen) = choose_control_set(hive.system)?;
-    warnings.extend(chosen);
+    let mut loaded = from_system_tree(
+        hive.system,
+        SourceKind::Hive {
+            version: hive.version,
+        },
+    )?;
+    warnings.append(&mut loaded.warnings);
+    loaded.warnings = warnings;
+    Ok(loaded)
+}
+
+/// Chooses the control set of a whole `SYSTEM` tree (see
+/// [`choose_control_set`]). For trees assembled by the caller, e.g. a hive
+/// with a `.reg` overlay applied:
+///
+/// ```
+/// # use thinagent_bootsim::registry::{self, reg_file, RegKey, SourceKind};
+/// let mut system = RegKey::new("SYSTEM"); // e.g. registry::hive::parse_hive(&bytes)?.system
+/// let overlay = reg_file::parse_reg_str(
+///     "Windows Registry Editor Version 5.00\r\n\r\n\
+///      [HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\late]\r\n\"Start\"=dword:00000001\r\n",
+/// )?;
+/// overlay.apply_to(&mut system);
+/// let loaded = registry::from_system_tree(system, SourceKind::Hive { version: (1, 5) })?;
+/// assert_eq!(loaded.control_set_name, "ControlSet001");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn from_system_tree(system: RegKey, source: SourceKind) -> Result<LoadedRegistry, LoadError> {
+    let (control_set_name, control_set, warnings) = choose_control_set(system)?;
     Ok(LoadedRegistry {
         control_set,
         control_set_name,
-        source: SourceKind::Hive {
-            version: hive.version,
-        },
+        source,
         warnings,
     })
 }

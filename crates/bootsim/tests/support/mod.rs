@@ -6,8 +6,10 @@
 
 pub mod hive_writer;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use thinagent_bootsim::registry::{RegKey, RegValue};
 
@@ -149,8 +151,16 @@ pub fn real_hives_dir() -> PathBuf {
 }
 
 /// The decompressed bytes of real hive `name` (e.g. `SYSTEM_WIN_10_1709`),
-/// read in place from `NAME.xz`; `None` (after printing why) when absent.
-pub fn real_hive(name: &str) -> Option<Vec<u8>> {
+/// read in place from `NAME.xz` (once per test binary); `None` (after
+/// printing why) when absent.
+pub fn real_hive(name: &str) -> Option<Arc<Vec<u8>>> {
+    static CACHE: Mutex<BTreeMap<String, Arc<Vec<u8>>>> = Mutex::new(BTreeMap::new());
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(bytes) = cache.get(name) {
+        return Some(Arc::clone(bytes));
+    }
     let path = real_hives_dir().join(format!("{name}.xz"));
     let Ok(file) = std::fs::File::open(&path) else {
         eprintln!(
@@ -162,5 +172,7 @@ pub fn real_hive(name: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     lzma_rs::xz_decompress(&mut std::io::BufReader::new(file), &mut out)
         .unwrap_or_else(|e| panic!("{} is not valid xz: {e:?}", path.display()));
+    let out = Arc::new(out);
+    cache.insert(name.to_owned(), Arc::clone(&out));
     Some(out)
 }
