@@ -784,13 +784,12 @@ fn check_service(
         }
     }
     // StartType
-    let mut start = None;
     match entry(sec, "StartType") {
         None => cx.push("INF012", "error", sec.line, format!("[{name}] has no StartType"), "add `StartType = 0` (boot start, to filter from the first file open) or 3 (demand start)".into()),
         Some(e) => {
             let f = cx.resolve(&e.value, e.line);
             match parse_int(&f.text) {
-                Some(v @ 0..=3) => start = Some(v),
+                Some(0..=3) => {}
                 Some(4) => cx.push("INF012", "error", e.line, format!("[{name}] StartType is 4 (SERVICE_DISABLED): the filter never starts"), "set `StartType = 0` (boot) or 3 (demand)".into()),
                 _ => cx.push("INF012", "error", e.line, format!("[{name}] StartType {:?} is not 0..4", f.text), "set `StartType = 0` (boot) or 3 (demand)".into()),
             }
@@ -898,7 +897,6 @@ fn check_service(
             }
         }
     }
-    let _ = start;
 
     // AddReg: instances
     let mut regs: Vec<RegLine> = Vec::new();
@@ -1051,13 +1049,12 @@ fn check_instances(
                 "error",
                 *line,
                 format!(
-                    "instance {:?}: Altitude is written as a DWORD; Filter Manager reads a string",
+                    "instance {:?}: Altitude is not written as a string (REG_SZ); Filter Manager reads a string",
                     inst.name
                 ),
                 "use flags 0x00000000 (REG_SZ) for Altitude".into(),
             );
         }
-        let _ = line;
         let at = alt.origin;
         let alt_text = alt.text.trim().to_string();
         match parse_altitude(&alt_text) {
@@ -1137,8 +1134,7 @@ fn check_instances(
             format!("service {svc:?} ([{sec_name}]) has no DefaultInstance"),
             "add HKR,\"Instances\",\"DefaultInstance\",0x00000000,%DefaultInstance% naming one of the instances".into(),
         ),
-        Some((d, line)) => {
-            let _ = line;
+        Some((d, _)) => {
             let at = d.origin;
             match instances.iter().find(|i| i.name.eq_ignore_ascii_case(d.text.trim())) {
                 None => cx.push(
@@ -1192,4 +1188,86 @@ pub fn render_text(file: &str, findings: &[LintFinding]) -> String {
         let _ = writeln!(s, "{file}: {errors} error(s), {warnings} warning(s)");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[Version]
+Signature = "$WINDOWS NT$"
+Class = "ActivityMonitor"
+ClassGuid = {b86dff51-a31e-4bac-b3cf-e8cfe75c9fc2}
+[DefaultInstall.NTamd64]
+CopyFiles = F
+[DefaultInstall.NTamd64.Services]
+AddService = %Svc%,,Svc.Service ; a comment; with "quotes"
+[Svc.Service]
+ServiceBinary = %12%\mon.sys
+Dependencies = "FltMgr"
+ServiceType = 2
+StartType = 3
+ErrorControl = 1
+LoadOrderGroup = \
+  "FSFilter Activity Monitor"
+AddReg = Svc.Reg
+[Svc.Reg]
+HKR,"Instances","DefaultInstance",0x00000000,%Inst%
+HKR,"Instances\"%Inst%,"Altitude",0x00000000,"370000.5"
+HKR,"Instances\"%Inst%,"Flags",0x00010001,0x2
+[Strings]
+Svc = "mon"
+Inst = "mon; Instance"
+"#;
+
+    #[test]
+    fn a_well_formed_activity_monitor_passes() {
+        assert_eq!(lint(MINIMAL), []);
+    }
+
+    #[test]
+    fn quotes_comments_continuations_and_tokens() {
+        assert_eq!(strip_comment(r#"a = "x;y" ; z"#), r#"a = "x;y" "#);
+        assert_eq!(unquote(r#""say ""hi""""#), r#"say "hi""#);
+        let inf = parse(MINIMAL);
+        let svc = inf.section("svc.service").unwrap();
+        let group = entry(svc, "LoadOrderGroup").unwrap();
+        assert_eq!(unquote(&group.value), "FSFilter Activity Monitor");
+        let mut cx = Ctx {
+            inf: &inf,
+            findings: Vec::new(),
+        };
+        let f = cx.fields(r#""Instances\"%Inst%,%%x%%,%13%\a.sys"#, 1);
+        assert_eq!(f[0].text, r"Instances\mon; Instance");
+        assert_eq!(f[1].text, "%x%");
+        assert_eq!(f[2].text, r"%13%\a.sys");
+        assert!(cx.findings.is_empty());
+        assert_eq!(parse_altitude("370000.5"), Some(370_000));
+        assert_eq!(parse_altitude("37x"), None);
+        assert!(same_altitude("328200", "328200.00"));
+        assert!(!same_altitude("328200", "328200.1"));
+        assert_eq!(
+            target_build("DefaultInstall.NTamd64.10.0...25952.Services"),
+            Some(25_952)
+        );
+        assert_eq!(target_build("DefaultInstall.NTamd64"), None);
+    }
+
+    #[test]
+    fn every_group_range_is_ordered_and_guids_are_unique() {
+        let mut guids = std::collections::BTreeSet::new();
+        for g in FILTER_GROUPS {
+            assert!(g.low <= g.high, "{}", g.name);
+            if let Some(guid) = g.guid {
+                assert!(guids.insert(guid), "{guid} twice");
+                assert_eq!(guid.len(), 38);
+            }
+        }
+        let av = FILTER_GROUPS
+            .iter()
+            .find(|g| g.name == "FSFilter Anti-Virus")
+            .unwrap();
+        assert_eq!((av.low, av.high), (320_000, 329_999));
+    }
 }
