@@ -883,7 +883,10 @@ mod tests {
         })
     }
 
-    fn context(recorder: Arc<Recorder>, limits: Limits) -> Arc<ScanContext> {
+    fn context(recorder: Arc<Recorder>, mut limits: Limits) -> Arc<ScanContext> {
+        // Debug builds on a busy machine are slow; these tests are about
+        // correctness, never speed (the guest waits 30 s).
+        limits.session.query_timeout = Duration::from_secs(20);
         let mut hash = HashEngine::new();
         // md5("hello hash engine\n")
         let text = format!("{}:18:Test.Hash-Match\n", md5_of(b"hello hash engine\n"));
@@ -1103,6 +1106,73 @@ mod tests {
         assert_eq!(second.verdicts[0].1.threat.as_str(), "Now-Known");
         drop(guest_end);
         assert_eq!(server.await.unwrap(), CloseReason::TransportClosed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_guests_streaming_under_a_small_budget_all_answered_once() {
+        let recorder = Arc::new(Recorder::default());
+        let limits = Limits {
+            session: SessionLimits {
+                max_bytes_in_flight: 100_000,
+                max_read_chunk: 8_192,
+                ..SessionLimits::default()
+            },
+            scan_buffer_max: 16 * 1024,
+            ..Limits::default()
+        };
+        let ctx = context(Arc::clone(&recorder), limits);
+        let mut guests = Vec::new();
+        for g in 0..4u8 {
+            let ctx = Arc::clone(&ctx);
+            guests.push(tokio::spawn(async move {
+                let (host_end, mut guest_end) = tokio::io::duplex(64 * 1024);
+                let server = tokio::spawn(serve_connection(
+                    host_end,
+                    GuestId::Vsock {
+                        cid: 10 + u32::from(g),
+                        port: 1,
+                    },
+                    ctx,
+                ));
+                let mut files = Vec::new();
+                for i in 0..12u8 {
+                    let content = match i % 4 {
+                        0 => EICAR.to_vec(),
+                        1 => big_infected(),
+                        2 => vec![i; 40_000 + usize::from(g) * 1000],
+                        _ => b"small clean".to_vec(),
+                    };
+                    files.push(TestFile {
+                        path: ["/e", "/bad", "/big", "/small"][usize::from(i % 4)],
+                        id: i + 1,
+                        content,
+                    });
+                }
+                let t0 = tokio::time::Instant::now();
+                let mut guest = guest_session();
+                let round = guest_round(&mut guest, &mut guest_end, &files, t0, true).await;
+                drop(guest_end);
+                assert_eq!(server.await.unwrap(), CloseReason::TransportClosed);
+                round
+            }));
+        }
+        for g in guests {
+            let round = tokio::time::timeout(Duration::from_secs(60), g)
+                .await
+                .expect("guests finish")
+                .unwrap();
+            assert_eq!(round.verdicts.len(), 12);
+            for (path, v) in &round.verdicts {
+                let want = match path.as_str() {
+                    "/e" => (Decision::Deny, "Eicar-Test-Signature"),
+                    "/bad" => (Decision::Deny, "Test.Big-File"),
+                    _ => (Decision::Allow, ""),
+                };
+                assert_eq!((v.decision, v.threat.as_str()), want, "{path}");
+            }
+        }
+        let records = recorder.0.lock().unwrap();
+        assert_eq!(records.len(), 4 * 12, "one audit record per query");
     }
 
     #[tokio::test(start_paused = true)]
