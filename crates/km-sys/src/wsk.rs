@@ -79,7 +79,11 @@ pub const WSK_FLAG_DATAGRAM_SOCKET: u32 = 0x0000_0004;
 /// later.
 pub const WSK_FLAG_STREAM_SOCKET: u32 = 0x0000_0008;
 
-/// `WskDisconnect` flag: abortive disconnect (`WSK_FLAG_ABORTIVE`, 1).
+/// Event-callback flag: the WSK subsystem called the callback at
+/// DISPATCH_LEVEL (`WSK_FLAG_AT_DISPATCH_LEVEL`, 8).
+pub const WSK_FLAG_AT_DISPATCH_LEVEL: u32 = 0x0000_0008;
+/// `WskDisconnect` flag (and `WskDisconnectEvent` flag): abortive
+/// disconnect (`WSK_FLAG_ABORTIVE`, 1).
 pub const WSK_FLAG_ABORTIVE: u32 = 0x0000_0001;
 /// `WskSend` flag: send without Nagle delay (`WSK_FLAG_NODELAY`, 2).
 pub const WSK_FLAG_NODELAY: u32 = 0x0000_0002;
