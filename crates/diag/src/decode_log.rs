@@ -959,6 +959,32 @@ ERROR: Mystery : something odd: 0xE0001234
         assert!(log.findings[2].cause.contains("0xE0001234 (unnamed"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_accounts_for_every_line(text in "(\\PC{0,40}(: 0x[0-9A-F]{8})?\\r?\\n){0,12}") {
+            let log = decode(&text);
+            let non_empty = text.lines().filter(|l| !l.trim().is_empty()).count();
+            proptest::prop_assert_eq!(log.total_lines, non_empty);
+            proptest::prop_assert_eq!(log.decoded.len() + log.other_lines.len(), non_empty);
+            let _ = render_text("x", &log);
+        }
+
+        #[test]
+        fn our_lines_always_decode(
+            level in proptest::sample::select(&Level::ALL[..]),
+            routine in "[A-Za-z_][A-Za-z0-9_]{0,20}",
+            message in "[ -~]{0,40}",
+            status in proptest::option::of(proptest::prelude::any::<u32>()),
+            prefix in "[0-9. \\t\\[\\]]{0,12}",
+        ) {
+            let rec = thinagent_guest::LogRecord { level, routine: &routine, message: format_args!("{message}"), status: status.map(NtStatus) };
+            // a capture tool's prefix ends in a separator (DbgView: a tab)
+            let log = decode(&format!("{prefix}\t{rec}\n"));
+            proptest::prop_assert_eq!(log.decoded.len(), 1);
+            proptest::prop_assert_eq!(&log.decoded[0].routine, &routine);
+        }
+    }
+
     #[test]
     fn extra_names_do_not_shadow_guest_names() {
         for (v, n) in EXTRA_STATUS_NAMES {

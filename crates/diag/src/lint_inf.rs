@@ -1254,6 +1254,22 @@ Inst = "mon; Instance"
         assert_eq!(target_build("DefaultInstall.NTamd64"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn lint_never_panics(text in "([\\[\\]%\",;=\\\\ A-Za-z0-9.]{0,30}\\r?\\n){0,20}") {
+            let _ = render_text("x", &lint(&text));
+        }
+
+        #[test]
+        fn mutations_of_a_good_inf_never_panic(cut in 0usize..1000, junk in "[\\[\\]%\",;=\\\\]{0,3}") {
+            let mut s = MINIMAL.to_string();
+            let at = cut.min(s.len());
+            let at = (0..=at).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+            s.insert_str(at, &junk);
+            let _ = lint(&s);
+        }
+    }
+
     #[test]
     fn every_group_range_is_ordered_and_guids_are_unique() {
         let mut guids = std::collections::BTreeSet::new();
