@@ -1,0 +1,209 @@
+//! `thinagent-diag scan` against the real scanner service (run in-process on
+//! 127.0.0.1 TCP and a Unix socket): output shape, exit codes 0/1/2,
+//! directories, --jobs/--repeat, --infected, --latency-out, a changed file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use thinagent_scanner::config::Config;
+use thinagent_scanner::service::Service;
+
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// Starts the service on a thread of its own; returns its tcp:// and
+/// unix:// URLs. It lives until the test process exits.
+fn scanner(dir: &Path) -> (String, String) {
+    let sock = dir.join("scanner.sock");
+    let config = Config {
+        listen: vec![
+            "tcp://127.0.0.1:0".into(),
+            format!("unix://{}", sock.display()),
+        ],
+        ..Config::default()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let service = Service::build(&config).await.unwrap();
+            let urls: Vec<String> = service.urls().iter().map(ToString::to_string).collect();
+            tx.send(urls).unwrap();
+            service
+                .run(std::future::pending(), Duration::from_secs(1))
+                .await;
+        });
+    });
+    let urls = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    (urls[0].clone(), urls[1].clone())
+}
+
+fn diag(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thinagent-diag"))
+        .arg("scan")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn files(dir: &Path) -> (PathBuf, PathBuf) {
+    let eicar = dir.join("eicar.com");
+    let clean = dir.join("clean.txt");
+    std::fs::write(&eicar, EICAR).unwrap();
+    std::fs::write(&clean, b"nothing to see here\n").unwrap();
+    (eicar, clean)
+}
+
+#[test]
+fn clean_file_ok_exit_0_and_eicar_found_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tcp, unix) = scanner(tmp.path());
+    let (eicar, clean) = files(tmp.path());
+    for url in [&tcp, &unix] {
+        let out = diag(&["--connect", url, clean.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{}: OK\n", clean.display()));
+        assert!(text(&out.stderr).contains("files/s"));
+        let out = diag(&[
+            "--connect",
+            url,
+            eicar.to_str().unwrap(),
+            clean.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        // Lines come in answer order.
+        let stdout = text(&out.stdout);
+        let mut lines: Vec<&str> = stdout.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                format!("{}: OK", clean.display()),
+                format!("{}: Eicar-Test-Signature FOUND", eicar.display()),
+            ]
+        );
+    }
+}
+
+#[test]
+fn errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tcp, _) = scanner(tmp.path());
+    let (eicar, clean) = files(tmp.path());
+    let missing = tmp.path().join("missing.bin");
+    // A missing file is that file's ERROR; the others are still scanned.
+    let out = diag(&[
+        "--connect",
+        &tcp,
+        missing.to_str().unwrap(),
+        eicar.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{}: ", missing.display())) && stdout.contains(" ERROR"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Eicar-Test-Signature FOUND"), "{stdout}");
+    // Nobody listening.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = diag(&[
+        "--connect",
+        &format!("tcp://127.0.0.1:{port}"),
+        clean.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot connect"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A bad URL.
+    let out = diag(&["--connect", "http://x", clean.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown scheme"));
+}
+
+#[test]
+fn directory_jobs_repeat_infected_and_latency_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tcp, _) = scanner(tmp.path());
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    for i in 0..10 {
+        std::fs::write(tree.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    std::fs::write(tree.join("sub/eicar.com"), EICAR).unwrap();
+    let csv = tmp.path().join("lat.csv");
+    let out = diag(&[
+        "--connect",
+        &tcp,
+        "--jobs",
+        "4",
+        "--repeat",
+        "3",
+        "--latency-out",
+        csv.to_str().unwrap(),
+        tree.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 33, "{stdout}");
+    assert_eq!(stdout.matches("Eicar-Test-Signature FOUND").count(), 3);
+    assert_eq!(stdout.matches(": OK").count(), 30);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("scanned 33 queries (11 files x 3 rounds), found 3, errors 0"),
+        "{stderr}"
+    );
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = rows.lines();
+    assert_eq!(lines.next(), Some("path,round,latency_us,result,bytes"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 33);
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("FOUND Eicar-Test-Signature"))
+    );
+    // --infected: only the detections are printed.
+    let out = diag(&["--connect", &tcp, "-i", tree.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: Eicar-Test-Signature FOUND\n",
+            tree.join("sub/eicar.com").display()
+        )
+    );
+}
+
+#[test]
+fn a_changed_file_is_scanned_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tcp, _) = scanner(tmp.path());
+    let f = tmp.path().join("doc.txt");
+    std::fs::write(&f, b"harmless\n").unwrap();
+    let out = diag(&["--connect", &tcp, f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    // Same path and inode, new content, size and mtime.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&f)
+        .and_then(|mut h| std::io::Write::write_all(&mut h, EICAR))
+        .unwrap();
+    let out = diag(&["--connect", &tcp, f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: Eicar-Test-Signature FOUND\n", f.display())
+    );
+}
