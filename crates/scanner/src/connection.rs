@@ -6,10 +6,12 @@
 //! can, and otherwise streams the content into the engines of the active
 //! [`SignatureSet`](crate::signatures::SignatureSet):
 //!
-//! * files up to [`Limits::scan_buffer_max`] are buffered; at their end the
+//! * files up to [`Limits::scan_buffer_max`] are buffered (at most
+//!   [`Limits::scan_buffer_total`] per connection); at their end the
 //!   SHA-256 is looked up in the cross-guest content cache and only a miss
 //!   runs the engines (one `spawn_blocking` call);
-//! * larger files are streamed chunk by chunk into a [`FileScan`] living in
+//! * larger files (or when the connection's buffer is full) are streamed
+//!   chunk by chunk into a [`FileScan`] living in
 //!   a blocking task, so memory stays bounded; content flow is limited by
 //!   the session's bytes-in-flight budget, which a chunk leaves only once
 //!   the engines have consumed it. (Their hash still fills the content
@@ -102,6 +104,9 @@ pub struct Limits {
     /// Files up to this size are buffered and looked up in the content cache
     /// before scanning; larger ones are streamed into the engines.
     pub scan_buffer_max: usize,
+    /// Most content bytes one connection buffers at once (all its files);
+    /// a file that would exceed it is streamed instead.
+    pub scan_buffer_total: usize,
     /// Bytes read from the socket at once.
     pub read_buffer: usize,
     /// Stop reading from a guest while this many answer bytes wait to be
@@ -116,7 +121,8 @@ impl Default for Limits {
         Self {
             session: SessionLimits::default(),
             verdict_ttl_secs: 300,
-            scan_buffer_max: 256 * 1024,
+            scan_buffer_max: 8 << 20,
+            scan_buffer_total: 32 << 20,
             read_buffer: 64 * 1024,
             max_tx_backlog: 1 << 20,
             close_linger: Duration::from_secs(2),
@@ -290,6 +296,7 @@ where
         work: std::collections::HashMap::new(),
         results: mpsc::unbounded_channel(),
         closed: None,
+        buffered: 0,
     };
     let mut rbuf = vec![0u8; limits.read_buffer.max(4096)];
     let mut out: Vec<u8> = Vec::new();
@@ -387,6 +394,8 @@ struct Work {
     set: Arc<SignatureSet>,
     feed: Feed,
     bytes: u64,
+    /// Bytes of this work counted in `Driver::buffered`.
+    held: usize,
 }
 
 struct Driver {
@@ -400,9 +409,18 @@ struct Driver {
         mpsc::UnboundedReceiver<WorkMessage>,
     ),
     closed: Option<CloseReason>,
+    /// Content bytes buffered (or handed to buffered scans) by this
+    /// connection, bounded by [`Limits::scan_buffer_total`].
+    buffered: usize,
 }
 
 impl Driver {
+    fn remove_work(&mut self, id: EventId) -> Option<Work> {
+        let w = self.work.remove(&id)?;
+        self.buffered = self.buffered.saturating_sub(w.held);
+        Some(w)
+    }
+
     fn handle_events(&mut self) {
         while let Some(event) = self.session.poll_event() {
             match event {
@@ -414,7 +432,7 @@ impl Driver {
                 SessionEvent::Content { id, data, .. } => self.on_content(id, data),
                 SessionEvent::ContentEnd { id, .. } => self.on_content_end(id),
                 SessionEvent::ContentFailed { id, reason } => {
-                    if let Some(w) = self.work.remove(&id) {
+                    if let Some(w) = self.remove_work(id) {
                         let decision = self.session.limits().policy.error;
                         self.answer(
                             &w.query,
@@ -427,7 +445,7 @@ impl Driver {
                     }
                 }
                 SessionEvent::Finished { query, outcome } => {
-                    let bytes = self.work.remove(&query.id).map_or(0, |w| w.bytes);
+                    let bytes = self.remove_work(query.id).map_or(0, |w| w.bytes);
                     let (verdict, source) = match outcome {
                         QueryOutcome::Policy { decision, reason } => {
                             (Some(decision), VerdictSource::Policy(reason))
@@ -442,6 +460,7 @@ impl Driver {
                     self.closed = Some(reason);
                     // Dropping the work drops stream senders: scan tasks end.
                     self.work.clear();
+                    self.buffered = 0;
                 }
             }
         }
@@ -471,6 +490,7 @@ impl Driver {
                 set,
                 feed: Feed::Buffer(Vec::new()),
                 bytes: 0,
+                held: 0,
             },
         );
         // Too large or no READ_CONTENT: the session answers by policy and
@@ -480,6 +500,11 @@ impl Driver {
 
     fn on_content(&mut self, id: EventId, data: Vec<u8>) {
         let buffer_max = self.ctx.limits.scan_buffer_max;
+        let room = self
+            .ctx
+            .limits
+            .scan_buffer_total
+            .saturating_sub(self.buffered);
         let Some(w) = self.work.get_mut(&id) else {
             self.session.consumed(id, data.len());
             return;
@@ -487,11 +512,15 @@ impl Driver {
         let len = data.len();
         w.bytes = w.bytes.saturating_add(len as u64);
         match &mut w.feed {
-            Feed::Buffer(buf) if buf.len() + len <= buffer_max => {
+            Feed::Buffer(buf) if buf.len() + len <= buffer_max && len <= room => {
                 buf.extend_from_slice(&data);
+                w.held += len;
+                self.buffered += len;
                 self.session.consumed(id, len);
             }
             Feed::Buffer(buf) => {
+                self.buffered = self.buffered.saturating_sub(w.held);
+                w.held = 0;
                 // Too large to buffer: stream it from here on.
                 // The buffered head was consumed when it was buffered; the
                 // new chunk is consumed when the scan task reports it.
@@ -545,7 +574,7 @@ impl Driver {
         match msg {
             WorkMessage::Consumed(id, n) => self.session.consumed(id, n),
             WorkMessage::Done(id, result) => {
-                let Some(w) = self.work.remove(&id) else {
+                let Some(w) = self.remove_work(id) else {
                     return;
                 };
                 let generation = w.set.generation();
@@ -1117,7 +1146,10 @@ mod tests {
                 max_read_chunk: 8_192,
                 ..SessionLimits::default()
             },
-            scan_buffer_max: 16 * 1024,
+            // 40 kB files fit one buffer but not all at once: some switch to
+            // streaming half-way.
+            scan_buffer_max: 64 * 1024,
+            scan_buffer_total: 50_000,
             ..Limits::default()
         };
         let ctx = context(Arc::clone(&recorder), limits);
