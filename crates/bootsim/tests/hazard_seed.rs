@@ -130,3 +130,78 @@ fn our_deferred_retry_agent_makes_it_a_warning() {
     assert_eq!(h.severity, Severity::Warning);
     assert_eq!(h.services[0], "thinagent");
 }
+
+#[test]
+fn provider_later_missing_or_filter_disabled() {
+    // The agent moved before vsock's group: vsock initialises after it.
+    let mut root = seed::machine(false);
+    root.key_mut_or_create(r"Services\vsepflt")
+        .set_value("Group", RegValue::Sz("Boot Bus Extender".into()));
+    let a = Analysis::from_control_set(&root, &NeedsTable::builtin()).unwrap();
+    let h = a
+        .hazards_with(HazardId::NeededProviderStartsLater)
+        .next()
+        .expect("flagged");
+    assert_eq!(h.services, ["vsepflt", "vsock"]);
+    assert_eq!(h.severity, Severity::Error);
+
+    // VMware Tools' vsock not installed.
+    let mut root = seed::machine(false);
+    root.remove_key(r"Services\vsock").unwrap();
+    let a = Analysis::from_control_set(&root, &NeedsTable::builtin()).unwrap();
+    let h = a
+        .hazards_with(HazardId::NeededProviderMissing)
+        .next()
+        .expect("flagged");
+    assert_eq!(h.services, ["vsepflt", "vsock"]);
+
+    // The class filter disabled: vmci's device never starts.
+    let mut root = seed::machine(true);
+    root.key_mut_or_create(r"Services\dlpdev")
+        .set_value("Start", RegValue::Dword(4));
+    let a = Analysis::from_control_set(&root, &NeedsTable::builtin()).unwrap();
+    let h = a
+        .hazards_with(HazardId::ClassFilterDefersNeededDevice)
+        .next()
+        .expect("flagged");
+    assert!(h.message.contains("never starts"), "{}", h.message);
+    assert!(
+        !h.fix.contains("(2)"),
+        "moving a disabled filter is no fix: {}",
+        h.fix
+    );
+    let d = a
+        .hazards_with(HazardId::FilterDisabled)
+        .next()
+        .expect("flagged");
+    assert_eq!(d.severity, Severity::Error);
+    assert!(d.services.contains(&"vmci".to_string()));
+    assert!(
+        a.order
+            .never_started
+            .iter()
+            .any(|s| s.function_driver == "vmci")
+    );
+}
+
+#[test]
+fn a_user_needs_table_adds_a_dependency() {
+    // A product driver that needs vmci's device at DriverEntry.
+    let mut root = seed::machine(true);
+    let k = root.key_mut_or_create(r"Services\mytool");
+    k.set_value("Type", RegValue::Dword(1));
+    k.set_value("Start", RegValue::Dword(0));
+    k.set_value("Group", RegValue::Sz("SCSI miniport".into()));
+    let extra =
+        "[[need]]\nservice = \"mytool\"\ndevice = '\\DosDevices\\VMCIDev'\nwhen = \"init\"\n";
+    let needs = NeedsTable::builtin_extended(extra, "mine.toml").unwrap();
+    let a = Analysis::from_control_set(&root, &needs).unwrap();
+    let chains: Vec<_> = a
+        .hazards_with(HazardId::ClassFilterDefersNeededDevice)
+        .map(|h| h.services.clone())
+        .collect();
+    assert!(
+        chains.contains(&vec!["mytool".to_string(), "vmci".into(), "dlpdev".into()]),
+        "{chains:?}"
+    );
+}
