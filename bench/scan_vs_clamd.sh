@@ -184,6 +184,16 @@ for set in $BENCH_SETS; do
                 "$RUN/ta-$set-$cache.out" "$RC" "$RUN/ta-$set-$cache.csv"
         done
         stop_scanner
+        # Latency at the clamd client's concurrency: N sessions, one query
+        # in flight each (the rows above keep up to 32 per session in flight).
+        start_scanner
+        for cache in cold warm; do
+            timed "ta1-$set-$cache" "$DIAG" scan --connect "unix://$TA_SOCK" --jobs "$BENCH_JOBS" \
+                --window 1 --infected --latency-out "$RUN/ta1-$set-$cache.csv" "$dir"
+            record "ThinAgent (thinagent-diag scan --jobs $BENCH_JOBS --window 1)" "$set" "$cache" \
+                "$SECS" "$RUN/ta1-$set-$cache.out" "$RC" "$RUN/ta1-$set-$cache.csv"
+        done
+        stop_scanner
     fi
     side clamd || continue
 
