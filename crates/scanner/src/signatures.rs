@@ -91,6 +91,9 @@ pub struct LoadSummary {
     pub builtin: bool,
     /// clamd configured.
     pub clamd: bool,
+    /// Files in the directories that are not a supported format (e.g.
+    /// ClamAV `.cvd`, `.ndb`, `.ldb`): not loaded, worth a warning.
+    pub skipped: Vec<PathBuf>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -125,6 +128,8 @@ impl SignatureSet {
                 } else if is_yara_rule_file(&path) {
                     yara_files.push(path.clone());
                     summary.files.push(path);
+                } else {
+                    summary.skipped.push(path);
                 }
             }
         }
@@ -259,6 +264,7 @@ mod tests {
         assert_eq!(set.summary().hash_signatures, 1);
         assert_eq!(scan(&set, b"hello").as_deref(), Some("Test-Hello"));
         assert_eq!(scan(&set, EICAR), None, "built-in disabled");
+        assert_eq!(set.summary().skipped, vec![dir.path().join("notes.txt")]);
 
         std::fs::write(dir.path().join("b.hsb"), "\nnot a signature\n").unwrap();
         let err = SignatureSet::load(&config).unwrap_err().to_string();

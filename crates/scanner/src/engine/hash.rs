@@ -86,7 +86,7 @@ impl fmt::Debug for HashEngine {
 }
 
 fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.is_ascii() {
+    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; N];
@@ -414,6 +414,22 @@ mod tests {
         let text = "44d88612fea8a8f36de82e1278abb02f:68:Ok\nbad line\n";
         assert!(e.add_text(text, HashDbKind::Hdb, Path::new("x")).is_err());
         assert!(e.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any text either loads or names a line; never panics.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}", hsb in proptest::bool::ANY) {
+            let kind = if hsb { HashDbKind::Hsb } else { HashDbKind::Hdb };
+            if let Err(e) = engine(&text, kind) {
+                proptest::prop_assert!(e.line >= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn plus_sign_is_not_hex() {
+        assert!(engine("+4d88612fea8a8f36de82e1278abb02f:68:X\n", HashDbKind::Hdb).is_err());
     }
 
     #[test]
