@@ -486,11 +486,17 @@ fn needed_devices(model: &Model, order: &LoadOrder, needs: &NeedsTable, out: &mu
                         "{t} retries in a worker thread, so it connects only once that device has started"
                     )
                 } else {
-                    let status = needs
-                        .needs_of(r.path.get(r.path.len().saturating_sub(2)).map_or("", |s| s))
-                        .find(|n| n.when == NeedWhen::Use)
-                        .map(|n| n.busy())
-                        .unwrap_or(thinagent_guest::NtStatus::STATUS_DEVICE_BUSY);
+                    // The device itself missing: name not found; a device
+                    // whose owner waits for another: the owner's busy status.
+                    let status = if r.path.len() < 2 {
+                        thinagent_guest::NtStatus::STATUS_OBJECT_NAME_NOT_FOUND
+                    } else {
+                        needs
+                            .needs_of(&r.path[r.path.len() - 2])
+                            .find(|n| n.when == NeedWhen::Use)
+                            .map(|n| n.busy())
+                            .unwrap_or(thinagent_guest::NtStatus::STATUS_DEVICE_BUSY)
+                    };
                     format!("{t}'s DriverEntry fails with {}", status_text(status))
                 };
                 let message = format!(

@@ -290,13 +290,12 @@ pub fn simulate(
             start: s.map_or("(none)".to_string(), |s| s.as_u32().to_string()),
         });
     }
-    let mut run = Run::new(&m, &order, needs, &decl, opts, notes);
+    let mut run = Run::new(&order, needs, &decl, opts, notes);
     run.play();
     Ok(run.finish())
 }
 
 struct Run<'a> {
-    model: &'a Model,
     order: &'a LoadOrder,
     needs: &'a NeedsTable,
     agent: &'a AgentDecl,
@@ -319,7 +318,6 @@ fn ms(d: Duration) -> u64 {
 
 impl<'a> Run<'a> {
     fn new(
-        model: &'a Model,
         order: &'a LoadOrder,
         needs: &'a NeedsTable,
         agent: &'a AgentDecl,
@@ -333,7 +331,6 @@ impl<'a> Run<'a> {
         };
         let agent_phase = order.entry(&agent.service).map(|e| e.phase);
         Run {
-            model,
             order,
             needs,
             agent,
@@ -773,7 +770,6 @@ impl<'a> Run<'a> {
             },
         };
         self.timeline.sort_by_key(|l| l.t_ms);
-        let _ = self.model;
         Simulation {
             agent: self.agent.service.clone(),
             style: self.agent.style,
