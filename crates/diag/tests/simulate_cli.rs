@@ -139,3 +139,18 @@ fn unknown_agent_and_bad_input_exit_2() {
     let (code, _, _) = diag(&[OsStr::new("simulate"), dir.path().join("x.reg").as_os_str()]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn real_vmware_hive_our_agent_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(hive) = common::real_hive("SYSTEM_WIN_10_1709", dir.path()) else {
+        return;
+    };
+    let (code, v) = sim(&hive, None);
+    check_shape(&v);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["outcome"], "connected");
+    // the dirty hive is read with a warning, not refused
+    let (_, _, err) = diag(&[OsStr::new("simulate"), hive.as_os_str()]);
+    assert!(err.contains("dirty hive"), "{err}");
+}
