@@ -55,6 +55,9 @@ pub enum ServiceError {
     /// No listener could be bound at all.
     #[error("no listener could be bound: {0}")]
     NoListener(String),
+    /// The signature loader task died.
+    #[error("signature loader failed: {0}")]
+    Loader(String),
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditOpenError),
@@ -329,7 +332,7 @@ impl Service {
         let sc = signature_config.clone();
         let set = tokio::task::spawn_blocking(move || load_signatures(&sc))
             .await
-            .map_err(|e| ServiceError::NoListener(format!("signature loader panicked: {e}")))??;
+            .map_err(|e| ServiceError::Loader(e.to_string()))??;
         tracing::info!("signatures loaded: {}", describe(set.summary()));
         let metrics = Arc::new(Metrics::new());
         metrics.reload(true);
@@ -432,10 +435,7 @@ impl Service {
                             continue;
                         }
                     };
-                    if let Some(cid) = guest_cid(&guest)
-                        && !allowed.is_empty()
-                        && !allowed.contains(&cid)
-                    {
+                    if !admitted(&guest, &allowed) {
                         metrics.refused("cid_not_allowed");
                         tracing::warn!(%guest, "CID not in the allow-list: connection closed");
                         drop(stream);
@@ -485,10 +485,16 @@ impl Service {
     }
 }
 
-fn guest_cid(guest: &GuestId) -> Option<u32> {
+fn signature_count(summary: &LoadSummary) -> i64 {
+    i64::try_from(summary.hash_signatures + summary.yara_rules).unwrap_or(i64::MAX)
+}
+
+/// Whether the CID allow-list admits `guest` (non-vsock peers always pass;
+/// an empty list admits every CID).
+pub fn admitted(guest: &GuestId, allowed_cids: &[u32]) -> bool {
     match guest {
-        GuestId::Vsock { cid, .. } => Some(*cid),
-        _ => None,
+        GuestId::Vsock { cid, .. } => allowed_cids.is_empty() || allowed_cids.contains(cid),
+        _ => true,
     }
 }
 
@@ -528,7 +534,7 @@ impl ServiceHandle {
         let sc = self.signature_config.clone();
         let loaded = tokio::task::spawn_blocking(move || load_signatures(&sc))
             .await
-            .map_err(|e| ServiceError::NoListener(format!("signature loader panicked: {e}")))?;
+            .map_err(|e| ServiceError::Loader(e.to_string()))?;
         match loaded {
             Ok(set) => {
                 let summary = set.summary().clone();
@@ -536,7 +542,7 @@ impl ServiceHandle {
                 self.metrics.reload(true);
                 self.metrics
                     .signatures_loaded
-                    .set(summary.hash_signatures as i64);
+                    .set(signature_count(&summary));
                 tracing::info!("signatures reloaded: {}", describe(&summary));
                 Ok(summary)
             }
@@ -571,6 +577,16 @@ mod tests {
             "unknown_read_data"
         );
         assert_eq!(kind_label("LimitExceeded"), "limit_exceeded");
+    }
+
+    #[test]
+    fn cid_allow_list() {
+        let vm = |cid| GuestId::Vsock { cid, port: 1 };
+        assert!(admitted(&vm(3), &[]));
+        assert!(admitted(&vm(3), &[3, 4]));
+        assert!(!admitted(&vm(5), &[3, 4]));
+        let tcp = GuestId::Tcp(([127, 0, 0, 1], 9).into());
+        assert!(admitted(&tcp, &[3]));
     }
 
     #[test]

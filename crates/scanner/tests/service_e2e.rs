@@ -116,10 +116,24 @@ fn tcp_and_unix_verdicts_cache_changed_file_audit_and_metrics() {
             r.assert_each_answered_once_by_host();
             assert!(r.answers[0].clone().unwrap().is_clean(), "{url}");
         }
+        // A broken peer is logged (and counted below), the service goes on.
+        let mut bad = connect(scanner.url("tcp://")).await;
+        tokio::io::AsyncWriteExt::write_all(&mut bad, b"not a frame at all")
+            .await
+            .unwrap();
+        let (_, eof) = common::read_to_eof(&mut bad, LIMIT).await;
+        assert!(eof);
         let text = scrape(scanner.metrics.as_deref().unwrap()).await;
         assert_eq!(
+            metric(
+                &text,
+                "thinagent_scanner_protocol_errors_total{kind=\"bad_magic\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
             metric(&text, "thinagent_scanner_sessions_total"),
-            6.0,
+            7.0,
             "{text}"
         );
         assert_eq!(
@@ -172,7 +186,12 @@ fn tcp_and_unix_verdicts_cache_changed_file_audit_and_metrics() {
     assert_eq!(yara_line["engine"], "yara");
     assert_eq!(yara_line["path"], "/guest/marked.dat");
     assert!(lines.iter().any(|l| l["cache"] == "guest"));
-    assert!(scanner.log_text().contains("threat found"));
+    let log = scanner.log_text();
+    assert!(log.contains("threat found"), "{log}");
+    assert!(
+        log.contains("session closed: protocol error") && log.contains("undecodable input"),
+        "{log}"
+    );
 }
 
 #[test]
