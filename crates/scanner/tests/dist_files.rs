@@ -6,7 +6,9 @@ use std::path::Path;
 use thinagent_scanner::config::Config;
 
 fn dist(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("dist").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("dist")
+        .join(name)
 }
 
 #[test]
@@ -24,7 +26,10 @@ fn sample_config_loads_validates_and_documents_the_defaults() {
         assert!(text.contains(key.as_str()), "sample config lacks {key}");
         if let Some(t) = v.as_table() {
             for sub in t.keys() {
-                assert!(text.contains(&format!("\n{sub} =")), "sample config lacks {key}.{sub}");
+                assert!(
+                    text.contains(&format!("\n{sub} =")),
+                    "sample config lacks {key}.{sub}"
+                );
             }
         }
     }
