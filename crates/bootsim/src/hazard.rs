@@ -368,8 +368,8 @@ fn pos_label(order: &LoadOrder, model: &Model, service: &str) -> String {
 
 /// Groups of the machine's list that a driver could move to so it initialises
 /// before `before_group_index` (exclusive), best first: the deferred function
-/// driver's own group, then the bus-extender groups, then the group just
-/// before.
+/// driver's own group, then the bus-extender groups; only when none of those
+/// qualifies, the group just before.
 fn earlier_groups(
     model: &Model,
     before_group_index: Option<usize>,
@@ -393,7 +393,7 @@ fn earlier_groups(
             push(i);
         }
     }
-    if limit > 0 {
+    if out.is_empty() && limit > 0 {
         push(limit - 1);
     }
     out.truncate(3);
