@@ -845,3 +845,49 @@ proptest! {
         super::fuzz_script::run(&data);
     }
 }
+
+#[test]
+fn limits_validate_and_normalize() {
+    assert_eq!(SessionLimits::default().validate(), Ok(()));
+    let bad = [
+        (
+            SessionLimits {
+                max_frame_len: 100,
+                ..SessionLimits::default()
+            },
+            "max_frame_len 100",
+        ),
+        (
+            SessionLimits {
+                max_events_in_flight: 0,
+                ..SessionLimits::default()
+            },
+            "max_events_in_flight",
+        ),
+        (
+            SessionLimits {
+                query_timeout: Duration::ZERO,
+                ..SessionLimits::default()
+            },
+            "query_timeout",
+        ),
+        (
+            SessionLimits {
+                idle_timeout: Duration::from_secs(5),
+                ..SessionLimits::default()
+            },
+            "idle_timeout",
+        ),
+    ];
+    for (limits, needle) in bad {
+        let err = limits.validate().unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+        assert_eq!(limits.normalized().validate(), Ok(()), "{needle}");
+    }
+    let small = SessionLimits {
+        max_frame_len: 4096,
+        ..SessionLimits::default()
+    }
+    .normalized();
+    assert_eq!(small.max_read_chunk, 4096 - 56);
+}
