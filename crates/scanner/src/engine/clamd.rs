@@ -294,14 +294,12 @@ impl ClamdEngine {
                 continue;
             }
             if line.contains("size limit exceeded") {
-                return Err(
-                    self.too_long("clamd refused the stream (INSTREAM size limit exceeded)")
-                );
+                return Err(self.too_long("INSTREAM size limit exceeded"));
             }
             if let Some(reason) = body.strip_suffix("ERROR") {
                 return Err(EngineError::Refused {
                     engine: CLAMD_ENGINE_NAME,
-                    reason: format!("clamd error: {}", reason.trim()),
+                    reason: format!("the daemon reported a scan error: {}", reason.trim()),
                 });
             }
             return Err(self.unavailable(format!("unexpected reply from clamd: {line:?}")));
@@ -386,9 +384,7 @@ impl ClamdScan {
             if let Ok(reply) = read_reply(&mut stream)
                 && reply.contains("size limit exceeded")
             {
-                return self
-                    .engine
-                    .too_long("clamd refused the stream (INSTREAM size limit exceeded)");
+                return self.engine.too_long("INSTREAM size limit exceeded");
             }
         }
         self.engine.io_error("streaming content", e)
