@@ -376,25 +376,26 @@ fn earlier_groups(
     prefer: Option<&str>,
 ) -> Vec<String> {
     let limit = before_group_index.unwrap_or(model.group_order.len());
+    let mut candidates: Vec<usize> = Vec::new();
+    if let Some(i) = prefer.and_then(|g| model.group_index(g)) {
+        candidates.push(i);
+    }
+    for g in ["System Bus Extender", "Boot Bus Extender"] {
+        if let Some(i) = model.group_index(g) {
+            candidates.push(i);
+        }
+    }
+    candidates.retain(|i| *i < limit);
+    if candidates.is_empty() && limit > 0 {
+        candidates.push(limit - 1);
+    }
     let mut out: Vec<String> = Vec::new();
-    let mut push = |i: usize| {
-        if i < limit
-            && let Some(g) = model.group_spelling(i)
+    for i in candidates {
+        if let Some(g) = model.group_spelling(i)
             && !out.iter().any(|x| fold(x) == fold(g))
         {
             out.push(g.to_string());
         }
-    };
-    if let Some(i) = prefer.and_then(|g| model.group_index(g)) {
-        push(i);
-    }
-    for g in ["System Bus Extender", "Boot Bus Extender"] {
-        if let Some(i) = model.group_index(g) {
-            push(i);
-        }
-    }
-    if out.is_empty() && limit > 0 {
-        push(limit - 1);
     }
     out.truncate(3);
     out
