@@ -14,14 +14,19 @@ const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TES
 /// Starts the service on a thread of its own; returns its tcp:// and
 /// unix:// URLs. It lives until the test process exits.
 fn scanner(dir: &Path) -> (String, String) {
+    scanner_with(dir, |_| {})
+}
+
+fn scanner_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> (String, String) {
     let sock = dir.join("scanner.sock");
-    let config = Config {
+    let mut config = Config {
         listen: vec![
             "tcp://127.0.0.1:0".into(),
             format!("unix://{}", sock.display()),
         ],
         ..Config::default()
     };
+    tune(&mut config);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -160,7 +165,9 @@ fn directory_jobs_repeat_infected_and_latency_csv() {
     assert_eq!(stdout.matches(": OK").count(), 30);
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("scanned 33 queries (11 files x 3 rounds), found 3, errors 0"),
+        stderr.contains(
+            "scanned 33 queries (11 files x 3 rounds), found 3, errors 0, policy-allowed 0"
+        ),
         "{stderr}"
     );
     let rows = std::fs::read_to_string(&csv).unwrap();
@@ -206,4 +213,22 @@ fn a_changed_file_is_scanned_again() {
         text(&out.stdout),
         format!("{}: Eicar-Test-Signature FOUND\n", f.display())
     );
+}
+
+#[test]
+fn a_policy_verdict_is_shown_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tcp, _) = scanner_with(tmp.path(), |c| c.limits.max_file_size = 100);
+    let f = tmp.path().join("large.bin");
+    std::fs::write(&f, vec![b'z'; 1000]).unwrap();
+    let out = diag(&["--connect", &tcp, f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: OK (policy verdict AllowNoCache: not fully scanned)\n",
+            f.display()
+        )
+    );
+    assert!(text(&out.stderr).contains("policy-allowed 1"));
 }

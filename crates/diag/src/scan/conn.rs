@@ -78,6 +78,7 @@ fn outcome(decision: Decision, source: VerdictSource, threat: &str) -> Outcome {
         VerdictSource::Host => match decision {
             Decision::Deny if threat.is_empty() => Outcome::Found("Denied".into()),
             Decision::Deny => Outcome::Found(threat.to_string()),
+            Decision::AllowNoCache => Outcome::AllowedByPolicy,
             _ => Outcome::Clean,
         },
         VerdictSource::Deadline(_) => Outcome::Error("no verdict before the deadline".into()),

@@ -66,6 +66,10 @@ pub struct ScanArgs {
 pub enum Outcome {
     /// Allowed by the scanner.
     Clean,
+    /// Allowed without caching (`AllowNoCache`): the scanner's policy
+    /// verdict for content it did not fully scan (too large, scan budget
+    /// expired, unreadable, engine failure).
+    AllowedByPolicy,
     /// Denied; the threat name (or `Denied` when the host gave none).
     Found(String),
     /// No host answer: why.
@@ -116,6 +120,13 @@ impl Printer {
         let line = match &r.outcome {
             Outcome::Clean if self.infected_only => return,
             Outcome::Clean => format!("{}: OK", r.path.display()),
+            Outcome::AllowedByPolicy if self.infected_only => return,
+            Outcome::AllowedByPolicy => {
+                format!(
+                    "{}: OK (policy verdict AllowNoCache: not fully scanned)",
+                    r.path.display()
+                )
+            }
             Outcome::Found(t) => format!("{}: {t} FOUND", r.path.display()),
             Outcome::Error(e) => format!("{}: {e} ERROR", r.path.display()),
         };
@@ -240,10 +251,14 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Error(_)))
         .count();
+    let policy = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::AllowedByPolicy)
+        .count();
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
     let secs = elapsed.as_secs_f64().max(1e-9);
     eprintln!(
-        "scanned {} queries ({} files x {} rounds), found {found}, errors {errors}, elapsed {:.3} s, {:.1} files/s, {:.2} MB/s pulled",
+        "scanned {} queries ({} files x {} rounds), found {found}, errors {errors}, policy-allowed {policy}, elapsed {:.3} s, {:.1} files/s, {:.2} MB/s pulled",
         results.len(),
         files.len(),
         args.repeat,
@@ -269,6 +284,7 @@ fn write_latencies(path: &std::path::Path, results: &[ScanResult]) -> Result<()>
     for r in results {
         let result = match &r.outcome {
             Outcome::Clean => "OK".to_string(),
+            Outcome::AllowedByPolicy => "OK-POLICY".to_string(),
             Outcome::Found(t) => format!("FOUND {t}"),
             Outcome::Error(e) => format!("ERROR {e}"),
         };
