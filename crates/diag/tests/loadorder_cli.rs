@@ -63,16 +63,13 @@ fn seed_machine_with_filter_is_flagged() {
     assert_eq!(chain(h), ["vsepflt", "vsock", "vmci", "examplefilt"]);
     let fix = h["fix"].as_str().unwrap();
     assert!(fix.contains("UpperFilters"), "{fix}");
-    // the group suggested exists in the machine's list, and the seed's
-    // "System Boot Extender" is named only as the trap it is
+    // the group suggested exists in the machine's list; the seed's
+    // "System Boot Extender" (no such group) is never suggested
     assert!(
         fix.contains("\"System Bus Extender\"") || fix.contains("\"Boot Bus Extender\""),
         "{fix}"
     );
-    assert!(
-        fix.contains("\"System Boot Extender\" is not a real group"),
-        "{fix}"
-    );
+    assert!(!fix.contains("Group = \"System Boot Extender\""), "{fix}");
 
     let vmci = entry(&v, "vmci");
     assert_eq!(vmci["deferred_by"], serde_json::json!(["examplefilt"]));
@@ -293,4 +290,35 @@ fn real_vmware_hive_with_and_without_a_late_class_filter() {
         .unwrap_or_else(|| panic!("{:#?}", v["hazards"]));
     assert_eq!(h["severity"], "error");
     assert_eq!(chain(h), ["vsepflt", "vsock", "vmci", "latefilt"]);
+}
+
+#[test]
+fn a_users_needs_file_extends_the_table() {
+    // a site's own boot driver that opens VMCIDev in its DriverEntry
+    let dir = tempfile::tempdir().unwrap();
+    let needs = dir.path().join("site-needs.toml");
+    std::fs::write(
+        &needs,
+        "[[need]]\nservice = \"atapi\"\ndevice = '\\Global??\\VMCIDev'\nwhen = \"init\"\nwhy = \"test: atapi opens VMCIDev in DriverEntry\"\n",
+    )
+    .unwrap();
+    let args = |file: &std::path::Path| {
+        vec![
+            std::ffi::OsString::from("loadorder"),
+            file.as_os_str().to_owned(),
+            "--needs".into(),
+            needs.as_os_str().to_owned(),
+        ]
+    };
+    let (_, v) = diag_json(&args(&with_filter()));
+    let atapi: Vec<_> = counted_hazards(&v)
+        .into_iter()
+        .filter(|h| chain(h).first().map(String::as_str) == Some("atapi"))
+        .collect();
+    assert_eq!(atapi.len(), 1, "{:#?}", v["hazards"]);
+    assert_eq!(atapi[0]["id"], "class-filter-defers-needed-device");
+    assert_eq!(chain(atapi[0]), ["atapi", "vmci", "examplefilt"]);
+    // on the clean machine vmci's device has started before atapi initialises
+    let (code, v) = diag_json(&args(&clean()));
+    assert_eq!(code, 0, "{:#?}", v["hazards"]);
 }
