@@ -313,6 +313,11 @@ fn check_config_exit_codes_and_messages() {
     let (code, _, err) = run_check(&["--signatures", bad.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("two.hdb") && err.contains('2'), "{err}");
+    // clamd configured but not answering.
+    let nowhere = format!("unix://{}", tmp.path().join("no-clamd.sock").display());
+    let (code, _, err) = run_check(&["--clamd", &nowhere]);
+    assert_eq!(code, 2);
+    assert!(err.contains("clamd"), "{err}");
     // Bad URL, unknown key, bad range.
     let (code, _, err) = run_check(&["--listen", "http://x:1"]);
     assert_eq!(code, 2);
