@@ -121,6 +121,26 @@ fn modules_are_available() {
 }
 
 #[test]
+fn counting_conditions_see_every_match() {
+    // The engine scans in yara-x's fast mode; patterns whose count or
+    // offsets a condition uses must still be matched in full.
+    let engine = YaraEngine::from_source(
+        r#"rule Three_Markers { strings: $a = "zz-marker" condition: #a >= 3 and @a[3] == 20 }"#,
+    )
+    .unwrap();
+    assert_eq!(
+        scan(&engine, b"zz-marker zz-marker ........", 4).unwrap(),
+        None
+    );
+    assert_eq!(
+        scan(&engine, b"zz-marker zz-marker zz-marker", 4)
+            .unwrap()
+            .as_deref(),
+        Some("Three_Markers")
+    );
+}
+
+#[test]
 fn files_get_their_own_namespace() {
     let dir = tempfile::tempdir().unwrap();
     let a = write(

@@ -211,7 +211,11 @@ impl YaraEngine {
                 // Drop the old scanner (and its rules) before building anew.
                 *slot = None;
                 *slot = Some(ThreadScanner::new(Arc::clone(&self.rules), |rules| {
-                    yara_x::Scanner::new(rules)
+                    let mut scanner = yara_x::Scanner::new(rules);
+                    // Only the verdict matters: a pattern used as a plain
+                    // `$a` stops being searched after its first match.
+                    scanner.fast_scan(true);
+                    scanner
                 }));
             }
             let cached = slot.as_mut().expect("scanner just ensured");
