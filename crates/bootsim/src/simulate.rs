@@ -542,9 +542,9 @@ impl<'a> Run<'a> {
                 }
                 match self.attempt(t0, " in DriverEntry") {
                     ConnectorAction::RetryAfter(d) => {
-                        self.next_attempt = Some(t0 + ms(d));
+                        self.next_attempt = Some(t0.saturating_add(ms(d)));
                         self.emit(
-                            t0 + init,
+                            t0.saturating_add(init),
                             &LogRecord::new(
                                 Level::Audit,
                                 routine::DRIVER_ENTRY,
@@ -556,7 +556,7 @@ impl<'a> Run<'a> {
                         );
                     }
                     ConnectorAction::Connected { .. } => self.emit(
-                        t0 + init,
+                        t0.saturating_add(init),
                         &LogRecord::new(
                             Level::Audit,
                             routine::DRIVER_ENTRY,
@@ -565,7 +565,7 @@ impl<'a> Run<'a> {
                         .with_status(NtStatus::STATUS_SUCCESS),
                     ),
                     ConnectorAction::GiveUp { last_status, .. } => self.emit(
-                        t0 + init,
+                        t0.saturating_add(init),
                         &LogRecord::new(
                             Level::Audit,
                             routine::DRIVER_ENTRY,
@@ -576,8 +576,8 @@ impl<'a> Run<'a> {
                 }
                 // Worker attempts during our own DriverEntry cannot happen
                 // (the first is `delay` later), but keep the invariant.
-                self.worker_until(t0 + init);
-                self.t = t0 + init;
+                self.worker_until(t0.saturating_add(init));
+                self.t = t0.saturating_add(init);
             }
             AgentStyle::Blocking => {
                 self.note(
@@ -651,7 +651,7 @@ impl<'a> Run<'a> {
                         self.agent_entry(*position);
                         continue;
                     }
-                    let end = self.t + self.needs.timing.init_ms(service);
+                    let end = self.t.saturating_add(self.needs.timing.init_ms(service));
                     self.worker_until(end);
                     self.t = end;
                     let entry = self.order.entry(service);
@@ -689,7 +689,7 @@ impl<'a> Run<'a> {
                     }
                 }
                 Step::StartDevice(ds) => {
-                    let end = self.t + self.needs.timing.device_start_ms;
+                    let end = self.t.saturating_add(self.needs.timing.device_start_ms);
                     self.worker_until(end);
                     self.t = end;
                     let text = if fold(&ds.after) == fold(&ds.function_driver) {
@@ -717,7 +717,7 @@ impl<'a> Run<'a> {
                         && self.connector.outcome().is_none()
                     {
                         self.next_attempt = match self.attempt(t, " from boot reinitialisation") {
-                            ConnectorAction::RetryAfter(d) => Some(t + ms(d)),
+                            ConnectorAction::RetryAfter(d) => Some(t.saturating_add(ms(d))),
                             _ => None,
                         };
                     }
