@@ -14,6 +14,10 @@
 //! DIRIDs are left alone). The install sections are found from
 //! `[DefaultInstall*.Services]` `AddService` directives; every service install
 //! section they name is checked with the `AddReg` sections it lists.
+//!
+//! For the `thinagent` service the `HKR,"Parameters"` values are also fed
+//! to `thinagent_guest::Params::apply`, so a name the driver does not read,
+//! a wrong type or an out-of-bounds default is caught (INF040, INF041).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -944,6 +948,80 @@ fn check_service(
         }
     }
     check_instances(cx, svc, name, &regs, group, build);
+    if svc.eq_ignore_ascii_case("thinagent") {
+        check_thinagent_parameters(cx, &regs);
+    }
+}
+
+/// AddReg flags: `FLG_ADDREG_TYPE_DWORD`, `FLG_ADDREG_TYPE_MULTI_SZ`.
+const FLG_ADDREG_TYPE_DWORD: u64 = 0x0001_0001;
+const FLG_ADDREG_TYPE_MULTI_SZ: u64 = 0x0001_0000;
+
+/// ThinAgent's own `Parameters` values must be ones the driver reads, with
+/// the type and range `thinagent_guest::Params` accepts (so the INF, the
+/// guest crate and the driver agree on names).
+fn check_thinagent_parameters(cx: &mut Ctx<'_>, regs: &[RegLine]) {
+    use thinagent_guest::{Applied, ParamError, Params, RegValue};
+    let mut params = Params::default();
+    for r in regs {
+        if !r.subkey.eq_ignore_ascii_case("Parameters")
+            || r.name.is_empty()
+            || r.name.eq_ignore_ascii_case("SupportedFeatures")
+        {
+            continue;
+        }
+        let Some(v) = &r.value else { continue };
+        let text = v.text.trim();
+        let at = v.origin;
+        let flags = r.flags.unwrap_or(0);
+        let dword;
+        let value = if flags == FLG_ADDREG_TYPE_DWORD {
+            match parse_int(text).and_then(|x| u32::try_from(x).ok()) {
+                Some(x) => {
+                    dword = x;
+                    RegValue::Dword(dword)
+                }
+                None => {
+                    cx.push(
+                        "INF040",
+                        "error",
+                        at,
+                        format!("Parameters value {:?}: {text:?} is not a DWORD", r.name),
+                        "write a decimal or 0x hex number up to 0xFFFFFFFF".into(),
+                    );
+                    continue;
+                }
+            }
+        } else if flags == FLG_ADDREG_TYPE_MULTI_SZ {
+            RegValue::MultiSz(text)
+        } else {
+            RegValue::Sz(text)
+        };
+        match params.apply(&r.name, value) {
+            Ok(Applied::Set) => {}
+            Ok(Applied::Clamped(c)) => cx.push(
+                "INF041",
+                "warning",
+                at,
+                format!("Parameters value {:?}: {c}", r.name),
+                format!("use a value the driver accepts for {} (crates/guest/src/params.rs)", r.name),
+            ),
+            Err(ParamError::UnknownName) => cx.push(
+                "INF040",
+                "error",
+                r.line,
+                format!("Parameters value {:?} is not a parameter ThinAgent reads", r.name),
+                "spell it as crates/guest spells it (e.g. umcMsgTimeoutMs, captureRetryCount, captureRetryDelayMs, hostCid, hostPort, failMode, debugLevel)".into(),
+            ),
+            Err(e) => cx.push(
+                "INF040",
+                "error",
+                at,
+                format!("Parameters value {:?}: {e}", r.name),
+                "fix the value's type (AddReg flags) or value; crates/guest/src/params.rs lists each parameter".into(),
+            ),
+        }
+    }
 }
 
 fn check_instances(

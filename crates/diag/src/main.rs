@@ -49,8 +49,9 @@ enum Command {
     /// Class/ClassGuid, ServiceType 2, StartType, ErrorControl 1,
     /// LoadOrderGroup, the FltMgr dependency, instances (Altitude in the
     /// group's range, never another vendor's such as 328200, Flags,
-    /// DefaultInstance). Exit status: 0 no findings, 1 findings, 2 unreadable
-    /// input.
+    /// DefaultInstance) and, for the `thinagent` service, its Parameters
+    /// values against the names and bounds the driver reads. Exit status: 0
+    /// no findings, 1 findings, 2 unreadable input.
     LintInf(LintInfArgs),
     /// Boot- and system-start driver order of a machine, like LoadOrd, and
     /// its hazards.

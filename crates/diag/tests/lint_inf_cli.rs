@@ -243,6 +243,30 @@ fn broken_copies_are_caught() {
             "error",
             Some("\"Altitude\",0x00010001"),
         ),
+        (
+            "parameter name the driver does not read",
+            "HKR,\"Parameters\",\"captureRetryCount\"",
+            "HKR,\"Parameters\",\"captureRetries\"",
+            "INF040",
+            "error",
+            Some("HKR,\"Parameters\",\"captureRetries\""),
+        ),
+        (
+            "parameter value the driver rejects",
+            "failMode            = 0",
+            "failMode            = 7",
+            "INF040",
+            "error",
+            Some("failMode            = 7"),
+        ),
+        (
+            "parameter out of bounds",
+            "umcMsgTimeoutMs     = 2000",
+            "umcMsgTimeoutMs     = 10",
+            "INF041",
+            "warning",
+            Some("umcMsgTimeoutMs     = 10"),
+        ),
     ];
     for (i, (what, from, to, id, severity, marker)) in cases.iter().enumerate() {
         let broken = mutate(&src, from, to);
