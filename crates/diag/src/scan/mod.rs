@@ -34,7 +34,7 @@ pub struct ScanArgs {
     /// Files to scan; directories are walked recursively (regular files only).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Concurrent sessions (connections), each with its own queue of queries.
+    /// Concurrent sessions (connections), all taking files from one shared queue.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub jobs: u32,
     /// Send every file this many times (rounds after the first hit the caches).
