@@ -204,7 +204,7 @@ impl Analysis {
 pub fn find_hazards(model: &Model, order: &LoadOrder, needs: &NeedsTable) -> Vec<Hazard> {
     let mut out = Vec::new();
     needed_devices(model, order, needs, &mut out);
-    filters(model, order, &mut out);
+    filters(model, order, needs, &mut out);
     groups_and_tags(model, order, &mut out);
     altitudes(model, order, &mut out);
     boot_images(model, order, &mut out);
@@ -663,7 +663,7 @@ fn is_minifilter(s: &crate::model::Service) -> bool {
 /// (hazard, filter, role, class or device), folded.
 type FilterKey = (HazardId, String, String, String);
 
-fn filters(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
+fn filters(model: &Model, order: &LoadOrder, needs: &NeedsTable, out: &mut Vec<Hazard>) {
     // (id, filter, role, class-or-device) -> function drivers and devices
     let mut grouped: BTreeMap<FilterKey, (Deferral, Vec<String>)> = BTreeMap::new();
     let starts = order
@@ -740,20 +740,77 @@ fn filters(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
                     d.filter, d.filter
                 ),
             ),
-            _ => (
-                Severity::Info,
-                format!(
+            _ => {
+                let deferred = format!(
                     "{} {} of {scope} ({}) initialises after the function driver {fds_s}: that device start is deferred until {} is initialised",
                     d.role.describe(),
                     d.filter,
                     pos_label(order, model, &d.filter),
                     d.filter
-                ),
-                format!(
-                    "fine unless a boot driver needs that device early (add it to the needs table to check); otherwise move {} to an earlier group of this machine's list",
-                    d.filter
-                ),
-            ),
+                );
+                // Already explained as the cause of a failing DriverEntry
+                // (the seed's hazard): no second, weaker report.
+                let explained = out.iter().any(|h| {
+                    matches!(
+                        h.id,
+                        HazardId::ClassFilterDefersNeededDevice
+                            | HazardId::DeviceFilterDefersNeededDevice
+                    ) && h.services.iter().any(|x| fold(x) == fold(&d.filter))
+                });
+                let users = if explained {
+                    Vec::new()
+                } else {
+                    deferred_device_users(order, needs, &fds)
+                };
+                if users.is_empty() {
+                    (
+                        Severity::Info,
+                        deferred,
+                        format!(
+                            "fine unless a boot driver needs that device early (add it to the needs table to check); otherwise move {} to an earlier group of this machine's list",
+                            d.filter
+                        ),
+                    )
+                } else {
+                    // A kernel-started driver serves clients through the
+                    // deferred device: every boot-start client of it meets
+                    // the busy answer until the filter loads, whether or not
+                    // this machine has such a client yet.
+                    // The chain: the serving drivers, the owners of the
+                    // devices they need, the filter (not every other
+                    // function driver the class filter also defers).
+                    let mut said = Vec::new();
+                    services.clear();
+                    for (user, device, busy, owner) in &users {
+                        said.push(format!(
+                            "{user} ({}) needs {device}, created at {owner}'s device start, and answers its clients with {} until it exists",
+                            pos_label(order, model, user),
+                            status_text(*busy)
+                        ));
+                        services.push(user.clone());
+                    }
+                    for (_, _, _, owner) in &users {
+                        services.push(owner.clone());
+                    }
+                    services.push(d.filter.clone());
+                    let names: Vec<&str> = users.iter().map(|(u, ..)| u.as_str()).collect();
+                    (
+                        Severity::Warning,
+                        format!(
+                            "{deferred}; {}: a boot-start client of {} (a thin agent capturing the vSockets provider) fails or must wait until {} loads",
+                            said.join("; "),
+                            names.join(", "),
+                            d.filter
+                        ),
+                        format!(
+                            "(1) remove {} from the {scope} filter list; or (2) move {} to a group of this machine's ServiceGroupOrder\\List that loads before {fds_s}'s; clients of {} must retry after boot",
+                            d.filter,
+                            d.filter,
+                            names.join(", ")
+                        ),
+                    )
+                }
+            }
         };
         out.push(Hazard {
             id,
@@ -763,6 +820,45 @@ fn filters(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
             fix,
         });
     }
+}
+
+/// (serving service, device it needs, status its clients get, device owner).
+type DeviceUser = (String, String, thinagent_guest::NtStatus, String);
+
+/// Kernel-started services that serve their clients through a device created
+/// at the device start of one of `function_drivers` (a `use` need of the
+/// needs table): (service, device, the status its clients get meanwhile,
+/// the device's owner).
+fn deferred_device_users(
+    order: &LoadOrder,
+    needs: &NeedsTable,
+    function_drivers: &[String],
+) -> Vec<DeviceUser> {
+    let mut out: Vec<DeviceUser> = Vec::new();
+    for need in needs.needs.iter().filter(|n| n.when == NeedWhen::Use) {
+        let Some(decl) = needs.device(&need.device) else {
+            continue;
+        };
+        if decl.created != crate::needs::Created::DeviceStart
+            || !function_drivers
+                .iter()
+                .any(|f| fold(f) == fold(&decl.owner))
+        {
+            continue;
+        }
+        let Some(entry) = order.entry(&need.service) else {
+            continue;
+        };
+        if !out.iter().any(|(s, ..)| fold(s) == fold(&entry.service)) {
+            out.push((
+                entry.service.clone(),
+                need.device.clone(),
+                need.busy(),
+                decl.owner.clone(),
+            ));
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------

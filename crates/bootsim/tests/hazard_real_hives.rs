@@ -108,6 +108,15 @@ fn a_late_class_upper_filter_is_a_vmci_hazard() {
         })
         .collect();
     assert_eq!(later.len(), 1, "{:#?}", a.hazards);
+    // vsock serves its clients through vmci's device: a warning naming the
+    // chain that matters, even with no thin agent installed yet.
+    assert_eq!(later[0].severity, Severity::Warning);
+    assert_eq!(later[0].services, ["vsock", "vmci", "lateflt"]);
+    assert!(
+        later[0].message.contains("STATUS_DEVICE_BUSY"),
+        "{}",
+        later[0].message
+    );
 
     // With a thin agent that needs vsock at DriverEntry: the seed's chain.
     merge_vsepflt(&mut cs);
