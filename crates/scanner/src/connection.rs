@@ -479,7 +479,15 @@ impl Driver {
         if let Some(v) = cached {
             let (decision, ttl) = self.decision_of(&v);
             let threat = v.threat.as_deref().map(str::to_owned);
-            self.answer(&q, decision, threat, ttl, 0, VerdictSource::IdentityCache);
+            self.answer_with_engine(
+                &q,
+                decision,
+                threat,
+                v.engine,
+                ttl,
+                0,
+                VerdictSource::IdentityCache,
+            );
             return;
         }
         let id = q.id;
@@ -1083,6 +1091,14 @@ mod tests {
         assert_eq!(eicar.engine, Some("builtin"));
         assert_eq!(eicar.bytes, 68);
         assert_eq!(eicar.guest_name, "test-vm");
+        let cached = records
+            .iter()
+            .find(|r| r.path == "/tmp/eicar.com" && r.source == VerdictSource::IdentityCache)
+            .unwrap();
+        assert_eq!(
+            (cached.engine, cached.bytes, cached.verdict),
+            (Some("builtin"), 0, Some(Decision::Deny))
+        );
         let big = records
             .iter()
             .find(|r| r.path == "/tmp/big-infected.bin")
