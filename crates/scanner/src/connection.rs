@@ -1,10 +1,10 @@
 //! The tokio driver of one guest connection: [`serve_connection`].
 //!
 //! It pumps bytes between the socket and a sans-IO
-//! [`HostSession`](crate::session::HostSession), runs its timers on
+//! [`HostSession`], runs its timers on
 //! `tokio::time`, answers queries from the [caches](crate::cache) when it
 //! can, and otherwise streams the content into the engines of the active
-//! [`SignatureSet`](crate::signatures::SignatureSet):
+//! [`SignatureSet`]:
 //!
 //! * files up to [`Limits::scan_buffer_max`] are buffered (at most
 //!   [`Limits::scan_buffer_total`] per connection); at their end the

@@ -1,5 +1,5 @@
 //! [`FileScan`]: one file through every engine of a
-//! [`SignatureSet`](crate::signatures::SignatureSet).
+//! [`SignatureSet`].
 //!
 //! Chunks are fed in offset order to every engine while the SHA-256 of the
 //! content is computed for the cross-guest content cache. The first

@@ -5,7 +5,7 @@
 //! on disk:
 //! * [`builtin_hash_engine`]: ClamAV `.hdb` lines for the canonical 68-byte
 //!   file (MD5) and `.hsb` lines (SHA-1, SHA-256), through
-//!   [`HashEngine`](super::hash::HashEngine);
+//!   [`HashEngine`];
 //! * [`EicarEngine`]: the content check of the EICAR specification: the file
 //!   starts with the 68-character string and may be followed by white space
 //!   (space, tab, CR, LF, Ctrl-Z) up to 128 bytes in total.
