@@ -20,7 +20,9 @@ use crate::engine::Engine;
 use crate::engine::builtin::builtin_engines;
 use crate::engine::clamd::{ClamdAddress, ClamdEngine};
 use crate::engine::hash::{HashDbError, HashDbKind, HashEngine, SharedHashEngine};
-use crate::engine::yara::{YaraEngine, YaraLoadError, is_yara_rule_file};
+use crate::engine::is_yara_rule_file;
+#[cfg(feature = "yara")]
+use crate::engine::yara::{YaraEngine, YaraLoadError};
 
 /// Where to load signatures from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +71,19 @@ pub enum SignatureError {
     #[error(transparent)]
     Hash(#[from] HashDbError),
     /// A YARA rule file that does not compile.
+    #[cfg(feature = "yara")]
     #[error(transparent)]
     Yara(#[from] YaraLoadError),
+    /// A YARA rule file, and this build has no YARA engine.
+    #[cfg(not(feature = "yara"))]
+    #[error(
+        "{}: YARA rules need a thinagent-scanner built with the `yara` feature (the default); remove the file or rebuild",
+        path.display()
+    )]
+    NoYara {
+        /// The first rule file found.
+        path: PathBuf,
+    },
     /// Nothing would scan: no built-in set, no file, no clamd.
     #[error(
         "no signatures loaded: the directories hold no .hdb/.hsb/.yar/.yara file and the built-in set is disabled"
@@ -136,9 +149,14 @@ impl SignatureSet {
         if !hash.is_empty() {
             engines.push(Arc::new(SharedHashEngine(Arc::new(hash))));
         }
+        #[cfg(feature = "yara")]
         if let Some(yara) = yara_engine_from_files(&yara_files)? {
             summary.yara_rules = yara.rule_count();
             engines.push(Arc::new(yara));
+        }
+        #[cfg(not(feature = "yara"))]
+        if let Some(path) = yara_files.first() {
+            return Err(SignatureError::NoYara { path: path.clone() });
         }
         if let Some(clamd) = &config.clamd {
             engines.push(Arc::new(ClamdEngine::new(
@@ -198,6 +216,7 @@ pub type SharedSignatures = ArcSwap<SignatureSet>;
 
 /// Builds the YARA engine from every rule file found (one compilation, so
 /// rules of all directories share one scanner). `None` when there is none.
+#[cfg(feature = "yara")]
 fn yara_engine_from_files(files: &[PathBuf]) -> Result<Option<YaraEngine>, SignatureError> {
     if files.is_empty() {
         return Ok(None);
@@ -271,6 +290,7 @@ mod tests {
         assert!(err.contains("b.hsb:2:"), "{err}");
     }
 
+    #[cfg(feature = "yara")]
     #[test]
     fn yara_files_are_compiled_and_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -10,9 +10,11 @@
 pub mod builtin;
 pub mod clamd;
 pub mod hash;
+#[cfg(feature = "yara")]
 pub mod yara;
 
 use std::fmt;
+use std::path::Path;
 
 /// A positive finding: what was found and by which engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,4 +79,11 @@ pub trait EngineScan: Send {
 
     /// The content is complete: the final answer (`None` = clean).
     fn finish(self: Box<Self>) -> Result<Option<Detection>, EngineError>;
+}
+
+/// True when `path` names a YARA rule file (`*.yar` or `*.yara`, any case).
+pub fn is_yara_rule_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yar") || e.eq_ignore_ascii_case("yara"))
 }

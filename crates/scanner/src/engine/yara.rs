@@ -107,12 +107,7 @@ impl fmt::Debug for YaraEngine {
     }
 }
 
-/// True when `path` names a YARA rule file (`*.yar` or `*.yara`, any case).
-pub fn is_yara_rule_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("yar") || e.eq_ignore_ascii_case("yara"))
-}
+pub use super::is_yara_rule_file;
 
 impl YaraEngine {
     /// Reads and compiles every rule file in `paths` (the caller picks the
