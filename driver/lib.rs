@@ -26,5 +26,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod filter_registration;
+
 #[cfg(windows)]
 mod windows;
