@@ -8,8 +8,10 @@
 //! `thinagent-guest` and `thinagent-protocol`, which build and are tested on
 //! any host.
 //!
-//! On hosts other than Windows this crate compiles to an empty library: no
-//! kernel bindings, no `unsafe`, no `no_std`. That keeps `cargo build`,
+//! On hosts other than Windows this crate compiles only its portable part,
+//! [`filter_registration`] (the Filter Manager registration tables, built
+//! from `windows-sys` types and unit-tested there): no kernel calls, no
+//! `unsafe`, no `no_std`. That keeps `cargo build`,
 //! `cargo clippy --all-targets` and the system tests in `tests/` working on
 //! Linux, where `wdk-build` refuses to run.
 //!
