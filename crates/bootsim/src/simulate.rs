@@ -31,7 +31,7 @@ use core::time::Duration;
 use serde::Serialize;
 use thinagent_guest::log::{LevelFilter, LogRecord, routine};
 use thinagent_guest::{
-    Connector, ConnectorAction, ConnectorConfig, GiveUpReason, Instant, Level, NtStatus, Params,
+    Connector, ConnectorAction, ConnectorConfig, Instant, Level, NtStatus, Params,
 };
 use thiserror::Error;
 
@@ -461,10 +461,7 @@ impl<'a> Run<'a> {
                 waited,
                 reason,
             } => {
-                let why = match reason {
-                    GiveUpReason::AttemptsExhausted => "attempts exhausted",
-                    GiveUpReason::Fatal(_) => "status is not transient",
-                };
+                let why = reason.describe();
                 if self.agent.style == AgentStyle::Blocking {
                     self.emit(
                         t,

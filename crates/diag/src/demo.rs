@@ -12,7 +12,7 @@ use core::time::Duration;
 use std::fmt::Write as _;
 
 use thinagent_guest::log::{LevelFilter, LogRecord, routine};
-use thinagent_guest::{Connector, ConnectorAction, GiveUpReason, Instant, Level, NtStatus, Params};
+use thinagent_guest::{Connector, ConnectorAction, Instant, Level, NtStatus, Params};
 
 /// When the simulated drivers become usable, in virtual time since the
 /// capture loop started. `None`: never (the incident's machine).
@@ -99,10 +99,7 @@ pub fn run(params: &Params, boot: SimulatedBoot) -> DemoOutcome {
                 waited,
                 reason,
             } => {
-                let why = match reason {
-                    GiveUpReason::AttemptsExhausted => "attempts exhausted",
-                    GiveUpReason::Fatal(_) => "status is not transient",
-                };
+                let why = reason.describe();
                 emit(
                     &LogRecord::new(
                         Level::Error,
@@ -149,6 +146,7 @@ pub fn summary(outcome: &DemoOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use thinagent_guest::GiveUpReason;
     use thinagent_guest::log::parse_line;
 
     fn boot(vsock: u64, vmci: Option<u64>) -> SimulatedBoot {

@@ -235,6 +235,16 @@ pub enum GiveUpReason {
     Fatal(NtStatus),
 }
 
+impl GiveUpReason {
+    /// Why the loop stopped, as the capture-failure log line says it.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            GiveUpReason::AttemptsExhausted => "attempts exhausted",
+            GiveUpReason::Fatal(_) => "status is not transient",
+        }
+    }
+}
+
 /// What the adapter must do after reporting an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectorAction {
@@ -702,5 +712,17 @@ mod tests {
             }
             prop_assert!(sum <= eff.worst_case_wait());
         }
+    }
+
+    #[test]
+    fn give_up_reasons_describe_themselves_for_log_lines() {
+        assert_eq!(
+            GiveUpReason::AttemptsExhausted.describe(),
+            "attempts exhausted"
+        );
+        assert_eq!(
+            GiveUpReason::Fatal(NtStatus::STATUS_ACCESS_DENIED).describe(),
+            "status is not transient"
+        );
     }
 }
