@@ -1,0 +1,2 @@
+//! `thinagent-linux-agent` binary.
+fn main() {}
