@@ -38,7 +38,10 @@ pub use clamp::{BoundedList, Clamp, Clamps};
 pub use connector::{Backoff, Connector, ConnectorAction, ConnectorConfig, GiveUpReason};
 pub use file_key::FileKey;
 pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
-pub use params::{Applied, FailMode, ParamError, ParamIssue, ParamReport, Params, RegValue};
+pub use params::{
+    Applied, CaptureMode, DenyStatus, FailMode, ParamError, ParamIssue, ParamReport, Params,
+    RegValue, VsockTransport,
+};
 pub use policy::{
     OpenDecision, OpenPolicy, OpenRequest, PathRef, PathStyle, PolicyError, SkipReason,
 };

@@ -44,6 +44,7 @@ use crate::clamp::{BoundedList, Clamp, clamp_u64};
 use crate::connector::{self, Backoff, ConnectorConfig};
 use crate::log::{Level, LevelFilter, LogRecord, routine};
 use crate::policy::{OpenPolicy, PathRef, PathStyle, PolicyError};
+use crate::status::NtStatus;
 
 /// `VMADDR_CID_HOST`: the hypervisor host's context id.
 pub const VMADDR_CID_HOST: u32 = 2;
@@ -82,8 +83,18 @@ pub mod names {
     pub const EXCLUDE_PATHS: &str = "excludePaths";
     /// Excluded extensions.
     pub const EXCLUDE_EXTENSIONS: &str = "excludeExtensions";
+    /// When the capture loop runs: 0 = deferred to a worker thread (default),
+    /// 1 = blocking in `DriverEntry` (the incident's behaviour, for diagnosis).
+    pub const CAPTURE_MODE: &str = "captureMode";
+    /// Which vsock transport to use: 0 = auto, 1 = VMCI (VMware), 2 = virtio.
+    pub const VSOCK_TRANSPORT: &str = "vsockTransport";
+    /// Status a denied open fails with: 0 = `STATUS_VIRUS_INFECTED`,
+    /// 1 = `STATUS_ACCESS_DENIED`.
+    pub const DENY_STATUS: &str = "denyStatus";
+    /// 1 = also scan opens requested from kernel mode (default 0).
+    pub const SCAN_KERNEL_OPENS: &str = "scanKernelOpens";
     /// Every name, for adapters that query each value.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 17] = [
         UMC_MSG_TIMEOUT_MS,
         CAPTURE_RETRY_COUNT,
         CAPTURE_RETRY_DELAY_MS,
@@ -97,6 +108,10 @@ pub mod names {
         VERDICT_CACHE_TTL_MS,
         EXCLUDE_PATHS,
         EXCLUDE_EXTENSIONS,
+        CAPTURE_MODE,
+        VSOCK_TRANSPORT,
+        DENY_STATUS,
+        SCAN_KERNEL_OPENS,
     ];
 }
 
@@ -139,6 +154,56 @@ pub enum FailMode {
     Open,
     /// Deny the open.
     Closed,
+}
+
+/// Where the driver runs its vSockets capture loop (`captureMode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CaptureMode {
+    /// One quick attempt in `DriverEntry`, then the bounded loop continues on
+    /// a system worker thread (and again once boot drivers are initialised)
+    /// while the filter already runs under the fail mode. Default.
+    #[default]
+    Deferred,
+    /// The whole bounded loop inside `DriverEntry`, as the agent in the
+    /// incident did. It holds back every boot driver initialised after this
+    /// one (including `vmci.sys` when it loads later): for diagnosis only.
+    Blocking,
+}
+
+/// Which vsock transport the driver uses (`vsockTransport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VsockTransport {
+    /// VMCI when `\Device\vmci` exists, else wait for the virtio socket
+    /// device interface. Default.
+    #[default]
+    Auto,
+    /// VMware's VMCI sockets (`\Device\vmci`, capture IOCTL).
+    Vmci,
+    /// virtio-vsock (KVM/QEMU guests with virtio-win's viosock driver).
+    Virtio,
+}
+
+/// The status a denied open fails with (`denyStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DenyStatus {
+    /// `STATUS_VIRUS_INFECTED` (0xC0000906): Explorer and most programs show
+    /// "the file contains a virus". Default.
+    #[default]
+    VirusInfected,
+    /// `STATUS_ACCESS_DENIED` (0xC0000022), for software that only handles
+    /// the generic error.
+    AccessDenied,
+}
+
+impl DenyStatus {
+    /// The NTSTATUS value.
+    #[must_use]
+    pub const fn ntstatus(self) -> NtStatus {
+        match self {
+            DenyStatus::VirusInfected => NtStatus::STATUS_VIRUS_INFECTED,
+            DenyStatus::AccessDenied => NtStatus::STATUS_ACCESS_DENIED,
+        }
+    }
 }
 
 /// Why a value was not applied.
@@ -233,7 +298,14 @@ pub struct Params {
     pub max_scan_size_mb: u32,
     /// Verdict TTL in ms, 0 = none (`verdictCacheTtlMs`).
     pub verdict_cache_ttl_ms: u32,
-    /// Open-filter policy holding the path and extension exclusions.
+    /// Where the capture loop runs (`captureMode`).
+    pub capture_mode: CaptureMode,
+    /// Which vsock transport (`vsockTransport`).
+    pub vsock_transport: VsockTransport,
+    /// Status of a denied open (`denyStatus`).
+    pub deny_status: DenyStatus,
+    /// Open-filter policy holding the path and extension exclusions, and
+    /// whether kernel-mode opens are scanned (`scanKernelOpens`).
     pub policy: OpenPolicy,
 }
 
@@ -267,6 +339,9 @@ impl Params {
             debug_level: 2,
             max_scan_size_mb: 0,
             verdict_cache_ttl_ms: 600_000,
+            capture_mode: CaptureMode::Deferred,
+            vsock_transport: VsockTransport::Auto,
+            deny_status: DenyStatus::VirusInfected,
             policy: OpenPolicy::new(style),
         }
     }
@@ -407,6 +482,39 @@ impl Params {
                 &mut self.verdict_cache_ttl_ms,
                 Self::bounded(known, value, 0, 86_400_000)?,
             ),
+            names::CAPTURE_MODE => {
+                self.capture_mode = match Self::number(value)? {
+                    0 => CaptureMode::Deferred,
+                    1 => CaptureMode::Blocking,
+                    _ => return Err(ParamError::Invalid),
+                };
+                Ok(Applied::Set)
+            }
+            names::VSOCK_TRANSPORT => {
+                self.vsock_transport = match Self::number(value)? {
+                    0 => VsockTransport::Auto,
+                    1 => VsockTransport::Vmci,
+                    2 => VsockTransport::Virtio,
+                    _ => return Err(ParamError::Invalid),
+                };
+                Ok(Applied::Set)
+            }
+            names::DENY_STATUS => {
+                self.deny_status = match Self::number(value)? {
+                    0 => DenyStatus::VirusInfected,
+                    1 => DenyStatus::AccessDenied,
+                    _ => return Err(ParamError::Invalid),
+                };
+                Ok(Applied::Set)
+            }
+            names::SCAN_KERNEL_OPENS => {
+                match Self::number(value)? {
+                    0 => self.policy.set_check_kernel_mode(false),
+                    1 => self.policy.set_check_kernel_mode(true),
+                    _ => return Err(ParamError::Invalid),
+                }
+                Ok(Applied::Set)
+            }
             names::EXCLUDE_PATHS => self.add_list(value, OpenPolicy::add_excluded_prefix),
             names::EXCLUDE_EXTENSIONS => self.add_list(value, OpenPolicy::add_excluded_extension),
             _ => Err(ParamError::UnknownName),
@@ -598,6 +706,46 @@ impl Params {
                 self.policy.extensions().count()
             ),
         ));
+        let capture_mode = match self.capture_mode {
+            CaptureMode::Deferred => "deferred",
+            CaptureMode::Blocking => "blocking",
+        };
+        let transport = match self.vsock_transport {
+            VsockTransport::Auto => "auto",
+            VsockTransport::Vmci => "vmci",
+            VsockTransport::Virtio => "virtio",
+        };
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::CAPTURE_MODE, capture_mode),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {}", names::VSOCK_TRANSPORT, transport),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::DENY_STATUS,
+                match self.deny_status {
+                    DenyStatus::VirusInfected => "STATUS_VIRUS_INFECTED",
+                    DenyStatus::AccessDenied => "STATUS_ACCESS_DENIED",
+                }
+            ),
+        ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::SCAN_KERNEL_OPENS,
+                u8::from(self.policy.checks_kernel_mode())
+            ),
+        ));
     }
 }
 
@@ -609,6 +757,48 @@ mod tests {
     use proptest::prelude::*;
     use std::string::{String, ToString};
     use std::vec::Vec;
+
+    #[test]
+    fn driver_modes_parse_and_reject_unknown_codes() {
+        let mut p = Params::default();
+        assert_eq!(p.capture_mode, CaptureMode::Deferred);
+        assert_eq!(p.vsock_transport, VsockTransport::Auto);
+        assert_eq!(p.deny_status.ntstatus(), NtStatus::STATUS_VIRUS_INFECTED);
+        assert!(!p.policy.checks_kernel_mode());
+        assert_eq!(p.apply("CAPTUREMODE", RegValue::Dword(1)), Ok(Applied::Set));
+        assert_eq!(p.capture_mode, CaptureMode::Blocking);
+        assert_eq!(
+            p.apply("vsockTransport", RegValue::Dword(2)),
+            Ok(Applied::Set)
+        );
+        assert_eq!(p.vsock_transport, VsockTransport::Virtio);
+        assert_eq!(p.apply("denyStatus", RegValue::Sz("1")), Ok(Applied::Set));
+        assert_eq!(p.deny_status.ntstatus(), NtStatus::STATUS_ACCESS_DENIED);
+        assert_eq!(
+            p.apply("scanKernelOpens", RegValue::Dword(1)),
+            Ok(Applied::Set)
+        );
+        assert!(p.policy.checks_kernel_mode());
+        for name in [
+            names::CAPTURE_MODE,
+            names::VSOCK_TRANSPORT,
+            names::DENY_STATUS,
+            names::SCAN_KERNEL_OPENS,
+        ] {
+            assert_eq!(p.apply(name, RegValue::Dword(3)), Err(ParamError::Invalid));
+        }
+        // A rejected value keeps the previous one.
+        assert_eq!(p.capture_mode, CaptureMode::Blocking);
+        assert_eq!(p.vsock_transport, VsockTransport::Virtio);
+        assert!(p.policy.checks_kernel_mode());
+        let mut lines = 0;
+        p.dump(|_| lines += 1);
+        assert_eq!(
+            lines,
+            names::ALL.len() + 1,
+            "one dump line per parameter plus the 100 ns form"
+        );
+    }
 
     #[test]
     fn defaults_and_seed_dump() {
@@ -629,7 +819,8 @@ mod tests {
             lines[1],
             "DEBUG: ReadParams : umcMsgTimeout100Ns: -20000000"
         );
-        assert_eq!(lines.len(), 14);
+        assert_eq!(lines.len(), names::ALL.len() + 1);
+        assert_eq!(lines[17], "DEBUG: ReadParams : scanKernelOpens: 0");
         for l in &lines {
             let parsed = parse_line(l).unwrap();
             assert!(parsed.key_value().is_some(), "{l}");

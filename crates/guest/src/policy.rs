@@ -483,6 +483,12 @@ impl OpenPolicy {
         self.check_kernel_mode = on;
     }
 
+    /// Whether opens requested from kernel mode are scanned too.
+    #[must_use]
+    pub const fn checks_kernel_mode(&self) -> bool {
+        self.check_kernel_mode
+    }
+
     /// Skip files larger than `max` bytes (`None` = no limit, the default).
     pub fn set_max_file_size(&mut self, max: Option<u64>) {
         self.max_file_size = max;
