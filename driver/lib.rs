@@ -28,7 +28,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(windows)]
+extern crate alloc;
+
 pub mod filter_registration;
 
 #[cfg(windows)]
-mod windows;
+pub mod windows;

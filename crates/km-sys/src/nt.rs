@@ -135,6 +135,33 @@ pub struct GUID {
     pub Data4: [u8; 8],
 }
 
+// ---------------------------------------------------------------------------
+// Kernel debug output
+// ---------------------------------------------------------------------------
+
+/// `DPFLTR_IHVDRIVER_ID` (`dpfilter.h`): the component id third-party drivers
+/// print under. Its Debug Print Filter value is `IHVDRIVER`.
+pub const DPFLTR_IHVDRIVER_ID: u32 = 77;
+/// `DPFLTR_ERROR_LEVEL` (`wdm.h`): always shown.
+pub const DPFLTR_ERROR_LEVEL: u32 = 0;
+/// `DPFLTR_WARNING_LEVEL` (`wdm.h`): bit 1 of the component's filter mask.
+pub const DPFLTR_WARNING_LEVEL: u32 = 1;
+/// `DPFLTR_TRACE_LEVEL` (`wdm.h`): bit 2.
+pub const DPFLTR_TRACE_LEVEL: u32 = 2;
+/// `DPFLTR_INFO_LEVEL` (`wdm.h`): bit 3.
+pub const DPFLTR_INFO_LEVEL: u32 = 3;
+
+#[cfg(windows)]
+#[link(name = "ntoskrnl")]
+unsafe extern "C" {
+    /// `DbgPrintEx` (`wdm.h`, ntoskrnl.exe; any IRQL, but only `%s` of
+    /// non-paged ANSI text above PASSIVE_LEVEL). Declared here because
+    /// windows-sys 0.61 binds the *user-mode* export of the same name
+    /// (`Wdk::System::SystemServices::DbgPrintEx` links to `ntdll.dll`,
+    /// which a kernel driver cannot import from).
+    pub fn DbgPrintEx(ComponentId: u32, Level: u32, Format: *const u8, ...) -> u32;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
