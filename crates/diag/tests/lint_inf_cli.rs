@@ -253,19 +253,19 @@ fn broken_copies_are_caught() {
         ),
         (
             "parameter value the driver rejects",
-            "failMode            = 0",
-            "failMode            = 7",
+            "failMode             = 0",
+            "failMode             = 7",
             "INF040",
             "error",
-            Some("failMode            = 7"),
+            Some("failMode             = 7"),
         ),
         (
             "parameter out of bounds",
-            "umcMsgTimeoutMs     = 2000",
-            "umcMsgTimeoutMs     = 10",
+            "umcMsgTimeoutMs      = 2000",
+            "umcMsgTimeoutMs      = 10",
             "INF041",
             "warning",
-            Some("umcMsgTimeoutMs     = 10"),
+            Some("umcMsgTimeoutMs      = 10"),
         ),
     ];
     for (i, (what, from, to, id, severity, marker)) in cases.iter().enumerate() {
