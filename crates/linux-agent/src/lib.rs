@@ -1,2 +1,21 @@
-//! ThinAgent Linux guest agent (skeleton; filled in by the following commits).
-#![forbid(unsafe_code)]
+//! ThinAgent Linux guest agent: on-access scanning with fanotify.
+//!
+//! The same thin agent as the Windows minifilter, built from the portable
+//! `thinagent-guest` core: every `FAN_OPEN_PERM` / `FAN_OPEN_EXEC_PERM` event
+//! on the watched mounts goes through the open policy, the verdict cache and
+//! the protocol session with the host scanner, and is answered exactly once,
+//! always within the deadline.
+//!
+//! * [`core`]: the sans-IO core (event in, decision and actions out).
+//! * [`fanotify`]: the OS edge (group, marks, events, responses, `pread`).
+//! * [`connect`]: scanner URLs (`vsock://`, `tcp://`, `unix://`).
+//! * [`agent`]: the tokio loop tying them together.
+//! * [`logging`]: lines in the driver's `LEVEL: Routine : message: 0xSTATUS` shape.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod connect;
+pub mod core;
+pub mod fanotify;
+pub mod logging;

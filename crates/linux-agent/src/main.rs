@@ -1,2 +1,173 @@
-//! `thinagent-linux-agent` binary.
-fn main() {}
+//! `thinagent-linux-agent`: on-access scanning of Linux file opens by the
+//! ThinAgent host scanner, through fanotify permission events.
+//!
+//! Exit status: 0 after a clean shutdown (SIGTERM / SIGINT), 2 for usage or
+//! permission errors (not root), 1 for runtime failures.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use thinagent_guest::{FailMode, Level, ReconnectConfig};
+use thinagent_linux_agent::agent::{self, AgentConfig};
+use thinagent_linux_agent::connect::ConnectUrl;
+use thinagent_linux_agent::core::SESSION_SLOTS;
+use thinagent_linux_agent::fanotify::MarkScope;
+use thinagent_linux_agent::logging::{LogLevel, Logger, routine};
+
+/// `--fail-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FailModeArg {
+    /// Allow opens the scanner cannot answer in time (default).
+    Open,
+    /// Deny them.
+    Closed,
+}
+
+/// On-access scanning for Linux guests: every open and exec on the watched
+/// mounts waits for the ThinAgent scanner's verdict (fanotify permission
+/// events). Needs root (CAP_SYS_ADMIN).
+#[derive(Debug, Parser)]
+#[command(name = "thinagent-linux-agent", version)]
+struct Args {
+    /// The scanner: vsock://CID:PORT (vsock://2:5317 from a VM),
+    /// tcp://HOST:PORT or unix:///path.
+    #[arg(long, value_name = "URL")]
+    connect: String,
+    /// Watch the mount containing PATH (repeatable).
+    #[arg(long, value_name = "PATH", required = true)]
+    watch: Vec<PathBuf>,
+    /// Mark whole file systems (FAN_MARK_FILESYSTEM) instead of mounts.
+    #[arg(long)]
+    watch_filesystem: bool,
+    /// Never check paths under this prefix (whole components; repeatable).
+    #[arg(long, value_name = "PREFIX")]
+    exclude: Vec<String>,
+    /// What an open gets when the scanner cannot answer in time.
+    #[arg(long, value_enum, default_value = "open")]
+    fail_mode: FailModeArg,
+    /// Per-open deadline in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    timeout_ms: u64,
+    /// Most opens waiting for a verdict at once (further opens wait in the
+    /// kernel's queue).
+    #[arg(long, value_name = "N", default_value_t = SESSION_SLOTS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=SESSION_SLOTS as u64))]
+    max_in_flight: u64,
+    /// Let larger files through unchecked.
+    #[arg(long, value_name = "BYTES")]
+    max_file_size: Option<u64>,
+    /// Never check opens by this process (repeatable).
+    #[arg(long, value_name = "PID")]
+    exclude_pid: Vec<u32>,
+    /// Write this file (with the agent's pid) once the marks are in place
+    /// and the first connect attempt finished.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+    /// Most verbose lines printed (AUDIT lines always are).
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: LogLevel,
+    /// Seconds between INFO stats lines (0 = only at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    stats_interval_secs: u64,
+    /// Name sent to the scanner (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    guest_name: Option<String>,
+    /// First reconnect delay in milliseconds (doubles up to 60 s).
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    reconnect_ms: u64,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "linux-guest".to_string())
+}
+
+async fn signalled() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let logger = Logger::new(args.log_level);
+    let usage = |msg: String| {
+        logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{msg}"));
+        ExitCode::from(2)
+    };
+    let connect: ConnectUrl = match args.connect.parse() {
+        Ok(u) => u,
+        Err(e) => return usage(e.to_string()),
+    };
+    let config = AgentConfig {
+        connect,
+        watch: args.watch,
+        scope: if args.watch_filesystem {
+            MarkScope::Filesystem
+        } else {
+            MarkScope::Mount
+        },
+        exclude: args.exclude,
+        fail_mode: match args.fail_mode {
+            FailModeArg::Open => FailMode::Open,
+            FailModeArg::Closed => FailMode::Closed,
+        },
+        timeout: Duration::from_millis(args.timeout_ms),
+        max_in_flight: args.max_in_flight as usize,
+        max_file_size: args.max_file_size,
+        exclude_pids: args.exclude_pid,
+        ready_file: args.ready_file,
+        stats_interval: (args.stats_interval_secs > 0)
+            .then(|| Duration::from_secs(args.stats_interval_secs)),
+        guest_name: args.guest_name.unwrap_or_else(host_name),
+        reconnect: ReconnectConfig {
+            first_delay: Duration::from_millis(args.reconnect_ms),
+            ..ReconnectConfig::default()
+        },
+        logger,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_stack_size(8 << 20)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            logger.log(
+                Level::Error,
+                routine::DRIVER_ENTRY,
+                format_args!("cannot start the runtime: {e}"),
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(agent::run(config, signalled())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) if e.is_usage() => usage(e.to_string()),
+        Err(e) => {
+            logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{e}"));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,736 @@
+//! The tokio edge: fanotify events, the scanner connection, timers and host
+//! reads around the sans-IO [`AgentCore`].
+//!
+//! One task owns the core and runs a single `select!` loop. Every permission
+//! event read from the group is stored (with its descriptor) under a token
+//! until the core's [`Action::Respond`] for it; reads for the host run on the
+//! blocking pool with `pread` on the event's descriptor. At most
+//! `max_in_flight` events are held: beyond that the loop stops reading the
+//! group and the kernel queues the rest.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::fanotify::FanotifyEvent;
+use thinagent_guest::{
+    FailMode, Instant, Level, NtStatus, OpenPolicy, PathRef, PathStyle, Reconnect, ReconnectConfig,
+};
+use thinagent_protocol::{OsError, ReadOutcome};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::connect::{ConnectUrl, Connection, Stream};
+use crate::core::{Access, Action, AgentCore, CoreConfig, PermEvent, Stats, Token, Why};
+use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, MarkScope};
+use crate::logging::{Logger, routine};
+
+/// How long one connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the last bytes (Goodbye) may take to leave at shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Everything the agent needs to run.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The scanner.
+    pub connect: ConnectUrl,
+    /// Paths whose mount (or file system) is watched.
+    pub watch: Vec<PathBuf>,
+    /// Mount or file-system marks.
+    pub scope: MarkScope,
+    /// Path prefixes never checked.
+    pub exclude: Vec<String>,
+    /// What an event gets when the scanner cannot answer.
+    pub fail_mode: FailMode,
+    /// Per-event deadline.
+    pub timeout: Duration,
+    /// Most events held at once (1..=[`crate::core::SESSION_SLOTS`]).
+    pub max_in_flight: usize,
+    /// Files larger than this are not checked.
+    pub max_file_size: Option<u64>,
+    /// Processes whose opens are never checked.
+    pub exclude_pids: Vec<u32>,
+    /// Written once the marks are in place and the first connect attempt
+    /// finished.
+    pub ready_file: Option<PathBuf>,
+    /// Period of the INFO stats line (`None`: only at exit).
+    pub stats_interval: Option<Duration>,
+    /// Sent to the scanner in `Hello`.
+    pub guest_name: String,
+    /// Reconnect pacing.
+    pub reconnect: ReconnectConfig,
+    /// Where lines go.
+    pub logger: Logger,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// fanotify could not be set up.
+    #[error(transparent)]
+    Fanotify(#[from] FanotifyError),
+    /// A setting is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// An I/O failure of the edge.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl AgentError {
+    /// `true` for command-line or privilege errors (exit status 2).
+    #[must_use]
+    pub fn is_usage(&self) -> bool {
+        match self {
+            AgentError::Fanotify(e) => e.is_usage(),
+            AgentError::Config(_) => true,
+            AgentError::Io { .. } => false,
+        }
+    }
+}
+
+/// A finished host read: its id, then the bytes and whether the file ended.
+type ReadResult = (u64, io::Result<(Vec<u8>, bool)>);
+
+/// One held permission event.
+struct Held {
+    event: FanotifyEvent,
+    path: String,
+    pid: u32,
+    access: Access,
+}
+
+/// Builds the policy from the configuration.
+fn build_policy(config: &AgentConfig) -> Result<OpenPolicy, AgentError> {
+    let mut policy = OpenPolicy::new(PathStyle::Posix);
+    policy.set_max_file_size(config.max_file_size);
+    for p in &config.exclude {
+        policy
+            .add_excluded_prefix(PathRef::Utf8(p.trim_end_matches('/')))
+            .map_err(|e| AgentError::Config(format!("--exclude {p:?}: {e}")))?;
+    }
+    for pid in &config.exclude_pids {
+        policy
+            .add_excluded_process(*pid)
+            .map_err(|e| AgentError::Config(format!("--exclude-pid {pid}: {e}")))?;
+    }
+    Ok(policy)
+}
+
+fn fail_mode_name(mode: FailMode) -> &'static str {
+    match mode {
+        FailMode::Open => "fail-open",
+        FailMode::Closed => "fail-closed",
+    }
+}
+
+/// The counters as one line's text.
+#[must_use]
+pub fn stats_text(s: &Stats) -> String {
+    format!(
+        "events={} skipped={} not_regular={} cache_hits={} allowed_by_scanner={} \
+         denied_by_scanner={} denied={} fail_mode_decisions={} (disconnected={} deadline={} \
+         watchdog={} session_closed={} overloaded={} shutdown={}) reads={} invalidations={}",
+        s.events,
+        s.skipped,
+        s.not_regular,
+        s.cache_hits,
+        s.host_allowed,
+        s.host_denied,
+        s.denied,
+        s.fail_mode_total(),
+        s.fail_mode_disconnected,
+        s.fail_mode_deadline,
+        s.fail_mode_watchdog,
+        s.fail_mode_session_closed,
+        s.fail_mode_overloaded,
+        s.fail_mode_shutdown,
+        s.reads,
+        s.invalidations,
+    )
+}
+
+async fn read_opt(rd: &mut Option<ReadHalf<Box<dyn Stream>>>, buf: &mut [u8]) -> io::Result<usize> {
+    match rd {
+        Some(r) => r.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_opt(wr: &mut Option<WriteHalf<Box<dyn Stream>>>, data: &[u8]) -> io::Result<usize> {
+    match wr {
+        Some(w) if !data.is_empty() => w.write(data).await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn join_opt<T>(
+    h: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match h {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick_opt(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The running agent's state outside the core.
+struct Edge {
+    config: AgentConfig,
+    log: Logger,
+    fan: AsyncFd<FanGroup>,
+    core: AgentCore,
+    held: HashMap<Token, Arc<Held>>,
+    next_token: Token,
+    clock: std::time::Instant,
+    rd: Option<ReadHalf<Box<dyn Stream>>>,
+    wr: Option<WriteHalf<Box<dyn Stream>>>,
+    reconnect: Reconnect,
+    next_connect: Option<tokio::time::Instant>,
+    connecting: Option<tokio::task::JoinHandle<io::Result<Connection>>>,
+    ready_written: bool,
+    disconnected_decisions: u64,
+    read_tx: tokio::sync::mpsc::UnboundedSender<ReadResult>,
+}
+
+impl Edge {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn to_tokio(&self, at: Instant) -> tokio::time::Instant {
+        let base = tokio::time::Instant::from_std(self.clock);
+        base + Duration::from_nanos(at.as_nanos())
+    }
+
+    fn start_connect(&mut self) {
+        let url = self.config.connect.clone();
+        self.next_connect = None;
+        self.connecting = Some(tokio::spawn(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, url.connect()).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer within 5 s",
+                )),
+            }
+        }));
+    }
+
+    fn schedule_reconnect(&mut self) {
+        let delay = self.reconnect.on_closed(self.now());
+        self.next_connect = Some(tokio::time::Instant::now() + delay);
+        delay_log(self, delay);
+    }
+
+    fn write_ready(&mut self) {
+        if self.ready_written {
+            return;
+        }
+        self.ready_written = true;
+        if let Some(path) = &self.config.ready_file
+            && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+        {
+            self.log.log(
+                Level::Error,
+                routine::DRIVER_ENTRY,
+                format_args!("cannot write the ready file {}: {e}", path.display()),
+            );
+        }
+    }
+
+    fn on_connect_result(&mut self, result: io::Result<Connection>) {
+        match result {
+            Ok(conn) => {
+                self.log.log(
+                    Level::Info,
+                    routine::VSOCK_CONNECT,
+                    format_args!(
+                        "connected to the scanner at {}{}",
+                        self.config.connect,
+                        conn.peer_pid
+                            .map(|p| format!(" (scanner pid {p}, its opens are not checked)"))
+                            .unwrap_or_default()
+                    ),
+                );
+                let (rd, wr) = tokio::io::split(conn.stream);
+                self.rd = Some(rd);
+                self.wr = Some(wr);
+                self.core.set_scanner_pid(conn.peer_pid);
+                let now = self.now();
+                self.reconnect.on_connected(now);
+                self.core.on_connected(now);
+            }
+            Err(e) => {
+                self.log.log_status(
+                    Level::Warn,
+                    routine::VSOCK_CONNECT,
+                    NtStatus::STATUS_CONNECTION_REFUSED,
+                    format_args!(
+                        "cannot connect to the scanner at {}: {e}; {} decides meanwhile",
+                        self.config.connect,
+                        fail_mode_name(self.core.fail_mode())
+                    ),
+                );
+                self.schedule_reconnect();
+            }
+        }
+        self.write_ready();
+    }
+
+    fn drop_connection(&mut self, why: &str) {
+        self.rd = None;
+        self.wr = None;
+        self.core.on_disconnected(self.now());
+        self.log.log_status(
+            Level::Warn,
+            routine::SESSION,
+            NtStatus::STATUS_CONNECTION_RESET,
+            format_args!(
+                "connection to the scanner lost ({why}); {} decides until it is back",
+                fail_mode_name(self.core.fail_mode())
+            ),
+        );
+        self.schedule_reconnect();
+    }
+
+    fn on_events(&mut self, events: Vec<FanotifyEvent>) {
+        for event in events {
+            match fanotify::classify(&event) {
+                EventClass::Overflow => self.log.log(
+                    Level::Warn,
+                    routine::FANOTIFY,
+                    format_args!("fanotify queue overflow: notification events were lost"),
+                ),
+                EventClass::CloseWrite => {
+                    if let Some(st) = fanotify::stat_of(&event) {
+                        self.core.on_close_write(st.dev, st.ino);
+                    }
+                }
+                class @ (EventClass::OpenPerm | EventClass::ExecPerm) => {
+                    let access = if class == EventClass::ExecPerm {
+                        Access::Exec
+                    } else {
+                        Access::Open
+                    };
+                    self.on_perm(event, access);
+                }
+                EventClass::Other => {}
+            }
+        }
+    }
+
+    fn on_perm(&mut self, event: FanotifyEvent, access: Access) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let stat = fanotify::stat_of(&event);
+        let path = fanotify::path_of(&event);
+        let pid = u32::try_from(event.pid()).unwrap_or(0);
+        let held = Arc::new(Held {
+            path: String::from_utf8_lossy(&path).into_owned(),
+            event,
+            pid,
+            access,
+        });
+        self.held.insert(token, held);
+        let now = self.now();
+        self.core.on_perm_event(
+            &PermEvent {
+                token,
+                access,
+                pid,
+                path: &path,
+                stat,
+            },
+            now,
+        );
+        self.run_actions();
+    }
+
+    fn run_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Respond { token, allow, why } => self.respond(token, allow, &why),
+                Action::Read {
+                    token,
+                    read_id,
+                    offset,
+                    length,
+                } => match self.held.get(&token).cloned() {
+                    Some(held) => {
+                        let tx = self.read_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let r = fanotify::pread_event(&held.event, offset, length);
+                            let _ = tx.send((read_id, r));
+                        });
+                    }
+                    None => {
+                        let now = self.now();
+                        self.core
+                            .read_completed(read_id, ReadOutcome::Cancelled, now);
+                    }
+                },
+                Action::Connected { version } => {
+                    self.log.log(
+                        Level::Info,
+                        routine::SESSION,
+                        format_args!("session with the scanner open (protocol v{version})"),
+                    );
+                    if self.disconnected_decisions > 0 {
+                        self.log.log(
+                            Level::Warn,
+                            routine::SESSION,
+                            format_args!(
+                                "{} opens were decided by {} while the scanner was unreachable",
+                                self.disconnected_decisions,
+                                fail_mode_name(self.core.fail_mode())
+                            ),
+                        );
+                        self.disconnected_decisions = 0;
+                    }
+                }
+                Action::Closed { reason } => {
+                    // The Goodbye / Error frames are left to the next write
+                    // attempt; the connection is simply dropped.
+                    self.rd = None;
+                    self.wr = None;
+                    self.core.on_disconnected(self.now());
+                    self.log.log(
+                        Level::Warn,
+                        routine::SESSION,
+                        format_args!("session closed: {reason:?}"),
+                    );
+                    self.schedule_reconnect();
+                }
+            }
+        }
+    }
+
+    fn respond(&mut self, token: Token, allow: bool, why: &Why) {
+        let Some(held) = self.held.remove(&token) else {
+            return;
+        };
+        if let Err(e) = self.fan.get_ref().respond(&held.event, allow) {
+            self.log.log(
+                Level::Error,
+                routine::FANOTIFY,
+                format_args!("cannot answer the open of {}: {e}", held.path),
+            );
+        }
+        let kind = match held.access {
+            Access::Open => "open",
+            Access::Exec => "exec",
+        };
+        let verdict = if allow { "allowed" } else { "denied" };
+        let log = self.log;
+        match why {
+            Why::Host { threat, .. } if !allow => log.log_status(
+                Level::Audit,
+                routine::OPEN_FILTER,
+                NtStatus::STATUS_VIRUS_INFECTED,
+                format_args!(
+                    "denied {kind} of {} by pid {}: {threat}",
+                    held.path, held.pid
+                ),
+            ),
+            Why::Cached(_) if !allow => log.log_status(
+                Level::Audit,
+                routine::OPEN_FILTER,
+                NtStatus::STATUS_VIRUS_INFECTED,
+                format_args!(
+                    "denied {kind} of {} by pid {}: cached verdict",
+                    held.path, held.pid
+                ),
+            ),
+            Why::Disconnected => {
+                self.disconnected_decisions += 1;
+                let level = if self.disconnected_decisions == 1 {
+                    Level::Warn
+                } else {
+                    Level::Debug
+                };
+                log.log(
+                    level,
+                    routine::OPEN_FILTER,
+                    format_args!(
+                        "scanner unreachable: {} {verdict} {kind} of {} by pid {}",
+                        fail_mode_name(self.core.fail_mode()),
+                        held.path,
+                        held.pid
+                    ),
+                );
+            }
+            Why::SessionDeadline | Why::Watchdog => log.log_status(
+                Level::Warn,
+                routine::OPEN_FILTER,
+                NtStatus::STATUS_IO_TIMEOUT,
+                format_args!(
+                    "no verdict within {} ms: {} {verdict} {kind} of {} by pid {}",
+                    self.config.timeout.as_millis(),
+                    fail_mode_name(self.core.fail_mode()),
+                    held.path,
+                    held.pid
+                ),
+            ),
+            Why::SessionClosed | Why::Overloaded | Why::Shutdown => log.log(
+                Level::Info,
+                routine::OPEN_FILTER,
+                format_args!(
+                    "{why:?}: {} {verdict} {kind} of {} by pid {}",
+                    fail_mode_name(self.core.fail_mode()),
+                    held.path,
+                    held.pid
+                ),
+            ),
+            _ => {
+                if log.enabled(Level::Debug) {
+                    log.log(
+                        Level::Debug,
+                        routine::OPEN_FILTER,
+                        format_args!(
+                            "{verdict} {kind} of {} by pid {} ({why:?})",
+                            held.path, held.pid
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn delay_log(edge: &Edge, delay: Duration) {
+    edge.log.log(
+        Level::Info,
+        routine::VSOCK_CONNECT,
+        format_args!(
+            "next connect attempt to {} in {} ms",
+            edge.config.connect,
+            delay.as_millis()
+        ),
+    );
+}
+
+/// Runs the agent until `shutdown` completes; returns the final counters.
+/// Must be called inside a tokio runtime.
+pub async fn run<F: Future<Output = ()>>(
+    config: AgentConfig,
+    shutdown: F,
+) -> Result<Stats, AgentError> {
+    let log = config.logger;
+    if config.watch.is_empty() {
+        return Err(AgentError::Config(
+            "nothing to watch: give at least one --watch PATH".into(),
+        ));
+    }
+    if config.max_in_flight == 0 || config.max_in_flight > crate::core::SESSION_SLOTS {
+        return Err(AgentError::Config(format!(
+            "--max-in-flight must be 1..={}",
+            crate::core::SESSION_SLOTS
+        )));
+    }
+    let policy = build_policy(&config)?;
+    let own_pid = std::process::id();
+    let core = AgentCore::new(CoreConfig {
+        fail_mode: config.fail_mode,
+        timeout: config.timeout,
+        guest_name: config.guest_name.clone(),
+        policy,
+        own_pid,
+    });
+    let mut group = FanGroup::new()?;
+    for path in &config.watch {
+        group.add_mark(path, config.scope)?;
+        log.log(
+            Level::Info,
+            routine::FANOTIFY,
+            format_args!(
+                "watching the {} containing {} (open, exec, close-write)",
+                match config.scope {
+                    MarkScope::Mount => "mount",
+                    MarkScope::Filesystem => "file system",
+                },
+                path.display()
+            ),
+        );
+    }
+    let fan = group.into_async().map_err(|source| AgentError::Io {
+        what: "registering the fanotify group with tokio",
+        source,
+    })?;
+    let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut edge = Edge {
+        reconnect: Reconnect::new(config.reconnect),
+        config,
+        log,
+        fan,
+        core,
+        held: HashMap::new(),
+        next_token: 1,
+        clock: std::time::Instant::now(),
+        rd: None,
+        wr: None,
+        next_connect: None,
+        connecting: None,
+        ready_written: false,
+        disconnected_decisions: 0,
+        read_tx,
+    };
+    log.log(
+        Level::Audit,
+        routine::DRIVER_ENTRY,
+        format_args!(
+            "thinagent-linux-agent {} started (pid {own_pid}): scanner {}, {}, timeout {} ms, \
+             at most {} opens in flight",
+            env!("CARGO_PKG_VERSION"),
+            edge.config.connect,
+            fail_mode_name(edge.config.fail_mode),
+            edge.config.timeout.as_millis(),
+            edge.config.max_in_flight
+        ),
+    );
+    edge.start_connect();
+    let mut stats_tick = edge.config.stats_interval.map(|d| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let mut rx_buf = vec![0u8; 64 * 1024];
+    tokio::pin!(shutdown);
+    loop {
+        edge.run_actions();
+        let deadline = edge.core.next_deadline().map(|d| edge.to_tokio(d));
+        let can_take = edge.held.len() < edge.config.max_in_flight;
+        let tx = edge.core.pending_tx().to_vec();
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            r = join_opt(&mut edge.connecting) => {
+                edge.connecting = None;
+                let result = r.unwrap_or_else(|e| Err(io::Error::other(e)));
+                edge.on_connect_result(result);
+            }
+            () = sleep_opt(deadline) => {
+                let now = edge.now();
+                edge.core.on_timeout(now);
+            }
+            Some((read_id, result)) = read_rx.recv() => {
+                let now = edge.now();
+                let outcome = match &result {
+                    Ok((data, true)) => ReadOutcome::EndOfFile(data),
+                    Ok((data, false)) => ReadOutcome::Data(data),
+                    Err(e) => ReadOutcome::Error(OsError::Errno(
+                        e.raw_os_error().and_then(|n| u32::try_from(n).ok()).unwrap_or(5),
+                    )),
+                };
+                edge.core.read_completed(read_id, outcome, now);
+            }
+            r = edge.fan.readable(), if can_take => {
+                let mut guard = r.map_err(|source| AgentError::Io { what: "waiting for fanotify events", source })?;
+                match guard.try_io(|g| g.get_ref().read_events()) {
+                    Ok(Ok(events)) => edge.on_events(events),
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(Err(e)) => {
+                        // EMFILE / ENFILE: the kernel could not open the
+                        // event's file for us; it answers that event itself.
+                        log.log(Level::Error, routine::FANOTIFY, format_args!("reading fanotify events: {e}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(_would_block) => {}
+                }
+            }
+            r = read_opt(&mut edge.rd, &mut rx_buf) => match r {
+                Ok(0) => edge.drop_connection("closed by the scanner"),
+                Ok(n) => {
+                    let now = edge.now();
+                    edge.core.on_receive(&rx_buf[..n], now);
+                }
+                Err(e) => edge.drop_connection(&e.to_string()),
+            },
+            r = write_opt(&mut edge.wr, &tx) => match r {
+                Ok(n) => edge.core.consume_tx(n),
+                Err(e) => edge.drop_connection(&e.to_string()),
+            },
+            () = sleep_opt(edge.next_connect), if edge.connecting.is_none() && edge.rd.is_none() => {
+                edge.start_connect();
+            }
+            () = tick_opt(&mut stats_tick) => {
+                let s = edge.core.stats();
+                log.log(Level::Info, routine::STATS, format_args!("{}", stats_text(&s)));
+            }
+        }
+    }
+    shutdown_edge(&mut edge).await;
+    let stats = edge.core.stats();
+    log.log(
+        Level::Audit,
+        routine::STATS,
+        format_args!("{}", stats_text(&stats)),
+    );
+    log.log(
+        Level::Audit,
+        routine::DRIVER_ENTRY,
+        format_args!("thinagent-linux-agent stopped"),
+    );
+    Ok(stats)
+}
+
+/// Stops taking events, removes the marks, answers everything held or
+/// still queued by the fail mode, says Goodbye.
+async fn shutdown_edge(edge: &mut Edge) {
+    let log = edge.log;
+    if let Some(h) = edge.connecting.take() {
+        h.abort();
+    }
+    let removed = edge.fan.get_mut().remove_marks();
+    log.log(
+        Level::Info,
+        routine::FANOTIFY,
+        format_args!("shutting down: {removed} marks removed; answering pending opens"),
+    );
+    // Events queued before the marks went away still wait for an answer.
+    loop {
+        match edge.fan.get_ref().read_events() {
+            Ok(events) if !events.is_empty() => edge.on_events(events),
+            _ => break,
+        }
+    }
+    let now = edge.now();
+    edge.core.shutdown(now);
+    edge.run_actions();
+    debug_assert!(edge.held.is_empty(), "every held event answered");
+    if let Some(wr) = edge.wr.as_mut() {
+        let tx = edge.core.pending_tx().to_vec();
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+            let _ = wr.write_all(&tx).await;
+            let _ = wr.shutdown().await;
+        })
+        .await;
+    }
+    edge.rd = None;
+    edge.wr = None;
+}

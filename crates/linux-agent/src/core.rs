@@ -1,0 +1,714 @@
+//! The agent's sans-IO core: one fanotify permission event in, one answer out.
+//!
+//! [`AgentCore`] owns everything that decides: the [`OpenPolicy`], the
+//! [`VerdictCache`], the protocol [`Session`] with the scanner (when
+//! connected), the table of pending permission events and their watchdog
+//! deadlines, and the counters. It reads no clock and touches no descriptor:
+//! the edge ([`crate::agent`]) feeds it events, received bytes and the time,
+//! and carries out the [`Action`]s it returns (write a fanotify response,
+//! `pread` for the host, close the connection) and the bytes it wants sent.
+//!
+//! Guarantees (tested by the proptests at the end of this file):
+//! * every permission event given to [`AgentCore::on_perm_event`] gets exactly
+//!   one [`Action::Respond`];
+//! * no later than its deadline (`now + timeout` at arrival), provided the
+//!   edge calls [`AgentCore::on_timeout`] at [`AgentCore::next_deadline`]: the
+//!   watchdog answers by the fail mode whatever the session is doing;
+//! * after [`AgentCore::shutdown`] nothing is pending.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use thinagent_guest::policy::{FILE_EXECUTE, FILE_OPEN, FILE_READ_DATA};
+use thinagent_guest::{
+    CachedVerdict, CloseReason, FailMode, FileKey, Instant, OpenDecision, OpenPolicy, OpenRequest,
+    PathRef, QueryId, ReadError, Session, SessionConfig, SessionEvent, SkipReason, VerdictCache,
+    VerdictSource,
+};
+use thinagent_protocol::{
+    AgentVersion, Capabilities, CreateDisposition, Decision, EventKind, FileEvent, FileIdentity,
+    FilePath, OsKind, ReadOutcome,
+};
+
+/// Query slots of the session: the most permission events checked at once
+/// (the upper bound of `--max-in-flight`).
+pub const SESSION_SLOTS: usize = 64;
+/// Longest path sent to the scanner, bytes (Linux `PATH_MAX`). Longer paths
+/// are decided by the fail mode.
+pub const MAX_PATH: usize = 4096;
+/// Host reads served at once.
+pub const READ_SLOTS: usize = 4;
+/// Verdict cache entries (64 bytes each).
+pub const CACHE_ENTRIES: usize = 4096;
+
+/// The protocol session type the agent uses.
+pub type AgentSession = Session<SESSION_SLOTS, MAX_PATH, READ_SLOTS>;
+
+/// The edge's handle for one permission event (unique while it is pending).
+pub type Token = u64;
+
+/// Seconds from 1601-01-01 to 1970-01-01, in `FILETIME` units (100 ns).
+const FILETIME_UNIX_EPOCH: u64 = 116_444_736_000_000_000;
+
+/// Which permission event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `FAN_OPEN_PERM`.
+    Open,
+    /// `FAN_OPEN_EXEC_PERM`.
+    Exec,
+}
+
+/// What kind of inode the event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// A regular file: checked.
+    Regular,
+    /// A directory: skipped by the policy.
+    Directory,
+    /// A FIFO, socket or device: not content, let through.
+    Other,
+}
+
+/// `fstat` of the event's descriptor, reduced to what the core uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileStat {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mtime` in nanoseconds since the Unix epoch (0 if before it).
+    pub mtime_ns: u64,
+    /// Inode type.
+    pub file_type: FileType,
+}
+
+impl FileStat {
+    /// The verdict cache key: (`st_dev`, inode, size, mtime).
+    #[must_use]
+    pub fn key(&self) -> FileKey {
+        FileKey::with_u64_id(self.dev, self.ino, self.size, self.mtime_ns)
+    }
+
+    /// The identity sent in `FileEvent` (mtime as a `FILETIME`).
+    #[must_use]
+    pub fn identity(&self) -> FileIdentity {
+        FileIdentity {
+            volume_serial: self.dev,
+            file_id: self.key().file_id,
+            size: self.size,
+            last_write_time: FILETIME_UNIX_EPOCH.saturating_add(self.mtime_ns / 100),
+        }
+    }
+}
+
+/// One permission event as the edge read it.
+#[derive(Clone, Copy, Debug)]
+pub struct PermEvent<'a> {
+    /// The edge's handle, echoed in [`Action::Respond`] / [`Action::Read`].
+    pub token: Token,
+    /// Open or exec.
+    pub access: Access,
+    /// Process that opens.
+    pub pid: u32,
+    /// Path of the file (from `/proc/self/fd/N`), raw bytes.
+    pub path: &'a [u8],
+    /// `fstat` of the event's descriptor, if it worked.
+    pub stat: Option<FileStat>,
+}
+
+/// Why an event got its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The policy let it through unchecked.
+    Skipped(SkipReason),
+    /// Not a regular file (FIFO, socket, device).
+    NotRegularFile,
+    /// The verdict cache answered.
+    Cached(CachedVerdict),
+    /// The scanner answered.
+    Host {
+        /// Allow / Deny / AllowNoCache.
+        decision: Decision,
+        /// Threat name, empty if none.
+        threat: String,
+    },
+    /// No connection to the scanner: the fail mode decided.
+    Disconnected,
+    /// The session's per-query deadline passed: the fail mode decided.
+    SessionDeadline,
+    /// The session closed (or could not send the query, e.g. path too long)
+    /// while the query was pending: the fail mode decided.
+    SessionClosed,
+    /// The watchdog deadline passed before any answer: the fail mode decided.
+    Watchdog,
+    /// Every session slot was busy: the fail mode decided.
+    Overloaded,
+    /// The agent is shutting down: the fail mode decided.
+    Shutdown,
+}
+
+impl Why {
+    /// `true` when the fail mode (not a scan, cache or policy) decided.
+    #[must_use]
+    pub fn is_fail_mode(&self) -> bool {
+        matches!(
+            self,
+            Why::Disconnected
+                | Why::SessionDeadline
+                | Why::SessionClosed
+                | Why::Watchdog
+                | Why::Overloaded
+                | Why::Shutdown
+        )
+    }
+}
+
+/// What the edge must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Answer the permission event `token` (exactly once per event).
+    Respond {
+        /// The event.
+        token: Token,
+        /// `FAN_ALLOW` or `FAN_DENY`.
+        allow: bool,
+        /// Why.
+        why: Why,
+    },
+    /// The host wants bytes of `token`'s file: `pread` them from the event's
+    /// descriptor and call [`AgentCore::read_completed`].
+    Read {
+        /// The event whose descriptor to read.
+        token: Token,
+        /// Id for [`AgentCore::read_completed`].
+        read_id: u64,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        length: u32,
+    },
+    /// The handshake completed.
+    Connected {
+        /// Negotiated protocol version.
+        version: u16,
+    },
+    /// The session ended by itself: send what is left in
+    /// [`AgentCore::pending_tx`], close the connection, reconnect later.
+    Closed {
+        /// Why it closed.
+        reason: CloseReason,
+    },
+}
+
+/// Counters since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Permission events received.
+    pub events: u64,
+    /// Let through by the policy.
+    pub skipped: u64,
+    /// Let through as non-regular files.
+    pub not_regular: u64,
+    /// Answered from the verdict cache.
+    pub cache_hits: u64,
+    /// Allowed by the scanner.
+    pub host_allowed: u64,
+    /// Denied by the scanner.
+    pub host_denied: u64,
+    /// Decided by the fail mode while disconnected.
+    pub fail_mode_disconnected: u64,
+    /// Decided by the fail mode at the session's query deadline.
+    pub fail_mode_deadline: u64,
+    /// Decided by the fail mode when the session closed with the query open.
+    pub fail_mode_session_closed: u64,
+    /// Decided by the fail mode at the watchdog deadline.
+    pub fail_mode_watchdog: u64,
+    /// Decided by the fail mode because every session slot was busy.
+    pub fail_mode_overloaded: u64,
+    /// Decided by the fail mode at shutdown.
+    pub fail_mode_shutdown: u64,
+    /// Denied in total (scanner, cache or fail-closed).
+    pub denied: u64,
+    /// Cache entries removed by `FAN_CLOSE_WRITE`.
+    pub invalidations: u64,
+    /// Host reads served.
+    pub reads: u64,
+}
+
+impl Stats {
+    /// Every decision the fail mode made.
+    #[must_use]
+    pub fn fail_mode_total(&self) -> u64 {
+        self.fail_mode_disconnected
+            + self.fail_mode_deadline
+            + self.fail_mode_session_closed
+            + self.fail_mode_watchdog
+            + self.fail_mode_overloaded
+            + self.fail_mode_shutdown
+    }
+}
+
+/// Static configuration of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// What an event gets when the scanner cannot answer in time.
+    pub fail_mode: FailMode,
+    /// Per-event deadline (the session's query timeout and the watchdog).
+    pub timeout: Duration,
+    /// Sent in `Hello`.
+    pub guest_name: String,
+    /// The open policy (exclusions, size limit, the agent's own pid).
+    pub policy: OpenPolicy,
+    /// The agent's own pid (its opens are never checked).
+    pub own_pid: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    deadline: Instant,
+    key: Option<FileKey>,
+    query: QueryId,
+    /// A `FAN_CLOSE_WRITE` of the same file arrived meanwhile: do not cache.
+    dirty: bool,
+}
+
+/// The sans-IO agent. See the [module docs](self).
+pub struct AgentCore {
+    policy: Box<OpenPolicy>,
+    cache: Box<VerdictCache<CACHE_ENTRIES>>,
+    session: Option<Box<AgentSession>>,
+    fail_mode: FailMode,
+    timeout: Duration,
+    guest_name: String,
+    own_pid: u32,
+    scanner_pid: Option<u32>,
+    pending: HashMap<Token, Pending>,
+    by_query: HashMap<QueryId, Token>,
+    actions: VecDeque<Action>,
+    outbox: Vec<u8>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for AgentCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCore")
+            .field("connected", &self.is_connected())
+            .field("pending", &self.pending.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentCore {
+    /// A disconnected core.
+    #[must_use]
+    pub fn new(config: CoreConfig) -> Self {
+        let mut policy = Box::new(config.policy);
+        // A full process list only loses this exclusion; own_io covers it.
+        let _ = policy.add_excluded_process(config.own_pid);
+        AgentCore {
+            policy,
+            cache: Box::new(VerdictCache::new()),
+            session: None,
+            fail_mode: config.fail_mode,
+            timeout: config.timeout,
+            guest_name: config.guest_name,
+            own_pid: config.own_pid,
+            scanner_pid: None,
+            pending: HashMap::new(),
+            by_query: HashMap::new(),
+            actions: VecDeque::new(),
+            outbox: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Counters so far.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The fail mode.
+    #[must_use]
+    pub fn fail_mode(&self) -> FailMode {
+        self.fail_mode
+    }
+
+    /// Events waiting for an answer.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A session exists (connected or handshaking).
+    #[must_use]
+    pub fn has_session(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The handshake completed and the session is open.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.is_connected())
+    }
+
+    /// The open policy.
+    #[must_use]
+    pub fn policy(&self) -> &OpenPolicy {
+        &self.policy
+    }
+
+    /// The scanner's pid learned from the connection (`SO_PEERCRED`): its
+    /// opens are not checked. Replaces the previous one.
+    pub fn set_scanner_pid(&mut self, pid: Option<u32>) {
+        if self.scanner_pid == pid {
+            return;
+        }
+        if let Some(old) = self.scanner_pid.take()
+            && old != self.own_pid
+        {
+            self.policy.remove_excluded_process(old);
+        }
+        if let Some(new) = pid
+            && self.policy.add_excluded_process(new).is_ok()
+        {
+            self.scanner_pid = Some(new);
+        }
+    }
+
+    /// A connection to the scanner was established at `now`: starts a
+    /// session (sends `Hello`). An existing session is closed first.
+    pub fn on_connected(&mut self, now: Instant) {
+        self.on_disconnected(now);
+        let config = SessionConfig {
+            query_timeout: self.timeout,
+            fail_mode: self.fail_mode,
+            os: OsKind::Linux,
+            agent_version: AgentVersion {
+                major: 0,
+                minor: 1,
+                patch: 0,
+            },
+            capabilities: Capabilities::READ_CONTENT,
+            guest_name: &self.guest_name,
+        };
+        let mut s = Box::new(AgentSession::new(&config));
+        s.start(now);
+        self.session = Some(s);
+        self.pump(now, false);
+    }
+
+    /// The connection broke (or the edge closed it) at `now`: queries in
+    /// flight are answered by the fail mode; unsent bytes are dropped.
+    pub fn on_disconnected(&mut self, now: Instant) {
+        if let Some(s) = self.session.as_mut() {
+            s.close(now);
+            self.pump(now, true);
+        }
+        self.session = None;
+        self.outbox.clear();
+    }
+
+    /// Bytes received from the scanner.
+    pub fn on_receive(&mut self, bytes: &[u8], now: Instant) {
+        if let Some(s) = self.session.as_mut() {
+            s.receive(bytes, now);
+            self.pump(now, false);
+        }
+    }
+
+    /// `FAN_CLOSE_WRITE` on (`dev`, `ino`): forget every verdict of the file.
+    pub fn on_close_write(&mut self, dev: u64, ino: u64) {
+        let id = FileKey::with_u64_id(dev, ino, 0, 0).file_id;
+        let n = self.cache.invalidate(dev, &id);
+        self.stats.invalidations += n as u64;
+        for p in self.pending.values_mut() {
+            if p.key
+                .is_some_and(|k| k.volume_serial == dev && k.file_id == id)
+            {
+                p.dirty = true;
+            }
+        }
+    }
+
+    /// One permission event at `now`. Its answer comes out of
+    /// [`poll_action`](Self::poll_action), now or later.
+    pub fn on_perm_event(&mut self, ev: &PermEvent<'_>, now: Instant) {
+        self.stats.events += 1;
+        let is_directory = match ev.stat.map(|s| s.file_type) {
+            Some(FileType::Other) => {
+                self.stats.not_regular += 1;
+                self.respond(ev.token, true, Why::NotRegularFile);
+                return;
+            }
+            Some(FileType::Directory) => true,
+            _ => false,
+        };
+        let text = String::from_utf8_lossy(ev.path);
+        let desired_access = match ev.access {
+            Access::Open => FILE_READ_DATA,
+            Access::Exec => FILE_READ_DATA | FILE_EXECUTE,
+        };
+        let request = OpenRequest {
+            is_directory,
+            is_volume_open: false,
+            is_paging_file: false,
+            requestor_kernel_mode: false,
+            process_id: ev.pid,
+            path: PathRef::Utf8(&text),
+            file_size: ev.stat.map(|s| s.size),
+            desired_access,
+            create_disposition: FILE_OPEN,
+            own_io: ev.pid == self.own_pid,
+        };
+        if let OpenDecision::Skip(reason) = self.policy.decide(&request) {
+            self.stats.skipped += 1;
+            self.respond(ev.token, true, Why::Skipped(reason));
+            return;
+        }
+        let key = ev.stat.map(|s| s.key());
+        if let Some(k) = key
+            && let Some(v) = self.cache.get(&k, now)
+        {
+            self.stats.cache_hits += 1;
+            self.respond(ev.token, v.is_allow(), Why::Cached(v));
+            return;
+        }
+        let Some(session) = self.session.as_mut() else {
+            self.stats.fail_mode_disconnected += 1;
+            let allow = self.fail_mode == FailMode::Open;
+            self.respond(ev.token, allow, Why::Disconnected);
+            return;
+        };
+        let path = match std::str::from_utf8(ev.path) {
+            Ok(p) => FilePath::Utf8(p),
+            Err(_) => FilePath::Bytes(ev.path),
+        };
+        let event = FileEvent {
+            kind: match ev.access {
+                Access::Open => EventKind::Open,
+                Access::Exec => EventKind::Execute,
+            },
+            process_id: ev.pid,
+            desired_access,
+            create_disposition: CreateDisposition::Open,
+            file: ev.stat.map(|s| s.identity()).unwrap_or_default(),
+            path,
+        };
+        match session.submit(&event, now) {
+            Ok(query) => {
+                debug_assert!(!self.pending.contains_key(&ev.token), "token reused");
+                self.pending.insert(
+                    ev.token,
+                    Pending {
+                        deadline: now.saturating_add(self.timeout),
+                        key,
+                        query,
+                        dirty: false,
+                    },
+                );
+                self.by_query.insert(query, ev.token);
+                self.pump(now, false);
+            }
+            Err(_full) => {
+                self.stats.fail_mode_overloaded += 1;
+                let allow = self.fail_mode == FailMode::Open;
+                self.respond(ev.token, allow, Why::Overloaded);
+            }
+        }
+    }
+
+    /// The read `read_id` (from [`Action::Read`]) finished.
+    pub fn read_completed(&mut self, read_id: u64, outcome: ReadOutcome<'_>, now: Instant) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        self.stats.reads += 1;
+        for _ in 0..2 {
+            match s.read_completed(read_id, outcome, now) {
+                Err(ReadError::Busy) => drain_tx(s, &mut self.outbox),
+                Ok(()) | Err(ReadError::UnknownRead) => break,
+            }
+        }
+        self.pump(now, false);
+    }
+
+    /// The earliest time [`on_timeout`](Self::on_timeout) has work to do.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let watchdog = self.pending.values().map(|p| p.deadline).min();
+        let session = self.session.as_ref().and_then(|s| s.next_deadline());
+        match (watchdog, session) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Applies every timer due at `now`: the session's (query deadlines,
+    /// heartbeats, handshake) and then the watchdog's.
+    pub fn on_timeout(&mut self, now: Instant) {
+        if let Some(s) = self.session.as_mut() {
+            s.on_timeout(now);
+            self.pump(now, false);
+        }
+        let due: Vec<Token> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.has_reached(p.deadline))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in due {
+            self.stats.fail_mode_watchdog += 1;
+            let allow = self.fail_mode == FailMode::Open;
+            self.respond(token, allow, Why::Watchdog);
+        }
+    }
+
+    /// Stops: every pending event is answered by the fail mode and the
+    /// session says `Goodbye` (left in [`pending_tx`](Self::pending_tx)).
+    pub fn shutdown(&mut self, now: Instant) {
+        let tokens: Vec<Token> = self.pending.keys().copied().collect();
+        for token in tokens {
+            self.stats.fail_mode_shutdown += 1;
+            let allow = self.fail_mode == FailMode::Open;
+            self.respond(token, allow, Why::Shutdown);
+        }
+        if let Some(s) = self.session.as_mut() {
+            s.close(now);
+            self.pump(now, true);
+        }
+        self.session = None;
+    }
+
+    /// The next action for the edge.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Bytes waiting to be sent to the scanner.
+    #[must_use]
+    pub fn pending_tx(&self) -> &[u8] {
+        &self.outbox
+    }
+
+    /// `n` bytes of [`pending_tx`](Self::pending_tx) were sent.
+    pub fn consume_tx(&mut self, n: usize) {
+        let n = n.min(self.outbox.len());
+        self.outbox.drain(..n);
+    }
+
+    /// Answers `token` if it is still pending (or was never queued), once.
+    fn respond(&mut self, token: Token, allow: bool, why: Why) {
+        if let Some(p) = self.pending.remove(&token) {
+            self.by_query.remove(&p.query);
+        }
+        if !allow {
+            self.stats.denied += 1;
+        }
+        self.actions
+            .push_back(Action::Respond { token, allow, why });
+    }
+
+    /// Moves the session's outputs into actions and the outbox.
+    fn pump(&mut self, now: Instant, closing_locally: bool) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let mut closed = None;
+        let mut answers = Vec::new();
+        loop {
+            drain_tx(s, &mut self.outbox);
+            let Some(ev) = s.poll_event() else { break };
+            match ev {
+                SessionEvent::Connected { version } => {
+                    self.actions.push_back(Action::Connected { version });
+                }
+                SessionEvent::Verdict(v) => {
+                    if let Some(token) = self.by_query.remove(&v.query)
+                        && let Some(p) = self.pending.get(&token).copied()
+                    {
+                        answers.push((token, p, v));
+                    }
+                }
+                SessionEvent::ReadJob {
+                    read_id,
+                    query,
+                    offset,
+                    length,
+                } => match self.by_query.get(&query) {
+                    Some(&token) if self.pending.contains_key(&token) => {
+                        self.actions.push_back(Action::Read {
+                            token,
+                            read_id,
+                            offset,
+                            length,
+                        });
+                    }
+                    _ => {
+                        for _ in 0..2 {
+                            match s.read_completed(read_id, ReadOutcome::Cancelled, now) {
+                                Err(ReadError::Busy) => drain_tx(s, &mut self.outbox),
+                                _ => break,
+                            }
+                        }
+                    }
+                },
+                SessionEvent::Closed { reason } => closed = Some(reason),
+            }
+        }
+        drain_tx(s, &mut self.outbox);
+        if let Some(reason) = closed {
+            self.session = None;
+            if !closing_locally {
+                self.actions.push_back(Action::Closed { reason });
+            }
+        }
+        for (token, p, v) in answers {
+            let why = match v.source {
+                VerdictSource::Host => {
+                    let cached = match v.decision {
+                        Decision::Allow => Some(CachedVerdict::Allow),
+                        Decision::Deny => Some(CachedVerdict::Deny { threat_id: 0 }),
+                        Decision::AllowNoCache => None,
+                    };
+                    if let (Some(c), Some(k), false, ttl @ 1..) =
+                        (cached, p.key, p.dirty, v.cache_ttl_secs)
+                    {
+                        self.cache
+                            .insert(k, c, now, Some(Duration::from_secs(ttl.into())));
+                    }
+                    if v.allows() {
+                        self.stats.host_allowed += 1;
+                    } else {
+                        self.stats.host_denied += 1;
+                    }
+                    Why::Host {
+                        decision: v.decision,
+                        threat: v.threat.as_str().to_string(),
+                    }
+                }
+                VerdictSource::Deadline(_) => {
+                    self.stats.fail_mode_deadline += 1;
+                    Why::SessionDeadline
+                }
+                VerdictSource::Local(_) => {
+                    self.stats.fail_mode_session_closed += 1;
+                    Why::SessionClosed
+                }
+            };
+            self.respond(token, v.allows(), why);
+        }
+    }
+}
+
+fn drain_tx(s: &mut AgentSession, outbox: &mut Vec<u8>) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Some(n) = s.poll_transmit(&mut buf) {
+        outbox.extend_from_slice(&buf[..n]);
+    }
+}
+

@@ -1,0 +1,317 @@
+//! The fanotify OS edge: the group, its marks, reading events, answering them.
+//!
+//! Built on `nix`'s fanotify API; the crate's only `unsafe` is here, in
+//! [`FanGroup::into_async`] (tokio's reactor registration).
+//! The group is created in the content class (`FAN_CLASS_CONTENT`) with
+//! permission events `FAN_OPEN_PERM` and `FAN_OPEN_EXEC_PERM`, plus the
+//! notification `FAN_CLOSE_WRITE` (verdict cache invalidation). Each event's
+//! descriptor is the kernel's own open of the file: content for the scanner is
+//! read from it with `pread`, never by reopening the path (opens by fanotify
+//! listeners through their event descriptors raise no events).
+//!
+//! A denied open fails with `EPERM`: the kernel's `FAN_DENY`. (Custom errors
+//! such as `EACCES` via `FAN_DENY_ERRNO` are accepted only for pre-content
+//! groups and only from a short list that does not include `EACCES`.)
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::fanotify::{
+    EventFFlags, Fanotify, FanotifyEvent, FanotifyResponse, InitFlags, MarkFlags, MaskFlags,
+    Response,
+};
+use nix::sys::stat::{SFlag, fstat};
+
+use crate::core::{FileStat, FileType};
+
+/// Events the agent subscribes to.
+pub fn watch_mask() -> MaskFlags {
+    MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM | MaskFlags::FAN_CLOSE_WRITE
+}
+
+/// What to mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkScope {
+    /// The mount containing the path (`FAN_MARK_MOUNT`).
+    Mount,
+    /// The whole file system containing the path (`FAN_MARK_FILESYSTEM`).
+    Filesystem,
+}
+
+impl MarkScope {
+    fn flag(self) -> MarkFlags {
+        match self {
+            MarkScope::Mount => MarkFlags::FAN_MARK_MOUNT,
+            MarkScope::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
+        }
+    }
+}
+
+/// Why the group or a mark could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FanotifyError {
+    /// `fanotify_init` or `fanotify_mark` said `EPERM`.
+    #[error(
+        "fanotify needs root (CAP_SYS_ADMIN): run thinagent-linux-agent as root \
+         (the systemd unit does)"
+    )]
+    NotPermitted,
+    /// The kernel has no fanotify, or no permission events.
+    #[error(
+        "fanotify permission events are unavailable on this kernel ({0}): it needs \
+         CONFIG_FANOTIFY and CONFIG_FANOTIFY_ACCESS_PERMISSIONS"
+    )]
+    Unsupported(Errno),
+    /// A `--watch` path cannot be marked.
+    #[error("cannot watch {path}: {errno}; give an existing path on the file system to protect")]
+    Mark {
+        /// The path.
+        path: PathBuf,
+        /// What the kernel said.
+        errno: Errno,
+    },
+    /// Any other failure of `fanotify_init`.
+    #[error("fanotify_init failed: {0}")]
+    Init(Errno),
+}
+
+impl FanotifyError {
+    /// `true` for errors of the command line or the privileges (exit 2).
+    #[must_use]
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            FanotifyError::NotPermitted | FanotifyError::Mark { .. }
+        )
+    }
+}
+
+/// A fanotify group in the content class, non-blocking.
+#[derive(Debug)]
+pub struct FanGroup {
+    fan: Fanotify,
+    marks: Vec<(PathBuf, MarkScope)>,
+}
+
+impl FanGroup {
+    /// Creates the group (`FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK`,
+    /// event descriptors `O_RDONLY | O_LARGEFILE | O_CLOEXEC`).
+    pub fn new() -> Result<Self, FanotifyError> {
+        let fan = Fanotify::init(
+            InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )
+        .map_err(|e| match e {
+            Errno::EPERM => FanotifyError::NotPermitted,
+            Errno::ENOSYS | Errno::EINVAL => FanotifyError::Unsupported(e),
+            e => FanotifyError::Init(e),
+        })?;
+        Ok(FanGroup {
+            fan,
+            marks: Vec::new(),
+        })
+    }
+
+    /// Marks the mount (or file system) containing `path` for
+    /// [`watch_mask`].
+    pub fn add_mark(&mut self, path: &Path, scope: MarkScope) -> Result<(), FanotifyError> {
+        self.fan
+            .mark(
+                MarkFlags::FAN_MARK_ADD | scope.flag(),
+                watch_mask(),
+                nix::fcntl::AT_FDCWD,
+                Some(path),
+            )
+            .map_err(|errno| match errno {
+                Errno::EPERM => FanotifyError::NotPermitted,
+                // Permission events need CONFIG_FANOTIFY_ACCESS_PERMISSIONS.
+                Errno::EINVAL if path.exists() => FanotifyError::Unsupported(errno),
+                errno => FanotifyError::Mark {
+                    path: path.to_path_buf(),
+                    errno,
+                },
+            })?;
+        self.marks.push((path.to_path_buf(), scope));
+        Ok(())
+    }
+
+    /// Removes every mark added by [`add_mark`](Self::add_mark); returns how
+    /// many the kernel removed (a path unmounted meanwhile has lost its mark
+    /// already).
+    pub fn remove_marks(&mut self) -> usize {
+        let mut removed = 0;
+        for (path, scope) in self.marks.drain(..) {
+            let r = self.fan.mark(
+                MarkFlags::FAN_MARK_REMOVE | scope.flag(),
+                watch_mask(),
+                nix::fcntl::AT_FDCWD,
+                Some(&path),
+            );
+            if r.is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Reads the queued events (`EAGAIN` as `WouldBlock` when none).
+    pub fn read_events(&self) -> io::Result<Vec<FanotifyEvent>> {
+        self.fan.read_events().map_err(io::Error::from)
+    }
+
+    /// Answers a permission event. `ENOENT` means it was answered already
+    /// (or the group is gone); the caller treats every error as final.
+    pub fn respond(&self, event: &FanotifyEvent, allow: bool) -> io::Result<()> {
+        let Some(fd) = event.fd() else {
+            return Ok(());
+        };
+        let response = if allow {
+            Response::FAN_ALLOW
+        } else {
+            Response::FAN_DENY
+        };
+        self.fan
+            .write_response(FanotifyResponse::new(fd, response))
+            .map_err(io::Error::from)
+    }
+}
+
+impl FanGroup {
+    /// Registers the group with the tokio reactor (readable interest). Must
+    /// be called inside a tokio runtime.
+    #[allow(
+        unsafe_code,
+        reason = "tokio's registration requires the I/O-safety promise"
+    )]
+    pub fn into_async(self) -> io::Result<tokio::io::unix::AsyncFd<FanGroup>> {
+        // SAFETY: `FanGroup` owns its descriptor (the `OwnedFd` inside
+        // `nix::sys::fanotify::Fanotify`), which is never replaced or closed
+        // before the `FanGroup` is dropped, so `as_raw_fd` returns the same open
+        // descriptor for the whole life of the `AsyncFd` that owns it.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)
+    }
+}
+
+impl AsRawFd for FanGroup {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fan.as_raw_fd()
+    }
+}
+
+impl AsFd for FanGroup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fan.as_fd()
+    }
+}
+
+/// What one event is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventClass {
+    /// `FAN_OPEN_EXEC_PERM`.
+    ExecPerm,
+    /// `FAN_OPEN_PERM`.
+    OpenPerm,
+    /// `FAN_CLOSE_WRITE` (no answer expected).
+    CloseWrite,
+    /// Queue overflow: events were lost (no descriptor).
+    Overflow,
+    /// Anything else (ignored).
+    Other,
+}
+
+/// Classifies `event` by its mask.
+#[must_use]
+pub fn classify(event: &FanotifyEvent) -> EventClass {
+    let mask = event.mask();
+    if event.fd().is_none() || mask.contains(MaskFlags::FAN_Q_OVERFLOW) {
+        EventClass::Overflow
+    } else if mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM) {
+        EventClass::ExecPerm
+    } else if mask.contains(MaskFlags::FAN_OPEN_PERM) {
+        EventClass::OpenPerm
+    } else if mask.contains(MaskFlags::FAN_CLOSE_WRITE) {
+        EventClass::CloseWrite
+    } else {
+        EventClass::Other
+    }
+}
+
+/// `fstat` of the event's descriptor.
+#[must_use]
+pub fn stat_of(event: &FanotifyEvent) -> Option<FileStat> {
+    let st = fstat(event.fd()?).ok()?;
+    let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    let file_type = if fmt == SFlag::S_IFREG {
+        FileType::Regular
+    } else if fmt == SFlag::S_IFDIR {
+        FileType::Directory
+    } else {
+        FileType::Other
+    };
+    let mtime_ns = u64::try_from(st.st_mtime)
+        .ok()
+        .map_or(0, |s| s.saturating_mul(1_000_000_000))
+        .saturating_add(u64::try_from(st.st_mtime_nsec).unwrap_or(0));
+    Some(FileStat {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        mtime_ns,
+        file_type,
+    })
+}
+
+/// The path of the event's file, from `/proc/self/fd/N` (raw bytes; a
+/// deleted file ends in ` (deleted)`).
+#[must_use]
+pub fn path_of(event: &FanotifyEvent) -> Vec<u8> {
+    use std::os::unix::ffi::OsStringExt;
+    let Some(fd) = event.fd() else {
+        return Vec::new();
+    };
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.into_os_string().into_vec())
+        .unwrap_or_default()
+}
+
+/// Reads up to `length` bytes at `offset` from the event's descriptor;
+/// returns the bytes and whether the end of the file was reached.
+pub fn pread_event(event: &FanotifyEvent, offset: u64, length: u32) -> io::Result<(Vec<u8>, bool)> {
+    let fd = event
+        .fd()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0u8; length as usize];
+    let mut got = 0usize;
+    while got < buf.len() {
+        match nix::sys::uio::pread(fd, &mut buf[got..], offset + got as i64) {
+            Ok(0) => {
+                buf.truncate(got);
+                return Ok((buf, true));
+            }
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((buf, false))
+}
+
+fn libc_ebadf() -> i32 {
+    Errno::EBADF as i32
+}
+
+/// Whether fanotify permission events work here (root, kernel support) for
+/// the mount holding `path`: `Ok(())`, or the reason they do not. Tests use
+/// it to skip. The mark lives only for the duration of the call.
+pub fn probe(path: &Path) -> Result<(), FanotifyError> {
+    let mut g = FanGroup::new()?;
+    g.add_mark(path, MarkScope::Mount)?;
+    g.remove_marks();
+    Ok(())
+}
