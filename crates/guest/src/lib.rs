@@ -24,6 +24,7 @@
 pub mod cache;
 pub mod clamp;
 pub mod connector;
+pub mod control;
 pub mod file_key;
 pub mod log;
 pub mod params;
