@@ -661,11 +661,8 @@ impl AgentCore {
             }
         }
         drain_tx(s, &mut self.outbox);
-        if let Some(reason) = closed {
+        if closed.is_some() {
             self.session = None;
-            if !closing_locally {
-                self.actions.push_back(Action::Closed { reason });
-            }
         }
         for (token, p, v) in answers {
             let why = match v.source {
@@ -702,6 +699,11 @@ impl AgentCore {
             };
             self.respond(token, v.allows(), why);
         }
+        if let Some(reason) = closed
+            && !closing_locally
+        {
+            self.actions.push_back(Action::Closed { reason });
+        }
     }
 }
 
@@ -712,3 +714,5 @@ fn drain_tx(s: &mut AgentSession, outbox: &mut Vec<u8>) {
     }
 }
 
+#[cfg(test)]
+mod tests;

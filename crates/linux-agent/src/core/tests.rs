@@ -1,0 +1,628 @@
+//! Unit tests and proptests of the sans-IO core against a scripted host.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use thinagent_guest::PathStyle;
+use thinagent_protocol::{
+    Decoded, GoodbyeReason, HelloAck, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, ReadRequest,
+    Verdict, decode_frame,
+};
+
+use super::*;
+
+const OWN: u32 = 100;
+const TIMEOUT_MS: u64 = 2000;
+
+fn ms(v: u64) -> Instant {
+    Instant::from_millis(v)
+}
+
+fn core(fail_mode: FailMode) -> AgentCore {
+    let mut policy = OpenPolicy::new(PathStyle::Posix);
+    policy.add_excluded_prefix(PathRef::Utf8("/skip")).unwrap();
+    policy.set_max_file_size(Some(1 << 20));
+    AgentCore::new(CoreConfig {
+        fail_mode,
+        timeout: Duration::from_millis(TIMEOUT_MS),
+        guest_name: "test-vm".into(),
+        policy,
+        own_pid: OWN,
+    })
+}
+
+fn stat(ino: u64, size: u64, mtime: u64) -> FileStat {
+    FileStat {
+        dev: 7,
+        ino,
+        size,
+        mtime_ns: mtime,
+        file_type: FileType::Regular,
+    }
+}
+
+fn ev(token: Token, path: &str, pid: u32, st: FileStat) -> PermEvent<'_> {
+    PermEvent {
+        token,
+        access: Access::Open,
+        pid,
+        path: path.as_bytes(),
+        stat: Some(st),
+    }
+}
+
+fn actions(c: &mut AgentCore) -> Vec<Action> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn enc(msg: Message<'_>, id: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let n = msg.encode(id, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// What the guest sent, summarised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sent {
+    Hello(u64),
+    FileEvent { id: u64, path: String },
+    ReadData { id: u64, data: Vec<u8> },
+    Goodbye,
+    Other,
+}
+
+fn sent(c: &mut AgentCore) -> Vec<Sent> {
+    let bytes = c.pending_tx().to_vec();
+    c.consume_tx(bytes.len());
+    let mut out = Vec::new();
+    let mut rest = &bytes[..];
+    while let Ok(Decoded::Frame { frame, consumed }) = decode_frame(rest) {
+        out.push(match frame.message {
+            Message::Hello(_) => Sent::Hello(frame.request_id),
+            Message::FileEvent(e) => Sent::FileEvent {
+                id: frame.request_id,
+                path: match e.path {
+                    FilePath::Utf8(p) => p.to_string(),
+                    _ => String::new(),
+                },
+            },
+            Message::ReadData(d) => Sent::ReadData {
+                id: frame.request_id,
+                data: match d.outcome {
+                    ReadOutcome::Data(b) | ReadOutcome::EndOfFile(b) => b.to_vec(),
+                    _ => Vec::new(),
+                },
+            },
+            Message::Goodbye(_) => Sent::Goodbye,
+            _ => Sent::Other,
+        });
+        rest = &rest[consumed..];
+    }
+    out
+}
+
+fn ack() -> HelloAck {
+    HelloAck {
+        version: PROTOCOL_VERSION,
+        max_frame_len: MAX_FRAME_LEN as u32,
+        max_events_in_flight: 16,
+        max_read_chunk: 4096,
+        heartbeat_interval_ms: 0,
+        idle_timeout_ms: 0,
+        query_timeout_ms: 1000,
+    }
+}
+
+fn connect(c: &mut AgentCore, now: Instant) {
+    c.on_connected(now);
+    let hello = sent(c);
+    let [Sent::Hello(id)] = hello[..] else {
+        panic!("{hello:?}")
+    };
+    c.on_receive(&enc(Message::HelloAck(ack()), id), now);
+    assert_eq!(actions(c), [Action::Connected { version: 1 }]);
+}
+
+fn verdict(decision: Decision, ttl: u32, threat: &str, id: u64) -> Vec<u8> {
+    enc(
+        Message::Verdict(Verdict {
+            decision,
+            cache_ttl_secs: ttl,
+            threat_name: threat,
+        }),
+        id,
+    )
+}
+
+fn respond(token: Token, allow: bool, why: Why) -> Action {
+    Action::Respond { token, allow, why }
+}
+
+#[test]
+fn policy_skips_answer_at_once_without_the_scanner() {
+    let mut c = core(FailMode::Closed);
+    c.on_perm_event(&ev(1, "/data/a", OWN, stat(1, 10, 1)), ms(0));
+    c.on_perm_event(&ev(2, "/skip/a", 5, stat(2, 10, 1)), ms(0));
+    c.on_perm_event(&ev(3, "/data/big", 5, stat(3, 2 << 20, 1)), ms(0));
+    let fifo = FileStat {
+        file_type: FileType::Other,
+        ..stat(4, 0, 1)
+    };
+    c.on_perm_event(&ev(4, "/data/fifo", 5, fifo), ms(0));
+    assert_eq!(
+        actions(&mut c),
+        [
+            respond(1, true, Why::Skipped(SkipReason::OwnIo)),
+            respond(2, true, Why::Skipped(SkipReason::ExcludedPath)),
+            respond(3, true, Why::Skipped(SkipReason::TooLarge)),
+            respond(4, true, Why::NotRegularFile),
+        ]
+    );
+    assert_eq!(c.stats().skipped, 3);
+    assert_eq!(c.pending(), 0);
+}
+
+#[test]
+fn disconnected_events_follow_the_fail_mode_and_are_counted() {
+    for (mode, allow) in [(FailMode::Open, true), (FailMode::Closed, false)] {
+        let mut c = core(mode);
+        c.on_perm_event(&ev(1, "/data/a", 5, stat(1, 10, 1)), ms(0));
+        c.on_perm_event(&ev(2, "/data/b", 5, stat(2, 10, 1)), ms(0));
+        assert_eq!(
+            actions(&mut c),
+            [
+                respond(1, allow, Why::Disconnected),
+                respond(2, allow, Why::Disconnected)
+            ]
+        );
+        assert_eq!(c.stats().fail_mode_disconnected, 2);
+        assert_eq!(c.stats().fail_mode_total(), 2);
+        assert!(c.pending_tx().is_empty());
+    }
+}
+
+#[test]
+fn scanner_reads_through_the_event_then_denies_and_the_deny_is_cached() {
+    let mut c = core(FailMode::Open);
+    connect(&mut c, ms(0));
+    c.on_perm_event(&ev(1, "/data/eicar.com", 5, stat(1, 68, 9)), ms(1));
+    assert!(actions(&mut c).is_empty(), "waits for the scanner");
+    let [Sent::FileEvent { id, ref path }] = sent(&mut c)[..] else {
+        panic!()
+    };
+    assert_eq!(path, "/data/eicar.com");
+    let req = ReadRequest {
+        event_id: id,
+        offset: 0,
+        length: 68,
+    };
+    c.on_receive(&enc(Message::ReadRequest(req), 500), ms(2));
+    assert_eq!(
+        actions(&mut c),
+        [Action::Read {
+            token: 1,
+            read_id: 500,
+            offset: 0,
+            length: 68
+        }]
+    );
+    c.read_completed(500, ReadOutcome::EndOfFile(b"content"), ms(3));
+    assert_eq!(
+        sent(&mut c),
+        [Sent::ReadData {
+            id: 500,
+            data: b"content".to_vec()
+        }]
+    );
+    c.on_receive(
+        &verdict(Decision::Deny, 300, "Eicar-Test-Signature", id),
+        ms(4),
+    );
+    assert_eq!(
+        actions(&mut c),
+        [respond(
+            1,
+            false,
+            Why::Host {
+                decision: Decision::Deny,
+                threat: "Eicar-Test-Signature".into()
+            }
+        )]
+    );
+    // Same file, same version: the cache answers, nothing is sent.
+    c.on_perm_event(&ev(2, "/data/eicar.com", 6, stat(1, 68, 9)), ms(5));
+    assert_eq!(
+        actions(&mut c),
+        [respond(
+            2,
+            false,
+            Why::Cached(CachedVerdict::Deny { threat_id: 0 })
+        )]
+    );
+    assert!(sent(&mut c).is_empty());
+    // A new version (size/mtime changed) misses the cache.
+    c.on_perm_event(&ev(3, "/data/eicar.com", 6, stat(1, 70, 10)), ms(6));
+    assert!(matches!(sent(&mut c)[..], [Sent::FileEvent { .. }]));
+    let s = c.stats();
+    assert_eq!((s.host_denied, s.cache_hits, s.denied), (1, 1, 2));
+}
+
+#[test]
+fn close_write_invalidates_the_cached_allow() {
+    let mut c = core(FailMode::Open);
+    connect(&mut c, ms(0));
+    let st = stat(1, 5, 1);
+    c.on_perm_event(&ev(1, "/data/a", 5, st), ms(1));
+    let [Sent::FileEvent { id, .. }] = sent(&mut c)[..] else {
+        panic!()
+    };
+    c.on_receive(&verdict(Decision::Allow, 300, "", id), ms(2));
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::Respond { allow: true, .. }]
+    ));
+    c.on_perm_event(&ev(2, "/data/a", 5, st), ms(3));
+    assert_eq!(
+        actions(&mut c),
+        [respond(2, true, Why::Cached(CachedVerdict::Allow))]
+    );
+    c.on_close_write(st.dev, st.ino);
+    assert_eq!(c.stats().invalidations, 1);
+    // Even with an unchanged key (a writer that restored the mtime) the next
+    // open goes to the scanner.
+    c.on_perm_event(&ev(3, "/data/a", 5, st), ms(4));
+    assert!(actions(&mut c).is_empty());
+    assert!(matches!(sent(&mut c)[..], [Sent::FileEvent { .. }]));
+}
+
+#[test]
+fn a_verdict_for_a_file_written_meanwhile_is_not_cached() {
+    let mut c = core(FailMode::Open);
+    connect(&mut c, ms(0));
+    let st = stat(1, 5, 1);
+    c.on_perm_event(&ev(1, "/data/a", 5, st), ms(1));
+    let [Sent::FileEvent { id, .. }] = sent(&mut c)[..] else {
+        panic!()
+    };
+    c.on_close_write(st.dev, st.ino);
+    c.on_receive(&verdict(Decision::Allow, 300, "", id), ms(2));
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::Respond { allow: true, .. }]
+    ));
+    c.on_perm_event(&ev(2, "/data/a", 5, st), ms(3));
+    assert!(actions(&mut c).is_empty(), "not from the cache");
+}
+
+#[test]
+fn hung_scanner_every_event_answered_by_its_deadline_late_verdict_ignored() {
+    for (mode, allow) in [(FailMode::Open, true), (FailMode::Closed, false)] {
+        let mut c = core(mode);
+        connect(&mut c, ms(0));
+        c.on_perm_event(&ev(1, "/data/a", 5, stat(1, 5, 1)), ms(10));
+        c.on_perm_event(&ev(2, "/data/b", 5, stat(2, 5, 1)), ms(500));
+        let ids: Vec<u64> = sent(&mut c)
+            .into_iter()
+            .filter_map(|s| match s {
+                Sent::FileEvent { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(c.next_deadline(), Some(ms(2010)));
+        c.on_timeout(ms(2009));
+        assert!(actions(&mut c).is_empty());
+        c.on_timeout(ms(2010));
+        let a = actions(&mut c);
+        assert_eq!(a.len(), 1);
+        assert!(
+            matches!(&a[0], Action::Respond { token: 1, allow: x, why } if *x == allow && why.is_fail_mode())
+        );
+        c.on_timeout(ms(2500));
+        assert!(matches!(
+            actions(&mut c)[..],
+            [Action::Respond { token: 2, .. }]
+        ));
+        for id in ids {
+            c.on_receive(&verdict(Decision::Deny, 0, "late", id), ms(3000));
+        }
+        assert!(actions(&mut c).is_empty(), "answered once only");
+        assert!(c.is_connected());
+    }
+}
+
+#[test]
+fn watchdog_answers_even_when_the_session_cannot() {
+    // A session stuck in the handshake (no HelloAck): the queries wait in
+    // it, and the watchdog still answers at the deadline.
+    let mut c = core(FailMode::Closed);
+    c.on_connected(ms(0));
+    sent(&mut c);
+    c.on_perm_event(&ev(1, "/data/a", 5, stat(1, 5, 1)), ms(0));
+    c.on_timeout(ms(TIMEOUT_MS));
+    let a = actions(&mut c);
+    assert!(
+        matches!(&a[..], [Action::Respond { token: 1, allow: false, why }] if why.is_fail_mode()),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn losing_the_connection_answers_what_was_in_flight() {
+    let mut c = core(FailMode::Closed);
+    connect(&mut c, ms(0));
+    c.on_perm_event(&ev(1, "/data/a", 5, stat(1, 5, 1)), ms(1));
+    c.on_disconnected(ms(2));
+    assert_eq!(actions(&mut c), [respond(1, false, Why::SessionClosed)]);
+    assert!(!c.has_session());
+    c.on_perm_event(&ev(2, "/data/a", 5, stat(1, 5, 1)), ms(3));
+    assert_eq!(actions(&mut c), [respond(2, false, Why::Disconnected)]);
+}
+
+#[test]
+fn a_host_goodbye_closes_the_session_and_reports_it() {
+    let mut c = core(FailMode::Open);
+    connect(&mut c, ms(0));
+    c.on_perm_event(&ev(1, "/data/a", 5, stat(1, 5, 1)), ms(1));
+    let bye = enc(
+        Message::Goodbye(thinagent_protocol::Goodbye {
+            reason: GoodbyeReason::Restarting,
+        }),
+        0,
+    );
+    c.on_receive(&bye, ms(2));
+    let a = actions(&mut c);
+    assert_eq!(a[0], respond(1, true, Why::SessionClosed));
+    assert!(matches!(a[1], Action::Closed { .. }));
+    assert!(!c.has_session());
+}
+
+#[test]
+fn shutdown_answers_every_pending_event_and_says_goodbye() {
+    let mut c = core(FailMode::Open);
+    connect(&mut c, ms(0));
+    for t in 1..=3 {
+        c.on_perm_event(&ev(t, "/data/a", 5, stat(t, 5, 1)), ms(1));
+    }
+    sent(&mut c);
+    c.shutdown(ms(2));
+    let mut tokens: Vec<Token> = actions(&mut c)
+        .into_iter()
+        .map(|a| match a {
+            Action::Respond {
+                token,
+                allow: true,
+                why: Why::Shutdown,
+            } => token,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [1, 2, 3]);
+    assert_eq!(c.pending(), 0);
+    assert_eq!(sent(&mut c), [Sent::Goodbye]);
+    assert_eq!(c.stats().fail_mode_shutdown, 3);
+}
+
+#[test]
+fn scanner_pid_is_excluded_and_replaced_on_reconnect() {
+    let mut c = core(FailMode::Closed);
+    c.set_scanner_pid(Some(77));
+    c.on_perm_event(&ev(1, "/data/a", 77, stat(1, 5, 1)), ms(0));
+    c.set_scanner_pid(Some(78));
+    c.on_perm_event(&ev(2, "/data/a", 77, stat(1, 5, 1)), ms(0));
+    c.on_perm_event(&ev(3, "/data/a", 78, stat(1, 5, 1)), ms(0));
+    assert_eq!(
+        actions(&mut c),
+        [
+            respond(1, true, Why::Skipped(SkipReason::ExcludedProcess)),
+            respond(2, false, Why::Disconnected),
+            respond(3, true, Why::Skipped(SkipReason::ExcludedProcess)),
+        ]
+    );
+    // The agent's own pid stays excluded whatever the scanner's is.
+    c.set_scanner_pid(Some(OWN));
+    c.set_scanner_pid(None);
+    assert!(c.policy().excluded_processes().contains(&OWN));
+}
+
+/// One step of a random run.
+#[derive(Debug, Clone)]
+enum Op {
+    Event { file: u64, pid: u32, exec: bool },
+    Connect { ack: bool },
+    Disconnect,
+    Garbage,
+    Answer { nth: usize, decision: u8, ttl: u32 },
+    Request { nth: usize },
+    FinishReads,
+    CloseWrite { file: u64 },
+    Advance { ms: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u64..6, prop_oneof![Just(5u32), Just(6), Just(OWN)], any::<bool>())
+            .prop_map(|(file, pid, exec)| Op::Event { file, pid, exec }),
+        1 => any::<bool>().prop_map(|ack| Op::Connect { ack }),
+        1 => Just(Op::Disconnect),
+        1 => Just(Op::Garbage),
+        3 => (0usize..8, 0u8..3, 0u32..3).prop_map(|(nth, decision, ttl)| Op::Answer { nth, decision, ttl }),
+        2 => (0usize..8).prop_map(|nth| Op::Request { nth }),
+        1 => Just(Op::FinishReads),
+        1 => (0u64..6).prop_map(|file| Op::CloseWrite { file }),
+        3 => (0u64..3000).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+/// A scripted host plus the bookkeeping that checks the core.
+struct Run {
+    c: AgentCore,
+    now: Instant,
+    next_token: Token,
+    /// Token -> deadline, for events not answered yet.
+    open: HashMap<Token, Instant>,
+    answered: HashMap<Token, u32>,
+    /// FileEvent ids the host has not answered, oldest first.
+    host_queue: Vec<u64>,
+    hello: Option<u64>,
+    reads: Vec<u64>,
+    next_read: u64,
+}
+
+impl Run {
+    fn drain(&mut self) {
+        while let Some(a) = self.c.poll_action() {
+            match a {
+                Action::Respond { token, .. } => {
+                    *self.answered.entry(token).or_default() += 1;
+                    let deadline = self
+                        .open
+                        .remove(&token)
+                        .expect("answered once, known token");
+                    assert!(self.now <= deadline, "token {token} answered late");
+                }
+                Action::Read { read_id, .. } => self.reads.push(read_id),
+                Action::Connected { .. } => {}
+                Action::Closed { .. } => {
+                    self.host_queue.clear();
+                    self.reads.clear();
+                }
+            }
+        }
+        for s in sent(&mut self.c) {
+            match s {
+                Sent::Hello(id) => self.hello = Some(id),
+                Sent::FileEvent { id, .. } => self.host_queue.push(id),
+                _ => {}
+            }
+        }
+    }
+
+    fn step(&mut self, op: Op) {
+        let now = self.now;
+        match op {
+            Op::Event { file, pid, exec } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.open
+                    .insert(token, now + Duration::from_millis(TIMEOUT_MS));
+                let path = format!("/data/f{file}");
+                self.c.on_perm_event(
+                    &PermEvent {
+                        token,
+                        access: if exec { Access::Exec } else { Access::Open },
+                        pid,
+                        path: path.as_bytes(),
+                        stat: Some(stat(file, 10, 1)),
+                    },
+                    now,
+                );
+            }
+            Op::Connect { ack } => {
+                self.host_queue.clear();
+                self.reads.clear();
+                self.c.on_connected(now);
+                self.drain();
+                if ack && let Some(id) = self.hello.take() {
+                    self.c
+                        .on_receive(&enc(Message::HelloAck(ack_msg()), id), now);
+                }
+            }
+            Op::Disconnect => {
+                self.host_queue.clear();
+                self.reads.clear();
+                self.c.on_disconnected(now);
+            }
+            Op::Garbage => self.c.on_receive(b"NOT A FRAME AT ALL!!", now),
+            Op::Answer { nth, decision, ttl } => {
+                if !self.host_queue.is_empty() {
+                    let id = self.host_queue.remove(nth % self.host_queue.len());
+                    let d = [Decision::Allow, Decision::Deny, Decision::AllowNoCache]
+                        [decision as usize];
+                    let ttl = if d == Decision::AllowNoCache { 0 } else { ttl };
+                    self.c.on_receive(&verdict(d, ttl, "T", id), now);
+                }
+            }
+            Op::Request { nth } => {
+                if !self.host_queue.is_empty() {
+                    let id = self.host_queue[nth % self.host_queue.len()];
+                    self.next_read += 1;
+                    let req = ReadRequest {
+                        event_id: id,
+                        offset: 0,
+                        length: 16,
+                    };
+                    self.c.on_receive(
+                        &enc(Message::ReadRequest(req), 10_000 + self.next_read),
+                        now,
+                    );
+                }
+            }
+            Op::FinishReads => {
+                for r in std::mem::take(&mut self.reads) {
+                    self.c.read_completed(r, ReadOutcome::EndOfFile(b"x"), now);
+                }
+            }
+            Op::CloseWrite { file } => self.c.on_close_write(7, file),
+            Op::Advance { ms } => {
+                let target = now + Duration::from_millis(ms);
+                while let Some(d) = self.c.next_deadline() {
+                    if d > target {
+                        break;
+                    }
+                    self.now = d.max(self.now);
+                    self.c.on_timeout(self.now);
+                    self.drain();
+                }
+                self.now = target;
+            }
+        }
+        self.drain();
+    }
+}
+
+fn ack_msg() -> HelloAck {
+    HelloAck {
+        max_events_in_flight: 4,
+        ..ack()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the order of events, host answers, reads, timeouts and
+    /// disconnects: every event is answered exactly once, never after its
+    /// deadline, and nothing is left after shutdown.
+    #[test]
+    fn every_event_answered_exactly_once_within_its_deadline(
+        ops in proptest::collection::vec(op(), 1..80),
+        closed in any::<bool>(),
+    ) {
+        let mode = if closed { FailMode::Closed } else { FailMode::Open };
+        let mut run = Run {
+            c: core(mode),
+            now: Instant::ZERO,
+            next_token: 1,
+            open: HashMap::new(),
+            answered: HashMap::new(),
+            host_queue: Vec::new(),
+            hello: None,
+            reads: Vec::new(),
+            next_read: 0,
+        };
+        for op in ops {
+            run.step(op);
+            prop_assert_eq!(run.c.pending(), run.open.len());
+        }
+        // Time passes past every deadline: all answered by then.
+        run.step(Op::Advance { ms: TIMEOUT_MS + 1 });
+        prop_assert!(run.open.is_empty(), "unanswered: {:?}", run.open);
+        run.c.shutdown(run.now);
+        run.drain();
+        prop_assert_eq!(run.c.pending(), 0);
+        prop_assert!(run.answered.values().all(|n| *n == 1));
+        prop_assert_eq!(run.answered.len() as u64, run.next_token - 1);
+    }
+}
