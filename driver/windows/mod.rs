@@ -44,6 +44,7 @@ pub mod agent;
 pub mod control_device;
 pub mod driver_entry;
 pub mod filter_callbacks;
+pub mod irp;
 pub mod kernel;
 pub mod log;
 pub mod registry_params;

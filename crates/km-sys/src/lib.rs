@@ -17,6 +17,9 @@
 //!   `wdk-sys` (which cannot build off Windows): opaque types for objects
 //!   only ever passed by pointer (`IRP`, `MDL`, ...) and exact layouts where
 //!   the size matters (`SOCKADDR`, `UNICODE_STRING`, `GUID`).
+//! * [`ntoskrnl`]: kernel exports windows-sys binds to ntdll or not at all
+//!   (`ZwClose`, `PsThreadType`), the `wdm.h` shapes of the thread-start and
+//!   IRP-completion callbacks, the viosock device-interface GUID.
 //! * [`fltmgr`]: the Filter Manager, re-exported from Microsoft's
 //!   `windows-sys` (not hand-written), with compile-time size checks on the
 //!   structures the driver relies on.
@@ -42,6 +45,7 @@ pub mod fltmgr;
 pub mod hexdump;
 pub mod ioctl;
 pub mod nt;
+pub mod ntoskrnl;
 pub mod vmci;
 pub mod wsk;
 

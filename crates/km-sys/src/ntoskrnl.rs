@@ -1,0 +1,174 @@
+//! The few `ntoskrnl.exe` exports and callback shapes the vsock layer needs
+//! that windows-sys 0.61.2 does not bind usably:
+//!
+//! * `ZwClose` — windows-sys binds it to **`ntdll.dll`**
+//!   (`Wdk::System::SystemServices::ZwClose`), which a driver cannot import;
+//!   the kernel export of the same name is declared here.
+//! * `PsThreadType` — an exported *data* symbol (`POBJECT_TYPE *`), which
+//!   windows-sys does not model; `ObReferenceObjectByHandle` takes
+//!   `*PsThreadType` to check that a handle really is a thread.
+//! * [`KSTART_ROUTINE`] and [`IO_COMPLETION_ROUTINE`] — windows-sys 0.61.2
+//!   declares `PKSTART_ROUTINE` as `fn()` and `PIO_COMPLETION_ROUTINE` as
+//!   `fn() -> NTSTATUS` (the metadata lost the parameters). The shapes below
+//!   are `wdm.h`'s; the driver converts them to the windows-sys field types
+//!   in one place (`driver/windows/irp.rs`), where both are pointer-sized
+//!   `extern "system"` function pointers.
+//! * The device-interface GUIDs the virtio-vsock wait registers for:
+//!   [`GUID_DEVINTERFACE_VIOSOCK`] (virtio-win `viosock/sys/public.h`) and
+//!   [`GUID_DEVICE_INTERFACE_ARRIVAL`] / [`GUID_DEVICE_INTERFACE_REMOVAL`]
+//!   (`wdmguid.h`).
+//! * NTSTATUS values the IRP plumbing uses that `nt` does not have.
+
+#![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
+
+use core::ffi::c_void;
+
+use crate::nt::{GUID, IRP, NTSTATUS};
+
+/// `KSTART_ROUTINE` (`wdm.h`): `VOID (PVOID StartContext)`, the entry of a
+/// thread made by `PsCreateSystemThread`. Runs at PASSIVE_LEVEL.
+pub type KSTART_ROUTINE = unsafe extern "system" fn(StartContext: *mut c_void);
+
+/// `IO_COMPLETION_ROUTINE` (`wdm.h`): `NTSTATUS (PDEVICE_OBJECT DeviceObject,
+/// PIRP Irp, PVOID Context)`. Runs at IRQL <= DISPATCH_LEVEL. For an IRP the
+/// driver allocated itself, `DeviceObject` is NULL (no stack location of its
+/// own) and the routine returns [`STATUS_MORE_PROCESSING_REQUIRED`] so the
+/// I/O manager leaves the IRP to its owner.
+pub type IO_COMPLETION_ROUTINE = unsafe extern "system" fn(
+    DeviceObject: *mut c_void,
+    Irp: *mut IRP,
+    Context: *mut c_void,
+) -> NTSTATUS;
+
+/// `STATUS_MORE_PROCESSING_REQUIRED` (`ntstatus.h`: 0xC0000016).
+pub const STATUS_MORE_PROCESSING_REQUIRED: NTSTATUS = 0xC000_0016_u32 as i32;
+/// `STATUS_NOT_SUPPORTED` (`ntstatus.h`: 0xC00000BB).
+pub const STATUS_NOT_SUPPORTED: NTSTATUS = 0xC000_00BB_u32 as i32;
+/// `STATUS_IO_TIMEOUT` (`ntstatus.h`: 0xC00000B5).
+pub const STATUS_IO_TIMEOUT: NTSTATUS = 0xC000_00B5_u32 as i32;
+/// `STATUS_INVALID_DEVICE_STATE` (`ntstatus.h`: 0xC0000184).
+pub const STATUS_INVALID_DEVICE_STATE: NTSTATUS = 0xC000_0184_u32 as i32;
+/// `STATUS_CONNECTION_DISCONNECTED` (`ntstatus.h`: 0xC000020C).
+pub const STATUS_CONNECTION_DISCONNECTED: NTSTATUS = 0xC000_020C_u32 as i32;
+/// `STATUS_ALERTED` (`ntstatus.h`: 0x00000101), a wait's "alerted" result.
+pub const STATUS_ALERTED: NTSTATUS = 0x0000_0101;
+/// `STATUS_WAIT_1` (`ntstatus.h`: 0x00000001): the second object of a
+/// `KeWaitForMultipleObjects(WaitAny)` was signalled.
+pub const STATUS_WAIT_1: NTSTATUS = 1;
+
+/// `SL_INVOKE_ON_CANCEL` (`wdm.h`: 0x20), an `IO_STACK_LOCATION.Control` bit.
+pub const SL_INVOKE_ON_CANCEL: u8 = 0x20;
+/// `SL_INVOKE_ON_SUCCESS` (`wdm.h`: 0x40).
+pub const SL_INVOKE_ON_SUCCESS: u8 = 0x40;
+/// `SL_INVOKE_ON_ERROR` (`wdm.h`: 0x80).
+pub const SL_INVOKE_ON_ERROR: u8 = 0x80;
+
+/// `THREAD_ALL_ACCESS` (`winnt.h`: `STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE |
+/// 0xFFFF` = 0x000F0000 | 0x00100000 | 0xFFFF), what drivers pass to
+/// `PsCreateSystemThread`.
+pub const THREAD_ALL_ACCESS: u32 = 0x001F_FFFF;
+/// `SYNCHRONIZE` (`winnt.h`: 0x00100000), enough to wait on a thread object.
+pub const SYNCHRONIZE: u32 = 0x0010_0000;
+/// `FILE_READ_ATTRIBUTES` (`winnt.h`: 0x0080), the access virtio-win's
+/// VioWsk opens the viosock device with.
+pub const FILE_READ_ATTRIBUTES: u32 = 0x0080;
+/// `OBJ_KERNEL_HANDLE` (`ntdef.h`: 0x00000200).
+pub const OBJ_KERNEL_HANDLE: u32 = 0x0000_0200;
+
+/// `GUID_DEVINTERFACE_VIOSOCK` {6B58DC1F-01C3-440F-BE1C-B95D000F1FF5}:
+/// the device interface virtio-win's `viosock.sys` registers
+/// (`WdfDeviceCreateDeviceInterface` in `viosock/sys/Device.c`; defined in
+/// `viosock/sys/public.h` and `viosock/inc/vio_sockets.h`).
+pub const GUID_DEVINTERFACE_VIOSOCK: GUID = GUID {
+    Data1: 0x6b58_dc1f,
+    Data2: 0x01c3,
+    Data3: 0x440f,
+    Data4: [0xbe, 0x1c, 0xb9, 0x5d, 0x00, 0x0f, 0x1f, 0xf5],
+};
+
+/// `GUID_DEVICE_INTERFACE_ARRIVAL` {CB3A4004-46F0-11D0-B08F-00609713053F}
+/// (`wdmguid.h`): `DEVICE_INTERFACE_CHANGE_NOTIFICATION.Event` of an arrival.
+pub const GUID_DEVICE_INTERFACE_ARRIVAL: GUID = GUID {
+    Data1: 0xcb3a_4004,
+    Data2: 0x46f0,
+    Data3: 0x11d0,
+    Data4: [0xb0, 0x8f, 0x00, 0x60, 0x97, 0x13, 0x05, 0x3f],
+};
+
+/// `GUID_DEVICE_INTERFACE_REMOVAL` {CB3A4005-46F0-11D0-B08F-00609713053F}
+/// (`wdmguid.h`).
+pub const GUID_DEVICE_INTERFACE_REMOVAL: GUID = GUID {
+    Data1: 0xcb3a_4005,
+    Data2: 0x46f0,
+    Data3: 0x11d0,
+    Data4: [0xb0, 0x8f, 0x00, 0x60, 0x97, 0x13, 0x05, 0x3f],
+};
+
+/// The 16 bytes of a GUID as `guiddef.h` lays it out (Data1..3 little-endian
+/// on Windows), for comparing against a GUID of another binding crate.
+#[must_use]
+pub const fn guid_bytes(g: &GUID) -> [u8; 16] {
+    let a = g.Data1.to_le_bytes();
+    let b = g.Data2.to_le_bytes();
+    let c = g.Data3.to_le_bytes();
+    let d = g.Data4;
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6],
+        d[7],
+    ]
+}
+
+#[cfg(windows)]
+#[link(name = "ntoskrnl")]
+unsafe extern "system" {
+    /// `ZwClose` (`wdm.h`, ntoskrnl.exe; PASSIVE_LEVEL): closes a kernel
+    /// handle. learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-zwclose.
+    /// Declared here because windows-sys binds the ntdll.dll export.
+    pub fn ZwClose(Handle: *mut c_void) -> NTSTATUS;
+
+    /// `PsThreadType` (`wdm.h`: `extern POBJECT_TYPE *PsThreadType`), the
+    /// thread object type, for `ObReferenceObjectByHandle`'s `ObjectType`
+    /// (pass the value it points to).
+    pub static PsThreadType: *mut *mut c_void;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viosock_guid_bytes_match_define_guid() {
+        // DEFINE_GUID(GUID_DEVINTERFACE_VIOSOCK, 0x6b58dc1f, 0x1c3, 0x440f,
+        //   0xbe, 0x1c, 0xb9, 0x5d, 0x0, 0xf, 0x1f, 0xf5)
+        assert_eq!(
+            guid_bytes(&GUID_DEVINTERFACE_VIOSOCK),
+            [
+                0x1f, 0xdc, 0x58, 0x6b, 0xc3, 0x01, 0x0f, 0x44, 0xbe, 0x1c, 0xb9, 0x5d, 0x00, 0x0f,
+                0x1f, 0xf5
+            ]
+        );
+    }
+
+    #[test]
+    fn arrival_and_removal_differ_in_data1_only() {
+        assert_eq!(
+            GUID_DEVICE_INTERFACE_ARRIVAL.Data1 + 1,
+            GUID_DEVICE_INTERFACE_REMOVAL.Data1
+        );
+        assert_eq!(
+            GUID_DEVICE_INTERFACE_ARRIVAL.Data4,
+            GUID_DEVICE_INTERFACE_REMOVAL.Data4
+        );
+        assert_ne!(GUID_DEVICE_INTERFACE_ARRIVAL, GUID_DEVICE_INTERFACE_REMOVAL);
+    }
+
+    #[test]
+    fn status_values() {
+        assert_eq!(STATUS_MORE_PROCESSING_REQUIRED as u32, 0xC000_0016);
+        assert!(!crate::nt::nt_success(STATUS_IO_TIMEOUT));
+        assert_eq!(
+            SL_INVOKE_ON_CANCEL | SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR,
+            0xE0
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! IRP plumbing for the vsock layer: the `wdm.h` inline helpers no binding
+//! has (`IoGetNextIrpStackLocation`, `IoSetCompletionRoutine`), a
+//! synchronous device IOCTL on a referenced file object (the seed's
+//! Listing 2 pattern, done right), one reusable driver-allocated IRP per
+//! WSK operation (viosock's WSK test client pattern: completion routine
+//! signals an event and returns `STATUS_MORE_PROCESSING_REQUIRED`), and a
+//! joinable system thread.
+//!
+//! Every routine is named with its documentation page the first time it is
+//! used below; signatures are windows-sys 0.61.2
+//! `src/Windows/Wdk/System/SystemServices/mod.rs` (all `ntoskrnl.exe`), or
+//! `thinagent_km_sys::ntoskrnl` where windows-sys binds the ntdll export
+//! (`ZwClose`) or lost a callback's parameters (`PKSTART_ROUTINE`,
+//! `PIO_COMPLETION_ROUTINE`).
+
+use alloc::boxed::Box;
+use core::ffi::c_void;
+use core::time::Duration;
+
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
+    DEVICE_OBJECT, FILE_OBJECT, IO_STACK_LOCATION, IRP, OBJECT_ATTRIBUTES,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
+    Executive, IoAllocateIrp, IoBuildDeviceIoControlRequest, IoCancelIrp, IoFreeIrp, IoReuseIrp,
+    IofCallDriver, KeWaitForMultipleObjects, KeWaitForSingleObject, KernelMode,
+    ObReferenceObjectByHandle, ObfDereferenceObject, PsCreateSystemThread,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{HANDLE, NTSTATUS};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
+use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::WaitAny;
+use thinagent_km_sys::ntoskrnl::{
+    IO_COMPLETION_ROUTINE, KSTART_ROUTINE, OBJ_KERNEL_HANDLE, PsThreadType, SL_INVOKE_ON_CANCEL,
+    SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, STATUS_MORE_PROCESSING_REQUIRED, SYNCHRONIZE,
+    THREAD_ALL_ACCESS, ZwClose,
+};
+
+use super::kernel::{
+    EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, STATUS_TIMEOUT,
+    relative_100ns,
+};
+
+/// `IoGetNextIrpStackLocation` (`wdm.h` FORCEINLINE:
+/// `return Irp->Tail.Overlay.CurrentStackLocation - 1;`), any IRQL.
+/// learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-iogetnextirpstacklocation
+///
+/// # Safety
+///
+/// `irp` must be a valid IRP whose current location is not its first
+/// (true for any IRP not yet passed down: a fresh `IoAllocateIrp`/
+/// `IoBuildDeviceIoControlRequest` IRP points one past its last location).
+pub unsafe fn next_stack_location(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
+    // SAFETY: the caller guarantees a valid IRP; the union member is the one
+    // the I/O manager keeps for a non-APC IRP (`wdm.h` reads it the same way).
+    unsafe {
+        (*irp)
+            .Tail
+            .Overlay
+            .Anonymous2
+            .Anonymous
+            .CurrentStackLocation
+            .sub(1)
+    }
+}
+
+/// `IoSetCompletionRoutine` (`wdm.h` FORCEINLINE): stores `routine` and
+/// `context` in the next stack location and sets `SL_INVOKE_ON_*` in its
+/// `Control` byte. IRQL <= DISPATCH_LEVEL.
+/// learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-iosetcompletionroutine
+///
+/// # Safety
+///
+/// As [`next_stack_location`]; `context` must stay valid until the routine
+/// has run.
+pub unsafe fn set_completion_routine(
+    irp: *mut IRP,
+    routine: IO_COMPLETION_ROUTINE,
+    context: *mut c_void,
+    on_success: bool,
+    on_error: bool,
+    on_cancel: bool,
+) {
+    // SAFETY: windows-sys 0.61.2 types `PIO_COMPLETION_ROUTINE` as
+    // `extern "system" fn() -> NTSTATUS` (its metadata lost the parameters);
+    // both are one code pointer with the same ABI, and the I/O manager calls
+    // it with wdm.h's three arguments, which `routine` declares.
+    let stored: unsafe extern "system" fn() -> NTSTATUS = unsafe { core::mem::transmute(routine) };
+    // SAFETY: the caller guarantees a valid IRP with a next location.
+    let sl = unsafe { &mut *next_stack_location(irp) };
+    sl.CompletionRoutine = Some(stored);
+    sl.Context = context;
+    let mut control = 0u8;
+    if on_success {
+        control |= SL_INVOKE_ON_SUCCESS;
+    }
+    if on_error {
+        control |= SL_INVOKE_ON_ERROR;
+    }
+    if on_cancel {
+        control |= SL_INVOKE_ON_CANCEL;
+    }
+    sl.Control = control;
+}
+
+/// Sends a `METHOD_BUFFERED` IOCTL to `device` on behalf of `file` and waits
+/// for it: `IoBuildDeviceIoControlRequest` (the I/O manager owns and frees
+/// the IRP), the file object in the next stack location, `IofCallDriver`,
+/// a wait on `STATUS_PENDING`. `buffer` is both input (`in_len` bytes) and
+/// output (`out_len` bytes). Returns the final status and
+/// `IoStatus.Information` (bytes written back). PASSIVE_LEVEL.
+///
+/// Routines: IoBuildDeviceIoControlRequest
+/// (learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-iobuilddeviceiocontrolrequest),
+/// IofCallDriver (…/wdm/nf-wdm-iofcalldriver, the function behind the
+/// `IoCallDriver` macro), KeWaitForSingleObject (…/wdm/nf-wdm-kewaitforsingleobject).
+///
+/// # Safety
+///
+/// `device` and `file` must be referenced (e.g. by `IoGetDeviceObjectPointer`)
+/// for the call; `buffer` must be valid for `max(in_len, out_len)` bytes.
+pub unsafe fn device_ioctl(
+    device: *mut DEVICE_OBJECT,
+    file: *mut FILE_OBJECT,
+    code: u32,
+    buffer: *mut c_void,
+    in_len: u32,
+    out_len: u32,
+) -> (NTSTATUS, usize) {
+    let event = KernelEvent::uninit();
+    event.init(EventKind::Notification, false);
+    // SAFETY: all-zero is a valid IO_STATUS_BLOCK.
+    let mut iosb: IO_STATUS_BLOCK = unsafe { core::mem::zeroed() };
+    // SAFETY: device referenced by the caller; buffer valid for both
+    // lengths; event and iosb live on this frame until the IRP completed
+    // (we wait below whenever the driver returned STATUS_PENDING).
+    let irp = unsafe {
+        IoBuildDeviceIoControlRequest(
+            code,
+            device,
+            buffer,
+            in_len,
+            buffer,
+            out_len,
+            false,
+            event.as_ptr(),
+            &mut iosb,
+        )
+    };
+    if irp.is_null() {
+        return (STATUS_INSUFFICIENT_RESOURCES, 0);
+    }
+    // SAFETY: a fresh IRP from IoBuildDeviceIoControlRequest has its next
+    // location set up for `device`; the seed's listing does the same.
+    unsafe { (*next_stack_location(irp)).FileObject = file };
+    // SAFETY: the IRP targets `device`, which the caller keeps referenced.
+    let mut status = unsafe { IofCallDriver(device, irp) };
+    if status == STATUS_PENDING {
+        let _ = event.wait(None);
+        // SAFETY: the I/O manager filled the block before signalling.
+        status = unsafe { iosb.Anonymous.Status };
+    }
+    (status, iosb.Information)
+}
+
+/// The completion routine of every [`ReusableIrp`]: signals the IRP's event
+/// and keeps the IRP for its owner. IRQL <= DISPATCH_LEVEL.
+unsafe extern "system" fn signal_and_keep(
+    _device: *mut c_void,
+    _irp: *mut thinagent_km_sys::nt::IRP,
+    context: *mut c_void,
+) -> NTSTATUS {
+    // SAFETY: `context` is the owning ReusableIrp's boxed event, which
+    // outlives every request (the owner waits for completion before reuse
+    // or free). KeSetEvent is fine at DISPATCH_LEVEL.
+    unsafe { (*context.cast::<KernelEvent>()).set() };
+    STATUS_MORE_PROCESSING_REQUIRED
+}
+
+/// One driver-allocated IRP (`IoAllocateIrp(1, FALSE)`), reused for one kind
+/// of operation (viosock's WSK test client keeps one per request the same
+/// way). Its completion routine signals [`ReusableIrp::event`]; the owner
+/// reads the result once it is signalled. PASSIVE_LEVEL.
+///
+/// Routines: IoAllocateIrp (…/wdm/nf-wdm-ioallocateirp), IoReuseIrp
+/// (…/wdm/nf-wdm-ioreuseirp), IoCancelIrp (…/wdm/nf-wdm-iocancelirp),
+/// IoFreeIrp (…/wdm/nf-wdm-iofreeirp), KeWaitForMultipleObjects
+/// (…/wdm/nf-wdm-kewaitformultipleobjects).
+pub struct ReusableIrp {
+    irp: *mut IRP,
+    done: Box<KernelEvent>,
+    in_flight: bool,
+}
+
+// SAFETY: the IRP and event are kernel objects usable from any thread; the
+// owner serialises its own use.
+unsafe impl Send for ReusableIrp {}
+
+impl ReusableIrp {
+    /// Allocates the IRP (one stack location: the WSK provider's).
+    pub fn new() -> Result<Self, NTSTATUS> {
+        let done = Box::new(KernelEvent::uninit());
+        done.init(EventKind::Notification, false);
+        // SAFETY: plain allocation, PASSIVE_LEVEL.
+        let irp = unsafe { IoAllocateIrp(1, false) };
+        if irp.is_null() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        Ok(ReusableIrp {
+            irp,
+            done,
+            in_flight: false,
+        })
+    }
+
+    /// Readies the IRP for one request and returns it (as km-sys's opaque
+    /// type, for the WSK dispatch functions). The caller must pass it to a
+    /// call that completes it (every WSK function does, whatever it returns)
+    /// and then wait with [`ReusableIrp::wait`] or
+    /// [`ReusableIrp::cancel_and_wait`].
+    pub fn arm(&mut self) -> *mut thinagent_km_sys::nt::IRP {
+        debug_assert!(!self.in_flight);
+        // SAFETY: our IRP, not in flight (completed or never sent).
+        unsafe { IoReuseIrp(self.irp, super::kernel::STATUS_UNSUCCESSFUL) };
+        self.done.clear();
+        let ctx: *const KernelEvent = &*self.done;
+        // SAFETY: fresh (reused) IRP with one location; the event is boxed
+        // and outlives the request.
+        unsafe {
+            set_completion_routine(
+                self.irp,
+                signal_and_keep,
+                ctx.cast_mut().cast(),
+                true,
+                true,
+                true,
+            )
+        };
+        self.in_flight = true;
+        self.irp.cast()
+    }
+
+    /// Records that the armed IRP was *not* handed to anyone (the dispatch
+    /// entry was missing), so nothing will complete it.
+    pub fn disarm(&mut self) {
+        self.in_flight = false;
+    }
+
+    /// Whether a request is outstanding.
+    #[must_use]
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// The completion event (dispatcher object), for multi-object waits.
+    #[must_use]
+    pub fn event(&self) -> &KernelEvent {
+        &self.done
+    }
+
+    /// Waits until the request completes, `stop` is signalled, or `timeout`
+    /// passes. On completion returns `Some((status, information))`; on stop
+    /// or timeout returns `None` and the request is still outstanding.
+    pub fn wait(
+        &mut self,
+        stop: Option<&KernelEvent>,
+        timeout: Option<Duration>,
+    ) -> Option<(NTSTATUS, usize)> {
+        if !self.in_flight {
+            return Some(self.result());
+        }
+        let rel = timeout.map(relative_100ns);
+        let tp = rel.as_ref().map_or(core::ptr::null(), |r| r as *const i64);
+        let status = match stop {
+            None => {
+                // SAFETY: our initialised event; timeout null or a local.
+                unsafe {
+                    KeWaitForSingleObject(
+                        self.done.as_object(),
+                        Executive,
+                        KernelMode as i8,
+                        false,
+                        tp,
+                    )
+                }
+            }
+            Some(stop) => {
+                let objects = [self.done.as_object(), stop.as_object()];
+                // SAFETY: two initialised dispatcher objects (at most
+                // THREAD_WAIT_OBJECTS, so no wait-block array is needed).
+                unsafe {
+                    KeWaitForMultipleObjects(
+                        2,
+                        objects.as_ptr(),
+                        WaitAny,
+                        Executive,
+                        KernelMode as i8,
+                        false,
+                        tp,
+                        core::ptr::null_mut(),
+                    )
+                }
+            }
+        };
+        if status == 0 {
+            self.in_flight = false;
+            Some(self.result())
+        } else {
+            // STATUS_WAIT_1 (stop) or STATUS_TIMEOUT.
+            let _ = STATUS_TIMEOUT;
+            None
+        }
+    }
+
+    /// Cancels the outstanding request (`IoCancelIrp`) and waits until it
+    /// has completed; returns its result. A provider that ignores
+    /// cancellation makes this wait as long as the request takes.
+    pub fn cancel_and_wait(&mut self) -> (NTSTATUS, usize) {
+        if self.in_flight {
+            // SAFETY: our IRP is outstanding and stays allocated until it
+            // completes (we wait below before anything can free it).
+            let _ = unsafe { IoCancelIrp(self.irp) };
+            let _ = self.wait(None, None);
+        }
+        self.result()
+    }
+
+    /// Requests cancellation without waiting (IRQL <= DISPATCH_LEVEL); for
+    /// unload, from another thread, while this IRP's owner waits on it.
+    ///
+    /// # Safety
+    ///
+    /// `irp` must be an IRP owned by a live [`ReusableIrp`] (see
+    /// [`ReusableIrp::raw`]).
+    pub unsafe fn cancel_raw(irp: *mut IRP) {
+        // SAFETY: the caller guarantees the IRP is allocated.
+        let _ = unsafe { IoCancelIrp(irp) };
+    }
+
+    /// The IRP pointer (for [`ReusableIrp::cancel_raw`]).
+    #[must_use]
+    pub fn raw(&self) -> *mut IRP {
+        self.irp
+    }
+
+    /// `IoStatus` of the last completed request.
+    #[must_use]
+    pub fn result(&self) -> (NTSTATUS, usize) {
+        // SAFETY: our IRP; IoStatus is plain data written by the completer.
+        unsafe {
+            (
+                (*self.irp).IoStatus.Anonymous.Status,
+                (*self.irp).IoStatus.Information,
+            )
+        }
+    }
+}
+
+impl Drop for ReusableIrp {
+    fn drop(&mut self) {
+        let _ = self.cancel_and_wait();
+        // SAFETY: allocated by IoAllocateIrp, not in flight.
+        unsafe { IoFreeIrp(self.irp) };
+    }
+}
+
+/// A system thread the driver can wait for: `PsCreateSystemThread`, then
+/// `ObReferenceObjectByHandle` for the thread object and `ZwClose` for the
+/// handle (so no handle outlives the call). PASSIVE_LEVEL.
+///
+/// Routines: PsCreateSystemThread (…/wdm/nf-wdm-pscreatesystemthread),
+/// ObReferenceObjectByHandle (…/wdm/nf-wdm-obreferenceobjectbyhandle),
+/// ZwClose (…/wdm/nf-wdm-zwclose), ObfDereferenceObject (the function behind
+/// `ObDereferenceObject`, …/wdm/nf-wdm-obdereferenceobject).
+pub struct SystemThread {
+    object: *mut c_void,
+}
+
+// SAFETY: a referenced thread object may be waited on from any thread.
+unsafe impl Send for SystemThread {}
+// SAFETY: as above; only `join` (by value) touches it.
+unsafe impl Sync for SystemThread {}
+
+impl SystemThread {
+    /// Starts `routine(context)` on a new system thread.
+    ///
+    /// # Safety
+    ///
+    /// `context` must be valid for whatever `routine` does with it, for as
+    /// long as the thread runs.
+    pub unsafe fn spawn(routine: KSTART_ROUTINE, context: *mut c_void) -> Result<Self, NTSTATUS> {
+        // InitializeObjectAttributes(&oa, NULL, OBJ_KERNEL_HANDLE, NULL, NULL)
+        // (wdm.h macro): a kernel handle, whatever process we run in.
+        let oa = OBJECT_ATTRIBUTES {
+            Length: size_of::<OBJECT_ATTRIBUTES>() as u32,
+            RootDirectory: core::ptr::null_mut(),
+            ObjectName: core::ptr::null(),
+            Attributes: OBJ_KERNEL_HANDLE as _,
+            SecurityDescriptor: core::ptr::null(),
+            SecurityQualityOfService: core::ptr::null(),
+        };
+        // SAFETY: windows-sys 0.61.2 types PKSTART_ROUTINE as
+        // `extern "system" fn()` (parameter lost in its metadata); the kernel
+        // calls it with the one `StartContext` argument `routine` declares.
+        let start: unsafe extern "system" fn() = unsafe { core::mem::transmute(routine) };
+        let mut handle: HANDLE = core::ptr::null_mut();
+        // SAFETY: out-pointer to a local; no process handle = system process.
+        let status = unsafe {
+            PsCreateSystemThread(
+                &mut handle,
+                THREAD_ALL_ACCESS,
+                &oa,
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                Some(start),
+                context,
+            )
+        };
+        if status < 0 {
+            return Err(status);
+        }
+        let mut object: *mut c_void = core::ptr::null_mut();
+        // SAFETY: a kernel handle we just got; *PsThreadType is the thread
+        // object type (exported data, valid after boot); KernelMode access.
+        let status = unsafe {
+            ObReferenceObjectByHandle(
+                handle,
+                SYNCHRONIZE,
+                *PsThreadType as isize,
+                KernelMode as i8,
+                &mut object,
+                core::ptr::null_mut(),
+            )
+        };
+        // SAFETY: closes the handle PsCreateSystemThread gave us; the thread
+        // keeps running (the reference above, if taken, keeps its object).
+        let _ = unsafe { ZwClose(handle) };
+        if status < 0 {
+            // The thread runs but cannot be joined; the caller must not
+            // free `context` (it says so in its log).
+            return Err(status);
+        }
+        Ok(SystemThread { object })
+    }
+
+    /// Waits for the thread to end and drops the reference.
+    pub fn join(self) {
+        // SAFETY: a referenced thread object is a dispatcher object,
+        // signalled when the thread terminates.
+        let _ = unsafe {
+            KeWaitForSingleObject(
+                self.object,
+                Executive,
+                KernelMode as i8,
+                false,
+                core::ptr::null(),
+            )
+        };
+        // SAFETY: releases the reference taken in `spawn`.
+        let _ = unsafe { ObfDereferenceObject(self.object) };
+    }
+}
