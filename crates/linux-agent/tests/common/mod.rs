@@ -1,0 +1,354 @@
+//! Shared pieces of the agent's end-to-end tests: a tmpfs mounted for the
+//! test (unmounted on drop), the scanner service run in-process, a hung fake
+//! scanner, and the agent binary as a child process.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use thinagent_linux_agent::fanotify;
+use thinagent_protocol::{Decoded, HelloAck, MAX_FRAME_LEN, Message, PROTOCOL_VERSION};
+use thinagent_scanner::config::Config;
+use thinagent_scanner::service::Service;
+
+/// The EICAR test file.
+pub const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// `EPERM`: what a fanotify `FAN_DENY` makes `open`/`execve` fail with.
+pub const EPERM: i32 = 1;
+/// `EACCES`.
+pub const EACCES: i32 = 13;
+
+/// A tmpfs mounted on a fresh directory for one test; unmounted on drop
+/// (also when the test fails).
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the mount.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: an agent killed a moment ago may still hold the mount busy.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Mounts a tmpfs for the test, or says why the test must be skipped (not
+/// root, no mount, no fanotify permission events).
+pub fn setup(test: &str) -> Option<Tmpfs> {
+    let dir = tempfile::Builder::new()
+        .prefix("thinagent-agent-mnt")
+        .tempdir()
+        .ok()?;
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "SKIP {test}: cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("SKIP {test}: cannot run mount: {e}");
+            return None;
+        }
+    }
+    let mnt = Tmpfs { dir };
+    if let Err(e) = fanotify::probe(mnt.path()) {
+        eprintln!("SKIP {test}: {e}");
+        return None;
+    }
+    Some(mnt)
+}
+
+/// The scanner service, in this process, on its own runtime.
+pub struct Scanner {
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Where it listens (`tcp://127.0.0.1:PORT` or `unix:///path`).
+    pub url: String,
+    /// Its audit log (JSON lines).
+    pub audit: PathBuf,
+    config: Config,
+}
+
+impl Scanner {
+    /// Starts the scanner on `listen` (`tcp://127.0.0.1:0` picks a port),
+    /// with the built-in signatures plus `signatures` directories, its audit
+    /// log in `state` (never on the watched tmpfs).
+    pub fn start(listen: &str, state: &Path, signatures: &[PathBuf]) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let audit = state.join("audit.jsonl");
+        let config = Config {
+            listen: vec![listen.to_string()],
+            signatures: signatures.to_vec(),
+            audit_log: Some(audit.clone()),
+            ..Config::default()
+        };
+        let mut s = Scanner {
+            rt,
+            stop: None,
+            task: None,
+            url: String::new(),
+            audit,
+            config,
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let service = self
+            .rt
+            .block_on(Service::build(&self.config))
+            .expect("scanner service starts");
+        self.url = service.urls()[0].to_string();
+        // A restart binds the same address.
+        self.config.listen = vec![self.url.clone()];
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.stop = Some(tx);
+        self.task = Some(self.rt.spawn(async move {
+            service
+                .run(
+                    async move {
+                        let _ = rx.await;
+                    },
+                    Duration::from_secs(2),
+                )
+                .await;
+        }));
+    }
+
+    /// Stops it (sessions get `Goodbye(Shutdown)`, the listener closes).
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = self.rt.block_on(t);
+        }
+        // The Unix socket file goes with the listener; make sure before a
+        // restart binds it again.
+        if let Some(p) = self.url.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Starts it again on the same address.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The audit log so far.
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(&self.audit).unwrap_or_default()
+    }
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A "scanner" that completes the handshake and then never answers.
+pub struct HungScanner {
+    /// `tcp://127.0.0.1:PORT`.
+    pub url: String,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl HungScanner {
+    /// Listens on a free loopback port.
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("tcp://{}", listener.local_addr().unwrap());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; MAX_FRAME_LEN];
+                    let mut have = 0;
+                    // Read the Hello, answer HelloAck, then swallow everything.
+                    loop {
+                        let Ok(n) = s.read(&mut buf[have..]) else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        have += n;
+                        if let Ok(Decoded::Frame { frame, .. }) =
+                            thinagent_protocol::decode_frame(&buf[..have])
+                        {
+                            let ack = HelloAck {
+                                version: PROTOCOL_VERSION,
+                                max_frame_len: MAX_FRAME_LEN as u32,
+                                max_events_in_flight: 64,
+                                max_read_chunk: 65_000,
+                                heartbeat_interval_ms: 0,
+                                idle_timeout_ms: 0,
+                                query_timeout_ms: 60_000,
+                            };
+                            let mut out = vec![0u8; 256];
+                            let n = Message::HelloAck(ack)
+                                .encode(frame.request_id, &mut out)
+                                .unwrap();
+                            if s.write_all(&out[..n]).is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                    }
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        HungScanner {
+            url,
+            _thread: thread,
+        }
+    }
+}
+
+/// The agent binary as a child; killed on drop.
+pub struct Agent {
+    child: Option<Child>,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` (plus `--ready-file`) and waits until it
+    /// is ready.
+    pub fn start(state: &Path, args: &[&str]) -> Self {
+        let ready = state.join(format!("ready-{}", rand_suffix()));
+        let log = state.join(format!("agent-{}.log", rand_suffix()));
+        let child = Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent"))
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn thinagent-linux-agent");
+        let mut agent = Agent {
+            child: Some(child),
+            log,
+        };
+        let start = Instant::now();
+        while !ready.exists() {
+            if let Some(st) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited early ({st}):\n{}", agent.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "agent not ready:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `SIGTERM` and waits (bounded) for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("agent did not exit after SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Reads a file; `Err(errno)` if the open (or read) failed.
+pub fn read(path: &Path) -> Result<Vec<u8>, i32> {
+    std::fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// Whether reading failed as a denied open does.
+pub fn denied(path: &Path) -> bool {
+    matches!(read(path), Err(EPERM | EACCES))
+}
+
+/// Polls `cond` every 50 ms for up to `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
