@@ -123,7 +123,11 @@ impl Inf {
             .iter()
             .map(|l| {
                 let f: Vec<&str> = l.splitn(5, ',').collect();
-                assert_eq!(f.len(), 5, "[{section}] line {l:?} is not HKR,subkey,name,flags,value");
+                assert_eq!(
+                    f.len(),
+                    5,
+                    "[{section}] line {l:?} is not HKR,subkey,name,flags,value"
+                );
                 assert_eq!(f[0].trim(), "HKR", "[{section}] line {l:?}");
                 [
                     self.resolve(f[1]),
@@ -227,7 +231,9 @@ fn inf_parameters_are_the_guest_parameters_with_their_defaults() {
 #[test]
 fn every_parameter_has_a_row_in_the_docs_table() {
     let doc = read("docs/windows.md");
-    let start = doc.find("\n## Parameters\n").expect("docs/windows.md has ## Parameters");
+    let start = doc
+        .find("\n## Parameters\n")
+        .expect("docs/windows.md has ## Parameters");
     let section = &doc[start + 1..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
     let rows: Vec<String> = section
@@ -284,7 +290,10 @@ fn altitudes_are_in_the_anti_virus_range_and_not_vmwares() {
             .next()
             .and_then(|i| i.parse().ok())
             .unwrap_or_else(|| panic!("altitude {a:?} is not a number"));
-        assert!((320_000..=329_999).contains(&int), "altitude {a} not in FSFilter Anti-Virus");
+        assert!(
+            (320_000..=329_999).contains(&int),
+            "altitude {a} not in FSFilter Anti-Virus"
+        );
         assert_ne!(int, 328_200, "328200 is VMware's vsepflt.sys");
     }
     let group = inf
