@@ -303,6 +303,189 @@ pub const fn address_family_from_ioctl(value: i32) -> Option<u16> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Reading the capture reply (hypothesis (a) of docs/km-sys.md)
+// ---------------------------------------------------------------------------
+
+/// Whether `v` lies in the upper canonical half of the x64 address space,
+/// where every kernel-mode address is (`MmSystemRangeStart` is at or above
+/// 0xFFFF8000'00000000 on x64 Windows).
+#[must_use]
+pub const fn is_kernel_address(v: u64) -> bool {
+    v >= 0xFFFF_8000_0000_0000
+}
+
+/// The loaded image of the driver that owns the vSockets device
+/// (`DRIVER_OBJECT.DriverStart`, `DriverSize`): code the provider's
+/// functions must lie in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageRange {
+    /// First byte of the image.
+    pub start: u64,
+    /// Size in bytes.
+    pub len: u64,
+}
+
+impl ImageRange {
+    /// Whether `addr` lies inside the image.
+    #[must_use]
+    pub const fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr - self.start < self.len
+    }
+}
+
+/// A `{Client, Dispatch}` pointer pair found in the capture reply: the shape
+/// of a `WSK_PROVIDER_NPI` (hypothesis (a) in `docs/km-sys.md`). Only a
+/// candidate: the driver must still check the table `dispatch` points to
+/// ([`check_provider_dispatch`]) before calling anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NpiCandidate {
+    /// Byte offset of the pair in the reply.
+    pub offset: usize,
+    /// `WSK_PROVIDER_NPI.Client`.
+    pub client: u64,
+    /// `WSK_PROVIDER_NPI.Dispatch`.
+    pub dispatch: u64,
+}
+
+/// Every 8-byte-aligned pair of kernel addresses in the first `written`
+/// bytes of `reply` (`IoStatus.Information` of the capture, capped at the
+/// buffer). Zero, user-mode or non-canonical values are skipped; so is a
+/// pair whose two halves are equal.
+pub fn npi_candidates(reply: &[u8], written: usize) -> impl Iterator<Item = NpiCandidate> + '_ {
+    let valid = &reply[..written.min(reply.len())];
+    let word = |o: usize| -> Option<u64> {
+        let b = valid.get(o..o + 8)?;
+        Some(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
+    };
+    (0..valid.len()).step_by(8).filter_map(move |o| {
+        let client = word(o)?;
+        let dispatch = word(o + 8)?;
+        (is_kernel_address(client) && is_kernel_address(dispatch) && client != dispatch).then_some(
+            NpiCandidate {
+                offset: o,
+                client,
+                dispatch,
+            },
+        )
+    })
+}
+
+/// Why a copied dispatch table was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DispatchProblem {
+    /// `Version`'s major number is not 1 (`WSK_MAJOR_VERSION`), the only WSK
+    /// major version there is.
+    Version(u16),
+    /// `Reserved` is not 0.
+    Reserved(u16),
+    /// A function the driver calls is NULL.
+    Missing(&'static str),
+    /// A function pointer lies outside the provider driver's image.
+    OutsideImage(&'static str),
+}
+
+impl DispatchProblem {
+    /// One-line description for the log.
+    #[must_use]
+    pub const fn describe(self) -> &'static str {
+        match self {
+            DispatchProblem::Version(_) => "WSK major version is not 1",
+            DispatchProblem::Reserved(_) => "reserved field is not zero",
+            DispatchProblem::Missing(_) => "a required function is NULL",
+            DispatchProblem::OutsideImage(_) => "a function lies outside the provider image",
+        }
+    }
+}
+
+fn le_u64(raw: &[u8], o: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&raw[o..o + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn check_functions(
+    raw: &[u8],
+    fields: &[(&'static str, usize, bool)],
+    image: ImageRange,
+) -> Result<(), DispatchProblem> {
+    for &(name, off, required) in fields {
+        let f = le_u64(raw, off);
+        if f == 0 {
+            if required {
+                return Err(DispatchProblem::Missing(name));
+            }
+        } else if !image.contains(f) {
+            return Err(DispatchProblem::OutsideImage(name));
+        }
+    }
+    Ok(())
+}
+
+/// Size of the x64 `WSK_PROVIDER_DISPATCH` copy [`check_provider_dispatch`] reads.
+pub const PROVIDER_DISPATCH_BYTES: usize = 56;
+/// Size of the `WSK_PROVIDER_CONNECTION_DISPATCH` prefix
+/// [`check_connection_dispatch`] reads (up to `WskRelease`, the pre-RS2 size).
+pub const CONNECTION_DISPATCH_BYTES: usize = 80;
+
+/// Checks a copy of a candidate x64 `WSK_PROVIDER_DISPATCH` (56 bytes:
+/// `USHORT Version` at 0, `USHORT Reserved` at 2, six pointers from 8):
+/// major version 1, `Reserved` 0, `WskSocketConnect` (at 16) present, and
+/// every non-NULL function inside `image`.
+pub fn check_provider_dispatch(
+    raw: &[u8; PROVIDER_DISPATCH_BYTES],
+    image: ImageRange,
+) -> Result<(), DispatchProblem> {
+    let version = u16::from_le_bytes([raw[0], raw[1]]);
+    let reserved = u16::from_le_bytes([raw[2], raw[3]]);
+    if crate::wsk::WSK_MAJOR_VERSION(version) != 1 {
+        return Err(DispatchProblem::Version(version));
+    }
+    if reserved != 0 {
+        return Err(DispatchProblem::Reserved(reserved));
+    }
+    check_functions(
+        raw,
+        &[
+            ("WskSocket", 8, false),
+            ("WskSocketConnect", 16, true),
+            ("WskControlClient", 24, false),
+            ("WskGetAddressInfo", 32, false),
+            ("WskFreeAddressInfo", 40, false),
+            ("WskGetNameInfo", 48, false),
+        ],
+        image,
+    )
+}
+
+/// Checks the first 80 bytes (up to `WskRelease`) of a connection socket's
+/// x64 `WSK_PROVIDER_CONNECTION_DISPATCH`: `WskCloseSocket` (8), `WskSend`
+/// (48), `WskReceive` (56) and `WskDisconnect` (64) present, every non-NULL
+/// function inside `image`.
+pub fn check_connection_dispatch(
+    raw: &[u8; CONNECTION_DISPATCH_BYTES],
+    image: ImageRange,
+) -> Result<(), DispatchProblem> {
+    check_functions(
+        raw,
+        &[
+            ("WskControlSocket", 0, false),
+            ("WskCloseSocket", 8, true),
+            ("WskBind", 16, false),
+            ("WskConnect", 24, false),
+            ("WskGetLocalAddress", 32, false),
+            ("WskGetRemoteAddress", 40, false),
+            ("WskSend", 48, true),
+            ("WskReceive", 56, true),
+            ("WskDisconnect", 64, true),
+            ("WskRelease", 72, false),
+        ],
+        image,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +573,106 @@ mod tests {
         assert_eq!(address_family_from_ioctl(-1), None);
         assert_eq!(address_family_from_ioctl(0x1_0000), None);
         assert_eq!(address_family_from_ioctl(40), Some(40));
+    }
+
+    const IMAGE: ImageRange = ImageRange {
+        start: 0xFFFF_F801_2000_0000,
+        len: 0x4_0000,
+    };
+
+    fn dispatch_bytes(version: u16, fns: [u64; 6]) -> [u8; PROVIDER_DISPATCH_BYTES] {
+        let mut raw = [0u8; PROVIDER_DISPATCH_BYTES];
+        raw[..2].copy_from_slice(&version.to_le_bytes());
+        for (i, f) in fns.iter().enumerate() {
+            raw[8 + 8 * i..16 + 8 * i].copy_from_slice(&f.to_le_bytes());
+        }
+        raw
+    }
+
+    #[test]
+    fn npi_candidates_need_two_kernel_pointers() {
+        let mut reply = [0u8; VMCI_CAPTURE_BUFFER_SIZE];
+        reply[..4].copy_from_slice(&1u32.to_le_bytes());
+        // A pair at offset 8: pool client, dispatch in the image.
+        reply[8..16].copy_from_slice(&0xFFFF_A001_0000_1000u64.to_le_bytes());
+        reply[16..24].copy_from_slice(&(IMAGE.start + 0x100).to_le_bytes());
+        let mut it = npi_candidates(&reply, reply.len());
+        assert_eq!(
+            it.next(),
+            Some(NpiCandidate {
+                offset: 8,
+                client: 0xFFFF_A001_0000_1000,
+                dispatch: IMAGE.start + 0x100
+            })
+        );
+        assert_eq!(it.next(), None);
+        drop(it);
+        // Only the written part counts.
+        assert_eq!(npi_candidates(&reply, 16).count(), 0);
+        // A user-mode value is no candidate.
+        reply[16..24].copy_from_slice(&0x0000_7FF0_0000_0000u64.to_le_bytes());
+        assert_eq!(npi_candidates(&reply, reply.len()).count(), 0);
+        // The untouched request has none.
+        let req = VmciCaptureBuffer::request().to_le_bytes();
+        assert_eq!(npi_candidates(&req, req.len()).count(), 0);
+    }
+
+    #[test]
+    fn provider_dispatch_checks() {
+        let f = |o: u64| IMAGE.start + o;
+        let good = dispatch_bytes(0x0100, [f(0x10), f(0x20), f(0x30), 0, 0, 0]);
+        assert_eq!(check_provider_dispatch(&good, IMAGE), Ok(()));
+        let v2 = dispatch_bytes(0x0200, [f(0x10), f(0x20), 0, 0, 0, 0]);
+        assert_eq!(
+            check_provider_dispatch(&v2, IMAGE),
+            Err(DispatchProblem::Version(0x0200))
+        );
+        let no_connect = dispatch_bytes(0x0100, [f(0x10), 0, 0, 0, 0, 0]);
+        assert_eq!(
+            check_provider_dispatch(&no_connect, IMAGE),
+            Err(DispatchProblem::Missing("WskSocketConnect"))
+        );
+        let outside = dispatch_bytes(0x0100, [f(0x10), IMAGE.start + IMAGE.len, 0, 0, 0, 0]);
+        assert_eq!(
+            check_provider_dispatch(&outside, IMAGE),
+            Err(DispatchProblem::OutsideImage("WskSocketConnect"))
+        );
+        let mut reserved = good;
+        reserved[2] = 1;
+        assert_eq!(
+            check_provider_dispatch(&reserved, IMAGE),
+            Err(DispatchProblem::Reserved(1))
+        );
+    }
+
+    #[test]
+    fn connection_dispatch_checks() {
+        let mut raw = [0u8; CONNECTION_DISPATCH_BYTES];
+        for o in [8usize, 48, 56, 64] {
+            raw[o..o + 8].copy_from_slice(&(IMAGE.start + o as u64).to_le_bytes());
+        }
+        assert_eq!(check_connection_dispatch(&raw, IMAGE), Ok(()));
+        raw[56..64].fill(0);
+        assert_eq!(
+            check_connection_dispatch(&raw, IMAGE),
+            Err(DispatchProblem::Missing("WskReceive"))
+        );
+        // Offsets agree with the km-sys struct.
+        assert_eq!(
+            core::mem::offset_of!(crate::wsk::WSK_PROVIDER_CONNECTION_DISPATCH, WskSend),
+            48
+        );
+        assert_eq!(
+            core::mem::offset_of!(crate::wsk::WSK_PROVIDER_CONNECTION_DISPATCH, WskDisconnect),
+            64
+        );
+        assert_eq!(
+            core::mem::offset_of!(crate::wsk::WSK_PROVIDER_DISPATCH, WskSocketConnect),
+            16
+        );
+        assert_eq!(
+            CONNECTION_DISPATCH_BYTES,
+            crate::wsk::CONNECTION_DISPATCH_PRE_RS2_SIZE
+        );
     }
 }
