@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Agent, EACCES, EICAR, EPERM, HungScanner, Scanner, denied, eventually, read, setup};
+use common::{
+    Agent, EACCES, EICAR, EPERM, HungScanner, Scanner, denied, eventually, final_stat, read, setup,
+};
 use md5::{Digest, Md5};
 use thinagent_guest::{Level, parse_line};
 
@@ -160,19 +162,8 @@ fn scanner_stopped_fail_open_lets_opens_through_then_agent_reconnects() {
         log.contains("decided by fail-open while the scanner was unreachable"),
         "{log}"
     );
-    let stats = log
-        .lines()
-        .filter_map(parse_line)
-        .find(|l| l.routine == "Stats" && l.level == Level::Audit)
-        .expect("final stats line");
-    let disconnected: u64 = stats
-        .message
-        .split("disconnected=")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("disconnected count");
-    assert!(disconnected >= 1, "{}", stats.message);
+    assert!(final_stat(&log, "disconnected") >= 1, "{log}");
+    assert!(final_stat(&log, "fail_mode_decisions") >= 1, "{log}");
 }
 
 #[test]
@@ -299,7 +290,14 @@ fn ten_thousand_opens_by_eight_threads_finish() {
     assert_eq!(done.load(Ordering::Relaxed), FILES);
     assert!(agent.terminate().success());
     let log = agent.log_text();
-    assert!(log.contains("events="), "{log}");
+    // Every open went to the scanner (distinct files): none decided by the
+    // fail mode, so none waited out a deadline.
+    assert!(final_stat(&log, "events") >= FILES as u64, "{log}");
+    assert!(
+        final_stat(&log, "allowed_by_scanner") >= FILES as u64,
+        "{log}"
+    );
+    assert_eq!(final_stat(&log, "fail_mode_decisions"), 0, "{log}");
 }
 
 #[test]
@@ -338,7 +336,7 @@ fn sigterm_with_opens_pending_exits_zero_and_removes_the_mark() {
     assert_eq!(read(&files[0]).unwrap(), b"pending\n");
     let log = agent.log_text();
     assert!(log.contains("marks removed"), "{log}");
-    assert!(log.contains("shutdown=4"), "{log}");
+    assert_eq!(final_stat(&log, "shutdown"), 4, "{log}");
 }
 
 #[test]

@@ -352,3 +352,17 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A counter of the agent's final `AUDIT: Stats : ...` line.
+pub fn final_stat(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .filter_map(thinagent_guest::parse_line)
+        .filter(|l| l.routine == "Stats" && l.level == thinagent_guest::Level::Audit)
+        .last()
+        .unwrap_or_else(|| panic!("no final stats line:\n{log}"));
+    line.message
+        .split(|c: char| c == ' ' || c == '(' || c == ')')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {}", line.message))
+}
