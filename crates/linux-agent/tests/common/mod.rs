@@ -357,12 +357,12 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn final_stat(log: &str, name: &str) -> u64 {
     let line = log
         .lines()
+        .rev()
         .filter_map(thinagent_guest::parse_line)
-        .filter(|l| l.routine == "Stats" && l.level == thinagent_guest::Level::Audit)
-        .last()
+        .find(|l| l.routine == "Stats" && l.level == thinagent_guest::Level::Audit)
         .unwrap_or_else(|| panic!("no final stats line:\n{log}"));
     line.message
-        .split(|c: char| c == ' ' || c == '(' || c == ')')
+        .split([' ', '(', ')'])
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {}", line.message))
 }
