@@ -8,7 +8,7 @@
 //! `max_in_flight` events are held: beyond that the loop stops reading the
 //! group and the kernel queues the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -205,6 +205,9 @@ struct Edge {
     fan: AsyncFd<FanGroup>,
     core: AgentCore,
     held: HashMap<Token, Arc<Held>>,
+    /// Permission events read but not yet given to the core (a read returns
+    /// up to ~170 events; at most `max_in_flight` are held at once).
+    backlog: VecDeque<(FanotifyEvent, Access, Instant)>,
     next_token: Token,
     clock: std::time::Instant,
     rd: Option<ReadHalf<Box<dyn Stream>>>,
@@ -252,14 +255,19 @@ impl Edge {
             return;
         }
         self.ready_written = true;
-        if let Some(path) = &self.config.ready_file
-            && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
-        {
-            self.log.log(
-                Level::Error,
-                routine::DRIVER_ENTRY,
-                format_args!("cannot write the ready file {}: {e}", path.display()),
-            );
+        if let Some(path) = self.config.ready_file.clone() {
+            // Never open a file on the loop's thread: if it is on a watched
+            // mount, its permission event waits for this very thread.
+            let log = self.log;
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+                    log.log(
+                        Level::Error,
+                        routine::DRIVER_ENTRY,
+                        format_args!("cannot write the ready file {}: {e}", path.display()),
+                    );
+                }
+            });
         }
     }
 
@@ -318,6 +326,17 @@ impl Edge {
         self.schedule_reconnect();
     }
 
+    /// Hands backlogged events to the core while fewer than
+    /// `max_in_flight` are held.
+    fn feed(&mut self) {
+        while self.held.len() < self.config.max_in_flight {
+            let Some((event, access, arrived)) = self.backlog.pop_front() else {
+                break;
+            };
+            self.on_perm(event, access, arrived);
+        }
+    }
+
     fn on_events(&mut self, events: Vec<FanotifyEvent>) {
         for event in events {
             match fanotify::classify(&event) {
@@ -337,14 +356,17 @@ impl Edge {
                     } else {
                         Access::Open
                     };
-                    self.on_perm(event, access);
+                    let arrived = self.now();
+                    self.backlog.push_back((event, access, arrived));
                 }
                 EventClass::Other => {}
             }
         }
     }
 
-    fn on_perm(&mut self, event: FanotifyEvent, access: Access) {
+    /// One permission event, which arrived at `arrived`: its deadline
+    /// counts from then, not from when it left the backlog.
+    fn on_perm(&mut self, event: FanotifyEvent, access: Access, arrived: Instant) {
         let token = self.next_token;
         self.next_token += 1;
         let stat = fanotify::stat_of(&event);
@@ -357,7 +379,6 @@ impl Edge {
             access,
         });
         self.held.insert(token, held);
-        let now = self.now();
         self.core.on_perm_event(
             &PermEvent {
                 token,
@@ -366,7 +387,7 @@ impl Edge {
                 path: &path,
                 stat,
             },
-            now,
+            arrived,
         );
         self.run_actions();
     }
@@ -589,6 +610,7 @@ pub async fn run<F: Future<Output = ()>>(
         fan,
         core,
         held: HashMap::new(),
+        backlog: VecDeque::new(),
         next_token: 1,
         clock: std::time::Instant::now(),
         rd: None,
@@ -622,8 +644,10 @@ pub async fn run<F: Future<Output = ()>>(
     tokio::pin!(shutdown);
     loop {
         edge.run_actions();
+        edge.feed();
+        edge.run_actions();
         let deadline = edge.core.next_deadline().map(|d| edge.to_tokio(d));
-        let can_take = edge.held.len() < edge.config.max_in_flight;
+        let can_take = edge.backlog.is_empty() && edge.held.len() < edge.config.max_in_flight;
         let tx = edge.core.pending_tx().to_vec();
         tokio::select! {
             biased;
@@ -718,6 +742,13 @@ async fn shutdown_edge(edge: &mut Edge) {
             Ok(events) if !events.is_empty() => edge.on_events(events),
             _ => break,
         }
+    }
+    // Held events and the backlog alike: each through the core, answered by
+    // the policy, the cache or (at shutdown) the fail mode.
+    while !edge.backlog.is_empty() {
+        edge.feed();
+        edge.core.shutdown(edge.now());
+        edge.run_actions();
     }
     let now = edge.now();
     edge.core.shutdown(now);

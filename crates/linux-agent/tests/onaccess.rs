@@ -379,3 +379,50 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "--watch is required");
 }
+
+#[test]
+fn bounded_in_flight_queue_still_answers_every_open_by_the_deadline() {
+    let Some(mnt) = setup("bounded_in_flight_queue") else {
+        return;
+    };
+    let state = state_dir();
+    let hung = HungScanner::start();
+    const OPENERS: usize = 16;
+    let files: Vec<PathBuf> = (0..OPENERS).map(|i| mnt.join(&format!("q{i}"))).collect();
+    for f in &files {
+        std::fs::write(f, b"queued\n").unwrap();
+    }
+    let watch = mnt.path().to_str().unwrap();
+    // The ready file on the watched mount itself: the agent must not wait
+    // on its own open.
+    let ready = mnt.join("agent.ready");
+    let ready = ready.to_str().unwrap();
+    let mut args = base_args(&hung.url, watch);
+    args.extend([
+        "--timeout-ms",
+        "200",
+        "--max-in-flight",
+        "2",
+        "--ready-file",
+        ready,
+    ]);
+    let mut agent = Agent::start(state.path(), &args);
+    let openers: Vec<_> = files
+        .iter()
+        .cloned()
+        .map(|f| std::thread::spawn(move || read(&f)))
+        .collect();
+    for h in openers {
+        assert_eq!(h.join().unwrap().unwrap(), b"queued\n", "fail-open");
+    }
+    assert!(agent.terminate().success());
+    let log = agent.log_text();
+    // Two at a time, each waiting out its deadline: none was refused for
+    // lack of a session slot, none left for shutdown.
+    assert_eq!(final_stat(&log, "overloaded"), 0, "{log}");
+    assert_eq!(final_stat(&log, "shutdown"), 0, "{log}");
+    assert!(
+        final_stat(&log, "deadline") + final_stat(&log, "watchdog") >= OPENERS as u64,
+        "{log}"
+    );
+}

@@ -246,15 +246,24 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent with `args` (plus `--ready-file`) and waits until it
-    /// is ready.
+    /// Starts the agent with `args` (plus a `--ready-file` unless given)
+    /// and waits until it is ready.
     pub fn start(state: &Path, args: &[&str]) -> Self {
-        let ready = state.join(format!("ready-{}", rand_suffix()));
+        // A --ready-file in `args` is used as is; otherwise one in `state`.
+        let given = args
+            .iter()
+            .position(|a| *a == "--ready-file")
+            .map(|i| PathBuf::from(args[i + 1]));
+        let ready = given
+            .clone()
+            .unwrap_or_else(|| state.join(format!("ready-{}", rand_suffix())));
         let log = state.join(format!("agent-{}.log", rand_suffix()));
-        let child = Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent"))
-            .args(args)
-            .arg("--ready-file")
-            .arg(&ready)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent"));
+        cmd.args(args);
+        if given.is_none() {
+            cmd.arg("--ready-file").arg(&ready);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
