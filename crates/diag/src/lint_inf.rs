@@ -547,6 +547,8 @@ struct RegLine {
     name: String,
     flags: Option<u64>,
     value: Option<Field>,
+    /// Fields after the value: further strings of a `REG_MULTI_SZ`.
+    more: Vec<Field>,
 }
 
 #[derive(Debug, Default)]
@@ -943,6 +945,7 @@ fn check_service(
                         .unwrap_or_default(),
                     flags: f.get(3).and_then(|x| parse_int(&x.text)),
                     value: f.get(4).cloned(),
+                    more: f.iter().skip(5).cloned().collect(),
                 });
             }
         }
@@ -953,72 +956,192 @@ fn check_service(
     }
 }
 
-/// AddReg flags: `FLG_ADDREG_TYPE_DWORD`, `FLG_ADDREG_TYPE_MULTI_SZ`.
+/// AddReg flags (`setupapi.h`): the value type is `flags & FLG_ADDREG_TYPE_MASK`
+/// (`0xFFFF0000 | FLG_ADDREG_BINVALUETYPE`); the other low bits modify the
+/// write (`FLG_ADDREG_NOCLOBBER` 0x2, `FLG_ADDREG_APPEND` 0x8, ...).
+const FLG_ADDREG_TYPE_MASK: u64 = 0xFFFF_0001;
+const FLG_ADDREG_TYPE_SZ: u64 = 0x0000_0000;
 const FLG_ADDREG_TYPE_DWORD: u64 = 0x0001_0001;
 const FLG_ADDREG_TYPE_MULTI_SZ: u64 = 0x0001_0000;
+/// `FLG_ADDREG_DELVAL` / `FLG_ADDREG_KEYONLY`: the line writes no value.
+const FLG_ADDREG_NO_VALUE: u64 = 0x0000_0004 | 0x0000_0010;
 
-/// ThinAgent's own `Parameters` values must be ones the driver reads, with
-/// the type and range `thinagent_guest::Params` accepts (so the INF, the
-/// guest crate and the driver agree on names).
+/// The registry type of AddReg `flags`, by name.
+fn addreg_type_name(flags: u64) -> &'static str {
+    match flags & FLG_ADDREG_TYPE_MASK {
+        FLG_ADDREG_TYPE_SZ => "REG_SZ",
+        FLG_ADDREG_TYPE_DWORD => "REG_DWORD",
+        FLG_ADDREG_TYPE_MULTI_SZ => "REG_MULTI_SZ",
+        0x0002_0000 => "REG_EXPAND_SZ",
+        0x0000_0001 => "REG_BINARY",
+        0x0002_0001 => "REG_NONE",
+        _ => "a custom registry type",
+    }
+}
+
+/// The AddReg flags that write `ty`.
+fn addreg_flags_of(ty: &str) -> &'static str {
+    match ty {
+        "REG_MULTI_SZ" => "0x00010000 (FLG_ADDREG_TYPE_MULTI_SZ)",
+        _ => "0x00010001 (FLG_ADDREG_TYPE_DWORD)",
+    }
+}
+
+/// The registry type the driver reads `name` as: the guest crate rejects a
+/// DWORD for a list parameter with `WrongType { expected: "REG_MULTI_SZ" }`;
+/// every other parameter is numeric.
+fn guest_param_type(name: &str) -> &'static str {
+    use thinagent_guest::{ParamError, Params, RegValue};
+    match Params::default().apply(name, RegValue::Dword(1)) {
+        Err(ParamError::WrongType { expected, .. }) => expected,
+        _ => "REG_DWORD",
+    }
+}
+
+/// ThinAgent's own `Parameters` values must be ones the driver reads, under
+/// the key it reads them from, once each, with the registry type and range
+/// `thinagent_guest::Params` accepts (so the INF, the guest crate and the
+/// driver agree on names and types).
 fn check_thinagent_parameters(cx: &mut Ctx<'_>, regs: &[RegLine]) {
-    use thinagent_guest::{Applied, ParamError, Params, RegValue};
+    use thinagent_guest::params::names;
+    use thinagent_guest::{Applied, Params, RegValue};
+    let known = |name: &str| {
+        names::ALL
+            .iter()
+            .copied()
+            .find(|n| n.eq_ignore_ascii_case(name))
+    };
     let mut params = Params::default();
+    let mut written: Vec<(&'static str, usize)> = Vec::new();
     for r in regs {
-        if !r.subkey.eq_ignore_ascii_case("Parameters")
-            || r.name.is_empty()
-            || r.name.eq_ignore_ascii_case("SupportedFeatures")
-        {
+        let flags = r.flags.unwrap_or(0);
+        if r.name.is_empty() || flags & FLG_ADDREG_NO_VALUE != 0 {
+            continue;
+        }
+        if !r.subkey.eq_ignore_ascii_case("Parameters") {
+            if let Some(name) = known(&r.name) {
+                let key = if r.subkey.is_empty() {
+                    "the service key itself".to_string()
+                } else {
+                    format!("subkey {:?}", r.subkey)
+                };
+                cx.push(
+                    "INF044",
+                    "warning",
+                    r.line,
+                    format!("ThinAgent parameter {name:?} is written under {key}; the driver reads its parameters only from the Parameters subkey, so this value is ignored"),
+                    format!("write it as HKR,\"Parameters\",\"{name}\",..."),
+                );
+            }
+            continue;
+        }
+        if r.name.eq_ignore_ascii_case("SupportedFeatures") {
             continue;
         }
         let Some(v) = &r.value else { continue };
         let text = v.text.trim();
         let at = v.origin;
-        let flags = r.flags.unwrap_or(0);
-        let dword;
-        let value = if flags == FLG_ADDREG_TYPE_DWORD {
-            match parse_int(text).and_then(|x| u32::try_from(x).ok()) {
-                Some(x) => {
-                    dword = x;
-                    RegValue::Dword(dword)
-                }
+        let Some(name) = known(&r.name) else {
+            cx.push(
+                "INF040",
+                "error",
+                r.line,
+                format!(
+                    "Parameters value {:?} is not a parameter ThinAgent reads",
+                    r.name
+                ),
+                format!(
+                    "spell it as crates/guest spells it: one of {}",
+                    names::ALL.join(", ")
+                ),
+            );
+            continue;
+        };
+        if let Some((_, first)) = written.iter().find(|(n, _)| *n == name) {
+            cx.push(
+                "INF045",
+                "warning",
+                r.line,
+                format!("Parameters value {name:?} is written twice (first on line {first}); the later line wins"),
+                "keep one line per parameter".into(),
+            );
+        } else {
+            written.push((name, r.line));
+        }
+        // The registry type: what the driver reads this parameter as.
+        let expected = guest_param_type(name);
+        let given = addreg_type_name(flags);
+        let numeric_text = parse_int(text).is_some();
+        // REG_SZ is parsed for every parameter (a number, a list of one).
+        let type_ok = matches!(
+            (expected, flags & FLG_ADDREG_TYPE_MASK),
+            (_, FLG_ADDREG_TYPE_SZ)
+                | ("REG_MULTI_SZ", FLG_ADDREG_TYPE_MULTI_SZ)
+                | ("REG_DWORD", FLG_ADDREG_TYPE_DWORD)
+        );
+        if !type_ok {
+            cx.push(
+                "INF042",
+                "error",
+                r.line,
+                format!("Parameters value {name:?} is written as {given}, but the driver reads it as {expected}"),
+                format!("use AddReg flags {} for {name}", addreg_flags_of(expected)),
+            );
+            continue;
+        }
+        if expected == "REG_DWORD"
+            && flags & FLG_ADDREG_TYPE_MASK == FLG_ADDREG_TYPE_SZ
+            && numeric_text
+        {
+            cx.push(
+                "INF043",
+                "warning",
+                r.line,
+                format!("Parameters value {name:?} is a number written as REG_SZ; the driver parses it, but reg query, regedit and policy tools show it as text"),
+                format!("use AddReg flags {} for {name}", addreg_flags_of(expected)),
+            );
+        }
+        let multi;
+        let value = match flags & FLG_ADDREG_TYPE_MASK {
+            FLG_ADDREG_TYPE_DWORD => match parse_int(text).and_then(|x| u32::try_from(x).ok()) {
+                Some(x) => RegValue::Dword(x),
                 None => {
                     cx.push(
                         "INF040",
                         "error",
                         at,
-                        format!("Parameters value {:?}: {text:?} is not a DWORD", r.name),
+                        format!("Parameters value {name:?}: {text:?} is not a DWORD"),
                         "write a decimal or 0x hex number up to 0xFFFFFFFF".into(),
                     );
                     continue;
                 }
+            },
+            FLG_ADDREG_TYPE_MULTI_SZ => {
+                // Each further field is one more string of the list.
+                multi = std::iter::once(v)
+                    .chain(&r.more)
+                    .map(|f| f.text.trim())
+                    .collect::<Vec<_>>()
+                    .join("\0");
+                RegValue::MultiSz(&multi)
             }
-        } else if flags == FLG_ADDREG_TYPE_MULTI_SZ {
-            RegValue::MultiSz(text)
-        } else {
-            RegValue::Sz(text)
+            _ => RegValue::Sz(text),
         };
-        match params.apply(&r.name, value) {
+        match params.apply(name, value) {
             Ok(Applied::Set) => {}
             Ok(Applied::Clamped(c)) => cx.push(
                 "INF041",
                 "warning",
                 at,
-                format!("Parameters value {:?}: {c}", r.name),
-                format!("use a value the driver accepts for {} (crates/guest/src/params.rs)", r.name),
-            ),
-            Err(ParamError::UnknownName) => cx.push(
-                "INF040",
-                "error",
-                r.line,
-                format!("Parameters value {:?} is not a parameter ThinAgent reads", r.name),
-                "spell it as crates/guest spells it (e.g. umcMsgTimeoutMs, captureRetryCount, captureRetryDelayMs, hostCid, hostPort, failMode, debugLevel)".into(),
+                format!("Parameters value {name:?}: {c}"),
+                format!("use a value the driver accepts for {name} (crates/guest/src/params.rs)"),
             ),
             Err(e) => cx.push(
                 "INF040",
                 "error",
                 at,
-                format!("Parameters value {:?}: {e}", r.name),
-                "fix the value's type (AddReg flags) or value; crates/guest/src/params.rs lists each parameter".into(),
+                format!("Parameters value {name:?}: {e}"),
+                "fix the value; crates/guest/src/params.rs lists each parameter's values and docs/windows.md explains them".into(),
             ),
         }
     }
@@ -1260,7 +1383,7 @@ pub fn render_text(file: &str, findings: &[LintFinding]) -> String {
     if findings.is_empty() {
         let _ = writeln!(
             s,
-            "{file}: ok: minifilter rules pass (service type, start type, error control, load order group, FltMgr dependency, class, instances, altitude range, flags)"
+            "{file}: ok: minifilter rules pass (service type, start type, error control, load order group, FltMgr dependency, class, instances, altitude range, flags, ThinAgent parameters)"
         );
     } else {
         let _ = writeln!(s, "{file}: {errors} error(s), {warnings} warning(s)");
@@ -1345,6 +1468,26 @@ Inst = "mon; Instance"
             let at = (0..=at).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
             s.insert_str(at, &junk);
             let _ = lint(&s);
+        }
+    }
+
+    #[test]
+    fn addreg_types_and_guest_parameter_types() {
+        assert_eq!(addreg_type_name(0x0001_0001), "REG_DWORD");
+        // FLG_ADDREG_NOCLOBBER does not change the type
+        assert_eq!(addreg_type_name(0x0001_0003), "REG_DWORD");
+        assert_eq!(addreg_type_name(0x0001_0000), "REG_MULTI_SZ");
+        assert_eq!(addreg_type_name(0x0001_0008), "REG_MULTI_SZ");
+        assert_eq!(addreg_type_name(0), "REG_SZ");
+        assert_eq!(addreg_type_name(0x0002_0000), "REG_EXPAND_SZ");
+        assert_eq!(addreg_type_name(1), "REG_BINARY");
+        for name in thinagent_guest::params::names::ALL {
+            let list = name == "excludePaths" || name == "excludeExtensions";
+            assert_eq!(
+                guest_param_type(name),
+                if list { "REG_MULTI_SZ" } else { "REG_DWORD" },
+                "{name}"
+            );
         }
     }
 

@@ -267,6 +267,70 @@ fn broken_copies_are_caught() {
             "warning",
             Some("umcMsgTimeoutMs      = 10"),
         ),
+        (
+            "numeric parameter as REG_MULTI_SZ",
+            "HKR,\"Parameters\",\"hostPort\",0x00010001",
+            "HKR,\"Parameters\",\"hostPort\",0x00010000",
+            "INF042",
+            "error",
+            Some("\"hostPort\",0x00010000"),
+        ),
+        (
+            "list parameter as REG_DWORD",
+            "[ThinAgent.Parameters]\n",
+            "[ThinAgent.Parameters]\nHKR,\"Parameters\",\"excludeExtensions\",0x00010001,1\n",
+            "INF042",
+            "error",
+            Some("\"excludeExtensions\",0x00010001"),
+        ),
+        (
+            "parameter as REG_BINARY",
+            "HKR,\"Parameters\",\"debugLevel\",0x00010001",
+            "HKR,\"Parameters\",\"debugLevel\",0x00000001",
+            "INF042",
+            "error",
+            Some("\"debugLevel\",0x00000001"),
+        ),
+        (
+            "number as REG_SZ",
+            "HKR,\"Parameters\",\"captureMode\",0x00010001",
+            "HKR,\"Parameters\",\"captureMode\",0x00000000",
+            "INF043",
+            "warning",
+            Some("\"captureMode\",0x00000000"),
+        ),
+        (
+            "parameter outside the Parameters key",
+            "HKR,\"Parameters\",\"denyStatus\"",
+            "HKR,,\"denyStatus\"",
+            "INF044",
+            "warning",
+            Some("HKR,,\"denyStatus\""),
+        ),
+        (
+            "parameter written twice",
+            "[ThinAgent.Parameters]\n",
+            "[ThinAgent.Parameters]\nHKR,\"Parameters\",\"HOSTCID\",0x00010001,3\n",
+            "INF045",
+            "warning",
+            Some("HKR,\"Parameters\",\"hostCid\""),
+        ),
+        (
+            "new parameter code the driver rejects",
+            "denyStatus           = 0",
+            "denyStatus           = 2",
+            "INF040",
+            "error",
+            Some("denyStatus           = 2"),
+        ),
+        (
+            "exclusion too long",
+            "[ThinAgent.Parameters]\n",
+            "[ThinAgent.Parameters]\nHKR,\"Parameters\",\"excludeExtensions\",0x00010000,\"log\",\"averyveryverylongextension\"\n",
+            "INF040",
+            "error",
+            Some("\"excludeExtensions\",0x00010000"),
+        ),
     ];
     for (i, (what, from, to, id, severity, marker)) in cases.iter().enumerate() {
         let broken = mutate(&src, from, to);
@@ -328,4 +392,28 @@ fn utf16_inf_is_read_and_missing_file_is_an_input_error() {
 
     let (code, _, _) = run(&dir.path().join("missing.inf"));
     assert_eq!(code, 2);
+}
+
+#[test]
+fn optional_lists_and_noclobber_values_pass() {
+    // A site's INF that adds both exclusion lists (REG_MULTI_SZ, one string
+    // per field) and keeps admin-tuned values on update (FLG_ADDREG_NOCLOBBER).
+    let src = std::fs::read_to_string(inx_path()).unwrap();
+    let site = mutate(
+        &mutate(
+            &src,
+            "[ThinAgent.Parameters]\n",
+            "[ThinAgent.Parameters]\n\
+             HKR,\"Parameters\",\"excludePaths\",0x00010000,\"C:\\Temp\",\"D:\\Logs\"\n\
+             HKR,\"Parameters\",\"excludeExtensions\",0x00010000,\"log\",\".tmp\"\n",
+        ),
+        "HKR,\"Parameters\",\"failMode\",0x00010001",
+        "HKR,\"Parameters\",\"failMode\",0x00010003",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.inx");
+    std::fs::write(&path, &site).unwrap();
+    let (code, json, text) = run(&path);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(ids(&json), []);
 }
