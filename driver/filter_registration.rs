@@ -255,8 +255,11 @@ impl StreamScanState {
 /// The driver's stream context (`FLT_STREAM_CONTEXT`), one per file stream
 /// the filter has seen open, like avscan's `AV_STREAM_CONTEXT`. Allocated in
 /// post-create with `FltAllocateContext(.., FLT_STREAM_CONTEXT,
-/// size_of::<StreamContext>(), PagedPool, ..)` and initialised with
-/// [`StreamContext::new`] before `FltSetStreamContext`.
+/// size_of::<StreamContext>(), NonPagedPoolNx, ..)` and initialised with
+/// [`StreamContext::new`] before `FltSetStreamContext`. Non-paged because
+/// the write pre-operation marks it modified on the paging-write path (at
+/// APC_LEVEL, possibly from the modified page writer), where the filter
+/// touches no pageable memory.
 #[repr(C)]
 pub struct StreamContext {
     /// A [`StreamScanState`], updated atomically: the write pre-operation
@@ -266,9 +269,9 @@ pub struct StreamContext {
     /// (`FileIdInformation`, size, last-write time).
     pub file_key: FileKey,
     /// A `KEVENT` in non-paged pool serializing the scans of this stream
-    /// (avscan's `ScanSynchronizationEvent`, allocated separately because
-    /// the context itself is paged), or null. Freed by the stream-context
-    /// cleanup callback.
+    /// (avscan's `ScanSynchronizationEvent`, allocated separately as avscan
+    /// does, so the context keeps a fixed, portable layout), or null. Freed
+    /// by the stream-context cleanup callback.
     pub scan_event: *mut c_void,
 }
 
@@ -301,6 +304,21 @@ impl StreamContext {
             self.state
                 .swap(StreamScanState::Modified as u32, Ordering::AcqRel),
         )
+    }
+
+    /// Ends a scan started with `set_state(Scanning)`: stores `result` only
+    /// if the stream is still [`StreamScanState::Scanning`], so a write that
+    /// marked it modified during the scan is not overwritten by a verdict on
+    /// the older content. Returns `true` if `result` was stored.
+    pub fn finish_scan(&self, result: StreamScanState) -> bool {
+        self.state
+            .compare_exchange(
+                StreamScanState::Scanning as u32,
+                result as u32,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 }
 
@@ -888,6 +906,15 @@ mod tests {
         assert!(!ctx.state().needs_scan());
         assert_eq!(ctx.file_key, key);
         assert!(ctx.scan_event.is_null());
+        // A verdict only lands on a stream still being scanned.
+        ctx.set_state(StreamScanState::Scanning);
+        assert!(ctx.finish_scan(StreamScanState::Clean));
+        assert_eq!(ctx.state(), StreamScanState::Clean);
+        ctx.set_state(StreamScanState::Scanning);
+        ctx.mark_modified();
+        assert!(!ctx.finish_scan(StreamScanState::Clean));
+        assert_eq!(ctx.state(), StreamScanState::Modified);
+        ctx.set_state(StreamScanState::Infected);
         // A value no state has reads as Modified, forcing a rescan.
         assert_eq!(StreamScanState::from_u32(99), StreamScanState::Modified);
         for s in [

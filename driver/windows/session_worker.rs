@@ -1,1 +1,1147 @@
-//! (being written)
+//! The session worker: the only thread that talks to the host scanner, and
+//! the query API the create path uses to wait for a verdict.
+//!
+//! # Shape
+//!
+//! One static hub behind a [`SpinLock`] holds the live
+//! [`thinagent_guest::Session`] (if any) and [`SLOTS`] fixed waiter slots.
+//! An open that needs a verdict ([`query`], from post-create or pre-cleanup,
+//! PASSIVE_LEVEL):
+//!
+//! 1. claims a free slot (no allocation: the slot's path buffer and
+//!    `KEVENT` are static), copies the normalized name into the slot's
+//!    buffer (at PASSIVE_LEVEL: Filter Manager's name buffers are paged),
+//! 2. submits the `FileEvent` to the session under the lock, wakes the
+//!    worker ([`WAKE`]) and
+//! 3. waits on the slot's event with `FltCancellableWaitForSingleObject`
+//!    for at most `umcMsgTimeoutMs`.
+//!
+//! The worker ([`run`]) pumps the session: bytes to send go to the
+//! [`Transport`], received bytes into the session, each
+//! [`SessionEvent::Verdict`] completes the slot holding that query, each
+//! [`SessionEvent::ReadJob`] is served with `FltReadFile` on the waiting
+//! open's file object. It sleeps in `KeWaitForMultipleObjects` on the
+//! transport's receive event, [`WAKE`] and [`STOP`], at most until the
+//! session's next deadline.
+//!
+//! # Guarantees relied on
+//!
+//! [`thinagent_guest::Session`] answers every accepted query exactly once,
+//! from the host, at its deadline or when it closes. So every submitted slot
+//! is completed by the worker, even one whose waiter gave up first (an
+//! *abandoned* slot is freed when that verdict arrives). When no session
+//! exists, or unload began, [`query`] answers from the fail mode at once.
+//!
+//! # Why a waiter may outlive its own timeout
+//!
+//! A host read uses the waiting open's `FILE_OBJECT` and `FLT_INSTANCE`,
+//! which stay valid only while that create (or cleanup) thread is still in
+//! our callback. A waiter that gives up while the worker is reading from its
+//! file therefore waits for that one read to finish before it returns
+//! ([`Waiter::reading`]); the worker starts no read on an abandoned slot.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::time::Duration;
+
+use thinagent_guest::log::routine;
+use thinagent_guest::{
+    CloseReason, FailMode, Level, QueryId, QueryVerdict, Session, SessionConfig, SessionEvent,
+    SubmitError,
+};
+use thinagent_km_sys::fltmgr::Minifilters::{
+    FLT_CALLBACK_DATA, FLT_VOLUME_PROPERTIES, FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET,
+    FLTFL_IO_OPERATION_NON_CACHED, FltAllocatePoolAlignedWithTag,
+    FltCancellableWaitForSingleObject, FltFreePoolAlignedWithTag, FltGetVolumeFromInstance,
+    FltGetVolumeProperties, FltObjectDereference, FltReadFile, PFLT_INSTANCE, PFLT_VOLUME,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{FILE_OBJECT, NonPagedPoolNx};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
+    Executive, KeWaitForMultipleObjects, KernelMode, PsGetCurrentThreadId,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
+    NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_END_OF_FILE,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::WaitAny;
+use thinagent_protocol::{
+    CreateDisposition, EventKind, FileEvent, FileIdentity, FilePath, OsError, OsKind, ReadOutcome,
+};
+
+use super::agent::{Agent, AgentStats};
+use super::kernel::{
+    self, EventKind as KEventKind, KernelEvent, STATUS_CANCELLED, STATUS_SUCCESS, STATUS_TIMEOUT,
+    SpinLock, nt_success, relative_100ns,
+};
+use super::transport::Transport;
+use crate::filter_registration::pool_tag;
+
+/// Waiter slots, and query slots of the session (one per waiting open).
+pub const SLOTS: usize = 64;
+/// Bytes of UTF-16LE path per slot: 1024 code units. A longer normalized
+/// name is answered by the fail mode (logged at WARN).
+pub const PATH_BYTES: usize = 2048;
+/// Concurrent host reads the session accepts (`max_reads_in_flight`).
+pub const READS: usize = 4;
+
+/// The session type the worker runs.
+pub type GuestSession = Session<SLOTS, PATH_BYTES, READS>;
+
+/// Pool tag of host-read buffers, displayed `TAgR`.
+const READ_BUFFER_TAG: u32 = pool_tag(*b"TAgR");
+/// Size of the buffer `poll_transmit` fills before each `send_all`.
+const SEND_CHUNK: usize = 16 * 1024;
+/// How long one `send_all` may take (the session's own timers bound the
+/// rest).
+const SEND_TIMEOUT_MS: u32 = 5_000;
+/// The name sent in `Hello` (the host logs it).
+const GUEST_NAME: &str = "thinagent.sys";
+
+/// `STATUS_CONNECTION_DISCONNECTED` (`ntstatus.h`): the host closed the
+/// stream.
+const STATUS_CONNECTION_DISCONNECTED: NTSTATUS = 0xC000_020C_u32 as i32;
+/// `STATUS_INVALID_NETWORK_RESPONSE` (`ntstatus.h`): the host sent bytes
+/// that break the protocol.
+const STATUS_INVALID_NETWORK_RESPONSE: NTSTATUS = 0xC000_00C3_u32 as i32;
+/// `STATUS_IO_TIMEOUT` (`ntstatus.h`): handshake, heartbeat or idle timeout.
+const STATUS_IO_TIMEOUT: NTSTATUS = 0xC000_00B5_u32 as i32;
+/// `STATUS_REMOTE_DISCONNECT` (`ntstatus.h`): the host said `Goodbye`.
+const STATUS_REMOTE_DISCONNECT: NTSTATUS = 0xC000_013C_u32 as i32;
+/// `STATUS_WAIT_1` / `STATUS_WAIT_2`: `KeWaitForMultipleObjects` index
+/// results.
+const STATUS_WAIT_1: NTSTATUS = 1;
+const STATUS_WAIT_2: NTSTATUS = 2;
+
+// ---------------------------------------------------------------------------
+// Answers
+// ---------------------------------------------------------------------------
+
+/// Why [`query`] answered without the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalReason {
+    /// Unload began (or [`shutdown`] ran).
+    Stopping,
+    /// No session with the host is up.
+    NoSession,
+    /// Every waiter slot (or session slot) stayed busy until the deadline.
+    Busy,
+    /// The normalized name is longer than [`PATH_BYTES`] or empty.
+    PathTooLong,
+    /// Our own wait reached `umcMsgTimeoutMs` before the verdict.
+    WaitTimedOut,
+    /// The wait was cancelled: the I/O was cancelled or the thread is
+    /// terminating (the status `FltCancellableWaitForSingleObject` returned).
+    Cancelled(NTSTATUS),
+    /// The volume's instance is being torn down.
+    InstanceTeardown,
+}
+
+/// The answer to one [`query`].
+#[expect(
+    clippy::large_enum_variant,
+    reason = "no allocation: the verdict (threat name included) is copied inline"
+)]
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    /// The session answered: the host, its deadline or its close (see
+    /// [`QueryVerdict::source`]).
+    Session(QueryVerdict),
+    /// Decided here by the fail mode.
+    Local {
+        /// The fail mode applied.
+        fail_mode: FailMode,
+        /// Why.
+        reason: LocalReason,
+    },
+}
+
+impl Answer {
+    /// Whether the open may proceed.
+    #[must_use]
+    pub fn allows(&self) -> bool {
+        match self {
+            Answer::Session(v) => v.allows(),
+            Answer::Local {
+                reason: LocalReason::Cancelled(_),
+                ..
+            } => false,
+            Answer::Local { fail_mode, .. } => *fail_mode == FailMode::Open,
+        }
+    }
+}
+
+/// What the create path knows about the open it asks about.
+pub struct OpenQuery<'a> {
+    /// `Open` from post-create, `CloseAfterWrite` from the cleanup rescan.
+    pub kind: EventKind,
+    /// `FltGetRequestorProcessId`.
+    pub process_id: u32,
+    /// `Parameters.Create.SecurityContext->DesiredAccess` (0 at cleanup).
+    pub desired_access: u32,
+    /// The create disposition.
+    pub create_disposition: CreateDisposition,
+    /// Volume serial, file id, size, last-write time.
+    pub file: FileIdentity,
+    /// The normalized name (UTF-16, may live in paged pool).
+    pub path: &'a [u16],
+    /// The instance the open arrived on (`FltObjects->Instance`).
+    pub instance: PFLT_INSTANCE,
+    /// The open's file object (`FltObjects->FileObject`), read by host
+    /// reads while the caller waits.
+    pub file_object: *const FILE_OBJECT,
+    /// The operation, for the cancellable wait (may be null).
+    pub data: *const FLT_CALLBACK_DATA,
+}
+
+// ---------------------------------------------------------------------------
+// The hub
+// ---------------------------------------------------------------------------
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "no allocation: the verdict (threat name included) is copied inline"
+)]
+#[derive(Clone, Copy, Debug)]
+enum SlotState {
+    Free,
+    /// Claimed by a waiter that is copying its path.
+    Claimed,
+    /// Submitted to the session `generation` as `query`.
+    Pending {
+        generation: u32,
+        query: QueryId,
+    },
+    /// Answered; the waiter collects it.
+    Done(Answer),
+}
+
+#[derive(Clone, Copy)]
+struct Waiter {
+    state: SlotState,
+    /// The waiter is gone; the worker frees the slot when the session's
+    /// verdict for it arrives.
+    abandoned: bool,
+    /// The worker is reading through `file_object` right now.
+    reading: bool,
+    /// The waiter stopped waiting but stays until `reading` ends (it is
+    /// woken through the slot's event).
+    giving_up: bool,
+    instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
+}
+
+impl Waiter {
+    const FREE: Waiter = Waiter {
+        state: SlotState::Free,
+        abandoned: false,
+        reading: false,
+        giving_up: false,
+        instance: 0,
+        file_object: core::ptr::null(),
+    };
+}
+
+struct Hub {
+    session: Option<Box<GuestSession>>,
+    /// Bumped for every session, so a verdict of an old session can never
+    /// complete a slot of a new one (query ids restart per session).
+    generation: u32,
+    /// `false` after [`shutdown`]: no new query or session.
+    accepting: bool,
+    waiters: [Waiter; SLOTS],
+}
+
+// SAFETY: the raw pointers in `Waiter` are only dereferenced by the worker
+// while their waiter is parked in `query` (see the module docs); the hub
+// itself is only reached through its spin lock.
+unsafe impl Send for Hub {}
+
+static HUB: SpinLock<Hub> = SpinLock::new(Hub {
+    session: None,
+    generation: 0,
+    accepting: true,
+    waiters: [Waiter::FREE; SLOTS],
+});
+
+/// One slot's path buffer, written only by the waiter that claimed the slot
+/// (before submitting) and read by the session's `submit` under the lock.
+struct PathBuf(UnsafeCell<[u8; PATH_BYTES]>);
+// SAFETY: exclusive use is handed over by the slot state in `HUB`.
+unsafe impl Sync for PathBuf {}
+
+static PATHS: [PathBuf; SLOTS] = [const { PathBuf(UnsafeCell::new([0; PATH_BYTES])) }; SLOTS];
+
+/// One notification event per slot: the worker sets it when the slot is
+/// answered (or its read finished after the waiter gave up).
+static EVENTS: [KernelEvent; SLOTS] = [const { KernelEvent::uninit() }; SLOTS];
+/// Wakes the worker: a query was submitted (synchronization event).
+static WAKE: KernelEvent = KernelEvent::uninit();
+/// Tells the worker to close its session (notification event, set by
+/// [`shutdown`]).
+static STOP: KernelEvent = KernelEvent::uninit();
+/// A slot became free (synchronization event) for openers waiting for one.
+static SLOT_FREED: KernelEvent = KernelEvent::uninit();
+
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+/// `PsGetCurrentThreadId` of the worker while [`run`] runs, else 0: opens,
+/// writes and cleanups on that thread are the driver's own I/O.
+static WORKER_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+/// Initialises the static events and the hub's lock (PASSIVE_LEVEL, once,
+/// before the filter starts; idempotent). Called by
+/// `filter_callbacks::register`.
+pub fn init() {
+    if INITIALISED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    HUB.init();
+    for e in &EVENTS {
+        e.init(KEventKind::Notification, false);
+    }
+    WAKE.init(KEventKind::Synchronization, false);
+    STOP.init(KEventKind::Notification, false);
+    SLOT_FREED.init(KEventKind::Synchronization, false);
+}
+
+fn current_thread_id() -> usize {
+    // SAFETY: PsGetCurrentThreadId (ntddk.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthreadid)
+    // has no preconditions; any IRQL.
+    unsafe { PsGetCurrentThreadId() as usize }
+}
+
+/// Whether the calling thread is the session worker (any IRQL): its opens,
+/// writes and cleanups are the driver's own I/O and are never scanned.
+#[must_use]
+pub fn is_worker_thread() -> bool {
+    let worker = WORKER_THREAD.load(Ordering::Acquire);
+    worker != 0 && worker == current_thread_id()
+}
+
+/// Whether a session with the host is up and past its handshake (any IRQL
+/// ≤ DISPATCH).
+#[must_use]
+pub fn is_connected() -> bool {
+    INITIALISED.load(Ordering::Acquire)
+        && HUB.with(|h| h.session.as_ref().is_some_and(|s| s.is_connected()))
+}
+
+fn free_slot(h: &mut Hub, i: usize) {
+    h.waiters[i] = Waiter::FREE;
+    SLOT_FREED.set();
+}
+
+/// Completes slot `i` with `answer`: wakes its waiter, or frees the slot if
+/// the waiter is gone (an abandoned slot is never being read: reads start
+/// only on slots whose waiter is present). Runs under the hub lock.
+fn complete(h: &mut Hub, i: usize, answer: Answer) {
+    if h.waiters[i].abandoned {
+        free_slot(h, i);
+        return;
+    }
+    h.waiters[i].state = SlotState::Done(answer);
+    EVENTS[i].set();
+}
+
+// ---------------------------------------------------------------------------
+// The query API (create path)
+// ---------------------------------------------------------------------------
+
+enum Claim {
+    Slot(usize),
+    Full,
+    NoSession,
+    Refused,
+}
+
+/// Asks the host about one open and waits for the answer
+/// (PASSIVE_LEVEL; post-create and pre-cleanup).
+///
+/// Never waits longer than `umcMsgTimeoutMs` for the verdict (plus, in the
+/// rare case the worker is reading from this very file when the time runs
+/// out, that one read). Counts `queries`, `timeouts` and
+/// `fail_mode_decisions`; the caller counts denials.
+pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
+    let fail_mode = agent.params.fail_mode;
+    let local = |reason| Answer::Local { fail_mode, reason };
+    if agent.is_stopping() || !INITIALISED.load(Ordering::Acquire) {
+        AgentStats::bump(&agent.stats.fail_mode_decisions);
+        return local(LocalReason::Stopping);
+    }
+    let nbytes = q.path.len() * 2;
+    if nbytes == 0 || nbytes > PATH_BYTES {
+        crate::klog!(
+            Level::Warn,
+            routine::OPEN_FILTER,
+            "name of {} UTF-16 units does not fit a query slot ({} bytes): fail mode {:?}",
+            q.path.len(),
+            PATH_BYTES,
+            fail_mode
+        );
+        AgentStats::bump(&agent.stats.fail_mode_decisions);
+        return local(LocalReason::PathTooLong);
+    }
+    let timeout = agent.params.umc_msg_timeout();
+    let deadline = kernel::now().saturating_add(timeout);
+
+    // 1. Claim a slot.
+    let index = loop {
+        let claim = HUB.with(|h| {
+            if !h.accepting {
+                return Claim::Refused;
+            }
+            if h.session.is_none() {
+                return Claim::NoSession;
+            }
+            let Some(i) = h
+                .waiters
+                .iter()
+                .position(|w| matches!(w.state, SlotState::Free))
+            else {
+                return Claim::Full;
+            };
+            h.waiters[i] = Waiter {
+                state: SlotState::Claimed,
+                abandoned: false,
+                reading: false,
+                giving_up: false,
+                instance: q.instance,
+                file_object: q.file_object,
+            };
+            EVENTS[i].clear();
+            Claim::Slot(i)
+        });
+        match claim {
+            Claim::Slot(i) => break i,
+            Claim::Refused => {
+                AgentStats::bump(&agent.stats.fail_mode_decisions);
+                return local(LocalReason::Stopping);
+            }
+            Claim::NoSession => {
+                AgentStats::bump(&agent.stats.fail_mode_decisions);
+                return local(LocalReason::NoSession);
+            }
+            Claim::Full => {
+                let now = kernel::now();
+                if now.has_reached(deadline) {
+                    AgentStats::bump(&agent.stats.fail_mode_decisions);
+                    return local(LocalReason::Busy);
+                }
+                let left = deadline.saturating_duration_since(now);
+                let _ = SLOT_FREED.wait(Some(left.min(Duration::from_millis(50))));
+            }
+        }
+    };
+
+    // 2. Copy the name (PASSIVE_LEVEL: the source may be paged).
+    // SAFETY: slot `index` is Claimed by this thread; nobody else touches
+    // its path buffer until it is submitted below.
+    let buf = unsafe { &mut *PATHS[index].0.get() };
+    for (dst, unit) in buf.chunks_exact_mut(2).zip(q.path) {
+        dst.copy_from_slice(&unit.to_le_bytes());
+    }
+
+    // 3. Submit under the lock (unless teardown or unload answered the
+    // slot while the name was copied).
+    #[expect(
+        clippy::result_large_err,
+        reason = "no allocation: the early answer is copied inline"
+    )]
+    let submitted = HUB.with(|h| {
+        if let SlotState::Done(a) = h.waiters[index].state {
+            free_slot(h, index);
+            return Err(Early::Answered(a));
+        }
+        let generation = h.generation;
+        let Some(session) = h.session.as_mut() else {
+            free_slot(h, index);
+            return Err(Early::Local(LocalReason::NoSession));
+        };
+        let event = FileEvent {
+            kind: q.kind,
+            process_id: q.process_id,
+            desired_access: q.desired_access,
+            create_disposition: q.create_disposition,
+            file: q.file,
+            path: FilePath::Utf16Le(&buf[..nbytes]),
+        };
+        match session.submit(&event, kernel::now()) {
+            Ok(query) => {
+                h.waiters[index].state = SlotState::Pending { generation, query };
+                Ok(())
+            }
+            Err(SubmitError::Full) => {
+                free_slot(h, index);
+                Err(Early::Local(LocalReason::Busy))
+            }
+        }
+    });
+    match submitted {
+        Ok(()) => {}
+        Err(Early::Answered(a)) => {
+            account(agent, &a);
+            return a;
+        }
+        Err(Early::Local(reason)) => {
+            AgentStats::bump(&agent.stats.fail_mode_decisions);
+            return local(reason);
+        }
+    }
+    AgentStats::bump(&agent.stats.queries);
+    WAKE.set();
+
+    // 4. Wait, cancellably, until the deadline.
+    let left = deadline.saturating_duration_since(kernel::now());
+    let rel = relative_100ns(left);
+    // SAFETY: FltCancellableWaitForSingleObject (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltcancellablewaitforsingleobject):
+    // a static, initialised event; a relative timeout on this stack; the
+    // callback data is the caller's operation (or null), which stays valid
+    // for the whole call. PASSIVE_LEVEL.
+    let status =
+        unsafe { FltCancellableWaitForSingleObject(EVENTS[index].as_object(), &rel, q.data) };
+
+    let answer = collect(index, status, fail_mode);
+    account(agent, &answer);
+    answer
+}
+
+/// An answer found before the query reached the session.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "no allocation: the verdict (threat name included) is copied inline"
+)]
+enum Early {
+    Answered(Answer),
+    Local(LocalReason),
+}
+
+/// Takes the answer of slot `index` after the wait returned `status`.
+///
+/// If the worker is reading through this open's file object, waits for that
+/// read to end first (the file object and instance must outlive it).
+fn collect(index: usize, status: NTSTATUS, fail_mode: FailMode) -> Answer {
+    let gave_up = if status == STATUS_SUCCESS || status == STATUS_TIMEOUT {
+        LocalReason::WaitTimedOut
+    } else {
+        LocalReason::Cancelled(status)
+    };
+    loop {
+        let taken = HUB.with(|h| {
+            let w = h.waiters[index];
+            if w.reading {
+                h.waiters[index].giving_up = true;
+                EVENTS[index].clear();
+                return None;
+            }
+            if let SlotState::Done(a) = w.state {
+                free_slot(h, index);
+                return Some(a);
+            }
+            // Still pending in the session: the worker frees the slot when
+            // the session's verdict (due by its own deadline) arrives.
+            h.waiters[index].abandoned = true;
+            h.waiters[index].giving_up = false;
+            Some(Answer::Local {
+                fail_mode,
+                reason: gave_up,
+            })
+        });
+        if let Some(answer) = taken {
+            return answer;
+        }
+        // The worker sets the event when the read ends; the period only
+        // bounds a lost race.
+        let _ = EVENTS[index].wait(Some(Duration::from_millis(100)));
+    }
+}
+
+fn account(agent: &Agent, answer: &Answer) {
+    use thinagent_guest::VerdictSource;
+    match answer {
+        Answer::Session(v) => match v.source {
+            VerdictSource::Host => {}
+            VerdictSource::Deadline(_) => AgentStats::bump(&agent.stats.timeouts),
+            VerdictSource::Local(_) => AgentStats::bump(&agent.stats.fail_mode_decisions),
+        },
+        Answer::Local {
+            reason: LocalReason::WaitTimedOut,
+            ..
+        } => {
+            AgentStats::bump(&agent.stats.timeouts);
+        }
+        Answer::Local {
+            reason: LocalReason::Cancelled(_),
+            ..
+        } => {}
+        Answer::Local { .. } => AgentStats::bump(&agent.stats.fail_mode_decisions),
+    }
+}
+
+/// Answers every query still waiting on `instance` by the fail mode
+/// (InstanceTeardownStart, PASSIVE_LEVEL): a dismounting volume does not
+/// wait for the host. Their verdicts, when the session delivers them, find
+/// no slot and are dropped.
+pub fn cancel_instance(instance: PFLT_INSTANCE) {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return;
+    }
+    let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.params.fail_mode);
+    HUB.with(|h| {
+        for i in 0..SLOTS {
+            let w = h.waiters[i];
+            if w.instance == instance
+                && !w.abandoned
+                && matches!(w.state, SlotState::Claimed | SlotState::Pending { .. })
+            {
+                complete(
+                    h,
+                    i,
+                    Answer::Local {
+                        fail_mode,
+                        reason: LocalReason::InstanceTeardown,
+                    },
+                );
+            }
+        }
+    });
+}
+
+/// Refuses new queries and sessions, answers every query still waiting by
+/// the fail mode, and tells a running [`run`] to close its session
+/// (PASSIVE_LEVEL, unload; idempotent).
+pub fn shutdown() {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return;
+    }
+    let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.params.fail_mode);
+    let waiting = HUB.with(|h| {
+        h.accepting = false;
+        let mut n = 0u32;
+        for i in 0..SLOTS {
+            let w = h.waiters[i];
+            if !w.abandoned && matches!(w.state, SlotState::Claimed | SlotState::Pending { .. }) {
+                complete(
+                    h,
+                    i,
+                    Answer::Local {
+                        fail_mode,
+                        reason: LocalReason::Stopping,
+                    },
+                );
+                n += 1;
+            }
+        }
+        n
+    });
+    STOP.set();
+    crate::klog!(
+        Level::Info,
+        routine::SESSION,
+        "session worker stopped; {} waiting queries answered by fail mode {:?}",
+        waiting,
+        fail_mode
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The worker
+// ---------------------------------------------------------------------------
+
+/// Builds the session on the heap.
+///
+/// `Session::new` returns the session by value (about 200 KiB: two 64 KiB
+/// frame buffers and the 64 query slots), far more than a kernel stack
+/// (24 KiB on x64). Writing it straight into a `Box<MaybeUninit<_>>` lets the
+/// optimizer build it in place, which release builds do, but nothing
+/// guarantees it; see docs/windows.md, "Session worker".
+fn new_session(agent: &Agent) -> Box<GuestSession> {
+    let config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME);
+    let mut uninit = Box::<GuestSession>::new_uninit();
+    uninit.write(GuestSession::new(&config));
+    // SAFETY: fully written just above.
+    unsafe { uninit.assume_init() }
+}
+
+/// Why the loop ended, for the return status and the log.
+enum End {
+    Closed(CloseReason),
+    Transport(NTSTATUS),
+    PeerClosed,
+}
+
+/// Pumps one session over `transport` until it closes, the transport fails
+/// or unload begins (PASSIVE_LEVEL, on the vsock link thread; the only
+/// thread that talks to the host). Every query submitted to this session
+/// has its answer before this returns. The caller owns the transport and
+/// shuts it down afterwards. Returns the close status for the log
+/// (`STATUS_SUCCESS` for a local close at unload).
+pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
+    init();
+    let session = new_session(agent);
+    let mut session = Some(session);
+    let started = HUB.with(|h| {
+        if !h.accepting || h.session.is_some() {
+            return false;
+        }
+        h.generation = h.generation.wrapping_add(1);
+        if let Some(mut s) = session.take() {
+            s.start(kernel::now());
+            h.session = Some(s);
+        }
+        true
+    });
+    if !started {
+        crate::klog!(
+            Level::Warn,
+            routine::SESSION,
+            "not starting a session: unload began or one is running"
+        );
+        return STATUS_CANCELLED;
+    }
+    WORKER_THREAD.store(current_thread_id(), Ordering::Release);
+    agent.stats.sessions.fetch_add(1, Ordering::Relaxed);
+    crate::klog!(Level::Info, routine::SESSION, "session started, Hello sent");
+
+    let mut send_buf: Vec<u8> = vec![0u8; SEND_CHUNK];
+    let mut end: Option<End> = None;
+    let mut failed = false;
+    if let Err(status) = transport.start_receive() {
+        end = Some(End::Transport(status));
+        close_session();
+        failed = true;
+    }
+
+    loop {
+        // Drain the session's events.
+        while let Some(event) = HUB.with(|h| h.session.as_mut().and_then(|s| s.poll_event())) {
+            match event {
+                SessionEvent::Connected { version } => {
+                    agent.stats.connected.store(true, Ordering::Relaxed);
+                    crate::klog!(
+                        Level::Info,
+                        routine::SESSION,
+                        "connected to the host scanner, protocol {}",
+                        version
+                    );
+                }
+                SessionEvent::Verdict(v) => HUB.with(|h| deliver(h, v)),
+                SessionEvent::ReadJob {
+                    read_id,
+                    query,
+                    offset,
+                    length,
+                } => {
+                    serve_read(
+                        agent,
+                        transport,
+                        &mut send_buf,
+                        &mut failed,
+                        read_id,
+                        query,
+                        offset,
+                        length,
+                    );
+                }
+                SessionEvent::Closed { reason } => {
+                    if end.is_none() {
+                        end = Some(End::Closed(reason));
+                    }
+                }
+            }
+        }
+        // Send what the session has (Goodbye included, after a close).
+        if !failed && let Err(status) = flush(transport, &mut send_buf) {
+            failed = true;
+            if end.is_none() {
+                end = Some(End::Transport(status));
+            }
+            close_session();
+            continue;
+        }
+        if end.is_some() {
+            break;
+        }
+        if agent.is_stopping() {
+            close_session();
+            continue;
+        }
+
+        // Wait for data, a new query, unload, or the next deadline.
+        let now = kernel::now();
+        let deadline = HUB.with(|h| h.session.as_ref().and_then(|s| s.next_deadline()));
+        let timeout = deadline.map(|d| relative_100ns(d.saturating_duration_since(now)));
+        let objects: [*const c_void; 3] = [
+            transport.receive_event(),
+            WAKE.as_object(),
+            STOP.as_object(),
+        ];
+        // SAFETY: KeWaitForMultipleObjects (wdm.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-kewaitformultipleobjects):
+        // three initialised dispatcher objects that outlive the wait
+        // (count <= THREAD_WAIT_OBJECTS, so no wait-block array is needed);
+        // the timeout points to a local or is null. PASSIVE_LEVEL.
+        let status = unsafe {
+            KeWaitForMultipleObjects(
+                3,
+                objects.as_ptr(),
+                WaitAny,
+                Executive,
+                KernelMode as i8,
+                false,
+                timeout
+                    .as_ref()
+                    .map_or(core::ptr::null(), |t| t as *const i64),
+                core::ptr::null_mut(),
+            )
+        };
+        match status {
+            STATUS_SUCCESS => match transport.take_received() {
+                Ok([]) => {
+                    end = Some(End::PeerClosed);
+                    failed = true;
+                    close_session();
+                }
+                Ok(bytes) => {
+                    // The transport's buffer is non-paged (it is an I/O
+                    // buffer), so the session may read it under the lock.
+                    HUB.with(|h| {
+                        if let Some(s) = h.session.as_mut() {
+                            s.receive(bytes, kernel::now());
+                        }
+                    });
+                    if let Err(status) = transport.start_receive() {
+                        end = Some(End::Transport(status));
+                        failed = true;
+                        close_session();
+                    }
+                }
+                Err(status) => {
+                    end = Some(End::Transport(status));
+                    failed = true;
+                    close_session();
+                }
+            },
+            STATUS_WAIT_2 => close_session(),
+            STATUS_WAIT_1 | STATUS_TIMEOUT => {}
+            other => {
+                crate::klog_status!(
+                    Level::Error,
+                    routine::SESSION,
+                    other,
+                    "KeWaitForMultipleObjects failed"
+                );
+                end = Some(End::Transport(other));
+                close_session();
+            }
+        }
+        HUB.with(|h| {
+            if let Some(s) = h.session.as_mut() {
+                s.on_timeout(kernel::now());
+            }
+        });
+    }
+
+    // Retire the session: answer anything it still holds (it answers every
+    // accepted query on close, drained above), then any slot of this
+    // generation left over by the fail mode.
+    let fail_mode = agent.params.fail_mode;
+    let retired = HUB.with(|h| {
+        while let Some(event) = h.session.as_mut().and_then(|s| s.poll_event()) {
+            if let SessionEvent::Verdict(v) = event {
+                deliver(h, v);
+            }
+        }
+        let generation = h.generation;
+        for i in 0..SLOTS {
+            if matches!(h.waiters[i].state, SlotState::Pending { generation: g, .. } if g == generation) {
+                complete(h, i, Answer::Local { fail_mode, reason: LocalReason::NoSession });
+            }
+        }
+        h.session.take()
+    });
+    drop(retired);
+    WORKER_THREAD.store(0, Ordering::Release);
+    agent.stats.connected.store(false, Ordering::Relaxed);
+
+    let status = match end {
+        Some(End::Closed(CloseReason::Local)) | None => STATUS_SUCCESS,
+        Some(End::Closed(CloseReason::Decode(_) | CloseReason::Protocol(_))) => {
+            STATUS_INVALID_NETWORK_RESPONSE
+        }
+        Some(End::Closed(CloseReason::PeerGoodbye(_))) => STATUS_REMOTE_DISCONNECT,
+        Some(End::Closed(
+            CloseReason::HandshakeTimeout
+            | CloseReason::HeartbeatTimeout
+            | CloseReason::IdleTimeout,
+        )) => STATUS_IO_TIMEOUT,
+        Some(End::PeerClosed) => STATUS_CONNECTION_DISCONNECTED,
+        Some(End::Transport(s)) => s,
+    };
+    if status != STATUS_SUCCESS {
+        agent
+            .stats
+            .last_session_status
+            .store(status, Ordering::Relaxed);
+    }
+    crate::klog_status!(Level::Info, routine::SESSION, status, "session ended");
+    status
+}
+
+/// Closes the live session (it queues `Goodbye` and answers its queries).
+fn close_session() {
+    HUB.with(|h| {
+        if let Some(s) = h.session.as_mut() {
+            s.close(kernel::now());
+        }
+    });
+}
+
+/// Sends everything the session wants to send.
+fn flush(transport: &mut dyn Transport, buf: &mut [u8]) -> Result<(), NTSTATUS> {
+    loop {
+        // `buf` is pool memory (non-paged), filled under the lock.
+        let n = HUB.with(|h| h.session.as_mut().and_then(|s| s.poll_transmit(buf)));
+        match n {
+            Some(n) => transport.send_all(&buf[..n], SEND_TIMEOUT_MS)?,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Completes the slot waiting for verdict `v` of the live generation
+/// (under the lock). A verdict whose slot was already answered (teardown,
+/// shutdown) is dropped.
+fn deliver(h: &mut Hub, v: QueryVerdict) {
+    let generation = h.generation;
+    if let Some(i) = h.waiters.iter().position(|w| {
+        matches!(w.state, SlotState::Pending { generation: g, query } if g == generation && query == v.query)
+    }) {
+        complete(h, i, Answer::Session(v));
+    }
+}
+
+/// Serves one host read from the waiting open's file object.
+#[allow(clippy::too_many_arguments)]
+fn serve_read(
+    agent: &Agent,
+    transport: &mut dyn Transport,
+    send_buf: &mut [u8],
+    failed: &mut bool,
+    read_id: u64,
+    query: QueryId,
+    offset: u64,
+    length: u32,
+) {
+    let target = HUB.with(|h| {
+        let generation = h.generation;
+        let i = h.waiters.iter().position(|w| {
+            !w.abandoned
+                && !w.giving_up
+                && matches!(w.state, SlotState::Pending { generation: g, query: q } if g == generation && q == query)
+        })?;
+        h.waiters[i].reading = true;
+        Some((i, h.waiters[i].instance, h.waiters[i].file_object))
+    });
+    let Some((index, instance, file_object)) = target else {
+        answer_read(transport, send_buf, failed, read_id, ReadOutcome::Cancelled);
+        return;
+    };
+    AgentStats::bump(&agent.stats.read_requests);
+    let read = AlignedRead::new(instance, file_object, offset, length);
+    let outcome = read.outcome();
+    answer_read(transport, send_buf, failed, read_id, outcome);
+    drop(read);
+    HUB.with(|h| {
+        h.waiters[index].reading = false;
+        if h.waiters[index].giving_up {
+            EVENTS[index].set();
+        }
+    });
+}
+
+/// Hands one read result to the session, draining the send buffer while it
+/// is full.
+fn answer_read(
+    transport: &mut dyn Transport,
+    send_buf: &mut [u8],
+    failed: &mut bool,
+    read_id: u64,
+    outcome: ReadOutcome<'_>,
+) {
+    loop {
+        let r = HUB.with(|h| {
+            h.session
+                .as_mut()
+                .map(|s| s.read_completed(read_id, outcome, kernel::now()))
+        });
+        match r {
+            Some(Err(thinagent_guest::ReadError::Busy)) if !*failed => {
+                if let Err(status) = flush(transport, send_buf) {
+                    *failed = true;
+                    crate::klog_status!(
+                        Level::Warn,
+                        routine::SESSION,
+                        status,
+                        "send failed while answering a host read"
+                    );
+                    close_session();
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// One non-cached `FltReadFile` into a sector-aligned pool buffer.
+///
+/// `FLTFL_IO_OPERATION_NON_CACHED` needs the offset, the length and the
+/// buffer aligned to the volume's sector size (`FltReadFile` remarks), so the
+/// range is widened to sectors and the requested part handed out. Non-cached
+/// reads do not fill the cache with content nobody asked for; the file
+/// systems flush dirty cached data of the range before such a read, so the
+/// host sees what a cached reader would. `DO_NOT_UPDATE_BYTE_OFFSET` leaves
+/// the opener's file position alone.
+struct AlignedRead {
+    instance: PFLT_INSTANCE,
+    buffer: *mut c_void,
+    status: NTSTATUS,
+    /// Bytes of `buffer` before the requested offset.
+    skip: usize,
+    /// Bytes read from the requested offset on, at most `length`.
+    valid: usize,
+    length: usize,
+}
+
+impl AlignedRead {
+    fn new(
+        instance: PFLT_INSTANCE,
+        file_object: *const FILE_OBJECT,
+        offset: u64,
+        length: u32,
+    ) -> Self {
+        let sector = u64::from(sector_size(instance)).max(512);
+        let start = offset & !(sector - 1);
+        let end = offset.saturating_add(u64::from(length));
+        let aligned_end = end.div_ceil(sector) * sector;
+        let mut this = AlignedRead {
+            instance,
+            buffer: core::ptr::null_mut(),
+            status: STATUS_SUCCESS,
+            skip: (offset - start) as usize,
+            valid: 0,
+            length: length as usize,
+        };
+        let Ok(total) = u32::try_from(aligned_end - start) else {
+            this.status = kernel::STATUS_INVALID_PARAMETER;
+            return this;
+        };
+        let Ok(byte_offset) = i64::try_from(start) else {
+            this.status = STATUS_END_OF_FILE;
+            return this;
+        };
+        // SAFETY: FltAllocatePoolAlignedWithTag (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltallocatepoolalignedwithtag):
+        // the instance is valid while its waiter is parked (module docs);
+        // IRQL <= APC_LEVEL for this paged/non-paged request at PASSIVE.
+        this.buffer = unsafe {
+            FltAllocatePoolAlignedWithTag(instance, NonPagedPoolNx, total as usize, READ_BUFFER_TAG)
+        };
+        if this.buffer.is_null() {
+            this.status = kernel::STATUS_INSUFFICIENT_RESOURCES;
+            return this;
+        }
+        let mut read = 0u32;
+        // SAFETY: FltReadFile (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltreadfile):
+        // synchronous (no callback), PASSIVE_LEVEL; the file object and
+        // instance belong to an open whose thread waits in `query`; the
+        // buffer holds `total` bytes, sector-aligned as are offset and
+        // length.
+        this.status = unsafe {
+            FltReadFile(
+                instance,
+                file_object,
+                &byte_offset,
+                total,
+                this.buffer,
+                FLTFL_IO_OPERATION_NON_CACHED | FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET,
+                &mut read,
+                None,
+                core::ptr::null(),
+            )
+        };
+        this.valid = (read as usize).saturating_sub(this.skip).min(this.length);
+        this
+    }
+
+    fn outcome(&self) -> ReadOutcome<'_> {
+        if self.status == STATUS_END_OF_FILE {
+            return ReadOutcome::EndOfFile(&[]);
+        }
+        if !nt_success(self.status) || self.buffer.is_null() {
+            return ReadOutcome::Error(OsError::NtStatus(self.status as u32));
+        }
+        // SAFETY: the buffer holds at least skip + valid bytes written by
+        // FltReadFile (valid <= read - skip).
+        let data = unsafe {
+            core::slice::from_raw_parts(self.buffer.cast::<u8>().add(self.skip), self.valid)
+        };
+        if self.valid < self.length {
+            ReadOutcome::EndOfFile(data)
+        } else {
+            ReadOutcome::Data(data)
+        }
+    }
+}
+
+impl Drop for AlignedRead {
+    fn drop(&mut self) {
+        if !self.buffer.is_null() {
+            // SAFETY: FltFreePoolAlignedWithTag (fltkernel.h,
+            // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltfreepoolalignedwithtag):
+            // the buffer came from FltAllocatePoolAlignedWithTag with this
+            // instance and tag; the instance is still pinned by the waiter.
+            unsafe { FltFreePoolAlignedWithTag(self.instance, self.buffer, READ_BUFFER_TAG) };
+        }
+    }
+}
+
+/// The sector size of the instance's volume (0 if unknown).
+fn sector_size(instance: PFLT_INSTANCE) -> u32 {
+    let mut volume: PFLT_VOLUME = 0;
+    // SAFETY: FltGetVolumeFromInstance (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumefrominstance):
+    // a live instance; the volume comes back referenced. IRQL <= APC_LEVEL.
+    if !nt_success(unsafe { FltGetVolumeFromInstance(instance, &mut volume) }) {
+        return 0;
+    }
+    // SAFETY: all-zero is a valid FLT_VOLUME_PROPERTIES.
+    let mut props: FLT_VOLUME_PROPERTIES = unsafe { core::mem::zeroed() };
+    let mut len = 0u32;
+    // SAFETY: FltGetVolumeProperties (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumeproperties):
+    // the fixed part is filled even when the names do not fit
+    // (STATUS_BUFFER_OVERFLOW). IRQL <= APC_LEVEL.
+    let status = unsafe {
+        FltGetVolumeProperties(
+            volume,
+            &mut props,
+            size_of::<FLT_VOLUME_PROPERTIES>() as u32,
+            &mut len,
+        )
+    };
+    // SAFETY: FltObjectDereference (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltobjectdereference):
+    // drops the reference FltGetVolumeFromInstance added.
+    unsafe { FltObjectDereference(volume as *mut c_void) };
+    if nt_success(status) || status == STATUS_BUFFER_OVERFLOW {
+        u32::from(props.SectorSize)
+    } else {
+        0
+    }
+}
