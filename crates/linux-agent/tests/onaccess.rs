@@ -426,3 +426,54 @@ fn bounded_in_flight_queue_still_answers_every_open_by_the_deadline() {
         "{log}"
     );
 }
+
+#[test]
+fn vsock_loopback_connection_or_skip() {
+    let Some(mnt) = setup("vsock_loopback_connection") else {
+        return;
+    };
+    let port = 41_000 + std::process::id() % 20_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probe = rt.block_on(async {
+        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(u32::MAX, port)).map(drop)
+    });
+    if let Err(e) = probe {
+        eprintln!("SKIP vsock_loopback_connection: no AF_VSOCK on this kernel ({e})");
+        return;
+    }
+    let state = state_dir();
+    let scanner = Scanner::start(&format!("vsock://any:{port}"), state.path(), &[]);
+    // CID 1 (VMADDR_CID_LOCAL) is the only CID a test may connect to.
+    let reachable = rt.block_on(async {
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(1, port)),
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    });
+    if !reachable {
+        eprintln!(
+            "SKIP vsock_loopback_connection: AF_VSOCK exists but no loopback transport \
+             (vsock_loopback) answers on CID 1"
+        );
+        return;
+    }
+    let eicar = mnt.join("eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    let url = format!("vsock://1:{port}");
+    let watch = mnt.path().to_str().unwrap();
+    let mut agent = Agent::start(state.path(), &base_args(&url, watch));
+    assert!(
+        eventually(Duration::from_secs(10), || denied(&eicar)),
+        "{}",
+        agent.log_text()
+    );
+    assert!(agent.terminate().success());
+    assert!(scanner.audit_text().contains("eicar.com"));
+}
