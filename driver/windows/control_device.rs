@@ -1,1 +1,362 @@
-//! (being written)
+//! The control device `\Device\ThinAgent` (link `\DosDevices\ThinAgent`,
+//! user mode opens `\\.\ThinAgent`): two buffered IOCTLs, one returns the
+//! agent's state, one sets the live `debugLevel`. The ABI (names, codes,
+//! validation, the `AgentState` byte layout) is
+//! [`thinagent_guest::control`]; this module moves bytes between the IRP and
+//! that crate. `thinagent-diag agent-state` is the client.
+//!
+//! * **Access**: created with `IoCreateDeviceSecure` and the SDDL
+//!   [`control::DEVICE_SDDL`] (SYSTEM and Administrators only) plus
+//!   `FILE_DEVICE_SECURE_OPEN`, so the ACL also covers opens of names below
+//!   the device (`\\.\ThinAgent\x`). The IOCTL codes carry
+//!   `FILE_READ_ACCESS` / `FILE_WRITE_ACCESS`, which the I/O manager checks
+//!   against the handle before the request reaches us.
+//! * **Dispatch**: `IRP_MJ_CREATE`, `IRP_MJ_CLOSE` and
+//!   `IRP_MJ_DEVICE_CONTROL` of the driver object point at [`dispatch`].
+//!   Filter Manager never sends file-system IRPs through a minifilter's
+//!   driver object (it calls the registered callbacks instead), so the only
+//!   device these entries can see is ours; [`dispatch`] still checks the
+//!   device object and fails anything else with
+//!   `STATUS_INVALID_DEVICE_REQUEST`.
+//! * **Unload**: [`delete`] removes the link (no new opens), waits for
+//!   IOCTLs in progress (rundown protection), then deletes the device. It
+//!   runs before `agent::uninstall`, so an IOCTL never sees a freed agent.
+//!
+//! `DO_DEVICE_INITIALIZING` is cleared by the I/O manager when `DriverEntry`
+//! returns, for devices created there (the `IoCreateDevice` page, Remarks).
+//!
+//! Kernel routines and their doc pages
+//! (learn.microsoft.com/windows-hardware/drivers/ddi/...):
+//! `WdmlibIoCreateDeviceSecure` (wdmsec/nf-wdmsec-wdmlibiocreatedevicesecure),
+//! `IoCreateSymbolicLink` (wdm/nf-wdm-iocreatesymboliclink),
+//! `IoDeleteSymbolicLink` (wdm/nf-wdm-iodeletesymboliclink), `IoDeleteDevice`
+//! (wdm/nf-wdm-iodeletedevice), `IofCompleteRequest` (the function behind the
+//! `IoCompleteRequest` macro: wdm/nf-wdm-iocompleterequest),
+//! `ExInitializeRundownProtection` (wdm/nf-wdm-exinitializerundownprotection),
+//! `ExAcquireRundownProtection` (wdm/nf-wdm-exacquirerundownprotection),
+//! `ExReleaseRundownProtection` (wdm/nf-wdm-exreleaserundownprotection),
+//! `ExWaitForRundownProtectionRelease`
+//! (wdm/nf-wdm-exwaitforrundownprotectionrelease).
+//! `IoGetCurrentIrpStackLocation` is a `wdm.h` inline function, written out
+//! in [`current_stack_location`].
+
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use thinagent_guest::Level;
+use thinagent_guest::control::{
+    self, AgentState, ControlRequest, DEVICE_NAME, DEVICE_SDDL, DOS_DEVICE_NAME,
+    FILE_DEVICE_THINAGENT,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
+    DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::IO_NO_INCREMENT;
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
+    EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection,
+    ExReleaseRundownProtection, ExWaitForRundownProtectionRelease, FILE_DEVICE_SECURE_OPEN,
+    IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoCreateSymbolicLink, IoDeleteDevice,
+    IoDeleteSymbolicLink, IofCompleteRequest,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
+    NTSTATUS, STATUS_INVALID_DEVICE_REQUEST,
+};
+use thinagent_km_sys::nt::{GUID, STATUS_DEVICE_NOT_READY};
+use thinagent_km_sys::wdmsec::WdmlibIoCreateDeviceSecure;
+
+use super::agent::{self, Agent};
+use super::kernel::{STATUS_SUCCESS, ascii_utf16, nt_success, unicode_string};
+use super::log;
+use crate::{klog, klog_status};
+
+/// Routine name in the log lines of this module.
+const ROUTINE: &str = "ControlDevice";
+
+static DEVICE_NAME_UNITS: [u16; DEVICE_NAME.len()] = ascii_utf16(DEVICE_NAME);
+static DOS_DEVICE_NAME_UNITS: [u16; DOS_DEVICE_NAME.len()] = ascii_utf16(DOS_DEVICE_NAME);
+static SDDL_UNITS: [u16; DEVICE_SDDL.len()] = ascii_utf16(DEVICE_SDDL);
+
+/// The device's class GUID (`IoCreateDeviceSecure`'s `DeviceClassGuid`),
+/// ours alone: {F2D5181E-4F24-4202-B0BB-5D63446CFD92}. An administrator can
+/// override the default SDDL for this class under
+/// `HKLM\SYSTEM\CurrentControlSet\Control\Class\{F2D5181E-...}` (`Security`).
+pub const CONTROL_DEVICE_CLASS_GUID: GUID = GUID {
+    Data1: 0xF2D5_181E,
+    Data2: 0x4F24,
+    Data3: 0x4202,
+    Data4: [0xB0, 0xBB, 0x5D, 0x63, 0x44, 0x6C, 0xFD, 0x92],
+};
+
+/// The control device object, null when absent.
+static CONTROL_DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
+/// Whether `\DosDevices\ThinAgent` exists (ours to delete).
+static LINK_CREATED: AtomicBool = AtomicBool::new(false);
+
+/// Rundown protection for IOCTLs in progress against [`delete`].
+struct Rundown(UnsafeCell<EX_RUNDOWN_REF>);
+// SAFETY: an EX_RUNDOWN_REF is made to be used from any thread through the
+// Ex*RundownProtection routines, which are the only access.
+unsafe impl Sync for Rundown {}
+
+// SAFETY: all-zero is a valid EX_RUNDOWN_REF (`Count = 0`, what
+// ExInitializeRundownProtection writes); `create` initialises it anyway.
+static RUNDOWN: Rundown = Rundown(UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
+/// Creates the device and its link and takes over `IRP_MJ_CREATE`, `CLOSE`
+/// and `DEVICE_CONTROL` of `driver`. PASSIVE_LEVEL (`DriverEntry`, after
+/// `agent::install`). On failure nothing is left behind.
+///
+/// `driver` must be the driver object `DriverEntry` received.
+#[allow(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "safe fn by the driver's module contract; its one caller, DriverEntry, passes the I/O manager's driver object"
+)]
+pub fn create(driver: *mut DRIVER_OBJECT) -> Result<(), NTSTATUS> {
+    // SAFETY: not yet published, so no IOCTL can hold rundown protection.
+    unsafe { ExInitializeRundownProtection(RUNDOWN.0.get()) };
+    let name = unicode_string(&DEVICE_NAME_UNITS);
+    let link = unicode_string(&DOS_DEVICE_NAME_UNITS);
+    let sddl = unicode_string(&SDDL_UNITS);
+    let mut device: *mut DEVICE_OBJECT = ptr::null_mut();
+    // SAFETY: `driver` is DriverEntry's driver object; the strings point at
+    // statics; `device` receives the new object.
+    let status = unsafe {
+        WdmlibIoCreateDeviceSecure(
+            driver,
+            0,
+            &name,
+            FILE_DEVICE_THINAGENT,
+            FILE_DEVICE_SECURE_OPEN,
+            false,
+            &sddl,
+            &CONTROL_DEVICE_CLASS_GUID,
+            &mut device,
+        )
+    };
+    if !nt_success(status) {
+        klog_status!(
+            Level::Error,
+            ROUTINE,
+            status,
+            "IoCreateDeviceSecure {DEVICE_NAME} failed"
+        );
+        return Err(status);
+    }
+    // SAFETY: both strings point at statics.
+    let status = unsafe { IoCreateSymbolicLink(&link, &name) };
+    if !nt_success(status) {
+        klog_status!(
+            Level::Error,
+            ROUTINE,
+            status,
+            "IoCreateSymbolicLink {DOS_DEVICE_NAME} failed"
+        );
+        // SAFETY: the device was created above and is not yet published
+        // (no dispatch routine installed, CONTROL_DEVICE still null).
+        unsafe { IoDeleteDevice(device) };
+        return Err(status);
+    }
+    LINK_CREATED.store(true, Ordering::Release);
+    CONTROL_DEVICE.store(device, Ordering::Release);
+    // SAFETY: `driver` is valid during DriverEntry; the dispatch table is
+    // written before DriverEntry returns, which is when the I/O manager
+    // starts delivering IRPs to this driver's devices.
+    unsafe {
+        let major = &mut (*driver).MajorFunction;
+        major[IRP_MJ_CREATE as usize] = Some(dispatch);
+        major[IRP_MJ_CLOSE as usize] = Some(dispatch);
+        major[IRP_MJ_DEVICE_CONTROL as usize] = Some(dispatch);
+    }
+    klog!(
+        Level::Info,
+        ROUTINE,
+        "{DEVICE_NAME} created, link {DOS_DEVICE_NAME}"
+    );
+    Ok(())
+}
+
+/// Deletes the link, waits for IOCTLs in progress, deletes the device.
+/// PASSIVE_LEVEL (unload, and `DriverEntry` unwinding). Idempotent.
+pub fn delete() {
+    if LINK_CREATED.swap(false, Ordering::AcqRel) {
+        let link = unicode_string(&DOS_DEVICE_NAME_UNITS);
+        // SAFETY: the link was created by `create` and not yet deleted.
+        let status = unsafe { IoDeleteSymbolicLink(&link) };
+        if !nt_success(status) {
+            klog_status!(
+                Level::Warn,
+                ROUTINE,
+                status,
+                "IoDeleteSymbolicLink {DOS_DEVICE_NAME} failed"
+            );
+        }
+    }
+    let device = CONTROL_DEVICE.swap(ptr::null_mut(), Ordering::AcqRel);
+    if device.is_null() {
+        return;
+    }
+    // SAFETY: initialised in `create`; waits (PASSIVE_LEVEL) until every
+    // dispatch that acquired protection has released it, and makes later
+    // acquisitions fail.
+    unsafe { ExWaitForRundownProtectionRelease(RUNDOWN.0.get()) };
+    // SAFETY: our device object, created in `create`; no IOCTL is running
+    // any more. Handles still open keep the object (not our code) alive
+    // until closed: IoDeleteDevice marks it for deletion.
+    unsafe { IoDeleteDevice(device) };
+}
+
+/// `IoGetCurrentIrpStackLocation(Irp)` (`wdm.h` inline:
+/// `Irp->Tail.Overlay.CurrentStackLocation`).
+///
+/// # Safety
+///
+/// `irp` must be a valid IRP owned by the caller's dispatch routine.
+unsafe fn current_stack_location(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
+    // SAFETY: per the contract; the union arm is the one the I/O manager
+    // uses for an IRP being dispatched.
+    unsafe {
+        (*irp)
+            .Tail
+            .Overlay
+            .Anonymous2
+            .Anonymous
+            .CurrentStackLocation
+    }
+}
+
+/// Completes `irp` with `status` and `information` bytes
+/// (`IoCompleteRequest(Irp, IO_NO_INCREMENT)`).
+///
+/// # Safety
+///
+/// `irp` must be valid and owned by the caller, who must not touch it after.
+unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> NTSTATUS {
+    // SAFETY: per the contract.
+    unsafe {
+        (*irp).IoStatus.Anonymous.Status = status;
+        (*irp).IoStatus.Information = information;
+        IofCompleteRequest(irp, IO_NO_INCREMENT as i8);
+    }
+    status
+}
+
+/// `DRIVER_DISPATCH` for `IRP_MJ_CREATE`, `IRP_MJ_CLOSE` and
+/// `IRP_MJ_DEVICE_CONTROL`. PASSIVE_LEVEL, in the context of the thread
+/// that sent the request (a top-level device, so never from a raised IRQL).
+unsafe extern "system" fn dispatch(device: *const DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
+    let ours = CONTROL_DEVICE.load(Ordering::Acquire);
+    // SAFETY: the I/O manager hands us a valid IRP for `device`; we complete
+    // it exactly once on every path below.
+    unsafe {
+        if ours.is_null() || !ptr::eq(device, ours) {
+            return complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0);
+        }
+        let stack = current_stack_location(irp);
+        match u32::from((*stack).MajorFunction) {
+            IRP_MJ_CREATE | IRP_MJ_CLOSE => complete(irp, STATUS_SUCCESS, 0),
+            IRP_MJ_DEVICE_CONTROL => {
+                if !ExAcquireRundownProtection(RUNDOWN.0.get()) {
+                    return complete(irp, STATUS_DEVICE_NOT_READY, 0);
+                }
+                let (status, information) = device_control(irp, stack);
+                ExReleaseRundownProtection(RUNDOWN.0.get());
+                complete(irp, status, information)
+            }
+            _ => complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0),
+        }
+    }
+}
+
+/// One `IRP_MJ_DEVICE_CONTROL` (METHOD_BUFFERED): validates with
+/// [`ControlRequest::parse`], serves it, returns the status and the bytes
+/// written to the system buffer. PASSIVE_LEVEL, under rundown protection.
+///
+/// # Safety
+///
+/// `irp` and `stack` are the dispatch routine's IRP and its current stack
+/// location.
+unsafe fn device_control(irp: *mut IRP, stack: *mut IO_STACK_LOCATION) -> (NTSTATUS, usize) {
+    // SAFETY: for IRP_MJ_DEVICE_CONTROL the DeviceIoControl arm is valid.
+    let params = unsafe { (*stack).Parameters.DeviceIoControl };
+    // SAFETY: for METHOD_BUFFERED, SystemBuffer is the I/O manager's buffer
+    // of max(InputBufferLength, OutputBufferLength) bytes (null if both
+    // are 0), holding the caller's input.
+    let system_buffer = unsafe { (*irp).AssociatedIrp.SystemBuffer }.cast::<u8>();
+    let in_len = params.InputBufferLength as usize;
+    let out_len = params.OutputBufferLength as usize;
+    if system_buffer.is_null() && (in_len != 0 || out_len != 0) {
+        return (
+            control::ControlError::BadInputLength(in_len)
+                .ntstatus()
+                .to_i32(),
+            0,
+        );
+    }
+    // No request takes more than 4 bytes of input (set-debug-level); copy
+    // it out before the same buffer is written as output. A longer input is
+    // wrong for every request.
+    let mut input = [0u8; 8];
+    if in_len > input.len() {
+        let e = control::ControlError::BadInputLength(in_len);
+        klog!(Level::Warn, ROUTINE, "request refused: {e}");
+        return (e.ntstatus().to_i32(), 0);
+    }
+    if in_len > 0 {
+        // SAFETY: the system buffer holds `in_len` bytes of input.
+        unsafe { ptr::copy_nonoverlapping(system_buffer, input.as_mut_ptr(), in_len) };
+    }
+    let request = match ControlRequest::parse(params.IoControlCode, &input[..in_len], out_len) {
+        Ok(r) => r,
+        Err(e) => {
+            klog!(Level::Warn, ROUTINE, "request refused: {e}");
+            return (e.ntstatus().to_i32(), 0);
+        }
+    };
+    match request {
+        ControlRequest::GetState => {
+            let Some(agent) = agent::get() else {
+                return (STATUS_DEVICE_NOT_READY, 0);
+            };
+            let bytes = snapshot(agent).to_bytes();
+            // SAFETY: `parse` checked out_len ≥ AgentState::SIZE, and the
+            // system buffer holds out_len bytes.
+            unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), system_buffer, bytes.len()) };
+            (STATUS_SUCCESS, bytes.len())
+        }
+        ControlRequest::SetDebugLevel(level) => {
+            let previous = log::debug_level();
+            log::set_debug_level(level);
+            klog!(
+                Level::Audit,
+                ROUTINE,
+                "debugLevel set to {level} (was {previous}) through {DOS_DEVICE_NAME}"
+            );
+            (STATUS_SUCCESS, 0)
+        }
+    }
+}
+
+/// The agent's counters as the control ABI reports them (any IRQL).
+fn snapshot(agent: &Agent) -> AgentState {
+    let s = &agent.stats;
+    let r = Ordering::Relaxed;
+    AgentState {
+        connected: s.connected.load(r),
+        provider_captured: s.provider_captured.load(r),
+        capture_attempts: s.capture_attempts.load(r),
+        last_capture_status: thinagent_guest::NtStatus(s.last_capture_status.load(r) as u32),
+        sessions: s.sessions.load(r),
+        last_session_status: thinagent_guest::NtStatus(s.last_session_status.load(r) as u32),
+        queries: s.queries.load(r),
+        denials: s.denials.load(r),
+        timeouts: s.timeouts.load(r),
+        fail_mode_decisions: s.fail_mode_decisions.load(r),
+        cache_hits: s.cache_hits.load(r),
+        skipped: s.skipped.load(r),
+        read_requests: s.read_requests.load(r),
+        rescans: s.rescans.load(r),
+        debug_level: log::debug_level(),
+        fail_mode: agent.params.fail_mode,
+    }
+}

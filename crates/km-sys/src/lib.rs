@@ -20,6 +20,11 @@
 //! * [`ntoskrnl`]: kernel exports windows-sys binds to ntdll or not at all
 //!   (`ZwClose`, `PsThreadType`), the `wdm.h` shapes of the thread-start and
 //!   IRP-completion callbacks, the viosock device-interface GUID.
+//! * [`registry`]: `ZwOpenKey` / `ZwQueryValueKey` from ntoskrnl
+//!   (windows-sys binds them to user-mode ntdll; `ZwClose` is in
+//!   [`ntoskrnl`]).
+//! * [`wdmsec`]: `WdmlibIoCreateDeviceSecure` (`IoCreateDeviceSecure`) from
+//!   the WDK's static `wdmsec.lib`.
 //! * [`fltmgr`]: the Filter Manager, re-exported from Microsoft's
 //!   `windows-sys` (not hand-written), with compile-time size checks on the
 //!   structures the driver relies on.
@@ -46,7 +51,9 @@ pub mod hexdump;
 pub mod ioctl;
 pub mod nt;
 pub mod ntoskrnl;
+pub mod registry;
 pub mod vmci;
+pub mod wdmsec;
 pub mod wsk;
 
 pub use nt::NTSTATUS;
