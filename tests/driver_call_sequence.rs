@@ -24,6 +24,10 @@
 //! `umcMsgTimeoutMs`) that the worker thread signals; here one task does
 //! both, pumping the worker until the opener's verdict is in. Nothing asserts
 //! on wall-clock time; the capture loop runs on virtual time.
+//!
+//! Unix only (file identities come from `MetadataExt`); on Windows the root
+//! package is the driver and its tests are not run.
+#![cfg(unix)]
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
