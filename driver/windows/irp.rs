@@ -380,13 +380,18 @@ unsafe impl Send for SystemThread {}
 unsafe impl Sync for SystemThread {}
 
 impl SystemThread {
-    /// Starts `routine(context)` on a new system thread.
+    /// Starts `routine(context)` on a new system thread. On error also says
+    /// whether the thread runs anyway (it was created but could not be
+    /// referenced, so it cannot be joined and owns `context`).
     ///
     /// # Safety
     ///
     /// `context` must be valid for whatever `routine` does with it, for as
     /// long as the thread runs.
-    pub unsafe fn spawn(routine: KSTART_ROUTINE, context: *mut c_void) -> Result<Self, NTSTATUS> {
+    pub unsafe fn spawn(
+        routine: KSTART_ROUTINE,
+        context: *mut c_void,
+    ) -> Result<Self, (NTSTATUS, bool)> {
         // InitializeObjectAttributes(&oa, NULL, OBJ_KERNEL_HANDLE, NULL, NULL)
         // (wdm.h macro): a kernel handle, whatever process we run in.
         let oa = OBJECT_ATTRIBUTES {
@@ -415,7 +420,7 @@ impl SystemThread {
             )
         };
         if status < 0 {
-            return Err(status);
+            return Err((status, false));
         }
         let mut object: *mut c_void = core::ptr::null_mut();
         // SAFETY: a kernel handle we just got; *PsThreadType is the thread
@@ -436,9 +441,20 @@ impl SystemThread {
         if status < 0 {
             // The thread runs but cannot be joined; the caller must not
             // free `context` (it says so in its log).
-            return Err(status);
+            return Err((status, true));
         }
         Ok(SystemThread { object })
+    }
+
+    /// Waits at most `timeout` for the thread to end; `true` if it has.
+    #[must_use]
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let rel = relative_100ns(timeout);
+        // SAFETY: a referenced thread object is a dispatcher object; the
+        // timeout is a local.
+        let status =
+            unsafe { KeWaitForSingleObject(self.object, Executive, KernelMode as i8, false, &rel) };
+        status == 0
     }
 
     /// Waits for the thread to end and drops the reference.
