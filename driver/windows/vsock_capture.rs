@@ -17,9 +17,12 @@
 //! **Where the loop runs** (`captureMode`): `Deferred` (default) makes one
 //! quick attempt in [`start`], then the bounded loop continues on the link
 //! thread, and `IoRegisterBootDriverReinitialization` wakes it for an
-//! immediate retry once all boot drivers are initialised (that is when a
-//! deferred `vmci.sys` start has happened; for a driver that is not boot
-//! start the routine is never called). `Blocking` runs the whole loop inside
+//! immediate retry "after all devices have been enumerated and started"
+//! (its documentation; that is when a deferred `vmci.sys` start has
+//! happened). It is registered only once the thread runs, since the routine
+//! may be registered only by a `DriverEntry` that succeeds; when the driver
+//! is not boot start the documentation does not say when it runs, and it
+//! only sets an event. `Blocking` runs the whole loop inside
 //! [`start`], as the incident's agent did: for diagnosis only (see
 //! docs/windows.md, "The vsock layer").
 //!
@@ -820,6 +823,7 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
         }
     }
     let mut done = None;
+    let mut want_reinit = false;
     match agent.params.capture_mode {
         CaptureMode::Deferred => {
             if state.vmci {
@@ -834,16 +838,7 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
                         }
                     }
                 }
-                if done.is_none() && state.vmci {
-                    // SAFETY: our driver object; static callback; no context.
-                    unsafe {
-                        IoRegisterBootDriverReinitialization(
-                            driver,
-                            Some(boot_reinit),
-                            core::ptr::null(),
-                        )
-                    };
-                }
+                want_reinit = done.is_none() && state.vmci;
             }
         }
         CaptureMode::Blocking => {
@@ -864,6 +859,21 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
     match unsafe { SystemThread::spawn(link_thread, ctx.cast()) } {
         Ok(thread) => {
             THREAD.with(|t| *t = Some(thread));
+            if want_reinit {
+                // Registered only now that start() will succeed, as the
+                // routine's documentation requires. For a driver that is not
+                // boot start the documentation does not say when (or
+                // whether) the routine runs; it only sets WAKE, so either way
+                // is harmless.
+                // SAFETY: our driver object; static callback; no context.
+                unsafe {
+                    IoRegisterBootDriverReinitialization(
+                        driver,
+                        Some(boot_reinit),
+                        core::ptr::null(),
+                    )
+                };
+            }
             STATUS_SUCCESS
         }
         Err((status, running)) => {
