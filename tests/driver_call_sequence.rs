@@ -7,18 +7,21 @@
 //! calls in the driver's order, with the driver's inputs, and stands in for
 //! the kernel only where the driver calls Windows:
 //!
-//! | driver routine (driver/windows) | Windows call | here |
+//! | driver (driver/windows/…) | Windows call | here |
 //! |---|---|---|
-//! | `DriverEntry`: read `Parameters` | `ZwQueryValueKey` per name of `params::names::ALL` | `Params::from_values` on the values a registry would hold |
-//! | `DriverEntry`: one quick capture attempt | `IoGetDeviceObjectPointer(\Device\vmci)`, IOCTL `0x810320C0` | [`VmciDevice::capture_ioctl`] answering `STATUS_DEVICE_BUSY` n times |
-//! | capture thread (`PsCreateSystemThread`), boot reinit routine (`IoRegisterBootDriverReinitialization`) | `KeDelayExecutionThread(delay)` between attempts | virtual time advanced by the delay `Connector` asks for |
-//! | vsock layer: connect | `WskSocketConnect` to {`hostCid`, `hostPort`} | `TcpStream::connect(127.0.0.1:hostPort)` |
-//! | session worker thread | `WskSend`/`WskReceive`, `KeWaitForMultipleObjects` with the session's next deadline | [`Channel::pump`]: `poll_transmit` -> write, read -> `receive`, sleep -> `on_timeout`, `poll_event` |
-//! | session worker: host `ReadRequest` | non-cached `FltReadFile` on the opener's file object | [`Channel`] reads the file at (offset, length) |
-//! | pre-create / post-create | `FltGetFileNameInformation`, `FltQueryInformationFile`; deny = `FltCancelFileOpen` + `IoStatus.Status` | [`Driver::begin_open`] / [`Driver::finish_open`]: `OpenPolicy::decide`, `VerdictCache::get`, `Session::submit`, wait for the verdict, `Params::deny_status` |
-//! | post-write / set-information (EOF) | stream context `modified` flag | [`Driver::on_write`] |
-//! | cleanup (`IRP_MJ_CLEANUP`) | invalidate the file's cache entries, rescan | [`Driver::cleanup`]: `VerdictCache::invalidate`, `CloseAfterWrite` query |
-//! | reconnect timer | `KeDelayExecutionThread` | `Reconnect::on_closed` delays |
+//! | `registry_params::read_into` from `DriverEntry` | `ZwQueryValueKey` per name of `params::names::ALL` -> `Params::apply` | [`params_from`]: `Params::from_values` on the values a registry would hold |
+//! | `vsock_capture::start` in `DriverEntry`: one attempt (deferred) or the whole loop (blocking) | `IoGetDeviceObjectPointer(\Device\vmci)`, IOCTL `0x810320C0` | [`VmciDevice::capture_ioctl`]: `STATUS_DEVICE_BUSY` until vmci.sys is up |
+//! | `vsock_capture::capture_loop` on the link thread; `boot_reinit` (`IoRegisterBootDriverReinitialization`) sets WAKE | `KeWaitForMultipleObjects(STOP, WAKE, delay)` between attempts | [`start_driver`]: virtual time advanced by the delay `Connector` asks for, cut short once by the reinit |
+//! | `vsock_capture::link_loop`: connect, then `Reconnect` between connections | `WskSocketConnect` to {`hostCid`, `hostPort`}; `STOP.wait(delay)` | `TcpStream::connect(127.0.0.1:hostPort)`; `Reconnect::on_closed` delays (20 ms first delay here, 1 s in the driver) |
+//! | `session_worker::run` | `WskSend`/`WskReceive`, waits up to the session's next deadline | [`Channel::pump`]: `poll_transmit` -> write, read -> `receive`, sleep -> `on_timeout`, `poll_event` |
+//! | `session_worker::serve_read` | non-cached `FltReadFile` on the opener's file object | [`Channel::serve_read`]: read the file at (offset, length) |
+//! | `filter_callbacks::post_create` -> `decide` -> `session_worker::query` | name, `FileIdInformation`, size, `LastWriteTime`; deny = `FltCancelFileOpen` + `IoStatus.Status` | [`Driver::begin_open`] / [`Driver::finish_open`]: `OpenPolicy::decide`, `VerdictCache::get`, `Session::submit`, wait, cache the host verdict for min(host TTL, `verdictCacheTtlMs`), `Params::deny_status` |
+//! | `filter_callbacks::mark_modified` (pre-write, set-information EOF/VDL, offload FSCTLs) | stream context `Modified`, cache entry dropped | [`Driver::on_write`] |
+//! | `filter_callbacks::pre_cleanup` | rescan a `Modified` stream (`CloseAfterWrite`) | [`Driver::cleanup`] |
+//!
+//! The driver also keeps the last verdict in the stream context and checks it
+//! before the `VerdictCache`; both answer without a `FileEvent`, which is
+//! what this test checks on the wire and at the scanner.
 //!
 //! In the driver the opener's thread waits on an event (at most
 //! `umcMsgTimeoutMs`) that the worker thread signals; here one task does
@@ -59,7 +62,9 @@ const CLEAN: &[u8] = b"a clean text file the driver opens twice\n";
 const LIMIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
-// Start-up: DriverEntry, the capture thread and the boot reinit routine.
+// Start-up: DriverEntry, the capture thread and the boot reinit routine
+// (driver/windows/vsock_capture.rs: `start`, `capture_loop`, `attempt`,
+// `boot_reinit`).
 // ---------------------------------------------------------------------------
 
 /// Which driver routine made a capture attempt.
@@ -67,34 +72,35 @@ const LIMIT: Duration = Duration::from_secs(60);
 enum Routine {
     /// `DriverEntry` (the boot driver initialisation thread).
     DriverEntry,
-    /// The system thread started by `DriverEntry` (`PsCreateSystemThread`).
+    /// The link thread started by `DriverEntry` (`PsCreateSystemThread`).
     CaptureThread,
-    /// The routine registered with `IoRegisterBootDriverReinitialization`,
-    /// run once every boot driver is initialised.
-    BootReinit,
 }
 
 /// `\Device\vmci` as the capture sees it: `STATUS_DEVICE_BUSY` (the seed's
-/// failure, vmci.sys has no device yet) for the first `busy` IOCTLs, then up.
+/// failure: vmci.sys has no device yet) until `up_at`, then up.
 struct VmciDevice {
-    busy: u32,
+    up_at: Instant,
     calls: u32,
 }
 
 impl VmciDevice {
-    fn new(busy: u32) -> Self {
-        Self { busy, calls: 0 }
+    fn up_at(t: Instant) -> Self {
+        Self { up_at: t, calls: 0 }
+    }
+
+    fn never_up() -> Self {
+        Self::up_at(Instant::MAX)
     }
 
     /// `IoGetDeviceObjectPointer(\Device\vmci)`, `IoBuildDeviceIoControlRequest
     /// (0x810320C0, 0x5C-byte buffer, first DWORD 1)`, `IoCallDriver`, wait if
-    /// pending, dereference: the final `IoStatus.Status`.
-    fn capture_ioctl(&mut self) -> NtStatus {
+    /// pending, dereference: the final `IoStatus.Status` at `now`.
+    fn capture_ioctl(&mut self, now: Instant) -> NtStatus {
         self.calls += 1;
-        if self.calls <= self.busy {
-            NtStatus::STATUS_DEVICE_BUSY
-        } else {
+        if now.has_reached(self.up_at) {
             NtStatus::STATUS_SUCCESS
+        } else {
+            NtStatus::STATUS_DEVICE_BUSY
         }
     }
 }
@@ -103,6 +109,8 @@ impl VmciDevice {
 struct Attempt {
     routine: Routine,
     at: Instant,
+    /// The boot reinit routine cut the delay before this attempt short.
+    woken_by_reinit: bool,
     status: NtStatus,
     action: ConnectorAction,
 }
@@ -112,102 +120,60 @@ struct StartUp {
     attempts: Vec<Attempt>,
     /// Virtual time at which `DriverEntry` returned `STATUS_SUCCESS`.
     driver_entry_returned: Instant,
-    /// The capture's final action (after the boot reinit round, if any).
+    /// The capture's final action.
     outcome: ConnectorAction,
 }
 
-/// Runs one capture loop from `routine` until it is terminal.
-fn capture_loop(
-    routine: Routine,
-    params: &Params,
-    dev: &mut VmciDevice,
-    now: &mut Instant,
-    log: &mut Vec<Attempt>,
-    stop_after_first: bool,
-) -> (Connector, ConnectorAction) {
+/// `DriverEntry` and the capture it starts, on virtual time, as
+/// `vsock_capture::start` runs it. Deferred (`captureMode` 0): one attempt
+/// in `DriverEntry`, which then registers the boot reinit routine, starts
+/// the link thread and returns; the thread goes on with the same
+/// `Connector`, sleeping the delay it asks for (`KeWaitForMultipleObjects`
+/// on STOP and WAKE). The reinit routine (at `boot_drivers_done`, once every
+/// boot driver is initialised) sets WAKE: a pending delay ends at once and
+/// the thread attempts now. Blocking (`captureMode` 1): the whole loop runs
+/// inside `DriverEntry`, as in the incident. After `GiveUp` nothing
+/// retries; the filter stays under `failMode`.
+fn start_driver(params: &Params, dev: &mut VmciDevice, boot_drivers_done: Instant) -> StartUp {
     let mut connector = Connector::new(params.connector_config());
-    loop {
-        let status = dev.capture_ioctl();
-        let action = connector.on_attempt(status, *now);
-        log.push(Attempt {
+    let deferred = params.capture_mode == CaptureMode::Deferred;
+    let mut now = Instant::ZERO;
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut routine = Routine::DriverEntry;
+    let mut woken = false;
+    let mut reinit_pending = deferred;
+    let mut driver_entry_returned = None;
+    let outcome = loop {
+        let status = dev.capture_ioctl(now);
+        let action = connector.on_attempt(status, now);
+        attempts.push(Attempt {
             routine,
-            at: *now,
+            at: now,
+            woken_by_reinit: woken,
             status,
             action,
         });
-        match action {
-            ConnectorAction::RetryAfter(_) if stop_after_first => return (connector, action),
-            // KeDelayExecutionThread(KernelMode, FALSE, -delay in 100 ns)
-            ConnectorAction::RetryAfter(d) => *now += d,
-            terminal => return (connector, terminal),
+        let ConnectorAction::RetryAfter(d) = action else {
+            break action;
+        };
+        if deferred && routine == Routine::DriverEntry {
+            // IoRegisterBootDriverReinitialization, PsCreateSystemThread,
+            // return STATUS_SUCCESS: boot goes on.
+            driver_entry_returned = Some(now);
+            routine = Routine::CaptureThread;
         }
-    }
-}
-
-/// `DriverEntry` and what it starts, on virtual time. Deferred mode: one
-/// attempt in `DriverEntry`, the loop continues on the capture thread, and a
-/// loop that gives up is tried once more by the boot reinit routine.
-/// Blocking mode: the whole loop inside `DriverEntry` (the incident).
-fn start_driver(params: &Params, dev: &mut VmciDevice) -> StartUp {
-    let mut now = Instant::ZERO;
-    let mut attempts = Vec::new();
-    let deferred = params.capture_mode == CaptureMode::Deferred;
-    let (mut connector, first) = capture_loop(
-        Routine::DriverEntry,
-        params,
-        dev,
-        &mut now,
-        &mut attempts,
-        deferred,
-    );
-    // Deferred: FltRegisterFilter + FltStartFiltering are done, the filter runs
-    // under failMode, and DriverEntry returns now.
-    let driver_entry_returned = now;
-    let mut outcome = first;
-    if let ConnectorAction::RetryAfter(d) = first {
-        // The capture thread continues the same Connector after its delay.
-        now += d;
-        loop {
-            let status = dev.capture_ioctl();
-            let action = connector.on_attempt(status, now);
-            attempts.push(Attempt {
-                routine: Routine::CaptureThread,
-                at: now,
-                status,
-                action,
-            });
-            match action {
-                ConnectorAction::RetryAfter(d) => now += d,
-                terminal => {
-                    outcome = terminal;
-                    break;
-                }
-            }
+        let wake = now.saturating_add(d);
+        woken = reinit_pending && boot_drivers_done < wake && now < boot_drivers_done;
+        if woken {
+            reinit_pending = false;
+            now = boot_drivers_done;
+        } else {
+            now = wake;
         }
-    }
-    if deferred
-        && matches!(
-            outcome,
-            ConnectorAction::GiveUp {
-                reason: GiveUpReason::AttemptsExhausted,
-                ..
-            }
-        )
-    {
-        outcome = capture_loop(
-            Routine::BootReinit,
-            params,
-            dev,
-            &mut now,
-            &mut attempts,
-            false,
-        )
-        .1;
-    }
-    let driver_entry_returned = if deferred { driver_entry_returned } else { now };
+    };
     StartUp {
+        driver_entry_returned: driver_entry_returned.unwrap_or(now),
         attempts,
-        driver_entry_returned,
         outcome,
     }
 }
@@ -224,21 +190,25 @@ fn params_from(values: &[(&str, RegValue<'_>)]) -> Params {
 }
 
 #[test]
-fn capture_deferred_blocking_and_boot_reinit() {
+fn capture_deferred_blocking_boot_reinit_and_give_up() {
     let ms = Duration::from_millis;
-    // 5 x STATUS_DEVICE_BUSY, then vmci.sys is up; delays 500 ms doubling to 3 s.
+    let busy = NtStatus::STATUS_DEVICE_BUSY;
+    // vmci.sys is up at 9.5 s; delays 500 ms doubling up to 3 s: 5 x
+    // STATUS_DEVICE_BUSY (at 0, 0.5, 1.5, 3.5, 6.5 s), then success.
     let registry = [
         ("captureRetryDelayMs", RegValue::Dword(500)),
         ("captureBackoffFactor", RegValue::Dword(2)),
         ("captureBackoffCapMs", RegValue::Dword(3000)),
     ];
+    let late = Instant::from_millis(60_000);
     let deferred = params_from(&registry);
     assert_eq!(deferred.capture_mode, CaptureMode::Deferred);
-    let run = start_driver(&deferred, &mut VmciDevice::new(5));
+    let mut dev = VmciDevice::up_at(Instant::from_millis(9500));
+    let run = start_driver(&deferred, &mut dev, late);
     let routines: Vec<_> = run.attempts.iter().map(|a| a.routine).collect();
     assert_eq!(routines[0], Routine::DriverEntry);
     assert!(routines[1..].iter().all(|r| *r == Routine::CaptureThread));
-    assert_eq!(run.attempts.len(), 6);
+    assert_eq!((run.attempts.len(), dev.calls), (6, 6));
     // DriverEntry returned after its single attempt, before any delay.
     assert_eq!(run.driver_entry_returned, Instant::ZERO);
     let asked: Vec<_> = run
@@ -256,11 +226,7 @@ fn capture_deferred_blocking_and_boot_reinit() {
         .map(|w| w[1].at.saturating_duration_since(w[0].at))
         .collect();
     assert_eq!(gaps, asked, "each attempt comes after the delay asked for");
-    assert!(
-        run.attempts[..5]
-            .iter()
-            .all(|a| a.status == NtStatus::STATUS_DEVICE_BUSY)
-    );
+    assert!(run.attempts[..5].iter().all(|a| a.status == busy));
     assert_eq!(
         run.outcome,
         ConnectorAction::Connected {
@@ -277,53 +243,67 @@ fn capture_deferred_blocking_and_boot_reinit() {
         registry[2],
         ("captureMode", RegValue::Dword(1)),
     ]);
-    let run_b = start_driver(&blocking, &mut VmciDevice::new(5));
+    let run_b = start_driver(
+        &blocking,
+        &mut VmciDevice::up_at(Instant::from_millis(9500)),
+        late,
+    );
     assert!(
         run_b
             .attempts
             .iter()
-            .all(|a| a.routine == Routine::DriverEntry)
+            .all(|a| a.routine == Routine::DriverEntry && !a.woken_by_reinit)
     );
     assert_eq!(run_b.outcome, run.outcome);
     assert_eq!(run_b.driver_entry_returned, Instant::from_millis(9500));
 
-    // captureRetryCount 3 and 4 busy answers: the capture thread gives up,
-    // the boot reinit routine starts a fresh loop and connects.
-    let short = params_from(&[("captureRetryCount", RegValue::Dword(3))]);
-    let run_r = start_driver(&short, &mut VmciDevice::new(4));
+    // Defaults (100 x 1 s): the boot drivers are done at 2.3 s, which is
+    // when vmci.sys gets its device (the seed's deferred start). The reinit
+    // routine wakes the thread in its third delay: it attempts at once.
+    let defaults = params_from(&[]);
+    let t = Instant::from_millis(2300);
+    let run_r = start_driver(&defaults, &mut VmciDevice::up_at(t), t);
     let seq: Vec<_> = run_r
         .attempts
         .iter()
-        .map(|a| (a.routine, a.status))
+        .map(|a| (a.routine, a.at.as_millis(), a.woken_by_reinit, a.status))
         .collect();
-    let busy = NtStatus::STATUS_DEVICE_BUSY;
+    let thread = Routine::CaptureThread;
     assert_eq!(
         seq,
         [
-            (Routine::DriverEntry, busy),
-            (Routine::CaptureThread, busy),
-            (Routine::CaptureThread, busy),
-            (Routine::BootReinit, busy),
-            (Routine::BootReinit, NtStatus::STATUS_SUCCESS),
+            (Routine::DriverEntry, 0, false, busy),
+            (thread, 1000, false, busy),
+            (thread, 2000, false, busy),
+            (thread, 2300, true, NtStatus::STATUS_SUCCESS),
         ]
     );
-    assert!(matches!(
-        run_r.attempts[2].action,
-        ConnectorAction::GiveUp {
-            attempts: 3,
-            last_status: NtStatus::STATUS_DEVICE_BUSY,
-            reason: GiveUpReason::AttemptsExhausted,
-            ..
-        }
-    ));
+    // The connector counts the delays it asked for (3 x 1 s).
     assert_eq!(
         run_r.outcome,
         ConnectorAction::Connected {
-            attempts: 2,
-            waited: Duration::from_secs(1)
+            attempts: 4,
+            waited: Duration::from_secs(3)
         }
     );
     assert_eq!(run_r.driver_entry_returned, Instant::ZERO);
+
+    // captureRetryCount 3, vmci never comes: the thread gives up after
+    // 3 attempts (2 s of delays) and nothing retries after that.
+    let short = params_from(&[("captureRetryCount", RegValue::Dword(3))]);
+    let mut dev = VmciDevice::never_up();
+    let run_g = start_driver(&short, &mut dev, Instant::from_millis(10_000));
+    assert_eq!(dev.calls, 3);
+    assert_eq!(
+        run_g.outcome,
+        ConnectorAction::GiveUp {
+            attempts: 3,
+            last_status: busy,
+            waited: Duration::from_secs(2),
+            reason: GiveUpReason::AttemptsExhausted,
+        }
+    );
+    assert_eq!(run_g.driver_entry_returned, Instant::ZERO);
 }
 
 // ---------------------------------------------------------------------------
@@ -715,10 +695,13 @@ impl Driver {
         self.cache.insert(key, cached, self.clock.now(), Some(ttl));
     }
 
-    /// Post-write / set-information(EOF): the stream context is marked.
+    /// Pre-write / set-information (EOF): the stream is marked modified and
+    /// its cached verdicts are dropped at once.
     fn on_write(&mut self, path: &Path) {
         let id = identity(path);
-        self.modified.insert((id.volume_serial, id.file_id));
+        if self.modified.insert((id.volume_serial, id.file_id)) {
+            self.cache.invalidate(id.volume_serial, &id.file_id);
+        }
     }
 
     /// `IRP_MJ_CLEANUP` of a modified file: forget its verdicts and rescan
@@ -734,7 +717,7 @@ impl Driver {
         let event = FileEvent {
             kind: EventKind::CloseAfterWrite,
             process_id: std::process::id(),
-            desired_access: GENERIC_WRITE,
+            desired_access: 0,
             create_disposition: CreateDisposition::Open,
             file: id,
             path: FilePath::Utf16Le(&bytes),
@@ -841,13 +824,17 @@ fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     p
 }
 
-/// `DriverEntry` with these registry values plus `hostPort`, a quick
-/// capture (2 busy answers), then connect and handshake.
+/// `DriverEntry` with these registry values plus `hostPort`, a capture
+/// (2 busy answers, on virtual time), then connect and handshake.
 async fn boot(registry: &[(&str, RegValue<'_>)], port: u32) -> (Driver, Channel) {
     let mut values = registry.to_vec();
     values.push(("hostPort", RegValue::Dword(port)));
     let params = params_from(&values);
-    let start = start_driver(&params, &mut VmciDevice::new(2));
+    let start = start_driver(
+        &params,
+        &mut VmciDevice::up_at(Instant::from_millis(2000)),
+        Instant::MAX,
+    );
     assert!(matches!(
         start.outcome,
         ConnectorAction::Connected { attempts: 3, .. }

@@ -963,6 +963,7 @@ const FLG_ADDREG_TYPE_MASK: u64 = 0xFFFF_0001;
 const FLG_ADDREG_TYPE_SZ: u64 = 0x0000_0000;
 const FLG_ADDREG_TYPE_DWORD: u64 = 0x0001_0001;
 const FLG_ADDREG_TYPE_MULTI_SZ: u64 = 0x0001_0000;
+const FLG_ADDREG_TYPE_QWORD: u64 = 0x000B_0001;
 /// `FLG_ADDREG_DELVAL` / `FLG_ADDREG_KEYONLY`: the line writes no value.
 const FLG_ADDREG_NO_VALUE: u64 = 0x0000_0004 | 0x0000_0010;
 
@@ -972,6 +973,7 @@ fn addreg_type_name(flags: u64) -> &'static str {
         FLG_ADDREG_TYPE_SZ => "REG_SZ",
         FLG_ADDREG_TYPE_DWORD => "REG_DWORD",
         FLG_ADDREG_TYPE_MULTI_SZ => "REG_MULTI_SZ",
+        FLG_ADDREG_TYPE_QWORD => "REG_QWORD",
         0x0002_0000 => "REG_EXPAND_SZ",
         0x0000_0001 => "REG_BINARY",
         0x0002_0001 => "REG_NONE",
@@ -1072,12 +1074,14 @@ fn check_thinagent_parameters(cx: &mut Ctx<'_>, regs: &[RegLine]) {
         let expected = guest_param_type(name);
         let given = addreg_type_name(flags);
         let numeric_text = parse_int(text).is_some();
-        // REG_SZ is parsed for every parameter (a number, a list of one).
+        // What driver/windows/registry_params.rs reads: REG_SZ for every
+        // parameter (a number, a list of one), REG_DWORD or REG_QWORD for a
+        // number, REG_MULTI_SZ for a list.
         let type_ok = matches!(
             (expected, flags & FLG_ADDREG_TYPE_MASK),
             (_, FLG_ADDREG_TYPE_SZ)
                 | ("REG_MULTI_SZ", FLG_ADDREG_TYPE_MULTI_SZ)
-                | ("REG_DWORD", FLG_ADDREG_TYPE_DWORD)
+                | ("REG_DWORD", FLG_ADDREG_TYPE_DWORD | FLG_ADDREG_TYPE_QWORD)
         );
         if !type_ok {
             cx.push(
@@ -1112,6 +1116,19 @@ fn check_thinagent_parameters(cx: &mut Ctx<'_>, regs: &[RegLine]) {
                         at,
                         format!("Parameters value {name:?}: {text:?} is not a DWORD"),
                         "write a decimal or 0x hex number up to 0xFFFFFFFF".into(),
+                    );
+                    continue;
+                }
+            },
+            FLG_ADDREG_TYPE_QWORD => match parse_int(text) {
+                Some(x) => RegValue::Qword(x),
+                None => {
+                    cx.push(
+                        "INF040",
+                        "error",
+                        at,
+                        format!("Parameters value {name:?}: {text:?} is not a QWORD"),
+                        "write a decimal or 0x hex number".into(),
                     );
                     continue;
                 }
@@ -1481,6 +1498,7 @@ Inst = "mon; Instance"
         assert_eq!(addreg_type_name(0), "REG_SZ");
         assert_eq!(addreg_type_name(0x0002_0000), "REG_EXPAND_SZ");
         assert_eq!(addreg_type_name(1), "REG_BINARY");
+        assert_eq!(addreg_type_name(0x000B_0001), "REG_QWORD");
         for name in thinagent_guest::params::names::ALL {
             let list = name == "excludePaths" || name == "excludeExtensions";
             assert_eq!(

@@ -410,6 +410,13 @@ fn optional_lists_and_noclobber_values_pass() {
         "HKR,\"Parameters\",\"failMode\",0x00010001",
         "HKR,\"Parameters\",\"failMode\",0x00010003",
     );
+    // ...and a number as REG_QWORD (FLG_ADDREG_TYPE_QWORD), which the driver
+    // reads too.
+    let site = mutate(
+        &site,
+        "HKR,\"Parameters\",\"verdictCacheTtlMs\",0x00010001",
+        "HKR,\"Parameters\",\"verdictCacheTtlMs\",0x000B0001",
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("site.inx");
     std::fs::write(&path, &site).unwrap();
