@@ -11,6 +11,9 @@
 //!   (`excludePaths`, `excludeExtensions`), so a new guest parameter cannot be
 //!   forgotten silently;
 //! * every parameter has a row in the docs table;
+//! * the driver's registry reader queries every name of `names::ALL` under
+//!   the `Parameters` subkey (checked in its source text: it only compiles
+//!   for Windows);
 //! * every instance altitude is in the FSFilter Anti-Virus range
 //!   320000–329999 and is not 328200 (VMware's vsepflt.sys);
 //! * `hostPort` is `DEFAULT_HOST_PORT`, which is also the scanner's default;
@@ -327,5 +330,28 @@ fn lint_inf_passes_on_the_inx() {
         findings.is_empty(),
         "{}",
         lint_inf::render_text(&path.display().to_string(), &findings)
+    );
+}
+
+/// The driver reads exactly the guest crate's names, from the key the INF
+/// writes (`driver/windows/registry_params.rs` cannot be compiled here, so
+/// its two facts are checked in its text).
+#[test]
+fn driver_reads_every_guest_parameter_from_the_parameters_key() {
+    let src = read("driver/windows/registry_params.rs");
+    assert!(
+        src.contains("for name in names::ALL"),
+        "driver/windows/registry_params.rs must query every name of thinagent_guest::params::names::ALL"
+    );
+    assert!(
+        src.contains(r#"r"\Parameters""#),
+        "driver/windows/registry_params.rs must open <service key>\\Parameters, where the INF writes"
+    );
+    let inf = inx();
+    assert!(
+        inf.addreg("ThinAgent.Parameters")
+            .iter()
+            .all(|[subkey, ..]| subkey == "Parameters"),
+        "every [ThinAgent.Parameters] value goes under HKR\\Parameters"
     );
 }
