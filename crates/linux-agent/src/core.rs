@@ -38,8 +38,55 @@ pub const SESSION_SLOTS: usize = 64;
 pub const MAX_PATH: usize = 4096;
 /// Host reads served at once.
 pub const READ_SLOTS: usize = 4;
-/// Verdict cache entries (64 bytes each).
-pub const CACHE_ENTRIES: usize = 4096;
+/// Entries of one verdict cache shard (64 bytes each: 256 KiB).
+const CACHE_SHARD_ENTRIES: usize = 4096;
+/// Shards: a file's identity picks one.
+const CACHE_SHARDS: usize = 16;
+/// Verdict cache entries in all (4 MiB): a warm working set of tens of
+/// thousands of files stays cached.
+pub const CACHE_ENTRIES: usize = CACHE_SHARD_ENTRIES * CACHE_SHARDS;
+
+/// The guest crate's fixed-size [`VerdictCache`], sharded by file identity
+/// so that a large cache is built shard by shard on the heap (one
+/// `VerdictCache` is a plain array, built on the stack first).
+struct ShardedCache {
+    shards: Vec<VerdictCache<CACHE_SHARD_ENTRIES>>,
+}
+
+impl ShardedCache {
+    fn new() -> Self {
+        let mut shards = Vec::with_capacity(CACHE_SHARDS);
+        for _ in 0..CACHE_SHARDS {
+            shards.push(VerdictCache::new());
+        }
+        ShardedCache { shards }
+    }
+
+    fn shard(
+        &mut self,
+        volume_serial: u64,
+        file_id: &[u8; 16],
+    ) -> &mut VerdictCache<CACHE_SHARD_ENTRIES> {
+        // The low bits: the cache picks its set from the top ones
+        // (multiply-shift), so both choices stay independent.
+        let h = thinagent_guest::file_key::identity_hash(volume_serial, file_id);
+        &mut self.shards[(h % CACHE_SHARDS as u64) as usize]
+    }
+
+    fn get(&mut self, key: &FileKey, now: Instant) -> Option<CachedVerdict> {
+        self.shard(key.volume_serial, &key.file_id).get(key, now)
+    }
+
+    fn insert(&mut self, key: FileKey, verdict: CachedVerdict, now: Instant, ttl: Duration) {
+        self.shard(key.volume_serial, &key.file_id)
+            .insert(key, verdict, now, Some(ttl));
+    }
+
+    fn invalidate(&mut self, volume_serial: u64, file_id: &[u8; 16]) -> usize {
+        self.shard(volume_serial, file_id)
+            .invalidate(volume_serial, file_id)
+    }
+}
 
 /// The protocol session type the agent uses.
 pub type AgentSession = Session<SESSION_SLOTS, MAX_PATH, READ_SLOTS>;
@@ -278,7 +325,7 @@ struct Pending {
 /// The sans-IO agent. See the [module docs](self).
 pub struct AgentCore {
     policy: Box<OpenPolicy>,
-    cache: Box<VerdictCache<CACHE_ENTRIES>>,
+    cache: ShardedCache,
     session: Option<Box<AgentSession>>,
     fail_mode: FailMode,
     timeout: Duration,
@@ -311,7 +358,7 @@ impl AgentCore {
         let _ = policy.add_excluded_process(config.own_pid);
         AgentCore {
             policy,
-            cache: Box::new(VerdictCache::new()),
+            cache: ShardedCache::new(),
             session: None,
             fail_mode: config.fail_mode,
             timeout: config.timeout,
@@ -676,7 +723,7 @@ impl AgentCore {
                         (cached, p.key, p.dirty, v.cache_ttl_secs)
                     {
                         self.cache
-                            .insert(k, c, now, Some(Duration::from_secs(ttl.into())));
+                            .insert(k, c, now, Duration::from_secs(ttl.into()));
                     }
                     if v.allows() {
                         self.stats.host_allowed += 1;

@@ -426,6 +426,23 @@ fn scanner_pid_is_excluded_and_replaced_on_reconnect() {
     assert!(c.policy().excluded_processes().contains(&OWN));
 }
 
+#[test]
+fn the_cache_holds_a_working_set_of_twenty_thousand_files() {
+    let mut cache = ShardedCache::new();
+    let now = ms(0);
+    let ttl = Duration::from_secs(300);
+    for ino in 0..20_000 {
+        cache.insert(stat(ino, 10, 1).key(), CachedVerdict::Allow, now, ttl);
+    }
+    let hits = (0..20_000)
+        .filter(|ino| cache.get(&stat(*ino, 10, 1).key(), now).is_some())
+        .count();
+    // 8-way sets evict a little before the cache is full, never much.
+    assert!(hits >= 19_000, "{hits} of 20000 still cached");
+    assert_eq!(cache.invalidate(7, &stat(5, 0, 0).key().file_id), 1);
+    assert!(cache.get(&stat(5, 10, 1).key(), now).is_none());
+}
+
 /// One step of a random run.
 #[derive(Debug, Clone)]
 enum Op {
