@@ -35,8 +35,7 @@ use thinagent_km_sys::ntoskrnl::{
 };
 
 use super::kernel::{
-    EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, STATUS_TIMEOUT,
-    relative_100ns,
+    EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, relative_100ns,
 };
 
 /// `IoGetNextIrpStackLocation` (`wdm.h` FORCEINLINE:
@@ -305,7 +304,6 @@ impl ReusableIrp {
             Some(self.result())
         } else {
             // STATUS_WAIT_1 (stop) or STATUS_TIMEOUT.
-            let _ = STATUS_TIMEOUT;
             None
         }
     }

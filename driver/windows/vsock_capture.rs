@@ -172,6 +172,8 @@ struct VmciCapture {
     device: *mut DEVICE_OBJECT,
     reply: VmciCaptureBuffer,
     written: usize,
+    /// The capture IOCTL's final status (a success code).
+    status: NTSTATUS,
 }
 
 // SAFETY: a referenced file object may be used and released from any thread.
@@ -229,6 +231,7 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
         device,
         reply: VmciCaptureBuffer::request(),
         written: 0,
+        status: STATUS_SUCCESS,
     };
     let len = VmciCaptureBuffer::len_bytes();
     // SAFETY: file and device referenced by `cap` for the call; the reply
@@ -248,6 +251,7 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
         return Err((status, true));
     }
     cap.written = written.min(len as usize);
+    cap.status = status;
     Ok(cap)
 }
 
@@ -255,7 +259,7 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
 fn attempt(agent: &Agent, state: &mut CaptureState) -> Attempt {
     let result = vmci_capture_once();
     let status = match &result {
-        Ok(_) => STATUS_SUCCESS,
+        Ok(cap) => cap.status,
         Err((s, opened)) => {
             state.vmci_device_seen |= *opened;
             *s
