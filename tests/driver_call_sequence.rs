@@ -126,8 +126,8 @@ struct StartUp {
 
 /// `DriverEntry` and the capture it starts, on virtual time, as
 /// `vsock_capture::start` runs it. Deferred (`captureMode` 0): one attempt
-/// in `DriverEntry`, which then registers the boot reinit routine, starts
-/// the link thread and returns; the thread goes on with the same
+/// in `DriverEntry`, which then starts the link thread, registers the boot
+/// reinit routine and returns; the thread goes on with the same
 /// `Connector`, sleeping the delay it asks for (`KeWaitForMultipleObjects`
 /// on STOP and WAKE). The reinit routine (at `boot_drivers_done`, once every
 /// boot driver is initialised) sets WAKE: a pending delay ends at once and
@@ -157,8 +157,9 @@ fn start_driver(params: &Params, dev: &mut VmciDevice, boot_drivers_done: Instan
             break action;
         };
         if deferred && routine == Routine::DriverEntry {
-            // IoRegisterBootDriverReinitialization, PsCreateSystemThread,
-            // return STATUS_SUCCESS: boot goes on.
+            // PsCreateSystemThread (the link thread), then
+            // IoRegisterBootDriverReinitialization; return STATUS_SUCCESS:
+            // boot goes on.
             driver_entry_returned = Some(now);
             routine = Routine::CaptureThread;
         }
