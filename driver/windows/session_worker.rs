@@ -41,7 +41,6 @@
 //! ([`Waiter::reading`]); the worker starts no read on an abandoned slot.
 
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
@@ -681,10 +680,26 @@ fn new_session(agent: &Agent) -> Option<Box<GuestSession>> {
         return None;
     }
     let config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME);
-    let mut uninit = Box::<GuestSession>::new_uninit();
-    uninit.write(GuestSession::new(&config));
-    // SAFETY: fully written just above.
-    Some(unsafe { uninit.assume_init() })
+    // Fallible allocation (Box::new would bugcheck through the panic
+    // handler when non-paged pool is short).
+    let layout = core::alloc::Layout::new::<GuestSession>();
+    // SAFETY: the layout is not zero-sized.
+    let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<GuestSession>();
+    if raw.is_null() {
+        crate::klog!(
+            Level::Error,
+            routine::SESSION,
+            "cannot allocate a session ({} bytes)",
+            layout.size()
+        );
+        return None;
+    }
+    // SAFETY: `raw` is a fresh allocation of the session's layout; writing
+    // initialises it, and the Box then owns it with the same layout.
+    unsafe {
+        raw.write(GuestSession::new(&config));
+        Some(Box::from_raw(raw))
+    }
 }
 
 /// Bytes of kernel stack left below the current frame: `IoGetRemainingStackSize`
@@ -746,7 +761,22 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     agent.stats.sessions.fetch_add(1, Ordering::Relaxed);
     crate::klog!(Level::Info, routine::SESSION, "session started, Hello sent");
 
-    let mut send_buf: Vec<u8> = vec![0u8; SEND_CHUNK];
+    let mut send_buf: Vec<u8> = Vec::new();
+    if send_buf.try_reserve_exact(SEND_CHUNK).is_err() {
+        crate::klog!(
+            Level::Error,
+            routine::SESSION,
+            "cannot allocate the send buffer"
+        );
+        HUB.with(|h| {
+            if let Some(s) = h.session.as_mut() {
+                s.close(kernel::now());
+            }
+        });
+        retire(agent);
+        return kernel::STATUS_INSUFFICIENT_RESOURCES;
+    }
+    send_buf.resize(SEND_CHUNK, 0);
     let mut end: Option<End> = None;
     let mut failed = false;
     if let Err(status) = transport.start_receive() {
@@ -885,27 +915,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
         });
     }
 
-    // Retire the session: answer anything it still holds (it answers every
-    // accepted query on close, drained above), then any slot of this
-    // generation left over by the fail mode.
-    let fail_mode = agent.params.fail_mode;
-    let retired = HUB.with(|h| {
-        while let Some(event) = h.session.as_mut().and_then(|s| s.poll_event()) {
-            if let SessionEvent::Verdict(v) = event {
-                deliver(h, v);
-            }
-        }
-        let generation = h.generation;
-        for i in 0..SLOTS {
-            if matches!(h.waiters[i].state, SlotState::Pending { generation: g, .. } if g == generation) {
-                complete(h, i, Answer::Local { fail_mode, reason: LocalReason::NoSession });
-            }
-        }
-        h.session.take()
-    });
-    drop(retired);
-    WORKER_THREAD.store(0, Ordering::Release);
-    agent.stats.connected.store(false, Ordering::Relaxed);
+    retire(agent);
 
     let status = match end {
         Some(End::Closed(CloseReason::Local)) | None => STATUS_SUCCESS,
@@ -929,6 +939,39 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     }
     crate::klog_status!(Level::Info, routine::SESSION, status, "session ended");
     status
+}
+
+/// Retires the live session (end of [`run`]): delivers what it still holds
+/// (it answers every accepted query when it closes), answers any slot of
+/// its generation still pending by the fail mode, frees it outside the
+/// lock, and clears the worker's identity and the `connected` flag.
+fn retire(agent: &Agent) {
+    let fail_mode = agent.params.fail_mode;
+    let retired = HUB.with(|h| {
+        while let Some(event) = h.session.as_mut().and_then(|s| s.poll_event()) {
+            if let SessionEvent::Verdict(v) = event {
+                deliver(h, v);
+            }
+        }
+        let generation = h.generation;
+        for i in 0..SLOTS {
+            if matches!(h.waiters[i].state, SlotState::Pending { generation: g, .. } if g == generation)
+            {
+                complete(
+                    h,
+                    i,
+                    Answer::Local {
+                        fail_mode,
+                        reason: LocalReason::NoSession,
+                    },
+                );
+            }
+        }
+        h.session.take()
+    });
+    drop(retired);
+    WORKER_THREAD.store(0, Ordering::Release);
+    agent.stats.connected.store(false, Ordering::Relaxed);
 }
 
 /// Closes the live session (it queues `Goodbye` and answers its queries).
