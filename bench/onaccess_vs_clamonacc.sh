@@ -235,7 +235,12 @@ start_thinagent() {
     PID_OF[agent]=$!
     wait_for 60 agent test -e "$RUN/agent.ready" || { tail -5 "$RUN/thinagent-linux-agent.log" >&2; return 1; }
 }
-stop_thinagent() { stop agent; stop scanner; }
+stop_thinagent() {
+    stop agent
+    stop scanner
+    # The agent's counters for the whole setup (all passes), for the report.
+    grep -s 'Stats :' "$RUN/thinagent-linux-agent.log" | tail -1 >"$RUN/thinagent-stats.txt" || true
+}
 
 start_clamonacc() {
     local sock=$RUN/clamd.sock
@@ -304,6 +309,11 @@ echo "On-access overhead — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(
 echo "workload on tmpfs: $SHAPE; warm = median of $WARM_RUNS; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 python3 "$HERE/onaccess/report.py" "$RESULTS" "$RUN/status.tsv"
+echo
+if [ -s "$RUN/thinagent-stats.txt" ]; then
+    echo
+    echo "thinagent-linux-agent counters over all its passes: $(sed 's/^.*Stats : //' "$RUN/thinagent-stats.txt")"
+fi
 echo
 echo "raw results and logs: $RUN"
 for setup in none thinagent clamonacc; do
