@@ -195,6 +195,7 @@ unsafe impl Send for ReusableIrp {}
 
 impl ReusableIrp {
     /// Allocates the IRP (one stack location: the WSK provider's).
+    /// IRQL <= DISPATCH_LEVEL.
     pub fn new() -> Result<Self, NTSTATUS> {
         let done = Box::new(KernelEvent::uninit());
         done.init(EventKind::Notification, false);
@@ -214,7 +215,7 @@ impl ReusableIrp {
     /// type, for the WSK dispatch functions). The caller must pass it to a
     /// call that completes it (every WSK function does, whatever it returns)
     /// and then wait with [`ReusableIrp::wait`] or
-    /// [`ReusableIrp::cancel_and_wait`].
+    /// [`ReusableIrp::cancel_and_wait`]. IRQL <= DISPATCH_LEVEL.
     pub fn arm(&mut self) -> *mut thinagent_km_sys::nt::IRP {
         debug_assert!(!self.in_flight);
         // SAFETY: our IRP, not in flight (completed or never sent).
@@ -237,19 +238,14 @@ impl ReusableIrp {
         self.irp.cast()
     }
 
-    /// Records that the armed IRP was *not* handed to anyone (the dispatch
-    /// entry was missing), so nothing will complete it.
-    pub fn disarm(&mut self) {
-        self.in_flight = false;
-    }
-
-    /// Whether a request is outstanding.
+    /// Whether a request is outstanding (any IRQL).
     #[must_use]
     pub fn in_flight(&self) -> bool {
         self.in_flight
     }
 
-    /// The completion event (dispatcher object), for multi-object waits.
+    /// The completion event (dispatcher object), for multi-object waits
+    /// (any IRQL).
     #[must_use]
     pub fn event(&self) -> &KernelEvent {
         &self.done
@@ -258,6 +254,7 @@ impl ReusableIrp {
     /// Waits until the request completes, `stop` is signalled, or `timeout`
     /// passes. On completion returns `Some((status, information))`; on stop
     /// or timeout returns `None` and the request is still outstanding.
+    /// PASSIVE_LEVEL (APC_LEVEL allowed).
     pub fn wait(
         &mut self,
         stop: Option<&KernelEvent>,
@@ -311,6 +308,7 @@ impl ReusableIrp {
     /// Cancels the outstanding request (`IoCancelIrp`) and waits until it
     /// has completed; returns its result. A provider that ignores
     /// cancellation makes this wait as long as the request takes.
+    /// PASSIVE_LEVEL.
     pub fn cancel_and_wait(&mut self) -> (NTSTATUS, usize) {
         if self.in_flight {
             // SAFETY: our IRP is outstanding and stays allocated until it
@@ -333,13 +331,13 @@ impl ReusableIrp {
         let _ = unsafe { IoCancelIrp(irp) };
     }
 
-    /// The IRP pointer (for [`ReusableIrp::cancel_raw`]).
+    /// The IRP pointer (for [`ReusableIrp::cancel_raw`]; any IRQL).
     #[must_use]
     pub fn raw(&self) -> *mut IRP {
         self.irp
     }
 
-    /// `IoStatus` of the last completed request.
+    /// `IoStatus` of the last completed request (any IRQL).
     #[must_use]
     pub fn result(&self) -> (NTSTATUS, usize) {
         // SAFETY: our IRP; IoStatus is plain data written by the completer.
@@ -378,7 +376,8 @@ unsafe impl Send for SystemThread {}
 unsafe impl Sync for SystemThread {}
 
 impl SystemThread {
-    /// Starts `routine(context)` on a new system thread. On error also says
+    /// Starts `routine(context)` on a new system thread (PASSIVE_LEVEL). On
+    /// error also says
     /// whether the thread runs anyway (it was created but could not be
     /// referenced, so it cannot be joined and owns `context`).
     ///
@@ -444,7 +443,8 @@ impl SystemThread {
         Ok(SystemThread { object })
     }
 
-    /// Waits at most `timeout` for the thread to end; `true` if it has.
+    /// Waits at most `timeout` for the thread to end; `true` if it has
+    /// (PASSIVE_LEVEL).
     #[must_use]
     pub fn wait(&self, timeout: Duration) -> bool {
         let rel = relative_100ns(timeout);
@@ -455,7 +455,7 @@ impl SystemThread {
         status == 0
     }
 
-    /// Waits for the thread to end and drops the reference.
+    /// Waits for the thread to end and drops the reference (PASSIVE_LEVEL).
     pub fn join(self) {
         // SAFETY: a referenced thread object is a dispatcher object,
         // signalled when the thread terminates.

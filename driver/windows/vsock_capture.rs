@@ -148,6 +148,7 @@ impl LinkName {
         units: [0; LINK_NAME_MAX],
     };
 
+    /// The name's units (any IRQL).
     fn as_units(&self) -> &[u16] {
         &self.units[..self.len]
     }
@@ -214,8 +215,8 @@ enum Attempt {
     GaveUp,
 }
 
-/// One open + capture IOCTL. Returns the capture, or the status and whether
-/// `\Device\vmci` opened at all.
+/// One open + capture IOCTL (PASSIVE_LEVEL). Returns the capture, or the
+/// status and whether `\Device\vmci` opened at all.
 fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
     let name: UNICODE_STRING = unicode_string(&VMCI_DEVICE_NAME);
     let mut file: *mut FILE_OBJECT = core::ptr::null_mut();
@@ -255,7 +256,8 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
     Ok(cap)
 }
 
-/// One capture attempt, fed to the connector and logged in the seed's shape.
+/// One capture attempt, fed to the connector and logged in the seed's shape
+/// (PASSIVE_LEVEL).
 fn attempt(agent: &Agent, state: &mut CaptureState) -> Attempt {
     let result = vmci_capture_once();
     let status = match &result {
@@ -321,7 +323,7 @@ fn attempt(agent: &Agent, state: &mut CaptureState) -> Attempt {
 }
 
 /// Waits until unload, a wake-up, or `timeout` (`None` = no timeout).
-/// Returns `true` if unload began.
+/// Returns `true` if unload began. PASSIVE_LEVEL.
 fn wait_stop_or_wake(agent: &Agent, timeout: Option<Duration>) -> bool {
     let rel = timeout.map(super::kernel::relative_100ns);
     let tp = rel.as_ref().map_or(core::ptr::null(), |r| r as *const i64);
@@ -357,7 +359,7 @@ enum LoopEnd {
 
 /// The bounded VMCI loop and/or the virtio wait, until a capture, give-up
 /// or unload. With `unbounded_ok` false it returns [`LoopEnd::Deferred`]
-/// instead of entering a wait without a timeout.
+/// instead of entering a wait without a timeout. PASSIVE_LEVEL.
 fn capture_loop(agent: &Agent, state: &mut CaptureState, unbounded_ok: bool) -> LoopEnd {
     loop {
         if agent.is_stopping() {
@@ -401,7 +403,7 @@ fn capture_loop(agent: &Agent, state: &mut CaptureState, unbounded_ok: bool) -> 
 }
 
 /// The viosock interface is there: open it to prove it, and say exactly why
-/// the driver cannot go further.
+/// the driver cannot go further (PASSIVE_LEVEL).
 fn virtio_arrived(agent: &Agent) {
     let link = VIRTIO_LINK.with(|l| *l);
     let units = link.as_units();
@@ -441,7 +443,7 @@ fn virtio_arrived(agent: &Agent) {
     );
 }
 
-/// Logs the reply in hex (DEBUG), one line per 16 bytes.
+/// Logs the reply in hex (DEBUG), one line per 16 bytes (any IRQL <= DISPATCH).
 fn log_reply(cap: &VmciCapture) {
     klog!(
         Level::Debug,
@@ -465,7 +467,7 @@ fn log_reply(cap: &VmciCapture) {
 }
 
 /// IOCTL 0x81032068 (get the vSockets address family) on the captured
-/// device, same IRP pattern as the capture.
+/// device, same IRP pattern as the capture (PASSIVE_LEVEL).
 fn address_family(cap: &VmciCapture) -> Result<u16, NTSTATUS> {
     let mut value: u32 = 0;
     // SAFETY: file/device referenced by `cap`; a 4-byte buffer in and out,
@@ -494,7 +496,8 @@ fn address_family(cap: &VmciCapture) -> Result<u16, NTSTATUS> {
     address_family_from_ioctl(value as i32).ok_or(STATUS_NOT_SUPPORTED)
 }
 
-/// Reads the provider out of the capture (see the module docs), or refuses.
+/// Reads the provider out of the capture (see the module docs), or refuses
+/// (PASSIVE_LEVEL).
 fn vmci_provider(cap: &VmciCapture) -> Result<WskProvider, NTSTATUS> {
     log_reply(cap);
     // SAFETY: the file object is referenced; DeviceObject is the device the
@@ -598,7 +601,8 @@ fn vmci_provider(cap: &VmciCapture) -> Result<WskProvider, NTSTATUS> {
     })
 }
 
-/// Connect, run a session, close, back off — until unload.
+/// Connect, run a session, close, back off — until unload (PASSIVE_LEVEL,
+/// link thread).
 fn link_loop(agent: &'static Agent, provider: &WskProvider) {
     let cid = agent.params.host_cid;
     let port = agent.params.host_port;
@@ -665,7 +669,7 @@ fn link_loop(agent: &'static Agent, provider: &WskProvider) {
 }
 
 /// The link thread's body: finish the capture, read the provider, run the
-/// link loop; release everything.
+/// link loop; release everything (PASSIVE_LEVEL, link thread).
 fn run_link(mut ctx: LinkContext) {
     let agent = ctx.agent;
     let cap = match ctx.done.take() {
@@ -780,6 +784,7 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
     STOP.init(EventKind::Notification, false);
     WAKE.init(EventKind::Synchronization, false);
     VIRTIO_LINK.init();
+    super::wsk_socket::init();
     THREAD.init();
     VIRTIO_ARRIVED.store(false, Ordering::Release);
     let transport = agent.params.vsock_transport;

@@ -30,7 +30,6 @@
 
 use alloc::boxed::Box;
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicPtr, Ordering};
 use core::time::Duration;
 
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{IRP, MDL};
@@ -100,21 +99,16 @@ struct IoBlock {
 /// (unload, another thread) can cut the session worker's wait short. Set and
 /// cleared under the lock; the IRP is freed only after it is cleared.
 static LIVE_RECEIVE_IRP: SpinLock<usize> = SpinLock::new(0);
-/// Whether [`LIVE_RECEIVE_IRP`]'s lock was initialised.
-static LIVE_RECEIVE_INIT: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 
+/// Initialises this module's lock (PASSIVE_LEVEL, before the link thread
+/// starts; `SpinLock::new` already holds the released value, this only makes
+/// it explicit with `KeInitializeSpinLock`).
+pub fn init() {
+    LIVE_RECEIVE_IRP.init();
+}
+
+/// The lock guarding [`LIVE_RECEIVE_IRP`] (any IRQL).
 fn live_receive_lock() -> &'static SpinLock<usize> {
-    if LIVE_RECEIVE_INIT
-        .compare_exchange(
-            core::ptr::null_mut(),
-            core::ptr::dangling_mut(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_ok()
-    {
-        LIVE_RECEIVE_IRP.init();
-    }
     &LIVE_RECEIVE_IRP
 }
 
@@ -145,7 +139,7 @@ pub struct WskConnection {
 // SAFETY: owned by the link thread; kernel objects inside are thread-agnostic.
 unsafe impl Send for WskConnection {}
 
-/// An MDL over `len` bytes of non-paged memory at `va`.
+/// An MDL over `len` bytes of non-paged memory at `va` (IRQL <= DISPATCH_LEVEL).
 fn build_mdl(va: *mut u8, len: usize) -> Result<*mut MDL, NTSTATUS> {
     // SAFETY: `va` is non-paged pool (the boxed IoBlock, allocated by the
     // driver's non-paged global allocator) valid for `len` bytes.
@@ -327,12 +321,13 @@ impl WskConnection {
         Ok(conn)
     }
 
+    /// The basic part of the checked socket dispatch (any IRQL).
     fn basic(&self) -> WSK_PROVIDER_BASIC_DISPATCH {
         self.dispatch.Basic
     }
 
     /// Closes the socket (`WskCloseSocket`, which cannot be cancelled, so
-    /// it is waited for without a timeout).
+    /// it is waited for without a timeout). PASSIVE_LEVEL.
     fn close_socket(&mut self) {
         if self.socket.is_null() {
             return;
