@@ -130,6 +130,7 @@ static CACHE: SpinLock<VerdictCache<CACHE_ENTRIES>> = SpinLock::new(VerdictCache
 /// Pool tag of the per-stream scan event, displayed `TAgE`.
 const SCAN_EVENT_TAG: u32 = pool_tag(*b"TAgE");
 
+/// The registered filter handle (any IRQL).
 fn filter() -> PFLT_FILTER {
     FILTER.load(Ordering::Acquire)
 }
@@ -218,11 +219,13 @@ impl fmt::Display for Utf16<'_> {
 struct ContextRef(PFLT_CONTEXT);
 
 impl ContextRef {
+    /// The stream context behind the reference (any IRQL; non-paged).
     fn stream(&self) -> &StreamContext {
         // SAFETY: only built from stream contexts of our registered size,
         // initialised before FltSetStreamContext published them.
         unsafe { &*self.0.cast::<StreamContext>() }
     }
+    /// The instance context behind the reference (any IRQL; non-paged).
     fn instance(&self) -> &InstanceContext {
         // SAFETY: only built from instance contexts, initialised before
         // FltSetInstanceContext published them.
@@ -294,12 +297,14 @@ impl FileName {
         Err(status)
     }
 
+    /// The structure (its buffers are paged: IRQL <= APC_LEVEL to read them).
     fn info(&self) -> &FLT_FILE_NAME_INFORMATION {
         // SAFETY: a referenced name structure until drop.
         unsafe { &*self.0 }
     }
 
-    /// The full name (volume device name + path + stream).
+    /// The full name (volume device name + path + stream); paged, read at
+    /// IRQL <= APC_LEVEL.
     fn units(&self) -> &[u16] {
         // SAFETY: Filter Manager's buffer, valid while referenced.
         unsafe { unicode_units(&self.info().Name) }
@@ -322,6 +327,7 @@ impl FileName {
     }
 }
 
+/// ASCII upper-casing of one UTF-16 unit (any IRQL).
 fn ascii_upper(u: u16) -> u16 {
     if (u16::from(b'a')..=u16::from(b'z')).contains(&u) {
         u - 32
@@ -392,6 +398,7 @@ fn file_identity(instance: PFLT_INSTANCE, file_object: *const FILE_OBJECT) -> Op
     })
 }
 
+/// The cache key of an identity (any IRQL).
 fn key_of(id: &FileIdentity) -> FileKey {
     FileKey::new(id.volume_serial, id.file_id, id.size, id.last_write_time)
 }
@@ -712,6 +719,7 @@ fn decide(
 // Create
 // ---------------------------------------------------------------------------
 
+/// Counts a skipped open and lets it through without post-create (PASSIVE_LEVEL).
 fn skip(agent: &Agent) -> FLT_PREOP_CALLBACK_STATUS {
     AgentStats::bump(&agent.stats.skipped);
     FLT_PREOP_SUCCESS_NO_CALLBACK

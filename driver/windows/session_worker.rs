@@ -305,6 +305,7 @@ pub fn init() {
     SLOT_FREED.init(KEventKind::Synchronization, false);
 }
 
+/// The calling thread's id (any IRQL).
 fn current_thread_id() -> usize {
     // SAFETY: PsGetCurrentThreadId (ntddk.h,
     // learn.microsoft.com/windows-hardware/drivers/ddi/ntddk/nf-ntddk-psgetcurrentthreadid)
@@ -328,6 +329,7 @@ pub fn is_connected() -> bool {
         && HUB.with(|h| h.session.as_ref().is_some_and(|s| s.is_connected()))
 }
 
+/// Frees slot `i` and wakes one opener waiting for a slot (under the hub lock, DISPATCH_LEVEL).
 fn free_slot(h: &mut Hub, i: usize) {
     h.waiters[i] = Waiter::FREE;
     SLOT_FREED.set();
@@ -558,6 +560,7 @@ fn collect(index: usize, status: NTSTATUS, fail_mode: FailMode) -> Answer {
     }
 }
 
+/// Counts a timeout or fail-mode decision for `answer` (any IRQL).
 fn account(agent: &Agent, answer: &Answer) {
     use thinagent_guest::VerdictSource;
     match answer {
@@ -975,6 +978,7 @@ fn retire(agent: &Agent) {
 }
 
 /// Closes the live session (it queues `Goodbye` and answers its queries).
+/// PASSIVE_LEVEL (worker thread).
 fn close_session() {
     HUB.with(|h| {
         if let Some(s) = h.session.as_mut() {
@@ -984,6 +988,7 @@ fn close_session() {
 }
 
 /// Sends everything the session wants to send.
+/// PASSIVE_LEVEL (worker thread; `send_all` waits).
 fn flush(transport: &mut dyn Transport, buf: &mut [u8]) -> Result<(), NTSTATUS> {
     loop {
         // `buf` is pool memory (non-paged), filled under the lock.
@@ -1009,6 +1014,7 @@ fn deliver(h: &mut Hub, v: QueryVerdict) {
 
 /// Serves one host read from the waiting open's file object.
 #[allow(clippy::too_many_arguments)]
+/// PASSIVE_LEVEL (worker thread; `FltReadFile` is synchronous).
 fn serve_read(
     agent: &Agent,
     transport: &mut dyn Transport,
@@ -1048,6 +1054,7 @@ fn serve_read(
 
 /// Hands one read result to the session, draining the send buffer while it
 /// is full.
+/// PASSIVE_LEVEL (worker thread).
 fn answer_read(
     transport: &mut dyn Transport,
     send_buf: &mut [u8],
@@ -1101,6 +1108,7 @@ struct AlignedRead {
 }
 
 impl AlignedRead {
+    /// Reads `length` bytes at `offset` (PASSIVE_LEVEL, worker thread).
     fn new(
         instance: PFLT_INSTANCE,
         file_object: *const FILE_OBJECT,
@@ -1108,7 +1116,8 @@ impl AlignedRead {
         length: u32,
     ) -> Self {
         let sector = u64::from(sector_size(instance)).max(512);
-        let start = offset & !(sector - 1);
+        // Sector sizes are powers of two; `%` does not rely on it.
+        let start = offset - offset % sector;
         let end = offset.saturating_add(u64::from(length));
         let aligned_end = end.div_ceil(sector) * sector;
         let mut this = AlignedRead {
@@ -1162,6 +1171,7 @@ impl AlignedRead {
         this
     }
 
+    /// The read as the protocol's outcome (any IRQL).
     fn outcome(&self) -> ReadOutcome<'_> {
         if self.status == STATUS_END_OF_FILE {
             return ReadOutcome::EndOfFile(&[]);
@@ -1195,6 +1205,7 @@ impl Drop for AlignedRead {
 }
 
 /// The sector size of the instance's volume (0 if unknown).
+/// IRQL <= APC_LEVEL.
 fn sector_size(instance: PFLT_INSTANCE) -> u32 {
     let mut volume: PFLT_VOLUME = 0;
     // SAFETY: FltGetVolumeFromInstance (fltkernel.h,
