@@ -531,6 +531,16 @@ fn vmci_provider(cap: &VmciCapture) -> Result<WskProvider, NTSTATUS> {
     let mut valid = 0u32;
     for c in npi_candidates(&bytes, cap.written) {
         let table = c.dispatch as usize as *const c_void;
+        if !image.contains_range(c.dispatch, PROVIDER_DISPATCH_BYTES as u64) {
+            klog!(
+                Level::Debug,
+                routine::VSOCK_CAPTURE,
+                "candidate at +{:#x}: dispatch {:#x} is outside the provider image",
+                c.offset,
+                c.dispatch
+            );
+            continue;
+        }
         if !readable(table, PROVIDER_DISPATCH_BYTES) {
             klog!(
                 Level::Debug,

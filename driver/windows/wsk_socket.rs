@@ -280,12 +280,16 @@ impl WskConnection {
         }
         // SAFETY: readable, checked above.
         let table = unsafe { (*socket).Dispatch };
-        if !readable(table, CONNECTION_DISPATCH_BYTES) {
+        if !provider
+            .image
+            .contains_range(table as usize as u64, CONNECTION_DISPATCH_BYTES as u64)
+            || !readable(table, CONNECTION_DISPATCH_BYTES)
+        {
             klog_status!(
                 Level::Error,
                 routine::VSOCK_CONNECT,
                 STATUS_INVALID_DEVICE_STATE,
-                "socket dispatch table {:#x} is not readable; socket left open",
+                "socket dispatch table {:#x} is not a readable table inside the provider image; socket left open",
                 table as usize
             );
             return Err(STATUS_INVALID_DEVICE_STATE);

@@ -334,6 +334,20 @@ impl ImageRange {
     }
 }
 
+impl ImageRange {
+    /// Whether all `len` bytes from `addr` lie inside the image: where a
+    /// provider's static dispatch table lives. The driver reads a table only
+    /// if this holds, so it never probes arbitrary pool addresses
+    /// (`MmIsAddressValid` is reliable only for non-paged memory).
+    #[must_use]
+    pub const fn contains_range(&self, addr: u64, len: u64) -> bool {
+        len > 0
+            && self.contains(addr)
+            && addr.checked_add(len - 1).is_some()
+            && self.contains(addr + (len - 1))
+    }
+}
+
 /// A `{Client, Dispatch}` pointer pair found in the capture reply: the shape
 /// of a `WSK_PROVIDER_NPI` (hypothesis (a) in `docs/km-sys.md`). Only a
 /// candidate: the driver must still check the table `dispatch` points to
@@ -615,6 +629,16 @@ mod tests {
         // The untouched request has none.
         let req = VmciCaptureBuffer::request().to_le_bytes();
         assert_eq!(npi_candidates(&req, req.len()).count(), 0);
+    }
+
+    #[test]
+    fn image_range_bounds() {
+        assert!(IMAGE.contains_range(IMAGE.start, 56));
+        assert!(IMAGE.contains_range(IMAGE.start + IMAGE.len - 56, 56));
+        assert!(!IMAGE.contains_range(IMAGE.start + IMAGE.len - 55, 56));
+        assert!(!IMAGE.contains_range(IMAGE.start - 1, 56));
+        assert!(!IMAGE.contains_range(u64::MAX - 10, 56));
+        assert!(!IMAGE.contains_range(IMAGE.start, 0));
     }
 
     #[test]
