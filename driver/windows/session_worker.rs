@@ -96,6 +96,8 @@ const SEND_CHUNK: usize = 16 * 1024;
 /// How long one `send_all` may take (the session's own timers bound the
 /// rest).
 const SEND_TIMEOUT_MS: u32 = 5_000;
+/// Longest single wait of the worker loop.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 /// The name sent in `Hello` (the host logs it).
 const GUEST_NAME: &str = "thinagent.sys";
 
@@ -719,6 +721,7 @@ fn remaining_stack() -> usize {
 }
 
 /// Why the loop ended, for the return status and the log.
+#[derive(Debug)]
 enum End {
     Closed(CloseReason),
     Transport(NTSTATUS),
@@ -843,10 +846,14 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
             continue;
         }
 
-        // Wait for data, a new query, unload, or the next deadline.
+        // Wait for data, a new query, unload, or the next deadline, at most
+        // MAX_WAIT so that unload (`agent.stopping`, set before
+        // vsock_capture::stop) is seen and answered with Goodbye even if
+        // nobody signals STOP.
         let now = kernel::now();
         let deadline = HUB.with(|h| h.session.as_ref().and_then(|s| s.next_deadline()));
-        let timeout = deadline.map(|d| relative_100ns(d.saturating_duration_since(now)));
+        let wait = deadline.map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
+        let timeout = Some(relative_100ns(wait));
         let objects: [*const c_void; 3] = [
             transport.receive_event(),
             WAKE.as_object(),
@@ -920,6 +927,11 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
 
     retire(agent);
 
+    let why = end.as_ref().map(|e| match e {
+        End::Closed(reason) => reason_text(reason),
+        End::Transport(_) => "transport error",
+        End::PeerClosed => "host closed the stream",
+    });
     let status = match end {
         Some(End::Closed(CloseReason::Local)) | None => STATUS_SUCCESS,
         Some(End::Closed(CloseReason::Decode(_) | CloseReason::Protocol(_))) => {
@@ -940,7 +952,14 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
             .last_session_status
             .store(status, Ordering::Relaxed);
     }
-    crate::klog_status!(Level::Info, routine::SESSION, status, "session ended");
+    // vsock_capture logs the end at WARN; this adds the detail.
+    crate::klog_status!(
+        Level::Debug,
+        routine::SESSION,
+        status,
+        "session worker done ({})",
+        why.unwrap_or("unload")
+    );
     status
 }
 
@@ -975,6 +994,19 @@ fn retire(agent: &Agent) {
     drop(retired);
     WORKER_THREAD.store(0, Ordering::Release);
     agent.stats.connected.store(false, Ordering::Relaxed);
+}
+
+/// A short text for a close reason (any IRQL).
+fn reason_text(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Decode(_) => "undecodable bytes from the host",
+        CloseReason::Protocol(_) => "the host broke the protocol",
+        CloseReason::PeerGoodbye(_) => "the host said Goodbye",
+        CloseReason::HandshakeTimeout => "no HelloAck in time",
+        CloseReason::HeartbeatTimeout => "no Pong in time",
+        CloseReason::IdleTimeout => "nothing received for the idle timeout",
+        CloseReason::Local => "closed locally",
+    }
 }
 
 /// Closes the live session (it queues `Goodbye` and answers its queries).
