@@ -585,7 +585,11 @@ fn decide(
                         threat_known: false,
                     };
                 }
-                StreamScanState::Clean => {
+                // Clean is only as good as the TTL the host gave: with a
+                // known identity the cache (below) decides, so an expired
+                // or evicted verdict is asked again; without one the stream
+                // state is all there is.
+                StreamScanState::Clean if identity.is_none() => {
                     AgentStats::bump(&agent.stats.cache_hits);
                     return Outcome::Allow;
                 }
