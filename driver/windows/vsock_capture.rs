@@ -660,6 +660,11 @@ fn link_loop(agent: &'static Agent, provider: &WskProvider) {
                     cid,
                     port
                 );
+                if status == STATUS_NOT_SUPPORTED {
+                    // The provider's socket failed the checks; another
+                    // connect would fail (and maybe leak) the same way.
+                    return;
+                }
             }
         }
         if agent.is_stopping() {
@@ -701,7 +706,17 @@ fn run_link(mut ctx: LinkContext) {
         return;
     };
     match vmci_provider(&cap) {
-        Ok(provider) => link_loop(agent, &provider),
+        Ok(provider) => {
+            link_loop(agent, &provider);
+            if !agent.is_stopping() {
+                klog!(
+                    Level::Warn,
+                    routine::VSOCK_CONNECT,
+                    "no host connection; opens are decided by the fail mode ({:?})",
+                    agent.params.fail_mode
+                );
+            }
+        }
         Err(status) => {
             agent
                 .stats

@@ -37,7 +37,9 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
     IoAllocateMdl, IoFreeMdl, MmBuildMdlForNonPagedPool, MmIsAddressValid,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::NTSTATUS;
-use thinagent_km_sys::ntoskrnl::{STATUS_INVALID_DEVICE_STATE, STATUS_IO_TIMEOUT};
+use thinagent_km_sys::ntoskrnl::{
+    STATUS_INVALID_DEVICE_STATE, STATUS_IO_TIMEOUT, STATUS_NOT_SUPPORTED,
+};
 use thinagent_km_sys::vmci::{
     CONNECTION_DISPATCH_BYTES, ImageRange, SOCKADDR_VM, check_connection_dispatch,
 };
@@ -276,7 +278,7 @@ impl WskConnection {
                 "WskSocketConnect returned no readable socket ({:#x})",
                 info
             );
-            return Err(STATUS_INVALID_DEVICE_STATE);
+            return Err(STATUS_NOT_SUPPORTED);
         }
         // SAFETY: readable, checked above.
         let table = unsafe { (*socket).Dispatch };
@@ -292,7 +294,7 @@ impl WskConnection {
                 "socket dispatch table {:#x} is not a readable table inside the provider image; socket left open",
                 table as usize
             );
-            return Err(STATUS_INVALID_DEVICE_STATE);
+            return Err(STATUS_NOT_SUPPORTED);
         }
         let mut raw = [0u8; CONNECTION_DISPATCH_BYTES];
         // SAFETY: readable for 80 bytes (first and last page present; the
@@ -301,15 +303,35 @@ impl WskConnection {
             core::ptr::copy_nonoverlapping(table.cast::<u8>(), raw.as_mut_ptr(), raw.len());
         }
         if let Err(problem) = check_connection_dispatch(&raw, provider.image) {
+            // Close the socket if at least its WskCloseSocket (offset 8) is
+            // a function inside the provider image.
+            let mut close = [0u8; 8];
+            close.copy_from_slice(&raw[8..16]);
+            let close = u64::from_le_bytes(close);
+            let closed = close != 0 && provider.image.contains(close);
+            if closed {
+                // SAFETY: a non-NULL code address inside the provider image,
+                // at the WskCloseSocket slot of the table the provider gave
+                // this socket; same PFN_WSK_CLOSE_SOCKET ABI.
+                let f: unsafe extern "system" fn(
+                    *mut WSK_SOCKET,
+                    *mut thinagent_km_sys::nt::IRP,
+                ) -> NTSTATUS = unsafe { core::mem::transmute(close as usize) };
+                let irp = conn.control_irp.arm();
+                // SAFETY: the socket this provider just created; armed IRP.
+                let _ = unsafe { f(socket, irp) };
+                let _ = conn.control_irp.wait(None, None);
+            }
             klog_status!(
                 Level::Error,
                 routine::VSOCK_CONNECT,
-                STATUS_INVALID_DEVICE_STATE,
-                "socket dispatch refused ({}: {:?}); socket left open",
+                STATUS_NOT_SUPPORTED,
+                "socket dispatch refused ({}: {:?}); socket {}",
                 problem.describe(),
-                problem
+                problem,
+                if closed { "closed" } else { "left open" }
             );
-            return Err(STATUS_INVALID_DEVICE_STATE);
+            return Err(STATUS_NOT_SUPPORTED);
         }
         // SAFETY: same source; only the first 80 bytes (pre-RS2 size) are
         // read, the RS2 tail stays NULL in our copy.
