@@ -5,8 +5,13 @@
 //! registry-driven load-order model (`loadorder`, `simulate`, `decode-log`)
 //! arrives with crates/bootsim.
 
-#![forbid(unsafe_code)]
+// No unsafe code, except the Windows-only FFI of `agent-state` (CreateFileW
+// and DeviceIoControl on the driver's control device), allowed in that one
+// module.
+#![cfg_attr(not(windows), forbid(unsafe_code))]
+#![cfg_attr(windows, deny(unsafe_code))]
 
+mod agent_state;
 mod decode_log;
 mod demo;
 mod lint_inf;
@@ -79,6 +84,14 @@ enum Command {
     /// 0 nothing found, 1 something found, 2 an error occurred. A summary
     /// (files, found, errors, elapsed, files/s) goes to stderr.
     Scan(scan::ScanArgs),
+    /// Ask the running Windows driver for its state through its control
+    /// device \\.\ThinAgent: connected?, capture attempts and last status,
+    /// sessions, queries, denials, timeouts, fail-mode decisions, cache hits.
+    ///
+    /// `--debug-level N` first sets the driver's live debugLevel (0..=4).
+    /// Needs Windows and an elevated prompt. Exit status: 0 state printed,
+    /// 2 the device could not be used (with the reason).
+    AgentState(agent_state::AgentStateArgs),
 }
 
 #[derive(clap::Args)]
@@ -310,5 +323,6 @@ fn main() -> Result<ExitCode> {
         Command::Loadorder(args) => loadorder_cmd(&args),
         Command::Simulate(args) => simulate_cmd(&args),
         Command::Scan(args) => scan::run(&args),
+        Command::AgentState(args) => agent_state::run(&args),
     }
 }
