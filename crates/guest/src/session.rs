@@ -316,20 +316,38 @@ impl<const N: usize, const PATH: usize, const R: usize> core::fmt::Debug for Ses
 impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
     /// A session for a freshly established connection; call
     /// [`start`](Self::start) to send `Hello`.
+    ///
+    /// Returns the session by value. With the default sizes that is a few
+    /// hundred KiB, which is fine on a user-mode stack but not on a 24 KiB
+    /// kernel stack; there, keep the session in a `static` built by
+    /// [`Session::new_closed`] and reuse it with [`Session::reset`].
     pub fn new(config: &SessionConfig<'_>) -> Self {
-        let mut guest_name = [0u8; 255];
-        let name = ThreatName::copy_from(config.guest_name);
-        let guest_name_len = usize::from(name.len);
-        guest_name[..guest_name_len].copy_from_slice(name.as_str().as_bytes());
+        let mut session = Self::new_closed();
+        session.reset(config);
+        session
+    }
+
+    /// A closed session with no configuration, for `static` and `const`
+    /// initialisers: evaluated by the compiler, so it never passes through a
+    /// stack. [`Session::reset`] turns it into a fresh session for a new
+    /// connection; until then [`Session::start`] does nothing and
+    /// [`Session::submit`] answers every query at once by the fail mode
+    /// (open).
+    #[must_use]
+    pub const fn new_closed() -> Self {
         Self {
-            state: State::Idle,
-            query_timeout: config.query_timeout,
-            fail_mode: config.fail_mode,
-            os: config.os,
-            agent_version: config.agent_version,
-            capabilities: config.capabilities,
-            guest_name,
-            guest_name_len,
+            state: State::Closed,
+            query_timeout: Duration::from_millis(crate::params::DEFAULT_UMC_MSG_TIMEOUT_MS as u64),
+            fail_mode: FailMode::Open,
+            os: OsKind::Windows,
+            agent_version: AgentVersion {
+                major: 0,
+                minor: 0,
+                patch: 0,
+            },
+            capabilities: Capabilities(0),
+            guest_name: [0u8; 255],
+            guest_name_len: 0,
             hello_id: 0,
             next_id: 1,
             ack: None,
@@ -343,13 +361,18 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 process_id: 0,
                 desired_access: 0,
                 create_disposition: CreateDisposition::Open,
-                file: FileIdentity::default(),
+                file: FileIdentity {
+                    volume_serial: 0,
+                    file_id: [0; 16],
+                    size: 0,
+                    last_write_time: 0,
+                },
                 encoding: 0,
                 path: [0; PATH],
                 path_len: 0,
             }; N],
             reads: [None; R],
-            rx: StreamDecoder::new([0; MAX_FRAME_LEN]),
+            rx: StreamDecoder::new_zeroed(),
             tx: TxBuf {
                 buf: [0; TX_CAP],
                 start: 0,
@@ -361,6 +384,47 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             ping: None,
             pong_pending: None,
         }
+    }
+
+    /// Makes this session a fresh one for a new connection with `config`,
+    /// in place (field by field, slot by slot: no temporary copy of the
+    /// session is built). Anything the previous connection left (queued
+    /// bytes, unanswered queries, undelivered events) is discarded, so
+    /// drain [`Session::poll_event`] first: every query accepted before has
+    /// had its verdict event by then once the session is closed.
+    pub fn reset(&mut self, config: &SessionConfig<'_>) {
+        let name = ThreatName::copy_from(config.guest_name);
+        let name_len = usize::from(name.len);
+        self.guest_name[..name_len].copy_from_slice(name.as_str().as_bytes());
+        self.guest_name[name_len..].fill(0);
+        self.guest_name_len = name_len;
+        self.state = State::Idle;
+        self.query_timeout = config.query_timeout;
+        self.fail_mode = config.fail_mode;
+        self.os = config.os;
+        self.agent_version = config.agent_version;
+        self.capabilities = config.capabilities;
+        self.hello_id = 0;
+        self.next_id = 1;
+        self.ack = None;
+        self.connected_pending = false;
+        self.closed_pending = None;
+        for slot in &mut self.slots {
+            slot.state = SlotState::Free;
+            slot.id = 0;
+            slot.path_len = 0;
+        }
+        for read in &mut self.reads {
+            *read = None;
+        }
+        self.rx.clear();
+        self.tx.start = 0;
+        self.tx.end = 0;
+        self.now = Instant::ZERO;
+        self.last_sent = Instant::ZERO;
+        self.last_recv = Instant::ZERO;
+        self.ping = None;
+        self.pong_pending = None;
     }
 
     /// Whether the handshake completed and the session is not closed.
@@ -1104,6 +1168,60 @@ mod tests {
             }),
             id,
         )
+    }
+
+    #[test]
+    fn a_static_closed_session_is_reset_in_place_for_each_connection() {
+        // The kernel driver's pattern: one session in static storage,
+        // evaluated by the compiler (never built on a stack), reset for
+        // every new connection. The static proves `new_closed` is const;
+        // the test then works on a heap copy to stay free of `unsafe`.
+        static CLOSED: S = S::new_closed();
+        assert!(CLOSED.is_closed());
+        let mut s: Box<S> = Box::new(S::new_closed());
+        assert!(s.is_closed());
+        // Closed: start does nothing, a query is answered at once (open).
+        s.start(ms(0));
+        assert!(sent(&mut s).is_empty());
+        let q0 = s.submit(&open_event("/x"), ms(0)).unwrap();
+        assert!(matches!(
+            events(&mut s)[..],
+            [SessionEvent::Verdict(v)] if v.query == q0 && v.allows()
+        ));
+
+        for round in 0..3u64 {
+            s.reset(&config(FailMode::Closed));
+            assert!(!s.is_closed() && !s.is_connected());
+            s.start(ms(10 * round));
+            let hello = sent(&mut s);
+            assert_eq!(hello.len(), 1, "round {round}: one Hello");
+            let (hello_id, msg) = frame(&hello[0]);
+            assert!(matches!(msg, Message::Hello(h) if h.guest_name == "vm1"));
+            // Leave garbage behind on purpose: a half frame in the decoder
+            // and a query in flight, then reset must forget both.
+            s.receive(&enc(Message::HelloAck(ack()), hello_id), ms(10 * round + 1));
+            assert!(s.is_connected());
+            let _ = events(&mut s);
+            let q = submit_sent(&mut s, 10 * round + 2);
+            s.receive(
+                &verdict(Decision::Deny, 0, "T", q)[..10],
+                ms(10 * round + 3),
+            );
+            assert_eq!(s.in_flight(), 1);
+        }
+        s.reset(&config(FailMode::Open));
+        assert_eq!(s.in_flight(), 0);
+        s.start(ms(100));
+        let hello = sent(&mut s);
+        let (hello_id, _) = frame(&hello[0]);
+        s.receive(&enc(Message::HelloAck(ack()), hello_id), ms(101));
+        assert_eq!(events(&mut s), [SessionEvent::Connected { version: 1 }]);
+        let q = submit_sent(&mut s, 102);
+        s.receive(&verdict(Decision::Deny, 0, "Eicar", q), ms(103));
+        assert!(matches!(
+            events(&mut s)[..],
+            [SessionEvent::Verdict(v)] if v.query == q && !v.allows()
+        ));
     }
 
     #[test]

@@ -25,6 +25,23 @@ pub struct StreamDecoder<B> {
     fatal: Option<DecodeError>,
 }
 
+impl<const L: usize> StreamDecoder<[u8; L]> {
+    /// A decoder over a zeroed `[u8; L]` of its own, usable in `const` and
+    /// `static` initialisers (so a large decoder need never be built on a
+    /// small stack, e.g. a kernel thread's). Same frame limit as
+    /// [`StreamDecoder::new`]: `min(L, MAX_FRAME_LEN)`.
+    #[must_use]
+    pub const fn new_zeroed() -> Self {
+        Self {
+            buf: [0; L],
+            start: 0,
+            end: 0,
+            max_frame_len: if L < MAX_FRAME_LEN { L } else { MAX_FRAME_LEN },
+            fatal: None,
+        }
+    }
+}
+
 impl<B: AsRef<[u8]> + AsMut<[u8]>> StreamDecoder<B> {
     /// A decoder using `buf` as storage, with a frame limit of
     /// `min(buf.len(), MAX_FRAME_LEN)`.
@@ -37,6 +54,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> StreamDecoder<B> {
             max_frame_len,
             fatal: None,
         }
+    }
+
+    /// Forgets every buffered byte and any fatal error, and restores the
+    /// frame limit to `min(storage length, MAX_FRAME_LEN)`: the decoder is as
+    /// new, without touching (or moving) its storage.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.fatal = None;
+        self.max_frame_len = self.buf.as_ref().len().min(MAX_FRAME_LEN);
     }
 
     /// Lowers (or raises, up to the storage length and [`MAX_FRAME_LEN`]) the

@@ -135,3 +135,39 @@ fn frame_limit_is_the_smallest_of_storage_setting_and_protocol_maximum() {
     let small = StreamDecoder::new([0u8; 100]);
     assert_eq!(small.max_frame_len(), 100);
 }
+
+#[test]
+fn clear_makes_a_used_decoder_as_new() {
+    let mut decoder = StreamDecoder::new(vec![0u8; MAX_FRAME_LEN]);
+    decoder.set_max_frame_len(4096);
+    decoder.push(b"GET / HTTP/1.1\r\n");
+    assert!(decoder.next_frame().is_err());
+    assert!(decoder.fatal_error().is_some());
+    decoder.clear();
+    assert_eq!(decoder.fatal_error(), None);
+    assert_eq!(decoder.buffered(), 0);
+    assert_eq!(decoder.max_frame_len(), MAX_FRAME_LEN);
+    let mut out = Vec::new();
+    decoder.push(&stream()[..]);
+    collect(&mut decoder, &mut out).unwrap();
+    assert_eq!(out, expected());
+}
+
+#[test]
+fn a_const_zeroed_decoder_behaves_like_new() {
+    const_initialiser_compiles();
+    let mut decoder: StreamDecoder<[u8; MAX_FRAME_LEN]> = StreamDecoder::new_zeroed();
+    assert_eq!(decoder.max_frame_len(), MAX_FRAME_LEN);
+    let small: StreamDecoder<[u8; 100]> = StreamDecoder::new_zeroed();
+    assert_eq!(small.max_frame_len(), 100);
+    let ping = encode(7, &Message::Ping(Default::default()));
+    decoder.push(&ping);
+    let frame = decoder.next_frame().unwrap().unwrap();
+    assert_eq!(frame.request_id, 7);
+}
+
+/// `new_zeroed` must be usable where only constants are allowed.
+fn const_initialiser_compiles() {
+    static DECODER: StreamDecoder<[u8; 64]> = StreamDecoder::new_zeroed();
+    assert_eq!(DECODER.max_frame_len(), 64);
+}
