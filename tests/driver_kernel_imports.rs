@@ -708,11 +708,40 @@ fn the_driver_imports_only_from_kernel_modules() {
         "driver/windows imports routines a kernel driver cannot:\n  {}",
         offenders.join("\n  ")
     );
+    // docs/windows.md, "Kernel APIs": one row per routine, no stale rows.
+    let docs = std::fs::read_to_string(root().join("docs/windows.md")).unwrap();
+    let documented = kernel_api_table(&docs);
+    let used: BTreeSet<&str> = by_name.keys().copied().collect();
+    let undocumented: Vec<&&str> = used.iter().filter(|n| !documented.contains(**n)).collect();
+    let stale: Vec<&String> = documented
+        .iter()
+        .filter(|n| !used.contains(n.as_str()))
+        .collect();
+    assert!(
+        undocumented.is_empty() && stale.is_empty(),
+        "docs/windows.md \"Kernel APIs\" table is out of date: add rows (header, doc page, IRQL) for \
+         {undocumented:?}; remove rows for {stale:?}"
+    );
     assert!(
         by_name.contains_key("FltRegisterFilter")
             || files.iter().all(|(_, t)| !t.contains("FltRegisterFilter(")),
         "the scan missed FltRegisterFilter"
     );
+}
+
+/// The routine names in the first column of the "Kernel APIs" table.
+fn kernel_api_table(docs: &str) -> BTreeSet<String> {
+    let Some(start) = docs.find("\n## Kernel APIs") else {
+        return BTreeSet::new();
+    };
+    let section = &docs[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    section[..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -850,4 +879,16 @@ fn stripping_keeps_code_only() {
         })
         .collect();
     assert_eq!(idents, ["a", "b", "c", "a", "d"]);
+}
+
+#[test]
+fn the_docs_table_is_read_from_its_section_only() {
+    let docs = "# T\n## Other\n| `NotThis` | x |\n## Kernel APIs\ntext\n| routine | header |\n| --- | --- |\n\
+                | `KeSetEvent` | wdm.h |\n| `IofCallDriver` (`IoCallDriver`) | wdm.h |\n## Next\n| `NorThis` | y |\n";
+    let t = kernel_api_table(docs);
+    assert_eq!(
+        t.into_iter().collect::<Vec<_>>(),
+        ["IofCallDriver", "KeSetEvent"]
+    );
+    assert!(kernel_api_table("# no section\n").is_empty());
 }
