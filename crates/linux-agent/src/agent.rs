@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::fanotify::FanotifyEvent;
@@ -20,13 +21,13 @@ use thinagent_guest::{
     FailMode, Instant, Level, NtStatus, OpenPolicy, PathRef, PathStyle, Reconnect, ReconnectConfig,
 };
 use thinagent_protocol::{OsError, ReadOutcome};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::connect::{ConnectUrl, Connection, Stream};
-use crate::core::{Access, Action, AgentCore, CoreConfig, PermEvent, Stats, Token, Why};
+use crate::core::{Access, Action, AgentCore, CoreConfig, FileStat, PermEvent, Stats, Token, Why};
 use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, MarkScope};
 use crate::logging::{Logger, routine};
+use crate::reader::{Incoming, Reader, ReaderShared};
 
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,12 +203,14 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
 struct Edge {
     config: AgentConfig,
     log: Logger,
-    fan: AsyncFd<FanGroup>,
+    fan: Arc<FanGroup>,
+    reader: Option<Reader>,
+    shared: ReaderShared,
     core: AgentCore,
     held: HashMap<Token, Arc<Held>>,
     /// Permission events read but not yet given to the core (a read returns
     /// up to ~170 events; at most `max_in_flight` are held at once).
-    backlog: VecDeque<(FanotifyEvent, Access, Instant)>,
+    backlog: VecDeque<(FanotifyEvent, Access, Instant, Option<FileStat>)>,
     next_token: Token,
     clock: std::time::Instant,
     rd: Option<ReadHalf<Box<dyn Stream>>>,
@@ -221,6 +224,15 @@ struct Edge {
 }
 
 impl Edge {
+    /// The core's counters plus the reader's cache hits.
+    fn stats(&self) -> Stats {
+        let mut s = self.core.stats();
+        let fast = self.shared.fast_hits.load(Ordering::Relaxed);
+        s.events += fast;
+        s.cache_hits += fast;
+        s
+    }
+
     fn now(&self) -> Instant {
         Instant::from_nanos(u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
@@ -330,21 +342,20 @@ impl Edge {
     /// `max_in_flight` are held.
     fn feed(&mut self) {
         while self.held.len() < self.config.max_in_flight {
-            let Some((event, access, arrived)) = self.backlog.pop_front() else {
+            let Some((event, access, arrived, stat)) = self.backlog.pop_front() else {
                 break;
             };
-            self.on_perm(event, access, arrived);
+            self.on_perm(event, access, arrived, stat);
         }
     }
 
+    /// Events read by this thread itself (at shutdown, after the reader
+    /// stopped).
     fn on_events(&mut self, events: Vec<FanotifyEvent>) {
+        let now = self.now();
         for event in events {
             match fanotify::classify(&event) {
-                EventClass::Overflow => self.log.log(
-                    Level::Warn,
-                    routine::FANOTIFY,
-                    format_args!("fanotify queue overflow: notification events were lost"),
-                ),
+                EventClass::Overflow => self.on_incoming(Incoming::Overflow),
                 EventClass::CloseWrite => {
                     if let Some(st) = fanotify::stat_of(&event) {
                         self.core.on_close_write(st.dev, st.ino);
@@ -356,20 +367,49 @@ impl Edge {
                     } else {
                         Access::Open
                     };
-                    let arrived = self.now();
-                    self.backlog.push_back((event, access, arrived));
+                    let stat = fanotify::stat_of(&event);
+                    self.shared.handed.fetch_add(1, Ordering::SeqCst);
+                    self.backlog.push_back((event, access, now, stat));
                 }
                 EventClass::Other => {}
             }
         }
     }
 
+    /// What the reader thread handed over.
+    fn on_incoming(&mut self, incoming: Incoming) {
+        match incoming {
+            Incoming::Perm {
+                event,
+                access,
+                arrived,
+                stat,
+            } => self.backlog.push_back((event, access, arrived, stat)),
+            Incoming::CloseWrite { dev, ino } => self.core.on_close_write(dev, ino),
+            Incoming::Overflow => self.log.log(
+                Level::Warn,
+                routine::FANOTIFY,
+                format_args!("fanotify queue overflow: notification events were lost"),
+            ),
+            Incoming::ReadError(e) => self.log.log(
+                Level::Error,
+                routine::FANOTIFY,
+                format_args!("reading fanotify events: {e}"),
+            ),
+        }
+    }
+
     /// One permission event, which arrived at `arrived`: its deadline
     /// counts from then, not from when it left the backlog.
-    fn on_perm(&mut self, event: FanotifyEvent, access: Access, arrived: Instant) {
+    fn on_perm(
+        &mut self,
+        event: FanotifyEvent,
+        access: Access,
+        arrived: Instant,
+        stat: Option<FileStat>,
+    ) {
         let token = self.next_token;
         self.next_token += 1;
-        let stat = fanotify::stat_of(&event);
         let path = fanotify::path_of(&event);
         let pid = u32::try_from(event.pid()).unwrap_or(0);
         let held = Arc::new(Held {
@@ -455,7 +495,8 @@ impl Edge {
         let Some(held) = self.held.remove(&token) else {
             return;
         };
-        if let Err(e) = self.fan.get_ref().respond(&held.event, allow) {
+        self.shared.handed.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = self.fan.respond(&held.event, allow) {
             self.log.log(
                 Level::Error,
                 routine::FANOTIFY,
@@ -582,7 +623,7 @@ pub async fn run<F: Future<Output = ()>>(
         policy,
         own_pid,
     });
-    let mut group = FanGroup::new()?;
+    let group = FanGroup::new()?;
     for path in &config.watch {
         group.add_mark(path, config.scope)?;
         log.log(
@@ -598,21 +639,41 @@ pub async fn run<F: Future<Output = ()>>(
             ),
         );
     }
-    let fan = group.into_async().map_err(|source| AgentError::Io {
-        what: "registering the fanotify group with tokio",
+    let fan = Arc::new(group);
+    let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = ReaderShared {
+        cache: core.shared_cache(),
+        handed: Arc::new(AtomicUsize::new(0)),
+        fast_hits: Arc::new(AtomicU64::new(0)),
+    };
+    let clock = std::time::Instant::now();
+    // The reader may hand over a few reads' worth beyond max_in_flight
+    // (they wait in the backlog); the kernel queues the rest.
+    let reader = Reader::start(
+        fan.clone(),
+        shared.clone(),
+        incoming_tx,
+        clock,
+        config.max_in_flight * 4,
+        log,
+    )
+    .map_err(|source| AgentError::Io {
+        what: "starting the fanotify reader thread",
         source,
     })?;
-    let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut edge = Edge {
         reconnect: Reconnect::new(config.reconnect),
         config,
         log,
         fan,
+        reader: Some(reader),
+        shared,
         core,
         held: HashMap::new(),
         backlog: VecDeque::new(),
         next_token: 1,
-        clock: std::time::Instant::now(),
+        clock,
         rd: None,
         wr: None,
         next_connect: None,
@@ -647,7 +708,6 @@ pub async fn run<F: Future<Output = ()>>(
         edge.feed();
         edge.run_actions();
         let deadline = edge.core.next_deadline().map(|d| edge.to_tokio(d));
-        let can_take = edge.backlog.is_empty() && edge.held.len() < edge.config.max_in_flight;
         let tx = edge.core.pending_tx().to_vec();
         tokio::select! {
             biased;
@@ -672,19 +732,11 @@ pub async fn run<F: Future<Output = ()>>(
                 };
                 edge.core.read_completed(read_id, outcome, now);
             }
-            r = edge.fan.readable(), if can_take => {
-                let mut guard = r.map_err(|source| AgentError::Io { what: "waiting for fanotify events", source })?;
-                match guard.try_io(|g| g.get_ref().read_events()) {
-                    Ok(Ok(events)) => edge.on_events(events),
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Ok(Err(e)) => {
-                        // EMFILE / ENFILE: the kernel could not open the
-                        // event's file for us; it answers that event itself.
-                        log.log(Level::Error, routine::FANOTIFY, format_args!("reading fanotify events: {e}"));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err(_would_block) => {}
+            Some(incoming) = incoming_rx.recv() => {
+                edge.on_incoming(incoming);
+                // Take everything already handed over in one go.
+                while let Ok(more) = incoming_rx.try_recv() {
+                    edge.on_incoming(more);
                 }
             }
             r = read_opt(&mut edge.rd, &mut rx_buf) => match r {
@@ -703,13 +755,13 @@ pub async fn run<F: Future<Output = ()>>(
                 edge.start_connect();
             }
             () = tick_opt(&mut stats_tick) => {
-                let s = edge.core.stats();
+                let s = edge.stats();
                 log.log(Level::Info, routine::STATS, format_args!("{}", stats_text(&s)));
             }
         }
     }
-    shutdown_edge(&mut edge).await;
-    let stats = edge.core.stats();
+    shutdown_edge(&mut edge, &mut incoming_rx).await;
+    let stats = edge.stats();
     log.log(
         Level::Audit,
         routine::STATS,
@@ -725,12 +777,21 @@ pub async fn run<F: Future<Output = ()>>(
 
 /// Stops taking events, removes the marks, answers everything held or
 /// still queued by the fail mode, says Goodbye.
-async fn shutdown_edge(edge: &mut Edge) {
+async fn shutdown_edge(
+    edge: &mut Edge,
+    incoming_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Incoming>,
+) {
     let log = edge.log;
     if let Some(h) = edge.connecting.take() {
         h.abort();
     }
-    let removed = edge.fan.get_mut().remove_marks();
+    if let Some(mut reader) = edge.reader.take() {
+        reader.stop();
+    }
+    while let Ok(incoming) = incoming_rx.try_recv() {
+        edge.on_incoming(incoming);
+    }
+    let removed = edge.fan.remove_marks();
     log.log(
         Level::Info,
         routine::FANOTIFY,
@@ -738,7 +799,7 @@ async fn shutdown_edge(edge: &mut Edge) {
     );
     // Events queued before the marks went away still wait for an answer.
     loop {
-        match edge.fan.get_ref().read_events() {
+        match edge.fan.read_events() {
             Ok(events) if !events.is_empty() => edge.on_events(events),
             _ => break,
         }

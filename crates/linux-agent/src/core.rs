@@ -17,6 +17,7 @@
 //! * after [`AgentCore::shutdown`] nothing is pending.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use thinagent_guest::policy::{FILE_EXECUTE, FILE_OPEN, FILE_READ_DATA};
@@ -48,13 +49,33 @@ pub const CACHE_ENTRIES: usize = CACHE_SHARD_ENTRIES * CACHE_SHARDS;
 
 /// The guest crate's fixed-size [`VerdictCache`], sharded by file identity
 /// so that a large cache is built shard by shard on the heap (one
-/// `VerdictCache` is a plain array, built on the stack first).
-struct ShardedCache {
+/// `VerdictCache` is a plain array, built on the stack first). Shared (behind
+/// a mutex) by the core and the reader thread's warm path.
+pub struct ShardedCache {
     shards: Vec<VerdictCache<CACHE_SHARD_ENTRIES>>,
 }
 
+impl std::fmt::Debug for ShardedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedCache")
+            .field(
+                "entries",
+                &self.shards.iter().map(|s| s.len()).sum::<usize>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for ShardedCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ShardedCache {
-    fn new() -> Self {
+    /// An empty cache of [`CACHE_ENTRIES`] entries.
+    #[must_use]
+    pub fn new() -> Self {
         let mut shards = Vec::with_capacity(CACHE_SHARDS);
         for _ in 0..CACHE_SHARDS {
             shards.push(VerdictCache::new());
@@ -73,16 +94,19 @@ impl ShardedCache {
         &mut self.shards[(h % CACHE_SHARDS as u64) as usize]
     }
 
-    fn get(&mut self, key: &FileKey, now: Instant) -> Option<CachedVerdict> {
+    /// Looks `key` up at `now` (see [`VerdictCache::get`]).
+    pub fn get(&mut self, key: &FileKey, now: Instant) -> Option<CachedVerdict> {
         self.shard(key.volume_serial, &key.file_id).get(key, now)
     }
 
-    fn insert(&mut self, key: FileKey, verdict: CachedVerdict, now: Instant, ttl: Duration) {
+    /// Stores `verdict` for `key`, valid for `ttl`.
+    pub fn insert(&mut self, key: FileKey, verdict: CachedVerdict, now: Instant, ttl: Duration) {
         self.shard(key.volume_serial, &key.file_id)
             .insert(key, verdict, now, Some(ttl));
     }
 
-    fn invalidate(&mut self, volume_serial: u64, file_id: &[u8; 16]) -> usize {
+    /// Forgets every version of the file; returns how many entries went.
+    pub fn invalidate(&mut self, volume_serial: u64, file_id: &[u8; 16]) -> usize {
         self.shard(volume_serial, file_id)
             .invalidate(volume_serial, file_id)
     }
@@ -325,7 +349,7 @@ struct Pending {
 /// The sans-IO agent. See the [module docs](self).
 pub struct AgentCore {
     policy: Box<OpenPolicy>,
-    cache: ShardedCache,
+    cache: Arc<Mutex<ShardedCache>>,
     session: Option<Box<AgentSession>>,
     fail_mode: FailMode,
     timeout: Duration,
@@ -358,7 +382,7 @@ impl AgentCore {
         let _ = policy.add_excluded_process(config.own_pid);
         AgentCore {
             policy,
-            cache: ShardedCache::new(),
+            cache: Arc::new(Mutex::new(ShardedCache::new())),
             session: None,
             fail_mode: config.fail_mode,
             timeout: config.timeout,
@@ -371,6 +395,16 @@ impl AgentCore {
             outbox: Vec::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// The verdict cache, for the reader thread's warm path.
+    #[must_use]
+    pub fn shared_cache(&self) -> Arc<Mutex<ShardedCache>> {
+        self.cache.clone()
+    }
+
+    fn cache(&self) -> MutexGuard<'_, ShardedCache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counters so far.
@@ -471,7 +505,7 @@ impl AgentCore {
     /// `FAN_CLOSE_WRITE` on (`dev`, `ino`): forget every verdict of the file.
     pub fn on_close_write(&mut self, dev: u64, ino: u64) {
         let id = FileKey::with_u64_id(dev, ino, 0, 0).file_id;
-        let n = self.cache.invalidate(dev, &id);
+        let n = self.cache().invalidate(dev, &id);
         self.stats.invalidations += n as u64;
         for p in self.pending.values_mut() {
             if p.key
@@ -518,9 +552,8 @@ impl AgentCore {
             return;
         }
         let key = ev.stat.map(|s| s.key());
-        if let Some(k) = key
-            && let Some(v) = self.cache.get(&k, now)
-        {
+        let hit = key.and_then(|k| self.cache().get(&k, now));
+        if let Some(v) = hit {
             self.stats.cache_hits += 1;
             self.respond(ev.token, v.is_allow(), Why::Cached(v));
             return;
@@ -722,7 +755,7 @@ impl AgentCore {
                     if let (Some(c), Some(k), false, ttl @ 1..) =
                         (cached, p.key, p.dirty, v.cache_ttl_secs)
                     {
-                        self.cache
+                        self.cache()
                             .insert(k, c, now, Duration::from_secs(ttl.into()));
                     }
                     if v.allows() {

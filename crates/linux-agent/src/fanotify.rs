@@ -1,7 +1,6 @@
 //! The fanotify OS edge: the group, its marks, reading events, answering them.
 //!
-//! Built on `nix`'s fanotify API; the crate's only `unsafe` is here, in
-//! [`FanGroup::into_async`] (tokio's reactor registration).
+//! Built on `nix`'s fanotify API: no `unsafe` of its own.
 //! The group is created in the content class (`FAN_CLASS_CONTENT`) with
 //! permission events `FAN_OPEN_PERM` and `FAN_OPEN_EXEC_PERM`, plus the
 //! notification `FAN_CLOSE_WRITE` (verdict cache invalidation). Each event's
@@ -92,7 +91,7 @@ impl FanotifyError {
 #[derive(Debug)]
 pub struct FanGroup {
     fan: Fanotify,
-    marks: Vec<(PathBuf, MarkScope)>,
+    marks: std::sync::Mutex<Vec<(PathBuf, MarkScope)>>,
 }
 
 impl FanGroup {
@@ -110,13 +109,13 @@ impl FanGroup {
         })?;
         Ok(FanGroup {
             fan,
-            marks: Vec::new(),
+            marks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Marks the mount (or file system) containing `path` for
     /// [`watch_mask`].
-    pub fn add_mark(&mut self, path: &Path, scope: MarkScope) -> Result<(), FanotifyError> {
+    pub fn add_mark(&self, path: &Path, scope: MarkScope) -> Result<(), FanotifyError> {
         self.fan
             .mark(
                 MarkFlags::FAN_MARK_ADD | scope.flag(),
@@ -133,16 +132,25 @@ impl FanGroup {
                     errno,
                 },
             })?;
-        self.marks.push((path.to_path_buf(), scope));
+        self.marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((path.to_path_buf(), scope));
         Ok(())
     }
 
     /// Removes every mark added by [`add_mark`](Self::add_mark); returns how
     /// many the kernel removed (a path unmounted meanwhile has lost its mark
     /// already).
-    pub fn remove_marks(&mut self) -> usize {
+    pub fn remove_marks(&self) -> usize {
+        let marks = std::mem::take(
+            &mut *self
+                .marks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let mut removed = 0;
-        for (path, scope) in self.marks.drain(..) {
+        for (path, scope) in marks {
             let r = self.fan.mark(
                 MarkFlags::FAN_MARK_REMOVE | scope.flag(),
                 watch_mask(),
@@ -175,25 +183,6 @@ impl FanGroup {
         self.fan
             .write_response(FanotifyResponse::new(fd, response))
             .map_err(io::Error::from)
-    }
-}
-
-impl FanGroup {
-    /// Registers the group with the tokio reactor (readable interest). Must
-    /// be called inside a tokio runtime.
-    #[allow(
-        unsafe_code,
-        reason = "tokio's registration requires the I/O-safety promise"
-    )]
-    pub fn into_async(self) -> io::Result<tokio::io::unix::AsyncFd<FanGroup>> {
-        // SAFETY: `FanGroup` owns its descriptor (the `OwnedFd` inside
-        // `nix::sys::fanotify::Fanotify`), which is never replaced or closed
-        // before the `FanGroup` is dropped, so `as_raw_fd` returns the same open
-        // descriptor for the whole life of the `AsyncFd` that owns it.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| e.into_parts().1)
     }
 }
 
@@ -310,7 +299,7 @@ fn libc_ebadf() -> i32 {
 /// the mount holding `path`: `Ok(())`, or the reason they do not. Tests use
 /// it to skip. The mark lives only for the duration of the call.
 pub fn probe(path: &Path) -> Result<(), FanotifyError> {
-    let mut g = FanGroup::new()?;
+    let g = FanGroup::new()?;
     g.add_mark(path, MarkScope::Mount)?;
     g.remove_marks();
     Ok(())

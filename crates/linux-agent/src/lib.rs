@@ -9,9 +9,10 @@
 //! * [`core`]: the sans-IO core (event in, decision and actions out).
 //! * [`fanotify`]: the OS edge (group, marks, events, responses, `pread`).
 //! * [`connect`]: scanner URLs (`vsock://`, `tcp://`, `unix://`).
+//! * [`reader`]: the thread reading the group; answers cached allows at once.
 //! * [`agent`]: the tokio loop tying them together.
 //! * [`logging`]: lines in the driver's `LEVEL: Routine : message: 0xSTATUS` shape.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -19,3 +20,4 @@ pub mod connect;
 pub mod core;
 pub mod fanotify;
 pub mod logging;
+pub mod reader;
