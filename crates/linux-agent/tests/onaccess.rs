@@ -477,3 +477,35 @@ fn vsock_loopback_connection_or_skip() {
     assert!(agent.terminate().success());
     assert!(scanner.audit_text().contains("eicar.com"));
 }
+
+#[test]
+fn filesystem_mark_and_excluded_prefix() {
+    let Some(mnt) = setup("filesystem_mark_and_excluded_prefix") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    std::fs::create_dir(mnt.join("quarantine")).unwrap();
+    let eicar = mnt.join("eicar.com");
+    let excluded = mnt.join("quarantine/eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    std::fs::write(&excluded, EICAR).unwrap();
+    let watch = mnt.path().to_str().unwrap();
+    let prefix = mnt.join("quarantine");
+    let mut args = base_args(&scanner.url, watch);
+    args.extend(["--watch-filesystem", "--exclude", prefix.to_str().unwrap()]);
+    let mut agent = Agent::start(state.path(), &args);
+    assert!(
+        agent
+            .log_text()
+            .contains("watching the file system containing")
+    );
+    assert_eq!(read(&eicar), Err(EPERM), "FAN_MARK_FILESYSTEM works here");
+    assert_eq!(
+        read(&excluded).unwrap(),
+        EICAR,
+        "--exclude prefix is not checked"
+    );
+    assert!(agent.terminate().success());
+    assert_eq!(final_stat(&agent.log_text(), "skipped"), 1);
+}
