@@ -240,20 +240,32 @@ fn read_one(key: HANDLE, name: &'static str, buffer: &mut QueryBuffer, params: &
             )
         };
         let too_small = status == STATUS_BUFFER_OVERFLOW || status == STATUS_BUFFER_TOO_SMALL;
-        if too_small && result_len > buffer.capacity_bytes() && result_len <= MAX_VALUE_BYTES {
-            want = result_len;
-            continue;
+        if !too_small {
+            break status;
         }
-        if too_small {
+        if result_len > MAX_VALUE_BYTES {
             klog_status!(
                 Level::Warn,
                 routine::READ_PARAMS,
                 status,
-                "{name}: value larger than {MAX_VALUE_BYTES} bytes; keeping the default"
+                "{name}: value of {result_len} bytes is larger than {MAX_VALUE_BYTES}; keeping the default"
             );
             return;
         }
-        break status;
+        if result_len <= buffer.capacity_bytes() {
+            // "Too small" with a needed size that fits the buffer we gave
+            // is inconsistent: give up on this value. (A value that grows
+            // between queries is retried; each retry needs a larger size,
+            // bounded by MAX_VALUE_BYTES, so the loop ends.)
+            klog_status!(
+                Level::Warn,
+                routine::READ_PARAMS,
+                status,
+                "{name}: cannot be read; keeping the default"
+            );
+            return;
+        }
+        want = result_len;
     };
     if status == STATUS_OBJECT_NAME_NOT_FOUND {
         klog!(
