@@ -21,6 +21,9 @@
 //! * **Unload**: [`delete`] removes the link (no new opens), waits for
 //!   IOCTLs in progress (rundown protection), then deletes the device. It
 //!   runs before `agent::uninstall`, so an IOCTL never sees a freed agent.
+//!   A handle still open keeps the device object until it is closed
+//!   (`IoDeleteDevice` defers the deletion); its requests are refused, its
+//!   close succeeds.
 //!
 //! `DO_DEVICE_INITIALIZING` is cleared by the I/O manager when `DriverEntry`
 //! returns, for devices created there (the `IoCreateDevice` page, Remarks).
@@ -249,10 +252,17 @@ unsafe extern "system" fn dispatch(device: *const DEVICE_OBJECT, irp: *mut IRP) 
     // SAFETY: the I/O manager hands us a valid IRP for `device`; we complete
     // it exactly once on every path below.
     unsafe {
-        if ours.is_null() || !ptr::eq(device, ours) {
-            return complete(irp, STATUS_INVALID_DEVICE_REQUEST, 0);
-        }
         let stack = current_stack_location(irp);
+        if ours.is_null() || !ptr::eq(device, ours) {
+            // A handle opened before `delete` began is still closed
+            // normally; everything else is refused.
+            let status = if u32::from((*stack).MajorFunction) == IRP_MJ_CLOSE {
+                STATUS_SUCCESS
+            } else {
+                STATUS_INVALID_DEVICE_REQUEST
+            };
+            return complete(irp, status, 0);
+        }
         match u32::from((*stack).MajorFunction) {
             IRP_MJ_CREATE | IRP_MJ_CLOSE => complete(irp, STATUS_SUCCESS, 0),
             IRP_MJ_DEVICE_CONTROL => {
