@@ -40,7 +40,6 @@
 //! file therefore waits for that one read to finish before it returns
 //! ([`Waiter::reading`]); the worker starts no read on an abandoned slot.
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
@@ -60,7 +59,7 @@ use thinagent_km_sys::fltmgr::Minifilters::{
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{FILE_OBJECT, NonPagedPoolNx};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    Executive, IoGetStackLimits, KeWaitForMultipleObjects, KernelMode, PsGetCurrentThreadId,
+    Executive, KeWaitForMultipleObjects, KernelMode, PsGetCurrentThreadId,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_END_OF_FILE,
@@ -246,7 +245,12 @@ impl Waiter {
 }
 
 struct Hub {
-    session: Option<Box<GuestSession>>,
+    /// The one session, in static storage: built by the compiler
+    /// (`Session::new_closed`) and reset in place for every connection
+    /// (`Session::reset`), so its ~280 KiB never touch a kernel stack.
+    session: GuestSession,
+    /// Whether `session` belongs to a running [`run`].
+    live: bool,
     /// Bumped for every session, so a verdict of an old session can never
     /// complete a slot of a new one (query ids restart per session).
     generation: u32,
@@ -255,13 +259,30 @@ struct Hub {
     waiters: [Waiter; SLOTS],
 }
 
+impl Hub {
+    /// The running session, if any.
+    fn live(&self) -> Option<&GuestSession> {
+        self.live.then_some(&self.session)
+    }
+
+    /// The running session, if any, for changing.
+    fn live_mut(&mut self) -> Option<&mut GuestSession> {
+        if self.live {
+            Some(&mut self.session)
+        } else {
+            None
+        }
+    }
+}
+
 // SAFETY: the raw pointers in `Waiter` are only dereferenced by the worker
 // while their waiter is parked in `query` (see the module docs); the hub
 // itself is only reached through its spin lock.
 unsafe impl Send for Hub {}
 
 static HUB: SpinLock<Hub> = SpinLock::new(Hub {
-    session: None,
+    session: GuestSession::new_closed(),
+    live: false,
     generation: 0,
     accepting: true,
     waiters: [Waiter::FREE; SLOTS],
@@ -327,8 +348,7 @@ pub fn is_worker_thread() -> bool {
 /// ≤ DISPATCH).
 #[must_use]
 pub fn is_connected() -> bool {
-    INITIALISED.load(Ordering::Acquire)
-        && HUB.with(|h| h.session.as_ref().is_some_and(|s| s.is_connected()))
+    INITIALISED.load(Ordering::Acquire) && HUB.with(|h| h.live().is_some_and(|s| s.is_connected()))
 }
 
 /// Frees slot `i` and wakes one opener waiting for a slot (under the hub lock, DISPATCH_LEVEL).
@@ -396,7 +416,7 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
             if !h.accepting {
                 return Claim::Refused;
             }
-            if h.session.is_none() {
+            if !h.live {
                 return Claim::NoSession;
             }
             let Some(i) = h
@@ -459,7 +479,7 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
             return Err(Early::Answered(a));
         }
         let generation = h.generation;
-        let Some(session) = h.session.as_mut() else {
+        let Some(session) = h.live_mut() else {
             free_slot(h, index);
             return Err(Early::Local(LocalReason::NoSession));
         };
@@ -655,71 +675,6 @@ pub fn shutdown() {
 // The worker
 // ---------------------------------------------------------------------------
 
-/// Builds the session on the heap, or `None` when this thread's stack
-/// cannot hold the temporary.
-///
-/// `Session::new` returns the session by value (about 280 KiB: two 64 KiB
-/// frame buffers and the 64 query slots with their paths). Rust does not
-/// build it in place inside the `Box`: measured with `--emit asm`, this
-/// function gets a 373,640-byte frame even in a release build with LTO on
-/// x86_64-pc-windows-msvc, far beyond a 24 KiB kernel stack. Until
-/// `thinagent-guest` offers an in-place constructor (docs/windows.md,
-/// "Session worker"), the remaining stack is checked first, so the driver
-/// logs an error and keeps filtering under the fail mode instead of
-/// overflowing its stack. `#[inline(never)]` keeps the frame out of [`run`].
-#[inline(never)]
-fn new_session(agent: &Agent) -> Option<Box<GuestSession>> {
-    // The frame holds the session once, plus the Box's write; 64 KiB for
-    // the rest of the call.
-    let need = 2 * size_of::<GuestSession>() + 64 * 1024;
-    let have = remaining_stack();
-    if have < need {
-        crate::klog_status!(
-            Level::Error,
-            routine::SESSION,
-            kernel::STATUS_INSUFFICIENT_RESOURCES,
-            "cannot build a session: Session::new needs about {} bytes of stack, {} left (thinagent-guest needs an in-place constructor)",
-            need,
-            have
-        );
-        return None;
-    }
-    let config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME);
-    // Fallible allocation (Box::new would bugcheck through the panic
-    // handler when non-paged pool is short).
-    let layout = core::alloc::Layout::new::<GuestSession>();
-    // SAFETY: the layout is not zero-sized.
-    let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<GuestSession>();
-    if raw.is_null() {
-        crate::klog!(
-            Level::Error,
-            routine::SESSION,
-            "cannot allocate a session ({} bytes)",
-            layout.size()
-        );
-        return None;
-    }
-    // SAFETY: `raw` is a fresh allocation of the session's layout; writing
-    // initialises it, and the Box then owns it with the same layout.
-    unsafe {
-        raw.write(GuestSession::new(&config));
-        Some(Box::from_raw(raw))
-    }
-}
-
-/// Bytes of kernel stack left below the current frame: `IoGetRemainingStackSize`
-/// (wdm.h, a FORCEINLINE with no binding: the address of a local minus the
-/// stack's low limit from `IoGetStackLimits`). IRQL <= APC_LEVEL.
-fn remaining_stack() -> usize {
-    let (mut low, mut high) = (0usize, 0usize);
-    // SAFETY: IoGetStackLimits (wdm.h,
-    // learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-iogetstacklimits)
-    // writes the current thread's stack bounds to the two locals.
-    unsafe { IoGetStackLimits(&mut low, &mut high) };
-    let here = &raw const low as usize;
-    here.saturating_sub(low)
-}
-
 /// Why the loop ended, for the return status and the log.
 #[derive(Debug)]
 enum End {
@@ -736,23 +691,17 @@ enum End {
 /// (`STATUS_SUCCESS` for a local close at unload).
 pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     init();
-    let Some(session) = new_session(agent) else {
-        agent
-            .stats
-            .last_session_status
-            .store(kernel::STATUS_INSUFFICIENT_RESOURCES, Ordering::Relaxed);
-        return kernel::STATUS_INSUFFICIENT_RESOURCES;
-    };
-    let mut session = Some(session);
+    let config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME);
     let started = HUB.with(|h| {
-        if !h.accepting || h.session.is_some() {
+        if !h.accepting || h.live {
             return false;
         }
         h.generation = h.generation.wrapping_add(1);
-        if let Some(mut s) = session.take() {
-            s.start(kernel::now());
-            h.session = Some(s);
-        }
+        // In place, at DISPATCH_LEVEL under the lock: a few field stores and
+        // one loop over the slots.
+        h.session.reset(&config);
+        h.session.start(kernel::now());
+        h.live = true;
         true
     });
     if !started {
@@ -775,7 +724,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
             "cannot allocate the send buffer"
         );
         HUB.with(|h| {
-            if let Some(s) = h.session.as_mut() {
+            if let Some(s) = h.live_mut() {
                 s.close(kernel::now());
             }
         });
@@ -793,7 +742,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
 
     loop {
         // Drain the session's events.
-        while let Some(event) = HUB.with(|h| h.session.as_mut().and_then(|s| s.poll_event())) {
+        while let Some(event) = HUB.with(|h| h.live_mut().and_then(|s| s.poll_event())) {
             match event {
                 SessionEvent::Connected { version } => {
                     agent.stats.connected.store(true, Ordering::Relaxed);
@@ -851,7 +800,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
         // vsock_capture::stop) is seen and answered with Goodbye even if
         // nobody signals STOP.
         let now = kernel::now();
-        let deadline = HUB.with(|h| h.session.as_ref().and_then(|s| s.next_deadline()));
+        let deadline = HUB.with(|h| h.live().and_then(|s| s.next_deadline()));
         let wait = deadline.map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
         let timeout = Some(relative_100ns(wait));
         let objects: [*const c_void; 3] = [
@@ -889,7 +838,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                     // The transport's buffer is non-paged (it is an I/O
                     // buffer), so the session may read it under the lock.
                     HUB.with(|h| {
-                        if let Some(s) = h.session.as_mut() {
+                        if let Some(s) = h.live_mut() {
                             s.receive(bytes, kernel::now());
                         }
                     });
@@ -919,7 +868,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
             }
         }
         HUB.with(|h| {
-            if let Some(s) = h.session.as_mut() {
+            if let Some(s) = h.live_mut() {
                 s.on_timeout(kernel::now());
             }
         });
@@ -969,8 +918,8 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
 /// lock, and clears the worker's identity and the `connected` flag.
 fn retire(agent: &Agent) {
     let fail_mode = agent.params.fail_mode;
-    let retired = HUB.with(|h| {
-        while let Some(event) = h.session.as_mut().and_then(|s| s.poll_event()) {
+    HUB.with(|h| {
+        while let Some(event) = h.live_mut().and_then(|s| s.poll_event()) {
             if let SessionEvent::Verdict(v) = event {
                 deliver(h, v);
             }
@@ -989,9 +938,8 @@ fn retire(agent: &Agent) {
                 );
             }
         }
-        h.session.take()
+        h.live = false;
     });
-    drop(retired);
     WORKER_THREAD.store(0, Ordering::Release);
     agent.stats.connected.store(false, Ordering::Relaxed);
 }
@@ -1013,7 +961,7 @@ fn reason_text(reason: &CloseReason) -> &'static str {
 /// PASSIVE_LEVEL (worker thread).
 fn close_session() {
     HUB.with(|h| {
-        if let Some(s) = h.session.as_mut() {
+        if let Some(s) = h.live_mut() {
             s.close(kernel::now());
         }
     });
@@ -1024,7 +972,7 @@ fn close_session() {
 fn flush(transport: &mut dyn Transport, buf: &mut [u8]) -> Result<(), NTSTATUS> {
     loop {
         // `buf` is pool memory (non-paged), filled under the lock.
-        let n = HUB.with(|h| h.session.as_mut().and_then(|s| s.poll_transmit(buf)));
+        let n = HUB.with(|h| h.live_mut().and_then(|s| s.poll_transmit(buf)));
         match n {
             Some(n) => transport.send_all(&buf[..n], SEND_TIMEOUT_MS)?,
             None => return Ok(()),
@@ -1096,8 +1044,7 @@ fn answer_read(
 ) {
     loop {
         let r = HUB.with(|h| {
-            h.session
-                .as_mut()
+            h.live_mut()
                 .map(|s| s.read_completed(read_id, outcome, kernel::now()))
         });
         match r {
