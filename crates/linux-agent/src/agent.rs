@@ -272,7 +272,13 @@ impl Edge {
             // mount, its permission event waits for this very thread.
             let log = self.log;
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+                // Written aside and renamed: whoever waits for it never
+                // sees it empty.
+                let mut tmp = path.clone().into_os_string();
+                tmp.push(".tmp");
+                let written = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+                    .and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
                     log.log(
                         Level::Error,
                         routine::DRIVER_ENTRY,
@@ -475,8 +481,8 @@ impl Edge {
                     }
                 }
                 Action::Closed { reason } => {
-                    // The Goodbye / Error frames are left to the next write
-                    // attempt; the connection is simply dropped.
+                    // The session is over (its last Error / Goodbye frames
+                    // go with the connection): drop it, reconnect later.
                     self.rd = None;
                     self.wr = None;
                     self.core.on_disconnected(self.now());
