@@ -138,7 +138,9 @@ fn scanner_stopped_fail_open_lets_opens_through_then_agent_reconnects() {
     let eicar = mnt.join("eicar.com");
     std::fs::write(&eicar, EICAR).unwrap();
     let watch = mnt.path().to_str().unwrap();
-    let mut agent = Agent::start(state.path(), &base_args(&scanner.url, watch));
+    let mut args = base_args(&scanner.url, watch);
+    args.extend(["--stats-interval-secs", "1"]);
+    let mut agent = Agent::start(state.path(), &args);
     assert!(denied(&eicar));
     scanner.stop();
     // Fail-open: the open goes through (the cached deny was for this
@@ -154,6 +156,13 @@ fn scanner_stopped_fail_open_lets_opens_through_then_agent_reconnects() {
     assert!(
         eventually(Duration::from_secs(20), || denied(&fresh)),
         "the agent reconnects by itself:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || agent
+            .log_text()
+            .contains("INFO: Stats : events=")),
+        "periodic stats every --stats-interval-secs:\n{}",
         agent.log_text()
     );
     assert!(agent.terminate().success());
