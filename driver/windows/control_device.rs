@@ -65,6 +65,7 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_INVALID_DEVICE_REQUEST,
 };
+use thinagent_km_sys::io_params::IO_STACK_DEVICE_IO_CONTROL;
 use thinagent_km_sys::nt::{GUID, STATUS_DEVICE_NOT_READY};
 use thinagent_km_sys::wdmsec::WdmlibIoCreateDeviceSecure;
 
@@ -288,7 +289,10 @@ unsafe extern "system" fn dispatch(device: *const DEVICE_OBJECT, irp: *mut IRP) 
 /// location.
 unsafe fn device_control(irp: *mut IRP, stack: *mut IO_STACK_LOCATION) -> (NTSTATUS, usize) {
     // SAFETY: for IRP_MJ_DEVICE_CONTROL the DeviceIoControl arm is valid.
-    let params = unsafe { (*stack).Parameters.DeviceIoControl };
+    // Read with the header's layout: windows-sys's IO_STACK_LOCATION_0_16
+    // lacks POINTER_ALIGNMENT and would read IoControlCode from the bytes
+    // of InputBufferLength (thinagent_km_sys::io_params).
+    let params = unsafe { *(&raw const (*stack).Parameters).cast::<IO_STACK_DEVICE_IO_CONTROL>() };
     // SAFETY: for METHOD_BUFFERED, SystemBuffer is the I/O manager's buffer
     // of max(InputBufferLength, OutputBufferLength) bytes (null if both
     // are 0), holding the caller's input.

@@ -11,6 +11,10 @@
 //!   capture `0x810320C0`), the 0x5C-byte capture request, `sockaddr_vm` and
 //!   the well-known CIDs and ports.
 //! * [`ioctl`]: `CTL_CODE` as a `const fn`, with its inverse.
+//! * [`io_params`]: the `IO_STACK_LOCATION` / `FLT_PARAMETERS` arms whose
+//!   `POINTER_ALIGNMENT` fields windows-sys places wrongly on 64-bit
+//!   Windows (`DeviceIoControl`, `Create`, `SetFileInformation`,
+//!   `FileSystemControl`), with the headers' layout.
 //! * [`hexdump`]: a `no_std` hex-dump formatter (and its parser) for logging
 //!   the capture IOCTL's reply at DEBUG level.
 //! * [`nt`]: the few NT types the bindings mention, modelled without
@@ -48,6 +52,7 @@
 
 pub mod fltmgr;
 pub mod hexdump;
+pub mod io_params;
 pub mod ioctl;
 pub mod nt;
 pub mod ntoskrnl;
