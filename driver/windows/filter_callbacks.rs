@@ -71,6 +71,9 @@ use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Ioctl::{
     FILE_DEVICE_DISK_FILE_SYSTEM, FSCTL_DUPLICATE_EXTENTS_TO_FILE, FSCTL_OFFLOAD_WRITE,
     FSCTL_SET_ZERO_DATA, FSCTL_WRITE_RAW_ENCRYPTED,
 };
+use thinagent_km_sys::io_params::{
+    FLT_PARAMETERS_FSCTL_COMMON, FLT_PARAMETERS_SET_FILE_INFORMATION,
+};
 use thinagent_protocol::{CreateDisposition, Decision, EventKind, FileIdentity};
 
 use super::agent::{self, Agent, AgentStats};
@@ -1105,12 +1108,14 @@ unsafe extern "system" fn pre_set_information(
     objects: *const FLT_RELATED_OBJECTS,
     _completion: *mut *mut c_void,
 ) -> FLT_PREOP_CALLBACK_STATUS {
-    // SAFETY: the set-information arm, for IRP_MJ_SET_INFORMATION.
+    // SAFETY: the set-information arm, for IRP_MJ_SET_INFORMATION. Read
+    // with fltKernel.h's layout: windows-sys's FLT_PARAMETERS_6 lacks
+    // POINTER_ALIGNMENT and would read FileInformationClass at offset 4
+    // instead of 8 (thinagent_km_sys::io_params).
     let class = unsafe {
-        (*(*data).Iopb)
-            .Parameters
-            .SetFileInformation
-            .FileInformationClass
+        let params =
+            (&raw const (*(*data).Iopb).Parameters).cast::<FLT_PARAMETERS_SET_FILE_INFORMATION>();
+        (*params).FileInformationClass
     };
     if class == FileEndOfFileInformation
         || class == FileValidDataLengthInformation
@@ -1131,13 +1136,12 @@ unsafe extern "system" fn pre_file_system_control(
     _completion: *mut *mut c_void,
 ) -> FLT_PREOP_CALLBACK_STATUS {
     // SAFETY: the FSCTL arm, for IRP_MJ_FILE_SYSTEM_CONTROL (Common is the
-    // prefix every method shares).
+    // prefix every method shares). Read with fltKernel.h's layout:
+    // windows-sys's FLT_PARAMETERS_12_1 lacks POINTER_ALIGNMENT and would
+    // read FsControlCode at offset 8 (InputBufferLength) instead of 16.
     let code = unsafe {
-        (*(*data).Iopb)
-            .Parameters
-            .FileSystemControl
-            .Common
-            .FsControlCode
+        let params = (&raw const (*(*data).Iopb).Parameters).cast::<FLT_PARAMETERS_FSCTL_COMMON>();
+        (*params).FsControlCode
     };
     if matches!(
         code,
