@@ -24,6 +24,9 @@
 //! * [`ntoskrnl`]: kernel exports windows-sys binds to ntdll or not at all
 //!   (`ZwClose`, `PsThreadType`), the `wdm.h` shapes of the thread-start and
 //!   IRP-completion callbacks, the viosock device-interface GUID.
+//! * [`viosock`]: virtio-win's `viosock.sys` device interface (socket =
+//!   file object created with a `VIRTIO_VSOCK_PARAMS` extended attribute;
+//!   connect/shutdown IOCTLs; data by read/write IRPs), `sockaddr_vm`.
 //! * [`registry`]: `ZwOpenKey` / `ZwQueryValueKey` from ntoskrnl
 //!   (windows-sys binds them to user-mode ntdll; `ZwClose` is in
 //!   [`ntoskrnl`]).
@@ -57,6 +60,7 @@ pub mod ioctl;
 pub mod nt;
 pub mod ntoskrnl;
 pub mod registry;
+pub mod viosock;
 pub mod vmci;
 pub mod wdmsec;
 pub mod wsk;

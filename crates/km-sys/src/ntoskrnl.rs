@@ -18,6 +18,9 @@
 //!   [`GUID_DEVICE_INTERFACE_ARRIVAL`] / [`GUID_DEVICE_INTERFACE_REMOVAL`]
 //!   (`wdmguid.h`).
 //! * NTSTATUS values the IRP plumbing uses that `nt` does not have.
+//! * For the virtio-vsock socket (`crate::viosock`): `ZwCreateFile`
+//!   (windows-sys binds it to ntdll.dll), the data export `IoFileObjectType`
+//!   and `PsGetCurrentThread` (not in windows-sys 0.61.2).
 
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
 
@@ -74,6 +77,20 @@ pub const SYNCHRONIZE: u32 = 0x0010_0000;
 pub const FILE_READ_ATTRIBUTES: u32 = 0x0080;
 /// `OBJ_KERNEL_HANDLE` (`ntdef.h`: 0x00000200).
 pub const OBJ_KERNEL_HANDLE: u32 = 0x0000_0200;
+/// `OBJ_CASE_INSENSITIVE` (`ntdef.h`: 0x00000040).
+pub const OBJ_CASE_INSENSITIVE: u32 = 0x0000_0040;
+/// `FILE_GENERIC_READ` (`winnt.h`: 0x00120089).
+pub const FILE_GENERIC_READ: u32 = 0x0012_0089;
+/// `FILE_GENERIC_WRITE` (`winnt.h`: 0x00120116).
+pub const FILE_GENERIC_WRITE: u32 = 0x0012_0116;
+/// `FILE_SHARE_READ` (`winnt.h`: 1).
+pub const FILE_SHARE_READ: u32 = 0x1;
+/// `FILE_SHARE_WRITE` (`winnt.h`: 2).
+pub const FILE_SHARE_WRITE: u32 = 0x2;
+/// `FILE_OPEN` (`wdm.h` create disposition: 1), open an existing object.
+pub const FILE_OPEN: u32 = 0x1;
+/// `FILE_NON_DIRECTORY_FILE` (`wdm.h` create option: 0x40).
+pub const FILE_NON_DIRECTORY_FILE: u32 = 0x40;
 
 /// `GUID_DEVINTERFACE_VIOSOCK` {6B58DC1F-01C3-440F-BE1C-B95D000F1FF5}:
 /// the device interface virtio-win's `viosock.sys` registers
@@ -130,6 +147,36 @@ unsafe extern "system" {
     /// thread object type, for `ObReferenceObjectByHandle`'s `ObjectType`
     /// (pass the value it points to).
     pub static PsThreadType: *mut *mut c_void;
+
+    /// `IoFileObjectType` (`wdm.h`: `extern POBJECT_TYPE *IoFileObjectType`),
+    /// the file object type, for `ObReferenceObjectByHandle`'s `ObjectType`
+    /// (pass the value it points to).
+    pub static IoFileObjectType: *mut *mut c_void;
+
+    /// `ZwCreateFile` (`wdm.h`, ntoskrnl.exe; PASSIVE_LEVEL): opens a file
+    /// or device object, here with an extended-attribute buffer.
+    /// learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-zwcreatefile.
+    /// Declared here because windows-sys binds the ntdll.dll export; the
+    /// parameter types are windows-sys's (`HANDLE`, `OBJECT_ATTRIBUTES`,
+    /// `IO_STATUS_BLOCK`), so the signature is its `ZwCreateFile`'s.
+    pub fn ZwCreateFile(
+        FileHandle: *mut windows_sys::Win32::Foundation::HANDLE,
+        DesiredAccess: u32,
+        ObjectAttributes: *const windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES,
+        IoStatusBlock: *mut windows_sys::Win32::System::IO::IO_STATUS_BLOCK,
+        AllocationSize: *const i64,
+        FileAttributes: u32,
+        ShareAccess: u32,
+        CreateDisposition: u32,
+        CreateOptions: u32,
+        EaBuffer: *const c_void,
+        EaLength: u32,
+    ) -> NTSTATUS;
+
+    /// `PsGetCurrentThread` (`wdm.h`, ntoskrnl.exe; any IRQL): the calling
+    /// thread's `ETHREAD`, for `Irp->Tail.Overlay.Thread` of a driver-built
+    /// IRP. learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-psgetcurrentthread.
+    pub fn PsGetCurrentThread() -> *mut c_void;
 }
 
 #[cfg(test)]
@@ -160,6 +207,22 @@ mod tests {
             GUID_DEVICE_INTERFACE_REMOVAL.Data4
         );
         assert_ne!(GUID_DEVICE_INTERFACE_ARRIVAL, GUID_DEVICE_INTERFACE_REMOVAL);
+    }
+
+    #[test]
+    fn create_constants_match_windows_sys() {
+        use windows_sys::Wdk::Storage::FileSystem as W;
+        use windows_sys::Win32::Storage::FileSystem as F;
+        assert_eq!(FILE_GENERIC_READ, F::FILE_GENERIC_READ);
+        assert_eq!(FILE_GENERIC_WRITE, F::FILE_GENERIC_WRITE);
+        assert_eq!(FILE_SHARE_READ, F::FILE_SHARE_READ);
+        assert_eq!(FILE_SHARE_WRITE, F::FILE_SHARE_WRITE);
+        assert_eq!(FILE_OPEN, W::FILE_OPEN);
+        assert_eq!(FILE_NON_DIRECTORY_FILE, W::FILE_NON_DIRECTORY_FILE);
+        assert_eq!(
+            OBJ_CASE_INSENSITIVE,
+            windows_sys::Win32::Foundation::OBJ_CASE_INSENSITIVE
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@ use thinagent_km_sys::fltmgr::Minifilters::{
     FLT_CALLBACK_DATA, FLT_IO_PARAMETER_BLOCK, FLT_OPERATION_REGISTRATION, FLT_REGISTRATION,
 };
 use thinagent_km_sys::nt::{GUID, SOCKADDR, UNICODE_STRING};
+use thinagent_km_sys::viosock::{
+    FILE_FULL_EA_INFORMATION_SIZE, FILE_FULL_EA_NAME_OFFSET, VIRTIO_VSOCK_CONFIG,
+    VIRTIO_VSOCK_PARAMS, VIRTIO_VSOCK_READ_PARAMS,
+};
 use thinagent_km_sys::vmci::{SOCKADDR_VM, VmciCaptureBuffer};
 use thinagent_km_sys::wsk::*;
 
@@ -247,6 +251,39 @@ const fn flt_io_parameter_block() {
     assert!(offset_of!(FLT_IO_PARAMETER_BLOCK, Parameters) == 24);
 }
 
+// ------------------------------------------------- virtio-win viosock (public.h, vio_sockets.h)
+
+const fn viosock_params() {
+    // ULONGLONG Socket (8, at 0) + VIRTIO_VSOCK_TYPE Type (enum = int, 4, at 8) + pad 4 = 16, align 8
+    assert!(size_of::<VIRTIO_VSOCK_PARAMS>() == 16);
+    assert!(align_of::<VIRTIO_VSOCK_PARAMS>() == 8);
+    assert!(offset_of!(VIRTIO_VSOCK_PARAMS, Socket) == 0);
+    assert!(offset_of!(VIRTIO_VSOCK_PARAMS, Type) == 8);
+    // ULONG32 guest_cid = 4; ULONG Flags = 4
+    assert!(size_of::<VIRTIO_VSOCK_CONFIG>() == 4);
+    assert!(size_of::<VIRTIO_VSOCK_READ_PARAMS>() == 4);
+}
+
+const fn viosock_sockaddr_vm() {
+    // ADDRESS_FAMILY svm_family (2, at 0) + USHORT svm_reserved1 (at 2) + UINT svm_port (at 4)
+    // + UINT svm_cid (at 8) = 12: vio_sockets.h has no svm_zero padding
+    use thinagent_km_sys::viosock::SOCKADDR_VM as V;
+    assert!(size_of::<V>() == 12);
+    assert!(offset_of!(V, svm_reserved1) == 2);
+    assert!(offset_of!(V, svm_port) == 4);
+    assert!(offset_of!(V, svm_cid) == 8);
+}
+
+const fn file_full_ea_information() {
+    // wdm.h: ULONG NextEntryOffset (at 0) + UCHAR Flags (4) + UCHAR EaNameLength (5)
+    // + USHORT EaValueLength (6) + CHAR EaName[1] (at 8) = 9, padded to 12
+    use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::FILE_FULL_EA_INFORMATION as E;
+    assert!(size_of::<E>() == FILE_FULL_EA_INFORMATION_SIZE);
+    assert!(offset_of!(E, EaName) == FILE_FULL_EA_NAME_OFFSET);
+    assert!(offset_of!(E, EaNameLength) == 5);
+    assert!(offset_of!(E, EaValueLength) == 6);
+}
+
 // Evaluated by the compiler, for the host and for any `--target`.
 const _: () = {
     sockaddr();
@@ -271,6 +308,9 @@ const _: () = {
     flt_operation_registration();
     flt_callback_data();
     flt_io_parameter_block();
+    viosock_params();
+    viosock_sockaddr_vm();
+    file_full_ea_information();
 };
 
 #[test]
@@ -297,4 +337,7 @@ fn layouts_match_the_windows_x64_headers() {
     flt_operation_registration();
     flt_callback_data();
     flt_io_parameter_block();
+    viosock_params();
+    viosock_sockaddr_vm();
+    file_full_ea_information();
 }
