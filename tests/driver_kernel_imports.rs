@@ -19,6 +19,11 @@
 //!
 //! The checker is a function of text, so it is also tested on inline samples
 //! and on a seeded copy of the real driver.
+//!
+//! A second check in the same spirit: windows-sys also drops the headers'
+//! `POINTER_ALIGNMENT` on request-parameter fields, so no
+//! `Parameters.<arm>` whose layout it gets wrong may be read through it
+//! (`thinagent_km_sys::io_params` has the right layouts).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -891,4 +896,83 @@ fn the_docs_table_is_read_from_its_section_only() {
         ["IofCallDriver", "KeSetEvent"]
     );
     assert!(kernel_api_table("# no section\n").is_empty());
+}
+
+/// Arms of windows-sys's `FLT_PARAMETERS` / `IO_STACK_LOCATION_0` that hold
+/// `POINTER_ALIGNMENT` fields, which windows-sys 0.61.2 places wrongly on
+/// 64-bit Windows (see `thinagent_km_sys::io_params`). `Create` is listed by
+/// field: its `SecurityContext` and `Options` are at the right offsets.
+const MISALIGNED_ARMS: [&str; 13] = [
+    "Read",
+    "Write",
+    "QueryFileInformation",
+    "SetFileInformation",
+    "QueryEa",
+    "QueryVolumeInformation",
+    "SetVolumeInformation",
+    "DirectoryControl",
+    "FileSystemControl",
+    "DeviceIoControl",
+    "LockControl",
+    "QuerySecurity",
+    "QueryFile",
+];
+const MISALIGNED_CREATE_FIELDS: [&str; 5] = [
+    "FileAttributes",
+    "ShareAccess",
+    "EaLength",
+    "EaBuffer",
+    "AllocationSize",
+];
+
+/// `Parameters.<arm>` reads through windows-sys whose layout is wrong.
+fn misaligned_parameter_reads(files: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (file, text) in files {
+        let t = tokenize(&strip_comments_and_strings(text));
+        for (i, tok) in t.iter().enumerate() {
+            if *tok != Tok::Ident("Parameters".into()) || t.get(i + 1) != Some(&Tok::Punct('.')) {
+                continue;
+            }
+            let Some(Tok::Ident(arm)) = t.get(i + 2) else {
+                continue;
+            };
+            let field = match (t.get(i + 3), t.get(i + 4)) {
+                (Some(Tok::Punct('.')), Some(Tok::Ident(f))) => f.as_str(),
+                _ => "",
+            };
+            if MISALIGNED_ARMS.contains(&arm.as_str())
+                || (arm == "Create" && MISALIGNED_CREATE_FIELDS.contains(&field))
+            {
+                out.push(format!(
+                    "{file}: Parameters.{arm}.{field} is read with windows-sys's layout, which lacks \
+                     POINTER_ALIGNMENT; cast the union to the thinagent_km_sys::io_params arm"
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_parameter_arm_is_read_with_the_wrong_layout() {
+    let files = read_rs_files(&root().join("driver/windows"));
+    let bad = misaligned_parameter_reads(&files);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+
+    // The check itself, on the reads this rule was written for.
+    let seeded = r#"
+fn f(iopb: *mut FLT_IO_PARAMETER_BLOCK, stack: *mut IO_STACK_LOCATION) {
+    let ok = unsafe { (*iopb).Parameters.Create.Options };
+    let a = unsafe { (*iopb).Parameters.SetFileInformation.FileInformationClass };
+    let b = unsafe { (*stack).Parameters.DeviceIoControl };
+    let c = unsafe { (*iopb).Parameters.Create.FileAttributes };
+    // (*iopb).Parameters.Read.ByteOffset in a comment is fine
+}
+"#;
+    let bad = misaligned_parameter_reads(&[("seeded.rs".into(), seeded.into())]);
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert!(bad[0].contains("Parameters.SetFileInformation.FileInformationClass"));
+    assert!(bad[1].contains("Parameters.DeviceIoControl."));
+    assert!(bad[2].contains("Parameters.Create.FileAttributes"));
 }
