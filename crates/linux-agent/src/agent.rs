@@ -24,7 +24,9 @@ use thinagent_protocol::{OsError, ReadOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::connect::{ConnectUrl, Connection, Stream};
-use crate::core::{Access, Action, AgentCore, CoreConfig, FileStat, PermEvent, Stats, Token, Why};
+use crate::core::{
+    Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, PermEvent, Stats, Token, Why,
+};
 use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, MarkScope};
 use crate::logging::{Logger, routine};
 use crate::reader::{Incoming, Reader, ReaderShared};
@@ -64,6 +66,9 @@ pub struct AgentConfig {
     pub guest_name: String,
     /// Reconnect pacing.
     pub reconnect: ReconnectConfig,
+    /// Most fanotify ignore marks at once (the kernel-side verdict cache;
+    /// 0: off, `--no-kernel-cache`).
+    pub kernel_cache_entries: usize,
     /// Where lines go.
     pub logger: Logger,
 }
@@ -140,7 +145,8 @@ pub fn stats_text(s: &Stats) -> String {
     format!(
         "events={} skipped={} not_regular={} cache_hits={} allowed_by_scanner={} \
          denied_by_scanner={} denied={} fail_mode_decisions={} (disconnected={} deadline={} \
-         watchdog={} session_closed={} overloaded={} shutdown={}) reads={} invalidations={}",
+         watchdog={} session_closed={} overloaded={} shutdown={}) reads={} invalidations={} \
+         ignore_marks={} ignore_marks_failed={} ignore_mark_flushes={}",
         s.events,
         s.skipped,
         s.not_regular,
@@ -157,6 +163,9 @@ pub fn stats_text(s: &Stats) -> String {
         s.fail_mode_shutdown,
         s.reads,
         s.invalidations,
+        s.ignore_marks,
+        s.ignore_marks_failed,
+        s.ignore_mark_flushes,
     )
 }
 
@@ -438,9 +447,94 @@ impl Edge {
         self.run_actions();
     }
 
+    /// Puts the ignore mark of [`Action::AddIgnoreMark`] and tells the core.
+    fn add_ignore_mark(&mut self, token: Token, expect: FileStat) {
+        let Some(held) = self.held.get(&token).cloned() else {
+            self.core.ignore_mark_result(expect.dev, expect.ino, false);
+            return;
+        };
+        let added = match self.fan.add_ignore_mark(&held.event) {
+            Ok(()) => {
+                if self.core.stats().ignore_marks == 0 {
+                    self.log.log(
+                        Level::Info,
+                        routine::FANOTIFY,
+                        format_args!(
+                            "kernel verdict cache on: files the scanner allows get an ignore \
+                             mark ({}), at most {} at once",
+                            self.fan.ignore_mark_kind().unwrap_or("?"),
+                            self.config.kernel_cache_entries
+                        ),
+                    );
+                }
+                // The verdict is for the version fstat saw when the event
+                // came. Modified since, before the mark was in place (the
+                // kernel clears the mark on modifications after): undo.
+                if fanotify::stat_of(&held.event) == Some(expect) {
+                    true
+                } else {
+                    let _ = self.fan.remove_ignore_mark(&held.event);
+                    self.log.log(
+                        Level::Debug,
+                        routine::FANOTIFY,
+                        format_args!("{} changed while it was scanned: no ignore mark", held.path),
+                    );
+                    false
+                }
+            }
+            Err(e) => {
+                let level = if self.core.stats().ignore_marks_failed == 0 {
+                    Level::Warn
+                } else {
+                    Level::Debug
+                };
+                self.log.log(
+                    level,
+                    routine::FANOTIFY,
+                    format_args!(
+                        "cannot put an ignore mark on {}: {e}; its opens stay checked \
+                         (through the verdict cache)",
+                        held.path
+                    ),
+                );
+                false
+            }
+        };
+        self.core.ignore_mark_result(expect.dev, expect.ino, added);
+    }
+
+    fn flush_ignore_marks(&mut self, reason: FlushReason, marks: usize) {
+        match self.fan.flush_ignore_marks() {
+            Ok(()) => {
+                let level = if reason == FlushReason::Ttl {
+                    Level::Debug
+                } else {
+                    Level::Info
+                };
+                self.log.log(
+                    level,
+                    routine::FANOTIFY,
+                    format_args!(
+                        "kernel verdict cache flushed ({}): {marks} ignore marks removed",
+                        reason.as_str()
+                    ),
+                );
+            }
+            Err(e) => self.log.log(
+                Level::Error,
+                routine::FANOTIFY,
+                format_args!("cannot flush the ignore marks ({}): {e}", reason.as_str()),
+            ),
+        }
+    }
+
     fn run_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
+                Action::AddIgnoreMark { token, expect } => self.add_ignore_mark(token, expect),
+                Action::FlushIgnoreMarks { reason, marks } => {
+                    self.flush_ignore_marks(reason, marks);
+                }
                 Action::Respond { token, allow, why } => self.respond(token, allow, &why),
                 Action::Read {
                     token,
@@ -628,6 +722,7 @@ pub async fn run<F: Future<Output = ()>>(
         guest_name: config.guest_name.clone(),
         policy,
         own_pid,
+        kernel_cache_entries: config.kernel_cache_entries,
     });
     let group = FanGroup::new()?;
     for path in &config.watch {
@@ -652,6 +747,7 @@ pub async fn run<F: Future<Output = ()>>(
         cache: core.shared_cache(),
         handed: Arc::new(AtomicUsize::new(0)),
         fast_hits: Arc::new(AtomicU64::new(0)),
+        kernel_cache: config.kernel_cache_entries > 0,
     };
     let clock = std::time::Instant::now();
     // The reader may hand over a few reads' worth beyond max_in_flight
@@ -693,12 +789,16 @@ pub async fn run<F: Future<Output = ()>>(
         routine::DRIVER_ENTRY,
         format_args!(
             "thinagent-linux-agent {} started (pid {own_pid}): scanner {}, {}, timeout {} ms, \
-             at most {} opens in flight",
+             at most {} opens in flight, kernel verdict cache {}",
             env!("CARGO_PKG_VERSION"),
             edge.config.connect,
             fail_mode_name(edge.config.fail_mode),
             edge.config.timeout.as_millis(),
-            edge.config.max_in_flight
+            edge.config.max_in_flight,
+            match edge.config.kernel_cache_entries {
+                0 => "off".to_string(),
+                n => format!("up to {n} ignore marks"),
+            }
         ),
     );
     edge.start_connect();

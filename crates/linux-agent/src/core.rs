@@ -16,7 +16,7 @@
 //!   watchdog answers by the fail mode whatever the session is doing;
 //! * after [`AgentCore::shutdown`] nothing is pending.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -46,6 +46,11 @@ const CACHE_SHARDS: usize = 16;
 /// Verdict cache entries in all (4 MiB): a warm working set of tens of
 /// thousands of files stays cached.
 pub const CACHE_ENTRIES: usize = CACHE_SHARD_ENTRIES * CACHE_SHARDS;
+/// Default bound of the kernel-side verdict cache (`--kernel-cache-entries`):
+/// fanotify ignore marks held at once. About 130 bytes of kernel memory each
+/// (the mark and its inode connector); the marks are evictable, so they do
+/// not pin inodes.
+pub const KERNEL_CACHE_ENTRIES: usize = 32_768;
 
 /// The guest crate's fixed-size [`VerdictCache`], sharded by file identity
 /// so that a large cache is built shard by shard on the heap (one
@@ -261,6 +266,27 @@ pub enum Action {
         /// Length.
         length: u32,
     },
+    /// The scanner allowed `token`'s file: put a fanotify ignore mark for
+    /// open and exec on its inode, through the event's descriptor, so that
+    /// later opens raise no event at all (the kernel drops the mark's ignore
+    /// mask when the file is modified). Comes right before the event's
+    /// [`Action::Respond`]. If the file's `fstat` no longer matches `expect`
+    /// once the mark is in place (it changed while being scanned), remove the
+    /// mark again. Report with [`AgentCore::ignore_mark_result`].
+    AddIgnoreMark {
+        /// The event whose descriptor names the inode.
+        token: Token,
+        /// The file's version the verdict is for.
+        expect: FileStat,
+    },
+    /// Remove every ignore mark of the group (`FAN_MARK_FLUSH` of inode
+    /// marks; the mount and file-system marks stay).
+    FlushIgnoreMarks {
+        /// Why.
+        reason: FlushReason,
+        /// Marks the core counted since the previous flush.
+        marks: usize,
+    },
     /// The handshake completed.
     Connected {
         /// Negotiated protocol version.
@@ -272,6 +298,44 @@ pub enum Action {
         /// Why it closed.
         reason: CloseReason,
     },
+}
+
+/// Why the kernel-side verdict cache (the ignore marks) is flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushReason {
+    /// The shortest verdict TTL among the marks has passed.
+    Ttl,
+    /// `--kernel-cache-entries` marks are in place and another is wanted.
+    Bound,
+    /// A new session with the scanner (its signatures may have changed).
+    Connected,
+}
+
+impl FlushReason {
+    /// A short name for log lines.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Ttl => "verdict TTL reached",
+            FlushReason::Bound => "entry bound reached",
+            FlushReason::Connected => "new scanner session",
+        }
+    }
+}
+
+/// The kernel-side verdict cache's bookkeeping: which inodes carry an ignore
+/// mark, how many may, and when the shortest verdict TTL among them ends.
+/// Inodes whose mark the kernel dropped by itself (file modified, inode
+/// evicted, file deleted) still count until the next flush: the bound is
+/// conservative.
+#[derive(Debug, Default)]
+struct IgnoreMarks {
+    /// Most marks at once; 0: off.
+    capacity: usize,
+    /// (`st_dev`, inode) of every mark since the last flush.
+    marked: HashSet<(u64, u64)>,
+    /// When the marks must go (the earliest verdict expiry among them).
+    flush_due: Option<Instant>,
 }
 
 /// Counters since start.
@@ -307,6 +371,13 @@ pub struct Stats {
     pub invalidations: u64,
     /// Host reads served.
     pub reads: u64,
+    /// Ignore marks put on files the scanner allowed (kernel-side cache).
+    pub ignore_marks: u64,
+    /// Ignore marks wanted but not added (the kernel refused, or the file
+    /// changed while it was scanned).
+    pub ignore_marks_failed: u64,
+    /// Flushes of every ignore mark (TTL, bound, new session).
+    pub ignore_mark_flushes: u64,
 }
 
 impl Stats {
@@ -335,12 +406,16 @@ pub struct CoreConfig {
     pub policy: OpenPolicy,
     /// The agent's own pid (its opens are never checked).
     pub own_pid: u32,
+    /// Most fanotify ignore marks at once (the kernel-side verdict cache);
+    /// 0 turns it off.
+    pub kernel_cache_entries: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     deadline: Instant,
     key: Option<FileKey>,
+    stat: Option<FileStat>,
     query: QueryId,
     /// A `FAN_CLOSE_WRITE` of the same file arrived meanwhile: do not cache.
     dirty: bool,
@@ -361,6 +436,7 @@ pub struct AgentCore {
     actions: VecDeque<Action>,
     outbox: Vec<u8>,
     stats: Stats,
+    marks: IgnoreMarks,
 }
 
 impl std::fmt::Debug for AgentCore {
@@ -394,6 +470,10 @@ impl AgentCore {
             actions: VecDeque::new(),
             outbox: Vec::new(),
             stats: Stats::default(),
+            marks: IgnoreMarks {
+                capacity: config.kernel_cache_entries,
+                ..IgnoreMarks::default()
+            },
         }
     }
 
@@ -461,10 +541,61 @@ impl AgentCore {
         }
     }
 
+    /// Ignore marks counted since the last flush.
+    #[must_use]
+    pub fn ignore_marks(&self) -> usize {
+        self.marks.marked.len()
+    }
+
+    /// The edge carried out an [`Action::AddIgnoreMark`] for the file
+    /// (`dev`, `ino`): `added` if the mark is in place, `false` if the kernel
+    /// refused it or it was removed again (the file changed).
+    pub fn ignore_mark_result(&mut self, dev: u64, ino: u64, added: bool) {
+        if added {
+            self.stats.ignore_marks += 1;
+        } else {
+            self.stats.ignore_marks_failed += 1;
+            self.marks.marked.remove(&(dev, ino));
+        }
+    }
+
+    fn flush_ignore_marks(&mut self, reason: FlushReason) {
+        let marks = self.marks.marked.len();
+        self.marks.marked.clear();
+        self.marks.flush_due = None;
+        self.stats.ignore_mark_flushes += 1;
+        self.actions
+            .push_back(Action::FlushIgnoreMarks { reason, marks });
+    }
+
+    /// Asks the edge for an ignore mark on `token`'s file, allowed by the
+    /// scanner at `now` for `ttl` (flushing all marks first at the bound).
+    fn want_ignore_mark(&mut self, token: Token, stat: FileStat, now: Instant, ttl: Duration) {
+        if self.marks.capacity == 0 || stat.file_type != FileType::Regular {
+            return;
+        }
+        let id = (stat.dev, stat.ino);
+        if !self.marks.marked.contains(&id) && self.marks.marked.len() >= self.marks.capacity {
+            self.flush_ignore_marks(FlushReason::Bound);
+        }
+        self.marks.marked.insert(id);
+        let due = now.saturating_add(ttl);
+        self.marks.flush_due = Some(self.marks.flush_due.map_or(due, |d| d.min(due)));
+        self.actions.push_back(Action::AddIgnoreMark {
+            token,
+            expect: stat,
+        });
+    }
+
     /// A connection to the scanner was established at `now`: starts a
-    /// session (sends `Hello`). An existing session is closed first.
+    /// session (sends `Hello`). An existing session is closed first. Ignore
+    /// marks from earlier sessions are flushed (the scanner's signatures may
+    /// have changed).
     pub fn on_connected(&mut self, now: Instant) {
         self.on_disconnected(now);
+        if !self.marks.marked.is_empty() {
+            self.flush_ignore_marks(FlushReason::Connected);
+        }
         let config = SessionConfig {
             query_timeout: self.timeout,
             fail_mode: self.fail_mode,
@@ -502,8 +633,11 @@ impl AgentCore {
         }
     }
 
-    /// `FAN_CLOSE_WRITE` on (`dev`, `ino`): forget every verdict of the file.
+    /// `FAN_CLOSE_WRITE` on (`dev`, `ino`): forget every verdict of the file
+    /// (the edge removes its ignore mark, if any, with the event's
+    /// descriptor).
     pub fn on_close_write(&mut self, dev: u64, ino: u64) {
+        self.marks.marked.remove(&(dev, ino));
         let id = FileKey::with_u64_id(dev, ino, 0, 0).file_id;
         let n = self.cache().invalidate(dev, &id);
         self.stats.invalidations += n as u64;
@@ -587,6 +721,7 @@ impl AgentCore {
                     Pending {
                         deadline: now.saturating_add(self.timeout),
                         key,
+                        stat: ev.stat,
                         query,
                         dirty: false,
                     },
@@ -622,15 +757,18 @@ impl AgentCore {
     pub fn next_deadline(&self) -> Option<Instant> {
         let watchdog = self.pending.values().map(|p| p.deadline).min();
         let session = self.session.as_ref().and_then(|s| s.next_deadline());
-        match (watchdog, session) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [watchdog, session, self.marks.flush_due]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Applies every timer due at `now`: the session's (query deadlines,
-    /// heartbeats, handshake) and then the watchdog's.
+    /// heartbeats, handshake), the watchdog's, and the ignore marks' TTL.
     pub fn on_timeout(&mut self, now: Instant) {
+        if self.marks.flush_due.is_some_and(|d| now.has_reached(d)) {
+            self.flush_ignore_marks(FlushReason::Ttl);
+        }
         if let Some(s) = self.session.as_mut() {
             s.on_timeout(now);
             self.pump(now, false);
@@ -755,8 +893,11 @@ impl AgentCore {
                     if let (Some(c), Some(k), false, ttl @ 1..) =
                         (cached, p.key, p.dirty, v.cache_ttl_secs)
                     {
-                        self.cache()
-                            .insert(k, c, now, Duration::from_secs(ttl.into()));
+                        let ttl = Duration::from_secs(ttl.into());
+                        self.cache().insert(k, c, now, ttl);
+                        if let (CachedVerdict::Allow, Some(st)) = (c, p.stat) {
+                            self.want_ignore_mark(token, st, now, ttl);
+                        }
                     }
                     if v.allows() {
                         self.stats.host_allowed += 1;

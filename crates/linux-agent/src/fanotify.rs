@@ -8,6 +8,20 @@
 //! read from it with `pread`, never by reopening the path (opens by fanotify
 //! listeners through their event descriptors raise no events).
 //!
+//! The kernel-side verdict cache: after the scanner allows a regular file,
+//! [`FanGroup::add_ignore_mark`] puts an *ignore mark* for
+//! [`ignore_mask`] (open and exec permission events) on its inode, through
+//! the event's own descriptor. The group's mount or file-system mark then
+//! raises no event for that inode at all: a warm open costs nothing. Without
+//! `FAN_MARK_IGNORED_SURV_MODIFY`, the kernel clears the ignore mask itself
+//! on the next modification (`write`, `truncate`, an `O_TRUNC` open), so a
+//! rewritten file is checked again at its next open. A shared writable
+//! mapping modifies without such an event: the `FAN_CLOSE_WRITE` of its
+//! writer removes the mark ([`FanGroup::remove_ignore_mark`]). The marks are
+//! evictable where the kernel allows it (`FAN_MARK_EVICTABLE`, Linux 5.19):
+//! they do not pin inodes in memory; an evicted inode simply raises events
+//! again. Measured on Linux 6.18 (see `tests/onaccess.rs`).
+//!
 //! A denied open fails with `EPERM`: the kernel's `FAN_DENY`. (Custom errors
 //! such as `EACCES` via `FAN_DENY_ERRNO` are accepted only for pre-content
 //! groups and only from a short list that does not include `EACCES`.)
@@ -29,6 +43,31 @@ use crate::core::{FileStat, FileType};
 pub fn watch_mask() -> MaskFlags {
     MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM | MaskFlags::FAN_CLOSE_WRITE
 }
+
+/// Events an ignore mark suppresses: the permission events.
+pub fn ignore_mask() -> MaskFlags {
+    MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM
+}
+
+/// The ways to add an ignore mark, newest first; the group settles on the
+/// first one the kernel accepts.
+const IGNORE_FLAVOURS: [(&str, MarkFlags, MarkFlags); 3] = [
+    (
+        "FAN_MARK_IGNORE | FAN_MARK_EVICTABLE",
+        MarkFlags::FAN_MARK_IGNORE.union(MarkFlags::FAN_MARK_EVICTABLE),
+        MarkFlags::FAN_MARK_IGNORE,
+    ),
+    (
+        "FAN_MARK_IGNORED_MASK | FAN_MARK_EVICTABLE",
+        MarkFlags::FAN_MARK_IGNORED_MASK.union(MarkFlags::FAN_MARK_EVICTABLE),
+        MarkFlags::FAN_MARK_IGNORED_MASK,
+    ),
+    (
+        "FAN_MARK_IGNORED_MASK",
+        MarkFlags::FAN_MARK_IGNORED_MASK,
+        MarkFlags::FAN_MARK_IGNORED_MASK,
+    ),
+];
 
 /// What to mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,14 +131,23 @@ impl FanotifyError {
 pub struct FanGroup {
     fan: Fanotify,
     marks: std::sync::Mutex<Vec<(PathBuf, MarkScope)>>,
+    /// Index into [`IGNORE_FLAVOURS`] of the way ignore marks are added;
+    /// past the end: the kernel accepts none.
+    ignore_flavour: std::sync::atomic::AtomicUsize,
 }
 
 impl FanGroup {
-    /// Creates the group (`FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK`,
-    /// event descriptors `O_RDONLY | O_LARGEFILE | O_CLOEXEC`).
+    /// Creates the group (`FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK |
+    /// FAN_UNLIMITED_MARKS`, event descriptors `O_RDONLY | O_LARGEFILE |
+    /// O_CLOEXEC`). Unlimited marks: the agent bounds its ignore marks itself
+    /// (`--kernel-cache-entries`) instead of sharing root's
+    /// `/proc/sys/fs/fanotify/max_user_marks` with other groups.
     pub fn new() -> Result<Self, FanotifyError> {
         let fan = Fanotify::init(
-            InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
+            InitFlags::FAN_CLASS_CONTENT
+                | InitFlags::FAN_CLOEXEC
+                | InitFlags::FAN_NONBLOCK
+                | InitFlags::FAN_UNLIMITED_MARKS,
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
         .map_err(|e| match e {
@@ -110,7 +158,89 @@ impl FanGroup {
         Ok(FanGroup {
             fan,
             marks: std::sync::Mutex::new(Vec::new()),
+            ignore_flavour: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Puts an ignore mark for [`ignore_mask`] on the inode of `event`'s
+    /// descriptor (never its path). The first call probes which flags the
+    /// kernel accepts (see [`ignore_mark_kind`](Self::ignore_mark_kind)).
+    pub fn add_ignore_mark(&self, event: &FanotifyEvent) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let fd = event
+            .fd()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
+        loop {
+            let i = self.ignore_flavour.load(Ordering::Relaxed);
+            let Some((_, add, _)) = IGNORE_FLAVOURS.get(i) else {
+                return Err(io::Error::from_raw_os_error(Errno::EINVAL as i32));
+            };
+            match self.fan.mark(
+                MarkFlags::FAN_MARK_ADD | *add,
+                ignore_mask(),
+                fd,
+                None::<&Path>,
+            ) {
+                // An older kernel: try the next way (once for the group).
+                Err(Errno::EINVAL) => {
+                    let _ = self.ignore_flavour.compare_exchange(
+                        i,
+                        i + 1,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                r => return r.map_err(io::Error::from),
+            }
+        }
+    }
+
+    /// The flags ignore marks are added with, once the first one was
+    /// (`None` before, or when the kernel took none).
+    #[must_use]
+    pub fn ignore_mark_kind(&self) -> Option<&'static str> {
+        let i = self
+            .ignore_flavour
+            .load(std::sync::atomic::Ordering::Relaxed);
+        IGNORE_FLAVOURS.get(i).map(|f| f.0)
+    }
+
+    /// Removes the ignore mask from the inode of `event`'s descriptor (the
+    /// mark goes with it). `Ok(false)`: the inode had no ignore mark.
+    pub fn remove_ignore_mark(&self, event: &FanotifyEvent) -> io::Result<bool> {
+        let fd = event
+            .fd()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
+        let i = self
+            .ignore_flavour
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let Some((_, _, remove)) = IGNORE_FLAVOURS.get(i) else {
+            return Ok(false);
+        };
+        match self.fan.mark(
+            MarkFlags::FAN_MARK_REMOVE | *remove,
+            ignore_mask(),
+            fd,
+            None::<&Path>,
+        ) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every inode mark of the group (`FAN_MARK_FLUSH` without a
+    /// mount or file-system flag): all ignore marks at once. The mount and
+    /// file-system marks of [`add_mark`](Self::add_mark) stay.
+    pub fn flush_ignore_marks(&self) -> io::Result<()> {
+        self.fan
+            .mark(
+                MarkFlags::FAN_MARK_FLUSH,
+                MaskFlags::empty(),
+                nix::fcntl::AT_FDCWD,
+                None::<&Path>,
+            )
+            .map_err(io::Error::from)
     }
 
     /// Marks the mount (or file system) containing `path` for

@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 use thinagent_guest::{FailMode, Level, ReconnectConfig};
 use thinagent_linux_agent::agent::{self, AgentConfig};
 use thinagent_linux_agent::connect::ConnectUrl;
-use thinagent_linux_agent::core::SESSION_SLOTS;
+use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS};
 use thinagent_linux_agent::fanotify::MarkScope;
 use thinagent_linux_agent::logging::{LogLevel, Logger, routine};
 
@@ -79,6 +79,17 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     reconnect_ms: u64,
+    /// Most files the kernel-side verdict cache holds: fanotify ignore marks
+    /// on files the scanner allowed, whose later opens raise no event (about
+    /// 130 bytes of kernel memory each). All are flushed at the bound, at the
+    /// scanner's verdict TTL and on every new session.
+    #[arg(long, value_name = "N", default_value_t = KERNEL_CACHE_ENTRIES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    kernel_cache_entries: u64,
+    /// No kernel-side verdict cache: every open raises a fanotify event
+    /// (answered from the agent's own verdict cache when it can).
+    #[arg(long)]
+    no_kernel_cache: bool,
 }
 
 fn host_name() -> String {
@@ -142,6 +153,11 @@ fn main() -> ExitCode {
         reconnect: ReconnectConfig {
             first_delay: Duration::from_millis(args.reconnect_ms),
             ..ReconnectConfig::default()
+        },
+        kernel_cache_entries: if args.no_kernel_cache {
+            0
+        } else {
+            args.kernel_cache_entries as usize
         },
         logger,
     };

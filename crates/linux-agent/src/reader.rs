@@ -64,6 +64,10 @@ pub struct ReaderShared {
     pub handed: Arc<AtomicUsize>,
     /// Opens allowed from the cache by the reader.
     pub fast_hits: Arc<AtomicU64>,
+    /// The kernel-side cache is on: a `FAN_CLOSE_WRITE` removes the file's
+    /// ignore mark (a shared writable mapping modifies a file without the
+    /// event that would clear it).
+    pub kernel_cache: bool,
 }
 
 /// The running reader thread.
@@ -205,7 +209,10 @@ fn run(
                         continue;
                     };
                     // Invalidate before reading any later event: the next
-                    // open of this file must miss.
+                    // open of this file must miss, and raise an event.
+                    if shared.kernel_cache {
+                        let _ = fan.remove_ignore_mark(&event);
+                    }
                     let id = thinagent_guest::FileKey::with_u64_id(st.dev, st.ino, 0, 0).file_id;
                     shared
                         .cache

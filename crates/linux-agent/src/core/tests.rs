@@ -19,6 +19,10 @@ fn ms(v: u64) -> Instant {
 }
 
 fn core(fail_mode: FailMode) -> AgentCore {
+    core_with_marks(fail_mode, 0)
+}
+
+fn core_with_marks(fail_mode: FailMode, kernel_cache_entries: usize) -> AgentCore {
     let mut policy = OpenPolicy::new(PathStyle::Posix);
     policy.add_excluded_prefix(PathRef::Utf8("/skip")).unwrap();
     policy.set_max_file_size(Some(1 << 20));
@@ -28,6 +32,7 @@ fn core(fail_mode: FailMode) -> AgentCore {
         guest_name: "test-vm".into(),
         policy,
         own_pid: OWN,
+        kernel_cache_entries,
     })
 }
 
@@ -443,6 +448,197 @@ fn the_cache_holds_a_working_set_of_twenty_thousand_files() {
     assert!(cache.get(&stat(5, 10, 1).key(), now).is_none());
 }
 
+/// Sends one open of `st` (pid 5, path `/data/x`) and answers it with
+/// `decision` and `ttl`; returns the actions.
+fn scanned(
+    c: &mut AgentCore,
+    token: Token,
+    st: FileStat,
+    decision: Decision,
+    ttl: u32,
+    now: Instant,
+) -> Vec<Action> {
+    c.on_perm_event(&ev(token, "/data/x", 5, st), now);
+    let [Sent::FileEvent { id, .. }] = sent(c)[..] else {
+        panic!("one FileEvent")
+    };
+    c.on_receive(&verdict(decision, ttl, "", id), now);
+    actions(c)
+}
+
+fn add_mark(token: Token, expect: FileStat) -> Action {
+    Action::AddIgnoreMark { token, expect }
+}
+
+#[test]
+fn a_host_allow_puts_an_ignore_mark_before_the_answer() {
+    let mut c = core_with_marks(FailMode::Open, 8);
+    connect(&mut c, ms(0));
+    let st = stat(1, 5, 1);
+    let a = scanned(&mut c, 1, st, Decision::Allow, 300, ms(1));
+    assert_eq!(a[0], add_mark(1, st));
+    assert!(matches!(
+        a[1],
+        Action::Respond {
+            token: 1,
+            allow: true,
+            ..
+        }
+    ));
+    assert_eq!(a.len(), 2);
+    c.ignore_mark_result(st.dev, st.ino, true);
+    assert_eq!(c.stats().ignore_marks, 1);
+    assert_eq!(c.ignore_marks(), 1);
+    // The TTL is the next deadline: the marks are flushed then.
+    assert_eq!(c.next_deadline(), Some(ms(1) + Duration::from_secs(300)));
+}
+
+#[test]
+fn no_ignore_mark_for_denies_no_cache_allows_skips_fail_mode_or_when_off() {
+    let mut c = core_with_marks(FailMode::Open, 8);
+    // Disconnected: the fail mode allows, nothing is marked.
+    c.on_perm_event(&ev(1, "/data/a", 5, stat(1, 5, 1)), ms(0));
+    assert_eq!(actions(&mut c), [respond(1, true, Why::Disconnected)]);
+    connect(&mut c, ms(1));
+    // Skipped by the policy.
+    c.on_perm_event(&ev(2, "/skip/a", 5, stat(2, 5, 1)), ms(2));
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::Respond {
+            token: 2,
+            allow: true,
+            why: Why::Skipped(_)
+        }]
+    ));
+    // Denied, allowed without caching, allowed with TTL 0.
+    for (token, d, ttl) in [
+        (3, Decision::Deny, 300),
+        (4, Decision::AllowNoCache, 0),
+        (5, Decision::Allow, 0),
+    ] {
+        let a = scanned(&mut c, token, stat(token, 5, 1), d, ttl, ms(3));
+        assert!(matches!(a[..], [Action::Respond { .. }]), "{a:?}");
+    }
+    // A file written (closed after a write) while it was scanned.
+    let st = stat(6, 5, 1);
+    c.on_perm_event(&ev(6, "/data/b", 5, st), ms(4));
+    let [Sent::FileEvent { id, .. }] = sent(&mut c)[..] else {
+        panic!()
+    };
+    c.on_close_write(st.dev, st.ino);
+    c.on_receive(&verdict(Decision::Allow, 300, "", id), ms(5));
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::Respond {
+            token: 6,
+            allow: true,
+            ..
+        }]
+    ));
+    assert_eq!(c.ignore_marks(), 0);
+    assert_eq!(c.next_deadline(), None, "no flush scheduled");
+
+    let mut off = core_with_marks(FailMode::Closed, 0);
+    connect(&mut off, ms(0));
+    let a = scanned(&mut off, 1, stat(1, 5, 1), Decision::Allow, 300, ms(1));
+    assert!(
+        matches!(a[..], [Action::Respond { allow: true, .. }]),
+        "--no-kernel-cache: {a:?}"
+    );
+}
+
+#[test]
+fn a_host_allow_is_marked_in_fail_closed_mode_too() {
+    let mut c = core_with_marks(FailMode::Closed, 8);
+    connect(&mut c, ms(0));
+    let st = stat(1, 5, 1);
+    let a = scanned(&mut c, 1, st, Decision::Allow, 60, ms(1));
+    assert_eq!(a[0], add_mark(1, st));
+}
+
+#[test]
+fn ignore_marks_are_flushed_at_the_shortest_ttl() {
+    let mut c = core_with_marks(FailMode::Open, 8);
+    connect(&mut c, ms(0));
+    scanned(&mut c, 1, stat(1, 5, 1), Decision::Allow, 10, ms(0));
+    scanned(&mut c, 2, stat(2, 5, 1), Decision::Allow, 2, ms(1000));
+    scanned(&mut c, 3, stat(3, 5, 1), Decision::Allow, 300, ms(1500));
+    let due = ms(3000);
+    assert_eq!(c.next_deadline(), Some(due));
+    c.on_timeout(ms(2999));
+    assert!(actions(&mut c).is_empty(), "not yet");
+    c.on_timeout(due);
+    assert_eq!(
+        actions(&mut c),
+        [Action::FlushIgnoreMarks {
+            reason: FlushReason::Ttl,
+            marks: 3
+        }]
+    );
+    assert_eq!(c.ignore_marks(), 0);
+    assert_eq!(c.stats().ignore_mark_flushes, 1);
+    assert_eq!(c.next_deadline(), None);
+    // The next mark starts a new period.
+    scanned(&mut c, 4, stat(4, 5, 1), Decision::Allow, 5, ms(4000));
+    assert_eq!(c.next_deadline(), Some(ms(9000)));
+}
+
+#[test]
+fn the_entry_bound_flushes_every_mark_before_the_next_one() {
+    let mut c = core_with_marks(FailMode::Open, 2);
+    connect(&mut c, ms(0));
+    scanned(&mut c, 1, stat(1, 5, 1), Decision::Allow, 300, ms(1));
+    scanned(&mut c, 2, stat(2, 5, 1), Decision::Allow, 300, ms(2));
+    // The same inode again (a new version) does not count twice.
+    let a = scanned(&mut c, 3, stat(2, 6, 2), Decision::Allow, 300, ms(3));
+    assert_eq!(a[0], add_mark(3, stat(2, 6, 2)));
+    assert_eq!(c.ignore_marks(), 2);
+    let a = scanned(&mut c, 4, stat(3, 5, 1), Decision::Allow, 300, ms(4));
+    assert_eq!(
+        a[..2],
+        [
+            Action::FlushIgnoreMarks {
+                reason: FlushReason::Bound,
+                marks: 2
+            },
+            add_mark(4, stat(3, 5, 1)),
+        ]
+    );
+    assert_eq!(c.ignore_marks(), 1);
+    // The flush also reset the TTL: the next one counts from the new mark.
+    assert_eq!(c.next_deadline(), Some(ms(4) + Duration::from_secs(300)));
+}
+
+#[test]
+fn a_new_session_flushes_the_marks_a_refused_mark_or_a_write_uncounts_it() {
+    let mut c = core_with_marks(FailMode::Open, 8);
+    connect(&mut c, ms(0));
+    scanned(&mut c, 1, stat(1, 5, 1), Decision::Allow, 300, ms(1));
+    scanned(&mut c, 2, stat(2, 5, 1), Decision::Allow, 300, ms(1));
+    scanned(&mut c, 3, stat(3, 5, 1), Decision::Allow, 300, ms(1));
+    c.ignore_mark_result(7, 1, true);
+    c.ignore_mark_result(7, 2, false);
+    c.on_close_write(7, 3);
+    assert_eq!(c.ignore_marks(), 1);
+    assert_eq!(
+        (c.stats().ignore_marks, c.stats().ignore_marks_failed),
+        (1, 1)
+    );
+    c.on_disconnected(ms(2));
+    assert!(actions(&mut c).is_empty(), "a disconnect alone keeps them");
+    c.on_connected(ms(3));
+    assert_eq!(
+        actions(&mut c),
+        [Action::FlushIgnoreMarks {
+            reason: FlushReason::Connected,
+            marks: 1
+        }]
+    );
+    // Nothing marked: a reconnect has nothing to flush.
+    c.on_connected(ms(4));
+    assert!(actions(&mut c).is_empty());
+}
+
 /// One step of a random run.
 #[derive(Debug, Clone)]
 enum Op {
@@ -485,13 +681,49 @@ struct Run {
     hello: Option<u64>,
     reads: Vec<u64>,
     next_read: u64,
+    /// Ignore marks in place: (inode, added at, TTL).
+    marks: Vec<(u64, Instant, Duration)>,
+    /// TTL of the verdict being delivered.
+    answer_ttl: u32,
+    /// The last action was an `AddIgnoreMark` for this token.
+    marking: Option<Token>,
 }
 
 impl Run {
     fn drain(&mut self) {
         while let Some(a) = self.c.poll_action() {
             match a {
-                Action::Respond { token, .. } => {
+                Action::AddIgnoreMark { token, expect } => {
+                    assert!(self.marking.is_none());
+                    self.marking = Some(token);
+                    self.marks.retain(|m| m.0 != expect.ino);
+                    self.marks.push((
+                        expect.ino,
+                        self.now,
+                        Duration::from_secs(self.answer_ttl.into()),
+                    ));
+                    assert!(self.marks.len() <= MARKS, "bound kept");
+                    self.c.ignore_mark_result(expect.dev, expect.ino, true);
+                }
+                Action::FlushIgnoreMarks { .. } => {
+                    assert!(self.marking.is_none());
+                    self.marks.clear();
+                }
+                Action::Respond { token, allow, why } => {
+                    if let Some(t) = self.marking.take() {
+                        assert_eq!(t, token, "the mark comes right before its answer");
+                        assert!(
+                            allow
+                                && matches!(
+                                    why,
+                                    Why::Host {
+                                        decision: Decision::Allow,
+                                        ..
+                                    }
+                                ),
+                            "{why:?}"
+                        );
+                    }
                     *self.answered.entry(token).or_default() += 1;
                     let deadline = self
                         .open
@@ -541,6 +773,7 @@ impl Run {
                 self.reads.clear();
                 self.c.on_connected(now);
                 self.drain();
+                assert!(self.marks.is_empty(), "a new session flushes the marks");
                 if ack && let Some(id) = self.hello.take() {
                     self.c
                         .on_receive(&enc(Message::HelloAck(ack_msg()), id), now);
@@ -558,6 +791,7 @@ impl Run {
                     let d = [Decision::Allow, Decision::Deny, Decision::AllowNoCache]
                         [decision as usize];
                     let ttl = if d == Decision::AllowNoCache { 0 } else { ttl };
+                    self.answer_ttl = ttl;
                     self.c.on_receive(&verdict(d, ttl, "T", id), now);
                 }
             }
@@ -581,7 +815,11 @@ impl Run {
                     self.c.read_completed(r, ReadOutcome::EndOfFile(b"x"), now);
                 }
             }
-            Op::CloseWrite { file } => self.c.on_close_write(7, file),
+            Op::CloseWrite { file } => {
+                // The edge removes the mark with the event's descriptor.
+                self.marks.retain(|m| m.0 != file);
+                self.c.on_close_write(7, file);
+            }
             Op::Advance { ms } => {
                 let target = now + Duration::from_millis(ms);
                 while let Some(d) = self.c.next_deadline() {
@@ -596,8 +834,19 @@ impl Run {
             }
         }
         self.drain();
+        assert!(self.marking.is_none());
+        // No mark outlives its verdict's TTL.
+        for (ino, at, ttl) in &self.marks {
+            assert!(
+                self.now < *at + *ttl,
+                "mark on {ino} from {at:?} past its TTL {ttl:?}"
+            );
+        }
     }
 }
+
+/// The proptest's bound on ignore marks (fewer than its 6 files).
+const MARKS: usize = 3;
 
 fn ack_msg() -> HelloAck {
     HelloAck {
@@ -619,7 +868,7 @@ proptest! {
     ) {
         let mode = if closed { FailMode::Closed } else { FailMode::Open };
         let mut run = Run {
-            c: core(mode),
+            c: core_with_marks(mode, MARKS),
             now: Instant::ZERO,
             next_token: 1,
             open: HashMap::new(),
@@ -628,6 +877,9 @@ proptest! {
             hello: None,
             reads: Vec::new(),
             next_read: 0,
+            marks: Vec::new(),
+            answer_ttl: 0,
+            marking: None,
         };
         for op in ops {
             run.step(op);
