@@ -1,10 +1,12 @@
 //! IRP plumbing for the vsock layer: the `wdm.h` inline helpers no binding
 //! has (`IoGetNextIrpStackLocation`, `IoSetCompletionRoutine`), a
-//! synchronous device IOCTL on a referenced file object (the seed's
-//! Listing 2 pattern, done right), one reusable driver-allocated IRP per
-//! WSK operation (viosock's WSK test client pattern: completion routine
-//! signals an event and returns `STATUS_MORE_PROCESSING_REQUIRED`), and a
-//! joinable system thread.
+//! synchronous device IOCTL on a referenced file object with a bounded,
+//! cancellable wait (the seed's Listing 2 pattern, done right), one reusable
+//! driver-allocated IRP per operation (viosock's WSK test client pattern:
+//! completion routine signals an event and returns
+//! `STATUS_MORE_PROCESSING_REQUIRED`, so the IRP stays ours until we free
+//! it), requests sent through such an IRP straight to a device
+//! ([`Request`]: device control, read, write), and a joinable system thread.
 //!
 //! Every routine is named with its documentation page the first time it is
 //! used below; signatures are windows-sys 0.61.2
@@ -17,26 +19,30 @@ use alloc::boxed::Box;
 use core::ffi::c_void;
 use core::time::Duration;
 
+use thinagent_guest::Level;
+use thinagent_guest::log::routine;
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
-    DEVICE_OBJECT, FILE_OBJECT, IO_STACK_LOCATION, IRP, OBJECT_ATTRIBUTES,
+    DEVICE_OBJECT, FILE_OBJECT, IO_STACK_LOCATION, IRP, MDL, OBJECT_ATTRIBUTES,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    Executive, IoAllocateIrp, IoBuildDeviceIoControlRequest, IoCancelIrp, IoFreeIrp, IoReuseIrp,
-    IofCallDriver, KeWaitForMultipleObjects, KeWaitForSingleObject, KernelMode,
-    ObReferenceObjectByHandle, ObfDereferenceObject, PsCreateSystemThread,
+    Executive, IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, IoAllocateIrp, IoCancelIrp,
+    IoFreeIrp, IoReuseIrp, IofCallDriver, KeWaitForMultipleObjects, KeWaitForSingleObject,
+    KernelMode, ObReferenceObjectByHandle, ObfDereferenceObject, PsCreateSystemThread,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{HANDLE, NTSTATUS};
-use thinagent_km_sys::fltmgr::windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
 use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::WaitAny;
+use thinagent_km_sys::io_params::IO_STACK_DEVICE_IO_CONTROL;
 use thinagent_km_sys::ntoskrnl::{
-    IO_COMPLETION_ROUTINE, KSTART_ROUTINE, OBJ_KERNEL_HANDLE, PsThreadType, SL_INVOKE_ON_CANCEL,
-    SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, STATUS_MORE_PROCESSING_REQUIRED, SYNCHRONIZE,
-    THREAD_ALL_ACCESS, ZwClose,
+    IO_COMPLETION_ROUTINE, KSTART_ROUTINE, OBJ_KERNEL_HANDLE, PsGetCurrentThread, PsThreadType,
+    SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, STATUS_MORE_PROCESSING_REQUIRED,
+    SYNCHRONIZE, THREAD_ALL_ACCESS, ZwClose,
 };
 
-use super::kernel::{
-    EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, relative_100ns,
-};
+use super::kernel::{EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, relative_100ns};
+use crate::klog_status;
+
+/// How long [`device_ioctl`] waits for a pending IOCTL before it cancels it.
+pub const DEVICE_IOCTL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `IoGetNextIrpStackLocation` (`wdm.h` FORCEINLINE:
 /// `return Irp->Tail.Overlay.CurrentStackLocation - 1;`), any IRQL.
@@ -101,16 +107,27 @@ pub unsafe fn set_completion_routine(
 }
 
 /// Sends a `METHOD_BUFFERED` IOCTL to `device` on behalf of `file` and waits
-/// for it: `IoBuildDeviceIoControlRequest` (the I/O manager owns and frees
-/// the IRP), the file object in the next stack location, `IofCallDriver`,
-/// a wait on `STATUS_PENDING`. `buffer` is both input (`in_len` bytes) and
-/// output (`out_len` bytes). Returns the final status and
+/// for it, at most [`DEVICE_IOCTL_TIMEOUT`] or until `stop` is signalled;
+/// then it cancels the request (`IoCancelIrp`) and waits for its completion
+/// (the IRP's event), so it never returns while the IRP may still complete
+/// into memory that is about to be freed. `buffer` is both input (`in_len`
+/// bytes) and output (`out_len` bytes). Returns the final status and
 /// `IoStatus.Information` (bytes written back). PASSIVE_LEVEL.
 ///
-/// Routines: IoBuildDeviceIoControlRequest
-/// (learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-iobuilddeviceiocontrolrequest),
-/// IofCallDriver (…/wdm/nf-wdm-iofcalldriver, the function behind the
-/// `IoCallDriver` macro), KeWaitForSingleObject (…/wdm/nf-wdm-kewaitforsingleobject).
+/// The IRP is ours ([`ReusableIrp`], `IoAllocateIrp(device->StackSize)`),
+/// not `IoBuildDeviceIoControlRequest`'s: a threaded IRP is freed by the I/O
+/// manager in an APC to this very thread as soon as it completes, so after a
+/// timed-out wait there would be no moment at which `IoCancelIrp` on it is
+/// safe. Like `IoBuildDeviceIoControlRequest`, it carries a non-paged
+/// system buffer holding the input, and the output is copied back from it;
+/// the thread is the caller's (`PsGetCurrentThread`,
+/// learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-psgetcurrentthread).
+/// A driver that ignores the cancel makes the second wait as long as the
+/// request takes (logged): an unload then waits rather than crash later.
+///
+/// Routines: IofCallDriver (…/wdm/nf-wdm-iocalldriver, the function behind
+/// the `IoCallDriver` macro), and through [`ReusableIrp`]: IoAllocateIrp,
+/// IoCancelIrp, KeWaitForMultipleObjects, IoFreeIrp.
 ///
 /// # Safety
 ///
@@ -123,41 +140,105 @@ pub unsafe fn device_ioctl(
     buffer: *mut c_void,
     in_len: u32,
     out_len: u32,
+    stop: Option<&KernelEvent>,
 ) -> (NTSTATUS, usize) {
-    let event = KernelEvent::uninit();
-    event.init(EventKind::Notification, false);
-    // SAFETY: all-zero is a valid IO_STATUS_BLOCK.
-    let mut iosb: IO_STATUS_BLOCK = unsafe { core::mem::zeroed() };
-    // SAFETY: device referenced by the caller; buffer valid for both
-    // lengths; event and iosb live on this frame until the IRP completed
-    // (we wait below whenever the driver returned STATUS_PENDING).
-    let irp = unsafe {
-        IoBuildDeviceIoControlRequest(
-            code,
-            device,
-            buffer,
-            in_len,
-            buffer,
-            out_len,
-            false,
-            event.as_ptr(),
-            &mut iosb,
-        )
+    // SAFETY: the caller keeps `device` referenced.
+    let stack_size = unsafe { (*device).StackSize };
+    let mut irp = match ReusableIrp::with_stack_size(stack_size) {
+        Ok(i) => i,
+        Err(e) => return (e, 0),
     };
-    if irp.is_null() {
+    let len = in_len.max(out_len) as usize;
+    let mut system: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
+    if system.try_reserve_exact(len.max(1)).is_err() {
         return (STATUS_INSUFFICIENT_RESOURCES, 0);
     }
-    // SAFETY: a fresh IRP from IoBuildDeviceIoControlRequest has its next
-    // location set up for `device`; the seed's listing does the same.
-    unsafe { (*next_stack_location(irp)).FileObject = file };
-    // SAFETY: the IRP targets `device`, which the caller keeps referenced.
-    let mut status = unsafe { IofCallDriver(device, irp) };
-    if status == STATUS_PENDING {
-        let _ = event.wait(None);
-        // SAFETY: the I/O manager filled the block before signalling.
-        status = unsafe { iosb.Anonymous.Status };
+    system.resize(len.max(1), 0);
+    if in_len > 0 {
+        // SAFETY: the caller's buffer holds `in_len` input bytes; `system`
+        // has at least that many.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                buffer.cast::<u8>(),
+                system.as_mut_ptr(),
+                in_len as usize,
+            )
+        };
     }
-    (status, iosb.Information)
+    let request = Request::DeviceControl {
+        code,
+        system_buffer: system.as_mut_ptr().cast(),
+        in_len,
+        out_len,
+    };
+    // SAFETY: device/file referenced by the caller; the system buffer lives
+    // in `system` until the request has completed (every path below waits
+    // for completion before `system` drops).
+    let status = unsafe { irp.send(device, file, request) };
+    let (status, info) = match irp.wait(stop, Some(DEVICE_IOCTL_TIMEOUT)) {
+        Some(r) => r,
+        None => {
+            klog_status!(
+                Level::Warn,
+                routine::VSOCK_CAPTURE,
+                status,
+                "IOCTL {:#x} still pending after {} ms or unload: cancelling it",
+                code,
+                DEVICE_IOCTL_TIMEOUT.as_millis()
+            );
+            let (s, info) = irp.cancel_and_wait();
+            klog_status!(
+                Level::Warn,
+                routine::VSOCK_CAPTURE,
+                s,
+                "IOCTL {:#x} completed after the cancel",
+                code
+            );
+            (s, info)
+        }
+    };
+    let info = if status >= 0 {
+        let written = info.min(out_len as usize);
+        // SAFETY: the request has completed; the caller's buffer holds
+        // `out_len` >= `written` bytes.
+        unsafe { core::ptr::copy_nonoverlapping(system.as_ptr(), buffer.cast::<u8>(), written) };
+        written
+    } else {
+        info
+    };
+    (status, info)
+}
+
+/// One request sent through a [`ReusableIrp`] straight to a device, on
+/// behalf of a file object ([`ReusableIrp::send`]).
+pub enum Request {
+    /// `IRP_MJ_DEVICE_CONTROL`, `METHOD_BUFFERED`: `system_buffer` (ours,
+    /// non-paged, `max(in_len, out_len)` bytes) holds the input and receives
+    /// the output, as the I/O manager's `AssociatedIrp.SystemBuffer` would.
+    DeviceControl {
+        /// IOCTL code.
+        code: u32,
+        /// Non-paged buffer for input and output.
+        system_buffer: *mut c_void,
+        /// Input bytes.
+        in_len: u32,
+        /// Output capacity.
+        out_len: u32,
+    },
+    /// `IRP_MJ_READ` into the buffer `mdl` describes (direct I/O).
+    Read {
+        /// MDL of a locked (non-paged) buffer.
+        mdl: *mut MDL,
+        /// Bytes to read at most (<= the MDL's byte count).
+        len: u32,
+    },
+    /// `IRP_MJ_WRITE` of the buffer `mdl` describes (direct I/O).
+    Write {
+        /// MDL of a locked (non-paged) buffer.
+        mdl: *mut MDL,
+        /// Bytes to write (<= the MDL's byte count).
+        len: u32,
+    },
 }
 
 /// The completion routine of every [`ReusableIrp`]: signals the IRP's event
@@ -197,10 +278,16 @@ impl ReusableIrp {
     /// Allocates the IRP (one stack location: the WSK provider's).
     /// IRQL <= DISPATCH_LEVEL.
     pub fn new() -> Result<Self, NTSTATUS> {
+        Self::with_stack_size(1)
+    }
+
+    /// Allocates the IRP with `stack_size` locations (a target device's
+    /// `StackSize`, for [`ReusableIrp::send`]). IRQL <= DISPATCH_LEVEL.
+    pub fn with_stack_size(stack_size: i8) -> Result<Self, NTSTATUS> {
         let done = Box::new(KernelEvent::uninit());
         done.init(EventKind::Notification, false);
         // SAFETY: plain allocation, PASSIVE_LEVEL.
-        let irp = unsafe { IoAllocateIrp(1, false) };
+        let irp = unsafe { IoAllocateIrp(stack_size.max(1), false) };
         if irp.is_null() {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
@@ -236,6 +323,70 @@ impl ReusableIrp {
         };
         self.in_flight = true;
         self.irp.cast()
+    }
+
+    /// Arms the IRP, fills its next stack location for `request` on `file`
+    /// (major function, file object, parameters; the buffer in the IRP),
+    /// sets the requesting thread, and passes it to `device`
+    /// (`IofCallDriver`). Returns what `IofCallDriver` returned; the result
+    /// comes from [`ReusableIrp::wait`] / [`ReusableIrp::cancel_and_wait`],
+    /// one of which the caller must call. PASSIVE_LEVEL (callers' devices
+    /// dispatch at PASSIVE_LEVEL).
+    ///
+    /// # Safety
+    ///
+    /// `device` and `file` must be referenced for the request's lifetime,
+    /// `device` must be the device `file` was opened on (its top), this IRP
+    /// must have been allocated with at least `device`'s stack size, and the
+    /// request's buffer or MDL must stay valid until it has completed.
+    pub unsafe fn send(
+        &mut self,
+        device: *mut DEVICE_OBJECT,
+        file: *mut FILE_OBJECT,
+        request: Request,
+    ) -> NTSTATUS {
+        let irp: *mut IRP = self.arm().cast();
+        // SAFETY: our armed IRP (IoReuseIrp zeroed it and its stack
+        // locations); the next location is the first one `device` gets.
+        unsafe {
+            (*irp).Tail.Overlay.Thread = PsGetCurrentThread() as isize;
+            let sl = &mut *next_stack_location(irp);
+            sl.FileObject = file;
+            match request {
+                Request::DeviceControl {
+                    code,
+                    system_buffer,
+                    in_len,
+                    out_len,
+                } => {
+                    sl.MajorFunction = IRP_MJ_DEVICE_CONTROL as u8;
+                    (*irp).AssociatedIrp.SystemBuffer = system_buffer;
+                    // wdm.h's layout (POINTER_ALIGNMENT), not windows-sys's.
+                    let p = (&raw mut sl.Parameters).cast::<IO_STACK_DEVICE_IO_CONTROL>();
+                    (*p).OutputBufferLength = out_len;
+                    (*p).InputBufferLength = in_len;
+                    (*p).IoControlCode = code;
+                }
+                Request::Read { mdl, len } => {
+                    sl.MajorFunction = IRP_MJ_READ as u8;
+                    (*irp).MdlAddress = mdl;
+                    // wdm.h: `struct { ULONG Length; ULONG POINTER_ALIGNMENT
+                    // Key; ULONG Flags; LARGE_INTEGER ByteOffset; } Read`:
+                    // Length is at offset 0; Key, Flags and ByteOffset stay
+                    // 0 (zeroed by IoReuseIrp).
+                    (&raw mut sl.Parameters).cast::<u32>().write(len);
+                }
+                Request::Write { mdl, len } => {
+                    sl.MajorFunction = IRP_MJ_WRITE as u8;
+                    (*irp).MdlAddress = mdl;
+                    // The Write arm has the Read arm's layout (wdm.h).
+                    (&raw mut sl.Parameters).cast::<u32>().write(len);
+                }
+            }
+        }
+        // SAFETY: the caller guarantees `device` and `file`; the IRP is
+        // armed with our completion routine, so it comes back to us.
+        unsafe { IofCallDriver(device, irp) }
     }
 
     /// Whether a request is outstanding (any IRQL).
@@ -298,6 +449,10 @@ impl ReusableIrp {
         };
         if status == 0 {
             self.in_flight = false;
+            // The MDL is the caller's; the IRP must not carry it into a
+            // reuse or IoFreeIrp.
+            // SAFETY: our IRP, completed (the completion routine ran).
+            unsafe { (*self.irp).MdlAddress = core::ptr::null_mut() };
             Some(self.result())
         } else {
             // STATUS_WAIT_1 (stop) or STATUS_TIMEOUT.

@@ -50,5 +50,6 @@ pub mod log;
 pub mod registry_params;
 pub mod session_worker;
 pub mod transport;
+pub mod viosock_socket;
 pub mod vsock_capture;
 pub mod wsk_socket;

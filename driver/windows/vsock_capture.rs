@@ -31,10 +31,11 @@
 //! (`IoRegisterPlugPlayNotification`, `EventCategoryDeviceInterfaceChange`,
 //! `PNPNOTIFY_DEVICE_INTERFACE_INCLUDE_EXISTING_INTERFACES`,
 //! `GUID_DEVINTERFACE_VIOSOCK`), as VioWsk's `VioWskCaptureProviderNPI`
-//! does, then opens it. It stops there: viosock.sys exports no WSK provider
-//! (VioWsk is a static library its clients link in, implementing WSK over
-//! viosock's private IOCTLs), so there is nothing to connect through until
-//! that socket layer exists in this driver. `Auto` runs the VMCI loop and
+//! does. viosock.sys exports no WSK provider (VioWsk is a static library its
+//! clients link in, implementing WSK over viosock's device interface), so
+//! the link thread opens the device and speaks that interface itself
+//! ([`super::viosock_socket`]): a socket file object per connection,
+//! connect/shutdown IOCTLs, read/write IRPs. `Auto` runs the VMCI loop and
 //! the virtio wait together: the first to produce a device wins, and once
 //! the VMCI loop gives up without `\Device\vmci` ever opening, the virtio
 //! wait continues alone.
@@ -47,10 +48,17 @@
 //! such pair must exist, or nothing is called and the driver keeps
 //! filtering under the fail mode.
 //!
-//! **Link loop**: connect ([`WskConnection::connect`]), run
-//! [`super::session_worker::run`], shut the socket, wait the
+//! **Link loop** (the same for both transports): connect
+//! ([`WskConnection::connect`] through the captured provider, or
+//! [`ViosockConnection::connect`] to `{hostCid, hostPort}` on the viosock
+//! device), run [`super::session_worker::run`], shut the socket, wait the
 //! [`thinagent_guest::Reconnect`] backoff (interruptible by unload), until
 //! unload.
+//!
+//! **Unload safety.** Every IOCTL to `\Device\vmci` waits at most 5 s (or
+//! until unload), then is cancelled and waited for ([`device_ioctl`]).
+//! `IoRegisterBootDriverReinitialization` has no unregister: until its
+//! routine has run, [`unload_is_safe`] is `false`.
 //!
 //! Routines (first use is named here; all PASSIVE_LEVEL unless noted):
 //! IoGetDeviceObjectPointer
@@ -89,8 +97,7 @@ use thinagent_km_sys::hexdump::hex_rows;
 use thinagent_km_sys::ioctl::FILE_READ_DATA;
 use thinagent_km_sys::nt::GUID;
 use thinagent_km_sys::ntoskrnl::{
-    FILE_READ_ATTRIBUTES, GUID_DEVICE_INTERFACE_ARRIVAL, GUID_DEVINTERFACE_VIOSOCK,
-    STATUS_NOT_SUPPORTED,
+    GUID_DEVICE_INTERFACE_ARRIVAL, GUID_DEVINTERFACE_VIOSOCK, STATUS_NOT_SUPPORTED,
 };
 use thinagent_km_sys::vmci::{
     IOCTL_VMCI_SOCKETS_CAPTURE_PROVIDER, IOCTL_VMCI_SOCKETS_GET_AF_VALUE, ImageRange,
@@ -103,9 +110,9 @@ use super::agent::Agent;
 use super::irp::{SystemThread, device_ioctl};
 use super::kernel::{
     EventKind, KernelEvent, STATUS_SUCCESS, SpinLock, now, nt_success, unicode_string,
-    unicode_string_for,
 };
 use super::transport::Transport;
+use super::viosock_socket::{ViosockConnection, ViosockDevice};
 use super::wsk_socket::{WskConnection, WskProvider, cancel_pending_receive, readable};
 use crate::{klog, klog_status};
 
@@ -130,6 +137,10 @@ static THREAD: SpinLock<Option<SystemThread>> = SpinLock::new(None);
 static PNP_ENTRY: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
 /// [`start`] ran and [`stop`] has not.
 static STARTED: AtomicBool = AtomicBool::new(false);
+/// `IoRegisterBootDriverReinitialization` registered [`boot_reinit`] and it
+/// has not run yet. The registration cannot be withdrawn, so while this is
+/// set the driver image must stay loaded ([`unload_is_safe`]).
+static REINIT_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// Longest symbolic link name kept (UTF-16 units); longer ones are ignored
 /// (viosock's are about 90).
@@ -204,9 +215,17 @@ struct LinkContext {
     agent: &'static Agent,
     state: CaptureState,
     /// Set when the capture already finished in [`start`] (quick attempt
-    /// succeeded, or the blocking loop ran): `Some(Some(c))` captured,
-    /// `Some(None)` gave up.
-    done: Option<Option<VmciCapture>>,
+    /// succeeded, or the blocking loop ran): `Some(Some(l))` a transport is
+    /// there, `Some(None)` gave up.
+    done: Option<Option<Found>>,
+}
+
+/// What the capture loop found to connect through.
+enum Found {
+    /// The vSockets provider was captured from `\Device\vmci`.
+    Vmci(VmciCapture),
+    /// The viosock device interface arrived (its link is in [`VIRTIO_LINK`]).
+    Virtio,
 }
 
 enum Attempt {
@@ -245,6 +264,7 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
             cap.reply.as_mut_ptr(),
             len,
             len,
+            Some(&STOP),
         )
     };
     if !nt_success(status) {
@@ -347,8 +367,8 @@ fn wait_stop_or_wake(agent: &Agent, timeout: Option<Duration>) -> bool {
 
 /// How [`capture_loop`] ended.
 enum LoopEnd {
-    /// The provider was captured.
-    Captured(VmciCapture),
+    /// A transport is there.
+    Captured(Found),
     /// Gave up, or unload began: no connection.
     Ended,
     /// Only the unbounded virtio wait is left, and the caller may not wait
@@ -371,12 +391,11 @@ fn capture_loop(agent: &Agent, state: &mut CaptureState, unbounded_ok: bool) -> 
             return LoopEnd::Ended;
         }
         if state.virtio && VIRTIO_ARRIVED.load(Ordering::Acquire) {
-            virtio_arrived(agent);
-            return LoopEnd::Ended;
+            return LoopEnd::Captured(Found::Virtio);
         }
         if state.vmci {
             match attempt(agent, state) {
-                Attempt::Captured(cap) => return LoopEnd::Captured(cap),
+                Attempt::Captured(cap) => return LoopEnd::Captured(Found::Vmci(cap)),
                 Attempt::Retry(d) => state.next_delay = Some(d),
                 Attempt::GaveUp => {
                     if state.virtio && !state.vmci_device_seen {
@@ -402,45 +421,50 @@ fn capture_loop(agent: &Agent, state: &mut CaptureState, unbounded_ok: bool) -> 
     }
 }
 
-/// The viosock interface is there: open it to prove it, and say exactly why
-/// the driver cannot go further (PASSIVE_LEVEL).
-fn virtio_arrived(agent: &Agent) {
+/// The viosock interface is there: open the device and run the link loop
+/// over viosock sockets until unload (PASSIVE_LEVEL, link thread).
+fn virtio_link(agent: &'static Agent) {
     let link = VIRTIO_LINK.with(|l| *l);
     let units = link.as_units();
-    let status = match unicode_string_for(units) {
-        Some(name) => {
-            let mut file: *mut FILE_OBJECT = core::ptr::null_mut();
-            let mut device: *mut DEVICE_OBJECT = core::ptr::null_mut();
-            // SAFETY: `name` describes `units` (a local copy) for the call;
-            // out-pointers to locals. FILE_READ_ATTRIBUTES as VioWsk opens it.
-            let s = unsafe {
-                IoGetDeviceObjectPointer(&name, FILE_READ_ATTRIBUTES, &mut file, &mut device)
-            };
-            if nt_success(s) {
-                // SAFETY: releases the reference just taken.
-                let _ = unsafe { ObfDereferenceObject(file.cast_const().cast()) };
-            }
-            s
+    let dev = match ViosockDevice::open(units, &STOP) {
+        Ok(dev) => {
+            klog_status!(
+                Level::Info,
+                routine::VSOCK_CAPTURE,
+                STATUS_SUCCESS,
+                "virtio socket device open: {} (guest CID {})",
+                Utf16(units),
+                dev.guest_cid.map_or(-1, i64::from)
+            );
+            agent.stats.provider_captured.store(true, Ordering::Relaxed);
+            agent
+                .stats
+                .last_capture_status
+                .store(STATUS_SUCCESS, Ordering::Relaxed);
+            dev
         }
-        None => super::kernel::STATUS_INVALID_PARAMETER,
+        Err(status) => {
+            agent
+                .stats
+                .last_capture_status
+                .store(status, Ordering::Relaxed);
+            klog_status!(
+                Level::Error,
+                routine::VSOCK_CAPTURE,
+                status,
+                "virtio socket device interface {} arrived but could not be opened; no host connection, opens are decided by the fail mode ({:?})",
+                Utf16(units),
+                agent.params.fail_mode
+            );
+            return;
+        }
     };
-    klog_status!(
-        Level::Info,
-        routine::VSOCK_CAPTURE,
-        status,
-        "virtio socket device interface arrived: {}",
-        Utf16(units)
-    );
-    agent
-        .stats
-        .last_capture_status
-        .store(STATUS_NOT_SUPPORTED, Ordering::Relaxed);
-    klog_status!(
-        Level::Error,
-        routine::VSOCK_CAPTURE,
-        STATUS_NOT_SUPPORTED,
-        "no WSK provider for virtio-vsock: viosock.sys exports none (VioWsk is a library linked into its clients) and this driver does not implement that socket layer; filtering continues under the fail mode"
-    );
+    link_loop(agent, "virtio", |stop| {
+        ViosockConnection::connect(&dev, agent.params.host_cid, agent.params.host_port, stop)
+    });
+    // `dev` drops after the last socket: the device stays referenced while
+    // any request on it may run.
+    drop(dev);
 }
 
 /// Logs the reply in hex (DEBUG), one line per 16 bytes (any IRQL <= DISPATCH).
@@ -480,6 +504,7 @@ fn address_family(cap: &VmciCapture) -> Result<u16, NTSTATUS> {
             (&raw mut value).cast(),
             4,
             4,
+            Some(&STOP),
         )
     };
     klog_status!(
@@ -612,8 +637,13 @@ fn vmci_provider(cap: &VmciCapture) -> Result<WskProvider, NTSTATUS> {
 }
 
 /// Connect, run a session, close, back off — until unload (PASSIVE_LEVEL,
-/// link thread).
-fn link_loop(agent: &'static Agent, provider: &WskProvider) {
+/// link thread). `connect` makes one connection (cut short by the stop
+/// event); `kind` names the transport in the log.
+fn link_loop<T: Transport>(
+    agent: &'static Agent,
+    kind: &str,
+    mut connect: impl FnMut(&KernelEvent) -> Result<T, NTSTATUS>,
+) {
     let cid = agent.params.host_cid;
     let port = agent.params.host_port;
     let mut reconnect = Reconnect::new(ReconnectConfig::default());
@@ -621,21 +651,22 @@ fn link_loop(agent: &'static Agent, provider: &WskProvider) {
         klog!(
             Level::Debug,
             routine::VSOCK_CONNECT,
-            "connecting to CID {} port {} (family {})",
+            "connecting to CID {} port {} ({})",
             cid,
             port,
-            provider.family
+            kind
         );
-        match WskConnection::connect(provider, cid, port, &STOP) {
+        match connect(&STOP) {
             Ok(mut conn) => {
                 reconnect.on_connected(now());
                 klog_status!(
                     Level::Info,
                     routine::VSOCK_CONNECT,
                     STATUS_SUCCESS,
-                    "connected to CID {} port {}",
+                    "connected to CID {} port {} ({})",
                     cid,
-                    port
+                    port,
+                    kind
                 );
                 let status = super::session_worker::run(agent, &mut conn);
                 agent.stats.connected.store(false, Ordering::Relaxed);
@@ -656,13 +687,15 @@ fn link_loop(agent: &'static Agent, provider: &WskProvider) {
                     Level::Warn,
                     routine::VSOCK_CONNECT,
                     status,
-                    "connect to CID {} port {} failed",
+                    "connect to CID {} port {} failed ({})",
                     cid,
-                    port
+                    port,
+                    kind
                 );
                 if status == STATUS_NOT_SUPPORTED {
-                    // The provider's socket failed the checks; another
-                    // connect would fail (and maybe leak) the same way.
+                    // The transport refused the socket itself (a WSK socket
+                    // failed the checks, or viosock does not support it);
+                    // another connect would fail (and maybe leak) the same way.
                     return;
                 }
             }
@@ -687,12 +720,28 @@ fn link_loop(agent: &'static Agent, provider: &WskProvider) {
 /// link loop; release everything (PASSIVE_LEVEL, link thread).
 fn run_link(mut ctx: LinkContext) {
     let agent = ctx.agent;
-    let cap = match ctx.done.take() {
+    let found = match ctx.done.take() {
         Some(done) => done,
         None => match capture_loop(agent, &mut ctx.state, true) {
-            LoopEnd::Captured(cap) => Some(cap),
+            LoopEnd::Captured(found) => Some(found),
             LoopEnd::Ended | LoopEnd::Deferred => None,
         },
+    };
+    let cap = match found {
+        Some(Found::Vmci(cap)) => Some(cap),
+        Some(Found::Virtio) => {
+            virtio_link(agent);
+            if !agent.is_stopping() {
+                klog!(
+                    Level::Warn,
+                    routine::VSOCK_CONNECT,
+                    "no host connection; opens are decided by the fail mode ({:?})",
+                    agent.params.fail_mode
+                );
+            }
+            return;
+        }
+        None => None,
     };
     let Some(cap) = cap else {
         if !agent.is_stopping() {
@@ -707,7 +756,14 @@ fn run_link(mut ctx: LinkContext) {
     };
     match vmci_provider(&cap) {
         Ok(provider) => {
-            link_loop(agent, &provider);
+            link_loop(agent, "vmci", |stop| {
+                WskConnection::connect(
+                    &provider,
+                    agent.params.host_cid,
+                    agent.params.host_port,
+                    stop,
+                )
+            });
             if !agent.is_stopping() {
                 klog!(
                     Level::Warn,
@@ -757,6 +813,22 @@ unsafe extern "system" fn boot_reinit(
         count
     );
     WAKE.set();
+    // Last: from here on the routine only returns, and the I/O manager
+    // holds no further reference to it.
+    REINIT_PENDING.store(false, Ordering::Release);
+}
+
+/// Whether the driver image may be unloaded as far as the vsock layer is
+/// concerned (any IRQL): `false` while the boot re-initialisation routine is
+/// registered and has not run, because `IoRegisterBootDriverReinitialization`
+/// has no unregister and the I/O manager would later call into the unloaded
+/// image. `filter_callbacks`' `FilterUnloadCallback` returns
+/// `STATUS_FLT_DO_NOT_DETACH` for a non-mandatory unload while this is
+/// `false`; a mandatory unload cannot be refused and keeps that risk (see
+/// docs/windows.md, "The vsock layer").
+#[must_use]
+pub fn unload_is_safe() -> bool {
+    !REINIT_PENDING.load(Ordering::Acquire)
 }
 
 /// `DRIVER_NOTIFICATION_CALLBACK_ROUTINE` for the viosock interface
@@ -862,7 +934,7 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
         CaptureMode::Deferred => {
             if state.vmci {
                 match attempt(agent, &mut state) {
-                    Attempt::Captured(cap) => done = Some(Some(cap)),
+                    Attempt::Captured(cap) => done = Some(Some(Found::Vmci(cap))),
                     Attempt::Retry(d) => state.next_delay = Some(d),
                     Attempt::GaveUp => {
                         if !state.virtio || state.vmci_device_seen {
@@ -882,7 +954,7 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
                 "captureMode Blocking: the capture loop runs inside DriverEntry (diagnosis only)"
             );
             done = match capture_loop(agent, &mut state, false) {
-                LoopEnd::Captured(cap) => Some(Some(cap)),
+                LoopEnd::Captured(found) => Some(Some(found)),
                 LoopEnd::Ended => Some(None),
                 LoopEnd::Deferred => None,
             };
@@ -899,6 +971,7 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
                 // boot start the documentation does not say when (or
                 // whether) the routine runs; it only sets WAKE, so either way
                 // is harmless.
+                REINIT_PENDING.store(true, Ordering::Release);
                 // SAFETY: our driver object; static callback; no context.
                 unsafe {
                     IoRegisterBootDriverReinitialization(
@@ -957,6 +1030,7 @@ pub fn stop() {
     klog!(Level::Info, routine::VSOCK_CAPTURE, "vsock layer stopped");
 }
 
-/// Compile-time guard: the transport the link loop hands the session worker
-/// is the trait object the contract names.
+/// Compile-time guard: the transports the link loop hands the session
+/// worker are the trait object the contract names.
 const _: fn(&mut WskConnection) -> &mut dyn Transport = |c| c;
+const _: fn(&mut ViosockConnection) -> &mut dyn Transport = |c| c;

@@ -114,6 +114,23 @@ fn live_receive_lock() -> &'static SpinLock<usize> {
     &LIVE_RECEIVE_IRP
 }
 
+/// Registers `irp` as the live connection's receive IRP (the WSK or the
+/// viosock connection's), for [`cancel_pending_receive`]. IRQL <=
+/// DISPATCH_LEVEL.
+pub(super) fn set_live_receive(irp: *mut IRP) {
+    live_receive_lock().with(|p| *p = irp as usize);
+}
+
+/// Unregisters `irp` if it is the registered one; call before the IRP is
+/// freed. IRQL <= DISPATCH_LEVEL.
+pub(super) fn clear_live_receive(irp: *mut IRP) {
+    live_receive_lock().with(|p| {
+        if *p == irp as usize {
+            *p = 0;
+        }
+    });
+}
+
 /// Cancels the live connection's outstanding receive, if any, so a session
 /// worker waiting for data wakes up (its receive completes with
 /// `STATUS_CANCELLED`). For unload; IRQL <= DISPATCH_LEVEL.
@@ -343,7 +360,7 @@ impl WskConnection {
             );
         }
         conn.socket = socket;
-        live_receive_lock().with(|p| *p = conn.receive_irp.raw() as usize);
+        set_live_receive(conn.receive_irp.raw());
         Ok(conn)
     }
 
@@ -472,11 +489,7 @@ impl Transport for WskConnection {
 
 impl Drop for WskConnection {
     fn drop(&mut self) {
-        live_receive_lock().with(|p| {
-            if *p == self.receive_irp.raw() as usize {
-                *p = 0;
-            }
-        });
+        clear_live_receive(self.receive_irp.raw());
         self.shutdown();
         // The IRPs cancel and wait for anything still outstanding when they
         // drop (after this body); MDLs must outlive them, so complete every
