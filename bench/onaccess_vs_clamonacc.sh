@@ -7,7 +7,7 @@
 #
 #   bench/onaccess_vs_clamonacc.sh [--files N] [--quick] [--warm-runs R]
 #                                  [--setups "none thinagent clamonacc"]
-#                                  [--dir DIR] [--no-build]
+#                                  [--dir DIR] [--no-build] [--nice N]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +17,7 @@ WARM_RUNS=3
 SETUPS="none thinagent clamonacc"
 DIR=/tmp/thinagent-onaccess
 BUILD=1
+NICE=-10
 PASS_TIMEOUT=${PASS_TIMEOUT:-150}
 
 usage() {
@@ -28,6 +29,7 @@ usage: $0 [options]
   --setups "LIST"    any of: none thinagent clamonacc (default: all; none is always run)
   --dir DIR          work dir, the tmpfs is mounted at DIR/mnt (default $DIR)
   --no-build         use the binaries already in target/release
+  --nice N           niceness of every benchmark process after the builds (default $NICE; 0 = unchanged)
 EOF
 }
 
@@ -39,12 +41,14 @@ while [ $# -gt 0 ]; do
         --setups) SETUPS=${2:?--setups needs a list}; shift 2 ;;
         --dir) DIR=${2:?--dir needs a path}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --nice) NICE=${2:?--nice needs a number}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "onaccess_vs_clamonacc: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
 done
 case $FILES in ''|*[!0-9]*|0) echo "onaccess_vs_clamonacc: --files expects a positive number" >&2; exit 2 ;; esac
 case $WARM_RUNS in ''|*[!0-9]*|0) echo "onaccess_vs_clamonacc: --warm-runs expects a positive number" >&2; exit 2 ;; esac
+case $NICE in -[0-9]|-1[0-9]|-20|[0-9]|1[0-9]) ;; *) echo "onaccess_vs_clamonacc: --nice expects -20..19" >&2; exit 2 ;; esac
 case " $SETUPS " in *" none "*) ;; *) SETUPS="none $SETUPS" ;; esac
 want() { case " $SETUPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
@@ -88,6 +92,13 @@ if want thinagent; then
         [ -x "$SCANNER" ] || STATUS[thinagent]="$SCANNER missing: cargo build --release -p thinagent-scanner"
         [ -x "$AGENT" ] || STATUS[thinagent]="$AGENT missing: cargo build --release -p thinagent-linux-agent"
     fi
+fi
+
+# Every process started from here on (workload, agents, scanners) inherits
+# this niceness, the same for every setup: unrelated load on a shared machine
+# then disturbs the measurements less. The builds above ran at the default.
+if [ "$NICE" != 0 ]; then
+    renice -n "$NICE" -p $$ >/dev/null || die "renice -n $NICE failed"
 fi
 
 # --- work dir, tmpfs, process management ---
@@ -306,7 +317,7 @@ for setup in none thinagent clamonacc; do
 done
 echo
 echo "On-access overhead — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel $(uname -r)$(want clamonacc && echo ", $("$CLAMD" --version)")"
-echo "workload on tmpfs: $SHAPE; warm = median of $WARM_RUNS; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "workload on tmpfs: $SHAPE; warm = median of $WARM_RUNS; niceness $(ps -o ni= -p $$ | tr -d ' '); load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 python3 "$HERE/onaccess/report.py" "$RESULTS" "$RUN/status.tsv"
 echo
