@@ -99,18 +99,30 @@ impl Scanner {
     /// with the built-in signatures plus `signatures` directories, its audit
     /// log in `state` (never on the watched tmpfs).
     pub fn start(listen: &str, state: &Path, signatures: &[PathBuf]) -> Self {
+        Self::start_with(listen, state, signatures, |_| {})
+    }
+
+    /// [`start`](Self::start), with `edit` applied to its configuration
+    /// first (e.g. a short `cache.guest_ttl_secs`).
+    pub fn start_with(
+        listen: &str,
+        state: &Path,
+        signatures: &[PathBuf],
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let audit = state.join("audit.jsonl");
-        let config = Config {
+        let mut config = Config {
             listen: vec![listen.to_string()],
             signatures: signatures.to_vec(),
             audit_log: Some(audit.clone()),
             ..Config::default()
         };
+        edit(&mut config);
         let mut s = Scanner {
             rt,
             stop: None,
