@@ -353,7 +353,11 @@ fn create_socket(dev: &ViosockDevice) -> Result<(HANDLE, *mut FILE_OBJECT), NTST
         SecurityDescriptor: core::ptr::null(),
         SecurityQualityOfService: core::ptr::null(),
     };
-    let ea: [u8; VIOSOCK_CREATE_EA_BYTES] = NEW_STREAM_SOCKET_EA;
+    // FILE_FULL_EA_INFORMATION is ULONG-aligned; keep the copy aligned even
+    // though the I/O manager copies it into pool for the driver.
+    #[repr(C, align(8))]
+    struct AlignedEa([u8; VIOSOCK_CREATE_EA_BYTES]);
+    let ea = AlignedEa(NEW_STREAM_SOCKET_EA);
     let mut handle: HANDLE = core::ptr::null_mut();
     // SAFETY: all-zero is a valid IO_STATUS_BLOCK.
     let mut iosb: IO_STATUS_BLOCK = unsafe { core::mem::zeroed() };
@@ -371,8 +375,8 @@ fn create_socket(dev: &ViosockDevice) -> Result<(HANDLE, *mut FILE_OBJECT), NTST
             FILE_SHARE_READ | FILE_SHARE_WRITE,
             FILE_OPEN,
             FILE_NON_DIRECTORY_FILE,
-            ea.as_ptr().cast(),
-            ea.len() as u32,
+            ea.0.as_ptr().cast(),
+            ea.0.len() as u32,
         )
     };
     if !nt_success(status) {

@@ -452,9 +452,8 @@ fn virtio_link(agent: &'static Agent) {
                 Level::Error,
                 routine::VSOCK_CAPTURE,
                 status,
-                "virtio socket device interface {} arrived but could not be opened; no host connection, opens are decided by the fail mode ({:?})",
-                Utf16(units),
-                agent.params.fail_mode
+                "virtio socket device interface {} arrived but could not be opened",
+                Utf16(units)
             );
             return;
         }
