@@ -37,14 +37,14 @@ use thinagent_km_sys::fltmgr::Minifilters::{
     FLT_INSTANCE_CONTEXT, FLT_OPERATION_REGISTRATION, FLT_POSTOP_CALLBACK_STATUS,
     FLT_POSTOP_FINISHED_PROCESSING, FLT_PREOP_CALLBACK_STATUS, FLT_PREOP_SUCCESS_NO_CALLBACK,
     FLT_PREOP_SUCCESS_WITH_CALLBACK, FLT_REGISTRATION, FLT_RELATED_OBJECTS,
-    FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_POST_OPERATION_DRAINING,
-    FltAllocateContext, FltCancelFileOpen, FltCancellableWaitForSingleObject,
-    FltFindExtraCreateParameter, FltGetEcpListFromCallbackData, FltGetFileNameInformation,
-    FltGetInstanceContext, FltGetRequestorProcessId, FltGetStreamContext, FltIsDirectory,
-    FltIsEcpFromUserMode, FltParseFileNameInformation, FltQueryInformationFile,
-    FltQueryVolumeInformation, FltRegisterFilter, FltReleaseContext, FltReleaseFileNameInformation,
-    FltSetInstanceContext, FltSetStreamContext, FltStartFiltering, FltUnregisterFilter,
-    PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
+    FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_FILTER_UNLOAD_MANDATORY,
+    FLTFL_POST_OPERATION_DRAINING, FltAllocateContext, FltCancelFileOpen,
+    FltCancellableWaitForSingleObject, FltFindExtraCreateParameter, FltGetEcpListFromCallbackData,
+    FltGetFileNameInformation, FltGetInstanceContext, FltGetRequestorProcessId,
+    FltGetStreamContext, FltIsDirectory, FltIsEcpFromUserMode, FltParseFileNameInformation,
+    FltQueryInformationFile, FltQueryVolumeInformation, FltRegisterFilter, FltReleaseContext,
+    FltReleaseFileNameInformation, FltSetInstanceContext, FltSetStreamContext, FltStartFiltering,
+    FltUnregisterFilter, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DRIVER_OBJECT, ECP_LIST, FILE_OBJECT, KEVENT, NonPagedPoolNx,
@@ -61,7 +61,7 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_FLT_CONTEXT_ALREADY_DEFINED, STATUS_FLT_DO_NOT_ATTACH,
-    STATUS_REPARSE,
+    STATUS_FLT_DO_NOT_DETACH, STATUS_REPARSE,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Storage::InstallableFileSystems::{
     FLT_FILESYSTEM_TYPE, FLT_FSTYPE_RAW,
@@ -1159,8 +1159,25 @@ unsafe extern "system" fn pre_file_system_control(
 // Filter, instances, contexts
 // ---------------------------------------------------------------------------
 
-/// `FilterUnloadCallback` (PASSIVE_LEVEL): the driver's unload sequence.
-unsafe extern "system" fn filter_unload(_flags: u32) -> NTSTATUS {
+/// `FilterUnloadCallback` (PASSIVE_LEVEL): the driver's unload sequence
+/// (learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nc-fltkernel-pflt_filter_unload_callback).
+///
+/// A non-mandatory unload (`fltmc unload`, `sc stop`) is refused with
+/// `STATUS_FLT_DO_NOT_DETACH` while the boot re-initialisation routine is
+/// registered and has not run yet: it cannot be unregistered, and the I/O
+/// manager would call into the unloaded image. A mandatory unload
+/// (`FLTFL_FILTER_UNLOAD_MANDATORY`) cannot be refused; that remaining risk
+/// is described in docs/windows.md ("The vsock layer").
+unsafe extern "system" fn filter_unload(flags: u32) -> NTSTATUS {
+    if flags & FLTFL_FILTER_UNLOAD_MANDATORY == 0 && !super::vsock_capture::unload_is_safe() {
+        crate::klog_status!(
+            Level::Warn,
+            "DriverUnload",
+            STATUS_FLT_DO_NOT_DETACH,
+            "unload refused: the boot re-initialisation routine has not run yet"
+        );
+        return STATUS_FLT_DO_NOT_DETACH;
+    }
     super::driver_entry::unload()
 }
 
