@@ -215,8 +215,10 @@ fn unwind_agent() {
 }
 
 /// Stops everything and frees the agent (PASSIVE_LEVEL). Called once, by
-/// `filter_callbacks`' `FilterUnloadCallback`, whose return value this is.
-/// Always succeeds: the filter is never mandatory.
+/// `filter_callbacks`' `FilterUnloadCallback`, whose return value this is,
+/// after that callback has decided the unload goes ahead (it refuses a
+/// non-mandatory unload while `vsock_capture::unload_is_safe()` is false).
+/// Once called, it always completes and returns `STATUS_SUCCESS`.
 pub fn unload() -> NTSTATUS {
     klog!(Level::Audit, DRIVER_UNLOAD, "ThinAgent unloading");
     if let Some(agent) = agent::get() {
