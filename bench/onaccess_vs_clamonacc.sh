@@ -8,6 +8,7 @@
 #   bench/onaccess_vs_clamonacc.sh [--files N] [--quick] [--warm-runs R]
 #                                  [--setups "none thinagent clamonacc"]
 #                                  [--dir DIR] [--no-build] [--nice N]
+#                                  [--agent-args "ARGS"]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +19,7 @@ SETUPS="none thinagent clamonacc"
 DIR=/tmp/thinagent-onaccess
 BUILD=1
 NICE=-10
+AGENT_ARGS=
 PASS_TIMEOUT=${PASS_TIMEOUT:-150}
 
 usage() {
@@ -29,6 +31,7 @@ usage: $0 [options]
   --setups "LIST"    any of: none thinagent clamonacc (default: all; none is always run)
   --dir DIR          work dir, the tmpfs is mounted at DIR/mnt (default $DIR)
   --no-build         use the binaries already in target/release
+  --agent-args "A"   extra arguments for thinagent-linux-agent (e.g. "--no-kernel-cache")
   --nice N           niceness of every benchmark process after the builds (default $NICE; 0 = unchanged)
 EOF
 }
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
         --setups) SETUPS=${2:?--setups needs a list}; shift 2 ;;
         --dir) DIR=${2:?--dir needs a path}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --agent-args) AGENT_ARGS=${2?--agent-args needs a value}; shift 2 ;;
         --nice) NICE=${2:?--nice needs a number}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "onaccess_vs_clamonacc: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -241,8 +245,9 @@ start_thinagent() {
         >"$RUN/thinagent-scanner.log" 2>&1 &
     PID_OF[scanner]=$!
     wait_for 60 scanner socket_up "$sock" || { tail -5 "$RUN/thinagent-scanner.log" >&2; return 1; }
+    # shellcheck disable=SC2086 # AGENT_ARGS is a list of words
     "$AGENT" --connect "unix://$sock" --watch "$MNT" --fail-mode open \
-        --ready-file "$RUN/agent.ready" >"$RUN/thinagent-linux-agent.log" 2>&1 &
+        --ready-file "$RUN/agent.ready" $AGENT_ARGS >"$RUN/thinagent-linux-agent.log" 2>&1 &
     PID_OF[agent]=$!
     wait_for 60 agent test -e "$RUN/agent.ready" || { tail -5 "$RUN/thinagent-linux-agent.log" >&2; return 1; }
 }
@@ -317,7 +322,7 @@ for setup in none thinagent clamonacc; do
 done
 echo
 echo "On-access overhead — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel $(uname -r)$(want clamonacc && echo ", $("$CLAMD" --version)")"
-echo "workload on tmpfs: $SHAPE; warm = median of $WARM_RUNS; niceness $(ps -o ni= -p $$ | tr -d ' '); load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "workload on tmpfs: $SHAPE; warm = median of $WARM_RUNS; niceness $(ps -o ni= -p $$ | tr -d ' ')${AGENT_ARGS:+; agent arguments: $AGENT_ARGS}; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 python3 "$HERE/onaccess/report.py" "$RESULTS" "$RUN/status.tsv"
 echo

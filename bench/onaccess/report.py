@@ -53,6 +53,7 @@ def load(results_path, status_path):
 def fmt(x, digits=2, signed=False):
     if x is None:
         return "—"
+    x = round(x, digits) + 0.0  # no "-0.00"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
