@@ -120,10 +120,10 @@ chmod 755 "$DIR" "$RUN" "$SIGS"
 declare -A PID_OF=()
 MOUNTED=0
 stop() { # NAME: SIGTERM, then SIGKILL after 10 s
-    local name=$1 pid=${PID_OF[$1]:-} i
+    local name=$1 pid=${PID_OF[$1]:-}
     [ -n "$pid" ] || return 0
     kill "$pid" 2>/dev/null || true
-    for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
         echo "   $name (pid $pid) ignored SIGTERM for 10 s: SIGKILL" >&2
         kill -KILL "$pid" 2>/dev/null || true
@@ -153,8 +153,8 @@ python3 "$HERE/onaccess/make_probe_set.py" "$MNT/probe" "$SIGS"
 SHAPE=$(cat "$RUN/shape.txt")
 
 wait_for() { # SECONDS NAME COMMAND...: polls COMMAND every 0.1 s while NAME is alive
-    local secs=$1 name=$2 i; shift 2
-    for i in $(seq $((secs * 10))); do
+    local secs=$1 name=$2; shift 2
+    for _ in $(seq $((secs * 10))); do
         "$@" && return 0
         if [ -n "${PID_OF[$name]:-}" ] && ! kill -0 "${PID_OF[$name]}" 2>/dev/null; then
             echo "   $name exited during start-up" >&2
@@ -173,9 +173,9 @@ probe() { timeout 20 "$WORKLOAD" probe "$1" >"$RUN/probe.out" 2>&1; }
 # (or, without an agent, allowed) and the clean file allowed. Retries the
 # EICAR probe for up to 60 s while the agent finishes placing its marks.
 check_probes() {
-    local setup=$1 blocking=$2 rc i want_rc=0
+    local setup=$1 blocking=$2 rc want_rc=0
     [ "$blocking" = 1 ] && want_rc=1
-    for i in $(seq 120); do
+    for _ in $(seq 120); do
         rc=0; probe "$MNT/probe/eicar.com" || rc=$?
         [ "$rc" = "$want_rc" ] && break
         [ "$blocking" = 1 ] || break
