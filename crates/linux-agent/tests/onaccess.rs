@@ -142,6 +142,11 @@ fn scanner_stopped_fail_open_lets_opens_through_then_agent_reconnects() {
     args.extend(["--stats-interval-secs", "1"]);
     let mut agent = Agent::start(state.path(), &args);
     assert!(denied(&eicar));
+    // A clean file the scanner allows: its ignore mark goes at the new
+    // session (the restarted scanner's signatures may differ).
+    let clean = mnt.join("clean.txt");
+    std::fs::write(&clean, b"clean\n").unwrap();
+    assert_eq!(read(&clean).unwrap(), b"clean\n");
     scanner.stop();
     // Fail-open: the open goes through (the cached deny was for this
     // version; write a new EICAR file the cache has never seen).
@@ -173,6 +178,10 @@ fn scanner_stopped_fail_open_lets_opens_through_then_agent_reconnects() {
     );
     assert!(final_stat(&log, "disconnected") >= 1, "{log}");
     assert!(final_stat(&log, "fail_mode_decisions") >= 1, "{log}");
+    assert!(
+        log.contains("kernel verdict cache flushed (new scanner session): 1 ignore marks removed"),
+        "{log}"
+    );
 }
 
 #[test]
