@@ -593,7 +593,9 @@ impl AgentCore {
     /// have changed).
     pub fn on_connected(&mut self, now: Instant) {
         self.on_disconnected(now);
-        if !self.marks.marked.is_empty() {
+        // A pending TTL flush also covers marks no longer counted (one the
+        // edge failed to remove again): flush those too.
+        if !self.marks.marked.is_empty() || self.marks.flush_due.is_some() {
             self.flush_ignore_marks(FlushReason::Connected);
         }
         let config = SessionConfig {
