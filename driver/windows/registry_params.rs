@@ -5,13 +5,16 @@
 //! service key `DriverEntry` receives
 //! (`\Registry\Machine\System\CurrentControlSet\Services\thinagent`). Each
 //! name in [`thinagent_guest::params::names::ALL`] is queried with
-//! `ZwQueryValueKey(KeyValuePartialInformation)`, converted to a
-//! [`RegValue`] and handed to [`Params::apply`], which owns every rule
-//! (types, bounds, clamps). This module only moves bytes and logs:
+//! `ZwQueryValueKey(KeyValuePartialInformation)`, decoded into a
+//! [`thinagent_guest::RegValue`] by [`thinagent_guest::registry`] (which
+//! registry types are read, how strings are cut) and handed to
+//! [`Params::apply`], which owns every other rule (names, bounds, clamps).
+//! This module only moves bytes and logs:
 //!
 //! * no key, or no value: the default stays (INFO line);
 //! * a clamped value: WARN line with the value used;
-//! * a rejected value (wrong type, meaningless): WARN line, the default stays;
+//! * a rejected value (unsupported or wrong type, meaningless): WARN line,
+//!   the default stays;
 //! * the key cannot be opened for another reason: WARN line, all defaults.
 //!
 //! A bad value never fails `DriverEntry`.
@@ -29,20 +32,15 @@ use alloc::vec::Vec;
 use core::ffi::c_void;
 
 use thinagent_guest::params::names;
-use thinagent_guest::{Applied, Level, Params, RegValue, log::routine};
+use thinagent_guest::{Applied, Level, Params, log::routine, registry};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     HANDLE, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, STATUS_BUFFER_OVERFLOW,
     STATUS_BUFFER_TOO_SMALL, STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
 };
-use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Registry::{
-    KEY_READ, REG_DWORD, REG_MULTI_SZ, REG_QWORD, REG_SZ,
-};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Registry::KEY_READ;
 use thinagent_km_sys::ntoskrnl::ZwClose;
-use thinagent_km_sys::registry::{
-    KEY_VALUE_PARTIAL_INFORMATION_CLASS, KEY_VALUE_PARTIAL_INFORMATION_DATA_OFFSET, ZwOpenKey,
-    ZwQueryValueKey,
-};
+use thinagent_km_sys::registry::{KEY_VALUE_PARTIAL_INFORMATION_CLASS, ZwOpenKey, ZwQueryValueKey};
 
 use super::kernel::{ascii_utf16, nt_success, unicode_string_for, unicode_units};
 use crate::{klog, klog_status};
@@ -287,70 +285,47 @@ fn read_one(key: HANDLE, name: &'static str, buffer: &mut QueryBuffer, params: &
     apply_partial_information(name, buffer.bytes(buffer.capacity_bytes()), params);
 }
 
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    let bytes: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-    Some(u32::from_le_bytes(bytes))
-}
+// The guest crate's header size is the km-sys offset, which km-sys tests
+// against windows-sys's KEY_VALUE_PARTIAL_INFORMATION.
+const _: () = assert!(
+    registry::PARTIAL_INFORMATION_HEADER
+        == thinagent_km_sys::registry::KEY_VALUE_PARTIAL_INFORMATION_DATA_OFFSET
+);
 
-/// Decodes a `KEY_VALUE_PARTIAL_INFORMATION` (`TitleIndex`, `Type`,
-/// `DataLength`, `Data`) and applies it to `params`.
+/// Decodes a `KEY_VALUE_PARTIAL_INFORMATION` with
+/// [`thinagent_guest::registry`] (which types are read, how strings are cut)
+/// and applies it to `params`.
 fn apply_partial_information(name: &'static str, info: &[u8], params: &mut Params) {
-    let (Some(reg_type), Some(data_len)) = (read_u32(info, 4), read_u32(info, 8)) else {
-        return;
-    };
-    let start = KEY_VALUE_PARTIAL_INFORMATION_DATA_OFFSET;
-    let Some(data) = info.get(start..start.saturating_add(data_len as usize)) else {
-        klog!(
-            Level::Warn,
-            routine::READ_PARAMS,
-            "{name}: truncated value; keeping the default"
-        );
-        return;
-    };
-    let mut units: Vec<u16> = Vec::new();
-    let value = match reg_type {
-        REG_DWORD if data.len() == 4 => {
-            RegValue::Dword(u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
-        }
-        REG_QWORD if data.len() == 8 => {
-            let mut q = [0u8; 8];
-            q.copy_from_slice(data);
-            RegValue::Qword(u64::from_le_bytes(q))
-        }
-        REG_SZ | REG_MULTI_SZ => {
-            if units.try_reserve_exact(data.len() / 2).is_err() {
-                klog!(
-                    Level::Error,
-                    routine::READ_PARAMS,
-                    "{name}: no memory for the string; keeping the default"
-                );
-                return;
-            }
-            units.extend(
-                data.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
-            );
-            // REG_SZ carries its terminating NUL in DataLength.
-            while units.last() == Some(&0) && reg_type == REG_SZ {
-                units.pop();
-            }
-            if reg_type == REG_SZ {
-                RegValue::SzUtf16(&units)
-            } else {
-                RegValue::MultiSzUtf16(&units)
-            }
-        }
-        other => {
+    let (reg_type, data) = match registry::partial_information_parts(info) {
+        Ok(parts) => parts,
+        Err(e) => {
             klog!(
                 Level::Warn,
                 routine::READ_PARAMS,
-                "{name}: registry type {other} with {} bytes is not supported; keeping the default",
-                data.len()
+                "{name}: {e}; keeping the default"
             );
             return;
         }
     };
-    report(name, value.type_name(), params.apply(name, value));
+    let mut units: Vec<u16> = Vec::new();
+    let need = registry::units_needed(data);
+    if units.try_reserve_exact(need).is_err() {
+        klog!(
+            Level::Error,
+            routine::READ_PARAMS,
+            "{name}: no memory for the value; keeping the default"
+        );
+        return;
+    }
+    units.resize(need, 0);
+    match registry::decode_value(reg_type, data, &mut units) {
+        Ok(value) => report(name, value.type_name(), params.apply(name, value)),
+        Err(e) => klog!(
+            Level::Warn,
+            routine::READ_PARAMS,
+            "{name}: {e}; keeping the default"
+        ),
+    }
 }
 
 /// The WARN line for a clamped or rejected value.

@@ -30,6 +30,7 @@ pub mod log;
 pub mod params;
 pub mod policy;
 pub mod reconnect;
+pub mod registry;
 pub mod session;
 pub mod status;
 pub mod time;

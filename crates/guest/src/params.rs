@@ -315,6 +315,21 @@ impl Default for Params {
     }
 }
 
+/// `w` as ASCII text in `buf`; `None` if it holds a non-ASCII character or
+/// is longer than `buf`.
+fn utf16_ascii<'b>(w: &[u16], buf: &'b mut [u8; 24]) -> Option<&'b str> {
+    let mut n = 0;
+    for c in char::decode_utf16(w.iter().copied()) {
+        let c = c.ok()?;
+        if !c.is_ascii() || n == buf.len() {
+            return None;
+        }
+        buf[n] = c as u8;
+        n += 1;
+    }
+    core::str::from_utf8(&buf[..n]).ok()
+}
+
 fn parse_number(s: &str) -> Option<u64> {
     let s = s.trim();
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
@@ -370,17 +385,7 @@ impl Params {
             RegValue::Sz(s) => parse_number(s).ok_or(ParamError::Invalid),
             RegValue::SzUtf16(w) => {
                 let mut buf = [0u8; 24];
-                let mut n = 0;
-                for c in char::decode_utf16(w.iter().copied()) {
-                    let c = c.map_err(|_| ParamError::Invalid)?;
-                    if !c.is_ascii() || n == buf.len() {
-                        return Err(ParamError::Invalid);
-                    }
-                    buf[n] = c as u8;
-                    n += 1;
-                }
-                core::str::from_utf8(&buf[..n])
-                    .ok()
+                utf16_ascii(w, &mut buf)
                     .and_then(parse_number)
                     .ok_or(ParamError::Invalid)
             }
@@ -452,10 +457,18 @@ impl Params {
                 Ok(Applied::Set)
             }
             names::FAIL_MODE => {
-                self.fail_mode = match value {
-                    RegValue::Sz(s) if s.trim().eq_ignore_ascii_case("open") => FailMode::Open,
-                    RegValue::Sz(s) if s.trim().eq_ignore_ascii_case("closed") => FailMode::Closed,
-                    v => match Self::number(v)? {
+                // The words in UTF-8 (config files) or UTF-16 (the Windows
+                // driver's REG_SZ), else a number.
+                let mut buf = [0u8; 24];
+                let word = match value {
+                    RegValue::Sz(s) => Some(s),
+                    RegValue::SzUtf16(w) => utf16_ascii(w, &mut buf),
+                    _ => None,
+                };
+                self.fail_mode = match word.map(str::trim) {
+                    Some(s) if s.eq_ignore_ascii_case("open") => FailMode::Open,
+                    Some(s) if s.eq_ignore_ascii_case("closed") => FailMode::Closed,
+                    _ => match Self::number(value)? {
                         0 => FailMode::Open,
                         1 => FailMode::Closed,
                         _ => return Err(ParamError::Invalid),
