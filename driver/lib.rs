@@ -32,6 +32,7 @@
 extern crate alloc;
 
 pub mod filter_registration;
+pub mod session_sizes;
 
 #[cfg(windows)]
 pub mod windows;

@@ -54,6 +54,10 @@ use thinagent_scanner::service::{Service, ServiceHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[path = "../driver/session_sizes.rs"]
+mod session_sizes;
+use session_sizes::DriverSession;
+
 /// The EICAR test file.
 const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 /// A clean file (a different length from EICAR, so a rewrite changes the size).
@@ -353,8 +357,6 @@ impl SentFrames {
         self.buf.drain(..at);
     }
 }
-
-type DriverSession = Session<16, 1024, 4>;
 
 /// One connection to the host and the session the worker thread pumps.
 struct Channel {

@@ -48,8 +48,7 @@ use core::time::Duration;
 
 use thinagent_guest::log::routine;
 use thinagent_guest::{
-    CloseReason, FailMode, Level, QueryId, QueryVerdict, Session, SessionConfig, SessionEvent,
-    SubmitError,
+    CloseReason, FailMode, Level, QueryId, QueryVerdict, SessionConfig, SessionEvent, SubmitError,
 };
 use thinagent_km_sys::fltmgr::Minifilters::{
     FLT_CALLBACK_DATA, FLT_VOLUME_PROPERTIES, FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET,
@@ -77,16 +76,10 @@ use super::kernel::{
 use super::transport::Transport;
 use crate::filter_registration::pool_tag;
 
-/// Waiter slots, and query slots of the session (one per waiting open).
-pub const SLOTS: usize = 64;
-/// Bytes of UTF-16LE path per slot: 1024 code units. A longer normalized
-/// name is answered by the fail mode (logged at WARN).
-pub const PATH_BYTES: usize = 2048;
-/// Concurrent host reads the session accepts (`max_reads_in_flight`).
-pub const READS: usize = 4;
+pub use crate::session_sizes::{PATH_BYTES, READS, SLOTS};
 
-/// The session type the worker runs.
-pub type GuestSession = Session<SLOTS, PATH_BYTES, READS>;
+/// The session type the worker runs (sizes: [`crate::session_sizes`]).
+pub type GuestSession = crate::session_sizes::DriverSession;
 
 /// Pool tag of host-read buffers, displayed `TAgR`.
 const READ_BUFFER_TAG: u32 = pool_tag(*b"TAgR");
