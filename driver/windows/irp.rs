@@ -25,9 +25,10 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DEVICE_OBJECT, FILE_OBJECT, IO_STACK_LOCATION, IRP, MDL, OBJECT_ATTRIBUTES,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    Executive, IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, IoAllocateIrp, IoCancelIrp,
-    IoFreeIrp, IoReuseIrp, IofCallDriver, KeWaitForMultipleObjects, KeWaitForSingleObject,
-    KernelMode, ObReferenceObjectByHandle, ObfDereferenceObject, PsCreateSystemThread,
+    Executive, IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, IoAllocateIrp, IoAllocateMdl,
+    IoCancelIrp, IoFreeIrp, IoReuseIrp, IofCallDriver, KeWaitForMultipleObjects,
+    KeWaitForSingleObject, KernelMode, MmBuildMdlForNonPagedPool, ObReferenceObjectByHandle,
+    ObfDereferenceObject, PsCreateSystemThread,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{HANDLE, NTSTATUS};
 use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::WaitAny;
@@ -253,6 +254,25 @@ unsafe extern "system" fn signal_and_keep(
     // or free). KeSetEvent is fine at DISPATCH_LEVEL.
     unsafe { (*context.cast::<KernelEvent>()).set() };
     STATUS_MORE_PROCESSING_REQUIRED
+}
+
+/// An MDL over `len` bytes of non-paged memory at `va`, for a socket's
+/// receive or send buffer (both transports). IRQL <= DISPATCH_LEVEL. The
+/// caller frees it with `IoFreeMdl`.
+///
+/// Routines: IoAllocateMdl
+/// (learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-ioallocatemdl),
+/// MmBuildMdlForNonPagedPool (…/wdm/nf-wdm-mmbuildmdlfornonpagedpool).
+pub fn build_mdl(va: *mut u8, len: usize) -> Result<*mut MDL, NTSTATUS> {
+    // SAFETY: callers pass non-paged pool (a boxed buffer block, allocated
+    // by the driver's non-paged global allocator) valid for `len` bytes.
+    let mdl = unsafe { IoAllocateMdl(va.cast(), len as u32, false, false, core::ptr::null_mut()) };
+    if mdl.is_null() {
+        return Err(STATUS_INSUFFICIENT_RESOURCES);
+    }
+    // SAFETY: the MDL describes non-paged memory, as the routine requires.
+    unsafe { MmBuildMdlForNonPagedPool(mdl) };
+    Ok(mdl)
 }
 
 /// One driver-allocated IRP (`IoAllocateIrp(1, FALSE)`), reused for one kind

@@ -41,10 +41,9 @@
 //! ZwCreateFile (…/wdm/nf-wdm-zwcreatefile), ObReferenceObjectByHandle
 //! (…/wdm/nf-wdm-obreferenceobjectbyhandle, with `*IoFileObjectType`),
 //! ZwClose (…/wdm/nf-wdm-zwclose), ObfDereferenceObject
-//! (…/wdm/nf-wdm-obdereferenceobject), IoAllocateMdl (…/wdm/nf-wdm-ioallocatemdl),
-//! MmBuildMdlForNonPagedPool (…/wdm/nf-wdm-mmbuildmdlfornonpagedpool),
-//! IoFreeMdl (…/wdm/nf-wdm-iofreemdl); through [`super::irp`]:
-//! IoAllocateIrp, IoReuseIrp, IofCallDriver, IoCancelIrp, IoFreeIrp,
+//! (…/wdm/nf-wdm-obdereferenceobject), IoFreeMdl (…/wdm/nf-wdm-iofreemdl);
+//! through [`super::irp`]: IoAllocateMdl + MmBuildMdlForNonPagedPool
+//! ([`build_mdl`]), IoAllocateIrp, IoReuseIrp, IofCallDriver, IoCancelIrp, IoFreeIrp,
 //! KeWaitForSingleObject/KeWaitForMultipleObjects, PsGetCurrentThread.
 
 use alloc::boxed::Box;
@@ -57,8 +56,8 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DEVICE_OBJECT, FILE_OBJECT, MDL, OBJECT_ATTRIBUTES,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    IoAllocateMdl, IoFreeMdl, IoGetDeviceObjectPointer, KernelMode, MmBuildMdlForNonPagedPool,
-    ObReferenceObjectByHandle, ObfDereferenceObject,
+    IoFreeMdl, IoGetDeviceObjectPointer, KernelMode, ObReferenceObjectByHandle,
+    ObfDereferenceObject,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{HANDLE, NTSTATUS};
 use thinagent_km_sys::fltmgr::windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
@@ -73,7 +72,7 @@ use thinagent_km_sys::viosock::{
     SOCKADDR_VM, VIOSOCK_CREATE_EA_BYTES, VIRTIO_VSOCK_CONFIG, VIRTIO_VSOCK_MAX_PKT_BUF_SIZE,
 };
 
-use super::irp::{Request, ReusableIrp, device_ioctl};
+use super::irp::{Request, ReusableIrp, build_mdl, device_ioctl};
 use super::kernel::{
     KernelEvent, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
     STATUS_PENDING, now, nt_success, unicode_string_for,
@@ -210,18 +209,6 @@ pub struct ViosockConnection {
 
 // SAFETY: owned by the link thread; kernel objects inside are thread-agnostic.
 unsafe impl Send for ViosockConnection {}
-
-/// An MDL over `len` bytes of non-paged memory at `va` (IRQL <= DISPATCH_LEVEL).
-fn build_mdl(va: *mut u8, len: usize) -> Result<*mut MDL, NTSTATUS> {
-    // SAFETY: `va` is non-paged pool (the boxed IoBlock) valid for `len`.
-    let mdl = unsafe { IoAllocateMdl(va.cast(), len as u32, false, false, core::ptr::null_mut()) };
-    if mdl.is_null() {
-        return Err(STATUS_INSUFFICIENT_RESOURCES);
-    }
-    // SAFETY: the MDL describes non-paged memory, as the routine requires.
-    unsafe { MmBuildMdlForNonPagedPool(mdl) };
-    Ok(mdl)
-}
 
 impl ViosockConnection {
     /// Creates a stream socket on `dev` and connects it to `{cid, port}`,

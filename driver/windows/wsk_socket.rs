@@ -19,9 +19,9 @@
 //! `MmBuildMdlForNonPagedPool`); the `WSK_BUF`s live in the same boxed
 //! block, so nothing a pending request points to ever moves.
 //!
-//! Routines: IoAllocateMdl (learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-ioallocatemdl),
-//! MmBuildMdlForNonPagedPool (…/wdm/nf-wdm-mmbuildmdlfornonpagedpool),
-//! IoFreeMdl (…/wdm/nf-wdm-iofreemdl), MmIsAddressValid
+//! Routines: IoAllocateMdl + MmBuildMdlForNonPagedPool through
+//! [`super::irp::build_mdl`], IoFreeMdl
+//! (learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-iofreemdl), MmIsAddressValid
 //! (…/ntddk/nf-ntddk-mmisaddressvalid); the WSK dispatch functions
 //! (…/wsk/nc-wsk-pfn_wsk_socket_connect, pfn_wsk_send, pfn_wsk_receive,
 //! pfn_wsk_disconnect, pfn_wsk_close_socket). All PASSIVE_LEVEL here (WSK
@@ -34,7 +34,7 @@ use core::time::Duration;
 
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{IRP, MDL};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    IoAllocateMdl, IoFreeMdl, MmBuildMdlForNonPagedPool, MmIsAddressValid,
+    IoFreeMdl, MmIsAddressValid,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::NTSTATUS;
 use thinagent_km_sys::ntoskrnl::{
@@ -48,7 +48,7 @@ use thinagent_km_sys::wsk::{
     WSK_PROVIDER_DISPATCH, WSK_SOCKET,
 };
 
-use super::irp::ReusableIrp;
+use super::irp::{ReusableIrp, build_mdl};
 use super::kernel::{KernelEvent, STATUS_INSUFFICIENT_RESOURCES, SpinLock, now};
 use super::transport::Transport;
 use crate::klog_status;
@@ -157,19 +157,6 @@ pub struct WskConnection {
 
 // SAFETY: owned by the link thread; kernel objects inside are thread-agnostic.
 unsafe impl Send for WskConnection {}
-
-/// An MDL over `len` bytes of non-paged memory at `va` (IRQL <= DISPATCH_LEVEL).
-fn build_mdl(va: *mut u8, len: usize) -> Result<*mut MDL, NTSTATUS> {
-    // SAFETY: `va` is non-paged pool (the boxed IoBlock, allocated by the
-    // driver's non-paged global allocator) valid for `len` bytes.
-    let mdl = unsafe { IoAllocateMdl(va.cast(), len as u32, false, false, core::ptr::null_mut()) };
-    if mdl.is_null() {
-        return Err(STATUS_INSUFFICIENT_RESOURCES);
-    }
-    // SAFETY: the MDL describes non-paged memory, as the routine requires.
-    unsafe { MmBuildMdlForNonPagedPool(mdl) };
-    Ok(mdl)
-}
 
 /// Whether `len` bytes at `p` can be read without a page fault
 /// (`MmIsAddressValid` on the first and last byte; PASSIVE_LEVEL here).
