@@ -107,6 +107,15 @@ fn sent(c: &mut AgentCore) -> Vec<Sent> {
     out
 }
 
+/// The request id of the one frame sent since the last look, which must be
+/// a `FileEvent`.
+fn sent_file_event_id(c: &mut AgentCore) -> u64 {
+    let [Sent::FileEvent { id, .. }] = sent(c)[..] else {
+        panic!("one FileEvent")
+    };
+    id
+}
+
 fn ack() -> HelloAck {
     HelloAck {
         version: PROTOCOL_VERSION,
@@ -259,9 +268,7 @@ fn close_write_invalidates_the_cached_allow() {
     connect(&mut c, ms(0));
     let st = stat(1, 5, 1);
     c.on_perm_event(&ev(1, "/data/a", 5, st), ms(1));
-    let [Sent::FileEvent { id, .. }] = sent(&mut c)[..] else {
-        panic!()
-    };
+    let id = sent_file_event_id(&mut c);
     c.on_receive(&verdict(Decision::Allow, 300, "", id), ms(2));
     assert!(matches!(
         actions(&mut c)[..],
@@ -287,9 +294,7 @@ fn a_verdict_for_a_file_written_meanwhile_is_not_cached() {
     connect(&mut c, ms(0));
     let st = stat(1, 5, 1);
     c.on_perm_event(&ev(1, "/data/a", 5, st), ms(1));
-    let [Sent::FileEvent { id, .. }] = sent(&mut c)[..] else {
-        panic!()
-    };
+    let id = sent_file_event_id(&mut c);
     c.on_close_write(st.dev, st.ino);
     c.on_receive(&verdict(Decision::Allow, 300, "", id), ms(2));
     assert!(matches!(
@@ -459,9 +464,7 @@ fn scanned(
     now: Instant,
 ) -> Vec<Action> {
     c.on_perm_event(&ev(token, "/data/x", 5, st), now);
-    let [Sent::FileEvent { id, .. }] = sent(c)[..] else {
-        panic!("one FileEvent")
-    };
+    let id = sent_file_event_id(c);
     c.on_receive(&verdict(decision, ttl, "", id), now);
     actions(c)
 }
@@ -522,9 +525,7 @@ fn no_ignore_mark_for_denies_no_cache_allows_skips_fail_mode_or_when_off() {
     // A file written (closed after a write) while it was scanned.
     let st = stat(6, 5, 1);
     c.on_perm_event(&ev(6, "/data/b", 5, st), ms(4));
-    let [Sent::FileEvent { id, .. }] = sent(&mut c)[..] else {
-        panic!()
-    };
+    let id = sent_file_event_id(&mut c);
     c.on_close_write(st.dev, st.ino);
     c.on_receive(&verdict(Decision::Allow, 300, "", id), ms(5));
     assert!(matches!(
