@@ -13,17 +13,12 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Agent, EICAR, EPERM, Scanner, denied, eventually, final_stat, read, setup};
-use md5::{Digest, Md5};
+use common::{
+    Agent, EICAR, EPERM, Scanner, denied, eventually, final_stat, md5_signature_dir, read, setup,
+    state_dir,
+};
 
 const WARM_OPENS: u64 = 200;
-
-fn state_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("thinagent-kcache-state")
-        .tempdir()
-        .unwrap()
-}
 
 fn args<'a>(url: &'a str, watch: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
@@ -105,17 +100,12 @@ fn a_marked_file_modified_by_write_truncate_or_rewrite_is_checked_again() {
     let state = state_dir();
     // A hash signature for the bytes a truncation leaves.
     let marker = b"thinagent truncate marker\n";
-    let digest: String = Md5::digest(marker)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let sigs = state.path().join("sigs");
-    std::fs::create_dir(&sigs).unwrap();
-    std::fs::write(
-        sigs.join("truncate.hdb"),
-        format!("{digest}:{}:ThinAgent.Test.Truncate\n", marker.len()),
-    )
-    .unwrap();
+    let sigs = md5_signature_dir(
+        state.path(),
+        "truncate.hdb",
+        marker,
+        "ThinAgent.Test.Truncate",
+    );
     let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[sigs]);
     let rewritten = mnt.join("rewritten.txt");
     let truncated = mnt.join("truncated.txt");

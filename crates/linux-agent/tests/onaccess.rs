@@ -12,17 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
-    Agent, EACCES, EICAR, EPERM, HungScanner, Scanner, denied, eventually, final_stat, read, setup,
+    Agent, EACCES, EICAR, EPERM, HungScanner, Scanner, denied, eventually, final_stat,
+    md5_signature_dir, read, setup, state_dir,
 };
-use md5::{Digest, Md5};
 use thinagent_guest::{Level, parse_line};
-
-fn state_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("thinagent-agent-state")
-        .tempdir()
-        .unwrap()
-}
 
 fn base_args<'a>(url: &'a str, watch: &'a str) -> Vec<&'a str> {
     vec!["--connect", url, "--watch", watch, "--reconnect-ms", "100"]
@@ -87,17 +80,7 @@ fn executing_a_denied_binary_fails() {
     good.extend_from_slice(b"\nthinagent-clean-marker\n");
     let mut bad = truebin;
     bad.extend_from_slice(b"\nthinagent-exec-test-marker\n");
-    let digest: String = Md5::digest(&bad)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let sigs = state.path().join("sigs");
-    std::fs::create_dir(&sigs).unwrap();
-    std::fs::write(
-        sigs.join("exec.hdb"),
-        format!("{digest}:{}:ThinAgent.Test.Exec\n", bad.len()),
-    )
-    .unwrap();
+    let sigs = md5_signature_dir(state.path(), "exec.hdb", &bad, "ThinAgent.Test.Exec");
     let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[sigs]);
     let watch = mnt.path().to_str().unwrap();
     let agent = Agent::start(state.path(), &base_args(&scanner.url, watch));

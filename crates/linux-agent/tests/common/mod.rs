@@ -387,3 +387,31 @@ pub fn final_stat(log: &str, name: &str) -> u64 {
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {}", line.message))
 }
+
+/// A fresh state directory for one test's scanner and agent (removed on
+/// drop).
+pub fn state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("thinagent-test-state")
+        .tempdir()
+        .unwrap()
+}
+
+/// Writes a ClamAV MD5 hash signature (`<md5>:<size>:<name>`) matching exactly
+/// `bytes` into `<state>/sigs/<file>` (an `.hdb` name) and returns the `sigs`
+/// directory, to hand to [`Scanner::start`].
+pub fn md5_signature_dir(state: &Path, file: &str, bytes: &[u8], name: &str) -> PathBuf {
+    use md5::{Digest, Md5};
+    let digest: String = Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let sigs = state.join("sigs");
+    std::fs::create_dir(&sigs).unwrap();
+    std::fs::write(
+        sigs.join(file),
+        format!("{digest}:{}:{name}\n", bytes.len()),
+    )
+    .unwrap();
+    sigs
+}
