@@ -26,12 +26,11 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
     Executive, IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, IoAllocateIrp, IoAllocateMdl,
-    IoCancelIrp, IoFreeIrp, IoReuseIrp, IofCallDriver, KeWaitForMultipleObjects,
-    KeWaitForSingleObject, KernelMode, MmBuildMdlForNonPagedPool, ObReferenceObjectByHandle,
-    ObfDereferenceObject, PsCreateSystemThread,
+    IoCancelIrp, IoFreeIrp, IoReuseIrp, IofCallDriver, KeWaitForSingleObject, KernelMode,
+    MmBuildMdlForNonPagedPool, ObReferenceObjectByHandle, ObfDereferenceObject,
+    PsCreateSystemThread,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{HANDLE, NTSTATUS};
-use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::WaitAny;
 use thinagent_km_sys::io_params::IO_STACK_DEVICE_IO_CONTROL;
 use thinagent_km_sys::ntoskrnl::{
     IO_COMPLETION_ROUTINE, KSTART_ROUTINE, OBJ_KERNEL_HANDLE, PsGetCurrentThread, PsThreadType,
@@ -282,8 +281,9 @@ pub fn build_mdl(va: *mut u8, len: usize) -> Result<*mut MDL, NTSTATUS> {
 ///
 /// Routines: IoAllocateIrp (…/wdm/nf-wdm-ioallocateirp), IoReuseIrp
 /// (…/wdm/nf-wdm-ioreuseirp), IoCancelIrp (…/wdm/nf-wdm-iocancelirp),
-/// IoFreeIrp (…/wdm/nf-wdm-iofreeirp), KeWaitForMultipleObjects
-/// (…/wdm/nf-wdm-kewaitformultipleobjects).
+/// IoFreeIrp (…/wdm/nf-wdm-iofreeirp), KeWaitForSingleObject through
+/// [`KernelEvent::wait`] and KeWaitForMultipleObjects through
+/// [`super::kernel::wait_any`].
 pub struct ReusableIrp {
     irp: *mut IRP,
     done: Box<KernelEvent>,
@@ -434,38 +434,12 @@ impl ReusableIrp {
         if !self.in_flight {
             return Some(self.result());
         }
-        let rel = timeout.map(relative_100ns);
-        let tp = rel.as_ref().map_or(core::ptr::null(), |r| r as *const i64);
         let status = match stop {
-            None => {
-                // SAFETY: our initialised event; timeout null or a local.
-                unsafe {
-                    KeWaitForSingleObject(
-                        self.done.as_object(),
-                        Executive,
-                        KernelMode as i8,
-                        false,
-                        tp,
-                    )
-                }
-            }
-            Some(stop) => {
-                let objects = [self.done.as_object(), stop.as_object()];
-                // SAFETY: two initialised dispatcher objects (at most
-                // THREAD_WAIT_OBJECTS, so no wait-block array is needed).
-                unsafe {
-                    KeWaitForMultipleObjects(
-                        2,
-                        objects.as_ptr(),
-                        WaitAny,
-                        Executive,
-                        KernelMode as i8,
-                        false,
-                        tp,
-                        core::ptr::null_mut(),
-                    )
-                }
-            }
+            None => self.done.wait(timeout),
+            // SAFETY: two initialised events that outlive the wait.
+            Some(stop) => unsafe {
+                super::kernel::wait_any(&[self.done.as_object(), stop.as_object()], timeout)
+            },
         };
         if status == 0 {
             self.in_flight = false;

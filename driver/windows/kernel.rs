@@ -18,11 +18,12 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::KEVENT;
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
     Executive, KLOCK_QUEUE_HANDLE, KeAcquireInStackQueuedSpinLock, KeClearEvent,
     KeDelayExecutionThread, KeInitializeEvent, KeInitializeSpinLock, KeQueryInterruptTimePrecise,
-    KeReleaseInStackQueuedSpinLock, KeSetEvent, KeWaitForSingleObject, KernelMode,
+    KeReleaseInStackQueuedSpinLock, KeSetEvent, KeWaitForMultipleObjects, KeWaitForSingleObject,
+    KernelMode,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::{
-    NotificationEvent, SynchronizationEvent,
+    NotificationEvent, SynchronizationEvent, WaitAny,
 };
 
 /// `STATUS_SUCCESS`.
@@ -85,6 +86,47 @@ pub fn sleep(d: Duration) {
     // SAFETY: a non-alertable kernel-mode delay with a valid relative
     // interval; callers run at PASSIVE_LEVEL (documented on theirs).
     let _ = unsafe { KeDelayExecutionThread(KernelMode as i8, false, &interval) };
+}
+
+/// `THREAD_WAIT_OBJECTS` (`wdm.h`): how many objects a thread can wait on
+/// with its built-in wait blocks, i.e. without a `WaitBlockArray`.
+pub const THREAD_WAIT_OBJECTS: usize = 3;
+
+/// Waits until any of `objects` is signalled or `timeout` passes (`None` =
+/// forever): `KeWaitForMultipleObjects(WaitAny, Executive, KernelMode,
+/// FALSE)` with the thread's own wait blocks
+/// (learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-kewaitformultipleobjects).
+/// Returns `STATUS_WAIT_0 + i` for the signalled object `i`, or
+/// [`STATUS_TIMEOUT`]. PASSIVE_LEVEL/APC_LEVEL.
+///
+/// # Panics
+///
+/// If `objects` holds more than [`THREAD_WAIT_OBJECTS`] pointers (that
+/// would need a wait-block array).
+///
+/// # Safety
+///
+/// Every pointer is an initialised dispatcher object (`KEVENT`, ...) that
+/// outlives the wait.
+pub unsafe fn wait_any(objects: &[*const c_void], timeout: Option<Duration>) -> NTSTATUS {
+    assert!(objects.len() <= THREAD_WAIT_OBJECTS);
+    let rel = timeout.map(relative_100ns);
+    let ptr = rel.as_ref().map_or(core::ptr::null(), |r| r as *const i64);
+    // SAFETY: the caller guarantees the objects; at most
+    // THREAD_WAIT_OBJECTS of them, so no wait-block array is needed; the
+    // timeout pointer is null or points to a local that outlives the wait.
+    unsafe {
+        KeWaitForMultipleObjects(
+            objects.len() as u32,
+            objects.as_ptr(),
+            WaitAny,
+            Executive,
+            KernelMode as i8,
+            false,
+            ptr,
+            core::ptr::null_mut(),
+        )
+    }
 }
 
 /// The kinds of `KEVENT` (`KeInitializeEvent`).

@@ -57,13 +57,10 @@ use thinagent_km_sys::fltmgr::Minifilters::{
     FltGetVolumeProperties, FltObjectDereference, FltReadFile, PFLT_INSTANCE, PFLT_VOLUME,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{FILE_OBJECT, NonPagedPoolNx};
-use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    Executive, KeWaitForMultipleObjects, KernelMode, PsGetCurrentThreadId,
-};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::PsGetCurrentThreadId;
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_END_OF_FILE,
 };
-use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::WaitAny;
 use thinagent_protocol::{
     CreateDisposition, EventKind, FileEvent, FileIdentity, FilePath, OsError, OsKind, ReadOutcome,
 };
@@ -795,29 +792,16 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
         let now = kernel::now();
         let deadline = HUB.with(|h| h.live().and_then(|s| s.next_deadline()));
         let wait = deadline.map_or(MAX_WAIT, |d| d.saturating_duration_since(now).min(MAX_WAIT));
-        let timeout = Some(relative_100ns(wait));
-        let objects: [*const c_void; 3] = [
-            transport.receive_event(),
-            WAKE.as_object(),
-            STOP.as_object(),
-        ];
-        // SAFETY: KeWaitForMultipleObjects (wdm.h,
-        // learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-kewaitformultipleobjects):
-        // three initialised dispatcher objects that outlive the wait
-        // (count <= THREAD_WAIT_OBJECTS, so no wait-block array is needed);
-        // the timeout points to a local or is null. PASSIVE_LEVEL.
+        // SAFETY: three initialised dispatcher objects that outlive the
+        // wait (the transport's receive event lives as long as `transport`).
         let status = unsafe {
-            KeWaitForMultipleObjects(
-                3,
-                objects.as_ptr(),
-                WaitAny,
-                Executive,
-                KernelMode as i8,
-                false,
-                timeout
-                    .as_ref()
-                    .map_or(core::ptr::null(), |t| t as *const i64),
-                core::ptr::null_mut(),
+            kernel::wait_any(
+                &[
+                    transport.receive_event(),
+                    WAKE.as_object(),
+                    STOP.as_object(),
+                ],
+                Some(wait),
             )
         };
         match status {

@@ -86,13 +86,12 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DEVICE_OBJECT, DRIVER_OBJECT, FILE_OBJECT,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    DEVICE_INTERFACE_CHANGE_NOTIFICATION, EventCategoryDeviceInterfaceChange, Executive,
+    DEVICE_INTERFACE_CHANGE_NOTIFICATION, EventCategoryDeviceInterfaceChange,
     IoGetDeviceObjectPointer, IoRegisterBootDriverReinitialization, IoRegisterPlugPlayNotification,
-    IoUnregisterPlugPlayNotificationEx, KeWaitForMultipleObjects, KernelMode, ObfDereferenceObject,
+    IoUnregisterPlugPlayNotificationEx, ObfDereferenceObject,
     PNPNOTIFY_DEVICE_INTERFACE_INCLUDE_EXISTING_INTERFACES,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
-use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::WaitAny;
 use thinagent_km_sys::hexdump::hex_rows;
 use thinagent_km_sys::ioctl::FILE_READ_DATA;
 use thinagent_km_sys::nt::GUID;
@@ -345,23 +344,8 @@ fn attempt(agent: &Agent, state: &mut CaptureState) -> Attempt {
 /// Waits until unload, a wake-up, or `timeout` (`None` = no timeout).
 /// Returns `true` if unload began. PASSIVE_LEVEL.
 fn wait_stop_or_wake(agent: &Agent, timeout: Option<Duration>) -> bool {
-    let rel = timeout.map(super::kernel::relative_100ns);
-    let tp = rel.as_ref().map_or(core::ptr::null(), |r| r as *const i64);
-    let objects = [STOP.as_object(), WAKE.as_object()];
-    // SAFETY: two initialised static events (<= THREAD_WAIT_OBJECTS, so no
-    // wait-block array); the timeout is null or a local.
-    let _ = unsafe {
-        KeWaitForMultipleObjects(
-            2,
-            objects.as_ptr(),
-            WaitAny,
-            Executive,
-            KernelMode as i8,
-            false,
-            tp,
-            core::ptr::null_mut(),
-        )
-    };
+    // SAFETY: two initialised static events.
+    let _ = unsafe { super::kernel::wait_any(&[STOP.as_object(), WAKE.as_object()], timeout) };
     agent.is_stopping() || !STARTED.load(Ordering::Acquire)
 }
 
