@@ -38,7 +38,9 @@ use thinagent_km_sys::ntoskrnl::{
     SYNCHRONIZE, THREAD_ALL_ACCESS, ZwClose,
 };
 
-use super::kernel::{EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, relative_100ns};
+use super::kernel::{
+    EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, relative_100ns,
+};
 use crate::klog_status;
 
 /// How long [`device_ioctl`] waits for a pending IOCTL before it cancels it.
@@ -452,6 +454,38 @@ impl ReusableIrp {
             // STATUS_WAIT_1 (stop) or STATUS_TIMEOUT.
             None
         }
+    }
+
+    /// [`ReusableIrp::wait`], then, on stop or timeout,
+    /// [`ReusableIrp::cancel_and_wait`]: `Ok` with the result of a request
+    /// that completed in time, `Err` with the result of the cancelled one
+    /// (a success if it completed before the cancel took effect).
+    /// PASSIVE_LEVEL.
+    pub fn wait_or_cancel(
+        &mut self,
+        stop: Option<&KernelEvent>,
+        timeout: Duration,
+    ) -> Result<(NTSTATUS, usize), (NTSTATUS, usize)> {
+        match self.wait(stop, Some(timeout)) {
+            Some(r) => Ok(r),
+            None => Err(self.cancel_and_wait()),
+        }
+    }
+
+    /// Takes the result of a request without waiting, and clears
+    /// [`ReusableIrp::event`] once it has completed: its `Information` on
+    /// success, `Err(STATUS_PENDING)` while it is outstanding, its status
+    /// on failure. For a receive the transport polls after its event was
+    /// signalled. PASSIVE_LEVEL.
+    pub fn take_completed(&mut self) -> Result<usize, NTSTATUS> {
+        let Some((status, info)) = self.wait(None, Some(Duration::ZERO)) else {
+            return Err(STATUS_PENDING);
+        };
+        self.done.clear();
+        if status < 0 {
+            return Err(status);
+        }
+        Ok(info)
     }
 
     /// Cancels the outstanding request (`IoCancelIrp`) and waits until it

@@ -74,8 +74,8 @@ use thinagent_km_sys::viosock::{
 
 use super::irp::{Request, ReusableIrp, build_mdl, device_ioctl};
 use super::kernel::{
-    KernelEvent, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
-    STATUS_PENDING, now, nt_success, unicode_string_for,
+    KernelEvent, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, now,
+    nt_success, unicode_string_for,
 };
 use super::transport::Transport;
 use crate::klog_status;
@@ -267,15 +267,10 @@ impl ViosockConnection {
         // SAFETY: device/file referenced (dev, conn); the system buffer is
         // in the boxed block, which outlives the request (we wait below).
         let _ = unsafe { conn.control_irp.send(conn.device, conn.file, request) };
-        let (status, _) = match conn.control_irp.wait(Some(stop), Some(CONNECT_TIMEOUT)) {
-            Some(r) => r,
-            None => {
-                let (s, info) = conn.control_irp.cancel_and_wait();
-                if s == STATUS_CANCELLED {
-                    return Err(STATUS_IO_TIMEOUT);
-                }
-                (s, info)
-            }
+        let (status, _) = match conn.control_irp.wait_or_cancel(Some(stop), CONNECT_TIMEOUT) {
+            Ok(r) => r,
+            Err((STATUS_CANCELLED, _)) => return Err(STATUS_IO_TIMEOUT),
+            Err(r) => r,
         };
         if !nt_success(status) {
             return Err(status);
@@ -296,10 +291,8 @@ impl ViosockConnection {
         };
         // SAFETY: live socket; boxed system buffer outlives the request.
         let _ = unsafe { self.control_irp.send(self.device, self.file, request) };
-        let (status, _) = match self.control_irp.wait(None, Some(SHUTDOWN_TIMEOUT)) {
-            Some(r) => r,
-            None => self.control_irp.cancel_and_wait(),
-        };
+        let (Ok((status, _)) | Err((status, _))) =
+            self.control_irp.wait_or_cancel(None, SHUTDOWN_TIMEOUT);
         klog_status!(
             Level::Debug,
             routine::VSOCK_CONNECT,
@@ -420,14 +413,7 @@ impl Transport for ViosockConnection {
     }
 
     fn take_received(&mut self) -> Result<&[u8], NTSTATUS> {
-        let (status, info) = match self.receive_irp.wait(None, Some(Duration::ZERO)) {
-            Some(r) => r,
-            None => return Err(STATUS_PENDING),
-        };
-        self.receive_irp.event().clear();
-        if status < 0 {
-            return Err(status);
-        }
+        let info = self.receive_irp.take_completed()?;
         self.received = info.min(RECEIVE_BUFFER_BYTES);
         Ok(&self.io.receive[..self.received])
     }
@@ -452,13 +438,10 @@ impl Transport for ViosockConnection {
             // SAFETY: live socket; MDL and buffer outlive the request (we
             // wait for completion, cancelling on timeout, before freeing).
             let _ = unsafe { self.send_irp.send(self.device, self.file, request) };
-            let result = match self.send_irp.wait(None, Some(left)) {
-                Some(r) => Ok(r),
-                None => {
-                    let _ = self.send_irp.cancel_and_wait();
-                    Err(STATUS_IO_TIMEOUT)
-                }
-            };
+            let result = self
+                .send_irp
+                .wait_or_cancel(None, left)
+                .map_err(|_| STATUS_IO_TIMEOUT);
             // SAFETY: the request has completed; nobody uses the MDL.
             unsafe { IoFreeMdl(mdl) };
             let (status, sent) = result?;

@@ -253,22 +253,13 @@ impl WskConnection {
                 irp,
             )
         };
-        let (status, info) = match conn.control_irp.wait(Some(stop), Some(CONNECT_TIMEOUT)) {
-            Some(r) => r,
-            None => {
-                // Timed out or unload: cancel. If it connected just before
-                // the cancel took effect, go on as for a normal completion
-                // so the socket is checked and later closed.
-                let (s, info) = conn.control_irp.cancel_and_wait();
-                if s < 0 {
-                    return Err(if s == super::kernel::STATUS_CANCELLED {
-                        STATUS_IO_TIMEOUT
-                    } else {
-                        s
-                    });
-                }
-                (s, info)
-            }
+        // Timed out or unload: cancelled. If it connected just before the
+        // cancel took effect, go on as for a normal completion so the
+        // socket is checked and later closed.
+        let (status, info) = match conn.control_irp.wait_or_cancel(Some(stop), CONNECT_TIMEOUT) {
+            Ok(r) => r,
+            Err((super::kernel::STATUS_CANCELLED, _)) => return Err(STATUS_IO_TIMEOUT),
+            Err(r) => r,
         };
         if status < 0 {
             return Err(status);
@@ -396,14 +387,7 @@ impl Transport for WskConnection {
     }
 
     fn take_received(&mut self) -> Result<&[u8], NTSTATUS> {
-        let (status, info) = match self.receive_irp.wait(None, Some(Duration::ZERO)) {
-            Some(r) => r,
-            None => return Err(super::kernel::STATUS_PENDING),
-        };
-        self.receive_irp.event().clear();
-        if status < 0 {
-            return Err(status);
-        }
+        let info = self.receive_irp.take_completed()?;
         self.received = info.min(RECEIVE_BUFFER_BYTES);
         Ok(&self.io.receive[..self.received])
     }
@@ -429,13 +413,10 @@ impl Transport for WskConnection {
             // SAFETY: checked function; WSK_BUF/MDL in the boxed block,
             // stable until completion; armed IRP.
             let _ = unsafe { send(self.socket, &raw mut self.io.send_buf, 0, irp) };
-            let (status, sent) = match self.send_irp.wait(None, Some(left)) {
-                Some(r) => r,
-                None => {
-                    let _ = self.send_irp.cancel_and_wait();
-                    return Err(STATUS_IO_TIMEOUT);
-                }
-            };
+            let (status, sent) = self
+                .send_irp
+                .wait_or_cancel(None, left)
+                .map_err(|_| STATUS_IO_TIMEOUT)?;
             if status < 0 {
                 return Err(status);
             }
@@ -462,13 +443,7 @@ impl Transport for WskConnection {
             // SAFETY: checked function, live socket, NULL buffer = no final
             // data, flags 0 = graceful; armed IRP.
             let _ = unsafe { disconnect(self.socket, core::ptr::null_mut(), 0, irp) };
-            if self
-                .control_irp
-                .wait(None, Some(DISCONNECT_TIMEOUT))
-                .is_none()
-            {
-                let _ = self.control_irp.cancel_and_wait();
-            }
+            let _ = self.control_irp.wait_or_cancel(None, DISCONNECT_TIMEOUT);
         }
         self.close_socket();
     }
