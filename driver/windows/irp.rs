@@ -34,12 +34,12 @@ use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{HANDLE, NTSTATUS}
 use thinagent_km_sys::io_params::IO_STACK_DEVICE_IO_CONTROL;
 use thinagent_km_sys::ntoskrnl::{
     IO_COMPLETION_ROUTINE, KSTART_ROUTINE, OBJ_KERNEL_HANDLE, PsGetCurrentThread, PsThreadType,
-    SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, STATUS_MORE_PROCESSING_REQUIRED,
-    SYNCHRONIZE, THREAD_ALL_ACCESS, ZwClose,
+    SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, STATUS_INVALID_DEVICE_STATE,
+    STATUS_IO_TIMEOUT, STATUS_MORE_PROCESSING_REQUIRED, SYNCHRONIZE, THREAD_ALL_ACCESS, ZwClose,
 };
 
 use super::kernel::{
-    EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, relative_100ns,
+    EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_PENDING, now, relative_100ns,
 };
 use crate::klog_status;
 
@@ -274,6 +274,39 @@ pub fn build_mdl(va: *mut u8, len: usize) -> Result<*mut MDL, NTSTATUS> {
     // SAFETY: the MDL describes non-paged memory, as the routine requires.
     unsafe { MmBuildMdlForNonPagedPool(mdl) };
     Ok(mdl)
+}
+
+/// Sends `bytes` in pieces of at most `chunk` bytes, all within `timeout`,
+/// for both transports' `send_all`. `send_one(piece, left)` sends one piece
+/// (waiting at most `left`) and returns the request's `(status,
+/// information)`, or an error status of its own. Fails with
+/// `STATUS_IO_TIMEOUT` when the time is up before a piece is sent, with a
+/// piece's failure status, and with `STATUS_INVALID_DEVICE_STATE` when a
+/// piece reports 0 bytes or more than it was given. PASSIVE_LEVEL.
+pub fn send_chunked(
+    bytes: &[u8],
+    chunk: usize,
+    timeout: Duration,
+    mut send_one: impl FnMut(&[u8], Duration) -> Result<(NTSTATUS, usize), NTSTATUS>,
+) -> Result<(), NTSTATUS> {
+    let deadline = now() + timeout;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = rest.len().min(chunk);
+        let left = deadline.saturating_duration_since(now());
+        if left.is_zero() {
+            return Err(STATUS_IO_TIMEOUT);
+        }
+        let (status, sent) = send_one(&rest[..n], left)?;
+        if status < 0 {
+            return Err(status);
+        }
+        if sent == 0 || sent > n {
+            return Err(STATUS_INVALID_DEVICE_STATE);
+        }
+        rest = &rest[sent..];
+    }
+    Ok(())
 }
 
 /// One driver-allocated IRP (`IoAllocateIrp(1, FALSE)`), reused for one kind

@@ -72,9 +72,9 @@ use thinagent_km_sys::viosock::{
     SOCKADDR_VM, VIOSOCK_CREATE_EA_BYTES, VIRTIO_VSOCK_CONFIG, VIRTIO_VSOCK_MAX_PKT_BUF_SIZE,
 };
 
-use super::irp::{Request, ReusableIrp, build_mdl, device_ioctl};
+use super::irp::{Request, ReusableIrp, build_mdl, device_ioctl, send_chunked};
 use super::kernel::{
-    KernelEvent, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, now,
+    KernelEvent, STATUS_CANCELLED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
     nt_success, unicode_string_for,
 };
 use super::transport::Transport;
@@ -422,15 +422,10 @@ impl Transport for ViosockConnection {
         if self.file.is_null() {
             return Err(STATUS_INVALID_DEVICE_STATE);
         }
-        let deadline = now() + Duration::from_millis(u64::from(timeout_ms));
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = rest.len().min(SEND_BUFFER_BYTES);
-            let left = deadline.saturating_duration_since(now());
-            if left.is_zero() {
-                return Err(STATUS_IO_TIMEOUT);
-            }
-            self.io.send[..n].copy_from_slice(&rest[..n]);
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        send_chunked(bytes, SEND_BUFFER_BYTES, timeout, |piece, left| {
+            let n = piece.len();
+            self.io.send[..n].copy_from_slice(piece);
             // An MDL of exactly `n` bytes: the write's length and its
             // buffer's byte count agree, whichever viosock reads.
             let mdl = build_mdl(self.io.send.as_mut_ptr(), n)?;
@@ -444,16 +439,8 @@ impl Transport for ViosockConnection {
                 .map_err(|_| STATUS_IO_TIMEOUT);
             // SAFETY: the request has completed; nobody uses the MDL.
             unsafe { IoFreeMdl(mdl) };
-            let (status, sent) = result?;
-            if status < 0 {
-                return Err(status);
-            }
-            if sent == 0 || sent > n {
-                return Err(STATUS_INVALID_DEVICE_STATE);
-            }
-            rest = &rest[sent..];
-        }
-        Ok(())
+            result
+        })
     }
 
     fn shutdown(&mut self) {

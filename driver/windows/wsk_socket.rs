@@ -48,8 +48,8 @@ use thinagent_km_sys::wsk::{
     WSK_PROVIDER_DISPATCH, WSK_SOCKET,
 };
 
-use super::irp::{ReusableIrp, build_mdl};
-use super::kernel::{KernelEvent, STATUS_INSUFFICIENT_RESOURCES, SpinLock, now};
+use super::irp::{ReusableIrp, build_mdl, send_chunked};
+use super::kernel::{KernelEvent, STATUS_INSUFFICIENT_RESOURCES, SpinLock};
 use super::transport::Transport;
 use crate::klog_status;
 use thinagent_guest::Level;
@@ -399,33 +399,19 @@ impl Transport for WskConnection {
         let Some(send) = self.dispatch.WskSend else {
             return Err(STATUS_INVALID_DEVICE_STATE);
         };
-        let deadline = now() + Duration::from_millis(u64::from(timeout_ms));
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = rest.len().min(SEND_BUFFER_BYTES);
-            self.io.send[..n].copy_from_slice(&rest[..n]);
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        send_chunked(bytes, SEND_BUFFER_BYTES, timeout, |piece, left| {
+            let n = piece.len();
+            self.io.send[..n].copy_from_slice(piece);
             self.io.send_buf.Length = n;
-            let left = deadline.saturating_duration_since(now());
-            if left.is_zero() {
-                return Err(STATUS_IO_TIMEOUT);
-            }
             let irp = self.send_irp.arm();
             // SAFETY: checked function; WSK_BUF/MDL in the boxed block,
             // stable until completion; armed IRP.
             let _ = unsafe { send(self.socket, &raw mut self.io.send_buf, 0, irp) };
-            let (status, sent) = self
-                .send_irp
+            self.send_irp
                 .wait_or_cancel(None, left)
-                .map_err(|_| STATUS_IO_TIMEOUT)?;
-            if status < 0 {
-                return Err(status);
-            }
-            if sent == 0 || sent > n {
-                return Err(STATUS_INVALID_DEVICE_STATE);
-            }
-            rest = &rest[sent..];
-        }
-        Ok(())
+                .map_err(|_| STATUS_IO_TIMEOUT)
+        })
     }
 
     fn shutdown(&mut self) {
