@@ -24,7 +24,6 @@
 //!   with write access closes.
 
 use core::ffi::c_void;
-use core::fmt;
 use core::sync::atomic::{AtomicIsize, Ordering};
 
 use thinagent_guest::log::routine;
@@ -79,7 +78,7 @@ use thinagent_protocol::{CreateDisposition, Decision, EventKind, FileIdentity};
 use super::agent::{self, Agent, AgentStats};
 use super::kernel::{
     self, EventKind as KEventKind, KernelEvent, POOL_FLAG_NON_PAGED, STATUS_SUCCESS, SpinLock,
-    nt_success, relative_100ns, unicode_units,
+    Utf16, nt_success, relative_100ns, unicode_units,
 };
 use super::session_worker::{self, Answer, LocalReason, OpenQuery};
 use crate::filter_registration::{
@@ -205,18 +204,6 @@ pub fn unregister() {
 // ---------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------
-
-/// A UTF-16 name for log lines (unpaired surrogates print as U+FFFD).
-struct Utf16<'a>(&'a [u16]);
-
-impl fmt::Display for Utf16<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in char::decode_utf16(self.0.iter().copied()) {
-            fmt::Write::write_char(f, c.unwrap_or(char::REPLACEMENT_CHARACTER))?;
-        }
-        Ok(())
-    }
-}
 
 /// A referenced Filter Manager context, released on drop.
 struct ContextRef(PFLT_CONTEXT);

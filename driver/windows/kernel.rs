@@ -129,6 +129,19 @@ pub unsafe fn wait_any(objects: &[*const c_void], timeout: Option<Duration>) -> 
     }
 }
 
+/// UTF-16 units shown in a log line (unpaired surrogates print as
+/// U+FFFD). Any IRQL (formats into the caller's buffer).
+pub struct Utf16<'a>(pub &'a [u16]);
+
+impl core::fmt::Display for Utf16<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for c in char::decode_utf16(self.0.iter().copied()) {
+            core::fmt::Write::write_char(f, c.unwrap_or(char::REPLACEMENT_CHARACTER))?;
+        }
+        Ok(())
+    }
+}
+
 /// The kinds of `KEVENT` (`KeInitializeEvent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {

@@ -75,7 +75,6 @@
 
 use alloc::boxed::Box;
 use core::ffi::c_void;
-use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use core::time::Duration;
 
@@ -108,7 +107,7 @@ use thinagent_km_sys::wsk::WSK_PROVIDER_DISPATCH;
 use super::agent::Agent;
 use super::irp::{SystemThread, device_ioctl};
 use super::kernel::{
-    EventKind, KernelEvent, STATUS_SUCCESS, SpinLock, now, nt_success, unicode_string,
+    EventKind, KernelEvent, STATUS_SUCCESS, SpinLock, Utf16, now, nt_success, unicode_string,
 };
 use super::transport::Transport;
 use super::viosock_socket::{ViosockConnection, ViosockDevice};
@@ -161,18 +160,6 @@ impl LinkName {
     /// The name's units (any IRQL).
     fn as_units(&self) -> &[u16] {
         &self.units[..self.len]
-    }
-}
-
-/// UTF-16 for the log (lossy: unpaired surrogates print as U+FFFD).
-struct Utf16<'a>(&'a [u16]);
-
-impl fmt::Display for Utf16<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in char::decode_utf16(self.0.iter().copied()) {
-            fmt::Write::write_char(f, c.unwrap_or(char::REPLACEMENT_CHARACTER))?;
-        }
-        Ok(())
     }
 }
 
