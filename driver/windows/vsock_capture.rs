@@ -686,6 +686,19 @@ fn link_loop<T: Transport>(
     }
 }
 
+/// Logs at WARN, unless unload is under way, that the link thread ends
+/// without a host connection (PASSIVE_LEVEL, link thread).
+fn warn_no_host(agent: &Agent, routine: &str) {
+    if !agent.is_stopping() {
+        klog!(
+            Level::Warn,
+            routine,
+            "no host connection; opens are decided by the fail mode ({:?})",
+            agent.params.fail_mode
+        );
+    }
+}
+
 /// The link thread's body: finish the capture, read the provider, run the
 /// link loop; release everything (PASSIVE_LEVEL, link thread).
 fn run_link(mut ctx: LinkContext) {
@@ -701,27 +714,13 @@ fn run_link(mut ctx: LinkContext) {
         Some(Found::Vmci(cap)) => Some(cap),
         Some(Found::Virtio) => {
             virtio_link(agent);
-            if !agent.is_stopping() {
-                klog!(
-                    Level::Warn,
-                    routine::VSOCK_CONNECT,
-                    "no host connection; opens are decided by the fail mode ({:?})",
-                    agent.params.fail_mode
-                );
-            }
+            warn_no_host(agent, routine::VSOCK_CONNECT);
             return;
         }
         None => None,
     };
     let Some(cap) = cap else {
-        if !agent.is_stopping() {
-            klog!(
-                Level::Warn,
-                routine::VSOCK_CAPTURE,
-                "no host connection; opens are decided by the fail mode ({:?})",
-                agent.params.fail_mode
-            );
-        }
+        warn_no_host(agent, routine::VSOCK_CAPTURE);
         return;
     };
     match vmci_provider(&cap) {
@@ -734,14 +733,7 @@ fn run_link(mut ctx: LinkContext) {
                     stop,
                 )
             });
-            if !agent.is_stopping() {
-                klog!(
-                    Level::Warn,
-                    routine::VSOCK_CONNECT,
-                    "no host connection; opens are decided by the fail mode ({:?})",
-                    agent.params.fail_mode
-                );
-            }
+            warn_no_host(agent, routine::VSOCK_CONNECT);
         }
         Err(status) => {
             agent
