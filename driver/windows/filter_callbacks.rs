@@ -255,6 +255,40 @@ fn get_instance_context(instance: PFLT_INSTANCE) -> Option<ContextRef> {
     (nt_success(status) && !ctx.is_null()).then_some(ContextRef(ctx))
 }
 
+/// Allocates a non-paged context of type `kind` for `filter` and
+/// initialises it with `init()` (called only once the allocation
+/// succeeded); `None` if Filter Manager has no memory. The context is not
+/// published yet: the caller sets it, and dropping the reference frees it
+/// through the cleanup callback. IRQL <= APC_LEVEL.
+///
+/// # Safety
+///
+/// `kind` is registered (`filter_registration`'s context table) with the
+/// size of `T`, and `T` is the type [`ContextRef`]'s accessors read for it
+/// (`FLT_STREAM_CONTEXT` -> [`StreamContext`], `FLT_INSTANCE_CONTEXT` ->
+/// [`InstanceContext`]).
+unsafe fn allocate_context<T>(
+    filter: PFLT_FILTER,
+    kind: u16,
+    init: impl FnOnce() -> T,
+) -> Option<ContextRef> {
+    let mut raw: PFLT_CONTEXT = core::ptr::null_mut();
+    // SAFETY: FltAllocateContext (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltallocatecontext):
+    // our filter, a context type with exactly its registered size (the
+    // caller's guarantee), non-paged (the write path touches stream
+    // contexts at APC_LEVEL). IRQL <= APC_LEVEL.
+    let status =
+        unsafe { FltAllocateContext(filter, kind, size_of::<T>(), NonPagedPoolNx, &mut raw) };
+    if !nt_success(status) || raw.is_null() {
+        return None;
+    }
+    // SAFETY: `raw` is a fresh allocation of size_of::<T>() bytes, suitably
+    // aligned by Filter Manager (pool alignment).
+    unsafe { raw.cast::<T>().write(init()) };
+    Some(ContextRef(raw))
+}
+
 /// A file's name from `FltGetFileNameInformation`, parsed, released on drop.
 struct FileName(*mut FLT_FILE_NAME_INFORMATION);
 
@@ -410,45 +444,26 @@ fn stream_context_for(
     if let Some(c) = get_stream_context(instance, file_object) {
         return Some(c);
     }
-    let mut raw: PFLT_CONTEXT = core::ptr::null_mut();
-    // SAFETY: FltAllocateContext (fltkernel.h,
-    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltallocatecontext):
-    // our filter, the stream context type with exactly its registered
-    // size, non-paged (the write path touches it at APC_LEVEL). IRQL <=
-    // APC_LEVEL.
-    let status = unsafe {
-        FltAllocateContext(
-            filter(),
-            FLT_STREAM_CONTEXT as u16,
-            size_of::<StreamContext>(),
-            NonPagedPoolNx,
-            &mut raw,
-        )
-    };
-    if !nt_success(status) || raw.is_null() {
-        return None;
-    }
-    // SAFETY: ExAllocatePool2 (wdm.h,
-    // learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-exallocatepool2):
-    // non-paged storage for one KEVENT. IRQL <= DISPATCH_LEVEL.
-    let event =
-        unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, size_of::<KEVENT>(), SCAN_EVENT_TAG) };
-    if !event.is_null() {
-        // SAFETY: fresh non-paged storage for a KEVENT (KernelEvent is
-        // repr(transparent) over it); a signalled synchronization event is
-        // a free scan lock.
-        unsafe {
-            event.cast::<KernelEvent>().write(KernelEvent::uninit());
-            (*event.cast::<KernelEvent>()).init(KEventKind::Synchronization, true);
-        }
-    }
     let key = identity.map(key_of).unwrap_or_default();
-    // SAFETY: `raw` is a fresh allocation of size_of::<StreamContext>()
-    // bytes, suitably aligned by Filter Manager (pool alignment).
-    unsafe {
-        raw.cast::<StreamContext>()
-            .write(StreamContext::new(key, event))
+    let init = || {
+        // SAFETY: ExAllocatePool2 (wdm.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-exallocatepool2):
+        // non-paged storage for one KEVENT. IRQL <= DISPATCH_LEVEL.
+        let event =
+            unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, size_of::<KEVENT>(), SCAN_EVENT_TAG) };
+        if !event.is_null() {
+            // SAFETY: fresh non-paged storage for a KEVENT (KernelEvent is
+            // repr(transparent) over it); a signalled synchronization event
+            // is a free scan lock.
+            unsafe {
+                event.cast::<KernelEvent>().write(KernelEvent::uninit());
+                (*event.cast::<KernelEvent>()).init(KEventKind::Synchronization, true);
+            }
+        }
+        StreamContext::new(key, event)
     };
+    // SAFETY: the stream context type, with StreamContext.
+    let ours = unsafe { allocate_context(filter(), FLT_STREAM_CONTEXT as u16, init) }?;
     let mut old: PFLT_CONTEXT = core::ptr::null_mut();
     // SAFETY: FltSetStreamContext (fltkernel.h,
     // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltsetstreamcontext):
@@ -459,11 +474,10 @@ fn stream_context_for(
             instance,
             file_object,
             FLT_SET_CONTEXT_KEEP_IF_EXISTS,
-            raw,
+            ours.0,
             &mut old,
         )
     };
-    let ours = ContextRef(raw);
     if nt_success(status) {
         return Some(ours);
     }
@@ -1210,30 +1224,20 @@ unsafe extern "system" fn instance_setup(
     } else {
         0
     };
-    let mut raw: PFLT_CONTEXT = core::ptr::null_mut();
-    // SAFETY: FltAllocateContext, as for stream contexts; the instance
-    // context type with its registered size.
-    let status = unsafe {
-        FltAllocateContext(
-            objects.Filter,
-            FLT_INSTANCE_CONTEXT as u16,
-            size_of::<InstanceContext>(),
-            NonPagedPoolNx,
-            &mut raw,
-        )
-    };
-    if nt_success(status) && !raw.is_null() {
-        // SAFETY: fresh, correctly sized allocation.
-        unsafe {
-            raw.cast::<InstanceContext>().write(InstanceContext {
+    // SAFETY: the instance context type, with InstanceContext.
+    let ctx = unsafe {
+        allocate_context(objects.Filter, FLT_INSTANCE_CONTEXT as u16, || {
+            InstanceContext {
                 volume: objects.Volume,
                 instance: objects.Instance,
                 filesystem_type: fs_type,
                 volume_serial: serial,
                 // One global verdict cache replaces avscan's per-volume table.
                 file_table: core::ptr::null_mut(),
-            });
-        }
+            }
+        })
+    };
+    if let Some(ctx) = ctx {
         // SAFETY: FltSetInstanceContext (fltkernel.h,
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltsetinstancecontext):
         // publishes the initialised context. IRQL <= APC_LEVEL.
@@ -1241,11 +1245,11 @@ unsafe extern "system" fn instance_setup(
             FltSetInstanceContext(
                 objects.Instance,
                 FLT_SET_CONTEXT_KEEP_IF_EXISTS,
-                raw,
+                ctx.0,
                 core::ptr::null_mut(),
             )
         };
-        drop(ContextRef(raw));
+        drop(ctx);
         if !nt_success(set) {
             crate::klog_status!(
                 Level::Warn,
