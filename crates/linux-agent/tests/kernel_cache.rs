@@ -14,23 +14,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Agent, EICAR, EPERM, Scanner, denied, eventually, final_stat, md5_signature_dir, read, setup,
-    state_dir,
+    Agent, EICAR, EPERM, Scanner, base_args, denied, eventually, final_stat, md5_signature_dir,
+    read, setup, state_dir,
 };
 
 const WARM_OPENS: u64 = 200;
 
+/// [`base_args`] with periodic stats off, then `extra`.
 fn args<'a>(url: &'a str, watch: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "--connect",
-        url,
-        "--watch",
-        watch,
-        "--reconnect-ms",
-        "100",
-        "--stats-interval-secs",
-        "0",
-    ];
+    let mut a = base_args(url, watch);
+    a.extend(["--stats-interval-secs", "0"]);
     a.extend_from_slice(extra);
     a
 }

@@ -12,14 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
-    Agent, EACCES, EICAR, EPERM, HungScanner, Scanner, denied, eventually, final_stat,
+    Agent, EACCES, EICAR, EPERM, HungScanner, Scanner, base_args, denied, eventually, final_stat,
     md5_signature_dir, read, setup, state_dir,
 };
 use thinagent_guest::{Level, parse_line};
-
-fn base_args<'a>(url: &'a str, watch: &'a str) -> Vec<&'a str> {
-    vec!["--connect", url, "--watch", watch, "--reconnect-ms", "100"]
-}
 
 #[test]
 fn eicar_denied_and_audited_clean_allowed_rewritten_file_denied() {

@@ -415,3 +415,9 @@ pub fn md5_signature_dir(state: &Path, file: &str, bytes: &[u8], name: &str) -> 
     .unwrap();
     sigs
 }
+
+/// The agent's arguments every test passes: scanner `url`, the `watch`ed
+/// directory, and a 100 ms reconnect delay.
+pub fn base_args<'a>(url: &'a str, watch: &'a str) -> Vec<&'a str> {
+    vec!["--connect", url, "--watch", watch, "--reconnect-ms", "100"]
+}
