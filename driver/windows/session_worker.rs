@@ -359,6 +359,29 @@ fn complete(h: &mut Hub, i: usize, answer: Answer) {
     EVENTS[i].set();
 }
 
+/// Answers by `fail_mode` for `reason` every query a thread still waits for
+/// (slot claimed or pending, waiter present) that `pick` selects; returns
+/// how many. Runs under the hub lock.
+fn answer_waiting_locally(
+    h: &mut Hub,
+    fail_mode: FailMode,
+    reason: LocalReason,
+    pick: impl Fn(&Waiter) -> bool,
+) -> u32 {
+    let mut n = 0;
+    for i in 0..SLOTS {
+        let w = h.waiters[i];
+        if !w.abandoned
+            && matches!(w.state, SlotState::Claimed | SlotState::Pending { .. })
+            && pick(&w)
+        {
+            complete(h, i, Answer::Local { fail_mode, reason });
+            n += 1;
+        }
+    }
+    n
+}
+
 // ---------------------------------------------------------------------------
 // The query API (create path)
 // ---------------------------------------------------------------------------
@@ -605,22 +628,9 @@ pub fn cancel_instance(instance: PFLT_INSTANCE) {
     }
     let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.params.fail_mode);
     HUB.with(|h| {
-        for i in 0..SLOTS {
-            let w = h.waiters[i];
-            if w.instance == instance
-                && !w.abandoned
-                && matches!(w.state, SlotState::Claimed | SlotState::Pending { .. })
-            {
-                complete(
-                    h,
-                    i,
-                    Answer::Local {
-                        fail_mode,
-                        reason: LocalReason::InstanceTeardown,
-                    },
-                );
-            }
-        }
+        answer_waiting_locally(h, fail_mode, LocalReason::InstanceTeardown, |w| {
+            w.instance == instance
+        })
     });
 }
 
@@ -634,22 +644,7 @@ pub fn shutdown() {
     let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.params.fail_mode);
     let waiting = HUB.with(|h| {
         h.accepting = false;
-        let mut n = 0u32;
-        for i in 0..SLOTS {
-            let w = h.waiters[i];
-            if !w.abandoned && matches!(w.state, SlotState::Claimed | SlotState::Pending { .. }) {
-                complete(
-                    h,
-                    i,
-                    Answer::Local {
-                        fail_mode,
-                        reason: LocalReason::Stopping,
-                    },
-                );
-                n += 1;
-            }
-        }
-        n
+        answer_waiting_locally(h, fail_mode, LocalReason::Stopping, |_| true)
     });
     STOP.set();
     crate::klog!(
