@@ -163,6 +163,8 @@ fn start(driver: *mut DRIVER_OBJECT, registry_path: *const UNICODE_STRING) -> NT
         return status;
     }
 
+    let start_type = registry_params::service_start_type(registry_path);
+    vsock_capture::set_boot_start(start_type == Some(registry_params::SERVICE_BOOT_START));
     let vsock = vsock_capture::start(agent, driver);
     if !nt_success(vsock) {
         klog_status!(

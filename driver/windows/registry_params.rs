@@ -142,6 +142,69 @@ pub fn read_into(registry_path: *const UNICODE_STRING, params: &mut Params) {
     let _ = unsafe { ZwClose(key) };
 }
 
+/// `SERVICE_BOOT_START`, the service `Start` value of a boot-start driver.
+pub const SERVICE_BOOT_START: u32 = 0;
+
+/// The service's `Start` value (0 boot, 1 system, 2 automatic, 3 on demand,
+/// 4 disabled), read from the service key itself (`registry_path`, not its
+/// `Parameters` subkey); `None` when it cannot be read or is not a
+/// `REG_DWORD`. PASSIVE_LEVEL (`DriverEntry`).
+///
+/// The vsock layer registers its boot re-initialisation routine only for a
+/// boot-start load: `IoRegisterBootDriverReinitialization` is meant for boot
+/// drivers, and a routine registered later may never run, which would keep
+/// the driver from unloading (see `vsock_capture::unload_is_safe`).
+#[allow(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "safe fn by the driver's module contract; its one caller, DriverEntry, passes the I/O manager's registry path"
+)]
+pub fn service_start_type(registry_path: *const UNICODE_STRING) -> Option<u32> {
+    // SAFETY: DriverEntry's RegistryPath is null or a valid UNICODE_STRING
+    // for the duration of DriverEntry, which outlives this call.
+    let key_name = unsafe { registry_path.as_ref() }?;
+    let attributes = object_attributes(key_name, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE);
+    let mut key: HANDLE = core::ptr::null_mut();
+    // SAFETY: `attributes` points at the I/O manager's key name, valid for
+    // the call; `key` receives a kernel handle.
+    let status = unsafe { ZwOpenKey(&mut key, KEY_READ, &attributes) };
+    if !nt_success(status) {
+        return None;
+    }
+    const START: [u16; 5] = ascii_utf16::<5>("Start");
+    let mut buffer = QueryBuffer::new();
+    let value = match (buffer.ensure(FIRST_QUERY_BYTES), unicode_string_for(&START)) {
+        (true, Some(value_name)) => {
+            let mut result_len = 0u32;
+            // SAFETY: open key handle; the value name points at a const
+            // array and the output into `buffer`, both live for the call.
+            let status = unsafe {
+                ZwQueryValueKey(
+                    key,
+                    &value_name,
+                    KEY_VALUE_PARTIAL_INFORMATION_CLASS,
+                    buffer.as_mut_ptr(),
+                    buffer.capacity_bytes(),
+                    &mut result_len,
+                )
+            };
+            if nt_success(status) {
+                match registry::partial_information_parts(buffer.bytes(result_len)) {
+                    Ok((registry::REG_DWORD, &[a, b, c, d])) => {
+                        Some(u32::from_le_bytes([a, b, c, d]))
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    // SAFETY: `key` is the kernel handle ZwOpenKey returned; closed once.
+    let _ = unsafe { ZwClose(key) };
+    value
+}
+
 /// `InitializeObjectAttributes(&oa, name, attributes, NULL, NULL)` (`ntdef.h`
 /// macro): Length = sizeof, no root, the name, the flags, no security
 /// descriptor or QoS.

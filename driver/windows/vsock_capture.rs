@@ -140,6 +140,21 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// set the driver image must stay loaded ([`unload_is_safe`]).
 static REINIT_PENDING: AtomicBool = AtomicBool::new(false);
 
+/// Whether this load is a boot-start one (the service's `Start` is 0), set
+/// by `DriverEntry` before [`start`] through [`set_boot_start`]. Only then is
+/// the boot re-initialisation routine registered.
+static BOOT_START: AtomicBool = AtomicBool::new(false);
+
+/// Tells the vsock layer whether the driver was loaded as a boot-start
+/// driver (any IRQL; call before [`start`]). A routine registered with
+/// `IoRegisterBootDriverReinitialization` by a driver started later (by
+/// `sc start` or `fltmc load`) may never run, and until it runs the driver
+/// refuses to unload ([`unload_is_safe`]), so it is registered only for a
+/// boot-start load.
+pub fn set_boot_start(boot_start: bool) {
+    BOOT_START.store(boot_start, Ordering::Release);
+}
+
 /// Longest symbolic link name kept (UTF-16 units); longer ones are ignored
 /// (viosock's are about 90).
 const LINK_NAME_MAX: usize = 256;
@@ -906,7 +921,7 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
                         }
                     }
                 }
-                want_reinit = done.is_none() && state.vmci;
+                want_reinit = done.is_none() && state.vmci && BOOT_START.load(Ordering::Acquire);
             }
         }
         CaptureMode::Blocking => {
@@ -929,10 +944,10 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
             THREAD.with(|t| *t = Some(thread));
             if want_reinit {
                 // Registered only now that start() will succeed, as the
-                // routine's documentation requires. For a driver that is not
-                // boot start the documentation does not say when (or
-                // whether) the routine runs; it only sets WAKE, so either way
-                // is harmless.
+                // routine's documentation requires, and only for a
+                // boot-start load (BOOT_START): for a driver started later
+                // the documentation does not say when (or whether) the
+                // routine runs, and a pending routine blocks unload.
                 REINIT_PENDING.store(true, Ordering::Release);
                 // SAFETY: our driver object; static callback; no context.
                 unsafe {
