@@ -3,11 +3,18 @@
 //! `vsock://any:PORT` (or `vsock://CID:PORT`), `tcp://HOST:PORT`,
 //! `unix:///path`. Every accepted connection comes with a [`GuestId`]: on
 //! vsock the peer's CID identifies the guest.
+//!
+//! vsock exists only on Linux and Unix sockets only on Unix: elsewhere (Windows)
+//! such a URL still parses, but binding or connecting it fails with
+//! [`BindError::Unsupported`] / an [`io::ErrorKind::Unsupported`] error that
+//! says to use `tcp://` (see [`transport_unsupported`]).
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 
@@ -112,6 +119,29 @@ impl ListenUrl {
     }
 }
 
+/// Why vsock cannot be used on this OS (the text of [`BindError::Unsupported`]).
+pub const VSOCK_NEEDS_LINUX: &str =
+    "vsock:// needs Linux (AF_VSOCK); use tcp://HOST:PORT on this OS";
+/// Why a Unix socket cannot be used on this OS.
+pub const UNIX_NEEDS_UNIX: &str =
+    "unix:// needs a Unix OS (Linux, macOS, BSD); use tcp://HOST:PORT on this OS";
+
+/// Why `url`'s transport does not exist on the OS this was built for
+/// ([`VSOCK_NEEDS_LINUX`] or [`UNIX_NEEDS_UNIX`]), or `None` when it does
+/// (always `None` on Linux).
+pub fn transport_unsupported(url: &ListenUrl) -> Option<&'static str> {
+    match url {
+        ListenUrl::Vsock { .. } if !cfg!(target_os = "linux") => Some(VSOCK_NEEDS_LINUX),
+        ListenUrl::Unix(_) if !cfg!(unix) => Some(UNIX_NEEDS_UNIX),
+        _ => None,
+    }
+}
+
+/// The error [`connect`] and [`Listener::bind`] give for a transport this OS lacks.
+fn unsupported_io_error(url: &ListenUrl, why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, format!("{url}: {why}"))
+}
+
 /// A connected byte stream of any transport.
 pub trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for T {}
@@ -122,11 +152,13 @@ pub type BoxConn = Pin<Box<dyn Conn>>;
 /// A bound listener.
 #[derive(Debug)]
 pub enum Listener {
-    /// AF_VSOCK.
+    /// AF_VSOCK (Linux only).
+    #[cfg(target_os = "linux")]
     Vsock(tokio_vsock::VsockListener, ListenUrl),
     /// TCP.
     Tcp(tokio::net::TcpListener, ListenUrl),
-    /// Unix; the path is removed on drop.
+    /// Unix; the path is removed on drop (Unix only).
+    #[cfg(unix)]
     Unix(tokio::net::UnixListener, UnixPathGuard, ListenUrl),
 }
 
@@ -165,6 +197,15 @@ pub enum BindError {
         /// The URL.
         url: ListenUrl,
     },
+    /// The transport does not exist on this OS (vsock off Linux, Unix
+    /// sockets on Windows): [`VSOCK_NEEDS_LINUX`] / [`UNIX_NEEDS_UNIX`].
+    #[error("{url}: {why}")]
+    Unsupported {
+        /// The URL.
+        url: ListenUrl,
+        /// What is missing and what to use instead.
+        why: &'static str,
+    },
     /// Any other bind error.
     #[error("{url}: cannot listen: {source}")]
     Io {
@@ -176,6 +217,7 @@ pub enum BindError {
 }
 
 /// Removes `path` if it is a socket nobody listens on (left over by a crash).
+#[cfg(unix)]
 fn remove_stale_socket(path: &Path, url: &ListenUrl) -> Result<(), BindError> {
     use std::os::unix::fs::FileTypeExt;
     let meta = match std::fs::symlink_metadata(path) {
@@ -207,6 +249,7 @@ fn remove_stale_socket(path: &Path, url: &ListenUrl) -> Result<(), BindError> {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn no_vsock(e: &io::Error) -> bool {
     // EAFNOSUPPORT (97) / ENODEV (19) / EADDRNOTAVAIL when no transport.
     matches!(e.raw_os_error(), Some(97) | Some(19) | Some(99))
@@ -219,7 +262,14 @@ impl Listener {
             url: url.clone(),
             source,
         };
+        if let Some(why) = transport_unsupported(url) {
+            return Err(BindError::Unsupported {
+                url: url.clone(),
+                why,
+            });
+        }
         match url {
+            #[cfg(target_os = "linux")]
             ListenUrl::Vsock { cid, port } => {
                 let addr = tokio_vsock::VsockAddr::new(*cid, *port);
                 match tokio_vsock::VsockListener::bind(addr) {
@@ -241,24 +291,35 @@ impl Listener {
                 let bound = l.local_addr().map_err(io_err)?;
                 Ok(Self::Tcp(l, ListenUrl::Tcp(bound)))
             }
+            #[cfg(unix)]
             ListenUrl::Unix(path) => {
                 remove_stale_socket(path, url)?;
                 let l = tokio::net::UnixListener::bind(path).map_err(io_err)?;
                 Ok(Self::Unix(l, UnixPathGuard(path.clone()), url.clone()))
             }
+            #[allow(unreachable_patterns)] // only reachable where a transport is missing
+            other => Err(BindError::Unsupported {
+                url: other.clone(),
+                why: transport_unsupported(other).unwrap_or("transport not built in"),
+            }),
         }
     }
 
     /// The bound address (a TCP port 0 is resolved to the real port).
     pub fn url(&self) -> &ListenUrl {
         match self {
-            Self::Vsock(_, u) | Self::Tcp(_, u) | Self::Unix(_, _, u) => u,
+            #[cfg(target_os = "linux")]
+            Self::Vsock(_, u) => u,
+            Self::Tcp(_, u) => u,
+            #[cfg(unix)]
+            Self::Unix(_, _, u) => u,
         }
     }
 
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<(BoxConn, GuestId)> {
         match self {
+            #[cfg(target_os = "linux")]
             Self::Vsock(l, _) => {
                 let (s, a) = l.accept().await?;
                 Ok((
@@ -274,6 +335,7 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok((Box::pin(s), GuestId::Tcp(a)))
             }
+            #[cfg(unix)]
             Self::Unix(l, guard, _) => {
                 let (s, _) = l.accept().await?;
                 let pid = s.peer_cred().ok().and_then(|c| c.pid());
@@ -291,7 +353,11 @@ impl Listener {
 
 /// Connects to `url` as a client (used by `thinagent-diag scan` and tests).
 pub async fn connect(url: &ListenUrl) -> io::Result<BoxConn> {
+    if let Some(why) = transport_unsupported(url) {
+        return Err(unsupported_io_error(url, why));
+    }
     Ok(match url {
+        #[cfg(target_os = "linux")]
         ListenUrl::Vsock { cid, port } => Box::pin(
             tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
         ),
@@ -300,7 +366,15 @@ pub async fn connect(url: &ListenUrl) -> io::Result<BoxConn> {
             let _ = s.set_nodelay(true);
             Box::pin(s)
         }
+        #[cfg(unix)]
         ListenUrl::Unix(p) => Box::pin(tokio::net::UnixStream::connect(p).await?),
+        #[allow(unreachable_patterns)] // only reachable where a transport is missing
+        other => {
+            return Err(unsupported_io_error(
+                other,
+                transport_unsupported(other).unwrap_or("transport not built in"),
+            ));
+        }
     })
 }
 
@@ -338,6 +412,48 @@ mod tests {
         }
     }
 
+    #[test]
+    fn missing_transport_errors_say_what_to_use() {
+        let vsock = ListenUrl::Vsock {
+            cid: VMADDR_CID_ANY,
+            port: 5317,
+        };
+        let unix = ListenUrl::Unix("/run/t.sock".into());
+        let e = BindError::Unsupported {
+            url: vsock.clone(),
+            why: VSOCK_NEEDS_LINUX,
+        };
+        assert_eq!(
+            e.to_string(),
+            "vsock://any:5317: vsock:// needs Linux (AF_VSOCK); use tcp://HOST:PORT on this OS"
+        );
+        assert!(UNIX_NEEDS_UNIX.starts_with("unix:// needs a Unix OS"));
+        assert!(UNIX_NEEDS_UNIX.ends_with("use tcp://HOST:PORT on this OS"));
+        let io = unsupported_io_error(&unix, UNIX_NEEDS_UNIX);
+        assert_eq!(io.kind(), io::ErrorKind::Unsupported);
+        assert!(
+            io.to_string()
+                .starts_with("unix:///run/t.sock: unix:// needs")
+        );
+        let tcp: ListenUrl = "tcp://127.0.0.1:1".parse().unwrap();
+        assert_eq!(transport_unsupported(&tcp), None);
+        if cfg!(target_os = "linux") {
+            assert_eq!(transport_unsupported(&vsock), None);
+            assert_eq!(transport_unsupported(&unix), None);
+        } else {
+            assert_eq!(transport_unsupported(&vsock), Some(VSOCK_NEEDS_LINUX));
+            assert_eq!(
+                transport_unsupported(&unix),
+                (!cfg!(unix)).then_some(UNIX_NEEDS_UNIX)
+            );
+            assert!(matches!(
+                Listener::bind(&vsock),
+                Err(BindError::Unsupported { .. })
+            ));
+        }
+    }
+
+    #[cfg(unix)]
     #[tokio::test]
     async fn unix_stale_socket_is_replaced_live_one_refused_file_kept() {
         let dir = tempfile::tempdir().unwrap();

@@ -230,7 +230,23 @@ async fn run(config: Config) -> Result<()> {
         }
         out.flush()?;
     }
-    let handle = service.handle();
+    let (reloader, shutdown) = signal_handlers(service.handle())?;
+    service.run(shutdown, Duration::from_secs(5)).await;
+    reloader.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Unix: SIGHUP reloads the signatures (a failed reload keeps the old set);
+/// SIGTERM or Ctrl-C (SIGINT) shuts down. Returns the reload task and the
+/// shutdown future.
+#[cfg(unix)]
+fn signal_handlers(
+    handle: service::ServiceHandle,
+) -> Result<(
+    tokio::task::JoinHandle<()>,
+    impl std::future::Future<Output = ()>,
+)> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -248,10 +264,29 @@ async fn run(config: Config) -> Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         }
     };
-    service.run(shutdown, Duration::from_secs(5)).await;
-    reloader.abort();
-    tracing::info!("stopped");
-    Ok(())
+    Ok((reloader, shutdown))
+}
+
+/// Windows: Ctrl-C / Ctrl-Break shuts down. There is no reload signal:
+/// signatures are reloaded by restarting the scanner.
+#[cfg(windows)]
+fn signal_handlers(
+    handle: service::ServiceHandle,
+) -> Result<(
+    tokio::task::JoinHandle<()>,
+    impl std::future::Future<Output = ()>,
+)> {
+    drop(handle);
+    let mut ctrl_break =
+        tokio::signal::windows::ctrl_break().context("installing the Ctrl-Break handler")?;
+    let reloader = tokio::spawn(async {});
+    let shutdown = async move {
+        tokio::select! {
+            _ = ctrl_break.recv() => tracing::info!("Ctrl-Break received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+    };
+    Ok((reloader, shutdown))
 }
 
 fn main() -> ExitCode {

@@ -356,7 +356,11 @@ impl Service {
         for url in &urls {
             match Listener::bind(url) {
                 Ok(l) => listeners.push(l),
-                Err(e @ BindError::NoVsock { .. }) if !explicit => {
+                // The embedded default's vsock listener is optional: skipped
+                // when the kernel lacks AF_VSOCK, or off Linux (Unsupported).
+                Err(e @ (BindError::NoVsock { .. } | BindError::Unsupported { .. }))
+                    if !explicit =>
+                {
                     tracing::warn!("{e}; continuing without vsock");
                     skipped.push(e.to_string());
                 }

@@ -2,8 +2,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+#[cfg(unix)]
 use std::os::unix::ffi::OsStrExt;
+#[cfg(unix)]
 use std::os::unix::fs::FileExt;
+#[cfg(windows)]
+use std::os::windows::fs::FileExt;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -91,7 +95,12 @@ fn outcome(decision: Decision, source: VerdictSource, threat: &str) -> Outcome {
 fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
+        // Windows' seek_read also moves the cursor; nothing here uses it.
+        #[cfg(unix)]
+        let read = file.read_at(&mut buf[got..], offset + got as u64);
+        #[cfg(windows)]
+        let read = file.seek_read(&mut buf[got..], offset + got as u64);
+        match read {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -159,7 +168,14 @@ async fn run_session(
                         }
                     };
                     let abs = std::path::absolute(&job.path).unwrap_or_else(|_| job.path.clone());
+                    #[cfg(unix)]
                     let raw = abs.as_os_str().as_bytes();
+                    // Windows paths are UTF-16: sent as UTF-8 (unpaired
+                    // surrogates replaced).
+                    #[cfg(not(unix))]
+                    let lossy = abs.to_string_lossy();
+                    #[cfg(not(unix))]
+                    let raw = lossy.as_bytes();
                     let path = match std::str::from_utf8(raw) {
                         Ok(p) => FilePath::Utf8(p),
                         Err(_) => FilePath::Bytes(raw),
@@ -169,7 +185,7 @@ async fn run_session(
                         process_id: std::process::id(),
                         desired_access: 0x1, // FILE_READ_DATA
                         create_disposition: CreateDisposition::Open,
-                        file: files::identity(&meta),
+                        file: files::identity(&abs, &meta),
                         path,
                     };
                     match s.submit(&event, now()) {

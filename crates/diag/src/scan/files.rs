@@ -1,13 +1,16 @@
 //! The files to scan: arguments expanded (directories walked), and each
 //! file's protocol identity from its metadata.
 
+#[cfg(unix)]
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use thinagent_protocol::FileIdentity;
 
-/// Seconds from 1601-01-01 to 1970-01-01, in 100 ns units.
+/// Seconds from 1601-01-01 to 1970-01-01, in 100 ns units (Windows' own
+/// metadata is already a FILETIME: there only the tests use it).
+#[cfg_attr(all(windows, not(test)), allow(dead_code))]
 const FILETIME_UNIX_EPOCH: u64 = 116_444_736_000_000_000;
 
 /// Expands the arguments: files as given, directories walked (sorted,
@@ -47,7 +50,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// The identity the Linux agent sends (docs/protocol.md §5.3): `st_dev`,
 /// `st_ino` as little-endian in bytes 0..8, size, `st_mtime` as FILETIME.
-pub fn identity(meta: &std::fs::Metadata) -> FileIdentity {
+/// `path` is not used on Unix.
+#[cfg(unix)]
+pub fn identity(_path: &Path, meta: &std::fs::Metadata) -> FileIdentity {
     let mut file_id = [0u8; 16];
     file_id[..8].copy_from_slice(&meta.ino().to_le_bytes());
     let unix_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
@@ -57,6 +62,29 @@ pub fn identity(meta: &std::fs::Metadata) -> FileIdentity {
         file_id,
         size: meta.size(),
         last_write_time: filetime as u64,
+    }
+}
+
+/// Windows: size and last-write FILETIME from the metadata. Stable Rust has
+/// no volume serial or file index without FFI, so the volume serial is 0 and
+/// the file id is a hash of `path` (the scanner caches verdicts per identity:
+/// distinct paths must not share one); a changed size or write time still
+/// changes the identity.
+#[cfg(windows)]
+pub fn identity(path: &Path, meta: &std::fs::Metadata) -> FileIdentity {
+    use std::hash::{Hash, Hasher};
+    use std::os::windows::fs::MetadataExt;
+    let mut file_id = [0u8; 16];
+    for (half, chunk) in file_id.chunks_exact_mut(8).enumerate() {
+        let mut h = std::hash::DefaultHasher::new();
+        (half, path).hash(&mut h);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    FileIdentity {
+        volume_serial: 0,
+        file_id,
+        size: meta.file_size(),
+        last_write_time: meta.last_write_time(),
     }
 }
 
@@ -70,11 +98,11 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let f = dir.join("sub/a.txt");
         std::fs::write(&f, b"one").unwrap();
-        let a = identity(&std::fs::metadata(&f).unwrap());
+        let a = identity(&f, &std::fs::metadata(&f).unwrap());
         assert_eq!(a.size, 3);
         assert!(a.last_write_time > FILETIME_UNIX_EPOCH);
         std::fs::write(&f, b"four").unwrap();
-        let b = identity(&std::fs::metadata(&f).unwrap());
+        let b = identity(&f, &std::fs::metadata(&f).unwrap());
         assert_eq!((a.volume_serial, a.file_id), (b.volume_serial, b.file_id));
         assert_ne!(a, b);
         std::fs::write(dir.join("b.txt"), b"x").unwrap();

@@ -1,4 +1,8 @@
 //! The `--connect` URL: `tcp://HOST:PORT`, `unix:///path`, `vsock://CID:PORT`.
+//!
+//! vsock exists only on Linux and Unix sockets only on Unix: elsewhere
+//! (Windows) such a URL is refused when parsed, with [`transport_unsupported`]'s
+//! text, which says to use `tcp://`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -19,10 +23,38 @@ pub enum ScanUrl {
     Vsock(u32, u32),
 }
 
+/// Why vsock cannot be used on this OS.
+pub const VSOCK_NEEDS_LINUX: &str =
+    "vsock:// needs Linux (AF_VSOCK); use tcp://HOST:PORT on this OS";
+/// Why a Unix socket cannot be used on this OS.
+pub const UNIX_NEEDS_UNIX: &str =
+    "unix:// needs a Unix OS (Linux, macOS, BSD); use tcp://HOST:PORT on this OS";
+
+/// Why `url`'s transport does not exist on the OS this was built for, or
+/// `None` when it does (always `None` on Linux).
+pub fn transport_unsupported(url: &ScanUrl) -> Option<&'static str> {
+    match url {
+        ScanUrl::Vsock(..) if !cfg!(target_os = "linux") => Some(VSOCK_NEEDS_LINUX),
+        ScanUrl::Unix(_) if !cfg!(unix) => Some(UNIX_NEEDS_UNIX),
+        _ => None,
+    }
+}
+
 impl FromStr for ScanUrl {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
+        let url = Self::parse_any_os(s)?;
+        if let Some(why) = transport_unsupported(&url) {
+            bail!("--connect {s:?}: {why}");
+        }
+        Ok(url)
+    }
+}
+
+impl ScanUrl {
+    /// Parses every scheme, whether or not this OS has the transport.
+    fn parse_any_os(s: &str) -> Result<Self> {
         let hint = "expected tcp://HOST:PORT, unix:///path or vsock://CID:PORT";
         let Some((scheme, rest)) = s.split_once("://") else {
             bail!("--connect {s:?}: no scheme; {hint}");
@@ -66,16 +98,31 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 impl ScanUrl {
     /// Connects.
     pub async fn connect(&self) -> std::io::Result<Pin<Box<dyn Stream>>> {
+        if let Some(why) = transport_unsupported(self) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("{self}: {why}"),
+            ));
+        }
         Ok(match self {
             Self::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a).await?;
                 let _ = s.set_nodelay(true);
                 Box::pin(s)
             }
+            #[cfg(unix)]
             Self::Unix(p) => Box::pin(tokio::net::UnixStream::connect(p).await?),
+            #[cfg(target_os = "linux")]
             Self::Vsock(cid, port) => Box::pin(
                 tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
             ),
+            #[allow(unreachable_patterns)] // only reachable where a transport is missing
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    format!("{other}: transport not built in"),
+                ));
+            }
         })
     }
 }
@@ -101,15 +148,38 @@ mod tests {
             ScanUrl::Tcp(([127, 0, 0, 1], 5317).into())
         );
         assert_eq!(
-            "unix:///run/x.sock".parse::<ScanUrl>().unwrap(),
+            ScanUrl::parse_any_os("unix:///run/x.sock").unwrap(),
             ScanUrl::Unix("/run/x.sock".into())
         );
         assert_eq!(
-            "vsock://2:5317".parse::<ScanUrl>().unwrap(),
+            ScanUrl::parse_any_os("vsock://2:5317").unwrap(),
             ScanUrl::Vsock(2, 5317)
         );
         for bad in ["127.0.0.1:1", "unix://rel", "vsock://any", "ftp://x:1"] {
             assert!(bad.parse::<ScanUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transports_this_os_lacks_are_refused_with_what_to_use() {
+        assert!(VSOCK_NEEDS_LINUX.starts_with("vsock:// needs Linux"));
+        assert!(UNIX_NEEDS_UNIX.starts_with("unix:// needs a Unix OS"));
+        for why in [VSOCK_NEEDS_LINUX, UNIX_NEEDS_UNIX] {
+            assert!(why.ends_with("use tcp://HOST:PORT on this OS"), "{why}");
+        }
+        let tcp = ScanUrl::Tcp(([127, 0, 0, 1], 1).into());
+        assert_eq!(transport_unsupported(&tcp), None);
+        let vsock = "vsock://1:5317".parse::<ScanUrl>();
+        let unix = "unix:///run/x.sock".parse::<ScanUrl>();
+        if cfg!(target_os = "linux") {
+            assert_eq!(vsock.unwrap(), ScanUrl::Vsock(1, 5317));
+            assert_eq!(unix.unwrap(), ScanUrl::Unix("/run/x.sock".into()));
+        } else {
+            assert_eq!(
+                vsock.unwrap_err().to_string(),
+                format!("--connect \"vsock://1:5317\": {VSOCK_NEEDS_LINUX}")
+            );
+            assert_eq!(unix.is_err(), !cfg!(unix));
         }
     }
 }

@@ -17,6 +17,7 @@
 use std::fmt;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -29,6 +30,10 @@ pub const CLAMD_ENGINE_NAME: &str = "clamd";
 
 /// Default timeout for each connect, read and write with clamd.
 pub const DEFAULT_CLAMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a `unix://` clamd address cannot be used off Unix (Windows).
+pub const CLAMD_UNIX_NEEDS_UNIX: &str =
+    "a Unix socket needs a Unix OS; set clamd's TCPSocket and use tcp://HOST:PORT on this OS";
 
 /// Largest chunk sent in one INSTREAM length prefix; longer updates are split.
 const MAX_CHUNK: usize = 1024 * 1024;
@@ -96,6 +101,7 @@ impl fmt::Display for ClamdAddress {
 
 /// A connection to clamd over either transport.
 enum ClamdStream {
+    #[cfg(unix)]
     Unix(UnixStream),
     Tcp(TcpStream),
 }
@@ -103,6 +109,7 @@ enum ClamdStream {
 impl Read for ClamdStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
+            #[cfg(unix)]
             ClamdStream::Unix(s) => s.read(buf),
             ClamdStream::Tcp(s) => s.read(buf),
         }
@@ -112,6 +119,7 @@ impl Read for ClamdStream {
 impl Write for ClamdStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
+            #[cfg(unix)]
             ClamdStream::Unix(s) => s.write(buf),
             ClamdStream::Tcp(s) => s.write(buf),
         }
@@ -119,6 +127,7 @@ impl Write for ClamdStream {
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
+            #[cfg(unix)]
             ClamdStream::Unix(s) => s.write_vectored(bufs),
             ClamdStream::Tcp(s) => s.write_vectored(bufs),
         }
@@ -205,6 +214,13 @@ impl ClamdEngine {
     fn connect(&self) -> Result<ClamdStream, EngineError> {
         let timeout = Some(self.timeout.max(Duration::from_millis(1)));
         match &self.address {
+            // Unix sockets do not exist on Windows: clamd there listens on TCP.
+            #[cfg(not(unix))]
+            ClamdAddress::Unix(_) => Err(self.unavailable(format!(
+                "cannot connect to {}: {CLAMD_UNIX_NEEDS_UNIX}",
+                self.address
+            ))),
+            #[cfg(unix)]
             ClamdAddress::Unix(path) => {
                 let s = UnixStream::connect(path).map_err(|e| {
                     self.unavailable(format!("cannot connect to {}: {e}", self.address))
