@@ -232,7 +232,9 @@ async fn run(config: Config) -> Result<()> {
     }
     let (reloader, shutdown) = signal_handlers(service.handle())?;
     service.run(shutdown, Duration::from_secs(5)).await;
-    reloader.abort();
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -244,20 +246,20 @@ async fn run(config: Config) -> Result<()> {
 fn signal_handlers(
     handle: service::ServiceHandle,
 ) -> Result<(
-    tokio::task::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
     impl std::future::Future<Output = ()>,
 )> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let reloader = tokio::spawn(async move {
+    let reloader = Some(tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading signatures");
             // Failure is logged inside; the old set stays.
             let _ = handle.reload().await;
         }
-    });
+    }));
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -273,13 +275,14 @@ fn signal_handlers(
 fn signal_handlers(
     handle: service::ServiceHandle,
 ) -> Result<(
-    tokio::task::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
     impl std::future::Future<Output = ()>,
 )> {
     drop(handle);
+    tracing::info!("no reload signal on Windows: restart the scanner to reload signatures");
     let mut ctrl_break =
         tokio::signal::windows::ctrl_break().context("installing the Ctrl-Break handler")?;
-    let reloader = tokio::spawn(async {});
+    let reloader = None;
     let shutdown = async move {
         tokio::select! {
             _ = ctrl_break.recv() => tracing::info!("Ctrl-Break received"),
