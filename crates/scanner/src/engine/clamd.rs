@@ -329,7 +329,15 @@ impl ClamdEngine {
 /// does after every command outside IDSESSION), at most [`MAX_REPLY`] bytes.
 fn read_reply(stream: &mut ClamdStream) -> io::Result<String> {
     let mut reply = Vec::new();
-    stream.take(MAX_REPLY).read_to_end(&mut reply)?;
+    match stream.take(MAX_REPLY).read_to_end(&mut reply) {
+        Ok(_) => {}
+        // A connection reset after the reply arrived (clamd closes a refused
+        // INSTREAM with our data still unread, and a TCP peer may then send
+        // RST) must not hide the reply: `read_to_end` keeps what it read
+        // before the error in `reply`.
+        Err(_) if !reply.is_empty() => {}
+        Err(e) => return Err(e),
+    }
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
@@ -472,6 +480,38 @@ impl EngineScan for ClamdScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake clamd that reads only the command and a few bytes, answers
+    /// like clamd at its StreamMaxLength and closes with the rest of the
+    /// stream unread: the engine must report the refusal with its reason.
+    #[cfg(unix)]
+    #[test]
+    fn refusal_is_read_even_when_clamd_closes_with_unread_data() {
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake-clamd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            // Let the client's whole stream (it fits the socket buffer)
+            // and its terminating chunk arrive before answering.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut head = [0u8; 64];
+            let _ = conn.read(&mut head).unwrap();
+            conn.write_all(b"INSTREAM size limit exceeded. ERROR\0")
+                .unwrap();
+            // Dropped with the client's data unread.
+        });
+        let engine = ClamdEngine::new(ClamdAddress::Unix(path.clone()), Duration::from_secs(5));
+        let err = engine
+            .scan_bytes(&vec![0x41u8; 8 * 1024 * 1024])
+            .unwrap_err();
+        server.join().unwrap();
+        assert!(
+            matches!(&err, EngineError::Refused { reason, .. } if reason.contains("StreamMaxLength")),
+            "{err:?}"
+        );
+    }
 
     fn engine() -> ClamdEngine {
         ClamdEngine::new(
