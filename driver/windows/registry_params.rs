@@ -35,7 +35,7 @@ use thinagent_guest::params::names;
 use thinagent_guest::{Applied, Level, Params, log::routine, registry};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::OBJECT_ATTRIBUTES;
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
-    HANDLE, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, STATUS_BUFFER_OVERFLOW,
+    HANDLE, NTSTATUS, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, STATUS_BUFFER_OVERFLOW,
     STATUS_BUFFER_TOO_SMALL, STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Registry::KEY_READ;
@@ -110,28 +110,13 @@ pub fn read_into(registry_path: *const UNICODE_STRING, params: &mut Params) {
         return;
     };
 
-    let attributes = object_attributes(&key_name, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE);
-    let mut key: HANDLE = core::ptr::null_mut();
-    // SAFETY: `attributes` points at `key_name`, which points into `path`;
-    // both outlive the call. `key` receives a kernel handle.
-    let status = unsafe { ZwOpenKey(&mut key, KEY_READ, &attributes) };
-    if status == STATUS_OBJECT_NAME_NOT_FOUND {
-        klog!(
-            Level::Info,
-            routine::READ_PARAMS,
-            "no Parameters key; using defaults"
-        );
-        return;
-    }
-    if !nt_success(status) {
-        klog_status!(
-            Level::Warn,
-            routine::READ_PARAMS,
-            status,
-            "cannot open the Parameters key; using defaults"
-        );
-        return;
-    }
+    let key = match open_key(&key_name) {
+        Ok(key) => key,
+        Err(status) => {
+            report_open_failure(status);
+            return;
+        }
+    };
 
     let mut buffer = QueryBuffer::new();
     for name in names::ALL {
@@ -140,6 +125,39 @@ pub fn read_into(registry_path: *const UNICODE_STRING, params: &mut Params) {
 
     // SAFETY: `key` is the kernel handle ZwOpenKey returned; closed once.
     let _ = unsafe { ZwClose(key) };
+}
+
+/// The log line for a `Parameters` key that could not be opened.
+fn report_open_failure(status: NTSTATUS) {
+    if status == STATUS_OBJECT_NAME_NOT_FOUND {
+        klog!(
+            Level::Info,
+            routine::READ_PARAMS,
+            "no Parameters key; using defaults"
+        );
+        return;
+    }
+    klog_status!(
+        Level::Warn,
+        routine::READ_PARAMS,
+        status,
+        "cannot open the Parameters key; using defaults"
+    );
+}
+
+/// `ZwOpenKey(KEY_READ)` on `name` as a kernel handle, case-insensitively
+/// (PASSIVE_LEVEL). The caller closes the handle with `ZwClose`.
+fn open_key(name: &UNICODE_STRING) -> Result<HANDLE, NTSTATUS> {
+    let attributes = object_attributes(name, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE);
+    let mut key: HANDLE = core::ptr::null_mut();
+    // SAFETY: `attributes` points at `name`, which the caller keeps alive
+    // for the call; `key` receives a kernel handle.
+    let status = unsafe { ZwOpenKey(&mut key, KEY_READ, &attributes) };
+    if nt_success(status) {
+        Ok(key)
+    } else {
+        Err(status)
+    }
 }
 
 /// `SERVICE_BOOT_START`, the service `Start` value of a boot-start driver.
@@ -162,31 +180,12 @@ pub fn service_start_type(registry_path: *const UNICODE_STRING) -> Option<u32> {
     // SAFETY: DriverEntry's RegistryPath is null or a valid UNICODE_STRING
     // for the duration of DriverEntry, which outlives this call.
     let key_name = unsafe { registry_path.as_ref() }?;
-    let attributes = object_attributes(key_name, OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE);
-    let mut key: HANDLE = core::ptr::null_mut();
-    // SAFETY: `attributes` points at the I/O manager's key name, valid for
-    // the call; `key` receives a kernel handle.
-    let status = unsafe { ZwOpenKey(&mut key, KEY_READ, &attributes) };
-    if !nt_success(status) {
-        return None;
-    }
+    let key = open_key(key_name).ok()?;
     const START: [u16; 5] = ascii_utf16::<5>("Start");
     let mut buffer = QueryBuffer::new();
     let value = match (buffer.ensure(FIRST_QUERY_BYTES), unicode_string_for(&START)) {
         (true, Some(value_name)) => {
-            let mut result_len = 0u32;
-            // SAFETY: open key handle; the value name points at a const
-            // array and the output into `buffer`, both live for the call.
-            let status = unsafe {
-                ZwQueryValueKey(
-                    key,
-                    &value_name,
-                    KEY_VALUE_PARTIAL_INFORMATION_CLASS,
-                    buffer.as_mut_ptr(),
-                    buffer.capacity_bytes(),
-                    &mut result_len,
-                )
-            };
+            let (status, result_len) = buffer.query(key, &value_name);
             if nt_success(status) {
                 match registry::partial_information_parts(buffer.bytes(result_len)) {
                     Ok((registry::REG_DWORD, &[a, b, c, d])) => {
@@ -247,6 +246,27 @@ impl QueryBuffer {
         true
     }
 
+    /// `ZwQueryValueKey(KeyValuePartialInformation)` of `value_name` into
+    /// this buffer (PASSIVE_LEVEL): the status and the `ResultLength` (the
+    /// size needed when the status says the buffer was too small).
+    fn query(&mut self, key: HANDLE, value_name: &UNICODE_STRING) -> (NTSTATUS, u32) {
+        let mut result_len = 0u32;
+        // SAFETY: `key` is an open key handle; `value_name` is borrowed for
+        // the call and the output pointer is this buffer, at least
+        // `capacity_bytes()` long.
+        let status = unsafe {
+            ZwQueryValueKey(
+                key,
+                value_name,
+                KEY_VALUE_PARTIAL_INFORMATION_CLASS,
+                self.as_mut_ptr(),
+                self.capacity_bytes(),
+                &mut result_len,
+            )
+        };
+        (status, result_len)
+    }
+
     fn capacity_bytes(&self) -> u32 {
         (self.words.len() * 8) as u32
     }
@@ -286,20 +306,7 @@ fn read_one(key: HANDLE, name: &'static str, buffer: &mut QueryBuffer, params: &
             );
             return;
         }
-        let mut result_len = 0u32;
-        // SAFETY: `key` is an open key handle; `value_name` points into
-        // `name_units` and the output pointer into `buffer`, both live for
-        // the call and at least `capacity_bytes()` long.
-        let status = unsafe {
-            ZwQueryValueKey(
-                key,
-                &value_name,
-                KEY_VALUE_PARTIAL_INFORMATION_CLASS,
-                buffer.as_mut_ptr(),
-                buffer.capacity_bytes(),
-                &mut result_len,
-            )
-        };
+        let (status, result_len) = buffer.query(key, &value_name);
         let too_small = status == STATUS_BUFFER_OVERFLOW || status == STATUS_BUFFER_TOO_SMALL;
         if !too_small {
             break status;
