@@ -59,7 +59,7 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::IO_NO_INCRE
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
     EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection,
     ExReleaseRundownProtection, ExWaitForRundownProtectionRelease, FILE_DEVICE_SECURE_OPEN,
-    IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoCreateSymbolicLink, IoDeleteDevice,
+    IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice,
     IoDeleteSymbolicLink, IofCompleteRequest,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
@@ -67,7 +67,6 @@ use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
 };
 use thinagent_km_sys::io_params::IO_STACK_DEVICE_IO_CONTROL;
 use thinagent_km_sys::nt::{GUID, STATUS_DEVICE_NOT_READY};
-use thinagent_km_sys::wdmsec::WdmlibIoCreateDeviceSecure;
 
 use super::agent::{self, Agent};
 use super::kernel::{STATUS_SUCCESS, ascii_utf16, nt_success, unicode_string};
@@ -126,15 +125,13 @@ pub fn create(driver: *mut DRIVER_OBJECT) -> Result<(), NTSTATUS> {
     // SAFETY: `driver` is DriverEntry's driver object; the strings point at
     // statics; `device` receives the new object.
     let status = unsafe {
-        WdmlibIoCreateDeviceSecure(
+        IoCreateDevice(
             driver,
             0,
             &name,
             FILE_DEVICE_THINAGENT,
             FILE_DEVICE_SECURE_OPEN,
             false,
-            &sddl,
-            &CONTROL_DEVICE_CLASS_GUID,
             &mut device,
         )
     };

@@ -28,17 +28,17 @@
 //! driver importing from ntdll does not load. `tests/driver_kernel_imports.rs`
 //! checks that rule against the windows-sys sources.
 
-#[cfg(not(any(test, thinagent_typecheck)))]
+#[cfg(not(any(test, thinagent_no_wdk)))]
 extern crate wdk_panic;
 
 /// Kernel pool allocator behind `alloc` (non-paged pool, tag `rust`;
 /// `ExAllocatePool2`, so Windows 10 2004 or later).
-#[cfg(not(any(test, thinagent_typecheck)))]
+#[cfg(not(any(test, thinagent_no_wdk)))]
 #[global_allocator]
 static GLOBAL_ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
 
-#[cfg(thinagent_typecheck)]
-mod typecheck_only;
+#[cfg(thinagent_no_wdk)]
+mod no_wdk;
 
 pub mod agent;
 pub mod control_device;

@@ -62,6 +62,7 @@ pub mod ntoskrnl;
 pub mod registry;
 pub mod viosock;
 pub mod vmci;
+#[cfg(any())]
 pub mod wdmsec;
 pub mod wsk;
 

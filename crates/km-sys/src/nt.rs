@@ -152,7 +152,7 @@ pub const DPFLTR_TRACE_LEVEL: u32 = 2;
 pub const DPFLTR_INFO_LEVEL: u32 = 3;
 
 #[cfg(windows)]
-#[link(name = "ntoskrnl")]
+#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "C" {
     /// `DbgPrintEx` (`wdm.h`, ntoskrnl.exe; any IRQL, but only `%s` of
     /// non-paged ANSI text above PASSIVE_LEVEL). Declared here because

@@ -136,7 +136,7 @@ pub const fn guid_bytes(g: &GUID) -> [u8; 16] {
 }
 
 #[cfg(windows)]
-#[link(name = "ntoskrnl")]
+#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
     /// `ZwClose` (`wdm.h`, ntoskrnl.exe; PASSIVE_LEVEL): closes a kernel
     /// handle. learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-zwclose.

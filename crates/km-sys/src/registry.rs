@@ -29,7 +29,7 @@ pub const KEY_VALUE_PARTIAL_INFORMATION_CLASS: i32 = 2;
 pub const KEY_VALUE_PARTIAL_INFORMATION_DATA_OFFSET: usize = 12;
 
 #[cfg(windows)]
-#[link(name = "ntoskrnl")]
+#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
     /// `ZwOpenKey` (`wdm.h`, ntoskrnl.exe; PASSIVE_LEVEL). Opens an existing
     /// key; with `OBJ_KERNEL_HANDLE` the handle is only valid in kernel mode.

@@ -628,7 +628,7 @@ const _: () = {
 // ---------------------------------------------------------------------------
 
 #[cfg(windows)]
-#[link(name = "netio")]
+#[link(name = "netio.sys", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
     /// `WskRegister` (`wsk.h`, netio.sys; PASSIVE_LEVEL): registers a WSK
     /// client. `WskRegistration` must stay valid (non-paged) until
