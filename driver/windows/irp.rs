@@ -144,16 +144,56 @@ pub unsafe fn device_ioctl(
     out_len: u32,
     stop: Option<&KernelEvent>,
 ) -> (NTSTATUS, usize) {
+    // SAFETY: the caller's guarantees, passed on unchanged.
+    let r = unsafe { device_ioctl_bounded(device, file, code, buffer, in_len, out_len, stop) };
+    (r.status, r.info)
+}
+
+/// What [`device_ioctl_bounded`] returns.
+#[derive(Clone, Copy, Debug)]
+pub struct IoctlResult {
+    /// The request's final `IoStatus.Status`.
+    pub status: NTSTATUS,
+    /// Its `IoStatus.Information` (bytes written back on success).
+    pub info: usize,
+    /// The wait ended (after [`DEVICE_IOCTL_TIMEOUT`] or because `stop`
+    /// was signalled) before the request completed, so it was cancelled;
+    /// `status` is whatever it completed with after the cancel (usually
+    /// `STATUS_CANCELLED`, a success if it won the race). The caller tells
+    /// a timeout from a stop by its own stop state.
+    pub cancelled: bool,
+}
+
+/// [`device_ioctl`], also saying whether the request had to be cancelled
+/// (so the capture loop can report a hung IOCTL as a timeout).
+///
+/// # Safety
+///
+/// As [`device_ioctl`].
+pub unsafe fn device_ioctl_bounded(
+    device: *mut DEVICE_OBJECT,
+    file: *mut FILE_OBJECT,
+    code: u32,
+    buffer: *mut c_void,
+    in_len: u32,
+    out_len: u32,
+    stop: Option<&KernelEvent>,
+) -> IoctlResult {
+    let failed = |status| IoctlResult {
+        status,
+        info: 0,
+        cancelled: false,
+    };
     // SAFETY: the caller keeps `device` referenced.
     let stack_size = unsafe { (*device).StackSize };
     let mut irp = match ReusableIrp::with_stack_size(stack_size) {
         Ok(i) => i,
-        Err(e) => return (e, 0),
+        Err(e) => return failed(e),
     };
     let len = in_len.max(out_len) as usize;
     let mut system: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
     if system.try_reserve_exact(len.max(1)).is_err() {
-        return (STATUS_INSUFFICIENT_RESOURCES, 0);
+        return failed(STATUS_INSUFFICIENT_RESOURCES);
     }
     system.resize(len.max(1), 0);
     if in_len > 0 {
@@ -177,9 +217,11 @@ pub unsafe fn device_ioctl(
     // in `system` until the request has completed (every path below waits
     // for completion before `system` drops).
     let status = unsafe { irp.send(device, file, request) };
+    let mut cancelled = false;
     let (status, info) = match irp.wait(stop, Some(DEVICE_IOCTL_TIMEOUT)) {
         Some(r) => r,
         None => {
+            cancelled = true;
             klog_status!(
                 Level::Warn,
                 routine::VSOCK_CAPTURE,
@@ -208,7 +250,11 @@ pub unsafe fn device_ioctl(
     } else {
         info
     };
-    (status, info)
+    IoctlResult {
+        status,
+        info,
+        cancelled,
+    }
 }
 
 /// One request sent through a [`ReusableIrp`] straight to a device, on
@@ -636,13 +682,13 @@ impl SystemThread {
             return Err((status, false));
         }
         let mut object: *mut c_void = core::ptr::null_mut();
-        // SAFETY: a kernel handle we just got; *PsThreadType is the thread
+        // SAFETY: a kernel handle we just got; PsThreadType is the thread
         // object type (exported data, valid after boot); KernelMode access.
         let status = unsafe {
             ObReferenceObjectByHandle(
                 handle,
                 SYNCHRONIZE,
-                *PsThreadType as isize,
+                PsThreadType as isize,
                 KernelMode as i8,
                 &mut object,
                 core::ptr::null_mut(),

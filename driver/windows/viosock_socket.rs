@@ -17,7 +17,7 @@
 //! * [`ViosockConnection::connect`]: `ZwCreateFile` on the same link with a
 //!   28-byte `FILE_FULL_EA_INFORMATION` whose value is `VIRTIO_VSOCK_PARAMS
 //!   { Socket: 0, Type: STREAM }` creates the socket (a kernel handle, then
-//!   `ObReferenceObjectByHandle(*IoFileObjectType)` for the file object);
+//!   `ObReferenceObjectByHandle(IoFileObjectType)` for the file object);
 //!   `IOCTL_SOCKET_CONNECT` with `sockaddr_vm {AF_VSOCK, host port, host
 //!   CID}` connects (viosock binds automatically and answers when the host
 //!   does, or after its own 2 s connect timeout);
@@ -39,7 +39,7 @@
 //! IoGetDeviceObjectPointer
 //! (learn.microsoft.com/windows-hardware/drivers/ddi/wdm/nf-wdm-iogetdeviceobjectpointer),
 //! ZwCreateFile (…/wdm/nf-wdm-zwcreatefile), ObReferenceObjectByHandle
-//! (…/wdm/nf-wdm-obreferenceobjectbyhandle, with `*IoFileObjectType`),
+//! (…/wdm/nf-wdm-obreferenceobjectbyhandle, with `IoFileObjectType`),
 //! ZwClose (…/wdm/nf-wdm-zwclose), ObfDereferenceObject
 //! (…/wdm/nf-wdm-obdereferenceobject), IoFreeMdl (…/wdm/nf-wdm-iofreemdl);
 //! through [`super::irp`]: IoAllocateMdl + MmBuildMdlForNonPagedPool
@@ -369,13 +369,13 @@ fn create_socket(dev: &ViosockDevice) -> Result<(HANDLE, *mut FILE_OBJECT), NTST
         return Err(status);
     }
     let mut object: *mut c_void = core::ptr::null_mut();
-    // SAFETY: the kernel handle just opened; *IoFileObjectType is the file
+    // SAFETY: the kernel handle just opened; IoFileObjectType is the file
     // object type (exported data, valid after boot); KernelMode access.
     let status = unsafe {
         ObReferenceObjectByHandle(
             handle,
             FILE_GENERIC_READ | FILE_GENERIC_WRITE,
-            *IoFileObjectType as isize,
+            IoFileObjectType as isize,
             KernelMode as i8,
             &mut object,
             core::ptr::null_mut(),

@@ -4,9 +4,16 @@
 //! * `ZwClose` — windows-sys binds it to **`ntdll.dll`**
 //!   (`Wdk::System::SystemServices::ZwClose`), which a driver cannot import;
 //!   the kernel export of the same name is declared here.
-//! * `PsThreadType` — an exported *data* symbol (`POBJECT_TYPE *`), which
-//!   windows-sys does not model; `ObReferenceObjectByHandle` takes
-//!   `*PsThreadType` to check that a handle really is a thread.
+//! * `PsThreadType` — an exported *data* symbol, which windows-sys does not
+//!   model; `ObReferenceObjectByHandle` takes its value to check that a
+//!   handle really is a thread. ntoskrnl's exported variable *is* the
+//!   `POBJECT_TYPE`; `wdm.h` writes `extern POBJECT_TYPE *PsThreadType`
+//!   because C code without `dllimport` sees the import-address-table slot,
+//!   one pointer further out. A Rust `static` in a raw-dylib block is
+//!   imported with `dllimport`, so the static here is the variable itself,
+//!   typed `POBJECT_TYPE`, and is passed as it is (not dereferenced: that
+//!   would pass the first word of the `OBJECT_TYPE`; the emulated kernel in
+//!   tests/emulation caught exactly that).
 //! * [`KSTART_ROUTINE`] and [`IO_COMPLETION_ROUTINE`] — windows-sys 0.61.2
 //!   declares `PKSTART_ROUTINE` as `fn()` and `PIO_COMPLETION_ROUTINE` as
 //!   `fn() -> NTSTATUS` (the metadata lost the parameters). The shapes below
@@ -21,6 +28,23 @@
 //! * For the virtio-vsock socket (`crate::viosock`): `ZwCreateFile`
 //!   (windows-sys binds it to ntdll.dll), the data export `IoFileObjectType`
 //!   and `PsGetCurrentThread` (not in windows-sys 0.61.2).
+//! * For the control device's DACL: `ZwSetSecurityObject` (windows-sys binds
+//!   it to ntdll.dll) and the access-mask constants it is used with.
+//!
+//! **Why these declarations, not windows-sys's ntdll ones, end up in the
+//! driver's import table.** windows-sys declares `ZwClose`, `ZwCreateFile`,
+//! `ZwSetSecurityObject` (and, in `crate::registry`, `ZwOpenKey` and
+//! `ZwQueryValueKey`) as raw-dylib imports from `ntdll.dll`; the blocks below
+//! declare the same names from `ntoskrnl.exe`. Both define the linker symbol
+//! `__imp_<name>`, and the linker takes the first definition it meets on its
+//! command line. This crate depends on windows-sys, so rustc puts this
+//! crate's rlib and its raw-dylib import entries before windows-sys's on the
+//! link line, and the `ntoskrnl.exe` entries win. That rests on the link
+//! order, which nothing here can assert, so the result is checked where it
+//! matters: the PE test of the root package (`tests/driver_pe.rs`) reads the
+//! built `thinagent.sys` and fails on any import from a module other than
+//! `ntoskrnl.exe`, `hal.dll`, `fltmgr.sys` and `netio.sys` (ntdll.dll among
+//! them). A new ntdll-bound windows-sys routine belongs here, not in a `use`.
 
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
 
@@ -92,6 +116,22 @@ pub const FILE_OPEN: u32 = 0x1;
 /// `FILE_NON_DIRECTORY_FILE` (`wdm.h` create option: 0x40).
 pub const FILE_NON_DIRECTORY_FILE: u32 = 0x40;
 
+/// `WRITE_DAC` (`winnt.h`: 0x00040000): the right to change an object's
+/// DACL, what the control device's handle is opened with for
+/// `ZwSetSecurityObject`.
+pub const WRITE_DAC: u32 = 0x0004_0000;
+/// `DACL_SECURITY_INFORMATION` (`winnt.h`: 0x00000004): `ZwSetSecurityObject`
+/// replaces only the DACL.
+pub const DACL_SECURITY_INFORMATION: u32 = 0x0000_0004;
+/// `FILE_ALL_ACCESS` (`winnt.h`: `STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE |
+/// 0x1FF` = 0x000F0000 | 0x00100000 | 0x1FF): the access the control
+/// device's two ACEs grant (it includes `FILE_READ_DATA` and
+/// `FILE_WRITE_DATA`, which its IOCTL codes require). Not
+/// `FLT_PORT_ALL_ACCESS` (`FLT_PORT_CONNECT | STANDARD_RIGHTS_ALL` =
+/// 0x001F0001): on a device object its 0x1 means `FILE_READ_DATA` only, so
+/// the write IOCTL could never be opened for.
+pub const FILE_ALL_ACCESS: u32 = 0x001F_01FF;
+
 /// `GUID_DEVINTERFACE_VIOSOCK` {6B58DC1F-01C3-440F-BE1C-B95D000F1FF5}:
 /// the device interface virtio-win's `viosock.sys` registers
 /// (`WdfDeviceCreateDeviceInterface` in `viosock/sys/Device.c`; defined in
@@ -143,15 +183,16 @@ unsafe extern "system" {
     /// Declared here because windows-sys binds the ntdll.dll export.
     pub fn ZwClose(Handle: *mut c_void) -> NTSTATUS;
 
-    /// `PsThreadType` (`wdm.h`: `extern POBJECT_TYPE *PsThreadType`), the
-    /// thread object type, for `ObReferenceObjectByHandle`'s `ObjectType`
-    /// (pass the value it points to).
-    pub static PsThreadType: *mut *mut c_void;
+    /// `PsThreadType`, the thread object type (`POBJECT_TYPE`; `wdm.h`
+    /// declares it `extern POBJECT_TYPE *PsThreadType`, see the module
+    /// docs), for `ObReferenceObjectByHandle`'s `ObjectType`: pass this
+    /// value itself.
+    pub static PsThreadType: *mut c_void;
 
-    /// `IoFileObjectType` (`wdm.h`: `extern POBJECT_TYPE *IoFileObjectType`),
-    /// the file object type, for `ObReferenceObjectByHandle`'s `ObjectType`
-    /// (pass the value it points to).
-    pub static IoFileObjectType: *mut *mut c_void;
+    /// `IoFileObjectType`, the file object type (`POBJECT_TYPE`; `wdm.h`:
+    /// `extern POBJECT_TYPE *IoFileObjectType`, see `PsThreadType`), for
+    /// `ObReferenceObjectByHandle`'s `ObjectType`: pass this value itself.
+    pub static IoFileObjectType: *mut c_void;
 
     /// `ZwCreateFile` (`wdm.h`, ntoskrnl.exe; PASSIVE_LEVEL): opens a file
     /// or device object, here with an extended-attribute buffer.
@@ -171,6 +212,19 @@ unsafe extern "system" {
         CreateOptions: u32,
         EaBuffer: *const c_void,
         EaLength: u32,
+    ) -> NTSTATUS;
+
+    /// `ZwSetSecurityObject` (`ntifs.h`, ntoskrnl.exe; PASSIVE_LEVEL): sets
+    /// the parts of an object's security descriptor `SecurityInformation`
+    /// names, from `SecurityDescriptor`; the handle needs `WRITE_DAC` for
+    /// the DACL. learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/nf-ntifs-zwsetsecurityobject.
+    /// Declared here because windows-sys binds the ntdll.dll export
+    /// (`Wdk::Storage::FileSystem::ZwSetSecurityObject`); the signature is
+    /// that one's: `HANDLE`, `u32`, `PSECURITY_DESCRIPTOR`.
+    pub fn ZwSetSecurityObject(
+        Handle: windows_sys::Win32::Foundation::HANDLE,
+        SecurityInformation: u32,
+        SecurityDescriptor: windows_sys::Win32::Security::PSECURITY_DESCRIPTOR,
     ) -> NTSTATUS;
 
     /// `PsGetCurrentThread` (`wdm.h`, ntoskrnl.exe; any IRQL): the calling
@@ -222,6 +276,27 @@ mod tests {
         assert_eq!(
             OBJ_CASE_INSENSITIVE,
             windows_sys::Win32::Foundation::OBJ_CASE_INSENSITIVE
+        );
+    }
+
+    #[test]
+    fn security_constants_match_windows_sys() {
+        use windows_sys::Win32::Storage::FileSystem as F;
+        assert_eq!(WRITE_DAC, F::WRITE_DAC);
+        assert_eq!(FILE_ALL_ACCESS, F::FILE_ALL_ACCESS);
+        assert_eq!(
+            DACL_SECURITY_INFORMATION,
+            windows_sys::Win32::Security::DACL_SECURITY_INFORMATION
+        );
+        // FLT_PORT_ALL_ACCESS = FLT_PORT_CONNECT | STANDARD_RIGHTS_ALL lacks
+        // FILE_WRITE_DATA; FILE_ALL_ACCESS has read and write data.
+        let flt_port_all = windows_sys::Wdk::Storage::FileSystem::Minifilters::FLT_PORT_CONNECT
+            | F::STANDARD_RIGHTS_ALL;
+        assert_eq!(flt_port_all, 0x001F_0001);
+        assert_eq!(flt_port_all & F::FILE_WRITE_DATA, 0);
+        assert_eq!(
+            FILE_ALL_ACCESS & (F::FILE_READ_DATA | F::FILE_WRITE_DATA),
+            F::FILE_READ_DATA | F::FILE_WRITE_DATA
         );
     }
 

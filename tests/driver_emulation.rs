@@ -1,0 +1,514 @@
+//! The linked `thinagent.sys` run in an emulated Windows kernel.
+//!
+//! `.ci/build-driver` builds the driver (tests/common/driver_build.rs); the
+//! harness in `tests/emulation/ntemu` (Python, on unicorn: a test tool only,
+//! GPL-2.0, never shipped) loads the PE, binds every import to a model of
+//! the kernel routine, and runs `DriverEntry`, the driver's threads and its
+//! callbacks on emulated x86-64 with virtual time. The vSockets provider it
+//! captures is bridged to a real TCP connection to `thinagent-scanner`,
+//! started in-process here. Each scenario prints a JSON report; the
+//! assertions are here.
+//!
+//! Requirements: the driver toolchain (see driver_build.rs) and the
+//! emulator's Python environment (`.ci/setup-emulator`, which creates
+//! `target/emu-venv`; or `THINAGENT_EMU_PYTHON`). Without them each test
+//! prints `SKIPPED: ...` and passes, except under `CI=true`, where it fails.
+
+#[path = "common/driver_build.rs"]
+mod driver_build;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use thinagent_guest::log::parse_line;
+use thinagent_guest::{Level, NtStatus};
+use thinagent_protocol::Message;
+use thinagent_protocol::{Decoded, decode_frame};
+use thinagent_scanner::config::Config;
+use thinagent_scanner::service::Service;
+
+const STATUS_DEVICE_BUSY: u32 = 0x8000_0011;
+const STATUS_FLT_DO_NOT_DETACH: u64 = 0xC01C_0010;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python that has unicorn and pefile, or None (skip, printed).
+fn emulator_python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("THINAGENT_EMU_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/emu-venv/bin/python"));
+    let ok = Command::new(&candidate)
+        .args(["-c", "import unicorn, pefile"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(candidate);
+    }
+    let reason = format!(
+        "the emulator's Python environment is missing ({} cannot import unicorn and pefile): run .ci/setup-emulator",
+        candidate.display()
+    );
+    assert!(!in_ci(), "{reason}");
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+/// One scenario's report.
+struct Report {
+    json: Value,
+}
+
+impl Report {
+    fn lines(&self) -> Vec<String> {
+        self.events("dbgprint")
+            .iter()
+            .map(|e| e["line"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn events(&self, kind: &str) -> Vec<&Value> {
+        self.json["trace"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
+    /// The first log line containing `needle`, with its virtual time (ms).
+    fn line(&self, needle: &str) -> Option<(f64, String)> {
+        self.events("dbgprint").iter().find_map(|e| {
+            let l = e["line"].as_str().unwrap();
+            l.contains(needle)
+                .then(|| (e["t_ms"].as_f64().unwrap(), l.to_string()))
+        })
+    }
+
+    fn has_line(&self, needle: &str) -> bool {
+        self.line(needle).is_some()
+    }
+
+    fn capture_attempts(&self) -> Vec<(f64, u64)> {
+        self.events("capture-ioctl")
+            .iter()
+            .filter(|e| e.get("cancelled").is_none())
+            .map(|e| (e["t_ms"].as_f64().unwrap(), e["status"].as_u64().unwrap()))
+            .collect()
+    }
+
+    fn entry_status(&self) -> u64 {
+        self.json["entry_status"]
+            .as_u64()
+            .expect("DriverEntry returned")
+    }
+
+    /// Message types of the frames in a hex byte stream.
+    fn frames(hex: &str) -> Vec<&'static str> {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            match decode_frame(&bytes[at..]) {
+                Ok(Decoded::Frame { frame, consumed }) => {
+                    out.push(match frame.message {
+                        Message::Hello(_) => "Hello",
+                        Message::HelloAck(_) => "HelloAck",
+                        Message::FileEvent(_) => "FileEvent",
+                        Message::Verdict(_) => "Verdict",
+                        Message::ReadRequest(_) => "ReadRequest",
+                        Message::ReadData(_) => "ReadData",
+                        _ => "other",
+                    });
+                    at += consumed;
+                }
+                other => panic!("undecodable bytes on the wire at {at}: {other:?}"),
+            }
+        }
+        out
+    }
+
+    fn socket_frames(&self, i: usize) -> (Vec<&'static str>, Vec<&'static str>) {
+        let s = &self.json["sockets"][i];
+        (
+            Self::frames(s["sent"].as_str().unwrap()),
+            Self::frames(s["received"].as_str().unwrap()),
+        )
+    }
+
+    /// The emulated kernel found nothing wrong.
+    fn assert_clean(&self) {
+        assert!(
+            self.json["error"].is_null(),
+            "the emulated kernel stopped the driver: {}\nlast lines:\n{}",
+            self.json["error"],
+            self.lines()
+                .iter()
+                .rev()
+                .take(15)
+                .rev()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert_eq!(
+            self.json["spinlocks_held"].as_array().unwrap().len(),
+            0,
+            "spin locks left held"
+        );
+        // Every line the driver printed has the seed's shape.
+        for l in self.lines() {
+            assert!(parse_line(&l).is_some(), "not in the seed's log shape: {l}");
+        }
+    }
+
+    /// After unload: nothing of the driver's is left.
+    fn assert_nothing_left(&self) {
+        let j = &self.json;
+        assert_eq!(
+            j["pool_outstanding"],
+            serde_json::json!({}),
+            "pool blocks not freed: {}",
+            j["pool_outstanding_addresses"]
+        );
+        assert_eq!(
+            j["objects_referenced"],
+            serde_json::json!([]),
+            "references not released"
+        );
+        assert_eq!(j["handles_open"], 0, "handles not closed");
+        assert_eq!(j["devices_left"], serde_json::json!([]), "devices left");
+        assert_eq!(
+            j["symlinks_left"],
+            serde_json::json!([]),
+            "symbolic links left"
+        );
+        assert_eq!(j["pnp_live"], 0, "PnP notification left registered");
+        assert_eq!(j["irps_live"], 0, "IRPs not freed");
+        for t in j["threads"].as_array().unwrap() {
+            if t["name"] != "filter-unload" {
+                assert_eq!(t["state"], "done", "thread {} still running", t["name"]);
+            }
+        }
+    }
+}
+
+/// Runs `scenario` (with a real scanner unless `scanner` is false); None
+/// when skipped.
+fn run(scenario: &str, scanner: bool) -> Option<Report> {
+    let sys = driver_build::built_driver()?;
+    let python = emulator_python()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, stop) = if scanner {
+        let config = Config {
+            listen: vec!["tcp://127.0.0.1:0".to_string()],
+            ..Config::default()
+        };
+        let service = rt
+            .block_on(Service::build(&config))
+            .expect("scanner starts");
+        let url = service.urls()[0].to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(service.run(
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(1),
+        ));
+        (Some(url), Some(tx))
+    } else {
+        (None, None)
+    };
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(root().join("tests/emulation"))
+        .args(["-m", "ntemu.scenario", "--driver"])
+        .arg(Path::new(&sys))
+        .args(["--scenario", scenario]);
+    if let Some(u) = &url {
+        cmd.args(["--scanner", u]);
+    }
+    let out = cmd.output().expect("run the emulator");
+    if let Some(tx) = stop {
+        let _ = tx.send(());
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    assert!(
+        out.status.success(),
+        "harness failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "harness output is not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!(
+        "{scenario}: {} virtual ms in {} s real; {} capture IOCTL(s)",
+        json["now_ms"], json["real_seconds"], json["capture_ioctls"]
+    );
+    for l in json["trace"].as_array().unwrap() {
+        if l["kind"] == "dbgprint" {
+            eprintln!("  [{:>9.1} ms] {}", l["t_ms"].as_f64().unwrap(), l["line"]);
+        }
+    }
+    Some(Report { json })
+}
+
+fn assert_connected_with_handshake(r: &Report) {
+    assert!(
+        r.has_line("connected to CID 2 port"),
+        "no connection to the host"
+    );
+    let (sent, received) = r.socket_frames(0);
+    assert_eq!(sent.first(), Some(&"Hello"), "the guest opens with Hello");
+    assert_eq!(
+        received.first(),
+        Some(&"HelloAck"),
+        "the real scanner answered HelloAck"
+    );
+    let connects = r.json["connects"].as_array().unwrap();
+    assert_eq!(
+        connects[0]["family"], 28,
+        "the family IOCTL 0x81032068 gave"
+    );
+    assert_eq!(connects[0]["cid"], 2, "hostCid");
+    assert_eq!(connects[0]["local_cid"], u64::from(u32::MAX), "CID_ANY");
+}
+
+#[test]
+fn clean_machine_captures_at_the_first_attempt_and_says_hello_to_the_scanner() {
+    let Some(r) = run("clean-machine", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.entry_status(), 0);
+    assert_eq!(r.capture_attempts(), vec![(0.0, 0)]);
+    let (_, l) = r.line("vSockets provider captured").unwrap();
+    assert!(l.contains("after 1 attempt(s), 0 ms waited"), "{l}");
+    assert!(r.has_line("AUDIT: DriverEntry : ThinAgent loaded: 0x00000000"));
+    assert_eq!(r.json["filtering"], true);
+    assert_connected_with_handshake(&r);
+    // The control device got its DACL before DriverEntry returned.
+    let sec = r.json["security"].as_object().unwrap();
+    assert_eq!(sec.len(), 1, "one object secured: {sec:?}");
+    let d = sec.values().next().unwrap();
+    assert_eq!(d["information"], 4, "DACL_SECURITY_INFORMATION");
+    assert_eq!(
+        d["descriptor"]["grants"],
+        serde_json::json!(["SYSTEM", "Administrators"])
+    );
+}
+
+/// The incident's machine, boot start: STATUS_DEVICE_BUSY for 5 attempts;
+/// the boot re-initialisation routine (all boot drivers initialised at
+/// 2.5 s) cuts the delay short; capture at the 6th attempt.
+#[test]
+fn seed_machine_boot_start_retries_busy_and_the_reinit_routine_retries_at_once() {
+    let Some(r) = run("seed-machine-boot-start", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.entry_status(), 0);
+    assert_eq!(
+        r.json["entry_ms"], 0.0,
+        "DriverEntry waited for the capture loop"
+    );
+    let attempts = r.capture_attempts();
+    let busy = u64::from(STATUS_DEVICE_BUSY);
+    assert_eq!(
+        attempts,
+        vec![
+            (0.0, busy),
+            (1000.0, busy),
+            (2000.0, busy),
+            (2500.0, busy),
+            (3500.0, busy),
+            (4500.0, 0)
+        ]
+    );
+    assert_eq!(r.json["results"]["boot-reinit"], 0);
+    assert!(r.has_line("boot drivers initialised (call 1): retrying the capture now"));
+    let (t, l) = r.line("vSockets provider captured").unwrap();
+    assert_eq!(t, 4500.0);
+    assert!(l.contains("after 6 attempt(s)"), "{l}");
+    // every failed attempt is logged with its status in the seed's shape
+    let failed: Vec<_> = r
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("capture attempt"))
+        .collect();
+    assert_eq!(failed.len(), 5);
+    for l in &failed {
+        let p = parse_line(l).unwrap();
+        assert_eq!(p.status, Some(NtStatus(STATUS_DEVICE_BUSY)), "{l}");
+    }
+    assert_connected_with_handshake(&r);
+}
+
+/// The same machine with the driver started by `sc start` (Start = 3): no
+/// re-initialisation routine, the plain 1 s loop.
+#[test]
+fn seed_machine_sc_start_retries_every_second_without_reinit() {
+    let Some(r) = run("seed-machine-sc-start", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.json["reinit_registered"], 0);
+    assert_eq!(
+        r.json["api_calls"]["IoRegisterBootDriverReinitialization"],
+        Value::Null
+    );
+    let busy = u64::from(STATUS_DEVICE_BUSY);
+    assert_eq!(
+        r.capture_attempts(),
+        vec![(0.0, busy), (1000.0, busy), (2000.0, busy), (3000.0, 0)]
+    );
+    assert_connected_with_handshake(&r);
+}
+
+/// vmci.sys never starts: exactly captureRetryCount (100) attempts 1 s
+/// apart, the give-up in Listing 1's shape, DriverEntry back at once.
+#[test]
+fn never_ready_gives_up_after_exactly_100_attempts_without_blocking_driver_entry() {
+    let Some(r) = run("never-ready", false) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.entry_status(), 0);
+    assert_eq!(r.json["entry_ms"], 0.0);
+    let attempts = r.capture_attempts();
+    assert_eq!(attempts.len(), 100);
+    for (i, (t, s)) in attempts.iter().enumerate() {
+        assert_eq!(*t, 1000.0 * i as f64, "attempt {} time", i + 1);
+        assert_eq!(*s, u64::from(STATUS_DEVICE_BUSY));
+    }
+    let (t, l) = r.line("capture failed after").unwrap();
+    assert_eq!(t, 99_000.0);
+    let p = parse_line(&l).unwrap();
+    assert_eq!(p.level, Level::Error);
+    assert_eq!(p.routine, "VsockCapture");
+    assert_eq!(p.status, Some(NtStatus(STATUS_DEVICE_BUSY)));
+    assert!(
+        p.message.contains("after 100 attempt(s), 99000 ms waited"),
+        "{l}"
+    );
+    assert!(r.has_line("no host connection; opens are decided by the fail mode (Open)"));
+}
+
+/// captureMode = 1: the whole loop inside DriverEntry, as the incident's
+/// agent did: DriverEntry returns only after 99 s.
+#[test]
+fn never_ready_in_blocking_mode_holds_driver_entry_for_the_whole_loop() {
+    let Some(r) = run("never-ready-blocking", false) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.entry_status(), 0);
+    assert_eq!(r.json["entry_ms"], 99_000.0);
+    assert_eq!(r.capture_attempts().len(), 100);
+    assert!(r.has_line("captureMode Blocking"));
+}
+
+/// Defect 2 of issue 11: a capture IOCTL the lower driver never completes
+/// is cancelled after 5 s and the loop goes on.
+#[test]
+fn a_hung_capture_ioctl_is_cancelled_and_the_loop_goes_on() {
+    let Some(r) = run("hung-capture-ioctl", true) else {
+        return;
+    };
+    r.assert_clean();
+    let cancelled: Vec<_> = r
+        .events("capture-ioctl")
+        .into_iter()
+        .filter(|e| e.get("cancelled").is_some())
+        .collect();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0]["t_ms"], 5000.0);
+    let (_, l) = r.line("capture attempt 1").unwrap();
+    let p = parse_line(&l).unwrap();
+    assert_eq!(
+        p.status,
+        Some(NtStatus(0xC000_00B5)),
+        "reported as STATUS_IO_TIMEOUT: {l}"
+    );
+    assert!(!r.has_line("not transient"), "the hang ended the capture");
+    let (t, l) = r.line("vSockets provider captured").unwrap();
+    assert_eq!(t, 6000.0);
+    assert!(l.contains("after 2 attempt(s), 6000 ms waited"), "{l}");
+    assert_connected_with_handshake(&r);
+}
+
+#[test]
+fn registry_parameters_valid_wrong_type_and_out_of_range() {
+    let Some(r) = run("registry-parameters", false) else {
+        return;
+    };
+    r.assert_clean();
+    // valid: used
+    assert!(r.has_line("DEBUG: ReadParams : umcMsgTimeoutMs: 1500"));
+    assert!(r.has_line("DEBUG: ReadParams : failMode: closed"));
+    // wrong type: default kept, WARN
+    let warns: Vec<_> = r
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("WARN: ReadParams"))
+        .collect();
+    assert!(
+        warns.iter().any(|l| l.contains("captureRetryCount")),
+        "{warns:?}"
+    );
+    assert!(r.has_line("DEBUG: ReadParams : captureRetryCount: 100"));
+    // out of range: clamped, WARN
+    assert!(
+        warns.iter().any(|l| l.contains("captureRetryDelayMs")),
+        "{warns:?}"
+    );
+    let (_, l) = r.line("DEBUG: ReadParams : captureRetryDelayMs:").unwrap();
+    assert_ne!(l, "DEBUG: ReadParams : captureRetryDelayMs: 0");
+}
+
+/// Unload after a session: every pool block freed, every reference and
+/// handle released, every thread ended, the device and link gone.
+#[test]
+fn unload_releases_everything() {
+    let Some(r) = run("unload", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.json["results"]["filter-unload"], 0);
+    assert!(r.has_line("AUDIT: DriverUnload : ThinAgent unloaded: 0x00000000"));
+    r.assert_nothing_left();
+    assert_eq!(r.json["sockets"][0]["closed"], true);
+}
+
+#[test]
+fn unload_is_refused_while_the_boot_reinit_routine_is_pending() {
+    let Some(r) = run("unload-refused-while-reinit-pending", false) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(
+        r.json["results"]["first-unload"].as_u64(),
+        Some(STATUS_FLT_DO_NOT_DETACH)
+    );
+    assert_eq!(r.json["results"]["boot-reinit"], 0);
+    assert_eq!(r.json["results"]["filter-unload"], 0);
+    r.assert_nothing_left();
+}

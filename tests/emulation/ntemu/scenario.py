@@ -1,0 +1,349 @@
+"""Runs one scenario against the built driver and prints a JSON report on
+standard output (the Rust tests in tests/driver_emulation.rs assert on it).
+
+    python -m ntemu.scenario --driver thinagent.sys --scenario clean-machine
+"""
+
+import argparse
+import json
+import struct
+import sys
+import time
+import traceback
+
+from .fltmgr import FilterManager
+from .kernel import REG_DWORD, REG_SZ, Kernel
+from .machine import IMAGE_BASE, PROVIDER_IMAGE, PROVIDER_IMAGE_SIZE, EmulationError, Machine
+from .vmci import VmciDevice
+from .wsk import WskProvider
+
+SERVICE_KEY = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\thinagent"
+
+
+def dword(v):
+    return (REG_DWORD, struct.pack("<I", v & 0xFFFFFFFF))
+
+
+def sz(s):
+    return (REG_SZ, (s + "\0").encode("utf-16-le"))
+
+
+class World:
+    """One boot of one emulated machine with the driver."""
+
+    def __init__(self, driver, start_type=0, parameters=None, vmci=None, scanner=None, reply_wait=5.0):
+        self.trace = []
+        self.m = Machine(driver)
+        self.m.instructions_budget = 50_000_000
+        registry = {SERVICE_KEY.lower(): {"Start": dword(start_type)}}
+        registry[(SERVICE_KEY + "\\Parameters").lower()] = dict(parameters or {})
+        self.k = Kernel(self.m, registry=registry, log=self.trace)
+        self.k.thread_type = self.m.r64(self._data_slot("PsThreadType")) if "PsThreadType" in self.m.imports else None
+        self.k.file_type = self.m.r64(self._data_slot("IoFileObjectType")) if "IoFileObjectType" in self.m.imports else None
+        self.flt = FilterManager(self.k)
+        self.vmci = vmci
+        self.reply_wait = reply_wait
+        host_port = None
+        for k, (t, v) in (parameters or {}).items():
+            if k.lower() == "hostport":
+                host_port = struct.unpack("<I", v)[0]
+        self.provider = WskProvider(self, scanner, host_cid=2, host_port=host_port if host_port is not None else 5317)
+        if vmci is not None:
+            vmci.provider = self.provider
+            self.k.add_device(vmci, "\\Driver\\vsock", PROVIDER_IMAGE, PROVIDER_IMAGE_SIZE)
+        self.driver_object = self.k.make_driver_object("\\Driver\\thinagent", IMAGE_BASE, self.m.image_size)
+        self.registry_path = self.m.new_unicode_string(SERVICE_KEY)
+        self.entry_status = None
+        self.entry_returned_at = None
+        self.actions = []  # (virtual time, fn), run when the clock gets there
+        self.results = {}
+
+    def _data_slot(self, name):
+        # the IAT slot holds the address of the kernel variable
+        pe = self.m.pe
+        for entry in pe.DIRECTORY_ENTRY_IMPORT:
+            for imp in entry.imports:
+                if imp.name and imp.name.decode() == name:
+                    return self.m.r64(imp.address - pe.OPTIONAL_HEADER.ImageBase + IMAGE_BASE)
+        raise KeyError(name)
+
+    def boot(self):
+        def done(t):
+            self.entry_status = t.result & 0xFFFFFFFF
+            self.entry_returned_at = self.m.now
+
+        self.started_at = self.m.now
+        self.m.spawn("DriverEntry", self.m.entry_point, self.driver_object, self.registry_path, on_exit=done)
+
+    def run(self, until=None, max_ms=200_000):
+        """Runs threads and advances virtual time until ``until()`` is true,
+        nothing can happen any more, or ``max_ms`` of virtual time passed."""
+        m = self.m
+        limit = m.now + max_ms * 10_000
+        while True:
+            if until is not None and until():
+                return True
+            ready = [t for t in m.threads if t.state == "ready"]
+            if ready:
+                m.run_thread(ready[0])
+                m.wake_ready()
+                continue
+            if m.wake_ready():
+                continue
+            if self.provider.poll(self.reply_wait):
+                m.wake_ready()
+                continue
+            due = [a for a in self.actions if a[0] <= m.now]
+            if due:
+                self.actions.remove(due[0])
+                due[0][1]()
+                m.wake_ready()
+                continue
+            d = m.next_deadline()
+            if self.actions:
+                first = min(a[0] for a in self.actions)
+                d = first if d is None else min(d, first)
+            if d is None or d > limit:
+                m.now = max(m.now, min(limit, d or limit))
+                return until() if until else True
+            m.now = max(m.now, d)
+            m.wake_ready()
+
+    def at(self, ms, fn):
+        """Runs ``fn`` when the virtual clock reaches ``ms`` after boot."""
+        self.actions.append((50_000_000 + int(ms * 10_000), fn))
+
+    def call_in_thread(self, name, fn, *args):
+        """Runs a driver callback as the kernel would, on a system thread of
+        its own (it may wait); its return value lands in results[name]."""
+
+        def done(t):
+            self.results[name] = t.result & 0xFFFFFFFF
+            self.k.emit("callback-returned", name=name, status=t.result & 0xFFFFFFFF)
+
+        self.k.emit("callback", name=name)
+        self.m.spawn(name, fn, *args, on_exit=done)
+
+    def fire_boot_reinit(self):
+        for drv, routine, ctx in list(self.k.reinit):
+            self.k.reinit.remove((drv, routine, ctx))
+            self.call_in_thread("boot-reinit", routine, drv, ctx, 1)
+
+    def unload(self, mandatory=False):
+        """Filter Manager's unload: the registered FilterUnloadCallback."""
+        self.call_in_thread("filter-unload", self.flt.registration.unload, 1 if mandatory else 0)
+
+    def lines(self):
+        return [e["line"] for e in self.trace if e["kind"] == "dbgprint"]
+
+    def report(self):
+        return {
+            "results": self.results,
+            "sockets": [
+                {"sent": b"".join(b.sent).hex(), "received": b"".join(b.received).hex(), "closed": b.closed}
+                for b in self.provider.sockets.values()
+            ],
+            "connects": self.provider.connects,
+            "devices_left": [hex(d) for d in self.k.driver_devices],
+            "symlinks_left": sorted(self.k.symlinks),
+            "pnp_live": sum(1 for p in self.k.pnp if p["live"]),
+            "irps_live": len(self.k.irps),
+            "security": {hex(k): v for k, v in self.k.security_set.items()},
+            "pool_outstanding_addresses": [hex(a) for a in self.m.pool.live],
+            "objects_referenced": [
+                {"kind": o.kind, "name": o.name, "refs": o.refs}
+                for o in self.k.objects.values()
+                if o.kind in ("file", "thread") and o.refs > 0
+            ],
+            "entry_status": self.entry_status,
+            "entry_ms": None
+            if self.entry_returned_at is None
+            else (self.entry_returned_at - self.started_at) / 10_000,
+            "now_ms": (self.m.now - 50_000_000) / 10_000,
+            "trace": self.trace,
+            "api_calls": self.m.api_calls,
+            "threads": [{"name": t.name, "state": t.state} for t in self.m.threads],
+            "pool_outstanding": self.m.pool.outstanding_by_tag(),
+            "pool_allocs": self.m.pool.allocs,
+            "pool_frees": self.m.pool.frees,
+            "spinlocks_held": self.k.held_spinlocks(),
+            "handles_open": len(self.k.handles),
+            "capture_ioctls": self.vmci.capture_irps if self.vmci else 0,
+            "filtering": self.flt.filtering,
+            "reinit_registered": len(self.k.reinit),
+        }
+
+
+def scanner_address(args):
+    if not args.scanner:
+        return None
+    host, port = args.scanner.removeprefix("tcp://").rsplit(":", 1)
+    return (host, int(port))
+
+
+def scanner_params(args, extra=None):
+    p = {}
+    a = scanner_address(args)
+    if a:
+        p["hostPort"] = dword(a[1])
+    p.update(extra or {})
+    return p
+
+
+def connected(w):
+    """The session is up: Hello sent, HelloAck from the scanner taken."""
+    return any("connected to the host scanner" in line for line in w.lines())
+
+
+def scenario_clean_machine(driver, args, held):
+    """Listing 4's machine: \\Device\\vmci answers at once."""
+    w = held["world"] = World(driver, vmci=VmciDevice(), scanner=scanner_address(args), parameters=scanner_params(args, DEBUG))
+    w.boot()
+    w.run(until=lambda: w.entry_status is not None, max_ms=1000)
+    w.run(until=lambda: connected(w) and w.provider.sockets and any(s.received for s in w.provider.sockets.values()), max_ms=5000)
+    return w
+
+
+DEBUG = {"debugLevel": dword(4)}
+
+
+def captured(w):
+    return any("vSockets provider captured" in line for line in w.lines())
+
+
+def gave_up(w):
+    return any("capture failed after" in line for line in w.lines())
+
+
+def scenario_seed_machine(driver, args, held, start_type, busy, reinit_at=None):
+    """Listing 3's machine: \\Device\\vmci is there but answers
+    STATUS_DEVICE_BUSY while vmci.sys's device start is deferred."""
+    w = held["world"] = World(
+        driver,
+        start_type=start_type,
+        vmci=VmciDevice(busy_until=busy),
+        scanner=scanner_address(args),
+        parameters=scanner_params(args, DEBUG),
+    )
+    w.boot()
+    if reinit_at is not None:
+        w.at(reinit_at, w.fire_boot_reinit)
+    w.run(until=lambda: connected(w) or gave_up(w), max_ms=200_000)
+    return w
+
+
+def scenario_never_ready(driver, args, held, extra=None, start_type=3):
+    w = held["world"] = World(
+        driver,
+        start_type=start_type,
+        vmci=VmciDevice(never=True),
+        parameters=scanner_params(args, dict(DEBUG, **(extra or {}))),
+    )
+    w.boot()
+    w.run(until=lambda: gave_up(w) and w.entry_status is not None, max_ms=300_000)
+    w.run(max_ms=1000)
+    return w
+
+
+def scenario_hung_ioctl(driver, args, held):
+    w = held["world"] = World(
+        driver,
+        start_type=3,
+        vmci=VmciDevice(hang_first=1),
+        scanner=scanner_address(args),
+        parameters=scanner_params(args, DEBUG),
+    )
+    w.boot()
+    w.run(until=lambda: connected(w) or gave_up(w), max_ms=120_000)
+    return w
+
+
+def scenario_registry(driver, args, held):
+    params = {
+        "debugLevel": dword(4),
+        "umcMsgTimeoutMs": dword(1500),  # valid
+        "captureRetryCount": (3, b"\x07\x00\x00\x00"),  # wrong type (REG_BINARY for a DWORD)
+        "captureRetryDelayMs": dword(0),  # out of range
+        "failMode": sz("closed"),  # REG_SZ form
+    }
+    w = held["world"] = World(driver, start_type=3, vmci=VmciDevice(never=True), parameters=params)
+    w.boot()
+    w.run(until=lambda: w.entry_status is not None, max_ms=1000)
+    return w
+
+
+def scenario_unload(driver, args, held):
+    w = held["world"] = World(
+        driver,
+        start_type=3,
+        vmci=VmciDevice(),
+        scanner=scanner_address(args),
+        parameters=scanner_params(args, DEBUG),
+    )
+    w.boot()
+    w.run(until=lambda: connected(w), max_ms=10_000)
+    w.unload()
+    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
+    w.run(max_ms=1000)
+    return w
+
+
+def scenario_unload_refused(driver, args, held):
+    """Boot start, vmci busy: the re-init routine is registered and has not
+    run, so a non-mandatory unload is refused; after it ran, unload works."""
+    w = held["world"] = World(
+        driver, start_type=0, vmci=VmciDevice(busy_until=3), parameters=scanner_params(args, DEBUG)
+    )
+    w.boot()
+    w.run(until=lambda: w.entry_status is not None, max_ms=1000)
+    w.unload()
+    w.run(until=lambda: "filter-unload" in w.results, max_ms=1000)
+    w.results["first-unload"] = w.results.pop("filter-unload")
+    w.fire_boot_reinit()
+    w.run(until=lambda: "boot-reinit" in w.results, max_ms=1000)
+    w.unload()
+    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
+    w.run(max_ms=1000)
+    return w
+
+
+SCENARIOS = {
+    "clean-machine": scenario_clean_machine,
+    "seed-machine-boot-start": lambda d, a, h: scenario_seed_machine(d, a, h, start_type=0, busy=5, reinit_at=2500),
+    "seed-machine-sc-start": lambda d, a, h: scenario_seed_machine(d, a, h, start_type=3, busy=3),
+    "never-ready": scenario_never_ready,
+    "never-ready-blocking": lambda d, a, h: scenario_never_ready(d, a, h, {"captureMode": dword(1)}),
+    "hung-capture-ioctl": scenario_hung_ioctl,
+    "registry-parameters": scenario_registry,
+    "unload": scenario_unload,
+    "unload-refused-while-reinit-pending": scenario_unload_refused,
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--driver", required=True)
+    p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    p.add_argument("--scanner", default=None, help="tcp://127.0.0.1:PORT of a running thinagent-scanner")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    held = {}
+    error = None
+    try:
+        SCENARIOS[args.scenario](args.driver, args, held)
+    except EmulationError as e:
+        error = str(e)
+    except Exception:  # a harness bug: report it whole
+        error = "harness error:\n" + traceback.format_exc()
+    w = held.get("world")
+    out = w.report() if w is not None else {}
+    out["error"] = error
+    out["scenario"] = args.scenario
+    out["real_seconds"] = round(time.monotonic() - started, 3)
+    json.dump(out, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
