@@ -5,10 +5,19 @@
 //! [`thinagent_guest::control`]; this module moves bytes between the IRP and
 //! that crate. `thinagent-diag agent-state` is the client.
 //!
-//! * **Access**: created with `IoCreateDeviceSecure` and the SDDL
-//!   [`control::DEVICE_SDDL`] (SYSTEM and Administrators only) plus
-//!   `FILE_DEVICE_SECURE_OPEN`, so the ACL also covers opens of names below
-//!   the device (`\\.\ThinAgent\x`). The IOCTL codes carry
+//! * **Access**: `IoCreateDevice` with `FILE_DEVICE_SECURE_OPEN` (so the
+//!   ACL also covers opens of names below the device, `\\.\ThinAgent\x`),
+//!   then, before the symbolic link exists and before `DriverEntry` returns
+//!   (until then `DO_DEVICE_INITIALIZING` fails every open), the device gets
+//!   a DACL granting [`control::DEVICE_ACCESS_MASK`] to SYSTEM and
+//!   Administrators only ([`restrict_access`]):
+//!   `FltBuildDefaultSecurityDescriptor` builds exactly that descriptor,
+//!   `ObOpenObjectByPointer` gives a kernel handle to the device with
+//!   `WRITE_DAC`, `ZwSetSecurityObject` sets the DACL from it. That is what
+//!   the WDK's `IoCreateDeviceSecure` does after its own `IoCreateDevice`;
+//!   it is not used because it is code in the static library `wdmsec.lib`,
+//!   not a kernel export (docs/windows.md, "Control device"). Any
+//!   failure deletes the device and fails `create`. The IOCTL codes carry
 //!   `FILE_READ_ACCESS` / `FILE_WRITE_ACCESS`, which the I/O manager checks
 //!   against the handle before the request reaches us.
 //! * **Dispatch**: `IRP_MJ_CREATE`, `IRP_MJ_CLOSE` and
@@ -30,7 +39,13 @@
 //!
 //! Kernel routines and their doc pages
 //! (learn.microsoft.com/windows-hardware/drivers/ddi/...):
-//! `WdmlibIoCreateDeviceSecure` (wdmsec/nf-wdmsec-wdmlibiocreatedevicesecure),
+//! `IoCreateDevice` (wdm/nf-wdm-iocreatedevice),
+//! `FltBuildDefaultSecurityDescriptor`
+//! (fltkernel/nf-fltkernel-fltbuilddefaultsecuritydescriptor),
+//! `FltFreeSecurityDescriptor` (fltkernel/nf-fltkernel-fltfreesecuritydescriptor),
+//! `ObOpenObjectByPointer` (ntifs/nf-ntifs-obopenobjectbypointer),
+//! `ZwSetSecurityObject` (ntifs/nf-ntifs-zwsetsecurityobject), `ZwClose`
+//! (wdm/nf-wdm-zwclose),
 //! `IoCreateSymbolicLink` (wdm/nf-wdm-iocreatesymboliclink),
 //! `IoDeleteSymbolicLink` (wdm/nf-wdm-iodeletesymboliclink), `IoDeleteDevice`
 //! (wdm/nf-wdm-iodeletedevice), `IofCompleteRequest` (the function behind the
@@ -49,24 +64,33 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use thinagent_guest::Level;
 use thinagent_guest::control::{
-    self, AgentState, ControlRequest, DEVICE_NAME, DEVICE_SDDL, DOS_DEVICE_NAME,
+    self, AgentState, ControlRequest, DEVICE_ACCESS_MASK, DEVICE_NAME, DOS_DEVICE_NAME,
     FILE_DEVICE_THINAGENT,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::IO_NO_INCREMENT;
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::Minifilters::{
+    FltBuildDefaultSecurityDescriptor, FltFreeSecurityDescriptor,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::ObOpenObjectByPointer;
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
     EX_RUNDOWN_REF, ExAcquireRundownProtection, ExInitializeRundownProtection,
     ExReleaseRundownProtection, ExWaitForRundownProtectionRelease, FILE_DEVICE_SECURE_OPEN,
-    IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice,
-    IoDeleteSymbolicLink, IofCompleteRequest,
+    IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, IoCreateDevice, IoCreateSymbolicLink,
+    IoDeleteDevice, IoDeleteSymbolicLink, IofCompleteRequest, KernelMode,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
-    NTSTATUS, STATUS_INVALID_DEVICE_REQUEST,
+    HANDLE, NTSTATUS, STATUS_INVALID_DEVICE_REQUEST,
 };
+use thinagent_km_sys::fltmgr::windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
 use thinagent_km_sys::io_params::IO_STACK_DEVICE_IO_CONTROL;
-use thinagent_km_sys::nt::{GUID, STATUS_DEVICE_NOT_READY};
+use thinagent_km_sys::nt::STATUS_DEVICE_NOT_READY;
+use thinagent_km_sys::ntoskrnl::{
+    DACL_SECURITY_INFORMATION, FILE_ALL_ACCESS, OBJ_KERNEL_HANDLE, WRITE_DAC, ZwClose,
+    ZwSetSecurityObject,
+};
 
 use super::agent::{self, Agent};
 use super::kernel::{STATUS_SUCCESS, ascii_utf16, nt_success, unicode_string};
@@ -78,18 +102,9 @@ const ROUTINE: &str = "ControlDevice";
 
 static DEVICE_NAME_UNITS: [u16; DEVICE_NAME.len()] = ascii_utf16(DEVICE_NAME);
 static DOS_DEVICE_NAME_UNITS: [u16; DOS_DEVICE_NAME.len()] = ascii_utf16(DOS_DEVICE_NAME);
-static SDDL_UNITS: [u16; DEVICE_SDDL.len()] = ascii_utf16(DEVICE_SDDL);
 
-/// The device's class GUID (`IoCreateDeviceSecure`'s `DeviceClassGuid`),
-/// ours alone: {F2D5181E-4F24-4202-B0BB-5D63446CFD92}. An administrator can
-/// override the default SDDL for this class under
-/// `HKLM\SYSTEM\CurrentControlSet\Control\Class\{F2D5181E-...}` (`Security`).
-pub const CONTROL_DEVICE_CLASS_GUID: GUID = GUID {
-    Data1: 0xF2D5_181E,
-    Data2: 0x4F24,
-    Data3: 0x4202,
-    Data4: [0xB0, 0xBB, 0x5D, 0x63, 0x44, 0x6C, 0xFD, 0x92],
-};
+// The portable ABI's mask is the kernel's FILE_ALL_ACCESS.
+const _: () = assert!(DEVICE_ACCESS_MASK == FILE_ALL_ACCESS);
 
 /// The control device object, null when absent.
 static CONTROL_DEVICE: AtomicPtr<DEVICE_OBJECT> = AtomicPtr::new(ptr::null_mut());
@@ -120,10 +135,9 @@ pub fn create(driver: *mut DRIVER_OBJECT) -> Result<(), NTSTATUS> {
     unsafe { ExInitializeRundownProtection(RUNDOWN.0.get()) };
     let name = unicode_string(&DEVICE_NAME_UNITS);
     let link = unicode_string(&DOS_DEVICE_NAME_UNITS);
-    let sddl = unicode_string(&SDDL_UNITS);
     let mut device: *mut DEVICE_OBJECT = ptr::null_mut();
-    // SAFETY: `driver` is DriverEntry's driver object; the strings point at
-    // statics; `device` receives the new object.
+    // SAFETY: `driver` is DriverEntry's driver object; the name points at a
+    // static; `device` receives the new object.
     let status = unsafe {
         IoCreateDevice(
             driver,
@@ -140,8 +154,21 @@ pub fn create(driver: *mut DRIVER_OBJECT) -> Result<(), NTSTATUS> {
             Level::Error,
             ROUTINE,
             status,
-            "IoCreateDeviceSecure {DEVICE_NAME} failed"
+            "IoCreateDevice {DEVICE_NAME} failed"
         );
+        return Err(status);
+    }
+    if let Err((step, status)) = restrict_access(device) {
+        klog_status!(
+            Level::Error,
+            ROUTINE,
+            status,
+            "{step} for the DACL of {DEVICE_NAME} failed; device deleted"
+        );
+        // SAFETY: the device was created above and is not yet published
+        // (no link, no dispatch routine, CONTROL_DEVICE still null, and
+        // DO_DEVICE_INITIALIZING still fails every open).
+        unsafe { IoDeleteDevice(device) };
         return Err(status);
     }
     // SAFETY: both strings point at statics.
@@ -172,8 +199,79 @@ pub fn create(driver: *mut DRIVER_OBJECT) -> Result<(), NTSTATUS> {
     klog!(
         Level::Info,
         ROUTINE,
-        "{DEVICE_NAME} created, link {DOS_DEVICE_NAME}"
+        "{DEVICE_NAME} created (SYSTEM and Administrators only), link {DOS_DEVICE_NAME}"
     );
+    Ok(())
+}
+
+/// Gives `device` a DACL that grants [`DEVICE_ACCESS_MASK`] to LocalSystem
+/// and the Administrators group and nobody else (PASSIVE_LEVEL, before the
+/// device is published). On failure returns the routine that failed and its
+/// status; the device is then as `IoCreateDevice` made it, and the caller
+/// deletes it.
+///
+/// `FltBuildDefaultSecurityDescriptor` (fltmgr.sys, IRQL <= APC_LEVEL)
+/// builds, in paged pool, a descriptor whose DACL has one access-allowed ACE
+/// with the given mask for each of the two ("only users with system or
+/// administrator privileges have access to the object"); its pages name
+/// `FLT_PORT_ALL_ACCESS` because it is made for communication ports, but on
+/// a device that mask lacks `FILE_WRITE_DATA` (see
+/// [`thinagent_km_sys::ntoskrnl::FILE_ALL_ACCESS`]). Only the DACL is
+/// applied (`DACL_SECURITY_INFORMATION`); owner and group stay the device's.
+fn restrict_access(device: *mut DEVICE_OBJECT) -> Result<(), (&'static str, NTSTATUS)> {
+    let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
+    // SAFETY: `sd` is a local out-pointer; on success it receives a
+    // descriptor that is ours until FltFreeSecurityDescriptor below.
+    let status = unsafe { FltBuildDefaultSecurityDescriptor(&mut sd, DEVICE_ACCESS_MASK) };
+    if !nt_success(status) {
+        return Err(("FltBuildDefaultSecurityDescriptor", status));
+    }
+    let result = set_dacl(device, sd);
+    // SAFETY: the descriptor FltBuildDefaultSecurityDescriptor returned,
+    // freed once; ZwSetSecurityObject copied what it needed into the
+    // object's own descriptor.
+    unsafe { FltFreeSecurityDescriptor(sd) };
+    result
+}
+
+/// Opens a kernel handle to `device` with `WRITE_DAC`, sets the DACL of
+/// `sd` on it, closes the handle (PASSIVE_LEVEL).
+fn set_dacl(
+    device: *mut DEVICE_OBJECT,
+    sd: PSECURITY_DESCRIPTOR,
+) -> Result<(), (&'static str, NTSTATUS)> {
+    let mut handle: HANDLE = ptr::null_mut();
+    // SAFETY: `device` is the device object IoCreateDevice just returned
+    // (referenced by its creation until IoDeleteDevice). OBJ_KERNEL_HANDLE:
+    // the handle is in the system handle table, out of reach of the process
+    // DriverEntry runs in; no access state; no object type (null: the
+    // pointer is known to be our device); KernelMode, so no access check
+    // against the still-default descriptor; `handle` is a local.
+    let status = unsafe {
+        ObOpenObjectByPointer(
+            device.cast_const().cast(),
+            OBJ_KERNEL_HANDLE,
+            ptr::null(),
+            WRITE_DAC,
+            0,
+            KernelMode as i8,
+            &mut handle,
+        )
+    };
+    if !nt_success(status) {
+        return Err(("ObOpenObjectByPointer", status));
+    }
+    // SAFETY: a kernel handle opened above with WRITE_DAC; `sd` is a valid
+    // descriptor with a DACL (FltBuildDefaultSecurityDescriptor's).
+    let status = unsafe { ZwSetSecurityObject(handle, DACL_SECURITY_INFORMATION, sd) };
+    // SAFETY: the kernel handle opened above, closed once.
+    let closed = unsafe { ZwClose(handle) };
+    if !nt_success(status) {
+        return Err(("ZwSetSecurityObject", status));
+    }
+    if !nt_success(closed) {
+        return Err(("ZwClose", closed));
+    }
     Ok(())
 }
 

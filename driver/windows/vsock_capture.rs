@@ -7,10 +7,17 @@
 //! `0x810320C0` with the 0x5C-byte buffer (first DWORD 1) built by
 //! `IoBuildDeviceIoControlRequest` with the file object in the next stack
 //! location ([`super::irp::device_ioctl`]), and the file object
-//! dereferenced on every failed path (the seed leaked it). Each attempt's
-//! status goes to [`thinagent_guest::Connector`], which says retry after a
-//! delay, done, or give up; the delay is a wait on the stop and wake events,
-//! so unload and the boot re-initialisation callback cut it short. On
+//! dereferenced on every failed path (the seed leaked it). Each attempt goes
+//! to [`thinagent_guest::Connector`] as an [`AttemptReport`] (status, start
+//! and end time, whether we timed it out), which says retry after a delay,
+//! done, or give up, and gives the attempt's log line; the delay is a wait
+//! on the stop and wake events, so unload and the boot re-initialisation
+//! callback cut it short. A capture IOCTL the lower driver leaves pending
+//! is cancelled after 5 s ([`device_ioctl_bounded`]) and reported as timed
+//! out, which the connector counts as `STATUS_IO_TIMEOUT`, transient: the
+//! loop (and the boot re-initialisation retry) goes on, and the 5 s count
+//! as time waited. Only a request cancelled because unload began keeps
+//! `STATUS_CANCELLED`. On
 //! success the file object stays referenced (it pins `vsock.sys`, whose
 //! functions we are about to call) until the link thread ends.
 //!
@@ -56,7 +63,8 @@
 //! unload.
 //!
 //! **Unload safety.** Every IOCTL to `\Device\vmci` waits at most 5 s (or
-//! until unload), then is cancelled and waited for ([`device_ioctl`]).
+//! until unload), then is cancelled and waited for ([`device_ioctl`]); a
+//! capture attempt cut short that way counts as timed out (above).
 //! `IoRegisterBootDriverReinitialization` has no unregister: until its
 //! routine has run, [`unload_is_safe`] is `false`.
 //!
@@ -80,7 +88,9 @@ use core::time::Duration;
 
 use thinagent_guest::log::routine;
 use thinagent_guest::params::{CaptureMode, VsockTransport};
-use thinagent_guest::{Connector, ConnectorAction, Level, NtStatus, Reconnect, ReconnectConfig};
+use thinagent_guest::{
+    AttemptReport, Connector, ConnectorAction, Level, NtStatus, Reconnect, ReconnectConfig,
+};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DEVICE_OBJECT, DRIVER_OBJECT, FILE_OBJECT,
 };
@@ -105,7 +115,7 @@ use thinagent_km_sys::vmci::{
 use thinagent_km_sys::wsk::WSK_PROVIDER_DISPATCH;
 
 use super::agent::Agent;
-use super::irp::{SystemThread, device_ioctl};
+use super::irp::{SystemThread, device_ioctl, device_ioctl_bounded};
 use super::kernel::{
     EventKind, KernelEvent, STATUS_SUCCESS, SpinLock, Utf16, now, nt_success, unicode_string,
 };
@@ -235,9 +245,20 @@ enum Attempt {
     GaveUp,
 }
 
-/// One open + capture IOCTL (PASSIVE_LEVEL). Returns the capture, or the
-/// status and whether `\Device\vmci` opened at all.
-fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
+/// Why one capture attempt failed.
+struct CaptureFailed {
+    /// The open's status, or the capture IOCTL's final status.
+    status: NTSTATUS,
+    /// `\Device\vmci` opened (the IOCTL was sent).
+    opened: bool,
+    /// The IOCTL did not complete within [`device_ioctl_bounded`]'s bound
+    /// (or before unload) and was cancelled.
+    cancelled: bool,
+}
+
+/// One open + capture IOCTL (PASSIVE_LEVEL). Returns the capture, or why
+/// it failed.
+fn vmci_capture_once() -> Result<VmciCapture, CaptureFailed> {
     let name: UNICODE_STRING = unicode_string(&VMCI_DEVICE_NAME);
     let mut file: *mut FILE_OBJECT = core::ptr::null_mut();
     let mut device: *mut DEVICE_OBJECT = core::ptr::null_mut();
@@ -245,7 +266,11 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
     // access the seed's listing asks for.
     let status = unsafe { IoGetDeviceObjectPointer(&name, FILE_READ_DATA, &mut file, &mut device) };
     if !nt_success(status) {
-        return Err((status, false));
+        return Err(CaptureFailed {
+            status,
+            opened: false,
+            cancelled: false,
+        });
     }
     let mut cap = VmciCapture {
         file,
@@ -257,8 +282,8 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
     let len = VmciCaptureBuffer::len_bytes();
     // SAFETY: file and device referenced by `cap` for the call; the reply
     // buffer is 0x5C bytes, in and out.
-    let (status, written) = unsafe {
-        device_ioctl(
+    let r = unsafe {
+        device_ioctl_bounded(
             cap.device,
             cap.file,
             IOCTL_VMCI_SOCKETS_CAPTURE_PROVIDER,
@@ -268,78 +293,66 @@ fn vmci_capture_once() -> Result<VmciCapture, (NTSTATUS, bool)> {
             Some(&STOP),
         )
     };
-    if !nt_success(status) {
+    if !nt_success(r.status) {
         // `cap` drops here: the file object is released on this path too.
-        return Err((status, true));
+        return Err(CaptureFailed {
+            status: r.status,
+            opened: true,
+            cancelled: r.cancelled,
+        });
     }
-    cap.written = written.min(len as usize);
-    cap.status = status;
+    cap.written = r.info.min(len as usize);
+    cap.status = r.status;
     Ok(cap)
 }
 
 /// One capture attempt, fed to the connector and logged in the seed's shape
 /// (PASSIVE_LEVEL).
 fn attempt(agent: &Agent, state: &mut CaptureState) -> Attempt {
+    let started = now();
     let result = vmci_capture_once();
-    let status = match &result {
-        Ok(cap) => cap.status,
-        Err((s, opened)) => {
-            state.vmci_device_seen |= *opened;
-            *s
+    let ended = now();
+    let (status, cancelled) = match &result {
+        Ok(cap) => (cap.status, false),
+        Err(f) => {
+            state.vmci_device_seen |= f.opened;
+            (f.status, f.cancelled)
         }
     };
     state.vmci_device_seen |= result.is_ok();
+    // A request cancelled because unload began is not a timeout: it keeps
+    // its own status (STATUS_CANCELLED, fatal) and the loop ends anyway.
+    let report = AttemptReport {
+        status: NtStatus::from_i32(status),
+        started,
+        ended,
+        timed_out: cancelled && !agent.is_stopping(),
+    };
     agent.stats.capture_attempts.fetch_add(1, Ordering::Relaxed);
     agent
         .stats
         .last_capture_status
-        .store(status, Ordering::Relaxed);
-    let action = state.connector.on_attempt(NtStatus(status as u32), now());
+        .store(report.effective_status().to_i32(), Ordering::Relaxed);
+    let action = state.connector.on_report(report);
+    let line = state.connector.log_line(&report, action);
+    klog_status!(
+        line.level,
+        routine::VSOCK_CAPTURE,
+        line.status.to_i32(),
+        "{}",
+        line.message
+    );
     match action {
-        ConnectorAction::Connected { attempts, waited } => {
+        ConnectorAction::Connected { .. } => {
             agent.stats.provider_captured.store(true, Ordering::Relaxed);
-            klog_status!(
-                Level::Info,
-                routine::VSOCK_CAPTURE,
-                status,
-                "vSockets provider captured after {} attempt(s), {} ms waited",
-                attempts,
-                waited.as_millis()
-            );
             match result {
                 Ok(cap) => Attempt::Captured(cap),
                 // The connector only says Connected for a success status.
                 Err(_) => Attempt::GaveUp,
             }
         }
-        ConnectorAction::RetryAfter(d) => {
-            klog_status!(
-                Level::Debug,
-                routine::VSOCK_CAPTURE,
-                status,
-                "capture attempt {} failed, retrying in {} ms",
-                state.connector.attempts(),
-                d.as_millis()
-            );
-            Attempt::Retry(d)
-        }
-        ConnectorAction::GiveUp {
-            attempts,
-            last_status,
-            waited,
-            reason,
-        } => {
-            klog_status!(
-                Level::Error,
-                routine::VSOCK_CAPTURE,
-                last_status.0 as i32,
-                "capture failed after {} attempt(s), {} ms waited, {}",
-                attempts,
-                waited.as_millis(),
-                reason.describe()
-            );
-            Attempt::GaveUp
-        }
+        ConnectorAction::RetryAfter(d) => Attempt::Retry(d),
+        ConnectorAction::GiveUp { .. } => Attempt::GaveUp,
     }
 }
 

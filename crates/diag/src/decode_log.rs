@@ -423,6 +423,7 @@ fn has_status(d: &DecodedLine, any: &[NtStatus]) -> bool {
 /// | `vsock-provider-busy` | a capture returned STATUS_DEVICE_BUSY and never succeeded | error |
 /// | `vsock-provider-busy-recovered` | the same, but a later capture succeeded | info |
 /// | `vsock-device-missing` | a capture found no `\Device\vmci` (name/path not found, no such device) | error, info if recovered |
+/// | `capture-ioctl-hung` | a capture attempt timed out (STATUS_IO_TIMEOUT on a capture line) | error, info if recovered |
 /// | `capture-retries-exhausted` | our agent gave up (`capture failed after N attempt(s)`) | error |
 /// | `driver-load-failed` | DriverEntry reported `load failed` | error |
 /// | `host-connection-refused` | STATUS_CONNECTION_REFUSED | error |
@@ -532,6 +533,30 @@ pub fn diagnose(lines: &[DecodedLine]) -> Vec<Finding> {
         });
     }
 
+    // Our adapter reports a capture IOCTL it waited 5 s for and cancelled
+    // as STATUS_IO_TIMEOUT (transient: the loop goes on).
+    let hung_caps: Vec<&DecodedLine> = captures
+        .iter()
+        .copied()
+        .filter(|d| has_status(d, &[NtStatus::STATUS_IO_TIMEOUT]))
+        .collect();
+    if !hung_caps.is_empty() {
+        let ev = lines_of(hung_caps.iter().copied());
+        explained.extend(&ev);
+        out.push(Finding {
+            id: "capture-ioctl-hung",
+            severity: if recovered { "info" } else { "error" },
+            cause: format!(
+                "{} capture IOCTL(s) hung: \\Driver\\vsock left 0x810320C0 pending until the agent timed it out{}",
+                ev.len(),
+                if recovered { "; a later attempt succeeded" } else { "" }
+            ),
+            explanation: "The agent waits at most 5 s for the capture IOCTL, then cancels it and counts the attempt as STATUS_IO_TIMEOUT (0xC00000B5), a transient failure: the loop goes on with the next attempt, and the 5 s count as time waited.".into(),
+            next_step: "Check that vsock.sys and vmci.sys are the versions VMware Tools installed together and that vmci's device started (`thinagent-diag loadorder`); a provider that never answers leaves the agent under its fail mode.".into(),
+            lines: ev,
+        });
+    }
+
     for d in lines {
         let m = lower(&d.message);
         if m.contains("capture failed after") {
@@ -630,6 +655,7 @@ pub fn diagnose(lines: &[DecodedLine]) -> Vec<Finding> {
 
     let timeouts: Vec<&DecodedLine> = lines
         .iter()
+        .filter(|d| !is_capture_line(d))
         .filter(|d| {
             let m = lower(&d.message);
             has_status(d, &[NtStatus::STATUS_IO_TIMEOUT, NtStatus::STATUS_TIMEOUT])
@@ -910,6 +936,25 @@ AUDIT: DriverEntry : ThinAgent loaded: 0x00000000
         assert_eq!(
             log.findings[1].cause,
             "vSockets provider captured after 3 attempt(s), 2000 ms waited"
+        );
+    }
+
+    #[test]
+    fn our_agent_with_hung_capture_ioctls() {
+        let text = "\
+WARN: VsockCapture : IOCTL 0x810320c0 still pending after 5000 ms or unload: cancelling it: 0x00000103
+WARN: VsockCapture : IOCTL 0x810320c0 completed after the cancel: 0xC0000120
+DEBUG: VsockCapture : capture attempt 1 timed out after 5000 ms, retrying in 1000 ms: 0xC00000B5
+ERROR: VsockCapture : capture failed after 2 attempt(s), 11000 ms waited, attempts exhausted: 0xC00000B5
+";
+        let log = decode(text);
+        let ids: Vec<_> = log.findings.iter().map(|f| f.id).collect();
+        assert_eq!(ids, ["capture-ioctl-hung", "capture-retries-exhausted"]);
+        assert_eq!(log.findings[0].severity, "error");
+        assert_eq!(log.findings[0].lines, [3, 4]);
+        assert_eq!(
+            log.findings[1].cause,
+            "capture retries exhausted after 2 attempt(s), 11000 ms waited"
         );
     }
 

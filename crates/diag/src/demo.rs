@@ -12,7 +12,9 @@ use core::time::Duration;
 use std::fmt::Write as _;
 
 use thinagent_guest::log::{LevelFilter, LogRecord, routine};
-use thinagent_guest::{Connector, ConnectorAction, Instant, Level, NtStatus, Params};
+use thinagent_guest::{
+    AttemptReport, Connector, ConnectorAction, Instant, Level, NtStatus, Params,
+};
 
 /// When the simulated drivers become usable, in virtual time since the
 /// capture loop started. `None`: never (the incident's machine).
@@ -62,55 +64,14 @@ pub fn run(params: &Params, boot: SimulatedBoot) -> DemoOutcome {
     let mut now = Duration::ZERO;
     let result = loop {
         let status = boot.capture_status(now);
-        let action = connector.on_attempt(status, Instant::ZERO + now);
+        let report = AttemptReport::instant(status, Instant::ZERO + now);
+        let action = connector.on_report(report);
+        // The driver's line for this attempt, from the guest core.
+        connector.log_line(&report, action).with_record(&mut emit);
         match action {
-            ConnectorAction::RetryAfter(delay) => {
-                let attempt = connector.attempts();
-                emit(
-                    &LogRecord::new(
-                        Level::Debug,
-                        routine::VSOCK_CAPTURE,
-                        format_args!(
-                            "capture attempt {attempt} failed, retrying in {} ms",
-                            delay.as_millis()
-                        ),
-                    )
-                    .with_status(status),
-                );
-                now += delay;
-            }
-            ConnectorAction::Connected { attempts, waited } => {
-                emit(
-                    &LogRecord::new(
-                        Level::Info,
-                        routine::VSOCK_CAPTURE,
-                        format_args!(
-                            "vSockets provider captured after {attempts} attempt(s), {} ms waited",
-                            waited.as_millis()
-                        ),
-                    )
-                    .with_status(status),
-                );
-                break action;
-            }
-            ConnectorAction::GiveUp {
-                attempts,
-                last_status,
-                waited,
-                reason,
-            } => {
-                let why = reason.describe();
-                emit(
-                    &LogRecord::new(
-                        Level::Error,
-                        routine::VSOCK_CAPTURE,
-                        format_args!(
-                            "capture failed after {attempts} attempt(s), {} ms waited, {why}",
-                            waited.as_millis()
-                        ),
-                    )
-                    .with_status(last_status),
-                );
+            ConnectorAction::RetryAfter(delay) => now += delay,
+            ConnectorAction::Connected { .. } => break action,
+            ConnectorAction::GiveUp { last_status, .. } => {
                 emit(
                     &LogRecord::new(
                         Level::Audit,

@@ -31,11 +31,35 @@
 //!   `STATUS_NO_SUCH_DEVICE`, `STATUS_DEVICE_DOES_NOT_EXIST`,
 //!   `STATUS_INSUFFICIENT_RESOURCES` — all mean "the vsock/vmci stack (or pool)
 //!   is not there *yet*".
-//! * **Fatal** (give up at once): everything else, including `STATUS_PENDING`.
+//! * **Transient** too: `STATUS_IO_TIMEOUT`, which is also what an attempt the
+//!   adapter *timed out* counts as (below).
+//! * **Fatal** (give up at once): everything else, including `STATUS_PENDING`
+//!   and `STATUS_CANCELLED` from a request the adapter did not time out.
 //!   The adapter must wait for a pending IRP and report its final
 //!   `IoStatus.Status` (as the seed does); a `STATUS_PENDING` reaching this
 //!   policy means an IRP is still outstanding, and retrying would stack a second
 //!   capture request on it, so it is treated as an adapter bug.
+//!
+//! # Attempts that hang
+//!
+//! The driver waits for the capture IOCTL at most 5 s, then cancels it and
+//! waits for its completion, which then usually carries `STATUS_CANCELLED`.
+//! That status says nothing about the provider; the attempt *timed out*. The
+//! adapter reports such an attempt with [`Connector::on_report`] and an
+//! [`AttemptReport`] whose `timed_out` is set: a failed attempt that timed
+//! out is classified as `STATUS_IO_TIMEOUT` (transient, so the loop goes on
+//! up to `max_attempts`), whatever status the cancelled request completed
+//! with. A request cancelled by someone else (or by unload) is reported
+//! without `timed_out` and keeps its own status.
+//!
+//! # Time waited
+//!
+//! `waited` (in [`ConnectorAction::Connected`] and [`ConnectorAction::GiveUp`],
+//! and in the log lines) is the sum of the delays this connector asked for
+//! **plus the time the attempts themselves took** (`ended - started` of each
+//! report): five hung attempts of 5 s with 1 s delays are 4 s of delays and
+//! 25 s in the IOCTL, 29 s waited. [`Connector::on_attempt`] reports an
+//! attempt that took no time (the simulators' model).
 //!
 //! # Differences from the seed's test driver (Listing 2)
 //!
@@ -53,6 +77,7 @@ use core::fmt;
 use core::time::Duration;
 
 use crate::clamp::{Clamp, Clamps, clamp_u64};
+use crate::log::{Level, LogRecord, routine};
 use crate::status::NtStatus;
 use crate::time::{Instant, duration_to_nanos};
 
@@ -216,13 +241,100 @@ impl ConnectorConfig {
         }
     }
 
-    /// Worst-case total wait before giving up: the sum of the delays after
-    /// failures `1..max_attempts` (no delay after the last one).
+    /// Worst-case total of the delays before giving up: the sum of the
+    /// delays after failures `1..max_attempts` (no delay after the last
+    /// one). Time spent inside the attempts comes on top (see
+    /// [`Connector::on_report`]); [`ConnectorConfig::worst_case_total`]
+    /// includes it.
     #[must_use]
     pub fn worst_case_wait(&self) -> Duration {
         (1..self.max_attempts).fold(Duration::ZERO, |acc, k| {
             acc.saturating_add(self.delay_after(k))
         })
+    }
+
+    /// Worst-case time waited before giving up when each attempt may take up
+    /// to `attempt_bound` (the adapter's IOCTL timeout, 5 s in the driver):
+    /// [`ConnectorConfig::worst_case_wait`] plus `max_attempts` times
+    /// `attempt_bound`. With the defaults and 5 s: 99 s + 500 s = 599 s.
+    #[must_use]
+    pub fn worst_case_total(&self, attempt_bound: Duration) -> Duration {
+        let attempts = attempt_bound
+            .checked_mul(self.max_attempts)
+            .unwrap_or(Duration::MAX);
+        self.worst_case_wait().saturating_add(attempts)
+    }
+}
+
+/// One capture attempt as the adapter saw it, for [`Connector::on_report`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptReport {
+    /// The attempt's final status: the open's status, or the capture IRP's
+    /// final `IoStatus.Status` (after a cancel, whatever it completed with).
+    pub status: NtStatus,
+    /// When the attempt began (before the open).
+    pub started: Instant,
+    /// When it ended (the IRP had completed).
+    pub ended: Instant,
+    /// The adapter's bounded wait for the request expired and the adapter
+    /// cancelled it itself (not because unload began). A failed attempt
+    /// that timed out counts as [`NtStatus::STATUS_IO_TIMEOUT`].
+    pub timed_out: bool,
+}
+
+impl AttemptReport {
+    /// An attempt made at `at` that took no time and did not time out.
+    #[must_use]
+    pub const fn instant(status: NtStatus, at: Instant) -> Self {
+        AttemptReport {
+            status,
+            started: at,
+            ended: at,
+            timed_out: false,
+        }
+    }
+
+    /// An attempt from `started` to `ended` that did not time out.
+    #[must_use]
+    pub const fn completed(status: NtStatus, started: Instant, ended: Instant) -> Self {
+        AttemptReport {
+            status,
+            started,
+            ended,
+            timed_out: false,
+        }
+    }
+
+    /// An attempt from `started` to `ended` whose request the adapter timed
+    /// out and cancelled; `status` is what the cancelled request completed
+    /// with (usually `STATUS_CANCELLED`).
+    #[must_use]
+    pub const fn timed_out(status: NtStatus, started: Instant, ended: Instant) -> Self {
+        AttemptReport {
+            status,
+            started,
+            ended,
+            timed_out: true,
+        }
+    }
+
+    /// How long the attempt took (zero if `ended` is before `started`).
+    #[must_use]
+    pub const fn duration(&self) -> Duration {
+        self.ended.saturating_duration_since(self.started)
+    }
+
+    /// The status the connector classifies and logs:
+    /// [`NtStatus::STATUS_IO_TIMEOUT`] for a failed attempt that timed out
+    /// (a request that succeeded before the cancel took effect keeps its
+    /// success), otherwise [`AttemptReport::status`].
+    #[must_use]
+    pub const fn effective_status(&self) -> NtStatus {
+        if self.timed_out && !Connector::is_connected(self.status) {
+            NtStatus::STATUS_IO_TIMEOUT
+        } else {
+            self.status
+        }
     }
 }
 
@@ -252,7 +364,8 @@ pub enum ConnectorAction {
     Connected {
         /// Attempts made, including the successful one.
         attempts: u32,
-        /// Sum of the delays this connector asked for.
+        /// Sum of the delays this connector asked for and of the attempts'
+        /// durations.
         waited: Duration,
     },
     /// Sleep this long, then attempt again and report it.
@@ -263,7 +376,8 @@ pub enum ConnectorAction {
         attempts: u32,
         /// Status of the last attempt.
         last_status: NtStatus,
-        /// Sum of the delays this connector asked for.
+        /// Sum of the delays this connector asked for and of the attempts'
+        /// durations.
         waited: Duration,
         /// Why.
         reason: GiveUpReason,
@@ -307,6 +421,86 @@ impl fmt::Display for ConnectorAction {
                     GiveUpReason::Fatal(s) => write!(f, "fatal status: {s}"),
                 }
             }
+        }
+    }
+}
+
+/// The capture loop's log line for one attempt ([`Connector::log_line`]):
+/// written as a [`LogRecord`] of routine `VsockCapture` it has Listing 1's
+/// shape `LEVEL: VsockCapture : message: 0xSTATUS`, e.g.
+///
+/// ```text
+/// DEBUG: VsockCapture : capture attempt 3 failed, retrying in 1000 ms: 0x80000011
+/// DEBUG: VsockCapture : capture attempt 1 timed out after 5000 ms, retrying in 1000 ms: 0xC00000B5
+/// INFO: VsockCapture : vSockets provider captured after 3 attempt(s), 2000 ms waited: 0x00000000
+/// ERROR: VsockCapture : capture failed after 100 attempt(s), 599000 ms waited, attempts exhausted: 0xC00000B5
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureLogLine {
+    /// DEBUG for a retry, INFO when connected, ERROR when giving up.
+    pub level: Level,
+    /// The status at the end of the line: the attempt's effective status,
+    /// or the give-up's `last_status`.
+    pub status: NtStatus,
+    /// The text between the routine and the status.
+    pub message: CaptureMessage,
+}
+
+impl CaptureLogLine {
+    /// Calls `f` with the line as a [`LogRecord`] (routine `VsockCapture`).
+    pub fn with_record<R>(&self, f: impl FnOnce(&LogRecord<'_>) -> R) -> R {
+        f(&LogRecord::new(
+            self.level,
+            routine::VSOCK_CAPTURE,
+            format_args!("{}", self.message),
+        )
+        .with_status(self.status))
+    }
+}
+
+impl fmt::Display for CaptureLogLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_record(|r| fmt::Display::fmt(r, f))
+    }
+}
+
+/// The message of a [`CaptureLogLine`] (its `Display`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureMessage {
+    action: ConnectorAction,
+    attempt: u32,
+    timed_out: bool,
+    took: Duration,
+}
+
+impl fmt::Display for CaptureMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.action {
+            ConnectorAction::RetryAfter(d) => {
+                write!(f, "capture attempt {} ", self.attempt)?;
+                if self.timed_out {
+                    write!(f, "timed out after {} ms", self.took.as_millis())?;
+                } else {
+                    f.write_str("failed")?;
+                }
+                write!(f, ", retrying in {} ms", d.as_millis())
+            }
+            ConnectorAction::Connected { attempts, waited } => write!(
+                f,
+                "vSockets provider captured after {attempts} attempt(s), {} ms waited",
+                waited.as_millis()
+            ),
+            ConnectorAction::GiveUp {
+                attempts,
+                waited,
+                reason,
+                ..
+            } => write!(
+                f,
+                "capture failed after {attempts} attempt(s), {} ms waited, {}",
+                waited.as_millis(),
+                reason.describe()
+            ),
         }
     }
 }
@@ -355,6 +549,7 @@ impl Connector {
                 | NtStatus::STATUS_NO_SUCH_DEVICE
                 | NtStatus::STATUS_DEVICE_DOES_NOT_EXIST
                 | NtStatus::STATUS_INSUFFICIENT_RESOURCES
+                | NtStatus::STATUS_IO_TIMEOUT
         )
     }
 
@@ -365,17 +560,31 @@ impl Connector {
         status.is_success() && status.0 != NtStatus::STATUS_PENDING.0
     }
 
-    /// Reports the outcome of one attempt made at `now`; returns what to do.
+    /// Reports the outcome of one attempt made at `now` that took no time
+    /// and did not time out ([`AttemptReport::instant`]); returns what to do.
     ///
     /// After a terminal action ([`ConnectorAction::is_terminal`]) every further
     /// call returns that same action and changes nothing.
     pub fn on_attempt(&mut self, status: NtStatus, now: Instant) -> ConnectorAction {
+        self.on_report(AttemptReport::instant(status, now))
+    }
+
+    /// Reports one attempt as the adapter saw it; returns what to do. The
+    /// attempt is classified by [`AttemptReport::effective_status`] (a
+    /// failed attempt that timed out is `STATUS_IO_TIMEOUT`, transient), and
+    /// its duration is added to the time waited.
+    ///
+    /// After a terminal action ([`ConnectorAction::is_terminal`]) every further
+    /// call returns that same action and changes nothing.
+    pub fn on_report(&mut self, report: AttemptReport) -> ConnectorAction {
         if let Some(done) = self.outcome {
             return done;
         }
+        let status = report.effective_status();
         self.attempts = self.attempts.saturating_add(1);
-        self.started.get_or_insert(now);
-        self.last_attempt = Some(now);
+        self.started.get_or_insert(report.started);
+        self.last_attempt = Some(report.started);
+        self.waited = self.waited.saturating_add(report.duration());
         let action = if Self::is_connected(status) {
             ConnectorAction::Connected {
                 attempts: self.attempts,
@@ -411,10 +620,32 @@ impl Connector {
         self.attempts
     }
 
-    /// Sum of the delays asked for so far.
+    /// Sum of the delays asked for and of the attempts' durations so far.
     #[must_use]
     pub const fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// The log line for `action`, which reporting `report` returned (the
+    /// adapters write it as the capture loop's line for that attempt; see
+    /// [`CaptureLogLine`]).
+    #[must_use]
+    pub fn log_line(&self, report: &AttemptReport, action: ConnectorAction) -> CaptureLogLine {
+        let (level, status) = match action {
+            ConnectorAction::Connected { .. } => (Level::Info, report.effective_status()),
+            ConnectorAction::RetryAfter(_) => (Level::Debug, report.effective_status()),
+            ConnectorAction::GiveUp { last_status, .. } => (Level::Error, last_status),
+        };
+        CaptureLogLine {
+            level,
+            status,
+            message: CaptureMessage {
+                action,
+                attempt: self.attempts,
+                timed_out: report.timed_out && !Self::is_connected(report.status),
+                took: report.duration(),
+            },
+        }
     }
 
     /// The terminal action, once reached.
@@ -544,6 +775,7 @@ mod tests {
             NtStatus::STATUS_NO_SUCH_DEVICE,
             NtStatus::STATUS_DEVICE_DOES_NOT_EXIST,
             NtStatus::STATUS_INSUFFICIENT_RESOURCES,
+            NtStatus::STATUS_IO_TIMEOUT,
         ] {
             let mut c = Connector::new(ConnectorConfig::default());
             assert_eq!(
@@ -669,7 +901,10 @@ mod tests {
             exp in any::<bool>(),
             factor in 0u32..40,
             cap_ms in 0u64..1_000_000,
-            statuses in proptest::collection::vec(status_strategy(), 1..400),
+            statuses in proptest::collection::vec(
+                (status_strategy(), 0u64..10_000, any::<bool>()),
+                1..400,
+            ),
         ) {
             let backoff = if exp { Backoff::Exponential { factor, cap: Duration::from_millis(cap_ms) } } else { Backoff::Fixed };
             let cfg = ConnectorConfig { max_attempts, delay: Duration::from_millis(delay_ms), backoff };
@@ -678,12 +913,22 @@ mod tests {
             let mut sum = Duration::ZERO;
             let mut terminal: Option<ConnectorAction> = None;
             let mut now = Instant::ZERO;
-            for s in statuses {
-                let a = c.on_attempt(s, now);
+            for (raw, took_ms, timed_out) in statuses {
+                let ended = now + Duration::from_millis(took_ms);
+                let report = AttemptReport { status: raw, started: now, ended, timed_out };
+                let s = report.effective_status();
+                let a = c.on_report(report);
                 if let Some(t) = terminal {
                     prop_assert_eq!(a, t);
                     continue;
                 }
+                if timed_out && !Connector::is_connected(raw) {
+                    prop_assert_eq!(s, NtStatus::STATUS_IO_TIMEOUT);
+                    let fatal = matches!(a, ConnectorAction::GiveUp { reason: GiveUpReason::Fatal(_), .. });
+                    prop_assert!(!fatal, "a timed-out attempt was fatal: {:?}", a);
+                }
+                sum += report.duration();
+                now = ended;
                 match a {
                     ConnectorAction::RetryAfter(d) => {
                         prop_assert!(d >= MIN_DELAY);
@@ -709,9 +954,245 @@ mod tests {
                 }
                 prop_assert!(c.attempts() <= eff.max_attempts);
                 prop_assert_eq!(c.waited(), sum);
+                prop_assert_eq!(c.elapsed(now), sum);
             }
-            prop_assert!(sum <= eff.worst_case_wait());
+            prop_assert!(sum <= eff.worst_case_total(Duration::from_millis(10_000)));
         }
+    }
+
+    /// The driver's IOCTL bound: a hung capture IOCTL is cancelled after it.
+    const IOCTL_BOUND: Duration = Duration::from_secs(5);
+
+    /// Runs the adapter's loop: each attempt starts at `now`, lasts what
+    /// `attempt` says and is reported; the delay is slept in full. Returns
+    /// every action, the log lines and the final time.
+    fn run_reports(
+        c: &mut Connector,
+        mut attempt: impl FnMut(u32, Instant) -> AttemptReport,
+    ) -> (Vec<ConnectorAction>, Vec<std::string::String>, Instant) {
+        let mut now = Instant::ZERO;
+        let mut actions = Vec::new();
+        let mut lines = Vec::new();
+        for n in 1.. {
+            let report = attempt(n, now);
+            let a = c.on_report(report);
+            lines.push(std::format!("{}", c.log_line(&report, a)));
+            actions.push(a);
+            now = report.ended;
+            match a {
+                ConnectorAction::RetryAfter(d) => now += d,
+                _ => break,
+            }
+        }
+        (actions, lines, now)
+    }
+
+    fn hung(_: u32, at: Instant) -> AttemptReport {
+        AttemptReport::timed_out(NtStatus::STATUS_CANCELLED, at, at + IOCTL_BOUND)
+    }
+
+    #[test]
+    fn hung_capture_ioctl_is_retried_up_to_capture_retry_count() {
+        // captureRetryCount from the registry, as the driver reads it.
+        let mut params = crate::Params::default();
+        params
+            .apply("captureRetryCount", crate::RegValue::Dword(7))
+            .unwrap();
+        let mut c = Connector::new(params.connector_config());
+        let (actions, lines, end) = run_reports(&mut c, hung);
+        assert_eq!(actions.len(), 7);
+        for a in &actions[..6] {
+            assert_eq!(*a, ConnectorAction::RetryAfter(DEFAULT_DELAY));
+        }
+        // 7 attempts of 5 s each and 6 delays of 1 s.
+        let waited = Duration::from_secs(7 * 5 + 6);
+        assert_eq!(
+            actions[6],
+            ConnectorAction::GiveUp {
+                attempts: 7,
+                last_status: NtStatus::STATUS_IO_TIMEOUT,
+                waited,
+                reason: GiveUpReason::AttemptsExhausted,
+            }
+        );
+        assert_eq!(c.waited(), waited);
+        assert_eq!(end, Instant::ZERO + waited);
+        assert_eq!(c.elapsed(end), waited);
+        assert_eq!(
+            lines[0],
+            "DEBUG: VsockCapture : capture attempt 1 timed out after 5000 ms, retrying in 1000 ms: 0xC00000B5"
+        );
+        assert_eq!(
+            lines[6],
+            "ERROR: VsockCapture : capture failed after 7 attempt(s), 41000 ms waited, attempts exhausted: 0xC00000B5"
+        );
+        for l in &lines {
+            let p = crate::parse_line(l).expect("Listing 1 shape");
+            assert_eq!(p.routine, "VsockCapture");
+            assert_eq!(p.status, Some(NtStatus::STATUS_IO_TIMEOUT));
+        }
+    }
+
+    #[test]
+    fn hung_capture_with_seed_defaults_waits_599_s() {
+        let cfg = ConnectorConfig::default();
+        let mut c = Connector::new(cfg);
+        let (actions, lines, end) = run_reports(&mut c, hung);
+        assert_eq!(actions.len(), 100);
+        assert_eq!(
+            *actions.last().unwrap(),
+            ConnectorAction::GiveUp {
+                attempts: 100,
+                last_status: NtStatus::STATUS_IO_TIMEOUT,
+                waited: Duration::from_secs(599),
+                reason: GiveUpReason::AttemptsExhausted,
+            }
+        );
+        assert_eq!(end, Instant::from_millis(599_000));
+        assert_eq!(cfg.worst_case_total(IOCTL_BOUND), Duration::from_secs(599));
+        let last = lines.last().unwrap();
+        assert_eq!(
+            last,
+            "ERROR: VsockCapture : capture failed after 100 attempt(s), 599000 ms waited, attempts exhausted: 0xC00000B5"
+        );
+        let p = crate::parse_line(last).unwrap();
+        assert_eq!(p.level, Level::Error);
+        assert_eq!(
+            p.message,
+            "capture failed after 100 attempt(s), 599000 ms waited, attempts exhausted"
+        );
+    }
+
+    /// The incident of issue 11: one hung IOCTL used to end the capture with
+    /// `capture failed after 1 attempt(s), 0 ms waited, status is not
+    /// transient: 0xC0000120`. Now the loop goes on (the boot
+    /// re-initialisation retry, an immediate attempt, is accepted too) and
+    /// the 5 s count as waited.
+    #[test]
+    fn one_hung_attempt_then_reinit_retry_connects() {
+        let mut c = Connector::new(ConnectorConfig::default());
+        let r1 = hung(1, Instant::ZERO);
+        let a1 = c.on_report(r1);
+        assert_eq!(a1, ConnectorAction::RetryAfter(DEFAULT_DELAY));
+        assert_eq!(c.outcome(), None);
+        assert_eq!(
+            std::format!("{}", c.log_line(&r1, a1)),
+            "DEBUG: VsockCapture : capture attempt 1 timed out after 5000 ms, retrying in 1000 ms: 0xC00000B5"
+        );
+        // The boot re-init callback wakes the loop 200 ms into the delay;
+        // that attempt takes 3 ms and succeeds.
+        let t = Instant::from_millis(5_200);
+        let r2 =
+            AttemptReport::completed(NtStatus::STATUS_SUCCESS, t, t + Duration::from_millis(3));
+        let a2 = c.on_report(r2);
+        assert_eq!(
+            a2,
+            ConnectorAction::Connected {
+                attempts: 2,
+                waited: Duration::from_millis(5_000 + 1_000 + 3),
+            }
+        );
+        assert_eq!(
+            std::format!("{}", c.log_line(&r2, a2)),
+            "INFO: VsockCapture : vSockets provider captured after 2 attempt(s), 6003 ms waited: 0x00000000"
+        );
+    }
+
+    #[test]
+    fn cancelled_without_our_timeout_keeps_its_status_and_is_fatal() {
+        let mut c = Connector::new(ConnectorConfig::default());
+        let r = AttemptReport::completed(
+            NtStatus::STATUS_CANCELLED,
+            Instant::from_millis(10),
+            Instant::from_millis(30),
+        );
+        assert_eq!(r.effective_status(), NtStatus::STATUS_CANCELLED);
+        let a = c.on_report(r);
+        assert_eq!(
+            a,
+            ConnectorAction::GiveUp {
+                attempts: 1,
+                last_status: NtStatus::STATUS_CANCELLED,
+                waited: Duration::from_millis(20),
+                reason: GiveUpReason::Fatal(NtStatus::STATUS_CANCELLED),
+            }
+        );
+        assert_eq!(
+            std::format!("{}", c.log_line(&r, a)),
+            "ERROR: VsockCapture : capture failed after 1 attempt(s), 20 ms waited, status is not transient: 0xC0000120"
+        );
+    }
+
+    #[test]
+    fn timed_out_attempt_classification() {
+        let at = Instant::ZERO;
+        let end = at + IOCTL_BOUND;
+        // Any failure of a request we timed out is a timeout.
+        for s in [
+            NtStatus::STATUS_CANCELLED,
+            NtStatus::STATUS_UNSUCCESSFUL,
+            NtStatus::STATUS_DEVICE_BUSY,
+        ] {
+            let r = AttemptReport::timed_out(s, at, end);
+            assert_eq!(r.effective_status(), NtStatus::STATUS_IO_TIMEOUT, "{s:?}");
+        }
+        // Completed before the cancel took effect: captured.
+        let r = AttemptReport::timed_out(NtStatus::STATUS_SUCCESS, at, end);
+        assert_eq!(r.effective_status(), NtStatus::STATUS_SUCCESS);
+        let mut c = Connector::new(ConnectorConfig::default());
+        let a = c.on_report(r);
+        assert_eq!(
+            a,
+            ConnectorAction::Connected {
+                attempts: 1,
+                waited: IOCTL_BOUND
+            }
+        );
+        assert_eq!(
+            std::format!("{}", c.log_line(&r, a)),
+            "INFO: VsockCapture : vSockets provider captured after 1 attempt(s), 5000 ms waited: 0x00000000"
+        );
+        // STATUS_IO_TIMEOUT from the provider itself is transient too.
+        assert!(Connector::is_transient(NtStatus::STATUS_IO_TIMEOUT));
+        assert!(!Connector::is_transient(NtStatus::STATUS_CANCELLED));
+    }
+
+    #[test]
+    fn waited_includes_every_attempts_duration() {
+        let mut c = Connector::new(ConnectorConfig {
+            max_attempts: 4,
+            ..ConnectorConfig::default()
+        });
+        // busy 2 ms, hung 5 s, busy 7 ms, busy 1 ms: 3 delays of 1 s.
+        let took = [2u64, 5_000, 7, 1];
+        let (actions, lines, end) = run_reports(&mut c, |n, at| {
+            let d = Duration::from_millis(took[n as usize - 1]);
+            if n == 2 {
+                AttemptReport::timed_out(NtStatus::STATUS_CANCELLED, at, at + d)
+            } else {
+                AttemptReport::completed(BUSY, at, at + d)
+            }
+        });
+        let waited = Duration::from_millis(2 + 5_000 + 7 + 1 + 3 * 1_000);
+        assert_eq!(
+            *actions.last().unwrap(),
+            ConnectorAction::GiveUp {
+                attempts: 4,
+                last_status: BUSY,
+                waited,
+                reason: GiveUpReason::AttemptsExhausted,
+            }
+        );
+        assert_eq!(c.elapsed(end), waited);
+        assert_eq!(
+            lines,
+            [
+                "DEBUG: VsockCapture : capture attempt 1 failed, retrying in 1000 ms: 0x80000011",
+                "DEBUG: VsockCapture : capture attempt 2 timed out after 5000 ms, retrying in 1000 ms: 0xC00000B5",
+                "DEBUG: VsockCapture : capture attempt 3 failed, retrying in 1000 ms: 0x80000011",
+                "ERROR: VsockCapture : capture failed after 4 attempt(s), 8010 ms waited, attempts exhausted: 0x80000011",
+            ]
+        );
     }
 
     #[test]

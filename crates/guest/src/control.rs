@@ -4,8 +4,9 @@
 //!
 //! * Names: the kernel device [`DEVICE_NAME`], its symbolic link
 //!   [`DOS_DEVICE_NAME`], and the path user mode opens, [`WIN32_PATH`].
-//! * Access: the device is created with [`DEVICE_SDDL`] (SYSTEM and
-//!   Administrators only), so only an elevated process can open it.
+//! * Access: the device's DACL grants [`DEVICE_ACCESS_MASK`] to SYSTEM and
+//!   the Administrators group and nobody else, so only an elevated process
+//!   can open it.
 //! * Requests (`DeviceIoControl`), both `METHOD_BUFFERED` with the vendor
 //!   device type [`FILE_DEVICE_THINAGENT`]:
 //!   - [`IOCTL_THINAGENT_GET_STATE`] (`FILE_READ_ACCESS`): no input; the
@@ -37,11 +38,20 @@ pub const DOS_DEVICE_NAME: &str = r"\DosDevices\ThinAgent";
 /// The path user mode passes to `CreateFileW`.
 pub const WIN32_PATH: &str = r"\\.\ThinAgent";
 
-/// The device object's security descriptor, in SDDL (`wdmsec.h`
-/// `IoCreateDeviceSecure`): protected DACL (`P`), generic-all for
-/// LocalSystem (`SY`) and the built-in Administrators group (`BA`), nobody
-/// else. Same string as `SDDL_DEVOBJ_SYS_ALL_ADM_ALL`.
-pub const DEVICE_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;BA)";
+/// The access the control device's DACL grants, `FILE_ALL_ACCESS`
+/// (`winnt.h`: 0x001F01FF), in two access-allowed ACEs: one for the built-in
+/// Administrators group (S-1-5-32-544), one for LocalSystem (S-1-5-18);
+/// nobody else has an ACE, so nobody else gets in. The driver builds that
+/// descriptor with `FltBuildDefaultSecurityDescriptor(&sd, DEVICE_ACCESS_MASK)`
+/// (fltmgr.sys: "only users with system or administrator privileges have
+/// access") and puts its DACL on the device (`ZwSetSecurityObject`) before
+/// the device has a link or can be opened. In SDDL: `D:(A;;FA;;;BA)(A;;FA;;;SY)`.
+///
+/// It includes `FILE_READ_DATA` and `FILE_WRITE_DATA`, the rights the I/O
+/// manager checks on the handle for [`IOCTL_THINAGENT_GET_STATE`]
+/// (`FILE_READ_ACCESS`) and [`IOCTL_THINAGENT_SET_DEBUG_LEVEL`]
+/// (`FILE_WRITE_ACCESS`).
+pub const DEVICE_ACCESS_MASK: u32 = 0x001F_01FF;
 
 /// Our `DEVICE_TYPE`: in the vendor range (`0x8000..=0xFFFF`; values below
 /// are Microsoft's, `devioctl.h`).
@@ -450,8 +460,24 @@ mod tests {
         assert!(DOS_DEVICE_NAME.ends_with(r"\ThinAgent"));
         assert!(WIN32_PATH.ends_with(r"\ThinAgent"));
         assert!(WIN32_PATH.starts_with(r"\\.\"));
-        assert!(DEVICE_SDDL.contains(";;;SY)") && DEVICE_SDDL.contains(";;;BA)"));
-        assert!(!DEVICE_SDDL.contains(";;;WD)"), "no access for Everyone");
+    }
+
+    #[test]
+    fn device_access_mask_opens_both_ioctls() {
+        // FILE_ALL_ACCESS = STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE | 0x1FF.
+        assert_eq!(DEVICE_ACCESS_MASK, 0x000F_0000 | 0x0010_0000 | 0x1FF);
+        // The I/O manager requires FILE_READ_DATA (1) for FILE_READ_ACCESS
+        // and FILE_WRITE_DATA (2) for FILE_WRITE_ACCESS, the code's bits 15..14.
+        for code in [IOCTL_THINAGENT_GET_STATE, IOCTL_THINAGENT_SET_DEBUG_LEVEL] {
+            let access = (code >> 14) & 3;
+            assert_ne!(access, 0, "{code:#x}");
+            assert_eq!(DEVICE_ACCESS_MASK & access, access, "{code:#x}");
+        }
+        // Not FLT_PORT_ALL_ACCESS (FLT_PORT_CONNECT | STANDARD_RIGHTS_ALL),
+        // which lacks FILE_WRITE_DATA.
+        assert_eq!(0x001F_0001 & FILE_WRITE_ACCESS, 0);
+        // No generic bits: the ACEs hold specific rights.
+        assert_eq!(DEVICE_ACCESS_MASK & 0xF000_0000, 0);
     }
 
     #[test]

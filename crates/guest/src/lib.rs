@@ -37,7 +37,10 @@ pub mod time;
 
 pub use cache::{CacheStats, CachedVerdict, InsertOutcome, VerdictCache};
 pub use clamp::{BoundedList, Clamp, Clamps};
-pub use connector::{Backoff, Connector, ConnectorAction, ConnectorConfig, GiveUpReason};
+pub use connector::{
+    AttemptReport, Backoff, CaptureLogLine, CaptureMessage, Connector, ConnectorAction,
+    ConnectorConfig, GiveUpReason,
+};
 pub use file_key::FileKey;
 pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
 pub use params::{

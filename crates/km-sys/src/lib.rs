@@ -22,16 +22,16 @@
 //!   only ever passed by pointer (`IRP`, `MDL`, ...) and exact layouts where
 //!   the size matters (`SOCKADDR`, `UNICODE_STRING`, `GUID`).
 //! * [`ntoskrnl`]: kernel exports windows-sys binds to ntdll or not at all
-//!   (`ZwClose`, `PsThreadType`), the `wdm.h` shapes of the thread-start and
-//!   IRP-completion callbacks, the viosock device-interface GUID.
+//!   (`ZwClose`, `ZwCreateFile`, `ZwSetSecurityObject`, `PsThreadType`),
+//!   the `wdm.h` shapes of the thread-start and IRP-completion callbacks,
+//!   the viosock device-interface GUID; its module docs say why these
+//!   declarations, not windows-sys's ntdll ones, reach the import table.
 //! * [`viosock`]: virtio-win's `viosock.sys` device interface (socket =
 //!   file object created with a `VIRTIO_VSOCK_PARAMS` extended attribute;
 //!   connect/shutdown IOCTLs; data by read/write IRPs), `sockaddr_vm`.
 //! * [`registry`]: `ZwOpenKey` / `ZwQueryValueKey` from ntoskrnl
 //!   (windows-sys binds them to user-mode ntdll; `ZwClose` is in
 //!   [`ntoskrnl`]).
-//! * [`wdmsec`]: `WdmlibIoCreateDeviceSecure` (`IoCreateDeviceSecure`) from
-//!   the WDK's static `wdmsec.lib`.
 //! * [`fltmgr`]: the Filter Manager, re-exported from Microsoft's
 //!   `windows-sys` (not hand-written), with compile-time size checks on the
 //!   structures the driver relies on.
@@ -62,8 +62,6 @@ pub mod ntoskrnl;
 pub mod registry;
 pub mod viosock;
 pub mod vmci;
-#[cfg(any())]
-pub mod wdmsec;
 pub mod wsk;
 
 pub use nt::NTSTATUS;
