@@ -512,3 +512,36 @@ fn unload_is_refused_while_the_boot_reinit_routine_is_pending() {
     assert_eq!(r.json["results"]["filter-unload"], 0);
     r.assert_nothing_left();
 }
+
+/// A KVM guest: vsockTransport = 2, virtio-win's viosock interface arrives
+/// at 2 s (PnP notification), the driver opens the device, creates a
+/// socket (ZwCreateFile with the VIRTIO_VSOCK_PARAMS extended attribute),
+/// connects (IOCTL_SOCKET_CONNECT, a 12-byte sockaddr_vm) and talks to the
+/// real scanner with read/write IRPs; unload releases everything.
+#[test]
+fn virtio_transport_connects_through_the_viosock_interface() {
+    let Some(r) = run("virtio", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.capture_attempts(), vec![], "no VMCI capture with vsockTransport 2");
+    assert!(r.has_line("(guest CID 3)"), "IOCTL_GET_CONFIG on the control file");
+    let (t, _) = r.line("connected to CID 2 port").unwrap();
+    assert_eq!(t, 2000.0, "connected when the interface arrived");
+    assert!(r.has_line("(virtio)"));
+    let connects = r.json["viosock_connects"].as_array().unwrap();
+    assert_eq!(connects[0]["family"], 40, "AF_VSOCK");
+    assert_eq!(connects[0]["cid"], 2);
+    let s = &r.json["viosock_sockets"][0];
+    assert_eq!(
+        Report::frames(s["sent"].as_str().unwrap()).first(),
+        Some(&"Hello")
+    );
+    assert_eq!(
+        Report::frames(s["received"].as_str().unwrap()).first(),
+        Some(&"HelloAck")
+    );
+    assert_eq!(r.json["results"]["filter-unload"], 0);
+    r.assert_nothing_left();
+    assert_eq!(s["closed"], true, "the socket's file object was released");
+}

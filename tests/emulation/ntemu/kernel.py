@@ -69,6 +69,7 @@ class Kernel:
         self.namespace = {}  # lower-case device name -> Device
         self.devices_by_addr = {}  # device object addr -> Device (ours)
         self.symlinks = {}
+        self.driver_symlinks = set()  # the links the driver created
         self.driver_devices = []  # device objects the driver created
         self.irps = {}  # irp addr -> dict(device=..., pending=bool)
         self.spinlocks = {}  # lock addr -> holder (tid) or None
@@ -113,6 +114,10 @@ class Kernel:
         if o.refs <= 0:
             raise EmulationError(f"ObfDereferenceObject({addr:#x}) ({o.kind} {o.name}): reference count already 0")
         o.refs -= 1
+        if o.refs == 0 and o.kind == "file":
+            device = getattr(o, "device", None)
+            if device is not None and hasattr(device, "closed_file"):
+                device.closed_file(addr)
 
     def new_event_object(self, addr, kind, signalled):
         self.m.dispatcher[addr] = DispatcherObject(kind, signalled)
@@ -262,6 +267,7 @@ class Kernel:
         self.m.w16(fo + L.FO_SIZE, L.FILE_OBJECT_SIZE)
         self.m.w64(fo + L.FO_DEVICE_OBJECT, device.device_object)
         self.objects[fo] = KObject("file", fo, device.name)
+        self.objects[fo].device = device
         return fo
 
     def api_IoGetDeviceObjectPointer(self, m):
@@ -274,9 +280,26 @@ class Kernel:
         open_status = device.open_status(self) if hasattr(device, "open_status") else STATUS_SUCCESS
         if open_status != STATUS_SUCCESS:
             return open_status
-        fo = self.new_file_object(device)
+        # a device with a create path (viosock) opens its control file here
+        fo = device.create(self, 0, 0) if hasattr(device, "create") else self.new_file_object(device)
         m.w64(file_out, fo)
         m.w64(dev_out, device.device_object)
+        return STATUS_SUCCESS
+
+    def api_ZwCreateFile(self, m):
+        (out, access, oa, iosb, alloc, attrs, share, disposition, options, ea, ea_len) = m.args(11)
+        name = m.unicode_string(m.r64(oa + L.OA_OBJECT_NAME))
+        if not m.r32(oa + L.OA_ATTRIBUTES) & 0x200:
+            raise EmulationError(f"ZwCreateFile({name}) without OBJ_KERNEL_HANDLE")
+        device = self.resolve(name)
+        self.emit("api", name="ZwCreateFile", path=name, found=device is not None, ea_len=ea_len)
+        if device is None or not hasattr(device, "create"):
+            m.w32(iosb, STATUS_OBJECT_NAME_NOT_FOUND)
+            return STATUS_OBJECT_NAME_NOT_FOUND
+        fo = device.create(self, ea, ea_len)
+        m.w64(out, self.new_handle(fo))
+        m.w32(iosb, STATUS_SUCCESS)
+        m.w64(iosb + 8, 1)  # FILE_OPENED
         return STATUS_SUCCESS
 
     def api_ObfDereferenceObject(self, m):
@@ -339,6 +362,7 @@ class Kernel:
         if key in self.symlinks:
             return STATUS_OBJECT_NAME_COLLISION
         self.symlinks[key] = target
+        self.driver_symlinks.add(key)
         return STATUS_SUCCESS
 
     def api_IoDeleteSymbolicLink(self, m):

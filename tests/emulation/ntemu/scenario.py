@@ -14,6 +14,7 @@ import traceback
 from .fltmgr import FilterManager
 from .kernel import REG_DWORD, REG_SZ, Kernel
 from .machine import IMAGE_BASE, PROVIDER_IMAGE, PROVIDER_IMAGE_SIZE, EmulationError, Machine
+from .viosock import ViosockDevice
 from .vmci import VmciDevice
 from .wsk import WskProvider
 
@@ -48,6 +49,7 @@ class World:
             if k.lower() == "hostport":
                 host_port = struct.unpack("<I", v)[0]
         self.provider = WskProvider(self, scanner, host_cid=2, host_port=host_port if host_port is not None else 5317)
+        self.viosock = ViosockDevice(self, scanner, (2, host_port if host_port is not None else 5317))
         if vmci is not None:
             vmci.provider = self.provider
             self.k.add_device(vmci, "\\Driver\\vsock", PROVIDER_IMAGE, PROVIDER_IMAGE_SIZE)
@@ -90,7 +92,7 @@ class World:
                 continue
             if m.wake_ready():
                 continue
-            if self.provider.poll(self.reply_wait):
+            if self.provider.poll(self.reply_wait) or self.viosock.poll(self.reply_wait):
                 m.wake_ready()
                 continue
             due = [a for a in self.actions if a[0] <= m.now]
@@ -144,8 +146,13 @@ class World:
                 for b in self.provider.sockets.values()
             ],
             "connects": self.provider.connects,
+            "viosock_sockets": [
+                {"sent": b"".join(b.sent).hex(), "received": b"".join(b.received).hex(), "closed": b.closed}
+                for b in self.viosock.sockets.values()
+            ],
+            "viosock_connects": self.viosock.connects,
             "devices_left": [hex(d) for d in self.k.driver_devices],
-            "symlinks_left": sorted(self.k.symlinks),
+            "symlinks_left": sorted(k for k in self.k.driver_symlinks if k in self.k.symlinks),
             "pnp_live": sum(1 for p in self.k.pnp if p["live"]),
             "irps_live": len(self.k.irps),
             "security": {hex(k): v for k, v in self.k.security_set.items()},
@@ -307,7 +314,25 @@ def scenario_unload_refused(driver, args, held):
     return w
 
 
+def scenario_virtio(driver, args, held):
+    """A KVM guest: no \\Device\\vmci; virtio-win's viosock interface
+    arrives at 2 s (vsockTransport = 2)."""
+    w = held["world"] = World(
+        driver, start_type=0, scanner=scanner_address(args),
+        parameters=scanner_params(args, dict(DEBUG, vsockTransport=dword(2))),
+    )
+    w.k.add_device(w.viosock, "\\Driver\\viosock")
+    w.boot()
+    w.at(2000, w.viosock.arrive)
+    w.run(until=lambda: connected(w), max_ms=20_000)
+    w.unload()
+    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
+    w.run(max_ms=1000)
+    return w
+
+
 SCENARIOS = {
+    "virtio": scenario_virtio,
     "clean-machine": scenario_clean_machine,
     "seed-machine-boot-start": lambda d, a, h: scenario_seed_machine(d, a, h, start_type=0, busy=5, reinit_at=2500),
     "seed-machine-sc-start": lambda d, a, h: scenario_seed_machine(d, a, h, start_type=3, busy=3),
