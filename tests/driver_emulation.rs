@@ -305,6 +305,10 @@ fn clean_machine_captures_at_the_first_attempt_and_says_hello_to_the_scanner() {
     assert!(r.has_line("AUDIT: DriverEntry : ThinAgent loaded: 0x00000000"));
     assert_eq!(r.json["filtering"], true);
     assert_connected_with_handshake(&r);
+    // boot start: the re-initialisation routine is registered by
+    // DriverEntry, and when it runs after the capture it only says so
+    assert_eq!(r.json["results"]["boot-reinit"], 0);
+    assert!(r.has_line("boot drivers initialised (call 1): provider already captured"));
     // The control device got its DACL before DriverEntry returned.
     let sec = r.json["security"].as_object().unwrap();
     assert_eq!(sec.len(), 1, "one object secured: {sec:?}");
@@ -434,6 +438,10 @@ fn a_hung_capture_ioctl_is_cancelled_and_the_loop_goes_on() {
         return;
     };
     r.assert_clean();
+    assert_eq!(
+        r.json["entry_ms"], 0.0,
+        "DriverEntry waited for a capture IOCTL"
+    );
     let cancelled: Vec<_> = r
         .events("capture-ioctl")
         .into_iter()

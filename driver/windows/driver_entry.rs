@@ -16,7 +16,7 @@
 //!    [`filter_callbacks::start_filtering`] (`FltStartFiltering`);
 //! 5. [`vsock_capture::start`]: the provider capture and the session
 //!    thread. **Never a reason to fail**: with the default `captureMode` it
-//!    makes one quick attempt and hands the loop to a system thread; until a
+//!    starts a system thread for the whole loop and returns; until a
 //!    session is up the filter answers by `failMode`. A failure status from
 //!    it (e.g. no thread could be created, or a blocking-mode capture that
 //!    gave up) is logged at ERROR and the driver stays loaded, filtering

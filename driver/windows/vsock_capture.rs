@@ -21,9 +21,11 @@
 //! success the file object stays referenced (it pins `vsock.sys`, whose
 //! functions we are about to call) until the link thread ends.
 //!
-//! **Where the loop runs** (`captureMode`): `Deferred` (default) makes one
-//! quick attempt in [`start`], then the bounded loop continues on the link
-//! thread, and `IoRegisterBootDriverReinitialization` wakes it for an
+//! **Where the loop runs** (`captureMode`): `Deferred` (default) runs the
+//! whole bounded loop on the link thread, first attempt at once (not one
+//! IOCTL in `DriverEntry`: a pending capture IOCTL would hold `DriverEntry`,
+//! and every boot driver after it, for the IOCTL's bounded wait), and
+//! `IoRegisterBootDriverReinitialization` wakes it for an
 //! immediate retry "after all devices have been enumerated and started"
 //! (its documentation; that is when a deferred `vmci.sys` start has
 //! happened). It is registered only once the thread runs, since the routine
@@ -210,8 +212,8 @@ impl Drop for VmciCapture {
     }
 }
 
-/// What the capture state carries between the quick attempt in [`start`]
-/// and the loop on the link thread.
+/// What the capture state carries from [`start`] to the loop on the link
+/// thread.
 struct CaptureState {
     connector: Connector,
     vmci: bool,
@@ -225,8 +227,8 @@ struct CaptureState {
 struct LinkContext {
     agent: &'static Agent,
     state: CaptureState,
-    /// Set when the capture already finished in [`start`] (quick attempt
-    /// succeeded, or the blocking loop ran): `Some(Some(l))` a transport is
+    /// Set when the capture already finished in [`start`] (the blocking
+    /// loop ran): `Some(Some(l))` a transport is
     /// there, `Some(None)` gave up.
     done: Option<Option<Found>>,
 }
@@ -796,12 +798,23 @@ unsafe extern "system" fn boot_reinit(
     _context: *const c_void,
     count: u32,
 ) {
-    klog!(
-        Level::Info,
-        routine::VSOCK_CAPTURE,
-        "boot drivers initialised (call {}): retrying the capture now",
-        count
-    );
+    let captured = super::agent::get()
+        .is_some_and(|a| a.stats.provider_captured.load(Ordering::Relaxed));
+    if captured {
+        klog!(
+            Level::Info,
+            routine::VSOCK_CAPTURE,
+            "boot drivers initialised (call {}): provider already captured",
+            count
+        );
+    } else {
+        klog!(
+            Level::Info,
+            routine::VSOCK_CAPTURE,
+            "boot drivers initialised (call {}): retrying the capture now",
+            count
+        );
+    }
     WAKE.set();
     // Last: from here on the routine only returns, and the I/O manager
     // holds no further reference to it.
@@ -922,20 +935,13 @@ pub fn start(agent: &'static Agent, driver: *mut DRIVER_OBJECT) -> NTSTATUS {
     let mut want_reinit = false;
     match agent.params.capture_mode {
         CaptureMode::Deferred => {
-            if state.vmci {
-                match attempt(agent, &mut state) {
-                    Attempt::Captured(cap) => done = Some(Some(Found::Vmci(cap))),
-                    Attempt::Retry(d) => state.next_delay = Some(d),
-                    Attempt::GaveUp => {
-                        if !state.virtio || state.vmci_device_seen {
-                            done = Some(None);
-                        } else {
-                            state.vmci = false;
-                        }
-                    }
-                }
-                want_reinit = done.is_none() && state.vmci && BOOT_START.load(Ordering::Acquire);
-            }
+            // No attempt here: even one capture IOCTL can hold DriverEntry
+            // (and every boot driver after this one) for the IOCTL's whole
+            // bounded wait when vsock.sys leaves it pending. The link
+            // thread makes the first attempt at once. For a boot-start load
+            // the re-initialisation routine is registered up front: it only
+            // wakes the loop, and is harmless once the capture is done.
+            want_reinit = state.vmci && BOOT_START.load(Ordering::Acquire);
         }
         CaptureMode::Blocking => {
             klog!(

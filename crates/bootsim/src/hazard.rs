@@ -573,7 +573,7 @@ fn needed_devices(model: &Model, order: &LoadOrder, needs: &NeedsTable, out: &mu
                     }
                 }
                 fix.push_str(&format!(
-                    "; or (3) make {t} retry after boot instead of failing DriverEntry: one quick attempt, then a worker thread and IoRegisterBootDriverReinitialization (ThinAgent's default)"
+                    "; or (3) make {t} retry after boot instead of failing DriverEntry: the loop in a worker thread and IoRegisterBootDriverReinitialization (ThinAgent's default)"
                 ));
                 let id = if d.role.is_class_wide() {
                     HazardId::ClassFilterDefersNeededDevice

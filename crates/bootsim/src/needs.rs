@@ -93,9 +93,9 @@ impl Need {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentStyle {
-    /// ThinAgent: one quick attempt in `DriverEntry` (which succeeds either
-    /// way), the bounded loop in a worker thread, one more attempt from the
-    /// boot-driver reinitialisation callback.
+    /// ThinAgent: `DriverEntry` succeeds at once, the bounded loop (first
+    /// attempt immediately) runs in a worker thread, one more attempt from
+    /// the boot-driver reinitialisation callback.
     DeferredRetry,
     /// VMware's vsepflt: the bounded loop inside `DriverEntry`, which fails
     /// when it is exhausted and holds back every later boot driver meanwhile.

@@ -17,8 +17,9 @@
 //! * A **blocking** agent (VMware's `vsepflt`) runs the connector inside its
 //!   `DriverEntry`: the boot waits for it, so nothing else changes meanwhile,
 //!   and `DriverEntry` fails when the connector gives up.
-//! * A **deferred-retry** agent (ThinAgent) makes one attempt in `DriverEntry`,
-//!   returns, and continues in a worker thread on the connector's schedule,
+//! * A **deferred-retry** agent (ThinAgent) returns from `DriverEntry` at
+//!   once; its worker thread makes the first attempt at that moment and
+//!   continues on the connector's schedule,
 //!   concurrently with the rest of the boot; the boot-driver reinitialisation
 //!   callback (after the last boot driver) makes one more attempt at once.
 //!   After the boot the worker continues until the connector is done.
@@ -537,7 +538,7 @@ impl<'a> Run<'a> {
                         self.timeline.push(TimelineLine { t_ms: t0, line: l });
                     }
                 }
-                match self.attempt(t0, " in DriverEntry") {
+                match self.attempt(t0, " in the worker thread") {
                     ConnectorAction::RetryAfter(d) => {
                         self.next_attempt = Some(t0.saturating_add(ms(d)));
                         self.emit(

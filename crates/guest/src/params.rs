@@ -159,8 +159,8 @@ pub enum FailMode {
 /// Where the driver runs its vSockets capture loop (`captureMode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CaptureMode {
-    /// One quick attempt in `DriverEntry`, then the bounded loop continues on
-    /// a system worker thread (and again once boot drivers are initialised)
+    /// `DriverEntry` returns at once; the bounded loop runs on a system
+    /// worker thread (first attempt immediately) (and again once boot drivers are initialised)
     /// while the filter already runs under the fail mode. Default.
     #[default]
     Deferred,

@@ -208,6 +208,10 @@ def scenario_clean_machine(driver, args, held):
     w.boot()
     w.run(until=lambda: w.entry_status is not None, max_ms=1000)
     w.run(until=lambda: connected(w) and w.provider.sockets and any(s.received for s in w.provider.sockets.values()), max_ms=5000)
+    # boot start: the re-initialisation routine was registered; it runs
+    # once the boot drivers are done, after the capture here
+    w.fire_boot_reinit()
+    w.run(until=lambda: "boot-reinit" in w.results, max_ms=1000)
     return w
 
 
