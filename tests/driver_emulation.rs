@@ -553,3 +553,45 @@ fn virtio_transport_connects_through_the_viosock_interface() {
     r.assert_nothing_left();
     assert_eq!(s["closed"], true, "the socket's file object was released");
 }
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// What `thinagent-diag agent-state` does, through the driver's own
+/// dispatch routines: open, get the state (decoded with the same
+/// `guest::control` the client uses), a too-short buffer, set debugLevel,
+/// an out-of-range level, close.
+#[test]
+fn control_device_reports_the_state_and_sets_the_debug_level() {
+    use thinagent_guest::control::AgentState;
+    let Some(r) = run("control-device", true) else {
+        return;
+    };
+    r.assert_clean();
+    let res = &r.json["results"];
+    for step in ["create", "get-state", "set-debug-level", "get-state-after", "close"] {
+        assert_eq!(res[step]["status"], 0, "{step}: {}", res[step]);
+        assert_eq!(res[step]["returned"], res[step]["status"], "{step}");
+    }
+    assert_eq!(res["get-state"]["information"], AgentState::SIZE);
+    let state = AgentState::from_bytes(&hex_bytes(res["get-state"]["output"].as_str().unwrap()))
+        .expect("the state decodes");
+    assert!(state.connected);
+    assert!(state.provider_captured);
+    assert_eq!(state.capture_attempts, 3);
+    assert_eq!(state.last_capture_status, NtStatus::STATUS_SUCCESS);
+    assert_eq!(state.sessions, 1);
+    assert_eq!(state.debug_level, 4);
+    let after =
+        AgentState::from_bytes(&hex_bytes(res["get-state-after"]["output"].as_str().unwrap()))
+            .unwrap();
+    assert_eq!(after.debug_level, 2, "set-debug-level took effect");
+    // refused requests: STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER
+    assert_eq!(res["get-state-short"]["status"], 0xC000_0023_u32);
+    assert_eq!(res["set-debug-level-bad"]["status"], 0xC000_000D_u32);
+    assert!(r.has_line("AUDIT: ControlDevice : debugLevel set to 2 (was 4)"));
+}

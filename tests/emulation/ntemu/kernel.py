@@ -553,6 +553,18 @@ class Kernel:
                     "a driver-allocated IRP finished completion without STATUS_MORE_PROCESSING_REQUIRED"
                 )
 
+    def api_IofCompleteRequest(self, m):
+        """The driver completes an IRP the I/O manager sent to its own
+        device (the control device): record the result."""
+        irp, boost = m.args(2)
+        info = self.irps.get(irp)
+        if info is None or not info.get("to_driver"):
+            raise EmulationError(f"IofCompleteRequest({irp:#x}): not an IRP the I/O manager sent to the driver")
+        if info.get("completed"):
+            raise EmulationError("IofCompleteRequest twice on the same IRP")
+        info["completed"] = (s32(m.r32(irp + L.IRP_IOSTATUS_STATUS)) & 0xFFFFFFFF, m.r64(irp + L.IRP_IOSTATUS_INFORMATION))
+        return 0
+
     def api_IoCancelIrp(self, m):
         (irp,) = m.args(1)
         info = self.irps.get(irp)

@@ -135,6 +135,55 @@ class World:
         """Filter Manager's unload: the registered FilterUnloadCallback."""
         self.call_in_thread("filter-unload", self.flt.registration.unload, 1 if mandatory else 0)
 
+    def device_request(self, name, major, code=0, data=b"", out_len=0):
+        """What the I/O manager does for a user-mode CreateFile /
+        DeviceIoControl / CloseHandle on the driver's device ``name``: an
+        IRP with one stack location, a file object, a METHOD_BUFFERED
+        system buffer, sent to the driver's MajorFunction[major] on a thread
+        of its own. The outcome lands in results[name]: (status, info,
+        output bytes as hex)."""
+        from . import layouts as L
+
+        m, k = self.m, self.k
+        dev = next(d for d in k.driver_devices if k.objects[d].name == "\\Device\\ThinAgent")
+        if not hasattr(self, "_control_file"):
+            self._control_file = m.system.alloc(L.FILE_OBJECT_SIZE, tag=b"File")
+            m.w64(self._control_file + L.FO_DEVICE_OBJECT, dev)
+        irp = m.system.alloc(L.IRP_SIZE + L.ISL_SIZE, tag=b"Irp ")
+        k._init_irp(irp, 1, L.IRP_SIZE + L.ISL_SIZE)
+        sl = irp + L.IRP_SIZE
+        m.w8(irp + L.IRP_CURRENT_LOCATION, 1)
+        m.w64(irp + L.IRP_CURRENT_STACK_LOCATION, sl)
+        m.w8(irp + L.IRP_REQUESTOR_MODE, 1)  # UserMode
+        m.w8(sl + L.ISL_MAJOR, major)
+        m.w64(sl + L.ISL_DEVICE_OBJECT, dev)
+        m.w64(sl + L.ISL_FILE_OBJECT, self._control_file)
+        buf = 0
+        if major == L.IRP_MJ_DEVICE_CONTROL:
+            buf = m.system.alloc(max(len(data), out_len, 1), tag=b"SysB")
+            m.write(buf, data)
+            m.w64(irp + L.IRP_SYSTEM_BUFFER, buf)
+            m.w32(sl + L.ISL_IOCTL_CODE, code)
+            m.w32(sl + L.ISL_IOCTL_INPUT_LENGTH, len(data))
+            m.w32(sl + L.ISL_IOCTL_OUTPUT_LENGTH, out_len)
+        k.irps[irp] = {"stack": 1, "pending": False, "to_driver": True}
+        dispatch = m.r64(self.driver_object + L.DO_MAJOR_FUNCTION + 8 * major)
+        if dispatch == 0:
+            raise EmulationError(f"the driver has no dispatch routine for major function {major:#x}")
+        tag = f"{name}-dispatch"
+
+        def finish(t):
+            done = k.irps[irp].get("completed")
+            if done is None:
+                raise EmulationError(f"{name}: the dispatch routine returned without completing the IRP")
+            status, info = done
+            out = m.read(buf, min(info, out_len)).hex() if buf and out_len else ""
+            self.results[name] = {"returned": t.result & 0xFFFFFFFF, "status": status, "information": info, "output": out}
+            del k.irps[irp]
+
+        self.k.emit("callback", name=tag)
+        self.m.spawn(tag, dispatch, dev, irp, on_exit=finish)
+
     def lines(self):
         return [e["line"] for e in self.trace if e["kind"] == "dbgprint"]
 
@@ -318,6 +367,36 @@ def scenario_unload_refused(driver, args, held):
     return w
 
 
+IOCTL_GET_STATE = (0x8A1E << 16) | (1 << 14) | (0x800 << 2) | 0
+IOCTL_SET_DEBUG_LEVEL = (0x8A1E << 16) | (2 << 14) | (0x801 << 2) | 0
+
+
+def scenario_control_device(driver, args, held):
+    """What `thinagent-diag agent-state` does: open \\\\.\\ThinAgent, ask for
+    the state, set debugLevel, close."""
+    from . import layouts as L
+
+    w = held["world"] = World(
+        driver, start_type=3, vmci=VmciDevice(busy_until=2), scanner=scanner_address(args),
+        parameters=scanner_params(args, DEBUG),
+    )
+    w.boot()
+    w.run(until=lambda: connected(w), max_ms=10_000)
+    steps = [
+        ("create", L.IRP_MJ_CREATE, 0, b"", 0),
+        ("get-state", L.IRP_MJ_DEVICE_CONTROL, IOCTL_GET_STATE, b"", 104),
+        ("get-state-short", L.IRP_MJ_DEVICE_CONTROL, IOCTL_GET_STATE, b"", 16),
+        ("set-debug-level", L.IRP_MJ_DEVICE_CONTROL, IOCTL_SET_DEBUG_LEVEL, struct.pack("<I", 2), 0),
+        ("set-debug-level-bad", L.IRP_MJ_DEVICE_CONTROL, IOCTL_SET_DEBUG_LEVEL, struct.pack("<I", 99), 0),
+        ("get-state-after", L.IRP_MJ_DEVICE_CONTROL, IOCTL_GET_STATE, b"", 104),
+        ("close", L.IRP_MJ_CLOSE, 0, b"", 0),
+    ]
+    for name, major, code, data, out_len in steps:
+        w.device_request(name, major, code, data, out_len)
+        w.run(until=lambda n=name: n in w.results, max_ms=1000)
+    return w
+
+
 def scenario_virtio(driver, args, held):
     """A KVM guest: no \\Device\\vmci; virtio-win's viosock interface
     arrives at 2 s (vsockTransport = 2)."""
@@ -336,6 +415,7 @@ def scenario_virtio(driver, args, held):
 
 
 SCENARIOS = {
+    "control-device": scenario_control_device,
     "virtio": scenario_virtio,
     "clean-machine": scenario_clean_machine,
     "seed-machine-boot-start": lambda d, a, h: scenario_seed_machine(d, a, h, start_type=0, busy=5, reinit_at=2500),
