@@ -18,15 +18,15 @@
 //! generated crate: `Wdk_*` features) or, where that crate has nothing or
 //! binds the wrong library, from `thinagent-km-sys`. That is a deliberate
 //! choice: `wdk-sys` can only be generated on a Windows host with the WDK,
-//! whereas windows-sys type-checks here, so `.ci/typecheck-driver` compiles
+//! whereas windows-sys builds here, so `.ci/build-driver` compiles and links
 //! this whole module for `x86_64-pc-windows-msvc` on Linux with
-//! `--cfg thinagent_typecheck`. windows-drivers-rs still provides the build
-//! (`wdk-build`), the allocator (`wdk-alloc`) and the panic handler
-//! (`wdk-panic`). Every windows-sys routine used must be imported from a
+//! `--cfg thinagent_no_wdk` (`no_wdk.rs` stands in for the two crates below).
+//! On Windows, windows-drivers-rs provides the build (`wdk-build`), the
+//! allocator (`wdk-alloc`) and the panic handler (`wdk-panic`). Every windows-sys routine used must be imported from a
 //! kernel module (`ntoskrnl.exe`, `fltmgr.sys`, `hal.dll`, `netio.sys`):
 //! windows-sys also binds user-mode `ntdll.dll` routines under `Wdk`, and a
-//! driver importing from ntdll does not load. `tests/driver_kernel_imports.rs`
-//! checks that rule against the windows-sys sources.
+//! driver importing from ntdll does not load. `tests/driver_pe.rs` checks
+//! that rule on the import table of the linked `thinagent.sys`.
 
 #[cfg(not(any(test, thinagent_no_wdk)))]
 extern crate wdk_panic;
