@@ -595,3 +595,23 @@ fn control_device_reports_the_state_and_sets_the_debug_level() {
     assert_eq!(res["set-debug-level-bad"]["status"], 0xC000_000D_u32);
     assert!(r.has_line("AUDIT: ControlDevice : debugLevel set to 2 (was 4)"));
 }
+
+/// A capture reply without a WSK provider NPI inside vsock.sys: the driver
+/// calls nothing through it (no provider function runs), says so with
+/// 0xC00000BB, keeps filtering under failMode and unloads cleanly.
+#[test]
+fn an_unrecognised_capture_reply_is_never_called_through() {
+    let Some(r) = run("unrecognised-capture-reply", true) else {
+        return;
+    };
+    r.assert_clean();
+    let (_, l) = r.line("not recognised as a WSK provider NPI").unwrap();
+    let p = parse_line(&l).unwrap();
+    assert_eq!(p.level, Level::Error);
+    assert_eq!(p.status, Some(NtStatus(0xC000_00BB)));
+    assert!(r.events("wsk-connect").is_empty(), "a provider function was called");
+    assert!(r.has_line("INFO: DriverEntry : filtering started"));
+    assert!(r.has_line("no host connection; opens are decided by the fail mode (Open)"));
+    assert_eq!(r.json["results"]["filter-unload"], 0);
+    r.assert_nothing_left();
+}

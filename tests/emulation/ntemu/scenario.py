@@ -397,6 +397,25 @@ def scenario_control_device(driver, args, held):
     return w
 
 
+def scenario_unrecognised_reply(driver, args, held):
+    """The capture succeeds but its reply holds no {Client, Dispatch} pair
+    inside vsock.sys (a provider layout the driver does not know): nothing
+    may be called through it; the driver filters under failMode and
+    unloads cleanly."""
+    vmci = VmciDevice()
+    w = held["world"] = World(
+        driver, start_type=3, vmci=vmci, scanner=scanner_address(args), parameters=scanner_params(args, DEBUG)
+    )
+    vmci.provider = None  # the reply keeps only its first DWORD
+    w.boot()
+    w.run(until=lambda: any("not recognised as a WSK provider NPI" in l for l in w.lines()), max_ms=5000)
+    w.run(max_ms=1000)
+    w.unload()
+    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
+    w.run(max_ms=1000)
+    return w
+
+
 def scenario_virtio(driver, args, held):
     """A KVM guest: no \\Device\\vmci; virtio-win's viosock interface
     arrives at 2 s (vsockTransport = 2)."""
@@ -416,6 +435,7 @@ def scenario_virtio(driver, args, held):
 
 SCENARIOS = {
     "control-device": scenario_control_device,
+    "unrecognised-capture-reply": scenario_unrecognised_reply,
     "virtio": scenario_virtio,
     "clean-machine": scenario_clean_machine,
     "seed-machine-boot-start": lambda d, a, h: scenario_seed_machine(d, a, h, start_type=0, busy=5, reinit_at=2500),
