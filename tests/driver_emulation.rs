@@ -532,8 +532,15 @@ fn virtio_transport_connects_through_the_viosock_interface() {
         return;
     };
     r.assert_clean();
-    assert_eq!(r.capture_attempts(), vec![], "no VMCI capture with vsockTransport 2");
-    assert!(r.has_line("(guest CID 3)"), "IOCTL_GET_CONFIG on the control file");
+    assert_eq!(
+        r.capture_attempts(),
+        vec![],
+        "no VMCI capture with vsockTransport 2"
+    );
+    assert!(
+        r.has_line("(guest CID 3)"),
+        "IOCTL_GET_CONFIG on the control file"
+    );
     let (t, _) = r.line("connected to CID 2 port").unwrap();
     assert_eq!(t, 2000.0, "connected when the interface arrived");
     assert!(r.has_line("(virtio)"));
@@ -573,7 +580,13 @@ fn control_device_reports_the_state_and_sets_the_debug_level() {
     };
     r.assert_clean();
     let res = &r.json["results"];
-    for step in ["create", "get-state", "set-debug-level", "get-state-after", "close"] {
+    for step in [
+        "create",
+        "get-state",
+        "set-debug-level",
+        "get-state-after",
+        "close",
+    ] {
         assert_eq!(res[step]["status"], 0, "{step}: {}", res[step]);
         assert_eq!(res[step]["returned"], res[step]["status"], "{step}");
     }
@@ -586,9 +599,10 @@ fn control_device_reports_the_state_and_sets_the_debug_level() {
     assert_eq!(state.last_capture_status, NtStatus::STATUS_SUCCESS);
     assert_eq!(state.sessions, 1);
     assert_eq!(state.debug_level, 4);
-    let after =
-        AgentState::from_bytes(&hex_bytes(res["get-state-after"]["output"].as_str().unwrap()))
-            .unwrap();
+    let after = AgentState::from_bytes(&hex_bytes(
+        res["get-state-after"]["output"].as_str().unwrap(),
+    ))
+    .unwrap();
     assert_eq!(after.debug_level, 2, "set-debug-level took effect");
     // refused requests: STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER
     assert_eq!(res["get-state-short"]["status"], 0xC000_0023_u32);
@@ -609,7 +623,10 @@ fn an_unrecognised_capture_reply_is_never_called_through() {
     let p = parse_line(&l).unwrap();
     assert_eq!(p.level, Level::Error);
     assert_eq!(p.status, Some(NtStatus(0xC000_00BB)));
-    assert!(r.events("wsk-connect").is_empty(), "a provider function was called");
+    assert!(
+        r.events("wsk-connect").is_empty(),
+        "a provider function was called"
+    );
     assert!(r.has_line("INFO: DriverEntry : filtering started"));
     assert!(r.has_line("no host connection; opens are decided by the fail mode (Open)"));
     assert_eq!(r.json["results"]["filter-unload"], 0);

@@ -798,8 +798,8 @@ unsafe extern "system" fn boot_reinit(
     _context: *const c_void,
     count: u32,
 ) {
-    let captured = super::agent::get()
-        .is_some_and(|a| a.stats.provider_captured.load(Ordering::Relaxed));
+    let captured =
+        super::agent::get().is_some_and(|a| a.stats.provider_captured.load(Ordering::Relaxed));
     if captured {
         klog!(
             Level::Info,
