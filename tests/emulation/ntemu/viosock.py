@@ -10,12 +10,12 @@ with IOCTL_SOCKET_SHUTDOWN. Each socket is bridged to a real TCP connection
 to thinagent-scanner. sockaddr_vm is vio_sockets.h's 12 bytes (no zero
 padding, unlike VMware's)."""
 
-import select
 import socket
 import struct
 
 from . import layouts as L
-from .kernel import STATUS_CANCELLED, STATUS_PENDING, STATUS_SUCCESS, Device, KObject
+from .bridge import BridgedSocket, poll_all
+from .kernel import STATUS_CANCELLED, STATUS_PENDING, STATUS_SUCCESS, Device
 from .machine import EmulationError
 
 GUID_DEVINTERFACE_VIOSOCK = bytes.fromhex("1fdc586bc3010f44be1cb95d000f1ff5")
@@ -35,19 +35,6 @@ def ctl_code(dev, fn, method, access):
 FILE_DEVICE_SOCKET = 0x0801
 IOCTL_SOCKET_CONNECT = ctl_code(FILE_DEVICE_SOCKET, 0x800 | 2, 0, 0)
 IOCTL_SOCKET_SHUTDOWN = ctl_code(FILE_DEVICE_SOCKET, 0x800 | 4, 0, 0)
-
-
-class Sock:
-    def __init__(self, fo):
-        self.fo = fo
-        self.sock = None
-        self.pending_read = None
-        self.buffered = b""
-        self.eof = False
-        self.awaiting_reply = False
-        self.sent = []
-        self.received = []
-        self.closed = False
 
 
 class ViosockDevice(Device):
@@ -92,7 +79,7 @@ class ViosockDevice(Device):
         sock_handle, stype = struct.unpack_from("<QI", raw, value_at)
         if sock_handle != 0 or stype != 1:
             raise EmulationError(f"viosock create EA asks Socket {sock_handle:#x} Type {stype} (a new stream socket is 0, 1)")
-        self.sockets[fo] = Sock(fo)
+        self.sockets[fo] = BridgedSocket()
         return fo
 
     def open_status(self, k):
@@ -132,11 +119,7 @@ class ViosockDevice(Device):
                     return self._done(irp, STATUS_CONNECTION_REFUSED, 0)
                 return self._done(irp, STATUS_SUCCESS, 0)
             if code == IOCTL_SOCKET_SHUTDOWN:
-                if s.sock is not None:
-                    try:
-                        s.sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                s.shutdown()
                 return self._done(irp, STATUS_SUCCESS, 0)
             return self._done(irp, STATUS_INVALID_DEVICE_REQUEST, 0)
         s = self.sockets.get(fo)
@@ -149,19 +132,15 @@ class ViosockDevice(Device):
             if length > count:
                 raise EmulationError(f"read/write Length {length} beyond its MDL's {count} bytes")
             if major == L.IRP_MJ_WRITE:
-                data = m.read(va, length)
-                s.sent.append(data)
-                s.sock.setblocking(True)
-                s.sock.sendall(data)
-                s.sock.setblocking(False)
-                s.awaiting_reply = True
+                if not s.send(m.read(va, length)):
+                    return self._done(irp, 0xC000020D, 0)  # STATUS_CONNECTION_RESET
                 return self._done(irp, STATUS_SUCCESS, length)
-            if s.pending_read is not None:
+            if s.pending is not None:
                 raise EmulationError("a second read while one is pending on the same viosock socket")
-            s.pending_read = (irp, va, length)
+            s.pending = (irp, va, length)
             m.w8(sl + L.ISL_CONTROL, m.r8(sl + L.ISL_CONTROL) | L.SL_PENDING_RETURNED)
             self.pump(s)
-            return STATUS_PENDING if s.pending_read is not None else STATUS_SUCCESS
+            return STATUS_PENDING if s.pending is not None else STATUS_SUCCESS
         return self._done(irp, STATUS_INVALID_DEVICE_REQUEST, 0)
 
     def _done(self, irp, status, info):
@@ -170,8 +149,8 @@ class ViosockDevice(Device):
 
     def cancel(self, k, irp):
         for s in self.sockets.values():
-            if s.pending_read is not None and s.pending_read[0] == irp:
-                s.pending_read = None
+            if s.pending is not None and s.pending[0] == irp:
+                s.pending = None
                 k.complete_irp(irp, STATUS_CANCELLED, 0)
                 return True
         return False
@@ -179,47 +158,27 @@ class ViosockDevice(Device):
     def closed_file(self, fo):
         s = self.sockets.get(fo)
         if s is not None and not s.closed:
-            if s.pending_read is not None:
+            if s.pending is not None:
                 raise EmulationError("a viosock socket closed with a read still pending")
-            if s.sock is not None:
-                s.sock.close()
-            s.closed = True
+            s.close()
 
     # -- the real side --------------------------------------------------------------
 
     def pump(self, s, wait=0.0):
-        if s.sock is None or s.closed:
+        """Completes ``s``'s pending read if the scanner sent something."""
+        if s.pending is None:
             return False
-        if not s.buffered and not s.eof:
-            r, _, _ = select.select([s.sock], [], [], wait)
-            if r:
-                try:
-                    data = s.sock.recv(65536)
-                except OSError:
-                    data = b""
-                if data:
-                    s.buffered += data
-                    s.awaiting_reply = False
-                else:
-                    s.eof = True
-        if s.pending_read is None or (not s.buffered and not s.eof):
+        irp, va, length = s.pending
+        chunk = s.take(length, wait)
+        if chunk is None:
             return False
-        irp, va, length = s.pending_read
-        n = min(length, len(s.buffered))
-        chunk, s.buffered = s.buffered[:n], s.buffered[n:]
         self.m.write(va, chunk)
-        s.received.append(chunk)
-        s.pending_read = None
-        self.k.complete_irp(irp, STATUS_SUCCESS, n)
+        s.pending = None
+        self.k.complete_irp(irp, STATUS_SUCCESS, len(chunk))
         return True
 
     def poll(self, wait):
-        progressed = False
-        for s in list(self.sockets.values()):
-            if s.pending_read is not None and not s.closed:
-                if self.pump(s, wait if s.awaiting_reply else 0.0):
-                    progressed = True
-        return progressed
+        return poll_all(self.sockets.values(), self.pump, wait)
 
 
-__all__ = ["ViosockDevice", "KObject"]
+__all__ = ["ViosockDevice"]

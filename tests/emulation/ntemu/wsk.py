@@ -13,11 +13,11 @@ WSK_BUF is {Mdl, Offset (SIZE_T), Length (SIZE_T)}; SOCKADDR_VM is
 {family u16, reserved u16, port u32, cid u32, zero[4]}.
 """
 
-import select
 import socket
 import struct
 
 from . import layouts as L
+from .bridge import BridgedSocket, poll_all
 from .kernel import STATUS_CANCELLED, STATUS_PENDING, STATUS_SUCCESS
 from .machine import PROVIDER_IMAGE, EmulationError
 
@@ -26,20 +26,6 @@ STATUS_CONNECTION_RESET = 0xC000020D
 STATUS_INVALID_PARAMETER = 0xC000000D
 SOCK_STREAM = 1
 WSK_VERSION_1_0 = 0x0100
-
-
-class BridgedSocket:
-    def __init__(self, provider, addr, sock):
-        self.provider = provider
-        self.addr = addr  # the WSK_SOCKET in guest memory
-        self.sock = sock
-        self.pending_receive = None  # (irp, wsk_buf)
-        self.buffered = b""
-        self.eof = False
-        self.awaiting_reply = False
-        self.closed = False
-        self.sent = []  # raw bytes sent by the guest
-        self.received = []  # raw bytes delivered to the guest
 
 
 class WskProvider:
@@ -163,7 +149,7 @@ class WskProvider:
             return STATUS_CONNECTION_REFUSED
         wsk_socket = m.system.alloc(0x10, tag=b"WskS")
         m.w64(wsk_socket, self.connection_dispatch)
-        self.sockets[wsk_socket] = BridgedSocket(self, wsk_socket, s)
+        self.sockets[wsk_socket] = BridgedSocket(s)
         self.complete(irp, STATUS_SUCCESS, wsk_socket)
         return STATUS_SUCCESS
 
@@ -187,45 +173,35 @@ class WskProvider:
         s = self._socket(sock_addr)
         va, length = self._buf(wsk_buf)
         data = m.read(va, length)
-        s.sent.append(data)
-        self.k.emit("wsk-send", bytes=length, head=data[:24].hex())
-        try:
-            s.sock.setblocking(True)
-            s.sock.sendall(data)
-            s.sock.setblocking(False)
-        except OSError:
+        if not s.send(data):
             self.complete(irp, STATUS_CONNECTION_RESET, 0)
             return STATUS_CONNECTION_RESET
-        s.awaiting_reply = True
         self.complete(irp, STATUS_SUCCESS, length)
         return STATUS_SUCCESS
 
     def fn_WskReceive(self, m):
         sock_addr, wsk_buf, flags, irp = m.args(4)
         s = self._socket(sock_addr)
-        if s.pending_receive is not None:
+        if s.pending is not None:
             raise EmulationError("a second WskReceive while one is pending on the same socket")
-        s.pending_receive = (irp, wsk_buf)
+        s.pending = (irp, wsk_buf)
         self._pend(irp, lambda k, i: self._cancel_receive(s, i))
         self.pump(s)
-        if s.pending_receive is None:
+        if s.pending is None:
             return STATUS_SUCCESS
         return STATUS_PENDING
 
     def _cancel_receive(self, s, irp):
-        if s.pending_receive is None or s.pending_receive[0] != irp:
+        if s.pending is None or s.pending[0] != irp:
             return False
-        s.pending_receive = None
+        s.pending = None
         self.complete(irp, STATUS_CANCELLED, 0)
         return True
 
     def fn_WskDisconnect(self, m):
         sock_addr, wsk_buf, flags, irp = m.args(4)
         s = self._socket(sock_addr)
-        try:
-            s.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        s.shutdown(socket.SHUT_WR)
         self.k.emit("wsk-disconnect", flags=flags)
         self.complete(irp, STATUS_SUCCESS, 0)
         return STATUS_SUCCESS
@@ -233,10 +209,9 @@ class WskProvider:
     def fn_WskCloseSocket(self, m):
         sock_addr, irp = m.args(2)
         s = self._socket(sock_addr)
-        if s.pending_receive is not None:
+        if s.pending is not None:
             raise EmulationError("WskCloseSocket with a receive still pending")
-        s.sock.close()
-        s.closed = True
+        s.close()
         self.k.emit("wsk-close")
         self.complete(irp, STATUS_SUCCESS, 0)
         return STATUS_SUCCESS
@@ -244,54 +219,30 @@ class WskProvider:
     # -- the real side ----------------------------------------------------------
 
     def pump(self, s, wait=0.0):
-        """Moves bytes from the real socket into a pending receive. Returns
-        True if a receive completed."""
-        if s.closed:
+        """Completes ``s``'s pending receive if the scanner sent something
+        (waiting up to ``wait`` s of real time). True if it did."""
+        if s.pending is None:
             return False
-        if not s.buffered and not s.eof:
-            r, _, _ = select.select([s.sock], [], [], wait)
-            if r:
-                try:
-                    data = s.sock.recv(65536)
-                except OSError:
-                    data = b""
-                if data:
-                    s.buffered += data
-                    s.awaiting_reply = False
-                else:
-                    s.eof = True
-        if s.pending_receive is None or (not s.buffered and not s.eof):
-            return False
-        irp, wsk_buf = s.pending_receive
+        irp, wsk_buf = s.pending
         va, length = self._buf(wsk_buf)
-        n = min(length, len(s.buffered))
-        chunk, s.buffered = s.buffered[:n], s.buffered[n:]
+        chunk = s.take(length, wait)
+        if chunk is None:
+            return False
         self.m.write(va, chunk)
-        s.received.append(chunk)
-        s.pending_receive = None
+        s.pending = None
         self.k.irps[irp]["pending"] = False
-        self.k.emit("wsk-receive", bytes=n, head=chunk[:24].hex())
-        self.complete(irp, STATUS_SUCCESS, n)
+        self.k.emit("wsk-receive", bytes=len(chunk), head=chunk[:24].hex())
+        self.complete(irp, STATUS_SUCCESS, len(chunk))
         return True
 
     def poll(self, wait):
-        """Called by the world when no thread can run: completes receives
-        whose data arrived, waiting up to ``wait`` seconds of real time when
-        a reply is expected."""
-        live = [s for s in self.sockets.values() if not s.closed and s.pending_receive is not None]
-        progressed = False
-        for s in live:
-            if self.pump(s, wait if s.awaiting_reply else 0.0):
-                progressed = True
-        return progressed
+        """Called by the world when no thread can run."""
+        return poll_all(self.sockets.values(), self.pump, wait)
 
     def kill_host(self):
         for s in self.sockets.values():
             if not s.closed:
-                try:
-                    s.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                s.shutdown()
 
 
 class _CancelHook:
