@@ -574,6 +574,27 @@ struct Pointer {
     code: bool,
 }
 
+/// Records the pointer fields `(field, offset, set by filter_registration.rs,
+/// is a callback)` of the structure at `base` named `name`.
+fn pointer_fields(
+    pointers: &mut Vec<Pointer>,
+    m: &Mapped<'_>,
+    name: &str,
+    base: u32,
+    fields: &[(&str, usize, bool, bool)],
+) {
+    for &(field, offset, expected, code) in fields {
+        let at = base + offset as u32;
+        pointers.push(Pointer {
+            field: format!("{name}.{field}"),
+            at,
+            value: m.u64(at),
+            expected,
+            code,
+        });
+    }
+}
+
 /// Finds `FLT_REGISTRATION`s in the image's data: `Size` 112 and `Version`
 /// 0x0203 at an 8-byte-aligned RVA, whose two table pointers point into the
 /// image.
@@ -825,35 +846,32 @@ fn filter_registration_is_the_one_filter_registration_rs_builds() {
                 .into(),
             want.Flags.into(),
         );
-        for (field, offset, set, code) in [
-            (
-                "PreOperation",
-                offset_of!(FLT_OPERATION_REGISTRATION, PreOperation),
-                want.PreOperation.is_some(),
-                true,
-            ),
-            (
-                "PostOperation",
-                offset_of!(FLT_OPERATION_REGISTRATION, PostOperation),
-                want.PostOperation.is_some(),
-                true,
-            ),
-            (
-                "Reserved1",
-                offset_of!(FLT_OPERATION_REGISTRATION, Reserved1),
-                !want.Reserved1.is_null(),
-                false,
-            ),
-        ] {
-            let at = e + offset as u32;
-            pointers.push(Pointer {
-                field: format!("{name}.{field}"),
-                at,
-                value: m.u64(at),
-                expected: set,
-                code,
-            });
-        }
+        pointer_fields(
+            &mut pointers,
+            &m,
+            &name,
+            e,
+            &[
+                (
+                    "PreOperation",
+                    offset_of!(FLT_OPERATION_REGISTRATION, PreOperation),
+                    want.PreOperation.is_some(),
+                    true,
+                ),
+                (
+                    "PostOperation",
+                    offset_of!(FLT_OPERATION_REGISTRATION, PostOperation),
+                    want.PostOperation.is_some(),
+                    true,
+                ),
+                (
+                    "Reserved1",
+                    offset_of!(FLT_OPERATION_REGISTRATION, Reserved1),
+                    !want.Reserved1.is_null(),
+                    false,
+                ),
+            ],
+        );
         if major == 0x80 {
             break;
         }
@@ -913,41 +931,38 @@ fn filter_registration_is_the_one_filter_registration_rs_builds() {
                 .into(),
             want.PoolTag.into(),
         );
-        for (field, offset, set, code) in [
-            (
-                "ContextCleanupCallback",
-                offset_of!(FLT_CONTEXT_REGISTRATION, ContextCleanupCallback),
-                want.ContextCleanupCallback.is_some(),
-                true,
-            ),
-            (
-                "ContextAllocateCallback",
-                offset_of!(FLT_CONTEXT_REGISTRATION, ContextAllocateCallback),
-                want.ContextAllocateCallback.is_some(),
-                true,
-            ),
-            (
-                "ContextFreeCallback",
-                offset_of!(FLT_CONTEXT_REGISTRATION, ContextFreeCallback),
-                want.ContextFreeCallback.is_some(),
-                true,
-            ),
-            (
-                "Reserved1",
-                offset_of!(FLT_CONTEXT_REGISTRATION, Reserved1),
-                !want.Reserved1.is_null(),
-                false,
-            ),
-        ] {
-            let at = e + offset as u32;
-            pointers.push(Pointer {
-                field: format!("{name}.{field}"),
-                at,
-                value: m.u64(at),
-                expected: set,
-                code,
-            });
-        }
+        pointer_fields(
+            &mut pointers,
+            &m,
+            &name,
+            e,
+            &[
+                (
+                    "ContextCleanupCallback",
+                    offset_of!(FLT_CONTEXT_REGISTRATION, ContextCleanupCallback),
+                    want.ContextCleanupCallback.is_some(),
+                    true,
+                ),
+                (
+                    "ContextAllocateCallback",
+                    offset_of!(FLT_CONTEXT_REGISTRATION, ContextAllocateCallback),
+                    want.ContextAllocateCallback.is_some(),
+                    true,
+                ),
+                (
+                    "ContextFreeCallback",
+                    offset_of!(FLT_CONTEXT_REGISTRATION, ContextFreeCallback),
+                    want.ContextFreeCallback.is_some(),
+                    true,
+                ),
+                (
+                    "Reserved1",
+                    offset_of!(FLT_CONTEXT_REGISTRATION, Reserved1),
+                    !want.Reserved1.is_null(),
+                    false,
+                ),
+            ],
+        );
         if kind == end_type {
             break;
         }
