@@ -632,3 +632,360 @@ fn an_unrecognised_capture_reply_is_never_called_through() {
     assert_eq!(r.json["results"]["filter-unload"], 0);
     r.assert_nothing_left();
 }
+
+// ---------------------------------------------------------------------------
+// File opens through the registered minifilter callbacks: the emulated Filter
+// Manager (tests/emulation/ntemu/fltmgr.py) attaches the filter to one NTFS
+// volume and runs IRP_MJ_CREATE / WRITE / CLEANUP through the driver's pre-
+// and post-operation callbacks with real FLT_CALLBACK_DATA, on threads of
+// their own; the host is the real scanner (built-in EICAR signature).
+// ---------------------------------------------------------------------------
+
+const STATUS_VIRUS_INFECTED: u64 = 0xC000_0906;
+/// The emulated volume's NTFS serial (FileIdInformation.VolumeSerialNumber).
+const VOLUME_SERIAL: u64 = 0x1C2D_3E4F_5A6B_7C8D;
+/// `umcMsgTimeoutMs`'s default.
+const UMC_MSG_TIMEOUT_MS: f64 = 2000.0;
+
+/// One `FileEvent` the guest sent, as the scanner decoded it.
+#[derive(Debug)]
+struct SentFileEvent {
+    kind: thinagent_protocol::EventKind,
+    path: String,
+    size: u64,
+    volume_serial: u64,
+    process_id: u32,
+    desired_access: u32,
+}
+
+impl Report {
+    /// The `FileEvent`s the guest sent on bridged socket `i`.
+    fn file_events(&self, i: usize) -> Vec<SentFileEvent> {
+        let hex = self.json["sockets"][i]["sent"].as_str().unwrap();
+        let bytes = hex_bytes(hex);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let Ok(Decoded::Frame { frame, consumed }) = decode_frame(&bytes[at..]) else {
+                panic!("undecodable bytes on the wire at {at}");
+            };
+            if let Message::FileEvent(e) = frame.message {
+                let path = match e.path {
+                    thinagent_protocol::FilePath::Utf16Le(b) => String::from_utf16(
+                        &b.chunks_exact(2)
+                            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap(),
+                    other => panic!("a Windows path is UTF-16: {other:?}"),
+                };
+                out.push(SentFileEvent {
+                    kind: e.kind,
+                    path,
+                    size: e.file.size,
+                    volume_serial: e.file.volume_serial,
+                    process_id: e.process_id,
+                    desired_access: e.desired_access,
+                });
+            }
+            at += consumed;
+        }
+        out
+    }
+
+    /// The file operations the emulated I/O manager ran (`op` = "open",
+    /// "write", "close"), in order.
+    fn file_ops(&self, op: &str) -> Vec<&Value> {
+        self.json["file_ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["op"] == op)
+            .collect()
+    }
+
+    /// Nothing of the filter's is left after unload: contexts freed through
+    /// their cleanup callbacks, names and aligned buffers released.
+    fn assert_filter_released(&self) {
+        assert_eq!(
+            self.json["contexts_live"],
+            serde_json::json!([]),
+            "contexts left"
+        );
+        assert_eq!(self.json["names_live"], serde_json::json!([]), "names");
+        assert_eq!(self.json["aligned_live"], 0, "aligned read buffers left");
+        self.assert_nothing_left();
+    }
+}
+
+/// An open the filter let through untouched by FltCancelFileOpen.
+fn assert_allowed(open: &Value) {
+    assert_eq!(open["pre"], 0, "FLT_PREOP_SUCCESS_WITH_CALLBACK: {open}");
+    assert_eq!(open["post_called"], true, "{open}");
+    assert_eq!(open["status"], 0, "{open}");
+    assert_eq!(open["cancelled"], false, "{open}");
+    assert_eq!(open["allowed"], true, "{open}");
+}
+
+/// An open the filter cancelled with FltCancelFileOpen and `status`.
+fn assert_denied(open: &Value, status: u64) {
+    assert_eq!(open["post_called"], true, "{open}");
+    assert_eq!(open["cancelled"], true, "FltCancelFileOpen called: {open}");
+    assert_eq!(open["status"].as_u64(), Some(status), "{open}");
+    assert_eq!(open["allowed"], false, "{open}");
+}
+
+/// Every host read was served by a non-cached, sector-aligned FltReadFile
+/// that left the opener's file position alone, of a file of `size` bytes.
+fn assert_reads_aligned(r: &Report, size: u64) {
+    let reads = r.json["flt_reads"].as_array().unwrap();
+    assert!(!reads.is_empty(), "the host read nothing");
+    for rd in reads {
+        let flags = rd["flags"].as_u64().unwrap();
+        assert_eq!(flags, 5, "NON_CACHED | DO_NOT_UPDATE_BYTE_OFFSET: {rd}");
+        assert_eq!(rd["offset"].as_u64().unwrap() % 512, 0, "{rd}");
+        assert_eq!(rd["length"].as_u64().unwrap() % 512, 0, "{rd}");
+        assert_eq!(rd["status"], 0, "{rd}");
+        assert_eq!(rd["read"].as_u64(), Some(size), "{rd}");
+    }
+}
+
+/// A clean file: the host scans it once (one FileEvent, its content read
+/// with FltReadFile) and allows it; its second open is answered from the
+/// verdict cache, without a host round trip.
+#[test]
+fn file_open_clean_is_allowed_and_the_second_open_comes_from_the_cache() {
+    let Some(r) = run("file-clean-cached", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.json["instance_attached"], true);
+    assert!(
+        r.has_line("INFO: OpenFilter : attached to a volume (file system type 2, serial 5A6B7C8D)")
+    );
+    let opens = r.file_ops("open");
+    assert_eq!(opens.len(), 2);
+    for o in &opens {
+        assert_allowed(o);
+    }
+    let events = r.file_events(0);
+    assert_eq!(events.len(), 1, "one FileEvent for two opens: {events:?}");
+    let e = &events[0];
+    assert_eq!(e.kind, thinagent_protocol::EventKind::Open);
+    assert_eq!(e.path, r"\Device\HarddiskVolume3\Users\Public\report.txt");
+    assert_eq!(e.size, 39);
+    assert_eq!(e.volume_serial, VOLUME_SERIAL);
+    assert_eq!(e.process_id, 4242);
+    assert_eq!(e.desired_access, 0x0012_0089, "FILE_GENERIC_READ");
+    let (sent, received) = r.socket_frames(0);
+    assert!(sent.contains(&"ReadData"), "{sent:?}");
+    assert_eq!(
+        received.iter().filter(|t| **t == "Verdict").count(),
+        1,
+        "{received:?}"
+    );
+    assert_reads_aligned(&r, 39);
+    // Nothing went to the host between the first close and the second open's end.
+    let trace = r.json["trace"].as_array().unwrap();
+    let first_close = trace
+        .iter()
+        .position(|e| e["kind"] == "file-close")
+        .unwrap();
+    let second_open = trace
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["kind"] == "file-open")
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(
+        trace[first_close..second_open]
+            .iter()
+            .all(|e| e["kind"] != "wsk-send"),
+        "the second open went to the host"
+    );
+    assert_eq!(r.json["api_calls"]["FltCancelFileOpen"], Value::Null);
+    assert_eq!(r.json["results"]["filter-unload"], 0);
+    assert!(r.has_line("INFO: OpenFilter : instance teardown (reason 0x2)"));
+    r.assert_filter_released();
+}
+
+/// EICAR: denied with STATUS_VIRUS_INFECTED, the open cancelled with
+/// FltCancelFileOpen; its second open is denied from the stream context
+/// without asking the host again.
+#[test]
+fn file_open_eicar_is_denied_with_status_virus_infected() {
+    let Some(r) = run("file-eicar-denied", true) else {
+        return;
+    };
+    r.assert_clean();
+    let opens = r.file_ops("open");
+    assert_eq!(opens.len(), 2);
+    for o in &opens {
+        assert_denied(o, STATUS_VIRUS_INFECTED);
+    }
+    assert_eq!(r.json["flt_cancels"].as_array().unwrap().len(), 2);
+    assert!(r.has_line(
+        r"AUDIT: OpenFilter : open denied: \Device\HarddiskVolume3\Users\Public\eicar.com (pid 4242, threat Eicar-Test-Signature)"
+    ));
+    let events = r.file_events(0);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].size, 68);
+    assert_reads_aligned(&r, 68);
+    let (_, received) = r.socket_frames(0);
+    assert_eq!(
+        received.iter().filter(|t| **t == "Verdict").count(),
+        1,
+        "{received:?}"
+    );
+    r.assert_filter_released();
+}
+
+/// Write then close: the write pre-operation marks the stream modified, the
+/// cleanup pre-operation rescans it (a CloseAfterWrite FileEvent). A clean
+/// rewrite is cached again (the next opens need no host); an EICAR rewrite
+/// is denied at close and its next open is denied.
+#[test]
+fn file_write_then_close_is_rescanned() {
+    let Some(r) = run("file-write-rescan", true) else {
+        return;
+    };
+    r.assert_clean();
+    let opens = r.file_ops("open");
+    assert_eq!(opens.len(), 4);
+    for o in &opens[..3] {
+        assert_allowed(o);
+    }
+    assert_denied(opens[3], STATUS_VIRUS_INFECTED);
+    assert_eq!(r.file_ops("write").len(), 2);
+    assert_eq!(r.file_ops("close").len(), 3);
+    use thinagent_protocol::EventKind::{CloseAfterWrite, Open};
+    let events = r.file_events(0);
+    let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.size)).collect();
+    assert_eq!(
+        kinds,
+        vec![(Open, 39), (CloseAfterWrite, 40), (CloseAfterWrite, 68)],
+        "the first open, then one rescan per close after a write; no other open asked"
+    );
+    assert_eq!(
+        events[1].desired_access, 0,
+        "a rescan carries no access mask"
+    );
+    assert!(r.has_line(
+        r"AUDIT: OpenFilter : modified file denied: \Device\HarddiskVolume3\Users\Public\notes.txt (pid 4242, threat Eicar-Test-Signature)"
+    ));
+    assert!(
+        r.has_line("denied at close (pid 4242): no open left to cancel, its next open is denied")
+    );
+    r.assert_filter_released();
+}
+
+/// The open waiting for its verdict when the host goes away; how it was
+/// decided, and when, relative to its start.
+fn lost_host_open(r: &Report) -> &Value {
+    let opens = r.file_ops("open");
+    assert_eq!(opens.len(), 3, "the lost open, then two after reconnection");
+    let o = opens[0];
+    let waited = o["t_end_ms"].as_f64().unwrap() - o["t_start_ms"].as_f64().unwrap();
+    assert!(
+        waited <= UMC_MSG_TIMEOUT_MS,
+        "decided {waited} ms after the open started, past umcMsgTimeoutMs"
+    );
+    o
+}
+
+/// After the loss: a second connection, a second session, and the next
+/// opens are the host's again (FileEvents on the new socket; the fail-mode
+/// decision was not cached).
+fn assert_reconnected_and_asking_again(r: &Report) {
+    let connects = r.events("wsk-connect");
+    assert_eq!(connects.len(), 2, "reconnected once");
+    let sessions = r
+        .lines()
+        .iter()
+        .filter(|l| l.contains("connected to the host scanner"))
+        .count();
+    assert_eq!(sessions, 2);
+    let opens = r.file_ops("open");
+    for o in &opens[1..] {
+        assert_allowed(o);
+        assert!(
+            o["t_start_ms"].as_f64().unwrap() >= connects[1]["t_ms"].as_f64().unwrap(),
+            "{o}"
+        );
+    }
+    let events = r.file_events(1);
+    let paths: Vec<_> = events.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            r"\Device\HarddiskVolume3\Users\Public\later.txt",
+            r"\Device\HarddiskVolume3\Users\Public\invoice.pdf"
+        ]
+    );
+    r.assert_filter_released();
+}
+
+/// The host's connection drops while an open waits (failMode open): the
+/// open is allowed at once, within umcMsgTimeoutMs, then the driver
+/// reconnects 1 s later.
+#[test]
+fn file_open_when_the_host_is_killed_is_decided_by_fail_mode_open_then_reconnects() {
+    let Some(r) = run("file-host-killed", true) else {
+        return;
+    };
+    r.assert_clean();
+    let o = lost_host_open(&r);
+    assert_allowed(o);
+    assert_eq!(r.file_events(0).len(), 1, "the lost open's FileEvent");
+    assert!(r.has_line(r"\Device\HarddiskVolume3\Users\Public\invoice.pdf: no host verdict"));
+    assert!(r.has_line("fail mode allows"));
+    // The host's side closed (0xC000020C), or the ReadData answering its
+    // ReadRequest met the reset (0xC000020D): which one depends on whether
+    // that ReadRequest was already on its way when the connection dropped.
+    let (_, ended) = r.line("WARN: Session : session ended").unwrap();
+    assert!(
+        ended.ends_with("0xC000020C") || ended.ends_with("0xC000020D"),
+        "{ended}"
+    );
+    let connects = r.events("wsk-connect");
+    assert_eq!(
+        connects[1]["t_ms"].as_f64().unwrap() - o["t_end_ms"].as_f64().unwrap(),
+        1000.0,
+        "reconnect delay"
+    );
+    assert_reconnected_and_asking_again(&r);
+}
+
+/// The same with failMode closed: the open is denied (denyStatus,
+/// STATUS_VIRUS_INFECTED, FltCancelFileOpen), within umcMsgTimeoutMs; after
+/// reconnection the host allows the same file.
+#[test]
+fn file_open_when_the_host_is_killed_is_decided_by_fail_mode_closed_then_reconnects() {
+    let Some(r) = run("file-host-killed-fail-closed", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert!(r.has_line("DEBUG: ReadParams : failMode: closed"));
+    let o = lost_host_open(&r);
+    assert_denied(o, STATUS_VIRUS_INFECTED);
+    assert!(r.has_line("fail mode denies"));
+    assert_reconnected_and_asking_again(&r);
+}
+
+/// The host stops answering (the connection stays up): the open waits
+/// exactly umcMsgTimeoutMs and is allowed by failMode open; the session
+/// ends on the host's idle timeout and the driver reconnects.
+#[test]
+fn file_open_when_the_host_stops_answering_is_decided_at_umc_msg_timeout() {
+    let Some(r) = run("file-host-stalled", true) else {
+        return;
+    };
+    r.assert_clean();
+    let o = lost_host_open(&r);
+    assert_allowed(o);
+    let waited = o["t_end_ms"].as_f64().unwrap() - o["t_start_ms"].as_f64().unwrap();
+    assert_eq!(waited, UMC_MSG_TIMEOUT_MS);
+    assert!(r.has_line("fail mode allows"));
+    assert_reconnected_and_asking_again(&r);
+}

@@ -1,14 +1,129 @@
 """Filter Manager (fltmgr.sys) as the driver sees it: registration,
-filtering start, unregistration, and the registration tables read back from
-the driver's memory so scenarios can call the registered callbacks."""
+filtering start and unregistration; one disk volume with an NTFS-like
+in-memory file system under it; the filter's instance on that volume
+(InstanceSetupCallback with real FLT_RELATED_OBJECTS, instance and stream
+contexts with reference counts and their cleanup callbacks); and file
+operations (create, write, cleanup) that build real FILE_OBJECT,
+FLT_CALLBACK_DATA, FLT_IO_PARAMETER_BLOCK and FLT_RELATED_OBJECTS and run the
+registered pre- and post-operation callbacks on an emulated thread of their
+own, as the I/O manager would in the opener's thread.
+
+Model and its limits (anything outside them raises EmulationError):
+
+* One filter, one volume, at most one instance. No ECPs on any create
+  (FltGetEcpListFromCallbackData gives NULL), no transactions, no
+  alternate data streams, no oplocks, no pended or completed
+  pre-operations (FLT_PREOP_PENDING / COMPLETE / SYNCHRONIZE), no
+  FLT_POSTOP_MORE_PROCESSING_REQUIRED, no asynchronous FltReadFile.
+* A stream (and its stream context) lives as long as the volume's file: an
+  NTFS SCB stays while the cache manager holds it, so a context found again
+  by a later open is what real systems commonly show; the instance teardown
+  at unregistration releases them.
+* File names are normalized names: \\Device\\HarddiskVolume3 + the path on
+  the volume, as stored (the opened name is the same).
+"""
 
 import struct
+import traceback
+
+from unicorn import UC_HOOK_CODE, UC_PROT_EXEC, UC_PROT_READ
+from unicorn.x86_const import UC_X86_REG_RSP
 
 from . import layouts as L
-from .machine import EmulationError
+from .kernel import KObject, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER
+from .machine import EmulationError, Park, Wait, s32
 
 STATUS_SUCCESS = 0
 STATUS_FLT_DO_NOT_DETACH = 0xC01C0010
+STATUS_FLT_DO_NOT_ATTACH = 0xC01C000F
+STATUS_FLT_CONTEXT_ALREADY_DEFINED = 0xC01C0002
+STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND = 0xC01C0016
+STATUS_NOT_FOUND = 0xC0000225
+STATUS_NOT_SUPPORTED = 0xC00000BB
+STATUS_INFO_LENGTH_MISMATCH = 0xC0000004
+STATUS_END_OF_FILE = 0xC0000011
+STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
+STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+STATUS_FILE_IS_A_DIRECTORY = 0xC00000BA
+
+FLT_PREOP_SUCCESS_WITH_CALLBACK = 0
+FLT_PREOP_SUCCESS_NO_CALLBACK = 1
+FLT_POSTOP_FINISHED_PROCESSING = 0
+FLTFL_CALLBACK_DATA_IRP_OPERATION = 0x1
+FLTFL_CALLBACK_DATA_POST_OPERATION = 0x80000
+FLT_INSTANCE_CONTEXT = 0x2
+FLT_STREAM_CONTEXT = 0x8
+FLT_SET_CONTEXT_REPLACE_IF_EXISTS = 0
+FLT_SET_CONTEXT_KEEP_IF_EXISTS = 1
+FLTFL_CONTEXT_REGISTRATION_NO_EXACT_SIZE_MATCH = 0x1
+FLT_VARIABLE_SIZED_CONTEXTS = 0xFFFFFFFFFFFFFFFF
+FLTFL_INSTANCE_SETUP_AUTOMATIC_ATTACHMENT = 0x1
+FLTFL_INSTANCE_TEARDOWN_FILTER_UNLOAD = 0x2
+FLT_FILE_NAME_NORMALIZED = 0x1
+FLT_FILE_NAME_OPENED = 0x2
+FLTFL_IO_OPERATION_NON_CACHED = 0x1
+FLTFL_IO_OPERATION_PAGING = 0x2
+FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET = 0x4
+FILE_DEVICE_DISK_FILE_SYSTEM = 0x8
+FLT_FSTYPE_NTFS = 2
+POOL_TYPES = {0: "NonPagedPool", 1: "PagedPool", 512: "NonPagedPoolNx"}
+
+# access rights (winnt.h) and create dispositions / options (wdm.h)
+FILE_READ_DATA = 0x1
+FILE_WRITE_DATA = 0x2
+FILE_APPEND_DATA = 0x4
+FILE_EXECUTE = 0x20
+DELETE = 0x10000
+GENERIC_ALL_BITS = 0xF0000000
+FILE_GENERIC_READ = 0x120089
+FILE_GENERIC_WRITE = 0x120116
+FILE_SHARE_READ = 0x1
+FILE_SUPERSEDE, FILE_OPEN, FILE_CREATE, FILE_OPEN_IF, FILE_OVERWRITE, FILE_OVERWRITE_IF = range(6)
+FILE_DIRECTORY_FILE = 0x1
+FILE_SYNCHRONOUS_IO_NONALERT = 0x20
+FILE_NON_DIRECTORY_FILE = 0x40
+# IoStatus.Information of a create
+FILE_SUPERSEDED, FILE_OPENED, FILE_CREATED, FILE_OVERWRITTEN = range(4)
+IRP_CREATE_OPERATION = 0x80
+IRP_WRITE_OPERATION = 0x400
+IRP_CLOSE_OPERATION = 0x800
+IRP_SYNCHRONOUS_API = 0x4
+USER_MODE = 1
+FILE_ATTRIBUTE_ARCHIVE = 0x20
+FILE_ATTRIBUTE_DIRECTORY = 0x10
+
+# A system time near 2025 (100 ns since 1601): file times are this plus the
+# virtual clock.
+SYSTEM_TIME_BASE = 133_800_000_000_000_000
+
+# fltmgr.sys's own code: the operation thread's trampoline and hooks.
+FLTMGR_CODE = 0xFFFFF805_40000000
+FLTMGR_CODE_SIZE = 0x10000
+
+# The trampoline an operation thread runs (entry: RCX = its block):
+#   push rbx; sub rsp, 0x20; mov rbx, rcx
+# loop:
+#   mov rcx, rbx; call [rbx]            ; the step hook: RAX = next routine or 0
+#   test rax, rax; jz out
+#   mov rcx, [rbx+0x10]; mov rdx, [rbx+0x18]; mov r8, [rbx+0x20]; mov r9, [rbx+0x28]
+#   call rax; mov [rbx+8], rax; jmp loop
+# out:
+#   add rsp, 0x20; pop rbx; ret
+TRAMPOLINE = bytes.fromhex(
+    "53" "4883ec20" "4889cb"
+    "4889d9" "ff13" "4885c0" "7418"
+    "488b4b10" "488b5318" "4c8b4320" "4c8b4b28" "ffd0" "48894308" "ebde"
+    "4883c420" "5b" "c3"
+)
+BLOCK_SIZE = 0x40
+
+
+def nt_success(status):
+    return s32(status) >= 0
+
+
+def ms(now):
+    return (now - 50_000_000) / 10_000
 
 
 class Registration:
@@ -22,6 +137,8 @@ class Registration:
         self.unload = unload
         self.instance_setup = setup
         self.instance_query_teardown = teardown_query
+        self.instance_teardown_start = teardown_start
+        self.instance_teardown_complete = teardown_done
         self.operations = {}
         if op_reg:
             a = op_reg
@@ -35,11 +152,141 @@ class Registration:
         if ctx_reg:
             a = ctx_reg
             while True:
-                ctype, cflags, cleanup, size_, tag = struct.unpack("<HHxxxxQQI", m.read(a, 28))
+                ctype, cflags, cleanup, size_, tag, alloc_cb, free_cb = struct.unpack("<HHxxxxQQI4xQQ", m.read(a, 48))
                 if ctype == 0xFFFF:  # FLT_CONTEXT_END
                     break
-                self.contexts.append({"type": ctype, "size": size_, "tag": tag, "cleanup": cleanup})
+                self.contexts.append(
+                    {
+                        "type": ctype,
+                        "flags": cflags,
+                        "size": size_,
+                        "tag": tag,
+                        "cleanup": cleanup,
+                        "allocate": alloc_cb,
+                        "free": free_cb,
+                    }
+                )
                 a += L.FCTXREG_SIZE
+
+
+# ---------------------------------------------------------------------------
+# The volume and its file system
+# ---------------------------------------------------------------------------
+
+
+class FileNode:
+    """A file on the volume: its data, id, times, and its stream (the SCB a
+    FILE_OBJECT's FsContext points to), which carries the stream context."""
+
+    def __init__(self, volume, path, data, file_id, now, directory=False):
+        self.volume = volume
+        self.path = path
+        self.data = bytearray(data)
+        self.file_id = file_id
+        self.directory = directory
+        self.creation = self.last_access = self.last_write = self.change = now
+        self.scb = volume.fm.m.system.alloc(0x200, tag=b"NtFc")  # FsContext
+        self.stream_context = None  # Context linked to this stream
+
+    def allocation_size(self):
+        cluster = 4096
+        return (len(self.data) + cluster - 1) // cluster * cluster
+
+
+class Volume:
+    def __init__(self, fm, name="\\Device\\HarddiskVolume3", serial=0x1C2D_3E4F_5A6B_7C8D, sector=512, label="Data"):
+        self.fm = fm
+        self.name = name
+        self.serial = serial  # NTFS 64-bit serial; FILE_FS_VOLUME_INFORMATION has its low 32 bits
+        self.sector = sector
+        self.label = label
+        self.alignment = 1  # FILE_WORD_ALIGNMENT
+        self.files = {}  # lower-case path -> FileNode
+        self.next_file_id = 0x0005_0000_0000_0100  # sequence number 5, MFT record 0x100
+        m = fm.m
+        self.addr = m.system.alloc(0x200, tag=b"FMvo")  # the FLT_VOLUME
+        fm.flt_objects[self.addr] = {"kind": "volume", "refs": 1}
+        self.device_object = m.system.alloc(L.DEVICE_OBJECT_SIZE, tag=b"Devi")  # the volume's device
+        m.w16(self.device_object + L.DEV_TYPE, 3)
+        m.w16(self.device_object + L.DEV_SIZE, L.DEVICE_OBJECT_SIZE)
+        m.w32(self.device_object + L.DEV_DEVICE_TYPE, FILE_DEVICE_DISK_FILE_SYSTEM)
+
+    def add_file(self, path, data=b"", directory=False):
+        if not path.startswith("\\"):
+            raise ValueError("volume paths start with a backslash")
+        node = FileNode(self, path, data, self.next_file_id, self.fm.system_time(), directory)
+        self.next_file_id += 1
+        self.files[path.lower()] = node
+        return node
+
+    def lookup(self, path):
+        return self.files.get(path.lower())
+
+
+class Instance:
+    def __init__(self, fm, volume):
+        self.fm = fm
+        self.volume = volume
+        self.addr = fm.m.system.alloc(0x200, tag=b"FMis")  # the FLT_INSTANCE
+        fm.flt_objects[self.addr] = {"kind": "instance", "refs": 1}
+        self.context = None
+        self.attached = False
+        self.torn_down = False
+
+
+class Context:
+    def __init__(self, addr, ctype, size, tag, cleanup):
+        self.addr = addr
+        self.type = ctype
+        self.size = size
+        self.tag = tag
+        self.cleanup = cleanup
+        self.refs = 1
+        self.linked = None  # ("stream", FileNode) | ("instance", Instance)
+        self.freed = False
+
+
+class FileObj:
+    """Filter Manager's and the file system's view of one FILE_OBJECT."""
+
+    def __init__(self, addr, instance, path, pid):
+        self.addr = addr
+        self.instance = instance
+        self.path = path
+        self.pid = pid
+        self.node = None
+        self.state = "creating"  # creating | open | cancelled | closed
+        self.phase = None  # the callback running on it: pre-create, post-create, ...
+        self.cancel_called = False
+        self.read = False
+        self.write = False
+
+
+class CallbackData:
+    def __init__(self, addr, iopb, objects, completion, major, fo, instance, pid):
+        self.addr = addr
+        self.iopb = iopb
+        self.objects = objects
+        self.completion = completion
+        self.major = major
+        self.fo = fo
+        self.instance = instance
+        self.pid = pid
+
+
+class Sequence:
+    def __init__(self, name, block, gen):
+        self.name = name
+        self.block = block
+        self.gen = gen
+        self.started = False
+        self.resume = None  # value for the generator after a sleep
+        self.done = False
+
+
+# ---------------------------------------------------------------------------
+# Filter Manager
+# ---------------------------------------------------------------------------
 
 
 class FilterManager:
@@ -50,9 +297,101 @@ class FilterManager:
         self.filter = None
         self.filtering = False
         self.unregistered = False
+        self.flt_objects = {}  # FLT_VOLUME / FLT_INSTANCE address -> {"kind", "refs"}
+        self.volume = None
+        self.instance = None
+        self.contexts = {}  # context address -> Context
+        self.file_objects = {}  # FILE_OBJECT address -> FileObj
+        self.callback_data = {}  # FLT_CALLBACK_DATA address -> CallbackData
+        self.names = {}  # FLT_FILE_NAME_INFORMATION address -> references
+        self.aligned = {}  # FltAllocatePoolAlignedWithTag buffer -> tag
+        self.handles = {}  # handle number -> FileObj (the opener's handles)
+        self.next_handle = 1
+        self.sequences = {}  # block address -> Sequence
+        self.ops = []  # one record per file operation (the report's file_ops)
+        self.reads = []  # FltReadFile calls
+        self.cancels = []  # FltCancelFileOpen calls
         for name in dir(self):
             if name.startswith("api_"):
                 self.m.handlers[name[4:]] = getattr(self, name)
+        self._code_hooks = {}
+        self._map_code()
+
+    # -- fltmgr.sys code: the operation-thread trampoline ---------------------
+
+    def _map_code(self):
+        m = self.m
+        m._map(FLTMGR_CODE, FLTMGR_CODE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+        m.write(FLTMGR_CODE, TRAMPOLINE)
+        self.trampoline = FLTMGR_CODE
+        self.step_hook = FLTMGR_CODE + 0x100
+        self.nop = FLTMGR_CODE + 0x110
+        m.write(self.step_hook, b"\xc3")
+        m.write(self.nop, b"\xc3")
+        self._code_hooks[self.step_hook] = ("FltpOperationStep", self._step)
+        m.uc.hook_add(UC_HOOK_CODE, self._on_code, begin=self.step_hook, end=self.step_hook)
+
+    def _on_code(self, uc, addr, size, _ud):
+        hook = self._code_hooks.get(addr)
+        if hook is not None:
+            self.m._dispatch(*hook)
+
+    def run_sequence(self, name, gen, on_exit=None):
+        """A new emulated thread that runs the guest routines ``gen`` yields,
+        one after the other on the same stack: ``("call", fn, [args])`` sends
+        back the routine's RAX; ``("sleep", ms)`` waits that long of virtual
+        time. Returns the Sequence."""
+        block = self.m.system.alloc(BLOCK_SIZE, tag=b"FMop")
+        self.m.w64(block, self.step_hook)
+        seq = Sequence(name, block, gen)
+        self.sequences[block] = seq
+
+        def done(t):
+            seq.done = True
+            self.m.system.free(block)
+            if on_exit:
+                on_exit(t)
+
+        self.m.spawn(name, self.trampoline, block, on_exit=done)
+        return seq
+
+    def _step(self, m):
+        (block,) = m.args(1)
+        seq = self.sequences[block]
+        if seq.resume is not None:
+            value, seq.resume = seq.resume, None
+        else:
+            value = m.r64(block + 8)
+        try:
+            if seq.started:
+                cmd = seq.gen.send(value)
+            else:
+                seq.started = True
+                cmd = next(seq.gen)
+        except StopIteration:
+            return 0
+        except EmulationError:
+            raise
+        except Exception:
+            raise EmulationError(f"harness error in {seq.name}:\n{traceback.format_exc()}")
+        if cmd[0] == "call":
+            fn, args = cmd[1], list(cmd[2])
+            if len(args) > 4:
+                raise EmulationError("an operation step passes at most 4 arguments")
+            args += [0] * (4 - len(args))
+            m.write(block + 0x10, struct.pack("<4Q", *[a & 0xFFFFFFFFFFFFFFFF for a in args]))
+            return fn
+        if cmd[0] == "sleep":
+            m.write(block + 0x10, b"\0" * 32)
+
+            def wake(status):
+                seq.resume = status
+                return self.nop
+
+            raise Park(Wait([], m.now + int(cmd[1] * 10_000), on_wake=wake))
+        raise EmulationError(f"unknown operation step {cmd!r}")
+
+    # -- registration --------------------------------------------------------
 
     def api_FltRegisterFilter(self, m):
         driver, reg, out = m.args(3)
@@ -62,6 +401,11 @@ class FilterManager:
         if r.size != L.FREG_SIZE or r.version != 0x0203:
             self.k.emit("api", name="FltRegisterFilter", status=0xC000000D, size=r.size, version=r.version)
             return 0xC000000D
+        for c in r.contexts:
+            if c["allocate"] or c["free"]:
+                raise EmulationError(
+                    f"context type {c['type']:#x} registers its own allocate/free callbacks: not modelled"
+                )
         self.registration = r
         self.filter = m.system.alloc(0x200, tag=b"FltF")
         m.w64(out, self.filter)
@@ -84,7 +428,836 @@ class FilterManager:
         (f,) = m.args(1)
         if f != self.filter or self.unregistered:
             raise EmulationError("FltUnregisterFilter with an unknown or already unregistered handle")
+        if self.instance is not None and self.instance.attached and not self.instance.torn_down:
+            self._teardown(self.instance, FLTFL_INSTANCE_TEARDOWN_FILTER_UNLOAD)
         self.unregistered = True
         self.filtering = False
         m.system.free(f)
         return 0
+
+    # -- the volume and the instance ------------------------------------------
+
+    def system_time(self):
+        return SYSTEM_TIME_BASE + self.m.now
+
+    def add_volume(self, **kw):
+        if self.volume is not None:
+            raise EmulationError("the emulated Filter Manager has one volume")
+        self.volume = Volume(self, **kw)
+        return self.volume
+
+    def _related_objects(self, instance, fo_addr):
+        m = self.m
+        objs = m.system.alloc(L.FRO_SIZE, tag=b"FMro")
+        m.write(
+            objs,
+            struct.pack(
+                "<HHIQQQQQ", L.FRO_SIZE, 0, 0, self.filter, instance.volume.addr, instance.addr, fo_addr, 0
+            ),
+        )
+        return objs
+
+    def attach(self):
+        """Mounts the volume under the filter: a new instance, the
+        registered InstanceSetupCallback on a thread of its own (automatic
+        attachment, disk file system, NTFS). Returns the Sequence."""
+        if not self.filtering:
+            raise EmulationError("attach before FltStartFiltering")
+        if self.instance is not None:
+            raise EmulationError("the emulated Filter Manager attaches one instance")
+        inst = self.instance = Instance(self, self.volume)
+        rec = {"op": "instance-setup", "status": None}
+        self.ops.append(rec)
+
+        def steps():
+            objs = self._related_objects(inst, 0)
+            setup = self.registration.instance_setup
+            status = STATUS_SUCCESS
+            if setup:
+                status = (
+                    yield ("call", setup, [objs, FLTFL_INSTANCE_SETUP_AUTOMATIC_ATTACHMENT, FILE_DEVICE_DISK_FILE_SYSTEM, FLT_FSTYPE_NTFS])
+                ) & 0xFFFFFFFF
+            self.m.system.free(objs)
+            rec["status"] = status
+            if nt_success(status):
+                inst.attached = True
+            else:
+                self._teardown(inst, 0, call_driver=False)
+            self.k.emit("instance-setup", status=status, attached=inst.attached)
+
+        return self.run_sequence("instance-setup", steps())
+
+    def _teardown(self, inst, reason, call_driver=True):
+        """Instance teardown: the driver's teardown callbacks (nested, on the
+        calling thread), then Filter Manager drops its references to the
+        instance's stream contexts and instance context."""
+        r = self.registration
+        if call_driver:
+            objs = self._related_objects(inst, 0)
+            if r.instance_teardown_start:
+                self.m.call(r.instance_teardown_start, objs, reason)
+            if r.instance_teardown_complete:
+                self.m.call(r.instance_teardown_complete, objs, reason)
+            self.m.system.free(objs)
+        for node in inst.volume.files.values():
+            ctx = node.stream_context
+            if ctx is not None:
+                node.stream_context = None
+                ctx.linked = None
+                self._release(ctx)
+        if inst.context is not None:
+            ctx, inst.context = inst.context, None
+            ctx.linked = None
+            self._release(ctx)
+        inst.torn_down = True
+        self.k.emit("instance-teardown", reason=reason)
+
+    def _instance(self, addr, what):
+        inst = self.instance
+        if inst is None or addr != inst.addr:
+            raise EmulationError(f"{what}: {addr:#x} is not an instance of this filter")
+        if inst.torn_down:
+            raise EmulationError(f"{what}: the instance was torn down")
+        return inst
+
+    def _file_object(self, addr, what):
+        fo = self.file_objects.get(addr)
+        if fo is None:
+            raise EmulationError(f"{what}: {addr:#x} is not a FILE_OBJECT of the filtered volume")
+        if fo.state in ("closed",):
+            raise EmulationError(f"{what}: FILE_OBJECT {addr:#x} ({fo.path}) is already closed")
+        return fo
+
+    def _opened(self, fo, what):
+        if fo.node is None:
+            raise EmulationError(f"{what} on {fo.path} before the file system opened it (pre-create)")
+        if fo.state == "cancelled":
+            raise EmulationError(f"{what} on {fo.path} after FltCancelFileOpen closed it")
+        return fo.node
+
+    def api_FltGetVolumeFromInstance(self, m):
+        inst_addr, out = m.args(2)
+        inst = self._instance(inst_addr, "FltGetVolumeFromInstance")
+        self.flt_objects[inst.volume.addr]["refs"] += 1
+        m.w64(out, inst.volume.addr)
+        return STATUS_SUCCESS
+
+    def api_FltObjectDereference(self, m):
+        (obj,) = m.args(1)
+        o = self.flt_objects.get(obj)
+        if o is None:
+            raise EmulationError(f"FltObjectDereference({obj:#x}): not a Filter Manager object")
+        if o["refs"] <= 1:
+            raise EmulationError(f"FltObjectDereference({obj:#x}) ({o['kind']}): more dereferences than references")
+        o["refs"] -= 1
+        return 0
+
+    def api_FltGetVolumeProperties(self, m):
+        vol_addr, props, length, returned = m.args(4)
+        vol = self.volume
+        if vol is None or vol_addr != vol.addr:
+            raise EmulationError(f"FltGetVolumeProperties({vol_addr:#x}): not a volume")
+        names = ["\\FileSystem\\Ntfs", "\\Ntfs", vol.name]
+        blobs = [n.encode("utf-16-le") for n in names]
+        need = L.FVP_SIZE + sum(len(b) for b in blobs)
+        if returned:
+            m.w32(returned, need)
+        if length < L.FVP_SIZE:
+            return STATUS_BUFFER_TOO_SMALL
+        m.write(
+            props,
+            struct.pack("<IIIIHH", FILE_DEVICE_DISK_FILE_SYSTEM, 0, 0, vol.alignment, vol.sector, 0) + b"\0" * 4,
+        )
+        fields = [L.FVP_FILE_SYSTEM_DRIVER_NAME, L.FVP_FILE_SYSTEM_DEVICE_NAME, L.FVP_REAL_DEVICE_NAME]
+        if length < need:
+            for f in fields:
+                m.write(props + f, b"\0" * 16)
+            return STATUS_BUFFER_OVERFLOW
+        at = props + L.FVP_SIZE
+        for f, b in zip(fields, blobs):
+            m.write(at, b)
+            m.write(props + f, struct.pack("<HHIQ", len(b), len(b), 0, at))
+            at += len(b)
+        return STATUS_SUCCESS
+
+    def api_FltQueryVolumeInformation(self, m):
+        inst_addr, iosb, buf, length, klass = m.args(5)
+        inst = self._instance(inst_addr, "FltQueryVolumeInformation")
+        if klass != L.FILE_FS_VOLUME_INFORMATION_CLASS:
+            raise EmulationError(f"FltQueryVolumeInformation class {klass}: not modelled")
+        vol = inst.volume
+        label = vol.label.encode("utf-16-le")
+        if length < L.FFVI_LABEL:
+            return STATUS_INFO_LENGTH_MISMATCH
+        m.write(buf, struct.pack("<qIIB", SYSTEM_TIME_BASE - 10**15, vol.serial & 0xFFFFFFFF, len(label), 1) + b"\0")
+        room = length - L.FFVI_LABEL
+        m.write(buf + L.FFVI_LABEL, label[:room])
+        status = STATUS_SUCCESS if room >= len(label) else STATUS_BUFFER_OVERFLOW
+        m.w32(iosb, status)
+        m.w64(iosb + 8, L.FFVI_LABEL + min(room, len(label)))
+        return status
+
+    # -- contexts ---------------------------------------------------------------
+
+    def api_FltAllocateContext(self, m):
+        f, ctype, size, pool_type, out = m.args(5)
+        ctype &= 0xFFFF
+        pool_type &= 0xFFFFFFFF
+        if f != self.filter:
+            raise EmulationError("FltAllocateContext with a filter handle FltRegisterFilter did not return")
+        if pool_type not in (0, 1, 512):
+            raise EmulationError(f"FltAllocateContext pool type {pool_type}")
+        if ctype not in (FLT_INSTANCE_CONTEXT, FLT_STREAM_CONTEXT):
+            raise EmulationError(f"FltAllocateContext type {ctype:#x}: not modelled")
+        reg = None
+        for c in self.registration.contexts:
+            if c["type"] != ctype:
+                continue
+            if (
+                c["size"] == FLT_VARIABLE_SIZED_CONTEXTS
+                or c["size"] == size
+                or (c["flags"] & FLTFL_CONTEXT_REGISTRATION_NO_EXACT_SIZE_MATCH and size <= c["size"])
+            ):
+                reg = c
+                break
+        if reg is None:
+            self.k.emit("api", name="FltAllocateContext", type=ctype, size=size, status=STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND)
+            return STATUS_FLT_CONTEXT_ALLOCATION_NOT_FOUND
+        addr = m.pool.alloc(size, tag=struct.pack("<I", reg["tag"]), fill=0xCD)
+        self.contexts[addr] = Context(addr, ctype, size, reg["tag"], reg["cleanup"])
+        m.w64(out, addr)
+        return STATUS_SUCCESS
+
+    def _context(self, addr, what):
+        c = self.contexts.get(addr)
+        if c is None:
+            raise EmulationError(f"{what}({addr:#x}): not a context FltAllocateContext returned")
+        if c.freed or c.refs <= 0:
+            raise EmulationError(f"{what}({addr:#x}): the context was already freed (reference count 0)")
+        return c
+
+    def _release(self, c):
+        c.refs -= 1
+        if c.refs > 0:
+            return
+        if c.linked is not None:
+            raise EmulationError("a linked context reached reference count 0 (more releases than references)")
+        if c.cleanup:
+            self.m.call(c.cleanup, c.addr, c.type)
+        c.freed = True
+        self.m.pool.free(c.addr, tag=struct.pack("<I", c.tag))
+
+    def caller(self):
+        """Where the driver called the current routine from."""
+        ret = self.m.r64(self.m.uc.reg_read(UC_X86_REG_RSP))
+        return f"{ret:#x} ({self.m.symbolize(ret)})"
+
+    def api_FltReleaseContext(self, m):
+        (addr,) = m.args(1)
+        if addr == 0:
+            raise EmulationError(
+                "FltReleaseContext(NULL) called from "
+                + self.caller()
+                + ": Context 'is required and cannot be NULL' (fltkernel.h docs); Filter Manager "
+                "would dereference the context header below NULL (a bug check on Windows)"
+            )
+        c = self._context(addr, "FltReleaseContext")
+        if c.refs == 1 and c.linked is not None:
+            raise EmulationError(
+                f"FltReleaseContext({addr:#x}): releases Filter Manager's own reference of a context still set on its {c.linked[0]}"
+            )
+        self._release(c)
+        return 0
+
+    def _set_context(self, m, what, kind, owner, get, put, op, new, old_out, ctype):
+        c = self._context(new, what)
+        if c.type != ctype:
+            raise EmulationError(f"{what}: context {new:#x} is of type {c.type:#x}")
+        if c.linked is not None:
+            raise EmulationError(f"{what}: context {new:#x} is already set on a {c.linked[0]}")
+        if op not in (FLT_SET_CONTEXT_REPLACE_IF_EXISTS, FLT_SET_CONTEXT_KEEP_IF_EXISTS):
+            raise EmulationError(f"{what}: operation {op}")
+        existing = get()
+        if existing is not None and op == FLT_SET_CONTEXT_KEEP_IF_EXISTS:
+            if old_out:
+                existing.refs += 1
+                m.w64(old_out, existing.addr)
+            return STATUS_FLT_CONTEXT_ALREADY_DEFINED
+        if existing is not None:
+            existing.linked = None
+            if old_out:
+                m.w64(old_out, existing.addr)  # Filter Manager's reference passes to the caller
+            else:
+                self._release(existing)
+        elif old_out:
+            m.w64(old_out, 0)
+        c.refs += 1
+        c.linked = (kind, owner)
+        put(c)
+        return STATUS_SUCCESS
+
+    def api_FltSetInstanceContext(self, m):
+        inst_addr, op, new, old_out = m.args(4)
+        inst = self._instance(inst_addr, "FltSetInstanceContext")
+        return self._set_context(
+            m,
+            "FltSetInstanceContext",
+            "instance",
+            inst,
+            lambda: inst.context,
+            lambda c: setattr(inst, "context", c),
+            op & 0xFFFFFFFF,
+            new,
+            old_out,
+            FLT_INSTANCE_CONTEXT,
+        )
+
+    def api_FltGetInstanceContext(self, m):
+        inst_addr, out = m.args(2)
+        inst = self._instance(inst_addr, "FltGetInstanceContext")
+        if inst.context is None:
+            m.w64(out, 0)
+            return STATUS_NOT_FOUND
+        inst.context.refs += 1
+        m.w64(out, inst.context.addr)
+        return STATUS_SUCCESS
+
+    def api_FltSetStreamContext(self, m):
+        inst_addr, fo_addr, op, new, old_out = m.args(5)
+        self._instance(inst_addr, "FltSetStreamContext")
+        fo = self._file_object(fo_addr, "FltSetStreamContext")
+        if fo.node is None:
+            return STATUS_NOT_SUPPORTED  # no stream yet (pre-create)
+        node = self._opened(fo, "FltSetStreamContext")
+        return self._set_context(
+            m,
+            "FltSetStreamContext",
+            "stream",
+            node,
+            lambda: node.stream_context,
+            lambda c: setattr(node, "stream_context", c),
+            op & 0xFFFFFFFF,
+            new,
+            old_out,
+            FLT_STREAM_CONTEXT,
+        )
+
+    def api_FltGetStreamContext(self, m):
+        inst_addr, fo_addr, out = m.args(3)
+        self._instance(inst_addr, "FltGetStreamContext")
+        fo = self._file_object(fo_addr, "FltGetStreamContext")
+        m.w64(out, 0)
+        if fo.node is None:
+            return STATUS_NOT_SUPPORTED
+        node = self._opened(fo, "FltGetStreamContext")
+        if node.stream_context is None:
+            return STATUS_NOT_FOUND
+        node.stream_context.refs += 1
+        m.w64(out, node.stream_context.addr)
+        return STATUS_SUCCESS
+
+    def live_contexts(self):
+        return [
+            {"type": c.type, "refs": c.refs, "linked": c.linked[0] if c.linked else None}
+            for c in self.contexts.values()
+            if not c.freed
+        ]
+
+    # -- pool -------------------------------------------------------------------
+
+    def api_FltAllocatePoolAlignedWithTag(self, m):
+        inst_addr, pool_type, size, tag = m.args(4)
+        self._instance(inst_addr, "FltAllocatePoolAlignedWithTag")
+        pool_type &= 0xFFFFFFFF
+        tag &= 0xFFFFFFFF
+        if pool_type not in POOL_TYPES:
+            raise EmulationError(f"FltAllocatePoolAlignedWithTag pool type {pool_type}")
+        if tag == 0:
+            raise EmulationError("FltAllocatePoolAlignedWithTag with tag 0")
+        buf = m.pool.alloc(size, tag=struct.pack("<I", tag), fill=0xCD)  # page-aligned: any sector alignment
+        self.aligned[buf] = tag
+        return buf
+
+    def api_FltFreePoolAlignedWithTag(self, m):
+        inst_addr, buf, tag = m.args(3)
+        self._instance(inst_addr, "FltFreePoolAlignedWithTag")
+        tag &= 0xFFFFFFFF
+        if buf not in self.aligned:
+            raise EmulationError(f"FltFreePoolAlignedWithTag({buf:#x}): not from FltAllocatePoolAlignedWithTag (or freed twice)")
+        if self.aligned[buf] != tag:
+            raise EmulationError(
+                f"FltFreePoolAlignedWithTag({buf:#x}) with tag {struct.pack('<I', tag)!r}, allocated with {struct.pack('<I', self.aligned[buf])!r}"
+            )
+        del self.aligned[buf]
+        m.pool.free(buf, tag=struct.pack("<I", tag))
+        return 0
+
+    # -- waits ------------------------------------------------------------------
+
+    def api_FltCancellableWaitForSingleObject(self, m):
+        obj, timeout, data = m.args(3)
+        if data and data not in self.callback_data:
+            raise EmulationError(f"FltCancellableWaitForSingleObject with callback data {data:#x} of no current operation")
+        # Nothing cancels an operation in this model: the wait is KeWaitForSingleObject's.
+        return self.k._wait(m, [obj], False, timeout)
+
+    # -- create: ECPs, names, information ------------------------------------------
+
+    def _data(self, addr, what):
+        cd = self.callback_data.get(addr)
+        if cd is None:
+            raise EmulationError(f"{what}({addr:#x}): not the FLT_CALLBACK_DATA of a current operation")
+        return cd
+
+    def api_FltGetEcpListFromCallbackData(self, m):
+        f, data, out = m.args(3)
+        if f != self.filter:
+            raise EmulationError("FltGetEcpListFromCallbackData with an unknown filter")
+        cd = self._data(data, "FltGetEcpListFromCallbackData")
+        if cd.major != L.IRP_MJ_CREATE:
+            raise EmulationError("FltGetEcpListFromCallbackData outside a create")
+        m.w64(out, 0)  # no ECP list on any create of this model
+        return STATUS_SUCCESS
+
+    def api_FltFindExtraCreateParameter(self, m):
+        f, ecp_list, guid, ctx_out, size_out = m.args(5)
+        raise EmulationError(f"FltFindExtraCreateParameter on ECP list {ecp_list:#x}: no create of this model has one")
+
+    def api_FltIsEcpFromUserMode(self, m):
+        f, ecp = m.args(2)
+        raise EmulationError(f"FltIsEcpFromUserMode({ecp:#x}): no create of this model has ECPs")
+
+    def api_FltGetRequestorProcessId(self, m):
+        (data,) = m.args(1)
+        return self._data(data, "FltGetRequestorProcessId").pid
+
+    def api_FltIsDirectory(self, m):
+        fo_addr, inst_addr, out = m.args(3)
+        self._instance(inst_addr, "FltIsDirectory")
+        node = self._opened(self._file_object(fo_addr, "FltIsDirectory"), "FltIsDirectory")
+        m.w8(out, 1 if node.directory else 0)
+        return STATUS_SUCCESS
+
+    def api_FltCancelFileOpen(self, m):
+        inst_addr, fo_addr = m.args(2)
+        self._instance(inst_addr, "FltCancelFileOpen")
+        fo = self._file_object(fo_addr, "FltCancelFileOpen")
+        if fo.phase != "post-create":
+            raise EmulationError(f"FltCancelFileOpen on {fo.path} outside its post-create (phase {fo.phase})")
+        if fo.node is None or fo.state != "open":
+            raise EmulationError(f"FltCancelFileOpen on {fo.path}, whose create did not succeed (or was cancelled already)")
+        fo.cancel_called = True
+        fo.state = "cancelled"
+        self.cancels.append({"path": fo.path, "t_ms": ms(m.now)})
+        self.k.emit("api", name="FltCancelFileOpen", path=fo.path)
+        return 0
+
+    def api_FltGetFileNameInformation(self, m):
+        data, options, out = m.args(3)
+        cd = self._data(data, "FltGetFileNameInformation")
+        fmt = options & 0xFF
+        query = options & 0xFF00
+        if fmt not in (FLT_FILE_NAME_NORMALIZED, FLT_FILE_NAME_OPENED):
+            raise EmulationError(f"FltGetFileNameInformation format {fmt:#x}: not modelled")
+        if query not in (0x100, 0x200, 0x300, 0x400):
+            raise EmulationError(f"FltGetFileNameInformation query method {query:#x}")
+        fo = cd.fo
+        if fo.node is None:
+            raise EmulationError("FltGetFileNameInformation in pre-create: not modelled")
+        node = self._opened(fo, "FltGetFileNameInformation")
+        full = self.volume.name + (node.path if fmt == FLT_FILE_NAME_NORMALIZED else fo.path)
+        blob = full.encode("utf-16-le")
+        info = m.system.alloc(L.FFNI_SIZE + len(blob), tag=b"FMfn")
+        m.write(info, b"\0" * L.FFNI_SIZE)
+        buf = info + L.FFNI_SIZE
+        m.write(buf, blob)
+        m.w16(info + L.FFNI_SIZE_FIELD, L.FFNI_SIZE)
+        m.w16(info + L.FFNI_NAMES_PARSED, 0)
+        m.w32(info + L.FFNI_FORMAT, fmt)
+        m.write(info + L.FFNI_NAME, struct.pack("<HHIQ", len(blob), len(blob), 0, buf))
+        vol = len(self.volume.name) * 2
+        m.write(info + L.FFNI_VOLUME, struct.pack("<HHIQ", vol, vol, 0, buf))
+        self.names[info] = {"refs": 1, "text": full}
+        m.w64(out, info)
+        return STATUS_SUCCESS
+
+    def api_FltParseFileNameInformation(self, m):
+        (info,) = m.args(1)
+        n = self.names.get(info)
+        if n is None or n["refs"] <= 0:
+            raise EmulationError(f"FltParseFileNameInformation({info:#x}): not a referenced name from FltGetFileNameInformation")
+        full = n["text"]
+        buf = m.r64(info + L.FFNI_NAME + 8)
+        vol = len(self.volume.name)
+        rest = full[vol:]
+        last = rest.rfind("\\")
+        parent_at, final_at = vol, vol + last + 1
+        final = full[final_at:]
+        colon = final.find(":")
+        if colon >= 0:
+            stream_at, final_end = final_at + colon, final_at + colon
+        else:
+            stream_at, final_end = len(full), len(full)
+        base = full[final_at:final_end]
+        dot = base.rfind(".")
+        ext_at, ext_end = (final_at + dot + 1, final_end) if dot >= 0 else (final_end, final_end)
+
+        def us(start, end):
+            return struct.pack("<HHIQ", (end - start) * 2, (end - start) * 2, 0, buf + start * 2)
+
+        m.write(info + L.FFNI_SHARE, struct.pack("<HHIQ", 0, 0, 0, 0))
+        m.write(info + L.FFNI_EXTENSION, us(ext_at, ext_end))
+        m.write(info + L.FFNI_STREAM, us(stream_at, len(full)))
+        m.write(info + L.FFNI_FINAL_COMPONENT, us(final_at, final_end))
+        m.write(info + L.FFNI_PARENT_DIR, us(parent_at, final_at))
+        m.w16(info + L.FFNI_NAMES_PARSED, 0xF)  # FINAL_COMPONENT | EXTENSION | STREAM | PARENT_DIR
+        return STATUS_SUCCESS
+
+    def api_FltReleaseFileNameInformation(self, m):
+        (info,) = m.args(1)
+        n = self.names.get(info)
+        if n is None or n["refs"] <= 0:
+            raise EmulationError(f"FltReleaseFileNameInformation({info:#x}): not a referenced name (released twice?)")
+        n["refs"] -= 1
+        if n["refs"] == 0:
+            m.system.free(info)
+        return 0
+
+    def live_names(self):
+        return [n["text"] for n in self.names.values() if n["refs"] > 0]
+
+    def api_FltQueryInformationFile(self, m):
+        inst_addr, fo_addr, buf, length, klass, returned = m.args(6)
+        self._instance(inst_addr, "FltQueryInformationFile")
+        node = self._opened(self._file_object(fo_addr, "FltQueryInformationFile"), "FltQueryInformationFile")
+        klass &= 0xFFFFFFFF
+        length &= 0xFFFFFFFF
+        if klass == L.FILE_ID_INFORMATION_CLASS:
+            data = struct.pack("<QQQ", self.volume.serial, node.file_id, 0)
+        elif klass == L.FILE_INTERNAL_INFORMATION_CLASS:
+            data = struct.pack("<Q", node.file_id)
+        elif klass == L.FILE_STANDARD_INFORMATION_CLASS:
+            data = struct.pack("<qqIBBxx", node.allocation_size(), len(node.data), 1, 0, 1 if node.directory else 0)
+        elif klass == L.FILE_BASIC_INFORMATION_CLASS:
+            attrs = FILE_ATTRIBUTE_DIRECTORY if node.directory else FILE_ATTRIBUTE_ARCHIVE
+            data = struct.pack("<qqqqI4x", node.creation, node.last_access, node.last_write, node.change, attrs)
+        else:
+            raise EmulationError(f"FltQueryInformationFile class {klass}: not modelled")
+        if length < len(data):
+            return STATUS_INFO_LENGTH_MISMATCH
+        m.write(buf, data)
+        if returned:
+            m.w32(returned, len(data))
+        return STATUS_SUCCESS
+
+    # -- reads by the driver (the host's ReadRequests) ----------------------------
+
+    def api_FltReadFile(self, m):
+        inst_addr, fo_addr, offset_ptr, length, buf, flags, read_out, callback, cb_ctx = m.args(9)
+        inst = self._instance(inst_addr, "FltReadFile")
+        fo = self._file_object(fo_addr, "FltReadFile")
+        node = self._opened(fo, "FltReadFile")
+        length &= 0xFFFFFFFF
+        flags &= 0xFFFFFFFF
+        if callback:
+            raise EmulationError("asynchronous FltReadFile (a completion callback): not modelled")
+        if flags & FLTFL_IO_OPERATION_PAGING:
+            raise EmulationError("FltReadFile with FLTFL_IO_OPERATION_PAGING: not modelled")
+        if offset_ptr:
+            offset = m.r64(offset_ptr)
+        else:
+            offset = m.r64(fo.addr + L.FO_CURRENT_BYTE_OFFSET)
+        rec = {"path": node.path, "offset": offset, "length": length, "flags": flags, "t_ms": ms(m.now)}
+        self.reads.append(rec)
+        sector = inst.volume.sector
+        if flags & FLTFL_IO_OPERATION_NON_CACHED and (
+            offset % sector or length % sector or buf & inst.volume.alignment
+        ):
+            # What NTFS answers a misaligned non-cached read.
+            rec["status"] = STATUS_INVALID_PARAMETER
+            self.k.emit("flt-read", **rec)
+            if read_out:
+                m.w32(read_out, 0)
+            return STATUS_INVALID_PARAMETER
+        size = len(node.data)
+        if offset >= size:
+            status, n = STATUS_END_OF_FILE, 0
+        else:
+            n = min(length, size - offset)
+            m.write(buf, bytes(node.data[offset : offset + n]))
+            if flags & FLTFL_IO_OPERATION_NON_CACHED:
+                # whole sectors are transferred: the tail of the last one is zero
+                tail = min(length, (n + sector - 1) // sector * sector) - n
+                m.write(buf + n, b"\0" * tail)
+            status = STATUS_SUCCESS
+        if read_out:
+            m.w32(read_out, n)
+        if not flags & FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET:
+            m.w64(fo.addr + L.FO_CURRENT_BYTE_OFFSET, offset + n)
+        rec["status"] = status
+        rec["read"] = n
+        self.k.emit("flt-read", **rec)
+        return status
+
+    # -- operations -----------------------------------------------------------------
+
+    def _new_file_object(self, inst, path, pid):
+        m = self.m
+        fo = m.system.alloc(L.FILE_OBJECT_SIZE, tag=b"File")
+        m.w16(fo + L.FO_TYPE, 5)
+        m.w16(fo + L.FO_SIZE, L.FILE_OBJECT_SIZE)
+        m.w64(fo + L.FO_DEVICE_OBJECT, inst.volume.device_object)
+        m.w32(fo + L.FO_FLAGS, L.FO_SYNCHRONOUS_IO)
+        name = path.encode("utf-16-le")
+        nbuf = m.system.alloc(len(name) + 2, tag=b"FoNm")
+        m.write(nbuf, name + b"\0\0")
+        m.write(fo + L.FO_FILE_NAME, struct.pack("<HHIQ", len(name), len(name) + 2, 0, nbuf))
+        obj = FileObj(fo, inst, path, pid)
+        obj.name_buffer = nbuf
+        self.file_objects[fo] = obj
+        self.k.objects[fo] = KObject("file", fo, path)
+        return obj
+
+    def _free_file_object(self, fo):
+        """IRP_MJ_CLOSE reached the file system and the I/O manager frees
+        the FILE_OBJECT."""
+        fo.state = "closed"
+        o = self.k.objects[fo.addr]
+        self.k.dereference(fo.addr)
+        if o.refs != 0:
+            raise EmulationError(f"FILE_OBJECT of {fo.path} closed with {o.refs} reference(s) left")
+        del self.k.objects[fo.addr]
+        self.m.system.free(fo.name_buffer)
+        self.m.system.free(fo.addr)
+
+    def _new_callback_data(self, major, fo, thread_obj, irp_flags):
+        m = self.m
+        inst = fo.instance
+        data = m.system.alloc(L.FCD_SIZE, tag=b"FMcd")
+        iopb = m.system.alloc(L.FIOPB_SIZE, tag=b"FMio")
+        objs = self._related_objects(inst, fo.addr)
+        completion = m.system.alloc(8, tag=b"FMcc")
+        m.write(data, b"\0" * L.FCD_SIZE)
+        m.w32(data + L.FCD_FLAGS, FLTFL_CALLBACK_DATA_IRP_OPERATION)
+        m.w64(data + L.FCD_THREAD, thread_obj)
+        m.w64(data + L.FCD_IOPB, iopb)
+        m.w8(data + L.FCD_REQUESTOR_MODE, USER_MODE)
+        m.write(iopb, b"\0" * L.FIOPB_SIZE)
+        m.w32(iopb + L.FIOPB_IRP_FLAGS, irp_flags)
+        m.w8(iopb + L.FIOPB_MAJOR, major)
+        m.w64(iopb + L.FIOPB_TARGET_FILE_OBJECT, fo.addr)
+        m.w64(iopb + L.FIOPB_TARGET_INSTANCE, inst.addr)
+        cd = CallbackData(data, iopb, objs, completion, major, fo, inst, fo.pid)
+        self.callback_data[data] = cd
+        return cd
+
+    def _free_callback_data(self, cd):
+        del self.callback_data[cd.addr]
+        for a in (cd.addr, cd.iopb, cd.objects, cd.completion):
+            self.m.system.free(a)
+
+    def _status(self, cd):
+        return self.m.r32(cd.addr + L.FCD_IOSTATUS_STATUS)
+
+    def _set_status(self, cd, status, information):
+        self.m.w32(cd.addr + L.FCD_IOSTATUS_STATUS, status)
+        self.m.w64(cd.addr + L.FCD_IOSTATUS_INFORMATION, information)
+
+    def _pre(self, cd, major, what):
+        """Runs the registered pre-operation (a generator step); returns its
+        FLT_PREOP_CALLBACK_STATUS (NO_CALLBACK when none is registered)."""
+        op = self.registration.operations.get(major)
+        if op is None or not op["pre"]:
+            return FLT_PREOP_SUCCESS_NO_CALLBACK
+        cd.fo.phase = "pre-" + what
+        self.m.w64(cd.completion, 0)
+        status = (yield ("call", op["pre"], [cd.addr, cd.objects, cd.completion])) & 0xFFFFFFFF
+        cd.fo.phase = None
+        if status not in (FLT_PREOP_SUCCESS_WITH_CALLBACK, FLT_PREOP_SUCCESS_NO_CALLBACK):
+            raise EmulationError(f"pre-{what} returned FLT_PREOP_CALLBACK_STATUS {status}: not modelled")
+        return status
+
+    def _post(self, cd, major, what, pre_status):
+        op = self.registration.operations.get(major)
+        if pre_status != FLT_PREOP_SUCCESS_WITH_CALLBACK or op is None or not op["post"]:
+            return None
+        m = self.m
+        m.w32(cd.addr + L.FCD_FLAGS, m.r32(cd.addr + L.FCD_FLAGS) | FLTFL_CALLBACK_DATA_POST_OPERATION)
+        cd.fo.phase = "post-" + what
+        status = (yield ("call", op["post"], [cd.addr, cd.objects, m.r64(cd.completion), 0])) & 0xFFFFFFFF
+        cd.fo.phase = None
+        if status != FLT_POSTOP_FINISHED_PROCESSING:
+            raise EmulationError(f"post-{what} returned FLT_POSTOP_CALLBACK_STATUS {status}: not modelled")
+        return status
+
+    def _fs_create(self, fo, access, disposition, options):
+        """The file system's IRP_MJ_CREATE: returns (status, information)."""
+        vol = fo.instance.volume
+        node = vol.lookup(fo.path)
+        info = FILE_OPENED
+        if node is None:
+            if disposition in (FILE_OPEN, FILE_OVERWRITE):
+                return STATUS_OBJECT_NAME_NOT_FOUND, 0
+            node = vol.add_file(fo.path, b"", directory=bool(options & FILE_DIRECTORY_FILE))
+            info = FILE_CREATED
+        else:
+            if disposition == FILE_CREATE:
+                return STATUS_OBJECT_NAME_COLLISION, 0
+            if node.directory and options & FILE_NON_DIRECTORY_FILE:
+                return STATUS_FILE_IS_A_DIRECTORY, 0
+            if disposition in (FILE_SUPERSEDE, FILE_OVERWRITE, FILE_OVERWRITE_IF):
+                node.data = bytearray()
+                node.last_write = node.change = self.system_time()
+                info = FILE_SUPERSEDED if disposition == FILE_SUPERSEDE else FILE_OVERWRITTEN
+        m = self.m
+        fo.node = node
+        fo.state = "open"
+        fo.read = bool(access & (FILE_READ_DATA | FILE_EXECUTE))
+        fo.write = bool(access & (FILE_WRITE_DATA | FILE_APPEND_DATA))
+        m.w64(fo.addr + L.FO_FS_CONTEXT, node.scb)
+        m.w8(fo.addr + L.FO_READ_ACCESS, 1 if fo.read else 0)
+        m.w8(fo.addr + L.FO_WRITE_ACCESS, 1 if fo.write else 0)
+        m.w8(fo.addr + L.FO_DELETE_ACCESS, 1 if access & DELETE else 0)
+        m.w8(fo.addr + L.FO_SHARED_READ, 1)
+        return STATUS_SUCCESS, info
+
+    def open(self, path, access=FILE_GENERIC_READ, disposition=FILE_OPEN, pid=4242, name=None):
+        """Opens ``path`` on the volume from user mode through the filter,
+        on a thread of its own. Returns the operation's record; its
+        ``handle`` (if allowed) is for :meth:`write` and :meth:`close`."""
+        rec = {"op": "open", "path": path, "access": access, "disposition": disposition, "pid": pid, "done": False}
+        self.ops.append(rec)
+        self.run_sequence(name or f"opener-{len(self.ops)}", self._open_steps(rec, path, access, disposition, pid))
+        return rec
+
+    def _open_steps(self, rec, path, access, disposition, pid):
+        m = self.m
+        inst = self.instance
+        if inst is None or not inst.attached or inst.torn_down:
+            raise EmulationError("open on a volume the filter is not attached to")
+        if access & GENERIC_ALL_BITS:
+            raise EmulationError("generic access rights: the I/O manager maps them before the create (use FILE_GENERIC_*)")
+        rec["t_start_ms"] = ms(m.now)
+        options = (disposition << 24) | FILE_NON_DIRECTORY_FILE | FILE_SYNCHRONOUS_IO_NONALERT
+        fo = self._new_file_object(inst, path, pid)
+        sc = m.system.alloc(L.IOSC_SIZE, tag=b"FMsc")
+        access_state = m.system.alloc(0xA0, tag=b"FMas")
+        m.write(sc, struct.pack("<QQII", 0, access_state, access, options & 0xFFFFFF))
+        cd = self._new_callback_data(L.IRP_MJ_CREATE, fo, m.current.object, IRP_CREATE_OPERATION | IRP_SYNCHRONOUS_API)
+        p = cd.iopb + L.FIOPB_PARAMETERS
+        m.w64(p + L.FP_CREATE_SECURITY_CONTEXT, sc)
+        m.w32(p + L.FP_CREATE_OPTIONS, options)
+        m.w16(p + L.FP_CREATE_FILE_ATTRIBUTES, 0x80)  # FILE_ATTRIBUTE_NORMAL
+        m.w16(p + L.FP_CREATE_SHARE_ACCESS, FILE_SHARE_READ)
+        pre = yield from self._pre(cd, L.IRP_MJ_CREATE, "create")
+        rec["pre"] = pre
+        status, info = self._fs_create(fo, access, disposition, options)
+        rec["fs_status"] = status
+        self._set_status(cd, status, info)
+        post = yield from self._post(cd, L.IRP_MJ_CREATE, "create", pre)
+        rec["post_called"] = post is not None
+        final = self._status(cd)
+        rec["status"] = final
+        rec["cancelled"] = fo.cancel_called
+        rec["t_end_ms"] = ms(m.now)
+        if fo.cancel_called:
+            if nt_success(final):
+                raise EmulationError(f"FltCancelFileOpen on {path}, but the create's IoStatus.Status left at {final:#x}")
+            self._free_file_object(fo)  # Filter Manager sent cleanup and close below the filter
+        elif not nt_success(status):
+            if nt_success(final):
+                raise EmulationError(f"post-create turned the failed create of {path} ({status:#x}) into success")
+            self._free_file_object(fo)
+        elif not nt_success(final):
+            raise EmulationError(
+                f"post-create failed the successful create of {path} with {final:#x} without FltCancelFileOpen "
+                "(the file system's file object would leak)"
+            )
+        else:
+            m.w32(fo.addr + L.FO_FLAGS, m.r32(fo.addr + L.FO_FLAGS) | L.FO_HANDLE_CREATED)
+            h = self.next_handle
+            self.next_handle += 1
+            self.handles[h] = fo
+            rec["handle"] = h
+        rec["allowed"] = "handle" in rec
+        self._free_callback_data(cd)
+        m.system.free(sc)
+        m.system.free(access_state)
+        rec["done"] = True
+        self.k.emit(
+            "file-open", path=path, status=final, allowed=rec["allowed"], cancelled=rec["cancelled"],
+            started_ms=rec["t_start_ms"],
+        )
+
+    def write(self, handle, data, offset=0, name=None):
+        """Writes ``data`` at ``offset`` through the handle (IRP_MJ_WRITE,
+        the registered pre-write first), on a thread of its own."""
+        rec = {"op": "write", "handle": handle, "offset": offset, "length": len(data), "done": False}
+        self.ops.append(rec)
+        self.run_sequence(name or f"writer-{len(self.ops)}", self._write_steps(rec, handle, bytes(data), offset))
+        return rec
+
+    def _write_steps(self, rec, handle, data, offset):
+        m = self.m
+        fo = self.handles.get(handle)
+        if fo is None:
+            raise EmulationError(f"write through handle {handle}, which is not open")
+        if not fo.write:
+            raise EmulationError("write through a handle without write access (NtWriteFile fails before any IRP)")
+        rec["path"] = fo.path
+        rec["t_start_ms"] = ms(m.now)
+        buf = m.system.alloc(len(data), tag=b"FMwb")
+        m.write(buf, data)
+        cd = self._new_callback_data(L.IRP_MJ_WRITE, fo, m.current.object, IRP_WRITE_OPERATION | IRP_SYNCHRONOUS_API)
+        p = cd.iopb + L.FIOPB_PARAMETERS
+        m.w32(p + L.FP_RW_LENGTH, len(data))
+        m.w32(p + L.FP_RW_KEY, 0)
+        m.w64(p + L.FP_RW_BYTE_OFFSET, offset)
+        m.w64(p + L.FP_RW_BUFFER, buf)
+        pre = yield from self._pre(cd, L.IRP_MJ_WRITE, "write")
+        node = fo.node
+        end = offset + len(data)
+        if len(node.data) < end:
+            node.data.extend(b"\0" * (end - len(node.data)))
+        node.data[offset:end] = data
+        node.last_write = node.change = self.system_time()
+        m.w64(fo.addr + L.FO_CURRENT_BYTE_OFFSET, end)
+        self._set_status(cd, STATUS_SUCCESS, len(data))
+        yield from self._post(cd, L.IRP_MJ_WRITE, "write", pre)
+        rec["pre"] = pre
+        rec["status"] = self._status(cd)
+        self._free_callback_data(cd)
+        m.system.free(buf)
+        rec["t_end_ms"] = ms(m.now)
+        rec["done"] = True
+        self.k.emit("file-write", path=fo.path, offset=offset, length=len(data))
+
+    def close(self, handle, name=None):
+        """Closes the handle: IRP_MJ_CLEANUP (the registered pre-cleanup
+        first), then IRP_MJ_CLOSE, on a thread of its own."""
+        rec = {"op": "close", "handle": handle, "done": False}
+        self.ops.append(rec)
+        self.run_sequence(name or f"closer-{len(self.ops)}", self._close_steps(rec, handle))
+        return rec
+
+    def _close_steps(self, rec, handle):
+        m = self.m
+        fo = self.handles.pop(handle, None)
+        if fo is None:
+            raise EmulationError(f"close of handle {handle}, which is not open")
+        rec["path"] = fo.path
+        rec["t_start_ms"] = ms(m.now)
+        cd = self._new_callback_data(L.IRP_MJ_CLEANUP, fo, m.current.object, IRP_CLOSE_OPERATION | IRP_SYNCHRONOUS_API)
+        pre = yield from self._pre(cd, L.IRP_MJ_CLEANUP, "cleanup")
+        self._set_status(cd, STATUS_SUCCESS, 0)
+        yield from self._post(cd, L.IRP_MJ_CLEANUP, "cleanup", pre)
+        rec["pre"] = pre
+        m.w32(fo.addr + L.FO_FLAGS, m.r32(fo.addr + L.FO_FLAGS) | L.FO_CLEANUP_COMPLETE)
+        self._free_callback_data(cd)
+        # IRP_MJ_CLOSE: the filter registers no callback for it.
+        if L.IRP_MJ_CLOSE in self.registration.operations:
+            raise EmulationError("the filter registers IRP_MJ_CLOSE: not modelled")
+        self._free_file_object(fo)
+        rec["t_end_ms"] = ms(m.now)
+        rec["done"] = True
+        self.k.emit("file-close", path=fo.path)

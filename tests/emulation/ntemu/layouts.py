@@ -154,3 +154,122 @@ MDL_BYTE_COUNT = 0x28
 MDL_BYTE_OFFSET = 0x2C
 MDL_SOURCE_IS_NONPAGED_POOL = 0x0004
 MDL_MAPPED_TO_SYSTEM_VA = 0x0001
+
+# -- Filter Manager structures of file operations (fltKernel.h, x64) --------
+#
+# FLT_CALLBACK_DATA.FilterContext[4] / QueueLinks+QueueContext share 0x30..0x50.
+FCD_TAG_DATA = 0x28
+FCD_FILTER_CONTEXT = 0x30
+
+# FLT_PARAMETERS inside the FLT_IO_PARAMETER_BLOCK (at FIOPB_PARAMETERS, 0x30
+# bytes). POINTER_ALIGNMENT puts each such ULONG/USHORT on an 8-byte boundary
+# (windows-sys's packed(4) FLT_PARAMETERS_* lack it: only the offsets here
+# are fltKernel.h's).
+#   Create: SecurityContext PIO_SECURITY_CONTEXT, Options ULONG (disposition
+#   in the top byte), FileAttributes USHORT POINTER_ALIGNMENT, ShareAccess
+#   USHORT, EaLength ULONG POINTER_ALIGNMENT, EaBuffer PVOID,
+#   AllocationSize LARGE_INTEGER.
+FP_CREATE_SECURITY_CONTEXT = 0x00
+FP_CREATE_OPTIONS = 0x08
+FP_CREATE_FILE_ATTRIBUTES = 0x10
+FP_CREATE_SHARE_ACCESS = 0x12
+FP_CREATE_EA_LENGTH = 0x18
+FP_CREATE_EA_BUFFER = 0x20
+FP_CREATE_ALLOCATION_SIZE = 0x28
+#   Read / Write: Length ULONG, Key ULONG POINTER_ALIGNMENT, ByteOffset
+#   LARGE_INTEGER, ReadBuffer/WriteBuffer PVOID, MdlAddress PMDL.
+FP_RW_LENGTH = 0x00
+FP_RW_KEY = 0x08
+FP_RW_BYTE_OFFSET = 0x10
+FP_RW_BUFFER = 0x18
+FP_RW_MDL = 0x20
+#   SetFileInformation: Length ULONG, FileInformationClass
+#   POINTER_ALIGNMENT, ParentOfTarget PFILE_OBJECT, ..., InfoBuffer at 0x20.
+FP_SETINFO_LENGTH = 0x00
+FP_SETINFO_CLASS = 0x08
+FP_SETINFO_PARENT = 0x10
+FP_SETINFO_BUFFER = 0x20
+
+# _IO_SECURITY_CONTEXT (0x18): SecurityQos, AccessState, DesiredAccess,
+# FullCreateOptions.
+IOSC_SIZE = 0x18
+IOSC_SECURITY_QOS = 0x00
+IOSC_ACCESS_STATE = 0x08
+IOSC_DESIRED_ACCESS = 0x10
+IOSC_FULL_CREATE_OPTIONS = 0x14
+
+# _FILE_OBJECT fields the I/O manager and file systems fill at create.
+FO_VPB = 0x10
+FO_SECTION_OBJECT_POINTER = 0x28
+FO_FINAL_STATUS = 0x38
+FO_RELATED_FILE_OBJECT = 0x40
+FO_READ_ACCESS = 0x4A
+FO_WRITE_ACCESS = 0x4B
+FO_DELETE_ACCESS = 0x4C
+FO_SHARED_READ = 0x4D
+FO_SHARED_WRITE = 0x4E
+FO_SHARED_DELETE = 0x4F
+FO_CURRENT_BYTE_OFFSET = 0x68
+FO_SYNCHRONOUS_IO = 0x00000002
+FO_CLEANUP_COMPLETE = 0x00004000
+FO_HANDLE_CREATED = 0x00040000
+FO_VOLUME_OPEN = 0x00400000
+
+# _FLT_FILE_NAME_INFORMATION (0x78): Size USHORT, NamesParsed USHORT
+# (FLT_FILE_NAME_PARSED_FLAGS), Format ULONG (FLT_FILE_NAME_OPTIONS), then
+# seven UNICODE_STRINGs (0x10 each, 8-aligned): Name, Volume, Share,
+# Extension, Stream, FinalComponent, ParentDir. The component strings point
+# into Name's buffer.
+FFNI_SIZE = 0x78
+FFNI_SIZE_FIELD = 0x00
+FFNI_NAMES_PARSED = 0x02
+FFNI_FORMAT = 0x04
+FFNI_NAME = 0x08
+FFNI_VOLUME = 0x18
+FFNI_SHARE = 0x28
+FFNI_EXTENSION = 0x38
+FFNI_STREAM = 0x48
+FFNI_FINAL_COMPONENT = 0x58
+FFNI_PARENT_DIR = 0x68
+
+# _FLT_VOLUME_PROPERTIES (0x48 + names): DeviceType, DeviceCharacteristics,
+# DeviceObjectFlags, AlignmentRequirement (ULONGs), SectorSize USHORT, Flags
+# USHORT, then FileSystemDriverName, FileSystemDeviceName, RealDeviceName
+# (UNICODE_STRINGs, 8-aligned from 0x18); the names' buffers follow.
+FVP_SIZE = 0x48
+FVP_DEVICE_TYPE = 0x00
+FVP_DEVICE_CHARACTERISTICS = 0x04
+FVP_DEVICE_OBJECT_FLAGS = 0x08
+FVP_ALIGNMENT_REQUIREMENT = 0x0C
+FVP_SECTOR_SIZE = 0x10
+FVP_FLAGS = 0x12
+FVP_FILE_SYSTEM_DRIVER_NAME = 0x18
+FVP_FILE_SYSTEM_DEVICE_NAME = 0x28
+FVP_REAL_DEVICE_NAME = 0x38
+
+# _FLT_CONTEXT_REGISTRATION (0x38): ContextType USHORT, Flags USHORT,
+# ContextCleanupCallback, Size SIZE_T, PoolTag ULONG, ContextAllocateCallback,
+# ContextFreeCallback, Reserved1.
+FCTXREG_TYPE = 0x00
+FCTXREG_FLAGS = 0x02
+FCTXREG_CLEANUP = 0x08
+FCTXREG_SIZE_FIELD = 0x10
+FCTXREG_POOL_TAG = 0x18
+FCTXREG_ALLOCATE = 0x20
+FCTXREG_FREE = 0x28
+
+# File information classes (wdm.h / ntifs.h FILE_INFORMATION_CLASS) and the
+# structures' sizes and offsets.
+FILE_BASIC_INFORMATION_CLASS = 4  # CreationTime, LastAccessTime, LastWriteTime, ChangeTime, FileAttributes (0x28)
+FILE_STANDARD_INFORMATION_CLASS = 5  # AllocationSize, EndOfFile, NumberOfLinks, DeletePending, Directory (0x18)
+FILE_INTERNAL_INFORMATION_CLASS = 6  # IndexNumber (0x08)
+FILE_END_OF_FILE_INFORMATION_CLASS = 20  # EndOfFile (0x08)
+FILE_ID_INFORMATION_CLASS = 59  # VolumeSerialNumber ULONGLONG, FileId FILE_ID_128 (0x18)
+FBI_SIZE = 0x28
+FSI_SIZE = 0x18
+FII_SIZE = 0x08
+FIDI_SIZE = 0x18
+# FILE_FS_VOLUME_INFORMATION: VolumeCreationTime, VolumeSerialNumber ULONG,
+# VolumeLabelLength ULONG, SupportsObjects BOOLEAN, VolumeLabel WCHAR[] at 0x12.
+FILE_FS_VOLUME_INFORMATION_CLASS = 1
+FFVI_LABEL = 0x12

@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 
-from .fltmgr import FilterManager
+from .fltmgr import FILE_GENERIC_READ, FILE_GENERIC_WRITE, FilterManager
 from .kernel import REG_DWORD, REG_SZ, Kernel
 from .machine import IMAGE_BASE, PROVIDER_IMAGE, PROVIDER_IMAGE_SIZE, EmulationError, Machine
 from .viosock import ViosockDevice
@@ -447,6 +447,196 @@ SCENARIOS = {
     "unload": scenario_unload,
     "unload-refused-while-reinit-pending": scenario_unload_refused,
 }
+
+
+# ---------------------------------------------------------------------------
+# File opens through the registered minifilter callbacks (fltmgr.py's Filter
+# Manager, volume and file system), against the real scanner.
+
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+CLEAN = b"Quarterly figures, nothing to report.\r\n"
+FRAME_TYPES = {0x01: "Hello", 0x02: "HelloAck", 0x10: "FileEvent", 0x11: "Verdict", 0x20: "ReadRequest", 0x21: "ReadData"}
+
+
+def frame_types(data):
+    """Message types of the frames in ``data`` (24-byte header: msg_type
+    u16 at 6, payload_len u32 at 20)."""
+    out, at = [], 0
+    while at + 24 <= len(data):
+        msg_type, payload = struct.unpack_from("<H", data, at + 6)[0], struct.unpack_from("<I", data, at + 20)[0]
+        out.append(FRAME_TYPES.get(msg_type, "other"))
+        at += 24 + payload
+    return out
+
+
+class FileWorld(World):
+    """A World with a volume the filter attaches to, holding ``files``
+    (path on the volume -> content)."""
+
+    def __init__(self, driver, files=(), **kw):
+        super().__init__(driver, **kw)
+        self.volume = self.flt.add_volume()
+        for path, content in files:
+            self.volume.add_file(path, content)
+        self.stalled = set()  # bridged sockets whose host stopped answering
+        pump = self.provider.pump
+        self.provider.pump = lambda s, wait=0.0: False if s in self.stalled else pump(s, wait)
+
+    def attach_volume(self):
+        seq = self.flt.attach()
+        self.run(until=lambda: seq.done, max_ms=1000)
+        if not (self.flt.instance.attached and seq.done):
+            raise EmulationError("the filter did not attach to the volume")
+
+    def finish(self, rec, max_ms=10_000):
+        self.run(until=lambda: rec["done"], max_ms=max_ms)
+        if not rec["done"]:
+            raise EmulationError(f"{rec['op']} of {rec.get('path')} did not finish within {max_ms} virtual ms")
+        return rec
+
+    def open(self, path, **kw):
+        return self.finish(self.flt.open(path, **kw))
+
+    def write(self, handle, data, offset=0):
+        return self.finish(self.flt.write(handle, data, offset))
+
+    def close(self, handle):
+        return self.finish(self.flt.close(handle))
+
+    def sent(self):
+        """Frame types the guest sent, over every bridged socket."""
+        return [t for s in self.provider.sockets.values() for t in frame_types(b"".join(s.sent))]
+
+    def file_events(self):
+        return self.sent().count("FileEvent")
+
+    def sessions_up(self):
+        return sum(1 for line in self.lines() if "connected to the host scanner" in line)
+
+    def report(self):
+        out = super().report()
+        out["file_ops"] = self.flt.ops
+        out["flt_reads"] = self.flt.reads
+        out["flt_cancels"] = self.flt.cancels
+        out["contexts_live"] = self.flt.live_contexts()
+        out["names_live"] = self.flt.live_names()
+        out["aligned_live"] = len(self.flt.aligned)
+        out["instance_attached"] = bool(self.flt.instance and self.flt.instance.attached)
+        return out
+
+
+def file_world(driver, args, held, files, extra=None):
+    w = held["world"] = FileWorld(
+        driver, start_type=3, vmci=VmciDevice(), scanner=scanner_address(args),
+        parameters=scanner_params(args, dict(DEBUG, **(extra or {}))), files=files,
+    )
+    w.boot()
+    w.run(until=lambda: connected(w), max_ms=10_000)
+    if not connected(w):
+        raise EmulationError("no session with the scanner before the file scenario")
+    w.attach_volume()
+    return w
+
+
+def unload_world(w):
+    w.unload()
+    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
+    w.run(max_ms=1000)
+
+
+def scenario_file_clean_cached(driver, args, held):
+    """A clean file opened twice: the host scans it once, the second open is
+    answered from the verdict cache; then unload."""
+    w = file_world(driver, args, held, [("\\Users\\Public\\report.txt", CLEAN)])
+    for _ in range(2):
+        rec = w.open("\\Users\\Public\\report.txt")
+        if rec["allowed"]:
+            w.close(rec["handle"])
+    unload_world(w)
+    return w
+
+
+def scenario_file_eicar_denied(driver, args, held):
+    """EICAR opened twice: denied with STATUS_VIRUS_INFECTED, the open
+    cancelled with FltCancelFileOpen; the second denial without the host."""
+    w = file_world(driver, args, held, [("\\Users\\Public\\eicar.com", EICAR)])
+    for _ in range(2):
+        rec = w.open("\\Users\\Public\\eicar.com")
+        if rec["allowed"]:
+            w.close(rec["handle"])
+    unload_world(w)
+    return w
+
+
+def scenario_file_write_rescan(driver, args, held):
+    """A clean file opened for writing, rewritten (still clean) and closed:
+    rescanned at cleanup, its next open answered from the cache; rewritten
+    as EICAR and closed: rescanned, denied, and its next open denied."""
+    path = "\\Users\\Public\\notes.txt"
+    w = file_world(driver, args, held, [(path, CLEAN)])
+    rw = FILE_GENERIC_READ | FILE_GENERIC_WRITE
+    h = w.open(path, access=rw)["handle"]
+    w.run(max_ms=100)
+    w.write(h, b"Quarterly figures, v2.\r\n" + b" " * 16)
+    w.run(max_ms=100)
+    w.close(h)
+    w.run(max_ms=100)
+    rec = w.open(path)
+    w.close(rec["handle"])
+    w.run(max_ms=100)
+    h = w.open(path, access=rw)["handle"]
+    w.write(h, EICAR)
+    w.run(max_ms=100)
+    w.close(h)
+    w.run(max_ms=100)
+    rec = w.open(path)
+    if rec["allowed"]:
+        w.close(rec["handle"])
+    unload_world(w)
+    return w
+
+
+def scenario_file_host_lost(driver, args, held, fail_mode=None, how="kill"):
+    """The host goes away while an open waits for its verdict (``kill``: the
+    connection drops; ``stall``: the host stops answering): the open is
+    decided by failMode, then the driver reconnects and the next open is
+    the host's again."""
+    extra = {"failMode": sz(fail_mode)} if fail_mode else {}
+    path = "\\Users\\Public\\invoice.pdf"
+    w = file_world(driver, args, held, [(path, CLEAN), ("\\Users\\Public\\later.txt", CLEAN)], extra)
+    rec = w.flt.open(path)
+    w.run(until=lambda: w.file_events() >= 1, max_ms=1000)
+    if w.file_events() < 1:
+        raise EmulationError("the open's FileEvent was never sent")
+    w.k.emit("host-lost", how=how)
+    if how == "kill":
+        w.provider.kill_host()
+    else:
+        w.stalled.update(w.provider.sockets.values())
+    w.finish(rec, max_ms=5000)
+    if rec["allowed"]:
+        w.close(rec["handle"])
+    w.run(until=lambda: w.sessions_up() >= 2, max_ms=120_000)
+    rec = w.open("\\Users\\Public\\later.txt")
+    if rec["allowed"]:
+        w.close(rec["handle"])
+    rec = w.open(path)
+    if rec["allowed"]:
+        w.close(rec["handle"])
+    unload_world(w)
+    return w
+
+
+SCENARIOS.update(
+    {
+        "file-clean-cached": scenario_file_clean_cached,
+        "file-eicar-denied": scenario_file_eicar_denied,
+        "file-write-rescan": scenario_file_write_rescan,
+        "file-host-killed": scenario_file_host_lost,
+        "file-host-killed-fail-closed": lambda d, a, h: scenario_file_host_lost(d, a, h, fail_mode="closed"),
+        "file-host-stalled": lambda d, a, h: scenario_file_host_lost(d, a, h, how="stall"),
+    }
+)
 
 
 def main(argv=None):
