@@ -242,7 +242,11 @@ fn get_stream_context(
     // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetstreamcontext):
     // instance and file object of the current operation. IRQL <= APC_LEVEL.
     let status = unsafe { FltGetStreamContext(instance, file_object, &mut ctx) };
-    (nt_success(status) && !ctx.is_null()).then_some(ContextRef(ctx))
+    // `then`, not `then_some`: `then_some(ContextRef(ctx))` builds the
+    // guard even on a miss, and its Drop then calls FltReleaseContext(NULL),
+    // which bug-checks (the emulated Filter Manager caught it on the first
+    // open of every file).
+    (nt_success(status) && !ctx.is_null()).then(|| ContextRef(ctx))
 }
 
 /// The instance context of `instance`, if set (IRQL ≤ APC_LEVEL).
@@ -252,7 +256,11 @@ fn get_instance_context(instance: PFLT_INSTANCE) -> Option<ContextRef> {
     // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetinstancecontext):
     // a live instance. IRQL <= APC_LEVEL.
     let status = unsafe { FltGetInstanceContext(instance, &mut ctx) };
-    (nt_success(status) && !ctx.is_null()).then_some(ContextRef(ctx))
+    // `then`, not `then_some`: `then_some(ContextRef(ctx))` builds the
+    // guard even on a miss, and its Drop then calls FltReleaseContext(NULL),
+    // which bug-checks (the emulated Filter Manager caught it on the first
+    // open of every file).
+    (nt_success(status) && !ctx.is_null()).then(|| ContextRef(ctx))
 }
 
 /// Allocates a non-paged context of type `kind` for `filter` and
