@@ -544,28 +544,26 @@ def unload_world(w):
     w.run(max_ms=1000)
 
 
-def scenario_file_clean_cached(driver, args, held):
-    """A clean file opened twice: the host scans it once, the second open is
-    answered from the verdict cache; then unload."""
-    w = file_world(driver, args, held, [("\\Users\\Public\\report.txt", CLEAN)])
+def open_twice_then_unload(driver, args, held, path, content):
+    w = file_world(driver, args, held, [(path, content)])
     for _ in range(2):
-        rec = w.open("\\Users\\Public\\report.txt")
+        rec = w.open(path)
         if rec["allowed"]:
             w.close(rec["handle"])
     unload_world(w)
     return w
+
+
+def scenario_file_clean_cached(driver, args, held):
+    """A clean file opened twice: the host scans it once, the second open is
+    answered from the verdict cache; then unload."""
+    return open_twice_then_unload(driver, args, held, "\\Users\\Public\\report.txt", CLEAN)
 
 
 def scenario_file_eicar_denied(driver, args, held):
     """EICAR opened twice: denied with STATUS_VIRUS_INFECTED, the open
     cancelled with FltCancelFileOpen; the second denial without the host."""
-    w = file_world(driver, args, held, [("\\Users\\Public\\eicar.com", EICAR)])
-    for _ in range(2):
-        rec = w.open("\\Users\\Public\\eicar.com")
-        if rec["allowed"]:
-            w.close(rec["handle"])
-    unload_world(w)
-    return w
+    return open_twice_then_unload(driver, args, held, "\\Users\\Public\\eicar.com", EICAR)
 
 
 def scenario_file_write_rescan(driver, args, held):
