@@ -16,10 +16,9 @@ use core::time::Duration;
 use thinagent_guest::Instant;
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::KEVENT;
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    Executive, KLOCK_QUEUE_HANDLE, KeAcquireInStackQueuedSpinLock, KeClearEvent,
-    KeDelayExecutionThread, KeInitializeEvent, KeInitializeSpinLock, KeQueryInterruptTimePrecise,
-    KeReleaseInStackQueuedSpinLock, KeSetEvent, KeWaitForMultipleObjects, KeWaitForSingleObject,
-    KernelMode,
+    Executive, KLOCK_QUEUE_HANDLE, KeAcquireInStackQueuedSpinLock, KeClearEvent, KeInitializeEvent,
+    KeInitializeSpinLock, KeQueryInterruptTimePrecise, KeReleaseInStackQueuedSpinLock, KeSetEvent,
+    KeWaitForMultipleObjects, KeWaitForSingleObject, KernelMode,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 use thinagent_km_sys::fltmgr::windows_sys::Win32::System::Kernel::{
@@ -77,15 +76,6 @@ pub const fn relative_100ns(d: Duration) -> i64 {
         units
     };
     -(units as i64)
-}
-
-/// Sleeps the current thread for `d` (`KeDelayExecutionThread`, kernel mode,
-/// not alertable; PASSIVE_LEVEL or APC_LEVEL).
-pub fn sleep(d: Duration) {
-    let interval = relative_100ns(d);
-    // SAFETY: a non-alertable kernel-mode delay with a valid relative
-    // interval; callers run at PASSIVE_LEVEL (documented on theirs).
-    let _ = unsafe { KeDelayExecutionThread(KernelMode as i8, false, &interval) };
 }
 
 /// `THREAD_WAIT_OBJECTS` (`wdm.h`): how many objects a thread can wait on
