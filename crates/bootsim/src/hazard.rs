@@ -71,6 +71,8 @@ pub enum HazardId {
     DuplicateTag,
     /// A minifilter instance altitude outside its group's range.
     AltitudeOutsideGroupRange,
+    /// Two minifilters with an instance at the same altitude.
+    AltitudeCollision,
     /// A boot-start driver's image outside `System32\drivers`.
     BootImageOutsideDrivers,
     /// A boot/system-start driver declares `DependOnService`/`DependOnGroup`,
@@ -98,6 +100,7 @@ impl HazardId {
             HazardId::TagNotInGroupOrderList => "tag-not-in-group-order-list",
             HazardId::DuplicateTag => "duplicate-tag",
             HazardId::AltitudeOutsideGroupRange => "altitude-outside-group-range",
+            HazardId::AltitudeCollision => "altitude-collision",
             HazardId::BootImageOutsideDrivers => "boot-image-outside-drivers",
             HazardId::IgnoredDependency => "ignored-dependency",
             HazardId::DependencyMissing => "dependency-missing",
@@ -207,6 +210,7 @@ pub fn find_hazards(model: &Model, order: &LoadOrder, needs: &NeedsTable) -> Vec
     filters(model, order, needs, &mut out);
     groups_and_tags(model, order, &mut out);
     altitudes(model, order, &mut out);
+    altitude_collisions(model, &mut out);
     boot_images(model, order, &mut out);
     dependencies(model, order, &mut out);
     out.sort_by_key(|h| (h.severity, h.id));
@@ -898,6 +902,25 @@ pub fn closest_groups(model: &Model, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The devices (with their function driver) whose start `filter`, a stack
+/// member initialised after the function driver, holds back.
+fn devices_deferred_by(order: &LoadOrder, filter: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in &order.entries {
+        for d in &e.deferred_by {
+            if fold(&d.filter) == fold(filter)
+                && matches!(d.reason, DeferralReason::InitialisesLater { .. })
+            {
+                let s = format!("{}'s device {}", d.function_driver, d.device);
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
+}
+
 fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
     let mut by_group_tag: BTreeMap<(crate::order::Phase, String, u32), Vec<String>> =
         BTreeMap::new();
@@ -916,12 +939,27 @@ fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
             } else {
                 ""
             };
+            // Where it really loads is no fault in itself (Windows ships
+            // drivers in the unlisted "PnP Filter" and "Network" groups):
+            // it matters when the late load defers a device start.
+            let deferred = devices_deferred_by(order, &e.service);
+            let (severity, tail) = if deferred.is_empty() {
+                (
+                    Severity::Info,
+                    " (as Windows does for its own drivers in \"PnP Filter\" and \"Network\"); nothing waits for it".to_string(),
+                )
+            } else {
+                (
+                    Severity::Warning,
+                    format!(", so the start of {} waits for it", deferred.join(", ")),
+                )
+            };
             out.push(Hazard {
                 id: HazardId::UnknownGroup,
-                severity: Severity::Warning,
+                severity,
                 services: vec![e.service.clone()],
                 message: format!(
-                    "{} ({} #{}) is in group \"{group}\", which this machine's ServiceGroupOrder\\List does not have{extra}: it initialises in the last bucket, after every listed group",
+                    "{} ({} #{}) is in group \"{group}\", which this machine's ServiceGroupOrder\\List does not have{extra}: it initialises in the last bucket, after every listed group{tail}",
                     e.service,
                     e.start.name(),
                     e.position
@@ -930,7 +968,12 @@ fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
                     "this machine has no ServiceGroupOrder\\List: check the export includes Control\\ServiceGroupOrder".to_string()
                 } else {
                     format!(
-                        "set Services\\{}\\Group to a group this machine lists, e.g. {}",
+                        "{}set Services\\{}\\Group to a group this machine lists, e.g. {}",
+                        if severity == Severity::Info {
+                            "nothing to change while nothing needs it earlier; to make it initialise earlier, "
+                        } else {
+                            ""
+                        },
                         e.service,
                         close
                             .iter()
@@ -1024,10 +1067,10 @@ fn altitudes(model: &Model, _order: &LoadOrder, out: &mut Vec<Hazard>) {
             if !ok {
                 out.push(Hazard {
                     id: HazardId::AltitudeOutsideGroupRange,
-                    severity: Severity::Warning,
+                    severity: Severity::Info,
                     services: vec![s.name.clone()],
                     message: format!(
-                        "{} instance \"{}\" has Altitude {alt}, outside \"{}\"'s range {}-{}: Filter Manager attaches it where the altitude says, not where its group implies",
+                        "{} instance \"{}\" has Altitude {alt}, outside \"{}\"'s range {}-{}: Filter Manager attaches it where the altitude says, not where its group implies (the group only orders its driver's load; Microsoft allocates some of its own filters such altitudes)",
                         s.name, inst.name, range.name, range.low, range.high
                     ),
                     fix: format!(
@@ -1040,6 +1083,65 @@ fn altitudes(model: &Model, _order: &LoadOrder, out: &mut Vec<Hazard>) {
     }
 }
 
+/// An altitude as a comparable key: integer part without leading zeros and
+/// fraction without trailing zeros (`"0385600.50"` -> `("385600", "5")`).
+fn altitude_key(a: &str) -> Option<(String, String)> {
+    altitude_integer(a)?;
+    let (int, frac) = a.split_once('.').unwrap_or((a, ""));
+    let int = int.trim_start_matches('0');
+    Some((
+        if int.is_empty() { "0" } else { int }.to_string(),
+        frac.trim_end_matches('0').to_string(),
+    ))
+}
+
+/// Two different minifilters that can both load with an instance at the
+/// same altitude: Filter Manager attaches the first and refuses the second
+/// (`STATUS_FLT_INSTANCE_ALTITUDE_COLLISION`, 0xC01C0011), so the second
+/// filter does not see that volume's I/O.
+fn altitude_collisions(model: &Model, out: &mut Vec<Hazard>) {
+    // (integer, fraction) -> (service, instance, altitude as written)
+    type Holders = Vec<(String, String, String)>;
+    let mut by_alt: BTreeMap<(String, String), Holders> = BTreeMap::new();
+    for s in model.services.values() {
+        if matches!(s.start, Some(StartType::Disabled) | None) {
+            continue;
+        }
+        for inst in &s.instances {
+            let Some(alt) = inst.altitude.as_deref() else {
+                continue;
+            };
+            let Some(key) = altitude_key(alt) else {
+                continue;
+            };
+            let list = by_alt.entry(key).or_default();
+            if !list.iter().any(|(n, ..)| fold(n) == fold(&s.name)) {
+                list.push((s.name.clone(), inst.name.clone(), alt.to_string()));
+            }
+        }
+    }
+    for list in by_alt.into_values() {
+        if list.len() < 2 {
+            continue;
+        }
+        let alt = list[0].2.clone();
+        let who = list
+            .iter()
+            .map(|(n, i, _)| format!("{n} (instance \"{i}\")"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(Hazard {
+            id: HazardId::AltitudeCollision,
+            severity: Severity::Warning,
+            services: list.iter().map(|(n, ..)| n.clone()).collect(),
+            message: format!(
+                "{who} share Altitude {alt}: Filter Manager attaches whichever loads first and refuses the other's instance with STATUS_FLT_INSTANCE_ALTITUDE_COLLISION (0xC01C0011), so that filter does not see the volume's I/O"
+            ),
+            fix: "give each filter the altitude Microsoft allocated to it (Microsoft Learn, Allocated filter altitudes); two products never share one".to_string(),
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Boot images.
 
@@ -1047,6 +1149,14 @@ fn altitudes(model: &Model, _order: &LoadOrder, out: &mut Vec<Hazard>) {
 #[must_use]
 pub fn image_under_system32_drivers(image: &str) -> bool {
     crate::order::normalize_image(image).starts_with(r"system32\drivers\")
+}
+
+/// `true` if `image` (as `ImagePath` writes it) is relative to the system
+/// root (`System32\x.sys`, `\SystemRoot\...`, `\??\C:\Windows\...`).
+#[must_use]
+pub fn image_under_system_root(image: &str) -> bool {
+    let p = crate::order::normalize_image(image);
+    !(p.contains(':') || p.starts_with("??") || p.split('\\').any(|c| c == ".."))
 }
 
 fn boot_images(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
@@ -1057,12 +1167,27 @@ fn boot_images(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
         let name = model
             .service(&e.service)
             .map_or(e.service.as_str(), |s| s.name.as_str());
+        // The boot loader opens boot driver images relative to the system
+        // root on the boot volume (nt-load-order resolves them the same
+        // way): anywhere under it loads (Windows ships CLFS as
+        // System32\CLFS.sys); a path outside it does not.
+        let (severity, why) = if image_under_system_root(&e.image) {
+            (
+                Severity::Info,
+                "it is still under the system root, which the boot loader reads (Windows ships CLFS as System32\\CLFS.sys)",
+            )
+        } else {
+            (
+                Severity::Warning,
+                "it is outside the system root: the boot loader reads boot driver images only from the system root on the boot volume, before any other volume or file system is available, so the driver does not load",
+            )
+        };
         out.push(Hazard {
             id: HazardId::BootImageOutsideDrivers,
-            severity: Severity::Warning,
+            severity,
             services: vec![name.to_string()],
             message: format!(
-                "boot-start {name}'s image \"{}\" is not under System32\\drivers: the boot loader reads boot drivers from the system volume before any other volume or file system filter is available",
+                "boot-start {name}'s image \"{}\" is not under System32\\drivers; {why}",
                 e.image
             ),
             fix: format!(
@@ -1085,6 +1210,10 @@ fn dependencies(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
         if let Some(own) = own {
             // Kernel-initialised: the declaration is ignored.
             let mut problems = Vec::new();
+            // A DependOnGroup none of whose drivers loads is the one case
+            // where the declaration can keep a boot/system driver from
+            // loading (the kernel's dependency check).
+            let mut empty_group = false;
             let mut services = vec![s.name.clone()];
             for dep in &s.depend_on_service {
                 services.push(dep.clone());
@@ -1116,6 +1245,7 @@ fn dependencies(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
                         l.service, l.position
                     ));
                 } else if !any {
+                    empty_group = true;
                     problems.push(format!("no driver of group \"{g}\" is initialised at boot"));
                 }
             }
@@ -1131,11 +1261,23 @@ fn dependencies(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
                     Severity::Info,
                     "the order happens to satisfy it today".to_string(),
                 )
-            } else {
+            } else if empty_group {
                 (
                     Severity::Warning,
                     format!(
-                        "and it does not hold: {} (a DependOnGroup with no driver loaded may even keep it from loading)",
+                        "and it does not hold: {} (the kernel's dependency check can skip a driver whose DependOnGroup has no driver loaded)",
+                        problems.join("; ")
+                    ),
+                )
+            } else {
+                // The order is what it is: whether the driver's DriverEntry
+                // needs the other one initialised first is not in the
+                // registry (Windows' own CSC declares rdbss, which loads
+                // after it, and works).
+                (
+                    Severity::Info,
+                    format!(
+                        "and it does not hold: {} (harmless unless its DriverEntry needs the other initialised first)",
                         problems.join("; ")
                     ),
                 )
@@ -1159,24 +1301,33 @@ fn dependencies(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
         if !matches!(s.start, Some(StartType::Auto | StartType::Demand)) {
             continue;
         }
+        // Not a boot or system-start driver: nothing at boot waits for it.
+        // A demand-start service starts only when its device appears or
+        // someone asks (Windows ships iagpio and UcmUcsiAcpiClient without
+        // their class extensions on machines without that hardware).
+        let when = if s.start == Some(StartType::Demand) {
+            "if anything ever starts it (demand-start: never at boot)"
+        } else {
+            "at every boot (auto-start; not a boot or system-start driver, so no boot driver waits for it)"
+        };
         for dep in &s.depend_on_service {
             match model.service(dep) {
                 None => out.push(Hazard {
                     id: HazardId::DependencyMissing,
-                    severity: Severity::Warning,
+                    severity: Severity::Info,
                     services: vec![s.name.clone(), dep.clone()],
                     message: format!(
-                        "{} depends on {dep}, which is not installed: the service control manager will refuse to start {}",
+                        "{} depends on {dep}, which is not installed: the service control manager will refuse to start {} {when}",
                         s.name, s.name
                     ),
                     fix: format!("install {dep}, or remove it from Services\\{}\\DependOnService", s.name),
                 }),
                 Some(d) if d.start == Some(StartType::Disabled) => out.push(Hazard {
                     id: HazardId::DependencyDisabled,
-                    severity: Severity::Warning,
+                    severity: Severity::Info,
                     services: vec![s.name.clone(), d.name.clone()],
                     message: format!(
-                        "{} depends on {}, which is disabled: the service control manager will refuse to start {}",
+                        "{} depends on {}, which is disabled: the service control manager will refuse to start {} {when}",
                         s.name, d.name, s.name
                     ),
                     fix: format!("re-enable {} or remove the dependency", d.name),
@@ -1278,14 +1429,85 @@ mod tests {
         set(&mut b, "ok", "FltMgr");
         set(&mut b, "bad", "late");
         set(&mut b, "svc", "nothere");
+        b.driver("grp", 0, Some("FSFilter Anti-Virus"), None);
+        b.service_key("grp").set_value(
+            "DependOnGroup",
+            crate::registry::RegValue::MultiSz(vec!["No Such Group".into()]),
+        );
         let a = Analysis::from_control_set(b.root(), &NeedsTable::empty()).unwrap();
         let ign: Vec<_> = a.hazards_with(HazardId::IgnoredDependency).collect();
-        assert_eq!(ign.len(), 2);
+        assert_eq!(ign.len(), 3);
+        // Initialised later: the order does not honour it, which is a note
+        // (Windows' own CSC -> rdbss is such a case and works).
         let bad = ign.iter().find(|h| h.services[0] == "bad").unwrap();
-        assert_eq!(bad.severity, Severity::Warning);
+        assert_eq!(bad.severity, Severity::Info);
+        assert!(bad.message.contains("does not hold"), "{}", bad.message);
         let ok = ign.iter().find(|h| h.services[0] == "ok").unwrap();
         assert_eq!(ok.severity, Severity::Info);
-        assert_eq!(a.hazards_with(HazardId::DependencyMissing).count(), 1);
+        // A DependOnGroup no driver of which loads: the kernel may skip it.
+        let grp = ign.iter().find(|h| h.services[0] == "grp").unwrap();
+        assert_eq!(grp.severity, Severity::Warning);
+        // A demand-start service never starts at boot: a note.
+        let missing: Vec<_> = a.hazards_with(HazardId::DependencyMissing).collect();
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].severity, Severity::Info);
+    }
+
+    #[test]
+    fn altitude_notes_and_collisions() {
+        let mut b = ControlSetBuilder::new();
+        b.group_order(&["FSFilter Anti-Virus"])
+            .driver("x", 0, Some("FSFilter Anti-Virus"), None)
+            .minifilter_instance("x", "x Instance", "360000")
+            .driver("y", 0, Some("FSFilter Anti-Virus"), None)
+            .minifilter_instance("y", "y Instance", "0328000.0")
+            .driver("z", 0, Some("FSFilter Anti-Virus"), None)
+            .minifilter_instance("z", "z Instance", "328000");
+        let a = Analysis::from_control_set(b.root(), &NeedsTable::empty()).unwrap();
+        let out: Vec<_> = a
+            .hazards_with(HazardId::AltitudeOutsideGroupRange)
+            .collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].severity, Severity::Info);
+        let c: Vec<_> = a.hazards_with(HazardId::AltitudeCollision).collect();
+        assert_eq!(c.len(), 1, "{:#?}", a.hazards);
+        assert_eq!(c[0].severity, Severity::Warning);
+        assert_eq!(c[0].services, ["y", "z"]);
+        // A disabled filter never loads: no collision.
+        b.service_key("z")
+            .set_value("Start", crate::registry::RegValue::Dword(4));
+        let a = Analysis::from_control_set(b.root(), &NeedsTable::empty()).unwrap();
+        assert_eq!(a.hazards_with(HazardId::AltitudeCollision).count(), 0);
+    }
+
+    #[test]
+    fn boot_images_under_the_system_root_are_notes() {
+        assert!(image_under_system_root(r"System32\CLFS.sys"));
+        assert!(image_under_system_root(r"\SystemRoot\System32\x.sys"));
+        assert!(image_under_system_root(r"\??\C:\Windows\system32\x.sys"));
+        assert!(!image_under_system_root(r"\??\C:\Program Files\X\x.sys"));
+        assert!(!image_under_system_root(r"\??\D:\drivers\x.sys"));
+        assert!(!image_under_system_root(r"System32\..\..\x.sys"));
+        let mut b = ControlSetBuilder::new();
+        b.driver("clfs", 0, None, None)
+            .driver("prod", 0, None, None);
+        b.service_key("clfs").set_value(
+            "ImagePath",
+            crate::registry::RegValue::ExpandSz(r"System32\CLFS.sys".into()),
+        );
+        b.service_key("prod").set_value(
+            "ImagePath",
+            crate::registry::RegValue::ExpandSz(r"\??\C:\Program Files\P\prod.sys".into()),
+        );
+        let a = Analysis::from_control_set(b.root(), &NeedsTable::empty()).unwrap();
+        let sev = |n: &str| {
+            a.hazards_with(HazardId::BootImageOutsideDrivers)
+                .find(|h| h.services[0] == n)
+                .unwrap()
+                .severity
+        };
+        assert_eq!(sev("clfs"), Severity::Info);
+        assert_eq!(sev("prod"), Severity::Warning);
     }
 
     #[test]
