@@ -284,18 +284,39 @@ fn readiness(
     match decl.created {
         Created::DriverInit => r.step = Some(init),
         Created::DeviceStart => {
-            if let Some(i) = order.device_start_step(&owner.name) {
+            // The owner's devices (started or not); the one whose start
+            // creates `decl` (its `instance`, else the first).
+            let owned = |d: &DeviceStart| fold(&d.function_driver) == fold(&owner.name);
+            let all: Vec<&str> = order
+                .steps
+                .iter()
+                .filter_map(|st| match st {
+                    Step::StartDevice(d) if owned(d) => Some(d.device.as_str()),
+                    _ => None,
+                })
+                .chain(
+                    order
+                        .never_started
+                        .iter()
+                        .filter(|d| owned(d))
+                        .map(|d| d.device.as_str()),
+                )
+                .collect();
+            let creates = |d: &DeviceStart| {
+                owned(d) && decl.created_at_start_of(&d.device, all.iter().copied())
+            };
+            let start_step = order
+                .steps
+                .iter()
+                .position(|st| matches!(st, Step::StartDevice(d) if creates(d)));
+            if let Some(i) = start_step {
                 r.step = Some(i);
                 if let Step::StartDevice(ds) = &order.steps[i]
                     && let Some(d) = latest_deferral(ds)
                 {
                     r.cause = Cause::Deferred(d);
                 }
-            } else if let Some(ds) = order
-                .never_started
-                .iter()
-                .find(|d| fold(&d.function_driver) == fold(&owner.name))
-            {
+            } else if let Some(ds) = order.never_started.iter().find(|d| creates(d)) {
                 r.step = None;
                 if let Some(d) = ds
                     .deferred_by
@@ -1508,6 +1529,46 @@ mod tests {
         };
         assert_eq!(sev("clfs"), Severity::Info);
         assert_eq!(sev("prod"), Severity::Warning);
+    }
+
+    #[test]
+    fn the_vmci_host_device_is_the_one_that_counts() {
+        // vmci drives the PCI bus device and the root-enumerated host
+        // device; VMCIHostDev comes from the host device's start.
+        let machine = |filtered: &str| {
+            let mut b = ControlSetBuilder::new();
+            b.group_order(&["System Bus Extender", "FSFilter Anti-Virus", "Base"])
+                .driver("vmci", 0, Some("System Bus Extender"), Some(1))
+                .driver("vsock", 0, Some("System Bus Extender"), Some(2))
+                .driver("devflt", 0, Some("Base"), None)
+                .driver("vsepflt", 0, Some("FSFilter Anti-Virus"), None)
+                .device(
+                    r"PCI\VEN_15AD&DEV_0740\1",
+                    "vmci",
+                    crate::model::SYSTEM_CLASS_GUID,
+                )
+                .device(
+                    r"ROOT\VMWVMCIHOSTDEV\0000",
+                    "vmci",
+                    crate::model::SYSTEM_CLASS_GUID,
+                )
+                .device_filters(filtered, &["devflt"], &[]);
+            Analysis::from_control_set(b.root(), &NeedsTable::builtin()).unwrap()
+        };
+        let a = machine(r"ROOT\VMWVMCIHOSTDEV\0000");
+        let h = a
+            .hazards_with(HazardId::DeviceFilterDefersNeededDevice)
+            .next()
+            .unwrap_or_else(|| panic!("{:#?}", a.hazards));
+        assert_eq!(h.services, ["vsepflt", "vsock", "vmci", "devflt"]);
+        let a = machine(r"PCI\VEN_15AD&DEV_0740\1");
+        assert_eq!(
+            a.hazards_with(HazardId::DeviceFilterDefersNeededDevice)
+                .count(),
+            0,
+            "{:#?}",
+            a.hazards
+        );
     }
 
     #[test]

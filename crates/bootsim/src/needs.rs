@@ -50,6 +50,37 @@ pub struct DeviceDecl {
     /// without `Enum`).
     #[serde(default)]
     pub class_guid: Option<String>,
+    /// For `device-start`: the `Enum` instance path (a prefix, e.g.
+    /// `ROOT\VMWVMCIHOSTDEV`) of the owner's device whose start creates
+    /// it, when the owner drives several devices. Without it, or on a
+    /// machine with no such instance, the owner's first device start.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+impl DeviceDecl {
+    /// `true` if `device_path` (relative to `Enum`) is `instance` or below it.
+    #[must_use]
+    pub fn instance_matches(&self, device_path: &str) -> bool {
+        self.instance.as_deref().is_some_and(|i| {
+            let (p, i) = (fold(device_path), fold(i.trim_end_matches('\\')));
+            p == i || p.starts_with(&format!("{i}\\"))
+        })
+    }
+
+    /// Whether the start of `device_path`, one of the owner's devices on a
+    /// machine whose owner devices are `owner_devices`, creates this device.
+    #[must_use]
+    pub fn created_at_start_of<'a>(
+        &self,
+        device_path: &str,
+        mut owner_devices: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        if self.instance.is_none() || !owner_devices.any(|d| self.instance_matches(d)) {
+            return true;
+        }
+        self.instance_matches(device_path)
+    }
 }
 
 /// When a need applies.

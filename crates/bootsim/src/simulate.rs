@@ -369,6 +369,41 @@ impl<'a> Run<'a> {
         fold(service) == fold(&self.agent.service)
     }
 
+    /// The devices the start of `owner`'s device `path` creates (a
+    /// declaration with an `instance` only at that instance's start).
+    fn create_devices_at_start(&mut self, owner: &str, path: &str, t: u64) {
+        let owned: Vec<String> = self
+            .order
+            .steps
+            .iter()
+            .filter_map(|st| match st {
+                Step::StartDevice(d) if fold(&d.function_driver) == fold(owner) => {
+                    Some(d.device.clone())
+                }
+                _ => None,
+            })
+            .chain(
+                self.order
+                    .never_started
+                    .iter()
+                    .filter(|d| fold(&d.function_driver) == fold(owner))
+                    .map(|d| d.device.clone()),
+            )
+            .collect();
+        let decls: Vec<_> = self
+            .needs
+            .devices
+            .iter()
+            .filter(|d| {
+                d.created == Created::DeviceStart
+                    && fold(&d.owner) == fold(owner)
+                    && d.created_at_start_of(path, owned.iter().map(String::as_str))
+            })
+            .cloned()
+            .collect();
+        self.announce(decls, owner, t);
+    }
+
     fn create_devices(&mut self, owner: &str, created: Created, t: u64) {
         let decls: Vec<_> = self
             .needs
@@ -377,7 +412,14 @@ impl<'a> Run<'a> {
             .filter(|d| d.created == created && fold(&d.owner) == fold(owner))
             .cloned()
             .collect();
+        self.announce(decls, owner, t);
+    }
+
+    fn announce(&mut self, decls: Vec<crate::needs::DeviceDecl>, owner: &str, t: u64) {
         for d in decls {
+            if self.present.contains(&canonical_object_name(&d.name)) {
+                continue;
+            }
             self.present.insert(canonical_object_name(&d.name));
             for l in &d.links {
                 self.present.insert(canonical_object_name(l));
@@ -699,7 +741,8 @@ impl<'a> Run<'a> {
                         )
                     };
                     self.note(end, Level::Info, routine_names::PNP_START, &text);
-                    self.create_devices(&ds.function_driver.clone(), Created::DeviceStart, end);
+                    let (fd, path) = (ds.function_driver.clone(), ds.device.clone());
+                    self.create_devices_at_start(&fd, &path, end);
                 }
                 Step::BootDriversDone => {
                     let t = self.t;
