@@ -125,6 +125,13 @@ pub struct Simulation {
     pub notes: Vec<String>,
     /// When the last system-start driver finished, ms.
     pub boot_done_ms: u64,
+    /// When the last boot-start driver finished, ms.
+    pub boot_drivers_done_ms: u64,
+    /// Whether the machine has the agent installed (else it was placed with
+    /// its default start and group).
+    pub agent_installed: bool,
+    /// The device the agent captures (`\Device\vmci`).
+    pub agent_device: String,
 }
 
 impl Simulation {
@@ -172,6 +179,61 @@ impl Simulation {
                 format!(
                     "{} failed after {attempts} attempt(s) at t={at_ms} ms, last status {}{s}",
                     self.agent,
+                    s.name().map(|n| format!("{n} ")).unwrap_or_default()
+                )
+            }
+        }
+    }
+}
+
+impl Simulation {
+    /// The agent's outlook on this machine in one sentence: whether it
+    /// captures its provider, when (during the boot-start drivers, the
+    /// system-start drivers or after the boot) and, when it does not, why.
+    #[must_use]
+    pub fn outlook(&self) -> String {
+        let placed = if self.agent_installed {
+            String::new()
+        } else {
+            " (not installed here; placed as its installer would)".to_string()
+        };
+        match self.outcome {
+            Outcome::Connected { at_ms, attempts } => {
+                let when = if at_ms <= self.boot_drivers_done_ms {
+                    "while the boot-start drivers initialise"
+                } else if at_ms <= self.boot_done_ms {
+                    "after the boot-start drivers, while the system-start drivers initialise"
+                } else {
+                    "only after the boot (its worker thread keeps retrying)"
+                };
+                format!(
+                    "{}{placed} will capture {} at t={at_ms} ms, attempt {attempts}, {when}",
+                    self.agent, self.agent_device
+                )
+            }
+            Outcome::Failed {
+                at_ms,
+                attempts,
+                last_status,
+            } => {
+                let s = NtStatus(last_status);
+                let why = if s == NtStatus::STATUS_OBJECT_NAME_NOT_FOUND {
+                    format!(
+                        "{} never appears (is VMware Tools' vsock installed and boot-start?)",
+                        self.agent_device
+                    )
+                } else if s == NtStatus::STATUS_DEVICE_BUSY {
+                    format!(
+                        "the provider behind {} stays busy (a device it needs has not started)",
+                        self.agent_device
+                    )
+                } else {
+                    format!("the last answer was {s}")
+                };
+                format!(
+                    "{}{placed} will NOT capture {}: it gives up after {attempts} attempt(s) at t={at_ms} ms, last status {}{s}: {why}; it cannot reach the host",
+                    self.agent,
+                    self.agent_device,
                     s.name().map(|n| format!("{n} ")).unwrap_or_default()
                 )
             }
@@ -291,9 +353,12 @@ pub fn simulate(
             start: s.map_or("(none)".to_string(), |s| s.as_u32().to_string()),
         });
     }
+    let installed = model.service(&decl.service).is_some();
     let mut run = Run::new(&order, needs, &decl, opts, notes);
     run.play();
-    Ok(run.finish())
+    let mut sim = run.finish();
+    sim.agent_installed = installed;
+    Ok(sim)
 }
 
 struct Run<'a> {
@@ -311,6 +376,7 @@ struct Run<'a> {
     last_status: NtStatus,
     last_attempt_ms: u64,
     boot_done_ms: u64,
+    boot_drivers_done_ms: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -346,6 +412,7 @@ impl<'a> Run<'a> {
             last_status: NtStatus::STATUS_UNSUCCESSFUL,
             last_attempt_ms: 0,
             boot_done_ms: 0,
+            boot_drivers_done_ms: 0,
         }
     }
 
@@ -746,6 +813,7 @@ impl<'a> Run<'a> {
                 }
                 Step::BootDriversDone => {
                     let t = self.t;
+                    self.boot_drivers_done_ms = t;
                     self.worker_until(t);
                     self.note(
                         t,
@@ -818,6 +886,9 @@ impl<'a> Run<'a> {
             timeline: self.timeline,
             notes: self.notes,
             boot_done_ms: self.boot_done_ms,
+            boot_drivers_done_ms: self.boot_drivers_done_ms,
+            agent_installed: true,
+            agent_device: self.agent.device.clone(),
         }
     }
 }

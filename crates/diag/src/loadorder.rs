@@ -91,6 +91,81 @@ pub fn warnings(m: &Machine) -> Vec<String> {
         .collect()
 }
 
+/// The thin agent's outlook on the machine (ours, `thinagent`, simulated
+/// with its real capture-retry policy; placed as its installer would when
+/// the machine lacks it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outlook {
+    /// The agent simulated.
+    pub agent: String,
+    /// Whether the machine has it installed.
+    pub installed: bool,
+    /// Whether it captures its provider.
+    pub captures: bool,
+    /// When it captures, ms of virtual boot time.
+    pub at_ms: Option<u64>,
+    /// Capture attempts made.
+    pub attempts: u32,
+    /// One sentence.
+    pub summary: String,
+    /// The same sentence for every other thin agent of the needs table
+    /// that this machine has installed and starts at boot (VMware's
+    /// vsepflt on the seed's machines).
+    pub also: Vec<String>,
+}
+
+impl Outlook {
+    /// `true` when the outlook alone is a hazard: the agent is installed and
+    /// will not reach the host.
+    #[must_use]
+    pub fn counts(&self) -> bool {
+        self.installed && !self.captures
+    }
+}
+
+/// Simulates our agent on the machine (see [`Outlook`]).
+#[must_use]
+pub fn outlook(m: &Machine) -> Outlook {
+    use thinagent_bootsim::simulate::{DEFAULT_AGENT, SimulateOptions, simulate};
+    let agent = DEFAULT_AGENT;
+    let model = &m.analysis.model;
+    let also: Vec<String> = m
+        .needs
+        .agents
+        .iter()
+        .filter(|a| !a.service.eq_ignore_ascii_case(agent))
+        .filter(|a| m.analysis.order.entry(&a.service).is_some())
+        .filter_map(|a| {
+            let opts = SimulateOptions {
+                agent: a.service.clone(),
+                ..SimulateOptions::default()
+            };
+            simulate(model, &m.needs, &opts).ok().map(|s| s.outlook())
+        })
+        .collect();
+    let opts = SimulateOptions::default();
+    match simulate(model, &m.needs, &opts) {
+        Ok(sim) => Outlook {
+            agent: sim.agent.clone(),
+            installed: sim.agent_installed,
+            captures: sim.connected_at_ms().is_some(),
+            at_ms: sim.connected_at_ms(),
+            attempts: sim.attempts(),
+            summary: sim.outlook(),
+            also,
+        },
+        Err(e) => Outlook {
+            agent: agent.to_string(),
+            installed: m.analysis.model.service(agent).is_some(),
+            captures: false,
+            at_ms: None,
+            attempts: 0,
+            summary: format!("{agent} will NOT capture at boot: {e}"),
+            also,
+        },
+    }
+}
+
 /// `true` for hazards that count for the exit status (error and warning).
 #[must_use]
 pub fn counts(h: &Hazard) -> bool {
@@ -120,15 +195,17 @@ struct JsonHazard<'a> {
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
+    outlook: &'a Outlook,
     order: Vec<JsonEntry<'a>>,
     hazards: Vec<JsonHazard<'a>>,
 }
 
-/// `--json`: `{"order": [...], "hazards": [...]}`.
+/// `--json`: `{"outlook": {...}, "order": [...], "hazards": [...]}`
+/// (`outlook` added for issue 13; `order` and `hazards` unchanged).
 ///
 /// # Errors
 /// Serialisation cannot fail for these types; the error is passed on.
-pub fn render_json(a: &Analysis) -> serde_json::Result<String> {
+pub fn render_json(a: &Analysis, outlook: &Outlook) -> serde_json::Result<String> {
     let order = a
         .order
         .entries
@@ -164,7 +241,11 @@ pub fn render_json(a: &Analysis) -> serde_json::Result<String> {
             fix: &h.fix,
         })
         .collect();
-    serde_json::to_string_pretty(&JsonReport { order, hazards })
+    serde_json::to_string_pretty(&JsonReport {
+        outlook,
+        order,
+        hazards,
+    })
 }
 
 fn tag_cell(tag: Option<u32>, rank: TagRank) -> String {
@@ -210,9 +291,56 @@ fn device_lines(order: &LoadOrder, after_service: &str) -> Vec<String> {
     out
 }
 
-/// The LoadOrd-like table and the hazards.
+/// Hazards (error, warning), then notes (info), each with chain and fix.
 #[must_use]
-pub fn render_text(name: &str, m: &Machine) -> String {
+pub fn render_hazards(a: &Analysis) -> String {
+    let mut s = String::new();
+    let counted: Vec<&Hazard> = a.hazards.iter().filter(|h| counts(h)).collect();
+    let notes: Vec<&Hazard> = a.hazards.iter().filter(|h| !counts(h)).collect();
+    let item = |s: &mut String, h: &Hazard| {
+        let kind = if counts(h) { "hazard" } else { "note" };
+        let _ = writeln!(
+            s,
+            "  [{}] {} {}: {}",
+            h.severity.as_str(),
+            kind,
+            h.id,
+            h.message
+        );
+        let _ = writeln!(s, "      chain: {}", h.services.join(" -> "));
+        let _ = writeln!(s, "      fix:   {}", h.fix);
+    };
+    let _ = writeln!(
+        s,
+        "\nHazards: {} (plus {} note(s))",
+        counted.len(),
+        notes.len()
+    );
+    for h in &counted {
+        item(&mut s, h);
+    }
+    if counted.is_empty() {
+        let _ = writeln!(
+            s,
+            "  none: no boot driver waits on a device that starts too late"
+        );
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nNotes: {} (how this machine differs from the textbook order; Windows copes)",
+            notes.len()
+        );
+        for h in &notes {
+            item(&mut s, h);
+        }
+    }
+    s
+}
+
+/// The outlook, the hazards, the notes, then the LoadOrd-like table.
+#[must_use]
+pub fn render_text(name: &str, m: &Machine, outlook: &Outlook) -> String {
     let a = &m.analysis;
     let mut s = String::new();
     let _ = writeln!(
@@ -223,6 +351,12 @@ pub fn render_text(name: &str, m: &Machine) -> String {
         a.model.services.len(),
         a.model.group_order.len()
     );
+    let _ = writeln!(s, "\nOutlook: {}", outlook.summary);
+    for a in &outlook.also {
+        let _ = writeln!(s, "Also installed: {a}");
+    }
+    s.push_str(&render_hazards(a));
+    let _ = writeln!(s, "\nOrder:");
     let rows: Vec<[String; 7]> = a
         .order
         .entries
@@ -275,7 +409,7 @@ pub fn render_text(name: &str, m: &Machine) -> String {
         }
         l.trim_end().to_string()
     };
-    let _ = writeln!(s, "\n{}", line(head));
+    let _ = writeln!(s, "{}", line(head));
     for (r, e) in rows.iter().zip(&a.order.entries) {
         let _ = writeln!(
             s,
@@ -297,31 +431,6 @@ pub fn render_text(name: &str, m: &Machine) -> String {
                 .map(|x| x.describe())
                 .collect::<Vec<_>>()
                 .join("; ")
-        );
-    }
-    let counted = a.hazards.iter().filter(|h| counts(h)).count();
-    let _ = writeln!(
-        s,
-        "\nHazards: {counted} (plus {} note(s))",
-        a.hazards.len() - counted
-    );
-    for h in &a.hazards {
-        let kind = if counts(h) { "hazard" } else { "note" };
-        let _ = writeln!(
-            s,
-            "  [{}] {} {}: {}",
-            h.severity.as_str(),
-            kind,
-            h.id,
-            h.message
-        );
-        let _ = writeln!(s, "      chain: {}", h.services.join(" -> "));
-        let _ = writeln!(s, "      fix:   {}", h.fix);
-    }
-    if counted == 0 {
-        let _ = writeln!(
-            s,
-            "  none: no boot driver waits on a device that starts too late"
         );
     }
     s

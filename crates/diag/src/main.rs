@@ -199,20 +199,21 @@ fn demo(args: &DemoArgs) -> Result<ExitCode> {
 }
 
 fn simulate_cmd(args: &SimulateArgs) -> Result<ExitCode> {
-    let (sim, warnings) = match simulate_cmd::run(&args.file, &args.agent, args.needs.as_deref()) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let (sim, warnings, analysis) =
+        match simulate_cmd::run(&args.file, &args.agent, args.needs.as_deref()) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
     for w in warnings {
         eprintln!("warning: {w}");
     }
     if args.json {
         println!("{}", simulate_cmd::render_json(&sim)?);
     } else {
-        print!("{}", simulate_cmd::render_text(&sim));
+        print!("{}", simulate_cmd::render_text(&sim, &analysis));
     }
     Ok(if sim.connected_at_ms().is_some() {
         ExitCode::SUCCESS
@@ -232,19 +233,22 @@ fn loadorder_cmd(args: &LoadorderArgs) -> Result<ExitCode> {
     for w in loadorder::warnings(&machine) {
         eprintln!("warning: {w}");
     }
+    let outlook = loadorder::outlook(&machine);
     if args.json {
-        println!("{}", loadorder::render_json(&machine.analysis)?);
+        println!("{}", loadorder::render_json(&machine.analysis, &outlook)?);
     } else {
         print!(
             "{}",
-            loadorder::render_text(&args.file.display().to_string(), &machine)
+            loadorder::render_text(&args.file.display().to_string(), &machine, &outlook)
         );
     }
-    Ok(if machine.analysis.hazards.iter().any(loadorder::counts) {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if machine.analysis.hazards.iter().any(loadorder::counts) || outlook.counts() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn lint_inf_cmd(args: &LintInfArgs) -> Result<ExitCode> {

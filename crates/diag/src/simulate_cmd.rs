@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
+use thinagent_bootsim::hazard::Analysis;
 use thinagent_bootsim::simulate::{SimulateOptions, Simulation, simulate};
 
 use crate::loadorder::{InputError, analyse};
@@ -23,7 +24,7 @@ pub fn run(
     file: &Path,
     agent: &str,
     needs: Option<&Path>,
-) -> Result<(Simulation, Vec<String>), InputError> {
+) -> Result<(Simulation, Vec<String>, Analysis), InputError> {
     let machine = analyse(file, needs)?;
     let warnings = crate::loadorder::warnings(&machine);
     let opts = SimulateOptions {
@@ -32,7 +33,7 @@ pub fn run(
     };
     let sim = simulate(&machine.analysis.model, &machine.needs, &opts)
         .map_err(|e| InputError(format!("{}: {e}", file.display())))?;
-    Ok((sim, warnings))
+    Ok((sim, warnings, machine.analysis))
 }
 
 #[derive(Serialize)]
@@ -43,6 +44,7 @@ struct JsonLine<'a> {
 
 #[derive(Serialize)]
 struct JsonSimulation<'a> {
+    outlook: String,
     agent: &'a str,
     outcome: &'static str,
     attempts: u32,
@@ -50,12 +52,14 @@ struct JsonSimulation<'a> {
     timeline: Vec<JsonLine<'a>>,
 }
 
-/// `--json`: `{"agent", "outcome", "attempts", "connected_at_ms", "timeline": [{"t_ms", "line"}]}`.
+/// `--json`: `{"outlook", "agent", "outcome", "attempts", "connected_at_ms", "timeline": [{"t_ms", "line"}]}`
+/// (`outlook`, the one-sentence [`Simulation::outlook`], added for issue 13).
 ///
 /// # Errors
 /// Serialisation cannot fail for these types; the error is passed on.
 pub fn render_json(sim: &Simulation) -> serde_json::Result<String> {
     serde_json::to_string_pretty(&JsonSimulation {
+        outlook: sim.outlook(),
         agent: &sim.agent,
         outcome: sim.outcome_word(),
         attempts: sim.attempts(),
@@ -71,10 +75,14 @@ pub fn render_json(sim: &Simulation) -> serde_json::Result<String> {
     })
 }
 
-/// The timeline (`t=…ms  LEVEL: Routine : message`) and the outcome.
+/// The agent's outlook, the machine's hazards and notes, the simulator's
+/// notes, the timeline (`t=…ms  LEVEL: Routine : message`) and the outcome.
 #[must_use]
-pub fn render_text(sim: &Simulation) -> String {
+pub fn render_text(sim: &Simulation, analysis: &Analysis) -> String {
     let mut s = String::new();
+    let _ = writeln!(s, "Outlook: {}", sim.outlook());
+    s.push_str(&crate::loadorder::render_hazards(analysis));
+    let _ = writeln!(s);
     for n in &sim.notes {
         let _ = writeln!(s, "note: {n}");
     }

@@ -28,8 +28,16 @@ fn check_shape(v: &serde_json::Value) {
             "attempts",
             "connected_at_ms",
             "outcome",
+            "outlook",
             "timeline"
         ]
+    );
+    assert!(
+        v["outlook"]
+            .as_str()
+            .unwrap()
+            .starts_with(v["agent"].as_str().unwrap()),
+        "{v}"
     );
     let tl = v["timeline"].as_array().unwrap();
     assert!(!tl.is_empty());
@@ -110,6 +118,15 @@ fn text_output_and_round_trip_through_decode_log() {
         out.contains("outcome: vsepflt failed after 100 attempt(s)"),
         "{out}"
     );
+    // The outlook first, then the machine's hazards, then its notes.
+    assert!(
+        out.starts_with("Outlook: vsepflt will NOT capture \\Device\\vmci"),
+        "{out}"
+    );
+    let hazards = out.find("\nHazards: 1 ").expect("hazards");
+    let notes = out.find("\nNotes: ").expect("notes");
+    let timeline = out.find("\nt=").expect("timeline");
+    assert!(hazards < notes && notes < timeline, "{out}");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("boot.log");
     std::fs::write(&log, &out).unwrap();
@@ -123,6 +140,8 @@ fn text_output_and_round_trip_through_decode_log() {
     let (code, out, _) = diag(&[OsStr::new("simulate"), with_filter().as_os_str()]);
     assert_eq!(code, 0);
     assert!(out.contains("outcome: thinagent connected at t="), "{out}");
+    assert!(out.starts_with("Outlook: thinagent"), "{out}");
+    assert!(out.contains("will capture \\Device\\vmci at t="), "{out}");
 }
 
 #[test]
