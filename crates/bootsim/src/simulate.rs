@@ -199,8 +199,10 @@ impl Simulation {
         };
         match self.outcome {
             Outcome::Connected { at_ms, attempts } => {
-                let when = if at_ms <= self.boot_drivers_done_ms {
+                let when = if at_ms < self.boot_drivers_done_ms {
                     "while the boot-start drivers initialise"
+                } else if at_ms == self.boot_drivers_done_ms {
+                    "right after the last boot-start driver (boot-driver reinitialisation)"
                 } else if at_ms <= self.boot_done_ms {
                     "after the boot-start drivers, while the system-start drivers initialise"
                 } else {
