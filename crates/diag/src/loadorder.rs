@@ -6,10 +6,17 @@
 //! `thinagent_bootsim::hazard::Analysis`, with the built-in needs table
 //! (extended by `--needs FILE`).
 //!
-//! Exit status: 0 no hazards, 1 hazards found, 2 input error. Hazards of
-//! severity `info` (e.g. a minifilter's `DependOnService=FltMgr`, which
-//! Windows ignores for a boot driver but which group order already
-//! satisfies) are printed as notes and do not count.
+//! Output, most important first: our agent's outlook on the machine
+//! ([`Outlook`]: will `thinagent` capture its provider, when, or why not; the
+//! same for other installed thin agents), the hazards, the notes, the
+//! LoadOrd-like table.
+//!
+//! Exit status: 0 no hazards, 1 hazards found (or an installed agent that
+//! will not capture), 2 input error. Hazards of severity `info` (e.g. a
+//! minifilter's `DependOnService=FltMgr`, which Windows ignores for a boot
+//! driver but which group order already satisfies, or Microsoft's own
+//! drivers in groups `ServiceGroupOrder\List` lacks) are printed as notes and
+//! do not count (`docs/boot-order.md`, "Severity").
 
 use std::fmt::Write as _;
 use std::path::Path;
