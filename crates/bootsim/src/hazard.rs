@@ -923,6 +923,15 @@ pub fn closest_groups(model: &Model, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `a, b, c and N more` for long lists.
+fn summarise(items: &[String]) -> String {
+    if items.len() <= 3 {
+        items.join(", ")
+    } else {
+        format!("{} and {} more", items[..3].join(", "), items.len() - 3)
+    }
+}
+
 /// The devices (with their function driver) whose start `filter`, a stack
 /// member initialised after the function driver, holds back.
 fn devices_deferred_by(order: &LoadOrder, filter: &str) -> Vec<String> {
@@ -962,17 +971,40 @@ fn groups_and_tags(model: &Model, order: &LoadOrder, out: &mut Vec<Hazard>) {
             };
             // Where it really loads is no fault in itself (Windows ships
             // drivers in the unlisted "PnP Filter" and "Network" groups):
-            // it matters when the late load defers a device start.
+            // it matters when the late load defers a device start that a
+            // counted hazard (a driver needing that device) already names.
             let deferred = devices_deferred_by(order, &e.service);
-            let (severity, tail) = if deferred.is_empty() {
+            let harmful = out.iter().any(|h| {
+                h.severity != Severity::Info
+                    && matches!(
+                        h.id,
+                        HazardId::ClassFilterDefersNeededDevice
+                            | HazardId::DeviceFilterDefersNeededDevice
+                            | HazardId::FilterStartsLater
+                    )
+                    && h.services.iter().any(|x| fold(x) == fold(&e.service))
+            });
+            let (severity, tail) = if harmful {
+                (
+                    Severity::Warning,
+                    format!(
+                        ", so the start of {} waits for it, and a boot driver needs that device (see the hazard naming {})",
+                        summarise(&deferred),
+                        e.service
+                    ),
+                )
+            } else if deferred.is_empty() {
                 (
                     Severity::Info,
                     " (as Windows does for its own drivers in \"PnP Filter\" and \"Network\"); nothing waits for it".to_string(),
                 )
             } else {
                 (
-                    Severity::Warning,
-                    format!(", so the start of {} waits for it", deferred.join(", ")),
+                    Severity::Info,
+                    format!(
+                        " (as Windows does for its own drivers in \"PnP Filter\" and \"Network\"); the start of {} waits for it, which no boot driver needs early",
+                        summarise(&deferred)
+                    ),
                 )
             };
             out.push(Hazard {

@@ -14,8 +14,11 @@
 //!    (or a group with no vector) ranks next to last (`0xFFFFFFFE`); a driver
 //!    without a `Tag` ranks last (`0xFFFFFFFF`). This is ReactOS
 //!    `CmpFindTagIndex`/`CmpAddDriverToList`, i.e. NT 5.2 and later; see the
-//!    docs for the versions that differ. Ties, and the whole last bucket, keep
-//!    the registry's enumeration order (case-insensitive name order).
+//!    docs for the versions that differ. Ties keep the registry's enumeration
+//!    order (case-insensitive name order); the last bucket is in *reverse*
+//!    registry order (the driver list is built by inserting at its head, and
+//!    the group sort never moves unlisted drivers), tag-sorted within each
+//!    run of consecutive drivers of one group.
 //! 4. `DependOnService`/`DependOnGroup` do not influence the order of boot-
 //!    and system-start drivers.
 //! 5. Windows 8 and later (detected by a boot-start driver in one of the
@@ -445,7 +448,7 @@ fn phase_order(model: &Model, phase: Phase, early_lists: bool) -> Vec<&Service> 
             let gi = s.group.as_deref().and_then(|g| model.group_index(g));
             match gi {
                 Some(i) => (early_buckets.len() + i, tag_rank(model, s).key(), s),
-                // Last bucket: registry order only.
+                // Last bucket: ordered below (reverse registry order).
                 None => (usize::MAX, 0, s),
             }
         })
@@ -453,7 +456,33 @@ fn phase_order(model: &Model, phase: Phase, early_lists: bool) -> Vec<&Service> 
     // `services` is a BTreeMap by folded name, so a stable sort keeps the
     // registry's enumeration order for ties.
     list.sort_by_key(|(g, t, _)| (*g, *t));
-    list.into_iter().map(|(_, _, s)| s).collect()
+    // The last bucket (no group, or a group the list lacks): the driver list
+    // is built by inserting each service at its head (ReactOS and NT
+    // `CmpAddDriverToList`: `InsertHeadList`), so it starts in reverse
+    // registry order; the group sort (`CmpDoSort`) moves only listed groups,
+    // and the tag sort (`CmpResolveDriverDependencies` -> `CmpOrderGroup`)
+    // orders each run of consecutive drivers of one group by tag.
+    let split = list
+        .iter()
+        .position(|(g, _, _)| *g == usize::MAX)
+        .unwrap_or(list.len());
+    let mut last: Vec<&Service> = list
+        .split_off(split)
+        .into_iter()
+        .map(|(_, _, s)| s)
+        .collect();
+    last.reverse();
+    let mut i = 0;
+    while i < last.len() {
+        let group = last[i].group.as_deref().map(fold);
+        let mut j = i + 1;
+        while j < last.len() && last[j].group.as_deref().map(fold) == group {
+            j += 1;
+        }
+        last[i..j].sort_by_key(|s| tag_rank(model, s).key());
+        i = j;
+    }
+    list.into_iter().map(|(_, _, s)| s).chain(last).collect()
 }
 
 /// The device's stack, bottom to top (rule 6).
@@ -690,11 +719,13 @@ mod tests {
         assert_eq!(
             names(&o),
             [
-                "a1", "b_tag3", "b_tag5", "b_tag9", "b_no_tag", "nogroup", "unknown", "sys1"
+                "a1", "b_tag3", "b_tag5", "b_tag9", "b_no_tag", "unknown", "nogroup", "sys1"
             ]
         );
         assert_eq!(o.entry("b_tag9").unwrap().tag_rank, TagRank::NotInVector);
         assert_eq!(o.entry("b_tag5").unwrap().tag_rank, TagRank::Position(3));
+        // The last bucket is in reverse registry order (the driver list is
+        // built by inserting at its head), here "unknown" before "nogroup".
         assert_eq!(o.entry("unknown").unwrap().group_index, None);
         assert_eq!(o.entry("sys1").unwrap().phase, Phase::System);
     }
