@@ -232,6 +232,28 @@ fn stock_hives_have_no_hazards() {
             notes.contains(&HazardId::AltitudeOutsideGroupRange),
             "{name}"
         );
+        // The last bucket is in reverse registry order: Microsoft's CSC
+        // (DependOnService rdbss, both in the unlisted "Network" group)
+        // initialises after rdbss.
+        assert!(
+            a.order.position("rdbss").unwrap() < a.order.position("CSC").unwrap(),
+            "{name}"
+        );
+        // Our agent's outlook: the Windows 10 guest has VMware Tools, the
+        // Windows 7 one has no vsock.
+        let sim = thinagent_bootsim::simulate::simulate(
+            &a.model,
+            &NeedsTable::builtin(),
+            &thinagent_bootsim::simulate::SimulateOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            sim.connected_at_ms().is_some(),
+            early,
+            "{name}: {}",
+            sim.outlook()
+        );
+        assert!(!sim.agent_installed);
     }
 }
 
