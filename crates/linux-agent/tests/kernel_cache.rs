@@ -139,7 +139,9 @@ fn a_marked_file_modified_by_write_truncate_or_rewrite_is_checked_again() {
     assert_eq!(final_stat(&log, "ignore_marks"), 3, "{log}");
     assert!(final_stat(&log, "denied_by_scanner") >= 3, "{log}");
     assert!(
-        scanner.audit_text().contains("ThinAgent.Test.Truncate"),
+        scanner
+            .audit_with("ThinAgent.Test.Truncate")
+            .contains("ThinAgent.Test.Truncate"),
         "{}",
         scanner.audit_text()
     );

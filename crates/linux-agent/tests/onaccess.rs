@@ -32,7 +32,7 @@ fn eicar_denied_and_audited_clean_allowed_rewritten_file_denied() {
     let mut agent = Agent::start(state.path(), &base_args(&scanner.url, watch));
 
     assert_eq!(read(&eicar), Err(EPERM), "EICAR open is denied");
-    let audit = scanner.audit_text();
+    let audit = scanner.audit_with(eicar.to_str().unwrap());
     let line = audit
         .lines()
         .find(|l| l.contains(eicar.to_str().unwrap()))
@@ -104,7 +104,11 @@ fn executing_a_denied_binary_fails() {
         "{err:?}\n{}",
         agent.log_text()
     );
-    assert!(scanner.audit_text().contains("ThinAgent.Test.Exec"));
+    assert!(
+        scanner
+            .audit_with("ThinAgent.Test.Exec")
+            .contains("ThinAgent.Test.Exec")
+    );
 }
 
 #[test]
@@ -472,7 +476,7 @@ fn vsock_loopback_connection_or_skip() {
         agent.log_text()
     );
     assert!(agent.terminate().success());
-    assert!(scanner.audit_text().contains("eicar.com"));
+    assert!(scanner.audit_with("eicar.com").contains("eicar.com"));
 }
 
 #[test]

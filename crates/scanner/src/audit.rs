@@ -6,17 +6,38 @@
 //! clean), `bytes` (content bytes pulled for this query), `duration_ms`,
 //! `cache` (`none`, `guest`, `content`).
 //!
-//! Each line is written with one `write` call under a lock and flushed, so
-//! concurrent sessions never interleave and a crash loses at most the line
-//! being written.
+//! **A verdict never waits for the audit sink.** [`AuditLog::write`] only
+//! queues the encoded line (a bounded queue of [`QUEUE_RECORDS`]); a thread of
+//! its own writes the lines. When the sink blocks (a FIFO nobody reads, a
+//! hung NFS mount) the queue fills and further records are dropped and
+//! counted (`thinagent_scanner_audit_records_not_written`), with one log line
+//! when dropping starts and one when writing resumes, never one per record.
+//!
+//! **Every line is whole or absent.** A line is written with one
+//! `write_all`; if that fails (`ENOSPC`, `EIO`) the file is truncated back to
+//! the end of the last whole line, so the next record after space returns
+//! starts on a line of its own. A failing sink logs one ERROR when it starts
+//! failing and one line when it writes again, with the count of records lost.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TrySendError, channel, sync_channel,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
+
+/// Lines the queue between the verdict path and the writer thread holds.
+pub const QUEUE_RECORDS: usize = 4096;
+
+/// How long closing the log waits for the writer to write what is queued
+/// (a blocked sink must not hold the scanner's shutdown).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// One audit line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,11 +62,17 @@ pub struct AuditEntry {
     pub cache: String,
 }
 
-/// An open audit log.
+/// An open audit log: the queue to its writer thread.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    file: Mutex<File>,
+    queue: Option<SyncSender<Vec<u8>>>,
+    /// Set while records are being dropped because the queue is full.
+    dropping: Arc<AtomicBool>,
+    not_written: Counter,
+    /// Disconnects when the writer thread ends (in a Mutex only because a
+    /// Receiver is not Sync; it is used once, at drop).
+    writer_done: Mutex<Option<Receiver<()>>>,
 }
 
 /// Why the audit log could not be opened.
@@ -57,19 +84,40 @@ pub struct AuditOpenError {
 }
 
 impl AuditLog {
-    /// Opens (creates, appends to) `path`.
-    pub fn open(path: &Path) -> Result<Self, AuditOpenError> {
+    /// Opens (creates, appends to) `path` and starts its writer thread.
+    /// Records that cannot be written are counted in `not_written`.
+    pub fn open(path: &Path, not_written: Counter) -> Result<Self, AuditOpenError> {
+        let err = |source| AuditOpenError {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| AuditOpenError {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(err)?;
+        let sink = LineSink::new(file).map_err(err)?;
+        let (queue, lines) = sync_channel::<Vec<u8>>(QUEUE_RECORDS);
+        let dropping = Arc::new(AtomicBool::new(false));
+        let (done, writer_done) = channel::<()>();
+        {
+            let path = path.to_path_buf();
+            let dropping = dropping.clone();
+            let not_written = not_written.clone();
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || {
+                    write_lines(&path, sink, &lines, &dropping, &not_written);
+                    drop(done);
+                })
+                .map_err(err)?;
+        }
         Ok(Self {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            queue: Some(queue),
+            dropping,
+            not_written,
+            writer_done: Mutex::new(Some(writer_done)),
         })
     }
 
@@ -78,7 +126,8 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one entry. A failed write is logged, never fatal.
+    /// Queues one entry; never blocks. A record the queue has no room for
+    /// is dropped and counted (see the module docs).
     pub fn write(&self, entry: &AuditEntry) {
         let mut line = match serde_json::to_vec(entry) {
             Ok(l) => l,
@@ -88,10 +137,144 @@ impl AuditLog {
             }
         };
         line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = file.write_all(&line) {
-            tracing::error!(path = %self.path.display(), error = %e, "audit: write failed");
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.not_written.inc();
+                if !self.dropping.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        queued = QUEUE_RECORDS,
+                        "audit: the sink is not keeping up (its writes block); records are dropped \
+                         and counted in thinagent_scanner_audit_records_not_written; verdicts are not delayed"
+                    );
+                }
+            }
         }
+    }
+}
+
+impl Drop for AuditLog {
+    /// Closes the queue and waits, at most [`CLOSE_WAIT`], for the writer to
+    /// write what was queued; a writer blocked in its sink is left behind
+    /// (it ends with the process) rather than holding the shutdown.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        let done = self
+            .writer_done
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(done) = done
+            && let Err(RecvTimeoutError::Timeout) = done.recv_timeout(CLOSE_WAIT)
+        {
+            tracing::warn!(
+                path = %self.path.display(),
+                "audit: the sink is still blocked at close; records still queued are lost"
+            );
+        }
+    }
+}
+
+/// The writer thread: one line at a time, whole or not at all.
+fn write_lines(
+    path: &Path,
+    mut sink: LineSink<File>,
+    lines: &Receiver<Vec<u8>>,
+    dropping: &AtomicBool,
+    not_written: &Counter,
+) {
+    let mut failing: Option<u64> = None; // records lost since the sink failed
+    for line in lines {
+        match sink.write_line(&line) {
+            Ok(()) => {
+                if let Some(lost) = failing.take() {
+                    tracing::info!(path = %path.display(), lost, "audit: the log is writable again");
+                }
+                if dropping.swap(false, Ordering::AcqRel) {
+                    tracing::info!(
+                        path = %path.display(),
+                        not_written_total = not_written.get(),
+                        "audit: the sink is keeping up again"
+                    );
+                }
+            }
+            Err(e) => {
+                not_written.inc();
+                match &mut failing {
+                    Some(lost) => *lost += 1,
+                    None => {
+                        failing = Some(1);
+                        tracing::error!(
+                            path = %path.display(),
+                            error = %e,
+                            "audit: write failed; records are lost (counted in \
+                             thinagent_scanner_audit_records_not_written) until a write succeeds"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A file that can be cut back to a length (a `File`; a test double).
+pub trait Truncate {
+    /// Sets the length to `len`.
+    fn truncate_to(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl Truncate for File {
+    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// Appends whole lines: after a failed write the file is truncated back to
+/// the end of the last whole line (a partial line never stays behind to be
+/// glued to the next record).
+#[derive(Debug)]
+pub struct LineSink<F> {
+    file: F,
+    /// Length of the file up to the end of its last whole line.
+    whole: u64,
+}
+
+impl LineSink<File> {
+    /// Over an opened (appending) file.
+    pub fn new(file: File) -> io::Result<Self> {
+        let whole = file.metadata()?.len();
+        Ok(Self { file, whole })
+    }
+}
+
+impl<F: Write + Truncate> LineSink<F> {
+    /// Over `file`, whose length is `len`.
+    pub fn with_len(file: F, len: u64) -> Self {
+        Self { file, whole: len }
+    }
+
+    /// Writes `line` (ending in a newline) whole, or leaves the file as it
+    /// was and returns the error.
+    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        match self.file.write_all(line).and_then(|()| self.file.flush()) {
+            Ok(()) => {
+                self.whole += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(t) = self.file.truncate_to(self.whole) {
+                    tracing::error!(error = %t, "audit: cannot cut a partial line back");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The file.
+    pub fn get_ref(&self) -> &F {
+        &self.file
     }
 }
 
@@ -144,8 +327,20 @@ mod tests {
     fn lines_append_and_parse_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
-        let e = AuditEntry {
+        let log = AuditLog::open(&path, Counter::default()).unwrap();
+        let e = entry();
+        log.write(&e);
+        log.write(&e);
+        drop(log); // the writer has written what was queued
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let back: AuditEntry = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(back, e);
+    }
+
+    fn entry() -> AuditEntry {
+        AuditEntry {
             time: rfc3339(SystemTime::now()),
             guest: "tcp:127.0.0.1:4000 vm1".into(),
             path: "/tmp/eicar.com".into(),
@@ -155,13 +350,128 @@ mod tests {
             bytes: 68,
             duration_ms: 0.5,
             cache: "none".into(),
+        }
+    }
+
+    /// A file that accepts `room` more bytes, then fails with ENOSPC (a
+    /// partial write first, as a real full disk does).
+    struct FullDisk {
+        data: Vec<u8>,
+        room: Option<usize>,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self.room {
+                None => {
+                    self.data.extend_from_slice(buf);
+                    Ok(buf.len())
+                }
+                Some(0) => Err(io::Error::from_raw_os_error(28)), // ENOSPC
+                Some(r) => {
+                    let n = r.min(buf.len());
+                    self.data.extend_from_slice(&buf[..n]);
+                    self.room = Some(r - n);
+                    Ok(n)
+                }
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Truncate for FullDisk {
+        fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+            self.data.truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_only_whole_lines() {
+        let line = |v: &str| {
+            let mut e = entry();
+            e.verdict = v.into();
+            let mut l = serde_json::to_vec(&e).unwrap();
+            l.push(b'\n');
+            l
         };
-        log.write(&e);
-        log.write(&e);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
-        let back: AuditEntry = serde_json::from_str(lines[1]).unwrap();
-        assert_eq!(back, e);
+        let mut sink = LineSink::with_len(
+            FullDisk {
+                data: Vec::new(),
+                room: None,
+            },
+            0,
+        );
+        sink.write_line(&line("allow")).unwrap();
+        // the disk fills in the middle of the next record
+        sink.file.room = Some(10);
+        assert!(sink.write_line(&line("deny")).is_err());
+        assert!(sink.write_line(&line("deny")).is_err());
+        // space returns: the next record starts on a line of its own
+        sink.file.room = None;
+        sink.write_line(&line("allow_no_cache")).unwrap();
+        let text = String::from_utf8(sink.get_ref().data.clone()).unwrap();
+        let verdicts: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<AuditEntry>(l).unwrap().verdict)
+            .collect();
+        assert_eq!(verdicts, ["allow", "allow_no_cache"]);
+        assert!(text.ends_with('\n'));
+    }
+
+    /// The audit log on a FIFO whose reader never reads: the writer thread
+    /// blocks, yet every write returns and the excess is counted. (A hang
+    /// here is caught by the watchdog and fails the test.)
+    #[cfg(unix)]
+    #[test]
+    fn a_blocked_sink_never_blocks_the_verdict_path() {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("audit.fifo");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: mkfifo is not available");
+            return;
+        }
+        // a reader that opens the FIFO and never reads
+        let (close_reader, reader_closes) = mpsc::channel::<()>();
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let f = File::open(&fifo).unwrap();
+                let _ = reader_closes.recv();
+                drop(f);
+            })
+        };
+        let not_written = Counter::default();
+        let log = AuditLog::open(&fifo, not_written.clone()).unwrap();
+        let (finished, wait_finished) = mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let e = entry();
+            // far more than the pipe (64 KiB) and the queue hold
+            for _ in 0..(QUEUE_RECORDS * 4) {
+                log.write(&e);
+            }
+            finished.send(()).unwrap();
+            log
+        });
+        assert!(
+            wait_finished.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "AuditLog::write blocked behind a sink that does not read"
+        );
+        let log = writer.join().unwrap();
+        assert!(
+            not_written.get() > 0,
+            "records beyond the queue were neither written nor counted"
+        );
+        assert!(not_written.get() < (QUEUE_RECORDS * 4) as u64);
+        close_reader.send(()).unwrap();
+        reader.join().unwrap();
+        drop(log);
     }
 }

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub signature_reloads: Family<ResultLabel, Counter>,
     /// Signatures in the active set.
     pub signatures_loaded: Gauge,
+    /// Audit records not written: the sink could not keep up (its queue was
+    /// full) or the write failed (e.g. a full disk).
+    pub audit_records_not_written: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +95,7 @@ impl Metrics {
         let query_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         let signature_reloads = Family::<ResultLabel, Counter>::default();
         let signatures_loaded = Gauge::default();
+        let audit_records_not_written = Counter::default();
         registry.register("sessions", "Guest sessions accepted", sessions.clone());
         registry.register(
             "sessions_active",
@@ -140,6 +144,11 @@ impl Metrics {
             "Signatures in the active set",
             signatures_loaded.clone(),
         );
+        registry.register(
+            "audit_records_not_written",
+            "Audit records dropped because the audit sink could not keep up or its write failed",
+            audit_records_not_written.clone(),
+        );
         Self {
             registry,
             sessions,
@@ -154,6 +163,7 @@ impl Metrics {
             query_latency,
             signature_reloads,
             signatures_loaded,
+            audit_records_not_written,
         }
     }
 

@@ -340,7 +340,10 @@ impl Service {
             .signatures_loaded
             .set(set.summary().hash_signatures as i64);
         let audit = match &config.audit_log {
-            Some(path) => Some(AuditLog::open(path)?),
+            Some(path) => Some(AuditLog::open(
+                path,
+                metrics.audit_records_not_written.clone(),
+            )?),
             None => None,
         };
         let observer = Arc::new(ServiceObserver::new(metrics.clone(), audit));

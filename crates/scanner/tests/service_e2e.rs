@@ -161,11 +161,19 @@ fn tcp_and_unix_verdicts_cache_changed_file_audit_and_metrics() {
             16.0
         );
     });
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The audit lines are written by the scanner's audit thread just after
+    // each verdict: wait (bounded) until all 16 are there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&audit).unwrap();
+        if text.lines().count() >= 16 || std::time::Instant::now() >= deadline {
+            break text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(lines.len(), 16);
     let first = &lines[0];
     for key in [
@@ -460,4 +468,91 @@ fn vsock_loopback_end_to_end_or_skip() {
         assert!(r.answers[1].as_ref().unwrap().is_clean());
         assert!(scanner.log_text().contains("vsock://1:"));
     });
+}
+
+/// The audit log on a FIFO whose reader never reads (what a hung NFS mount
+/// or a stuck log shipper looks like): the sink blocks, yet every guest's
+/// query is answered, a new guest is still served, `/metrics` answers, and
+/// the records the sink could not take are counted.
+#[test]
+fn a_blocked_audit_sink_never_delays_a_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("audit.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mkfifo is missing"
+        );
+        eprintln!("SKIPPED: mkfifo is not available");
+        return;
+    }
+    // The reader opens the FIFO (which lets the scanner's open of it
+    // return) and then never reads.
+    let (close_reader, reader_closes) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&fifo).unwrap();
+            let _ = reader_closes.recv();
+            drop(f);
+        })
+    };
+    let scanner = ScannerProcess::start(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--audit-log",
+            fifo.to_str().unwrap(),
+            "--metrics",
+            "tcp://127.0.0.1:0",
+        ],
+        tmp.path(),
+        1,
+    );
+    // More verdicts than the pipe (64 KiB) and the audit queue hold.
+    let opens: Vec<_> = (0..6000u64)
+        .map(|i| {
+            FileSpec::new(
+                &format!("/guest/file-{i}.txt"),
+                100 + i,
+                1,
+                format!("clean file {i}\n").as_bytes(),
+            )
+        })
+        .collect();
+    rt().block_on(async {
+        let r = run_guest(
+            connect(scanner.url("tcp://")).await,
+            "vm-a",
+            &opens,
+            16,
+            LIMIT,
+        )
+        .await;
+        r.assert_each_answered_once_by_host();
+        assert!(r.answers.iter().all(|a| a.clone().unwrap().is_clean()));
+        // a new guest is still served while the sink stays blocked
+        let r = run_guest(
+            connect(scanner.url("tcp://")).await,
+            "vm-b",
+            &opens[..1],
+            1,
+            LIMIT,
+        )
+        .await;
+        r.assert_each_answered_once_by_host();
+        let text = scrape(scanner.metrics.as_deref().unwrap()).await;
+        assert_eq!(metric(&text, "thinagent_scanner_queries_total"), 6001.0);
+        assert!(
+            metric(&text, "thinagent_scanner_audit_records_not_written_total") > 0.0,
+            "records the blocked sink could not take are counted"
+        );
+    });
+    close_reader.send(()).unwrap();
+    reader.join().unwrap();
+    drop(scanner);
 }

@@ -182,6 +182,20 @@ impl Scanner {
     pub fn audit_text(&self) -> String {
         std::fs::read_to_string(&self.audit).unwrap_or_default()
     }
+
+    /// The audit log once it contains `needle` (the scanner writes it from a
+    /// thread of its own, just after the verdict), waiting at most 10 s;
+    /// the text as it is then, either way.
+    pub fn audit_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.audit_text();
+            if text.contains(needle) || std::time::Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Scanner {
