@@ -256,10 +256,7 @@ fn get_instance_context(instance: PFLT_INSTANCE) -> Option<ContextRef> {
     // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetinstancecontext):
     // a live instance. IRQL <= APC_LEVEL.
     let status = unsafe { FltGetInstanceContext(instance, &mut ctx) };
-    // `then`, not `then_some`: `then_some(ContextRef(ctx))` builds the
-    // guard even on a miss, and its Drop then calls FltReleaseContext(NULL),
-    // which bug-checks (the emulated Filter Manager caught it on the first
-    // open of every file).
+    // `then`, not `then_some`: see get_stream_context.
     (nt_success(status) && !ctx.is_null()).then(|| ContextRef(ctx))
 }
 

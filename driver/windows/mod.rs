@@ -22,10 +22,11 @@
 //! this whole module for `x86_64-pc-windows-msvc` on Linux with
 //! `--cfg thinagent_no_wdk` (`no_wdk.rs` stands in for the two crates below).
 //! On Windows, windows-drivers-rs provides the build (`wdk-build`), the
-//! allocator (`wdk-alloc`) and the panic handler (`wdk-panic`). Every windows-sys routine used must be imported from a
-//! kernel module (`ntoskrnl.exe`, `fltmgr.sys`, `hal.dll`, `netio.sys`):
-//! windows-sys also binds user-mode `ntdll.dll` routines under `Wdk`, and a
-//! driver importing from ntdll does not load. `tests/driver_pe.rs` checks
+//! allocator (`wdk-alloc`) and the panic handler (`wdk-panic`). Every
+//! windows-sys routine used must be imported from a kernel module
+//! (`ntoskrnl.exe`, `fltmgr.sys`, `hal.dll`, `netio.sys`): windows-sys also
+//! binds user-mode `ntdll.dll` routines under `Wdk`, and a driver importing
+//! from ntdll does not load. `tests/driver_pe.rs` checks
 //! that rule on the import table of the linked `thinagent.sys`.
 
 #[cfg(not(any(test, thinagent_no_wdk)))]

@@ -4,9 +4,9 @@
 //!
 //! **Capture (VMCI).** The seed's Listing 2 done right:
 //! `IoGetDeviceObjectPointer(\Device\vmci, FILE_READ_DATA)`, then IOCTL
-//! `0x810320C0` with the 0x5C-byte buffer (first DWORD 1) built by
-//! `IoBuildDeviceIoControlRequest` with the file object in the next stack
-//! location ([`super::irp::device_ioctl`]), and the file object
+//! `0x810320C0` with the 0x5C-byte buffer (first DWORD 1) on a
+//! driver-allocated IRP with the file object in the next stack location
+//! ([`super::irp::device_ioctl_bounded`]), and the file object
 //! dereferenced on every failed path (the seed leaked it). Each attempt goes
 //! to [`thinagent_guest::Connector`] as an [`AttemptReport`] (status, start
 //! and end time, whether we timed it out), which says retry after a delay,
@@ -336,14 +336,11 @@ fn attempt(agent: &Agent, state: &mut CaptureState) -> Attempt {
         .last_capture_status
         .store(report.effective_status().to_i32(), Ordering::Relaxed);
     let action = state.connector.on_report(report);
-    let line = state.connector.log_line(&report, action);
-    klog_status!(
-        line.level,
-        routine::VSOCK_CAPTURE,
-        line.status.to_i32(),
-        "{}",
-        line.message
-    );
+    // The guest core's line for this attempt (Listing 1's shape).
+    state
+        .connector
+        .log_line(&report, action)
+        .with_record(super::log::emit);
     match action {
         ConnectorAction::Connected { .. } => {
             agent.stats.provider_captured.store(true, Ordering::Relaxed);
@@ -800,21 +797,17 @@ unsafe extern "system" fn boot_reinit(
 ) {
     let captured =
         super::agent::get().is_some_and(|a| a.stats.provider_captured.load(Ordering::Relaxed));
-    if captured {
-        klog!(
-            Level::Info,
-            routine::VSOCK_CAPTURE,
-            "boot drivers initialised (call {}): provider already captured",
-            count
-        );
-    } else {
-        klog!(
-            Level::Info,
-            routine::VSOCK_CAPTURE,
-            "boot drivers initialised (call {}): retrying the capture now",
-            count
-        );
-    }
+    klog!(
+        Level::Info,
+        routine::VSOCK_CAPTURE,
+        "boot drivers initialised (call {}): {}",
+        count,
+        if captured {
+            "provider already captured"
+        } else {
+            "retrying the capture now"
+        }
+    );
     WAKE.set();
     // Last: from here on the routine only returns, and the I/O manager
     // holds no further reference to it.
