@@ -17,6 +17,7 @@ class BridgedSocket:
         self.buffered = b""
         self.eof = False
         self.awaiting_reply = False  # the guest sent; the scanner has not answered yet
+        self.stalled = False  # the host stopped answering (a scenario's fault)
         self.closed = False
         self.sent = []  # raw bytes the guest sent
         self.received = []  # raw bytes delivered to the guest
@@ -50,7 +51,7 @@ class BridgedSocket:
         ``wait`` seconds of real time for the scanner when nothing is
         buffered. Returns the chunk (b"" at end of stream) or None when
         there is nothing to deliver (yet)."""
-        if self.sock is None or self.closed or self.pending is None:
+        if self.sock is None or self.closed or self.pending is None or self.stalled:
             return None
         if not self.buffered and not self.eof:
             readable, _, _ = select.select([self.sock], [], [], wait)
@@ -77,7 +78,7 @@ def poll_all(sockets, deliver, wait):
     ``deliver(s)`` completes ``s``'s pending receive. True if any did."""
     progressed = False
     for s in list(sockets):
-        if s.pending is not None and not s.closed:
+        if s.pending is not None and not s.closed and not s.stalled:
             if deliver(s, wait if s.awaiting_reply else 0.0):
                 progressed = True
     return progressed

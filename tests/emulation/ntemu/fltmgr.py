@@ -26,7 +26,7 @@ Model and its limits (anything outside them raises EmulationError):
 import struct
 import traceback
 
-from unicorn import UC_HOOK_CODE, UC_PROT_EXEC, UC_PROT_READ
+from unicorn import UC_PROT_EXEC, UC_PROT_READ
 from unicorn.x86_const import UC_X86_REG_RSP
 
 from . import layouts as L
@@ -314,7 +314,6 @@ class FilterManager:
         for name in dir(self):
             if name.startswith("api_"):
                 self.m.handlers[name[4:]] = getattr(self, name)
-        self._code_hooks = {}
         self._map_code()
 
     # -- fltmgr.sys code: the operation-thread trampoline ---------------------
@@ -328,13 +327,7 @@ class FilterManager:
         self.nop = FLTMGR_CODE + 0x110
         m.write(self.step_hook, b"\xc3")
         m.write(self.nop, b"\xc3")
-        self._code_hooks[self.step_hook] = ("FltpOperationStep", self._step)
-        m.uc.hook_add(UC_HOOK_CODE, self._on_code, begin=self.step_hook, end=self.step_hook)
-
-    def _on_code(self, uc, addr, size, _ud):
-        hook = self._code_hooks.get(addr)
-        if hook is not None:
-            self.m._dispatch(*hook)
+        m.hook_code(self.step_hook, "FltpOperationStep", self._step)
 
     def run_sequence(self, name, gen, on_exit=None):
         """A new emulated thread that runs the guest routines ``gen`` yields,

@@ -12,11 +12,9 @@ NTSTATUS or value. Anything the real kernel would bug-check on raises
 import struct
 
 from . import layouts as L
-from .machine import DispatcherObject, EmulationError, Park, Wait, s32, s64
+from .machine import STATUS_SUCCESS, STATUS_TIMEOUT, DispatcherObject, EmulationError, Park, Wait, s32, s64, u32
 
-STATUS_SUCCESS = 0
 STATUS_PENDING = 0x103
-STATUS_TIMEOUT = 0x102
 STATUS_CANCELLED = 0xC0000120
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_INVALID_PARAMETER = 0xC000000D
@@ -51,7 +49,8 @@ class Device:
     stack_size = 1
 
     def dispatch(self, k, irp, stack):
-        return k.complete_irp(irp, 0xC0000010, 0)  # STATUS_INVALID_DEVICE_REQUEST
+        k.complete_irp(irp, 0xC0000010, 0)  # STATUS_INVALID_DEVICE_REQUEST
+        return 0xC0000010
 
     def cancel(self, k, irp):
         """IoCancelIrp reached a pending IRP of this device."""
@@ -79,9 +78,6 @@ class Kernel:
         self.reinit = []  # boot re-init routines (fn, context)
         self.pnp = []  # PnP notification registrations
         self.security_set = {}
-        self.calls = []
-        self.thread_type = None
-        self.file_type = None
         self.driver_object = None
         m = machine
         for name in dir(self):
@@ -100,12 +96,6 @@ class Kernel:
         self.next_handle += 4
         self.handles[h] = target
         return h
-
-    def reference(self, addr):
-        o = self.objects.get(addr)
-        if o is None:
-            raise EmulationError(f"reference to {addr:#x}, which is not an object the kernel knows")
-        o.refs += 1
 
     def dereference(self, addr):
         o = self.objects.get(addr)
@@ -315,7 +305,10 @@ class Kernel:
         o = self.objects.get(target)
         if o is None:
             return STATUS_INVALID_HANDLE
-        expected = {"thread": self.thread_type, "file": self.file_type}.get(o.kind)
+        expected = {
+            "thread": m.data_imports.get("PsThreadType"),
+            "file": m.data_imports.get("IoFileObjectType"),
+        }.get(o.kind)
         if otype != 0 and otype != expected:
             raise EmulationError(
                 f"ObReferenceObjectByHandle: ObjectType {otype:#x} is not the {o.kind} type object "
@@ -768,9 +761,6 @@ class Kernel:
                 return STATUS_SUCCESS
         raise EmulationError(f"IoUnregisterPlugPlayNotificationEx({entry:#x}): not a live registration")
 
-
-def u32(v):
-    return v & 0xFFFFFFFF
 
 
 class DriverDevice:

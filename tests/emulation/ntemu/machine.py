@@ -136,15 +136,14 @@ class Thread:
 class Machine:
     """One emulated kernel with one driver image loaded."""
 
-    def __init__(self, driver_path, trace=None):
+    def __init__(self, driver_path):
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
-        self.trace = trace  # callable(kind, **fields) or None
         self.now = 50_000_000  # virtual 100 ns units since boot (5 s)
         self.handlers = {}  # (module, name) -> fn(machine, args) -> value
         self.stub_names = {}  # stub address -> (module, name)
-        self.code_hooks = {}  # address -> fn(machine) for provider code
+        self.code_hooks = {}  # address -> (name, fn(machine)): hooked code outside the stubs
         self.api_calls = {}  # name -> count
         self.next_stub = STUBS
         self.threads = []
@@ -164,16 +163,10 @@ class Machine:
         self.next_stack = STACK_BASE
         self.uc.hook_add(UC_HOOK_CODE, self._on_stub, begin=STUBS, end=STUBS + STUBS_SIZE - 1)
         self.uc.hook_add(
-            UC_HOOK_CODE,
-            self._on_provider_code,
-            begin=PROVIDER_IMAGE,
-            end=PROVIDER_IMAGE + PROVIDER_IMAGE_SIZE - 1,
-        )
-        self.uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
             self._on_unmapped,
         )
-        self.image = self._load(driver_path)
+        self._load(driver_path)
 
     # ------------------------------------------------------------------
     # memory
@@ -273,6 +266,7 @@ class Machine:
         self._map(IMAGE_BASE, size)
         self.write(IMAGE_BASE, pe.get_memory_mapped_image(ImageBase=IMAGE_BASE))
         self.imports = {}
+        self.data_imports = {}  # name -> the kernel variable's value (e.g. the type object)
         for entry in pe.DIRECTORY_ENTRY_IMPORT:
             module = entry.dll.decode().lower()
             for imp in entry.imports:
@@ -280,7 +274,8 @@ class Machine:
                 self.imports[name] = module
                 if name in DATA_IMPORTS:
                     addr = self.system.alloc(8, tag=b"Data")
-                    self.w64(addr, DATA_IMPORTS[name](self))
+                    self.data_imports[name] = DATA_IMPORTS[name](self)
+                    self.w64(addr, self.data_imports[name])
                     self.w64(imp.address, addr)
                 else:
                     stub = self._new_stub(module, name)
@@ -305,8 +300,15 @@ class Machine:
         addr = self.next_provider_code
         self.next_provider_code += 0x10
         self.write(addr, b"\xc3")
-        self.code_hooks[addr] = (name, handler)
+        self.hook_code(addr, name, handler)
         return addr
+
+    def hook_code(self, addr, name, handler):
+        """Runs ``handler(machine)`` as the function at ``addr`` (a ``ret``
+        the caller placed there): its return value goes to RAX, or it parks
+        the thread, exactly as an import stub's handler does."""
+        self.code_hooks[addr] = (name, handler)
+        self.uc.hook_add(UC_HOOK_CODE, self._on_code_hook, begin=addr, end=addr)
 
     # ------------------------------------------------------------------
     # calls and hooks
@@ -358,7 +360,7 @@ class Machine:
             return
         self._dispatch(name, handler)
 
-    def _on_provider_code(self, uc, addr, size, _ud):
+    def _on_code_hook(self, uc, addr, size, _ud):
         hook = self.code_hooks.get(addr)
         if hook is None:
             return
@@ -382,12 +384,13 @@ class Machine:
             return "!".join(self.stub_names[addr])
         return "?"
 
-    def call(self, fn, *args, thread=None):
+    def call(self, fn, *args):
         """Calls guest function ``fn`` with integer ``args`` and returns RAX.
 
-        At top level (no emulation running) it runs on ``thread``'s stack
-        (a new context). Inside a hook it nests on the current thread's
-        stack below its red zone. A nested call may not park."""
+        Inside a hook it nests on the current thread's stack below its red
+        zone; at top level (no emulation running) it runs in an
+        arbitrary-thread context (a DPC's) on a stack of its own. Either way
+        the call may not park."""
         if self.nesting > 0:
             ctx = self.uc.context_save()
             rsp = (self.uc.reg_read(UC_X86_REG_RSP) - 0x200) & ~0xF
@@ -468,8 +471,6 @@ class Machine:
         t.on_exit = on_exit
         self.threads.append(t)
         self.dispatcher[obj] = DispatcherObject("thread", signalled=False)
-        if self.trace:
-            self.trace("thread", name=name, tid=t.tid)
         return t
 
     def run_thread(self, t):
@@ -496,8 +497,6 @@ class Machine:
                 self.dispatcher[t.object].signalled = True
                 if t.on_exit:
                     t.on_exit(t)
-                if self.trace:
-                    self.trace("thread-exit", name=t.name, tid=t.tid)
         finally:
             self.nesting = 0
             self.current = None

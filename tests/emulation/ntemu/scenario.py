@@ -39,17 +39,15 @@ class World:
         registry = {SERVICE_KEY.lower(): {"Start": dword(start_type)}}
         registry[(SERVICE_KEY + "\\Parameters").lower()] = dict(parameters or {})
         self.k = Kernel(self.m, registry=registry, log=self.trace)
-        self.k.thread_type = self.m.r64(self._data_slot("PsThreadType")) if "PsThreadType" in self.m.imports else None
-        self.k.file_type = self.m.r64(self._data_slot("IoFileObjectType")) if "IoFileObjectType" in self.m.imports else None
         self.flt = FilterManager(self.k)
         self.vmci = vmci
         self.reply_wait = reply_wait
-        host_port = None
+        host_port = 5317  # the driver's default hostPort
         for k, (t, v) in (parameters or {}).items():
             if k.lower() == "hostport":
                 host_port = struct.unpack("<I", v)[0]
-        self.provider = WskProvider(self, scanner, host_cid=2, host_port=host_port if host_port is not None else 5317)
-        self.viosock = ViosockDevice(self, scanner, (2, host_port if host_port is not None else 5317))
+        self.provider = WskProvider(self, scanner, host_cid=2, host_port=host_port)
+        self.viosock = ViosockDevice(self, scanner, (2, host_port))
         if vmci is not None:
             vmci.provider = self.provider
             self.k.add_device(vmci, "\\Driver\\vsock", PROVIDER_IMAGE, PROVIDER_IMAGE_SIZE)
@@ -59,15 +57,6 @@ class World:
         self.entry_returned_at = None
         self.actions = []  # (virtual time, fn), run when the clock gets there
         self.results = {}
-
-    def _data_slot(self, name):
-        # the IAT slot holds the address of the kernel variable
-        pe = self.m.pe
-        for entry in pe.DIRECTORY_ENTRY_IMPORT:
-            for imp in entry.imports:
-                if imp.name and imp.name.decode() == name:
-                    return self.m.r64(imp.address - pe.OPTIONAL_HEADER.ImageBase + IMAGE_BASE)
-        raise KeyError(name)
 
     def boot(self):
         def done(t):
@@ -134,6 +123,13 @@ class World:
     def unload(self, mandatory=False):
         """Filter Manager's unload: the registered FilterUnloadCallback."""
         self.call_in_thread("filter-unload", self.flt.registration.unload, 1 if mandatory else 0)
+
+    def unload_and_wait(self):
+        """Unloads, runs until the unload callback returned, then one more
+        virtual second so the driver's threads end."""
+        self.unload()
+        self.run(until=lambda: "filter-unload" in self.results, max_ms=60_000)
+        self.run(max_ms=1000)
 
     def device_request(self, name, major, code=0, data=b"", out_len=0):
         """What the I/O manager does for a user-mode CreateFile /
@@ -267,10 +263,6 @@ def scenario_clean_machine(driver, args, held):
 DEBUG = {"debugLevel": dword(4)}
 
 
-def captured(w):
-    return any("vSockets provider captured" in line for line in w.lines())
-
-
 def gave_up(w):
     return any("capture failed after" in line for line in w.lines())
 
@@ -342,9 +334,7 @@ def scenario_unload(driver, args, held):
     )
     w.boot()
     w.run(until=lambda: connected(w), max_ms=10_000)
-    w.unload()
-    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
-    w.run(max_ms=1000)
+    w.unload_and_wait()
     return w
 
 
@@ -361,9 +351,7 @@ def scenario_unload_refused(driver, args, held):
     w.results["first-unload"] = w.results.pop("filter-unload")
     w.fire_boot_reinit()
     w.run(until=lambda: "boot-reinit" in w.results, max_ms=1000)
-    w.unload()
-    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
-    w.run(max_ms=1000)
+    w.unload_and_wait()
     return w
 
 
@@ -410,9 +398,7 @@ def scenario_unrecognised_reply(driver, args, held):
     w.boot()
     w.run(until=lambda: any("not recognised as a WSK provider NPI" in l for l in w.lines()), max_ms=5000)
     w.run(max_ms=1000)
-    w.unload()
-    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
-    w.run(max_ms=1000)
+    w.unload_and_wait()
     return w
 
 
@@ -427,9 +413,7 @@ def scenario_virtio(driver, args, held):
     w.boot()
     w.at(2000, w.viosock.arrive)
     w.run(until=lambda: connected(w), max_ms=20_000)
-    w.unload()
-    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
-    w.run(max_ms=1000)
+    w.unload_and_wait()
     return w
 
 
@@ -478,9 +462,6 @@ class FileWorld(World):
         self.volume = self.flt.add_volume()
         for path, content in files:
             self.volume.add_file(path, content)
-        self.stalled = set()  # bridged sockets whose host stopped answering
-        pump = self.provider.pump
-        self.provider.pump = lambda s, wait=0.0: False if s in self.stalled else pump(s, wait)
 
     def attach_volume(self):
         seq = self.flt.attach()
@@ -538,11 +519,6 @@ def file_world(driver, args, held, files, extra=None):
     return w
 
 
-def unload_world(w):
-    w.unload()
-    w.run(until=lambda: "filter-unload" in w.results, max_ms=60_000)
-    w.run(max_ms=1000)
-
 
 def open_twice_then_unload(driver, args, held, path, content):
     w = file_world(driver, args, held, [(path, content)])
@@ -550,7 +526,7 @@ def open_twice_then_unload(driver, args, held, path, content):
         rec = w.open(path)
         if rec["allowed"]:
             w.close(rec["handle"])
-    unload_world(w)
+    w.unload_and_wait()
     return w
 
 
@@ -590,7 +566,7 @@ def scenario_file_write_rescan(driver, args, held):
     rec = w.open(path)
     if rec["allowed"]:
         w.close(rec["handle"])
-    unload_world(w)
+    w.unload_and_wait()
     return w
 
 
@@ -610,7 +586,7 @@ def scenario_file_host_lost(driver, args, held, fail_mode=None, how="kill"):
     if how == "kill":
         w.provider.kill_host()
     else:
-        w.stalled.update(w.provider.sockets.values())
+        w.provider.stall_host()
     w.finish(rec, max_ms=5000)
     if rec["allowed"]:
         w.close(rec["handle"])
@@ -621,7 +597,7 @@ def scenario_file_host_lost(driver, args, held, fail_mode=None, how="kill"):
     rec = w.open(path)
     if rec["allowed"]:
         w.close(rec["handle"])
-    unload_world(w)
+    w.unload_and_wait()
     return w
 
 

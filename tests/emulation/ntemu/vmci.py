@@ -19,7 +19,7 @@ import struct
 
 from . import layouts as L
 from .kernel import STATUS_CANCELLED, STATUS_PENDING, STATUS_SUCCESS, Device
-from .machine import PROVIDER_IMAGE, PROVIDER_IMAGE_SIZE
+from .machine import PROVIDER_IMAGE, EmulationError
 
 IOCTL_CAPTURE = 0x810320C0
 IOCTL_GET_AF = 0x81032068
@@ -45,14 +45,15 @@ class VmciDevice(Device):
         m = k.m
         major = m.r8(sl + L.ISL_MAJOR)
         if major != L.IRP_MJ_DEVICE_CONTROL:
-            return k.complete_irp(irp, 0xC0000010, 0) or 0xC0000010
+            k.complete_irp(irp, 0xC0000010, 0)  # STATUS_INVALID_DEVICE_REQUEST
+            return 0xC0000010
         code = m.r32(sl + L.ISL_IOCTL_CODE)
         in_len = m.r32(sl + L.ISL_IOCTL_INPUT_LENGTH)
         out_len = m.r32(sl + L.ISL_IOCTL_OUTPUT_LENGTH)
         buf = m.r64(irp + L.IRP_SYSTEM_BUFFER)
         fo = m.r64(sl + L.ISL_FILE_OBJECT)
         if fo == 0 or fo not in k.objects:
-            raise_error(f"IOCTL {code:#x} to \\Device\\vmci without a referenced file object in the stack location")
+            raise EmulationError(f"IOCTL {code:#x} to \\Device\\vmci without a referenced file object in the stack location")
         if code == IOCTL_CAPTURE:
             self.capture_irps += 1
             n = self.capture_irps
@@ -103,10 +104,3 @@ class VmciDevice(Device):
         return True
 
 
-def raise_error(msg):
-    from .machine import EmulationError
-
-    raise EmulationError(msg)
-
-
-__all__ = ["VmciDevice", "PROVIDER_IMAGE", "PROVIDER_IMAGE_SIZE"]

@@ -239,6 +239,12 @@ class WskProvider:
         """Called by the world when no thread can run."""
         return poll_all(self.sockets.values(), self.pump, wait)
 
+    def stall_host(self):
+        """The host stops answering on every open connection (nothing it
+        sends reaches the guest any more); the connections stay up."""
+        for s in self.sockets.values():
+            s.stalled = True
+
     def kill_host(self):
         for s in self.sockets.values():
             if not s.closed:
