@@ -1,4 +1,5 @@
-# Sourced (not run) by .ci/build-driver and .ci/driver-stack-frames: the one
+# Sourced (not run) by .ci/build-driver, .ci/driver-clippy and
+# .ci/driver-stack-frames: the one
 # definition of how the Windows driver is compiled on Linux.
 #
 # Debian's rustc-web (Rust 1.96 with its standard-library source, rust-web-src)

@@ -32,10 +32,6 @@ use thinagent_scanner::service::Service;
 const STATUS_DEVICE_BUSY: u32 = 0x8000_0011;
 const STATUS_FLT_DO_NOT_DETACH: u64 = 0xC01C_0010;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -56,9 +52,7 @@ fn emulator_python() -> Option<PathBuf> {
         "the emulator's Python environment is missing ({} cannot import unicorn and pefile): run .ci/setup-emulator",
         candidate.display()
     );
-    assert!(!in_ci(), "{reason}");
-    eprintln!("SKIPPED: {reason}");
-    None
+    driver_build::skip_unless_ci(&reason)
 }
 
 /// One scenario's report.

@@ -85,6 +85,16 @@ fn run_build() -> Build {
     }
 }
 
+/// A test prerequisite is missing: prints `SKIPPED: <reason>` and returns
+/// `None`, or, under `CI=true`, panics with the reason.
+pub fn skip_unless_ci<T>(reason: &str) -> Option<T> {
+    if in_ci() {
+        panic!("{reason}: CI=true, so this must work here");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
 /// The built `thinagent.sys` (release), or `None` when the driver toolchain
 /// is missing and `CI` is not `true` (`SKIPPED: <reason>` has been printed).
 /// Panics on any other build failure, with the build's output, and under
@@ -94,13 +104,7 @@ pub fn built_driver() -> Option<PathBuf> {
     static BUILD: OnceLock<Build> = OnceLock::new();
     match BUILD.get_or_init(run_build) {
         Build::Built(path) => Some(path.clone()),
-        Build::Unavailable(reason) => {
-            if in_ci() {
-                panic!("{reason}: CI=true, so the driver must build here");
-            }
-            eprintln!("SKIPPED: {reason}");
-            None
-        }
+        Build::Unavailable(reason) => skip_unless_ci(reason),
         Build::Failed(why) => panic!("{why}"),
     }
 }
