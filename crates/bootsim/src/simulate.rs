@@ -175,14 +175,22 @@ impl Simulation {
                 attempts,
                 last_status,
             } => {
-                let s = NtStatus(last_status);
                 format!(
-                    "{} failed after {attempts} attempt(s) at t={at_ms} ms, last status {}{s}",
+                    "{} failed after {attempts} attempt(s) at t={at_ms} ms, last status {}",
                     self.agent,
-                    s.name().map(|n| format!("{n} ")).unwrap_or_default()
+                    named_status(NtStatus(last_status))
                 )
             }
         }
+    }
+}
+
+/// `STATUS_DEVICE_BUSY 0x80000011`, or just the value for a status without
+/// a name.
+fn named_status(s: NtStatus) -> String {
+    match s.name() {
+        Some(n) => format!("{n} {s}"),
+        None => s.to_string(),
     }
 }
 
@@ -233,10 +241,10 @@ impl Simulation {
                     format!("the last answer was {s}")
                 };
                 format!(
-                    "{}{placed} will NOT capture {}: it gives up after {attempts} attempt(s) at t={at_ms} ms, last status {}{s}: {why}; it cannot reach the host",
+                    "{}{placed} will NOT capture {}: it gives up after {attempts} attempt(s) at t={at_ms} ms, last status {}: {why}; it cannot reach the host",
                     self.agent,
                     self.agent_device,
-                    s.name().map(|n| format!("{n} ")).unwrap_or_default()
+                    named_status(s)
                 )
             }
         }
