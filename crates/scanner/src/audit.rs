@@ -1,7 +1,9 @@
 //! The audit log: one JSON object per verdict, one per line, appended to a
 //! file.
 //!
-//! Fields: `time` (RFC 3339 UTC, milliseconds), `guest`, `path`, `verdict`
+//! Fields: `time` (RFC 3339 UTC, milliseconds), `guest` (address and announced
+//! name), `peer` (the transport identity caches and limits are keyed by),
+//! `path`, `verdict`
 //! (`allow`, `deny`, `allow_no_cache`), `threat` and `engine` (null when
 //! clean), `bytes` (content bytes pulled for this query), `duration_ms`,
 //! `cache` (`none`, `guest`, `content`).
@@ -44,8 +46,14 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub struct AuditEntry {
     /// When the verdict was sent (RFC 3339, UTC).
     pub time: String,
-    /// Who asked (`vsock:CID:PORT`, `tcp:ADDR`, `unix`, plus the guest's name).
+    /// Who asked: the transport address (`vsock://CID:PORT`, `tcp://ADDR`,
+    /// `tls://ADDR (SUBJECT)`, `unix://PATH (uid U, pid P)`) and the name the
+    /// guest announced (a label, not proof of anything).
     pub guest: String,
+    /// The identity the transport vouches for, which per-guest caches and
+    /// limits are keyed by: `vsock:CID`, `tls:SUBJECT`, `tcp:IP`,
+    /// `unix:PATH:uid=U` (docs/architecture.md, "Who is trusted for what").
+    pub peer: String,
     /// The path the guest reported (lossy UTF-8).
     pub path: String,
     /// `allow`, `deny`, `allow_no_cache`.
@@ -343,6 +351,7 @@ mod tests {
         AuditEntry {
             time: rfc3339(SystemTime::now()),
             guest: "tcp:127.0.0.1:4000 vm1".into(),
+            peer: "vsock:3".into(),
             path: "/tmp/eicar.com".into(),
             verdict: "deny".into(),
             threat: Some("Eicar-Test-Signature".into()),

@@ -126,9 +126,19 @@ pub struct Limits {
     pub heartbeat_interval_ms: u64,
     /// A connection that sends no `Hello` within this is closed, milliseconds.
     pub handshake_timeout_ms: u64,
-    /// Most concurrent sessions over all listeners; more are refused with
-    /// `Goodbye(Overloaded)`.
+    /// Most concurrent sessions (guests that completed `Hello`) over all
+    /// listeners; more are refused with `Goodbye(Overloaded)`.
     pub max_sessions: u32,
+    /// Most concurrent sessions of one guest, by the identity its transport
+    /// gives (vsock CID, certificate subject, loopback address, Unix uid).
+    pub max_sessions_per_guest: u32,
+    /// Most connections that have not completed `Hello` yet, over all
+    /// listeners (a TLS handshake counts as not yet); more are closed at
+    /// once. They never use up `max_sessions`.
+    pub max_pending_handshakes: u32,
+    /// Most connections one peer (CID, address, uid) may have that have
+    /// not completed `Hello` yet; more are closed at once.
+    pub max_pending_per_peer: u32,
     /// Most `FileEvent`s one guest may have unanswered (`max_events_in_flight`).
     pub max_in_flight_per_guest: u32,
     /// Most content bytes requested from one guest and not yet consumed.
@@ -150,6 +160,9 @@ impl Default for Limits {
             heartbeat_interval_ms: 10_000,
             handshake_timeout_ms: 5_000,
             max_sessions: 1024,
+            max_sessions_per_guest: 64,
+            max_pending_handshakes: 256,
+            max_pending_per_peer: 32,
             max_in_flight_per_guest: 64,
             max_bytes_in_flight_per_guest: 4 * 1024 * 1024,
             scan_buffer_max: 1024 * 1024,
@@ -239,6 +252,8 @@ pub struct Config {
     /// Only these vsock CIDs may connect (empty = any). TCP and Unix peers
     /// are not CIDs and are not filtered by it.
     pub allowed_cids: Vec<u32>,
+    /// Certificates of `tls://` listeners and the CA that signs guests'.
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// Verdict caches.
@@ -260,6 +275,7 @@ impl Default for Config {
             audit_log: None,
             metrics: None,
             allowed_cids: Vec::new(),
+            tls: None,
             limits: Limits::default(),
             cache: CacheConfig::default(),
             policy: Policy::default(),
@@ -297,11 +313,23 @@ impl Config {
             .listen
             .iter()
             .map(|s| {
-                s.parse::<ListenUrl>().map_err(|e| ConfigError::Invalid {
+                let invalid = |why: String| ConfigError::Invalid {
                     key: "listen",
                     value: s.clone(),
-                    why: e.to_string(),
-                })
+                    why,
+                };
+                let url = s.parse::<ListenUrl>().map_err(|e| invalid(e.to_string()))?;
+                if let Some(why) = url.unauthenticated_beyond_loopback() {
+                    return Err(invalid(why.into()));
+                }
+                if matches!(url, ListenUrl::Tls(_)) && self.tls.is_none() {
+                    return Err(invalid(
+                        "tls:// needs a [tls] section with cert, key and client_ca \
+                         (the CA that signs guest certificates)"
+                            .into(),
+                    ));
+                }
+                Ok(url)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((urls, true))
@@ -399,6 +427,24 @@ impl Config {
             });
         }
         range("limits.max_sessions", l.max_sessions.into(), 1, 1 << 20)?;
+        range(
+            "limits.max_sessions_per_guest",
+            l.max_sessions_per_guest.into(),
+            1,
+            1 << 20,
+        )?;
+        range(
+            "limits.max_pending_handshakes",
+            l.max_pending_handshakes.into(),
+            1,
+            1 << 20,
+        )?;
+        range(
+            "limits.max_pending_per_peer",
+            l.max_pending_per_peer.into(),
+            1,
+            u64::from(l.max_pending_handshakes.max(1)),
+        )?;
         range(
             "limits.max_in_flight_per_guest",
             l.max_in_flight_per_guest.into(),

@@ -80,6 +80,24 @@ struct Cli {
     /// [config: limits.max_sessions]
     #[arg(long, value_name = "N")]
     max_sessions: Option<u32>,
+    /// [config: limits.max_sessions_per_guest]
+    #[arg(long, value_name = "N")]
+    max_sessions_per_guest: Option<u32>,
+    /// Connections that have not sent Hello yet, over all peers. [config: limits.max_pending_handshakes]
+    #[arg(long, value_name = "N")]
+    max_pending_handshakes: Option<u32>,
+    /// Connections one peer may have that have not sent Hello yet. [config: limits.max_pending_per_peer]
+    #[arg(long, value_name = "N")]
+    max_pending_per_peer: Option<u32>,
+    /// PEM certificate chain of tls:// listeners. [config: tls.cert]
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of tls:// listeners. [config: tls.key]
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_client_ca"])]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign guest certificates. [config: tls.client_ca]
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_client_ca: Option<PathBuf>,
     /// Max unanswered FileEvents per guest. [config: limits.max_in_flight_per_guest]
     #[arg(long, value_name = "N")]
     max_in_flight: Option<u32>,
@@ -153,6 +171,15 @@ impl Cli {
         if !self.allow_cid.is_empty() {
             c.allowed_cids = self.allow_cid.clone();
         }
+        if let (Some(cert), Some(key), Some(client_ca)) =
+            (&self.tls_cert, &self.tls_key, &self.tls_client_ca)
+        {
+            c.tls = Some(thinagent_scanner::tls::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            });
+        }
         let l = &mut c.limits;
         set(&mut l.max_frame_len, self.max_frame_len);
         set(&mut l.max_read_chunk, self.max_read_chunk);
@@ -163,6 +190,9 @@ impl Cli {
         set(&mut l.heartbeat_interval_ms, self.heartbeat_interval_ms);
         set(&mut l.handshake_timeout_ms, self.handshake_timeout_ms);
         set(&mut l.max_sessions, self.max_sessions);
+        set(&mut l.max_sessions_per_guest, self.max_sessions_per_guest);
+        set(&mut l.max_pending_handshakes, self.max_pending_handshakes);
+        set(&mut l.max_pending_per_peer, self.max_pending_per_peer);
         set(&mut l.max_in_flight_per_guest, self.max_in_flight);
         set(
             &mut l.max_bytes_in_flight_per_guest,

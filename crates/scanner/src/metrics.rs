@@ -47,7 +47,9 @@ pub struct Metrics {
     pub sessions: Counter,
     /// Sessions open now.
     pub sessions_active: Gauge,
-    /// Connections refused (`kind`: `max_sessions`, `cid_not_allowed`).
+    /// Connections refused (`kind`: `max_sessions`, `max_sessions_per_guest`,
+    /// `max_pending_handshakes`, `max_pending_per_peer`, `cid_not_allowed`,
+    /// `tls_handshake`).
     pub sessions_refused: Family<KindLabel, Counter>,
     /// File queries received.
     pub queries: Counter,
@@ -70,6 +72,10 @@ pub struct Metrics {
     /// Audit records not written: the sink could not keep up (its queue was
     /// full) or the write failed (e.g. a full disk).
     pub audit_records_not_written: Counter,
+    /// Log lines peers caused that were held back and summarised.
+    pub log_lines_suppressed: Counter,
+    /// Connections accepted that have not completed `Hello` yet.
+    pub handshakes_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,6 +102,8 @@ impl Metrics {
         let signature_reloads = Family::<ResultLabel, Counter>::default();
         let signatures_loaded = Gauge::default();
         let audit_records_not_written = Counter::default();
+        let log_lines_suppressed = Counter::default();
+        let handshakes_pending = Gauge::default();
         registry.register("sessions", "Guest sessions accepted", sessions.clone());
         registry.register(
             "sessions_active",
@@ -149,6 +157,16 @@ impl Metrics {
             "Audit records dropped because the audit sink could not keep up or its write failed",
             audit_records_not_written.clone(),
         );
+        registry.register(
+            "log_lines_suppressed",
+            "Log lines about peers held back by rate limiting (each window ends with a summary line)",
+            log_lines_suppressed.clone(),
+        );
+        registry.register(
+            "handshakes_pending",
+            "Connections accepted that have not completed Hello yet",
+            handshakes_pending.clone(),
+        );
         Self {
             registry,
             sessions,
@@ -164,6 +182,8 @@ impl Metrics {
             signature_reloads,
             signatures_loaded,
             audit_records_not_written,
+            log_lines_suppressed,
+            handshakes_pending,
         }
     }
 

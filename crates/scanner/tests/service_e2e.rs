@@ -556,3 +556,93 @@ fn a_blocked_audit_sink_never_delays_a_verdict() {
     reader.join().unwrap();
     drop(scanner);
 }
+
+/// One peer that connects and disconnects 1,000 times, and one that sends
+/// garbage 300 times, cause a few log lines each and a summary, not a line
+/// per event; a guest beside them is logged as usual.
+#[test]
+fn log_lines_peers_cause_are_rate_limited_per_peer_and_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut scanner = ScannerProcess::start(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--metrics",
+            "tcp://127.0.0.1:0",
+        ],
+        tmp.path(),
+        1,
+    );
+    let url = scanner.url("tcp://").to_string();
+    rt().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let goodbye = common::frame(
+            thinagent_protocol::Message::Goodbye(thinagent_protocol::Goodbye {
+                reason: thinagent_protocol::GoodbyeReason::Shutdown,
+            }),
+            0,
+        );
+        for n in 0..1000 {
+            let mut s = common::connect_from(&url, "127.0.0.2").await;
+            s.write_all(&common::hello_v1(&format!("churn{n}")))
+                .await
+                .unwrap();
+            s.write_all(&goodbye).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut sink)).await;
+        }
+        for _ in 0..300 {
+            let mut s = common::connect_from(&url, "127.0.0.3").await;
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut sink)).await;
+        }
+        let r = run_guest(
+            connect(&url).await,
+            "good",
+            &[FileSpec::new("/e", 1, 1, EICAR)],
+            1,
+            LIMIT,
+        )
+        .await;
+        assert!(
+            r.answers[0]
+                .as_ref()
+                .unwrap()
+                .is_found("Eicar-Test-Signature")
+        );
+        let m = scrape(scanner.metrics.as_deref().unwrap()).await;
+        assert!(
+            metric(&m, "thinagent_scanner_log_lines_suppressed_total") >= 1000.0,
+            "{m}"
+        );
+    });
+    // Summaries of windows still open are logged at shutdown.
+    scanner.signal("TERM");
+    assert!(scanner.child.wait().unwrap().success());
+    let log = scanner.log_text();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let churn = |l: &&str| l.contains("127.0.0.2");
+    let churn_lines = log.lines().filter(churn).count();
+    let garbage_lines = log.lines().filter(|l| l.contains("127.0.0.3")).count();
+    assert!(
+        churn_lines <= 20,
+        "{churn_lines} lines about one churning peer:\n{log}"
+    );
+    assert!(
+        garbage_lines <= 10,
+        "{garbage_lines} lines about one garbage peer:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("127.0.0.2") && l.contains("995 more like this in the last")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("127.0.0.3") && l.contains("more like this")),
+        "{log}"
+    );
+    // The good guest is logged as usual: its threat line is there.
+    assert_eq!(count("threat found"), 1, "{log}");
+}
