@@ -526,8 +526,9 @@ pub async fn connect(url: &ListenUrl) -> io::Result<BoxConn> {
 }
 
 /// Connects to `url`; a `tls://` URL uses `tls` (a client configuration
-/// with the guest's certificate, see [`crate::tls::client_config`]) and
-/// checks the scanner's certificate against the URL's IP address.
+/// with the guest's certificate; `thinagent-diag scan --tls-cert` builds
+/// one from PEM files) and checks the scanner's certificate against the
+/// URL's IP address.
 pub async fn connect_with_tls(
     url: &ListenUrl,
     tls: Option<&std::sync::Arc<rustls::ClientConfig>>,

@@ -104,36 +104,6 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tl
     Ok(Arc::new(server))
 }
 
-/// A client configuration for a guest (or `thinagent-diag scan`) that
-/// connects to a `tls://` scanner: the guest's certificate chain and key,
-/// and the CA that signed the scanner's certificate.
-pub fn client_config(
-    cert: &Path,
-    key: &Path,
-    server_ca: &Path,
-) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certificates("cert", cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-        field: "key",
-        path: key.to_path_buf(),
-        why: format!("no usable PEM private key in it: {e}"),
-    })?;
-    let mut roots = RootCertStore::empty();
-    for ca in certificates("ca", server_ca)? {
-        roots.add(ca).map_err(|e| TlsError::File {
-            field: "ca",
-            path: server_ca.to_path_buf(),
-            why: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    Ok(Arc::new(client))
-}
-
 /// The subject of a (verified) client certificate, as RFC 4514-like text
 /// (`CN=vm-17, O=Example`); `None` when it does not parse or is empty.
 pub fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {

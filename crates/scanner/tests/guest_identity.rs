@@ -17,7 +17,7 @@ use common::{EICAR, FileSpec, connect, connect_from, run_guest};
 use thinagent_scanner::config::Config;
 use thinagent_scanner::listen::{ListenUrl, Listener, connect_with_tls};
 use thinagent_scanner::service::{Service, ServiceError, ServiceHandle};
-use thinagent_scanner::tls::{TlsConfig, client_config};
+use thinagent_scanner::tls::TlsConfig;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -268,12 +268,38 @@ impl Pki {
 
     /// A client configuration for the guest certificate `name`.
     fn client(&self, name: &str) -> Arc<rustls::ClientConfig> {
-        client_config(
-            &self.path(&format!("{name}.crt")),
-            &self.path(&format!("{name}.key")),
-            &self.path("ca.pem"),
-        )
+        use rustls::pki_types::pem::PemObject;
+        let chain =
+            rustls::pki_types::CertificateDer::pem_file_iter(self.path(&format!("{name}.crt")))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(self.path(&format!("{name}.key")))
+                .unwrap();
+        let config = self
+            .client_builder()
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+
+    /// A client configuration that trusts the scanner, before choosing a
+    /// certificate.
+    fn client_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
         .unwrap()
+        .with_root_certificates(roots)
     }
 }
 
@@ -321,12 +347,7 @@ async fn tls_guests_are_their_certificate_subjects() {
     assert_eq!(svc.guest_cache_hits(), hits + 1.0);
     // A certificate for "vm-a" from a CA the scanner does not trust, and a
     // client with no certificate at all, get no session.
-    let rogue = client_config(
-        &pki.path("rogue.crt"),
-        &pki.path("rogue.key"),
-        &pki.path("ca.pem"),
-    )
-    .unwrap();
+    let rogue = pki.client("rogue");
     let refused = async {
         let s = tls_connect(&url, &rogue).await?;
         let r = run_guest(
@@ -344,19 +365,7 @@ async fn tls_guests_are_their_certificate_subjects() {
         !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
         "{refused:?}"
     );
-    let no_cert = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates({
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::pem::PemObject::pem_file_iter(pki.path("ca.pem")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        roots
-    })
-    .with_no_client_auth();
+    let no_cert = pki.client_builder().with_no_client_auth();
     let no_cert = Arc::new(no_cert);
     let refused = async {
         let s = tls_connect(&url, &no_cert).await?;
