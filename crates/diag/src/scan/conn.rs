@@ -37,7 +37,7 @@ pub struct Options {
     /// Sent in Hello.
     pub guest_name: String,
     /// Client certificate and trusted CA for `tls://`.
-    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    pub tls: Option<std::sync::Arc<thinagent_guest_tls::rustls::ClientConfig>>,
 }
 
 /// Consecutive failed connections or broken sessions before a job gives up.

@@ -12,7 +12,6 @@
 
 mod conn;
 mod files;
-pub mod tls;
 mod url;
 
 use std::collections::VecDeque;
@@ -206,8 +205,10 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         }),
     });
     let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
-        (Some(cert), Some(key), Some(ca)) => Some(tls::client_config(cert, key, ca)?),
-        _ if matches!(url, ScanUrl::Tls(_)) => {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(thinagent_guest_tls::client_config(cert, key, ca)?)
+        }
+        _ if matches!(url, ScanUrl::Tls { .. }) => {
             bail!("--connect {url}: a tls:// scanner needs --tls-cert, --tls-key and --tls-ca")
         }
         _ => None,

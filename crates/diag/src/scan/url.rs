@@ -19,8 +19,14 @@ pub enum ScanUrl {
     /// TCP.
     Tcp(SocketAddr),
     /// TCP with TLS (a client certificate is required: `--tls-cert`,
-    /// `--tls-key`, `--tls-ca`).
-    Tls(SocketAddr),
+    /// `--tls-key`, `--tls-ca`); `host` as given, which the scanner's
+    /// certificate must name.
+    Tls {
+        /// The host part of the URL.
+        host: String,
+        /// Where it resolved to.
+        addr: SocketAddr,
+    },
     /// Unix stream socket.
     Unix(PathBuf),
     /// AF_VSOCK CID and port (from a guest: CID 2 is the host; 1 is loopback).
@@ -64,16 +70,20 @@ impl ScanUrl {
             bail!("--connect {s:?}: no scheme; {hint}");
         };
         match scheme {
-            "tcp" | "tls" => rest
-                .to_socket_addrs()
-                .with_context(|| format!("--connect {s:?}: bad TCP address"))?
-                .next()
-                .map(if scheme == "tls" {
-                    Self::Tls
-                } else {
-                    Self::Tcp
+            "tcp" | "tls" => {
+                let addr = rest
+                    .to_socket_addrs()
+                    .with_context(|| format!("--connect {s:?}: bad TCP address"))?
+                    .next()
+                    .ok_or_else(|| anyhow!("--connect {s:?}: the host name resolves to nothing"))?;
+                Ok(match scheme {
+                    "tls" => Self::Tls {
+                        host: rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string(),
+                        addr,
+                    },
+                    _ => Self::Tcp(addr),
                 })
-                .ok_or_else(|| anyhow!("--connect {s:?}: the host name resolves to nothing")),
+            }
             "unix" if rest.starts_with('/') => Ok(Self::Unix(PathBuf::from(rest))),
             "unix" => bail!("--connect {s:?}: the socket path must be absolute (unix:///path)"),
             "vsock" => {
@@ -104,11 +114,12 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 impl ScanUrl {
-    /// Connects; a `tls://` URL uses `tls` (see [`super::tls::client_config`])
-    /// and checks the scanner's certificate against the URL's IP address.
+    /// Connects; a `tls://` URL uses `tls` (see
+    /// [`thinagent_guest_tls::client_config`]) and checks the scanner's
+    /// certificate against the URL's host.
     pub async fn connect(
         &self,
-        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+        tls: Option<&std::sync::Arc<thinagent_guest_tls::rustls::ClientConfig>>,
     ) -> std::io::Result<Pin<Box<dyn Stream>>> {
         if let Some(why) = transport_unsupported(self) {
             return Err(std::io::Error::new(
@@ -122,7 +133,7 @@ impl ScanUrl {
                 let _ = s.set_nodelay(true);
                 Box::pin(s)
             }
-            Self::Tls(a) => {
+            Self::Tls { host, addr } => {
                 let Some(tls) = tls else {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
@@ -131,11 +142,7 @@ impl ScanUrl {
                         ),
                     ));
                 };
-                let s = tokio::net::TcpStream::connect(a).await?;
-                let _ = s.set_nodelay(true);
-                let name = rustls::pki_types::ServerName::IpAddress(a.ip().into());
-                let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
-                Box::pin(connector.connect(name, s).await?)
+                Box::pin(thinagent_guest_tls::connect(host, *addr, tls).await?)
             }
             #[cfg(unix)]
             Self::Unix(p) => Box::pin(tokio::net::UnixStream::connect(p).await?),
@@ -158,7 +165,7 @@ impl std::fmt::Display for ScanUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Tcp(a) => write!(f, "tcp://{a}"),
-            Self::Tls(a) => write!(f, "tls://{a}"),
+            Self::Tls { addr, .. } => write!(f, "tls://{addr}"),
             Self::Unix(p) => write!(f, "unix://{}", p.display()),
             Self::Vsock(c, p) => write!(f, "vsock://{c}:{p}"),
         }
