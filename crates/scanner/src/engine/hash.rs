@@ -12,6 +12,12 @@
 //! starting with `#` are skipped. A `.hdb` line may also hold a SHA-1 or
 //! SHA-256 (ClamAV itself only reads MD5 there; accepting more is harmless).
 //!
+//! A file may start with a UTF-8 byte-order mark (Windows editors write one):
+//! it is skipped. ClamAV's own loader would read it as part of the first
+//! hash and call the file malformed; nothing is lost by accepting it. A
+//! UTF-16 file (PowerShell's `>` writes one) is refused with a message that
+//! says so.
+//!
 //! Only the digests some signature needs are computed.
 
 use std::collections::HashMap;
@@ -130,6 +136,15 @@ impl HashEngine {
             line: 0,
             reason: format!("cannot read the file: {e}"),
         })?;
+        if text.starts_with(&[0xFF, 0xFE]) || text.starts_with(&[0xFE, 0xFF]) {
+            return Err(HashDbError {
+                path: path.to_owned(),
+                line: 1,
+                reason: "the file is UTF-16 text (it starts with a UTF-16 byte-order mark, \
+                         as PowerShell's `>` writes); save it as UTF-8 or ASCII"
+                    .into(),
+            });
+        }
         let text = String::from_utf8_lossy(&text);
         self.add_text(&text, kind, path)
     }
@@ -143,6 +158,8 @@ impl HashEngine {
         origin: &Path,
     ) -> Result<usize, HashDbError> {
         let mut staged = Self::with_name(self.name);
+        // A leading UTF-8 byte-order mark is not part of the first hash.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -425,6 +442,43 @@ mod tests {
                 proptest::prop_assert!(e.line >= 1);
             }
         }
+    }
+
+    #[test]
+    fn a_leading_utf8_bom_is_skipped() {
+        let text = "\u{feff}44d88612fea8a8f36de82e1278abb02f:68:Eicar-Bom\n";
+        let e = engine(text, HashDbKind::Hdb).unwrap();
+        assert_eq!(e.scan_bytes(EICAR).unwrap().threat, "Eicar-Bom");
+        // From a file, as Notepad saves it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bom.hdb");
+        std::fs::write(&path, text.as_bytes()).unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[..3], b"\xEF\xBB\xBF");
+        let mut e = HashEngine::new();
+        assert_eq!(e.load_file(&path, HashDbKind::Hdb), Ok(1));
+        assert_eq!(e.scan_bytes(EICAR).unwrap().threat, "Eicar-Bom");
+        // Only at the start: elsewhere it is still an error.
+        let text = "44d88612fea8a8f36de82e1278abb02f:68:A\n\u{feff}44d88612fea8a8f36de82e1278abb02f:68:B\n";
+        assert_eq!(engine(text, HashDbKind::Hdb).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn utf16_files_are_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ps.hdb");
+        let mut bytes = vec![0xFF, 0xFE];
+        for unit in "44d88612fea8a8f36de82e1278abb02f:68:X\r\n".encode_utf16() {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let err = HashEngine::new()
+            .load_file(&path, HashDbKind::Hdb)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("UTF-16") && err.contains("save it as UTF-8"),
+            "{err}"
+        );
     }
 
     #[test]
