@@ -302,6 +302,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        // Load warnings (e.g. signature names cut) go to stderr.
+        init_logs(&config);
         return match check(&config) {
             Ok(msg) => {
                 println!("{msg}");

@@ -18,6 +18,10 @@
 //! UTF-16 file (PowerShell's `>` writes one) is refused with a message that
 //! says so.
 //!
+//! A malware name longer than [`MAX_SIGNATURE_NAME_LEN`] bytes is cut to it
+//! at load, with one warning per file naming the file and the first such
+//! line.
+//!
 //! Only the digests some signature needs are computed.
 
 use std::collections::HashMap;
@@ -29,7 +33,9 @@ use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::{Detection, Engine, EngineError, EngineScan};
+use super::{
+    Detection, Engine, EngineError, EngineScan, MAX_SIGNATURE_NAME_LEN, cap_signature_name,
+};
 
 /// Which database format a file is in (by extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +156,9 @@ impl HashEngine {
     }
 
     /// Parses database text of `kind` (`origin` names it in errors) and adds
-    /// its signatures; on error nothing of this text is added.
+    /// its signatures; on error nothing of this text is added. Names longer
+    /// than [`MAX_SIGNATURE_NAME_LEN`] are cut, with one warning for the
+    /// text.
     pub fn add_text(
         &mut self,
         text: &str,
@@ -160,6 +168,8 @@ impl HashEngine {
         let mut staged = Self::with_name(self.name);
         // A leading UTF-8 byte-order mark is not part of the first hash.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // (first line, its name's length, how many) of the names cut
+        let mut cut: Option<(usize, usize, usize)> = None;
         for (index, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -193,9 +203,15 @@ impl HashEngine {
             if name.is_empty() {
                 return Err(err("empty malware name".into()));
             }
+            if name.len() > MAX_SIGNATURE_NAME_LEN {
+                match &mut cut {
+                    Some((_, _, n)) => *n += 1,
+                    None => cut = Some((index + 1, name.len(), 1)),
+                }
+            }
             let sig = Sig {
                 size,
-                name: Arc::from(name),
+                name: Arc::from(cap_signature_name(name)),
             };
             let hash = hash.to_ascii_lowercase();
             match (hash.len(), kind) {
@@ -222,6 +238,13 @@ impl HashEngine {
                     )));
                 }
             }
+        }
+        if let Some((line, len, count)) = cut {
+            tracing::warn!(
+                "{}:{line}: signature name of {len} bytes cut to {MAX_SIGNATURE_NAME_LEN} \
+                 ({count} name(s) of this file cut); shorten the names in the file",
+                origin.display()
+            );
         }
         let added = staged.len();
         for (k, v) in staged.md5 {
@@ -442,6 +465,21 @@ mod tests {
                 proptest::prop_assert!(e.line >= 1);
             }
         }
+    }
+
+    #[test]
+    fn long_names_are_cut_at_load() {
+        let long = "N".repeat(200 * 1024);
+        let text = format!(
+            "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f:68:{long}\n\
+             3395856ce81f2b7382dee72602f798b642f14141:68:Short\n"
+        );
+        let e = engine(&text, HashDbKind::Hsb).unwrap();
+        assert_eq!(e.len(), 2);
+        let d = streamed(e, EICAR, 68).unwrap();
+        assert_eq!(d.threat.len(), MAX_SIGNATURE_NAME_LEN);
+        assert!(d.threat.ends_with(super::super::CUT_MARK), "{}", d.threat);
+        assert!(d.threat.starts_with("NNNN"));
     }
 
     #[test]
