@@ -26,7 +26,7 @@ struct Cli {
     /// TOML configuration file (see dist/thinagent-scanner.toml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Validate the configuration (and load the signatures, ping clamd), then exit: 0 valid, 2 not.
+    /// Run every check of the start short of binding (values, signatures, audit log path; pings clamd), then exit: 0 valid, 2 not.
     #[arg(long)]
     check_config: bool,
     /// Listen here (repeatable): vsock://any:PORT, tcp://127.0.0.1:PORT, unix:///path. [config: listen]
@@ -201,12 +201,17 @@ fn init_logs(c: &Config) {
     }
 }
 
-/// `--check-config`: everything short of binding.
+/// `--check-config`: every check of the start short of binding (the same
+/// [`service::prepare`]), and a clamd PING. The audit log is opened as the
+/// start opens it and closed again; a file the check created is removed.
 fn check(config: &Config) -> Result<String> {
-    config.validate()?;
-    let sc = service::signature_config(config)?;
-    let set = service::load_signatures(&sc)?;
-    service::ping_clamd(&sc).context("clamd is configured but does not answer PING")?;
+    let prepared = service::prepare(config)?;
+    let ping = service::ping_clamd(&prepared.signature_config);
+    if let Some(audit) = prepared.audit {
+        audit.close_checked()?;
+    }
+    ping.context("clamd is configured but does not answer PING")?;
+    let set = prepared.set;
     let (urls, _) = config.listeners()?;
     Ok(format!(
         "configuration OK: listen {}; {}",

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::audit::{AuditEntry, AuditLog, rfc3339};
+use crate::audit::{AuditEntry, AuditFile, AuditLog, rfc3339};
 use crate::cache::{CacheLimits, VerdictCaches};
 use crate::config::Config;
 use crate::connection::{
@@ -137,6 +137,39 @@ pub fn caches(config: &Config) -> VerdictCaches {
 pub fn load_signatures(config: &SignatureConfig) -> Result<SignatureSet, ServiceError> {
     let set = SignatureSet::load(config)?;
     Ok(set)
+}
+
+/// What the start checks and loads before it binds anything: the values
+/// of the configuration, the signature set, the audit log's path (opened,
+/// created if missing). [`Service::build`] starts from it; `--check-config`
+/// runs it, pings clamd, closes the audit file with
+/// [`AuditFile::close_checked`] and stops. Blocking (signature loading).
+#[derive(Debug)]
+pub struct Prepared {
+    /// The signature configuration (kept for reloads).
+    pub signature_config: SignatureConfig,
+    /// The loaded set.
+    pub set: SignatureSet,
+    /// The opened audit file, when one is configured.
+    pub audit: Option<AuditFile>,
+}
+
+/// Runs every check of the start that needs no binding; see [`Prepared`].
+pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
+    config.validate()?;
+    let signature_config = signature_config(config)?;
+    let set = load_signatures(&signature_config)?;
+    // Last: nothing after it fails, so a check never leaves a file behind.
+    let audit = config
+        .audit_log
+        .as_deref()
+        .map(AuditFile::open)
+        .transpose()?;
+    Ok(Prepared {
+        signature_config,
+        set,
+        audit,
+    })
 }
 
 /// Pings the configured clamd.
@@ -324,13 +357,16 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// Validates `config`, loads signatures, opens the audit log and binds
-    /// every listener. Must be called inside a tokio runtime.
+    /// Validates `config`, loads signatures, opens the audit log (all three
+    /// by [`prepare`]) and binds every listener. Must be called inside a
+    /// tokio runtime.
     pub async fn build(config: &Config) -> Result<Self, ServiceError> {
-        config.validate()?;
-        let signature_config = signature_config(config)?;
-        let sc = signature_config.clone();
-        let set = tokio::task::spawn_blocking(move || load_signatures(&sc))
+        let to_prepare = config.clone();
+        let Prepared {
+            signature_config,
+            set,
+            audit,
+        } = tokio::task::spawn_blocking(move || prepare(&to_prepare))
             .await
             .map_err(|e| ServiceError::Loader(e.to_string()))??;
         tracing::info!("signatures loaded: {}", describe(set.summary()));
@@ -339,13 +375,9 @@ impl Service {
         metrics
             .signatures_loaded
             .set(set.summary().hash_signatures as i64);
-        let audit = match &config.audit_log {
-            Some(path) => Some(AuditLog::open(
-                path,
-                metrics.audit_records_not_written.clone(),
-            )?),
-            None => None,
-        };
+        let audit = audit
+            .map(|file| AuditLog::start(file, metrics.audit_records_not_written.clone()))
+            .transpose()?;
         let observer = Arc::new(ServiceObserver::new(metrics.clone(), audit));
         let ctx = Arc::new(ScanContext::with_caches(
             set,
