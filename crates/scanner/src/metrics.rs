@@ -65,7 +65,8 @@ pub struct Metrics {
     pub query_latency: Histogram,
     /// Signature (re)loads by result.
     pub signature_reloads: Family<ResultLabel, Counter>,
-    /// Signatures in the active set.
+    /// Signatures in the active set: built-in ones, hash signatures and
+    /// YARA rules (clamd's database is not counted: its size is unknown).
     pub signatures_loaded: Gauge,
     /// Audit records not written: the sink could not keep up (its queue was
     /// full) or the write failed (e.g. a full disk).
@@ -141,7 +142,7 @@ impl Metrics {
         );
         registry.register(
             "signatures_loaded",
-            "Signatures in the active set",
+            "Signatures in the active set: built-in, hash and YARA (clamd's database is not counted)",
             signatures_loaded.clone(),
         );
         registry.register(

@@ -374,7 +374,7 @@ impl Service {
         metrics.reload(true);
         metrics
             .signatures_loaded
-            .set(set.summary().hash_signatures as i64);
+            .set(signature_count(set.summary()));
         let audit = audit
             .map(|file| AuditLog::start(file, metrics.audit_records_not_written.clone()))
             .transpose()?;
@@ -524,8 +524,10 @@ impl Service {
     }
 }
 
+/// `thinagent_scanner_signatures_loaded`: every signature of the active
+/// set ([`LoadSummary::signature_count`]), at start and after each reload.
 fn signature_count(summary: &LoadSummary) -> i64 {
-    i64::try_from(summary.hash_signatures + summary.yara_rules).unwrap_or(i64::MAX)
+    i64::try_from(summary.signature_count()).unwrap_or(i64::MAX)
 }
 
 /// Whether the CID allow-list admits `guest` (non-vsock peers always pass;
