@@ -32,6 +32,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// One label named `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why (e.g. `timeout`, `too_large`).
+    pub reason: String,
+}
+
 /// One label named `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -71,6 +78,11 @@ pub struct Metrics {
     /// Audit records not written: the sink could not keep up (its queue was
     /// full) or the write failed (e.g. a full disk).
     pub audit_records_not_written: Counter,
+    /// Verdicts decided by policy rather than by a scan, by reason
+    /// (`timeout`: the scan budget expired; `too_large`, `read_failed`,
+    /// `engine_failed`, `no_content_capability`, `session_closing`,
+    /// `over_limit`).
+    pub policy_verdicts: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,6 +109,7 @@ impl Metrics {
         let signature_reloads = Family::<ResultLabel, Counter>::default();
         let signatures_loaded = Gauge::default();
         let audit_records_not_written = Counter::default();
+        let policy_verdicts = Family::<ReasonLabel, Counter>::default();
         registry.register("sessions", "Guest sessions accepted", sessions.clone());
         registry.register(
             "sessions_active",
@@ -150,6 +163,11 @@ impl Metrics {
             "Audit records dropped because the audit sink could not keep up or its write failed",
             audit_records_not_written.clone(),
         );
+        registry.register(
+            "policy_verdicts",
+            "Verdicts decided by policy instead of a scan, by reason (timeout = scan budget expired)",
+            policy_verdicts.clone(),
+        );
         Self {
             registry,
             sessions,
@@ -165,7 +183,17 @@ impl Metrics {
             signature_reloads,
             signatures_loaded,
             audit_records_not_written,
+            policy_verdicts,
         }
+    }
+
+    /// Counts a verdict decided by policy.
+    pub fn policy_verdict(&self, reason: &str) {
+        self.policy_verdicts
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a verdict by decision name.

@@ -34,7 +34,9 @@ use crate::engine::EngineError;
 use crate::engine::clamd::{ClamdAddress, ClamdEngine};
 use crate::listen::{BindError, ListenUrl, Listener};
 use crate::metrics::Metrics;
-use crate::session::{Anomaly, CloseReason, GuestInfo, PolicyVerdicts, SessionLimits};
+use crate::session::{
+    Anomaly, CloseReason, GuestInfo, PolicyReason, PolicyVerdicts, SessionLimits,
+};
 use crate::signatures::{ClamdConfig, LoadSummary, SignatureConfig, SignatureError, SignatureSet};
 
 /// Why the service could not start.
@@ -196,6 +198,9 @@ pub fn describe(summary: &LoadSummary) -> String {
 pub struct ServiceObserver {
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
+    /// `limits.request_timeout_ms`, named in the log line of a query that
+    /// exceeded it.
+    scan_budget: Option<Duration>,
 }
 
 impl std::fmt::Debug for ServiceObserver {
@@ -209,7 +214,36 @@ impl std::fmt::Debug for ServiceObserver {
 impl ServiceObserver {
     /// An observer counting into `metrics` and auditing into `audit`.
     pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>) -> Self {
-        Self { metrics, audit }
+        Self {
+            metrics,
+            audit,
+            scan_budget: None,
+        }
+    }
+
+    /// Names `budget` (the sessions' scan budget) in scan-timeout log lines.
+    #[must_use]
+    pub fn with_scan_budget(mut self, budget: Duration) -> Self {
+        self.scan_budget = Some(budget);
+        self
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `reason` label of a verdict decided by policy; `None` for scanned,
+/// cached and abandoned queries.
+fn policy_label(source: VerdictSource) -> Option<String> {
+    match source {
+        VerdictSource::Policy(reason) => Some(kind_label(&format!("{reason:?}"))),
+        VerdictSource::ReadFailed(_) => Some("read_failed".into()),
+        VerdictSource::EngineFailed => Some("engine_failed".into()),
+        VerdictSource::Scanned
+        | VerdictSource::IdentityCache
+        | VerdictSource::ContentCache
+        | VerdictSource::Abandoned => None,
     }
 }
 
@@ -297,7 +331,22 @@ impl ScanObserver for ServiceObserver {
         }
         let verdict = r.verdict.map_or("none", decision_label);
         m.verdict(verdict);
+        if let Some(reason) = policy_label(r.source) {
+            m.policy_verdict(&reason);
+        }
         match (&r.verdict, &r.threat) {
+            (Some(_), _) if r.source == VerdictSource::Policy(PolicyReason::Timeout) => {
+                tracing::warn!(
+                    guest = %r.guest,
+                    name = %r.guest_name,
+                    path = %r.path,
+                    elapsed_ms = millis(r.duration),
+                    budget_ms = self.scan_budget.map(millis),
+                    verdict,
+                    bytes = r.bytes,
+                    "scan budget (limits.request_timeout_ms) expired: policy.timeout verdict sent"
+                );
+            }
             (Some(Decision::Deny), Some(threat)) => {
                 tracing::warn!(guest = %r.guest, name = %r.guest_name, path = %r.path, %threat, engine = r.engine.unwrap_or(""), "threat found, open denied");
             }
@@ -378,7 +427,10 @@ impl Service {
         let audit = audit
             .map(|file| AuditLog::start(file, metrics.audit_records_not_written.clone()))
             .transpose()?;
-        let observer = Arc::new(ServiceObserver::new(metrics.clone(), audit));
+        let observer = Arc::new(
+            ServiceObserver::new(metrics.clone(), audit)
+                .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms)),
+        );
         let ctx = Arc::new(ScanContext::with_caches(
             set,
             connection_limits(config),
