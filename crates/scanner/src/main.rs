@@ -56,7 +56,7 @@ struct Cli {
     /// [config: limits.max_frame_len]
     #[arg(long, value_name = "BYTES")]
     max_frame_len: Option<u32>,
-    /// [config: limits.max_read_chunk]
+    /// Unset: max-frame-len - 56, at most max-bytes-in-flight. [config: limits.max_read_chunk]
     #[arg(long, value_name = "BYTES")]
     max_read_chunk: Option<u32>,
     /// [config: limits.max_reads_in_flight]
@@ -68,10 +68,10 @@ struct Cli {
     /// Scan budget per query. [config: limits.request_timeout_ms]
     #[arg(long, value_name = "MS")]
     request_timeout_ms: Option<u64>,
-    /// [config: limits.idle_timeout_ms]
+    /// Unset: 30000, or 3 heartbeat intervals if longer. [config: limits.idle_timeout_ms]
     #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
-    /// [config: limits.heartbeat_interval_ms]
+    /// Unset: 10000, or a third of the idle timeout if shorter. [config: limits.heartbeat_interval_ms]
     #[arg(long, value_name = "MS")]
     heartbeat_interval_ms: Option<u64>,
     /// [config: limits.handshake_timeout_ms]
@@ -155,12 +155,18 @@ impl Cli {
         }
         let l = &mut c.limits;
         set(&mut l.max_frame_len, self.max_frame_len);
-        set(&mut l.max_read_chunk, self.max_read_chunk);
+        if self.max_read_chunk.is_some() {
+            l.max_read_chunk = self.max_read_chunk;
+        }
         set(&mut l.max_reads_in_flight, self.max_reads_in_flight);
         set(&mut l.max_file_size, self.max_file_size);
         set(&mut l.request_timeout_ms, self.request_timeout_ms);
-        set(&mut l.idle_timeout_ms, self.idle_timeout_ms);
-        set(&mut l.heartbeat_interval_ms, self.heartbeat_interval_ms);
+        if self.idle_timeout_ms.is_some() {
+            l.idle_timeout_ms = self.idle_timeout_ms;
+        }
+        if self.heartbeat_interval_ms.is_some() {
+            l.heartbeat_interval_ms = self.heartbeat_interval_ms;
+        }
         set(&mut l.handshake_timeout_ms, self.handshake_timeout_ms);
         set(&mut l.max_sessions, self.max_sessions);
         set(&mut l.max_in_flight_per_guest, self.max_in_flight);

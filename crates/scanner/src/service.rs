@@ -96,13 +96,13 @@ pub fn connection_limits(config: &Config) -> Limits {
     let session = SessionLimits {
         max_frame_len: l.max_frame_len,
         max_events_in_flight: l.max_in_flight_per_guest,
-        max_read_chunk: l.max_read_chunk,
+        max_read_chunk: l.read_chunk(),
         max_reads_in_flight: l.max_reads_in_flight,
         max_bytes_in_flight: l.max_bytes_in_flight_per_guest,
         max_file_size: l.max_file_size,
         query_timeout: Duration::from_millis(l.request_timeout_ms),
-        heartbeat_interval: Duration::from_millis(l.heartbeat_interval_ms),
-        idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+        heartbeat_interval: Duration::from_millis(l.heartbeat_interval()),
+        idle_timeout: Duration::from_millis(l.idle_timeout()),
         handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
         policy: PolicyVerdicts {
             too_large: p.too_large.decision(),

@@ -1,7 +1,6 @@
 //! `thinagent-scanner --check-config` makes the checks the start makes (one
 //! code path, `service::prepare`), so "configuration OK" means the start
-//! gets past everything but binding; and what it reports about the
-//! signatures it loads. Run through the real binary.
+//! gets past everything but binding. Run through the real binary.
 // Linux only (mkfifo, file modes), like service_e2e.rs.
 #![cfg(target_os = "linux")]
 
@@ -188,5 +187,51 @@ fn long_signature_names_are_cut_with_one_warning_naming_file_and_line() {
         err.len() < 4096,
         "the whole name was printed: {} bytes",
         err.len()
+    );
+}
+
+#[test]
+fn a_limit_left_unset_follows_the_ones_set() {
+    // Used to fail: `limits.max_read_chunk = 65480: must be in 1..=8136`.
+    let (code, out, err) = run_check(&["--max-frame-len", "8192"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    let (code, _, err) = run_check(&["--heartbeat-interval-ms", "60000"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_check(&["--idle-timeout-ms", "5000"]);
+    assert_eq!(code, 0, "{err}");
+    // The same through a config file.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nmax_frame_len = 8192\n").unwrap();
+    assert_eq!(run_check(&["--config", cfg.to_str().unwrap()]).0, 0);
+}
+
+#[test]
+fn contradictory_explicit_limits_name_both_settings() {
+    let (code, _, err) = run_check(&["--max-frame-len", "8192", "--max-read-chunk", "65480"]);
+    assert_eq!(code, 2);
+    for needle in [
+        "limits.max_read_chunk = 65480",
+        "limits.max_frame_len = 8192",
+        "8136",
+    ] {
+        assert!(err.contains(needle), "{err} lacks {needle}");
+    }
+    // One from the file, one from the command line.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nheartbeat_interval_ms = 10000\n").unwrap();
+    let (code, _, err) = run_check(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--idle-timeout-ms",
+        "5000",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("limits.idle_timeout_ms = 5000")
+            && err.contains("limits.heartbeat_interval_ms = 10000"),
+        "{err}"
     );
 }
