@@ -26,7 +26,7 @@ struct Cli {
     /// TOML configuration file (see dist/thinagent-scanner.toml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Validate the configuration (and load the signatures, ping clamd), then exit: 0 valid, 2 not.
+    /// Run every check of the start short of binding (values, signatures, audit log path; pings clamd), then exit: 0 valid, 2 not.
     #[arg(long)]
     check_config: bool,
     /// Listen here (repeatable): vsock://any:PORT, tcp://127.0.0.1:PORT, unix:///path. [config: listen]
@@ -56,7 +56,7 @@ struct Cli {
     /// [config: limits.max_frame_len]
     #[arg(long, value_name = "BYTES")]
     max_frame_len: Option<u32>,
-    /// [config: limits.max_read_chunk]
+    /// Unset: max-frame-len - 56, at most max-bytes-in-flight. [config: limits.max_read_chunk]
     #[arg(long, value_name = "BYTES")]
     max_read_chunk: Option<u32>,
     /// [config: limits.max_reads_in_flight]
@@ -68,10 +68,10 @@ struct Cli {
     /// Scan budget per query. [config: limits.request_timeout_ms]
     #[arg(long, value_name = "MS")]
     request_timeout_ms: Option<u64>,
-    /// [config: limits.idle_timeout_ms]
+    /// Unset: 30000, or 3 heartbeat intervals if longer. [config: limits.idle_timeout_ms]
     #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
-    /// [config: limits.heartbeat_interval_ms]
+    /// Unset: 10000, or a third of the idle timeout if shorter. [config: limits.heartbeat_interval_ms]
     #[arg(long, value_name = "MS")]
     heartbeat_interval_ms: Option<u64>,
     /// [config: limits.handshake_timeout_ms]
@@ -182,12 +182,18 @@ impl Cli {
         }
         let l = &mut c.limits;
         set(&mut l.max_frame_len, self.max_frame_len);
-        set(&mut l.max_read_chunk, self.max_read_chunk);
+        if self.max_read_chunk.is_some() {
+            l.max_read_chunk = self.max_read_chunk;
+        }
         set(&mut l.max_reads_in_flight, self.max_reads_in_flight);
         set(&mut l.max_file_size, self.max_file_size);
         set(&mut l.request_timeout_ms, self.request_timeout_ms);
-        set(&mut l.idle_timeout_ms, self.idle_timeout_ms);
-        set(&mut l.heartbeat_interval_ms, self.heartbeat_interval_ms);
+        if self.idle_timeout_ms.is_some() {
+            l.idle_timeout_ms = self.idle_timeout_ms;
+        }
+        if self.heartbeat_interval_ms.is_some() {
+            l.heartbeat_interval_ms = self.heartbeat_interval_ms;
+        }
         set(&mut l.handshake_timeout_ms, self.handshake_timeout_ms);
         set(&mut l.max_sessions, self.max_sessions);
         set(&mut l.max_sessions_per_guest, self.max_sessions_per_guest);
@@ -231,12 +237,17 @@ fn init_logs(c: &Config) {
     }
 }
 
-/// `--check-config`: everything short of binding.
+/// `--check-config`: every check of the start short of binding (the same
+/// [`service::prepare`]), and a clamd PING. The audit log is opened as the
+/// start opens it and closed again; a file the check created is removed.
 fn check(config: &Config) -> Result<String> {
-    config.validate()?;
-    let sc = service::signature_config(config)?;
-    let set = service::load_signatures(&sc)?;
-    service::ping_clamd(&sc).context("clamd is configured but does not answer PING")?;
+    let prepared = service::prepare(config)?;
+    let ping = service::ping_clamd(&prepared.signature_config);
+    if let Some(audit) = prepared.audit {
+        audit.close_checked()?;
+    }
+    ping.context("clamd is configured but does not answer PING")?;
+    let set = prepared.set;
     let (urls, _) = config.listeners()?;
     Ok(format!(
         "configuration OK: listen {}; {}",
@@ -332,6 +343,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        // Load warnings (e.g. signature names cut) go to stderr.
+        init_logs(&config);
         return match check(&config) {
             Ok(msg) => {
                 println!("{msg}");

@@ -32,6 +32,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// One label named `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why (e.g. `timeout`, `too_large`).
+    pub reason: String,
+}
+
 /// One label named `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -67,7 +74,8 @@ pub struct Metrics {
     pub query_latency: Histogram,
     /// Signature (re)loads by result.
     pub signature_reloads: Family<ResultLabel, Counter>,
-    /// Signatures in the active set.
+    /// Signatures in the active set: built-in ones, hash signatures and
+    /// YARA rules (clamd's database is not counted: its size is unknown).
     pub signatures_loaded: Gauge,
     /// Audit records not written: the sink could not keep up (its queue was
     /// full) or the write failed (e.g. a full disk).
@@ -76,6 +84,11 @@ pub struct Metrics {
     pub log_lines_suppressed: Counter,
     /// Connections accepted that have not completed `Hello` yet.
     pub handshakes_pending: Gauge,
+    /// Verdicts decided by policy rather than by a scan, by reason
+    /// (`timeout`: the scan budget expired; `too_large`, `read_failed`,
+    /// `engine_failed`, `no_content_capability`, `session_closing`,
+    /// `over_limit`).
+    pub policy_verdicts: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +117,7 @@ impl Metrics {
         let audit_records_not_written = Counter::default();
         let log_lines_suppressed = Counter::default();
         let handshakes_pending = Gauge::default();
+        let policy_verdicts = Family::<ReasonLabel, Counter>::default();
         registry.register("sessions", "Guest sessions accepted", sessions.clone());
         registry.register(
             "sessions_active",
@@ -149,7 +163,7 @@ impl Metrics {
         );
         registry.register(
             "signatures_loaded",
-            "Signatures in the active set",
+            "Signatures in the active set: built-in, hash and YARA (clamd's database is not counted)",
             signatures_loaded.clone(),
         );
         registry.register(
@@ -166,6 +180,11 @@ impl Metrics {
             "handshakes_pending",
             "Connections accepted that have not completed Hello yet",
             handshakes_pending.clone(),
+        );
+        registry.register(
+            "policy_verdicts",
+            "Verdicts decided by policy instead of a scan, by reason (timeout = scan budget expired)",
+            policy_verdicts.clone(),
         );
         Self {
             registry,
@@ -184,7 +203,17 @@ impl Metrics {
             audit_records_not_written,
             log_lines_suppressed,
             handshakes_pending,
+            policy_verdicts,
         }
+    }
+
+    /// Counts a verdict decided by policy.
+    pub fn policy_verdict(&self, reason: &str) {
+        self.policy_verdicts
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a verdict by decision name.

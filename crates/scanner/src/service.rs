@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use tracing::Level;
 
 use crate::admission::{Admission, AdmissionLimits, PendingSlot, SessionSlot};
-use crate::audit::{AuditEntry, AuditLog, rfc3339};
+use crate::audit::{AuditEntry, AuditFile, AuditLog, rfc3339};
 use crate::cache::{CacheLimits, VerdictCaches};
 use crate::config::Config;
 use crate::connection::{
@@ -46,7 +46,9 @@ use crate::engine::clamd::{ClamdAddress, ClamdEngine};
 use crate::listen::{Accepted, BindError, ListenUrl, Listener};
 use crate::log_limit::{LogLimiter, LogLimits};
 use crate::metrics::Metrics;
-use crate::session::{Anomaly, CloseReason, GuestInfo, PolicyVerdicts, SessionLimits};
+use crate::session::{
+    Anomaly, CloseReason, GuestInfo, PolicyReason, PolicyVerdicts, SessionLimits,
+};
 use crate::signatures::{ClamdConfig, LoadSummary, SignatureConfig, SignatureError, SignatureSet};
 
 /// Why the service could not start.
@@ -109,13 +111,13 @@ pub fn connection_limits(config: &Config) -> Limits {
     let session = SessionLimits {
         max_frame_len: l.max_frame_len,
         max_events_in_flight: l.max_in_flight_per_guest,
-        max_read_chunk: l.max_read_chunk,
+        max_read_chunk: l.read_chunk(),
         max_reads_in_flight: l.max_reads_in_flight,
         max_bytes_in_flight: l.max_bytes_in_flight_per_guest,
         max_file_size: l.max_file_size,
         query_timeout: Duration::from_millis(l.request_timeout_ms),
-        heartbeat_interval: Duration::from_millis(l.heartbeat_interval_ms),
-        idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+        heartbeat_interval: Duration::from_millis(l.heartbeat_interval()),
+        idle_timeout: Duration::from_millis(l.idle_timeout()),
         handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
         policy: PolicyVerdicts {
             too_large: p.too_large.decision(),
@@ -154,6 +156,39 @@ pub fn load_signatures(config: &SignatureConfig) -> Result<SignatureSet, Service
     Ok(set)
 }
 
+/// What the start checks and loads before it binds anything: the values
+/// of the configuration, the signature set, the audit log's path (opened,
+/// created if missing). [`Service::build`] starts from it; `--check-config`
+/// runs it, pings clamd, closes the audit file with
+/// [`AuditFile::close_checked`] and stops. Blocking (signature loading).
+#[derive(Debug)]
+pub struct Prepared {
+    /// The signature configuration (kept for reloads).
+    pub signature_config: SignatureConfig,
+    /// The loaded set.
+    pub set: SignatureSet,
+    /// The opened audit file, when one is configured.
+    pub audit: Option<AuditFile>,
+}
+
+/// Runs every check of the start that needs no binding; see [`Prepared`].
+pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
+    config.validate()?;
+    let signature_config = signature_config(config)?;
+    let set = load_signatures(&signature_config)?;
+    // Last: nothing after it fails, so a check never leaves a file behind.
+    let audit = config
+        .audit_log
+        .as_deref()
+        .map(AuditFile::open)
+        .transpose()?;
+    Ok(Prepared {
+        signature_config,
+        set,
+        audit,
+    })
+}
+
 /// Pings the configured clamd.
 pub fn ping_clamd(config: &SignatureConfig) -> Result<(), EngineError> {
     match &config.clamd {
@@ -190,6 +225,8 @@ pub enum LogKind {
     Threat,
     /// An engine failed.
     EngineError,
+    /// A scan budget expired (the policy verdict was sent).
+    ScanTimeout,
     /// A connection was refused (limits, CID allow-list).
     Refused,
     /// A TLS handshake failed.
@@ -214,6 +251,7 @@ impl LogKind {
             Self::Anomaly => "protocol anomaly",
             Self::Threat => "threat found",
             Self::EngineError => "engine failed",
+            Self::ScanTimeout => "scan budget expired",
             Self::Refused => "connection refused",
             Self::TlsFailed => "TLS handshake failed",
             Self::AcceptFailed => "accept failed",
@@ -299,6 +337,9 @@ pub struct ServiceObserver {
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
     logs: Arc<PeerLog>,
+    /// `limits.request_timeout_ms`, named in the log line of a query that
+    /// exceeded it.
+    scan_budget: Option<Duration>,
 }
 
 impl std::fmt::Debug for ServiceObserver {
@@ -317,11 +358,37 @@ impl ServiceObserver {
             metrics,
             audit,
             logs,
+            scan_budget: None,
         }
     }
 
     fn allow(&self, guest: &GuestId, kind: LogKind) -> bool {
         self.logs.allow(Some(&guest.peer()), kind)
+    }
+
+    /// Names `budget` (the sessions' scan budget) in scan-timeout log lines.
+    #[must_use]
+    pub fn with_scan_budget(mut self, budget: Duration) -> Self {
+        self.scan_budget = Some(budget);
+        self
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `reason` label of a verdict decided by policy; `None` for scanned,
+/// cached and abandoned queries.
+fn policy_label(source: VerdictSource) -> Option<String> {
+    match source {
+        VerdictSource::Policy(reason) => Some(kind_label(&format!("{reason:?}"))),
+        VerdictSource::ReadFailed(_) => Some("read_failed".into()),
+        VerdictSource::EngineFailed => Some("engine_failed".into()),
+        VerdictSource::Scanned
+        | VerdictSource::IdentityCache
+        | VerdictSource::ContentCache
+        | VerdictSource::Abandoned => None,
     }
 }
 
@@ -412,7 +479,24 @@ impl ScanObserver for ServiceObserver {
         }
         let verdict = r.verdict.map_or("none", decision_label);
         m.verdict(verdict);
+        if let Some(reason) = policy_label(r.source) {
+            m.policy_verdict(&reason);
+        }
         match (&r.verdict, &r.threat) {
+            (Some(_), _) if r.source == VerdictSource::Policy(PolicyReason::Timeout) => {
+                if self.allow(&r.guest, LogKind::ScanTimeout) {
+                    tracing::warn!(
+                    guest = %r.guest,
+                    name = %r.guest_name,
+                    path = %r.path,
+                    elapsed_ms = millis(r.duration),
+                    budget_ms = self.scan_budget.map(millis),
+                    verdict,
+                    bytes = r.bytes,
+                    "scan budget (limits.request_timeout_ms) expired: policy.timeout verdict sent"
+                    );
+                }
+            }
             (Some(Decision::Deny), Some(threat)) => {
                 if self.allow(&r.guest, LogKind::Threat) {
                     tracing::warn!(guest = %r.guest, name = %r.guest_name, path = %r.path, %threat, engine = r.engine.unwrap_or(""), "threat found, open denied");
@@ -538,13 +622,16 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// Validates `config`, loads signatures, opens the audit log and binds
-    /// every listener. Must be called inside a tokio runtime.
+    /// Validates `config`, loads signatures, opens the audit log (all three
+    /// by [`prepare`]) and binds every listener. Must be called inside a
+    /// tokio runtime.
     pub async fn build(config: &Config) -> Result<Self, ServiceError> {
-        config.validate()?;
-        let signature_config = signature_config(config)?;
-        let sc = signature_config.clone();
-        let set = tokio::task::spawn_blocking(move || load_signatures(&sc))
+        let to_prepare = config.clone();
+        let Prepared {
+            signature_config,
+            set,
+            audit,
+        } = tokio::task::spawn_blocking(move || prepare(&to_prepare))
             .await
             .map_err(|e| ServiceError::Loader(e.to_string()))??;
         tracing::info!("signatures loaded: {}", describe(set.summary()));
@@ -552,16 +639,15 @@ impl Service {
         metrics.reload(true);
         metrics
             .signatures_loaded
-            .set(set.summary().hash_signatures as i64);
-        let audit = match &config.audit_log {
-            Some(path) => Some(AuditLog::open(
-                path,
-                metrics.audit_records_not_written.clone(),
-            )?),
-            None => None,
-        };
+            .set(signature_count(set.summary()));
+        let audit = audit
+            .map(|file| AuditLog::start(file, metrics.audit_records_not_written.clone()))
+            .transpose()?;
         let logs = Arc::new(PeerLog::new(LogLimits::default(), metrics.clone()));
-        let observer = Arc::new(ServiceObserver::new(metrics.clone(), audit, logs.clone()));
+        let observer = Arc::new(
+            ServiceObserver::new(metrics.clone(), audit, logs.clone())
+                .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms)),
+        );
         let ctx = Arc::new(ScanContext::with_caches(
             set,
             connection_limits(config),
@@ -796,8 +882,10 @@ impl Acceptor {
     }
 }
 
+/// `thinagent_scanner_signatures_loaded`: every signature of the active
+/// set ([`LoadSummary::signature_count`]), at start and after each reload.
 fn signature_count(summary: &LoadSummary) -> i64 {
-    i64::try_from(summary.hash_signatures + summary.yara_rules).unwrap_or(i64::MAX)
+    i64::try_from(summary.signature_count()).unwrap_or(i64::MAX)
 }
 
 /// Whether the CID allow-list admits `guest` (non-vsock peers always pass;

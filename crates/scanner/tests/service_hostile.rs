@@ -74,8 +74,8 @@ fn hostile_config(sock: &std::path::Path) -> Config {
     c.limits.max_in_flight_per_guest = 4;
     // Short enough to keep the test quick, long enough that a healthy guest
     // on a loaded machine is never idle-closed.
-    c.limits.heartbeat_interval_ms = 1_000;
-    c.limits.idle_timeout_ms = 3_000;
+    c.limits.heartbeat_interval_ms = Some(1_000);
+    c.limits.idle_timeout_ms = Some(3_000);
     c.limits.handshake_timeout_ms = 3_000;
     c.limits.request_timeout_ms = 10_000;
     c
