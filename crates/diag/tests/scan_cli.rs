@@ -234,64 +234,9 @@ fn a_policy_verdict_is_shown_as_such() {
     assert!(text(&out.stderr).contains("policy-allowed 1"));
 }
 
-/// Runs `openssl` with `args` in `dir` (the commands docs/operations.md
-/// gives for a guest CA and certificates).
 #[cfg(unix)]
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        text(&out.stderr)
-    );
-}
-
-/// A key and a certificate `name` signed by `ca` for `subject`, with these
-/// extensions.
-#[cfg(unix)]
-fn signed(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            subject,
-        ],
-    );
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-days",
-            "2",
-            "-out",
-            &format!("{name}.crt"),
-            "-extfile",
-            &format!("{name}.ext"),
-        ],
-    );
-}
+#[path = "../../guest-tls/tests/support/openssl_pki.rs"]
+mod openssl_pki;
 
 /// `scan --connect tls://` with a client certificate made as
 /// docs/operations.md says: served; without one, or with one from another
@@ -299,83 +244,34 @@ fn signed(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
 #[cfg(unix)]
 #[test]
 fn tls_scanner_with_client_certificates() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "openssl is missing"
-        );
-        eprintln!("SKIPPED: openssl is not installed");
+    if !openssl_pki::available() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ca = |name: &str, cn: &str| {
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-subj",
-                cn,
-            ],
-        );
-    };
-    ca("guest-ca", "/CN=ThinAgent guest CA");
-    ca("rogue-ca", "/CN=Rogue CA");
-    signed(
-        d,
-        "scanner",
-        "/CN=scanner",
-        "guest-ca",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    );
-    signed(
-        d,
-        "vm-17",
-        "/CN=vm-17",
-        "guest-ca",
-        "extendedKeyUsage=clientAuth\n",
-    );
-    signed(
-        d,
-        "rogue",
-        "/CN=vm-17",
-        "rogue-ca",
-        "extendedKeyUsage=clientAuth\n",
-    );
-    let (tcp, _) = scanner_with(d, |c| {
+    let pki = openssl_pki::Pki::new(d);
+    pki.guest("vm-17", "/CN=vm-17", "guest-ca");
+    pki.guest("rogue", "/CN=vm-17", "rogue-ca");
+    let (url, _) = scanner_with(d, |c| {
         c.listen = vec!["tls://127.0.0.1:0".into()];
         c.tls = Some(thinagent_scanner::tls::TlsConfig {
-            cert: d.join("scanner.crt"),
-            key: d.join("scanner.key"),
-            client_ca: d.join("guest-ca.crt"),
+            cert: pki.path("scanner.crt"),
+            key: pki.path("scanner.key"),
+            client_ca: pki.path("guest-ca.crt"),
         });
     });
-    let url = tcp;
     assert!(url.starts_with("tls://"), "{url}");
     let (eicar, _) = files(d);
-    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
     let with = |cert: &str, key: &str| {
         diag(&[
             "--connect",
             &url,
             "--tls-cert",
-            &p(cert),
+            &pki.arg(cert),
             "--tls-key",
-            &p(key),
+            &pki.arg(key),
             "--tls-ca",
-            &p("guest-ca.crt"),
+            &pki.arg("guest-ca.crt"),
             "--timeout-ms",
             "5000",
             eicar.to_str().unwrap(),
