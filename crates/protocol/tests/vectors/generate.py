@@ -437,6 +437,25 @@ vec("host_peer_goodbye_sends_nothing", "5.9", H,
 vec("host_sends_ping_after_send_silence", "8", H,
     "After heartbeat_interval_ms without sending, the host sends a Ping (nonzero request id).",
     host_connected(app("advance_ms", [out("Ping", None)], ms=10000)), False)
+vec("host_pong_matching_its_ping_completes_it", "5.7", H,
+    "A Pong echoing the outstanding Ping's request id and nonce completes it: the next Ping "
+    "follows one heartbeat interval later.",
+    host_connected(app("advance_ms", [out("Ping", 1, nonce=1, timestamp=10000)], ms=10000),
+                   recv(frame("Pong", 1, heartbeat(1, 10000)), "Pong"),
+                   app("advance_ms", [out("Ping", 2, nonce=2, timestamp=20000)], ms=10000)),
+    False)
+vec("host_pong_with_another_nonce_is_ignored", "5.7", H,
+    "A Pong whose nonce differs from the outstanding Ping's matches nothing and is ignored: "
+    "the Ping stays outstanding, so no new Ping is sent.",
+    host_connected(app("advance_ms", [out("Ping", 1, nonce=1, timestamp=10000)], ms=10000),
+                   recv(frame("Pong", 1, heartbeat(9, 10000)), "Pong"),
+                   app("advance_ms", [], ms=10000)), False)
+vec("host_pong_with_another_request_id_is_ignored", "5.7", H,
+    "A Pong whose request id differs from the outstanding Ping's is ignored, even with the "
+    "right nonce.",
+    host_connected(app("advance_ms", [out("Ping", 1, nonce=1, timestamp=10000)], ms=10000),
+                   recv(frame("Pong", 9, heartbeat(1, 10000)), "Pong"),
+                   app("advance_ms", [], ms=10000)), False)
 vec("host_odd_utf16_path_is_malformed", "5.3", H,
     "A UTF-16LE path with an odd path_len is a fatal Malformed error.",
     host_connected(recv(frame("FileEvent", 7, file_event(path=b"a\0b", encoding=2)), "Malformed",
@@ -547,6 +566,27 @@ vec("guest_read_at_end_of_file_is_end_of_file_with_no_bytes", "5.6", G,
                     app("read_completed", [out("ReadData", 3, event_id=2, offset=100,
                                                status="EndOfFile", data_len=0)],
                         read_id=3, status="EndOfFile", data="")), False)
+vec("guest_pong_matching_its_ping_completes_it", "5.7", G,
+    "A Pong echoing the outstanding Ping's request id and nonce completes it: the next Ping "
+    "follows one heartbeat interval later.",
+    guest_connected(app("advance_ms", [out("Ping", 2, nonce=2, timestamp=10000)], ms=10000),
+                    recv(frame("Pong", 2, heartbeat(2, 10000)), "Pong"),
+                    app("advance_ms", [out("Ping", 3, nonce=3, timestamp=20000)], ms=10000)),
+    False)
+vec("guest_pong_with_another_nonce_is_ignored", "5.7", G,
+    "A Pong whose nonce differs from the outstanding Ping's is ignored: without a matching "
+    "Pong within two heartbeat intervals the guest closes with Goodbye(Timeout).",
+    guest_connected(app("advance_ms", [out("Ping", 2, nonce=2, timestamp=10000)], ms=10000),
+                    recv(frame("Pong", 2, heartbeat(9, 10000)), "Pong"),
+                    app("advance_ms", [], ms=10000),
+                    app("advance_ms", [bye("Timeout")], ms=10000)), True)
+vec("guest_pong_with_another_request_id_is_ignored", "5.7", G,
+    "A Pong whose request id differs from the outstanding Ping's is ignored, even with the "
+    "right nonce.",
+    guest_connected(app("advance_ms", [out("Ping", 2, nonce=2, timestamp=10000)], ms=10000),
+                    recv(frame("Pong", 9, heartbeat(2, 10000)), "Pong"),
+                    app("advance_ms", [], ms=10000),
+                    app("advance_ms", [bye("Timeout")], ms=10000)), True)
 vec("guest_close_says_goodbye", "5.9", G,
     "An orderly stop sends Goodbye(Shutdown) with request id 0 and closes.",
     guest_connected(submit(2), app("close", [bye("Shutdown")], reason="Shutdown")), True)
