@@ -456,6 +456,18 @@ vec("host_pong_with_another_request_id_is_ignored", "5.7", H,
     host_connected(app("advance_ms", [out("Ping", 1, nonce=1, timestamp=10000)], ms=10000),
                    recv(frame("Pong", 9, heartbeat(1, 10000)), "Pong"),
                    app("advance_ms", [], ms=10000)), False)
+vec("host_unknown_capability_bits_are_ignored", "5.1", H,
+    "Capability bits the receiver does not know are ignored, not rejected.",
+    [recv(frame("Hello", 1, hello(caps=READ_CONTENT | (1 << 40))), "Hello",
+          [out("HelloAck", 1, version=1)])], False)
+vec("host_empty_path_is_malformed", "5.3", H,
+    "A FileEvent with path_len 0 is a fatal Malformed error.",
+    host_connected(recv(frame("FileEvent", 7, file_event(path=b"")), "Malformed",
+                        fatal(7, "MalformedFrame"))), True)
+vec("host_read_error_without_error_space_is_malformed", "5.6", H,
+    "ReadData with status Error and error_space 0 is a fatal Malformed error.",
+    host_connected(recv(frame("ReadData", 1, read_data(7, 0, "Error", code=5)), "Malformed",
+                        fatal(1, "MalformedFrame"))), True)
 vec("host_odd_utf16_path_is_malformed", "5.3", H,
     "A UTF-16LE path with an odd path_len is a fatal Malformed error.",
     host_connected(recv(frame("FileEvent", 7, file_event(path=b"a\0b", encoding=2)), "Malformed",
@@ -587,6 +599,10 @@ vec("guest_pong_with_another_request_id_is_ignored", "5.7", G,
                     recv(frame("Pong", 9, heartbeat(2, 10000)), "Pong"),
                     app("advance_ms", [], ms=10000),
                     app("advance_ms", [bye("Timeout")], ms=10000)), True)
+vec("guest_read_request_of_length_0_is_malformed", "5.5", G,
+    "A ReadRequest with length 0 is a fatal Malformed error.",
+    guest_connected(submit(2), recv(frame("ReadRequest", 3, read_request(2, 0, 0)), "Malformed",
+                                    fatal(3, "MalformedFrame"))), True)
 vec("guest_close_says_goodbye", "5.9", G,
     "An orderly stop sends Goodbye(Shutdown) with request id 0 and closes.",
     guest_connected(submit(2), app("close", [bye("Shutdown")], reason="Shutdown")), True)
