@@ -186,10 +186,11 @@ fn wrong_version_gets_error_and_goodbye() {
 fn message_before_hello_is_fatal() {
     let mut h = Harness::new(SessionLimits::default());
     h.send(&event_msg(1, "/a"), 1);
+    // §9: the fatal Error echoes the offending frame's request id.
     assert_eq!(
         h.out(),
         vec![
-            Out::Error(0, ErrorCode::UnexpectedMessage),
+            Out::Error(1, ErrorCode::UnexpectedMessage),
             Out::Goodbye(GoodbyeReason::ProtocolError)
         ]
     );
@@ -482,7 +483,8 @@ fn flood_beyond_in_flight_limit_answers_all_then_closes() {
     assert_eq!(
         out[5..],
         [
-            Out::Error(0, ErrorCode::LimitExceeded),
+            // The event that made the run fatal (§9).
+            Out::Error(22, ErrorCode::LimitExceeded),
             Out::Goodbye(GoodbyeReason::ProtocolError)
         ]
     );
@@ -520,7 +522,7 @@ fn unknown_read_data_is_ignored_wrong_echo_is_fatal() {
         out,
         vec![
             Out::Verdict(3, Decision::AllowNoCache, String::new(), 0),
-            Out::Error(0, ErrorCode::UnexpectedMessage),
+            Out::Error(rid, ErrorCode::UnexpectedMessage),
             Out::Goodbye(GoodbyeReason::ProtocolError)
         ]
     );
