@@ -1,6 +1,7 @@
 //! The fanotify OS edge: the group, its marks, reading events, answering them.
 //!
-//! Built on `nix`'s fanotify API: no `unsafe` of its own.
+//! Built on `nix`'s fanotify API: no `unsafe` of its own (an inherited
+//! group's descriptor is checked and owned in [`crate::handover`]).
 //! The group is created in the content class (`FAN_CLASS_CONTENT`) with
 //! permission events `FAN_OPEN_PERM` and `FAN_OPEN_EXEC_PERM`, plus the
 //! notification `FAN_CLOSE_WRITE` (verdict cache invalidation). Each event's
@@ -155,11 +156,20 @@ impl FanGroup {
             Errno::ENOSYS | Errno::EINVAL => FanotifyError::Unsupported(e),
             e => FanotifyError::Init(e),
         })?;
-        Ok(FanGroup {
+        Ok(Self::from_fanotify(fan))
+    }
+
+    /// A group created by a previous agent and handed over (see
+    /// [`crate::handover`]): its marks are in place already; those of this
+    /// agent's `--watch` paths are added again with
+    /// [`add_mark`](Self::add_mark), which for an existing mark is a no-op.
+    #[must_use]
+    pub fn from_fanotify(fan: Fanotify) -> Self {
+        FanGroup {
             fan,
             marks: std::sync::Mutex::new(Vec::new()),
             ignore_flavour: std::sync::atomic::AtomicUsize::new(0),
-        })
+        }
     }
 
     /// Puts an ignore mark for [`ignore_mask`] on the inode of `event`'s
@@ -262,10 +272,13 @@ impl FanGroup {
                     errno,
                 },
             })?;
-        self.marks
+        let mut marks = self
+            .marks
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((path.to_path_buf(), scope));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !marks.iter().any(|(p, s)| p == path && *s == scope) {
+            marks.push((path.to_path_buf(), scope));
+        }
         Ok(())
     }
 

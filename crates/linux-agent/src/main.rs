@@ -2,7 +2,8 @@
 //! ThinAgent host scanner, through fanotify permission events.
 //!
 //! Exit status: 0 after a clean shutdown (SIGTERM / SIGINT), 2 for usage or
-//! permission errors (not root), 1 for runtime failures.
+//! permission errors (not root), 1 for runtime failures. `SIGUSR2` restarts
+//! the agent in place (exec of its binary, the fanotify group kept).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,10 +11,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use thinagent_guest::{FailMode, Level, ReconnectConfig};
-use thinagent_linux_agent::agent::{self, AgentConfig};
+use thinagent_linux_agent::agent::{self, AgentConfig, GroupSource};
 use thinagent_linux_agent::connect::ConnectUrl;
-use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS};
+use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS, StopRequest};
 use thinagent_linux_agent::fanotify::MarkScope;
+use thinagent_linux_agent::handover;
 use thinagent_linux_agent::logging::{LogLevel, Logger, routine};
 
 /// `--fail-mode`.
@@ -100,27 +102,42 @@ fn host_name() -> String {
         .unwrap_or_else(|| "linux-guest".to_string())
 }
 
-async fn signalled() {
+/// The signals as requests: `SIGTERM` / `SIGINT` stop, `SIGUSR2` restarts
+/// in place. Registered when called (before the run starts).
+fn signalled() -> impl std::future::Future<Output = StopRequest> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    let usr2 = signal(SignalKind::user_defined2());
+    async move {
+        match (term, int, usr2) {
+            (Ok(mut term), Ok(mut int), Ok(mut usr2)) => {
+                tokio::select! {
+                    _ = term.recv() => StopRequest::Terminate,
+                    _ = int.recv() => StopRequest::Terminate,
+                    _ = usr2.recv() => StopRequest::ReExec,
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                StopRequest::Terminate
+            }
         }
     }
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: a group a previous agent left.
+    let inherited = handover::take_inherited();
     let args = Args::parse();
     let logger = Logger::new(args.log_level);
+    for why in &inherited.rejected {
+        logger.log(
+            Level::Warn,
+            routine::FANOTIFY,
+            format_args!("inherited descriptor {why}"),
+        );
+    }
     let usage = |msg: String| {
         logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{msg}"));
         ExitCode::from(2)
@@ -178,12 +195,38 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(agent::run(config, signalled())) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) if e.is_usage() => usage(e.to_string()),
-        Err(e) => {
-            logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{e}"));
-            ExitCode::from(1)
+    let mut source = match inherited.group {
+        Some(g) => GroupSource::Inherited(g),
+        None => GroupSource::New,
+    };
+    loop {
+        let run = runtime.block_on(async {
+            let requests = signalled();
+            agent::run_with(config.clone(), source, requests).await
+        });
+        match run {
+            Ok(outcome) if outcome.request == StopRequest::ReExec => {
+                let path = handover::reexec_path();
+                logger.log(
+                    Level::Audit,
+                    routine::DRIVER_ENTRY,
+                    format_args!(
+                        "restarting in place: exec {} with the fanotify group (fd {})",
+                        path.display(),
+                        std::os::fd::AsRawFd::as_raw_fd(&*outcome.group)
+                    ),
+                );
+                // Returns only if the exec failed: go on with the group.
+                let e = handover::reexec(&*outcome.group, &path);
+                logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{e}"));
+                source = GroupSource::Kept(outcome.group);
+            }
+            Ok(_) => return ExitCode::SUCCESS,
+            Err(e) if e.is_usage() => return usage(e.to_string()),
+            Err(e) => {
+                logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{e}"));
+                return ExitCode::from(1);
+            }
         }
     }
 }

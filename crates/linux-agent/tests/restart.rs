@@ -1,0 +1,316 @@
+//! Restarts under load in fail-closed: the fanotify group is handed to the
+//! next agent (exec in place, or systemd's file-descriptor store emulated by
+//! [`FdStore`]) and its marks never lapse, so no EICAR open gets through at
+//! any point. Root and fanotify permission events needed, as in
+//! `onaccess.rs` (the tests skip with a reason otherwise).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::{
+    Agent, EICAR, EPERM, FdStore, Scanner, base_args, eventually, read, setup, state_dir,
+};
+
+/// Most iterations of each load thread (a bound besides the stop flag).
+const MAX_ITERATIONS: usize = 200_000;
+
+/// Threads of this process opening EICAR files and clean files in a loop
+/// (over TCP the scanner's pid is unknown to the agent: these opens are
+/// checked).
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// EICAR opens that succeeded (must stay empty).
+    eicar_opened: Arc<Mutex<Vec<PathBuf>>>,
+    eicar_denied: Arc<AtomicUsize>,
+    clean_ok: Arc<AtomicUsize>,
+    clean_failed: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(dir: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let eicar_opened = Arc::new(Mutex::new(Vec::new()));
+        let eicar_denied = Arc::new(AtomicUsize::new(0));
+        let clean_ok = Arc::new(AtomicUsize::new(0));
+        let clean_failed = Arc::new(AtomicUsize::new(0));
+        let fixed = dir.join("eicar.com");
+        std::fs::write(&fixed, EICAR).unwrap();
+        let mut threads = Vec::new();
+        for t in 0..2 {
+            let (dir, fixed, stop) = (dir.to_path_buf(), fixed.clone(), stop.clone());
+            let (opened, denied) = (eicar_opened.clone(), eicar_denied.clone());
+            threads.push(std::thread::spawn(move || {
+                for i in 0..MAX_ITERATIONS {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // The same file (a cached deny, then after each restart
+                    // a new agent's first scan) and, every 8th time, a new
+                    // one (written clean-open-first, then scanned on read).
+                    let path = if i % 8 == 0 {
+                        let p = dir.join(format!("eicar-{t}-{i}.com"));
+                        if std::fs::write(&p, EICAR).is_err() {
+                            continue;
+                        }
+                        p
+                    } else {
+                        fixed.clone()
+                    };
+                    match read(&path) {
+                        Ok(_) => opened.lock().unwrap().push(path),
+                        Err(EPERM) => {
+                            denied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("reading {}: errno {e}", path.display()),
+                    }
+                }
+            }));
+        }
+        for t in 0..2 {
+            let (dir, stop) = (dir.to_path_buf(), stop.clone());
+            let (ok, failed) = (clean_ok.clone(), clean_failed.clone());
+            threads.push(std::thread::spawn(move || {
+                for i in 0..MAX_ITERATIONS {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // A new file each time: no verdict cached anywhere.
+                    let p = dir.join(format!("clean-{t}-{i}.txt"));
+                    let body = format!("clean file {t} {i}\n");
+                    let fine = std::fs::write(&p, &body).is_ok()
+                        && read(&p).is_ok_and(|got| got == body.as_bytes());
+                    if fine {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            eicar_opened,
+            eicar_denied,
+            clean_ok,
+            clean_failed,
+            threads,
+        }
+    }
+
+    /// Waits until `n` more clean opens and `n` more EICAR denials happened
+    /// than at the call (the file system works, the agent enforces).
+    fn progress(&self, n: usize, agent_log: impl Fn() -> String) {
+        let (c, d) = (
+            self.clean_ok.load(Ordering::Relaxed),
+            self.eicar_denied.load(Ordering::Relaxed),
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                self.clean_ok.load(Ordering::Relaxed) >= c + n
+                    && self.eicar_denied.load(Ordering::Relaxed) >= d + n
+            }),
+            "no progress: clean ok {} failed {}, EICAR denied {}:\n{}",
+            self.clean_ok.load(Ordering::Relaxed),
+            self.clean_failed.load(Ordering::Relaxed),
+            self.eicar_denied.load(Ordering::Relaxed),
+            agent_log()
+        );
+    }
+
+    fn no_eicar_opened(&self) -> Vec<PathBuf> {
+        self.eicar_opened.lock().unwrap().clone()
+    }
+
+    fn stop(mut self) -> Vec<PathBuf> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread");
+        }
+        self.no_eicar_opened()
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn exec_in_place_restarts_under_load_keep_fail_closed() {
+    let Some(mnt) = setup("exec_in_place_restarts_under_load") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let watch = mnt.path().to_str().unwrap();
+    let mut args = base_args(&scanner.url, watch);
+    args.extend(["--fail-mode", "closed"]);
+    let mut agent = Agent::start(state.path(), &args);
+    let pid = agent.pid();
+    let load = Load::start(mnt.path());
+    load.progress(20, || agent.log_text());
+    const RESTARTS: usize = 3;
+    for round in 1..=RESTARTS {
+        agent.signal("USR2");
+        assert!(
+            eventually(Duration::from_secs(30), || count(
+                &agent.log_text(),
+                "adopted the fanotify group from the previous agent image"
+            ) == round),
+            "restart {round}: the new image adopts the group:\n{}",
+            agent.log_text()
+        );
+        assert_eq!(agent.pid(), pid, "exec keeps the pid");
+        load.progress(20, || agent.log_text());
+        assert!(load.no_eicar_opened().is_empty(), "round {round}");
+    }
+    let opened = load.stop();
+    assert!(
+        opened.is_empty(),
+        "EICAR opened during a restart: {opened:?}\n{}",
+        agent.log_text()
+    );
+    let st = agent.terminate();
+    assert!(st.success(), "{st}");
+    let log = agent.log_text();
+    assert_eq!(count(&log, "restarting in place: exec"), RESTARTS, "{log}");
+    assert_eq!(count(&log, "created a new fanotify group"), 1, "{log}");
+    // The last stop is a plain one: marks removed, the file system open.
+    assert!(log.contains("1 marks removed; answering"), "{log}");
+    assert_eq!(read(&mnt.join("eicar.com")).unwrap(), EICAR);
+}
+
+#[test]
+fn fd_store_restarts_under_load_keep_fail_closed() {
+    let Some(mnt) = setup("fd_store_restarts_under_load") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let mut store = FdStore::bind(state.path());
+    let watch = mnt.path().to_str().unwrap();
+    let mut args = base_args(&scanner.url, watch);
+    args.extend(["--fail-mode", "closed"]);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent"));
+    first.env("NOTIFY_SOCKET", &store.path);
+    let mut agent = Agent::start_command(state.path(), first, &args);
+    assert!(
+        store.receive(Duration::from_secs(10)),
+        "the agent stores its group:\n{}",
+        agent.log_text()
+    );
+    let load = Load::start(mnt.path());
+    load.progress(20, || agent.log_text());
+    const RESTARTS: usize = 3;
+    for round in 1..=RESTARTS {
+        // What systemd does on `systemctl restart`: SIGTERM, wait for the
+        // exit, start the next one with the stored descriptors.
+        let st = agent.terminate();
+        assert!(st.success(), "round {round}: {st}\n{}", agent.log_text());
+        let old = agent.log_text();
+        assert!(old.contains("marks kept for the next agent"), "{old}");
+        assert!(!old.contains("marks removed; answering"), "{old}");
+        // Nobody reads the group now: the load's opens wait in the kernel.
+        let before = load.clean_ok.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            load.clean_ok.load(Ordering::Relaxed) <= before + 4,
+            "round {round}: opens go through with no agent running"
+        );
+        assert_eq!(store.fds.len(), 1, "one group stored");
+        agent = Agent::start_command(state.path(), store.command(), &args);
+        assert!(store.receive(Duration::from_secs(10)), "stored again");
+        assert_eq!(store.fds.len(), 1, "the re-store replaced the entry");
+        let log = agent.log_text();
+        assert!(
+            log.contains("adopted the fanotify group from systemd's file-descriptor store"),
+            "round {round}:\n{log}"
+        );
+        load.progress(20, || agent.log_text());
+        assert!(load.no_eicar_opened().is_empty(), "round {round}");
+    }
+    let opened = load.stop();
+    assert!(
+        opened.is_empty(),
+        "EICAR opened during a restart: {opened:?}\n{}",
+        agent.log_text()
+    );
+    // `systemctl stop`: SIGTERM, then systemd closes its copy once the unit
+    // is fully stopped; the kernel drops the group and its marks with it.
+    assert!(agent.terminate().success());
+    drop(store);
+    assert!(
+        eventually(Duration::from_secs(10), || read(&mnt.join("eicar.com"))
+            .is_ok()),
+        "with the last descriptor closed the marks are gone"
+    );
+}
+
+#[test]
+fn killed_agent_with_group_in_store_opens_wait_for_the_next_agent() {
+    let Some(mnt) = setup("killed_agent_with_group_in_store") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let mut store = FdStore::bind(state.path());
+    let watch = mnt.path().to_str().unwrap();
+    let eicar = mnt.join("eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    let args = base_args(&scanner.url, watch);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent"));
+    first.env("NOTIFY_SOCKET", &store.path);
+    let mut agent = Agent::start_command(state.path(), first, &args);
+    assert!(store.receive(Duration::from_secs(10)));
+    assert_eq!(read(&eicar), Err(EPERM));
+    // SIGKILL (or the OOM killer): no clean-up at all. systemd's copy keeps
+    // the group and its marks; with nobody reading, opens wait, even in
+    // fail-open.
+    agent.kill();
+    let opener = {
+        let eicar = eicar.clone();
+        std::thread::spawn(move || read(&eicar))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!opener.is_finished(), "the open waits for an agent");
+    let next = Agent::start_command(state.path(), store.command(), &args);
+    assert_eq!(
+        opener.join().unwrap(),
+        Err(EPERM),
+        "answered by the next agent"
+    );
+    assert!(
+        next.log_text()
+            .contains("adopted the fanotify group from systemd's file-descriptor store"),
+        "{}",
+        next.log_text()
+    );
+}
+
+#[test]
+fn terminate_without_a_store_removes_the_marks() {
+    let Some(mnt) = setup("terminate_without_a_store_removes_the_marks") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let eicar = mnt.join("eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    let mut args = base_args(&scanner.url, mnt.path().to_str().unwrap());
+    args.extend(["--fail-mode", "closed"]);
+    let mut agent = Agent::start(state.path(), &args);
+    assert_eq!(read(&eicar), Err(EPERM));
+    assert!(agent.terminate().success());
+    let log = agent.log_text();
+    assert!(log.contains("1 marks removed; answering"), "{log}");
+    assert!(!log.contains("offered to systemd"), "{log}");
+    // The gap the handover closes: between this stop and the next start
+    // nothing checks the file system.
+    assert_eq!(read(&eicar).unwrap(), EICAR);
+}
