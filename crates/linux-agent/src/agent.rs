@@ -767,6 +767,24 @@ fn set_up_group(
                 ),
             );
             let g = FanGroup::from_fanotify(inh.fan);
+            if inh.origin == handover::Origin::SystemdStore {
+                // After a crash the previous agent may have left events
+                // read and unanswered (after a handover it left none).
+                let allow = config.fail_mode == FailMode::Open;
+                let n = g.answer_orphans(allow);
+                if n > 0 {
+                    log.log(
+                        Level::Warn,
+                        routine::FANOTIFY,
+                        format_args!(
+                            "{n} opens the previous agent had read and not answered (it \
+                             died) {} by {}",
+                            if allow { "allowed" } else { "denied" },
+                            fail_mode_name(config.fail_mode)
+                        ),
+                    );
+                }
+            }
             // The previous agent's kernel verdict cache: this agent's core
             // knows nothing of those marks (nor of the scanner's TTL for
             // them), so they go, and the files are checked again.

@@ -329,6 +329,47 @@ impl FanGroup {
     }
 }
 
+/// Most descriptor numbers [`FanGroup::answer_orphans`] tries.
+const ORPHAN_SWEEP_MAX: i32 = 1 << 20;
+
+impl FanGroup {
+    /// Answers the permission events a previous reader of this group took
+    /// and never answered (it was killed): `allow` for each. Returns how
+    /// many there were.
+    ///
+    /// The kernel keeps such events until they are answered or the group
+    /// closes, and it matches a response to an event by the descriptor
+    /// number the *reader* got for it, whoever writes the response. Left
+    /// alone, an orphan holds its opener forever, and worse, this agent's
+    /// answer for a new event that happens to get the same number would go
+    /// to the orphan instead. So before reading anything, a response is
+    /// written for every number the previous reader could have had (below
+    /// `RLIMIT_NOFILE`, at least 65536, at most 2^20): the kernel answers
+    /// the orphans and says `ENOENT` for the rest.
+    pub fn answer_orphans(&self, allow: bool) -> usize {
+        use nix::sys::resource::{Resource, getrlimit};
+        let limit = getrlimit(Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(0)
+            .max(65_536);
+        let max = i32::try_from(limit)
+            .unwrap_or(ORPHAN_SWEEP_MAX)
+            .min(ORPHAN_SWEEP_MAX);
+        // struct fanotify_response { __s32 fd; __u32 response; }
+        let response: u32 = if allow { 1 } else { 2 }; // FAN_ALLOW / FAN_DENY
+        let mut answered = 0;
+        let mut buf = [0u8; 8];
+        buf[4..].copy_from_slice(&response.to_ne_bytes());
+        for fd in 0..max {
+            buf[..4].copy_from_slice(&fd.to_ne_bytes());
+            if nix::unistd::write(self.fan.as_fd(), &buf).is_ok() {
+                answered += 1;
+            }
+        }
+        answered
+    }
+}
+
 impl AsRawFd for FanGroup {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fan.as_raw_fd()

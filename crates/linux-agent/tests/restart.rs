@@ -314,3 +314,71 @@ fn terminate_without_a_store_removes_the_marks() {
     // nothing checks the file system.
     assert_eq!(read(&eicar).unwrap(), EICAR);
 }
+
+#[test]
+fn opens_a_killed_agent_had_read_are_answered_by_the_next_one() {
+    let Some(mnt) = setup("opens_a_killed_agent_had_read") else {
+        return;
+    };
+    let state = state_dir();
+    let hung = common::HungScanner::start();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let mut store = FdStore::bind(state.path());
+    let watch = mnt.path().to_str().unwrap();
+    let held = mnt.join("held.txt");
+    std::fs::write(&held, b"held\n").unwrap();
+    let later: Vec<PathBuf> = (0..8)
+        .map(|i| mnt.join(&format!("later-{i}.txt")))
+        .collect();
+    for p in &later {
+        std::fs::write(p, b"later\n").unwrap();
+    }
+    let mut args = base_args(&hung.url, watch);
+    args.extend(["--timeout-ms", "600000", "--fail-mode", "closed"]);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent"));
+    first.env("NOTIFY_SOCKET", &store.path);
+    let mut agent = Agent::start_command(state.path(), first, &args);
+    assert!(store.receive(Duration::from_secs(10)));
+    // Read by the agent and sent to a scanner that never answers; then the
+    // agent is killed holding it.
+    let opener = {
+        let held = held.clone();
+        std::thread::spawn(move || read(&held))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!opener.is_finished(), "held by the agent");
+    agent.kill();
+    let mut next_args = base_args(&scanner.url, watch);
+    next_args.extend(["--fail-mode", "closed"]);
+    let mut next = Agent::start_command(state.path(), store.command(), &next_args);
+    // Without the sweep, the kernel would give the next agent's answer for
+    // a new event with the orphan's descriptor number to the orphan, and
+    // leave the new open waiting for ever.
+    assert!(
+        eventually(Duration::from_secs(20), || opener.is_finished()),
+        "the orphan is answered:\n{}",
+        next.log_text()
+    );
+    assert_eq!(opener.join().unwrap(), Err(EPERM), "by fail-closed");
+    let readers: Vec<_> = later
+        .iter()
+        .cloned()
+        .map(|p| std::thread::spawn(move || read(&p)))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(20), || readers
+            .iter()
+            .all(JoinHandle::is_finished)),
+        "new opens are answered:\n{}",
+        next.log_text()
+    );
+    for r in readers {
+        assert_eq!(r.join().unwrap().unwrap(), b"later\n");
+    }
+    assert!(next.terminate().success());
+    let log = next.log_text();
+    assert!(
+        log.contains("1 opens the previous agent had read and not answered (it died) denied"),
+        "{log}"
+    );
+}
