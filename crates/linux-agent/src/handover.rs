@@ -313,6 +313,31 @@ pub fn store_in_systemd(fan: &impl AsFd) -> Result<bool, HandoverError> {
     Ok(true)
 }
 
+/// The signals that stop or restart the agent.
+fn control_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGUSR2);
+    set
+}
+
+/// Blocks [`control_signals`] in the calling thread. Done just before the
+/// exec: the mask survives it, so a `SIGTERM` or `SIGUSR2` sent while the
+/// new image starts stays pending instead of killing it by its default
+/// action (which, without the store, would drop the group).
+pub fn block_control_signals() {
+    let _ = control_signals().thread_block();
+}
+
+/// Unblocks them in the calling thread, once their handlers are in place
+/// (a no-op unless this image was exec'd by [`reexec`]); a signal that came
+/// meanwhile is delivered now.
+pub fn unblock_control_signals() {
+    let _ = control_signals().thread_unblock();
+}
+
 /// The binary to re-exec: the file at the path this one was started from,
 /// which after an upgrade is the new version (`/proc/self/exe` then reads
 /// `PATH (deleted)`); `/proc/self/exe` itself (this very image) when that
@@ -349,7 +374,9 @@ pub fn reexec(fan: &impl AsFd, path: &std::path::Path) -> HandoverError {
         .env_remove("LISTEN_FDNAMES")
         .env(FD_ENV, fd.as_raw_fd().to_string())
         .env(PID_ENV, std::process::id().to_string());
+    block_control_signals();
     let source = cmd.exec();
+    unblock_control_signals();
     let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     HandoverError::Exec {
         path: path.to_path_buf(),

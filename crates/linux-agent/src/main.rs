@@ -109,6 +109,9 @@ fn signalled() -> impl std::future::Future<Output = StopRequest> {
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     let usr2 = signal(SignalKind::user_defined2());
+    // Blocked across a re-exec until the handlers exist (this thread runs
+    // `block_on`; the runtime's threads keep them blocked, harmlessly).
+    handover::unblock_control_signals();
     async move {
         match (term, int, usr2) {
             (Ok(mut term), Ok(mut int), Ok(mut usr2)) => {

@@ -34,7 +34,9 @@ fn unit_runs_the_agent_with_valid_arguments_and_stops_with_sigterm() {
     assert!(text.contains("\nNotifyAccess=main\n"));
     assert!(text.contains("\nExecReload=/bin/kill -USR2 $MAINPID\n"));
     assert!(
-        !text.lines().any(|l| l.starts_with("FileDescriptorStorePreserve=")),
+        !text
+            .lines()
+            .any(|l| l.starts_with("FileDescriptorStorePreserve=")),
         "Preserve=yes would keep the group, unread, after a stop"
     );
     assert!(text.contains("CapabilityBoundingSet=CAP_SYS_ADMIN"));

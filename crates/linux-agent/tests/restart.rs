@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -381,4 +382,86 @@ fn opens_a_killed_agent_had_read_are_answered_by_the_next_one() {
         log.contains("1 opens the previous agent had read and not answered (it died) denied"),
         "{log}"
     );
+}
+
+#[test]
+fn reexec_after_an_upgrade_runs_the_new_binary() {
+    let Some(mnt) = setup("reexec_after_an_upgrade_runs_the_new_binary") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let eicar = mnt.join("eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    // The agent installed at a path of its own (not on the watched mount).
+    let installed = state.path().join("thinagent-linux-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_thinagent-linux-agent"), &installed).unwrap();
+    let mut args = base_args(&scanner.url, mnt.path().to_str().unwrap());
+    args.extend(["--fail-mode", "closed"]);
+    let mut agent = Agent::start_command(state.path(), Command::new(&installed), &args);
+    assert_eq!(read(&eicar), Err(EPERM));
+    let exe = || std::fs::read_link(format!("/proc/{}/exe", agent.pid())).unwrap();
+    let old_ino = std::fs::metadata(&installed).unwrap().ino();
+    // An upgrade as install(1) does it: a new file renamed over the old one.
+    let staged = state.path().join("thinagent-linux-agent.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_thinagent-linux-agent"), &staged).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    assert!(exe().to_string_lossy().ends_with(" (deleted)"));
+    agent.signal("USR2");
+    assert!(
+        eventually(Duration::from_secs(20), || agent.log_text().contains(
+            "adopted the fanotify group from the previous agent image"
+        )),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(exe(), installed, "the new file runs now");
+    assert_ne!(std::fs::metadata(&installed).unwrap().ino(), old_ino);
+    assert!(
+        agent.log_text().contains(&format!(
+            "restarting in place: exec {}",
+            installed.display()
+        )),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(read(&eicar), Err(EPERM));
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn restart_requests_during_a_restart_never_kill_the_agent() {
+    let Some(mnt) = setup("restart_requests_during_a_restart") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let eicar = mnt.join("eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    let mut args = base_args(&scanner.url, mnt.path().to_str().unwrap());
+    args.extend(["--fail-mode", "closed"]);
+    let mut agent = Agent::start(state.path(), &args);
+    // A burst of SIGUSR2: some land while an image is between its exec and
+    // its signal handlers, where the default action would kill it.
+    for _ in 0..30 {
+        agent.signal("USR2");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let settled = |log: &str| {
+        count(log, "restarting in place: exec")
+            == count(
+                log,
+                "adopted the fanotify group from the previous agent image",
+            )
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || settled(&agent.log_text())),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(read(&eicar), Err(EPERM), "{}", agent.log_text());
+    let st = agent.terminate();
+    assert!(st.success(), "{st}\n{}", agent.log_text());
+    let restarts = count(&agent.log_text(), "adopted the fanotify group");
+    assert!(restarts >= 1);
 }
