@@ -93,9 +93,10 @@ pub struct Found {
 pub enum HandoverError {
     /// `$NOTIFY_SOCKET` could not be reached.
     #[error(
-        "cannot store the fanotify group in systemd's file-descriptor store through \
-         NOTIFY_SOCKET={socket}: {source}; a restart will remove and re-add the marks \
-         (give the unit FileDescriptorStoreMax=4)"
+        "cannot offer the fanotify group to systemd's file-descriptor store through \
+         NOTIFY_SOCKET={socket}: {source}; SIGTERM will remove the marks, so a restart \
+         leaves opens unchecked until the next agent has marked (a path socket is \
+         needed, not an abstract '@' one; SIGUSR2 still restarts without a gap)"
     )]
     Notify {
         /// The socket.
