@@ -414,6 +414,24 @@ mod tests {
     }
 
     #[test]
+    fn only_a_content_class_group_is_taken() {
+        use nix::sys::fanotify::{EventFFlags, InitFlags};
+        let init = |class| Fanotify::init(class | InitFlags::FAN_CLOEXEC, EventFFlags::O_RDONLY);
+        let (Ok(notif), Ok(content)) = (
+            init(InitFlags::FAN_CLASS_NOTIF),
+            init(InitFlags::FAN_CLASS_CONTENT),
+        ) else {
+            eprintln!("SKIP only_a_content_class_group_is_taken: fanotify_init needs root");
+            return;
+        };
+        let err = check(notif.as_raw_fd()).unwrap_err();
+        assert!(err.contains("another class"), "{err}");
+        let info = check(content.as_raw_fd()).unwrap();
+        assert_eq!(info.flags & FAN_CLASS_MASK, FAN_CLASS_CONTENT);
+        assert_eq!((info.marks, info.inode_marks), (0, 0));
+    }
+
+    #[test]
     fn a_plain_file_is_not_taken() {
         let f = std::fs::File::open("/proc/self/status").unwrap();
         let err = check(f.as_raw_fd()).unwrap_err();

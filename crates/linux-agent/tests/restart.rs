@@ -465,3 +465,30 @@ fn restart_requests_during_a_restart_never_kill_the_agent() {
     let restarts = count(&agent.log_text(), "adopted the fanotify group");
     assert!(restarts >= 1);
 }
+
+#[test]
+fn a_stored_descriptor_that_is_not_a_group_is_refused() {
+    let Some(mnt) = setup("a_stored_descriptor_that_is_not_a_group") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let eicar = mnt.join("eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    let mut store = FdStore::bind(state.path());
+    let not_a_group = std::fs::File::open("/dev/null").unwrap();
+    store.fds.push(("fanotify".into(), not_a_group.into()));
+    let args = base_args(&scanner.url, mnt.path().to_str().unwrap());
+    let mut agent = Agent::start_command(state.path(), store.command(), &args);
+    let log = agent.log_text();
+    assert!(
+        log.contains("WARN: Fanotify : inherited descriptor from systemd's file-descriptor store (fd 3 is /dev/null, not a fanotify group): not used"),
+        "{log}"
+    );
+    assert!(log.contains("created a new fanotify group"), "{log}");
+    assert_eq!(read(&eicar), Err(EPERM));
+    // The bad entry is dropped from the store, the new group stored.
+    assert!(store.receive(Duration::from_secs(10)));
+    assert_eq!(store.fds.len(), 1);
+    assert!(agent.terminate().success());
+}
