@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use crate::connect::{ConnectUrl, Connection, Stream};
 use crate::core::{
     Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, PermEvent, Stats, StopPlan,
-    StopRequest, Token, Why, stop_plan,
+    StopRequest, Token, Why, stop_plan, supersedes,
 };
 use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, MarkScope};
 use crate::handover::{self, Inherited};
@@ -729,12 +729,21 @@ pub async fn run<F: Future<Output = ()>>(
     config: AgentConfig,
     shutdown: F,
 ) -> Result<Stats, AgentError> {
-    run_with(config, GroupSource::New, async {
-        shutdown.await;
-        StopRequest::Terminate
-    })
-    .await
-    .map(|o| o.stats)
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let agent = run_with(config, GroupSource::New, &mut rx);
+    tokio::pin!(agent);
+    tokio::pin!(shutdown);
+    let mut tx = Some(tx);
+    loop {
+        tokio::select! {
+            r = &mut agent => return r.map(|o| o.stats),
+            () = &mut shutdown, if tx.is_some() => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(StopRequest::Terminate);
+                }
+            }
+        }
+    }
 }
 
 /// Sets up the group from `source`: marks every `--watch` path (a no-op for
@@ -861,14 +870,15 @@ fn store_group(group: &FanGroup, log: Logger) -> bool {
     }
 }
 
-/// Runs the agent on the group from `source` until `shutdown` says why it
-/// stops; with [`StopRequest::ReExec`], or a `Terminate` while systemd's
-/// store holds the group, the marks stay ([`StopPlan::HandOver`]). Must be
-/// called inside a tokio runtime.
-pub async fn run_with<F: Future<Output = StopRequest>>(
+/// Runs the agent on the group from `source` until a request from
+/// `requests` stops it; with [`StopRequest::ReExec`], or a `Terminate` while
+/// systemd's store holds the group, the marks stay ([`StopPlan::HandOver`]).
+/// A `Terminate` while a restart in place is under way makes it a stop.
+/// Must be called inside a tokio runtime.
+pub async fn run_with(
     config: AgentConfig,
     source: GroupSource,
-    shutdown: F,
+    requests: &mut tokio::sync::mpsc::UnboundedReceiver<StopRequest>,
 ) -> Result<Outcome, AgentError> {
     let log = config.logger;
     if config.watch.is_empty() {
@@ -981,7 +991,6 @@ pub async fn run_with<F: Future<Output = StopRequest>>(
         i
     });
     let mut rx_buf = vec![0u8; 64 * 1024];
-    tokio::pin!(shutdown);
     let mut request = StopRequest::Terminate;
     let mut plan = StopPlan::RemoveMarks;
     // Handing over: no more reading; the loop finishes the events it holds
@@ -998,7 +1007,22 @@ pub async fn run_with<F: Future<Output = StopRequest>>(
         let tx = edge.core.pending_tx().to_vec();
         tokio::select! {
             biased;
-            r = &mut shutdown, if drain_until.is_none() => {
+            Some(r) = requests.recv() => {
+                if drain_until.is_some() {
+                    if supersedes(r, request) {
+                        request = r;
+                        plan = stop_plan(r, in_store);
+                        log.log(
+                            Level::Info,
+                            routine::FANOTIFY,
+                            format_args!("SIGTERM during the restart in place: stopping instead"),
+                        );
+                        if plan == StopPlan::RemoveMarks {
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 request = r;
                 plan = stop_plan(r, in_store);
                 if plan == StopPlan::RemoveMarks {

@@ -360,6 +360,14 @@ pub enum StopPlan {
     HandOver,
 }
 
+/// Whether `new`, arriving while the agent is already stopping for
+/// `current`, changes what it does: a stop (`SIGTERM`) during a restart in
+/// place turns it into a stop; anything else changes nothing.
+#[must_use]
+pub fn supersedes(new: StopRequest, current: StopRequest) -> bool {
+    new == StopRequest::Terminate && current == StopRequest::ReExec
+}
+
 /// The plan for `request`. `group_in_store`: the group's descriptor is in
 /// systemd's file-descriptor store, so systemd decides: on a restart it
 /// passes the group to the next agent, on a full stop it closes it (and the

@@ -324,10 +324,12 @@ fn control_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Blocks [`control_signals`] in the calling thread. Done just before the
-/// exec: the mask survives it, so a `SIGTERM` or `SIGUSR2` sent while the
-/// new image starts stays pending instead of killing it by its default
-/// action (which, without the store, would drop the group).
+/// Blocks [`control_signals`] in the calling thread. The agent's threads
+/// all block them except the main one; the main one too just before an
+/// exec: the mask survives it, so a `SIGTERM` or `SIGUSR2` sent meanwhile
+/// stays pending for the new image instead of being lost, or killing it by
+/// its default action before its handlers exist (which, without the store,
+/// would drop the group).
 pub fn block_control_signals() {
     let _ = control_signals().thread_block();
 }

@@ -102,36 +102,53 @@ fn host_name() -> String {
         .unwrap_or_else(|| "linux-guest".to_string())
 }
 
-/// The signals as requests: `SIGTERM` / `SIGINT` stop, `SIGUSR2` restarts
-/// in place. Registered when called (before the run starts).
-fn signalled() -> impl std::future::Future<Output = StopRequest> {
+/// The signals as requests, for the whole life of the process:
+/// `SIGTERM` / `SIGINT` stop, `SIGUSR2` restarts in place. The handlers are
+/// registered before this returns.
+fn signal_requests(
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<StopRequest>,
+    tokio::sync::mpsc::UnboundedReceiver<StopRequest>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = tx.clone();
+    let _guard = runtime.enter();
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     let usr2 = signal(SignalKind::user_defined2());
-    // Blocked across a re-exec until the handlers exist (this thread runs
-    // `block_on`; the runtime's threads keep them blocked, harmlessly).
+    // Blocked across a re-exec until the handlers exist (this thread; the
+    // runtime's threads, started meanwhile, keep them blocked, harmlessly).
     handover::unblock_control_signals();
-    async move {
+    runtime.spawn(async move {
         match (term, int, usr2) {
-            (Ok(mut term), Ok(mut int), Ok(mut usr2)) => {
-                tokio::select! {
+            (Ok(mut term), Ok(mut int), Ok(mut usr2)) => loop {
+                let r = tokio::select! {
                     _ = term.recv() => StopRequest::Terminate,
                     _ = int.recv() => StopRequest::Terminate,
                     _ = usr2.recv() => StopRequest::ReExec,
+                };
+                if tx.send(r).is_err() {
+                    return;
                 }
-            }
+            },
             _ => {
                 let _ = tokio::signal::ctrl_c().await;
-                StopRequest::Terminate
+                let _ = tx.send(StopRequest::Terminate);
             }
         }
-    }
+    });
+    (sender, rx)
 }
 
 fn main() -> ExitCode {
-    // First, while this is the only thread: a group a previous agent left.
+    // First, while this is the only thread: a group a previous agent left,
+    // and the control signals blocked in every thread but this one (once
+    // it has registered their handlers), so that before an exec the agent
+    // can stop taking them and any that comes later survives the exec.
     let inherited = handover::take_inherited();
+    handover::block_control_signals();
     let args = Args::parse();
     let logger = Logger::new(args.log_level);
     for why in &inherited.rejected {
@@ -185,6 +202,7 @@ fn main() -> ExitCode {
         .worker_threads(2)
         .max_blocking_threads(16)
         .thread_stack_size(8 << 20)
+        .on_thread_start(handover::block_control_signals)
         .enable_all()
         .build()
     {
@@ -202,13 +220,32 @@ fn main() -> ExitCode {
         Some(g) => GroupSource::Inherited(g),
         None => GroupSource::New,
     };
+    let (resend, mut requests) = signal_requests(&runtime);
     loop {
-        let run = runtime.block_on(async {
-            let requests = signalled();
-            agent::run_with(config.clone(), source, requests).await
-        });
+        let run = runtime.block_on(agent::run_with(config.clone(), source, &mut requests));
         match run {
             Ok(outcome) if outcome.request == StopRequest::ReExec => {
+                // From here on signals stay pending (and survive the exec);
+                // those already taken get a moment to reach `requests`.
+                handover::block_control_signals();
+                runtime.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+                // A SIGTERM that came while the run was winding down: no
+                // exec; run again on the group and stop it the usual way.
+                let mut stop = false;
+                while let Ok(r) = requests.try_recv() {
+                    stop |= r == StopRequest::Terminate;
+                }
+                if stop {
+                    logger.log(
+                        Level::Info,
+                        routine::DRIVER_ENTRY,
+                        format_args!("SIGTERM during the restart in place: stopping instead"),
+                    );
+                    let _ = resend.send(StopRequest::Terminate);
+                    handover::unblock_control_signals();
+                    source = GroupSource::Kept(outcome.group);
+                    continue;
+                }
                 let path = handover::reexec_path();
                 logger.log(
                     Level::Audit,

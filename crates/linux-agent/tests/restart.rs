@@ -467,6 +467,29 @@ fn restart_requests_during_a_restart_never_kill_the_agent() {
 }
 
 #[test]
+fn sigterm_right_after_a_burst_of_restarts_stops_the_agent() {
+    let Some(mnt) = setup("sigterm_right_after_a_burst_of_restarts") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start("tcp://127.0.0.1:0", state.path(), &[]);
+    let eicar = mnt.join("eicar.com");
+    std::fs::write(&eicar, EICAR).unwrap();
+    let args = base_args(&scanner.url, mnt.path().to_str().unwrap());
+    let mut agent = Agent::start(state.path(), &args);
+    for _ in 0..10 {
+        agent.signal("USR2");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    // Lands while an image winds down, execs or starts: never lost.
+    let st = agent.terminate();
+    assert!(st.success(), "{st}\n{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(log.contains("1 marks removed; answering"), "{log}");
+    assert_eq!(read(&eicar).unwrap(), EICAR, "a stop: the marks are gone");
+}
+
+#[test]
 fn a_stored_descriptor_that_is_not_a_group_is_refused() {
     let Some(mnt) = setup("a_stored_descriptor_that_is_not_a_group") else {
         return;
@@ -491,4 +514,48 @@ fn a_stored_descriptor_that_is_not_a_group_is_refused() {
     assert!(store.receive(Duration::from_secs(10)));
     assert_eq!(store.fds.len(), 1);
     assert!(agent.terminate().success());
+}
+
+#[test]
+fn sigterm_during_a_restart_in_place_stops_the_agent() {
+    let Some(mnt) = setup("sigterm_during_a_restart_in_place") else {
+        return;
+    };
+    let state = state_dir();
+    let hung = common::HungScanner::start();
+    let held = mnt.join("held.txt");
+    std::fs::write(&held, b"held\n").unwrap();
+    let mut args = base_args(&hung.url, mnt.path().to_str().unwrap());
+    args.extend(["--timeout-ms", "5000", "--fail-mode", "closed"]);
+    let mut agent = Agent::start(state.path(), &args);
+    // An open the scanner never answers keeps the restart busy (it waits
+    // for that open's deadline).
+    let opener = {
+        let held = held.clone();
+        std::thread::spawn(move || read(&held))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal("USR2");
+    assert!(
+        eventually(Duration::from_secs(10), || agent
+            .log_text()
+            .contains("restart in place requested")),
+        "{}",
+        agent.log_text()
+    );
+    let st = agent.terminate();
+    assert!(st.success(), "{st}\n{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(
+        log.contains("SIGTERM during the restart in place: stopping instead"),
+        "{log}"
+    );
+    assert!(!log.contains("restarting in place: exec"), "{log}");
+    assert!(log.contains("1 marks removed; answering"), "{log}");
+    assert_eq!(
+        opener.join().unwrap(),
+        Err(EPERM),
+        "fail-closed at the stop"
+    );
+    assert_eq!(read(&held).unwrap(), b"held\n", "the marks are gone");
 }
