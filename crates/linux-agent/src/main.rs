@@ -13,7 +13,7 @@ use clap::{Parser, ValueEnum};
 use thinagent_guest::{FailMode, Level, ReconnectConfig};
 use thinagent_linux_agent::agent::{self, AgentConfig, GroupSource};
 use thinagent_linux_agent::connect::ConnectUrl;
-use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS, StopRequest};
+use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS, StopRequest, supersedes};
 use thinagent_linux_agent::fanotify::MarkScope;
 use thinagent_linux_agent::handover;
 use thinagent_linux_agent::logging::{LogLevel, Logger, routine};
@@ -118,8 +118,9 @@ fn signal_requests(
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     let usr2 = signal(SignalKind::user_defined2());
-    // Blocked across a re-exec until the handlers exist (this thread; the
-    // runtime's threads, started meanwhile, keep them blocked, harmlessly).
+    // `main` blocked them (and a re-exec'd image starts with them blocked);
+    // with the handlers in place this thread takes them, and only it: every
+    // other thread of the agent keeps them blocked.
     handover::unblock_control_signals();
     runtime.spawn(async move {
         match (term, int, usr2) {
@@ -233,7 +234,7 @@ fn main() -> ExitCode {
                 // exec; run again on the group and stop it the usual way.
                 let mut stop = false;
                 while let Ok(r) = requests.try_recv() {
-                    stop |= r == StopRequest::Terminate;
+                    stop |= supersedes(r, StopRequest::ReExec);
                 }
                 if stop {
                     logger.log(
