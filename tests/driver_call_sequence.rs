@@ -752,7 +752,7 @@ impl Scanner {
         // A host read the driver holds back must not be answered by the
         // scanner's own budget before the test is done with it.
         config.limits.request_timeout_ms = 120_000;
-        config.limits.idle_timeout_ms = 120_000;
+        config.limits.idle_timeout_ms = Some(120_000);
         let service = Service::build(&config).await?;
         let url = service.urls()[0].to_string();
         let port = url

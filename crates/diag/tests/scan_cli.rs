@@ -233,3 +233,65 @@ fn a_policy_verdict_is_shown_as_such() {
     );
     assert!(text(&out.stderr).contains("policy-allowed 1"));
 }
+
+#[cfg(unix)]
+#[path = "../../guest-tls/tests/support/openssl_pki.rs"]
+mod openssl_pki;
+
+/// `scan --connect tls://` with a client certificate made as
+/// docs/operations.md says: served; without one, or with one from another
+/// CA, not.
+#[cfg(unix)]
+#[test]
+fn tls_scanner_with_client_certificates() {
+    if !openssl_pki::available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let pki = openssl_pki::Pki::new(d);
+    pki.guest("vm-17", "/CN=vm-17", "guest-ca");
+    pki.guest("rogue", "/CN=vm-17", "rogue-ca");
+    let (url, _) = scanner_with(d, |c| {
+        c.listen = vec!["tls://127.0.0.1:0".into()];
+        c.tls = Some(thinagent_scanner::tls::TlsConfig {
+            cert: pki.path("scanner.crt"),
+            key: pki.path("scanner.key"),
+            client_ca: pki.path("guest-ca.crt"),
+        });
+    });
+    assert!(url.starts_with("tls://"), "{url}");
+    let (eicar, _) = files(d);
+    let with = |cert: &str, key: &str| {
+        diag(&[
+            "--connect",
+            &url,
+            "--tls-cert",
+            &pki.arg(cert),
+            "--tls-key",
+            &pki.arg(key),
+            "--tls-ca",
+            &pki.arg("guest-ca.crt"),
+            "--timeout-ms",
+            "5000",
+            eicar.to_str().unwrap(),
+        ])
+    };
+    let out = with("vm-17.crt", "vm-17.key");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: Eicar-Test-Signature FOUND\n", eicar.display())
+    );
+    // A certificate with the same subject from another CA is not served.
+    let out = with("rogue.crt", "rogue.key");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    // No certificate: refused before connecting, saying what to give.
+    let out = diag(&["--connect", &url, eicar.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--tls-cert"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -583,15 +583,22 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 Err(e) => Rx::Err(e),
             };
             match step {
+                // §9: an Error frame is never answered with an Error; any
+                // other Error echoes the offending frame's request id when
+                // its header passed the magic and length checks, else 0.
                 Rx::Err(e) if e.is_fatal() => {
-                    self.fatal(e.error_code(), CloseReason::Decode(e));
+                    let error = (!e.concerns_error_frame())
+                        .then(|| (e.request_id().unwrap_or(0), e.error_code()));
+                    self.close_fatal(error, CloseReason::Decode(e));
                 }
                 Rx::Err(e) => {
-                    let msg = Message::Error(ErrorMessage {
-                        code: e.error_code(),
-                        text: "",
-                    });
-                    self.push_frame(&msg, e.request_id().unwrap_or(0));
+                    if !e.concerns_error_frame() {
+                        let msg = Message::Error(ErrorMessage {
+                            code: e.error_code(),
+                            text: "",
+                        });
+                        self.push_frame(&msg, e.request_id().unwrap_or(0));
+                    }
                 }
                 Rx::Frame(id, incoming) => self.on_frame(id, incoming),
             }
@@ -606,6 +613,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 // picks anything else speaks a protocol we cannot (§4).
                 if ack.version != PROTOCOL_VERSION {
                     self.fatal(
+                        id,
                         ErrorCode::VersionUnsupported,
                         CloseReason::Protocol(ErrorCode::VersionUnsupported),
                     );
@@ -624,6 +632,15 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             Incoming::Error => {}
             _ if handshaking => {
                 self.fatal(
+                    id,
+                    ErrorCode::UnexpectedMessage,
+                    CloseReason::Protocol(ErrorCode::UnexpectedMessage),
+                );
+            }
+            // §7: a request's id is never 0, whatever its type.
+            Incoming::ReadRequest(_) | Incoming::Ping(_) if id == 0 => {
+                self.fatal(
+                    0,
                     ErrorCode::UnexpectedMessage,
                     CloseReason::Protocol(ErrorCode::UnexpectedMessage),
                 );
@@ -651,12 +668,18 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 }
             }
             Incoming::Pong(hb) => {
-                if self.ping.is_some_and(|(nonce, _)| nonce == hb.nonce) {
+                // Matched by request id and nonce (both were the Ping's
+                // nonce); anything else is an unmatched response, ignored.
+                if self
+                    .ping
+                    .is_some_and(|(nonce, _)| nonce == hb.nonce && nonce == id)
+                {
                     self.ping = None;
                 }
             }
             Incoming::HelloAck(_) | Incoming::Unexpected => {
                 self.fatal(
+                    id,
                     ErrorCode::UnexpectedMessage,
                     CloseReason::Protocol(ErrorCode::UnexpectedMessage),
                 );
@@ -672,7 +695,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             } else {
                 ErrorCode::UnexpectedMessage
             };
-            self.fatal(code, CloseReason::Protocol(code));
+            self.fatal(read_id, code, CloseReason::Protocol(code));
             return;
         }
         if self
@@ -681,6 +704,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             .any(|r| r.is_some_and(|r| r.read_id == read_id))
         {
             self.fatal(
+                read_id,
                 ErrorCode::UnexpectedMessage,
                 CloseReason::Protocol(ErrorCode::UnexpectedMessage),
             );
@@ -701,6 +725,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         }
         let Some(free) = self.reads.iter_mut().find(|r| r.is_none()) else {
             self.fatal(
+                read_id,
                 ErrorCode::LimitExceeded,
                 CloseReason::Protocol(ErrorCode::LimitExceeded),
             );
@@ -732,8 +757,18 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         self.close_with(CloseReason::Local);
     }
 
-    fn fatal(&mut self, code: ErrorCode, reason: CloseReason) {
-        self.push_frame(&Message::Error(ErrorMessage { code, text: "" }), 0);
+    /// A session rule broken by the frame with `request_id` (§9): the
+    /// `Error` echoes that id, which is 0 only when the frame carried 0.
+    fn fatal(&mut self, request_id: u64, code: ErrorCode, reason: CloseReason) {
+        self.close_fatal(Some((request_id, code)), reason);
+    }
+
+    /// Sends `Error` (unless `error` is `None`: the offending frame was
+    /// itself an `Error`) and `Goodbye(ProtocolError)`, and closes.
+    fn close_fatal(&mut self, error: Option<(u64, ErrorCode)>, reason: CloseReason) {
+        if let Some((request_id, code)) = error {
+            self.push_frame(&Message::Error(ErrorMessage { code, text: "" }), request_id);
+        }
         self.push_frame(
             &Message::Goodbye(Goodbye {
                 reason: GoodbyeReason::ProtocolError,

@@ -1,11 +1,28 @@
-//! Where the scanner is: `vsock://CID:PORT`, `tcp://HOST:PORT`, `unix:///path`.
+//! Where the scanner is: `vsock://CID:PORT`, `tcp://HOST:PORT`,
+//! `tls://HOST:PORT` (with a client certificate: [`TlsClient`]),
+//! `unix:///path`.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The client certificate and trusted CA a `tls://` scanner is reached
+/// with ([`thinagent_guest_tls::client_config`]). Two are equal when they
+/// are the same configuration.
+#[derive(Clone, Debug)]
+pub struct TlsClient(pub Arc<thinagent_guest_tls::rustls::ClientConfig>);
+
+impl PartialEq for TlsClient {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TlsClient {}
 
 /// A scanner address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,13 +36,24 @@ pub enum ConnectUrl {
     },
     /// TCP, `HOST:PORT` as given (resolved at each connect).
     Tcp(String),
+    /// TLS over TCP, `HOST:PORT` as given; the scanner's certificate must
+    /// name HOST. `client` is set from `--tls-cert`/`--tls-key`/`--tls-ca`
+    /// ([`ConnectUrl::with_tls`]); without it a connect fails saying so.
+    Tls {
+        /// `HOST:PORT`.
+        addr: String,
+        /// This guest's certificate and the scanner's CA.
+        client: Option<TlsClient>,
+    },
     /// A Unix stream socket.
     Unix(PathBuf),
 }
 
 /// A URL that could not be parsed.
 #[derive(Debug, thiserror::Error)]
-#[error("--connect {url:?}: {why} (expected vsock://CID:PORT, tcp://HOST:PORT or unix:///path)")]
+#[error(
+    "--connect {url:?}: {why} (expected vsock://CID:PORT, tcp://HOST:PORT, tls://HOST:PORT or unix:///path)"
+)]
 pub struct UrlError {
     url: String,
     why: &'static str,
@@ -51,14 +79,21 @@ impl FromStr for ConnectUrl {
                 let port = port.parse().map_err(|_| err("port is not a number"))?;
                 Ok(ConnectUrl::Vsock { cid, port })
             }
-            "tcp" => {
+            "tcp" | "tls" => {
                 let (host, port) = rest.rsplit_once(':').ok_or_else(|| err("no port"))?;
                 if host.is_empty() {
                     return Err(err("no host"));
                 }
                 port.parse::<u16>()
                     .map_err(|_| err("port is not a number 0-65535"))?;
-                Ok(ConnectUrl::Tcp(rest.to_string()))
+                Ok(if scheme == "tls" {
+                    ConnectUrl::Tls {
+                        addr: rest.to_string(),
+                        client: None,
+                    }
+                } else {
+                    ConnectUrl::Tcp(rest.to_string())
+                })
             }
             "unix" => {
                 if !rest.starts_with('/') {
@@ -76,6 +111,7 @@ impl fmt::Display for ConnectUrl {
         match self {
             ConnectUrl::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
             ConnectUrl::Tcp(a) => write!(f, "tcp://{a}"),
+            ConnectUrl::Tls { addr, .. } => write!(f, "tls://{addr}"),
             ConnectUrl::Unix(p) => write!(f, "unix://{}", p.display()),
         }
     }
@@ -102,6 +138,18 @@ impl fmt::Debug for Connection {
 }
 
 impl ConnectUrl {
+    /// A `tls://` URL with its client configuration (other URLs unchanged).
+    #[must_use]
+    pub fn with_tls(self, tls: TlsClient) -> Self {
+        match self {
+            ConnectUrl::Tls { addr, .. } => ConnectUrl::Tls {
+                addr,
+                client: Some(tls),
+            },
+            other => other,
+        }
+    }
+
     /// Connects once.
     pub async fn connect(&self) -> io::Result<Connection> {
         match self {
@@ -116,6 +164,29 @@ impl ConnectUrl {
             ConnectUrl::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
+                Ok(Connection {
+                    stream: Box::new(s),
+                    peer_pid: None,
+                })
+            }
+            ConnectUrl::Tls { addr, client } => {
+                let Some(TlsClient(config)) = client else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("tls://{addr}: give --tls-cert, --tls-key and --tls-ca"),
+                    ));
+                };
+                let (host, _) = addr.rsplit_once(':').unwrap_or((addr, ""));
+                let resolved = tokio::net::lookup_host(addr.as_str())
+                    .await?
+                    .next()
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("{addr}: resolves to nothing"),
+                        )
+                    })?;
+                let s = thinagent_guest_tls::connect(host, resolved, config).await?;
                 Ok(Connection {
                     stream: Box::new(s),
                     peer_pid: None,
@@ -158,6 +229,13 @@ mod tests {
         assert_eq!(
             "unix:///run/s.sock".parse::<ConnectUrl>().unwrap(),
             ConnectUrl::Unix("/run/s.sock".into())
+        );
+        assert_eq!(
+            "tls://scanner.lan:5318".parse::<ConnectUrl>().unwrap(),
+            ConnectUrl::Tls {
+                addr: "scanner.lan:5318".into(),
+                client: None
+            }
         );
         assert_eq!(
             "unix:///run/s.sock"

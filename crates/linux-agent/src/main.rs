@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use thinagent_guest::{FailMode, Level, ReconnectConfig};
 use thinagent_linux_agent::agent::{self, AgentConfig, GroupSource};
-use thinagent_linux_agent::connect::ConnectUrl;
+use thinagent_linux_agent::connect::{ConnectUrl, TlsClient};
 use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS, StopRequest, supersedes};
 use thinagent_linux_agent::fanotify::MarkScope;
 use thinagent_linux_agent::handover;
@@ -34,9 +34,20 @@ enum FailModeArg {
 #[command(name = "thinagent-linux-agent", version)]
 struct Args {
     /// The scanner: vsock://CID:PORT (vsock://2:5317 from a VM),
-    /// tcp://HOST:PORT or unix:///path.
+    /// tls://HOST:PORT (with --tls-cert, --tls-key, --tls-ca),
+    /// tcp://HOST:PORT (a scanner on loopback) or unix:///path.
     #[arg(long, value_name = "URL")]
     connect: String,
+    /// PEM certificate (chain) of this guest for tls://; the scanner takes
+    /// its subject as this guest's identity.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed the scanner's certificate.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
     /// Watch the mount containing PATH (repeatable).
     #[arg(long, value_name = "PATH", required = true)]
     watch: Vec<PathBuf>,
@@ -163,10 +174,22 @@ fn main() -> ExitCode {
         logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{msg}"));
         ExitCode::from(2)
     };
-    let connect: ConnectUrl = match args.connect.parse() {
+    let mut connect: ConnectUrl = match args.connect.parse() {
         Ok(u) => u,
         Err(e) => return usage(e.to_string()),
     };
+    if let ConnectUrl::Tls { .. } = connect {
+        let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca)
+        else {
+            return usage(format!(
+                "--connect {connect}: a tls:// scanner needs --tls-cert, --tls-key and --tls-ca"
+            ));
+        };
+        match thinagent_guest_tls::client_config(cert, key, ca) {
+            Ok(c) => connect = connect.with_tls(TlsClient(c)),
+            Err(e) => return usage(e.to_string()),
+        }
+    }
     let config = AgentConfig {
         connect,
         watch: args.watch,

@@ -92,7 +92,11 @@ pub fn decode_frame_limited(buf: &[u8], max_frame_len: usize) -> Result<Decoded<
     }
     let flags = header.flags.get();
     if flags != 0 {
-        return Err(DecodeError::ReservedFlags { flags, request_id });
+        return Err(DecodeError::ReservedFlags {
+            flags,
+            msg_type: raw_type,
+            request_id,
+        });
     }
     let Some(msg_type) = MessageType::from_wire(raw_type) else {
         return Err(DecodeError::UnknownMessageType {

@@ -135,6 +135,9 @@ pub enum DecodeError {
     ReservedFlags {
         /// The flags field.
         flags: u32,
+        /// The header's message type field, uninterpreted (so a receiver
+        /// knows not to answer an `Error` frame with an `Error`).
+        msg_type: u16,
         /// The frame's request id.
         request_id: u64,
     },
@@ -198,6 +201,25 @@ impl DecodeError {
         }
     }
 
+    /// Whether the offending frame's header says it is an `Error` frame
+    /// (`msg_type` 0x00F0). A receiver never answers an `Error` with an
+    /// `Error` (protocol §9): a recoverable problem is skipped silently, a
+    /// fatal one closes with `Goodbye` alone. `false` for [`BadMagic`] and
+    /// [`FrameTooLarge`], whose header is not trusted.
+    ///
+    /// [`BadMagic`]: Self::BadMagic
+    /// [`FrameTooLarge`]: Self::FrameTooLarge
+    pub const fn concerns_error_frame(&self) -> bool {
+        let error = MessageType::Error.to_wire();
+        match *self {
+            Self::ReservedFlags { msg_type, .. }
+            | Self::UnsupportedVersion { msg_type, .. }
+            | Self::UnknownMessageType { msg_type, .. } => msg_type == error,
+            Self::Malformed { msg_type, .. } => msg_type.to_wire() == error,
+            Self::BadMagic { .. } | Self::FrameTooLarge { .. } => false,
+        }
+    }
+
     /// The code of the `Error` message to send the peer about this error.
     pub const fn error_code(&self) -> ErrorCode {
         match *self {
@@ -218,7 +240,9 @@ impl fmt::Display for DecodeError {
             Self::FrameTooLarge { frame_len, max } => {
                 write!(f, "frame of {frame_len} bytes exceeds the limit of {max}")
             }
-            Self::ReservedFlags { flags, request_id } => {
+            Self::ReservedFlags {
+                flags, request_id, ..
+            } => {
                 write!(
                     f,
                     "reserved header flags {flags:#010x} set (request {request_id})"

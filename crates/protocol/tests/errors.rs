@@ -158,10 +158,12 @@ fn reserved_flags_are_fatal() {
         err,
         DecodeError::ReservedFlags {
             flags: 0x8000_0000,
+            msg_type: MessageType::Ping.to_wire(),
             request_id: 4
         }
     );
     assert!(err.is_fatal());
+    assert!(!err.concerns_error_frame());
     assert_eq!(err.request_id(), Some(4));
     assert_eq!(err.error_code(), ErrorCode::MalformedFrame);
 }
@@ -216,6 +218,7 @@ fn every_error_displays_something_specific() {
         .to_string(),
         DecodeError::ReservedFlags {
             flags: 1,
+            msg_type: 0x30,
             request_id: 2,
         }
         .to_string(),
@@ -848,4 +851,39 @@ fn hello_ack_sample() -> HelloAck {
         unreachable!()
     };
     ack
+}
+
+/// §9: a receiver never answers an `Error` frame with an `Error`, so it
+/// must be able to tell, for every decoding error whose header it trusts,
+/// whether the offending frame was an `Error`.
+#[test]
+fn decode_errors_say_whether_the_frame_was_an_error() {
+    let error = MessageType::Error.to_wire();
+    let cases = [
+        (raw_frame(1, error, 1, 3, &[6, 0, 0, 0]), true),
+        (
+            raw_frame(1, MessageType::Ping.to_wire(), 1, 3, &[0; 16]),
+            false,
+        ),
+        (raw_frame(1, error, 0, 3, &[6, 0, 5, 0]), true),
+        (
+            raw_frame(1, MessageType::Goodbye.to_wire(), 0, 3, &[1, 0, 1, 0]),
+            false,
+        ),
+        (raw_frame(2, error, 0, 3, &[6, 0, 0, 0]), true),
+        (raw_frame(2, MessageType::Ping.to_wire(), 0, 3, &[]), false),
+        (raw_frame(1, 0x7777, 0, 3, &[]), false),
+    ];
+    for (frame, is_error) in cases {
+        let err = decode_frame(&frame).unwrap_err();
+        assert_eq!(err.concerns_error_frame(), is_error, "{err:?}");
+        assert_eq!(err.request_id(), Some(3), "{err:?}");
+    }
+    // Checks 1-2 do not trust the header, whatever its type field says.
+    let mut huge = raw_frame(1, error, 0, 3, &[]);
+    huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = decode_frame(&huge).unwrap_err();
+    assert!(matches!(err, DecodeError::FrameTooLarge { .. }));
+    assert!(!err.concerns_error_frame());
+    assert!(!DecodeError::BadMagic { found: *b"XXXX" }.concerns_error_frame());
 }

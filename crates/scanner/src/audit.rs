@@ -1,7 +1,9 @@
 //! The audit log: one JSON object per verdict, one per line, appended to a
 //! file.
 //!
-//! Fields: `time` (RFC 3339 UTC, milliseconds), `guest`, `path`, `verdict`
+//! Fields: `time` (RFC 3339 UTC, milliseconds), `guest` (address and announced
+//! name), `peer` (the transport identity caches and limits are keyed by),
+//! `path`, `verdict`
 //! (`allow`, `deny`, `allow_no_cache`), `threat` and `engine` (null when
 //! clean), `bytes` (content bytes pulled for this query), `duration_ms`,
 //! `cache` (`none`, `guest`, `content`).
@@ -18,6 +20,17 @@
 //! the end of the last whole line, so the next record after space returns
 //! starts on a line of its own. A failing sink logs one ERROR when it starts
 //! failing and one line when it writes again, with the count of records lost.
+//!
+//! **Opening** ([`AuditFile::open`]) is the one check of the path, made both
+//! by the start and by `--check-config`: a missing file is created, an
+//! existing one appended to; a directory, a path in a missing directory or a
+//! file this user cannot write is an error that says which. A FIFO is opened
+//! read-write, which on Linux never blocks (write-only would wait for a
+//! reader, holding the start): records then wait in the pipe until a reader
+//! comes, and a full pipe is a blocked sink (see above). `--check-config`
+//! opens the path the same way and closes it again, removing the file if the
+//! check created it ([`AuditFile::close_checked`]): it writes no record and
+//! leaves nothing behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -44,8 +57,14 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub struct AuditEntry {
     /// When the verdict was sent (RFC 3339, UTC).
     pub time: String,
-    /// Who asked (`vsock:CID:PORT`, `tcp:ADDR`, `unix`, plus the guest's name).
+    /// Who asked: the transport address (`vsock://CID:PORT`, `tcp://ADDR`,
+    /// `tls://ADDR (SUBJECT)`, `unix://PATH (uid U, pid P)`) and the name the
+    /// guest announced (a label, not proof of anything).
     pub guest: String,
+    /// The identity the transport vouches for, which per-guest caches and
+    /// limits are keyed by: `vsock:CID`, `tls:SUBJECT`, `tcp:IP`,
+    /// `unix:PATH:uid=U` (docs/architecture.md, "Who is trusted for what").
+    pub peer: String,
     /// The path the guest reported (lossy UTF-8).
     pub path: String,
     /// `allow`, `deny`, `allow_no_cache`.
@@ -77,25 +96,127 @@ pub struct AuditLog {
 
 /// Why the audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open audit log {path}: {source} (check the directory exists and is writable)")]
+#[error("cannot open audit log {}: {source}; {}", .path.display(), open_hint(.path, .source))]
 pub struct AuditOpenError {
     path: PathBuf,
     source: io::Error,
+}
+
+impl AuditOpenError {
+    /// The OS error.
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+/// What to do about a failed open of `path`.
+fn open_hint(path: &Path, e: &io::Error) -> String {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match e.kind() {
+        io::ErrorKind::IsADirectory => format!(
+            "audit_log names a directory: give a file path, e.g. {}",
+            path.join("audit.jsonl").display()
+        ),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => format!(
+            "the directory {} does not exist: create it, or choose another path",
+            parent.display()
+        ),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            "this user may not write it: fix the permissions of the file and its directory, \
+             or choose another path"
+                .into()
+        }
+        _ => "audit_log must be a writable file (or FIFO) path".into(),
+    }
+}
+
+/// The audit log's file, opened the way the service writes it (see the
+/// module docs).
+#[derive(Debug)]
+pub struct AuditFile {
+    path: PathBuf,
+    file: File,
+    /// This open created the file.
+    created: bool,
+}
+
+impl AuditFile {
+    /// Opens `path` for appending, creating it if missing; a FIFO is opened
+    /// read-write so that the open never blocks.
+    pub fn open(path: &Path) -> Result<Self, AuditOpenError> {
+        let err = |source| AuditOpenError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (file, created) = match OpenOptions::new().append(true).create_new(true).open(path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let mut options = OpenOptions::new();
+                options.append(true);
+                if is_fifo(path) {
+                    options.read(true);
+                }
+                (options.open(path).map_err(err)?, false)
+            }
+            Err(e) => return Err(err(e)),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            created,
+        })
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes a file opened only to check it (`--check-config`), removing it
+    /// if this open created it.
+    pub fn close_checked(self) -> Result<(), AuditOpenError> {
+        let Self {
+            path,
+            file,
+            created,
+        } = self;
+        drop(file);
+        if created {
+            std::fs::remove_file(&path).map_err(|source| AuditOpenError { path, source })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+#[cfg(not(unix))]
+fn is_fifo(_path: &Path) -> bool {
+    false
 }
 
 impl AuditLog {
     /// Opens (creates, appends to) `path` and starts its writer thread.
     /// Records that cannot be written are counted in `not_written`.
     pub fn open(path: &Path, not_written: Counter) -> Result<Self, AuditOpenError> {
+        Self::start(AuditFile::open(path)?, not_written)
+    }
+
+    /// Starts the writer thread of an opened [`AuditFile`].
+    pub fn start(file: AuditFile, not_written: Counter) -> Result<Self, AuditOpenError> {
+        let AuditFile { path, file, .. } = file;
+        let path = path.as_path();
         let err = |source| AuditOpenError {
             path: path.to_path_buf(),
             source,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(err)?;
         let sink = LineSink::new(file).map_err(err)?;
         let (queue, lines) = sync_channel::<Vec<u8>>(QUEUE_RECORDS);
         let dropping = Arc::new(AtomicBool::new(false));
@@ -339,10 +460,90 @@ mod tests {
         assert_eq!(back, e);
     }
 
+    #[test]
+    fn open_refuses_a_directory_and_a_missing_directory_saying_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = AuditFile::open(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::IsADirectory);
+        assert!(e.to_string().contains("give a file path"), "{e}");
+        let e = AuditFile::open(&dir.path().join("nope/audit.jsonl")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("does not exist") && msg.contains("nope"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_checked_open_leaves_no_new_file_and_keeps_an_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        AuditFile::open(&path).unwrap().close_checked().unwrap();
+        assert!(!path.exists(), "the check created the file and left it");
+        std::fs::write(&path, "old line\n").unwrap();
+        AuditFile::open(&path).unwrap().close_checked().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old line\n");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_unwritable_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        if OpenOptions::new().append(true).open(&path).is_ok() {
+            eprintln!("SKIPPED: this user (root?) may write a read-only file");
+            return;
+        }
+        let e = AuditFile::open(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("permissions"), "{e}");
+    }
+
+    /// A FIFO nobody reads: opening it returns at once (write-only would
+    /// wait for a reader), and the records wait in the pipe.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_without_reader_opens_without_blocking() {
+        use std::io::Read;
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("audit.fifo");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: mkfifo is not available");
+            return;
+        }
+        let (opened, wait_opened) = mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let log = AuditLog::open(&path, Counter::default());
+            let _ = opened.send(log.inspect(|log| log.write(&entry())));
+        });
+        let log = wait_opened
+            .recv_timeout(Duration::from_secs(30))
+            .expect("opening a FIFO without a reader blocked")
+            .unwrap();
+        // A reader that comes later gets the record.
+        let mut reader = File::open(&fifo).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = reader.read(&mut buf).unwrap();
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(line.contains("eicar.com") && line.ends_with('\n'), "{line}");
+        drop(log);
+    }
+
     fn entry() -> AuditEntry {
         AuditEntry {
             time: rfc3339(SystemTime::now()),
             guest: "tcp:127.0.0.1:4000 vm1".into(),
+            peer: "vsock:3".into(),
             path: "/tmp/eicar.com".into(),
             verdict: "deny".into(),
             threat: Some("Eicar-Test-Signature".into()),

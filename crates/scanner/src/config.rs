@@ -47,6 +47,20 @@ pub enum ConfigError {
         /// What is allowed.
         why: String,
     },
+    /// Two values set explicitly contradict each other.
+    #[error("config: {key} = {value} contradicts {other} = {other_value}: {why}")]
+    Conflict {
+        /// The key whose value is out of line (`limits.max_read_chunk`).
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// The key it contradicts.
+        other: &'static str,
+        /// That key's value.
+        other_value: String,
+        /// The rule, and what to change.
+        why: String,
+    },
 }
 
 /// A policy decision: what a guest gets when the engines cannot decide.
@@ -109,8 +123,10 @@ impl Default for Policy {
 pub struct Limits {
     /// Largest frame accepted from a guest, bytes (4096..=65536).
     pub max_frame_len: u32,
-    /// Largest `ReadRequest.length`, bytes (at most `max_frame_len` - 56).
-    pub max_read_chunk: u32,
+    /// Largest `ReadRequest.length`, bytes (1..=`max_frame_len` - 56).
+    /// Unset: derived, see [`Limits::read_chunk`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_read_chunk: Option<u32>,
     /// Most `ReadRequest`s outstanding per guest (also bounded by the
     /// guest's own `max_reads_in_flight`).
     pub max_reads_in_flight: u32,
@@ -120,15 +136,29 @@ pub struct Limits {
     /// when it expires the guest gets `policy.timeout`).
     pub request_timeout_ms: u64,
     /// Close a connection after this much receive silence, milliseconds
-    /// (0 = never; else greater than `heartbeat_interval_ms`).
-    pub idle_timeout_ms: u64,
+    /// (0 = never; else greater than `heartbeat_interval_ms`). Unset:
+    /// derived, see [`Limits::idle_timeout`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
     /// Heartbeat interval announced to guests, milliseconds (0 = none).
-    pub heartbeat_interval_ms: u64,
+    /// Unset: derived, see [`Limits::heartbeat_interval`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
     /// A connection that sends no `Hello` within this is closed, milliseconds.
     pub handshake_timeout_ms: u64,
-    /// Most concurrent sessions over all listeners; more are refused with
-    /// `Goodbye(Overloaded)`.
+    /// Most concurrent sessions (guests that completed `Hello`) over all
+    /// listeners; more are refused with `Goodbye(Overloaded)`.
     pub max_sessions: u32,
+    /// Most concurrent sessions of one guest, by the identity its transport
+    /// gives (vsock CID, certificate subject, loopback address, Unix uid).
+    pub max_sessions_per_guest: u32,
+    /// Most connections that have not completed `Hello` yet, over all
+    /// listeners (a TLS handshake counts as not yet); more are closed at
+    /// once. They never use up `max_sessions`.
+    pub max_pending_handshakes: u32,
+    /// Most connections one peer (CID, address, uid) may have that have
+    /// not completed `Hello` yet; more are closed at once.
+    pub max_pending_per_peer: u32,
     /// Most `FileEvent`s one guest may have unanswered (`max_events_in_flight`).
     pub max_in_flight_per_guest: u32,
     /// Most content bytes requested from one guest and not yet consumed.
@@ -142,18 +172,68 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame_len: 65_536,
-            max_read_chunk: 65_536 - 24 - 32,
+            max_read_chunk: None,
             max_reads_in_flight: 16,
             max_file_size: 256 * 1024 * 1024,
             request_timeout_ms: 10_000,
-            idle_timeout_ms: 30_000,
-            heartbeat_interval_ms: 10_000,
+            idle_timeout_ms: None,
+            heartbeat_interval_ms: None,
             handshake_timeout_ms: 5_000,
             max_sessions: 1024,
+            max_sessions_per_guest: 64,
+            max_pending_handshakes: 256,
+            max_pending_per_peer: 32,
             max_in_flight_per_guest: 64,
             max_bytes_in_flight_per_guest: 4 * 1024 * 1024,
             scan_buffer_max: 1024 * 1024,
         }
+    }
+}
+
+/// Frame header (24) and `ReadData` header (32) bytes: a read of
+/// `max_frame_len - READ_OVERHEAD` bytes fills a frame.
+pub const READ_OVERHEAD: u32 = 24 + 32;
+
+/// `idle_timeout_ms` when neither it nor `heartbeat_interval_ms` is set.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+
+/// `heartbeat_interval_ms` when neither it nor `idle_timeout_ms` is set.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 10_000;
+
+/// The limits some of whose values follow from others: a value left unset
+/// is derived from the ones set (in the file or on the command line, after
+/// both are merged); only explicit values that contradict each other are an
+/// error ([`Config::validate`]).
+impl Limits {
+    /// `max_read_chunk`, or when unset the largest read that fits a frame
+    /// (`max_frame_len` - 56) and the bytes-in-flight budget
+    /// (`max_bytes_in_flight_per_guest`).
+    pub fn read_chunk(&self) -> u32 {
+        self.max_read_chunk.unwrap_or_else(|| {
+            let frame = self.max_frame_len.saturating_sub(READ_OVERHEAD);
+            let budget = u32::try_from(self.max_bytes_in_flight_per_guest).unwrap_or(u32::MAX);
+            frame.min(budget)
+        })
+    }
+
+    /// `idle_timeout_ms`, or when unset [`DEFAULT_IDLE_TIMEOUT_MS`], raised
+    /// to three heartbeat intervals when `heartbeat_interval_ms` is set
+    /// longer.
+    pub fn idle_timeout(&self) -> u64 {
+        self.idle_timeout_ms.unwrap_or_else(|| {
+            DEFAULT_IDLE_TIMEOUT_MS.max(self.heartbeat_interval_ms.unwrap_or(0).saturating_mul(3))
+        })
+    }
+
+    /// `heartbeat_interval_ms`, or when unset
+    /// [`DEFAULT_HEARTBEAT_INTERVAL_MS`], lowered to a third of
+    /// `idle_timeout_ms` when that is set shorter (not 0).
+    pub fn heartbeat_interval(&self) -> u64 {
+        self.heartbeat_interval_ms
+            .unwrap_or_else(|| match self.idle_timeout_ms {
+                Some(idle) if idle > 0 => DEFAULT_HEARTBEAT_INTERVAL_MS.min(idle / 3),
+                _ => DEFAULT_HEARTBEAT_INTERVAL_MS,
+            })
     }
 }
 
@@ -239,6 +319,8 @@ pub struct Config {
     /// Only these vsock CIDs may connect (empty = any). TCP and Unix peers
     /// are not CIDs and are not filtered by it.
     pub allowed_cids: Vec<u32>,
+    /// Certificates of `tls://` listeners and the CA that signs guests'.
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// Verdict caches.
@@ -260,6 +342,7 @@ impl Default for Config {
             audit_log: None,
             metrics: None,
             allowed_cids: Vec::new(),
+            tls: None,
             limits: Limits::default(),
             cache: CacheConfig::default(),
             policy: Policy::default(),
@@ -297,11 +380,23 @@ impl Config {
             .listen
             .iter()
             .map(|s| {
-                s.parse::<ListenUrl>().map_err(|e| ConfigError::Invalid {
+                let invalid = |why: String| ConfigError::Invalid {
                     key: "listen",
                     value: s.clone(),
-                    why: e.to_string(),
-                })
+                    why,
+                };
+                let url = s.parse::<ListenUrl>().map_err(|e| invalid(e.to_string()))?;
+                if let Some(why) = url.unauthenticated_beyond_loopback() {
+                    return Err(invalid(why.into()));
+                }
+                if matches!(url, ListenUrl::Tls(_)) && self.tls.is_none() {
+                    return Err(invalid(
+                        "tls:// needs a [tls] section with cert, key and client_ca \
+                         (the CA that signs guest certificates)"
+                            .into(),
+                    ));
+                }
+                Ok(url)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((urls, true))
@@ -365,11 +460,45 @@ impl Config {
         let ms = u64::from(u32::MAX);
         range("limits.max_frame_len", l.max_frame_len.into(), 4096, 65_536)?;
         range(
-            "limits.max_read_chunk",
-            l.max_read_chunk.into(),
+            "limits.max_bytes_in_flight_per_guest",
+            l.max_bytes_in_flight_per_guest,
             1,
-            u64::from(l.max_frame_len.clamp(4096, 65_536)) - 56,
+            1 << 32,
         )?;
+        let frame_room = l.max_frame_len - READ_OVERHEAD;
+        if let Some(chunk) = l.max_read_chunk {
+            range(
+                "limits.max_read_chunk",
+                chunk.into(),
+                1,
+                u64::from(u32::MAX),
+            )?;
+            if chunk > frame_room {
+                return Err(ConfigError::Conflict {
+                    key: "limits.max_read_chunk",
+                    value: chunk.to_string(),
+                    other: "limits.max_frame_len",
+                    other_value: l.max_frame_len.to_string(),
+                    why: format!(
+                        "a read must fit a frame, so max_read_chunk may be at most \
+                         max_frame_len - {READ_OVERHEAD} = {frame_room}; lower max_read_chunk, \
+                         raise max_frame_len, or leave max_read_chunk unset to derive it"
+                    ),
+                });
+            }
+            if u64::from(chunk) > l.max_bytes_in_flight_per_guest {
+                return Err(ConfigError::Conflict {
+                    key: "limits.max_read_chunk",
+                    value: chunk.to_string(),
+                    other: "limits.max_bytes_in_flight_per_guest",
+                    other_value: l.max_bytes_in_flight_per_guest.to_string(),
+                    why: "one read may not exceed the bytes in flight allowed per guest; lower \
+                          max_read_chunk, raise max_bytes_in_flight_per_guest, or leave \
+                          max_read_chunk unset to derive it"
+                        .into(),
+                });
+            }
+        }
         range(
             "limits.max_reads_in_flight",
             l.max_reads_in_flight.into(),
@@ -378,38 +507,58 @@ impl Config {
         )?;
         range("limits.request_timeout_ms", l.request_timeout_ms, 1, ms)?;
         range("limits.handshake_timeout_ms", l.handshake_timeout_ms, 1, ms)?;
-        range("limits.idle_timeout_ms", l.idle_timeout_ms, 0, ms)?;
+        range("limits.idle_timeout_ms", l.idle_timeout(), 0, ms)?;
         range(
             "limits.heartbeat_interval_ms",
-            l.heartbeat_interval_ms,
+            l.heartbeat_interval(),
             0,
             ms,
         )?;
-        if l.idle_timeout_ms != 0
-            && l.heartbeat_interval_ms != 0
-            && l.idle_timeout_ms <= l.heartbeat_interval_ms
+        // Only two explicit values can contradict: an unset one is derived
+        // to fit the other.
+        if let (Some(idle), Some(beat)) = (l.idle_timeout_ms, l.heartbeat_interval_ms)
+            && idle != 0
+            && beat != 0
+            && idle <= beat
         {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigError::Conflict {
                 key: "limits.idle_timeout_ms",
-                value: l.idle_timeout_ms.to_string(),
-                why: format!(
-                    "must be greater than limits.heartbeat_interval_ms ({}), or one of them 0",
-                    l.heartbeat_interval_ms
-                ),
+                value: idle.to_string(),
+                other: "limits.heartbeat_interval_ms",
+                other_value: beat.to_string(),
+                why: "a connection idle for one heartbeat interval is not dead, so \
+                      idle_timeout_ms must be greater than heartbeat_interval_ms (or one of \
+                      them 0); raise idle_timeout_ms, lower heartbeat_interval_ms, or leave one \
+                      of them unset to derive it"
+                    .into(),
             });
         }
         range("limits.max_sessions", l.max_sessions.into(), 1, 1 << 20)?;
+        range(
+            "limits.max_sessions_per_guest",
+            l.max_sessions_per_guest.into(),
+            1,
+            1 << 20,
+        )?;
+        range(
+            "limits.max_pending_handshakes",
+            l.max_pending_handshakes.into(),
+            1,
+            1 << 20,
+        )?;
+        // Above max_pending_handshakes it is simply never reached: not an
+        // error, so --max-pending-handshakes 16 alone is enough.
+        range(
+            "limits.max_pending_per_peer",
+            l.max_pending_per_peer.into(),
+            1,
+            1 << 20,
+        )?;
         range(
             "limits.max_in_flight_per_guest",
             l.max_in_flight_per_guest.into(),
             1,
             65_536,
-        )?;
-        range(
-            "limits.max_bytes_in_flight_per_guest",
-            l.max_bytes_in_flight_per_guest,
-            u64::from(l.max_read_chunk),
-            1 << 32,
         )?;
         range("limits.scan_buffer_max", l.scan_buffer_max, 0, 1 << 30)?;
         range(
@@ -478,10 +627,20 @@ mod tests {
                 .contains("max_frame_len")
         );
         let mut c = Config::default();
-        c.limits.idle_timeout_ms = 5_000;
+        c.limits.idle_timeout_ms = Some(5_000);
+        c.limits.heartbeat_interval_ms = Some(10_000);
         assert!(c.validate().unwrap_err().to_string().contains("heartbeat"));
         let mut c = Config::default();
+        c.limits.max_read_chunk = Some(8_192);
         c.limits.max_bytes_in_flight_per_guest = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("bytes_in_flight")
+        );
+        let mut c = Config::default();
+        c.limits.max_bytes_in_flight_per_guest = 0;
         assert!(
             c.validate()
                 .unwrap_err()
@@ -503,5 +662,82 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("listen"));
+    }
+
+    fn limits(toml: &str) -> Result<Limits, ConfigError> {
+        let c = Config::from_toml(&format!("[limits]\n{toml}"), Path::new("x.toml"))?;
+        c.validate()?;
+        Ok(c.limits)
+    }
+
+    #[test]
+    fn unset_limits_follow_the_ones_set() {
+        // The defaults, derived.
+        let l = limits("").unwrap();
+        assert_eq!(
+            (l.read_chunk(), l.heartbeat_interval(), l.idle_timeout()),
+            (65_480, 10_000, 30_000)
+        );
+        // A smaller frame alone: the read chunk follows it.
+        let l = limits("max_frame_len = 8192").unwrap();
+        assert_eq!(l.read_chunk(), 8192 - 56);
+        // A small bytes-in-flight budget alone: reads fit it.
+        let l = limits("max_bytes_in_flight_per_guest = 4096").unwrap();
+        assert_eq!(l.read_chunk(), 4096);
+        // A long heartbeat alone: the idle timeout grows past it.
+        let l = limits("heartbeat_interval_ms = 60000").unwrap();
+        assert_eq!(
+            (l.heartbeat_interval(), l.idle_timeout()),
+            (60_000, 180_000)
+        );
+        // A short idle timeout alone: heartbeats come more often.
+        let l = limits("idle_timeout_ms = 6000").unwrap();
+        assert_eq!((l.heartbeat_interval(), l.idle_timeout()), (2_000, 6_000));
+        // 0 (off) on one side leaves the other at its default.
+        let l = limits("idle_timeout_ms = 0").unwrap();
+        assert_eq!((l.heartbeat_interval(), l.idle_timeout()), (10_000, 0));
+        let l = limits("heartbeat_interval_ms = 0").unwrap();
+        assert_eq!((l.heartbeat_interval(), l.idle_timeout()), (0, 30_000));
+        // Explicit values that agree are kept as they are.
+        let l = limits("max_frame_len = 8192\nmax_read_chunk = 1000").unwrap();
+        assert_eq!(l.read_chunk(), 1000);
+    }
+
+    #[test]
+    fn explicit_contradictions_name_both_settings_and_the_fix() {
+        let cases = [
+            (
+                "max_frame_len = 8192\nmax_read_chunk = 65480",
+                [
+                    "limits.max_read_chunk = 65480",
+                    "limits.max_frame_len = 8192",
+                    "8136",
+                ],
+            ),
+            (
+                "max_read_chunk = 8192\nmax_bytes_in_flight_per_guest = 4096",
+                [
+                    "limits.max_read_chunk = 8192",
+                    "limits.max_bytes_in_flight_per_guest = 4096",
+                    "raise max_bytes_in_flight_per_guest",
+                ],
+            ),
+            (
+                "idle_timeout_ms = 5000\nheartbeat_interval_ms = 10000",
+                [
+                    "limits.idle_timeout_ms = 5000",
+                    "limits.heartbeat_interval_ms = 10000",
+                    "leave one",
+                ],
+            ),
+        ];
+        for (toml, needles) in cases {
+            let e = limits(toml).unwrap_err();
+            assert!(matches!(e, ConfigError::Conflict { .. }), "{toml}: {e}");
+            let msg = e.to_string();
+            for n in needles {
+                assert!(msg.contains(n), "{toml}: {msg} lacks {n}");
+            }
+        }
     }
 }

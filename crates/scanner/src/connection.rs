@@ -22,7 +22,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,7 +41,7 @@ use crate::session::{
 use crate::signatures::{SharedSignatures, SignatureSet};
 
 /// Who is on the other end of a connection, as the transport says (not as
-/// the guest claims).
+/// the guest claims in `Hello`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GuestId {
     /// An AF_VSOCK peer: its context id identifies the VM.
@@ -51,30 +51,119 @@ pub enum GuestId {
         /// Peer port.
         port: u32,
     },
-    /// A TCP peer.
+    /// A TCP peer without TLS (the scanner only listens so on loopback).
     Tcp(SocketAddr),
+    /// A TCP peer that completed a TLS handshake with a client certificate
+    /// signed by the configured guest CA.
+    Tls {
+        /// Peer address.
+        addr: SocketAddr,
+        /// The client certificate's subject (RFC 4514 text).
+        subject: Arc<str>,
+    },
     /// A Unix socket peer.
     Unix {
         /// The listening socket's path.
         listener: PathBuf,
-        /// Peer process id, when the OS reports it.
+        /// The connecting process's user id (`SO_PEERCRED`), when the OS
+        /// reports it.
+        uid: Option<u32>,
+        /// Peer process id, when the OS reports it (a label only: it
+        /// changes with every restart).
         pid: Option<i32>,
     },
 }
 
-impl GuestId {
-    /// The identity-cache scope of this guest: file identities are only
-    /// compared within one scope. A vsock guest is its CID (assigned by the
-    /// hypervisor); TCP and Unix peers cannot be told apart by address alone
-    /// (many test guests share 127.0.0.1), so their scope adds the guest's
-    /// announced name.
-    pub fn cache_scope(&self, guest_name: &str) -> Arc<str> {
+/// The part of a [`GuestId`] a guest cannot choose: what per-guest state
+/// (caches, limits, audit records) is keyed by. The `guest_name` of
+/// `Hello` never is: any guest can send any name.
+///
+/// What each transport proves (docs/architecture.md, "Who is trusted for
+/// what"):
+/// * vsock: the hypervisor assigns the CID, a guest cannot forge another's;
+///   one CID is one VM.
+/// * TLS: the client holds the private key of a certificate the configured
+///   CA signed for this subject; one subject is one guest.
+/// * loopback TCP: only that the peer runs on this host (QEMU user
+///   networking forwards every VM to 127.0.0.1): several guests may share
+///   one address.
+/// * Unix: the connecting process's uid on this host: several guests may
+///   share one uid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerIdentity {
+    /// A VM by its context id.
+    Vsock(u32),
+    /// A guest by its certificate subject.
+    Tls(Arc<str>),
+    /// A process on this host by its (loopback) address.
+    Tcp(IpAddr),
+    /// A process on this host by its uid on one listening socket.
+    Unix {
+        /// The listening socket's path.
+        listener: PathBuf,
+        /// The peer's uid, when the OS reports it.
+        uid: Option<u32>,
+    },
+}
+
+impl PeerIdentity {
+    /// Whether the identity names exactly one guest (a vsock CID, a
+    /// certificate subject) rather than a host or user that several guests
+    /// may share (loopback TCP, Unix).
+    pub fn names_one_guest(&self) -> bool {
+        matches!(self, Self::Vsock(_) | Self::Tls(_))
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Vsock { cid, .. } => Arc::from(format!("vsock:{cid}")),
-            Self::Tcp(addr) => Arc::from(format!("tcp:{}/{guest_name}", addr.ip())),
-            Self::Unix { listener, .. } => {
-                Arc::from(format!("unix:{}/{guest_name}", listener.display()))
-            }
+            Self::Vsock(cid) => write!(f, "vsock:{cid}"),
+            Self::Tls(subject) => write!(f, "tls:{subject}"),
+            Self::Tcp(ip) => write!(f, "tcp:{ip}"),
+            Self::Unix {
+                listener,
+                uid: Some(uid),
+            } => write!(f, "unix:{}:uid={uid}", listener.display()),
+            Self::Unix {
+                listener,
+                uid: None,
+            } => write!(f, "unix:{}", listener.display()),
+        }
+    }
+}
+
+impl GuestId {
+    /// The identity the transport vouches for.
+    pub fn peer(&self) -> PeerIdentity {
+        match self {
+            Self::Vsock { cid, .. } => PeerIdentity::Vsock(*cid),
+            Self::Tls { subject, .. } => PeerIdentity::Tls(Arc::clone(subject)),
+            Self::Tcp(addr) => PeerIdentity::Tcp(addr.ip()),
+            Self::Unix { listener, uid, .. } => PeerIdentity::Unix {
+                listener: listener.clone(),
+                uid: *uid,
+            },
+        }
+    }
+
+    /// The identity-cache scope of this guest: file identities are only
+    /// compared within one scope, so a guest can neither use nor plant
+    /// another guest's verdicts.
+    ///
+    /// Where the transport names one guest (vsock CID, certificate subject)
+    /// the scope is that identity alone and the announced name is ignored.
+    /// Where it names only a host or a user that several guests may share
+    /// (loopback TCP, Unix), the scope also holds the announced name, so
+    /// that lab guests behind one address do not mix their (colliding)
+    /// file ids; a process that can reach such a listener is on this host
+    /// and is trusted as the host is.
+    pub fn cache_scope(&self, guest_name: &str) -> Arc<str> {
+        let peer = self.peer();
+        if peer.names_one_guest() {
+            Arc::from(peer.to_string())
+        } else {
+            Arc::from(format!("{peer}/{guest_name}"))
         }
     }
 }
@@ -84,10 +173,16 @@ impl fmt::Display for GuestId {
         match self {
             Self::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
             Self::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Self::Unix { listener, pid } => match pid {
-                Some(pid) => write!(f, "unix://{} (pid {pid})", listener.display()),
-                None => write!(f, "unix://{}", listener.display()),
-            },
+            Self::Tls { addr, subject } => write!(f, "tls://{addr} ({subject})"),
+            Self::Unix { listener, uid, pid } => {
+                write!(f, "unix://{}", listener.display())?;
+                match (uid, pid) {
+                    (Some(uid), Some(pid)) => write!(f, " (uid {uid}, pid {pid})"),
+                    (Some(uid), None) => write!(f, " (uid {uid})"),
+                    (None, Some(pid)) => write!(f, " (pid {pid})"),
+                    (None, None) => Ok(()),
+                }
+            }
         }
     }
 }
@@ -263,6 +358,14 @@ impl ScanContext {
     }
 }
 
+/// Decides, when a guest's handshake completes, whether it may hold a
+/// session (see [`crate::admission`]). Whatever it keeps is held until the
+/// connection ends.
+pub trait Admit: Send {
+    /// `Err(reason)` closes the session at once with `Goodbye(reason)`.
+    fn admit(&mut self, guest: &GuestId, info: &GuestInfo) -> Result<(), GoodbyeReason>;
+}
+
 /// Serves one guest connection until it ends; returns why it ended.
 pub async fn serve_connection<S>(stream: S, guest: GuestId, ctx: Arc<ScanContext>) -> CloseReason
 where
@@ -285,6 +388,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = GoodbyeReason>,
 {
+    serve_connection_admitted(stream, guest, ctx, shutdown, None).await
+}
+
+/// Like [`serve_connection_until`], with `admit` asked when the handshake
+/// completes.
+pub async fn serve_connection_admitted<S, F>(
+    stream: S,
+    guest: GuestId,
+    ctx: Arc<ScanContext>,
+    shutdown: F,
+    admit: Option<Box<dyn Admit>>,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = GoodbyeReason>,
+{
     ctx.observer.on_session_open(&guest);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let limits = ctx.limits;
@@ -293,6 +412,7 @@ where
         ctx: Arc::clone(&ctx),
         guest,
         scope: Arc::from(""),
+        admit,
         work: std::collections::HashMap::new(),
         results: mpsc::unbounded_channel(),
         closed: None,
@@ -403,6 +523,9 @@ struct Driver {
     ctx: Arc<ScanContext>,
     guest: GuestId,
     scope: Arc<str>,
+    /// Asked once, at the handshake; kept (with the slot it holds) until
+    /// the connection ends.
+    admit: Option<Box<dyn Admit>>,
     work: std::collections::HashMap<EventId, Work>,
     results: (
         mpsc::UnboundedSender<WorkMessage>,
@@ -427,6 +550,11 @@ impl Driver {
                 SessionEvent::Connected(info) => {
                     self.scope = self.guest.cache_scope(&info.name);
                     self.ctx.observer.on_handshake(&self.guest, &info);
+                    if let Some(admit) = self.admit.as_mut()
+                        && let Err(reason) = admit.admit(&self.guest, &info)
+                    {
+                        self.session.close(reason, now());
+                    }
                 }
                 SessionEvent::Query(q) => self.on_query(q),
                 SessionEvent::Content { id, data, .. } => self.on_content(id, data),
@@ -776,6 +904,58 @@ mod tests {
     use tokio::io::DuplexStream;
 
     use super::*;
+
+    #[test]
+    fn per_guest_scopes_come_from_the_transport_not_the_name() {
+        let vsock = |cid, port| GuestId::Vsock { cid, port };
+        // One CID is one VM whatever it calls itself, on any port.
+        assert_eq!(vsock(3, 1).cache_scope("a"), vsock(3, 999).cache_scope("b"));
+        assert_ne!(vsock(3, 1).cache_scope("a"), vsock(4, 1).cache_scope("a"));
+        let tls = |subject: &str, port| GuestId::Tls {
+            addr: SocketAddr::from(([192, 0, 2, 1], port)),
+            subject: Arc::from(subject),
+        };
+        assert_eq!(
+            tls("CN=vm-a", 1).cache_scope("x"),
+            tls("CN=vm-a", 2).cache_scope("y")
+        );
+        assert_ne!(
+            tls("CN=vm-a", 1).cache_scope("x"),
+            tls("CN=vm-b", 1).cache_scope("x")
+        );
+        // Loopback TCP and Unix name only a host or a user: the scope adds
+        // the name, so lab guests behind one address stay apart, and never
+        // matches another address or uid.
+        let tcp = |ip: [u8; 4], port| GuestId::Tcp(SocketAddr::from((ip, port)));
+        assert_eq!(
+            tcp([127, 0, 0, 1], 5).cache_scope("a"),
+            tcp([127, 0, 0, 1], 6).cache_scope("a")
+        );
+        assert_ne!(
+            tcp([127, 0, 0, 1], 5).cache_scope("a"),
+            tcp([127, 0, 0, 1], 5).cache_scope("b")
+        );
+        assert_ne!(
+            tcp([127, 0, 0, 1], 5).cache_scope("a"),
+            tcp([127, 0, 0, 2], 5).cache_scope("a")
+        );
+        let unix = |uid, pid| GuestId::Unix {
+            listener: "/run/t.sock".into(),
+            uid: Some(uid),
+            pid: Some(pid),
+        };
+        assert_eq!(unix(0, 10).cache_scope("a"), unix(0, 11).cache_scope("a"));
+        assert_ne!(
+            unix(0, 10).cache_scope("a"),
+            unix(1000, 10).cache_scope("a")
+        );
+        // No scope of one transport equals one of another.
+        assert_ne!(vsock(3, 1).cache_scope("a"), tls("3", 1).cache_scope("a"));
+        assert_eq!(unix(7, 1).peer().to_string(), "unix:/run/t.sock:uid=7");
+        assert_eq!(tls("CN=vm-a", 1).peer().to_string(), "tls:CN=vm-a");
+        assert!(vsock(3, 1).peer().names_one_guest());
+        assert!(!tcp([127, 0, 0, 1], 1).peer().names_one_guest());
+    }
     use crate::engine::builtin::{EICAR, builtin_engines};
     use crate::engine::hash::{HashDbKind, HashEngine, SharedHashEngine};
 

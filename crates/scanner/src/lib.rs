@@ -7,14 +7,17 @@
 //! edge are added as modules beside it.)
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod connection;
 pub mod engine;
 pub mod listen;
+pub mod log_limit;
 pub mod metrics;
 pub mod scan;
 pub mod service;
 pub mod session;
 pub mod signatures;
+pub mod tls;

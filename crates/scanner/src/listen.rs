@@ -1,8 +1,11 @@
 //! Listener URLs and the sockets behind them.
 //!
 //! `vsock://any:PORT` (or `vsock://CID:PORT`), `tcp://HOST:PORT`,
-//! `unix:///path`. Every accepted connection comes with a [`GuestId`]: on
-//! vsock the peer's CID identifies the guest.
+//! `tls://HOST:PORT`, `unix:///path`. Every accepted connection comes with a
+//! [`GuestId`], the transport's word on who connected: on vsock the peer's
+//! CID, on TLS the client certificate's subject, on Unix the peer's uid, on
+//! TCP the address. `tcp://` is refused beyond loopback
+//! ([`ListenUrl::unauthenticated_beyond_loopback`]): use `tls://` there.
 //!
 //! vsock exists only on Linux and Unix sockets only on Unix: elsewhere (Windows)
 //! such a URL still parses, but binding or connecting it fails with
@@ -37,6 +40,8 @@ pub enum ListenUrl {
     },
     /// TCP.
     Tcp(SocketAddr),
+    /// TCP with TLS; guests must present a client certificate.
+    Tls(SocketAddr),
     /// A Unix stream socket path.
     Unix(PathBuf),
 }
@@ -44,7 +49,7 @@ pub enum ListenUrl {
 /// Why a URL was rejected.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{url:?}: {why} (expected vsock://any:PORT, vsock://CID:PORT, tcp://HOST:PORT or unix:///path)"
+    "{url:?}: {why} (expected vsock://any:PORT, vsock://CID:PORT, tcp://HOST:PORT, tls://HOST:PORT or unix:///path)"
 )]
 pub struct UrlError {
     url: String,
@@ -76,13 +81,17 @@ impl FromStr for ListenUrl {
                     .map_err(|_| err("the port must be a number 0..=4294967295"))?;
                 Ok(Self::Vsock { cid, port })
             }
-            "tcp" => {
+            "tcp" | "tls" => {
                 let addr = rest
                     .to_socket_addrs()
                     .map_err(|e| err(&format!("bad TCP address: {e}")))?
                     .next()
                     .ok_or_else(|| err("the host name resolves to nothing"))?;
-                Ok(Self::Tcp(addr))
+                Ok(if scheme == "tls" {
+                    Self::Tls(addr)
+                } else {
+                    Self::Tcp(addr)
+                })
             }
             "unix" => {
                 if !rest.starts_with('/') {
@@ -101,12 +110,28 @@ impl fmt::Display for ListenUrl {
             Self::Vsock { cid, port } if *cid == VMADDR_CID_ANY => write!(f, "vsock://any:{port}"),
             Self::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
             Self::Tcp(a) => write!(f, "tcp://{a}"),
+            Self::Tls(a) => write!(f, "tls://{a}"),
             Self::Unix(p) => write!(f, "unix://{}", p.display()),
         }
     }
 }
 
+/// Why a `tcp://` listener beyond loopback is refused.
+pub const TCP_NEEDS_TLS: &str = "plain TCP beyond loopback cannot tell one guest from another \
+     (any host can claim any address and name); listen on tls://HOST:PORT with a [tls] section \
+     (cert, key, client_ca: guests present certificates the CA signed), or on a loopback address";
+
 impl ListenUrl {
+    /// `Some(why)` for a plain `tcp://` listener on an address that is not
+    /// loopback ([`TCP_NEEDS_TLS`]): its peers prove nothing about who they
+    /// are. Loopback TCP (labs, tests) and every other transport pass.
+    pub fn unauthenticated_beyond_loopback(&self) -> Option<&'static str> {
+        match self {
+            Self::Tcp(addr) if !addr.ip().is_loopback() => Some(TCP_NEEDS_TLS),
+            _ => None,
+        }
+    }
+
     /// The embedded default: vsock on every CID and loopback TCP, same port.
     pub fn defaults(port: u32) -> Vec<Self> {
         vec![
@@ -157,6 +182,12 @@ pub enum Listener {
     Vsock(tokio_vsock::VsockListener, ListenUrl),
     /// TCP.
     Tcp(tokio::net::TcpListener, ListenUrl),
+    /// TCP with TLS and client certificates.
+    Tls(
+        tokio::net::TcpListener,
+        std::sync::Arc<rustls::ServerConfig>,
+        ListenUrl,
+    ),
     /// Unix; the path is removed on drop (Unix only).
     #[cfg(unix)]
     Unix(tokio::net::UnixListener, UnixPathGuard, ListenUrl),
@@ -205,6 +236,22 @@ pub enum BindError {
         url: ListenUrl,
         /// What is missing and what to use instead.
         why: &'static str,
+    },
+    /// Plain TCP on an address other than loopback ([`TCP_NEEDS_TLS`]).
+    #[error("{url}: {why}")]
+    Unauthenticated {
+        /// The URL.
+        url: ListenUrl,
+        /// Why, and what to use instead.
+        why: &'static str,
+    },
+    /// A `tls://` listener without a `[tls]` section.
+    #[error(
+        "{url}: tls:// needs a [tls] section with cert, key and client_ca (the CA that signs guest certificates)"
+    )]
+    NoTlsConfig {
+        /// The URL.
+        url: ListenUrl,
     },
     /// Any other bind error.
     #[error("{url}: cannot listen: {source}")]
@@ -255,15 +302,40 @@ fn no_vsock(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(97) | Some(19) | Some(99))
 }
 
+fn bind_tcp(addr: &SocketAddr, url: &ListenUrl) -> Result<tokio::net::TcpListener, BindError> {
+    let io_err = |source| BindError::Io {
+        url: url.clone(),
+        source,
+    };
+    let std = std::net::TcpListener::bind(addr).map_err(io_err)?;
+    std.set_nonblocking(true).map_err(io_err)?;
+    tokio::net::TcpListener::from_std(std).map_err(io_err)
+}
+
 impl Listener {
-    /// Binds `url`.
+    /// Binds `url` (a `tls://` URL needs [`Listener::bind_with_tls`]).
     pub fn bind(url: &ListenUrl) -> Result<Self, BindError> {
+        Self::bind_with_tls(url, None)
+    }
+
+    /// Binds `url`; `tls` is the server configuration `tls://` listeners
+    /// use (see [`crate::tls::server_config`]).
+    pub fn bind_with_tls(
+        url: &ListenUrl,
+        tls: Option<&std::sync::Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, BindError> {
         let io_err = |source| BindError::Io {
             url: url.clone(),
             source,
         };
         if let Some(why) = transport_unsupported(url) {
             return Err(BindError::Unsupported {
+                url: url.clone(),
+                why,
+            });
+        }
+        if let Some(why) = url.unauthenticated_beyond_loopback() {
+            return Err(BindError::Unauthenticated {
                 url: url.clone(),
                 why,
             });
@@ -282,14 +354,21 @@ impl Listener {
                 }
             }
             ListenUrl::Tcp(addr) => {
-                if !addr.ip().is_loopback() {
-                    tracing::warn!(%addr, "TCP listener on a non-loopback address: guests are not authenticated on TCP");
-                }
-                let std = std::net::TcpListener::bind(addr).map_err(io_err)?;
-                std.set_nonblocking(true).map_err(io_err)?;
-                let l = tokio::net::TcpListener::from_std(std).map_err(io_err)?;
+                let l = bind_tcp(addr, url)?;
                 let bound = l.local_addr().map_err(io_err)?;
                 Ok(Self::Tcp(l, ListenUrl::Tcp(bound)))
+            }
+            ListenUrl::Tls(addr) => {
+                let Some(tls) = tls else {
+                    return Err(BindError::NoTlsConfig { url: url.clone() });
+                };
+                let l = bind_tcp(addr, url)?;
+                let bound = l.local_addr().map_err(io_err)?;
+                Ok(Self::Tls(
+                    l,
+                    std::sync::Arc::clone(tls),
+                    ListenUrl::Tls(bound),
+                ))
             }
             #[cfg(unix)]
             ListenUrl::Unix(path) => {
@@ -311,18 +390,21 @@ impl Listener {
             #[cfg(target_os = "linux")]
             Self::Vsock(_, u) => u,
             Self::Tcp(_, u) => u,
+            Self::Tls(_, _, u) => u,
             #[cfg(unix)]
             Self::Unix(_, _, u) => u,
         }
     }
 
-    /// Waits for the next connection.
-    pub async fn accept(&self) -> io::Result<(BoxConn, GuestId)> {
+    /// Waits for the next connection. A TLS connection is returned before
+    /// its handshake ([`Accepted::establish`] runs it), so that one slow
+    /// peer never holds up the accept loop.
+    pub async fn accept(&self) -> io::Result<Accepted> {
         match self {
             #[cfg(target_os = "linux")]
             Self::Vsock(l, _) => {
                 let (s, a) = l.accept().await?;
-                Ok((
+                Ok(Accepted::ready(
                     Box::pin(s),
                     GuestId::Vsock {
                         cid: a.cid(),
@@ -333,17 +415,27 @@ impl Listener {
             Self::Tcp(l, _) => {
                 let (s, a) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                Ok((Box::pin(s), GuestId::Tcp(a)))
+                Ok(Accepted::ready(Box::pin(s), GuestId::Tcp(a)))
+            }
+            Self::Tls(l, tls, _) => {
+                let (s, a) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::clone(tls));
+                Ok(Accepted {
+                    stream: Pending::Tls(s, acceptor, a),
+                    guest: GuestId::Tcp(a),
+                })
             }
             #[cfg(unix)]
             Self::Unix(l, guard, _) => {
                 let (s, _) = l.accept().await?;
-                let pid = s.peer_cred().ok().and_then(|c| c.pid());
-                Ok((
+                let cred = s.peer_cred().ok();
+                Ok(Accepted::ready(
                     Box::pin(s),
                     GuestId::Unix {
                         listener: guard.0.clone(),
-                        pid,
+                        uid: cred.map(|c| c.uid()),
+                        pid: cred.and_then(|c| c.pid()),
                     },
                 ))
             }
@@ -351,12 +443,115 @@ impl Listener {
     }
 }
 
-/// Connects to `url` as a client (used by `thinagent-diag scan` and tests).
+enum Pending {
+    Ready(BoxConn),
+    Tls(tokio::net::TcpStream, tokio_rustls::TlsAcceptor, SocketAddr),
+}
+
+/// An accepted connection whose transport may still have to authenticate
+/// the peer (TLS).
+pub struct Accepted {
+    stream: Pending,
+    guest: GuestId,
+}
+
+impl fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accepted")
+            .field("guest", &self.guest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a TLS handshake did not give a guest identity.
+#[derive(Debug, thiserror::Error)]
+pub enum EstablishError {
+    /// The TLS handshake failed (no or untrusted client certificate, not
+    /// TLS at all, connection closed).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    /// The verified client certificate has no subject to identify it by.
+    #[error("the client certificate has an empty or unreadable subject")]
+    NoSubject,
+}
+
+impl Accepted {
+    fn ready(stream: BoxConn, guest: GuestId) -> Self {
+        Self {
+            stream: Pending::Ready(stream),
+            guest,
+        }
+    }
+
+    /// Who connected, as far as known before [`establish`](Self::establish):
+    /// for TLS, the TCP address (its certificate is not checked yet).
+    pub fn guest(&self) -> &GuestId {
+        &self.guest
+    }
+
+    /// Runs the TLS handshake if there is one (the caller bounds it in
+    /// time) and returns the stream with the guest's final identity: for
+    /// TLS, [`GuestId::Tls`] with the verified certificate's subject.
+    pub async fn establish(self) -> Result<(BoxConn, GuestId), EstablishError> {
+        match self.stream {
+            Pending::Ready(s) => Ok((s, self.guest)),
+            Pending::Tls(tcp, acceptor, addr) => {
+                let tls = acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(EstablishError::Handshake)?;
+                let subject = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(crate::tls::subject_of)
+                    .ok_or(EstablishError::NoSubject)?;
+                Ok((
+                    Box::pin(tls),
+                    GuestId::Tls {
+                        addr,
+                        subject: std::sync::Arc::from(subject),
+                    },
+                ))
+            }
+        }
+    }
+}
+
+/// Connects to `url` as a client (used by `thinagent-diag scan` and tests);
+/// a `tls://` URL needs [`connect_with_tls`].
 pub async fn connect(url: &ListenUrl) -> io::Result<BoxConn> {
+    connect_with_tls(url, None).await
+}
+
+/// Connects to `url`; a `tls://` URL uses `tls` (a client configuration
+/// with the guest's certificate; `thinagent-diag scan --tls-cert` builds
+/// one from PEM files) and checks the scanner's certificate against the
+/// URL's IP address.
+pub async fn connect_with_tls(
+    url: &ListenUrl,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> io::Result<BoxConn> {
     if let Some(why) = transport_unsupported(url) {
         return Err(unsupported_io_error(url, why));
     }
     Ok(match url {
+        ListenUrl::Tls(a) => {
+            let Some(tls) = tls else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{url}: a tls:// scanner needs a client certificate (give --tls-cert, --tls-key and --tls-ca)"
+                    ),
+                ));
+            };
+            let s = tokio::net::TcpStream::connect(a).await?;
+            let _ = s.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::IpAddress(a.ip().into());
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
+            Box::pin(connector.connect(name, s).await?)
+        }
         #[cfg(target_os = "linux")]
         ListenUrl::Vsock { cid, port } => Box::pin(
             tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
@@ -487,6 +682,6 @@ mod tests {
         assert!(!url.to_string().ends_with(":0"));
         let (c, a) = tokio::join!(connect(&url), l.accept());
         c.unwrap();
-        assert!(matches!(a.unwrap().1, GuestId::Tcp(_)));
+        assert!(matches!(a.unwrap().guest(), GuestId::Tcp(_)));
     }
 }

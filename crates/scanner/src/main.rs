@@ -26,7 +26,7 @@ struct Cli {
     /// TOML configuration file (see dist/thinagent-scanner.toml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Validate the configuration (and load the signatures, ping clamd), then exit: 0 valid, 2 not.
+    /// Run every check of the start short of binding (values, signatures, audit log path; pings clamd), then exit: 0 valid, 2 not.
     #[arg(long)]
     check_config: bool,
     /// Listen here (repeatable): vsock://any:PORT, tcp://127.0.0.1:PORT, unix:///path. [config: listen]
@@ -56,7 +56,7 @@ struct Cli {
     /// [config: limits.max_frame_len]
     #[arg(long, value_name = "BYTES")]
     max_frame_len: Option<u32>,
-    /// [config: limits.max_read_chunk]
+    /// Unset: max-frame-len - 56, at most max-bytes-in-flight. [config: limits.max_read_chunk]
     #[arg(long, value_name = "BYTES")]
     max_read_chunk: Option<u32>,
     /// [config: limits.max_reads_in_flight]
@@ -68,10 +68,10 @@ struct Cli {
     /// Scan budget per query. [config: limits.request_timeout_ms]
     #[arg(long, value_name = "MS")]
     request_timeout_ms: Option<u64>,
-    /// [config: limits.idle_timeout_ms]
+    /// Unset: 30000, or 3 heartbeat intervals if longer. [config: limits.idle_timeout_ms]
     #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
-    /// [config: limits.heartbeat_interval_ms]
+    /// Unset: 10000, or a third of the idle timeout if shorter. [config: limits.heartbeat_interval_ms]
     #[arg(long, value_name = "MS")]
     heartbeat_interval_ms: Option<u64>,
     /// [config: limits.handshake_timeout_ms]
@@ -80,6 +80,24 @@ struct Cli {
     /// [config: limits.max_sessions]
     #[arg(long, value_name = "N")]
     max_sessions: Option<u32>,
+    /// [config: limits.max_sessions_per_guest]
+    #[arg(long, value_name = "N")]
+    max_sessions_per_guest: Option<u32>,
+    /// Connections that have not sent Hello yet, over all peers. [config: limits.max_pending_handshakes]
+    #[arg(long, value_name = "N")]
+    max_pending_handshakes: Option<u32>,
+    /// Connections one peer may have that have not sent Hello yet. [config: limits.max_pending_per_peer]
+    #[arg(long, value_name = "N")]
+    max_pending_per_peer: Option<u32>,
+    /// PEM certificate chain of tls:// listeners. [config: tls.cert]
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of tls:// listeners. [config: tls.key]
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_client_ca"])]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign guest certificates. [config: tls.client_ca]
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_client_ca: Option<PathBuf>,
     /// Max unanswered FileEvents per guest. [config: limits.max_in_flight_per_guest]
     #[arg(long, value_name = "N")]
     max_in_flight: Option<u32>,
@@ -153,16 +171,34 @@ impl Cli {
         if !self.allow_cid.is_empty() {
             c.allowed_cids = self.allow_cid.clone();
         }
+        if let (Some(cert), Some(key), Some(client_ca)) =
+            (&self.tls_cert, &self.tls_key, &self.tls_client_ca)
+        {
+            c.tls = Some(thinagent_scanner::tls::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            });
+        }
         let l = &mut c.limits;
         set(&mut l.max_frame_len, self.max_frame_len);
-        set(&mut l.max_read_chunk, self.max_read_chunk);
+        if self.max_read_chunk.is_some() {
+            l.max_read_chunk = self.max_read_chunk;
+        }
         set(&mut l.max_reads_in_flight, self.max_reads_in_flight);
         set(&mut l.max_file_size, self.max_file_size);
         set(&mut l.request_timeout_ms, self.request_timeout_ms);
-        set(&mut l.idle_timeout_ms, self.idle_timeout_ms);
-        set(&mut l.heartbeat_interval_ms, self.heartbeat_interval_ms);
+        if self.idle_timeout_ms.is_some() {
+            l.idle_timeout_ms = self.idle_timeout_ms;
+        }
+        if self.heartbeat_interval_ms.is_some() {
+            l.heartbeat_interval_ms = self.heartbeat_interval_ms;
+        }
         set(&mut l.handshake_timeout_ms, self.handshake_timeout_ms);
         set(&mut l.max_sessions, self.max_sessions);
+        set(&mut l.max_sessions_per_guest, self.max_sessions_per_guest);
+        set(&mut l.max_pending_handshakes, self.max_pending_handshakes);
+        set(&mut l.max_pending_per_peer, self.max_pending_per_peer);
         set(&mut l.max_in_flight_per_guest, self.max_in_flight);
         set(
             &mut l.max_bytes_in_flight_per_guest,
@@ -201,12 +237,17 @@ fn init_logs(c: &Config) {
     }
 }
 
-/// `--check-config`: everything short of binding.
+/// `--check-config`: every check of the start short of binding (the same
+/// [`service::prepare`]), and a clamd PING. The audit log is opened as the
+/// start opens it and closed again; a file the check created is removed.
 fn check(config: &Config) -> Result<String> {
-    config.validate()?;
-    let sc = service::signature_config(config)?;
-    let set = service::load_signatures(&sc)?;
-    service::ping_clamd(&sc).context("clamd is configured but does not answer PING")?;
+    let prepared = service::prepare(config)?;
+    let ping = service::ping_clamd(&prepared.signature_config);
+    if let Some(audit) = prepared.audit {
+        audit.close_checked()?;
+    }
+    ping.context("clamd is configured but does not answer PING")?;
+    let set = prepared.set;
     let (urls, _) = config.listeners()?;
     Ok(format!(
         "configuration OK: listen {}; {}",
@@ -302,6 +343,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        // Load warnings (e.g. signature names cut) go to stderr.
+        init_logs(&config);
         return match check(&config) {
             Ok(msg) => {
                 println!("{msg}");

@@ -32,6 +32,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// One label named `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why (e.g. `timeout`, `too_large`).
+    pub reason: String,
+}
+
 /// One label named `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -47,7 +54,9 @@ pub struct Metrics {
     pub sessions: Counter,
     /// Sessions open now.
     pub sessions_active: Gauge,
-    /// Connections refused (`kind`: `max_sessions`, `cid_not_allowed`).
+    /// Connections refused (`kind`: `max_sessions`, `max_sessions_per_guest`,
+    /// `max_pending_handshakes`, `max_pending_per_peer`, `cid_not_allowed`,
+    /// `tls_handshake`).
     pub sessions_refused: Family<KindLabel, Counter>,
     /// File queries received.
     pub queries: Counter,
@@ -65,11 +74,21 @@ pub struct Metrics {
     pub query_latency: Histogram,
     /// Signature (re)loads by result.
     pub signature_reloads: Family<ResultLabel, Counter>,
-    /// Signatures in the active set.
+    /// Signatures in the active set: built-in ones, hash signatures and
+    /// YARA rules (clamd's database is not counted: its size is unknown).
     pub signatures_loaded: Gauge,
     /// Audit records not written: the sink could not keep up (its queue was
     /// full) or the write failed (e.g. a full disk).
     pub audit_records_not_written: Counter,
+    /// Log lines peers caused that were held back and summarised.
+    pub log_lines_suppressed: Counter,
+    /// Connections accepted that have not completed `Hello` yet.
+    pub handshakes_pending: Gauge,
+    /// Verdicts decided by policy rather than by a scan, by reason
+    /// (`timeout`: the scan budget expired; `too_large`, `read_failed`,
+    /// `engine_failed`, `no_content_capability`, `session_closing`,
+    /// `over_limit`).
+    pub policy_verdicts: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -96,6 +115,9 @@ impl Metrics {
         let signature_reloads = Family::<ResultLabel, Counter>::default();
         let signatures_loaded = Gauge::default();
         let audit_records_not_written = Counter::default();
+        let log_lines_suppressed = Counter::default();
+        let handshakes_pending = Gauge::default();
+        let policy_verdicts = Family::<ReasonLabel, Counter>::default();
         registry.register("sessions", "Guest sessions accepted", sessions.clone());
         registry.register(
             "sessions_active",
@@ -141,13 +163,28 @@ impl Metrics {
         );
         registry.register(
             "signatures_loaded",
-            "Signatures in the active set",
+            "Signatures in the active set: built-in, hash and YARA (clamd's database is not counted)",
             signatures_loaded.clone(),
         );
         registry.register(
             "audit_records_not_written",
             "Audit records dropped because the audit sink could not keep up or its write failed",
             audit_records_not_written.clone(),
+        );
+        registry.register(
+            "log_lines_suppressed",
+            "Log lines about peers held back by rate limiting (each window ends with a summary line)",
+            log_lines_suppressed.clone(),
+        );
+        registry.register(
+            "handshakes_pending",
+            "Connections accepted that have not completed Hello yet",
+            handshakes_pending.clone(),
+        );
+        registry.register(
+            "policy_verdicts",
+            "Verdicts decided by policy instead of a scan, by reason (timeout = scan budget expired)",
+            policy_verdicts.clone(),
         );
         Self {
             registry,
@@ -164,7 +201,19 @@ impl Metrics {
             signature_reloads,
             signatures_loaded,
             audit_records_not_written,
+            log_lines_suppressed,
+            handshakes_pending,
+            policy_verdicts,
         }
+    }
+
+    /// Counts a verdict decided by policy.
+    pub fn policy_verdict(&self, reason: &str) {
+        self.policy_verdicts
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a verdict by decision name.

@@ -5,9 +5,17 @@
 //! [`Service::run`] accepts connections until shutdown, one task per
 //! connection driving [`serve_connection_until`], with:
 //!
-//! * a bound on concurrent sessions: a connection above it gets
-//!   `Goodbye(Overloaded)` and is closed, without a session;
+//! * admission ([`crate::admission`]): a connection that has not said
+//!   `Hello` holds a *pending* slot (bounded in total and per peer; more are
+//!   closed at once), and only a completed handshake takes a *session* slot
+//!   (bounded in total and per guest identity; more get
+//!   `Goodbye(Overloaded)`), so silent peers never crowd out guests;
+//! * `tls://` listeners run their TLS handshake in the connection's task,
+//!   inside the handshake timeout and the pending slot;
 //! * an optional vsock CID allow-list: other CIDs are closed at once;
+//! * log lines peers can cause are rate-limited per peer and kind
+//!   ([`crate::log_limit`]): a flood is logged as a few lines and a
+//!   summary;
 //! * signature reloads ([`ServiceHandle::reload`], SIGHUP in the binary):
 //!   the new set is built off the runtime and swapped atomically; a failed
 //!   load keeps the old set and says why;
@@ -16,25 +24,31 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use thinagent_protocol::{Decision, Goodbye, GoodbyeReason, Message};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Level;
 
-use crate::audit::{AuditEntry, AuditLog, rfc3339};
+use crate::admission::{Admission, AdmissionLimits, PendingSlot, SessionSlot};
+use crate::audit::{AuditEntry, AuditFile, AuditLog, rfc3339};
 use crate::cache::{CacheLimits, VerdictCaches};
 use crate::config::Config;
 use crate::connection::{
-    AuditRecord, GuestId, Limits, ScanContext, ScanObserver, VerdictSource, serve_connection_until,
+    Admit, AuditRecord, GuestId, Limits, PeerIdentity, ScanContext, ScanObserver, VerdictSource,
+    serve_connection_admitted,
 };
 use crate::engine::EngineError;
 use crate::engine::clamd::{ClamdAddress, ClamdEngine};
-use crate::listen::{BindError, ListenUrl, Listener};
+use crate::listen::{Accepted, BindError, ListenUrl, Listener};
+use crate::log_limit::{LogLimiter, LogLimits};
 use crate::metrics::Metrics;
-use crate::session::{Anomaly, CloseReason, GuestInfo, PolicyVerdicts, SessionLimits};
+use crate::session::{
+    Anomaly, CloseReason, GuestInfo, PolicyReason, PolicyVerdicts, SessionLimits,
+};
 use crate::signatures::{ClamdConfig, LoadSummary, SignatureConfig, SignatureError, SignatureSet};
 
 /// Why the service could not start.
@@ -61,6 +75,9 @@ pub enum ServiceError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditOpenError),
+    /// The `[tls]` certificates or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The metrics endpoint could not be bound.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -94,13 +111,13 @@ pub fn connection_limits(config: &Config) -> Limits {
     let session = SessionLimits {
         max_frame_len: l.max_frame_len,
         max_events_in_flight: l.max_in_flight_per_guest,
-        max_read_chunk: l.max_read_chunk,
+        max_read_chunk: l.read_chunk(),
         max_reads_in_flight: l.max_reads_in_flight,
         max_bytes_in_flight: l.max_bytes_in_flight_per_guest,
         max_file_size: l.max_file_size,
         query_timeout: Duration::from_millis(l.request_timeout_ms),
-        heartbeat_interval: Duration::from_millis(l.heartbeat_interval_ms),
-        idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+        heartbeat_interval: Duration::from_millis(l.heartbeat_interval()),
+        idle_timeout: Duration::from_millis(l.idle_timeout()),
         handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
         policy: PolicyVerdicts {
             too_large: p.too_large.decision(),
@@ -139,6 +156,39 @@ pub fn load_signatures(config: &SignatureConfig) -> Result<SignatureSet, Service
     Ok(set)
 }
 
+/// What the start checks and loads before it binds anything: the values
+/// of the configuration, the signature set, the audit log's path (opened,
+/// created if missing). [`Service::build`] starts from it; `--check-config`
+/// runs it, pings clamd, closes the audit file with
+/// [`AuditFile::close_checked`] and stops. Blocking (signature loading).
+#[derive(Debug)]
+pub struct Prepared {
+    /// The signature configuration (kept for reloads).
+    pub signature_config: SignatureConfig,
+    /// The loaded set.
+    pub set: SignatureSet,
+    /// The opened audit file, when one is configured.
+    pub audit: Option<AuditFile>,
+}
+
+/// Runs every check of the start that needs no binding; see [`Prepared`].
+pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
+    config.validate()?;
+    let signature_config = signature_config(config)?;
+    let set = load_signatures(&signature_config)?;
+    // Last: nothing after it fails, so a check never leaves a file behind.
+    let audit = config
+        .audit_log
+        .as_deref()
+        .map(AuditFile::open)
+        .transpose()?;
+    Ok(Prepared {
+        signature_config,
+        set,
+        audit,
+    })
+}
+
 /// Pings the configured clamd.
 pub fn ping_clamd(config: &SignatureConfig) -> Result<(), EngineError> {
     match &config.clamd {
@@ -159,10 +209,137 @@ pub fn describe(summary: &LoadSummary) -> String {
     )
 }
 
+/// The kinds of log line a peer can cause, each rate-limited per peer
+/// ([`PeerLog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogKind {
+    /// A guest completed its handshake.
+    Connected,
+    /// A session ended normally.
+    Closed,
+    /// A session ended on a protocol error or timeout.
+    ProtocolError,
+    /// Something odd the session skipped.
+    Anomaly,
+    /// A threat was found (every one is in the audit log).
+    Threat,
+    /// An engine failed.
+    EngineError,
+    /// A scan budget expired (the policy verdict was sent).
+    ScanTimeout,
+    /// A connection was refused (limits, CID allow-list).
+    Refused,
+    /// A TLS handshake failed.
+    TlsFailed,
+    /// `accept` itself failed (no peer).
+    AcceptFailed,
+}
+
+impl LogKind {
+    fn level(self) -> Level {
+        match self {
+            Self::Connected | Self::Closed | Self::Anomaly => Level::INFO,
+            _ => Level::WARN,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Connected => "guest connected",
+            Self::Closed => "session closed",
+            Self::ProtocolError => "protocol error",
+            Self::Anomaly => "protocol anomaly",
+            Self::Threat => "threat found",
+            Self::EngineError => "engine failed",
+            Self::ScanTimeout => "scan budget expired",
+            Self::Refused => "connection refused",
+            Self::TlsFailed => "TLS handshake failed",
+            Self::AcceptFailed => "accept failed",
+        }
+    }
+}
+
+/// Rate limiting of the log lines peers cause: the first few of a kind per
+/// peer per 10 s are logged, the rest summarised as "N more like this".
+#[derive(Debug)]
+pub struct PeerLog {
+    limiter: Mutex<LogLimiter<LogKind>>,
+    metrics: Arc<Metrics>,
+}
+
+impl PeerLog {
+    /// A limiter with `limits`, counting held-back lines into `metrics`.
+    pub fn new(limits: LogLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            limiter: Mutex::new(LogLimiter::new(limits)),
+            metrics,
+        }
+    }
+
+    /// Whether a line of `kind` about `peer` may be logged now (logs the
+    /// summary of an ended window first).
+    pub fn allow(&self, peer: Option<&PeerIdentity>, kind: LogKind) -> bool {
+        let (ok, summary) = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(peer, kind, Instant::now());
+        if let Some(s) = summary {
+            self.summarise(&s);
+        }
+        if !ok {
+            self.metrics.log_lines_suppressed.inc();
+        }
+        ok
+    }
+
+    /// Logs the summaries of every ended window (call periodically).
+    pub fn flush(&self) {
+        let ended = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush(Instant::now());
+        for s in &ended {
+            self.summarise(s);
+        }
+    }
+
+    /// Logs every summary, ended or not (at shutdown).
+    pub fn drain(&self) {
+        let all = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(Instant::now());
+        for s in &all {
+            self.summarise(s);
+        }
+    }
+
+    fn summarise(&self, s: &crate::log_limit::Suppressed<LogKind>) {
+        let peer = s
+            .peer
+            .as_ref()
+            .map_or_else(|| "other peers".to_string(), ToString::to_string);
+        let what = s.kind.name();
+        let message = s.message();
+        if s.kind.level() == Level::WARN {
+            tracing::warn!(%peer, kind = what, suppressed = s.count, "{what}: {message}");
+        } else {
+            tracing::info!(%peer, kind = what, suppressed = s.count, "{what}: {message}");
+        }
+    }
+}
+
 /// Metrics, audit log and logs for every connection.
 pub struct ServiceObserver {
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
+    logs: Arc<PeerLog>,
+    /// `limits.request_timeout_ms`, named in the log line of a query that
+    /// exceeded it.
+    scan_budget: Option<Duration>,
 }
 
 impl std::fmt::Debug for ServiceObserver {
@@ -174,9 +351,44 @@ impl std::fmt::Debug for ServiceObserver {
 }
 
 impl ServiceObserver {
-    /// An observer counting into `metrics` and auditing into `audit`.
-    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>) -> Self {
-        Self { metrics, audit }
+    /// An observer counting into `metrics`, auditing into `audit` and
+    /// logging through `logs`.
+    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, logs: Arc<PeerLog>) -> Self {
+        Self {
+            metrics,
+            audit,
+            logs,
+            scan_budget: None,
+        }
+    }
+
+    fn allow(&self, guest: &GuestId, kind: LogKind) -> bool {
+        self.logs.allow(Some(&guest.peer()), kind)
+    }
+
+    /// Names `budget` (the sessions' scan budget) in scan-timeout log lines.
+    #[must_use]
+    pub fn with_scan_budget(mut self, budget: Duration) -> Self {
+        self.scan_budget = Some(budget);
+        self
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `reason` label of a verdict decided by policy; `None` for scanned,
+/// cached and abandoned queries.
+fn policy_label(source: VerdictSource) -> Option<String> {
+    match source {
+        VerdictSource::Policy(reason) => Some(kind_label(&format!("{reason:?}"))),
+        VerdictSource::ReadFailed(_) => Some("read_failed".into()),
+        VerdictSource::EngineFailed => Some("engine_failed".into()),
+        VerdictSource::Scanned
+        | VerdictSource::IdentityCache
+        | VerdictSource::ContentCache
+        | VerdictSource::Abandoned => None,
     }
 }
 
@@ -216,35 +428,38 @@ impl ScanObserver for ServiceObserver {
     }
 
     fn on_handshake(&self, guest: &GuestId, info: &GuestInfo) {
-        tracing::info!(%guest, name = %info.name, os = ?info.os, version = info.version, "guest connected");
+        if self.allow(guest, LogKind::Connected) {
+            tracing::info!(%guest, name = %info.name, os = ?info.os, version = info.version, "guest connected");
+        }
     }
 
     fn on_session_closed(&self, guest: &GuestId, reason: &CloseReason) {
         self.metrics.sessions_active.dec();
-        match reason {
+        let error = match reason {
             CloseReason::PeerGoodbye(_) | CloseReason::Local(_) | CloseReason::TransportClosed => {
-                tracing::info!(%guest, %reason, "session closed");
+                None
             }
-            CloseReason::Decode(e) => {
-                self.metrics.protocol_error(&kind_label(&format!("{e:?}")));
-                tracing::warn!(%guest, %reason, "session closed: protocol error");
+            CloseReason::Decode(e) => Some(kind_label(&format!("{e:?}"))),
+            CloseReason::Protocol { code, .. } => Some(kind_label(&format!("{code:?}"))),
+            CloseReason::VersionUnsupported { .. } => Some("version_unsupported".into()),
+            CloseReason::HandshakeTimeout => Some("handshake_timeout".into()),
+            CloseReason::IdleTimeout => Some("idle_timeout".into()),
+        };
+        match error {
+            None => {
+                if self.allow(guest, LogKind::Closed) {
+                    tracing::info!(%guest, %reason, "session closed");
+                }
             }
-            CloseReason::Protocol { code, .. } => {
-                self.metrics
-                    .protocol_error(&kind_label(&format!("{code:?}")));
-                tracing::warn!(%guest, %reason, "session closed: protocol error");
-            }
-            CloseReason::VersionUnsupported { .. } => {
-                self.metrics.protocol_error("version_unsupported");
-                tracing::warn!(%guest, %reason, "session closed: protocol error");
-            }
-            CloseReason::HandshakeTimeout => {
-                self.metrics.protocol_error("handshake_timeout");
-                tracing::warn!(%guest, %reason, "session closed");
-            }
-            CloseReason::IdleTimeout => {
-                self.metrics.protocol_error("idle_timeout");
-                tracing::warn!(%guest, %reason, "session closed");
+            Some(kind) => {
+                self.metrics.protocol_error(&kind);
+                if self.allow(guest, LogKind::ProtocolError) {
+                    if kind.ends_with("_timeout") {
+                        tracing::warn!(%guest, %reason, "session closed");
+                    } else {
+                        tracing::warn!(%guest, %reason, %kind, "session closed: protocol error");
+                    }
+                }
             }
         }
     }
@@ -264,9 +479,28 @@ impl ScanObserver for ServiceObserver {
         }
         let verdict = r.verdict.map_or("none", decision_label);
         m.verdict(verdict);
+        if let Some(reason) = policy_label(r.source) {
+            m.policy_verdict(&reason);
+        }
         match (&r.verdict, &r.threat) {
+            (Some(_), _) if r.source == VerdictSource::Policy(PolicyReason::Timeout) => {
+                if self.allow(&r.guest, LogKind::ScanTimeout) {
+                    tracing::warn!(
+                    guest = %r.guest,
+                    name = %r.guest_name,
+                    path = %r.path,
+                    elapsed_ms = millis(r.duration),
+                    budget_ms = self.scan_budget.map(millis),
+                    verdict,
+                    bytes = r.bytes,
+                    "scan budget (limits.request_timeout_ms) expired: policy.timeout verdict sent"
+                    );
+                }
+            }
             (Some(Decision::Deny), Some(threat)) => {
-                tracing::warn!(guest = %r.guest, name = %r.guest_name, path = %r.path, %threat, engine = r.engine.unwrap_or(""), "threat found, open denied");
+                if self.allow(&r.guest, LogKind::Threat) {
+                    tracing::warn!(guest = %r.guest, name = %r.guest_name, path = %r.path, %threat, engine = r.engine.unwrap_or(""), "threat found, open denied");
+                }
             }
             (None, _) => {
                 tracing::debug!(guest = %r.guest, path = %r.path, "query abandoned (guest gone)");
@@ -279,6 +513,7 @@ impl ScanObserver for ServiceObserver {
             audit.write(&AuditEntry {
                 time: rfc3339(r.time),
                 guest: format!("{} {}", r.guest, r.guest_name),
+                peer: r.guest.peer().to_string(),
                 path: r.path.clone(),
                 verdict: verdict.to_string(),
                 threat: r.threat.clone(),
@@ -293,14 +528,74 @@ impl ScanObserver for ServiceObserver {
     fn on_protocol_event(&self, guest: &GuestId, anomaly: &Anomaly) {
         self.metrics
             .protocol_error(&kind_label(&format!("{anomaly:?}")));
-        tracing::info!(%guest, ?anomaly, "protocol anomaly (session continues)");
+        if self.allow(guest, LogKind::Anomaly) {
+            tracing::info!(%guest, ?anomaly, "protocol anomaly (session continues)");
+        }
     }
 
     fn on_engine_error(&self, guest: &GuestId, error: &EngineError) {
         let text = error.to_string();
         let engine = text.split(':').next().unwrap_or("engine");
         self.metrics.engine_error(engine);
-        tracing::warn!(%guest, %error, "engine failed; policy verdict sent");
+        if self.allow(guest, LogKind::EngineError) {
+            tracing::warn!(%guest, %error, "engine failed; policy verdict sent");
+        }
+    }
+}
+
+/// What a connection holds while it runs: its pending slot until the
+/// handshake, then its session slot ([`crate::admission`]).
+struct ConnectionSlot {
+    pending: Option<PendingSlot>,
+    session: Option<SessionSlot>,
+    metrics: Arc<Metrics>,
+    logs: Arc<PeerLog>,
+}
+
+impl ConnectionSlot {
+    fn new(pending: PendingSlot, metrics: Arc<Metrics>, logs: Arc<PeerLog>) -> Self {
+        metrics.handshakes_pending.inc();
+        Self {
+            pending: Some(pending),
+            session: None,
+            metrics,
+            logs,
+        }
+    }
+
+    fn end_pending(&mut self) -> Option<PendingSlot> {
+        let p = self.pending.take();
+        if p.is_some() {
+            self.metrics.handshakes_pending.dec();
+        }
+        p
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.end_pending();
+    }
+}
+
+impl Admit for ConnectionSlot {
+    fn admit(&mut self, guest: &GuestId, _info: &GuestInfo) -> Result<(), GoodbyeReason> {
+        let Some(pending) = self.end_pending() else {
+            return Ok(());
+        };
+        match pending.promote(guest.peer()) {
+            Ok(slot) => {
+                self.session = Some(slot);
+                Ok(())
+            }
+            Err(refusal) => {
+                self.metrics.refused(refusal.label());
+                if self.logs.allow(Some(&guest.peer()), LogKind::Refused) {
+                    tracing::warn!(%guest, "{refusal}: Goodbye(Overloaded)");
+                }
+                Err(GoodbyeReason::Overloaded)
+            }
+        }
     }
 }
 
@@ -308,10 +603,13 @@ impl ScanObserver for ServiceObserver {
 pub struct Service {
     ctx: Arc<ScanContext>,
     metrics: Arc<Metrics>,
+    logs: Arc<PeerLog>,
     listeners: Vec<Listener>,
     metrics_listener: Option<tokio::net::TcpListener>,
     signature_config: SignatureConfig,
-    max_sessions: usize,
+    admission: Arc<Admission>,
+    /// Bound on a `tls://` connection's TLS handshake.
+    tls_handshake_timeout: Duration,
     allowed_cids: Vec<u32>,
 }
 
@@ -324,13 +622,16 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// Validates `config`, loads signatures, opens the audit log and binds
-    /// every listener. Must be called inside a tokio runtime.
+    /// Validates `config`, loads signatures, opens the audit log (all three
+    /// by [`prepare`]) and binds every listener. Must be called inside a
+    /// tokio runtime.
     pub async fn build(config: &Config) -> Result<Self, ServiceError> {
-        config.validate()?;
-        let signature_config = signature_config(config)?;
-        let sc = signature_config.clone();
-        let set = tokio::task::spawn_blocking(move || load_signatures(&sc))
+        let to_prepare = config.clone();
+        let Prepared {
+            signature_config,
+            set,
+            audit,
+        } = tokio::task::spawn_blocking(move || prepare(&to_prepare))
             .await
             .map_err(|e| ServiceError::Loader(e.to_string()))??;
         tracing::info!("signatures loaded: {}", describe(set.summary()));
@@ -338,15 +639,15 @@ impl Service {
         metrics.reload(true);
         metrics
             .signatures_loaded
-            .set(set.summary().hash_signatures as i64);
-        let audit = match &config.audit_log {
-            Some(path) => Some(AuditLog::open(
-                path,
-                metrics.audit_records_not_written.clone(),
-            )?),
-            None => None,
-        };
-        let observer = Arc::new(ServiceObserver::new(metrics.clone(), audit));
+            .set(signature_count(set.summary()));
+        let audit = audit
+            .map(|file| AuditLog::start(file, metrics.audit_records_not_written.clone()))
+            .transpose()?;
+        let logs = Arc::new(PeerLog::new(LogLimits::default(), metrics.clone()));
+        let observer = Arc::new(
+            ServiceObserver::new(metrics.clone(), audit, logs.clone())
+                .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms)),
+        );
         let ctx = Arc::new(ScanContext::with_caches(
             set,
             connection_limits(config),
@@ -354,10 +655,14 @@ impl Service {
             caches(config),
         ));
         let (urls, explicit) = config.listeners()?;
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::server_config(t)?),
+            None => None,
+        };
         let mut listeners = Vec::new();
         let mut skipped = Vec::new();
         for url in &urls {
-            match Listener::bind(url) {
+            match Listener::bind_with_tls(url, tls.as_ref()) {
                 Ok(l) => listeners.push(l),
                 // The embedded default's vsock listener is optional: skipped
                 // when the kernel lacks AF_VSOCK, or off Linux (Unsupported).
@@ -381,13 +686,21 @@ impl Service {
             ),
             None => None,
         };
+        let l = &config.limits;
         Ok(Self {
             ctx,
             metrics,
+            logs,
             listeners,
             metrics_listener,
             signature_config,
-            max_sessions: config.limits.max_sessions as usize,
+            admission: Admission::new(AdmissionLimits {
+                max_sessions: l.max_sessions,
+                max_sessions_per_guest: l.max_sessions_per_guest,
+                max_pending: l.max_pending_handshakes,
+                max_pending_per_peer: l.max_pending_per_peer,
+            }),
+            tls_handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             allowed_cids: config.allowed_cids.clone(),
         })
     }
@@ -413,68 +726,42 @@ impl Service {
         }
     }
 
+    /// The connection slot counters (for tests and inspection).
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
     /// Accepts connections until `shutdown` completes, then closes every
     /// session with `Goodbye(Shutdown)` and waits (up to `grace`) for them.
     pub async fn run<F: Future<Output = ()>>(self, shutdown: F, grace: Duration) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let sessions = Arc::new(Semaphore::new(self.max_sessions));
         let mut tasks = JoinSet::new();
         if let Some(l) = self.metrics_listener {
             tasks.spawn(crate::metrics::serve(l, self.metrics.clone()));
         }
+        let flush_logs = self.logs.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                flush_logs.flush();
+            }
+        });
         let mut accept_tasks = JoinSet::new();
         let conns = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
         for listener in self.listeners {
-            let ctx = self.ctx.clone();
-            let metrics = self.metrics.clone();
-            let sessions = sessions.clone();
-            let allowed = self.allowed_cids.clone();
-            let stop_rx = stop_rx.clone();
-            let conns = conns.clone();
-            let refusing = Arc::new(Semaphore::new(64));
-            accept_tasks.spawn(async move {
-                loop {
-                    let (stream, guest) = match listener.accept().await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(listener = %listener.url(), error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    if !admitted(&guest, &allowed) {
-                        metrics.refused("cid_not_allowed");
-                        tracing::warn!(%guest, "CID not in the allow-list: connection closed");
-                        drop(stream);
-                        continue;
-                    }
-                    let Ok(permit) = sessions.clone().try_acquire_owned() else {
-                        metrics.refused("max_sessions");
-                        tracing::warn!(%guest, "max sessions reached: Goodbye(Overloaded)");
-                        if let Ok(p) = refusing.clone().try_acquire_owned() {
-                            tokio::spawn(async move {
-                                refuse(stream).await;
-                                drop(p);
-                            });
-                        }
-                        continue;
-                    };
-                    let ctx = ctx.clone();
-                    let mut stop_rx = stop_rx.clone();
-                    let mut set = conns.lock().await;
-                    // Reap finished sessions so the set stays small.
-                    while set.try_join_next().is_some() {}
-                    set.spawn(async move {
-                        let stop = async move {
-                            let _ = stop_rx.wait_for(|s| *s).await;
-                            GoodbyeReason::Shutdown
-                        };
-                        let reason = serve_connection_until(stream, guest.clone(), ctx, stop).await;
-                        tracing::debug!(%guest, %reason, "connection task done");
-                        drop(permit);
-                    });
-                }
-            });
+            let acceptor = Acceptor {
+                ctx: self.ctx.clone(),
+                metrics: self.metrics.clone(),
+                logs: self.logs.clone(),
+                admission: self.admission.clone(),
+                allowed: self.allowed_cids.clone(),
+                tls_handshake_timeout: self.tls_handshake_timeout,
+                stop_rx: stop_rx.clone(),
+                conns: conns.clone(),
+                refusing: Arc::new(Semaphore::new(64)),
+            };
+            accept_tasks.spawn(acceptor.run(listener));
         }
         shutdown.await;
         tracing::info!("shutting down: closing every session");
@@ -489,11 +776,116 @@ impl Service {
             set.abort_all();
         }
         tasks.abort_all();
+        self.logs.drain();
     }
 }
 
+/// The accept loop of one listener.
+struct Acceptor {
+    ctx: Arc<ScanContext>,
+    metrics: Arc<Metrics>,
+    logs: Arc<PeerLog>,
+    admission: Arc<Admission>,
+    allowed: Vec<u32>,
+    tls_handshake_timeout: Duration,
+    stop_rx: watch::Receiver<bool>,
+    conns: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+    /// Bounds the tasks that send `Goodbye(Overloaded)` to refused peers.
+    refusing: Arc<Semaphore>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: Listener) {
+        loop {
+            let accepted = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    if self.logs.allow(None, LogKind::AcceptFailed) {
+                        tracing::warn!(listener = %listener.url(), error = %e, "accept failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            self.admit(accepted, matches!(listener, Listener::Tls(..)))
+                .await;
+        }
+    }
+
+    /// Gives `accepted` a pending slot and a task, or closes it.
+    async fn admit(&self, accepted: Accepted, tls: bool) {
+        let guest = accepted.guest().clone();
+        let peer = guest.peer();
+        if !admitted(&guest, &self.allowed) {
+            self.metrics.refused("cid_not_allowed");
+            if self.logs.allow(Some(&peer), LogKind::Refused) {
+                tracing::warn!(%guest, "CID not in the allow-list: connection closed");
+            }
+            return;
+        }
+        let pending = match self.admission.try_pending(peer.clone()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                self.metrics.refused(refusal.label());
+                if self.logs.allow(Some(&peer), LogKind::Refused) {
+                    tracing::warn!(%guest, "{refusal}: connection closed");
+                }
+                // A plain-text Goodbye means nothing on a TLS listener.
+                if !tls && let Ok(p) = self.refusing.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        if let Ok((stream, _)) = accepted.establish().await {
+                            refuse(stream).await;
+                        }
+                        drop(p);
+                    });
+                }
+                return;
+            }
+        };
+        let slot = ConnectionSlot::new(pending, self.metrics.clone(), self.logs.clone());
+        let ctx = self.ctx.clone();
+        let mut stop_rx = self.stop_rx.clone();
+        let logs = self.logs.clone();
+        let metrics = self.metrics.clone();
+        let tls_timeout = self.tls_handshake_timeout;
+        let mut set = self.conns.lock().await;
+        // Reap finished sessions so the set stays small.
+        while set.try_join_next().is_some() {}
+        set.spawn(async move {
+            let (stream, guest) =
+                match tokio::time::timeout(tls_timeout, accepted.establish()).await {
+                    Ok(Ok(x)) => x,
+                    Ok(Err(e)) => {
+                        metrics.refused("tls_handshake");
+                        if logs.allow(Some(&peer), LogKind::TlsFailed) {
+                            tracing::warn!(%guest, error = %e, "connection closed");
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.refused("tls_handshake");
+                        if logs.allow(Some(&peer), LogKind::TlsFailed) {
+                            tracing::warn!(%guest, "TLS handshake timed out: connection closed");
+                        }
+                        return;
+                    }
+                };
+            let stop = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+                GoodbyeReason::Shutdown
+            };
+            let reason =
+                serve_connection_admitted(stream, guest.clone(), ctx, stop, Some(Box::new(slot)))
+                    .await;
+            tracing::debug!(%guest, %reason, "connection task done");
+        });
+    }
+}
+
+/// `thinagent_scanner_signatures_loaded`: every signature of the active
+/// set ([`LoadSummary::signature_count`]), at start and after each reload.
 fn signature_count(summary: &LoadSummary) -> i64 {
-    i64::try_from(summary.hash_signatures + summary.yara_rules).unwrap_or(i64::MAX)
+    i64::try_from(summary.signature_count()).unwrap_or(i64::MAX)
 }
 
 /// Whether the CID allow-list admits `guest` (non-vsock peers always pass;

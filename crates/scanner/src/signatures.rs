@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::engine::Engine;
-use crate::engine::builtin::builtin_engines;
+use crate::engine::builtin::{builtin_engines, builtin_signature_count};
 use crate::engine::clamd::{ClamdAddress, ClamdEngine};
 use crate::engine::hash::{HashDbError, HashDbKind, HashEngine, SharedHashEngine};
 use crate::engine::is_yara_rule_file;
@@ -102,11 +102,22 @@ pub struct LoadSummary {
     pub yara_rules: usize,
     /// Built-in set included.
     pub builtin: bool,
+    /// Signatures of the built-in set (0 when it is off).
+    pub builtin_signatures: usize,
     /// clamd configured.
     pub clamd: bool,
     /// Files in the directories that are not a supported format (e.g.
     /// ClamAV `.cvd`, `.ndb`, `.ldb`): not loaded, worth a warning.
     pub skipped: Vec<PathBuf>,
+}
+
+impl LoadSummary {
+    /// Every signature of the set: the built-in ones, hash signatures and
+    /// YARA rules from files. clamd's database is not counted: its size is
+    /// clamd's own and not known here.
+    pub fn signature_count(&self) -> usize {
+        self.builtin_signatures + self.hash_signatures + self.yara_rules
+    }
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -125,6 +136,11 @@ impl SignatureSet {
         let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
         let mut summary = LoadSummary {
             builtin: config.builtin,
+            builtin_signatures: if config.builtin {
+                builtin_signature_count()
+            } else {
+                0
+            },
             clamd: config.clamd.is_some(),
             ..LoadSummary::default()
         };
@@ -189,6 +205,7 @@ impl SignatureSet {
             builtin_engines(),
             LoadSummary {
                 builtin: true,
+                builtin_signatures: builtin_signature_count(),
                 ..LoadSummary::default()
             },
         )
@@ -261,6 +278,11 @@ mod tests {
     fn builtin_only_by_default() {
         let set = SignatureSet::load(&SignatureConfig::default()).unwrap();
         assert_eq!(scan(&set, EICAR).as_deref(), Some("Eicar-Test-Signature"));
+        assert_eq!(set.summary().signature_count(), builtin_signature_count());
+        assert_eq!(
+            SignatureSet::builtin().summary().signature_count(),
+            builtin_signature_count()
+        );
         assert_eq!(scan(&set, b"hello"), None);
     }
 
@@ -281,6 +303,7 @@ mod tests {
         };
         let set = SignatureSet::load(&config).unwrap();
         assert_eq!(set.summary().hash_signatures, 1);
+        assert_eq!(set.summary().signature_count(), 1, "built-in set off");
         assert_eq!(scan(&set, b"hello").as_deref(), Some("Test-Hello"));
         assert_eq!(scan(&set, EICAR), None, "built-in disabled");
         assert_eq!(set.summary().skipped, vec![dir.path().join("notes.txt")]);

@@ -556,3 +556,259 @@ fn a_blocked_audit_sink_never_delays_a_verdict() {
     reader.join().unwrap();
     drop(scanner);
 }
+
+/// One peer that connects and disconnects 1,000 times, and one that sends
+/// garbage 300 times, cause a few log lines each and a summary, not a line
+/// per event; a guest beside them is logged as usual.
+#[test]
+fn log_lines_peers_cause_are_rate_limited_per_peer_and_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut scanner = ScannerProcess::start(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--metrics",
+            "tcp://127.0.0.1:0",
+        ],
+        tmp.path(),
+        1,
+    );
+    let url = scanner.url("tcp://").to_string();
+    rt().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let goodbye = common::frame(
+            thinagent_protocol::Message::Goodbye(thinagent_protocol::Goodbye {
+                reason: thinagent_protocol::GoodbyeReason::Shutdown,
+            }),
+            0,
+        );
+        for n in 0..1000 {
+            let mut s = common::connect_from(&url, "127.0.0.2").await;
+            s.write_all(&common::hello_v1(&format!("churn{n}")))
+                .await
+                .unwrap();
+            s.write_all(&goodbye).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut sink)).await;
+        }
+        for _ in 0..300 {
+            let mut s = common::connect_from(&url, "127.0.0.3").await;
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut sink)).await;
+        }
+        let r = run_guest(
+            connect(&url).await,
+            "good",
+            &[FileSpec::new("/e", 1, 1, EICAR)],
+            1,
+            LIMIT,
+        )
+        .await;
+        assert!(
+            r.answers[0]
+                .as_ref()
+                .unwrap()
+                .is_found("Eicar-Test-Signature")
+        );
+        let m = scrape(scanner.metrics.as_deref().unwrap()).await;
+        assert!(
+            metric(&m, "thinagent_scanner_log_lines_suppressed_total") >= 1000.0,
+            "{m}"
+        );
+    });
+    // Summaries of windows still open are logged at shutdown.
+    scanner.signal("TERM");
+    assert!(scanner.child.wait().unwrap().success());
+    let log = scanner.log_text();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let churn = |l: &&str| l.contains("127.0.0.2");
+    let churn_lines = log.lines().filter(churn).count();
+    let garbage_lines = log.lines().filter(|l| l.contains("127.0.0.3")).count();
+    assert!(
+        churn_lines <= 20,
+        "{churn_lines} lines about one churning peer:\n{log}"
+    );
+    assert!(
+        garbage_lines <= 10,
+        "{garbage_lines} lines about one garbage peer:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("127.0.0.2") && l.contains("995 more like this in the last")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("127.0.0.3") && l.contains("more like this")),
+        "{log}"
+    );
+    // The good guest is logged as usual: its threat line is there.
+    assert_eq!(count("threat found"), 1, "{log}");
+}
+
+/// The audit log on a real file system that fills up (a 256 KiB tmpfs):
+/// every verdict is still sent, records that cannot be written are counted
+/// (not logged one by one), once space returns records are written again,
+/// and every line of the file is a whole record.
+#[test]
+fn a_full_disk_never_delays_a_verdict_and_leaves_only_whole_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=256k",
+            "thinagent-test",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mounting a tmpfs failed (CI runs as root)"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let audit = mnt.join("audit.jsonl");
+    // Leave a few KiB free: the first records fit, the rest hit ENOSPC.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len.saturating_sub(8192))
+        .unwrap();
+    let scanner = ScannerProcess::start(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--metrics",
+            "tcp://127.0.0.1:0",
+        ],
+        tmp.path(),
+        1,
+    );
+    let opens: Vec<_> = (0..400u64)
+        .map(|i| {
+            FileSpec::new(
+                &format!("/guest/a-rather-long-directory-name/file-{i}.txt"),
+                1000 + i,
+                1,
+                if i % 10 == 0 {
+                    EICAR.to_vec()
+                } else {
+                    format!("clean file {i}\n").into_bytes()
+                }
+                .as_slice(),
+            )
+        })
+        .collect();
+    rt().block_on(async {
+        let r = run_guest(
+            connect(scanner.url("tcp://")).await,
+            "vm-a",
+            &opens,
+            8,
+            LIMIT,
+        )
+        .await;
+        r.assert_each_answered_once_by_host();
+        for (i, a) in r.answers.iter().enumerate() {
+            let a = a.as_ref().unwrap();
+            assert_eq!(
+                a.is_found("Eicar-Test-Signature"),
+                i % 10 == 0,
+                "{i}: {a:?}"
+            );
+        }
+        // The writer thread reports failures as it meets them.
+        let mut not_written = 0.0;
+        for _ in 0..100 {
+            let text = scrape(scanner.metrics.as_deref().unwrap()).await;
+            not_written = metric(&text, "thinagent_scanner_audit_records_not_written_total");
+            if not_written > 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(not_written > 0.0, "ENOSPC records are counted");
+        // Space returns: the next verdicts are audited again.
+        std::fs::remove_file(&filler).unwrap();
+        let after: Vec<_> = (0..5u64)
+            .map(|i| FileSpec::new(&format!("/after/{i}"), 9000 + i, 1, EICAR))
+            .collect();
+        let r = run_guest(
+            connect(scanner.url("tcp://")).await,
+            "vm-b",
+            &after,
+            1,
+            LIMIT,
+        )
+        .await;
+        r.assert_each_answered_once_by_host();
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            lines = std::fs::read_to_string(&audit)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if lines.iter().filter(|l| l.contains("/after/")).count() == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("/after/")).count(),
+            5,
+            "records after the disk had space again"
+        );
+        assert!(
+            lines.len() < 405,
+            "some records were dropped: {}",
+            lines.len()
+        );
+        eprintln!(
+            "audit: {} lines written, {not_written} not written",
+            lines.len()
+        );
+        // Every line is one whole record.
+        for l in &lines {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a whole record ({e}): {l:?}"));
+            assert!(v["verdict"].is_string(), "{l}");
+        }
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(text.ends_with('\n'));
+    });
+    let log = scanner.log_text();
+    let errors = log.lines().filter(|l| l.contains("ERROR")).count();
+    assert!(
+        errors <= 4,
+        "one line per state change, not per record:\n{log}"
+    );
+    drop(scanner);
+}

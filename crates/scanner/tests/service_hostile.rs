@@ -74,8 +74,8 @@ fn hostile_config(sock: &std::path::Path) -> Config {
     c.limits.max_in_flight_per_guest = 4;
     // Short enough to keep the test quick, long enough that a healthy guest
     // on a loaded machine is never idle-closed.
-    c.limits.heartbeat_interval_ms = 1_000;
-    c.limits.idle_timeout_ms = 3_000;
+    c.limits.heartbeat_interval_ms = Some(1_000);
+    c.limits.idle_timeout_ms = Some(3_000);
     c.limits.handshake_timeout_ms = 3_000;
     c.limits.request_timeout_ms = 10_000;
     c
@@ -420,12 +420,18 @@ fn max_sessions_refuses_with_overloaded_and_recovers() {
             assert_eq!(f, [HostFrame::HelloAck]);
             held.push(s);
         }
+        // A session slot is taken at Hello: the third guest is answered
+        // and then told Overloaded.
         let mut third = connect(&url).await;
+        third.write_all(&hello_v1("third")).await.unwrap();
         let (bytes, eof) = read_to_eof(&mut third, LIMIT).await;
         assert!(eof);
         assert_eq!(
             decode_all(&bytes),
-            [HostFrame::Goodbye(GoodbyeReason::Overloaded)]
+            [
+                HostFrame::HelloAck,
+                HostFrame::Goodbye(GoodbyeReason::Overloaded)
+            ]
         );
         assert_eq!(
             common::metric(
@@ -458,6 +464,118 @@ fn max_sessions_refuses_with_overloaded_and_recovers() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(served.unwrap().is_found("Eicar-Test-Signature"));
+        svc.shutdown().await;
+    });
+}
+
+/// Hello-less connections hold only pending slots, per peer: a flood of
+/// silent connections from one peer (127.0.0.2) is mostly closed at once,
+/// and a good guest (127.0.0.1) beside it connects and gets every answer.
+#[test]
+fn a_silent_connection_flood_never_crowds_out_a_guest() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut config = Config {
+            listen: vec!["tcp://127.0.0.1:0".into()],
+            ..Config::default()
+        };
+        // Few sessions in all: before pending slots, 8 silent connections
+        // were enough to lock every guest out.
+        config.limits.max_sessions = 8;
+        config.limits.max_pending_per_peer = 16;
+        config.limits.handshake_timeout_ms = 20_000;
+        let svc = start(config).await;
+        let url = svc.url("tcp://").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The flood: 300 silent connections, reopened as they are closed,
+        // for as long as the guest works.
+        let flood = {
+            let url = url.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                let mut opened = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    while held.len() < 300 {
+                        held.push(common::connect_from(&url, "127.0.0.2").await);
+                        opened += 1;
+                    }
+                    // Drop those the scanner closed (a read returns EOF).
+                    let mut alive = Vec::new();
+                    for mut s in held.drain(..) {
+                        let mut b = [0u8; 16];
+                        match tokio::time::timeout(
+                            Duration::from_millis(1),
+                            tokio::io::AsyncReadExt::read(&mut s, &mut b),
+                        )
+                        .await
+                        {
+                            Ok(Ok(0)) | Ok(Err(_)) => {}
+                            _ => alive.push(s),
+                        }
+                    }
+                    held = alive;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                opened
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Several guests connect during the flood (more than max_sessions
+        // minus one would fit if silent connections held sessions).
+        let files: Vec<_> = (0..20)
+            .map(|i| {
+                FileSpec::new(
+                    &format!("/f{i}"),
+                    i,
+                    1,
+                    if i % 2 == 0 { EICAR } else { b"clean" },
+                )
+            })
+            .collect();
+        for round in 0..3 {
+            let r = run_guest(
+                connect(&url).await,
+                &format!("good{round}"),
+                &files,
+                4,
+                LIMIT,
+            )
+            .await;
+            r.assert_each_answered_once_by_host();
+            assert!(
+                matches!(r.closed, None | Some(thinagent_guest::CloseReason::Local)),
+                "round {round}: {:?}",
+                r.closed
+            );
+            for (i, a) in r.answers.iter().enumerate() {
+                let a = a.as_ref().unwrap();
+                assert_eq!(a.is_found("Eicar-Test-Signature"), i % 2 == 0, "{a:?}");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let opened = flood.await.unwrap();
+        assert!(opened >= 300);
+        let m = svc.metrics();
+        let refused = common::metric(
+            &m,
+            "thinagent_scanner_sessions_refused_total{kind=\"max_pending_per_peer\"}",
+        );
+        assert!(refused >= 284.0, "{refused} refused\n{m}");
+        assert_eq!(
+            common::metric(
+                &m,
+                "thinagent_scanner_sessions_refused_total{kind=\"max_sessions\"}"
+            ),
+            0.0,
+            "{m}"
+        );
+        let pending = common::metric(&m, "thinagent_scanner_handshakes_pending");
+        assert!(pending <= 16.0, "{pending}");
         svc.shutdown().await;
     });
 }

@@ -100,7 +100,7 @@ fn sixty_four_guests_two_thousand_opens_each() {
     config.limits.max_in_flight_per_guest = 16;
     // Debug builds on a loaded CI machine: no query may fall to a timeout.
     config.limits.request_timeout_ms = 120_000;
-    config.limits.idle_timeout_ms = 120_000;
+    config.limits.idle_timeout_ms = Some(120_000);
     rt.block_on(async {
         let service = Service::build(&config).await.unwrap();
         let urls: Vec<String> = service.urls().iter().map(ToString::to_string).collect();

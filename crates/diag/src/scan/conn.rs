@@ -36,6 +36,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Sent in Hello.
     pub guest_name: String,
+    /// Client certificate and trusted CA for `tls://`.
+    pub tls: Option<std::sync::Arc<thinagent_guest_tls::rustls::ClientConfig>>,
 }
 
 /// Consecutive failed connections or broken sessions before a job gives up.
@@ -53,7 +55,7 @@ pub async fn worker(job: u32, url: &ScanUrl, opts: &Options, shared: &Shared) ->
         {
             return Ok(());
         }
-        let err = match url.connect().await {
+        let err = match url.connect(opts.tls.as_ref()).await {
             Ok(stream) => match run_session(stream, opts, shared).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,

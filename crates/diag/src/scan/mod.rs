@@ -28,9 +28,19 @@ pub use url::ScanUrl;
 /// Options of `thinagent-diag scan`.
 #[derive(clap::Args, Debug)]
 pub struct ScanArgs {
-    /// The scanner: tcp://HOST:PORT, unix:///path, vsock://CID:PORT.
+    /// The scanner: tcp://HOST:PORT, tls://HOST:PORT, unix:///path, vsock://CID:PORT.
     #[arg(long, value_name = "URL")]
     pub connect: String,
+    /// PEM client certificate (chain) for tls://; its subject is who the
+    /// scanner takes this guest to be.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed the scanner's certificate.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
     /// Files to scan; directories are walked recursively (regular files only).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -194,10 +204,20 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
             silent: args.quiet,
         }),
     });
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(thinagent_guest_tls::client_config(cert, key, ca)?)
+        }
+        _ if matches!(url, ScanUrl::Tls { .. }) => {
+            bail!("--connect {url}: a tls:// scanner needs --tls-cert, --tls-key and --tls-ca")
+        }
+        _ => None,
+    };
     let opts = conn::Options {
         window: args.window as usize,
         timeout: Duration::from_millis(args.timeout_ms),
         guest_name: args.guest_name.clone(),
+        tls,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.jobs.clamp(1, 8) as usize)

@@ -1,4 +1,5 @@
-//! The `--connect` URL: `tcp://HOST:PORT`, `unix:///path`, `vsock://CID:PORT`.
+//! The `--connect` URL: `tcp://HOST:PORT`, `tls://HOST:PORT`, `unix:///path`,
+//! `vsock://CID:PORT`.
 //!
 //! vsock exists only on Linux and Unix sockets only on Unix: elsewhere
 //! (Windows) such a URL is refused when parsed, with [`transport_unsupported`]'s
@@ -17,6 +18,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub enum ScanUrl {
     /// TCP.
     Tcp(SocketAddr),
+    /// TCP with TLS (a client certificate is required: `--tls-cert`,
+    /// `--tls-key`, `--tls-ca`); `host` as given, which the scanner's
+    /// certificate must name.
+    Tls {
+        /// The host part of the URL.
+        host: String,
+        /// Where it resolved to.
+        addr: SocketAddr,
+    },
     /// Unix stream socket.
     Unix(PathBuf),
     /// AF_VSOCK CID and port (from a guest: CID 2 is the host; 1 is loopback).
@@ -55,17 +65,25 @@ impl FromStr for ScanUrl {
 impl ScanUrl {
     /// Parses every scheme, whether or not this OS has the transport.
     fn parse_any_os(s: &str) -> Result<Self> {
-        let hint = "expected tcp://HOST:PORT, unix:///path or vsock://CID:PORT";
+        let hint = "expected tcp://HOST:PORT, tls://HOST:PORT, unix:///path or vsock://CID:PORT";
         let Some((scheme, rest)) = s.split_once("://") else {
             bail!("--connect {s:?}: no scheme; {hint}");
         };
         match scheme {
-            "tcp" => rest
-                .to_socket_addrs()
-                .with_context(|| format!("--connect {s:?}: bad TCP address"))?
-                .next()
-                .map(Self::Tcp)
-                .ok_or_else(|| anyhow!("--connect {s:?}: the host name resolves to nothing")),
+            "tcp" | "tls" => {
+                let addr = rest
+                    .to_socket_addrs()
+                    .with_context(|| format!("--connect {s:?}: bad TCP address"))?
+                    .next()
+                    .ok_or_else(|| anyhow!("--connect {s:?}: the host name resolves to nothing"))?;
+                Ok(match scheme {
+                    "tls" => Self::Tls {
+                        host: rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string(),
+                        addr,
+                    },
+                    _ => Self::Tcp(addr),
+                })
+            }
             "unix" if rest.starts_with('/') => Ok(Self::Unix(PathBuf::from(rest))),
             "unix" => bail!("--connect {s:?}: the socket path must be absolute (unix:///path)"),
             "vsock" => {
@@ -96,8 +114,13 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 impl ScanUrl {
-    /// Connects.
-    pub async fn connect(&self) -> std::io::Result<Pin<Box<dyn Stream>>> {
+    /// Connects; a `tls://` URL uses `tls` (see
+    /// [`thinagent_guest_tls::client_config`]) and checks the scanner's
+    /// certificate against the URL's host.
+    pub async fn connect(
+        &self,
+        tls: Option<&std::sync::Arc<thinagent_guest_tls::rustls::ClientConfig>>,
+    ) -> std::io::Result<Pin<Box<dyn Stream>>> {
         if let Some(why) = transport_unsupported(self) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -109,6 +132,17 @@ impl ScanUrl {
                 let s = tokio::net::TcpStream::connect(a).await?;
                 let _ = s.set_nodelay(true);
                 Box::pin(s)
+            }
+            Self::Tls { host, addr } => {
+                let Some(tls) = tls else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "{self}: a tls:// scanner needs --tls-cert, --tls-key and --tls-ca"
+                        ),
+                    ));
+                };
+                Box::pin(thinagent_guest_tls::connect(host, *addr, tls).await?)
             }
             #[cfg(unix)]
             Self::Unix(p) => Box::pin(tokio::net::UnixStream::connect(p).await?),
@@ -131,6 +165,7 @@ impl std::fmt::Display for ScanUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Tcp(a) => write!(f, "tcp://{a}"),
+            Self::Tls { addr, .. } => write!(f, "tls://{addr}"),
             Self::Unix(p) => write!(f, "unix://{}", p.display()),
             Self::Vsock(c, p) => write!(f, "vsock://{c}:{p}"),
         }

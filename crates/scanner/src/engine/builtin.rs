@@ -49,6 +49,12 @@ pub fn builtin_engines() -> Vec<Arc<dyn Engine>> {
     vec![Arc::new(builtin_hash_engine()), Arc::new(EicarEngine)]
 }
 
+/// Signatures of the built-in set: its hash signatures (MD5, SHA-1,
+/// SHA-256 of the 68-byte file) and the EICAR content check.
+pub fn builtin_signature_count() -> usize {
+    builtin_hash_engine().0.len() + 1
+}
+
 /// Whether `content` is an EICAR test file per its specification.
 pub fn is_eicar(content: &[u8]) -> bool {
     content.len() <= EICAR_MAX_LEN
@@ -127,6 +133,7 @@ mod tests {
             Ok(2)
         );
         assert_eq!(builtin_hash_engine().0.len(), 3);
+        assert_eq!(builtin_signature_count(), 4);
     }
 
     #[test]

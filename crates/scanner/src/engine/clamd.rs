@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Detection, Engine, EngineError, EngineScan};
+use super::{Detection, Engine, EngineError, EngineScan, cap_signature_name};
 
 /// The engine name used in detections, logs and metrics.
 pub const CLAMD_ENGINE_NAME: &str = "clamd";
@@ -301,7 +301,7 @@ impl ClamdEngine {
             let body = line.strip_prefix("stream:").map_or(line, str::trim_start);
             if let Some(name) = body.strip_suffix(" FOUND") {
                 return Ok(Some(Detection {
-                    threat: name.trim().to_owned(),
+                    threat: cap_signature_name(name.trim()).into_owned(),
                     engine: CLAMD_ENGINE_NAME,
                 }));
             }
@@ -564,6 +564,14 @@ mod tests {
                 engine: CLAMD_ENGINE_NAME
             })
         );
+        // A name longer than MAX_SIGNATURE_NAME_LEN is cut when parsed.
+        let long = "L".repeat(100_000);
+        let d = e
+            .parse_scan_reply(&format!("stream: {long} FOUND\0"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.threat.len(), super::super::MAX_SIGNATURE_NAME_LEN);
+        assert!(d.threat.ends_with(super::super::CUT_MARK));
         assert!(matches!(
             e.parse_scan_reply("INSTREAM size limit exceeded. ERROR\0"),
             Err(EngineError::Refused { ref reason, .. }) if reason.contains("StreamMaxLength")

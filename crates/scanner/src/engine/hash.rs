@@ -12,6 +12,16 @@
 //! starting with `#` are skipped. A `.hdb` line may also hold a SHA-1 or
 //! SHA-256 (ClamAV itself only reads MD5 there; accepting more is harmless).
 //!
+//! A file may start with a UTF-8 byte-order mark (Windows editors write one):
+//! it is skipped. ClamAV's own loader would read it as part of the first
+//! hash and call the file malformed; nothing is lost by accepting it. A
+//! UTF-16 file (PowerShell's `>` writes one) is refused with a message that
+//! says so.
+//!
+//! A malware name longer than [`MAX_SIGNATURE_NAME_LEN`] bytes is cut to it
+//! at load, with one warning per file naming the file and the first such
+//! line.
+//!
 //! Only the digests some signature needs are computed.
 
 use std::collections::HashMap;
@@ -23,7 +33,9 @@ use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::{Detection, Engine, EngineError, EngineScan};
+use super::{
+    Detection, Engine, EngineError, EngineScan, MAX_SIGNATURE_NAME_LEN, cap_signature_name,
+};
 
 /// Which database format a file is in (by extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,12 +142,23 @@ impl HashEngine {
             line: 0,
             reason: format!("cannot read the file: {e}"),
         })?;
+        if text.starts_with(&[0xFF, 0xFE]) || text.starts_with(&[0xFE, 0xFF]) {
+            return Err(HashDbError {
+                path: path.to_owned(),
+                line: 1,
+                reason: "the file is UTF-16 text (it starts with a UTF-16 byte-order mark, \
+                         as PowerShell's `>` writes); save it as UTF-8 or ASCII"
+                    .into(),
+            });
+        }
         let text = String::from_utf8_lossy(&text);
         self.add_text(&text, kind, path)
     }
 
     /// Parses database text of `kind` (`origin` names it in errors) and adds
-    /// its signatures; on error nothing of this text is added.
+    /// its signatures; on error nothing of this text is added. Names longer
+    /// than [`MAX_SIGNATURE_NAME_LEN`] are cut, with one warning for the
+    /// text.
     pub fn add_text(
         &mut self,
         text: &str,
@@ -143,6 +166,10 @@ impl HashEngine {
         origin: &Path,
     ) -> Result<usize, HashDbError> {
         let mut staged = Self::with_name(self.name);
+        // A leading UTF-8 byte-order mark is not part of the first hash.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // (first line, its name's length, how many) of the names cut
+        let mut cut: Option<(usize, usize, usize)> = None;
         for (index, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -176,9 +203,15 @@ impl HashEngine {
             if name.is_empty() {
                 return Err(err("empty malware name".into()));
             }
+            if name.len() > MAX_SIGNATURE_NAME_LEN {
+                match &mut cut {
+                    Some((_, _, n)) => *n += 1,
+                    None => cut = Some((index + 1, name.len(), 1)),
+                }
+            }
             let sig = Sig {
                 size,
-                name: Arc::from(name),
+                name: Arc::from(cap_signature_name(name)),
             };
             let hash = hash.to_ascii_lowercase();
             match (hash.len(), kind) {
@@ -205,6 +238,13 @@ impl HashEngine {
                     )));
                 }
             }
+        }
+        if let Some((line, len, count)) = cut {
+            tracing::warn!(
+                "{}:{line}: signature name of {len} bytes cut to {MAX_SIGNATURE_NAME_LEN} \
+                 ({count} name(s) of this file cut); shorten the names in the file",
+                origin.display()
+            );
         }
         let added = staged.len();
         for (k, v) in staged.md5 {
@@ -425,6 +465,58 @@ mod tests {
                 proptest::prop_assert!(e.line >= 1);
             }
         }
+    }
+
+    #[test]
+    fn long_names_are_cut_at_load() {
+        let long = "N".repeat(200 * 1024);
+        let text = format!(
+            "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f:68:{long}\n\
+             3395856ce81f2b7382dee72602f798b642f14141:68:Short\n"
+        );
+        let e = engine(&text, HashDbKind::Hsb).unwrap();
+        assert_eq!(e.len(), 2);
+        let d = streamed(e, EICAR, 68).unwrap();
+        assert_eq!(d.threat.len(), MAX_SIGNATURE_NAME_LEN);
+        assert!(d.threat.ends_with(super::super::CUT_MARK), "{}", d.threat);
+        assert!(d.threat.starts_with("NNNN"));
+    }
+
+    #[test]
+    fn a_leading_utf8_bom_is_skipped() {
+        let text = "\u{feff}44d88612fea8a8f36de82e1278abb02f:68:Eicar-Bom\n";
+        let e = engine(text, HashDbKind::Hdb).unwrap();
+        assert_eq!(e.scan_bytes(EICAR).unwrap().threat, "Eicar-Bom");
+        // From a file, as Notepad saves it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bom.hdb");
+        std::fs::write(&path, text.as_bytes()).unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[..3], b"\xEF\xBB\xBF");
+        let mut e = HashEngine::new();
+        assert_eq!(e.load_file(&path, HashDbKind::Hdb), Ok(1));
+        assert_eq!(e.scan_bytes(EICAR).unwrap().threat, "Eicar-Bom");
+        // Only at the start: elsewhere it is still an error.
+        let text = "44d88612fea8a8f36de82e1278abb02f:68:A\n\u{feff}44d88612fea8a8f36de82e1278abb02f:68:B\n";
+        assert_eq!(engine(text, HashDbKind::Hdb).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn utf16_files_are_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ps.hdb");
+        let mut bytes = vec![0xFF, 0xFE];
+        for unit in "44d88612fea8a8f36de82e1278abb02f:68:X\r\n".encode_utf16() {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let err = HashEngine::new()
+            .load_file(&path, HashDbKind::Hdb)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("UTF-16") && err.contains("save it as UTF-8"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,8 +13,31 @@ pub mod hash;
 #[cfg(feature = "yara")]
 pub mod yara;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
+
+/// Longest signature (threat) name kept, in bytes. A longer name is cut at
+/// a character boundary and ends in [`CUT_MARK`], the whole at most this
+/// long: names go into every detection's log line, audit record and
+/// `Verdict`, so one absurd name must not cost kilobytes per detection.
+pub const MAX_SIGNATURE_NAME_LEN: usize = 256;
+
+/// Ends a signature name cut to [`MAX_SIGNATURE_NAME_LEN`].
+pub const CUT_MARK: &str = "...[cut]";
+
+/// `name`, or its cut form when longer than [`MAX_SIGNATURE_NAME_LEN`]
+/// bytes (see there).
+pub fn cap_signature_name(name: &str) -> Cow<'_, str> {
+    if name.len() <= MAX_SIGNATURE_NAME_LEN {
+        return Cow::Borrowed(name);
+    }
+    let mut end = MAX_SIGNATURE_NAME_LEN - CUT_MARK.len();
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{CUT_MARK}", &name[..end]))
+}
 
 /// A positive finding: what was found and by which engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,4 +109,31 @@ pub fn is_yara_rule_file(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("yar") || e.eq_ignore_ascii_case("yara"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_at_a_char_boundary_with_a_mark() {
+        assert!(matches!(
+            cap_signature_name("Eicar"),
+            Cow::Borrowed("Eicar")
+        ));
+        let exact = "x".repeat(MAX_SIGNATURE_NAME_LEN);
+        assert_eq!(cap_signature_name(&exact), exact.as_str());
+        let long = "y".repeat(200 * 1024);
+        let cut = cap_signature_name(&long);
+        assert_eq!(cut.len(), MAX_SIGNATURE_NAME_LEN);
+        assert!(cut.ends_with(CUT_MARK) && cut.starts_with("yyy"));
+        // Multi-byte characters across the cut point: never split.
+        for pad in 0..4 {
+            let name = format!("{}{}", "a".repeat(pad), "\u{20ac}".repeat(200));
+            let cut = cap_signature_name(&name);
+            assert!(cut.len() <= MAX_SIGNATURE_NAME_LEN, "{pad}");
+            assert!(cut.len() > MAX_SIGNATURE_NAME_LEN - CUT_MARK.len() - 4);
+            assert!(cut.ends_with(CUT_MARK));
+        }
+    }
 }

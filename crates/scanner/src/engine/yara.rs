@@ -5,6 +5,10 @@
 //! every scan. Each rule file gets its own namespace (its file stem), so two
 //! files may define rules of the same name without clashing.
 //!
+//! A rule identifier (the threat name reported) longer than
+//! [`MAX_SIGNATURE_NAME_LEN`] bytes is reported cut to it; the load warns
+//! once per file, naming the file and the first such rule's line.
+//!
 //! YARA evaluates a rule over the whole file: modules (`pe`, `elf`, `hash`),
 //! `filesize`, `uint32(...)` and patterns across chunk boundaries all need the
 //! complete content. yara-x's block scanner (`yara_x::blocks`) drops all of
@@ -26,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Detection, Engine, EngineError, EngineScan};
+use super::{
+    Detection, Engine, EngineError, EngineScan, MAX_SIGNATURE_NAME_LEN, cap_signature_name,
+};
 
 /// The engine name used in detections, logs and metrics.
 pub const YARA_ENGINE_NAME: &str = "yara";
@@ -149,12 +155,14 @@ impl YaraEngine {
         I: IntoIterator<Item = (&'a Path, &'a [u8])>,
     {
         let mut compiler = yara_x::Compiler::new();
+        let mut files = Vec::new();
         for (path, text) in sources {
             let namespace = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "default".to_owned());
             compiler.new_namespace(&namespace);
+            files.push((namespace.clone(), path, text));
             let origin = path.display().to_string();
             let source = yara_x::SourceCode::from(text).with_origin(origin);
             if let Err(err) = compiler.add_source(source) {
@@ -163,6 +171,7 @@ impl YaraEngine {
         }
         let rules = compiler.build();
         let rule_count = rules.iter().len();
+        warn_long_identifiers(&rules, &files);
         Ok(YaraEngine {
             rules: Arc::new(rules),
             rule_count,
@@ -235,10 +244,43 @@ impl YaraEngine {
             },
         })?;
         let detection = results.matching_rules().next().map(|rule| Detection {
-            threat: rule.identifier().to_owned(),
+            threat: cap_signature_name(rule.identifier()).into_owned(),
             engine: YARA_ENGINE_NAME,
         });
         Ok(detection)
+    }
+}
+
+/// One warning per rule file whose rule identifiers are longer than
+/// [`MAX_SIGNATURE_NAME_LEN`] (they are reported cut), naming the file and
+/// the line of the first one. `files`: (namespace, path, source) as
+/// compiled.
+fn warn_long_identifiers(rules: &yara_x::Rules, files: &[(String, &Path, &[u8])]) {
+    let mut warned: Vec<&str> = Vec::new();
+    for rule in rules.iter() {
+        let id = rule.identifier();
+        let namespace = rule.namespace();
+        if id.len() <= MAX_SIGNATURE_NAME_LEN || warned.contains(&namespace) {
+            continue;
+        }
+        warned.push(namespace);
+        let count = rules
+            .iter()
+            .filter(|r| r.namespace() == namespace && r.identifier().len() > MAX_SIGNATURE_NAME_LEN)
+            .count();
+        let Some((_, path, text)) = files.iter().find(|(ns, ..)| ns == namespace) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(text);
+        let line = text
+            .find(id)
+            .map_or(0, |at| text[..at].matches('\n').count() + 1);
+        tracing::warn!(
+            "{}:{line}: YARA rule name of {} bytes is reported cut to {MAX_SIGNATURE_NAME_LEN} \
+             ({count} rule name(s) of this file cut); shorten the names in the file",
+            path.display(),
+            id.len(),
+        );
     }
 }
 
@@ -409,6 +451,16 @@ mod tests {
         assert!(weak.upgrade().is_some());
         a.scan_bytes(b"x").unwrap();
         assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn long_rule_names_are_reported_cut() {
+        let long = format!("R{}", "x".repeat(200 * 1024));
+        let src = format!("rule {long} {{ strings: $a = \"marker\" condition: $a }}\n");
+        let engine = YaraEngine::from_sources([("long.yar", src.as_str())]).unwrap();
+        let d = engine.scan_bytes(b"a marker here").unwrap().unwrap();
+        assert_eq!(d.threat.len(), MAX_SIGNATURE_NAME_LEN);
+        assert!(d.threat.starts_with("Rxxx") && d.threat.ends_with(super::super::CUT_MARK));
     }
 
     #[test]

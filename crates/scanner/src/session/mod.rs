@@ -25,11 +25,13 @@
 //!   reads and [`SessionLimits::max_bytes_in_flight`] bytes outstanding.
 //!
 //! Defined outcomes of hostile input: fatal decoding errors and session rule
-//! violations (wrong state or direction, a `ReadData` longer than asked or
-//! with a wrong echo, a reused event id, more consecutive `FileEvent`s above
-//! `max_events_in_flight` than the limit itself) answer every open query
-//! with the error policy verdict, then send `Error` + `Goodbye(ProtocolError)`
-//! and close; a `FileEvent` above the limit is answered at once with the
+//! violations (wrong state or direction, a request with request id 0, a
+//! `ReadData` longer than asked or with a wrong echo, a reused event id, more
+//! consecutive `FileEvent`s above `max_events_in_flight` than the limit
+//! itself) answer every open query with the error policy verdict, then send
+//! `Error` (echoing the offending frame's request id when its header could
+//! be trusted, else 0; none at all when the offending frame is itself an
+//! `Error`) + `Goodbye(ProtocolError)` and close; a `FileEvent` above the limit is answered at once with the
 //! error policy verdict ([`PolicyReason::OverLimit`]), because a guest whose
 //! own deadline expired no longer counts queries the host still has; unknown
 //! message types and versions are skipped with an `Error` (§9); a `ReadData`
@@ -116,8 +118,9 @@ enum Step {
     Ping(u64, Heartbeat),
     Pong(u64, Heartbeat),
     Goodbye(GoodbyeReason),
-    /// A host-to-guest message (`HelloAck`, `ReadRequest`, `Verdict`).
-    WrongDirection,
+    /// A host-to-guest message (`HelloAck`, `ReadRequest`, `Verdict`), with
+    /// its request id.
+    WrongDirection(u64),
     FileEvent(u64, Box<Query>),
     ReadData(u64, ReadDataOwned),
     PeerError(u64, ErrorCode),
@@ -519,7 +522,7 @@ impl HostSession {
                         Message::Pong(h) => Step::Pong(id, h),
                         Message::Goodbye(g) => Step::Goodbye(g.reason),
                         Message::HelloAck(_) | Message::ReadRequest(_) | Message::Verdict(_) => {
-                            Step::WrongDirection
+                            Step::WrongDirection(id)
                         }
                     }
                 }
@@ -535,14 +538,21 @@ impl HostSession {
     fn on_step(&mut self, step: Step) {
         match step {
             Step::Error(e) if e.is_fatal() => {
-                self.fatal_with(e.error_code(), "", CloseReason::Decode(e));
+                // §9: the Error echoes the offending frame's request id when
+                // its header passed the magic and length checks, else 0; an
+                // Error frame is never answered with an Error.
+                let error = (!e.concerns_error_frame())
+                    .then(|| (e.request_id().unwrap_or(0), e.error_code()));
+                self.close_fatal(error, "", CloseReason::Decode(e));
             }
             Step::Error(e) => {
-                let msg = Message::Error(ErrorMessage {
-                    code: e.error_code(),
-                    text: "",
-                });
-                self.push(&msg, e.request_id().unwrap_or(0));
+                if !e.concerns_error_frame() {
+                    let msg = Message::Error(ErrorMessage {
+                        code: e.error_code(),
+                        text: "",
+                    });
+                    self.push(&msg, e.request_id().unwrap_or(0));
+                }
                 self.events
                     .push_back(SessionEvent::Anomaly(Anomaly::SkippedFrame(e)));
             }
@@ -560,11 +570,21 @@ impl HostSession {
                 self.finish_closed(CloseReason::PeerGoodbye(reason));
             }
             Step::Hello(id, hello) => self.on_hello(id, hello),
-            _ if self.state == State::Handshake => {
-                self.fatal(ErrorCode::UnexpectedMessage, "message before Hello");
+            Step::FileEvent(id, _)
+            | Step::Ping(id, _)
+            | Step::Pong(id, _)
+            | Step::ReadData(id, _)
+            | Step::WrongDirection(id)
+                if self.state == State::Handshake =>
+            {
+                self.fatal(id, ErrorCode::UnexpectedMessage, "message before Hello");
             }
             Step::FileEvent(id, query) => self.on_file_event(id, *query),
             Step::ReadData(id, data) => self.on_read_data(id, data),
+            Step::Ping(0, _) => {
+                // §7: a request's id is never 0, whatever its type.
+                self.fatal(0, ErrorCode::UnexpectedMessage, "Ping with request id 0");
+            }
             Step::Ping(id, hb) => {
                 self.push(&Message::Pong(hb), id);
             }
@@ -578,8 +598,9 @@ impl HostSession {
                         }));
                 }
             }
-            Step::WrongDirection => {
+            Step::WrongDirection(id) => {
                 self.fatal(
+                    id,
                     ErrorCode::UnexpectedMessage,
                     "host-to-guest message sent by the guest",
                 );
@@ -589,14 +610,14 @@ impl HostSession {
 
     fn on_hello(&mut self, id: u64, hello: HelloFields) {
         if self.state != State::Handshake {
-            self.fatal(ErrorCode::UnexpectedMessage, "second Hello");
+            self.fatal(id, ErrorCode::UnexpectedMessage, "second Hello");
             return;
         }
         let lo = hello.min.max(MIN_VERSION);
         let hi = hello.max.min(MAX_VERSION);
         if lo > hi || id == 0 {
             if id == 0 {
-                self.fatal(ErrorCode::UnexpectedMessage, "Hello with request id 0");
+                self.fatal(0, ErrorCode::UnexpectedMessage, "Hello with request id 0");
                 return;
             }
             let text = "no common protocol version: this host speaks version 1";
@@ -645,11 +666,16 @@ impl HostSession {
 
     fn on_file_event(&mut self, id: EventId, mut query: Query) {
         if id == 0 {
-            self.fatal(ErrorCode::UnexpectedMessage, "FileEvent with request id 0");
+            self.fatal(
+                0,
+                ErrorCode::UnexpectedMessage,
+                "FileEvent with request id 0",
+            );
             return;
         }
         if self.queries.contains_key(&id) {
             self.fatal(
+                id,
                 ErrorCode::UnexpectedMessage,
                 "FileEvent id reused while outstanding",
             );
@@ -679,6 +705,7 @@ impl HostSession {
             });
             if self.excess_run > self.limits.max_events_in_flight {
                 self.fatal(
+                    id,
                     ErrorCode::LimitExceeded,
                     "more FileEvents in flight than max_events_in_flight",
                 );
@@ -705,6 +732,7 @@ impl HostSession {
         };
         if read.event_id != rd.event_id || read.offset != rd.offset {
             self.fatal(
+                read_id,
                 ErrorCode::UnexpectedMessage,
                 "ReadData echoes another event id or offset than its ReadRequest",
             );
@@ -712,6 +740,7 @@ impl HostSession {
         }
         if rd.data.len() > read.length as usize {
             self.fatal(
+                read_id,
                 ErrorCode::UnexpectedMessage,
                 "ReadData longer than requested",
             );
@@ -931,13 +960,24 @@ impl HostSession {
         }
     }
 
-    fn fatal(&mut self, code: ErrorCode, detail: &'static str) {
-        self.fatal_with(code, detail, CloseReason::Protocol { code, detail });
+    /// A session rule broken by the frame with `request_id` (§9): the
+    /// `Error` echoes that id, which is 0 only when the frame carried 0.
+    fn fatal(&mut self, request_id: u64, code: ErrorCode, detail: &'static str) {
+        self.close_fatal(
+            Some((request_id, code)),
+            detail,
+            CloseReason::Protocol { code, detail },
+        );
     }
 
-    fn fatal_with(&mut self, code: ErrorCode, text: &str, reason: CloseReason) {
+    /// Answers every open query with the error policy verdict, then sends
+    /// `Error` (unless `error` is `None`: the offending frame was itself an
+    /// `Error`) and `Goodbye(ProtocolError)`, and closes.
+    fn close_fatal(&mut self, error: Option<(u64, ErrorCode)>, text: &str, reason: CloseReason) {
         self.answer_all_open();
-        self.push(&Message::Error(ErrorMessage { code, text }), 0);
+        if let Some((request_id, code)) = error {
+            self.push(&Message::Error(ErrorMessage { code, text }), request_id);
+        }
         self.push(
             &Message::Goodbye(Goodbye {
                 reason: GoodbyeReason::ProtocolError,

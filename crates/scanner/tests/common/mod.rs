@@ -534,6 +534,22 @@ pub async fn connect(url: &str) -> Box<dyn Stream> {
     }
 }
 
+/// Connects to a tcp:// URL from the loopback address `local_ip`
+/// (127.0.0.2, ...: every 127/8 address is this host, and the scanner sees
+/// each as a different peer).
+pub async fn connect_from(url: &str, local_ip: &str) -> Box<dyn Stream> {
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("tcp://")
+        .expect("a tcp:// URL")
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(local_ip.parse().unwrap(), 0))
+        .expect("bind the local address");
+    Box::new(socket.connect(addr).await.expect("tcp connect"))
+}
+
 /// Any connected stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""Writes session.toml: the protocol's test vectors (docs/protocol.md §12).
+
+The frames are encoded here, independently of the Rust encoder, so the
+vectors also check the Rust decoder against a second implementation of §2-§5
+(crates/protocol/tests/vectors.rs decodes every frame and compares it with the
+vector's `decodes`). Run `python3 generate.py` in this directory after
+changing a vector, and commit both files.
+"""
+import struct
+from pathlib import Path
+
+# ----- encoding (§2-§5) ---------------------------------------------------------
+
+TYPES = {"Hello": 0x01, "HelloAck": 0x02, "FileEvent": 0x10, "Verdict": 0x11,
+         "ReadRequest": 0x20, "ReadData": 0x21, "Ping": 0x30, "Pong": 0x31,
+         "Error": 0xF0, "Goodbye": 0xF1}
+READ_CONTENT = 1
+
+
+def frame(msg_type, rid, payload, version=1, flags=0, payload_len=None):
+    t = TYPES.get(msg_type, msg_type)
+    n = len(payload) if payload_len is None else payload_len
+    return b"TAGT" + struct.pack("<HHIQI", version, t, flags, rid, n) + payload
+
+
+def hello(vmin=1, vmax=1, caps=READ_CONTENT, name=b"vm-1", max_frame=65536, reads=4):
+    return struct.pack("<HHHHHHHHQII", vmin, vmax, 2, len(name), 0, 1, 0, 0, caps,
+                       max_frame, reads) + name
+
+
+def hello_ack(version=1, max_frame=65536, events=64, chunk=65480, hb=10000, idle=30000, qt=1500):
+    return struct.pack("<HHIIIIIII", version, 0, max_frame, events, chunk, hb, idle, qt, 0)
+
+
+def file_event(size=10, path=b"/a", kind=1, encoding=1):
+    return struct.pack("<BBHIII", kind, encoding, len(path), 1, 1, 1) + \
+        struct.pack("<Q", 9) + b"\x01" * 16 + struct.pack("<QQ", size, 5) + path
+
+
+DECISIONS = {"Allow": 1, "Deny": 2, "AllowNoCache": 3}
+
+
+def verdict(decision, ttl=0, threat=b""):
+    return struct.pack("<BBHI", DECISIONS[decision], 0, len(threat), ttl) + threat
+
+
+def read_request(event, offset, length):
+    return struct.pack("<QQII", event, offset, length, 0)
+
+
+STATUS = {"Data": 1, "EndOfFile": 2, "Error": 3, "Cancelled": 4}
+
+
+def read_data(event, offset, status, data=b"", space=0, code=0, data_len=None):
+    n = len(data) if data_len is None else data_len
+    return struct.pack("<QQBBHIII", event, offset, STATUS[status], space, 0, code, n, 0) + data
+
+
+def heartbeat(nonce, ts):
+    return struct.pack("<QQ", nonce, ts)
+
+
+CODES = {"VersionUnsupported": 1, "UnknownMessageType": 2, "MalformedFrame": 3,
+         "UnexpectedMessage": 4, "LimitExceeded": 5, "Internal": 6}
+
+
+def error(code, text=b"", text_len=None):
+    n = len(text) if text_len is None else text_len
+    return struct.pack("<HH", CODES[code], n) + text
+
+
+REASONS = {"Shutdown": 1, "ProtocolError": 2, "VersionUnsupported": 3, "Timeout": 4,
+           "Overloaded": 5, "Restarting": 6}
+
+
+def goodbye(reason, reserved=0):
+    return struct.pack("<HH", REASONS[reason], reserved)
+
+# ----- expected outputs ---------------------------------------------------------
+
+
+def out(t, rid, **kw):
+    """An expected frame; rid None means "any nonzero request id" (one the
+    receiver chose itself, e.g. the id of its own Ping)."""
+    if rid is None:
+        return dict(type=t, **kw)
+    return dict(type=t, request_id=rid, **kw)
+
+
+def err(rid, code):
+    return out("Error", rid, code=code)
+
+
+def bye(reason="ProtocolError"):
+    return out("Goodbye", 0, reason=reason)
+
+
+def fatal(rid, code):
+    return [err(rid, code), bye()]
+
+
+def v(rid, decision="AllowNoCache", ttl=0):
+    return out("Verdict", rid, decision=decision, ttl=ttl)
+
+# ----- steps --------------------------------------------------------------------
+
+
+def recv(data, decodes, expect=(), decode_limit=None, note=None):
+    s = {"recv": data.hex(), "decodes": decodes}
+    if decode_limit is not None:
+        s["decode_limit"] = decode_limit
+    if note:
+        s["note"] = note
+    s["expect"] = list(expect)
+    return s
+
+
+def app(action, expect=(), **kw):
+    return dict(app=action, **kw, expect=list(expect))
+
+
+HELLO_STEP = recv(frame("Hello", 1, hello()), "Hello", [out("HelloAck", 1, version=1)])
+ACK_STEP = recv(frame("HelloAck", 1, hello_ack()), "HelloAck")
+
+
+def host_connected(*steps):
+    return [HELLO_STEP, *steps]
+
+
+def guest_connected(*steps):
+    return [ACK_STEP, *steps]
+
+
+def fe(rid, size=10, expect=()):
+    return recv(frame("FileEvent", rid, file_event(size)), "FileEvent", expect)
+
+
+def fetch(event, read_id, offset, length):
+    return app("fetch", [out("ReadRequest", read_id, event_id=event, offset=offset, length=length)],
+               id=event)
+
+
+def ping(rid, nonce=0xFEED, ts=123, expect=None):
+    if expect is None:
+        expect = [out("Pong", rid, nonce=nonce, timestamp=ts)]
+    return recv(frame("Ping", rid, heartbeat(nonce, ts)), "Ping", expect)
+
+
+def submit(rid):
+    """Guest application submits a query; once connected it is sent at once."""
+    return app("submit", [out("FileEvent", rid)])
+
+# ----- the vectors --------------------------------------------------------------
+
+
+V = []
+
+
+def vec(name, section, receiver, rule, steps, closed, **extra):
+    V.append(dict(name=name, section=section, receiver=receiver, rule=rule, closed=closed,
+                  **extra, steps=steps))
+
+
+GARBAGE = b"XXXX" + bytes(20)
+HUGE_HEADER = frame("Ping", 5, b"", payload_len=65536 - 24 + 1)[:24]
+
+for side, start in (("host", host_connected), ("guest", guest_connected)):
+    g = side == "guest"
+    vec(f"{side}_bad_magic_is_fatal", "9", side,
+        "Bad magic is fatal: Error(MalformedFrame) with request id 0, Goodbye(ProtocolError), close.",
+        start(recv(GARBAGE, "BadMagic", fatal(0, "MalformedFrame"))), True)
+    vec(f"{side}_frame_above_limit_is_fatal", "9", side,
+        "A header announcing a frame above the receiver's limit is fatal: Error(LimitExceeded) "
+        "with request id 0 (the header is not trusted), Goodbye(ProtocolError), close.",
+        start(recv(HUGE_HEADER, "FrameTooLarge", fatal(0, "LimitExceeded"))), True)
+    vec(f"{side}_unsupported_version_is_skipped", "9", side,
+        "A frame of an unsupported header version is skipped and answered with "
+        "Error(VersionUnsupported) carrying its request id; the session goes on.",
+        start(recv(frame("Ping", 5, heartbeat(1, 2), version=2), "UnsupportedVersion",
+                   [err(5, "VersionUnsupported")]), ping(6)), False)
+    vec(f"{side}_flags_not_checked_on_unsupported_version", "9", side,
+        "The flags check comes after the version check: a frame of an unsupported version "
+        "with nonzero flags is skipped (recoverable), not fatal.",
+        start(recv(frame("Ping", 5, heartbeat(1, 2), version=2, flags=1), "UnsupportedVersion",
+                   [err(5, "VersionUnsupported")]), ping(6)), False)
+    vec(f"{side}_reserved_flags_are_fatal", "9", side,
+        "Nonzero flags in a supported version are fatal: Error(MalformedFrame) echoing the "
+        "frame's request id, Goodbye(ProtocolError), close.",
+        start(recv(frame("Ping", 5, heartbeat(1, 2), flags=0x80000000), "ReservedFlags",
+                   fatal(5, "MalformedFrame"))), True)
+    vec(f"{side}_flags_checked_before_message_type", "9", side,
+        "The flags check comes before the message-type check: an unknown type with nonzero "
+        "flags is fatal.",
+        start(recv(frame(0x7777, 5, b"", flags=1), "ReservedFlags", fatal(5, "MalformedFrame"))),
+        True)
+    vec(f"{side}_unknown_message_type_is_skipped", "9", side,
+        "An unknown msg_type is skipped and answered with Error(UnknownMessageType) carrying "
+        "its request id; the session goes on.",
+        start(recv(frame(0x7777, 9, b"abc"), "UnknownMessageType", [err(9, "UnknownMessageType")]),
+              ping(10)), False)
+    vec(f"{side}_malformed_payload_is_fatal", "9", side,
+        "A payload breaking §5 (here a 15-byte Ping) is fatal: Error(MalformedFrame) echoing the "
+        "frame's request id, Goodbye(ProtocolError), close.",
+        start(recv(frame("Ping", 5, bytes(15)), "Malformed", fatal(5, "MalformedFrame"))), True)
+    vec(f"{side}_reserved_field_nonzero_is_fatal", "2", side,
+        "A nonzero reserved field (Goodbye.reserved) is a fatal Malformed error.",
+        start(recv(frame("Goodbye", 0, goodbye("Shutdown", reserved=1)), "Malformed",
+                   fatal(0, "MalformedFrame"))), True)
+    vec(f"{side}_malformed_error_frame_gets_goodbye_only", "9", side,
+        "An Error frame is never answered with an Error: a malformed Error closes with "
+        "Goodbye(ProtocolError) alone.",
+        start(recv(frame("Error", 3, error("Internal", b"abc", text_len=5)), "Malformed", [bye()])),
+        True)
+    vec(f"{side}_error_frame_with_flags_gets_goodbye_only", "9", side,
+        "An Error frame with nonzero flags closes with Goodbye(ProtocolError) alone.",
+        start(recv(frame("Error", 3, error("Internal"), flags=1), "ReservedFlags", [bye()])), True)
+    vec(f"{side}_error_frame_of_unsupported_version_skipped_silently", "9", side,
+        "An Error frame of an unsupported version is skipped without an answer.",
+        start(recv(frame("Error", 3, error("Internal"), version=2), "UnsupportedVersion"),
+              ping(6)), False)
+    vec(f"{side}_error_is_ignored", "5.8", side,
+        "A received Error is logged, completes nothing and is not answered; the session goes on.",
+        start(recv(frame("Error", 3, error("UnknownMessageType", b"type 0x7777")), "Error"),
+              ping(6)), False)
+    vec(f"{side}_ping_is_answered", "5.7", side,
+        "A Ping is answered at once with a Pong echoing its request id, nonce and timestamp_ms.",
+        start(ping(9, 0xABCDEF, 424242)), False)
+    vec(f"{side}_ping_with_request_id_0_is_fatal", "7", side,
+        "A request (Hello, FileEvent, ReadRequest, Ping) with request id 0 is a fatal "
+        "Error(UnexpectedMessage) with request id 0, Goodbye(ProtocolError), close.",
+        start(recv(frame("Ping", 0, heartbeat(1, 2)), "Ping", fatal(0, "UnexpectedMessage"))), True)
+    vec(f"{side}_pong_with_request_id_0_is_ignored", "7", side,
+        "A response whose request id matches no outstanding request (0 never does) is ignored.",
+        start(recv(frame("Pong", 0, heartbeat(0, 2)), "Pong"), ping(6)), False)
+    vec(f"{side}_unsolicited_pong_is_ignored", "7", side,
+        "A Pong matching no outstanding Ping is ignored.",
+        start(recv(frame("Pong", 99, heartbeat(99, 2)), "Pong"), ping(6)), False)
+    vec(f"{side}_goodbye_with_nonzero_request_id_closes", "5.9", side,
+        "A Goodbye's request id is ignored by its receiver: any Goodbye closes the session and "
+        "nothing more is sent.",
+        start(recv(frame("Goodbye", 5, goodbye("Shutdown")), "Goodbye")), True)
+
+# ----- host receives --------------------------------------------------------------
+
+H = "host"
+vec("host_frame_limit_applies_before_it_is_announced", "4", H,
+    "A receiver enforces its own limit from the first byte, before announcing it: a 4 097-byte "
+    "frame to a host with max_frame_len 4 096 is fatal even before Hello.",
+    [recv(frame("FileEvent", 7, file_event(path=b"/" + b"a" * (4097 - 24 - 56 - 1))),
+          "FrameTooLarge", fatal(0, "LimitExceeded"), decode_limit=4096)], True,
+    host_limits={"max_frame_len": 4096})
+vec("host_frame_above_announced_limit_is_fatal", "10", H,
+    "A frame above the limit the host announced in HelloAck is fatal (LimitExceeded).",
+    [recv(frame("Hello", 1, hello()), "Hello", [out("HelloAck", 1, version=1)]),
+     recv(frame("FileEvent", 7, file_event(path=b"/" + b"a" * (4097 - 24 - 56 - 1))),
+          "FrameTooLarge", fatal(0, "LimitExceeded"), decode_limit=4096)], True,
+    host_limits={"max_frame_len": 4096})
+vec("host_unknown_enum_value_is_fatal", "2", H,
+    "An enumeration value not listed (FileEvent.kind 9) is a fatal Malformed error.",
+    host_connected(recv(frame("FileEvent", 7, file_event(kind=9)), "Malformed",
+                        fatal(7, "MalformedFrame"))), True)
+vec("host_invalid_utf8_is_fatal", "2", H,
+    "Invalid UTF-8 text (Hello.guest_name) is a fatal Malformed error.",
+    [recv(frame("Hello", 1, hello(name=b"\xff\xfe")), "Malformed", fatal(1, "MalformedFrame"))],
+    True)
+vec("host_payload_length_mismatch_is_fatal", "2", H,
+    "A payload longer than its fixed part plus declared variable lengths is a fatal Malformed "
+    "error.",
+    host_connected(recv(frame("FileEvent", 7, file_event() + b"x"), "Malformed",
+                        fatal(7, "MalformedFrame"))), True)
+vec("host_hello_version_min_0_is_malformed", "5.1", H,
+    "Hello.version_min 0 is a fatal Malformed error (not a version negotiation failure).",
+    [recv(frame("Hello", 1, hello(vmin=0, vmax=1)), "Malformed", fatal(1, "MalformedFrame"))],
+    True)
+vec("host_hello_version_max_below_min_is_malformed", "5.1", H,
+    "Hello.version_max < version_min is a fatal Malformed error.",
+    [recv(frame("Hello", 1, hello(vmin=3, vmax=2)), "Malformed", fatal(1, "MalformedFrame"))],
+    True)
+vec("host_hello_is_acked", "6", H,
+    "The host answers Hello with HelloAck carrying the Hello's request id and the highest "
+    "common version.",
+    [recv(frame("Hello", 77, hello(vmin=1, vmax=3)), "Hello", [out("HelloAck", 77, version=1)])],
+    False)
+vec("host_no_common_version", "6", H,
+    "No common version: Error(VersionUnsupported) with the Hello's request id, "
+    "Goodbye(VersionUnsupported), close.",
+    [recv(frame("Hello", 3, hello(vmin=2, vmax=5)), "Hello",
+          [err(3, "VersionUnsupported"), bye("VersionUnsupported")])], True)
+vec("host_hello_with_request_id_0_is_fatal", "7", H,
+    "A Hello with request id 0 is a fatal Error(UnexpectedMessage) with request id 0.",
+    [recv(frame("Hello", 0, hello()), "Hello", fatal(0, "UnexpectedMessage"))], True)
+vec("host_second_hello_is_fatal", "6", H,
+    "A second Hello is a fatal UnexpectedMessage echoing its request id.",
+    host_connected(recv(frame("Hello", 2, hello()), "Hello", fatal(2, "UnexpectedMessage"))), True)
+vec("host_hello_ack_from_guest_is_fatal", "6", H,
+    "A HelloAck sent to the host is a fatal UnexpectedMessage echoing its request id.",
+    host_connected(recv(frame("HelloAck", 1, hello_ack()), "HelloAck",
+                        fatal(1, "UnexpectedMessage"))), True)
+vec("host_file_event_before_hello_is_fatal_without_verdict", "6", H,
+    "A FileEvent before Hello is a fatal UnexpectedMessage echoing its id; it is not accepted, "
+    "so it gets no Verdict.",
+    [recv(frame("FileEvent", 7, file_event()), "FileEvent", fatal(7, "UnexpectedMessage"))], True)
+vec("host_ping_before_hello_is_fatal", "6", H,
+    "Before HelloAck the host accepts only Hello, Error and Goodbye: a Ping is fatal.",
+    [recv(frame("Ping", 5, heartbeat(1, 2)), "Ping", fatal(5, "UnexpectedMessage"))], True)
+vec("host_error_before_hello_is_ignored", "6", H,
+    "An Error before HelloAck is ignored; the handshake goes on.",
+    [recv(frame("Error", 0, error("Internal")), "Error"), HELLO_STEP], False)
+vec("host_unknown_type_before_hello_is_skipped", "6", H,
+    "Recoverable decoding errors stay recoverable before HelloAck: the frame is skipped with "
+    "Error(UnknownMessageType) and the handshake goes on.",
+    [recv(frame(0x7777, 4, b""), "UnknownMessageType", [err(4, "UnknownMessageType")]), HELLO_STEP],
+    False)
+vec("host_hello_of_unsupported_header_version_is_skipped", "6", H,
+    "A Hello whose header version is not 1 is skipped with Error(VersionUnsupported) and its "
+    "request id; the guest may send a version-1 Hello.",
+    [recv(frame("Hello", 1, hello(), version=2), "UnsupportedVersion",
+          [err(1, "VersionUnsupported")]), HELLO_STEP], False)
+vec("host_goodbye_before_hello_closes", "5.9", H,
+    "A Goodbye closes in every state; nothing is sent after it.",
+    [recv(frame("Goodbye", 0, goodbye("Shutdown")), "Goodbye")], True)
+vec("host_handshake_timeout", "8", H,
+    "No Hello within HANDSHAKE_TIMEOUT_MS: Goodbye(Timeout), close.",
+    [app("advance_ms", [bye("Timeout")], ms=5000)], True)
+vec("host_verdict_from_guest_is_fatal", "6", H,
+    "A message in the wrong direction (Verdict to the host) is a fatal UnexpectedMessage echoing "
+    "its request id.",
+    host_connected(recv(frame("Verdict", 7, verdict("Allow", 5)), "Verdict",
+                        fatal(7, "UnexpectedMessage"))), True)
+vec("host_read_request_from_guest_is_fatal", "6", H,
+    "A ReadRequest to the host is a fatal UnexpectedMessage echoing its request id.",
+    host_connected(recv(frame("ReadRequest", 3, read_request(7, 0, 10)), "ReadRequest",
+                        fatal(3, "UnexpectedMessage"))), True)
+vec("host_file_event_with_request_id_0_is_fatal", "7", H,
+    "A FileEvent with request id 0 is fatal (Error with request id 0) and gets no Verdict.",
+    host_connected(recv(frame("FileEvent", 0, file_event()), "FileEvent",
+                        fatal(0, "UnexpectedMessage"))), True)
+vec("host_file_event_id_reused_while_outstanding_is_fatal", "7", H,
+    "A FileEvent reusing an outstanding event id is fatal; the outstanding event still gets its "
+    "policy Verdict, the duplicate gets none.",
+    host_connected(fe(7), recv(frame("FileEvent", 7, file_event()), "FileEvent",
+                               [v(7), *fatal(7, "UnexpectedMessage")])), True)
+vec("host_event_id_may_be_reused_after_its_verdict", "7", H,
+    "Ids are unique among outstanding requests only: an event id may be reused after its "
+    "Verdict.",
+    host_connected(fe(7), app("verdict", [v(7, "Deny", 300)], id=7, decision="Deny", ttl=300),
+                   fe(7), app("verdict", [v(7, "Allow", 60)], id=7, decision="Allow", ttl=60)),
+    False)
+vec("host_read_data_for_unknown_read_id_is_ignored", "7", H,
+    "A ReadData whose read id matches no outstanding ReadRequest is ignored.",
+    host_connected(recv(frame("ReadData", 42, read_data(7, 0, "EndOfFile", b"ab")), "ReadData"),
+                   ping(6)), False)
+vec("host_read_data_after_verdict_is_ignored", "7", H,
+    "ReadData arriving after its event's Verdict is ignored.",
+    host_connected(fe(7), fetch(7, 1, 0, 10),
+                   app("verdict", [v(7, "Allow", 60)], id=7, decision="Allow", ttl=60),
+                   recv(frame("ReadData", 1, read_data(7, 0, "EndOfFile", b"0123456789")),
+                        "ReadData"), ping(6)), False)
+vec("host_read_data_with_wrong_event_id_is_fatal", "7", H,
+    "A ReadData echoing another event_id than its ReadRequest is fatal: open queries get their "
+    "policy Verdict, then Error(UnexpectedMessage) with the read id, Goodbye(ProtocolError).",
+    host_connected(fe(7), fetch(7, 1, 0, 10),
+                   recv(frame("ReadData", 1, read_data(8, 0, "EndOfFile", b"0123456789")),
+                        "ReadData", [v(7), *fatal(1, "UnexpectedMessage")])), True)
+vec("host_read_data_with_wrong_offset_is_fatal", "7", H,
+    "A ReadData echoing another offset than its ReadRequest is fatal (UnexpectedMessage).",
+    host_connected(fe(7), fetch(7, 1, 0, 10),
+                   recv(frame("ReadData", 1, read_data(7, 5, "EndOfFile", b"01234")),
+                        "ReadData", [v(7), *fatal(1, "UnexpectedMessage")])), True)
+vec("host_read_data_longer_than_requested_is_fatal", "5.6", H,
+    "ReadData with data_len above the requested length is fatal (UnexpectedMessage).",
+    host_connected(fe(7, size=4), fetch(7, 1, 0, 4),
+                   recv(frame("ReadData", 1, read_data(7, 0, "EndOfFile", b"01234")),
+                        "ReadData", [v(7), *fatal(1, "UnexpectedMessage")])), True)
+vec("host_read_data_data_with_no_bytes_is_malformed", "5.6", H,
+    "ReadData with status Data and data_len 0 is a fatal Malformed error.",
+    host_connected(fe(7), fetch(7, 1, 0, 10),
+                   recv(frame("ReadData", 1, read_data(7, 0, "Data")), "Malformed",
+                        [v(7), *fatal(1, "MalformedFrame")])), True)
+vec("host_end_of_file_with_no_bytes_is_normal", "5.6", H,
+    "A read at the end of the file is answered EndOfFile with data_len 0; not an error.",
+    host_connected(fe(7, size=4), fetch(7, 1, 0, 4),
+                   recv(frame("ReadData", 1, read_data(7, 0, "Data", b"abcd")), "ReadData",
+                        [out("ReadRequest", 2, event_id=7, offset=4, length=65480)]),
+                   recv(frame("ReadData", 2, read_data(7, 4, "EndOfFile")), "ReadData"),
+                   app("verdict", [v(7, "Allow", 60)], id=7, decision="Allow", ttl=60)), False)
+vec("host_no_reads_without_read_content", "7", H,
+    "The host sends no ReadRequest to a guest without READ_CONTENT; it answers with its "
+    "error-policy Verdict, cache_ttl_secs 0.",
+    [recv(frame("Hello", 1, hello(caps=0)), "Hello", [out("HelloAck", 1, version=1)]),
+     fe(7), app("fetch", [v(7, "Deny")], id=7)], False,
+    host_policy={"error": "Deny"})
+vec("host_excess_event_gets_policy_verdict", "9", H,
+    "A FileEvent above max_events_in_flight is answered at once with the error-policy Verdict "
+    "(cache_ttl_secs 0); the session goes on.",
+    host_connected(fe(1), fe(2), fe(3, expect=[v(3, "Deny")])), False,
+    host_limits={"max_events_in_flight": 2}, host_policy={"error": "Deny"})
+vec("host_excess_run_longer_than_limit_is_fatal", "9", H,
+    "A run of more than max_events_in_flight consecutive excess events is fatal; the event that "
+    "makes it fatal still gets its Verdict, then every open query, then "
+    "Error(LimitExceeded) echoing its id and Goodbye(ProtocolError).",
+    host_connected(fe(1), fe(2), fe(3, expect=[v(3)]), fe(4, expect=[v(4)]),
+                   fe(5, expect=[v(5), v(1), v(2), *fatal(5, "LimitExceeded")])), True,
+    host_limits={"max_events_in_flight": 2})
+vec("host_excess_run_is_reset_by_an_accepted_event", "9", H,
+    "The excess run is reset only by a FileEvent the host accepts within the limit.",
+    host_connected(fe(1), fe(2), fe(3, expect=[v(3)]), fe(4, expect=[v(4)]),
+                   app("verdict", [v(1, "Allow", 60)], id=1, decision="Allow", ttl=60),
+                   fe(5), fe(6, expect=[v(6)]), fe(7, expect=[v(7)])), False,
+    host_limits={"max_events_in_flight": 2})
+vec("host_excess_run_is_not_reset_by_other_frames", "9", H,
+    "Frames other than an accepted FileEvent neither reset nor extend the excess run.",
+    host_connected(fe(1), fe(2), fe(3, expect=[v(3)]), ping(9), fe(4, expect=[v(4)]),
+                   fe(5, expect=[v(5), v(1), v(2), *fatal(5, "LimitExceeded")])), True,
+    host_limits={"max_events_in_flight": 2})
+vec("host_scan_budget_policy_verdict_has_ttl_0", "8", H,
+    "When query_timeout_ms expires the host sends its timeout-policy Verdict with "
+    "cache_ttl_secs 0, whatever the decision.",
+    host_connected(fe(7), app("advance_ms", [v(7, "Deny")], ms=1500)), False,
+    host_policy={"timeout": "Deny"})
+vec("host_too_large_policy_verdict_has_ttl_0", "5.4", H,
+    "Every policy Verdict (here: file too large) has cache_ttl_secs 0 and no threat name.",
+    host_connected(fe(7, size=100), app("fetch", [v(7, "Deny")], id=7)), False,
+    host_limits={"max_file_size": 50}, host_policy={"too_large": "Deny"})
+vec("host_shutdown_answers_open_queries_first", "9", H,
+    "Before any Goodbye (here an orderly Shutdown) the host answers every open query with its "
+    "error-policy Verdict.",
+    host_connected(fe(7), fe(8), app("close", [v(7), v(8), bye("Shutdown")], reason="Shutdown")),
+    True)
+vec("host_idle_timeout_answers_open_queries_first", "8", H,
+    "Idle timeout: every open query gets its policy Verdict, then Goodbye(Timeout).",
+    host_connected(fe(7), app("advance_ms", [v(7), bye("Timeout")], ms=30000)), True)
+vec("host_peer_goodbye_sends_nothing", "5.9", H,
+    "After receiving Goodbye the host sends nothing, not even Verdicts for open queries.",
+    host_connected(fe(7), recv(frame("Goodbye", 0, goodbye("Shutdown")), "Goodbye")), True)
+vec("host_sends_ping_after_send_silence", "8", H,
+    "After heartbeat_interval_ms without sending, the host sends a Ping (nonzero request id).",
+    host_connected(app("advance_ms", [out("Ping", None)], ms=10000)), False)
+vec("host_pong_matching_its_ping_completes_it", "5.7", H,
+    "A Pong echoing the outstanding Ping's request id and nonce completes it: the next Ping "
+    "follows one heartbeat interval later.",
+    host_connected(app("advance_ms", [out("Ping", 1, nonce=1, timestamp=10000)], ms=10000),
+                   recv(frame("Pong", 1, heartbeat(1, 10000)), "Pong"),
+                   app("advance_ms", [out("Ping", 2, nonce=2, timestamp=20000)], ms=10000)),
+    False)
+vec("host_pong_with_another_nonce_is_ignored", "5.7", H,
+    "A Pong whose nonce differs from the outstanding Ping's matches nothing and is ignored: "
+    "the Ping stays outstanding, so no new Ping is sent.",
+    host_connected(app("advance_ms", [out("Ping", 1, nonce=1, timestamp=10000)], ms=10000),
+                   recv(frame("Pong", 1, heartbeat(9, 10000)), "Pong"),
+                   app("advance_ms", [], ms=10000)), False)
+vec("host_pong_with_another_request_id_is_ignored", "5.7", H,
+    "A Pong whose request id differs from the outstanding Ping's is ignored, even with the "
+    "right nonce.",
+    host_connected(app("advance_ms", [out("Ping", 1, nonce=1, timestamp=10000)], ms=10000),
+                   recv(frame("Pong", 9, heartbeat(1, 10000)), "Pong"),
+                   app("advance_ms", [], ms=10000)), False)
+vec("host_unknown_capability_bits_are_ignored", "5.1", H,
+    "Capability bits the receiver does not know are ignored, not rejected.",
+    [recv(frame("Hello", 1, hello(caps=READ_CONTENT | (1 << 40))), "Hello",
+          [out("HelloAck", 1, version=1)])], False)
+vec("host_empty_path_is_malformed", "5.3", H,
+    "A FileEvent with path_len 0 is a fatal Malformed error.",
+    host_connected(recv(frame("FileEvent", 7, file_event(path=b"")), "Malformed",
+                        fatal(7, "MalformedFrame"))), True)
+vec("host_read_error_without_error_space_is_malformed", "5.6", H,
+    "ReadData with status Error and error_space 0 is a fatal Malformed error.",
+    host_connected(recv(frame("ReadData", 1, read_data(7, 0, "Error", code=5)), "Malformed",
+                        fatal(1, "MalformedFrame"))), True)
+vec("host_odd_utf16_path_is_malformed", "5.3", H,
+    "A UTF-16LE path with an odd path_len is a fatal Malformed error.",
+    host_connected(recv(frame("FileEvent", 7, file_event(path=b"a\0b", encoding=2)), "Malformed",
+                        fatal(7, "MalformedFrame"))), True)
+
+# ----- guest receives --------------------------------------------------------------
+
+G = "guest"
+vec("guest_events_wait_for_hello_ack", "6", G,
+    "Before HelloAck the guest sends nothing but Hello (and Error, Goodbye): a query waits and "
+    "is sent once HelloAck arrives.",
+    [app("submit", []), recv(frame("HelloAck", 1, hello_ack()), "HelloAck", [out("FileEvent", 2)])],
+    False)
+vec("guest_hello_ack_with_wrong_request_id_is_fatal", "6", G,
+    "A HelloAck whose request id is not the Hello's is a fatal UnexpectedMessage echoing it.",
+    [recv(frame("HelloAck", 9, hello_ack()), "HelloAck", fatal(9, "UnexpectedMessage"))], True)
+vec("guest_hello_ack_with_version_not_offered_is_fatal", "6", G,
+    "A HelloAck choosing a version outside the Hello's range is a fatal "
+    "Error(VersionUnsupported) echoing its request id.",
+    [recv(frame("HelloAck", 1, hello_ack(version=2)), "HelloAck",
+          fatal(1, "VersionUnsupported"))], True)
+vec("guest_idle_timeout_not_above_heartbeat_is_malformed", "5.2", G,
+    "A HelloAck whose nonzero idle_timeout_ms is not above a nonzero heartbeat_interval_ms is a "
+    "fatal Malformed error.",
+    [recv(frame("HelloAck", 1, hello_ack(hb=10000, idle=10000)), "Malformed",
+          fatal(1, "MalformedFrame"))], True)
+vec("guest_second_hello_ack_is_fatal", "6", G,
+    "A HelloAck after the first is a fatal UnexpectedMessage.",
+    guest_connected(recv(frame("HelloAck", 1, hello_ack()), "HelloAck",
+                         fatal(1, "UnexpectedMessage"))), True)
+vec("guest_verdict_before_hello_ack_is_fatal", "6", G,
+    "Before HelloAck the guest accepts only HelloAck, Error and Goodbye: a Verdict is fatal.",
+    [recv(frame("Verdict", 2, verdict("Allow", 5)), "Verdict", fatal(2, "UnexpectedMessage"))],
+    True)
+vec("guest_error_before_hello_ack_is_ignored", "6", G,
+    "An Error before HelloAck is ignored; the handshake goes on.",
+    [recv(frame("Error", 1, error("Internal")), "Error"), app("submit", []),
+     recv(frame("HelloAck", 1, hello_ack()), "HelloAck", [out("FileEvent", 2)])], False)
+vec("guest_unknown_type_before_hello_ack_is_skipped", "6", G,
+    "Recoverable decoding errors stay recoverable before HelloAck.",
+    [recv(frame(0x7777, 4, b""), "UnknownMessageType", [err(4, "UnknownMessageType")]),
+     ACK_STEP, ping(5)], False)
+vec("guest_goodbye_before_hello_ack_closes", "5.9", G,
+    "A Goodbye closes in every state; nothing is sent after it.",
+    [recv(frame("Goodbye", 0, goodbye("VersionUnsupported")), "Goodbye")], True)
+vec("guest_hello_from_host_is_fatal", "6", G,
+    "A guest-to-host message (Hello) sent to the guest is a fatal UnexpectedMessage.",
+    guest_connected(recv(frame("Hello", 3, hello()), "Hello", fatal(3, "UnexpectedMessage"))), True)
+vec("guest_verdict_is_matched", "7", G,
+    "A Verdict answers the outstanding FileEvent with its request id; nothing is sent back.",
+    guest_connected(submit(2), recv(frame("Verdict", 2, verdict("Deny", 300, b"EICAR")),
+                                    "Verdict")), False)
+vec("guest_verdict_for_unknown_id_is_ignored", "7", G,
+    "A Verdict matching no outstanding FileEvent is ignored.",
+    guest_connected(recv(frame("Verdict", 99, verdict("Allow", 5)), "Verdict"), ping(5)), False)
+vec("guest_verdict_with_request_id_0_is_ignored", "7", G,
+    "A Verdict with request id 0 matches nothing and is ignored.",
+    guest_connected(recv(frame("Verdict", 0, verdict("Allow", 5)), "Verdict"), ping(5)), False)
+vec("guest_allow_no_cache_with_ttl_is_malformed", "5.4", G,
+    "AllowNoCache with a nonzero cache_ttl_secs is a fatal Malformed error.",
+    guest_connected(recv(frame("Verdict", 2, verdict("AllowNoCache", 5)), "Malformed",
+                         fatal(2, "MalformedFrame"))), True)
+vec("guest_late_verdict_is_ignored", "8", G,
+    "After the guest's own deadline the query is decided locally; a later Verdict is ignored "
+    "and a later ReadRequest for it is answered Cancelled.",
+    guest_connected(submit(2), app("advance_ms", [], ms=2000),
+                    recv(frame("Verdict", 2, verdict("Deny", 5)), "Verdict"),
+                    recv(frame("ReadRequest", 3, read_request(2, 0, 10)), "ReadRequest",
+                         [out("ReadData", 3, event_id=2, offset=0, status="Cancelled")])), False)
+vec("guest_read_request_with_request_id_0_is_fatal", "7", G,
+    "A ReadRequest with request id 0 is a fatal Error(UnexpectedMessage) with request id 0.",
+    guest_connected(submit(2), recv(frame("ReadRequest", 0, read_request(2, 0, 10)),
+                                    "ReadRequest", fatal(0, "UnexpectedMessage"))), True)
+vec("guest_read_request_for_unknown_event_is_cancelled", "7", G,
+    "A ReadRequest for an event not outstanding on the guest is answered ReadData(Cancelled) "
+    "echoing event_id and offset.",
+    guest_connected(recv(frame("ReadRequest", 3, read_request(77, 8, 10)), "ReadRequest",
+                         [out("ReadData", 3, event_id=77, offset=8, status="Cancelled")])), False)
+vec("guest_read_request_above_read_chunk_is_fatal", "5.5", G,
+    "A ReadRequest.length above the negotiated max_read_chunk is a fatal LimitExceeded echoing "
+    "the read id.",
+    [recv(frame("HelloAck", 1, hello_ack(chunk=4096)), "HelloAck"), submit(2),
+     recv(frame("ReadRequest", 3, read_request(2, 0, 4097)), "ReadRequest",
+          fatal(3, "LimitExceeded"))], True)
+vec("guest_read_request_without_read_content_is_fatal", "7", G,
+    "A ReadRequest to a guest that did not announce READ_CONTENT is a fatal UnexpectedMessage.",
+    guest_connected(submit(2), recv(frame("ReadRequest", 3, read_request(2, 0, 10)),
+                                    "ReadRequest", fatal(3, "UnexpectedMessage"))), True,
+    guest_read_content=False)
+vec("guest_read_id_reused_while_outstanding_is_fatal", "7", G,
+    "A ReadRequest reusing an outstanding read id is a fatal UnexpectedMessage.",
+    guest_connected(submit(2), recv(frame("ReadRequest", 3, read_request(2, 0, 10)),
+                                    "ReadRequest"),
+                    recv(frame("ReadRequest", 3, read_request(2, 10, 10)), "ReadRequest",
+                         fatal(3, "UnexpectedMessage"))), True)
+vec("guest_reads_above_max_reads_in_flight_are_fatal", "10", G,
+    "More outstanding ReadRequests than the guest's max_reads_in_flight (4) is a fatal "
+    "LimitExceeded echoing the read id.",
+    guest_connected(submit(2), *[recv(frame("ReadRequest", r, read_request(2, r * 10, 10)),
+                                      "ReadRequest") for r in (3, 4, 5, 6)],
+                    recv(frame("ReadRequest", 7, read_request(2, 70, 10)), "ReadRequest",
+                         fatal(7, "LimitExceeded"))), True)
+vec("guest_read_at_end_of_file_is_end_of_file_with_no_bytes", "5.6", G,
+    "A ReadRequest at or past the end of the file is answered EndOfFile with data_len 0, echoing "
+    "event_id and offset.",
+    guest_connected(submit(2), recv(frame("ReadRequest", 3, read_request(2, 100, 10)),
+                                    "ReadRequest"),
+                    app("read_completed", [out("ReadData", 3, event_id=2, offset=100,
+                                               status="EndOfFile", data_len=0)],
+                        read_id=3, status="EndOfFile", data="")), False)
+vec("guest_pong_matching_its_ping_completes_it", "5.7", G,
+    "A Pong echoing the outstanding Ping's request id and nonce completes it: the next Ping "
+    "follows one heartbeat interval later.",
+    guest_connected(app("advance_ms", [out("Ping", 2, nonce=2, timestamp=10000)], ms=10000),
+                    recv(frame("Pong", 2, heartbeat(2, 10000)), "Pong"),
+                    app("advance_ms", [out("Ping", 3, nonce=3, timestamp=20000)], ms=10000)),
+    False)
+vec("guest_pong_with_another_nonce_is_ignored", "5.7", G,
+    "A Pong whose nonce differs from the outstanding Ping's is ignored: without a matching "
+    "Pong within two heartbeat intervals the guest closes with Goodbye(Timeout).",
+    guest_connected(app("advance_ms", [out("Ping", 2, nonce=2, timestamp=10000)], ms=10000),
+                    recv(frame("Pong", 2, heartbeat(9, 10000)), "Pong"),
+                    app("advance_ms", [], ms=10000),
+                    app("advance_ms", [bye("Timeout")], ms=10000)), True)
+vec("guest_pong_with_another_request_id_is_ignored", "5.7", G,
+    "A Pong whose request id differs from the outstanding Ping's is ignored, even with the "
+    "right nonce.",
+    guest_connected(app("advance_ms", [out("Ping", 2, nonce=2, timestamp=10000)], ms=10000),
+                    recv(frame("Pong", 9, heartbeat(2, 10000)), "Pong"),
+                    app("advance_ms", [], ms=10000),
+                    app("advance_ms", [bye("Timeout")], ms=10000)), True)
+vec("guest_read_request_of_length_0_is_malformed", "5.5", G,
+    "A ReadRequest with length 0 is a fatal Malformed error.",
+    guest_connected(submit(2), recv(frame("ReadRequest", 3, read_request(2, 0, 0)), "Malformed",
+                                    fatal(3, "MalformedFrame"))), True)
+vec("guest_close_says_goodbye", "5.9", G,
+    "An orderly stop sends Goodbye(Shutdown) with request id 0 and closes.",
+    guest_connected(submit(2), app("close", [bye("Shutdown")], reason="Shutdown")), True)
+
+# ----- TOML output ----------------------------------------------------------------
+
+
+def toml_value(x):
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, str):
+        return '"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(x, list):
+        return "[" + ", ".join(toml_value(i) for i in x) + "]"
+    if isinstance(x, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(val)}" for k, val in x.items()) + " }"
+    raise TypeError(x)
+
+
+def main():
+    names = [x["name"] for x in V]
+    assert len(names) == len(set(names)), "duplicate vector names"
+    lines = ["# Generated by generate.py: edit that file, run it, commit both.",
+             "# Format and meaning: README.md in this directory; rules: docs/protocol.md.", ""]
+    for x in V:
+        lines.append("[[vector]]")
+        for k, val in x.items():
+            if k != "steps":
+                lines.append(f"{k} = {toml_value(val)}")
+        for s in x["steps"]:
+            lines.append("[[vector.step]]")
+            for k, val in s.items():
+                lines.append(f"{k} = {toml_value(val)}")
+        lines.append("")
+    Path(__file__).with_name("session.toml").write_text("\n".join(lines))
+    print(f"{len(V)} vectors")
+
+
+main()

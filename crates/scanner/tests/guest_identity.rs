@@ -1,0 +1,435 @@
+//! Who a guest is comes from the transport, never from the name it
+//! announces: two guests that claim the same name never share verdicts
+//! unless the transport says they are the same peer (loopback address,
+//! certificate subject); a hostile guest that claims another's name changes
+//! nothing for it; plain TCP beyond loopback is refused; `tls://` admits
+//! only certificates the guest CA signed. Runs the real service in-process
+//! over loopback TCP (127.0.0.1 and 127.0.0.2 are different peers) and TLS.
+#![cfg(unix)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{EICAR, FileSpec, connect, connect_from, run_guest};
+use thinagent_scanner::config::Config;
+use thinagent_scanner::listen::{ListenUrl, Listener, connect_with_tls};
+use thinagent_scanner::service::{Service, ServiceError, ServiceHandle};
+use thinagent_scanner::tls::TlsConfig;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A clean file as long as EICAR, so it can share EICAR's file identity
+/// (volume, id, size, last write).
+const CLEAN_68: &[u8] = &[b'x'; 68];
+
+struct Running {
+    urls: Vec<String>,
+    handle: ServiceHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(config: Config) -> Self {
+        let service = Service::build(&config).await.expect("service builds");
+        let urls = service.urls().iter().map(ToString::to_string).collect();
+        let handle = service.handle();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.run(
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(3),
+        ));
+        Self {
+            urls,
+            handle,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn url(&self, scheme: &str) -> &str {
+        self.urls.iter().find(|u| u.starts_with(scheme)).unwrap()
+    }
+
+    /// Identity-cache hits so far.
+    fn guest_cache_hits(&self) -> f64 {
+        common::metric(
+            &self.handle.metrics().encode(),
+            "thinagent_scanner_cache_hits_total{kind=\"guest\"}",
+        )
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn tcp_config() -> Config {
+    Config {
+        listen: vec!["tcp://127.0.0.1:0".into()],
+        ..Config::default()
+    }
+}
+
+/// One open of `file` by a guest named `name` over `stream`: its answer.
+async fn open_once<S>(stream: S, name: &str, file: &Arc<FileSpec>) -> common::Answer
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let r = run_guest(stream, name, std::slice::from_ref(file), 1, LIMIT).await;
+    r.answers[0].clone().expect("the open is answered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_from_another_peer_never_shares_verdicts() {
+    let svc = Running::start(tcp_config()).await;
+    let url = svc.url("tcp://").to_string();
+    // Guest on 127.0.0.1 opens a clean file: scanned, Allow, cached.
+    let clean = FileSpec::new("/app/tool.exe", 42, 1, CLEAN_68);
+    assert!(
+        open_once(connect(&url).await, "desk-01", &clean)
+            .await
+            .is_clean()
+    );
+    // Another peer (127.0.0.2) with the same name opens a file with the
+    // same identity whose content is EICAR (a cloned VM: same hostname,
+    // same file ids). It must be read and scanned, not answered from the
+    // first guest's cache.
+    let same_identity_eicar = FileSpec::new("/app/tool.exe", 42, 1, EICAR);
+    let hits_before = svc.guest_cache_hits();
+    let a = open_once(
+        connect_from(&url, "127.0.0.2").await,
+        "desk-01",
+        &same_identity_eicar,
+    )
+    .await;
+    assert!(a.is_found("Eicar-Test-Signature"), "{a:?}");
+    assert_eq!(svc.guest_cache_hits(), hits_before);
+    // The same peer reconnecting (same address, same name) does share its
+    // own verdicts, as before: the identity says the file is unchanged.
+    let again = open_once(connect(&url).await, "desk-01", &clean).await;
+    assert!(again.is_clean());
+    assert_eq!(svc.guest_cache_hits(), hits_before + 1.0);
+    svc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_claiming_anothers_name_cannot_plant_a_verdict_for_it() {
+    let svc = Running::start(tcp_config()).await;
+    let url = svc.url("tcp://").to_string();
+    // The attacker (127.0.0.2) claims the victim's name and gets an Allow
+    // cached for a file identity the victim has, with harmless content.
+    let planted = FileSpec::new("C:\\Windows\\evil.dll", 7, 3, CLEAN_68);
+    assert!(
+        open_once(connect_from(&url, "127.0.0.2").await, "victim", &planted)
+            .await
+            .is_clean()
+    );
+    // The victim (127.0.0.1) opens that identity; its content is EICAR.
+    let real = FileSpec::new("C:\\Windows\\evil.dll", 7, 3, EICAR);
+    let a = open_once(connect(&url).await, "victim", &real).await;
+    assert!(a.is_found("Eicar-Test-Signature"), "{a:?}");
+    svc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cross_guest_content_cache_is_keyed_by_what_the_host_hashed() {
+    // FileEvent carries no hash: the content cache can only be keyed by
+    // the SHA-256 of bytes the host read. Two peers, same identity, same
+    // size, different bytes: each gets the verdict of its own bytes, both
+    // ways round.
+    let svc = Running::start(tcp_config()).await;
+    let url = svc.url("tcp://").to_string();
+    let eicar = FileSpec::new("/x", 9, 9, EICAR);
+    let clean = FileSpec::new("/x", 9, 9, CLEAN_68);
+    assert!(
+        open_once(connect(&url).await, "a", &eicar)
+            .await
+            .is_found("Eicar-Test-Signature")
+    );
+    assert!(
+        open_once(connect_from(&url, "127.0.0.2").await, "a", &clean)
+            .await
+            .is_clean()
+    );
+    assert!(
+        open_once(connect_from(&url, "127.0.0.3").await, "a", &eicar)
+            .await
+            .is_found("Eicar-Test-Signature")
+    );
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_tcp_beyond_loopback_is_refused_with_what_to_do() {
+    // By the config check (and so --check-config) ...
+    let c = Config {
+        listen: vec!["tcp://0.0.0.0:0".into()],
+        ..Config::default()
+    };
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("tls://HOST:PORT"), "{e}");
+    let e = Service::build(&c).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Config(_)), "{e}");
+    // ... and by the listener itself, whoever binds it.
+    let url: ListenUrl = "tcp://0.0.0.0:0".parse().unwrap();
+    let e = Listener::bind(&url).unwrap_err().to_string();
+    assert!(e.contains("beyond loopback"), "{e}");
+    // tls:// without certificates says what is missing.
+    let c = Config {
+        listen: vec!["tls://127.0.0.1:0".into()],
+        ..Config::default()
+    };
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("[tls]") && e.contains("client_ca"), "{e}");
+    // Loopback TCP stays available for labs and tests.
+    tcp_config().validate().unwrap();
+}
+
+/// Test PKI made at test time: a guest CA, the scanner's certificate (for
+/// 127.0.0.1), guest certificates, and a rogue CA nobody configured.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Self::make_ca("ThinAgent test guest CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let pki = Self { dir, ca };
+        pki.leaf("server", "thinagent-scanner", true, &pki.ca);
+        pki
+    }
+
+    fn make_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// Writes `NAME.crt` and `NAME.key`: a certificate for `cn` signed by
+    /// `issuer` (a server one for 127.0.0.1, or a client one).
+    fn leaf(
+        &self,
+        name: &str,
+        cn: &str,
+        server: bool,
+        issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ) -> (PathBuf, PathBuf) {
+        let sans = if server {
+            vec!["127.0.0.1".to_string()]
+        } else {
+            Vec::new()
+        };
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, issuer).unwrap();
+        let crt = self.path(&format!("{name}.crt"));
+        let pem = self.path(&format!("{name}.key"));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem, key.serialize_pem()).unwrap();
+        (crt, pem)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn server_config(&self) -> TlsConfig {
+        TlsConfig {
+            cert: self.path("server.crt"),
+            key: self.path("server.key"),
+            client_ca: self.path("ca.pem"),
+        }
+    }
+
+    /// A client configuration for the guest certificate `name`.
+    fn client(&self, name: &str) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let chain =
+            rustls::pki_types::CertificateDer::pem_file_iter(self.path(&format!("{name}.crt")))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(self.path(&format!("{name}.key")))
+                .unwrap();
+        let config = self
+            .client_builder()
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
+
+    /// A client configuration that trusts the scanner, before choosing a
+    /// certificate.
+    fn client_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+    }
+}
+
+async fn tls_connect(
+    url: &str,
+    client: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<impl common::Stream> {
+    connect_with_tls(&url.parse().unwrap(), Some(client)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_guests_are_their_certificate_subjects() {
+    let pki = Pki::new();
+    pki.leaf("vm-a", "vm-a", false, &pki.ca);
+    pki.leaf("vm-b", "vm-b", false, &pki.ca);
+    let rogue_ca = Pki::make_ca("rogue CA");
+    pki.leaf("rogue", "vm-a", false, &rogue_ca);
+    let tmp = tempfile::tempdir().unwrap();
+    let audit = tmp.path().join("audit.jsonl");
+    let config = Config {
+        listen: vec!["tls://127.0.0.1:0".into()],
+        tls: Some(pki.server_config()),
+        audit_log: Some(audit.clone()),
+        ..Config::default()
+    };
+    config.validate().unwrap();
+    let svc = Running::start(config).await;
+    let url = svc.url("tls://").to_string();
+    let (a, b) = (pki.client("vm-a"), pki.client("vm-b"));
+    // vm-a gets a clean file's Allow cached ...
+    let clean = FileSpec::new("/bin/app", 5, 1, CLEAN_68);
+    let s = tls_connect(&url, &a).await.unwrap();
+    assert!(open_once(s, "same-name", &clean).await.is_clean());
+    // ... which vm-b, claiming the same name from the same address, does
+    // not get: its EICAR with that identity is read and scanned.
+    let eicar = FileSpec::new("/bin/app", 5, 1, EICAR);
+    let hits = svc.guest_cache_hits();
+    let s = tls_connect(&url, &b).await.unwrap();
+    let ans = open_once(s, "same-name", &eicar).await;
+    assert!(ans.is_found("Eicar-Test-Signature"), "{ans:?}");
+    assert_eq!(svc.guest_cache_hits(), hits);
+    // vm-a reconnecting under any name is still vm-a: its cache answers.
+    let s = tls_connect(&url, &a).await.unwrap();
+    assert!(open_once(s, "renamed", &clean).await.is_clean());
+    assert_eq!(svc.guest_cache_hits(), hits + 1.0);
+    // A certificate for "vm-a" from a CA the scanner does not trust, and a
+    // client with no certificate at all, get no session.
+    let rogue = pki.client("rogue");
+    let refused = async {
+        let s = tls_connect(&url, &rogue).await?;
+        let r = run_guest(
+            s,
+            "vm-a",
+            std::slice::from_ref(&clean),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+        Ok::<_, std::io::Error>(r.answers[0].clone())
+    }
+    .await;
+    assert!(
+        !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
+        "{refused:?}"
+    );
+    let no_cert = pki.client_builder().with_no_client_auth();
+    let no_cert = Arc::new(no_cert);
+    let refused = async {
+        let s = tls_connect(&url, &no_cert).await?;
+        let r = run_guest(
+            s,
+            "x",
+            std::slice::from_ref(&clean),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+        Ok::<_, std::io::Error>(r.answers[0].clone())
+    }
+    .await;
+    assert!(
+        !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
+        "{refused:?}"
+    );
+    let m = svc.handle.metrics().encode();
+    assert!(
+        common::metric(
+            &m,
+            "thinagent_scanner_sessions_refused_total{kind=\"tls_handshake\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+    svc.shutdown().await;
+    // The audit log names each guest by its certificate subject.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let peers: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["peer"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        peers,
+        ["tls:CN=vm-a", "tls:CN=vm-b", "tls:CN=vm-a"],
+        "{text}"
+    );
+}
+
+#[test]
+fn tls_config_errors_name_the_file_and_what_to_do() {
+    let pki = Pki::new();
+    let mut c = pki.server_config();
+    c.client_ca = Path::new("/nonexistent/ca.pem").to_path_buf();
+    let e = thinagent_scanner::tls::server_config(&c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tls.client_ca") && e.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+    let mut c = pki.server_config();
+    c.cert = pki.path("server.key");
+    let e = thinagent_scanner::tls::server_config(&c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tls.cert") && e.contains("no certificate"),
+        "{e}"
+    );
+}
