@@ -25,9 +25,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::connect::{ConnectUrl, Connection, Stream};
 use crate::core::{
-    Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, PermEvent, Stats, Token, Why,
+    Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, PermEvent, Stats, StopPlan,
+    StopRequest, Token, Why, stop_plan, supersedes,
 };
 use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, MarkScope};
+use crate::handover::{self, Inherited};
 use crate::logging::{Logger, routine};
 use crate::reader::{Incoming, Reader, ReaderShared};
 
@@ -102,6 +104,30 @@ impl AgentError {
             AgentError::Io { .. } => false,
         }
     }
+}
+
+/// Where the agent's fanotify group comes from.
+#[derive(Debug)]
+pub enum GroupSource {
+    /// A new group (`fanotify_init`).
+    New,
+    /// One a previous agent handed over ([`handover::take_inherited`]).
+    Inherited(Inherited),
+    /// This process's own, kept after a re-exec that failed.
+    Kept(Arc<FanGroup>),
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The final counters.
+    pub stats: Stats,
+    /// What stopped it.
+    pub request: StopRequest,
+    /// What was done with the group.
+    pub plan: StopPlan,
+    /// The group (marks still in place after [`StopPlan::HandOver`]).
+    pub group: Arc<FanGroup>,
 }
 
 /// A finished host read: its id, then the bytes and whether the file ended.
@@ -696,12 +722,164 @@ fn delay_log(edge: &Edge, delay: Duration) {
     );
 }
 
-/// Runs the agent until `shutdown` completes; returns the final counters.
-/// Must be called inside a tokio runtime.
+/// Runs the agent with a new group until `shutdown` completes (a stop: the
+/// marks are removed); returns the final counters. Must be called inside a
+/// tokio runtime.
 pub async fn run<F: Future<Output = ()>>(
     config: AgentConfig,
     shutdown: F,
 ) -> Result<Stats, AgentError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let agent = run_with(config, GroupSource::New, &mut rx);
+    tokio::pin!(agent);
+    tokio::pin!(shutdown);
+    let mut tx = Some(tx);
+    loop {
+        tokio::select! {
+            r = &mut agent => return r.map(|o| o.stats),
+            () = &mut shutdown, if tx.is_some() => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(StopRequest::Terminate);
+                }
+            }
+        }
+    }
+}
+
+/// Sets up the group from `source`: marks every `--watch` path (a no-op for
+/// marks a handed-over group has already) and logs which way it came.
+fn set_up_group(
+    config: &AgentConfig,
+    source: GroupSource,
+    log: Logger,
+) -> Result<Arc<FanGroup>, AgentError> {
+    let group = match source {
+        GroupSource::New => {
+            let g = FanGroup::new()?;
+            log.log(
+                Level::Info,
+                routine::FANOTIFY,
+                format_args!("created a new fanotify group (no group handed over)"),
+            );
+            Arc::new(g)
+        }
+        GroupSource::Inherited(inh) => {
+            log.log(
+                Level::Audit,
+                routine::FANOTIFY,
+                format_args!(
+                    "adopted the fanotify group {} (fd {}): its {} mount/file-system marks \
+                     stayed in place, no open went unchecked",
+                    inh.origin.describe(),
+                    inh.fd,
+                    inh.marks
+                ),
+            );
+            let g = FanGroup::from_fanotify(inh.fan);
+            if inh.origin == handover::Origin::SystemdStore {
+                // After a crash the previous agent may have left events
+                // read and unanswered (after a handover it left none).
+                let allow = config.fail_mode == FailMode::Open;
+                let n = g.answer_orphans(allow);
+                if n > 0 {
+                    log.log(
+                        Level::Warn,
+                        routine::FANOTIFY,
+                        format_args!(
+                            "{n} opens the previous agent had read and not answered (it \
+                             died) {} by {}",
+                            if allow { "allowed" } else { "denied" },
+                            fail_mode_name(config.fail_mode)
+                        ),
+                    );
+                }
+            }
+            // The previous agent's kernel verdict cache: this agent's core
+            // knows nothing of those marks (nor of the scanner's TTL for
+            // them), so they go, and the files are checked again.
+            if inh.inode_marks > 0 {
+                match g.flush_ignore_marks() {
+                    Ok(()) => log.log(
+                        Level::Info,
+                        routine::FANOTIFY,
+                        format_args!(
+                            "kernel verdict cache flushed (group handed over): {} ignore \
+                             marks removed",
+                            inh.inode_marks
+                        ),
+                    ),
+                    Err(e) => {
+                        return Err(AgentError::Io {
+                            what: "flushing the handed-over group's ignore marks",
+                            source: e,
+                        });
+                    }
+                }
+            }
+            Arc::new(g)
+        }
+        GroupSource::Kept(g) => {
+            log.log(
+                Level::Info,
+                routine::FANOTIFY,
+                format_args!("going on with this process's fanotify group"),
+            );
+            g
+        }
+    };
+    for path in &config.watch {
+        group.add_mark(path, config.scope)?;
+        log.log(
+            Level::Info,
+            routine::FANOTIFY,
+            format_args!(
+                "watching the {} containing {} (open, exec, close-write)",
+                match config.scope {
+                    MarkScope::Mount => "mount",
+                    MarkScope::Filesystem => "file system",
+                },
+                path.display()
+            ),
+        );
+    }
+    Ok(group)
+}
+
+/// Offers the group to systemd's file-descriptor store; `true` if there is
+/// one to offer it to.
+fn store_group(group: &FanGroup, log: Logger) -> bool {
+    match handover::store_in_systemd(group) {
+        Ok(true) => {
+            log.log(
+                Level::Info,
+                routine::FANOTIFY,
+                format_args!(
+                    "fanotify group offered to systemd's file-descriptor store \
+                     (FDNAME={}): a restart keeps the marks; SIGTERM leaves them to \
+                     systemd, which closes the group when the unit is fully stopped",
+                    handover::FD_NAME
+                ),
+            );
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            log.log(Level::Warn, routine::FANOTIFY, format_args!("{e}"));
+            false
+        }
+    }
+}
+
+/// Runs the agent on the group from `source` until a request from
+/// `requests` stops it; with [`StopRequest::ReExec`], or a `Terminate` while
+/// systemd's store holds the group, the marks stay ([`StopPlan::HandOver`]).
+/// A `Terminate` while a restart in place is under way makes it a stop.
+/// Must be called inside a tokio runtime.
+pub async fn run_with(
+    config: AgentConfig,
+    source: GroupSource,
+    requests: &mut tokio::sync::mpsc::UnboundedReceiver<StopRequest>,
+) -> Result<Outcome, AgentError> {
     let log = config.logger;
     if config.watch.is_empty() {
         return Err(AgentError::Config(
@@ -724,23 +902,25 @@ pub async fn run<F: Future<Output = ()>>(
         own_pid,
         kernel_cache_entries: config.kernel_cache_entries,
     });
-    let group = FanGroup::new()?;
-    for path in &config.watch {
-        group.add_mark(path, config.scope)?;
-        log.log(
-            Level::Info,
-            routine::FANOTIFY,
-            format_args!(
-                "watching the {} containing {} (open, exec, close-write)",
-                match config.scope {
-                    MarkScope::Mount => "mount",
-                    MarkScope::Filesystem => "file system",
-                },
-                path.display()
-            ),
-        );
-    }
-    let fan = Arc::new(group);
+    let handed_over = !matches!(source, GroupSource::New);
+    let fan = set_up_group(&config, source, log)?;
+    // A handed-over group's opens wait in the kernel already: connect to
+    // the scanner before reading them (one attempt, at most the connect
+    // timeout), or the first ones would all be decided by the fail mode.
+    let first_connect = if handed_over {
+        Some(
+            match tokio::time::timeout(CONNECT_TIMEOUT, config.connect.connect()).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer within 5 s",
+                )),
+            },
+        )
+    } else {
+        None
+    };
+    let in_store = store_group(&fan, log);
     let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
     let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = ReaderShared {
@@ -801,23 +981,78 @@ pub async fn run<F: Future<Output = ()>>(
             }
         ),
     );
-    edge.start_connect();
+    match first_connect {
+        Some(result) => edge.on_connect_result(result),
+        None => edge.start_connect(),
+    }
     let mut stats_tick = edge.config.stats_interval.map(|d| {
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
     let mut rx_buf = vec![0u8; 64 * 1024];
-    tokio::pin!(shutdown);
+    let mut request = StopRequest::Terminate;
+    let mut plan = StopPlan::RemoveMarks;
+    // Handing over: no more reading; the loop finishes the events it holds
+    // (verdicts or deadlines), bounded by this.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         edge.run_actions();
         edge.feed();
         edge.run_actions();
+        if drain_until.is_some() && edge.held.is_empty() && edge.backlog.is_empty() {
+            break;
+        }
         let deadline = edge.core.next_deadline().map(|d| edge.to_tokio(d));
         let tx = edge.core.pending_tx().to_vec();
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            Some(r) = requests.recv() => {
+                if drain_until.is_some() {
+                    if supersedes(r, request) {
+                        request = r;
+                        plan = stop_plan(r, in_store);
+                        log.log(
+                            Level::Info,
+                            routine::FANOTIFY,
+                            format_args!("SIGTERM during the restart in place: stopping instead"),
+                        );
+                        if plan == StopPlan::RemoveMarks {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                request = r;
+                plan = stop_plan(r, in_store);
+                if plan == StopPlan::RemoveMarks {
+                    break;
+                }
+                if let Some(mut reader) = edge.reader.take() {
+                    reader.stop();
+                }
+                while let Ok(incoming) = incoming_rx.try_recv() {
+                    edge.on_incoming(incoming);
+                }
+                log.log(
+                    Level::Info,
+                    routine::FANOTIFY,
+                    format_args!(
+                        "{}: handing the fanotify group over with its marks; finishing the \
+                         {} opens read already, the next ones wait in the kernel",
+                        match r {
+                            StopRequest::ReExec => "restart in place requested",
+                            StopRequest::Terminate =>
+                                "SIGTERM with the group in systemd's store",
+                        },
+                        edge.held.len() + edge.backlog.len()
+                    ),
+                );
+                drain_until = Some(
+                    tokio::time::Instant::now() + edge.config.timeout + Duration::from_millis(500),
+                );
+            }
+            () = sleep_opt(drain_until) => break,
             r = join_opt(&mut edge.connecting) => {
                 edge.connecting = None;
                 let result = r.unwrap_or_else(|e| Err(io::Error::other(e)));
@@ -866,7 +1101,7 @@ pub async fn run<F: Future<Output = ()>>(
             }
         }
     }
-    shutdown_edge(&mut edge, &mut incoming_rx).await;
+    shutdown_edge(&mut edge, &mut incoming_rx, plan).await;
     let stats = edge.stats();
     log.log(
         Level::Audit,
@@ -876,16 +1111,31 @@ pub async fn run<F: Future<Output = ()>>(
     log.log(
         Level::Audit,
         routine::DRIVER_ENTRY,
-        format_args!("thinagent-linux-agent stopped"),
+        format_args!(
+            "thinagent-linux-agent stopped{}",
+            match (plan, request) {
+                (StopPlan::RemoveMarks, _) => "",
+                (StopPlan::HandOver, StopRequest::ReExec) => " (restarting in place)",
+                (StopPlan::HandOver, StopRequest::Terminate) =>
+                    " (group left in systemd's file-descriptor store)",
+            }
+        ),
     );
-    Ok(stats)
+    Ok(Outcome {
+        stats,
+        request,
+        plan,
+        group: edge.fan.clone(),
+    })
 }
 
-/// Stops taking events, removes the marks, answers everything held or
-/// still queued by the fail mode, says Goodbye.
+/// Stops taking events; for a stop removes the marks and takes what is still
+/// queued; answers everything held by the fail mode; says Goodbye. Handing
+/// over, the marks and the kernel's queue stay for the next agent.
 async fn shutdown_edge(
     edge: &mut Edge,
     incoming_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Incoming>,
+    plan: StopPlan,
 ) {
     let log = edge.log;
     if let Some(h) = edge.connecting.take() {
@@ -897,18 +1147,31 @@ async fn shutdown_edge(
     while let Ok(incoming) = incoming_rx.try_recv() {
         edge.on_incoming(incoming);
     }
-    let removed = edge.fan.remove_marks();
-    log.log(
-        Level::Info,
-        routine::FANOTIFY,
-        format_args!("shutting down: {removed} marks removed; answering pending opens"),
-    );
-    // Events queued before the marks went away still wait for an answer.
-    loop {
-        match edge.fan.read_events() {
-            Ok(events) if !events.is_empty() => edge.on_events(events),
-            _ => break,
+    if plan == StopPlan::RemoveMarks {
+        let removed = edge.fan.remove_marks();
+        log.log(
+            Level::Info,
+            routine::FANOTIFY,
+            format_args!("shutting down: {removed} marks removed; answering pending opens"),
+        );
+        // Events queued before the marks went away still wait for an answer.
+        loop {
+            match edge.fan.read_events() {
+                Ok(events) if !events.is_empty() => edge.on_events(events),
+                _ => break,
+            }
         }
+    } else {
+        log.log(
+            Level::Info,
+            routine::FANOTIFY,
+            format_args!(
+                "shutting down: marks kept for the next agent; {} opens still held are \
+                 answered by {}",
+                edge.held.len() + edge.backlog.len(),
+                fail_mode_name(edge.core.fail_mode())
+            ),
+        );
     }
     // Held events and the backlog alike: each through the core, answered by
     // the policy, the cache or (at shutdown) the fail mode.

@@ -338,6 +338,49 @@ struct IgnoreMarks {
     flush_due: Option<Instant>,
 }
 
+/// Why the agent stops, as its edge sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopRequest {
+    /// `SIGTERM` / `SIGINT`.
+    Terminate,
+    /// `SIGUSR2`: restart in place (exec the binary again).
+    ReExec,
+}
+
+/// What happens to the fanotify group when the agent stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopPlan {
+    /// A stop: remove the marks, then answer everything held or still
+    /// queued in the kernel (by verdict, cache or fail mode).
+    RemoveMarks,
+    /// A restart: the group and its marks stay for the next agent. Stop
+    /// reading, finish the events already read (each by its verdict or its
+    /// deadline, never later), leave the queued ones in the kernel for the
+    /// next reader: their openers wait, whatever the fail mode.
+    HandOver,
+}
+
+/// Whether `new`, arriving while the agent is already stopping for
+/// `current`, changes what it does: a stop (`SIGTERM`) during a restart in
+/// place turns it into a stop; anything else changes nothing.
+#[must_use]
+pub fn supersedes(new: StopRequest, current: StopRequest) -> bool {
+    new == StopRequest::Terminate && current == StopRequest::ReExec
+}
+
+/// The plan for `request`. `group_in_store`: the group's descriptor is in
+/// systemd's file-descriptor store, so systemd decides: on a restart it
+/// passes the group to the next agent, on a full stop it closes it (and the
+/// kernel removes the marks then). Without the store a `SIGTERM` is a stop.
+#[must_use]
+pub fn stop_plan(request: StopRequest, group_in_store: bool) -> StopPlan {
+    match request {
+        StopRequest::ReExec => StopPlan::HandOver,
+        StopRequest::Terminate if group_in_store => StopPlan::HandOver,
+        StopRequest::Terminate => StopPlan::RemoveMarks,
+    }
+}
+
 /// Counters since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -1,6 +1,7 @@
 //! The fanotify OS edge: the group, its marks, reading events, answering them.
 //!
-//! Built on `nix`'s fanotify API: no `unsafe` of its own.
+//! Built on `nix`'s fanotify API: no `unsafe` of its own (an inherited
+//! group's descriptor is checked and owned in [`crate::handover`]).
 //! The group is created in the content class (`FAN_CLASS_CONTENT`) with
 //! permission events `FAN_OPEN_PERM` and `FAN_OPEN_EXEC_PERM`, plus the
 //! notification `FAN_CLOSE_WRITE` (verdict cache invalidation). Each event's
@@ -155,11 +156,20 @@ impl FanGroup {
             Errno::ENOSYS | Errno::EINVAL => FanotifyError::Unsupported(e),
             e => FanotifyError::Init(e),
         })?;
-        Ok(FanGroup {
+        Ok(Self::from_fanotify(fan))
+    }
+
+    /// A group created by a previous agent and handed over (see
+    /// [`crate::handover`]): its marks are in place already; those of this
+    /// agent's `--watch` paths are added again with
+    /// [`add_mark`](Self::add_mark), which for an existing mark is a no-op.
+    #[must_use]
+    pub fn from_fanotify(fan: Fanotify) -> Self {
+        FanGroup {
             fan,
             marks: std::sync::Mutex::new(Vec::new()),
             ignore_flavour: std::sync::atomic::AtomicUsize::new(0),
-        })
+        }
     }
 
     /// Puts an ignore mark for [`ignore_mask`] on the inode of `event`'s
@@ -262,10 +272,13 @@ impl FanGroup {
                     errno,
                 },
             })?;
-        self.marks
+        let mut marks = self
+            .marks
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((path.to_path_buf(), scope));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !marks.iter().any(|(p, s)| p == path && *s == scope) {
+            marks.push((path.to_path_buf(), scope));
+        }
         Ok(())
     }
 
@@ -313,6 +326,47 @@ impl FanGroup {
         self.fan
             .write_response(FanotifyResponse::new(fd, response))
             .map_err(io::Error::from)
+    }
+}
+
+/// Most descriptor numbers [`FanGroup::answer_orphans`] tries.
+const ORPHAN_SWEEP_MAX: i32 = 1 << 20;
+
+impl FanGroup {
+    /// Answers the permission events a previous reader of this group took
+    /// and never answered (it was killed): `allow` for each. Returns how
+    /// many there were.
+    ///
+    /// The kernel keeps such events until they are answered or the group
+    /// closes, and it matches a response to an event by the descriptor
+    /// number the *reader* got for it, whoever writes the response. Left
+    /// alone, an orphan holds its opener forever, and worse, this agent's
+    /// answer for a new event that happens to get the same number would go
+    /// to the orphan instead. So before reading anything, a response is
+    /// written for every number the previous reader could have had (below
+    /// `RLIMIT_NOFILE`, at least 65536, at most 2^20): the kernel answers
+    /// the orphans and says `ENOENT` for the rest.
+    pub fn answer_orphans(&self, allow: bool) -> usize {
+        use nix::sys::resource::{Resource, getrlimit};
+        let limit = getrlimit(Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(0)
+            .max(65_536);
+        let max = i32::try_from(limit)
+            .unwrap_or(ORPHAN_SWEEP_MAX)
+            .min(ORPHAN_SWEEP_MAX);
+        // struct fanotify_response { __s32 fd; __u32 response; }
+        let response: u32 = if allow { 1 } else { 2 }; // FAN_ALLOW / FAN_DENY
+        let mut answered = 0;
+        let mut buf = [0u8; 8];
+        buf[4..].copy_from_slice(&response.to_ne_bytes());
+        for fd in 0..max {
+            buf[..4].copy_from_slice(&fd.to_ne_bytes());
+            if nix::unistd::write(self.fan.as_fd(), &buf).is_ok() {
+                answered += 1;
+            }
+        }
+        answered
     }
 }
 

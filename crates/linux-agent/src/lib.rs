@@ -9,15 +9,19 @@
 //! * [`core`]: the sans-IO core (event in, decision and actions out).
 //! * [`fanotify`]: the OS edge (group, marks, events, responses, `pread`).
 //! * [`connect`]: scanner URLs (`vsock://`, `tcp://`, `unix://`).
+//! * [`handover`]: the group kept across restarts (systemd's descriptor
+//!   store, exec in place).
 //! * [`reader`]: the thread reading the group; answers cached allows at once.
 //! * [`agent`]: the tokio loop tying them together.
 //! * [`logging`]: lines in the driver's `LEVEL: Routine : message: 0xSTATUS` shape.
-#![forbid(unsafe_code)]
+// `unsafe` only where inherited descriptors are owned (`handover`).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod connect;
 pub mod core;
 pub mod fanotify;
+pub mod handover;
 pub mod logging;
 pub mod reader;

@@ -2,7 +2,8 @@
 //! ThinAgent host scanner, through fanotify permission events.
 //!
 //! Exit status: 0 after a clean shutdown (SIGTERM / SIGINT), 2 for usage or
-//! permission errors (not root), 1 for runtime failures.
+//! permission errors (not root), 1 for runtime failures. `SIGUSR2` restarts
+//! the agent in place (exec of its binary, the fanotify group kept).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,10 +11,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use thinagent_guest::{FailMode, Level, ReconnectConfig};
-use thinagent_linux_agent::agent::{self, AgentConfig};
+use thinagent_linux_agent::agent::{self, AgentConfig, GroupSource};
 use thinagent_linux_agent::connect::{ConnectUrl, TlsClient};
-use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS};
+use thinagent_linux_agent::core::{KERNEL_CACHE_ENTRIES, SESSION_SLOTS, StopRequest, supersedes};
 use thinagent_linux_agent::fanotify::MarkScope;
+use thinagent_linux_agent::handover;
 use thinagent_linux_agent::logging::{LogLevel, Logger, routine};
 
 /// `--fail-mode`.
@@ -111,27 +113,63 @@ fn host_name() -> String {
         .unwrap_or_else(|| "linux-guest".to_string())
 }
 
-async fn signalled() {
+/// The signals as requests, for the whole life of the process:
+/// `SIGTERM` / `SIGINT` stop, `SIGUSR2` restarts in place. The handlers are
+/// registered before this returns.
+fn signal_requests(
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<StopRequest>,
+    tokio::sync::mpsc::UnboundedReceiver<StopRequest>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = tx.clone();
+    let _guard = runtime.enter();
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    let usr2 = signal(SignalKind::user_defined2());
+    // `main` blocked them (and a re-exec'd image starts with them blocked);
+    // with the handlers in place this thread takes them, and only it: every
+    // other thread of the agent keeps them blocked.
+    handover::unblock_control_signals();
+    runtime.spawn(async move {
+        match (term, int, usr2) {
+            (Ok(mut term), Ok(mut int), Ok(mut usr2)) => loop {
+                let r = tokio::select! {
+                    _ = term.recv() => StopRequest::Terminate,
+                    _ = int.recv() => StopRequest::Terminate,
+                    _ = usr2.recv() => StopRequest::ReExec,
+                };
+                if tx.send(r).is_err() {
+                    return;
+                }
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = tx.send(StopRequest::Terminate);
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    });
+    (sender, rx)
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: a group a previous agent left,
+    // and the control signals blocked in every thread but this one (once
+    // it has registered their handlers), so that before an exec the agent
+    // can stop taking them and any that comes later survives the exec.
+    let inherited = handover::take_inherited();
+    handover::block_control_signals();
     let args = Args::parse();
     let logger = Logger::new(args.log_level);
+    for why in &inherited.rejected {
+        logger.log(
+            Level::Warn,
+            routine::FANOTIFY,
+            format_args!("inherited descriptor {why}"),
+        );
+    }
     let usage = |msg: String| {
         logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{msg}"));
         ExitCode::from(2)
@@ -188,6 +226,7 @@ fn main() -> ExitCode {
         .worker_threads(2)
         .max_blocking_threads(16)
         .thread_stack_size(8 << 20)
+        .on_thread_start(handover::block_control_signals)
         .enable_all()
         .build()
     {
@@ -201,12 +240,57 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(agent::run(config, signalled())) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) if e.is_usage() => usage(e.to_string()),
-        Err(e) => {
-            logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{e}"));
-            ExitCode::from(1)
+    let mut source = match inherited.group {
+        Some(g) => GroupSource::Inherited(g),
+        None => GroupSource::New,
+    };
+    let (resend, mut requests) = signal_requests(&runtime);
+    loop {
+        let run = runtime.block_on(agent::run_with(config.clone(), source, &mut requests));
+        match run {
+            Ok(outcome) if outcome.request == StopRequest::ReExec => {
+                // From here on signals stay pending (and survive the exec);
+                // those already taken get a moment to reach `requests`.
+                handover::block_control_signals();
+                runtime.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+                // A SIGTERM that came while the run was winding down: no
+                // exec; run again on the group and stop it the usual way.
+                let mut stop = false;
+                while let Ok(r) = requests.try_recv() {
+                    stop |= supersedes(r, StopRequest::ReExec);
+                }
+                if stop {
+                    logger.log(
+                        Level::Info,
+                        routine::DRIVER_ENTRY,
+                        format_args!("SIGTERM during the restart in place: stopping instead"),
+                    );
+                    let _ = resend.send(StopRequest::Terminate);
+                    handover::unblock_control_signals();
+                    source = GroupSource::Kept(outcome.group);
+                    continue;
+                }
+                let path = handover::reexec_path();
+                logger.log(
+                    Level::Audit,
+                    routine::DRIVER_ENTRY,
+                    format_args!(
+                        "restarting in place: exec {} with the fanotify group (fd {})",
+                        path.display(),
+                        std::os::fd::AsRawFd::as_raw_fd(&*outcome.group)
+                    ),
+                );
+                // Returns only if the exec failed: go on with the group.
+                let e = handover::reexec(&*outcome.group, &path);
+                logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{e}"));
+                source = GroupSource::Kept(outcome.group);
+            }
+            Ok(_) => return ExitCode::SUCCESS,
+            Err(e) if e.is_usage() => return usage(e.to_string()),
+            Err(e) => {
+                logger.log(Level::Error, routine::DRIVER_ENTRY, format_args!("{e}"));
+                return ExitCode::from(1);
+            }
         }
     }
 }

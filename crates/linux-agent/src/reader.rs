@@ -150,6 +150,8 @@ fn run(
     log: Logger,
 ) {
     use std::os::fd::AsFd;
+    // Signals go to the main thread only (see `main`).
+    crate::handover::block_control_signals();
     while !stop.load(Ordering::SeqCst) {
         if shared.handed.load(Ordering::SeqCst) >= limit {
             // The loop holds all it may: leave the rest in the kernel queue.

@@ -28,6 +28,17 @@ fn unit_runs_the_agent_with_valid_arguments_and_stops_with_sigterm() {
     assert!(argv.contains(&"--connect".to_string()));
     assert!(argv.contains(&"vsock://2:5317".to_string()));
     assert!(text.contains("KillSignal=SIGTERM"));
+    // Restarts hand the fanotify group over (issue 12): the store, the
+    // notification access it needs, reload = exec in place.
+    assert!(text.contains("\nFileDescriptorStoreMax=4\n"));
+    assert!(text.contains("\nNotifyAccess=main\n"));
+    assert!(text.contains("\nExecReload=/bin/kill -USR2 $MAINPID\n"));
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("FileDescriptorStorePreserve=")),
+        "Preserve=yes would keep the group, unread, after a stop"
+    );
     assert!(text.contains("CapabilityBoundingSet=CAP_SYS_ADMIN"));
     // The same arguments are accepted by this build's parser. Running them
     // for real would mark this machine's root mount, so the URL is swapped

@@ -856,6 +856,21 @@ fn ack_msg() -> HelloAck {
     }
 }
 
+#[test]
+fn terminate_hands_the_group_over_only_when_systemd_holds_it() {
+    assert_eq!(
+        stop_plan(StopRequest::Terminate, false),
+        StopPlan::RemoveMarks
+    );
+    assert_eq!(stop_plan(StopRequest::Terminate, true), StopPlan::HandOver);
+    assert_eq!(stop_plan(StopRequest::ReExec, false), StopPlan::HandOver);
+    assert_eq!(stop_plan(StopRequest::ReExec, true), StopPlan::HandOver);
+    assert!(supersedes(StopRequest::Terminate, StopRequest::ReExec));
+    assert!(!supersedes(StopRequest::ReExec, StopRequest::Terminate));
+    assert!(!supersedes(StopRequest::ReExec, StopRequest::ReExec));
+    assert!(!supersedes(StopRequest::Terminate, StopRequest::Terminate));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 

@@ -275,6 +275,16 @@ impl Agent {
     /// Starts the agent with `args` (plus a `--ready-file` unless given)
     /// and waits until it is ready.
     pub fn start(state: &Path, args: &[&str]) -> Self {
+        Self::start_command(
+            state,
+            Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent")),
+            args,
+        )
+    }
+
+    /// [`start`](Self::start) through `cmd`: the agent binary itself, or a
+    /// wrapper that execs it with `args` appended.
+    pub fn start_command(state: &Path, mut cmd: Command, args: &[&str]) -> Self {
         // A --ready-file in `args` is used as is; otherwise one in `state`.
         let given = args
             .iter()
@@ -284,7 +294,6 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| state.join(format!("ready-{}", rand_suffix())));
         let log = state.join(format!("agent-{}.log", rand_suffix()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinagent-linux-agent"));
         cmd.args(args);
         if given.is_none() {
             cmd.arg("--ready-file").arg(&ready);
@@ -323,14 +332,27 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends `SIGTERM` and waits (bounded) for it to exit.
-    pub fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
+    /// Sends `signal` (a `kill` name: `TERM`, `USR2`, `KILL`).
+    pub fn signal(&self, signal: &str) {
         let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
             .status()
             .unwrap();
         assert!(st.success());
+    }
+
+    /// Sends `SIGKILL` and reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        child.wait().unwrap()
+    }
+
+    /// Sends `SIGTERM` and waits (bounded) for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
         let start = Instant::now();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -434,4 +456,119 @@ pub fn md5_signature_dir(state: &Path, file: &str, bytes: &[u8], name: &str) -> 
 /// directory, and a 100 ms reconnect delay.
 pub fn base_args<'a>(url: &'a str, watch: &'a str) -> Vec<&'a str> {
     vec!["--connect", url, "--watch", watch, "--reconnect-ms", "100"]
+}
+
+/// A stand-in for systemd's file-descriptor store: the `NOTIFY_SOCKET` an
+/// agent sends `FDSTORE=1` to, and the `LISTEN_FDS` start of the next agent.
+pub struct FdStore {
+    sock: std::os::unix::net::UnixDatagram,
+    /// The socket's path (`NOTIFY_SOCKET`).
+    pub path: PathBuf,
+    /// The descriptors stored, by `FDNAME`.
+    pub fds: Vec<(String, std::os::fd::OwnedFd)>,
+}
+
+impl FdStore {
+    /// Binds `<state>/notify.sock`.
+    pub fn bind(state: &Path) -> Self {
+        let path = state.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        FdStore {
+            sock,
+            path,
+            fds: Vec::new(),
+        }
+    }
+
+    /// Handles the messages that came (`FDSTOREREMOVE=1`, `FDSTORE=1`, with
+    /// their `FDNAME=`), waiting up to `limit` for one that stores a
+    /// descriptor; `true` if one did.
+    pub fn receive(&mut self, limit: Duration) -> bool {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let mut buf = [0u8; 4096];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            let Ok(msg) = recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) else {
+                continue;
+            };
+            let mut got = Vec::new();
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    // SAFETY: SCM_RIGHTS just installed these descriptors in
+                    // this process; nothing else owns them.
+                    got.extend(
+                        fds.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            let n = msg.bytes;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .unwrap_or("stored")
+                .to_string();
+            if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                self.fds.retain(|(n, _)| *n != name);
+            }
+            if text.lines().any(|l| l == "FDSTORE=1") && !got.is_empty() {
+                for fd in got {
+                    self.fds.push((name.clone(), fd));
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A command that starts the agent as systemd would with this store:
+    /// the stored descriptors from fd 3 on, `LISTEN_FDS`, `LISTEN_FDNAMES`
+    /// and `LISTEN_PID` (the shell's pid, kept by its `exec`), and
+    /// `NOTIFY_SOCKET`.
+    pub fn command(&self) -> Command {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let raw: Vec<i32> = self.fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        let names: Vec<&str> = self.fds.iter().map(|(n, _)| n.as_str()).collect();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+            .arg(env!("CARGO_BIN_EXE_thinagent-linux-agent"))
+            .env("LISTEN_FDS", raw.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .env("NOTIFY_SOCKET", &self.path);
+        // Moved out of the way first (a stored fd may itself be 3, 4, ...).
+        let high: Vec<i32> = (0..raw.len() as i32).map(|i| 900 + i).collect();
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) on descriptors
+        // this process owns, in the forked child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (src, tmp) in raw.iter().zip(&high) {
+                    if nix::libc::dup2(*src, *tmp) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, tmp) in high.iter().enumerate() {
+                    // dup2 leaves FD_CLOEXEC off on the new descriptor.
+                    if nix::libc::dup2(*tmp, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    nix::libc::close(*tmp);
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
 }
