@@ -49,8 +49,9 @@
 //! pair. [`OpenPolicy::decide`] then walks the path once, folding each unit
 //! once, and compares it against the shared part of every still-possible
 //! prefix at the same time (a trie walked over the sorted table): a path that
-//! leaves the table after `k` units costs `k` comparisons, not `k` per
-//! prefix. The extension is folded once into a small buffer and compared as
+//! leaves the table after `k` units costs at most `k` comparisons, not `k`
+//! per prefix (the shared part is compared from its end, where paths on the
+//! same volume as the exclusions differ from them). The extension is folded once into a small buffer and compared as
 //! slices. No allocation: the index lives in the policy's fixed arrays.
 
 use core::fmt;
@@ -691,24 +692,40 @@ impl OpenPolicy {
         if self.prefix_count == 0 {
             return false;
         }
-        // Dispatch on the encoding once, not per unit.
+        // Only the first MAX_PREFIX_UNITS + 1 units can decide: a stored
+        // prefix is at most MAX_PREFIX_UNITS long, plus the unit after it
+        // (the component boundary).
+        const HEAD: usize = MAX_PREFIX_UNITS + 1;
         match path {
-            PathRef::Utf16(s) => self.units_excluded(s.iter().copied()),
-            PathRef::Utf8(s) => self.units_excluded(s.encode_utf16()),
+            PathRef::Utf16(s) => self.units_excluded(s),
+            PathRef::Utf8(s) => {
+                let head = &s.as_bytes()[..s.len().min(HEAD)];
+                if head.is_ascii() {
+                    // ASCII bytes are the UTF-16 units themselves.
+                    self.units_excluded(head)
+                } else {
+                    let mut buf = [0u16; HEAD];
+                    let mut n = 0;
+                    for (slot, u) in buf.iter_mut().zip(s.encode_utf16()) {
+                        *slot = u;
+                        n += 1;
+                    }
+                    self.units_excluded(&buf[..n])
+                }
+            }
         }
     }
 
-    /// The one-pass prefix match. `lo..hi` is the run of sorted prefixes that
-    /// agree with the first `i` folded units of the path; `next` is the path's
-    /// unit `i`, folded (`None` past its end). A run shares its first
-    /// `min(prefix_lcp[lo..hi-1])` units, so they are compared once for the
-    /// whole run; where the run's members differ, it narrows by binary
-    /// search on unit `i`. Each path unit is folded once.
-    fn units_excluded(&self, mut units: impl Iterator<Item = u16>) -> bool {
+    /// The one-pass prefix match over the path's (unfolded) units. `lo..hi`
+    /// is the run of sorted prefixes that agree with the first `i` folded
+    /// units of the path. A run shares its first `min(prefix_lcp[lo..hi-1])`
+    /// units, so they are compared once for the whole run; where its members
+    /// differ, it narrows by binary search on unit `i`.
+    fn units_excluded<T: Copy + Into<u16>>(&self, path: &[T]) -> bool {
         let style = self.style;
+        let unit = |j: usize| fold(style, path[j].into());
         let (mut lo, mut hi) = (0, self.prefix_count);
         let mut i = 0;
-        let mut next = units.next().map(|u| fold(style, u));
         while lo < hi {
             let first = self.sorted_prefix(lo);
             let common = self.prefix_lcp[lo..hi - 1]
@@ -716,14 +733,20 @@ impl OpenPolicy {
                 .map(|&l| usize::from(l))
                 .min()
                 .unwrap_or(first.len());
-            while i < common {
-                if next != Some(first[i]) {
-                    // Every prefix of the run has `first[i]` here.
+            if common > i {
+                // Every member of the run is at least `common` long and
+                // starts with `first[..common]`.
+                if path.len() < common {
                     return false;
                 }
-                i += 1;
-                next = units.next().map(|u| fold(style, u));
+                // Backwards: exclusions and paths mostly share their volume
+                // or root, so a mismatch is likeliest at the run's end.
+                if (i..common).rev().any(|j| unit(j) != first[j]) {
+                    return false;
+                }
+                i = common;
             }
+            let next = (i < path.len()).then(|| unit(i));
             if first.len() == i {
                 // `first` is the run's shortest member and a prefix of all
                 // the others; it matches at a component boundary.
@@ -745,6 +768,8 @@ impl OpenPolicy {
             let below = run.partition_point(|&p| self.stored_prefix(usize::from(p))[i] < u);
             let upto = run.partition_point(|&p| self.stored_prefix(usize::from(p))[i] <= u);
             (lo, hi) = (lo + below, lo + upto);
+            // The new run (if any) has unit `i` = `u`, as the path has.
+            i += 1;
         }
         false
     }
@@ -1117,6 +1142,41 @@ mod tests {
             };
             OpenDecision::Skip(skip)
         }
+    }
+
+    /// Paths longer than any prefix are matched on their first
+    /// `MAX_PREFIX_UNITS + 1` units (non-ASCII UTF-8 is transcoded only that
+    /// far): a prefix of the maximum length still sees its boundary unit.
+    #[test]
+    fn longest_prefixes_match_like_the_oracle() {
+        let mut p = OpenPolicy::new(PathStyle::Windows);
+        let ascii: String = "A".repeat(MAX_PREFIX_UNITS);
+        let wide: String = "ä".repeat(MAX_PREFIX_UNITS - 1) + "\\";
+        p.add_excluded_prefix(PathRef::Utf8(&ascii)).unwrap();
+        p.add_excluded_prefix(PathRef::Utf8(&wide)).unwrap();
+        let long_tail = "é".repeat(600);
+        let paths = [
+            ascii.clone(),
+            ascii.to_lowercase(),
+            std::format!("{ascii}\\{long_tail}"),
+            std::format!("{ascii}B{long_tail}"),
+            std::format!("{}\\x", &ascii[1..]),
+            wide.clone(),
+            wide.to_uppercase(),
+            std::format!("{wide}{long_tail}"),
+            std::format!("{}{long_tail}", &wide[..wide.len() - 1]),
+            std::format!("{}x{long_tail}", &wide[..wide.len() - 1]),
+        ];
+        let mut hits = 0;
+        for path in &paths {
+            let w = u16s(path);
+            for path in [PathRef::Utf8(path), PathRef::Utf16(&w)] {
+                let want = oracle::path_excluded(&p, path);
+                hits += usize::from(want);
+                assert_eq!(p.path_excluded(path), want, "{path:?}");
+            }
+        }
+        assert_eq!(hits, 2 * 6, "the cases are not all misses");
     }
 
     /// Path material for the oracle test: both separators, the drive colon,
