@@ -46,13 +46,14 @@
 //!
 //! Matching cost: exclusions are folded once when added, and the prefixes are
 //! kept in a sorted index with the longest common prefix of each neighbour
-//! pair. [`OpenPolicy::decide`] then walks the path once, folding each unit
-//! once, and compares it against the shared part of every still-possible
-//! prefix at the same time (a trie walked over the sorted table): a path that
-//! leaves the table after `k` units costs at most `k` comparisons, not `k`
-//! per prefix (the shared part is compared from its end, where paths on the
-//! same volume as the exclusions differ from them). The extension is folded once into a small buffer and compared as
-//! slices. No allocation: the index lives in the policy's fixed arrays.
+//! pair. [`OpenPolicy::decide`] walks the path once and compares it against
+//! the shared part of every still-possible prefix at the same time (a trie
+//! walked over the sorted table): a path that leaves the table after `k`
+//! units costs at most about `k` folds and comparisons, not `k` per prefix.
+//! The shared part is compared from its end, where paths on the same volume
+//! as the exclusions differ from them. The extension is folded once into a
+//! small buffer and compared as slices. No allocation: the index lives in the
+//! policy's fixed arrays.
 
 use core::fmt;
 
