@@ -53,7 +53,7 @@ pub use policy::{
 pub use reconnect::{Reconnect, ReconnectConfig};
 pub use session::{
     CloseReason, QueryId, QueryVerdict, ReadError, Session, SessionConfig, SessionEvent,
-    SubmitError, ThreatName, VerdictSource,
+    SubmitError, ThreatName, VerdictSource, read_reaches_end,
 };
 pub use status::NtStatus;
 pub use time::Instant;

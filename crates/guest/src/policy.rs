@@ -43,6 +43,17 @@
 //! [`MAX_PREFIX_UNITS`] UTF-16 units, [`MAX_EXCLUDED_EXTENSIONS`] extensions of
 //! up to [`MAX_EXTENSION_UNITS`], [`MAX_EXCLUDED_PROCESSES`] process ids);
 //! adding to a full list returns [`PolicyError::ListFull`].
+//!
+//! Matching cost: exclusions are folded once when added, and the prefixes are
+//! kept in a sorted index with the longest common prefix of each neighbour
+//! pair. [`OpenPolicy::decide`] walks the path once and compares it against
+//! the shared part of every still-possible prefix at the same time (a trie
+//! walked over the sorted table): a path that leaves the table after `k`
+//! units costs at most about `k` folds and comparisons, not `k` per prefix.
+//! The shared part is compared from its end, where paths on the same volume
+//! as the exclusions differ from them. The extension is folded once into a
+//! small buffer and compared as slices. No allocation: the index lives in the
+//! policy's fixed arrays.
 
 use core::fmt;
 
@@ -427,6 +438,12 @@ pub struct OpenPolicy {
     prefixes: [[u16; MAX_PREFIX_UNITS]; MAX_EXCLUDED_PREFIXES],
     prefix_lens: [u16; MAX_EXCLUDED_PREFIXES],
     prefix_count: usize,
+    /// Indices into `prefixes`, in lexicographic order of the folded units
+    /// (so the storage keeps insertion order for [`OpenPolicy::prefixes`]).
+    prefix_order: [u8; MAX_EXCLUDED_PREFIXES],
+    /// `prefix_lcp[k]`: units shared by the `k`-th and `k+1`-th prefix in
+    /// `prefix_order`; the minimum over a run is what the whole run shares.
+    prefix_lcp: [u16; MAX_EXCLUDED_PREFIXES],
     extensions: [[u16; MAX_EXTENSION_UNITS]; MAX_EXCLUDED_EXTENSIONS],
     extension_lens: [u8; MAX_EXCLUDED_EXTENSIONS],
     extension_count: usize,
@@ -464,6 +481,8 @@ impl OpenPolicy {
             prefixes: [[0; MAX_PREFIX_UNITS]; MAX_EXCLUDED_PREFIXES],
             prefix_lens: [0; MAX_EXCLUDED_PREFIXES],
             prefix_count: 0,
+            prefix_order: [0; MAX_EXCLUDED_PREFIXES],
+            prefix_lcp: [0; MAX_EXCLUDED_PREFIXES],
             extensions: [[0; MAX_EXTENSION_UNITS]; MAX_EXCLUDED_EXTENSIONS],
             extension_lens: [0; MAX_EXCLUDED_EXTENSIONS],
             extension_count: 0,
@@ -532,7 +551,37 @@ impl OpenPolicy {
         self.prefixes[self.prefix_count] = buf;
         self.prefix_lens[self.prefix_count] = len as u16;
         self.prefix_count += 1;
+        self.index_new_prefix();
         Ok(())
+    }
+
+    /// Inserts the last stored prefix into the sorted index and recomputes
+    /// the neighbour common-prefix lengths (at most 32 entries: configuration
+    /// time, not the open path).
+    fn index_new_prefix(&mut self) {
+        let new = self.prefix_count - 1;
+        let key = self.stored_prefix(new);
+        let at =
+            self.prefix_order[..new].partition_point(|&i| self.stored_prefix(usize::from(i)) < key);
+        self.prefix_order.copy_within(at..new, at + 1);
+        // MAX_EXCLUDED_PREFIXES (32) fits a u8.
+        self.prefix_order[at] = new as u8;
+        for k in 0..new {
+            let (a, b) = (self.sorted_prefix(k), self.sorted_prefix(k + 1));
+            let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+            // Both are at most MAX_PREFIX_UNITS (260) long.
+            self.prefix_lcp[k] = common as u16;
+        }
+    }
+
+    fn stored_prefix(&self, i: usize) -> &[u16] {
+        &self.prefixes[i][..usize::from(self.prefix_lens[i])]
+    }
+
+    /// The `k`-th prefix in sorted order.
+    #[inline]
+    fn sorted_prefix(&self, k: usize) -> &[u16] {
+        self.stored_prefix(usize::from(self.prefix_order[k]))
     }
 
     /// Excludes an extension, given with or without its leading dot (`"log"`,
@@ -638,25 +687,92 @@ impl OpenPolicy {
         &self.processes[..self.process_count]
     }
 
-    fn prefix_matches(&self, prefix: &[u16], path: PathRef<'_>) -> bool {
-        let mut units = path.units();
-        for &p in prefix {
-            match units.next() {
-                Some(u) if fold(self.style, u) == p => {}
-                _ => return false,
-            }
-        }
-        let ends_with_sep = prefix.last().is_some_and(|&p| is_sep(self.style, p));
-        match units.next() {
-            None => true,
-            Some(u) => ends_with_sep || is_sep(self.style, u),
-        }
-    }
-
     /// `true` if `path` is under an excluded prefix.
     #[must_use]
     pub fn path_excluded(&self, path: PathRef<'_>) -> bool {
-        self.prefixes().any(|p| self.prefix_matches(p, path))
+        if self.prefix_count == 0 {
+            return false;
+        }
+        // Only the first MAX_PREFIX_UNITS + 1 units can decide: a stored
+        // prefix is at most MAX_PREFIX_UNITS long, plus the unit after it
+        // (the component boundary).
+        const HEAD: usize = MAX_PREFIX_UNITS + 1;
+        match path {
+            PathRef::Utf16(s) => self.units_excluded(s),
+            PathRef::Utf8(s) => {
+                let head = &s.as_bytes()[..s.len().min(HEAD)];
+                if head.is_ascii() {
+                    // ASCII bytes are the UTF-16 units themselves.
+                    self.units_excluded(head)
+                } else {
+                    let mut buf = [0u16; HEAD];
+                    let mut n = 0;
+                    for (slot, u) in buf.iter_mut().zip(s.encode_utf16()) {
+                        *slot = u;
+                        n += 1;
+                    }
+                    self.units_excluded(&buf[..n])
+                }
+            }
+        }
+    }
+
+    /// The one-pass prefix match over the path's (unfolded) units. `lo..hi`
+    /// is the run of sorted prefixes that agree with the first `i` folded
+    /// units of the path. A run shares its first `min(prefix_lcp[lo..hi-1])`
+    /// units, so they are compared once for the whole run; where its members
+    /// differ, it narrows by binary search on unit `i`.
+    fn units_excluded<T: Copy + Into<u16>>(&self, path: &[T]) -> bool {
+        let style = self.style;
+        let unit = |j: usize| fold(style, path[j].into());
+        let (mut lo, mut hi) = (0, self.prefix_count);
+        let mut i = 0;
+        while lo < hi {
+            let first = self.sorted_prefix(lo);
+            let common = self.prefix_lcp[lo..hi - 1]
+                .iter()
+                .map(|&l| usize::from(l))
+                .min()
+                .unwrap_or(first.len());
+            if common > i {
+                // Every member of the run is at least `common` long and
+                // starts with `first[..common]`.
+                if path.len() < common {
+                    return false;
+                }
+                // Backwards: exclusions and paths mostly share their volume
+                // or root, so a mismatch is likeliest at the run's end.
+                if (i..common).rev().any(|j| unit(j) != first[j]) {
+                    return false;
+                }
+                i = common;
+            }
+            let next = (i < path.len()).then(|| unit(i));
+            if first.len() == i {
+                // `first` is the run's shortest member and a prefix of all
+                // the others; it matches at a component boundary.
+                let ends_with_sep = first.last().is_some_and(|&p| is_sep(style, p));
+                match next {
+                    None => return true,
+                    Some(u) if ends_with_sep || is_sep(style, u) => return true,
+                    Some(_) => {}
+                }
+                lo += 1;
+                continue;
+            }
+            // Every member is longer than `i` and they share units `..i`,
+            // so the run is sorted by unit `i`.
+            let Some(u) = next else {
+                return false;
+            };
+            let run = &self.prefix_order[lo..hi];
+            let below = run.partition_point(|&p| self.stored_prefix(usize::from(p))[i] < u);
+            let upto = run.partition_point(|&p| self.stored_prefix(usize::from(p))[i] <= u);
+            (lo, hi) = (lo + below, lo + upto);
+            // The new run (if any) has unit `i` = `u`, as the path has.
+            i += 1;
+        }
+        false
     }
 
     /// `true` if `path`'s extension is excluded.
@@ -668,12 +784,19 @@ impl OpenPolicy {
         let Some(ext) = path.extension(self.style) else {
             return false;
         };
-        self.extensions().any(|e| {
-            let mut units = ext.units();
-            e.iter()
-                .all(|&x| units.next().is_some_and(|u| fold(self.style, u) == x))
-                && units.next().is_none()
-        })
+        // Fold the extension once; one longer than any stored extension can
+        // match none.
+        let mut buf = [0u16; MAX_EXTENSION_UNITS];
+        let mut len = 0;
+        for u in ext.units() {
+            if len == MAX_EXTENSION_UNITS {
+                return false;
+            }
+            buf[len] = fold(self.style, u);
+            len += 1;
+        }
+        let ext = &buf[..len];
+        self.extensions().any(|e| e == ext)
     }
 
     /// Applies the rules to one open.
@@ -950,7 +1073,207 @@ mod tests {
         q == p || (q.starts_with(&p) && (p.ends_with('\\') || q[p.len()..].starts_with('\\')))
     }
 
+    /// The matching algorithm before the sorted index (issue 16), kept as
+    /// the oracle: every stored prefix and extension compared unit by unit,
+    /// folding the path again for each. Straightforward, so easy to trust.
+    mod oracle {
+        use super::super::*;
+
+        fn prefix_matches(p: &OpenPolicy, prefix: &[u16], path: PathRef<'_>) -> bool {
+            let mut units = path.units();
+            for &x in prefix {
+                match units.next() {
+                    Some(u) if fold(p.style, u) == x => {}
+                    _ => return false,
+                }
+            }
+            let ends_with_sep = prefix.last().is_some_and(|&x| is_sep(p.style, x));
+            match units.next() {
+                None => true,
+                Some(u) => ends_with_sep || is_sep(p.style, u),
+            }
+        }
+
+        pub fn path_excluded(p: &OpenPolicy, path: PathRef<'_>) -> bool {
+            p.prefixes().any(|x| prefix_matches(p, x, path))
+        }
+
+        pub fn extension_excluded(p: &OpenPolicy, path: PathRef<'_>) -> bool {
+            let Some(ext) = path.extension(p.style) else {
+                return false;
+            };
+            p.extensions().any(|e| {
+                let mut units = ext.units();
+                e.iter()
+                    .all(|&x| units.next().is_some_and(|u| fold(p.style, u) == x))
+                    && units.next().is_none()
+            })
+        }
+
+        pub fn decide(p: &OpenPolicy, req: &OpenRequest<'_>) -> OpenDecision {
+            let skip = if req.own_io {
+                SkipReason::OwnIo
+            } else if req.requestor_kernel_mode && !p.check_kernel_mode {
+                SkipReason::KernelMode
+            } else if req.is_volume_open {
+                SkipReason::VolumeOpen
+            } else if req.is_paging_file {
+                SkipReason::PagingFile
+            } else if req.is_directory {
+                SkipReason::Directory
+            } else if req.desired_access & DATA_ACCESS_MASK == 0 {
+                SkipReason::NoDataAccess
+            } else if req.create_disposition == FILE_CREATE {
+                SkipReason::NewFile
+            } else if matches!(
+                req.create_disposition,
+                FILE_SUPERSEDE | FILE_OVERWRITE | FILE_OVERWRITE_IF
+            ) {
+                SkipReason::Overwrite
+            } else if p.excluded_processes().contains(&req.process_id) {
+                SkipReason::ExcludedProcess
+            } else if matches!((req.file_size, p.max_file_size), (Some(s), Some(m)) if s > m) {
+                SkipReason::TooLarge
+            } else if path_excluded(p, req.path) {
+                SkipReason::ExcludedPath
+            } else if extension_excluded(p, req.path) {
+                SkipReason::ExcludedExtension
+            } else {
+                return OpenDecision::Check;
+            };
+            OpenDecision::Skip(skip)
+        }
+    }
+
+    /// Paths longer than any prefix are matched on their first
+    /// `MAX_PREFIX_UNITS + 1` units (non-ASCII UTF-8 is transcoded only that
+    /// far): a prefix of the maximum length still sees its boundary unit.
+    #[test]
+    fn longest_prefixes_match_like_the_oracle() {
+        let mut p = OpenPolicy::new(PathStyle::Windows);
+        let ascii: String = "A".repeat(MAX_PREFIX_UNITS);
+        let wide: String = "ä".repeat(MAX_PREFIX_UNITS - 1) + "\\";
+        p.add_excluded_prefix(PathRef::Utf8(&ascii)).unwrap();
+        p.add_excluded_prefix(PathRef::Utf8(&wide)).unwrap();
+        let long_tail = "é".repeat(600);
+        let paths = [
+            ascii.clone(),
+            ascii.to_lowercase(),
+            std::format!("{ascii}\\{long_tail}"),
+            std::format!("{ascii}B{long_tail}"),
+            std::format!("{}\\x", &ascii[1..]),
+            wide.clone(),
+            wide.to_uppercase(),
+            std::format!("{wide}{long_tail}"),
+            std::format!("{}{long_tail}", &wide[..wide.len() - 1]),
+            std::format!("{}x{long_tail}", &wide[..wide.len() - 1]),
+        ];
+        let mut hits = 0;
+        for path in &paths {
+            let w = u16s(path);
+            for path in [PathRef::Utf8(path), PathRef::Utf16(&w)] {
+                let want = oracle::path_excluded(&p, path);
+                hits += usize::from(want);
+                assert_eq!(p.path_excluded(path), want, "{path:?}");
+            }
+        }
+        assert_eq!(hits, 2 * 6, "the cases are not all misses");
+    }
+
+    /// Path material for the oracle test: both separators, the drive colon,
+    /// dots, ASCII and non-ASCII letters in both cases (`ß` upper-cases to
+    /// two letters and so folds to itself; `ſ` upper-cases to `S`), a
+    /// character outside the BMP (a surrogate pair in UTF-16).
+    const ALPHABET: &[char] = &[
+        'a', 'A', 'b', 'B', 's', 'S', '/', '\\', '.', ':', 'ä', 'Ä', 'ß', 'ſ', 'k', '\u{212A}', '𝔸',
+    ];
+
+    fn piece(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(ALPHABET), 0..=max)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    /// `s` with each letter's case flipped where `flips` says so and each
+    /// separator swapped where `seps` says so: a Windows-equal variant.
+    fn variant(s: &str, flips: &[bool]) -> String {
+        s.chars()
+            .zip(flips.iter().cycle())
+            .flat_map(|(c, &f)| {
+                let c = match c {
+                    '/' if f => '\\',
+                    '\\' if f => '/',
+                    _ => c,
+                };
+                let mut out: Vec<char> = if f && c.is_lowercase() {
+                    c.to_uppercase().collect()
+                } else if f && c.is_uppercase() {
+                    c.to_lowercase().collect()
+                } else {
+                    std::vec![c]
+                };
+                // A case change that is not one-to-one is not a variant.
+                if out.len() != 1 {
+                    out = std::vec![c];
+                }
+                out
+            })
+            .collect()
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The indexed matcher decides exactly like the oracle, for random
+        /// exclusion sets and paths built from them (case / separator
+        /// variants, truncated, extended), in both styles and encodings.
+        #[test]
+        fn decide_agrees_with_oracle(
+            windows in any::<bool>(),
+            prefixes in prop::collection::vec(piece(8), 0..12),
+            extensions in prop::collection::vec(piece(4), 0..6),
+            base in any::<prop::sample::Index>(),
+            use_base in 0u8..4,
+            flips in prop::collection::vec(any::<bool>(), 1..8),
+            cut in any::<prop::sample::Index>(),
+            tail in piece(8),
+        ) {
+            let style = if windows { PathStyle::Windows } else { PathStyle::Posix };
+            let mut p = OpenPolicy::new(style);
+            for x in &prefixes {
+                let _ = p.add_excluded_prefix(PathRef::Utf8(x));
+            }
+            for x in &extensions {
+                let _ = p.add_excluded_extension(PathRef::Utf8(x));
+            }
+            // Mostly paths that start like a stored prefix, so matches and
+            // near-misses (one unit short, the next component longer) are
+            // common rather than rare.
+            let head = match (use_base, prefixes.is_empty()) {
+                (0, _) | (_, true) => String::new(),
+                (1, false) => prefixes[base.index(prefixes.len())].clone(),
+                (_, false) => {
+                    let v = variant(&prefixes[base.index(prefixes.len())], &flips);
+                    if use_base == 3 {
+                        let chars: Vec<char> = v.chars().collect();
+                        chars[..cut.index(chars.len() + 1)].iter().collect()
+                    } else {
+                        v
+                    }
+                }
+            };
+            let path = head + &tail;
+            let w = u16s(&path);
+            for path in [PathRef::Utf8(&path), PathRef::Utf16(&w)] {
+                prop_assert_eq!(p.path_excluded(path), oracle::path_excluded(&p, path));
+                prop_assert_eq!(
+                    p.extension_excluded(path),
+                    oracle::extension_excluded(&p, path)
+                );
+                let req = OpenRequest::read(path, 7);
+                prop_assert_eq!(p.decide(&req), oracle::decide(&p, &req));
+            }
+        }
+
         #[test]
         fn prefix_matching_agrees_with_reference(
             prefix in "[a-cA-C/\\\\]{1,6}",

@@ -1076,6 +1076,35 @@ impl TxBuf {
     }
 }
 
+/// Whether the answer to a content read is `EndOfFile` rather than `Data`
+/// (§5.6), for the adapters to share one rule.
+///
+/// The adapter read `len` bytes at `offset`. `hit_end` says the read itself
+/// met the end of the file (a zero-byte or short read, `STATUS_END_OF_FILE`).
+/// `size_now` is the file's real size taken **after** the read (`fstat`,
+/// `FileStandardInformation`), if known: a full read that ends exactly there
+/// is the file's last bytes, so `EndOfFile` carries them and the host needs
+/// no second `ReadRequest` to find the end. The size is the one at read
+/// time, not the one sent in the `FileEvent`, so a file that grew since is
+/// still read to its (new) end.
+///
+/// Only an exact match counts: a size that falls short of what was just read
+/// is not trusted (pseudo files report 0 or a page, a truncation raced the
+/// read), and the answer stays `Data` so the host probes on, as it would
+/// without the size. An empty read is always `EndOfFile` (`Data` must carry
+/// bytes).
+#[must_use]
+pub fn read_reaches_end(offset: u64, len: usize, hit_end: bool, size_now: Option<u64>) -> bool {
+    hit_end
+        || len == 0
+        || size_now.is_some_and(|size| {
+            u64::try_from(len)
+                .ok()
+                .and_then(|len| offset.checked_add(len))
+                == Some(size)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -1381,6 +1410,25 @@ mod tests {
         assert!(
             matches!(ev[..], [SessionEvent::Verdict(v)] if v.query == q && v.decision == Decision::Deny && v.source == VerdictSource::Deadline(FailMode::Closed))
         );
+    }
+
+    #[test]
+    fn read_reaching_the_real_size_is_end_of_file() {
+        // Short or zero-byte read: the read itself met the end.
+        assert!(read_reaches_end(0, 23, true, None));
+        assert!(read_reaches_end(4096, 0, false, None));
+        // A full read whose end is the file's size (the host asked for the
+        // stated size exactly): the last bytes, EndOfFile, no second read.
+        assert!(read_reaches_end(0, 23, false, Some(23)));
+        assert!(read_reaches_end(65_480, 100, false, Some(65_580)));
+        // The file goes on (or grew since the FileEvent): Data.
+        assert!(!read_reaches_end(0, 23, false, Some(24)));
+        assert!(!read_reaches_end(0, 23, false, None));
+        // A size below what was read (pseudo file, truncation racing the
+        // read) is not trusted: Data, the host probes on.
+        assert!(!read_reaches_end(0, 4096, false, Some(0)));
+        assert!(!read_reaches_end(100, 23, false, Some(110)));
+        assert!(!read_reaches_end(u64::MAX, 1, false, Some(u64::MAX)));
     }
 
     #[test]

@@ -453,16 +453,22 @@ pub fn path_of(event: &FanotifyEvent) -> Vec<u8> {
 }
 
 /// Reads up to `length` bytes at `offset` from the event's descriptor;
-/// returns the bytes and whether the end of the file was reached.
+/// returns the bytes and whether they end the file (the answer is then
+/// `EndOfFile` carrying them, §5.6).
+///
+/// A full read ends the file when it ends at the file's size as `fstat`
+/// gives it just after the read: the host usually asks for exactly the size
+/// the `FileEvent` stated, and without this it would need a second
+/// `ReadRequest` only to learn that nothing follows.
 pub fn pread_event(event: &FanotifyEvent, offset: u64, length: u32) -> io::Result<(Vec<u8>, bool)> {
     let fd = event
         .fd()
         .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
-    let offset = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let start = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut buf = vec![0u8; length as usize];
     let mut got = 0usize;
     while got < buf.len() {
-        match nix::sys::uio::pread(fd, &mut buf[got..], offset + got as i64) {
+        match nix::sys::uio::pread(fd, &mut buf[got..], start + got as i64) {
             Ok(0) => {
                 buf.truncate(got);
                 return Ok((buf, true));
@@ -472,7 +478,11 @@ pub fn pread_event(event: &FanotifyEvent, offset: u64, length: u32) -> io::Resul
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((buf, false))
+    // The real size now, not the stated one: a file that grew is read on.
+    // Without a size (fstat failed) the answer is Data and the host probes.
+    let size_now = fstat(fd).ok().and_then(|st| u64::try_from(st.st_size).ok());
+    let end = thinagent_guest::read_reaches_end(offset, got, false, size_now);
+    Ok((buf, end))
 }
 
 fn libc_ebadf() -> i32 {

@@ -510,3 +510,46 @@ fn filesystem_mark_and_excluded_prefix() {
     assert!(agent.terminate().success());
     assert_eq!(final_stat(&agent.log_text(), "skipped"), 1);
 }
+
+/// Issue 16: a read that reaches the file's end answers `EndOfFile` with the
+/// last bytes, so the scanner needs no extra `ReadRequest` to learn that
+/// nothing follows. With a 4096-byte chunk, a 23-byte file takes one read
+/// (it took two: `Data`, then an empty `EndOfFile`), a file of exactly two
+/// chunks takes two (it took three). `reads=` counts the agent's answers to
+/// `ReadRequest`s.
+#[test]
+fn a_read_reaching_the_end_of_file_ends_it_without_another_request() {
+    let Some(mnt) = setup("a_read_reaching_the_end_of_file_ends_it") else {
+        return;
+    };
+    let state = state_dir();
+    let scanner = Scanner::start_with("tcp://127.0.0.1:0", state.path(), &[], |c| {
+        c.limits.max_read_chunk = Some(4096);
+    });
+    let small = mnt.join("small.txt");
+    let two_chunks = mnt.join("two-chunks.bin");
+    std::fs::write(&small, b"a small clean text file").unwrap();
+    let big: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&two_chunks, &big).unwrap();
+    let watch = mnt.path().to_str().unwrap();
+    let mut agent = Agent::start(state.path(), &base_args(&scanner.url, watch));
+
+    assert_eq!(read(&small).unwrap(), b"a small clean text file");
+    scanner.audit_with(small.to_str().unwrap());
+    assert_eq!(read(&two_chunks).unwrap(), big);
+    let audit = scanner.audit_with(two_chunks.to_str().unwrap());
+    // Both were scanned by the scanner (not skipped, not decided by a fail
+    // mode), so the reads below are theirs.
+    for f in [&small, &two_chunks] {
+        assert!(
+            audit.contains(f.to_str().unwrap()),
+            "{} scanned:\n{audit}",
+            f.display()
+        );
+    }
+
+    assert!(agent.terminate().success());
+    let log = agent.log_text();
+    assert_eq!(final_stat(&log, "allowed_by_scanner"), 2, "{log}");
+    assert_eq!(final_stat(&log, "reads"), 1 + 2, "{log}");
+}
