@@ -6,9 +6,12 @@
 //!   [scope](crate::connection::GuestId::cache_scope) because file ids of
 //!   different guests collide (cloned VMs share them), and a guest must not
 //!   be able to plant verdicts for another one.
-//! * [`ContentCache`]: across guests, keyed by the SHA-256 of the content: a
-//!   scan result depends only on the bytes and the signatures, so the same
-//!   DLL opened in a thousand cloned VMs runs through the engines once.
+//! * [`ContentCache`]: across guests, keyed by the BLAKE3 of the content
+//!   ([`ContentKey`]), computed by the host from the bytes it read: a scan
+//!   result depends only on the bytes and the signatures, so the same DLL
+//!   opened in a thousand cloned VMs runs through the engines once. (A
+//!   guest never supplies the key: it could then claim another content's
+//!   verdict.)
 //!
 //! Both are bounded (second-chance "CLOCK" eviction, an LRU approximation
 //! that needs no list surgery on hits), expire entries after a TTL, and are
@@ -28,6 +31,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use thinagent_protocol::FileIdentity;
+
+pub use crate::scan::ContentKey;
 
 /// A cached scan result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,9 +261,9 @@ impl IdentityCache {
     }
 }
 
-/// Cross-guest verdicts by SHA-256 of the content.
+/// Cross-guest verdicts by [`ContentKey`] (BLAKE3 of the content).
 #[derive(Debug)]
-pub struct ContentCache(ShardedCache<[u8; 32], CachedVerdict>);
+pub struct ContentCache(ShardedCache<ContentKey, CachedVerdict>);
 
 impl ContentCache {
     /// An empty cache.
@@ -266,21 +271,21 @@ impl ContentCache {
         Self(ShardedCache::new(limits))
     }
 
-    /// The verdict for content hashing to `sha256`, if cached with
-    /// `generation` and not expired.
-    pub fn get(&self, sha256: &[u8; 32], generation: u64, now: Instant) -> Option<CachedVerdict> {
-        let v = self.0.get(sha256, now)?;
+    /// The verdict for content with key `key`, if cached with `generation`
+    /// and not expired.
+    pub fn get(&self, key: &ContentKey, generation: u64, now: Instant) -> Option<CachedVerdict> {
+        let v = self.0.get(key, now)?;
         if v.generation == generation {
             Some(v)
         } else {
-            self.0.remove(sha256);
+            self.0.remove(key);
             None
         }
     }
 
-    /// Remembers `verdict` for content `sha256`.
-    pub fn insert(&self, sha256: [u8; 32], verdict: CachedVerdict, now: Instant) {
-        self.0.insert(sha256, verdict, now);
+    /// Remembers `verdict` for content with key `key`.
+    pub fn insert(&self, key: ContentKey, verdict: CachedVerdict, now: Instant) {
+        self.0.insert(key, verdict, now);
     }
 
     /// Entries held.

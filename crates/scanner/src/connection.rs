@@ -8,8 +8,9 @@
 //!
 //! * files up to [`Limits::scan_buffer_max`] are buffered (at most
 //!   [`Limits::scan_buffer_total`] per connection); at their end the
-//!   SHA-256 is looked up in the cross-guest content cache and only a miss
-//!   runs the engines (one `spawn_blocking` call);
+//!   BLAKE3 of the content is looked up in the cross-guest content cache
+//!   and only a miss runs the engines over the buffer (one `spawn_blocking`
+//!   call);
 //! * larger files (or when the connection's buffer is full) are streamed
 //!   chunk by chunk into a [`FileScan`] living in
 //!   a blocking task, so memory stays bounded; content flow is limited by
@@ -33,7 +34,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::{CachedVerdict, VerdictCaches};
 use crate::engine::EngineError;
-use crate::scan::{FileScan, ScanOutcome, ScanVerdict, scan_bytes, sha256};
+use crate::scan::{FileScan, ScanOutcome, ScanVerdict, content_key, scan_complete};
 use crate::session::{
     Anomaly, CloseReason, ContentFailure, EventId, GuestInfo, HostSession, PolicyReason, Query,
     QueryOutcome, SessionEvent, SessionLimits,
@@ -692,10 +693,10 @@ impl Driver {
                 let ctx = Arc::clone(&self.ctx);
                 let results = self.results.0.clone();
                 tokio::task::spawn_blocking(move || {
-                    let hash = sha256(&buf);
-                    let result = match ctx.caches.content.get(&hash, set.generation(), now()) {
+                    let key = content_key(&buf);
+                    let result = match ctx.caches.content.get(&key, set.generation(), now()) {
                         Some(verdict) => WorkResult::ContentCacheHit(verdict),
-                        None => WorkResult::Scanned(scan_bytes(&set, &buf)),
+                        None => WorkResult::Scanned(scan_complete(&set, &buf, key)),
                     };
                     let _ = results.send(WorkMessage::Done(id, result));
                 });
@@ -731,8 +732,8 @@ impl Driver {
                                 None
                             }
                         };
-                        if let (Some(v), Some(hash)) = (&verdict, outcome.sha256) {
-                            self.ctx.caches.content.insert(hash, v.clone(), now());
+                        if let (Some(v), Some(key)) = (&verdict, outcome.content_key) {
+                            self.ctx.caches.content.insert(key, v.clone(), now());
                         }
                         (verdict, VerdictSource::Scanned)
                     }
@@ -1112,7 +1113,7 @@ mod tests {
         let mut big_sig = HashEngine::new();
         big_sig
             .add_text(
-                &format!("{}:*:Test.Big-File:73\n", hex(&sha256(&big_infected()))),
+                &format!("{}:*:Test.Big-File:73\n", sha256_of(&big_infected())),
                 HashDbKind::Hsb,
                 std::path::Path::new("big.hsb"),
             )
@@ -1130,6 +1131,11 @@ mod tests {
     fn md5_of(data: &[u8]) -> String {
         use md5::{Digest, Md5};
         hex(&Md5::digest(data))
+    }
+
+    fn sha256_of(data: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        hex(&Sha256::digest(data))
     }
 
     fn hex(b: &[u8]) -> String {
@@ -1331,6 +1337,88 @@ mod tests {
         assert_eq!(second.verdicts[0].1.threat.as_str(), "Now-Known");
         drop(guest_end);
         assert_eq!(server.await.unwrap(), CloseReason::TransportClosed);
+    }
+
+    #[tokio::test]
+    async fn content_cache_is_shared_across_guests_by_blake3_of_the_content() {
+        let recorder = Arc::new(Recorder::default());
+        let ctx = context(Arc::clone(&recorder), Limits::default());
+        let shared = b"the same library in two cloned VMs\n".to_vec();
+        let other = b"THE SAME LENGTH, OTHER BYTES, VM B\n".to_vec();
+        assert_eq!(shared.len(), other.len());
+        let t0 = tokio::time::Instant::now();
+        // Runs one guest (its own VM by vsock CID) opening `files` once.
+        let run = |cid: u32, files: Vec<TestFile>| {
+            let ctx = Arc::clone(&ctx);
+            async move {
+                let (host_end, mut guest_end) = tokio::io::duplex(256 * 1024);
+                let server = tokio::spawn(serve_connection(
+                    host_end,
+                    GuestId::Vsock { cid, port: 1 },
+                    ctx,
+                ));
+                let mut guest = guest_session();
+                let round = guest_round(&mut guest, &mut guest_end, &files, t0, true).await;
+                drop(guest_end);
+                assert_eq!(server.await.unwrap(), CloseReason::TransportClosed);
+                round
+            }
+        };
+        run(
+            3,
+            vec![TestFile {
+                path: "/lib/a.so",
+                id: 1,
+                content: shared.clone(),
+            }],
+        )
+        .await;
+        // The key is the BLAKE3 of the bytes the host read.
+        let generation = ctx.signatures.load().generation();
+        assert!(
+            ctx.caches
+                .content
+                .get(&content_key(&shared), generation, now())
+                .is_some()
+        );
+        // Another VM: the same bytes under another identity hit; other
+        // bytes under the first VM's very identity miss and are scanned.
+        let round = run(
+            4,
+            vec![
+                TestFile {
+                    path: "/lib/b.so",
+                    id: 2,
+                    content: shared.clone(),
+                },
+                TestFile {
+                    path: "/lib/a.so",
+                    id: 1,
+                    content: other.clone(),
+                },
+            ],
+        )
+        .await;
+        assert_eq!(round.verdicts.len(), 2);
+        let records = recorder.0.lock().unwrap().clone();
+        let source = |path: &str| {
+            records
+                .iter()
+                .filter(|r| r.path == path)
+                .map(|r| r.source)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(source("/lib/b.so"), [VerdictSource::ContentCache]);
+        assert_eq!(
+            source("/lib/a.so"),
+            [VerdictSource::Scanned, VerdictSource::Scanned]
+        );
+        assert!(
+            ctx.caches
+                .content
+                .get(&content_key(&other), generation, now())
+                .is_some()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

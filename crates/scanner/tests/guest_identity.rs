@@ -141,7 +141,7 @@ async fn a_guest_claiming_anothers_name_cannot_plant_a_verdict_for_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cross_guest_content_cache_is_keyed_by_what_the_host_hashed() {
     // FileEvent carries no hash: the content cache can only be keyed by
-    // the SHA-256 of bytes the host read. Two peers, same identity, same
+    // the BLAKE3 of bytes the host read. Two peers, same identity, same
     // size, different bytes: each gets the verdict of its own bytes, both
     // ways round.
     let svc = Running::start(tcp_config()).await;

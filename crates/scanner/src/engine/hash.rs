@@ -5,10 +5,14 @@
 //! * `.hsb`: `HashString:Size:MalwareName`, where the hash is SHA-1 (40 hex
 //!   digits) or SHA-256 (64 hex digits).
 //!
-//! As in ClamAV, `Size` may be `*` ("any size", ClamAV ≥ 0.98, which expects
-//! a minimum functionality level of 73 as fourth field), and optional
-//! trailing `:MinFL[:MaxFL]` functionality-level fields are accepted and
-//! ignored (this engine implements every hash feature). Blank lines and lines
+//! As in ClamAV, `Size` may be `*` ("any size", ClamAV ≥ 0.98). ClamAV
+//! requires such a line to carry a minimum functionality level of at least
+//! 73 as fourth field (`HashString:*:MalwareName:73`) so that older ClamAV
+//! versions, which cannot read `*`, skip it; its loader rejects a `*` line
+//! without it as malformed, and so does this one (the same file then loads
+//! the same way in both). Otherwise optional trailing `:MinFL[:MaxFL]`
+//! functionality-level fields are accepted and ignored (this engine
+//! implements every hash feature). Blank lines and lines
 //! starting with `#` are skipped. A `.hdb` line may also hold a SHA-1 or
 //! SHA-256 (ClamAV itself only reads MD5 there; accepting more is harmless).
 //!
@@ -22,12 +26,25 @@
 //! at load, with one warning per file naming the file and the first such
 //! line.
 //!
-//! Only the digests some signature needs are computed.
+//! Only the digests some signature needs are computed, and a signature
+//! matches only content of its size: the engine keeps, per digest kind, the
+//! set of sizes that have signatures and whether any `*` signature exists
+//! ([`HashEngine::plan`]). Complete content (its length known) computes
+//! exactly the kinds its length needs. A streamed file is planned from the
+//! size the guest stated; as the content may end up longer or shorter (the
+//! file changed while being read, or the guest is wrong), a kind the stated
+//! size does not need is still hashed while the content is no longer than
+//! that kind's largest signature size, and dropped as soon as it is longer
+//! (no signature of that kind can then match). So the real length always
+//! decides, no content is buffered, and the extra cost of a stated size that
+//! is right is at most the largest signature size of each unplanned kind,
+//! usually nothing (a chunk that crosses that size is never hashed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::Md5;
 use sha1::Sha1;
@@ -77,12 +94,100 @@ struct Sig {
     name: Arc<str>,
 }
 
+/// The smallest functionality level ClamAV accepts on a `*`-size line.
+pub const WILDCARD_SIZE_MIN_FLEVEL: u32 = 73;
+
+/// Which file sizes have signatures of one digest kind.
+#[derive(Debug, Default, Clone)]
+struct SizeIndex {
+    sizes: HashSet<u64>,
+    /// Some signature of this kind has size `*`.
+    any: bool,
+    /// Largest size in `sizes` (0 when empty).
+    max: u64,
+}
+
+impl SizeIndex {
+    fn add(&mut self, size: Option<u64>) {
+        match size {
+            None => self.any = true,
+            Some(n) => {
+                self.sizes.insert(n);
+                self.max = self.max.max(n);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &SizeIndex) {
+        self.any |= other.any;
+        self.max = self.max.max(other.max);
+        self.sizes.extend(other.sizes.iter().copied());
+    }
+
+    /// Whether a file of `size` bytes could match a signature of this kind.
+    fn wants(&self, size: u64) -> bool {
+        self.any || self.sizes.contains(&size)
+    }
+
+    /// Whether content of which `len` bytes are already known could still
+    /// end at a size some signature of this kind has.
+    fn may_still_want(&self, len: u64) -> bool {
+        self.any || (!self.sizes.is_empty() && len <= self.max)
+    }
+}
+
+/// Which digests to compute for one file (see [`HashEngine::plan`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DigestPlan {
+    /// MD5 (`.hdb`).
+    pub md5: bool,
+    /// SHA-1 (`.hsb`, 40 hex digits).
+    pub sha1: bool,
+    /// SHA-256 (`.hsb`, 64 hex digits).
+    pub sha256: bool,
+}
+
+impl DigestPlan {
+    /// No digest at all.
+    pub fn is_empty(&self) -> bool {
+        !(self.md5 || self.sha1 || self.sha256)
+    }
+}
+
+/// Digests computed and bytes hashed by one engine since it was loaded,
+/// per kind: makes the planning observable (tests, benchmarks).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DigestCounts {
+    /// MD5 digests finished.
+    pub md5: u64,
+    /// SHA-1 digests finished.
+    pub sha1: u64,
+    /// SHA-256 digests finished.
+    pub sha256: u64,
+    /// Bytes fed to any digest (a byte fed to two digests counts twice).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    md5: AtomicU64,
+    sha1: AtomicU64,
+    sha256: AtomicU64,
+    bytes: AtomicU64,
+}
+
 /// The hash signature engine: immutable after loading.
 #[derive(Default, Clone)]
 pub struct HashEngine {
     md5: HashMap<[u8; 16], Vec<Sig>>,
     sha1: HashMap<[u8; 20], Vec<Sig>>,
     sha256: HashMap<[u8; 32], Vec<Sig>>,
+    md5_sizes: SizeIndex,
+    sha1_sizes: SizeIndex,
+    sha256_sizes: SizeIndex,
+    /// Shared by clones: one relaxed add per digest finished and per chunk
+    /// hashed, noise next to the hashing itself.
+    counters: Arc<Counters>,
     name: &'static str,
 }
 
@@ -189,13 +294,22 @@ impl HashEngine {
                     line.split(':').count()
                 )));
             };
+            let mut min_flevel = None;
             for fl in fields {
-                if fl.parse::<u32>().is_err() {
+                let Ok(level) = fl.parse::<u32>() else {
                     return Err(err(format!("functionality level `{fl}` is not a number")));
-                }
+                };
+                min_flevel.get_or_insert(level);
             }
             let size = match size {
-                "*" => None,
+                "*" if min_flevel.is_some_and(|l| l >= WILDCARD_SIZE_MIN_FLEVEL) => None,
+                "*" => {
+                    return Err(err(format!(
+                        "size `*` needs a minimum functionality level of at least \
+                         {WILDCARD_SIZE_MIN_FLEVEL} as fourth field, as ClamAV requires \
+                         (e.g. `{hash}:*:{name}:{WILDCARD_SIZE_MIN_FLEVEL}`)"
+                    )));
+                }
                 s => Some(s.parse::<u64>().map_err(|_| {
                     err(format!("size `{s}` is neither a number of bytes nor `*`"))
                 })?),
@@ -217,14 +331,17 @@ impl HashEngine {
             match (hash.len(), kind) {
                 (32, _) => {
                     let h = hex::<16>(&hash).ok_or_else(|| err(format!("`{hash}` is not hex")))?;
+                    staged.md5_sizes.add(sig.size);
                     staged.md5.entry(h).or_default().push(sig);
                 }
                 (40, _) => {
                     let h = hex::<20>(&hash).ok_or_else(|| err(format!("`{hash}` is not hex")))?;
+                    staged.sha1_sizes.add(sig.size);
                     staged.sha1.entry(h).or_default().push(sig);
                 }
                 (64, _) => {
                     let h = hex::<32>(&hash).ok_or_else(|| err(format!("`{hash}` is not hex")))?;
+                    staged.sha256_sizes.add(sig.size);
                     staged.sha256.entry(h).or_default().push(sig);
                 }
                 (n, HashDbKind::Hdb) => {
@@ -256,7 +373,46 @@ impl HashEngine {
         for (k, v) in staged.sha256 {
             self.sha256.entry(k).or_default().extend(v);
         }
+        self.md5_sizes.merge(&staged.md5_sizes);
+        self.sha1_sizes.merge(&staged.sha1_sizes);
+        self.sha256_sizes.merge(&staged.sha256_sizes);
         Ok(added)
+    }
+
+    /// The digests a file of exactly `size` bytes needs: a kind is computed
+    /// only when some signature of that kind has this size or size `*`.
+    pub fn plan(&self, size: u64) -> DigestPlan {
+        DigestPlan {
+            md5: self.md5_sizes.wants(size),
+            sha1: self.sha1_sizes.wants(size),
+            sha256: self.sha256_sizes.wants(size),
+        }
+    }
+
+    /// Digests computed and bytes hashed so far (by this engine and its
+    /// clones).
+    pub fn digest_counts(&self) -> DigestCounts {
+        let c = &self.counters;
+        DigestCounts {
+            md5: c.md5.load(Ordering::Relaxed),
+            sha1: c.sha1.load(Ordering::Relaxed),
+            sha256: c.sha256.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, plan: DigestPlan, bytes: u64) {
+        let c = &self.counters;
+        for (on, counter) in [
+            (plan.md5, &c.md5),
+            (plan.sha1, &c.sha1),
+            (plan.sha256, &c.sha256),
+        ] {
+            if on {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn find(&self, digests: &Digests, size: u64) -> Option<Arc<str>> {
@@ -274,11 +430,25 @@ impl HashEngine {
             .or_else(|| digests.sha256.and_then(|h| hit(self.sha256.get(&h))))
     }
 
-    /// Looks up complete content (for tests and one-shot scans).
+    /// Looks up complete content: computes only the digests its length
+    /// needs ([`HashEngine::plan`]).
     pub fn scan_bytes(&self, data: &[u8]) -> Option<Detection> {
-        let mut scan = HashScan::new(Arc::new(self.clone()));
-        scan.feed(data);
-        scan.result()
+        let size = data.len() as u64;
+        let plan = self.plan(size);
+        if plan.is_empty() {
+            return None;
+        }
+        let kinds = u64::from(plan.md5) + u64::from(plan.sha1) + u64::from(plan.sha256);
+        self.count(plan, size.saturating_mul(kinds));
+        let digests = Digests {
+            md5: plan.md5.then(|| Md5::digest(data).into()),
+            sha1: plan.sha1.then(|| Sha1::digest(data).into()),
+            sha256: plan.sha256.then(|| Sha256::digest(data).into()),
+        };
+        self.find(&digests, size).map(|name| Detection {
+            threat: name.to_string(),
+            engine: self.name,
+        })
     }
 }
 
@@ -288,21 +458,31 @@ struct Digests {
     sha256: Option<[u8; 32]>,
 }
 
-/// One file being hashed.
+/// One file being hashed. A hasher is `None` once its kind cannot match
+/// (see the module docs): planned kinds from the stated size, the others
+/// while the content is no longer than their largest signature size.
 struct HashScan {
     engine: Arc<HashEngine>,
     md5: Option<Md5>,
     sha1: Option<Sha1>,
     sha256: Option<Sha256>,
+    /// The plan for the stated size: these hashers are kept whatever the
+    /// length turns out to be.
+    planned: DigestPlan,
     size: u64,
 }
 
 impl HashScan {
-    fn new(engine: Arc<HashEngine>) -> Self {
+    fn new(engine: Arc<HashEngine>, stated: u64) -> Self {
+        let planned = engine.plan(stated);
+        // Unplanned kinds start too when the content could still end at one
+        // of their sizes (a wrong stated size); `update` drops them early.
+        let start = |planned: bool, index: &SizeIndex| planned || index.may_still_want(0);
         Self {
-            md5: (!engine.md5.is_empty()).then(Md5::new),
-            sha1: (!engine.sha1.is_empty()).then(Sha1::new),
-            sha256: (!engine.sha256.is_empty()).then(Sha256::new),
+            md5: start(planned.md5, &engine.md5_sizes).then(Md5::new),
+            sha1: start(planned.sha1, &engine.sha1_sizes).then(Sha1::new),
+            sha256: start(planned.sha256, &engine.sha256_sizes).then(Sha256::new),
+            planned,
             engine,
             size: 0,
         }
@@ -310,22 +490,77 @@ impl HashScan {
 
     fn feed(&mut self, chunk: &[u8]) {
         self.size = self.size.saturating_add(chunk.len() as u64);
-        if let Some(h) = &mut self.md5 {
-            h.update(chunk);
+        let size = self.size;
+        let engine = &self.engine;
+        let mut fed = 0u64;
+        let len = chunk.len() as u64;
+        fn step<D: Digest>(
+            h: &mut Option<D>,
+            planned: bool,
+            index: &SizeIndex,
+            size: u64,
+            chunk: &[u8],
+            fed: &mut u64,
+            len: u64,
+        ) {
+            if !planned && !index.may_still_want(size) {
+                // Longer than every signature of this kind: none can match.
+                *h = None;
+            }
+            if let Some(h) = h {
+                h.update(chunk);
+                *fed += len;
+            }
         }
-        if let Some(h) = &mut self.sha1 {
-            h.update(chunk);
-        }
-        if let Some(h) = &mut self.sha256 {
-            h.update(chunk);
+        step(
+            &mut self.md5,
+            self.planned.md5,
+            &engine.md5_sizes,
+            size,
+            chunk,
+            &mut fed,
+            len,
+        );
+        step(
+            &mut self.sha1,
+            self.planned.sha1,
+            &engine.sha1_sizes,
+            size,
+            chunk,
+            &mut fed,
+            len,
+        );
+        step(
+            &mut self.sha256,
+            self.planned.sha256,
+            &engine.sha256_sizes,
+            size,
+            chunk,
+            &mut fed,
+            len,
+        );
+        if fed > 0 {
+            engine.counters.bytes.fetch_add(fed, Ordering::Relaxed);
         }
     }
 
     fn result(self) -> Option<Detection> {
+        // The real length decides which digests are looked up; a hasher
+        // still alive has seen all of the content.
+        let need = self.engine.plan(self.size);
+        let finished = DigestPlan {
+            md5: need.md5 && self.md5.is_some(),
+            sha1: need.sha1 && self.sha1.is_some(),
+            sha256: need.sha256 && self.sha256.is_some(),
+        };
+        self.engine.count(finished, 0);
         let digests = Digests {
-            md5: self.md5.map(|h| h.finalize().into()),
-            sha1: self.sha1.map(|h| h.finalize().into()),
-            sha256: self.sha256.map(|h| h.finalize().into()),
+            md5: self.md5.filter(|_| need.md5).map(|h| h.finalize().into()),
+            sha1: self.sha1.filter(|_| need.sha1).map(|h| h.finalize().into()),
+            sha256: self
+                .sha256
+                .filter(|_| need.sha256)
+                .map(|h| h.finalize().into()),
         };
         self.engine.find(&digests, self.size).map(|name| Detection {
             threat: name.to_string(),
@@ -354,8 +589,12 @@ impl Engine for SharedHashEngine {
         self.0.name
     }
 
-    fn start(&self, _size: u64) -> Box<dyn EngineScan> {
-        Box::new(HashScan::new(Arc::clone(&self.0)))
+    fn start(&self, size: u64) -> Box<dyn EngineScan> {
+        Box::new(HashScan::new(Arc::clone(&self.0), size))
+    }
+
+    fn scan_complete(&self, data: &[u8]) -> Result<Option<Detection>, EngineError> {
+        Ok(self.0.scan_bytes(data))
     }
 }
 
@@ -415,6 +654,178 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.scan_bytes(EICAR).unwrap().threat, "Any-Size");
+    }
+
+    fn digest_hex(data: &[u8]) -> (String, String, String) {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        (
+            hex(&Md5::digest(data)),
+            hex(&Sha1::digest(data)),
+            hex(&Sha256::digest(data)),
+        )
+    }
+
+    /// Streams `data` announced as `stated` bytes.
+    fn streamed_stated(
+        e: &Arc<HashEngine>,
+        data: &[u8],
+        stated: u64,
+        chunk: usize,
+    ) -> Option<Detection> {
+        let mut scan = SharedHashEngine(Arc::clone(e)).start(stated);
+        for c in data.chunks(chunk.max(1)) {
+            assert_eq!(scan.update(c).unwrap(), None);
+        }
+        scan.finish().unwrap()
+    }
+
+    #[test]
+    fn plan_computes_a_kind_only_for_sizes_it_has_signatures_of() {
+        let (md5, sha1, sha256) = digest_hex(b"x");
+        let mut e = HashEngine::new();
+        let text = format!("{md5}:68:A\n{md5}:500:B\n{sha1}:100:C\n");
+        e.add_text(&text, HashDbKind::Hdb, Path::new("t.hdb"))
+            .unwrap();
+        let plan = |md5, sha1, sha256| DigestPlan { md5, sha1, sha256 };
+        assert_eq!(e.plan(68), plan(true, false, false));
+        assert_eq!(e.plan(500), plan(true, false, false));
+        assert_eq!(e.plan(100), plan(false, true, false));
+        assert!(e.plan(69).is_empty());
+        assert!(e.plan(0).is_empty());
+        assert!(e.plan(u64::MAX).is_empty());
+        // A `*` SHA-256 signature makes SHA-256 needed at every size.
+        e.add_text(
+            &format!("{sha256}:*:D:73\n"),
+            HashDbKind::Hsb,
+            Path::new("t.hsb"),
+        )
+        .unwrap();
+        assert_eq!(e.plan(68), plan(true, false, true));
+        assert_eq!(e.plan(69), plan(false, false, true));
+        assert_eq!(HashEngine::new().plan(68), DigestPlan::default());
+    }
+
+    #[test]
+    fn every_digest_kind_detects_at_its_size_and_computes_only_that_kind() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 256) as u8).collect();
+        let (md5, sha1, sha256) = digest_hex(&data);
+        for (line, kind, which) in [
+            (format!("{md5}:5000:K-Md5\n"), HashDbKind::Hdb, 0),
+            (format!("{sha1}:5000:K-Sha1\n"), HashDbKind::Hsb, 1),
+            (format!("{sha256}:5000:K-Sha256\n"), HashDbKind::Hsb, 2),
+        ] {
+            let e = Arc::new(engine(&line, kind).unwrap());
+            let name = ["K-Md5", "K-Sha1", "K-Sha256"][which];
+            assert_eq!(e.scan_bytes(&data).unwrap().threat, name);
+            for chunk in [1000, 4096, 5000] {
+                let d = streamed_stated(&e, &data, 5000, chunk).expect(name);
+                assert_eq!(d.threat, name);
+            }
+            let counts = e.digest_counts();
+            let got = [counts.md5, counts.sha1, counts.sha256];
+            let mut want = [0; 3];
+            want[which] = 4;
+            assert_eq!(got, want, "{name}");
+            assert_eq!(counts.bytes, 4 * 5000, "{name}");
+            // One byte more or less: another size, no detection.
+            assert_eq!(e.scan_bytes(&data[1..]), None);
+        }
+    }
+
+    #[test]
+    fn star_size_signatures_detect_every_size() {
+        for len in [0usize, 1, 68, 65_537, 300_000] {
+            let data = vec![0x5a; len];
+            let (md5, sha1, sha256) = digest_hex(&data);
+            for (line, kind) in [
+                (format!("{md5}:*:Star-Md5:73\n"), HashDbKind::Hdb),
+                (format!("{sha1}:*:Star-Sha1:73:255\n"), HashDbKind::Hsb),
+                (format!("{sha256}:*:Star-Sha256:200\n"), HashDbKind::Hsb),
+            ] {
+                let e = Arc::new(engine(&line, kind).unwrap());
+                assert!(e.scan_bytes(&data).is_some(), "{line}");
+                let d = streamed_stated(&e, &data, len as u64, 65_536);
+                assert!(d.is_some(), "{line}");
+                // Stated size wrong both ways: still found.
+                assert!(streamed_stated(&e, &data, len as u64 + 7, 4096).is_some());
+                assert!(streamed_stated(&e, &data, len as u64 / 2, 4096).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn star_size_needs_functionality_level_73_as_clamav_does() {
+        let sha = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f";
+        for bad in [
+            format!("{sha}:*:NoLevel\n"),
+            format!("{sha}:*:TooLow:72\n"),
+            format!("{sha}:*:TooLow:0:255\n"),
+        ] {
+            let err = engine(&bad, HashDbKind::Hsb).unwrap_err().to_string();
+            assert!(err.contains("functionality level of at least 73"), "{err}");
+            assert!(err.contains(":*:"), "the message shows the fix: {err}");
+        }
+        for good in [format!("{sha}:*:Ok:73\n"), format!("{sha}:*:Ok:99:255\n")] {
+            assert_eq!(engine(&good, HashDbKind::Hsb).unwrap().len(), 1);
+        }
+        // A numeric size needs no level.
+        assert!(engine(&format!("{sha}:68:Ok\n"), HashDbKind::Hsb).is_ok());
+    }
+
+    #[test]
+    fn a_file_whose_size_matches_no_signature_is_not_hashed() {
+        let e = Arc::new(
+            engine(
+                &format!(
+                    "{}\n3395856ce81f2b7382dee72602f798b642f14140:68:S1\n\
+                     275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f:70:S2\n",
+                    "44d88612fea8a8f36de82e1278abb02f:68:M"
+                ),
+                HashDbKind::Hsb,
+            )
+            .unwrap(),
+        );
+        let big = vec![7u8; 1 << 20];
+        assert_eq!(e.scan_bytes(&big), None);
+        assert_eq!(e.scan_bytes(&big[..69]), None);
+        // Streamed, its (right) stated size known up front, in chunks
+        // larger than every signature size: not one byte hashed.
+        assert_eq!(streamed_stated(&e, &big, big.len() as u64, 65_536), None);
+        assert_eq!(e.digest_counts(), DigestCounts::default());
+        // A size that does match: only the kinds of that size.
+        assert_eq!(e.scan_bytes(EICAR).unwrap().threat, "M");
+        let c = e.digest_counts();
+        assert_eq!((c.md5, c.sha1, c.sha256, c.bytes), (1, 1, 0, 2 * 68));
+    }
+
+    #[test]
+    fn a_wrong_stated_size_still_detects_by_the_real_length() {
+        let (md5, sha1, sha256) = digest_hex(EICAR);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (big_md5, _, _) = digest_hex(&data);
+        for (line, kind) in [
+            (format!("{md5}:68:W-Md5\n"), HashDbKind::Hdb),
+            (format!("{sha1}:68:W-Sha1\n"), HashDbKind::Hsb),
+            (format!("{sha256}:68:W-Sha256\n"), HashDbKind::Hsb),
+        ] {
+            let e = Arc::new(engine(&line, kind).unwrap());
+            for stated in [0, 10, 67, 69, 1 << 20, u64::MAX] {
+                for chunk in [1, 10, 68] {
+                    assert!(
+                        streamed_stated(&e, EICAR, stated, chunk).is_some(),
+                        "{line} stated {stated} chunk {chunk}"
+                    );
+                }
+            }
+            // The stated size has a signature, the real length has none.
+            assert_eq!(streamed_stated(&e, &EICAR[..60], 68, 7), None);
+        }
+        // Content longer than stated, past the planned size.
+        let e = Arc::new(engine(&format!("{big_md5}:200000:W-Big\n"), HashDbKind::Hdb).unwrap());
+        for stated in [68, 100_000, 300_000] {
+            let d = streamed_stated(&e, &data, stated, 65_536);
+            assert_eq!(d.map(|d| d.threat).as_deref(), Some("W-Big"), "{stated}");
+        }
     }
 
     #[test]

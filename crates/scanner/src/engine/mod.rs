@@ -92,6 +92,18 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// Starts scanning one file of `size` bytes (the size the guest reported;
     /// the content may end up shorter if the file changes while being read).
     fn start(&self, size: u64) -> Box<dyn EngineScan>;
+
+    /// Scans complete content already in memory (its length is the real
+    /// size). The default streams it through [`Engine::start`]; an engine
+    /// that can use the whole buffer directly (no copy, exact size known)
+    /// overrides it.
+    fn scan_complete(&self, data: &[u8]) -> Result<Option<Detection>, EngineError> {
+        let mut scan = self.start(data.len() as u64);
+        match scan.update(data)? {
+            Some(d) => Ok(Some(d)),
+            None => scan.finish(),
+        }
+    }
 }
 
 /// One file being scanned by one engine.

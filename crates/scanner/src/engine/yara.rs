@@ -15,6 +15,19 @@
 //! these, so a [`YaraScan`] buffers the content it is fed (bounded by
 //! [`YaraEngine::with_max_size`]) and evaluates the rules at
 //! [`EngineScan::finish`], limited by [`YaraEngine::with_timeout`].
+//! Content already complete in memory ([`Engine::scan_complete`]) is
+//! scanned in place, without a copy.
+//!
+//! The buffer is reserved at the start for the whole stated size, so it
+//! never grows (and copies) chunk by chunk. A stated size is never trusted
+//! beyond the engine's limit: above it the scan is refused at once, and the
+//! session has already refused any file stated larger than its
+//! `max_file_size`; a guest that states more than it sends costs address
+//! space that is never touched (the allocator maps large buffers lazily),
+//! for the length of one scan. Each thread keeps its last buffer of up to
+//! [`SPARE_BUFFER_MAX`] bytes for its next scan: its pages are already
+//! mapped, so the next file of that size does not page-fault and zero them
+//! again.
 //!
 //! A [`yara_x::Scanner`] is costly to create (a WebAssembly store and
 //! instance) compared with scanning a small file, and it is neither `Send`
@@ -44,9 +57,10 @@ pub const DEFAULT_YARA_MAX_SIZE: u64 = 256 * 1024 * 1024;
 /// Default time one scan may take (see [`YaraEngine::with_timeout`]).
 pub const DEFAULT_YARA_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Largest buffer reserved up front from the size the guest reported; beyond
-/// it the buffer grows as content actually arrives (a guest may lie).
-const MAX_INITIAL_RESERVE: usize = 4 * 1024 * 1024;
+/// Largest buffer a thread keeps between scans (see the module docs): big
+/// enough for the usual executable, small enough that idle threads do not
+/// hold much memory (tokio ends idle blocking threads after a few seconds).
+pub const SPARE_BUFFER_MAX: usize = 32 * 1024 * 1024;
 
 /// A YARA rule file that could not be loaded. Loading is all or nothing: any
 /// error means no engine.
@@ -299,6 +313,39 @@ self_cell::self_cell!(
 thread_local! {
     /// The scanner this thread used last (see the module docs).
     static THREAD_SCANNER: RefCell<Option<ThreadScanner>> = const { RefCell::new(None) };
+
+    /// The buffer this thread's last scan used, emptied (see the module
+    /// docs).
+    static SPARE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer able to hold `reserve` bytes: this thread's spare one
+/// when it is large enough, else a new one (the spare then stays for a
+/// later, smaller file: growing it would copy it).
+fn take_buffer(reserve: usize) -> Vec<u8> {
+    SPARE_BUFFER.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.capacity() >= reserve && spare.capacity() > 0 {
+            std::mem::take(&mut *spare)
+        } else {
+            Vec::with_capacity(reserve)
+        }
+    })
+}
+
+/// Keeps `buf` as this thread's spare when it is the largest seen, up to
+/// [`SPARE_BUFFER_MAX`].
+fn give_back_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() > SPARE_BUFFER_MAX {
+        return;
+    }
+    buf.clear();
+    SPARE_BUFFER.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if buf.capacity() > spare.capacity() {
+            *spare = buf;
+        }
+    });
 }
 
 /// Turns a yara-x compile error into one naming the file, line and column.
@@ -342,15 +389,31 @@ impl Engine for YaraEngine {
         } else if size > self.max_size {
             ScanState::TooLarge(size)
         } else {
-            let reserve = usize::try_from(size)
-                .unwrap_or(usize::MAX)
-                .min(MAX_INITIAL_RESERVE);
-            ScanState::Buffering(Vec::with_capacity(reserve))
+            // `size <= max_size` here: the whole stated size, bounded.
+            let reserve = usize::try_from(size.min(self.max_size)).unwrap_or(usize::MAX);
+            ScanState::Buffering(take_buffer(reserve))
         };
         Box::new(YaraScan {
             engine: self.clone(),
             state,
         })
+    }
+
+    fn scan_complete(&self, data: &[u8]) -> Result<Option<Detection>, EngineError> {
+        if self.rule_count == 0 {
+            return Ok(None);
+        }
+        let size = data.len() as u64;
+        if size > self.max_size {
+            return Err(EngineError::Refused {
+                engine: YARA_ENGINE_NAME,
+                reason: format!(
+                    "file of {size} bytes exceeds the YARA scan limit of {} bytes",
+                    self.max_size
+                ),
+            });
+        }
+        self.scan_bytes(data)
     }
 }
 
@@ -408,6 +471,16 @@ impl EngineScan for YaraScan {
     }
 }
 
+impl Drop for YaraScan {
+    /// Finished or abandoned (another engine found something first), the
+    /// buffer goes back to the thread for the next scan.
+    fn drop(&mut self) {
+        if let ScanState::Buffering(buf) = &mut self.state {
+            give_back_buffer(std::mem::take(buf));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,6 +534,83 @@ mod tests {
         let d = engine.scan_bytes(b"a marker here").unwrap().unwrap();
         assert_eq!(d.threat.len(), MAX_SIGNATURE_NAME_LEN);
         assert!(d.threat.starts_with("Rxxx") && d.threat.ends_with(super::super::CUT_MARK));
+    }
+
+    fn spare_capacity() -> usize {
+        SPARE_BUFFER.with(|s| s.borrow().capacity())
+    }
+
+    #[test]
+    fn the_stated_size_is_reserved_once_and_the_buffer_reused() {
+        // A fresh thread: its own spare buffer.
+        std::thread::spawn(|| {
+            let engine =
+                YaraEngine::from_source(r#"rule M { strings: $a = "needle" condition: $a }"#)
+                    .unwrap();
+            let mut data = vec![b'.'; 300_000];
+            data[250_000..250_006].copy_from_slice(b"needle");
+            let run = |stated: u64| {
+                let mut scan = engine.start(stated);
+                for c in data.chunks(65_536) {
+                    assert_eq!(scan.update(c).unwrap(), None);
+                }
+                scan.finish().unwrap().map(|d| d.threat)
+            };
+            assert_eq!(spare_capacity(), 0);
+            assert_eq!(run(300_000).as_deref(), Some("M"));
+            // Reserved for the stated size up front: never grown.
+            let kept = spare_capacity();
+            assert_eq!(kept, 300_000);
+            let first = SPARE_BUFFER.with(|s| s.borrow().as_ptr());
+            // The next file of that size or smaller reuses it.
+            assert_eq!(run(300_000).as_deref(), Some("M"));
+            assert_eq!(SPARE_BUFFER.with(|s| s.borrow().as_ptr()), first);
+            // A wrong stated size, either way, still scans the real content.
+            assert_eq!(run(10).as_deref(), Some("M"));
+            assert_eq!(run(299_999).as_deref(), Some("M"));
+            assert_eq!(run(1 << 20).as_deref(), Some("M"));
+            assert!(spare_capacity() <= SPARE_BUFFER_MAX);
+            // A stated size beyond the limit is refused at once, nothing
+            // reserved.
+            let small = engine.clone().with_max_size(1000);
+            let mut scan = small.start(u64::MAX);
+            assert!(matches!(
+                scan.update(b"x"),
+                Err(EngineError::Refused { .. })
+            ));
+            // Complete content is scanned in place, limit included.
+            assert_eq!(
+                engine
+                    .scan_complete(&data)
+                    .unwrap()
+                    .map(|d| d.threat)
+                    .as_deref(),
+                Some("M")
+            );
+            assert!(matches!(
+                small.scan_complete(&data),
+                Err(EngineError::Refused { .. })
+            ));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn spare_buffers_are_bounded() {
+        std::thread::spawn(|| {
+            give_back_buffer(Vec::with_capacity(SPARE_BUFFER_MAX + 1));
+            assert_eq!(spare_capacity(), 0, "too large to keep");
+            give_back_buffer(Vec::with_capacity(1000));
+            give_back_buffer(Vec::with_capacity(10));
+            assert_eq!(spare_capacity(), 1000, "the larger one stays");
+            assert_eq!(take_buffer(2000).capacity(), 2000);
+            assert_eq!(spare_capacity(), 1000, "too small, left in place");
+            assert_eq!(take_buffer(5).capacity(), 1000);
+            assert_eq!(spare_capacity(), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
