@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{EICAR, FileSpec, connect, connect_from, run_guest};
+use common::{EICAR, FileSpec, Running, connect, connect_from, run_guest};
 use thinagent_scanner::config::Config;
 use thinagent_scanner::listen::{ListenUrl, Listener, connect_with_tls};
-use thinagent_scanner::service::{Service, ServiceError, ServiceHandle};
+use thinagent_scanner::service::{Service, ServiceError};
 use thinagent_scanner::tls::TlsConfig;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -25,49 +25,12 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// (volume, id, size, last write).
 const CLEAN_68: &[u8] = &[b'x'; 68];
 
-struct Running {
-    urls: Vec<String>,
-    handle: ServiceHandle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(config: Config) -> Self {
-        let service = Service::build(&config).await.expect("service builds");
-        let urls = service.urls().iter().map(ToString::to_string).collect();
-        let handle = service.handle();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(service.run(
-            async move {
-                let _ = rx.await;
-            },
-            Duration::from_secs(3),
-        ));
-        Self {
-            urls,
-            handle,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    fn url(&self, scheme: &str) -> &str {
-        self.urls.iter().find(|u| u.starts_with(scheme)).unwrap()
-    }
-
-    /// Identity-cache hits so far.
-    fn guest_cache_hits(&self) -> f64 {
-        common::metric(
-            &self.handle.metrics().encode(),
-            "thinagent_scanner_cache_hits_total{kind=\"guest\"}",
-        )
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
+/// Identity-cache hits of `svc` so far.
+fn guest_cache_hits(svc: &Running) -> f64 {
+    common::metric(
+        &svc.metrics(),
+        "thinagent_scanner_cache_hits_total{kind=\"guest\"}",
+    )
 }
 
 fn tcp_config() -> Config {
@@ -102,7 +65,7 @@ async fn same_name_from_another_peer_never_shares_verdicts() {
     // same file ids). It must be read and scanned, not answered from the
     // first guest's cache.
     let same_identity_eicar = FileSpec::new("/app/tool.exe", 42, 1, EICAR);
-    let hits_before = svc.guest_cache_hits();
+    let hits_before = guest_cache_hits(&svc);
     let a = open_once(
         connect_from(&url, "127.0.0.2").await,
         "desk-01",
@@ -110,12 +73,12 @@ async fn same_name_from_another_peer_never_shares_verdicts() {
     )
     .await;
     assert!(a.is_found("Eicar-Test-Signature"), "{a:?}");
-    assert_eq!(svc.guest_cache_hits(), hits_before);
+    assert_eq!(guest_cache_hits(&svc), hits_before);
     // The same peer reconnecting (same address, same name) does share its
     // own verdicts, as before: the identity says the file is unchanged.
     let again = open_once(connect(&url).await, "desk-01", &clean).await;
     assert!(again.is_clean());
-    assert_eq!(svc.guest_cache_hits(), hits_before + 1.0);
+    assert_eq!(guest_cache_hits(&svc), hits_before + 1.0);
     svc.shutdown().await;
 }
 
@@ -336,15 +299,15 @@ async fn tls_guests_are_their_certificate_subjects() {
     // ... which vm-b, claiming the same name from the same address, does
     // not get: its EICAR with that identity is read and scanned.
     let eicar = FileSpec::new("/bin/app", 5, 1, EICAR);
-    let hits = svc.guest_cache_hits();
+    let hits = guest_cache_hits(&svc);
     let s = tls_connect(&url, &b).await.unwrap();
     let ans = open_once(s, "same-name", &eicar).await;
     assert!(ans.is_found("Eicar-Test-Signature"), "{ans:?}");
-    assert_eq!(svc.guest_cache_hits(), hits);
+    assert_eq!(guest_cache_hits(&svc), hits);
     // vm-a reconnecting under any name is still vm-a: its cache answers.
     let s = tls_connect(&url, &a).await.unwrap();
     assert!(open_once(s, "renamed", &clean).await.is_clean());
-    assert_eq!(svc.guest_cache_hits(), hits + 1.0);
+    assert_eq!(guest_cache_hits(&svc), hits + 1.0);
     // A certificate for "vm-a" from a CA the scanner does not trust, and a
     // client with no certificate at all, get no session.
     let rogue = pki.client("rogue");
@@ -384,7 +347,7 @@ async fn tls_guests_are_their_certificate_subjects() {
         !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
         "{refused:?}"
     );
-    let m = svc.handle.metrics().encode();
+    let m = svc.metrics();
     assert!(
         common::metric(
             &m,

@@ -12,56 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{
-    EICAR, FileSpec, HostFrame, connect, decode_all, file_event, frame, hello, hello_v1,
+    EICAR, FileSpec, HostFrame, Running, connect, decode_all, file_event, frame, hello, hello_v1,
     read_to_eof, read_until, run_guest,
 };
 use thinagent_protocol::{ErrorCode, GoodbyeReason, Message, ReadData, ReadOutcome};
 use thinagent_scanner::config::Config;
-use thinagent_scanner::service::{Service, ServiceHandle};
 use tokio::io::AsyncWriteExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-struct Running {
-    urls: Vec<String>,
-    handle: ServiceHandle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    fn url(&self, scheme: &str) -> &str {
-        self.urls.iter().find(|u| u.starts_with(scheme)).unwrap()
-    }
-
-    fn metrics(&self) -> String {
-        self.handle.metrics().encode()
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
-}
-
-async fn start(config: Config) -> Running {
-    let service = Service::build(&config).await.expect("service builds");
-    let urls = service.urls().iter().map(ToString::to_string).collect();
-    let handle = service.handle();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(service.run(
-        async move {
-            let _ = rx.await;
-        },
-        Duration::from_secs(3),
-    ));
-    Running {
-        urls,
-        handle,
-        stop: Some(tx),
-        task,
-    }
-}
 
 fn hostile_config(sock: &std::path::Path) -> Config {
     let mut c = Config {
@@ -340,7 +298,7 @@ fn hostile_peers_get_defined_outcomes_and_a_healthy_guest_is_unaffected() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("s.sock");
     rt.block_on(async {
-        let svc = start(hostile_config(&sock)).await;
+        let svc = Running::start(hostile_config(&sock)).await;
         let tcp = svc.url("tcp://").to_string();
         let unix = svc.url("unix://").to_string();
         let stop = Arc::new(AtomicBool::new(false));
@@ -410,7 +368,7 @@ fn max_sessions_refuses_with_overloaded_and_recovers() {
             ..Config::default()
         };
         config.limits.max_sessions = 2;
-        let svc = start(config).await;
+        let svc = Running::start(config).await;
         let url = svc.url("tcp://").to_string();
         let mut held = Vec::new();
         for n in 0..2 {
@@ -488,7 +446,7 @@ fn a_silent_connection_flood_never_crowds_out_a_guest() {
         config.limits.max_sessions = 8;
         config.limits.max_pending_per_peer = 16;
         config.limits.handshake_timeout_ms = 20_000;
-        let svc = start(config).await;
+        let svc = Running::start(config).await;
         let url = svc.url("tcp://").to_string();
         let stop = Arc::new(AtomicBool::new(false));
         // The flood: 300 silent connections, reopened as they are closed,

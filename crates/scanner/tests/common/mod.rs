@@ -575,3 +575,53 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// The scanner service running in this process, on the test's runtime.
+pub struct Running {
+    /// Where it listens.
+    pub urls: Vec<String>,
+    /// Its handle (metrics, reloads).
+    pub handle: thinagent_scanner::service::ServiceHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Builds the service from `config` and runs it until [`shutdown`](Self::shutdown).
+    pub async fn start(config: thinagent_scanner::config::Config) -> Self {
+        let service = thinagent_scanner::service::Service::build(&config)
+            .await
+            .expect("service builds");
+        let urls = service.urls().iter().map(ToString::to_string).collect();
+        let handle = service.handle();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.run(
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(3),
+        ));
+        Self {
+            urls,
+            handle,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// The URL with this scheme.
+    pub fn url(&self, scheme: &str) -> &str {
+        self.urls.iter().find(|u| u.starts_with(scheme)).unwrap()
+    }
+
+    /// Its metrics, as `/metrics` would serve them.
+    pub fn metrics(&self) -> String {
+        self.handle.metrics().encode()
+    }
+
+    /// Stops it (sessions get `Goodbye(Shutdown)`) and waits.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
