@@ -310,43 +310,26 @@ async fn tls_guests_are_their_certificate_subjects() {
     assert_eq!(guest_cache_hits(&svc), hits + 1.0);
     // A certificate for "vm-a" from a CA the scanner does not trust, and a
     // client with no certificate at all, get no session.
-    let rogue = pki.client("rogue");
-    let refused = async {
-        let s = tls_connect(&url, &rogue).await?;
-        let r = run_guest(
-            s,
-            "vm-a",
-            std::slice::from_ref(&clean),
-            1,
-            Duration::from_secs(5),
-        )
+    let no_cert = Arc::new(pki.client_builder().with_no_client_auth());
+    for (client, name) in [(pki.client("rogue"), "vm-a"), (no_cert, "x")] {
+        let refused = async {
+            let s = tls_connect(&url, &client).await?;
+            let r = run_guest(
+                s,
+                name,
+                std::slice::from_ref(&clean),
+                1,
+                Duration::from_secs(5),
+            )
+            .await;
+            Ok::<_, std::io::Error>(r.answers[0].clone())
+        }
         .await;
-        Ok::<_, std::io::Error>(r.answers[0].clone())
+        assert!(
+            !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
+            "{name}: {refused:?}"
+        );
     }
-    .await;
-    assert!(
-        !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
-        "{refused:?}"
-    );
-    let no_cert = pki.client_builder().with_no_client_auth();
-    let no_cert = Arc::new(no_cert);
-    let refused = async {
-        let s = tls_connect(&url, &no_cert).await?;
-        let r = run_guest(
-            s,
-            "x",
-            std::slice::from_ref(&clean),
-            1,
-            Duration::from_secs(5),
-        )
-        .await;
-        Ok::<_, std::io::Error>(r.answers[0].clone())
-    }
-    .await;
-    assert!(
-        !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
-        "{refused:?}"
-    );
     let m = svc.metrics();
     assert!(
         common::metric(
