@@ -659,6 +659,7 @@ impl Driver {
             create_disposition: CreateDisposition::Open,
             file: id,
             path: FilePath::Utf16Le(&bytes),
+            content: thinagent_protocol::InlineContent::NONE,
         };
         let query = ch.submit(&event, path);
         Err(PendingOpen { key, query })
@@ -724,6 +725,7 @@ impl Driver {
             create_disposition: CreateDisposition::Open,
             file: id,
             path: FilePath::Utf16Le(&bytes),
+            content: thinagent_protocol::InlineContent::NONE,
         };
         let q = ch.submit(&event, path);
         let v = ch.wait_verdict(q).await;

@@ -62,7 +62,8 @@ use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_END_OF_FILE,
 };
 use thinagent_protocol::{
-    CreateDisposition, EventKind, FileEvent, FileIdentity, FilePath, OsError, OsKind, ReadOutcome,
+    CreateDisposition, EventKind, FileEvent, FileIdentity, FilePath, InlineContent, OsError,
+    OsKind, ReadOutcome,
 };
 
 use super::agent::{Agent, AgentStats};
@@ -503,6 +504,7 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
             create_disposition: q.create_disposition,
             file: q.file,
             path: FilePath::Utf16Le(&buf[..nbytes]),
+            content: InlineContent::NONE,
         };
         match session.submit(&event, kernel::now()) {
             Ok(query) => {

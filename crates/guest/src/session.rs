@@ -25,7 +25,7 @@ use core::time::Duration;
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, DecodeError, ErrorCode, ErrorMessage,
     EventKind, FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, HANDSHAKE_TIMEOUT_MS,
-    Heartbeat, Hello, HelloAck, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, Message, OsKind,
+    Heartbeat, Hello, HelloAck, InlineContent, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, Message, OsKind,
     PROTOCOL_VERSION, ReadData, ReadOutcome, ReadRequest, StreamDecoder, Verdict,
 };
 
@@ -955,6 +955,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 create_disposition: s.create_disposition,
                 file: s.file,
                 path,
+                content: InlineContent::NONE,
             });
             let id = s.id;
             if !self.tx.push(&msg, id) {
@@ -1145,6 +1146,7 @@ mod tests {
             heartbeat_interval_ms: 10_000,
             idle_timeout_ms: 30_000,
             query_timeout_ms: 1000,
+            max_inline_len: 0,
         }
     }
 
@@ -1195,6 +1197,7 @@ mod tests {
             create_disposition: CreateDisposition::Open,
             file: FileIdentity::default(),
             path: FilePath::Utf8(path),
+            content: thinagent_protocol::InlineContent::NONE,
         }
     }
 

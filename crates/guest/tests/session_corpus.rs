@@ -46,6 +46,7 @@ fn hello_ack() -> Vec<u8> {
             heartbeat_interval_ms: 10_000,
             idle_timeout_ms: 30_000,
             query_timeout_ms: 2_000,
+            max_inline_len: 0,
         }),
     )
 }

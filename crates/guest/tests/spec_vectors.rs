@@ -48,6 +48,7 @@ fn run_step(s: &mut S, now: &mut Instant, step: &Step, ctx: &str) {
                     last_write_time: 5,
                 },
                 path: FilePath::Utf8("/a"),
+                content: thinagent_protocol::InlineContent::NONE,
             };
             s.submit(&event, *now)
                 .unwrap_or_else(|e| panic!("{ctx}: {e:?}"));

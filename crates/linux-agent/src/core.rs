@@ -757,6 +757,7 @@ impl AgentCore {
             create_disposition: CreateDisposition::Open,
             file: ev.stat.map(|s| s.identity()).unwrap_or_default(),
             path,
+            content: thinagent_protocol::InlineContent::NONE,
         };
         match session.submit(&event, now) {
             Ok(query) => {

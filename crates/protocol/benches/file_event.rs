@@ -26,6 +26,7 @@ fn file_event_roundtrip(c: &mut Criterion) {
             last_write_time: 133_000_000_000_000_000,
         },
         path: FilePath::Utf16Le(&utf16),
+        content: thinagent_protocol::InlineContent::NONE,
     });
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     c.bench_function("file_event_encode_decode_60_char_path", |b| {

@@ -10,14 +10,18 @@ use std::path::PathBuf;
 
 /// The decode_stream chunk-size prefix: three sizes, each byte plus one.
 const STREAM_CHUNKING: [u8; 4] = [3, 0, 6, 199];
+/// The same in a version-2 session (bit 7 of the count byte).
+const STREAM_CHUNKING_V2: [u8; 4] = [0x83, 0, 6, 199];
 
 fn main() -> std::io::Result<()> {
     let Some(root) = std::env::args_os().nth(1).map(PathBuf::from) else {
         for (name, id, message) in [
             ("FileEvent", 7, samples::EXAMPLE_FILE_EVENT),
             ("Verdict", 7, samples::EXAMPLE_VERDICT),
+            ("FileEvent version 2", 7, samples::EXAMPLE_FILE_EVENT_V2),
         ] {
-            let frame = samples::encode(id, &message);
+            let version = if name.ends_with('2') { 2 } else { 1 };
+            let frame = samples::encode_for(version, id, &message);
             println!("{name} ({} bytes):", frame.len());
             for line in frame.chunks(16) {
                 let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
@@ -47,5 +51,13 @@ fn main() -> std::io::Result<()> {
         stream_dir.join("all_frames"),
         [&STREAM_CHUNKING[..], &all].concat(),
     )?;
+    for (name, version, id, message) in samples::samples_v2() {
+        let frame = samples::encode_for(version, id, &message);
+        std::fs::write(frame_dir.join(name), &frame)?;
+        std::fs::write(
+            stream_dir.join(name),
+            [&STREAM_CHUNKING_V2[..], &frame].concat(),
+        )?;
+    }
     Ok(())
 }

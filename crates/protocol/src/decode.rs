@@ -4,7 +4,9 @@ use zerocopy::FromBytes;
 
 use crate::header::{Header, MessageType};
 use crate::message::Message;
-use crate::{DecodeError, HEADER_LEN, MAGIC, MAX_FRAME_LEN, MAX_VERSION, MIN_VERSION};
+use crate::{
+    DecodeError, HEADER_LEN, MAGIC, MAX_FRAME_LEN, MAX_VERSION, MIN_VERSION, PROTOCOL_VERSION,
+};
 
 /// One decoded frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,36 @@ pub fn decode_frame(buf: &[u8]) -> Result<Decoded<'_>, DecodeError> {
 /// 5. message type → [`DecodeError::UnknownMessageType`], recoverable;
 /// 6. payload → [`DecodeError::Malformed`], fatal.
 pub fn decode_frame_limited(buf: &[u8], max_frame_len: usize) -> Result<Decoded<'_>, DecodeError> {
+    decode_with(buf, max_frame_len, |version, _| {
+        (MIN_VERSION..=MAX_VERSION).contains(&version)
+    })
+}
+
+/// [`decode_frame_limited`] for a receiver in a session whose version is
+/// `session_version` (1 until the handshake is done, then the chosen
+/// version; `docs/protocol.md` §6): check 3 accepts a frame whose header
+/// version is `session_version`, or 1 for the frozen types `Hello`,
+/// `HelloAck`, `Error` and `Goodbye`. Any other version is
+/// [`DecodeError::UnsupportedVersion`] (recoverable), exactly as a receiver
+/// that speaks no other version would see it.
+pub fn decode_frame_for(
+    buf: &[u8],
+    max_frame_len: usize,
+    session_version: u16,
+) -> Result<Decoded<'_>, DecodeError> {
+    decode_with(buf, max_frame_len, |version, raw_type| {
+        (MIN_VERSION..=MAX_VERSION).contains(&version)
+            && (version == session_version
+                || (version == PROTOCOL_VERSION
+                    && MessageType::from_wire(raw_type).is_some_and(Message::is_frozen_type)))
+    })
+}
+
+fn decode_with(
+    buf: &[u8],
+    max_frame_len: usize,
+    accepts: impl Fn(u16, u16) -> bool,
+) -> Result<Decoded<'_>, DecodeError> {
     let max = max_frame_len.min(MAX_FRAME_LEN);
     let seen = buf.get(..buf.len().min(MAGIC.len())).unwrap_or_default();
     if !MAGIC.starts_with(seen) {
@@ -82,7 +114,7 @@ pub fn decode_frame_limited(buf: &[u8], max_frame_len: usize) -> Result<Decoded<
     let version = header.version.get();
     let raw_type = header.msg_type.get();
     let request_id = header.request_id.get();
-    if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
+    if !accepts(version, raw_type) {
         return Err(DecodeError::UnsupportedVersion {
             version,
             msg_type: raw_type,
@@ -105,12 +137,13 @@ pub fn decode_frame_limited(buf: &[u8], max_frame_len: usize) -> Result<Decoded<
             frame_len,
         });
     };
-    let message =
-        Message::decode_payload(msg_type, payload).map_err(|error| DecodeError::Malformed {
+    let message = Message::decode_payload(msg_type, version, payload).map_err(|error| {
+        DecodeError::Malformed {
             msg_type,
             request_id,
             error,
-        })?;
+        }
+    })?;
     Ok(Decoded::Frame {
         frame: Frame {
             version,

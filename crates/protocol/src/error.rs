@@ -69,6 +69,14 @@ pub enum PayloadError {
         /// Field name as in `docs/protocol.md`.
         field: &'static str,
     },
+    /// A field is set that the frame's protocol version does not have
+    /// (e.g. inline content in a version-1 `FileEvent`).
+    NotInVersion {
+        /// Field name as in `docs/protocol.md`.
+        field: &'static str,
+        /// The version in question.
+        version: u16,
+    },
 }
 
 impl fmt::Display for PayloadError {
@@ -104,6 +112,12 @@ impl fmt::Display for PayloadError {
                 )
             }
             Self::Empty { field } => write!(f, "field {field} must not be empty"),
+            Self::NotInVersion { field, version } => {
+                write!(
+                    f,
+                    "field {field} does not exist in protocol version {version}"
+                )
+            }
         }
     }
 }

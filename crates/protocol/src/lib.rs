@@ -42,14 +42,14 @@ mod stream;
 mod wire;
 mod wire_enum;
 
-pub use decode::{Decoded, Frame, decode_frame, decode_frame_limited};
+pub use decode::{Decoded, Frame, decode_frame, decode_frame_for, decode_frame_limited};
 pub use error::{DecodeError, EncodeError, PayloadError};
 pub use header::{Header, MessageType};
 pub use limits::*;
 pub use message::Message;
 pub use messages::error_message::{ErrorCode, ErrorMessage};
 pub use messages::file_event::{
-    CreateDisposition, EventKind, FileEvent, FileIdentity, FilePath, PathEncoding,
+    CreateDisposition, EventKind, FileEvent, FileIdentity, FilePath, InlineContent, PathEncoding,
 };
 pub use messages::goodbye::{Goodbye, GoodbyeReason};
 pub use messages::heartbeat::Heartbeat;

@@ -9,11 +9,16 @@ pub const MAGIC: [u8; 4] = *b"TAGT";
 pub const MIN_VERSION: u16 = 1;
 
 /// The highest protocol version this implementation speaks.
-pub const MAX_VERSION: u16 = 1;
+pub const MAX_VERSION: u16 = 2;
 
-/// The version written into the header of every frame this implementation
-/// encodes, and the version `Hello` and `HelloAck` are always sent with.
+/// The handshake version: `Hello` and `HelloAck` are always sent with it,
+/// and every frame before `HelloAck` carries it (`docs/protocol.md` §6).
+/// [`Message::encode`](crate::Message::encode) writes it.
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The first version whose `FileEvent` can carry inline content and whose
+/// `HelloAck` announces `max_inline_len`.
+pub const INLINE_CONTENT_VERSION: u16 = 2;
 
 /// Size in bytes of the fixed frame header.
 pub const HEADER_LEN: usize = 24;
@@ -33,6 +38,13 @@ pub const READ_DATA_FIXED_LEN: usize = 32;
 /// The largest number of content bytes one `ReadRequest` may ask for and one
 /// `ReadData` may carry: what fits in a maximum-size frame.
 pub const MAX_READ_CHUNK: u32 = (MAX_FRAME_LEN - HEADER_LEN - READ_DATA_FIXED_LEN) as u32;
+
+/// Size in bytes of the fixed part of a version-2 `FileEvent` payload.
+pub const FILE_EVENT_V2_FIXED_LEN: usize = 64;
+
+/// The largest `HelloAck.max_inline_len`: what fits a maximum-size frame
+/// beside a version-2 `FileEvent`'s fixed part and a one-byte path.
+pub const MAX_INLINE_LEN: u32 = (MAX_FRAME_LEN - HEADER_LEN - FILE_EVENT_V2_FIXED_LEN - 1) as u32;
 
 /// Longest guest name in `Hello`, in UTF-8 bytes.
 pub const MAX_GUEST_NAME_LEN: usize = 255;

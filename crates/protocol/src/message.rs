@@ -16,14 +16,22 @@ use crate::wire::Writer;
 /// `validate` the encoder applies, so what one side can encode the other side
 /// accepts, and nothing else.
 pub(crate) trait Codec<'a>: Sized {
-    /// Parses and validates a payload of exactly this message type.
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError>;
-    /// Checks the rules of this message type that its Rust type cannot express.
+    /// Parses and validates a payload of exactly this message type, in the
+    /// layout of protocol `version` (a supported one).
+    fn decode(payload: &'a [u8], version: u16) -> Result<Self, PayloadError>;
+    /// Checks the rules of this message type that its Rust type cannot
+    /// express and that hold in every version.
     fn validate(&self) -> Result<(), PayloadError>;
-    /// Length of the encoded payload.
-    fn payload_len(&self) -> usize;
-    /// Writes the payload; `w` has exactly `payload_len()` bytes of room.
-    fn write(&self, w: &mut Writer<'_>);
+    /// Checks that this value can be sent in protocol `version` (a field a
+    /// version lacks must be empty).
+    fn check_version(&self, _version: u16) -> Result<(), PayloadError> {
+        Ok(())
+    }
+    /// Length of the encoded payload in protocol `version`.
+    fn payload_len(&self, version: u16) -> usize;
+    /// Writes the payload in protocol `version`; `w` has exactly
+    /// `payload_len(version)` bytes of room.
+    fn write(&self, w: &mut Writer<'_>, version: u16);
 }
 
 /// One protocol message (the payload of one frame), borrowing its text and
@@ -86,37 +94,63 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// Checks every rule the decoder enforces on this message's payload.
-    /// [`encode`](Self::encode) calls it first.
+    /// Checks every rule the decoder enforces on this message's payload in
+    /// any version (see [`validate_for`](Self::validate_for) for one
+    /// version). [`encode`](Self::encode) calls it first.
     pub fn validate(&self) -> Result<(), PayloadError> {
         with_payload!(self, m => m.validate())
     }
 
-    /// Length of the payload alone (the header's `payload_len`).
+    /// [`validate`](Self::validate), and that the message can be sent in
+    /// protocol `version` (e.g. inline content needs version 2).
+    pub fn validate_for(&self, version: u16) -> Result<(), PayloadError> {
+        self.validate()?;
+        with_payload!(self, m => m.check_version(version))
+    }
+
+    /// Length of the payload alone (the header's `payload_len`) in the
+    /// handshake version [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
     pub fn payload_len(&self) -> usize {
-        with_payload!(self, m => m.payload_len())
+        self.payload_len_for(crate::PROTOCOL_VERSION)
     }
 
-    pub(crate) fn write_payload(&self, w: &mut Writer<'_>) {
-        with_payload!(self, m => m.write(w))
+    /// Length of the payload alone in protocol `version`.
+    pub fn payload_len_for(&self, version: u16) -> usize {
+        with_payload!(self, m => m.payload_len(version))
     }
 
-    /// Parses a payload of message type `msg_type`.
+    pub(crate) fn write_payload(&self, w: &mut Writer<'_>, version: u16) {
+        with_payload!(self, m => m.write(w, version))
+    }
+
+    /// Parses a payload of message type `msg_type` in protocol `version`.
     pub(crate) fn decode_payload(
         msg_type: MessageType,
+        version: u16,
         payload: &'a [u8],
     ) -> Result<Self, PayloadError> {
+        let v = version;
         Ok(match msg_type {
-            MessageType::Hello => Self::Hello(Codec::decode(payload)?),
-            MessageType::HelloAck => Self::HelloAck(Codec::decode(payload)?),
-            MessageType::FileEvent => Self::FileEvent(Codec::decode(payload)?),
-            MessageType::Verdict => Self::Verdict(Codec::decode(payload)?),
-            MessageType::ReadRequest => Self::ReadRequest(Codec::decode(payload)?),
-            MessageType::ReadData => Self::ReadData(Codec::decode(payload)?),
-            MessageType::Ping => Self::Ping(Codec::decode(payload)?),
-            MessageType::Pong => Self::Pong(Codec::decode(payload)?),
-            MessageType::Error => Self::Error(Codec::decode(payload)?),
-            MessageType::Goodbye => Self::Goodbye(Codec::decode(payload)?),
+            MessageType::Hello => Self::Hello(Codec::decode(payload, v)?),
+            MessageType::HelloAck => Self::HelloAck(Codec::decode(payload, v)?),
+            MessageType::FileEvent => Self::FileEvent(Codec::decode(payload, v)?),
+            MessageType::Verdict => Self::Verdict(Codec::decode(payload, v)?),
+            MessageType::ReadRequest => Self::ReadRequest(Codec::decode(payload, v)?),
+            MessageType::ReadData => Self::ReadData(Codec::decode(payload, v)?),
+            MessageType::Ping => Self::Ping(Codec::decode(payload, v)?),
+            MessageType::Pong => Self::Pong(Codec::decode(payload, v)?),
+            MessageType::Error => Self::Error(Codec::decode(payload, v)?),
+            MessageType::Goodbye => Self::Goodbye(Codec::decode(payload, v)?),
         })
+    }
+
+    /// `true` for the message types whose layout is the same in every
+    /// version and that a receiver accepts with header version 1 in every
+    /// state: `Hello`, `HelloAck`, `Error`, `Goodbye` (`docs/protocol.md` §6).
+    pub const fn is_frozen_type(msg_type: MessageType) -> bool {
+        matches!(
+            msg_type,
+            MessageType::Hello | MessageType::HelloAck | MessageType::Error | MessageType::Goodbye
+        )
     }
 }

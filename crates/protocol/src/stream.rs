@@ -1,8 +1,8 @@
 //! [`StreamDecoder`]: frames out of a byte stream that arrives in arbitrary
 //! pieces, in a fixed buffer the caller owns (no allocation).
 
-use crate::decode::{Decoded, Frame, decode_frame_limited};
-use crate::{DecodeError, MAX_FRAME_LEN};
+use crate::decode::{Decoded, Frame, decode_frame_for};
+use crate::{DecodeError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 
 /// Buffers received bytes and yields whole frames.
 ///
@@ -22,6 +22,7 @@ pub struct StreamDecoder<B> {
     start: usize,
     end: usize,
     max_frame_len: usize,
+    session_version: u16,
     fatal: Option<DecodeError>,
 }
 
@@ -37,6 +38,7 @@ impl<const L: usize> StreamDecoder<[u8; L]> {
             start: 0,
             end: 0,
             max_frame_len: if L < MAX_FRAME_LEN { L } else { MAX_FRAME_LEN },
+            session_version: PROTOCOL_VERSION,
             fatal: None,
         }
     }
@@ -52,6 +54,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> StreamDecoder<B> {
             start: 0,
             end: 0,
             max_frame_len,
+            session_version: PROTOCOL_VERSION,
             fatal: None,
         }
     }
@@ -64,6 +67,21 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> StreamDecoder<B> {
         self.end = 0;
         self.fatal = None;
         self.max_frame_len = self.buf.as_ref().len().min(MAX_FRAME_LEN);
+        self.session_version = PROTOCOL_VERSION;
+    }
+
+    /// Sets the session's protocol version, the version frames must carry
+    /// (check 3 of `docs/protocol.md` §9; see [`decode_frame_for`]). A new
+    /// or [`clear`](Self::clear)ed decoder is at [`PROTOCOL_VERSION`], the
+    /// handshake version; set the chosen version once the handshake is done
+    /// (host: `HelloAck` sent; guest: `HelloAck` received).
+    pub fn set_session_version(&mut self, version: u16) {
+        self.session_version = version;
+    }
+
+    /// The session version frames are checked against.
+    pub fn session_version(&self) -> u16 {
+        self.session_version
     }
 
     /// Lowers (or raises, up to the storage length and [`MAX_FRAME_LEN`]) the
@@ -132,7 +150,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> StreamDecoder<B> {
             .as_ref()
             .get(self.start..self.end)
             .unwrap_or_default();
-        match decode_frame_limited(pending, self.max_frame_len) {
+        match decode_frame_for(pending, self.max_frame_len, self.session_version) {
             Ok(Decoded::Incomplete { .. }) => Ok(None),
             Ok(Decoded::Frame { frame, consumed }) => {
                 self.start += consumed;

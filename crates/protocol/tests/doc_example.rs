@@ -4,7 +4,7 @@
 mod common;
 
 use common::decode_whole;
-use common::samples::{EXAMPLE_FILE_EVENT, EXAMPLE_VERDICT, encode};
+use common::samples::{EXAMPLE_FILE_EVENT, EXAMPLE_FILE_EVENT_V2, EXAMPLE_VERDICT, encode_for};
 use thinagent_protocol::Message;
 
 const PROTOCOL_MD: &str = include_str!(concat!(
@@ -32,26 +32,31 @@ fn example(name: &str) -> Vec<u8> {
         .collect()
 }
 
-fn check(name: &str, request_id: u64, message: Message<'_>) {
+fn check(name: &str, version: u16, request_id: u64, message: Message<'_>) {
     let documented = example(name);
     assert_eq!(
-        encode(request_id, &message),
+        encode_for(version, request_id, &message),
         documented,
         "docs/protocol.md example {name} is stale"
     );
     let frame = decode_whole(&documented).unwrap();
     assert_eq!(
         (frame.version, frame.request_id, frame.message),
-        (1, request_id, message)
+        (version, request_id, message)
     );
 }
 
 #[test]
 fn file_event_example_matches_the_code() {
-    check("file_event", 7, EXAMPLE_FILE_EVENT);
+    check("file_event", 1, 7, EXAMPLE_FILE_EVENT);
 }
 
 #[test]
 fn verdict_example_matches_the_code() {
-    check("verdict", 7, EXAMPLE_VERDICT);
+    check("verdict", 1, 7, EXAMPLE_VERDICT);
+}
+
+#[test]
+fn version_2_file_event_example_matches_the_code() {
+    check("file_event_v2", 2, 7, EXAMPLE_FILE_EVENT_V2);
 }

@@ -6,8 +6,9 @@ use common::samples::{encode, samples};
 use common::{decode_whole, payload_error, raw_frame};
 use thinagent_protocol::{
     Decision, DecodeError, Decoded, EncodeError, ErrorCode, ErrorMessage, FileEvent, FilePath,
-    HEADER_LEN, Hello, HelloAck, MAX_FRAME_LEN, MAX_READ_CHUNK, Message, MessageType, OsError,
-    PayloadError, ReadData, ReadOutcome, ReadRequest, Verdict, decode_frame, decode_frame_limited,
+    HEADER_LEN, Hello, HelloAck, MAX_FRAME_LEN, MAX_READ_CHUNK, MAX_VERSION, Message, MessageType,
+    OsError, PayloadError, ReadData, ReadOutcome, ReadRequest, Verdict, decode_frame,
+    decode_frame_limited,
 };
 
 /// The payload of the sample named `name`.
@@ -119,7 +120,7 @@ fn a_lower_limit_is_enforced_and_a_higher_one_is_capped() {
 
 #[test]
 fn unsupported_version_is_recoverable_once_the_frame_is_whole() {
-    for version in [0u16, 2, u16::MAX] {
+    for version in [0u16, MAX_VERSION + 1, u16::MAX] {
         let frame = raw_frame(
             version,
             MessageType::Ping.to_wire(),
@@ -870,8 +871,8 @@ fn decode_errors_say_whether_the_frame_was_an_error() {
             raw_frame(1, MessageType::Goodbye.to_wire(), 0, 3, &[1, 0, 1, 0]),
             false,
         ),
-        (raw_frame(2, error, 0, 3, &[6, 0, 0, 0]), true),
-        (raw_frame(2, MessageType::Ping.to_wire(), 0, 3, &[]), false),
+        (raw_frame(3, error, 0, 3, &[6, 0, 0, 0]), true),
+        (raw_frame(3, MessageType::Ping.to_wire(), 0, 3, &[]), false),
         (raw_frame(1, 0x7777, 0, 3, &[]), false),
     ];
     for (frame, is_error) in cases {

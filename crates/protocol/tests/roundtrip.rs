@@ -74,7 +74,7 @@ fn check_arbitrary(bytes: &[u8], limit: usize) -> Result<(), TestCaseError> {
             let mut out = vec![0u8; MAX_FRAME_LEN];
             let len = frame
                 .message
-                .encode(frame.request_id, &mut out)
+                .encode_for(frame.version, frame.request_id, &mut out)
                 .expect("decoded message re-encodes");
             prop_assert_eq!(&out[..len], &bytes[..consumed]);
         }

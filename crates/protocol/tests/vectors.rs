@@ -11,14 +11,15 @@ mod schema;
 use std::collections::{BTreeMap, BTreeSet};
 
 use schema::{Receiver, Vector, hex, load};
-use thinagent_protocol::{DecodeError, Decoded, MAX_FRAME_LEN, decode_frame_limited};
+use thinagent_protocol::{DecodeError, Decoded, MAX_FRAME_LEN, PROTOCOL_VERSION, decode_frame_for};
 
 const SPEC: &str = include_str!("../../../docs/protocol.md");
 
-/// What the decoder makes of a whole received chunk: a message type name, or
-/// the name of the decoding error.
-fn decodes_as(bytes: &[u8], limit: usize) -> String {
-    match decode_frame_limited(bytes, limit) {
+/// What the decoder of a receiver in a session of `version` (§6) makes of a
+/// whole received chunk: a message type name, or the name of the decoding
+/// error.
+fn decodes_as(bytes: &[u8], limit: usize, version: u16) -> String {
+    match decode_frame_for(bytes, limit, version) {
         Ok(Decoded::Frame { frame, consumed }) => {
             assert_eq!(consumed, bytes.len(), "a step holds exactly one frame");
             format!("{:?}", frame.message.message_type())
@@ -94,13 +95,32 @@ fn every_vector_is_well_formed_and_decodes_as_described() {
                     && v.host_policy.too_large.is_none()),
             "{ctx}: host settings on a guest vector"
         );
+        // The session version frames are checked against: the handshake
+        // version until the host sent (guest: received and accepted) a
+        // HelloAck, then the version it chose (§6.3).
+        let mut version = PROTOCOL_VERSION;
         for (i, step) in v.step.iter().enumerate() {
             let ctx = format!("{ctx} step {i}");
             match (&step.recv, &step.app) {
                 (Some(bytes), None) => {
                     let decodes = step.decodes.as_deref().expect("recv step names `decodes`");
                     let limit = step.decode_limit.unwrap_or(MAX_FRAME_LEN);
-                    assert_eq!(decodes_as(&hex(bytes), limit), decodes, "{ctx}");
+                    let bytes = hex(bytes);
+                    assert_eq!(decodes_as(&bytes, limit, version), decodes, "{ctx}");
+                    match v.receiver {
+                        Receiver::Host => {
+                            if let Some(ack) = step.expect.iter().find(|e| e.msg_type == "HelloAck")
+                            {
+                                version =
+                                    ack.version.expect("HelloAck expectations name a version");
+                            }
+                        }
+                        Receiver::Guest => {
+                            if decodes == "HelloAck" && step.expect.is_empty() {
+                                version = u16::from_le_bytes([bytes[24], bytes[25]]);
+                            }
+                        }
+                    }
                 }
                 (None, Some(action)) => {
                     assert!(step.decodes.is_none(), "{ctx}: `decodes` on an app step");

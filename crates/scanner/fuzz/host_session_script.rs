@@ -129,6 +129,7 @@ pub fn run(data: &[u8]) {
                         ..FileIdentity::default()
                     },
                     path: FilePath::Utf8("/f"),
+                    content: thinagent_protocol::InlineContent::NONE,
                 });
                 s.receive(&frame(&ev, id), now);
             }

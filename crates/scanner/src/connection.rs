@@ -1087,6 +1087,7 @@ mod tests {
             create_disposition: CreateDisposition::Open,
             file: identity(f),
             path: FilePath::Utf8(f.path),
+            content: thinagent_protocol::InlineContent::NONE,
         }
     }
 

@@ -189,6 +189,7 @@ async fn run_session(
                         create_disposition: CreateDisposition::Open,
                         file: files::identity(&abs, &meta),
                         path,
+                        content: thinagent_protocol::InlineContent::NONE,
                     };
                     match s.submit(&event, now()) {
                         Ok(q) => {

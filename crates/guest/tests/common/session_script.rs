@@ -81,6 +81,7 @@ pub fn run(data: &[u8]) -> Outcome {
                     create_disposition: CreateDisposition::Open,
                     file: FileIdentity::default(),
                     path: FilePath::Utf8("/srv/file"),
+                    content: thinagent_protocol::InlineContent::NONE,
                 };
                 if let Ok(q) = s.submit(&event, Instant::from_millis(now_ms)) {
                     assert!(accepted.insert(q), "query id reused while outstanding");

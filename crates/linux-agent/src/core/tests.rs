@@ -125,6 +125,7 @@ fn ack() -> HelloAck {
         heartbeat_interval_ms: 0,
         idle_timeout_ms: 0,
         query_timeout_ms: 1000,
+        max_inline_len: 0,
     }
 }
 

@@ -242,6 +242,7 @@ impl HungScanner {
                                 heartbeat_interval_ms: 0,
                                 idle_timeout_ms: 0,
                                 query_timeout_ms: 60_000,
+                                max_inline_len: 0,
                             };
                             let mut out = vec![0u8; 256];
                             let n = Message::HelloAck(ack)

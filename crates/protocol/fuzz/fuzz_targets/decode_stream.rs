@@ -1,12 +1,15 @@
 //! A byte stream fed to `StreamDecoder` in arbitrary chunks must yield the
 //! same frames and errors as `decode_frame` run over the whole stream.
 //!
-//! Input layout: `n: u8`, then `n` chunk-size bytes (each size is the byte
-//! plus one, used in turn), then the stream.
+//! Input layout: `n: u8` (bits 0-6: a count; bit 7: the session version is
+//! 2, else 1), then `count` chunk-size bytes (each size is the byte plus
+//! one, used in turn), then the stream.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use thinagent_protocol::{DecodeError, Decoded, Frame, MAX_FRAME_LEN, StreamDecoder, decode_frame};
+use thinagent_protocol::{
+    DecodeError, Decoded, Frame, MAX_FRAME_LEN, StreamDecoder, decode_frame_for,
+};
 
 /// What the decoder produced: a frame (as its canonical bytes) or an error.
 #[derive(Debug, PartialEq)]
@@ -19,7 +22,7 @@ fn frame_event(frame: &Frame<'_>) -> Event {
     let mut encoded = vec![0u8; MAX_FRAME_LEN];
     let len = frame
         .message
-        .encode(frame.request_id, &mut encoded)
+        .encode_for(frame.version, frame.request_id, &mut encoded)
         .expect("a decoded message re-encodes");
     encoded.truncate(len);
     Event::Frame {
@@ -30,10 +33,10 @@ fn frame_event(frame: &Frame<'_>) -> Event {
 
 /// Decodes the whole stream at once, skipping recoverable errors and stopping
 /// at the first fatal one.
-fn reference(mut stream: &[u8]) -> Vec<Event> {
+fn reference(mut stream: &[u8], version: u16) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
-        match decode_frame(stream) {
+        match decode_frame_for(stream, MAX_FRAME_LEN, version) {
             Ok(Decoded::Frame { frame, consumed }) => {
                 events.push(frame_event(&frame));
                 stream = &stream[consumed..];
@@ -83,11 +86,13 @@ fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {
         return;
     };
-    let n = usize::from(n).min(rest.len());
+    let version = if n & 0x80 != 0 { 2 } else { 1 };
+    let n = usize::from(n & 0x7f).min(rest.len());
     let (sizes, stream) = rest.split_at(n);
-    let expected = reference(stream);
+    let expected = reference(stream, version);
 
     let mut decoder = StreamDecoder::new(vec![0u8; MAX_FRAME_LEN]);
+    decoder.set_session_version(version);
     let mut events = Vec::new();
     let mut remaining = stream;
     let mut turn = 0usize;

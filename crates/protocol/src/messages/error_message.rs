@@ -51,7 +51,7 @@ pub(crate) const ERROR_FIXED_LEN: usize = 4;
 const _: () = assert!(size_of::<ErrorWire>() == ERROR_FIXED_LEN);
 
 impl<'a> Codec<'a> for ErrorMessage<'a> {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let (w, text) = wire::split_fixed::<ErrorWire>(payload)?;
         wire::expect_len(payload, ERROR_FIXED_LEN + usize::from(w.text_len.get()))?;
         Ok(ErrorMessage {
@@ -64,11 +64,11 @@ impl<'a> Codec<'a> for ErrorMessage<'a> {
         wire::bounded(self.text.len(), MAX_ERROR_TEXT_LEN, "text")
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         ERROR_FIXED_LEN.saturating_add(self.text.len())
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let fixed = ErrorWire {
             code: self.code.to_wire().into(),
             text_len: wire::len_u16(self.text.len()).into(),

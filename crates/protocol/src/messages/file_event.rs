@@ -135,6 +135,32 @@ pub struct FileIdentity {
     pub last_write_time: u64,
 }
 
+/// The first bytes of the file, sent with a version-2 `FileEvent` so the
+/// host need not ask for them (`docs/protocol.md` §5.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InlineContent<'a> {
+    /// Bytes `0..bytes.len()` of the file as the guest read them.
+    pub bytes: &'a [u8],
+    /// `bytes` is the whole file: the guest read to its end, and
+    /// `bytes.len()` equals the event's `file_size`. The host then sends no
+    /// `ReadRequest` for the event.
+    pub whole_file: bool,
+}
+
+impl<'a> InlineContent<'a> {
+    /// No inline content (every version-1 `FileEvent`).
+    pub const NONE: InlineContent<'static> = InlineContent {
+        bytes: &[],
+        whole_file: false,
+    };
+
+    /// `true` when the event carries nothing inline (no bytes, not marked
+    /// as the whole file).
+    pub const fn is_none(&self) -> bool {
+        self.bytes.is_empty() && !self.whole_file
+    }
+}
+
 /// Guest → host: asks for a verdict on one file. The header's request id
 /// names the event; the `Verdict` and every `ReadRequest` refer to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +177,9 @@ pub struct FileEvent<'a> {
     pub file: FileIdentity,
     /// Normalized path, never empty.
     pub path: FilePath<'a>,
+    /// The file's first bytes (version 2 and later; [`InlineContent::NONE`]
+    /// in version 1, which cannot carry any).
+    pub content: InlineContent<'a>,
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -168,17 +197,62 @@ struct FileEventWire {
     last_write_time: U64,
 }
 
-/// Size of `FileEvent`'s fixed part.
+/// What version 2 appends to the version-1 fixed part.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct InlineWire {
+    content_len: U32,
+    content_flags: u8,
+    reserved0: u8,
+    reserved1: U16,
+}
+
+/// `content_flags` bit 0: the content is the whole file.
+const WHOLE_FILE: u8 = 1;
+
+/// Size of `FileEvent`'s fixed part in version 1.
 pub(crate) const FILE_EVENT_FIXED_LEN: usize = 56;
 const _: () = assert!(size_of::<FileEventWire>() == FILE_EVENT_FIXED_LEN);
+pub(crate) use crate::FILE_EVENT_V2_FIXED_LEN;
+const _: () =
+    assert!(size_of::<FileEventWire>() + size_of::<InlineWire>() == FILE_EVENT_V2_FIXED_LEN);
+
+/// `true` when `version` has the inline-content layout.
+const fn has_inline(version: u16) -> bool {
+    version >= 2
+}
 
 impl<'a> Codec<'a> for FileEvent<'a> {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
-        let (w, path) = wire::split_fixed::<FileEventWire>(payload)?;
+    fn decode(payload: &'a [u8], version: u16) -> Result<Self, PayloadError> {
+        let (w, rest) = wire::split_fixed::<FileEventWire>(payload)?;
+        let (content_len, whole_file, variable) = if has_inline(version) {
+            let (x, variable) =
+                wire::split_fixed::<InlineWire>(rest).map_err(|_| PayloadError::Truncated {
+                    needed: FILE_EVENT_V2_FIXED_LEN,
+                    actual: payload.len(),
+                })?;
+            if x.content_flags & !WHOLE_FILE != 0 {
+                return Err(PayloadError::ReservedNonZero {
+                    field: "content_flags",
+                });
+            }
+            wire::reserved(x.reserved0.into(), "reserved")?;
+            wire::reserved(x.reserved1.get().into(), "reserved")?;
+            (
+                x.content_len.get() as usize,
+                x.content_flags & WHOLE_FILE != 0,
+                variable,
+            )
+        } else {
+            (0, false, rest)
+        };
+        let path_len = usize::from(w.path_len.get());
+        let fixed = payload.len() - variable.len();
         wire::expect_len(
             payload,
-            FILE_EVENT_FIXED_LEN + usize::from(w.path_len.get()),
+            fixed.saturating_add(path_len).saturating_add(content_len),
         )?;
+        let (path, content) = variable.split_at(path_len);
         let event = FileEvent {
             kind: EventKind::decode(w.kind)?,
             process_id: w.process_id.get(),
@@ -191,20 +265,55 @@ impl<'a> Codec<'a> for FileEvent<'a> {
                 last_write_time: w.last_write_time.get(),
             },
             path: FilePath::from_wire(PathEncoding::decode(w.path_encoding)?, path)?,
+            content: InlineContent {
+                bytes: content,
+                whole_file,
+            },
         };
         event.validate()?;
         Ok(event)
     }
 
     fn validate(&self) -> Result<(), PayloadError> {
-        self.path.validate()
+        self.path.validate()?;
+        wire::bounded(
+            self.content.bytes.len(),
+            crate::MAX_INLINE_LEN as usize,
+            "content",
+        )?;
+        let len = self.content.bytes.len() as u64;
+        if self.content.whole_file && len != self.file.size {
+            return Err(PayloadError::OutOfRange {
+                field: "content_len",
+                value: len,
+            });
+        }
+        Ok(())
     }
 
-    fn payload_len(&self) -> usize {
-        FILE_EVENT_FIXED_LEN.saturating_add(self.path.as_bytes().len())
+    fn check_version(&self, version: u16) -> Result<(), PayloadError> {
+        if has_inline(version) || self.content.is_none() {
+            Ok(())
+        } else {
+            Err(PayloadError::NotInVersion {
+                field: "content",
+                version,
+            })
+        }
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn payload_len(&self, version: u16) -> usize {
+        let fixed = if has_inline(version) {
+            FILE_EVENT_V2_FIXED_LEN
+        } else {
+            FILE_EVENT_FIXED_LEN
+        };
+        fixed
+            .saturating_add(self.path.as_bytes().len())
+            .saturating_add(self.content.bytes.len())
+    }
+
+    fn write(&self, w: &mut Writer<'_>, version: u16) {
         let fixed = FileEventWire {
             kind: self.kind.to_wire(),
             path_encoding: self.path.encoding().to_wire(),
@@ -218,6 +327,20 @@ impl<'a> Codec<'a> for FileEvent<'a> {
             last_write_time: self.file.last_write_time.into(),
         };
         w.put(fixed.as_bytes());
+        if has_inline(version) {
+            let inline = InlineWire {
+                content_len: wire::len_u32(self.content.bytes.len()).into(),
+                content_flags: if self.content.whole_file {
+                    WHOLE_FILE
+                } else {
+                    0
+                },
+                reserved0: 0,
+                reserved1: 0.into(),
+            };
+            w.put(inline.as_bytes());
+        }
         w.put(self.path.as_bytes());
+        w.put(self.content.bytes);
     }
 }

@@ -45,7 +45,7 @@ pub(crate) const GOODBYE_LEN: usize = 4;
 const _: () = assert!(size_of::<GoodbyeWire>() == GOODBYE_LEN);
 
 impl<'a> Codec<'a> for Goodbye {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let w = wire::exact_fixed::<GoodbyeWire>(payload)?;
         wire::reserved(w.reserved.get().into(), "reserved")?;
         Ok(Goodbye {
@@ -57,11 +57,11 @@ impl<'a> Codec<'a> for Goodbye {
         Ok(())
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         GOODBYE_LEN
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let fixed = GoodbyeWire {
             reason: self.reason.to_wire().into(),
             reserved: 0.into(),

@@ -30,7 +30,7 @@ pub(crate) const HEARTBEAT_LEN: usize = 16;
 const _: () = assert!(size_of::<HeartbeatWire>() == HEARTBEAT_LEN);
 
 impl<'a> Codec<'a> for Heartbeat {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let w = wire::exact_fixed::<HeartbeatWire>(payload)?;
         Ok(Heartbeat {
             nonce: w.nonce.get(),
@@ -42,11 +42,11 @@ impl<'a> Codec<'a> for Heartbeat {
         Ok(())
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         HEARTBEAT_LEN
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let fixed = HeartbeatWire {
             nonce: self.nonce.into(),
             timestamp_ms: self.timestamp_ms.into(),

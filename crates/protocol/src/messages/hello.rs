@@ -38,6 +38,9 @@ impl Capabilities {
     pub const CLOSE_AFTER_WRITE_EVENTS: Self = Self(1 << 2);
     /// The guest caches verdicts and honours `cache_ttl_secs`.
     pub const VERDICT_CACHE: Self = Self(1 << 3);
+    /// The guest sends files' first bytes inline in `FileEvent`s when the
+    /// session is version 2 or later and the host's `max_inline_len` allows.
+    pub const INLINE_CONTENT: Self = Self(1 << 4);
 
     /// `true` when every bit of `other` is set in `self`.
     pub const fn contains(self, other: Self) -> bool {
@@ -124,7 +127,7 @@ fn check_nonzero(value: u32, field: &'static str) -> Result<(), PayloadError> {
 }
 
 impl<'a> Codec<'a> for Hello<'a> {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let (w, name) = wire::split_fixed::<HelloWire>(payload)?;
         wire::expect_len(payload, HELLO_FIXED_LEN + usize::from(w.name_len.get()))?;
         wire::reserved(w.reserved.get().into(), "reserved")?;
@@ -164,11 +167,11 @@ impl<'a> Codec<'a> for Hello<'a> {
         wire::bounded(self.guest_name.len(), MAX_GUEST_NAME_LEN, "guest_name")
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         HELLO_FIXED_LEN + self.guest_name.len()
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let fixed = HelloWire {
             version_min: self.version_min.into(),
             version_max: self.version_max.into(),
@@ -206,6 +209,11 @@ pub struct HelloAck {
     pub idle_timeout_ms: u32,
     /// How long the host expects to take at most per `FileEvent` (≥ 1); a hint.
     pub query_timeout_ms: u32,
+    /// Most content bytes the guest may send inline in one `FileEvent`
+    /// (version 2 and later; 0 = none). Always 0 when `version` is 1, where
+    /// the field is reserved. At most `max_frame_len` − 24 − 64 − 1, so an
+    /// event with a one-byte path and that much content fits.
+    pub max_inline_len: u32,
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -219,7 +227,8 @@ struct HelloAckWire {
     heartbeat_interval_ms: U32,
     idle_timeout_ms: U32,
     query_timeout_ms: U32,
-    reserved1: U32,
+    /// Reserved (0) in version 1; `max_inline_len` from version 2 on.
+    max_inline_len: U32,
 }
 
 /// Size of `HelloAck`'s payload.
@@ -227,10 +236,12 @@ pub(crate) const HELLO_ACK_LEN: usize = 32;
 const _: () = assert!(size_of::<HelloAckWire>() == HELLO_ACK_LEN);
 
 impl<'a> Codec<'a> for HelloAck {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let w = wire::exact_fixed::<HelloAckWire>(payload)?;
         wire::reserved(w.reserved0.get().into(), "reserved0")?;
-        wire::reserved(w.reserved1.get().into(), "reserved1")?;
+        if w.version.get() < 2 {
+            wire::reserved(w.max_inline_len.get().into(), "reserved1")?;
+        }
         let ack = HelloAck {
             version: w.version.get(),
             max_frame_len: w.max_frame_len.get(),
@@ -239,6 +250,7 @@ impl<'a> Codec<'a> for HelloAck {
             heartbeat_interval_ms: w.heartbeat_interval_ms.get(),
             idle_timeout_ms: w.idle_timeout_ms.get(),
             query_timeout_ms: w.query_timeout_ms.get(),
+            max_inline_len: w.max_inline_len.get(),
         };
         ack.validate()?;
         Ok(ack)
@@ -269,14 +281,29 @@ impl<'a> Codec<'a> for HelloAck {
                 value: self.idle_timeout_ms.into(),
             });
         }
-        check_nonzero(self.query_timeout_ms, "query_timeout_ms")
+        check_nonzero(self.query_timeout_ms, "query_timeout_ms")?;
+        if self.version < 2 && self.max_inline_len != 0 {
+            return Err(PayloadError::NotInVersion {
+                field: "max_inline_len",
+                version: self.version,
+            });
+        }
+        let inline_max = u64::from(self.max_frame_len)
+            - (HEADER_LEN + crate::messages::file_event::FILE_EVENT_V2_FIXED_LEN + 1) as u64;
+        if u64::from(self.max_inline_len) > inline_max {
+            return Err(PayloadError::OutOfRange {
+                field: "max_inline_len",
+                value: self.max_inline_len.into(),
+            });
+        }
+        Ok(())
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         HELLO_ACK_LEN
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let fixed = HelloAckWire {
             version: self.version.into(),
             reserved0: 0.into(),
@@ -286,7 +313,7 @@ impl<'a> Codec<'a> for HelloAck {
             heartbeat_interval_ms: self.heartbeat_interval_ms.into(),
             idle_timeout_ms: self.idle_timeout_ms.into(),
             query_timeout_ms: self.query_timeout_ms.into(),
-            reserved1: 0.into(),
+            max_inline_len: self.max_inline_len.into(),
         };
         w.put(fixed.as_bytes());
     }

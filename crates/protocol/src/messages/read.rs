@@ -37,7 +37,7 @@ pub(crate) const READ_REQUEST_LEN: usize = 24;
 const _: () = assert!(size_of::<ReadRequestWire>() == READ_REQUEST_LEN);
 
 impl<'a> Codec<'a> for ReadRequest {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let w = wire::exact_fixed::<ReadRequestWire>(payload)?;
         wire::reserved(w.reserved.get().into(), "reserved")?;
         let request = ReadRequest {
@@ -65,11 +65,11 @@ impl<'a> Codec<'a> for ReadRequest {
         Ok(())
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         READ_REQUEST_LEN
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let fixed = ReadRequestWire {
             event_id: self.event_id.into(),
             offset: self.offset.into(),
@@ -178,7 +178,7 @@ struct ReadDataWire {
 const _: () = assert!(size_of::<ReadDataWire>() == READ_DATA_FIXED_LEN);
 
 impl<'a> Codec<'a> for ReadData<'a> {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let (w, data) = wire::split_fixed::<ReadDataWire>(payload)?;
         let data_len = usize::try_from(w.data_len.get()).unwrap_or(usize::MAX);
         wire::expect_len(payload, READ_DATA_FIXED_LEN.saturating_add(data_len))?;
@@ -238,11 +238,11 @@ impl<'a> Codec<'a> for ReadData<'a> {
         }
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         READ_DATA_FIXED_LEN.saturating_add(self.data().len())
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let (space, code) = match self.outcome {
             ReadOutcome::Error(OsError::NtStatus(c)) => (ErrorSpace::NtStatus, c),
             ReadOutcome::Error(OsError::Errno(c)) => (ErrorSpace::Errno, c),

@@ -49,7 +49,7 @@ pub(crate) const VERDICT_FIXED_LEN: usize = 8;
 const _: () = assert!(size_of::<VerdictWire>() == VERDICT_FIXED_LEN);
 
 impl<'a> Codec<'a> for Verdict<'a> {
-    fn decode(payload: &'a [u8]) -> Result<Self, PayloadError> {
+    fn decode(payload: &'a [u8], _version: u16) -> Result<Self, PayloadError> {
         let (w, name) = wire::split_fixed::<VerdictWire>(payload)?;
         wire::expect_len(
             payload,
@@ -75,11 +75,11 @@ impl<'a> Codec<'a> for Verdict<'a> {
         wire::bounded(self.threat_name.len(), MAX_THREAT_NAME_LEN, "threat_name")
     }
 
-    fn payload_len(&self) -> usize {
+    fn payload_len(&self, _version: u16) -> usize {
         VERDICT_FIXED_LEN.saturating_add(self.threat_name.len())
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_>, _version: u16) {
         let fixed = VerdictWire {
             decision: self.decision.to_wire(),
             reserved: 0,

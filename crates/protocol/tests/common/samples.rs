@@ -3,8 +3,8 @@
 
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, ErrorCode, ErrorMessage, EventKind,
-    FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, HelloAck, Message,
-    OsError, OsKind, ReadData, ReadOutcome, ReadRequest, Verdict,
+    FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, HelloAck,
+    InlineContent, Message, OsError, OsKind, ReadData, ReadOutcome, ReadRequest, Verdict,
 };
 
 /// `\??\C:\eicar.com` as UTF-16LE.
@@ -23,7 +23,24 @@ pub const EXAMPLE_FILE_EVENT: Message<'static> = Message::FileEvent(FileEvent {
         last_write_time: 0x01db_0000_0000_0000,
     },
     path: FilePath::Utf16Le(EICAR_PATH_UTF16),
+    content: thinagent_protocol::InlineContent::NONE,
 });
+
+/// The 68-byte EICAR test file, the content of [`EXAMPLE_FILE_EVENT_V2`].
+pub const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// The version-2 `FileEvent` of the worked example in `docs/protocol.md`
+/// (request id 7): the same event with the whole file inline.
+pub const EXAMPLE_FILE_EVENT_V2: Message<'static> = match EXAMPLE_FILE_EVENT {
+    Message::FileEvent(e) => Message::FileEvent(FileEvent {
+        content: InlineContent {
+            bytes: EICAR,
+            whole_file: true,
+        },
+        ..e
+    }),
+    _ => unreachable!(),
+};
 
 /// The `Verdict` of the worked example in `docs/protocol.md` (request id 7).
 pub const EXAMPLE_VERDICT: Message<'static> = Message::Verdict(Verdict {
@@ -65,6 +82,7 @@ pub fn samples() -> Vec<(&'static str, u64, Message<'static>)> {
                 heartbeat_interval_ms: 10_000,
                 idle_timeout_ms: 30_000,
                 query_timeout_ms: 2_000,
+                max_inline_len: 0,
             }),
         ),
         ("file_event", 7, EXAMPLE_FILE_EVENT),
@@ -83,6 +101,7 @@ pub fn samples() -> Vec<(&'static str, u64, Message<'static>)> {
                     last_write_time: 0,
                 },
                 path: FilePath::Utf8("/usr/bin/ls"),
+                content: thinagent_protocol::InlineContent::NONE,
             }),
         ),
         ("verdict", 7, EXAMPLE_VERDICT),
@@ -149,10 +168,53 @@ pub fn samples() -> Vec<(&'static str, u64, Message<'static>)> {
 
 /// Encodes `message` into a new vector.
 pub fn encode(request_id: u64, message: &Message<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; message.encoded_len()];
+    encode_for(1, request_id, message)
+}
+
+/// [`encode`] in protocol `version`.
+pub fn encode_for(version: u16, request_id: u64, message: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; message.encoded_len_for(version)];
     let len = message
-        .encode(request_id, &mut buf)
+        .encode_for(version, request_id, &mut buf)
         .expect("sample messages are valid");
     assert_eq!(len, buf.len());
     buf
+}
+
+/// Version-2 samples: what only version 2 has (sent with header version 2,
+/// except the `HelloAck`, which is always version 1).
+pub fn samples_v2() -> Vec<(&'static str, u16, u64, Message<'static>)> {
+    let partial = match EXAMPLE_FILE_EVENT {
+        Message::FileEvent(e) => Message::FileEvent(FileEvent {
+            content: InlineContent {
+                bytes: &EICAR[..16],
+                whole_file: false,
+            },
+            file: FileIdentity {
+                size: 1 << 20,
+                ..e.file
+            },
+            ..e
+        }),
+        _ => unreachable!(),
+    };
+    vec![
+        ("v2_file_event_whole", 2, 7, EXAMPLE_FILE_EVENT_V2),
+        ("v2_file_event_partial", 2, 8, partial),
+        (
+            "v2_hello_ack",
+            1,
+            1,
+            Message::HelloAck(HelloAck {
+                version: 2,
+                max_frame_len: 65_536,
+                max_events_in_flight: 64,
+                max_read_chunk: 65_480,
+                heartbeat_interval_ms: 10_000,
+                idle_timeout_ms: 30_000,
+                query_timeout_ms: 2_000,
+                max_inline_len: 65_447,
+            }),
+        ),
+    ]
 }

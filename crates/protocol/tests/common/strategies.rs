@@ -142,6 +142,7 @@ fn hello_ack() -> impl Strategy<Value = Owned> {
                     heartbeat_interval_ms: heartbeat,
                     idle_timeout_ms,
                     query_timeout_ms: query,
+                    max_inline_len: 0,
                 }))
             },
         )
@@ -189,6 +190,7 @@ fn file_event() -> impl Strategy<Value = Owned> {
                             last_write_time: lwt,
                         },
                         path,
+                        content: thinagent_protocol::InlineContent::NONE,
                     }),
                     text,
                     bytes,

@@ -614,7 +614,9 @@ impl HostSession {
             return;
         }
         let lo = hello.min.max(MIN_VERSION);
-        let hi = hello.max.min(MAX_VERSION);
+        // Version 2 (inline content) is not served yet: this host answers
+        // as a version-1 host until its session handles version-2 frames.
+        let hi = hello.max.min(MAX_VERSION).min(1);
         if lo > hi || id == 0 {
             if id == 0 {
                 self.fatal(0, ErrorCode::UnexpectedMessage, "Hello with request id 0");
@@ -656,6 +658,7 @@ impl HostSession {
             heartbeat_interval_ms: millis(self.limits.heartbeat_interval),
             idle_timeout_ms: millis(self.limits.idle_timeout),
             query_timeout_ms: millis(self.limits.query_timeout).max(1),
+            max_inline_len: 0,
         };
         self.push(&Message::HelloAck(ack), id);
         self.state = State::Connected;

@@ -57,6 +57,7 @@ fn event_msg(size: u64, path: &'static str) -> Message<'static> {
             last_write_time: 5,
         },
         path: FilePath::Utf8(path),
+        content: thinagent_protocol::InlineContent::NONE,
     })
 }
 

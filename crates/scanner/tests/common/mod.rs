@@ -190,6 +190,7 @@ where
                     create_disposition: CreateDisposition::Open,
                     file: f.identity,
                     path: FilePath::Utf8(&f.path),
+                    content: thinagent_protocol::InlineContent::NONE,
                 };
                 let Ok(q) = s.submit(&ev, now()) else { break };
                 by_id.insert(q, next);
@@ -332,6 +333,7 @@ pub fn file_event(f: &FileSpec, id: u64) -> Vec<u8> {
             create_disposition: CreateDisposition::Open,
             file: f.identity,
             path: FilePath::Utf8(&f.path),
+            content: thinagent_protocol::InlineContent::NONE,
         }),
         id,
     )
