@@ -14,7 +14,7 @@
 //! | `vsock_capture::capture_loop` on the link thread; `boot_reinit` (`IoRegisterBootDriverReinitialization`) sets WAKE | `KeWaitForMultipleObjects(STOP, WAKE, delay)` between attempts | [`start_driver`]: virtual time advanced by the delay `Connector` asks for, cut short once by the reinit |
 //! | `vsock_capture::link_loop`: connect, then `Reconnect` between connections | `WskSocketConnect` to {`hostCid`, `hostPort`}; `STOP.wait(delay)` | `TcpStream::connect(127.0.0.1:hostPort)`; `Reconnect::on_closed` delays (20 ms first delay here, 1 s in the driver) |
 //! | `session_worker::run` | `WskSend`/`WskReceive`, waits up to the session's next deadline | [`Channel::pump`]: `poll_transmit` -> write, read -> `receive`, sleep -> `on_timeout`, `poll_event` |
-//! | `session_worker::serve_read` | non-cached `FltReadFile` on the opener's file object | [`Channel::serve_read`]: read the file at (offset, length) |
+//! | `session_worker::serve_read` | non-cached `FltReadFile` of the sectors covering the request on the opener's file object; `FileStandardInformation` when the count cannot tell the end | [`Channel::serve_read`]: read the same sectors of the file, `AlignedRange::outcome` |
 //! | `filter_callbacks::post_create` -> `decide` -> `session_worker::query` | name, `FileIdInformation`, size, `LastWriteTime`; deny = `FltCancelFileOpen` + `IoStatus.Status` | [`Driver::begin_open`] / [`Driver::finish_open`]: `OpenPolicy::decide`, `VerdictCache::get`, `Session::submit`, wait, cache the host verdict for min(host TTL, `verdictCacheTtlMs`), `Params::deny_status` |
 //! | `filter_callbacks::mark_modified` (pre-write, set-information EOF/VDL, offload FSCTLs) | stream context `Modified`, cache entry dropped | [`Driver::on_write`] |
 //! | `filter_callbacks::pre_cleanup` | rescan a `Modified` stream (`CloseAfterWrite`) | [`Driver::cleanup`] |
@@ -40,10 +40,10 @@ use std::time::Duration;
 
 use thinagent_guest::policy::{FILE_READ_DATA, GENERIC_WRITE};
 use thinagent_guest::{
-    CachedVerdict, CaptureMode, CloseReason, Connector, ConnectorAction, FailMode, FileKey,
-    GiveUpReason, Instant, NtStatus, OpenDecision, OpenRequest, Params, PathRef, PathStyle,
-    QueryId, QueryVerdict, ReadError, Reconnect, ReconnectConfig, RegValue, Session, SessionConfig,
-    SessionEvent, SkipReason, VerdictCache, VerdictSource,
+    AlignedRange, CachedVerdict, CaptureMode, CloseReason, Connector, ConnectorAction, FailMode,
+    FileKey, GiveUpReason, Instant, NtStatus, OpenDecision, OpenRequest, Params, PathRef,
+    PathStyle, QueryId, QueryVerdict, ReadError, Reconnect, ReconnectConfig, RegValue, Session,
+    SessionConfig, SessionEvent, SkipReason, VerdictCache, VerdictSource,
 };
 use thinagent_protocol::{
     CreateDisposition, Decision, Decoded, EventKind, FileEvent, FileIdentity, FilePath,
@@ -416,21 +416,28 @@ impl Channel {
         q
     }
 
-    /// Non-cached `FltReadFile` of the opener's file at (offset, length).
+    /// Non-cached `FltReadFile` of the opener's file: the sectors covering
+    /// (offset, length) ([`AlignedRange`], 512-byte sectors), the count cut
+    /// at the end of file as a file system returns it, and the answer from
+    /// [`AlignedRange::outcome`] (the file's size asked, as
+    /// `FileStandardInformation`, only when the count cannot tell).
     fn serve_read(&mut self, read_id: u64, query: QueryId, offset: u64, length: u32) {
+        let range = AlignedRange::new(offset, length, 512).expect("a read within reach");
         let data = self.files.get(&query).map(|p| {
             let mut f = std::fs::File::open(p).expect("open for FltReadFile");
-            let size = f.metadata().unwrap().len();
-            f.seek(SeekFrom::Start(offset)).unwrap();
-            let mut buf = vec![0u8; length as usize];
-            let n = f.read(&mut buf).unwrap();
-            buf.truncate(n);
-            (buf, offset + n as u64 >= size)
+            f.seek(SeekFrom::Start(range.start)).unwrap();
+            let mut buf = Vec::new();
+            (&mut f)
+                .take(u64::from(range.len))
+                .read_to_end(&mut buf)
+                .unwrap();
+            (buf, p.clone())
         });
         let outcome = match &data {
             None => ReadOutcome::Cancelled,
-            Some((d, true)) => ReadOutcome::EndOfFile(d),
-            Some((d, false)) => ReadOutcome::Data(d),
+            Some((buf, path)) => {
+                range.outcome(buf, || std::fs::metadata(path).ok().map(|m| m.len()))
+            }
         };
         while let Err(ReadError::Busy) =
             self.session

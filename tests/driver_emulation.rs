@@ -983,3 +983,266 @@ fn file_open_when_the_host_stops_answering_is_decided_at_umc_msg_timeout() {
     assert!(r.has_line("fail mode allows"));
     assert_reconnected_and_asking_again(&r);
 }
+
+// ---------------------------------------------------------------------------
+// Where a file ends: the guest answers EndOfFile with the last bytes whenever
+// it knows (protocol §5.6), so the host needs no extra ReadRequest to learn
+// that nothing follows.
+// ---------------------------------------------------------------------------
+
+/// One host read as the wire shows it: the host's `ReadRequest` and the
+/// guest's `ReadData`.
+#[derive(Debug, PartialEq)]
+struct HostRead {
+    offset: u64,
+    length: u32,
+    answer: &'static str,
+    data: Vec<u8>,
+}
+
+fn wire_path(p: thinagent_protocol::FilePath<'_>) -> String {
+    match p {
+        thinagent_protocol::FilePath::Utf16Le(b) => String::from_utf16(
+            &b.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap(),
+        other => panic!("a Windows path is UTF-16: {other:?}"),
+    }
+}
+
+/// Every frame of a hex byte stream, with its header's request id, passed
+/// to `f`.
+fn each_frame(hex: &str, mut f: impl FnMut(u64, Message<'_>)) {
+    let bytes = hex_bytes(hex);
+    let mut at = 0;
+    while at < bytes.len() {
+        let Ok(Decoded::Frame { frame, consumed }) = decode_frame(&bytes[at..]) else {
+            panic!("undecodable bytes on the wire at {at}");
+        };
+        f(frame.request_id, frame.message);
+        at += consumed;
+    }
+}
+
+impl Report {
+    /// The host's reads on bridged socket `i` and the guest's answers, per
+    /// file (the path of the `FileEvent` they belong to), by offset.
+    fn host_reads(&self, i: usize) -> std::collections::BTreeMap<String, Vec<HostRead>> {
+        use std::collections::{BTreeMap, HashMap};
+        let s = &self.json["sockets"][i];
+        let mut paths: HashMap<u64, String> = HashMap::new();
+        let mut answers: HashMap<u64, (u64, u64, &'static str, Vec<u8>)> = HashMap::new();
+        each_frame(s["sent"].as_str().unwrap(), |id, m| match m {
+            Message::FileEvent(e) => {
+                paths.insert(id, wire_path(e.path));
+            }
+            Message::ReadData(d) => {
+                let (answer, data) = match d.outcome {
+                    thinagent_protocol::ReadOutcome::Data(b) => ("Data", b.to_vec()),
+                    thinagent_protocol::ReadOutcome::EndOfFile(b) => ("EndOfFile", b.to_vec()),
+                    thinagent_protocol::ReadOutcome::Error(_) => ("Error", Vec::new()),
+                    thinagent_protocol::ReadOutcome::Cancelled => ("Cancelled", Vec::new()),
+                };
+                answers.insert(id, (d.event_id, d.offset, answer, data));
+            }
+            _ => {}
+        });
+        let mut out: BTreeMap<String, Vec<HostRead>> = BTreeMap::new();
+        each_frame(s["received"].as_str().unwrap(), |id, m| {
+            if let Message::ReadRequest(r) = m {
+                let (event, offset, answer, data) =
+                    answers.remove(&id).expect("every host read is answered");
+                assert_eq!((event, offset), (r.event_id, r.offset), "the echo");
+                out.entry(paths[&r.event_id].clone())
+                    .or_default()
+                    .push(HostRead {
+                        offset: r.offset,
+                        length: r.length,
+                        answer,
+                        data,
+                    });
+            }
+        });
+        assert!(answers.is_empty(), "answers to no request: {answers:?}");
+        for reads in out.values_mut() {
+            reads.sort_by_key(|r| r.offset);
+        }
+        out
+    }
+
+    /// The FltReadFile calls of the file at `path` on the volume.
+    fn flt_reads_of(&self, path: &str) -> Vec<&Value> {
+        self.json["flt_reads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"] == path)
+            .collect()
+    }
+
+    /// The `FileStandardInformation` queries of the file at `path` made by
+    /// the thread that serves host reads: the size asked to decide an
+    /// answer (the opener's own query, for the `FileEvent`, is not one).
+    fn size_queries_of(&self, path: &str) -> Vec<&Value> {
+        let reader = self.json["flt_reads"][0]["thread"].clone();
+        self.json["flt_info_queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|q| q["path"] == path && q["class"] == 5 && q["thread"] == reader)
+            .collect()
+    }
+}
+
+/// The clean filler of the scenario's files (`pattern` in scenario.py).
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7 + 3) % 251) as u8).collect()
+}
+
+/// The host learns each file's end from the guest's reads:
+/// * a 39-byte file: one `ReadRequest`, answered `EndOfFile` with its 39
+///   bytes (FltReadFile returned 39 of a 512-byte sector: the count tells),
+///   no second read, no size query;
+/// * 4096 bytes: the read ends on a sector boundary, so the guest asks the
+///   file's size (FileStandardInformation, after the read) and answers
+///   `EndOfFile`: one read;
+/// * 65536 bytes: a 65480-byte chunk (`Data`: FltReadFile returned bytes
+///   past it) and the last 56 bytes, ending on a sector: `EndOfFile` after
+///   the size query; two reads;
+/// * 4096 bytes in the FileEvent, 4196 when read: the full first read is
+///   `Data` (the size says 4196), the host probes past the stated size and
+///   gets the last 100 bytes as `EndOfFile`;
+/// * the first 40 bytes of EICAR in the FileEvent, all 68 when read: `Data`
+///   (bytes past the 40), then the rest as `EndOfFile`; the host scans what
+///   the file holds now and denies it.
+///
+/// Before issue 16 the first three took one more read each, answered
+/// `EndOfFile` with no data.
+#[test]
+fn file_reads_answer_end_of_file_with_the_last_bytes() {
+    let Some(r) = run("file-reads-end-of-file", true) else {
+        return;
+    };
+    r.assert_clean();
+    const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    const CLEAN: &[u8] = b"Quarterly figures, nothing to report.\r\n";
+    let read = |offset: u64, length: u32, answer: &'static str, data: &[u8]| HostRead {
+        offset,
+        length,
+        answer,
+        data: data.to_vec(),
+    };
+    let grew = [pattern(4096), pattern(100)].concat();
+    // path -> (size in the FileEvent, host reads, size queries by the reader)
+    let expected: Vec<(&str, u64, Vec<HostRead>, Vec<u64>)> = vec![
+        (
+            r"\Data\small.txt",
+            39,
+            vec![read(0, 39, "EndOfFile", CLEAN)],
+            vec![],
+        ),
+        (
+            r"\Data\sector.bin",
+            4096,
+            vec![read(0, 4096, "EndOfFile", &pattern(4096))],
+            vec![4096],
+        ),
+        (
+            r"\Data\chunks.bin",
+            65_536,
+            vec![
+                read(0, 65_480, "Data", &pattern(65_536)[..65_480]),
+                read(65_480, 56, "EndOfFile", &pattern(65_536)[65_480..]),
+            ],
+            vec![65_536],
+        ),
+        (
+            r"\Data\grew.bin",
+            4096,
+            vec![
+                read(0, 4096, "Data", &grew[..4096]),
+                read(4096, 65_480, "EndOfFile", &grew[4096..]),
+            ],
+            vec![4196],
+        ),
+        (
+            r"\Data\grew.com",
+            40,
+            vec![
+                read(0, 40, "Data", &EICAR[..40]),
+                read(40, 65_480, "EndOfFile", &EICAR[40..]),
+            ],
+            vec![],
+        ),
+    ];
+    let events = r.file_events(0);
+    let mut host_reads = r.host_reads(0);
+    assert_eq!(events.len(), expected.len(), "one FileEvent per file");
+    for (e, (path, size, reads, sizes)) in events.iter().zip(&expected) {
+        let full = format!(r"\Device\HarddiskVolume3{path}");
+        assert_eq!(e.path, full);
+        assert_eq!(e.size, *size, "{path}: the size at the open");
+        assert_eq!(
+            host_reads.remove(&full).unwrap_or_default(),
+            *reads,
+            "{path}: the host's reads and the guest's answers"
+        );
+        let flt = r.flt_reads_of(path);
+        assert_eq!(
+            flt.len(),
+            reads.len(),
+            "{path}: one FltReadFile per host read"
+        );
+        for rd in &flt {
+            assert_eq!(
+                rd["flags"], 5,
+                "NON_CACHED | DO_NOT_UPDATE_BYTE_OFFSET: {rd}"
+            );
+            assert_eq!(rd["offset"].as_u64().unwrap() % 512, 0, "{rd}");
+            assert_eq!(rd["length"].as_u64().unwrap() % 512, 0, "{rd}");
+        }
+        let queries = r.size_queries_of(path);
+        let got: Vec<u64> = queries
+            .iter()
+            .map(|q| q["end_of_file"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, *sizes, "{path}: the sizes the guest asked");
+        // Each size is asked right after the read it decides: in the trace,
+        // the FltReadFile / FltQueryInformationFile before it is a read of
+        // the same file.
+        let trace = r.json["trace"].as_array().unwrap();
+        for (i, ev) in trace.iter().enumerate() {
+            if ev["kind"] == "flt-query-info"
+                && ev["path"] == *path
+                && ev["thread"] == flt[0]["thread"]
+            {
+                let before = trace[..i]
+                    .iter()
+                    .rev()
+                    .find(|e| e["kind"] == "flt-read" || e["kind"] == "flt-query-info")
+                    .unwrap();
+                assert_eq!(before["kind"], "flt-read", "{path}: {ev}");
+                assert_eq!(before["path"], *path, "{path}: {ev}");
+            }
+        }
+    }
+    assert!(
+        host_reads.is_empty(),
+        "reads of other files: {host_reads:?}"
+    );
+    let opens = r.file_ops("open");
+    assert_eq!(opens.len(), 5);
+    for o in &opens[..4] {
+        assert_allowed(o);
+    }
+    assert_denied(opens[4], STATUS_VIRUS_INFECTED);
+    let (_, received) = r.socket_frames(0);
+    assert_eq!(
+        received.iter().filter(|t| **t == "Verdict").count(),
+        5,
+        "one verdict per file: {received:?}"
+    );
+    r.assert_filter_released();
+}

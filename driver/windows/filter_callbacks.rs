@@ -427,6 +427,13 @@ fn file_identity(instance: PFLT_INSTANCE, file_object: *const FILE_OBJECT) -> Op
     })
 }
 
+/// The file's current size (`FileStandardInformation.EndOfFile`), if known.
+/// PASSIVE_LEVEL, on a file object that is open (a waiting open's).
+pub(super) fn file_size(instance: PFLT_INSTANCE, file_object: *const FILE_OBJECT) -> Option<u64> {
+    query_file::<FILE_STANDARD_INFORMATION>(instance, file_object, FileStandardInformation)
+        .and_then(|s| u64::try_from(s.EndOfFile).ok())
+}
+
 /// The cache key of an identity (any IRQL).
 fn key_of(id: &FileIdentity) -> FileKey {
     FileKey::new(id.volume_serial, id.file_id, id.size, id.last_write_time)

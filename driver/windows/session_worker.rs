@@ -48,7 +48,8 @@ use core::time::Duration;
 
 use thinagent_guest::log::routine;
 use thinagent_guest::{
-    CloseReason, FailMode, Level, QueryId, QueryVerdict, SessionConfig, SessionEvent, SubmitError,
+    AlignError, AlignedRange, CloseReason, FailMode, Level, QueryId, QueryVerdict, SessionConfig,
+    SessionEvent, SubmitError,
 };
 use thinagent_km_sys::fltmgr::Minifilters::{
     FLT_CALLBACK_DATA, FLT_VOLUME_PROPERTIES, FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET,
@@ -67,6 +68,7 @@ use thinagent_protocol::{
 };
 
 use super::agent::{Agent, AgentStats};
+use super::filter_callbacks::file_size;
 use super::kernel::{
     self, EventKind as KEventKind, KernelEvent, STATUS_CANCELLED, STATUS_SUCCESS, STATUS_TIMEOUT,
     SpinLock, nt_success, relative_100ns,
@@ -1044,57 +1046,67 @@ fn answer_read(
 ///
 /// `FLTFL_IO_OPERATION_NON_CACHED` needs the offset, the length and the
 /// buffer aligned to the volume's sector size (`FltReadFile` remarks), so the
-/// range is widened to sectors and the requested part handed out. Non-cached
-/// reads do not fill the cache with content nobody asked for; the file
-/// systems flush dirty cached data of the range before such a read, so the
-/// host sees what a cached reader would. `DO_NOT_UPDATE_BYTE_OFFSET` leaves
-/// the opener's file position alone.
+/// range is widened to sectors ([`AlignedRange`]) and the requested part
+/// handed out. Non-cached reads do not fill the cache with content nobody
+/// asked for; the file systems flush dirty cached data of the range before
+/// such a read, so the host sees what a cached reader would.
+/// `DO_NOT_UPDATE_BYTE_OFFSET` leaves the opener's file position alone.
+///
+/// The answer ([`AlignedRange::outcome`]) is `EndOfFile` with the last
+/// bytes whenever the count the file system returned shows where the file
+/// ends; only a full read ending on a sector boundary asks the file's size.
 struct AlignedRead {
     instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
     buffer: *mut c_void,
     status: NTSTATUS,
-    /// Bytes of `buffer` before the requested offset.
-    skip: usize,
-    /// Bytes read from the requested offset on, at most `length`.
-    valid: usize,
-    length: usize,
+    /// The aligned range read (None: nothing was read, `status` says why).
+    range: Option<AlignedRange>,
+    /// `BytesRead`, at most the range's length.
+    read: usize,
 }
 
 impl AlignedRead {
-    /// Reads `length` bytes at `offset` (PASSIVE_LEVEL, worker thread).
+    /// Reads the sectors covering `length` bytes at `offset` (PASSIVE_LEVEL,
+    /// worker thread).
     fn new(
         instance: PFLT_INSTANCE,
         file_object: *const FILE_OBJECT,
         offset: u64,
         length: u32,
     ) -> Self {
-        let sector = u64::from(sector_size(instance)).max(512);
-        // Sector sizes are powers of two; `%` does not rely on it.
-        let start = offset - offset % sector;
-        let end = offset.saturating_add(u64::from(length));
-        let aligned_end = end.div_ceil(sector) * sector;
         let mut this = AlignedRead {
             instance,
+            file_object,
             buffer: core::ptr::null_mut(),
             status: STATUS_SUCCESS,
-            skip: (offset - start) as usize,
-            valid: 0,
-            length: length as usize,
+            range: None,
+            read: 0,
         };
-        let Ok(total) = u32::try_from(aligned_end - start) else {
-            this.status = kernel::STATUS_INVALID_PARAMETER;
-            return this;
+        let range = match AlignedRange::new(offset, length, sector_size(instance)) {
+            Ok(r) => r,
+            Err(AlignError::PastAnyFile) => {
+                this.status = STATUS_END_OF_FILE;
+                return this;
+            }
+            Err(AlignError::TooLong) => {
+                this.status = kernel::STATUS_INVALID_PARAMETER;
+                return this;
+            }
         };
-        let Ok(byte_offset) = i64::try_from(start) else {
-            this.status = STATUS_END_OF_FILE;
-            return this;
-        };
+        // AlignedRange::new keeps the start at most i64::MAX.
+        let byte_offset = range.start as i64;
         // SAFETY: FltAllocatePoolAlignedWithTag (fltkernel.h,
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltallocatepoolalignedwithtag):
         // the instance is valid while its waiter is parked (module docs);
         // IRQL <= APC_LEVEL for this paged/non-paged request at PASSIVE.
         this.buffer = unsafe {
-            FltAllocatePoolAlignedWithTag(instance, NonPagedPoolNx, total as usize, READ_BUFFER_TAG)
+            FltAllocatePoolAlignedWithTag(
+                instance,
+                NonPagedPoolNx,
+                range.len as usize,
+                READ_BUFFER_TAG,
+            )
         };
         if this.buffer.is_null() {
             this.status = kernel::STATUS_INSUFFICIENT_RESOURCES;
@@ -1105,14 +1117,14 @@ impl AlignedRead {
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltreadfile):
         // synchronous (no callback), PASSIVE_LEVEL; the file object and
         // instance belong to an open whose thread waits in `query`; the
-        // buffer holds `total` bytes, sector-aligned as are offset and
+        // buffer holds `range.len` bytes, sector-aligned as are offset and
         // length.
         this.status = unsafe {
             FltReadFile(
                 instance,
                 file_object,
                 &byte_offset,
-                total,
+                range.len,
                 this.buffer,
                 FLTFL_IO_OPERATION_NON_CACHED | FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET,
                 &mut read,
@@ -1120,28 +1132,32 @@ impl AlignedRead {
                 core::ptr::null(),
             )
         };
-        this.valid = (read as usize).saturating_sub(this.skip).min(this.length);
+        this.range = Some(range);
+        this.read = read.min(range.len) as usize;
         this
     }
 
-    /// The read as the protocol's outcome (any IRQL).
+    /// The read as the protocol's outcome. May query the file's size
+    /// (PASSIVE_LEVEL, while the opener still waits).
     fn outcome(&self) -> ReadOutcome<'_> {
-        if self.status == STATUS_END_OF_FILE {
-            return ReadOutcome::EndOfFile(&[]);
-        }
-        if !nt_success(self.status) || self.buffer.is_null() {
-            return ReadOutcome::Error(OsError::NtStatus(self.status as u32));
-        }
-        // SAFETY: the buffer holds at least skip + valid bytes written by
-        // FltReadFile (valid <= read - skip).
-        let data = unsafe {
-            core::slice::from_raw_parts(self.buffer.cast::<u8>().add(self.skip), self.valid)
+        let at_end = self.status == STATUS_END_OF_FILE;
+        let Some(range) = self.range.filter(|_| nt_success(self.status) || at_end) else {
+            return if at_end {
+                ReadOutcome::EndOfFile(&[])
+            } else {
+                ReadOutcome::Error(OsError::NtStatus(self.status as u32))
+            };
         };
-        if self.valid < self.length {
-            ReadOutcome::EndOfFile(data)
+        let read: &[u8] = if at_end || self.read == 0 {
+            // STATUS_END_OF_FILE: the aligned start is at or past the end.
+            &[]
         } else {
-            ReadOutcome::Data(data)
-        }
+            // SAFETY: the buffer (non-null: the read ran) holds range.len
+            // bytes, of which FltReadFile wrote the first `read`
+            // (<= range.len); it lives as long as `self`.
+            unsafe { core::slice::from_raw_parts(self.buffer.cast::<u8>(), self.read) }
+        };
+        range.outcome(read, || file_size(self.instance, self.file_object))
     }
 }
 

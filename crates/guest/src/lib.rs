@@ -17,10 +17,14 @@
 //!   and their parser ([`parse_line`]).
 //! * [`session`]: the guest side of the protocol with the host scanner, a
 //!   sans-IO state machine over `thinagent-protocol` ([`Session`]).
+//! * [`aligned_read`]: host reads served with sector-aligned non-cached I/O
+//!   (the Windows driver's `FltReadFile`): the range to read and the answer
+//!   ([`AlignedRange`]).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod aligned_read;
 pub mod cache;
 pub mod clamp;
 pub mod connector;
@@ -35,6 +39,7 @@ pub mod session;
 pub mod status;
 pub mod time;
 
+pub use aligned_read::{AlignError, AlignedRange};
 pub use cache::{CacheStats, CachedVerdict, InsertOutcome, VerdictCache};
 pub use clamp::{BoundedList, Clamp, Clamps};
 pub use connector::{

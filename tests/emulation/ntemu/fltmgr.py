@@ -310,6 +310,7 @@ class FilterManager:
         self.sequences = {}  # block address -> Sequence
         self.ops = []  # one record per file operation (the report's file_ops)
         self.reads = []  # FltReadFile calls
+        self.info_queries = []  # FltQueryInformationFile calls
         self.cancels = []  # FltCancelFileOpen calls
         for name in dir(self):
             if name.startswith("api_"):
@@ -925,6 +926,11 @@ class FilterManager:
         node = self._opened(self._file_object(fo_addr, "FltQueryInformationFile"), "FltQueryInformationFile")
         klass &= 0xFFFFFFFF
         length &= 0xFFFFFFFF
+        rec = {"path": node.path, "class": klass, "thread": self._thread_name(), "t_ms": ms(m.now)}
+        self.info_queries.append(rec)
+        if klass == L.FILE_STANDARD_INFORMATION_CLASS:
+            rec["end_of_file"] = len(node.data)
+            self.k.emit("flt-query-info", **rec)
         if klass == L.FILE_ID_INFORMATION_CLASS:
             data = struct.pack("<QQQ", self.volume.serial, node.file_id, 0)
         elif klass == L.FILE_INTERNAL_INFORMATION_CLASS:
@@ -943,9 +949,21 @@ class FilterManager:
             m.w32(returned, len(data))
         return STATUS_SUCCESS
 
+    def _thread_name(self):
+        return self.m.current.name if self.m.current is not None else None
+
     # -- reads by the driver (the host's ReadRequests) ----------------------------
 
     def api_FltReadFile(self, m):
+        """A synchronous FltReadFile as a file system answers it
+        (Windows-driver-samples filesys/fastfat/read.c and filesys/cdfs/read.c,
+        FatCommonRead / CdCommonRead; NTFS alike): a read starting at or past
+        the end of file fails with STATUS_END_OF_FILE and 0 bytes; otherwise
+        the length is cut to the end of file and BytesRead
+        (IoStatus.Information) is the cut count, not rounded up to a sector,
+        though a non-cached read transfers whole sectors (the tail of the
+        last one is zero). Non-cached reads must be sector-aligned in offset
+        and length, and the buffer aligned to the device's alignment."""
         inst_addr, fo_addr, offset_ptr, length, buf, flags, read_out, callback, cb_ctx = m.args(9)
         inst = self._instance(inst_addr, "FltReadFile")
         fo = self._file_object(fo_addr, "FltReadFile")
@@ -960,7 +978,10 @@ class FilterManager:
             offset = m.r64(offset_ptr)
         else:
             offset = m.r64(fo.addr + L.FO_CURRENT_BYTE_OFFSET)
-        rec = {"path": node.path, "offset": offset, "length": length, "flags": flags, "t_ms": ms(m.now)}
+        rec = {
+            "path": node.path, "offset": offset, "length": length, "flags": flags,
+            "thread": self._thread_name(), "t_ms": ms(m.now),
+        }
         self.reads.append(rec)
         sector = inst.volume.sector
         if flags & FLTFL_IO_OPERATION_NON_CACHED and (

@@ -498,6 +498,7 @@ class FileWorld(World):
         out = super().report()
         out["file_ops"] = self.flt.ops
         out["flt_reads"] = self.flt.reads
+        out["flt_info_queries"] = self.flt.info_queries
         out["flt_cancels"] = self.flt.cancels
         out["contexts_live"] = self.flt.live_contexts()
         out["names_live"] = self.flt.live_names()
@@ -601,6 +602,48 @@ def scenario_file_host_lost(driver, args, held, fail_mode=None, how="kill"):
     return w
 
 
+def pattern(n):
+    """``n`` bytes of clean content."""
+    return bytes((i * 7 + 3) % 251 for i in range(n))
+
+
+# scenario_file_reads_end_of_file's files: path -> (content at the open,
+# bytes appended once the open's FileEvent is sent, or None).
+EOF_FILES = {
+    "\\Data\\small.txt": (CLEAN, None),
+    "\\Data\\sector.bin": (pattern(4096), None),
+    "\\Data\\chunks.bin": (pattern(65536), None),
+    "\\Data\\grew.bin": (pattern(4096), pattern(100)),
+    "\\Data\\grew.com": (EICAR[:40], EICAR[40:]),
+}
+
+
+def scenario_file_reads_end_of_file(driver, args, held):
+    """Files whose end the host learns from the guest's reads: a small one
+    (one read), sizes that are sector multiples (4096, and 65536 = one
+    65480-byte chunk plus 56 bytes ending on a sector), and two that grow
+    between their FileEvent and the host's reads (the model changes the
+    file under the filter, as a writer through a mapped view would: the
+    stated size is stale when the host reads)."""
+    w = file_world(driver, args, held, [(p, c) for p, (c, _) in EOF_FILES.items()])
+    for path, (_, extra) in EOF_FILES.items():
+        rec = w.flt.open(path)
+        if extra is not None:
+            sent = w.file_events()
+            w.run(until=lambda: w.file_events() > sent, max_ms=1000)
+            if w.file_events() <= sent:
+                raise EmulationError(f"the FileEvent of {path} was never sent")
+            node = w.volume.lookup(path)
+            node.data.extend(extra)
+            w.k.emit("file-grew", path=path, size=len(node.data))
+        w.finish(rec)
+        if rec["allowed"]:
+            w.close(rec["handle"])
+        w.run(max_ms=100)
+    w.unload_and_wait()
+    return w
+
+
 SCENARIOS.update(
     {
         "file-clean-cached": scenario_file_clean_cached,
@@ -609,6 +652,7 @@ SCENARIOS.update(
         "file-host-killed": scenario_file_host_lost,
         "file-host-killed-fail-closed": lambda d, a, h: scenario_file_host_lost(d, a, h, fail_mode="closed"),
         "file-host-stalled": lambda d, a, h: scenario_file_host_lost(d, a, h, how="stall"),
+        "file-reads-end-of-file": scenario_file_reads_end_of_file,
     }
 )
 
