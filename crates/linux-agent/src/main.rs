@@ -103,6 +103,11 @@ struct Args {
     /// (answered from the agent's own verdict cache when it can).
     #[arg(long)]
     no_kernel_cache: bool,
+    /// No inline content (protocol version 2): do not read files with their
+    /// event; the scanner asks for every byte with read requests, as with a
+    /// version-1 scanner.
+    #[arg(long)]
+    no_inline: bool,
 }
 
 fn host_name() -> String {
@@ -220,6 +225,7 @@ fn main() -> ExitCode {
         } else {
             args.kernel_cache_entries as usize
         },
+        inline_content: !args.no_inline,
         logger,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
