@@ -228,8 +228,14 @@ fn main() -> ExitCode {
         inline_content: !args.no_inline,
         logger,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs the loop (and the signal and connect tasks): the
+    // loop is the only busy task, and on a single-threaded runtime the
+    // thread that waits for the socket and the reader's channel is the one
+    // that runs it, so no event goes through a second runtime thread
+    // (a multi-threaded runtime wakes an idle worker, or a second one to
+    // steal, on the way). Host reads and the ready file still go to the
+    // blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(16)
         .thread_stack_size(8 << 20)
         .on_thread_start(handover::block_control_signals)
