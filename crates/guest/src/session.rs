@@ -16,6 +16,40 @@
 //! * nothing allocates: queries live in `N` fixed slots whose paths are copied
 //!   into `PATH` bytes each, and host reads in `R` fixed slots.
 //!
+//! # Versions and inline content
+//!
+//! `Hello` offers protocol versions [`OFFERED_VERSION_MIN`]`..=`
+//! [`OFFERED_VERSION_MAX`] (1 and 2); the host's `HelloAck` picks one. Until
+//! then every frame carries version 1 (`Hello`, and an `Error` or `Goodbye`
+//! sent before the answer); from the accepted `HelloAck` on, the decoder
+//! checks received frames against the chosen version and every frame sent
+//! carries it (`docs/protocol.md` §6.6).
+//!
+//! In version 2 a `FileEvent` may carry the file's first bytes, or the whole
+//! file (§5.3.1). An embedder that can read a file before submitting it
+//! announces [`Capabilities::INLINE_CONTENT`] in
+//! [`SessionConfig::capabilities`], reads up to [`Session::max_inline_len`]
+//! bytes (0 in a version-1 session: read nothing) and puts them in the
+//! event's [`FileEvent::content`] for [`Session::submit`] (or
+//! [`Session::submit_detailed`], which says what went out). The session
+//! enforces the rules of §5.3.1 itself: no content unless `INLINE_CONTENT`
+//! was announced and version 2 chosen; never more than the host's
+//! `max_inline_len`; the frame fits the host's `max_frame_len` (a long path
+//! leaves less room: the content is cut); `WHOLE_FILE` only when every byte
+//! given went out and their number is the event's `file.size` (else it is
+//! cleared, and the host reads the rest).
+//!
+//! **Encode at once or not at all.** A query with content is encoded into
+//! the outgoing buffer during `submit`, so the caller's buffer is free as
+//! soon as `submit` returns, and the slot never stores content: a slot holds
+//! a path of `PATH` bytes, not up to 64 KiB of file, so `N` slots stay small
+//! enough for a driver's static memory. When the event cannot go out at
+//! once (before `HelloAck`, `max_events_in_flight` reached, or the outgoing
+//! buffer lacks room for the frame plus a small reserve for control frames)
+//! its content is dropped and the event is queued exactly like a version-1
+//! event: the host then reads the file with `ReadRequest`s, as it would
+//! without inline content. Either way the query is answered exactly once.
+//!
 //! Not here: reconnecting with back-off. After [`SessionEvent::Closed`] the
 //! adapter closes the socket and builds a new `Session` on the next
 //! connection (pacing attempts with [`crate::Backoff`]).
@@ -24,9 +58,10 @@ use core::time::Duration;
 
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, DecodeError, ErrorCode, ErrorMessage,
-    EventKind, FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, HANDSHAKE_TIMEOUT_MS,
-    Heartbeat, Hello, HelloAck, InlineContent, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, Message, OsKind,
-    PROTOCOL_VERSION, ReadData, ReadOutcome, ReadRequest, StreamDecoder, Verdict,
+    EventKind, FILE_EVENT_V2_FIXED_LEN, FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason,
+    HANDSHAKE_TIMEOUT_MS, HEADER_LEN, Heartbeat, Hello, HelloAck, INLINE_CONTENT_VERSION,
+    InlineContent, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, Message, OsKind, PROTOCOL_VERSION, ReadData,
+    ReadOutcome, ReadRequest, StreamDecoder, Verdict,
 };
 
 use crate::params::{FailMode, Params};
@@ -35,8 +70,21 @@ use crate::time::Instant;
 /// Id of one submitted query (the `FileEvent`'s event id on the wire).
 pub type QueryId = u64;
 
-/// Room for outgoing control frames and one full `ReadData`.
+/// Room for outgoing control frames and one full `ReadData` (or one
+/// `FileEvent` carrying the most inline content).
 const TX_CAP: usize = MAX_FRAME_LEN + 1024;
+
+/// Room a `FileEvent` with inline content leaves free in the outgoing
+/// buffer, so that the control frames a session may still have to send
+/// (`Error`, `Goodbye`, `Pong`, `Ping`: at most 44 bytes each) never find it
+/// full behind a large event.
+const TX_RESERVE: usize = 256;
+
+/// The lowest protocol version the guest offers in `Hello`.
+pub const OFFERED_VERSION_MIN: u16 = 1;
+/// The highest protocol version the guest offers in `Hello` (version 2:
+/// inline content, `docs/protocol.md` §5.3.1).
+pub const OFFERED_VERSION_MAX: u16 = 2;
 
 /// Static configuration of a [`Session`].
 #[derive(Debug, Clone, Copy)]
@@ -49,13 +97,27 @@ pub struct SessionConfig<'a> {
     pub os: OsKind,
     /// Sent in `Hello`.
     pub agent_version: AgentVersion,
-    /// Sent in `Hello`; `READ_CONTENT` is what enables [`SessionEvent::ReadJob`].
+    /// Sent in `Hello`; `READ_CONTENT` is what enables [`SessionEvent::ReadJob`],
+    /// `INLINE_CONTENT` lets [`Session::submit`] send an event's
+    /// [`FileEvent::content`] (version 2, see the module docs).
     pub capabilities: Capabilities,
     /// Sent in `Hello` (host or VM name, ≤ 255 bytes).
     pub guest_name: &'a str,
 }
 
 impl<'a> SessionConfig<'a> {
+    /// This configuration with [`Capabilities::INLINE_CONTENT`] announced (or
+    /// not): the embedder reads files up front and submits their first bytes.
+    #[must_use]
+    pub fn with_inline_content(mut self, on: bool) -> Self {
+        self.capabilities = if on {
+            self.capabilities.union(Capabilities::INLINE_CONTENT)
+        } else {
+            Capabilities(self.capabilities.0 & !Capabilities::INLINE_CONTENT.0)
+        };
+        self
+    }
+
     /// Configuration from the registry parameters, with `READ_CONTENT`.
     pub fn from_params(params: &Params, os: OsKind, guest_name: &'a str) -> Self {
         Self {
@@ -216,6 +278,19 @@ pub enum SessionEvent {
 pub enum SubmitError {
     /// All `N` query slots are in use.
     Full,
+}
+
+/// What [`Session::submit_detailed`] did with an accepted query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// The query's id, as [`Session::submit`] returns it.
+    pub query: QueryId,
+    /// Content bytes that went out inline with the event (0: none; the host
+    /// reads what it needs with `ReadRequest`s).
+    pub content_len: u32,
+    /// The event went out marked `WHOLE_FILE`: the host has every byte and
+    /// sends no `ReadRequest` for it.
+    pub whole_file: bool,
 }
 
 /// Why [`Session::read_completed`] refused an answer.
@@ -437,6 +512,59 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         self.state == State::Closed
     }
 
+    /// The session's protocol version (`docs/protocol.md` §6.6): 1 until a
+    /// `HelloAck` is accepted, then the version it chose.
+    pub fn version(&self) -> u16 {
+        self.ack.map_or(PROTOCOL_VERSION, |a| a.version)
+    }
+
+    /// Most content bytes a query may carry inline now: the host's
+    /// `HelloAck.max_inline_len` once a version-2 session is open and this
+    /// session announced [`Capabilities::INLINE_CONTENT`]; 0 otherwise
+    /// (version 1, no handshake yet, closed, or inline content not
+    /// announced). How much an embedder should read before submitting.
+    pub fn max_inline_len(&self) -> u32 {
+        match self.ack {
+            Some(a)
+                if self.state == State::Connected
+                    && a.version >= INLINE_CONTENT_VERSION
+                    && self.capabilities.contains(Capabilities::INLINE_CONTENT) =>
+            {
+                a.max_inline_len
+            }
+            _ => 0,
+        }
+    }
+
+    /// Most content bytes a query whose path has `path_len` bytes may carry
+    /// inline now: [`max_inline_len`](Self::max_inline_len), less when the
+    /// frame would not fit the host's `max_frame_len` (§5.3.1).
+    pub fn inline_budget(&self, path_len: usize) -> usize {
+        let max_frame = self.ack.map_or(MAX_FRAME_LEN, |a| a.max_frame_len as usize);
+        let room = max_frame.saturating_sub(HEADER_LEN + FILE_EVENT_V2_FIXED_LEN + path_len);
+        (self.max_inline_len() as usize).min(room)
+    }
+
+    /// The content `event` may carry under §5.3.1 in this session now: cut
+    /// to [`inline_budget`](Self::inline_budget), `WHOLE_FILE` kept only if
+    /// nothing was cut and the length is the file's size; none at all when
+    /// nothing may be sent inline.
+    fn allowed_content<'e>(&self, event: &FileEvent<'e>) -> InlineContent<'e> {
+        let given = event.content;
+        if given.is_none() || self.max_inline_len() == 0 {
+            return InlineContent::NONE;
+        }
+        let budget = self.inline_budget(event.path.as_bytes().len());
+        let bytes = &given.bytes[..given.bytes.len().min(budget)];
+        let whole_file = given.whole_file
+            && bytes.len() == given.bytes.len()
+            && u64::try_from(bytes.len()).ok() == Some(event.file.size);
+        if bytes.is_empty() && !whole_file {
+            return InlineContent::NONE;
+        }
+        InlineContent { bytes, whole_file }
+    }
+
     /// Queries submitted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.slots
@@ -463,8 +591,8 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         let name = core::str::from_utf8(&self.guest_name[..self.guest_name_len]).unwrap_or("");
         let hello_id = self.hello_id;
         let hello = Message::Hello(Hello {
-            version_min: PROTOCOL_VERSION,
-            version_max: PROTOCOL_VERSION,
+            version_min: OFFERED_VERSION_MIN,
+            version_max: OFFERED_VERSION_MAX,
             os: self.os,
             agent_version: self.agent_version,
             capabilities: self.capabilities,
@@ -472,7 +600,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             max_reads_in_flight: R.max(1) as u32,
             guest_name: name,
         });
-        self.tx.push(&hello, hello_id);
+        self.tx.push(&hello, PROTOCOL_VERSION, hello_id);
         self.state = State::Handshake {
             deadline: now.saturating_add(Duration::from_millis(HANDSHAKE_TIMEOUT_MS.into())),
         };
@@ -481,24 +609,66 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
     /// Submits a file query. The path is copied; the returned id appears in
     /// exactly one later [`SessionEvent::Verdict`] (already queued when the
     /// session is closed or the path does not fit a slot or a frame).
+    ///
+    /// The event's [`FileEvent::content`] goes out inline when the session
+    /// allows it (version 2, `INLINE_CONTENT` announced, room now; cut to
+    /// the budget, see the module docs) and is dropped otherwise: pass
+    /// [`InlineContent::NONE`] for a version-1 query. The content is copied
+    /// (encoded) before this returns; [`submit_detailed`](Self::submit_detailed)
+    /// says how much went out.
     pub fn submit(&mut self, event: &FileEvent<'_>, now: Instant) -> Result<QueryId, SubmitError> {
+        self.submit_detailed(event, now).map(|s| s.query)
+    }
+
+    /// [`submit`](Self::submit), also saying what went out inline.
+    pub fn submit_detailed(
+        &mut self,
+        event: &FileEvent<'_>,
+        now: Instant,
+    ) -> Result<Submitted, SubmitError> {
         self.now = now;
         let Some(index) = self.slots.iter().position(|s| s.state == SlotState::Free) else {
             return Err(SubmitError::Full);
         };
         let id = self.alloc_id();
+        let mut submitted = Submitted {
+            query: id,
+            content_len: 0,
+            whole_file: false,
+        };
+        let bare = FileEvent {
+            content: InlineContent::NONE,
+            ..*event
+        };
         let bytes = event.path.as_bytes();
-        let max_len = self.ack.map_or(MAX_FRAME_LEN, |a| a.max_frame_len as usize);
-        let fits = bytes.len() <= PATH && Message::FileEvent(*event).encoded_len() <= max_len;
+        let fits = bytes.len() <= PATH && self.fits_host(&bare);
         let fail = self.fail_mode;
-        let slot = &mut self.slots[index];
-        slot.id = id;
-        slot.deadline = now.saturating_add(self.query_timeout);
+        let deadline = now.saturating_add(self.query_timeout);
         if self.state == State::Closed || !fits {
+            let slot = &mut self.slots[index];
+            slot.id = id;
+            slot.deadline = deadline;
             slot.state =
                 SlotState::Answered(QueryVerdict::fail(id, fail, VerdictSource::Local(fail)));
-            return Ok(id);
+            return Ok(submitted);
         }
+        // Inline content: encoded now or never (module docs).
+        let content = self.allowed_content(event);
+        let mut state = SlotState::Queued;
+        if !content.is_none() && self.state == State::Connected && self.may_send_event() {
+            let msg = Message::FileEvent(FileEvent { content, ..bare });
+            let version = self.version();
+            if self.fits_host(&FileEvent { content, ..bare })
+                && self.tx.push_reserving(&msg, version, id, TX_RESERVE)
+            {
+                state = SlotState::Sent;
+                submitted.content_len = content.bytes.len() as u32;
+                submitted.whole_file = content.whole_file;
+            }
+        }
+        let slot = &mut self.slots[index];
+        slot.id = id;
+        slot.deadline = deadline;
         slot.kind = event.kind;
         slot.process_id = event.process_id;
         slot.desired_access = event.desired_access;
@@ -507,8 +677,26 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         slot.encoding = event.path.encoding().to_wire();
         slot.path[..bytes.len()].copy_from_slice(bytes);
         slot.path_len = bytes.len();
-        slot.state = SlotState::Queued;
-        Ok(id)
+        slot.state = state;
+        Ok(submitted)
+    }
+
+    /// Whether `event` fits the host's frame limit (before `HelloAck`: the
+    /// protocol's limit, in the handshake version; the queue checks again
+    /// once the host's limit and version are known).
+    fn fits_host(&self, event: &FileEvent<'_>) -> bool {
+        let max_len = self.ack.map_or(MAX_FRAME_LEN, |a| a.max_frame_len as usize);
+        Message::FileEvent(*event).encoded_len_for(self.version()) <= max_len
+    }
+
+    /// Whether one more `FileEvent` may go out now (`max_events_in_flight`).
+    fn may_send_event(&self) -> bool {
+        let limit = self.ack.map_or(0, |a| a.max_events_in_flight as usize);
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Sent)
+            .count()
+            < limit
     }
 
     /// Answers the host read `read_id` (from [`SessionEvent::ReadJob`]).
@@ -609,9 +797,9 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         let handshaking = matches!(self.state, State::Handshake { .. });
         match msg {
             Incoming::HelloAck(ack) if handshaking && id == self.hello_id => {
-                // The Hello offered exactly PROTOCOL_VERSION; a host that
-                // picks anything else speaks a protocol we cannot (§4).
-                if ack.version != PROTOCOL_VERSION {
+                // A host that picks a version the Hello did not offer speaks
+                // a protocol we cannot (§6.5).
+                if !(OFFERED_VERSION_MIN..=OFFERED_VERSION_MAX).contains(&ack.version) {
                     self.fatal(
                         id,
                         ErrorCode::VersionUnsupported,
@@ -620,6 +808,8 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                     return;
                 }
                 self.ack = Some(ack);
+                // From here on frames carry the chosen version (§6.6).
+                self.rx.set_session_version(ack.version);
                 self.rx.set_max_frame_len(MAX_FRAME_LEN);
                 self.state = State::Connected;
                 self.connected_pending = true;
@@ -898,7 +1088,8 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
 
     /// Encodes `msg` at the end of the outgoing buffer; false if it has no room.
     fn push_frame(&mut self, msg: &Message<'_>, request_id: u64) -> bool {
-        self.tx.push(msg, request_id)
+        let version = self.version();
+        self.tx.push(msg, version, request_id)
     }
 
     /// Copies bytes to send into `out` and returns how many (`None`: nothing
@@ -906,7 +1097,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<usize> {
         if let Some((hb, id)) = self.pong_pending
             && self.state != State::Closed
-            && self.tx.push(&Message::Pong(hb), id)
+            && self.tx.push(&Message::Pong(hb), self.version(), id)
         {
             self.pong_pending = None;
         }
@@ -926,6 +1117,8 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
 
     fn queue_file_events(&mut self) {
         let limit = self.ack.map_or(0, |a| a.max_events_in_flight as usize);
+        let version = self.version();
+        let fail = self.fail_mode;
         let mut sent = self
             .slots
             .iter()
@@ -948,7 +1141,8 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 2 => FilePath::Utf16Le(bytes),
                 _ => FilePath::Bytes(bytes),
             };
-            let msg = Message::FileEvent(FileEvent {
+            // Queued events never carry content (module docs).
+            let event = FileEvent {
                 kind: s.kind,
                 process_id: s.process_id,
                 desired_access: s.desired_access,
@@ -956,9 +1150,16 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 file: s.file,
                 path,
                 content: InlineContent::NONE,
-            });
+            };
             let id = s.id;
-            if !self.tx.push(&msg, id) {
+            // Submitted before HelloAck, the event was measured against the
+            // protocol's limit; the host may have announced a lower one.
+            if !self.fits_host(&event) {
+                self.slots[i].state =
+                    SlotState::Answered(QueryVerdict::fail(id, fail, VerdictSource::Local(fail)));
+                continue;
+            }
+            if !self.tx.push(&Message::FileEvent(event), version, id) {
                 return;
             }
             self.slots[i].state = SlotState::Sent;
@@ -970,8 +1171,9 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
         if self.connected_pending {
             self.connected_pending = false;
-            let version = self.ack.map_or(PROTOCOL_VERSION, |a| a.version);
-            return Some(SessionEvent::Connected { version });
+            return Some(SessionEvent::Connected {
+                version: self.version(),
+            });
         }
         for slot in self.slots.iter_mut() {
             if let SlotState::Answered(v) = slot.state {
@@ -1057,17 +1259,34 @@ struct TxBuf {
 }
 
 impl TxBuf {
-    fn push(&mut self, msg: &Message<'_>, request_id: u64) -> bool {
+    /// Encodes `msg` in protocol `version` at the end; false if it has no
+    /// room.
+    fn push(&mut self, msg: &Message<'_>, version: u16, request_id: u64) -> bool {
+        self.push_reserving(msg, version, request_id, 0)
+    }
+
+    /// [`push`](Self::push), only if `reserve` bytes stay free after it.
+    fn push_reserving(
+        &mut self,
+        msg: &Message<'_>,
+        version: u16,
+        request_id: u64,
+        reserve: usize,
+    ) -> bool {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        if TX_CAP - self.end < msg.encoded_len() && self.start > 0 {
+        let len = msg.encoded_len_for(version);
+        if TX_CAP - (self.end - self.start) < len.saturating_add(reserve) {
+            return false;
+        }
+        if TX_CAP - self.end < len && self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        match msg.encode(request_id, &mut self.buf[self.end..]) {
+        match msg.encode_for(version, request_id, &mut self.buf[self.end..]) {
             Ok(n) => {
                 self.end += n;
                 true
@@ -1112,7 +1331,7 @@ mod tests {
     use std::boxed::Box;
     use std::vec::Vec;
 
-    use thinagent_protocol::{Decoded, decode_frame};
+    use thinagent_protocol::{Decoded, MessageType, decode_frame};
 
     use super::*;
 
@@ -1313,7 +1532,7 @@ mod tests {
         let hello = sent(&mut s);
         let (hello_id, _) = frame(&hello[0]);
         let bad = HelloAck {
-            version: PROTOCOL_VERSION + 1,
+            version: OFFERED_VERSION_MAX + 1,
             ..ack()
         };
         s.receive(&enc(Message::HelloAck(bad), hello_id), ms(1));
@@ -1632,5 +1851,693 @@ mod tests {
                 reason: CloseReason::PeerGoodbye(GoodbyeReason::Restarting)
             }
         );
+    }
+
+    /// Version 2: negotiation, the session version on every frame, inline
+    /// content (§5.3.1, §6.6).
+    mod v2 {
+        use proptest::prelude::*;
+        use thinagent_protocol::MAX_INLINE_LEN;
+
+        use super::*;
+
+        /// A session with room for long paths.
+        type L = Session<4, 8192, 2>;
+
+        fn inline_config(fail_mode: FailMode) -> SessionConfig<'static> {
+            config(fail_mode).with_inline_content(true)
+        }
+
+        fn ack2(max_inline_len: u32) -> HelloAck {
+            HelloAck {
+                version: 2,
+                max_inline_len,
+                ..ack()
+            }
+        }
+
+        /// Header version, request id and message of a whole frame.
+        fn framev(b: &[u8]) -> (u16, u64, Message<'_>) {
+            match decode_frame(b).unwrap() {
+                Decoded::Frame { frame, .. } => (frame.version, frame.request_id, frame.message),
+                Decoded::Incomplete { .. } => panic!("partial"),
+            }
+        }
+
+        fn drain<const N: usize, const P: usize, const R: usize>(
+            s: &mut Session<N, P, R>,
+        ) -> Vec<Vec<u8>> {
+            let mut bytes = Vec::new();
+            let mut out = [0u8; 4096];
+            while let Some(n) = s.poll_transmit(&mut out) {
+                bytes.extend_from_slice(&out[..n]);
+            }
+            let mut frames = Vec::new();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                match decode_frame(rest).unwrap() {
+                    Decoded::Frame { consumed, .. } => {
+                        frames.push(rest[..consumed].to_vec());
+                        rest = &rest[consumed..];
+                    }
+                    Decoded::Incomplete { .. } => panic!("partial frame"),
+                }
+            }
+            frames
+        }
+
+        fn evs<const N: usize, const P: usize, const R: usize>(
+            s: &mut Session<N, P, R>,
+        ) -> Vec<SessionEvent> {
+            core::iter::from_fn(|| s.poll_event()).collect()
+        }
+
+        fn connect<const N: usize, const P: usize, const R: usize>(
+            s: &mut Session<N, P, R>,
+            ack: HelloAck,
+        ) {
+            s.start(ms(0));
+            let hello = drain(s);
+            let (_, hello_id, _) = framev(&hello[0]);
+            s.receive(&enc(Message::HelloAck(ack), hello_id), ms(1));
+            assert!(s.is_connected());
+            assert_eq!(
+                s.poll_event(),
+                Some(SessionEvent::Connected {
+                    version: ack.version
+                })
+            );
+        }
+
+        fn v2_connected(max_inline_len: u32) -> Box<S> {
+            let mut s = Box::new(S::new(&inline_config(FailMode::Open)));
+            connect(&mut *s, ack2(max_inline_len));
+            s
+        }
+
+        fn event_with<'a>(path: &'a str, size: u64, content: InlineContent<'a>) -> FileEvent<'a> {
+            FileEvent {
+                file: FileIdentity {
+                    size,
+                    ..FileIdentity::default()
+                },
+                content,
+                ..open_event(path)
+            }
+        }
+
+        fn whole(bytes: &[u8]) -> InlineContent<'_> {
+            InlineContent {
+                bytes,
+                whole_file: true,
+            }
+        }
+
+        /// The one FileEvent sent: header version, id, content.
+        fn sent_event(frames: &[Vec<u8>]) -> (u16, u64, Vec<u8>, bool) {
+            assert_eq!(frames.len(), 1, "one frame");
+            let (v, id, msg) = framev(&frames[0]);
+            let Message::FileEvent(e) = msg else {
+                panic!("{msg:?}")
+            };
+            (v, id, e.content.bytes.to_vec(), e.content.whole_file)
+        }
+
+        #[test]
+        fn hello_offers_versions_1_to_2_and_inline_content_when_configured() {
+            for (config, inline) in [
+                (config(FailMode::Open), false),
+                (inline_config(FailMode::Open), true),
+            ] {
+                let mut s = Box::new(S::new(&config));
+                s.start(ms(0));
+                let frames = drain(&mut *s);
+                let (v, _, Message::Hello(h)) = framev(&frames[0]) else {
+                    panic!()
+                };
+                assert_eq!((v, h.version_min, h.version_max), (1, 1, 2));
+                assert_eq!(
+                    h.capabilities.contains(Capabilities::INLINE_CONTENT),
+                    inline
+                );
+                assert!(h.capabilities.contains(Capabilities::READ_CONTENT));
+                assert_eq!((s.version(), s.max_inline_len()), (1, 0));
+            }
+            let off = inline_config(FailMode::Open).with_inline_content(false);
+            assert_eq!(off.capabilities, Capabilities::READ_CONTENT);
+        }
+
+        #[test]
+        fn a_version_2_session_puts_2_on_every_frame_it_sends() {
+            let mut s = v2_connected(MAX_INLINE_LEN);
+            assert_eq!((s.version(), s.max_inline_len()), (2, MAX_INLINE_LEN));
+            let q = s.submit(&open_event("/a"), ms(2)).unwrap();
+            let mut frames = drain(&mut *s);
+            let hb = Heartbeat {
+                nonce: 4,
+                timestamp_ms: 5,
+            };
+            let mut bytes = Vec::new();
+            let mut out = [0u8; 256];
+            let n = Message::Ping(hb).encode_for(2, 31, &mut out).unwrap();
+            bytes.extend_from_slice(&out[..n]);
+            let req = ReadRequest {
+                event_id: q,
+                offset: 0,
+                length: 3,
+            };
+            let n = Message::ReadRequest(req)
+                .encode_for(2, 32, &mut out)
+                .unwrap();
+            bytes.extend_from_slice(&out[..n]);
+            s.receive(&bytes, ms(3));
+            let _ = events(&mut s);
+            s.read_completed(32, ReadOutcome::EndOfFile(b"abc"), ms(4))
+                .unwrap();
+            s.on_timeout(ms(10_004));
+            s.close(ms(10_005));
+            frames.extend(drain(&mut *s));
+            let kinds: Vec<(u16, MessageType)> = frames
+                .iter()
+                .map(|f| {
+                    let (v, _, m) = framev(f);
+                    (v, m.message_type())
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    (2, MessageType::FileEvent),
+                    (2, MessageType::Pong),
+                    (2, MessageType::ReadData),
+                    (2, MessageType::Ping),
+                    (2, MessageType::Goodbye),
+                ]
+            );
+        }
+
+        #[test]
+        fn a_version_2_session_skips_frames_of_version_1_except_frozen_types() {
+            let mut s = v2_connected(0);
+            let q = s.submit(&open_event("/a"), ms(2)).unwrap();
+            drain(&mut *s);
+            // A version-1 Verdict in a version-2 session: skipped with
+            // Error(VersionUnsupported) (itself version 2), the query stays.
+            s.receive(&verdict(Decision::Deny, 0, "", q), ms(3));
+            let frames = drain(&mut *s);
+            let (v, id, msg) = framev(&frames[0]);
+            assert_eq!((v, id), (2, q));
+            assert!(matches!(msg, Message::Error(e) if e.code == ErrorCode::VersionUnsupported));
+            assert!(events(&mut s).is_empty());
+            assert_eq!(s.in_flight(), 1);
+            // A version-1 Error is accepted (frozen) and ignored.
+            s.receive(
+                &enc(
+                    Message::Error(ErrorMessage {
+                        code: ErrorCode::Internal,
+                        text: "",
+                    }),
+                    0,
+                ),
+                ms(4),
+            );
+            assert!(drain(&mut *s).is_empty());
+            // The version-2 Verdict answers it.
+            let mut out = [0u8; 256];
+            let n = Message::Verdict(Verdict {
+                decision: Decision::Deny,
+                cache_ttl_secs: 0,
+                threat_name: "T",
+            })
+            .encode_for(2, q, &mut out)
+            .unwrap();
+            s.receive(&out[..n], ms(5));
+            assert!(matches!(
+                events(&mut s)[..],
+                [SessionEvent::Verdict(v)] if v.query == q && !v.allows()
+            ));
+            // A version-1 Goodbye closes (frozen).
+            s.receive(
+                &enc(
+                    Message::Goodbye(Goodbye {
+                        reason: GoodbyeReason::Shutdown,
+                    }),
+                    0,
+                ),
+                ms(6),
+            );
+            assert!(s.is_closed());
+        }
+
+        #[test]
+        fn frames_before_hello_ack_carry_version_1() {
+            // An unknown type before HelloAck: skipped with a version-1
+            // Error; then a HelloAck choosing 3 (not offered): fatal, the
+            // Error and Goodbye still version 1 (no version was accepted).
+            let mut s = Box::new(S::new(&inline_config(FailMode::Open)));
+            s.start(ms(0));
+            let hello = drain(&mut *s);
+            let (_, hello_id, _) = framev(&hello[0]);
+            let mut unknown = enc(Message::Ping(Heartbeat::default()), 9);
+            unknown[6] = 0x77;
+            s.receive(&unknown, ms(1));
+            let bad = HelloAck {
+                version: 3,
+                ..ack()
+            };
+            s.receive(&enc(Message::HelloAck(bad), hello_id), ms(2));
+            assert!(s.is_closed());
+            let frames = drain(&mut *s);
+            let got: Vec<(u16, MessageType)> = frames
+                .iter()
+                .map(|f| {
+                    let (v, _, m) = framev(f);
+                    (v, m.message_type())
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (1, MessageType::Error),
+                    (1, MessageType::Error),
+                    (1, MessageType::Goodbye)
+                ]
+            );
+        }
+
+        #[test]
+        fn a_version_1_host_gets_a_version_1_session_without_content() {
+            let mut s = Box::new(S::new(&inline_config(FailMode::Open)));
+            connect(&mut *s, ack());
+            assert_eq!((s.version(), s.max_inline_len()), (1, 0));
+            let sub = s
+                .submit_detailed(&event_with("/a", 3, whole(b"abc")), ms(2))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (0, false));
+            let (v, id, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!((v, id, content.len(), whole_file), (1, sub.query, 0, false));
+        }
+
+        #[test]
+        fn whole_small_file_goes_inline_and_is_answered_without_reads() {
+            let mut s = v2_connected(MAX_INLINE_LEN);
+            let data = b"X5O!P%@AP";
+            let sub = s
+                .submit_detailed(&event_with("/eicar", 9, whole(data)), ms(2))
+                .unwrap();
+            assert_eq!(
+                sub,
+                Submitted {
+                    query: sub.query,
+                    content_len: 9,
+                    whole_file: true
+                }
+            );
+            let (v, id, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!(
+                (v, id, &content[..], whole_file),
+                (2, sub.query, &data[..], true)
+            );
+            let mut out = [0u8; 256];
+            let n = Message::Verdict(Verdict {
+                decision: Decision::Deny,
+                cache_ttl_secs: 60,
+                threat_name: "EICAR",
+            })
+            .encode_for(2, sub.query, &mut out)
+            .unwrap();
+            s.receive(&out[..n], ms(3));
+            assert!(matches!(
+                events(&mut s)[..],
+                [SessionEvent::Verdict(v)]
+                    if v.query == sub.query && !v.allows() && v.threat.as_str() == "EICAR"
+            ));
+        }
+
+        #[test]
+        fn an_empty_file_is_content_len_0_with_whole_file() {
+            let mut s = v2_connected(MAX_INLINE_LEN);
+            let sub = s
+                .submit_detailed(&event_with("/empty", 0, whole(b"")), ms(2))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (0, true));
+            let (_, _, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!((content.len(), whole_file), (0, true));
+        }
+
+        #[test]
+        fn content_is_cut_to_max_inline_len_and_whole_file_cleared() {
+            let mut s = v2_connected(10);
+            assert_eq!(s.inline_budget(2), 10);
+            let data = [7u8; 20];
+            let sub = s
+                .submit_detailed(&event_with("/a", 20, whole(&data)), ms(2))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (10, false));
+            let (_, _, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!((&content[..], whole_file), (&data[..10], false));
+        }
+
+        #[test]
+        fn whole_file_is_cleared_when_the_length_is_not_the_size() {
+            let mut s = v2_connected(MAX_INLINE_LEN);
+            // The caller claims the whole file, but the size says 6.
+            let sub = s
+                .submit_detailed(&event_with("/a", 6, whole(b"abcde")), ms(2))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (5, false));
+            let (_, _, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!((&content[..], whole_file), (&b"abcde"[..], false));
+        }
+
+        #[test]
+        fn a_long_path_leaves_less_room_for_content() {
+            let mut s = Box::new(L::new(&inline_config(FailMode::Open)));
+            connect(
+                &mut *s,
+                HelloAck {
+                    max_frame_len: 4096,
+                    max_read_chunk: 4096 - 56,
+                    ..ack2(4096 - 89)
+                },
+            );
+            let path = "/".repeat(4000);
+            assert_eq!(s.inline_budget(4000), 4096 - 24 - 64 - 4000);
+            let data = [1u8; 200];
+            let sub = s
+                .submit_detailed(&event_with(&path, 200, whole(&data)), ms(2))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (8, false));
+            let frames = drain(&mut *s);
+            assert_eq!(frames[0].len(), 4096, "exactly the host's limit");
+            // A path that fills the frame: no room, no content, still sent.
+            let path = "/".repeat(4096 - 88);
+            let sub = s
+                .submit_detailed(&event_with(&path, 200, whole(&data)), ms(3))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (0, false));
+            let (_, id, content, _) = sent_event(&drain(&mut *s));
+            assert_eq!((id, content.len()), (sub.query, 0));
+        }
+
+        #[test]
+        fn an_event_queued_before_hello_ack_that_outgrows_the_host_limit_is_failed_locally() {
+            let mut s = Box::new(L::new(&inline_config(FailMode::Closed)));
+            s.start(ms(0));
+            let hello = drain(&mut *s);
+            let (_, hello_id, _) = framev(&hello[0]);
+            // Fits the protocol's limit in version 1, not the host's 4096
+            // once version 2 adds 8 bytes.
+            let path = "/".repeat(4096 - 24 - 56);
+            let q = s.submit(&open_event(&path), ms(1)).unwrap();
+            let small = s.submit(&open_event("/b"), ms(1)).unwrap();
+            let ack = HelloAck {
+                max_frame_len: 4096,
+                max_read_chunk: 4096 - 56,
+                ..ack2(0)
+            };
+            s.receive(&enc(Message::HelloAck(ack), hello_id), ms(2));
+            let frames = drain(&mut *s);
+            let (_, id, _, _) = sent_event(&frames);
+            assert_eq!(id, small);
+            let ev = evs(&mut *s);
+            assert!(ev.iter().any(|e| matches!(e,
+                SessionEvent::Verdict(v) if v.query == q && !v.allows()
+                    && v.source == VerdictSource::Local(FailMode::Closed))));
+        }
+
+        #[test]
+        fn no_content_without_the_capability_or_with_max_inline_len_0() {
+            // The host offers inline content, but this guest did not
+            // announce INLINE_CONTENT.
+            let mut s = Box::new(S::new(&config(FailMode::Open)));
+            connect(&mut *s, ack2(MAX_INLINE_LEN));
+            assert_eq!(s.max_inline_len(), 0);
+            let sub = s
+                .submit_detailed(&event_with("/a", 3, whole(b"abc")), ms(2))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (0, false));
+            let (v, _, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!((v, content.len(), whole_file), (2, 0, false));
+            // The host turned inline content off: not even an empty file.
+            let mut s = v2_connected(0);
+            let sub = s
+                .submit_detailed(&event_with("/e", 0, whole(b"")), ms(2))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (0, false));
+            let (_, _, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!((content.len(), whole_file), (0, false));
+        }
+
+        #[test]
+        fn content_submitted_before_hello_ack_is_dropped_and_the_event_queued() {
+            let mut s = Box::new(S::new(&inline_config(FailMode::Open)));
+            s.start(ms(0));
+            let hello = drain(&mut *s);
+            let (_, hello_id, _) = framev(&hello[0]);
+            let sub = s
+                .submit_detailed(&event_with("/a", 3, whole(b"abc")), ms(1))
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (0, false));
+            assert!(drain(&mut *s).is_empty());
+            s.receive(
+                &enc(Message::HelloAck(ack2(MAX_INLINE_LEN)), hello_id),
+                ms(2),
+            );
+            let (v, id, content, whole_file) = sent_event(&drain(&mut *s));
+            assert_eq!((v, id, content.len(), whole_file), (2, sub.query, 0, false));
+        }
+
+        #[test]
+        fn content_beyond_max_events_in_flight_waits_without_content() {
+            let mut s = Box::new(S::new(&inline_config(FailMode::Open)));
+            connect(
+                &mut *s,
+                HelloAck {
+                    max_events_in_flight: 1,
+                    ..ack2(MAX_INLINE_LEN)
+                },
+            );
+            let a = s
+                .submit_detailed(&event_with("/a", 1, whole(b"a")), ms(2))
+                .unwrap();
+            let b = s
+                .submit_detailed(&event_with("/b", 1, whole(b"b")), ms(2))
+                .unwrap();
+            assert_eq!((a.content_len, b.content_len), (1, 0));
+            let (_, id, _, _) = sent_event(&drain(&mut *s));
+            assert_eq!(id, a.query);
+            s.receive(
+                &{
+                    let mut out = [0u8; 64];
+                    let n = Message::Verdict(Verdict {
+                        decision: Decision::Allow,
+                        cache_ttl_secs: 0,
+                        threat_name: "",
+                    })
+                    .encode_for(2, a.query, &mut out)
+                    .unwrap();
+                    out[..n].to_vec()
+                },
+                ms(3),
+            );
+            let (_, id, content, _) = sent_event(&drain(&mut *s));
+            assert_eq!((id, content.len()), (b.query, 0));
+        }
+
+        #[test]
+        fn content_that_finds_the_outgoing_buffer_full_waits_without_content() {
+            const BIG: u32 = (MAX_FRAME_LEN - 24 - 32) as u32;
+            let mut s = Box::new(S::new(&inline_config(FailMode::Open)));
+            connect(
+                &mut *s,
+                HelloAck {
+                    max_read_chunk: BIG,
+                    ..ack2(MAX_INLINE_LEN)
+                },
+            );
+            let q = s.submit(&open_event("/a"), ms(2)).unwrap();
+            drain(&mut *s);
+            let mut out = [0u8; 64];
+            let req = ReadRequest {
+                event_id: q,
+                offset: 0,
+                length: BIG,
+            };
+            let n = Message::ReadRequest(req)
+                .encode_for(2, 70, &mut out)
+                .unwrap();
+            s.receive(&out[..n], ms(3));
+            let _ = events(&mut s);
+            let data = std::vec![9u8; BIG as usize];
+            s.read_completed(70, ReadOutcome::Data(&data), ms(4))
+                .unwrap();
+            // The full ReadData is still in the buffer: a 64 KiB inline
+            // event does not fit beside it.
+            let content = std::vec![1u8; MAX_INLINE_LEN as usize - 10];
+            let sub = s
+                .submit_detailed(
+                    &event_with("/big", content.len() as u64, whole(&content)),
+                    ms(5),
+                )
+                .unwrap();
+            assert_eq!((sub.content_len, sub.whole_file), (0, false));
+            let frames = drain(&mut *s);
+            let ids: Vec<u64> = frames.iter().map(|f| framev(f).1).collect();
+            assert_eq!(ids, [70, sub.query]);
+            let (_, _, Message::FileEvent(e)) = framev(&frames[1]) else {
+                panic!()
+            };
+            assert!(e.content.is_none());
+            // With the buffer drained, the next one goes inline.
+            let sub = s
+                .submit_detailed(
+                    &event_with("/big2", content.len() as u64, whole(&content)),
+                    ms(6),
+                )
+                .unwrap();
+            assert_eq!(
+                (sub.content_len as usize, sub.whole_file),
+                (content.len(), true)
+            );
+        }
+
+        #[test]
+        fn a_read_request_for_a_whole_file_event_is_answered_as_any_read() {
+            let mut s = v2_connected(MAX_INLINE_LEN);
+            let sub = s
+                .submit_detailed(&event_with("/a", 3, whole(b"abc")), ms(2))
+                .unwrap();
+            assert!(sub.whole_file);
+            drain(&mut *s);
+            let mut out = [0u8; 64];
+            let req = ReadRequest {
+                event_id: sub.query,
+                offset: 0,
+                length: 3,
+            };
+            let n = Message::ReadRequest(req)
+                .encode_for(2, 5, &mut out)
+                .unwrap();
+            s.receive(&out[..n], ms(3));
+            assert_eq!(
+                events(&mut s),
+                [SessionEvent::ReadJob {
+                    read_id: 5,
+                    query: sub.query,
+                    offset: 0,
+                    length: 3
+                }]
+            );
+            s.read_completed(5, ReadOutcome::EndOfFile(b"abc"), ms(4))
+                .unwrap();
+            let frames = drain(&mut *s);
+            let (v, id, Message::ReadData(d)) = framev(&frames[0]) else {
+                panic!()
+            };
+            assert_eq!((v, id, d.data()), (2, 5, &b"abc"[..]));
+        }
+
+        #[test]
+        fn reset_forgets_the_version_of_the_previous_connection() {
+            let mut s = v2_connected(MAX_INLINE_LEN);
+            assert_eq!(s.version(), 2);
+            s.reset(&inline_config(FailMode::Open));
+            assert_eq!((s.version(), s.max_inline_len()), (1, 0));
+            // The new connection's host speaks only version 1.
+            connect(&mut *s, ack());
+            let q = s.submit(&open_event("/a"), ms(2)).unwrap();
+            let (v, id, _, _) = sent_event(&drain(&mut *s));
+            assert_eq!((v, id), (1, q));
+        }
+
+        #[test]
+        fn the_caller_buffer_is_free_once_submit_returns() {
+            let mut s = v2_connected(MAX_INLINE_LEN);
+            let mut buf = *b"first bytes";
+            let sub = s
+                .submit_detailed(&event_with("/a", 11, whole(&buf)), ms(2))
+                .unwrap();
+            buf.fill(0);
+            let (_, id, content, _) = sent_event(&drain(&mut *s));
+            assert_eq!((id, &content[..]), (sub.query, &b"first bytes"[..]));
+        }
+
+        proptest! {
+            /// Whatever the caller passes and the host announced, the
+            /// FileEvent that goes out keeps §5.3.1: no more than
+            /// max_inline_len, a frame within the host's max_frame_len, a
+            /// prefix of the given bytes, WHOLE_FILE only for every byte of a
+            /// file of that size; and it says what it sent.
+            #[test]
+            fn inline_content_always_keeps_section_5_3_1(
+                version in 1u16..=2,
+                inline_cap in any::<bool>(),
+                max_frame_len in 4096u32..=65_536,
+                max_inline in 0u32..=MAX_INLINE_LEN,
+                path_len in 1usize..6000,
+                content_len in 0usize..70_000,
+                size_delta in -2i64..=2,
+                whole_file in any::<bool>(),
+            ) {
+                let max_inline = if version == 1 {
+                    0
+                } else {
+                    max_inline.min(max_frame_len - 89)
+                };
+                let ack = HelloAck {
+                    version,
+                    max_frame_len,
+                    max_read_chunk: max_frame_len - 56,
+                    max_inline_len: max_inline,
+                    ..ack()
+                };
+                let config = config(FailMode::Open).with_inline_content(inline_cap);
+                let mut s = Box::new(L::new(&config));
+                connect(&mut *s, ack);
+                let path = "/".repeat(path_len);
+                let data = std::vec![0xA5u8; content_len];
+                let size = (content_len as i64 + size_delta).max(0) as u64;
+                let content = InlineContent { bytes: &data, whole_file };
+                let sub = s.submit_detailed(&event_with(&path, size, content), ms(2)).unwrap();
+                let frames = drain(&mut *s);
+                let events = evs(&mut *s);
+                let fixed = if version == 1 { 56 } else { 64 };
+                if 24 + fixed + path_len > max_frame_len as usize {
+                    // Cannot be queried: decided locally, nothing sent.
+                    prop_assert!(frames.is_empty());
+                    prop_assert!(matches!(events[..], [SessionEvent::Verdict(v)]
+                        if v.source == VerdictSource::Local(FailMode::Open)));
+                    return Ok(());
+                }
+                prop_assert_eq!(frames.len(), 1);
+                prop_assert!(frames[0].len() <= max_frame_len as usize);
+                let (v, id, msg) = framev(&frames[0]);
+                prop_assert_eq!((v, id), (version, sub.query));
+                let Message::FileEvent(e) = msg else { panic!("{msg:?}") };
+                let sent = e.content;
+                prop_assert_eq!(sent.bytes.len(), sub.content_len as usize);
+                prop_assert_eq!(sent.whole_file, sub.whole_file);
+                prop_assert!(sent.bytes.len() <= max_inline as usize);
+                prop_assert_eq!(sent.bytes, &data[..sent.bytes.len()]);
+                if !inline_cap || version == 1 || max_inline == 0 {
+                    prop_assert!(sent.is_none());
+                }
+                if sent.whole_file {
+                    prop_assert!(whole_file && sent.bytes.len() == content_len);
+                    prop_assert_eq!(sent.bytes.len() as u64, size);
+                } else if inline_cap && version == 2 && whole_file && max_inline > 0
+                    && size == content_len as u64
+                    && content_len <= s.inline_budget(path_len)
+                {
+                    prop_assert!(false, "a whole file that fits lost WHOLE_FILE");
+                }
+                let budget = (max_inline as usize)
+                    .min((max_frame_len as usize).saturating_sub(88 + path_len));
+                if inline_cap && version == 2 && max_inline > 0 {
+                    prop_assert_eq!(sent.bytes.len(), content_len.min(budget));
+                }
+            }
+        }
     }
 }

@@ -62,6 +62,33 @@ fn verdict(id: u64, decision: Decision, threat: &str) -> Vec<u8> {
     )
 }
 
+/// A version-2 `HelloAck` with inline content.
+fn hello_ack_v2() -> Vec<u8> {
+    frame(
+        HELLO_ID,
+        &Message::HelloAck(HelloAck {
+            version: 2,
+            max_frame_len: MAX_FRAME_LEN as u32,
+            max_events_in_flight: 4,
+            max_read_chunk: 4096,
+            heartbeat_interval_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            query_timeout_ms: 2_000,
+            max_inline_len: 4096,
+        }),
+    )
+}
+
+/// `msg` in a version-2 frame.
+fn frame_v2(id: u64, msg: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let n = msg
+        .encode_for(2, id, &mut buf)
+        .expect("sample frames encode");
+    buf.truncate(n);
+    buf
+}
+
 /// A seed: its file name, its script, and what its replay must show.
 type Seed = (&'static str, Vec<u8>, fn(&Outcome) -> bool);
 
@@ -105,6 +132,38 @@ fn scripts() -> Vec<Seed> {
     s.extend([0, 2, 60]);
     out.push(("connected_deadline", s, |o| {
         o.connected && o.host_verdicts == 0
+    }));
+
+    // Version 2 with INLINE_CONTENT: three queries (no content, a whole
+    // file, a file's first bytes), a read of the partial one, verdicts.
+    let mut s = vec![2];
+    receive(&mut s, &hello_ack_v2());
+    s.extend([0, 0, 0]);
+    let read = ReadRequest {
+        event_id: 4,
+        offset: 7,
+        length: 93,
+    };
+    receive(&mut s, &frame_v2(40, &Message::ReadRequest(read)));
+    s.push(3);
+    for (id, decision) in [
+        (2, Decision::Allow),
+        (3, Decision::Deny),
+        (4, Decision::Allow),
+    ] {
+        let v = Verdict {
+            decision,
+            cache_ttl_secs: 60,
+            threat_name: "",
+        };
+        receive(&mut s, &frame_v2(id, &Message::Verdict(v)));
+    }
+    out.push(("connected_v2_inline", s, |o| {
+        o.connected
+            && o.version == 2
+            && o.inline_events == 2
+            && o.read_jobs == 1
+            && o.host_verdicts == 3
     }));
     out
 }

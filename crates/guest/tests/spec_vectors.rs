@@ -5,6 +5,10 @@
 //! Every vector starts with the session started: its `Hello` (request id 1)
 //! is checked and drained before the first step; submitted queries get ids
 //! 2, 3, ... (the session's one per-connection counter).
+//!
+//! Beyond what each vector says, every frame the session sends must carry
+//! its session version in the header (`docs/protocol.md` §6.6): 1 until it
+//! accepted a `HelloAck`, then the chosen version.
 
 #[path = "../../protocol/tests/vectors/schema.rs"]
 mod schema;
@@ -15,7 +19,7 @@ use schema::{Receiver, Step, Vector, check_sent, hex, load};
 use thinagent_guest::{FailMode, Instant, Session, SessionConfig};
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decoded, EventKind, FileEvent, FileIdentity,
-    FilePath, Message, OsKind, ReadOutcome, decode_frame,
+    FilePath, InlineContent, Message, OsKind, ReadOutcome, decode_frame,
 };
 
 type S = Session<64, 1024, 4>;
@@ -36,6 +40,7 @@ fn run_step(s: &mut S, now: &mut Instant, step: &Step, ctx: &str) {
     }
     match step.app.as_deref() {
         Some("submit") => {
+            let content = step.content.as_deref().map(hex);
             let event = FileEvent {
                 kind: EventKind::Open,
                 process_id: 1,
@@ -44,11 +49,17 @@ fn run_step(s: &mut S, now: &mut Instant, step: &Step, ctx: &str) {
                 file: FileIdentity {
                     volume_serial: 9,
                     file_id: [1; 16],
-                    size: 10,
+                    size: step.size.unwrap_or(10),
                     last_write_time: 5,
                 },
                 path: FilePath::Utf8("/a"),
-                content: thinagent_protocol::InlineContent::NONE,
+                content: match &content {
+                    Some(bytes) => InlineContent {
+                        bytes,
+                        whole_file: step.whole_file.unwrap_or(false),
+                    },
+                    None => InlineContent::NONE,
+                },
             };
             s.submit(&event, *now)
                 .unwrap_or_else(|e| panic!("{ctx}: {e:?}"));
@@ -75,11 +86,14 @@ fn run_step(s: &mut S, now: &mut Instant, step: &Step, ctx: &str) {
 }
 
 fn run(v: &Vector) {
-    let caps = if v.guest_read_content.unwrap_or(true) {
+    let mut caps = if v.guest_read_content.unwrap_or(true) {
         Capabilities::READ_CONTENT
     } else {
         Capabilities(0)
     };
+    if v.guest_inline_content.unwrap_or(false) {
+        caps = caps.union(Capabilities::INLINE_CONTENT);
+    }
     let config = SessionConfig {
         query_timeout: Duration::from_millis(2_000),
         fail_mode: FailMode::Open,
@@ -95,11 +109,16 @@ fn run(v: &Vector) {
     match decode_frame(&hello) {
         Ok(Decoded::Frame { frame, consumed }) => {
             assert_eq!(consumed, hello.len(), "{}: only Hello at start", v.name);
-            assert!(
-                matches!(frame.message, Message::Hello(_)),
-                "{}: {frame:?}",
+            let Message::Hello(h) = frame.message else {
+                panic!("{}: {frame:?}", v.name)
+            };
+            assert_eq!(
+                (frame.version, h.version_min, h.version_max),
+                (1, 1, 2),
+                "{}: a version-1 Hello offering versions 1..=2",
                 v.name
             );
+            assert_eq!(h.capabilities, caps, "{}: the Hello's capabilities", v.name);
             assert_eq!(frame.request_id, 1, "{}: the Hello's request id", v.name);
         }
         other => panic!("{}: start sent {other:?}", v.name),
@@ -112,8 +131,21 @@ fn run(v: &Vector) {
         while s.poll_event().is_some() {}
         let sent = drain(&mut s);
         check_sent(&ctx, &sent, &step.expect);
+        check_versions(&ctx, &sent, s.version());
     }
     assert_eq!(s.is_closed(), v.closed, "{}: closed ({})", v.name, v.rule);
+}
+
+/// Every frame in `sent` carries `version` in its header (§6.6).
+fn check_versions(ctx: &str, sent: &[u8], version: u16) {
+    let mut rest = sent;
+    while rest.len() >= 24 {
+        let header_version = u16::from_le_bytes([rest[4], rest[5]]);
+        assert_eq!(header_version, version, "{ctx}: a frame's header version");
+        let payload = u32::from_le_bytes([rest[20], rest[21], rest[22], rest[23]]) as usize;
+        rest = &rest[(24 + payload).min(rest.len())..];
+    }
+    assert!(rest.is_empty(), "{ctx}: trailing bytes");
 }
 
 #[test]

@@ -7,28 +7,37 @@
 //! blocking pool with `pread` on the event's descriptor. At most
 //! `max_in_flight` events are held: beyond that the loop stops reading the
 //! group and the kernel queues the rest.
+//!
+//! The cold path, hop by hop (protocol version 2 with inline content): the
+//! reader thread hands over the event with its file's first bytes already
+//! read ([`crate::reader`]); the loop runs it through the core, which
+//! encodes the `FileEvent` with the content, and writes it to the socket at
+//! once in the same turn ([`Edge::try_flush`], no second pass through the
+//! `select!`); the `Verdict` wakes the loop, which answers the kernel and
+//! puts the ignore mark in that same turn. A small file needs no
+//! `ReadRequest`, so no blocking-pool thread and no second round trip.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::fanotify::FanotifyEvent;
 use thinagent_guest::{
     FailMode, Instant, Level, NtStatus, OpenPolicy, PathRef, PathStyle, Reconnect, ReconnectConfig,
 };
-use thinagent_protocol::{OsError, ReadOutcome};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use thinagent_protocol::{InlineContent, OsError, ReadOutcome};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::connect::{ConnectUrl, Connection, Stream};
 use crate::core::{
     Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, PermEvent, Stats, StopPlan,
     StopRequest, Token, Why, stop_plan, supersedes,
 };
-use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, MarkScope};
+use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, InlineRead, MarkScope};
 use crate::handover::{self, Inherited};
 use crate::logging::{Logger, routine};
 use crate::reader::{Incoming, Reader, ReaderShared};
@@ -71,6 +80,10 @@ pub struct AgentConfig {
     /// Most fanotify ignore marks at once (the kernel-side verdict cache;
     /// 0: off, `--no-kernel-cache`).
     pub kernel_cache_entries: usize,
+    /// Protocol version 2's inline content: announce `INLINE_CONTENT` and
+    /// read files up to the scanner's `max_inline_len` with their event
+    /// (`false`: `--no-inline`, every byte on the scanner's request).
+    pub inline_content: bool,
     /// Where lines go.
     pub logger: Logger,
 }
@@ -133,6 +146,16 @@ pub struct Outcome {
 /// A finished host read: its id, then the bytes and whether the file ended.
 type ReadResult = (u64, io::Result<(Vec<u8>, bool)>);
 
+/// A permission event waiting for the core, as the reader handed it over.
+struct Arrival {
+    event: FanotifyEvent,
+    access: Access,
+    /// When it was read: its deadline counts from then.
+    arrived: Instant,
+    stat: Option<FileStat>,
+    content: Option<InlineRead>,
+}
+
 /// One held permission event.
 struct Held {
     event: FanotifyEvent,
@@ -171,8 +194,9 @@ pub fn stats_text(s: &Stats) -> String {
     format!(
         "events={} skipped={} not_regular={} cache_hits={} allowed_by_scanner={} \
          denied_by_scanner={} denied={} fail_mode_decisions={} (disconnected={} deadline={} \
-         watchdog={} session_closed={} overloaded={} shutdown={}) reads={} invalidations={} \
-         ignore_marks={} ignore_marks_failed={} ignore_mark_flushes={}",
+         watchdog={} session_closed={} overloaded={} shutdown={}) reads={} inline_whole={} \
+         inline_partial={} invalidations={} ignore_marks={} ignore_marks_failed={} \
+         ignore_mark_flushes={}",
         s.events,
         s.skipped,
         s.not_regular,
@@ -188,6 +212,8 @@ pub fn stats_text(s: &Stats) -> String {
         s.fail_mode_overloaded,
         s.fail_mode_shutdown,
         s.reads,
+        s.inline_whole,
+        s.inline_partial,
         s.invalidations,
         s.ignore_marks,
         s.ignore_marks_failed,
@@ -245,7 +271,7 @@ struct Edge {
     held: HashMap<Token, Arc<Held>>,
     /// Permission events read but not yet given to the core (a read returns
     /// up to ~170 events; at most `max_in_flight` are held at once).
-    backlog: VecDeque<(FanotifyEvent, Access, Instant, Option<FileStat>)>,
+    backlog: VecDeque<Arrival>,
     next_token: Token,
     clock: std::time::Instant,
     rd: Option<ReadHalf<Box<dyn Stream>>>,
@@ -383,10 +409,10 @@ impl Edge {
     /// `max_in_flight` are held.
     fn feed(&mut self) {
         while self.held.len() < self.config.max_in_flight {
-            let Some((event, access, arrived, stat)) = self.backlog.pop_front() else {
+            let Some(arrival) = self.backlog.pop_front() else {
                 break;
             };
-            self.on_perm(event, access, arrived, stat);
+            self.on_perm(arrival);
         }
     }
 
@@ -410,7 +436,13 @@ impl Edge {
                     };
                     let stat = fanotify::stat_of(&event);
                     self.shared.handed.fetch_add(1, Ordering::SeqCst);
-                    self.backlog.push_back((event, access, now, stat));
+                    self.backlog.push_back(Arrival {
+                        event,
+                        access,
+                        arrived: now,
+                        stat,
+                        content: None,
+                    });
                 }
                 EventClass::Other => {}
             }
@@ -425,7 +457,14 @@ impl Edge {
                 access,
                 arrived,
                 stat,
-            } => self.backlog.push_back((event, access, arrived, stat)),
+                content,
+            } => self.backlog.push_back(Arrival {
+                event,
+                access,
+                arrived,
+                stat,
+                content,
+            }),
             Incoming::CloseWrite { dev, ino } => self.core.on_close_write(dev, ino),
             Incoming::Overflow => self.log.log(
                 Level::Warn,
@@ -442,13 +481,14 @@ impl Edge {
 
     /// One permission event, which arrived at `arrived`: its deadline
     /// counts from then, not from when it left the backlog.
-    fn on_perm(
-        &mut self,
-        event: FanotifyEvent,
-        access: Access,
-        arrived: Instant,
-        stat: Option<FileStat>,
-    ) {
+    fn on_perm(&mut self, arrival: Arrival) {
+        let Arrival {
+            event,
+            access,
+            arrived,
+            stat,
+            content,
+        } = arrival;
         let token = self.next_token;
         self.next_token += 1;
         let path = fanotify::path_of(&event);
@@ -467,10 +507,44 @@ impl Edge {
                 pid,
                 path: &path,
                 stat,
+                content: content
+                    .as_ref()
+                    .map_or(InlineContent::NONE, |c| InlineContent {
+                        bytes: &c.bytes,
+                        whole_file: c.whole_file,
+                    }),
             },
             arrived,
         );
         self.run_actions();
+    }
+
+    /// Writes what the core has queued for the scanner now, as far as the
+    /// socket takes it without waiting, instead of on the `select!`'s next
+    /// turn: a `FileEvent` leaves in the same turn that took its event from
+    /// the reader. The rest, if any, goes by the `select!`'s write branch.
+    fn try_flush(&mut self) {
+        let Some(wr) = self.wr.as_mut() else {
+            return;
+        };
+        // One poll with a waker that does nothing: `Pending` means the
+        // socket is full, and the `select!` polls the write again with its
+        // own waker (the readiness this poll cleared is registered then).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let tx = self.core.pending_tx();
+            if tx.is_empty() {
+                return;
+            }
+            match std::pin::Pin::new(&mut *wr).poll_write(&mut cx, tx) {
+                std::task::Poll::Ready(Ok(n)) if n > 0 => self.core.consume_tx(n),
+                std::task::Poll::Ready(Err(e)) => {
+                    self.drop_connection(&e.to_string());
+                    return;
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Puts the ignore mark of [`Action::AddIgnoreMark`] and tells the core.
@@ -555,6 +629,15 @@ impl Edge {
     }
 
     fn run_actions(&mut self) {
+        self.run_core_actions();
+        // What the reader reads with each event follows the session (0
+        // until a version-2 session with inline content is open).
+        self.shared
+            .inline_len
+            .store(self.core.max_inline_len(), Ordering::Relaxed);
+    }
+
+    fn run_core_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::AddIgnoreMark { token, expect } => self.add_ignore_mark(token, expect),
@@ -582,10 +665,21 @@ impl Edge {
                     }
                 },
                 Action::Connected { version } => {
+                    // Before the line that says so: from here the reader
+                    // reads files with their events.
+                    self.shared
+                        .inline_len
+                        .store(self.core.max_inline_len(), Ordering::Relaxed);
                     self.log.log(
                         Level::Info,
                         routine::SESSION,
-                        format_args!("session with the scanner open (protocol v{version})"),
+                        format_args!(
+                            "session with the scanner open (protocol v{version}{})",
+                            match self.core.max_inline_len() {
+                                0 => String::new(),
+                                n => format!(", files up to {n} bytes sent with their event"),
+                            }
+                        ),
                     );
                     if self.disconnected_decisions > 0 {
                         self.log.log(
@@ -901,6 +995,7 @@ pub async fn run_with(
         policy,
         own_pid,
         kernel_cache_entries: config.kernel_cache_entries,
+        inline_content: config.inline_content,
     });
     let handed_over = !matches!(source, GroupSource::New);
     let fan = set_up_group(&config, source, log)?;
@@ -928,6 +1023,8 @@ pub async fn run_with(
         handed: Arc::new(AtomicUsize::new(0)),
         fast_hits: Arc::new(AtomicU64::new(0)),
         kernel_cache: config.kernel_cache_entries > 0,
+        inline_len: Arc::new(AtomicU32::new(0)),
+        max_file_size: config.max_file_size,
     };
     let clock = std::time::Instant::now();
     // The reader may hand over a few reads' worth beyond max_in_flight
@@ -969,7 +1066,7 @@ pub async fn run_with(
         routine::DRIVER_ENTRY,
         format_args!(
             "thinagent-linux-agent {} started (pid {own_pid}): scanner {}, {}, timeout {} ms, \
-             at most {} opens in flight, kernel verdict cache {}",
+             at most {} opens in flight, kernel verdict cache {}, inline content {}",
             env!("CARGO_PKG_VERSION"),
             edge.config.connect,
             fail_mode_name(edge.config.fail_mode),
@@ -978,6 +1075,11 @@ pub async fn run_with(
             match edge.config.kernel_cache_entries {
                 0 => "off".to_string(),
                 n => format!("up to {n} ignore marks"),
+            },
+            if edge.config.inline_content {
+                "on (protocol v2)"
+            } else {
+                "off"
             }
         ),
     );
@@ -1000,6 +1102,7 @@ pub async fn run_with(
         edge.run_actions();
         edge.feed();
         edge.run_actions();
+        edge.try_flush();
         if drain_until.is_some() && edge.held.is_empty() && edge.backlog.is_empty() {
             break;
         }

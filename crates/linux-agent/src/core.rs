@@ -28,7 +28,7 @@ use thinagent_guest::{
 };
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, EventKind, FileEvent, FileIdentity,
-    FilePath, OsKind, ReadOutcome,
+    FilePath, InlineContent, OsKind, ReadOutcome,
 };
 
 /// Query slots of the session: the most permission events checked at once
@@ -193,6 +193,11 @@ pub struct PermEvent<'a> {
     pub path: &'a [u8],
     /// `fstat` of the event's descriptor, if it worked.
     pub stat: Option<FileStat>,
+    /// The file's first bytes, read with the event (version 2, up to
+    /// [`AgentCore::max_inline_len`] when it was read; `stat` is the
+    /// version they were read from), or [`InlineContent::NONE`]. The
+    /// session sends what §5.3.1 allows and drops the rest.
+    pub content: InlineContent<'a>,
 }
 
 /// Why an event got its answer.
@@ -414,6 +419,11 @@ pub struct Stats {
     pub invalidations: u64,
     /// Host reads served.
     pub reads: u64,
+    /// Events sent with the whole file inline (version 2: no host read).
+    pub inline_whole: u64,
+    /// Events sent with the file's first bytes inline (the host reads the
+    /// rest).
+    pub inline_partial: u64,
     /// Ignore marks put on files the scanner allowed (kernel-side cache).
     pub ignore_marks: u64,
     /// Ignore marks wanted but not added (the kernel refused, or the file
@@ -452,6 +462,10 @@ pub struct CoreConfig {
     /// Most fanotify ignore marks at once (the kernel-side verdict cache);
     /// 0 turns it off.
     pub kernel_cache_entries: usize,
+    /// Announce `INLINE_CONTENT`: the edge reads small files with their
+    /// event and the session sends them inline (version 2). `false`
+    /// (`--no-inline`): every byte is read on the scanner's request.
+    pub inline_content: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -474,6 +488,7 @@ pub struct AgentCore {
     guest_name: String,
     own_pid: u32,
     scanner_pid: Option<u32>,
+    inline_content: bool,
     pending: HashMap<Token, Pending>,
     by_query: HashMap<QueryId, Token>,
     actions: VecDeque<Action>,
@@ -508,6 +523,7 @@ impl AgentCore {
             guest_name: config.guest_name,
             own_pid: config.own_pid,
             scanner_pid: None,
+            inline_content: config.inline_content,
             pending: HashMap::new(),
             by_query: HashMap::new(),
             actions: VecDeque::new(),
@@ -558,6 +574,15 @@ impl AgentCore {
     #[must_use]
     pub fn is_connected(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.is_connected())
+    }
+
+    /// Most bytes of a file worth reading with its event, to send inline:
+    /// the session's negotiated `max_inline_len` (version 2 with
+    /// `INLINE_CONTENT`), 0 when nothing would go inline (no session yet,
+    /// version 1, `--no-inline`).
+    #[must_use]
+    pub fn max_inline_len(&self) -> u32 {
+        self.session.as_ref().map_or(0, |s| s.max_inline_len())
     }
 
     /// The open policy.
@@ -652,7 +677,8 @@ impl AgentCore {
             },
             capabilities: Capabilities::READ_CONTENT,
             guest_name: &self.guest_name,
-        };
+        }
+        .with_inline_content(self.inline_content);
         let mut s = Box::new(AgentSession::new(&config));
         s.start(now);
         self.session = Some(s);
@@ -757,10 +783,21 @@ impl AgentCore {
             create_disposition: CreateDisposition::Open,
             file: ev.stat.map(|s| s.identity()).unwrap_or_default(),
             path,
-            content: thinagent_protocol::InlineContent::NONE,
+            // Without a stat the identity is zeros: no content could match it.
+            content: if ev.stat.is_some() {
+                ev.content
+            } else {
+                InlineContent::NONE
+            },
         };
-        match session.submit(&event, now) {
-            Ok(query) => {
+        match session.submit_detailed(&event, now) {
+            Ok(sent) => {
+                let query = sent.query;
+                if sent.whole_file {
+                    self.stats.inline_whole += 1;
+                } else if sent.content_len > 0 {
+                    self.stats.inline_partial += 1;
+                }
                 debug_assert!(!self.pending.contains_key(&ev.token), "token reused");
                 self.pending.insert(
                     ev.token,

@@ -485,6 +485,96 @@ pub fn pread_event(event: &FanotifyEvent, offset: u64, length: u32) -> io::Resul
     Ok((buf, end))
 }
 
+/// Inline content read with the event (`docs/protocol.md` §5.3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineRead {
+    /// The file's first bytes (at most the length asked for).
+    pub bytes: Vec<u8>,
+    /// `bytes` is the whole file, of the size and version `stat` said.
+    pub whole_file: bool,
+}
+
+/// Reads up to `max` first bytes of the event's file to send inline with
+/// its `FileEvent`, with `pread` on the event's descriptor, and says whether
+/// they are the whole file: only if the read ended exactly at the size
+/// `stat` (the `fstat` taken with the event, whose identity the `FileEvent`
+/// states) gives, and the file is still that version afterwards (same size
+/// and mtime: a file rewritten or grown meanwhile is never sent as whole;
+/// §5.3.1's MUST NOT, the [`thinagent_guest::read_reaches_end`] rule with
+/// the size after the read). A file that reports size 0 but has bytes (a
+/// pseudo file) is not whole either: one byte past the stated size is read
+/// to see the end.
+pub fn read_inline(event: &FanotifyEvent, stat: &FileStat, max: u32) -> io::Result<InlineRead> {
+    let fd = event
+        .fd()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
+    let want = usize::try_from(stat.size.min(u64::from(max))).unwrap_or(0);
+    // When the whole file fits, one byte more: a read that stops at the
+    // stated size (returns 0 there) is what proves the end.
+    let expect_end = stat.size <= u64::from(max);
+    let target = want + usize::from(expect_end);
+    let mut buf = vec![0u8; target];
+    let mut got = 0usize;
+    let mut hit_end = false;
+    while got < target {
+        match nix::sys::uio::pread(fd, &mut buf[got..], got as i64) {
+            Ok(0) => {
+                hit_end = true;
+                break;
+            }
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let whole_file = expect_end
+        && hit_end
+        && u64::try_from(got).ok() == Some(stat.size)
+        && stat_of(event).is_some_and(|now| {
+            now == *stat && thinagent_guest::read_reaches_end(0, got, hit_end, Some(now.size))
+        });
+    buf.truncate(got.min(want));
+    Ok(InlineRead {
+        bytes: buf,
+        whole_file,
+    })
+}
+
+/// Whether the event's file lives on a file system whose reads cannot hang
+/// for long: not a network file system and not FUSE (whose daemon may itself
+/// wait for an open this agent has to answer). The reader thread reads
+/// inline content only there; elsewhere the file goes the version-1 way
+/// (the scanner asks, a blocking-pool thread reads), so one stuck read never
+/// stalls the thread every open waits on.
+#[must_use]
+pub fn reads_are_local(event: &FanotifyEvent) -> bool {
+    // f_type values (linux/magic.h and the file systems' own headers).
+    const SLOW: &[u32] = &[
+        0x6573_5546, // FUSE_SUPER_MAGIC (also virtiofs, sshfs, ...)
+        0x0000_6969, // NFS_SUPER_MAGIC
+        0x0000_517B, // SMB_SUPER_MAGIC
+        0xFF53_4D42, // CIFS_SUPER_MAGIC
+        0xFE53_4D42, // SMB2_SUPER_MAGIC
+        0x5346_414F, // AFS_SUPER_MAGIC
+        0x6B41_4653, // AFS_FS_MAGIC (kafs)
+        0x0000_564C, // NCP_SUPER_MAGIC
+        0x0102_1997, // V9FS_MAGIC (9p)
+        0x00C3_6400, // CEPH_SUPER_MAGIC
+        0x0116_1970, // GFS2_MAGIC
+        0x7461_636F, // OCFS2_SUPER_MAGIC
+        0x7375_7245, // CODA_SUPER_MAGIC
+        0x0BD0_0BD0, // LUSTRE_SUPER_MAGIC
+    ];
+    let Some(fd) = event.fd() else {
+        return false;
+    };
+    match nix::sys::statfs::fstatfs(fd) {
+        // The kernel's f_type is a 32-bit magic in a (signed) long.
+        Ok(st) => !SLOW.contains(&(st.filesystem_type().0 as u64 as u32)),
+        Err(_) => false,
+    }
+}
+
 fn libc_ebadf() -> i32 {
     Errno::EBADF as i32
 }

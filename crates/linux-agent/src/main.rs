@@ -103,6 +103,11 @@ struct Args {
     /// (answered from the agent's own verdict cache when it can).
     #[arg(long)]
     no_kernel_cache: bool,
+    /// No inline content (protocol version 2): do not read files with their
+    /// event; the scanner asks for every byte with read requests, as with a
+    /// version-1 scanner.
+    #[arg(long)]
+    no_inline: bool,
 }
 
 fn host_name() -> String {
@@ -220,10 +225,17 @@ fn main() -> ExitCode {
         } else {
             args.kernel_cache_entries as usize
         },
+        inline_content: !args.no_inline,
         logger,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs the loop (and the signal and connect tasks): the
+    // loop is the only busy task, and on a single-threaded runtime the
+    // thread that waits for the socket and the reader's channel is the one
+    // that runs it, so no event goes through a second runtime thread
+    // (a multi-threaded runtime wakes an idle worker, or a second one to
+    // steal, on the way). Host reads and the ready file still go to the
+    // blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(16)
         .thread_stack_size(8 << 20)
         .on_thread_start(handover::block_control_signals)

@@ -11,8 +11,29 @@
 //! can only let more opens through unchecked, never deny. A cached *deny*
 //! goes through the full path (a hard link under an excluded prefix, or an
 //! excluded process, still gets through).
+//!
+//! The cold path (protocol version 2). Once the session has negotiated
+//! inline content ([`ReaderShared::inline_len`] > 0), the thread also reads
+//! each cache miss's first bytes itself, `pread` on the event's descriptor,
+//! up to that length, right after the `fstat` it does anyway, and hands them
+//! to the loop with the event. A small file then goes to the scanner whole
+//! with its `FileEvent` and comes back as one `Verdict`: no `ReadRequest`,
+//! and no hop to a blocking-pool thread and back for the read. Counting
+//! thread wakeups on that path: the kernel wakes this thread, this thread
+//! wakes the loop (one wake for however many events it sends before the
+//! loop runs), the
+//! scanner's `Verdict` wakes the loop, which answers the kernel and puts the
+//! ignore mark; version 1 needed four more per read (the `ReadRequest`
+//! wakes the loop, the loop wakes a blocking thread, that wakes the loop
+//! again, and the `ReadData` / next request round trip). Reads here are
+//! kept to file systems whose reads cannot hang on the network or a FUSE
+//! daemon ([`fanotify::reads_are_local`]), to regular files the policy
+//! would check (not the agent's own opens, not above `--max-file-size`):
+//! this thread is the one every open waits on. Everything else goes the
+//! version-1 way. (Excluded prefixes and processes are only known to the
+//! core: such a file may be read here for nothing, never sent.)
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,7 +43,7 @@ use nix::sys::fanotify::FanotifyEvent;
 use thinagent_guest::{CachedVerdict, Instant, Level};
 
 use crate::core::{Access, FileStat, FileType, ShardedCache};
-use crate::fanotify::{self, EventClass, FanGroup};
+use crate::fanotify::{self, EventClass, FanGroup, InlineRead};
 use crate::logging::{Logger, routine};
 
 /// How often the thread looks at its stop flag while idle.
@@ -40,6 +61,9 @@ pub enum Incoming {
         arrived: Instant,
         /// `fstat` of its descriptor.
         stat: Option<FileStat>,
+        /// The file's first bytes, read here for inline content (version
+        /// 2), from the version `stat` describes.
+        content: Option<InlineRead>,
     },
     /// `FAN_CLOSE_WRITE` (already invalidated in the cache).
     CloseWrite {
@@ -68,6 +92,13 @@ pub struct ReaderShared {
     /// ignore mark (a shared writable mapping modifies a file without the
     /// event that would clear it).
     pub kernel_cache: bool,
+    /// Bytes of a cache miss to read with its event for inline content: the
+    /// session's negotiated `max_inline_len`, kept current by the loop; 0
+    /// (no session, version 1, `--no-inline`) reads nothing.
+    pub inline_len: Arc<AtomicU32>,
+    /// `--max-file-size`: larger files are skipped by the policy, so not
+    /// read here.
+    pub max_file_size: Option<u64>,
 }
 
 /// The running reader thread.
@@ -140,6 +171,27 @@ fn allowed_from_cache(
     true
 }
 
+/// The first bytes of a cache miss's file, when the session takes inline
+/// content and reading here is safe (module docs); `None` otherwise, and on
+/// a read error (the scanner will ask, and get the error then).
+fn read_with_event(
+    event: &FanotifyEvent,
+    stat: Option<FileStat>,
+    shared: &ReaderShared,
+    own_pid: i32,
+) -> Option<InlineRead> {
+    let max = shared.inline_len.load(Ordering::Relaxed);
+    let st = stat.filter(|s| s.file_type == FileType::Regular)?;
+    if max == 0
+        || event.pid() == own_pid
+        || shared.max_file_size.is_some_and(|m| st.size > m)
+        || !fanotify::reads_are_local(event)
+    {
+        return None;
+    }
+    fanotify::read_inline(event, &st, max).ok()
+}
+
 fn run(
     fan: &FanGroup,
     shared: &ReaderShared,
@@ -152,6 +204,7 @@ fn run(
     use std::os::fd::AsFd;
     // Signals go to the main thread only (see `main`).
     crate::handover::block_control_signals();
+    let own_pid = i32::try_from(std::process::id()).unwrap_or(-1);
     while !stop.load(Ordering::SeqCst) {
         if shared.handed.load(Ordering::SeqCst) >= limit {
             // The loop holds all it may: leave the rest in the kernel queue.
@@ -195,6 +248,7 @@ fn run(
                         continue;
                     }
                     shared.handed.fetch_add(1, Ordering::SeqCst);
+                    let content = read_with_event(&event, stat, shared, own_pid);
                     Incoming::Perm {
                         event,
                         access: if class == EventClass::ExecPerm {
@@ -204,6 +258,7 @@ fn run(
                         },
                         arrived: now,
                         stat,
+                        content,
                     }
                 }
                 EventClass::CloseWrite => {

@@ -2,11 +2,16 @@
 //! that replays the committed seed corpus (crates/guest/tests/session_corpus.rs)
 //! so the seeds provably reach the connected state.
 //!
-//! Input: byte 0 bit 0 = fail closed; then ops, each one byte `op % 5`:
-//! 0 submit a query; 1 receive the next `n` bytes (`n` = next byte); 2 advance
-//! time by 50 ms × next byte and run timers; 3 complete the oldest read job;
-//! 4 nothing. Whatever happens: no panic, and every accepted query is answered
-//! exactly once by the time all deadlines have passed.
+//! Input: byte 0 bit 0 = fail closed, bit 1 = announce `INLINE_CONTENT`;
+//! then ops, each one byte `op % 5`: 0 submit a query (in turn without
+//! content, with a 7-byte whole file, with the first 7 bytes of a 100-byte
+//! file); 1 receive the next `n` bytes (`n` = next byte); 2 advance time by
+//! 50 ms × next byte and run timers; 3 complete the oldest read job; 4
+//! nothing. Whatever happens: no panic, every accepted query is answered
+//! exactly once by the time all deadlines have passed, and every byte the
+//! session sends decodes, in its session version (`Hello`, and `Error` or
+//! `Goodbye` before the handshake, in version 1), with inline content only
+//! as `docs/protocol.md` §5.3.1 allows.
 
 use std::collections::HashSet;
 
@@ -14,7 +19,8 @@ use thinagent_guest::{
     FailMode, Instant, Params, Session, SessionConfig, SessionEvent, VerdictSource,
 };
 use thinagent_protocol::{
-    CreateDisposition, EventKind, FileEvent, FileIdentity, FilePath, OsKind, ReadOutcome,
+    CreateDisposition, Decoded, EventKind, FileEvent, FileIdentity, FilePath, InlineContent,
+    Message, OsKind, ReadOutcome, decode_frame,
 };
 
 type S = Session<8, 256, 4>;
@@ -29,6 +35,45 @@ pub struct Outcome {
     pub host_verdicts: usize,
     /// Read jobs the host asked for.
     pub read_jobs: usize,
+    /// The negotiated protocol version (0: none).
+    pub version: u16,
+    /// `FileEvent`s sent with inline content (or `WHOLE_FILE`).
+    pub inline_events: usize,
+}
+
+/// Checks everything in `sent` (whole frames) against the session's
+/// contract; `inline_max` is the most inline content it may send.
+fn check_sent(sent: &[u8], version: u16, inline_max: u32, inline: bool, outcome: &mut Outcome) {
+    let mut rest = sent;
+    while !rest.is_empty() {
+        let (frame, consumed) = match decode_frame(rest) {
+            Ok(Decoded::Frame { frame, consumed }) => (frame, consumed),
+            other => panic!("the session sent undecodable bytes: {other:?}"),
+        };
+        rest = &rest[consumed..];
+        match frame.message {
+            Message::Hello(_) => assert_eq!(frame.version, 1, "Hello is version 1"),
+            Message::Error(_) | Message::Goodbye(_) => assert!(
+                frame.version == version || frame.version == 1,
+                "{frame:?} in a version-{version} session"
+            ),
+            Message::FileEvent(e) => {
+                assert_eq!(frame.version, version, "{frame:?}");
+                if !e.content.is_none() {
+                    assert!(
+                        inline && version >= 2,
+                        "content without INLINE_CONTENT / v2"
+                    );
+                    assert!(
+                        e.content.bytes.len() <= inline_max as usize,
+                        "above max_inline_len"
+                    );
+                    outcome.inline_events += 1;
+                }
+            }
+            _ => assert_eq!(frame.version, version, "{frame:?}"),
+        }
+    }
 }
 
 /// Runs one input; panics if the session breaks its contract.
@@ -37,7 +82,9 @@ pub fn run(data: &[u8]) -> Outcome {
     if data.first().is_some_and(|b| b & 1 == 1) {
         params.fail_mode = FailMode::Closed;
     }
-    let config = SessionConfig::from_params(&params, OsKind::Linux, "fuzz");
+    let inline = data.first().is_some_and(|b| b & 2 == 2);
+    let config =
+        SessionConfig::from_params(&params, OsKind::Linux, "fuzz").with_inline_content(inline);
     let mut s = Box::new(S::new(&config));
     let mut now_ms = 0u64;
     s.start(Instant::from_millis(now_ms));
@@ -47,9 +94,13 @@ pub fn run(data: &[u8]) -> Outcome {
     let mut reads = Vec::new();
     let mut out = vec![0u8; 70_000];
     let mut outcome = Outcome::default();
+    let mut inline_max = 0u32;
+    let mut submits = 0usize;
 
     let mut drain =
         |s: &mut S, answered: &mut HashSet<_>, reads: &mut Vec<u64>, outcome: &mut Outcome| {
+            // Read before the events: the most the session may have used.
+            inline_max = inline_max.max(s.max_inline_len());
             while let Some(ev) = s.poll_event() {
                 match ev {
                     SessionEvent::Verdict(v) => {
@@ -62,11 +113,18 @@ pub fn run(data: &[u8]) -> Outcome {
                         outcome.read_jobs += 1;
                         reads.push(read_id);
                     }
-                    SessionEvent::Connected { .. } => outcome.connected = true,
+                    SessionEvent::Connected { version } => {
+                        outcome.connected = true;
+                        outcome.version = version;
+                    }
                     SessionEvent::Closed { .. } => {}
                 }
             }
-            while s.poll_transmit(&mut out[..]).is_some() {}
+            // The buffer holds more than the session's whole outgoing
+            // buffer: each call yields whole frames.
+            while let Some(n) = s.poll_transmit(&mut out[..]) {
+                check_sent(&out[..n], s.version(), inline_max, inline, outcome);
+            }
         };
 
     let mut rest = data.get(1..).unwrap_or_default();
@@ -74,14 +132,35 @@ pub fn run(data: &[u8]) -> Outcome {
         rest = tail;
         match op % 5 {
             0 => {
+                let (size, content) = match submits % 3 {
+                    0 => (7, InlineContent::NONE),
+                    1 => (
+                        7,
+                        InlineContent {
+                            bytes: b"content",
+                            whole_file: true,
+                        },
+                    ),
+                    _ => (
+                        100,
+                        InlineContent {
+                            bytes: b"content",
+                            whole_file: false,
+                        },
+                    ),
+                };
+                submits += 1;
                 let event = FileEvent {
                     kind: EventKind::Open,
                     process_id: 7,
                     desired_access: 1,
                     create_disposition: CreateDisposition::Open,
-                    file: FileIdentity::default(),
+                    file: FileIdentity {
+                        size,
+                        ..FileIdentity::default()
+                    },
                     path: FilePath::Utf8("/srv/file"),
-                    content: thinagent_protocol::InlineContent::NONE,
+                    content,
                 };
                 if let Ok(q) = s.submit(&event, Instant::from_millis(now_ms)) {
                     assert!(accepted.insert(q), "query id reused while outstanding");

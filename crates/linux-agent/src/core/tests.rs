@@ -33,6 +33,7 @@ fn core_with_marks(fail_mode: FailMode, kernel_cache_entries: usize) -> AgentCor
         policy,
         own_pid: OWN,
         kernel_cache_entries,
+        inline_content: true,
     })
 }
 
@@ -53,6 +54,7 @@ fn ev(token: Token, path: &str, pid: u32, st: FileStat) -> PermEvent<'_> {
         pid,
         path: path.as_bytes(),
         stat: Some(st),
+        content: InlineContent::NONE,
     }
 }
 
@@ -61,8 +63,13 @@ fn actions(c: &mut AgentCore) -> Vec<Action> {
 }
 
 fn enc(msg: Message<'_>, id: u64) -> Vec<u8> {
+    encv(msg, id, PROTOCOL_VERSION)
+}
+
+/// `msg` in a frame of protocol `version`.
+fn encv(msg: Message<'_>, id: u64, version: u16) -> Vec<u8> {
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    let n = msg.encode(id, &mut buf).unwrap();
+    let n = msg.encode_for(version, id, &mut buf).unwrap();
     buf.truncate(n);
     buf
 }
@@ -71,8 +78,20 @@ fn enc(msg: Message<'_>, id: u64) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Sent {
     Hello(u64),
-    FileEvent { id: u64, path: String },
-    ReadData { id: u64, data: Vec<u8> },
+    FileEvent {
+        id: u64,
+        path: String,
+    },
+    /// A version-2 `FileEvent` with inline content.
+    InlineEvent {
+        id: u64,
+        content: Vec<u8>,
+        whole_file: bool,
+    },
+    ReadData {
+        id: u64,
+        data: Vec<u8>,
+    },
     Goodbye,
     Other,
 }
@@ -85,6 +104,11 @@ fn sent(c: &mut AgentCore) -> Vec<Sent> {
     while let Ok(Decoded::Frame { frame, consumed }) = decode_frame(rest) {
         out.push(match frame.message {
             Message::Hello(_) => Sent::Hello(frame.request_id),
+            Message::FileEvent(e) if !e.content.is_none() => Sent::InlineEvent {
+                id: frame.request_id,
+                content: e.content.bytes.to_vec(),
+                whole_file: e.content.whole_file,
+            },
             Message::FileEvent(e) => Sent::FileEvent {
                 id: frame.request_id,
                 path: match e.path {
@@ -641,11 +665,189 @@ fn a_new_session_flushes_the_marks_a_refused_mark_or_a_write_uncounts_it() {
     assert!(actions(&mut c).is_empty());
 }
 
+/// Connects `c` to a version-2 host announcing `max_inline_len`.
+fn connect_v2(c: &mut AgentCore, max_inline_len: u32, now: Instant) -> bool {
+    c.on_connected(now);
+    let bytes = c.pending_tx().to_vec();
+    c.consume_tx(bytes.len());
+    let Ok(Decoded::Frame { frame, .. }) = decode_frame(&bytes) else {
+        panic!("a Hello")
+    };
+    let Message::Hello(hello) = frame.message else {
+        panic!("{frame:?}")
+    };
+    assert_eq!((hello.version_min, hello.version_max), (1, 2));
+    let inline = hello.capabilities.contains(Capabilities::INLINE_CONTENT);
+    let ack = HelloAck {
+        version: 2,
+        max_inline_len,
+        ..ack()
+    };
+    c.on_receive(&enc(Message::HelloAck(ack), frame.request_id), now);
+    assert_eq!(actions(c), [Action::Connected { version: 2 }]);
+    inline
+}
+
+fn with_content<'a>(mut e: PermEvent<'a>, bytes: &'a [u8], whole_file: bool) -> PermEvent<'a> {
+    e.content = InlineContent { bytes, whole_file };
+    e
+}
+
+#[test]
+fn a_small_file_goes_inline_whole_and_needs_no_read() {
+    let mut c = core(FailMode::Open);
+    assert!(
+        connect_v2(&mut c, 65_447, ms(0)),
+        "INLINE_CONTENT announced"
+    );
+    assert_eq!(c.max_inline_len(), 65_447);
+    let eicar = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    let st = stat(1, eicar.len() as u64, 9);
+    c.on_perm_event(
+        &with_content(ev(1, "/data/eicar.com", 5, st), eicar, true),
+        ms(1),
+    );
+    let [
+        Sent::InlineEvent {
+            id,
+            ref content,
+            whole_file: true,
+        },
+    ] = sent(&mut c)[..]
+    else {
+        panic!()
+    };
+    assert_eq!(&content[..], &eicar[..]);
+    c.on_receive(
+        &encv(
+            Message::Verdict(Verdict {
+                decision: Decision::Deny,
+                cache_ttl_secs: 60,
+                threat_name: "Eicar",
+            }),
+            id,
+            2,
+        ),
+        ms(2),
+    );
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::Respond {
+            token: 1,
+            allow: false,
+            ..
+        }]
+    ));
+    let stats = c.stats();
+    assert_eq!(
+        (
+            stats.inline_whole,
+            stats.inline_partial,
+            stats.reads,
+            stats.host_denied
+        ),
+        (1, 0, 0, 1)
+    );
+}
+
+#[test]
+fn a_larger_file_sends_its_first_bytes_and_the_scanner_reads_the_rest() {
+    let mut c = core(FailMode::Open);
+    connect_v2(&mut c, 100, ms(0));
+    let data = [b'a'; 200];
+    let st = stat(1, 200, 9);
+    // The edge read max_inline_len bytes: not the whole file.
+    c.on_perm_event(
+        &with_content(ev(1, "/data/big", 5, st), &data[..100], false),
+        ms(1),
+    );
+    let [
+        Sent::InlineEvent {
+            id,
+            ref content,
+            whole_file: false,
+        },
+    ] = sent(&mut c)[..]
+    else {
+        panic!()
+    };
+    assert_eq!(content.len(), 100);
+    let req = ReadRequest {
+        event_id: id,
+        offset: 100,
+        length: 100,
+    };
+    c.on_receive(&encv(Message::ReadRequest(req), 500, 2), ms(2));
+    assert_eq!(
+        actions(&mut c),
+        [Action::Read {
+            token: 1,
+            read_id: 500,
+            offset: 100,
+            length: 100
+        }]
+    );
+    c.read_completed(500, ReadOutcome::EndOfFile(&data[100..]), ms(3));
+    let [Sent::ReadData { id: 500, ref data }] = sent(&mut c)[..] else {
+        panic!()
+    };
+    assert_eq!(data.len(), 100);
+    let v = Verdict {
+        decision: Decision::Allow,
+        cache_ttl_secs: 0,
+        threat_name: "",
+    };
+    c.on_receive(&encv(Message::Verdict(v), id, 2), ms(4));
+    assert!(matches!(
+        actions(&mut c)[..],
+        [Action::Respond {
+            token: 1,
+            allow: true,
+            ..
+        }]
+    ));
+    assert_eq!((c.stats().inline_partial, c.stats().reads), (1, 1));
+}
+
+#[test]
+fn a_version_1_host_or_no_inline_gets_no_content() {
+    // Version 1: nothing to read up front, content given anyway is dropped.
+    let mut c = core(FailMode::Open);
+    connect(&mut c, ms(0));
+    assert_eq!(c.max_inline_len(), 0);
+    c.on_perm_event(
+        &with_content(ev(1, "/data/a", 5, stat(1, 3, 1)), b"abc", true),
+        ms(1),
+    );
+    assert!(matches!(sent(&mut c)[..], [Sent::FileEvent { .. }]));
+    // --no-inline: INLINE_CONTENT not announced, a version-2 host's offer
+    // unused.
+    let mut policy = OpenPolicy::new(PathStyle::Posix);
+    policy.set_max_file_size(None);
+    let mut c = AgentCore::new(CoreConfig {
+        fail_mode: FailMode::Open,
+        timeout: Duration::from_millis(TIMEOUT_MS),
+        guest_name: "test-vm".into(),
+        policy,
+        own_pid: OWN,
+        kernel_cache_entries: 0,
+        inline_content: false,
+    });
+    assert!(!connect_v2(&mut c, 65_447, ms(0)));
+    assert_eq!(c.max_inline_len(), 0);
+    c.on_perm_event(
+        &with_content(ev(1, "/data/a", 5, stat(1, 3, 1)), b"abc", true),
+        ms(1),
+    );
+    assert!(matches!(sent(&mut c)[..], [Sent::FileEvent { .. }]));
+    assert_eq!(c.stats().inline_whole, 0);
+}
+
 /// One step of a random run.
 #[derive(Debug, Clone)]
 enum Op {
     Event { file: u64, pid: u32, exec: bool },
-    Connect { ack: bool },
+    Connect { ack: bool, v2: bool },
     Disconnect,
     Garbage,
     Answer { nth: usize, decision: u8, ttl: u32 },
@@ -659,7 +861,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u64..6, prop_oneof![Just(5u32), Just(6), Just(OWN)], any::<bool>())
             .prop_map(|(file, pid, exec)| Op::Event { file, pid, exec }),
-        1 => any::<bool>().prop_map(|ack| Op::Connect { ack }),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(ack, v2)| Op::Connect { ack, v2 }),
         1 => Just(Op::Disconnect),
         1 => Just(Op::Garbage),
         3 => (0usize..8, 0u8..3, 0u32..3).prop_map(|(nth, decision, ttl)| Op::Answer { nth, decision, ttl }),
@@ -689,6 +891,8 @@ struct Run {
     answer_ttl: u32,
     /// The last action was an `AddIgnoreMark` for this token.
     marking: Option<Token>,
+    /// The version the host chose for the current session.
+    version: u16,
 }
 
 impl Run {
@@ -744,7 +948,9 @@ impl Run {
         for s in sent(&mut self.c) {
             match s {
                 Sent::Hello(id) => self.hello = Some(id),
-                Sent::FileEvent { id, .. } => self.host_queue.push(id),
+                Sent::FileEvent { id, .. } | Sent::InlineEvent { id, .. } => {
+                    self.host_queue.push(id);
+                }
                 _ => {}
             }
         }
@@ -766,19 +972,35 @@ impl Run {
                         pid,
                         path: path.as_bytes(),
                         stat: Some(stat(file, 10, 1)),
+                        // The whole 10-byte file: inline in a version-2
+                        // session, dropped in a version-1 one.
+                        content: InlineContent {
+                            bytes: b"0123456789",
+                            whole_file: true,
+                        },
                     },
                     now,
                 );
             }
-            Op::Connect { ack } => {
+            Op::Connect { ack, v2 } => {
+                self.version = 1;
                 self.host_queue.clear();
                 self.reads.clear();
                 self.c.on_connected(now);
                 self.drain();
                 assert!(self.marks.is_empty(), "a new session flushes the marks");
                 if ack && let Some(id) = self.hello.take() {
-                    self.c
-                        .on_receive(&enc(Message::HelloAck(ack_msg()), id), now);
+                    let msg = if v2 {
+                        HelloAck {
+                            version: 2,
+                            max_inline_len: 8,
+                            ..ack_msg()
+                        }
+                    } else {
+                        ack_msg()
+                    };
+                    self.version = msg.version;
+                    self.c.on_receive(&enc(Message::HelloAck(msg), id), now);
                 }
             }
             Op::Disconnect => {
@@ -794,7 +1016,13 @@ impl Run {
                         [decision as usize];
                     let ttl = if d == Decision::AllowNoCache { 0 } else { ttl };
                     self.answer_ttl = ttl;
-                    self.c.on_receive(&verdict(d, ttl, "T", id), now);
+                    let v = Verdict {
+                        decision: d,
+                        cache_ttl_secs: ttl,
+                        threat_name: "T",
+                    };
+                    self.c
+                        .on_receive(&encv(Message::Verdict(v), id, self.version), now);
                 }
             }
             Op::Request { nth } => {
@@ -807,7 +1035,11 @@ impl Run {
                         length: 16,
                     };
                     self.c.on_receive(
-                        &enc(Message::ReadRequest(req), 10_000 + self.next_read),
+                        &encv(
+                            Message::ReadRequest(req),
+                            10_000 + self.next_read,
+                            self.version,
+                        ),
                         now,
                     );
                 }
@@ -897,6 +1129,7 @@ proptest! {
             marks: Vec::new(),
             answer_ttl: 0,
             marking: None,
+            version: 1,
         };
         for op in ops {
             run.step(op);

@@ -573,3 +573,229 @@ impl FdStore {
         cmd
     }
 }
+
+/// A frame the [`ScriptedHost`] saw, summarised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenEvent {
+    /// The path, lossily as UTF-8.
+    pub path: String,
+    /// The frame's header version.
+    pub version: u16,
+    /// The `file_size` the event states.
+    pub file_size: u64,
+    /// Inline content bytes.
+    pub content_len: usize,
+    /// The `WHOLE_FILE` flag.
+    pub whole_file: bool,
+}
+
+/// What the [`ScriptedHost`] saw on all its connections.
+#[derive(Clone, Debug, Default)]
+pub struct HostLog {
+    /// Each `Hello`: (`version_min`, `version_max`, capabilities).
+    pub hellos: Vec<(u16, u16, u64)>,
+    /// The version each `HelloAck` chose.
+    pub chosen: Vec<u16>,
+    /// Every `FileEvent`.
+    pub events: Vec<SeenEvent>,
+    /// `ReadRequest`s sent, per event path.
+    pub reads: Vec<String>,
+    /// Verdicts sent: (path, denied).
+    pub verdicts: Vec<(String, bool)>,
+}
+
+impl HostLog {
+    /// The events for paths ending in `name`.
+    pub fn events_of(&self, name: &str) -> Vec<SeenEvent> {
+        self.events
+            .iter()
+            .filter(|e| e.path.ends_with(name))
+            .cloned()
+            .collect()
+    }
+
+    /// `ReadRequest`s for paths ending in `name`.
+    pub fn reads_of(&self, name: &str) -> usize {
+        self.reads.iter().filter(|p| p.ends_with(name)).count()
+    }
+}
+
+/// A minimal scanner speaking protocol versions 1..=`max_version` for the
+/// agent's tests: it announces `max_inline_len`, reads with `ReadRequest`s
+/// whatever an event did not carry whole, denies content containing the
+/// EICAR string (TTL 60 s), allows the rest, and logs what it saw.
+pub struct ScriptedHost {
+    /// `tcp://127.0.0.1:PORT`.
+    pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<HostLog>>,
+}
+
+impl ScriptedHost {
+    /// Listens on a free loopback port.
+    pub fn start(max_version: u16, max_inline_len: u32) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("tcp://{}", listener.local_addr().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(HostLog::default()));
+        let shared = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(s) = stream else { return };
+                let log = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_scripted(s, max_version, max_inline_len, &log);
+                });
+            }
+        });
+        ScriptedHost { url, log }
+    }
+
+    /// What it saw so far.
+    pub fn log(&self) -> HostLog {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn serve_scripted(
+    mut s: std::net::TcpStream,
+    max_version: u16,
+    max_inline_len: u32,
+    log: &std::sync::Mutex<HostLog>,
+) -> std::io::Result<()> {
+    use std::collections::HashMap;
+    use thinagent_protocol::{
+        Decision, FileEvent, ReadData, ReadOutcome, ReadRequest, StreamDecoder, Verdict,
+    };
+    const CHUNK: u32 = 65_480;
+    let mut rx = StreamDecoder::new(vec![0u8; MAX_FRAME_LEN]);
+    let mut version = PROTOCOL_VERSION;
+    // Event id -> (path, bytes so far); read id -> event id.
+    let mut files: HashMap<u64, (String, Vec<u8>)> = HashMap::new();
+    let mut reads: HashMap<u64, u64> = HashMap::new();
+    let mut next_read = 1u64;
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let mut out = vec![0u8; MAX_FRAME_LEN];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let took = rx.push(rest);
+            rest = &rest[took..];
+            loop {
+                // Frames to send (message, request id), and the event to
+                // judge once its content is complete.
+                let mut replies: Vec<(Message<'static>, u64)> = Vec::new();
+                let frame = match rx.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => panic!("scripted host: the agent sent a bad frame: {e:?}"),
+                };
+                let id = frame.request_id;
+                let mut verdict_for: Option<u64> = None;
+                match frame.message {
+                    Message::Hello(h) => {
+                        log.lock().unwrap().hellos.push((
+                            h.version_min,
+                            h.version_max,
+                            h.capabilities.0,
+                        ));
+                        let chosen = h.version_max.min(max_version);
+                        log.lock().unwrap().chosen.push(chosen);
+                        let ack = HelloAck {
+                            version: chosen,
+                            max_frame_len: MAX_FRAME_LEN as u32,
+                            max_events_in_flight: 64,
+                            max_read_chunk: CHUNK,
+                            heartbeat_interval_ms: 0,
+                            idle_timeout_ms: 0,
+                            query_timeout_ms: 60_000,
+                            max_inline_len: if chosen >= 2 { max_inline_len } else { 0 },
+                        };
+                        let n = Message::HelloAck(ack).encode(id, &mut out).unwrap();
+                        s.write_all(&out[..n])?;
+                        version = chosen;
+                        rx.set_session_version(chosen);
+                    }
+                    Message::FileEvent(FileEvent {
+                        path,
+                        file,
+                        content,
+                        ..
+                    }) => {
+                        let path = String::from_utf8_lossy(path.as_bytes()).into_owned();
+                        log.lock().unwrap().events.push(SeenEvent {
+                            path: path.clone(),
+                            version: frame.version,
+                            file_size: file.size,
+                            content_len: content.bytes.len(),
+                            whole_file: content.whole_file,
+                        });
+                        files.insert(id, (path.clone(), content.bytes.to_vec()));
+                        if content.whole_file {
+                            verdict_for = Some(id);
+                        } else {
+                            let read = next_read;
+                            next_read += 1;
+                            reads.insert(read, id);
+                            log.lock().unwrap().reads.push(path);
+                            let req = ReadRequest {
+                                event_id: id,
+                                offset: content.bytes.len() as u64,
+                                length: CHUNK,
+                            };
+                            replies.push((Message::ReadRequest(req), read));
+                        }
+                    }
+                    Message::ReadData(ReadData {
+                        event_id, outcome, ..
+                    }) if reads.remove(&id).is_some() => match outcome {
+                        ReadOutcome::Data(d) => {
+                            let (path, bytes) = files.get_mut(&event_id).unwrap();
+                            bytes.extend_from_slice(d);
+                            let read = next_read;
+                            next_read += 1;
+                            reads.insert(read, event_id);
+                            log.lock().unwrap().reads.push(path.clone());
+                            let req = ReadRequest {
+                                event_id,
+                                offset: bytes.len() as u64,
+                                length: CHUNK,
+                            };
+                            replies.push((Message::ReadRequest(req), read));
+                        }
+                        ReadOutcome::EndOfFile(d) => {
+                            files.get_mut(&event_id).unwrap().1.extend_from_slice(d);
+                            verdict_for = Some(event_id);
+                        }
+                        _ => verdict_for = Some(event_id),
+                    },
+                    Message::Ping(hb) => replies.push((Message::Pong(hb), id)),
+                    Message::Goodbye(_) => return Ok(()),
+                    _ => {}
+                }
+                if let Some(event) = verdict_for
+                    && let Some((path, bytes)) = files.remove(&event)
+                {
+                    let denied = bytes.windows(EICAR.len()).any(|w| w == EICAR);
+                    log.lock().unwrap().verdicts.push((path, denied));
+                    let v = Verdict {
+                        decision: if denied {
+                            Decision::Deny
+                        } else {
+                            Decision::Allow
+                        },
+                        cache_ttl_secs: 60,
+                        threat_name: if denied { "Eicar-Test-Signature" } else { "" },
+                    };
+                    replies.push((Message::Verdict(v), event));
+                }
+                for (msg, rid) in replies {
+                    let n = msg.encode_for(version, rid, &mut out).unwrap();
+                    s.write_all(&out[..n])?;
+                }
+            }
+        }
+    }
+}

@@ -487,7 +487,7 @@ vec("guest_hello_ack_with_wrong_request_id_is_fatal", "6", G,
 vec("guest_hello_ack_with_version_not_offered_is_fatal", "6", G,
     "A HelloAck choosing a version outside the Hello's range is a fatal "
     "Error(VersionUnsupported) echoing its request id.",
-    [recv(frame("HelloAck", 1, hello_ack(version=2)), "HelloAck",
+    [recv(frame("HelloAck", 1, hello_ack(version=3)), "HelloAck",
           fatal(1, "VersionUnsupported"))], True)
 vec("guest_idle_timeout_not_above_heartbeat_is_malformed", "5.2", G,
     "A HelloAck whose nonzero idle_timeout_ms is not above a nonzero heartbeat_interval_ms is a "
@@ -606,6 +606,140 @@ vec("guest_read_request_of_length_0_is_malformed", "5.5", G,
 vec("guest_close_says_goodbye", "5.9", G,
     "An orderly stop sends Goodbye(Shutdown) with request id 0 and closes.",
     guest_connected(submit(2), app("close", [bye("Shutdown")], reason="Shutdown")), True)
+
+# ----- guest, version 2 (docs/protocol.md §5.3.1, §6.6) ---------------------------
+
+
+def guest_v2_vectors():
+    """The guest's side of version 2: it offers versions 1..2, takes the one the
+    HelloAck chooses, puts it on every later frame (the guest runner checks
+    every frame's header against the session version), skips frames of any
+    other version but the frozen types, and sends inline content only as
+    §5.3.1 allows. Submits with `content` pass the file's first bytes; the
+    expected FileEvent names `content_len` and `whole_file`."""
+    INLINE = 65447
+
+    def ack2(inline=INLINE, max_frame=65536, events=64, chunk=65480, version=2):
+        return hello_ack(version=version, max_frame=max_frame, events=events,
+                         chunk=chunk)[:-4] + struct.pack("<I", inline)
+
+    def ack2_step(inline=INLINE, expect=(), **kw):
+        return recv(frame("HelloAck", 1, ack2(inline, **kw)), "HelloAck", expect)
+
+    def v2(*steps, inline=INLINE):
+        return [ack2_step(inline), *steps]
+
+    def f2(t, rid, payload):
+        return frame(t, rid, payload, version=2)
+
+    def sub(rid, data, whole, size, content_len, sent_whole):
+        return app("submit", [out("FileEvent", rid, content_len=content_len,
+                                  whole_file=sent_whole)],
+                   content=data.hex(), whole_file=whole, size=size)
+
+    def ping2(rid, nonce=0xFEED, ts=123):
+        return recv(f2("Ping", rid, heartbeat(nonce, ts)), "Ping",
+                    [out("Pong", rid, nonce=nonce, timestamp=ts)])
+
+    vec("guest_hello_ack_choosing_version_2_is_accepted", "6", G,
+        "The guest offers versions 1..2; a HelloAck choosing 2 is accepted and every later frame "
+        "in both directions carries version 2.",
+        v2(app("submit", [out("FileEvent", 2, content_len=0, whole_file=False)]), ping2(5),
+           recv(f2("Verdict", 2, verdict("Allow", 5)), "Verdict")), False)
+    vec("guest_v2_frame_of_version_1_is_skipped", "6", G,
+        "In a version-2 session a frame of version 1 (not Hello, HelloAck, Error, Goodbye) is "
+        "skipped with Error(VersionUnsupported) echoing its request id; the session goes on.",
+        v2(recv(frame("Ping", 5, heartbeat(1, 2)), "UnsupportedVersion",
+                [err(5, "VersionUnsupported")]), ping2(6)), False,
+        guest_inline_content=True)
+    vec("guest_v2_verdict_of_version_1_does_not_answer", "6", G,
+        "A Verdict of version 1 in a version-2 session is skipped: it answers nothing, the "
+        "version-2 Verdict does.",
+        v2(sub(2, b"abc", True, 3, 3, True),
+           recv(frame("Verdict", 2, verdict("Deny", 5)), "UnsupportedVersion",
+                [err(2, "VersionUnsupported")]),
+           recv(f2("Verdict", 2, verdict("Allow", 5)), "Verdict"),
+           recv(f2("Verdict", 2, verdict("Deny", 5)), "Verdict")), False,
+        guest_inline_content=True)
+    vec("guest_v2_error_of_version_1_is_ignored", "6", G,
+        "Error is frozen: in a version-2 session an Error with header version 1 is accepted, "
+        "logged and not answered.",
+        v2(recv(frame("Error", 3, error("Internal")), "Error"), ping2(6)), False)
+    vec("guest_v2_goodbye_of_version_1_closes", "6", G,
+        "Goodbye is frozen: in a version-2 session a Goodbye with header version 1 closes it.",
+        v2(recv(frame("Goodbye", 0, goodbye("Shutdown")), "Goodbye")), True)
+    vec("guest_v2_error_frame_of_version_1_with_flags_gets_goodbye_only", "9", G,
+        "A frozen Error of version 1 with nonzero flags in a version-2 session is fatal: "
+        "Goodbye(ProtocolError) alone.",
+        v2(recv(frame("Error", 3, error("Internal"), flags=1), "ReservedFlags", [bye()])), True)
+    vec("guest_hello_ack_max_inline_len_with_version_1_is_malformed", "5.2", G,
+        "HelloAck.max_inline_len is reserved when the chosen version is 1: nonzero is a fatal "
+        "Malformed error.",
+        [recv(frame("HelloAck", 1, ack2(inline=100, version=1)), "Malformed",
+              fatal(1, "MalformedFrame"))], True)
+    vec("guest_hello_ack_max_inline_len_above_frame_room_is_malformed", "5.2", G,
+        "HelloAck.max_inline_len above max_frame_len - 24 - 64 - 1 is a fatal Malformed error.",
+        [recv(frame("HelloAck", 1, ack2(inline=4096 - 88, max_frame=4096, chunk=4040)),
+              "Malformed", fatal(1, "MalformedFrame"))], True)
+    vec("guest_whole_file_goes_inline", "5.3", G,
+        "A guest with INLINE_CONTENT in a version-2 session sends a small file whole with its "
+        "FileEvent (WHOLE_FILE, content_len = file_size); the Verdict needs no ReadRequest.",
+        v2(sub(2, b"X5O!P%@AP", True, 9, 9, True),
+           recv(f2("Verdict", 2, verdict("Deny", 300, b"EICAR")), "Verdict")), False,
+        guest_inline_content=True)
+    vec("guest_empty_file_goes_inline_as_whole_file", "5.3", G,
+        "An empty file is content_len 0 with WHOLE_FILE.",
+        v2(sub(2, b"", True, 0, 0, True)), False, guest_inline_content=True)
+    vec("guest_content_is_cut_to_max_inline_len", "5.3", G,
+        "Content above the host's max_inline_len is cut to it and WHOLE_FILE cleared; the host "
+        "reads the rest, answered as in version 1.",
+        v2(sub(2, b"0123456789", True, 10, 4, False),
+           recv(f2("ReadRequest", 3, read_request(2, 4, 6)), "ReadRequest"),
+           app("read_completed", [out("ReadData", 3, event_id=2, offset=4, status="EndOfFile",
+                                      data_len=6)],
+               read_id=3, status="EndOfFile", data=b"456789".hex()),
+           recv(f2("Verdict", 2, verdict("Allow", 5)), "Verdict"), inline=4), False,
+        guest_inline_content=True)
+    vec("guest_whole_file_needs_the_file_size", "5.3", G,
+        "WHOLE_FILE only when content_len equals file_size: content of another length goes out "
+        "without it.",
+        v2(sub(2, b"abc", True, 10, 3, False)), False, guest_inline_content=True)
+    vec("guest_read_request_for_a_whole_file_event_is_answered", "5.3", G,
+        "A ReadRequest for an event sent with WHOLE_FILE (a host never sends one) is answered as "
+        "any read.",
+        v2(sub(2, b"abc", True, 3, 3, True),
+           recv(f2("ReadRequest", 3, read_request(2, 0, 3)), "ReadRequest"),
+           app("read_completed", [out("ReadData", 3, event_id=2, offset=0, status="EndOfFile",
+                                      data_len=3)],
+               read_id=3, status="EndOfFile", data=b"abc".hex())), False,
+        guest_inline_content=True)
+    vec("guest_no_content_without_inline_content_capability", "5.3", G,
+        "A guest that did not announce INLINE_CONTENT sends no content, whatever the host's "
+        "max_inline_len.",
+        v2(sub(2, b"abc", True, 3, 0, False)), False)
+    vec("guest_no_content_when_max_inline_len_is_0", "5.3", G,
+        "max_inline_len 0: the host takes no inline content, not even an empty whole file.",
+        v2(sub(2, b"", True, 0, 0, False), inline=0), False, guest_inline_content=True)
+    vec("guest_no_content_in_a_version_1_session", "5.3", G,
+        "A HelloAck choosing version 1: version-1 FileEvents, no content.",
+        [ACK_STEP, sub(2, b"abc", True, 3, 0, False), ping(5)], False,
+        guest_inline_content=True)
+    vec("guest_content_submitted_before_hello_ack_is_not_sent", "5.3", G,
+        "Before HelloAck the version and max_inline_len are unknown: a query submitted then "
+        "waits and goes out without content.",
+        [app("submit", [], content=b"abc".hex(), whole_file=True, size=3),
+         ack2_step(expect=[out("FileEvent", 2, content_len=0, whole_file=False)])], False,
+        guest_inline_content=True)
+    vec("guest_content_beyond_events_in_flight_waits_without_content", "5.3", G,
+        "A query above max_events_in_flight waits; when it goes out it carries no content.",
+        [ack2_step(events=1), sub(2, b"a", True, 1, 1, True),
+         app("submit", [], content=b"b".hex(), whole_file=True, size=1),
+         recv(f2("Verdict", 2, verdict("Allow", 5)), "Verdict",
+              [out("FileEvent", 3, content_len=0, whole_file=False)])], False,
+        guest_inline_content=True)
+
+
+guest_v2_vectors()
 
 # ----- TOML output ----------------------------------------------------------------
 

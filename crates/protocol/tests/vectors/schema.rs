@@ -45,6 +45,8 @@ pub struct Vector {
     pub host_policy: HostPolicy,
     /// Whether the guest announces `READ_CONTENT` (default true).
     pub guest_read_content: Option<bool>,
+    /// Whether the guest announces `INLINE_CONTENT` (default false).
+    pub guest_inline_content: Option<bool>,
     pub step: Vec<Step>,
 }
 
@@ -85,6 +87,12 @@ pub struct Step {
     pub read_id: Option<u64>,
     pub status: Option<String>,
     pub data: Option<String>,
+    /// Guest `submit`: the file's first bytes, as hex (inline content).
+    pub content: Option<String>,
+    /// Guest `submit`: `content` is the whole file.
+    pub whole_file: Option<bool>,
+    /// Guest `submit`: the file size the event states (default 10).
+    pub size: Option<u64>,
     pub expect: Vec<Expect>,
 }
 
@@ -108,6 +116,10 @@ pub struct Expect {
     pub data_len: Option<usize>,
     pub nonce: Option<u64>,
     pub timestamp: Option<u64>,
+    /// `FileEvent`: bytes of inline content.
+    pub content_len: Option<usize>,
+    /// `FileEvent`: the `WHOLE_FILE` flag.
+    pub whole_file: Option<bool>,
 }
 
 /// Every vector in the file, in order. Panics on anything malformed.
@@ -215,7 +227,13 @@ fn check_frame(ctx: &str, id: u64, msg: &Message<'_>, want: &Expect) {
             same(ctx, "nonce", h.nonce, want.nonce);
             same(ctx, "timestamp", h.timestamp_ms, want.timestamp);
         }
-        Message::Hello(_) | Message::FileEvent(_) => {}
+        Message::FileEvent(e) => {
+            field(want.content_len.is_some());
+            field(want.whole_file.is_some());
+            same(ctx, "content_len", e.content.bytes.len(), want.content_len);
+            same(ctx, "whole_file", e.content.whole_file, want.whole_file);
+        }
+        Message::Hello(_) => {}
     }
     let given = [
         want.code.is_some(),
@@ -230,6 +248,8 @@ fn check_frame(ctx: &str, id: u64, msg: &Message<'_>, want: &Expect) {
         want.data_len.is_some(),
         want.nonce.is_some(),
         want.timestamp.is_some(),
+        want.content_len.is_some(),
+        want.whole_file.is_some(),
     ]
     .iter()
     .filter(|x| **x)
