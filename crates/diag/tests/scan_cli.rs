@@ -1,6 +1,7 @@
 //! `thinagent-diag scan` against the real scanner service (run in-process on
 //! 127.0.0.1 TCP and, on Unix, a Unix socket): output shape, exit codes 0/1/2,
-//! directories, --jobs/--repeat, --infected, --latency-out, a changed file.
+//! directories, --jobs/--repeat, --infected, --latency-out, a changed file;
+//! protocol version 2 with inline content (the default) and `--no-inline`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -189,6 +190,87 @@ fn directory_jobs_repeat_infected_and_latency_csv() {
             "{}: Eicar-Test-Signature FOUND\n",
             tree.join("sub").join("eicar.com").display()
         )
+    );
+}
+
+/// `(result, bytes pulled)` per file name from a `--latency-out` CSV.
+fn csv_rows(csv: &Path) -> std::collections::BTreeMap<String, (String, u64)> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let name = Path::new(f[0]).file_name().unwrap().to_string_lossy();
+            (name.into_owned(), (f[3].to_string(), f[4].parse().unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn inline_by_default_and_no_inline_give_the_same_verdicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("eicar.com"), EICAR).unwrap();
+    std::fs::write(tree.join("clean.txt"), b"nothing to see here\n").unwrap();
+    std::fs::write(tree.join("empty"), b"").unwrap();
+    let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tree.join("big.bin"), &big).unwrap();
+    let mut seen = Vec::new();
+    for no_inline in [false, true] {
+        // A scanner of its own each time: nothing cached from the other run.
+        let own = tmp.path().join(format!("scanner-{no_inline}"));
+        std::fs::create_dir(&own).unwrap();
+        let (tcp, _) = scanner(&own);
+        let csv = tmp.path().join(format!("lat-{no_inline}.csv"));
+        let mut args = vec![
+            "--connect",
+            &tcp,
+            "--latency-out",
+            csv.to_str().unwrap(),
+            tree.to_str().unwrap(),
+        ];
+        if no_inline {
+            args.insert(0, "--no-inline");
+        }
+        let out = diag(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("MB/s inline"),
+            "{}",
+            text(&out.stderr)
+        );
+        let rows = csv_rows(&csv);
+        let results: Vec<(String, String)> = rows
+            .iter()
+            .map(|(k, (r, _))| (k.clone(), r.clone()))
+            .collect();
+        let pulled = |name: &str| rows[name].1;
+        if no_inline {
+            // Version 1: the host reads every byte.
+            assert_eq!(pulled("eicar.com"), 68);
+            assert_eq!(pulled("clean.txt"), 20);
+            assert_eq!(pulled("big.bin"), 200 * 1024);
+        } else {
+            // Small files went whole inline: nothing pulled. The big one
+            // went with its first ~64 KiB inline: the rest was pulled.
+            assert_eq!(pulled("eicar.com"), 0);
+            assert_eq!(pulled("clean.txt"), 0);
+            assert_eq!(pulled("empty"), 0);
+            let rest = pulled("big.bin");
+            assert!(
+                (200 * 1024 - 65_447..200 * 1024 - 60_000).contains(&rest),
+                "{rest}"
+            );
+        }
+        seen.push(results);
+    }
+    assert_eq!(seen[0], seen[1], "the same verdicts either way");
+    assert!(
+        seen[0].contains(&("eicar.com".into(), "FOUND Eicar-Test-Signature".into())),
+        "{:?}",
+        seen[0]
     );
 }
 

@@ -52,6 +52,7 @@ fn spec_sections() -> BTreeMap<String, bool> {
         if let Some(title) = line
             .strip_prefix("## ")
             .or_else(|| line.strip_prefix("### "))
+            .or_else(|| line.strip_prefix("#### "))
         {
             let number = title.split_whitespace().next().unwrap_or("");
             let number = number.trim_end_matches('.');
@@ -90,6 +91,7 @@ fn every_vector_is_well_formed_and_decodes_as_described() {
                 || (v.host_limits.max_frame_len.is_none()
                     && v.host_limits.max_events_in_flight.is_none()
                     && v.host_limits.max_file_size.is_none()
+                    && v.host_limits.max_inline_len.is_none()
                     && v.host_policy.error.is_none()
                     && v.host_policy.timeout.is_none()
                     && v.host_policy.too_large.is_none()),

@@ -1,6 +1,9 @@
 //! A byte-driven script for the host session: a hostile or broken guest and
 //! an arbitrary application, with the session's contract checked after every
-//! step. Shared by the `host_session` fuzz target and the crate's test that
+//! step. The guest may negotiate protocol version 2 and send events with
+//! inline content (partial, whole, empty, over the limit, without the
+//! capability), and frames in the session's version or in version 1.
+//! Shared by the `host_session` fuzz target and the crate's test that
 //! replays the committed seeds (`corpus/host_session/`).
 //!
 //! The including module must have `scanner` in scope as the
@@ -11,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, Decoded, EventKind, FileEvent,
-    FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, MAX_FRAME_LEN, Message,
-    OsError, OsKind, ReadData, ReadOutcome, decode_frame,
+    FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, InlineContent, MAX_FRAME_LEN,
+    Message, OsError, OsKind, ReadData, ReadOutcome, decode_frame,
 };
 
 use super::scanner::session::{HostSession, PolicyVerdicts, SessionEvent, SessionLimits};
@@ -39,8 +42,14 @@ impl Input<'_> {
 }
 
 fn frame(msg: &Message<'_>, id: u64) -> Vec<u8> {
+    frame_v(1, msg, id)
+}
+
+/// A frame with header `version`; empty when the message cannot be sent in
+/// it (inline content in version 1).
+fn frame_v(version: u16, msg: &Message<'_>, id: u64) -> Vec<u8> {
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    match msg.encode(id, &mut buf) {
+    match msg.encode_for(version, id, &mut buf) {
         Ok(n) => buf.truncate(n),
         Err(_) => buf.clear(),
     }
@@ -63,6 +72,12 @@ struct Model {
     goodbye_sent: bool,
     chunk: u32,
     max_reads: usize,
+    /// The version the host's `HelloAck` chose (0: no `HelloAck` yet).
+    version: u16,
+    /// Inline bytes of open queries (charged once fetched).
+    inline: HashMap<u64, u64>,
+    /// Open queries whose whole file came inline: never read.
+    whole: HashSet<u64>,
 }
 
 const GUEST_READS: u32 = 3;
@@ -70,10 +85,20 @@ const GUEST_READS: u32 = 3;
 /// Runs one script. Panics when the session breaks its contract.
 pub fn run(data: &[u8]) {
     let mut input = Input(data);
+    let chunk = input.byte().unwrap_or(0);
+    let events = input.byte().unwrap_or(0);
+    // Its high bit also picks a small max_inline_len (0..=1016), so that
+    // inline content above the limit happens.
+    let reads = input.byte().unwrap_or(0);
     let limits = SessionLimits {
-        max_read_chunk: 1 + u32::from(input.byte().unwrap_or(0)) * 64,
-        max_events_in_flight: 1 + u32::from(input.byte().unwrap_or(0) % 8),
-        max_reads_in_flight: 1 + u32::from(input.byte().unwrap_or(0) % 6),
+        max_read_chunk: 1 + u32::from(chunk) * 64,
+        max_events_in_flight: 1 + u32::from(events % 8),
+        max_reads_in_flight: 1 + u32::from(reads % 6),
+        max_inline_len: if reads & 0x80 != 0 {
+            u32::from(reads & 0x7f) * 8
+        } else {
+            SessionLimits::default().max_inline_len
+        },
         max_bytes_in_flight: 1 + u64::from(input.u16()),
         max_file_size: u64::from(input.u16()),
         policy: PolicyVerdicts {
@@ -99,11 +124,15 @@ pub fn run(data: &[u8]) {
                 s.receive(&bytes, now);
             }
             1 => {
-                let caps = if input.byte().unwrap_or(0) % 4 == 0 {
+                let b = input.byte().unwrap_or(0);
+                let mut caps = if b % 4 == 0 {
                     Capabilities::default()
                 } else {
                     Capabilities::READ_CONTENT
                 };
+                if b & 4 != 0 {
+                    caps = caps.union(Capabilities::INLINE_CONTENT);
+                }
                 let hello = Message::Hello(Hello {
                     version_min: 1,
                     version_max: 1 + u16::from(input.byte().unwrap_or(0) % 2),
@@ -118,7 +147,28 @@ pub fn run(data: &[u8]) {
             }
             2 => {
                 let id = u64::from(input.byte().unwrap_or(0) % 12);
-                let size = u64::from(input.u16());
+                let mut size = u64::from(input.u16());
+                // In a version-2 session (only there, so that the seeds of
+                // version-1 sessions keep their meaning): inline content
+                // (none, the first bytes, the whole file, an empty whole
+                // file), in the session's version or version 1 (skipped).
+                let (how, len) = if m.version >= 2 {
+                    (input.byte().unwrap_or(0), input.u16() % 700)
+                } else {
+                    (0, 0)
+                };
+                let version = if how & 4 == 0 { m.version.max(1) } else { 1 };
+                let content = vec![0x5a; usize::from(len)];
+                let (bytes, whole_file): (&[u8], bool) = match how % 4 {
+                    0 => (&[], false),
+                    1 if content.is_empty() => (&[], false),
+                    1 => (&content, false),
+                    2 => (&content, true),
+                    _ => (&[], true),
+                };
+                if whole_file {
+                    size = bytes.len() as u64;
+                }
                 let ev = Message::FileEvent(FileEvent {
                     kind: EventKind::Open,
                     process_id: 1,
@@ -129,9 +179,13 @@ pub fn run(data: &[u8]) {
                         ..FileIdentity::default()
                     },
                     path: FilePath::Utf8("/f"),
-                    content: thinagent_protocol::InlineContent::NONE,
+                    content: if version >= 2 {
+                        InlineContent { bytes, whole_file }
+                    } else {
+                        InlineContent::NONE
+                    },
                 });
-                s.receive(&frame(&ev, id), now);
+                s.receive(&frame_v(version, &ev, id), now);
             }
             3 | 4 => {
                 // Answer one outstanding read, honestly or not.
@@ -163,7 +217,7 @@ pub fn run(data: &[u8]) {
                     offset,
                     outcome,
                 });
-                s.receive(&frame(&rd, read_id), now);
+                s.receive(&frame_v(m.version.max(1), &rd, read_id), now);
             }
             5 => {
                 let ms = u64::from(input.u16()) * 4;
@@ -195,17 +249,32 @@ pub fn run(data: &[u8]) {
                 }
             }
             9 => {
+                // In a version-2 session an odd nonce sends it in version 1
+                // (skipped: not the session's version).
+                let nonce = input.byte().unwrap_or(0);
+                let version = if m.version >= 2 && nonce & 1 == 0 {
+                    2
+                } else {
+                    1
+                };
                 let ping = Message::Ping(Heartbeat {
-                    nonce: u64::from(input.byte().unwrap_or(0)),
+                    nonce: u64::from(nonce),
                     timestamp_ms: 0,
                 });
-                s.receive(&frame(&ping, 5), now);
+                s.receive(&frame_v(version, &ping, 5), now);
             }
             10 => {
+                // Frozen type: accepted in version 1 in every state; in a
+                // version-2 session also in version 2.
                 let bye = Message::Goodbye(Goodbye {
                     reason: GoodbyeReason::Shutdown,
                 });
-                s.receive(&frame(&bye, 0), now);
+                let version = if m.version >= 2 {
+                    1 + u16::from(input.byte().unwrap_or(0) % 2)
+                } else {
+                    1
+                };
+                s.receive(&frame_v(version, &bye, 0), now);
             }
             11 => s.transport_closed(now),
             _ => s.close(GoodbyeReason::Shutdown, now),
@@ -233,6 +302,12 @@ fn check(s: &mut HostSession, m: &mut Model, max_bytes: u64) {
                     q.id
                 );
                 m.seen.insert(q.id);
+                m.inline.insert(q.id, q.inline.len.into());
+                if q.inline.whole_file {
+                    m.whole.insert(q.id);
+                } else {
+                    m.whole.remove(&q.id);
+                }
             }
             SessionEvent::Finished { query, .. } => {
                 m.open.remove(&query.id);
@@ -261,6 +336,18 @@ fn check(s: &mut HostSession, m: &mut Model, max_bytes: u64) {
             panic!("host sent undecodable bytes");
         };
         assert!(!m.goodbye_sent, "frame after Goodbye");
+        // §6.6: the handshake version up to and including HelloAck, then
+        // the chosen one.
+        let expected = if m.version == 0 || matches!(frame.message, Message::HelloAck(_)) {
+            1
+        } else {
+            m.version
+        };
+        assert_eq!(
+            frame.version, expected,
+            "header version of {:?}",
+            frame.message
+        );
         match frame.message {
             Message::Verdict(_) => {
                 *m.wire_verdicts.entry(frame.request_id).or_default() += 1;
@@ -269,6 +356,10 @@ fn check(s: &mut HostSession, m: &mut Model, max_bytes: u64) {
                 assert!(r.length <= m.chunk, "read longer than the chunk");
                 assert!(m.seen.contains(&r.event_id), "read for an unknown event");
                 assert!(
+                    !m.whole.contains(&r.event_id),
+                    "read for an event whose whole file came inline"
+                );
+                assert!(
                     m.reads
                         .insert(frame.request_id, (r.event_id, r.offset, r.length))
                         .is_none(),
@@ -276,7 +367,11 @@ fn check(s: &mut HostSession, m: &mut Model, max_bytes: u64) {
                 );
             }
             Message::Goodbye(_) => m.goodbye_sent = true,
-            Message::HelloAck(_) | Message::Pong(_) | Message::Ping(_) | Message::Error(_) => {}
+            Message::HelloAck(ack) => {
+                assert_eq!(m.version, 0, "second HelloAck");
+                m.version = ack.version;
+            }
+            Message::Pong(_) | Message::Ping(_) | Message::Error(_) => {}
             other => panic!("host sent a guest message: {other:?}"),
         }
         rest = &rest[consumed..];
@@ -288,8 +383,10 @@ fn check(s: &mut HostSession, m: &mut Model, max_bytes: u64) {
         s.reads_in_flight() <= m.max_reads,
         "too many reads in flight"
     );
+    // Inline bytes are charged once fetched, beyond what the host asks.
+    let pushed: u64 = m.open.iter().filter_map(|id| m.inline.get(id)).sum();
     assert!(
-        s.bytes_in_flight() <= max_bytes.saturating_add(u64::from(m.chunk)),
+        s.bytes_in_flight() <= max_bytes.saturating_add(u64::from(m.chunk)) + pushed,
         "byte budget exceeded"
     );
     for (id, n) in &m.wire_verdicts {

@@ -5,8 +5,10 @@
 //! name), `peer` (the transport identity caches and limits are keyed by),
 //! `path`, `verdict`
 //! (`allow`, `deny`, `allow_no_cache`), `threat` and `engine` (null when
-//! clean), `bytes` (content bytes pulled for this query), `duration_ms`,
-//! `cache` (`none`, `guest`, `content`).
+//! clean), `bytes` (content bytes pulled for this query with `ReadRequest`s),
+//! `inline_bytes` and `whole_file` (content the guest sent inline with its
+//! `FileEvent`, protocol version 2: how many bytes, and whether they were
+//! the whole file), `duration_ms`, `cache` (`none`, `guest`, `content`).
 //!
 //! **A verdict never waits for the audit sink.** [`AuditLog::write`] only
 //! queues the encoded line (a bounded queue of [`QUEUE_RECORDS`]); a thread of
@@ -73,8 +75,16 @@ pub struct AuditEntry {
     pub threat: Option<String>,
     /// Engine that found it, if any.
     pub engine: Option<String>,
-    /// Content bytes pulled from the guest for this query.
+    /// Content bytes pulled from the guest for this query (`ReadRequest`s).
     pub bytes: u64,
+    /// Content bytes the guest sent inline with the `FileEvent` (protocol
+    /// version 2; 0 when none). Not counted in `bytes`.
+    #[serde(default)]
+    pub inline_bytes: u64,
+    /// The inline bytes were the whole file (`WHOLE_FILE`): nothing was
+    /// pulled.
+    #[serde(default)]
+    pub whole_file: bool,
     /// FileEvent to Verdict, milliseconds.
     pub duration_ms: f64,
     /// Which cache answered: `none`, `guest`, `content`.
@@ -549,6 +559,8 @@ mod tests {
             threat: Some("Eicar-Test-Signature".into()),
             engine: Some("hash".into()),
             bytes: 68,
+            inline_bytes: 0,
+            whole_file: false,
             duration_ms: 0.5,
             cache: "none".into(),
         }

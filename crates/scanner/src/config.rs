@@ -127,6 +127,11 @@ pub struct Limits {
     /// Unset: derived, see [`Limits::read_chunk`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_read_chunk: Option<u32>,
+    /// Most content bytes a guest may send inline with one `FileEvent`
+    /// (protocol version 2), 0..=`max_frame_len` - 89; 0 turns inline
+    /// content off. Unset: derived, see [`Limits::inline_len`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inline_len: Option<u32>,
     /// Most `ReadRequest`s outstanding per guest (also bounded by the
     /// guest's own `max_reads_in_flight`).
     pub max_reads_in_flight: u32,
@@ -173,6 +178,7 @@ impl Default for Limits {
         Self {
             max_frame_len: 65_536,
             max_read_chunk: None,
+            max_inline_len: None,
             max_reads_in_flight: 16,
             max_file_size: 256 * 1024 * 1024,
             request_timeout_ms: 10_000,
@@ -194,6 +200,11 @@ impl Default for Limits {
 /// `max_frame_len - READ_OVERHEAD` bytes fills a frame.
 pub const READ_OVERHEAD: u32 = 24 + 32;
 
+/// Frame header (24), version-2 `FileEvent` fixed part (64) and a one-byte
+/// path: `max_frame_len - INLINE_OVERHEAD` content bytes fill a frame
+/// (protocol §5.2).
+pub const INLINE_OVERHEAD: u32 = 24 + 64 + 1;
+
 /// `idle_timeout_ms` when neither it nor `heartbeat_interval_ms` is set.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
 
@@ -214,6 +225,13 @@ impl Limits {
             let budget = u32::try_from(self.max_bytes_in_flight_per_guest).unwrap_or(u32::MAX);
             frame.min(budget)
         })
+    }
+
+    /// `max_inline_len`, or when unset the largest inline content that fits
+    /// a frame (`max_frame_len` - 89: 65 447 with the default frame limit).
+    pub fn inline_len(&self) -> u32 {
+        self.max_inline_len
+            .unwrap_or_else(|| self.max_frame_len.saturating_sub(INLINE_OVERHEAD))
     }
 
     /// `idle_timeout_ms`, or when unset [`DEFAULT_IDLE_TIMEOUT_MS`], raised
@@ -499,6 +517,23 @@ impl Config {
                 });
             }
         }
+        if let Some(inline) = l.max_inline_len {
+            let room = l.max_frame_len - INLINE_OVERHEAD;
+            if inline > room {
+                return Err(ConfigError::Conflict {
+                    key: "limits.max_inline_len",
+                    value: inline.to_string(),
+                    other: "limits.max_frame_len",
+                    other_value: l.max_frame_len.to_string(),
+                    why: format!(
+                        "a FileEvent with inline content must fit a frame, so max_inline_len \
+                         may be at most max_frame_len - {INLINE_OVERHEAD} = {room} (0 turns \
+                         inline content off); lower max_inline_len, raise max_frame_len, or \
+                         leave max_inline_len unset to derive it"
+                    ),
+                });
+            }
+        }
         range(
             "limits.max_reads_in_flight",
             l.max_reads_in_flight.into(),
@@ -678,9 +713,15 @@ mod tests {
             (l.read_chunk(), l.heartbeat_interval(), l.idle_timeout()),
             (65_480, 10_000, 30_000)
         );
-        // A smaller frame alone: the read chunk follows it.
+        // A smaller frame alone: the read chunk and inline limit follow it.
         let l = limits("max_frame_len = 8192").unwrap();
         assert_eq!(l.read_chunk(), 8192 - 56);
+        assert_eq!(l.inline_len(), 8192 - 89);
+        assert_eq!(limits("").unwrap().inline_len(), 65_447);
+        // 0 turns inline content off; any value up to the frame's room.
+        assert_eq!(limits("max_inline_len = 0").unwrap().inline_len(), 0);
+        let l = limits("max_frame_len = 8192\nmax_inline_len = 8103").unwrap();
+        assert_eq!(l.inline_len(), 8103);
         // A small bytes-in-flight budget alone: reads fit it.
         let l = limits("max_bytes_in_flight_per_guest = 4096").unwrap();
         assert_eq!(l.read_chunk(), 4096);
@@ -720,6 +761,14 @@ mod tests {
                     "limits.max_read_chunk = 8192",
                     "limits.max_bytes_in_flight_per_guest = 4096",
                     "raise max_bytes_in_flight_per_guest",
+                ],
+            ),
+            (
+                "max_frame_len = 8192\nmax_inline_len = 8104",
+                [
+                    "limits.max_inline_len = 8104",
+                    "limits.max_frame_len = 8192",
+                    "8103",
                 ],
             ),
             (

@@ -11,6 +11,11 @@
 //!   BLAKE3 of the content is looked up in the cross-guest content cache
 //!   and only a miss runs the engines over the buffer (one `spawn_blocking`
 //!   call);
+//! * a file the guest sent whole inline with its `FileEvent` (protocol
+//!   version 2, §5.3.1) arrives complete with the query: no `ReadRequest`.
+//!   Up to [`Limits::scan_on_task_max`] bytes, and when no engine blocks
+//!   on I/O (clamd), the cache lookup and the scan run right on the
+//!   connection's task, without the thread hop of `spawn_blocking`;
 //! * larger files (or when the connection's buffer is full) are streamed
 //!   chunk by chunk into a [`FileScan`] living in
 //!   a blocking task, so memory stays bounded; content flow is limited by
@@ -36,8 +41,8 @@ use crate::cache::{CachedVerdict, VerdictCaches};
 use crate::engine::EngineError;
 use crate::scan::{FileScan, ScanOutcome, ScanVerdict, content_key, scan_complete};
 use crate::session::{
-    Anomaly, CloseReason, ContentFailure, EventId, GuestInfo, HostSession, PolicyReason, Query,
-    QueryOutcome, SessionEvent, SessionLimits,
+    Anomaly, CloseReason, ContentFailure, EventId, GuestInfo, HostSession, Inline, PolicyReason,
+    Query, QueryOutcome, SessionEvent, SessionLimits,
 };
 use crate::signatures::{SharedSignatures, SignatureSet};
 
@@ -203,6 +208,11 @@ pub struct Limits {
     /// Most content bytes one connection buffers at once (all its files);
     /// a file that would exceed it is streamed instead.
     pub scan_buffer_total: usize,
+    /// A file the guest sent whole inline (protocol version 2) of at most
+    /// this many bytes is looked up in the content cache and scanned on the
+    /// connection's task instead of a blocking thread, unless an engine of
+    /// the set blocks on I/O (clamd). See [`SCAN_ON_TASK_MAX`].
+    pub scan_on_task_max: usize,
     /// Bytes read from the socket at once.
     pub read_buffer: usize,
     /// Stop reading from a guest while this many answer bytes wait to be
@@ -219,12 +229,30 @@ impl Default for Limits {
             verdict_ttl_secs: 300,
             scan_buffer_max: 8 << 20,
             scan_buffer_total: 32 << 20,
+            scan_on_task_max: SCAN_ON_TASK_MAX,
             read_buffer: 64 * 1024,
             max_tx_backlog: 1 << 20,
             close_linger: Duration::from_secs(2),
         }
     }
 }
+
+/// Default [`Limits::scan_on_task_max`]: 64 KiB, which holds every inline
+/// file with the default frame limit (`MAX_INLINE_LEN` is 65 447 bytes).
+///
+/// Why scanning on the async task is fine up to there: the engines that
+/// run there only compute (built-in, hash, YARA; a set with clamd never
+/// does). Over 64 KiB BLAKE3 takes about 10-20 µs, the hash engine's
+/// size-indexed digests only run when a signature of exactly this size
+/// exists, and yara-x scans 64 KiB in tens of µs for a typical rule set:
+/// about what a `spawn_blocking` round trip costs (waking a blocking
+/// thread, then the channel back), so for such files the hop would double
+/// the host's share of the latency. It is also short against tokio's
+/// guideline of 10-100 µs between `.await`s, and one connection blocks
+/// only its own worker thread for it. A huge YARA rule set makes each
+/// scan slower: lower this limit (0 sends every scan to a blocking
+/// thread), see docs/architecture.md.
+pub const SCAN_ON_TASK_MAX: usize = 64 * 1024;
 
 /// Where a verdict came from, for the audit log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,8 +295,12 @@ pub struct AuditRecord {
     /// Engine that decided (detections, or `hash` etc. for clean scans is
     /// `None`).
     pub engine: Option<&'static str>,
-    /// Content bytes transferred for this query.
+    /// Content bytes pulled for this query with `ReadRequest`s (inline
+    /// bytes are not counted here, see `inline`).
     pub bytes: u64,
+    /// What the `FileEvent` carried inline (protocol version 2): bytes the
+    /// guest pushed with the event, whether the answer used them or not.
+    pub inline: Inline,
     /// From `FileEvent` received to verdict sent.
     pub duration: Duration,
     /// Where the verdict came from.
@@ -514,6 +546,7 @@ struct Work {
     query: Arc<Query>,
     set: Arc<SignatureSet>,
     feed: Feed,
+    /// Content bytes delivered beyond the inline ones: pulled with reads.
     bytes: u64,
     /// Bytes of this work counted in `Driver::buffered`.
     held: usize,
@@ -558,7 +591,7 @@ impl Driver {
                     }
                 }
                 SessionEvent::Query(q) => self.on_query(q),
-                SessionEvent::Content { id, data, .. } => self.on_content(id, data),
+                SessionEvent::Content { id, offset, data } => self.on_content(id, offset, data),
                 SessionEvent::ContentEnd { id, .. } => self.on_content_end(id),
                 SessionEvent::ContentFailed { id, reason } => {
                     if let Some(w) = self.remove_work(id) {
@@ -635,7 +668,7 @@ impl Driver {
         let _ = self.session.fetch(id, now());
     }
 
-    fn on_content(&mut self, id: EventId, data: Vec<u8>) {
+    fn on_content(&mut self, id: EventId, offset: u64, data: Vec<u8>) {
         let buffer_max = self.ctx.limits.scan_buffer_max;
         let room = self
             .ctx
@@ -647,10 +680,22 @@ impl Driver {
             return;
         };
         let len = data.len();
-        w.bytes = w.bytes.saturating_add(len as u64);
+        // Bytes the guest sent inline were not pulled (§5.3.1): count only
+        // what lies past them.
+        let end = offset.saturating_add(len as u64);
+        let inline_end = u64::from(w.query.inline.len);
+        w.bytes = w
+            .bytes
+            .saturating_add(end.saturating_sub(offset.max(inline_end)));
         match &mut w.feed {
             Feed::Buffer(buf) if buf.len() + len <= buffer_max && len <= room => {
-                buf.extend_from_slice(&data);
+                if buf.is_empty() {
+                    // The first chunk (e.g. the inline bytes) becomes the
+                    // buffer: no copy.
+                    *buf = data;
+                } else {
+                    buf.extend_from_slice(&data);
+                }
                 w.held += len;
                 self.buffered += len;
                 self.session.consumed(id, len);
@@ -688,16 +733,23 @@ impl Driver {
             return;
         };
         match std::mem::replace(&mut w.feed, Feed::Scanning) {
+            Feed::Buffer(buf)
+                if w.query.inline.whole_file
+                    && buf.len() <= self.ctx.limits.scan_on_task_max
+                    && !w.set.blocks() =>
+            {
+                // Whole inline and small: no thread hop (see
+                // `SCAN_ON_TASK_MAX`).
+                let set = Arc::clone(&w.set);
+                let result = lookup_or_scan(&self.ctx, &set, &buf);
+                self.on_work_message(WorkMessage::Done(id, result));
+            }
             Feed::Buffer(buf) => {
                 let set = Arc::clone(&w.set);
                 let ctx = Arc::clone(&self.ctx);
                 let results = self.results.0.clone();
                 tokio::task::spawn_blocking(move || {
-                    let key = content_key(&buf);
-                    let result = match ctx.caches.content.get(&key, set.generation(), now()) {
-                        Some(verdict) => WorkResult::ContentCacheHit(verdict),
-                        None => WorkResult::Scanned(scan_complete(&set, &buf, key)),
-                    };
+                    let result = lookup_or_scan(&ctx, &set, &buf);
                     let _ = results.send(WorkMessage::Done(id, result));
                 });
             }
@@ -846,10 +898,21 @@ impl Driver {
             threat,
             engine,
             bytes,
+            inline: query.inline,
             duration: now().saturating_duration_since(query.received_at),
             source,
         };
         self.ctx.observer.on_verdict(&record);
+    }
+}
+
+/// Complete content: the cross-guest content cache by its BLAKE3, else a
+/// scan by every engine of `set`.
+fn lookup_or_scan(ctx: &ScanContext, set: &Arc<SignatureSet>, buf: &[u8]) -> WorkResult {
+    let key = content_key(buf);
+    match ctx.caches.content.get(&key, set.generation(), now()) {
+        Some(verdict) => WorkResult::ContentCacheHit(verdict),
+        None => WorkResult::Scanned(scan_complete(set, buf, key)),
     }
 }
 
@@ -1490,6 +1553,208 @@ mod tests {
         }
         let records = recorder.0.lock().unwrap();
         assert_eq!(records.len(), 4 * 12, "one audit record per query");
+    }
+
+    /// An engine that records the thread each scan ran on (and finds
+    /// nothing); `blocks` says whether it claims to wait on I/O.
+    #[derive(Debug)]
+    struct ThreadProbe {
+        blocks: bool,
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+    }
+
+    struct ProbeScan(Arc<Mutex<Vec<std::thread::ThreadId>>>);
+
+    impl crate::engine::Engine for ThreadProbe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        fn blocks(&self) -> bool {
+            self.blocks
+        }
+        fn start(&self, _: u64) -> Box<dyn crate::engine::EngineScan> {
+            Box::new(ProbeScan(Arc::clone(&self.threads)))
+        }
+    }
+
+    impl crate::engine::EngineScan for ProbeScan {
+        fn update(
+            &mut self,
+            _: &[u8],
+        ) -> Result<Option<crate::engine::Detection>, crate::engine::EngineError> {
+            Ok(None)
+        }
+        fn finish(
+            self: Box<Self>,
+        ) -> Result<Option<crate::engine::Detection>, crate::engine::EngineError> {
+            self.0.lock().unwrap().push(std::thread::current().id());
+            Ok(None)
+        }
+    }
+
+    /// A version-2 guest on `stream` opens one file with `content` (its
+    /// whole content when `whole`, else its first `prefix` bytes inline);
+    /// returns the decision and how many ReadRequests it served.
+    async fn v2_open(
+        stream: &mut DuplexStream,
+        id: u64,
+        content: &[u8],
+        whole: bool,
+        prefix: usize,
+    ) -> (Decision, usize) {
+        use thinagent_protocol::{InlineContent, Message, StreamDecoder};
+        let encode = |msg: &Message<'_>, rid: u64| {
+            let mut buf = vec![0u8; 70_000];
+            let n = msg.encode_for(2, rid, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        };
+        let file = FileIdentity {
+            volume_serial: 1,
+            file_id: [id as u8; 16],
+            size: content.len() as u64,
+            last_write_time: 1,
+        };
+        let ev = Message::FileEvent(FileEvent {
+            kind: EventKind::Open,
+            process_id: 1,
+            desired_access: 1,
+            create_disposition: CreateDisposition::Open,
+            file,
+            path: FilePath::Utf8("/probe"),
+            content: InlineContent {
+                bytes: if whole { content } else { &content[..prefix] },
+                whole_file: whole,
+            },
+        });
+        stream.write_all(&encode(&ev, id)).await.unwrap();
+        let mut rx = StreamDecoder::new(vec![0u8; 70_000]);
+        rx.set_session_version(2);
+        let mut reads = 0;
+        loop {
+            let mut answer = None;
+            match rx.next_frame().unwrap() {
+                Some(f) => match f.message {
+                    Message::Verdict(v) if f.request_id == id => return (v.decision, reads),
+                    Message::ReadRequest(r) => {
+                        reads += 1;
+                        let start = (r.offset as usize).min(content.len());
+                        let end = (start + r.length as usize).min(content.len());
+                        let outcome = if end == content.len() {
+                            ReadOutcome::EndOfFile(&content[start..end])
+                        } else {
+                            ReadOutcome::Data(&content[start..end])
+                        };
+                        answer = Some(encode(
+                            &Message::ReadData(thinagent_protocol::ReadData {
+                                event_id: r.event_id,
+                                offset: r.offset,
+                                outcome,
+                            }),
+                            f.request_id,
+                        ));
+                    }
+                    other => panic!("{other:?}"),
+                },
+                None => {
+                    let n = stream.read(rx.spare_mut()).await.unwrap();
+                    assert!(n > 0, "host closed");
+                    rx.commit(n);
+                }
+            }
+            if let Some(a) = answer {
+                stream.write_all(&a).await.unwrap();
+            }
+        }
+    }
+
+    /// Connects a version-2 guest with INLINE_CONTENT over a duplex pair.
+    async fn v2_connect(ctx: Arc<ScanContext>) -> DuplexStream {
+        use thinagent_protocol::{Hello, Message};
+        let (host_end, mut guest_end) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(serve_connection(
+            host_end,
+            GuestId::Vsock { cid: 7, port: 1 },
+            ctx,
+        ));
+        let hello = Message::Hello(Hello {
+            version_min: 1,
+            version_max: 2,
+            os: OsKind::Linux,
+            agent_version: AgentVersion::default(),
+            capabilities: Capabilities::READ_CONTENT.union(Capabilities::INLINE_CONTENT),
+            max_frame_len: 65_536,
+            max_reads_in_flight: 4,
+            guest_name: "probe",
+        });
+        let mut buf = vec![0u8; 4096];
+        let n = hello.encode(1, &mut buf).unwrap();
+        guest_end.write_all(&buf[..n]).await.unwrap();
+        // HelloAck: 24 + 32 bytes, header version 1.
+        let mut ack = [0u8; 56];
+        guest_end.read_exact(&mut ack).await.unwrap();
+        assert_eq!((ack[4], ack[6], ack[24]), (1, 2, 2), "a version-2 HelloAck");
+        guest_end
+    }
+
+    /// Whole inline content up to `scan_on_task_max` is scanned on the
+    /// connection's own task (here: the test's one thread); larger
+    /// limits, partial content and a blocking engine (clamd) go to a
+    /// blocking thread.
+    #[tokio::test]
+    async fn small_whole_inline_files_are_scanned_on_the_connection_task() {
+        let me = std::thread::current().id();
+        let run = |blocks: bool, on_task_max: usize| {
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let probe = ThreadProbe {
+                blocks,
+                threads: Arc::clone(&threads),
+            };
+            let mut engines = builtin_engines();
+            engines.push(Arc::new(probe));
+            let limits = Limits {
+                scan_on_task_max: on_task_max,
+                ..Limits::default()
+            };
+            let ctx = Arc::new(ScanContext::new(
+                SignatureSet::from_engines(engines),
+                limits,
+                Arc::new(NoopObserver),
+            ));
+            (ctx, threads)
+        };
+        let small = b"small and clean".to_vec();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+
+        let (ctx, threads) = run(false, SCAN_ON_TASK_MAX);
+        let mut g = v2_connect(ctx).await;
+        assert_eq!(
+            v2_open(&mut g, 1, &small, true, 0).await,
+            (Decision::Allow, 0)
+        );
+        assert_eq!(v2_open(&mut g, 2, EICAR, true, 0).await.1, 0);
+        // Partial: the rest is read, and scanned on a blocking thread.
+        assert_eq!(
+            v2_open(&mut g, 3, &big, false, 60_000).await,
+            (Decision::Allow, 1)
+        );
+        let seen = threads.lock().unwrap().clone();
+        // EICAR stops at the built-in engine: the probe saw two files.
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], me, "small whole inline: on the task");
+        assert_ne!(seen[1], me, "partial inline: a blocking thread");
+
+        for (blocks, on_task_max) in [(false, 0), (true, SCAN_ON_TASK_MAX)] {
+            let (ctx, threads) = run(blocks, on_task_max);
+            let mut g = v2_connect(ctx).await;
+            assert_eq!(
+                v2_open(&mut g, 1, &small, true, 0).await,
+                (Decision::Allow, 0)
+            );
+            let seen = threads.lock().unwrap().clone();
+            assert_eq!(seen.len(), 1);
+            assert_ne!(seen[0], me, "blocks {blocks}, limit {on_task_max}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

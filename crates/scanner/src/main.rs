@@ -59,6 +59,9 @@ struct Cli {
     /// Unset: max-frame-len - 56, at most max-bytes-in-flight. [config: limits.max_read_chunk]
     #[arg(long, value_name = "BYTES")]
     max_read_chunk: Option<u32>,
+    /// Most content bytes a guest may send inline per query (protocol version 2); 0 = off. Unset: max-frame-len - 89. [config: limits.max_inline_len]
+    #[arg(long, value_name = "BYTES")]
+    max_inline_len: Option<u32>,
     /// [config: limits.max_reads_in_flight]
     #[arg(long, value_name = "N")]
     max_reads_in_flight: Option<u32>,
@@ -184,6 +187,9 @@ impl Cli {
         set(&mut l.max_frame_len, self.max_frame_len);
         if self.max_read_chunk.is_some() {
             l.max_read_chunk = self.max_read_chunk;
+        }
+        if self.max_inline_len.is_some() {
+            l.max_inline_len = self.max_inline_len;
         }
         set(&mut l.max_reads_in_flight, self.max_reads_in_flight);
         set(&mut l.max_file_size, self.max_file_size);

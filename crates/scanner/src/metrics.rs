@@ -46,6 +46,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// One label named `whole`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WholeLabel {
+    /// `true` (the whole file came inline) or `false` (its first bytes).
+    pub whole: String,
+}
+
 /// Every metric of the service. Cheap to update from any task.
 #[derive(Debug)]
 pub struct Metrics {
@@ -64,8 +71,15 @@ pub struct Metrics {
     pub verdicts: Family<DecisionLabel, Counter>,
     /// Verdicts served from a cache, by kind (`guest`, `content`).
     pub cache_hits: Family<KindLabel, Counter>,
-    /// Content bytes received from guests.
+    /// Content bytes pulled from guests with `ReadRequest`s (inline bytes
+    /// are counted in `inline_content_bytes` instead).
     pub bytes_read: Counter,
+    /// Content bytes guests sent inline with their `FileEvent`s (protocol
+    /// version 2).
+    pub inline_content_bytes: Counter,
+    /// `FileEvent`s that carried inline content, by `whole` (`true`: the
+    /// whole file, no `ReadRequest` needed; `false`: its first bytes).
+    pub inline_events: Family<WholeLabel, Counter>,
     /// Protocol errors, by kind.
     pub protocol_errors: Family<KindLabel, Counter>,
     /// Engine failures, by engine.
@@ -108,6 +122,8 @@ impl Metrics {
         let verdicts = Family::<DecisionLabel, Counter>::default();
         let cache_hits = Family::<KindLabel, Counter>::default();
         let bytes_read = Counter::default();
+        let inline_content_bytes = Counter::default();
+        let inline_events = Family::<WholeLabel, Counter>::default();
         let protocol_errors = Family::<KindLabel, Counter>::default();
         let engine_errors = Family::<KindLabel, Counter>::default();
         // 50 µs .. ~ 26 s.
@@ -138,8 +154,18 @@ impl Metrics {
         );
         registry.register(
             "bytes_read",
-            "File content bytes received from guests",
+            "File content bytes pulled from guests with ReadRequests (not inline bytes)",
             bytes_read.clone(),
+        );
+        registry.register(
+            "inline_content_bytes",
+            "File content bytes guests sent inline with their FileEvents (protocol version 2)",
+            inline_content_bytes.clone(),
+        );
+        registry.register(
+            "inline_events",
+            "FileEvents that carried inline content, by whether it was the whole file",
+            inline_events.clone(),
         );
         registry.register(
             "protocol_errors",
@@ -195,6 +221,8 @@ impl Metrics {
             verdicts,
             cache_hits,
             bytes_read,
+            inline_content_bytes,
+            inline_events,
             protocol_errors,
             engine_errors,
             query_latency,
@@ -221,6 +249,17 @@ impl Metrics {
         self.verdicts
             .get_or_create(&DecisionLabel {
                 decision: decision.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a `FileEvent` that carried `bytes` inline, `whole` when they
+    /// were the whole file.
+    pub fn inline_event(&self, bytes: u64, whole: bool) {
+        self.inline_content_bytes.inc_by(bytes);
+        self.inline_events
+            .get_or_create(&WholeLabel {
+                whole: whole.to_string(),
             })
             .inc();
     }
@@ -349,6 +388,9 @@ mod tests {
         m.cache_hit("content");
         m.protocol_error("bad_magic");
         m.query_latency.observe(0.001);
+        m.inline_event(68, true);
+        m.inline_event(100, false);
+        m.inline_event(0, true);
         let text = m.encode();
         assert!(
             text.contains("thinagent_scanner_sessions_total 1"),
@@ -361,6 +403,12 @@ mod tests {
         assert!(text.contains("thinagent_scanner_cache_hits_total{kind=\"content\"} 1"));
         assert!(text.contains("thinagent_scanner_protocol_errors_total{kind=\"bad_magic\"} 1"));
         assert!(text.contains("thinagent_scanner_query_latency_seconds_count 1"));
+        assert!(
+            text.contains("thinagent_scanner_inline_content_bytes_total 168"),
+            "{text}"
+        );
+        assert!(text.contains("thinagent_scanner_inline_events_total{whole=\"true\"} 2"));
+        assert!(text.contains("thinagent_scanner_inline_events_total{whole=\"false\"} 1"));
     }
 
     #[tokio::test]

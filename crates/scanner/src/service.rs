@@ -112,6 +112,7 @@ pub fn connection_limits(config: &Config) -> Limits {
         max_frame_len: l.max_frame_len,
         max_events_in_flight: l.max_in_flight_per_guest,
         max_read_chunk: l.read_chunk(),
+        max_inline_len: l.inline_len(),
         max_reads_in_flight: l.max_reads_in_flight,
         max_bytes_in_flight: l.max_bytes_in_flight_per_guest,
         max_file_size: l.max_file_size,
@@ -468,6 +469,9 @@ impl ScanObserver for ServiceObserver {
         let m = &self.metrics;
         m.queries.inc();
         m.bytes_read.inc_by(r.bytes);
+        if !r.inline.is_none() {
+            m.inline_event(r.inline.len.into(), r.inline.whole_file);
+        }
         m.query_latency.observe(r.duration.as_secs_f64());
         let cache = match r.source {
             VerdictSource::IdentityCache => "guest",
@@ -519,6 +523,8 @@ impl ScanObserver for ServiceObserver {
                 threat: r.threat.clone(),
                 engine: r.engine.map(str::to_string),
                 bytes: r.bytes,
+                inline_bytes: r.inline.len.into(),
+                whole_file: r.inline.whole_file,
                 duration_ms: r.duration.as_secs_f64() * 1e3,
                 cache: cache.to_string(),
             });
@@ -997,6 +1003,11 @@ mod tests {
         assert_eq!(l.session.max_events_in_flight, 7);
         assert_eq!(l.session.policy.too_large, Decision::Deny);
         assert_eq!(l.session.max_file_size, c.limits.max_file_size);
+        assert_eq!(l.session.max_inline_len, thinagent_protocol::MAX_INLINE_LEN);
         l.session.validate().unwrap();
+        c.limits.max_frame_len = 8192;
+        assert_eq!(connection_limits(&c).session.max_inline_len, 8192 - 89);
+        c.limits.max_inline_len = Some(0);
+        assert_eq!(connection_limits(&c).session.max_inline_len, 0);
     }
 }

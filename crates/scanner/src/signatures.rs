@@ -126,6 +126,8 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct SignatureSet {
     engines: Vec<Arc<dyn Engine>>,
+    /// Some engine [blocks](Engine::blocks).
+    blocks: bool,
     generation: u64,
     summary: LoadSummary,
 }
@@ -193,6 +195,7 @@ impl SignatureSet {
 
     fn from_engines_with_summary(engines: Vec<Arc<dyn Engine>>, summary: LoadSummary) -> Self {
         Self {
+            blocks: engines.iter().any(|e| e.blocks()),
             engines,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             summary,
@@ -214,6 +217,12 @@ impl SignatureSet {
     /// The engines, in scan order (cheap ones first).
     pub fn engines(&self) -> &[Arc<dyn Engine>] {
         &self.engines
+    }
+
+    /// Whether some engine may block on I/O (clamd): scans of this set
+    /// then always run on a blocking thread.
+    pub fn blocks(&self) -> bool {
+        self.blocks
     }
 
     /// A number unique to this load (process-wide, increasing); cached
@@ -333,6 +342,20 @@ mod tests {
         std::fs::write(dir.path().join("s.yara"), "rule { broken").unwrap();
         let err = SignatureSet::load(&config).unwrap_err().to_string();
         assert!(err.contains("s.yara"), "{err}");
+    }
+
+    #[test]
+    fn only_a_set_with_clamd_blocks() {
+        assert!(!SignatureSet::builtin().blocks());
+        let clamd = SignatureConfig {
+            clamd: Some(ClamdConfig {
+                address: "tcp://127.0.0.1:1".parse().unwrap(),
+                timeout: Duration::from_secs(1),
+            }),
+            ..SignatureConfig::default()
+        };
+        // Loading does not connect: clamd is asked per scan.
+        assert!(SignatureSet::load(&clamd).unwrap().blocks());
     }
 
     #[test]

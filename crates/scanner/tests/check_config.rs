@@ -218,6 +218,18 @@ fn contradictory_explicit_limits_name_both_settings() {
     ] {
         assert!(err.contains(needle), "{err} lacks {needle}");
     }
+    // Inline content must fit a frame as well (0 turns it off).
+    let (code, _, err) = run_check(&["--max-frame-len", "8192", "--max-inline-len", "65447"]);
+    assert_eq!(code, 2);
+    for needle in [
+        "limits.max_inline_len = 65447",
+        "limits.max_frame_len = 8192",
+        "8103",
+    ] {
+        assert!(err.contains(needle), "{err} lacks {needle}");
+    }
+    let (code, _, err) = run_check(&["--max-frame-len", "8192", "--max-inline-len", "0"]);
+    assert_eq!(code, 0, "{err}");
     // One from the file, one from the command line.
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("c.toml");

@@ -139,7 +139,7 @@ async fn truncated_frame(url: &str) {
 
 async fn wrong_version(url: &str) {
     let mut s = connect(url).await;
-    s.write_all(&hello("future", 2, 3)).await.unwrap();
+    s.write_all(&hello("future", 3, 4)).await.unwrap();
     let (bytes, eof) = read_to_eof(&mut s, LIMIT).await;
     assert!(eof);
     assert_eq!(

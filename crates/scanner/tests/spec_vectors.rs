@@ -33,6 +33,7 @@ fn limits(v: &Vector) -> SessionLimits {
     l.max_frame_len = h.max_frame_len.unwrap_or(l.max_frame_len);
     l.max_events_in_flight = h.max_events_in_flight.unwrap_or(l.max_events_in_flight);
     l.max_file_size = h.max_file_size.unwrap_or(l.max_file_size);
+    l.max_inline_len = h.max_inline_len.unwrap_or(l.max_inline_len);
     let p = &v.host_policy;
     l.policy.error = p.error.as_deref().map_or(l.policy.error, decision);
     l.policy.timeout = p.timeout.as_deref().map_or(l.policy.timeout, decision);

@@ -1,4 +1,7 @@
-//! One job: connections to the scanner, each driving a guest `Session`.
+//! One job: connections to the scanner. With `--no-inline` each drives the
+//! reference guest `Session` (protocol version 1: the host reads every
+//! byte); otherwise [`super::conn_v2`] speaks version 2 and sends files
+//! inline.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -38,6 +41,8 @@ pub struct Options {
     pub guest_name: String,
     /// Client certificate and trusted CA for `tls://`.
     pub tls: Option<std::sync::Arc<thinagent_guest_tls::rustls::ClientConfig>>,
+    /// Protocol version 2 with inline content (`false`: `--no-inline`).
+    pub inline: bool,
 }
 
 /// Consecutive failed connections or broken sessions before a job gives up.
@@ -56,7 +61,11 @@ pub async fn worker(job: u32, url: &ScanUrl, opts: &Options, shared: &Shared) ->
             return Ok(());
         }
         let err = match url.connect(opts.tls.as_ref()).await {
-            Ok(stream) => match run_session(stream, opts, shared).await {
+            Ok(stream) => match if opts.inline {
+                super::conn_v2::run_session(stream, opts, shared).await
+            } else {
+                run_session(stream, opts, shared).await
+            } {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             },
@@ -94,7 +103,8 @@ fn outcome(decision: Decision, source: VerdictSource, threat: &str) -> Outcome {
     }
 }
 
-fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads at `offset` until `buf` is full or the file ends.
+pub(super) fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         // Windows' seek_read also moves the cursor; nothing here uses it.
@@ -165,6 +175,7 @@ async fn run_session(
                                 outcome: Outcome::Error(format!("cannot open: {e}")),
                                 latency: Duration::ZERO,
                                 bytes: 0,
+                                inline_bytes: 0,
                             });
                             continue;
                         }
@@ -229,6 +240,7 @@ async fn run_session(
                                 outcome: outcome(v.decision, v.source, v.threat.as_str()),
                                 latency: p.start.elapsed(),
                                 bytes: p.bytes,
+                                inline_bytes: 0,
                             });
                         }
                     }
@@ -288,6 +300,7 @@ async fn run_session(
                     outcome: Outcome::Error("not answered".into()),
                     latency: p.start.elapsed(),
                     bytes: p.bytes,
+                    inline_bytes: 0,
                 });
             }
             return match reason {

@@ -1,16 +1,21 @@
 //! `thinagent-diag scan --connect URL FILE...`: a guest over the real
 //! protocol.
 //!
-//! Each job opens one connection and drives `thinagent_guest::Session` (the
-//! same sans-IO core the drivers use) over a tokio socket: a `FileEvent` per
-//! file with its identity from the file's metadata, `ReadRequest`s served
-//! from the local file, one result line per file in clamdscan's shape
-//! (`PATH: OK`, `PATH: NAME FOUND`, `PATH: REASON ERROR`).
+//! Each job opens one connection: a `FileEvent` per file with its identity
+//! from the file's metadata, `ReadRequest`s served from the local file, one
+//! result line per file in clamdscan's shape (`PATH: OK`, `PATH: NAME
+//! FOUND`, `PATH: REASON ERROR`). By default it speaks protocol version 2
+//! and sends each file inline (`conn_v2`): whole when it fits the host's
+//! `max_inline_len` (one round trip, no `ReadRequest`), else its first
+//! bytes. `--no-inline` drives `thinagent_guest::Session` (the sans-IO core
+//! the drivers use, version 1) instead: every byte read by the host, for
+//! comparison.
 //!
 //! Exit status: 0 nothing found, 1 something found, 2 an error occurred
 //! (errors win, as with clamdscan).
 
 mod conn;
+mod conn_v2;
 mod files;
 mod url;
 
@@ -69,6 +74,11 @@ pub struct ScanArgs {
     /// Guest name sent in Hello.
     #[arg(long, default_value = "thinagent-diag")]
     pub guest_name: String,
+    /// Send no file content inline: protocol version 1 through the reference
+    /// guest session, the host reads every byte (the behaviour before
+    /// protocol version 2, for comparison).
+    #[arg(long)]
+    pub no_inline: bool,
 }
 
 /// What one query ended with.
@@ -97,8 +107,10 @@ pub struct ScanResult {
     pub outcome: Outcome,
     /// Submit to verdict.
     pub latency: Duration,
-    /// Content bytes the host pulled.
+    /// Content bytes the host pulled (`ReadRequest`s).
     pub bytes: u64,
+    /// Content bytes sent inline with the `FileEvent`.
+    pub inline_bytes: u64,
 }
 
 /// One unit of work.
@@ -218,6 +230,7 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         timeout: Duration::from_millis(args.timeout_ms),
         guest_name: args.guest_name.clone(),
         tls,
+        inline: !args.no_inline,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.jobs.clamp(1, 8) as usize)
@@ -257,6 +270,7 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
             outcome: Outcome::Error("not scanned (no connection)".into()),
             latency: Duration::ZERO,
             bytes: 0,
+            inline_bytes: 0,
         });
     }
     let results = std::mem::take(&mut *shared.results.lock().unwrap_or_else(|p| p.into_inner()));
@@ -276,15 +290,17 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         .filter(|r| r.outcome == Outcome::AllowedByPolicy)
         .count();
     let bytes: u64 = results.iter().map(|r| r.bytes).sum();
+    let inline: u64 = results.iter().map(|r| r.inline_bytes).sum();
     let secs = elapsed.as_secs_f64().max(1e-9);
     eprintln!(
-        "scanned {} queries ({} files x {} rounds), found {found}, errors {errors}, policy-allowed {policy}, elapsed {:.3} s, {:.1} files/s, {:.2} MB/s pulled",
+        "scanned {} queries ({} files x {} rounds), found {found}, errors {errors}, policy-allowed {policy}, elapsed {:.3} s, {:.1} files/s, {:.2} MB/s pulled, {:.2} MB/s inline",
         results.len(),
         files.len(),
         args.repeat,
         secs,
         results.len() as f64 / secs,
         bytes as f64 / 1e6 / secs,
+        inline as f64 / 1e6 / secs,
     );
     Ok(if errors > 0 || !connect_errors.is_empty() {
         ExitCode::from(2)

@@ -280,12 +280,12 @@ vec("host_hello_version_max_below_min_is_malformed", "5.1", H,
 vec("host_hello_is_acked", "6", H,
     "The host answers Hello with HelloAck carrying the Hello's request id and the highest "
     "common version.",
-    [recv(frame("Hello", 77, hello(vmin=1, vmax=3)), "Hello", [out("HelloAck", 77, version=1)])],
+    [recv(frame("Hello", 77, hello(vmin=1, vmax=3)), "Hello", [out("HelloAck", 77, version=2)])],
     False)
 vec("host_no_common_version", "6", H,
     "No common version: Error(VersionUnsupported) with the Hello's request id, "
     "Goodbye(VersionUnsupported), close.",
-    [recv(frame("Hello", 3, hello(vmin=2, vmax=5)), "Hello",
+    [recv(frame("Hello", 3, hello(vmin=3, vmax=5)), "Hello",
           [err(3, "VersionUnsupported"), bye("VersionUnsupported")])], True)
 vec("host_hello_with_request_id_0_is_fatal", "7", H,
     "A Hello with request id 0 is a fatal Error(UnexpectedMessage) with request id 0.",
@@ -740,6 +740,162 @@ def guest_v2_vectors():
 
 
 guest_v2_vectors()
+# ----- host receives, protocol version 2 (§5.3.1, §6.6) --------------------------
+# Kept in one function of its own (its encoders too), beside the guest side's
+# version-2 vectors, so that the two merge without touching each other.
+
+
+def host_v2_vectors():
+    inline_content = 1 << 4          # Capabilities::INLINE_CONTENT (§5.1)
+    both = READ_CONTENT | inline_content
+    max_inline = 65536 - 24 - 64 - 1  # MAX_INLINE_LEN: the default max_inline_len (§5.2)
+    whole_flag = 1                    # content_flags bit 0, WHOLE_FILE (§5.3.1)
+
+    def file_event_v2(size, content=b"", whole=False, path=b"/a", flags=None):
+        """A version-2 FileEvent payload: the version-1 fixed part, then
+        content_len, content_flags, three reserved bytes, path, content."""
+        f = (whole_flag if whole else 0) if flags is None else flags
+        return struct.pack("<BBHIII", 1, 1, len(path), 1, 1, 1) + struct.pack("<Q", 9) + \
+            b"\x01" * 16 + struct.pack("<QQ", size, 5) + \
+            struct.pack("<IBBH", len(content), f, 0, 0) + path + content
+
+    def ack2(rid=1, inline=max_inline):
+        # HelloAck always carries header version 1 (§6.3).
+        return out("HelloAck", rid, version=2, max_inline_len=inline, header_version=1)
+
+    def hello2(caps=both, vmin=1, vmax=2, inline=max_inline):
+        return recv(frame("Hello", 1, hello(vmin=vmin, vmax=vmax, caps=caps)), "Hello",
+                    [ack2(inline=inline)])
+
+    def v2(rid, decision="AllowNoCache", ttl=0):
+        return out("Verdict", rid, decision=decision, ttl=ttl, header_version=2)
+
+    def fatal2(rid, code):
+        return [out("Error", rid, code=code, header_version=2),
+                out("Goodbye", 0, reason="ProtocolError", header_version=2)]
+
+    def fe2(rid, size, content=b"", whole=False, expect=(), decodes="FileEvent", **kw):
+        return recv(frame("FileEvent", rid, file_event_v2(size, content, whole, **kw), version=2),
+                    decodes, expect)
+
+    def ping2(rid, version=2, expect=None):
+        if expect is None:
+            expect = [out("Pong", rid, nonce=7, timestamp=8, header_version=2)]
+        return recv(frame("Ping", rid, heartbeat(7, 8), version=version),
+                    "Ping" if version == 2 else "UnsupportedVersion", expect)
+
+    text = b"X5O!P%@AP["  # ten bytes of a file
+
+    # §6: negotiation and the session version.
+    vec("host_v2_highest_common_version_is_chosen", "6", H,
+        "The host picks the highest version both speak: a guest offering 1..2 gets version 2, "
+        "in a HelloAck whose header carries version 1 (§6.3); with INLINE_CONTENT it announces "
+        "max_inline_len, the largest its frame limit allows (§5.2).",
+        [hello2()], False)
+    vec("host_v2_guest_offering_2_to_3_gets_2", "6", H,
+        "A guest offering versions 2..3 gets version 2 from a host speaking 1..2.",
+        [hello2(vmin=2, vmax=3)], False)
+    vec("host_v2_guest_offering_only_2_gets_2", "6", H,
+        "A guest offering only version 2 gets version 2.",
+        [hello2(vmin=2, vmax=2)], False)
+    vec("host_v2_no_max_inline_len_without_inline_content", "5.2", H,
+        "A host announces a nonzero max_inline_len only to a guest with INLINE_CONTENT: without "
+        "it the field is 0 in a version-2 HelloAck.",
+        [hello2(caps=READ_CONTENT, inline=0)], False)
+    vec("host_v2_max_inline_len_follows_host_limit", "5.2", H,
+        "The host announces its configured max_inline_len; 0 turns inline content off.",
+        [hello2(inline=0)], False, host_limits={"max_inline_len": 0})
+    vec("host_v2_max_inline_len_follows_frame_limit", "5.2", H,
+        "The announced max_inline_len is at most max_frame_len - 24 - 64 - 1.",
+        [hello2(inline=8192 - 89)], False, host_limits={"max_frame_len": 8192})
+    vec("host_v2_frames_after_hello_ack_carry_version_2", "6", H,
+        "After HelloAck every frame the host sends carries the chosen version in its header, "
+        "and it accepts frames of that version.",
+        [hello2(), ping2(5)], False)
+    vec("host_v2_frame_of_version_1_is_skipped", "6", H,
+        "After version 2 was chosen, a Ping with header version 1 (a version the host speaks but "
+        "did not choose) is skipped with Error(VersionUnsupported) echoing its request id, in "
+        "header version 2; the session goes on.",
+        [hello2(), ping2(5, version=1,
+                         expect=[out("Error", 5, code="VersionUnsupported", header_version=2)]),
+         ping2(6)], False)
+    vec("host_v2_file_event_of_version_1_is_skipped", "6", H,
+        "A version-1 FileEvent in a version-2 session is skipped like an unsupported version: no "
+        "query, no Verdict.",
+        [hello2(), recv(frame("FileEvent", 7, file_event()), "UnsupportedVersion",
+                        [out("Error", 7, code="VersionUnsupported", header_version=2)]),
+         ping2(6)], False)
+    vec("host_v2_error_with_header_version_1_is_accepted", "6", H,
+        "Error and Goodbye keep their layout in every version and are accepted with header "
+        "version 1 after version 2 was chosen: an Error is logged, not answered.",
+        [hello2(), recv(frame("Error", 0, error("Internal")), "Error"), ping2(6)], False)
+    vec("host_v2_goodbye_with_header_version_1_closes", "6", H,
+        "A Goodbye with header version 1 after version 2 was chosen closes the session; nothing "
+        "is sent after it.",
+        [hello2(), fe2(7, 10), recv(frame("Goodbye", 0, goodbye("Shutdown")), "Goodbye")], True)
+    vec("host_v2_second_hello_is_still_a_hello", "6", H,
+        "Hello keeps header version 1 in every state: a second one after a version-2 HelloAck is "
+        "a second Hello (fatal, in header version 2), not an unsupported version.",
+        [hello2(), recv(frame("Hello", 2, hello(vmin=1, vmax=2, caps=both)), "Hello",
+                        fatal2(2, "UnexpectedMessage"))], True)
+
+    # §5.3.1: inline content.
+    vec("host_v2_whole_file_inline_needs_no_read_request", "5.3.1", H,
+        "For a FileEvent with WHOLE_FILE the host has every byte: fetching its content sends no "
+        "ReadRequest, and the Verdict follows (header version 2).",
+        [hello2(), fe2(7, len(text), text, whole=True), app("fetch", [], id=7),
+         app("verdict", [v2(7, "Deny", 300)], id=7, decision="Deny", ttl=300)], False)
+    vec("host_v2_empty_whole_file_needs_no_read_request", "5.3.1", H,
+        "An empty file is content_len 0 with WHOLE_FILE: complete, no ReadRequest.",
+        [hello2(), fe2(7, 0, whole=True), app("fetch", [], id=7),
+         app("verdict", [v2(7, "Allow", 60)], id=7, decision="Allow", ttl=60)], False)
+    vec("host_v2_whole_file_needs_no_read_content", "5.3.1", H,
+        "A WHOLE_FILE event is scanned from its content alone, also for a guest without "
+        "READ_CONTENT: no ReadRequest, no policy verdict.",
+        [hello2(caps=inline_content), fe2(7, len(text), text, whole=True), app("fetch", [], id=7),
+         app("verdict", [v2(7, "Allow", 60)], id=7, decision="Allow", ttl=60)], False)
+    vec("host_v2_partial_content_reads_start_at_content_len", "5.3.1", H,
+        "For partial content the host has bytes 0..content_len and reads the rest from "
+        "content_len on.",
+        [hello2(), fe2(7, 100, text), app("fetch", [out("ReadRequest", 1, event_id=7, offset=10,
+                                                        length=90, header_version=2)], id=7),
+         recv(frame("ReadData", 1, read_data(7, 10, "EndOfFile", bytes(90)), version=2),
+              "ReadData"),
+         app("verdict", [v2(7, "Allow", 60)], id=7, decision="Allow", ttl=60)], False)
+    vec("host_v2_inline_counts_against_the_scan_limit", "5.3.1", H,
+        "Inline content counts as read: a whole file above the host's scan limit gets the "
+        "too-large policy Verdict (cache_ttl_secs 0), without any ReadRequest.",
+        [hello2(), fe2(7, len(text), text, whole=True), app("fetch", [v2(7, "Deny")], id=7)],
+        False, host_limits={"max_file_size": 9}, host_policy={"too_large": "Deny"})
+    vec("host_v2_inline_without_inline_content_is_fatal", "5.3.1", H,
+        "Content from a guest that did not announce INLINE_CONTENT is a session error: open "
+        "queries get their policy Verdict, then Error(UnexpectedMessage) echoing the event id, "
+        "Goodbye(ProtocolError); the event gets no Verdict.",
+        [hello2(caps=READ_CONTENT, inline=0), fe2(4, 10),
+         fe2(5, 100, text, expect=[v2(4), *fatal2(5, "UnexpectedMessage")])], True)
+    vec("host_v2_whole_file_flag_without_inline_content_is_fatal", "5.3.1", H,
+        "WHOLE_FILE is content even with content_len 0: from a guest without INLINE_CONTENT it is "
+        "a fatal Error(UnexpectedMessage) echoing the event id.",
+        [hello2(caps=READ_CONTENT, inline=0),
+         fe2(5, 0, whole=True, expect=fatal2(5, "UnexpectedMessage"))], True)
+    vec("host_v2_inline_above_max_inline_len_is_fatal", "5.3.1", H,
+        "Content longer than the announced max_inline_len is a session error: open queries get "
+        "their policy Verdict, then Error(LimitExceeded) echoing the event id, "
+        "Goodbye(ProtocolError); the event gets no Verdict.",
+        [hello2(inline=9), fe2(4, 9, text[:9], whole=True),
+         fe2(5, 10, text, whole=True, expect=[v2(4), *fatal2(5, "LimitExceeded")])], True,
+        host_limits={"max_inline_len": 9})
+    vec("host_v2_whole_file_with_other_size_is_malformed", "5.3.1", H,
+        "WHOLE_FILE with content_len other than file_size is a fatal Malformed error.",
+        [hello2(), fe2(5, 11, text, whole=True, decodes="Malformed",
+                       expect=fatal2(5, "MalformedFrame"))], True)
+    vec("host_v2_reserved_content_flags_are_malformed", "5.3.1", H,
+        "content_flags bits 1-7 are reserved: a nonzero one is a fatal Malformed error.",
+        [hello2(), fe2(5, 100, text, flags=2, decodes="Malformed",
+                       expect=fatal2(5, "MalformedFrame"))], True)
+
+
+host_v2_vectors()
 
 # ----- TOML output ----------------------------------------------------------------
 

@@ -57,6 +57,9 @@ pub struct HostLimits {
     pub max_frame_len: Option<u32>,
     pub max_events_in_flight: Option<u32>,
     pub max_file_size: Option<u64>,
+    /// The most inline content the host allows (announced in a version-2
+    /// `HelloAck` to a guest with `INLINE_CONTENT`); 0 turns it off.
+    pub max_inline_len: Option<u32>,
 }
 
 /// Host policy decisions the vector changes from the defaults
@@ -109,6 +112,10 @@ pub struct Expect {
     pub decision: Option<String>,
     pub ttl: Option<u32>,
     pub version: Option<u16>,
+    /// `HelloAck.max_inline_len`.
+    pub max_inline_len: Option<u32>,
+    /// The frame header's `version` (any type; §6.6).
+    pub header_version: Option<u16>,
     pub event_id: Option<u64>,
     pub offset: Option<u64>,
     pub length: Option<u32>,
@@ -144,7 +151,7 @@ pub fn check_sent(ctx: &str, sent: &[u8], expect: &[Expect]) {
     while !rest.is_empty() {
         match decode_frame(rest) {
             Ok(Decoded::Frame { frame, consumed }) => {
-                frames.push((frame.request_id, frame.message));
+                frames.push((frame.request_id, frame.version, frame.message));
                 rest = &rest[consumed..];
             }
             other => panic!("{ctx}: the receiver sent undecodable bytes ({other:?}): {rest:02x?}"),
@@ -155,8 +162,8 @@ pub fn check_sent(ctx: &str, sent: &[u8], expect: &[Expect]) {
         expect.len(),
         "{ctx}: sent {frames:?}, expected {expect:?}"
     );
-    for ((id, msg), want) in frames.iter().zip(expect) {
-        check_frame(ctx, *id, msg, want);
+    for ((id, version, msg), want) in frames.iter().zip(expect) {
+        check_frame(ctx, *id, *version, msg, want);
     }
 }
 
@@ -170,9 +177,10 @@ fn name(value: impl std::fmt::Debug) -> String {
     format!("{value:?}")
 }
 
-fn check_frame(ctx: &str, id: u64, msg: &Message<'_>, want: &Expect) {
-    let ctx = &format!("{ctx}: frame {msg:?} (request id {id})");
+fn check_frame(ctx: &str, id: u64, version: u16, msg: &Message<'_>, want: &Expect) {
+    let ctx = &format!("{ctx}: frame {msg:?} (request id {id}, header version {version})");
     assert_eq!(name(msg.message_type()), want.msg_type, "{ctx}: type");
+    same(ctx, "header_version", version, want.header_version);
     match want.request_id {
         Some(want) => assert_eq!(id, want, "{ctx}: request id"),
         None => assert_ne!(
@@ -201,7 +209,9 @@ fn check_frame(ctx: &str, id: u64, msg: &Message<'_>, want: &Expect) {
         }
         Message::HelloAck(a) => {
             field(want.version.is_some());
+            field(want.max_inline_len.is_some());
             same(ctx, "version", a.version, want.version);
+            same(ctx, "max_inline_len", a.max_inline_len, want.max_inline_len);
         }
         Message::ReadRequest(r) => {
             field(want.event_id.is_some());
@@ -241,6 +251,7 @@ fn check_frame(ctx: &str, id: u64, msg: &Message<'_>, want: &Expect) {
         want.decision.is_some(),
         want.ttl.is_some(),
         want.version.is_some(),
+        want.max_inline_len.is_some(),
         want.event_id.is_some(),
         want.offset.is_some(),
         want.length.is_some(),

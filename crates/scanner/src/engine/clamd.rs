@@ -346,6 +346,11 @@ impl Engine for ClamdEngine {
         CLAMD_ENGINE_NAME
     }
 
+    /// Network I/O: always scanned on a blocking thread.
+    fn blocks(&self) -> bool {
+        true
+    }
+
     fn start(&self, size: u64) -> Box<dyn EngineScan> {
         let state = match self.stream_max_length {
             Some(max) if size > max => ScanState::Failed(self.too_long(&format!(

@@ -93,6 +93,15 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// the content may end up shorter if the file changes while being read).
     fn start(&self, size: u64) -> Box<dyn EngineScan>;
 
+    /// Whether a scan may wait on something other than the CPU (clamd's
+    /// socket). The service runs every scan of a set holding such an engine
+    /// on a blocking thread; a set of engines that only compute (built-in,
+    /// hash, YARA: the default `false`) may scan small content on the
+    /// connection's own task, without a thread hop.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     /// Scans complete content already in memory (its length is the real
     /// size). The default streams it through [`Engine::start`]; an engine
     /// that can use the whole buffer directly (no copy, exact size known)

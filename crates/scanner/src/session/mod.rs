@@ -22,16 +22,24 @@
 //!   [`SessionEvent::Finished`];
 //! * content is pulled with `ReadRequest`s of at most the negotiated chunk,
 //!   with at most `min(max_reads_in_flight, guest's max_reads_in_flight)`
-//!   reads and [`SessionLimits::max_bytes_in_flight`] bytes outstanding.
+//!   reads and [`SessionLimits::max_bytes_in_flight`] bytes outstanding;
+//! * it speaks protocol versions 1 and 2 and chooses the highest the guest
+//!   offers (§6.2). From its `HelloAck` on, every frame it sends carries
+//!   the chosen version and frames are checked against it (§6.6). In
+//!   version 2 a `FileEvent` may carry the file's first bytes or the whole
+//!   file (§5.3.1): they are delivered as content without a `ReadRequest`,
+//!   and for `WHOLE_FILE` no `ReadRequest` is ever sent.
 //!
 //! Defined outcomes of hostile input: fatal decoding errors and session rule
 //! violations (wrong state or direction, a request with request id 0, a
 //! `ReadData` longer than asked or with a wrong echo, a reused event id, more
 //! consecutive `FileEvent`s above `max_events_in_flight` than the limit
-//! itself) answer every open query with the error policy verdict, then send
-//! `Error` (echoing the offending frame's request id when its header could
-//! be trusted, else 0; none at all when the offending frame is itself an
-//! `Error`) + `Goodbye(ProtocolError)` and close; a `FileEvent` above the limit is answered at once with the
+//! itself, inline content from a guest without `INLINE_CONTENT` or longer
+//! than the announced `max_inline_len`) answer every open query with the
+//! error policy verdict, then send `Error` (echoing the offending frame's
+//! request id when its header could be trusted, else 0; none at all when
+//! the offending frame is itself an `Error`) + `Goodbye(ProtocolError)` and
+//! close; a `FileEvent` above the limit is answered at once with the
 //! error policy verdict ([`PolicyReason::OverLimit`]), because a guest whose
 //! own deadline expired no longer counts queries the host still has; unknown
 //! message types and versions are skipped with an `Error` (§9); a `ReadData`
@@ -57,13 +65,15 @@ use std::time::{Duration, Instant};
 
 use thinagent_protocol::{
     Capabilities, Decision, DecodeError, ErrorCode, ErrorMessage, FileEvent, Goodbye,
-    GoodbyeReason, Heartbeat, HelloAck, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, MAX_VERSION,
-    MIN_VERSION, Message, ReadOutcome, ReadRequest, StreamDecoder, Verdict,
+    GoodbyeReason, Heartbeat, HelloAck, INLINE_CONTENT_VERSION, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN,
+    MAX_VERSION, MIN_VERSION, Message, PROTOCOL_VERSION, ReadOutcome, ReadRequest, StreamDecoder,
+    Verdict,
 };
 
 pub use types::{
-    Anomaly, CallError, CloseReason, ContentFailure, EventId, GuestInfo, GuestPath, LimitsError,
-    PolicyReason, PolicyVerdicts, Query, QueryOutcome, SessionEvent, SessionLimits,
+    Anomaly, CallError, CloseReason, ContentFailure, EventId, GuestInfo, GuestPath, Inline,
+    LimitsError, PolicyReason, PolicyVerdicts, Query, QueryOutcome, SessionEvent, SessionLimits,
+    max_inline_len_for,
 };
 
 /// One outstanding `ReadRequest`.
@@ -101,6 +111,9 @@ struct OpenQuery {
     info: Arc<Query>,
     deadline: Option<Instant>,
     fetch: Option<Fetch>,
+    /// The bytes the `FileEvent` carried inline (`info.inline`), until
+    /// [`HostSession::fetch`] delivers them.
+    inline: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +134,8 @@ enum Step {
     /// A host-to-guest message (`HelloAck`, `ReadRequest`, `Verdict`), with
     /// its request id.
     WrongDirection(u64),
-    FileEvent(u64, Box<Query>),
+    /// The event and its inline content (copied out of the frame once).
+    FileEvent(u64, Box<Query>, Vec<u8>),
     ReadData(u64, ReadDataOwned),
     PeerError(u64, ErrorCode),
     Error(DecodeError),
@@ -154,6 +168,12 @@ pub struct HostSession {
     state: State,
     handshake_deadline: Option<Instant>,
     guest: Option<Arc<GuestInfo>>,
+    /// The session version (§6.6): [`PROTOCOL_VERSION`] until `HelloAck`
+    /// is sent, then the chosen one. Every frame sent carries it.
+    version: u16,
+    /// The `max_inline_len` announced in `HelloAck` (0: inline content is
+    /// not allowed).
+    inline_max: u32,
     /// Negotiated read chunk.
     chunk: u32,
     /// min(own, guest's) reads in flight.
@@ -189,6 +209,8 @@ impl HostSession {
             limits,
             state: State::Handshake,
             guest: None,
+            version: PROTOCOL_VERSION,
+            inline_max: 0,
             chunk: limits.max_read_chunk,
             max_reads: limits.max_reads_in_flight,
             rx,
@@ -394,6 +416,13 @@ impl HostSession {
     /// [`SessionEvent::ContentEnd`] or [`SessionEvent::ContentFailed`]. A file
     /// larger than `max_file_size`, or a guest without `READ_CONTENT`, gets
     /// its policy verdict at once ([`SessionEvent::Finished`]).
+    ///
+    /// Inline content (§5.3.1) comes first, at once, as one `Content` at
+    /// offset 0, and counts as read (against `max_file_size` too). A
+    /// `WHOLE_FILE` query is then complete: its `ContentEnd` follows at
+    /// once, no `ReadRequest` is sent, and the guest needs no
+    /// `READ_CONTENT`. Otherwise the rest is read from the end of the
+    /// inline bytes on.
     pub fn fetch(&mut self, id: EventId, now: Instant) -> Result<(), CallError> {
         self.now = now;
         if self.state == State::Closed {
@@ -405,19 +434,50 @@ impl HostSession {
         if q.fetch.is_some() {
             return Err(CallError::AlreadyFetching(id));
         }
-        let too_large = q.info.file.size > self.limits.max_file_size;
+        let inline = q.info.inline;
+        let inline_len = u64::from(inline.len);
+        // Inline bytes count as read (§5.3.1): more of them than the scan
+        // limit is a file too large, whatever size the guest declared.
+        let too_large = q.info.file.size.max(inline_len) > self.limits.max_file_size;
         let can_read = self
             .guest
             .as_ref()
             .is_some_and(|g| g.capabilities.contains(Capabilities::READ_CONTENT));
         if too_large {
             self.resolve_policy(id, PolicyReason::TooLarge);
-        } else if !can_read {
+        } else if !inline.whole_file && !can_read {
             self.resolve_policy(id, PolicyReason::NoContentCapability);
         } else if let Some(q) = self.queries.get_mut(&id) {
-            q.fetch = Some(Fetch::default());
-            self.fetch_order.push_back(id);
-            self.pump_reads();
+            // The fetch starts as if bytes 0..inline_len had been read.
+            let mut f = Fetch {
+                next_offset: inline_len,
+                delivered: inline_len,
+                charged: inline_len,
+                ..Fetch::default()
+            };
+            self.bytes_charged = self.bytes_charged.saturating_add(inline_len);
+            let data = std::mem::take(&mut q.inline);
+            if !data.is_empty() {
+                self.events.push_back(SessionEvent::Content {
+                    id,
+                    offset: 0,
+                    data,
+                });
+            }
+            if inline.whole_file {
+                // Every byte is here: never a ReadRequest (§5.3.1).
+                f.eof_at = Some(inline_len);
+                f.done = true;
+                self.events.push_back(SessionEvent::ContentEnd {
+                    id,
+                    size: inline_len,
+                });
+                q.fetch = Some(f);
+            } else {
+                q.fetch = Some(f);
+                self.fetch_order.push_back(id);
+                self.pump_reads();
+            }
         }
         Ok(())
     }
@@ -495,14 +555,19 @@ impl HostSession {
                                     agent_version: h.agent_version,
                                     capabilities: h.capabilities,
                                     version: 0,
+                                    max_inline_len: 0,
                                     max_frame_len: h.max_frame_len,
                                     max_reads_in_flight: h.max_reads_in_flight,
                                 },
                             },
                         ),
-                        Message::FileEvent(e) => {
-                            Step::FileEvent(id, Box::new(owned_query(id, &e, self.now)))
-                        }
+                        Message::FileEvent(e) => Step::FileEvent(
+                            id,
+                            Box::new(owned_query(id, &e, self.now)),
+                            // The one copy of the inline bytes out of the
+                            // decoder's (reused) buffer.
+                            e.content.bytes.to_vec(),
+                        ),
                         Message::ReadData(d) => Step::ReadData(
                             id,
                             ReadDataOwned {
@@ -570,7 +635,7 @@ impl HostSession {
                 self.finish_closed(CloseReason::PeerGoodbye(reason));
             }
             Step::Hello(id, hello) => self.on_hello(id, hello),
-            Step::FileEvent(id, _)
+            Step::FileEvent(id, _, _)
             | Step::Ping(id, _)
             | Step::Pong(id, _)
             | Step::ReadData(id, _)
@@ -579,7 +644,7 @@ impl HostSession {
             {
                 self.fatal(id, ErrorCode::UnexpectedMessage, "message before Hello");
             }
-            Step::FileEvent(id, query) => self.on_file_event(id, *query),
+            Step::FileEvent(id, query, inline) => self.on_file_event(id, *query, inline),
             Step::ReadData(id, data) => self.on_read_data(id, data),
             Step::Ping(0, _) => {
                 // §7: a request's id is never 0, whatever its type.
@@ -613,16 +678,18 @@ impl HostSession {
             self.fatal(id, ErrorCode::UnexpectedMessage, "second Hello");
             return;
         }
+        // §6.2: the highest version both speak.
         let lo = hello.min.max(MIN_VERSION);
-        // Version 2 (inline content) is not served yet: this host answers
-        // as a version-1 host until its session handles version-2 frames.
-        let hi = hello.max.min(MAX_VERSION).min(1);
+        let hi = hello.max.min(MAX_VERSION);
         if lo > hi || id == 0 {
             if id == 0 {
                 self.fatal(0, ErrorCode::UnexpectedMessage, "Hello with request id 0");
                 return;
             }
-            let text = "no common protocol version: this host speaks version 1";
+            let text = format!(
+                "no common protocol version: this host speaks versions {MIN_VERSION} to {MAX_VERSION}"
+            );
+            let text = text.as_str();
             self.push(
                 &Message::Error(ErrorMessage {
                     code: ErrorCode::VersionUnsupported,
@@ -644,6 +711,16 @@ impl HostSession {
         }
         let mut info = hello.info;
         info.version = hi;
+        // §5.2: announced only in version 2 and to a guest that said it
+        // sends inline content; normalized limits fit the frame limit.
+        info.max_inline_len = if hi >= INLINE_CONTENT_VERSION
+            && info.capabilities.contains(Capabilities::INLINE_CONTENT)
+        {
+            self.limits.max_inline_len
+        } else {
+            0
+        };
+        self.inline_max = info.max_inline_len;
         self.max_reads = self
             .limits
             .max_reads_in_flight
@@ -658,16 +735,20 @@ impl HostSession {
             heartbeat_interval_ms: millis(self.limits.heartbeat_interval),
             idle_timeout_ms: millis(self.limits.idle_timeout),
             query_timeout_ms: millis(self.limits.query_timeout).max(1),
-            max_inline_len: 0,
+            max_inline_len: info.max_inline_len,
         };
+        // HelloAck itself carries the handshake version (§6.3); from here
+        // on both directions use the chosen one (§6.6).
         self.push(&Message::HelloAck(ack), id);
+        self.version = hi;
+        self.rx.set_session_version(hi);
         self.state = State::Connected;
         let info = Arc::new(info);
         self.guest = Some(Arc::clone(&info));
         self.events.push_back(SessionEvent::Connected(info));
     }
 
-    fn on_file_event(&mut self, id: EventId, mut query: Query) {
+    fn on_file_event(&mut self, id: EventId, mut query: Query, inline: Vec<u8>) {
         if id == 0 {
             self.fatal(
                 0,
@@ -683,6 +764,29 @@ impl HostSession {
                 "FileEvent id reused while outstanding",
             );
             return;
+        }
+        if !query.inline.is_none() {
+            // §5.3.1: session errors; the event gets no Verdict.
+            let announced = self
+                .guest
+                .as_ref()
+                .is_some_and(|g| g.capabilities.contains(Capabilities::INLINE_CONTENT));
+            if !announced {
+                self.fatal(
+                    id,
+                    ErrorCode::UnexpectedMessage,
+                    "inline content from a guest without INLINE_CONTENT",
+                );
+                return;
+            }
+            if query.inline.len > self.inline_max {
+                self.fatal(
+                    id,
+                    ErrorCode::LimitExceeded,
+                    "inline content longer than max_inline_len",
+                );
+                return;
+            }
         }
         if let Some(g) = &self.guest {
             query.guest = Arc::clone(g);
@@ -722,6 +826,7 @@ impl HostSession {
                 info: Arc::clone(&info),
                 deadline: self.now.checked_add(self.limits.query_timeout),
                 fetch: None,
+                inline,
             },
         );
         self.events.push_back(SessionEvent::Query(info));
@@ -1017,13 +1122,14 @@ impl HostSession {
         if self.state == State::Closed {
             return;
         }
-        let len = msg.encoded_len();
+        let version = self.version;
+        let len = msg.encoded_len_for(version);
         let old = self.tx.len();
         self.tx.resize(old.saturating_add(len), 0);
         match self
             .tx
             .get_mut(old..)
-            .map(|out| msg.encode(request_id, out))
+            .map(|out| msg.encode_for(version, request_id, out))
         {
             Some(Ok(n)) => self.tx.truncate(old + n),
             _ => self.tx.truncate(old),
@@ -1091,6 +1197,7 @@ fn owned_query(id: EventId, e: &FileEvent<'_>, now: Instant) -> Query {
             agent_version: thinagent_protocol::AgentVersion::default(),
             capabilities: Capabilities::default(),
             version: 0,
+            max_inline_len: 0,
             max_frame_len: 0,
             max_reads_in_flight: 0,
         }),
@@ -1100,6 +1207,10 @@ fn owned_query(id: EventId, e: &FileEvent<'_>, now: Instant) -> Query {
         create_disposition: e.create_disposition,
         file: e.file,
         path: GuestPath::from_wire(&e.path),
+        inline: Inline {
+            len: u32::try_from(e.content.bytes.len()).unwrap_or(u32::MAX),
+            whole_file: e.content.whole_file,
+        },
         received_at: now,
     }
 }

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, Decoded, ErrorCode, EventKind,
-    FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, MAX_FRAME_LEN,
-    Message, OsKind, ReadData, ReadOutcome, decode_frame,
+    FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, InlineContent,
+    MAX_FRAME_LEN, MAX_INLINE_LEN, Message, OsKind, ReadData, ReadOutcome, decode_frame,
 };
 
 use super::*;
@@ -25,8 +25,13 @@ enum Out {
 }
 
 fn frame(msg: &Message<'_>, id: u64) -> Vec<u8> {
+    frame_v(1, msg, id)
+}
+
+/// A frame with header `version` (and that version's payload layout).
+fn frame_v(version: u16, msg: &Message<'_>, id: u64) -> Vec<u8> {
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    let n = msg.encode(id, &mut buf).unwrap();
+    let n = msg.encode_for(version, id, &mut buf).unwrap();
     buf.truncate(n);
     buf
 }
@@ -65,6 +70,8 @@ struct Harness {
     s: HostSession,
     t0: Instant,
     now: Instant,
+    /// Header versions of the frames the last [`Harness::out`] returned.
+    versions: Vec<u16>,
 }
 
 impl Harness {
@@ -74,6 +81,7 @@ impl Harness {
             s: HostSession::new(limits, t0),
             t0,
             now: t0,
+            versions: Vec::new(),
         }
     }
 
@@ -90,6 +98,12 @@ impl Harness {
         self.s.receive(&bytes, self.now);
     }
 
+    /// Sends a frame with header `version`.
+    fn send_v(&mut self, version: u16, msg: &Message<'_>, id: u64) {
+        let bytes = frame_v(version, msg, id);
+        self.s.receive(&bytes, self.now);
+    }
+
     fn advance(&mut self, d: Duration) {
         self.now += d;
         self.s.handle_timeout(self.now);
@@ -103,10 +117,12 @@ impl Harness {
         }
         let mut rest = &bytes[..];
         let mut out = Vec::new();
+        self.versions.clear();
         while !rest.is_empty() {
             let Ok(Decoded::Frame { frame, consumed }) = decode_frame(rest) else {
                 panic!("host sent an undecodable frame: {rest:02x?}");
             };
+            self.versions.push(frame.version);
             out.push(match frame.message {
                 Message::HelloAck(a) => Out::HelloAck(frame.request_id, a),
                 Message::Verdict(v) => Out::Verdict(
@@ -151,21 +167,23 @@ fn handshake_acks_with_limits() {
     let [Out::HelloAck(77, ack)] = out[..] else {
         panic!("{out:?}")
     };
-    assert_eq!(ack.version, 1);
+    assert_eq!(ack.version, 2);
+    // No INLINE_CONTENT: no inline content allowed.
+    assert_eq!(ack.max_inline_len, 0);
     assert_eq!(ack.max_read_chunk, thinagent_protocol::MAX_READ_CHUNK);
     assert_eq!(ack.max_events_in_flight, 64);
     let ev = h.events();
     let [SessionEvent::Connected(info)] = &ev[..] else {
         panic!("{ev:?}")
     };
-    assert_eq!((info.name.as_str(), info.version), ("vm-1", 1));
+    assert_eq!((info.name.as_str(), info.version), ("vm-1", 2));
     assert_eq!(h.s.guest().map(|g| g.max_reads_in_flight), Some(4));
 }
 
 #[test]
 fn wrong_version_gets_error_and_goodbye() {
     let mut h = Harness::new(SessionLimits::default());
-    h.send(&hello_msg(Capabilities::READ_CONTENT, 2, 5), 3);
+    h.send(&hello_msg(Capabilities::READ_CONTENT, 3, 5), 3);
     assert_eq!(
         h.out(),
         vec![
@@ -173,11 +191,13 @@ fn wrong_version_gets_error_and_goodbye() {
             Out::Goodbye(GoodbyeReason::VersionUnsupported)
         ]
     );
+    // Before HelloAck everything carries the handshake version (§6.6).
+    assert_eq!(h.versions, [1, 1]);
     assert!(h.s.is_closed());
     assert_eq!(
         h.events(),
         vec![SessionEvent::Closed(CloseReason::VersionUnsupported {
-            min: 2,
+            min: 3,
             max: 5
         })]
     );
@@ -685,7 +705,7 @@ enum Act {
 fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Act::Bytes),
-        (0u8..8, 0u64..6, 0u64..200, 0u16..300).prop_map(|(k, a, b, c)| Act::Frame(k, a, b, c)),
+        (0u8..11, 0u64..6, 0u64..200, 0u16..300).prop_map(|(k, a, b, c)| Act::Frame(k, a, b, c)),
         any::<u16>().prop_map(Act::Advance),
         any::<u8>().prop_map(Act::AppVerdict),
         any::<u8>().prop_map(Act::AppFetch),
@@ -697,6 +717,15 @@ fn act() -> impl Strategy<Value = Act> {
 
 fn valid_frame(kind: u8, id: u64, x: u64, len: u16) -> Vec<u8> {
     let data = vec![0x41u8; usize::from(len)];
+    // Version 2: a Hello offering it with INLINE_CONTENT, and events with
+    // the file's first `len` bytes or (kind 10) the whole file inline. In
+    // a version-1 session the events are skipped.
+    match kind {
+        8 => return frame(&hello_msg(INLINE_GUEST, 1, 2), id),
+        9 => return frame_v(2, &inline_event(x.max(len.into()), &data, false), id),
+        10 => return frame_v(2, &inline_event(len.into(), &data, true), id),
+        _ => {}
+    }
     let msg = match kind {
         0 => hello_msg(Capabilities::READ_CONTENT, 1, 1),
         1 | 2 => event_msg(x, "/p"),
@@ -757,6 +786,9 @@ proptest! {
         let mut ended: std::collections::HashSet<u64> = Default::default();
         let mut queries: std::collections::HashMap<u64, usize> = Default::default();
         let mut tx = Vec::new();
+        // Inline bytes of open queries: charged once fetched, on top of
+        // what the host itself asks for.
+        let mut inline: std::collections::HashMap<u64, u64> = Default::default();
         for a in acts {
             match a {
                 Act::Bytes(b) => h.s.receive(&b, h.now),
@@ -786,11 +818,13 @@ proptest! {
                 Act::Eof => h.s.transport_closed(h.now),
             }
             prop_assert!(h.s.reads_in_flight() <= 4);
-            prop_assert!(h.s.bytes_in_flight() <= 40 + 16 * 4);
+            let pushed: u64 = open.iter().filter_map(|id| inline.get(id)).sum();
+            prop_assert!(h.s.bytes_in_flight() <= 40 + 16 * 4 + pushed);
             while let Some(e) = h.s.poll_event() {
                 match e {
                     SessionEvent::Query(q) => {
                         prop_assert!(open.insert(q.id));
+                        inline.insert(q.id, q.inline.len.into());
                         // A reused id is a new event: it may end again.
                         ended.remove(&q.id);
                         *queries.entry(q.id).or_default() += 1;
@@ -900,4 +934,481 @@ fn limits_validate_and_normalize() {
     }
     .normalized();
     assert_eq!(small.max_read_chunk, 4096 - 56);
+}
+
+// ----- protocol version 2: negotiation, session version, inline content ------
+
+const INLINE_GUEST: Capabilities =
+    Capabilities(Capabilities::READ_CONTENT.0 | Capabilities::INLINE_CONTENT.0);
+
+/// A version-2 `FileEvent` of a `size`-byte file carrying `content`.
+fn inline_event(size: u64, content: &[u8], whole_file: bool) -> Message<'_> {
+    let Message::FileEvent(mut e) = event_msg(size, "/inline") else {
+        unreachable!()
+    };
+    e.content = InlineContent {
+        bytes: content,
+        whole_file,
+    };
+    Message::FileEvent(e)
+}
+
+impl Harness {
+    /// Connected in version 2 with `caps`; returns the HelloAck.
+    fn connected_v2(limits: SessionLimits, caps: Capabilities) -> (Self, HelloAck) {
+        let mut h = Self::new(limits);
+        h.send(&hello_msg(caps, 1, 2), 1);
+        let out = h.out();
+        let [Out::HelloAck(1, ack)] = out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(ack.version, 2);
+        assert!(matches!(h.events()[..], [SessionEvent::Connected(_)]));
+        (h, ack)
+    }
+
+    /// Sends a version-2 event and returns its announced query.
+    fn query_v2(&mut self, id: u64, msg: &Message<'_>) -> Arc<Query> {
+        self.send_v(2, msg, id);
+        let ev = self.events();
+        let [SessionEvent::Query(q)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        Arc::clone(q)
+    }
+}
+
+#[test]
+fn negotiation_matrix_picks_the_highest_common_version() {
+    // (guest min, guest max, caps, host max_inline_len) -> (version,
+    // announced max_inline_len).
+    let cases = [
+        (1, 1, INLINE_GUEST, MAX_INLINE_LEN, 1, 0),
+        (1, 2, INLINE_GUEST, MAX_INLINE_LEN, 2, MAX_INLINE_LEN),
+        (2, 2, INLINE_GUEST, MAX_INLINE_LEN, 2, MAX_INLINE_LEN),
+        (2, 3, INLINE_GUEST, MAX_INLINE_LEN, 2, MAX_INLINE_LEN),
+        // Version 2 without INLINE_CONTENT: nothing inline.
+        (1, 2, Capabilities::READ_CONTENT, MAX_INLINE_LEN, 2, 0),
+        // Inline content turned off by the host.
+        (1, 2, INLINE_GUEST, 0, 2, 0),
+        (2, 3, INLINE_GUEST, 1000, 2, 1000),
+        // Version 1: the field is reserved, whatever the guest says.
+        (1, 1, INLINE_GUEST, 1000, 1, 0),
+    ];
+    for (min, max, caps, host_inline, version, announced) in cases {
+        let ctx = format!("guest {min}..={max} caps {caps:?} host inline {host_inline}");
+        let mut h = Harness::new(SessionLimits {
+            max_inline_len: host_inline,
+            ..SessionLimits::default()
+        });
+        h.send(&hello_msg(caps, min, max), 9);
+        let out = h.out();
+        let [Out::HelloAck(9, ack)] = out[..] else {
+            panic!("{ctx}: {out:?}")
+        };
+        assert_eq!(
+            (ack.version, ack.max_inline_len),
+            (version, announced),
+            "{ctx}"
+        );
+        // HelloAck always carries the handshake version in its header.
+        assert_eq!(h.versions, [1], "{ctx}");
+        let ev = h.events();
+        let [SessionEvent::Connected(info)] = &ev[..] else {
+            panic!("{ctx}: {ev:?}")
+        };
+        assert_eq!((info.version, info.max_inline_len), (version, announced));
+        // From then on every frame carries the session version, both ways.
+        h.send_v(
+            version,
+            &Message::Ping(Heartbeat {
+                nonce: 3,
+                timestamp_ms: 4,
+            }),
+            5,
+        );
+        assert_eq!(
+            h.out(),
+            vec![Out::Pong(
+                5,
+                Heartbeat {
+                    nonce: 3,
+                    timestamp_ms: 4
+                }
+            )],
+            "{ctx}"
+        );
+        assert_eq!(h.versions, [version], "{ctx}");
+    }
+    // The frame limit caps what is announced.
+    let mut h = Harness::new(SessionLimits {
+        max_frame_len: 8192,
+        ..SessionLimits::default()
+    });
+    h.send(&hello_msg(INLINE_GUEST, 1, 2), 1);
+    let out = h.out();
+    let [Out::HelloAck(1, ack)] = out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ack.max_inline_len, 8192 - 24 - 64 - 1);
+    assert_eq!(max_inline_len_for(MAX_FRAME_LEN as u32), MAX_INLINE_LEN);
+}
+
+#[test]
+fn whole_inline_file_is_complete_without_any_read_request() {
+    let (mut h, _) = Harness::connected_v2(SessionLimits::default(), INLINE_GUEST);
+    let q = h.query_v2(7, &inline_event(5, b"hello", true));
+    assert_eq!(
+        q.inline,
+        Inline {
+            len: 5,
+            whole_file: true
+        }
+    );
+    h.s.fetch(7, h.now).unwrap();
+    assert!(h.out().is_empty(), "no ReadRequest for a WHOLE_FILE event");
+    assert_eq!(
+        h.events(),
+        vec![
+            SessionEvent::Content {
+                id: 7,
+                offset: 0,
+                data: b"hello".to_vec()
+            },
+            SessionEvent::ContentEnd { id: 7, size: 5 },
+        ]
+    );
+    // Charged like read content until consumed.
+    assert_eq!(h.s.bytes_in_flight(), 5);
+    h.s.consumed(7, 5);
+    assert_eq!(h.s.bytes_in_flight(), 0);
+    assert_eq!(h.s.fetch(7, h.now), Err(CallError::AlreadyFetching(7)));
+    h.s.verdict(7, Decision::Deny, "T", 60, h.now).unwrap();
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(7, Decision::Deny, "T".into(), 60)]
+    );
+    assert_eq!(h.versions, [2]);
+    // An empty file: WHOLE_FILE with no bytes, complete at once.
+    h.query_v2(8, &inline_event(0, b"", true));
+    h.s.fetch(8, h.now).unwrap();
+    assert!(h.out().is_empty());
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::ContentEnd { id: 8, size: 0 }]
+    );
+}
+
+#[test]
+fn whole_inline_file_needs_no_read_content_but_partial_does() {
+    let (mut h, _) = Harness::connected_v2(SessionLimits::default(), Capabilities::INLINE_CONTENT);
+    h.query_v2(7, &inline_event(3, b"abc", true));
+    h.s.fetch(7, h.now).unwrap();
+    assert!(h.out().is_empty());
+    assert_eq!(h.events().len(), 2, "Content and ContentEnd");
+    // Only a prefix, and the rest cannot be read: policy verdict.
+    h.query_v2(8, &inline_event(10, b"abc", false));
+    h.s.fetch(8, h.now).unwrap();
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(8, Decision::AllowNoCache, String::new(), 0)]
+    );
+}
+
+#[test]
+fn partial_inline_content_is_delivered_then_reads_start_at_content_len() {
+    let limits = SessionLimits {
+        max_read_chunk: 4,
+        ..SessionLimits::default()
+    };
+    let (mut h, _) = Harness::connected_v2(limits, INLINE_GUEST);
+    h.query_v2(9, &inline_event(10, b"012", false));
+    h.s.fetch(9, h.now).unwrap();
+    let reads = h.out();
+    let ranges: Vec<(u64, u64, u32)> = reads
+        .iter()
+        .map(|o| match o {
+            Out::Read(id, r) => (*id, r.offset, r.length),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ranges, vec![(1, 3, 4), (2, 7, 3)]);
+    assert_eq!(h.versions, [2, 2]);
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::Content {
+            id: 9,
+            offset: 0,
+            data: b"012".to_vec()
+        }]
+    );
+    h.s.consumed(9, 3);
+    h.send_v(
+        2,
+        &Message::ReadData(ReadData {
+            event_id: 9,
+            offset: 3,
+            outcome: ReadOutcome::Data(b"3456"),
+        }),
+        1,
+    );
+    h.send_v(
+        2,
+        &Message::ReadData(ReadData {
+            event_id: 9,
+            offset: 7,
+            outcome: ReadOutcome::EndOfFile(b"789"),
+        }),
+        2,
+    );
+    assert_eq!(
+        h.events(),
+        vec![
+            SessionEvent::Content {
+                id: 9,
+                offset: 3,
+                data: b"3456".to_vec()
+            },
+            SessionEvent::Content {
+                id: 9,
+                offset: 7,
+                data: b"789".to_vec()
+            },
+            SessionEvent::ContentEnd { id: 9, size: 10 },
+        ]
+    );
+    // A prefix that is already the declared size: one probe from its end.
+    h.query_v2(10, &inline_event(3, b"abc", false));
+    h.s.fetch(10, h.now).unwrap();
+    let out = h.out();
+    let [Out::Read(_, r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((r.event_id, r.offset), (10, 3));
+}
+
+#[test]
+fn inline_content_counts_against_the_scan_limit() {
+    let limits = SessionLimits {
+        max_file_size: 4,
+        policy: PolicyVerdicts {
+            too_large: Decision::Deny,
+            ..PolicyVerdicts::default()
+        },
+        ..SessionLimits::default()
+    };
+    let (mut h, _) = Harness::connected_v2(limits, INLINE_GUEST);
+    // Whole file of 5 bytes: too large, never delivered.
+    h.query_v2(1, &inline_event(5, b"12345", true));
+    h.s.fetch(1, h.now).unwrap();
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(1, Decision::Deny, String::new(), 0)]
+    );
+    assert!(matches!(
+        h.events()[..],
+        [SessionEvent::Finished {
+            outcome: QueryOutcome::Policy {
+                reason: PolicyReason::TooLarge,
+                ..
+            },
+            ..
+        }]
+    ));
+    // A prefix longer than the limit (the file grew past its declared
+    // size): too large as well.
+    h.query_v2(2, &inline_event(3, b"12345", false));
+    h.s.fetch(2, h.now).unwrap();
+    assert_eq!(
+        h.out(),
+        vec![Out::Verdict(2, Decision::Deny, String::new(), 0)]
+    );
+    assert_eq!(h.s.bytes_in_flight(), 0);
+}
+
+#[test]
+fn inline_content_from_a_guest_without_inline_content_is_fatal() {
+    for (content, whole) in [(&b"abc"[..], false), (&b""[..], true), (&b"x"[..], true)] {
+        let (mut h, ack) =
+            Harness::connected_v2(SessionLimits::default(), Capabilities::READ_CONTENT);
+        assert_eq!(ack.max_inline_len, 0);
+        h.query_v2(4, &event_msg(10, "/open"));
+        let size = if whole { content.len() as u64 } else { 10 };
+        h.send_v(2, &inline_event(size, content, whole), 5);
+        // The open query gets its policy verdict first; the offending event
+        // gets none.
+        assert_eq!(
+            h.out(),
+            vec![
+                Out::Verdict(4, Decision::AllowNoCache, String::new(), 0),
+                Out::Error(5, ErrorCode::UnexpectedMessage),
+                Out::Goodbye(GoodbyeReason::ProtocolError)
+            ],
+            "{content:?} whole {whole}"
+        );
+        assert_eq!(h.versions, [2, 2, 2]);
+        assert!(h.s.is_closed());
+        let ev = h.events();
+        assert!(ev.iter().all(|e| !matches!(e, SessionEvent::Query(_))));
+        assert!(matches!(
+            ev.last(),
+            Some(SessionEvent::Closed(CloseReason::Protocol {
+                code: ErrorCode::UnexpectedMessage,
+                ..
+            }))
+        ));
+    }
+}
+
+#[test]
+fn inline_content_above_max_inline_len_is_fatal() {
+    let limits = SessionLimits {
+        max_inline_len: 4,
+        ..SessionLimits::default()
+    };
+    let (mut h, ack) = Harness::connected_v2(limits, INLINE_GUEST);
+    assert_eq!(ack.max_inline_len, 4);
+    // Exactly the limit is fine.
+    h.query_v2(1, &inline_event(4, b"1234", true));
+    h.send_v(2, &inline_event(5, b"12345", true), 2);
+    assert_eq!(
+        h.out(),
+        vec![
+            Out::Verdict(1, Decision::AllowNoCache, String::new(), 0),
+            Out::Error(2, ErrorCode::LimitExceeded),
+            Out::Goodbye(GoodbyeReason::ProtocolError)
+        ]
+    );
+    assert!(h.s.is_closed());
+    // Inline content turned off: any byte is above the limit; an empty
+    // whole file is not.
+    let limits = SessionLimits {
+        max_inline_len: 0,
+        ..SessionLimits::default()
+    };
+    let (mut h, _) = Harness::connected_v2(limits, INLINE_GUEST);
+    h.query_v2(1, &inline_event(0, b"", true));
+    h.send_v(2, &inline_event(1, b"x", true), 2);
+    assert_eq!(
+        h.out()[1..],
+        [
+            Out::Error(2, ErrorCode::LimitExceeded),
+            Out::Goodbye(GoodbyeReason::ProtocolError)
+        ]
+    );
+}
+
+#[test]
+fn frozen_types_with_header_version_1_are_accepted_after_version_2() {
+    let (mut h, _) = Harness::connected_v2(SessionLimits::default(), INLINE_GUEST);
+    // An Error the guest sent before it saw the HelloAck: understood.
+    h.send_v(
+        1,
+        &Message::Error(thinagent_protocol::ErrorMessage {
+            code: ErrorCode::Internal,
+            text: "late",
+        }),
+        0,
+    );
+    assert!(h.out().is_empty());
+    assert_eq!(
+        h.events(),
+        vec![SessionEvent::Anomaly(Anomaly::PeerError {
+            request_id: 0,
+            code: ErrorCode::Internal
+        })]
+    );
+    h.query_v2(3, &event_msg(1, "/x"));
+    // A Goodbye with header version 1 closes; nothing is sent after it.
+    h.send_v(
+        1,
+        &Message::Goodbye(Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        }),
+        0,
+    );
+    assert!(h.out().is_empty());
+    assert!(h.s.is_closed());
+}
+
+#[test]
+fn other_frames_with_header_version_1_are_skipped_after_version_2() {
+    let (mut h, _) = Harness::connected_v2(SessionLimits::default(), INLINE_GUEST);
+    // A Ping in the handshake version is not the session's: skipped with
+    // Error(VersionUnsupported) echoing its id, in the session version.
+    h.send_v(
+        1,
+        &Message::Ping(Heartbeat {
+            nonce: 1,
+            timestamp_ms: 2,
+        }),
+        5,
+    );
+    assert_eq!(h.out(), vec![Out::Error(5, ErrorCode::VersionUnsupported)]);
+    assert_eq!(h.versions, [2]);
+    assert!(matches!(
+        h.events()[..],
+        [SessionEvent::Anomaly(Anomaly::SkippedFrame(_))]
+    ));
+    // A version-1 FileEvent too: no query, no Verdict.
+    h.send(&event_msg(1, "/v1"), 6);
+    assert_eq!(h.out(), vec![Out::Error(6, ErrorCode::VersionUnsupported)]);
+    assert_eq!(h.s.open_queries(), 0);
+    // A second Hello in version 1 is still a Hello (frozen): fatal.
+    h.send(&hello_msg(INLINE_GUEST, 1, 2), 8);
+    assert_eq!(
+        h.out(),
+        vec![
+            Out::Error(8, ErrorCode::UnexpectedMessage),
+            Out::Goodbye(GoodbyeReason::ProtocolError)
+        ]
+    );
+    assert_eq!(h.versions, [2, 2]);
+    // And in a version-1 session a version-2 frame is skipped (§6.6).
+    let mut h = Harness::connected();
+    h.send_v(2, &inline_event(3, b"abc", true), 4);
+    assert_eq!(h.out(), vec![Out::Error(4, ErrorCode::VersionUnsupported)]);
+    assert_eq!(h.versions, [1]);
+    assert_eq!(h.s.open_queries(), 0);
+    assert!(!h.s.is_closed());
+}
+
+#[test]
+fn host_frames_after_a_version_2_hello_ack_carry_version_2() {
+    let limits = SessionLimits {
+        max_read_chunk: 4,
+        ..SessionLimits::default()
+    };
+    let (mut h, _) = Harness::connected_v2(limits, INLINE_GUEST);
+    h.query_v2(1, &event_msg(8, "/r"));
+    h.s.fetch(1, h.now).unwrap();
+    let mut all = h.out();
+    let mut versions = h.versions.clone();
+    // The scan budget expires, then a heartbeat is due.
+    h.advance(Duration::from_millis(1_500));
+    all.extend(h.out());
+    versions.extend(&h.versions);
+    h.advance(Duration::from_secs(10));
+    all.extend(h.out());
+    versions.extend(&h.versions);
+    h.events();
+    h.query_v2(2, &event_msg(8, "/r"));
+    h.s.close(GoodbyeReason::Shutdown, h.now);
+    all.extend(h.out());
+    versions.extend(&h.versions);
+    assert!(
+        matches!(
+            all[..],
+            [
+                Out::Read(..),
+                Out::Read(..),
+                Out::Verdict(1, ..),
+                Out::Ping(_),
+                Out::Verdict(2, ..),
+                Out::Goodbye(GoodbyeReason::Shutdown)
+            ]
+        ),
+        "{all:?}"
+    );
+    assert_eq!(versions, [2; 6]);
 }

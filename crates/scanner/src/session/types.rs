@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_EVENTS_IN_FLIGHT, DEFAULT_MAX_READS_IN_FLIGHT,
-    DEFAULT_QUERY_TIMEOUT_MS, Decision, DecodeError, ErrorCode, EventKind, FileIdentity, FilePath,
-    GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, MAX_FRAME_LEN, MAX_READ_CHUNK, MIN_FRAME_LEN,
-    OsError, OsKind, READ_DATA_FIXED_LEN,
+    DEFAULT_QUERY_TIMEOUT_MS, Decision, DecodeError, ErrorCode, EventKind, FILE_EVENT_V2_FIXED_LEN,
+    FileIdentity, FilePath, GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, MAX_FRAME_LEN,
+    MAX_INLINE_LEN, MAX_READ_CHUNK, MIN_FRAME_LEN, OsError, OsKind, READ_DATA_FIXED_LEN,
 };
 
 /// The protocol's event id of a `FileEvent` (its header request id).
@@ -54,6 +54,13 @@ pub struct SessionLimits {
     /// Largest `ReadRequest.length` (also capped by the frame limit and
     /// [`MAX_READ_CHUNK`]).
     pub max_read_chunk: u32,
+    /// Most content bytes a guest may send inline in one `FileEvent`
+    /// (protocol version 2, §5.3.1; announced in `HelloAck` as
+    /// `max_inline_len` to a version-2 guest with `INLINE_CONTENT`, else 0).
+    /// 0 turns inline content off. Capped by the frame limit at
+    /// [`max_inline_len_for`]`(max_frame_len)` ([`MAX_INLINE_LEN`] with
+    /// the largest frame), which is also the default.
+    pub max_inline_len: u32,
     /// Most `ReadRequest`s the host has outstanding (also capped by the
     /// guest's `Hello.max_reads_in_flight`).
     pub max_reads_in_flight: u32,
@@ -85,6 +92,7 @@ impl Default for SessionLimits {
             max_frame_len: MAX_FRAME_LEN as u32,
             max_events_in_flight: DEFAULT_MAX_EVENTS_IN_FLIGHT,
             max_read_chunk: MAX_READ_CHUNK,
+            max_inline_len: MAX_INLINE_LEN,
             max_reads_in_flight: DEFAULT_MAX_READS_IN_FLIGHT,
             max_bytes_in_flight: 4 << 20,
             max_file_size: 64 << 20,
@@ -124,6 +132,14 @@ pub enum LimitsError {
         /// Configured heartbeat interval.
         heartbeat: Duration,
     },
+}
+
+/// The largest `max_inline_len` a host whose frame limit is `max_frame_len`
+/// can announce: room for a version-2 `FileEvent`'s fixed part and a
+/// one-byte path beside the content (`max_frame_len` − 24 − 64 − 1,
+/// protocol §5.2). 0 for a limit too small to hold any.
+pub const fn max_inline_len_for(max_frame_len: u32) -> u32 {
+    max_frame_len.saturating_sub((HEADER_LEN + FILE_EVENT_V2_FIXED_LEN + 1) as u32)
 }
 
 fn millis_u32(d: Duration) -> Option<u32> {
@@ -178,6 +194,9 @@ impl SessionLimits {
         self.max_read_chunk = self
             .max_read_chunk
             .clamp(1, MAX_READ_CHUNK.min(frame_chunk));
+        self.max_inline_len = self
+            .max_inline_len
+            .min(max_inline_len_for(self.max_frame_len));
         self.max_events_in_flight = self.max_events_in_flight.max(1);
         self.max_reads_in_flight = self.max_reads_in_flight.max(1);
         self.max_bytes_in_flight = self.max_bytes_in_flight.max(1);
@@ -211,6 +230,10 @@ pub struct GuestInfo {
     pub capabilities: Capabilities,
     /// Negotiated protocol version.
     pub version: u16,
+    /// The `max_inline_len` the host announced in `HelloAck`: most content
+    /// bytes the guest may send inline per `FileEvent` (0: none; always 0
+    /// in version 1 and for a guest without `INLINE_CONTENT`).
+    pub max_inline_len: u32,
     /// Largest frame the guest accepts.
     pub max_frame_len: u32,
     /// Most reads the guest serves at once.
@@ -274,8 +297,30 @@ pub struct Query {
     pub file: FileIdentity,
     /// Normalized path.
     pub path: GuestPath,
+    /// What the `FileEvent` carried inline (protocol version 2, §5.3.1).
+    /// The bytes themselves stay in the session until
+    /// [`fetch`](super::HostSession::fetch) delivers them as the first
+    /// [`SessionEvent::Content`].
+    pub inline: Inline,
     /// When the session received it.
     pub received_at: Instant,
+}
+
+/// The inline content of a `FileEvent` (protocol §5.3.1), described.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inline {
+    /// Bytes `0..len` of the file came with the event.
+    pub len: u32,
+    /// They are the whole file (`WHOLE_FILE`, `len` = the file size): the
+    /// host sends no `ReadRequest` for this event.
+    pub whole_file: bool,
+}
+
+impl Inline {
+    /// `true` when the event carried nothing inline (every version-1 event).
+    pub const fn is_none(&self) -> bool {
+        self.len == 0 && !self.whole_file
+    }
 }
 
 /// Why the session answered a query on its own.
@@ -417,7 +462,10 @@ pub enum SessionEvent {
     Query(Arc<Query>),
     /// Content of a fetched file, in offset order, without gaps. Call
     /// [`consumed`](super::HostSession::consumed) when the bytes are no
-    /// longer held, to let more content flow.
+    /// longer held, to let more content flow. A query with inline content
+    /// ([`Query::inline`]) gets it first, as one `Content` at offset 0
+    /// (charged and consumed like read content); the bytes after it, if
+    /// any, are read from the guest.
     Content {
         /// The query.
         id: EventId,
