@@ -82,17 +82,12 @@ impl V2Guest {
             },
             next_id: 1,
         };
-        loop {
-            let (version, id, msg) = g.next().await;
-            match msg {
-                Owned::HelloAck(ack) => {
-                    assert_eq!((version, id), (PROTOCOL_VERSION, 1), "HelloAck header");
-                    g.ack = ack;
-                    break;
-                }
-                other => panic!("before HelloAck: {other:?}"),
-            }
-        }
+        let (version, id, msg) = g.next().await;
+        let Owned::HelloAck(ack) = msg else {
+            panic!("before HelloAck: {msg:?}")
+        };
+        assert_eq!((version, id), (PROTOCOL_VERSION, 1), "HelloAck header");
+        g.ack = ack;
         // §6.6: from the HelloAck on, the chosen version both ways.
         g.rx.set_session_version(g.ack.version);
         g
