@@ -516,7 +516,10 @@ fn filesystem_mark_and_excluded_prefix() {
 /// nothing follows. With a 4096-byte chunk, a 23-byte file takes one read
 /// (it took two: `Data`, then an empty `EndOfFile`), a file of exactly two
 /// chunks takes two (it took three). `reads=` counts the agent's answers to
-/// `ReadRequest`s.
+/// `ReadRequest`s. This is the read path of a version-1 host and of the part
+/// of a large file not sent inline, so the first agent runs `--no-inline`;
+/// a second agent with inline content on (the default, protocol version 2)
+/// then sends both files whole with their events: no read at all.
 #[test]
 fn a_read_reaching_the_end_of_file_ends_it_without_another_request() {
     let Some(mnt) = setup("a_read_reaching_the_end_of_file_ends_it") else {
@@ -532,7 +535,9 @@ fn a_read_reaching_the_end_of_file_ends_it_without_another_request() {
     let big: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&two_chunks, &big).unwrap();
     let watch = mnt.path().to_str().unwrap();
-    let mut agent = Agent::start(state.path(), &base_args(&scanner.url, watch));
+    let mut args = base_args(&scanner.url, watch);
+    args.push("--no-inline");
+    let mut agent = Agent::start(state.path(), &args);
 
     assert_eq!(read(&small).unwrap(), b"a small clean text file");
     scanner.audit_with(small.to_str().unwrap());
@@ -552,4 +557,19 @@ fn a_read_reaching_the_end_of_file_ends_it_without_another_request() {
     let log = agent.log_text();
     assert_eq!(final_stat(&log, "allowed_by_scanner"), 2, "{log}");
     assert_eq!(final_stat(&log, "reads"), 1 + 2, "{log}");
+    assert_eq!(final_stat(&log, "inline_whole"), 0, "{log}");
+
+    // The same files rewritten (new content, so no cache answers them), now
+    // with inline content on: one FileEvent each, no ReadRequest.
+    std::fs::write(&small, b"another small clean file").unwrap();
+    let big2: Vec<u8> = big.iter().map(|b| b.wrapping_add(1)).collect();
+    std::fs::write(&two_chunks, &big2).unwrap();
+    let mut agent = Agent::start(state.path(), &base_args(&scanner.url, watch));
+    assert_eq!(read(&small).unwrap(), b"another small clean file");
+    assert_eq!(read(&two_chunks).unwrap(), big2);
+    assert!(agent.terminate().success());
+    let log = agent.log_text();
+    assert_eq!(final_stat(&log, "allowed_by_scanner"), 2, "{log}");
+    assert_eq!(final_stat(&log, "reads"), 0, "{log}");
+    assert_eq!(final_stat(&log, "inline_whole"), 2, "{log}");
 }
