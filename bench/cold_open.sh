@@ -12,7 +12,7 @@
 #
 #   bench/cold_open.sh [--quick] [--sizes "1K 4K 64K 1M"] [--files N] [--mb M]
 #                      [--setups "..."] [--dir DIR] [--no-build] [--nice N]
-#                      [--agent-args "ARGS"]
+#                      [--cpus LIST] [--agent-args "ARGS"]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +26,7 @@ DIR=/tmp/thinagent-coldopen
 BUILD=1
 NICE=-10
 AGENT_ARGS=
+CPUS=
 PASS_TIMEOUT=${PASS_TIMEOUT:-150}
 FLOOR_BYTES=65536
 
@@ -41,6 +42,8 @@ usage: $0 [options]
   --no-build         use the binaries already in target/release
   --agent-args "A"   extra arguments for thinagent-linux-agent
   --nice N           niceness of every benchmark process after the builds (default $NICE; 0 = unchanged)
+  --cpus LIST        run every benchmark process on these CPUs only (taskset -c LIST, e.g. 0;
+                     default: all CPUs)
 EOF
 }
 
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --agent-args) AGENT_ARGS=${2?--agent-args needs a value}; shift 2 ;;
         --nice) NICE=${2:?--nice needs a number}; shift 2 ;;
+        --cpus) CPUS=${2:?--cpus needs a CPU list}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "cold_open: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -128,6 +132,11 @@ fi
 # every setup (see onaccess_vs_clamonacc.sh). The builds above ran at the default.
 if [ "$NICE" != 0 ]; then
     renice -n "$NICE" -p $$ >/dev/null || die "renice -n $NICE failed"
+fi
+# Likewise the CPUs (inherited by every process started from here on).
+if [ -n "$CPUS" ]; then
+    command -v taskset >/dev/null || die "--cpus needs taskset (util-linux)"
+    taskset -p -c "$CPUS" $$ >/dev/null || die "taskset -c $CPUS failed"
 fi
 
 # --- work dir, tmpfs, process management ---
@@ -330,7 +339,7 @@ done
 
 echo
 echo "Cold open at its floor — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel $(uname -r)"
-echo "fresh files per size and setup on tmpfs: at most $FILES, at most $BUDGET_MB MiB; niceness $(ps -o ni= -p $$ | tr -d ' ')${AGENT_ARGS:+; agent arguments: $AGENT_ARGS}; load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "fresh files per size and setup on tmpfs: at most $FILES, at most $BUDGET_MB MiB; niceness $(ps -o ni= -p $$ | tr -d ' '); CPUs ${CPUS:-all}${AGENT_ARGS:+; agent arguments: $AGENT_ARGS}; load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 python3 "$HERE/cold_report.py" "$RUN"
 echo
