@@ -16,12 +16,22 @@
 //!   over, as every translation unit of a project includes them).
 //! - `probe PATH`: open and read one file; exit 0 allowed, 1 denied
 //!   (EACCES/EPERM at open or read), 2 any other error.
+//! - `populate-sized DIR --files N --size BYTES [--seed S]` (for
+//!   `bench/cold_open.sh`): N files of exactly BYTES random bytes,
+//!   `DIR/dNNN/fNNNNN.bin` (100 per directory), and `DIR/sized.txt`.
+//! - `coldread DIR --pass NAME`: open + read to the end + close of every
+//!   file `populate-sized` wrote, in name order, each open **timed on its
+//!   own** (from just before `open` to just after `close`). Run once on
+//!   fresh files it measures cold opens; again, warm ones.
 //!
 //! A pass prints one line of `key=value` fields on stdout:
 //! `pass=NAME kind=read opens=N stats=S bytes=B ns=T errors=E`, where `ns` is
 //! the wall time of the pass (the file list is built before the clock
-//! starts). A failed open or read is counted in `errors` (the first one is
-//! also printed on stderr) and the exit status is then 1.
+//! starts). `coldread` adds the distribution of the per-open times:
+//! `p50_ns`, `p90_ns`, `p99_ns`, `min_ns`, `max_ns`, `mean_ns` (`ns` is then
+//! the sum of the per-open times). A failed open or read is counted in
+//! `errors` (the first one is also printed on stderr) and the exit status is
+//! then 1.
 
 #![forbid(unsafe_code)]
 
@@ -37,12 +47,16 @@ const FILES_PER_DIR: usize = 100;
 const INCLUDES_PER_UNIT: usize = 40;
 /// Name of the file describing a populated tree.
 const MANIFEST: &str = "workload.txt";
+/// Name of the file describing a `populate-sized` directory.
+const SIZED_MANIFEST: &str = "sized.txt";
 
 const USAGE: &str = "usage:
   thinagent-onaccess-workload populate ROOT --files N [--headers H] [--units U] [--seed S]
   thinagent-onaccess-workload read ROOT --pass NAME
   thinagent-onaccess-workload compile ROOT --pass NAME
-  thinagent-onaccess-workload probe PATH";
+  thinagent-onaccess-workload probe PATH
+  thinagent-onaccess-workload populate-sized DIR --files N --size BYTES [--seed S]
+  thinagent-onaccess-workload coldread DIR --pass NAME";
 
 /// Counts of a populated tree, as written to `workload.txt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +293,117 @@ fn run_pass(name: &str, kind: &str, root: &Path) -> Result<bool, String> {
     Ok(tally.errors == 0)
 }
 
+/// Shape of a `populate-sized` directory, as written to `sized.txt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sized {
+    files: usize,
+    size: usize,
+    seed: u64,
+}
+
+impl Sized {
+    fn render(&self) -> String {
+        format!(
+            "files={} size={} seed={}\n",
+            self.files, self.size, self.seed
+        )
+    }
+
+    fn parse(text: &str) -> Result<Sized, String> {
+        let mut s = Sized {
+            files: 0,
+            size: 0,
+            seed: 0,
+        };
+        for field in text.split_whitespace() {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| format!("bad field {field:?}"))?;
+            let n: u64 = value
+                .parse()
+                .map_err(|_| format!("bad number in {field:?}"))?;
+            match key {
+                "files" => s.files = n as usize,
+                "size" => s.size = n as usize,
+                "seed" => s.seed = n,
+                _ => return Err(format!("unknown field {field:?}")),
+            }
+        }
+        if s.files == 0 {
+            return Err("files must be > 0".into());
+        }
+        Ok(s)
+    }
+}
+
+fn sized_file(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("d{:03}/f{:05}.bin", i / FILES_PER_DIR, i))
+}
+
+fn populate_sized(dir: &Path, shape: Sized) -> Result<(), String> {
+    for d in 0..shape.files.div_ceil(FILES_PER_DIR) {
+        let p = dir.join(format!("d{d:03}"));
+        fs::create_dir_all(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+    }
+    let mut rng = Rng::new(shape.seed);
+    let mut buf = Vec::with_capacity(shape.size + 8);
+    for i in 0..shape.files {
+        buf.clear();
+        while buf.len() < shape.size {
+            buf.extend_from_slice(&rng.next().to_le_bytes());
+        }
+        buf.truncate(shape.size);
+        write_file(&sized_file(dir, i), &buf)?;
+    }
+    write_file(&dir.join(SIZED_MANIFEST), shape.render().as_bytes())
+}
+
+/// The `p`-th percentile (0..=100) of sorted `v`, nearest rank.
+fn percentile(sorted: &[u64], p: u64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p as usize * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// `coldread`: every file of a `populate-sized` directory, each open timed.
+fn run_coldread(name: &str, dir: &Path) -> Result<bool, String> {
+    let path = dir.join(SIZED_MANIFEST);
+    let text = fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (run `populate-sized` first)",
+            path.display()
+        )
+    })?;
+    let shape = Sized::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let files: Vec<PathBuf> = (0..shape.files).map(|i| sized_file(dir, i)).collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tally = Tally::default();
+    let mut times = Vec::with_capacity(files.len());
+    for path in &files {
+        let t0 = Instant::now();
+        tally.read_whole(path, &mut buf);
+        times.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    let total: u64 = times.iter().sum();
+    let mean = total / times.len().max(1) as u64;
+    times.sort_unstable();
+    println!(
+        "pass={name} kind=coldread opens={} stats=0 bytes={} ns={total} errors={} \
+         p50_ns={} p90_ns={} p99_ns={} min_ns={} max_ns={} mean_ns={mean}",
+        tally.opens,
+        tally.bytes,
+        tally.errors,
+        percentile(&times, 50),
+        percentile(&times, 90),
+        percentile(&times, 99),
+        times.first().copied().unwrap_or(0),
+        times.last().copied().unwrap_or(0),
+    );
+    Ok(tally.errors == 0)
+}
+
 fn probe(path: &Path) -> ExitCode {
     let denied = |e: &io::Error| {
         matches!(e.kind(), ErrorKind::PermissionDenied) || e.raw_os_error() == Some(1)
@@ -379,6 +504,41 @@ fn main_inner(args: &[String]) -> Result<ExitCode, String> {
             })
         }
         "probe" if opts.is_empty() => Ok(probe(target)),
+        "populate-sized" => {
+            let mut shape = Sized {
+                files: 0,
+                size: 0,
+                seed: 16,
+            };
+            for (k, v) in &opts {
+                match k.as_str() {
+                    "files" => shape.files = number(k, v)? as usize,
+                    "size" => shape.size = number(k, v)? as usize,
+                    "seed" => shape.seed = number(k, v)?,
+                    _ => return Err(format!("populate-sized: unknown option --{k}\n{USAGE}")),
+                }
+            }
+            if shape.files == 0 {
+                return Err("populate-sized: --files must be > 0".into());
+            }
+            populate_sized(target, shape)?;
+            print!("{}", shape.render());
+            Ok(ExitCode::SUCCESS)
+        }
+        "coldread" => {
+            let mut name = cmd.to_string();
+            for (k, v) in &opts {
+                match k.as_str() {
+                    "pass" => name = v.clone(),
+                    _ => return Err(format!("{cmd}: unknown option --{k}\n{USAGE}")),
+                }
+            }
+            Ok(if run_coldread(&name, target)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         _ => Err(USAGE.into()),
     }
 }
@@ -431,5 +591,38 @@ mod tests {
         fs::remove_file(tree_file(&root, 7)).unwrap();
         assert!(!run_pass("t-read", "read", &root).unwrap());
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 50);
+        assert_eq!(percentile(&v, 99), 99);
+        assert_eq!(percentile(&v, 100), 100);
+        assert_eq!(percentile(&[7], 50), 7);
+        assert_eq!(percentile(&[], 50), 0);
+        assert_eq!(percentile(&[1, 2, 3], 50), 2);
+    }
+
+    #[test]
+    fn populate_sized_then_coldread_counts_every_open() {
+        let dir = std::env::temp_dir().join(format!("onaccess-sized-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let shape = Sized {
+            files: 150,
+            size: 70_000,
+            seed: 3,
+        };
+        populate_sized(&dir, shape).unwrap();
+        assert_eq!(fs::metadata(sized_file(&dir, 149)).unwrap().len(), 70_000);
+        assert!(!sized_file(&dir, 150).exists());
+        assert_eq!(
+            Sized::parse(&fs::read_to_string(dir.join(SIZED_MANIFEST)).unwrap()),
+            Ok(shape)
+        );
+        assert!(run_coldread("t-cold", &dir).unwrap());
+        fs::remove_file(sized_file(&dir, 9)).unwrap();
+        assert!(!run_coldread("t-cold", &dir).unwrap());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
