@@ -42,9 +42,17 @@ pub const MAX_READ_CHUNK: u32 = (MAX_FRAME_LEN - HEADER_LEN - READ_DATA_FIXED_LE
 /// Size in bytes of the fixed part of a version-2 `FileEvent` payload.
 pub const FILE_EVENT_V2_FIXED_LEN: usize = 64;
 
+/// The largest `max_inline_len` a host whose frame limit is `max_frame_len`
+/// can announce: room for a version-2 `FileEvent`'s fixed part and a
+/// one-byte path beside the content (`max_frame_len` − 24 − 64 − 1,
+/// protocol §5.2). 0 for a limit too small to hold any.
+pub const fn max_inline_len_for(max_frame_len: u32) -> u32 {
+    max_frame_len.saturating_sub((HEADER_LEN + FILE_EVENT_V2_FIXED_LEN + 1) as u32)
+}
+
 /// The largest `HelloAck.max_inline_len`: what fits a maximum-size frame
 /// beside a version-2 `FileEvent`'s fixed part and a one-byte path.
-pub const MAX_INLINE_LEN: u32 = (MAX_FRAME_LEN - HEADER_LEN - FILE_EVENT_V2_FIXED_LEN - 1) as u32;
+pub const MAX_INLINE_LEN: u32 = max_inline_len_for(MAX_FRAME_LEN as u32);
 
 /// Longest guest name in `Hello`, in UTF-8 bytes.
 pub const MAX_GUEST_NAME_LEN: usize = 255;

@@ -288,9 +288,7 @@ impl<'a> Codec<'a> for HelloAck {
                 version: self.version,
             });
         }
-        let inline_max = u64::from(self.max_frame_len)
-            - (HEADER_LEN + crate::messages::file_event::FILE_EVENT_V2_FIXED_LEN + 1) as u64;
-        if u64::from(self.max_inline_len) > inline_max {
+        if self.max_inline_len > crate::max_inline_len_for(self.max_frame_len) {
             return Err(PayloadError::OutOfRange {
                 field: "max_inline_len",
                 value: self.max_inline_len.into(),

@@ -73,7 +73,6 @@ use thinagent_protocol::{
 pub use types::{
     Anomaly, CallError, CloseReason, ContentFailure, EventId, GuestInfo, GuestPath, Inline,
     LimitsError, PolicyReason, PolicyVerdicts, Query, QueryOutcome, SessionEvent, SessionLimits,
-    max_inline_len_for,
 };
 
 /// One outstanding `ReadRequest`.

@@ -7,6 +7,7 @@ use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, Decoded, ErrorCode, EventKind,
     FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, InlineContent,
     MAX_FRAME_LEN, MAX_INLINE_LEN, Message, OsKind, ReadData, ReadOutcome, decode_frame,
+    max_inline_len_for,
 };
 
 use super::*;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_EVENTS_IN_FLIGHT, DEFAULT_MAX_READS_IN_FLIGHT,
-    DEFAULT_QUERY_TIMEOUT_MS, Decision, DecodeError, ErrorCode, EventKind, FILE_EVENT_V2_FIXED_LEN,
-    FileIdentity, FilePath, GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, MAX_FRAME_LEN,
-    MAX_INLINE_LEN, MAX_READ_CHUNK, MIN_FRAME_LEN, OsError, OsKind, READ_DATA_FIXED_LEN,
+    DEFAULT_QUERY_TIMEOUT_MS, Decision, DecodeError, ErrorCode, EventKind, FileIdentity, FilePath,
+    GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, MAX_FRAME_LEN, MAX_INLINE_LEN, MAX_READ_CHUNK,
+    MIN_FRAME_LEN, OsError, OsKind, READ_DATA_FIXED_LEN, max_inline_len_for,
 };
 
 /// The protocol's event id of a `FileEvent` (its header request id).
@@ -132,14 +132,6 @@ pub enum LimitsError {
         /// Configured heartbeat interval.
         heartbeat: Duration,
     },
-}
-
-/// The largest `max_inline_len` a host whose frame limit is `max_frame_len`
-/// can announce: room for a version-2 `FileEvent`'s fixed part and a
-/// one-byte path beside the content (`max_frame_len` − 24 − 64 − 1,
-/// protocol §5.2). 0 for a limit too small to hold any.
-pub const fn max_inline_len_for(max_frame_len: u32) -> u32 {
-    max_frame_len.saturating_sub((HEADER_LEN + FILE_EVENT_V2_FIXED_LEN + 1) as u32)
 }
 
 fn millis_u32(d: Duration) -> Option<u32> {
