@@ -1,7 +1,9 @@
-//! One job: connections to the scanner. With `--no-inline` each drives the
-//! reference guest `Session` (protocol version 1: the host reads every
-//! byte); otherwise [`super::conn_v2`] speaks version 2 and sends files
-//! inline.
+//! One job: connections to the scanner, each driving the reference guest
+//! `Session`. It offers protocol versions 1..=2; unless `--no-inline`, it
+//! announces `INLINE_CONTENT` and sends each file's first bytes (the whole
+//! file when it fits the host's `max_inline_len`: one round trip, no
+//! `ReadRequest`) with its `FileEvent`, cut by the session to what §5.3.1
+//! allows. With `--no-inline` the host reads every byte.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,7 +22,7 @@ use thinagent_guest::{
 };
 use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, Decision, EventKind, FileEvent, FilePath,
-    OsError, OsKind, ReadOutcome,
+    InlineContent, OsError, OsKind, ReadOutcome,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,11 +63,7 @@ pub async fn worker(job: u32, url: &ScanUrl, opts: &Options, shared: &Shared) ->
             return Ok(());
         }
         let err = match url.connect(opts.tls.as_ref()).await {
-            Ok(stream) => match if opts.inline {
-                super::conn_v2::run_session(stream, opts, shared).await
-            } else {
-                run_session(stream, opts, shared).await
-            } {
+            Ok(stream) => match run_session(stream, opts, shared).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             },
@@ -85,7 +83,10 @@ struct Pending {
     file: File,
     size: u64,
     start: std::time::Instant,
+    /// Bytes the host pulled with reads.
     bytes: u64,
+    /// Bytes sent inline with the `FileEvent`.
+    inline: u64,
 }
 
 fn outcome(decision: Decision, source: VerdictSource, threat: &str) -> Outcome {
@@ -104,7 +105,7 @@ fn outcome(decision: Decision, source: VerdictSource, threat: &str) -> Outcome {
 }
 
 /// Reads at `offset` until `buf` is full or the file ends.
-pub(super) fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         // Windows' seek_read also moves the cursor; nothing here uses it.
@@ -142,7 +143,8 @@ async fn run_session(
         },
         capabilities: Capabilities::READ_CONTENT,
         guest_name: &opts.guest_name,
-    };
+    }
+    .with_inline_content(opts.inline);
     let mut s = Box::new(GuestSession::new(&config));
     s.start(now());
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -151,6 +153,7 @@ async fn run_session(
     let mut tx = vec![0u8; 64 * 1024];
     let mut rx = vec![0u8; 64 * 1024];
     let mut rbuf = vec![0u8; 64 * 1024];
+    let mut content = vec![0u8; 64 * 1024];
     let mut connected = false;
     let mut finishing = false;
     let mut closed: Option<CloseReason> = None;
@@ -193,28 +196,63 @@ async fn run_session(
                         Ok(p) => FilePath::Utf8(p),
                         Err(_) => FilePath::Bytes(raw),
                     };
+                    // §5.3.1: at most what the session may send inline now;
+                    // one byte more than the size when it fits, so the read
+                    // proves the file ends there (WHOLE_FILE). The session
+                    // cuts the content and clears WHOLE_FILE as the host's
+                    // limits require.
+                    let file_identity = files::identity(&abs, &meta);
+                    let budget = s.inline_budget(raw.len()).min(content.len());
+                    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+                    let want = if size < budget { size + 1 } else { budget };
+                    let got = match read_at(&file, 0, &mut content[..want]) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            shared.record(ScanResult {
+                                path: job.path,
+                                round: job.round,
+                                outcome: Outcome::Error(format!("cannot read: {e}")),
+                                latency: Duration::ZERO,
+                                bytes: 0,
+                                inline_bytes: 0,
+                            });
+                            continue;
+                        }
+                    };
+                    let whole = got == size
+                        && (size < budget
+                            || read_at(&file, meta.len(), &mut [0u8; 1]).is_ok_and(|n| n == 0));
                     let event = FileEvent {
                         kind: EventKind::Open,
                         process_id: std::process::id(),
                         desired_access: 0x1, // FILE_READ_DATA
                         create_disposition: CreateDisposition::Open,
-                        file: files::identity(&abs, &meta),
+                        file: file_identity,
                         path,
-                        content: thinagent_protocol::InlineContent::NONE,
+                        content: InlineContent {
+                            bytes: &content[..got],
+                            whole_file: whole,
+                        },
                     };
-                    match s.submit(&event, now()) {
-                        Ok(q) => {
+                    match s.submit_detailed(&event, now()) {
+                        Ok(sub) => {
                             progress = true;
                             pending.insert(
-                                q,
+                                sub.query,
                                 Pending {
                                     job,
                                     file,
                                     size: meta.len(),
                                     start: std::time::Instant::now(),
                                     bytes: 0,
+                                    inline: u64::from(sub.content_len),
                                 },
                             );
+                            // The content went into the session's send
+                            // buffer: move it out so the next file's fits.
+                            while let Some(k) = s.poll_transmit(&mut tx) {
+                                out.extend_from_slice(&tx[..k]);
+                            }
                         }
                         Err(SubmitError::Full) => {
                             shared
@@ -240,7 +278,7 @@ async fn run_session(
                                 outcome: outcome(v.decision, v.source, v.threat.as_str()),
                                 latency: p.start.elapsed(),
                                 bytes: p.bytes,
-                                inline_bytes: 0,
+                                inline_bytes: p.inline,
                             });
                         }
                     }
@@ -300,7 +338,7 @@ async fn run_session(
                     outcome: Outcome::Error("not answered".into()),
                     latency: p.start.elapsed(),
                     bytes: p.bytes,
-                    inline_bytes: 0,
+                    inline_bytes: p.inline,
                 });
             }
             return match reason {

@@ -4,18 +4,17 @@
 //! Each job opens one connection: a `FileEvent` per file with its identity
 //! from the file's metadata, `ReadRequest`s served from the local file, one
 //! result line per file in clamdscan's shape (`PATH: OK`, `PATH: NAME
-//! FOUND`, `PATH: REASON ERROR`). By default it speaks protocol version 2
-//! and sends each file inline (`conn_v2`): whole when it fits the host's
-//! `max_inline_len` (one round trip, no `ReadRequest`), else its first
-//! bytes. `--no-inline` drives `thinagent_guest::Session` (the sans-IO core
-//! the drivers use, version 1) instead: every byte read by the host, for
-//! comparison.
+//! FOUND`, `PATH: REASON ERROR`). Each connection drives
+//! `thinagent_guest::Session`, the sans-IO core the drivers use. By default
+//! it speaks protocol version 2 and sends each file inline: whole when it
+//! fits the host's `max_inline_len` (one round trip, no `ReadRequest`), else
+//! its first bytes. `--no-inline` announces no inline content: every byte is
+//! read by the host, as in version 1, for comparison.
 //!
 //! Exit status: 0 nothing found, 1 something found, 2 an error occurred
 //! (errors win, as with clamdscan).
 
 mod conn;
-mod conn_v2;
 mod files;
 mod url;
 
