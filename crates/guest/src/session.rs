@@ -57,11 +57,12 @@
 use core::time::Duration;
 
 use thinagent_protocol::{
-    AgentVersion, Capabilities, CreateDisposition, Decision, DecodeError, ErrorCode, ErrorMessage,
-    EventKind, FILE_EVENT_V2_FIXED_LEN, FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason,
-    HANDSHAKE_TIMEOUT_MS, HEADER_LEN, Heartbeat, Hello, HelloAck, INLINE_CONTENT_VERSION,
-    InlineContent, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, Message, OsKind, PROTOCOL_VERSION, ReadData,
-    ReadOutcome, ReadRequest, StreamDecoder, Verdict,
+    ActionResult, ActionStatus, AgentVersion, Capabilities, CreateDisposition, Decision,
+    DecodeError, ErrorCode, ErrorMessage, EventKind, FILE_EVENT_V2_FIXED_LEN, FileEvent,
+    FileIdentity, FilePath, Goodbye, GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, Heartbeat,
+    Hello, HelloAck, INLINE_CONTENT_VERSION, InlineContent, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN,
+    Message, OsKind, PROTOCOL_VERSION, ReadData, ReadOutcome, ReadRequest, ScanCounters, ScanDone,
+    ScanStatus, StreamDecoder, Verdict,
 };
 
 use crate::params::{FailMode, Params};
@@ -377,6 +378,9 @@ pub struct Session<const N: usize = 64, const PATH: usize = 1024, const R: usize
     /// A `Pong` that found the outgoing buffer full (behind large
     /// `ReadData`s): sent as soon as there is room, never dropped.
     pong_pending: Option<(Heartbeat, u64)>,
+    /// Host requests (§14) this guest has no capability for, still to be
+    /// answered `Unsupported` once the transmit buffer has room.
+    refusals: [Option<(u64, Refusal)>; REFUSALS],
 }
 
 impl<const N: usize, const PATH: usize, const R: usize> core::fmt::Debug for Session<N, PATH, R> {
@@ -458,6 +462,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             last_recv: Instant::ZERO,
             ping: None,
             pong_pending: None,
+            refusals: [None; REFUSALS],
         }
     }
 
@@ -500,6 +505,7 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         self.last_recv = Instant::ZERO;
         self.ping = None;
         self.pong_pending = None;
+        self.refusals = [None; REFUSALS];
     }
 
     /// Whether the handshake completed and the session is not closed.
@@ -851,6 +857,19 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 }
             }
             Incoming::ReadRequest(req) => self.on_read_request(id, req),
+            // §14.1: a host request is never sent with id 0, and its id is
+            // not reused while an earlier one waits for its answer.
+            Incoming::HostRequest(_) if id == 0 => {
+                self.fatal(
+                    0,
+                    ErrorCode::UnexpectedMessage,
+                    CloseReason::Protocol(ErrorCode::UnexpectedMessage),
+                );
+            }
+            Incoming::HostRequest(kind) => self.refuse(id, kind),
+            // §14.5, §14.7: a ScanCancel or RestoreData for no running scan
+            // or restore (none ever runs here) is ignored.
+            Incoming::Ignored => {}
             Incoming::Ping(hb) => {
                 if !self.push_frame(&Message::Pong(hb), id) {
                     // Only the newest probe matters to the host.
@@ -874,6 +893,52 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                     CloseReason::Protocol(ErrorCode::UnexpectedMessage),
                 );
             }
+        }
+    }
+
+    /// Answers a host request of §14 this guest has no capability for with
+    /// `Unsupported` (§14.1: not a session error). The answer waits in
+    /// `refusals` while the transmit buffer is full; a host that sends more
+    /// requests than §14.1 allows outstanding breaks the session.
+    fn refuse(&mut self, id: u64, kind: Refusal) {
+        if self.refusals.iter().flatten().any(|(r, _)| *r == id) {
+            self.fatal(
+                id,
+                ErrorCode::UnexpectedMessage,
+                CloseReason::Protocol(ErrorCode::UnexpectedMessage),
+            );
+            return;
+        }
+        if self.refusals.iter().all(Option::is_none) && self.push_refusal(id, kind) {
+            return;
+        }
+        match self.refusals.iter_mut().find(|r| r.is_none()) {
+            Some(free) => *free = Some((id, kind)),
+            None => self.fatal(
+                id,
+                ErrorCode::LimitExceeded,
+                CloseReason::Protocol(ErrorCode::LimitExceeded),
+            ),
+        }
+    }
+
+    fn push_refusal(&mut self, id: u64, kind: Refusal) -> bool {
+        let version = self.version();
+        match kind {
+            Refusal::Action => self.tx.push(
+                &Message::ActionResult(ActionResult::status(ActionStatus::Unsupported)),
+                version,
+                id,
+            ),
+            Refusal::Scan => self.tx.push(
+                &Message::ScanDone(ScanDone {
+                    counters: ScanCounters::default(),
+                    status: ScanStatus::Unsupported,
+                    error: None,
+                }),
+                version,
+                id,
+            ),
         }
     }
 
@@ -1101,6 +1166,22 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         {
             self.pong_pending = None;
         }
+        if self.state != State::Closed {
+            // The waiting ones form a prefix in arrival order: send from
+            // the front, then move what is left to the front.
+            let mut sent = 0;
+            while let Some(&Some((id, kind))) = self.refusals.get(sent) {
+                if !self.push_refusal(id, kind) {
+                    break;
+                }
+                sent += 1;
+            }
+            if sent > 0 {
+                self.refusals.rotate_left(sent);
+                let len = self.refusals.len();
+                self.refusals[len - sent..].fill(None);
+            }
+        }
         if self.tx.start == self.tx.end && self.state == State::Connected {
             self.queue_file_events();
         }
@@ -1213,9 +1294,29 @@ enum Incoming {
     Pong(Heartbeat),
     Error,
     Goodbye(GoodbyeReason),
-    /// A message the host must not send (`Hello`, `FileEvent`, `ReadData`).
+    /// A host request of §14 (this guest announces none of their
+    /// capabilities, so each is answered `Unsupported`).
+    HostRequest(Refusal),
+    /// `ScanCancel` or `RestoreData`: ignored, no scan or restore runs.
+    Ignored,
+    /// A message the host must not send (`Hello`, `FileEvent`, `ReadData`,
+    /// and the guest → host messages of §14).
     Unexpected,
 }
+
+/// Which answer refuses a host request (§14.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// `ActionResult(Unsupported)`: `Remediate`, `Policy`, `Restore`.
+    Action,
+    /// `ScanDone(Unsupported)`: `ScanTree`.
+    Scan,
+}
+
+/// Refusals that may wait for room in the transmit buffer: the most
+/// requests §14.1 lets a host have outstanding (`MAX_ACTIONS_IN_FLIGHT`
+/// actions and one scan).
+const REFUSALS: usize = thinagent_protocol::MAX_ACTIONS_IN_FLIGHT as usize + 1;
 
 impl From<&Message<'_>> for Incoming {
     fn from(msg: &Message<'_>) -> Self {
@@ -1237,7 +1338,18 @@ impl From<&Message<'_>> for Incoming {
             Message::Pong(h) => Self::Pong(h),
             Message::Error(_) => Self::Error,
             Message::Goodbye(g) => Self::Goodbye(g.reason),
-            Message::Hello(_) | Message::FileEvent(_) | Message::ReadData(_) => Self::Unexpected,
+            Message::Remediate(_) | Message::Policy(_) | Message::Restore(_) => {
+                Self::HostRequest(Refusal::Action)
+            }
+            Message::ScanTree(_) => Self::HostRequest(Refusal::Scan),
+            Message::ScanCancel(_) | Message::RestoreData(_) => Self::Ignored,
+            Message::Hello(_)
+            | Message::FileEvent(_)
+            | Message::ReadData(_)
+            | Message::ActionResult(_)
+            | Message::ScanProgress(_)
+            | Message::ScanDone(_)
+            | Message::Health(_) => Self::Unexpected,
         }
     }
 }

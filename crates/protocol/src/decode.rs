@@ -130,7 +130,7 @@ fn decode_with(
             request_id,
         });
     }
-    let Some(msg_type) = MessageType::from_wire(raw_type) else {
+    let Some(msg_type) = MessageType::from_wire_in(raw_type, version) else {
         return Err(DecodeError::UnknownMessageType {
             msg_type: raw_type,
             request_id,

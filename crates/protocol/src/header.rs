@@ -55,10 +55,60 @@ wire_enum! {
         Ping = 0x0030,
         /// Either side: echoes a `Ping`.
         Pong = 0x0031,
+        /// Host → guest (version 2): remove or empty a file (§14.2).
+        Remediate = 0x0040,
+        /// Guest → host (version 2): answers `Remediate`, `Policy`, `Restore`.
+        ActionResult = 0x0041,
+        /// Host → guest (version 2): judge every file of a tree (§14.4).
+        ScanTree = 0x0042,
+        /// Guest → host (version 2): a scan's counters so far.
+        ScanProgress = 0x0043,
+        /// Guest → host (version 2): answers `ScanTree`.
+        ScanDone = 0x0044,
+        /// Host → guest (version 2): stop a scan.
+        ScanCancel = 0x0045,
+        /// Host → guest (version 2): the guest's policy (§14.6).
+        Policy = 0x0046,
+        /// Host → guest (version 2): write a file back (§14.7).
+        Restore = 0x0047,
+        /// Host → guest (version 2): a chunk of a `Restore`'s content.
+        RestoreData = 0x0048,
+        /// Guest → host (version 2): the guest's state (§14.8).
+        Health = 0x0049,
         /// Either side: reports a problem with a received frame.
         Error = 0x00F0,
         /// Either side: announces the close of the connection.
         Goodbye = 0x00F1,
+    }
+}
+
+impl MessageType {
+    /// The first protocol version that has this message type: in a frame
+    /// of an earlier version its value is unknown (`docs/protocol.md` §9
+    /// check 5).
+    pub const fn first_version(self) -> u16 {
+        match self {
+            Self::Remediate
+            | Self::ActionResult
+            | Self::ScanTree
+            | Self::ScanProgress
+            | Self::ScanDone
+            | Self::ScanCancel
+            | Self::Policy
+            | Self::Restore
+            | Self::RestoreData
+            | Self::Health => crate::HOST_ACTIONS_VERSION,
+            _ => 1,
+        }
+    }
+
+    /// The message type with this wire value in a frame of protocol
+    /// `version`, or `None` if that version does not define it.
+    pub const fn from_wire_in(value: u16, version: u16) -> Option<Self> {
+        match Self::from_wire(value) {
+            Some(t) if t.first_version() <= version => Some(t),
+            _ => None,
+        }
     }
 }
 

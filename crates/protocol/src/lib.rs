@@ -54,6 +54,14 @@ pub use messages::file_event::{
 pub use messages::goodbye::{Goodbye, GoodbyeReason};
 pub use messages::heartbeat::Heartbeat;
 pub use messages::hello::{AgentVersion, Capabilities, Hello, HelloAck, OsKind};
+pub use messages::host_action::{
+    ACTION_RESULT_LEN, ActionResult, ActionStatus, EXCLUSION_HEADER_LEN, Exclusion, ExclusionKind,
+    Exclusions, FailMode, HEALTH_LEN, Health, HealthState, MAX_DEBUG_LEVEL, MAX_RESTORE_CHUNK,
+    POLICY_FIXED_LEN, Policy, PolicyFields, REMEDIATE_FIXED_LEN, RESTORE_DATA_FIXED_LEN,
+    RESTORE_FIXED_LEN, Remediate, RemediateAction, Restore, RestoreData, SCAN_DONE_LEN,
+    SCAN_PROGRESS_LEN, SCAN_TREE_FIXED_LEN, ScanCancel, ScanCounters, ScanDone, ScanFlags,
+    ScanProgress, ScanStatus, ScanTree,
+};
 pub use messages::read::{ErrorSpace, OsError, ReadData, ReadOutcome, ReadRequest, ReadStatus};
 pub use messages::verdict::{Decision, Verdict};
 pub use stream::StreamDecoder;

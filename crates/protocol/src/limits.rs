@@ -20,6 +20,18 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// `HelloAck` announces `max_inline_len`.
 pub const INLINE_CONTENT_VERSION: u16 = 2;
 
+/// The first version with the host actions of `docs/protocol.md` §14
+/// (`Remediate`, `ScanTree`, `Policy`, `Restore`, `Health`, ...) and the
+/// `OnDemand` event kind.
+pub const HOST_ACTIONS_VERSION: u16 = 2;
+
+/// Most `Remediate`, `Policy` and `Restore` requests a host has outstanding
+/// at one guest (§14.1).
+pub const MAX_ACTIONS_IN_FLIGHT: u32 = 8;
+
+/// Least time between two `Health` reports of a guest, ms (§14.8).
+pub const HEALTH_MIN_INTERVAL_MS: u32 = 10_000;
+
 /// Size in bytes of the fixed frame header.
 pub const HEADER_LEN: usize = 24;
 

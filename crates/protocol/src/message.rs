@@ -8,6 +8,10 @@ use crate::messages::file_event::FileEvent;
 use crate::messages::goodbye::Goodbye;
 use crate::messages::heartbeat::Heartbeat;
 use crate::messages::hello::{Hello, HelloAck};
+use crate::messages::host_action::{
+    ActionResult, Health, Policy, Remediate, Restore, RestoreData, ScanCancel, ScanDone,
+    ScanProgress, ScanTree,
+};
 use crate::messages::read::{ReadData, ReadRequest};
 use crate::messages::verdict::Verdict;
 use crate::wire::Writer;
@@ -54,6 +58,26 @@ pub enum Message<'a> {
     Ping(Heartbeat),
     /// Either side: echo of a `Ping`.
     Pong(Heartbeat),
+    /// Host → guest (version 2): remove or empty a file.
+    Remediate(Remediate<'a>),
+    /// Guest → host (version 2): answer to `Remediate`, `Policy`, `Restore`.
+    ActionResult(ActionResult),
+    /// Host → guest (version 2): judge every file of a tree.
+    ScanTree(ScanTree<'a>),
+    /// Guest → host (version 2): a scan's counters so far.
+    ScanProgress(ScanProgress),
+    /// Guest → host (version 2): answer to `ScanTree`.
+    ScanDone(ScanDone),
+    /// Host → guest (version 2): stop a scan.
+    ScanCancel(ScanCancel),
+    /// Host → guest (version 2): the guest's policy.
+    Policy(Policy<'a>),
+    /// Host → guest (version 2): write a file back.
+    Restore(Restore<'a>),
+    /// Host → guest (version 2): a chunk of a `Restore`'s content.
+    RestoreData(RestoreData<'a>),
+    /// Guest → host (version 2): the guest's state.
+    Health(Health),
     /// Either side: error report.
     Error(ErrorMessage<'a>),
     /// Either side: closing.
@@ -71,6 +95,16 @@ macro_rules! with_payload {
             Message::ReadRequest($m) => $body,
             Message::ReadData($m) => $body,
             Message::Ping($m) | Message::Pong($m) => $body,
+            Message::Remediate($m) => $body,
+            Message::ActionResult($m) => $body,
+            Message::ScanTree($m) => $body,
+            Message::ScanProgress($m) => $body,
+            Message::ScanDone($m) => $body,
+            Message::ScanCancel($m) => $body,
+            Message::Policy($m) => $body,
+            Message::Restore($m) => $body,
+            Message::RestoreData($m) => $body,
+            Message::Health($m) => $body,
             Message::Error($m) => $body,
             Message::Goodbye($m) => $body,
         }
@@ -89,6 +123,16 @@ impl<'a> Message<'a> {
             Self::ReadData(_) => MessageType::ReadData,
             Self::Ping(_) => MessageType::Ping,
             Self::Pong(_) => MessageType::Pong,
+            Self::Remediate(_) => MessageType::Remediate,
+            Self::ActionResult(_) => MessageType::ActionResult,
+            Self::ScanTree(_) => MessageType::ScanTree,
+            Self::ScanProgress(_) => MessageType::ScanProgress,
+            Self::ScanDone(_) => MessageType::ScanDone,
+            Self::ScanCancel(_) => MessageType::ScanCancel,
+            Self::Policy(_) => MessageType::Policy,
+            Self::Restore(_) => MessageType::Restore,
+            Self::RestoreData(_) => MessageType::RestoreData,
+            Self::Health(_) => MessageType::Health,
             Self::Error(_) => MessageType::Error,
             Self::Goodbye(_) => MessageType::Goodbye,
         }
@@ -139,6 +183,16 @@ impl<'a> Message<'a> {
             MessageType::ReadData => Self::ReadData(Codec::decode(payload, v)?),
             MessageType::Ping => Self::Ping(Codec::decode(payload, v)?),
             MessageType::Pong => Self::Pong(Codec::decode(payload, v)?),
+            MessageType::Remediate => Self::Remediate(Codec::decode(payload, v)?),
+            MessageType::ActionResult => Self::ActionResult(Codec::decode(payload, v)?),
+            MessageType::ScanTree => Self::ScanTree(Codec::decode(payload, v)?),
+            MessageType::ScanProgress => Self::ScanProgress(Codec::decode(payload, v)?),
+            MessageType::ScanDone => Self::ScanDone(Codec::decode(payload, v)?),
+            MessageType::ScanCancel => Self::ScanCancel(Codec::decode(payload, v)?),
+            MessageType::Policy => Self::Policy(Codec::decode(payload, v)?),
+            MessageType::Restore => Self::Restore(Codec::decode(payload, v)?),
+            MessageType::RestoreData => Self::RestoreData(Codec::decode(payload, v)?),
+            MessageType::Health => Self::Health(Codec::decode(payload, v)?),
             MessageType::Error => Self::Error(Codec::decode(payload, v)?),
             MessageType::Goodbye => Self::Goodbye(Codec::decode(payload, v)?),
         })

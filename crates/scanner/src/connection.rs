@@ -590,6 +590,15 @@ impl Driver {
                         self.session.close(reason, now());
                     }
                 }
+                // Kept per guest by the guest registry of issue 14 (not
+                // built yet); logged meanwhile.
+                SessionEvent::Health(h) => tracing::debug!(
+                    guest = %self.guest,
+                    policy_version = h.policy_version,
+                    events_sent = h.events_sent,
+                    fail_decisions = h.fail_decisions,
+                    "guest health report"
+                ),
                 SessionEvent::Query(q) => self.on_query(q),
                 SessionEvent::Content { id, offset, data } => self.on_content(id, offset, data),
                 SessionEvent::ContentEnd { id, .. } => self.on_content_end(id),

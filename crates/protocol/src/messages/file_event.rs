@@ -19,6 +19,11 @@ wire_enum! {
         /// A handle that wrote to the file was closed; the content may have
         /// changed. The guest still waits for the verdict only if it chooses to.
         CloseAfterWrite = 3,
+        /// Version 2: the file is judged because of a host's `ScanTree`
+        /// (`docs/protocol.md` §14.4); no operation waits for it, so its
+        /// `process_id` and `desired_access` are 0 and its
+        /// `create_disposition` is `Open`.
+        OnDemand = 4,
     }
 }
 
@@ -93,7 +98,7 @@ impl<'a> FilePath<'a> {
         }
     }
 
-    fn from_wire(encoding: PathEncoding, bytes: &'a [u8]) -> Result<Self, PayloadError> {
+    pub(crate) fn from_wire(encoding: PathEncoding, bytes: &'a [u8]) -> Result<Self, PayloadError> {
         Ok(match encoding {
             PathEncoding::Utf8 => Self::Utf8(
                 core::str::from_utf8(bytes)
@@ -104,7 +109,7 @@ impl<'a> FilePath<'a> {
         })
     }
 
-    fn validate(&self) -> Result<(), PayloadError> {
+    pub(crate) fn validate(&self) -> Result<(), PayloadError> {
         let bytes = self.as_bytes();
         if bytes.is_empty() {
             return Err(PayloadError::Empty { field: "path" });
@@ -253,8 +258,15 @@ impl<'a> Codec<'a> for FileEvent<'a> {
             fixed.saturating_add(path_len).saturating_add(content_len),
         )?;
         let (path, content) = variable.split_at(path_len);
+        let kind = EventKind::decode(w.kind)?;
+        if kind == EventKind::OnDemand && version < crate::HOST_ACTIONS_VERSION {
+            return Err(PayloadError::UnknownValue {
+                field: "kind",
+                value: w.kind.into(),
+            });
+        }
         let event = FileEvent {
-            kind: EventKind::decode(w.kind)?,
+            kind,
             process_id: w.process_id.get(),
             desired_access: w.desired_access.get(),
             create_disposition: CreateDisposition::decode(w.create_disposition.get())?,
@@ -281,6 +293,22 @@ impl<'a> Codec<'a> for FileEvent<'a> {
             crate::MAX_INLINE_LEN as usize,
             "content",
         )?;
+        if self.kind == EventKind::OnDemand {
+            let fields = [
+                ("process_id", u64::from(self.process_id), 0),
+                ("desired_access", u64::from(self.desired_access), 0),
+                (
+                    "create_disposition",
+                    u64::from(self.create_disposition.to_wire()),
+                    u64::from(CreateDisposition::Open.to_wire()),
+                ),
+            ];
+            for (field, value, required) in fields {
+                if value != required {
+                    return Err(PayloadError::OutOfRange { field, value });
+                }
+            }
+        }
         let len = self.content.bytes.len() as u64;
         if self.content.whole_file && len != self.file.size {
             return Err(PayloadError::OutOfRange {
@@ -292,6 +320,12 @@ impl<'a> Codec<'a> for FileEvent<'a> {
     }
 
     fn check_version(&self, version: u16) -> Result<(), PayloadError> {
+        if self.kind == EventKind::OnDemand && version < crate::HOST_ACTIONS_VERSION {
+            return Err(PayloadError::NotInVersion {
+                field: "kind",
+                version,
+            });
+        }
         if has_inline(version) || self.content.is_none() {
             Ok(())
         } else {

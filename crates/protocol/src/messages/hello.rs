@@ -41,6 +41,15 @@ impl Capabilities {
     /// The guest sends files' first bytes inline in `FileEvent`s when the
     /// session is version 2 or later and the host's `max_inline_len` allows.
     pub const INLINE_CONTENT: Self = Self(1 << 4);
+    /// The guest takes `Remediate` (version 2, `docs/protocol.md` §14.2).
+    pub const REMEDIATE: Self = Self(1 << 5);
+    /// The guest takes `ScanTree` / `ScanCancel` and sends `OnDemand`
+    /// events (version 2, §14.4).
+    pub const SCAN_TREE: Self = Self(1 << 6);
+    /// The guest takes `Policy` (version 2, §14.6).
+    pub const POLICY: Self = Self(1 << 7);
+    /// The guest takes `Restore` / `RestoreData` (version 2, §14.7).
+    pub const RESTORE: Self = Self(1 << 8);
 
     /// `true` when every bit of `other` is set in `self`.
     pub const fn contains(self, other: Self) -> bool {

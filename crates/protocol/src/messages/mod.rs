@@ -5,5 +5,6 @@ pub mod file_event;
 pub mod goodbye;
 pub mod heartbeat;
 pub mod hello;
+pub mod host_action;
 pub mod read;
 pub mod verdict;

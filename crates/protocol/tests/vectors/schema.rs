@@ -243,7 +243,23 @@ fn check_frame(ctx: &str, id: u64, version: u16, msg: &Message<'_>, want: &Expec
             same(ctx, "content_len", e.content.bytes.len(), want.content_len);
             same(ctx, "whole_file", e.content.whole_file, want.whole_file);
         }
-        Message::Hello(_) => {}
+        Message::ActionResult(r) => {
+            field(want.status.is_some());
+            same(ctx, "status", name(r.status), want.status.clone());
+        }
+        Message::ScanDone(d) => {
+            field(want.status.is_some());
+            same(ctx, "status", name(d.status), want.status.clone());
+        }
+        Message::Hello(_)
+        | Message::Remediate(_)
+        | Message::ScanTree(_)
+        | Message::ScanProgress(_)
+        | Message::ScanCancel(_)
+        | Message::Policy(_)
+        | Message::Restore(_)
+        | Message::RestoreData(_)
+        | Message::Health(_) => {}
     }
     let given = [
         want.code.is_some(),

@@ -65,9 +65,9 @@ use std::time::{Duration, Instant};
 
 use thinagent_protocol::{
     Capabilities, Decision, DecodeError, ErrorCode, ErrorMessage, FileEvent, Goodbye,
-    GoodbyeReason, Heartbeat, HelloAck, INLINE_CONTENT_VERSION, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN,
-    MAX_VERSION, MIN_VERSION, Message, PROTOCOL_VERSION, ReadOutcome, ReadRequest, StreamDecoder,
-    Verdict,
+    GoodbyeReason, Health, Heartbeat, HelloAck, INLINE_CONTENT_VERSION, MAX_FRAME_LEN,
+    MAX_THREAT_NAME_LEN, MAX_VERSION, MIN_VERSION, Message, MessageType, PROTOCOL_VERSION,
+    ReadOutcome, ReadRequest, StreamDecoder, Verdict,
 };
 
 pub use types::{
@@ -133,6 +133,10 @@ enum Step {
     /// A host-to-guest message (`HelloAck`, `ReadRequest`, `Verdict`), with
     /// its request id.
     WrongDirection(u64),
+    /// A guest's `Health` report (§14.8).
+    Health(u64, Health),
+    /// An `ActionResult`, `ScanProgress` or `ScanDone` (§14.1).
+    UnmatchedResponse(u64, MessageType),
     /// The event and its inline content (copied out of the frame once).
     FileEvent(u64, Box<Query>, Vec<u8>),
     ReadData(u64, ReadDataOwned),
@@ -585,9 +589,23 @@ impl HostSession {
                         Message::Ping(h) => Step::Ping(id, h),
                         Message::Pong(h) => Step::Pong(id, h),
                         Message::Goodbye(g) => Step::Goodbye(g.reason),
-                        Message::HelloAck(_) | Message::ReadRequest(_) | Message::Verdict(_) => {
-                            Step::WrongDirection(id)
+                        Message::Health(h) => Step::Health(id, h),
+                        // §14.1: answers to host requests; this host sends
+                        // none yet, so every one matches nothing.
+                        Message::ActionResult(_)
+                        | Message::ScanProgress(_)
+                        | Message::ScanDone(_) => {
+                            Step::UnmatchedResponse(id, frame.message.message_type())
                         }
+                        Message::HelloAck(_)
+                        | Message::ReadRequest(_)
+                        | Message::Verdict(_)
+                        | Message::Remediate(_)
+                        | Message::ScanTree(_)
+                        | Message::ScanCancel(_)
+                        | Message::Policy(_)
+                        | Message::Restore(_)
+                        | Message::RestoreData(_) => Step::WrongDirection(id),
                     }
                 }
                 Err(e) => Step::Error(e),
@@ -639,6 +657,8 @@ impl HostSession {
             | Step::Pong(id, _)
             | Step::ReadData(id, _)
             | Step::WrongDirection(id)
+            | Step::Health(id, _)
+            | Step::UnmatchedResponse(id, _)
                 if self.state == State::Handshake =>
             {
                 self.fatal(id, ErrorCode::UnexpectedMessage, "message before Hello");
@@ -668,6 +688,15 @@ impl HostSession {
                     ErrorCode::UnexpectedMessage,
                     "host-to-guest message sent by the guest",
                 );
+            }
+            // §14.8: the request id of a Health is ignored.
+            Step::Health(_, health) => self.events.push_back(SessionEvent::Health(health)),
+            Step::UnmatchedResponse(request_id, msg_type) => {
+                self.events
+                    .push_back(SessionEvent::Anomaly(Anomaly::UnknownResponse {
+                        request_id,
+                        msg_type,
+                    }));
             }
         }
     }

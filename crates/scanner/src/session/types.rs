@@ -9,8 +9,9 @@ use thinagent_protocol::{
     AgentVersion, Capabilities, CreateDisposition, DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_MAX_EVENTS_IN_FLIGHT, DEFAULT_MAX_READS_IN_FLIGHT,
     DEFAULT_QUERY_TIMEOUT_MS, Decision, DecodeError, ErrorCode, EventKind, FileIdentity, FilePath,
-    GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, MAX_FRAME_LEN, MAX_INLINE_LEN, MAX_READ_CHUNK,
-    MIN_FRAME_LEN, OsError, OsKind, READ_DATA_FIXED_LEN, max_inline_len_for,
+    GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, Health, MAX_FRAME_LEN, MAX_INLINE_LEN,
+    MAX_READ_CHUNK, MIN_FRAME_LEN, MessageType, OsError, OsKind, READ_DATA_FIXED_LEN,
+    max_inline_len_for,
 };
 
 /// The protocol's event id of a `FileEvent` (its header request id).
@@ -372,6 +373,14 @@ pub enum Anomaly {
         /// Its read id.
         read_id: u64,
     },
+    /// An `ActionResult`, `ScanProgress` or `ScanDone` matching no
+    /// outstanding host request (§14.1): ignored.
+    UnknownResponse {
+        /// Its request id.
+        request_id: u64,
+        /// Its type.
+        msg_type: MessageType,
+    },
     /// A `Pong` matching no `Ping`: ignored.
     UnknownPong {
         /// Its request id.
@@ -448,6 +457,8 @@ impl fmt::Display for CloseReason {
 pub enum SessionEvent {
     /// The handshake completed.
     Connected(Arc<GuestInfo>),
+    /// The guest reported its state (`Health`, version 2, §14.8).
+    Health(Health),
     /// A new query: answer it from a cache with
     /// [`verdict`](super::HostSession::verdict), or ask for its content with
     /// [`fetch`](super::HostSession::fetch).
