@@ -599,6 +599,18 @@ impl Driver {
                     fail_decisions = h.fail_decisions,
                     "guest health report"
                 ),
+                // Host actions are sent by the admin interface of issue 14
+                // (not built yet); their ends are logged meanwhile.
+                SessionEvent::ActionDone { id, kind, outcome } => tracing::info!(
+                    guest = %self.guest,
+                    id,
+                    action = kind.as_str(),
+                    ?outcome,
+                    "host action ended"
+                ),
+                SessionEvent::ScanProgress { id, counters } => {
+                    tracing::debug!(guest = %self.guest, id, ?counters, "scan progress");
+                }
                 SessionEvent::Query(q) => self.on_query(q),
                 SessionEvent::Content { id, offset, data } => self.on_content(id, offset, data),
                 SessionEvent::ContentEnd { id, .. } => self.on_content_end(id),

@@ -45,6 +45,7 @@
 //! message types and versions are skipped with an `Error` (§9); a `ReadData`
 //! for an unknown read id is ignored and reported as an [`Anomaly`] (§7).
 
+mod host_actions;
 mod types;
 
 #[cfg(test)]
@@ -64,12 +65,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thinagent_protocol::{
-    Capabilities, Decision, DecodeError, ErrorCode, ErrorMessage, FileEvent, Goodbye,
+    ActionResult, Capabilities, Decision, DecodeError, ErrorCode, ErrorMessage, FileEvent, Goodbye,
     GoodbyeReason, Health, Heartbeat, HelloAck, INLINE_CONTENT_VERSION, MAX_FRAME_LEN,
     MAX_THREAT_NAME_LEN, MAX_VERSION, MIN_VERSION, Message, MessageType, PROTOCOL_VERSION,
-    ReadOutcome, ReadRequest, StreamDecoder, Verdict,
+    ReadOutcome, ReadRequest, ScanCounters, ScanDone, StreamDecoder, Verdict,
 };
 
+pub use host_actions::{ActionError, ActionKind, ActionOutcome, ScanOptions};
 pub use types::{
     Anomaly, CallError, CloseReason, ContentFailure, EventId, GuestInfo, GuestPath, Inline,
     LimitsError, PolicyReason, PolicyVerdicts, Query, QueryOutcome, SessionEvent, SessionLimits,
@@ -135,8 +137,10 @@ enum Step {
     WrongDirection(u64),
     /// A guest's `Health` report (§14.8).
     Health(u64, Health),
-    /// An `ActionResult`, `ScanProgress` or `ScanDone` (§14.1).
-    UnmatchedResponse(u64, MessageType),
+    /// An `ActionResult` (§14.3).
+    ActionResult(u64, ActionResult),
+    /// A `ScanProgress` (no `ScanDone`) or a `ScanDone` (§14.5).
+    ScanReport(u64, ScanCounters, Option<ScanDone>),
     /// The event and its inline content (copied out of the frame once).
     FileEvent(u64, Box<Query>, Vec<u8>),
     ReadData(u64, ReadDataOwned),
@@ -196,6 +200,8 @@ pub struct HostSession {
     ping: Option<u64>,
     /// `FileEvent`s in a row answered as over the in-flight limit.
     excess_run: u32,
+    /// Host actions (§14) sent and not yet answered, by request id.
+    actions: HashMap<u64, host_actions::Outstanding>,
     now: Instant,
     created: Instant,
 }
@@ -229,6 +235,7 @@ impl HostSession {
             last_recv: now,
             ping: None,
             excess_run: 0,
+            actions: HashMap::new(),
             now,
             created: now,
         }
@@ -327,7 +334,11 @@ impl HostSession {
                 } else {
                     None
                 };
-                queries.chain(idle).chain(ping).min()
+                queries
+                    .chain(idle)
+                    .chain(ping)
+                    .chain(self.next_action_deadline())
+                    .min()
             }
         }
     }
@@ -371,6 +382,7 @@ impl HostSession {
                 for id in expired {
                     self.resolve_policy(id, PolicyReason::Timeout);
                 }
+                self.expire_actions(now);
                 if self.ping.is_none()
                     && let Some(hb) = non_zero(self.limits.heartbeat_interval)
                     && self.last_sent.checked_add(hb).is_some_and(|d| now >= d)
@@ -590,13 +602,10 @@ impl HostSession {
                         Message::Pong(h) => Step::Pong(id, h),
                         Message::Goodbye(g) => Step::Goodbye(g.reason),
                         Message::Health(h) => Step::Health(id, h),
-                        // §14.1: answers to host requests; this host sends
-                        // none yet, so every one matches nothing.
-                        Message::ActionResult(_)
-                        | Message::ScanProgress(_)
-                        | Message::ScanDone(_) => {
-                            Step::UnmatchedResponse(id, frame.message.message_type())
-                        }
+                        // §14.1: answers to host requests.
+                        Message::ActionResult(r) => Step::ActionResult(id, r),
+                        Message::ScanProgress(p) => Step::ScanReport(id, p.counters, None),
+                        Message::ScanDone(d) => Step::ScanReport(id, d.counters, Some(d)),
                         Message::HelloAck(_)
                         | Message::ReadRequest(_)
                         | Message::Verdict(_)
@@ -658,7 +667,8 @@ impl HostSession {
             | Step::ReadData(id, _)
             | Step::WrongDirection(id)
             | Step::Health(id, _)
-            | Step::UnmatchedResponse(id, _)
+            | Step::ActionResult(id, _)
+            | Step::ScanReport(id, _, _)
                 if self.state == State::Handshake =>
             {
                 self.fatal(id, ErrorCode::UnexpectedMessage, "message before Hello");
@@ -691,14 +701,30 @@ impl HostSession {
             }
             // §14.8: the request id of a Health is ignored.
             Step::Health(_, health) => self.events.push_back(SessionEvent::Health(health)),
-            Step::UnmatchedResponse(request_id, msg_type) => {
-                self.events
-                    .push_back(SessionEvent::Anomaly(Anomaly::UnknownResponse {
-                        request_id,
-                        msg_type,
-                    }));
+            Step::ActionResult(request_id, result) => {
+                if !self.on_action_result(request_id, result) {
+                    self.unknown_response(request_id, MessageType::ActionResult);
+                }
+            }
+            Step::ScanReport(request_id, counters, done) => {
+                let msg_type = match done {
+                    Some(_) => MessageType::ScanDone,
+                    None => MessageType::ScanProgress,
+                };
+                if !self.on_scan_report(request_id, counters, done) {
+                    self.unknown_response(request_id, msg_type);
+                }
             }
         }
+    }
+
+    /// §14.1: an answer that matches no outstanding request is ignored.
+    fn unknown_response(&mut self, request_id: u64, msg_type: MessageType) {
+        self.events
+            .push_back(SessionEvent::Anomaly(Anomaly::UnknownResponse {
+                request_id,
+                msg_type,
+            }));
     }
 
     fn on_hello(&mut self, id: u64, hello: HelloFields) {
@@ -1139,6 +1165,7 @@ impl HostSession {
                 });
             }
         }
+        self.abandon_actions();
         self.state = State::Closed;
         self.reads.clear();
         self.fetch_order.clear();

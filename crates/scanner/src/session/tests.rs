@@ -1413,3 +1413,386 @@ fn host_frames_after_a_version_2_hello_ack_carry_version_2() {
     );
     assert_eq!(versions, [2; 6]);
 }
+
+// ----- host actions (protocol §14) -------------------------------------------
+
+mod host_actions {
+    use thinagent_protocol::{
+        ActionResult, ActionStatus, MAX_ACTIONS_IN_FLIGHT, RemediateAction, ScanCounters, ScanDone,
+        ScanProgress, ScanStatus,
+    };
+
+    use super::*;
+
+    const ACTIONS_GUEST: Capabilities = Capabilities(
+        Capabilities::READ_CONTENT.0
+            | Capabilities::REMEDIATE.0
+            | Capabilities::SCAN_TREE.0
+            | Capabilities::POLICY.0
+            | Capabilities::RESTORE.0,
+    );
+
+    fn path() -> GuestPath {
+        GuestPath::Utf8("/srv/eicar.com".into())
+    }
+
+    fn file() -> FileIdentity {
+        FileIdentity {
+            volume_serial: 9,
+            file_id: [1; 16],
+            size: 68,
+            last_write_time: 5,
+        }
+    }
+
+    /// The frames the host sent, each as (request id, header version,
+    /// owned bytes of the frame) so the test can decode and look inside.
+    fn raw_frames(h: &mut Harness) -> Vec<(u64, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Some(n) = h.s.poll_transmit(&mut buf) {
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        let mut rest = &bytes[..];
+        let mut frames = Vec::new();
+        while !rest.is_empty() {
+            let Ok(Decoded::Frame { frame, consumed }) = decode_frame(rest) else {
+                panic!("host sent an undecodable frame: {rest:02x?}");
+            };
+            assert_eq!(frame.version, 2, "every frame after HelloAck is version 2");
+            frames.push((frame.request_id, rest[..consumed].to_vec()));
+            rest = &rest[consumed..];
+        }
+        frames
+    }
+
+    fn decoded(bytes: &[u8]) -> Message<'_> {
+        match decode_frame(bytes) {
+            Ok(Decoded::Frame { frame, .. }) => frame.message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn remediate(h: &mut Harness) -> u64 {
+        let now = h.now;
+        h.s.remediate(
+            RemediateAction::Delete,
+            &path(),
+            file(),
+            Duration::from_secs(5),
+            now,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_version_1_guest_gets_no_host_action() {
+        let mut h = Harness::connected();
+        let now = h.now;
+        let err =
+            h.s.remediate(
+                RemediateAction::Delete,
+                &path(),
+                file(),
+                Duration::from_secs(1),
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(err, ActionError::Version(1));
+        assert!(err.to_string().contains("upgrade its agent"), "{err}");
+        assert!(h.out().is_empty());
+    }
+
+    #[test]
+    fn a_guest_without_the_capability_gets_no_request() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), INLINE_GUEST);
+        let now = h.now;
+        let err =
+            h.s.remediate(
+                RemediateAction::Delete,
+                &path(),
+                file(),
+                Duration::from_secs(1),
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(err, ActionError::Unsupported("remediation"));
+        let err =
+            h.s.scan_tree(&path(), ScanOptions::default(), now)
+                .unwrap_err();
+        assert_eq!(err, ActionError::Unsupported("on-demand scans"));
+        assert!(h.out().is_empty());
+    }
+
+    #[test]
+    fn remediate_carries_path_and_identity_and_ends_with_the_guests_result() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let id = remediate(&mut h);
+        let frames = raw_frames(&mut h);
+        let [(sent_id, bytes)] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(*sent_id, id);
+        let Message::Remediate(r) = decoded(bytes) else {
+            panic!()
+        };
+        assert_eq!(r.action, RemediateAction::Delete);
+        assert_eq!(r.file, file());
+        assert_eq!(r.path, FilePath::Utf8("/srv/eicar.com"));
+        assert_eq!(r.deadline_ms, 5_000);
+        assert_eq!(h.s.actions_in_flight(), 1);
+
+        let done = ActionResult::status(ActionStatus::Done);
+        h.send_v(2, &Message::ActionResult(done), id);
+        assert_eq!(
+            h.events(),
+            vec![SessionEvent::ActionDone {
+                id,
+                kind: ActionKind::Remediate,
+                outcome: ActionOutcome::Result(done),
+            }]
+        );
+        // A second answer matches nothing: ignored (§14.1).
+        h.send_v(2, &Message::ActionResult(done), id);
+        assert_eq!(
+            h.events(),
+            vec![SessionEvent::Anomaly(Anomaly::UnknownResponse {
+                request_id: id,
+                msg_type: thinagent_protocol::MessageType::ActionResult,
+            })]
+        );
+        assert!(!h.s.is_closed());
+        assert_eq!(h.s.actions_in_flight(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_action_times_out_once_and_a_late_answer_is_ignored() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let id = remediate(&mut h);
+        raw_frames(&mut h);
+        let deadline = h.s.next_deadline().unwrap();
+        assert!(deadline <= h.now + Duration::from_secs(5));
+        h.advance(Duration::from_millis(4_999));
+        assert!(h.events().is_empty());
+        h.advance(Duration::from_millis(1));
+        assert_eq!(
+            h.events(),
+            vec![SessionEvent::ActionDone {
+                id,
+                kind: ActionKind::Remediate,
+                outcome: ActionOutcome::TimedOut,
+            }]
+        );
+        h.send_v(
+            2,
+            &Message::ActionResult(ActionResult::status(ActionStatus::Done)),
+            id,
+        );
+        assert!(matches!(
+            h.events()[..],
+            [SessionEvent::Anomaly(Anomaly::UnknownResponse { .. })]
+        ));
+    }
+
+    #[test]
+    fn at_most_max_actions_in_flight_are_outstanding() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let ids: Vec<u64> = (0..MAX_ACTIONS_IN_FLIGHT)
+            .map(|_| remediate(&mut h))
+            .collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "ids are unique: {ids:?}");
+        let now = h.now;
+        assert_eq!(
+            h.s.remediate(
+                RemediateAction::Truncate,
+                &path(),
+                file(),
+                Duration::from_secs(1),
+                now
+            ),
+            Err(ActionError::TooManyInFlight)
+        );
+        // A scan is not an action of that count.
+        h.s.scan_tree(&path(), ScanOptions::default(), now).unwrap();
+        assert_eq!(raw_frames(&mut h).len(), MAX_ACTIONS_IN_FLIGHT as usize + 1);
+    }
+
+    #[test]
+    fn a_scan_reports_progress_and_ends_with_its_scan_done_and_can_be_cancelled() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let now = h.now;
+        let id = h.s.scan_tree(&path(), ScanOptions::default(), now).unwrap();
+        assert!(matches!(
+            h.s.scan_tree(&path(), ScanOptions::default(), now),
+            Err(ActionError::ScanRunning(running)) if running == id
+        ));
+        assert_eq!(
+            h.s.cancel_scan(id + 100, now),
+            Err(ActionError::NoSuchScan(id + 100))
+        );
+        // No deadline of its own: a scan runs as long as it takes.
+        h.advance(Duration::from_secs(25));
+        assert!(
+            h.events()
+                .iter()
+                .all(|e| !matches!(e, SessionEvent::ActionDone { .. }))
+        );
+        let now = h.now;
+        let counters = ScanCounters {
+            files_seen: 10,
+            files_scanned: 4,
+            files_denied: 1,
+            ..ScanCounters::default()
+        };
+        h.send_v(2, &Message::ScanProgress(ScanProgress { counters }), id);
+        assert_eq!(
+            h.events(),
+            vec![SessionEvent::ScanProgress { id, counters }]
+        );
+        h.s.cancel_scan(id, now).unwrap();
+        // (The heartbeat's Ping went out meanwhile.)
+        let frames: Vec<_> = raw_frames(&mut h)
+            .into_iter()
+            .filter(|(_, b)| !matches!(decoded(b), Message::Ping(_)))
+            .collect();
+        assert!(matches!(decoded(&frames[0].1), Message::ScanTree(_)));
+        assert!(matches!(decoded(&frames[1].1), Message::ScanCancel(_)));
+        assert_eq!(frames[1].0, id);
+        let done = ScanDone {
+            counters,
+            status: ScanStatus::Cancelled,
+            error: None,
+        };
+        h.send_v(2, &Message::ScanDone(done), id);
+        assert_eq!(
+            h.events(),
+            vec![SessionEvent::ActionDone {
+                id,
+                kind: ActionKind::ScanTree,
+                outcome: ActionOutcome::ScanDone(done),
+            }]
+        );
+        // A ScanProgress after the end matches nothing.
+        h.send_v(2, &Message::ScanProgress(ScanProgress { counters }), id);
+        assert!(matches!(
+            h.events()[..],
+            [SessionEvent::Anomaly(Anomaly::UnknownResponse { .. })]
+        ));
+    }
+
+    #[test]
+    fn restore_sends_the_content_in_ordered_chunks_that_fit_the_guests_frames() {
+        let mut h = Harness::new(SessionLimits::default());
+        // A guest that accepts only 4 KiB frames.
+        let Message::Hello(mut hello) = hello_msg(ACTIONS_GUEST, 1, 2) else {
+            unreachable!()
+        };
+        hello.max_frame_len = 4_096;
+        h.send(&Message::Hello(hello), 1);
+        h.out();
+        h.events();
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let now = h.now;
+        let id =
+            h.s.restore(&path(), &content, Duration::from_secs(30), now)
+                .unwrap();
+        assert!(matches!(
+            h.s.restore(&path(), b"x", Duration::from_secs(30), now),
+            Err(ActionError::RestoreRunning(r)) if r == id
+        ));
+        let frames = raw_frames(&mut h);
+        let Message::Restore(r) = decoded(&frames[0].1) else {
+            panic!()
+        };
+        assert_eq!(r.size, 10_000);
+        let mut joined = Vec::new();
+        for (i, (frame_id, bytes)) in frames[1..].iter().enumerate() {
+            assert_eq!(*frame_id, id);
+            assert!(bytes.len() <= 4_096);
+            let Message::RestoreData(d) = decoded(bytes) else {
+                panic!()
+            };
+            assert_eq!(d.offset, joined.len() as u64);
+            assert_eq!(d.last, i == frames.len() - 2);
+            joined.extend_from_slice(d.data);
+        }
+        assert_eq!(joined, content);
+        assert_eq!(frames.len(), 1 + 3);
+    }
+
+    #[test]
+    fn an_empty_restore_is_one_empty_last_chunk() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let now = h.now;
+        let id =
+            h.s.restore(&path(), b"", Duration::from_secs(1), now)
+                .unwrap();
+        let frames = raw_frames(&mut h);
+        assert_eq!(frames.len(), 2);
+        let Message::RestoreData(d) = decoded(&frames[1].1) else {
+            panic!()
+        };
+        assert_eq!(
+            (frames[1].0, d.offset, d.last, d.data.len()),
+            (id, 0, true, 0)
+        );
+    }
+
+    #[test]
+    fn the_end_of_the_connection_ends_every_outstanding_action() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let a = remediate(&mut h);
+        let now = h.now;
+        let s = h.s.scan_tree(&path(), ScanOptions::default(), now).unwrap();
+        h.s.transport_closed(now);
+        let ev = h.events();
+        assert_eq!(
+            ev[..2],
+            [
+                SessionEvent::ActionDone {
+                    id: a,
+                    kind: ActionKind::Remediate,
+                    outcome: ActionOutcome::ConnectionLost
+                },
+                SessionEvent::ActionDone {
+                    id: s,
+                    kind: ActionKind::ScanTree,
+                    outcome: ActionOutcome::ConnectionLost
+                },
+            ]
+        );
+        assert!(matches!(ev[2], SessionEvent::Closed(_)));
+        assert_eq!(
+            h.s.remediate(
+                RemediateAction::Delete,
+                &path(),
+                file(),
+                Duration::from_secs(1),
+                now
+            ),
+            Err(ActionError::NotConnected)
+        );
+    }
+
+    #[test]
+    fn a_health_report_is_surfaced_and_not_answered() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let health = thinagent_protocol::Health {
+            policy_version: 3,
+            state: thinagent_protocol::HealthState::ON_ACCESS,
+            fail_mode: thinagent_protocol::FailMode::Closed,
+            uptime_ms: 1,
+            events_sent: 2,
+            cache_hits: 3,
+            denied: 4,
+            fail_decisions: 5,
+            sessions: 1,
+        };
+        h.send_v(2, &Message::Health(health), 0);
+        assert_eq!(h.events(), vec![SessionEvent::Health(health)]);
+        assert!(h.out().is_empty());
+    }
+}

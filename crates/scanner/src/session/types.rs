@@ -459,6 +459,23 @@ pub enum SessionEvent {
     Connected(Arc<GuestInfo>),
     /// The guest reported its state (`Health`, version 2, §14.8).
     Health(Health),
+    /// A host action (§14) ended: its answer, its deadline, or the end of
+    /// the connection. Exactly one per request the session sent.
+    ActionDone {
+        /// The request id the action was sent with.
+        id: u64,
+        /// Which action.
+        kind: super::ActionKind,
+        /// How it ended.
+        outcome: super::ActionOutcome,
+    },
+    /// A running scan's counters (`ScanProgress`, §14.5).
+    ScanProgress {
+        /// The scan's request id.
+        id: u64,
+        /// Its counters so far.
+        counters: thinagent_protocol::ScanCounters,
+    },
     /// A new query: answer it from a cache with
     /// [`verdict`](super::HostSession::verdict), or ask for its content with
     /// [`fetch`](super::HostSession::fetch).
