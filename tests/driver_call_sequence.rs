@@ -476,6 +476,9 @@ impl Channel {
                     }
                 }
                 SessionEvent::Closed { reason } => self.closed = Some(reason),
+                // The driver announces no host-action capability (as
+                // driver/windows/session_worker.rs).
+                SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {}
             }
         }
     }

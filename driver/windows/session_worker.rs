@@ -765,6 +765,10 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                         end = Some(End::Closed(reason));
                     }
                 }
+                // The driver announces none of the host-action capabilities
+                // (protocol §14) yet: the session answers those requests
+                // `Unsupported` itself and never raises these.
+                SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {}
             }
         }
         // Send what the session has (Goodbye included, after a close).

@@ -57,9 +57,9 @@ pub use policy::{
 };
 pub use reconnect::{Reconnect, ReconnectConfig};
 pub use session::{
-    CloseReason, OFFERED_VERSION_MAX, OFFERED_VERSION_MIN, QueryId, QueryVerdict, ReadError,
-    Session, SessionConfig, SessionEvent, SubmitError, Submitted, ThreatName, VerdictSource,
-    read_reaches_end,
+    AnswerError, CloseReason, DEFAULT_INBOX, HostRequest, OFFERED_VERSION_MAX, OFFERED_VERSION_MIN,
+    QueryId, QueryVerdict, ReadError, Session, SessionConfig, SessionEvent, SubmitError, Submitted,
+    ThreatName, VerdictSource, read_reaches_end,
 };
 pub use status::NtStatus;
 pub use time::Instant;

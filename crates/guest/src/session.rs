@@ -50,6 +50,25 @@
 //! event: the host then reads the file with `ReadRequest`s, as it would
 //! without inline content. Either way the query is answered exactly once.
 //!
+//! # Host actions (version 2, `docs/protocol.md` §14)
+//!
+//! An embedder that can act on the host's requests announces their
+//! capabilities ([`Capabilities::REMEDIATE`], [`Capabilities::SCAN_TREE`],
+//! [`Capabilities::POLICY`]; `RESTORE` is never announced: this session does
+//! not take `Restore`). Every request without its capability is answered
+//! `Unsupported` by the session itself. An accepted request waits, encoded,
+//! in an inbox of `INBOX` bytes ([`DEFAULT_INBOX`]; one that does not fit,
+//! a second scan, or more than §14.1 allows is answered `Busy`):
+//! [`SessionEvent::HostRequest`] says so, [`Session::host_request`] shows
+//! the oldest and [`Session::pop_host_request`] hands it over. The embedder
+//! then owes exactly one answer: [`Session::complete_action`] for
+//! `Remediate` and `Policy`, [`Session::scan_done`] for a scan (after
+//! [`Session::scan_progress`] reports and `OnDemand` events submitted within
+//! [`Session::on_demand_capacity`]; on-access events always go out first).
+//! A `ScanCancel` arrives as [`SessionEvent::ScanCancelled`]. When the
+//! session closes, requests not yet answered are void. [`Session::send_health`]
+//! sends a `Health` report.
+//!
 //! Not here: reconnecting with back-off. After [`SessionEvent::Closed`] the
 //! adapter closes the socket and builds a new `Session` on the next
 //! connection (pacing attempts with [`crate::Backoff`]).
@@ -266,8 +285,19 @@ pub enum SessionEvent {
         /// Bytes wanted.
         length: u32,
     },
+    /// Host requests (§14) arrived: take them with
+    /// [`Session::host_request`] / [`Session::pop_host_request`] until it
+    /// returns `None`.
+    HostRequest,
+    /// The host cancelled the running scan `id` (`ScanCancel`, §14.5): stop
+    /// walking and end it with [`Session::scan_done`] (`Cancelled`).
+    ScanCancelled {
+        /// The scan's request id.
+        id: u64,
+    },
     /// The connection is over: send what [`Session::poll_transmit`] still
-    /// yields, then close the socket.
+    /// yields, then close the socket. Host requests taken and not yet
+    /// answered are void (the host records them as unanswered).
     Closed {
         /// Why.
         reason: CloseReason,
@@ -353,7 +383,12 @@ enum State {
 
 /// The guest side of one connection. `N` query slots, `PATH` bytes of path
 /// per slot, `R` concurrent host reads.
-pub struct Session<const N: usize = 64, const PATH: usize = 1024, const R: usize = 4> {
+pub struct Session<
+    const N: usize = 64,
+    const PATH: usize = 1024,
+    const R: usize = 4,
+    const INBOX: usize = DEFAULT_INBOX,
+> {
     state: State,
     query_timeout: Duration,
     fail_mode: FailMode,
@@ -378,12 +413,26 @@ pub struct Session<const N: usize = 64, const PATH: usize = 1024, const R: usize
     /// A `Pong` that found the outgoing buffer full (behind large
     /// `ReadData`s): sent as soon as there is room, never dropped.
     pong_pending: Option<(Heartbeat, u64)>,
-    /// Host requests (§14) this guest has no capability for, still to be
-    /// answered `Unsupported` once the transmit buffer has room.
-    refusals: [Option<(u64, Refusal)>; REFUSALS],
+    /// Answers to host requests (§14) still to be sent once the transmit
+    /// buffer has room, in order: refusals (`Unsupported`, `Busy`) and the
+    /// embedder's results.
+    answers: [Option<(u64, Answer)>; ANSWERS],
+    /// Host requests accepted and not yet answered (in the inbox or taken
+    /// by the embedder), by request id.
+    actions: [Option<(u64, ActionKind)>; ANSWERS],
+    /// Accepted host requests not yet taken by the embedder, as encoded
+    /// frames one after the other (re-encoded from the decoded message).
+    inbox: [u8; INBOX],
+    inbox_len: usize,
+    /// Accepted host requests to announce with [`SessionEvent::HostRequest`].
+    host_request_pending: bool,
+    /// A `ScanCancel` for the running scan, to announce.
+    scan_cancel_pending: Option<u64>,
 }
 
-impl<const N: usize, const PATH: usize, const R: usize> core::fmt::Debug for Session<N, PATH, R> {
+impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize> core::fmt::Debug
+    for Session<N, PATH, R, INBOX>
+{
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Session")
             .field("state", &self.state)
@@ -392,7 +441,9 @@ impl<const N: usize, const PATH: usize, const R: usize> core::fmt::Debug for Ses
     }
 }
 
-impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
+impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
+    Session<N, PATH, R, INBOX>
+{
     /// A session for a freshly established connection; call
     /// [`start`](Self::start) to send `Hello`.
     ///
@@ -462,7 +513,12 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             last_recv: Instant::ZERO,
             ping: None,
             pong_pending: None,
-            refusals: [None; REFUSALS],
+            answers: [None; ANSWERS],
+            actions: [None; ANSWERS],
+            inbox: [0; INBOX],
+            inbox_len: 0,
+            host_request_pending: false,
+            scan_cancel_pending: None,
         }
     }
 
@@ -483,7 +539,8 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         self.fail_mode = config.fail_mode;
         self.os = config.os;
         self.agent_version = config.agent_version;
-        self.capabilities = config.capabilities;
+        // This session does not take `Restore` (§14.7): never announced.
+        self.capabilities = Capabilities(config.capabilities.0 & !Capabilities::RESTORE.0);
         self.hello_id = 0;
         self.next_id = 1;
         self.ack = None;
@@ -505,7 +562,11 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         self.last_recv = Instant::ZERO;
         self.ping = None;
         self.pong_pending = None;
-        self.refusals = [None; REFUSALS];
+        self.answers = [None; ANSWERS];
+        self.actions = [None; ANSWERS];
+        self.inbox_len = 0;
+        self.host_request_pending = false;
+        self.scan_cancel_pending = None;
     }
 
     /// Whether the handshake completed and the session is not closed.
@@ -647,7 +708,12 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             ..*event
         };
         let bytes = event.path.as_bytes();
-        let fits = bytes.len() <= PATH && self.fits_host(&bare);
+        let fits = bytes.len() <= PATH
+            && self.fits_host(&bare)
+            // `OnDemand` exists in version 2 only (§14.4); a scan never runs
+            // in a version-1 session, so this is an embedder's mistake.
+            && (event.kind != EventKind::OnDemand
+                || self.version() >= thinagent_protocol::HOST_ACTIONS_VERSION);
         let fail = self.fail_mode;
         let deadline = now.saturating_add(self.query_timeout);
         if self.state == State::Closed || !fits {
@@ -661,7 +727,17 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         // Inline content: encoded now or never (module docs).
         let content = self.allowed_content(event);
         let mut state = SlotState::Queued;
-        if !content.is_none() && self.state == State::Connected && self.may_send_event() {
+        // §14.4: an on-access event that waits goes out before any OnDemand.
+        let on_access_waits = event.kind == EventKind::OnDemand
+            && self
+                .slots
+                .iter()
+                .any(|s| s.state == SlotState::Queued && s.kind != EventKind::OnDemand);
+        if !content.is_none()
+            && self.state == State::Connected
+            && self.may_send_event()
+            && !on_access_waits
+        {
             let msg = Message::FileEvent(FileEvent { content, ..bare });
             let version = self.version();
             if self.fits_host(&FileEvent { content, ..bare })
@@ -773,7 +849,24 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             // Copy the frame's essentials out of the decoder's buffer first.
             let step = match self.rx.next_frame() {
                 Ok(None) => return,
-                Ok(Some(frame)) => Rx::Frame(frame.request_id, Incoming::from(&frame.message)),
+                Ok(Some(frame)) => {
+                    let mut incoming = Incoming::from(&frame.message);
+                    // A host request this guest takes is copied (encoded
+                    // again) behind the inbox's frames before the decoder's
+                    // buffer is released; `on_frame` decides whether it
+                    // stays there.
+                    if let Incoming::HostRequest(kind, _) = incoming
+                        && self.capabilities.contains(kind.capability())
+                    {
+                        let tail = self.inbox.get_mut(self.inbox_len..).unwrap_or_default();
+                        let len = frame
+                            .message
+                            .encode_for(frame.version, frame.request_id, tail)
+                            .unwrap_or(0);
+                        incoming = Incoming::HostRequest(kind, len);
+                    }
+                    Rx::Frame(frame.request_id, incoming)
+                }
                 Err(e) => Rx::Err(e),
             };
             match step {
@@ -859,16 +952,17 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             Incoming::ReadRequest(req) => self.on_read_request(id, req),
             // §14.1: a host request is never sent with id 0, and its id is
             // not reused while an earlier one waits for its answer.
-            Incoming::HostRequest(_) if id == 0 => {
+            Incoming::HostRequest(..) if id == 0 => {
                 self.fatal(
                     0,
                     ErrorCode::UnexpectedMessage,
                     CloseReason::Protocol(ErrorCode::UnexpectedMessage),
                 );
             }
-            Incoming::HostRequest(kind) => self.refuse(id, kind),
-            // §14.5, §14.7: a ScanCancel or RestoreData for no running scan
-            // or restore (none ever runs here) is ignored.
+            Incoming::HostRequest(kind, len) => self.on_host_request(id, kind, len),
+            Incoming::ScanCancel => self.on_scan_cancel(id),
+            // §14.7: a RestoreData for no running restore (none ever runs
+            // here: this session does not take `Restore`) is ignored.
             Incoming::Ignored => {}
             Incoming::Ping(hb) => {
                 if !self.push_frame(&Message::Pong(hb), id) {
@@ -896,12 +990,14 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         }
     }
 
-    /// Answers a host request of §14 this guest has no capability for with
-    /// `Unsupported` (§14.1: not a session error). The answer waits in
-    /// `refusals` while the transmit buffer is full; a host that sends more
-    /// requests than §14.1 allows outstanding breaks the session.
-    fn refuse(&mut self, id: u64, kind: Refusal) {
-        if self.refusals.iter().flatten().any(|(r, _)| *r == id) {
+    /// A host request of §14 (not `ScanCancel`): taken into the inbox when
+    /// this guest announced its capability and has room, else answered at
+    /// once (`Unsupported`: no capability, §14.1; `Busy`: a scan already
+    /// runs, or no room). `len` is its encoded length at the inbox's tail
+    /// (0: it did not fit, or the capability is missing).
+    fn on_host_request(&mut self, id: u64, kind: ActionKind, len: usize) {
+        if self.outstanding(id).is_some() || self.answers.iter().flatten().any(|(a, _)| *a == id) {
+            // §14.1: an id reused while its request waits for its answer.
             self.fatal(
                 id,
                 ErrorCode::UnexpectedMessage,
@@ -909,11 +1005,104 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             );
             return;
         }
-        if self.refusals.iter().all(Option::is_none) && self.push_refusal(id, kind) {
+        if !self.capabilities.contains(kind.capability()) {
+            self.answer(
+                id,
+                kind.refusal(ActionStatus::Unsupported, ScanStatus::Unsupported),
+            );
             return;
         }
-        match self.refusals.iter_mut().find(|r| r.is_none()) {
-            Some(free) => *free = Some((id, kind)),
+        let scan_running = self
+            .actions
+            .iter()
+            .flatten()
+            .any(|(_, k)| *k == ActionKind::Scan);
+        let free = self.actions.iter().position(Option::is_none);
+        match free {
+            Some(slot) if len > 0 && !(kind == ActionKind::Scan && scan_running) => {
+                self.actions[slot] = Some((id, kind));
+                self.inbox_len += len;
+                self.host_request_pending = true;
+            }
+            _ => self.answer(id, kind.refusal(ActionStatus::Busy, ScanStatus::Busy)),
+        }
+    }
+
+    /// `ScanCancel` (§14.5): a scan still in the inbox ends at once
+    /// (`Cancelled`, no counters); a scan the embedder runs is announced
+    /// with [`SessionEvent::ScanCancelled`]; anything else is ignored.
+    fn on_scan_cancel(&mut self, id: u64) {
+        if self.outstanding(id) != Some(ActionKind::Scan) {
+            return;
+        }
+        if self.remove_from_inbox(id) {
+            self.forget_action(id);
+            self.answer(
+                id,
+                Answer::ScanDone(ScanDone {
+                    counters: ScanCounters::default(),
+                    status: ScanStatus::Cancelled,
+                    error: None,
+                }),
+            );
+        } else {
+            self.scan_cancel_pending = Some(id);
+        }
+    }
+
+    /// The kind of the accepted, unanswered host request `id`.
+    fn outstanding(&self, id: u64) -> Option<ActionKind> {
+        self.actions
+            .iter()
+            .flatten()
+            .find(|(a, _)| *a == id)
+            .map(|(_, k)| *k)
+    }
+
+    fn forget_action(&mut self, id: u64) {
+        for a in self.actions.iter_mut() {
+            if a.is_some_and(|(x, _)| x == id) {
+                *a = None;
+            }
+        }
+    }
+
+    /// The inbox's frames: (offset, length, request id) each.
+    fn inbox_frames(&self) -> impl Iterator<Item = (usize, usize, u64)> + '_ {
+        let mut pos = 0;
+        core::iter::from_fn(move || {
+            let bytes = self.inbox.get(pos..self.inbox_len)?;
+            match thinagent_protocol::decode_frame(bytes) {
+                Ok(thinagent_protocol::Decoded::Frame { frame, consumed }) => {
+                    let at = pos;
+                    pos += consumed;
+                    Some((at, consumed, frame.request_id))
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Removes request `id` from the inbox; `false` if it is not there.
+    fn remove_from_inbox(&mut self, id: u64) -> bool {
+        let found = self.inbox_frames().find(|(_, _, r)| *r == id);
+        let Some((at, len, _)) = found else {
+            return false;
+        };
+        self.inbox.copy_within(at + len..self.inbox_len, at);
+        self.inbox_len -= len;
+        true
+    }
+
+    /// Sends `answer` to request `id` now, or queues it until the transmit
+    /// buffer has room. A host that makes more answers wait than §14.1
+    /// lets it have requests outstanding breaks the session.
+    fn answer(&mut self, id: u64, answer: Answer) {
+        if self.answers.iter().all(Option::is_none) && self.push_answer(id, answer) {
+            return;
+        }
+        match self.answers.iter_mut().find(|r| r.is_none()) {
+            Some(free) => *free = Some((id, answer)),
             None => self.fatal(
                 id,
                 ErrorCode::LimitExceeded,
@@ -922,24 +1111,119 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         }
     }
 
-    fn push_refusal(&mut self, id: u64, kind: Refusal) -> bool {
+    fn push_answer(&mut self, id: u64, answer: Answer) -> bool {
         let version = self.version();
-        match kind {
-            Refusal::Action => self.tx.push(
-                &Message::ActionResult(ActionResult::status(ActionStatus::Unsupported)),
-                version,
-                id,
-            ),
-            Refusal::Scan => self.tx.push(
-                &Message::ScanDone(ScanDone {
-                    counters: ScanCounters::default(),
-                    status: ScanStatus::Unsupported,
-                    error: None,
-                }),
-                version,
-                id,
-            ),
+        match answer {
+            Answer::Action(result) => self.tx.push(&Message::ActionResult(result), version, id),
+            Answer::ScanDone(done) => self.tx.push(&Message::ScanDone(done), version, id),
         }
+    }
+
+    /// The oldest host request (§14) the embedder has not taken yet:
+    /// `Remediate`, `Policy` or `ScanTree`, borrowed from the session. Take
+    /// what you need, then call [`pop_host_request`](Self::pop_host_request);
+    /// answer it later with [`complete_action`](Self::complete_action) or,
+    /// for a scan, [`scan_done`](Self::scan_done). Only requests whose
+    /// capability [`SessionConfig::capabilities`] announces arrive here; the
+    /// others are answered `Unsupported` by the session.
+    pub fn host_request(&self) -> Option<HostRequest<'_>> {
+        let bytes = self.inbox.get(..self.inbox_len)?;
+        match thinagent_protocol::decode_frame(bytes) {
+            Ok(thinagent_protocol::Decoded::Frame { frame, .. }) => Some(HostRequest {
+                id: frame.request_id,
+                message: frame.message,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Drops the request [`host_request`](Self::host_request) returned (the
+    /// embedder has it now and owes its answer).
+    pub fn pop_host_request(&mut self) {
+        let first = self.inbox_frames().next();
+        if let Some((_, len, _)) = first {
+            self.inbox.copy_within(len..self.inbox_len, 0);
+            self.inbox_len -= len;
+        }
+    }
+
+    /// Answers the `Remediate` or `Policy` `id` with `result` (exactly once;
+    /// §14.3). Fails when no such request waits for an answer (already
+    /// answered, a scan, or the session closed since: the host then
+    /// records no answer).
+    pub fn complete_action(&mut self, id: u64, result: ActionResult) -> Result<(), AnswerError> {
+        match self.outstanding(id) {
+            Some(ActionKind::Remediate | ActionKind::Policy) if self.state == State::Connected => {
+                self.forget_action(id);
+                self.answer(id, Answer::Action(result));
+                Ok(())
+            }
+            _ => Err(AnswerError::NotOutstanding),
+        }
+    }
+
+    /// Reports the running scan's counters (`ScanProgress`, §14.5); the
+    /// embedder paces them by the scan's `progress_interval_ms`. Best
+    /// effort: `false` when the transmit buffer has no room now (the next
+    /// report carries newer counters anyway) or no such scan runs.
+    pub fn scan_progress(&mut self, id: u64, counters: ScanCounters) -> bool {
+        if self.outstanding(id) != Some(ActionKind::Scan) || self.state != State::Connected {
+            return false;
+        }
+        let version = self.version();
+        self.tx.push_reserving(
+            &Message::ScanProgress(thinagent_protocol::ScanProgress { counters }),
+            version,
+            id,
+            TX_RESERVE,
+        )
+    }
+
+    /// Ends the scan `id` with `done` (its one `ScanDone`, §14.5).
+    pub fn scan_done(&mut self, id: u64, done: ScanDone) -> Result<(), AnswerError> {
+        if self.outstanding(id) != Some(ActionKind::Scan) || self.state != State::Connected {
+            return Err(AnswerError::NotOutstanding);
+        }
+        if self.scan_cancel_pending == Some(id) {
+            self.scan_cancel_pending = None;
+        }
+        self.forget_action(id);
+        self.answer(id, Answer::ScanDone(done));
+        Ok(())
+    }
+
+    /// Sends a `Health` report (§14.8) when the session is connected in
+    /// version 2; `false` otherwise or when the transmit buffer has no room.
+    /// The embedder sends one after [`SessionEvent::Connected`] and then
+    /// at most every [`thinagent_protocol::HEALTH_MIN_INTERVAL_MS`] when a
+    /// value changed.
+    pub fn send_health(&mut self, health: &thinagent_protocol::Health) -> bool {
+        let version = self.version();
+        if self.state != State::Connected || version < thinagent_protocol::HOST_ACTIONS_VERSION {
+            return false;
+        }
+        self.tx
+            .push_reserving(&Message::Health(*health), version, 0, TX_RESERVE)
+    }
+
+    /// How many more `OnDemand` events a scan whose `ScanTree` asked for
+    /// `scan_max_in_flight` may submit now (§14.4: at most
+    /// `min(max_in_flight, max(1, max_events_in_flight / 2))` outstanding).
+    pub fn on_demand_capacity(&self, scan_max_in_flight: u16) -> usize {
+        let Some(ack) = self.ack.filter(|_| self.state == State::Connected) else {
+            return 0;
+        };
+        let limit =
+            usize::from(scan_max_in_flight).min((ack.max_events_in_flight as usize / 2).max(1));
+        let outstanding = self
+            .slots
+            .iter()
+            .filter(|s| {
+                s.kind == EventKind::OnDemand
+                    && matches!(s.state, SlotState::Queued | SlotState::Sent)
+            })
+            .count();
+        limit.saturating_sub(outstanding)
     }
 
     fn on_read_request(&mut self, read_id: u64, req: ReadRequest) {
@@ -1039,6 +1323,10 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
         }
         self.state = State::Closed;
         self.closed_pending = Some(reason);
+        self.actions = [None; ANSWERS];
+        self.inbox_len = 0;
+        self.host_request_pending = false;
+        self.scan_cancel_pending = None;
         let fail = self.fail_mode;
         for slot in self.slots.iter_mut() {
             if matches!(slot.state, SlotState::Queued | SlotState::Sent) {
@@ -1170,16 +1458,16 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             // The waiting ones form a prefix in arrival order: send from
             // the front, then move what is left to the front.
             let mut sent = 0;
-            while let Some(&Some((id, kind))) = self.refusals.get(sent) {
-                if !self.push_refusal(id, kind) {
+            while let Some(&Some((id, answer))) = self.answers.get(sent) {
+                if !self.push_answer(id, answer) {
                     break;
                 }
                 sent += 1;
             }
             if sent > 0 {
-                self.refusals.rotate_left(sent);
-                let len = self.refusals.len();
-                self.refusals[len - sent..].fill(None);
+                self.answers.rotate_left(sent);
+                let len = self.answers.len();
+                self.answers[len - sent..].fill(None);
             }
         }
         if self.tx.start == self.tx.end && self.state == State::Connected {
@@ -1205,11 +1493,13 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
             .iter()
             .filter(|s| s.state == SlotState::Sent)
             .count();
-        for i in 0..N {
+        // Two passes: on-access events first, then OnDemand ones (§14.4).
+        for (pass, i) in (0..2).flat_map(|pass| (0..N).map(move |i| (pass, i))) {
             if sent >= limit {
                 return;
             }
-            if self.slots[i].state != SlotState::Queued {
+            let on_demand = self.slots[i].kind == EventKind::OnDemand;
+            if self.slots[i].state != SlotState::Queued || on_demand != (pass == 1) {
                 continue;
             }
             let s = &self.slots[i];
@@ -1273,6 +1563,14 @@ impl<const N: usize, const PATH: usize, const R: usize> Session<N, PATH, R> {
                 });
             }
         }
+        if self.state == State::Connected {
+            if let Some(id) = self.scan_cancel_pending.take() {
+                return Some(SessionEvent::ScanCancelled { id });
+            }
+            if core::mem::take(&mut self.host_request_pending) && self.inbox_len > 0 {
+                return Some(SessionEvent::HostRequest);
+            }
+        }
         self.closed_pending
             .take()
             .map(|reason| SessionEvent::Closed { reason })
@@ -1294,29 +1592,96 @@ enum Incoming {
     Pong(Heartbeat),
     Error,
     Goodbye(GoodbyeReason),
-    /// A host request of §14 (this guest announces none of their
-    /// capabilities, so each is answered `Unsupported`).
-    HostRequest(Refusal),
-    /// `ScanCancel` or `RestoreData`: ignored, no scan or restore runs.
+    /// A host request of §14, and its encoded length at the inbox's tail
+    /// (0 until `process_rx` copied it there).
+    HostRequest(ActionKind, usize),
+    /// `ScanCancel` (§14.5).
+    ScanCancel,
+    /// `RestoreData`: ignored, this session takes no `Restore`.
     Ignored,
     /// A message the host must not send (`Hello`, `FileEvent`, `ReadData`,
     /// and the guest → host messages of §14).
     Unexpected,
 }
 
-/// Which answer refuses a host request (§14.1).
+/// A host request of §14, by what answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
-    /// `ActionResult(Unsupported)`: `Remediate`, `Policy`, `Restore`.
-    Action,
-    /// `ScanDone(Unsupported)`: `ScanTree`.
+enum ActionKind {
+    /// `Remediate`: `ActionResult`.
+    Remediate,
+    /// `Policy`: `ActionResult`.
+    Policy,
+    /// `Restore`: `ActionResult`; never taken (no `RESTORE` support here).
+    Restore,
+    /// `ScanTree`: `ScanDone`.
     Scan,
 }
 
-/// Refusals that may wait for room in the transmit buffer: the most
-/// requests §14.1 lets a host have outstanding (`MAX_ACTIONS_IN_FLIGHT`
-/// actions and one scan).
-const REFUSALS: usize = thinagent_protocol::MAX_ACTIONS_IN_FLIGHT as usize + 1;
+impl ActionKind {
+    const fn capability(self) -> Capabilities {
+        match self {
+            Self::Remediate => Capabilities::REMEDIATE,
+            Self::Policy => Capabilities::POLICY,
+            // Never announced by this session (see `reset`).
+            Self::Restore => Capabilities::RESTORE,
+            Self::Scan => Capabilities::SCAN_TREE,
+        }
+    }
+
+    /// The answer that refuses a request of this kind.
+    const fn refusal(self, action: ActionStatus, scan: ScanStatus) -> Answer {
+        match self {
+            Self::Scan => Answer::ScanDone(ScanDone {
+                counters: ScanCounters {
+                    files_seen: 0,
+                    files_scanned: 0,
+                    files_denied: 0,
+                    files_skipped: 0,
+                    errors: 0,
+                    bytes: 0,
+                },
+                status: scan,
+                error: None,
+            }),
+            _ => Answer::Action(ActionResult::status(action)),
+        }
+    }
+}
+
+/// An answer to a host request, waiting for room to be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Action(ActionResult),
+    ScanDone(ScanDone),
+}
+
+/// Host requests one session tracks at once, and answers that may wait for
+/// room in the transmit buffer: the most requests §14.1 lets a host have
+/// outstanding (`MAX_ACTIONS_IN_FLIGHT` actions and one scan).
+const ANSWERS: usize = thinagent_protocol::MAX_ACTIONS_IN_FLIGHT as usize + 1;
+
+/// Default bytes of a [`Session`]'s inbox of host requests (§14) not yet
+/// taken by the embedder. A request that does not fit is answered `Busy`.
+pub const DEFAULT_INBOX: usize = 8 * 1024;
+
+/// A host request (§14) for the embedder: see [`Session::host_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRequest<'a> {
+    /// Its request id: pass it to [`Session::complete_action`] or
+    /// [`Session::scan_done`].
+    pub id: u64,
+    /// `Remediate`, `Policy` or `ScanTree`.
+    pub message: Message<'a>,
+}
+
+/// Why [`Session::complete_action`] or [`Session::scan_done`] refused an
+/// answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerError {
+    /// No such request waits for an answer (already answered, the wrong
+    /// kind, or the session closed since).
+    NotOutstanding,
+}
 
 impl From<&Message<'_>> for Incoming {
     fn from(msg: &Message<'_>) -> Self {
@@ -1338,11 +1703,12 @@ impl From<&Message<'_>> for Incoming {
             Message::Pong(h) => Self::Pong(h),
             Message::Error(_) => Self::Error,
             Message::Goodbye(g) => Self::Goodbye(g.reason),
-            Message::Remediate(_) | Message::Policy(_) | Message::Restore(_) => {
-                Self::HostRequest(Refusal::Action)
-            }
-            Message::ScanTree(_) => Self::HostRequest(Refusal::Scan),
-            Message::ScanCancel(_) | Message::RestoreData(_) => Self::Ignored,
+            Message::Remediate(_) => Self::HostRequest(ActionKind::Remediate, 0),
+            Message::Policy(_) => Self::HostRequest(ActionKind::Policy, 0),
+            Message::Restore(_) => Self::HostRequest(ActionKind::Restore, 0),
+            Message::ScanTree(_) => Self::HostRequest(ActionKind::Scan, 0),
+            Message::ScanCancel(_) => Self::ScanCancel,
+            Message::RestoreData(_) => Self::Ignored,
             Message::Hello(_)
             | Message::FileEvent(_)
             | Message::ReadData(_)
@@ -2650,6 +3016,404 @@ mod tests {
                     prop_assert_eq!(sent.bytes.len(), content_len.min(budget));
                 }
             }
+        }
+    }
+
+    // ----- host actions (protocol §14) ---------------------------------
+
+    mod host_actions {
+        use thinagent_protocol::{
+            Exclusion, ExclusionKind, Exclusions, Policy, Remediate, RemediateAction, ScanCancel,
+            ScanFlags, ScanTree,
+        };
+
+        use super::*;
+
+        const ACTIONS: Capabilities = Capabilities(
+            Capabilities::READ_CONTENT.0
+                | Capabilities::REMEDIATE.0
+                | Capabilities::SCAN_TREE.0
+                | Capabilities::POLICY.0
+                | Capabilities::RESTORE.0,
+        );
+
+        fn enc2(msg: Message<'_>, id: u64) -> Vec<u8> {
+            let mut buf = std::vec![0u8; MAX_FRAME_LEN];
+            let n = msg.encode_for(2, id, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        }
+
+        /// A version-2 session announcing `caps`.
+        fn connected_v2(caps: Capabilities) -> Box<S> {
+            let mut s = Box::new(S::new(&SessionConfig {
+                capabilities: caps,
+                ..config(FailMode::Open)
+            }));
+            s.start(ms(0));
+            let frames = sent(&mut s);
+            let (hello_id, msg) = frame(&frames[0]);
+            let Message::Hello(h) = msg else { panic!() };
+            // The session takes no Restore: never announced.
+            assert!(!h.capabilities.contains(Capabilities::RESTORE));
+            assert_eq!(
+                h.capabilities.contains(Capabilities::REMEDIATE),
+                caps.contains(Capabilities::REMEDIATE)
+            );
+            let ack = HelloAck {
+                version: 2,
+                ..ack()
+            };
+            s.receive(&enc(Message::HelloAck(ack), hello_id), ms(1));
+            assert_eq!(events(&mut s), [SessionEvent::Connected { version: 2 }]);
+            s
+        }
+
+        fn remediate(path: &str) -> Message<'_> {
+            Message::Remediate(Remediate {
+                action: RemediateAction::Delete,
+                deadline_ms: 1000,
+                file: FileIdentity::default(),
+                path: FilePath::Utf8(path),
+            })
+        }
+
+        fn scan(path: &str) -> Message<'_> {
+            Message::ScanTree(ScanTree {
+                flags: ScanFlags::default(),
+                max_in_flight: 2,
+                max_depth: 0,
+                progress_interval_ms: 0,
+                max_file_size: 0,
+                root: FilePath::Utf8(path),
+            })
+        }
+
+        fn answers(s: &mut S) -> Vec<(u64, Message<'static>)> {
+            sent(s)
+                .into_iter()
+                .map(|f| {
+                    let f: &'static [u8] = Box::leak(f.into_boxed_slice());
+                    frame(f)
+                })
+                .collect()
+        }
+
+        #[test]
+        fn without_the_capability_every_request_is_refused_unsupported() {
+            let mut s = connected_v2(Capabilities::READ_CONTENT);
+            s.receive(&enc2(remediate("/a"), 5), ms(2));
+            s.receive(&enc2(scan("/"), 6), ms(2));
+            s.receive(&enc2(Message::ScanCancel(ScanCancel), 6), ms(2));
+            assert!(events(&mut s).is_empty());
+            let out = answers(&mut s);
+            assert!(
+                matches!(
+                    out[..],
+                    [
+                        (
+                            5,
+                            Message::ActionResult(ActionResult {
+                                status: ActionStatus::Unsupported,
+                                ..
+                            })
+                        ),
+                        (
+                            6,
+                            Message::ScanDone(ScanDone {
+                                status: ScanStatus::Unsupported,
+                                ..
+                            })
+                        ),
+                    ]
+                ),
+                "{out:?}"
+            );
+            assert!(s.is_connected());
+        }
+
+        #[test]
+        fn a_taken_request_is_answered_once_by_the_embedder() {
+            let mut s = connected_v2(ACTIONS);
+            s.receive(&enc2(remediate("/srv/x"), 7), ms(2));
+            assert_eq!(events(&mut s), [SessionEvent::HostRequest]);
+            assert!(
+                sent(&mut s).is_empty(),
+                "nothing is answered by the session"
+            );
+            let req = s.host_request().unwrap();
+            assert_eq!(req.id, 7);
+            let Message::Remediate(r) = req.message else {
+                panic!()
+            };
+            assert_eq!(r.path, FilePath::Utf8("/srv/x"));
+            s.pop_host_request();
+            assert!(s.host_request().is_none());
+            // A second request with the same id while the first waits: fatal.
+            let done = ActionResult::status(ActionStatus::Done);
+            assert_eq!(s.complete_action(8, done), Err(AnswerError::NotOutstanding));
+            assert_eq!(s.complete_action(7, done), Ok(()));
+            assert_eq!(s.complete_action(7, done), Err(AnswerError::NotOutstanding));
+            let out = answers(&mut s);
+            assert!(matches!(
+                out[..],
+                [(
+                    7,
+                    Message::ActionResult(ActionResult {
+                        status: ActionStatus::Done,
+                        ..
+                    })
+                )]
+            ));
+            // The id is free again once answered (§7).
+            s.receive(&enc2(remediate("/srv/y"), 7), ms(3));
+            assert_eq!(events(&mut s), [SessionEvent::HostRequest]);
+        }
+
+        #[test]
+        fn a_reused_outstanding_id_is_fatal() {
+            let mut s = connected_v2(ACTIONS);
+            s.receive(&enc2(remediate("/srv/x"), 7), ms(2));
+            s.receive(&enc2(remediate("/srv/y"), 7), ms(2));
+            let out = answers(&mut s);
+            assert!(
+                matches!(
+                    out[..],
+                    [
+                        (
+                            7,
+                            Message::Error(ErrorMessage {
+                                code: ErrorCode::UnexpectedMessage,
+                                ..
+                            })
+                        ),
+                        (0, Message::Goodbye(_)),
+                    ]
+                ),
+                "{out:?}"
+            );
+            assert!(s.is_closed());
+            assert_eq!(
+                s.complete_action(7, ActionResult::status(ActionStatus::Done)),
+                Err(AnswerError::NotOutstanding)
+            );
+        }
+
+        #[test]
+        fn requests_wait_in_order_and_a_full_inbox_answers_busy() {
+            let mut s: Box<Session<4, 64, 2, 300>> = Box::new(Session::new(&SessionConfig {
+                capabilities: ACTIONS,
+                ..config(FailMode::Open)
+            }));
+            s.start(ms(0));
+            let mut out = [0u8; 4096];
+            let n = s.poll_transmit(&mut out).unwrap();
+            let (hello_id, _) = frame(&out[..n]);
+            s.receive(
+                &enc(
+                    Message::HelloAck(HelloAck {
+                        version: 2,
+                        ..ack()
+                    }),
+                    hello_id,
+                ),
+                ms(1),
+            );
+            let long = "/p".repeat(60);
+            // 24 + 48 + 120 bytes each: one fits 300, the second does not;
+            // a short one (78 bytes) still fits behind the first.
+            s.receive(&enc2(remediate(&long), 10), ms(2));
+            s.receive(&enc2(remediate(&long), 11), ms(2));
+            s.receive(&enc2(remediate("/short"), 12), ms(2));
+            let n = s.poll_transmit(&mut out).unwrap();
+            let (id, msg) = frame(&out[..n]);
+            assert_eq!(id, 11);
+            assert!(matches!(
+                msg,
+                Message::ActionResult(ActionResult {
+                    status: ActionStatus::Busy,
+                    ..
+                })
+            ));
+            assert_eq!(s.host_request().map(|r| r.id), Some(10));
+            s.pop_host_request();
+            assert_eq!(s.host_request().map(|r| r.id), Some(12));
+            s.pop_host_request();
+            assert_eq!(s.host_request(), None);
+        }
+
+        #[test]
+        fn one_scan_at_a_time_and_a_cancel_reaches_the_embedder() {
+            let mut s = connected_v2(ACTIONS);
+            s.receive(&enc2(scan("/data"), 20), ms(2));
+            s.receive(&enc2(scan("/other"), 21), ms(2));
+            let out = answers(&mut s);
+            assert!(matches!(
+                out[..],
+                [(
+                    21,
+                    Message::ScanDone(ScanDone {
+                        status: ScanStatus::Busy,
+                        ..
+                    })
+                )]
+            ));
+            assert_eq!(events(&mut s), [SessionEvent::HostRequest]);
+            let req = s.host_request().unwrap();
+            assert!(
+                matches!(req.message, Message::ScanTree(t) if t.root == FilePath::Utf8("/data"))
+            );
+            s.pop_host_request();
+            let counters = ScanCounters {
+                files_seen: 3,
+                ..ScanCounters::default()
+            };
+            assert!(s.scan_progress(20, counters));
+            assert!(!s.scan_progress(99, counters));
+            s.receive(&enc2(Message::ScanCancel(ScanCancel), 20), ms(3));
+            assert_eq!(events(&mut s), [SessionEvent::ScanCancelled { id: 20 }]);
+            let done = ScanDone {
+                counters,
+                status: ScanStatus::Cancelled,
+                error: None,
+            };
+            assert_eq!(s.scan_done(20, done), Ok(()));
+            assert_eq!(s.scan_done(20, done), Err(AnswerError::NotOutstanding));
+            let out = answers(&mut s);
+            assert!(
+                matches!(
+                    out[..],
+                    [
+                        (20, Message::ScanProgress(_)),
+                        (
+                            20,
+                            Message::ScanDone(ScanDone {
+                                status: ScanStatus::Cancelled,
+                                ..
+                            })
+                        ),
+                    ]
+                ),
+                "{out:?}"
+            );
+        }
+
+        #[test]
+        fn a_scan_cancelled_before_it_was_taken_ends_at_once() {
+            let mut s = connected_v2(ACTIONS);
+            s.receive(&enc2(scan("/data"), 20), ms(2));
+            s.receive(&enc2(Message::ScanCancel(ScanCancel), 20), ms(2));
+            assert!(s.host_request().is_none());
+            let out = answers(&mut s);
+            assert!(matches!(
+                out[..],
+                [(
+                    20,
+                    Message::ScanDone(ScanDone {
+                        status: ScanStatus::Cancelled,
+                        ..
+                    })
+                )]
+            ));
+            // No event for a request that is already gone.
+            assert!(
+                events(&mut s)
+                    .iter()
+                    .all(|e| *e != SessionEvent::HostRequest)
+            );
+        }
+
+        #[test]
+        fn on_demand_events_wait_behind_on_access_ones_and_have_a_budget() {
+            let mut s = connected_v2(ACTIONS);
+            // ack(): 8 events in flight: half for on-demand.
+            assert_eq!(s.on_demand_capacity(16), 4);
+            assert_eq!(s.on_demand_capacity(2), 2);
+            let od = FileEvent {
+                kind: EventKind::OnDemand,
+                process_id: 0,
+                desired_access: 0,
+                ..open_event("/data/f")
+            };
+            let a = s.submit(&od, ms(2)).unwrap();
+            let b = s.submit(&open_event("/tmp/open"), ms(2)).unwrap();
+            assert_eq!(s.on_demand_capacity(16), 3);
+            let out = answers(&mut s);
+            let ids: Vec<u64> = out.iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, [b, a], "the on-access event goes first");
+        }
+
+        #[test]
+        fn an_on_demand_event_in_a_version_1_session_is_decided_locally() {
+            let mut s = connected(FailMode::Closed);
+            let od = FileEvent {
+                kind: EventKind::OnDemand,
+                process_id: 0,
+                desired_access: 0,
+                ..open_event("/data/f")
+            };
+            let q = s.submit(&od, ms(2)).unwrap();
+            assert!(sent(&mut s).is_empty());
+            assert!(matches!(
+                events(&mut s)[..],
+                [SessionEvent::Verdict(v)] if v.query == q && v.source == VerdictSource::Local(FailMode::Closed)
+            ));
+        }
+
+        #[test]
+        fn a_policy_is_handed_over_whole_and_health_goes_out_in_version_2_only() {
+            let mut s = connected_v2(ACTIONS);
+            let mut buf = [0u8; 256];
+            let exclusions = Exclusions::write(
+                [Exclusion {
+                    kind: ExclusionKind::PathPrefix,
+                    value: FilePath::Utf8("/proc"),
+                }],
+                &mut buf,
+            )
+            .unwrap();
+            let policy = Policy {
+                version: 4,
+                deadline_ms: 1000,
+                fail_mode: Some(thinagent_protocol::FailMode::Closed),
+                debug_level: None,
+                exclusions: Some(exclusions),
+                query_timeout_ms: None,
+                cache_ttl_max_secs: None,
+                max_scan_size: Some(1 << 20),
+            };
+            s.receive(&enc2(Message::Policy(policy), 30), ms(2));
+            assert_eq!(events(&mut s), [SessionEvent::HostRequest]);
+            let req = s.host_request().unwrap();
+            assert_eq!(req.message, Message::Policy(policy));
+            s.pop_host_request();
+            let applied = ActionResult {
+                value: 4,
+                ..ActionResult::status(ActionStatus::Done)
+            };
+            s.complete_action(30, applied).unwrap();
+            let health = thinagent_protocol::Health {
+                policy_version: 4,
+                state: thinagent_protocol::HealthState::ON_ACCESS,
+                fail_mode: thinagent_protocol::FailMode::Closed,
+                uptime_ms: 5,
+                events_sent: 0,
+                cache_hits: 0,
+                denied: 0,
+                fail_decisions: 0,
+                sessions: 1,
+            };
+            assert!(s.send_health(&health));
+            let out = answers(&mut s);
+            assert!(
+                matches!(
+                    out[..],
+                    [(30, Message::ActionResult(ActionResult { value: 4, .. })), (0, Message::Health(h))] if h == health
+                ),
+                "{out:?}"
+            );
+            let mut v1 = connected(FailMode::Open);
+            assert!(!v1.send_health(&health));
         }
     }
 }

@@ -959,6 +959,9 @@ impl AgentCore {
                     }
                 },
                 SessionEvent::Closed { reason } => closed = Some(reason),
+                // Not announced yet (protocol §14): the session refuses
+                // host requests itself and never raises these.
+                SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {}
             }
         }
         drain_tx(s, &mut self.outbox);

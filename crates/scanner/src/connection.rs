@@ -1141,6 +1141,9 @@ mod tests {
                         }
                     }
                     GuestEvent::Closed { reason } => panic!("guest closed: {reason:?}"),
+                    GuestEvent::HostRequest | GuestEvent::ScanCancelled { .. } => {
+                        panic!("host request raised without its capability: {ev:?}")
+                    }
                 }
             }
             while let Some(n) = guest.poll_transmit(&mut tbuf) {

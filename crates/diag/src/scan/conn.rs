@@ -270,6 +270,9 @@ async fn run_session(
                 progress = true;
                 match ev {
                     SessionEvent::Connected { .. } => connected = true,
+                    // diag announces no host-action capability (protocol
+                    // §14): the session refuses those requests itself.
+                    SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {}
                     SessionEvent::Verdict(v) => {
                         if let Some(p) = pending.remove(&v.query) {
                             shared.record(ScanResult {

@@ -118,6 +118,11 @@ pub fn run(data: &[u8]) -> Outcome {
                         outcome.version = version;
                     }
                     SessionEvent::Closed { .. } => {}
+                    // The script announces no host-action capability: the
+                    // session must refuse those requests itself (§14.1).
+                    SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {
+                        panic!("host request raised without its capability: {ev:?}")
+                    }
                 }
             }
             // The buffer holds more than the session's whole outgoing

@@ -241,6 +241,10 @@ where
                         }
                     }
                     SessionEvent::Closed { reason } => report.closed = Some(reason),
+                    // This guest announces no host-action capability.
+                    SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {
+                        panic!("host request raised without its capability: {ev:?}")
+                    }
                 }
             }
             if !progress {
