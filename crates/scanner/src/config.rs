@@ -332,6 +332,10 @@ pub struct Config {
     pub clamd_timeout_ms: u64,
     /// Audit log file (JSON lines), appended to.
     pub audit_log: Option<PathBuf>,
+    /// The admin control socket (Unix, created mode 0600): what
+    /// `thinagent-diag guests`, `remediate` and `scan-guest` talk to. Unset:
+    /// no control socket.
+    pub control_socket: Option<PathBuf>,
     /// Prometheus endpoint, loopback TCP only: `tcp://127.0.0.1:9317`.
     pub metrics: Option<String>,
     /// Only these vsock CIDs may connect (empty = any). TCP and Unix peers
@@ -358,6 +362,7 @@ impl Default for Config {
             clamd: None,
             clamd_timeout_ms: 30_000,
             audit_log: None,
+            control_socket: None,
             metrics: None,
             allowed_cids: Vec::new(),
             tls: None,

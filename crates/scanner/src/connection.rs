@@ -39,10 +39,11 @@ use tokio::sync::mpsc;
 
 use crate::cache::{CachedVerdict, VerdictCaches};
 use crate::engine::EngineError;
+use crate::guests::{Detection, GuestCommand, GuestRegistry, ScanUpdate};
 use crate::scan::{FileScan, ScanOutcome, ScanVerdict, content_key, scan_complete};
 use crate::session::{
-    Anomaly, CloseReason, ContentFailure, EventId, GuestInfo, HostSession, Inline, PolicyReason,
-    Query, QueryOutcome, SessionEvent, SessionLimits,
+    ActionError, ActionOutcome, Anomaly, CloseReason, ContentFailure, EventId, GuestInfo,
+    HostSession, Inline, PolicyReason, Query, QueryOutcome, SessionEvent, SessionLimits,
 };
 use crate::signatures::{SharedSignatures, SignatureSet};
 
@@ -352,6 +353,8 @@ pub struct ScanContext {
     pub limits: Limits,
     /// Where events go.
     pub observer: Arc<dyn ScanObserver>,
+    /// Every guest seen, and the channels to the connected ones.
+    pub guests: Arc<GuestRegistry>,
 }
 
 impl fmt::Debug for ScanContext {
@@ -381,6 +384,7 @@ impl ScanContext {
             caches,
             limits,
             observer,
+            guests: Arc::new(GuestRegistry::default()),
         }
     }
 
@@ -450,6 +454,9 @@ where
         results: mpsc::unbounded_channel(),
         closed: None,
         buffered: 0,
+        serial: None,
+        commands: None,
+        replies: std::collections::HashMap::new(),
     };
     let mut rbuf = vec![0u8; limits.read_buffer.max(4096)];
     let mut out: Vec<u8> = Vec::new();
@@ -487,6 +494,7 @@ where
                 }
             },
             Some(msg) = driver.results.1.recv() => driver.on_work_message(msg),
+            Some(cmd) = next_command(&mut driver.commands) => driver.on_command(cmd),
             r = rd.read(&mut rbuf), if can_read => match r {
                 Ok(n) if n > 0 => driver.session.receive(rbuf.get(..n).unwrap_or_default(), now()),
                 _ => {
@@ -569,6 +577,28 @@ struct Driver {
     /// Content bytes buffered (or handed to buffered scans) by this
     /// connection, bounded by [`Limits::scan_buffer_total`].
     buffered: usize,
+    /// This connection's serial in the guest registry, once connected.
+    serial: Option<u64>,
+    /// Commands of the admin interface, once connected.
+    commands: Option<mpsc::UnboundedReceiver<GuestCommand>>,
+    /// Who waits for each host action's end, by request id.
+    replies: std::collections::HashMap<u64, Reply>,
+}
+
+/// Who waits for a host action.
+enum Reply {
+    Action(tokio::sync::oneshot::Sender<Result<ActionOutcome, ActionError>>),
+    Scan(mpsc::UnboundedSender<ScanUpdate>),
+}
+
+/// The next command, or never when there is no channel (not connected).
+async fn next_command(
+    commands: &mut Option<mpsc::UnboundedReceiver<GuestCommand>>,
+) -> Option<GuestCommand> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver {
@@ -584,32 +614,38 @@ impl Driver {
                 SessionEvent::Connected(info) => {
                     self.scope = self.guest.cache_scope(&info.name);
                     self.ctx.observer.on_handshake(&self.guest, &info);
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    self.serial = Some(self.ctx.guests.connected(&self.guest, &info, tx));
+                    self.commands = Some(rx);
                     if let Some(admit) = self.admit.as_mut()
                         && let Err(reason) = admit.admit(&self.guest, &info)
                     {
                         self.session.close(reason, now());
                     }
                 }
-                // Kept per guest by the guest registry of issue 14 (not
-                // built yet); logged meanwhile.
-                SessionEvent::Health(h) => tracing::debug!(
-                    guest = %self.guest,
-                    policy_version = h.policy_version,
-                    events_sent = h.events_sent,
-                    fail_decisions = h.fail_decisions,
-                    "guest health report"
-                ),
-                // Host actions are sent by the admin interface of issue 14
-                // (not built yet); their ends are logged meanwhile.
-                SessionEvent::ActionDone { id, kind, outcome } => tracing::info!(
-                    guest = %self.guest,
-                    id,
-                    action = kind.as_str(),
-                    ?outcome,
-                    "host action ended"
-                ),
+                SessionEvent::Health(h) => self.ctx.guests.health(&self.guest, h),
+                SessionEvent::ActionDone { id, kind, outcome } => {
+                    tracing::info!(
+                        guest = %self.guest,
+                        id,
+                        action = kind.as_str(),
+                        ?outcome,
+                        "host action ended"
+                    );
+                    match self.replies.remove(&id) {
+                        Some(Reply::Action(tx)) => {
+                            let _ = tx.send(Ok(outcome));
+                        }
+                        Some(Reply::Scan(tx)) => {
+                            let _ = tx.send(ScanUpdate::Done(Ok(outcome)));
+                        }
+                        None => {}
+                    }
+                }
                 SessionEvent::ScanProgress { id, counters } => {
-                    tracing::debug!(guest = %self.guest, id, ?counters, "scan progress");
+                    if let Some(Reply::Scan(tx)) = self.replies.get(&id) {
+                        let _ = tx.send(ScanUpdate::Progress(counters));
+                    }
                 }
                 SessionEvent::Query(q) => self.on_query(q),
                 SessionEvent::Content { id, offset, data } => self.on_content(id, offset, data),
@@ -640,10 +676,53 @@ impl Driver {
                 SessionEvent::Anomaly(a) => self.ctx.observer.on_protocol_event(&self.guest, &a),
                 SessionEvent::Closed(reason) => {
                     self.ctx.observer.on_session_closed(&self.guest, &reason);
+                    if let Some(serial) = self.serial.take() {
+                        self.ctx.guests.disconnected(&self.guest, serial);
+                    }
+                    self.commands = None;
                     self.closed = Some(reason);
                     // Dropping the work drops stream senders: scan tasks end.
                     self.work.clear();
                     self.buffered = 0;
+                }
+            }
+        }
+    }
+
+    /// A command of the admin interface for this guest (host actions, §14).
+    fn on_command(&mut self, command: GuestCommand) {
+        let at = now();
+        match command {
+            GuestCommand::Remediate {
+                action,
+                path,
+                file,
+                deadline,
+                reply,
+            } => match self.session.remediate(action, &path, file, deadline, at) {
+                Ok(id) => {
+                    self.replies.insert(id, Reply::Action(reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            GuestCommand::Scan {
+                root,
+                options,
+                updates,
+            } => match self.session.scan_tree(&root, options, at) {
+                Ok(id) => {
+                    let _ = updates.send(ScanUpdate::Started(id));
+                    self.replies.insert(id, Reply::Scan(updates));
+                }
+                Err(e) => {
+                    let _ = updates.send(ScanUpdate::Done(Err(e)));
+                }
+            },
+            GuestCommand::CancelScan { id } => {
+                if let Err(e) = self.session.cancel_scan(id, at) {
+                    tracing::info!(guest = %self.guest, id, "scan cancel not sent: {e}");
                 }
             }
         }
@@ -884,6 +963,19 @@ impl Driver {
             .verdict(query.id, decision, name, ttl, now())
             .is_ok()
         {
+            if decision == Decision::Deny
+                && let Some(threat) = &threat
+            {
+                self.ctx.guests.detection(
+                    &self.guest,
+                    Detection {
+                        path: query.path.clone(),
+                        file: query.file,
+                        threat: threat.clone(),
+                        at: SystemTime::now(),
+                    },
+                );
+            }
             self.audit_full(query, Some(decision), threat, engine, bytes, source);
         }
     }

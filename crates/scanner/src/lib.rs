@@ -12,7 +12,10 @@ pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod connection;
+#[cfg(unix)]
+pub mod control;
 pub mod engine;
+pub mod guests;
 pub mod listen;
 pub mod log_limit;
 pub mod metrics;

@@ -47,6 +47,9 @@ struct Cli {
     /// Append one JSON line per verdict to PATH. [config: audit_log]
     #[arg(long, value_name = "PATH")]
     audit_log: Option<PathBuf>,
+    /// Admin control socket (Unix, mode 0600) for thinagent-diag guests / remediate / scan-guest. [config: control_socket]
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// Serve Prometheus /metrics here (loopback only): tcp://127.0.0.1:PORT. [config: metrics]
     #[arg(long, value_name = "URL")]
     metrics: Option<String>,
@@ -170,6 +173,9 @@ impl Cli {
         }
         if self.metrics.is_some() {
             c.metrics = self.metrics.clone();
+        }
+        if self.control_socket.is_some() {
+            c.control_socket = self.control_socket.clone();
         }
         if !self.allow_cid.is_empty() {
             c.allowed_cids = self.allow_cid.clone();

@@ -78,6 +78,13 @@ pub enum ServiceError {
     /// The `[tls]` certificates or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The control socket could not be opened.
+    #[cfg(unix)]
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// A control socket was configured on a system without Unix sockets.
+    #[error("control_socket needs Unix sockets, which this system lacks; unset it")]
+    NoControlSocket,
     /// The metrics endpoint could not be bound.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -612,6 +619,8 @@ pub struct Service {
     logs: Arc<PeerLog>,
     listeners: Vec<Listener>,
     metrics_listener: Option<tokio::net::TcpListener>,
+    #[cfg(unix)]
+    control: Option<tokio::net::UnixListener>,
     signature_config: SignatureConfig,
     admission: Arc<Admission>,
     /// Bound on a `tls://` connection's TLS handshake.
@@ -692,8 +701,20 @@ impl Service {
             ),
             None => None,
         };
+        #[cfg(unix)]
+        let control = config
+            .control_socket
+            .as_deref()
+            .map(crate::control::bind)
+            .transpose()?;
+        #[cfg(not(unix))]
+        if config.control_socket.is_some() {
+            return Err(ServiceError::NoControlSocket);
+        }
         let l = &config.limits;
         Ok(Self {
+            #[cfg(unix)]
+            control,
             ctx,
             metrics,
             logs,
@@ -744,6 +765,10 @@ impl Service {
         let mut tasks = JoinSet::new();
         if let Some(l) = self.metrics_listener {
             tasks.spawn(crate::metrics::serve(l, self.metrics.clone()));
+        }
+        #[cfg(unix)]
+        if let Some(l) = self.control {
+            tasks.spawn(crate::control::serve(l, self.ctx.guests.clone()));
         }
         let flush_logs = self.logs.clone();
         tasks.spawn(async move {

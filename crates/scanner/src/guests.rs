@@ -1,0 +1,373 @@
+//! The guests the scanner knows (issue 14's "guest health"): every guest
+//! identity seen since the service started, its announced details, its
+//! last `Health` report (protocol §14.8), its recent detections, and while
+//! it is connected a channel to its connection, through which the admin
+//! interface ([`crate::control`]) sends host actions (§14).
+//!
+//! Keyed by the transport identity ([`GuestId`]'s text, §13): never by the
+//! guest's announced name, which is a label.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use thinagent_protocol::{Capabilities, FileIdentity, Health, RemediateAction, ScanCounters};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::rfc3339;
+use crate::connection::GuestId;
+use crate::session::{ActionError, ActionOutcome, GuestInfo, GuestPath, ScanOptions};
+
+/// Detections kept per guest (the newest).
+pub const DETECTIONS_KEPT: usize = 64;
+
+/// A file a guest was denied for a detection: what a remediation names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    /// The path as the guest sent it.
+    pub path: GuestPath,
+    /// The identity the host judged.
+    pub file: FileIdentity,
+    /// The threat.
+    pub threat: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// What the admin interface asks a guest's connection to do.
+#[derive(Debug)]
+pub enum GuestCommand {
+    /// `Remediate` (§14.2).
+    Remediate {
+        /// Delete or truncate.
+        action: RemediateAction,
+        /// The file.
+        path: GuestPath,
+        /// Its identity as judged.
+        file: FileIdentity,
+        /// How long to wait for the guest.
+        deadline: Duration,
+        /// Gets the outcome.
+        reply: oneshot::Sender<Result<ActionOutcome, ActionError>>,
+    },
+    /// `ScanTree` (§14.4); updates go to `updates` until
+    /// [`ScanUpdate::Done`].
+    Scan {
+        /// The root.
+        root: GuestPath,
+        /// How.
+        options: ScanOptions,
+        /// Progress and the end.
+        updates: mpsc::UnboundedSender<ScanUpdate>,
+    },
+    /// `ScanCancel` (§14.5) of the scan `id`.
+    CancelScan {
+        /// The scan's request id.
+        id: u64,
+    },
+}
+
+/// What a running scan reports to whoever asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanUpdate {
+    /// The `ScanTree` went out with this request id.
+    Started(u64),
+    /// A `ScanProgress`.
+    Progress(ScanCounters),
+    /// The end (its `ScanDone`, or why there is none).
+    Done(Result<ActionOutcome, ActionError>),
+}
+
+/// One guest as the registry keeps it.
+#[derive(Debug)]
+struct Entry {
+    identity: String,
+    info: Option<GuestInfo>,
+    connected: bool,
+    connected_since: SystemTime,
+    last_seen: SystemTime,
+    health: Option<(Health, SystemTime)>,
+    detections: VecDeque<Detection>,
+    /// The live connection: its serial and command channel.
+    conn: Option<(u64, mpsc::UnboundedSender<GuestCommand>)>,
+}
+
+/// A guest as the admin interface shows it (`thinagent-diag guests`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GuestView {
+    /// The transport identity (§13).
+    pub identity: String,
+    /// The announced name (a label).
+    pub name: String,
+    /// `windows` / `linux`.
+    pub os: String,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The negotiated protocol version.
+    pub protocol_version: u16,
+    /// Host actions the guest takes: `remediate`, `scan-tree`, `policy`, `restore`.
+    pub actions: Vec<&'static str>,
+    /// Connected now.
+    pub connected: bool,
+    /// Since when (connected) or when it last connected.
+    pub connected_since: String,
+    /// The last frame seen or the disconnect.
+    pub last_seen: String,
+    /// The policy version the guest reports (`Health`), if any.
+    pub policy_version: Option<u64>,
+    /// The guest's last `Health` report, if any.
+    pub health: Option<HealthView>,
+    /// Detections recorded (up to [`DETECTIONS_KEPT`]).
+    pub detections: usize,
+    /// The newest detection: `threat at path`.
+    pub last_detection: Option<String>,
+}
+
+/// A `Health` report, for people and scripts.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HealthView {
+    /// When it arrived.
+    pub at: String,
+    /// `open` / `closed`.
+    pub fail_mode: &'static str,
+    /// Opens are being judged.
+    pub on_access: bool,
+    /// A scan runs.
+    pub scan_running: bool,
+    /// Since the agent started, seconds.
+    pub uptime_secs: u64,
+    /// `FileEvent`s sent.
+    pub events_sent: u64,
+    /// Opens answered from the guest's cache.
+    pub cache_hits: u64,
+    /// Opens denied on a host verdict.
+    pub denied: u64,
+    /// Opens decided by the fail mode.
+    pub fail_decisions: u64,
+    /// Sessions since the agent started.
+    pub sessions: u64,
+}
+
+/// Why the registry cannot name one guest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// Nothing matches.
+    #[error("no guest {0:?}: see `thinagent-diag guests` for identities and names")]
+    NotFound(String),
+    /// A name several guests announced.
+    #[error("{name:?} names several guests ({}); use the identity", .identities.join(", "))]
+    Ambiguous {
+        /// The name asked.
+        name: String,
+        /// The identities with that name.
+        identities: Vec<String>,
+    },
+    /// The guest is known but not connected.
+    #[error("guest {0} is not connected")]
+    NotConnected(String),
+}
+
+/// Every guest seen since the service started.
+#[derive(Debug, Default)]
+pub struct GuestRegistry {
+    guests: Mutex<HashMap<String, Entry>>,
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+impl GuestRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.guests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A guest completed its handshake on a connection; returns the
+    /// connection's serial (for [`disconnected`](Self::disconnected)).
+    pub fn connected(
+        &self,
+        guest: &GuestId,
+        info: &GuestInfo,
+        commands: mpsc::UnboundedSender<GuestCommand>,
+    ) -> u64 {
+        let serial = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = SystemTime::now();
+        let identity = guest.to_string();
+        let mut guests = self.lock();
+        let entry = guests.entry(identity.clone()).or_insert_with(|| Entry {
+            identity,
+            info: None,
+            connected: false,
+            connected_since: now,
+            last_seen: now,
+            health: None,
+            detections: VecDeque::new(),
+            conn: None,
+        });
+        entry.info = Some(info.clone());
+        entry.connected = true;
+        entry.connected_since = now;
+        entry.last_seen = now;
+        entry.conn = Some((serial, commands));
+        serial
+    }
+
+    /// The connection `serial` of `guest` ended.
+    pub fn disconnected(&self, guest: &GuestId, serial: u64) {
+        let mut guests = self.lock();
+        if let Some(e) = guests.get_mut(&guest.to_string())
+            && e.conn.as_ref().is_some_and(|(s, _)| *s == serial)
+        {
+            e.conn = None;
+            e.connected = false;
+            e.last_seen = SystemTime::now();
+        }
+    }
+
+    /// A `Health` report arrived.
+    pub fn health(&self, guest: &GuestId, health: Health) {
+        if let Some(e) = self.lock().get_mut(&guest.to_string()) {
+            let now = SystemTime::now();
+            e.health = Some((health, now));
+            e.last_seen = now;
+        }
+    }
+
+    /// `guest` was denied `detection.path` for a detection.
+    pub fn detection(&self, guest: &GuestId, detection: Detection) {
+        if let Some(e) = self.lock().get_mut(&guest.to_string()) {
+            e.last_seen = detection.at;
+            e.detections.retain(|d| d.path != detection.path);
+            if e.detections.len() >= DETECTIONS_KEPT {
+                e.detections.pop_front();
+            }
+            e.detections.push_back(detection);
+        }
+    }
+
+    /// Every guest, sorted by identity.
+    pub fn list(&self) -> Vec<GuestView> {
+        let guests = self.lock();
+        let mut views: Vec<GuestView> = guests.values().map(view).collect();
+        views.sort_by(|a, b| a.identity.cmp(&b.identity));
+        views
+    }
+
+    /// The identity of the guest `who` names: an identity, or a name only
+    /// one guest announced.
+    pub fn resolve(&self, who: &str) -> Result<String, LookupError> {
+        let guests = self.lock();
+        if guests.contains_key(who) {
+            return Ok(who.to_owned());
+        }
+        let mut named: Vec<String> = guests
+            .values()
+            .filter(|e| e.info.as_ref().is_some_and(|i| i.name == who))
+            .map(|e| e.identity.clone())
+            .collect();
+        named.sort();
+        match named.len() {
+            0 => Err(LookupError::NotFound(who.to_owned())),
+            1 => Ok(named.remove(0)),
+            _ => Err(LookupError::Ambiguous {
+                name: who.to_owned(),
+                identities: named,
+            }),
+        }
+    }
+
+    /// Sends `command` to the connected guest `identity`.
+    pub fn send(&self, identity: &str, command: GuestCommand) -> Result<(), LookupError> {
+        let guests = self.lock();
+        let Some(e) = guests.get(identity) else {
+            return Err(LookupError::NotFound(identity.to_owned()));
+        };
+        match &e.conn {
+            Some((_, tx)) => tx
+                .send(command)
+                .map_err(|_| LookupError::NotConnected(identity.to_owned())),
+            None => Err(LookupError::NotConnected(identity.to_owned())),
+        }
+    }
+
+    /// The newest detection of `identity` whose path reads `path`.
+    pub fn find_detection(&self, identity: &str, path: &str) -> Option<Detection> {
+        let guests = self.lock();
+        guests.get(identity).and_then(|e| {
+            e.detections
+                .iter()
+                .rev()
+                .find(|d| d.path.to_string_lossy() == path)
+                .cloned()
+        })
+    }
+
+    /// The announced OS of `identity` (how to encode a path for it).
+    pub fn os(&self, identity: &str) -> Option<thinagent_protocol::OsKind> {
+        self.lock()
+            .get(identity)
+            .and_then(|e| e.info.as_ref().map(|i| i.os))
+    }
+}
+
+fn view(e: &Entry) -> GuestView {
+    let info = e.info.as_ref();
+    let caps = info.map_or(Capabilities(0), |i| i.capabilities);
+    let actions = [
+        (Capabilities::REMEDIATE, "remediate"),
+        (Capabilities::SCAN_TREE, "scan-tree"),
+        (Capabilities::POLICY, "policy"),
+        (Capabilities::RESTORE, "restore"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| caps.contains(*c))
+    .map(|(_, n)| n)
+    .collect();
+    GuestView {
+        identity: e.identity.clone(),
+        name: info.map(|i| i.name.clone()).unwrap_or_default(),
+        os: info
+            .map(|i| format!("{:?}", i.os).to_lowercase())
+            .unwrap_or_default(),
+        agent_version: info
+            .map(|i| {
+                let v = i.agent_version;
+                format!("{}.{}.{}", v.major, v.minor, v.patch)
+            })
+            .unwrap_or_default(),
+        protocol_version: info.map_or(0, |i| i.version),
+        actions,
+        connected: e.connected,
+        connected_since: rfc3339(e.connected_since),
+        last_seen: rfc3339(e.last_seen),
+        policy_version: e
+            .health
+            .as_ref()
+            .map(|(h, _)| h.policy_version)
+            .filter(|v| *v != 0),
+        health: e.health.as_ref().map(|(h, at)| HealthView {
+            at: rfc3339(*at),
+            fail_mode: match h.fail_mode {
+                thinagent_protocol::FailMode::Open => "open",
+                thinagent_protocol::FailMode::Closed => "closed",
+            },
+            on_access: h.state.contains(thinagent_protocol::HealthState::ON_ACCESS),
+            scan_running: h
+                .state
+                .contains(thinagent_protocol::HealthState::SCAN_RUNNING),
+            uptime_secs: h.uptime_ms / 1000,
+            events_sent: h.events_sent,
+            cache_hits: h.cache_hits,
+            denied: h.denied,
+            fail_decisions: h.fail_decisions,
+            sessions: h.sessions,
+        }),
+        detections: e.detections.len(),
+        last_detection: e
+            .detections
+            .back()
+            .map(|d| format!("{} at {}", d.threat, d.path)),
+    }
+}

@@ -1,0 +1,369 @@
+//! The admin control socket (issue 14) against the real service and a
+//! guest built on the real `thinagent_guest::Session` that takes host
+//! actions: `guests` shows the guest and its detection, `remediate` reaches
+//! the guest with the judged identity and returns its answer, `scan` runs a
+//! tree scan through the guest's `OnDemand` events and streams its
+//! progress, and what cannot be done is refused with a reason.
+#![cfg(unix)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{EICAR, Running};
+use thinagent_guest::{FailMode, Instant as GuestInstant, Session, SessionConfig, SessionEvent};
+use thinagent_protocol::{
+    ActionResult, ActionStatus, AgentVersion, Capabilities, CreateDisposition, EventKind,
+    FileEvent, FileIdentity, FilePath, InlineContent, Message, OsKind, ScanCounters, ScanDone,
+    ScanStatus,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+
+type GuestSession = Session<16, 256, 4>;
+
+fn identity(n: u64, size: usize) -> FileIdentity {
+    let mut file_id = [0u8; 16];
+    file_id[0] = n as u8;
+    FileIdentity {
+        volume_serial: 3,
+        file_id,
+        size: size as u64,
+        last_write_time: 133_000_000_000_000_000 + n,
+    }
+}
+
+fn event<'a>(kind: EventKind, path: &'a str, n: u64, content: &'a [u8]) -> FileEvent<'a> {
+    let on_demand = kind == EventKind::OnDemand;
+    FileEvent {
+        kind,
+        process_id: if on_demand { 0 } else { 77 },
+        desired_access: if on_demand { 0 } else { 1 },
+        create_disposition: CreateDisposition::Open,
+        file: identity(n, content.len()),
+        path: FilePath::Utf8(path),
+        content: InlineContent {
+            bytes: content,
+            whole_file: true,
+        },
+    }
+}
+
+/// What the test guest saw of the host's requests.
+#[derive(Debug, Default)]
+struct Seen {
+    remediations: Vec<(String, FileIdentity)>,
+    scans: Vec<String>,
+    denied: Vec<String>,
+}
+
+/// A guest that opens `/srv/eicar.com` (denied), then answers every
+/// `Remediate` `Done` and runs every `ScanTree` over three files.
+async fn guest(url: String, seen: Arc<Mutex<Seen>>) {
+    let addr = url.trim_start_matches("tcp://").to_owned();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let caps = Capabilities(
+        Capabilities::READ_CONTENT.0
+            | Capabilities::INLINE_CONTENT.0
+            | Capabilities::REMEDIATE.0
+            | Capabilities::SCAN_TREE.0,
+    );
+    let config = SessionConfig {
+        query_timeout: Duration::from_secs(5),
+        fail_mode: FailMode::Open,
+        os: OsKind::Linux,
+        agent_version: AgentVersion {
+            major: 1,
+            minor: 2,
+            patch: 3,
+        },
+        capabilities: caps,
+        guest_name: "web-01",
+    };
+    let mut s = Box::new(GuestSession::new(&config));
+    let t0 = std::time::Instant::now();
+    let now = || GuestInstant::from_millis(t0.elapsed().as_millis() as u64);
+    s.start(now());
+    let mut rbuf = vec![0u8; 70_000];
+    let mut tbuf = vec![0u8; 70_000];
+    // The running scan: (id, its queries, counters).
+    let mut scan: Option<(u64, Vec<u64>, ScanCounters)> = None;
+    loop {
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                SessionEvent::Connected { version } => {
+                    assert_eq!(version, 2);
+                    s.submit(&event(EventKind::Open, "/srv/eicar.com", 1, EICAR), now())
+                        .unwrap();
+                }
+                SessionEvent::Verdict(v) => {
+                    if !v.allows() {
+                        seen.lock()
+                            .unwrap()
+                            .denied
+                            .push(v.threat.as_str().to_owned());
+                    }
+                    if let Some((id, queries, counters)) = scan.as_mut()
+                        && let Some(i) = queries.iter().position(|q| *q == v.query)
+                    {
+                        queries.remove(i);
+                        counters.files_scanned += 1;
+                        if !v.allows() {
+                            counters.files_denied += 1;
+                        }
+                        let id = *id;
+                        assert!(s.scan_progress(id, *counters));
+                        if queries.is_empty() {
+                            let done = ScanDone {
+                                counters: *counters,
+                                status: ScanStatus::Completed,
+                                error: None,
+                            };
+                            s.scan_done(id, done).unwrap();
+                            scan = None;
+                        }
+                    }
+                }
+                SessionEvent::HostRequest => {
+                    while let Some(req) = s.host_request() {
+                        let id = req.id;
+                        match req.message {
+                            Message::Remediate(r) => {
+                                let FilePath::Utf8(p) = r.path else { panic!() };
+                                seen.lock()
+                                    .unwrap()
+                                    .remediations
+                                    .push((p.to_owned(), r.file));
+                                s.pop_host_request();
+                                s.complete_action(id, ActionResult::status(ActionStatus::Done))
+                                    .unwrap();
+                            }
+                            Message::ScanTree(t) => {
+                                let FilePath::Utf8(root) = t.root else {
+                                    panic!()
+                                };
+                                seen.lock().unwrap().scans.push(root.to_owned());
+                                let max_in_flight = t.max_in_flight;
+                                s.pop_host_request();
+                                let files: [(&str, &[u8]); 3] = [
+                                    ("/data/a.txt", b"hello"),
+                                    ("/data/b.txt", b"world"),
+                                    ("/data/sub/eicar.txt", EICAR),
+                                ];
+                                assert!(s.on_demand_capacity(max_in_flight) >= 3);
+                                let mut queries = Vec::new();
+                                let mut counters = ScanCounters::default();
+                                for (n, (path, content)) in files.iter().enumerate() {
+                                    let e =
+                                        event(EventKind::OnDemand, path, 10 + n as u64, content);
+                                    queries.push(s.submit(&e, now()).unwrap());
+                                    counters.files_seen += 1;
+                                    counters.bytes += content.len() as u64;
+                                }
+                                scan = Some((id, queries, counters));
+                            }
+                            other => panic!("unexpected host request {other:?}"),
+                        }
+                    }
+                }
+                SessionEvent::ScanCancelled { id } => {
+                    let counters = scan.take().map(|(_, _, c)| c).unwrap_or_default();
+                    s.scan_done(
+                        id,
+                        ScanDone {
+                            counters,
+                            status: ScanStatus::Cancelled,
+                            error: None,
+                        },
+                    )
+                    .unwrap();
+                }
+                SessionEvent::ReadJob { .. } => panic!("everything was sent inline"),
+                SessionEvent::Closed { .. } => return,
+            }
+        }
+        while let Some(n) = s.poll_transmit(&mut tbuf) {
+            stream.write_all(&tbuf[..n]).await.unwrap();
+        }
+        let wait = s
+            .next_deadline()
+            .map_or(Duration::from_millis(200), |d| {
+                Duration::from_millis(d.as_millis().saturating_sub(now().as_millis()))
+            })
+            .min(Duration::from_millis(200));
+        match tokio::time::timeout(wait, stream.read(&mut rbuf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => s.receive(&rbuf[..n], now()),
+            Err(_) => s.on_timeout(now()),
+        }
+    }
+}
+
+/// Sends one request line and returns every answer line up to the one
+/// with `"ok"`.
+async fn control(path: &std::path::Path, request: serde_json::Value) -> Vec<serde_json::Value> {
+    let stream = UnixStream::connect(path).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    wr.write_all(format!("{request}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(rd).lines();
+    let mut out = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the control socket answers")
+        .unwrap()
+    {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let last = v.get("ok").is_some();
+        out.push(v);
+        if last {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_remediate_and_scan_through_the_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let config = thinagent_scanner::config::Config {
+        listen: vec!["tcp://127.0.0.1:0".into()],
+        control_socket: Some(socket.clone()),
+        ..Default::default()
+    };
+    let running = Running::start(config).await;
+    // Only the owner may talk to it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let guest_task = tokio::spawn(guest(running.url("tcp").to_owned(), seen.clone()));
+
+    // The guest's open of EICAR is denied and recorded as a detection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let guests = loop {
+        let out = control(&socket, serde_json::json!({"cmd": "guests"})).await;
+        let guests = out[0]["guests"].as_array().unwrap().clone();
+        if guests.first().is_some_and(|g| g["detections"] == 1) {
+            break guests;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no detection: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(guests.len(), 1);
+    let g = &guests[0];
+    assert_eq!(g["name"], "web-01");
+    assert_eq!(g["os"], "linux");
+    assert_eq!(g["agent_version"], "1.2.3");
+    assert_eq!(g["protocol_version"], 2);
+    assert_eq!(g["connected"], true);
+    assert_eq!(g["actions"], serde_json::json!(["remediate", "scan-tree"]));
+    assert_eq!(
+        g["last_detection"],
+        "Eicar-Test-Signature at /srv/eicar.com"
+    );
+    let guest_id = g["identity"].as_str().unwrap().to_owned();
+
+    // Remediation of the detected file, named by the guest's name: the
+    // guest gets the path and the identity the host judged.
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "remediate", "guest": "web-01", "path": "/srv/eicar.com"}),
+    )
+    .await;
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["ok"], true, "{out:?}");
+    assert_eq!(out[0]["status"], "done");
+    assert_eq!(out[0]["threat"], "Eicar-Test-Signature");
+    assert_eq!(
+        seen.lock().unwrap().remediations,
+        vec![("/srv/eicar.com".to_owned(), identity(1, EICAR.len()))]
+    );
+
+    // A file the scanner never denied cannot be remediated.
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "remediate", "guest": guest_id, "path": "/etc/passwd"}),
+    )
+    .await;
+    assert_eq!(out[0]["ok"], false);
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("no detection"),
+        "{out:?}"
+    );
+    // Nor on a guest that does not exist.
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "remediate", "guest": "nobody", "path": "/x"}),
+    )
+    .await;
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("no guest"),
+        "{out:?}"
+    );
+
+    // An on-demand scan, waited for: started, progress, then the summary.
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "scan", "guest": guest_id, "path": "/data", "wait": true}),
+    )
+    .await;
+    assert!(out[0]["scan_id"].as_u64().is_some(), "{out:?}");
+    let last = out.last().unwrap();
+    assert_eq!(last["ok"], true, "{out:?}");
+    assert_eq!(last["status"], "completed");
+    assert_eq!(last["counters"]["files_seen"], 3);
+    assert_eq!(last["counters"]["files_scanned"], 3);
+    assert_eq!(last["counters"]["files_denied"], 1);
+    assert!(out.iter().any(|l| l.get("progress").is_some()), "{out:?}");
+    assert_eq!(seen.lock().unwrap().scans, vec!["/data".to_owned()]);
+    // The on-demand detection is recorded too.
+    let out = control(&socket, serde_json::json!({"cmd": "guests"})).await;
+    assert_eq!(out[0]["guests"][0]["detections"], 2);
+    assert_eq!(
+        out[0]["guests"][0]["last_detection"],
+        "Eicar-Test-Signature at /data/sub/eicar.txt"
+    );
+
+    // Bad requests get a reason, and the socket goes on.
+    let out = control(&socket, serde_json::json!({"cmd": "reboot"})).await;
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("bad request"),
+        "{out:?}"
+    );
+
+    // A guest that goes away stays listed, no longer connected, and takes
+    // no more actions.
+    guest_task.abort();
+    let _ = guest_task.await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = control(&socket, serde_json::json!({"cmd": "guests"})).await;
+        if out[0]["guests"][0]["connected"] == false {
+            assert_eq!(out[0]["guests"][0]["identity"], guest_id.as_str());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still connected: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "scan", "guest": "web-01", "path": "/data"}),
+    )
+    .await;
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("not connected"),
+        "{out:?}"
+    );
+    running.shutdown().await;
+}
