@@ -12,6 +12,7 @@
 #![cfg_attr(windows, deny(unsafe_code))]
 
 mod agent_state;
+mod control;
 mod decode_log;
 mod demo;
 mod lint_inf;
@@ -92,6 +93,26 @@ enum Command {
     /// Needs Windows and an elevated prompt. Exit status: 0 state printed,
     /// 2 the device could not be used (with the reason).
     AgentState(agent_state::AgentStateArgs),
+    /// Every guest the scanner has seen (its admin control socket): identity,
+    /// name, OS, agent and protocol versions, connected or gone, policy and
+    /// fail mode it reports, the host actions it takes, its detections.
+    ///
+    /// Exit status: 0 listed, 2 the scanner could not be asked.
+    Guests(control::GuestsArgs),
+    /// Delete (or `--truncate`) a file the scanner denied on a guest.
+    ///
+    /// The guest acts only if the file still has the identity the scanner
+    /// judged (a replaced file is left alone: `changed`). Exit status: 0
+    /// done, 1 the guest did not do it (changed, not-found, failed, busy,
+    /// timed-out), 2 the request could not be made.
+    Remediate(control::RemediateArgs),
+    /// Scan a directory tree on a guest through the scanner.
+    ///
+    /// The guest walks it and sends every file through the normal scan
+    /// path; on-access opens keep priority. `--wait` shows progress and the
+    /// summary. Exit status: 0 completed and nothing found, 1 something
+    /// found, 2 the scan could not run or did not complete.
+    ScanGuest(control::ScanGuestArgs),
 }
 
 #[derive(clap::Args)]
@@ -328,5 +349,8 @@ fn main() -> Result<ExitCode> {
         Command::Simulate(args) => simulate_cmd(&args),
         Command::Scan(args) => scan::run(&args),
         Command::AgentState(args) => agent_state::run(&args),
+        Command::Guests(args) => control::guests(&args),
+        Command::Remediate(args) => control::remediate(&args),
+        Command::ScanGuest(args) => control::scan_guest(&args),
     }
 }

@@ -1,0 +1,349 @@
+//! `guests`, `remediate`, `scan-guest`: clients of the scanner's admin
+//! control socket (JSON lines over a local Unix socket; its requests are
+//! documented in `crates/scanner/src/control.rs` and docs/operations.md).
+//! Tables a person pastes into a ticket; `--json` prints the scanner's
+//! answer lines as they are.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// Where the scanner's control socket is unless told otherwise.
+pub const DEFAULT_CONTROL: &str = "/run/thinagent/control.sock";
+
+/// The socket option every command shares.
+#[derive(clap::Args)]
+pub struct ControlArgs {
+    /// The scanner's control socket (its `control_socket` setting).
+    #[arg(long, value_name = "PATH", env = "THINAGENT_CONTROL", default_value = DEFAULT_CONTROL)]
+    pub control: PathBuf,
+    /// Print the scanner's answers as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct GuestsArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RemediateArgs {
+    /// The guest: its identity or its (unique) name, as `guests` lists them.
+    pub guest: String,
+    /// The path of a file the scanner denied on that guest.
+    pub path: String,
+    /// Empty the file instead of deleting it.
+    #[arg(long)]
+    pub truncate: bool,
+    /// How long to wait for the guest's answer, ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ScanGuestArgs {
+    /// The guest: its identity or its (unique) name.
+    pub guest: String,
+    /// The directory (or file) to scan, as the guest names it.
+    pub path: String,
+    /// Show progress and wait for the summary (else print the scan id and return).
+    #[arg(long)]
+    pub wait: bool,
+    /// Enter other volumes and mount points under PATH.
+    #[arg(long)]
+    pub cross_mounts: bool,
+    /// Directory levels to enter below PATH (0 = all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_depth: u16,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// One request, its answer lines (up to the one with `"ok"`), each given to
+/// `each` as it arrives.
+#[cfg(unix)]
+fn request(control: &ControlArgs, req: &Value, mut each: impl FnMut(&Value)) -> Result<Value> {
+    let mut stream = std::os::unix::net::UnixStream::connect(&control.control).with_context(|| {
+        format!(
+            "cannot reach the scanner's control socket {} (is the scanner running with control_socket set, and may this user open it? see --control)",
+            control.control.display()
+        )
+    })?;
+    writeln!(stream, "{req}")?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.context("reading the scanner's answer")?;
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| format!("the scanner answered something that is not JSON: {line}"))?;
+        if control.json {
+            println!("{line}");
+        }
+        each(&v);
+        if v.get("ok").is_some() {
+            return Ok(v);
+        }
+    }
+    bail!("the scanner closed the control socket without an answer")
+}
+
+#[cfg(not(unix))]
+fn request(_: &ControlArgs, _: &Value, _: impl FnMut(&Value)) -> Result<Value> {
+    bail!("the control socket is a Unix socket: run this on the scanner's host")
+}
+
+/// The error an answer carries, as a failure of the command.
+fn failed(v: &Value) -> Option<String> {
+    (v["ok"] == false).then(|| {
+        v["error"]
+            .as_str()
+            .or(v["detail"].as_str())
+            .unwrap_or("failed")
+            .to_owned()
+    })
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) if s.is_empty() => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Lines of a table whose columns are as wide as their widest cell.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `guests`: every guest the scanner has seen.
+pub fn guests(args: &GuestsArgs) -> Result<ExitCode> {
+    let answer = match request(&args.control, &json!({"cmd": "guests"}), |_| {}) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(e) = failed(&answer) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    if args.control.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let guests = answer["guests"].as_array().cloned().unwrap_or_default();
+    let mut rows = vec![
+        [
+            "IDENTITY",
+            "NAME",
+            "OS",
+            "AGENT",
+            "PROTO",
+            "STATE",
+            "SINCE",
+            "LAST SEEN",
+            "POLICY",
+            "FAIL MODE",
+            "ACTIONS",
+            "DETECTIONS",
+            "LAST DETECTION",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for g in &guests {
+        let actions = g["actions"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".to_owned());
+        rows.push(vec![
+            text(&g["identity"]),
+            text(&g["name"]),
+            text(&g["os"]),
+            text(&g["agent_version"]),
+            text(&g["protocol_version"]),
+            if g["connected"] == true {
+                "connected".to_owned()
+            } else {
+                "gone".to_owned()
+            },
+            text(&g["connected_since"]),
+            text(&g["last_seen"]),
+            text(&g["policy_version"]),
+            text(&g["health"]["fail_mode"]),
+            actions,
+            text(&g["detections"]),
+            text(&g["last_detection"]),
+        ]);
+    }
+    print!("{}", table(&rows));
+    if guests.is_empty() {
+        println!("(no guest has connected since the scanner started)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `remediate`: 0 done, 1 the guest did not do it (changed, not found,
+/// failed, ...), 2 the request could not be made.
+pub fn remediate(args: &RemediateArgs) -> Result<ExitCode> {
+    let req = json!({
+        "cmd": "remediate",
+        "guest": args.guest,
+        "path": args.path,
+        "action": if args.truncate { "truncate" } else { "delete" },
+        "timeout_ms": args.timeout_ms,
+    });
+    let answer = match request(&args.control, &req, |_| {}) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let done = answer["ok"] == true;
+    if !args.control.json {
+        if answer.get("status").is_some() {
+            println!(
+                "{}: {} on {}: {} ({})",
+                args.path,
+                text(&answer["threat"]),
+                text(&answer["guest"]),
+                text(&answer["status"]),
+                text(&answer["detail"])
+            );
+        } else if let Some(e) = failed(&answer) {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(if done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A progress line: `[#####.....] 120/340 files  1 denied  0 errors`.
+fn progress_line(c: &Value) -> String {
+    let seen = c["files_seen"].as_u64().unwrap_or(0);
+    let scanned = c["files_scanned"].as_u64().unwrap_or(0);
+    let width = 30u64;
+    let filled = (scanned.min(seen) * width).checked_div(seen).unwrap_or(0);
+    format!(
+        "[{}{}] {scanned}/{seen} files  {} denied  {} skipped  {} errors",
+        "#".repeat(filled as usize),
+        ".".repeat((width - filled) as usize),
+        c["files_denied"].as_u64().unwrap_or(0),
+        c["files_skipped"].as_u64().unwrap_or(0),
+        c["errors"].as_u64().unwrap_or(0),
+    )
+}
+
+/// `scan-guest`: with `--wait`, 0 completed and nothing found, 1 something
+/// found, 2 the scan could not run or did not complete.
+pub fn scan_guest(args: &ScanGuestArgs) -> Result<ExitCode> {
+    let req = json!({
+        "cmd": "scan",
+        "guest": args.guest,
+        "path": args.path,
+        "wait": args.wait,
+        "cross_mounts": args.cross_mounts,
+        "max_depth": args.max_depth,
+    });
+    let human = !args.control.json;
+    let tty = std::io::stderr().is_terminal();
+    let answer = request(&args.control, &req, |v| {
+        if !human {
+            return;
+        }
+        if let Some(id) = v.get("scan_id").filter(|_| v.get("ok").is_none()) {
+            eprintln!("scan {id} started on {}", text(&v["guest"]));
+        }
+        if let Some(c) = v.get("progress") {
+            if tty {
+                eprint!("\r{}", progress_line(c));
+            } else {
+                eprintln!("{}", progress_line(c));
+            }
+        }
+    });
+    if human && tty && args.wait {
+        eprintln!();
+    }
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !args.wait {
+        if let Some(e) = failed(&answer) {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        if human {
+            println!("scan {} started", text(&answer["scan_id"]));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = text(&answer["status"]);
+    if human {
+        if answer.get("counters").is_some() {
+            let c = &answer["counters"];
+            println!("{}: scan {status}", args.path);
+            print!(
+                "{}",
+                table(&[
+                    vec!["files seen".into(), text(&c["files_seen"])],
+                    vec!["files scanned".into(), text(&c["files_scanned"])],
+                    vec!["files denied".into(), text(&c["files_denied"])],
+                    vec!["files skipped".into(), text(&c["files_skipped"])],
+                    vec!["errors".into(), text(&c["errors"])],
+                    vec!["bytes".into(), text(&c["bytes"])],
+                ])
+            );
+            if answer["error"] != Value::Null {
+                println!("error: {}", text(&answer["error"]));
+            }
+        } else if let Some(e) = failed(&answer) {
+            eprintln!("error: {e}");
+        }
+    }
+    let denied = answer["counters"]["files_denied"].as_u64().unwrap_or(0);
+    Ok(if status != "completed" {
+        ExitCode::from(2)
+    } else if denied > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
