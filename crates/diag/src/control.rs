@@ -347,3 +347,221 @@ pub fn scan_guest(args: &ScanGuestArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// The host's guest policy, and how each guest took it (version in
+    /// effect, fields its admin pinned). Exit status: 0, or 2 when the
+    /// scanner could not be asked.
+    Show(ControlArgs),
+    /// Replace the host's guest policy (until the scanner restarts) and
+    /// send it to every connected guest that takes one. Fields not given
+    /// keep each guest's own value. Exit status: 0 sent, 2 refused.
+    Set(PolicySetArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PolicySetArgs {
+    /// What guests do with an open they cannot get a verdict for in time.
+    #[arg(long, value_parser = ["open", "closed"])]
+    pub fail_mode: Option<String>,
+    /// Guests' log level, 0..=4.
+    #[arg(long, value_name = "N")]
+    pub debug_level: Option<u8>,
+    /// Exclude a path prefix (repeatable; replaces the guests' list).
+    #[arg(long, value_name = "PREFIX")]
+    pub exclude_prefix: Vec<String>,
+    /// Exclude a file extension, without the dot (repeatable).
+    #[arg(long, value_name = "EXT")]
+    pub exclude_ext: Vec<String>,
+    /// Exclude a process image name (repeatable).
+    #[arg(long, value_name = "IMAGE")]
+    pub exclude_process: Vec<String>,
+    /// Send an empty exclusion list (remove every exclusion).
+    #[arg(long, conflicts_with_all = ["exclude_prefix", "exclude_ext", "exclude_process"])]
+    pub no_exclusions: bool,
+    /// Guests' deadline per on-access query, ms.
+    #[arg(long, value_name = "MS")]
+    pub query_timeout_ms: Option<u32>,
+    /// Longest a guest keeps a verdict, seconds (0 = no caching).
+    #[arg(long, value_name = "SECS")]
+    pub cache_ttl_max_secs: Option<u32>,
+    /// Larger files are not queried, bytes (0 = no limit).
+    #[arg(long, value_name = "BYTES")]
+    pub max_scan_size: Option<u64>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// `policy show` / `policy set`.
+pub fn policy(args: &PolicyArgs) -> Result<ExitCode> {
+    match &args.command {
+        PolicyCommand::Show(control) => policy_show(control),
+        PolicyCommand::Set(set) => policy_set(set),
+    }
+}
+
+fn policy_show(control: &ControlArgs) -> Result<ExitCode> {
+    let answer = match request(control, &json!({"cmd": "policy-show"}), |_| {}) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(e) = failed(&answer) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    if control.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let p = &answer["policy"];
+    if answer["version"] == 0 {
+        println!("no guest policy is set: guests keep their own settings");
+    } else {
+        println!("guest policy version {}", text(&answer["version"]));
+        let exclusions = p["exclusions"].as_array().map_or_else(
+            || "-".to_owned(),
+            |list| {
+                let items: Vec<String> = list
+                    .iter()
+                    .map(|e| format!("{}:{}", text(&e["kind"]), text(&e["value"])))
+                    .collect();
+                if items.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    items.join(" ")
+                }
+            },
+        );
+        print!(
+            "{}",
+            table(&[
+                vec!["fail_mode".into(), text(&p["fail_mode"])],
+                vec!["debug_level".into(), text(&p["debug_level"])],
+                vec!["exclusions".into(), exclusions],
+                vec!["query_timeout_ms".into(), text(&p["query_timeout_ms"])],
+                vec!["cache_ttl_max_secs".into(), text(&p["cache_ttl_max_secs"])],
+                vec!["max_scan_size".into(), text(&p["max_scan_size"])],
+            ])
+        );
+    }
+    let mut rows = vec![
+        [
+            "IDENTITY",
+            "NAME",
+            "STATE",
+            "TAKES POLICY",
+            "SENT",
+            "IN EFFECT",
+            "STATUS",
+            "PINNED",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for g in answer["guests"].as_array().into_iter().flatten() {
+        let pinned = g["policy"]["pinned"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".to_owned());
+        rows.push(vec![
+            text(&g["identity"]),
+            text(&g["name"]),
+            if g["connected"] == true {
+                "connected"
+            } else {
+                "gone"
+            }
+            .to_owned(),
+            if g["takes_policy"] == true {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+            text(&g["policy"]["sent"]),
+            text(&g["policy"]["in_effect"]),
+            text(&g["policy"]["status"]),
+            pinned,
+        ]);
+    }
+    println!();
+    print!("{}", table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_set(args: &PolicySetArgs) -> Result<ExitCode> {
+    let mut policy = serde_json::Map::new();
+    let mut put = |key: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            policy.insert(key.to_owned(), v);
+        }
+    };
+    put("fail_mode", args.fail_mode.clone().map(Value::from));
+    put("debug_level", args.debug_level.map(Value::from));
+    put("query_timeout_ms", args.query_timeout_ms.map(Value::from));
+    put(
+        "cache_ttl_max_secs",
+        args.cache_ttl_max_secs.map(Value::from),
+    );
+    put("max_scan_size", args.max_scan_size.map(Value::from));
+    let exclusions: Vec<Value> = [
+        ("path-prefix", &args.exclude_prefix),
+        ("extension", &args.exclude_ext),
+        ("process", &args.exclude_process),
+    ]
+    .into_iter()
+    .flat_map(|(kind, values)| {
+        values
+            .iter()
+            .map(move |v| json!({"kind": kind, "value": v}))
+    })
+    .collect();
+    if args.no_exclusions || !exclusions.is_empty() {
+        policy.insert("exclusions".into(), Value::Array(exclusions));
+    }
+    let answer = match request(
+        &args.control,
+        &json!({"cmd": "policy-set", "policy": policy}),
+        |_| {},
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(e) = failed(&answer) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    if !args.control.json {
+        let sent: Vec<String> = answer["sent_to"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        println!(
+            "guest policy version {} set; sent to {} connected guest(s){}",
+            text(&answer["version"]),
+            sent.len(),
+            if sent.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", sent.join(", "))
+            }
+        );
+        println!(
+            "(guests that do not take a policy keep theirs; see `thinagent-diag policy show`)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

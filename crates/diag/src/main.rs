@@ -113,6 +113,9 @@ enum Command {
     /// summary. Exit status: 0 completed and nothing found, 1 something
     /// found, 2 the scan could not run or did not complete.
     ScanGuest(control::ScanGuestArgs),
+    /// Show or set the policy the scanner gives its guests (fail mode,
+    /// exclusions, timeouts, sizes, debug level).
+    Policy(control::PolicyArgs),
 }
 
 #[derive(clap::Args)]
@@ -352,5 +355,6 @@ fn main() -> Result<ExitCode> {
         Command::Guests(args) => control::guests(&args),
         Command::Remediate(args) => control::remediate(&args),
         Command::ScanGuest(args) => control::scan_guest(&args),
+        Command::Policy(args) => control::policy(&args),
     }
 }

@@ -193,3 +193,77 @@ fn scan_guest_that_cannot_complete_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stdout).contains("scan not-found"));
 }
+
+#[test]
+fn policy_set_sends_only_the_fields_given_and_policy_show_tabulates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, rx) = stand_in(
+        dir.path(),
+        &[r#"{"ok":true,"version":3,"sent_to":["vsock:cid=5"]}"#],
+    );
+    let out = diag(
+        &[
+            "policy",
+            "set",
+            "--fail-mode",
+            "closed",
+            "--exclude-prefix",
+            "/proc",
+            "--exclude-ext",
+            "log",
+            "--max-scan-size",
+            "1048576",
+        ],
+        &socket,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        rx.recv().unwrap(),
+        serde_json::json!({"cmd": "policy-set", "policy": {
+            "fail_mode": "closed",
+            "max_scan_size": 1048576,
+            "exclusions": [
+                {"kind": "path-prefix", "value": "/proc"},
+                {"kind": "extension", "value": "log"},
+            ],
+        }})
+    );
+    assert!(
+        text(&out.stdout)
+            .contains("guest policy version 3 set; sent to 1 connected guest(s): vsock:cid=5"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _rx) = stand_in(
+        dir.path(),
+        &[
+            r#"{"ok":true,"version":3,"policy":{"fail_mode":"closed","debug_level":null,"exclusions":[{"kind":"path-prefix","value":"/proc"}],"query_timeout_ms":null,"cache_ttl_max_secs":null,"max_scan_size":1048576},"guests":[{"identity":"vsock:cid=5","name":"web-01","connected":true,"takes_policy":true,"policy":{"sent":3,"in_effect":3,"status":"done","pinned":["max_scan_size"]}}]}"#,
+        ],
+    );
+    let out = diag(&["policy", "show"], &socket);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("guest policy version 3"), "{stdout}");
+    assert!(
+        stdout.contains("exclusions          path-prefix:/proc"),
+        "{stdout}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("vsock:cid=5"))
+        .unwrap();
+    for cell in ["web-01", "connected", "yes", "done", "max_scan_size"] {
+        assert!(row.contains(cell), "{cell}: {stdout}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _rx) = stand_in(
+        dir.path(),
+        &[r#"{"ok":false,"error":"config: guest_policy.debug_level = 9: must be 0..=4"}"#],
+    );
+    let out = diag(&["policy", "set", "--debug-level", "9"], &socket);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("0..=4"));
+}

@@ -349,6 +349,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Policy verdicts.
     pub policy: Policy,
+    /// The policy sent to guests that take one (protocol §14.6); unset
+    /// fields keep each guest's own value. Changed at run time with
+    /// `thinagent-diag policy set`.
+    pub guest_policy: crate::guest_policy::GuestPolicyConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -369,6 +373,7 @@ impl Default for Config {
             limits: Limits::default(),
             cache: CacheConfig::default(),
             policy: Policy::default(),
+            guest_policy: crate::guest_policy::GuestPolicyConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -450,6 +455,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listeners()?;
         self.metrics_addr()?;
+        self.guest_policy.validate()?;
         if let Some(url) = &self.clamd
             && !(url.starts_with("unix://") || url.starts_with("tcp://"))
         {

@@ -355,6 +355,8 @@ pub struct ScanContext {
     pub observer: Arc<dyn ScanObserver>,
     /// Every guest seen, and the channels to the connected ones.
     pub guests: Arc<GuestRegistry>,
+    /// The policy guests get (protocol §14.6).
+    pub guest_policy: Arc<crate::guest_policy::PolicyStore>,
 }
 
 impl fmt::Debug for ScanContext {
@@ -385,6 +387,7 @@ impl ScanContext {
             limits,
             observer,
             guests: Arc::new(GuestRegistry::default()),
+            guest_policy: Arc::new(crate::guest_policy::PolicyStore::default()),
         }
     }
 
@@ -587,6 +590,8 @@ struct Driver {
 
 /// Who waits for a host action.
 enum Reply {
+    /// A `Policy` of this version: its answer goes to the registry.
+    Policy(u64),
     Action(tokio::sync::oneshot::Sender<Result<ActionOutcome, ActionError>>),
     Scan(mpsc::UnboundedSender<ScanUpdate>),
 }
@@ -617,6 +622,8 @@ impl Driver {
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.serial = Some(self.ctx.guests.connected(&self.guest, &info, tx));
                     self.commands = Some(rx);
+                    // §14.6: the host sends its policy after every HelloAck.
+                    self.push_policy();
                     if let Some(admit) = self.admit.as_mut()
                         && let Err(reason) = admit.admit(&self.guest, &info)
                     {
@@ -635,6 +642,9 @@ impl Driver {
                     match self.replies.remove(&id) {
                         Some(Reply::Action(tx)) => {
                             let _ = tx.send(Ok(outcome));
+                        }
+                        Some(Reply::Policy(version)) => {
+                            self.ctx.guests.policy_result(&self.guest, version, outcome);
                         }
                         Some(Reply::Scan(tx)) => {
                             let _ = tx.send(ScanUpdate::Done(Ok(outcome)));
@@ -689,6 +699,32 @@ impl Driver {
         }
     }
 
+    /// Sends the host's current guest policy, if one is set and the guest
+    /// takes it (§14.6).
+    fn push_policy(&mut self) {
+        let (version, policy) = self.ctx.guest_policy.get();
+        let Some(info) = self.session.guest().cloned() else {
+            return;
+        };
+        if version == 0
+            || info.version < thinagent_protocol::HOST_ACTIONS_VERSION
+            || !info
+                .capabilities
+                .contains(thinagent_protocol::Capabilities::POLICY)
+        {
+            return;
+        }
+        let mut buf = Vec::new();
+        let msg = policy.to_message(version, info.os, &mut buf);
+        match self.session.set_policy(&msg, now()) {
+            Ok(id) => {
+                self.ctx.guests.policy_sent(&self.guest, version);
+                self.replies.insert(id, Reply::Policy(version));
+            }
+            Err(e) => tracing::warn!(guest = %self.guest, version, "policy not sent: {e}"),
+        }
+    }
+
     /// A command of the admin interface for this guest (host actions, §14).
     fn on_command(&mut self, command: GuestCommand) {
         let at = now();
@@ -720,6 +756,7 @@ impl Driver {
                     let _ = updates.send(ScanUpdate::Done(Err(e)));
                 }
             },
+            GuestCommand::PushPolicy => self.push_policy(),
             GuestCommand::CancelScan { id } => {
                 if let Err(e) = self.session.cancel_scan(id, at) {
                     tracing::info!(guest = %self.guest, id, "scan cancel not sent: {e}");

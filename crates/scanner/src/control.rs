@@ -16,6 +16,10 @@
 //!   -> {"ok":true,"status":"completed","counters":{...}}
 //! {"cmd":"cancel-scan","guest":"...","scan_id":7}
 //!   -> {"ok":true}
+//! {"cmd":"policy-show"}
+//!   -> {"ok":true,"version":2,"policy":{...},"guests":[{"identity":..,"policy":{"sent":2,"in_effect":2,"status":"done","pinned":[]}}]}
+//! {"cmd":"policy-set","policy":{"fail_mode":"closed","exclusions":[{"kind":"path-prefix","value":"/proc"}]}}
+//!   -> {"ok":true,"version":3,"sent_to":["vsock:cid=5"]}
 //! ```
 //!
 //! A remediation names a file by the path of a detection the scanner made
@@ -36,6 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::guest_policy::{GuestPolicyConfig, PolicyStore};
 use crate::guests::{GuestCommand, GuestRegistry, ScanUpdate};
 use crate::session::{ActionOutcome, GuestPath, ScanOptions};
 
@@ -95,6 +100,14 @@ pub enum ControlRequest {
         #[serde(default)]
         max_depth: u16,
     },
+    /// The host's guest policy and how each guest took it.
+    PolicyShow,
+    /// Replace the host's guest policy (until the scanner restarts) and send
+    /// it to every connected guest that takes one.
+    PolicySet {
+        /// The new policy (unset fields: each guest keeps its own value).
+        policy: GuestPolicyConfig,
+    },
     /// Stop a scan.
     CancelScan {
         /// Identity or name.
@@ -135,11 +148,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Serves the control socket until the task is dropped.
-pub async fn serve(listener: UnixListener, guests: Arc<GuestRegistry>) {
+pub async fn serve(listener: UnixListener, guests: Arc<GuestRegistry>, policy: Arc<PolicyStore>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(client(stream, guests.clone()));
+                tokio::spawn(client(stream, guests.clone(), policy.clone()));
             }
             Err(e) => {
                 tracing::warn!("control socket accept failed: {e}");
@@ -149,7 +162,7 @@ pub async fn serve(listener: UnixListener, guests: Arc<GuestRegistry>) {
     }
 }
 
-async fn client(stream: UnixStream, guests: Arc<GuestRegistry>) {
+async fn client(stream: UnixStream, guests: Arc<GuestRegistry>, policy: Arc<PolicyStore>) {
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd).lines();
     loop {
@@ -174,7 +187,7 @@ async fn client(stream: UnixStream, guests: Arc<GuestRegistry>) {
                 continue;
             }
         };
-        if handle(request, &guests, &mut wr).await.is_err() {
+        if handle(request, &guests, &policy, &mut wr).await.is_err() {
             return;
         }
     }
@@ -203,9 +216,43 @@ fn guest_path(guests: &GuestRegistry, identity: &str, path: &str) -> GuestPath {
 async fn handle(
     request: ControlRequest,
     guests: &GuestRegistry,
+    policy: &PolicyStore,
     wr: &mut Writer,
 ) -> std::io::Result<()> {
     match request {
+        ControlRequest::PolicyShow => {
+            let (version, current) = policy.get();
+            let per_guest: Vec<serde_json::Value> = guests
+                .list()
+                .into_iter()
+                .map(|g| {
+                    json!({
+                        "identity": g.identity,
+                        "name": g.name,
+                        "connected": g.connected,
+                        "takes_policy": g.actions.contains(&"policy"),
+                        "policy": g.policy,
+                    })
+                })
+                .collect();
+            write_line(
+                wr,
+                &json!({ "ok": true, "version": version, "policy": current, "guests": per_guest }),
+            )
+            .await
+        }
+        ControlRequest::PolicySet { policy: new } => {
+            if let Err(e) = new.validate() {
+                return write_line(wr, &error(&e.to_string())).await;
+            }
+            let version = policy.set(new);
+            let sent_to = guests.broadcast(|| GuestCommand::PushPolicy);
+            write_line(
+                wr,
+                &json!({ "ok": true, "version": version, "sent_to": sent_to }),
+            )
+            .await
+        }
         ControlRequest::Guests => {
             write_line(wr, &json!({ "ok": true, "guests": guests.list() })).await
         }

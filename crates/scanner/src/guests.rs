@@ -61,6 +61,8 @@ pub enum GuestCommand {
         /// Progress and the end.
         updates: mpsc::UnboundedSender<ScanUpdate>,
     },
+    /// Send the host's current policy (it changed).
+    PushPolicy,
     /// `ScanCancel` (§14.5) of the scan `id`.
     CancelScan {
         /// The scan's request id.
@@ -89,6 +91,7 @@ struct Entry {
     last_seen: SystemTime,
     health: Option<(Health, SystemTime)>,
     detections: VecDeque<Detection>,
+    policy: Option<PolicyState>,
     /// The live connection: its serial and command channel.
     conn: Option<(u64, mpsc::UnboundedSender<GuestCommand>)>,
 }
@@ -118,10 +121,25 @@ pub struct GuestView {
     pub policy_version: Option<u64>,
     /// The guest's last `Health` report, if any.
     pub health: Option<HealthView>,
+    /// The host policy as this guest took it.
+    pub policy: Option<PolicyState>,
     /// Detections recorded (up to [`DETECTIONS_KEPT`]).
     pub detections: usize,
     /// The newest detection: `threat at path`.
     pub last_detection: Option<String>,
+}
+
+/// The host policy as one guest took it (protocol §14.6).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyState {
+    /// The version last sent.
+    pub sent: u64,
+    /// The version the guest says is in effect (its last answer).
+    pub in_effect: Option<u64>,
+    /// How the last one ended: `done`, `rejected`, `timed-out`, ...
+    pub status: String,
+    /// Fields the guest's admin pinned locally (not applied).
+    pub pinned: Vec<&'static str>,
 }
 
 /// A `Health` report, for people and scripts.
@@ -204,6 +222,7 @@ impl GuestRegistry {
             last_seen: now,
             health: None,
             detections: VecDeque::new(),
+            policy: None,
             conn: None,
         });
         entry.info = Some(info.clone());
@@ -233,6 +252,72 @@ impl GuestRegistry {
             e.health = Some((health, now));
             e.last_seen = now;
         }
+    }
+
+    /// The policy of `version` went to `guest`.
+    pub fn policy_sent(&self, guest: &GuestId, version: u64) {
+        if let Some(e) = self.lock().get_mut(&guest.to_string()) {
+            let in_effect = e.policy.as_ref().and_then(|p| p.in_effect);
+            e.policy = Some(PolicyState {
+                sent: version,
+                in_effect,
+                status: "sent".into(),
+                pinned: Vec::new(),
+            });
+        }
+    }
+
+    /// How the policy of `version` ended at `guest`.
+    pub fn policy_result(&self, guest: &GuestId, version: u64, outcome: ActionOutcome) {
+        use thinagent_protocol::{ActionStatus, PolicyFields};
+        let mut guests = self.lock();
+        let Some(e) = guests.get_mut(&guest.to_string()) else {
+            return;
+        };
+        let state = e.policy.get_or_insert_with(|| PolicyState {
+            sent: version,
+            in_effect: None,
+            status: String::new(),
+            pinned: Vec::new(),
+        });
+        match outcome {
+            ActionOutcome::Result(r) => {
+                state.status = format!("{:?}", r.status).to_lowercase();
+                if matches!(r.status, ActionStatus::Done) {
+                    state.in_effect = Some(r.value);
+                }
+                state.pinned = [
+                    (PolicyFields::FAIL_MODE, "fail_mode"),
+                    (PolicyFields::DEBUG_LEVEL, "debug_level"),
+                    (PolicyFields::EXCLUSIONS, "exclusions"),
+                    (PolicyFields::QUERY_TIMEOUT, "query_timeout_ms"),
+                    (PolicyFields::CACHE_TTL_MAX, "cache_ttl_max_secs"),
+                    (PolicyFields::MAX_SCAN_SIZE, "max_scan_size"),
+                ]
+                .into_iter()
+                .filter(|(f, _)| PolicyFields(r.pinned).contains(*f))
+                .map(|(_, n)| n)
+                .collect();
+            }
+            ActionOutcome::TimedOut => state.status = "timed-out".into(),
+            ActionOutcome::ConnectionLost => state.status = "connection-lost".into(),
+            ActionOutcome::ScanDone(_) => {}
+        }
+    }
+
+    /// Sends every connected guest `command()`; returns the identities
+    /// reached.
+    pub fn broadcast(&self, command: impl Fn() -> GuestCommand) -> Vec<String> {
+        let guests = self.lock();
+        let mut reached: Vec<String> = guests
+            .values()
+            .filter_map(|e| {
+                let (_, tx) = e.conn.as_ref()?;
+                tx.send(command()).ok().map(|()| e.identity.clone())
+            })
+            .collect();
+        reached.sort();
+        reached
     }
 
     /// `guest` was denied `detection.path` for a detection.
@@ -364,6 +449,7 @@ fn view(e: &Entry) -> GuestView {
             fail_decisions: h.fail_decisions,
             sessions: h.sessions,
         }),
+        policy: e.policy.clone(),
         detections: e.detections.len(),
         last_detection: e
             .detections

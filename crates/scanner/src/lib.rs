@@ -15,6 +15,7 @@ pub mod connection;
 #[cfg(unix)]
 pub mod control;
 pub mod engine;
+pub mod guest_policy;
 pub mod guests;
 pub mod listen;
 pub mod log_limit;

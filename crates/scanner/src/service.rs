@@ -663,12 +663,12 @@ impl Service {
             ServiceObserver::new(metrics.clone(), audit, logs.clone())
                 .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms)),
         );
-        let ctx = Arc::new(ScanContext::with_caches(
-            set,
-            connection_limits(config),
-            observer,
-            caches(config),
+        let mut ctx =
+            ScanContext::with_caches(set, connection_limits(config), observer, caches(config));
+        ctx.guest_policy = Arc::new(crate::guest_policy::PolicyStore::new(
+            config.guest_policy.clone(),
         ));
+        let ctx = Arc::new(ctx);
         let (urls, explicit) = config.listeners()?;
         let tls = match &config.tls {
             Some(t) => Some(crate::tls::server_config(t)?),
@@ -768,7 +768,11 @@ impl Service {
         }
         #[cfg(unix)]
         if let Some(l) = self.control {
-            tasks.spawn(crate::control::serve(l, self.ctx.guests.clone()));
+            tasks.spawn(crate::control::serve(
+                l,
+                self.ctx.guests.clone(),
+                self.ctx.guest_policy.clone(),
+            ));
         }
         let flush_logs = self.logs.clone();
         tasks.spawn(async move {

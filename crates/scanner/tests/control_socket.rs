@@ -54,6 +54,8 @@ fn event<'a>(kind: EventKind, path: &'a str, n: u64, content: &'a [u8]) -> FileE
 #[derive(Debug, Default)]
 struct Seen {
     remediations: Vec<(String, FileIdentity)>,
+    /// (version, fields bits, exclusions as text) of each Policy.
+    policies: Vec<(u64, u32, Vec<String>)>,
     scans: Vec<String>,
     denied: Vec<String>,
 }
@@ -67,7 +69,8 @@ async fn guest(url: String, seen: Arc<Mutex<Seen>>) {
         Capabilities::READ_CONTENT.0
             | Capabilities::INLINE_CONTENT.0
             | Capabilities::REMEDIATE.0
-            | Capabilities::SCAN_TREE.0,
+            | Capabilities::SCAN_TREE.0
+            | Capabilities::POLICY.0,
     );
     let config = SessionConfig {
         query_timeout: Duration::from_secs(5),
@@ -163,6 +166,32 @@ async fn guest(url: String, seen: Arc<Mutex<Seen>>) {
                                 }
                                 scan = Some((id, queries, counters));
                             }
+                            Message::Policy(p) => {
+                                let exclusions = p
+                                    .exclusions
+                                    .map(|e| {
+                                        e.iter()
+                                            .map(|x| format!("{:?}:{:?}", x.kind, x.value))
+                                            .collect()
+                                    })
+                                    .unwrap_or_default();
+                                let fields = p.fields();
+                                seen.lock()
+                                    .unwrap()
+                                    .policies
+                                    .push((p.version, fields.0, exclusions));
+                                let version = p.version;
+                                s.pop_host_request();
+                                // This guest's admin pinned max_scan_size.
+                                let pinned =
+                                    fields.0 & thinagent_protocol::PolicyFields::MAX_SCAN_SIZE.0;
+                                let result = ActionResult {
+                                    value: version,
+                                    pinned,
+                                    ..ActionResult::status(ActionStatus::Done)
+                                };
+                                s.complete_action(id, result).unwrap();
+                            }
                             other => panic!("unexpected host request {other:?}"),
                         }
                     }
@@ -232,6 +261,13 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
     let config = thinagent_scanner::config::Config {
         listen: vec!["tcp://127.0.0.1:0".into()],
         control_socket: Some(socket.clone()),
+        guest_policy: toml::from_str(
+            r#"
+            fail_mode = "closed"
+            exclusions = [{ kind = "path-prefix", value = "/proc" }]
+            "#,
+        )
+        .unwrap(),
         ..Default::default()
     };
     let running = Running::start(config).await;
@@ -264,7 +300,17 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
     assert_eq!(g["agent_version"], "1.2.3");
     assert_eq!(g["protocol_version"], 2);
     assert_eq!(g["connected"], true);
-    assert_eq!(g["actions"], serde_json::json!(["remediate", "scan-tree"]));
+    assert_eq!(
+        g["actions"],
+        serde_json::json!(["remediate", "scan-tree", "policy"])
+    );
+    // The configured policy went out after the handshake, version 1.
+    assert_eq!(
+        seen.lock().unwrap().policies,
+        vec![(1, 0b101, vec![r#"PathPrefix:Utf8("/proc")"#.to_owned()])]
+    );
+    assert_eq!(g["policy"]["in_effect"], 1, "{g}");
+    assert_eq!(g["policy"]["status"], "done");
     assert_eq!(
         g["last_detection"],
         "Eicar-Test-Signature at /srv/eicar.com"
@@ -330,6 +376,44 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
     assert_eq!(
         out[0]["guests"][0]["last_detection"],
         "Eicar-Test-Signature at /data/sub/eicar.txt"
+    );
+
+    // A policy change reaches the connected guest at once, as version 2;
+    // the field its admin pinned is reported.
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "policy-set", "policy": {"max_scan_size": 1000, "fail_mode": "open"}}),
+    )
+    .await;
+    assert_eq!(out[0]["ok"], true, "{out:?}");
+    assert_eq!(out[0]["version"], 2);
+    assert_eq!(out[0]["sent_to"], serde_json::json!([guest_id]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let out = control(&socket, serde_json::json!({"cmd": "policy-show"})).await;
+        if out[0]["guests"][0]["policy"]["in_effect"] == 2 {
+            break out[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(shown["version"], 2);
+    assert_eq!(shown["policy"]["max_scan_size"], 1000);
+    assert_eq!(shown["policy"]["exclusions"], serde_json::Value::Null);
+    assert_eq!(
+        shown["guests"][0]["policy"]["pinned"],
+        serde_json::json!(["max_scan_size"])
+    );
+    assert_eq!(seen.lock().unwrap().policies[1].0, 2);
+    // An invalid policy is refused with the rule it breaks.
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "policy-set", "policy": {"debug_level": 9}}),
+    )
+    .await;
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("0..=4"),
+        "{out:?}"
     );
 
     // Bad requests get a reason, and the socket goes on.

@@ -1,0 +1,269 @@
+//! The policy the host gives its guests (issue 14; protocol §14.6): the
+//! `[guest_policy]` section of the config, changed at run time through the
+//! control socket (`policy-set`), sent to every guest that takes it after
+//! its handshake and again on every change, each time with a new version.
+//! Fields left unset keep each guest's own value.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use thinagent_protocol::{
+    Exclusion, ExclusionKind, Exclusions, FailMode, FilePath, MAX_DEBUG_LEVEL, OsKind, Policy,
+};
+
+use crate::config::ConfigError;
+
+/// How long a guest has to answer a `Policy`, ms.
+pub const POLICY_DEADLINE_MS: u32 = 10_000;
+
+/// `open` or `closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailModeConfig {
+    /// Allow what cannot be judged in time.
+    Open,
+    /// Deny it.
+    Closed,
+}
+
+/// What an exclusion matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExclusionKindConfig {
+    /// A path prefix (`/proc`, `\Device\HarddiskVolume2\pagefile.sys`).
+    PathPrefix,
+    /// A file extension without the dot (`log`).
+    Extension,
+    /// A process image name (`backup.exe`).
+    Process,
+}
+
+/// One exclusion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExclusionConfig {
+    /// What it matches.
+    pub kind: ExclusionKindConfig,
+    /// The prefix, extension or image name.
+    pub value: String,
+}
+
+/// The `[guest_policy]` section: every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestPolicyConfig {
+    /// What guests do with an open they cannot get a verdict for in time.
+    pub fail_mode: Option<FailModeConfig>,
+    /// Guests' log level, 0..=4.
+    pub debug_level: Option<u8>,
+    /// Replaces each guest's exclusion list.
+    pub exclusions: Option<Vec<ExclusionConfig>>,
+    /// Guests' deadline per on-access query, ms (≥ 1).
+    pub query_timeout_ms: Option<u32>,
+    /// Longest a guest keeps a verdict, seconds (0 = no caching).
+    pub cache_ttl_max_secs: Option<u32>,
+    /// Larger files are not queried (0 = no limit), bytes.
+    pub max_scan_size: Option<u64>,
+}
+
+impl GuestPolicyConfig {
+    /// `true` when it sets nothing (then no `Policy` is sent at all).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks the ranges §14.6 sets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(level) = self.debug_level
+            && level > MAX_DEBUG_LEVEL
+        {
+            return Err(ConfigError::Invalid {
+                key: "guest_policy.debug_level",
+                value: level.to_string(),
+                why: format!("must be 0..={MAX_DEBUG_LEVEL}"),
+            });
+        }
+        if self.query_timeout_ms == Some(0) {
+            return Err(ConfigError::Invalid {
+                key: "guest_policy.query_timeout_ms",
+                value: "0".into(),
+                why: "must be at least 1".into(),
+            });
+        }
+        for e in self.exclusions.iter().flatten() {
+            if e.value.is_empty() || e.value.len() > 4096 {
+                return Err(ConfigError::Invalid {
+                    key: "guest_policy.exclusions",
+                    value: format!("{:?}", e.value),
+                    why: "an exclusion's value must have 1 to 4096 bytes".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `Policy` message of `version` for a guest running `os` (Windows
+    /// guests get UTF-16 exclusions), its exclusions encoded into `buf`.
+    pub fn to_message<'b>(&self, version: u64, os: OsKind, buf: &'b mut Vec<u8>) -> Policy<'b> {
+        let exclusions = match &self.exclusions {
+            None => None,
+            Some(list) => {
+                let units: Vec<Vec<u8>> = list
+                    .iter()
+                    .map(|e| match os {
+                        OsKind::Windows => {
+                            e.value.encode_utf16().flat_map(u16::to_le_bytes).collect()
+                        }
+                        _ => e.value.as_bytes().to_vec(),
+                    })
+                    .collect();
+                let entries = list.iter().zip(&units).map(|(e, bytes)| Exclusion {
+                    kind: match e.kind {
+                        ExclusionKindConfig::PathPrefix => ExclusionKind::PathPrefix,
+                        ExclusionKindConfig::Extension => ExclusionKind::Extension,
+                        ExclusionKindConfig::Process => ExclusionKind::ProcessImage,
+                    },
+                    value: match os {
+                        OsKind::Windows => FilePath::Utf16Le(bytes),
+                        _ => FilePath::Utf8(std::str::from_utf8(bytes).unwrap_or_default()),
+                    },
+                });
+                buf.clear();
+                buf.resize(units.iter().map(|u| u.len() + 4).sum(), 0);
+                // Validated values (1..=4096 bytes each) always encode.
+                Some(Exclusions::write(entries, buf.as_mut_slice()).unwrap_or(Exclusions::EMPTY))
+            }
+        };
+        Policy {
+            version,
+            deadline_ms: POLICY_DEADLINE_MS,
+            fail_mode: self.fail_mode.map(|m| match m {
+                FailModeConfig::Open => FailMode::Open,
+                FailModeConfig::Closed => FailMode::Closed,
+            }),
+            debug_level: self.debug_level,
+            exclusions,
+            query_timeout_ms: self.query_timeout_ms,
+            cache_ttl_max_secs: self.cache_ttl_max_secs,
+            max_scan_size: self.max_scan_size,
+        }
+    }
+}
+
+/// The host's current guest policy and its version.
+#[derive(Debug, Default)]
+pub struct PolicyStore {
+    current: Mutex<(u64, GuestPolicyConfig)>,
+}
+
+impl PolicyStore {
+    /// A store starting from the config's policy (version 1 if it sets
+    /// anything, else 0 = none).
+    pub fn new(initial: GuestPolicyConfig) -> Self {
+        let version = u64::from(!initial.is_empty());
+        Self {
+            current: Mutex::new((version, initial)),
+        }
+    }
+
+    /// The version and the policy (version 0: none set).
+    pub fn get(&self) -> (u64, GuestPolicyConfig) {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the policy; returns its new version.
+    pub fn set(&self, policy: GuestPolicyConfig) -> u64 {
+        let mut cur = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cur.0 += 1;
+        cur.1 = policy;
+        cur.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use thinagent_protocol::{Message, PolicyFields, decode_frame};
+
+    use super::*;
+
+    fn sample() -> GuestPolicyConfig {
+        GuestPolicyConfig {
+            fail_mode: Some(FailModeConfig::Closed),
+            exclusions: Some(vec![
+                ExclusionConfig {
+                    kind: ExclusionKindConfig::PathPrefix,
+                    value: "/proc".into(),
+                },
+                ExclusionConfig {
+                    kind: ExclusionKindConfig::Extension,
+                    value: "log".into(),
+                },
+            ]),
+            max_scan_size: Some(1 << 20),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_message_round_trips_for_both_path_encodings() {
+        for os in [OsKind::Linux, OsKind::Windows] {
+            let mut buf = Vec::new();
+            let p = sample().to_message(3, os, &mut buf);
+            assert_eq!(
+                p.fields(),
+                PolicyFields::FAIL_MODE
+                    .union(PolicyFields::EXCLUSIONS)
+                    .union(PolicyFields::MAX_SCAN_SIZE)
+            );
+            let mut frame = vec![0u8; 70_000];
+            let n = Message::Policy(p).encode_for(2, 5, &mut frame).unwrap();
+            let thinagent_protocol::Decoded::Frame { frame, .. } =
+                decode_frame(&frame[..n]).unwrap()
+            else {
+                panic!()
+            };
+            let Message::Policy(back) = frame.message else {
+                panic!()
+            };
+            let list: Vec<_> = back.exclusions.unwrap().iter().collect();
+            assert_eq!(list.len(), 2);
+            assert_eq!(list[1].kind, ExclusionKind::Extension);
+            match os {
+                OsKind::Windows => assert_eq!(
+                    list[0].value,
+                    FilePath::Utf16Le(&[b'/', 0, b'p', 0, b'r', 0, b'o', 0, b'c', 0])
+                ),
+                _ => assert_eq!(list[0].value, FilePath::Utf8("/proc")),
+            }
+        }
+    }
+
+    #[test]
+    fn versions_start_at_1_when_configured_and_grow_on_every_change() {
+        assert_eq!(PolicyStore::new(GuestPolicyConfig::default()).get().0, 0);
+        let store = PolicyStore::new(sample());
+        assert_eq!(store.get().0, 1);
+        assert_eq!(store.set(GuestPolicyConfig::default()), 2);
+        assert_eq!(store.get(), (2, GuestPolicyConfig::default()));
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let bad = GuestPolicyConfig {
+            debug_level: Some(5),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("0..=4"));
+        let bad = GuestPolicyConfig {
+            query_timeout_ms: Some(0),
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
