@@ -59,5 +59,15 @@ fn main() -> std::io::Result<()> {
             [&STREAM_CHUNKING_V2[..], &frame].concat(),
         )?;
     }
+    // One version-2 session's worth: every version-2 sample in one stream
+    // (the HelloAck with header version 1 is accepted there, §6.6).
+    let all_v2: Vec<u8> = samples::samples_v2()
+        .iter()
+        .flat_map(|(_, version, id, m)| samples::encode_for(*version, *id, m))
+        .collect();
+    std::fs::write(
+        stream_dir.join("all_frames_v2"),
+        [&STREAM_CHUNKING_V2[..], &all_v2].concat(),
+    )?;
     Ok(())
 }

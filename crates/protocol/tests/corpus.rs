@@ -57,5 +57,7 @@ fn decode_stream_seeds_decode_without_error() {
         }
         assert_eq!(decoder.buffered(), 0);
     }
-    assert_eq!(count, 2 * samples().len() + samples_v2().len());
+    // Each sample alone, plus all of them in one stream per version
+    // (`all_frames`, `all_frames_v2`).
+    assert_eq!(count, 2 * samples().len() + 2 * samples_v2().len());
 }

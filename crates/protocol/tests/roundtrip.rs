@@ -63,6 +63,21 @@ proptest! {
         }
         check_arbitrary(&frame, MAX_FRAME_LEN)?;
     }
+
+    #[test]
+    fn mutated_version_2_frames_never_panic(
+        owned in strategies::message_v2(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        // The host actions of §14 and OnDemand events, in version-2 frames.
+        let mut scratch = [0u8; strategies::EXCLUSION_SCRATCH];
+        let mut frame = common::samples::encode_for(2, 1, &owned.message(&mut scratch));
+        for (index, value) in flips {
+            let i = index.index(frame.len());
+            frame[i] = value;
+        }
+        check_arbitrary(&frame, MAX_FRAME_LEN)?;
+    }
 }
 
 /// Decodes `bytes`; a decoded frame must re-encode to exactly the bytes it

@@ -3,13 +3,33 @@
 
 mod common;
 
-use common::samples::{encode, samples};
+use common::samples::{encode, encode_for, samples, samples_v2};
 use thinagent_protocol::{Decoded, HEADER_LEN, decode_frame};
 
 #[test]
 fn every_prefix_of_every_sample_is_incomplete_with_a_correct_need() {
     for (name, request_id, message) in samples() {
         let frame = encode(request_id, &message);
+        for cut in 0..frame.len() {
+            let expected = if cut < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                frame.len()
+            };
+            assert_eq!(
+                decode_frame(&frame[..cut]),
+                Ok(Decoded::Incomplete { needed: expected }),
+                "{name}: prefix of {cut} bytes"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_prefix_of_every_version_2_sample_is_incomplete_with_a_correct_need() {
+    // Inline content, OnDemand events and every host-action message (§14).
+    for (name, version, request_id, message) in samples_v2() {
+        let frame = encode_for(version, request_id, &message);
         for cut in 0..frame.len() {
             let expected = if cut < HEADER_LEN {
                 HEADER_LEN

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::raw_frame;
+use common::{raw_frame, strategies};
 use proptest::prelude::*;
 use thinagent_protocol::{
     CreateDisposition, DecodeError, Decoded, EncodeError, EventKind, FILE_EVENT_V2_FIXED_LEN,
@@ -411,6 +411,86 @@ proptest! {
         for cut in [0, 23, 24, buf.len() / 2, buf.len() - 1] {
             let is_incomplete = matches!(decode_frame(&buf[..cut]), Ok(Decoded::Incomplete { .. }));
             prop_assert!(is_incomplete);
+        }
+    }
+}
+
+// ------------------------------------------------------ host actions (§14)
+
+/// Encodes `m` in version 2 with request id `id` into a new vector.
+fn encode_v2(id: u64, m: &Message<'_>) -> Vec<u8> {
+    encode_v(V2, id, m)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn host_action_messages_round_trip_in_version_2(
+        owned in strategies::message_v2(),
+        id in any::<u64>(),
+    ) {
+        let mut scratch = [0u8; strategies::EXCLUSION_SCRATCH];
+        let m = owned.message(&mut scratch);
+        let buf = encode_v2(id, &m);
+        prop_assert_eq!(buf.len(), m.encoded_len_for(V2));
+        prop_assert_eq!(u16::from_le_bytes([buf[4], buf[5]]), V2);
+        for decoded in [decode_frame(&buf), decode_frame_for(&buf, MAX_FRAME_LEN, V2)] {
+            match decoded.unwrap() {
+                Decoded::Frame { frame, consumed } => {
+                    prop_assert_eq!(consumed, buf.len());
+                    prop_assert_eq!(frame.version, V2);
+                    prop_assert_eq!(frame.request_id, id);
+                    prop_assert_eq!(frame.message, m);
+                }
+                Decoded::Incomplete { .. } => prop_assert!(false),
+            }
+        }
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_host_action_is_incomplete(
+        owned in strategies::message_v2(),
+        id in any::<u64>(),
+    ) {
+        let mut scratch = [0u8; strategies::EXCLUSION_SCRATCH];
+        let buf = encode_v2(id, &owned.message(&mut scratch));
+        for cut in 0..buf.len() {
+            let needed = if cut < HEADER_LEN { HEADER_LEN } else { buf.len() };
+            prop_assert_eq!(decode_frame(&buf[..cut]), Ok(Decoded::Incomplete { needed }));
+        }
+    }
+
+    #[test]
+    fn host_actions_do_not_exist_in_version_1(
+        owned in strategies::message_v2(),
+        id in any::<u64>(),
+    ) {
+        let mut scratch = [0u8; strategies::EXCLUSION_SCRATCH];
+        let m = owned.message(&mut scratch);
+        let mut out = vec![0u8; MAX_FRAME_LEN];
+        let field = if matches!(m, Message::FileEvent(_)) { "kind" } else { "msg_type" };
+        prop_assert_eq!(
+            m.encode_for(PROTOCOL_VERSION, id, &mut out),
+            Err(EncodeError::Invalid(PayloadError::NotInVersion { field, version: 1 }))
+        );
+        // The same bytes with header version 1: an unknown type (§9 check
+        // 5, skipped), or for an OnDemand event an unknown kind (Malformed).
+        let mut v1 = encode_v2(id, &m);
+        v1[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        match decode_frame(&v1) {
+            Err(DecodeError::UnknownMessageType { msg_type, request_id, frame_len }) => {
+                prop_assert!(!matches!(m, Message::FileEvent(_)));
+                prop_assert_eq!(msg_type, m.message_type().to_wire());
+                prop_assert_eq!(request_id, id);
+                prop_assert_eq!(frame_len, v1.len());
+            }
+            Err(DecodeError::Malformed { msg_type: MessageType::FileEvent, .. }) => {
+                // A version-1 FileEvent's fixed part is 8 bytes shorter, so
+                // the version-2 payload never parses as one.
+                prop_assert!(matches!(m, Message::FileEvent(_)));
+            }
+            other => prop_assert!(false, "version-1 frame of {:?} gave {:?}", m, other),
         }
     }
 }

@@ -1,7 +1,9 @@
-//! Arbitrary bytes into `decode_frame` (every version this crate speaks,
-//! version 2's inline-content `FileEvent` included): it must not panic, a
-//! decoded frame must re-encode in its own version to exactly its input
-//! bytes, and errors must be consistent.
+//! Arbitrary bytes into `decode_frame` (every version this crate speaks:
+//! version 2's inline-content and `OnDemand` `FileEvent`s and the host
+//! actions of docs/protocol.md §14 included): it must not panic, a decoded
+//! frame must re-encode in its own version to exactly its input bytes, a
+//! type of a later version never decodes from an earlier version's frame,
+//! and errors must be consistent.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +13,8 @@ fuzz_target!(|data: &[u8]| {
     match decode_frame(data) {
         Ok(Decoded::Frame { frame, consumed }) => {
             assert!(consumed >= HEADER_LEN && consumed <= data.len());
+            // A host action (0x0040-0x0049) is unknown in a version-1 frame.
+            assert!(frame.message.message_type().first_version() <= frame.version);
             let mut out = vec![0u8; MAX_FRAME_LEN];
             let len = frame
                 .message

@@ -1,5 +1,7 @@
 //! A byte stream fed to `StreamDecoder` in arbitrary chunks must yield the
-//! same frames and errors as `decode_frame` run over the whole stream.
+//! same frames and errors as `decode_frame` run over the whole stream, and
+//! every frame re-encodes (the seeds hold every message type, the host
+//! actions of docs/protocol.md §14 in version-2 sessions).
 //!
 //! Input layout: `n: u8` (bits 0-6: a count; bit 7: the session version is
 //! 2, else 1), then `count` chunk-size bytes (each size is the byte plus

@@ -1284,3 +1284,527 @@ impl<'a> Codec<'a> for Health {
         w.put(fixed.as_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EncodeError, Message};
+
+    const V2: u16 = HOST_ACTIONS_VERSION;
+
+    /// The payload `m` encodes to in version 2.
+    fn payload(m: &Message<'_>, buf: &mut [u8]) -> usize {
+        let n = m.encode_for(V2, 1, buf).expect("valid message encodes");
+        buf.copy_within(HEADER_LEN..n, 0);
+        n - HEADER_LEN
+    }
+
+    fn policy() -> Policy<'static> {
+        Policy {
+            version: 1,
+            deadline_ms: 1,
+            fail_mode: None,
+            debug_level: None,
+            exclusions: None,
+            query_timeout_ms: None,
+            cache_ttl_max_secs: None,
+            max_scan_size: None,
+        }
+    }
+
+    fn entry(kind: ExclusionKind, value: FilePath<'_>) -> Exclusion<'_> {
+        Exclusion { kind, value }
+    }
+
+    #[test]
+    fn exclusions_write_the_documented_entries_and_iter_reads_them_back() {
+        let entries = [
+            entry(ExclusionKind::PathPrefix, FilePath::Utf16Le(b"C\0:\0")),
+            entry(ExclusionKind::Extension, FilePath::Utf8("iso")),
+            entry(ExclusionKind::ProcessImage, FilePath::Bytes(b"\xffsh")),
+        ];
+        let mut buf = [0u8; 64];
+        let e = Exclusions::write(entries, &mut buf).unwrap();
+        assert_eq!((e.len(), e.is_empty()), (3, false));
+        // kind u8, encoding u8, len u16 LE, then the bytes (§14.6).
+        assert_eq!(
+            e.as_bytes(),
+            b"\x01\x02\x04\x00C\0:\0\x02\x01\x03\x00iso\x03\x03\x03\x00\xffsh"
+        );
+        assert!(e.iter().eq(entries));
+        assert_eq!(Exclusions::parse(3, e.as_bytes()), Ok(e));
+        let none = Exclusions::write([], &mut buf).unwrap();
+        assert_eq!(none, Exclusions::EMPTY);
+        assert!(none.is_empty() && none.iter().next().is_none());
+    }
+
+    #[test]
+    fn exclusions_write_refuses_invalid_entries_and_a_short_buffer() {
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            Exclusions::write(
+                [entry(ExclusionKind::Extension, FilePath::Utf8(""))],
+                &mut buf
+            ),
+            Err(PayloadError::Empty { field: "path" })
+        );
+        assert_eq!(
+            Exclusions::write(
+                [entry(ExclusionKind::PathPrefix, FilePath::Utf16Le(b"abc"))],
+                &mut buf
+            ),
+            Err(PayloadError::OddUtf16Length { field: "path" })
+        );
+        // 4 + 12 bytes fill the buffer exactly; one more byte does not fit.
+        let twelve = FilePath::Utf8("abcdefghijkl");
+        assert!(Exclusions::write([entry(ExclusionKind::PathPrefix, twelve)], &mut buf).is_ok());
+        assert_eq!(
+            Exclusions::write(
+                [
+                    entry(ExclusionKind::PathPrefix, twelve),
+                    entry(ExclusionKind::Extension, FilePath::Utf8("x"))
+                ],
+                &mut buf
+            ),
+            Err(PayloadError::TooLong {
+                field: "exclusions",
+                len: 21,
+                max: 16
+            })
+        );
+    }
+
+    #[test]
+    fn exclusion_entries_must_fill_the_payload_exactly() {
+        let one = b"\x01\x01\x02\x00/a";
+        assert!(Exclusions::parse(1, one).is_ok());
+        // More entries declared than present, an entry running past the end.
+        assert_eq!(
+            Exclusions::parse(2, one),
+            Err(PayloadError::Truncated {
+                needed: EXCLUSION_HEADER_LEN,
+                actual: 0
+            })
+        );
+        assert_eq!(
+            Exclusions::parse(1, b"\x01\x01\x09\x00/a"),
+            Err(PayloadError::Truncated {
+                needed: 13,
+                actual: 6
+            })
+        );
+        // Fewer declared than present: the rest is a length mismatch.
+        assert_eq!(
+            Exclusions::parse(0, one),
+            Err(PayloadError::LengthMismatch {
+                expected: 0,
+                actual: 6
+            })
+        );
+        for (bad, error) in [
+            (
+                &b"\x04\x01\x01\x00a"[..],
+                PayloadError::UnknownValue {
+                    field: "kind",
+                    value: 4,
+                },
+            ),
+            (
+                b"\x01\x04\x01\x00a",
+                PayloadError::UnknownValue {
+                    field: "path_encoding",
+                    value: 4,
+                },
+            ),
+            (b"\x01\x01\x00\x00", PayloadError::Empty { field: "path" }),
+            (
+                b"\x01\x02\x01\x00a",
+                PayloadError::OddUtf16Length { field: "path" },
+            ),
+        ] {
+            assert_eq!(Exclusions::parse(1, bad), Err(error), "{bad:02x?}");
+        }
+    }
+
+    #[test]
+    fn policy_fields_are_the_bits_of_the_values_it_sets() {
+        assert_eq!(policy().fields(), PolicyFields(0));
+        let mut buf = [0u8; 128];
+        let excl = Exclusions::write(
+            [entry(ExclusionKind::Extension, FilePath::Utf8("iso"))],
+            &mut buf,
+        )
+        .unwrap();
+        let each = [
+            (
+                Policy {
+                    fail_mode: Some(FailMode::Closed),
+                    ..policy()
+                },
+                PolicyFields::FAIL_MODE,
+            ),
+            (
+                Policy {
+                    debug_level: Some(0),
+                    ..policy()
+                },
+                PolicyFields::DEBUG_LEVEL,
+            ),
+            (
+                Policy {
+                    exclusions: Some(Exclusions::EMPTY),
+                    ..policy()
+                },
+                PolicyFields::EXCLUSIONS,
+            ),
+            (
+                Policy {
+                    query_timeout_ms: Some(1),
+                    ..policy()
+                },
+                PolicyFields::QUERY_TIMEOUT,
+            ),
+            (
+                Policy {
+                    cache_ttl_max_secs: Some(0),
+                    ..policy()
+                },
+                PolicyFields::CACHE_TTL_MAX,
+            ),
+            (
+                Policy {
+                    max_scan_size: Some(0),
+                    ..policy()
+                },
+                PolicyFields::MAX_SCAN_SIZE,
+            ),
+        ];
+        let mut all = PolicyFields(0);
+        let mut out = [0u8; 256];
+        for (p, bit) in each {
+            assert_eq!(p.fields(), bit);
+            all = all.union(bit);
+            // A set field is sent even when its value is 0, and comes back
+            // set (`Some(0)`), not as "keep the guest's value".
+            let n = payload(&Message::Policy(p), &mut out);
+            assert_eq!(&out[8..12], &bit.0.to_le_bytes(), "fields on the wire");
+            assert_eq!(Policy::decode(&out[..n], V2), Ok(p));
+        }
+        assert_eq!(all, PolicyFields::ALL);
+        let full = Policy {
+            fail_mode: Some(FailMode::Open),
+            debug_level: Some(MAX_DEBUG_LEVEL),
+            exclusions: Some(excl),
+            query_timeout_ms: Some(2_000),
+            cache_ttl_max_secs: Some(300),
+            max_scan_size: Some(1 << 20),
+            ..policy()
+        };
+        assert_eq!(full.fields(), PolicyFields::ALL);
+        let n = payload(&Message::Policy(full), &mut out);
+        assert_eq!(n, POLICY_FIXED_LEN + excl.as_bytes().len());
+        assert_eq!(Policy::decode(&out[..n], V2), Ok(full));
+    }
+
+    #[test]
+    fn a_policy_field_whose_bit_is_clear_must_be_zero() {
+        let mut frame = [0u8; HEADER_LEN + POLICY_FIXED_LEN];
+        assert_eq!(
+            payload(&Message::Policy(policy()), &mut frame),
+            POLICY_FIXED_LEN
+        );
+        let mut base = [0u8; POLICY_FIXED_LEN];
+        base.copy_from_slice(&frame[..POLICY_FIXED_LEN]);
+        // (offset, width, field): every field with its bit clear.
+        for (offset, width, field) in [
+            (16, 1, "fail_mode"),
+            (17, 1, "debug_level"),
+            (18, 2, "exclusion_count"),
+            (20, 4, "query_timeout_ms"),
+            (24, 4, "cache_ttl_max_secs"),
+            (32, 8, "max_scan_size"),
+            (28, 4, "reserved"),
+        ] {
+            let mut bad = base;
+            bad[offset + width - 1] = 1;
+            assert_eq!(
+                Policy::decode(&bad, V2),
+                Err(PayloadError::ReservedNonZero { field }),
+                "{field}"
+            );
+        }
+        for bit in 6..32 {
+            let mut bad = base;
+            bad[8..12].copy_from_slice(&(1u32 << bit).to_le_bytes());
+            assert_eq!(
+                Policy::decode(&bad, V2),
+                Err(PayloadError::ReservedNonZero { field: "fields" })
+            );
+        }
+        // Without the exclusions bit nothing may follow the fixed part.
+        let mut longer = [0u8; POLICY_FIXED_LEN + 1];
+        longer[..POLICY_FIXED_LEN].copy_from_slice(&base);
+        assert_eq!(
+            Policy::decode(&longer, V2),
+            Err(PayloadError::LengthMismatch {
+                expected: POLICY_FIXED_LEN,
+                actual: POLICY_FIXED_LEN + 1
+            })
+        );
+    }
+
+    #[test]
+    fn policy_values_out_of_their_range_are_refused_both_ways() {
+        let mut buf = [0u8; 256];
+        for (bad, field, value) in [
+            (
+                Policy {
+                    version: 0,
+                    ..policy()
+                },
+                "version",
+                0,
+            ),
+            (
+                Policy {
+                    deadline_ms: 0,
+                    ..policy()
+                },
+                "deadline_ms",
+                0,
+            ),
+            (
+                Policy {
+                    debug_level: Some(MAX_DEBUG_LEVEL + 1),
+                    ..policy()
+                },
+                "debug_level",
+                5,
+            ),
+            (
+                Policy {
+                    query_timeout_ms: Some(0),
+                    ..policy()
+                },
+                "query_timeout_ms",
+                0,
+            ),
+        ] {
+            let error = PayloadError::OutOfRange { field, value };
+            assert_eq!(
+                Message::Policy(bad).encode_for(V2, 1, &mut buf),
+                Err(EncodeError::Invalid(error))
+            );
+            // The same bytes on the wire, written past the encoder's check.
+            let mut w = Writer::new(&mut buf[..POLICY_FIXED_LEN]);
+            bad.write(&mut w, V2);
+            assert_eq!(Policy::decode(&buf[..POLICY_FIXED_LEN], V2), Err(error));
+        }
+    }
+
+    #[test]
+    fn an_error_is_present_exactly_when_the_status_is_failed() {
+        let mut buf = [0u8; 128];
+        let error = OsError::Errno(13);
+        for status in ActionStatus::ALL.iter().copied() {
+            let failed = status == ActionStatus::Failed;
+            let with = ActionResult {
+                error: Some(error),
+                ..ActionResult::status(status)
+            };
+            let without = ActionResult::status(status);
+            let (good, bad) = if failed {
+                (with, without)
+            } else {
+                (without, with)
+            };
+            let n = payload(&Message::ActionResult(good), &mut buf);
+            assert_eq!(ActionResult::decode(&buf[..n], V2), Ok(good));
+            // The wrong one neither encodes nor decodes.
+            assert!(
+                Message::ActionResult(bad)
+                    .encode_for(V2, 1, &mut buf)
+                    .is_err()
+            );
+            let mut w = Writer::new(&mut buf[..ACTION_RESULT_LEN]);
+            bad.write(&mut w, V2);
+            let expected = if failed {
+                PayloadError::UnknownValue {
+                    field: "error_space",
+                    value: 0,
+                }
+            } else {
+                PayloadError::OutOfRange {
+                    field: "error_space",
+                    value: 2,
+                }
+            };
+            assert_eq!(
+                ActionResult::decode(&buf[..ACTION_RESULT_LEN], V2),
+                Err(expected)
+            );
+        }
+        for status in ScanStatus::ALL.iter().copied() {
+            let done = ScanDone {
+                counters: ScanCounters::default(),
+                status,
+                error: (status == ScanStatus::Failed).then_some(OsError::NtStatus(0xC000_0022)),
+            };
+            let n = payload(&Message::ScanDone(done), &mut buf);
+            assert_eq!(ScanDone::decode(&buf[..n], V2), Ok(done));
+            let flipped = ScanDone {
+                error: match done.error {
+                    Some(_) => None,
+                    None => Some(error),
+                },
+                ..done
+            };
+            assert!(
+                Message::ScanDone(flipped)
+                    .encode_for(V2, 1, &mut buf)
+                    .is_err()
+            );
+        }
+        // error_space 0 with a nonzero error_code, and an unknown space.
+        let mut raw = [0u8; ACTION_RESULT_LEN];
+        raw[0] = ActionStatus::Done.to_wire();
+        raw[4] = 5;
+        assert_eq!(
+            ActionResult::decode(&raw, V2),
+            Err(PayloadError::ReservedNonZero {
+                field: "error_code"
+            })
+        );
+        raw[0] = ActionStatus::Failed.to_wire();
+        raw[1] = 3;
+        assert_eq!(
+            ActionResult::decode(&raw, V2),
+            Err(PayloadError::UnknownValue {
+                field: "error_space",
+                value: 3
+            })
+        );
+    }
+
+    #[test]
+    fn pinned_holds_only_policy_field_bits() {
+        let mut buf = [0u8; 128];
+        let ok = ActionResult {
+            pinned: PolicyFields::ALL.0,
+            value: 9,
+            ..ActionResult::status(ActionStatus::Done)
+        };
+        let n = payload(&Message::ActionResult(ok), &mut buf);
+        assert_eq!(ActionResult::decode(&buf[..n], V2), Ok(ok));
+        let bad = ActionResult {
+            pinned: 1 << 6,
+            ..ok
+        };
+        assert_eq!(
+            Message::ActionResult(bad).encode_for(V2, 1, &mut buf),
+            Err(EncodeError::Invalid(PayloadError::ReservedNonZero {
+                field: "pinned"
+            }))
+        );
+    }
+
+    #[test]
+    fn scan_counters_allow_denied_up_to_scanned() {
+        let c = |scanned, denied| ScanCounters {
+            files_scanned: scanned,
+            files_denied: denied,
+            ..ScanCounters::default()
+        };
+        assert!(c(0, 0).validate().is_ok());
+        assert!(c(5, 5).validate().is_ok());
+        assert_eq!(
+            c(5, 6).validate(),
+            Err(PayloadError::OutOfRange {
+                field: "files_denied",
+                value: 6
+            })
+        );
+    }
+
+    #[test]
+    fn restore_data_flags_and_range() {
+        let mut buf = [0u8; 128];
+        let last = RestoreData {
+            offset: 0,
+            last: true,
+            data: b"",
+        };
+        let n = payload(&Message::RestoreData(last), &mut buf);
+        assert_eq!((n, buf[8]), (RESTORE_DATA_FIXED_LEN, 1), "LAST is bit 0");
+        assert_eq!(RestoreData::decode(&buf[..n], V2), Ok(last));
+        for (offset, value, field) in [(8, 2, "flags"), (8, 0x80, "flags"), (10, 1, "reserved")] {
+            let mut bad = buf;
+            bad[offset] = value;
+            assert_eq!(
+                RestoreData::decode(&bad[..n], V2),
+                Err(PayloadError::ReservedNonZero { field })
+            );
+        }
+        let end = RestoreData {
+            offset: u64::MAX - 3,
+            last: false,
+            data: b"abc",
+        };
+        assert!(end.validate().is_ok());
+        assert!(
+            RestoreData {
+                offset: u64::MAX - 2,
+                ..end
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn health_carries_unknown_state_bits_and_checks_fail_mode() {
+        let mut buf = [0u8; 128];
+        let h = Health {
+            policy_version: 0,
+            state: HealthState(u32::MAX),
+            fail_mode: FailMode::Closed,
+            uptime_ms: 1,
+            events_sent: 2,
+            cache_hits: 3,
+            denied: 4,
+            fail_decisions: 5,
+            sessions: 6,
+        };
+        let n = payload(&Message::Health(h), &mut buf);
+        assert_eq!(n, HEALTH_LEN);
+        assert_eq!(Health::decode(&buf[..n], V2), Ok(h));
+        for mode in [0u8, 3] {
+            let mut bad = buf;
+            bad[12] = mode;
+            assert_eq!(
+                Health::decode(&bad[..n], V2),
+                Err(PayloadError::UnknownValue {
+                    field: "fail_mode",
+                    value: mode.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn host_actions_need_version_2() {
+        let mut buf = [0u8; 128];
+        let not_in_1 = Err(EncodeError::Invalid(PayloadError::NotInVersion {
+            field: "msg_type",
+            version: 1,
+        }));
+        for m in [
+            Message::ScanCancel(ScanCancel),
+            Message::Policy(policy()),
+            Message::ActionResult(ActionResult::status(ActionStatus::Busy)),
+        ] {
+            assert_eq!(m.encode_for(1, 1, &mut buf), not_in_1, "{m:?}");
+            assert!(m.encode_for(V2, 1, &mut buf).is_ok());
+        }
+    }
+}

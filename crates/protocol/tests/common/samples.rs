@@ -2,9 +2,12 @@
 //! generator and the documentation example check.
 
 use thinagent_protocol::{
-    AgentVersion, Capabilities, CreateDisposition, Decision, ErrorCode, ErrorMessage, EventKind,
-    FileEvent, FileIdentity, FilePath, Goodbye, GoodbyeReason, Heartbeat, Hello, HelloAck,
-    InlineContent, Message, OsError, OsKind, ReadData, ReadOutcome, ReadRequest, Verdict,
+    ActionResult, ActionStatus, AgentVersion, Capabilities, CreateDisposition, Decision, ErrorCode,
+    ErrorMessage, EventKind, Exclusion, ExclusionKind, Exclusions, FailMode, FileEvent,
+    FileIdentity, FilePath, Goodbye, GoodbyeReason, Health, HealthState, Heartbeat, Hello,
+    HelloAck, InlineContent, Message, OsError, OsKind, Policy, PolicyFields, ReadData, ReadOutcome,
+    ReadRequest, Remediate, RemediateAction, Restore, RestoreData, ScanCancel, ScanCounters,
+    ScanDone, ScanFlags, ScanProgress, ScanStatus, ScanTree, Verdict,
 };
 
 /// `\??\C:\eicar.com` as UTF-16LE.
@@ -182,7 +185,8 @@ pub fn encode_for(version: u16, request_id: u64, message: &Message<'_>) -> Vec<u
 }
 
 /// Version-2 samples: what only version 2 has (sent with header version 2,
-/// except the `HelloAck`, which is always version 1).
+/// except the `HelloAck`, which is always version 1): inline content, the
+/// `OnDemand` event kind and one or more of every host-action message (§14).
 pub fn samples_v2() -> Vec<(&'static str, u16, u64, Message<'static>)> {
     let partial = match EXAMPLE_FILE_EVENT {
         Message::FileEvent(e) => Message::FileEvent(FileEvent {
@@ -198,6 +202,46 @@ pub fn samples_v2() -> Vec<(&'static str, u16, u64, Message<'static>)> {
         }),
         _ => unreachable!(),
     };
+    let Message::FileEvent(example) = EXAMPLE_FILE_EVENT else {
+        unreachable!()
+    };
+    let example_file = example.file;
+    // An OnDemand event (§14.4): no process, no access, FILE_OPEN.
+    let on_demand = Message::FileEvent(FileEvent {
+        kind: EventKind::OnDemand,
+        process_id: 0,
+        desired_access: 0,
+        create_disposition: CreateDisposition::Open,
+        ..example
+    });
+    let counters = ScanCounters {
+        files_seen: 120,
+        files_scanned: 100,
+        files_denied: 1,
+        files_skipped: 20,
+        errors: 2,
+        bytes: 1 << 24,
+    };
+    // The samples are 'static: the exclusions' bytes live as long as the
+    // test process.
+    let exclusions = Exclusions::write(
+        [
+            Exclusion {
+                kind: ExclusionKind::PathPrefix,
+                value: FilePath::Utf16Le(b"C\0:\0\\\0"),
+            },
+            Exclusion {
+                kind: ExclusionKind::Extension,
+                value: FilePath::Utf8("vhdx"),
+            },
+            Exclusion {
+                kind: ExclusionKind::ProcessImage,
+                value: FilePath::Utf8("backup.exe"),
+            },
+        ],
+        Box::leak(vec![0u8; 64].into_boxed_slice()),
+    )
+    .expect("the sample exclusions fit");
     vec![
         ("v2_file_event_whole", 2, 7, EXAMPLE_FILE_EVENT_V2),
         ("v2_file_event_partial", 2, 8, partial),
@@ -214,6 +258,152 @@ pub fn samples_v2() -> Vec<(&'static str, u16, u64, Message<'static>)> {
                 idle_timeout_ms: 30_000,
                 query_timeout_ms: 2_000,
                 max_inline_len: 65_447,
+            }),
+        ),
+        ("v2_file_event_on_demand", 2, 9, on_demand),
+        (
+            "v2_remediate",
+            2,
+            0x8000_0000_0000_0003,
+            Message::Remediate(Remediate {
+                action: RemediateAction::Delete,
+                deadline_ms: 5_000,
+                file: example_file,
+                path: FilePath::Utf16Le(EICAR_PATH_UTF16),
+            }),
+        ),
+        (
+            "v2_action_result",
+            2,
+            0x8000_0000_0000_0003,
+            Message::ActionResult(ActionResult::status(ActionStatus::DoneOnClose)),
+        ),
+        (
+            "v2_action_result_failed",
+            2,
+            0x8000_0000_0000_0004,
+            Message::ActionResult(ActionResult::failed(OsError::NtStatus(0xC000_0022))),
+        ),
+        (
+            "v2_action_result_policy",
+            2,
+            0x8000_0000_0000_0005,
+            Message::ActionResult(ActionResult {
+                status: ActionStatus::Done,
+                error: None,
+                value: 7,
+                pinned: PolicyFields::FAIL_MODE.0,
+            }),
+        ),
+        (
+            "v2_scan_tree",
+            2,
+            0x8000_0000_0000_0006,
+            Message::ScanTree(ScanTree {
+                flags: ScanFlags::CROSS_MOUNTS,
+                max_in_flight: 8,
+                max_depth: 0,
+                progress_interval_ms: 1_000,
+                max_file_size: 64 << 20,
+                root: FilePath::Utf8("/home"),
+            }),
+        ),
+        (
+            "v2_scan_progress",
+            2,
+            0x8000_0000_0000_0006,
+            Message::ScanProgress(ScanProgress { counters }),
+        ),
+        (
+            "v2_scan_done",
+            2,
+            0x8000_0000_0000_0006,
+            Message::ScanDone(ScanDone {
+                counters,
+                status: ScanStatus::Completed,
+                error: None,
+            }),
+        ),
+        (
+            "v2_scan_done_failed",
+            2,
+            0x8000_0000_0000_0007,
+            Message::ScanDone(ScanDone {
+                counters: ScanCounters::default(),
+                status: ScanStatus::Failed,
+                error: Some(OsError::Errno(13)),
+            }),
+        ),
+        (
+            "v2_scan_cancel",
+            2,
+            0x8000_0000_0000_0006,
+            Message::ScanCancel(ScanCancel),
+        ),
+        (
+            "v2_policy",
+            2,
+            0x8000_0000_0000_0008,
+            Message::Policy(Policy {
+                version: 3,
+                deadline_ms: 5_000,
+                fail_mode: Some(FailMode::Closed),
+                debug_level: Some(2),
+                exclusions: Some(exclusions),
+                query_timeout_ms: Some(2_000),
+                cache_ttl_max_secs: Some(300),
+                max_scan_size: Some(0),
+            }),
+        ),
+        (
+            "v2_policy_empty",
+            2,
+            0x8000_0000_0000_0009,
+            Message::Policy(Policy {
+                version: 4,
+                deadline_ms: 1,
+                fail_mode: None,
+                debug_level: None,
+                exclusions: None,
+                query_timeout_ms: None,
+                cache_ttl_max_secs: None,
+                max_scan_size: None,
+            }),
+        ),
+        (
+            "v2_restore",
+            2,
+            0x8000_0000_0000_000a,
+            Message::Restore(Restore {
+                size: EICAR.len() as u64,
+                deadline_ms: 30_000,
+                path: FilePath::Utf8("/tmp/restored"),
+            }),
+        ),
+        (
+            "v2_restore_data",
+            2,
+            0x8000_0000_0000_000a,
+            Message::RestoreData(RestoreData {
+                offset: 0,
+                last: true,
+                data: EICAR,
+            }),
+        ),
+        (
+            "v2_health",
+            2,
+            0,
+            Message::Health(Health {
+                policy_version: 3,
+                state: HealthState::ON_ACCESS.union(HealthState::CACHE),
+                fail_mode: FailMode::Open,
+                uptime_ms: 86_400_000,
+                events_sent: 1_234,
+                cache_hits: 567,
+                denied: 1,
+                fail_decisions: 2,
+                sessions: 1,
             }),
         ),
     ]

@@ -896,6 +896,443 @@ def host_v2_vectors():
 
 
 host_v2_vectors()
+# ----- host actions, protocol version 2 (§14) -------------------------------------
+# Both receivers. The encoders below are written from the tables of
+# docs/protocol.md §14.2-§14.8 (and §5.3 for the OnDemand event kind), not
+# from the Rust codec.
+
+
+def host_action_vectors():
+    T = {"Remediate": 0x40, "ActionResult": 0x41, "ScanTree": 0x42, "ScanProgress": 0x43,
+         "ScanDone": 0x44, "ScanCancel": 0x45, "Policy": 0x46, "Restore": 0x47,
+         "RestoreData": 0x48, "Health": 0x49}
+
+    def f(t, rid, payload, version=2):
+        return frame(T.get(t, t), rid, payload, version=version)
+
+    # §14.2: action u8, path_encoding u8, path_len u16, deadline_ms u32,
+    # volume_serial u64, file_id 16 bytes, file_size u64, last_write_time u64, path.
+    def remediate(action=1, deadline=1000, path=b"/a", encoding=1):
+        return struct.pack("<BBHI", action, encoding, len(path), deadline) + \
+            struct.pack("<Q", 9) + b"\x01" * 16 + struct.pack("<QQ", 10, 5) + path
+
+    # §14.3: status u8, error_space u8, reserved u16, error_code u32, value u64,
+    # pinned u32, reserved u32.
+    action_status = {"Done": 1, "DoneOnClose": 2, "NotFound": 3, "Changed": 4, "Failed": 5,
+                     "Unsupported": 6, "Busy": 7, "Rejected": 8}
+
+    def action_result(status="Done", space=0, code=0, value=0, pinned=0, reserved=0):
+        st = action_status.get(status, status)
+        return struct.pack("<BBHIQII", st, space, reserved, code, value, pinned, 0)
+
+    # §14.4: flags u32, max_in_flight u16, max_depth u16, progress_interval_ms u32,
+    # path_encoding u8, reserved u8, path_len u16, max_file_size u64, path.
+    def scan_tree(flags=0, in_flight=4, depth=0, progress=1000, path=b"/", max_size=0,
+                  reserved=0):
+        return struct.pack("<IHHIBBHQ", flags, in_flight, depth, progress, 1, reserved,
+                           len(path), max_size) + path
+
+    # §14.5: six u64 counters; ScanDone adds status u8, error_space u8,
+    # reserved u16, error_code u32.
+    def counters(seen=3, scanned=2, denied=1, skipped=1, errors=0, nbytes=30):
+        return struct.pack("<6Q", seen, scanned, denied, skipped, errors, nbytes)
+
+    scan_status = {"Completed": 1, "Cancelled": 2, "NotFound": 3, "Failed": 4, "Busy": 5,
+                   "Unsupported": 6}
+
+    def scan_done(status="Completed", space=0, code=0, **kw):
+        return counters(**kw) + struct.pack("<BBHI", scan_status.get(status, status), space, 0,
+                                            code)
+
+    # §14.6: version u64, fields u32, deadline_ms u32, fail_mode u8,
+    # debug_level u8, exclusion_count u16, query_timeout_ms u32,
+    # cache_ttl_max_secs u32, reserved u32, max_scan_size u64, then entries
+    # (kind u8, encoding u8, len u16, bytes).
+    def exclusion(kind, value, encoding=1, length=None):
+        n = len(value) if length is None else length
+        return struct.pack("<BBH", kind, encoding, n) + value
+
+    def policy(version=1, fields=0, deadline=1000, fail_mode=0, debug_level=0, count=0,
+               query_timeout=0, ttl_max=0, max_scan=0, reserved=0, entries=b""):
+        return struct.pack("<QIIBBHIIIQ", version, fields, deadline, fail_mode, debug_level,
+                           count, query_timeout, ttl_max, reserved, max_scan) + entries
+
+    full_entries = exclusion(1, b"/var/cache/") + exclusion(2, b"iso") + \
+        exclusion(3, b"backup.exe")
+    full_policy = policy(version=7, fields=0b111111, fail_mode=2, debug_level=4, count=3,
+                         query_timeout=2000, ttl_max=300, max_scan=1 << 30,
+                         entries=full_entries)
+
+    # §14.7: Restore: size u64, deadline_ms u32, path_encoding u8, reserved u8,
+    # path_len u16, path. RestoreData: offset u64, flags u8, reserved 3 bytes,
+    # data_len u32, data.
+    def restore(size=3, deadline=1000, path=b"/a"):
+        return struct.pack("<QIBBH", size, deadline, 1, 0, len(path)) + path
+
+    def restore_data(offset=0, flags=1, data=b"abc", reserved=b"\0\0\0"):
+        return struct.pack("<QB", offset, flags) + reserved + struct.pack("<I", len(data)) + data
+
+    # §14.8: policy_version u64, state u32, fail_mode u8, reserved u8,
+    # reserved u16, then six u64 counters.
+    def health(fail_mode=1, state=0b11, reserved=0, policy_version=0):
+        return struct.pack("<QIBBH", policy_version, state, fail_mode, reserved, 0) + \
+            struct.pack("<6Q", 1000, 5, 2, 1, 0, 1)
+
+    # §5.3: an OnDemand FileEvent (kind 4) in the version-2 layout: the
+    # version-1 fixed part, then content_len, content_flags, three reserved
+    # bytes; process_id 0, desired_access 0, create_disposition 1 (FILE_OPEN).
+    def on_demand(pid=0, access=0, disposition=1, v2=True):
+        fixed = struct.pack("<BBHIII", 4, 1, 2, pid, access, disposition) + \
+            struct.pack("<Q", 9) + b"\x01" * 16 + struct.pack("<QQ", 10, 5)
+        return fixed + (struct.pack("<IBBH", 0, 0, 0, 0) if v2 else b"") + b"/a"
+
+    # One valid frame of every host-action type (for the version-1 vectors).
+    every_type = [("Remediate", remediate()), ("ActionResult", action_result()),
+                  ("ScanTree", scan_tree()), ("ScanProgress", counters()),
+                  ("ScanDone", scan_done()), ("ScanCancel", b""), ("Policy", full_policy),
+                  ("Restore", restore()), ("RestoreData", restore_data()),
+                  ("Health", health())]
+
+    # ----- guest receives (a version-2 session, no host-action capability) -----
+
+    def g_ack2():
+        # A HelloAck choosing version 2, max_inline_len 0 (the guest did not
+        # announce INLINE_CONTENT).
+        return recv(frame("HelloAck", 1, hello_ack(version=2)), "HelloAck")
+
+    def g2(*steps):
+        return [g_ack2(), *steps]
+
+    def gping2(rid):
+        return recv(frame("Ping", rid, heartbeat(1, 2), version=2), "Ping",
+                    [out("Pong", rid, nonce=1, timestamp=2, header_version=2)])
+
+    def gfatal(rid, code):
+        return [out("Error", rid, code=code, header_version=2),
+                out("Goodbye", 0, reason="ProtocolError", header_version=2)]
+
+    def unsupported(rid):
+        return out("ActionResult", rid, status="Unsupported", header_version=2)
+
+    def g_recv(t, rid, payload, expect=(), decodes=None):
+        return recv(f(t, rid, payload), decodes or t, expect)
+
+    vec("guest_remediate_without_capability_is_answered_unsupported", "14.1", G,
+        "A guest without REMEDIATE answers a Remediate with ActionResult(Unsupported) carrying "
+        "the request's id; it is not a session error, the session goes on.",
+        g2(g_recv("Remediate", 3, remediate(), [unsupported(3)]), gping2(4)), False)
+    vec("guest_policy_without_capability_is_answered_unsupported", "14.6", G,
+        "A guest without POLICY answers a (well-formed, every field set) Policy with "
+        "ActionResult(Unsupported) carrying its id; nothing of it is applied.",
+        g2(g_recv("Policy", 3, full_policy, [unsupported(3)]), gping2(4)), False)
+    vec("guest_empty_policy_is_answered_unsupported", "14.6", G,
+        "A Policy that sets no field (fields 0, payload exactly 40 bytes) is well formed; a guest "
+        "without POLICY answers it Unsupported.",
+        g2(g_recv("Policy", 3, policy(), [unsupported(3)])), False)
+    vec("guest_restore_without_capability_is_answered_unsupported", "14.7", G,
+        "A guest without RESTORE answers a Restore with ActionResult(Unsupported) carrying its id; "
+        "the RestoreData that follows is ignored.",
+        g2(g_recv("Restore", 3, restore(), [unsupported(3)]),
+           g_recv("RestoreData", 3, restore_data()), gping2(4)), False)
+    vec("guest_scan_tree_without_capability_is_answered_scan_done_unsupported", "14.4", G,
+        "A guest without SCAN_TREE answers a ScanTree with exactly one ScanDone(Unsupported) "
+        "carrying the scan id, and sends no OnDemand event.",
+        g2(g_recv("ScanTree", 3, scan_tree(),
+                  [out("ScanDone", 3, status="Unsupported", header_version=2)]), gping2(4)),
+        False)
+    vec("guest_scan_cancel_for_no_scan_is_ignored", "14.5", G,
+        "A ScanCancel naming no running scan (here the id of a scan already answered "
+        "Unsupported, then id 0) is ignored: no answer, no error.",
+        g2(g_recv("ScanTree", 3, scan_tree(),
+                  [out("ScanDone", 3, status="Unsupported", header_version=2)]),
+           g_recv("ScanCancel", 3, b""), g_recv("ScanCancel", 0, b""), gping2(4)), False)
+    vec("guest_restore_data_for_no_restore_is_ignored", "14.7", G,
+        "RestoreData of a Restore never received (and one with request id 0) is ignored.",
+        g2(g_recv("RestoreData", 9, restore_data()), g_recv("RestoreData", 0, restore_data()),
+           gping2(4)), False)
+    vec("guest_host_requests_do_not_disturb_on_access_queries", "14.1", G,
+        "A host request the guest cannot take costs it nothing: its outstanding query is still "
+        "answered by its Verdict.",
+        g2(app("submit", [out("FileEvent", 2, header_version=2)]),
+           g_recv("Remediate", 3, remediate(), [unsupported(3)]),
+           g_recv("ScanTree", 4, scan_tree(),
+                  [out("ScanDone", 4, status="Unsupported", header_version=2)]),
+           recv(frame("Verdict", 2, verdict("Deny", 60), version=2), "Verdict")), False)
+    vec("guest_host_request_id_may_be_reused_after_its_answer", "14.1", G,
+        "Only an id a request still waits on is taken: a Remediate reusing the id of one already "
+        "answered is a new request and gets its own ActionResult.",
+        g2(g_recv("Remediate", 3, remediate(), [unsupported(3)]),
+           g_recv("Policy", 3, full_policy, [unsupported(3)])), False)
+    for t, payload in (("Remediate", remediate()), ("ScanTree", scan_tree()),
+                       ("Policy", full_policy), ("Restore", restore())):
+        vec(f"guest_{t.lower()}_with_request_id_0_is_fatal", "14.1", G,
+            f"A host request ({t}) with request id 0 is a fatal Error(UnexpectedMessage) with "
+            "request id 0, Goodbye(ProtocolError); it is not answered.",
+            g2(g_recv(t, 0, payload, gfatal(0, "UnexpectedMessage"))), True)
+    for t, payload, rid in (("ActionResult", action_result(), 3),
+                            ("ScanProgress", counters(), 3),
+                            ("ScanDone", scan_done(), 3),
+                            ("Health", health(), 0)):
+        vec(f"guest_{t.lower()}_from_host_is_fatal", "14.1", G,
+            f"A guest-to-host message ({t}) sent to the guest is a session error: "
+            "Error(UnexpectedMessage) echoing its request id, Goodbye(ProtocolError), close.",
+            g2(g_recv(t, rid, payload, gfatal(rid, "UnexpectedMessage"))), True)
+
+    def g_malformed(name, section, rule, t, payload, rid=3):
+        vec(name, section, G, rule,
+            g2(recv(f(t, rid, payload), "Malformed", gfatal(rid, "MalformedFrame"))), True)
+
+    g_malformed("guest_remediate_deadline_0_is_malformed", "14.2",
+                "Remediate.deadline_ms 0 (it must be >= 1) is a fatal Malformed error, even for a "
+                "guest that would answer Unsupported.", "Remediate", remediate(deadline=0))
+    g_malformed("guest_remediate_unknown_action_is_malformed", "14.2",
+                "Remediate.action other than 1 (Delete) or 2 (Truncate) is a fatal Malformed error.",
+                "Remediate", remediate(action=3))
+    g_malformed("guest_remediate_empty_path_is_malformed", "14.2",
+                "Remediate.path_len 0 (it must be >= 1) is a fatal Malformed error.",
+                "Remediate", remediate(path=b""))
+    g_malformed("guest_scan_tree_max_in_flight_0_is_malformed", "14.4",
+                "ScanTree.max_in_flight 0 (it must be >= 1) is a fatal Malformed error.",
+                "ScanTree", scan_tree(in_flight=0))
+    g_malformed("guest_scan_tree_reserved_flags_are_malformed", "14.4",
+                "ScanTree.flags bits 2-31 are reserved: a nonzero one is a fatal Malformed error.",
+                "ScanTree", scan_tree(flags=4))
+    g_malformed("guest_scan_tree_reserved_byte_is_malformed", "14.4",
+                "ScanTree's reserved byte (offset 13) nonzero is a fatal Malformed error.",
+                "ScanTree", scan_tree(reserved=1))
+    g_malformed("guest_scan_cancel_with_payload_is_malformed", "14.5",
+                "ScanCancel has an empty payload: any payload byte is a fatal Malformed error.",
+                "ScanCancel", b"\0")
+    g_malformed("guest_policy_field_with_its_bit_clear_is_malformed", "14.6",
+                "A Policy field whose fields bit is clear must be 0: debug_level 2 with bit 1 clear "
+                "is a fatal Malformed error.", "Policy", policy(fields=0b1, fail_mode=1,
+                                                               debug_level=2))
+    g_malformed("guest_policy_exclusion_count_with_bit_2_clear_is_malformed", "14.6",
+                "exclusion_count with fields bit 2 clear must be 0: nonzero is a fatal Malformed "
+                "error.", "Policy", policy(count=1, entries=exclusion(2, b"iso")))
+    g_malformed("guest_policy_reserved_fields_bit_is_malformed", "14.6",
+                "Policy.fields bits 6-31 are reserved: a nonzero one is a fatal Malformed error.",
+                "Policy", policy(fields=1 << 6))
+    g_malformed("guest_policy_reserved_field_is_malformed", "14.6",
+                "Policy's reserved u32 (offset 28) nonzero is a fatal Malformed error.",
+                "Policy", policy(reserved=1))
+    g_malformed("guest_policy_version_0_is_malformed", "14.6",
+                "Policy.version 0 (it must be >= 1) is a fatal Malformed error.",
+                "Policy", policy(version=0))
+    g_malformed("guest_policy_deadline_0_is_malformed", "14.6",
+                "Policy.deadline_ms 0 (it must be >= 1) is a fatal Malformed error.",
+                "Policy", policy(deadline=0))
+    g_malformed("guest_policy_fail_mode_0_with_its_bit_is_malformed", "14.6",
+                "fail_mode set (bit 0) must be 1 or 2: 0 is a fatal Malformed error.",
+                "Policy", policy(fields=0b1, fail_mode=0))
+    g_malformed("guest_policy_debug_level_above_4_is_malformed", "14.6",
+                "debug_level set (bit 1) must be 0..=4: 5 is a fatal Malformed error.",
+                "Policy", policy(fields=0b10, debug_level=5))
+    g_malformed("guest_policy_query_timeout_0_with_its_bit_is_malformed", "14.6",
+                "query_timeout_ms set (bit 3) must be >= 1: 0 is a fatal Malformed error.",
+                "Policy", policy(fields=0b1000, query_timeout=0))
+    g_malformed("guest_policy_exclusion_overrunning_the_payload_is_malformed", "14.6",
+                "An exclusion entry whose len runs past the end of the payload is a fatal "
+                "Malformed error.", "Policy",
+                policy(fields=0b100, count=1, entries=exclusion(1, b"/tmp", length=9)))
+    g_malformed("guest_policy_more_exclusions_than_entries_is_malformed", "14.6",
+                "exclusion_count larger than the entries the payload holds is a fatal Malformed "
+                "error.", "Policy",
+                policy(fields=0b100, count=2, entries=exclusion(1, b"/tmp")))
+    g_malformed("guest_policy_bytes_after_the_exclusions_are_malformed", "14.6",
+                "The payload must be exactly 40 bytes plus the entries: a byte after the last entry "
+                "is a fatal Malformed error.", "Policy",
+                policy(fields=0b100, count=1, entries=exclusion(1, b"/tmp") + b"\0"))
+    g_malformed("guest_policy_exclusion_unknown_kind_is_malformed", "14.6",
+                "An exclusion kind other than 1, 2, 3 is a fatal Malformed error.", "Policy",
+                policy(fields=0b100, count=1, entries=exclusion(4, b"x")))
+    g_malformed("guest_policy_empty_exclusion_is_malformed", "14.6",
+                "An exclusion entry's len must be >= 1: 0 is a fatal Malformed error.", "Policy",
+                policy(fields=0b100, count=1, entries=exclusion(1, b"")))
+    g_malformed("guest_restore_deadline_0_is_malformed", "14.7",
+                "Restore.deadline_ms 0 (it must be >= 1) is a fatal Malformed error.",
+                "Restore", restore(deadline=0))
+    g_malformed("guest_restore_empty_path_is_malformed", "14.7",
+                "Restore.path_len 0 (it must be >= 1) is a fatal Malformed error.",
+                "Restore", restore(path=b""))
+    g_malformed("guest_restore_data_reserved_flags_are_malformed", "14.7",
+                "RestoreData.flags bits 1-7 are reserved: a nonzero one is a fatal Malformed "
+                "error, even for data the guest would ignore.", "RestoreData",
+                restore_data(flags=2))
+    g_malformed("guest_restore_data_reserved_bytes_are_malformed", "14.7",
+                "RestoreData's reserved bytes (offsets 9-11) nonzero are a fatal Malformed error.",
+                "RestoreData", restore_data(reserved=b"\0\1\0"))
+    g_malformed("guest_restore_data_past_2_to_the_64_is_malformed", "14.7",
+                "RestoreData with offset + data_len above 2^64 - 1 is a fatal Malformed error.",
+                "RestoreData", restore_data(offset=(1 << 64) - 2, data=b"abc"))
+    vec("guest_host_actions_in_a_version_1_session_are_unknown_types", "14", G,
+        "In a version-1 session every host-action type (0x0040-0x0049) is unknown: skipped with "
+        "Error(UnknownMessageType) echoing its request id, never answered or judged (a "
+        "malformed payload too: the type check comes first); the session goes on.",
+        [ACK_STEP,
+         *[recv(f(t, 10 + i, p, version=1), "UnknownMessageType",
+                [out("Error", 10 + i, code="UnknownMessageType", header_version=1)])
+           for i, (t, p) in enumerate(every_type)],
+         recv(f("Remediate", 30, remediate(deadline=0), version=1), "UnknownMessageType",
+              [err(30, "UnknownMessageType")]),
+         ping(31)], False)
+
+    # ----- host receives (a version-2 session) ---------------------------------
+
+    def hello2():
+        # READ_CONTENT only: no INLINE_CONTENT, so max_inline_len 0 (§5.2).
+        return recv(frame("Hello", 1, hello(vmin=1, vmax=2)), "Hello",
+                    [out("HelloAck", 1, version=2, max_inline_len=0, header_version=1)])
+
+    def h2(*steps):
+        return [hello2(), *steps]
+
+    def hping2(rid):
+        return recv(frame("Ping", rid, heartbeat(1, 2), version=2), "Ping",
+                    [out("Pong", rid, nonce=1, timestamp=2, header_version=2)])
+
+    def hfatal(rid, code):
+        return [out("Error", rid, code=code, header_version=2),
+                out("Goodbye", 0, reason="ProtocolError", header_version=2)]
+
+    def hv(rid, decision="AllowNoCache", ttl=0):
+        return out("Verdict", rid, decision=decision, ttl=ttl, header_version=2)
+
+    def h_recv(t, rid, payload, expect=(), decodes=None):
+        return recv(f(t, rid, payload), decodes or t, expect)
+
+    def h_malformed(name, section, rule, t, payload, rid=5):
+        vec(name, section, H, rule,
+            h2(recv(f(t, rid, payload), "Malformed", hfatal(rid, "MalformedFrame"))), True)
+
+    vec("host_v2_health_is_accepted_silently", "14.8", H,
+        "Health is a notification: the host answers nothing and the session goes on.",
+        h2(h_recv("Health", 0, health()), hping2(6)), False)
+    vec("host_v2_health_with_nonzero_request_id_is_accepted", "14.8", H,
+        "A Health's request id is ignored by its receiver: a nonzero one is neither a response "
+        "to match nor an error.",
+        h2(h_recv("Health", 77, health(fail_mode=2, policy_version=3)), hping2(6)), False)
+    vec("host_v2_health_unknown_state_bits_are_ignored", "14.8", H,
+        "Health.state bits the receiver does not know are ignored, not rejected.",
+        h2(h_recv("Health", 0, health(state=0xFFFFFFFF)), hping2(6)), False)
+    h_malformed("host_v2_health_fail_mode_0_is_malformed", "14.8",
+                "Health.fail_mode other than 1 or 2 (here 0) is a fatal Malformed error.",
+                "Health", health(fail_mode=0), rid=0)
+    h_malformed("host_v2_health_fail_mode_3_is_malformed", "14.8",
+                "Health.fail_mode 3 is a fatal Malformed error.", "Health", health(fail_mode=3),
+                rid=0)
+    h_malformed("host_v2_health_reserved_byte_is_malformed", "14.8",
+                "Health's reserved byte (offset 13) nonzero is a fatal Malformed error.",
+                "Health", health(reserved=1), rid=0)
+    h_malformed("host_v2_health_of_other_length_is_malformed", "14.8",
+                "Health is exactly 64 bytes: a longer payload is a fatal Malformed error.",
+                "Health", health() + b"\0", rid=0)
+    vec("host_v2_unmatched_action_result_is_ignored", "14.1", H,
+        "An ActionResult matching no outstanding request of the host (never sent) is ignored.",
+        h2(h_recv("ActionResult", 5, action_result("Done", value=7)), hping2(6)), False)
+    vec("host_v2_action_result_with_request_id_0_is_ignored", "14.1", H,
+        "An ActionResult with request id 0 matches nothing and is ignored.",
+        h2(h_recv("ActionResult", 0, action_result("Unsupported")), hping2(6)), False)
+    vec("host_v2_failed_action_result_with_its_error_is_accepted", "14.3", H,
+        "ActionResult(Failed) with error_space 1 (NTSTATUS) and its code is well formed "
+        "(unmatched here, so ignored).",
+        h2(h_recv("ActionResult", 5, action_result("Failed", space=1, code=0xC0000022)),
+           hping2(6)), False)
+    vec("host_v2_unmatched_scan_progress_is_ignored", "14.5", H,
+        "A ScanProgress for no scan the host started is ignored.",
+        h2(h_recv("ScanProgress", 5, counters()), hping2(6)), False)
+    vec("host_v2_unmatched_scan_done_is_ignored", "14.5", H,
+        "A ScanDone for no scan the host started (also request id 0) is ignored.",
+        h2(h_recv("ScanDone", 5, scan_done()),
+           h_recv("ScanDone", 0, scan_done("Failed", space=2, code=13)), hping2(6)), False)
+    h_malformed("host_v2_action_result_error_space_with_done_is_malformed", "14.3",
+                "ActionResult.error_space nonzero with a status other than Failed (here Done) is a "
+                "fatal Malformed error.", "ActionResult", action_result("Done", space=2, code=5))
+    h_malformed("host_v2_action_result_failed_without_error_space_is_malformed", "14.3",
+                "ActionResult(Failed) with error_space 0 is a fatal Malformed error.",
+                "ActionResult", action_result("Failed", space=0, code=0))
+    h_malformed("host_v2_action_result_error_code_without_error_space_is_malformed", "14.3",
+                "ActionResult.error_code nonzero with error_space 0 (status Done) is a fatal "
+                "Malformed error.", "ActionResult", action_result("Done", code=5))
+    h_malformed("host_v2_action_result_unknown_status_is_malformed", "14.3",
+                "An ActionResult.status other than 1-8 is a fatal Malformed error.",
+                "ActionResult", action_result(9))
+    h_malformed("host_v2_action_result_unknown_error_space_is_malformed", "14.3",
+                "ActionResult.error_space 3 (not 0, 1, 2) is a fatal Malformed error.",
+                "ActionResult", action_result("Failed", space=3, code=5))
+    h_malformed("host_v2_action_result_reserved_field_is_malformed", "14.3",
+                "ActionResult's reserved u16 (offset 2) nonzero is a fatal Malformed error.",
+                "ActionResult", action_result("Done", reserved=1))
+    h_malformed("host_v2_scan_done_more_denied_than_scanned_is_malformed", "14.5",
+                "ScanDone with files_denied > files_scanned is a fatal Malformed error.",
+                "ScanDone", scan_done(scanned=1, denied=2))
+    h_malformed("host_v2_scan_progress_more_denied_than_scanned_is_malformed", "14.5",
+                "ScanProgress with files_denied > files_scanned is a fatal Malformed error.",
+                "ScanProgress", counters(scanned=0, denied=1))
+    h_malformed("host_v2_scan_done_failed_without_error_space_is_malformed", "14.5",
+                "ScanDone(Failed) with error_space 0 is a fatal Malformed error.",
+                "ScanDone", scan_done("Failed"))
+    h_malformed("host_v2_scan_done_error_space_with_completed_is_malformed", "14.5",
+                "ScanDone.error_space nonzero with a status other than Failed is a fatal "
+                "Malformed error.", "ScanDone", scan_done("Completed", space=1, code=5))
+    h_malformed("host_v2_scan_done_unknown_status_is_malformed", "14.5",
+                "A ScanDone.status other than 1-6 is a fatal Malformed error.",
+                "ScanDone", scan_done(7))
+    for t, payload in (("Remediate", remediate()), ("ScanTree", scan_tree()),
+                       ("ScanCancel", b""), ("Policy", full_policy), ("Restore", restore()),
+                       ("RestoreData", restore_data())):
+        vec(f"host_v2_{t.lower()}_from_guest_is_fatal", "14.1", H,
+            f"A host-to-guest message ({t}) sent to the host is a session error: its open "
+            "queries get their policy Verdict, then Error(UnexpectedMessage) echoing the frame's "
+            "request id, Goodbye(ProtocolError), close.",
+            h2(recv(frame("FileEvent", 4, file_event_v2_plain(), version=2), "FileEvent"),
+               h_recv(t, 3, payload, [hv(4), *hfatal(3, "UnexpectedMessage")])), True)
+    vec("host_v2_on_demand_event_gets_a_verdict", "14.4", H,
+        "An OnDemand FileEvent (kind 4) is judged like any event: the host may read its content "
+        "and answers it with exactly one Verdict.",
+        h2(recv(frame("FileEvent", 7, on_demand(), version=2), "FileEvent"),
+           app("fetch", [out("ReadRequest", 1, event_id=7, offset=0, length=10,
+                             header_version=2)], id=7),
+           recv(frame("ReadData", 1, read_data(7, 0, "EndOfFile", b"0123456789"), version=2),
+                "ReadData"),
+           app("verdict", [hv(7, "Deny", 300)], id=7, decision="Deny", ttl=300)), False)
+    vec("host_v2_on_demand_event_gets_the_policy_verdict_at_its_budget", "14.4", H,
+        "OnDemand events are queries like any other: the scan budget's policy Verdict "
+        "(cache_ttl_secs 0) answers one the host could not judge in time.",
+        h2(recv(frame("FileEvent", 7, on_demand(), version=2), "FileEvent"),
+           app("advance_ms", [hv(7)], ms=1500)), False)
+    for field, kw in (("process_id", dict(pid=4242)), ("desired_access", dict(access=1)),
+                      ("create_disposition", dict(disposition=3))):
+        vec(f"host_v2_on_demand_with_{field}_is_malformed", "5.3", H,
+            f"An OnDemand FileEvent must have process_id 0, desired_access 0 and "
+            f"create_disposition 1: another {field} is a fatal Malformed error; no Verdict.",
+            h2(recv(frame("FileEvent", 7, on_demand(**kw), version=2), "Malformed",
+                    hfatal(7, "MalformedFrame"))), True)
+    vec("host_on_demand_event_in_version_1_is_malformed", "5.3", H,
+        "FileEvent kind 4 (OnDemand) exists in version 2 only: in a version-1 session it is an "
+        "unknown enumeration value, a fatal Malformed error.",
+        host_connected(recv(frame("FileEvent", 7, on_demand(v2=False)), "Malformed",
+                            fatal(7, "MalformedFrame"))), True)
+    vec("host_host_actions_in_a_version_1_session_are_unknown_types", "14", H,
+        "In a version-1 session every host-action type (0x0040-0x0049) is unknown: skipped with "
+        "Error(UnknownMessageType) echoing its request id (a Health too, a malformed payload "
+        "too: the type check comes first); the session goes on.",
+        host_connected(
+            *[recv(f(t, 10 + i, p, version=1), "UnknownMessageType",
+                   [out("Error", 10 + i, code="UnknownMessageType", header_version=1)])
+              for i, (t, p) in enumerate(every_type)],
+            recv(f("Health", 30, health(fail_mode=0), version=1), "UnknownMessageType",
+                 [err(30, "UnknownMessageType")]),
+            ping(31)), False)
+
+
+def file_event_v2_plain():
+    """A version-2 Open FileEvent without inline content (§5.3.1)."""
+    v1 = file_event()
+    return v1[:56] + struct.pack("<IBBH", 0, 0, 0, 0) + v1[56:]
+
+
+host_action_vectors()
 
 # ----- TOML output ----------------------------------------------------------------
 
