@@ -34,6 +34,8 @@ fn core_with_marks(fail_mode: FailMode, kernel_cache_entries: usize) -> AgentCor
         own_pid: OWN,
         kernel_cache_entries,
         inline_content: true,
+        host_actions: true,
+        pinned: PolicyFields::default(),
     })
 }
 
@@ -53,6 +55,7 @@ fn ev(token: Token, path: &str, pid: u32, st: FileStat) -> PermEvent<'_> {
         access: Access::Open,
         pid,
         path: path.as_bytes(),
+        image: None,
         stat: Some(st),
         content: InlineContent::NONE,
     }
@@ -832,6 +835,8 @@ fn a_version_1_host_or_no_inline_gets_no_content() {
         own_pid: OWN,
         kernel_cache_entries: 0,
         inline_content: false,
+        host_actions: false,
+        pinned: PolicyFields::default(),
     });
     assert!(!connect_v2(&mut c, 65_447, ms(0)));
     assert_eq!(c.max_inline_len(), 0);
@@ -938,7 +943,11 @@ impl Run {
                     assert!(self.now <= deadline, "token {token} answered late");
                 }
                 Action::Read { read_id, .. } => self.reads.push(read_id),
-                Action::Connected { .. } => {}
+                Action::Connected { .. }
+                | Action::HostRequest(_)
+                | Action::ScanCancelled { .. }
+                | Action::OnDemandDone { .. }
+                | Action::PolicyApplied(_) => {}
                 Action::Closed { .. } => {
                     self.host_queue.clear();
                     self.reads.clear();
@@ -971,6 +980,7 @@ impl Run {
                         access: if exec { Access::Exec } else { Access::Open },
                         pid,
                         path: path.as_bytes(),
+                        image: None,
                         stat: Some(stat(file, 10, 1)),
                         // The whole 10-byte file: inline in a version-2
                         // session, dropped in a version-1 one.
