@@ -48,6 +48,10 @@ use crate::handover::{self, Inherited};
 use crate::logging::{Logger, routine};
 use crate::reader::{Incoming, Reader, ReaderShared};
 
+/// How long after an open was checked a host scan keeps its reduced pace.
+const SCAN_YIELD: Duration = Duration::from_millis(50);
+/// A host scan's files in flight while opens are being checked.
+const SCAN_IN_FLIGHT_UNDER_LOAD: u16 = 2;
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the last bytes (Goodbye) may take to leave at shutdown.
@@ -383,6 +387,8 @@ struct Edge {
     scan_files: HashMap<Token, Arc<OwnedFd>>,
     /// When the last `Health` went out, and what it said (uptime aside).
     health_sent: Option<(std::time::Instant, Health)>,
+    /// When the last open went to the core (the scan yields to opens).
+    last_on_access: Option<std::time::Instant>,
 }
 
 impl Edge {
@@ -647,6 +653,7 @@ impl Edge {
         } = arrival;
         let token = self.next_token;
         self.next_token += 1;
+        self.last_on_access = Some(std::time::Instant::now());
         let path = fanotify::path_of(&event);
         let pid = u32::try_from(event.pid()).unwrap_or(0);
         let held = Arc::new(Held {
@@ -1041,10 +1048,25 @@ impl Edge {
         }
     }
 
-    /// Whether the scan may send one more file now.
+    /// Whether the scan may send one more file now. While opens are being
+    /// checked (one waits, or one came in the last [`SCAN_YIELD`]), the
+    /// scan keeps at most [`SCAN_IN_FLIGHT_UNDER_LOAD`] files in flight, so
+    /// the scanner has few `OnDemand` events queued ahead of an open's.
     fn scan_has_room(&self) -> bool {
         self.scan.as_ref().is_some_and(|s| {
-            s.walk_end.is_none() && self.core.on_demand_capacity(s.max_in_flight) > 0
+            if s.walk_end.is_some() {
+                return false;
+            }
+            let busy = !self.held.is_empty()
+                || self
+                    .last_on_access
+                    .is_some_and(|t| t.elapsed() < SCAN_YIELD);
+            let max = if busy {
+                s.max_in_flight.min(SCAN_IN_FLIGHT_UNDER_LOAD)
+            } else {
+                s.max_in_flight
+            };
+            self.core.on_demand_capacity(max) > 0
         })
     }
 
@@ -1633,6 +1655,7 @@ pub async fn run_with(
         scan: None,
         scan_files: HashMap::new(),
         health_sent: None,
+        last_on_access: None,
     };
     log.log(
         Level::Audit,
