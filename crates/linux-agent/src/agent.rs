@@ -408,7 +408,7 @@ impl Edge {
     fn health(&self) -> Health {
         let s = self.stats();
         let mut state = HealthState::ON_ACCESS;
-        if self.config.kernel_cache_entries > 0 || s.cache_hits > 0 {
+        if self.core.caching() {
             state = state.union(HealthState::CACHE);
         }
         if self.scan.is_some() {

@@ -1309,6 +1309,13 @@ impl AgentCore {
         self.host.version
     }
 
+    /// Whether verdicts are cached (a host policy's `cache_ttl_max_secs`
+    /// 0 turns caching off).
+    #[must_use]
+    pub fn caching(&self) -> bool {
+        self.host.cap_ttl(1) > 0
+    }
+
     /// The policy fields pinned locally.
     #[must_use]
     pub fn pinned(&self) -> PolicyFields {
