@@ -1279,6 +1279,15 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
         });
     }
 
+    /// Changes the on-access settings of a running session (a host
+    /// `Policy`, §14.6): queries submitted from now on get `query_timeout`
+    /// as their deadline, and fail-mode answers from now on follow
+    /// `fail_mode`. Queries already submitted keep their deadline.
+    pub fn set_on_access(&mut self, query_timeout: Duration, fail_mode: FailMode) {
+        self.query_timeout = query_timeout;
+        self.fail_mode = fail_mode;
+    }
+
     /// Sends `Goodbye(Shutdown)` and closes; pending queries get the fail mode.
     pub fn close(&mut self, now: Instant) {
         self.now = now;

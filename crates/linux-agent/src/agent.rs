@@ -20,28 +20,38 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sys::fanotify::FanotifyEvent;
 use thinagent_guest::{
     FailMode, Instant, Level, NtStatus, OpenPolicy, PathRef, PathStyle, Reconnect, ReconnectConfig,
 };
-use thinagent_protocol::{InlineContent, OsError, ReadOutcome};
+use thinagent_protocol::{
+    ActionResult, ActionStatus, Decision, Health, HealthState, InlineContent, OsError,
+    PolicyFields, ReadOutcome, RemediateAction, ScanCounters, ScanDone, ScanFlags, ScanStatus,
+};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
+use crate::actions::{self, ScanFilter, ScanMsg, WalkConfig, WalkCounters, WalkEnd};
 use crate::connect::{ConnectUrl, Connection, Stream};
 use crate::core::{
-    Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, PermEvent, Stats, StopPlan,
-    StopRequest, Token, Why, stop_plan, supersedes,
+    Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, HostJob, PermEvent, PolicyChange,
+    Stats, StopPlan, StopRequest, Token, Why, field_names, stop_plan, supersedes,
 };
 use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, InlineRead, MarkScope};
 use crate::handover::{self, Inherited};
 use crate::logging::{Logger, routine};
 use crate::reader::{Incoming, Reader, ReaderShared};
 
+/// How long after an open was checked a host scan keeps its reduced pace.
+const SCAN_YIELD: Duration = Duration::from_millis(50);
+/// A host scan's files in flight while opens are being checked.
+const SCAN_IN_FLIGHT_UNDER_LOAD: u16 = 2;
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the last bytes (Goodbye) may take to leave at shutdown.
@@ -84,6 +94,11 @@ pub struct AgentConfig {
     /// read files up to the scanner's `max_inline_len` with their event
     /// (`false`: `--no-inline`, every byte on the scanner's request).
     pub inline_content: bool,
+    /// Host actions (protocol §14: remediation, scans, policy, health);
+    /// `false`: `--no-host-actions`.
+    pub host_actions: bool,
+    /// Policy fields a host policy may not change (`--pin-policy`).
+    pub pinned: PolicyFields,
     /// Where lines go.
     pub logger: Logger,
 }
@@ -146,6 +161,81 @@ pub struct Outcome {
 /// A finished host read: its id, then the bytes and whether the file ended.
 type ReadResult = (u64, io::Result<(Vec<u8>, bool)>);
 
+/// A finished remediation: request id, action, path, result.
+type RemediationDone = (u64, RemediateAction, String, ActionResult);
+
+/// The host scan running (one at a time, §14.4).
+struct ScanRun {
+    id: u64,
+    root: String,
+    max_in_flight: u16,
+    progress_interval: Option<Duration>,
+    next_progress: Option<tokio::time::Instant>,
+    counters: Arc<WalkCounters>,
+    rx: tokio::sync::mpsc::Receiver<ScanMsg>,
+    walk_end: Option<WalkEnd>,
+    /// `OnDemand` events sent and not yet judged: their paths.
+    outstanding: HashMap<Token, String>,
+    scanned: u64,
+    denied: u64,
+    bytes: u64,
+    /// Events that ended without a verdict (deadline).
+    errors: u64,
+    started: std::time::Instant,
+}
+
+impl ScanRun {
+    fn counters(&self) -> ScanCounters {
+        ScanCounters {
+            files_seen: self.counters.seen.load(Ordering::Relaxed),
+            files_scanned: self.scanned,
+            files_denied: self.denied,
+            files_skipped: self.counters.skipped.load(Ordering::Relaxed),
+            errors: self.counters.errors.load(Ordering::Relaxed) + self.errors,
+            bytes: self.bytes,
+        }
+    }
+}
+
+async fn recv_scan(scan: &mut Option<ScanRun>) -> Option<ScanMsg> {
+    match scan {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn scan_status_name(s: ScanStatus) -> &'static str {
+    match s {
+        ScanStatus::Completed => "completed",
+        ScanStatus::Cancelled => "cancelled",
+        ScanStatus::NotFound => "root not found",
+        ScanStatus::Failed => "failed",
+        ScanStatus::Busy => "busy",
+        ScanStatus::Unsupported => "unsupported",
+    }
+}
+
+fn action_status_name(s: ActionStatus) -> &'static str {
+    match s {
+        ActionStatus::Done => "done",
+        ActionStatus::DoneOnClose => "done on close",
+        ActionStatus::NotFound => "not found",
+        ActionStatus::Changed => "changed (another file is at the path now: left alone)",
+        ActionStatus::Failed => "failed",
+        ActionStatus::Unsupported => "unsupported",
+        ActionStatus::Busy => "busy",
+        ActionStatus::Rejected => "rejected",
+    }
+}
+
+/// The basename of `/proc/PID/exe` (the process image name), for the host
+/// policy's process exclusions.
+fn process_image(pid: u32) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(exe.file_name()?.as_bytes().to_vec())
+}
+
 /// A permission event waiting for the core, as the reader handed it over.
 struct Arrival {
     event: FanotifyEvent,
@@ -196,7 +286,8 @@ pub fn stats_text(s: &Stats) -> String {
          denied_by_scanner={} denied={} fail_mode_decisions={} (disconnected={} deadline={} \
          watchdog={} session_closed={} overloaded={} shutdown={}) reads={} inline_whole={} \
          inline_partial={} invalidations={} ignore_marks={} ignore_marks_failed={} \
-         ignore_mark_flushes={}",
+         ignore_mark_flushes={} too_large={} events_sent={} on_demand_sent={} sessions={} \
+         host_requests={} policy_version={}",
         s.events,
         s.skipped,
         s.not_regular,
@@ -218,6 +309,12 @@ pub fn stats_text(s: &Stats) -> String {
         s.ignore_marks,
         s.ignore_marks_failed,
         s.ignore_mark_flushes,
+        s.fail_mode_too_large,
+        s.events_sent,
+        s.on_demand_sent,
+        s.sessions,
+        s.host_requests,
+        s.policy_version,
     )
 }
 
@@ -282,6 +379,16 @@ struct Edge {
     ready_written: bool,
     disconnected_decisions: u64,
     read_tx: tokio::sync::mpsc::UnboundedSender<ReadResult>,
+    remediation_tx: tokio::sync::mpsc::UnboundedSender<RemediationDone>,
+    /// The host scan running.
+    scan: Option<ScanRun>,
+    /// Open files of `OnDemand` events not yet judged (host reads are
+    /// served from them).
+    scan_files: HashMap<Token, Arc<OwnedFd>>,
+    /// When the last `Health` went out, and what it said (uptime aside).
+    health_sent: Option<(std::time::Instant, Health)>,
+    /// When the last open went to the core (the scan yields to opens).
+    last_on_access: Option<std::time::Instant>,
 }
 
 impl Edge {
@@ -291,7 +398,61 @@ impl Edge {
         let fast = self.shared.fast_hits.load(Ordering::Relaxed);
         s.events += fast;
         s.cache_hits += fast;
+        let own = self.shared.own_hits.load(Ordering::Relaxed);
+        s.events += own;
+        s.skipped += own;
         s
+    }
+
+    /// The `Health` report (§14.8) as of now.
+    fn health(&self) -> Health {
+        let s = self.stats();
+        let mut state = HealthState::ON_ACCESS;
+        if self.core.caching() {
+            state = state.union(HealthState::CACHE);
+        }
+        if self.scan.is_some() {
+            state = state.union(HealthState::SCAN_RUNNING);
+        }
+        if self.core.pinned().0 != 0 {
+            state = state.union(HealthState::POLICY_PINNED);
+        }
+        Health {
+            policy_version: s.policy_version,
+            state,
+            fail_mode: match self.core.fail_mode() {
+                FailMode::Open => thinagent_protocol::FailMode::Open,
+                FailMode::Closed => thinagent_protocol::FailMode::Closed,
+            },
+            uptime_ms: u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+            events_sent: s.events_sent,
+            cache_hits: s.cache_hits,
+            denied: s.host_denied,
+            fail_decisions: s.fail_mode_total(),
+            sessions: s.sessions,
+        }
+    }
+
+    /// Sends `Health` when `force`d (right after the handshake) or when a
+    /// value changed and the last one is at least 10 s old.
+    fn maybe_send_health(&mut self, force: bool) {
+        if !self.config.host_actions || self.core.version() < 2 {
+            return;
+        }
+        let h = self.health();
+        let same =
+            |a: &Health, b: &Health| Health { uptime_ms: 0, ..*a } == Health { uptime_ms: 0, ..*b };
+        let due = match &self.health_sent {
+            None => true,
+            Some((at, last)) => {
+                at.elapsed()
+                    >= Duration::from_millis(thinagent_protocol::HEALTH_MIN_INTERVAL_MS.into())
+                    && !same(last, &h)
+            }
+        };
+        if (force || due) && self.core.send_health(&h) {
+            self.health_sent = Some((std::time::Instant::now(), h));
+        }
     }
 
     fn now(&self) -> Instant {
@@ -392,6 +553,7 @@ impl Edge {
     fn drop_connection(&mut self, why: &str) {
         self.rd = None;
         self.wr = None;
+        self.end_scan_with_session();
         self.core.on_disconnected(self.now());
         self.log.log_status(
             Level::Warn,
@@ -491,6 +653,7 @@ impl Edge {
         } = arrival;
         let token = self.next_token;
         self.next_token += 1;
+        self.last_on_access = Some(std::time::Instant::now());
         let path = fanotify::path_of(&event);
         let pid = u32::try_from(event.pid()).unwrap_or(0);
         let held = Arc::new(Held {
@@ -500,12 +663,18 @@ impl Edge {
             access,
         });
         self.held.insert(token, held);
+        let image = if self.core.wants_process_images() {
+            process_image(pid)
+        } else {
+            None
+        };
         self.core.on_perm_event(
             &PermEvent {
                 token,
                 access,
                 pid,
                 path: &path,
+                image: image.as_deref(),
                 stat,
                 content: content
                     .as_ref()
@@ -658,6 +827,14 @@ impl Edge {
                             let _ = tx.send((read_id, r));
                         });
                     }
+                    None if self.scan_files.contains_key(&token) => {
+                        let file = self.scan_files[&token].clone();
+                        let tx = self.read_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let r = fanotify::pread_fd(&*file, offset, length);
+                            let _ = tx.send((read_id, r));
+                        });
+                    }
                     None => {
                         let now = self.now();
                         self.core
@@ -681,6 +858,7 @@ impl Edge {
                             }
                         ),
                     );
+                    self.maybe_send_health(true);
                     if self.disconnected_decisions > 0 {
                         self.log.log(
                             Level::Warn,
@@ -694,11 +872,24 @@ impl Edge {
                         self.disconnected_decisions = 0;
                     }
                 }
+                Action::HostRequest(job) => self.on_host_request(job),
+                Action::ScanCancelled { id } => {
+                    if self.scan.as_ref().is_some_and(|s| s.id == id) {
+                        self.finish_scan(ScanStatus::Cancelled, None);
+                    }
+                }
+                Action::OnDemandDone {
+                    token,
+                    decision,
+                    threat,
+                } => self.on_demand_done(token, decision, &threat),
+                Action::PolicyApplied(change) => self.on_policy_applied(&change),
                 Action::Closed { reason } => {
                     // The session is over (its last Error / Goodbye frames
                     // go with the connection): drop it, reconnect later.
                     self.rd = None;
                     self.wr = None;
+                    self.end_scan_with_session();
                     self.core.on_disconnected(self.now());
                     self.log.log(
                         Level::Warn,
@@ -709,6 +900,402 @@ impl Edge {
                 }
             }
         }
+    }
+
+    /// A host request: remediation on the blocking pool, a scan on its own
+    /// walker thread. Never on this thread: opens wait for it.
+    fn on_host_request(&mut self, job: HostJob) {
+        match job {
+            HostJob::Remediate {
+                id,
+                action,
+                path,
+                file,
+                deadline,
+            } => {
+                let text = String::from_utf8_lossy(&path).into_owned();
+                self.log.log(
+                    Level::Info,
+                    routine::SESSION,
+                    format_args!(
+                        "host request {id}: {} {text} (deadline {} ms)",
+                        match action {
+                            RemediateAction::Delete => "delete",
+                            RemediateAction::Truncate => "truncate",
+                        },
+                        deadline.as_millis()
+                    ),
+                );
+                let tx = self.remediation_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = actions::remediate(action, &path, &file);
+                    let _ = tx.send((id, action, text, result));
+                });
+            }
+            HostJob::Scan {
+                id,
+                root,
+                flags,
+                max_in_flight,
+                max_depth,
+                progress_interval,
+                max_file_size,
+            } => {
+                if self.scan.is_some() {
+                    // The session answers a second scan Busy itself; never
+                    // two walkers.
+                    self.core.scan_done(
+                        id,
+                        ScanDone {
+                            counters: ScanCounters::default(),
+                            status: ScanStatus::Busy,
+                            error: None,
+                        },
+                    );
+                    return;
+                }
+                let root_text = String::from_utf8_lossy(&root).into_owned();
+                let policy = self.core.policy();
+                let max_size = [
+                    (max_file_size > 0).then_some(max_file_size),
+                    policy.max_file_size(),
+                    self.core.max_scan_size(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                let filter = ScanFilter {
+                    exclusions: (!flags.contains(ScanFlags::INCLUDE_EXCLUDED))
+                        .then(|| Box::new(policy.clone())),
+                    max_size,
+                };
+                let cfg = WalkConfig {
+                    root: PathBuf::from(
+                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&root),
+                    ),
+                    flags,
+                    max_depth,
+                    filter,
+                    inline_len: self.shared.inline_len.clone(),
+                };
+                let counters = Arc::new(WalkCounters::default());
+                // Room for a few files ahead of the in-flight limit; the
+                // walker waits when it is full.
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let c = counters.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("scan-walker".into())
+                    .spawn(move || {
+                        crate::handover::block_control_signals();
+                        actions::walk(&cfg, &c, &tx);
+                    });
+                if let Err(e) = spawned {
+                    self.core.scan_done(
+                        id,
+                        ScanDone {
+                            counters: ScanCounters::default(),
+                            status: ScanStatus::Failed,
+                            error: Some(OsError::Errno(
+                                e.raw_os_error()
+                                    .and_then(|n| u32::try_from(n).ok())
+                                    .unwrap_or(12),
+                            )),
+                        },
+                    );
+                    return;
+                }
+                self.log.log(
+                    Level::Audit,
+                    routine::SESSION,
+                    format_args!(
+                        "host scan {id} of {root_text} started (at most {max_in_flight} files \
+                         in flight, depth {}, {}{})",
+                        if max_depth == 0 {
+                            "unlimited".to_string()
+                        } else {
+                            max_depth.to_string()
+                        },
+                        if flags.contains(ScanFlags::CROSS_MOUNTS) {
+                            "crossing mounts"
+                        } else {
+                            "this mount only"
+                        },
+                        if flags.contains(ScanFlags::INCLUDE_EXCLUDED) {
+                            ", exclusions included"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                let interval = (!progress_interval.is_zero()).then_some(progress_interval);
+                self.scan = Some(ScanRun {
+                    id,
+                    root: root_text,
+                    max_in_flight: max_in_flight.max(1),
+                    progress_interval: interval,
+                    next_progress: interval.map(|d| tokio::time::Instant::now() + d),
+                    counters,
+                    rx,
+                    walk_end: None,
+                    outstanding: HashMap::new(),
+                    scanned: 0,
+                    denied: 0,
+                    bytes: 0,
+                    errors: 0,
+                    started: std::time::Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Whether the scan may send one more file now. While opens are being
+    /// checked (one waits, or one came in the last [`SCAN_YIELD`]), the
+    /// scan keeps at most [`SCAN_IN_FLIGHT_UNDER_LOAD`] files in flight, so
+    /// the scanner has few `OnDemand` events queued ahead of an open's.
+    fn scan_has_room(&self) -> bool {
+        self.scan.as_ref().is_some_and(|s| {
+            if s.walk_end.is_some() {
+                return false;
+            }
+            let busy = !self.held.is_empty()
+                || self
+                    .last_on_access
+                    .is_some_and(|t| t.elapsed() < SCAN_YIELD);
+            let max = if busy {
+                s.max_in_flight.min(SCAN_IN_FLIGHT_UNDER_LOAD)
+            } else {
+                s.max_in_flight
+            };
+            self.core.on_demand_capacity(max) > 0
+        })
+    }
+
+    /// A message from the walker.
+    fn on_scan_msg(&mut self, msg: Option<ScanMsg>) {
+        let Some(scan) = self.scan.as_mut() else {
+            return;
+        };
+        match msg {
+            Some(ScanMsg::File(item)) => {
+                let token = self.next_token;
+                self.next_token += 1;
+                let content =
+                    item.content
+                        .as_ref()
+                        .map_or(InlineContent::NONE, |c| InlineContent {
+                            bytes: &c.bytes,
+                            whole_file: c.whole_file,
+                        });
+                let now = Instant::from_nanos(
+                    u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                );
+                let path = String::from_utf8_lossy(&item.path).into_owned();
+                if self
+                    .core
+                    .submit_on_demand(token, &item.path, item.stat, content, now)
+                {
+                    scan.bytes += item.stat.size;
+                    scan.outstanding.insert(token, path);
+                    self.scan_files.insert(token, Arc::new(item.file));
+                } else {
+                    scan.errors += 1;
+                }
+            }
+            Some(ScanMsg::End(end)) => scan.walk_end = Some(end),
+            None => scan.walk_end = Some(scan.walk_end.unwrap_or(WalkEnd::Stopped)),
+        }
+        self.check_scan_end();
+    }
+
+    /// Ends the scan when the walk is over and every file sent was judged.
+    fn check_scan_end(&mut self) {
+        let Some(scan) = self.scan.as_ref() else {
+            return;
+        };
+        match scan.walk_end {
+            Some(WalkEnd::NotFound) => self.finish_scan(ScanStatus::NotFound, None),
+            Some(WalkEnd::Failed(e)) => {
+                self.finish_scan(ScanStatus::Failed, Some(OsError::Errno(e)))
+            }
+            Some(WalkEnd::Done | WalkEnd::Stopped) if scan.outstanding.is_empty() => {
+                self.finish_scan(ScanStatus::Completed, None);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends the scan's one `ScanDone` and forgets it (its files still out
+    /// get their verdicts, no longer counted).
+    fn finish_scan(&mut self, status: ScanStatus, error: Option<OsError>) {
+        let Some(scan) = self.scan.take() else {
+            return;
+        };
+        scan.counters.cancel.store(true, Ordering::Relaxed);
+        let counters = scan.counters();
+        self.core.scan_done(
+            scan.id,
+            ScanDone {
+                counters,
+                status,
+                error,
+            },
+        );
+        self.log.log(
+            Level::Audit,
+            routine::SESSION,
+            format_args!(
+                "host scan {} of {} {} after {} ms: seen={} scanned={} denied={} skipped={} \
+                 errors={} bytes={}",
+                scan.id,
+                scan.root,
+                scan_status_name(status),
+                scan.started.elapsed().as_millis(),
+                counters.files_seen,
+                counters.files_scanned,
+                counters.files_denied,
+                counters.files_skipped,
+                counters.errors,
+                counters.bytes
+            ),
+        );
+    }
+
+    /// The session ended: so does the scan (no `ScanDone` can reach the
+    /// host any more).
+    fn end_scan_with_session(&mut self) {
+        if let Some(scan) = self.scan.take() {
+            scan.counters.cancel.store(true, Ordering::Relaxed);
+            self.log.log(
+                Level::Warn,
+                routine::SESSION,
+                format_args!(
+                    "host scan {} of {} ended with the session to the scanner",
+                    scan.id, scan.root
+                ),
+            );
+        }
+    }
+
+    /// An `OnDemand` event got its verdict, or its deadline.
+    fn on_demand_done(&mut self, token: Token, decision: Option<Decision>, threat: &str) {
+        self.scan_files.remove(&token);
+        let Some(scan) = self.scan.as_mut() else {
+            return;
+        };
+        let Some(path) = scan.outstanding.remove(&token) else {
+            return;
+        };
+        match decision {
+            Some(Decision::Deny) => {
+                scan.scanned += 1;
+                scan.denied += 1;
+                self.log.log_status(
+                    Level::Audit,
+                    routine::OPEN_FILTER,
+                    NtStatus::STATUS_VIRUS_INFECTED,
+                    format_args!("host scan {} found {path}: {threat}", scan.id),
+                );
+            }
+            Some(_) => scan.scanned += 1,
+            None => scan.errors += 1,
+        }
+        self.check_scan_end();
+    }
+
+    /// Progress report of the scan, when due.
+    fn scan_progress(&mut self) {
+        let Some(scan) = self.scan.as_mut() else {
+            return;
+        };
+        let counters = scan.counters();
+        let id = scan.id;
+        scan.next_progress = scan
+            .progress_interval
+            .map(|d| tokio::time::Instant::now() + d);
+        self.core.scan_progress(id, counters);
+    }
+
+    /// A remediation finished on the blocking pool.
+    fn on_remediation_done(&mut self, done: RemediationDone) {
+        let (id, action, path, result) = done;
+        let what = match action {
+            RemediateAction::Delete => "delete",
+            RemediateAction::Truncate => "truncate",
+        };
+        let errno = match result.error {
+            Some(OsError::Errno(e)) => {
+                format!(" (errno {e}: {})", Errno::from_raw(e as i32).desc())
+            }
+            _ => String::new(),
+        };
+        let level = if result.status == ActionStatus::Done {
+            Level::Audit
+        } else {
+            Level::Warn
+        };
+        self.log.log(
+            level,
+            routine::SESSION,
+            format_args!(
+                "host request {id}: {what} {path}: {}{errno}",
+                action_status_name(result.status)
+            ),
+        );
+        if !self.core.complete_action(id, result) {
+            self.log.log(
+                Level::Info,
+                routine::SESSION,
+                format_args!("host request {id}: the session it came on is gone; not answered"),
+            );
+        }
+    }
+
+    /// A host policy was applied (or rejected) by the core.
+    fn on_policy_applied(&mut self, change: &PolicyChange) {
+        if let Some(why) = &change.rejected {
+            self.log.log(
+                Level::Warn,
+                routine::SESSION,
+                format_args!(
+                    "host policy version {} rejected ({why}); version {} stays in effect",
+                    change.version,
+                    self.core.policy_version()
+                ),
+            );
+            return;
+        }
+        if change.unchanged {
+            self.log.log(
+                Level::Info,
+                routine::SESSION,
+                format_args!("host policy version {} already in effect", change.version),
+            );
+            return;
+        }
+        if let Some(level) = change.debug_level {
+            crate::logging::set_host_debug_level(level);
+        }
+        let local = self.config.max_file_size.unwrap_or(u64::MAX);
+        let host = self.core.max_scan_size().unwrap_or(u64::MAX);
+        self.shared
+            .max_file_size
+            .store(local.min(host), Ordering::Relaxed);
+        self.log.log(
+            Level::Audit,
+            routine::SESSION,
+            format_args!(
+                "host policy version {} in effect: applied {}; pinned locally (not applied) {}; \
+                 now {}{}",
+                change.version,
+                field_names(change.applied),
+                field_names(change.pinned),
+                change.summary,
+                change
+                    .debug_level
+                    .map(|l| format!(", log level {l}"))
+                    .unwrap_or_default()
+            ),
+        );
     }
 
     fn respond(&mut self, token: Token, allow: bool, why: &Why) {
@@ -996,6 +1583,8 @@ pub async fn run_with(
         own_pid,
         kernel_cache_entries: config.kernel_cache_entries,
         inline_content: config.inline_content,
+        host_actions: config.host_actions,
+        pinned: config.pinned,
     });
     let handed_over = !matches!(source, GroupSource::New);
     let fan = set_up_group(&config, source, log)?;
@@ -1024,8 +1613,10 @@ pub async fn run_with(
         fast_hits: Arc::new(AtomicU64::new(0)),
         kernel_cache: config.kernel_cache_entries > 0,
         inline_len: Arc::new(AtomicU32::new(0)),
-        max_file_size: config.max_file_size,
+        max_file_size: Arc::new(AtomicU64::new(config.max_file_size.unwrap_or(u64::MAX))),
+        own_hits: Arc::new(AtomicU64::new(0)),
     };
+    let (remediation_tx, mut remediation_rx) = tokio::sync::mpsc::unbounded_channel();
     let clock = std::time::Instant::now();
     // The reader may hand over a few reads' worth beyond max_in_flight
     // (they wait in the backlog); the kernel queues the rest.
@@ -1060,6 +1651,11 @@ pub async fn run_with(
         ready_written: false,
         disconnected_decisions: 0,
         read_tx,
+        remediation_tx,
+        scan: None,
+        scan_files: HashMap::new(),
+        health_sent: None,
+        last_on_access: None,
     };
     log.log(
         Level::Audit,
@@ -1092,6 +1688,8 @@ pub async fn run_with(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
+    let mut health_tick = tokio::time::interval(Duration::from_secs(1));
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rx_buf = vec![0u8; 64 * 1024];
     let mut request = StopRequest::Terminate;
     let mut plan = StopPlan::RemoveMarks;
@@ -1108,6 +1706,8 @@ pub async fn run_with(
         }
         let deadline = edge.core.next_deadline().map(|d| edge.to_tokio(d));
         let tx = edge.core.pending_tx().to_vec();
+        let scan_room = edge.scan_has_room();
+        let progress_at = edge.scan.as_ref().and_then(|s| s.next_progress);
         tokio::select! {
             biased;
             Some(r) = requests.recv() => {
@@ -1198,6 +1798,20 @@ pub async fn run_with(
             () = sleep_opt(edge.next_connect), if edge.connecting.is_none() && edge.rd.is_none() => {
                 edge.start_connect();
             }
+            Some(done) = remediation_rx.recv() => edge.on_remediation_done(done),
+            // After the fanotify branch (biased): opens first, and a scan
+            // file only while the scan has room in flight.
+            msg = recv_scan(&mut edge.scan), if scan_room => {
+                edge.on_scan_msg(msg);
+                while edge.scan_has_room() {
+                    match edge.scan.as_mut().map(|s| s.rx.try_recv()) {
+                        Some(Ok(more)) => edge.on_scan_msg(Some(more)),
+                        _ => break,
+                    }
+                }
+            }
+            () = sleep_opt(progress_at) => edge.scan_progress(),
+            _ = health_tick.tick() => edge.maybe_send_health(false),
             () = tick_opt(&mut stats_tick) => {
                 let s = edge.stats();
                 log.log(Level::Info, routine::STATS, format_args!("{}", stats_text(&s)));
@@ -1243,6 +1857,9 @@ async fn shutdown_edge(
     let log = edge.log;
     if let Some(h) = edge.connecting.take() {
         h.abort();
+    }
+    if let Some(scan) = edge.scan.take() {
+        scan.counters.cancel.store(true, Ordering::Relaxed);
     }
     if let Some(mut reader) = edge.reader.take() {
         reader.stop();

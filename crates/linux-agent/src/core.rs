@@ -27,13 +27,21 @@ use thinagent_guest::{
     VerdictSource,
 };
 use thinagent_protocol::{
-    AgentVersion, Capabilities, CreateDisposition, Decision, EventKind, FileEvent, FileIdentity,
-    FilePath, InlineContent, OsKind, ReadOutcome,
+    ActionResult, ActionStatus, AgentVersion, Capabilities, CreateDisposition, Decision, EventKind,
+    FileEvent, FileIdentity, FilePath, Health, InlineContent, Message, OsKind, PolicyFields,
+    ReadOutcome, RemediateAction, ScanCounters, ScanDone, ScanFlags,
 };
 
-/// Query slots of the session: the most permission events checked at once
-/// (the upper bound of `--max-in-flight`).
+pub use policy::{HostPolicy, PolicyChange, field_names, pinned_fields_from_names};
+
+mod policy;
+
+/// The most permission events checked at once (the upper bound of
+/// `--max-in-flight`).
 pub const SESSION_SLOTS: usize = 64;
+/// Query slots kept for a host scan's `OnDemand` events (§14.4), on top of
+/// [`SESSION_SLOTS`]: a scan never takes a slot an open needs.
+pub const SCAN_SLOTS: usize = 32;
 /// Longest path sent to the scanner, bytes (Linux `PATH_MAX`). Longer paths
 /// are decided by the fail mode.
 pub const MAX_PATH: usize = 4096;
@@ -118,7 +126,7 @@ impl ShardedCache {
 }
 
 /// The protocol session type the agent uses.
-pub type AgentSession = Session<SESSION_SLOTS, MAX_PATH, READ_SLOTS>;
+pub type AgentSession = Session<{ SESSION_SLOTS + SCAN_SLOTS }, MAX_PATH, READ_SLOTS>;
 
 /// The edge's handle for one permission event (unique while it is pending).
 pub type Token = u64;
@@ -198,6 +206,9 @@ pub struct PermEvent<'a> {
     /// version they were read from), or [`InlineContent::NONE`]. The
     /// session sends what §5.3.1 allows and drops the rest.
     pub content: InlineContent<'a>,
+    /// The opening process's image name (basename of `/proc/PID/exe`), when
+    /// the edge looked it up ([`AgentCore::wants_process_images`]).
+    pub image: Option<&'a [u8]>,
 }
 
 /// Why an event got its answer.
@@ -227,6 +238,9 @@ pub enum Why {
     Watchdog,
     /// Every session slot was busy: the fail mode decided.
     Overloaded,
+    /// Larger than the host policy's `max_scan_size` (§14.6): not queried,
+    /// the fail mode decided.
+    TooLarge,
     /// The agent is shutting down: the fail mode decided.
     Shutdown,
 }
@@ -242,6 +256,7 @@ impl Why {
                 | Why::SessionClosed
                 | Why::Watchdog
                 | Why::Overloaded
+                | Why::TooLarge
                 | Why::Shutdown
         )
     }
@@ -297,6 +312,30 @@ pub enum Action {
         /// Negotiated protocol version.
         version: u16,
     },
+    /// A host request (§14) for the edge to carry out off the loop:
+    /// answer it with [`AgentCore::complete_action`] (remediation) or
+    /// [`AgentCore::scan_done`] (scan).
+    HostRequest(HostJob),
+    /// The host cancelled the running scan `id`.
+    ScanCancelled {
+        /// The scan id.
+        id: u64,
+    },
+    /// An `OnDemand` event (from [`AgentCore::submit_on_demand`]) is
+    /// over: `Some(decision)` from the scanner, `None` when the fail mode
+    /// ended it (deadline, session closed, shutdown).
+    OnDemandDone {
+        /// The edge's token of the scanned file.
+        token: Token,
+        /// The scanner's decision.
+        decision: Option<Decision>,
+        /// The threat it named (empty if none).
+        threat: String,
+    },
+    /// A host `Policy` was applied (§14.6); the core already enforces it.
+    /// The edge logs it and applies what lives outside the core (log level,
+    /// the reader's size limit).
+    PolicyApplied(PolicyChange),
     /// The session ended by itself: send what is left in
     /// [`AgentCore::pending_tx`], close the connection, reconnect later.
     Closed {
@@ -314,6 +353,8 @@ pub enum FlushReason {
     Bound,
     /// A new session with the scanner (its signatures may have changed).
     Connected,
+    /// A host policy changed the longest verdict lifetime.
+    Policy,
 }
 
 impl FlushReason {
@@ -324,6 +365,7 @@ impl FlushReason {
             FlushReason::Ttl => "verdict TTL reached",
             FlushReason::Bound => "entry bound reached",
             FlushReason::Connected => "new scanner session",
+            FlushReason::Policy => "host policy changed the cache TTL",
         }
     }
 }
@@ -431,6 +473,19 @@ pub struct Stats {
     pub ignore_marks_failed: u64,
     /// Flushes of every ignore mark (TTL, bound, new session).
     pub ignore_mark_flushes: u64,
+    /// Decided by the fail mode as larger than the host policy's
+    /// `max_scan_size`.
+    pub fail_mode_too_large: u64,
+    /// `FileEvent`s sent (on-access and `OnDemand`).
+    pub events_sent: u64,
+    /// `OnDemand` events sent for host scans.
+    pub on_demand_sent: u64,
+    /// Sessions established (handshake done).
+    pub sessions: u64,
+    /// Host requests (§14) received: remediations, policies, scans.
+    pub host_requests: u64,
+    /// The host policy version in effect (0: none).
+    pub policy_version: u64,
 }
 
 impl Stats {
@@ -442,6 +497,7 @@ impl Stats {
             + self.fail_mode_session_closed
             + self.fail_mode_watchdog
             + self.fail_mode_overloaded
+            + self.fail_mode_too_large
             + self.fail_mode_shutdown
     }
 }
@@ -466,6 +522,69 @@ pub struct CoreConfig {
     /// event and the session sends them inline (version 2). `false`
     /// (`--no-inline`): every byte is read on the scanner's request.
     pub inline_content: bool,
+    /// Announce `REMEDIATE`, `SCAN_TREE` and `POLICY` (protocol §14);
+    /// `false` (`--no-host-actions`): the session refuses them.
+    pub host_actions: bool,
+    /// Policy fields the local admin pinned (`--pin-policy`): a host
+    /// `Policy` does not change them.
+    pub pinned: PolicyFields,
+}
+
+/// A host request taken from the session, owned, for the edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostJob {
+    /// `Remediate` (§14.2).
+    Remediate {
+        /// Request id.
+        id: u64,
+        /// Delete or truncate.
+        action: RemediateAction,
+        /// The path (raw bytes).
+        path: Vec<u8>,
+        /// The identity the host judged.
+        file: FileIdentity,
+        /// The host's deadline.
+        deadline: Duration,
+    },
+    /// `ScanTree` (§14.4).
+    Scan {
+        /// The scan id.
+        id: u64,
+        /// The root (raw bytes).
+        root: Vec<u8>,
+        /// Walk flags.
+        flags: ScanFlags,
+        /// Most `OnDemand` events outstanding.
+        max_in_flight: u16,
+        /// Directory levels below the root; 0 = unlimited.
+        max_depth: u16,
+        /// `ScanProgress` at most this often; zero = never.
+        progress_interval: Duration,
+        /// Larger files are skipped; 0 = no limit of the scan's own.
+        max_file_size: u64,
+    },
+}
+
+/// A `FilePath` as raw bytes (UTF-16 paths, which a Linux guest never
+/// sends, converted lossily).
+fn path_bytes(p: &FilePath<'_>) -> Vec<u8> {
+    match *p {
+        FilePath::Utf8(s) => s.as_bytes().to_vec(),
+        FilePath::Bytes(b) => b.to_vec(),
+        FilePath::Utf16Le(b) => {
+            let units: Vec<u16> = b
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units).into_bytes()
+        }
+    }
+}
+
+/// What the pump took from the session's inbox.
+enum Taken {
+    Job(HostJob),
+    Policy(u64, HostPolicy),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -476,6 +595,8 @@ struct Pending {
     query: QueryId,
     /// A `FAN_CLOSE_WRITE` of the same file arrived meanwhile: do not cache.
     dirty: bool,
+    /// A host scan's `OnDemand` event: no opener waits for it.
+    on_demand: bool,
 }
 
 /// The sans-IO agent. See the [module docs](self).
@@ -495,6 +616,9 @@ pub struct AgentCore {
     outbox: Vec<u8>,
     stats: Stats,
     marks: IgnoreMarks,
+    host_actions: bool,
+    /// The host policy in effect and the local pins.
+    host: policy::Enforced,
 }
 
 impl std::fmt::Debug for AgentCore {
@@ -514,6 +638,7 @@ impl AgentCore {
         let mut policy = Box::new(config.policy);
         // A full process list only loses this exclusion; own_io covers it.
         let _ = policy.add_excluded_process(config.own_pid);
+        let host = policy::Enforced::new(config.pinned, &policy);
         AgentCore {
             policy,
             cache: Arc::new(Mutex::new(ShardedCache::new())),
@@ -533,6 +658,8 @@ impl AgentCore {
                 capacity: config.kernel_cache_entries,
                 ..IgnoreMarks::default()
             },
+            host_actions: config.host_actions,
+            host,
         }
     }
 
@@ -549,7 +676,10 @@ impl AgentCore {
     /// Counters so far.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            policy_version: self.host.version,
+            ..self.stats
+        }
     }
 
     /// The fail mode.
@@ -675,7 +805,16 @@ impl AgentCore {
                 minor: 1,
                 patch: 0,
             },
-            capabilities: Capabilities::READ_CONTENT,
+            capabilities: if self.host_actions {
+                Capabilities(
+                    Capabilities::READ_CONTENT.0
+                        | Capabilities::REMEDIATE.0
+                        | Capabilities::SCAN_TREE.0
+                        | Capabilities::POLICY.0,
+                )
+            } else {
+                Capabilities::READ_CONTENT
+            },
             guest_name: &self.guest_name,
         }
         .with_inline_content(self.inline_content);
@@ -756,11 +895,24 @@ impl AgentCore {
             self.respond(ev.token, true, Why::Skipped(reason));
             return;
         }
+        if ev.image.is_some_and(|i| self.host.image_excluded(i)) {
+            self.stats.skipped += 1;
+            self.respond(ev.token, true, Why::Skipped(SkipReason::ExcludedProcess));
+            return;
+        }
         let key = ev.stat.map(|s| s.key());
         let hit = key.and_then(|k| self.cache().get(&k, now));
         if let Some(v) = hit {
             self.stats.cache_hits += 1;
             self.respond(ev.token, v.is_allow(), Why::Cached(v));
+            return;
+        }
+        if let (Some(max), Some(st)) = (self.host.max_scan_size, ev.stat)
+            && st.size > max
+        {
+            self.stats.fail_mode_too_large += 1;
+            let allow = self.fail_mode == FailMode::Open;
+            self.respond(ev.token, allow, Why::TooLarge);
             return;
         }
         let Some(session) = self.session.as_mut() else {
@@ -793,6 +945,7 @@ impl AgentCore {
         match session.submit_detailed(&event, now) {
             Ok(sent) => {
                 let query = sent.query;
+                self.stats.events_sent += 1;
                 if sent.whole_file {
                     self.stats.inline_whole += 1;
                 } else if sent.content_len > 0 {
@@ -807,6 +960,7 @@ impl AgentCore {
                         stat: ev.stat,
                         query,
                         dirty: false,
+                        on_demand: false,
                     },
                 );
                 self.by_query.insert(query, ev.token);
@@ -863,7 +1017,9 @@ impl AgentCore {
             .map(|(t, _)| *t)
             .collect();
         for token in due {
-            self.stats.fail_mode_watchdog += 1;
+            if !self.is_on_demand(token) {
+                self.stats.fail_mode_watchdog += 1;
+            }
             let allow = self.fail_mode == FailMode::Open;
             self.respond(token, allow, Why::Watchdog);
         }
@@ -874,7 +1030,9 @@ impl AgentCore {
     pub fn shutdown(&mut self, now: Instant) {
         let tokens: Vec<Token> = self.pending.keys().copied().collect();
         for token in tokens {
-            self.stats.fail_mode_shutdown += 1;
+            if !self.is_on_demand(token) {
+                self.stats.fail_mode_shutdown += 1;
+            }
             let allow = self.fail_mode == FailMode::Open;
             self.respond(token, allow, Why::Shutdown);
         }
@@ -902,10 +1060,26 @@ impl AgentCore {
         self.outbox.drain(..n);
     }
 
+    fn is_on_demand(&self, token: Token) -> bool {
+        self.pending.get(&token).is_some_and(|p| p.on_demand)
+    }
+
     /// Answers `token` if it is still pending (or was never queued), once.
     fn respond(&mut self, token: Token, allow: bool, why: Why) {
         if let Some(p) = self.pending.remove(&token) {
             self.by_query.remove(&p.query);
+            if p.on_demand {
+                let (decision, threat) = match why {
+                    Why::Host { decision, threat } => (Some(decision), threat),
+                    _ => (None, String::new()),
+                };
+                self.actions.push_back(Action::OnDemandDone {
+                    token,
+                    decision,
+                    threat,
+                });
+                return;
+            }
         }
         if !allow {
             self.stats.denied += 1;
@@ -926,6 +1100,7 @@ impl AgentCore {
             let Some(ev) = s.poll_event() else { break };
             match ev {
                 SessionEvent::Connected { version } => {
+                    self.stats.sessions += 1;
                     self.actions.push_back(Action::Connected { version });
                 }
                 SessionEvent::Verdict(v) => {
@@ -959,16 +1134,78 @@ impl AgentCore {
                     }
                 },
                 SessionEvent::Closed { reason } => closed = Some(reason),
-                // Not announced yet (protocol §14): the session refuses
-                // host requests itself and never raises these.
-                SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {}
+                SessionEvent::HostRequest => {}
+                SessionEvent::ScanCancelled { id } => {
+                    self.actions.push_back(Action::ScanCancelled { id });
+                }
             }
+        }
+        let mut taken = Vec::new();
+        while let Some(req) = s.host_request() {
+            let id = req.id;
+            match req.message {
+                Message::Remediate(r) => taken.push(Taken::Job(HostJob::Remediate {
+                    id,
+                    action: r.action,
+                    path: path_bytes(&r.path),
+                    file: r.file,
+                    deadline: Duration::from_millis(r.deadline_ms.into()),
+                })),
+                Message::ScanTree(t) => taken.push(Taken::Job(HostJob::Scan {
+                    id,
+                    root: path_bytes(&t.root),
+                    flags: t.flags,
+                    max_in_flight: t.max_in_flight,
+                    max_depth: t.max_depth,
+                    progress_interval: Duration::from_millis(t.progress_interval_ms.into()),
+                    max_file_size: t.max_file_size,
+                })),
+                Message::Policy(p) => taken.push(Taken::Policy(id, HostPolicy::from_wire(&p))),
+                // The session hands over nothing else.
+                _ => {}
+            }
+            s.pop_host_request();
         }
         drain_tx(s, &mut self.outbox);
         if closed.is_some() {
             self.session = None;
         }
+        for t in taken {
+            self.stats.host_requests += 1;
+            match t {
+                Taken::Job(job) => self.actions.push_back(Action::HostRequest(job)),
+                Taken::Policy(id, policy) => {
+                    let result = self.apply_policy(&policy);
+                    self.complete_action(id, result);
+                }
+            }
+        }
         for (token, p, v) in answers {
+            if p.on_demand {
+                if let (VerdictSource::Host, Some(k), false, Decision::Allow | Decision::Deny) =
+                    (v.source, p.key, p.dirty, v.decision)
+                {
+                    let ttl = self.host.cap_ttl(v.cache_ttl_secs);
+                    if ttl > 0 {
+                        let c = if v.decision == Decision::Allow {
+                            CachedVerdict::Allow
+                        } else {
+                            CachedVerdict::Deny { threat_id: 0 }
+                        };
+                        self.cache()
+                            .insert(k, c, now, Duration::from_secs(ttl.into()));
+                    }
+                }
+                let why = match v.source {
+                    VerdictSource::Host => Why::Host {
+                        decision: v.decision,
+                        threat: v.threat.as_str().to_string(),
+                    },
+                    _ => Why::SessionDeadline,
+                };
+                self.respond(token, v.allows(), why);
+                continue;
+            }
             let why = match v.source {
                 VerdictSource::Host => {
                     let cached = match v.decision {
@@ -977,7 +1214,7 @@ impl AgentCore {
                         Decision::AllowNoCache => None,
                     };
                     if let (Some(c), Some(k), false, ttl @ 1..) =
-                        (cached, p.key, p.dirty, v.cache_ttl_secs)
+                        (cached, p.key, p.dirty, self.host.cap_ttl(v.cache_ttl_secs))
                     {
                         let ttl = Duration::from_secs(ttl.into());
                         self.cache().insert(k, c, now, ttl);
@@ -1004,13 +1241,211 @@ impl AgentCore {
                     Why::SessionClosed
                 }
             };
-            self.respond(token, v.allows(), why);
+            // A fail-mode answer follows the fail mode in effect now (a
+            // host policy may have changed it since the query was sent).
+            let allow = match v.source {
+                VerdictSource::Host => v.allows(),
+                _ => self.fail_mode == FailMode::Open,
+            };
+            self.respond(token, allow, why);
         }
         if let Some(reason) = closed
             && !closing_locally
         {
             self.actions.push_back(Action::Closed { reason });
         }
+    }
+}
+
+/// Host actions (protocol §14): the answers the edge owes, `OnDemand`
+/// events, the host policy and `Health`.
+impl AgentCore {
+    /// Applies a host `Policy` (§14.6) at once or not at all and says how
+    /// (the `ActionResult` to send). Pinned fields are left alone and
+    /// reported; a policy that does not fit the agent's tables is
+    /// `Rejected` and changes nothing.
+    pub fn apply_policy(&mut self, p: &HostPolicy) -> ActionResult {
+        let applied = match self.host.prepare(p, &self.policy) {
+            Ok(a) => a,
+            Err(why) => {
+                let mut r = ActionResult::status(ActionStatus::Rejected);
+                r.value = self.host.version;
+                self.actions
+                    .push_back(Action::PolicyApplied(PolicyChange::rejected(
+                        p.version, why,
+                    )));
+                return r;
+            }
+        };
+        let pinned = applied.pinned;
+        let change = self.host.commit(
+            applied,
+            &mut self.policy,
+            &mut self.fail_mode,
+            &mut self.timeout,
+        );
+        if let Some(s) = self.session.as_mut() {
+            s.set_on_access(self.timeout, self.fail_mode);
+        }
+        if change.cache_ttl_changed {
+            // Verdicts kept longer than the new maximum go.
+            *self.cache() = ShardedCache::new();
+            if !self.marks.marked.is_empty() || self.marks.flush_due.is_some() {
+                self.flush_ignore_marks(FlushReason::Policy);
+            }
+        }
+        self.actions.push_back(Action::PolicyApplied(change));
+        ActionResult {
+            status: ActionStatus::Done,
+            error: None,
+            value: self.host.version,
+            pinned: pinned.0,
+        }
+    }
+
+    /// The host policy version in effect (0: none received).
+    #[must_use]
+    pub fn policy_version(&self) -> u64 {
+        self.host.version
+    }
+
+    /// Whether verdicts are cached (a host policy's `cache_ttl_max_secs`
+    /// 0 turns caching off).
+    #[must_use]
+    pub fn caching(&self) -> bool {
+        self.host.cap_ttl(1) > 0
+    }
+
+    /// The policy fields pinned locally.
+    #[must_use]
+    pub fn pinned(&self) -> PolicyFields {
+        self.host.pinned
+    }
+
+    /// The query deadline in effect.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The host policy's `max_scan_size` in effect (`None`: no limit).
+    #[must_use]
+    pub fn max_scan_size(&self) -> Option<u64> {
+        self.host.max_scan_size
+    }
+
+    /// Whether a host policy excludes process images: the edge then gives
+    /// each event's [`PermEvent::image`].
+    #[must_use]
+    pub fn wants_process_images(&self) -> bool {
+        self.host.has_images()
+    }
+
+    /// Answers the host request `id` (a `Remediate` or `Policy`).
+    pub fn complete_action(&mut self, id: u64, result: ActionResult) -> bool {
+        let Some(s) = self.session.as_mut() else {
+            return false;
+        };
+        let ok = s.complete_action(id, result).is_ok();
+        drain_tx(s, &mut self.outbox);
+        ok
+    }
+
+    /// How many more `OnDemand` events the scan may submit now.
+    #[must_use]
+    pub fn on_demand_capacity(&self, max_in_flight: u16) -> usize {
+        let ours = self.pending.values().filter(|p| p.on_demand).count();
+        self.session
+            .as_ref()
+            .map_or(0, |s| s.on_demand_capacity(max_in_flight))
+            .min(SCAN_SLOTS.saturating_sub(ours))
+    }
+
+    /// Sends one file of a host scan as an `OnDemand` event (§14.4) under
+    /// the edge's `token`; its end comes as [`Action::OnDemandDone`].
+    /// `false` when it could not be sent (no session, no slot): nothing
+    /// will come for it.
+    pub fn submit_on_demand(
+        &mut self,
+        token: Token,
+        path: &[u8],
+        stat: FileStat,
+        content: InlineContent<'_>,
+        now: Instant,
+    ) -> bool {
+        let Some(session) = self.session.as_mut() else {
+            return false;
+        };
+        let event = FileEvent {
+            kind: EventKind::OnDemand,
+            process_id: 0,
+            desired_access: 0,
+            create_disposition: CreateDisposition::Open,
+            file: stat.identity(),
+            path: match std::str::from_utf8(path) {
+                Ok(p) => FilePath::Utf8(p),
+                Err(_) => FilePath::Bytes(path),
+            },
+            content,
+        };
+        let Ok(sent) = session.submit_detailed(&event, now) else {
+            return false;
+        };
+        self.stats.events_sent += 1;
+        self.stats.on_demand_sent += 1;
+        self.pending.insert(
+            token,
+            Pending {
+                deadline: now.saturating_add(self.timeout),
+                key: Some(stat.key()),
+                stat: Some(stat),
+                query: sent.query,
+                dirty: false,
+                on_demand: true,
+            },
+        );
+        self.by_query.insert(sent.query, token);
+        self.pump(now, false);
+        true
+    }
+
+    /// Reports a scan's counters (`ScanProgress`); best effort.
+    pub fn scan_progress(&mut self, id: u64, counters: ScanCounters) -> bool {
+        let Some(s) = self.session.as_mut() else {
+            return false;
+        };
+        let ok = s.scan_progress(id, counters);
+        drain_tx(s, &mut self.outbox);
+        ok
+    }
+
+    /// Ends the scan `id` (its one `ScanDone`).
+    pub fn scan_done(&mut self, id: u64, done: ScanDone) -> bool {
+        let Some(s) = self.session.as_mut() else {
+            return false;
+        };
+        let ok = s.scan_done(id, done).is_ok();
+        drain_tx(s, &mut self.outbox);
+        ok
+    }
+
+    /// Sends a `Health` report (§14.8) if a version-2 session is open.
+    pub fn send_health(&mut self, health: &Health) -> bool {
+        let Some(s) = self.session.as_mut() else {
+            return false;
+        };
+        let ok = s.send_health(health);
+        drain_tx(s, &mut self.outbox);
+        ok
+    }
+
+    /// The negotiated protocol version (0: no open session).
+    #[must_use]
+    pub fn version(&self) -> u16 {
+        self.session
+            .as_ref()
+            .filter(|s| s.is_connected())
+            .map_or(0, |s| s.version())
     }
 }
 

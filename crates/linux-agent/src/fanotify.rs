@@ -417,7 +417,19 @@ pub fn classify(event: &FanotifyEvent) -> EventClass {
 /// `fstat` of the event's descriptor.
 #[must_use]
 pub fn stat_of(event: &FanotifyEvent) -> Option<FileStat> {
-    let st = fstat(event.fd()?).ok()?;
+    stat_fd(event.fd()?)
+}
+
+/// `fstat` of any descriptor, as [`FileStat`] (the identity a `FileEvent`
+/// states: `st_dev`, `st_ino`, size, mtime).
+#[must_use]
+pub fn stat_fd<Fd: AsFd>(fd: Fd) -> Option<FileStat> {
+    Some(file_stat(&fstat(fd).ok()?))
+}
+
+/// A `stat` result as [`FileStat`].
+#[must_use]
+pub fn file_stat(st: &nix::sys::stat::FileStat) -> FileStat {
     let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     let file_type = if fmt == SFlag::S_IFREG {
         FileType::Regular
@@ -430,13 +442,13 @@ pub fn stat_of(event: &FanotifyEvent) -> Option<FileStat> {
         .ok()
         .map_or(0, |s| s.saturating_mul(1_000_000_000))
         .saturating_add(u64::try_from(st.st_mtime_nsec).unwrap_or(0));
-    Some(FileStat {
+    FileStat {
         dev: st.st_dev,
         ino: st.st_ino,
         size: u64::try_from(st.st_size).unwrap_or(0),
         mtime_ns,
         file_type,
-    })
+    }
 }
 
 /// The path of the event's file, from `/proc/self/fd/N` (raw bytes; a
@@ -464,6 +476,12 @@ pub fn pread_event(event: &FanotifyEvent, offset: u64, length: u32) -> io::Resul
     let fd = event
         .fd()
         .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
+    pread_fd(fd, offset, length)
+}
+
+/// [`pread_event`] on any descriptor (a host scan's file).
+pub fn pread_fd<Fd: AsFd>(fd: Fd, offset: u64, length: u32) -> io::Result<(Vec<u8>, bool)> {
+    let fd = fd.as_fd();
     let start = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut buf = vec![0u8; length as usize];
     let mut got = 0usize;
@@ -508,6 +526,12 @@ pub fn read_inline(event: &FanotifyEvent, stat: &FileStat, max: u32) -> io::Resu
     let fd = event
         .fd()
         .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
+    read_inline_fd(fd, stat, max)
+}
+
+/// [`read_inline`] on any descriptor (a host scan's file).
+pub fn read_inline_fd<Fd: AsFd>(fd: Fd, stat: &FileStat, max: u32) -> io::Result<InlineRead> {
+    let fd = fd.as_fd();
     let want = usize::try_from(stat.size.min(u64::from(max))).unwrap_or(0);
     // When the whole file fits, one byte more: a read that stops at the
     // stated size (returns 0 there) is what proves the end.
@@ -530,7 +554,7 @@ pub fn read_inline(event: &FanotifyEvent, stat: &FileStat, max: u32) -> io::Resu
     let whole_file = expect_end
         && hit_end
         && u64::try_from(got).ok() == Some(stat.size)
-        && stat_of(event).is_some_and(|now| {
+        && stat_fd(fd).is_some_and(|now| {
             now == *stat && thinagent_guest::read_reaches_end(0, got, hit_end, Some(now.size))
         });
     buf.truncate(got.min(want));

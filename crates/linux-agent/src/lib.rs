@@ -12,12 +12,15 @@
 //! * [`handover`]: the group kept across restarts (systemd's descriptor
 //!   store, exec in place).
 //! * [`reader`]: the thread reading the group; answers cached allows at once.
+//! * [`actions`]: host actions (protocol §14) carried out off the loop:
+//!   remediation and the tree walk of a host scan.
 //! * [`agent`]: the tokio loop tying them together.
 //! * [`logging`]: lines in the driver's `LEVEL: Routine : message: 0xSTATUS` shape.
 // `unsafe` only where inherited descriptors are owned (`handover`).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod agent;
 pub mod connect;
 pub mod core;

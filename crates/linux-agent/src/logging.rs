@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use thinagent_guest::{Level, LevelFilter, LogRecord, NtStatus};
 
@@ -42,6 +43,17 @@ impl LogLevel {
     }
 }
 
+/// A `debugLevel` (0..=4) set at run time by a host policy (§14.6), for
+/// every [`Logger`] of the process; `u8::MAX`: none, each logger's own.
+static HOST_LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// Sets the log level of the whole agent from a host policy's
+/// `debug_level` (0: AUDIT only, 1: + ERROR, 2: + WARN, 3: + INFO, 4: +
+/// DEBUG), replacing `--log-level` until the agent restarts.
+pub fn set_host_debug_level(level: u8) {
+    HOST_LEVEL.store(level.min(LevelFilter::MAX_DEBUG_LEVEL), Ordering::Relaxed);
+}
+
 /// Writes records at or above a level to stderr, one `write` per line.
 #[derive(Clone, Copy, Debug)]
 pub struct Logger {
@@ -60,7 +72,14 @@ impl Logger {
     /// Whether lines of `level` are printed.
     #[must_use]
     pub fn enabled(&self, level: Level) -> bool {
-        self.filter.enabled(level)
+        self.filter().enabled(level)
+    }
+
+    fn filter(&self) -> LevelFilter {
+        match HOST_LEVEL.load(Ordering::Relaxed) {
+            u8::MAX => self.filter,
+            n => LevelFilter::from_debug_level(n.into()),
+        }
     }
 
     /// Prints one line (if its level is enabled).
@@ -80,7 +99,7 @@ impl Logger {
     }
 
     fn emit(&self, record: &LogRecord<'_>) {
-        if !self.filter.enabled(record.level) {
+        if !self.filter().enabled(record.level) {
             return;
         }
         let line = format!("{record}\n");

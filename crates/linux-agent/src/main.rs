@@ -108,6 +108,17 @@ struct Args {
     /// version-1 scanner.
     #[arg(long)]
     no_inline: bool,
+    /// No host actions (protocol version 2, docs/protocol.md §14): the
+    /// agent does not announce remediation, on-demand scans or host policy,
+    /// refuses them (Unsupported) and sends no Health reports.
+    #[arg(long)]
+    no_host_actions: bool,
+    /// Policy fields the host may not change, comma-separated or repeated:
+    /// fail-mode, debug-level, exclusions, query-timeout, cache-ttl-max,
+    /// max-scan-size, all. Pinned fields keep this command line's values;
+    /// the agent reports them to the host as pinned.
+    #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
+    pin_policy: Vec<String>,
 }
 
 fn host_name() -> String {
@@ -195,6 +206,10 @@ fn main() -> ExitCode {
             Err(e) => return usage(e.to_string()),
         }
     }
+    let pinned = match thinagent_linux_agent::core::pinned_fields_from_names(&args.pin_policy) {
+        Ok(p) => p,
+        Err(e) => return usage(e),
+    };
     let config = AgentConfig {
         connect,
         watch: args.watch,
@@ -226,6 +241,8 @@ fn main() -> ExitCode {
             args.kernel_cache_entries as usize
         },
         inline_content: !args.no_inline,
+        host_actions: !args.no_host_actions,
+        pinned,
         logger,
     };
     // One thread runs the loop (and the signal and connect tasks): the

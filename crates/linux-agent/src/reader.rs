@@ -96,9 +96,14 @@ pub struct ReaderShared {
     /// session's negotiated `max_inline_len`, kept current by the loop; 0
     /// (no session, version 1, `--no-inline`) reads nothing.
     pub inline_len: Arc<AtomicU32>,
-    /// `--max-file-size`: larger files are skipped by the policy, so not
-    /// read here.
-    pub max_file_size: Option<u64>,
+    /// `--max-file-size` or the host policy's `max_scan_size`, whichever
+    /// is smaller (`u64::MAX`: none): larger files are not sent, so not
+    /// read here. Kept current by the loop.
+    pub max_file_size: Arc<AtomicU64>,
+    /// Permission events of the agent's own process (its remediation and
+    /// scan threads, its ready file), allowed here at once: the policy
+    /// never checks them, and they must not wait for the loop.
+    pub own_hits: Arc<AtomicU64>,
 }
 
 /// The running reader thread.
@@ -184,7 +189,7 @@ fn read_with_event(
     let st = stat.filter(|s| s.file_type == FileType::Regular)?;
     if max == 0
         || event.pid() == own_pid
-        || shared.max_file_size.is_some_and(|m| st.size > m)
+        || st.size > shared.max_file_size.load(Ordering::Relaxed)
         || !fanotify::reads_are_local(event)
     {
         return None;
@@ -242,6 +247,15 @@ fn run(
         for event in events {
             let msg = match fanotify::classify(&event) {
                 class @ (EventClass::OpenPerm | EventClass::ExecPerm) => {
+                    if event.pid() == own_pid {
+                        // The agent's own opens (scan walker, remediation,
+                        // ready file): never checked (the policy's own-I/O
+                        // rule), and answered here so that no thread of the
+                        // agent ever waits for the loop.
+                        let _ = fan.respond(&event, true);
+                        shared.own_hits.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let stat = fanotify::stat_of(&event);
                     if allowed_from_cache(fan, &shared.cache, &event, stat, now) {
                         shared.fast_hits.fetch_add(1, Ordering::Relaxed);

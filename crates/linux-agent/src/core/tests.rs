@@ -34,6 +34,8 @@ fn core_with_marks(fail_mode: FailMode, kernel_cache_entries: usize) -> AgentCor
         own_pid: OWN,
         kernel_cache_entries,
         inline_content: true,
+        host_actions: true,
+        pinned: PolicyFields::default(),
     })
 }
 
@@ -53,6 +55,7 @@ fn ev(token: Token, path: &str, pid: u32, st: FileStat) -> PermEvent<'_> {
         access: Access::Open,
         pid,
         path: path.as_bytes(),
+        image: None,
         stat: Some(st),
         content: InlineContent::NONE,
     }
@@ -832,6 +835,8 @@ fn a_version_1_host_or_no_inline_gets_no_content() {
         own_pid: OWN,
         kernel_cache_entries: 0,
         inline_content: false,
+        host_actions: false,
+        pinned: PolicyFields::default(),
     });
     assert!(!connect_v2(&mut c, 65_447, ms(0)));
     assert_eq!(c.max_inline_len(), 0);
@@ -938,7 +943,11 @@ impl Run {
                     assert!(self.now <= deadline, "token {token} answered late");
                 }
                 Action::Read { read_id, .. } => self.reads.push(read_id),
-                Action::Connected { .. } => {}
+                Action::Connected { .. }
+                | Action::HostRequest(_)
+                | Action::ScanCancelled { .. }
+                | Action::OnDemandDone { .. }
+                | Action::PolicyApplied(_) => {}
                 Action::Closed { .. } => {
                     self.host_queue.clear();
                     self.reads.clear();
@@ -971,6 +980,7 @@ impl Run {
                         access: if exec { Access::Exec } else { Access::Open },
                         pid,
                         path: path.as_bytes(),
+                        image: None,
                         stat: Some(stat(file, 10, 1)),
                         // The whole 10-byte file: inline in a version-2
                         // session, dropped in a version-1 one.
@@ -1144,4 +1154,89 @@ proptest! {
         prop_assert!(run.answered.values().all(|n| *n == 1));
         prop_assert_eq!(run.answered.len() as u64, run.next_token - 1);
     }
+}
+
+#[test]
+fn host_policy_is_applied_whole_pinned_fields_stay_and_a_misfit_changes_nothing() {
+    use thinagent_protocol::ExclusionKind;
+    let mut c = AgentCore::new(CoreConfig {
+        fail_mode: FailMode::Open,
+        timeout: Duration::from_millis(TIMEOUT_MS),
+        guest_name: "test-vm".into(),
+        policy: OpenPolicy::new(PathStyle::Posix),
+        own_pid: OWN,
+        kernel_cache_entries: 0,
+        inline_content: true,
+        host_actions: true,
+        pinned: pinned_fields_from_names(&["query-timeout"]).unwrap(),
+    });
+    let p = HostPolicy {
+        version: 4,
+        fail_mode: Some(FailMode::Closed),
+        exclusions: Some(vec![
+            (ExclusionKind::PathPrefix, "/srv/skip/".into()),
+            (ExclusionKind::Extension, ".log".into()),
+            (ExclusionKind::ProcessImage, "backupd".into()),
+        ]),
+        query_timeout_ms: Some(50),
+        max_scan_size: Some(10),
+        ..HostPolicy::default()
+    };
+    let r = c.apply_policy(&p);
+    assert_eq!(r.status, ActionStatus::Done);
+    assert_eq!((r.value, r.pinned), (4, PolicyFields::QUERY_TIMEOUT.0));
+    assert_eq!(c.fail_mode(), FailMode::Closed);
+    assert_eq!(c.timeout(), Duration::from_millis(TIMEOUT_MS), "pinned");
+    assert_eq!(c.max_scan_size(), Some(10));
+    assert!(c.wants_process_images());
+    assert!(c.policy().path_excluded(PathRef::Utf8("/srv/skip/a")));
+    assert!(c.policy().extension_excluded(PathRef::Utf8("/x/a.log")));
+    assert!(matches!(c.poll_action(), Some(Action::PolicyApplied(_))));
+    // An excluded image is let through unchecked; a large file is decided
+    // by the fail mode (closed) without a session.
+    let mut e = ev(1, "/data/a", 5, stat(1, 3, 1));
+    e.image = Some(b"backupd");
+    c.on_perm_event(&e, ms(0));
+    assert!(matches!(
+        c.poll_action(),
+        Some(Action::Respond {
+            allow: true,
+            why: Why::Skipped(SkipReason::ExcludedProcess),
+            ..
+        })
+    ));
+    c.on_perm_event(&ev(2, "/data/b", 5, stat(2, 11, 1)), ms(0));
+    assert!(matches!(
+        c.poll_action(),
+        Some(Action::Respond {
+            allow: false,
+            why: Why::TooLarge,
+            ..
+        })
+    ));
+    // Too many prefixes: Rejected, version 4 stays whole.
+    let too_many = HostPolicy {
+        version: 5,
+        fail_mode: Some(FailMode::Open),
+        exclusions: Some(
+            (0..40)
+                .map(|i| (ExclusionKind::PathPrefix, format!("/p{i}")))
+                .collect(),
+        ),
+        ..HostPolicy::default()
+    };
+    let r = c.apply_policy(&too_many);
+    assert_eq!((r.status, r.value), (ActionStatus::Rejected, 4));
+    assert_eq!(c.fail_mode(), FailMode::Closed);
+    assert!(c.policy().path_excluded(PathRef::Utf8("/srv/skip/a")));
+    assert_eq!(c.policy_version(), 4);
+    // The same version again: Done, nothing changes.
+    let r = c.apply_policy(&HostPolicy {
+        version: 4,
+        fail_mode: Some(FailMode::Open),
+        ..HostPolicy::default()
+    });
+    assert_eq!((r.status, r.value), (ActionStatus::Done, 4));
+    assert_eq!(c.fail_mode(), FailMode::Closed);
+    assert!(pinned_fields_from_names(&["fail-mode", "nope"]).is_err());
 }
