@@ -58,6 +58,9 @@ fn emulator_python() -> Option<PathBuf> {
 /// One scenario's report.
 struct Report {
     json: Value,
+    /// The real scanner's `/metrics` text after the scenario (empty
+    /// without a scanner).
+    metrics: String,
 }
 
 impl Report {
@@ -207,6 +210,7 @@ fn run(scenario: &str, scanner: bool) -> Option<Report> {
         .enable_all()
         .build()
         .unwrap();
+    let mut metrics = None;
     let (url, stop) = if scanner {
         let config = Config {
             listen: vec!["tcp://127.0.0.1:0".to_string()],
@@ -216,6 +220,7 @@ fn run(scenario: &str, scanner: bool) -> Option<Report> {
             .block_on(Service::build(&config))
             .expect("scanner starts");
         let url = service.urls()[0].to_string();
+        metrics = Some(service.handle().metrics().clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         rt.spawn(service.run(
             async move {
@@ -262,7 +267,8 @@ fn run(scenario: &str, scanner: bool) -> Option<Report> {
             eprintln!("  [{:>9.1} ms] {}", l["t_ms"].as_f64().unwrap(), l["line"]);
         }
     }
-    Some(Report { json })
+    let metrics = metrics.map(|m| m.encode()).unwrap_or_default();
+    Some(Report { json, metrics })
 }
 
 fn assert_connected_with_handshake(r: &Report) {
@@ -650,6 +656,10 @@ struct SentFileEvent {
     volume_serial: u64,
     process_id: u32,
     desired_access: u32,
+    /// Inline content (protocol version 2; empty without).
+    content: Vec<u8>,
+    /// The inline content is the whole file (`WHOLE_FILE`).
+    whole_file: bool,
 }
 
 impl Report {
@@ -680,11 +690,46 @@ impl Report {
                     volume_serial: e.file.volume_serial,
                     process_id: e.process_id,
                     desired_access: e.desired_access,
+                    content: e.content.bytes.to_vec(),
+                    whole_file: e.content.whole_file,
                 });
             }
             at += consumed;
         }
         out
+    }
+
+    /// Whether the guest's `Hello` on bridged socket `i` announced
+    /// `INLINE_CONTENT`, and the protocol version the scanner's `HelloAck`
+    /// chose.
+    fn inline_negotiated(&self, i: usize) -> (bool, u16) {
+        let s = &self.json["sockets"][i];
+        let mut offered = None;
+        let mut version = None;
+        each_frame(s["sent"].as_str().unwrap(), |_, m| {
+            if let Message::Hello(h) = m {
+                offered.get_or_insert(
+                    h.capabilities
+                        .contains(thinagent_protocol::Capabilities::INLINE_CONTENT),
+                );
+            }
+        });
+        each_frame(s["received"].as_str().unwrap(), |_, m| {
+            if let Message::HelloAck(a) = m {
+                version.get_or_insert(a.version);
+            }
+        });
+        (offered.expect("a Hello"), version.expect("a HelloAck"))
+    }
+
+    /// The value of one sample of the scanner's metrics (`name` with its
+    /// labels, e.g. `thinagent_scanner_inline_events_total{whole="true"}`);
+    /// 0 when absent.
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
     /// The file operations the emulated I/O manager ran (`op` = "open",
@@ -744,9 +789,11 @@ fn assert_reads_aligned(r: &Report, size: u64) {
     }
 }
 
-/// A clean file: the host scans it once (one FileEvent, its content read
-/// with FltReadFile) and allows it; its second open is answered from the
-/// verdict cache, without a host round trip.
+/// A clean file: the host scans it once and allows it; its second open is
+/// answered from the verdict cache, without a host round trip. The 39
+/// bytes are read in post-create (one non-cached FltReadFile on the
+/// opener's thread) and go whole with the FileEvent (protocol version 2):
+/// the host reads nothing.
 #[test]
 fn file_open_clean_is_allowed_and_the_second_open_comes_from_the_cache() {
     let Some(r) = run("file-clean-cached", true) else {
@@ -771,14 +818,28 @@ fn file_open_clean_is_allowed_and_the_second_open_comes_from_the_cache() {
     assert_eq!(e.volume_serial, VOLUME_SERIAL);
     assert_eq!(e.process_id, 4242);
     assert_eq!(e.desired_access, 0x0012_0089, "FILE_GENERIC_READ");
+    assert_eq!(r.inline_negotiated(0), (true, 2));
+    assert_eq!(
+        (e.content.as_slice(), e.whole_file),
+        (&b"Quarterly figures, nothing to report.\r\n"[..], true),
+        "the whole file inline"
+    );
     let (sent, received) = r.socket_frames(0);
-    assert!(sent.contains(&"ReadData"), "{sent:?}");
+    assert!(!received.contains(&"ReadRequest"), "{received:?}");
+    assert!(!sent.contains(&"ReadData"), "{sent:?}");
     assert_eq!(
         received.iter().filter(|t| **t == "Verdict").count(),
         1,
         "{received:?}"
     );
     assert_reads_aligned(&r, 39);
+    let reads = r.json["flt_reads"].as_array().unwrap();
+    assert_eq!(reads.len(), 1, "one read, in post-create: {reads:?}");
+    assert!(
+        reads[0]["thread"].as_str().unwrap().starts_with("opener-"),
+        "{reads:?}"
+    );
+    assert_eq!(reads[0]["length"], 512, "39 + 1 bytes, one sector");
     // Nothing went to the host between the first close and the second open's end.
     let trace = r.json["trace"].as_array().unwrap();
     let first_close = trace
@@ -825,13 +886,17 @@ fn file_open_eicar_is_denied_with_status_virus_infected() {
     let events = r.file_events(0);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].size, 68);
+    assert_eq!(events[0].content.len(), 68, "EICAR inline");
+    assert!(events[0].whole_file);
     assert_reads_aligned(&r, 68);
+    assert_eq!(r.json["flt_reads"].as_array().unwrap().len(), 1);
     let (_, received) = r.socket_frames(0);
     assert_eq!(
         received.iter().filter(|t| **t == "Verdict").count(),
         1,
         "{received:?}"
     );
+    assert!(!received.contains(&"ReadRequest"), "{received:?}");
     r.assert_filter_released();
 }
 
@@ -1120,12 +1185,32 @@ fn pattern(n: usize) -> Vec<u8> {
 ///
 /// Before issue 16 the first three took one more read each, answered
 /// `EndOfFile` with no data.
+///
+/// With `inlineContent` 0, so that every byte goes by `ReadRequest` (as in
+/// protocol version 1): the guest does not announce `INLINE_CONTENT` and
+/// its `FileEvent`s carry no content. The same files with inline content:
+/// `file_reads_with_inline_content_need_a_read_only_past_the_first_bytes`.
 #[test]
 fn file_reads_answer_end_of_file_with_the_last_bytes() {
     let Some(r) = run("file-reads-end-of-file", true) else {
         return;
     };
     r.assert_clean();
+    assert!(r.has_line("DEBUG: ReadParams : inlineContent: 0"));
+    assert_eq!(
+        r.inline_negotiated(0),
+        (false, 2),
+        "version 2 chosen, INLINE_CONTENT not offered"
+    );
+    assert!(
+        r.file_events(0)
+            .iter()
+            .all(|e| e.content.is_empty() && !e.whole_file)
+    );
+    assert_eq!(
+        r.metric("thinagent_scanner_inline_content_bytes_total"),
+        0.0
+    );
     const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
     const CLEAN: &[u8] = b"Quarterly figures, nothing to report.\r\n";
     let read = |offset: u64, length: u32, answer: &'static str, data: &[u8]| HostRead {
@@ -1243,6 +1328,343 @@ fn file_reads_answer_end_of_file_with_the_last_bytes() {
         received.iter().filter(|t| **t == "Verdict").count(),
         5,
         "one verdict per file: {received:?}"
+    );
+    r.assert_filter_released();
+}
+
+/// The same files as `file_reads_answer_end_of_file_with_the_last_bytes`,
+/// with inline content on (the default): the driver reads each file's
+/// first bytes in post-create (one `FltReadFile` on the opener's thread,
+/// `size + 1` bytes so that the count shows the end) and sends them with
+/// the `FileEvent`:
+/// * 39 and 4096 bytes go whole (`WHOLE_FILE`): no `ReadRequest`, no size
+///   query;
+/// * 65,536 bytes: the first 65,370 (the scanner's `max_inline_len`,
+///   65,447, less what the 78-byte path takes of the frame) go inline, the
+///   host reads the last 166 (`EndOfFile`, after the size query: that read
+///   ends on a sector boundary);
+/// * the two files that grow between the open's size query and the
+///   first-bytes read (4096 -> 4196, EICAR's 40 -> 68 bytes) are not sent
+///   as whole: the stated size's bytes go inline, the host reads the rest
+///   past the stated size and gets it as `EndOfFile`; the grown EICAR is
+///   denied.
+#[test]
+fn file_reads_with_inline_content_need_a_read_only_past_the_first_bytes() {
+    let Some(r) = run("file-reads-end-of-file-inline", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert!(r.has_line("DEBUG: ReadParams : inlineContent: 1"));
+    assert_eq!(r.inline_negotiated(0), (true, 2));
+    const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    const CLEAN: &[u8] = b"Quarterly figures, nothing to report.\r\n";
+    let read = |offset: u64, length: u32, answer: &'static str, data: &[u8]| HostRead {
+        offset,
+        length,
+        answer,
+        data: data.to_vec(),
+    };
+    let big = pattern(65_536);
+    let grew = [pattern(4096), pattern(100)].concat();
+    let room = inline_room(r"\Data\chunks.bin");
+    assert_eq!(room, 65_370);
+    // path -> (size in the FileEvent, inline bytes, WHOLE_FILE, length of
+    // the first-bytes read, host reads, sizes asked by the host-read thread)
+    #[allow(clippy::type_complexity)]
+    let expected: Vec<(&str, u64, &[u8], bool, u64, Vec<HostRead>, Vec<u64>)> = vec![
+        (r"\Data\small.txt", 39, CLEAN, true, 512, vec![], vec![]),
+        (
+            r"\Data\sector.bin",
+            4096,
+            &big[..4096],
+            true,
+            4608,
+            vec![],
+            vec![],
+        ),
+        (
+            r"\Data\chunks.bin",
+            65_536,
+            &big[..room],
+            false,
+            65_536,
+            vec![read(room as u64, 166, "EndOfFile", &big[room..])],
+            vec![65_536],
+        ),
+        (
+            r"\Data\grew.bin",
+            4096,
+            &grew[..4096],
+            false,
+            4608,
+            vec![read(4096, 65_480, "EndOfFile", &grew[4096..])],
+            vec![],
+        ),
+        (
+            r"\Data\grew.com",
+            40,
+            &EICAR[..40],
+            false,
+            512,
+            vec![read(40, 65_480, "EndOfFile", &EICAR[40..])],
+            vec![],
+        ),
+    ];
+    let events = r.file_events(0);
+    let mut host_reads = r.host_reads(0);
+    assert_eq!(events.len(), expected.len(), "one FileEvent per file");
+    for (e, (path, size, content, whole, first_len, reads, sizes)) in events.iter().zip(&expected) {
+        let full = format!(r"\Device\HarddiskVolume3{path}");
+        assert_eq!(e.path, full);
+        assert_eq!(e.size, *size, "{path}: the size at the open");
+        assert!(
+            e.content == *content,
+            "{path}: the inline bytes ({} sent, {} expected)",
+            e.content.len(),
+            content.len()
+        );
+        assert_eq!(e.whole_file, *whole, "{path}: WHOLE_FILE");
+        assert_eq!(
+            host_reads.remove(&full).unwrap_or_default(),
+            *reads,
+            "{path}: the host's reads and the guest's answers"
+        );
+        let flt = r.flt_reads_of(path);
+        assert_eq!(
+            flt.len(),
+            1 + reads.len(),
+            "{path}: the first-bytes read, then one FltReadFile per host read"
+        );
+        assert!(
+            flt[0]["thread"].as_str().unwrap().starts_with("opener-"),
+            "{path}: the first bytes are read by the opener: {}",
+            flt[0]
+        );
+        assert_eq!(flt[0]["offset"], 0, "{path}");
+        assert_eq!(flt[0]["length"].as_u64(), Some(*first_len), "{path}");
+        for rd in &flt {
+            assert_eq!(
+                rd["flags"], 5,
+                "NON_CACHED | DO_NOT_UPDATE_BYTE_OFFSET: {rd}"
+            );
+            assert_eq!(rd["offset"].as_u64().unwrap() % 512, 0, "{rd}");
+            assert_eq!(rd["length"].as_u64().unwrap() % 512, 0, "{rd}");
+        }
+        // FileStandardInformation: the opener's one (the identity), and
+        // the host-read thread's only where a host read ends on a sector.
+        let standard: Vec<&Value> = r.json["flt_info_queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|q| q["path"] == *path && q["class"] == 5)
+            .collect();
+        let by_opener = standard
+            .iter()
+            .filter(|q| q["thread"].as_str().unwrap().starts_with("opener-"))
+            .count();
+        assert_eq!(by_opener, 1, "{path}: the open's own size query only");
+        let asked: Vec<u64> = standard
+            .iter()
+            .filter(|q| !q["thread"].as_str().unwrap().starts_with("opener-"))
+            .map(|q| q["end_of_file"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            asked, *sizes,
+            "{path}: the sizes the host-read thread asked"
+        );
+    }
+    assert!(
+        host_reads.is_empty(),
+        "reads of other files: {host_reads:?}"
+    );
+    let opens = r.file_ops("open");
+    assert_eq!(opens.len(), 5);
+    for o in &opens[..4] {
+        assert_allowed(o);
+    }
+    assert_denied(opens[4], STATUS_VIRUS_INFECTED);
+    let (_, received) = r.socket_frames(0);
+    assert_eq!(
+        received.iter().filter(|t| **t == "Verdict").count(),
+        5,
+        "one verdict per file: {received:?}"
+    );
+    r.assert_filter_released();
+}
+
+/// Most bytes a `FileEvent` for `path` (on the emulated volume) carries
+/// inline with the scanner's defaults: its `max_inline_len`, or less as
+/// the frame must also hold the path (§5.3.1).
+fn inline_room(path: &str) -> usize {
+    use thinagent_protocol::{FILE_EVENT_V2_FIXED_LEN, HEADER_LEN, MAX_FRAME_LEN, MAX_INLINE_LEN};
+    let path_bytes = format!(r"\Device\HarddiskVolume3{path}")
+        .encode_utf16()
+        .count()
+        * 2;
+    (MAX_FRAME_LEN - HEADER_LEN - FILE_EVENT_V2_FIXED_LEN - path_bytes).min(MAX_INLINE_LEN as usize)
+}
+
+/// What one file of the `file-inline-*` scenarios cost.
+#[derive(Debug, PartialEq)]
+struct OpenCost {
+    path: &'static str,
+    /// The open's outcome.
+    allowed: bool,
+    /// Inline bytes in its `FileEvent`, and `WHOLE_FILE`.
+    inline: (usize, bool),
+    /// `ReadRequest`s the host sent for it.
+    read_requests: usize,
+    /// `FltReadFile` calls on it (first bytes and host reads).
+    flt_reads: usize,
+}
+
+/// The open cost of each file of a `file-inline-*` scenario.
+fn open_costs(r: &Report) -> Vec<OpenCost> {
+    const PATHS: [&str; 4] = [
+        r"\Data\eicar.com",
+        r"\Data\report.txt",
+        r"\Data\page.bin",
+        r"\Data\large.bin",
+    ];
+    let events = r.file_events(0);
+    let reads = r.host_reads(0);
+    let opens = r.file_ops("open");
+    assert_eq!(events.len(), PATHS.len(), "{events:?}");
+    assert_eq!(opens.len(), PATHS.len());
+    let costs: Vec<OpenCost> = PATHS
+        .iter()
+        .zip(&events)
+        .zip(&opens)
+        .map(|((path, e), o)| {
+            let full = format!(r"\Device\HarddiskVolume3{path}");
+            assert_eq!(e.path, full);
+            OpenCost {
+                path,
+                allowed: o["allowed"] == true,
+                inline: (e.content.len(), e.whole_file),
+                read_requests: reads.get(&full).map_or(0, Vec::len),
+                flt_reads: r.flt_reads_of(path).len(),
+            }
+        })
+        .collect();
+    for c in &costs {
+        eprintln!("{c:?}");
+    }
+    costs
+}
+
+fn cost(
+    path: &'static str,
+    allowed: bool,
+    inline: (usize, bool),
+    read_requests: usize,
+    flt_reads: usize,
+) -> OpenCost {
+    OpenCost {
+        path,
+        allowed,
+        inline,
+        read_requests,
+        flt_reads,
+    }
+}
+
+/// Issue 16's cold path with the default `inlineContent` 1: EICAR (68 B),
+/// a clean 39-byte and a clean 4096-byte file are each judged in one round
+/// trip (`FileEvent` with the whole file -> `Verdict`), with no
+/// `ReadRequest`; the scanner counts them as whole inline events and pulls
+/// no byte. A clean 200 KiB file sends its first 65,372 bytes inline (the
+/// scanner's `max_inline_len` less its path's share of the frame) and the
+/// host reads the other 139,428 in 3 `ReadRequest`s (4 without).
+#[test]
+fn file_inline_content_judges_small_files_in_one_round_trip() {
+    let Some(r) = run("file-inline-on", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert_eq!(r.inline_negotiated(0), (true, 2));
+    let room = inline_room(r"\Data\large.bin");
+    assert_eq!(room, 65_372);
+    assert_eq!(
+        open_costs(&r),
+        vec![
+            cost(r"\Data\eicar.com", false, (68, true), 0, 1),
+            cost(r"\Data\report.txt", true, (39, true), 0, 1),
+            cost(r"\Data\page.bin", true, (4096, true), 0, 1),
+            cost(r"\Data\large.bin", true, (room, false), 3, 4),
+        ]
+    );
+    assert_denied(r.file_ops("open")[0], STATUS_VIRUS_INFECTED);
+    assert!(r.has_line(
+        r"AUDIT: OpenFilter : open denied: \Device\HarddiskVolume3\Data\eicar.com (pid 4242, threat Eicar-Test-Signature)"
+    ));
+    // The host reads the large file from where its inline bytes end.
+    let reads = r.host_reads(0);
+    let large = &reads[r"\Device\HarddiskVolume3\Data\large.bin"];
+    assert_eq!(large[0].offset, room as u64);
+    assert_eq!(large.last().unwrap().answer, "EndOfFile");
+    let data = pattern(200 * 1024);
+    let pulled: Vec<u8> = large.iter().flat_map(|h| h.data.clone()).collect();
+    assert!(pulled == data[room..], "the rest of the file, once");
+    // The scanner's own count.
+    let m = |name: &str| r.metric(name);
+    assert_eq!(
+        m(r#"thinagent_scanner_inline_events_total{whole="true"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"thinagent_scanner_inline_events_total{whole="false"}"#),
+        1.0
+    );
+    assert_eq!(
+        m("thinagent_scanner_inline_content_bytes_total"),
+        (68 + 39 + 4096 + room) as f64
+    );
+    assert_eq!(
+        m("thinagent_scanner_bytes_read_total"),
+        (200 * 1024 - room) as f64
+    );
+    r.assert_filter_released();
+}
+
+/// The same files with `inlineContent` 0: the guest does not announce
+/// `INLINE_CONTENT`, sends no content, and the host reads every file with
+/// `ReadRequest`s (one for each small file, 4 for 200 KiB): the behaviour
+/// before issue 16, verdicts unchanged.
+#[test]
+fn file_inline_content_off_reads_every_byte_on_request() {
+    let Some(r) = run("file-inline-off", true) else {
+        return;
+    };
+    r.assert_clean();
+    assert!(r.has_line("DEBUG: ReadParams : inlineContent: 0"));
+    assert_eq!(r.inline_negotiated(0), (false, 2));
+    assert_eq!(
+        open_costs(&r),
+        vec![
+            cost(r"\Data\eicar.com", false, (0, false), 1, 1),
+            cost(r"\Data\report.txt", true, (0, false), 1, 1),
+            cost(r"\Data\page.bin", true, (0, false), 1, 1),
+            cost(r"\Data\large.bin", true, (0, false), 4, 4),
+        ]
+    );
+    assert_denied(r.file_ops("open")[0], STATUS_VIRUS_INFECTED);
+    // Every FltReadFile is the worker's, for a host read.
+    for rd in r.json["flt_reads"].as_array().unwrap() {
+        assert!(
+            !rd["thread"].as_str().unwrap().starts_with("opener-"),
+            "{rd}"
+        );
+    }
+    let m = |name: &str| r.metric(name);
+    assert_eq!(
+        m(r#"thinagent_scanner_inline_events_total{whole="true"}"#),
+        0.0
+    );
+    assert_eq!(m("thinagent_scanner_inline_content_bytes_total"), 0.0);
+    assert_eq!(
+        m("thinagent_scanner_bytes_read_total"),
+        (68 + 39 + 4096 + 200 * 1024) as f64
     );
     r.assert_filter_released();
 }

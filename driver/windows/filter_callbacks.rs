@@ -646,6 +646,7 @@ fn decide(
         desired_access,
         create_disposition,
         file: identity.copied().unwrap_or_default(),
+        file_known: identity.is_some(),
         path: name,
         instance: objects.Instance,
         file_object: objects.FileObject,

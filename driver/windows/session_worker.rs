@@ -11,10 +11,16 @@
 //! 1. claims a free slot (no allocation: the slot's path buffer and
 //!    `KEVENT` are static), copies the normalized name into the slot's
 //!    buffer (at PASSIVE_LEVEL: Filter Manager's name buffers are paged),
-//! 2. submits the `FileEvent` to the session under the lock, wakes the
+//! 2. in a version-2 session with `inlineContent` on, takes the inline
+//!    budget under the lock, drops it, and reads the file's first bytes
+//!    with one non-cached `FltReadFile` into an aligned pool buffer
+//!    ([`read_inline`]),
+//! 3. submits the `FileEvent` (with those bytes: the session encodes them
+//!    into its transmit buffer at once, so neither a slot nor the hub holds
+//!    content) to the session under the lock, frees the buffer, wakes the
 //!    worker ([`WAKE`]) and
-//! 3. waits on the slot's event with `FltCancellableWaitForSingleObject`
-//!    for at most `umcMsgTimeoutMs`.
+//! 4. waits on the slot's event with `FltCancellableWaitForSingleObject`
+//!    for at most `umcMsgTimeoutMs` after it started.
 //!
 //! The worker ([`run`]) pumps the session: bytes to send go to the
 //! [`Transport`], received bytes into the session, each
@@ -49,7 +55,7 @@ use core::time::Duration;
 use thinagent_guest::log::routine;
 use thinagent_guest::{
     AlignError, AlignedRange, CloseReason, FailMode, Level, QueryId, QueryVerdict, SessionConfig,
-    SessionEvent, SubmitError,
+    SessionEvent, SubmitError, inline_content, inline_read_len,
 };
 use thinagent_km_sys::fltmgr::Minifilters::{
     FLT_CALLBACK_DATA, FLT_VOLUME_PROPERTIES, FLTFL_IO_OPERATION_DO_NOT_UPDATE_BYTE_OFFSET,
@@ -83,6 +89,9 @@ pub type GuestSession = crate::session_sizes::DriverSession;
 
 /// Pool tag of host-read buffers, displayed `TAgR`.
 const READ_BUFFER_TAG: u32 = pool_tag(*b"TAgR");
+/// Pool tag of the buffers a query's inline content is read into (freed
+/// before the query waits), displayed `TAgC`.
+const INLINE_BUFFER_TAG: u32 = pool_tag(*b"TAgC");
 /// Size of the buffer `poll_transmit` fills before each `send_all`.
 const SEND_CHUNK: usize = 16 * 1024;
 /// How long one `send_all` may take (the session's own timers bound the
@@ -178,6 +187,9 @@ pub struct OpenQuery<'a> {
     pub create_disposition: CreateDisposition,
     /// Volume serial, file id, size, last-write time.
     pub file: FileIdentity,
+    /// Whether `file` was queried (else it is all zero, size included):
+    /// inline content is marked `WHOLE_FILE` only against a known size.
+    pub file_known: bool,
     /// The normalized name (UTF-16, may live in paged pool).
     pub path: &'a [u16],
     /// The instance the open arrived on (`FltObjects->Instance`).
@@ -483,8 +495,25 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
         dst.copy_from_slice(&unit.to_le_bytes());
     }
 
-    // 3. Submit under the lock (unless teardown or unload answered the
-    // slot while the name was copied).
+    // 3. Inline content (protocol version 2): the budget under the lock,
+    // the read without it, on this thread (the open's file object is
+    // valid: its create is in our callback). Budget 0 (version 1,
+    // `inlineContent` 0, the slot already answered) reads nothing.
+    let budget = HUB.with(|h| {
+        if !matches!(h.waiters[index].state, SlotState::Claimed) {
+            return 0;
+        }
+        h.live().map_or(0, |s| s.inline_budget(nbytes))
+    });
+    let stated_size = q.file_known.then_some(q.file.size);
+    let first_bytes = (budget > 0).then(|| read_inline(q, budget, stated_size));
+    // Non-paged pool: the session encodes it under the spin lock.
+    let content = first_bytes.as_ref().map_or(InlineContent::NONE, |r| {
+        inline_content(r.outcome(), stated_size)
+    });
+
+    // 4. Submit under the lock (unless teardown or unload answered the
+    // slot while the name was copied or the content read).
     #[expect(
         clippy::result_large_err,
         reason = "no allocation: the early answer is copied inline"
@@ -506,7 +535,7 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
             create_disposition: q.create_disposition,
             file: q.file,
             path: FilePath::Utf16Le(&buf[..nbytes]),
-            content: InlineContent::NONE,
+            content,
         };
         match session.submit(&event, kernel::now()) {
             Ok(query) => {
@@ -519,6 +548,8 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
             }
         }
     });
+    // Encoded (or dropped) by `submit`: the buffer is free now.
+    drop(first_bytes);
     match submitted {
         Ok(()) => {}
         Err(Early::Answered(a)) => {
@@ -533,7 +564,7 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
     AgentStats::bump(&agent.stats.queries);
     WAKE.set();
 
-    // 4. Wait, cancellably, until the deadline.
+    // 5. Wait, cancellably, until the deadline.
     let left = deadline.saturating_duration_since(kernel::now());
     let rel = relative_100ns(left);
     // SAFETY: FltCancellableWaitForSingleObject (fltkernel.h,
@@ -547,6 +578,34 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
     let answer = collect(index, status, fail_mode);
     account(agent, &answer);
     answer
+}
+
+/// Reads the first bytes of the waiting open's file for its inline content
+/// (protocol version 2, docs/protocol.md §5.3.1): one non-cached
+/// `FltReadFile` of [`inline_read_len`] bytes at offset 0, sector-aligned
+/// like a host read ([`AlignedRead`]), into a `NonPagedPoolNx` buffer of at
+/// most the budget rounded up to a sector (64 KiB with the host's default
+/// `max_inline_len`), freed as soon as the session has encoded it.
+///
+/// The scanner sample (Windows-driver-samples
+/// `filesys/miniFilter/scanner/filter/scanner.c`,
+/// `ScannerpScanFileInUserMode`, called from `ScannerPostCreate`) reads a
+/// file's beginning the same way in post-create: aligned pool, offset 0,
+/// `NON_CACHED | DO_NOT_UPDATE_BYTE_OFFSET`. A failed read is logged at
+/// DEBUG and sends nothing: the host reads the file as in version 1.
+/// PASSIVE_LEVEL, on the opener's thread (post-create or pre-cleanup).
+fn read_inline(q: &OpenQuery<'_>, budget: usize, stated_size: Option<u64>) -> AlignedRead {
+    let length = inline_read_len(budget, stated_size);
+    let read = AlignedRead::new(q.instance, q.file_object, 0, length, INLINE_BUFFER_TAG);
+    if !nt_success(read.status) && read.status != STATUS_END_OF_FILE {
+        crate::klog_status!(
+            Level::Debug,
+            routine::SESSION,
+            read.status,
+            "first-bytes read failed; the host reads the file"
+        );
+    }
+    read
 }
 
 /// An answer found before the query reached the session.
@@ -680,7 +739,9 @@ enum End {
 /// (`STATUS_SUCCESS` for a local close at unload).
 pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     init();
-    let config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME);
+    // INLINE_CONTENT is announced only when `query` sends content.
+    let config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME)
+        .with_inline_content(agent.params.inline_content);
     let started = HUB.with(|h| {
         if !h.accepting || h.live {
             return false;
@@ -1000,7 +1061,7 @@ fn serve_read(
         return;
     };
     AgentStats::bump(&agent.stats.read_requests);
-    let read = AlignedRead::new(instance, file_object, offset, length);
+    let read = AlignedRead::new(instance, file_object, offset, length, READ_BUFFER_TAG);
     let outcome = read.outcome();
     answer_read(transport, send_buf, failed, read_id, outcome);
     drop(read);
@@ -1059,10 +1120,15 @@ fn answer_read(
 /// The answer ([`AlignedRange::outcome`]) is `EndOfFile` with the last
 /// bytes whenever the count the file system returned shows where the file
 /// ends; only a full read ending on a sector boundary asks the file's size.
+///
+/// Used for host reads (the worker, on a waiting open's file object) and
+/// for a query's inline content (the opener, on its own file object).
 struct AlignedRead {
     instance: PFLT_INSTANCE,
     file_object: *const FILE_OBJECT,
     buffer: *mut c_void,
+    /// The pool tag `buffer` was allocated with.
+    tag: u32,
     status: NTSTATUS,
     /// The aligned range read (None: nothing was read, `status` says why).
     range: Option<AlignedRange>,
@@ -1071,18 +1137,20 @@ struct AlignedRead {
 }
 
 impl AlignedRead {
-    /// Reads the sectors covering `length` bytes at `offset` (PASSIVE_LEVEL,
-    /// worker thread).
+    /// Reads the sectors covering `length` bytes at `offset` into a buffer
+    /// tagged `tag` (PASSIVE_LEVEL; the worker thread, or the opener's).
     fn new(
         instance: PFLT_INSTANCE,
         file_object: *const FILE_OBJECT,
         offset: u64,
         length: u32,
+        tag: u32,
     ) -> Self {
         let mut this = AlignedRead {
             instance,
             file_object,
             buffer: core::ptr::null_mut(),
+            tag,
             status: STATUS_SUCCESS,
             range: None,
             read: 0,
@@ -1102,15 +1170,11 @@ impl AlignedRead {
         let byte_offset = range.start as i64;
         // SAFETY: FltAllocatePoolAlignedWithTag (fltkernel.h,
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltallocatepoolalignedwithtag):
-        // the instance is valid while its waiter is parked (module docs);
-        // IRQL <= APC_LEVEL for this paged/non-paged request at PASSIVE.
+        // the instance is valid while its waiter is parked (module docs),
+        // or in the opener's own callback; IRQL <= APC_LEVEL for this
+        // non-paged request at PASSIVE.
         this.buffer = unsafe {
-            FltAllocatePoolAlignedWithTag(
-                instance,
-                NonPagedPoolNx,
-                range.len as usize,
-                READ_BUFFER_TAG,
-            )
+            FltAllocatePoolAlignedWithTag(instance, NonPagedPoolNx, range.len as usize, tag)
         };
         if this.buffer.is_null() {
             this.status = kernel::STATUS_INSUFFICIENT_RESOURCES;
@@ -1120,7 +1184,8 @@ impl AlignedRead {
         // SAFETY: FltReadFile (fltkernel.h,
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltreadfile):
         // synchronous (no callback), PASSIVE_LEVEL; the file object and
-        // instance belong to an open whose thread waits in `query`; the
+        // instance belong to an open whose thread waits in `query` (or is
+        // this thread, still in its create or cleanup callback); the
         // buffer holds `range.len` bytes, sector-aligned as are offset and
         // length.
         this.status = unsafe {
@@ -1171,8 +1236,9 @@ impl Drop for AlignedRead {
             // SAFETY: FltFreePoolAlignedWithTag (fltkernel.h,
             // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltfreepoolalignedwithtag):
             // the buffer came from FltAllocatePoolAlignedWithTag with this
-            // instance and tag; the instance is still pinned by the waiter.
-            unsafe { FltFreePoolAlignedWithTag(self.instance, self.buffer, READ_BUFFER_TAG) };
+            // instance and tag; the instance is still pinned by the waiter
+            // (or the opener's callback).
+            unsafe { FltFreePoolAlignedWithTag(self.instance, self.buffer, self.tag) };
         }
     }
 }

@@ -25,8 +25,14 @@
 //! exactly there, or go on. Then the answer needs the file's current size
 //! (`FileStandardInformation.EndOfFile`), and [`crate::read_reaches_end`]
 //! decides, as for the Linux agent.
+//!
+//! The same read serves a file's **inline content** (protocol version 2,
+//! `docs/protocol.md` §5.3.1): before it asks, the driver reads the first
+//! [`inline_read_len`] bytes at offset 0 in one aligned read, and
+//! [`inline_content`] turns the answer into the event's content, marked
+//! `WHOLE_FILE` only when the read itself proves it holds the whole file.
 
-use thinagent_protocol::ReadOutcome;
+use thinagent_protocol::{InlineContent, ReadOutcome};
 
 use crate::session::read_reaches_end;
 
@@ -142,6 +148,54 @@ impl AlignedRange {
         } else {
             ReadOutcome::Data(data)
         }
+    }
+}
+
+/// How many first bytes to read for a query's inline content, given the
+/// session's [`inline_budget`](crate::Session::inline_budget) (0: read
+/// nothing) and the file's size at the open, if known.
+///
+/// A file smaller than the budget is read **one byte past** its stated
+/// size, as the Linux agent does: a read that then stops at the size proves
+/// by its own count that nothing follows (no size query), and a file that
+/// grew since shows it by returning that extra byte. A file at least as
+/// large as the budget (or of unknown size) is read up to the budget.
+#[must_use]
+pub fn inline_read_len(budget: usize, stated_size: Option<u64>) -> u32 {
+    let budget = u32::try_from(budget).unwrap_or(u32::MAX);
+    match stated_size {
+        Some(size) if size < u64::from(budget) => size as u32 + 1,
+        _ => budget,
+    }
+}
+
+/// The inline content of a query from the answer to its first-bytes read
+/// ([`AlignedRange::outcome`] of a read of [`inline_read_len`] bytes at
+/// offset 0).
+///
+/// `WHOLE_FILE` only when the read met the end of the file (`EndOfFile`)
+/// and the bytes it returned are exactly the size stated in the event: the
+/// file was neither cut nor grown between the size query and the read, so
+/// the host may judge it without a `ReadRequest`. Otherwise the bytes go as
+/// the file's first bytes (`Data`, or an end that does not match the
+/// stated size) and the host reads the rest; a failed read sends nothing
+/// (the host reads everything, as in version 1).
+///
+/// The bytes are never more than the stated size (§5.3.1: at most
+/// `min(file size, ...)`): the extra byte of [`inline_read_len`], or a file
+/// that grew, is left to the host's reads.
+#[must_use]
+pub fn inline_content<'a>(outcome: ReadOutcome<'a>, stated_size: Option<u64>) -> InlineContent<'a> {
+    let (bytes, at_end) = match outcome {
+        ReadOutcome::EndOfFile(bytes) => (bytes, true),
+        ReadOutcome::Data(bytes) => (bytes, false),
+        ReadOutcome::Error(_) | ReadOutcome::Cancelled => return InlineContent::NONE,
+    };
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    let cut = stated_size.map_or(len, |size| size.min(len)) as usize;
+    InlineContent {
+        bytes: &bytes[..cut],
+        whole_file: at_end && stated_size == Some(len),
     }
 }
 
@@ -329,6 +383,100 @@ mod tests {
             r.outcome(&big, || Some(512)),
             ReadOutcome::EndOfFile(&big[..512])
         );
+    }
+
+    /// The first-bytes read of a file of `size` bytes (stated `stated` at
+    /// the open) with `budget`: what goes inline, and the size queries.
+    fn inline(size: usize, stated: Option<u64>, budget: usize) -> (InlineContent<'static>, u32) {
+        let f: &'static [u8] = Vec::leak(file(size));
+        let len = inline_read_len(budget, stated);
+        let r = AlignedRange::new(0, len, 512).unwrap();
+        let (out, asked) = serve(&r, f, Some(size as u64));
+        (inline_content(out, stated), asked)
+    }
+
+    #[test]
+    fn a_small_file_is_read_one_byte_past_its_size_and_sent_whole() {
+        assert_eq!(inline_read_len(65_447, Some(68)), 69);
+        assert_eq!(inline_read_len(65_447, Some(4096)), 4097);
+        assert_eq!(inline_read_len(65_447, Some(0)), 1);
+        for size in [0, 39, 68, 511, 512, 4096, 65_446] {
+            let (c, asked) = inline(size, Some(size as u64), 65_447);
+            assert!(c.whole_file, "{size}");
+            assert_eq!(c.bytes, &file(size)[..], "{size}");
+            assert_eq!(asked, 0, "{size}: the count tells, no size query");
+        }
+    }
+
+    #[test]
+    fn a_file_as_large_as_the_budget_or_larger_goes_in_part() {
+        assert_eq!(inline_read_len(65_447, Some(65_447)), 65_447);
+        assert_eq!(inline_read_len(65_447, Some(204_800)), 65_447);
+        assert_eq!(inline_read_len(65_447, None), 65_447);
+        assert_eq!(inline_read_len(0, Some(10)), 0);
+        // Exactly the budget: the read stops at the end, whole.
+        let (c, _) = inline(65_447, Some(65_447), 65_447);
+        assert!(c.whole_file);
+        assert_eq!(c.bytes.len(), 65_447);
+        // 200 KiB: the first 65,447 bytes, not whole.
+        let (c, asked) = inline(204_800, Some(204_800), 65_447);
+        assert!(!c.whole_file);
+        assert_eq!(c.bytes, &file(204_800)[..65_447]);
+        assert_eq!(asked, 0);
+        // A sector-multiple budget smaller than the file: the size decides, Data.
+        let (c, asked) = inline(10_000, Some(10_000), 4096);
+        assert_eq!((c.bytes.len(), c.whole_file, asked), (4096, false, 1));
+        // Size unknown: never whole, even when the read ends the file.
+        let (c, _) = inline(68, None, 65_447);
+        assert_eq!((c.bytes.len(), c.whole_file), (68, false));
+    }
+
+    #[test]
+    fn a_file_changed_since_its_size_was_taken_is_not_whole() {
+        // Stated 40, 68 now: the byte past the size comes back (Data);
+        // the stated 40 go, the host reads on.
+        let (c, _) = inline(68, Some(40), 65_447);
+        assert_eq!((c.bytes, c.whole_file), (&file(68)[..40], false));
+        // Stated 4096, 4196 now.
+        let (c, _) = inline(4196, Some(4096), 65_447);
+        assert_eq!((c.bytes.len(), c.whole_file), (4096, false));
+        // Stated 40, 41 now: the read ends the file, one byte past the size.
+        let (c, _) = inline(41, Some(40), 65_447);
+        assert_eq!((c.bytes.len(), c.whole_file), (40, false));
+        // Stated 100, cut to 30: the end, but not the stated size.
+        let (c, _) = inline(30, Some(100), 65_447);
+        assert_eq!((c.bytes, c.whole_file), (&file(30)[..], false));
+        // A failed read sends nothing.
+        let failed = ReadOutcome::Error(thinagent_protocol::OsError::NtStatus(0xC000_0022));
+        assert!(inline_content(failed, Some(10)).is_none());
+        assert!(inline_content(ReadOutcome::Cancelled, Some(10)).is_none());
+    }
+
+    proptest! {
+        /// Any file, stated size and budget: the content is the file's
+        /// first bytes, at most the budget, and `WHOLE_FILE` exactly when
+        /// it is the whole file and the file has its stated size.
+        #[test]
+        fn inline_content_is_the_first_bytes_and_whole_only_when_it_is(
+            size in 0usize..9_000,
+            stated in proptest::option::of(0u64..9_000),
+            budget in 1usize..10_000,
+            sector_shift in 9u32..13,
+        ) {
+            let f = file(size);
+            let len = inline_read_len(budget, stated);
+            prop_assert!(len as usize <= budget);
+            let r = AlignedRange::new(0, len, 1 << sector_shift).unwrap();
+            let (out, _) = serve(&r, &f, Some(size as u64));
+            let c = inline_content(out, stated);
+            prop_assert!(c.bytes.len() <= budget);
+            prop_assert!(stated.is_none_or(|s| c.bytes.len() as u64 <= s));
+            prop_assert_eq!(c.bytes, &f[..c.bytes.len()]);
+            prop_assert_eq!(
+                c.whole_file,
+                c.bytes.len() == size && stated == Some(size as u64)
+            );
+        }
     }
 
     proptest! {

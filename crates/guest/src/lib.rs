@@ -39,7 +39,7 @@ pub mod session;
 pub mod status;
 pub mod time;
 
-pub use aligned_read::{AlignError, AlignedRange};
+pub use aligned_read::{AlignError, AlignedRange, inline_content, inline_read_len};
 pub use cache::{CacheStats, CachedVerdict, InsertOutcome, VerdictCache};
 pub use clamp::{BoundedList, Clamp, Clamps};
 pub use connector::{

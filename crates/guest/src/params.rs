@@ -93,8 +93,12 @@ pub mod names {
     pub const DENY_STATUS: &str = "denyStatus";
     /// 1 = also scan opens requested from kernel mode (default 0).
     pub const SCAN_KERNEL_OPENS: &str = "scanKernelOpens";
+    /// 1 = send a small file's first bytes (or the whole file) with its
+    /// query, protocol version 2 (default); 0 = every byte on the host's
+    /// request, as in version 1.
+    pub const INLINE_CONTENT: &str = "inlineContent";
     /// Every name, for adapters that query each value.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         UMC_MSG_TIMEOUT_MS,
         CAPTURE_RETRY_COUNT,
         CAPTURE_RETRY_DELAY_MS,
@@ -112,6 +116,7 @@ pub mod names {
         VSOCK_TRANSPORT,
         DENY_STATUS,
         SCAN_KERNEL_OPENS,
+        INLINE_CONTENT,
     ];
 }
 
@@ -304,6 +309,11 @@ pub struct Params {
     pub vsock_transport: VsockTransport,
     /// Status of a denied open (`denyStatus`).
     pub deny_status: DenyStatus,
+    /// Read a file's first bytes and send them with its query, announcing
+    /// `INLINE_CONTENT` (`inlineContent`; protocol version 2, §5.3.1).
+    /// `false`: the capability is not announced and the host reads every
+    /// byte with `ReadRequest`s.
+    pub inline_content: bool,
     /// Open-filter policy holding the path and extension exclusions, and
     /// whether kernel-mode opens are scanned (`scanKernelOpens`).
     pub policy: OpenPolicy,
@@ -357,6 +367,7 @@ impl Params {
             capture_mode: CaptureMode::Deferred,
             vsock_transport: VsockTransport::Auto,
             deny_status: DenyStatus::VirusInfected,
+            inline_content: true,
             policy: OpenPolicy::new(style),
         }
     }
@@ -526,6 +537,14 @@ impl Params {
                     1 => self.policy.set_check_kernel_mode(true),
                     _ => return Err(ParamError::Invalid),
                 }
+                Ok(Applied::Set)
+            }
+            names::INLINE_CONTENT => {
+                self.inline_content = match Self::number(value)? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ParamError::Invalid),
+                };
                 Ok(Applied::Set)
             }
             names::EXCLUDE_PATHS => self.add_list(value, OpenPolicy::add_excluded_prefix),
@@ -759,6 +778,15 @@ impl Params {
                 u8::from(self.policy.checks_kernel_mode())
             ),
         ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!(
+                "{}: {}",
+                names::INLINE_CONTENT,
+                u8::from(self.inline_content)
+            ),
+        ));
     }
 }
 
@@ -792,11 +820,18 @@ mod tests {
             Ok(Applied::Set)
         );
         assert!(p.policy.checks_kernel_mode());
+        assert!(p.inline_content, "inline content is on by default");
+        assert_eq!(
+            p.apply("InlineContent", RegValue::Dword(0)),
+            Ok(Applied::Set)
+        );
+        assert!(!p.inline_content);
         for name in [
             names::CAPTURE_MODE,
             names::VSOCK_TRANSPORT,
             names::DENY_STATUS,
             names::SCAN_KERNEL_OPENS,
+            names::INLINE_CONTENT,
         ] {
             assert_eq!(p.apply(name, RegValue::Dword(3)), Err(ParamError::Invalid));
         }
@@ -804,6 +839,7 @@ mod tests {
         assert_eq!(p.capture_mode, CaptureMode::Blocking);
         assert_eq!(p.vsock_transport, VsockTransport::Virtio);
         assert!(p.policy.checks_kernel_mode());
+        assert!(!p.inline_content);
         let mut lines = 0;
         p.dump(|_| lines += 1);
         assert_eq!(
@@ -834,6 +870,7 @@ mod tests {
         );
         assert_eq!(lines.len(), names::ALL.len() + 1);
         assert_eq!(lines[17], "DEBUG: ReadParams : scanKernelOpens: 0");
+        assert_eq!(lines[18], "DEBUG: ReadParams : inlineContent: 1");
         for l in &lines {
             let parsed = parse_line(l).unwrap();
             assert!(parsed.key_value().is_some(), "{l}");

@@ -187,6 +187,10 @@ class FileNode:
         self.creation = self.last_access = self.last_write = self.change = now
         self.scb = volume.fm.m.system.alloc(0x200, tag=b"NtFc")  # FsContext
         self.stream_context = None  # Context linked to this stream
+        # Bytes appended just before the next FltReadFile of this file is
+        # served (a writer that extends the file between the filter's size
+        # query and its read), then None.
+        self.grow_before_read = None
 
     def allocation_size(self):
         cluster = 4096
@@ -993,6 +997,10 @@ class FilterManager:
             if read_out:
                 m.w32(read_out, 0)
             return STATUS_INVALID_PARAMETER
+        if node.grow_before_read is not None:
+            node.data.extend(node.grow_before_read)
+            node.grow_before_read = None
+            self.k.emit("file-grew", path=node.path, size=len(node.data))
         size = len(node.data)
         if offset >= size:
             status, n = STATUS_END_OF_FILE, 0

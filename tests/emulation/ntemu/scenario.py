@@ -575,10 +575,13 @@ def scenario_file_host_lost(driver, args, held, fail_mode=None, how="kill"):
     """The host goes away while an open waits for its verdict (``kill``: the
     connection drops; ``stall``: the host stops answering): the open is
     decided by failMode, then the driver reconnects and the next open is
-    the host's again."""
+    the host's again. The file is larger than the inline content (200 KiB):
+    its FileEvent carries the first bytes and the host must still read the
+    rest, so the query is still waiting when the host goes (a small file
+    sent whole would be answered in the one round trip)."""
     extra = {"failMode": sz(fail_mode)} if fail_mode else {}
     path = "\\Users\\Public\\invoice.pdf"
-    w = file_world(driver, args, held, [(path, CLEAN), ("\\Users\\Public\\later.txt", CLEAN)], extra)
+    w = file_world(driver, args, held, [(path, pattern(200 * 1024)), ("\\Users\\Public\\later.txt", CLEAN)], extra)
     rec = w.flt.open(path)
     w.run(until=lambda: w.file_events() >= 1, max_ms=1000)
     if w.file_events() < 1:
@@ -618,17 +621,29 @@ EOF_FILES = {
 }
 
 
-def scenario_file_reads_end_of_file(driver, args, held):
+INLINE_OFF = {"inlineContent": dword(0)}
+
+
+def scenario_file_reads_end_of_file(driver, args, held, inline=False):
     """Files whose end the host learns from the guest's reads: a small one
     (one read), sizes that are sector multiples (4096, and 65536 = one
     65480-byte chunk plus 56 bytes ending on a sector), and two that grow
     between their FileEvent and the host's reads (the model changes the
     file under the filter, as a writer through a mapped view would: the
-    stated size is stale when the host reads)."""
-    w = file_world(driver, args, held, [(p, c) for p, (c, _) in EOF_FILES.items()])
+    stated size is stale when the host reads).
+
+    ``inline=False`` (inlineContent 0): every byte goes by ReadRequest, as
+    in protocol version 1. ``inline=True`` (the default parameter): the
+    driver reads each file's first bytes before its FileEvent; the two
+    files then grow between the open's size query and that read."""
+    w = file_world(
+        driver, args, held, [(p, c) for p, (c, _) in EOF_FILES.items()], None if inline else INLINE_OFF
+    )
     for path, (_, extra) in EOF_FILES.items():
+        if inline and extra is not None:
+            w.volume.lookup(path).grow_before_read = extra
         rec = w.flt.open(path)
-        if extra is not None:
+        if extra is not None and not inline:
             sent = w.file_events()
             w.run(until=lambda: w.file_events() > sent, max_ms=1000)
             if w.file_events() <= sent:
@@ -637,6 +652,31 @@ def scenario_file_reads_end_of_file(driver, args, held):
             node.data.extend(extra)
             w.k.emit("file-grew", path=path, size=len(node.data))
         w.finish(rec)
+        if rec["allowed"]:
+            w.close(rec["handle"])
+        w.run(max_ms=100)
+    w.unload_and_wait()
+    return w
+
+
+# scenario_file_inline's files, opened in this order.
+INLINE_FILES = [
+    ("\\Data\\eicar.com", EICAR),
+    ("\\Data\\report.txt", CLEAN),
+    ("\\Data\\page.bin", pattern(4096)),
+    ("\\Data\\large.bin", pattern(200 * 1024)),
+]
+
+
+def scenario_file_inline(driver, args, held, extra=None):
+    """The cold path of protocol version 2: EICAR (68 bytes), a clean
+    39-byte file and a clean 4096-byte file, each small enough to go whole
+    with its FileEvent, and a clean 200 KiB file whose first bytes go
+    inline and the rest by ReadRequest; each opened once. ``extra``
+    (``inlineContent`` 0) turns inline content off."""
+    w = file_world(driver, args, held, INLINE_FILES, extra)
+    for path, _ in INLINE_FILES:
+        rec = w.open(path)
         if rec["allowed"]:
             w.close(rec["handle"])
         w.run(max_ms=100)
@@ -653,6 +693,9 @@ SCENARIOS.update(
         "file-host-killed-fail-closed": lambda d, a, h: scenario_file_host_lost(d, a, h, fail_mode="closed"),
         "file-host-stalled": lambda d, a, h: scenario_file_host_lost(d, a, h, how="stall"),
         "file-reads-end-of-file": scenario_file_reads_end_of_file,
+        "file-reads-end-of-file-inline": lambda d, a, h: scenario_file_reads_end_of_file(d, a, h, inline=True),
+        "file-inline-on": scenario_file_inline,
+        "file-inline-off": lambda d, a, h: scenario_file_inline(d, a, h, INLINE_OFF),
     }
 )
 
