@@ -43,9 +43,12 @@ use crate::connection::{
 };
 use crate::engine::EngineError;
 use crate::engine::clamd::{ClamdAddress, ClamdEngine};
+use crate::events::{EventBody, EventSink};
 use crate::listen::{Accepted, BindError, ListenUrl, Listener};
 use crate::log_limit::{LogLimiter, LogLimits};
 use crate::metrics::Metrics;
+use crate::quarantine::QuarantineStore;
+use crate::records::{FileRecord, GuestRecord, PathRecord};
 use crate::session::{
     Anomaly, CloseReason, GuestInfo, PolicyReason, PolicyVerdicts, SessionLimits,
 };
@@ -78,6 +81,12 @@ pub enum ServiceError {
     /// The `[tls]` certificates or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The event sink could not start.
+    #[error(transparent)]
+    Events(#[from] crate::events::SinkError),
+    /// The quarantine store could not be opened.
+    #[error(transparent)]
+    Quarantine(#[from] crate::quarantine::QuarantineError),
     /// The metrics endpoint could not be bound.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -337,6 +346,8 @@ impl PeerLog {
 pub struct ServiceObserver {
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
+    /// Detections and guest state changes ([`crate::events`]).
+    events: Option<EventSink>,
     logs: Arc<PeerLog>,
     /// `limits.request_timeout_ms`, named in the log line of a query that
     /// exceeded it.
@@ -358,9 +369,17 @@ impl ServiceObserver {
         Self {
             metrics,
             audit,
+            events: None,
             logs,
             scan_budget: None,
         }
+    }
+
+    /// Sends detections and guest state changes to `events`.
+    #[must_use]
+    pub fn with_events(mut self, events: EventSink) -> Self {
+        self.events = Some(events);
+        self
     }
 
     fn allow(&self, guest: &GuestId, kind: LogKind) -> bool {
@@ -431,6 +450,23 @@ impl ScanObserver for ServiceObserver {
     fn on_handshake(&self, guest: &GuestId, info: &GuestInfo) {
         if self.allow(guest, LogKind::Connected) {
             tracing::info!(%guest, name = %info.name, os = ?info.os, version = info.version, "guest connected");
+        }
+    }
+
+    fn on_guest_connected(&self, guest: &GuestId, info: &GuestInfo) {
+        if let Some(events) = &self.events {
+            events.emit(EventBody::GuestConnected {
+                guest: GuestRecord::new(guest, info),
+            });
+        }
+    }
+
+    fn on_guest_disconnected(&self, guest: &GuestId, info: &GuestInfo, reason: &CloseReason) {
+        if let Some(events) = &self.events {
+            events.emit(EventBody::GuestDisconnected {
+                guest: GuestRecord::new(guest, info),
+                reason: reason.to_string(),
+            });
         }
     }
 
@@ -512,6 +548,20 @@ impl ScanObserver for ServiceObserver {
             _ => {
                 tracing::debug!(guest = %r.guest, path = %r.path, verdict, source = ?r.source, "verdict");
             }
+        }
+        if let (Some(events), Some(Decision::Deny), Some(threat)) =
+            (&self.events, r.verdict, &r.threat)
+        {
+            events.emit(EventBody::Detection {
+                guest: GuestRecord::new(&r.guest, &r.guest_info),
+                path: PathRecord::from(&r.raw_path),
+                file: FileRecord::from(&r.file),
+                threat: threat.clone(),
+                engine: r.engine.map(str::to_string),
+                operation: kind_label(&format!("{:?}", r.kind)),
+                verdict: verdict.to_string(),
+                cache: cache.to_string(),
+            });
         }
         if let Some(audit) = &self.audit {
             audit.write(&AuditEntry {
@@ -617,6 +667,7 @@ pub struct Service {
     /// Bound on a `tls://` connection's TLS handshake.
     tls_handshake_timeout: Duration,
     allowed_cids: Vec<u32>,
+    quarantine: Option<Arc<Mutex<QuarantineStore>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -649,11 +700,44 @@ impl Service {
         let audit = audit
             .map(|file| AuditLog::start(file, metrics.audit_records_not_written.clone()))
             .transpose()?;
+        let events = match config.events.sink() {
+            Some(sink) => {
+                let m = metrics.clone();
+                let sink = tokio::task::spawn_blocking(move || EventSink::open(&sink, m))
+                    .await
+                    .map_err(|e| ServiceError::Loader(e.to_string()))??;
+                Some(sink)
+            }
+            None => None,
+        };
+        let quarantine = match &config.quarantine.dir {
+            Some(dir) => {
+                let (dir, limits) = (dir.clone(), config.quarantine.limits());
+                let store =
+                    tokio::task::spawn_blocking(move || QuarantineStore::open(&dir, limits))
+                        .await
+                        .map_err(|e| ServiceError::Loader(e.to_string()))??;
+                let u = store.usage();
+                tracing::info!(
+                    dir = %store.dir().display(),
+                    entries = u.entries,
+                    bytes = u.bytes,
+                    max_entries = u.limits.max_entries,
+                    max_bytes = u.limits.max_bytes,
+                    report = ?store.report(),
+                    "quarantine store open"
+                );
+                Some(Arc::new(Mutex::new(store)))
+            }
+            None => None,
+        };
         let logs = Arc::new(PeerLog::new(LogLimits::default(), metrics.clone()));
-        let observer = Arc::new(
-            ServiceObserver::new(metrics.clone(), audit, logs.clone())
-                .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms)),
-        );
+        let mut observer = ServiceObserver::new(metrics.clone(), audit, logs.clone())
+            .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms));
+        if let Some(events) = events {
+            observer = observer.with_events(events);
+        }
+        let observer = Arc::new(observer);
         let ctx = Arc::new(ScanContext::with_caches(
             set,
             connection_limits(config),
@@ -708,6 +792,7 @@ impl Service {
             }),
             tls_handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             allowed_cids: config.allowed_cids.clone(),
+            quarantine,
         })
     }
 
@@ -729,6 +814,7 @@ impl Service {
             ctx: self.ctx.clone(),
             metrics: self.metrics.clone(),
             signature_config: self.signature_config.clone(),
+            quarantine: self.quarantine.clone(),
         }
     }
 
@@ -924,6 +1010,7 @@ pub struct ServiceHandle {
     ctx: Arc<ScanContext>,
     metrics: Arc<Metrics>,
     signature_config: SignatureConfig,
+    quarantine: Option<Arc<Mutex<QuarantineStore>>>,
 }
 
 impl std::fmt::Debug for ServiceHandle {
@@ -967,6 +1054,12 @@ impl ServiceHandle {
     /// The shared scan context (caches, active signature set).
     pub fn context(&self) -> &Arc<ScanContext> {
         &self.ctx
+    }
+
+    /// The quarantine store, when `quarantine.dir` is set (its operations
+    /// block on file I/O: call them from `spawn_blocking`).
+    pub fn quarantine(&self) -> Option<&Arc<Mutex<QuarantineStore>>> {
+        self.quarantine.as_ref()
     }
 }
 
