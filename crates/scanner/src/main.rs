@@ -26,7 +26,7 @@ struct Cli {
     /// TOML configuration file (see dist/thinagent-scanner.toml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Run every check of the start short of binding (values, signatures, audit log path; pings clamd), then exit: 0 valid, 2 not.
+    /// Run every check of the start short of binding (values, signatures, audit log, event and quarantine paths; pings clamd), then exit: 0 valid, 2 not.
     #[arg(long)]
     check_config: bool,
     /// Listen here (repeatable): vsock://any:PORT, tcp://127.0.0.1:PORT, unix:///path. [config: listen]

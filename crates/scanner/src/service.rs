@@ -81,6 +81,16 @@ pub enum ServiceError {
     /// The `[tls]` certificates or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A file or directory of the configuration is unusable.
+    #[error("config: {key} = {}: {why}; fix it, or choose another path", .path.display())]
+    Path {
+        /// The key (`events.queue_dir`).
+        key: &'static str,
+        /// Its value.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The event sink could not start.
     #[error(transparent)]
     Events(#[from] crate::events::SinkError),
@@ -186,6 +196,18 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
     config.validate()?;
     let signature_config = signature_config(config)?;
     let set = load_signatures(&signature_config)?;
+    // Paths the start creates: checked without creating anything.
+    if config.events.sink().is_some() {
+        if let Some(file) = &config.events.file {
+            check_file("events.file", file)?;
+        }
+        if let Some(dir) = &config.events.queue_dir {
+            check_dir("events.queue_dir", dir)?;
+        }
+    }
+    if let Some(dir) = &config.quarantine.dir {
+        check_dir("quarantine.dir", dir)?;
+    }
     // Last: nothing after it fails, so a check never leaves a file behind.
     let audit = config
         .audit_log
@@ -197,6 +219,83 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
         set,
         audit,
     })
+}
+
+/// Checks that `dir` is, or can be created as, a directory this user may
+/// write: its nearest existing ancestor must be a directory in which a
+/// file can be created (one is, and removed again).
+pub fn check_dir(key: &'static str, dir: &std::path::Path) -> Result<(), ServiceError> {
+    use std::path::Path;
+    let err = |why: String| ServiceError::Path {
+        key,
+        path: dir.to_path_buf(),
+        why,
+    };
+    let mut probe = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(err(format!("{} is not a directory", probe.display())));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                probe = probe
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+            }
+            Err(e) => return Err(err(format!("{}: {e}", probe.display()))),
+        }
+    }
+    let test = probe.join(format!(".thinagent-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&test)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&test);
+            Ok(())
+        }
+        Err(e) => Err(err(format!(
+            "this user cannot create files in {}: {e}",
+            probe.display()
+        ))),
+    }
+}
+
+/// Checks that `file` can be appended to (or created) without changing
+/// it: an existing file must be a writable non-directory, a missing one
+/// needs an existing directory.
+pub fn check_file(key: &'static str, file: &std::path::Path) -> Result<(), ServiceError> {
+    let err = |why: String| ServiceError::Path {
+        key,
+        path: file.to_path_buf(),
+        why,
+    };
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_dir() => Err(err("a directory, not a file".into())),
+        Ok(_) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(file)
+            .map(drop)
+            .map_err(|e| err(format!("cannot be written: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if parent.is_dir() {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "the directory {} does not exist",
+                    parent.display()
+                )))
+            }
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
 }
 
 /// Pings the configured clamd.
