@@ -711,12 +711,12 @@ impl Config {
         range("clamd_timeout_ms", self.clamd_timeout_ms, 1, ms)?;
         let ev = &self.events;
         if let Some(url) = &ev.webhook_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+            && let Err(why) = crate::events::check_webhook_url(url)
         {
             return Err(ConfigError::Invalid {
                 key: "events.webhook_url",
                 value: url.clone(),
-                why: "expected an http:// or https:// URL".into(),
+                why,
             });
         }
         if ev.queue_dir.is_none() {

@@ -109,8 +109,7 @@ pub enum EventBody {
         file: FileRecord,
         /// What was found.
         threat: String,
-        /// The engine that found it (null when the verdict came from a
-        /// cache).
+        /// The engine that found it (also for a cached verdict).
         engine: Option<String>,
         /// `open`, `execute`, `close_after_write`.
         operation: String,
@@ -426,11 +425,16 @@ struct WebhookDest {
 
 impl WebhookDest {
     fn new(url: &str, config: &SinkConfig) -> Result<Self, SinkError> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(SinkError::Webhook {
-                url: url.into(),
-                message: "expected an http:// or https:// URL".into(),
-            });
+        let cleartext = check_webhook_url(url).map_err(|message| SinkError::Webhook {
+            url: url.into(),
+            message,
+        })?;
+        if cleartext {
+            tracing::warn!(
+                url,
+                "events.webhook_url is plain http:// beyond loopback: detections cross the network \
+                 unencrypted and unauthenticated; prefer https://"
+            );
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
@@ -461,6 +465,28 @@ impl WebhookDest {
             Err(format!("HTTP status {status}"))
         }
     }
+}
+
+/// Checks a webhook URL: `http://` or `https://` with a host. Returns
+/// whether it is plain `http://` to a host that is not loopback.
+pub fn check_webhook_url(url: &str) -> Result<bool, String> {
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected http(s)://HOST[:PORT]/PATH"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err("expected an http:// or https:// URL".into()),
+    };
+    let Some(host) = uri.host() else {
+        return Err("the URL has no host".into());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    Ok(!https && !loopback)
 }
 
 fn start_writer(
@@ -1037,6 +1063,22 @@ mod tests {
             .unwrap();
         assert!(depth > 0, "{text}");
         assert_eq!(depth as u64 + dropped, 20, "{text}");
+    }
+
+    #[test]
+    fn webhook_urls() {
+        assert_eq!(check_webhook_url("https://soc.example/hook"), Ok(false));
+        assert_eq!(check_webhook_url("http://127.0.0.1:8080/x"), Ok(false));
+        assert_eq!(check_webhook_url("http://[::1]:8080/x"), Ok(false));
+        assert_eq!(check_webhook_url("http://localhost/x"), Ok(false));
+        assert_eq!(check_webhook_url("http://soc.example/x"), Ok(true));
+        assert!(
+            check_webhook_url("ftp://x/")
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(check_webhook_url("http://").is_err());
+        assert!(check_webhook_url("not a url").is_err());
     }
 
     #[test]

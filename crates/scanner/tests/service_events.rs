@@ -186,6 +186,8 @@ fn eicar_denied_and_the_webhook_gets_the_detection() {
     );
     let d = &got[1];
     assert_eq!(d["threat"], "Eicar-Test-Signature");
+    assert_eq!(d["engine"], "builtin");
+    assert_eq!(d["cache"], "none");
     assert_eq!(d["verdict"], "deny");
     assert_eq!(d["operation"], "open");
     assert_eq!(d["guest"]["peer"], "tcp:127.0.0.1");
