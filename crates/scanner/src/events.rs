@@ -180,8 +180,13 @@ pub enum SinkError {
         dir: PathBuf,
     },
     /// The events file cannot be written.
-    #[error(transparent)]
-    File(#[from] crate::audit::AuditOpenError),
+    #[error("events: cannot open events.file {}: {source}; give a writable file path in an existing directory", .path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The webhook client could not be set up.
     #[error("events: webhook {url}: {message}")]
     Webhook {
@@ -218,10 +223,19 @@ impl EventSink {
     /// Opens the queues (creating `queue_dir` if missing) and starts a
     /// writer per destination. Blocking (fsyncs).
     pub fn open(config: &SinkConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(&config.queue_dir).map_err(|e| SinkError::Queue {
-            path: config.queue_dir.clone(),
-            message: e.to_string(),
-        })?;
+        // 0700: events name guests, paths and threats.
+        let mut dirs = std::fs::DirBuilder::new();
+        dirs.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            dirs.mode(0o700);
+        }
+        dirs.create(&config.queue_dir)
+            .map_err(|e| SinkError::Queue {
+                path: config.queue_dir.clone(),
+                message: e.to_string(),
+            })?;
         let lock_path = config.queue_dir.join("lock");
         let lock = OpenOptions::new()
             .read(true)
@@ -250,7 +264,14 @@ impl EventSink {
         let mut outputs = Vec::new();
         if let Some(path) = &config.file {
             // Opened once here so a wrong path fails the start.
-            crate::audit::AuditFile::open(path)?;
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|source| SinkError::File {
+                    path: path.clone(),
+                    source,
+                })?;
             let dest = Destination::File(FileDest { path: path.clone() });
             outputs.push(start_writer("file", dest, config, metrics.clone())?);
         }
@@ -866,6 +887,15 @@ mod tests {
         )
         .unwrap();
         drop(again);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("queue"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
         let size = std::fs::metadata(dir.path().join("queue/file.queue"))
             .unwrap()
             .len();
@@ -1114,6 +1144,6 @@ mod tests {
             Arc::new(Metrics::new()),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(e.to_string().contains("events.file"), "{e}");
     }
 }
