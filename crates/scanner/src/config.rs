@@ -313,6 +313,99 @@ pub enum LogFormat {
     Json,
 }
 
+/// The event sink ([`crate::events`]): detections and guest state changes
+/// as JSON lines to a file and/or a webhook, through an on-disk queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Append events (JSON lines) to this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// POST events (JSON lines) to this `http://` or `https://` URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Directory of the on-disk queues that keep undelivered events across
+    /// restarts (required with `file` or `webhook_url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_dir: Option<PathBuf>,
+    /// Most bytes each destination's queue holds on disk; past it new
+    /// events are dropped and counted.
+    pub max_queue_bytes: u64,
+    /// A whole webhook request (connect, send, answer), milliseconds.
+    pub timeout_ms: u64,
+    /// A webhook connect, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest wait between retries of a failed delivery, milliseconds
+    /// (back-off doubles from 500 ms up to it).
+    pub retry_max_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            webhook_url: None,
+            queue_dir: None,
+            max_queue_bytes: 64 * 1024 * 1024,
+            timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            retry_max_ms: 60_000,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The sink's configuration, when a destination is set.
+    pub fn sink(&self) -> Option<crate::events::SinkConfig> {
+        if self.file.is_none() && self.webhook_url.is_none() {
+            return None;
+        }
+        Some(crate::events::SinkConfig {
+            file: self.file.clone(),
+            webhook_url: self.webhook_url.clone(),
+            queue_dir: self.queue_dir.clone()?,
+            max_queue_bytes: self.max_queue_bytes,
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            retry_max: std::time::Duration::from_millis(self.retry_max_ms),
+        })
+    }
+}
+
+/// The quarantine store ([`crate::quarantine`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// The store's directory (created 0700 if missing); unset: no store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Most distinct content bytes held; a file that does not fit is not
+    /// quarantined (never evicts).
+    pub max_bytes: u64,
+    /// Most entries holding content.
+    pub max_entries: u64,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: 1 << 30,
+            max_entries: 10_000,
+        }
+    }
+}
+
+impl QuarantineConfig {
+    /// The store's limits.
+    pub fn limits(&self) -> crate::quarantine::QuarantineLimits {
+        crate::quarantine::QuarantineLimits {
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+        }
+    }
+}
+
 /// The whole service configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -355,6 +448,10 @@ pub struct Config {
     pub guest_policy: crate::guest_policy::GuestPolicyConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Event sink.
+    pub events: EventsConfig,
+    /// Quarantine store.
+    pub quarantine: QuarantineConfig,
 }
 
 impl Default for Config {
@@ -375,6 +472,8 @@ impl Default for Config {
             policy: Policy::default(),
             guest_policy: crate::guest_policy::GuestPolicyConfig::default(),
             log: LogConfig::default(),
+            events: EventsConfig::default(),
+            quarantine: QuarantineConfig::default(),
         }
     }
 }
@@ -621,6 +720,56 @@ impl Config {
         )?;
         range("cache.ttl_secs", self.cache.ttl_secs, 1, 1 << 32)?;
         range("clamd_timeout_ms", self.clamd_timeout_ms, 1, ms)?;
+        let ev = &self.events;
+        if let Some(url) = &ev.webhook_url
+            && let Err(why) = crate::events::check_webhook_url(url)
+        {
+            return Err(ConfigError::Invalid {
+                key: "events.webhook_url",
+                value: url.clone(),
+                why,
+            });
+        }
+        if ev.queue_dir.is_none() {
+            let set = [
+                (
+                    "events.file",
+                    ev.file.as_ref().map(|p| p.display().to_string()),
+                ),
+                ("events.webhook_url", ev.webhook_url.clone()),
+            ];
+            if let Some((key, Some(value))) = set.into_iter().find(|(_, v)| v.is_some()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value,
+                    why: "events are delivered through an on-disk queue that keeps them across \
+                          restarts: set events.queue_dir (--events-queue-dir) to a directory, \
+                          e.g. /var/lib/thinagent/events"
+                        .into(),
+                });
+            }
+        }
+        range(
+            "events.max_queue_bytes",
+            ev.max_queue_bytes,
+            64 * 1024,
+            1 << 40,
+        )?;
+        range("events.timeout_ms", ev.timeout_ms, 1, ms)?;
+        range("events.connect_timeout_ms", ev.connect_timeout_ms, 1, ms)?;
+        range("events.retry_max_ms", ev.retry_max_ms, 1, ms)?;
+        range(
+            "quarantine.max_bytes",
+            self.quarantine.max_bytes,
+            1,
+            u64::MAX,
+        )?;
+        range(
+            "quarantine.max_entries",
+            self.quarantine.max_entries,
+            1,
+            1 << 32,
+        )?;
         Ok(())
     }
 }
@@ -708,6 +857,55 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("listen"));
+    }
+
+    #[test]
+    fn events_and_quarantine_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "[events]\nfile = \"/var/log/e.jsonl\"\nwebhook_url = \"https://soc.example/hook\"\n\
+             queue_dir = \"/var/lib/q\"\nretry_max_ms = 1000\n\
+             [quarantine]\ndir = \"/var/lib/quarantine\"\nmax_entries = 5\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let sink = c.events.sink().unwrap();
+        assert_eq!(sink.retry_max, std::time::Duration::from_secs(1));
+        assert_eq!(sink.queue_dir, Path::new("/var/lib/q"));
+        assert_eq!(c.quarantine.limits().max_entries, 5);
+        assert_eq!(c.quarantine.limits().max_bytes, 1 << 30);
+        assert!(Config::default().events.sink().is_none());
+        // a destination without a queue directory says what to set
+        let c = Config::from_toml("[events]\nfile = \"/tmp/e\"\n", Path::new("x.toml")).unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("events.queue_dir") && msg.contains("--events-queue-dir"),
+            "{msg}"
+        );
+        let c = Config::from_toml(
+            "[events]\nwebhook_url = \"ftp://x\"\nqueue_dir = \"/q\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("http://"));
+        let mut c = Config::default();
+        c.events.max_queue_bytes = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_queue_bytes")
+        );
+        let mut c = Config::default();
+        c.quarantine.max_entries = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_entries")
+        );
+        let e = Config::from_toml("[quarantine]\nmax_byte = 1\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_byte"));
     }
 
     fn limits(toml: &str) -> Result<Limits, ConfigError> {

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use thinagent_protocol::{Decision, EventKind, GoodbyeReason};
+use thinagent_protocol::{Decision, EventKind, FileIdentity, GoodbyeReason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -43,7 +43,7 @@ use crate::guests::{Detection, GuestCommand, GuestRegistry, ScanUpdate};
 use crate::scan::{FileScan, ScanOutcome, ScanVerdict, content_key, scan_complete};
 use crate::session::{
     ActionError, ActionOutcome, Anomaly, CloseReason, ContentFailure, EventId, GuestInfo,
-    HostSession, Inline, PolicyReason, Query, QueryOutcome, SessionEvent, SessionLimits,
+    GuestPath, HostSession, Inline, PolicyReason, Query, QueryOutcome, SessionEvent, SessionLimits,
 };
 use crate::signatures::{SharedSignatures, SignatureSet};
 
@@ -283,6 +283,13 @@ pub struct AuditRecord {
     pub guest: GuestId,
     /// The guest's announced name.
     pub guest_name: String,
+    /// Everything the guest announced in `Hello` (name, OS, agent and
+    /// protocol version).
+    pub guest_info: Arc<GuestInfo>,
+    /// The file's identity as the guest reported it.
+    pub file: FileIdentity,
+    /// The path as the guest sent it (`path` is its lossy text).
+    pub raw_path: GuestPath,
     /// The event id.
     pub event_id: EventId,
     /// Open / Execute / CloseAfterWrite.
@@ -318,6 +325,16 @@ pub trait ScanObserver: Send + Sync {
     /// The handshake completed.
     fn on_handshake(&self, guest: &GuestId, info: &GuestInfo) {
         let _ = (guest, info);
+    }
+    /// The guest was admitted after its handshake: it is connected (every
+    /// call is followed by one [`on_guest_disconnected`](Self::on_guest_disconnected)).
+    fn on_guest_connected(&self, guest: &GuestId, info: &GuestInfo) {
+        let _ = (guest, info);
+    }
+    /// A guest [`on_guest_connected`](Self::on_guest_connected) announced
+    /// is gone (called before [`on_session_closed`](Self::on_session_closed)).
+    fn on_guest_disconnected(&self, guest: &GuestId, info: &GuestInfo, reason: &CloseReason) {
+        let _ = (guest, info, reason);
     }
     /// The connection ended.
     fn on_session_closed(&self, guest: &GuestId, reason: &CloseReason) {
@@ -456,6 +473,7 @@ where
         work: std::collections::HashMap::new(),
         results: mpsc::unbounded_channel(),
         closed: None,
+        connected: None,
         buffered: 0,
         serial: None,
         commands: None,
@@ -577,6 +595,8 @@ struct Driver {
         mpsc::UnboundedReceiver<WorkMessage>,
     ),
     closed: Option<CloseReason>,
+    /// The guest, once admitted (announced to the observer as connected).
+    connected: Option<Arc<GuestInfo>>,
     /// Content bytes buffered (or handed to buffered scans) by this
     /// connection, bounded by [`Limits::scan_buffer_total`].
     buffered: usize,
@@ -628,6 +648,9 @@ impl Driver {
                         && let Err(reason) = admit.admit(&self.guest, &info)
                     {
                         self.session.close(reason, now());
+                    } else {
+                        self.ctx.observer.on_guest_connected(&self.guest, &info);
+                        self.connected = Some(info);
                     }
                 }
                 SessionEvent::Health(h) => self.ctx.guests.health(&self.guest, h),
@@ -685,6 +708,11 @@ impl Driver {
                 }
                 SessionEvent::Anomaly(a) => self.ctx.observer.on_protocol_event(&self.guest, &a),
                 SessionEvent::Closed(reason) => {
+                    if let Some(info) = self.connected.take() {
+                        self.ctx
+                            .observer
+                            .on_guest_disconnected(&self.guest, &info, &reason);
+                    }
                     self.ctx.observer.on_session_closed(&self.guest, &reason);
                     if let Some(serial) = self.serial.take() {
                         self.ctx.guests.disconnected(&self.guest, serial);
@@ -1041,6 +1069,9 @@ impl Driver {
             time: SystemTime::now(),
             guest: self.guest.clone(),
             guest_name: query.guest.name.clone(),
+            guest_info: Arc::clone(&query.guest),
+            file: query.file,
+            raw_path: query.path.clone(),
             event_id: query.id,
             kind: query.kind,
             path: query.path.to_string_lossy(),

@@ -15,11 +15,14 @@ pub mod connection;
 #[cfg(unix)]
 pub mod control;
 pub mod engine;
+pub mod events;
 pub mod guest_policy;
 pub mod guests;
 pub mod listen;
 pub mod log_limit;
 pub mod metrics;
+pub mod quarantine;
+pub mod records;
 pub mod scan;
 pub mod service;
 pub mod session;

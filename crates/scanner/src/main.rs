@@ -26,7 +26,7 @@ struct Cli {
     /// TOML configuration file (see dist/thinagent-scanner.toml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Run every check of the start short of binding (values, signatures, audit log path; pings clamd), then exit: 0 valid, 2 not.
+    /// Run every check of the start short of binding (values, signatures, audit log, event and quarantine paths; pings clamd), then exit: 0 valid, 2 not.
     #[arg(long)]
     check_config: bool,
     /// Listen here (repeatable): vsock://any:PORT, tcp://127.0.0.1:PORT, unix:///path. [config: listen]
@@ -140,6 +140,54 @@ struct Cli {
     /// text|json. [config: log.format]
     #[arg(long, value_name = "text|json")]
     log_format: Option<String>,
+    /// Append every event (detections, guest connects/disconnects) as a JSON line to PATH. [config: events.file]
+    #[arg(long, value_name = "PATH")]
+    events_file: Option<PathBuf>,
+    /// POST every event as JSON lines to this http(s) URL, retried until it answers 2xx. [config: events.webhook_url]
+    #[arg(long, value_name = "URL")]
+    events_webhook_url: Option<String>,
+    /// Directory of the on-disk event queues (needed with --events-file or --events-webhook-url). [config: events.queue_dir]
+    #[arg(long, value_name = "DIR")]
+    events_queue_dir: Option<PathBuf>,
+    /// Most bytes each event queue holds on disk; past it new events are dropped and counted. [config: events.max_queue_bytes]
+    #[arg(long, value_name = "BYTES")]
+    events_max_queue_bytes: Option<u64>,
+    /// Whole webhook request. [config: events.timeout_ms]
+    #[arg(long, value_name = "MS")]
+    events_timeout_ms: Option<u64>,
+    /// Webhook connect. [config: events.connect_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    events_connect_timeout_ms: Option<u64>,
+    /// Longest back-off between delivery retries. [config: events.retry_max_ms]
+    #[arg(long, value_name = "MS")]
+    events_retry_max_ms: Option<u64>,
+    /// Quarantine store directory (created 0700). [config: quarantine.dir]
+    #[arg(long, value_name = "DIR")]
+    quarantine_dir: Option<PathBuf>,
+    /// Most distinct content bytes the quarantine holds (full: storing fails, nothing is evicted). [config: quarantine.max_bytes]
+    #[arg(long, value_name = "BYTES")]
+    quarantine_max_bytes: Option<u64>,
+    /// Most quarantine entries holding content. [config: quarantine.max_entries]
+    #[arg(long, value_name = "N")]
+    quarantine_max_entries: Option<u64>,
+    /// Guests' fail mode, sent as their policy. [config: guest_policy.fail_mode]
+    #[arg(long, value_name = "MODE", value_parser = ["open", "closed"])]
+    guest_fail_mode: Option<String>,
+    /// Guests' debug level 0..=4. [config: guest_policy.debug_level]
+    #[arg(long, value_name = "N")]
+    guest_debug_level: Option<u8>,
+    /// Guests' exclusions, KIND:VALUE with KIND path-prefix, extension or process (repeatable; replaces their lists). [config: guest_policy.exclusions]
+    #[arg(long = "guest-exclude", value_name = "KIND:VALUE")]
+    guest_exclude: Vec<String>,
+    /// Guests' deadline per on-access query, ms. [config: guest_policy.query_timeout_ms]
+    #[arg(long, value_name = "MS")]
+    guest_query_timeout_ms: Option<u32>,
+    /// Longest a guest keeps a verdict, s. [config: guest_policy.cache_ttl_max_secs]
+    #[arg(long, value_name = "SECS")]
+    guest_cache_ttl_max_secs: Option<u32>,
+    /// Guests do not query larger files, bytes (0 = no limit). [config: guest_policy.max_scan_size]
+    #[arg(long, value_name = "BYTES")]
+    guest_max_scan_size: Option<u64>,
 }
 
 fn set<T>(slot: &mut T, v: Option<T>) {
@@ -225,6 +273,67 @@ impl Cli {
         set(&mut c.policy.timeout, self.on_timeout);
         set(&mut c.policy.error, self.on_error);
         set(&mut c.log.level, self.log_level.clone());
+        let ev = &mut c.events;
+        if self.events_file.is_some() {
+            ev.file = self.events_file.clone();
+        }
+        if self.events_webhook_url.is_some() {
+            ev.webhook_url = self.events_webhook_url.clone();
+        }
+        if self.events_queue_dir.is_some() {
+            ev.queue_dir = self.events_queue_dir.clone();
+        }
+        set(&mut ev.max_queue_bytes, self.events_max_queue_bytes);
+        set(&mut ev.timeout_ms, self.events_timeout_ms);
+        set(&mut ev.connect_timeout_ms, self.events_connect_timeout_ms);
+        set(&mut ev.retry_max_ms, self.events_retry_max_ms);
+        if self.quarantine_dir.is_some() {
+            c.quarantine.dir = self.quarantine_dir.clone();
+        }
+        set(&mut c.quarantine.max_bytes, self.quarantine_max_bytes);
+        set(&mut c.quarantine.max_entries, self.quarantine_max_entries);
+        let gp = &mut c.guest_policy;
+        if let Some(mode) = &self.guest_fail_mode {
+            gp.fail_mode = Some(match mode.as_str() {
+                "open" => thinagent_scanner::guest_policy::FailModeConfig::Open,
+                _ => thinagent_scanner::guest_policy::FailModeConfig::Closed,
+            });
+        }
+        if self.guest_debug_level.is_some() {
+            gp.debug_level = self.guest_debug_level;
+        }
+        if !self.guest_exclude.is_empty() {
+            let mut list = Vec::new();
+            for item in &self.guest_exclude {
+                let (kind, value) = item.split_once(':').with_context(|| {
+                    format!("--guest-exclude {item:?}: expected KIND:VALUE, e.g. path-prefix:/proc")
+                })?;
+                let kind = match kind {
+                    "path-prefix" => {
+                        thinagent_scanner::guest_policy::ExclusionKindConfig::PathPrefix
+                    }
+                    "extension" => thinagent_scanner::guest_policy::ExclusionKindConfig::Extension,
+                    "process" => thinagent_scanner::guest_policy::ExclusionKindConfig::Process,
+                    other => anyhow::bail!(
+                        "--guest-exclude {item:?}: unknown kind {other:?}; use path-prefix, extension or process"
+                    ),
+                };
+                list.push(thinagent_scanner::guest_policy::ExclusionConfig {
+                    kind,
+                    value: value.to_owned(),
+                });
+            }
+            gp.exclusions = Some(list);
+        }
+        if self.guest_query_timeout_ms.is_some() {
+            gp.query_timeout_ms = self.guest_query_timeout_ms;
+        }
+        if self.guest_cache_ttl_max_secs.is_some() {
+            gp.cache_ttl_max_secs = self.guest_cache_ttl_max_secs;
+        }
+        if self.guest_max_scan_size.is_some() {
+            gp.max_scan_size = self.guest_max_scan_size;
+        }
         if let Some(f) = &self.log_format {
             c.log.format = match f.as_str() {
                 "text" => LogFormat::Text,
@@ -386,5 +495,114 @@ fn main() -> ExitCode {
             eprintln!("thinagent-scanner: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Keys that are unset in the default configuration, so the default's
+    /// serialization does not show them.
+    const UNSET_BY_DEFAULT: &[&str] = &[
+        "clamd",
+        "audit_log",
+        "metrics",
+        "tls.cert",
+        "tls.key",
+        "tls.client_ca",
+        "limits.max_read_chunk",
+        "limits.max_inline_len",
+        "limits.idle_timeout_ms",
+        "limits.heartbeat_interval_ms",
+        "events.file",
+        "events.webhook_url",
+        "events.queue_dir",
+        "quarantine.dir",
+        "control_socket",
+        "guest_policy.fail_mode",
+        "guest_policy.debug_level",
+        "guest_policy.exclusions",
+        "guest_policy.query_timeout_ms",
+        "guest_policy.cache_ttl_max_secs",
+        "guest_policy.max_scan_size",
+    ];
+
+    /// Every key of the configuration has a command-line option that names
+    /// it (`[config: KEY]` in its help).
+    #[test]
+    fn every_config_key_has_a_flag() {
+        let help = Cli::command().render_long_help().to_string();
+        let mut keys: Vec<String> = UNSET_BY_DEFAULT.iter().map(|k| k.to_string()).collect();
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        for (key, v) in value.as_table().unwrap() {
+            match v.as_table() {
+                Some(t) => keys.extend(t.keys().map(|sub| format!("{key}.{sub}"))),
+                None => keys.push(key.clone()),
+            }
+        }
+        for key in keys {
+            assert!(
+                help.contains(&format!("[config: {key}]")),
+                "no option names [config: {key}]"
+            );
+        }
+    }
+
+    #[test]
+    fn events_and_quarantine_flags_override_the_file() {
+        let cli = Cli::parse_from([
+            "thinagent-scanner",
+            "--events-file",
+            "/tmp/e.jsonl",
+            "--events-webhook-url",
+            "http://127.0.0.1:9/x",
+            "--events-queue-dir",
+            "/tmp/q",
+            "--events-max-queue-bytes",
+            "100000",
+            "--events-timeout-ms",
+            "7",
+            "--events-connect-timeout-ms",
+            "8",
+            "--events-retry-max-ms",
+            "9",
+            "--quarantine-dir",
+            "/tmp/quar",
+            "--quarantine-max-bytes",
+            "10",
+            "--quarantine-max-entries",
+            "11",
+        ]);
+        let c = cli.config().unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.events.file.as_deref(),
+            Some(std::path::Path::new("/tmp/e.jsonl"))
+        );
+        assert_eq!(
+            c.events.webhook_url.as_deref(),
+            Some("http://127.0.0.1:9/x")
+        );
+        assert_eq!(
+            c.events.queue_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/q"))
+        );
+        assert_eq!(
+            (
+                c.events.max_queue_bytes,
+                c.events.timeout_ms,
+                c.events.connect_timeout_ms,
+                c.events.retry_max_ms
+            ),
+            (100_000, 7, 8, 9)
+        );
+        assert_eq!(
+            c.quarantine.dir.as_deref(),
+            Some(std::path::Path::new("/tmp/quar"))
+        );
+        assert_eq!((c.quarantine.max_bytes, c.quarantine.max_entries), (10, 11));
     }
 }

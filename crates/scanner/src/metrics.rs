@@ -53,6 +53,22 @@ pub struct WholeLabel {
     pub whole: String,
 }
 
+/// One label named `sink` (`file`, `webhook`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// The event destination.
+    pub sink: String,
+}
+
+/// Labels `sink` and `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReasonLabel {
+    /// The event destination.
+    pub sink: String,
+    /// Why (`queue_full`, `channel_full`, `queue_error`).
+    pub reason: String,
+}
+
 /// Every metric of the service. Cheap to update from any task.
 #[derive(Debug)]
 pub struct Metrics {
@@ -103,6 +119,16 @@ pub struct Metrics {
     /// `engine_failed`, `no_content_capability`, `session_closing`,
     /// `over_limit`).
     pub policy_verdicts: Family<ReasonLabel, Counter>,
+    /// Events handed to the event sink ([`crate::events`]).
+    pub events_emitted: Counter,
+    /// Events a destination took, by `sink`.
+    pub events_delivered: Family<SinkLabel, Counter>,
+    /// Failed delivery attempts (each retried), by `sink`.
+    pub events_failed: Family<SinkLabel, Counter>,
+    /// Events lost, by `sink` and `reason`.
+    pub events_dropped: Family<SinkReasonLabel, Counter>,
+    /// Events waiting in a destination's on-disk queue, by `sink`.
+    pub events_queue_depth: Family<SinkLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -134,6 +160,11 @@ impl Metrics {
         let log_lines_suppressed = Counter::default();
         let handshakes_pending = Gauge::default();
         let policy_verdicts = Family::<ReasonLabel, Counter>::default();
+        let events_emitted = Counter::default();
+        let events_delivered = Family::<SinkLabel, Counter>::default();
+        let events_failed = Family::<SinkLabel, Counter>::default();
+        let events_dropped = Family::<SinkReasonLabel, Counter>::default();
+        let events_queue_depth = Family::<SinkLabel, Gauge>::default();
         registry.register("sessions", "Guest sessions accepted", sessions.clone());
         registry.register(
             "sessions_active",
@@ -212,6 +243,31 @@ impl Metrics {
             "Verdicts decided by policy instead of a scan, by reason (timeout = scan budget expired)",
             policy_verdicts.clone(),
         );
+        registry.register(
+            "events_emitted",
+            "Events (detections, guest state changes) handed to the event sink",
+            events_emitted.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events a destination took, by sink (file, webhook)",
+            events_delivered.clone(),
+        );
+        registry.register(
+            "events_failed",
+            "Failed event delivery attempts, by sink (the events stay queued and are retried)",
+            events_failed.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events lost, by sink and reason (queue_full: events.max_queue_bytes reached; channel_full: the writer fell behind; queue_error: the queue file could not be written)",
+            events_dropped.clone(),
+        );
+        registry.register(
+            "events_queue_depth",
+            "Events waiting in a destination's on-disk queue, by sink",
+            events_queue_depth.clone(),
+        );
         Self {
             registry,
             sessions,
@@ -232,7 +288,43 @@ impl Metrics {
             log_lines_suppressed,
             handshakes_pending,
             policy_verdicts,
+            events_emitted,
+            events_delivered,
+            events_failed,
+            events_dropped,
+            events_queue_depth,
         }
+    }
+
+    /// Counts `n` events delivered to `sink`.
+    pub fn event_delivered(&self, sink: &str, n: u64) {
+        self.events_delivered
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .inc_by(n);
+    }
+
+    /// Counts a failed delivery attempt to `sink`.
+    pub fn event_failed(&self, sink: &str) {
+        self.events_failed
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .inc();
+    }
+
+    /// Counts an event `sink` lost, and why.
+    pub fn event_dropped(&self, sink: &str, reason: &str) {
+        self.events_dropped
+            .get_or_create(&SinkReasonLabel {
+                sink: sink.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the depth of `sink`'s queue.
+    pub fn event_queue_depth(&self, sink: &str, depth: i64) {
+        self.events_queue_depth
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .set(depth);
     }
 
     /// Counts a verdict decided by policy.

@@ -43,9 +43,12 @@ use crate::connection::{
 };
 use crate::engine::EngineError;
 use crate::engine::clamd::{ClamdAddress, ClamdEngine};
+use crate::events::{EventBody, EventSink};
 use crate::listen::{Accepted, BindError, ListenUrl, Listener};
 use crate::log_limit::{LogLimiter, LogLimits};
 use crate::metrics::Metrics;
+use crate::quarantine::QuarantineStore;
+use crate::records::{FileRecord, GuestRecord, PathRecord};
 use crate::session::{
     Anomaly, CloseReason, GuestInfo, PolicyReason, PolicyVerdicts, SessionLimits,
 };
@@ -85,6 +88,22 @@ pub enum ServiceError {
     /// A control socket was configured on a system without Unix sockets.
     #[error("control_socket needs Unix sockets, which this system lacks; unset it")]
     NoControlSocket,
+    /// A file or directory of the configuration is unusable.
+    #[error("config: {key} = {}: {why}; fix it, or choose another path", .path.display())]
+    Path {
+        /// The key (`events.queue_dir`).
+        key: &'static str,
+        /// Its value.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The event sink could not start.
+    #[error(transparent)]
+    Events(#[from] crate::events::SinkError),
+    /// The quarantine store could not be opened.
+    #[error(transparent)]
+    Quarantine(#[from] crate::quarantine::QuarantineError),
     /// The metrics endpoint could not be bound.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -184,6 +203,18 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
     config.validate()?;
     let signature_config = signature_config(config)?;
     let set = load_signatures(&signature_config)?;
+    // Paths the start creates: checked without creating anything.
+    if config.events.sink().is_some() {
+        if let Some(file) = &config.events.file {
+            check_file("events.file", file)?;
+        }
+        if let Some(dir) = &config.events.queue_dir {
+            check_dir("events.queue_dir", dir)?;
+        }
+    }
+    if let Some(dir) = &config.quarantine.dir {
+        check_dir("quarantine.dir", dir)?;
+    }
     // Last: nothing after it fails, so a check never leaves a file behind.
     let audit = config
         .audit_log
@@ -195,6 +226,83 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
         set,
         audit,
     })
+}
+
+/// Checks that `dir` is, or can be created as, a directory this user may
+/// write: its nearest existing ancestor must be a directory in which a
+/// file can be created (one is, and removed again).
+pub fn check_dir(key: &'static str, dir: &std::path::Path) -> Result<(), ServiceError> {
+    use std::path::Path;
+    let err = |why: String| ServiceError::Path {
+        key,
+        path: dir.to_path_buf(),
+        why,
+    };
+    let mut probe = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(err(format!("{} is not a directory", probe.display())));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                probe = probe
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+            }
+            Err(e) => return Err(err(format!("{}: {e}", probe.display()))),
+        }
+    }
+    let test = probe.join(format!(".thinagent-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&test)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&test);
+            Ok(())
+        }
+        Err(e) => Err(err(format!(
+            "this user cannot create files in {}: {e}",
+            probe.display()
+        ))),
+    }
+}
+
+/// Checks that `file` can be appended to (or created) without changing
+/// it: an existing file must be a writable non-directory, a missing one
+/// needs an existing directory.
+pub fn check_file(key: &'static str, file: &std::path::Path) -> Result<(), ServiceError> {
+    let err = |why: String| ServiceError::Path {
+        key,
+        path: file.to_path_buf(),
+        why,
+    };
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_dir() => Err(err("a directory, not a file".into())),
+        Ok(_) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(file)
+            .map(drop)
+            .map_err(|e| err(format!("cannot be written: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if parent.is_dir() {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "the directory {} does not exist",
+                    parent.display()
+                )))
+            }
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
 }
 
 /// Pings the configured clamd.
@@ -344,6 +452,8 @@ impl PeerLog {
 pub struct ServiceObserver {
     metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
+    /// Detections and guest state changes ([`crate::events`]).
+    events: Option<EventSink>,
     logs: Arc<PeerLog>,
     /// `limits.request_timeout_ms`, named in the log line of a query that
     /// exceeded it.
@@ -365,9 +475,17 @@ impl ServiceObserver {
         Self {
             metrics,
             audit,
+            events: None,
             logs,
             scan_budget: None,
         }
+    }
+
+    /// Sends detections and guest state changes to `events`.
+    #[must_use]
+    pub fn with_events(mut self, events: EventSink) -> Self {
+        self.events = Some(events);
+        self
     }
 
     fn allow(&self, guest: &GuestId, kind: LogKind) -> bool {
@@ -438,6 +556,23 @@ impl ScanObserver for ServiceObserver {
     fn on_handshake(&self, guest: &GuestId, info: &GuestInfo) {
         if self.allow(guest, LogKind::Connected) {
             tracing::info!(%guest, name = %info.name, os = ?info.os, version = info.version, "guest connected");
+        }
+    }
+
+    fn on_guest_connected(&self, guest: &GuestId, info: &GuestInfo) {
+        if let Some(events) = &self.events {
+            events.emit(EventBody::GuestConnected {
+                guest: GuestRecord::new(guest, info),
+            });
+        }
+    }
+
+    fn on_guest_disconnected(&self, guest: &GuestId, info: &GuestInfo, reason: &CloseReason) {
+        if let Some(events) = &self.events {
+            events.emit(EventBody::GuestDisconnected {
+                guest: GuestRecord::new(guest, info),
+                reason: reason.to_string(),
+            });
         }
     }
 
@@ -519,6 +654,20 @@ impl ScanObserver for ServiceObserver {
             _ => {
                 tracing::debug!(guest = %r.guest, path = %r.path, verdict, source = ?r.source, "verdict");
             }
+        }
+        if let (Some(events), Some(Decision::Deny), Some(threat)) =
+            (&self.events, r.verdict, &r.threat)
+        {
+            events.emit(EventBody::Detection {
+                guest: GuestRecord::new(&r.guest, &r.guest_info),
+                path: PathRecord::from(&r.raw_path),
+                file: FileRecord::from(&r.file),
+                threat: threat.clone(),
+                engine: r.engine.map(str::to_string),
+                operation: kind_label(&format!("{:?}", r.kind)),
+                verdict: verdict.to_string(),
+                cache: cache.to_string(),
+            });
         }
         if let Some(audit) = &self.audit {
             audit.write(&AuditEntry {
@@ -626,6 +775,7 @@ pub struct Service {
     /// Bound on a `tls://` connection's TLS handshake.
     tls_handshake_timeout: Duration,
     allowed_cids: Vec<u32>,
+    quarantine: Option<Arc<Mutex<QuarantineStore>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -658,11 +808,44 @@ impl Service {
         let audit = audit
             .map(|file| AuditLog::start(file, metrics.audit_records_not_written.clone()))
             .transpose()?;
+        let events = match config.events.sink() {
+            Some(sink) => {
+                let m = metrics.clone();
+                let sink = tokio::task::spawn_blocking(move || EventSink::open(&sink, m))
+                    .await
+                    .map_err(|e| ServiceError::Loader(e.to_string()))??;
+                Some(sink)
+            }
+            None => None,
+        };
+        let quarantine = match &config.quarantine.dir {
+            Some(dir) => {
+                let (dir, limits) = (dir.clone(), config.quarantine.limits());
+                let store =
+                    tokio::task::spawn_blocking(move || QuarantineStore::open(&dir, limits))
+                        .await
+                        .map_err(|e| ServiceError::Loader(e.to_string()))??;
+                let u = store.usage();
+                tracing::info!(
+                    dir = %store.dir().display(),
+                    entries = u.entries,
+                    bytes = u.bytes,
+                    max_entries = u.limits.max_entries,
+                    max_bytes = u.limits.max_bytes,
+                    report = ?store.report(),
+                    "quarantine store open"
+                );
+                Some(Arc::new(Mutex::new(store)))
+            }
+            None => None,
+        };
         let logs = Arc::new(PeerLog::new(LogLimits::default(), metrics.clone()));
-        let observer = Arc::new(
-            ServiceObserver::new(metrics.clone(), audit, logs.clone())
-                .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms)),
-        );
+        let mut observer = ServiceObserver::new(metrics.clone(), audit, logs.clone())
+            .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms));
+        if let Some(events) = events {
+            observer = observer.with_events(events);
+        }
+        let observer = Arc::new(observer);
         let mut ctx =
             ScanContext::with_caches(set, connection_limits(config), observer, caches(config));
         ctx.guest_policy = Arc::new(crate::guest_policy::PolicyStore::new(
@@ -729,6 +912,7 @@ impl Service {
             }),
             tls_handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             allowed_cids: config.allowed_cids.clone(),
+            quarantine,
         })
     }
 
@@ -750,6 +934,7 @@ impl Service {
             ctx: self.ctx.clone(),
             metrics: self.metrics.clone(),
             signature_config: self.signature_config.clone(),
+            quarantine: self.quarantine.clone(),
         }
     }
 
@@ -953,6 +1138,7 @@ pub struct ServiceHandle {
     ctx: Arc<ScanContext>,
     metrics: Arc<Metrics>,
     signature_config: SignatureConfig,
+    quarantine: Option<Arc<Mutex<QuarantineStore>>>,
 }
 
 impl std::fmt::Debug for ServiceHandle {
@@ -996,6 +1182,12 @@ impl ServiceHandle {
     /// The shared scan context (caches, active signature set).
     pub fn context(&self) -> &Arc<ScanContext> {
         &self.ctx
+    }
+
+    /// The quarantine store, when `quarantine.dir` is set (its operations
+    /// block on file I/O: call them from `spawn_blocking`).
+    pub fn quarantine(&self) -> Option<&Arc<Mutex<QuarantineStore>>> {
+        self.quarantine.as_ref()
     }
 }
 

@@ -247,3 +247,75 @@ fn contradictory_explicit_limits_name_both_settings() {
         "{err}"
     );
 }
+
+/// The event queue and the quarantine directories: the check refuses what
+/// the start refuses, names the key, and creates nothing.
+#[test]
+fn check_config_checks_the_event_and_quarantine_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain-file");
+    std::fs::write(&plain, "").unwrap();
+    let under_file = plain.join("sub");
+    let events_file = tmp.path().join("events.jsonl");
+    let cases: [(Vec<String>, &str); 4] = [
+        (
+            vec![
+                "--events-file".into(),
+                events_file.display().to_string(),
+                "--events-queue-dir".into(),
+                under_file.display().to_string(),
+            ],
+            "events.queue_dir",
+        ),
+        (
+            vec![
+                "--events-file".into(),
+                tmp.path().join("missing/e.jsonl").display().to_string(),
+                "--events-queue-dir".into(),
+                tmp.path().join("q").display().to_string(),
+            ],
+            "events.file",
+        ),
+        (
+            vec!["--events-webhook-url".into(), "http://127.0.0.1:9/x".into()],
+            "events.queue_dir",
+        ),
+        (
+            vec!["--quarantine-dir".into(), under_file.display().to_string()],
+            "quarantine.dir",
+        ),
+    ];
+    for (a, key) in &cases {
+        let (code, out, err) = run_check(&args(a));
+        assert_eq!(code, 2, "{a:?}: {out}{err}");
+        assert!(err.contains(key), "{a:?}: {err}");
+        match start_outcome(&args(a)) {
+            Start::Exited(code, err) => {
+                assert_ne!(code, 0);
+                assert!(err.contains(key), "{err}");
+            }
+            Start::Listening => panic!("the start accepted {a:?}"),
+        }
+    }
+    // Good paths: OK, and nothing created.
+    let queue = tmp.path().join("new/queue");
+    let quarantine = tmp.path().join("new/quarantine");
+    let good = [
+        "--events-file".to_string(),
+        events_file.display().to_string(),
+        "--events-queue-dir".into(),
+        queue.display().to_string(),
+        "--quarantine-dir".into(),
+        quarantine.display().to_string(),
+    ];
+    let (code, out, err) = run_check(&args(&good));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!tmp.path().join("new").exists() && !events_file.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["plain-file"], "the check left files behind");
+    // And the start accepts them.
+    assert!(matches!(start_outcome(&args(&good)), Start::Listening));
+}
