@@ -446,6 +446,9 @@ pub struct Config {
     /// fields keep each guest's own value. Changed at run time with
     /// `thinagent-diag policy set`.
     pub guest_policy: crate::guest_policy::GuestPolicyConfig,
+    /// What the scanner does on its own to a file it denied
+    /// ([`crate::remediation`]).
+    pub remediation: crate::remediation::RemediationConfig,
     /// Logging.
     pub log: LogConfig,
     /// Event sink.
@@ -471,6 +474,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             policy: Policy::default(),
             guest_policy: crate::guest_policy::GuestPolicyConfig::default(),
+            remediation: crate::remediation::RemediationConfig::default(),
             log: LogConfig::default(),
             events: EventsConfig::default(),
             quarantine: QuarantineConfig::default(),
@@ -555,6 +559,7 @@ impl Config {
         self.listeners()?;
         self.metrics_addr()?;
         self.guest_policy.validate()?;
+        self.remediation.validate(self.quarantine.dir.is_some())?;
         if let Some(url) = &self.clamd
             && !(url.starts_with("unix://") || url.starts_with("tcp://"))
         {

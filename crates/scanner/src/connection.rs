@@ -352,6 +352,34 @@ pub trait ScanObserver: Send + Sync {
     fn on_engine_error(&self, guest: &GuestId, error: &EngineError) {
         let _ = (guest, error);
     }
+    /// An automatic remediation ended (or was not attempted, and why).
+    fn on_remediation(&self, record: &RemediationRecord) {
+        let _ = record;
+    }
+}
+
+/// How one automatic remediation went ([`crate::remediation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemediationRecord {
+    /// The guest by transport.
+    pub guest: GuestId,
+    /// What it announced.
+    pub guest_info: Arc<GuestInfo>,
+    /// The file's path as the guest sent it.
+    pub path: GuestPath,
+    /// The identity judged.
+    pub file: thinagent_protocol::FileIdentity,
+    /// The threat.
+    pub threat: String,
+    /// The rule's action.
+    pub action: crate::remediation::RemediationAction,
+    /// `done`, `done-on-close`, `changed`, `not-found`, `failed`,
+    /// `unsupported`, `rate-limited`, `kept`, `timed-out`, ...
+    pub status: &'static str,
+    /// In words.
+    pub detail: String,
+    /// The quarantine entry holding the bytes, when quarantined.
+    pub quarantine_id: Option<String>,
 }
 
 /// A [`ScanObserver`] that ignores everything.
@@ -374,6 +402,12 @@ pub struct ScanContext {
     pub guests: Arc<GuestRegistry>,
     /// The policy guests get (protocol §14.6).
     pub guest_policy: Arc<crate::guest_policy::PolicyStore>,
+    /// Automatic remediation rules ([`crate::remediation`]).
+    pub remediation: crate::remediation::RemediationConfig,
+    /// Its per-guest rate limit.
+    pub remediation_rate: Arc<crate::remediation::RateLimit>,
+    /// The quarantine store, when configured.
+    pub quarantine: Option<Arc<std::sync::Mutex<crate::quarantine::QuarantineStore>>>,
 }
 
 impl fmt::Debug for ScanContext {
@@ -405,6 +439,9 @@ impl ScanContext {
             observer,
             guests: Arc::new(GuestRegistry::default()),
             guest_policy: Arc::new(crate::guest_policy::PolicyStore::default()),
+            remediation: crate::remediation::RemediationConfig::default(),
+            remediation_rate: Arc::new(crate::remediation::RateLimit::default()),
+            quarantine: None,
         }
     }
 
@@ -553,8 +590,20 @@ fn now() -> std::time::Instant {
 enum WorkMessage {
     /// A streaming scan consumed this many bytes of `id`.
     Consumed(EventId, usize),
-    /// The scan of `id` is over.
-    Done(EventId, WorkResult),
+    /// The scan of `id` is over; the content comes back when it was
+    /// buffered (for a quarantine).
+    Done(EventId, WorkResult, Option<Vec<u8>>),
+    /// A quarantine store `put` for an automatic remediation ended.
+    Quarantined(Box<AutoRemediation>, Result<String, String>),
+}
+
+/// An automatic remediation under way.
+#[derive(Debug)]
+struct AutoRemediation {
+    query: Arc<Query>,
+    threat: String,
+    action: crate::remediation::RemediationAction,
+    quarantine_id: Option<String>,
 }
 
 enum WorkResult {
@@ -610,6 +659,8 @@ struct Driver {
 
 /// Who waits for a host action.
 enum Reply {
+    /// An automatic remediation.
+    Auto(Box<AutoRemediation>),
     /// A `Policy` of this version: its answer goes to the registry.
     Policy(u64),
     Action(tokio::sync::oneshot::Sender<Result<ActionOutcome, ActionError>>),
@@ -665,6 +716,10 @@ impl Driver {
                     match self.replies.remove(&id) {
                         Some(Reply::Action(tx)) => {
                             let _ = tx.send(Ok(outcome));
+                        }
+                        Some(Reply::Auto(auto)) => {
+                            let (_, status, detail) = crate::guests::describe_outcome(outcome);
+                            self.report_remediation(&auto, status, detail);
                         }
                         Some(Reply::Policy(version)) => {
                             self.ctx.guests.policy_result(&self.guest, version, outcome);
@@ -907,7 +962,7 @@ impl Driver {
                 // `SCAN_ON_TASK_MAX`).
                 let set = Arc::clone(&w.set);
                 let result = lookup_or_scan(&self.ctx, &set, &buf);
-                self.on_work_message(WorkMessage::Done(id, result));
+                self.on_work_message(WorkMessage::Done(id, result, Some(buf)));
             }
             Feed::Buffer(buf) => {
                 let set = Arc::clone(&w.set);
@@ -915,7 +970,7 @@ impl Driver {
                 let results = self.results.0.clone();
                 tokio::task::spawn_blocking(move || {
                     let result = lookup_or_scan(&ctx, &set, &buf);
-                    let _ = results.send(WorkMessage::Done(id, result));
+                    let _ = results.send(WorkMessage::Done(id, result, Some(buf)));
                 });
             }
             // Dropping the sender ends the stream; the task finishes the scan.
@@ -927,7 +982,21 @@ impl Driver {
     fn on_work_message(&mut self, msg: WorkMessage) {
         match msg {
             WorkMessage::Consumed(id, n) => self.session.consumed(id, n),
-            WorkMessage::Done(id, result) => {
+            WorkMessage::Quarantined(auto, stored) => match stored {
+                Ok(entry) => {
+                    let auto = AutoRemediation {
+                        quarantine_id: Some(entry),
+                        ..*auto
+                    };
+                    self.send_auto_remediation(auto);
+                }
+                Err(e) => self.report_remediation(
+                    &auto,
+                    "kept",
+                    format!("the quarantine store refused the file ({e}): not deleted"),
+                ),
+            },
+            WorkMessage::Done(id, result, content) => {
                 let Some(w) = self.remove_work(id) else {
                     return;
                 };
@@ -968,8 +1037,8 @@ impl Driver {
                         let (decision, ttl) = self.decision_of(&v);
                         let threat = v.threat.as_deref().map(str::to_owned);
                         let engine = v.engine;
-                        self.answer_with_engine(
-                            &w.query, decision, threat, engine, ttl, w.bytes, source,
+                        self.answer_full(
+                            &w.query, decision, threat, engine, ttl, w.bytes, source, content,
                         );
                     }
                     None => {
@@ -1020,6 +1089,24 @@ impl Driver {
         bytes: u64,
         source: VerdictSource,
     ) {
+        self.answer_full(query, decision, threat, engine, ttl, bytes, source, None);
+    }
+
+    /// Sends the verdict; a detection is recorded and, per the
+    /// `[remediation]` rules, remediated (`content`: the file's bytes when
+    /// the scanner holds them, for a quarantine).
+    #[allow(clippy::too_many_arguments)]
+    fn answer_full(
+        &mut self,
+        query: &Arc<Query>,
+        decision: Decision,
+        threat: Option<String>,
+        engine: Option<&'static str>,
+        ttl: u32,
+        bytes: u64,
+        source: VerdictSource,
+        content: Option<Vec<u8>>,
+    ) {
         let name = threat.as_deref().unwrap_or("");
         // Refused only when the session already ended the query (timeout,
         // close): its `Finished` event was audited instead.
@@ -1041,8 +1128,119 @@ impl Driver {
                     },
                 );
             }
+            let detected = (decision == Decision::Deny)
+                .then(|| threat.clone())
+                .flatten();
             self.audit_full(query, Some(decision), threat, engine, bytes, source);
+            if let Some(threat) = detected {
+                self.auto_remediate(query, threat, engine, content);
+            }
         }
+    }
+
+    /// Applies the `[remediation]` rule of `threat` to a denied file.
+    fn auto_remediate(
+        &mut self,
+        query: &Arc<Query>,
+        threat: String,
+        engine: Option<&'static str>,
+        content: Option<Vec<u8>>,
+    ) {
+        use crate::remediation::RemediationAction;
+        let action = self.ctx.remediation.action_for(&threat);
+        if action == RemediationAction::Deny {
+            return;
+        }
+        let auto = AutoRemediation {
+            query: Arc::clone(query),
+            threat,
+            action,
+            quarantine_id: None,
+        };
+        let info = &query.guest;
+        if info.version < thinagent_protocol::HOST_ACTIONS_VERSION
+            || !info
+                .capabilities
+                .contains(thinagent_protocol::Capabilities::REMEDIATE)
+        {
+            let detail = "the guest's agent does not take remediation (protocol version 2, REMEDIATE): the open was denied, the file is kept".to_owned();
+            self.report_remediation(&auto, "unsupported", detail);
+            return;
+        }
+        let per_minute = self.ctx.remediation.max_per_guest_per_minute;
+        if !self
+            .ctx
+            .remediation_rate
+            .take(&self.guest.to_string(), per_minute, now())
+        {
+            let detail = format!(
+                "more than {per_minute} remediations of this guest in a minute (remediation.max_per_guest_per_minute): the file is kept"
+            );
+            self.report_remediation(&auto, "rate-limited", detail);
+            return;
+        }
+        if action == RemediationAction::Delete {
+            self.send_auto_remediation(auto);
+            return;
+        }
+        // Quarantine: the bytes first, the delete only once they are stored.
+        let whole = content.filter(|c| c.len() as u64 == query.file.size);
+        let (Some(bytes), Some(store)) = (whole, self.ctx.quarantine.clone()) else {
+            let detail = "the scanner does not hold the whole file (streamed because large, or denied from a cache): not quarantined, so not deleted".to_owned();
+            self.report_remediation(&auto, "kept", detail);
+            return;
+        };
+        let entry = crate::quarantine::NewEntry {
+            guest: crate::records::GuestRecord::new(&self.guest, info),
+            path: crate::records::PathRecord::from(&query.path),
+            file: crate::records::FileRecord::from(&query.file),
+            threat: auto.threat.clone(),
+            engine: engine.map(str::to_owned),
+        };
+        let results = self.results.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let stored = store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .put(&bytes, entry, SystemTime::now())
+                .map(|e| e.id)
+                .map_err(|e| e.to_string());
+            let _ = results.send(WorkMessage::Quarantined(Box::new(auto), stored));
+        });
+    }
+
+    /// Asks the guest to delete the file of `auto`.
+    fn send_auto_remediation(&mut self, auto: AutoRemediation) {
+        let deadline = Duration::from_millis(self.ctx.remediation.deadline_ms);
+        match self.session.remediate(
+            thinagent_protocol::RemediateAction::Delete,
+            &auto.query.path,
+            auto.query.file,
+            deadline,
+            now(),
+        ) {
+            Ok(id) => {
+                self.replies.insert(id, Reply::Auto(Box::new(auto)));
+            }
+            Err(e) => {
+                let detail = format!("not sent: {e}");
+                self.report_remediation(&auto, "failed", detail);
+            }
+        }
+    }
+
+    fn report_remediation(&self, auto: &AutoRemediation, status: &'static str, detail: String) {
+        self.ctx.observer.on_remediation(&RemediationRecord {
+            guest: self.guest.clone(),
+            guest_info: Arc::clone(&auto.query.guest),
+            path: auto.query.path.clone(),
+            file: auto.query.file,
+            threat: auto.threat.clone(),
+            action: auto.action,
+            status,
+            detail,
+            quarantine_id: auto.quarantine_id.clone(),
+        });
     }
 
     fn audit(
@@ -1126,7 +1324,11 @@ fn spawn_stream_scan(
                 break;
             }
         }
-        let _ = results.send(WorkMessage::Done(id, WorkResult::Scanned(scan.finish())));
+        let _ = results.send(WorkMessage::Done(
+            id,
+            WorkResult::Scanned(scan.finish()),
+            None,
+        ));
     });
 }
 

@@ -33,15 +33,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use thinagent_protocol::{
-    ActionStatus, OsError, OsKind, RemediateAction, ScanCounters, ScanFlags, ScanStatus,
-};
+use thinagent_protocol::{OsKind, RemediateAction, ScanCounters, ScanFlags, ScanStatus};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::guest_policy::{GuestPolicyConfig, PolicyStore};
-use crate::guests::{GuestCommand, GuestRegistry, ScanUpdate};
+use crate::guests::{GuestCommand, GuestRegistry, ScanUpdate, describe_outcome, os_error};
 use crate::session::{ActionOutcome, GuestPath, ScanOptions};
 
 /// Longest request line accepted.
@@ -370,70 +368,6 @@ async fn remediate(
                 "detail": detail,
             })
         }
-    }
-}
-
-fn os_error(e: OsError) -> String {
-    match e {
-        OsError::NtStatus(c) => format!("NTSTATUS 0x{c:08X}"),
-        OsError::Errno(c) => format!(
-            "errno {c} ({})",
-            std::io::Error::from_raw_os_error(c as i32)
-        ),
-    }
-}
-
-/// (success, status word, explanation) of an action's end.
-fn describe_outcome(outcome: ActionOutcome) -> (bool, &'static str, String) {
-    match outcome {
-        ActionOutcome::Result(r) => {
-            let (ok, status, detail) = match r.status {
-                ActionStatus::Done => (true, "done", "done".to_owned()),
-                ActionStatus::DoneOnClose => (
-                    true,
-                    "done-on-close",
-                    "the name goes when the file's last handle closes".to_owned(),
-                ),
-                ActionStatus::NotFound => (false, "not-found", "nothing at that path".to_owned()),
-                ActionStatus::Changed => (
-                    false,
-                    "changed",
-                    "the file at that path is not the one judged (replaced or modified since): nothing was done".to_owned(),
-                ),
-                ActionStatus::Failed => (
-                    false,
-                    "failed",
-                    r.error.map_or_else(|| "failed".to_owned(), os_error),
-                ),
-                ActionStatus::Unsupported => (
-                    false,
-                    "unsupported",
-                    "the guest's agent does not take this action".to_owned(),
-                ),
-                ActionStatus::Busy => (false, "busy", "the guest is busy; retry".to_owned()),
-                ActionStatus::Rejected => (
-                    false,
-                    "rejected",
-                    "the guest rejected the request".to_owned(),
-                ),
-            };
-            (ok, status, detail)
-        }
-        ActionOutcome::ScanDone(d) => (
-            d.status == ScanStatus::Completed,
-            "scan-done",
-            format!("{:?}", d.status),
-        ),
-        ActionOutcome::TimedOut => (
-            false,
-            "timed-out",
-            "no answer before the deadline (the guest may still act)".to_owned(),
-        ),
-        ActionOutcome::ConnectionLost => (
-            false,
-            "connection-lost",
-            "the guest's connection ended before it answered".to_owned(),
-        ),
     }
 }
 

@@ -130,6 +130,29 @@ pub enum EventBody {
         /// Why (`peer said goodbye: ...`, `idle timeout`, ...).
         reason: String,
     },
+    /// An automatic remediation ended, or was not attempted and why
+    /// ([`crate::remediation`]).
+    Remediation {
+        /// The guest.
+        guest: GuestRecord,
+        /// The file's path there.
+        path: PathRecord,
+        /// The identity judged.
+        file: FileRecord,
+        /// What was found.
+        threat: String,
+        /// The rule's action: `delete`, `quarantine`.
+        action: String,
+        /// `done`, `done-on-close`, `changed`, `not-found`, `failed`,
+        /// `unsupported`, `rate-limited`, `kept`, `timed-out`,
+        /// `connection-lost`, `busy`.
+        status: String,
+        /// In words.
+        detail: String,
+        /// The quarantine entry holding the bytes, when quarantined.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        quarantine_id: Option<String>,
+    },
 }
 
 impl EventBody {
@@ -139,6 +162,7 @@ impl EventBody {
             Self::Detection { .. } => "detection",
             Self::GuestConnected { .. } => "guest_connected",
             Self::GuestDisconnected { .. } => "guest_disconnected",
+            Self::Remediation { .. } => "remediation",
         }
     }
 }

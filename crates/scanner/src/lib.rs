@@ -23,6 +23,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod quarantine;
 pub mod records;
+pub mod remediation;
 pub mod scan;
 pub mod service;
 pub mod session;

@@ -188,6 +188,15 @@ struct Cli {
     /// Guests do not query larger files, bytes (0 = no limit). [config: guest_policy.max_scan_size]
     #[arg(long, value_name = "BYTES")]
     guest_max_scan_size: Option<u64>,
+    /// Automatic remediation rule THREAT-PATTERN=ACTION, ACTION deny, delete or quarantine (repeatable, first match wins; replaces the file's rules). [config: remediation.rules]
+    #[arg(long = "remediate", value_name = "PATTERN=ACTION")]
+    remediate: Vec<String>,
+    /// Most automatic remediations per guest per minute. [config: remediation.max_per_guest_per_minute]
+    #[arg(long, value_name = "N")]
+    remediation_max_per_guest_per_minute: Option<u32>,
+    /// How long to wait for a guest's remediation answer, ms. [config: remediation.deadline_ms]
+    #[arg(long, value_name = "MS")]
+    remediation_deadline_ms: Option<u64>,
 }
 
 fn set<T>(slot: &mut T, v: Option<T>) {
@@ -334,6 +343,35 @@ impl Cli {
         if self.guest_max_scan_size.is_some() {
             gp.max_scan_size = self.guest_max_scan_size;
         }
+        if !self.remediate.is_empty() {
+            use thinagent_scanner::remediation::{RemediationAction, RemediationRule};
+            let mut rules = Vec::new();
+            for item in &self.remediate {
+                let (threat, action) = item.rsplit_once('=').with_context(|| {
+                    format!(
+                        "--remediate {item:?}: expected PATTERN=ACTION, e.g. 'Eicar-*=quarantine'"
+                    )
+                })?;
+                let action = match action {
+                    "deny" => RemediationAction::Deny,
+                    "delete" => RemediationAction::Delete,
+                    "quarantine" => RemediationAction::Quarantine,
+                    other => anyhow::bail!(
+                        "--remediate {item:?}: unknown action {other:?}; use deny, delete or quarantine"
+                    ),
+                };
+                rules.push(RemediationRule {
+                    threat: threat.to_owned(),
+                    action,
+                });
+            }
+            c.remediation.rules = rules;
+        }
+        set(
+            &mut c.remediation.max_per_guest_per_minute,
+            self.remediation_max_per_guest_per_minute,
+        );
+        set(&mut c.remediation.deadline_ms, self.remediation_deadline_ms);
         if let Some(f) = &self.log_format {
             c.log.format = match f.as_str() {
                 "text" => LogFormat::Text,

@@ -703,6 +703,35 @@ impl ScanObserver for ServiceObserver {
             tracing::warn!(%guest, %error, "engine failed; policy verdict sent");
         }
     }
+
+    fn on_remediation(&self, r: &crate::connection::RemediationRecord) {
+        let path = r.path.to_string_lossy();
+        let ok = matches!(r.status, "done" | "done-on-close");
+        if ok {
+            tracing::info!(
+                guest = %r.guest, %path, threat = %r.threat, action = r.action.as_str(),
+                status = r.status, quarantine = ?r.quarantine_id, "remediated"
+            );
+        } else if self.allow(&r.guest, LogKind::Threat) {
+            tracing::warn!(
+                guest = %r.guest, %path, threat = %r.threat, action = r.action.as_str(),
+                status = r.status, detail = %r.detail, quarantine = ?r.quarantine_id,
+                "remediation not done"
+            );
+        }
+        if let Some(events) = &self.events {
+            events.emit(EventBody::Remediation {
+                guest: GuestRecord::new(&r.guest, &r.guest_info),
+                path: PathRecord::from(&r.path),
+                file: FileRecord::from(&r.file),
+                threat: r.threat.clone(),
+                action: r.action.as_str().to_owned(),
+                status: r.status.to_owned(),
+                detail: r.detail.clone(),
+                quarantine_id: r.quarantine_id.clone(),
+            });
+        }
+    }
 }
 
 /// What a connection holds while it runs: its pending slot until the
@@ -851,6 +880,8 @@ impl Service {
         ctx.guest_policy = Arc::new(crate::guest_policy::PolicyStore::new(
             config.guest_policy.clone(),
         ));
+        ctx.remediation = config.remediation.clone();
+        ctx.quarantine = quarantine.clone();
         let ctx = Arc::new(ctx);
         let (urls, explicit) = config.listeners()?;
         let tls = match &config.tls {

@@ -451,3 +451,78 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
     );
     running.shutdown().await;
 }
+
+/// `[remediation]` with a quarantine rule: the denied EICAR's bytes are in
+/// the quarantine store before the guest is asked to delete it, and the
+/// outcome is an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detection_is_quarantined_then_deleted_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_file = dir.path().join("events.jsonl");
+    let mut config: thinagent_scanner::config::Config = toml::from_str(&format!(
+        r#"
+        listen = ["tcp://127.0.0.1:0"]
+        [quarantine]
+        dir = "{q}"
+        [events]
+        file = "{e}"
+        queue_dir = "{d}"
+        [remediation]
+        rules = [{{ threat = "Eicar-*", action = "quarantine" }}]
+        "#,
+        q = dir.path().join("quarantine").display(),
+        e = events_file.display(),
+        d = dir.path().join("queue").display(),
+    ))
+    .unwrap();
+    config.validate().unwrap();
+    config.control_socket = None;
+    let running = Running::start(config).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let guest_task = tokio::spawn(guest(running.url("tcp").to_owned(), seen.clone()));
+
+    // The guest is asked to delete the file, with the identity judged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().remediations.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no remediation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen.lock().unwrap().remediations,
+        vec![("/srv/eicar.com".to_owned(), identity(1, EICAR.len()))]
+    );
+    // Its bytes were stored first.
+    let store = running
+        .handle
+        .quarantine()
+        .expect("store configured")
+        .clone();
+    let (id, bytes) = {
+        let store = store.lock().unwrap();
+        let entries: Vec<_> = store.list().cloned().collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].threat, "Eicar-Test-Signature");
+        (entries[0].id.clone(), store.read(&entries[0].id).unwrap())
+    };
+    assert_eq!(bytes, EICAR);
+    // And the outcome is an event naming the quarantine entry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(r#""type":"remediation""#)) {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no remediation event: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(event["status"], "done", "{event}");
+    assert_eq!(event["action"], "quarantine");
+    assert_eq!(event["quarantine_id"], id.as_str());
+    assert_eq!(event["threat"], "Eicar-Test-Signature");
+    assert_eq!(event["path"]["display"], "/srv/eicar.com");
+    guest_task.abort();
+    running.shutdown().await;
+}
