@@ -97,6 +97,27 @@ fn request(_: &ControlArgs, _: &Value, _: impl FnMut(&Value)) -> Result<Value> {
     bail!("the control socket is a Unix socket: run this on the scanner's host")
 }
 
+/// [`request`]; when the scanner cannot be asked, says why and gives exit
+/// status 2.
+fn ask(control: &ControlArgs, req: &Value, each: impl FnMut(&Value)) -> Result<Value, ExitCode> {
+    request(control, req, each).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+/// [`ask`], and an answer that says it failed is exit status 2 too.
+fn ask_ok(control: &ControlArgs, req: &Value) -> Result<Value, ExitCode> {
+    let answer = ask(control, req, |_| {})?;
+    match failed(&answer) {
+        Some(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+        None => Ok(answer),
+    }
+}
+
 /// The error an answer carries, as a failure of the command.
 fn failed(v: &Value) -> Option<String> {
     (v["ok"] == false).then(|| {
@@ -144,17 +165,10 @@ fn table(rows: &[Vec<String>]) -> String {
 
 /// `guests`: every guest the scanner has seen.
 pub fn guests(args: &GuestsArgs) -> Result<ExitCode> {
-    let answer = match request(&args.control, &json!({"cmd": "guests"}), |_| {}) {
+    let answer = match ask_ok(&args.control, &json!({"cmd": "guests"})) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
-    if let Some(e) = failed(&answer) {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::from(2));
-    }
     if args.control.json {
         return Ok(ExitCode::SUCCESS);
     }
@@ -221,12 +235,9 @@ pub fn remediate(args: &RemediateArgs) -> Result<ExitCode> {
         "action": if args.truncate { "truncate" } else { "delete" },
         "timeout_ms": args.timeout_ms,
     });
-    let answer = match request(&args.control, &req, |_| {}) {
+    let answer = match ask(&args.control, &req, |_| {}) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let done = answer["ok"] == true;
     if !args.control.json {
@@ -408,17 +419,10 @@ pub fn policy(args: &PolicyArgs) -> Result<ExitCode> {
 }
 
 fn policy_show(control: &ControlArgs) -> Result<ExitCode> {
-    let answer = match request(control, &json!({"cmd": "policy-show"}), |_| {}) {
+    let answer = match ask_ok(control, &json!({"cmd": "policy-show"})) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
-    if let Some(e) = failed(&answer) {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::from(2));
-    }
     if control.json {
         return Ok(ExitCode::SUCCESS);
     }
@@ -529,21 +533,13 @@ fn policy_set(args: &PolicySetArgs) -> Result<ExitCode> {
     if args.no_exclusions || !exclusions.is_empty() {
         policy.insert("exclusions".into(), Value::Array(exclusions));
     }
-    let answer = match request(
+    let answer = match ask_ok(
         &args.control,
         &json!({"cmd": "policy-set", "policy": policy}),
-        |_| {},
     ) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
-    if let Some(e) = failed(&answer) {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::from(2));
-    }
     if !args.control.json {
         let sent: Vec<String> = answer["sent_to"]
             .as_array()
