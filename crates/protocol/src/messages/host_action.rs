@@ -28,15 +28,6 @@ fn check_host_action_version(version: u16) -> Result<(), PayloadError> {
     }
 }
 
-/// `error_space` and `error_code` as on the wire for an optional error.
-fn error_to_wire(error: Option<OsError>) -> (u8, u32) {
-    match error {
-        None => (ErrorSpace::None.to_wire(), 0),
-        Some(OsError::NtStatus(c)) => (ErrorSpace::NtStatus.to_wire(), c),
-        Some(OsError::Errno(c)) => (ErrorSpace::Errno.to_wire(), c),
-    }
-}
-
 /// The error of a result from its wire fields: present exactly when the
 /// status is a failure (`failed`), §14.3 and §14.5.
 fn error_from_wire(failed: bool, space: u8, code: u32) -> Result<Option<OsError>, PayloadError> {
@@ -284,10 +275,10 @@ impl<'a> Codec<'a> for ActionResult {
     }
 
     fn write(&self, w: &mut Writer<'_>, _version: u16) {
-        let (space, code) = error_to_wire(self.error);
+        let (space, code) = OsError::to_wire(self.error);
         let fixed = ActionResultWire {
             status: self.status.to_wire(),
-            error_space: space,
+            error_space: space.to_wire(),
             reserved0: 0.into(),
             error_code: code.into(),
             value: self.value.into(),
@@ -592,11 +583,11 @@ impl<'a> Codec<'a> for ScanDone {
     }
 
     fn write(&self, w: &mut Writer<'_>, _version: u16) {
-        let (space, code) = error_to_wire(self.error);
+        let (space, code) = OsError::to_wire(self.error);
         let fixed = ScanDoneWire {
             counters: self.counters.to_wire(),
             status: self.status.to_wire(),
-            error_space: space,
+            error_space: space.to_wire(),
             reserved: 0.into(),
             error_code: code.into(),
         };

@@ -89,6 +89,18 @@ pub enum OsError {
     Errno(u32),
 }
 
+impl OsError {
+    /// `error_space` and `error_code` as on the wire for an optional error
+    /// (`ReadData`, and the results of protocol §14).
+    pub(crate) const fn to_wire(error: Option<Self>) -> (ErrorSpace, u32) {
+        match error {
+            None => (ErrorSpace::None, 0),
+            Some(Self::NtStatus(c)) => (ErrorSpace::NtStatus, c),
+            Some(Self::Errno(c)) => (ErrorSpace::Errno, c),
+        }
+    }
+}
+
 /// The outcome of one read, borrowing the data from the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome<'a> {
@@ -243,11 +255,10 @@ impl<'a> Codec<'a> for ReadData<'a> {
     }
 
     fn write(&self, w: &mut Writer<'_>, _version: u16) {
-        let (space, code) = match self.outcome {
-            ReadOutcome::Error(OsError::NtStatus(c)) => (ErrorSpace::NtStatus, c),
-            ReadOutcome::Error(OsError::Errno(c)) => (ErrorSpace::Errno, c),
-            _ => (ErrorSpace::None, 0),
-        };
+        let (space, code) = OsError::to_wire(match self.outcome {
+            ReadOutcome::Error(e) => Some(e),
+            _ => None,
+        });
         let fixed = ReadDataWire {
             event_id: self.event_id.into(),
             offset: self.offset.into(),
