@@ -205,10 +205,7 @@ fn error(message: &str) -> serde_json::Value {
 
 /// A path as the guest `identity` spells it (Windows guests: UTF-16).
 fn guest_path(guests: &GuestRegistry, identity: &str, path: &str) -> GuestPath {
-    match guests.os(identity) {
-        Some(OsKind::Windows) => GuestPath::Utf16(path.encode_utf16().collect()),
-        _ => GuestPath::Utf8(path.to_owned()),
-    }
+    GuestPath::for_os(guests.os(identity).unwrap_or(OsKind::Linux), path)
 }
 
 async fn handle(

@@ -8,10 +8,12 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use thinagent_protocol::{
-    Exclusion, ExclusionKind, Exclusions, FailMode, FilePath, MAX_DEBUG_LEVEL, OsKind, Policy,
+    EXCLUSION_HEADER_LEN, Exclusion, ExclusionKind, Exclusions, FailMode, MAX_DEBUG_LEVEL, OsKind,
+    Policy,
 };
 
 use crate::config::ConfigError;
+use crate::session::GuestPath;
 
 /// How long a guest has to answer a `Policy`, ms.
 pub const POLICY_DEADLINE_MS: u32 = 10_000;
@@ -108,28 +110,25 @@ impl GuestPolicyConfig {
         let exclusions = match &self.exclusions {
             None => None,
             Some(list) => {
-                let units: Vec<Vec<u8>> = list
+                let wire: Vec<_> = list
                     .iter()
-                    .map(|e| match os {
-                        OsKind::Windows => {
-                            e.value.encode_utf16().flat_map(u16::to_le_bytes).collect()
-                        }
-                        _ => e.value.as_bytes().to_vec(),
-                    })
+                    .map(|e| GuestPath::for_os(os, &e.value).to_wire_bytes())
                     .collect();
-                let entries = list.iter().zip(&units).map(|(e, bytes)| Exclusion {
+                let entries = list.iter().zip(&wire).map(|(e, w)| Exclusion {
                     kind: match e.kind {
                         ExclusionKindConfig::PathPrefix => ExclusionKind::PathPrefix,
                         ExclusionKindConfig::Extension => ExclusionKind::Extension,
                         ExclusionKindConfig::Process => ExclusionKind::ProcessImage,
                     },
-                    value: match os {
-                        OsKind::Windows => FilePath::Utf16Le(bytes),
-                        _ => FilePath::Utf8(std::str::from_utf8(bytes).unwrap_or_default()),
-                    },
+                    value: w.as_file_path(),
                 });
                 buf.clear();
-                buf.resize(units.iter().map(|u| u.len() + 4).sum(), 0);
+                buf.resize(
+                    wire.iter()
+                        .map(|w| w.as_file_path().as_bytes().len() + EXCLUSION_HEADER_LEN)
+                        .sum(),
+                    0,
+                );
                 // Validated values (1..=4096 bytes each) always encode.
                 Some(Exclusions::write(entries, buf.as_mut_slice()).unwrap_or(Exclusions::EMPTY))
             }
@@ -188,7 +187,7 @@ impl PolicyStore {
 
 #[cfg(test)]
 mod tests {
-    use thinagent_protocol::{Message, PolicyFields, decode_frame};
+    use thinagent_protocol::{FilePath, Message, PolicyFields, decode_frame};
 
     use super::*;
 

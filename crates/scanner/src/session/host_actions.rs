@@ -443,6 +443,16 @@ impl WirePath {
 }
 
 impl GuestPath {
+    /// `text` as a guest running `os` spells paths (Windows: UTF-16, the
+    /// others UTF-8): how the host names a file an admin typed, or an
+    /// exclusion of its policy.
+    pub fn for_os(os: thinagent_protocol::OsKind, text: &str) -> Self {
+        match os {
+            thinagent_protocol::OsKind::Windows => Self::Utf16(text.encode_utf16().collect()),
+            _ => Self::Utf8(text.to_owned()),
+        }
+    }
+
     /// The path as it goes on the wire (UTF-16 as little-endian bytes).
     pub(crate) fn to_wire_bytes(&self) -> WirePath {
         match self {
