@@ -274,6 +274,17 @@ pub enum VerdictSource {
     Abandoned,
 }
 
+impl VerdictSource {
+    /// Decided by policy (the session's, or the error policy), not by the
+    /// engines or a cache.
+    pub const fn is_policy(self) -> bool {
+        matches!(
+            self,
+            Self::Policy(_) | Self::ReadFailed(_) | Self::EngineFailed
+        )
+    }
+}
+
 /// One answered (or abandoned) file query: a line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
@@ -513,6 +524,7 @@ where
         connected: None,
         buffered: 0,
         serial: None,
+        counters: None,
         commands: None,
         replies: std::collections::HashMap::new(),
     };
@@ -651,6 +663,9 @@ struct Driver {
     buffered: usize,
     /// This connection's serial in the guest registry, once connected.
     serial: Option<u64>,
+    /// The guest's counters in the registry (`/metrics` by guest), once
+    /// connected.
+    counters: Option<Arc<crate::guests::GuestCounters>>,
     /// Commands of the admin interface, once connected.
     commands: Option<mpsc::UnboundedReceiver<GuestCommand>>,
     /// Who waits for each host action's end, by request id.
@@ -692,6 +707,7 @@ impl Driver {
                     self.ctx.observer.on_handshake(&self.guest, &info);
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.serial = Some(self.ctx.guests.connected(&self.guest, &info, tx));
+                    self.counters = Some(self.ctx.guests.counters(&self.guest));
                     self.commands = Some(rx);
                     // §14.6: the host sends its policy after every HelloAck.
                     self.push_policy();
@@ -713,6 +729,9 @@ impl Driver {
                         ?outcome,
                         "host action ended"
                     );
+                    if let Some(c) = &self.counters {
+                        c.action_ended(kind.as_str(), crate::guests::describe_outcome(outcome).1);
+                    }
                     match self.replies.remove(&id) {
                         Some(Reply::Action(tx)) => {
                             let _ = tx.send(Ok(outcome));
@@ -1281,6 +1300,9 @@ impl Driver {
             duration: now().saturating_duration_since(query.received_at),
             source,
         };
+        if let Some(c) = &self.counters {
+            c.verdict(verdict, record.source.is_policy(), bytes);
+        }
         self.ctx.observer.on_verdict(&record);
     }
 }

@@ -7,8 +7,9 @@
 //! Keyed by the transport identity ([`GuestId`]'s text, §13): never by the
 //! guest's announced name, which is a label.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -84,6 +85,126 @@ pub enum ScanUpdate {
     Done(Result<ActionOutcome, ActionError>),
 }
 
+/// What the host counted for one guest since the service started, across
+/// its reconnects: `/metrics` shows it labelled by guest
+/// ([`crate::metrics`]). The connection holds an `Arc` and counts without
+/// taking the registry's lock.
+#[derive(Debug, Default)]
+pub struct GuestCounters {
+    verdicts_allow: AtomicU64,
+    verdicts_deny: AtomicU64,
+    /// Of the verdicts, those decided by policy (no scan result).
+    verdicts_policy: AtomicU64,
+    /// Queries that ended with no verdict (the guest left).
+    abandoned: AtomicU64,
+    /// Content bytes pulled with `ReadRequest`s.
+    bytes_read: AtomicU64,
+    /// Detections recorded (every one, not only the kept ones).
+    detections: AtomicU64,
+    /// Host actions ended, by (`action`, `status`).
+    actions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl GuestCounters {
+    /// A verdict went out (`None`: the query was abandoned); `policy`: it
+    /// was decided by policy, not by a scan.
+    pub fn verdict(
+        &self,
+        decision: Option<thinagent_protocol::Decision>,
+        policy: bool,
+        bytes: u64,
+    ) {
+        use thinagent_protocol::Decision;
+        let counter = match decision {
+            Some(Decision::Deny) => &self.verdicts_deny,
+            Some(_) => &self.verdicts_allow,
+            None => &self.abandoned,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if policy && decision.is_some() {
+            self.verdicts_policy.fetch_add(1, Ordering::Relaxed);
+        }
+        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A host action (`remediate`, `scan`, `policy`, ...) ended with
+    /// `status` (`done`, `changed`, `timed-out`, ...).
+    pub fn action_ended(&self, action: &'static str, status: &'static str) {
+        let mut actions = self
+            .actions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *actions.entry((action, status)).or_insert(0) += 1;
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> CountersView {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersView {
+            verdicts_allow: get(&self.verdicts_allow),
+            verdicts_deny: get(&self.verdicts_deny),
+            verdicts_policy: get(&self.verdicts_policy),
+            abandoned: get(&self.abandoned),
+            bytes_read: get(&self.bytes_read),
+            detections: get(&self.detections),
+            actions: self
+                .actions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|(&(action, status), &n)| ActionCount { action, status, n })
+                .collect(),
+        }
+    }
+}
+
+/// [`GuestCounters`] at one moment.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CountersView {
+    /// Allow verdicts sent (any kind of allow).
+    pub verdicts_allow: u64,
+    /// Deny verdicts sent.
+    pub verdicts_deny: u64,
+    /// Of those, decided by policy rather than by a scan.
+    pub verdicts_policy: u64,
+    /// Queries abandoned (the guest left before the verdict).
+    pub abandoned: u64,
+    /// Content bytes pulled with `ReadRequest`s.
+    pub bytes_read: u64,
+    /// Detections.
+    pub detections: u64,
+    /// Host actions ended, by action and status.
+    pub actions: Vec<ActionCount>,
+}
+
+/// How many host actions of one kind ended one way.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ActionCount {
+    /// `remediate`, `scan`, `policy`, `restore`.
+    pub action: &'static str,
+    /// `done`, `not-found`, `changed`, `failed`, `timed-out`, ...
+    pub status: &'static str,
+    /// How many.
+    pub n: u64,
+}
+
+/// One guest as `/metrics` shows it ([`GuestRegistry::metrics_view`]).
+#[derive(Debug, Clone)]
+pub struct GuestMetricsView {
+    /// The transport identity: the `guest` label.
+    pub identity: String,
+    /// The announced name.
+    pub name: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Last frame seen or the disconnect, seconds since the Unix epoch.
+    pub last_seen_secs: f64,
+    /// The host's counters.
+    pub counters: CountersView,
+    /// The guest's last `Health`, if any.
+    pub health: Option<Health>,
+}
+
 /// One guest as the registry keeps it.
 #[derive(Debug)]
 struct Entry {
@@ -97,6 +218,8 @@ struct Entry {
     policy: Option<PolicyState>,
     /// The live connection: its serial and command channel.
     conn: Option<(u64, mpsc::UnboundedSender<GuestCommand>)>,
+    /// What the host counted (kept across reconnects).
+    counters: Arc<GuestCounters>,
 }
 
 /// A guest as the admin interface shows it (`thinagent-diag guests`).
@@ -130,6 +253,8 @@ pub struct GuestView {
     pub detections: usize,
     /// The newest detection: `threat at path`.
     pub last_detection: Option<String>,
+    /// What the host counted for this guest since the service started.
+    pub counters: CountersView,
 }
 
 /// The host policy as one guest took it (protocol §14.6).
@@ -227,6 +352,7 @@ impl GuestRegistry {
             detections: VecDeque::new(),
             policy: None,
             conn: None,
+            counters: Arc::default(),
         });
         entry.info = Some(info.clone());
         entry.connected = true;
@@ -234,6 +360,37 @@ impl GuestRegistry {
         entry.last_seen = now;
         entry.conn = Some((serial, commands));
         serial
+    }
+
+    /// The counters of `guest` (a new guest's start at 0).
+    /// The registry learns a guest at [`connected`](Self::connected); before
+    /// that the counters are detached (they count nothing anyone sees).
+    pub fn counters(&self, guest: &GuestId) -> Arc<GuestCounters> {
+        self.lock()
+            .get(&guest.to_string())
+            .map(|e| Arc::clone(&e.counters))
+            .unwrap_or_default()
+    }
+
+    /// Every guest for `/metrics`, sorted by identity.
+    pub fn metrics_view(&self) -> Vec<GuestMetricsView> {
+        let guests = self.lock();
+        let mut views: Vec<GuestMetricsView> = guests
+            .values()
+            .map(|e| GuestMetricsView {
+                identity: e.identity.clone(),
+                name: e.info.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+                connected: e.connected,
+                last_seen_secs: e
+                    .last_seen
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                counters: e.counters.snapshot(),
+                health: e.health.as_ref().map(|(h, _)| *h),
+            })
+            .collect();
+        views.sort_by(|a, b| a.identity.cmp(&b.identity));
+        views
     }
 
     /// The connection `serial` of `guest` ended.
@@ -326,6 +483,7 @@ impl GuestRegistry {
     /// `guest` was denied `detection.path` for a detection.
     pub fn detection(&self, guest: &GuestId, detection: Detection) {
         if let Some(e) = self.lock().get_mut(&guest.to_string()) {
+            e.counters.detections.fetch_add(1, Ordering::Relaxed);
             e.last_seen = detection.at;
             e.detections.retain(|d| d.path != detection.path);
             if e.detections.len() >= DETECTIONS_KEPT {
@@ -458,6 +616,7 @@ fn view(e: &Entry) -> GuestView {
             .detections
             .back()
             .map(|d| format!("{} at {}", d.threat, d.path)),
+        counters: e.counters.snapshot(),
     }
 }
 
@@ -510,7 +669,14 @@ pub fn describe_outcome(outcome: ActionOutcome) -> (bool, &'static str, String) 
         }
         ActionOutcome::ScanDone(d) => (
             d.status == ScanStatus::Completed,
-            "scan-done",
+            match d.status {
+                ScanStatus::Completed => "completed",
+                ScanStatus::Cancelled => "cancelled",
+                ScanStatus::NotFound => "not-found",
+                ScanStatus::Failed => "failed",
+                ScanStatus::Busy => "busy",
+                ScanStatus::Unsupported => "unsupported",
+            },
             format!("{:?}", d.status),
         ),
         ActionOutcome::TimedOut => (

@@ -6,17 +6,23 @@
 //! `GET /metrics` per connection, anything else gets 404/405, requests are
 //! size- and time-bounded.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use crate::guests::{CountersView, GuestMetricsView, GuestRegistry};
 
 /// One label named `decision`, `kind`, `reason` or `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +73,241 @@ pub struct SinkReasonLabel {
     pub sink: String,
     /// Why (`queue_full`, `channel_full`, `queue_error`).
     pub reason: String,
+}
+
+/// Label `guest`: the transport identity (§13), never the announced name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestLabel {
+    guest: String,
+}
+
+/// Labels `guest` and `name` (the announced name, a label only).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestNameLabel {
+    guest: String,
+    name: String,
+}
+
+/// Labels `guest` and `decision`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestDecisionLabel {
+    guest: String,
+    decision: &'static str,
+}
+
+/// Labels `guest`, `action` and `status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestActionLabel {
+    guest: String,
+    action: &'static str,
+    status: &'static str,
+}
+
+/// Labels `guest` and `mode`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestModeLabel {
+    guest: String,
+    mode: &'static str,
+}
+
+/// The metrics labelled by guest, read from the guest registry at each
+/// scrape (so a guest's series exist from its first handshake on and
+/// nothing has to be removed by hand). Series: one set per guest seen
+/// since the service started, about a dozen each.
+#[derive(Debug, Default)]
+struct GuestCollector {
+    guests: OnceLock<Arc<GuestRegistry>>,
+}
+
+/// One metric family of the guest collector.
+fn family<'a>(
+    encoder: &'a mut DescriptorEncoder<'_>,
+    name: &'a str,
+    help: &str,
+    metric_type: MetricType,
+) -> Result<prometheus_client::encoding::MetricEncoder<'a>, std::fmt::Error> {
+    encoder.encode_descriptor(name, help, None, metric_type)
+}
+
+impl Collector for GuestCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(registry) = self.guests.get() else {
+            return Ok(());
+        };
+        let guests = registry.metrics_view();
+        let label = |g: &GuestMetricsView| GuestLabel {
+            guest: g.identity.clone(),
+        };
+        let gauge = |v: i64| ConstGauge::new(v);
+        // Host-side: what this scanner saw and did.
+        {
+            let mut m = family(
+                &mut encoder,
+                "guest_connected",
+                "1 while the guest has a session, 0 after; labelled with its announced name",
+                MetricType::Gauge,
+            )?;
+            for g in &guests {
+                let l = GuestNameLabel {
+                    guest: g.identity.clone(),
+                    name: g.name.clone(),
+                };
+                gauge(i64::from(g.connected)).encode(m.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut m = family(
+                &mut encoder,
+                "guest_last_seen_seconds",
+                "When the guest was last heard from (or disconnected), Unix time",
+                MetricType::Gauge,
+            )?;
+            for g in &guests {
+                ConstGauge::new(g.last_seen_secs).encode(m.encode_family(&label(g))?)?;
+            }
+        }
+        {
+            let mut m = family(
+                &mut encoder,
+                "guest_verdicts",
+                "Verdicts sent to the guest, by decision",
+                MetricType::Counter,
+            )?;
+            for g in &guests {
+                for (decision, n) in [
+                    ("allow", g.counters.verdicts_allow),
+                    ("deny", g.counters.verdicts_deny),
+                ] {
+                    let l = GuestDecisionLabel {
+                        guest: g.identity.clone(),
+                        decision,
+                    };
+                    ConstCounter::new(n).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "guest_policy_verdicts",
+                "Verdicts sent to the guest that policy decided, not a scan (timeouts, read or engine failures, limits)",
+                (|c: &CountersView| c.verdicts_policy) as fn(&CountersView) -> u64,
+            ),
+            (
+                "guest_queries_abandoned",
+                "Queries of the guest that ended with no verdict (the guest left)",
+                |c| c.abandoned,
+            ),
+            (
+                "guest_bytes_read",
+                "File content bytes pulled from the guest with ReadRequests",
+                |c| c.bytes_read,
+            ),
+            (
+                "guest_detections",
+                "Detections on the guest (opens denied for a threat)",
+                |c| c.detections,
+            ),
+        ] {
+            let mut m = family(&mut encoder, name, help, MetricType::Counter)?;
+            for g in &guests {
+                ConstCounter::new(pick(&g.counters)).encode(m.encode_family(&label(g))?)?;
+            }
+        }
+        {
+            let mut m = family(
+                &mut encoder,
+                "guest_host_actions",
+                "Host actions on the guest that ended, by action (remediate, scan_tree, policy, restore) and status (done, changed, timed-out, completed, ...)",
+                MetricType::Counter,
+            )?;
+            for g in &guests {
+                for a in &g.counters.actions {
+                    let l = GuestActionLabel {
+                        guest: g.identity.clone(),
+                        action: a.action,
+                        status: a.status,
+                    };
+                    ConstCounter::new(a.n).encode(m.encode_family(&l)?)?;
+                }
+            }
+        }
+        // Guest-side: its last `Health` report (§14.8), for guests that sent one.
+        let reported: Vec<(&GuestMetricsView, &thinagent_protocol::Health)> = guests
+            .iter()
+            .filter_map(|g| g.health.as_ref().map(|h| (g, h)))
+            .collect();
+        {
+            let mut m = family(
+                &mut encoder,
+                "guest_reported_on_access",
+                "1 when the guest's last Health report says its opens are being judged",
+                MetricType::Gauge,
+            )?;
+            for (g, h) in &reported {
+                let on = h.state.contains(thinagent_protocol::HealthState::ON_ACCESS);
+                gauge(i64::from(on)).encode(m.encode_family(&label(g))?)?;
+            }
+        }
+        {
+            let mut m = family(
+                &mut encoder,
+                "guest_reported_fail_mode",
+                "The fail mode in effect on the guest (1 for the mode it reports)",
+                MetricType::Gauge,
+            )?;
+            for (g, h) in &reported {
+                let mode = match h.fail_mode {
+                    thinagent_protocol::FailMode::Open => "open",
+                    thinagent_protocol::FailMode::Closed => "closed",
+                };
+                let l = GuestModeLabel {
+                    guest: g.identity.clone(),
+                    mode,
+                };
+                gauge(1).encode(m.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut m = family(
+                &mut encoder,
+                "guest_reported_policy_version",
+                "The host policy version in effect on the guest (0: none received)",
+                MetricType::Gauge,
+            )?;
+            for (g, h) in &reported {
+                ConstGauge::new(h.policy_version).encode(m.encode_family(&label(g))?)?;
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "guest_reported_events_sent",
+                "FileEvents the guest sent since its agent started",
+                (|h: &thinagent_protocol::Health| h.events_sent)
+                    as fn(&thinagent_protocol::Health) -> u64,
+            ),
+            (
+                "guest_reported_cache_hits",
+                "Opens the guest answered from its verdict cache since its agent started",
+                |h| h.cache_hits,
+            ),
+            (
+                "guest_reported_denied",
+                "Opens the guest denied on a host verdict since its agent started",
+                |h| h.denied,
+            ),
+            (
+                "guest_reported_fail_decisions",
+                "Opens the guest decided by its fail mode (deadline passed, no connection) since its agent started",
+                |h| h.fail_decisions,
+            ),
+        ] {
+            let mut m = family(&mut encoder, name, help, MetricType::Counter)?;
+            for (g, h) in &reported {
+                ConstCounter::new(pick(h)).encode(m.encode_family(&label(g))?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Every metric of the service. Cheap to update from any task.
@@ -129,6 +370,8 @@ pub struct Metrics {
     pub events_dropped: Family<SinkReasonLabel, Counter>,
     /// Events waiting in a destination's on-disk queue, by `sink`.
     pub events_queue_depth: Family<SinkLabel, Gauge>,
+    /// The metrics labelled by guest, once [`attach_guests`](Self::attach_guests).
+    guests: Arc<GuestCollector>,
 }
 
 impl Default for Metrics {
@@ -268,7 +511,10 @@ impl Metrics {
             "Events waiting in a destination's on-disk queue, by sink",
             events_queue_depth.clone(),
         );
+        let guests = Arc::new(GuestCollector::default());
+        registry.register_collector(Box::new(Arc::clone(&guests)));
         Self {
+            guests,
             registry,
             sessions,
             sessions_active,
@@ -294,6 +540,12 @@ impl Metrics {
             events_dropped,
             events_queue_depth,
         }
+    }
+
+    /// Serves the `guest_*` metrics from `guests` (the service's registry);
+    /// the first call wins.
+    pub fn attach_guests(&self, guests: Arc<GuestRegistry>) {
+        let _ = self.guests.guests.set(guests);
     }
 
     /// Counts `n` events delivered to `sink`.

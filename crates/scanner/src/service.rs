@@ -882,6 +882,7 @@ impl Service {
         ));
         ctx.remediation = config.remediation.clone();
         ctx.quarantine = quarantine.clone();
+        metrics.attach_guests(Arc::clone(&ctx.guests));
         let ctx = Arc::new(ctx);
         let (urls, explicit) = config.listeners()?;
         let tls = match &config.tls {

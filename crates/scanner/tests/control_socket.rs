@@ -97,6 +97,20 @@ async fn guest(url: String, seen: Arc<Mutex<Seen>>) {
             match ev {
                 SessionEvent::Connected { version } => {
                     assert_eq!(version, 2);
+                    assert!(s.send_health(&thinagent_protocol::Health {
+                        policy_version: 0,
+                        state: thinagent_protocol::HealthState(
+                            thinagent_protocol::HealthState::ON_ACCESS.0
+                                | thinagent_protocol::HealthState::CACHE.0
+                        ),
+                        fail_mode: thinagent_protocol::FailMode::Closed,
+                        uptime_ms: 61_000,
+                        events_sent: 17,
+                        cache_hits: 5,
+                        denied: 2,
+                        fail_decisions: 1,
+                        sessions: 1,
+                    }));
                     s.submit(&event(EventKind::Open, "/srv/eicar.com", 1, EICAR), now())
                         .unwrap();
                 }
@@ -416,6 +430,55 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
         "{out:?}"
     );
 
+    // `/metrics` labels by guest: the host's counts of verdicts,
+    // detections and host actions, and the guest's Health report.
+    let text = running.metrics();
+    let series = |name: &str, labels: &str| {
+        common::metric(
+            &text,
+            &format!("thinagent_scanner_{name}{{guest=\"{guest_id}\"{labels}}}"),
+        )
+    };
+    assert_eq!(series("guest_connected", ",name=\"web-01\""), 1.0, "{text}");
+    // The open of eicar.com and the scan's eicar.txt.
+    assert_eq!(
+        series("guest_verdicts_total", ",decision=\"deny\""),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        series("guest_verdicts_total", ",decision=\"allow\""),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(series("guest_detections_total", ""), 2.0, "{text}");
+    let action = |a: &str, st: &str| {
+        series(
+            "guest_host_actions_total",
+            &format!(",action=\"{a}\",status=\"{st}\""),
+        )
+    };
+    assert_eq!(action("remediate", "done"), 1.0, "{text}");
+    assert_eq!(action("scan_tree", "completed"), 1.0, "{text}");
+    assert_eq!(action("policy", "done"), 2.0, "{text}");
+    assert_eq!(series("guest_reported_on_access", ""), 1.0, "{text}");
+    assert_eq!(
+        series("guest_reported_fail_mode", ",mode=\"closed\""),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        series("guest_reported_events_sent_total", ""),
+        17.0,
+        "{text}"
+    );
+    assert_eq!(
+        series("guest_reported_fail_decisions_total", ""),
+        1.0,
+        "{text}"
+    );
+    assert!(series("guest_last_seen_seconds", "") > 1.7e9, "{text}");
+
     // Bad requests get a reason, and the socket goes on.
     let out = control(&socket, serde_json::json!({"cmd": "reboot"})).await;
     assert!(
@@ -440,6 +503,21 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let text = running.metrics();
+    assert_eq!(
+        common::metric(
+            &text,
+            &format!("thinagent_scanner_guest_connected{{guest=\"{guest_id}\",name=\"web-01\"}}")
+        ),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "thinagent_scanner_guest_detections_total{{guest=\"{guest_id}\"}} 2"
+        )),
+        "a guest that left keeps its series: {text}"
+    );
     let out = control(
         &socket,
         serde_json::json!({"cmd": "scan", "guest": "web-01", "path": "/data"}),
