@@ -715,7 +715,15 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
             && (event.kind != EventKind::OnDemand
                 || self.version() >= thinagent_protocol::HOST_ACTIONS_VERSION);
         let fail = self.fail_mode;
-        let deadline = now.saturating_add(self.query_timeout);
+        // §14.4: an `OnDemand` event blocks no open; it waits longer.
+        let timeout = if event.kind == EventKind::OnDemand {
+            self.query_timeout.max(Duration::from_millis(
+                thinagent_protocol::ON_DEMAND_QUERY_TIMEOUT_MS.into(),
+            ))
+        } else {
+            self.query_timeout
+        };
+        let deadline = now.saturating_add(timeout);
         if self.state == State::Closed || !fits {
             let slot = &mut self.slots[index];
             slot.id = id;
@@ -3350,6 +3358,54 @@ mod tests {
             let out = answers(&mut s);
             let ids: Vec<u64> = out.iter().map(|(id, _)| *id).collect();
             assert_eq!(ids, [b, a], "the on-access event goes first");
+        }
+
+        #[test]
+        fn an_on_demand_event_waits_longer_than_an_open() {
+            let mut s = connected_v2(ACTIONS);
+            let od = FileEvent {
+                kind: EventKind::OnDemand,
+                process_id: 0,
+                desired_access: 0,
+                ..open_event("/data/f")
+            };
+            let a = s.submit(&od, ms(2)).unwrap();
+            let b = s.submit(&open_event("/tmp/open"), ms(2)).unwrap();
+            // The open's deadline (2 000 ms) passes: only it is decided.
+            s.on_timeout(ms(2002));
+            let decided: Vec<QueryId> = events(&mut s)
+                .iter()
+                .filter_map(|e| match e {
+                    SessionEvent::Verdict(v) => Some(v.query),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(decided, [b]);
+            let limit = u64::from(thinagent_protocol::ON_DEMAND_QUERY_TIMEOUT_MS);
+            // The host stays alive (a Ping every 5 s) while the scan's
+            // file takes its time.
+            let mut t = 5_000;
+            while t <= limit {
+                let ping = Message::Ping(Heartbeat {
+                    nonce: t,
+                    timestamp_ms: t,
+                });
+                s.receive(&enc(ping, t), ms(t));
+                s.on_timeout(ms(t));
+                sent(&mut s);
+                t += 5_000;
+            }
+            s.on_timeout(ms(limit + 1));
+            assert!(
+                !events(&mut s)
+                    .iter()
+                    .any(|e| matches!(e, SessionEvent::Verdict(_)))
+            );
+            s.on_timeout(ms(limit + 2));
+            assert!(events(&mut s).iter().any(|e| matches!(
+                e,
+                SessionEvent::Verdict(v) if v.query == a && v.source == VerdictSource::Deadline(FailMode::Open)
+            )));
         }
 
         #[test]

@@ -32,6 +32,17 @@ pub const MAX_ACTIONS_IN_FLIGHT: u32 = 8;
 /// Least time between two `Health` reports of a guest, ms (§14.8).
 pub const HEALTH_MIN_INTERVAL_MS: u32 = 10_000;
 
+/// Least time a guest waits for the `Verdict` of an `OnDemand` event, ms
+/// (§14.4): such an event blocks no open, so a large or slow file of a scan
+/// gets the time to be read and judged. The host's scan budget for one is
+/// three quarters of it ([`ON_DEMAND_SCAN_BUDGET_MS`]).
+pub const ON_DEMAND_QUERY_TIMEOUT_MS: u32 = 60_000;
+
+/// Least scan budget of a host for an `OnDemand` event, ms (§14.4): shorter
+/// than the guest's [`ON_DEMAND_QUERY_TIMEOUT_MS`], so the host's policy
+/// verdict arrives before the guest gives up.
+pub const ON_DEMAND_SCAN_BUDGET_MS: u32 = ON_DEMAND_QUERY_TIMEOUT_MS / 4 * 3;
+
 /// Size in bytes of the fixed frame header.
 pub const HEADER_LEN: usize = 24;
 

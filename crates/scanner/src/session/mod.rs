@@ -65,10 +65,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thinagent_protocol::{
-    ActionResult, Capabilities, Decision, DecodeError, ErrorCode, ErrorMessage, FileEvent, Goodbye,
-    GoodbyeReason, Health, Heartbeat, HelloAck, INLINE_CONTENT_VERSION, MAX_FRAME_LEN,
-    MAX_THREAT_NAME_LEN, MAX_VERSION, MIN_VERSION, Message, MessageType, PROTOCOL_VERSION,
-    ReadOutcome, ReadRequest, ScanCounters, ScanDone, StreamDecoder, Verdict,
+    ActionResult, Capabilities, Decision, DecodeError, ErrorCode, ErrorMessage, EventKind,
+    FileEvent, Goodbye, GoodbyeReason, Health, Heartbeat, HelloAck, INLINE_CONTENT_VERSION,
+    MAX_FRAME_LEN, MAX_THREAT_NAME_LEN, MAX_VERSION, MIN_VERSION, Message, MessageType,
+    PROTOCOL_VERSION, ReadOutcome, ReadRequest, ScanCounters, ScanDone, StreamDecoder, Verdict,
 };
 
 pub use host_actions::{ActionError, ActionKind, ActionOutcome, ScanOptions};
@@ -878,7 +878,9 @@ impl HostSession {
             id,
             OpenQuery {
                 info: Arc::clone(&info),
-                deadline: self.now.checked_add(self.limits.query_timeout),
+                deadline: self
+                    .now
+                    .checked_add(scan_budget(&info, self.limits.query_timeout)),
                 fetch: None,
                 inline,
             },
@@ -1006,7 +1008,17 @@ impl HostSession {
 
     /// Issues as many `ReadRequest`s as the limits allow, round-robin over the
     /// fetching queries.
+    /// Sends the `ReadRequest`s the limits allow: those of on-access
+    /// events first, then those of `OnDemand` ones (§14.4: a scan never
+    /// takes the read slots or byte budget an open is waiting for).
     fn pump_reads(&mut self) {
+        self.pump_reads_of(false);
+        self.pump_reads_of(true);
+    }
+
+    /// [`pump_reads`](Self::pump_reads) for the events that are `OnDemand`
+    /// (`on_demand`) or not.
+    fn pump_reads_of(&mut self, on_demand: bool) {
         if self.state != State::Connected {
             return;
         }
@@ -1033,6 +1045,10 @@ impl HostSession {
                 continue;
             }
             self.fetch_order.push_back(id);
+            if (q.info.kind == EventKind::OnDemand) != on_demand {
+                idle_rounds += 1;
+                continue;
+            }
             let Some((offset, length)) = next_range(f, declared, chunk, budget, max_file_size)
             else {
                 idle_rounds += 1;
@@ -1233,6 +1249,18 @@ fn next_range(
     }
     f.next_offset = offset + u64::from(length);
     Some((offset, length))
+}
+
+/// The scan budget of `query`: `query_timeout`, or for an `OnDemand`
+/// event (it blocks no open) at least `ON_DEMAND_SCAN_BUDGET_MS` (§14.4).
+fn scan_budget(query: &Query, query_timeout: Duration) -> Duration {
+    if query.kind == EventKind::OnDemand {
+        query_timeout.max(Duration::from_millis(
+            thinagent_protocol::ON_DEMAND_SCAN_BUDGET_MS.into(),
+        ))
+    } else {
+        query_timeout
+    }
 }
 
 fn non_zero(d: Duration) -> Option<Duration> {

@@ -1188,6 +1188,108 @@ fn partial_inline_content_is_delivered_then_reads_start_at_content_len() {
     assert_eq!((r.event_id, r.offset), (10, 3));
 }
 
+/// A version-2 `OnDemand` event (§14.4) of a `size`-byte file.
+fn on_demand_event(size: u64, path: &'static str) -> Message<'static> {
+    let Message::FileEvent(e) = event_msg(size, path) else {
+        unreachable!()
+    };
+    Message::FileEvent(FileEvent {
+        kind: EventKind::OnDemand,
+        process_id: 0,
+        desired_access: 0,
+        ..e
+    })
+}
+
+#[test]
+fn on_access_reads_go_before_on_demand_ones() {
+    let limits = SessionLimits {
+        max_read_chunk: 4,
+        max_bytes_in_flight: 8,
+        ..SessionLimits::default()
+    };
+    let (mut h, _) = Harness::connected_v2(limits, Capabilities::READ_CONTENT);
+    h.query_v2(5, &on_demand_event(100, "/scan/a"));
+    h.s.fetch(5, h.now).unwrap();
+    let reads: Vec<(u64, u64, u64)> = h
+        .out()
+        .iter()
+        .map(|o| match o {
+            Out::Read(id, r) => (*id, r.event_id, r.offset),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        reads,
+        [(1, 5, 0), (2, 5, 4)],
+        "the scan takes the idle budget"
+    );
+    // An open arrives while the scan's file holds the whole budget.
+    h.query_v2(6, &event_msg(100, "/open"));
+    h.s.fetch(6, h.now).unwrap();
+    assert!(h.out().is_empty());
+    // The scan's first chunk arrives and is consumed: the freed budget
+    // goes to the open, though the scan's file came first.
+    h.send_v(
+        2,
+        &Message::ReadData(ReadData {
+            event_id: 5,
+            offset: 0,
+            outcome: ReadOutcome::Data(b"abcd"),
+        }),
+        1,
+    );
+    h.events();
+    h.s.consumed(5, 4);
+    let out = h.out();
+    let [Out::Read(_, r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((r.event_id, r.offset), (6, 0), "{out:?}");
+    // Only when the open needs nothing more does the scan read again.
+    h.send_v(
+        2,
+        &Message::ReadData(ReadData {
+            event_id: 5,
+            offset: 4,
+            outcome: ReadOutcome::Data(b"efgh"),
+        }),
+        2,
+    );
+    h.events();
+    h.s.consumed(5, 4);
+    let out = h.out();
+    let [Out::Read(_, r)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((r.event_id, r.offset), (6, 4), "{out:?}");
+}
+
+#[test]
+fn an_on_demand_event_gets_the_longer_scan_budget() {
+    let limits = SessionLimits {
+        heartbeat_interval: Duration::ZERO,
+        idle_timeout: Duration::ZERO,
+        ..SessionLimits::default()
+    };
+    let budget = limits.query_timeout;
+    let (mut h, _) = Harness::connected_v2(limits, Capabilities::READ_CONTENT);
+    h.query_v2(5, &on_demand_event(100, "/scan/a"));
+    h.query_v2(6, &event_msg(100, "/open"));
+    h.advance(budget + Duration::from_millis(1));
+    let out = h.out();
+    assert!(
+        matches!(&out[..], [Out::Verdict(6, _, _, 0)]),
+        "only the open's budget expired: {out:?}"
+    );
+    let scan_budget = Duration::from_millis(thinagent_protocol::ON_DEMAND_SCAN_BUDGET_MS.into());
+    h.advance(scan_budget - budget - Duration::from_millis(2));
+    assert!(h.out().is_empty());
+    h.advance(Duration::from_millis(2));
+    let out = h.out();
+    assert!(matches!(&out[..], [Out::Verdict(5, _, _, 0)]), "{out:?}");
+}
+
 #[test]
 fn inline_content_counts_against_the_scan_limit() {
     let limits = SessionLimits {
