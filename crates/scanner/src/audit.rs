@@ -1,5 +1,7 @@
 //! The audit log: one JSON object per verdict, one per line, appended to a
-//! file.
+//! file; and one per host action ([`HostActionEntry`], `"record":
+//! "host_action"`) and per guest session start and end ([`GuestStateEntry`],
+//! `"record": "guest"`). Verdict lines have no `record` field.
 //!
 //! Fields: `time` (RFC 3339 UTC, milliseconds), `guest` (address and announced
 //! name), `peer` (the transport identity caches and limits are keyed by),
@@ -89,6 +91,105 @@ pub struct AuditEntry {
     pub duration_ms: f64,
     /// Which cache answered: `none`, `guest`, `content`.
     pub cache: String,
+}
+
+/// An audit line about a host action (protocol §14), automatic or asked by
+/// an admin: one per action, when it ended. Told from a verdict line by
+/// its `record` field (`"host_action"`; verdict lines have none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostActionEntry {
+    /// `"host_action"`.
+    pub record: String,
+    /// When it ended (RFC 3339, UTC).
+    pub time: String,
+    /// The guest: transport address and announced name, as in verdict lines.
+    pub guest: String,
+    /// The transport identity, as in verdict lines.
+    pub peer: String,
+    /// `remediate`, `scan_tree`, `policy`, `restore`.
+    pub action: String,
+    /// `automatic` (a `[remediation]` rule), `admin` (the control socket),
+    /// `policy` (the host's policy sent after a handshake or a change).
+    pub origin: String,
+    /// What exactly: `delete`, `truncate`, `quarantine` for a remediation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The guest path acted on (lossy UTF-8), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The detection a remediation answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threat: Option<String>,
+    /// The policy version sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    /// The quarantine entry that holds the file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_id: Option<String>,
+    /// `done`, `done-on-close`, `changed`, `not-found`, `failed`,
+    /// `unsupported`, `busy`, `rejected`, `timed-out`, `connection-lost`,
+    /// `completed`, `cancelled`, `rate-limited`, `kept`, ...
+    pub status: String,
+    /// In words (the NTSTATUS or errno of a failure).
+    pub detail: String,
+    /// A scan's counters at its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<ScanSummary>,
+}
+
+/// A scan's counters (protocol §14.5), for audit lines and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanSummary {
+    /// Regular files found.
+    pub files_seen: u64,
+    /// Files judged.
+    pub files_scanned: u64,
+    /// Of those, denied.
+    pub files_denied: u64,
+    /// Files not sent (excluded, too large).
+    pub files_skipped: u64,
+    /// Files or directories that could not be opened, read or listed.
+    pub errors: u64,
+    /// Bytes of the files sent.
+    pub bytes: u64,
+}
+
+impl From<thinagent_protocol::ScanCounters> for ScanSummary {
+    fn from(c: thinagent_protocol::ScanCounters) -> Self {
+        Self {
+            files_seen: c.files_seen,
+            files_scanned: c.files_scanned,
+            files_denied: c.files_denied,
+            files_skipped: c.files_skipped,
+            errors: c.errors,
+            bytes: c.bytes,
+        }
+    }
+}
+
+/// An audit line about a guest's session: admitted, or gone. `record` is
+/// `"guest"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestStateEntry {
+    /// `"guest"`.
+    pub record: String,
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// The guest: transport address and announced name.
+    pub guest: String,
+    /// The transport identity.
+    pub peer: String,
+    /// `connected` or `disconnected`.
+    pub state: String,
+    /// Why a session ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `windows`, `linux`.
+    pub os: String,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The protocol version in use.
+    pub protocol_version: u16,
 }
 
 /// An open audit log: the queue to its writer thread.
@@ -260,6 +361,12 @@ impl AuditLog {
     /// Queues one entry; never blocks. A record the queue has no room for
     /// is dropped and counted (see the module docs).
     pub fn write(&self, entry: &AuditEntry) {
+        self.write_record(entry);
+    }
+
+    /// Queues any line of the log ([`AuditEntry`], [`HostActionEntry`],
+    /// [`GuestStateEntry`]) the same way as [`write`](Self::write).
+    pub fn write_record<T: Serialize>(&self, entry: &T) {
         let mut line = match serde_json::to_vec(entry) {
             Ok(l) => l,
             Err(e) => {

@@ -367,6 +367,39 @@ pub trait ScanObserver: Send + Sync {
     fn on_remediation(&self, record: &RemediationRecord) {
         let _ = record;
     }
+    /// A host action other than an automatic remediation (those are
+    /// [`on_remediation`](Self::on_remediation)) ended: an admin's
+    /// remediation, scan or restore, or a policy sent to the guest.
+    fn on_host_action(&self, record: &HostActionRecord) {
+        let _ = record;
+    }
+}
+
+/// How one host action ended ([`ScanObserver::on_host_action`]).
+#[derive(Debug, Clone)]
+pub struct HostActionRecord {
+    /// The guest by transport.
+    pub guest: GuestId,
+    /// What it announced.
+    pub guest_info: Arc<GuestInfo>,
+    /// The request's id in the session.
+    pub request_id: u64,
+    /// `remediate`, `scan_tree`, `policy`, `restore`.
+    pub action: &'static str,
+    /// `admin` or `policy`.
+    pub origin: &'static str,
+    /// `delete` / `truncate` for a remediation.
+    pub operation: Option<&'static str>,
+    /// The path acted on.
+    pub path: Option<GuestPath>,
+    /// The identity a remediation named.
+    pub file: Option<thinagent_protocol::FileIdentity>,
+    /// The detection a remediation answered, if the registry has it.
+    pub threat: Option<String>,
+    /// The policy version sent.
+    pub policy_version: Option<u64>,
+    /// How it ended.
+    pub outcome: ActionOutcome,
 }
 
 /// How one automatic remediation went ([`crate::remediation`]).
@@ -527,6 +560,7 @@ where
         counters: None,
         commands: None,
         replies: std::collections::HashMap::new(),
+        audit_meta: std::collections::HashMap::new(),
     };
     let mut rbuf = vec![0u8; limits.read_buffer.max(4096)];
     let mut out: Vec<u8> = Vec::new();
@@ -670,6 +704,18 @@ struct Driver {
     commands: Option<mpsc::UnboundedReceiver<GuestCommand>>,
     /// Who waits for each host action's end, by request id.
     replies: std::collections::HashMap<u64, Reply>,
+    /// What the audit line of an admin's or a policy's host action says,
+    /// by request id (automatic remediations carry their own).
+    audit_meta: std::collections::HashMap<u64, ActionAudit>,
+}
+
+/// What a host action's audit line names, kept from its request to its end.
+struct ActionAudit {
+    origin: &'static str,
+    operation: Option<&'static str>,
+    path: Option<GuestPath>,
+    file: Option<thinagent_protocol::FileIdentity>,
+    policy_version: Option<u64>,
 }
 
 /// Who waits for a host action.
@@ -731,6 +777,9 @@ impl Driver {
                     );
                     if let Some(c) = &self.counters {
                         c.action_ended(kind.as_str(), crate::guests::describe_outcome(outcome).1);
+                    }
+                    if let Some(meta) = self.audit_meta.remove(&id) {
+                        self.report_host_action(id, kind.as_str(), meta, outcome);
                     }
                     match self.replies.remove(&id) {
                         Some(Reply::Action(tx)) => {
@@ -822,6 +871,16 @@ impl Driver {
             Ok(id) => {
                 self.ctx.guests.policy_sent(&self.guest, version);
                 self.replies.insert(id, Reply::Policy(version));
+                self.audit_meta.insert(
+                    id,
+                    ActionAudit {
+                        origin: "policy",
+                        operation: None,
+                        path: None,
+                        file: None,
+                        policy_version: Some(version),
+                    },
+                );
             }
             Err(e) => tracing::warn!(guest = %self.guest, version, "policy not sent: {e}"),
         }
@@ -840,6 +899,19 @@ impl Driver {
             } => match self.session.remediate(action, &path, file, deadline, at) {
                 Ok(id) => {
                     self.replies.insert(id, Reply::Action(reply));
+                    self.audit_meta.insert(
+                        id,
+                        ActionAudit {
+                            origin: "admin",
+                            operation: Some(match action {
+                                thinagent_protocol::RemediateAction::Delete => "delete",
+                                thinagent_protocol::RemediateAction::Truncate => "truncate",
+                            }),
+                            path: Some(path),
+                            file: Some(file),
+                            policy_version: None,
+                        },
+                    );
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -853,6 +925,16 @@ impl Driver {
                 Ok(id) => {
                     let _ = updates.send(ScanUpdate::Started(id));
                     self.replies.insert(id, Reply::Scan(updates));
+                    self.audit_meta.insert(
+                        id,
+                        ActionAudit {
+                            origin: "admin",
+                            operation: None,
+                            path: Some(root),
+                            file: None,
+                            policy_version: None,
+                        },
+                    );
                 }
                 Err(e) => {
                     let _ = updates.send(ScanUpdate::Done(Err(e)));
@@ -1246,6 +1328,40 @@ impl Driver {
                 self.report_remediation(&auto, "failed", detail);
             }
         }
+    }
+
+    /// An admin's or a policy's host action ended: to the observer.
+    fn report_host_action(
+        &self,
+        id: u64,
+        action: &'static str,
+        meta: ActionAudit,
+        outcome: ActionOutcome,
+    ) {
+        let Some(guest_info) = self.session.guest().cloned() else {
+            return;
+        };
+        let threat = match (&meta.path, meta.operation) {
+            (Some(path), Some(_)) => self
+                .ctx
+                .guests
+                .find_detection(&self.guest.to_string(), &path.to_string_lossy())
+                .map(|d| d.threat),
+            _ => None,
+        };
+        self.ctx.observer.on_host_action(&HostActionRecord {
+            guest: self.guest.clone(),
+            guest_info,
+            request_id: id,
+            action,
+            origin: meta.origin,
+            operation: meta.operation,
+            path: meta.path,
+            file: meta.file,
+            threat,
+            policy_version: meta.policy_version,
+            outcome,
+        });
     }
 
     fn report_remediation(&self, auto: &AutoRemediation, status: &'static str, detail: String) {

@@ -130,9 +130,11 @@ pub enum EventBody {
         /// Why (`peer said goodbye: ...`, `idle timeout`, ...).
         reason: String,
     },
-    /// An automatic remediation ended, or was not attempted and why
-    /// ([`crate::remediation`]).
+    /// A remediation ended: an automatic one ([`crate::remediation`]; also
+    /// one not attempted, and why) or one an admin asked for.
     Remediation {
+        /// `automatic` or `admin`.
+        origin: String,
         /// The guest.
         guest: GuestRecord,
         /// The file's path there.
@@ -141,7 +143,7 @@ pub enum EventBody {
         file: FileRecord,
         /// What was found.
         threat: String,
-        /// The rule's action: `delete`, `quarantine`.
+        /// `delete`, `quarantine` (a rule's action), `truncate` (an admin's).
         action: String,
         /// `done`, `done-on-close`, `changed`, `not-found`, `failed`,
         /// `unsupported`, `rate-limited`, `kept`, `timed-out`,
@@ -153,6 +155,22 @@ pub enum EventBody {
         #[serde(skip_serializing_if = "Option::is_none")]
         quarantine_id: Option<String>,
     },
+    /// An on-demand scan an admin asked for ended (protocol §14.4); its
+    /// detections are `detection` events of their own.
+    ScanFinished {
+        /// The guest.
+        guest: GuestRecord,
+        /// The scan's root there.
+        path: PathRecord,
+        /// `completed`, `cancelled`, `not-found`, `failed`, `busy`,
+        /// `unsupported`, `timed-out`, `connection-lost`.
+        status: String,
+        /// In words.
+        detail: String,
+        /// The counters the guest sent with its end.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        counters: Option<crate::audit::ScanSummary>,
+    },
 }
 
 impl EventBody {
@@ -163,6 +181,7 @@ impl EventBody {
             Self::GuestConnected { .. } => "guest_connected",
             Self::GuestDisconnected { .. } => "guest_disconnected",
             Self::Remediation { .. } => "remediation",
+            Self::ScanFinished { .. } => "scan_finished",
         }
     }
 }

@@ -25,7 +25,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use thinagent_protocol::{Decision, Goodbye, GoodbyeReason, Message};
 use tokio::io::AsyncWriteExt;
@@ -34,7 +34,9 @@ use tokio::task::JoinSet;
 use tracing::Level;
 
 use crate::admission::{Admission, AdmissionLimits, PendingSlot, SessionSlot};
-use crate::audit::{AuditEntry, AuditFile, AuditLog, rfc3339};
+use crate::audit::{
+    AuditEntry, AuditFile, AuditLog, GuestStateEntry, HostActionEntry, ScanSummary, rfc3339,
+};
 use crate::cache::{CacheLimits, VerdictCaches};
 use crate::config::Config;
 use crate::connection::{
@@ -50,7 +52,8 @@ use crate::metrics::Metrics;
 use crate::quarantine::QuarantineStore;
 use crate::records::{FileRecord, GuestRecord, PathRecord};
 use crate::session::{
-    Anomaly, CloseReason, GuestInfo, PolicyReason, PolicyVerdicts, SessionLimits,
+    ActionOutcome, Anomaly, CloseReason, GuestInfo, GuestPath, PolicyReason, PolicyVerdicts,
+    SessionLimits,
 };
 use crate::signatures::{ClamdConfig, LoadSummary, SignatureConfig, SignatureError, SignatureSet};
 
@@ -506,6 +509,31 @@ fn millis(d: Duration) -> u64 {
 
 /// The `reason` label of a verdict decided by policy; `None` for scanned,
 /// cached and abandoned queries.
+impl ServiceObserver {
+    /// An audit line: `guest` was admitted or is gone.
+    fn audit_guest_state(
+        &self,
+        guest: &GuestId,
+        info: &GuestInfo,
+        state: &str,
+        reason: Option<String>,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        let g = GuestRecord::new(guest, info);
+        audit.write_record(&GuestStateEntry {
+            record: "guest".into(),
+            time: rfc3339(SystemTime::now()),
+            guest: format!("{guest} {}", info.name),
+            peer: g.peer,
+            state: state.into(),
+            reason,
+            os: g.os,
+            agent_version: g.agent_version.unwrap_or_default(),
+            protocol_version: info.version,
+        });
+    }
+}
+
 fn policy_label(source: VerdictSource) -> Option<String> {
     match source {
         VerdictSource::Policy(reason) => Some(kind_label(&format!("{reason:?}"))),
@@ -560,6 +588,7 @@ impl ScanObserver for ServiceObserver {
     }
 
     fn on_guest_connected(&self, guest: &GuestId, info: &GuestInfo) {
+        self.audit_guest_state(guest, info, "connected", None);
         if let Some(events) = &self.events {
             events.emit(EventBody::GuestConnected {
                 guest: GuestRecord::new(guest, info),
@@ -568,6 +597,7 @@ impl ScanObserver for ServiceObserver {
     }
 
     fn on_guest_disconnected(&self, guest: &GuestId, info: &GuestInfo, reason: &CloseReason) {
+        self.audit_guest_state(guest, info, "disconnected", Some(reason.to_string()));
         if let Some(events) = &self.events {
             events.emit(EventBody::GuestDisconnected {
                 guest: GuestRecord::new(guest, info),
@@ -719,8 +749,27 @@ impl ScanObserver for ServiceObserver {
                 "remediation not done"
             );
         }
+        if let Some(audit) = &self.audit {
+            audit.write_record(&HostActionEntry {
+                record: "host_action".into(),
+                time: rfc3339(SystemTime::now()),
+                guest: format!("{} {}", r.guest, r.guest_info.name),
+                peer: r.guest.peer().to_string(),
+                action: "remediate".into(),
+                origin: "automatic".into(),
+                operation: Some(r.action.as_str().into()),
+                path: Some(path.clone()),
+                threat: Some(r.threat.clone()),
+                policy_version: None,
+                quarantine_id: r.quarantine_id.clone(),
+                status: r.status.into(),
+                detail: r.detail.clone(),
+                counters: None,
+            });
+        }
         if let Some(events) = &self.events {
             events.emit(EventBody::Remediation {
+                origin: "automatic".into(),
                 guest: GuestRecord::new(&r.guest, &r.guest_info),
                 path: PathRecord::from(&r.path),
                 file: FileRecord::from(&r.file),
@@ -730,6 +779,58 @@ impl ScanObserver for ServiceObserver {
                 detail: r.detail.clone(),
                 quarantine_id: r.quarantine_id.clone(),
             });
+        }
+    }
+
+    fn on_host_action(&self, r: &crate::connection::HostActionRecord) {
+        let (_, status, detail) = crate::guests::describe_outcome(r.outcome);
+        let counters = match r.outcome {
+            ActionOutcome::ScanDone(d) => Some(ScanSummary::from(d.counters)),
+            _ => None,
+        };
+        if let Some(audit) = &self.audit {
+            audit.write_record(&HostActionEntry {
+                record: "host_action".into(),
+                time: rfc3339(SystemTime::now()),
+                guest: format!("{} {}", r.guest, r.guest_info.name),
+                peer: r.guest.peer().to_string(),
+                action: r.action.into(),
+                origin: r.origin.into(),
+                operation: r.operation.map(str::to_owned),
+                path: r.path.as_ref().map(GuestPath::to_string_lossy),
+                threat: r.threat.clone(),
+                policy_version: r.policy_version,
+                quarantine_id: None,
+                status: status.into(),
+                detail: detail.clone(),
+                counters,
+            });
+        }
+        let Some(events) = &self.events else { return };
+        match (r.action, &r.path) {
+            ("remediate", Some(path)) => {
+                events.emit(EventBody::Remediation {
+                    origin: r.origin.into(),
+                    guest: GuestRecord::new(&r.guest, &r.guest_info),
+                    path: PathRecord::from(path),
+                    file: FileRecord::from(&r.file.unwrap_or_default()),
+                    threat: r.threat.clone().unwrap_or_default(),
+                    action: r.operation.unwrap_or("delete").into(),
+                    status: status.into(),
+                    detail,
+                    quarantine_id: None,
+                });
+            }
+            ("scan_tree", Some(path)) => {
+                events.emit(EventBody::ScanFinished {
+                    guest: GuestRecord::new(&r.guest, &r.guest_info),
+                    path: PathRecord::from(path),
+                    status: status.into(),
+                    detail,
+                    counters,
+                });
+            }
+            _ => {}
         }
     }
 }

@@ -272,9 +272,19 @@ async fn control(path: &std::path::Path, request: serde_json::Value) -> Vec<serd
 async fn guests_remediate_and_scan_through_the_control_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("control.sock");
+    let audit_file = dir.path().join("audit.jsonl");
+    let events_file = dir.path().join("events.jsonl");
+    let events: thinagent_scanner::config::EventsConfig = toml::from_str(&format!(
+        "file = \"{}\"\nqueue_dir = \"{}\"",
+        events_file.display(),
+        dir.path().join("queue").display()
+    ))
+    .unwrap();
     let config = thinagent_scanner::config::Config {
         listen: vec!["tcp://127.0.0.1:0".into()],
         control_socket: Some(socket.clone()),
+        audit_log: Some(audit_file.clone()),
+        events,
         guest_policy: toml::from_str(
             r#"
             fail_mode = "closed"
@@ -528,6 +538,85 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
         "{out:?}"
     );
     running.shutdown().await;
+
+    // The audit log has a line for each host action, by origin, and for
+    // the guest's session start and end, beside the verdict lines.
+    let audit: Vec<serde_json::Value> = std::fs::read_to_string(&audit_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |record: &str| -> Vec<&serde_json::Value> {
+        audit.iter().filter(|l| l["record"] == record).collect()
+    };
+    let actions = of("host_action");
+    let summary: Vec<(String, String, String)> = actions
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_owned(),
+                a["origin"].as_str().unwrap().to_owned(),
+                a["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want = |a: &str, o: &str, st: &str| (a.to_owned(), o.to_owned(), st.to_owned());
+    assert_eq!(
+        summary,
+        [
+            want("policy", "policy", "done"),
+            want("remediate", "admin", "done"),
+            want("scan_tree", "admin", "completed"),
+            want("policy", "policy", "done"),
+        ],
+        "{audit:#?}"
+    );
+    assert_eq!(actions[0]["policy_version"], 1);
+    assert_eq!(actions[1]["operation"], "delete");
+    assert_eq!(actions[1]["path"], "/srv/eicar.com");
+    assert_eq!(actions[1]["threat"], "Eicar-Test-Signature");
+    assert_eq!(
+        actions[1]["peer"],
+        guest_id
+            .replace("tcp://", "tcp:")
+            .rsplit_once(':')
+            .unwrap()
+            .0
+    );
+    assert_eq!(actions[2]["path"], "/data");
+    assert_eq!(actions[2]["counters"]["files_denied"], 1);
+    assert_eq!(actions[3]["policy_version"], 2);
+    let states: Vec<&str> = of("guest")
+        .iter()
+        .map(|l| l["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["connected", "disconnected"]);
+    assert_eq!(of("guest")[0]["agent_version"], "1.2.3");
+    // Verdict lines keep their shape (no `record`).
+    assert_eq!(
+        audit.iter().filter(|l| l.get("verdict").is_some()).count(),
+        4
+    );
+    // The admin's remediation and scan are events too.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let remediation = events
+        .iter()
+        .find(|e| e["type"] == "remediation")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(remediation["origin"], "admin");
+    assert_eq!(remediation["status"], "done");
+    assert_eq!(remediation["threat"], "Eicar-Test-Signature");
+    let scan = events
+        .iter()
+        .find(|e| e["type"] == "scan_finished")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(scan["status"], "completed");
+    assert_eq!(scan["path"]["display"], "/data");
+    assert_eq!(scan["counters"]["files_scanned"], 3);
 }
 
 /// `[remediation]` with a quarantine rule: the denied EICAR's bytes are in
@@ -598,6 +687,7 @@ async fn a_detection_is_quarantined_then_deleted_automatically() {
     };
     assert_eq!(event["status"], "done", "{event}");
     assert_eq!(event["action"], "quarantine");
+    assert_eq!(event["origin"], "automatic");
     assert_eq!(event["quarantine_id"], id.as_str());
     assert_eq!(event["threat"], "Eicar-Test-Signature");
     assert_eq!(event["path"]["display"], "/srv/eicar.com");

@@ -341,15 +341,23 @@ async fn tls_guests_are_their_certificate_subjects() {
     svc.shutdown().await;
     // The audit log names each guest by its certificate subject.
     let text = std::fs::read_to_string(&audit).unwrap();
-    let peers: Vec<String> = text
+    let lines: Vec<serde_json::Value> = text
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["peer"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // Verdict lines (session lines carry a `record` field, and the same peer).
+    let peers: Vec<String> = lines
+        .iter()
+        .filter(|l| l.get("record").is_none())
+        .map(|l| l["peer"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["record"] == "guest")
+            .all(|l| l["peer"].as_str().unwrap().starts_with("tls:CN=vm-")),
+        "{text}"
+    );
     assert_eq!(
         peers,
         ["tls:CN=vm-a", "tls:CN=vm-b", "tls:CN=vm-a"],
