@@ -429,6 +429,10 @@ pub struct Config {
     /// `thinagent-diag guests`, `remediate` and `scan-guest` talk to. Unset:
     /// no control socket.
     pub control_socket: Option<PathBuf>,
+    /// What the scanner remembers across restarts: the guest policy set at
+    /// run time and the guests it has seen (created 0700). Unset: both last
+    /// until the scanner stops.
+    pub state_dir: Option<PathBuf>,
     /// Prometheus endpoint, loopback TCP only: `tcp://127.0.0.1:9317`.
     pub metrics: Option<String>,
     /// Only these vsock CIDs may connect (empty = any). TCP and Unix peers
@@ -467,6 +471,7 @@ impl Default for Config {
             clamd_timeout_ms: 30_000,
             audit_log: None,
             control_socket: None,
+            state_dir: None,
             metrics: None,
             allowed_cids: Vec::new(),
             tls: None,

@@ -240,7 +240,16 @@ async fn handle(
             if let Err(e) = new.validate() {
                 return write_line(wr, &error(&e.to_string())).await;
             }
-            let version = policy.set(new);
+            let version = match policy.set(new) {
+                Ok(v) => v,
+                Err(e) => {
+                    return write_line(
+                        wr,
+                        &error(&format!("policy not changed: it could not be saved: {e}")),
+                    )
+                    .await;
+                }
+            };
             let sent_to = guests.broadcast(|| GuestCommand::PushPolicy);
             write_line(
                 wr,

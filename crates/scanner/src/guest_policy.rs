@@ -4,7 +4,7 @@
 //! its handshake and again on every change, each time with a new version.
 //! Fields left unset keep each guest's own value.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use thinagent_protocol::{
@@ -14,6 +14,7 @@ use thinagent_protocol::{
 
 use crate::config::ConfigError;
 use crate::session::GuestPath;
+use crate::state::{StateDir, StateError};
 
 /// How long a guest has to answer a `Policy`, ms.
 pub const POLICY_DEADLINE_MS: u32 = 10_000;
@@ -153,15 +154,75 @@ impl GuestPolicyConfig {
 #[derive(Debug, Default)]
 pub struct PolicyStore {
     current: Mutex<(u64, GuestPolicyConfig)>,
+    /// Where a policy set at run time is kept across restarts.
+    state: Option<Arc<StateDir>>,
+}
+
+/// The state file of the policy (`state_dir`).
+pub const POLICY_STATE_FILE: &str = "guest-policy.json";
+
+/// What `guest-policy.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SavedPolicy {
+    /// The version in effect.
+    version: u64,
+    /// The policy set at run time.
+    policy: GuestPolicyConfig,
+    /// The config's `[guest_policy]` it replaced: when the config says
+    /// something else at the next start, the config wins.
+    config_policy: GuestPolicyConfig,
 }
 
 impl PolicyStore {
     /// A store starting from the config's policy (version 1 if it sets
-    /// anything, else 0 = none).
+    /// anything, else 0 = none); nothing is kept across restarts.
     pub fn new(initial: GuestPolicyConfig) -> Self {
         let version = u64::from(!initial.is_empty());
         Self {
             current: Mutex::new((version, initial)),
+            state: None,
+        }
+    }
+
+    /// A store that keeps a policy set at run time in `state` and starts
+    /// from the one kept there, unless the config's `[guest_policy]`
+    /// (`initial`) changed since it was set: then the config's wins, with
+    /// a version above the kept one (guests apply any other version).
+    pub fn with_state(initial: GuestPolicyConfig, state: Arc<StateDir>) -> Self {
+        let saved: Option<SavedPolicy> = state.load(POLICY_STATE_FILE);
+        let current = match saved {
+            Some(saved) if saved.config_policy == initial => {
+                tracing::info!(
+                    version = saved.version,
+                    file = %state.dir().join(POLICY_STATE_FILE).display(),
+                    "guest policy set at run time restored"
+                );
+                (saved.version, saved.policy)
+            }
+            Some(saved) => {
+                tracing::warn!(
+                    kept_version = saved.version,
+                    file = %state.dir().join(POLICY_STATE_FILE).display(),
+                    "the config's [guest_policy] changed since a policy was set at run time: the config's policy is used"
+                );
+                // Kept as the policy in effect, so the version stays above
+                // every one guests have seen and a later change at run
+                // time records this config as what it replaced.
+                let now = SavedPolicy {
+                    version: saved.version + 1,
+                    policy: initial.clone(),
+                    config_policy: initial,
+                };
+                if let Err(e) = state.save(POLICY_STATE_FILE, &now) {
+                    tracing::warn!(error = %e, "guest policy state not updated");
+                }
+                (now.version, now.policy)
+            }
+            None => (u64::from(!initial.is_empty()), initial),
+        };
+        Self {
+            current: Mutex::new(current),
+            state: Some(state),
         }
     }
 
@@ -173,15 +234,33 @@ impl PolicyStore {
             .clone()
     }
 
-    /// Replaces the policy; returns its new version.
-    pub fn set(&self, policy: GuestPolicyConfig) -> u64 {
+    /// Replaces the policy; returns its new version. With a state
+    /// directory the new policy is saved first, and one that cannot be
+    /// saved changes nothing (a restart would silently undo it).
+    pub fn set(&self, policy: GuestPolicyConfig) -> Result<u64, StateError> {
         let mut cur = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cur.0 += 1;
-        cur.1 = policy;
-        cur.0
+        let version = cur.0 + 1;
+        if let Some(state) = &self.state {
+            let config_policy = match state.load::<SavedPolicy>(POLICY_STATE_FILE) {
+                Some(saved) => saved.config_policy,
+                // The first change at run time: what it replaces is the
+                // config's policy, the one in effect.
+                None => cur.1.clone(),
+            };
+            state.save(
+                POLICY_STATE_FILE,
+                &SavedPolicy {
+                    version,
+                    policy: policy.clone(),
+                    config_policy,
+                },
+            )?;
+        }
+        *cur = (version, policy);
+        Ok(version)
     }
 }
 
@@ -248,8 +327,39 @@ mod tests {
         assert_eq!(PolicyStore::new(GuestPolicyConfig::default()).get().0, 0);
         let store = PolicyStore::new(sample());
         assert_eq!(store.get().0, 1);
-        assert_eq!(store.set(GuestPolicyConfig::default()), 2);
+        assert_eq!(store.set(GuestPolicyConfig::default()).unwrap(), 2);
         assert_eq!(store.get(), (2, GuestPolicyConfig::default()));
+    }
+
+    #[test]
+    fn a_policy_set_at_run_time_survives_a_restart_unless_the_config_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = || Arc::new(StateDir::open(&tmp.path().join("state")).unwrap());
+        let changed = GuestPolicyConfig {
+            max_scan_size: Some(1000),
+            ..sample()
+        };
+        let store = PolicyStore::with_state(sample(), state());
+        assert_eq!(store.get(), (1, sample()));
+        assert_eq!(store.set(changed.clone()).unwrap(), 2);
+        // Restart with the same config: the run-time policy is back.
+        let store = PolicyStore::with_state(sample(), state());
+        assert_eq!(store.get(), (2, changed.clone()));
+        assert_eq!(store.set(changed.clone()).unwrap(), 3);
+        let store = PolicyStore::with_state(sample(), state());
+        assert_eq!(store.get(), (3, changed));
+        // The admin edited the config since: the config wins, with a
+        // version the guests have not seen.
+        let edited = GuestPolicyConfig {
+            debug_level: Some(2),
+            ..Default::default()
+        };
+        let store = PolicyStore::with_state(edited.clone(), state());
+        assert_eq!(store.get(), (4, edited.clone()));
+        // A later change remembers the edited config as what it replaced.
+        store.set(GuestPolicyConfig::default()).unwrap();
+        let store = PolicyStore::with_state(edited, state());
+        assert_eq!(store.get(), (5, GuestPolicyConfig::default()));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thinagent_protocol::{
     ActionStatus, Capabilities, FileIdentity, Health, OsError, RemediateAction, ScanCounters,
     ScanStatus,
@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::rfc3339;
 use crate::connection::GuestId;
+use crate::records::{FileRecord, PathRecord};
 use crate::session::{ActionError, ActionOutcome, GuestInfo, GuestPath, ScanOptions};
+use crate::state::{StateDir, StateError};
 
 /// Detections kept per guest (the newest).
 pub const DETECTIONS_KEPT: usize = 64;
@@ -319,9 +321,17 @@ pub enum LookupError {
 pub struct GuestRegistry {
     guests: Mutex<HashMap<String, Entry>>,
     next_conn: std::sync::atomic::AtomicU64,
+    /// Something [`save`](Self::save) keeps changed since the last save.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl GuestRegistry {
+    /// The guests, to change what [`save`](Self::save) keeps.
+    fn lock_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.dirty.store(true, Ordering::Relaxed);
+        self.lock()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.guests
             .lock()
@@ -341,7 +351,7 @@ impl GuestRegistry {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = SystemTime::now();
         let identity = guest.to_string();
-        let mut guests = self.lock();
+        let mut guests = self.lock_mut();
         let entry = guests.entry(identity.clone()).or_insert_with(|| Entry {
             identity,
             info: None,
@@ -363,6 +373,46 @@ impl GuestRegistry {
     }
 
     /// The counters of `guest` (a new guest's start at 0).
+    /// A registry with the guests of an earlier run (`state_dir`, file
+    /// [`GUESTS_STATE_FILE`]): listed as not connected, with what they
+    /// announced, their last `Health`, policy state and detections, until
+    /// they connect again. The host's counters start at 0.
+    pub fn restore(state: &StateDir) -> Self {
+        let registry = Self::default();
+        let Some(saved) = state.load::<SavedGuests>(GUESTS_STATE_FILE) else {
+            return registry;
+        };
+        let mut guests = registry.lock();
+        for g in saved.guests {
+            if let Some(entry) = g.into_entry() {
+                guests.insert(entry.identity.clone(), entry);
+            }
+        }
+        tracing::info!(guests = guests.len(), "guests of the last run restored");
+        drop(guests);
+        registry
+    }
+
+    /// Writes every guest to `state` if anything changed since the last
+    /// save (called every few seconds and at shutdown).
+    pub fn save(&self, state: &StateDir) -> Result<(), StateError> {
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let guests = self
+            .guests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut saved: Vec<SavedGuest> = guests.values().filter_map(SavedGuest::of).collect();
+        drop(guests);
+        saved.sort_by(|a, b| a.identity.cmp(&b.identity));
+        let result = state.save(GUESTS_STATE_FILE, &SavedGuests { guests: saved });
+        if result.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// The registry learns a guest at [`connected`](Self::connected); before
     /// that the counters are detached (they count nothing anyone sees).
     pub fn counters(&self, guest: &GuestId) -> Arc<GuestCounters> {
@@ -395,7 +445,7 @@ impl GuestRegistry {
 
     /// The connection `serial` of `guest` ended.
     pub fn disconnected(&self, guest: &GuestId, serial: u64) {
-        let mut guests = self.lock();
+        let mut guests = self.lock_mut();
         if let Some(e) = guests.get_mut(&guest.to_string())
             && e.conn.as_ref().is_some_and(|(s, _)| *s == serial)
         {
@@ -407,7 +457,7 @@ impl GuestRegistry {
 
     /// A `Health` report arrived.
     pub fn health(&self, guest: &GuestId, health: Health) {
-        if let Some(e) = self.lock().get_mut(&guest.to_string()) {
+        if let Some(e) = self.lock_mut().get_mut(&guest.to_string()) {
             let now = SystemTime::now();
             e.health = Some((health, now));
             e.last_seen = now;
@@ -416,7 +466,7 @@ impl GuestRegistry {
 
     /// The policy of `version` went to `guest`.
     pub fn policy_sent(&self, guest: &GuestId, version: u64) {
-        if let Some(e) = self.lock().get_mut(&guest.to_string()) {
+        if let Some(e) = self.lock_mut().get_mut(&guest.to_string()) {
             let in_effect = e.policy.as_ref().and_then(|p| p.in_effect);
             e.policy = Some(PolicyState {
                 sent: version,
@@ -430,7 +480,7 @@ impl GuestRegistry {
     /// How the policy of `version` ended at `guest`.
     pub fn policy_result(&self, guest: &GuestId, version: u64, outcome: ActionOutcome) {
         use thinagent_protocol::{ActionStatus, PolicyFields};
-        let mut guests = self.lock();
+        let mut guests = self.lock_mut();
         let Some(e) = guests.get_mut(&guest.to_string()) else {
             return;
         };
@@ -482,7 +532,7 @@ impl GuestRegistry {
 
     /// `guest` was denied `detection.path` for a detection.
     pub fn detection(&self, guest: &GuestId, detection: Detection) {
-        if let Some(e) = self.lock().get_mut(&guest.to_string()) {
+        if let Some(e) = self.lock_mut().get_mut(&guest.to_string()) {
             e.counters.detections.fetch_add(1, Ordering::Relaxed);
             e.last_seen = detection.at;
             e.detections.retain(|d| d.path != detection.path);
@@ -617,6 +667,227 @@ fn view(e: &Entry) -> GuestView {
             .back()
             .map(|d| format!("{} at {}", d.threat, d.path)),
         counters: e.counters.snapshot(),
+    }
+}
+
+/// The state file of the registry (`state_dir`).
+pub const GUESTS_STATE_FILE: &str = "guests.json";
+
+/// What `guests.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedGuests {
+    guests: Vec<SavedGuest>,
+}
+
+/// One guest as `guests.json` keeps it: what it announced (the
+/// `GuestInfo` of its last session), when it was seen, its last `Health`,
+/// the policy state and its detections.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedGuest {
+    identity: String,
+    name: String,
+    os: String,
+    agent_version: [u16; 3],
+    capabilities: u64,
+    protocol_version: u16,
+    max_inline_len: u32,
+    max_frame_len: u32,
+    max_reads_in_flight: u32,
+    connected_since_ms: u64,
+    last_seen_ms: u64,
+    #[serde(default)]
+    health: Option<SavedHealth>,
+    #[serde(default)]
+    policy: Option<SavedPolicyState>,
+    #[serde(default)]
+    detections: Vec<SavedDetection>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedHealth {
+    at_ms: u64,
+    policy_version: u64,
+    state: u32,
+    fail_closed: bool,
+    uptime_ms: u64,
+    events_sent: u64,
+    cache_hits: u64,
+    denied: u64,
+    fail_decisions: u64,
+    sessions: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedPolicyState {
+    sent: u64,
+    in_effect: Option<u64>,
+    status: String,
+    pinned: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedDetection {
+    path: PathRecord,
+    file: FileRecord,
+    threat: String,
+    at_ms: u64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_unix_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The `pinned` names [`GuestRegistry::policy_result`] uses, for a
+/// restored policy state.
+const PINNED_NAMES: [&str; 6] = [
+    "fail_mode",
+    "debug_level",
+    "exclusions",
+    "query_timeout_ms",
+    "cache_ttl_max_secs",
+    "max_scan_size",
+];
+
+impl SavedGuest {
+    /// `None` for a guest that never completed a handshake (nothing to keep).
+    fn of(e: &Entry) -> Option<Self> {
+        let info = e.info.as_ref()?;
+        Some(Self {
+            identity: e.identity.clone(),
+            name: info.name.clone(),
+            os: crate::records::os_name(info.os),
+            agent_version: [
+                info.agent_version.major,
+                info.agent_version.minor,
+                info.agent_version.patch,
+            ],
+            capabilities: info.capabilities.0,
+            protocol_version: info.version,
+            max_inline_len: info.max_inline_len,
+            max_frame_len: info.max_frame_len,
+            max_reads_in_flight: info.max_reads_in_flight,
+            connected_since_ms: unix_ms(e.connected_since),
+            last_seen_ms: unix_ms(e.last_seen),
+            health: e.health.as_ref().map(|(h, at)| SavedHealth {
+                at_ms: unix_ms(*at),
+                policy_version: h.policy_version,
+                state: h.state.0,
+                fail_closed: h.fail_mode == thinagent_protocol::FailMode::Closed,
+                uptime_ms: h.uptime_ms,
+                events_sent: h.events_sent,
+                cache_hits: h.cache_hits,
+                denied: h.denied,
+                fail_decisions: h.fail_decisions,
+                sessions: h.sessions,
+            }),
+            policy: e.policy.as_ref().map(|p| SavedPolicyState {
+                sent: p.sent,
+                in_effect: p.in_effect,
+                status: p.status.clone(),
+                pinned: p.pinned.iter().map(|s| (*s).to_owned()).collect(),
+            }),
+            detections: e
+                .detections
+                .iter()
+                .map(|d| SavedDetection {
+                    path: PathRecord::from(&d.path),
+                    file: FileRecord::from(&d.file),
+                    threat: d.threat.clone(),
+                    at_ms: unix_ms(d.at),
+                })
+                .collect(),
+        })
+    }
+
+    /// The registry entry: not connected. `None` when the record cannot be
+    /// one (an OS it does not know).
+    fn into_entry(self) -> Option<Entry> {
+        let os = match self.os.as_str() {
+            "windows" => thinagent_protocol::OsKind::Windows,
+            "linux" => thinagent_protocol::OsKind::Linux,
+            _ => return None,
+        };
+        let [major, minor, patch] = self.agent_version;
+        let info = GuestInfo {
+            name: self.name,
+            os,
+            agent_version: thinagent_protocol::AgentVersion {
+                major,
+                minor,
+                patch,
+            },
+            capabilities: Capabilities(self.capabilities),
+            version: self.protocol_version,
+            max_inline_len: self.max_inline_len,
+            max_frame_len: self.max_frame_len,
+            max_reads_in_flight: self.max_reads_in_flight,
+        };
+        let health = self.health.map(|h| {
+            (
+                Health {
+                    policy_version: h.policy_version,
+                    state: thinagent_protocol::HealthState(h.state),
+                    fail_mode: if h.fail_closed {
+                        thinagent_protocol::FailMode::Closed
+                    } else {
+                        thinagent_protocol::FailMode::Open
+                    },
+                    uptime_ms: h.uptime_ms,
+                    events_sent: h.events_sent,
+                    cache_hits: h.cache_hits,
+                    denied: h.denied,
+                    fail_decisions: h.fail_decisions,
+                    sessions: h.sessions,
+                },
+                from_unix_ms(h.at_ms),
+            )
+        });
+        let policy = self.policy.map(|p| PolicyState {
+            sent: p.sent,
+            in_effect: p.in_effect,
+            status: p.status,
+            pinned: PINNED_NAMES
+                .into_iter()
+                .filter(|n| p.pinned.iter().any(|q| q == n))
+                .collect(),
+        });
+        let detections = self
+            .detections
+            .into_iter()
+            .rev()
+            .take(DETECTIONS_KEPT)
+            .rev()
+            .filter_map(|d| {
+                Some(Detection {
+                    path: d.path.guest_path()?,
+                    file: FileIdentity {
+                        volume_serial: d.file.volume_serial,
+                        file_id: d.file.file_id,
+                        size: d.file.size,
+                        last_write_time: d.file.last_write_time,
+                    },
+                    threat: d.threat,
+                    at: from_unix_ms(d.at_ms),
+                })
+            })
+            .collect();
+        Some(Entry {
+            identity: self.identity,
+            info: Some(info),
+            connected: false,
+            connected_since: from_unix_ms(self.connected_since_ms),
+            last_seen: from_unix_ms(self.last_seen_ms),
+            health,
+            detections,
+            policy,
+            conn: None,
+            counters: Arc::default(),
+        })
     }
 }
 

@@ -28,4 +28,5 @@ pub mod scan;
 pub mod service;
 pub mod session;
 pub mod signatures;
+pub mod state;
 pub mod tls;

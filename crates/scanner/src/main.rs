@@ -50,6 +50,9 @@ struct Cli {
     /// Admin control socket (Unix, mode 0600) for thinagent-diag guests / remediate / scan-guest. [config: control_socket]
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
+    /// Keep the guest policy set at run time and the guests seen across restarts in DIR. [config: state_dir]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Serve Prometheus /metrics here (loopback only): tcp://127.0.0.1:PORT. [config: metrics]
     #[arg(long, value_name = "URL")]
     metrics: Option<String>,
@@ -233,6 +236,9 @@ impl Cli {
         }
         if self.control_socket.is_some() {
             c.control_socket = self.control_socket.clone();
+        }
+        if self.state_dir.is_some() {
+            c.state_dir = self.state_dir.clone();
         }
         if !self.allow_cid.is_empty() {
             c.allowed_cids = self.allow_cid.clone();
@@ -560,6 +566,7 @@ mod tests {
         "events.queue_dir",
         "quarantine.dir",
         "control_socket",
+        "state_dir",
         "guest_policy.fail_mode",
         "guest_policy.debug_level",
         "guest_policy.exclusions",

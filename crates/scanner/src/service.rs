@@ -107,6 +107,9 @@ pub enum ServiceError {
     /// The quarantine store could not be opened.
     #[error(transparent)]
     Quarantine(#[from] crate::quarantine::QuarantineError),
+    /// `state_dir` cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// The metrics endpoint could not be bound.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -906,7 +909,12 @@ pub struct Service {
     tls_handshake_timeout: Duration,
     allowed_cids: Vec<u32>,
     quarantine: Option<Arc<Mutex<QuarantineStore>>>,
+    /// `state_dir`: where the guest registry is saved.
+    state: Option<Arc<crate::state::StateDir>>,
 }
+
+/// How often the guest registry is saved to `state_dir` when it changed.
+pub const GUESTS_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -978,9 +986,26 @@ impl Service {
         let observer = Arc::new(observer);
         let mut ctx =
             ScanContext::with_caches(set, connection_limits(config), observer, caches(config));
-        ctx.guest_policy = Arc::new(crate::guest_policy::PolicyStore::new(
-            config.guest_policy.clone(),
-        ));
+        let state = match &config.state_dir {
+            Some(dir) => {
+                let dir = dir.clone();
+                let state = tokio::task::spawn_blocking(move || crate::state::StateDir::open(&dir))
+                    .await
+                    .map_err(|e| ServiceError::Loader(e.to_string()))??;
+                Some(Arc::new(state))
+            }
+            None => None,
+        };
+        ctx.guest_policy = Arc::new(match &state {
+            Some(state) => crate::guest_policy::PolicyStore::with_state(
+                config.guest_policy.clone(),
+                Arc::clone(state),
+            ),
+            None => crate::guest_policy::PolicyStore::new(config.guest_policy.clone()),
+        });
+        if let Some(state) = &state {
+            ctx.guests = Arc::new(crate::guests::GuestRegistry::restore(state));
+        }
         ctx.remediation = config.remediation.clone();
         ctx.quarantine = quarantine.clone();
         metrics.attach_guests(Arc::clone(&ctx.guests));
@@ -1046,6 +1071,7 @@ impl Service {
             tls_handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             allowed_cids: config.allowed_cids.clone(),
             quarantine,
+            state,
         })
     }
 
@@ -1092,6 +1118,28 @@ impl Service {
                 self.ctx.guest_policy.clone(),
             ));
         }
+        if let Some(state) = self.state.clone() {
+            let guests = self.ctx.guests.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(GUESTS_SAVE_INTERVAL);
+                let mut failing = false;
+                loop {
+                    tick.tick().await;
+                    let (g, s) = (guests.clone(), state.clone());
+                    match tokio::task::spawn_blocking(move || g.save(&s)).await {
+                        Ok(Ok(())) if failing => {
+                            failing = false;
+                            tracing::info!("guest registry saved again");
+                        }
+                        Ok(Err(e)) if !failing => {
+                            failing = true;
+                            tracing::error!(error = %e, "guest registry not saved (retried every 5 s)");
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
         let flush_logs = self.logs.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -1129,6 +1177,14 @@ impl Service {
             set.abort_all();
         }
         tasks.abort_all();
+        if let Some(state) = self.state {
+            let guests = self.ctx.guests.clone();
+            match tokio::task::spawn_blocking(move || guests.save(&state)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "guest registry not saved at shutdown"),
+                Err(e) => tracing::error!(error = %e, "guest registry not saved at shutdown"),
+            }
+        }
         self.logs.drain();
     }
 }

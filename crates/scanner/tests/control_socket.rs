@@ -284,6 +284,7 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
         listen: vec!["tcp://127.0.0.1:0".into()],
         control_socket: Some(socket.clone()),
         audit_log: Some(audit_file.clone()),
+        state_dir: Some(dir.path().join("state")),
         events,
         guest_policy: toml::from_str(
             r#"
@@ -294,7 +295,7 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
         .unwrap(),
         ..Default::default()
     };
-    let running = Running::start(config).await;
+    let running = Running::start(config.clone()).await;
     // Only the owner may talk to it.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
@@ -617,6 +618,43 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
     assert_eq!(scan["status"], "completed");
     assert_eq!(scan["path"]["display"], "/data");
     assert_eq!(scan["counters"]["files_scanned"], 3);
+
+    // A restart with the same config and state_dir: the guest is still
+    // listed (not connected) with its details, Health and detections, and
+    // the policy set at run time is still the one in effect.
+    let running = Running::start(config).await;
+    let out = control(&socket, serde_json::json!({"cmd": "guests"})).await;
+    let g = &out[0]["guests"][0];
+    assert_eq!(g["identity"], guest_id.as_str(), "{out:?}");
+    assert_eq!(g["name"], "web-01");
+    assert_eq!(g["connected"], false);
+    assert_eq!(g["agent_version"], "1.2.3");
+    assert_eq!(g["detections"], 2);
+    assert_eq!(g["health"]["events_sent"], 17);
+    assert_eq!(g["policy"]["in_effect"], 2);
+    assert_eq!(g["policy"]["pinned"], serde_json::json!(["max_scan_size"]));
+    let out = control(&socket, serde_json::json!({"cmd": "policy-show"})).await;
+    assert_eq!(out[0]["version"], 2, "{out:?}");
+    assert_eq!(out[0]["policy"]["max_scan_size"], 1000);
+    // A detection of the last run can still be remediated once the guest
+    // is back (the guest checks the identity); until then it is refused.
+    let out = control(
+        &socket,
+        serde_json::json!({"cmd": "remediate", "guest": "web-01", "path": "/data/sub/eicar.txt"}),
+    )
+    .await;
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("not connected"),
+        "{out:?}"
+    );
+    let text = running.metrics();
+    assert!(
+        text.contains(&format!(
+            "thinagent_scanner_guest_connected{{guest=\"{guest_id}\",name=\"web-01\"}} 0"
+        )),
+        "{text}"
+    );
+    running.shutdown().await;
 }
 
 /// `[remediation]` with a quarantine rule: the denied EICAR's bytes are in

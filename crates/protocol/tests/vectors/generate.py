@@ -1296,11 +1296,13 @@ def host_action_vectors():
            recv(frame("ReadData", 1, read_data(7, 0, "EndOfFile", b"0123456789"), version=2),
                 "ReadData"),
            app("verdict", [hv(7, "Deny", 300)], id=7, decision="Deny", ttl=300)), False)
-    vec("host_v2_on_demand_event_gets_the_policy_verdict_at_its_budget", "14.4", H,
-        "OnDemand events are queries like any other: the scan budget's policy Verdict "
-        "(cache_ttl_secs 0) answers one the host could not judge in time.",
+    vec("host_v2_on_demand_event_has_the_longer_scan_budget", "14.4", H,
+        "An OnDemand event's scan budget is at least ON_DEMAND_SCAN_BUDGET_MS (45 000): when "
+        "the query_timeout_ms (1 500) of an open sent with it passes, only the open gets its "
+        "policy Verdict (cache_ttl_secs 0).",
         h2(recv(frame("FileEvent", 7, on_demand(), version=2), "FileEvent"),
-           app("advance_ms", [hv(7)], ms=1500)), False)
+           recv(frame("FileEvent", 6, file_event_v2_plain(), version=2), "FileEvent"),
+           app("advance_ms", [hv(6)], ms=1500)), False)
     for field, kw in (("process_id", dict(pid=4242)), ("desired_access", dict(access=1)),
                       ("create_disposition", dict(disposition=3))):
         vec(f"host_v2_on_demand_with_{field}_is_malformed", "5.3", H,
