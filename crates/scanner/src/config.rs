@@ -324,6 +324,11 @@ pub struct EventsConfig {
     /// POST events (JSON lines) to this `http://` or `https://` URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Extra webhook request headers, one `Name: value` per line (e.g.
+    /// `Authorization: Bearer ...`): a file, so the credentials stay out of
+    /// the config (keep it 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_headers_file: Option<PathBuf>,
     /// Directory of the on-disk queues that keep undelivered events across
     /// restarts (required with `file` or `webhook_url`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,6 +350,7 @@ impl Default for EventsConfig {
         Self {
             file: None,
             webhook_url: None,
+            webhook_headers_file: None,
             queue_dir: None,
             max_queue_bytes: 64 * 1024 * 1024,
             timeout_ms: 10_000,
@@ -363,6 +369,7 @@ impl EventsConfig {
         Some(crate::events::SinkConfig {
             file: self.file.clone(),
             webhook_url: self.webhook_url.clone(),
+            webhook_headers_file: self.webhook_headers_file.clone(),
             queue_dir: self.queue_dir.clone()?,
             max_queue_bytes: self.max_queue_bytes,
             timeout: std::time::Duration::from_millis(self.timeout_ms),
@@ -738,6 +745,13 @@ impl Config {
                 key: "events.webhook_url",
                 value: url.clone(),
                 why,
+            });
+        }
+        if let (Some(file), None) = (&ev.webhook_headers_file, &ev.webhook_url) {
+            return Err(ConfigError::Invalid {
+                key: "events.webhook_headers_file",
+                value: file.display().to_string(),
+                why: "it is for the webhook: set events.webhook_url too, or unset it".into(),
             });
         }
         if ev.queue_dir.is_none() {

@@ -193,6 +193,9 @@ pub struct SinkConfig {
     pub file: Option<PathBuf>,
     /// POST events to this URL (`http://` or `https://`).
     pub webhook_url: Option<String>,
+    /// Extra request headers for the webhook (`Name: value` lines, e.g.
+    /// `Authorization: Bearer ...`), read at the start.
+    pub webhook_headers_file: Option<PathBuf>,
     /// Where the queues live.
     pub queue_dir: PathBuf,
     /// Most bytes each queue may hold on disk.
@@ -485,6 +488,68 @@ impl FileDest {
 struct WebhookDest {
     url: String,
     agent: ureq::Agent,
+    /// From `events.webhook_headers_file`.
+    headers: Vec<(ureq::http::HeaderName, ureq::http::HeaderValue)>,
+}
+
+/// Reads `events.webhook_headers_file`: one `Name: value` per line; blank
+/// lines and lines starting with `#` are skipped. The values are secrets
+/// (tokens): they are never logged, and a file others may read is warned
+/// about.
+pub fn read_webhook_headers(
+    path: &Path,
+) -> Result<Vec<(ureq::http::HeaderName, ureq::http::HeaderValue)>, String> {
+    use ureq::http::{HeaderName, HeaderValue};
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("events.webhook_headers_file {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "events.webhook_headers_file can be read by other users: it holds the webhook's credentials; chmod 600 it"
+            );
+        }
+    }
+    let mut headers = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || {
+            format!(
+                "events.webhook_headers_file {} line {}",
+                path.display(),
+                n + 1
+            )
+        };
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{}: expected `Name: value`", at()))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("{}: {:?} is not a header name", at(), name.trim()))?;
+        if [
+            ureq::http::header::CONTENT_TYPE,
+            ureq::http::header::CONTENT_LENGTH,
+            ureq::http::header::HOST,
+            ureq::http::header::TRANSFER_ENCODING,
+        ]
+        .contains(&name)
+        {
+            return Err(format!("{}: {name} is set by the scanner itself", at()));
+        }
+        let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
+            format!(
+                "{}: the value of {name} has characters a header cannot carry",
+                at()
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.push((name, value));
+    }
+    Ok(headers)
 }
 
 impl WebhookDest {
@@ -508,20 +573,36 @@ impl WebhookDest {
             .user_agent(concat!("thinagent-scanner/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
+        let headers = match &config.webhook_headers_file {
+            Some(path) => read_webhook_headers(path).map_err(|message| SinkError::Webhook {
+                url: url.into(),
+                message,
+            })?,
+            None => Vec::new(),
+        };
+        if cleartext && !headers.is_empty() {
+            tracing::warn!(
+                url,
+                "events.webhook_headers_file's headers (credentials) go over plain http://"
+            );
+        }
         Ok(Self {
             url: url.into(),
             agent,
+            headers,
         })
     }
 
     fn deliver(&mut self, lines: &[Vec<u8>]) -> Result<(), String> {
         let body = lines.concat();
-        let response = self
+        let mut request = self
             .agent
             .post(&self.url)
-            .header("Content-Type", "application/x-ndjson")
-            .send(&body[..])
-            .map_err(|e| e.to_string())?;
+            .header("Content-Type", "application/x-ndjson");
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let response = request.send(&body[..]).map_err(|e| e.to_string())?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -809,6 +890,7 @@ mod tests {
         SinkConfig {
             file: None,
             webhook_url: None,
+            webhook_headers_file: None,
             queue_dir: dir.join("queue"),
             max_queue_bytes: 1 << 20,
             timeout: Duration::from_secs(5),
@@ -957,7 +1039,10 @@ mod tests {
 
     /// A loopback HTTP server: answers each POST with the next status of
     /// `statuses` (then 200), and hands over every body it got.
-    fn webhook(statuses: Vec<u16>) -> (String, mpsc::Receiver<(u16, String)>) {
+    /// A webhook receiver answering `statuses` in turn (then 200); each
+    /// request comes out as (status answered, body, header lines).
+    #[allow(clippy::type_complexity)]
+    fn webhook(statuses: Vec<u16>) -> (String, mpsc::Receiver<(u16, String, Vec<String>)>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/events", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::channel();
@@ -970,6 +1055,7 @@ mod tests {
                 // we answer "Connection: close".
                 let mut len = 0usize;
                 let mut line = String::new();
+                let mut headers = Vec::new();
                 loop {
                     line.clear();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -979,6 +1065,7 @@ mod tests {
                     if l.is_empty() {
                         break;
                     }
+                    headers.push(l.to_owned());
                     if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
                         len = v.trim().parse().unwrap();
                     }
@@ -992,7 +1079,10 @@ mod tests {
                     conn,
                     "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                 );
-                if tx.send((status, String::from_utf8(body).unwrap())).is_err() {
+                if tx
+                    .send((status, String::from_utf8(body).unwrap(), headers))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -1004,6 +1094,58 @@ mod tests {
         body.lines()
             .map(|l| serde_json::from_str::<Event>(l).unwrap().id)
             .collect()
+    }
+
+    #[test]
+    fn webhook_headers_come_from_their_file_and_a_bad_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("headers");
+        std::fs::write(
+            &file,
+            "# the SOC's token\nAuthorization: Bearer s3cret\n\nX-Tenant:  vdi-farm-2 \n",
+        )
+        .unwrap();
+        let (url, posts) = webhook(vec![]);
+        let sink = EventSink::open(
+            &SinkConfig {
+                webhook_url: Some(url.clone()),
+                webhook_headers_file: Some(file.clone()),
+                ..config(dir.path())
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        sink.emit(detection(1));
+        let (_, _, headers) = posts.recv_timeout(Duration::from_secs(30)).unwrap();
+        let lower: Vec<String> = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        assert!(
+            lower.contains(&"authorization: bearer s3cret".to_owned()),
+            "{headers:?}"
+        );
+        assert!(
+            lower.contains(&"x-tenant: vdi-farm-2".to_owned()),
+            "{headers:?}"
+        );
+        drop(sink);
+        for (bad, says) in [
+            ("Authorization Bearer x\n", "expected `Name: value`"),
+            ("Bad Name: x\n", "not a header name"),
+            ("Content-Type: text/plain\n", "set by the scanner"),
+        ] {
+            std::fs::write(&file, bad).unwrap();
+            let e = EventSink::open(
+                &SinkConfig {
+                    webhook_url: Some(url.clone()),
+                    webhook_headers_file: Some(file.clone()),
+                    ..config(&dir.path().join("q2"))
+                },
+                Arc::new(Metrics::new()),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+            assert!(e.to_string().contains("line 1"), "{e}");
+        }
     }
 
     #[test]
@@ -1021,9 +1163,9 @@ mod tests {
         .unwrap();
         let id = sink.emit(detection(1));
         let wait = Duration::from_secs(30);
-        let (s1, b1) = posts.recv_timeout(wait).unwrap();
-        let (s2, b2) = posts.recv_timeout(wait).unwrap();
-        let (s3, b3) = posts.recv_timeout(wait).unwrap();
+        let (s1, b1, _) = posts.recv_timeout(wait).unwrap();
+        let (s2, b2, _) = posts.recv_timeout(wait).unwrap();
+        let (s3, b3, _) = posts.recv_timeout(wait).unwrap();
         assert_eq!((s1, s2, s3), (500, 503, 200));
         // the same event each time, as JSON lines
         for b in [&b1, &b2, &b3] {
@@ -1079,11 +1221,11 @@ mod tests {
             metrics.clone(),
         )
         .unwrap();
-        let (status, body) = posts.recv_timeout(Duration::from_secs(30)).unwrap();
+        let (status, body, _) = posts.recv_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(status, 200);
         assert_eq!(ids_of(&body), ids, "all five, in order, in one POST");
         let later = sink.emit(detection(9));
-        let (_, body) = posts.recv_timeout(Duration::from_secs(30)).unwrap();
+        let (_, body, _) = posts.recv_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(ids_of(&body), [later], "nothing sent twice");
         drop(sink);
         assert!(posts.try_recv().is_err());

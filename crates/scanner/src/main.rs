@@ -149,6 +149,9 @@ struct Cli {
     /// POST every event as JSON lines to this http(s) URL, retried until it answers 2xx. [config: events.webhook_url]
     #[arg(long, value_name = "URL")]
     events_webhook_url: Option<String>,
+    /// Extra webhook request headers, `Name: value` per line (e.g. Authorization: Bearer ...), from PATH (keep it 0600). [config: events.webhook_headers_file]
+    #[arg(long, value_name = "PATH")]
+    events_webhook_headers_file: Option<PathBuf>,
     /// Directory of the on-disk event queues (needed with --events-file or --events-webhook-url). [config: events.queue_dir]
     #[arg(long, value_name = "DIR")]
     events_queue_dir: Option<PathBuf>,
@@ -294,6 +297,9 @@ impl Cli {
         }
         if self.events_webhook_url.is_some() {
             ev.webhook_url = self.events_webhook_url.clone();
+        }
+        if self.events_webhook_headers_file.is_some() {
+            ev.webhook_headers_file = self.events_webhook_headers_file.clone();
         }
         if self.events_queue_dir.is_some() {
             ev.queue_dir = self.events_queue_dir.clone();
@@ -563,6 +569,7 @@ mod tests {
         "limits.heartbeat_interval_ms",
         "events.file",
         "events.webhook_url",
+        "events.webhook_headers_file",
         "events.queue_dir",
         "quarantine.dir",
         "control_socket",
