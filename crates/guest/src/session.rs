@@ -3340,18 +3340,23 @@ mod tests {
             );
         }
 
+        /// An `OnDemand` event of a scan (§14.4) for `path`.
+        fn on_demand_event(path: &str) -> FileEvent<'_> {
+            FileEvent {
+                kind: EventKind::OnDemand,
+                process_id: 0,
+                desired_access: 0,
+                ..open_event(path)
+            }
+        }
+
         #[test]
         fn on_demand_events_wait_behind_on_access_ones_and_have_a_budget() {
             let mut s = connected_v2(ACTIONS);
             // ack(): 8 events in flight: half for on-demand.
             assert_eq!(s.on_demand_capacity(16), 4);
             assert_eq!(s.on_demand_capacity(2), 2);
-            let od = FileEvent {
-                kind: EventKind::OnDemand,
-                process_id: 0,
-                desired_access: 0,
-                ..open_event("/data/f")
-            };
+            let od = on_demand_event("/data/f");
             let a = s.submit(&od, ms(2)).unwrap();
             let b = s.submit(&open_event("/tmp/open"), ms(2)).unwrap();
             assert_eq!(s.on_demand_capacity(16), 3);
@@ -3363,12 +3368,7 @@ mod tests {
         #[test]
         fn an_on_demand_event_waits_longer_than_an_open() {
             let mut s = connected_v2(ACTIONS);
-            let od = FileEvent {
-                kind: EventKind::OnDemand,
-                process_id: 0,
-                desired_access: 0,
-                ..open_event("/data/f")
-            };
+            let od = on_demand_event("/data/f");
             let a = s.submit(&od, ms(2)).unwrap();
             let b = s.submit(&open_event("/tmp/open"), ms(2)).unwrap();
             // The open's deadline (2 000 ms) passes: only it is decided.
@@ -3411,12 +3411,7 @@ mod tests {
         #[test]
         fn an_on_demand_event_in_a_version_1_session_is_decided_locally() {
             let mut s = connected(FailMode::Closed);
-            let od = FileEvent {
-                kind: EventKind::OnDemand,
-                process_id: 0,
-                desired_access: 0,
-                ..open_event("/data/f")
-            };
+            let od = on_demand_event("/data/f");
             let q = s.submit(&od, ms(2)).unwrap();
             assert!(sent(&mut s).is_empty());
             assert!(matches!(

@@ -137,6 +137,36 @@ pub struct HostActionEntry {
     pub counters: Option<ScanSummary>,
 }
 
+impl HostActionEntry {
+    /// The line of `action` by `origin` on `guest` (announced as `name`),
+    /// ended with `status`; the optional fields unset.
+    pub fn new(
+        guest: &crate::connection::GuestId,
+        name: &str,
+        action: &str,
+        origin: &str,
+        status: &str,
+        detail: String,
+    ) -> Self {
+        Self {
+            record: "host_action".into(),
+            time: rfc3339(SystemTime::now()),
+            guest: format!("{guest} {name}"),
+            peer: guest.peer().to_string(),
+            action: action.into(),
+            origin: origin.into(),
+            operation: None,
+            path: None,
+            threat: None,
+            policy_version: None,
+            quarantine_id: None,
+            status: status.into(),
+            detail,
+            counters: None,
+        }
+    }
+}
+
 /// A scan's counters (protocol §14.5), for audit lines and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanSummary {

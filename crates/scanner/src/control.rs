@@ -392,14 +392,7 @@ fn scan_answer(result: Result<ActionOutcome, crate::session::ActionError>) -> se
     match result {
         Err(e) => error(&e.to_string()),
         Ok(ActionOutcome::ScanDone(d)) => {
-            let status = match d.status {
-                ScanStatus::Completed => "completed",
-                ScanStatus::Cancelled => "cancelled",
-                ScanStatus::NotFound => "not-found",
-                ScanStatus::Failed => "failed",
-                ScanStatus::Busy => "busy",
-                ScanStatus::Unsupported => "unsupported",
-            };
+            let status = crate::guests::scan_status_label(d.status);
             json!({
                 "ok": d.status == ScanStatus::Completed,
                 "status": status,

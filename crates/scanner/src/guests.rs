@@ -891,6 +891,19 @@ impl SavedGuest {
     }
 }
 
+/// A scan's end for people, logs and metrics: `completed`, `cancelled`,
+/// `not-found`, `failed`, `busy`, `unsupported`.
+pub fn scan_status_label(status: ScanStatus) -> &'static str {
+    match status {
+        ScanStatus::Completed => "completed",
+        ScanStatus::Cancelled => "cancelled",
+        ScanStatus::NotFound => "not-found",
+        ScanStatus::Failed => "failed",
+        ScanStatus::Busy => "busy",
+        ScanStatus::Unsupported => "unsupported",
+    }
+}
+
 /// An OS error code in words.
 pub fn os_error(e: OsError) -> String {
     match e {
@@ -940,14 +953,7 @@ pub fn describe_outcome(outcome: ActionOutcome) -> (bool, &'static str, String) 
         }
         ActionOutcome::ScanDone(d) => (
             d.status == ScanStatus::Completed,
-            match d.status {
-                ScanStatus::Completed => "completed",
-                ScanStatus::Cancelled => "cancelled",
-                ScanStatus::NotFound => "not-found",
-                ScanStatus::Failed => "failed",
-                ScanStatus::Busy => "busy",
-                ScanStatus::Unsupported => "unsupported",
-            },
+            scan_status_label(d.status),
             format!("{:?}", d.status),
         ),
         ActionOutcome::TimedOut => (

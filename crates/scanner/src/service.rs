@@ -754,20 +754,18 @@ impl ScanObserver for ServiceObserver {
         }
         if let Some(audit) = &self.audit {
             audit.write_record(&HostActionEntry {
-                record: "host_action".into(),
-                time: rfc3339(SystemTime::now()),
-                guest: format!("{} {}", r.guest, r.guest_info.name),
-                peer: r.guest.peer().to_string(),
-                action: "remediate".into(),
-                origin: "automatic".into(),
                 operation: Some(r.action.as_str().into()),
                 path: Some(path.clone()),
                 threat: Some(r.threat.clone()),
-                policy_version: None,
                 quarantine_id: r.quarantine_id.clone(),
-                status: r.status.into(),
-                detail: r.detail.clone(),
-                counters: None,
+                ..HostActionEntry::new(
+                    &r.guest,
+                    &r.guest_info.name,
+                    "remediate",
+                    "automatic",
+                    r.status,
+                    r.detail.clone(),
+                )
             });
         }
         if let Some(events) = &self.events {
@@ -793,20 +791,19 @@ impl ScanObserver for ServiceObserver {
         };
         if let Some(audit) = &self.audit {
             audit.write_record(&HostActionEntry {
-                record: "host_action".into(),
-                time: rfc3339(SystemTime::now()),
-                guest: format!("{} {}", r.guest, r.guest_info.name),
-                peer: r.guest.peer().to_string(),
-                action: r.action.into(),
-                origin: r.origin.into(),
                 operation: r.operation.map(str::to_owned),
                 path: r.path.as_ref().map(GuestPath::to_string_lossy),
                 threat: r.threat.clone(),
                 policy_version: r.policy_version,
-                quarantine_id: None,
-                status: status.into(),
-                detail: detail.clone(),
                 counters,
+                ..HostActionEntry::new(
+                    &r.guest,
+                    &r.guest_info.name,
+                    r.action,
+                    r.origin,
+                    status,
+                    detail.clone(),
+                )
             });
         }
         let Some(events) = &self.events else { return };
