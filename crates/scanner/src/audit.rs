@@ -89,6 +89,14 @@ pub struct AuditEntry {
     pub duration_ms: f64,
     /// Which cache answered: `none`, `guest`, `content`.
     pub cache: String,
+    /// Set on the line of an admin's quarantine action instead of a
+    /// verdict (`verdict` then names the action: `restore`, `purge`): the
+    /// quarantine entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_id: Option<String>,
+    /// How the admin's action ended (`done`, `changed`, `failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// An open audit log: the queue to its writer thread.
@@ -563,6 +571,8 @@ mod tests {
             whole_file: false,
             duration_ms: 0.5,
             cache: "none".into(),
+            quarantine_id: None,
+            status: None,
         }
     }
 

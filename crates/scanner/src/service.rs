@@ -683,6 +683,57 @@ impl ScanObserver for ServiceObserver {
                 whole_file: r.inline.whole_file,
                 duration_ms: r.duration.as_secs_f64() * 1e3,
                 cache: cache.to_string(),
+                quarantine_id: None,
+                status: None,
+            });
+        }
+    }
+
+    fn on_quarantine_action(&self, r: &crate::connection::QuarantineActionRecord) {
+        let e = &r.entry;
+        tracing::info!(
+            action = r.action, id = %e.id, guest = %e.guest.address, path = %r.path.display,
+            threat = %e.threat, status = %r.status, detail = %r.detail, "quarantine action"
+        );
+        if let Some(events) = &self.events {
+            let body = match r.action {
+                "restore" => EventBody::Restore {
+                    guest: e.guest.clone(),
+                    path: r.path.clone(),
+                    quarantine_id: e.id.clone(),
+                    threat: e.threat.clone(),
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                    status: r.status.clone(),
+                    detail: r.detail.clone(),
+                },
+                _ => EventBody::QuarantinePurged {
+                    guest: e.guest.clone(),
+                    path: r.path.clone(),
+                    quarantine_id: e.id.clone(),
+                    threat: e.threat.clone(),
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                },
+            };
+            events.emit(body);
+        }
+        if let Some(audit) = &self.audit {
+            audit.write(&AuditEntry {
+                time: rfc3339(std::time::SystemTime::now()),
+                guest: format!("{} {}", e.guest.address, e.guest.name),
+                peer: e.guest.peer.clone(),
+                path: r.path.display.clone(),
+                verdict: r.action.to_owned(),
+                threat: Some(e.threat.clone()),
+                engine: e.engine.clone(),
+                bytes: e.size,
+                inline_bytes: 0,
+                whole_file: false,
+                duration_ms: r.duration.as_secs_f64() * 1e3,
+                cache: "none".into(),
+                quarantine_id: Some(e.id.clone()),
+                status: Some(r.status.clone()),
             });
         }
     }
@@ -986,8 +1037,12 @@ impl Service {
         if let Some(l) = self.control {
             tasks.spawn(crate::control::serve(
                 l,
-                self.ctx.guests.clone(),
-                self.ctx.guest_policy.clone(),
+                Arc::new(crate::control::ControlState {
+                    guests: self.ctx.guests.clone(),
+                    policy: self.ctx.guest_policy.clone(),
+                    quarantine: self.ctx.quarantine.clone(),
+                    observer: self.ctx.observer.clone(),
+                }),
             ));
         }
         let flush_logs = self.logs.clone();
