@@ -1,4 +1,4 @@
-//! `guests`, `remediate`, `scan-guest`: clients of the scanner's admin
+//! `guests`, `remediate`, `scan-guest`, `policy`, `quarantine`: clients of the scanner's admin
 //! control socket (JSON lines over a local Unix socket; its requests are
 //! documented in `crates/scanner/src/control.rs` and docs/operations.md).
 //! Tables a person pastes into a ticket; `--json` prints the scanner's
@@ -558,6 +558,231 @@ fn policy_set(args: &PolicySetArgs) -> Result<ExitCode> {
         println!(
             "(guests that do not take a policy keep theirs; see `thinagent-diag policy show`)"
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct QuarantineArgs {
+    #[command(subcommand)]
+    pub command: QuarantineCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum QuarantineCommand {
+    /// Every quarantined file: id, state (stored, restored, purged), size,
+    /// when, guest, path, threat. Exit status: 0, or 2 when the scanner
+    /// could not be asked.
+    List(ControlArgs),
+    /// One entry's whole record: where it came from, its file identity,
+    /// its SHA-256 and BLAKE3. Exit status: 0, 2 no such entry.
+    Show(QuarantineIdArgs),
+    /// Write an entry's bytes back to the guest it came from (only that
+    /// guest, connected, with an agent that takes restores). The guest
+    /// writes a new file and never overwrites one: a file at the path
+    /// answers `changed`. Exit status: 0 restored, 1 the guest did not
+    /// (changed, failed, busy, timed-out), 2 the request could not be made.
+    Restore(QuarantineRestoreArgs),
+    /// Remove entries' bytes (the record of what was quarantined stays):
+    /// one entry, or every entry stored longer ago than `--older-than`.
+    /// Exit status: 0 purged (or nothing to purge), 2 refused.
+    Purge(QuarantinePurgeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct QuarantineIdArgs {
+    /// The entry's id, as `quarantine list` shows it.
+    pub id: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(clap::Args)]
+pub struct QuarantineRestoreArgs {
+    /// The entry's id, as `quarantine list` shows it.
+    pub id: String,
+    /// Write it to this path on the guest instead of where it was.
+    #[arg(long, value_name = "PATH")]
+    pub to: Option<String>,
+    /// The guest you expect (identity or name): refused unless it is the
+    /// one the entry came from.
+    #[arg(long, value_name = "GUEST")]
+    pub guest: Option<String>,
+    /// How long to wait for the guest to write it, ms.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(clap::Args)]
+pub struct QuarantinePurgeArgs {
+    /// The entry's id.
+    #[arg(required_unless_present = "older_than", conflicts_with = "older_than")]
+    pub id: Option<String>,
+    /// Every entry stored longer ago than this: 30d, 12h, 90m, 45s, 2w.
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// `quarantine list|show|restore|purge`.
+pub fn quarantine(args: &QuarantineArgs) -> Result<ExitCode> {
+    match &args.command {
+        QuarantineCommand::List(control) => quarantine_list(control),
+        QuarantineCommand::Show(a) => quarantine_show(a),
+        QuarantineCommand::Restore(a) => quarantine_restore(a),
+        QuarantineCommand::Purge(a) => quarantine_purge(a),
+    }
+}
+
+fn quarantine_list(control: &ControlArgs) -> Result<ExitCode> {
+    let answer = match ask_ok(control, &json!({"cmd": "quarantine-list"})) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    if control.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("the quarantine is empty");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![
+        ["ID", "STATE", "SIZE", "STORED", "GUEST", "PATH", "THREAT"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for e in &entries {
+        let guest = match e["guest_name"].as_str() {
+            Some(name) if !name.is_empty() => format!("{} ({name})", text(&e["guest"])),
+            _ => text(&e["guest"]),
+        };
+        rows.push(vec![
+            text(&e["id"]),
+            text(&e["state"]),
+            text(&e["size"]),
+            text(&e["stored_at"]),
+            guest,
+            text(&e["path"]),
+            text(&e["threat"]),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quarantine_show(args: &QuarantineIdArgs) -> Result<ExitCode> {
+    let req = json!({"cmd": "quarantine-show", "id": args.id});
+    let answer = match ask_ok(&args.control, &req) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    if args.control.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let e = &answer["entry"];
+    let g = &e["guest"];
+    let f = &e["file"];
+    let rows = [
+        ("id", text(&e["id"])),
+        ("state", text(&e["state"])),
+        ("state changed", text(&e["state_changed_at"])),
+        ("threat", text(&e["threat"])),
+        ("engine", text(&e["engine"])),
+        ("stored", text(&e["stored_at"])),
+        ("guest", text(&g["address"])),
+        ("guest name", text(&g["name"])),
+        ("guest identity", text(&g["peer"])),
+        ("guest os", text(&g["os"])),
+        ("path", text(&e["path"]["display"])),
+        ("size", text(&e["size"])),
+        ("sha256", text(&e["sha256"])),
+        ("blake3", text(&e["blake3"])),
+        (
+            "file identity",
+            format!(
+                "volume {} id {} size {} mtime {}",
+                text(&f["volume_serial"]),
+                text(&f["file_id"]),
+                text(&f["size"]),
+                text(&f["last_write_time"])
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<15} {v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quarantine_restore(args: &QuarantineRestoreArgs) -> Result<ExitCode> {
+    let mut req =
+        json!({"cmd": "quarantine-restore", "id": args.id, "timeout_ms": args.timeout_ms});
+    if let Some(to) = &args.to {
+        req["to"] = json!(to);
+    }
+    if let Some(guest) = &args.guest {
+        req["guest"] = json!(guest);
+    }
+    let answer = match ask(&args.control, &req, |_| {}) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    if answer.get("status").is_none() {
+        if let Some(e) = failed(&answer) {
+            if !args.control.json {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    }
+    if !args.control.json {
+        println!(
+            "{}: {} ({} bytes, {}) to {} on {}: {} ({})",
+            args.id,
+            if answer["ok"] == true {
+                "restored"
+            } else {
+                "not restored"
+            },
+            text(&answer["size"]),
+            text(&answer["threat"]),
+            text(&answer["path"]),
+            text(&answer["guest"]),
+            text(&answer["status"]),
+            text(&answer["detail"])
+        );
+    }
+    Ok(if answer["ok"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn quarantine_purge(args: &QuarantinePurgeArgs) -> Result<ExitCode> {
+    let mut req = json!({"cmd": "quarantine-purge"});
+    if let Some(id) = &args.id {
+        req["id"] = json!(id);
+    }
+    if let Some(age) = &args.older_than {
+        req["older_than"] = json!(age);
+    }
+    let answer = match ask_ok(&args.control, &req) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    if !args.control.json {
+        let ids = answer["purged"].as_array().cloned().unwrap_or_default();
+        if ids.is_empty() {
+            println!("nothing to purge");
+        }
+        for id in ids {
+            println!("purged {}", text(&id));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

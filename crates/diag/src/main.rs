@@ -116,6 +116,9 @@ enum Command {
     /// Show or set the policy the scanner gives its guests (fail mode,
     /// exclusions, timeouts, sizes, debug level).
     Policy(control::PolicyArgs),
+    /// The scanner's quarantine: list, show an entry, restore a file to the
+    /// guest it came from (a false positive), purge.
+    Quarantine(control::QuarantineArgs),
 }
 
 #[derive(clap::Args)]
@@ -356,5 +359,6 @@ fn main() -> Result<ExitCode> {
         Command::Remediate(args) => control::remediate(&args),
         Command::ScanGuest(args) => control::scan_guest(&args),
         Command::Policy(args) => control::policy(&args),
+        Command::Quarantine(args) => control::quarantine(&args),
     }
 }

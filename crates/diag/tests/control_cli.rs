@@ -267,3 +267,189 @@ fn policy_set_sends_only_the_fields_given_and_policy_show_tabulates() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("0..=4"));
 }
+
+const QUARANTINE: &str = r#"{"ok":true,"entries":[{"id":"20261203T174010123Z-3f2a9c1b","guest":"vsock://5:1025","peer":"vsock:5","guest_name":"web-01","path":"/srv/tool.sh","threat":"Test-FalsePositive","size":12000,"stored_at":"2026-12-03T17:40:10.123Z","state":"stored","restored":false,"state_changed_at":null},{"id":"20261203T180000000Z-aa00bb11","guest":"vsock://5:1026","peer":"vsock:5","guest_name":"web-01","path":"/srv/eicar.com","threat":"Eicar-Test-Signature","size":68,"stored_at":"2026-12-03T18:00:00.000Z","state":"restored","restored":true,"state_changed_at":"2026-12-03T18:05:00.000Z"}]}"#;
+
+#[test]
+fn quarantine_list_prints_a_table_and_json_passes_it_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, rx) = stand_in(dir.path(), &[QUARANTINE]);
+    let out = diag(&["quarantine", "list"], &socket);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        rx.recv().unwrap(),
+        serde_json::json!({"cmd": "quarantine-list"})
+    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("THREAT"),
+        "{stdout}"
+    );
+    for cell in [
+        "20261203T174010123Z-3f2a9c1b",
+        "stored",
+        "12000",
+        "vsock://5:1025 (web-01)",
+        "/srv/tool.sh",
+        "Test-FalsePositive",
+    ] {
+        assert!(lines[1].contains(cell), "{cell} missing: {stdout}");
+    }
+    assert!(lines[2].contains("restored"), "{stdout}");
+    let path_col = lines[0].find("PATH").unwrap();
+    assert_eq!(&lines[1][path_col..path_col + 12], "/srv/tool.sh");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _rx) = stand_in(dir.path(), &[QUARANTINE]);
+    let out = diag(&["quarantine", "list", "--json"], &socket);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["entries"][1]["restored"], true);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _rx) = stand_in(
+        dir.path(),
+        &[r#"{"ok":false,"error":"no quarantine is configured: set quarantine.dir"}"#],
+    );
+    let out = diag(&["quarantine", "list"], &socket);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("quarantine.dir"));
+}
+
+#[test]
+fn quarantine_show_prints_the_record_with_its_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, rx) = stand_in(
+        dir.path(),
+        &[
+            r#"{"ok":true,"entry":{"format":1,"id":"20261203T174010123Z-3f2a9c1b","sha256":"ab12","blake3":"cd34","size":12000,"stored_at":"2026-12-03T17:40:10.123Z","stored_at_ms":1,"state":"stored","guest":{"peer":"vsock:5","address":"vsock://5:1025","name":"web-01","os":"linux"},"path":{"encoding":"utf8","hex":"2f","display":"/srv/tool.sh"},"file":{"volume_serial":9,"file_id":"01000000000000000000000000000000","size":12000,"last_write_time":5},"threat":"Test-FalsePositive","engine":"hash"}}"#,
+        ],
+    );
+    let out = diag(
+        &["quarantine", "show", "20261203T174010123Z-3f2a9c1b"],
+        &socket,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        rx.recv().unwrap(),
+        serde_json::json!({"cmd": "quarantine-show", "id": "20261203T174010123Z-3f2a9c1b"})
+    );
+    let stdout = text(&out.stdout);
+    for line in [
+        "sha256          ab12",
+        "blake3          cd34",
+        "path            /srv/tool.sh",
+        "guest identity  vsock:5",
+        "state           stored",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _rx) = stand_in(
+        dir.path(),
+        &[
+            r#"{"ok":false,"error":"quarantine: no entry \"x\"; list the entries to see their ids"}"#,
+        ],
+    );
+    let out = diag(&["quarantine", "show", "x"], &socket);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no entry"));
+}
+
+#[test]
+fn quarantine_restore_exit_codes_follow_the_guests_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, rx) = stand_in(
+        dir.path(),
+        &[
+            r#"{"ok":true,"id":"q1","guest":"vsock://5:1025","path":"/srv/tool.sh","size":12000,"threat":"Test-FalsePositive","status":"done","detail":"done"}"#,
+        ],
+    );
+    let out = diag(&["quarantine", "restore", "q1"], &socket);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        rx.recv().unwrap(),
+        serde_json::json!({"cmd": "quarantine-restore", "id": "q1", "timeout_ms": 60000})
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "q1: restored (12000 bytes, Test-FalsePositive) to /srv/tool.sh on vsock://5:1025: done (done)"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, rx) = stand_in(
+        dir.path(),
+        &[
+            r#"{"ok":false,"id":"q1","guest":"vsock://5:1025","path":"/srv/other","size":12000,"threat":"T","status":"changed","detail":"a file exists at that path: nothing was written"}"#,
+        ],
+    );
+    let out = diag(
+        &[
+            "quarantine",
+            "restore",
+            "q1",
+            "--to",
+            "/srv/other",
+            "--guest",
+            "web-01",
+        ],
+        &socket,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let req = rx.recv().unwrap();
+    assert_eq!(
+        (&req["to"], &req["guest"]),
+        (
+            &serde_json::json!("/srv/other"),
+            &serde_json::json!("web-01")
+        )
+    );
+    assert!(
+        text(&out.stdout).contains("not restored"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stdout).contains("changed"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _rx) = stand_in(
+        dir.path(),
+        &[r#"{"ok":false,"error":"entry q1 came from vsock://5:1025, not vsock://6:1025"}"#],
+    );
+    let out = diag(
+        &["quarantine", "restore", "q1", "--guest", "db-02"],
+        &socket,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("came from"));
+}
+
+#[test]
+fn quarantine_purge_by_id_or_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, rx) = stand_in(dir.path(), &[r#"{"ok":true,"purged":["q1"]}"#]);
+    let out = diag(&["quarantine", "purge", "q1"], &socket);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        rx.recv().unwrap(),
+        serde_json::json!({"cmd": "quarantine-purge", "id": "q1"})
+    );
+    assert_eq!(text(&out.stdout).trim(), "purged q1");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, rx) = stand_in(dir.path(), &[r#"{"ok":true,"purged":[]}"#]);
+    let out = diag(&["quarantine", "purge", "--older-than", "30d"], &socket);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        rx.recv().unwrap(),
+        serde_json::json!({"cmd": "quarantine-purge", "older_than": "30d"})
+    );
+    assert_eq!(text(&out.stdout).trim(), "nothing to purge");
+
+    // Neither an id nor an age: refused before asking.
+    let dir = tempfile::tempdir().unwrap();
+    let out = diag(&["quarantine", "purge"], &dir.path().join("unused.sock"));
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -54,9 +54,8 @@
 //!
 //! An embedder that can act on the host's requests announces their
 //! capabilities ([`Capabilities::REMEDIATE`], [`Capabilities::SCAN_TREE`],
-//! [`Capabilities::POLICY`]; `RESTORE` is never announced: this session does
-//! not take `Restore`). Every request without its capability is answered
-//! `Unsupported` by the session itself. An accepted request waits, encoded,
+//! [`Capabilities::POLICY`], [`Capabilities::RESTORE`]). Every request
+//! without its capability is answered `Unsupported` by the session itself. An accepted request waits, encoded,
 //! in an inbox of `INBOX` bytes ([`DEFAULT_INBOX`]; one that does not fit,
 //! a second scan, or more than §14.1 allows is answered `Busy`):
 //! [`SessionEvent::HostRequest`] says so, [`Session::host_request`] shows
@@ -69,6 +68,37 @@
 //! session closes, requests not yet answered are void. [`Session::send_health`]
 //! sends a `Health` report.
 //!
+//! # Restore (§14.7) and backpressure
+//!
+//! A `Restore` is taken like any request; its content follows as
+//! `RestoreData` chunks, which the session checks (the first at 0, each
+//! next one where the previous ended, `LAST` ending at `size`; one restore
+//! at a time, a second is answered `Busy`) and puts in the same inbox, in
+//! order, for the embedder to write out ([`Session::host_request`] returns
+//! them as `Message::RestoreData`). Chunks out of order are answered
+//! `Rejected`, and a restore whose `LAST` chunk has not arrived by its
+//! deadline `Failed` (`ETIMEDOUT`, or `STATUS_IO_TIMEOUT` on Windows), by
+//! the session itself: the embedder learns it from
+//! [`Session::take_aborted_restore`] and removes its temporary file. Data
+//! of a restore already answered or never taken is ignored. Once the `LAST`
+//! chunk is in, the embedder owns the deadline and the one answer
+//! ([`Session::complete_action`]).
+//!
+//! **Backpressure.** Chunks arrive as fast as the host sends them, and the
+//! inbox is bounded. A chunk that does not fit the inbox now is not
+//! dropped: the session leaves it in its decoder and stops taking bytes, so
+//! [`Session::receive`] returns fewer bytes than it was given. The adapter
+//! keeps the rest and stops reading the socket (the transport's own flow
+//! control then holds the host back), and feeds the rest again once the
+//! embedder took requests out of the inbox ([`Session::pop_host_request`]
+//! processes what the decoder holds at once). A chunk is at most
+//! `MAX_RESTORE_CHUNK` (4096) bytes, and `RESTORE` is only announced with
+//! an inbox that holds one ([`MIN_RESTORE_INBOX`]), so an empty inbox
+//! always takes the next chunk: frames behind a held chunk (`Verdict`s
+//! included) wait only while the embedder writes what the inbox holds,
+//! and a query whose verdict waits longer still gets its fail decision at
+//! its deadline. Without an active restore nothing is ever held.
+//!
 //! Not here: reconnecting with back-off. After [`SessionEvent::Closed`] the
 //! adapter closes the socket and builds a new `Session` on the next
 //! connection (pacing attempts with [`crate::Backoff`]).
@@ -79,9 +109,9 @@ use thinagent_protocol::{
     ActionResult, ActionStatus, AgentVersion, Capabilities, CreateDisposition, Decision,
     DecodeError, ErrorCode, ErrorMessage, EventKind, FILE_EVENT_V2_FIXED_LEN, FileEvent,
     FileIdentity, FilePath, Goodbye, GoodbyeReason, HANDSHAKE_TIMEOUT_MS, HEADER_LEN, Heartbeat,
-    Hello, HelloAck, INLINE_CONTENT_VERSION, InlineContent, MAX_FRAME_LEN, MAX_THREAT_NAME_LEN,
-    Message, OsKind, PROTOCOL_VERSION, ReadData, ReadOutcome, ReadRequest, ScanCounters, ScanDone,
-    ScanStatus, StreamDecoder, Verdict,
+    Hello, HelloAck, INLINE_CONTENT_VERSION, InlineContent, MAX_FRAME_LEN, MAX_RESTORE_CHUNK,
+    MAX_THREAT_NAME_LEN, Message, OsError, OsKind, PROTOCOL_VERSION, RESTORE_DATA_FIXED_LEN,
+    ReadData, ReadOutcome, ReadRequest, ScanCounters, ScanDone, ScanStatus, StreamDecoder, Verdict,
 };
 
 use crate::params::{FailMode, Params};
@@ -428,7 +458,50 @@ pub struct Session<
     host_request_pending: bool,
     /// A `ScanCancel` for the running scan, to announce.
     scan_cancel_pending: Option<u64>,
+    /// The restore taken and not yet answered (§14.7).
+    restore: Option<RestoreRun>,
+    /// The decoder holds a `RestoreData` the inbox has no room for: no
+    /// more bytes are taken until the embedder empties the inbox.
+    rx_held: bool,
+    /// A restore the session ended itself (`Rejected`, deadline), for
+    /// [`Session::take_aborted_restore`].
+    restore_aborted: Option<u64>,
+    /// The embedder feeds with [`Session::receive_some`]: a chunk without
+    /// room may be held back.
+    may_hold: bool,
 }
+
+/// The restore in progress (§14.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RestoreRun {
+    id: u64,
+    size: u64,
+    /// Where the next chunk must start.
+    next: u64,
+    /// The `LAST` chunk arrived.
+    complete: bool,
+    deadline: Instant,
+}
+
+impl RestoreRun {
+    /// Where the restore stands after chunk `(offset, len, last)`, or
+    /// `None` when the chunk breaks §14.7's order.
+    fn after(&self, offset: u64, len: u32, last: bool) -> Option<Self> {
+        let end = offset.checked_add(u64::from(len))?;
+        if offset != self.next || end > self.size || (last && end != self.size) {
+            return None;
+        }
+        Some(Self {
+            next: end,
+            complete: last,
+            ..*self
+        })
+    }
+}
+
+/// The smallest inbox with which a session announces `RESTORE`: one
+/// `RestoreData` of `MAX_RESTORE_CHUNK` bytes fits it (module docs).
+pub const MIN_RESTORE_INBOX: usize = HEADER_LEN + RESTORE_DATA_FIXED_LEN + MAX_RESTORE_CHUNK;
 
 impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize> core::fmt::Debug
     for Session<N, PATH, R, INBOX>
@@ -519,6 +592,10 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
             inbox_len: 0,
             host_request_pending: false,
             scan_cancel_pending: None,
+            restore: None,
+            rx_held: false,
+            restore_aborted: None,
+            may_hold: false,
         }
     }
 
@@ -539,8 +616,12 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
         self.fail_mode = config.fail_mode;
         self.os = config.os;
         self.agent_version = config.agent_version;
-        // This session does not take `Restore` (§14.7): never announced.
-        self.capabilities = Capabilities(config.capabilities.0 & !Capabilities::RESTORE.0);
+        // `Restore` needs an inbox that holds a whole chunk (module docs).
+        self.capabilities = if INBOX < MIN_RESTORE_INBOX {
+            Capabilities(config.capabilities.0 & !Capabilities::RESTORE.0)
+        } else {
+            config.capabilities
+        };
         self.hello_id = 0;
         self.next_id = 1;
         self.ack = None;
@@ -567,6 +648,9 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
         self.inbox_len = 0;
         self.host_request_pending = false;
         self.scan_cancel_pending = None;
+        self.restore = None;
+        self.rx_held = false;
+        self.restore_aborted = None;
     }
 
     /// Whether the handshake completed and the session is not closed.
@@ -835,48 +919,115 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
         Ok(())
     }
 
-    /// Feeds received bytes.
-    pub fn receive(&mut self, mut bytes: &[u8], now: Instant) {
+    /// Feeds received bytes, all of them. Never holds a chunk back: a
+    /// `RestoreData` the inbox has no room for ends its restore (`Busy`).
+    /// An embedder that announces `RESTORE` feeds with
+    /// [`receive_some`](Self::receive_some) instead.
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
+        self.may_hold = false;
+        self.receive_bytes(bytes, now);
+    }
+
+    /// Feeds received bytes; returns how many it took. Fewer than given
+    /// only while a `RestoreData` waits for room in the inbox (module
+    /// docs, *Backpressure*): keep the rest, stop reading the socket, and
+    /// feed it again once [`rx_held`](Self::rx_held) is `false` (after
+    /// [`pop_host_request`](Self::pop_host_request)). A closed session
+    /// takes (and drops) everything.
+    pub fn receive_some(&mut self, bytes: &[u8], now: Instant) -> usize {
+        self.may_hold = true;
+        self.receive_bytes(bytes, now)
+    }
+
+    fn receive_bytes(&mut self, bytes: &[u8], now: Instant) -> usize {
         self.now = now;
         if matches!(self.state, State::Closed | State::Idle) {
-            return;
+            return bytes.len();
         }
         self.last_recv = now;
-        while !bytes.is_empty() && self.state != State::Closed {
-            let n = self.rx.push(bytes);
-            bytes = &bytes[n..];
+        let mut taken = 0;
+        self.process_rx();
+        while taken < bytes.len() && self.state != State::Closed && !self.rx_held {
+            let n = self.rx.push(&bytes[taken..]);
+            taken += n;
             self.process_rx();
             if n == 0 {
                 break;
             }
         }
+        // Only a held chunk leaves bytes to feed again; anything else the
+        // decoder could not take is gone, as before.
+        if self.rx_held { taken } else { bytes.len() }
+    }
+
+    /// Whether the session holds a `RestoreData` it has no room for and
+    /// takes no bytes ([`receive`](Self::receive) returns 0) until the
+    /// embedder takes requests out of the inbox.
+    pub fn rx_held(&self) -> bool {
+        self.rx_held
+    }
+
+    /// Processes what the decoder holds once the inbox has room again.
+    fn release_rx(&mut self) {
+        if self.rx_held {
+            self.rx_held = false;
+            self.process_rx();
+        }
     }
 
     fn process_rx(&mut self) {
-        while self.state != State::Closed {
+        while self.state != State::Closed && !self.rx_held {
             // Copy the frame's essentials out of the decoder's buffer first.
-            let step = match self.rx.next_frame() {
+            let step = match self.rx.peek_frame() {
                 Ok(None) => return,
-                Ok(Some(frame)) => {
+                Ok(Some((frame, consumed))) => {
                     let mut incoming = Incoming::from(&frame.message);
-                    // A host request this guest takes is copied (encoded
-                    // again) behind the inbox's frames before the decoder's
-                    // buffer is released; `on_frame` decides whether it
-                    // stays there.
-                    if let Incoming::HostRequest(kind, _) = incoming
-                        && self.capabilities.contains(kind.capability())
-                    {
+                    // A host request this guest takes, and a chunk of the
+                    // restore in progress that keeps its order, are copied
+                    // (encoded again) behind the inbox's frames before the
+                    // decoder's buffer is released; `on_frame` decides
+                    // whether they stay there.
+                    let wanted = match incoming {
+                        Incoming::HostRequest(kind, ..) => {
+                            self.capabilities.contains(kind.capability())
+                        }
+                        Incoming::RestoreData(chunk, _) => self
+                            .restore
+                            .filter(|r| r.id == frame.request_id && !r.complete)
+                            .is_some_and(|r| {
+                                r.after(chunk.offset, chunk.len, chunk.last).is_some()
+                            }),
+                        _ => false,
+                    };
+                    let mut hold = false;
+                    if wanted {
                         let tail = self.inbox.get_mut(self.inbox_len..).unwrap_or_default();
                         let len = frame
                             .message
                             .encode_for(frame.version, frame.request_id, tail)
                             .unwrap_or(0);
-                        incoming = Incoming::HostRequest(kind, len);
+                        match &mut incoming {
+                            Incoming::HostRequest(_, l, _) => *l = len,
+                            Incoming::RestoreData(_, l) => {
+                                *l = len;
+                                // No room now, but an emptier inbox has:
+                                // leave the chunk in the decoder.
+                                hold = len == 0 && self.inbox_len > 0 && self.may_hold;
+                            }
+                            _ => {}
+                        }
                     }
-                    Rx::Frame(frame.request_id, incoming)
+                    if hold {
+                        self.rx_held = true;
+                        return;
+                    }
+                    Rx::Frame(frame.request_id, incoming, consumed)
                 }
                 Err(e) => Rx::Err(e),
             };
+            if let Rx::Frame(_, _, consumed) = step {
+                self.rx.consume(consumed);
+            }
             match step {
                 // §9: an Error frame is never answered with an Error; any
                 // other Error echoes the offending frame's request id when
@@ -895,7 +1046,7 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
                         self.push_frame(&msg, e.request_id().unwrap_or(0));
                     }
                 }
-                Rx::Frame(id, incoming) => self.on_frame(id, incoming),
+                Rx::Frame(id, incoming, _) => self.on_frame(id, incoming),
             }
         }
     }
@@ -967,11 +1118,11 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
                     CloseReason::Protocol(ErrorCode::UnexpectedMessage),
                 );
             }
-            Incoming::HostRequest(kind, len) => self.on_host_request(id, kind, len),
+            Incoming::HostRequest(kind, len, restore) => {
+                self.on_host_request(id, kind, len, restore);
+            }
             Incoming::ScanCancel => self.on_scan_cancel(id),
-            // §14.7: a RestoreData for no running restore (none ever runs
-            // here: this session does not take `Restore`) is ignored.
-            Incoming::Ignored => {}
+            Incoming::RestoreData(chunk, len) => self.on_restore_data(id, chunk, len),
             Incoming::Ping(hb) => {
                 if !self.push_frame(&Message::Pong(hb), id) {
                     // Only the newest probe matters to the host.
@@ -1003,7 +1154,13 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
     /// once (`Unsupported`: no capability, §14.1; `Busy`: a scan already
     /// runs, or no room). `len` is its encoded length at the inbox's tail
     /// (0: it did not fit, or the capability is missing).
-    fn on_host_request(&mut self, id: u64, kind: ActionKind, len: usize) {
+    fn on_host_request(
+        &mut self,
+        id: u64,
+        kind: ActionKind,
+        len: usize,
+        restore: Option<RestoreHead>,
+    ) {
         if self.outstanding(id).is_some() || self.answers.iter().flatten().any(|(a, _)| *a == id) {
             // §14.1: an id reused while its request waits for its answer.
             self.fatal(
@@ -1026,11 +1183,25 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
             .flatten()
             .any(|(_, k)| *k == ActionKind::Scan);
         let free = self.actions.iter().position(Option::is_none);
+        let restore_running = kind == ActionKind::Restore && self.restore.is_some();
         match free {
-            Some(slot) if len > 0 && !(kind == ActionKind::Scan && scan_running) => {
+            Some(slot)
+                if len > 0 && !(kind == ActionKind::Scan && scan_running) && !restore_running =>
+            {
                 self.actions[slot] = Some((id, kind));
                 self.inbox_len += len;
                 self.host_request_pending = true;
+                if let Some(head) = restore {
+                    self.restore = Some(RestoreRun {
+                        id,
+                        size: head.size,
+                        next: 0,
+                        complete: false,
+                        deadline: self
+                            .now
+                            .saturating_add(Duration::from_millis(head.deadline_ms.into())),
+                    });
+                }
             }
             _ => self.answer(id, kind.refusal(ActionStatus::Busy, ScanStatus::Busy)),
         }
@@ -1056,6 +1227,47 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
         } else {
             self.scan_cancel_pending = Some(id);
         }
+    }
+
+    /// A `RestoreData` (§14.7). `len` is its encoded length at the inbox's
+    /// tail (0: not copied, it is not the restore in progress's next chunk
+    /// or, with an empty inbox, cannot fit at all).
+    fn on_restore_data(&mut self, id: u64, chunk: ChunkHead, len: usize) {
+        // Data of a restore answered, never taken or complete: ignored.
+        let Some(run) = self.restore.filter(|r| r.id == id && !r.complete) else {
+            return;
+        };
+        match run.after(chunk.offset, chunk.len, chunk.last) {
+            Some(next) if len > 0 => {
+                self.restore = Some(next);
+                self.inbox_len += len;
+                self.host_request_pending = true;
+            }
+            // In order, but no room and no holding it back (`receive`).
+            Some(_) => self.abort_restore(id, ActionResult::status(ActionStatus::Busy)),
+            None => self.abort_restore(id, ActionResult::status(ActionStatus::Rejected)),
+        }
+    }
+
+    /// Ends the restore in progress with `result`, sent by the session: its
+    /// frames leave the inbox and the embedder learns it from
+    /// [`take_aborted_restore`](Self::take_aborted_restore).
+    fn abort_restore(&mut self, id: u64, result: ActionResult) {
+        while self.remove_from_inbox(id) {}
+        self.restore = None;
+        self.forget_action(id);
+        self.answer(id, Answer::Action(result));
+        self.restore_aborted = Some(id);
+        self.host_request_pending = true;
+    }
+
+    /// The restore the session ended itself since the last call (chunks out
+    /// of order: `Rejected`; its `LAST` chunk not in by the deadline:
+    /// `Failed`), already answered: the embedder drops what it wrote of it
+    /// (its temporary file) and answers nothing. Asked after
+    /// [`SessionEvent::HostRequest`].
+    pub fn take_aborted_restore(&mut self) -> Option<u64> {
+        self.restore_aborted.take()
     }
 
     /// The kind of the accepted, unanswered host request `id`.
@@ -1153,17 +1365,29 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
             self.inbox.copy_within(len..self.inbox_len, 0);
             self.inbox_len -= len;
         }
+        self.release_rx();
     }
 
-    /// Answers the `Remediate` or `Policy` `id` with `result` (exactly once;
-    /// §14.3). Fails when no such request waits for an answer (already
+    /// Answers the `Remediate`, `Policy` or `Restore` `id` with `result`
+    /// (exactly once; §14.3). A `Restore` may be answered before its `LAST`
+    /// chunk (e.g. `Failed` on a write error): the rest of its data is then
+    /// ignored. Fails when no such request waits for an answer (already
     /// answered, a scan, or the session closed since: the host then
     /// records no answer).
     pub fn complete_action(&mut self, id: u64, result: ActionResult) -> Result<(), AnswerError> {
         match self.outstanding(id) {
-            Some(ActionKind::Remediate | ActionKind::Policy) if self.state == State::Connected => {
+            Some(ActionKind::Remediate | ActionKind::Policy | ActionKind::Restore)
+                if self.state == State::Connected =>
+            {
                 self.forget_action(id);
                 self.answer(id, Answer::Action(result));
+                if self.restore.is_some_and(|r| r.id == id) {
+                    // Later data of it is ignored; so is what the inbox
+                    // and the decoder still hold of it.
+                    self.restore = None;
+                    while self.remove_from_inbox(id) {}
+                    self.release_rx();
+                }
                 Ok(())
             }
             _ => Err(AnswerError::NotOutstanding),
@@ -1344,6 +1568,9 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
         self.inbox_len = 0;
         self.host_request_pending = false;
         self.scan_cancel_pending = None;
+        self.restore = None;
+        self.rx_held = false;
+        self.restore_aborted = None;
         let fail = self.fail_mode;
         for slot in self.slots.iter_mut() {
             if matches!(slot.state, SlotState::Queued | SlotState::Sent) {
@@ -1390,7 +1617,7 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
                         (None, _) => None,
                     },
                     self.idle().map(|d| self.last_recv.saturating_add(d)),
-                    None,
+                    self.restore.filter(|r| !r.complete).map(|r| r.deadline),
                 ]
             }
         };
@@ -1422,6 +1649,17 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
                 {
                     self.goodbye_timeout(CloseReason::IdleTimeout);
                     return;
+                }
+                if let Some(run) = self.restore
+                    && !run.complete
+                    && now.has_reached(run.deadline)
+                {
+                    let timeout = match self.os {
+                        OsKind::Windows => OsError::NtStatus(STATUS_IO_TIMEOUT),
+                        _ => OsError::Errno(ETIMEDOUT),
+                    };
+                    self.abort_restore(run.id, ActionResult::failed(timeout));
+                    self.release_rx();
                 }
                 if let Some(hb) = self.heartbeat() {
                     match self.ping {
@@ -1584,7 +1822,9 @@ impl<const N: usize, const PATH: usize, const R: usize, const INBOX: usize>
             if let Some(id) = self.scan_cancel_pending.take() {
                 return Some(SessionEvent::ScanCancelled { id });
             }
-            if core::mem::take(&mut self.host_request_pending) && self.inbox_len > 0 {
+            if core::mem::take(&mut self.host_request_pending)
+                && (self.inbox_len > 0 || self.restore_aborted.is_some())
+            {
                 return Some(SessionEvent::HostRequest);
             }
         }
@@ -1609,17 +1849,38 @@ enum Incoming {
     Pong(Heartbeat),
     Error,
     Goodbye(GoodbyeReason),
-    /// A host request of §14, and its encoded length at the inbox's tail
-    /// (0 until `process_rx` copied it there).
-    HostRequest(ActionKind, usize),
+    /// A host request of §14, its encoded length at the inbox's tail (0
+    /// until `process_rx` copied it there), and for a `Restore` its size
+    /// and deadline.
+    HostRequest(ActionKind, usize, Option<RestoreHead>),
     /// `ScanCancel` (§14.5).
     ScanCancel,
-    /// `RestoreData`: ignored, this session takes no `Restore`.
-    Ignored,
+    /// `RestoreData` (§14.7) and its encoded length at the inbox's tail.
+    RestoreData(ChunkHead, usize),
     /// A message the host must not send (`Hello`, `FileEvent`, `ReadData`,
     /// and the guest → host messages of §14).
     Unexpected,
 }
+
+/// What the session keeps of a `Restore`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RestoreHead {
+    size: u64,
+    deadline_ms: u32,
+}
+
+/// What the session keeps of a `RestoreData`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChunkHead {
+    offset: u64,
+    len: u32,
+    last: bool,
+}
+
+/// `ETIMEDOUT` (Linux): a restore's deadline passed before its data.
+const ETIMEDOUT: u32 = 110;
+/// `STATUS_IO_TIMEOUT` (Windows).
+const STATUS_IO_TIMEOUT: u32 = 0xC000_00B5;
 
 /// A host request of §14, by what answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1628,7 +1889,7 @@ enum ActionKind {
     Remediate,
     /// `Policy`: `ActionResult`.
     Policy,
-    /// `Restore`: `ActionResult`; never taken (no `RESTORE` support here).
+    /// `Restore`: `ActionResult`, after its data.
     Restore,
     /// `ScanTree`: `ScanDone`.
     Scan,
@@ -1639,7 +1900,6 @@ impl ActionKind {
         match self {
             Self::Remediate => Capabilities::REMEDIATE,
             Self::Policy => Capabilities::POLICY,
-            // Never announced by this session (see `reset`).
             Self::Restore => Capabilities::RESTORE,
             Self::Scan => Capabilities::SCAN_TREE,
         }
@@ -1687,7 +1947,8 @@ pub struct HostRequest<'a> {
     /// Its request id: pass it to [`Session::complete_action`] or
     /// [`Session::scan_done`].
     pub id: u64,
-    /// `Remediate`, `Policy` or `ScanTree`.
+    /// `Remediate`, `Policy`, `ScanTree`, `Restore`, or a `RestoreData`
+    /// of the restore taken (in order; answer the `Restore` once).
     pub message: Message<'a>,
 }
 
@@ -1720,12 +1981,27 @@ impl From<&Message<'_>> for Incoming {
             Message::Pong(h) => Self::Pong(h),
             Message::Error(_) => Self::Error,
             Message::Goodbye(g) => Self::Goodbye(g.reason),
-            Message::Remediate(_) => Self::HostRequest(ActionKind::Remediate, 0),
-            Message::Policy(_) => Self::HostRequest(ActionKind::Policy, 0),
-            Message::Restore(_) => Self::HostRequest(ActionKind::Restore, 0),
-            Message::ScanTree(_) => Self::HostRequest(ActionKind::Scan, 0),
+            Message::Remediate(_) => Self::HostRequest(ActionKind::Remediate, 0, None),
+            Message::Policy(_) => Self::HostRequest(ActionKind::Policy, 0, None),
+            Message::Restore(r) => Self::HostRequest(
+                ActionKind::Restore,
+                0,
+                Some(RestoreHead {
+                    size: r.size,
+                    deadline_ms: r.deadline_ms,
+                }),
+            ),
+            Message::ScanTree(_) => Self::HostRequest(ActionKind::Scan, 0, None),
             Message::ScanCancel(_) => Self::ScanCancel,
-            Message::RestoreData(_) => Self::Ignored,
+            Message::RestoreData(d) => Self::RestoreData(
+                ChunkHead {
+                    offset: d.offset,
+                    // The decoder bounds it by MAX_RESTORE_CHUNK.
+                    len: u32::try_from(d.data.len()).unwrap_or(u32::MAX),
+                    last: d.last,
+                },
+                0,
+            ),
             Message::Hello(_)
             | Message::FileEvent(_)
             | Message::ReadData(_)
@@ -1742,7 +2018,8 @@ impl From<&Message<'_>> for Incoming {
     reason = "no allocation: the threat name is copied inline"
 )]
 enum Rx {
-    Frame(u64, Incoming),
+    /// A frame's request id, what it carries, and its length.
+    Frame(u64, Incoming, usize),
     Err(DecodeError),
 }
 
@@ -3071,8 +3348,10 @@ mod tests {
             let frames = sent(&mut s);
             let (hello_id, msg) = frame(&frames[0]);
             let Message::Hello(h) = msg else { panic!() };
-            // The session takes no Restore: never announced.
-            assert!(!h.capabilities.contains(Capabilities::RESTORE));
+            assert_eq!(
+                h.capabilities.contains(Capabilities::RESTORE),
+                caps.contains(Capabilities::RESTORE)
+            );
             assert_eq!(
                 h.capabilities.contains(Capabilities::REMEDIATE),
                 caps.contains(Capabilities::REMEDIATE)
@@ -3474,6 +3753,447 @@ mod tests {
             );
             let mut v1 = connected(FailMode::Open);
             assert!(!v1.send_health(&health));
+        }
+    }
+
+    // ----- Restore (protocol §14.7) and backpressure --------------------
+
+    mod restore {
+        use proptest::prelude::*;
+        use thinagent_protocol::{Restore, RestoreData};
+
+        use super::*;
+
+        const CAPS: Capabilities =
+            Capabilities(Capabilities::READ_CONTENT.0 | Capabilities::RESTORE.0);
+
+        fn enc2(msg: Message<'_>, id: u64) -> Vec<u8> {
+            let mut buf = std::vec![0u8; MAX_FRAME_LEN];
+            let n = msg.encode_for(2, id, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        }
+
+        fn restore_msg(size: u64, deadline_ms: u32) -> Vec<u8> {
+            enc2(
+                Message::Restore(Restore {
+                    size,
+                    deadline_ms,
+                    path: FilePath::Utf8("/srv/back"),
+                }),
+                9,
+            )
+        }
+
+        fn chunk(id: u64, offset: u64, data: &[u8], last: bool) -> Vec<u8> {
+            enc2(Message::RestoreData(RestoreData { offset, last, data }), id)
+        }
+
+        fn connect<const I: usize>(s: &mut Session<4, 64, 2, I>) {
+            s.start(ms(0));
+            let out = out_frames(s);
+            let (hello_id, msg) = frame(&out[0]);
+            let Message::Hello(h) = msg else { panic!() };
+            assert!(h.capabilities.contains(Capabilities::RESTORE));
+            let ack = HelloAck {
+                version: 2,
+                ..ack()
+            };
+            s.receive(&enc(Message::HelloAck(ack), hello_id), ms(1));
+            assert_eq!(s.poll_event(), Some(SessionEvent::Connected { version: 2 }));
+        }
+
+        fn session<const I: usize>() -> Box<Session<4, 64, 2, I>> {
+            let mut s = Box::new(Session::<4, 64, 2, I>::new(&SessionConfig {
+                capabilities: CAPS,
+                ..config(FailMode::Open)
+            }));
+            connect(&mut s);
+            s
+        }
+
+        fn out_frames<const I: usize>(s: &mut Session<4, 64, 2, I>) -> Vec<Vec<u8>> {
+            let mut bytes = Vec::new();
+            let mut out = [0u8; 1000];
+            while let Some(n) = s.poll_transmit(&mut out) {
+                bytes.extend_from_slice(&out[..n]);
+            }
+            let mut frames = Vec::new();
+            let mut rest = &bytes[..];
+            while let Ok(Decoded::Frame { consumed, .. }) = decode_frame(rest) {
+                frames.push(rest[..consumed].to_vec());
+                rest = &rest[consumed..];
+            }
+            frames
+        }
+
+        /// The `ActionResult`s sent: (id, status, error).
+        fn results<const I: usize>(
+            s: &mut Session<4, 64, 2, I>,
+        ) -> Vec<(u64, ActionStatus, Option<OsError>)> {
+            out_frames(s)
+                .iter()
+                .filter_map(|f| match frame(f) {
+                    (id, Message::ActionResult(r)) => Some((id, r.status, r.error)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// What the embedder takes from the inbox: `Restore` as
+        /// `(id, None)`, each chunk as `(id, Some((offset, data, last)))`.
+        #[expect(clippy::type_complexity, reason = "a test's record")]
+        fn take<const I: usize>(
+            s: &mut Session<4, 64, 2, I>,
+        ) -> Vec<(u64, Option<(u64, Vec<u8>, bool)>)> {
+            let mut got = Vec::new();
+            while let Some(req) = s.host_request() {
+                got.push(match req.message {
+                    Message::Restore(_) => (req.id, None),
+                    Message::RestoreData(d) => (req.id, Some((d.offset, d.data.to_vec(), d.last))),
+                    other => panic!("{other:?}"),
+                });
+                s.pop_host_request();
+            }
+            got
+        }
+
+        fn drain_events<const I: usize>(s: &mut Session<4, 64, 2, I>) -> Vec<SessionEvent> {
+            core::iter::from_fn(|| s.poll_event()).collect()
+        }
+
+        #[test]
+        fn restore_is_announced_only_with_an_inbox_that_holds_a_chunk() {
+            let mut small = Box::new(Session::<4, 64, 2, 4096>::new(&SessionConfig {
+                capabilities: CAPS,
+                ..config(FailMode::Open)
+            }));
+            small.start(ms(0));
+            let out = out_frames(&mut small);
+            let Message::Hello(h) = frame(&out[0]).1 else {
+                panic!()
+            };
+            assert!(!h.capabilities.contains(Capabilities::RESTORE));
+            // …and one that holds a chunk announces it (asserted in `session`).
+            let _ = session::<MIN_RESTORE_INBOX>();
+        }
+
+        #[test]
+        fn chunks_in_order_reach_the_embedder_which_answers_once() {
+            let mut s = session::<DEFAULT_INBOX>();
+            s.receive_some(&restore_msg(6, 1000), ms(2));
+            s.receive_some(&chunk(9, 0, b"abc", false), ms(2));
+            s.receive_some(&chunk(9, 3, b"def", true), ms(2));
+            assert!(drain_events(&mut s).contains(&SessionEvent::HostRequest));
+            assert_eq!(
+                take(&mut s),
+                [
+                    (9, None),
+                    (9, Some((0, b"abc".to_vec(), false))),
+                    (9, Some((3, b"def".to_vec(), true))),
+                ]
+            );
+            assert!(results(&mut s).is_empty(), "the embedder answers");
+            // Once LAST is in, the session no longer times the restore out.
+            s.on_timeout(ms(5000));
+            assert!(results(&mut s).is_empty());
+            let done = ActionResult {
+                value: 6,
+                ..ActionResult::status(ActionStatus::Done)
+            };
+            assert_eq!(s.complete_action(9, done), Ok(()));
+            assert_eq!(results(&mut s), [(9, ActionStatus::Done, None)]);
+            assert_eq!(s.complete_action(9, done), Err(AnswerError::NotOutstanding));
+            // Data of a restore already answered is ignored.
+            s.receive_some(&chunk(9, 0, b"abc", true), ms(3));
+            assert!(take(&mut s).is_empty());
+            assert!(results(&mut s).is_empty());
+            assert!(s.is_connected());
+        }
+
+        #[test]
+        fn an_empty_file_is_one_empty_last_chunk() {
+            let mut s = session::<DEFAULT_INBOX>();
+            s.receive_some(&restore_msg(0, 1000), ms(2));
+            s.receive_some(&chunk(9, 0, b"", true), ms(2));
+            assert_eq!(take(&mut s), [(9, None), (9, Some((0, Vec::new(), true)))]);
+        }
+
+        #[test]
+        fn chunks_out_of_order_are_rejected_by_the_session() {
+            // (chunks, what breaks): a gap, an overlap, past size, LAST short.
+            let cases: [&[(u64, &[u8], bool)]; 5] = [
+                &[(1, b"abc", false)],
+                &[(0, b"abc", false), (2, b"cde", false)],
+                &[(0, b"abcdefg", false)],
+                &[(0, b"abc", true)],
+                &[(0, b"abcdef", false), (6, b"x", true)],
+            ];
+            for case in cases {
+                let mut s = session::<DEFAULT_INBOX>();
+                s.receive_some(&restore_msg(6, 1000), ms(2));
+                for (offset, data, last) in case {
+                    s.receive_some(&chunk(9, *offset, data, *last), ms(2));
+                }
+                assert_eq!(
+                    results(&mut s),
+                    [(9, ActionStatus::Rejected, None)],
+                    "{case:?}"
+                );
+                assert_eq!(s.take_aborted_restore(), Some(9), "{case:?}");
+                assert_eq!(s.take_aborted_restore(), None);
+                // Nothing of it is left to take; later data is ignored.
+                let left = take(&mut s);
+                assert!(left.is_empty(), "{case:?}: {left:?}");
+                s.receive_some(&chunk(9, 0, b"abcdef", true), ms(2));
+                assert!(take(&mut s).is_empty());
+                assert_eq!(
+                    s.complete_action(9, ActionResult::status(ActionStatus::Done)),
+                    Err(AnswerError::NotOutstanding)
+                );
+                // A host mistake costs the guest nothing: a new restore is
+                // taken.
+                s.receive_some(&restore_msg(1, 1000), ms(2));
+                assert_eq!(take(&mut s), [(9, None)]);
+                assert!(s.is_connected());
+            }
+        }
+
+        #[test]
+        fn one_restore_at_a_time_and_data_of_no_restore_is_ignored() {
+            let mut s = session::<DEFAULT_INBOX>();
+            s.receive_some(&chunk(4, 0, b"abc", true), ms(2));
+            s.receive_some(&restore_msg(3, 1000), ms(2));
+            let second = enc2(
+                Message::Restore(Restore {
+                    size: 3,
+                    deadline_ms: 1000,
+                    path: FilePath::Utf8("/srv/other"),
+                }),
+                10,
+            );
+            s.receive_some(&second, ms(2));
+            assert_eq!(results(&mut s), [(10, ActionStatus::Busy, None)]);
+            s.receive_some(&chunk(10, 0, b"xyz", true), ms(2));
+            s.receive_some(&chunk(9, 0, b"abc", true), ms(2));
+            assert_eq!(
+                take(&mut s),
+                [(9, None), (9, Some((0, b"abc".to_vec(), true)))]
+            );
+            assert!(results(&mut s).is_empty());
+        }
+
+        #[test]
+        fn a_restore_whose_data_misses_its_deadline_fails() {
+            let mut s = session::<DEFAULT_INBOX>();
+            s.receive_some(&restore_msg(6, 500), ms(100));
+            s.receive_some(&chunk(9, 0, b"abc", false), ms(200));
+            assert_eq!(take(&mut s).len(), 2);
+            assert!(s.next_deadline().is_some_and(|d| d <= ms(600)));
+            s.on_timeout(ms(599));
+            assert!(results(&mut s).is_empty());
+            s.on_timeout(ms(600));
+            assert_eq!(
+                results(&mut s),
+                [(9, ActionStatus::Failed, Some(OsError::Errno(ETIMEDOUT)))]
+            );
+            assert_eq!(s.take_aborted_restore(), Some(9));
+            s.receive_some(&chunk(9, 3, b"def", true), ms(700));
+            assert!(take(&mut s).is_empty());
+            assert!(s.is_connected());
+        }
+
+        #[test]
+        fn an_embedder_that_fails_early_ends_the_restore() {
+            let mut s = session::<DEFAULT_INBOX>();
+            s.receive_some(&restore_msg(6, 1000), ms(2));
+            s.receive_some(&chunk(9, 0, b"abc", false), ms(2));
+            take(&mut s);
+            s.complete_action(9, ActionResult::failed(OsError::Errno(28)))
+                .unwrap();
+            s.receive_some(&chunk(9, 3, b"def", true), ms(2));
+            assert!(take(&mut s).is_empty());
+            assert_eq!(
+                results(&mut s),
+                [(9, ActionStatus::Failed, Some(OsError::Errno(28)))]
+            );
+            assert_eq!(s.take_aborted_restore(), None, "the embedder ended it");
+        }
+
+        #[test]
+        fn a_chunk_without_room_is_held_and_the_bytes_behind_it_wait() {
+            let mut s = session::<MIN_RESTORE_INBOX>();
+            let q = s.submit(&open_event("/etc/x"), ms(2)).unwrap();
+            let ev = out_frames(&mut s);
+            assert_eq!(ev.len(), 1);
+            // More chunks than the decoder's 64 KiB buffer holds.
+            const CHUNKS: usize = 20;
+            let content: Vec<u8> = (0..CHUNKS * MAX_RESTORE_CHUNK).map(|i| i as u8).collect();
+            let mut wire = restore_msg(content.len() as u64, 10_000);
+            for (i, c) in content.chunks(MAX_RESTORE_CHUNK).enumerate() {
+                let offset = (i * MAX_RESTORE_CHUNK) as u64;
+                wire.extend(chunk(9, offset, c, i == CHUNKS - 1));
+            }
+            wire.extend(enc2(
+                Message::Verdict(Verdict {
+                    decision: Decision::Allow,
+                    cache_ttl_secs: 0,
+                    threat_name: "",
+                }),
+                q,
+            ));
+            // The Restore fills the inbox: the first chunk waits in the
+            // decoder, and the session takes no byte more than its decoder
+            // holds.
+            let n = s.receive_some(&wire, ms(3));
+            assert!(s.rx_held());
+            assert!(n <= MAX_FRAME_LEN && n < wire.len(), "{n}");
+            assert_eq!(s.receive_some(&wire[n..], ms(3)), 0, "held: nothing taken");
+            let evs = drain_events(&mut s);
+            assert!(
+                !evs.iter().any(|e| matches!(e, SessionEvent::Verdict(_))),
+                "{evs:?}"
+            );
+            let mut rest = &wire[n..];
+            let mut got = Vec::new();
+            while !(rest.is_empty() && !s.rx_held() && s.host_request().is_none()) {
+                got.extend(take(&mut s));
+                let n = s.receive_some(rest, ms(4));
+                rest = &rest[n..];
+            }
+            assert_eq!(got.len(), 1 + CHUNKS);
+            assert_eq!(got[0], (9, None));
+            let mut data = Vec::new();
+            for (i, (id, c)) in got[1..].iter().enumerate() {
+                let (offset, bytes, last) = c.clone().unwrap();
+                assert_eq!((*id, offset, last), (9, data.len() as u64, i == CHUNKS - 1));
+                data.extend(bytes);
+            }
+            assert!(data == content);
+            let evs = drain_events(&mut s);
+            assert!(
+                evs.iter().any(|e| matches!(
+                    e,
+                    SessionEvent::Verdict(QueryVerdict {
+                        source: VerdictSource::Host,
+                        ..
+                    })
+                )),
+                "the verdict behind the chunks arrives: {evs:?}"
+            );
+        }
+
+        #[test]
+        fn receive_never_holds_a_chunk_back_and_ends_the_restore_busy() {
+            let mut s = session::<MIN_RESTORE_INBOX>();
+            let mut wire = restore_msg(MAX_RESTORE_CHUNK as u64, 60_000);
+            wire.extend(chunk(9, 0, &[0u8; MAX_RESTORE_CHUNK], true));
+            s.receive(&wire, ms(3));
+            assert!(!s.rx_held());
+            assert_eq!(results(&mut s), [(9, ActionStatus::Busy, None)]);
+            assert_eq!(s.take_aborted_restore(), Some(9));
+            assert!(take(&mut s).is_empty());
+        }
+
+        #[test]
+        fn a_query_behind_a_held_chunk_still_gets_its_fail_decision() {
+            let mut s = session::<MIN_RESTORE_INBOX>();
+            let q = s.submit(&open_event("/etc/x"), ms(2)).unwrap();
+            let _ = out_frames(&mut s);
+            let mut wire = restore_msg(MAX_RESTORE_CHUNK as u64, 60_000);
+            wire.extend(chunk(9, 0, &[0u8; MAX_RESTORE_CHUNK], true));
+            wire.extend(enc2(
+                Message::Verdict(Verdict {
+                    decision: Decision::Deny,
+                    cache_ttl_secs: 0,
+                    threat_name: "x",
+                }),
+                q,
+            ));
+            s.receive_some(&wire, ms(3));
+            assert!(s.rx_held());
+            assert!(
+                !drain_events(&mut s)
+                    .iter()
+                    .any(|e| matches!(e, SessionEvent::Verdict(_))),
+                "the verdict waits behind the held chunk"
+            );
+            // The embedder does not take the inbox; the query's deadline
+            // (2 s) still decides it.
+            s.on_timeout(ms(2002));
+            let evs = drain_events(&mut s);
+            assert!(
+                evs.iter().any(|e| matches!(
+                    e,
+                    SessionEvent::Verdict(QueryVerdict {
+                        source: VerdictSource::Deadline(_),
+                        ..
+                    })
+                )),
+                "{evs:?}"
+            );
+        }
+
+        proptest! {
+            /// However the host cuts the content (chunks ≤ 4096 bytes) and
+            /// the transport cuts the bytes, and whenever the embedder
+            /// takes the inbox, the embedder gets every byte once, in order,
+            /// the session never loses or drops a byte, and nothing is
+            /// answered for it.
+            #[test]
+            fn backpressure_delivers_every_byte_in_order(
+                size in 0usize..20_000,
+                cuts in proptest::collection::vec(1usize..=MAX_RESTORE_CHUNK, 1..16),
+                splits in proptest::collection::vec(1usize..9000, 1..16),
+                takes in proptest::collection::vec(any::<bool>(), 1..16),
+            ) {
+                let content: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+                let mut wire = restore_msg(size as u64, 60_000);
+                let mut offset = 0;
+                let mut i = 0;
+                loop {
+                    let len = cuts[i % cuts.len()].min(size - offset);
+                    let last = offset + len == size;
+                    wire.extend(chunk(9, offset as u64, &content[offset..offset + len], last));
+                    offset += len;
+                    i += 1;
+                    if last {
+                        break;
+                    }
+                }
+                let mut s = session::<MIN_RESTORE_INBOX>();
+                let mut rest = &wire[..];
+                let mut got = Vec::new();
+                let mut step = 0;
+                let mut idle = 0;
+                while !rest.is_empty() || s.host_request().is_some() {
+                    if takes[step % takes.len()] || s.rx_held() || rest.is_empty() {
+                        got.extend(take(&mut s));
+                    }
+                    let want = splits[step % splits.len()].min(rest.len());
+                    let n = s.receive_some(&rest[..want], ms(5));
+                    prop_assert!(n <= want);
+                    prop_assert!(n == want || s.rx_held());
+                    rest = &rest[n..];
+                    step += 1;
+                    idle = if n == 0 && want > 0 { idle + 1 } else { 0 };
+                    prop_assert!(idle < 4, "no progress");
+                }
+                let mut data = Vec::new();
+                let mut lasts = 0;
+                for (id, c) in &got[1..] {
+                    prop_assert_eq!(*id, 9);
+                    let (offset, bytes, last) = c.clone().unwrap();
+                    prop_assert_eq!(offset as usize, data.len());
+                    data.extend(bytes);
+                    lasts += usize::from(last);
+                }
+                prop_assert_eq!(got[0].clone(), (9, None));
+                prop_assert_eq!(lasts, 1);
+                prop_assert!(data == content);
+                prop_assert!(results(&mut s).is_empty());
+                prop_assert!(s.is_connected());
+            }
         }
     }
 }

@@ -126,6 +126,195 @@ pub fn remediate(action: RemediateAction, path: &[u8], expect: &FileIdentity) ->
     }
 }
 
+/// The mode a restored file gets once its bytes are in (it is written
+/// 0600 until then). The `Restore` carries no mode: a restored file is
+/// readable by everyone and writable by its owner (root), as a file
+/// created under umask 022.
+pub const RESTORED_MODE: u32 = 0o644;
+
+/// A file being restored (`Restore`, §14.7): a new file in the target's
+/// directory that has no name yet (`O_TMPFILE`; where the file system
+/// lacks it, a unique hidden name), mode 0600, that [`finish`](Self::finish)
+/// links into place only if nothing is at the path. Dropped unfinished, it
+/// is gone (the unnamed file with its descriptor; the named one is
+/// unlinked).
+///
+/// The target's directory is opened without following any symbolic link
+/// (`openat2` `RESOLVE_NO_SYMLINKS`; on kernels before 5.6 only the last
+/// component is checked, `O_NOFOLLOW`), and every later step is relative
+/// to that descriptor: a link swapped in meanwhile is never followed.
+#[derive(Debug)]
+pub struct RestoreFile {
+    dir: OwnedFd,
+    name: std::ffi::OsString,
+    file: OwnedFd,
+    /// The hidden name of the fallback temporary file, while it has one.
+    temp: Option<std::ffi::OsString>,
+    size: u64,
+}
+
+impl RestoreFile {
+    /// Starts restoring `size` bytes to the absolute `path`; `id` makes
+    /// the fallback name unique.
+    pub fn create(path: &[u8], size: u64, id: u64) -> Result<Self, ActionResult> {
+        use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+        let path = Path::new(OsStr::from_bytes(path));
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(failed(Errno::EINVAL));
+        };
+        if !path.is_absolute() {
+            return Err(failed(Errno::EINVAL));
+        }
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let how = OpenHow::new()
+            .flags(flags)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let dir = match openat2(nix::fcntl::AT_FDCWD, parent, how) {
+            Err(Errno::ENOSYS) => open(parent, flags | OFlag::O_NOFOLLOW, Mode::empty()),
+            other => other,
+        }
+        .map_err(|e| match e {
+            Errno::ENOENT => ActionResult::status(ActionStatus::NotFound),
+            e => failed(e),
+        })?;
+        // Something at the path already: never overwritten (checked again,
+        // atomically, when the file is linked).
+        match fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(_) => return Err(ActionResult::status(ActionStatus::Changed)),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let private = Mode::from_bits_truncate(0o600);
+        let unnamed = openat(
+            &dir,
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            private,
+        );
+        let (file, temp) = match unnamed {
+            Ok(f) => (f, None),
+            // The file system has no O_TMPFILE: a hidden unique name.
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+                let mut temp = std::ffi::OsString::from(".thinagent-restore-");
+                temp.push(format!("{}-{id}", std::process::id()));
+                let f = openat(
+                    &dir,
+                    temp.as_os_str(),
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    private,
+                )
+                .map_err(failed)?;
+                (f, Some(temp))
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        Ok(Self {
+            dir,
+            name: name.to_owned(),
+            file,
+            temp,
+            size,
+        })
+    }
+
+    /// Writes `data` at `offset` (all of it).
+    pub fn write_at(&mut self, offset: u64, mut data: &[u8]) -> Result<(), ActionResult> {
+        let mut at = offset;
+        while !data.is_empty() {
+            let off = i64::try_from(at).map_err(|_| failed(Errno::EFBIG))?;
+            match nix::sys::uio::pwrite(&self.file, data, off) {
+                Ok(0) => return Err(failed(Errno::EIO)),
+                Ok(n) => {
+                    data = &data[n..];
+                    at += n as u64;
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the file its mode, syncs it and links it at the path, only if
+    /// nothing is there (`Changed`: nothing was written there), unless
+    /// `deadline` passed (`Failed`, `ETIMEDOUT`). `Done` carries the size
+    /// in `value`, and the new file's (`st_dev`, `st_ino`).
+    pub fn finish(mut self, deadline: std::time::Instant) -> (ActionResult, Option<(u64, u64)>) {
+        let done = (|| {
+            let st = nix::sys::stat::fstat(&self.file).map_err(failed)?;
+            if st.st_size as u64 != self.size {
+                return Err(failed(Errno::EIO));
+            }
+            nix::sys::stat::fchmod(&self.file, Mode::from_bits_truncate(RESTORED_MODE))
+                .map_err(failed)?;
+            nix::unistd::fsync(&self.file).map_err(failed)?;
+            if std::time::Instant::now() >= deadline {
+                return Err(failed(Errno::ETIMEDOUT));
+            }
+            let linked = match &self.temp {
+                None => nix::unistd::linkat(
+                    &self.file,
+                    "",
+                    &self.dir,
+                    self.name.as_os_str(),
+                    AtFlags::AT_EMPTY_PATH,
+                ),
+                Some(temp) => nix::unistd::linkat(
+                    &self.dir,
+                    temp.as_os_str(),
+                    &self.dir,
+                    self.name.as_os_str(),
+                    AtFlags::empty(),
+                ),
+            };
+            match linked {
+                Ok(()) => {}
+                Err(Errno::EEXIST) => return Err(ActionResult::status(ActionStatus::Changed)),
+                Err(e) => return Err(failed(e)),
+            }
+            // The name is there; the directory entry is made durable.
+            if let Ok(d) = openat(
+                &self.dir,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                let _ = nix::unistd::fsync(&d);
+            }
+            Ok((st.st_dev, st.st_ino))
+        })();
+        // Whatever happened, the temporary name goes (the file stays only
+        // under its real name).
+        self.remove_temp();
+        match done {
+            Ok(key) => (
+                ActionResult {
+                    value: self.size,
+                    ..ActionResult::status(ActionStatus::Done)
+                },
+                Some(key),
+            ),
+            Err(r) => (r, None),
+        }
+    }
+
+    fn remove_temp(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = unlinkat(&self.dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+impl Drop for RestoreFile {
+    fn drop(&mut self) {
+        self.remove_temp();
+    }
+}
+
 /// What a scan skips without sending: the exclusions in effect when the
 /// scan started (unless `INCLUDE_EXCLUDED`) and the size limits (the
 /// scan's own, the policy's `max_scan_size`, `--max-file-size`).

@@ -164,6 +164,55 @@ type ReadResult = (u64, io::Result<(Vec<u8>, bool)>);
 /// A finished remediation: request id, action, path, result.
 type RemediationDone = (u64, RemediateAction, String, ActionResult);
 
+/// What a restore's writer thread reports.
+enum RestoreReport {
+    /// A chunk of restore `id` is written (or dropped after a failure).
+    Written(u64),
+    /// Restore `id` ended: its path, the answer, and on `Done` the new
+    /// file's (`st_dev`, `st_ino`).
+    Done(u64, String, ActionResult, Option<(u64, u64)>),
+}
+
+/// A chunk for a restore's writer thread.
+struct RestoreChunk {
+    offset: u64,
+    data: Vec<u8>,
+    last: bool,
+}
+
+/// Writes restore `id` (§14.7) on its own thread, off the loop: the file
+/// ([`actions::RestoreFile`]) from the chunks on `rx`, in order; reports
+/// each chunk written and the end. A channel closed before the `LAST` chunk
+/// (the session ended the restore, or the connection) leaves nothing.
+fn restore_writer(
+    id: u64,
+    path: &[u8],
+    size: u64,
+    deadline: std::time::Instant,
+    rx: &std::sync::mpsc::Receiver<RestoreChunk>,
+    report: &tokio::sync::mpsc::UnboundedSender<RestoreReport>,
+) {
+    let text = String::from_utf8_lossy(path).into_owned();
+    let end = |result: ActionResult, key| {
+        let _ = report.send(RestoreReport::Done(id, text.clone(), result, key));
+    };
+    let mut file = match actions::RestoreFile::create(path, size, id) {
+        Ok(f) => f,
+        Err(result) => return end(result, None),
+    };
+    while let Ok(chunk) = rx.recv() {
+        let written = file.write_at(chunk.offset, &chunk.data);
+        let _ = report.send(RestoreReport::Written(id));
+        if let Err(result) = written {
+            return end(result, None);
+        }
+        if chunk.last {
+            let (result, key) = file.finish(deadline);
+            return end(result, key);
+        }
+    }
+}
+
 /// The host scan running (one at a time, §14.4).
 struct ScanRun {
     id: u64,
@@ -380,6 +429,12 @@ struct Edge {
     disconnected_decisions: u64,
     read_tx: tokio::sync::mpsc::UnboundedSender<ReadResult>,
     remediation_tx: tokio::sync::mpsc::UnboundedSender<RemediationDone>,
+    restore_tx: tokio::sync::mpsc::UnboundedSender<RestoreReport>,
+    /// The restore being written: its id and its writer's channel.
+    restore: Option<(u64, std::sync::mpsc::Sender<RestoreChunk>)>,
+    /// Bytes read from the scanner the core could not take yet (a restore
+    /// chunk waits for room): fed again before reading more.
+    rx_pending: Vec<u8>,
     /// The host scan running.
     scan: Option<ScanRun>,
     /// Open files of `OnDemand` events not yet judged (host reads are
@@ -553,6 +608,9 @@ impl Edge {
     fn drop_connection(&mut self, why: &str) {
         self.rd = None;
         self.wr = None;
+        self.rx_pending.clear();
+        // The writer sees its channel close and leaves nothing behind.
+        self.restore = None;
         self.end_scan_with_session();
         self.core.on_disconnected(self.now());
         self.log.log_status(
@@ -902,10 +960,144 @@ impl Edge {
         }
     }
 
+    /// Bytes from the scanner: what the core cannot take yet waits in
+    /// `rx_pending` (and the connection is not read meanwhile).
+    fn on_received(&mut self, bytes: &[u8]) {
+        let now = self.now();
+        let taken = self.core.on_receive(bytes, now);
+        if let Some(rest) = bytes.get(taken..) {
+            self.rx_pending.extend_from_slice(rest);
+        }
+    }
+
+    /// Feeds `rx_pending` again (the core may have room now).
+    fn feed_pending(&mut self) {
+        if self.rx_pending.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let taken = self.core.on_receive(&self.rx_pending, now);
+        self.rx_pending.drain(..taken.min(self.rx_pending.len()));
+    }
+
+    /// A report of the restore's writer thread.
+    fn on_restore_report(&mut self, report: RestoreReport) {
+        let now = self.now();
+        match report {
+            RestoreReport::Written(id) => self.core.restore_chunk_written(id, now),
+            RestoreReport::Done(id, path, result, key) => {
+                if self.restore.as_ref().is_some_and(|(r, _)| *r == id) {
+                    self.restore = None;
+                }
+                if let Some((dev, ino)) = key {
+                    // The restored file is a new inode: nothing cached may
+                    // answer its opens; they are judged again.
+                    self.core.on_close_write(dev, ino);
+                }
+                let errno = match result.error {
+                    Some(OsError::Errno(e)) => {
+                        format!(" (errno {e}: {})", Errno::from_raw(e as i32).desc())
+                    }
+                    _ => String::new(),
+                };
+                let level = if result.status == ActionStatus::Done {
+                    Level::Audit
+                } else {
+                    Level::Warn
+                };
+                self.log.log(
+                    level,
+                    routine::SESSION,
+                    format_args!(
+                        "host request {id}: restore {path}: {}{errno}",
+                        action_status_name(result.status)
+                    ),
+                );
+                if !self.core.complete_action(id, result) {
+                    self.log.log(
+                        Level::Info,
+                        routine::SESSION,
+                        format_args!(
+                            "host request {id}: the session it came on is gone; not answered"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     /// A host request: remediation on the blocking pool, a scan on its own
-    /// walker thread. Never on this thread: opens wait for it.
+    /// walker thread, a restore on its writer thread. Never on this
+    /// thread: opens wait for it.
     fn on_host_request(&mut self, job: HostJob) {
         match job {
+            HostJob::Restore {
+                id,
+                path,
+                size,
+                deadline,
+            } => {
+                let text = String::from_utf8_lossy(&path).into_owned();
+                self.log.log(
+                    Level::Info,
+                    routine::SESSION,
+                    format_args!(
+                        "host request {id}: restore {size} bytes to {text} (deadline {} ms)",
+                        deadline.as_millis()
+                    ),
+                );
+                let (tx, rx) = std::sync::mpsc::channel();
+                let report = self.restore_tx.clone();
+                let at = std::time::Instant::now() + deadline;
+                let spawned = std::thread::Builder::new()
+                    .name("restore-writer".into())
+                    .spawn(move || {
+                        crate::handover::block_control_signals();
+                        restore_writer(id, &path, size, at, &rx, &report);
+                    });
+                match spawned {
+                    Ok(_) => self.restore = Some((id, tx)),
+                    Err(e) => {
+                        let errno = e
+                            .raw_os_error()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .unwrap_or(12);
+                        self.core
+                            .complete_action(id, ActionResult::failed(OsError::Errno(errno)));
+                    }
+                }
+            }
+            HostJob::RestoreData {
+                id,
+                offset,
+                data,
+                last,
+            } => {
+                let chunk = RestoreChunk { offset, data, last };
+                let sent = match &self.restore {
+                    Some((r, tx)) if *r == id => tx.send(chunk).is_ok(),
+                    _ => false,
+                };
+                if !sent {
+                    // No writer (it failed and answered already): the
+                    // chunk is dropped, its room given back.
+                    let now = self.now();
+                    self.core.restore_chunk_written(id, now);
+                }
+            }
+            HostJob::RestoreAborted { id } => {
+                if self.restore.as_ref().is_some_and(|(r, _)| *r == id) {
+                    self.restore = None;
+                }
+                self.log.log(
+                    Level::Warn,
+                    routine::SESSION,
+                    format_args!(
+                        "host request {id}: restore ended by the session (data out of order or \
+                         late); nothing was written"
+                    ),
+                );
+            }
             HostJob::Remediate {
                 id,
                 action,
@@ -1617,6 +1809,7 @@ pub async fn run_with(
         own_hits: Arc::new(AtomicU64::new(0)),
     };
     let (remediation_tx, mut remediation_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (restore_tx, mut restore_rx) = tokio::sync::mpsc::unbounded_channel();
     let clock = std::time::Instant::now();
     // The reader may hand over a few reads' worth beyond max_in_flight
     // (they wait in the backlog); the kernel queues the rest.
@@ -1652,6 +1845,9 @@ pub async fn run_with(
         disconnected_decisions: 0,
         read_tx,
         remediation_tx,
+        restore_tx,
+        restore: None,
+        rx_pending: Vec::new(),
         scan: None,
         scan_files: HashMap::new(),
         health_sent: None,
@@ -1697,6 +1893,7 @@ pub async fn run_with(
     // (verdicts or deadlines), bounded by this.
     let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
+        edge.feed_pending();
         edge.run_actions();
         edge.feed();
         edge.run_actions();
@@ -1783,12 +1980,9 @@ pub async fn run_with(
                     edge.on_incoming(more);
                 }
             }
-            r = read_opt(&mut edge.rd, &mut rx_buf) => match r {
+            r = read_opt(&mut edge.rd, &mut rx_buf), if edge.rx_pending.is_empty() => match r {
                 Ok(0) => edge.drop_connection("closed by the scanner"),
-                Ok(n) => {
-                    let now = edge.now();
-                    edge.core.on_receive(&rx_buf[..n], now);
-                }
+                Ok(n) => edge.on_received(&rx_buf[..n]),
                 Err(e) => edge.drop_connection(&e.to_string()),
             },
             r = write_opt(&mut edge.wr, &tx) => match r {
@@ -1799,6 +1993,7 @@ pub async fn run_with(
                 edge.start_connect();
             }
             Some(done) = remediation_rx.recv() => edge.on_remediation_done(done),
+            Some(report) = restore_rx.recv() => edge.on_restore_report(report),
             // After the fanotify branch (biased): opens first, and a scan
             // file only while the scan has room in flight.
             msg = recv_scan(&mut edge.scan), if scan_room => {

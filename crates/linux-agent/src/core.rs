@@ -522,7 +522,7 @@ pub struct CoreConfig {
     /// event and the session sends them inline (version 2). `false`
     /// (`--no-inline`): every byte is read on the scanner's request.
     pub inline_content: bool,
-    /// Announce `REMEDIATE`, `SCAN_TREE` and `POLICY` (protocol §14);
+    /// Announce `REMEDIATE`, `SCAN_TREE`, `POLICY` and `RESTORE` (protocol §14);
     /// `false` (`--no-host-actions`): the session refuses them.
     pub host_actions: bool,
     /// Policy fields the local admin pinned (`--pin-policy`): a host
@@ -563,7 +563,42 @@ pub enum HostJob {
         /// Larger files are skipped; 0 = no limit of the scan's own.
         max_file_size: u64,
     },
+    /// `Restore` (§14.7): its data follows as [`HostJob::RestoreData`];
+    /// answer it once with [`AgentCore::complete_action`].
+    Restore {
+        /// Request id.
+        id: u64,
+        /// Where the file goes (raw bytes).
+        path: Vec<u8>,
+        /// Its size.
+        size: u64,
+        /// The host's deadline for the whole restore.
+        deadline: Duration,
+    },
+    /// A chunk of restore `id`'s content, in order. Report it written with
+    /// [`AgentCore::restore_chunk_written`]: at most [`RESTORE_WINDOW`]
+    /// chunks are handed out unwritten, and the session holds the rest
+    /// back (the scanner waits on the connection meanwhile).
+    RestoreData {
+        /// The `Restore`'s id.
+        id: u64,
+        /// Where the bytes go.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+        /// The final chunk.
+        last: bool,
+    },
+    /// The session ended restore `id` itself (chunks out of order, its
+    /// data late): drop what was written of it; it is answered already.
+    RestoreAborted {
+        /// The `Restore`'s id.
+        id: u64,
+    },
 }
+
+/// Restore chunks handed to the edge and not yet written, at most.
+pub const RESTORE_WINDOW: usize = 2;
 
 /// A `FilePath` as raw bytes (UTF-16 paths, which a Linux guest never
 /// sends, converted lossily).
@@ -584,6 +619,8 @@ fn path_bytes(p: &FilePath<'_>) -> Vec<u8> {
 /// What the pump took from the session's inbox.
 enum Taken {
     Job(HostJob),
+    /// Part of a restore already counted as a host request.
+    Chunk(HostJob),
     Policy(u64, HostPolicy),
 }
 
@@ -619,6 +656,8 @@ pub struct AgentCore {
     host_actions: bool,
     /// The host policy in effect and the local pins.
     host: policy::Enforced,
+    /// The restore in progress and its chunks handed out unwritten.
+    restore_window: Option<(u64, usize)>,
 }
 
 impl std::fmt::Debug for AgentCore {
@@ -660,6 +699,7 @@ impl AgentCore {
             },
             host_actions: config.host_actions,
             host,
+            restore_window: None,
         }
     }
 
@@ -810,7 +850,8 @@ impl AgentCore {
                     Capabilities::READ_CONTENT.0
                         | Capabilities::REMEDIATE.0
                         | Capabilities::SCAN_TREE.0
-                        | Capabilities::POLICY.0,
+                        | Capabilities::POLICY.0
+                        | Capabilities::RESTORE.0,
                 )
             } else {
                 Capabilities::READ_CONTENT
@@ -835,12 +876,28 @@ impl AgentCore {
         self.outbox.clear();
     }
 
-    /// Bytes received from the scanner.
-    pub fn on_receive(&mut self, bytes: &[u8], now: Instant) {
-        if let Some(s) = self.session.as_mut() {
-            s.receive(bytes, now);
-            self.pump(now, false);
+    /// Bytes received from the scanner; returns how many were taken. Fewer
+    /// than given while a restore's chunk waits for room (protocol §14.7,
+    /// backpressure): keep the rest, stop reading the connection, and feed
+    /// it again after [`restore_chunk_written`](Self::restore_chunk_written).
+    pub fn on_receive(&mut self, bytes: &[u8], now: Instant) -> usize {
+        let Some(s) = self.session.as_mut() else {
+            return bytes.len();
+        };
+        let n = s.receive_some(bytes, now);
+        self.pump(now, false);
+        n
+    }
+
+    /// The edge wrote a chunk of restore `id` (or gave up on it): room for
+    /// the next one.
+    pub fn restore_chunk_written(&mut self, id: u64, now: Instant) {
+        if let Some((r, n)) = self.restore_window.as_mut()
+            && *r == id
+        {
+            *n = n.saturating_sub(1);
         }
+        self.pump(now, false);
     }
 
     /// `FAN_CLOSE_WRITE` on (`dev`, `ino`): forget every verdict of the file
@@ -1144,6 +1201,29 @@ impl AgentCore {
         while let Some(req) = s.host_request() {
             let id = req.id;
             match req.message {
+                Message::Restore(r) => {
+                    self.restore_window = Some((id, 0));
+                    taken.push(Taken::Job(HostJob::Restore {
+                        id,
+                        path: path_bytes(&r.path),
+                        size: r.size,
+                        deadline: Duration::from_millis(r.deadline_ms.into()),
+                    }));
+                }
+                Message::RestoreData(d) => {
+                    // Backpressure: no more than RESTORE_WINDOW chunks out.
+                    match self.restore_window.as_mut() {
+                        Some((r, n)) if *r == id && *n >= RESTORE_WINDOW => break,
+                        Some((r, n)) if *r == id => *n += 1,
+                        _ => {}
+                    }
+                    taken.push(Taken::Chunk(HostJob::RestoreData {
+                        id,
+                        offset: d.offset,
+                        data: d.data.to_vec(),
+                        last: d.last,
+                    }));
+                }
                 Message::Remediate(r) => taken.push(Taken::Job(HostJob::Remediate {
                     id,
                     action: r.action,
@@ -1166,14 +1246,24 @@ impl AgentCore {
             }
             s.pop_host_request();
         }
+        if let Some(id) = s.take_aborted_restore() {
+            if self.restore_window.is_some_and(|(r, _)| r == id) {
+                self.restore_window = None;
+            }
+            taken.push(Taken::Chunk(HostJob::RestoreAborted { id }));
+        }
         drain_tx(s, &mut self.outbox);
         if closed.is_some() {
             self.session = None;
         }
         for t in taken {
-            self.stats.host_requests += 1;
+            if !matches!(t, Taken::Chunk(_)) {
+                self.stats.host_requests += 1;
+            }
             match t {
-                Taken::Job(job) => self.actions.push_back(Action::HostRequest(job)),
+                Taken::Job(job) | Taken::Chunk(job) => {
+                    self.actions.push_back(Action::HostRequest(job));
+                }
                 Taken::Policy(id, policy) => {
                     let result = self.apply_policy(&policy);
                     self.complete_action(id, result);
@@ -1341,8 +1431,11 @@ impl AgentCore {
         self.host.has_images()
     }
 
-    /// Answers the host request `id` (a `Remediate` or `Policy`).
+    /// Answers the host request `id` (a `Remediate`, `Policy` or `Restore`).
     pub fn complete_action(&mut self, id: u64, result: ActionResult) -> bool {
+        if self.restore_window.is_some_and(|(r, _)| r == id) {
+            self.restore_window = None;
+        }
         let Some(s) = self.session.as_mut() else {
             return false;
         };

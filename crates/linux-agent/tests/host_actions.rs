@@ -6,7 +6,8 @@
 //! never asserted), with symbolic-link loops, a bind mount and an inner
 //! tmpfs not followed; cancelling a scan; host policies taking effect
 //! without a restart, a pinned field reported and not applied, and the
-//! policy kept across a reconnect.
+//! policy kept across a reconnect; restoring files (new ones only, never
+//! over an existing one, their later opens judged again).
 //!
 //! Each test skips with a printed reason when not root or without fanotify
 //! permission events.
@@ -46,6 +47,7 @@ enum Cmd {
     Policy(HostPolicy, Sender<ActionOutcome>),
     Scan(String, ScanOptions, Sender<u64>, Sender<ActionOutcome>),
     Cancel(u64),
+    Restore(String, Vec<u8>, Sender<ActionOutcome>),
     /// Close the connection (the agent reconnects).
     Drop,
 }
@@ -131,6 +133,18 @@ impl ActionHost {
         match Self::wait(rx, "the scan") {
             ActionOutcome::ScanDone(d) => d,
             other => panic!("scan ended {other:?}"),
+        }
+    }
+
+    fn restore(&self, path: &Path, content: &[u8]) -> ActionResult {
+        let (tx, rx) = channel();
+        let p = path.to_str().unwrap().to_string();
+        self.tx
+            .send(Input::Cmd(Cmd::Restore(p, content.to_vec(), tx)))
+            .unwrap();
+        match Self::wait(&rx, "restore") {
+            ActionOutcome::Result(r) => r,
+            other => panic!("restore ended {other:?}"),
         }
     }
 
@@ -343,6 +357,17 @@ fn run_cmd(
         Cmd::Cancel(id) => {
             let _ = s.cancel_scan(id, now);
         }
+        Cmd::Restore(path, content, reply) => {
+            let rid = s
+                .restore(
+                    &GuestPath::Utf8(path),
+                    &content,
+                    Duration::from_secs(30),
+                    now,
+                )
+                .unwrap();
+            replies.insert(rid, reply);
+        }
         Cmd::Drop => return false,
     }
     true
@@ -485,6 +510,105 @@ fn remediation_of_an_open_file_a_replaced_file_and_a_missing_one() {
     assert!(!seen.health.is_empty(), "a Health report");
     assert_eq!(seen.health[0].policy_version, 0);
     assert_eq!(seen.health[0].sessions, 1);
+}
+
+#[test]
+fn restore_writes_new_files_only_and_their_opens_are_judged_again() {
+    let Some(mnt) = setup("restore_writes_new_files_only_and_their_opens_are_judged_again") else {
+        return;
+    };
+    let state = state_dir();
+    let host = ActionHost::start();
+    let watch = mnt.path().to_str().unwrap().to_string();
+    let agent = Agent::start(state.path(), &base_args(&host.url, &watch));
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // 300 KiB: many chunks, more than the guest's inbox and decoder hold
+    // (the session holds chunks back; nothing is lost or reordered).
+    let content: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    let back = mnt.join("restored.bin");
+    let r = host.restore(&back, &content);
+    assert_eq!(
+        (r.status, r.value),
+        (ActionStatus::Done, content.len() as u64),
+        "{r:?}"
+    );
+    assert!(std::fs::read(&back).unwrap() == content, "the same bytes");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&back).unwrap().permissions().mode() & 0o7777,
+        0o644
+    );
+    // Its opens are judged by the host like any other file's.
+    read(&back).unwrap();
+    let p = back.to_str().unwrap().to_string();
+    assert!(
+        host.seen
+            .lock()
+            .unwrap()
+            .verdicts
+            .iter()
+            .any(|(_, q, _)| *q == p),
+        "the restored file's open was judged"
+    );
+
+    // Restored bytes that are a threat are denied at their next open: the
+    // agent never trusts its own restore.
+    let threat = mnt.join("eicar-back.com");
+    let r = host.restore(&threat, EICAR);
+    assert_eq!(r.status, ActionStatus::Done, "{r:?}");
+    assert_eq!(read(&threat), Err(EPERM));
+
+    // Never over an existing file: Changed, the file as it was.
+    let existing = mnt.join("existing.txt");
+    write(&existing, b"keep me");
+    let r = host.restore(&existing, b"the restored bytes");
+    assert_eq!(r.status, ActionStatus::Changed, "{r:?}");
+    assert_eq!(read(&existing).unwrap(), b"keep me");
+    // Nor over a symbolic link (not followed).
+    let link = mnt.join("link.txt");
+    std::os::unix::fs::symlink(mnt.join("nowhere"), &link).unwrap();
+    let r = host.restore(&link, b"x");
+    assert_eq!(r.status, ActionStatus::Changed, "{r:?}");
+    assert!(!mnt.join("nowhere").exists());
+
+    // A directory that is a symbolic link is not entered.
+    std::fs::create_dir(mnt.join("real")).unwrap();
+    std::os::unix::fs::symlink(mnt.join("real"), mnt.join("linked")).unwrap();
+    let r = host.restore(&mnt.join("linked").join("f.txt"), b"x");
+    assert_eq!(r.status, ActionStatus::Failed, "{r:?}");
+    assert!(names(&mnt.join("real")).is_empty());
+
+    // No directory: NotFound. An empty file: Done, 0 bytes.
+    let r = host.restore(&mnt.join("no/such/dir/f"), b"x");
+    assert_eq!(r.status, ActionStatus::NotFound, "{r:?}");
+    let empty = mnt.join("empty");
+    let r = host.restore(&empty, b"");
+    assert_eq!((r.status, r.value), (ActionStatus::Done, 0), "{r:?}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+    // Nothing temporary is left behind.
+    assert_eq!(
+        names(mnt.path()),
+        [
+            "eicar-back.com",
+            "empty",
+            "existing.txt",
+            "link.txt",
+            "linked",
+            "real",
+            "restored.bin"
+        ]
+    );
+    let log = agent.log_text();
+    assert!(log.contains("restore") && log.contains(": done"), "{log}");
 }
 
 #[test]

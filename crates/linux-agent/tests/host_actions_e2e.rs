@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, EICAR, EPERM, Scanner, base_args, setup, state_dir};
+use common::{Agent, EICAR, EPERM, Scanner, base_args, md5_signature_dir, setup, state_dir};
 use serde_json::{Value, json};
 use thinagent_scanner::guest_policy::{
     ExclusionConfig, ExclusionKindConfig, FailModeConfig, GuestPolicyConfig,
@@ -139,7 +139,7 @@ fn an_admin_remediates_scans_and_sets_policy_from_the_host_alone() {
     assert_eq!(g["protocol_version"], 2, "{g}");
     assert_eq!(
         g["actions"],
-        json!(["remediate", "scan-tree", "policy"]),
+        json!(["remediate", "scan-tree", "policy", "restore"]),
         "{g}"
     );
     let fail_mode = g["health"]["fail_mode"].as_str().unwrap();
@@ -290,4 +290,151 @@ fn an_admin_remediates_scans_and_sets_policy_from_the_host_alone() {
             .contains("Eicar-Test-Signature"),
         "the audit log has the detections"
     );
+}
+
+/// Waits (60 s at most) for `cond`; panics with `what` otherwise.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "never {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// "Restore a false positive", from the host alone: a clean file that a
+/// (too broad) signature flags is denied and quarantined automatically;
+/// the admin removes the signature, restores the file (identical bytes,
+/// same path, its next open judged again and now allowed); a restore
+/// onto an existing file answers `changed` and overwrites nothing; a
+/// purge removes the bytes. Every step is in the event file and the
+/// audit log.
+#[test]
+fn an_admin_restores_a_false_positive_from_quarantine() {
+    use thinagent_scanner::remediation::{RemediationAction, RemediationRule};
+    let Some(mnt) = setup("an_admin_restores_a_false_positive_from_quarantine") else {
+        return;
+    };
+    let state = state_dir();
+    let socket = state.path().join("control.sock");
+    let events = state.path().join("events.jsonl");
+    let store = state.path().join("quarantine");
+    let queue = state.path().join("events-queue");
+    let listen = format!("unix://{}", state.path().join("scanner.sock").display());
+    let clean: Vec<u8> = b"#!/bin/sh\necho a perfectly good script\n".repeat(300);
+    let sigs = md5_signature_dir(state.path(), "fp.hdb", &clean, "Test-FalsePositive");
+    let scanner = Scanner::start_with(&listen, state.path(), &[sigs.clone()], |c| {
+        c.control_socket = Some(socket.clone());
+        c.events.file = Some(events.clone());
+        c.events.queue_dir = Some(queue.clone());
+        c.quarantine.dir = Some(store.clone());
+        c.remediation.rules = vec![RemediationRule {
+            threat: "*".into(),
+            action: RemediationAction::Quarantine,
+        }];
+    });
+    let watch = mnt.path().to_str().unwrap().to_string();
+    let agent = Agent::start(state.path(), &base_args(&scanner.url, &watch));
+    let guests = json!({"cmd": "guests"});
+    until(&socket, &guests, "a connected guest", |a| {
+        a["guests"][0]["connected"] == true
+    });
+
+    // Flagged, denied, quarantined: gone from the guest, listed on the host.
+    let tool = mnt.join("tool.sh");
+    write(&tool, &clean);
+    assert_eq!(read(&tool), Err(EPERM), "{}", agent.log_text());
+    let list = json!({"cmd": "quarantine-list"});
+    let listed = until(&socket, &list, "the file quarantined", |a| {
+        a["entries"].as_array().is_some_and(|e| e.len() == 1)
+    });
+    let entry = &listed["entries"][0];
+    assert_eq!(entry["path"], tool.to_str().unwrap(), "{listed}");
+    assert_eq!(entry["threat"], "Test-FalsePositive", "{listed}");
+    assert_eq!(entry["size"], clean.len(), "{listed}");
+    assert_eq!(entry["restored"], false, "{listed}");
+    let id = entry["id"].as_str().unwrap().to_owned();
+    wait_for("the quarantined file removed", || !tool.exists());
+    let shown = control1(&socket, &json!({"cmd": "quarantine-show", "id": id}));
+    assert_eq!(
+        shown["entry"]["sha256"].as_str().unwrap().len(),
+        64,
+        "{shown}"
+    );
+    assert_eq!(shown["entry"]["state"], "stored", "{shown}");
+
+    // A file at the path now: the restore writes nothing over it.
+    write(&tool, b"the admin's replacement\n");
+    let restore = json!({"cmd": "quarantine-restore", "id": id});
+    let r = control1(&socket, &restore);
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["status"], "changed", "{r}");
+    assert_eq!(std::fs::read(&tool).unwrap(), b"the admin's replacement\n");
+    std::fs::remove_file(&tool).unwrap();
+
+    // The signature was wrong: removed, the signatures reloaded.
+    std::fs::remove_file(sigs.join("fp.hdb")).unwrap();
+    scanner.reload();
+    // Naming another guest is refused.
+    let r = control1(
+        &socket,
+        &json!({"cmd": "quarantine-restore", "id": id, "guest": "no-such-guest"}),
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(!tool.exists());
+
+    let r = control1(&socket, &restore);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["status"], "done", "{r}");
+    assert_eq!(std::fs::read(&tool).unwrap(), clean, "the identical bytes");
+    // Its next open is judged again, by the corrected set: allowed.
+    let audit_before = scanner.audit_text().matches("tool.sh").count();
+    assert_eq!(read(&tool).unwrap(), clean);
+    let audit = scanner.audit_with("\"verdict\":\"allow\"");
+    assert!(
+        audit.matches("tool.sh").count() > audit_before
+            && audit
+                .lines()
+                .any(|l| l.contains("tool.sh") && l.contains("\"verdict\":\"allow\"")),
+        "the restored file's open was judged (allowed): {audit}"
+    );
+    let listed = control1(&socket, &list);
+    assert_eq!(listed["entries"][0]["restored"], true, "{listed}");
+    assert_eq!(listed["entries"][0]["state"], "restored", "{listed}");
+
+    // Purged: the bytes are gone; a restore is refused.
+    let r = control1(&socket, &json!({"cmd": "quarantine-purge", "id": id}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["purged"], json!([id]), "{r}");
+    let shown = control1(&socket, &json!({"cmd": "quarantine-show", "id": id}));
+    assert_eq!(shown["entry"]["state"], "purged", "{shown}");
+    assert!(
+        std::fs::read_dir(store.join("objects"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no object left"
+    );
+    let r = control1(&socket, &restore);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("purged"), "{r}");
+
+    // The event file and the audit log have the restore and the purge.
+    wait_for("the events written", || {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        text.contains("\"type\":\"restore\"") && text.contains("\"type\":\"quarantine_purged\"")
+    });
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"type\":\"restore\"") && l.contains("\"status\":\"done\"")),
+        "{text}"
+    );
+    let audit = scanner.audit_with("\"action\":\"quarantine_purge\"");
+    let restored = audit
+        .lines()
+        .find(|l| l.contains("\"record\":\"host_action\"") && l.contains("\"action\":\"restore\""))
+        .unwrap_or_else(|| panic!("no restore line: {audit}"));
+    assert!(restored.contains("\"origin\":\"admin\""), "{restored}");
+    assert!(restored.contains("\"quarantine_id\""), "{restored}");
+    assert!(audit.contains("\"action\":\"quarantine_purge\""), "{audit}");
 }

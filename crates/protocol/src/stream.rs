@@ -142,24 +142,52 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> StreamDecoder<B> {
     /// error of the frame at the front. The frame borrows the buffer until
     /// the next call.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, DecodeError> {
-        if let Some(error) = self.fatal {
+        self.front(true).map(|f| f.map(|(frame, _)| frame))
+    }
+
+    /// Like [`next_frame`](Self::next_frame), but a whole frame stays at
+    /// the front: it comes with its length, and only
+    /// [`consume`](Self::consume) of that length passes it. A receiver
+    /// that cannot take the frame now leaves it there (and stops feeding
+    /// bytes: the transport's flow control then holds the sender back).
+    /// An erroneous frame is skipped (or the decoder stops) exactly as
+    /// with `next_frame`.
+    pub fn peek_frame(&mut self) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+        self.front(false)
+    }
+
+    /// Passes `n` bytes at the front (the length
+    /// [`peek_frame`](Self::peek_frame) returned), clamped to what is
+    /// buffered.
+    pub fn consume(&mut self, n: usize) {
+        self.start = self.start.saturating_add(n).min(self.end);
+    }
+
+    fn front(&mut self, advance: bool) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+        let Self {
+            buf,
+            start,
+            end,
+            max_frame_len,
+            session_version,
+            fatal,
+        } = self;
+        if let Some(error) = *fatal {
             return Err(error);
         }
-        let pending = self
-            .buf
-            .as_ref()
-            .get(self.start..self.end)
-            .unwrap_or_default();
-        match decode_frame_for(pending, self.max_frame_len, self.session_version) {
+        let pending = (*buf).as_ref().get(*start..*end).unwrap_or_default();
+        match decode_frame_for(pending, *max_frame_len, *session_version) {
             Ok(Decoded::Incomplete { .. }) => Ok(None),
             Ok(Decoded::Frame { frame, consumed }) => {
-                self.start += consumed;
-                Ok(Some(frame))
+                if advance {
+                    *start += consumed;
+                }
+                Ok(Some((frame, consumed)))
             }
             Err(error) => {
                 match error.skip_len() {
-                    Some(skip) => self.start += skip,
-                    None => self.fatal = Some(error),
+                    Some(skip) => *start += skip,
+                    None => *fatal = Some(error),
                 }
                 Err(error)
             }

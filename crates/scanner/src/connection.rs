@@ -373,6 +373,10 @@ pub trait ScanObserver: Send + Sync {
     fn on_host_action(&self, record: &HostActionRecord) {
         let _ = record;
     }
+    /// An admin restored or purged a quarantine entry (the control socket).
+    fn on_quarantine_action(&self, record: &QuarantineActionRecord) {
+        let _ = record;
+    }
 }
 
 /// How one host action ended ([`ScanObserver::on_host_action`]).
@@ -400,6 +404,23 @@ pub struct HostActionRecord {
     pub policy_version: Option<u64>,
     /// How it ended.
     pub outcome: ActionOutcome,
+}
+
+/// An admin's quarantine action: a restore (however it ended) or a purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineActionRecord {
+    /// `restore` or `purge`.
+    pub action: &'static str,
+    /// The entry (as it is after the action).
+    pub entry: crate::quarantine::Entry,
+    /// The path acted on (a restore's target).
+    pub path: crate::records::PathRecord,
+    /// `done`, `changed`, `failed`, ...
+    pub status: String,
+    /// In words.
+    pub detail: String,
+    /// How long it took.
+    pub duration: Duration,
 }
 
 /// How one automatic remediation went ([`crate::remediation`]).
@@ -938,6 +959,19 @@ impl Driver {
                 }
                 Err(e) => {
                     let _ = updates.send(ScanUpdate::Done(Err(e)));
+                }
+            },
+            GuestCommand::Restore {
+                path,
+                content,
+                deadline,
+                reply,
+            } => match self.session.restore(&path, &content, deadline, at) {
+                Ok(id) => {
+                    self.replies.insert(id, Reply::Action(reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
                 }
             },
             GuestCommand::PushPolicy => self.push_policy(),

@@ -20,7 +20,23 @@
 //!   -> {"ok":true,"version":2,"policy":{...},"guests":[{"identity":..,"policy":{"sent":2,"in_effect":2,"status":"done","pinned":[]}}]}
 //! {"cmd":"policy-set","policy":{"fail_mode":"closed","exclusions":[{"kind":"path-prefix","value":"/proc"}]}}
 //!   -> {"ok":true,"version":3,"sent_to":["vsock:cid=5"]}
+//! {"cmd":"quarantine-list"}
+//!   -> {"ok":true,"entries":[{"id":..,"guest":..,"path":..,"threat":..,"size":..,"stored_at":..,"state":"stored","restored":false}]}
+//! {"cmd":"quarantine-show","id":"20261203T174010123Z-3f2a9c1b"}
+//!   -> {"ok":true,"entry":{...the whole metadata, sha256 and blake3 included...}}
+//! {"cmd":"quarantine-restore","id":"...","to":"/srv/elsewhere","timeout_ms":60000}
+//!   -> {"ok":true,"id":..,"guest":..,"path":..,"status":"done","detail":"..."}
+//! {"cmd":"quarantine-purge","id":"..."}   or   {"cmd":"quarantine-purge","older_than":"30d"}
+//!   -> {"ok":true,"purged":["..."]}
 //! ```
+//!
+//! A restore (protocol §14.7) goes only to the guest the entry came from:
+//! the same transport identity (§13), connected now and announcing
+//! `RESTORE`; naming another guest is refused. The guest writes the bytes
+//! to a new file and never overwrites one (`changed`). A restore that is
+//! `done` is recorded in the entry (state `restored`; the bytes stay until
+//! purged); every restore and purge goes to the event sink (`restore`,
+//! `quarantine_purged`) and the audit log.
 //!
 //! A remediation names a file by the path of a detection the scanner made
 //! on that guest: the guest removes it only if it still has the identity
@@ -38,9 +54,27 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::connection::{QuarantineActionRecord, ScanObserver};
 use crate::guest_policy::{GuestPolicyConfig, PolicyStore};
 use crate::guests::{GuestCommand, GuestRegistry, ScanUpdate, describe_outcome, os_error};
+use crate::quarantine::{Entry, EntryState, QuarantineError, QuarantineStore};
+use crate::records::PathRecord;
 use crate::session::{ActionOutcome, GuestPath, ScanOptions};
+
+/// What the control socket acts on.
+pub struct ControlState {
+    /// Every guest seen.
+    pub guests: Arc<GuestRegistry>,
+    /// The host's guest policy.
+    pub policy: Arc<PolicyStore>,
+    /// The quarantine store, when configured.
+    pub quarantine: Option<Arc<std::sync::Mutex<QuarantineStore>>>,
+    /// Where restores and purges are reported (events, audit log).
+    pub observer: Arc<dyn ScanObserver>,
+}
+
+/// Default wait for a restore's answer (the whole restore).
+const DEFAULT_RESTORE_TIMEOUT_MS: u64 = 60_000;
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -113,6 +147,37 @@ pub enum ControlRequest {
         /// The scan's id.
         scan_id: u64,
     },
+    /// Every quarantine entry.
+    QuarantineList,
+    /// One entry's whole metadata.
+    QuarantineShow {
+        /// The entry.
+        id: String,
+    },
+    /// Write an entry's bytes back to the guest it came from.
+    QuarantineRestore {
+        /// The entry.
+        id: String,
+        /// Another path on that guest (default: where it was).
+        #[serde(default)]
+        to: Option<String>,
+        /// The guest, if the admin names one: it must be the entry's.
+        #[serde(default)]
+        guest: Option<String>,
+        /// How long to wait for the guest.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Remove entries' bytes.
+    QuarantinePurge {
+        /// One entry.
+        #[serde(default)]
+        id: Option<String>,
+        /// Or every entry stored longer ago than this (`30d`, `12h`,
+        /// `90m`, `45s`).
+        #[serde(default)]
+        older_than: Option<String>,
+    },
 }
 
 /// `delete` or `truncate`.
@@ -146,11 +211,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Serves the control socket until the task is dropped.
-pub async fn serve(listener: UnixListener, guests: Arc<GuestRegistry>, policy: Arc<PolicyStore>) {
+pub async fn serve(listener: UnixListener, state: Arc<ControlState>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(client(stream, guests.clone(), policy.clone()));
+                tokio::spawn(client(stream, state.clone()));
             }
             Err(e) => {
                 tracing::warn!("control socket accept failed: {e}");
@@ -160,7 +225,7 @@ pub async fn serve(listener: UnixListener, guests: Arc<GuestRegistry>, policy: A
     }
 }
 
-async fn client(stream: UnixStream, guests: Arc<GuestRegistry>, policy: Arc<PolicyStore>) {
+async fn client(stream: UnixStream, state: Arc<ControlState>) {
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd).lines();
     loop {
@@ -185,7 +250,7 @@ async fn client(stream: UnixStream, guests: Arc<GuestRegistry>, policy: Arc<Poli
                 continue;
             }
         };
-        if handle(request, &guests, &policy, &mut wr).await.is_err() {
+        if handle(request, &state, &mut wr).await.is_err() {
             return;
         }
     }
@@ -210,11 +275,27 @@ fn guest_path(guests: &GuestRegistry, identity: &str, path: &str) -> GuestPath {
 
 async fn handle(
     request: ControlRequest,
-    guests: &GuestRegistry,
-    policy: &PolicyStore,
+    state: &ControlState,
     wr: &mut Writer,
 ) -> std::io::Result<()> {
+    let (guests, policy) = (&*state.guests, &*state.policy);
     match request {
+        ControlRequest::QuarantineList => write_line(wr, &quarantine_list(state).await).await,
+        ControlRequest::QuarantineShow { id } => {
+            write_line(wr, &quarantine_show(state, id).await).await
+        }
+        ControlRequest::QuarantineRestore {
+            id,
+            to,
+            guest,
+            timeout_ms,
+        } => {
+            let answer = quarantine_restore(state, id, to, guest, timeout_ms).await;
+            write_line(wr, &answer).await
+        }
+        ControlRequest::QuarantinePurge { id, older_than } => {
+            write_line(wr, &quarantine_purge(state, id, older_than).await).await
+        }
         ControlRequest::PolicyShow => {
             let (version, current) = policy.get();
             let per_guest: Vec<serde_json::Value> = guests
@@ -404,5 +485,250 @@ fn scan_answer(result: Result<ActionOutcome, crate::session::ActionError>) -> se
             let (_, status, detail) = describe_outcome(other);
             json!({ "ok": false, "status": status, "error": detail })
         }
+    }
+}
+
+// ----- quarantine ----------------------------------------------------------
+
+/// Runs `op` on the store off the runtime (it does blocking file I/O).
+async fn with_store<T: Send + 'static>(
+    state: &ControlState,
+    op: impl FnOnce(&mut QuarantineStore) -> Result<T, QuarantineError> + Send + 'static,
+) -> Result<T, String> {
+    let Some(store) = state.quarantine.clone() else {
+        return Err("no quarantine is configured: set quarantine.dir in the scanner's configuration (or --quarantine-dir)".into());
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        op(&mut store).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("quarantine operation failed: {e}")))
+}
+
+/// One line of `quarantine-list`.
+fn summary(e: &Entry) -> serde_json::Value {
+    json!({
+        "id": e.id,
+        "guest": e.guest.address,
+        "peer": e.guest.peer,
+        "guest_name": e.guest.name,
+        "path": e.path.display,
+        "threat": e.threat,
+        "size": e.size,
+        "stored_at": e.stored_at,
+        "state": e.state.as_str(),
+        "restored": e.state == EntryState::Restored,
+        "state_changed_at": e.state_changed_at,
+    })
+}
+
+async fn quarantine_list(state: &ControlState) -> serde_json::Value {
+    match with_store(state, |s| Ok(s.list().map(summary).collect::<Vec<_>>())).await {
+        Ok(entries) => json!({ "ok": true, "entries": entries }),
+        Err(e) => error(&e),
+    }
+}
+
+async fn quarantine_show(state: &ControlState, id: String) -> serde_json::Value {
+    match with_store(state, move |s| s.get(&id).cloned()).await {
+        Ok(entry) => json!({ "ok": true, "entry": entry }),
+        Err(e) => error(&e),
+    }
+}
+
+async fn quarantine_restore(
+    state: &ControlState,
+    id: String,
+    to: Option<String>,
+    guest: Option<String>,
+    timeout_ms: Option<u64>,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    let entry = {
+        let id = id.clone();
+        match with_store(state, move |s| s.get(&id).cloned()).await {
+            Ok(e) => e,
+            Err(e) => return error(&e),
+        }
+    };
+    if entry.state == EntryState::Purged {
+        return error(&format!(
+            "quarantine entry {id} was purged: its bytes are gone, there is nothing to restore"
+        ));
+    }
+    // Only to the guest it came from (the same transport identity).
+    let identity = match state
+        .guests
+        .connected_as(&entry.guest.peer, &entry.guest.name)
+    {
+        Ok(identity) => identity,
+        Err(e) => {
+            return error(&format!(
+                "entry {id} came from {} ({}): {e}; a restore goes only to that guest, once it is connected",
+                entry.guest.address, entry.guest.name
+            ));
+        }
+    };
+    if let Some(named) = &guest {
+        match state.guests.resolve(named) {
+            Ok(g) if g == identity => {}
+            Ok(g) => {
+                return error(&format!(
+                    "entry {id} came from {identity}, not {g}: a quarantined file goes back only to the guest it came from"
+                ));
+            }
+            Err(e) => return error(&e.to_string()),
+        }
+    }
+    let path = match &to {
+        Some(p) => guest_path(&state.guests, &identity, p),
+        None => match entry.path.guest_path() {
+            Some(p) => p,
+            None => {
+                return error(&format!(
+                    "entry {id}'s path record cannot be read back; give the path with --to"
+                ));
+            }
+        },
+    };
+    let content = {
+        let id = id.clone();
+        match with_store(state, move |s| s.read(&id)).await {
+            Ok(c) => c,
+            Err(e) => return error(&e),
+        }
+    };
+    let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_RESTORE_TIMEOUT_MS).max(1));
+    let (reply, answer) = oneshot::channel();
+    let command = GuestCommand::Restore {
+        path: path.clone(),
+        content,
+        deadline,
+        reply,
+    };
+    if let Err(e) = state.guests.send(&identity, command) {
+        return error(&e.to_string());
+    }
+    let outcome = match answer.await {
+        Err(_) => ActionOutcome::ConnectionLost,
+        Ok(Err(e)) => return error(&e.to_string()),
+        Ok(Ok(outcome)) => outcome,
+    };
+    let (ok, status, mut detail) = describe_outcome(outcome);
+    if status == "changed" {
+        detail = "a file exists at that path: nothing was written (a restore never overwrites; move it away, or restore --to another path)".into();
+    }
+    let mut entry = entry;
+    if ok {
+        let id = id.clone();
+        match with_store(state, move |s| {
+            s.mark_restored(&id, std::time::SystemTime::now())
+        })
+        .await
+        {
+            Ok(e) => entry = e,
+            Err(e) => detail = format!("{detail}; but the entry could not be marked restored: {e}"),
+        }
+    }
+    let path_record = PathRecord::from(&path);
+    state
+        .observer
+        .on_quarantine_action(&QuarantineActionRecord {
+            action: "restore",
+            entry: entry.clone(),
+            path: path_record.clone(),
+            status: status.to_owned(),
+            detail: detail.clone(),
+            duration: started.elapsed(),
+        });
+    json!({
+        "ok": ok,
+        "id": id,
+        "guest": identity,
+        "path": path_record.display,
+        "size": entry.size,
+        "threat": entry.threat,
+        "status": status,
+        "detail": detail,
+    })
+}
+
+/// `30d`, `12h`, `90m`, `45s` (or plain seconds).
+fn parse_age(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(secs).map(Duration::from_secs)
+}
+
+async fn quarantine_purge(
+    state: &ControlState,
+    id: Option<String>,
+    older_than: Option<String>,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    let now = std::time::SystemTime::now();
+    let purged = match (id, older_than) {
+        (Some(id), None) => with_store(state, move |s| s.purge(&id, now).map(|e| vec![e])).await,
+        (None, Some(age)) => {
+            let Some(age) = parse_age(&age) else {
+                return error(&format!(
+                    "--older-than {age:?}: give a number with s, m, h, d or w (e.g. 30d)"
+                ));
+            };
+            let cutoff = now.checked_sub(age).unwrap_or(std::time::UNIX_EPOCH);
+            with_store(state, move |s| s.purge_older_than(cutoff, now)).await
+        }
+        _ => return error("give exactly one of an entry id or --older-than"),
+    };
+    match purged {
+        Err(e) => error(&e),
+        Ok(entries) => {
+            for e in &entries {
+                state
+                    .observer
+                    .on_quarantine_action(&QuarantineActionRecord {
+                        action: "purge",
+                        entry: e.clone(),
+                        path: e.path.clone(),
+                        status: "done".into(),
+                        detail: "the bytes are removed; the entry stays as a record".into(),
+                        duration: started.elapsed(),
+                    });
+            }
+            let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+            json!({ "ok": true, "purged": ids })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_a_person_writes_them() {
+        assert_eq!(parse_age("30d"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("12h"), Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("90m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_age("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_age("2w"), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_age("d"), None);
+        assert_eq!(parse_age("3y"), None);
+        assert_eq!(parse_age("-3d"), None);
     }
 }

@@ -171,6 +171,43 @@ pub enum EventBody {
         #[serde(skip_serializing_if = "Option::is_none")]
         counters: Option<crate::audit::ScanSummary>,
     },
+    /// An admin restored a quarantined file to its guest (protocol §14.7),
+    /// or tried to: `status` says how it ended.
+    Restore {
+        /// The guest it came from and went back to.
+        guest: GuestRecord,
+        /// Where it was written.
+        path: PathRecord,
+        /// The quarantine entry.
+        quarantine_id: String,
+        /// What had been found in it.
+        threat: String,
+        /// Bytes.
+        size: u64,
+        /// SHA-256 of the bytes, hex.
+        sha256: String,
+        /// `done`, `changed` (a file exists there; nothing was written),
+        /// `failed`, `rejected`, `busy`, `unsupported`, `timed-out`,
+        /// `connection-lost`.
+        status: String,
+        /// In words.
+        detail: String,
+    },
+    /// An admin purged a quarantine entry: its bytes are gone.
+    QuarantinePurged {
+        /// The guest it came from.
+        guest: GuestRecord,
+        /// Its path there.
+        path: PathRecord,
+        /// The quarantine entry.
+        quarantine_id: String,
+        /// What had been found in it.
+        threat: String,
+        /// Bytes.
+        size: u64,
+        /// SHA-256 of the bytes, hex.
+        sha256: String,
+    },
 }
 
 impl EventBody {
@@ -182,6 +219,8 @@ impl EventBody {
             Self::GuestDisconnected { .. } => "guest_disconnected",
             Self::Remediation { .. } => "remediation",
             Self::ScanFinished { .. } => "scan_finished",
+            Self::Restore { .. } => "restore",
+            Self::QuarantinePurged { .. } => "quarantine_purged",
         }
     }
 }

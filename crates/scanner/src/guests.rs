@@ -67,6 +67,18 @@ pub enum GuestCommand {
         /// Progress and the end.
         updates: mpsc::UnboundedSender<ScanUpdate>,
     },
+    /// `Restore` (§14.7) of `content` to `path`; only on an admin's
+    /// explicit command.
+    Restore {
+        /// Where the file goes.
+        path: GuestPath,
+        /// Its bytes.
+        content: Vec<u8>,
+        /// How long to wait for the guest, for the whole restore.
+        deadline: Duration,
+        /// Gets the outcome.
+        reply: oneshot::Sender<Result<ActionOutcome, ActionError>>,
+    },
     /// Send the host's current policy (it changed).
     PushPolicy,
     /// `ScanCancel` (§14.5) of the scan `id`.
@@ -211,6 +223,10 @@ pub struct GuestMetricsView {
 #[derive(Debug)]
 struct Entry {
     identity: String,
+    /// The transport identity (§13) its connections vouch for, and
+    /// whether it names one guest (else the announced name tells guests
+    /// behind it apart).
+    peer: (String, bool),
     info: Option<GuestInfo>,
     connected: bool,
     connected_since: SystemTime,
@@ -352,8 +368,10 @@ impl GuestRegistry {
         let now = SystemTime::now();
         let identity = guest.to_string();
         let mut guests = self.lock_mut();
+        let peer = guest.peer();
         let entry = guests.entry(identity.clone()).or_insert_with(|| Entry {
             identity,
+            peer: (peer.to_string(), peer.names_one_guest()),
             info: None,
             connected: false,
             connected_since: now,
@@ -600,6 +618,25 @@ impl GuestRegistry {
         })
     }
 
+    /// The connected guest that is the one a record names: the same
+    /// transport identity (`peer`, §13) and, where that identity does not
+    /// name one guest (loopback TCP, Unix), the same announced name.
+    pub fn connected_as(&self, peer: &str, name: &str) -> Result<String, LookupError> {
+        let guests = self.lock();
+        let mut found: Vec<&Entry> = guests
+            .values()
+            .filter(|e| {
+                e.peer.0 == peer && (e.peer.1 || e.info.as_ref().is_some_and(|i| i.name == name))
+            })
+            .collect();
+        found.sort_by_key(|e| std::cmp::Reverse(e.connected));
+        match found.first() {
+            Some(e) if e.conn.is_some() => Ok(e.identity.clone()),
+            Some(e) => Err(LookupError::NotConnected(e.identity.clone())),
+            None => Err(LookupError::NotConnected(format!("{peer} ({name})"))),
+        }
+    }
+
     /// The announced OS of `identity` (how to encode a path for it).
     pub fn os(&self, identity: &str) -> Option<thinagent_protocol::OsKind> {
         self.lock()
@@ -685,6 +722,9 @@ struct SavedGuests {
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedGuest {
     identity: String,
+    /// The transport identity (§13) and whether it names one guest.
+    peer: String,
+    peer_names_one_guest: bool,
     name: String,
     os: String,
     agent_version: [u16; 3],
@@ -759,6 +799,8 @@ impl SavedGuest {
         let info = e.info.as_ref()?;
         Some(Self {
             identity: e.identity.clone(),
+            peer: e.peer.0.clone(),
+            peer_names_one_guest: e.peer.1,
             name: info.name.clone(),
             os: crate::records::os_name(info.os),
             agent_version: [
@@ -878,6 +920,7 @@ impl SavedGuest {
             .collect();
         Some(Entry {
             identity: self.identity,
+            peer: (self.peer, self.peer_names_one_guest),
             info: Some(info),
             connected: false,
             connected_since: from_unix_ms(self.connected_since_ms),

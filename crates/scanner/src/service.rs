@@ -720,6 +720,60 @@ impl ScanObserver for ServiceObserver {
         }
     }
 
+    fn on_quarantine_action(&self, r: &crate::connection::QuarantineActionRecord) {
+        let e = &r.entry;
+        tracing::info!(
+            action = r.action, id = %e.id, guest = %e.guest.address, path = %r.path.display,
+            threat = %e.threat, status = %r.status, detail = %r.detail, "quarantine action"
+        );
+        if let Some(events) = &self.events {
+            let body = match r.action {
+                "restore" => EventBody::Restore {
+                    guest: e.guest.clone(),
+                    path: r.path.clone(),
+                    quarantine_id: e.id.clone(),
+                    threat: e.threat.clone(),
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                    status: r.status.clone(),
+                    detail: r.detail.clone(),
+                },
+                _ => EventBody::QuarantinePurged {
+                    guest: e.guest.clone(),
+                    path: r.path.clone(),
+                    quarantine_id: e.id.clone(),
+                    threat: e.threat.clone(),
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                },
+            };
+            events.emit(body);
+        }
+        if let Some(audit) = &self.audit {
+            audit.write_record(&HostActionEntry {
+                record: "host_action".into(),
+                time: rfc3339(SystemTime::now()),
+                guest: format!("{} {}", e.guest.address, e.guest.name),
+                peer: e.guest.peer.clone(),
+                // `restore` (sent to the guest) or `quarantine_purge` (the
+                // host's store only).
+                action: match r.action {
+                    "restore" => "restore".into(),
+                    other => format!("quarantine_{other}"),
+                },
+                origin: "admin".into(),
+                operation: None,
+                path: Some(r.path.display.clone()),
+                threat: Some(e.threat.clone()),
+                policy_version: None,
+                quarantine_id: Some(e.id.clone()),
+                status: r.status.clone(),
+                detail: r.detail.clone(),
+                counters: None,
+            });
+        }
+    }
+
     fn on_protocol_event(&self, guest: &GuestId, anomaly: &Anomaly) {
         self.metrics
             .protocol_error(&kind_label(&format!("{anomaly:?}")));
@@ -1111,8 +1165,12 @@ impl Service {
         if let Some(l) = self.control {
             tasks.spawn(crate::control::serve(
                 l,
-                self.ctx.guests.clone(),
-                self.ctx.guest_policy.clone(),
+                Arc::new(crate::control::ControlState {
+                    guests: self.ctx.guests.clone(),
+                    policy: self.ctx.guest_policy.clone(),
+                    quarantine: self.ctx.quarantine.clone(),
+                    observer: self.ctx.observer.clone(),
+                }),
             ));
         }
         if let Some(state) = self.state.clone() {

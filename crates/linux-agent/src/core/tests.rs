@@ -1018,7 +1018,9 @@ impl Run {
                 self.reads.clear();
                 self.c.on_disconnected(now);
             }
-            Op::Garbage => self.c.on_receive(b"NOT A FRAME AT ALL!!", now),
+            Op::Garbage => {
+                self.c.on_receive(b"NOT A FRAME AT ALL!!", now);
+            }
             Op::Answer { nth, decision, ttl } => {
                 if !self.host_queue.is_empty() {
                     let id = self.host_queue.remove(nth % self.host_queue.len());

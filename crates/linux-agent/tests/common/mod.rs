@@ -92,6 +92,7 @@ pub struct Scanner {
     /// Its audit log (JSON lines).
     pub audit: PathBuf,
     config: Config,
+    handle: Option<thinagent_scanner::service::ServiceHandle>,
 }
 
 impl Scanner {
@@ -130,6 +131,7 @@ impl Scanner {
             url: String::new(),
             audit,
             config,
+            handle: None,
         };
         s.launch();
         s
@@ -141,6 +143,7 @@ impl Scanner {
             .block_on(Service::build(&self.config))
             .expect("scanner service starts");
         self.url = service.urls()[0].to_string();
+        self.handle = Some(service.handle());
         // A restart binds the same address.
         self.config.listen = vec![self.url.clone()];
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -170,6 +173,15 @@ impl Scanner {
         if let Some(p) = self.url.strip_prefix("unix://") {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// Reloads its signatures from the same directories (as SIGHUP does).
+    #[allow(dead_code, reason = "not every test binary reloads")]
+    pub fn reload(&self) {
+        let handle = self.handle.as_ref().expect("running");
+        self.rt
+            .block_on(handle.reload())
+            .expect("signatures reload");
     }
 
     /// Starts it again on the same address.

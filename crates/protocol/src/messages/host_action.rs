@@ -14,7 +14,7 @@ use crate::messages::file_event::{FileIdentity, FilePath, PathEncoding};
 use crate::messages::read::{ErrorSpace, OsError};
 use crate::wire::{self, Writer};
 use crate::wire_enum::wire_enum;
-use crate::{HEADER_LEN, HOST_ACTIONS_VERSION, MAX_FRAME_LEN, PayloadError};
+use crate::{HOST_ACTIONS_VERSION, PayloadError};
 
 /// Every message of this module needs version 2.
 fn check_host_action_version(version: u16) -> Result<(), PayloadError> {
@@ -1077,8 +1077,11 @@ impl<'a> Codec<'a> for Restore<'a> {
 /// Size of `RestoreData`'s fixed part.
 pub const RESTORE_DATA_FIXED_LEN: usize = 16;
 
-/// Most bytes one `RestoreData` can carry: what fits a maximum-size frame.
-pub const MAX_RESTORE_CHUNK: usize = MAX_FRAME_LEN - HEADER_LEN - RESTORE_DATA_FIXED_LEN;
+/// Most bytes one `RestoreData` carries (§14.7: `data_len` ≤ 4096; more is
+/// `Malformed`). Small, so that a guest can hold a chunk in a small inbox
+/// and stop reading while it cannot take the next one, without holding up
+/// its on-access answers for long.
+pub const MAX_RESTORE_CHUNK: usize = 4096;
 
 /// Host → guest (§14.7): a chunk of a `Restore`'s content; the header's
 /// request id is the `Restore`'s.
@@ -1279,7 +1282,7 @@ impl<'a> Codec<'a> for Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EncodeError, Message};
+    use crate::{EncodeError, HEADER_LEN, Message};
 
     const V2: u16 = HOST_ACTIONS_VERSION;
 
@@ -1749,6 +1752,18 @@ mod tests {
             }
             .validate()
             .is_err()
+        );
+        // §14.7: data_len ≤ MAX_RESTORE_CHUNK (4096), checked on decode.
+        let big = [7u8; MAX_RESTORE_CHUNK + 1];
+        let mut wire = [0u8; RESTORE_DATA_FIXED_LEN + MAX_RESTORE_CHUNK + 1];
+        wire[12..16].copy_from_slice(&(MAX_RESTORE_CHUNK as u32 + 1).to_le_bytes());
+        wire[RESTORE_DATA_FIXED_LEN..].copy_from_slice(&big);
+        assert!(RestoreData::decode(&wire, V2).is_err());
+        wire[12..16].copy_from_slice(&(MAX_RESTORE_CHUNK as u32).to_le_bytes());
+        let n = wire.len() - 1;
+        assert_eq!(
+            RestoreData::decode(&wire[..n], V2).map(|d| d.data.len()),
+            Ok(MAX_RESTORE_CHUNK)
         );
     }
 

@@ -1162,6 +1162,10 @@ def host_action_vectors():
     g_malformed("guest_restore_data_reserved_bytes_are_malformed", "14.7",
                 "RestoreData's reserved bytes (offsets 9-11) nonzero are a fatal Malformed error.",
                 "RestoreData", restore_data(reserved=b"\0\1\0"))
+    g_malformed("guest_restore_data_longer_than_4096_bytes_is_malformed", "14.7",
+                "RestoreData.data_len above MAX_RESTORE_CHUNK (4096) is a fatal Malformed error, "
+                "even for data the guest would ignore.", "RestoreData",
+                restore_data(data=b"x" * 4097))
     g_malformed("guest_restore_data_past_2_to_the_64_is_malformed", "14.7",
                 "RestoreData with offset + data_len above 2^64 - 1 is a fatal Malformed error.",
                 "RestoreData", restore_data(offset=(1 << 64) - 2, data=b"abc"))

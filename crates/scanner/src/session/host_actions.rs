@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use thinagent_protocol::{
     ActionResult, Capabilities, FileIdentity, FilePath, HEADER_LEN, HOST_ACTIONS_VERSION,
-    MAX_ACTIONS_IN_FLIGHT, Message, PayloadError, Policy, RESTORE_DATA_FIXED_LEN, Remediate,
-    RemediateAction, Restore, RestoreData, ScanCancel, ScanCounters, ScanDone, ScanFlags, ScanTree,
+    MAX_ACTIONS_IN_FLIGHT, MAX_RESTORE_CHUNK, Message, PayloadError, Policy,
+    RESTORE_DATA_FIXED_LEN, Remediate, RemediateAction, Restore, RestoreData, ScanCancel,
+    ScanCounters, ScanDone, ScanFlags, ScanTree,
 };
 
 use super::{HostSession, SessionEvent, State};
@@ -124,6 +125,17 @@ impl Default for ScanOptions {
     }
 }
 
+/// The content of a restore still to be sent (§14.7).
+#[derive(Debug)]
+pub(super) struct RestoreOut {
+    id: u64,
+    content: Vec<u8>,
+    /// Offset of the next chunk.
+    next: usize,
+    /// Bytes per chunk.
+    chunk: usize,
+}
+
 /// An action waiting for its answer.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Outstanding {
@@ -181,8 +193,17 @@ impl HostSession {
     }
 
     /// Writes `content` back to `path` on the guest (§14.7): `Restore`,
-    /// then the bytes in `RestoreData` chunks that fit the guest's frame
-    /// limit. Only on an administrator's explicit command.
+    /// then the bytes in `RestoreData` chunks of at most
+    /// `MAX_RESTORE_CHUNK` bytes that fit the guest's frame limit. Only on
+    /// an administrator's explicit command.
+    ///
+    /// The chunks are paced (§14.7): one is encoded only when everything
+    /// queued before it was taken by [`transmit_pending`](Self::transmit_pending)
+    /// or [`poll_transmit`](Self::poll_transmit), so a `Verdict` never
+    /// waits behind more than one chunk, and a guest that stops reading
+    /// holds the restore back through the transport, not the host's
+    /// memory. The chunks stop when the restore ends (its answer, its
+    /// deadline, the connection).
     pub fn restore(
         &mut self,
         path: &GuestPath,
@@ -206,22 +227,44 @@ impl HostSession {
             path: wire.as_file_path(),
         });
         let id = self.send_action(&msg, ActionKind::Restore, Some(deadline))?;
-        let chunk = self.guest_max_frame() - HEADER_LEN - RESTORE_DATA_FIXED_LEN;
-        let mut offset = 0usize;
-        loop {
-            let end = offset.saturating_add(chunk).min(content.len());
-            let data = Message::RestoreData(RestoreData {
-                offset: offset as u64,
-                last: end == content.len(),
-                data: &content[offset..end],
-            });
-            self.push(&data, id);
-            if end == content.len() {
-                break;
-            }
-            offset = end;
-        }
+        let chunk = self
+            .guest_max_frame()
+            .saturating_sub(HEADER_LEN + RESTORE_DATA_FIXED_LEN)
+            .clamp(1, MAX_RESTORE_CHUNK);
+        self.restore_out = Some(RestoreOut {
+            id,
+            content: content.to_vec(),
+            next: 0,
+            chunk,
+        });
+        self.pump_restore();
         Ok(id)
+    }
+
+    /// Queues the next chunk of the restore being sent, if the outgoing
+    /// buffer is empty (pacing, §14.7) and the restore is still
+    /// outstanding.
+    pub(super) fn pump_restore(&mut self) {
+        if self.tx_backlog() > 0 || self.state != State::Connected {
+            return;
+        }
+        let Some(out) = self.restore_out.take() else {
+            return;
+        };
+        if !self.actions.contains_key(&out.id) {
+            return;
+        }
+        let end = out.next.saturating_add(out.chunk).min(out.content.len());
+        let last = end == out.content.len();
+        let data = Message::RestoreData(RestoreData {
+            offset: out.next as u64,
+            last,
+            data: out.content.get(out.next..end).unwrap_or_default(),
+        });
+        self.push(&data, out.id);
+        if !last {
+            self.restore_out = Some(RestoreOut { next: end, ..out });
+        }
     }
 
     /// Asks the guest to judge every file under `root` (§14.4); its files

@@ -202,6 +202,8 @@ pub struct HostSession {
     excess_run: u32,
     /// Host actions (§14) sent and not yet answered, by request id.
     actions: HashMap<u64, host_actions::Outstanding>,
+    /// The restore whose chunks are still to be sent (paced, §14.7).
+    restore_out: Option<host_actions::RestoreOut>,
     now: Instant,
     created: Instant,
 }
@@ -236,6 +238,7 @@ impl HostSession {
             ping: None,
             excess_run: 0,
             actions: HashMap::new(),
+            restore_out: None,
             now,
             created: now,
         }
@@ -515,6 +518,7 @@ impl HostSession {
     /// Copies bytes to send into `out` and returns how many (`None`: nothing
     /// to send). Frames may be split across calls.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<usize> {
+        self.pump_restore();
         let pending = self.tx.get(self.tx_start..).unwrap_or_default();
         let n = pending.len().min(out.len());
         if n == 0 {
@@ -527,8 +531,10 @@ impl HostSession {
 
     /// The bytes waiting to be sent, for drivers that write from the
     /// session's buffer; call [`advance_transmit`](Self::advance_transmit)
-    /// with what was written.
-    pub fn transmit_pending(&self) -> &[u8] {
+    /// with what was written. A restore's next chunk is queued here, once
+    /// everything before it was taken (pacing, §14.7).
+    pub fn transmit_pending(&mut self) -> &[u8] {
+        self.pump_restore();
         self.tx.get(self.tx_start..).unwrap_or_default()
     }
 
@@ -1171,6 +1177,7 @@ impl HostSession {
         if self.state == State::Closed {
             return;
         }
+        self.restore_out = None;
         let mut ids: Vec<EventId> = self.queries.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {

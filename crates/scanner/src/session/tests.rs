@@ -1826,6 +1826,59 @@ mod host_actions {
     }
 
     #[test]
+    fn restore_chunks_are_paced_behind_verdicts_and_stop_with_the_restore() {
+        let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
+        let content = vec![5u8; 5 * thinagent_protocol::MAX_RESTORE_CHUNK];
+        let now = h.now;
+        let id =
+            h.s.restore(&path(), &content, Duration::from_secs(30), now)
+                .unwrap();
+        // Restore and one chunk at most are queued; a verdict that is ready
+        // goes before every further chunk.
+        let first = h.s.transmit_pending().len();
+        assert!(
+            first <= 64 + 24 + 16 + thinagent_protocol::MAX_RESTORE_CHUNK,
+            "{first}"
+        );
+        assert_eq!(h.s.transmit_pending().len(), first, "nothing more queued");
+        h.s.advance_transmit(first);
+        h.query_v2(7, &inline_event(0, b"", false));
+        h.s.verdict(7, Decision::Allow, "", 0, h.now).unwrap();
+        let frames = raw_frames(&mut h);
+        assert!(
+            matches!(decoded(&frames[0].1), Message::Verdict(_)),
+            "{:?}",
+            decoded(&frames[0].1)
+        );
+        let chunks = frames[1..]
+            .iter()
+            .filter(|(f, b)| *f == id && matches!(decoded(b), Message::RestoreData(_)))
+            .count();
+        assert_eq!(chunks, 5, "every chunk went after the verdict");
+        h.send_v(
+            2,
+            &Message::ActionResult(ActionResult::status(ActionStatus::Done)),
+            id,
+        );
+        // A restore answered early sends nothing more.
+        let id2 = {
+            let content = vec![1u8; 3 * thinagent_protocol::MAX_RESTORE_CHUNK];
+            let id2 =
+                h.s.restore(&path(), &content, Duration::from_secs(30), h.now)
+                    .unwrap();
+            let n = h.s.transmit_pending().len();
+            h.s.advance_transmit(n);
+            id2
+        };
+        h.send_v(
+            2,
+            &Message::ActionResult(ActionResult::status(ActionStatus::Busy)),
+            id2,
+        );
+        assert!(raw_frames(&mut h).is_empty());
+    }
+
+    #[test]
     fn an_empty_restore_is_one_empty_last_chunk() {
         let (mut h, _) = Harness::connected_v2(SessionLimits::default(), ACTIONS_GUEST);
         let now = h.now;
