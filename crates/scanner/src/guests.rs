@@ -421,7 +421,7 @@ impl GuestRegistry {
                 e.peer.0 == peer && (e.peer.1 || e.info.as_ref().is_some_and(|i| i.name == name))
             })
             .collect();
-        found.sort_by(|a, b| b.connected.cmp(&a.connected));
+        found.sort_by_key(|e| std::cmp::Reverse(e.connected));
         match found.first() {
             Some(e) if e.conn.is_some() => Ok(e.identity.clone()),
             Some(e) => Err(LookupError::NotConnected(e.identity.clone())),
