@@ -731,13 +731,13 @@ fn quarantine_restore(args: &QuarantineRestoreArgs) -> Result<ExitCode> {
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
-    if answer.get("status").is_none() {
-        if let Some(e) = failed(&answer) {
-            if !args.control.json {
-                eprintln!("error: {e}");
-            }
-            return Ok(ExitCode::from(2));
+    if answer.get("status").is_none()
+        && let Some(e) = failed(&answer)
+    {
+        if !args.control.json {
+            eprintln!("error: {e}");
         }
+        return Ok(ExitCode::from(2));
     }
     if !args.control.json {
         println!(

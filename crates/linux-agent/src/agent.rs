@@ -994,34 +994,7 @@ impl Edge {
                     // answer its opens; they are judged again.
                     self.core.on_close_write(dev, ino);
                 }
-                let errno = match result.error {
-                    Some(OsError::Errno(e)) => {
-                        format!(" (errno {e}: {})", Errno::from_raw(e as i32).desc())
-                    }
-                    _ => String::new(),
-                };
-                let level = if result.status == ActionStatus::Done {
-                    Level::Audit
-                } else {
-                    Level::Warn
-                };
-                self.log.log(
-                    level,
-                    routine::SESSION,
-                    format_args!(
-                        "host request {id}: restore {path}: {}{errno}",
-                        action_status_name(result.status)
-                    ),
-                );
-                if !self.core.complete_action(id, result) {
-                    self.log.log(
-                        Level::Info,
-                        routine::SESSION,
-                        format_args!(
-                            "host request {id}: the session it came on is gone; not answered"
-                        ),
-                    );
-                }
+                self.finish_host_action(id, "restore", &path, result);
             }
         }
     }
@@ -1414,6 +1387,12 @@ impl Edge {
             RemediateAction::Delete => "delete",
             RemediateAction::Truncate => "truncate",
         };
+        self.finish_host_action(id, what, &path, result);
+    }
+
+    /// Logs how the host request `id` (`what` on `path`) ended and answers
+    /// it.
+    fn finish_host_action(&mut self, id: u64, what: &str, path: &str, result: ActionResult) {
         let errno = match result.error {
             Some(OsError::Errno(e)) => {
                 format!(" (errno {e}: {})", Errno::from_raw(e as i32).desc())

@@ -322,7 +322,7 @@ fn an_admin_restores_a_false_positive_from_quarantine() {
     let listen = format!("unix://{}", state.path().join("scanner.sock").display());
     let clean: Vec<u8> = b"#!/bin/sh\necho a perfectly good script\n".repeat(300);
     let sigs = md5_signature_dir(state.path(), "fp.hdb", &clean, "Test-FalsePositive");
-    let scanner = Scanner::start_with(&listen, state.path(), &[sigs.clone()], |c| {
+    let scanner = Scanner::start_with(&listen, state.path(), std::slice::from_ref(&sigs), |c| {
         c.control_socket = Some(socket.clone());
         c.events.file = Some(events.clone());
         c.events.queue_dir = Some(queue.clone());

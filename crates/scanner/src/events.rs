@@ -174,18 +174,9 @@ pub enum EventBody {
     /// An admin restored a quarantined file to its guest (protocol §14.7),
     /// or tried to: `status` says how it ended.
     Restore {
-        /// The guest it came from and went back to.
-        guest: GuestRecord,
-        /// Where it was written.
-        path: PathRecord,
-        /// The quarantine entry.
-        quarantine_id: String,
-        /// What had been found in it.
-        threat: String,
-        /// Bytes.
-        size: u64,
-        /// SHA-256 of the bytes, hex.
-        sha256: String,
+        /// The entry, and where it was written.
+        #[serde(flatten)]
+        entry: QuarantineRef,
         /// `done`, `changed` (a file exists there; nothing was written),
         /// `failed`, `rejected`, `busy`, `unsupported`, `timed-out`,
         /// `connection-lost`.
@@ -195,19 +186,27 @@ pub enum EventBody {
     },
     /// An admin purged a quarantine entry: its bytes are gone.
     QuarantinePurged {
-        /// The guest it came from.
-        guest: GuestRecord,
-        /// Its path there.
-        path: PathRecord,
-        /// The quarantine entry.
-        quarantine_id: String,
-        /// What had been found in it.
-        threat: String,
-        /// Bytes.
-        size: u64,
-        /// SHA-256 of the bytes, hex.
-        sha256: String,
+        /// The entry.
+        #[serde(flatten)]
+        entry: QuarantineRef,
     },
+}
+
+/// A quarantine entry as a `restore` or `quarantine_purged` event names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineRef {
+    /// The guest it came from (and a restore went back to).
+    pub guest: GuestRecord,
+    /// Its path there (a restore's target).
+    pub path: PathRecord,
+    /// The quarantine entry.
+    pub quarantine_id: String,
+    /// What had been found in it.
+    pub threat: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
 }
 
 impl EventBody {
@@ -924,6 +923,48 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
+
+    #[test]
+    fn restore_and_purge_events_are_flat_and_read_back() {
+        let entry = QuarantineRef {
+            guest: GuestRecord {
+                peer: "vsock:5".into(),
+                address: "vsock://5:1025".into(),
+                name: "web-01".into(),
+                os: "linux".into(),
+                agent_version: None,
+                protocol_version: Some(2),
+            },
+            path: PathRecord {
+                encoding: "utf8".into(),
+                hex: "2f61".into(),
+                display: "/a".into(),
+            },
+            quarantine_id: "q1".into(),
+            threat: "T".into(),
+            size: 3,
+            sha256: "ab".into(),
+        };
+        let event = Event {
+            id: "1".into(),
+            time: "2026-12-03T18:00:00.000Z".into(),
+            body: EventBody::Restore {
+                entry: entry.clone(),
+                status: "done".into(),
+                detail: "done".into(),
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], "restore");
+        assert_eq!(json["quarantine_id"], "q1");
+        assert_eq!(json["guest"]["peer"], "vsock:5");
+        assert_eq!(json["status"], "done");
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+        let purged = EventBody::QuarantinePurged { entry };
+        assert_eq!(purged.kind(), "quarantine_purged");
+        assert_eq!(serde_json::to_value(&purged).unwrap()["size"], 3);
+    }
 
     fn config(dir: &Path) -> SinkConfig {
         SinkConfig {

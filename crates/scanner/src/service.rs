@@ -727,25 +727,21 @@ impl ScanObserver for ServiceObserver {
             threat = %e.threat, status = %r.status, detail = %r.detail, "quarantine action"
         );
         if let Some(events) = &self.events {
+            let entry = crate::events::QuarantineRef {
+                guest: e.guest.clone(),
+                path: r.path.clone(),
+                quarantine_id: e.id.clone(),
+                threat: e.threat.clone(),
+                size: e.size,
+                sha256: e.sha256.clone(),
+            };
             let body = match r.action {
                 "restore" => EventBody::Restore {
-                    guest: e.guest.clone(),
-                    path: r.path.clone(),
-                    quarantine_id: e.id.clone(),
-                    threat: e.threat.clone(),
-                    size: e.size,
-                    sha256: e.sha256.clone(),
+                    entry,
                     status: r.status.clone(),
                     detail: r.detail.clone(),
                 },
-                _ => EventBody::QuarantinePurged {
-                    guest: e.guest.clone(),
-                    path: r.path.clone(),
-                    quarantine_id: e.id.clone(),
-                    threat: e.threat.clone(),
-                    size: e.size,
-                    sha256: e.sha256.clone(),
-                },
+                _ => EventBody::QuarantinePurged { entry },
             };
             events.emit(body);
         }
