@@ -30,6 +30,7 @@ pub mod clamp;
 pub mod connector;
 pub mod control;
 pub mod file_key;
+pub mod host_policy;
 pub mod log;
 pub mod params;
 pub mod policy;
@@ -47,6 +48,7 @@ pub use connector::{
     ConnectorConfig, GiveUpReason,
 };
 pub use file_key::FileKey;
+pub use host_policy::{HostSettings, Rejection, Staged};
 pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
 pub use params::{
     Applied, CaptureMode, DenyStatus, FailMode, ParamError, ParamIssue, ParamReport, Params,
