@@ -133,7 +133,7 @@ static CACHE: SpinLock<VerdictCache<CACHE_ENTRIES>> = SpinLock::new(VerdictCache
 const SCAN_EVENT_TAG: u32 = pool_tag(*b"TAgE");
 
 /// The registered filter handle (any IRQL).
-fn filter() -> PFLT_FILTER {
+pub(super) fn filter() -> PFLT_FILTER {
     FILTER.load(Ordering::Acquire)
 }
 
@@ -405,7 +405,10 @@ fn query_file<T>(
 /// with the volume serial from the instance context (FAT, exFAT), plus size
 /// and last-write time. `None` if the identity or version is unknown: then
 /// no cache is used for this open.
-fn file_identity(instance: PFLT_INSTANCE, file_object: *const FILE_OBJECT) -> Option<FileIdentity> {
+pub(super) fn file_identity(
+    instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
+) -> Option<FileIdentity> {
     let (volume_serial, file_id) =
         match query_file::<FILE_ID_INFORMATION>(instance, file_object, FileIdInformation) {
             Some(id) => (id.VolumeSerialNumber, id.FileId.Identifier),
@@ -425,6 +428,19 @@ fn file_identity(instance: PFLT_INSTANCE, file_object: *const FILE_OBJECT) -> Op
         size: standard.EndOfFile as u64,
         last_write_time: basic.LastWriteTime as u64,
     })
+}
+
+/// Whether an opened file is a directory
+/// (`FileStandardInformation.Directory`) and its attributes
+/// (`FileBasicInformation.FileAttributes`). PASSIVE_LEVEL.
+pub(super) fn directory_and_attributes(
+    instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
+) -> Option<(bool, u32)> {
+    let standard =
+        query_file::<FILE_STANDARD_INFORMATION>(instance, file_object, FileStandardInformation)?;
+    let basic = query_file::<FILE_BASIC_INFORMATION>(instance, file_object, FileBasicInformation)?;
+    Some((standard.Directory, basic.FileAttributes))
 }
 
 /// The file's current size (`FileStandardInformation.EndOfFile`), if known.
@@ -543,7 +559,7 @@ impl<'a> ScanLock<'a> {
         }) else {
             return Ok(ScanLock(None));
         };
-        let rel = relative_100ns(agent.params.umc_msg_timeout() * 2);
+        let rel = relative_100ns(agent.live.query_timeout() * 2);
         // SAFETY: FltCancellableWaitForSingleObject (see session_worker):
         // an initialised event, a local timeout, the current operation.
         let status = unsafe { FltCancellableWaitForSingleObject(event.as_object(), &rel, data) };
@@ -660,13 +676,11 @@ fn decide(
     };
     match answer {
         Answer::Session(v) if v.source == VerdictSource::Host => {
-            let ttl = (v.cache_ttl_secs > 0).then(|| {
-                let host = core::time::Duration::from_secs(u64::from(v.cache_ttl_secs));
-                agent
-                    .params
-                    .verdict_ttl()
-                    .map_or(host, |local| local.min(host))
-            });
+            // The host's TTL, capped by `verdictCacheTtlMs` or a host
+            // policy's `cache_ttl_max_secs` (0: nothing is cached).
+            let ttl = agent
+                .live
+                .read(|l| l.settings.verdict_ttl(v.cache_ttl_secs));
             match v.decision {
                 Decision::Deny => {
                     finish(StreamScanState::Infected);
@@ -866,7 +880,7 @@ unsafe extern "system" fn post_create(
                 "no name for an open; fail mode applies"
             );
             AgentStats::bump(&agent.stats.fail_mode_decisions);
-            if agent.params.fail_mode == thinagent_guest::FailMode::Closed {
+            if agent.live.fail_mode() == thinagent_guest::FailMode::Closed {
                 AgentStats::bump(&agent.stats.denials);
                 // SAFETY: post-create of a successful open.
                 unsafe { cancel_open(data, objects, agent.params.deny_status.ntstatus().0 as i32) };
@@ -923,7 +937,7 @@ unsafe extern "system" fn post_create(
         create_disposition: disposition,
         own_io: session_worker::is_worker_thread(),
     };
-    if let OpenDecision::Skip(reason) = agent.params.policy.decide(&request) {
+    if let OpenDecision::Skip(reason) = agent.live.read(|l| l.policy.decide(&request)) {
         AgentStats::bump(&agent.stats.skipped);
         crate::klog!(
             Level::Debug,
