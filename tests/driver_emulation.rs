@@ -1848,9 +1848,32 @@ fn actions_scan_walks_the_tree_without_following_reparse_points_and_can_be_cance
     assert_eq!(res["cancel_answer"]["ok"], true, "{}", res["cancel_answer"]);
     let cancelled = &res["cancelled_scan"];
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let seen = cancelled["counters"]["files_seen"].as_u64().unwrap();
+    assert!(0 < seen && seen < 300, "stopped in the middle: {cancelled}");
+    let answers = res["cancelled_scan_answers"].as_array().unwrap();
+    let progress: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a.get("progress").is_some())
+        .collect();
     assert!(
-        cancelled["counters"]["files_seen"].as_u64().unwrap() < 300,
-        "stopped before the end: {cancelled}"
+        !progress.is_empty(),
+        "ScanProgress reached the control socket: {answers:?}"
+    );
+    let last = progress.last().unwrap()["progress"]["files_seen"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        last > 0 && last <= seen,
+        "progress counts the walk: {answers:?}"
+    );
+    // No OnDemand event after the cancel: the guest sent at most what it
+    // had in flight then (the scan's max_in_flight is 4).
+    let lines = r.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("host scan") && l.contains("Cancelled")),
+        "{lines:?}"
     );
 }
 
@@ -1869,7 +1892,7 @@ fn actions_policy_changes_exclusions_and_fail_mode_and_reports_pinned_fields() {
     assert_eq!(gp["in_effect"], shown["version"], "{shown}");
     assert_eq!(
         gp["pinned"],
-        serde_json::json!(["max-scan-size"]),
+        serde_json::json!(["max_scan_size"]),
         "{shown}"
     );
     assert_eq!(
@@ -1881,10 +1904,22 @@ fn actions_policy_changes_exclusions_and_fail_mode_and_reports_pinned_fields() {
         "other EICAR files still denied"
     );
     // Health reached the scanner, with the policy in effect.
+    // The first Health (right after the handshake) predates the policy;
+    // the next one, on change but not within 10 s of the last, has it.
+    let soon = guest_of(&res["guests_soon"]);
+    assert!(
+        soon["health"].is_object(),
+        "Health after the handshake: {soon}"
+    );
+    assert_eq!(soon["health"]["sessions"], 1, "{soon}");
+    assert!(soon["policy_version"].is_null(), "not yet reported: {soon}");
     let g = guest_of(&res["guests"]);
     let h = &g["health"];
-    assert!(h.is_object(), "Health listed in guests: {g}");
     assert_eq!(g["policy_version"], shown["version"], "{g}");
+    assert_eq!(h["fail_mode"], "closed", "{g}");
+    assert_eq!(h["on_access"], true, "{g}");
+    assert_eq!(h["denied"], 2, "two EICAR opens denied: {g}");
+    assert!(h["events_sent"].as_u64().unwrap() >= 2, "{g}");
     // Fail mode closed and a 500 ms deadline: the stalled host's open is denied at 500 ms.
     let stalled = &res["stalled_open"];
     assert_eq!(stalled["allowed"], false, "{stalled}");

@@ -236,6 +236,8 @@ class Volume:
         # Windows 10 1709+); False: the file system refuses the class with
         # STATUS_INVALID_PARAMETER (FAT, older NTFS).
         self.posix_delete = True
+        # Virtual ms each FltQueryDirectoryFile takes (a slow disk), 0: none.
+        self.list_latency_ms = 0
         m = fm.m
         self.addr = m.system.alloc(0x200, tag=b"FMvo")  # the FLT_VOLUME
         fm.flt_objects[self.addr] = {"kind": "volume", "refs": 1}
@@ -1334,6 +1336,11 @@ class FilterManager:
         m.write(buf, data)
         if returned:
             m.w32(returned, len(data))
+        if self.volume.list_latency_ms:
+            # A slow disk: the caller's thread waits that long for the entry.
+            w = Wait([], m.now + int(self.volume.list_latency_ms * 10_000))
+            w.on_wake = lambda status: STATUS_SUCCESS
+            raise Park(w)
         return STATUS_SUCCESS
 
     # -- push locks -------------------------------------------------------------

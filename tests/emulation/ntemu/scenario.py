@@ -785,7 +785,7 @@ def actions_world(driver, args, held, files, extra=None, dirs=()):
         raise EmulationError("host-action scenarios need --control (the scanner's control socket)")
     w = held["world"] = FileWorld(
         driver, start_type=3, vmci=VmciDevice(), scanner=scanner_address(args),
-        parameters=scanner_params(args, dict(DEBUG, **(extra or {}))), files=(), reply_wait=1.0,
+        parameters=scanner_params(args, dict(DEBUG, **(extra or {}))), files=(), reply_wait=0.2,
     )
     for d in dirs:
         w.volume.add_dir(d)
@@ -888,12 +888,16 @@ def scenario_actions_scan(driver, args, held):
     w.results["scan"] = done
     w.results["scan_answers"] = w.results["control"][-1]["answers"]
     w.results["guests_after_scan"] = ctl.ask({"cmd": "guests"})
-    # A scan of 300 files, cancelled as soon as it started.
+    # A scan of 300 files on a slow disk (10 ms per directory entry),
+    # cancelled once it reported progress.
+    w.volume.list_latency_ms = 10
     ctl.send({"cmd": "scan", "guest": guest, "path": VOL + "\\Data\\big", "wait": True})
     first = ctl.wait(lambda a: "scan_id" in a or "ok" in a)
     scan_id = first[-1].get("scan_id")
     if scan_id is None:
         raise EmulationError(f"the scan did not start: {first}")
+    # Cancelled once the guest reported progress (the scan runs).
+    first += ctl.wait(lambda a: "progress" in a or "ok" in a)
     other = Control(w, args.control)
     w.results["cancel_answer"] = other.ask({"cmd": "cancel-scan", "guest": guest, "scan_id": scan_id})
     rest = ctl.wait(lambda a: "ok" in a)
@@ -943,6 +947,10 @@ def scenario_actions_policy(driver, args, held):
         w.close(rec["handle"])
     rec = w.open(d + "eicar.com")
     w.results["not_excluded_after"] = rec["allowed"]
+    w.results["guests_soon"] = ctl.ask({"cmd": "guests"})
+    # Health goes out on change at most every 10 s: the next one carries
+    # the policy.
+    w.run(max_ms=11_000)
     w.results["guests"] = ctl.ask({"cmd": "guests"})
     w.provider.stall_host()
     rec = w.open(d + "later.txt")
