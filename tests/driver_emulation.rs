@@ -1721,7 +1721,7 @@ fn assert_actions_clean(r: &Report) {
     );
 }
 
-fn guest_of<'a>(guests: &'a Value) -> &'a Value {
+fn guest_of(guests: &Value) -> &Value {
     let list = guests["guests"].as_array().expect("guests listed");
     list.iter()
         .find(|g| g["connected"] == true)
