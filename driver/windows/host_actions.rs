@@ -1225,67 +1225,38 @@ fn is_directory(instance: PFLT_INSTANCE, file: &OpenFile) -> Option<(bool, bool)
 // Health (§14.8)
 // ---------------------------------------------------------------------------
 
-/// Paces the `Health` reports of one session worker: one right after each
-/// handshake, then whenever a value changed, at most every
-/// `HEALTH_MIN_INTERVAL_MS`.
-pub struct HealthReporter {
-    /// Session `generation` connected and no report sent yet.
-    due: bool,
-    last_sent: Option<Instant>,
-    last: Option<Health>,
-}
-
-impl Default for HealthReporter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The `Health` reports of one session worker, paced by
+/// [`thinagent_guest::HealthPacer`] (after each handshake, then on change
+/// at most every `HEALTH_MIN_INTERVAL_MS`).
+#[derive(Default)]
+pub struct HealthReporter(thinagent_guest::HealthPacer);
 
 impl HealthReporter {
     /// Nothing sent yet.
     #[must_use]
     pub const fn new() -> Self {
-        HealthReporter {
-            due: false,
-            last_sent: None,
-            last: None,
-        }
+        HealthReporter(thinagent_guest::HealthPacer::new())
     }
 
     /// The handshake completed: report at once.
     pub fn connected(&mut self) {
-        self.due = true;
+        self.0.connected();
     }
 
     /// Sends a report to session `generation` if one is due (PASSIVE_LEVEL;
     /// the session worker calls it every loop and flushes right after, so
     /// this does not wake it).
     pub fn poll(&mut self, agent: &Agent, generation: u32) {
-        if !self.due && self.last_sent.is_none() {
-            return; // not connected yet
-        }
         let now = kernel::now();
-        let interval = Duration::from_millis(u64::from(thinagent_protocol::HEALTH_MIN_INTERVAL_MS));
-        let paced = self
-            .last_sent
-            .is_none_or(|t| now.saturating_duration_since(t) >= interval);
-        if !self.due && !paced {
+        if !self.0.wants(now) {
             return;
         }
         let h = health(agent, now);
-        // Uptime always changes: compare the rest.
-        let same = |a: &Health| Health { uptime_ms: 0, ..*a } == Health { uptime_ms: 0, ..h };
-        if !self.due && self.last.as_ref().is_some_and(same) {
+        if !self.0.should_send(now, &h) {
             return;
         }
         let sent = session_worker::with_session_quiet(generation, |s| s.send_health(&h));
-        // Sent, or not possible (a version-1 session, a full buffer): try
-        // again one interval later either way.
-        self.due = false;
-        self.last_sent = Some(now);
-        if sent == Some(true) {
-            self.last = Some(h);
-        }
+        self.0.tried(now, (sent == Some(true)).then_some(&h));
     }
 }
 
