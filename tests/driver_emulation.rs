@@ -1903,6 +1903,10 @@ fn actions_policy_changes_exclusions_and_fail_mode_and_reports_pinned_fields() {
         res["not_excluded_after"], false,
         "other EICAR files still denied"
     );
+    assert_eq!(
+        res["excluded_image"], true,
+        "the same file opened by the excluded process image (backup.exe)"
+    );
     // Health reached the scanner, with the policy in effect.
     // The first Health (right after the handshake) predates the policy;
     // the next one, on change but not within 10 s of the last, has it.

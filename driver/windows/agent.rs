@@ -18,7 +18,7 @@ use core::sync::atomic::{
 };
 use core::time::Duration;
 
-use thinagent_guest::{FailMode, HostSettings, OpenPolicy, Params};
+use thinagent_guest::{FailMode, HostSettings, ImageList, OpenPolicy, Params};
 use thinagent_km_sys::fltmgr::Minifilters::{
     FltAcquirePushLockExclusive, FltAcquirePushLockShared, FltDeletePushLock,
     FltInitializePushLock, FltReleasePushLock,
@@ -92,6 +92,9 @@ pub struct LiveSettings {
     /// The exclusions and size limit (`excludePaths`, `excludeExtensions`,
     /// `maxScanSizeMb` at load; a host policy's after).
     pub policy: OpenPolicy,
+    /// Process images whose opens are not scanned (a host policy's; none
+    /// at load).
+    pub images: ImageList,
     /// Fail mode, query timeout, cache TTL cap, debug level, version.
     pub settings: HostSettings,
 }
@@ -114,6 +117,7 @@ impl Live {
         // Drop, no pointers): a bitwise copy is a valid second value, made
         // in place so that no 18 KB temporary sits on the kernel stack.
         unsafe { ptr::copy_nonoverlapping(&raw const params.policy, &raw mut inner.policy, 1) };
+        inner.images.clear();
         inner.settings = HostSettings {
             version: 0,
             fail_mode: params.fail_mode,

@@ -39,11 +39,12 @@ use thinagent_km_sys::fltmgr::Minifilters::{
     FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_FILTER_UNLOAD_MANDATORY,
     FLTFL_POST_OPERATION_DRAINING, FltAllocateContext, FltCancelFileOpen,
     FltCancellableWaitForSingleObject, FltFindExtraCreateParameter, FltGetEcpListFromCallbackData,
-    FltGetFileNameInformation, FltGetInstanceContext, FltGetRequestorProcessId,
-    FltGetStreamContext, FltIsDirectory, FltIsEcpFromUserMode, FltParseFileNameInformation,
-    FltQueryInformationFile, FltQueryVolumeInformation, FltRegisterFilter, FltReleaseContext,
-    FltReleaseFileNameInformation, FltSetInstanceContext, FltSetStreamContext, FltStartFiltering,
-    FltUnregisterFilter, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
+    FltGetFileNameInformation, FltGetInstanceContext, FltGetRequestorProcess,
+    FltGetRequestorProcessId, FltGetStreamContext, FltIsDirectory, FltIsEcpFromUserMode,
+    FltParseFileNameInformation, FltQueryInformationFile, FltQueryVolumeInformation,
+    FltRegisterFilter, FltReleaseContext, FltReleaseFileNameInformation, FltSetInstanceContext,
+    FltSetStreamContext, FltStartFiltering, FltUnregisterFilter, PFLT_CONTEXT, PFLT_FILTER,
+    PFLT_INSTANCE,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DRIVER_OBJECT, ECP_LIST, FILE_OBJECT, KEVENT, NonPagedPoolNx,
@@ -52,15 +53,15 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::{
     FILE_BASIC_INFORMATION, FILE_DIRECTORY_FILE, FILE_ID_INFORMATION, FILE_STANDARD_INFORMATION,
     FileAllocationInformation, FileBasicInformation, FileEndOfFileInformation,
     FileFsVolumeInformation, FileIdInformation, FileInternalInformation, FileStandardInformation,
-    FileValidDataLengthInformation, GUID_ECP_PREFETCH_OPEN,
+    FileValidDataLengthInformation, GUID_ECP_PREFETCH_OPEN, SeLocateProcessImageName,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    ExAllocatePool2, ExFreePoolWithTag, FILE_FS_VOLUME_INFORMATION, FO_VOLUME_OPEN,
+    ExAllocatePool2, ExFreePool, ExFreePoolWithTag, FILE_FS_VOLUME_INFORMATION, FO_VOLUME_OPEN,
     IoGetStackLimits, KernelMode, SL_OPEN_PAGING_FILE, SL_OPEN_TARGET_DIRECTORY,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_FLT_CONTEXT_ALREADY_DEFINED, STATUS_FLT_DO_NOT_ATTACH,
-    STATUS_FLT_DO_NOT_DETACH, STATUS_REPARSE,
+    STATUS_FLT_DO_NOT_DETACH, STATUS_REPARSE, UNICODE_STRING,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Storage::InstallableFileSystems::{
     FLT_FILESYSTEM_TYPE, FLT_FSTYPE_RAW,
@@ -754,6 +755,37 @@ fn decide(
 // Create
 // ---------------------------------------------------------------------------
 
+/// Whether the process that requested the operation runs an image a host
+/// policy excludes (`SeLocateProcessImageName` of `FltGetRequestorProcess`,
+/// compared by file name). PASSIVE_LEVEL (post-create).
+fn requestor_image_excluded(agent: &Agent, data: *const FLT_CALLBACK_DATA) -> bool {
+    // SAFETY: FltGetRequestorProcess (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetrequestorprocess):
+    // the current operation's callback data. IRQL <= DISPATCH_LEVEL.
+    let process = unsafe { FltGetRequestorProcess(data) };
+    if process == 0 {
+        return false;
+    }
+    let mut image: *mut UNICODE_STRING = core::ptr::null_mut();
+    // SAFETY: SeLocateProcessImageName (ntddk.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/ntddk/nf-ntddk-selocateprocessimagename):
+    // the requestor's process, referenced for the duration of its
+    // operation; the routine allocates the string, freed below with
+    // ExFreePool as its page requires. PASSIVE_LEVEL.
+    let status = unsafe { SeLocateProcessImageName(process, &mut image) };
+    if !nt_success(status) || image.is_null() {
+        return false;
+    }
+    // SAFETY: the routine returned a valid UNICODE_STRING whose buffer
+    // lives in the same allocation until it is freed below.
+    let units = unsafe { unicode_units(&*image) };
+    let hit = agent.live.read(|l| l.images.matches(units));
+    // SAFETY: ExFreePool (wdm.h): frees what SeLocateProcessImageName
+    // allocated, once.
+    unsafe { ExFreePool(image.cast()) };
+    hit
+}
+
 /// Counts a skipped open and lets it through without post-create (PASSIVE_LEVEL).
 fn skip(agent: &Agent) -> FLT_PREOP_CALLBACK_STATUS {
     AgentStats::bump(&agent.stats.skipped);
@@ -924,6 +956,20 @@ unsafe extern "system" fn post_create(
         unsafe { (*security).DesiredAccess }
     };
     let disposition = options >> 24;
+
+    // A host policy's process-image exclusions (§14.6): looked up only
+    // when there are any.
+    if agent.live.read(|l| !l.images.is_empty()) && requestor_image_excluded(agent, data) {
+        AgentStats::bump(&agent.stats.skipped);
+        crate::klog!(
+            Level::Debug,
+            routine::OPEN_FILTER,
+            "skip {} (excluded process image, pid {})",
+            Utf16(name.units()),
+            process_id
+        );
+        return FLT_POSTOP_FINISHED_PROCESSING;
+    }
 
     let request = OpenRequest {
         is_directory: false,

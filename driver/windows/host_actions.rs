@@ -691,31 +691,33 @@ fn apply_policy(agent: &Agent, p: &Policy<'_>) -> ActionResult {
     if raw.is_null() {
         return failed(STATUS_INSUFFICIENT_RESOURCES);
     }
-    let current = agent.live.read(|l| {
+    let (current, mut images) = agent.live.read(|l| {
         // SAFETY: OpenPolicy is plain data (no Drop, no pointers): a
         // bitwise copy into fresh storage is a valid second value.
         unsafe { core::ptr::copy_nonoverlapping(&raw const l.policy, raw, 1) };
-        l.settings
+        (l.settings, l.images)
     });
     // SAFETY: initialised just above; owned by this Box from now on.
     let mut staged = unsafe { Box::from_raw(raw) };
-    let out = match thinagent_guest::host_policy::stage(p, pinned, &current, &mut staged) {
-        Ok(out) => out,
-        Err(why) => {
-            crate::klog!(
-                Level::Warn,
-                routine::SESSION,
-                "host policy {} rejected: {}",
-                p.version,
-                why
-            );
-            return ActionResult::status(ActionStatus::Rejected);
-        }
-    };
+    let out =
+        match thinagent_guest::host_policy::stage(p, pinned, &current, &mut staged, &mut images) {
+            Ok(out) => out,
+            Err(why) => {
+                crate::klog!(
+                    Level::Warn,
+                    routine::SESSION,
+                    "host policy {} rejected: {}",
+                    p.version,
+                    why
+                );
+                return ActionResult::status(ActionStatus::Rejected);
+            }
+        };
     agent.live.write(|l| {
         if out.open_policy_changed {
             // SAFETY: as above: plain data, copied in place.
             unsafe { core::ptr::copy_nonoverlapping(&raw const *staged, &raw mut l.policy, 1) };
+            l.images = images;
         }
         l.settings = out.settings;
     });

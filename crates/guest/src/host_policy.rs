@@ -18,6 +18,112 @@ use thinagent_protocol::{ExclusionKind, FilePath, Policy, PolicyFields};
 use crate::params::FailMode;
 use crate::policy::{MAX_PREFIX_UNITS, OpenPolicy, PathRef, PolicyError};
 
+/// Most process images a host policy may exclude.
+pub const MAX_EXCLUDED_IMAGES: usize = 16;
+/// Longest excluded image name, UTF-16 units (a file name, no directory).
+pub const MAX_IMAGE_UNITS: usize = 64;
+
+/// Excluded process image names (§14.6 kind 3): an open by a process whose
+/// image file name (the last component of its path) equals one of them,
+/// ASCII case-insensitively, is not scanned. Fixed size, no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageList {
+    names: [[u16; MAX_IMAGE_UNITS]; MAX_EXCLUDED_IMAGES],
+    lens: [u8; MAX_EXCLUDED_IMAGES],
+    count: usize,
+}
+
+fn fold(u: u16) -> u16 {
+    if (u16::from(b'A')..=u16::from(b'Z')).contains(&u) {
+        u + 32
+    } else {
+        u
+    }
+}
+
+fn is_separator(u: u16) -> bool {
+    u == u16::from(b'\\') || u == u16::from(b'/')
+}
+
+impl Default for ImageList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ImageList {
+    /// No image excluded.
+    #[must_use]
+    pub const fn new() -> Self {
+        ImageList {
+            names: [[0; MAX_IMAGE_UNITS]; MAX_EXCLUDED_IMAGES],
+            lens: [0; MAX_EXCLUDED_IMAGES],
+            count: 0,
+        }
+    }
+
+    /// Removes every image.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// Whether no image is excluded.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds an image name (a path's last component is taken).
+    pub fn add(&mut self, name: PathRef<'_>) -> Result<(), Rejection> {
+        let mut buf = [0u16; MAX_PREFIX_UNITS];
+        let mut n = 0;
+        let mut push = |u: u16| -> Result<(), Rejection> {
+            if is_separator(u) {
+                n = 0;
+                return Ok(());
+            }
+            if n == buf.len() {
+                return Err(Rejection::ImageTooLong);
+            }
+            buf[n] = fold(u);
+            n += 1;
+            Ok(())
+        };
+        match name {
+            PathRef::Utf16(s) => s.iter().try_for_each(|&u| push(u))?,
+            PathRef::Utf8(s) => s.encode_utf16().try_for_each(&mut push)?,
+        }
+        if n == 0 {
+            return Err(Rejection::ImageTooLong);
+        }
+        if n > MAX_IMAGE_UNITS {
+            return Err(Rejection::ImageTooLong);
+        }
+        if self.count == MAX_EXCLUDED_IMAGES {
+            return Err(Rejection::TooManyImages);
+        }
+        self.names[self.count][..n].copy_from_slice(&buf[..n]);
+        self.lens[self.count] = n as u8;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Whether the image at `path` (a full image path, e.g. from
+    /// `SeLocateProcessImageName`) is excluded.
+    #[must_use]
+    pub fn matches(&self, path: &[u16]) -> bool {
+        let start = path
+            .iter()
+            .rposition(|&u| is_separator(u))
+            .map_or(0, |i| i + 1);
+        let file = &path[start..];
+        (0..self.count).any(|i| {
+            let name = &self.names[i][..usize::from(self.lens[i])];
+            name.len() == file.len() && name.iter().zip(file).all(|(&a, &b)| a == fold(b))
+        })
+    }
+}
+
 /// Shortest per-query deadline a host may set, ms (as `umcMsgTimeoutMs`).
 pub const MIN_QUERY_TIMEOUT_MS: u32 = 100;
 /// Longest per-query deadline a host may set, ms (as `umcMsgTimeoutMs`).
@@ -58,8 +164,10 @@ impl HostSettings {
 /// nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
-    /// A process-image exclusion: this guest has no table for them.
-    ProcessImage,
+    /// More process-image exclusions than [`MAX_EXCLUDED_IMAGES`].
+    TooManyImages,
+    /// An empty process-image name, or one longer than [`MAX_IMAGE_UNITS`].
+    ImageTooLong,
     /// An exclusion value that is not text (raw bytes that are not UTF-8,
     /// or odd-length UTF-16).
     Encoding,
@@ -70,7 +178,14 @@ pub enum Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rejection::ProcessImage => f.write_str("process-image exclusions are not supported"),
+            Rejection::TooManyImages => write!(
+                f,
+                "more than {MAX_EXCLUDED_IMAGES} process-image exclusions"
+            ),
+            Rejection::ImageTooLong => write!(
+                f,
+                "a process-image exclusion is empty or longer than {MAX_IMAGE_UNITS} UTF-16 units"
+            ),
             Rejection::Encoding => f.write_str("an exclusion is not valid text"),
             Rejection::Exclusion(e) => write!(f, "{e}"),
         }
@@ -82,7 +197,8 @@ impl fmt::Display for Rejection {
 pub struct Staged {
     /// The settings to put in place (`version` = the policy's).
     pub settings: HostSettings,
-    /// Whether `staged` (the open policy) changed: exclusions or max size.
+    /// Whether `staged` (the open policy) or `images` changed: exclusions
+    /// or max size.
     pub open_policy_changed: bool,
     /// The policy's fields not applied because they are pinned
     /// (`ActionResult.pinned`).
@@ -91,9 +207,10 @@ pub struct Staged {
 
 /// Checks `policy` against the guest's tables and prepares it: `current`
 /// are the settings in effect, `staged` a copy of the open policy in effect
-/// (changed in place: exclusions replaced, max scan size set, unless
-/// pinned), `pinned` the locally pinned field bits. On `Err` `staged` may
-/// be partly changed: discard it.
+/// and `images` of the excluded images (changed in place: exclusions
+/// replaced, max scan size set, unless pinned), `pinned` the locally pinned
+/// field bits. On `Err` `staged` and `images` may be partly changed:
+/// discard them.
 ///
 /// A `policy.version` equal to `current.version` is the caller's to
 /// answer `Done` without calling this (§14.6).
@@ -102,6 +219,7 @@ pub fn stage(
     pinned: u32,
     current: &HostSettings,
     staged: &mut OpenPolicy,
+    images: &mut ImageList,
 ) -> Result<Staged, Rejection> {
     let fields = policy.fields();
     let takes = |bit: PolicyFields| fields.contains(bit) && pinned & bit.0 == 0;
@@ -112,6 +230,7 @@ pub fn stage(
         && let Some(list) = policy.exclusions
     {
         staged.clear_exclusions();
+        images.clear();
         let mut buf = [0u16; MAX_PREFIX_UNITS];
         for e in list.iter() {
             let value = match e.value {
@@ -138,11 +257,14 @@ pub fn stage(
                 }
             };
             match e.kind {
-                ExclusionKind::PathPrefix => staged.add_excluded_prefix(value),
-                ExclusionKind::Extension => staged.add_excluded_extension(value),
-                ExclusionKind::ProcessImage => return Err(Rejection::ProcessImage),
+                ExclusionKind::PathPrefix => staged
+                    .add_excluded_prefix(value)
+                    .map_err(Rejection::Exclusion)?,
+                ExclusionKind::Extension => staged
+                    .add_excluded_extension(value)
+                    .map_err(Rejection::Exclusion)?,
+                ExclusionKind::ProcessImage => images.add(value)?,
             }
-            .map_err(Rejection::Exclusion)?;
         }
         changed = true;
     }
@@ -246,11 +368,12 @@ mod tests {
             },
         ];
         let mut staged = Box::new(OpenPolicy::new(PathStyle::Windows));
+        let mut images = ImageList::new();
         staged
             .add_excluded_prefix(PathRef::Utf8(r"C:\Old"))
             .unwrap();
         let out = with_exclusions(&entries, |l| {
-            stage(&policy(Some(l)), 0, &current(), &mut staged)
+            stage(&policy(Some(l)), 0, &current(), &mut staged, &mut images)
         })
         .unwrap();
         assert_eq!(out.pinned, 0);
@@ -275,12 +398,19 @@ mod tests {
     #[test]
     fn pinned_fields_keep_their_value_and_are_reported() {
         let mut staged = Box::new(OpenPolicy::new(PathStyle::Windows));
+        let mut images = ImageList::new();
         staged
             .add_excluded_prefix(PathRef::Utf8(r"C:\Old"))
             .unwrap();
         let pinned = PolicyFields::FAIL_MODE.0 | PolicyFields::EXCLUSIONS.0 | 0x20;
         let out = with_exclusions(&[], |l| {
-            stage(&policy(Some(l)), pinned, &current(), &mut staged)
+            stage(
+                &policy(Some(l)),
+                pinned,
+                &current(),
+                &mut staged,
+                &mut images,
+            )
         })
         .unwrap();
         assert_eq!(out.pinned, pinned);
@@ -291,23 +421,49 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_the_tables_cannot_hold_is_rejected() {
+    fn process_images_match_the_file_name_case_insensitively() {
         let mut staged = Box::new(OpenPolicy::new(PathStyle::Windows));
+        let mut images = ImageList::new();
         let image = [Exclusion {
             kind: ExclusionKind::ProcessImage,
-            value: FilePath::Utf8("backup.exe"),
+            value: FilePath::Utf8("Backup.exe"),
         }];
-        let r = with_exclusions(&image, |l| {
-            stage(&policy(Some(l)), 0, &current(), &mut staged)
+        with_exclusions(&image, |l| {
+            stage(&policy(Some(l)), 0, &current(), &mut staged, &mut images)
+        })
+        .unwrap();
+        let units = |s: &str| s.encode_utf16().collect::<Vec<u16>>();
+        assert!(images.matches(&units(r"\Device\HarddiskVolume3\Tools\BACKUP.EXE")));
+        assert!(images.matches(&units("backup.exe")));
+        assert!(!images.matches(&units(r"\Device\HarddiskVolume3\Tools\backup.exe.bak")));
+        assert!(!images.matches(&units(r"\Device\HarddiskVolume3\backup\notepad.exe")));
+    }
+
+    #[test]
+    fn a_policy_the_tables_cannot_hold_is_rejected() {
+        let mut staged = Box::new(OpenPolicy::new(PathStyle::Windows));
+        let mut images = ImageList::new();
+        let names: Vec<std::string::String> = (0..=MAX_EXCLUDED_IMAGES)
+            .map(|i| std::format!("tool{i}.exe"))
+            .collect();
+        let many: Vec<Exclusion<'_>> = names
+            .iter()
+            .map(|n| Exclusion {
+                kind: ExclusionKind::ProcessImage,
+                value: FilePath::Utf8(n),
+            })
+            .collect();
+        let r = with_exclusions(&many, |l| {
+            stage(&policy(Some(l)), 0, &current(), &mut staged, &mut images)
         });
-        assert_eq!(r, Err(Rejection::ProcessImage));
+        assert_eq!(r, Err(Rejection::TooManyImages));
         let long = "x".repeat(MAX_PREFIX_UNITS + 1);
         let too_long = [Exclusion {
             kind: ExclusionKind::PathPrefix,
             value: FilePath::Utf8(&long),
         }];
         let r = with_exclusions(&too_long, |l| {
-            stage(&policy(Some(l)), 0, &current(), &mut staged)
+            stage(&policy(Some(l)), 0, &current(), &mut staged, &mut images)
         });
         assert!(matches!(r, Err(Rejection::Exclusion(_))), "{r:?}");
     }

@@ -50,7 +50,7 @@ pub use connector::{
 };
 pub use file_key::FileKey;
 pub use health::HealthPacer;
-pub use host_policy::{HostSettings, Rejection, Staged};
+pub use host_policy::{HostSettings, ImageList, Rejection, Staged};
 pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
 pub use params::{
     Applied, CaptureMode, DenyStatus, FailMode, ParamError, ParamIssue, ParamReport, Params,

@@ -403,6 +403,8 @@ class FilterManager:
         self.set_infos = []  # FltSetInformationFile calls
         self.dir_queries = 0  # FltQueryDirectoryFile calls
         self.push_locks = {}  # address -> {"shared": set(tid), "exclusive": tid or None}
+        self.eprocess = {}  # pid -> the fake EPROCESS FltGetRequestorProcess returns
+        self.process_images = {}  # pid -> image path (default: notepad.exe)
         for name in dir(self):
             if name.startswith("api_"):
                 self.m.handlers[name[4:]] = getattr(self, name)
@@ -927,6 +929,28 @@ class FilterManager:
     def api_FltGetRequestorProcessId(self, m):
         (data,) = m.args(1)
         return self._data(data, "FltGetRequestorProcessId").pid
+
+    def api_FltGetRequestorProcess(self, m):
+        (data,) = m.args(1)
+        pid = self._data(data, "FltGetRequestorProcess").pid
+        addr = self.eprocess.get(pid)
+        if addr is None:
+            addr = self.eprocess[pid] = self.m.system.alloc(0x100, tag=b"Proc")
+        return addr
+
+    def api_SeLocateProcessImageName(self, m):
+        process, out = m.args(2)
+        pid = next((p for p, a in self.eprocess.items() if a == process), None)
+        if pid is None:
+            raise EmulationError(f"SeLocateProcessImageName({process:#x}): not an EPROCESS the model handed out")
+        image = self.process_images.get(pid, "\\Device\\HarddiskVolume3\\Windows\\System32\\notepad.exe")
+        data = image.encode("utf-16-le")
+        # one pool block: the UNICODE_STRING, then its buffer (freed with ExFreePool)
+        block = self.m.pool.alloc(16 + len(data) + 2, tag=b"SeIn")
+        self.m.write(block, struct.pack("<HHIQ", len(data), len(data) + 2, 0, block + 16) + data + b"\0\0")
+        m.w64(out, block)
+        self.k.emit("api", name="SeLocateProcessImageName", pid=pid, image=image)
+        return STATUS_SUCCESS
 
     def api_FltIsDirectory(self, m):
         fo_addr, inst_addr, out = m.args(3)

@@ -929,7 +929,10 @@ def scenario_actions_policy(driver, args, held):
         "fail_mode": "closed",
         "query_timeout_ms": 500,
         "max_scan_size": 1048576,
-        "exclusions": [{"kind": "path-prefix", "value": VOL + d + "skipme"}],
+        "exclusions": [
+            {"kind": "path-prefix", "value": VOL + d + "skipme"},
+            {"kind": "process", "value": "backup.exe"},
+        ],
     }
     w.results["policy_set"] = ctl.ask({"cmd": "policy-set", "policy": policy})
     # Until the guest answered the Policy.
@@ -947,6 +950,12 @@ def scenario_actions_policy(driver, args, held):
         w.close(rec["handle"])
     rec = w.open(d + "eicar.com")
     w.results["not_excluded_after"] = rec["allowed"]
+    # The same EICAR file opened by the excluded process image.
+    w.flt.process_images[777] = VOL + "\\Tools\\BACKUP.EXE"
+    rec = w.open(d + "eicar.com", pid=777)
+    w.results["excluded_image"] = rec["allowed"]
+    if rec["allowed"]:
+        w.close(rec["handle"])
     w.results["guests_soon"] = ctl.ask({"cmd": "guests"})
     # Health goes out on change at most every 10 s: the next one carries
     # the policy.
