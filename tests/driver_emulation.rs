@@ -685,9 +685,15 @@ impl Report {
         let bytes = hex_bytes(hex);
         let mut out = Vec::new();
         let mut at = 0;
+        // The last frame may be cut where the host was killed in the
+        // middle of a multi-chunk send (the bridge records each chunk the
+        // guest tried to send): only on a closed socket.
+        let closed = self.json["sockets"][i]["closed"] == true;
         while at < bytes.len() {
-            let Ok(Decoded::Frame { frame, consumed }) = decode_frame(&bytes[at..]) else {
-                panic!("undecodable bytes on the wire at {at}");
+            let (frame, consumed) = match decode_frame(&bytes[at..]) {
+                Ok(Decoded::Frame { frame, consumed }) => (frame, consumed),
+                Ok(Decoded::Incomplete { .. }) if closed => break,
+                _ => panic!("undecodable bytes on the wire at {at}"),
             };
             if let Message::FileEvent(e) = frame.message {
                 let path = match e.path {

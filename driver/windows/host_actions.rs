@@ -721,7 +721,12 @@ fn apply_policy(agent: &Agent, p: &Policy<'_>) -> ActionResult {
         }
         l.settings = out.settings;
     });
-    super::log::set_debug_level(out.settings.debug_level);
+    if p.debug_level.is_some() && out.pinned & thinagent_protocol::PolicyFields::DEBUG_LEVEL.0 == 0
+    {
+        // Only a policy that sets it changes the level (the control
+        // device may have changed it live since load).
+        super::log::set_debug_level(out.settings.debug_level);
+    }
     // The running session: new queries get the new deadline and fail mode.
     if let Some(g) = session_worker::live_generation() {
         let _ = session_worker::with_session(g, |s| {
@@ -810,7 +815,13 @@ impl Scan {
         let Some(mut path) = path_units(&t.root) else {
             return Err(fail(STATUS_NAME_TOO_LONG));
         };
-        while path.len() > 1 && path.last() == Some(&u16::from(b'\\')) {
+        // "\Device\HarddiskVolume3\" names the volume's root directory;
+        // without its last backslash it would name the volume itself.
+        let slash = u16::from(b'\\');
+        while path.len() > 1
+            && path.last() == Some(&slash)
+            && path.iter().filter(|&&u| u == slash).count() > 3
+        {
             path.pop();
         }
         let instance = InstanceRef::for_path(&path).map_err(|s| {
@@ -1046,7 +1057,9 @@ impl Scan {
                 self.counters.errors += 1;
                 continue;
             }
-            self.path.push(u16::from(b'\\'));
+            if self.path.last() != Some(&u16::from(b'\\')) {
+                self.path.push(u16::from(b'\\'));
+            }
             let name_at = self.path.len();
             for i in 0..name_len {
                 let b = 0x40 + 2 * i;
