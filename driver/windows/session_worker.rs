@@ -1028,7 +1028,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                     offset,
                     length,
                 } => {
-                    serve_read(
+                    let served = serve_read(
                         agent,
                         transport,
                         &mut send_buf,
@@ -1038,6 +1038,13 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                         offset,
                         length,
                     );
+                    // A send that failed while answering ends the session
+                    // with the transport's status, not as a local close.
+                    if let Err(status) = served
+                        && end.is_none()
+                    {
+                        end = Some(End::Transport(status));
+                    }
                 }
                 SessionEvent::Closed { reason } => {
                     if end.is_none() {
@@ -1333,7 +1340,7 @@ fn serve_read(
     query: QueryId,
     offset: u64,
     length: u32,
-) {
+) -> Result<(), NTSTATUS> {
     let target = HUB.with(|h| {
         let generation = h.generation;
         let i = h.waiters.iter().position(|w| {
@@ -1345,15 +1352,14 @@ fn serve_read(
         Some((i, h.waiters[i].instance, h.waiters[i].file_object))
     });
     let Some((index, instance, file_object)) = target else {
-        serve_scan_read(
+        return serve_scan_read(
             agent, transport, send_buf, failed, read_id, query, offset, length,
         );
-        return;
     };
     AgentStats::bump(&agent.stats.read_requests);
     let read = AlignedRead::new(instance, file_object, offset, length, READ_BUFFER_TAG);
     let outcome = read.outcome();
-    answer_read(transport, send_buf, failed, read_id, outcome);
+    let sent = answer_read(transport, send_buf, failed, read_id, outcome);
     drop(read);
     HUB.with(|h| {
         h.waiters[index].reading = false;
@@ -1361,6 +1367,7 @@ fn serve_read(
             EVENTS[index].set();
         }
     });
+    sent
 }
 
 /// Serves one host read of an `OnDemand` event from the scan's own file
@@ -1377,7 +1384,7 @@ fn serve_scan_read(
     query: QueryId,
     offset: u64,
     length: u32,
-) {
+) -> Result<(), NTSTATUS> {
     let target = HUB.with(|h| {
         let pending = ScanSlotState::Pending {
             generation: h.generation,
@@ -1388,16 +1395,16 @@ fn serve_scan_read(
         Some((i, h.scan_slots[i].instance, h.scan_slots[i].file_object))
     });
     let Some((index, instance, file_object)) = target else {
-        answer_read(transport, send_buf, failed, read_id, ReadOutcome::Cancelled);
-        return;
+        return answer_read(transport, send_buf, failed, read_id, ReadOutcome::Cancelled);
     };
     AgentStats::bump(&agent.stats.read_requests);
     let read = AlignedRead::new(instance, file_object, offset, length, READ_BUFFER_TAG);
     let outcome = read.outcome();
-    answer_read(transport, send_buf, failed, read_id, outcome);
+    let sent = answer_read(transport, send_buf, failed, read_id, outcome);
     drop(read);
     HUB.with(|h| h.scan_slots[index].reading = false);
     super::host_actions::wake();
+    sent
 }
 
 /// Hands one read result to the session, draining the send buffer while it
@@ -1409,7 +1416,7 @@ fn answer_read(
     failed: &mut bool,
     read_id: u64,
     outcome: ReadOutcome<'_>,
-) {
+) -> Result<(), NTSTATUS> {
     loop {
         let r = HUB.with(|h| {
             h.live_mut()
@@ -1426,10 +1433,10 @@ fn answer_read(
                         "send failed while answering a host read"
                     );
                     close_session();
-                    return;
+                    return Err(status);
                 }
             }
-            _ => return,
+            _ => return Ok(()),
         }
     }
 }
