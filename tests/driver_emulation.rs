@@ -203,6 +203,16 @@ impl Report {
 /// Runs `scenario` (with a real scanner unless `scanner` is false); None
 /// when skipped.
 fn run(scenario: &str, scanner: bool) -> Option<Report> {
+    run_with(scenario, scanner, false)
+}
+
+/// Runs a host-action scenario: a real scanner with its control socket,
+/// which the scenario drives (JSON lines, as `thinagent-diag` does).
+fn run_actions(scenario: &str) -> Option<Report> {
+    run_with(scenario, true, true)
+}
+
+fn run_with(scenario: &str, scanner: bool, control: bool) -> Option<Report> {
     let sys = driver_build::built_driver()?;
     let python = emulator_python()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -211,9 +221,12 @@ fn run(scenario: &str, scanner: bool) -> Option<Report> {
         .build()
         .unwrap();
     let mut metrics = None;
+    let state = tempfile::tempdir().unwrap();
+    let control_socket = control.then(|| state.path().join("control.sock"));
     let (url, stop) = if scanner {
         let config = Config {
             listen: vec!["tcp://127.0.0.1:0".to_string()],
+            control_socket: control_socket.clone(),
             ..Config::default()
         };
         let service = rt
@@ -239,6 +252,9 @@ fn run(scenario: &str, scanner: bool) -> Option<Report> {
         .args(["--scenario", scenario]);
     if let Some(u) = &url {
         cmd.args(["--scanner", u]);
+    }
+    if let Some(c) = &control_socket {
+        cmd.arg("--control").arg(c);
     }
     let out = cmd.output().expect("run the emulator");
     if let Some(tx) = stop {
@@ -669,9 +685,15 @@ impl Report {
         let bytes = hex_bytes(hex);
         let mut out = Vec::new();
         let mut at = 0;
+        // The last frame may be cut where the host was killed in the
+        // middle of a multi-chunk send (the bridge records each chunk the
+        // guest tried to send): only on a closed socket.
+        let closed = self.json["sockets"][i]["closed"] == true;
         while at < bytes.len() {
-            let Ok(Decoded::Frame { frame, consumed }) = decode_frame(&bytes[at..]) else {
-                panic!("undecodable bytes on the wire at {at}");
+            let (frame, consumed) = match decode_frame(&bytes[at..]) {
+                Ok(Decoded::Frame { frame, consumed }) => (frame, consumed),
+                Ok(Decoded::Incomplete { .. }) if closed => break,
+                _ => panic!("undecodable bytes on the wire at {at}"),
             };
             if let Message::FileEvent(e) = frame.message {
                 let path = match e.path {
@@ -1667,4 +1689,253 @@ fn file_inline_content_off_reads_every_byte_on_request() {
         (68 + 39 + 4096 + 200 * 1024) as f64
     );
     r.assert_filter_released();
+}
+
+// ---------------------------------------------------------------------------
+// Host actions (protocol §14) driven through the real scanner's control
+// socket
+// ---------------------------------------------------------------------------
+
+/// The host-action scenarios leave nothing of the driver's behind either:
+/// no file it opened, no push lock held, no instance or volume reference.
+fn assert_actions_clean(r: &Report) {
+    r.assert_clean();
+    r.assert_nothing_left();
+    assert_eq!(
+        r.json["own_files_open"],
+        serde_json::json!([]),
+        "files left open"
+    );
+    assert_eq!(
+        r.json["push_locks_held"],
+        serde_json::json!([]),
+        "push locks held"
+    );
+    for (obj, refs) in r.json["flt_objects_refs"].as_object().unwrap() {
+        assert!(
+            refs.as_u64().unwrap() <= 1,
+            "{obj}: references left: {refs}"
+        );
+    }
+    assert!(
+        r.json["own_opens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["options"].as_u64().unwrap() & 0x0020_0000 != 0),
+        "every own open uses FILE_OPEN_REPARSE_POINT"
+    );
+}
+
+fn guest_of(guests: &Value) -> &Value {
+    let list = guests["guests"].as_array().expect("guests listed");
+    list.iter()
+        .find(|g| g["connected"] == true)
+        .unwrap_or_else(|| panic!("no connected guest in {guests}"))
+}
+
+#[test]
+fn actions_remediate_deletes_truncates_and_refuses_changed_or_missing_files() {
+    let Some(r) = run_actions("actions-remediate") else {
+        return;
+    };
+    assert_actions_clean(&r);
+    let res = &r.json["results"];
+    let g = guest_of(&res["guests_before"]);
+    assert_eq!(g["protocol_version"], 2, "{g}");
+    assert_eq!(
+        g["actions"],
+        serde_json::json!(["remediate", "scan-tree", "policy"]),
+        "the driver announces the three host actions, not restore: {g}"
+    );
+    assert_eq!(g["detections"], 5, "five EICAR opens were detected: {g}");
+    let status = |n: &str| res["remediate"][n]["status"].as_str().unwrap().to_string();
+    assert_eq!(status("eicar1.com"), "done", "{}", res["remediate"]);
+    assert_eq!(
+        res["eicar1_gone_while_open"], true,
+        "POSIX delete: the name goes while a handle is open"
+    );
+    assert_eq!(status("eicar2.com"), "changed", "{}", res["remediate"]);
+    assert_eq!(status("eicar3.com"), "not-found", "{}", res["remediate"]);
+    assert_eq!(status("eicar5.com"), "done", "{}", res["remediate"]);
+    assert_eq!(
+        status("eicar4.com"),
+        "done-on-close",
+        "{}",
+        res["remediate"]
+    );
+    assert_eq!(
+        res["eicar4_before_close"], true,
+        "without POSIX semantics the name stays until the last close"
+    );
+    let fs = &res["fs"];
+    let d = "\\Users\\Public\\";
+    assert!(fs[format!("{d}eicar1.com")].is_null(), "{fs}");
+    assert!(fs[format!("{d}eicar3.com")].is_null(), "{fs}");
+    assert!(
+        fs[format!("{d}eicar4.com")].is_null(),
+        "removed at the last close: {fs}"
+    );
+    assert_eq!(
+        fs[format!("{d}eicar2.com")]["eicar"],
+        false,
+        "the replaced file is kept: {fs}"
+    );
+    assert_eq!(fs[format!("{d}eicar2.com")]["size"], 39, "{fs}");
+    assert_eq!(fs[format!("{d}eicar5.com")]["size"], 0, "truncated: {fs}");
+    // The disposition was set on the file object the identity was checked on.
+    let sets: Vec<&Value> = r.json["set_infos"].as_array().unwrap().iter().collect();
+    assert!(
+        sets.iter().any(|s| s["class"] == 64 && s["flags"] == 0x13),
+        "{sets:?}"
+    );
+    assert!(
+        sets.iter()
+            .any(|s| s["class"] == 64 && s["status"] == 0xC000_000D_u64),
+        "POSIX refused: {sets:?}"
+    );
+    assert!(
+        sets.iter().any(|s| s["class"] == 13 && s["delete"] == true),
+        "{sets:?}"
+    );
+    assert!(
+        sets.iter()
+            .any(|s| s["class"] == 20 && s["end_of_file"] == 0),
+        "{sets:?}"
+    );
+    // Never on the session worker's thread (it judges opens).
+    for o in r.json["own_opens"].as_array().unwrap() {
+        assert!(!o["thread"].as_str().unwrap_or("").contains("link"), "{o}");
+    }
+}
+
+#[test]
+fn actions_scan_walks_the_tree_without_following_reparse_points_and_can_be_cancelled() {
+    let Some(r) = run_actions("actions-scan") else {
+        return;
+    };
+    assert_actions_clean(&r);
+    let res = &r.json["results"];
+    let done = &res["scan"];
+    assert_eq!(done["status"], "completed", "{done}");
+    let c = &done["counters"];
+    // a.txt, eicar.com, notes.log, sub\b.txt, sub\deep\eicar2.com; the
+    // excluded directory is not entered, loop and mnt are reparse points.
+    assert_eq!(c["files_seen"], 5, "{c}");
+    assert_eq!(c["files_skipped"], 1, "notes.log (excluded extension): {c}");
+    assert_eq!(c["files_scanned"], 4, "{c}");
+    assert_eq!(c["files_denied"], 2, "{c}");
+    assert_eq!(c["errors"], 0, "{c}");
+    assert_eq!(c["bytes"], 39 + 68 + 200 * 1024 + 68, "{c}");
+    assert_eq!(
+        res["own_opens_through_reparse"],
+        serde_json::json!([]),
+        "reparse points never entered"
+    );
+    let g = guest_of(&res["guests_after_scan"]);
+    assert_eq!(
+        g["detections"], 2,
+        "the two EICAR files the scan found: {g}"
+    );
+    assert!(
+        g["last_detection"].as_str().unwrap_or("").contains("eicar"),
+        "{g}"
+    );
+    // The large file needed ReadRequests served from the scan's own file object.
+    assert!(
+        r.json["flt_reads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["path"] == "\\Data\\tree\\sub\\b.txt" && x["offset"].as_u64().unwrap() > 0),
+        "host reads of the 200 KiB file"
+    );
+    // The cancelled scan.
+    assert_eq!(res["cancel_answer"]["ok"], true, "{}", res["cancel_answer"]);
+    let cancelled = &res["cancelled_scan"];
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let seen = cancelled["counters"]["files_seen"].as_u64().unwrap();
+    assert!(0 < seen && seen < 300, "stopped in the middle: {cancelled}");
+    let answers = res["cancelled_scan_answers"].as_array().unwrap();
+    let progress: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a.get("progress").is_some())
+        .collect();
+    assert!(
+        !progress.is_empty(),
+        "ScanProgress reached the control socket: {answers:?}"
+    );
+    let last = progress.last().unwrap()["progress"]["files_seen"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        last > 0 && last <= seen,
+        "progress counts the walk: {answers:?}"
+    );
+    // No OnDemand event after the cancel: the guest sent at most what it
+    // had in flight then (the scan's max_in_flight is 4).
+    let lines = r.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("host scan") && l.contains("Cancelled")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn actions_policy_changes_exclusions_and_fail_mode_and_reports_pinned_fields() {
+    let Some(r) = run_actions("actions-policy") else {
+        return;
+    };
+    assert_actions_clean(&r);
+    let res = &r.json["results"];
+    assert_eq!(res["before"], false, "EICAR denied before the policy");
+    assert_eq!(res["policy_set"]["ok"], true, "{}", res["policy_set"]);
+    let shown = &res["policy_show"];
+    let gp = &shown["guests"][0]["policy"];
+    assert_eq!(gp["status"], "done", "{shown}");
+    assert_eq!(gp["in_effect"], shown["version"], "{shown}");
+    assert_eq!(
+        gp["pinned"],
+        serde_json::json!(["max_scan_size"]),
+        "{shown}"
+    );
+    assert_eq!(
+        res["excluded_after"], true,
+        "the new exclusion lets the file open"
+    );
+    assert_eq!(
+        res["not_excluded_after"], false,
+        "other EICAR files still denied"
+    );
+    assert_eq!(
+        res["excluded_image"], true,
+        "the same file opened by the excluded process image (backup.exe)"
+    );
+    // Health reached the scanner, with the policy in effect.
+    // The first Health (right after the handshake) predates the policy;
+    // the next one, on change but not within 10 s of the last, has it.
+    let soon = guest_of(&res["guests_soon"]);
+    assert!(
+        soon["health"].is_object(),
+        "Health after the handshake: {soon}"
+    );
+    assert_eq!(soon["health"]["sessions"], 1, "{soon}");
+    assert!(soon["policy_version"].is_null(), "not yet reported: {soon}");
+    let g = guest_of(&res["guests"]);
+    let h = &g["health"];
+    assert_eq!(g["policy_version"], shown["version"], "{g}");
+    assert_eq!(h["fail_mode"], "closed", "{g}");
+    assert_eq!(h["on_access"], true, "{g}");
+    assert_eq!(h["denied"], 2, "two EICAR opens denied: {g}");
+    assert!(h["events_sent"].as_u64().unwrap() >= 2, "{g}");
+    // Fail mode closed and a 500 ms deadline: the stalled host's open is denied at 500 ms.
+    let stalled = &res["stalled_open"];
+    assert_eq!(stalled["allowed"], false, "{stalled}");
+    let ms = stalled["ms"].as_f64().unwrap();
+    assert!(
+        (450.0..1500.0).contains(&ms),
+        "decided at the policy's deadline: {ms}"
+    );
 }

@@ -11,10 +11,18 @@
 //! IOCTL that could still call [`get`] has finished.
 
 use alloc::boxed::Box;
+use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering,
+};
+use core::time::Duration;
 
-use thinagent_guest::Params;
+use thinagent_guest::{FailMode, HostSettings, ImageList, OpenPolicy, Params};
+use thinagent_km_sys::fltmgr::Minifilters::{
+    FltAcquirePushLockExclusive, FltAcquirePushLockShared, FltDeletePushLock,
+    FltInitializePushLock, FltReleasePushLock,
+};
 
 /// Counters and state reported by the control device (`IOCTL_THINAGENT_GET_STATE`).
 /// Relaxed atomics: each value is exact, the set is not a consistent snapshot.
@@ -57,11 +65,167 @@ impl AgentStats {
     }
 }
 
+/// The settings a host `Policy` (protocol §14.6) changes, behind one
+/// Filter Manager push lock: an open reads them under the shared lock
+/// ([`Live::read`]), a policy replaces them under the exclusive lock
+/// ([`Live::write`]), so an open sees the old policy or the new, never a
+/// mix. A push lock (not a spin lock) because the create path compares
+/// paths that may live in paged pool (`FltGetFileNameInformation`'s
+/// buffers) while it holds it. `FltAcquirePushLock*` disables normal
+/// kernel APCs itself (fltkernel.h,
+/// learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltacquirepushlockexclusive);
+/// IRQL <= APC_LEVEL. The fail mode and query timeout are mirrored in
+/// atomics for readers outside the create decision (the session worker,
+/// teardown).
+pub struct Live {
+    /// The `EX_PUSH_LOCK` (one pointer-sized word).
+    lock: UnsafeCell<usize>,
+    inner: UnsafeCell<LiveSettings>,
+    fail_mode_closed: AtomicBool,
+    query_timeout_ms: AtomicU32,
+    debug_level: AtomicU8,
+    version: AtomicU64,
+}
+
+/// What [`Live`] guards.
+pub struct LiveSettings {
+    /// The exclusions and size limit (`excludePaths`, `excludeExtensions`,
+    /// `maxScanSizeMb` at load; a host policy's after).
+    pub policy: OpenPolicy,
+    /// Process images whose opens are not scanned (a host policy's; none
+    /// at load).
+    pub images: ImageList,
+    /// Fail mode, query timeout, cache TTL cap, debug level, version.
+    pub settings: HostSettings,
+}
+
+// SAFETY: `inner` is only reached under the push lock (shared for
+// readers, exclusive for the writer), the rest are atomics.
+unsafe impl Sync for Live {}
+
+impl Live {
+    /// Fills the live settings from the registry parameters and
+    /// initialises the push lock (PASSIVE_LEVEL, `DriverEntry`, before the
+    /// agent is published; `self` is exclusively ours).
+    pub fn init_from(&mut self, params: &Params) {
+        // SAFETY: FltInitializePushLock (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltinitializepushlock):
+        // a pointer-sized word in the agent, which outlives every use.
+        unsafe { FltInitializePushLock(self.lock.get()) };
+        let inner = self.inner.get_mut();
+        // SAFETY: `OpenPolicy` is plain data (fixed arrays and integers, no
+        // Drop, no pointers): a bitwise copy is a valid second value, made
+        // in place so that no 18 KB temporary sits on the kernel stack.
+        unsafe { ptr::copy_nonoverlapping(&raw const params.policy, &raw mut inner.policy, 1) };
+        inner.images.clear();
+        inner.settings = HostSettings {
+            version: 0,
+            fail_mode: params.fail_mode,
+            debug_level: params.debug_level,
+            query_timeout_ms: params.umc_msg_timeout_ms,
+            cache_ttl_cap_ms: params.verdict_ttl().map(|d| d.as_millis() as u64),
+        };
+        let settings = inner.settings;
+        self.mirror(&settings);
+    }
+
+    /// Where the policy lives, for the in-place initialisation of a
+    /// freshly allocated agent (`driver_entry::new_agent`).
+    ///
+    /// # Safety
+    ///
+    /// `live` points to storage for a `Live` (it may be uninitialised).
+    pub unsafe fn policy_slot(live: *mut Live) -> *mut OpenPolicy {
+        // SAFETY: only addresses are computed, nothing is read or
+        // referenced: valid for uninitialised storage.
+        unsafe { &raw mut (*UnsafeCell::raw_get(&raw const (*live).inner)).policy }
+    }
+
+    fn mirror(&self, s: &HostSettings) {
+        self.fail_mode_closed
+            .store(s.fail_mode == FailMode::Closed, Ordering::Release);
+        self.query_timeout_ms
+            .store(s.query_timeout_ms, Ordering::Release);
+        self.debug_level.store(s.debug_level, Ordering::Release);
+        self.version.store(s.version, Ordering::Release);
+    }
+
+    /// Runs `f` on the settings under the shared lock (IRQL <= APC_LEVEL).
+    /// `f` must not wait for anything that may take the exclusive lock.
+    pub fn read<R>(&self, f: impl FnOnce(&LiveSettings) -> R) -> R {
+        // SAFETY: FltAcquirePushLockShared (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltacquirepushlockshared):
+        // an initialised push lock; not held by this thread (never nested).
+        unsafe { FltAcquirePushLockShared(self.lock.get()) };
+        // SAFETY: shared access under the shared lock.
+        let r = f(unsafe { &*self.inner.get() });
+        // SAFETY: FltReleasePushLock (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltreleasepushlock):
+        // releases the acquisition above.
+        unsafe { FltReleasePushLock(self.lock.get()) };
+        r
+    }
+
+    /// Runs `f` on the settings under the exclusive lock (PASSIVE_LEVEL),
+    /// then updates the mirrors.
+    pub fn write<R>(&self, f: impl FnOnce(&mut LiveSettings) -> R) -> R {
+        // SAFETY: FltAcquirePushLockExclusive (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltacquirepushlockexclusive):
+        // an initialised push lock; not held by this thread.
+        unsafe { FltAcquirePushLockExclusive(self.lock.get()) };
+        // SAFETY: exclusive access under the exclusive lock.
+        let inner = unsafe { &mut *self.inner.get() };
+        let r = f(inner);
+        self.mirror(&inner.settings);
+        // SAFETY: FltReleasePushLock: releases the acquisition above.
+        unsafe { FltReleasePushLock(self.lock.get()) };
+        r
+    }
+
+    /// The fail mode in effect (any IRQL).
+    #[must_use]
+    pub fn fail_mode(&self) -> FailMode {
+        if self.fail_mode_closed.load(Ordering::Acquire) {
+            FailMode::Closed
+        } else {
+            FailMode::Open
+        }
+    }
+
+    /// The per-query deadline in effect (any IRQL).
+    #[must_use]
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.query_timeout_ms.load(Ordering::Acquire)))
+    }
+
+    /// The host policy version in effect, 0 before the first (any IRQL).
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // SAFETY: FltDeletePushLock (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltdeletepushlock):
+        // nobody holds or waits for the lock any more (the agent is freed
+        // last at unload).
+        unsafe { FltDeletePushLock(self.lock.get()) };
+    }
+}
+
 /// What every part of the driver reads.
 pub struct Agent {
     /// Parameters from the service's `Parameters` key (fixed after load;
-    /// `debugLevel` changes live in [`super::log`]).
+    /// `debugLevel` changes live in [`super::log`]; what a host policy
+    /// changes lives in [`Agent::live`]).
     pub params: Params,
+    /// The settings a host `Policy` may change (fail mode, exclusions,
+    /// query timeout, cache TTL cap, max scan size, debug level).
+    pub live: Live,
+    /// When `DriverEntry` ran (for `Health.uptime_ms`).
+    pub started: thinagent_guest::Instant,
     /// Counters for the control device.
     pub stats: AgentStats,
     /// Set once unload begins: threads stop, new queries get the fail mode.
@@ -69,16 +233,6 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// A fresh agent with `params`.
-    #[must_use]
-    pub fn new(params: Params) -> Self {
-        Agent {
-            params,
-            stats: AgentStats::default(),
-            stopping: AtomicBool::new(false),
-        }
-    }
-
     /// Whether unload has begun.
     #[must_use]
     pub fn is_stopping(&self) -> bool {

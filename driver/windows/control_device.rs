@@ -466,6 +466,6 @@ fn snapshot(agent: &Agent) -> AgentState {
         read_requests: s.read_requests.load(r),
         rescans: s.rescans.load(r),
         debug_level: log::debug_level(),
-        fail_mode: agent.params.fail_mode,
+        fail_mode: agent.live.fail_mode(),
     }
 }

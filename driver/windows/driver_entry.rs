@@ -45,12 +45,13 @@ use thinagent_guest::{Level, Params, log::routine};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::DRIVER_OBJECT;
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{NTSTATUS, UNICODE_STRING};
 
-use super::agent::{self, Agent, AgentStats};
+use super::agent::{self, Agent, AgentStats, Live};
 use super::kernel::{
-    STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, STATUS_UNSUCCESSFUL, nt_success,
+    self, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS, STATUS_UNSUCCESSFUL, nt_success,
 };
 use super::{
-    control_device, filter_callbacks, log, registry_params, session_worker, vsock_capture,
+    control_device, filter_callbacks, host_actions, log, registry_params, session_worker,
+    vsock_capture,
 };
 use crate::{klog, klog_status};
 
@@ -112,6 +113,8 @@ fn start(driver: *mut DRIVER_OBJECT, registry_path: *const UNICODE_STRING) -> NT
         return STATUS_INSUFFICIENT_RESOURCES;
     };
     registry_params::read_into(registry_path, &mut boxed.params);
+    let Agent { params, live, .. } = &mut *boxed;
+    live.init_from(params);
     log::set_debug_level(boxed.params.debug_level);
     boxed.params.dump(log::emit);
 
@@ -163,6 +166,15 @@ fn start(driver: *mut DRIVER_OBJECT, registry_path: *const UNICODE_STRING) -> NT
         return status;
     }
 
+    let actions = host_actions::start(agent);
+    if !nt_success(actions) {
+        klog_status!(
+            Level::Error,
+            routine::DRIVER_ENTRY,
+            actions,
+            "host-action thread not started; host requests are answered Busy"
+        );
+    }
     let start_type = registry_params::service_start_type(registry_path);
     vsock_capture::set_boot_start(start_type == Some(registry_params::SERVICE_BOOT_START));
     let vsock = vsock_capture::start(agent, driver);
@@ -186,6 +198,8 @@ fn new_agent() -> Option<Box<Agent>> {
     let _: fn(&Agent) = |a| {
         let Agent {
             params: _,
+            live: _,
+            started: _,
             stats: _,
             stopping: _,
         } = a;
@@ -202,6 +216,16 @@ fn new_agent() -> Option<Box<Agent>> {
     // copy is a valid second value.
     unsafe {
         ptr::copy_nonoverlapping(&raw const DEFAULT_PARAMS, &raw mut (*raw).params, 1);
+        // The live settings: the lock word and mirrors zeroed (`init_from`
+        // fills them after the registry is read), the policy copied from
+        // the defaults like `params`.
+        ptr::write_bytes(&raw mut (*raw).live, 0, 1);
+        ptr::copy_nonoverlapping(
+            &raw const DEFAULT_PARAMS.policy,
+            Live::policy_slot(&raw mut (*raw).live),
+            1,
+        );
+        (&raw mut (*raw).started).write(kernel::now());
         (&raw mut (*raw).stats).write(AgentStats::default());
         (&raw mut (*raw).stopping).write(AtomicBool::new(false));
         Some(Box::from_raw(raw))
@@ -228,6 +252,9 @@ pub fn unload() -> NTSTATUS {
     }
     vsock_capture::stop();
     session_worker::shutdown();
+    // After the session ended (its scan events are all answered), before
+    // the filter goes: the thread closes its files and instance references.
+    host_actions::stop();
     filter_callbacks::unregister();
     control_device::delete();
     // SAFETY: the capture and session threads have exited

@@ -39,11 +39,12 @@ use thinagent_km_sys::fltmgr::Minifilters::{
     FLT_SET_CONTEXT_KEEP_IF_EXISTS, FLT_STREAM_CONTEXT, FLTFL_FILTER_UNLOAD_MANDATORY,
     FLTFL_POST_OPERATION_DRAINING, FltAllocateContext, FltCancelFileOpen,
     FltCancellableWaitForSingleObject, FltFindExtraCreateParameter, FltGetEcpListFromCallbackData,
-    FltGetFileNameInformation, FltGetInstanceContext, FltGetRequestorProcessId,
-    FltGetStreamContext, FltIsDirectory, FltIsEcpFromUserMode, FltParseFileNameInformation,
-    FltQueryInformationFile, FltQueryVolumeInformation, FltRegisterFilter, FltReleaseContext,
-    FltReleaseFileNameInformation, FltSetInstanceContext, FltSetStreamContext, FltStartFiltering,
-    FltUnregisterFilter, PFLT_CONTEXT, PFLT_FILTER, PFLT_INSTANCE,
+    FltGetFileNameInformation, FltGetInstanceContext, FltGetRequestorProcess,
+    FltGetRequestorProcessId, FltGetStreamContext, FltIsDirectory, FltIsEcpFromUserMode,
+    FltParseFileNameInformation, FltQueryInformationFile, FltQueryVolumeInformation,
+    FltRegisterFilter, FltReleaseContext, FltReleaseFileNameInformation, FltSetInstanceContext,
+    FltSetStreamContext, FltStartFiltering, FltUnregisterFilter, PFLT_CONTEXT, PFLT_FILTER,
+    PFLT_INSTANCE,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{
     DRIVER_OBJECT, ECP_LIST, FILE_OBJECT, KEVENT, NonPagedPoolNx,
@@ -52,15 +53,15 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::{
     FILE_BASIC_INFORMATION, FILE_DIRECTORY_FILE, FILE_ID_INFORMATION, FILE_STANDARD_INFORMATION,
     FileAllocationInformation, FileBasicInformation, FileEndOfFileInformation,
     FileFsVolumeInformation, FileIdInformation, FileInternalInformation, FileStandardInformation,
-    FileValidDataLengthInformation, GUID_ECP_PREFETCH_OPEN,
+    FileValidDataLengthInformation, GUID_ECP_PREFETCH_OPEN, SeLocateProcessImageName,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
-    ExAllocatePool2, ExFreePoolWithTag, FILE_FS_VOLUME_INFORMATION, FO_VOLUME_OPEN,
+    ExAllocatePool2, ExFreePool, ExFreePoolWithTag, FILE_FS_VOLUME_INFORMATION, FO_VOLUME_OPEN,
     IoGetStackLimits, KernelMode, SL_OPEN_PAGING_FILE, SL_OPEN_TARGET_DIRECTORY,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
     NTSTATUS, STATUS_BUFFER_OVERFLOW, STATUS_FLT_CONTEXT_ALREADY_DEFINED, STATUS_FLT_DO_NOT_ATTACH,
-    STATUS_FLT_DO_NOT_DETACH, STATUS_REPARSE,
+    STATUS_FLT_DO_NOT_DETACH, STATUS_REPARSE, UNICODE_STRING,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Storage::InstallableFileSystems::{
     FLT_FILESYSTEM_TYPE, FLT_FSTYPE_RAW,
@@ -133,7 +134,7 @@ static CACHE: SpinLock<VerdictCache<CACHE_ENTRIES>> = SpinLock::new(VerdictCache
 const SCAN_EVENT_TAG: u32 = pool_tag(*b"TAgE");
 
 /// The registered filter handle (any IRQL).
-fn filter() -> PFLT_FILTER {
+pub(super) fn filter() -> PFLT_FILTER {
     FILTER.load(Ordering::Acquire)
 }
 
@@ -405,7 +406,10 @@ fn query_file<T>(
 /// with the volume serial from the instance context (FAT, exFAT), plus size
 /// and last-write time. `None` if the identity or version is unknown: then
 /// no cache is used for this open.
-fn file_identity(instance: PFLT_INSTANCE, file_object: *const FILE_OBJECT) -> Option<FileIdentity> {
+pub(super) fn file_identity(
+    instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
+) -> Option<FileIdentity> {
     let (volume_serial, file_id) =
         match query_file::<FILE_ID_INFORMATION>(instance, file_object, FileIdInformation) {
             Some(id) => (id.VolumeSerialNumber, id.FileId.Identifier),
@@ -425,6 +429,19 @@ fn file_identity(instance: PFLT_INSTANCE, file_object: *const FILE_OBJECT) -> Op
         size: standard.EndOfFile as u64,
         last_write_time: basic.LastWriteTime as u64,
     })
+}
+
+/// Whether an opened file is a directory
+/// (`FileStandardInformation.Directory`) and its attributes
+/// (`FileBasicInformation.FileAttributes`). PASSIVE_LEVEL.
+pub(super) fn directory_and_attributes(
+    instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
+) -> Option<(bool, u32)> {
+    let standard =
+        query_file::<FILE_STANDARD_INFORMATION>(instance, file_object, FileStandardInformation)?;
+    let basic = query_file::<FILE_BASIC_INFORMATION>(instance, file_object, FileBasicInformation)?;
+    Some((standard.Directory, basic.FileAttributes))
 }
 
 /// The file's current size (`FileStandardInformation.EndOfFile`), if known.
@@ -543,7 +560,7 @@ impl<'a> ScanLock<'a> {
         }) else {
             return Ok(ScanLock(None));
         };
-        let rel = relative_100ns(agent.params.umc_msg_timeout() * 2);
+        let rel = relative_100ns(agent.live.query_timeout() * 2);
         // SAFETY: FltCancellableWaitForSingleObject (see session_worker):
         // an initialised event, a local timeout, the current operation.
         let status = unsafe { FltCancellableWaitForSingleObject(event.as_object(), &rel, data) };
@@ -660,13 +677,11 @@ fn decide(
     };
     match answer {
         Answer::Session(v) if v.source == VerdictSource::Host => {
-            let ttl = (v.cache_ttl_secs > 0).then(|| {
-                let host = core::time::Duration::from_secs(u64::from(v.cache_ttl_secs));
-                agent
-                    .params
-                    .verdict_ttl()
-                    .map_or(host, |local| local.min(host))
-            });
+            // The host's TTL, capped by `verdictCacheTtlMs` or a host
+            // policy's `cache_ttl_max_secs` (0: nothing is cached).
+            let ttl = agent
+                .live
+                .read(|l| l.settings.verdict_ttl(v.cache_ttl_secs));
             match v.decision {
                 Decision::Deny => {
                     finish(StreamScanState::Infected);
@@ -739,6 +754,37 @@ fn decide(
 // ---------------------------------------------------------------------------
 // Create
 // ---------------------------------------------------------------------------
+
+/// Whether the process that requested the operation runs an image a host
+/// policy excludes (`SeLocateProcessImageName` of `FltGetRequestorProcess`,
+/// compared by file name). PASSIVE_LEVEL (post-create).
+fn requestor_image_excluded(agent: &Agent, data: *const FLT_CALLBACK_DATA) -> bool {
+    // SAFETY: FltGetRequestorProcess (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetrequestorprocess):
+    // the current operation's callback data. IRQL <= DISPATCH_LEVEL.
+    let process = unsafe { FltGetRequestorProcess(data) };
+    if process == 0 {
+        return false;
+    }
+    let mut image: *mut UNICODE_STRING = core::ptr::null_mut();
+    // SAFETY: SeLocateProcessImageName (ntddk.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/ntddk/nf-ntddk-selocateprocessimagename):
+    // the requestor's process, referenced for the duration of its
+    // operation; the routine allocates the string, freed below with
+    // ExFreePool as its page requires. PASSIVE_LEVEL.
+    let status = unsafe { SeLocateProcessImageName(process, &mut image) };
+    if !nt_success(status) || image.is_null() {
+        return false;
+    }
+    // SAFETY: the routine returned a valid UNICODE_STRING whose buffer
+    // lives in the same allocation until it is freed below.
+    let units = unsafe { unicode_units(&*image) };
+    let hit = agent.live.read(|l| l.images.matches(units));
+    // SAFETY: ExFreePool (wdm.h): frees what SeLocateProcessImageName
+    // allocated, once.
+    unsafe { ExFreePool(image.cast()) };
+    hit
+}
 
 /// Counts a skipped open and lets it through without post-create (PASSIVE_LEVEL).
 fn skip(agent: &Agent) -> FLT_PREOP_CALLBACK_STATUS {
@@ -866,7 +912,7 @@ unsafe extern "system" fn post_create(
                 "no name for an open; fail mode applies"
             );
             AgentStats::bump(&agent.stats.fail_mode_decisions);
-            if agent.params.fail_mode == thinagent_guest::FailMode::Closed {
+            if agent.live.fail_mode() == thinagent_guest::FailMode::Closed {
                 AgentStats::bump(&agent.stats.denials);
                 // SAFETY: post-create of a successful open.
                 unsafe { cancel_open(data, objects, agent.params.deny_status.ntstatus().0 as i32) };
@@ -911,6 +957,20 @@ unsafe extern "system" fn post_create(
     };
     let disposition = options >> 24;
 
+    // A host policy's process-image exclusions (§14.6): looked up only
+    // when there are any.
+    if agent.live.read(|l| !l.images.is_empty()) && requestor_image_excluded(agent, data) {
+        AgentStats::bump(&agent.stats.skipped);
+        crate::klog!(
+            Level::Debug,
+            routine::OPEN_FILTER,
+            "skip {} (excluded process image, pid {})",
+            Utf16(name.units()),
+            process_id
+        );
+        return FLT_POSTOP_FINISHED_PROCESSING;
+    }
+
     let request = OpenRequest {
         is_directory: false,
         is_volume_open: false,
@@ -923,7 +983,7 @@ unsafe extern "system" fn post_create(
         create_disposition: disposition,
         own_io: session_worker::is_worker_thread(),
     };
-    if let OpenDecision::Skip(reason) = agent.params.policy.decide(&request) {
+    if let OpenDecision::Skip(reason) = agent.live.read(|l| l.policy.decide(&request)) {
         AgentStats::bump(&agent.stats.skipped);
         crate::klog!(
             Level::Debug,

@@ -10,6 +10,7 @@
 //! | [`wsk_socket`] | a WSK connection socket through the captured provider | PASSIVE (completions ≤ DISPATCH) |
 //! | [`session_worker`] | pumps [`thinagent_guest::Session`] over the socket | PASSIVE |
 //! | [`filter_callbacks`] | create / cleanup / write / set-info / FSCTL callbacks | PASSIVE/APC |
+//! | [`host_actions`] | protocol §14: Remediate, ScanTree, Policy, Health, on a thread of their own | PASSIVE |
 //! | [`agent`] | the one global: parameters, statistics, shutdown flag | any |
 //! | [`kernel`] | events, spin lock, time, UNICODE_STRING, the pointer casts | any |
 //! | [`log`] | `DbgPrintEx` sink for [`thinagent_guest::LogRecord`] | any |
@@ -45,6 +46,7 @@ pub mod agent;
 pub mod control_device;
 pub mod driver_entry;
 pub mod filter_callbacks;
+pub mod host_actions;
 pub mod irp;
 pub mod kernel;
 pub mod log;

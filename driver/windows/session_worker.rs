@@ -262,6 +262,48 @@ struct Hub {
     /// `false` after [`shutdown`]: no new query or session.
     accepting: bool,
     waiters: [Waiter; SLOTS],
+    /// `OnDemand` events of a host scan (protocol §14.4) the session has
+    /// not answered yet, or answered and not yet collected by
+    /// [`super::host_actions`]: their file objects serve host reads.
+    scan_slots: [ScanSlot; SCAN_SLOTS],
+}
+
+/// Most `OnDemand` events of a scan outstanding at once (the session's
+/// `on_demand_capacity` may allow fewer).
+pub const SCAN_SLOTS: usize = 16;
+
+/// One `OnDemand` event of a scan.
+#[derive(Clone, Copy)]
+struct ScanSlot {
+    state: ScanSlotState,
+    /// The worker reads through `file_object` right now.
+    reading: bool,
+    instance: PFLT_INSTANCE,
+    file_object: *const FILE_OBJECT,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ScanSlotState {
+    Free,
+    /// Taken by [`submit_on_demand`] while it reads the first bytes.
+    Claimed,
+    /// Submitted to session `generation` as `query`.
+    Pending {
+        generation: u32,
+        query: QueryId,
+    },
+    /// Answered: `Some(deny)` by a host `Verdict`, `None` by a deadline
+    /// or the session's close.
+    Done(Option<bool>),
+}
+
+impl ScanSlot {
+    const FREE: ScanSlot = ScanSlot {
+        state: ScanSlotState::Free,
+        reading: false,
+        instance: 0,
+        file_object: core::ptr::null(),
+    };
 }
 
 impl Hub {
@@ -291,6 +333,7 @@ static HUB: SpinLock<Hub> = SpinLock::new(Hub {
     generation: 0,
     accepting: true,
     waiters: [Waiter::FREE; SLOTS],
+    scan_slots: [ScanSlot::FREE; SCAN_SLOTS],
 });
 
 /// One slot's path buffer, written only by the waiter that claimed the slot
@@ -416,7 +459,7 @@ enum Claim {
 /// out, that one read). Counts `queries`, `timeouts` and
 /// `fail_mode_decisions`; the caller counts denials.
 pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
-    let fail_mode = agent.params.fail_mode;
+    let fail_mode = agent.live.fail_mode();
     let local = |reason| Answer::Local { fail_mode, reason };
     if agent.is_stopping() || !INITIALISED.load(Ordering::Acquire) {
         AgentStats::bump(&agent.stats.fail_mode_decisions);
@@ -435,7 +478,7 @@ pub fn query(agent: &Agent, q: &OpenQuery<'_>) -> Answer {
         AgentStats::bump(&agent.stats.fail_mode_decisions);
         return local(LocalReason::PathTooLong);
     }
-    let timeout = agent.params.umc_msg_timeout();
+    let timeout = agent.live.query_timeout();
     let deadline = kernel::now().saturating_add(timeout);
 
     // 1. Claim a slot.
@@ -689,7 +732,7 @@ pub fn cancel_instance(instance: PFLT_INSTANCE) {
     if !INITIALISED.load(Ordering::Acquire) {
         return;
     }
-    let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.params.fail_mode);
+    let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.live.fail_mode());
     HUB.with(|h| {
         answer_waiting_locally(h, fail_mode, LocalReason::InstanceTeardown, |w| {
             w.instance == instance
@@ -704,7 +747,7 @@ pub fn shutdown() {
     if !INITIALISED.load(Ordering::Acquire) {
         return;
     }
-    let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.params.fail_mode);
+    let fail_mode = super::agent::get().map_or(FailMode::default(), |a| a.live.fail_mode());
     let waiting = HUB.with(|h| {
         h.accepting = false;
         answer_waiting_locally(h, fail_mode, LocalReason::Stopping, |_| true)
@@ -717,6 +760,173 @@ pub fn shutdown() {
         waiting,
         fail_mode
     );
+}
+
+// ---------------------------------------------------------------------------
+// Host actions (protocol §14): the session as `host_actions` uses it
+// ---------------------------------------------------------------------------
+
+/// The generation of the live, connected session (any IRQL <= DISPATCH).
+#[must_use]
+pub fn live_generation() -> Option<u32> {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return None;
+    }
+    HUB.with(|h| h.live().filter(|s| s.is_connected()).map(|_| h.generation))
+}
+
+/// Runs `f` on the live session if it is still session `generation`
+/// (under the hub's spin lock: `f` must not touch paged memory), then
+/// wakes the worker to send what `f` queued. `None`: that session is gone.
+pub fn with_session<R>(generation: u32, f: impl FnOnce(&mut GuestSession) -> R) -> Option<R> {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return None;
+    }
+    let r = HUB.with(|h| {
+        if h.generation != generation {
+            return None;
+        }
+        h.live_mut().map(f)
+    });
+    WAKE.set();
+    r
+}
+
+/// [`with_session`] without waking the worker (for the worker itself).
+pub fn with_session_quiet<R>(generation: u32, f: impl FnOnce(&mut GuestSession) -> R) -> Option<R> {
+    HUB.with(|h| {
+        if h.generation != generation {
+            return None;
+        }
+        h.live_mut().map(f)
+    })
+}
+
+/// What [`submit_on_demand`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDemand {
+    /// Sent (or queued) as scan slot `.0`: collect it with
+    /// [`take_on_demand`]; keep the file open until then.
+    Submitted(usize),
+    /// No room now (`on_demand_capacity`, a scan slot, or a session slot):
+    /// try again after an answer.
+    NoRoom,
+    /// Session `generation` is gone.
+    Closed,
+}
+
+/// One `OnDemand` event of a scan (protocol §14.4).
+pub struct OnDemandFile<'a> {
+    /// Volume serial, file id, size, last-write time of the opened file.
+    pub file: FileIdentity,
+    /// The file's path, UTF-16LE bytes.
+    pub path: &'a [u8],
+    /// The scan's opened file (instance and file object), read for inline
+    /// content here and by host reads until the verdict.
+    pub instance: PFLT_INSTANCE,
+    /// See `instance`.
+    pub file_object: *const FILE_OBJECT,
+}
+
+/// Submits one `OnDemand` event to session `generation`, within the
+/// scan's `max_in_flight` and the session's `on_demand_capacity`; in a
+/// version-2 session with inline content on, its first bytes go with it
+/// (read here, on the caller's thread, as the create path does).
+/// PASSIVE_LEVEL (the host-action thread).
+pub fn submit_on_demand(generation: u32, max_in_flight: u16, f: &OnDemandFile<'_>) -> OnDemand {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return OnDemand::Closed;
+    }
+    let claimed = HUB.with(|h| {
+        if h.generation != generation {
+            return Err(OnDemand::Closed);
+        }
+        let Some(s) = h.live() else {
+            return Err(OnDemand::Closed);
+        };
+        if s.on_demand_capacity(max_in_flight) == 0 {
+            return Err(OnDemand::NoRoom);
+        }
+        let budget = s.inline_budget(f.path.len());
+        let Some(i) = h
+            .scan_slots
+            .iter()
+            .position(|x| x.state == ScanSlotState::Free)
+        else {
+            return Err(OnDemand::NoRoom);
+        };
+        h.scan_slots[i] = ScanSlot {
+            state: ScanSlotState::Claimed,
+            reading: false,
+            instance: f.instance,
+            file_object: f.file_object,
+        };
+        Ok((i, budget))
+    });
+    let (index, budget) = match claimed {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let stated = Some(f.file.size);
+    let first = (budget > 0).then(|| {
+        AlignedRead::new(
+            f.instance,
+            f.file_object,
+            0,
+            inline_read_len(budget, stated),
+            INLINE_BUFFER_TAG,
+        )
+    });
+    let content = first
+        .as_ref()
+        .map_or(InlineContent::NONE, |r| inline_content(r.outcome(), stated));
+    let out = HUB.with(|h| {
+        let live = h.generation == generation;
+        let r = match h.live_mut().filter(|_| live) {
+            None => OnDemand::Closed,
+            Some(session) => {
+                let event = FileEvent {
+                    kind: EventKind::OnDemand,
+                    process_id: 0,
+                    desired_access: 0,
+                    create_disposition: CreateDisposition::Open,
+                    file: f.file,
+                    path: FilePath::Utf16Le(f.path),
+                    content,
+                };
+                match session.submit(&event, kernel::now()) {
+                    Ok(query) => {
+                        h.scan_slots[index].state = ScanSlotState::Pending { generation, query };
+                        return OnDemand::Submitted(index);
+                    }
+                    Err(SubmitError::Full) => OnDemand::NoRoom,
+                }
+            }
+        };
+        h.scan_slots[index] = ScanSlot::FREE;
+        r
+    });
+    drop(first);
+    WAKE.set();
+    out
+}
+
+/// The answer of scan slot `index` once it has one and no host read uses
+/// its file any more (the slot is then free and the caller may close the
+/// file): `Some(Some(deny))` from the host, `Some(None)` from a deadline or
+/// the session's close; `None`: not yet (any IRQL <= DISPATCH).
+#[must_use]
+pub fn take_on_demand(index: usize) -> Option<Option<bool>> {
+    HUB.with(|h| {
+        let slot = h.scan_slots.get_mut(index)?;
+        match slot.state {
+            ScanSlotState::Done(r) if !slot.reading => {
+                *slot = ScanSlot::FREE;
+                Some(r)
+            }
+            _ => None,
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -740,8 +950,14 @@ enum End {
 pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     init();
     // INLINE_CONTENT is announced only when `query` sends content.
-    let config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME)
+    // The host actions of protocol §14 are announced (RESTORE is not:
+    // `host_actions` has a seam for it), and the settings a host policy
+    // may have changed are the live ones.
+    let mut config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME)
         .with_inline_content(agent.params.inline_content);
+    config.query_timeout = agent.live.query_timeout();
+    config.fail_mode = agent.live.fail_mode();
+    config.capabilities = config.capabilities.union(super::host_actions::CAPABILITIES);
     let started = HUB.with(|h| {
         if !h.accepting || h.live {
             return false;
@@ -784,6 +1000,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     send_buf.resize(SEND_CHUNK, 0);
     let mut end: Option<End> = None;
     let mut failed = false;
+    let mut health = super::host_actions::HealthReporter::new();
     if let Err(status) = transport.start_receive() {
         end = Some(End::Transport(status));
         close_session();
@@ -796,6 +1013,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
             match event {
                 SessionEvent::Connected { version } => {
                     agent.stats.connected.store(true, Ordering::Relaxed);
+                    health.connected();
                     crate::klog!(
                         Level::Info,
                         routine::SESSION,
@@ -810,7 +1028,7 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                     offset,
                     length,
                 } => {
-                    serve_read(
+                    let served = serve_read(
                         agent,
                         transport,
                         &mut send_buf,
@@ -820,18 +1038,28 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                         offset,
                         length,
                     );
+                    // A send that failed while answering ends the session
+                    // with the transport's status, not as a local close.
+                    if let Err(status) = served
+                        && end.is_none()
+                    {
+                        end = Some(End::Transport(status));
+                    }
                 }
                 SessionEvent::Closed { reason } => {
                     if end.is_none() {
                         end = Some(End::Closed(reason));
                     }
                 }
-                // The driver announces none of the host-action capabilities
-                // (protocol §14) yet: the session answers those requests
-                // `Unsupported` itself and never raises these.
-                SessionEvent::HostRequest | SessionEvent::ScanCancelled { .. } => {}
+                // Host actions (protocol §14) run on the host-action
+                // thread, never here: this loop judges opens.
+                SessionEvent::HostRequest => take_host_requests(),
+                SessionEvent::ScanCancelled { id } => super::host_actions::cancel_scan(id),
             }
         }
+        // A Health report after the handshake and on change (§14.8).
+        let generation = HUB.with(|h| h.generation);
+        health.poll(agent, generation);
         // Send what the session has (Goodbye included, after a close).
         if !failed && let Err(status) = flush(transport, &mut send_buf) {
             failed = true;
@@ -953,12 +1181,60 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     status
 }
 
+/// Hands every host request the session accepted to the host-action
+/// thread (a copy of its frame: the session's inbox is reused), or answers
+/// `Busy` when that thread cannot take it. PASSIVE_LEVEL (worker thread).
+fn take_host_requests() {
+    loop {
+        let taken = HUB.with(|h| {
+            let generation = h.generation;
+            let s = h.live_mut()?;
+            let r = s.host_request()?;
+            let job = super::host_actions::Job::copy(generation, r.id, &r.message, kernel::now());
+            let id = r.id;
+            let is_scan = matches!(r.message, thinagent_protocol::Message::ScanTree(_));
+            s.pop_host_request();
+            Some((id, is_scan, job))
+        });
+        let Some((id, is_scan, job)) = taken else {
+            return;
+        };
+        let refused = match job {
+            Some(job) => super::host_actions::submit(job).is_err(),
+            None => true,
+        };
+        if refused {
+            HUB.with(|h| {
+                if let Some(s) = h.live_mut() {
+                    let _ = if is_scan {
+                        s.scan_done(
+                            id,
+                            thinagent_protocol::ScanDone {
+                                counters: thinagent_protocol::ScanCounters::default(),
+                                status: thinagent_protocol::ScanStatus::Busy,
+                                error: None,
+                            },
+                        )
+                    } else {
+                        s.complete_action(
+                            id,
+                            thinagent_protocol::ActionResult::status(
+                                thinagent_protocol::ActionStatus::Busy,
+                            ),
+                        )
+                    };
+                }
+            });
+        }
+    }
+}
+
 /// Retires the live session (end of [`run`]): delivers what it still holds
 /// (it answers every accepted query when it closes), answers any slot of
 /// its generation still pending by the fail mode, frees it outside the
 /// lock, and clears the worker's identity and the `connected` flag.
 fn retire(agent: &Agent) {
-    let fail_mode = agent.params.fail_mode;
+    let fail_mode = agent.live.fail_mode();
     HUB.with(|h| {
         while let Some(event) = h.live_mut().and_then(|s| s.poll_event()) {
             if let SessionEvent::Verdict(v) = event {
@@ -979,8 +1255,15 @@ fn retire(agent: &Agent) {
                 );
             }
         }
+        for slot in &mut h.scan_slots {
+            if matches!(slot.state, ScanSlotState::Pending { generation: g, .. } if g == generation)
+            {
+                slot.state = ScanSlotState::Done(None);
+            }
+        }
         h.live = false;
     });
+    super::host_actions::wake();
     WORKER_THREAD.store(0, Ordering::Release);
     agent.stats.connected.store(false, Ordering::Relaxed);
 }
@@ -1030,6 +1313,18 @@ fn deliver(h: &mut Hub, v: QueryVerdict) {
         matches!(w.state, SlotState::Pending { generation: g, query } if g == generation && query == v.query)
     }) {
         complete(h, i, Answer::Session(v));
+        return;
+    }
+    let pending = ScanSlotState::Pending {
+        generation,
+        query: v.query,
+    };
+    if let Some(slot) = h.scan_slots.iter_mut().find(|s| s.state == pending) {
+        slot.state = ScanSlotState::Done(
+            (v.source == thinagent_guest::VerdictSource::Host)
+                .then_some(v.decision == thinagent_protocol::Decision::Deny),
+        );
+        super::host_actions::wake();
     }
 }
 
@@ -1045,7 +1340,7 @@ fn serve_read(
     query: QueryId,
     offset: u64,
     length: u32,
-) {
+) -> Result<(), NTSTATUS> {
     let target = HUB.with(|h| {
         let generation = h.generation;
         let i = h.waiters.iter().position(|w| {
@@ -1057,13 +1352,14 @@ fn serve_read(
         Some((i, h.waiters[i].instance, h.waiters[i].file_object))
     });
     let Some((index, instance, file_object)) = target else {
-        answer_read(transport, send_buf, failed, read_id, ReadOutcome::Cancelled);
-        return;
+        return serve_scan_read(
+            agent, transport, send_buf, failed, read_id, query, offset, length,
+        );
     };
     AgentStats::bump(&agent.stats.read_requests);
     let read = AlignedRead::new(instance, file_object, offset, length, READ_BUFFER_TAG);
     let outcome = read.outcome();
-    answer_read(transport, send_buf, failed, read_id, outcome);
+    let sent = answer_read(transport, send_buf, failed, read_id, outcome);
     drop(read);
     HUB.with(|h| {
         h.waiters[index].reading = false;
@@ -1071,6 +1367,44 @@ fn serve_read(
             EVENTS[index].set();
         }
     });
+    sent
+}
+
+/// Serves one host read of an `OnDemand` event from the scan's own file
+/// object (kept open by [`super::host_actions`] until the verdict), or
+/// answers `Cancelled` when no live event has that id.
+/// PASSIVE_LEVEL (worker thread).
+#[allow(clippy::too_many_arguments)]
+fn serve_scan_read(
+    agent: &Agent,
+    transport: &mut dyn Transport,
+    send_buf: &mut [u8],
+    failed: &mut bool,
+    read_id: u64,
+    query: QueryId,
+    offset: u64,
+    length: u32,
+) -> Result<(), NTSTATUS> {
+    let target = HUB.with(|h| {
+        let pending = ScanSlotState::Pending {
+            generation: h.generation,
+            query,
+        };
+        let i = h.scan_slots.iter().position(|s| s.state == pending)?;
+        h.scan_slots[i].reading = true;
+        Some((i, h.scan_slots[i].instance, h.scan_slots[i].file_object))
+    });
+    let Some((index, instance, file_object)) = target else {
+        return answer_read(transport, send_buf, failed, read_id, ReadOutcome::Cancelled);
+    };
+    AgentStats::bump(&agent.stats.read_requests);
+    let read = AlignedRead::new(instance, file_object, offset, length, READ_BUFFER_TAG);
+    let outcome = read.outcome();
+    let sent = answer_read(transport, send_buf, failed, read_id, outcome);
+    drop(read);
+    HUB.with(|h| h.scan_slots[index].reading = false);
+    super::host_actions::wake();
+    sent
 }
 
 /// Hands one read result to the session, draining the send buffer while it
@@ -1082,7 +1416,7 @@ fn answer_read(
     failed: &mut bool,
     read_id: u64,
     outcome: ReadOutcome<'_>,
-) {
+) -> Result<(), NTSTATUS> {
     loop {
         let r = HUB.with(|h| {
             h.live_mut()
@@ -1099,10 +1433,10 @@ fn answer_read(
                         "send failed while answering a host read"
                     );
                     close_session();
-                    return;
+                    return Err(status);
                 }
             }
-            _ => return,
+            _ => return Ok(()),
         }
     }
 }

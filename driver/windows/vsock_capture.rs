@@ -721,7 +721,7 @@ fn warn_no_host(agent: &Agent, routine: &str) {
             Level::Warn,
             routine,
             "no host connection; opens are decided by the fail mode ({:?})",
-            agent.params.fail_mode
+            agent.live.fail_mode()
         );
     }
 }
@@ -772,7 +772,7 @@ fn run_link(mut ctx: LinkContext) {
                 routine::VSOCK_CAPTURE,
                 status,
                 "no host connection; opens are decided by the fail mode ({:?})",
-                agent.params.fail_mode
+                agent.live.fail_mode()
             );
         }
     }

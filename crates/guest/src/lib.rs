@@ -30,6 +30,8 @@ pub mod clamp;
 pub mod connector;
 pub mod control;
 pub mod file_key;
+pub mod health;
+pub mod host_policy;
 pub mod log;
 pub mod params;
 pub mod policy;
@@ -47,6 +49,8 @@ pub use connector::{
     ConnectorConfig, GiveUpReason,
 };
 pub use file_key::FileKey;
+pub use health::HealthPacer;
+pub use host_policy::{HostSettings, ImageList, Rejection, Staged};
 pub use log::{Level, LevelFilter, LogLine, LogRecord, ParsedLine, parse_line};
 pub use params::{
     Applied, CaptureMode, DenyStatus, FailMode, ParamError, ParamIssue, ParamReport, Params,

@@ -97,8 +97,14 @@ pub mod names {
     /// query, protocol version 2 (default); 0 = every byte on the host's
     /// request, as in version 1.
     pub const INLINE_CONTENT: &str = "inlineContent";
+    /// Fields of a host `Policy` (protocol §14.6) the local admin pinned:
+    /// a bit mask with the bits of `Policy.fields` (1 fail mode, 2 debug
+    /// level, 4 exclusions, 8 query timeout, 16 cache TTL max, 32 max scan
+    /// size); those fields keep their local value and are reported in
+    /// `ActionResult.pinned`. 0 (default): the host sets every field.
+    pub const PINNED_POLICY: &str = "PinnedPolicy";
     /// Every name, for adapters that query each value.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         UMC_MSG_TIMEOUT_MS,
         CAPTURE_RETRY_COUNT,
         CAPTURE_RETRY_DELAY_MS,
@@ -117,8 +123,12 @@ pub mod names {
         DENY_STATUS,
         SCAN_KERNEL_OPENS,
         INLINE_CONTENT,
+        PINNED_POLICY,
     ];
 }
+
+/// The bits `PinnedPolicy` may hold: every `Policy.fields` bit (§14.6).
+pub const PINNED_POLICY_MASK: u32 = 0b11_1111;
 
 /// A raw registry / config value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,6 +324,9 @@ pub struct Params {
     /// `false`: the capability is not announced and the host reads every
     /// byte with `ReadRequest`s.
     pub inline_content: bool,
+    /// Host policy fields pinned locally (`PinnedPolicy`, bits of
+    /// `Policy.fields`, protocol §14.6; 0 = none).
+    pub pinned_policy: u32,
     /// Open-filter policy holding the path and extension exclusions, and
     /// whether kernel-mode opens are scanned (`scanKernelOpens`).
     pub policy: OpenPolicy,
@@ -368,6 +381,7 @@ impl Params {
             vsock_transport: VsockTransport::Auto,
             deny_status: DenyStatus::VirusInfected,
             inline_content: true,
+            pinned_policy: 0,
             policy: OpenPolicy::new(style),
         }
     }
@@ -545,6 +559,14 @@ impl Params {
                     1 => true,
                     _ => return Err(ParamError::Invalid),
                 };
+                Ok(Applied::Set)
+            }
+            names::PINNED_POLICY => {
+                let v = Self::number(value)?;
+                if v > u64::from(PINNED_POLICY_MASK) {
+                    return Err(ParamError::Invalid);
+                }
+                self.pinned_policy = v as u32;
                 Ok(Applied::Set)
             }
             names::EXCLUDE_PATHS => self.add_list(value, OpenPolicy::add_excluded_prefix),
@@ -787,6 +809,11 @@ impl Params {
                 u8::from(self.inline_content)
             ),
         ));
+        emit(&LogRecord::new(
+            d,
+            r,
+            format_args!("{}: {:#x}", names::PINNED_POLICY, self.pinned_policy),
+        ));
     }
 }
 
@@ -847,6 +874,23 @@ mod tests {
             names::ALL.len() + 1,
             "one dump line per parameter plus the 100 ns form"
         );
+    }
+
+    #[test]
+    fn pinned_policy_is_a_mask_of_the_policy_field_bits() {
+        let mut p = Params::default();
+        assert_eq!(p.pinned_policy, 0, "nothing pinned by default");
+        assert_eq!(
+            p.apply("pinnedpolicy", RegValue::Dword(0b10_0101)),
+            Ok(Applied::Set)
+        );
+        assert_eq!(p.pinned_policy, 0b10_0101);
+        assert_eq!(
+            p.apply(names::PINNED_POLICY, RegValue::Dword(0x40)),
+            Err(ParamError::Invalid),
+            "bit 6 is no policy field"
+        );
+        assert_eq!(p.pinned_policy, 0b10_0101, "a rejected value keeps the old");
     }
 
     #[test]

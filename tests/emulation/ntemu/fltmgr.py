@@ -31,7 +31,7 @@ from unicorn.x86_const import UC_X86_REG_RSP
 
 from . import layouts as L
 from .kernel import KObject, STATUS_BUFFER_OVERFLOW, STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER
-from .machine import EmulationError, Park, Wait, s32
+from .machine import EmulationError, Park, Wait, s32, s64
 
 STATUS_SUCCESS = 0
 STATUS_FLT_DO_NOT_DETACH = 0xC01C0010
@@ -91,6 +91,22 @@ IRP_SYNCHRONOUS_API = 0x4
 USER_MODE = 1
 FILE_ATTRIBUTE_ARCHIVE = 0x20
 FILE_ATTRIBUTE_DIRECTORY = 0x10
+FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+FILE_OPEN_REPARSE_POINT = 0x00200000
+OBJ_KERNEL_HANDLE = 0x200
+IO_IGNORE_SHARE_ACCESS_CHECK = 0x800
+FILE_DISPOSITION_DELETE = 0x1
+FILE_DISPOSITION_POSIX_SEMANTICS = 0x2
+FILE_DISPOSITION_INFORMATION_CLASS = 13
+FILE_DISPOSITION_INFORMATION_EX_CLASS = 64
+FILE_DIRECTORY_INFORMATION_CLASS = 1
+STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
+STATUS_NOT_A_DIRECTORY = 0xC0000103
+STATUS_DELETE_PENDING = 0xC0000056
+STATUS_ACCESS_DENIED = 0xC0000022
+STATUS_NO_MORE_FILES = 0x80000006
+STATUS_FLT_VOLUME_NOT_FOUND = 0xC01C0014
+STATUS_FLT_INSTANCE_NOT_FOUND = 0xC01C0015
 
 # A system time near 2025 (100 ns since 1601): file times are this plus the
 # virtual clock.
@@ -191,6 +207,15 @@ class FileNode:
         # served (a writer that extends the file between the filter's size
         # query and its read), then None.
         self.grow_before_read = None
+        # A reparse point (symbolic link, junction, mount point): its tag and
+        # where it leads (never followed by anything the model allows).
+        self.reparse = None
+        # FileDispositionInformation (not POSIX): the name goes when the
+        # last handle closes.
+        self.delete_pending = False
+        # The name was removed (POSIX delete, or the last close of a
+        # delete-pending file); open handles keep the file.
+        self.unlinked = False
 
     def allocation_size(self):
         cluster = 4096
@@ -207,6 +232,12 @@ class Volume:
         self.alignment = 1  # FILE_WORD_ALIGNMENT
         self.files = {}  # lower-case path -> FileNode
         self.next_file_id = 0x0005_0000_0000_0100  # sequence number 5, MFT record 0x100
+        # FileDispositionInformationEx with POSIX semantics (NTFS on
+        # Windows 10 1709+); False: the file system refuses the class with
+        # STATUS_INVALID_PARAMETER (FAT, older NTFS).
+        self.posix_delete = True
+        # Virtual ms each FltQueryDirectoryFile takes (a slow disk), 0: none.
+        self.list_latency_ms = 0
         m = fm.m
         self.addr = m.system.alloc(0x200, tag=b"FMvo")  # the FLT_VOLUME
         fm.flt_objects[self.addr] = {"kind": "volume", "refs": 1}
@@ -225,6 +256,33 @@ class Volume:
 
     def lookup(self, path):
         return self.files.get(path.lower())
+
+    def add_dir(self, path):
+        return self.add_file(path, b"", directory=True)
+
+    def add_reparse(self, path, tag, target, directory=True):
+        """A reparse point at ``path`` (IO_REPARSE_TAG_MOUNT_POINT
+        0xA0000003 for junctions and volume mount points,
+        IO_REPARSE_TAG_SYMLINK 0xA000000C) leading to ``target``."""
+        node = self.add_file(path, b"", directory=directory)
+        node.reparse = (tag, target)
+        return node
+
+    def remove(self, path):
+        node = self.files.pop(path.lower(), None)
+        if node is not None:
+            node.unlinked = True
+            self.fm.drop_stream_if_unused(node)
+        return node
+
+    def children(self, path):
+        """The direct children of directory ``path``, sorted by name."""
+        base = path.rstrip("\\").lower() + "\\"
+        out = []
+        for key, node in self.files.items():
+            if key.startswith(base) and "\\" not in key[len(base):] and key != base:
+                out.append(node)
+        return sorted(out, key=lambda n: n.path.lower())
 
 
 class Instance:
@@ -264,6 +322,31 @@ class FileObj:
         self.cancel_called = False
         self.read = False
         self.write = False
+        self.delete = False
+        self.own = False  # opened by the driver with FltCreateFileEx2
+        self.handle = None
+        self.dir_pos = 0  # FltQueryDirectoryFile's enumeration position
+
+
+class _OwnFileCloser:
+    """The last reference of a FILE_OBJECT the driver opened with
+    FltCreateFileEx2 went (FltClose and ObfDereferenceObject, in either
+    order): IRP_MJ_CLEANUP and IRP_MJ_CLOSE reach the file system (below
+    the filter: no callback of ours runs) and the object is freed."""
+
+    def __init__(self, fm, fo):
+        self.fm = fm
+        self.fo = fo
+
+    def closed_file(self, addr):
+        fm, fo = self.fm, self.fo
+        if fo.handle is not None:
+            raise EmulationError(f"the FILE_OBJECT of {fo.path} lost its last reference while its handle is open")
+        o = fm.k.objects[addr]
+        o.device = None
+        o.refs = 1  # _free_file_object drops the last one itself
+        fm.k.emit("flt-close", path=fo.path)
+        fm._free_file_object(fo)
 
 
 class CallbackData:
@@ -316,6 +399,12 @@ class FilterManager:
         self.reads = []  # FltReadFile calls
         self.info_queries = []  # FltQueryInformationFile calls
         self.cancels = []  # FltCancelFileOpen calls
+        self.own_opens = []  # FltCreateFileEx2 calls
+        self.set_infos = []  # FltSetInformationFile calls
+        self.dir_queries = 0  # FltQueryDirectoryFile calls
+        self.push_locks = {}  # address -> {"shared": set(tid), "exclusive": tid or None}
+        self.eprocess = {}  # pid -> the fake EPROCESS FltGetRequestorProcess returns
+        self.process_images = {}  # pid -> image path (default: notepad.exe)
         for name in dir(self):
             if name.startswith("api_"):
                 self.m.handlers[name[4:]] = getattr(self, name)
@@ -509,6 +598,18 @@ class FilterManager:
             self._release(ctx)
         inst.torn_down = True
         self.k.emit("instance-teardown", reason=reason)
+
+    def drop_stream_if_unused(self, node, closing=None):
+        """A file whose name is gone and whose last handle closed: the
+        file system tears its stream (SCB) down, and Filter Manager
+        releases the stream context linked to it."""
+        if any(f.node is node and f.state == "open" and f is not closing for f in self.file_objects.values()):
+            return
+        ctx = node.stream_context
+        if ctx is not None:
+            node.stream_context = None
+            ctx.linked = None
+            self._release(ctx)
 
     def _instance(self, addr, what):
         inst = self.instance
@@ -829,6 +930,28 @@ class FilterManager:
         (data,) = m.args(1)
         return self._data(data, "FltGetRequestorProcessId").pid
 
+    def api_FltGetRequestorProcess(self, m):
+        (data,) = m.args(1)
+        pid = self._data(data, "FltGetRequestorProcess").pid
+        addr = self.eprocess.get(pid)
+        if addr is None:
+            addr = self.eprocess[pid] = self.m.system.alloc(0x100, tag=b"Proc")
+        return addr
+
+    def api_SeLocateProcessImageName(self, m):
+        process, out = m.args(2)
+        pid = next((p for p, a in self.eprocess.items() if a == process), None)
+        if pid is None:
+            raise EmulationError(f"SeLocateProcessImageName({process:#x}): not an EPROCESS the model handed out")
+        image = self.process_images.get(pid, "\\Device\\HarddiskVolume3\\Windows\\System32\\notepad.exe")
+        data = image.encode("utf-16-le")
+        # one pool block: the UNICODE_STRING, then its buffer (freed with ExFreePool)
+        block = self.m.pool.alloc(16 + len(data) + 2, tag=b"SeIn")
+        self.m.write(block, struct.pack("<HHIQ", len(data), len(data) + 2, 0, block + 16) + data + b"\0\0")
+        m.w64(out, block)
+        self.k.emit("api", name="SeLocateProcessImageName", pid=pid, image=image)
+        return STATUS_SUCCESS
+
     def api_FltIsDirectory(self, m):
         fo_addr, inst_addr, out = m.args(3)
         self._instance(inst_addr, "FltIsDirectory")
@@ -940,9 +1063,12 @@ class FilterManager:
         elif klass == L.FILE_INTERNAL_INFORMATION_CLASS:
             data = struct.pack("<Q", node.file_id)
         elif klass == L.FILE_STANDARD_INFORMATION_CLASS:
-            data = struct.pack("<qqIBBxx", node.allocation_size(), len(node.data), 1, 0, 1 if node.directory else 0)
+            pending = 1 if node.delete_pending or node.unlinked else 0
+            data = struct.pack("<qqIBBxx", node.allocation_size(), len(node.data), 1, pending, 1 if node.directory else 0)
         elif klass == L.FILE_BASIC_INFORMATION_CLASS:
             attrs = FILE_ATTRIBUTE_DIRECTORY if node.directory else FILE_ATTRIBUTE_ARCHIVE
+            if node.reparse:
+                attrs |= FILE_ATTRIBUTE_REPARSE_POINT
             data = struct.pack("<qqqqI4x", node.creation, node.last_access, node.last_write, node.change, attrs)
         else:
             raise EmulationError(f"FltQueryInformationFile class {klass}: not modelled")
@@ -1021,6 +1147,284 @@ class FilterManager:
         self.k.emit("flt-read", **rec)
         return status
 
+    # -- the driver's own opens (host actions) -----------------------------------
+
+    def api_FltGetVolumeFromName(self, m):
+        f, name_ptr, out = m.args(3)
+        if f != self.filter:
+            raise EmulationError("FltGetVolumeFromName with a handle FltRegisterFilter did not return")
+        name = m.unicode_string(name_ptr)
+        vol = self.volume
+        if vol is None or name.lower() != vol.name.lower():
+            return STATUS_FLT_VOLUME_NOT_FOUND
+        self.flt_objects[vol.addr]["refs"] += 1
+        m.w64(out, vol.addr)
+        return STATUS_SUCCESS
+
+    def api_FltGetVolumeInstanceFromName(self, m):
+        f, vol_addr, name_ptr, out = m.args(4)
+        if f != self.filter or self.volume is None or vol_addr != self.volume.addr:
+            raise EmulationError("FltGetVolumeInstanceFromName: not our filter or volume")
+        o = self.flt_objects[vol_addr]
+        if o["refs"] < 2:
+            raise EmulationError("FltGetVolumeInstanceFromName on a volume the caller holds no reference to")
+        inst = self.instance
+        if inst is None or not inst.attached or inst.torn_down:
+            return STATUS_FLT_INSTANCE_NOT_FOUND
+        self.flt_objects[inst.addr]["refs"] += 1
+        m.w64(out, inst.addr)
+        return STATUS_SUCCESS
+
+    def _resolve(self, path, options):
+        """The file system's path walk for an open below the filter: the
+        node, or an error status. A reparse point on the way (or at the
+        end without FILE_OPEN_REPARSE_POINT) would be followed: the model
+        refuses that outright, so a driver that could loop through a
+        junction fails the scenario."""
+        vol = self.volume
+        parts = [p for p in path.split("\\") if p]
+        cur = ""
+        for i, part in enumerate(parts):
+            cur += "\\" + part
+            node = vol.lookup(cur)
+            last = i == len(parts) - 1
+            if node is None:
+                return None, STATUS_OBJECT_NAME_NOT_FOUND if last else STATUS_OBJECT_PATH_NOT_FOUND
+            if node.reparse and (not last or not options & FILE_OPEN_REPARSE_POINT):
+                raise EmulationError(f"an open below the filter would follow the reparse point {cur} -> {node.reparse[1]}")
+            if not last and not node.directory:
+                return None, STATUS_OBJECT_PATH_NOT_FOUND
+        if not parts:
+            return None, STATUS_OBJECT_NAME_NOT_FOUND
+        return node, STATUS_SUCCESS
+
+    def api_FltCreateFileEx2(self, m):
+        (f, inst_addr, handle_out, fo_out, access, oa, iosb, alloc, attrs, share, disposition, options,
+         ea, ea_len, flags, driver_ctx) = m.args(16)
+        if f != self.filter:
+            raise EmulationError("FltCreateFileEx2 with a handle FltRegisterFilter did not return")
+        inst = self._instance(inst_addr, "FltCreateFileEx2")
+        if self.flt_objects[inst.addr]["refs"] < 2:
+            raise EmulationError("FltCreateFileEx2 on an instance the caller holds no reference to")
+        name = m.unicode_string(m.r64(oa + L.OA_OBJECT_NAME))
+        if not m.r32(oa + L.OA_ATTRIBUTES) & OBJ_KERNEL_HANDLE:
+            raise EmulationError(f"FltCreateFileEx2({name}) without OBJ_KERNEL_HANDLE")
+        if fo_out == 0:
+            raise EmulationError("FltCreateFileEx2 without a FileObject pointer: not modelled")
+        access &= 0xFFFFFFFF
+        options &= 0xFFFFFFFF
+        disposition &= 0xFFFFFFFF
+        flags &= 0xFFFFFFFF
+        rec = {"path": name, "access": access, "options": options, "flags": flags, "thread": self._thread_name(), "t_ms": ms(m.now)}
+        self.own_opens.append(rec)
+        vol = inst.volume
+        if not name.lower().startswith(vol.name.lower() + "\\"):
+            raise EmulationError(f"FltCreateFileEx2({name}): not a name on the instance's volume {vol.name}")
+        if disposition != FILE_OPEN:
+            raise EmulationError(f"FltCreateFileEx2 disposition {disposition}: not modelled")
+        path = name[len(vol.name):]
+        node, status = self._resolve(path, options)
+        if node is not None:
+            if node.delete_pending:
+                status = STATUS_DELETE_PENDING
+            elif node.directory and options & FILE_NON_DIRECTORY_FILE:
+                status = STATUS_FILE_IS_A_DIRECTORY
+            elif not node.directory and options & FILE_DIRECTORY_FILE:
+                status = STATUS_NOT_A_DIRECTORY
+        rec["status"] = status
+        self.k.emit("flt-create", **rec)
+        m.w32(iosb, status)
+        if status != STATUS_SUCCESS:
+            return status
+        fo = self._new_file_object(inst, node.path, 4)
+        fo.node = node
+        fo.state = "open"
+        fo.own = True
+        fo.read = bool(access & (FILE_READ_DATA | FILE_EXECUTE))
+        fo.write = bool(access & (FILE_WRITE_DATA | FILE_APPEND_DATA))
+        fo.delete = bool(access & DELETE)
+        m.w64(fo.addr + L.FO_FS_CONTEXT, node.scb)
+        o = self.k.objects[fo.addr]
+        o.refs = 2  # the handle's and the one returned in FileObject
+        o.device = _OwnFileCloser(self, fo)
+        h = self.k.new_handle(fo.addr)
+        fo.handle = h
+        m.w64(handle_out, h)
+        m.w64(fo_out, fo.addr)
+        m.w64(iosb + 8, FILE_OPENED)
+        return STATUS_SUCCESS
+
+    def api_FltClose(self, m):
+        (h,) = m.args(1)
+        target = self.k.handles.get(h)
+        fo = self.file_objects.get(target) if isinstance(target, int) else None
+        if fo is None or not fo.own:
+            raise EmulationError(f"FltClose({h:#x}): not a handle FltCreateFileEx2 returned")
+        del self.k.handles[h]
+        fo.handle = None
+        self.k.dereference(fo.addr)
+        return STATUS_SUCCESS
+
+    def api_FltSetInformationFile(self, m):
+        inst_addr, fo_addr, buf, length, klass = m.args(5)
+        self._instance(inst_addr, "FltSetInformationFile")
+        fo = self._file_object(fo_addr, "FltSetInformationFile")
+        node = self._opened(fo, "FltSetInformationFile")
+        klass &= 0xFFFFFFFF
+        length &= 0xFFFFFFFF
+        rec = {"path": node.path, "class": klass, "thread": self._thread_name(), "t_ms": ms(m.now)}
+        self.set_infos.append(rec)
+        vol = self.volume
+        if klass == FILE_DISPOSITION_INFORMATION_EX_CLASS:
+            if length < 4:
+                status = STATUS_INFO_LENGTH_MISMATCH
+            elif not vol.posix_delete:
+                status = STATUS_INVALID_PARAMETER
+            else:
+                flags = m.r32(buf)
+                rec["flags"] = flags
+                if not fo.delete:
+                    status = STATUS_ACCESS_DENIED
+                elif flags & FILE_DISPOSITION_DELETE and flags & FILE_DISPOSITION_POSIX_SEMANTICS:
+                    # POSIX semantics: the name goes now; open handles keep the file
+                    vol.remove(node.path)
+                    self.k.emit("file-removed", path=node.path, how="posix")
+                    status = STATUS_SUCCESS
+                elif flags & FILE_DISPOSITION_DELETE:
+                    node.delete_pending = True
+                    status = STATUS_SUCCESS
+                else:
+                    node.delete_pending = False
+                    status = STATUS_SUCCESS
+        elif klass == FILE_DISPOSITION_INFORMATION_CLASS:
+            if not fo.delete:
+                status = STATUS_ACCESS_DENIED
+            else:
+                node.delete_pending = bool(m.read(buf, 1)[0])
+                rec["delete"] = node.delete_pending
+                status = STATUS_SUCCESS
+        elif klass == L.FILE_END_OF_FILE_INFORMATION_CLASS:
+            if not fo.write:
+                status = STATUS_ACCESS_DENIED
+            else:
+                eof = s64(m.r64(buf))
+                rec["end_of_file"] = eof
+                if eof < len(node.data):
+                    del node.data[eof:]
+                else:
+                    node.data.extend(b"\0" * (eof - len(node.data)))
+                node.last_write = node.change = self.system_time()
+                status = STATUS_SUCCESS
+        else:
+            raise EmulationError(f"FltSetInformationFile class {klass}: not modelled")
+        rec["status"] = status
+        self.k.emit("flt-set-info", **rec)
+        return status
+
+    def api_FltQueryDirectoryFile(self, m):
+        inst_addr, fo_addr, buf, length, klass, single, name_ptr, restart, returned = m.args(9)
+        self._instance(inst_addr, "FltQueryDirectoryFile")
+        fo = self._file_object(fo_addr, "FltQueryDirectoryFile")
+        node = self._opened(fo, "FltQueryDirectoryFile")
+        klass &= 0xFFFFFFFF
+        length &= 0xFFFFFFFF
+        if klass != FILE_DIRECTORY_INFORMATION_CLASS:
+            raise EmulationError(f"FltQueryDirectoryFile class {klass}: not modelled")
+        if name_ptr:
+            raise EmulationError("FltQueryDirectoryFile with a file-name filter: not modelled")
+        if not single & 0xFF:
+            raise EmulationError("FltQueryDirectoryFile returning several entries: not modelled")
+        if not node.directory:
+            return STATUS_INVALID_PARAMETER
+        self.dir_queries += 1
+        if restart & 0xFF:
+            fo.dir_pos = 0
+        # "." and ".." first, as NTFS lists them, then the children by name
+        entries = [(".", node), ("..", node)] + [(c.path.rsplit("\\", 1)[1], c) for c in self.volume.children(node.path)]
+        if fo.dir_pos >= len(entries):
+            if returned:
+                m.w32(returned, 0)
+            return STATUS_NO_MORE_FILES
+        name, child = entries[fo.dir_pos]
+        encoded = name.encode("utf-16-le")
+        attrs = FILE_ATTRIBUTE_DIRECTORY if child.directory else FILE_ATTRIBUTE_ARCHIVE
+        if child.reparse:
+            attrs |= FILE_ATTRIBUTE_REPARSE_POINT
+        data = struct.pack(
+            "<IIqqqqqqII", 0, 0, child.creation, child.last_access, child.last_write, child.change,
+            len(child.data), child.allocation_size(), attrs, len(encoded),
+        ) + encoded
+        if len(data) > length:
+            return STATUS_BUFFER_OVERFLOW
+        fo.dir_pos += 1
+        m.write(buf, data)
+        if returned:
+            m.w32(returned, len(data))
+        if self.volume.list_latency_ms:
+            # A slow disk: the caller's thread waits that long for the entry.
+            w = Wait([], m.now + int(self.volume.list_latency_ms * 10_000))
+            w.on_wake = lambda status: STATUS_SUCCESS
+            raise Park(w)
+        return STATUS_SUCCESS
+
+    # -- push locks -------------------------------------------------------------
+
+    def _push_lock(self, addr, what):
+        lock = self.push_locks.get(addr)
+        if lock is None:
+            raise EmulationError(f"{what}({addr:#x}): FltInitializePushLock never initialised it")
+        return lock
+
+    def api_FltInitializePushLock(self, m):
+        (addr,) = m.args(1)
+        m.w64(addr, 0)
+        self.push_locks[addr] = {"shared": [], "exclusive": None}
+        return 0
+
+    def api_FltDeletePushLock(self, m):
+        (addr,) = m.args(1)
+        lock = self._push_lock(addr, "FltDeletePushLock")
+        if lock["shared"] or lock["exclusive"] is not None:
+            raise EmulationError("FltDeletePushLock on a held push lock")
+        del self.push_locks[addr]
+        return 0
+
+    def api_FltAcquirePushLockShared(self, m):
+        (addr,) = m.args(1)
+        lock = self._push_lock(addr, "FltAcquirePushLockShared")
+        tid = m.current.tid if m.current else None
+        if lock["exclusive"] is not None or tid in lock["shared"]:
+            # Emulated threads run until they wait: a holder exists only if
+            # it waited while holding the lock, or this is recursion.
+            raise EmulationError("FltAcquirePushLockShared on a push lock held across a wait or recursively")
+        lock["shared"].append(tid)
+        return 0
+
+    def api_FltAcquirePushLockExclusive(self, m):
+        (addr,) = m.args(1)
+        lock = self._push_lock(addr, "FltAcquirePushLockExclusive")
+        if lock["exclusive"] is not None or lock["shared"]:
+            raise EmulationError("FltAcquirePushLockExclusive on a push lock held across a wait or recursively")
+        lock["exclusive"] = m.current.tid if m.current else None
+        return 0
+
+    def api_FltReleasePushLock(self, m):
+        (addr,) = m.args(1)
+        lock = self._push_lock(addr, "FltReleasePushLock")
+        tid = m.current.tid if m.current else None
+        if lock["exclusive"] is not None:
+            if lock["exclusive"] != tid:
+                raise EmulationError("FltReleasePushLock by a thread that does not hold it")
+            lock["exclusive"] = None
+        elif tid in lock["shared"]:
+            lock["shared"].remove(tid)
+        else:
+            raise EmulationError("FltReleasePushLock of a push lock this thread does not hold")
+        return 0
+
+    def push_locks_held(self):
+        return [hex(a) for a, l in self.push_locks.items() if l["shared"] or l["exclusive"] is not None]
+
     # -- operations -----------------------------------------------------------------
 
     def _new_file_object(self, inst, path, pid):
@@ -1044,6 +1448,17 @@ class FilterManager:
         """IRP_MJ_CLOSE reached the file system and the I/O manager frees
         the FILE_OBJECT."""
         fo.state = "closed"
+        node = fo.node
+        if node is not None and node.delete_pending and not any(
+            f.node is node and f.state == "open" and f is not fo for f in self.file_objects.values()
+        ):
+            # the last handle of a delete-pending file: the name goes now
+            if self.volume.files.get(node.path.lower()) is node:
+                self.volume.remove(node.path)
+            node.unlinked = True
+            self.k.emit("file-removed", path=node.path, how="last-close")
+        if node is not None and node.unlinked:
+            self.drop_stream_if_unused(node, closing=fo)
         o = self.k.objects[fo.addr]
         self.k.dereference(fo.addr)
         if o.refs != 0:

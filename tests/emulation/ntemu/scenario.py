@@ -6,6 +6,8 @@ standard output (the Rust tests in tests/driver_emulation.rs assert on it).
 
 import argparse
 import json
+import select
+import socket
 import struct
 import sys
 import time
@@ -27,6 +29,10 @@ def dword(v):
 
 def sz(s):
     return (REG_SZ, (s + "\0").encode("utf-16-le"))
+
+
+def multi_sz(*items):
+    return (7, "".join(i + "\0" for i in items).encode("utf-16-le") + b"\0\0")  # REG_MULTI_SZ
 
 
 class World:
@@ -504,6 +510,11 @@ class FileWorld(World):
         out["names_live"] = self.flt.live_names()
         out["aligned_live"] = len(self.flt.aligned)
         out["instance_attached"] = bool(self.flt.instance and self.flt.instance.attached)
+        out["own_opens"] = self.flt.own_opens
+        out["set_infos"] = self.flt.set_infos
+        out["push_locks_held"] = self.flt.push_locks_held()
+        out["own_files_open"] = [f.path for f in self.flt.file_objects.values() if f.own and f.state != "closed"]
+        out["flt_objects_refs"] = {hex(a): o["refs"] for a, o in self.flt.flt_objects.items()}
         return out
 
 
@@ -700,11 +711,280 @@ SCENARIOS.update(
 )
 
 
+# ---------------------------------------------------------------------------
+# Host actions (protocol §14) through the real scanner's control socket
+# ---------------------------------------------------------------------------
+
+VOL = "\\Device\\HarddiskVolume3"
+FILE_READ_ATTRIBUTES_ONLY = 0x100080  # FILE_READ_ATTRIBUTES | SYNCHRONIZE: no data access, not scanned
+IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003
+
+
+class Control:
+    """One connection to the scanner's control socket (JSON lines). While
+    it waits for an answer the world runs, so the guest sees the host's
+    requests and answers them."""
+
+    def __init__(self, w, path):
+        self.w = w
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.setblocking(False)
+        self.buf = b""
+
+    def _readable(self):
+        if b"\n" in self.buf:
+            return True
+        r, _, _ = select.select([self.sock], [], [], 0)
+        return bool(r)
+
+    def _lines(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            self.buf += data
+        out = []
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            if line.strip():
+                out.append(json.loads(line))
+        return out
+
+    def send(self, request):
+        self.sock.setblocking(True)
+        self.sock.sendall((json.dumps(request) + "\n").encode())
+        self.sock.setblocking(False)
+
+    def wait(self, final, max_real=60.0, max_virtual_ms=120_000):
+        """Runs the world until an answer line satisfies ``final``."""
+        answers = []
+        started = time.monotonic()
+        t0 = self.w.m.now
+        while time.monotonic() - started < max_real and (self.w.m.now - t0) < max_virtual_ms * 10_000:
+            answers += self._lines()
+            if answers and final(answers[-1]):
+                return answers
+            self.w.run(until=self._readable, max_ms=20)
+            if not self._readable():
+                time.sleep(0.002)
+        raise EmulationError(f"no final answer from the control socket; got {answers}")
+
+    def ask(self, request, final=lambda a: "ok" in a, **kw):
+        self.send(request)
+        answers = self.wait(final, **kw)
+        self.w.results.setdefault("control", []).append({"request": request, "answers": answers})
+        return answers[-1]
+
+
+def actions_world(driver, args, held, files, extra=None, dirs=()):
+    if not args.control:
+        raise EmulationError("host-action scenarios need --control (the scanner's control socket)")
+    w = held["world"] = FileWorld(
+        driver, start_type=3, vmci=VmciDevice(), scanner=scanner_address(args),
+        parameters=scanner_params(args, dict(DEBUG, **(extra or {}))), files=(), reply_wait=0.2,
+    )
+    for d in dirs:
+        w.volume.add_dir(d)
+    for path, content in files:
+        w.volume.add_file(path, content)
+    w.boot()
+    w.run(until=lambda: connected(w), max_ms=10_000)
+    if not connected(w):
+        raise EmulationError("no session with the scanner before the host-action scenario")
+    w.attach_volume()
+    w.ctl = Control(w, args.control)
+    return w
+
+
+def fs_state(w, paths):
+    out = {}
+    for p in paths:
+        n = w.volume.lookup(p)
+        out[p] = None if n is None else {"size": len(n.data), "eicar": bytes(n.data) == EICAR}
+    return out
+
+
+def scenario_actions_remediate(driver, args, held):
+    """EICAR files opened (denied), then remediated through the control
+    socket: one deleted while another process holds an attribute-only
+    handle (POSIX delete: the name goes at once), one replaced after the
+    detection (Changed, kept), one removed before (NotFound), one truncated,
+    and one on a file system without POSIX delete while a handle is open
+    (DoneOnClose; the name goes at that handle's close)."""
+    d = "\\Users\\Public\\"
+    names = ["eicar1.com", "eicar2.com", "eicar3.com", "eicar4.com", "eicar5.com"]
+    w = actions_world(driver, args, held, [(d + n, EICAR) for n in names], dirs=["\\Users", "\\Users\\Public"])
+    for n in names:
+        rec = w.open(d + n)
+        if rec["allowed"]:
+            raise EmulationError(f"{n} was not denied")
+        w.run(max_ms=50)
+    ctl = w.ctl
+    guests = ctl.ask({"cmd": "guests"})
+    w.results["guests_before"] = guests
+    guest = "thinagent.sys"
+
+    def remediate(n, **kw):
+        r = ctl.ask(dict({"cmd": "remediate", "guest": guest, "path": VOL + d + n, "timeout_ms": 20000}, **kw))
+        w.results.setdefault("remediate", {})[n] = r
+        return r
+
+    held_open = w.open(d + "eicar1.com", access=FILE_READ_ATTRIBUTES_ONLY)
+    if not held_open["allowed"]:
+        raise EmulationError("an attribute-only open was denied")
+    remediate("eicar1.com")
+    w.results["eicar1_gone_while_open"] = w.volume.lookup(d + "eicar1.com") is None
+    w.close(held_open["handle"])
+    node = w.volume.lookup(d + "eicar2.com")
+    node.data = bytearray(b"replaced with something else entirely\r\n")
+    node.last_write = node.change = w.flt.system_time()
+    remediate("eicar2.com")
+    w.volume.remove(d + "eicar3.com")
+    remediate("eicar3.com")
+    remediate("eicar5.com", action="truncate")
+    w.volume.posix_delete = False
+    h4 = w.open(d + "eicar4.com", access=FILE_READ_ATTRIBUTES_ONLY)
+    remediate("eicar4.com")
+    w.results["eicar4_before_close"] = w.volume.lookup(d + "eicar4.com") is not None
+    w.close(h4["handle"])
+    w.results["fs"] = fs_state(w, [d + n for n in names])
+    w.results["guests_after"] = ctl.ask({"cmd": "guests"})
+    w.unload_and_wait()
+    return w
+
+
+TREE = "\\Data\\tree"
+TREE_DIRS = ["\\Data", TREE, TREE + "\\sub", TREE + "\\sub\\deep", TREE + "\\skip"]
+TREE_FILES = [
+    (TREE + "\\a.txt", CLEAN),
+    (TREE + "\\eicar.com", EICAR),
+    (TREE + "\\notes.log", CLEAN),
+    (TREE + "\\sub\\b.txt", pattern(200 * 1024)),
+    (TREE + "\\sub\\deep\\eicar2.com", EICAR),
+    (TREE + "\\skip\\x.com", EICAR),
+]
+
+
+def scenario_actions_scan(driver, args, held):
+    """A scan of a tree with nested directories, a junction back to the
+    tree (a loop if followed), a volume mount point (another volume), an
+    excluded directory and an excluded extension: it completes with the
+    right counters; then a scan of a larger tree is cancelled."""
+    extra = {
+        "excludePaths": multi_sz(VOL + TREE + "\\skip"),
+        "excludeExtensions": multi_sz("log"),
+    }
+    big = [("\\Data\\big\\f%03d.txt" % i, pattern(100 + i)) for i in range(300)]
+    w = actions_world(driver, args, held, TREE_FILES + big, extra, dirs=TREE_DIRS + ["\\Data\\big"])
+    w.volume.add_reparse(TREE + "\\loop", IO_REPARSE_TAG_MOUNT_POINT, VOL + TREE)
+    w.volume.add_reparse(TREE + "\\mnt", IO_REPARSE_TAG_MOUNT_POINT, "\\??\\Volume{6b1c0d6e-0000-0000-0000-100000000000}\\")
+    ctl = w.ctl
+    guest = "thinagent.sys"
+    done = ctl.ask({"cmd": "scan", "guest": guest, "path": VOL + TREE, "wait": True})
+    w.results["scan"] = done
+    w.results["scan_answers"] = w.results["control"][-1]["answers"]
+    w.results["guests_after_scan"] = ctl.ask({"cmd": "guests"})
+    # A scan of 300 files on a slow disk (10 ms per directory entry),
+    # cancelled once it reported progress.
+    w.volume.list_latency_ms = 10
+    ctl.send({"cmd": "scan", "guest": guest, "path": VOL + "\\Data\\big", "wait": True})
+    first = ctl.wait(lambda a: "scan_id" in a or "ok" in a)
+    scan_id = first[-1].get("scan_id")
+    if scan_id is None:
+        raise EmulationError(f"the scan did not start: {first}")
+    # Cancelled once the guest reported progress (the scan runs).
+    first += ctl.wait(lambda a: "progress" in a or "ok" in a)
+    other = Control(w, args.control)
+    w.results["cancel_answer"] = other.ask({"cmd": "cancel-scan", "guest": guest, "scan_id": scan_id})
+    rest = ctl.wait(lambda a: "ok" in a)
+    w.results["cancelled_scan"] = rest[-1]
+    w.results["cancelled_scan_answers"] = first + rest
+    w.run(max_ms=3000)
+    w.results["own_opens_through_reparse"] = [
+        o["path"] for o in w.flt.own_opens if "\\loop\\" in o["path"] or "\\mnt\\" in o["path"]
+    ]
+    w.results["own_open_threads"] = sorted({o["thread"] for o in w.flt.own_opens})
+    w.unload_and_wait()
+    return w
+
+
+def scenario_actions_policy(driver, args, held):
+    """A host policy changes the driver's exclusions and fail mode: an
+    EICAR file under the newly excluded prefix opens, a clean open while
+    the host stalls is denied by the new fail mode; max_scan_size is pinned
+    locally (PinnedPolicy 0x20) and reported."""
+    d = "\\Users\\Public\\"
+    files = [(d + "skipme\\eicar.com", EICAR), (d + "eicar.com", EICAR), (d + "later.txt", CLEAN)]
+    w = actions_world(
+        driver, args, held, files, {"PinnedPolicy": dword(0x20)},
+        dirs=["\\Users", "\\Users\\Public", "\\Users\\Public\\skipme"],
+    )
+    ctl = w.ctl
+    w.results["before"] = w.open(d + "skipme\\eicar.com")["allowed"]
+    policy = {
+        "fail_mode": "closed",
+        "query_timeout_ms": 500,
+        "max_scan_size": 1048576,
+        "exclusions": [
+            {"kind": "path-prefix", "value": VOL + d + "skipme"},
+            {"kind": "process", "value": "backup.exe"},
+        ],
+    }
+    w.results["policy_set"] = ctl.ask({"cmd": "policy-set", "policy": policy})
+    # Until the guest answered the Policy.
+    shown = None
+    for _ in range(200):
+        shown = ctl.ask({"cmd": "policy-show"})
+        gs = shown.get("guests") or []
+        if gs and (gs[0].get("policy") or {}).get("status") not in (None, "sent", "pending"):
+            break
+        w.run(max_ms=50)
+    w.results["policy_show"] = shown
+    rec = w.open(d + "skipme\\eicar.com")
+    w.results["excluded_after"] = rec["allowed"]
+    if rec["allowed"]:
+        w.close(rec["handle"])
+    rec = w.open(d + "eicar.com")
+    w.results["not_excluded_after"] = rec["allowed"]
+    # The same EICAR file opened by the excluded process image.
+    w.flt.process_images[777] = VOL + "\\Tools\\BACKUP.EXE"
+    rec = w.open(d + "eicar.com", pid=777)
+    w.results["excluded_image"] = rec["allowed"]
+    if rec["allowed"]:
+        w.close(rec["handle"])
+    w.results["guests_soon"] = ctl.ask({"cmd": "guests"})
+    # Health goes out on change at most every 10 s: the next one carries
+    # the policy.
+    w.run(max_ms=11_000)
+    w.results["guests"] = ctl.ask({"cmd": "guests"})
+    w.provider.stall_host()
+    rec = w.open(d + "later.txt")
+    w.results["stalled_open"] = {"allowed": rec["allowed"], "ms": rec["t_end_ms"] - rec["t_start_ms"]}
+    if rec["allowed"]:
+        w.close(rec["handle"])
+    w.unload_and_wait()
+    return w
+
+
+SCENARIOS.update(
+    {
+        "actions-remediate": scenario_actions_remediate,
+        "actions-scan": scenario_actions_scan,
+        "actions-policy": scenario_actions_policy,
+    }
+)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--driver", required=True)
     p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     p.add_argument("--scanner", default=None, help="tcp://127.0.0.1:PORT of a running thinagent-scanner")
+    p.add_argument("--control", default=None, help="the scanner's control socket (host-action scenarios)")
     args = p.parse_args(argv)
     started = time.monotonic()
     held = {}

@@ -1,0 +1,1307 @@
+//! Host actions (docs/protocol.md §14): `Remediate`, `ScanTree` (with
+//! `ScanCancel`, `ScanProgress`, `ScanDone`), `Policy`, and the `Health`
+//! reports, on a system thread of their own (never the session worker,
+//! which judges opens: §14.1 "On-access first").
+//!
+//! # Shape
+//!
+//! The session worker copies each request the session accepted into a
+//! [`Job`] (its frame, re-encoded: the session's inbox is reused) and hands
+//! it to [`submit`]; the host-action thread ([`run`], started by [`start`]
+//! in `DriverEntry`, joined by [`stop`] at unload before the filter is
+//! unregistered) takes the jobs in order and answers each through
+//! [`session_worker::with_session`], only to the session (`generation`)
+//! that sent it: after a reconnect an old request is void (§14.1).
+//!
+//! * **Remediate** ([`remediate`]): `FltCreateFileEx2` from our instance of
+//!   the path's volume (so our own filter never sees the open: no
+//!   scan of our own I/O), `FILE_OPEN_REPARSE_POINT` (the name itself,
+//!   never a link's target), `IO_IGNORE_SHARE_ACCESS_CHECK` (a process
+//!   holding the file open without `FILE_SHARE_DELETE` keeps its handle
+//!   and cannot block the removal); then the identity on that same file
+//!   object exactly as the create path fills a `FileEvent`
+//!   ([`filter_callbacks::file_identity`]), then the disposition or the end
+//!   of file on that file object.
+//! * **ScanTree** ([`Scan`]): an explicit stack of open directories (depth
+//!   capped at [`MAX_DEPTH`], no recursion), one `FltQueryDirectoryFile`
+//!   entry at a time, reparse points never entered nor sent; each regular
+//!   file opened like a remediation target, its identity queried, and sent
+//!   as an `OnDemand` `FileEvent` ([`session_worker::submit_on_demand`],
+//!   within the session's `on_demand_capacity`) while its file object stays
+//!   open for the host's reads until its verdict.
+//! * **Policy** ([`apply_policy`]): [`thinagent_guest::host_policy::stage`]
+//!   checks and builds it aside (a heap copy of the open policy), then
+//!   [`super::agent::Live::write`] puts it in place under the exclusive push
+//!   lock; fields pinned by `PinnedPolicy` are reported.
+//! * **Health** ([`HealthReporter`], polled by the session worker): after
+//!   each handshake, then on change at most every 10 s.
+//!
+//! `Restore` is not announced: [`CAPABILITIES`] is the seam (add
+//! `RESTORE`, a job kind and its handler here).
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::time::Duration;
+
+use thinagent_guest::log::routine;
+use thinagent_guest::{Instant, Level, OpenPolicy, PathRef};
+use thinagent_km_sys::fltmgr::Minifilters::{
+    FltClose, FltCreateFileEx2, FltGetVolumeFromName, FltGetVolumeInstanceFromName,
+    FltObjectDereference, FltQueryDirectoryFile, FltSetInformationFile, PFLT_INSTANCE, PFLT_VOLUME,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{FILE_OBJECT, OBJECT_ATTRIBUTES};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::{
+    FILE_DIRECTORY_FILE, FILE_DIRECTORY_INFORMATION, FILE_DISPOSITION_DELETE,
+    FILE_DISPOSITION_IGNORE_READONLY_ATTRIBUTE, FILE_DISPOSITION_INFORMATION,
+    FILE_DISPOSITION_INFORMATION_EX, FILE_DISPOSITION_POSIX_SEMANTICS, FILE_NON_DIRECTORY_FILE,
+    FILE_OPEN, FILE_OPEN_REPARSE_POINT, FILE_SYNCHRONOUS_IO_NONALERT, FileDirectoryInformation,
+    FileDispositionInformation, FileDispositionInformationEx, FileEndOfFileInformation,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
+    FILE_END_OF_FILE_INFORMATION, IO_IGNORE_SHARE_ACCESS_CHECK, ObfDereferenceObject,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
+    HANDLE, NTSTATUS, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, STATUS_NO_MORE_FILES,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND,
+};
+use thinagent_km_sys::fltmgr::windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
+use thinagent_protocol::{
+    ActionResult, ActionStatus, Capabilities, Decoded, FilePath, Health, HealthState, Message,
+    OsError, Policy, Remediate, RemediateAction, ScanCounters, ScanDone, ScanFlags, ScanStatus,
+    ScanTree, decode_frame,
+};
+
+use super::agent::Agent;
+use super::filter_callbacks;
+use super::irp::SystemThread;
+use super::kernel::{
+    self, EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
+    STATUS_SUCCESS, SpinLock, Utf16, nt_success, unicode_string_for,
+};
+use super::session_worker::{self, OnDemand, OnDemandFile, SCAN_SLOTS};
+
+/// The host-action capabilities the driver announces in `Hello`.
+/// `RESTORE` is not among them yet: its seam is here.
+pub const CAPABILITIES: Capabilities =
+    Capabilities(Capabilities::REMEDIATE.0 | Capabilities::SCAN_TREE.0 | Capabilities::POLICY.0);
+
+/// Jobs waiting for the thread: `MAX_ACTIONS_IN_FLIGHT` (8) actions and
+/// one scan (§14.1).
+const QUEUE: usize = thinagent_protocol::MAX_ACTIONS_IN_FLIGHT as usize + 1;
+/// Deepest directory nesting a scan enters (open directory handles held at
+/// once); deeper directories count as errors.
+pub const MAX_DEPTH: usize = 64;
+/// Longest path a scan or remediation handles, UTF-16 units (the query
+/// slots' `PATH_BYTES`).
+const PATH_UNITS: usize = session_worker::PATH_BYTES / 2;
+/// `FltQueryDirectoryFile` buffer: one `FILE_DIRECTORY_INFORMATION` with a
+/// 255-unit name fits.
+const DIR_BUFFER: usize = 1024;
+/// Longest wait of the thread while a scan runs (verdicts and reads also
+/// wake it).
+const SCAN_TICK: Duration = Duration::from_millis(50);
+/// Longest wait while idle (unload also wakes it).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Directory entries (or files) handled per turn before the thread looks
+/// at remediations and the stop flag again.
+const WALK_BUDGET: usize = 64;
+
+/// `DELETE`, `SYNCHRONIZE`, `FILE_READ_ATTRIBUTES`, `FILE_WRITE_DATA`,
+/// `FILE_READ_DATA`, `FILE_LIST_DIRECTORY`, `FILE_TRAVERSE`
+/// (winnt.h access rights).
+const DELETE: u32 = 0x0001_0000;
+const SYNCHRONIZE: u32 = 0x0010_0000;
+const FILE_READ_ATTRIBUTES: u32 = 0x0080;
+const FILE_WRITE_DATA: u32 = 0x0002;
+const FILE_READ_DATA: u32 = 0x0001;
+const FILE_LIST_DIRECTORY: u32 = 0x0001;
+const FILE_TRAVERSE: u32 = 0x0020;
+/// `FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE`.
+const SHARE_ALL: u32 = 0x7;
+/// `FILE_ATTRIBUTE_DIRECTORY`, `FILE_ATTRIBUTE_REPARSE_POINT` (winnt.h).
+const FILE_ATTRIBUTE_DIRECTORY: u32 = 0x10;
+const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
+/// `STATUS_NOT_SUPPORTED`, `STATUS_INVALID_INFO_CLASS`,
+/// `STATUS_IO_TIMEOUT`, `STATUS_UNSUCCESSFUL`, `STATUS_NAME_TOO_LONG`
+/// (ntstatus.h).
+const STATUS_NOT_SUPPORTED: NTSTATUS = 0xC000_00BB_u32 as i32;
+const STATUS_INVALID_INFO_CLASS: NTSTATUS = 0xC000_0003_u32 as i32;
+const STATUS_IO_TIMEOUT: NTSTATUS = 0xC000_00B5_u32 as i32;
+const STATUS_UNSUCCESSFUL: NTSTATUS = kernel::STATUS_UNSUCCESSFUL;
+const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
+
+// The layouts the file system writes and reads, as windows-sys declares
+// them (ntifs.h; learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/
+// ns-ntifs-_file_directory_information, ns-ntddk-_file_disposition_information_ex,
+// ns-ntddk-_file_disposition_information, ns-ntddk-_file_end_of_file_information).
+const _: () = {
+    assert!(core::mem::offset_of!(FILE_DIRECTORY_INFORMATION, EndOfFile) == 0x28);
+    assert!(core::mem::offset_of!(FILE_DIRECTORY_INFORMATION, FileAttributes) == 0x38);
+    assert!(core::mem::offset_of!(FILE_DIRECTORY_INFORMATION, FileNameLength) == 0x3C);
+    assert!(core::mem::offset_of!(FILE_DIRECTORY_INFORMATION, FileName) == 0x40);
+    assert!(size_of::<FILE_DISPOSITION_INFORMATION_EX>() == 4);
+    assert!(size_of::<FILE_DISPOSITION_INFORMATION>() == 1);
+    assert!(size_of::<FILE_END_OF_FILE_INFORMATION>() == 8);
+};
+
+// ---------------------------------------------------------------------------
+// Jobs
+// ---------------------------------------------------------------------------
+
+/// One host request, owned: its frame re-encoded (the session's inbox is
+/// reused as soon as the worker takes it).
+pub struct Job {
+    generation: u32,
+    id: u64,
+    received: Instant,
+    frame: Vec<u8>,
+}
+
+impl Job {
+    /// Copies `message` (a `Remediate`, `Policy` or `ScanTree` the session
+    /// accepted) of session `generation`. `None` when there is no memory
+    /// (the caller answers `Busy`). Any IRQL <= DISPATCH (non-paged pool).
+    #[must_use]
+    pub fn copy(generation: u32, id: u64, message: &Message<'_>, now: Instant) -> Option<Self> {
+        // Host actions exist in version 2 only (§14).
+        let version = thinagent_protocol::HOST_ACTIONS_VERSION;
+        let len = message.encoded_len_for(version);
+        let mut frame = Vec::new();
+        frame.try_reserve_exact(len).ok()?;
+        frame.resize(len, 0);
+        message.encode_for(version, id, &mut frame).ok()?;
+        Some(Job {
+            generation,
+            id,
+            received: now,
+            frame,
+        })
+    }
+
+    fn message(&self) -> Option<Message<'_>> {
+        match decode_frame(&self.frame) {
+            Ok(Decoded::Frame { frame, .. }) => Some(frame.message),
+            _ => None,
+        }
+    }
+}
+
+struct Queue {
+    jobs: [Option<Job>; QUEUE],
+    /// A `ScanCancel` for this scan id arrived.
+    cancel: Option<u64>,
+    accepting: bool,
+}
+
+static QUEUE_LOCK: SpinLock<Queue> = SpinLock::new(Queue {
+    jobs: [const { None }; QUEUE],
+    cancel: None,
+    accepting: false,
+});
+/// Wakes the thread: a job, a cancel, a verdict or read of a scan's event,
+/// the session's end, unload (synchronization event).
+static WAKE: KernelEvent = KernelEvent::uninit();
+static STOP: AtomicBool = AtomicBool::new(false);
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+static THREAD: SpinLock<Option<SystemThread>> = SpinLock::new(None);
+/// A scan runs (`Health.state` bit 2).
+static SCAN_RUNNING: AtomicBool = AtomicBool::new(false);
+/// `OnDemand` events sent (part of `Health.events_sent`).
+static ON_DEMAND_SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Hands `job` to the thread; gives it back when the queue is full or the
+/// thread is not running (the caller answers `Busy`). Any IRQL <= DISPATCH.
+pub fn submit(job: Job) -> Result<(), Job> {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return Err(job);
+    }
+    let r = QUEUE_LOCK.with(|q| {
+        if !q.accepting {
+            return Err(job);
+        }
+        match q.jobs.iter_mut().find(|j| j.is_none()) {
+            Some(free) => {
+                *free = Some(job);
+                Ok(())
+            }
+            None => Err(job),
+        }
+    });
+    if r.is_ok() {
+        WAKE.set();
+    }
+    r
+}
+
+/// A `ScanCancel` for scan `id` arrived (the session announced it: a scan
+/// the thread runs or is about to). Any IRQL <= DISPATCH.
+pub fn cancel_scan(id: u64) {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return;
+    }
+    QUEUE_LOCK.with(|q| q.cancel = Some(id));
+    WAKE.set();
+}
+
+/// Wakes the thread (a scan's event was answered or read, or the session
+/// ended). Any IRQL <= DISPATCH.
+pub fn wake() {
+    if INITIALISED.load(Ordering::Acquire) {
+        WAKE.set();
+    }
+}
+
+/// Starts the host-action thread (PASSIVE_LEVEL, `DriverEntry`, after the
+/// filter started). On failure the session still announces the
+/// capabilities, and every request is answered `Busy`.
+pub fn start(agent: &'static Agent) -> NTSTATUS {
+    if !INITIALISED.swap(true, Ordering::AcqRel) {
+        QUEUE_LOCK.init();
+        THREAD.init();
+        WAKE.init(EventKind::Synchronization, false);
+    }
+    STOP.store(false, Ordering::Release);
+    QUEUE_LOCK.with(|q| q.accepting = true);
+    let ctx = core::ptr::from_ref(agent).cast_mut().cast::<c_void>();
+    // SAFETY: `thread_main` only reads the agent, which outlives the
+    // thread (`stop` joins it before the agent is freed).
+    match unsafe { SystemThread::spawn(thread_main, ctx) } {
+        Ok(t) => {
+            THREAD.with(|slot| *slot = Some(t));
+            STATUS_SUCCESS
+        }
+        Err((status, _)) => {
+            QUEUE_LOCK.with(|q| q.accepting = false);
+            crate::klog_status!(
+                Level::Error,
+                routine::SESSION,
+                status,
+                "host-action thread not started; host actions are answered Busy"
+            );
+            status
+        }
+    }
+}
+
+/// Stops the thread and waits for it (PASSIVE_LEVEL, unload, after the
+/// session worker stopped and before the filter is unregistered: the
+/// thread closes its files and drops its instance references first).
+pub fn stop() {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return;
+    }
+    QUEUE_LOCK.with(|q| q.accepting = false);
+    STOP.store(true, Ordering::Release);
+    WAKE.set();
+    if let Some(t) = THREAD.with(Option::take) {
+        t.join();
+    }
+    // Jobs never taken (their session is gone anyway).
+    let left = QUEUE_LOCK.with(|q| q.jobs.iter_mut().filter_map(Option::take).count());
+    let _ = left;
+}
+
+/// The thread's entry (`KSTART_ROUTINE`).
+unsafe extern "system" fn thread_main(ctx: *mut c_void) {
+    // SAFETY: `start` passed the installed agent, which outlives us.
+    let agent = unsafe { &*ctx.cast::<Agent>() };
+    run(agent);
+    // PsTerminateSystemThread is not needed: returning ends a system thread.
+}
+
+/// The thread's loop (PASSIVE_LEVEL).
+fn run(agent: &Agent) {
+    let mut scan: Option<Box<Scan>> = None;
+    loop {
+        if STOP.load(Ordering::Acquire) || agent.is_stopping() {
+            break;
+        }
+        // Actions first: they are short.
+        while let Some(job) = next_job(scan.is_some()) {
+            handle(agent, job, &mut scan);
+        }
+        let wait = match scan.as_mut() {
+            Some(s) => {
+                if s.step(agent) {
+                    SCAN_RUNNING.store(false, Ordering::Release);
+                    scan = None;
+                    continue;
+                }
+                SCAN_TICK
+            }
+            None => IDLE_TICK,
+        };
+        let _ = WAKE.wait(Some(wait));
+    }
+    if let Some(mut s) = scan {
+        s.abort();
+    }
+    SCAN_RUNNING.store(false, Ordering::Release);
+}
+
+/// The oldest job, skipping scans while one runs (a second scan never
+/// reaches here: the session answers it `Busy`).
+fn next_job(scan_running: bool) -> Option<Job> {
+    QUEUE_LOCK.with(|q| {
+        let i = q.jobs.iter().position(|j| {
+            j.as_ref().is_some_and(|j| {
+                !(scan_running && matches!(j.message(), Some(Message::ScanTree(_))))
+            })
+        })?;
+        q.jobs[i].take()
+    })
+}
+
+/// Runs one job and answers it.
+fn handle(agent: &Agent, job: Job, scan: &mut Option<Box<Scan>>) {
+    let answer = match job.message() {
+        Some(Message::Remediate(r)) => remediate(agent, &job, &r),
+        Some(Message::Policy(p)) => apply_policy(agent, &p),
+        Some(Message::ScanTree(t)) => {
+            match Scan::start(agent, &job, &t) {
+                Ok(s) => {
+                    SCAN_RUNNING.store(true, Ordering::Release);
+                    *scan = Some(s);
+                }
+                Err(done) => {
+                    let _ =
+                        session_worker::with_session(job.generation, |s| s.scan_done(job.id, done));
+                }
+            }
+            return;
+        }
+        _ => ActionResult::status(ActionStatus::Rejected),
+    };
+    let sent = session_worker::with_session(job.generation, |s| s.complete_action(job.id, answer));
+    if !matches!(sent, Some(Ok(()))) {
+        crate::klog!(
+            Level::Debug,
+            routine::SESSION,
+            "host request {} answered after its session ended: dropped",
+            job.id
+        );
+    }
+}
+
+fn failed(status: NTSTATUS) -> ActionResult {
+    ActionResult::failed(OsError::NtStatus(status as u32))
+}
+
+// ---------------------------------------------------------------------------
+// Files: our own opens below our instance
+// ---------------------------------------------------------------------------
+
+/// Our instance on a volume, referenced (`FltGetVolumeInstanceFromName`);
+/// dereferenced on drop.
+struct InstanceRef(PFLT_INSTANCE);
+
+impl InstanceRef {
+    /// Our instance on the volume `path` starts with (`\Device\<name>`, the
+    /// first two components of a normalized name). PASSIVE_LEVEL.
+    fn for_path(path: &[u16]) -> Result<Self, NTSTATUS> {
+        let slash = u16::from(b'\\');
+        // "\Device\HarddiskVolume3\..." -> the index of the third '\'.
+        let mut seen = 0;
+        let end = path
+            .iter()
+            .position(|&c| {
+                if c == slash {
+                    seen += 1;
+                }
+                seen == 3
+            })
+            .unwrap_or(path.len());
+        if path.first() != Some(&slash) || seen < 2 {
+            return Err(STATUS_OBJECT_PATH_NOT_FOUND);
+        }
+        let name = unicode_string_for(&path[..end]).ok_or(STATUS_NAME_TOO_LONG)?;
+        let filter = filter_callbacks::filter();
+        let mut volume: PFLT_VOLUME = 0;
+        // SAFETY: FltGetVolumeFromName (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumefromname):
+        // our registered filter, a UNICODE_STRING over `path` for the call;
+        // the volume comes back referenced. PASSIVE_LEVEL.
+        let status = unsafe { FltGetVolumeFromName(filter, &name, &mut volume) };
+        if !nt_success(status) {
+            return Err(status);
+        }
+        let mut instance: PFLT_INSTANCE = 0;
+        // SAFETY: FltGetVolumeInstanceFromName (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumeinstancefromname):
+        // the referenced volume; a null instance name picks our
+        // highest-altitude instance on it, referenced. IRQL <= APC_LEVEL.
+        let status = unsafe {
+            FltGetVolumeInstanceFromName(filter, volume, core::ptr::null(), &mut instance)
+        };
+        // SAFETY: FltObjectDereference (fltkernel.h): drops the volume
+        // reference FltGetVolumeFromName added.
+        unsafe { FltObjectDereference(volume as *mut c_void) };
+        if nt_success(status) {
+            Ok(InstanceRef(instance))
+        } else {
+            Err(status)
+        }
+    }
+}
+
+impl Drop for InstanceRef {
+    fn drop(&mut self) {
+        // SAFETY: FltObjectDereference: drops the reference
+        // FltGetVolumeInstanceFromName added.
+        unsafe { FltObjectDereference(self.0 as *mut c_void) };
+    }
+}
+
+/// A file or directory we opened with `FltCreateFileEx2`: its kernel
+/// handle and referenced file object, released on drop (PASSIVE_LEVEL).
+struct OpenFile {
+    handle: HANDLE,
+    file_object: *mut FILE_OBJECT,
+}
+
+impl OpenFile {
+    /// Opens `path` (a full NT name) from `instance`: the create goes to the
+    /// file system below us, so our own callbacks never see it.
+    /// `FILE_OPEN_REPARSE_POINT`: a reparse point itself is opened, never
+    /// its target. PASSIVE_LEVEL.
+    fn open(
+        instance: PFLT_INSTANCE,
+        path: &[u16],
+        access: u32,
+        options: u32,
+    ) -> Result<Self, NTSTATUS> {
+        let mut name = unicode_string_for(path).ok_or(STATUS_NAME_TOO_LONG)?;
+        // InitializeObjectAttributes(&oa, &name, OBJ_KERNEL_HANDLE |
+        // OBJ_CASE_INSENSITIVE, NULL, NULL) (ntdef.h macro, written out).
+        let oa = OBJECT_ATTRIBUTES {
+            Length: size_of::<OBJECT_ATTRIBUTES>() as u32,
+            RootDirectory: core::ptr::null_mut(),
+            ObjectName: &mut name,
+            Attributes: OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE,
+            SecurityDescriptor: core::ptr::null(),
+            SecurityQualityOfService: core::ptr::null(),
+        };
+        let mut handle: HANDLE = core::ptr::null_mut();
+        let mut file_object: *mut FILE_OBJECT = core::ptr::null_mut();
+        // SAFETY: all-zero is a valid IO_STATUS_BLOCK.
+        let mut iosb: IO_STATUS_BLOCK = unsafe { core::mem::zeroed() };
+        // SAFETY: FltCreateFileEx2 (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltcreatefileex2):
+        // our filter and a referenced instance of it; object attributes
+        // with a kernel handle and a name valid for the call; out-pointers
+        // to locals; no EAs, no driver context. The returned file object is
+        // referenced (released in Drop). PASSIVE_LEVEL.
+        let status = unsafe {
+            FltCreateFileEx2(
+                filter_callbacks::filter(),
+                instance,
+                &mut handle,
+                &mut file_object,
+                access | SYNCHRONIZE,
+                &oa,
+                &mut iosb,
+                core::ptr::null(),
+                0,
+                SHARE_ALL,
+                FILE_OPEN,
+                options | FILE_OPEN_REPARSE_POINT | FILE_SYNCHRONOUS_IO_NONALERT,
+                core::ptr::null(),
+                0,
+                IO_IGNORE_SHARE_ACCESS_CHECK,
+                core::ptr::null(),
+            )
+        };
+        if nt_success(status) {
+            Ok(OpenFile {
+                handle,
+                file_object,
+            })
+        } else {
+            Err(status)
+        }
+    }
+
+    fn set_information<T>(&self, instance: PFLT_INSTANCE, value: &T, class: i32) -> NTSTATUS {
+        // SAFETY: FltSetInformationFile (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltsetinformationfile):
+        // our open file object of this instance; `value` is the structure
+        // of `class` (the callers pair them). PASSIVE_LEVEL.
+        unsafe {
+            FltSetInformationFile(
+                instance,
+                self.file_object,
+                core::ptr::from_ref(value).cast(),
+                size_of::<T>() as u32,
+                class,
+            )
+        }
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        // SAFETY: ObfDereferenceObject (wdm.h, ObDereferenceObject):
+        // drops the reference FltCreateFileEx2 gave with the file object.
+        unsafe { ObfDereferenceObject(self.file_object.cast()) };
+        // SAFETY: FltClose (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltclose):
+        // the kernel handle FltCreateFileEx2 returned, closed once.
+        let _ = unsafe { FltClose(self.handle) };
+    }
+}
+
+/// A protocol path as UTF-16 units (`None`: not text, or too long).
+fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(PATH_UNITS).ok()?;
+    match *path {
+        FilePath::Utf16Le(b) => {
+            out.extend(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+        }
+        FilePath::Utf8(t) => out.extend(t.encode_utf16()),
+        FilePath::Bytes(b) => out.extend(core::str::from_utf8(b).ok()?.encode_utf16()),
+    }
+    (!out.is_empty() && out.len() <= PATH_UNITS).then_some(out)
+}
+
+fn not_found(status: NTSTATUS) -> bool {
+    status == STATUS_OBJECT_NAME_NOT_FOUND || status == STATUS_OBJECT_PATH_NOT_FOUND
+}
+
+// ---------------------------------------------------------------------------
+// Remediate (§14.2)
+// ---------------------------------------------------------------------------
+
+/// Removes or empties the file `r` names if it still has the identity the
+/// host judged. PASSIVE_LEVEL (the host-action thread).
+fn remediate(_agent: &Agent, job: &Job, r: &Remediate<'_>) -> ActionResult {
+    let deadline = job
+        .received
+        .saturating_add(Duration::from_millis(u64::from(r.deadline_ms)));
+    if kernel::now().has_reached(deadline) {
+        // The host stopped waiting (§14.1): do not start.
+        return failed(STATUS_IO_TIMEOUT);
+    }
+    let Some(path) = path_units(&r.path) else {
+        return failed(STATUS_NAME_TOO_LONG);
+    };
+    let instance = match InstanceRef::for_path(&path) {
+        Ok(i) => i,
+        Err(status) if not_found(status) || status == STATUS_INVALID_PARAMETER => {
+            return ActionResult::status(ActionStatus::NotFound);
+        }
+        Err(status) => return failed(status),
+    };
+    let access = match r.action {
+        RemediateAction::Delete => DELETE | FILE_READ_ATTRIBUTES,
+        RemediateAction::Truncate => FILE_WRITE_DATA | FILE_READ_ATTRIBUTES,
+    };
+    let file = match OpenFile::open(instance.0, &path, access, FILE_NON_DIRECTORY_FILE) {
+        Ok(f) => f,
+        Err(status) if not_found(status) => {
+            return ActionResult::status(ActionStatus::NotFound);
+        }
+        Err(status) => return failed(status),
+    };
+    // The identity on the very file object we act on (§14.2).
+    let Some(now_is) = filter_callbacks::file_identity(instance.0, file.file_object) else {
+        return failed(STATUS_UNSUCCESSFUL);
+    };
+    if now_is != r.file {
+        crate::klog!(
+            Level::Warn,
+            routine::SESSION,
+            "remediation of {} refused: the file changed since it was judged",
+            Utf16(&path)
+        );
+        return ActionResult::status(ActionStatus::Changed);
+    }
+    let result = match r.action {
+        RemediateAction::Truncate => {
+            let eof = FILE_END_OF_FILE_INFORMATION { EndOfFile: 0 };
+            let status = file.set_information(instance.0, &eof, FileEndOfFileInformation);
+            if nt_success(status) {
+                ActionResult::status(ActionStatus::Done)
+            } else {
+                failed(status)
+            }
+        }
+        RemediateAction::Delete => {
+            let ex = FILE_DISPOSITION_INFORMATION_EX {
+                Flags: FILE_DISPOSITION_DELETE
+                    | FILE_DISPOSITION_POSIX_SEMANTICS
+                    | FILE_DISPOSITION_IGNORE_READONLY_ATTRIBUTE,
+            };
+            let status = file.set_information(instance.0, &ex, FileDispositionInformationEx);
+            if nt_success(status) {
+                ActionResult::status(ActionStatus::Done)
+            } else if status == STATUS_INVALID_PARAMETER
+                || status == STATUS_NOT_SUPPORTED
+                || status == STATUS_INVALID_INFO_CLASS
+            {
+                // No POSIX semantics here (FAT, older NTFS): the name goes
+                // when the last handle closes.
+                let old = FILE_DISPOSITION_INFORMATION { DeleteFile: true };
+                let status = file.set_information(instance.0, &old, FileDispositionInformation);
+                if !nt_success(status) {
+                    return failed(status);
+                }
+                drop(file);
+                // Our handle was the last one if the name is gone now.
+                match OpenFile::open(instance.0, &path, FILE_READ_ATTRIBUTES, 0) {
+                    Err(s) if not_found(s) => ActionResult::status(ActionStatus::Done),
+                    _ => ActionResult::status(ActionStatus::DoneOnClose),
+                }
+            } else {
+                failed(status)
+            }
+        }
+    };
+    crate::klog!(
+        Level::Audit,
+        routine::SESSION,
+        "host remediation {:?} of {}: {:?}",
+        r.action,
+        Utf16(&path),
+        result.status
+    );
+    result
+}
+
+// ---------------------------------------------------------------------------
+// Policy (§14.6)
+// ---------------------------------------------------------------------------
+
+/// Checks the whole policy aside, then puts it in place under the
+/// exclusive lock. PASSIVE_LEVEL (the host-action thread).
+fn apply_policy(agent: &Agent, p: &Policy<'_>) -> ActionResult {
+    let pinned = agent.params.pinned_policy;
+    if p.version == agent.live.version() {
+        return ActionResult {
+            value: p.version,
+            ..ActionResult::status(ActionStatus::Done)
+        };
+    }
+    // A heap copy of the open policy in effect (18 KB: never on the stack).
+    let layout = core::alloc::Layout::new::<OpenPolicy>();
+    // SAFETY: OpenPolicy is not zero-sized.
+    let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<OpenPolicy>();
+    if raw.is_null() {
+        return failed(STATUS_INSUFFICIENT_RESOURCES);
+    }
+    let (current, mut images) = agent.live.read(|l| {
+        // SAFETY: OpenPolicy is plain data (no Drop, no pointers): a
+        // bitwise copy into fresh storage is a valid second value.
+        unsafe { core::ptr::copy_nonoverlapping(&raw const l.policy, raw, 1) };
+        (l.settings, l.images)
+    });
+    // SAFETY: initialised just above; owned by this Box from now on.
+    let mut staged = unsafe { Box::from_raw(raw) };
+    let out =
+        match thinagent_guest::host_policy::stage(p, pinned, &current, &mut staged, &mut images) {
+            Ok(out) => out,
+            Err(why) => {
+                crate::klog!(
+                    Level::Warn,
+                    routine::SESSION,
+                    "host policy {} rejected: {}",
+                    p.version,
+                    why
+                );
+                return ActionResult::status(ActionStatus::Rejected);
+            }
+        };
+    agent.live.write(|l| {
+        if out.open_policy_changed {
+            // SAFETY: as above: plain data, copied in place.
+            unsafe { core::ptr::copy_nonoverlapping(&raw const *staged, &raw mut l.policy, 1) };
+            l.images = images;
+        }
+        l.settings = out.settings;
+    });
+    if p.debug_level.is_some() && out.pinned & thinagent_protocol::PolicyFields::DEBUG_LEVEL.0 == 0
+    {
+        // Only a policy that sets it changes the level (the control
+        // device may have changed it live since load).
+        super::log::set_debug_level(out.settings.debug_level);
+    }
+    // The running session: new queries get the new deadline and fail mode.
+    if let Some(g) = session_worker::live_generation() {
+        let _ = session_worker::with_session(g, |s| {
+            s.set_on_access(
+                Duration::from_millis(u64::from(out.settings.query_timeout_ms)),
+                out.settings.fail_mode,
+            );
+        });
+    }
+    crate::klog!(
+        Level::Info,
+        routine::SESSION,
+        "host policy {} in effect (fail mode {:?}, query timeout {} ms, pinned {:#x})",
+        p.version,
+        out.settings.fail_mode,
+        out.settings.query_timeout_ms,
+        out.pinned
+    );
+    ActionResult {
+        value: p.version,
+        pinned: out.pinned,
+        ..ActionResult::status(ActionStatus::Done)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ScanTree (§14.4, §14.5)
+// ---------------------------------------------------------------------------
+
+/// One open directory of the walk.
+struct Dir {
+    file: OpenFile,
+    /// Length of `Scan::path` (UTF-16 units) naming this directory.
+    path_len: usize,
+}
+
+/// An `OnDemand` event sent, its file kept open until its verdict.
+struct Sent {
+    slot: usize,
+    file: OpenFile,
+}
+
+/// A running scan.
+struct Scan {
+    id: u64,
+    generation: u32,
+    flags: ScanFlags,
+    max_in_flight: u16,
+    max_depth: u16,
+    progress_interval: Option<Duration>,
+    max_file_size: u64,
+    instance: InstanceRef,
+    /// Open directories, root first (at most [`MAX_DEPTH`] + 1).
+    stack: Vec<Dir>,
+    /// The current path (directory, then the file being looked at).
+    path: Vec<u16>,
+    /// A regular file opened and counted but not yet sent (no room for
+    /// its event): offered again first on the next turn. Its path is
+    /// `path`, which the walk leaves alone meanwhile. The root, when it is
+    /// a file, starts here.
+    pending_file: Option<OpenFile>,
+    sent: Vec<Sent>,
+    counters: ScanCounters,
+    last_progress: Instant,
+    /// `ScanDone` went out (cancelled): only the verdicts are awaited.
+    answered: bool,
+    dir_buffer: Vec<u8>,
+}
+
+impl Scan {
+    /// Opens the root. `Err`: the scan's `ScanDone` at once (NotFound,
+    /// Failed). PASSIVE_LEVEL.
+    fn start(_agent: &Agent, job: &Job, t: &ScanTree<'_>) -> Result<Box<Scan>, ScanDone> {
+        let done = |status, error| ScanDone {
+            counters: ScanCounters::default(),
+            status,
+            error,
+        };
+        let fail = |s: NTSTATUS| {
+            if not_found(s) {
+                done(ScanStatus::NotFound, None)
+            } else {
+                done(ScanStatus::Failed, Some(OsError::NtStatus(s as u32)))
+            }
+        };
+        let Some(mut path) = path_units(&t.root) else {
+            return Err(fail(STATUS_NAME_TOO_LONG));
+        };
+        // "\Device\HarddiskVolume3\" names the volume's root directory;
+        // without its last backslash it would name the volume itself.
+        let slash = u16::from(b'\\');
+        while path.len() > 1
+            && path.last() == Some(&slash)
+            && path.iter().filter(|&&u| u == slash).count() > 3
+        {
+            path.pop();
+        }
+        let instance = InstanceRef::for_path(&path).map_err(|s| {
+            fail(if s == STATUS_INVALID_PARAMETER {
+                STATUS_OBJECT_PATH_NOT_FOUND
+            } else {
+                s
+            })
+        })?;
+        let root = OpenFile::open(
+            instance.0,
+            &path,
+            FILE_READ_DATA | FILE_LIST_DIRECTORY | FILE_TRAVERSE | FILE_READ_ATTRIBUTES,
+            0,
+        )
+        .map_err(fail)?;
+        let is_dir = is_directory(instance.0, &root);
+        let mut dir_buffer = Vec::new();
+        let mut stack = Vec::new();
+        let mut sent = Vec::new();
+        if dir_buffer.try_reserve_exact(DIR_BUFFER).is_err()
+            || stack.try_reserve_exact(MAX_DEPTH + 1).is_err()
+            || sent.try_reserve_exact(SCAN_SLOTS).is_err()
+        {
+            return Err(fail(STATUS_INSUFFICIENT_RESOURCES));
+        }
+        dir_buffer.resize(DIR_BUFFER, 0);
+        let path_len = path.len();
+        let (pending_file, reparse) = match is_dir {
+            Some((true, reparse)) => {
+                stack.push(Dir {
+                    file: root,
+                    path_len,
+                });
+                (None, reparse)
+            }
+            Some((false, reparse)) => (Some(root), reparse),
+            None => return Err(fail(STATUS_UNSUCCESSFUL)),
+        };
+        let _ = reparse; // the root itself is where the host asked to start
+        let mut counters = ScanCounters::default();
+        if pending_file.is_some() {
+            counters.files_seen = 1;
+        }
+        crate::klog!(
+            Level::Info,
+            routine::SESSION,
+            "host scan {} of {} started",
+            job.id,
+            Utf16(&path)
+        );
+        Ok(Box::new(Scan {
+            id: job.id,
+            generation: job.generation,
+            flags: t.flags,
+            max_in_flight: t.max_in_flight,
+            max_depth: t.max_depth,
+            progress_interval: (t.progress_interval_ms > 0)
+                .then(|| Duration::from_millis(u64::from(t.progress_interval_ms))),
+            max_file_size: t.max_file_size,
+            instance,
+            stack,
+            path,
+            pending_file,
+            sent,
+            counters,
+            last_progress: kernel::now(),
+            answered: false,
+            dir_buffer,
+        }))
+    }
+
+    /// One turn: collect verdicts, handle a cancel, walk while there is
+    /// room, report progress, finish. `true` when the scan is over (its
+    /// `ScanDone` sent, or its session gone). PASSIVE_LEVEL.
+    fn step(&mut self, agent: &Agent) -> bool {
+        self.collect();
+        if session_worker::live_generation() != Some(self.generation) {
+            // The session ended: its requests are void (§14.1). The
+            // session answered every event at its close, so `collect` has
+            // released them all.
+            self.abort();
+            return true;
+        }
+        let cancelled = QUEUE_LOCK.with(|q| {
+            if q.cancel == Some(self.id) {
+                q.cancel = None;
+                true
+            } else {
+                false
+            }
+        });
+        if cancelled && !self.answered {
+            self.finish(ScanStatus::Cancelled);
+            self.stop_walking();
+        }
+        if !self.answered {
+            self.walk(agent);
+            self.progress();
+            if self.stack.is_empty() && self.pending_file.is_none() && self.sent.is_empty() {
+                self.finish(ScanStatus::Completed);
+            }
+        }
+        self.answered && self.sent.is_empty()
+    }
+
+    /// Releases every event the session answered.
+    fn collect(&mut self) {
+        let mut i = 0;
+        while i < self.sent.len() {
+            match session_worker::take_on_demand(self.sent[i].slot) {
+                Some(answer) => {
+                    let s = self.sent.swap_remove(i);
+                    if !self.answered {
+                        match answer {
+                            Some(deny) => {
+                                self.counters.files_scanned += 1;
+                                if deny {
+                                    self.counters.files_denied += 1;
+                                }
+                            }
+                            None => self.counters.errors += 1,
+                        }
+                    }
+                    drop(s.file);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    fn stop_walking(&mut self) {
+        self.stack.clear();
+        self.pending_file = None;
+    }
+
+    /// Sends `ScanDone(status)` with the counters now.
+    fn finish(&mut self, status: ScanStatus) {
+        self.answered = true;
+        let done = ScanDone {
+            counters: self.counters,
+            status,
+            error: None,
+        };
+        let _ = session_worker::with_session(self.generation, |s| s.scan_done(self.id, done));
+        crate::klog!(
+            Level::Info,
+            routine::SESSION,
+            "host scan {} {:?}: {} seen, {} scanned, {} denied, {} skipped, {} errors",
+            self.id,
+            status,
+            self.counters.files_seen,
+            self.counters.files_scanned,
+            self.counters.files_denied,
+            self.counters.files_skipped,
+            self.counters.errors
+        );
+    }
+
+    /// The session is gone or unload began: close everything, answer
+    /// nothing (nobody could receive it).
+    fn abort(&mut self) {
+        self.stop_walking();
+        // Events of a closed session were all answered at its close; at
+        // unload the session worker has already stopped, so no read runs.
+        for _ in 0..100 {
+            self.collect();
+            if self.sent.is_empty() {
+                break;
+            }
+            let _ = WAKE.wait(Some(SCAN_TICK));
+        }
+        // Whatever is left is closed: no read can start on a slot whose
+        // session ended.
+        self.sent.clear();
+        self.answered = true;
+    }
+
+    fn progress(&mut self) {
+        let Some(every) = self.progress_interval else {
+            return;
+        };
+        let now = kernel::now();
+        if now.saturating_duration_since(self.last_progress) >= every {
+            let c = self.counters;
+            if session_worker::with_session(self.generation, |s| s.scan_progress(self.id, c))
+                == Some(true)
+            {
+                self.last_progress = now;
+            }
+        }
+    }
+
+    /// Walks until the budget is spent, the room for events is full, or
+    /// the tree is done.
+    fn walk(&mut self, agent: &Agent) {
+        if let Some(root) = self.pending_file.take() {
+            let len = self.path.len();
+            if !self.offer_file(agent, root, len) {
+                return;
+            }
+        }
+        for _ in 0..WALK_BUDGET {
+            if self.sent.len() >= SCAN_SLOTS.min(usize::from(self.max_in_flight.max(1))) {
+                return;
+            }
+            let Some(top) = self.stack.last() else {
+                return;
+            };
+            let dir_len = top.path_len;
+            let entry = match self.next_entry() {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    self.stack.pop();
+                    continue;
+                }
+                Err(status) => {
+                    crate::klog_status!(
+                        Level::Debug,
+                        routine::SESSION,
+                        status,
+                        "scan: a directory could not be listed"
+                    );
+                    self.counters.errors += 1;
+                    self.stack.pop();
+                    continue;
+                }
+            };
+            let (attributes, size, name_len) = entry;
+            // The child's path: directory + '\' + name (in dir_buffer).
+            self.path.truncate(dir_len);
+            if dir_len + 1 + name_len > PATH_UNITS {
+                self.counters.errors += 1;
+                continue;
+            }
+            if self.path.last() != Some(&u16::from(b'\\')) {
+                self.path.push(u16::from(b'\\'));
+            }
+            let name_at = self.path.len();
+            for i in 0..name_len {
+                let b = 0x40 + 2 * i;
+                self.path.push(u16::from_le_bytes([
+                    self.dir_buffer[b],
+                    self.dir_buffer[b + 1],
+                ]));
+            }
+            let name = &self.path[name_at..];
+            if name == [u16::from(b'.')] || name == [u16::from(b'.'), u16::from(b'.')] {
+                continue;
+            }
+            if attributes & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
+                // Symbolic links, junctions, mount points: never followed
+                // (§14.4), so the walk cannot loop or leave the volume.
+                // `CROSS_MOUNTS` is not supported yet on Windows: a
+                // mount point is a reparse point like the others.
+                continue;
+            }
+            if attributes & FILE_ATTRIBUTE_DIRECTORY != 0 {
+                let depth = self.stack.len(); // levels below the root + 1
+                if self.max_depth != 0 && depth > usize::from(self.max_depth) {
+                    continue;
+                }
+                if depth > MAX_DEPTH {
+                    self.counters.errors += 1;
+                    continue;
+                }
+                if !self.flags.contains(ScanFlags::INCLUDE_EXCLUDED)
+                    && agent
+                        .live
+                        .read(|l| l.policy.path_excluded(PathRef::Utf16(&self.path)))
+                {
+                    continue;
+                }
+                match OpenFile::open(
+                    self.instance.0,
+                    &self.path,
+                    FILE_LIST_DIRECTORY | FILE_TRAVERSE | FILE_READ_ATTRIBUTES,
+                    FILE_DIRECTORY_FILE,
+                ) {
+                    Ok(file) => {
+                        let path_len = self.path.len();
+                        self.stack.push(Dir { file, path_len });
+                    }
+                    Err(_) => self.counters.errors += 1,
+                }
+                continue;
+            }
+            // A regular file.
+            self.counters.files_seen += 1;
+            let limit = if self.max_file_size == 0 {
+                u64::MAX
+            } else {
+                self.max_file_size
+            };
+            let skip = size > limit
+                || (!self.flags.contains(ScanFlags::INCLUDE_EXCLUDED)
+                    && agent.live.read(|l| {
+                        let p = PathRef::Utf16(&self.path);
+                        l.policy.path_excluded(p)
+                            || l.policy.extension_excluded(p)
+                            || l.policy.max_file_size().is_some_and(|m| size > m)
+                    }));
+            if skip {
+                self.counters.files_skipped += 1;
+                continue;
+            }
+            match OpenFile::open(
+                self.instance.0,
+                &self.path,
+                FILE_READ_DATA | FILE_READ_ATTRIBUTES,
+                FILE_NON_DIRECTORY_FILE,
+            ) {
+                Ok(file) => {
+                    let len = self.path.len();
+                    if !self.offer_file(agent, file, len) {
+                        // No room: the file is offered again after a
+                        // verdict (it stays counted once).
+                        return;
+                    }
+                }
+                Err(_) => self.counters.errors += 1,
+            }
+        }
+    }
+
+    /// Sends the opened file at `self.path[..len]` as an `OnDemand` event.
+    /// `false` when there is no room now: the file waits in
+    /// `pending_file` and the walk stops for this turn.
+    fn offer_file(&mut self, _agent: &Agent, file: OpenFile, len: usize) -> bool {
+        let Some(identity) = filter_callbacks::file_identity(self.instance.0, file.file_object)
+        else {
+            self.counters.errors += 1;
+            return true;
+        };
+        let mut bytes = Vec::new();
+        if bytes.try_reserve_exact(len * 2).is_err() {
+            self.counters.errors += 1;
+            return true;
+        }
+        for u in &self.path[..len] {
+            bytes.extend_from_slice(&u.to_le_bytes());
+        }
+        let offer = OnDemandFile {
+            file: identity,
+            path: &bytes,
+            instance: self.instance.0,
+            file_object: file.file_object,
+        };
+        match session_worker::submit_on_demand(self.generation, self.max_in_flight, &offer) {
+            OnDemand::Submitted(slot) => {
+                ON_DEMAND_SENT.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes += identity.size;
+                self.sent.push(Sent { slot, file });
+                true
+            }
+            OnDemand::NoRoom => {
+                // Keep it: offered again on the next turn.
+                self.pending_file = Some(file);
+                false
+            }
+            OnDemand::Closed => true,
+        }
+    }
+
+    /// The next entry of the top directory: (attributes, size, name
+    /// length in units, the name at offset 0x40 of `dir_buffer`), `None`
+    /// at its end.
+    fn next_entry(&mut self) -> Result<Option<(u32, u64, usize)>, NTSTATUS> {
+        let top = self.stack.last().expect("a directory is open");
+        let mut returned = 0u32;
+        // SAFETY: FltQueryDirectoryFile (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltquerydirectoryfile):
+        // our open directory's file object of this instance; a buffer of
+        // DIR_BUFFER bytes for FILE_DIRECTORY_INFORMATION entries; one
+        // entry per call; no file-name filter; the enumeration goes on
+        // from the file object's position. PASSIVE_LEVEL.
+        let status = unsafe {
+            FltQueryDirectoryFile(
+                self.instance.0,
+                top.file.file_object,
+                self.dir_buffer.as_mut_ptr().cast(),
+                DIR_BUFFER as u32,
+                FileDirectoryInformation,
+                true,
+                core::ptr::null(),
+                false,
+                &mut returned,
+            )
+        };
+        if status == STATUS_NO_MORE_FILES {
+            return Ok(None);
+        }
+        if !nt_success(status) {
+            return Err(status);
+        }
+        let b = &self.dir_buffer;
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let size = u64::from(u32_at(0x28)) | (u64::from(u32_at(0x2C)) << 32);
+        let attributes = u32_at(0x38);
+        let name_bytes = u32_at(0x3C) as usize;
+        if 0x40 + name_bytes > DIR_BUFFER {
+            return Err(STATUS_UNSUCCESSFUL);
+        }
+        Ok(Some((attributes, size, name_bytes / 2)))
+    }
+}
+
+/// Whether the opened file is a directory, and a reparse point
+/// (`FileStandardInformation.Directory`, `FileBasicInformation`).
+fn is_directory(instance: PFLT_INSTANCE, file: &OpenFile) -> Option<(bool, bool)> {
+    let (dir, attributes) = filter_callbacks::directory_and_attributes(instance, file.file_object)?;
+    Some((dir, attributes & FILE_ATTRIBUTE_REPARSE_POINT != 0))
+}
+
+// ---------------------------------------------------------------------------
+// Health (§14.8)
+// ---------------------------------------------------------------------------
+
+/// The `Health` reports of one session worker, paced by
+/// [`thinagent_guest::HealthPacer`] (after each handshake, then on change
+/// at most every `HEALTH_MIN_INTERVAL_MS`).
+#[derive(Default)]
+pub struct HealthReporter(thinagent_guest::HealthPacer);
+
+impl HealthReporter {
+    /// Nothing sent yet.
+    #[must_use]
+    pub const fn new() -> Self {
+        HealthReporter(thinagent_guest::HealthPacer::new())
+    }
+
+    /// The handshake completed: report at once.
+    pub fn connected(&mut self) {
+        self.0.connected();
+    }
+
+    /// Sends a report to session `generation` if one is due (PASSIVE_LEVEL;
+    /// the session worker calls it every loop and flushes right after, so
+    /// this does not wake it).
+    pub fn poll(&mut self, agent: &Agent, generation: u32) {
+        let now = kernel::now();
+        if !self.0.wants(now) {
+            return;
+        }
+        let h = health(agent, now);
+        if !self.0.should_send(now, &h) {
+            return;
+        }
+        let sent = session_worker::with_session_quiet(generation, |s| s.send_health(&h));
+        self.0.tried(now, (sent == Some(true)).then_some(&h));
+    }
+}
+
+/// The driver's state as `Health` reports it.
+fn health(agent: &Agent, now: Instant) -> Health {
+    let st = &agent.stats;
+    let (version, pinned) = (agent.live.version(), agent.params.pinned_policy != 0);
+    let mut state = HealthState::ON_ACCESS;
+    if agent.live.read(|l| l.settings.cache_ttl_cap_ms != Some(0)) {
+        state = state.union(HealthState::CACHE);
+    }
+    if SCAN_RUNNING.load(Ordering::Acquire) {
+        state = state.union(HealthState::SCAN_RUNNING);
+    }
+    if pinned {
+        state = state.union(HealthState::POLICY_PINNED);
+    }
+    Health {
+        policy_version: version,
+        state,
+        fail_mode: match agent.live.fail_mode() {
+            thinagent_guest::FailMode::Open => thinagent_protocol::FailMode::Open,
+            thinagent_guest::FailMode::Closed => thinagent_protocol::FailMode::Closed,
+        },
+        uptime_ms: now.saturating_duration_since(agent.started).as_millis() as u64,
+        events_sent: st.queries.load(Ordering::Relaxed) + ON_DEMAND_SENT.load(Ordering::Relaxed),
+        cache_hits: st.cache_hits.load(Ordering::Relaxed),
+        denied: st.denials.load(Ordering::Relaxed),
+        fail_decisions: st.fail_mode_decisions.load(Ordering::Relaxed)
+            + st.timeouts.load(Ordering::Relaxed),
+        sessions: u64::from(st.sessions.load(Ordering::Relaxed)),
+    }
+}
