@@ -958,42 +958,49 @@ mod tests {
         }
         .validate()
         .unwrap();
-        let e = FarmConfig {
+        let error = |c: FarmConfig| c.validate().unwrap_err().to_string();
+        let e = error(FarmConfig {
             redis_url: Some("http://pass:secret@x:1".into()),
             ..FarmConfig::default()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
+        });
         assert!(
             e.contains("farm.redis_url") && e.contains("redis://"),
             "{e}"
         );
         assert!(!e.contains("secret"), "password shown: {e}");
-        let e = FarmConfig {
-            deadline_ms: 0,
-            ..ok.clone()
+        for (bad, key) in [
+            (
+                FarmConfig {
+                    deadline_ms: 0,
+                    ..ok.clone()
+                },
+                "farm.deadline_ms",
+            ),
+            (
+                FarmConfig {
+                    ttl_secs: 1,
+                    ..ok.clone()
+                },
+                "farm.ttl_secs",
+            ),
+            (
+                FarmConfig {
+                    key_prefix: "a b".into(),
+                    ..ok.clone()
+                },
+                "farm.key_prefix",
+            ),
+            (
+                FarmConfig {
+                    password_file: Some("/p".into()),
+                    ..FarmConfig::default()
+                },
+                "farm.redis_url",
+            ),
+        ] {
+            let e = error(bad);
+            assert!(e.contains(key), "{key}: {e}");
         }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("farm.deadline_ms"), "{e}");
-        let e = FarmConfig {
-            key_prefix: "a b".into(),
-            ..ok.clone()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("farm.key_prefix"), "{e}");
-        let e = FarmConfig {
-            password_file: Some("/p".into()),
-            ..FarmConfig::default()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("farm.redis_url"), "{e}");
         assert_eq!(redact("redis://u:pw@h:1"), "redis://u:***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
     }

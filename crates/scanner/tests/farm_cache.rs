@@ -32,12 +32,22 @@ struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra `redis-server` arguments (e.g. an ACL user).
+    args: Vec<String>,
+    /// `USER:PASSWORD@` for the test's own connections.
+    auth: String,
 }
 
 impl RedisServer {
     /// Starts one on a free port, or `None` (with the reason printed) when
     /// `redis-server` is not installed and this is not CI.
     fn start() -> Option<Self> {
+        Self::start_with(Vec::new(), String::new())
+    }
+
+    /// Like [`start`](Self::start), with `args` for `redis-server` and
+    /// `auth` (`USER:PASSWORD@`) for the test's own connections.
+    fn start_with(args: Vec<String>, auth: String) -> Option<Self> {
         let found = std::env::var_os("PATH").is_some_and(|paths| {
             std::env::split_paths(&paths).any(|d| d.join("redis-server").is_file())
         });
@@ -61,6 +71,8 @@ impl RedisServer {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            args,
+            auth,
         };
         server.run();
         Some(server)
@@ -73,6 +85,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -101,7 +114,8 @@ impl RedisServer {
     }
 
     fn sync_conn(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
+        let url = format!("redis://{}127.0.0.1:{}", self.auth, self.port);
+        let client = redis::Client::open(url)?;
         let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
         redis::cmd("PING").query::<String>(&mut c)?;
         Ok(c)
@@ -220,6 +234,15 @@ fn farm(svc: &Running, op: &str, result: &str) -> f64 {
         svc,
         &format!("thinagent_scanner_farm_requests_total{{op=\"{op}\",result=\"{result}\"}}"),
     )
+}
+
+/// The farm's metric lines, for failure messages.
+fn farm_lines(svc: &Running) -> String {
+    svc.metrics()
+        .lines()
+        .filter(|l| l.starts_with("thinagent_scanner_farm"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn bytes_read(svc: &Running) -> f64 {
@@ -408,8 +431,9 @@ async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     let pki = Pki::new();
     let (dir_a, dir_b) = (signature_dir(), signature_dir());
     let mut config_a = scanner_config(&pki, &redis, dir_a.path());
-    // The default deadline: lookups while Redis dies must not wait longer.
-    config_a.farm.deadline_ms = 20;
+    // A short deadline (the default is 20 ms; a debug build on a busy
+    // machine needs some margin): lookups while Redis dies wait no longer.
+    config_a.farm.deadline_ms = 200;
     let a = Running::start(config_a).await;
     let b = Running::start(scanner_config(&pki, &redis, dir_b.path())).await;
     wait_farm_up(&a, 1.0).await;
@@ -437,6 +461,8 @@ async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
         );
     }
     wait_farm_up(&a, 0.0).await;
+    // B, asked nothing meanwhile, notices by its probe.
+    wait_farm_up(&b, 0.0).await;
     let lost = log_lines(port, "unreachable");
     assert!(!lost.is_empty(), "no WARN when Redis was lost");
     // Still down: lookups are not even tried.
@@ -467,7 +493,9 @@ async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     assert_eq!(
         farm(&b, "content", "hit"),
         hits + 1.0,
-        "B answered from the farm"
+        "B answered from the farm: {}\n{:?}",
+        farm_lines(&b),
+        log_lines(port, "farm cache")
     );
     // One WARN per loss, one INFO per return (A: up at start, back once).
     let warn_a: Vec<_> = lost.iter().filter(|l| l.contains("WARN")).collect();
@@ -486,6 +514,62 @@ async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The ACL user docs/operations.md tells to create (its own prefix, only
+/// GET, MGET, SET and PING) is enough, with its password from
+/// `farm.password_file`; without the password Redis refuses and the
+/// scanner scans on, saying why once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
+    let acl_dir = tempfile::tempdir().unwrap();
+    let acl = acl_dir.path().join("users.acl");
+    std::fs::write(
+        &acl,
+        "user thinagent on >s3cret-pw ~thinagent:* +get +mget +set +ping\n\
+         user admin on >admin-pw ~* +@all\n\
+         user default off\n",
+    )
+    .unwrap();
+    let Some(redis) = RedisServer::start_with(
+        vec!["--aclfile".into(), acl.display().to_string()],
+        "admin:admin-pw@".into(),
+    ) else {
+        return;
+    };
+    logs();
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let mut config = scanner_config(&pki, &redis, dir.path());
+    config.farm.redis_url = Some(format!("redis://thinagent@127.0.0.1:{}", redis.port));
+    config.farm.password_file = Some(password);
+    let svc = Running::start(config.clone()).await;
+    wait_farm_up(&svc, 1.0).await;
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/e", 1, 1, EICAR)]).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"));
+    assert_eq!(redis.wait_keys("thinagent:d:*", 1).len(), 1);
+    assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    assert_eq!(farm(&svc, "put", "error"), 0.0);
+    svc.shutdown().await;
+
+    // A wrong password: refused, the scanner scans on.
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not-it\n").unwrap();
+    config.farm.password_file = Some(wrong);
+    let svc = Running::start(config).await;
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/e2", 2, 1, EICAR)]).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(m(&svc, "thinagent_scanner_farm_up"), 0.0);
+    let refused = log_lines(redis.port, "unreachable");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("WARN") && refused[0].contains("authentication failed"),
+        "{refused:?}"
+    );
+    svc.shutdown().await;
 }
 
 /// `--check-config` never connects: a farm whose Redis is not there passes.
