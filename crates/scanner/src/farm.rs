@@ -546,14 +546,19 @@ impl Shared {
                     self.health().failed(e.to_string())
                 } else {
                     // Redis answered, with an error: it is up.
-                    let mut h = self.health();
-                    let up = h.answered();
-                    if op == "put" {
-                        up.or_else(|| h.write_result(Some(e.to_string())))
-                    } else {
-                        tracing::debug!("farm cache: {op}: {e}");
-                        up
-                    }
+                    let (up, refused) = {
+                        let mut h = self.health();
+                        let up = h.answered();
+                        let refused = if op == "put" {
+                            h.write_result(Some(e.to_string()))
+                        } else {
+                            tracing::debug!("farm cache: {op}: {e}");
+                            None
+                        };
+                        (up, refused)
+                    };
+                    self.report(up);
+                    refused
                 };
                 self.report(c);
                 None
@@ -788,9 +793,23 @@ async fn writer(
                 }
                 let mut pipe = redis::pipe();
                 for (key, value) in &batch {
-                    pipe.cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs).ignore();
+                    pipe.cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs);
                 }
-                let r = tokio::time::timeout(WRITE_DEADLINE, pipe.query_async::<()>(&mut conn)).await;
+                let r = tokio::time::timeout(
+                    WRITE_DEADLINE,
+                    pipe.query_async::<Vec<redis::Value>>(&mut conn),
+                )
+                .await
+                // A refused SET (OOM, NOPERM) is an error reply inside the
+                // pipeline's answer, not an error of the whole request.
+                .map(|r| {
+                    r.and_then(|replies| {
+                        replies.into_iter().try_for_each(|reply| match reply {
+                            redis::Value::ServerError(e) => Err(e.into()),
+                            _ => Ok(()),
+                        })
+                    })
+                });
                 if shared.outcome("put", r).is_some() {
                     shared.metrics.count("put", "ok");
                     let c = shared.health().write_result(None);

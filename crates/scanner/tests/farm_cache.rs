@@ -516,6 +516,83 @@ async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     b.shutdown().await;
 }
 
+/// A full Redis (`maxmemory` with `noeviction`) refuses the writes: the
+/// scanner answers as before, says so once, and shares again once there is
+/// room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_writes_and_nothing_else_changes() {
+    let Some(redis) = RedisServer::start_with(
+        vec![
+            "--maxmemory".into(),
+            "64mb".into(),
+            "--maxmemory-policy".into(),
+            "noeviction".into(),
+        ],
+        String::new(),
+    ) else {
+        return;
+    };
+    logs();
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let svc = Running::start(scanner_config(&pki, &redis, dir.path())).await;
+    wait_farm_up(&svc, 1.0).await;
+    let mut c = redis.sync_conn().unwrap();
+    // Fill it: 2 MiB of data, then a maxmemory below that.
+    let filler = vec![b'f'; 256 << 10];
+    for i in 0..8 {
+        redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg(&filler)
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+    let set_maxmemory = |c: &mut redis::Connection, v: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(v)
+            .query::<()>(c)
+            .unwrap();
+    };
+    set_maxmemory(&mut c, "1mb");
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/e", 1, 1, EICAR)]).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"));
+    let until = Instant::now() + Duration::from_secs(10);
+    while log_lines(redis.port, "refuses writes").is_empty() {
+        assert!(
+            Instant::now() < until,
+            "no WARN about refused writes: {}\n{:?}",
+            farm_lines(&svc),
+            log_lines(redis.port, "farm cache")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/c", 2, 1, b"clean while full")]).await;
+    assert!(got[0].is_clean());
+    assert!(farm(&svc, "put", "error") >= 1.0);
+    assert_eq!(
+        m(&svc, "thinagent_scanner_farm_up"),
+        1.0,
+        "reads still work"
+    );
+    assert!(redis.keys("thinagent:*").is_empty(), "written while full");
+    // Room again: shared again, said once.
+    set_maxmemory(&mut c, "64mb");
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/c2", 3, 1, b"clean with room")]).await;
+    assert!(got[0].is_clean());
+    assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    let refused = log_lines(redis.port, "refuses writes");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("WARN") && refused[0].contains("OOM"),
+        "{refused:?}"
+    );
+    let taken = log_lines(redis.port, "takes writes again");
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    svc.shutdown().await;
+}
+
 /// The ACL user docs/operations.md tells to create (its own prefix, only
 /// GET, MGET, SET and PING) is enough, with its password from
 /// `farm.password_file`; without the password Redis refuses and the
