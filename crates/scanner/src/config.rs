@@ -466,6 +466,9 @@ pub struct Config {
     pub events: EventsConfig,
     /// Quarantine store.
     pub quarantine: QuarantineConfig,
+    /// Scanner farm: the verdict cache shared through Redis
+    /// ([`crate::farm`]).
+    pub farm: crate::farm::FarmConfig,
 }
 
 impl Default for Config {
@@ -490,6 +493,7 @@ impl Default for Config {
             log: LogConfig::default(),
             events: EventsConfig::default(),
             quarantine: QuarantineConfig::default(),
+            farm: crate::farm::FarmConfig::default(),
         }
     }
 }
@@ -572,6 +576,7 @@ impl Config {
         self.metrics_addr()?;
         self.guest_policy.validate()?;
         self.remediation.validate(self.quarantine.dir.is_some())?;
+        self.farm.validate()?;
         if let Some(url) = &self.clamd
             && !(url.starts_with("unix://") || url.starts_with("tcp://"))
         {

@@ -473,6 +473,9 @@ pub struct ScanContext {
     pub remediation_rate: Arc<crate::remediation::RateLimit>,
     /// The quarantine store, when configured.
     pub quarantine: Option<Arc<std::sync::Mutex<crate::quarantine::QuarantineStore>>>,
+    /// The scanner farm's shared cache, when configured: asked on a local
+    /// miss, told what was scanned ([`crate::farm`]).
+    pub farm: Option<Arc<crate::farm::Farm>>,
 }
 
 impl fmt::Debug for ScanContext {
@@ -507,6 +510,7 @@ impl ScanContext {
             remediation: crate::remediation::RemediationConfig::default(),
             remediation_rate: Arc::new(crate::remediation::RateLimit::default()),
             quarantine: None,
+            farm: None,
         }
     }
 
@@ -571,6 +575,7 @@ where
         ctx: Arc::clone(&ctx),
         guest,
         scope: Arc::from(""),
+        farm_scope: None,
         admit,
         work: std::collections::HashMap::new(),
         results: mpsc::unbounded_channel(),
@@ -662,6 +667,17 @@ enum WorkMessage {
     Done(EventId, WorkResult, Option<Vec<u8>>),
     /// A quarantine store `put` for an automatic remediation ended.
     Quarantined(Box<AutoRemediation>, Result<String, String>),
+    /// The farm's answer for the identity of `id` (`None`: a miss, an
+    /// error or a timeout: the content is fetched).
+    FarmIdentity(EventId, Option<crate::farm::FarmVerdict>),
+    /// The farm's answer for buffered content of `id` with this key
+    /// (`None`: scanned here).
+    FarmContent(
+        EventId,
+        crate::cache::ContentKey,
+        Option<crate::farm::FarmVerdict>,
+        Vec<u8>,
+    ),
 }
 
 /// An automatic remediation under way.
@@ -702,6 +718,9 @@ struct Driver {
     ctx: Arc<ScanContext>,
     guest: GuestId,
     scope: Arc<str>,
+    /// The scope shared with the farm ([`crate::farm::shared_scope`]), when
+    /// there is a farm that shares identities and this guest has one.
+    farm_scope: Option<Arc<str>>,
     /// Asked once, at the handshake; kept (with the slot it holds) until
     /// the connection ends.
     admit: Option<Box<dyn Admit>>,
@@ -771,6 +790,12 @@ impl Driver {
             match event {
                 SessionEvent::Connected(info) => {
                     self.scope = self.guest.cache_scope(&info.name);
+                    self.farm_scope = self
+                        .ctx
+                        .farm
+                        .as_ref()
+                        .filter(|f| f.shares_identity())
+                        .and_then(|_| crate::farm::shared_scope(&self.guest.peer()));
                     self.ctx.observer.on_handshake(&self.guest, &info);
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.serial = Some(self.ctx.guests.connected(&self.guest, &info, tx));
@@ -1008,6 +1033,8 @@ impl Driver {
             return;
         }
         let id = q.id;
+        let file = q.file;
+        let digest = *set.farm_digest();
         self.work.insert(
             id,
             Work {
@@ -1018,9 +1045,127 @@ impl Driver {
                 held: 0,
             },
         );
+        if let (Some(farm), Some(scope)) = (&self.ctx.farm, &self.farm_scope)
+            && has_identity(&file)
+        {
+            // The farm first (another host may have judged this guest's
+            // file); its answer, or its miss, comes back as a message.
+            let (farm, scope) = (Arc::clone(farm), Arc::clone(scope));
+            let results = self.results.0.clone();
+            tokio::spawn(async move {
+                let found = farm.identity(&scope, &file, &digest).await;
+                let _ = results.send(WorkMessage::FarmIdentity(id, found));
+            });
+            return;
+        }
         // Too large or no READ_CONTENT: the session answers by policy and
         // reports `Finished`, which removes the work.
         let _ = self.session.fetch(id, now());
+    }
+
+    /// Buffered content of `id` is complete and there is a farm: the local
+    /// content cache, else the farm (a message back), on this task when
+    /// `on_task`, else on a blocking thread.
+    fn farm_content_lookup(
+        &mut self,
+        id: EventId,
+        set: Arc<SignatureSet>,
+        buf: Vec<u8>,
+        on_task: bool,
+    ) {
+        let ctx = Arc::clone(&self.ctx);
+        let results = self.results.0.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let lookup = move || {
+            let key = content_key(&buf);
+            if let Some(v) = ctx.caches.content.get(&key, set.generation(), now()) {
+                let _ = results.send(WorkMessage::Done(
+                    id,
+                    WorkResult::ContentCacheHit(v),
+                    Some(buf),
+                ));
+                return;
+            }
+            let Some(farm) = ctx.farm.clone() else {
+                let result = WorkResult::Scanned(scan_complete(&set, &buf, key));
+                let _ = results.send(WorkMessage::Done(id, result, Some(buf)));
+                return;
+            };
+            let digest = *set.farm_digest();
+            runtime.spawn(async move {
+                let found = farm.content(&key, &digest).await;
+                let _ = results.send(WorkMessage::FarmContent(id, key, found, buf));
+            });
+        };
+        if on_task {
+            lookup();
+        } else {
+            tokio::task::spawn_blocking(lookup);
+        }
+    }
+
+    /// The farm answered (or missed) for buffered content.
+    fn on_farm_content(
+        &mut self,
+        id: EventId,
+        key: crate::cache::ContentKey,
+        found: Option<crate::farm::FarmVerdict>,
+        buf: Vec<u8>,
+    ) {
+        let Some(w) = self.work.get(&id) else {
+            return;
+        };
+        let set = Arc::clone(&w.set);
+        if let Some(found) = found {
+            let v = found.to_cached(set.generation());
+            self.ctx.caches.content.insert(key, v.clone(), now());
+            let hit = WorkMessage::Done(id, WorkResult::ContentCacheHit(v), Some(buf));
+            self.on_work_message(hit);
+            return;
+        }
+        if w.query.inline.whole_file
+            && buf.len() <= self.ctx.limits.scan_on_task_max
+            && !set.blocks()
+        {
+            let result = WorkResult::Scanned(scan_complete(&set, &buf, key));
+            self.on_work_message(WorkMessage::Done(id, result, Some(buf)));
+        } else {
+            let results = self.results.0.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = WorkResult::Scanned(scan_complete(&set, &buf, key));
+                let _ = results.send(WorkMessage::Done(id, result, Some(buf)));
+            });
+        }
+    }
+
+    /// The farm answered (or missed) for the identity of `id`.
+    fn on_farm_identity(&mut self, id: EventId, found: Option<crate::farm::FarmVerdict>) {
+        let Some(w) = self.work.get(&id) else {
+            return;
+        };
+        let Some(found) = found else {
+            let _ = self.session.fetch(id, now());
+            return;
+        };
+        let v = found.to_cached(w.set.generation());
+        let Some(w) = self.remove_work(id) else {
+            return;
+        };
+        self.ctx
+            .caches
+            .identity
+            .insert(&self.scope, &w.query.file, v.clone(), now());
+        let (decision, ttl) = self.decision_of(&v);
+        let threat = v.threat.as_deref().map(str::to_owned);
+        self.answer_with_engine(
+            &w.query,
+            decision,
+            threat,
+            v.engine,
+            ttl,
+            0,
+            VerdictSource::IdentityCache,
+        );
     }
 
     fn on_content(&mut self, id: EventId, offset: u64, data: Vec<u8>) {
@@ -1088,6 +1233,13 @@ impl Driver {
             return;
         };
         match std::mem::replace(&mut w.feed, Feed::Scanning) {
+            Feed::Buffer(buf) if self.ctx.farm.is_some() => {
+                let set = Arc::clone(&w.set);
+                let on_task = w.query.inline.whole_file
+                    && buf.len() <= self.ctx.limits.scan_on_task_max
+                    && !set.blocks();
+                self.farm_content_lookup(id, set, buf, on_task);
+            }
             Feed::Buffer(buf)
                 if w.query.inline.whole_file
                     && buf.len() <= self.ctx.limits.scan_on_task_max
@@ -1117,6 +1269,10 @@ impl Driver {
     fn on_work_message(&mut self, msg: WorkMessage) {
         match msg {
             WorkMessage::Consumed(id, n) => self.session.consumed(id, n),
+            WorkMessage::FarmIdentity(id, found) => self.on_farm_identity(id, found),
+            WorkMessage::FarmContent(id, key, found, buf) => {
+                self.on_farm_content(id, key, found, buf);
+            }
             WorkMessage::Quarantined(auto, stored) => match stored {
                 Ok(entry) => {
                     let auto = AutoRemediation {
@@ -1155,6 +1311,9 @@ impl Driver {
                         };
                         if let (Some(v), Some(key)) = (&verdict, outcome.content_key) {
                             self.ctx.caches.content.insert(key, v.clone(), now());
+                            if let Some(farm) = &self.ctx.farm {
+                                farm.put_content(&key, w.set.farm_digest(), v);
+                            }
                         }
                         (verdict, VerdictSource::Scanned)
                     }
@@ -1168,6 +1327,9 @@ impl Driver {
                                 v.clone(),
                                 now(),
                             );
+                            if let (Some(farm), Some(scope)) = (&self.ctx.farm, &self.farm_scope) {
+                                farm.put_identity(scope, &w.query.file, w.set.farm_digest(), &v);
+                            }
                         }
                         let (decision, ttl) = self.decision_of(&v);
                         let threat = v.threat.as_deref().map(str::to_owned);

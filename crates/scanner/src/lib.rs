@@ -16,6 +16,7 @@ pub mod connection;
 pub mod control;
 pub mod engine;
 pub mod events;
+pub mod farm;
 pub mod guest_policy;
 pub mod guests;
 pub mod listen;

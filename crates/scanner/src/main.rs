@@ -203,6 +203,24 @@ struct Cli {
     /// How long to wait for a guest's remediation answer, ms. [config: remediation.deadline_ms]
     #[arg(long, value_name = "MS")]
     remediation_deadline_ms: Option<u64>,
+    /// Share verdicts with a scanner farm through this Redis (or Valkey): redis://[USER@]HOST:PORT, rediss://... for TLS. [config: farm.redis_url]
+    #[arg(long, value_name = "URL")]
+    farm_redis_url: Option<String>,
+    /// File whose first line is the farm's Redis password (keep it 0600). [config: farm.password_file]
+    #[arg(long, value_name = "PATH")]
+    farm_password_file: Option<PathBuf>,
+    /// Prefix of every farm key in Redis. [config: farm.key_prefix]
+    #[arg(long, value_name = "PREFIX")]
+    farm_key_prefix: Option<String>,
+    /// Lifetime of a shared verdict, s. [config: farm.ttl_secs]
+    #[arg(long, value_name = "SECS")]
+    farm_ttl_secs: Option<u64>,
+    /// Longest a local cache miss waits for the farm's Redis, ms. [config: farm.deadline_ms]
+    #[arg(long, value_name = "MS")]
+    farm_deadline_ms: Option<u64>,
+    /// Share verdicts by file identity for TLS guests (certificate subjects): true|false. [config: farm.share_identity]
+    #[arg(long, value_name = "BOOL")]
+    farm_share_identity: Option<bool>,
 }
 
 fn set<T>(slot: &mut T, v: Option<T>) {
@@ -384,6 +402,19 @@ impl Cli {
             self.remediation_max_per_guest_per_minute,
         );
         set(&mut c.remediation.deadline_ms, self.remediation_deadline_ms);
+        let farm = &mut c.farm;
+        if self.farm_redis_url.is_some() {
+            farm.redis_url = self.farm_redis_url.clone();
+        }
+        if self.farm_password_file.is_some() {
+            farm.password_file = self.farm_password_file.clone();
+        }
+        if let Some(prefix) = &self.farm_key_prefix {
+            farm.key_prefix = prefix.clone();
+        }
+        set(&mut farm.ttl_secs, self.farm_ttl_secs);
+        set(&mut farm.deadline_ms, self.farm_deadline_ms);
+        set(&mut farm.share_identity, self.farm_share_identity);
         if let Some(f) = &self.log_format {
             c.log.format = match f.as_str() {
                 "text" => LogFormat::Text,
@@ -580,6 +611,8 @@ mod tests {
         "guest_policy.query_timeout_ms",
         "guest_policy.cache_ttl_max_secs",
         "guest_policy.max_scan_size",
+        "farm.redis_url",
+        "farm.password_file",
     ];
 
     /// Every key of the configuration has a command-line option that names

@@ -370,6 +370,8 @@ pub struct Metrics {
     pub events_dropped: Family<SinkReasonLabel, Counter>,
     /// Events waiting in a destination's on-disk queue, by `sink`.
     pub events_queue_depth: Family<SinkLabel, Gauge>,
+    /// The scanner farm's requests and reachability ([`crate::farm`]).
+    pub farm: crate::farm::FarmMetrics,
     /// The metrics labelled by guest, once [`attach_guests`](Self::attach_guests).
     guests: Arc<GuestCollector>,
 }
@@ -511,9 +513,21 @@ impl Metrics {
             "Events waiting in a destination's on-disk queue, by sink",
             events_queue_depth.clone(),
         );
+        let farm = crate::farm::FarmMetrics::default();
+        registry.register(
+            "farm_requests",
+            "Requests to the scanner farm's Redis, by op (content, identity: lookups; put: writes; ping: probes while down) and result (hit, miss, ok, error, timeout, dropped: the write queue was full, skipped: Redis down)",
+            farm.requests.clone(),
+        );
+        registry.register(
+            "farm_up",
+            "1 while the scanner farm's Redis answers, 0 otherwise (and without a farm)",
+            farm.up.clone(),
+        );
         let guests = Arc::new(GuestCollector::default());
         registry.register_collector(Box::new(Arc::clone(&guests)));
         Self {
+            farm,
             guests,
             registry,
             sessions,

@@ -110,6 +110,9 @@ pub enum ServiceError {
     /// `state_dir` cannot be used.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The scanner farm's Redis settings are unusable.
+    #[error(transparent)]
+    Farm(#[from] crate::farm::FarmError),
     /// The metrics endpoint could not be bound.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -220,6 +223,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
     }
     if let Some(dir) = &config.quarantine.dir {
         check_dir("quarantine.dir", dir)?;
+    }
+    // Read, not kept: the start reads it again (no connection is made here).
+    if let Some(file) = &config.farm.password_file {
+        crate::farm::read_password(file)?;
     }
     // Last: nothing after it fails, so a check never leaves a file behind.
     let audit = config
@@ -1055,6 +1062,14 @@ impl Service {
         }
         ctx.remediation = config.remediation.clone();
         ctx.quarantine = quarantine.clone();
+        ctx.farm = crate::farm::Farm::start(&config.farm, metrics.farm.clone())?;
+        if let Some(farm) = &ctx.farm {
+            tracing::info!(
+                ?farm,
+                ttl_secs = farm.ttl_secs(),
+                "farm cache: sharing verdicts through Redis"
+            );
+        }
         metrics.attach_guests(Arc::clone(&ctx.guests));
         let ctx = Arc::new(ctx);
         let (urls, explicit) = config.listeners()?;

@@ -8,6 +8,14 @@
 //! swaps it atomically ([`SharedSignatures`], an `ArcSwap`), scans in
 //! progress finish on the old one, and the new generation number
 //! invalidates every cached verdict.
+//!
+//! Every set also has a [farm digest](SignatureSet::farm_digest): a BLAKE3
+//! over what decides its verdicts (the content of every signature and rule
+//! file, sorted, never their paths; the built-in set; the scanner's and
+//! yara-x's versions; clamd's `VERSION` reply). Two hosts that load the same
+//! signatures compute the same digest, so a scanner farm
+//! ([`crate::farm`]) shares clean verdicts between them, and a reload with
+//! other signatures makes every shared clean verdict of the old ones miss.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +70,15 @@ pub enum SignatureError {
     #[error("{}: cannot read signature directory: {source}", path.display())]
     Dir {
         /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A signature file cannot be read (again, for its digest).
+    #[error("{}: cannot read signature file: {source}", path.display())]
+    Read {
+        /// The file.
         path: PathBuf,
         /// The I/O error.
         #[source]
@@ -129,6 +146,8 @@ pub struct SignatureSet {
     /// Some engine [blocks](Engine::blocks).
     blocks: bool,
     generation: u64,
+    /// See [`SignatureSet::farm_digest`].
+    farm_digest: [u8; 32],
     summary: LoadSummary,
 }
 
@@ -185,7 +204,28 @@ impl SignatureSet {
         if engines.is_empty() {
             return Err(SignatureError::Empty);
         }
-        Ok(Self::from_engines_with_summary(engines, summary))
+        let mut files = Vec::with_capacity(summary.files.len());
+        for path in &summary.files {
+            let content = std::fs::read(path).map_err(|source| SignatureError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let kind = HashDbKind::of_path(path).map_or("yara", |k| match k {
+                HashDbKind::Hdb => "hdb",
+                HashDbKind::Hsb => "hsb",
+            });
+            files.push(file_digest(kind, &content));
+        }
+        let clamd_version = config.clamd.as_ref().map(clamd_version);
+        let digest = farm_digest(
+            config.builtin,
+            &files,
+            (!yara_files.is_empty()).then_some(YARA_X_VERSION),
+            clamd_version.as_ref().map(|v| v.as_deref()),
+        );
+        let mut set = Self::from_engines_with_summary(engines, summary);
+        set.farm_digest = digest;
+        Ok(set)
     }
 
     /// A set of the given engines (tests, custom embeddings).
@@ -198,20 +238,23 @@ impl SignatureSet {
             blocks: engines.iter().any(|e| e.blocks()),
             engines,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            farm_digest: unshared_digest(),
             summary,
         }
     }
 
     /// The built-in set alone.
     pub fn builtin() -> Self {
-        Self::from_engines_with_summary(
+        let mut set = Self::from_engines_with_summary(
             builtin_engines(),
             LoadSummary {
                 builtin: true,
                 builtin_signatures: builtin_signature_count(),
                 ..LoadSummary::default()
             },
-        )
+        );
+        set.farm_digest = farm_digest(true, &[], None, None);
+        set
     }
 
     /// The engines, in scan order (cheap ones first).
@@ -235,6 +278,108 @@ impl SignatureSet {
     pub fn summary(&self) -> &LoadSummary {
         &self.summary
     }
+
+    /// The digest of what decides this set's verdicts, the same on every
+    /// host that loads the same signatures (see the module doc). A set
+    /// built from engines ([`from_engines`](Self::from_engines)) or whose
+    /// clamd did not tell its version gets a digest of its own that no
+    /// other set has: its clean verdicts are never shared.
+    pub fn farm_digest(&self) -> &[u8; 32] {
+        &self.farm_digest
+    }
+}
+
+/// The yara-x version rules are compiled and run with (the exact version
+/// `Cargo.toml` pins: a test checks the two agree).
+pub const YARA_X_VERSION: &str = "1.22.1";
+
+/// How long loading waits for clamd's `VERSION` reply at most.
+const CLAMD_VERSION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// clamd's version line (it names the database version), or `None` when
+/// clamd does not answer now (its verdicts are then not shared).
+fn clamd_version(clamd: &ClamdConfig) -> Option<String> {
+    let engine = ClamdEngine::new(
+        clamd.address.clone(),
+        clamd.timeout.min(CLAMD_VERSION_TIMEOUT),
+    );
+    match engine.version() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(
+                "clamd did not tell its version ({e}): clean verdicts of this signature set are not shared with a scanner farm; reload (SIGHUP) once clamd answers"
+            );
+            None
+        }
+    }
+}
+
+/// The digest of one signature file: its kind and its bytes.
+fn file_digest(kind: &str, content: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(kind.as_bytes());
+    h.update(&[0]);
+    h.update(content);
+    *h.finalize().as_bytes()
+}
+
+/// The farm digest of a set: the built-in set (if loaded), the sorted
+/// digests of its files, yara-x's version (when rules are loaded) and
+/// clamd's (when configured; `Some(None)`: clamd did not answer, and the
+/// digest is one of its own).
+fn farm_digest(
+    builtin: bool,
+    files: &[[u8; 32]],
+    yara_x: Option<&str>,
+    clamd: Option<Option<&str>>,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"thinagent-farm-generation-v1\0scanner ");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    if builtin {
+        h.update(b"\0builtin\0");
+        h.update(crate::engine::builtin::BUILTIN_HDB.as_bytes());
+        h.update(b"\0");
+        h.update(crate::engine::builtin::BUILTIN_HSB.as_bytes());
+    }
+    let mut sorted = files.to_vec();
+    sorted.sort_unstable();
+    h.update(b"\0files\0");
+    h.update(&(sorted.len() as u64).to_le_bytes());
+    for f in &sorted {
+        h.update(f);
+    }
+    if let Some(v) = yara_x {
+        h.update(b"\0yara-x ");
+        h.update(v.as_bytes());
+    }
+    match clamd {
+        None => {}
+        Some(Some(v)) => {
+            h.update(b"\0clamd ");
+            h.update(v.trim().as_bytes());
+        }
+        Some(None) => {
+            h.update(b"\0clamd unknown\0");
+            h.update(&unshared_digest());
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A digest no other set has (this process, this load, this instant).
+fn unshared_digest() -> [u8; 32] {
+    static UNSHARED: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(b"thinagent-unshared\0");
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&UNSHARED.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    h.update(&nanos.to_le_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// The active set, swapped atomically on reload.
@@ -380,5 +525,76 @@ mod tests {
         let a = SignatureSet::builtin();
         let b = SignatureSet::builtin();
         assert_ne!(a.generation(), b.generation());
+    }
+
+    #[test]
+    fn farm_digest_is_the_content_not_the_paths_and_changes_with_it() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let hdb = "5d41402abc4b2a76b9719d911017c592:5:Test-Hello\n";
+        std::fs::write(one.path().join("a.hdb"), hdb).unwrap();
+        std::fs::write(two.path().join("other-name.hdb"), hdb).unwrap();
+        let load = |dir: &Path| {
+            SignatureSet::load(&SignatureConfig {
+                dirs: vec![dir.to_owned()],
+                builtin: true,
+                clamd: None,
+            })
+            .unwrap()
+        };
+        let (a, b) = (load(one.path()), load(two.path()));
+        assert_ne!(a.generation(), b.generation());
+        assert_eq!(a.farm_digest(), b.farm_digest(), "same files, other paths");
+        assert_eq!(load(one.path()).farm_digest(), a.farm_digest(), "reload");
+        std::fs::write(
+            two.path().join("b.hdb"),
+            "44d88612fea8a8f36de82e1278abb02f:68:Other\n",
+        )
+        .unwrap();
+        let c = load(two.path());
+        assert_ne!(c.farm_digest(), a.farm_digest(), "a file more");
+        let builtin = SignatureSet::builtin();
+        assert_eq!(
+            builtin.farm_digest(),
+            SignatureSet::load(&SignatureConfig::default())
+                .unwrap()
+                .farm_digest()
+        );
+        assert_ne!(builtin.farm_digest(), a.farm_digest());
+        // Sets of hand-made engines, or whose clamd did not answer, are
+        // never shared.
+        let e1 = SignatureSet::from_engines(builtin_engines());
+        let e2 = SignatureSet::from_engines(builtin_engines());
+        assert_ne!(e1.farm_digest(), e2.farm_digest());
+        let no_clamd = SignatureConfig {
+            clamd: Some(ClamdConfig {
+                address: "tcp://127.0.0.1:1".parse().unwrap(),
+                timeout: Duration::from_secs(1),
+            }),
+            ..SignatureConfig::default()
+        };
+        let (n1, n2) = (
+            SignatureSet::load(&no_clamd).unwrap(),
+            SignatureSet::load(&no_clamd).unwrap(),
+        );
+        assert_ne!(n1.farm_digest(), n2.farm_digest());
+        assert_ne!(
+            farm_digest(true, &[], None, Some(Some("ClamAV 1.0.7/27100"))),
+            farm_digest(true, &[], None, Some(Some("ClamAV 1.0.7/27101"))),
+            "clamd's database version counts"
+        );
+        assert_eq!(
+            farm_digest(true, &[[1; 32], [2; 32]], None, None),
+            farm_digest(true, &[[2; 32], [1; 32]], None, None),
+            "file order does not count"
+        );
+    }
+
+    #[test]
+    fn yara_x_version_is_the_pinned_one() {
+        let manifest = include_str!("../Cargo.toml");
+        assert!(
+            manifest.contains(&format!("yara-x = {{ version = \"={YARA_X_VERSION}\"")),
+            "update YARA_X_VERSION to the yara-x version Cargo.toml pins"
+        );
     }
 }

@@ -9,15 +9,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{EICAR, FileSpec, Running, connect, connect_from, run_guest};
+use common::{EICAR, FileSpec, Pki, Running, connect, connect_from, run_guest, tls_connect};
 use thinagent_scanner::config::Config;
-use thinagent_scanner::listen::{ListenUrl, Listener, connect_with_tls};
+use thinagent_scanner::listen::{ListenUrl, Listener};
 use thinagent_scanner::service::{Service, ServiceError};
-use thinagent_scanner::tls::TlsConfig;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -153,124 +152,6 @@ async fn plain_tcp_beyond_loopback_is_refused_with_what_to_do() {
     assert!(e.contains("[tls]") && e.contains("client_ca"), "{e}");
     // Loopback TCP stays available for labs and tests.
     tcp_config().validate().unwrap();
-}
-
-/// Test PKI made at test time: a guest CA, the scanner's certificate (for
-/// 127.0.0.1), guest certificates, and a rogue CA nobody configured.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Self::make_ca("ThinAgent test guest CA");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let pki = Self { dir, ca };
-        pki.leaf("server", "thinagent-scanner", true, &pki.ca);
-        pki
-    }
-
-    fn make_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
-    }
-
-    /// Writes `NAME.crt` and `NAME.key`: a certificate for `cn` signed by
-    /// `issuer` (a server one for 127.0.0.1, or a client one).
-    fn leaf(
-        &self,
-        name: &str,
-        cn: &str,
-        server: bool,
-        issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    ) -> (PathBuf, PathBuf) {
-        let sans = if server {
-            vec!["127.0.0.1".to_string()]
-        } else {
-            Vec::new()
-        };
-        let mut params = rcgen::CertificateParams::new(sans).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![if server {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, issuer).unwrap();
-        let crt = self.path(&format!("{name}.crt"));
-        let pem = self.path(&format!("{name}.key"));
-        std::fs::write(&crt, cert.pem()).unwrap();
-        std::fs::write(&pem, key.serialize_pem()).unwrap();
-        (crt, pem)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn server_config(&self) -> TlsConfig {
-        TlsConfig {
-            cert: self.path("server.crt"),
-            key: self.path("server.key"),
-            client_ca: self.path("ca.pem"),
-        }
-    }
-
-    /// A client configuration for the guest certificate `name`.
-    fn client(&self, name: &str) -> Arc<rustls::ClientConfig> {
-        use rustls::pki_types::pem::PemObject;
-        let chain =
-            rustls::pki_types::CertificateDer::pem_file_iter(self.path(&format!("{name}.crt")))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_file(self.path(&format!("{name}.key")))
-                .unwrap();
-        let config = self
-            .client_builder()
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        Arc::new(config)
-    }
-
-    /// A client configuration that trusts the scanner, before choosing a
-    /// certificate.
-    fn client_builder(
-        &self,
-    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-    }
-}
-
-async fn tls_connect(
-    url: &str,
-    client: &Arc<rustls::ClientConfig>,
-) -> std::io::Result<impl common::Stream> {
-    connect_with_tls(&url.parse().unwrap(), Some(client)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,1038 @@
+//! Scanner farms: one verdict cache shared by every scanner of a farm
+//! through Redis (or Valkey).
+//!
+//! One scanner serves the guests of one hypervisor host; a VDI farm has
+//! dozens of hosts whose near-identical desktops open the same files. With
+//! `[farm] redis_url` set, each scanner asks Redis when its own caches
+//! miss, and tells Redis what it scanned, so a file is scanned once per
+//! farm rather than once per host.
+//!
+//! What is shared (keys under `farm.key_prefix`, `thinagent:` by default;
+//! every entry expires after `farm.ttl_secs`):
+//!
+//! * `{prefix}c:{content}:{digest}`: the verdict for content whose BLAKE3
+//!   (computed by a scanner from bytes it read itself, never sent by a
+//!   guest) is `content`, under the signature set whose
+//!   [farm digest](crate::signatures::SignatureSet::farm_digest) is
+//!   `digest`. A reload with other signatures changes the digest, so every
+//!   entry of the old set misses, without a flush.
+//! * `{prefix}d:{content}`: a detection, whatever the signatures: a Deny
+//!   found on any host is served on every host, under any signature set
+//!   (until it expires). A lookup reads `c:` and `d:` with one `MGET`; a
+//!   Deny wins.
+//! * `{prefix}i:{scope}:{file identity}:{digest}`: the verdict by file
+//!   identity (no content pulled at all), only for guests whose transport
+//!   identity is unique across the farm ([`shared_scope`]): TLS certificate
+//!   subjects. Never vsock CIDs (each host numbers its VMs), loopback TCP
+//!   addresses or Unix uids (they name a host or a user of one host).
+//!   Identity entries follow the digest for Deny as well.
+//!
+//! Redis is never on the path of a verdict: the local caches stay in front
+//! (a local hit never touches the network), a lookup waits at most
+//! `farm.deadline_ms`, writes go through a bounded queue to one writer task
+//! (full: dropped and counted). Every error, timeout or refusal is a miss
+//! and the scan goes on locally; nothing Redis says or fails to say changes
+//! the answer a scan would give, except that a detection shared by another
+//! host is served without scanning. Reachability is one state machine
+//! ([`Health`]), logged once per change (WARN when lost, INFO when back)
+//! and exported as `thinagent_scanner_farm_up`; a probe (`PING`) runs
+//! every second, and while Redis is down no lookup or write is tried.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::IntoConnectionInfo;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use thinagent_protocol::FileIdentity;
+use tokio::sync::mpsc;
+
+use crate::cache::{CachedVerdict, ContentKey};
+use crate::config::ConfigError;
+use crate::connection::PeerIdentity;
+use crate::records::hex;
+
+/// The `[farm]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FarmConfig {
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]` or `rediss://...` (TLS).
+    /// Unset: no farm, the caches are this scanner's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// A file holding the Redis password (its first line), read at start,
+    /// so the secret is not in the configuration; the ACL user goes in the
+    /// URL (`redis://thinagent@HOST:PORT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// How long a shared verdict lives, seconds.
+    pub ttl_secs: u64,
+    /// How long a lookup may wait for Redis, milliseconds.
+    pub deadline_ms: u64,
+    /// Share verdicts by file identity for guests with a farm-wide identity
+    /// (TLS certificate subjects).
+    pub share_identity: bool,
+}
+
+impl Default for FarmConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            password_file: None,
+            key_prefix: "thinagent:".into(),
+            ttl_secs: 86_400,
+            deadline_ms: 20,
+            share_identity: true,
+        }
+    }
+}
+
+impl FarmConfig {
+    /// Checks the values without connecting (`--check-config`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, value: String, why: &str| ConfigError::Invalid {
+            key,
+            value,
+            why: why.into(),
+        };
+        if let Some(url) = &self.redis_url {
+            self.connection_info(None)
+                .map_err(|why| invalid("farm.redis_url", redact(url), &why))?;
+        } else if self.password_file.is_some() {
+            return Err(invalid(
+                "farm.password_file",
+                display_path(self.password_file.as_ref()),
+                "a password without farm.redis_url: set the Redis URL too, or unset the password file",
+            ));
+        }
+        if self.key_prefix.len() > 64
+            || self
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "farm.key_prefix",
+                self.key_prefix.clone(),
+                "at most 64 characters, no spaces or control characters (e.g. thinagent: or farm1:)",
+            ));
+        }
+        if !(60..=30 * 86_400).contains(&self.ttl_secs) {
+            return Err(invalid(
+                "farm.ttl_secs",
+                self.ttl_secs.to_string(),
+                "expected 60 ..= 2592000 (one minute to 30 days)",
+            ));
+        }
+        if !(1..=5_000).contains(&self.deadline_ms) {
+            return Err(invalid(
+                "farm.deadline_ms",
+                self.deadline_ms.to_string(),
+                "expected 1 ..= 5000: every local cache miss waits for Redis up to this long",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed URL, with `password` set when given.
+    fn connection_info(&self, password: Option<&str>) -> Result<redis::ConnectionInfo, String> {
+        let url = self.redis_url.as_deref().unwrap_or_default();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(
+                "expected redis://HOST:PORT or rediss://HOST:PORT (TLS), with USER:PASSWORD@ or farm.password_file for an ACL user"
+                    .into(),
+            );
+        }
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("not a Redis URL ({e}); e.g. redis://10.0.0.5:6379"))?;
+        Ok(match password {
+            Some(p) => {
+                let redis = info.redis_settings().clone().set_password(p);
+                info.set_redis_settings(redis)
+            }
+            None => info,
+        })
+    }
+}
+
+fn display_path(p: Option<&PathBuf>) -> String {
+    p.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Why a farm could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FarmError {
+    /// The password file cannot be read.
+    #[error(
+        "farm.password_file = {}: cannot read it ({source}); give a readable file holding the Redis password, or put it in the URL",
+        path.display()
+    )]
+    Password {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The URL or the client settings are refused.
+    #[error("farm.redis_url = {url}: {why}")]
+    Url {
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Reads the password: the file's first line.
+pub fn read_password(path: &std::path::Path) -> Result<String, FarmError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FarmError::Password {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned())
+}
+
+/// The guest scope shared across a farm, when the transport identity names
+/// one guest farm-wide: a TLS certificate subject (signed by the farm's
+/// guest CA). A vsock CID names a VM of one host only, and loopback TCP and
+/// Unix peers a host or a user of one host: their verdicts by identity stay
+/// on that host.
+pub fn shared_scope(peer: &PeerIdentity) -> Option<Arc<str>> {
+    match peer {
+        PeerIdentity::Tls(_) => Some(Arc::from(peer.to_string())),
+        PeerIdentity::Vsock(_) | PeerIdentity::Tcp(_) | PeerIdentity::Unix { .. } => None,
+    }
+}
+
+/// Key of a content verdict under one signature set.
+pub fn content_entry_key(prefix: &str, content: &ContentKey, digest: &[u8; 32]) -> String {
+    format!("{prefix}c:{}:{}", hex(content), hex(digest))
+}
+
+/// Key of a detection, whatever the signature set.
+pub fn deny_entry_key(prefix: &str, content: &ContentKey) -> String {
+    format!("{prefix}d:{}", hex(content))
+}
+
+/// Key of a verdict by file identity in a [shared scope](shared_scope).
+pub fn identity_entry_key(
+    prefix: &str,
+    scope: &str,
+    file: &FileIdentity,
+    digest: &[u8; 32],
+) -> String {
+    format!(
+        "{prefix}i:{scope}:{:x}:{}:{}:{}:{}",
+        file.volume_serial,
+        hex(&file.file_id),
+        file.size,
+        file.last_write_time,
+        hex(digest)
+    )
+}
+
+/// Longest threat name taken from Redis (longer: the entry is ignored).
+const MAX_THREAT_LEN: usize = 255;
+
+/// A shared verdict, as stored (JSON: `{"v":"deny","t":"Eicar-Test-Signature","e":"builtin","at":1764800000}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FarmVerdict {
+    /// `allow` or `deny`.
+    #[serde(rename = "v")]
+    pub decision: FarmDecision,
+    /// The threat (Deny only).
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub threat: Option<String>,
+    /// The engine that found it.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// When it was scanned, seconds since 1970.
+    #[serde(rename = "at")]
+    pub scanned_at: u64,
+}
+
+/// The decision of a [`FarmVerdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FarmDecision {
+    /// Clean.
+    Allow,
+    /// A detection.
+    Deny,
+}
+
+impl FarmVerdict {
+    /// The shared form of a local verdict, scanned now.
+    pub fn of(v: &CachedVerdict) -> Self {
+        Self {
+            decision: if v.threat.is_some() {
+                FarmDecision::Deny
+            } else {
+                FarmDecision::Allow
+            },
+            threat: v.threat.as_deref().map(str::to_owned),
+            engine: v.engine.map(str::to_owned),
+            scanned_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    /// JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a stored value; `None` when it is not a verdict
+    /// (a Deny without a threat, an over-long name, not JSON).
+    pub fn decode(text: &str) -> Option<Self> {
+        let v: Self = serde_json::from_str(text).ok()?;
+        let ok = match (&v.decision, &v.threat) {
+            (FarmDecision::Deny, Some(t)) => !t.is_empty() && t.len() <= MAX_THREAT_LEN,
+            (FarmDecision::Allow, None) => true,
+            _ => false,
+        };
+        ok.then_some(v)
+    }
+
+    /// The local cache's form, under signature generation `generation`.
+    pub fn to_cached(&self, generation: u64) -> CachedVerdict {
+        match &self.threat {
+            Some(t) if self.decision == FarmDecision::Deny => {
+                CachedVerdict::infected(t, engine_name(self.engine.as_deref()), generation)
+            }
+            _ => CachedVerdict::clean(generation),
+        }
+    }
+}
+
+/// The engine names this scanner knows; another name reads as `farm`.
+fn engine_name(name: Option<&str>) -> &'static str {
+    match name {
+        Some("builtin") => "builtin",
+        Some("hash") => "hash",
+        Some("yara") => "yara",
+        Some("clamd") => "clamd",
+        _ => "farm",
+    }
+}
+
+/// Whether Redis can be reached, as the last requests tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Not asked yet.
+    Unknown,
+    /// The last request was answered.
+    Up,
+    /// A request failed (connection error, or [`TIMEOUTS_DOWN`] timeouts
+    /// in a row).
+    Down,
+}
+
+/// A change worth one log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Redis answers (again).
+    Up,
+    /// Redis stopped answering; why.
+    Down(String),
+    /// Redis refuses writes (e.g. `OOM` at `maxmemory`); why.
+    WritesRefused(String),
+    /// Redis takes writes again.
+    WritesTaken,
+}
+
+/// Timeouts in a row after which Redis counts as down.
+pub const TIMEOUTS_DOWN: u32 = 5;
+
+/// The farm's health: reachability and whether writes are taken. Sans-IO:
+/// requests' outcomes in, changes to log out.
+#[derive(Debug)]
+pub struct Health {
+    reach: Reach,
+    timeouts: u32,
+    writes_refused: bool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            reach: Reach::Unknown,
+            timeouts: 0,
+            writes_refused: false,
+        }
+    }
+}
+
+impl Health {
+    /// The reachability now.
+    pub fn reach(&self) -> Reach {
+        self.reach
+    }
+
+    /// Whether lookups and writes are tried (not while down: the probe
+    /// finds out when Redis is back).
+    pub fn usable(&self) -> bool {
+        self.reach != Reach::Down
+    }
+
+    /// A request was answered.
+    pub fn answered(&mut self) -> Option<Change> {
+        self.timeouts = 0;
+        (std::mem::replace(&mut self.reach, Reach::Up) != Reach::Up).then_some(Change::Up)
+    }
+
+    /// A request failed to reach Redis (connection refused or lost, TLS or
+    /// authentication failure).
+    pub fn failed(&mut self, why: String) -> Option<Change> {
+        self.timeouts = 0;
+        (std::mem::replace(&mut self.reach, Reach::Down) != Reach::Down)
+            .then_some(Change::Down(why))
+    }
+
+    /// A request got no answer within its deadline.
+    pub fn timed_out(&mut self) -> Option<Change> {
+        self.timeouts = self.timeouts.saturating_add(1);
+        if self.timeouts >= TIMEOUTS_DOWN {
+            self.failed(format!(
+                "{TIMEOUTS_DOWN} requests in a row got no answer within their deadline"
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// A write was refused by Redis (`Some(why)`) or taken (`None`).
+    pub fn write_result(&mut self, refused: Option<String>) -> Option<Change> {
+        match refused {
+            Some(why) if !self.writes_refused => {
+                self.writes_refused = true;
+                Some(Change::WritesRefused(why))
+            }
+            None if self.writes_refused => {
+                self.writes_refused = false;
+                Some(Change::WritesTaken)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Labels `op` (`content`, `identity`, `put`, `ping`) and `result` (`hit`,
+/// `miss`, `ok`, `error`, `timeout`, `dropped`, `skipped`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpResultLabel {
+    /// The request.
+    pub op: &'static str,
+    /// How it ended.
+    pub result: &'static str,
+}
+
+/// The farm's metrics (registered by [`crate::metrics::Metrics`]).
+#[derive(Debug, Clone, Default)]
+pub struct FarmMetrics {
+    /// `thinagent_scanner_farm_requests_total{op,result}`.
+    pub requests: Family<OpResultLabel, Counter>,
+    /// `thinagent_scanner_farm_up`: 1 while Redis answers.
+    pub up: Gauge,
+}
+
+impl FarmMetrics {
+    fn count(&self, op: &'static str, result: &'static str) {
+        self.requests
+            .get_or_create(&OpResultLabel { op, result })
+            .inc();
+    }
+}
+
+/// Writes waiting for the writer task, at most.
+const WRITE_QUEUE: usize = 4096;
+/// How long one write (a pipeline of `SET`s) may take.
+const WRITE_DEADLINE: Duration = Duration::from_secs(1);
+/// How often Redis is probed (`PING`).
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Connect (TCP, TLS, AUTH) timeout of the connection manager.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the lookups and the writer share.
+#[derive(Debug)]
+struct Shared {
+    health: Mutex<Health>,
+    metrics: FarmMetrics,
+    /// The URL, password hidden, for logs.
+    url: String,
+}
+
+impl Shared {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn usable(&self) -> bool {
+        self.health().usable()
+    }
+
+    fn report(&self, change: Option<Change>) {
+        let Some(change) = change else { return };
+        match &change {
+            Change::Up => {
+                self.metrics.up.set(1);
+                tracing::info!(
+                    "farm cache: Redis {} answers; sharing verdicts with the farm",
+                    self.url
+                );
+            }
+            Change::Down(why) => {
+                self.metrics.up.set(0);
+                tracing::warn!(
+                    "farm cache: Redis {} unreachable ({why}); scanning with the local caches only until it is back",
+                    self.url
+                );
+            }
+            Change::WritesRefused(why) => tracing::warn!(
+                "farm cache: Redis {} refuses writes ({why}); verdicts are not shared until it takes them (check maxmemory and the ACL user's permissions)",
+                self.url
+            ),
+            Change::WritesTaken => {
+                tracing::info!("farm cache: Redis {} takes writes again", self.url);
+            }
+        }
+    }
+
+    /// Feeds a request's outcome to the health machine; counts it.
+    fn outcome<T>(
+        &self,
+        op: &'static str,
+        r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Option<T> {
+        match r {
+            Ok(Ok(v)) => {
+                let c = self.health().answered();
+                self.report(c);
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                self.metrics.count(op, "error");
+                let c = if unreachable(&e) {
+                    self.health().failed(e.to_string())
+                } else {
+                    // Redis answered, with an error: it is up.
+                    let (up, refused) = {
+                        let mut h = self.health();
+                        let up = h.answered();
+                        let refused = if op == "put" {
+                            h.write_result(Some(e.to_string()))
+                        } else {
+                            tracing::debug!("farm cache: {op}: {e}");
+                            None
+                        };
+                        (up, refused)
+                    };
+                    self.report(up);
+                    refused
+                };
+                self.report(c);
+                None
+            }
+            Err(_) => {
+                self.metrics.count(op, "timeout");
+                let c = self.health().timed_out();
+                self.report(c);
+                None
+            }
+        }
+    }
+}
+
+/// Whether `e` says Redis cannot be reached (rather than that it answered
+/// with an error).
+fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
+/// The connection to the farm's Redis: lookups with a deadline, writes
+/// fire-and-forget. Cheap to share (`Arc`).
+pub struct Farm {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl_secs: u64,
+    deadline: Duration,
+    share_identity: bool,
+    writes: mpsc::Sender<Vec<(String, String)>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Farm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Farm")
+            .field("url", &self.shared.url)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Farm {
+    /// Sets up the farm `config` names (`None` without `redis_url`). Does
+    /// not wait for Redis: the connection is made in the background, and
+    /// until it is, lookups miss. Must be called inside a tokio runtime.
+    pub fn start(
+        config: &FarmConfig,
+        metrics: FarmMetrics,
+    ) -> Result<Option<Arc<Self>>, FarmError> {
+        let Some(url) = &config.redis_url else {
+            return Ok(None);
+        };
+        let shown = redact(url);
+        let password = config
+            .password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()?;
+        let url_error = |why: String| FarmError::Url {
+            url: shown.clone(),
+            why,
+        };
+        let info = config
+            .connection_info(password.as_deref())
+            .map_err(url_error)?;
+        let client = redis::Client::open(info).map_err(|e| url_error(e.to_string()))?;
+        let deadline = Duration::from_millis(config.deadline_ms);
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(WRITE_DEADLINE))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|e| url_error(e.to_string()))?;
+        metrics.up.set(0);
+        let shared = Arc::new(Shared {
+            health: Mutex::new(Health::default()),
+            metrics,
+            url: shown,
+        });
+        let (writes, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(writer(
+            conn.clone(),
+            Arc::clone(&shared),
+            rx,
+            config.ttl_secs,
+        ));
+        Ok(Some(Arc::new(Self {
+            conn,
+            prefix: config.key_prefix.clone(),
+            ttl_secs: config.ttl_secs,
+            deadline,
+            share_identity: config.share_identity,
+            writes,
+            shared,
+        })))
+    }
+
+    /// Whether identity verdicts are shared (`farm.share_identity`).
+    pub fn shares_identity(&self) -> bool {
+        self.share_identity
+    }
+
+    /// Entry lifetime, seconds.
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    /// Reachability now.
+    pub fn reach(&self) -> Reach {
+        self.shared.health().reach()
+    }
+
+    /// `MGET keys` within the deadline; `None` on any failure (counted
+    /// under `op`).
+    async fn mget(&self, op: &'static str, keys: &[String]) -> Option<Vec<Option<String>>> {
+        if !self.shared.usable() {
+            self.shared.metrics.count(op, "skipped");
+            return None;
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        let r = tokio::time::timeout(
+            self.deadline,
+            cmd.query_async::<Vec<Option<String>>>(&mut conn),
+        )
+        .await;
+        self.shared.outcome(op, r)
+    }
+
+    /// The shared verdict for content `key` under the set `digest`: a
+    /// detection under any set wins, else the verdict under this one.
+    pub async fn content(&self, key: &ContentKey, digest: &[u8; 32]) -> Option<FarmVerdict> {
+        let keys = [
+            deny_entry_key(&self.prefix, key),
+            content_entry_key(&self.prefix, key, digest),
+        ];
+        let values = self.mget("content", &keys).await?;
+        let mut values = values
+            .into_iter()
+            .map(|v| v.as_deref().and_then(FarmVerdict::decode));
+        let deny = values
+            .next()
+            .flatten()
+            .filter(|v| v.decision == FarmDecision::Deny);
+        let found = deny.or_else(|| values.next().flatten());
+        self.shared
+            .metrics
+            .count("content", if found.is_some() { "hit" } else { "miss" });
+        found
+    }
+
+    /// The shared verdict for `file` in the shared `scope` under `digest`.
+    pub async fn identity(
+        &self,
+        scope: &str,
+        file: &FileIdentity,
+        digest: &[u8; 32],
+    ) -> Option<FarmVerdict> {
+        let keys = [identity_entry_key(&self.prefix, scope, file, digest)];
+        let values = self.mget("identity", &keys).await?;
+        let found = values
+            .into_iter()
+            .next()
+            .flatten()
+            .as_deref()
+            .and_then(FarmVerdict::decode);
+        self.shared
+            .metrics
+            .count("identity", if found.is_some() { "hit" } else { "miss" });
+        found
+    }
+
+    /// Shares a verdict the engines gave for content `key` (a detection
+    /// also under `d:`). Never waits.
+    pub fn put_content(&self, key: &ContentKey, digest: &[u8; 32], v: &CachedVerdict) {
+        let value = FarmVerdict::of(v).encode();
+        let mut entries = vec![(content_entry_key(&self.prefix, key, digest), value.clone())];
+        if v.threat.is_some() {
+            entries.push((deny_entry_key(&self.prefix, key), value));
+        }
+        self.enqueue(entries);
+    }
+
+    /// Shares a verdict for `file` in the shared `scope`. Never waits.
+    pub fn put_identity(
+        &self,
+        scope: &str,
+        file: &FileIdentity,
+        digest: &[u8; 32],
+        v: &CachedVerdict,
+    ) {
+        let key = identity_entry_key(&self.prefix, scope, file, digest);
+        self.enqueue(vec![(key, FarmVerdict::of(v).encode())]);
+    }
+
+    fn enqueue(&self, entries: Vec<(String, String)>) {
+        if !self.shared.usable() {
+            self.shared.metrics.count("put", "skipped");
+            return;
+        }
+        if self.writes.try_send(entries).is_err() {
+            self.shared.metrics.count("put", "dropped");
+        }
+    }
+}
+
+/// The writer task: one pipeline of `SET key value EX ttl` per batch,
+/// and a `PING` every [`PROBE_INTERVAL`]. Ends when the [`Farm`] is
+/// dropped.
+async fn writer(
+    mut conn: ConnectionManager,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Vec<(String, String)>>,
+    ttl_secs: u64,
+) {
+    let mut probe = tokio::time::interval(PROBE_INTERVAL);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { return };
+                if !shared.usable() {
+                    shared.metrics.count("put", "skipped");
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                for (key, value) in &batch {
+                    pipe.cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs);
+                }
+                let r = tokio::time::timeout(
+                    WRITE_DEADLINE,
+                    pipe.query_async::<Vec<redis::Value>>(&mut conn),
+                )
+                .await
+                // A refused SET (OOM, NOPERM) is an error reply inside the
+                // pipeline's answer, not an error of the whole request.
+                .map(|r| {
+                    r.and_then(|replies| {
+                        replies.into_iter().try_for_each(|reply| match reply {
+                            redis::Value::ServerError(e) => Err(e.into()),
+                            _ => Ok(()),
+                        })
+                    })
+                });
+                if shared.outcome("put", r).is_some() {
+                    shared.metrics.count("put", "ok");
+                    let c = shared.health().write_result(None);
+                    shared.report(c);
+                }
+            }
+            _ = probe.tick() => {
+                // Also while up: a Redis that died is noticed (and the
+                // connection remade) without waiting for a lookup.
+                let r = tokio::time::timeout(
+                    WRITE_DEADLINE,
+                    redis::cmd("PING").query_async::<String>(&mut conn),
+                )
+                .await;
+                let _ = shared.outcome("ping", r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> FileIdentity {
+        FileIdentity {
+            volume_serial: 0xabc,
+            file_id: [7; 16],
+            size: 68,
+            last_write_time: 133,
+        }
+    }
+
+    #[test]
+    fn keys_name_content_set_and_identity() {
+        let (content, digest) = ([0x11; 32], [0x22; 32]);
+        let c = content_entry_key("t:", &content, &digest);
+        assert_eq!(c, format!("t:c:{}:{}", "11".repeat(32), "22".repeat(32)));
+        assert_eq!(
+            deny_entry_key("t:", &content),
+            format!("t:d:{}", "11".repeat(32))
+        );
+        assert_ne!(c, content_entry_key("t:", &content, &[0x23; 32]));
+        let i = identity_entry_key("t:", "tls:CN=vm-1", &file(), &digest);
+        assert_eq!(
+            i,
+            format!(
+                "t:i:tls:CN=vm-1:abc:{}:68:133:{}",
+                "07".repeat(16),
+                "22".repeat(32)
+            )
+        );
+        let mut other = file();
+        other.last_write_time += 1;
+        assert_ne!(i, identity_entry_key("t:", "tls:CN=vm-1", &other, &digest));
+    }
+
+    #[test]
+    fn only_farm_wide_identities_are_shared() {
+        use std::net::{IpAddr, Ipv4Addr};
+        assert_eq!(
+            shared_scope(&PeerIdentity::Tls(Arc::from("CN=vm-1"))).as_deref(),
+            Some("tls:CN=vm-1")
+        );
+        assert_eq!(shared_scope(&PeerIdentity::Vsock(3)), None);
+        assert_eq!(
+            shared_scope(&PeerIdentity::Tcp(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+            None
+        );
+        assert_eq!(
+            shared_scope(&PeerIdentity::Unix {
+                listener: "/run/x".into(),
+                uid: Some(0)
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn verdicts_round_trip_and_bad_values_are_misses() {
+        let deny = CachedVerdict::infected("Eicar-Test-Signature", "builtin", 4);
+        let v = FarmVerdict::of(&deny);
+        let text = v.encode();
+        assert!(text.starts_with(r#"{"v":"deny","t":"Eicar-Test-Signature","e":"builtin","at":"#));
+        let back = FarmVerdict::decode(&text).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(
+            back.to_cached(9),
+            CachedVerdict::infected("Eicar-Test-Signature", "builtin", 9)
+        );
+        let clean = FarmVerdict::of(&CachedVerdict::clean(1));
+        assert_eq!(
+            FarmVerdict::decode(&clean.encode()).unwrap().to_cached(2),
+            CachedVerdict::clean(2)
+        );
+        for bad in [
+            r#"{"v":"deny","at":1}"#,
+            r#"{"v":"deny","t":"","at":1}"#,
+            r#"{"v":"allow","t":"X","at":1}"#,
+            r#"{"v":"maybe","at":1}"#,
+            "not json",
+        ] {
+            assert_eq!(FarmVerdict::decode(bad), None, "{bad}");
+        }
+        let long = format!(r#"{{"v":"deny","t":"{}","at":1}}"#, "x".repeat(256));
+        assert_eq!(FarmVerdict::decode(&long), None);
+        let unknown_engine = r#"{"v":"deny","t":"X","e":"other","at":1}"#;
+        assert_eq!(
+            FarmVerdict::decode(unknown_engine)
+                .unwrap()
+                .to_cached(0)
+                .engine,
+            Some("farm")
+        );
+    }
+
+    #[test]
+    fn health_changes_are_reported_once() {
+        let mut h = Health::default();
+        assert_eq!(h.reach(), Reach::Unknown);
+        assert!(h.usable());
+        assert_eq!(h.answered(), Some(Change::Up));
+        assert_eq!(h.answered(), None);
+        for _ in 1..TIMEOUTS_DOWN {
+            assert_eq!(h.timed_out(), None);
+        }
+        assert!(matches!(h.timed_out(), Some(Change::Down(_))));
+        assert!(!h.usable());
+        assert_eq!(h.timed_out(), None);
+        assert_eq!(h.failed("refused".into()), None, "already down");
+        assert_eq!(h.answered(), Some(Change::Up));
+        // A timeout streak is broken by an answer.
+        for _ in 1..TIMEOUTS_DOWN {
+            h.timed_out();
+        }
+        h.answered();
+        assert_eq!(h.timed_out(), None);
+        assert_eq!(
+            h.failed("refused".into()),
+            Some(Change::Down("refused".into()))
+        );
+        let mut w = Health::default();
+        assert_eq!(
+            w.write_result(Some("OOM".into())),
+            Some(Change::WritesRefused("OOM".into()))
+        );
+        assert_eq!(w.write_result(Some("OOM".into())), None);
+        assert_eq!(w.write_result(None), Some(Change::WritesTaken));
+        assert_eq!(w.write_result(None), None);
+        // Unknown -> Down at once on a connection failure.
+        let mut d = Health::default();
+        assert!(matches!(d.failed("x".into()), Some(Change::Down(_))));
+    }
+
+    #[test]
+    fn config_is_checked_without_connecting() {
+        let ok = FarmConfig {
+            redis_url: Some("redis://user:secret@10.0.0.5:6379/2".into()),
+            ..FarmConfig::default()
+        };
+        ok.validate().unwrap();
+        FarmConfig {
+            redis_url: Some("rediss://redis.example:6380".into()),
+            ..FarmConfig::default()
+        }
+        .validate()
+        .unwrap();
+        let error = |c: FarmConfig| c.validate().unwrap_err().to_string();
+        let e = error(FarmConfig {
+            redis_url: Some("http://pass:secret@x:1".into()),
+            ..FarmConfig::default()
+        });
+        assert!(
+            e.contains("farm.redis_url") && e.contains("redis://"),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "password shown: {e}");
+        for (bad, key) in [
+            (
+                FarmConfig {
+                    deadline_ms: 0,
+                    ..ok.clone()
+                },
+                "farm.deadline_ms",
+            ),
+            (
+                FarmConfig {
+                    ttl_secs: 1,
+                    ..ok.clone()
+                },
+                "farm.ttl_secs",
+            ),
+            (
+                FarmConfig {
+                    key_prefix: "a b".into(),
+                    ..ok.clone()
+                },
+                "farm.key_prefix",
+            ),
+            (
+                FarmConfig {
+                    password_file: Some("/p".into()),
+                    ..FarmConfig::default()
+                },
+                "farm.redis_url",
+            ),
+        ] {
+            let e = error(bad);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert_eq!(redact("redis://u:pw@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn password_is_the_files_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        assert_eq!(read_password(&p).unwrap(), "s3cret");
+        let e = read_password(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("farm.password_file"), "{e}");
+    }
+}

@@ -1,0 +1,684 @@
+//! Scanner farms (issue 15): two scanner services on one real
+//! `redis-server` share verdicts. What one scanned the other answers from
+//! the farm (a TLS guest by its file identity with no content pulled at
+//! all, any guest by content); a signature reload makes the reloaded
+//! scanner's clean verdicts miss while a detection stays served; Redis
+//! killed mid-run changes no verdict and delays no answer, and sharing
+//! resumes when it is back.
+//!
+//! Each test starts its own `redis-server` on a free loopback port in a
+//! temporary directory (no persistence). Without `redis-server` on PATH the
+//! tests say so and pass, except under CI (`CI` set), where it is a
+//! failure: .ci/run installs it.
+#![cfg(unix)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{EICAR, FileSpec, Pki, Running, connect, metric, run_guest, tls_connect};
+use thinagent_scanner::config::Config;
+use thinagent_scanner::farm::FarmConfig;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A real `redis-server` of this test; killed on drop.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// Extra `redis-server` arguments (e.g. an ACL user).
+    args: Vec<String>,
+    /// `USER:PASSWORD@` for the test's own connections.
+    auth: String,
+}
+
+impl RedisServer {
+    /// Starts one on a free port, or `None` (with the reason printed) when
+    /// `redis-server` is not installed and this is not CI.
+    fn start() -> Option<Self> {
+        Self::start_with(Vec::new(), String::new())
+    }
+
+    /// Like [`start`](Self::start), with `args` for `redis-server` and
+    /// `auth` (`USER:PASSWORD@`) for the test's own connections.
+    fn start_with(args: Vec<String>, auth: String) -> Option<Self> {
+        let found = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|d| d.join("redis-server").is_file())
+        });
+        if !found {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "redis-server is not on PATH: CI must install it (Debian package redis-server, see .ci/run)"
+                );
+            }
+            eprintln!(
+                "SKIPPED: redis-server is not on PATH (apt-get install redis-server); these tests need a real Redis"
+            );
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            args,
+            auth,
+        };
+        server.run();
+        Some(server)
+    }
+
+    /// (Re)starts the server on its port and waits until it answers.
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if self.sync_conn().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not answer in 10 s", self.port);
+    }
+
+    /// Kills it (SIGKILL: no goodbye to the clients).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn sync_conn(&self) -> redis::RedisResult<redis::Connection> {
+        let url = format!("redis://{}127.0.0.1:{}", self.auth, self.port);
+        let client = redis::Client::open(url)?;
+        let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        redis::cmd("PING").query::<String>(&mut c)?;
+        Ok(c)
+    }
+
+    /// Keys matching `pattern` (`KEYS`: fine on a test's few keys).
+    fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut c = self.sync_conn().expect("redis answers");
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// `MEMORY USAGE key`: bytes Redis spends on the entry.
+    fn memory_usage(&self, key: &str) -> u64 {
+        let mut c = self.sync_conn().expect("redis answers");
+        redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query(&mut c)
+            .unwrap()
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        let mut c = self.sync_conn().expect("redis answers");
+        redis::cmd("GET").arg(key).query(&mut c).unwrap()
+    }
+
+    fn ttl(&self, key: &str) -> i64 {
+        let mut c = self.sync_conn().expect("redis answers");
+        redis::cmd("TTL").arg(key).query(&mut c).unwrap()
+    }
+
+    /// Waits until `pattern` matches at least `n` keys (the writes are
+    /// fire-and-forget).
+    fn wait_keys(&self, pattern: &str, n: usize) -> Vec<String> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let keys = self.keys(pattern);
+            if keys.len() >= n || Instant::now() > until {
+                return keys;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Log lines of this test binary (every test's: filter by Redis port).
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("thinagent_scanner::farm=info")
+            .with_writer(move || LogWriter(Arc::clone(&sink)))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Farm log lines about the Redis at `port` that contain `what`.
+fn log_lines(port: u16, what: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    let needle = format!("127.0.0.1:{port} ");
+    text.lines()
+        .filter(|l| l.contains(&needle) && l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A scanner of the farm: TLS and loopback TCP listeners, its own
+/// signature directory.
+fn scanner_config(pki: &Pki, redis: &RedisServer, signatures: &Path) -> Config {
+    Config {
+        listen: vec!["tls://127.0.0.1:0".into(), "tcp://127.0.0.1:0".into()],
+        tls: Some(pki.server_config()),
+        signatures: vec![signatures.to_owned()],
+        farm: FarmConfig {
+            redis_url: Some(redis.url()),
+            // Generous: a debug build on a busy 2-core machine; the
+            // default is 20 ms.
+            deadline_ms: 2_000,
+            ..FarmConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+fn m(svc: &Running, name_and_labels: &str) -> f64 {
+    metric(&svc.metrics(), name_and_labels)
+}
+
+fn farm(svc: &Running, op: &str, result: &str) -> f64 {
+    m(
+        svc,
+        &format!("thinagent_scanner_farm_requests_total{{op=\"{op}\",result=\"{result}\"}}"),
+    )
+}
+
+/// The farm's metric lines, for failure messages.
+fn farm_lines(svc: &Running) -> String {
+    svc.metrics()
+        .lines()
+        .filter(|l| l.starts_with("thinagent_scanner_farm"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn bytes_read(svc: &Running) -> f64 {
+    m(svc, "thinagent_scanner_bytes_read_total")
+}
+
+/// Opens `files` as TLS guest `cert` on `svc`; every answer.
+async fn open_tls(
+    svc: &Running,
+    pki: &Pki,
+    cert: &str,
+    files: &[Arc<FileSpec>],
+) -> Vec<common::Answer> {
+    let client = pki.client(cert);
+    let stream = tls_connect(svc.url("tls://"), &client)
+        .await
+        .expect("TLS connect");
+    answers(run_guest(stream, cert, files, 4, LIMIT).await)
+}
+
+/// Opens `files` as a loopback TCP guest on `svc`.
+async fn open_tcp(svc: &Running, name: &str, files: &[Arc<FileSpec>]) -> Vec<common::Answer> {
+    let stream = connect(svc.url("tcp://")).await;
+    answers(run_guest(stream, name, files, 4, LIMIT).await)
+}
+
+fn answers(r: common::GuestReport) -> Vec<common::Answer> {
+    r.assert_each_answered_once_by_host();
+    r.answers.into_iter().map(Option::unwrap).collect()
+}
+
+/// Waits (up to 10 s) until `svc`'s `farm_up` is `up`.
+async fn wait_farm_up(svc: &Running, up: f64) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while m(svc, "thinagent_scanner_farm_up") != up {
+        assert!(Instant::now() < until, "farm_up never became {up}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signature_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn digest_hex(svc: &Running) -> String {
+    thinagent_scanner::records::hex(svc.handle.context().signatures.load().farm_digest())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scanners_share_verdicts_and_a_reload_rescans_but_keeps_detections() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pki = Pki::new();
+    pki.leaf("vm-a", "vm-a", false, &pki.ca);
+    pki.leaf("vm-b", "vm-b", false, &pki.ca);
+    let (dir_a, dir_b) = (signature_dir(), signature_dir());
+    let a = Running::start(scanner_config(&pki, &redis, dir_a.path())).await;
+    let b = Running::start(scanner_config(&pki, &redis, dir_b.path())).await;
+    assert_eq!(
+        digest_hex(&a),
+        digest_hex(&b),
+        "same signatures, same digest"
+    );
+
+    let eicar = FileSpec::new("C:\\eicar.com", 1, 1, EICAR);
+    let clean = FileSpec::new("C:\\Windows\\system32\\kernel32.dll", 2, 1, &[0x4d; 5000]);
+    let files = [Arc::clone(&eicar), Arc::clone(&clean)];
+    // Guest vm-a on host A: both read and scanned.
+    let got = open_tls(&a, &pki, "vm-a", &files).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    assert!(got[1].is_clean(), "{got:?}");
+    assert!(bytes_read(&a) >= 5068.0);
+    // A shared: two content verdicts, the detection also by content alone,
+    // both verdicts by vm-a's (farm-wide) identity.
+    assert_eq!(redis.wait_keys("thinagent:c:*", 2).len(), 2);
+    assert_eq!(redis.wait_keys("thinagent:d:*", 1).len(), 1);
+    let identity_keys = redis.wait_keys("thinagent:i:*", 2);
+    assert_eq!(identity_keys.len(), 2, "{identity_keys:?}");
+    assert!(
+        identity_keys
+            .iter()
+            .all(|k| k.starts_with("thinagent:i:tls:CN=vm-a:") && k.ends_with(&digest_hex(&a))),
+        "{identity_keys:?}"
+    );
+    let deny_key = redis.keys("thinagent:d:*").remove(0);
+    let value = redis.get(&deny_key).unwrap();
+    assert!(
+        value.starts_with(r#"{"v":"deny","t":"Eicar-Test-Signature","e":"builtin","at":"#),
+        "{value}"
+    );
+    let ttl = redis.ttl(&deny_key);
+    assert!((86_000..=86_400).contains(&ttl), "TTL {ttl}");
+
+    // vm-a moved to host B: answered from the farm by identity, no
+    // content pulled.
+    let got = open_tls(&b, &pki, "vm-a", &files).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    assert!(got[1].is_clean(), "{got:?}");
+    assert_eq!(bytes_read(&b), 0.0, "B pulled content");
+    assert_eq!(farm(&b, "identity", "hit"), 2.0);
+
+    // Another guest on B, same contents under its own identities: the
+    // content is read (B must hash it) but not scanned: farm content hits.
+    let eicar_b = FileSpec::new("C:\\Users\\x\\eicar.txt", 11, 1, EICAR);
+    let clean_b = FileSpec::new("C:\\Windows\\system32\\kernel32.dll", 12, 1, &[0x4d; 5000]);
+    let got = open_tls(&b, &pki, "vm-b", &[eicar_b, clean_b]).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    assert!(got[1].is_clean(), "{got:?}");
+    assert!(bytes_read(&b) >= 5068.0);
+    assert_eq!(farm(&b, "content", "hit"), 2.0);
+    assert_eq!(farm(&b, "identity", "miss"), 2.0);
+
+    // A loopback TCP guest's identity names this host only: its verdicts
+    // are shared by content, never by identity.
+    let tcp_file = FileSpec::new("/usr/bin/tool", 21, 1, b"a tcp guest's own clean tool");
+    let got = open_tcp(&a, "lab-1", &[tcp_file]).await;
+    assert!(got[0].is_clean(), "{got:?}");
+    assert_eq!(redis.wait_keys("thinagent:c:*", 3).len(), 3);
+    let identity_keys = redis.keys("thinagent:i:*");
+    assert!(
+        identity_keys
+            .iter()
+            .all(|k| k.starts_with("thinagent:i:tls:")),
+        "{identity_keys:?}"
+    );
+
+    // Sizing: what one entry costs Redis.
+    let content_key = redis.keys("thinagent:c:*").remove(0);
+    let (c_bytes, d_bytes, i_bytes) = (
+        redis.memory_usage(&content_key),
+        redis.memory_usage(&deny_key),
+        redis.memory_usage(&identity_keys[0]),
+    );
+    eprintln!(
+        "MEMORY USAGE: content entry {c_bytes} B ({content_key}), detection entry {d_bytes} B, identity entry {i_bytes} B"
+    );
+    for bytes in [c_bytes, d_bytes, i_bytes] {
+        assert!((100..=1024).contains(&bytes), "{bytes} bytes per entry");
+    }
+
+    // A signature reload on B (a hash signature file more): B's digest
+    // changes, its clean verdicts of the old set miss and it scans again;
+    // the detection is still served from the farm.
+    std::fs::write(
+        dir_b.path().join("extra.hdb"),
+        "5d41402abc4b2a76b9719d911017c592:5:Test-Hello\n",
+    )
+    .unwrap();
+    b.handle.reload().await.unwrap();
+    assert_ne!(digest_hex(&a), digest_hex(&b));
+    let (content_hits, content_misses) = (farm(&b, "content", "hit"), farm(&b, "content", "miss"));
+    let read_before = bytes_read(&b);
+    let got = open_tls(&b, &pki, "vm-a", &files).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    assert!(got[1].is_clean(), "{got:?}");
+    assert!(
+        bytes_read(&b) >= read_before + 5068.0,
+        "the identity entries of the old set missed: both read"
+    );
+    assert_eq!(
+        farm(&b, "content", "hit"),
+        content_hits + 1.0,
+        "the detection is served from the farm under any signature set"
+    );
+    assert_eq!(
+        farm(&b, "content", "miss"),
+        content_misses + 1.0,
+        "the clean file is scanned again"
+    );
+    // What B scanned under its new set is shared under its new digest.
+    let new_digest = digest_hex(&b);
+    let under_new = redis.wait_keys(&format!("thinagent:c:*:{new_digest}"), 1);
+    assert_eq!(under_new.len(), 1, "{under_new:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    logs();
+    let port = redis.port;
+    let pki = Pki::new();
+    let (dir_a, dir_b) = (signature_dir(), signature_dir());
+    let mut config_a = scanner_config(&pki, &redis, dir_a.path());
+    // A short deadline (the default is 20 ms; a debug build on a busy
+    // machine needs some margin): lookups while Redis dies wait no longer.
+    config_a.farm.deadline_ms = 200;
+    let a = Running::start(config_a).await;
+    let b = Running::start(scanner_config(&pki, &redis, dir_b.path())).await;
+    wait_farm_up(&a, 1.0).await;
+    wait_farm_up(&b, 1.0).await;
+    let content = |n: u64| format!("clean content number {n} of this test").into_bytes();
+    let got = open_tcp(&a, "g", &[FileSpec::new("/a", 1, 1, &content(1))]).await;
+    assert!(got[0].is_clean());
+    redis.wait_keys("thinagent:c:*", 1);
+
+    redis.kill();
+    // Every open is answered with the right verdict, quickly.
+    for round in 0..5u64 {
+        let started = Instant::now();
+        let files = [
+            FileSpec::new("/eicar", 100 + round, 1, EICAR),
+            FileSpec::new("/clean", 200 + round, 1, &content(10 + round)),
+        ];
+        let got = open_tcp(&a, "g", &files).await;
+        assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+        assert!(got[1].is_clean(), "{got:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round} took {:?}",
+            started.elapsed()
+        );
+    }
+    wait_farm_up(&a, 0.0).await;
+    // B, asked nothing meanwhile, notices by its probe.
+    wait_farm_up(&b, 0.0).await;
+    let lost = log_lines(port, "unreachable");
+    assert!(!lost.is_empty(), "no WARN when Redis was lost");
+    // Still down: lookups are not even tried.
+    let skipped = farm(&a, "content", "skipped");
+    let got = open_tcp(&a, "g", &[FileSpec::new("/x", 300, 1, &content(300))]).await;
+    assert!(got[0].is_clean());
+    assert!(
+        farm(&a, "content", "skipped") > skipped,
+        "lookups tried while down"
+    );
+
+    // Back (empty: it kept nothing): sharing resumes.
+    redis.run();
+    wait_farm_up(&a, 1.0).await;
+    wait_farm_up(&b, 1.0).await;
+    let shared = FileSpec::new("/after", 400, 1, &content(400));
+    let got = open_tcp(&a, "g", std::slice::from_ref(&shared)).await;
+    assert!(got[0].is_clean());
+    assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    let hits = farm(&b, "content", "hit");
+    let got = open_tcp(
+        &b,
+        "other",
+        &[FileSpec::new("/elsewhere", 401, 1, &content(400))],
+    )
+    .await;
+    assert!(got[0].is_clean());
+    assert_eq!(
+        farm(&b, "content", "hit"),
+        hits + 1.0,
+        "B answered from the farm: {}\n{:?}",
+        farm_lines(&b),
+        log_lines(port, "farm cache")
+    );
+    // One WARN per loss, one INFO per return (A: up at start, back once).
+    let warn_a: Vec<_> = lost.iter().filter(|l| l.contains("WARN")).collect();
+    assert!(!warn_a.is_empty(), "{lost:?}");
+    let all_lost = log_lines(port, "unreachable");
+    assert_eq!(
+        all_lost.len(),
+        2,
+        "one WARN per scanner for one loss: {all_lost:?}"
+    );
+    let answers = log_lines(port, "answers; sharing");
+    assert_eq!(
+        answers.len(),
+        4,
+        "INFO at start and when back, per scanner: {answers:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A full Redis (`maxmemory` with `noeviction`) refuses the writes: the
+/// scanner answers as before, says so once, and shares again once there is
+/// room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_writes_and_nothing_else_changes() {
+    let Some(redis) = RedisServer::start_with(
+        vec![
+            "--maxmemory".into(),
+            "64mb".into(),
+            "--maxmemory-policy".into(),
+            "noeviction".into(),
+        ],
+        String::new(),
+    ) else {
+        return;
+    };
+    logs();
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let svc = Running::start(scanner_config(&pki, &redis, dir.path())).await;
+    wait_farm_up(&svc, 1.0).await;
+    let mut c = redis.sync_conn().unwrap();
+    // Fill it: 2 MiB of data, then a maxmemory below that.
+    let filler = vec![b'f'; 256 << 10];
+    for i in 0..8 {
+        redis::cmd("SET")
+            .arg(format!("filler:{i}"))
+            .arg(&filler)
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+    let set_maxmemory = |c: &mut redis::Connection, v: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(v)
+            .query::<()>(c)
+            .unwrap();
+    };
+    set_maxmemory(&mut c, "1mb");
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/e", 1, 1, EICAR)]).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"));
+    let until = Instant::now() + Duration::from_secs(10);
+    while log_lines(redis.port, "refuses writes").is_empty() {
+        assert!(
+            Instant::now() < until,
+            "no WARN about refused writes: {}\n{:?}",
+            farm_lines(&svc),
+            log_lines(redis.port, "farm cache")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/c", 2, 1, b"clean while full")]).await;
+    assert!(got[0].is_clean());
+    assert!(farm(&svc, "put", "error") >= 1.0);
+    assert_eq!(
+        m(&svc, "thinagent_scanner_farm_up"),
+        1.0,
+        "reads still work"
+    );
+    assert!(redis.keys("thinagent:*").is_empty(), "written while full");
+    // Room again: shared again, said once.
+    set_maxmemory(&mut c, "64mb");
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/c2", 3, 1, b"clean with room")]).await;
+    assert!(got[0].is_clean());
+    assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    let refused = log_lines(redis.port, "refuses writes");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("WARN") && refused[0].contains("OOM"),
+        "{refused:?}"
+    );
+    let taken = log_lines(redis.port, "takes writes again");
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    svc.shutdown().await;
+}
+
+/// The ACL user docs/operations.md tells to create (its own prefix, only
+/// GET, MGET, SET and PING) is enough, with its password from
+/// `farm.password_file`; without the password Redis refuses and the
+/// scanner scans on, saying why once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
+    let acl_dir = tempfile::tempdir().unwrap();
+    let acl = acl_dir.path().join("users.acl");
+    std::fs::write(
+        &acl,
+        "user thinagent on >s3cret-pw ~thinagent:* +get +mget +set +ping\n\
+         user admin on >admin-pw ~* +@all\n\
+         user default off\n",
+    )
+    .unwrap();
+    let Some(redis) = RedisServer::start_with(
+        vec!["--aclfile".into(), acl.display().to_string()],
+        "admin:admin-pw@".into(),
+    ) else {
+        return;
+    };
+    logs();
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let mut config = scanner_config(&pki, &redis, dir.path());
+    config.farm.redis_url = Some(format!("redis://thinagent@127.0.0.1:{}", redis.port));
+    config.farm.password_file = Some(password);
+    let svc = Running::start(config.clone()).await;
+    wait_farm_up(&svc, 1.0).await;
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/e", 1, 1, EICAR)]).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"));
+    assert_eq!(redis.wait_keys("thinagent:d:*", 1).len(), 1);
+    assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    assert_eq!(farm(&svc, "put", "error"), 0.0);
+    svc.shutdown().await;
+
+    // A wrong password: refused, the scanner scans on.
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not-it\n").unwrap();
+    config.farm.password_file = Some(wrong);
+    let svc = Running::start(config).await;
+    let got = open_tcp(&svc, "g", &[FileSpec::new("/e2", 2, 1, EICAR)]).await;
+    assert!(got[0].is_found("Eicar-Test-Signature"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(m(&svc, "thinagent_scanner_farm_up"), 0.0);
+    let refused = log_lines(redis.port, "unreachable");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains("WARN") && refused[0].contains("authentication failed"),
+        "{refused:?}"
+    );
+    svc.shutdown().await;
+}
+
+/// `--check-config` never connects: a farm whose Redis is not there passes.
+#[test]
+fn check_config_validates_the_farm_without_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let password: PathBuf = dir.path().join("redis-password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_thinagent-scanner"))
+            .arg("--check-config")
+            .args(["--listen", "tcp://127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--farm-redis-url",
+        "redis://thinagent@127.0.0.1:1",
+        "--farm-password-file",
+        password.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["--farm-redis-url", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("farm.redis_url"));
+    let out = run(&[
+        "--farm-redis-url",
+        "redis://127.0.0.1:1",
+        "--farm-password-file",
+        "/nonexistent/pw",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("farm.password_file"));
+}
