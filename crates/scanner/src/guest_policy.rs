@@ -156,6 +156,9 @@ pub struct PolicyStore {
     current: Mutex<(u64, GuestPolicyConfig)>,
     /// Where a policy set at run time is kept across restarts.
     state: Option<Arc<StateDir>>,
+    /// The config's `[guest_policy]` this store started from: what a policy
+    /// saved at run time records it replaced.
+    config_policy: GuestPolicyConfig,
 }
 
 /// The state file of the policy (`state_dir`).
@@ -179,8 +182,9 @@ impl PolicyStore {
     pub fn new(initial: GuestPolicyConfig) -> Self {
         let version = u64::from(!initial.is_empty());
         Self {
-            current: Mutex::new((version, initial)),
+            current: Mutex::new((version, initial.clone())),
             state: None,
+            config_policy: initial,
         }
     }
 
@@ -190,6 +194,7 @@ impl PolicyStore {
     /// a version above the kept one (guests apply any other version).
     pub fn with_state(initial: GuestPolicyConfig, state: Arc<StateDir>) -> Self {
         let saved: Option<SavedPolicy> = state.load(POLICY_STATE_FILE);
+        let config_policy = initial.clone();
         let current = match saved {
             Some(saved) if saved.config_policy == initial => {
                 tracing::info!(
@@ -223,6 +228,7 @@ impl PolicyStore {
         Self {
             current: Mutex::new(current),
             state: Some(state),
+            config_policy,
         }
     }
 
@@ -244,18 +250,12 @@ impl PolicyStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let version = cur.0 + 1;
         if let Some(state) = &self.state {
-            let config_policy = match state.load::<SavedPolicy>(POLICY_STATE_FILE) {
-                Some(saved) => saved.config_policy,
-                // The first change at run time: what it replaces is the
-                // config's policy, the one in effect.
-                None => cur.1.clone(),
-            };
             state.save(
                 POLICY_STATE_FILE,
                 &SavedPolicy {
                     version,
                     policy: policy.clone(),
-                    config_policy,
+                    config_policy: self.config_policy.clone(),
                 },
             )?;
         }
