@@ -67,7 +67,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -722,7 +722,7 @@ impl QuarantineStore {
     }
 
     /// Writes `data` to `path` through `tmp/`: write, fsync, rename, fsync
-    /// the directory.
+    /// the directory ([`crate::state::replace_file`]).
     fn write_atomic(&mut self, path: &Path, data: &[u8]) -> Result<(), QuarantineError> {
         self.counter += 1;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -730,26 +730,7 @@ impl QuarantineStore {
             self.dir
                 .join("tmp")
                 .join(format!("{name}.{}.{}", std::process::id(), self.counter));
-        let written = private_options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(data)?;
-                f.sync_all()
-            });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("write", &tmp)(e));
-        }
-        if let Err(e) = fs::rename(&tmp, path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("rename", path)(e));
-        }
-        match path.parent() {
-            Some(parent) => sync_dir(parent),
-            None => Ok(()),
-        }
+        crate::state::replace_file(&tmp, path, data).map_err(|e| io_err(e.op, &e.path)(e.source))
     }
 }
 

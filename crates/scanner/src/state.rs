@@ -116,32 +116,41 @@ impl StateDir {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        let tmp = self.temp_path(name);
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let written = options.open(&tmp).and_then(|mut f| {
-            f.write_all(&data)?;
-            f.sync_all()
-        });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(err("write", &tmp)(e));
-        }
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(err("rename", &path)(e));
-        }
-        #[cfg(unix)]
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err("sync", &self.dir))?;
-        Ok(())
+        replace_file(&self.temp_path(name), &path, &data)
     }
+}
+
+/// Replaces `path` with `data` so that a crash leaves the old file or the
+/// new one: writes `tmp` (created new, mode 0600), fsyncs it, renames it to
+/// `path`, fsyncs `path`'s directory. `tmp` must be on `path`'s file
+/// system; it is removed on failure. The error names the step and its path.
+pub fn replace_file(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), StateError> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options.open(tmp).and_then(|mut f| {
+        f.write_all(data)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(tmp);
+        return Err(err("write", tmp)(e));
+    }
+    if let Err(e) = fs::rename(tmp, path) {
+        let _ = fs::remove_file(tmp);
+        return Err(err("rename", path)(e));
+    }
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err("sync", dir))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
