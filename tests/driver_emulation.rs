@@ -213,6 +213,17 @@ fn run_actions(scenario: &str) -> Option<Report> {
 }
 
 fn run_with(scenario: &str, scanner: bool, control: bool) -> Option<Report> {
+    run_configured(scenario, scanner, control, |_, _| {})
+}
+
+/// [`run_with`], the scanner's configuration adjusted by `configure`
+/// (given the scanner's state directory, which lives as long as the run).
+fn run_configured(
+    scenario: &str,
+    scanner: bool,
+    control: bool,
+    configure: impl FnOnce(&mut Config, &Path),
+) -> Option<Report> {
     let sys = driver_build::built_driver()?;
     let python = emulator_python()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -224,11 +235,12 @@ fn run_with(scenario: &str, scanner: bool, control: bool) -> Option<Report> {
     let state = tempfile::tempdir().unwrap();
     let control_socket = control.then(|| state.path().join("control.sock"));
     let (url, stop) = if scanner {
-        let config = Config {
+        let mut config = Config {
             listen: vec!["tcp://127.0.0.1:0".to_string()],
             control_socket: control_socket.clone(),
             ..Config::default()
         };
+        configure(&mut config, state.path());
         let service = rt
             .block_on(Service::build(&config))
             .expect("scanner starts");
@@ -1745,8 +1757,8 @@ fn actions_remediate_deletes_truncates_and_refuses_changed_or_missing_files() {
     assert_eq!(g["protocol_version"], 2, "{g}");
     assert_eq!(
         g["actions"],
-        serde_json::json!(["remediate", "scan-tree", "policy"]),
-        "the driver announces the three host actions, not restore: {g}"
+        serde_json::json!(["remediate", "scan-tree", "policy", "restore"]),
+        "the driver announces the four host actions: {g}"
     );
     assert_eq!(g["detections"], 5, "five EICAR opens were detected: {g}");
     let status = |n: &str| res["remediate"][n]["status"].as_str().unwrap().to_string();
@@ -1938,4 +1950,136 @@ fn actions_policy_changes_exclusions_and_fail_mode_and_reports_pinned_fields() {
         (450.0..1500.0).contains(&ms),
         "decided at the policy's deadline: {ms}"
     );
+}
+
+/// "Restore a false positive" on Windows, from the host alone: a file that
+/// a (too broad) MD5 signature flags is denied and quarantined
+/// automatically (the host deletes it on the guest); a restore onto a file
+/// an admin put there answers `changed` and keeps the admin's file; the
+/// restore to its own path answers `done` with the identical bytes,
+/// written in order into a temporary file of the same directory (25
+/// chunks onto a slow disk: the driver holds at most two of them, then
+/// its session holds one and its decoder more, then the socket's bytes
+/// wait unreceived) and renamed without replacing; an open during the restore is
+/// answered; a restore through a junction is refused with
+/// `STATUS_STOPPED_ON_SYMLINK` and writes nothing where the junction
+/// leads; a missing directory answers `not-found`. No temporary file,
+/// open file, reference or push lock is left.
+#[test]
+fn actions_restore_writes_a_quarantined_file_back_only_where_nothing_is() {
+    use md5::{Digest, Md5};
+    use thinagent_scanner::remediation::{RemediationAction, RemediationRule};
+    let flagged = pattern(100_001);
+    let digest: String = Md5::digest(&flagged)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let Some(r) = run_configured("actions-restore", true, true, |c, state| {
+        let sigs = state.join("sigs");
+        std::fs::create_dir(&sigs).unwrap();
+        std::fs::write(
+            sigs.join("fp.hdb"),
+            format!("{digest}:{}:Test-FalsePositive\n", flagged.len()),
+        )
+        .unwrap();
+        c.signatures = vec![sigs];
+        c.quarantine.dir = Some(state.join("quarantine"));
+        c.remediation.rules = vec![RemediationRule {
+            threat: "*".into(),
+            action: RemediationAction::Quarantine,
+        }];
+    }) else {
+        return;
+    };
+    assert_actions_clean(&r);
+    let res = &r.json["results"];
+    let entry = &res["listed"]["entries"][0];
+    assert_eq!(entry["threat"], "Test-FalsePositive", "{}", res["listed"]);
+    assert_eq!(entry["size"], flagged.len(), "{}", res["listed"]);
+    assert_eq!(
+        res["removed"], true,
+        "quarantined, then deleted on the guest"
+    );
+    let restore = &res["restore"];
+    assert_eq!(
+        restore["onto_replacement"]["status"], "changed",
+        "{restore}"
+    );
+    assert_eq!(res["replacement_kept"], true);
+    assert_eq!(res["temp_after_changed"], serde_json::json!([]));
+    assert_eq!(restore["done"]["status"], "done", "{restore}");
+    assert_eq!(restore["done"]["ok"], true, "{restore}");
+    assert_eq!(res["restored_identical"], true, "the identical bytes");
+    let writes: Vec<(u64, u64)> = res["restore_writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w[0].as_u64().unwrap(), w[1].as_u64().unwrap()))
+        .collect();
+    let expected: Vec<(u64, u64)> = (0..flagged.len() as u64)
+        .step_by(4096)
+        .map(|at| (at, (flagged.len() as u64 - at).min(4096)))
+        .collect();
+    assert_eq!(writes, expected, "every chunk once, in order");
+    assert!(
+        r.has_line("restore data waits for room"),
+        "the worker held received bytes back (no receive posted)"
+    );
+    assert_eq!(res["temp_after_done"], serde_json::json!([]));
+    assert_eq!(
+        res["open_during_restore"],
+        serde_json::json!({"done": true, "allowed": true}),
+        "on-access opens are judged while a restore runs"
+    );
+    let junction = &restore["through_junction"];
+    assert_eq!(junction["status"], "failed", "{junction}");
+    assert!(
+        junction["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("8000002d"),
+        "STATUS_STOPPED_ON_SYMLINK: {junction}"
+    );
+    assert_eq!(res["written_through_junction"], serde_json::json!([]));
+    assert_eq!(
+        restore["missing_directory"]["status"], "not-found",
+        "{restore}"
+    );
+    // The rename: relative to the directory's handle, never replacing.
+    let renames: Vec<&Value> = r.json["set_infos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["class"] == 10)
+        .collect();
+    assert!(renames.iter().all(|s| s["replace"] == false), "{renames:?}");
+    assert!(
+        renames
+            .iter()
+            .any(|s| s["status"] == 0 && s["target"] == "\\Users\\Public\\tool.exe"),
+        "{renames:?}"
+    );
+    assert_eq!(
+        r.json["flt_flushes"].as_array().unwrap().len(),
+        1,
+        "flushed once, before the rename"
+    );
+    // The target's directory was walked one component at a time.
+    let opens = r.json["own_opens"].as_array().unwrap();
+    assert!(
+        opens.iter().any(|o| o["relative"] == true
+            && o["path"] == "\\Device\\HarddiskVolume3\\Users\\Link"
+            && o["status"] == 0),
+        "the junction itself was opened, not followed: {opens:?}"
+    );
+    let g = guest_of(&res["guests_after"]);
+    assert_eq!(
+        g["actions"],
+        serde_json::json!(["remediate", "scan-tree", "policy", "restore"]),
+        "{g}"
+    );
+    for o in opens {
+        assert!(!o["thread"].as_str().unwrap_or("").contains("link"), "{o}");
+    }
 }

@@ -36,8 +36,11 @@
 //! * **Health** ([`HealthReporter`], polled by the session worker): after
 //!   each handshake, then on change at most every 10 s.
 //!
-//! `Restore` is not announced: [`CAPABILITIES`] is the seam (add
-//! `RESTORE`, a job kind and its handler here).
+//! * **Restore** ([`super::restore`]): the chunks come through the same
+//!   queue, at most [`RESTORE_WINDOW`] of them at a time (the session
+//!   worker leaves the rest in the session, which then stops taking bytes:
+//!   §14.7 backpressure); written to a temporary file in the target's
+//!   directory, renamed into place only if nothing is there.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -80,16 +83,25 @@ use super::kernel::{
     self, EventKind, KernelEvent, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER,
     STATUS_SUCCESS, SpinLock, Utf16, nt_success, unicode_string_for,
 };
+use super::restore::Restoring;
 use super::session_worker::{self, OnDemand, OnDemandFile, SCAN_SLOTS};
 
 /// The host-action capabilities the driver announces in `Hello`.
-/// `RESTORE` is not among them yet: its seam is here.
-pub const CAPABILITIES: Capabilities =
-    Capabilities(Capabilities::REMEDIATE.0 | Capabilities::SCAN_TREE.0 | Capabilities::POLICY.0);
+pub const CAPABILITIES: Capabilities = Capabilities(
+    Capabilities::REMEDIATE.0
+        | Capabilities::SCAN_TREE.0
+        | Capabilities::POLICY.0
+        | Capabilities::RESTORE.0,
+);
 
-/// Jobs waiting for the thread: `MAX_ACTIONS_IN_FLIGHT` (8) actions and
-/// one scan (§14.1).
-const QUEUE: usize = thinagent_protocol::MAX_ACTIONS_IN_FLIGHT as usize + 1;
+/// `RestoreData` chunks handed to the thread and not yet written, at most
+/// (each a 4 KiB copy). The session worker leaves further chunks in the
+/// session until the thread wrote one (§14.7 backpressure).
+pub const RESTORE_WINDOW: usize = 2;
+
+/// Jobs waiting for the thread: `MAX_ACTIONS_IN_FLIGHT` (8) actions, one
+/// scan (§14.1) and the restore chunks of [`RESTORE_WINDOW`].
+const QUEUE: usize = thinagent_protocol::MAX_ACTIONS_IN_FLIGHT as usize + 1 + RESTORE_WINDOW;
 /// Deepest directory nesting a scan enters (open directory handles held at
 /// once); deeper directories count as errors.
 pub const MAX_DEPTH: usize = 64;
@@ -111,26 +123,28 @@ const WALK_BUDGET: usize = 64;
 /// `DELETE`, `SYNCHRONIZE`, `FILE_READ_ATTRIBUTES`, `FILE_WRITE_DATA`,
 /// `FILE_READ_DATA`, `FILE_LIST_DIRECTORY`, `FILE_TRAVERSE`
 /// (winnt.h access rights).
-const DELETE: u32 = 0x0001_0000;
+pub(super) const DELETE: u32 = 0x0001_0000;
 const SYNCHRONIZE: u32 = 0x0010_0000;
-const FILE_READ_ATTRIBUTES: u32 = 0x0080;
-const FILE_WRITE_DATA: u32 = 0x0002;
+pub(super) const FILE_READ_ATTRIBUTES: u32 = 0x0080;
+pub(super) const FILE_WRITE_DATA: u32 = 0x0002;
 const FILE_READ_DATA: u32 = 0x0001;
-const FILE_LIST_DIRECTORY: u32 = 0x0001;
-const FILE_TRAVERSE: u32 = 0x0020;
+pub(super) const FILE_LIST_DIRECTORY: u32 = 0x0001;
+pub(super) const FILE_TRAVERSE: u32 = 0x0020;
 /// `FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE`.
 const SHARE_ALL: u32 = 0x7;
-/// `FILE_ATTRIBUTE_DIRECTORY`, `FILE_ATTRIBUTE_REPARSE_POINT` (winnt.h).
+/// `FILE_ATTRIBUTE_DIRECTORY`, `FILE_ATTRIBUTE_NORMAL`,
+/// `FILE_ATTRIBUTE_REPARSE_POINT` (winnt.h).
 const FILE_ATTRIBUTE_DIRECTORY: u32 = 0x10;
-const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
+const FILE_ATTRIBUTE_NORMAL: u32 = 0x80;
+pub(super) const FILE_ATTRIBUTE_REPARSE_POINT: u32 = 0x400;
 /// `STATUS_NOT_SUPPORTED`, `STATUS_INVALID_INFO_CLASS`,
 /// `STATUS_IO_TIMEOUT`, `STATUS_UNSUCCESSFUL`, `STATUS_NAME_TOO_LONG`
 /// (ntstatus.h).
 const STATUS_NOT_SUPPORTED: NTSTATUS = 0xC000_00BB_u32 as i32;
 const STATUS_INVALID_INFO_CLASS: NTSTATUS = 0xC000_0003_u32 as i32;
-const STATUS_IO_TIMEOUT: NTSTATUS = 0xC000_00B5_u32 as i32;
-const STATUS_UNSUCCESSFUL: NTSTATUS = kernel::STATUS_UNSUCCESSFUL;
-const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
+pub(super) const STATUS_IO_TIMEOUT: NTSTATUS = 0xC000_00B5_u32 as i32;
+pub(super) const STATUS_UNSUCCESSFUL: NTSTATUS = kernel::STATUS_UNSUCCESSFUL;
+pub(super) const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
 
 // The layouts the file system writes and reads, as windows-sys declares
 // them (ntifs.h; learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/
@@ -153,15 +167,18 @@ const _: () = {
 /// One host request, owned: its frame re-encoded (the session's inbox is
 /// reused as soon as the worker takes it).
 pub struct Job {
-    generation: u32,
-    id: u64,
-    received: Instant,
+    pub(super) generation: u32,
+    pub(super) id: u64,
+    pub(super) received: Instant,
+    /// Order of submission: the thread takes jobs oldest first (a
+    /// restore's chunks must be written in order).
+    seq: u64,
     frame: Vec<u8>,
 }
 
 impl Job {
-    /// Copies `message` (a `Remediate`, `Policy` or `ScanTree` the session
-    /// accepted) of session `generation`. `None` when there is no memory
+    /// Copies `message` (a `Remediate`, `Policy`, `ScanTree`, `Restore` or
+    /// `RestoreData` the session accepted) of session `generation`. `None` when there is no memory
     /// (the caller answers `Busy`). Any IRQL <= DISPATCH (non-paged pool).
     #[must_use]
     pub fn copy(generation: u32, id: u64, message: &Message<'_>, now: Instant) -> Option<Self> {
@@ -176,11 +193,12 @@ impl Job {
             generation,
             id,
             received: now,
+            seq: 0,
             frame,
         })
     }
 
-    fn message(&self) -> Option<Message<'_>> {
+    pub(super) fn message(&self) -> Option<Message<'_>> {
         match decode_frame(&self.frame) {
             Ok(Decoded::Frame { frame, .. }) => Some(frame.message),
             _ => None,
@@ -190,14 +208,24 @@ impl Job {
 
 struct Queue {
     jobs: [Option<Job>; QUEUE],
+    /// The next job's `seq`.
+    next_seq: u64,
     /// A `ScanCancel` for this scan id arrived.
     cancel: Option<u64>,
+    /// The session ended this restore itself (chunks out of order, its
+    /// deadline): its temporary file goes, nothing is answered.
+    restore_aborted: Option<(u32, u64)>,
+    /// `RestoreData` jobs queued or being written.
+    restore_chunks: usize,
     accepting: bool,
 }
 
 static QUEUE_LOCK: SpinLock<Queue> = SpinLock::new(Queue {
     jobs: [const { None }; QUEUE],
+    next_seq: 0,
     cancel: None,
+    restore_aborted: None,
+    restore_chunks: 0,
     accepting: false,
 });
 /// Wakes the thread: a job, a cancel, a verdict or read of a scan's event,
@@ -213,17 +241,24 @@ static ON_DEMAND_SENT: AtomicU64 = AtomicU64::new(0);
 
 /// Hands `job` to the thread; gives it back when the queue is full or the
 /// thread is not running (the caller answers `Busy`). Any IRQL <= DISPATCH.
-pub fn submit(job: Job) -> Result<(), Job> {
+pub fn submit(mut job: Job) -> Result<(), Job> {
     if !INITIALISED.load(Ordering::Acquire) {
         return Err(job);
     }
+    let chunk = matches!(job.message(), Some(Message::RestoreData(_)));
     let r = QUEUE_LOCK.with(|q| {
         if !q.accepting {
             return Err(job);
         }
+        let seq = q.next_seq;
         match q.jobs.iter_mut().find(|j| j.is_none()) {
             Some(free) => {
+                job.seq = seq;
                 *free = Some(job);
+                q.next_seq += 1;
+                if chunk {
+                    q.restore_chunks += 1;
+                }
                 Ok(())
             }
             None => Err(job),
@@ -243,6 +278,36 @@ pub fn cancel_scan(id: u64) {
     }
     QUEUE_LOCK.with(|q| q.cancel = Some(id));
     WAKE.set();
+}
+
+/// Whether the thread takes another `RestoreData` now (fewer than
+/// [`RESTORE_WINDOW`] are queued or being written). Any IRQL <= DISPATCH.
+#[must_use]
+pub fn restore_chunk_room() -> bool {
+    INITIALISED.load(Ordering::Acquire) && QUEUE_LOCK.with(|q| q.restore_chunks < RESTORE_WINDOW)
+}
+
+/// The session ended restore `id` of session `generation` itself (it
+/// answered it): the thread removes its temporary file. Any IRQL <=
+/// DISPATCH.
+pub fn abort_restore(generation: u32, id: u64) {
+    if !INITIALISED.load(Ordering::Acquire) {
+        return;
+    }
+    QUEUE_LOCK.with(|q| q.restore_aborted = Some((generation, id)));
+    WAKE.set();
+}
+
+/// The restore the session ended itself, once.
+pub(super) fn take_restore_aborted() -> Option<(u32, u64)> {
+    QUEUE_LOCK.with(|q| q.restore_aborted.take())
+}
+
+/// A `RestoreData` job was written (or dropped): room for the next; the
+/// session worker is woken to hand it over.
+pub(super) fn restore_chunk_done() {
+    QUEUE_LOCK.with(|q| q.restore_chunks = q.restore_chunks.saturating_sub(1));
+    session_worker::wake_worker();
 }
 
 /// Wakes the thread (a scan's event was answered or read, or the session
@@ -299,7 +364,10 @@ pub fn stop() {
         t.join();
     }
     // Jobs never taken (their session is gone anyway).
-    let left = QUEUE_LOCK.with(|q| q.jobs.iter_mut().filter_map(Option::take).count());
+    let left = QUEUE_LOCK.with(|q| {
+        q.restore_chunks = 0;
+        q.jobs.iter_mut().filter_map(Option::take).count()
+    });
     let _ = left;
 }
 
@@ -314,14 +382,16 @@ unsafe extern "system" fn thread_main(ctx: *mut c_void) {
 /// The thread's loop (PASSIVE_LEVEL).
 fn run(agent: &Agent) {
     let mut scan: Option<Box<Scan>> = None;
+    let mut restore: Option<Box<Restoring>> = None;
     loop {
         if STOP.load(Ordering::Acquire) || agent.is_stopping() {
             break;
         }
         // Actions first: they are short.
         while let Some(job) = next_job(scan.is_some()) {
-            handle(agent, job, &mut scan);
+            handle(agent, job, &mut scan, &mut restore);
         }
+        super::restore::check(&mut restore);
         let wait = match scan.as_mut() {
             Some(s) => {
                 if s.step(agent) {
@@ -338,6 +408,9 @@ fn run(agent: &Agent) {
     if let Some(mut s) = scan {
         s.abort();
     }
+    if let Some(r) = restore {
+        r.abort("unload");
+    }
     SCAN_RUNNING.store(false, Ordering::Release);
 }
 
@@ -345,20 +418,43 @@ fn run(agent: &Agent) {
 /// reaches here: the session answers it `Busy`).
 fn next_job(scan_running: bool) -> Option<Job> {
     QUEUE_LOCK.with(|q| {
-        let i = q.jobs.iter().position(|j| {
-            j.as_ref().is_some_and(|j| {
-                !(scan_running && matches!(j.message(), Some(Message::ScanTree(_))))
-            })
-        })?;
+        let (i, _) = q
+            .jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| j.as_ref().map(|j| (i, j)))
+            .filter(|(_, j)| !(scan_running && matches!(j.message(), Some(Message::ScanTree(_)))))
+            .min_by_key(|(_, j)| j.seq)?;
         q.jobs[i].take()
     })
 }
 
-/// Runs one job and answers it.
-fn handle(agent: &Agent, job: Job, scan: &mut Option<Box<Scan>>) {
+/// Runs one job and answers it. Never inlined into [`run`]: the actions'
+/// frames (the policy's is ~4 KiB) would make the loop's frame pass a
+/// page, which needs `__chkstk`.
+#[inline(never)]
+fn handle(
+    agent: &Agent,
+    job: Job,
+    scan: &mut Option<Box<Scan>>,
+    restore: &mut Option<Box<Restoring>>,
+) {
     let answer = match job.message() {
         Some(Message::Remediate(r)) => remediate(agent, &job, &r),
         Some(Message::Policy(p)) => apply_policy(agent, &p),
+        Some(Message::Restore(r)) => match super::restore::start(&job, &r, restore) {
+            Some(answer) => answer,
+            // Answered after its data.
+            None => return,
+        },
+        Some(Message::RestoreData(d)) => {
+            let answer = super::restore::write(&job, &d, restore);
+            restore_chunk_done();
+            match answer {
+                Some(answer) => answer,
+                None => return,
+            }
+        }
         Some(Message::ScanTree(t)) => {
             match Scan::start(agent, &job, &t) {
                 Ok(s) => {
@@ -385,7 +481,7 @@ fn handle(agent: &Agent, job: Job, scan: &mut Option<Box<Scan>>) {
     }
 }
 
-fn failed(status: NTSTATUS) -> ActionResult {
+pub(super) fn failed(status: NTSTATUS) -> ActionResult {
     ActionResult::failed(OsError::NtStatus(status as u32))
 }
 
@@ -393,29 +489,33 @@ fn failed(status: NTSTATUS) -> ActionResult {
 // Files: our own opens below our instance
 // ---------------------------------------------------------------------------
 
+/// Length (UTF-16 units) of the volume's name `path` starts with
+/// (`\Device\<name>`, the first two components of a normalized name:
+/// up to the third backslash or the end). `None`: not such a name.
+pub(super) fn volume_name_len(path: &[u16]) -> Option<usize> {
+    let slash = u16::from(b'\\');
+    let mut seen = 0;
+    let end = path
+        .iter()
+        .position(|&c| {
+            if c == slash {
+                seen += 1;
+            }
+            seen == 3
+        })
+        .unwrap_or(path.len());
+    (path.first() == Some(&slash) && seen >= 2).then_some(end)
+}
+
 /// Our instance on a volume, referenced (`FltGetVolumeInstanceFromName`);
 /// dereferenced on drop.
-struct InstanceRef(PFLT_INSTANCE);
+pub(super) struct InstanceRef(pub(super) PFLT_INSTANCE);
 
 impl InstanceRef {
     /// Our instance on the volume `path` starts with (`\Device\<name>`, the
     /// first two components of a normalized name). PASSIVE_LEVEL.
-    fn for_path(path: &[u16]) -> Result<Self, NTSTATUS> {
-        let slash = u16::from(b'\\');
-        // "\Device\HarddiskVolume3\..." -> the index of the third '\'.
-        let mut seen = 0;
-        let end = path
-            .iter()
-            .position(|&c| {
-                if c == slash {
-                    seen += 1;
-                }
-                seen == 3
-            })
-            .unwrap_or(path.len());
-        if path.first() != Some(&slash) || seen < 2 {
-            return Err(STATUS_OBJECT_PATH_NOT_FOUND);
-        }
+    pub(super) fn for_path(path: &[u16]) -> Result<Self, NTSTATUS> {
+        let end = volume_name_len(path).ok_or(STATUS_OBJECT_PATH_NOT_FOUND)?;
         let name = unicode_string_for(&path[..end]).ok_or(STATUS_NAME_TOO_LONG)?;
         let filter = filter_callbacks::filter();
         let mut volume: PFLT_VOLUME = 0;
@@ -456,9 +556,9 @@ impl Drop for InstanceRef {
 
 /// A file or directory we opened with `FltCreateFileEx2`: its kernel
 /// handle and referenced file object, released on drop (PASSIVE_LEVEL).
-struct OpenFile {
-    handle: HANDLE,
-    file_object: *mut FILE_OBJECT,
+pub(super) struct OpenFile {
+    pub(super) handle: HANDLE,
+    pub(super) file_object: *mut FILE_OBJECT,
 }
 
 impl OpenFile {
@@ -466,18 +566,34 @@ impl OpenFile {
     /// file system below us, so our own callbacks never see it.
     /// `FILE_OPEN_REPARSE_POINT`: a reparse point itself is opened, never
     /// its target. PASSIVE_LEVEL.
-    fn open(
+    pub(super) fn open(
         instance: PFLT_INSTANCE,
         path: &[u16],
         access: u32,
         options: u32,
     ) -> Result<Self, NTSTATUS> {
-        let mut name = unicode_string_for(path).ok_or(STATUS_NAME_TOO_LONG)?;
+        Self::create(instance, None, path, access, FILE_OPEN, options)
+    }
+
+    /// `FltCreateFileEx2` from `instance` with `disposition`, `name`
+    /// relative to the directory `root` (one component) or a full NT name
+    /// (`root` `None`), always `FILE_OPEN_REPARSE_POINT` (a reparse point
+    /// is opened itself, never followed) and without share-access checks.
+    /// PASSIVE_LEVEL.
+    pub(super) fn create(
+        instance: PFLT_INSTANCE,
+        root: Option<&OpenFile>,
+        name: &[u16],
+        access: u32,
+        disposition: u32,
+        options: u32,
+    ) -> Result<Self, NTSTATUS> {
+        let mut name = unicode_string_for(name).ok_or(STATUS_NAME_TOO_LONG)?;
         // InitializeObjectAttributes(&oa, &name, OBJ_KERNEL_HANDLE |
-        // OBJ_CASE_INSENSITIVE, NULL, NULL) (ntdef.h macro, written out).
+        // OBJ_CASE_INSENSITIVE, root, NULL) (ntdef.h macro, written out).
         let oa = OBJECT_ATTRIBUTES {
             Length: size_of::<OBJECT_ATTRIBUTES>() as u32,
-            RootDirectory: core::ptr::null_mut(),
+            RootDirectory: root.map_or(core::ptr::null_mut(), |r| r.handle),
             ObjectName: &mut name,
             Attributes: OBJ_KERNEL_HANDLE | OBJ_CASE_INSENSITIVE,
             SecurityDescriptor: core::ptr::null(),
@@ -490,9 +606,11 @@ impl OpenFile {
         // SAFETY: FltCreateFileEx2 (fltkernel.h,
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltcreatefileex2):
         // our filter and a referenced instance of it; object attributes
-        // with a kernel handle and a name valid for the call; out-pointers
-        // to locals; no EAs, no driver context. The returned file object is
-        // referenced (released in Drop). PASSIVE_LEVEL.
+        // with a kernel handle, a name valid for the call and, if any, the
+        // kernel handle of a directory we hold open on the same volume;
+        // out-pointers to locals; normal attributes for a new file; no
+        // EAs, no driver context. The returned file object is referenced
+        // (released in Drop). PASSIVE_LEVEL.
         let status = unsafe {
             FltCreateFileEx2(
                 filter_callbacks::filter(),
@@ -503,9 +621,9 @@ impl OpenFile {
                 &oa,
                 &mut iosb,
                 core::ptr::null(),
-                0,
+                FILE_ATTRIBUTE_NORMAL,
                 SHARE_ALL,
-                FILE_OPEN,
+                disposition,
                 options | FILE_OPEN_REPARSE_POINT | FILE_SYNCHRONOUS_IO_NONALERT,
                 core::ptr::null(),
                 0,
@@ -523,7 +641,12 @@ impl OpenFile {
         }
     }
 
-    fn set_information<T>(&self, instance: PFLT_INSTANCE, value: &T, class: i32) -> NTSTATUS {
+    pub(super) fn set_information<T>(
+        &self,
+        instance: PFLT_INSTANCE,
+        value: &T,
+        class: i32,
+    ) -> NTSTATUS {
         // SAFETY: FltSetInformationFile (fltkernel.h,
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltsetinformationfile):
         // our open file object of this instance; `value` is the structure
@@ -553,7 +676,7 @@ impl Drop for OpenFile {
 }
 
 /// A protocol path as UTF-16 units (`None`: not text, or too long).
-fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
+pub(super) fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
     let mut out = Vec::new();
     out.try_reserve_exact(PATH_UNITS).ok()?;
     match *path {
@@ -566,7 +689,7 @@ fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
     (!out.is_empty() && out.len() <= PATH_UNITS).then_some(out)
 }
 
-fn not_found(status: NTSTATUS) -> bool {
+pub(super) fn not_found(status: NTSTATUS) -> bool {
     status == STATUS_OBJECT_NAME_NOT_FOUND || status == STATUS_OBJECT_PATH_NOT_FOUND
 }
 
@@ -628,36 +751,18 @@ fn remediate(_agent: &Agent, job: &Job, r: &Remediate<'_>) -> ActionResult {
                 failed(status)
             }
         }
-        RemediateAction::Delete => {
-            let ex = FILE_DISPOSITION_INFORMATION_EX {
-                Flags: FILE_DISPOSITION_DELETE
-                    | FILE_DISPOSITION_POSIX_SEMANTICS
-                    | FILE_DISPOSITION_IGNORE_READONLY_ATTRIBUTE,
-            };
-            let status = file.set_information(instance.0, &ex, FileDispositionInformationEx);
-            if nt_success(status) {
-                ActionResult::status(ActionStatus::Done)
-            } else if status == STATUS_INVALID_PARAMETER
-                || status == STATUS_NOT_SUPPORTED
-                || status == STATUS_INVALID_INFO_CLASS
-            {
-                // No POSIX semantics here (FAT, older NTFS): the name goes
-                // when the last handle closes.
-                let old = FILE_DISPOSITION_INFORMATION { DeleteFile: true };
-                let status = file.set_information(instance.0, &old, FileDispositionInformation);
-                if !nt_success(status) {
-                    return failed(status);
-                }
+        RemediateAction::Delete => match mark_deleted(instance.0, &file) {
+            Err(status) => failed(status),
+            Ok(true) => ActionResult::status(ActionStatus::Done),
+            Ok(false) => {
                 drop(file);
                 // Our handle was the last one if the name is gone now.
                 match OpenFile::open(instance.0, &path, FILE_READ_ATTRIBUTES, 0) {
                     Err(s) if not_found(s) => ActionResult::status(ActionStatus::Done),
                     _ => ActionResult::status(ActionStatus::DoneOnClose),
                 }
-            } else {
-                failed(status)
             }
-        }
+        },
     };
     crate::klog!(
         Level::Audit,
@@ -670,12 +775,42 @@ fn remediate(_agent: &Agent, job: &Job, r: &Remediate<'_>) -> ActionResult {
     result
 }
 
+/// Deletes the file `file` is open on (opened with `DELETE`): with POSIX
+/// semantics, the name goes now (`Ok(true)`); where the file system has
+/// none (FAT, older NTFS), the name goes when the last handle closes
+/// (`Ok(false)`). PASSIVE_LEVEL.
+pub(super) fn mark_deleted(instance: PFLT_INSTANCE, file: &OpenFile) -> Result<bool, NTSTATUS> {
+    let ex = FILE_DISPOSITION_INFORMATION_EX {
+        Flags: FILE_DISPOSITION_DELETE
+            | FILE_DISPOSITION_POSIX_SEMANTICS
+            | FILE_DISPOSITION_IGNORE_READONLY_ATTRIBUTE,
+    };
+    let status = file.set_information(instance, &ex, FileDispositionInformationEx);
+    if nt_success(status) {
+        return Ok(true);
+    }
+    if status != STATUS_INVALID_PARAMETER
+        && status != STATUS_NOT_SUPPORTED
+        && status != STATUS_INVALID_INFO_CLASS
+    {
+        return Err(status);
+    }
+    let old = FILE_DISPOSITION_INFORMATION { DeleteFile: true };
+    let status = file.set_information(instance, &old, FileDispositionInformation);
+    if nt_success(status) {
+        Ok(false)
+    } else {
+        Err(status)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Policy (§14.6)
 // ---------------------------------------------------------------------------
 
 /// Checks the whole policy aside, then puts it in place under the
 /// exclusive lock. PASSIVE_LEVEL (the host-action thread).
+#[inline(never)]
 fn apply_policy(agent: &Agent, p: &Policy<'_>) -> ActionResult {
     let pinned = agent.params.pinned_policy;
     if p.version == agent.live.version() {

@@ -51,6 +51,7 @@ pub mod irp;
 pub mod kernel;
 pub mod log;
 pub mod registry_params;
+pub mod restore;
 pub mod session_worker;
 pub mod transport;
 pub mod viosock_socket;

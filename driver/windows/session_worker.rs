@@ -392,6 +392,15 @@ pub fn is_worker_thread() -> bool {
     worker != 0 && worker == current_thread_id()
 }
 
+/// Wakes the session worker (the host-action thread wrote a restore chunk:
+/// the worker hands it the next one and feeds the bytes it held back).
+/// Any IRQL <= DISPATCH.
+pub fn wake_worker() {
+    if INITIALISED.load(Ordering::Acquire) {
+        WAKE.set();
+    }
+}
+
 /// Whether a session with the host is up and past its handshake (any IRQL
 /// ≤ DISPATCH).
 #[must_use]
@@ -950,9 +959,8 @@ enum End {
 pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     init();
     // INLINE_CONTENT is announced only when `query` sends content.
-    // The host actions of protocol §14 are announced (RESTORE is not:
-    // `host_actions` has a seam for it), and the settings a host policy
-    // may have changed are the live ones.
+    // The host actions of protocol §14 are announced, and the settings a
+    // host policy may have changed are the live ones.
     let mut config = SessionConfig::from_params(&agent.params, OsKind::Windows, GUEST_NAME)
         .with_inline_content(agent.params.inline_content);
     config.query_timeout = agent.live.query_timeout();
@@ -1001,6 +1009,10 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     let mut end: Option<End> = None;
     let mut failed = false;
     let mut health = super::host_actions::HealthReporter::new();
+    // Received bytes the session did not take yet: it holds a restore
+    // chunk it has no room for (§14.7 backpressure). No receive is posted
+    // while any are here, so the transport's flow control holds the host.
+    let mut held_rx: Vec<u8> = Vec::new();
     if let Err(status) = transport.start_receive() {
         end = Some(End::Transport(status));
         close_session();
@@ -1053,8 +1065,26 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                 }
                 // Host actions (protocol §14) run on the host-action
                 // thread, never here: this loop judges opens.
-                SessionEvent::HostRequest => take_host_requests(),
+                SessionEvent::HostRequest => {}
                 SessionEvent::ScanCancelled { id } => super::host_actions::cancel_scan(id),
+            }
+        }
+        // Every turn, not only on `HostRequest`: restore chunks wait in the
+        // session until the host-action thread has room for them.
+        take_host_requests();
+        // Bytes held back, fed again once the session has room.
+        if !held_rx.is_empty() && !failed {
+            match feed_held(&mut held_rx) {
+                Fed::Waiting => {}
+                Fed::Some => continue,
+                Fed::All => {
+                    if let Err(status) = transport.start_receive() {
+                        end = Some(End::Transport(status));
+                        failed = true;
+                        close_session();
+                    }
+                    continue;
+                }
             }
         }
         // A Health report after the handshake and on change (§14.8).
@@ -1106,12 +1136,33 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
                 Ok(bytes) => {
                     // The transport's buffer is non-paged (it is an I/O
                     // buffer), so the session may read it under the lock.
-                    HUB.with(|h| {
-                        if let Some(s) = h.live_mut() {
-                            s.receive(bytes, kernel::now());
-                        }
+                    let taken = HUB.with(|h| {
+                        h.live_mut()
+                            .map_or(bytes.len(), |s| s.receive_some(bytes, kernel::now()))
                     });
-                    if let Err(status) = transport.start_receive() {
+                    if taken < bytes.len() {
+                        // Held back until the session has room (§14.7).
+                        let rest = &bytes[taken..];
+                        crate::klog!(
+                            Level::Debug,
+                            routine::SESSION,
+                            "restore data waits for room: {} received bytes held, no receive posted",
+                            rest.len()
+                        );
+                        if held_rx.try_reserve_exact(rest.len()).is_err() {
+                            crate::klog!(
+                                Level::Error,
+                                routine::SESSION,
+                                "no memory to hold {} received bytes back",
+                                rest.len()
+                            );
+                            end = Some(End::Transport(kernel::STATUS_INSUFFICIENT_RESOURCES));
+                            failed = true;
+                            close_session();
+                        } else {
+                            held_rx.extend_from_slice(rest);
+                        }
+                    } else if let Err(status) = transport.start_receive() {
                         end = Some(End::Transport(status));
                         failed = true;
                         close_session();
@@ -1181,22 +1232,62 @@ pub fn run(agent: &'static Agent, transport: &mut dyn Transport) -> NTSTATUS {
     status
 }
 
+/// What [`feed_held`] did.
+enum Fed {
+    /// The session still has no room: nothing taken.
+    Waiting,
+    /// Some taken, some still held.
+    Some,
+    /// Everything taken (or the session is gone): receive again.
+    All,
+}
+
+/// Feeds the bytes held back to the session if it has room now.
+fn feed_held(held: &mut Vec<u8>) -> Fed {
+    let taken = HUB.with(|h| match h.live_mut() {
+        None => Some(held.len()),
+        Some(s) if s.rx_held() => None,
+        Some(s) => Some(s.receive_some(held, kernel::now())),
+    });
+    match taken {
+        None | Some(0) => Fed::Waiting,
+        Some(n) if n >= held.len() => {
+            held.clear();
+            Fed::All
+        }
+        Some(n) => {
+            held.drain(..n);
+            Fed::Some
+        }
+    }
+}
+
 /// Hands every host request the session accepted to the host-action
 /// thread (a copy of its frame: the session's inbox is reused), or answers
-/// `Busy` when that thread cannot take it. PASSIVE_LEVEL (worker thread).
+/// `Busy` when that thread cannot take it. A restore chunk stays in the
+/// session while the thread holds [`super::host_actions::RESTORE_WINDOW`]
+/// of them (§14.7 backpressure). A restore the session ended itself is
+/// passed on. PASSIVE_LEVEL (worker thread).
 fn take_host_requests() {
     loop {
         let taken = HUB.with(|h| {
             let generation = h.generation;
             let s = h.live_mut()?;
+            if let Some(id) = s.take_aborted_restore() {
+                super::host_actions::abort_restore(generation, id);
+            }
             let r = s.host_request()?;
+            let chunk = matches!(r.message, thinagent_protocol::Message::RestoreData(_));
+            if chunk && !super::host_actions::restore_chunk_room() {
+                return None;
+            }
             let job = super::host_actions::Job::copy(generation, r.id, &r.message, kernel::now());
             let id = r.id;
             let is_scan = matches!(r.message, thinagent_protocol::Message::ScanTree(_));
             s.pop_host_request();
-            Some((id, is_scan, job))
+            Some((generation, id, is_scan, chunk, job))
         });
-        let Some((id, is_scan, job)) = taken else {
+        let Some((generation, id, is_scan, chunk, job)) = taken else {
             return;
         };
         let refused = match job {
@@ -1204,6 +1295,10 @@ fn take_host_requests() {
             None => true,
         };
         if refused {
+            if chunk {
+                // The restore ends here: its temporary file goes.
+                super::host_actions::abort_restore(generation, id);
+            }
             HUB.with(|h| {
                 if let Some(s) = h.live_mut() {
                     let _ = if is_scan {

@@ -44,6 +44,7 @@ STATUS_INFO_LENGTH_MISMATCH = 0xC0000004
 STATUS_END_OF_FILE = 0xC0000011
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+STATUS_OBJECT_NAME_INVALID = 0xC0000033
 STATUS_FILE_IS_A_DIRECTORY = 0xC00000BA
 
 FLT_PREOP_SUCCESS_WITH_CALLBACK = 0
@@ -238,7 +239,12 @@ class Volume:
         self.posix_delete = True
         # Virtual ms each FltQueryDirectoryFile takes (a slow disk), 0: none.
         self.list_latency_ms = 0
+        # Virtual ms each FltWriteFile takes (a slow disk), 0: none.
+        self.write_latency_ms = 0
         m = fm.m
+        # The root directory ("\\", MFT record 5): opened by its name with
+        # the trailing backslash, never listed as anyone's child.
+        self.root = FileNode(self, "\\", b"", 0x0005_0000_0000_0005, fm.system_time(), directory=True)
         self.addr = m.system.alloc(0x200, tag=b"FMvo")  # the FLT_VOLUME
         fm.flt_objects[self.addr] = {"kind": "volume", "refs": 1}
         self.device_object = m.system.alloc(L.DEVICE_OBJECT_SIZE, tag=b"Devi")  # the volume's device
@@ -401,6 +407,8 @@ class FilterManager:
         self.cancels = []  # FltCancelFileOpen calls
         self.own_opens = []  # FltCreateFileEx2 calls
         self.set_infos = []  # FltSetInformationFile calls
+        self.writes = []  # FltWriteFile calls (the driver's own files)
+        self.flushes = []  # FltFlushBuffers calls
         self.dir_queries = 0  # FltQueryDirectoryFile calls
         self.push_locks = {}  # address -> {"shared": set(tid), "exclusive": tid or None}
         self.eprocess = {}  # pid -> the fake EPROCESS FltGetRequestorProcess returns
@@ -1175,27 +1183,34 @@ class FilterManager:
         m.w64(out, inst.addr)
         return STATUS_SUCCESS
 
-    def _resolve(self, path, options):
+    def _resolve(self, path, options, parent_only=False):
         """The file system's path walk for an open below the filter: the
         node, or an error status. A reparse point on the way (or at the
         end without FILE_OPEN_REPARSE_POINT) would be followed: the model
         refuses that outright, so a driver that could loop through a
-        junction fails the scenario."""
+        junction fails the scenario. "\\" is the root directory. With
+        ``parent_only`` the walk stops at the last component's directory
+        (a create): that directory's node, or an error."""
         vol = self.volume
         parts = [p for p in path.split("\\") if p]
+        if not parts:
+            return (None, STATUS_OBJECT_NAME_INVALID) if parent_only else (vol.root, STATUS_SUCCESS)
+        if parent_only:
+            parts = parts[:-1]
+            if not parts:
+                return vol.root, STATUS_SUCCESS
         cur = ""
+        node = None
         for i, part in enumerate(parts):
             cur += "\\" + part
             node = vol.lookup(cur)
-            last = i == len(parts) - 1
+            last = i == len(parts) - 1 and not parent_only
             if node is None:
                 return None, STATUS_OBJECT_NAME_NOT_FOUND if last else STATUS_OBJECT_PATH_NOT_FOUND
             if node.reparse and (not last or not options & FILE_OPEN_REPARSE_POINT):
                 raise EmulationError(f"an open below the filter would follow the reparse point {cur} -> {node.reparse[1]}")
             if not last and not node.directory:
                 return None, STATUS_OBJECT_PATH_NOT_FOUND
-        if not parts:
-            return None, STATUS_OBJECT_NAME_NOT_FOUND
         return node, STATUS_SUCCESS
 
     def api_FltCreateFileEx2(self, m):
@@ -1215,16 +1230,46 @@ class FilterManager:
         options &= 0xFFFFFFFF
         disposition &= 0xFFFFFFFF
         flags &= 0xFFFFFFFF
-        rec = {"path": name, "access": access, "options": options, "flags": flags, "thread": self._thread_name(), "t_ms": ms(m.now)}
-        self.own_opens.append(rec)
         vol = inst.volume
-        if not name.lower().startswith(vol.name.lower() + "\\"):
-            raise EmulationError(f"FltCreateFileEx2({name}): not a name on the instance's volume {vol.name}")
-        if disposition != FILE_OPEN:
+        root = m.r64(oa + L.OA_ROOT_DIRECTORY)
+        if root:
+            # Relative to a directory the driver holds open (a kernel handle
+            # of its own open on this volume): one component.
+            parent = self._own_handle(root, f"FltCreateFileEx2({name}) RootDirectory")
+            if not parent.node.directory:
+                raise EmulationError(f"FltCreateFileEx2({name}) relative to {parent.node.path}, not a directory")
+            if "\\" in name or not name:
+                raise EmulationError(f"FltCreateFileEx2 relative name {name!r}: one component expected")
+            path = parent.node.path.rstrip("\\") + "\\" + name
+            full = vol.name + path
+        else:
+            full = name
+            if not name.lower().startswith(vol.name.lower() + "\\"):
+                raise EmulationError(f"FltCreateFileEx2({name}): not a name on the instance's volume {vol.name}")
+            path = name[len(vol.name):]
+        rec = {"path": full, "access": access, "options": options, "flags": flags, "disposition": disposition,
+               "relative": bool(root), "thread": self._thread_name(), "t_ms": ms(m.now)}
+        self.own_opens.append(rec)
+        if disposition not in (FILE_OPEN, FILE_CREATE):
             raise EmulationError(f"FltCreateFileEx2 disposition {disposition}: not modelled")
-        path = name[len(vol.name):]
-        node, status = self._resolve(path, options)
-        if node is not None:
+        created = False
+        if disposition == FILE_CREATE:
+            parent, status = self._resolve(path, options, parent_only=True)
+            node = None
+            if parent is not None:
+                if not parent.directory or parent.reparse:
+                    status = STATUS_OBJECT_PATH_NOT_FOUND
+                elif vol.lookup(path) is not None:
+                    status = STATUS_OBJECT_NAME_COLLISION
+                elif options & FILE_DIRECTORY_FILE:
+                    raise EmulationError("FltCreateFileEx2 creating a directory: not modelled")
+                else:
+                    node = vol.add_file(path, b"")
+                    created = True
+                    self.k.emit("file-created", path=path)
+        else:
+            node, status = self._resolve(path, options)
+        if node is not None and not created:
             if node.delete_pending:
                 status = STATUS_DELETE_PENDING
             elif node.directory and options & FILE_NON_DIRECTORY_FILE:
@@ -1251,8 +1296,65 @@ class FilterManager:
         fo.handle = h
         m.w64(handle_out, h)
         m.w64(fo_out, fo.addr)
-        m.w64(iosb + 8, FILE_OPENED)
+        m.w64(iosb + 8, FILE_CREATED if created else FILE_OPENED)
         return STATUS_SUCCESS
+
+    def _own_handle(self, h, what):
+        """The open FileObj behind a kernel handle FltCreateFileEx2 gave."""
+        target = self.k.handles.get(h)
+        fo = self.file_objects.get(target) if isinstance(target, int) else None
+        if fo is None or not fo.own or fo.state != "open":
+            raise EmulationError(f"{what}: {h:#x} is not an open handle FltCreateFileEx2 returned")
+        return fo
+
+    def api_FltWriteFile(self, m):
+        """A synchronous cached FltWriteFile on a file the driver opened
+        itself (a restore's temporary file): the data lands at the offset,
+        the file grows as needed."""
+        inst_addr, fo_addr, offset_ptr, length, buf, flags, written_out, callback, cb_ctx = m.args(9)
+        self._instance(inst_addr, "FltWriteFile")
+        fo = self._file_object(fo_addr, "FltWriteFile")
+        node = self._opened(fo, "FltWriteFile")
+        length &= 0xFFFFFFFF
+        flags &= 0xFFFFFFFF
+        if callback:
+            raise EmulationError("asynchronous FltWriteFile (a completion callback): not modelled")
+        if flags:
+            raise EmulationError(f"FltWriteFile flags {flags:#x}: not modelled")
+        if not fo.own:
+            raise EmulationError(f"FltWriteFile on {node.path}: not a file the driver opened")
+        if not offset_ptr:
+            raise EmulationError("FltWriteFile without a byte offset: not modelled")
+        offset = m.r64(offset_ptr)
+        rec = {"path": node.path, "offset": offset, "length": length, "thread": self._thread_name(), "t_ms": ms(m.now)}
+        self.writes.append(rec)
+        if not fo.write:
+            status, n = STATUS_ACCESS_DENIED, 0
+        else:
+            data = m.read(buf, length)
+            if len(node.data) < offset:
+                node.data.extend(b"\0" * (offset - len(node.data)))
+            node.data[offset : offset + length] = data
+            node.last_write = node.change = self.system_time()
+            status, n = STATUS_SUCCESS, length
+        if written_out:
+            m.w32(written_out, n)
+        rec["status"] = status
+        self.k.emit("flt-write", **rec)
+        if self.volume.write_latency_ms:
+            # A slow disk: the caller's thread waits that long.
+            w = Wait([], m.now + int(self.volume.write_latency_ms * 10_000))
+            w.on_wake = lambda _status: status
+            raise Park(w)
+        return status
+
+    def api_FltFlushBuffers(self, m):
+        inst_addr, fo_addr = m.args(2)
+        self._instance(inst_addr, "FltFlushBuffers")
+        fo = self._file_object(fo_addr, "FltFlushBuffers")
+        node = self._opened(fo, "FltFlushBuffers")
+        self.flushes.append(node.path)
+        return STATUS_SUCCESS if fo.write else STATUS_ACCESS_DENIED
 
     def api_FltClose(self, m):
         (h,) = m.args(1)
@@ -1315,11 +1417,58 @@ class FilterManager:
                     node.data.extend(b"\0" * (eof - len(node.data)))
                 node.last_write = node.change = self.system_time()
                 status = STATUS_SUCCESS
+        elif klass == L.FILE_RENAME_INFORMATION_CLASS:
+            status = self._rename(m, fo, node, buf, length, rec)
         else:
             raise EmulationError(f"FltSetInformationFile class {klass}: not modelled")
         rec["status"] = status
         self.k.emit("flt-set-info", **rec)
         return status
+
+    def _rename(self, m, fo, node, buf, length, rec):
+        """FileRenameInformation as NTFS answers it: the new name relative
+        to RootDirectory (or a full name on this volume); an existing
+        target fails with STATUS_OBJECT_NAME_COLLISION unless
+        ReplaceIfExists. The target's directory is walked like an open
+        (no reparse point followed)."""
+        if length < L.RENAME_NAME:
+            return STATUS_INFO_LENGTH_MISMATCH
+        replace = m.read(buf, 1)[0] != 0
+        root = m.r64(buf + L.RENAME_ROOT_DIRECTORY)
+        nlen = m.r32(buf + L.RENAME_NAME_LENGTH)
+        if L.RENAME_NAME + nlen > length:
+            return STATUS_INFO_LENGTH_MISMATCH
+        name = m.read(buf + L.RENAME_NAME, nlen).decode("utf-16-le")
+        vol = self.volume
+        if root:
+            parent = self._own_handle(root, "FileRenameInformation RootDirectory")
+            if "\\" in name or not name:
+                raise EmulationError(f"rename relative name {name!r}: one component expected")
+            target = parent.node.path.rstrip("\\") + "\\" + name
+        else:
+            if not name.lower().startswith(vol.name.lower() + "\\"):
+                raise EmulationError(f"rename to {name}: not a full name on this volume")
+            target = name[len(vol.name):]
+        rec["target"] = target
+        rec["replace"] = replace
+        if not fo.delete:
+            return STATUS_ACCESS_DENIED
+        parent, status = self._resolve(target, FILE_OPEN_REPARSE_POINT, parent_only=True)
+        if parent is None:
+            return status
+        if not parent.directory or parent.reparse:
+            return STATUS_OBJECT_PATH_NOT_FOUND
+        existing = vol.lookup(target)
+        if existing is not None and existing is not node:
+            if not replace:
+                return STATUS_OBJECT_NAME_COLLISION
+            raise EmulationError("a rename replacing a file: not modelled")
+        vol.files.pop(node.path.lower(), None)
+        old = node.path
+        node.path = target
+        vol.files[target.lower()] = node
+        self.k.emit("file-renamed", path=old, target=target)
+        return STATUS_SUCCESS
 
     def api_FltQueryDirectoryFile(self, m):
         inst_addr, fo_addr, buf, length, klass, single, name_ptr, restart, returned = m.args(9)

@@ -132,6 +132,7 @@ FCTXREG_SIZE = 0x38
 KVPI_DATA = 12
 
 # _OBJECT_ATTRIBUTES (0x30): Length, RootDirectory, ObjectName, Attributes, ...
+OA_ROOT_DIRECTORY = 0x08
 OA_OBJECT_NAME = 0x10
 OA_ATTRIBUTES = 0x18
 
@@ -264,6 +265,12 @@ FILE_BASIC_INFORMATION_CLASS = 4  # CreationTime, LastAccessTime, LastWriteTime,
 FILE_STANDARD_INFORMATION_CLASS = 5  # AllocationSize, EndOfFile, NumberOfLinks, DeletePending, Directory (0x18)
 FILE_INTERNAL_INFORMATION_CLASS = 6  # IndexNumber (0x08)
 FILE_END_OF_FILE_INFORMATION_CLASS = 20  # EndOfFile (0x08)
+# FILE_RENAME_INFORMATION (ntifs.h): ReplaceIfExists/Flags (0x00),
+# RootDirectory (0x08), FileNameLength (0x10), FileName (0x14)
+FILE_RENAME_INFORMATION_CLASS = 10
+RENAME_ROOT_DIRECTORY = 0x08
+RENAME_NAME_LENGTH = 0x10
+RENAME_NAME = 0x14
 FILE_ID_INFORMATION_CLASS = 59  # VolumeSerialNumber ULONGLONG, FileId FILE_ID_128 (0x18)
 FBI_SIZE = 0x28
 FSI_SIZE = 0x18
