@@ -1844,6 +1844,25 @@ fn actions_scan_walks_the_tree_without_following_reparse_points_and_can_be_cance
         serde_json::json!([]),
         "reparse points never entered"
     );
+    // `C:\Data\tree\sub`: FltGetVolumeFromName("C:"), then the device name.
+    let d = &res["scan_drive_letter"];
+    assert_eq!(d["status"], "completed", "{d}");
+    assert_eq!(
+        d["counters"]["files_seen"], 2,
+        "b.txt, deep\\eicar2.com: {d}"
+    );
+    assert_eq!(d["counters"]["files_denied"], 1, "{d}");
+    assert!(
+        r.json["volume_lookups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "C:"),
+        "{}",
+        r.json["volume_lookups"]
+    );
+    let q = &res["scan_no_such_drive"];
+    assert_eq!(q["status"], "not-found", "{q}");
     let g = guest_of(&res["guests_after_scan"]);
     assert_eq!(
         g["detections"], 2,
@@ -2046,6 +2065,8 @@ fn actions_restore_writes_a_quarantined_file_back_only_where_nothing_is() {
         restore["missing_directory"]["status"], "not-found",
         "{restore}"
     );
+    assert_eq!(restore["drive_letter"]["status"], "done", "{restore}");
+    assert_eq!(res["drive_letter_identical"], true, "restored --to C:\\...");
     // The rename: relative to the directory's handle, never replacing.
     let renames: Vec<&Value> = r.json["set_infos"]
         .as_array()
@@ -2062,8 +2083,8 @@ fn actions_restore_writes_a_quarantined_file_back_only_where_nothing_is() {
     );
     assert_eq!(
         r.json["flt_flushes"].as_array().unwrap().len(),
-        1,
-        "flushed once, before the rename"
+        2,
+        "each done restore flushed once, before its rename"
     );
     // The target's directory was walked one component at a time.
     let opens = r.json["own_opens"].as_array().unwrap();

@@ -52,7 +52,8 @@ use thinagent_guest::log::routine;
 use thinagent_guest::{Instant, Level, OpenPolicy, PathRef};
 use thinagent_km_sys::fltmgr::Minifilters::{
     FltClose, FltCreateFileEx2, FltGetVolumeFromName, FltGetVolumeInstanceFromName,
-    FltObjectDereference, FltQueryDirectoryFile, FltSetInformationFile, PFLT_INSTANCE, PFLT_VOLUME,
+    FltGetVolumeName, FltObjectDereference, FltQueryDirectoryFile, FltSetInformationFile,
+    PFLT_INSTANCE, PFLT_VOLUME,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{FILE_OBJECT, OBJECT_ATTRIBUTES};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::{
@@ -66,8 +67,9 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::System::SystemServices::{
     FILE_END_OF_FILE_INFORMATION, IO_IGNORE_SHARE_ACCESS_CHECK, ObfDereferenceObject,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
-    HANDLE, NTSTATUS, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, STATUS_NO_MORE_FILES,
-    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND,
+    HANDLE, NTSTATUS, OBJ_CASE_INSENSITIVE, OBJ_KERNEL_HANDLE, STATUS_BUFFER_TOO_SMALL,
+    STATUS_FLT_VOLUME_NOT_FOUND, STATUS_NO_MORE_FILES, STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_OBJECT_PATH_NOT_FOUND, UNICODE_STRING,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
 use thinagent_protocol::{
@@ -689,6 +691,109 @@ pub(super) fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
     (!out.is_empty() && out.len() <= PATH_UNITS).then_some(out)
 }
 
+/// `path` with a drive letter (`C:\...`, `\??\C:\...`,
+/// `\DosDevices\C:\...`, as an admin types it) spelled as the volume's
+/// device name (`\Device\HarddiskVolumeN\...`, the normalized names the
+/// filter reports, which every host action takes): `FltGetVolumeFromName`
+/// on the drive, then `FltGetVolumeName`. Any other path comes back as it
+/// is. `STATUS_FLT_VOLUME_NOT_FOUND`: no such drive. PASSIVE_LEVEL.
+pub(super) fn device_path(path: Vec<u16>) -> Result<Vec<u16>, NTSTATUS> {
+    let Some((drive, rest)) = drive_letter(&path) else {
+        return Ok(path);
+    };
+    let drive_units = [drive, u16::from(b':')];
+    let name = unicode_string_for(&drive_units).ok_or(STATUS_NAME_TOO_LONG)?;
+    let mut volume: PFLT_VOLUME = 0;
+    // SAFETY: FltGetVolumeFromName (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumefromname,
+    // which takes "D:" names): our registered filter, a UNICODE_STRING over
+    // a local; the volume comes back referenced. PASSIVE_LEVEL.
+    let status = unsafe { FltGetVolumeFromName(filter_callbacks::filter(), &name, &mut volume) };
+    if !nt_success(status) {
+        return Err(status);
+    }
+    let named = volume_device_name(volume);
+    // SAFETY: FltObjectDereference (fltkernel.h): drops the reference
+    // FltGetVolumeFromName added.
+    unsafe { FltObjectDereference(volume as *mut c_void) };
+    let mut out = named?;
+    if out.try_reserve_exact(path.len() - rest).is_err() {
+        return Err(STATUS_INSUFFICIENT_RESOURCES);
+    }
+    out.extend_from_slice(&path[rest..]);
+    if rest == path.len() {
+        // "C:" alone: the root directory.
+        out.push(u16::from(b'\\'));
+    }
+    if out.len() > PATH_UNITS {
+        return Err(STATUS_NAME_TOO_LONG);
+    }
+    Ok(out)
+}
+
+/// The drive letter of `path` (`C:` alone or before `\`, optionally after
+/// `\??\` or `\DosDevices\`, ASCII case-insensitive) and where the rest
+/// of the path starts.
+fn drive_letter(path: &[u16]) -> Option<(u16, usize)> {
+    let eq = |units: &[u16], text: &str| {
+        units.len() == text.len()
+            && units
+                .iter()
+                .zip(text.bytes())
+                .all(|(&u, b)| u8::try_from(u).is_ok_and(|c| c.eq_ignore_ascii_case(&b)))
+    };
+    let start = ["\\??\\", "\\DosDevices\\"]
+        .iter()
+        .find(|p| path.len() >= p.len() && eq(&path[..p.len()], p))
+        .map_or(0, |p| p.len());
+    let drive = *path.get(start)?;
+    let letter = u8::try_from(drive).ok().filter(u8::is_ascii_alphabetic)?;
+    if path.get(start + 1) != Some(&u16::from(b':')) {
+        return None;
+    }
+    match path.get(start + 2) {
+        None => Some((u16::from(letter), start + 2)),
+        Some(&u) if u == u16::from(b'\\') => Some((u16::from(letter), start + 2)),
+        Some(_) => None,
+    }
+}
+
+/// The volume's device name (`\Device\HarddiskVolumeN`), by
+/// `FltGetVolumeName`. PASSIVE_LEVEL.
+fn volume_device_name(volume: PFLT_VOLUME) -> Result<Vec<u16>, NTSTATUS> {
+    let mut units: Vec<u16> = Vec::new();
+    let mut capacity = 64usize;
+    for _ in 0..2 {
+        units.clear();
+        if units.try_reserve_exact(capacity).is_err() {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        units.resize(capacity, 0);
+        let bytes = u16::try_from(capacity * 2).map_err(|_| STATUS_NAME_TOO_LONG)?;
+        let mut name = UNICODE_STRING {
+            Length: 0,
+            MaximumLength: bytes,
+            Buffer: units.as_mut_ptr(),
+        };
+        let mut needed = 0u32;
+        // SAFETY: FltGetVolumeName (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumename):
+        // a referenced volume; a UNICODE_STRING whose buffer is `units`
+        // (MaximumLength bytes); `needed` receives the size when it is too
+        // small. IRQL <= APC_LEVEL.
+        let status = unsafe { FltGetVolumeName(volume, &mut name, &mut needed) };
+        if nt_success(status) {
+            units.truncate(usize::from(name.Length) / 2);
+            return Ok(units);
+        }
+        if status != STATUS_BUFFER_TOO_SMALL {
+            return Err(status);
+        }
+        capacity = (needed as usize).div_ceil(2);
+    }
+    Err(STATUS_BUFFER_TOO_SMALL)
+}
+
 pub(super) fn not_found(status: NTSTATUS) -> bool {
     status == STATUS_OBJECT_NAME_NOT_FOUND || status == STATUS_OBJECT_PATH_NOT_FOUND
 }
@@ -709,6 +814,11 @@ fn remediate(_agent: &Agent, job: &Job, r: &Remediate<'_>) -> ActionResult {
     }
     let Some(path) = path_units(&r.path) else {
         return failed(STATUS_NAME_TOO_LONG);
+    };
+    let path = match device_path(path) {
+        Ok(p) => p,
+        Err(STATUS_FLT_VOLUME_NOT_FOUND) => return ActionResult::status(ActionStatus::NotFound),
+        Err(status) => return failed(status),
     };
     let instance = match InstanceRef::for_path(&path) {
         Ok(i) => i,
@@ -947,9 +1057,16 @@ impl Scan {
                 done(ScanStatus::Failed, Some(OsError::NtStatus(s as u32)))
             }
         };
-        let Some(mut path) = path_units(&t.root) else {
+        let Some(path) = path_units(&t.root) else {
             return Err(fail(STATUS_NAME_TOO_LONG));
         };
+        let mut path = device_path(path).map_err(|s| {
+            fail(if s == STATUS_FLT_VOLUME_NOT_FOUND {
+                STATUS_OBJECT_PATH_NOT_FOUND
+            } else {
+                s
+            })
+        })?;
         // "\Device\HarddiskVolume3\" names the volume's root directory;
         // without its last backslash it would name the volume itself.
         let slash = u16::from(b'\\');

@@ -227,6 +227,8 @@ class Volume:
     def __init__(self, fm, name="\\Device\\HarddiskVolume3", serial=0x1C2D_3E4F_5A6B_7C8D, sector=512, label="Data"):
         self.fm = fm
         self.name = name
+        # Its drive letter (\GLOBAL??\C: -> name), or None.
+        self.dos_name = "C:"
         self.serial = serial  # NTFS 64-bit serial; FILE_FS_VOLUME_INFORMATION has its low 32 bits
         self.sector = sector
         self.label = label
@@ -408,6 +410,7 @@ class FilterManager:
         self.own_opens = []  # FltCreateFileEx2 calls
         self.set_infos = []  # FltSetInformationFile calls
         self.writes = []  # FltWriteFile calls (the driver's own files)
+        self.volume_lookups = []  # FltGetVolumeFromName names
         self.flushes = []  # FltFlushBuffers calls
         self.dir_queries = 0  # FltQueryDirectoryFile calls
         self.push_locks = {}  # address -> {"shared": set(tid), "exclusive": tid or None}
@@ -1163,10 +1166,38 @@ class FilterManager:
             raise EmulationError("FltGetVolumeFromName with a handle FltRegisterFilter did not return")
         name = m.unicode_string(name_ptr)
         vol = self.volume
-        if vol is None or name.lower() != vol.name.lower():
+        # The forms the documentation lists: "\Device\HarddiskVolume1",
+        # "\DosDevices\D:", "\??\D:", "D:".
+        dos = name
+        for prefix in ("\\??\\", "\\dosdevices\\"):
+            if dos.lower().startswith(prefix):
+                dos = dos[len(prefix):]
+        self.volume_lookups.append(name)
+        if vol is None:
+            return STATUS_FLT_VOLUME_NOT_FOUND
+        if name.lower() != vol.name.lower() and not (vol.dos_name and dos.lower() == vol.dos_name.lower()):
             return STATUS_FLT_VOLUME_NOT_FOUND
         self.flt_objects[vol.addr]["refs"] += 1
         m.w64(out, vol.addr)
+        return STATUS_SUCCESS
+
+    def api_FltGetVolumeName(self, m):
+        vol_addr, us, needed_out = m.args(3)
+        vol = self.volume
+        if vol is None or vol_addr != vol.addr:
+            raise EmulationError("FltGetVolumeName: not a volume Filter Manager gave")
+        if self.flt_objects[vol_addr]["refs"] < 2:
+            raise EmulationError("FltGetVolumeName on a volume the caller holds no reference to")
+        data = vol.name.encode("utf-16-le")
+        if needed_out:
+            m.w32(needed_out, len(data))
+        if not us:
+            return STATUS_INVALID_PARAMETER
+        maximum = m.r16(us + 2)
+        if maximum < len(data):
+            return STATUS_BUFFER_TOO_SMALL
+        m.write(m.r64(us + 8), data)
+        m.w16(us, len(data))
         return STATUS_SUCCESS
 
     def api_FltGetVolumeInstanceFromName(self, m):

@@ -514,6 +514,7 @@ class FileWorld(World):
         out["set_infos"] = self.flt.set_infos
         out["flt_writes"] = self.flt.writes
         out["flt_flushes"] = self.flt.flushes
+        out["volume_lookups"] = self.flt.volume_lookups
         out["push_locks_held"] = self.flt.push_locks_held()
         out["own_files_open"] = [f.path for f in self.flt.file_objects.values() if f.own and f.state != "closed"]
         out["flt_objects_refs"] = {hex(a): o["refs"] for a, o in self.flt.flt_objects.items()}
@@ -890,6 +891,11 @@ def scenario_actions_scan(driver, args, held):
     w.results["scan"] = done
     w.results["scan_answers"] = w.results["control"][-1]["answers"]
     w.results["guests_after_scan"] = ctl.ask({"cmd": "guests"})
+    # A root as an admin types it: the driver spells it as the device name.
+    w.results["scan_drive_letter"] = ctl.ask(
+        {"cmd": "scan", "guest": guest, "path": "C:" + TREE + "\\sub", "wait": True}
+    )
+    w.results["scan_no_such_drive"] = ctl.ask({"cmd": "scan", "guest": guest, "path": "Q:\\", "wait": True})
     # A scan of 300 files on a slow disk (10 ms per directory entry),
     # cancelled once it reported progress.
     w.volume.list_latency_ms = 10
@@ -1046,6 +1052,9 @@ def scenario_actions_restore(driver, args, held):
     restore("through_junction", to=VOL + "\\Users\\Link\\tool.exe")
     w.results["written_through_junction"] = [n.path for n in w.volume.children("\\Windows")]
     restore("missing_directory", to=VOL + "\\Nowhere\\tool.exe")
+    restore("drive_letter", to="C:\\Users\\Public\\tool-copy.exe")
+    copy = w.volume.lookup(d + "\\tool-copy.exe")
+    w.results["drive_letter_identical"] = copy is not None and bytes(copy.data) == FALSE_POSITIVE
     w.results["guests_after"] = ctl.ask({"cmd": "guests"})
     w.unload_and_wait()
     return w
