@@ -1969,6 +1969,15 @@ fn actions_policy_changes_exclusions_and_fail_mode_and_reports_pinned_fields() {
         (450.0..1500.0).contains(&ms),
         "decided at the policy's deadline: {ms}"
     );
+    // Health's `denied` counts host verdicts only: the fail-closed denial
+    // is a fail decision.
+    let after = guest_of(&res["guests_after_stall"]);
+    let h2 = &after["health"];
+    assert_eq!(h2["denied"], 2, "{after}");
+    assert!(
+        h2["fail_decisions"].as_u64().unwrap() > h["fail_decisions"].as_u64().unwrap(),
+        "{after}"
+    );
 }
 
 /// "Restore a false positive" on Windows, from the host alone: a file that

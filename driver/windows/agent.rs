@@ -44,6 +44,9 @@ pub struct AgentStats {
     pub queries: AtomicU64,
     /// Opens denied (by a host verdict or the fail mode).
     pub denials: AtomicU64,
+    /// Opens denied on a host verdict (answered now or cached): `Health`'s
+    /// `denied` (protocol §14.8), which leaves fail-mode denials out.
+    pub host_denials: AtomicU64,
     /// Queries answered by the deadline (`umcMsgTimeoutMs`) instead of the host.
     pub timeouts: AtomicU64,
     /// Opens decided by the fail mode because no session was up.

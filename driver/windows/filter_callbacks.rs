@@ -614,6 +614,7 @@ fn decide(
             match c.state() {
                 StreamScanState::Infected => {
                     AgentStats::bump(&agent.stats.cache_hits);
+                    AgentStats::bump(&agent.stats.host_denials);
                     return Outcome::Deny {
                         threat_known: false,
                     };
@@ -642,6 +643,7 @@ fn decide(
                     Outcome::Allow
                 }
                 CachedVerdict::Deny { .. } => {
+                    AgentStats::bump(&agent.stats.host_denials);
                     if let Some(c) = ctx {
                         c.set_state(StreamScanState::Infected);
                     }
@@ -684,6 +686,7 @@ fn decide(
                 .read(|l| l.settings.verdict_ttl(v.cache_ttl_secs));
             match v.decision {
                 Decision::Deny => {
+                    AgentStats::bump(&agent.stats.host_denials);
                     finish(StreamScanState::Infected);
                     if let (Some(id), Some(ttl)) = (identity, ttl) {
                         let _ = CACHE.with(|c| {

@@ -1551,7 +1551,8 @@ fn health(agent: &Agent, now: Instant) -> Health {
         uptime_ms: now.saturating_duration_since(agent.started).as_millis() as u64,
         events_sent: st.queries.load(Ordering::Relaxed) + ON_DEMAND_SENT.load(Ordering::Relaxed),
         cache_hits: st.cache_hits.load(Ordering::Relaxed),
-        denied: st.denials.load(Ordering::Relaxed),
+        // Host verdicts only (§14.8); fail-mode denials are fail decisions.
+        denied: st.host_denials.load(Ordering::Relaxed),
         fail_decisions: st.fail_mode_decisions.load(Ordering::Relaxed)
             + st.timeouts.load(Ordering::Relaxed),
         sessions: u64::from(st.sessions.load(Ordering::Relaxed)),

@@ -974,6 +974,11 @@ def scenario_actions_policy(driver, args, held):
     w.results["stalled_open"] = {"allowed": rec["allowed"], "ms": rec["t_end_ms"] - rec["t_start_ms"]}
     if rec["allowed"]:
         w.close(rec["handle"])
+    # The host answers again; the next Health counts that fail-mode denial
+    # as a fail decision, not as a host denial.
+    w.provider.unstall_host()
+    w.run(max_ms=11_000)
+    w.results["guests_after_stall"] = ctl.ask({"cmd": "guests"})
     w.unload_and_wait()
     return w
 

@@ -245,6 +245,11 @@ class WskProvider:
         for s in self.sockets.values():
             s.stalled = True
 
+    def unstall_host(self):
+        """The host answers again (what it sent meanwhile arrives now)."""
+        for s in self.sockets.values():
+            s.stalled = False
+
     def kill_host(self):
         for s in self.sockets.values():
             if not s.closed:
