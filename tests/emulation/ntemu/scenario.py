@@ -1039,7 +1039,7 @@ def scenario_actions_restore(driver, args, held):
     writes_before = len(w.flt.writes)
     # A slow disk: chunks arrive faster than the driver writes them, so it
     # holds them back (and the socket's bytes with them).
-    w.volume.write_latency_ms = 25
+    w.volume.write_latency_ms = 50
     ctl.send({"cmd": "quarantine-restore", "id": entry_id, "timeout_ms": 20_000})
     during = w.flt.open(d + "\\notes.txt")
     answers = ctl.wait(lambda a: "ok" in a)
