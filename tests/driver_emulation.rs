@@ -1821,6 +1821,14 @@ fn actions_remediate_deletes_truncates_and_refuses_changed_or_missing_files() {
     }
 }
 
+/// On-demand scans in the emulated kernel: a tree with a junction loop, a
+/// volume mount point, an excluded directory and extension completes with
+/// exact counters and follows no reparse point; the same tree with
+/// `cross_mounts` also walks the mounted volume, once, under its device
+/// name (its mount point back to the first volume is not followed); a
+/// drive-letter root is spelled as the device name and a missing drive is
+/// `not-found`; a 300-file scan on a slow disk reports progress and is
+/// cancelled.
 #[test]
 fn actions_scan_walks_the_tree_without_following_reparse_points_and_can_be_cancelled() {
     let Some(r) = run_actions("actions-scan") else {
@@ -1863,6 +1871,42 @@ fn actions_scan_walks_the_tree_without_following_reparse_points_and_can_be_cance
     );
     let q = &res["scan_no_such_drive"];
     assert_eq!(q["status"], "not-found", "{q}");
+    // cross_mounts: the volume mounted at `mnt` is walked once, under its
+    // device name (x.com, y.txt); the junction `loop` and the mount point
+    // `back` (to the first volume, walked already) are not followed.
+    let x = &res["scan_cross_mounts"];
+    assert_eq!(x["status"], "completed", "{x}");
+    let xc = &x["counters"];
+    assert_eq!(xc["files_seen"], 7, "{xc}");
+    assert_eq!(xc["files_skipped"], 1, "{xc}");
+    assert_eq!(xc["files_scanned"], 6, "{xc}");
+    assert_eq!(xc["files_denied"], 3, "{xc}");
+    assert_eq!(xc["errors"], 0, "{xc}");
+    let mounted: Vec<&str> = res["mounted_opens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for p in [
+        r"\Device\HarddiskVolume5\",
+        r"\Device\HarddiskVolume5\inner\x.com",
+        r"\Device\HarddiskVolume5\y.txt",
+        r"\Device\HarddiskVolume5\back",
+    ] {
+        assert!(mounted.contains(&p), "{p} not opened: {mounted:?}");
+    }
+    assert!(
+        !mounted
+            .iter()
+            .any(|p| p.starts_with(r"\Device\HarddiskVolume5\back\")),
+        "the mount point back was not entered: {mounted:?}"
+    );
+    assert_eq!(
+        res["fs_controls"],
+        serde_json::json!([r"\Data\tree\loop", r"\Data\tree\mnt", r"\back"]),
+        "reparse data read for the three reparse points"
+    );
     let g = guest_of(&res["guests_after_scan"]);
     assert_eq!(
         g["detections"], 2,

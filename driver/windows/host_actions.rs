@@ -51,9 +51,9 @@ use core::time::Duration;
 use thinagent_guest::log::routine;
 use thinagent_guest::{Instant, Level, OpenPolicy, PathRef};
 use thinagent_km_sys::fltmgr::Minifilters::{
-    FltClose, FltCreateFileEx2, FltGetVolumeFromName, FltGetVolumeInstanceFromName,
-    FltGetVolumeName, FltObjectDereference, FltQueryDirectoryFile, FltSetInformationFile,
-    PFLT_INSTANCE, PFLT_VOLUME,
+    FltClose, FltCreateFileEx2, FltFsControlFile, FltGetVolumeFromName,
+    FltGetVolumeInstanceFromName, FltGetVolumeName, FltObjectDereference, FltQueryDirectoryFile,
+    FltSetInformationFile, PFLT_INSTANCE, PFLT_VOLUME,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Foundation::{FILE_OBJECT, OBJECT_ATTRIBUTES};
 use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::{
@@ -529,17 +529,29 @@ impl InstanceRef {
         if !nt_success(status) {
             return Err(status);
         }
-        let mut instance: PFLT_INSTANCE = 0;
-        // SAFETY: FltGetVolumeInstanceFromName (fltkernel.h,
-        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumeinstancefromname):
-        // the referenced volume; a null instance name picks our
-        // highest-altitude instance on it, referenced. IRQL <= APC_LEVEL.
-        let status = unsafe {
-            FltGetVolumeInstanceFromName(filter, volume, core::ptr::null(), &mut instance)
-        };
+        let instance = Self::for_volume(volume);
         // SAFETY: FltObjectDereference (fltkernel.h): drops the volume
         // reference FltGetVolumeFromName added.
         unsafe { FltObjectDereference(volume as *mut c_void) };
+        instance
+    }
+
+    /// Our instance on `volume` (which the caller holds a reference to).
+    /// IRQL <= APC_LEVEL.
+    fn for_volume(volume: PFLT_VOLUME) -> Result<Self, NTSTATUS> {
+        let mut instance: PFLT_INSTANCE = 0;
+        // SAFETY: FltGetVolumeInstanceFromName (fltkernel.h,
+        // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumeinstancefromname):
+        // a referenced volume; a null instance name picks our
+        // highest-altitude instance on it, referenced. IRQL <= APC_LEVEL.
+        let status = unsafe {
+            FltGetVolumeInstanceFromName(
+                filter_callbacks::filter(),
+                volume,
+                core::ptr::null(),
+                &mut instance,
+            )
+        };
         if nt_success(status) {
             Ok(InstanceRef(instance))
         } else {
@@ -1006,6 +1018,13 @@ struct Dir {
     file: OpenFile,
     /// Length of `Scan::path` (UTF-16 units) naming this directory.
     path_len: usize,
+    /// Our instance on this directory's volume.
+    instance: PFLT_INSTANCE,
+    /// For the root of a volume entered through a mount point
+    /// (`CROSS_MOUNTS`): the walk's path before it, put back when this
+    /// directory is done (names on the mounted volume are its own device
+    /// name's, as the filter reports them).
+    saved_path: Option<Vec<u16>>,
 }
 
 /// An `OnDemand` event sent, its file kept open until its verdict.
@@ -1033,6 +1052,14 @@ struct Scan {
     /// `path`, which the walk leaves alone meanwhile. The root, when it is
     /// a file, starts here.
     pending_file: Option<OpenFile>,
+    /// Our instances on the volumes entered through mount points
+    /// (`CROSS_MOUNTS`), referenced until the scan ends (files sent from
+    /// them may still be read).
+    mounts: Vec<InstanceRef>,
+    /// Device names of the volumes walked (the root's first): a volume is
+    /// entered once, so two mount points of one volume, or a volume
+    /// mounted inside itself, cannot loop.
+    volumes_seen: Vec<Vec<u16>>,
     sent: Vec<Sent>,
     counters: ScanCounters,
     last_progress: Instant,
@@ -1107,6 +1134,8 @@ impl Scan {
                 stack.push(Dir {
                     file: root,
                     path_len,
+                    instance: instance.0,
+                    saved_path: None,
                 });
                 (None, reparse)
             }
@@ -1114,6 +1143,16 @@ impl Scan {
             None => return Err(fail(STATUS_UNSUCCESSFUL)),
         };
         let _ = reparse; // the root itself is where the host asked to start
+        let mut volumes_seen = Vec::new();
+        let root_volume = volume_name_len(&path).unwrap_or(path.len());
+        let mut root_name = Vec::new();
+        if root_name.try_reserve_exact(root_volume).is_err()
+            || volumes_seen.try_reserve_exact(MAX_MOUNTS + 1).is_err()
+        {
+            return Err(fail(STATUS_INSUFFICIENT_RESOURCES));
+        }
+        root_name.extend_from_slice(&path[..root_volume]);
+        volumes_seen.push(root_name);
         let mut counters = ScanCounters::default();
         if pending_file.is_some() {
             counters.files_seen = 1;
@@ -1138,6 +1177,8 @@ impl Scan {
             stack,
             path,
             pending_file,
+            mounts: Vec::new(),
+            volumes_seen,
             sent,
             counters,
             last_progress: kernel::now(),
@@ -1287,7 +1328,7 @@ impl Scan {
             let entry = match self.next_entry() {
                 Ok(Some(e)) => e,
                 Ok(None) => {
-                    self.stack.pop();
+                    self.pop_dir();
                     continue;
                 }
                 Err(status) => {
@@ -1298,7 +1339,7 @@ impl Scan {
                         "scan: a directory could not be listed"
                     );
                     self.counters.errors += 1;
-                    self.stack.pop();
+                    self.pop_dir();
                     continue;
                 }
             };
@@ -1325,37 +1366,36 @@ impl Scan {
                 continue;
             }
             if attributes & FILE_ATTRIBUTE_REPARSE_POINT != 0 {
-                // Symbolic links, junctions, mount points: never followed
-                // (§14.4), so the walk cannot loop or leave the volume.
-                // `CROSS_MOUNTS` is not supported yet on Windows: a
-                // mount point is a reparse point like the others.
+                // Symbolic links and junctions: never followed (§14.4), so
+                // the walk cannot loop. A volume mount point is entered
+                // with `CROSS_MOUNTS` only, as the root of that volume.
+                if attributes & FILE_ATTRIBUTE_DIRECTORY != 0
+                    && self.flags.contains(ScanFlags::CROSS_MOUNTS)
+                    && self.may_enter(agent)
+                {
+                    self.enter_mount();
+                }
                 continue;
             }
             if attributes & FILE_ATTRIBUTE_DIRECTORY != 0 {
-                let depth = self.stack.len(); // levels below the root + 1
-                if self.max_depth != 0 && depth > usize::from(self.max_depth) {
+                if !self.may_enter(agent) {
                     continue;
                 }
-                if depth > MAX_DEPTH {
-                    self.counters.errors += 1;
-                    continue;
-                }
-                if !self.flags.contains(ScanFlags::INCLUDE_EXCLUDED)
-                    && agent
-                        .live
-                        .read(|l| l.policy.path_excluded(PathRef::Utf16(&self.path)))
-                {
-                    continue;
-                }
+                let instance = self.current_instance();
                 match OpenFile::open(
-                    self.instance.0,
+                    instance,
                     &self.path,
                     FILE_LIST_DIRECTORY | FILE_TRAVERSE | FILE_READ_ATTRIBUTES,
                     FILE_DIRECTORY_FILE,
                 ) {
                     Ok(file) => {
                         let path_len = self.path.len();
-                        self.stack.push(Dir { file, path_len });
+                        self.stack.push(Dir {
+                            file,
+                            path_len,
+                            instance,
+                            saved_path: None,
+                        });
                     }
                     Err(_) => self.counters.errors += 1,
                 }
@@ -1381,7 +1421,7 @@ impl Scan {
                 continue;
             }
             match OpenFile::open(
-                self.instance.0,
+                self.current_instance(),
                 &self.path,
                 FILE_READ_DATA | FILE_READ_ATTRIBUTES,
                 FILE_NON_DIRECTORY_FILE,
@@ -1399,12 +1439,153 @@ impl Scan {
         }
     }
 
+    /// Our instance on the volume being walked (the top directory's; the
+    /// root's when the root is a file).
+    fn current_instance(&self) -> PFLT_INSTANCE {
+        self.stack.last().map_or(self.instance.0, |d| d.instance)
+    }
+
+    /// The top directory is done: closed, and the path before a mounted
+    /// volume's root put back.
+    fn pop_dir(&mut self) {
+        if let Some(dir) = self.stack.pop()
+            && let Some(saved) = dir.saved_path
+        {
+            self.path = saved;
+        }
+    }
+
+    /// Whether the directory at `self.path` is walked: within `max_depth`
+    /// and [`MAX_DEPTH`] (deeper is an error), not excluded (unless
+    /// `INCLUDE_EXCLUDED`).
+    fn may_enter(&mut self, agent: &Agent) -> bool {
+        let depth = self.stack.len(); // levels below the root + 1
+        if self.max_depth != 0 && depth > usize::from(self.max_depth) {
+            return false;
+        }
+        if depth > MAX_DEPTH {
+            self.counters.errors += 1;
+            return false;
+        }
+        self.flags.contains(ScanFlags::INCLUDE_EXCLUDED)
+            || !agent
+                .live
+                .read(|l| l.policy.path_excluded(PathRef::Utf16(&self.path)))
+    }
+
+    /// `CROSS_MOUNTS`: the reparse point at `self.path`, if it is a volume
+    /// mount point (`FSCTL_GET_REPARSE_POINT` names `\??\Volume{GUID}\`; a
+    /// junction names a directory and is never followed), is walked as the
+    /// root of that volume, under its device name, through our instance
+    /// there; each volume once ([`Scan::volumes_seen`]), at most
+    /// [`MAX_MOUNTS`] of them. PASSIVE_LEVEL.
+    fn enter_mount(&mut self) {
+        let here = self.current_instance();
+        let Ok(point) = OpenFile::open(here, &self.path, FILE_READ_ATTRIBUTES, FILE_DIRECTORY_FILE)
+        else {
+            self.counters.errors += 1;
+            return;
+        };
+        let target = mount_target(here, &point);
+        drop(point);
+        let Some(guid_name) = target else {
+            return; // a junction or a symbolic link
+        };
+        match self.open_mounted_volume(&guid_name) {
+            Ok(Some((instance, device, root))) => {
+                let path_len = device.len();
+                let saved = core::mem::replace(&mut self.path, device.clone());
+                crate::klog!(
+                    Level::Debug,
+                    routine::SESSION,
+                    "scan {}: entering the volume mounted at {} ({})",
+                    self.id,
+                    Utf16(&saved),
+                    Utf16(&device)
+                );
+                self.stack.push(Dir {
+                    file: root,
+                    path_len,
+                    instance: instance.0,
+                    saved_path: Some(saved),
+                });
+                self.mounts.push(instance);
+                self.volumes_seen.push(device);
+            }
+            Ok(None) => {} // walked already
+            Err(status) => {
+                crate::klog_status!(
+                    Level::Debug,
+                    routine::SESSION,
+                    status,
+                    "scan {}: the volume mounted at {} could not be entered",
+                    self.id,
+                    Utf16(&self.path)
+                );
+                self.counters.errors += 1;
+            }
+        }
+    }
+
+    /// Our instance on the volume `guid_name` names, its device name and
+    /// its root directory, opened; `None` when it was walked already.
+    fn open_mounted_volume(
+        &mut self,
+        guid_name: &[u16],
+    ) -> Result<Option<(InstanceRef, Vec<u16>, OpenFile)>, NTSTATUS> {
+        if self.mounts.len() >= MAX_MOUNTS {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
+        let name = unicode_string_for(guid_name).ok_or(STATUS_NAME_TOO_LONG)?;
+        let mut volume: PFLT_VOLUME = 0;
+        // SAFETY: FltGetVolumeFromName (fltkernel.h): our registered
+        // filter, a UNICODE_STRING over `guid_name` for the call; the
+        // volume comes back referenced. PASSIVE_LEVEL.
+        let status =
+            unsafe { FltGetVolumeFromName(filter_callbacks::filter(), &name, &mut volume) };
+        if !nt_success(status) {
+            return Err(status);
+        }
+        let found = volume_device_name(volume).and_then(|device| {
+            let seen = self.volumes_seen.iter().any(|v| {
+                v.len() == device.len() && v.iter().zip(&device).all(|(a, b)| fold(*a) == fold(*b))
+            });
+            if seen {
+                return Ok(None);
+            }
+            let instance = InstanceRef::for_volume(volume)?;
+            Ok(Some((instance, device)))
+        });
+        // SAFETY: FltObjectDereference (fltkernel.h): drops the reference
+        // FltGetVolumeFromName added (the instance holds its own).
+        unsafe { FltObjectDereference(volume as *mut c_void) };
+        let Some((instance, device)) = found? else {
+            return Ok(None);
+        };
+        if device.len() + 1 > PATH_UNITS {
+            return Err(STATUS_NAME_TOO_LONG);
+        }
+        let mut root_name = Vec::new();
+        root_name
+            .try_reserve_exact(device.len() + 1)
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        root_name.extend_from_slice(&device);
+        root_name.push(u16::from(b'\\'));
+        let root = OpenFile::open(
+            instance.0,
+            &root_name,
+            FILE_LIST_DIRECTORY | FILE_TRAVERSE | FILE_READ_ATTRIBUTES,
+            FILE_DIRECTORY_FILE,
+        )?;
+        Ok(Some((instance, device, root)))
+    }
+
     /// Sends the opened file at `self.path[..len]` as an `OnDemand` event.
     /// `false` when there is no room now: the file waits in
     /// `pending_file` and the walk stops for this turn.
     fn offer_file(&mut self, _agent: &Agent, file: OpenFile, len: usize) -> bool {
-        let Some(identity) = filter_callbacks::file_identity(self.instance.0, file.file_object)
-        else {
+        let instance = self.current_instance();
+        let Some(identity) = filter_callbacks::file_identity(instance, file.file_object) else {
             self.counters.errors += 1;
             return true;
         };
@@ -1419,7 +1600,7 @@ impl Scan {
         let offer = OnDemandFile {
             file: identity,
             path: &bytes,
-            instance: self.instance.0,
+            instance,
             file_object: file.file_object,
         };
         match session_worker::submit_on_demand(self.generation, self.max_in_flight, &offer) {
@@ -1452,7 +1633,7 @@ impl Scan {
         // from the file object's position. PASSIVE_LEVEL.
         let status = unsafe {
             FltQueryDirectoryFile(
-                self.instance.0,
+                top.instance,
                 top.file.file_object,
                 self.dir_buffer.as_mut_ptr().cast(),
                 DIR_BUFFER as u32,
@@ -1479,6 +1660,96 @@ impl Scan {
         }
         Ok(Some((attributes, size, name_bytes / 2)))
     }
+}
+
+/// ASCII case folding of one UTF-16 unit (volume names).
+fn fold(u: u16) -> u16 {
+    if (u16::from(b'A')..=u16::from(b'Z')).contains(&u) {
+        u + 32
+    } else {
+        u
+    }
+}
+
+/// `FSCTL_GET_REPARSE_POINT` (winioctl.h) and `IO_REPARSE_TAG_MOUNT_POINT`
+/// (ntifs.h): junctions and volume mount points share the tag.
+const FSCTL_GET_REPARSE_POINT: u32 = 0x0009_00A8;
+const IO_REPARSE_TAG_MOUNT_POINT: u32 = 0xA000_0003;
+/// Reparse data read for a mount point: its header, the four name fields
+/// and a volume GUID name fit many times over (longer data is not a
+/// volume mount point we enter).
+const REPARSE_BUFFER: usize = 1024;
+/// Volumes a scan enters through mount points, at most.
+const MAX_MOUNTS: usize = 16;
+
+/// The volume GUID name (`\??\Volume{...}`, without its last backslash)
+/// a mount point names, `None` for a junction (a directory), a symbolic
+/// link or anything unreadable. REPARSE_DATA_BUFFER (ntifs.h,
+/// learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/ns-ntifs-_reparse_data_buffer):
+/// ReparseTag (u32), ReparseDataLength (u16), Reserved (u16), then the
+/// MountPointReparseBuffer's SubstituteNameOffset, SubstituteNameLength,
+/// PrintNameOffset, PrintNameLength (u16 each, bytes into PathBuffer, at
+/// 16). PASSIVE_LEVEL.
+fn mount_target(instance: PFLT_INSTANCE, point: &OpenFile) -> Option<Vec<u16>> {
+    let mut buf: Vec<u8> = Vec::new();
+    buf.try_reserve_exact(REPARSE_BUFFER).ok()?;
+    buf.resize(REPARSE_BUFFER, 0);
+    let mut returned = 0u32;
+    // SAFETY: FltFsControlFile (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltfscontrolfile):
+    // our instance and our open file object (the reparse point itself,
+    // FILE_OPEN_REPARSE_POINT); no input; an output buffer of
+    // REPARSE_BUFFER bytes we own. PASSIVE_LEVEL.
+    let status = unsafe {
+        FltFsControlFile(
+            instance,
+            point.file_object,
+            FSCTL_GET_REPARSE_POINT,
+            core::ptr::null(),
+            0,
+            buf.as_mut_ptr().cast(),
+            REPARSE_BUFFER as u32,
+            &mut returned,
+        )
+    };
+    if !nt_success(status) {
+        return None;
+    }
+    let data = buf.get(..returned as usize)?;
+    let u16_at = |o: usize| Some(u16::from_le_bytes([*data.get(o)?, *data.get(o + 1)?]));
+    let tag = u32::from_le_bytes([*data.first()?, *data.get(1)?, *data.get(2)?, *data.get(3)?]);
+    if tag != IO_REPARSE_TAG_MOUNT_POINT {
+        return None;
+    }
+    let offset = usize::from(u16_at(8)?);
+    let len = usize::from(u16_at(10)?);
+    let name = data.get(16 + offset..16 + offset + len)?;
+    let units: Vec<u16> = name
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    volume_guid_name(&units)
+}
+
+/// `\??\Volume{...}` (an optional last backslash dropped), or `None`.
+fn volume_guid_name(units: &[u16]) -> Option<Vec<u16>> {
+    let prefix = "\\??\\Volume{";
+    let mut it = units.iter();
+    for b in prefix.bytes() {
+        if fold(*it.next()?) != fold(u16::from(b)) {
+            return None;
+        }
+    }
+    let end = units.iter().position(|&u| u == u16::from(b'}'))?;
+    match &units[end + 1..] {
+        [] => {}
+        [u] if *u == u16::from(b'\\') => {}
+        _ => return None,
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(end + 1).ok()?;
+    out.extend_from_slice(&units[..=end]);
+    Some(out)
 }
 
 /// Whether the opened file is a directory, and a reparse point

@@ -45,6 +45,9 @@ STATUS_END_OF_FILE = 0xC0000011
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_OBJECT_NAME_COLLISION = 0xC0000035
 STATUS_OBJECT_NAME_INVALID = 0xC0000033
+STATUS_NOT_A_REPARSE_POINT = 0xC0000275
+FSCTL_GET_REPARSE_POINT = 0x000900A8
+IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003
 STATUS_FILE_IS_A_DIRECTORY = 0xC00000BA
 
 FLT_PREOP_SUCCESS_WITH_CALLBACK = 0
@@ -224,9 +227,13 @@ class FileNode:
 
 
 class Volume:
-    def __init__(self, fm, name="\\Device\\HarddiskVolume3", serial=0x1C2D_3E4F_5A6B_7C8D, sector=512, label="Data"):
+    def __init__(self, fm, name="\\Device\\HarddiskVolume3", serial=0x1C2D_3E4F_5A6B_7C8D, sector=512, label="Data",
+                 guid_name=None):
         self.fm = fm
         self.name = name
+        # Its volume GUID name ("\\??\\Volume{...}", no trailing backslash),
+        # what a volume mount point's reparse data names, or None.
+        self.guid_name = guid_name
         # Its drive letter (\GLOBAL??\C: -> name), or None.
         self.dos_name = "C:"
         self.serial = serial  # NTFS 64-bit serial; FILE_FS_VOLUME_INFORMATION has its low 32 bits
@@ -393,8 +400,13 @@ class FilterManager:
         self.filtering = False
         self.unregistered = False
         self.flt_objects = {}  # FLT_VOLUME / FLT_INSTANCE address -> {"kind", "refs"}
+        # The first volume and its instance (what most scenarios use), and
+        # every volume / instance (a second volume is mounted in a folder of
+        # the first in the cross-mounts scan).
         self.volume = None
         self.instance = None
+        self.volumes = []
+        self.instances = []
         self.contexts = {}  # context address -> Context
         self.file_objects = {}  # FILE_OBJECT address -> FileObj
         self.callback_data = {}  # FLT_CALLBACK_DATA address -> CallbackData
@@ -411,6 +423,7 @@ class FilterManager:
         self.set_infos = []  # FltSetInformationFile calls
         self.writes = []  # FltWriteFile calls (the driver's own files)
         self.volume_lookups = []  # FltGetVolumeFromName names
+        self.fs_controls = []  # FltFsControlFile calls
         self.flushes = []  # FltFlushBuffers calls
         self.dir_queries = 0  # FltQueryDirectoryFile calls
         self.push_locks = {}  # address -> {"shared": set(tid), "exclusive": tid or None}
@@ -526,8 +539,9 @@ class FilterManager:
         (f,) = m.args(1)
         if f != self.filter or self.unregistered:
             raise EmulationError("FltUnregisterFilter with an unknown or already unregistered handle")
-        if self.instance is not None and self.instance.attached and not self.instance.torn_down:
-            self._teardown(self.instance, FLTFL_INSTANCE_TEARDOWN_FILTER_UNLOAD)
+        for inst in self.instances:
+            if inst.attached and not inst.torn_down:
+                self._teardown(inst, FLTFL_INSTANCE_TEARDOWN_FILTER_UNLOAD)
         self.unregistered = True
         self.filtering = False
         m.system.free(f)
@@ -539,10 +553,33 @@ class FilterManager:
         return SYSTEM_TIME_BASE + self.m.now
 
     def add_volume(self, **kw):
-        if self.volume is not None:
-            raise EmulationError("the emulated Filter Manager has one volume")
-        self.volume = Volume(self, **kw)
-        return self.volume
+        vol = Volume(self, **kw)
+        if any(v.name.lower() == vol.name.lower() for v in self.volumes):
+            raise EmulationError(f"two volumes named {vol.name}")
+        self.volumes.append(vol)
+        if self.volume is None:
+            self.volume = vol
+        else:
+            vol.dos_name = None  # only the first volume has a drive letter
+        return vol
+
+    def _volume_named(self, name):
+        """The volume FltGetVolumeFromName finds for ``name``: its device
+        name, its drive letter ("D:", "\\??\\D:", "\\DosDevices\\D:") or
+        its volume GUID name ("\\??\\Volume{...}")."""
+        low = name.lower()
+        dos = low
+        for prefix in ("\\??\\", "\\dosdevices\\"):
+            if dos.startswith(prefix):
+                dos = dos[len(prefix):]
+        for v in self.volumes:
+            if low == v.name.lower():
+                return v
+            if v.dos_name and dos == v.dos_name.lower():
+                return v
+            if v.guid_name and low == v.guid_name.lower():
+                return v
+        return None
 
     def _related_objects(self, instance, fo_addr):
         m = self.m
@@ -555,15 +592,20 @@ class FilterManager:
         )
         return objs
 
-    def attach(self):
-        """Mounts the volume under the filter: a new instance, the
-        registered InstanceSetupCallback on a thread of its own (automatic
-        attachment, disk file system, NTFS). Returns the Sequence."""
+    def attach(self, volume=None):
+        """Mounts ``volume`` (default: the first) under the filter: a new
+        instance, the registered InstanceSetupCallback on a thread of its
+        own (automatic attachment, disk file system, NTFS). Returns the
+        Sequence."""
+        volume = volume or self.volume
         if not self.filtering:
             raise EmulationError("attach before FltStartFiltering")
-        if self.instance is not None:
-            raise EmulationError("the emulated Filter Manager attaches one instance")
-        inst = self.instance = Instance(self, self.volume)
+        if any(i.volume is volume for i in self.instances):
+            raise EmulationError(f"an instance on {volume.name} exists already")
+        inst = Instance(self, volume)
+        self.instances.append(inst)
+        if self.instance is None:
+            self.instance = inst
         rec = {"op": "instance-setup", "status": None}
         self.ops.append(rec)
 
@@ -623,8 +665,8 @@ class FilterManager:
             self._release(ctx)
 
     def _instance(self, addr, what):
-        inst = self.instance
-        if inst is None or addr != inst.addr:
+        inst = next((i for i in self.instances if i.addr == addr), None)
+        if inst is None:
             raise EmulationError(f"{what}: {addr:#x} is not an instance of this filter")
         if inst.torn_down:
             raise EmulationError(f"{what}: the instance was torn down")
@@ -664,8 +706,8 @@ class FilterManager:
 
     def api_FltGetVolumeProperties(self, m):
         vol_addr, props, length, returned = m.args(4)
-        vol = self.volume
-        if vol is None or vol_addr != vol.addr:
+        vol = next((v for v in self.volumes if v.addr == vol_addr), None)
+        if vol is None:
             raise EmulationError(f"FltGetVolumeProperties({vol_addr:#x}): not a volume")
         names = ["\\FileSystem\\Ntfs", "\\Ntfs", vol.name]
         blobs = [n.encode("utf-16-le") for n in names]
@@ -997,7 +1039,7 @@ class FilterManager:
         if fo.node is None:
             raise EmulationError("FltGetFileNameInformation in pre-create: not modelled")
         node = self._opened(fo, "FltGetFileNameInformation")
-        full = self.volume.name + (node.path if fmt == FLT_FILE_NAME_NORMALIZED else fo.path)
+        full = node.volume.name + (node.path if fmt == FLT_FILE_NAME_NORMALIZED else fo.path)
         blob = full.encode("utf-16-le")
         info = m.system.alloc(L.FFNI_SIZE + len(blob), tag=b"FMfn")
         m.write(info, b"\0" * L.FFNI_SIZE)
@@ -1007,7 +1049,7 @@ class FilterManager:
         m.w16(info + L.FFNI_NAMES_PARSED, 0)
         m.w32(info + L.FFNI_FORMAT, fmt)
         m.write(info + L.FFNI_NAME, struct.pack("<HHIQ", len(blob), len(blob), 0, buf))
-        vol = len(self.volume.name) * 2
+        vol = len(node.volume.name) * 2
         m.write(info + L.FFNI_VOLUME, struct.pack("<HHIQ", vol, vol, 0, buf))
         self.names[info] = {"refs": 1, "text": full}
         m.w64(out, info)
@@ -1020,7 +1062,7 @@ class FilterManager:
             raise EmulationError(f"FltParseFileNameInformation({info:#x}): not a referenced name from FltGetFileNameInformation")
         full = n["text"]
         buf = m.r64(info + L.FFNI_NAME + 8)
-        vol = len(self.volume.name)
+        vol = m.r16(info + L.FFNI_VOLUME) // 2
         rest = full[vol:]
         last = rest.rfind("\\")
         parent_at, final_at = vol, vol + last + 1
@@ -1070,7 +1112,7 @@ class FilterManager:
             rec["end_of_file"] = len(node.data)
             self.k.emit("flt-query-info", **rec)
         if klass == L.FILE_ID_INFORMATION_CLASS:
-            data = struct.pack("<QQQ", self.volume.serial, node.file_id, 0)
+            data = struct.pack("<QQQ", node.volume.serial, node.file_id, 0)
         elif klass == L.FILE_INTERNAL_INFORMATION_CLASS:
             data = struct.pack("<Q", node.file_id)
         elif klass == L.FILE_STANDARD_INFORMATION_CLASS:
@@ -1165,17 +1207,11 @@ class FilterManager:
         if f != self.filter:
             raise EmulationError("FltGetVolumeFromName with a handle FltRegisterFilter did not return")
         name = m.unicode_string(name_ptr)
-        vol = self.volume
-        # The forms the documentation lists: "\Device\HarddiskVolume1",
-        # "\DosDevices\D:", "\??\D:", "D:".
-        dos = name
-        for prefix in ("\\??\\", "\\dosdevices\\"):
-            if dos.lower().startswith(prefix):
-                dos = dos[len(prefix):]
         self.volume_lookups.append(name)
+        # The forms the documentation lists: "\Device\HarddiskVolume1",
+        # "\DosDevices\D:", "\??\D:", "D:"; and a volume GUID name.
+        vol = self._volume_named(name)
         if vol is None:
-            return STATUS_FLT_VOLUME_NOT_FOUND
-        if name.lower() != vol.name.lower() and not (vol.dos_name and dos.lower() == vol.dos_name.lower()):
             return STATUS_FLT_VOLUME_NOT_FOUND
         self.flt_objects[vol.addr]["refs"] += 1
         m.w64(out, vol.addr)
@@ -1183,8 +1219,8 @@ class FilterManager:
 
     def api_FltGetVolumeName(self, m):
         vol_addr, us, needed_out = m.args(3)
-        vol = self.volume
-        if vol is None or vol_addr != vol.addr:
+        vol = next((v for v in self.volumes if v.addr == vol_addr), None)
+        if vol is None:
             raise EmulationError("FltGetVolumeName: not a volume Filter Manager gave")
         if self.flt_objects[vol_addr]["refs"] < 2:
             raise EmulationError("FltGetVolumeName on a volume the caller holds no reference to")
@@ -1202,19 +1238,20 @@ class FilterManager:
 
     def api_FltGetVolumeInstanceFromName(self, m):
         f, vol_addr, name_ptr, out = m.args(4)
-        if f != self.filter or self.volume is None or vol_addr != self.volume.addr:
+        vol = next((v for v in self.volumes if v.addr == vol_addr), None)
+        if f != self.filter or vol is None:
             raise EmulationError("FltGetVolumeInstanceFromName: not our filter or volume")
         o = self.flt_objects[vol_addr]
         if o["refs"] < 2:
             raise EmulationError("FltGetVolumeInstanceFromName on a volume the caller holds no reference to")
-        inst = self.instance
+        inst = next((i for i in self.instances if i.volume is vol), None)
         if inst is None or not inst.attached or inst.torn_down:
             return STATUS_FLT_INSTANCE_NOT_FOUND
         self.flt_objects[inst.addr]["refs"] += 1
         m.w64(out, inst.addr)
         return STATUS_SUCCESS
 
-    def _resolve(self, path, options, parent_only=False):
+    def _resolve(self, vol, path, options, parent_only=False):
         """The file system's path walk for an open below the filter: the
         node, or an error status. A reparse point on the way (or at the
         end without FILE_OPEN_REPARSE_POINT) would be followed: the model
@@ -1222,7 +1259,6 @@ class FilterManager:
         junction fails the scenario. "\\" is the root directory. With
         ``parent_only`` the walk stops at the last component's directory
         (a create): that directory's node, or an error."""
-        vol = self.volume
         parts = [p for p in path.split("\\") if p]
         if not parts:
             return (None, STATUS_OBJECT_NAME_INVALID) if parent_only else (vol.root, STATUS_SUCCESS)
@@ -1285,7 +1321,7 @@ class FilterManager:
             raise EmulationError(f"FltCreateFileEx2 disposition {disposition}: not modelled")
         created = False
         if disposition == FILE_CREATE:
-            parent, status = self._resolve(path, options, parent_only=True)
+            parent, status = self._resolve(vol, path, options, parent_only=True)
             node = None
             if parent is not None:
                 if not parent.directory or parent.reparse:
@@ -1299,7 +1335,7 @@ class FilterManager:
                     created = True
                     self.k.emit("file-created", path=path)
         else:
-            node, status = self._resolve(path, options)
+            node, status = self._resolve(vol, path, options)
         if node is not None and not created:
             if node.delete_pending:
                 status = STATUS_DELETE_PENDING
@@ -1372,9 +1408,9 @@ class FilterManager:
             m.w32(written_out, n)
         rec["status"] = status
         self.k.emit("flt-write", **rec)
-        if self.volume.write_latency_ms:
+        if node.volume.write_latency_ms:
             # A slow disk: the caller's thread waits that long.
-            w = Wait([], m.now + int(self.volume.write_latency_ms * 10_000))
+            w = Wait([], m.now + int(node.volume.write_latency_ms * 10_000))
             w.on_wake = lambda _status: status
             raise Park(w)
         return status
@@ -1407,7 +1443,7 @@ class FilterManager:
         length &= 0xFFFFFFFF
         rec = {"path": node.path, "class": klass, "thread": self._thread_name(), "t_ms": ms(m.now)}
         self.set_infos.append(rec)
-        vol = self.volume
+        vol = node.volume
         if klass == FILE_DISPOSITION_INFORMATION_EX_CLASS:
             if length < 4:
                 status = STATUS_INFO_LENGTH_MISMATCH
@@ -1470,7 +1506,7 @@ class FilterManager:
         if L.RENAME_NAME + nlen > length:
             return STATUS_INFO_LENGTH_MISMATCH
         name = m.read(buf + L.RENAME_NAME, nlen).decode("utf-16-le")
-        vol = self.volume
+        vol = node.volume
         if root:
             parent = self._own_handle(root, "FileRenameInformation RootDirectory")
             if "\\" in name or not name:
@@ -1484,7 +1520,7 @@ class FilterManager:
         rec["replace"] = replace
         if not fo.delete:
             return STATUS_ACCESS_DENIED
-        parent, status = self._resolve(target, FILE_OPEN_REPARSE_POINT, parent_only=True)
+        parent, status = self._resolve(vol, target, FILE_OPEN_REPARSE_POINT, parent_only=True)
         if parent is None:
             return status
         if not parent.directory or parent.reparse:
@@ -1499,6 +1535,40 @@ class FilterManager:
         node.path = target
         vol.files[target.lower()] = node
         self.k.emit("file-renamed", path=old, target=target)
+        return STATUS_SUCCESS
+
+    def api_FltFsControlFile(self, m):
+        """FSCTL_GET_REPARSE_POINT as NTFS answers it for a name-surrogate
+        mount point (junction or volume mount point): a REPARSE_DATA_BUFFER
+        with the MountPointReparseBuffer (substitute name, then print name,
+        each NUL-terminated), STATUS_BUFFER_OVERFLOW when it does not fit,
+        STATUS_NOT_A_REPARSE_POINT on anything else."""
+        inst_addr, fo_addr, code, inbuf, inlen, outbuf, outlen, returned = m.args(8)
+        self._instance(inst_addr, "FltFsControlFile")
+        fo = self._file_object(fo_addr, "FltFsControlFile")
+        node = self._opened(fo, "FltFsControlFile")
+        code &= 0xFFFFFFFF
+        outlen &= 0xFFFFFFFF
+        if code != FSCTL_GET_REPARSE_POINT:
+            raise EmulationError(f"FltFsControlFile code {code:#x}: not modelled")
+        self.fs_controls.append({"path": node.path, "code": code, "thread": self._thread_name()})
+        if returned:
+            m.w32(returned, 0)
+        if not node.reparse:
+            return STATUS_NOT_A_REPARSE_POINT
+        tag, target = node.reparse
+        if tag != IO_REPARSE_TAG_MOUNT_POINT:
+            raise EmulationError(f"FSCTL_GET_REPARSE_POINT of tag {tag:#x}: not modelled")
+        subst = target.encode("utf-16-le")
+        printed = b""
+        path = subst + b"\0\0" + printed + b"\0\0"
+        body = struct.pack("<HHHH", 0, len(subst), len(subst) + 2, len(printed)) + path
+        data = struct.pack("<IHH", tag, len(body), 0) + body
+        if outlen < len(data):
+            return STATUS_BUFFER_OVERFLOW
+        m.write(outbuf, data)
+        if returned:
+            m.w32(returned, len(data))
         return STATUS_SUCCESS
 
     def api_FltQueryDirectoryFile(self, m):
@@ -1520,7 +1590,7 @@ class FilterManager:
         if restart & 0xFF:
             fo.dir_pos = 0
         # "." and ".." first, as NTFS lists them, then the children by name
-        entries = [(".", node), ("..", node)] + [(c.path.rsplit("\\", 1)[1], c) for c in self.volume.children(node.path)]
+        entries = [(".", node), ("..", node)] + [(c.path.rsplit("\\", 1)[1], c) for c in node.volume.children(node.path)]
         if fo.dir_pos >= len(entries):
             if returned:
                 m.w32(returned, 0)
@@ -1540,9 +1610,9 @@ class FilterManager:
         m.write(buf, data)
         if returned:
             m.w32(returned, len(data))
-        if self.volume.list_latency_ms:
+        if node.volume.list_latency_ms:
             # A slow disk: the caller's thread waits that long for the entry.
-            w = Wait([], m.now + int(self.volume.list_latency_ms * 10_000))
+            w = Wait([], m.now + int(node.volume.list_latency_ms * 10_000))
             w.on_wake = lambda status: STATUS_SUCCESS
             raise Park(w)
         return STATUS_SUCCESS
@@ -1633,8 +1703,8 @@ class FilterManager:
             f.node is node and f.state == "open" and f is not fo for f in self.file_objects.values()
         ):
             # the last handle of a delete-pending file: the name goes now
-            if self.volume.files.get(node.path.lower()) is node:
-                self.volume.remove(node.path)
+            if node.volume.files.get(node.path.lower()) is node:
+                node.volume.remove(node.path)
             node.unlinked = True
             self.k.emit("file-removed", path=node.path, how="last-close")
         if node is not None and node.unlinked:

@@ -872,11 +872,19 @@ TREE_FILES = [
 ]
 
 
+VOL2 = "\\Device\\HarddiskVolume5"
+FIRST_GUID = "\\??\\Volume{3a0b0c0d-0000-0000-0000-100000000000}"
+MOUNTED_GUID = "\\??\\Volume{6b1c0d6e-0000-0000-0000-100000000000}"
+MOUNTED_FILES = [("\\inner\\x.com", EICAR), ("\\y.txt", CLEAN)]
+
+
 def scenario_actions_scan(driver, args, held):
     """A scan of a tree with nested directories, a junction back to the
-    tree (a loop if followed), a volume mount point (another volume), an
-    excluded directory and an excluded extension: it completes with the
-    right counters; then a scan of a larger tree is cancelled."""
+    tree (a loop if followed), a volume mount point (another volume, with a
+    mount point back to the first), an excluded directory and an excluded
+    extension: it completes with the right counters, without and with
+    cross_mounts; a drive-letter root; then a scan of a larger tree is
+    cancelled."""
     extra = {
         "excludePaths": multi_sz(VOL + TREE + "\\skip"),
         "excludeExtensions": multi_sz("log"),
@@ -884,7 +892,19 @@ def scenario_actions_scan(driver, args, held):
     big = [("\\Data\\big\\f%03d.txt" % i, pattern(100 + i)) for i in range(300)]
     w = actions_world(driver, args, held, TREE_FILES + big, extra, dirs=TREE_DIRS + ["\\Data\\big"])
     w.volume.add_reparse(TREE + "\\loop", IO_REPARSE_TAG_MOUNT_POINT, VOL + TREE)
-    w.volume.add_reparse(TREE + "\\mnt", IO_REPARSE_TAG_MOUNT_POINT, "\\??\\Volume{6b1c0d6e-0000-0000-0000-100000000000}\\")
+    w.volume.add_reparse(TREE + "\\mnt", IO_REPARSE_TAG_MOUNT_POINT, MOUNTED_GUID + "\\")
+    # The volume mounted there, with a mount point back to the first one
+    # (a loop if followed twice).
+    w.volume.guid_name = FIRST_GUID
+    v2 = w.flt.add_volume(name=VOL2, serial=0x5E5E_0000_1111_2222, label="Mounted", guid_name=MOUNTED_GUID)
+    v2.add_dir("\\inner")
+    for path, content in MOUNTED_FILES:
+        v2.add_file(path, content)
+    v2.add_reparse("\\back", IO_REPARSE_TAG_MOUNT_POINT, FIRST_GUID + "\\")
+    seq = w.flt.attach(v2)
+    w.run(until=lambda: seq.done, max_ms=1000)
+    if not seq.done:
+        raise EmulationError("the filter did not attach to the mounted volume")
     ctl = w.ctl
     guest = "thinagent.sys"
     done = ctl.ask({"cmd": "scan", "guest": guest, "path": VOL + TREE, "wait": True})
@@ -896,6 +916,13 @@ def scenario_actions_scan(driver, args, held):
         {"cmd": "scan", "guest": guest, "path": "C:" + TREE + "\\sub", "wait": True}
     )
     w.results["scan_no_such_drive"] = ctl.ask({"cmd": "scan", "guest": guest, "path": "Q:\\", "wait": True})
+    # With cross_mounts: the mounted volume is walked once, under its own
+    # device name; junctions and the mount point back are not followed.
+    w.results["scan_cross_mounts"] = ctl.ask(
+        {"cmd": "scan", "guest": guest, "path": VOL + TREE, "wait": True, "cross_mounts": True}
+    )
+    w.results["mounted_opens"] = sorted({o["path"] for o in w.flt.own_opens if o["path"].startswith(VOL2)})
+    w.results["fs_controls"] = sorted({c["path"] for c in w.flt.fs_controls})
     # A scan of 300 files on a slow disk (10 ms per directory entry),
     # cancelled once it reported progress.
     w.volume.list_latency_ms = 10
