@@ -680,6 +680,12 @@ class FilterManager:
             raise EmulationError(f"{what}: FILE_OBJECT {addr:#x} ({fo.path}) is already closed")
         return fo
 
+    def _opened_file(self, inst_addr, fo_addr, what):
+        """The instance, FILE_OBJECT and opened node an API call names."""
+        inst = self._instance(inst_addr, what)
+        fo = self._file_object(fo_addr, what)
+        return inst, fo, self._opened(fo, what)
+
     def _opened(self, fo, what):
         if fo.node is None:
             raise EmulationError(f"{what} on {fo.path} before the file system opened it (pre-create)")
@@ -1148,9 +1154,7 @@ class FilterManager:
         last one is zero). Non-cached reads must be sector-aligned in offset
         and length, and the buffer aligned to the device's alignment."""
         inst_addr, fo_addr, offset_ptr, length, buf, flags, read_out, callback, cb_ctx = m.args(9)
-        inst = self._instance(inst_addr, "FltReadFile")
-        fo = self._file_object(fo_addr, "FltReadFile")
-        node = self._opened(fo, "FltReadFile")
+        inst, fo, node = self._opened_file(inst_addr, fo_addr, "FltReadFile")
         length &= 0xFFFFFFFF
         flags &= 0xFFFFFFFF
         if callback:
@@ -1379,9 +1383,7 @@ class FilterManager:
         itself (a restore's temporary file): the data lands at the offset,
         the file grows as needed."""
         inst_addr, fo_addr, offset_ptr, length, buf, flags, written_out, callback, cb_ctx = m.args(9)
-        self._instance(inst_addr, "FltWriteFile")
-        fo = self._file_object(fo_addr, "FltWriteFile")
-        node = self._opened(fo, "FltWriteFile")
+        _inst, fo, node = self._opened_file(inst_addr, fo_addr, "FltWriteFile")
         length &= 0xFFFFFFFF
         flags &= 0xFFFFFFFF
         if callback:
@@ -1417,9 +1419,7 @@ class FilterManager:
 
     def api_FltFlushBuffers(self, m):
         inst_addr, fo_addr = m.args(2)
-        self._instance(inst_addr, "FltFlushBuffers")
-        fo = self._file_object(fo_addr, "FltFlushBuffers")
-        node = self._opened(fo, "FltFlushBuffers")
+        _inst, fo, node = self._opened_file(inst_addr, fo_addr, "FltFlushBuffers")
         self.flushes.append(node.path)
         return STATUS_SUCCESS if fo.write else STATUS_ACCESS_DENIED
 
@@ -1436,9 +1436,7 @@ class FilterManager:
 
     def api_FltSetInformationFile(self, m):
         inst_addr, fo_addr, buf, length, klass = m.args(5)
-        self._instance(inst_addr, "FltSetInformationFile")
-        fo = self._file_object(fo_addr, "FltSetInformationFile")
-        node = self._opened(fo, "FltSetInformationFile")
+        _inst, fo, node = self._opened_file(inst_addr, fo_addr, "FltSetInformationFile")
         klass &= 0xFFFFFFFF
         length &= 0xFFFFFFFF
         rec = {"path": node.path, "class": klass, "thread": self._thread_name(), "t_ms": ms(m.now)}
@@ -1544,9 +1542,7 @@ class FilterManager:
         each NUL-terminated), STATUS_BUFFER_OVERFLOW when it does not fit,
         STATUS_NOT_A_REPARSE_POINT on anything else."""
         inst_addr, fo_addr, code, inbuf, inlen, outbuf, outlen, returned = m.args(8)
-        self._instance(inst_addr, "FltFsControlFile")
-        fo = self._file_object(fo_addr, "FltFsControlFile")
-        node = self._opened(fo, "FltFsControlFile")
+        _inst, fo, node = self._opened_file(inst_addr, fo_addr, "FltFsControlFile")
         code &= 0xFFFFFFFF
         outlen &= 0xFFFFFFFF
         if code != FSCTL_GET_REPARSE_POINT:
@@ -1573,9 +1569,7 @@ class FilterManager:
 
     def api_FltQueryDirectoryFile(self, m):
         inst_addr, fo_addr, buf, length, klass, single, name_ptr, restart, returned = m.args(9)
-        self._instance(inst_addr, "FltQueryDirectoryFile")
-        fo = self._file_object(fo_addr, "FltQueryDirectoryFile")
-        node = self._opened(fo, "FltQueryDirectoryFile")
+        _inst, fo, node = self._opened_file(inst_addr, fo_addr, "FltQueryDirectoryFile")
         klass &= 0xFFFFFFFF
         length &= 0xFFFFFFFF
         if klass != FILE_DIRECTORY_INFORMATION_CLASS:
