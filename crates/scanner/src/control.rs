@@ -210,19 +210,38 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves the control socket until the task is dropped.
-pub async fn serve(listener: UnixListener, state: Arc<ControlState>) {
+/// Serves the control socket until `stop` turns true (or is dropped), then
+/// ends every client connection and waits until they are gone: when this
+/// returns, nothing of the service's state is held here any more (a
+/// service started again in the same process can take its locks).
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<ControlState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut clients = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(client(stream, state.clone()));
-            }
-            Err(e) => {
-                tracing::warn!("control socket accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Reap finished clients so the set stays small.
+                    while clients.try_join_next().is_some() {}
+                    clients.spawn(client(stream, state.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
             }
         }
     }
+    clients.abort_all();
+    while clients.join_next().await.is_some() {}
 }
 
 async fn client(stream: UnixStream, state: Arc<ControlState>) {

@@ -1172,9 +1172,12 @@ impl Service {
         if let Some(l) = self.metrics_listener {
             tasks.spawn(crate::metrics::serve(l, self.metrics.clone()));
         }
+        // The control socket stops on `stop_tx` and waits for its clients
+        // (they hold the service's state: the event sink's and the
+        // quarantine's locks go only with the last of them).
         #[cfg(unix)]
-        if let Some(l) = self.control {
-            tasks.spawn(crate::control::serve(
+        let control = self.control.map(|l| {
+            tokio::spawn(crate::control::serve(
                 l,
                 Arc::new(crate::control::ControlState {
                     guests: self.ctx.guests.clone(),
@@ -1182,8 +1185,9 @@ impl Service {
                     quarantine: self.ctx.quarantine.clone(),
                     observer: self.ctx.observer.clone(),
                 }),
-            ));
-        }
+                stop_rx.clone(),
+            ))
+        });
         if let Some(state) = self.state.clone() {
             let guests = self.ctx.guests.clone();
             tasks.spawn(async move {
@@ -1241,8 +1245,16 @@ impl Service {
         if drained.is_err() {
             tracing::warn!("sessions still open after {grace:?}; aborting them");
             set.abort_all();
+            // Until each is gone (an aborted task is dropped at its next
+            // poll): what they hold is released when `run` returns.
+            while set.join_next().await.is_some() {}
+        }
+        #[cfg(unix)]
+        if let Some(control) = control {
+            let _ = control.await;
         }
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
         if let Some(state) = self.state {
             let guests = self.ctx.guests.clone();
             match tokio::task::spawn_blocking(move || guests.save(&state)).await {

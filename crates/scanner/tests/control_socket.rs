@@ -732,3 +732,44 @@ async fn a_detection_is_quarantined_then_deleted_automatically() {
     guest_task.abort();
     running.shutdown().await;
 }
+
+/// A service stopped in a process can be started again at once with the
+/// same event queue and quarantine store, even while an admin's control
+/// connection is still open: `run` returns only when nothing holds their
+/// locks any more (the control clients are ended and awaited, aborted
+/// sessions and tasks are awaited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_service_starts_again_at_once_while_a_control_client_is_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let mut config: thinagent_scanner::config::Config = toml::from_str(&format!(
+        r#"
+        listen = ["tcp://127.0.0.1:0"]
+        [quarantine]
+        dir = "{q}"
+        [events]
+        file = "{e}"
+        queue_dir = "{d}"
+        "#,
+        q = dir.path().join("quarantine").display(),
+        e = dir.path().join("events.jsonl").display(),
+        d = dir.path().join("queue").display(),
+    ))
+    .unwrap();
+    config.control_socket = Some(socket.clone());
+    for round in 0..3 {
+        let running = Running::start(config.clone()).await;
+        // An admin's connection, left open across the stop.
+        let mut idle = UnixStream::connect(&socket).await.unwrap();
+        let out = control(&socket, serde_json::json!({"cmd": "guests"})).await;
+        assert_eq!(out[0]["ok"], true, "round {round}: {out:?}");
+        running.shutdown().await;
+        // The service closed it.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+            .await
+            .expect("the control connection is closed at the stop")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "round {round}");
+    }
+}
