@@ -587,6 +587,7 @@ where
         commands: None,
         replies: std::collections::HashMap::new(),
         audit_meta: std::collections::HashMap::new(),
+        guest_published: None,
     };
     let mut rbuf = vec![0u8; limits.read_buffer.max(4096)];
     let mut out: Vec<u8> = Vec::new();
@@ -747,6 +748,9 @@ struct Driver {
     /// What the audit line of an admin's or a policy's host action says,
     /// by request id (automatic remediations carry their own).
     audit_meta: std::collections::HashMap<u64, ActionAudit>,
+    /// When this guest's snapshot last went to the farm for a `Health`
+    /// change or a detection ([`crate::farm::GUEST_PUBLISH_GAP`]).
+    guest_published: Option<std::time::Instant>,
 }
 
 /// What a host action's audit line names, kept from its request to its end.
@@ -810,9 +814,14 @@ impl Driver {
                     } else {
                         self.ctx.observer.on_guest_connected(&self.guest, &info);
                         self.connected = Some(info);
+                        self.publish_guest("connected");
                     }
                 }
-                SessionEvent::Health(h) => self.ctx.guests.health(&self.guest, h),
+                SessionEvent::Health(h) => {
+                    if self.ctx.guests.health(&self.guest, h) {
+                        self.publish_guest_paced("health");
+                    }
+                }
                 SessionEvent::ActionDone { id, kind, outcome } => {
                     tracing::info!(
                         guest = %self.guest,
@@ -885,6 +894,7 @@ impl Driver {
                     self.ctx.observer.on_session_closed(&self.guest, &reason);
                     if let Some(serial) = self.serial.take() {
                         self.ctx.guests.disconnected(&self.guest, serial);
+                        self.publish_guest("disconnected");
                     }
                     self.commands = None;
                     self.closed = Some(reason);
@@ -894,6 +904,30 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Sends this guest's snapshot to the farm (when there is one), with
+    /// an events stream entry saying `why`.
+    fn publish_guest(&mut self, why: &'static str) {
+        let Some(farm) = &self.ctx.farm else { return };
+        if let Some(view) = self.ctx.guests.view(&self.guest.to_string()) {
+            farm.publish_guest(&view, Some(why));
+        }
+    }
+
+    /// [`publish_guest`](Self::publish_guest), at most once per
+    /// [`crate::farm::GUEST_PUBLISH_GAP`] (the periodic refresh carries a
+    /// change made sooner to the guest's hash).
+    fn publish_guest_paced(&mut self, why: &'static str) {
+        if self.ctx.farm.is_none()
+            || self
+                .guest_published
+                .is_some_and(|at| at.elapsed() < crate::farm::GUEST_PUBLISH_GAP)
+        {
+            return;
+        }
+        self.guest_published = Some(std::time::Instant::now());
+        self.publish_guest(why);
     }
 
     /// Sends the host's current guest policy, if one is set and the guest
@@ -1429,6 +1463,9 @@ impl Driver {
                 .then(|| threat.clone())
                 .flatten();
             self.audit_full(query, Some(decision), threat, engine, bytes, source);
+            if detected.is_some() {
+                self.publish_guest_paced("detection");
+            }
             if let Some(threat) = detected {
                 self.auto_remediate(query, threat, engine, content);
             }

@@ -473,13 +473,27 @@ impl GuestRegistry {
         }
     }
 
-    /// A `Health` report arrived.
-    pub fn health(&self, guest: &GuestId, health: Health) {
-        if let Some(e) = self.lock_mut().get_mut(&guest.to_string()) {
-            let now = SystemTime::now();
-            e.health = Some((health, now));
-            e.last_seen = now;
-        }
+    /// A `Health` report arrived; whether its state (on-access and scan
+    /// bits, fail mode, policy version) differs from the last report's
+    /// (the first report differs).
+    pub fn health(&self, guest: &GuestId, health: Health) -> bool {
+        let mut guests = self.lock_mut();
+        let Some(e) = guests.get_mut(&guest.to_string()) else {
+            return false;
+        };
+        let now = SystemTime::now();
+        let changed = e.health.as_ref().is_none_or(|(old, _)| {
+            (old.state, old.fail_mode, old.policy_version)
+                != (health.state, health.fail_mode, health.policy_version)
+        });
+        e.health = Some((health, now));
+        e.last_seen = now;
+        changed
+    }
+
+    /// One guest as [`list`](Self::list) shows it.
+    pub fn view(&self, identity: &str) -> Option<GuestView> {
+        self.lock().get(identity).map(view)
     }
 
     /// The policy of `version` went to `guest`.

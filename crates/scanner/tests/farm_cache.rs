@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -147,6 +148,43 @@ impl RedisServer {
     fn ttl(&self, key: &str) -> i64 {
         let mut c = self.sync_conn().expect("redis answers");
         redis::cmd("TTL").arg(key).query(&mut c).unwrap()
+    }
+
+    /// Every entry of the stream `key`, oldest first: its fields.
+    fn stream(&self, key: &str) -> Vec<HashMap<String, String>> {
+        let mut c = self.sync_conn().expect("redis answers");
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(&mut c)
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, kv)| kv.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect())
+            .collect()
+    }
+
+    /// Waits until the stream `key` has an entry for which `pred` holds;
+    /// every entry.
+    fn wait_stream(
+        &self,
+        key: &str,
+        pred: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> Vec<HashMap<String, String>> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let entries = self.stream(key);
+            if entries.iter().any(&pred) || Instant::now() > until {
+                return entries;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn hgetall(&self, key: &str) -> HashMap<String, String> {
+        let mut c = self.sync_conn().expect("redis answers");
+        redis::cmd("HGETALL").arg(key).query(&mut c).unwrap()
     }
 
     /// Waits until `pattern` matches at least `n` keys (the writes are
@@ -421,6 +459,97 @@ async fn two_scanners_share_verdicts_and_a_reload_rescans_but_keeps_detections()
     b.shutdown().await;
 }
 
+/// Every event of the sink's kinds, and a snapshot of each guest when it
+/// connects and goes, is an entry of the farm's stream naming the scanner;
+/// each guest has a hash (with its TTL) in the guest index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_guests_go_to_the_farm_stream() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let mut config = scanner_config(&pki, &redis, dir.path());
+    config.farm.scanner_name = Some("esx-a".into());
+    config.farm.guest_ttl_secs = 3_600;
+    let svc = Running::start(config).await;
+    wait_farm_up(&svc, 1.0).await;
+    let got = open_tcp(
+        &svc,
+        "desk-1",
+        &[
+            FileSpec::new("/home/u/eicar.com", 1, 1, EICAR),
+            FileSpec::new("/home/u/clean.txt", 2, 1, b"clean"),
+        ],
+    )
+    .await;
+    assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    let entries = redis.wait_stream("thinagent:events", |e| {
+        e.get("why").map(String::as_str) == Some("disconnected")
+    });
+    let kinds: Vec<&str> = entries.iter().map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "guest_connected",
+            "guest",
+            "detection",
+            "guest",
+            "guest_disconnected",
+            "guest"
+        ],
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().all(|e| e["scanner"] == "esx-a"),
+        "{entries:?}"
+    );
+    // The detection is the event sink's JSON.
+    let detection: serde_json::Value = serde_json::from_str(&entries[2]["event"]).unwrap();
+    assert_eq!(detection["type"], "detection");
+    assert_eq!(detection["threat"], "Eicar-Test-Signature");
+    assert_eq!(detection["guest"]["name"], "desk-1");
+    assert_eq!(detection["path"]["display"], "/home/u/eicar.com");
+    assert_eq!(detection["id"].as_str().map(str::len), Some(32));
+    assert_eq!(entries[3]["why"], "detection");
+    let with_detection: serde_json::Value = serde_json::from_str(&entries[3]["guest"]).unwrap();
+    assert_eq!(with_detection["connected"], true);
+    assert!(
+        with_detection["last_detection"]
+            .as_str()
+            .is_some_and(|d| d.contains("Eicar-Test-Signature")),
+        "{with_detection}"
+    );
+    // The guest's snapshot: the stream entry names its hash.
+    let gone = &entries[5];
+    let key = &gone["key"];
+    assert!(key.starts_with("thinagent:guest:esx-a:tcp"), "{key}");
+    let view: serde_json::Value = serde_json::from_str(&gone["guest"]).unwrap();
+    assert_eq!(view["name"], "desk-1");
+    assert_eq!(view["connected"], false);
+    assert_eq!(view["detections"], 1);
+    let hash = redis.hgetall(key);
+    assert_eq!(hash["scanner"], "esx-a");
+    assert_eq!(
+        hash["view"], gone["guest"],
+        "the hash holds the last snapshot"
+    );
+    let ttl = redis.ttl(key);
+    assert!((3_500..=3_600).contains(&ttl), "TTL {ttl}");
+    let mut c = redis.sync_conn().unwrap();
+    let index: Vec<String> = redis::cmd("ZRANGE")
+        .arg("thinagent:guests")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(index, [key.clone()]);
+    assert!(farm(&svc, "publish", "ok") >= 1.0);
+    assert_eq!(farm(&svc, "publish", "dropped"), 0.0);
+    assert_eq!(farm(&svc, "publish", "error"), 0.0);
+    svc.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     let Some(mut redis) = RedisServer::start() else {
@@ -472,6 +601,11 @@ async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     assert!(
         farm(&a, "content", "skipped") > skipped,
         "lookups tried while down"
+    );
+    assert!(
+        farm(&a, "publish", "skipped") >= 2.0,
+        "events (connected, disconnected) not counted while down: {}",
+        farm_lines(&a)
     );
 
     // Back (empty: it kept nothing): sharing resumes.
@@ -594,7 +728,7 @@ async fn a_full_redis_refuses_writes_and_nothing_else_changes() {
 }
 
 /// The ACL user docs/operations.md tells to create (its own prefix, only
-/// GET, MGET, SET and PING) is enough, with its password from
+/// the commands the scanner sends) is enough, with its password from
 /// `farm.password_file`; without the password Redis refuses and the
 /// scanner scans on, saying why once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,7 +737,7 @@ async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
     let acl = acl_dir.path().join("users.acl");
     std::fs::write(
         &acl,
-        "user thinagent on >s3cret-pw ~thinagent:* +get +mget +set +ping\n\
+        "user thinagent on >s3cret-pw ~thinagent:* +get +mget +set +ping +xadd +hset +expire +zadd +zremrangebyscore\n\
          user admin on >admin-pw ~* +@all\n\
          user default off\n",
     )
@@ -628,8 +762,15 @@ async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
     assert!(got[0].is_found("Eicar-Test-Signature"));
     assert_eq!(redis.wait_keys("thinagent:d:*", 1).len(), 1);
     assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    assert_eq!(redis.wait_keys("thinagent:guest:*", 1).len(), 1);
     assert_eq!(farm(&svc, "put", "error"), 0.0);
     svc.shutdown().await;
+    // Every write the scanner makes is allowed: the events, the guests.
+    let entries = redis.wait_stream("thinagent:events", |e| e["type"] == "guest_disconnected");
+    assert!(
+        entries.iter().any(|e| e["type"] == "detection"),
+        "{entries:?}"
+    );
 
     // A wrong password: refused, the scanner scans on.
     let wrong = dir.path().join("wrong-password");
