@@ -206,7 +206,7 @@ fn connect(s: &Settings) -> Result<redis::Connection> {
         let redis = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(redis);
     }
-    let client = redis::Client::open(info).with_context(|| format!("{shown}"))?;
+    let client = redis::Client::open(info).with_context(|| shown.clone())?;
     let check = "check the URL (--redis-url, or [farm] redis_url of --config), that Redis runs and \
                  this host may reach it (firewall; rediss:// for a TLS port), and the ACL user and \
                  its password (--password-file)";

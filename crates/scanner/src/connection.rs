@@ -678,6 +678,7 @@ enum WorkMessage {
         crate::cache::ContentKey,
         Option<crate::farm::FarmVerdict>,
         Vec<u8>,
+        crate::farm::FlightGuard,
     ),
 }
 
@@ -712,6 +713,10 @@ struct Work {
     bytes: u64,
     /// Bytes of this work counted in `Driver::buffered`.
     held: usize,
+    /// This query leads the farm lookup and scan of its content: dropped
+    /// (waking the others) once the verdict is in the local cache, or
+    /// when the work is dropped.
+    flight: Option<crate::farm::FlightGuard>,
 }
 
 struct Driver {
@@ -1077,6 +1082,7 @@ impl Driver {
                 feed: Feed::Buffer(Vec::new()),
                 bytes: 0,
                 held: 0,
+                flight: None,
             },
         );
         if let (Some(farm), Some(scope)) = (&self.ctx.farm, &self.farm_scope)
@@ -1126,9 +1132,40 @@ impl Driver {
                 return;
             };
             let digest = *set.farm_digest();
+            let flight = farm.content_flight(&key);
             runtime.spawn(async move {
+                let guard = match flight {
+                    crate::farm::Flight::Lead(guard) => guard,
+                    crate::farm::Flight::Follow(follower) => {
+                        follower.wait().await;
+                        if let Some(v) = ctx.caches.content.get(&key, set.generation(), now()) {
+                            let hit = WorkResult::ContentCacheHit(v);
+                            let _ = results.send(WorkMessage::Done(id, hit, Some(buf)));
+                            return;
+                        }
+                        // The leader gave up (its guest left, an engine
+                        // failed) or took too long: lead now, or follow
+                        // a newer leader once more at most.
+                        match farm.content_flight(&key) {
+                            crate::farm::Flight::Lead(guard) => guard,
+                            crate::farm::Flight::Follow(follower) => {
+                                follower.wait().await;
+                                if let Some(v) =
+                                    ctx.caches.content.get(&key, set.generation(), now())
+                                {
+                                    let hit = WorkResult::ContentCacheHit(v);
+                                    let _ = results.send(WorkMessage::Done(id, hit, Some(buf)));
+                                    return;
+                                }
+                                let result = WorkResult::Scanned(scan_complete(&set, &buf, key));
+                                let _ = results.send(WorkMessage::Done(id, result, Some(buf)));
+                                return;
+                            }
+                        }
+                    }
+                };
                 let found = farm.content(&key, &digest).await;
-                let _ = results.send(WorkMessage::FarmContent(id, key, found, buf));
+                let _ = results.send(WorkMessage::FarmContent(id, key, found, buf, guard));
             });
         };
         if on_task {
@@ -1145,18 +1182,23 @@ impl Driver {
         key: crate::cache::ContentKey,
         found: Option<crate::farm::FarmVerdict>,
         buf: Vec<u8>,
+        guard: crate::farm::FlightGuard,
     ) {
-        let Some(w) = self.work.get(&id) else {
+        let Some(w) = self.work.get_mut(&id) else {
             return;
         };
         let set = Arc::clone(&w.set);
         if let Some(found) = found {
             let v = found.to_cached(set.generation());
             self.ctx.caches.content.insert(key, v.clone(), now());
+            drop(guard);
             let hit = WorkMessage::Done(id, WorkResult::ContentCacheHit(v), Some(buf));
             self.on_work_message(hit);
             return;
         }
+        // Scanned here: the followers wait until the verdict is cached (or
+        // the work is dropped).
+        w.flight = Some(guard);
         if w.query.inline.whole_file
             && buf.len() <= self.ctx.limits.scan_on_task_max
             && !set.blocks()
@@ -1304,8 +1346,8 @@ impl Driver {
         match msg {
             WorkMessage::Consumed(id, n) => self.session.consumed(id, n),
             WorkMessage::FarmIdentity(id, found) => self.on_farm_identity(id, found),
-            WorkMessage::FarmContent(id, key, found, buf) => {
-                self.on_farm_content(id, key, found, buf);
+            WorkMessage::FarmContent(id, key, found, buf, guard) => {
+                self.on_farm_content(id, key, found, buf, guard);
             }
             WorkMessage::Quarantined(auto, stored) => match stored {
                 Ok(entry) => {

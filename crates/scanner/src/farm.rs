@@ -65,6 +65,7 @@
 //! (full: dropped), skipped while Redis is down, counted under
 //! `op="publish"` in `thinagent_scanner_farm_requests_total`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,7 +78,7 @@ use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use thinagent_protocol::FileIdentity;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::cache::{CachedVerdict, ContentKey};
 use crate::config::ConfigError;
@@ -561,7 +562,8 @@ impl Health {
 }
 
 /// Labels `op` (`content`, `identity`, `put`, `publish`, `ping`) and `result` (`hit`,
-/// `miss`, `ok`, `error`, `timeout`, `dropped`, `skipped`).
+/// `miss`, `ok`, `error`, `timeout`, `dropped`, `skipped`; `coalesced`: a
+/// content lookup that waited for the same content's lookup or scan).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpResultLabel {
     /// The request.
@@ -581,9 +583,13 @@ pub struct FarmMetrics {
 
 impl FarmMetrics {
     fn count(&self, op: &'static str, result: &'static str) {
+        self.count_n(op, result, 1);
+    }
+
+    fn count_n(&self, op: &'static str, result: &'static str, n: usize) {
         self.requests
             .get_or_create(&OpResultLabel { op, result })
-            .inc();
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 }
 
@@ -708,7 +714,59 @@ pub struct Farm {
     guest_ttl_secs: u64,
     writes: mpsc::Sender<Batch>,
     shared: Arc<Shared>,
+    /// Contents this scanner is looking up or scanning now
+    /// ([`Farm::content_flight`]).
+    inflight: Arc<Mutex<HashMap<ContentKey, watch::Receiver<()>>>>,
 }
+
+/// What a local content-cache miss does in a farm ([`Farm::content_flight`]).
+#[derive(Debug)]
+pub enum Flight {
+    /// The first: look the content up in Redis, scan it on a miss, put the
+    /// verdict in the local cache, then drop the guard.
+    Lead(FlightGuard),
+    /// Another query of this scanner is at it: [`Follower::wait`], then
+    /// read the local cache.
+    Follow(Follower),
+}
+
+/// Held by the query that looks up and scans a content; dropping it (the
+/// verdict is in the local cache, or the query is gone) wakes the
+/// followers.
+#[derive(Debug)]
+pub struct FlightGuard {
+    key: ContentKey,
+    inflight: Arc<Mutex<HashMap<ContentKey, watch::Receiver<()>>>>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Waits for a [`FlightGuard`] of the same content.
+#[derive(Debug)]
+pub struct Follower {
+    done: watch::Receiver<()>,
+    limit: Duration,
+}
+
+impl Follower {
+    /// Until the leader is done, at most the farm deadline plus
+    /// [`FOLLOW_SLACK`].
+    pub async fn wait(mut self) {
+        let _ = tokio::time::timeout(self.limit, self.done.changed()).await;
+    }
+}
+
+/// How much longer than the farm deadline a follower waits for its leader
+/// (its scan), before it looks up and scans by itself.
+pub const FOLLOW_SLACK: Duration = Duration::from_secs(2);
 
 /// One write of the queue.
 #[derive(Debug)]
@@ -831,7 +889,31 @@ impl Farm {
             guest_ttl_secs: config.guest_ttl_secs,
             writes,
             shared,
+            inflight: Arc::default(),
         })))
+    }
+
+    /// Single flight per content and scanner, for local content-cache
+    /// misses: in a logon storm many desktops of one host open the same
+    /// file at once, and each would otherwise wait for Redis, miss (the
+    /// verdict is not there yet) and scan. The first leads; the others
+    /// wait for it and find its verdict in the local cache.
+    pub fn content_flight(&self, key: &ContentKey) -> Flight {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = inflight.get(key) {
+            self.shared.metrics.count("content", "coalesced");
+            return Flight::Follow(Follower {
+                done: done.clone(),
+                limit: self.deadline + FOLLOW_SLACK,
+            });
+        }
+        let (tx, rx) = watch::channel(());
+        inflight.insert(*key, rx);
+        Flight::Lead(FlightGuard {
+            key: *key,
+            inflight: Arc::clone(&self.inflight),
+            _done: tx,
+        })
     }
 
     /// This scanner's name in the farm (`farm.scanner_name`).
@@ -1080,8 +1162,13 @@ fn pipeline(ops: &[Op], c: &WriterConfig) -> redis::Pipeline {
     pipe
 }
 
-/// The writer task: one pipeline per batch, and a `PING` every
-/// [`PROBE_INTERVAL`]. Ends when the [`Farm`] is dropped.
+/// Most queued batches sent as one pipeline.
+const PIPELINE_BATCHES: usize = 64;
+
+/// The writer task: the queued batches in pipelines (up to
+/// [`PIPELINE_BATCHES`] of one op each: a storm's many verdicts cost few
+/// round trips), and a `PING` every [`PROBE_INTERVAL`]. Ends when the
+/// [`Farm`] is dropped.
 async fn writer(
     mut conn: ConnectionManager,
     shared: Arc<Shared>,
@@ -1093,32 +1180,25 @@ async fn writer(
     loop {
         tokio::select! {
             batch = rx.recv() => {
-                let Some(batch) = batch else { return };
-                let op = batch.op;
-                if !shared.usable() {
-                    shared.metrics.count(op, "skipped");
-                    continue;
+                let Some(first) = batch else { return };
+                let (op, mut ops, mut n) = (first.op, first.ops, 1);
+                let mut other = None;
+                while n < PIPELINE_BATCHES {
+                    match rx.try_recv() {
+                        Ok(b) if b.op == op => {
+                            ops.extend(b.ops);
+                            n += 1;
+                        }
+                        Ok(b) => {
+                            other = Some(b);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                let pipe = pipeline(&batch.ops, &config);
-                let r = tokio::time::timeout(
-                    WRITE_DEADLINE,
-                    pipe.query_async::<Vec<redis::Value>>(&mut conn),
-                )
-                .await
-                // A refused SET (OOM, NOPERM) is an error reply inside the
-                // pipeline's answer, not an error of the whole request.
-                .map(|r| {
-                    r.and_then(|replies| {
-                        replies.into_iter().try_for_each(|reply| match reply {
-                            redis::Value::ServerError(e) => Err(e.into()),
-                            _ => Ok(()),
-                        })
-                    })
-                });
-                if shared.outcome(op, r).is_some() {
-                    shared.metrics.count(op, "ok");
-                    let c = shared.health().write_result(None);
-                    shared.report(c);
+                write(&mut conn, &shared, &config, op, &ops, n).await;
+                if let Some(b) = other {
+                    write(&mut conn, &shared, &config, b.op, &b.ops, 1).await;
                 }
             }
             _ = probe.tick() => {
@@ -1132,6 +1212,39 @@ async fn writer(
                 let _ = shared.outcome("ping", r);
             }
         }
+    }
+}
+
+/// Sends `ops` (`batches` queued batches of `op`) as one pipeline.
+async fn write(
+    conn: &mut ConnectionManager,
+    shared: &Shared,
+    config: &WriterConfig,
+    op: &'static str,
+    ops: &[Op],
+    batches: usize,
+) {
+    if !shared.usable() {
+        shared.metrics.count_n(op, "skipped", batches);
+        return;
+    }
+    let pipe = pipeline(ops, config);
+    let r = tokio::time::timeout(WRITE_DEADLINE, pipe.query_async::<Vec<redis::Value>>(conn))
+        .await
+        // A refused SET (OOM, NOPERM) is an error reply inside the
+        // pipeline's answer, not an error of the whole request.
+        .map(|r| {
+            r.and_then(|replies| {
+                replies.into_iter().try_for_each(|reply| match reply {
+                    redis::Value::ServerError(e) => Err(e.into()),
+                    _ => Ok(()),
+                })
+            })
+        });
+    if shared.outcome(op, r).is_some() {
+        shared.metrics.count_n(op, "ok", batches);
+        let c = shared.health().write_result(None);
+        shared.report(c);
     }
 }
 

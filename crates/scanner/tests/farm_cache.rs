@@ -372,6 +372,75 @@ async fn events_and_guests_go_to_the_farm_stream() {
     svc.shutdown().await;
 }
 
+/// A logon storm on one scanner: desktops open the same files at once
+/// while Redis is slow to answer. Each content is scanned once: the first
+/// lookup of a content leads, the others wait for its verdict in the local
+/// cache instead of each missing in Redis and scanning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_on_one_scanner_scans_each_content_once() {
+    let Some(redis) = RedisServer::start_with(
+        vec!["--enable-debug-command".into(), "yes".into()],
+        String::new(),
+    ) else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let svc = Running::start(scanner_config(&pki, &redis, dir.path())).await;
+    wait_farm_up(&svc, 1.0).await;
+    // Redis stalls for 1 s (less than the 2 s lookup deadline): every
+    // lookup of the storm is in flight at once.
+    let mut stall = redis.sync_conn().unwrap();
+    let sleeper = std::thread::spawn(move || {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query::<()>(&mut stall)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let desk = |n: u64| {
+        vec![
+            FileSpec::new("/a.dll", 10 * n + 1, 1, &[0x41; 3000]),
+            FileSpec::new("/b.dll", 10 * n + 2, 1, &[0x42; 3000]),
+            FileSpec::new("/eicar.com", 10 * n + 3, 1, EICAR),
+        ]
+    };
+    let (d1, d2, d3, d4, d5, d6) = (desk(1), desk(2), desk(3), desk(4), desk(5), desk(6));
+    let got = tokio::join!(
+        open_tcp(&svc, "desk-1", &d1),
+        open_tcp(&svc, "desk-2", &d2),
+        open_tcp(&svc, "desk-3", &d3),
+        open_tcp(&svc, "desk-4", &d4),
+        open_tcp(&svc, "desk-5", &d5),
+        open_tcp(&svc, "desk-6", &d6),
+    );
+    sleeper.join().unwrap();
+    for answers in [got.0, got.1, got.2, got.3, got.4, got.5] {
+        assert!(
+            answers[0].is_clean() && answers[1].is_clean(),
+            "{answers:?}"
+        );
+        assert!(answers[2].is_found("Eicar-Test-Signature"), "{answers:?}");
+    }
+    let queries = m(&svc, "thinagent_scanner_queries_total");
+    let hits = m(&svc, "thinagent_scanner_cache_hits_total{kind=\"content\"}")
+        + m(&svc, "thinagent_scanner_cache_hits_total{kind=\"guest\"}");
+    assert_eq!(queries, 18.0);
+    assert_eq!(
+        queries - hits,
+        3.0,
+        "engine scans: one per content\n{}",
+        farm_lines(&svc)
+    );
+    assert!(
+        farm(&svc, "content", "coalesced") >= 1.0,
+        "{}",
+        farm_lines(&svc)
+    );
+    svc.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     let Some(mut redis) = RedisServer::start() else {

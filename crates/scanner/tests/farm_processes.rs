@@ -9,6 +9,8 @@
 //!   detection stays served from the farm;
 //! * both scanners' events and guests are on the farm's stream and in its
 //!   guest hashes, and `thinagent-diag farm` lists them;
+//! * the scanners and `thinagent-diag` connect as the ACL users of
+//!   docs/operations.md, with their passwords in files;
 //! * Redis killed mid-run: every query is still answered by the host (the
 //!   guest's deadline would otherwise answer it) with the right verdict;
 //!   Redis back (empty): sharing resumes.
@@ -64,7 +66,7 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn start(name: &str, pki: &Pki, redis: &RedisServer, deadline_ms: u32) -> Self {
+    fn start(name: &str, pki: &Pki, farm: &Acl, deadline_ms: u32) -> Self {
         let signatures = tempfile::tempdir().unwrap();
         let logs = tempfile::tempdir().unwrap();
         let path = |p: PathBuf| p.display().to_string();
@@ -84,7 +86,9 @@ impl Scanner {
             "--metrics".to_owned(),
             "tcp://127.0.0.1:0".to_owned(),
             "--farm-redis-url".to_owned(),
-            redis.url(),
+            farm.url("thinagent"),
+            "--farm-password-file".to_owned(),
+            path(farm.password_file("thinagent")),
             "--farm-scanner-name".to_owned(),
             name.to_owned(),
             "--farm-deadline-ms".to_owned(),
@@ -170,14 +174,55 @@ fn answers(r: common::GuestReport) -> Vec<Answer> {
     r.answers.into_iter().map(Option::unwrap).collect()
 }
 
-/// `thinagent-diag farm ARGS --redis-url URL`.
-fn diag_farm(diag: &Path, redis: &RedisServer, args: &[&str]) -> Output {
+/// `thinagent-diag farm ARGS` as the reader ACL user.
+fn diag_farm(diag: &Path, acl: &Acl, args: &[&str]) -> Output {
     Command::new(diag)
         .arg("farm")
         .args(args)
-        .args(["--redis-url", &redis.url()])
+        .args(["--redis-url", &acl.url("farm-reader")])
+        .arg("--password-file")
+        .arg(acl.password_file("farm-reader"))
         .output()
         .expect("run thinagent-diag")
+}
+
+/// The ACL users docs/operations.md tells to create: the scanners' (only
+/// the commands they send, only their prefix) and the reader's
+/// (`thinagent-diag farm`), each with its password in a file.
+struct Acl {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Acl {
+    const USERS: &str = "user thinagent on >scanner-pw ~thinagent:* +get +mget +set +ping +xadd +hset +expire +zadd +zremrangebyscore\n\
+                         user farm-reader on >reader-pw ~thinagent:* +ping +time +zrange +hgetall +xrevrange\n\
+                         user admin on >admin-pw ~* +@all\n\
+                         user default off\n";
+
+    /// A Redis with these users only, or `None` outside CI without
+    /// redis-server.
+    fn start() -> Option<(Self, RedisServer)> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("users.acl");
+        std::fs::write(&file, Self::USERS).unwrap();
+        std::fs::write(dir.path().join("thinagent.pw"), "scanner-pw\n").unwrap();
+        std::fs::write(dir.path().join("farm-reader.pw"), "reader-pw\n").unwrap();
+        let redis = RedisServer::start_with(
+            vec!["--aclfile".into(), file.display().to_string()],
+            "admin:admin-pw@".into(),
+        )?;
+        let port = redis.port;
+        Some((Self { dir, port }, redis))
+    }
+
+    fn url(&self, user: &str) -> String {
+        format!("redis://{user}@127.0.0.1:{}", self.port)
+    }
+
+    fn password_file(&self, user: &str) -> PathBuf {
+        self.dir.path().join(format!("{user}.pw"))
+    }
 }
 
 fn stdout(out: &Output) -> String {
@@ -186,7 +231,7 @@ fn stdout(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redis() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((acl, mut redis)) = Acl::start() else {
         return;
     };
     let Some(diag) = diag_binary() else {
@@ -197,8 +242,8 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
     // A lookup waits at most this long for Redis (the default is 20 ms; a
     // debug build on a busy machine needs margin, and it stays far below
     // the guest's deadline).
-    let a = Scanner::start("esx-a", &pki, &redis, 1_000);
-    let b = Scanner::start("esx-b", &pki, &redis, 1_000);
+    let a = Scanner::start("esx-a", &pki, &acl, 1_000);
+    let b = Scanner::start("esx-b", &pki, &acl, 1_000);
     a.wait_farm_up(1.0).await;
     b.wait_farm_up(1.0).await;
 
@@ -240,7 +285,7 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
     }
 
     // thinagent-diag reads the whole farm.
-    let out = diag_farm(&diag, &redis, &["guests"]);
+    let out = diag_farm(&diag, &acl, &["guests"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let table = stdout(&out);
     let rows: Vec<&str> = table.lines().skip(1).collect();
@@ -255,7 +300,7 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
         table.contains("Eicar-Test-Signature at C:\\Users\\vm-a\\eicar.com"),
         "{table}"
     );
-    let out = diag_farm(&diag, &redis, &["guests", "--json", "--scanner", "esx-b"]);
+    let out = diag_farm(&diag, &acl, &["guests", "--json", "--scanner", "esx-b"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let lines: Vec<serde_json::Value> = stdout(&out)
         .lines()
@@ -266,7 +311,7 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
     assert_eq!(lines[0]["guest"]["name"], "vm-a");
     assert_eq!(lines[0]["guest"]["counters"]["bytes_read"], 0);
 
-    let out = diag_farm(&diag, &redis, &["detections", "--since", "1h"]);
+    let out = diag_farm(&diag, &acl, &["detections", "--since", "1h"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let table = stdout(&out);
     let rows: Vec<&str> = table.lines().collect();
@@ -287,7 +332,7 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
             assert!(row.contains(cell), "{cell:?} not in {row:?}:\n{table}");
         }
     }
-    let out = diag_farm(&diag, &redis, &["detections", "--json", "--limit", "1"]);
+    let out = diag_farm(&diag, &acl, &["detections", "--json", "--limit", "1"]);
     let lines: Vec<serde_json::Value> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -355,7 +400,7 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
     }
     a.wait_farm_up(0.0).await;
     b.wait_farm_up(0.0).await;
-    let out = diag_farm(&diag, &redis, &["guests"]);
+    let out = diag_farm(&diag, &acl, &["guests"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
