@@ -74,6 +74,7 @@ def mode_row(run, mode, scanners):
         scans=int(queries - guest_hits - content_hits),
         local_hits=int(content_hits - farm_hit),
         farm_hits=int(farm_hit),
+        farm_misses=int(farm_miss),
         farm_rate=farm_hit / (farm_hit + farm_miss) if farm_hit + farm_miss else None,
         publish_dropped=int(total('thinagent_scanner_farm_requests_total{op="publish",result="dropped"}')),
         put_dropped=int(total('thinagent_scanner_farm_requests_total{op="put",result="dropped"}')),
@@ -116,6 +117,7 @@ def main():
 
     # --- model -----------------------------------------------------------
     local, farm = rows
+    cal = json.load(open(os.path.join(run, "calibration.json")))
     hosts = int(os.environ.get("FARM_HOSTS", 50))
     per_host = int(os.environ.get("FARM_DESKTOPS", 200))
     logon = int(os.environ.get("FARM_LOGON_FILES", 5000))
@@ -124,34 +126,53 @@ def main():
     # (they asked Redis before the first scan's verdict was written).
     r_local = local["scans"] / (scanners * files)
     p_race = max(0.0, (farm["scans"] / files - 1) / (scanners - 1))
-    saved_scans = local["scans"] - farm["scans"]
-    cpu_per_scan = (local["cpu"] - farm["cpu"]) / saved_scans if saved_scans > 0 else None
-    cpu_per_scan_gross = local["cpu"] / local["scans"] if local["scans"] else 0
+    # CPU per engine scan (calibration: cold minus warm desktop, per file),
+    # per query without a scan (local run), per farm lookup (farm run).
+    c_scan = max(0.0, (cal["cold_cpu"] - cal["warm_cpu"]) / (files * cal["runs"]))
+    c_query = max(0.0, (local["cpu"] - local["scans"] * c_scan) / local["queries"])
+    lookups = farm["farm_hits"] + farm["farm_misses"]
+    c_lookup = max(0.0, (farm["cpu"] - farm["queries"] * c_query - farm["scans"] * c_scan)
+                   / lookups) if lookups else 0.0
+    lookups_per_scanner_file = lookups / (scanners * files)
     moved_per_query = {r["mode"]: r["moved"] / r["queries"] for r in rows}
     queries = hosts * per_host * logon
     scans_local = hosts * logon * r_local
     scans_farm = logon * (1 + (hosts - 1) * p_race)
+    farm_lookups = hosts * logon * lookups_per_scanner_file
+    # clamd's cost per small file, from the clamd table above (2 CPUs, 747
+    # files/s at best: fdpass, 4 connections); not measured by this script.
+    c_clamd = 2 / 747
     print(f"\n### Model: {hosts} hosts x {per_host} desktops, {logon} distinct files opened "
           f"per logon (assumed), all desktops log on in one storm\n")
-    print(f"Inputs measured above: engine scans per scanner and file without the farm "
-          f"{r_local:.2f}; share of other scanners that scanned a file anyway with the farm "
-          f"{p_race:.3f}; content moved per query {moved_per_query['local'] / 1024:.1f} KiB "
-          f"(local) / {moved_per_query['farm'] / 1024:.1f} KiB (farm); scanner CPU per engine "
-          f"scan {1000 * cpu_per_scan_gross:.2f} ms gross (all CPU / scans, local run)"
-          + ("" if cpu_per_scan is None else
-             f", {1000 * cpu_per_scan:.2f} ms net (CPU saved / scans saved)") + ".\n")
-    cps = cpu_per_scan if cpu_per_scan is not None and cpu_per_scan > 0 else cpu_per_scan_gross
+    print(f"Measured inputs: engine scans per scanner and distinct file without the farm "
+          f"{r_local:.2f}; share of the other scanners that scanned a file anyway with the "
+          f"farm {p_race:.3f}; farm lookups per scanner and distinct file "
+          f"{lookups_per_scanner_file:.2f}; content moved per query "
+          f"{moved_per_query['local'] / 1024:.1f} KiB (local) / "
+          f"{moved_per_query['farm'] / 1024:.1f} KiB (farm); scanner CPU per engine scan "
+          f"{1e3 * c_scan:.3f} ms (hash + YARA set of the corpus; calibration: cold "
+          f"{cal['cold_cpu']:.2f} s, warm {cal['warm_cpu']:.2f} s for {cal['runs']} x {files} "
+          f"files), per "
+          f"query without a scan {1e3 * c_query:.3f} ms, per farm lookup "
+          f"{1e3 * c_lookup:.3f} ms.\n")
     print("| per morning storm | local caches only | farm (shared Redis) |")
     print("|---|---:|---:|")
     print(f"| queries | {queries:,.0f} | {queries:,.0f} |")
     print(f"| content moved, GB | {queries * moved_per_query['local'] / 1e9:,.1f} "
           f"| {queries * moved_per_query['farm'] / 1e9:,.1f} |")
     print(f"| engine scans | {scans_local:,.0f} | {scans_farm:,.0f} |")
-    print(f"| scan CPU, core-seconds | {scans_local * cps:,.0f} | {scans_farm * cps:,.0f} |")
+    print(f"| engine CPU, core-s (this signature set) | {scans_local * c_scan:,.0f} "
+          f"| {scans_farm * c_scan:,.0f} |")
+    print(f"| engine CPU, core-s (at clamd's {1e3 * c_clamd:.1f} ms per small file) "
+          f"| {scans_local * c_clamd:,.0f} | {scans_farm * c_clamd:,.0f} |")
+    print(f"| farm lookups (CPU, core-s) | 0 | {farm_lookups:,.0f} "
+          f"({farm_lookups * c_lookup:,.0f}) |")
+    print(f"| per-query CPU without a scan (receive, hash, answer), core-s "
+          f"| {queries * c_query:,.0f} | {queries * c_query:,.0f} |")
     entries = logon * redis["content_entry"]
     guests = hosts * per_host * redis["guest_entry"]
-    print(f"| Redis memory, MB (verdicts + guests + 100,000-entry stream) | — "
-          f"| {(entries + guests + 100_000 * per_event) / 1e6:,.1f} |")
+    print(f"| Redis memory, MB ({logon} verdicts + {hosts * per_host} guests + "
+          f"100,000-entry stream) | — | {(entries + guests + 100_000 * per_event) / 1e6:,.1f} |")
 
 
 if __name__ == "__main__":

@@ -165,8 +165,34 @@ run_mode() { # mode
     stop_scanners
 }
 
+# Calibration of the CPU one engine scan costs: on each scanner one desktop
+# opens the corpus cold (every file scanned), then another desktop the same
+# files (every file a local content-cache hit: same bytes sent and hashed,
+# no scan). The difference per file is the engine's share. (CPU time is
+# counted in 10 ms ticks: a cheap signature set is near that resolution.)
+calibrate() {
+    local c0 c1 c2 u
+    log "calibration: each scanner a cold desktop, then a warm one"
+    start_scanners local
+    c0=$(cpu_secs "${SCANNER_PIDS[@]}")
+    for u in "${URLS[@]}"; do
+        "$DIAG" scan --connect "$u" --guest-name cal-cold --window "$FARM_WINDOW" --quiet \
+            "$CORPUS" >/dev/null 2>&1 || [ $? = 1 ]
+    done
+    c1=$(cpu_secs "${SCANNER_PIDS[@]}")
+    for u in "${URLS[@]}"; do
+        "$DIAG" scan --connect "$u" --guest-name cal-warm --window "$FARM_WINDOW" --quiet \
+            "$CORPUS" >/dev/null 2>&1 || [ $? = 1 ]
+    done
+    c2=$(cpu_secs "${SCANNER_PIDS[@]}")
+    printf '{"cold_cpu": %s, "warm_cpu": %s, "runs": %s}\n' "$(python3 -c "print($c1 - $c0)")" \
+        "$(python3 -c "print($c2 - $c1)")" "$FARM_SCANNERS" >"$RUN/calibration.json"
+    stop_scanners
+}
+
 run_mode local
 run_mode farm
+calibrate
 
 # What one entry costs Redis (MEMORY USAGE, bytes), and how many there are.
 sample() { rcli --scan --pattern "$1" | { head -1; cat >/dev/null; }; }
