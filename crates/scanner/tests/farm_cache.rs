@@ -365,7 +365,7 @@ async fn events_and_guests_go_to_the_farm_stream() {
         .arg(-1)
         .query(&mut c)
         .unwrap();
-    assert_eq!(index, [key.clone()]);
+    assert_eq!(index, std::slice::from_ref(key));
     assert!(farm(&svc, "publish", "ok") >= 1.0);
     assert_eq!(farm(&svc, "publish", "dropped"), 0.0);
     assert_eq!(farm(&svc, "publish", "error"), 0.0);
