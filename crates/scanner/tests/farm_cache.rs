@@ -441,6 +441,95 @@ async fn a_storm_on_one_scanner_scans_each_content_once() {
     svc.shutdown().await;
 }
 
+/// A guest's `Health` report (protocol §14.8) is a change of its state: the
+/// farm gets its snapshot (a `guest` entry, `why` `health`, with the
+/// on-access state an admin looks for) and its hash is updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_report_reaches_the_farm() {
+    use thinagent_guest::{
+        FailMode, Instant as GuestInstant, Session, SessionConfig, SessionEvent,
+    };
+    use thinagent_protocol::{AgentVersion, Capabilities, HealthState, OsKind};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let mut config = scanner_config(&pki, &redis, dir.path());
+    config.farm.scanner_name = Some("esx-h".into());
+    let svc = Running::start(config).await;
+    wait_farm_up(&svc, 1.0).await;
+    let addr = svc.url("tcp://").trim_start_matches("tcp://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let session_config = SessionConfig {
+        query_timeout: Duration::from_secs(5),
+        fail_mode: FailMode::Closed,
+        os: OsKind::Windows,
+        agent_version: AgentVersion {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        },
+        capabilities: Capabilities(Capabilities::READ_CONTENT.0 | Capabilities::INLINE_CONTENT.0),
+        guest_name: "vdi-0042",
+    };
+    let mut s: Box<Session<16, 256, 4>> = Box::new(Session::new(&session_config));
+    let t0 = Instant::now();
+    let now = || GuestInstant::from_millis(t0.elapsed().as_millis() as u64);
+    s.start(now());
+    let (mut rbuf, mut tbuf) = (vec![0u8; 70_000], vec![0u8; 70_000]);
+    let until = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        assert!(Instant::now() < until, "no health snapshot on the stream");
+        while let Some(ev) = s.poll_event() {
+            if let SessionEvent::Connected { .. } = ev {
+                assert!(s.send_health(&thinagent_protocol::Health {
+                    policy_version: 7,
+                    state: HealthState(HealthState::ON_ACCESS.0),
+                    fail_mode: thinagent_protocol::FailMode::Closed,
+                    uptime_ms: 61_000,
+                    events_sent: 17,
+                    cache_hits: 5,
+                    denied: 0,
+                    fail_decisions: 0,
+                    sessions: 1,
+                }));
+            }
+        }
+        while let Some(n) = s.poll_transmit(&mut tbuf) {
+            stream.write_all(&tbuf[..n]).await.unwrap();
+        }
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(50), stream.read(&mut rbuf)).await
+        {
+            assert!(n > 0, "the scanner closed the session");
+            s.receive(&rbuf[..n], now());
+        }
+        let entries = redis.stream("thinagent:events");
+        if entries
+            .iter()
+            .any(|e| e.get("why").map(String::as_str) == Some("health"))
+        {
+            break entries;
+        }
+    };
+    let health = entries
+        .iter()
+        .find(|e| e.get("why").map(String::as_str) == Some("health"))
+        .unwrap();
+    assert_eq!(health["scanner"], "esx-h");
+    let view: serde_json::Value = serde_json::from_str(&health["guest"]).unwrap();
+    assert_eq!(view["name"], "vdi-0042");
+    assert_eq!(view["connected"], true);
+    assert_eq!(view["policy_version"], 7);
+    assert_eq!(view["health"]["on_access"], true);
+    assert_eq!(view["health"]["fail_mode"], "closed");
+    assert_eq!(redis.hgetall(&health["key"])["view"], health["guest"]);
+    svc.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     let Some(mut redis) = RedisServer::start() else {
