@@ -4,7 +4,9 @@
 //! all, any guest by content); a signature reload makes the reloaded
 //! scanner's clean verdicts miss while a detection stays served; Redis
 //! killed mid-run changes no verdict and delays no answer, and sharing
-//! resumes when it is back.
+//! resumes when it is back. Every event, and each guest's snapshot, goes
+//! to the farm's stream and guest hashes; a storm of desktops opening the
+//! same files costs one scan per content.
 //!
 //! Each test starts its own `redis-server` on a free loopback port in a
 //! temporary directory (no persistence). Without `redis-server` on PATH the
