@@ -1157,8 +1157,13 @@ impl Driver {
                                     let _ = results.send(WorkMessage::Done(id, hit, Some(buf)));
                                     return;
                                 }
-                                let result = WorkResult::Scanned(scan_complete(&set, &buf, key));
-                                let _ = results.send(WorkMessage::Done(id, result, Some(buf)));
+                                // Off the runtime's threads, as any
+                                // scan of buffered content may be large.
+                                tokio::task::spawn_blocking(move || {
+                                    let result =
+                                        WorkResult::Scanned(scan_complete(&set, &buf, key));
+                                    let _ = results.send(WorkMessage::Done(id, result, Some(buf)));
+                                });
                                 return;
                             }
                         }

@@ -1333,6 +1333,59 @@ mod tests {
         }
     }
 
+    /// One lead per content: the others follow until the guard is dropped
+    /// (verdict cached, or the query gone); then the next one leads.
+    #[tokio::test]
+    async fn one_lookup_of_a_content_leads_the_others_follow() {
+        // Nothing listens there: the farm is set up lazily, never asked.
+        let config = FarmConfig {
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            ..FarmConfig::default()
+        };
+        let farm = Farm::start(&config, FarmMetrics::default())
+            .unwrap()
+            .unwrap();
+        let (a, b) = ([1; 32], [2; 32]);
+        let Flight::Lead(guard) = farm.content_flight(&a) else {
+            panic!("the first leads")
+        };
+        let Flight::Follow(follower) = farm.content_flight(&a) else {
+            panic!("the second follows")
+        };
+        assert!(
+            matches!(farm.content_flight(&b), Flight::Lead(_)),
+            "another content leads"
+        );
+        assert_eq!(
+            follower.limit,
+            Duration::from_millis(config.deadline_ms) + FOLLOW_SLACK
+        );
+        assert!(
+            matches!(follower.done.has_changed(), Ok(false)),
+            "still at it"
+        );
+        drop(guard);
+        assert!(
+            follower.done.has_changed().is_err(),
+            "woken: the leader is done"
+        );
+        follower.wait().await;
+        assert!(
+            matches!(farm.content_flight(&a), Flight::Lead(_)),
+            "the next one leads"
+        );
+        let coalesced = farm
+            .shared
+            .metrics
+            .requests
+            .get_or_create(&OpResultLabel {
+                op: "content",
+                result: "coalesced",
+            })
+            .get();
+        assert_eq!(coalesced, 1);
+    }
+
     #[test]
     fn only_farm_wide_identities_are_shared() {
         use std::net::{IpAddr, Ipv4Addr};
