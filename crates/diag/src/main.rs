@@ -15,6 +15,7 @@ mod agent_state;
 mod control;
 mod decode_log;
 mod demo;
+mod farm;
 mod lint_inf;
 mod loadorder;
 mod scan;
@@ -119,6 +120,13 @@ enum Command {
     /// The scanner's quarantine: list, show an entry, restore a file to the
     /// guest it came from (a false positive), purge.
     Quarantine(control::QuarantineArgs),
+    /// A scanner farm as a whole, read from its Redis: every guest of every
+    /// scanner, the farm's detections.
+    ///
+    /// Connects to the farm's Redis directly (--redis-url, --password-file,
+    /// --key-prefix, or --config with a scanner's configuration file).
+    /// Exit status: 0 listed, 2 Redis could not be read.
+    Farm(farm::FarmArgs),
 }
 
 #[derive(clap::Args)]
@@ -360,5 +368,6 @@ fn main() -> Result<ExitCode> {
         Command::ScanGuest(args) => control::scan_guest(&args),
         Command::Policy(args) => control::policy(&args),
         Command::Quarantine(args) => control::quarantine(&args),
+        Command::Farm(args) => farm::run(&args),
     }
 }

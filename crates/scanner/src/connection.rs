@@ -587,6 +587,7 @@ where
         commands: None,
         replies: std::collections::HashMap::new(),
         audit_meta: std::collections::HashMap::new(),
+        guest_published: None,
     };
     let mut rbuf = vec![0u8; limits.read_buffer.max(4096)];
     let mut out: Vec<u8> = Vec::new();
@@ -677,6 +678,7 @@ enum WorkMessage {
         crate::cache::ContentKey,
         Option<crate::farm::FarmVerdict>,
         Vec<u8>,
+        crate::farm::FlightGuard,
     ),
 }
 
@@ -711,6 +713,10 @@ struct Work {
     bytes: u64,
     /// Bytes of this work counted in `Driver::buffered`.
     held: usize,
+    /// This query leads the farm lookup and scan of its content: dropped
+    /// (waking the others) once the verdict is in the local cache, or
+    /// when the work is dropped.
+    flight: Option<crate::farm::FlightGuard>,
 }
 
 struct Driver {
@@ -747,6 +753,9 @@ struct Driver {
     /// What the audit line of an admin's or a policy's host action says,
     /// by request id (automatic remediations carry their own).
     audit_meta: std::collections::HashMap<u64, ActionAudit>,
+    /// When this guest's snapshot last went to the farm for a `Health`
+    /// change or a detection ([`crate::farm::GUEST_PUBLISH_GAP`]).
+    guest_published: Option<std::time::Instant>,
 }
 
 /// What a host action's audit line names, kept from its request to its end.
@@ -810,9 +819,14 @@ impl Driver {
                     } else {
                         self.ctx.observer.on_guest_connected(&self.guest, &info);
                         self.connected = Some(info);
+                        self.publish_guest("connected");
                     }
                 }
-                SessionEvent::Health(h) => self.ctx.guests.health(&self.guest, h),
+                SessionEvent::Health(h) => {
+                    if self.ctx.guests.health(&self.guest, h) {
+                        self.publish_guest_paced("health");
+                    }
+                }
                 SessionEvent::ActionDone { id, kind, outcome } => {
                     tracing::info!(
                         guest = %self.guest,
@@ -885,6 +899,7 @@ impl Driver {
                     self.ctx.observer.on_session_closed(&self.guest, &reason);
                     if let Some(serial) = self.serial.take() {
                         self.ctx.guests.disconnected(&self.guest, serial);
+                        self.publish_guest("disconnected");
                     }
                     self.commands = None;
                     self.closed = Some(reason);
@@ -894,6 +909,30 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Sends this guest's snapshot to the farm (when there is one), with
+    /// an events stream entry saying `why`.
+    fn publish_guest(&mut self, why: &'static str) {
+        let Some(farm) = &self.ctx.farm else { return };
+        if let Some(view) = self.ctx.guests.view(&self.guest.to_string()) {
+            farm.publish_guest(&view, Some(why));
+        }
+    }
+
+    /// [`publish_guest`](Self::publish_guest), at most once per
+    /// [`crate::farm::GUEST_PUBLISH_GAP`] (the periodic refresh carries a
+    /// change made sooner to the guest's hash).
+    fn publish_guest_paced(&mut self, why: &'static str) {
+        if self.ctx.farm.is_none()
+            || self
+                .guest_published
+                .is_some_and(|at| at.elapsed() < crate::farm::GUEST_PUBLISH_GAP)
+        {
+            return;
+        }
+        self.guest_published = Some(std::time::Instant::now());
+        self.publish_guest(why);
     }
 
     /// Sends the host's current guest policy, if one is set and the guest
@@ -1043,6 +1082,7 @@ impl Driver {
                 feed: Feed::Buffer(Vec::new()),
                 bytes: 0,
                 held: 0,
+                flight: None,
             },
         );
         if let (Some(farm), Some(scope)) = (&self.ctx.farm, &self.farm_scope)
@@ -1092,9 +1132,45 @@ impl Driver {
                 return;
             };
             let digest = *set.farm_digest();
+            let flight = farm.content_flight(&key);
             runtime.spawn(async move {
+                let guard = match flight {
+                    crate::farm::Flight::Lead(guard) => guard,
+                    crate::farm::Flight::Follow(follower) => {
+                        follower.wait().await;
+                        if let Some(v) = ctx.caches.content.get(&key, set.generation(), now()) {
+                            let hit = WorkResult::ContentCacheHit(v);
+                            let _ = results.send(WorkMessage::Done(id, hit, Some(buf)));
+                            return;
+                        }
+                        // The leader gave up (its guest left, an engine
+                        // failed) or took too long: lead now, or follow
+                        // a newer leader once more at most.
+                        match farm.content_flight(&key) {
+                            crate::farm::Flight::Lead(guard) => guard,
+                            crate::farm::Flight::Follow(follower) => {
+                                follower.wait().await;
+                                if let Some(v) =
+                                    ctx.caches.content.get(&key, set.generation(), now())
+                                {
+                                    let hit = WorkResult::ContentCacheHit(v);
+                                    let _ = results.send(WorkMessage::Done(id, hit, Some(buf)));
+                                    return;
+                                }
+                                // Off the runtime's threads, as any
+                                // scan of buffered content may be large.
+                                tokio::task::spawn_blocking(move || {
+                                    let result =
+                                        WorkResult::Scanned(scan_complete(&set, &buf, key));
+                                    let _ = results.send(WorkMessage::Done(id, result, Some(buf)));
+                                });
+                                return;
+                            }
+                        }
+                    }
+                };
                 let found = farm.content(&key, &digest).await;
-                let _ = results.send(WorkMessage::FarmContent(id, key, found, buf));
+                let _ = results.send(WorkMessage::FarmContent(id, key, found, buf, guard));
             });
         };
         if on_task {
@@ -1111,18 +1187,23 @@ impl Driver {
         key: crate::cache::ContentKey,
         found: Option<crate::farm::FarmVerdict>,
         buf: Vec<u8>,
+        guard: crate::farm::FlightGuard,
     ) {
-        let Some(w) = self.work.get(&id) else {
+        let Some(w) = self.work.get_mut(&id) else {
             return;
         };
         let set = Arc::clone(&w.set);
         if let Some(found) = found {
             let v = found.to_cached(set.generation());
             self.ctx.caches.content.insert(key, v.clone(), now());
+            drop(guard);
             let hit = WorkMessage::Done(id, WorkResult::ContentCacheHit(v), Some(buf));
             self.on_work_message(hit);
             return;
         }
+        // Scanned here: the followers wait until the verdict is cached (or
+        // the work is dropped).
+        w.flight = Some(guard);
         if w.query.inline.whole_file
             && buf.len() <= self.ctx.limits.scan_on_task_max
             && !set.blocks()
@@ -1270,8 +1351,8 @@ impl Driver {
         match msg {
             WorkMessage::Consumed(id, n) => self.session.consumed(id, n),
             WorkMessage::FarmIdentity(id, found) => self.on_farm_identity(id, found),
-            WorkMessage::FarmContent(id, key, found, buf) => {
-                self.on_farm_content(id, key, found, buf);
+            WorkMessage::FarmContent(id, key, found, buf, guard) => {
+                self.on_farm_content(id, key, found, buf, guard);
             }
             WorkMessage::Quarantined(auto, stored) => match stored {
                 Ok(entry) => {
@@ -1429,6 +1510,9 @@ impl Driver {
                 .then(|| threat.clone())
                 .flatten();
             self.audit_full(query, Some(decision), threat, engine, bytes, source);
+            if detected.is_some() {
+                self.publish_guest_paced("detection");
+            }
             if let Some(threat) = detected {
                 self.auto_remediate(query, threat, engine, content);
             }

@@ -42,6 +42,9 @@
 //! shutdown) the few events handed to the writer and not yet added to the
 //! queue file (milliseconds' worth).
 //!
+//! **Scanner farms.** With `[farm]` set, every event also goes, with the
+//! same `id` and JSON, to the farm's Redis stream ([`crate::farm`]).
+//!
 //! **The verdict path never waits** for the sink: [`EventSink::emit`]
 //! encodes the line and `try_send`s it to each writer's bounded channel.
 
@@ -209,6 +212,17 @@ pub struct QuarantineRef {
     pub sha256: String,
 }
 
+impl Event {
+    /// `body`, happening at `time`, with the next id of `ids`.
+    pub fn new(ids: &EventIds, body: EventBody, time: SystemTime) -> Self {
+        Self {
+            id: ids.next(),
+            time: rfc3339(time),
+            body,
+        }
+    }
+}
+
 impl EventBody {
     /// The `type` field.
     pub fn kind(&self) -> &'static str {
@@ -289,7 +303,7 @@ pub enum SinkError {
 pub struct EventSink {
     outputs: Vec<Output>,
     metrics: Arc<Metrics>,
-    ids: IdSource,
+    ids: EventIds,
     /// Holds the queue directory's lock.
     _lock: File,
 }
@@ -366,7 +380,7 @@ impl EventSink {
         Ok(Self {
             outputs,
             metrics,
-            ids: IdSource::new(),
+            ids: EventIds::new(),
             _lock: lock,
         })
     }
@@ -380,16 +394,19 @@ impl EventSink {
     /// Sends `body` (happening at `time`) to every destination; never
     /// blocks. Returns the event's id.
     pub fn emit_at(&self, body: EventBody, time: SystemTime) -> String {
-        let event = Event {
-            id: self.ids.next(),
-            time: rfc3339(time),
-            body,
-        };
-        let mut line = match serde_json::to_vec(&event) {
+        let event = Event::new(&self.ids, body, time);
+        self.send(&event);
+        event.id
+    }
+
+    /// Sends `event` (made by [`Event::new`]) to every destination; never
+    /// blocks.
+    pub fn send(&self, event: &Event) {
+        let mut line = match serde_json::to_vec(event) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "events: cannot encode an event");
-                return event.id;
+                return;
             }
         };
         line.push(b'\n');
@@ -412,7 +429,6 @@ impl EventSink {
                 }
             }
         }
-        event.id
     }
 }
 
@@ -443,13 +459,20 @@ impl Drop for EventSink {
 /// Unique event ids: BLAKE3 of the time, the process, a counter and a
 /// per-process random key.
 #[derive(Debug)]
-struct IdSource {
+pub struct EventIds {
     key: [u8; 16],
     counter: AtomicU64,
 }
 
-impl IdSource {
-    fn new() -> Self {
+impl Default for EventIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventIds {
+    /// A source with a fresh random key.
+    pub fn new() -> Self {
         let mut key = [0u8; 16];
         for (i, half) in key.chunks_mut(8).enumerate() {
             // std's hasher keys are random per process.
@@ -463,7 +486,8 @@ impl IdSource {
         }
     }
 
-    fn next(&self) -> String {
+    /// The next id.
+    pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut h = blake3::Hasher::new();
         h.update(&self.key);
@@ -1022,7 +1046,7 @@ mod tests {
 
     #[test]
     fn the_json_schema() {
-        let ids = IdSource::new();
+        let ids = EventIds::new();
         let e = Event {
             id: ids.next(),
             time: rfc3339(SystemTime::UNIX_EPOCH),

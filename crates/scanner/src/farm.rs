@@ -37,7 +37,35 @@
 //! ([`Health`]), logged once per change (WARN when lost, INFO when back)
 //! and exported as `thinagent_scanner_farm_up`; a probe (`PING`) runs
 //! every second, and while Redis is down no lookup or write is tried.
+//!
+//! **Farm-wide events.** Every event the scanner gives its event sink
+//! ([`crate::events`]: detections, remediations, guests connected and
+//! gone, scans, restores) is also added to one Redis stream,
+//! `{prefix}events` (`XADD ... MAXLEN ~ farm.stream_maxlen`), so one
+//! reader sees the whole farm. An entry's fields: `scanner` (this
+//! scanner's `farm.scanner_name`, the host name by default), `type` (the
+//! event's type) and `event` (the event's JSON, exactly the sink's line).
+//!
+//! **Farm-wide guests.** Each guest this scanner knows is kept in a hash
+//! `{prefix}guest:{scanner}:{guest identity}` (fields `scanner`, `guest`,
+//! `updated`: seconds since 1970, `view`: the guest's JSON as the control
+//! socket's `guests` answer gives it), which expires
+//! `farm.guest_ttl_secs` after its last update, and indexed in the sorted
+//! set `{prefix}guests` (member: the hash's key, score: `updated`). It is
+//! written when a guest connects and when it goes, when its `Health` state
+//! (on-access, fail mode, policy version) changes or it has a detection
+//! (at most once per [`GUEST_PUBLISH_GAP`] per guest for these two), and
+//! for every guest every [`GUEST_REFRESH`] (so a Redis that was down or
+//! restarted is filled again). The snapshots of the first three cases are
+//! also stream entries: `type` `guest`, `key` (the hash), `why`
+//! (`connected`, `disconnected`, `health`, `detection`) and `guest` (the
+//! JSON).
+//!
+//! Publishing is a write like the verdicts': queued without waiting
+//! (full: dropped), skipped while Redis is down, counted under
+//! `op="publish"` in `thinagent_scanner_farm_requests_total`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,11 +78,13 @@ use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use thinagent_protocol::FileIdentity;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::cache::{CachedVerdict, ContentKey};
 use crate::config::ConfigError;
 use crate::connection::PeerIdentity;
+use crate::events::Event;
+use crate::guests::GuestView;
 use crate::records::hex;
 
 /// The `[farm]` section.
@@ -79,6 +109,14 @@ pub struct FarmConfig {
     /// Share verdicts by file identity for guests with a farm-wide identity
     /// (TLS certificate subjects).
     pub share_identity: bool,
+    /// This scanner's name in the farm's events and guest lists; unset:
+    /// the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanner_name: Option<String>,
+    /// About how many entries the events stream keeps (`MAXLEN ~`).
+    pub stream_maxlen: u64,
+    /// How long a guest's entry lives after its last update, seconds.
+    pub guest_ttl_secs: u64,
 }
 
 impl Default for FarmConfig {
@@ -90,6 +128,9 @@ impl Default for FarmConfig {
             ttl_secs: 86_400,
             deadline_ms: 20,
             share_identity: true,
+            scanner_name: None,
+            stream_maxlen: 100_000,
+            guest_ttl_secs: 86_400,
         }
     }
 }
@@ -138,7 +179,55 @@ impl FarmConfig {
                 "expected 1 ..= 5000: every local cache miss waits for Redis up to this long",
             ));
         }
+        if let Some(name) = &self.scanner_name
+            && !valid_scanner_name(name)
+        {
+            return Err(invalid(
+                "farm.scanner_name",
+                name.clone(),
+                "1 to 64 letters, digits, '.', '-' or '_' (e.g. esx-07)",
+            ));
+        }
+        if !(1_000..=100_000_000).contains(&self.stream_maxlen) {
+            return Err(invalid(
+                "farm.stream_maxlen",
+                self.stream_maxlen.to_string(),
+                "expected 1000 ..= 100000000 entries",
+            ));
+        }
+        if !(300..=30 * 86_400).contains(&self.guest_ttl_secs) {
+            return Err(invalid(
+                "farm.guest_ttl_secs",
+                self.guest_ttl_secs.to_string(),
+                "expected 300 ..= 2592000 (five minutes to 30 days)",
+            ));
+        }
         Ok(())
+    }
+
+    /// `scanner_name`, or this host's name made valid (other characters
+    /// as `-`, at most 64), or `thinagent-scanner`.
+    pub fn scanner_name(&self) -> String {
+        if let Some(name) = &self.scanner_name {
+            return name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::env::var("COMPUTERNAME").ok())
+            .unwrap_or_default();
+        let name: String = host
+            .trim()
+            .chars()
+            .map(|c| if scanner_name_char(c) { c } else { '-' })
+            .take(64)
+            .collect();
+        if name.is_empty() {
+            "thinagent-scanner".into()
+        } else {
+            name
+        }
     }
 
     /// The parsed URL, with `password` set when given.
@@ -161,6 +250,16 @@ impl FarmConfig {
             None => info,
         })
     }
+}
+
+fn scanner_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+}
+
+/// Whether `name` may name a scanner: 1 to 64 of `[A-Za-z0-9._-]` (no
+/// `:`, so `guest:{scanner}:{identity}` splits at the first one).
+pub fn valid_scanner_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(scanner_name_char)
 }
 
 fn display_path(p: Option<&PathBuf>) -> String {
@@ -258,6 +357,21 @@ pub fn identity_entry_key(
         file.last_write_time,
         hex(digest)
     )
+}
+
+/// Key of the farm's events stream.
+pub fn events_key(prefix: &str) -> String {
+    format!("{prefix}events")
+}
+
+/// Key of the sorted set indexing every guest hash.
+pub fn guests_index_key(prefix: &str) -> String {
+    format!("{prefix}guests")
+}
+
+/// Key of the hash of guest `identity` on scanner `scanner`.
+pub fn guest_key(prefix: &str, scanner: &str, identity: &str) -> String {
+    format!("{prefix}guest:{scanner}:{identity}")
 }
 
 /// Longest threat name taken from Redis (longer: the entry is ignored).
@@ -447,8 +561,9 @@ impl Health {
     }
 }
 
-/// Labels `op` (`content`, `identity`, `put`, `ping`) and `result` (`hit`,
-/// `miss`, `ok`, `error`, `timeout`, `dropped`, `skipped`).
+/// Labels `op` (`content`, `identity`, `put`, `publish`, `ping`) and `result` (`hit`,
+/// `miss`, `ok`, `error`, `timeout`, `dropped`, `skipped`; `coalesced`: a
+/// content lookup that waited for the same content's lookup or scan).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpResultLabel {
     /// The request.
@@ -468,9 +583,13 @@ pub struct FarmMetrics {
 
 impl FarmMetrics {
     fn count(&self, op: &'static str, result: &'static str) {
+        self.count_n(op, result, 1);
+    }
+
+    fn count_n(&self, op: &'static str, result: &'static str, n: usize) {
         self.requests
             .get_or_create(&OpResultLabel { op, result })
-            .inc();
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 }
 
@@ -549,7 +668,7 @@ impl Shared {
                     let (up, refused) = {
                         let mut h = self.health();
                         let up = h.answered();
-                        let refused = if op == "put" {
+                        let refused = if op == "put" || op == "publish" {
                             h.write_result(Some(e.to_string()))
                         } else {
                             tracing::debug!("farm cache: {op}: {e}");
@@ -591,9 +710,116 @@ pub struct Farm {
     ttl_secs: u64,
     deadline: Duration,
     share_identity: bool,
-    writes: mpsc::Sender<Vec<(String, String)>>,
+    scanner: String,
+    guest_ttl_secs: u64,
+    writes: mpsc::Sender<Batch>,
     shared: Arc<Shared>,
+    /// Contents this scanner is looking up or scanning now
+    /// ([`Farm::content_flight`]).
+    inflight: Arc<Mutex<HashMap<ContentKey, watch::Receiver<()>>>>,
 }
+
+/// What a local content-cache miss does in a farm ([`Farm::content_flight`]).
+#[derive(Debug)]
+pub enum Flight {
+    /// The first: look the content up in Redis, scan it on a miss, put the
+    /// verdict in the local cache, then drop the guard.
+    Lead(FlightGuard),
+    /// Another query of this scanner is at it: [`Follower::wait`], then
+    /// read the local cache.
+    Follow(Follower),
+}
+
+/// Held by the query that looks up and scans a content; dropping it (the
+/// verdict is in the local cache, or the query is gone) wakes the
+/// followers.
+#[derive(Debug)]
+pub struct FlightGuard {
+    key: ContentKey,
+    inflight: Arc<Mutex<HashMap<ContentKey, watch::Receiver<()>>>>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Waits for a [`FlightGuard`] of the same content.
+#[derive(Debug)]
+pub struct Follower {
+    done: watch::Receiver<()>,
+    limit: Duration,
+}
+
+impl Follower {
+    /// Until the leader is done, at most the farm deadline plus
+    /// [`FOLLOW_SLACK`].
+    pub async fn wait(mut self) {
+        let _ = tokio::time::timeout(self.limit, self.done.changed()).await;
+    }
+}
+
+/// How much longer than the farm deadline a follower waits for its leader
+/// (its scan), before it looks up and scans by itself.
+pub const FOLLOW_SLACK: Duration = Duration::from_secs(2);
+
+/// One write of the queue.
+#[derive(Debug)]
+enum Op {
+    /// `SET key value EX farm.ttl_secs`.
+    Set(String, String),
+    /// `XADD {prefix}events MAXLEN ~ farm.stream_maxlen * field value ...`.
+    Event(Vec<(&'static str, String)>),
+    /// A guest's hash: `HSET key field value ...`, `EXPIRE key
+    /// farm.guest_ttl_secs`, `ZADD {prefix}guests updated key`.
+    Guest {
+        key: String,
+        updated: u64,
+        fields: Vec<(&'static str, String)>,
+    },
+    /// `ZREMRANGEBYSCORE {prefix}guests -inf before`: the index's members
+    /// whose hashes expired.
+    TrimGuests { before: u64 },
+}
+
+/// Writes sent as one pipeline, counted under `op` (`put`, `publish`).
+#[derive(Debug)]
+struct Batch {
+    op: &'static str,
+    ops: Vec<Op>,
+}
+
+/// What the writer task needs to know.
+#[derive(Debug)]
+struct WriterConfig {
+    ttl_secs: u64,
+    guest_ttl_secs: u64,
+    events_key: String,
+    guests_index_key: String,
+    stream_maxlen: u64,
+}
+
+/// Seconds since 1970.
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Most guest snapshots in one pipeline of a refresh.
+const REFRESH_BATCH: usize = 100;
+
+/// How often every guest's hash is written again.
+pub const GUEST_REFRESH: Duration = Duration::from_secs(60);
+
+/// Least time between two snapshots of one guest for a `Health` change or
+/// a detection (connects and disconnects are always published).
+pub const GUEST_PUBLISH_GAP: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Farm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -645,21 +871,54 @@ impl Farm {
             url: shown,
         });
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer(
-            conn.clone(),
-            Arc::clone(&shared),
-            rx,
-            config.ttl_secs,
-        ));
+        let writer_config = WriterConfig {
+            ttl_secs: config.ttl_secs,
+            guest_ttl_secs: config.guest_ttl_secs,
+            events_key: events_key(&config.key_prefix),
+            guests_index_key: guests_index_key(&config.key_prefix),
+            stream_maxlen: config.stream_maxlen,
+        };
+        tokio::spawn(writer(conn.clone(), Arc::clone(&shared), rx, writer_config));
         Ok(Some(Arc::new(Self {
             conn,
             prefix: config.key_prefix.clone(),
             ttl_secs: config.ttl_secs,
             deadline,
             share_identity: config.share_identity,
+            scanner: config.scanner_name(),
+            guest_ttl_secs: config.guest_ttl_secs,
             writes,
             shared,
+            inflight: Arc::default(),
         })))
+    }
+
+    /// Single flight per content and scanner, for local content-cache
+    /// misses: in a logon storm many desktops of one host open the same
+    /// file at once, and each would otherwise wait for Redis, miss (the
+    /// verdict is not there yet) and scan. The first leads; the others
+    /// wait for it and find its verdict in the local cache.
+    pub fn content_flight(&self, key: &ContentKey) -> Flight {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(done) = inflight.get(key) {
+            self.shared.metrics.count("content", "coalesced");
+            return Flight::Follow(Follower {
+                done: done.clone(),
+                limit: self.deadline + FOLLOW_SLACK,
+            });
+        }
+        let (tx, rx) = watch::channel(());
+        inflight.insert(*key, rx);
+        Flight::Lead(FlightGuard {
+            key: *key,
+            inflight: Arc::clone(&self.inflight),
+            _done: tx,
+        })
+    }
+
+    /// This scanner's name in the farm (`farm.scanner_name`).
+    pub fn scanner_name(&self) -> &str {
+        &self.scanner
     }
 
     /// Whether identity verdicts are shared (`farm.share_identity`).
@@ -742,11 +1001,14 @@ impl Farm {
     /// also under `d:`). Never waits.
     pub fn put_content(&self, key: &ContentKey, digest: &[u8; 32], v: &CachedVerdict) {
         let value = FarmVerdict::of(v).encode();
-        let mut entries = vec![(content_entry_key(&self.prefix, key, digest), value.clone())];
+        let mut entries = vec![Op::Set(
+            content_entry_key(&self.prefix, key, digest),
+            value.clone(),
+        )];
         if v.threat.is_some() {
-            entries.push((deny_entry_key(&self.prefix, key), value));
+            entries.push(Op::Set(deny_entry_key(&self.prefix, key), value));
         }
-        self.enqueue(entries);
+        self.enqueue("put", entries);
     }
 
     /// Shares a verdict for `file` in the shared `scope`. Never waits.
@@ -758,62 +1020,185 @@ impl Farm {
         v: &CachedVerdict,
     ) {
         let key = identity_entry_key(&self.prefix, scope, file, digest);
-        self.enqueue(vec![(key, FarmVerdict::of(v).encode())]);
+        self.enqueue("put", vec![Op::Set(key, FarmVerdict::of(v).encode())]);
     }
 
-    fn enqueue(&self, entries: Vec<(String, String)>) {
+    /// Adds `event` (what the event sink got) to the farm's events stream.
+    /// Never waits.
+    pub fn publish_event(&self, event: &Event) {
+        let json = match serde_json::to_string(event) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "farm: cannot encode an event");
+                return;
+            }
+        };
+        let fields = vec![
+            ("scanner", self.scanner.clone()),
+            ("type", event.body.kind().to_owned()),
+            ("event", json),
+        ];
+        self.enqueue("publish", vec![Op::Event(fields)]);
+    }
+
+    /// Writes the guest `view`'s hash and, with `why` (`connected`,
+    /// `disconnected`, `health`, `detection`), a `guest` entry of the
+    /// events stream. Never waits.
+    pub fn publish_guest(&self, view: &GuestView, why: Option<&'static str>) {
+        let mut ops = Vec::with_capacity(2);
+        let Some(json) = self.guest_op(view, &mut ops) else {
+            return;
+        };
+        if let Some(why) = why {
+            let key = guest_key(&self.prefix, &self.scanner, &view.identity);
+            ops.push(Op::Event(vec![
+                ("scanner", self.scanner.clone()),
+                ("type", "guest".to_owned()),
+                ("key", key),
+                ("why", why.to_owned()),
+                ("guest", json),
+            ]));
+        }
+        self.enqueue("publish", ops);
+    }
+
+    /// Writes every guest's hash again (a Redis that lost them gets them
+    /// back) and drops the index members of expired ones. Never waits.
+    pub fn refresh_guests(&self, views: &[GuestView]) {
+        let before = now_secs().saturating_sub(self.guest_ttl_secs);
+        let mut ops = vec![Op::TrimGuests { before }];
+        for view in views {
+            let _ = self.guest_op(view, &mut ops);
+            if ops.len() >= REFRESH_BATCH {
+                self.enqueue("publish", std::mem::take(&mut ops));
+            }
+        }
+        if !ops.is_empty() {
+            self.enqueue("publish", ops);
+        }
+    }
+
+    /// Pushes the hash write of `view` to `ops`; returns its JSON.
+    fn guest_op(&self, view: &GuestView, ops: &mut Vec<Op>) -> Option<String> {
+        let json = match serde_json::to_string(view) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "farm: cannot encode a guest");
+                return None;
+            }
+        };
+        let updated = now_secs();
+        ops.push(Op::Guest {
+            key: guest_key(&self.prefix, &self.scanner, &view.identity),
+            updated,
+            fields: vec![
+                ("scanner", self.scanner.clone()),
+                ("guest", view.identity.clone()),
+                ("updated", updated.to_string()),
+                ("view", json.clone()),
+            ],
+        });
+        Some(json)
+    }
+
+    fn enqueue(&self, op: &'static str, ops: Vec<Op>) {
         if !self.shared.usable() {
-            self.shared.metrics.count("put", "skipped");
+            self.shared.metrics.count(op, "skipped");
             return;
         }
-        if self.writes.try_send(entries).is_err() {
-            self.shared.metrics.count("put", "dropped");
+        if self.writes.try_send(Batch { op, ops }).is_err() {
+            self.shared.metrics.count(op, "dropped");
         }
     }
 }
 
-/// The writer task: one pipeline of `SET key value EX ttl` per batch,
-/// and a `PING` every [`PROBE_INTERVAL`]. Ends when the [`Farm`] is
-/// dropped.
+/// The pipeline of `ops`.
+fn pipeline(ops: &[Op], c: &WriterConfig) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for op in ops {
+        match op {
+            Op::Set(key, value) => {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("EX")
+                    .arg(c.ttl_secs);
+            }
+            Op::Event(fields) => {
+                let cmd = pipe
+                    .cmd("XADD")
+                    .arg(&c.events_key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(c.stream_maxlen)
+                    .arg("*");
+                for (field, value) in fields {
+                    cmd.arg(*field).arg(value);
+                }
+            }
+            Op::Guest {
+                key,
+                updated,
+                fields,
+            } => {
+                let cmd = pipe.cmd("HSET").arg(key);
+                for (field, value) in fields {
+                    cmd.arg(*field).arg(value);
+                }
+                pipe.cmd("EXPIRE").arg(key).arg(c.guest_ttl_secs);
+                pipe.cmd("ZADD")
+                    .arg(&c.guests_index_key)
+                    .arg(*updated)
+                    .arg(key);
+            }
+            Op::TrimGuests { before } => {
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(&c.guests_index_key)
+                    .arg("-inf")
+                    .arg(*before);
+            }
+        }
+    }
+    pipe
+}
+
+/// Most queued batches sent as one pipeline.
+const PIPELINE_BATCHES: usize = 64;
+
+/// The writer task: the queued batches in pipelines (up to
+/// [`PIPELINE_BATCHES`] of one op each: a storm's many verdicts cost few
+/// round trips), and a `PING` every [`PROBE_INTERVAL`]. Ends when the
+/// [`Farm`] is dropped.
 async fn writer(
     mut conn: ConnectionManager,
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Vec<(String, String)>>,
-    ttl_secs: u64,
+    mut rx: mpsc::Receiver<Batch>,
+    config: WriterConfig,
 ) {
     let mut probe = tokio::time::interval(PROBE_INTERVAL);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             batch = rx.recv() => {
-                let Some(batch) = batch else { return };
-                if !shared.usable() {
-                    shared.metrics.count("put", "skipped");
-                    continue;
+                let Some(first) = batch else { return };
+                let (op, mut ops, mut n) = (first.op, first.ops, 1);
+                let mut other = None;
+                while n < PIPELINE_BATCHES {
+                    match rx.try_recv() {
+                        Ok(b) if b.op == op => {
+                            ops.extend(b.ops);
+                            n += 1;
+                        }
+                        Ok(b) => {
+                            other = Some(b);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                let mut pipe = redis::pipe();
-                for (key, value) in &batch {
-                    pipe.cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_secs);
-                }
-                let r = tokio::time::timeout(
-                    WRITE_DEADLINE,
-                    pipe.query_async::<Vec<redis::Value>>(&mut conn),
-                )
-                .await
-                // A refused SET (OOM, NOPERM) is an error reply inside the
-                // pipeline's answer, not an error of the whole request.
-                .map(|r| {
-                    r.and_then(|replies| {
-                        replies.into_iter().try_for_each(|reply| match reply {
-                            redis::Value::ServerError(e) => Err(e.into()),
-                            _ => Ok(()),
-                        })
-                    })
-                });
-                if shared.outcome("put", r).is_some() {
-                    shared.metrics.count("put", "ok");
-                    let c = shared.health().write_result(None);
-                    shared.report(c);
+                write(&mut conn, &shared, &config, op, &ops, n).await;
+                if let Some(b) = other {
+                    write(&mut conn, &shared, &config, b.op, &b.ops, 1).await;
                 }
             }
             _ = probe.tick() => {
@@ -827,6 +1212,39 @@ async fn writer(
                 let _ = shared.outcome("ping", r);
             }
         }
+    }
+}
+
+/// Sends `ops` (`batches` queued batches of `op`) as one pipeline.
+async fn write(
+    conn: &mut ConnectionManager,
+    shared: &Shared,
+    config: &WriterConfig,
+    op: &'static str,
+    ops: &[Op],
+    batches: usize,
+) {
+    if !shared.usable() {
+        shared.metrics.count_n(op, "skipped", batches);
+        return;
+    }
+    let pipe = pipeline(ops, config);
+    let r = tokio::time::timeout(WRITE_DEADLINE, pipe.query_async::<Vec<redis::Value>>(conn))
+        .await
+        // A refused SET (OOM, NOPERM) is an error reply inside the
+        // pipeline's answer, not an error of the whole request.
+        .map(|r| {
+            r.and_then(|replies| {
+                replies.into_iter().try_for_each(|reply| match reply {
+                    redis::Value::ServerError(e) => Err(e.into()),
+                    _ => Ok(()),
+                })
+            })
+        });
+    if shared.outcome(op, r).is_some() {
+        shared.metrics.count_n(op, "ok", batches);
+        let c = shared.health().write_result(None);
+        shared.report(c);
     }
 }
 
@@ -865,6 +1283,107 @@ mod tests {
         let mut other = file();
         other.last_write_time += 1;
         assert_ne!(i, identity_entry_key("t:", "tls:CN=vm-1", &other, &digest));
+    }
+
+    #[test]
+    fn the_default_scanner_name_is_a_valid_host_name() {
+        let name = FarmConfig::default().scanner_name();
+        assert!(valid_scanner_name(&name), "{name:?}");
+        let named = FarmConfig {
+            scanner_name: Some("esx-07".into()),
+            ..FarmConfig::default()
+        };
+        assert_eq!(named.scanner_name(), "esx-07");
+        assert_eq!(
+            guest_key("t:", "esx-07", "tls:CN=vm-1"),
+            "t:guest:esx-07:tls:CN=vm-1"
+        );
+        assert_eq!(events_key("t:"), "t:events");
+        assert_eq!(guests_index_key("t:"), "t:guests");
+    }
+
+    #[test]
+    fn a_guest_snapshot_is_a_hash_its_expiry_and_its_index_entry() {
+        let c = WriterConfig {
+            ttl_secs: 100,
+            guest_ttl_secs: 600,
+            events_key: "t:events".into(),
+            guests_index_key: "t:guests".into(),
+            stream_maxlen: 5000,
+        };
+        let ops = [
+            Op::Guest {
+                key: "t:guest:s:g".into(),
+                updated: 42,
+                fields: vec![("scanner", "s".into()), ("view", "{}".into())],
+            },
+            Op::Event(vec![("scanner", "s".into()), ("type", "detection".into())]),
+            Op::TrimGuests { before: 7 },
+        ];
+        let pipe = pipeline(&ops, &c);
+        let text = String::from_utf8_lossy(&pipe.get_packed_pipeline()).replace("\r\n", " ");
+        for expected in [
+            "HSET $11 t:guest:s:g $7 scanner $1 s $4 view $2 {}",
+            "EXPIRE $11 t:guest:s:g $3 600",
+            "ZADD $8 t:guests $2 42 $11 t:guest:s:g",
+            "XADD $8 t:events $6 MAXLEN $1 ~ $4 5000 $1 * $7 scanner $1 s $4 type $9 detection",
+            "ZREMRANGEBYSCORE $8 t:guests $4 -inf $1 7",
+        ] {
+            assert!(text.contains(expected), "{expected} not in {text}");
+        }
+    }
+
+    /// One lead per content: the others follow until the guard is dropped
+    /// (verdict cached, or the query gone); then the next one leads.
+    #[tokio::test]
+    async fn one_lookup_of_a_content_leads_the_others_follow() {
+        // Nothing listens there: the farm is set up lazily, never asked.
+        let config = FarmConfig {
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            ..FarmConfig::default()
+        };
+        let farm = Farm::start(&config, FarmMetrics::default())
+            .unwrap()
+            .unwrap();
+        let (a, b) = ([1; 32], [2; 32]);
+        let Flight::Lead(guard) = farm.content_flight(&a) else {
+            panic!("the first leads")
+        };
+        let Flight::Follow(follower) = farm.content_flight(&a) else {
+            panic!("the second follows")
+        };
+        assert!(
+            matches!(farm.content_flight(&b), Flight::Lead(_)),
+            "another content leads"
+        );
+        assert_eq!(
+            follower.limit,
+            Duration::from_millis(config.deadline_ms) + FOLLOW_SLACK
+        );
+        assert!(
+            matches!(follower.done.has_changed(), Ok(false)),
+            "still at it"
+        );
+        drop(guard);
+        assert!(
+            follower.done.has_changed().is_err(),
+            "woken: the leader is done"
+        );
+        follower.wait().await;
+        assert!(
+            matches!(farm.content_flight(&a), Flight::Lead(_)),
+            "the next one leads"
+        );
+        let coalesced = farm
+            .shared
+            .metrics
+            .requests
+            .get_or_create(&OpResultLabel {
+                op: "content",
+                result: "coalesced",
+            })
+            .get();
+        assert_eq!(coalesced, 1);
     }
 
     #[test]
@@ -1020,6 +1539,45 @@ mod tests {
             let e = error(bad);
             assert!(e.contains(key), "{key}: {e}");
         }
+        for (bad, key) in [
+            (
+                FarmConfig {
+                    scanner_name: Some("esx 07".into()),
+                    ..ok.clone()
+                },
+                "farm.scanner_name",
+            ),
+            (
+                FarmConfig {
+                    scanner_name: Some("a:b".into()),
+                    ..ok.clone()
+                },
+                "farm.scanner_name",
+            ),
+            (
+                FarmConfig {
+                    stream_maxlen: 10,
+                    ..ok.clone()
+                },
+                "farm.stream_maxlen",
+            ),
+            (
+                FarmConfig {
+                    guest_ttl_secs: 5,
+                    ..ok.clone()
+                },
+                "farm.guest_ttl_secs",
+            ),
+        ] {
+            let e = error(bad);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        FarmConfig {
+            scanner_name: Some("esx-07.farm_1".into()),
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap();
         assert_eq!(redact("redis://u:pw@h:1"), "redis://u:***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
     }

@@ -473,13 +473,27 @@ impl GuestRegistry {
         }
     }
 
-    /// A `Health` report arrived.
-    pub fn health(&self, guest: &GuestId, health: Health) {
-        if let Some(e) = self.lock_mut().get_mut(&guest.to_string()) {
-            let now = SystemTime::now();
-            e.health = Some((health, now));
-            e.last_seen = now;
-        }
+    /// A `Health` report arrived; whether its state (on-access and scan
+    /// bits, fail mode, policy version) differs from the last report's
+    /// (the first report differs).
+    pub fn health(&self, guest: &GuestId, health: Health) -> bool {
+        let mut guests = self.lock_mut();
+        let Some(e) = guests.get_mut(&guest.to_string()) else {
+            return false;
+        };
+        let now = SystemTime::now();
+        let changed = e.health.as_ref().is_none_or(|(old, _)| {
+            (old.state, old.fail_mode, old.policy_version)
+                != (health.state, health.fail_mode, health.policy_version)
+        });
+        e.health = Some((health, now));
+        e.last_seen = now;
+        changed
+    }
+
+    /// One guest as [`list`](Self::list) shows it.
+    pub fn view(&self, identity: &str) -> Option<GuestView> {
+        self.lock().get(identity).map(view)
     }
 
     /// The policy of `version` went to `guest`.
@@ -1009,5 +1023,69 @@ pub fn describe_outcome(outcome: ActionOutcome) -> (bool, &'static str, String) 
             "connection-lost",
             "the guest's connection ended before it answered".to_owned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use thinagent_protocol::{AgentVersion, FailMode, HealthState, OsKind};
+
+    use super::*;
+
+    fn health(state: u32, fail_mode: FailMode, policy_version: u64, events_sent: u64) -> Health {
+        Health {
+            policy_version,
+            state: HealthState(state),
+            fail_mode,
+            uptime_ms: 1_000,
+            events_sent,
+            cache_hits: 0,
+            denied: 0,
+            fail_decisions: 0,
+            sessions: 1,
+        }
+    }
+
+    /// What the farm publishes on (`Health` state changes): the first
+    /// report, then on-access and scan bits, fail mode and policy version,
+    /// never counters alone.
+    #[test]
+    fn a_health_report_is_a_change_only_when_its_state_changes() {
+        let registry = GuestRegistry::default();
+        let guest = GuestId::Tcp("127.0.0.1:4000".parse().unwrap());
+        let on = HealthState::ON_ACCESS.0;
+        assert!(
+            !registry.health(&guest, health(on, FailMode::Open, 1, 0)),
+            "unknown guest"
+        );
+        let info = GuestInfo {
+            name: "desk-1".into(),
+            os: OsKind::Windows,
+            agent_version: AgentVersion {
+                major: 1,
+                minor: 0,
+                patch: 0,
+            },
+            capabilities: Capabilities(0),
+            version: 2,
+            max_inline_len: 0,
+            max_frame_len: 65_536,
+            max_reads_in_flight: 4,
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        registry.connected(&guest, &info, tx);
+        assert!(registry.health(&guest, health(on, FailMode::Open, 1, 0)));
+        assert!(!registry.health(&guest, health(on, FailMode::Open, 1, 500)));
+        assert!(registry.health(&guest, health(0, FailMode::Open, 1, 501)));
+        assert!(registry.health(&guest, health(0, FailMode::Closed, 1, 502)));
+        assert!(registry.health(&guest, health(0, FailMode::Closed, 2, 503)));
+        assert!(!registry.health(&guest, health(0, FailMode::Closed, 2, 504)));
+        let view = registry.view(&guest.to_string()).unwrap();
+        assert_eq!(view.name, "desk-1");
+        assert_eq!(view.policy_version, Some(2));
+        let h = view.health.unwrap();
+        assert!(!h.on_access);
+        assert_eq!((h.fail_mode, h.events_sent), ("closed", 504));
+        assert!(registry.view("tcp://127.0.0.1:1").is_none());
     }
 }

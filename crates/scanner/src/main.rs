@@ -221,6 +221,15 @@ struct Cli {
     /// Share verdicts by file identity for TLS guests (certificate subjects): true|false. [config: farm.share_identity]
     #[arg(long, value_name = "BOOL")]
     farm_share_identity: Option<bool>,
+    /// This scanner's name in the farm's events and guest lists (unset: the host name). [config: farm.scanner_name]
+    #[arg(long, value_name = "NAME")]
+    farm_scanner_name: Option<String>,
+    /// About how many entries the farm's events stream keeps. [config: farm.stream_maxlen]
+    #[arg(long, value_name = "N")]
+    farm_stream_maxlen: Option<u64>,
+    /// How long a guest's farm entry lives after its last update, s. [config: farm.guest_ttl_secs]
+    #[arg(long, value_name = "SECS")]
+    farm_guest_ttl_secs: Option<u64>,
 }
 
 fn set<T>(slot: &mut T, v: Option<T>) {
@@ -415,6 +424,11 @@ impl Cli {
         set(&mut farm.ttl_secs, self.farm_ttl_secs);
         set(&mut farm.deadline_ms, self.farm_deadline_ms);
         set(&mut farm.share_identity, self.farm_share_identity);
+        if self.farm_scanner_name.is_some() {
+            farm.scanner_name = self.farm_scanner_name.clone();
+        }
+        set(&mut farm.stream_maxlen, self.farm_stream_maxlen);
+        set(&mut farm.guest_ttl_secs, self.farm_guest_ttl_secs);
         if let Some(f) = &self.log_format {
             c.log.format = match f.as_str() {
                 "text" => LogFormat::Text,
@@ -613,6 +627,7 @@ mod tests {
         "guest_policy.max_scan_size",
         "farm.redis_url",
         "farm.password_file",
+        "farm.scanner_name",
     ];
 
     /// Every key of the configuration has a command-line option that names

@@ -516,7 +516,7 @@ impl Metrics {
         let farm = crate::farm::FarmMetrics::default();
         registry.register(
             "farm_requests",
-            "Requests to the scanner farm's Redis, by op (content, identity: lookups; put: writes; ping: probes while down) and result (hit, miss, ok, error, timeout, dropped: the write queue was full, skipped: Redis down)",
+            "Requests to the scanner farm's Redis, by op (content, identity: lookups; put: verdict writes; publish: events stream and guest entries; ping: probes) and result (hit, miss, ok, error, timeout, dropped: the write queue was full, skipped: Redis down)",
             farm.requests.clone(),
         );
         registry.register(

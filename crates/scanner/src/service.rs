@@ -467,6 +467,10 @@ pub struct ServiceObserver {
     audit: Option<AuditLog>,
     /// Detections and guest state changes ([`crate::events`]).
     events: Option<EventSink>,
+    /// The farm's events stream gets the same events ([`crate::farm`]).
+    farm: Option<Arc<crate::farm::Farm>>,
+    /// Ids of the events.
+    ids: crate::events::EventIds,
     logs: Arc<PeerLog>,
     /// `limits.request_timeout_ms`, named in the log line of a query that
     /// exceeded it.
@@ -489,6 +493,8 @@ impl ServiceObserver {
             metrics,
             audit,
             events: None,
+            farm: None,
+            ids: crate::events::EventIds::new(),
             logs,
             scan_budget: None,
         }
@@ -499,6 +505,33 @@ impl ServiceObserver {
     pub fn with_events(mut self, events: EventSink) -> Self {
         self.events = Some(events);
         self
+    }
+
+    /// Also publishes every event on the farm's events stream.
+    #[must_use]
+    pub fn with_farm(mut self, farm: Arc<crate::farm::Farm>) -> Self {
+        self.farm = Some(farm);
+        self
+    }
+
+    /// Whether events go anywhere.
+    fn emits(&self) -> bool {
+        self.events.is_some() || self.farm.is_some()
+    }
+
+    /// Sends the event `body()` (happening now) to the event sink and the
+    /// farm's stream, whichever there are; never blocks.
+    fn emit(&self, body: impl FnOnce() -> EventBody) {
+        if !self.emits() {
+            return;
+        }
+        let event = crate::events::Event::new(&self.ids, body(), SystemTime::now());
+        if let Some(sink) = &self.events {
+            sink.send(&event);
+        }
+        if let Some(farm) = &self.farm {
+            farm.publish_event(&event);
+        }
     }
 
     fn allow(&self, guest: &GuestId, kind: LogKind) -> bool {
@@ -599,21 +632,17 @@ impl ScanObserver for ServiceObserver {
 
     fn on_guest_connected(&self, guest: &GuestId, info: &GuestInfo) {
         self.audit_guest_state(guest, info, "connected", None);
-        if let Some(events) = &self.events {
-            events.emit(EventBody::GuestConnected {
-                guest: GuestRecord::new(guest, info),
-            });
-        }
+        self.emit(|| EventBody::GuestConnected {
+            guest: GuestRecord::new(guest, info),
+        });
     }
 
     fn on_guest_disconnected(&self, guest: &GuestId, info: &GuestInfo, reason: &CloseReason) {
         self.audit_guest_state(guest, info, "disconnected", Some(reason.to_string()));
-        if let Some(events) = &self.events {
-            events.emit(EventBody::GuestDisconnected {
-                guest: GuestRecord::new(guest, info),
-                reason: reason.to_string(),
-            });
-        }
+        self.emit(|| EventBody::GuestDisconnected {
+            guest: GuestRecord::new(guest, info),
+            reason: reason.to_string(),
+        });
     }
 
     fn on_session_closed(&self, guest: &GuestId, reason: &CloseReason) {
@@ -695,10 +724,8 @@ impl ScanObserver for ServiceObserver {
                 tracing::debug!(guest = %r.guest, path = %r.path, verdict, source = ?r.source, "verdict");
             }
         }
-        if let (Some(events), Some(Decision::Deny), Some(threat)) =
-            (&self.events, r.verdict, &r.threat)
-        {
-            events.emit(EventBody::Detection {
+        if let (Some(Decision::Deny), Some(threat)) = (r.verdict, &r.threat) {
+            self.emit(|| EventBody::Detection {
                 guest: GuestRecord::new(&r.guest, &r.guest_info),
                 path: PathRecord::from(&r.raw_path),
                 file: FileRecord::from(&r.file),
@@ -733,7 +760,7 @@ impl ScanObserver for ServiceObserver {
             action = r.action, id = %e.id, guest = %e.guest.address, path = %r.path.display,
             threat = %e.threat, status = %r.status, detail = %r.detail, "quarantine action"
         );
-        if let Some(events) = &self.events {
+        if self.emits() {
             let entry = crate::events::QuarantineRef {
                 guest: e.guest.clone(),
                 path: r.path.clone(),
@@ -750,7 +777,7 @@ impl ScanObserver for ServiceObserver {
                 },
                 _ => EventBody::QuarantinePurged { entry },
             };
-            events.emit(body);
+            self.emit(|| body);
         }
         if let Some(audit) = &self.audit {
             audit.write_record(&HostActionEntry {
@@ -825,19 +852,17 @@ impl ScanObserver for ServiceObserver {
                 )
             });
         }
-        if let Some(events) = &self.events {
-            events.emit(EventBody::Remediation {
-                origin: "automatic".into(),
-                guest: GuestRecord::new(&r.guest, &r.guest_info),
-                path: PathRecord::from(&r.path),
-                file: FileRecord::from(&r.file),
-                threat: r.threat.clone(),
-                action: r.action.as_str().to_owned(),
-                status: r.status.to_owned(),
-                detail: r.detail.clone(),
-                quarantine_id: r.quarantine_id.clone(),
-            });
-        }
+        self.emit(|| EventBody::Remediation {
+            origin: "automatic".into(),
+            guest: GuestRecord::new(&r.guest, &r.guest_info),
+            path: PathRecord::from(&r.path),
+            file: FileRecord::from(&r.file),
+            threat: r.threat.clone(),
+            action: r.action.as_str().to_owned(),
+            status: r.status.to_owned(),
+            detail: r.detail.clone(),
+            quarantine_id: r.quarantine_id.clone(),
+        });
     }
 
     fn on_host_action(&self, r: &crate::connection::HostActionRecord) {
@@ -863,10 +888,9 @@ impl ScanObserver for ServiceObserver {
                 )
             });
         }
-        let Some(events) = &self.events else { return };
         match (r.action, &r.path) {
             ("remediate", Some(path)) => {
-                events.emit(EventBody::Remediation {
+                self.emit(|| EventBody::Remediation {
                     origin: r.origin.into(),
                     guest: GuestRecord::new(&r.guest, &r.guest_info),
                     path: PathRecord::from(path),
@@ -879,7 +903,7 @@ impl ScanObserver for ServiceObserver {
                 });
             }
             ("scan_tree", Some(path)) => {
-                events.emit(EventBody::ScanFinished {
+                self.emit(|| EventBody::ScanFinished {
                     guest: GuestRecord::new(&r.guest, &r.guest_info),
                     path: PathRecord::from(path),
                     status: status.into(),
@@ -1032,10 +1056,14 @@ impl Service {
             None => None,
         };
         let logs = Arc::new(PeerLog::new(LogLimits::default(), metrics.clone()));
+        let farm = crate::farm::Farm::start(&config.farm, metrics.farm.clone())?;
         let mut observer = ServiceObserver::new(metrics.clone(), audit, logs.clone())
             .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms));
         if let Some(events) = events {
             observer = observer.with_events(events);
+        }
+        if let Some(farm) = &farm {
+            observer = observer.with_farm(Arc::clone(farm));
         }
         let observer = Arc::new(observer);
         let mut ctx =
@@ -1062,12 +1090,13 @@ impl Service {
         }
         ctx.remediation = config.remediation.clone();
         ctx.quarantine = quarantine.clone();
-        ctx.farm = crate::farm::Farm::start(&config.farm, metrics.farm.clone())?;
+        ctx.farm = farm;
         if let Some(farm) = &ctx.farm {
             tracing::info!(
                 ?farm,
+                scanner = farm.scanner_name(),
                 ttl_secs = farm.ttl_secs(),
-                "farm cache: sharing verdicts through Redis"
+                "farm cache: sharing verdicts, events and guests through Redis"
             );
         }
         metrics.attach_guests(Arc::clone(&ctx.guests));
@@ -1188,6 +1217,17 @@ impl Service {
                 stop_rx.clone(),
             ))
         });
+        if let Some(farm) = self.ctx.farm.clone() {
+            let guests = self.ctx.guests.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(crate::farm::GUEST_REFRESH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    farm.refresh_guests(&guests.list());
+                }
+            });
+        }
         if let Some(state) = self.state.clone() {
             let guests = self.ctx.guests.clone();
             tasks.spawn(async move {

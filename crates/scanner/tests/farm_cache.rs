@@ -4,7 +4,9 @@
 //! all, any guest by content); a signature reload makes the reloaded
 //! scanner's clean verdicts miss while a detection stays served; Redis
 //! killed mid-run changes no verdict and delays no answer, and sharing
-//! resumes when it is back.
+//! resumes when it is back. Every event, and each guest's snapshot, goes
+//! to the farm's stream and guest hashes; a storm of desktops opening the
+//! same files costs one scan per content.
 //!
 //! Each test starts its own `redis-server` on a free loopback port in a
 //! temporary directory (no persistence). Without `redis-server` on PATH the
@@ -13,161 +15,21 @@
 #![cfg(unix)]
 
 mod common;
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{EICAR, FileSpec, Pki, Running, connect, metric, run_guest, tls_connect};
+use redis_server::RedisServer;
 use thinagent_scanner::config::Config;
 use thinagent_scanner::farm::FarmConfig;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A real `redis-server` of this test; killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    /// Extra `redis-server` arguments (e.g. an ACL user).
-    args: Vec<String>,
-    /// `USER:PASSWORD@` for the test's own connections.
-    auth: String,
-}
-
-impl RedisServer {
-    /// Starts one on a free port, or `None` (with the reason printed) when
-    /// `redis-server` is not installed and this is not CI.
-    fn start() -> Option<Self> {
-        Self::start_with(Vec::new(), String::new())
-    }
-
-    /// Like [`start`](Self::start), with `args` for `redis-server` and
-    /// `auth` (`USER:PASSWORD@`) for the test's own connections.
-    fn start_with(args: Vec<String>, auth: String) -> Option<Self> {
-        let found = std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|d| d.join("redis-server").is_file())
-        });
-        if !found {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "redis-server is not on PATH: CI must install it (Debian package redis-server, see .ci/run)"
-                );
-            }
-            eprintln!(
-                "SKIPPED: redis-server is not on PATH (apt-get install redis-server); these tests need a real Redis"
-            );
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            args,
-            auth,
-        };
-        server.run();
-        Some(server)
-    }
-
-    /// (Re)starts the server on its port and waits until it answers.
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if self.sync_conn().is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server on port {} did not answer in 10 s", self.port);
-    }
-
-    /// Kills it (SIGKILL: no goodbye to the clients).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn sync_conn(&self) -> redis::RedisResult<redis::Connection> {
-        let url = format!("redis://{}127.0.0.1:{}", self.auth, self.port);
-        let client = redis::Client::open(url)?;
-        let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        redis::cmd("PING").query::<String>(&mut c)?;
-        Ok(c)
-    }
-
-    /// Keys matching `pattern` (`KEYS`: fine on a test's few keys).
-    fn keys(&self, pattern: &str) -> Vec<String> {
-        let mut c = self.sync_conn().expect("redis answers");
-        let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap();
-        keys.sort();
-        keys
-    }
-
-    /// `MEMORY USAGE key`: bytes Redis spends on the entry.
-    fn memory_usage(&self, key: &str) -> u64 {
-        let mut c = self.sync_conn().expect("redis answers");
-        redis::cmd("MEMORY")
-            .arg("USAGE")
-            .arg(key)
-            .query(&mut c)
-            .unwrap()
-    }
-
-    fn get(&self, key: &str) -> Option<String> {
-        let mut c = self.sync_conn().expect("redis answers");
-        redis::cmd("GET").arg(key).query(&mut c).unwrap()
-    }
-
-    fn ttl(&self, key: &str) -> i64 {
-        let mut c = self.sync_conn().expect("redis answers");
-        redis::cmd("TTL").arg(key).query(&mut c).unwrap()
-    }
-
-    /// Waits until `pattern` matches at least `n` keys (the writes are
-    /// fire-and-forget).
-    fn wait_keys(&self, pattern: &str, n: usize) -> Vec<String> {
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            let keys = self.keys(pattern);
-            if keys.len() >= n || Instant::now() > until {
-                return keys;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Log lines of this test binary (every test's: filter by Redis port).
 fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
@@ -421,6 +283,255 @@ async fn two_scanners_share_verdicts_and_a_reload_rescans_but_keeps_detections()
     b.shutdown().await;
 }
 
+/// Every event of the sink's kinds, and a snapshot of each guest when it
+/// connects and goes, is an entry of the farm's stream naming the scanner;
+/// each guest has a hash (with its TTL) in the guest index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_guests_go_to_the_farm_stream() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let mut config = scanner_config(&pki, &redis, dir.path());
+    config.farm.scanner_name = Some("esx-a".into());
+    config.farm.guest_ttl_secs = 3_600;
+    let svc = Running::start(config).await;
+    wait_farm_up(&svc, 1.0).await;
+    let got = open_tcp(
+        &svc,
+        "desk-1",
+        &[
+            FileSpec::new("/home/u/eicar.com", 1, 1, EICAR),
+            FileSpec::new("/home/u/clean.txt", 2, 1, b"clean"),
+        ],
+    )
+    .await;
+    assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    let entries = redis.wait_stream("thinagent:events", |e| {
+        e.get("why").map(String::as_str) == Some("disconnected")
+    });
+    let kinds: Vec<&str> = entries.iter().map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "guest_connected",
+            "guest",
+            "detection",
+            "guest",
+            "guest_disconnected",
+            "guest"
+        ],
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().all(|e| e["scanner"] == "esx-a"),
+        "{entries:?}"
+    );
+    // The detection is the event sink's JSON.
+    let detection: serde_json::Value = serde_json::from_str(&entries[2]["event"]).unwrap();
+    assert_eq!(detection["type"], "detection");
+    assert_eq!(detection["threat"], "Eicar-Test-Signature");
+    assert_eq!(detection["guest"]["name"], "desk-1");
+    assert_eq!(detection["path"]["display"], "/home/u/eicar.com");
+    assert_eq!(detection["id"].as_str().map(str::len), Some(32));
+    assert_eq!(entries[3]["why"], "detection");
+    let with_detection: serde_json::Value = serde_json::from_str(&entries[3]["guest"]).unwrap();
+    assert_eq!(with_detection["connected"], true);
+    assert!(
+        with_detection["last_detection"]
+            .as_str()
+            .is_some_and(|d| d.contains("Eicar-Test-Signature")),
+        "{with_detection}"
+    );
+    // The guest's snapshot: the stream entry names its hash.
+    let gone = &entries[5];
+    let key = &gone["key"];
+    assert!(key.starts_with("thinagent:guest:esx-a:tcp"), "{key}");
+    let view: serde_json::Value = serde_json::from_str(&gone["guest"]).unwrap();
+    assert_eq!(view["name"], "desk-1");
+    assert_eq!(view["connected"], false);
+    assert_eq!(view["detections"], 1);
+    let hash = redis.hgetall(key);
+    assert_eq!(hash["scanner"], "esx-a");
+    assert_eq!(
+        hash["view"], gone["guest"],
+        "the hash holds the last snapshot"
+    );
+    let ttl = redis.ttl(key);
+    assert!((3_500..=3_600).contains(&ttl), "TTL {ttl}");
+    let mut c = redis.sync_conn().unwrap();
+    let index: Vec<String> = redis::cmd("ZRANGE")
+        .arg("thinagent:guests")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(index, std::slice::from_ref(key));
+    assert!(farm(&svc, "publish", "ok") >= 1.0);
+    assert_eq!(farm(&svc, "publish", "dropped"), 0.0);
+    assert_eq!(farm(&svc, "publish", "error"), 0.0);
+    svc.shutdown().await;
+}
+
+/// A logon storm on one scanner: desktops open the same files at once
+/// while Redis is slow to answer. Each content is scanned once: the first
+/// lookup of a content leads, the others wait for its verdict in the local
+/// cache instead of each missing in Redis and scanning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_on_one_scanner_scans_each_content_once() {
+    let Some(redis) = RedisServer::start_with(
+        vec!["--enable-debug-command".into(), "yes".into()],
+        String::new(),
+    ) else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let svc = Running::start(scanner_config(&pki, &redis, dir.path())).await;
+    wait_farm_up(&svc, 1.0).await;
+    // Redis stalls for 1 s (less than the 2 s lookup deadline): every
+    // lookup of the storm is in flight at once.
+    let mut stall = redis.sync_conn().unwrap();
+    let sleeper = std::thread::spawn(move || {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query::<()>(&mut stall)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let desk = |n: u64| {
+        vec![
+            FileSpec::new("/a.dll", 10 * n + 1, 1, &[0x41; 3000]),
+            FileSpec::new("/b.dll", 10 * n + 2, 1, &[0x42; 3000]),
+            FileSpec::new("/eicar.com", 10 * n + 3, 1, EICAR),
+        ]
+    };
+    let (d1, d2, d3, d4, d5, d6) = (desk(1), desk(2), desk(3), desk(4), desk(5), desk(6));
+    let got = tokio::join!(
+        open_tcp(&svc, "desk-1", &d1),
+        open_tcp(&svc, "desk-2", &d2),
+        open_tcp(&svc, "desk-3", &d3),
+        open_tcp(&svc, "desk-4", &d4),
+        open_tcp(&svc, "desk-5", &d5),
+        open_tcp(&svc, "desk-6", &d6),
+    );
+    sleeper.join().unwrap();
+    for answers in [got.0, got.1, got.2, got.3, got.4, got.5] {
+        assert!(
+            answers[0].is_clean() && answers[1].is_clean(),
+            "{answers:?}"
+        );
+        assert!(answers[2].is_found("Eicar-Test-Signature"), "{answers:?}");
+    }
+    let queries = m(&svc, "thinagent_scanner_queries_total");
+    let hits = m(&svc, "thinagent_scanner_cache_hits_total{kind=\"content\"}")
+        + m(&svc, "thinagent_scanner_cache_hits_total{kind=\"guest\"}");
+    assert_eq!(queries, 18.0);
+    assert_eq!(
+        queries - hits,
+        3.0,
+        "engine scans: one per content\n{}",
+        farm_lines(&svc)
+    );
+    assert!(
+        farm(&svc, "content", "coalesced") >= 1.0,
+        "{}",
+        farm_lines(&svc)
+    );
+    svc.shutdown().await;
+}
+
+/// A guest's `Health` report (protocol §14.8) is a change of its state: the
+/// farm gets its snapshot (a `guest` entry, `why` `health`, with the
+/// on-access state an admin looks for) and its hash is updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_report_reaches_the_farm() {
+    use thinagent_guest::{
+        FailMode, Instant as GuestInstant, Session, SessionConfig, SessionEvent,
+    };
+    use thinagent_protocol::{AgentVersion, Capabilities, HealthState, OsKind};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = signature_dir();
+    let mut config = scanner_config(&pki, &redis, dir.path());
+    config.farm.scanner_name = Some("esx-h".into());
+    let svc = Running::start(config).await;
+    wait_farm_up(&svc, 1.0).await;
+    let addr = svc.url("tcp://").trim_start_matches("tcp://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let session_config = SessionConfig {
+        query_timeout: Duration::from_secs(5),
+        fail_mode: FailMode::Closed,
+        os: OsKind::Windows,
+        agent_version: AgentVersion {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        },
+        capabilities: Capabilities(Capabilities::READ_CONTENT.0 | Capabilities::INLINE_CONTENT.0),
+        guest_name: "vdi-0042",
+    };
+    let mut s: Box<Session<16, 256, 4>> = Box::new(Session::new(&session_config));
+    let t0 = Instant::now();
+    let now = || GuestInstant::from_millis(t0.elapsed().as_millis() as u64);
+    s.start(now());
+    let (mut rbuf, mut tbuf) = (vec![0u8; 70_000], vec![0u8; 70_000]);
+    let until = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        assert!(Instant::now() < until, "no health snapshot on the stream");
+        while let Some(ev) = s.poll_event() {
+            if let SessionEvent::Connected { .. } = ev {
+                assert!(s.send_health(&thinagent_protocol::Health {
+                    policy_version: 7,
+                    state: HealthState(HealthState::ON_ACCESS.0),
+                    fail_mode: thinagent_protocol::FailMode::Closed,
+                    uptime_ms: 61_000,
+                    events_sent: 17,
+                    cache_hits: 5,
+                    denied: 0,
+                    fail_decisions: 0,
+                    sessions: 1,
+                }));
+            }
+        }
+        while let Some(n) = s.poll_transmit(&mut tbuf) {
+            stream.write_all(&tbuf[..n]).await.unwrap();
+        }
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(50), stream.read(&mut rbuf)).await
+        {
+            assert!(n > 0, "the scanner closed the session");
+            s.receive(&rbuf[..n], now());
+        }
+        let entries = redis.stream("thinagent:events");
+        if entries
+            .iter()
+            .any(|e| e.get("why").map(String::as_str) == Some("health"))
+        {
+            break entries;
+        }
+    };
+    let health = entries
+        .iter()
+        .find(|e| e.get("why").map(String::as_str) == Some("health"))
+        .unwrap();
+    assert_eq!(health["scanner"], "esx-h");
+    let view: serde_json::Value = serde_json::from_str(&health["guest"]).unwrap();
+    assert_eq!(view["name"], "vdi-0042");
+    assert_eq!(view["connected"], true);
+    assert_eq!(view["policy_version"], 7);
+    assert_eq!(view["health"]["on_access"], true);
+    assert_eq!(view["health"]["fail_mode"], "closed");
+    assert_eq!(redis.hgetall(&health["key"])["view"], health["guest"]);
+    svc.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     let Some(mut redis) = RedisServer::start() else {
@@ -472,6 +583,11 @@ async fn redis_killed_changes_no_verdict_and_sharing_resumes_when_back() {
     assert!(
         farm(&a, "content", "skipped") > skipped,
         "lookups tried while down"
+    );
+    assert!(
+        farm(&a, "publish", "skipped") >= 2.0,
+        "events (connected, disconnected) not counted while down: {}",
+        farm_lines(&a)
     );
 
     // Back (empty: it kept nothing): sharing resumes.
@@ -594,7 +710,7 @@ async fn a_full_redis_refuses_writes_and_nothing_else_changes() {
 }
 
 /// The ACL user docs/operations.md tells to create (its own prefix, only
-/// GET, MGET, SET and PING) is enough, with its password from
+/// the commands the scanner sends) is enough, with its password from
 /// `farm.password_file`; without the password Redis refuses and the
 /// scanner scans on, saying why once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,7 +719,7 @@ async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
     let acl = acl_dir.path().join("users.acl");
     std::fs::write(
         &acl,
-        "user thinagent on >s3cret-pw ~thinagent:* +get +mget +set +ping\n\
+        "user thinagent on >s3cret-pw ~thinagent:* +get +mget +set +ping +xadd +hset +expire +zadd +zremrangebyscore\n\
          user admin on >admin-pw ~* +@all\n\
          user default off\n",
     )
@@ -628,8 +744,15 @@ async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
     assert!(got[0].is_found("Eicar-Test-Signature"));
     assert_eq!(redis.wait_keys("thinagent:d:*", 1).len(), 1);
     assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    assert_eq!(redis.wait_keys("thinagent:guest:*", 1).len(), 1);
     assert_eq!(farm(&svc, "put", "error"), 0.0);
     svc.shutdown().await;
+    // Every write the scanner makes is allowed: the events, the guests.
+    let entries = redis.wait_stream("thinagent:events", |e| e["type"] == "guest_disconnected");
+    assert!(
+        entries.iter().any(|e| e["type"] == "detection"),
+        "{entries:?}"
+    );
 
     // A wrong password: refused, the scanner scans on.
     let wrong = dir.path().join("wrong-password");
