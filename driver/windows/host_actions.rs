@@ -146,7 +146,7 @@ const STATUS_NOT_SUPPORTED: NTSTATUS = 0xC000_00BB_u32 as i32;
 const STATUS_INVALID_INFO_CLASS: NTSTATUS = 0xC000_0003_u32 as i32;
 pub(super) const STATUS_IO_TIMEOUT: NTSTATUS = 0xC000_00B5_u32 as i32;
 pub(super) const STATUS_UNSUCCESSFUL: NTSTATUS = kernel::STATUS_UNSUCCESSFUL;
-pub(super) const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
+const STATUS_NAME_TOO_LONG: NTSTATUS = 0xC000_0106_u32 as i32;
 
 // The layouts the file system writes and reads, as windows-sys declares
 // them (ntifs.h; learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/
@@ -529,29 +529,17 @@ impl InstanceRef {
         if !nt_success(status) {
             return Err(status);
         }
-        let instance = Self::for_volume(volume);
-        // SAFETY: FltObjectDereference (fltkernel.h): drops the volume
-        // reference FltGetVolumeFromName added.
-        unsafe { FltObjectDereference(volume as *mut c_void) };
-        instance
-    }
-
-    /// Our instance on `volume` (which the caller holds a reference to).
-    /// IRQL <= APC_LEVEL.
-    fn for_volume(volume: PFLT_VOLUME) -> Result<Self, NTSTATUS> {
         let mut instance: PFLT_INSTANCE = 0;
         // SAFETY: FltGetVolumeInstanceFromName (fltkernel.h,
         // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumeinstancefromname):
-        // a referenced volume; a null instance name picks our
+        // the referenced volume; a null instance name picks our
         // highest-altitude instance on it, referenced. IRQL <= APC_LEVEL.
         let status = unsafe {
-            FltGetVolumeInstanceFromName(
-                filter_callbacks::filter(),
-                volume,
-                core::ptr::null(),
-                &mut instance,
-            )
+            FltGetVolumeInstanceFromName(filter, volume, core::ptr::null(), &mut instance)
         };
+        // SAFETY: FltObjectDereference (fltkernel.h): drops the volume
+        // reference FltGetVolumeFromName added.
+        unsafe { FltObjectDereference(volume as *mut c_void) };
         if nt_success(status) {
             Ok(InstanceRef(instance))
         } else {
@@ -690,7 +678,7 @@ impl Drop for OpenFile {
 }
 
 /// A protocol path as UTF-16 units (`None`: not text, or too long).
-pub(super) fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
+fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
     let mut out = Vec::new();
     out.try_reserve_exact(PATH_UNITS).ok()?;
     match *path {
@@ -703,33 +691,23 @@ pub(super) fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
     (!out.is_empty() && out.len() <= PATH_UNITS).then_some(out)
 }
 
-/// `path` with a drive letter (`C:\...`, `\??\C:\...`,
-/// `\DosDevices\C:\...`, as an admin types it) spelled as the volume's
-/// device name (`\Device\HarddiskVolumeN\...`, the normalized names the
-/// filter reports, which every host action takes): `FltGetVolumeFromName`
-/// on the drive, then `FltGetVolumeName`. Any other path comes back as it
-/// is. `STATUS_FLT_VOLUME_NOT_FOUND`: no such drive. PASSIVE_LEVEL.
-pub(super) fn device_path(path: Vec<u16>) -> Result<Vec<u16>, NTSTATUS> {
+/// The path a host action names, as UTF-16 units in the normalized form
+/// the filter reports and every action takes (`\Device\HarddiskVolumeN\...`):
+/// a drive letter (`C:\...`, `\??\C:\...`, `\DosDevices\C:\...`, as an
+/// admin types it) is spelled as its volume's device name
+/// ([`device_name_of`]); any other path comes as it is. No such drive is
+/// `STATUS_OBJECT_PATH_NOT_FOUND` (`NotFound` like a missing directory);
+/// not text or too long, `STATUS_NAME_TOO_LONG`. PASSIVE_LEVEL.
+pub(super) fn target_path(path: &FilePath<'_>) -> Result<Vec<u16>, NTSTATUS> {
+    let path = path_units(path).ok_or(STATUS_NAME_TOO_LONG)?;
     let Some((drive, rest)) = drive_letter(&path) else {
         return Ok(path);
     };
-    let drive_units = [drive, u16::from(b':')];
-    let name = unicode_string_for(&drive_units).ok_or(STATUS_NAME_TOO_LONG)?;
-    let mut volume: PFLT_VOLUME = 0;
-    // SAFETY: FltGetVolumeFromName (fltkernel.h,
-    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumefromname,
-    // which takes "D:" names): our registered filter, a UNICODE_STRING over
-    // a local; the volume comes back referenced. PASSIVE_LEVEL.
-    let status = unsafe { FltGetVolumeFromName(filter_callbacks::filter(), &name, &mut volume) };
-    if !nt_success(status) {
-        return Err(status);
-    }
-    let named = volume_device_name(volume);
-    // SAFETY: FltObjectDereference (fltkernel.h): drops the reference
-    // FltGetVolumeFromName added.
-    unsafe { FltObjectDereference(volume as *mut c_void) };
-    let mut out = named?;
-    if out.try_reserve_exact(path.len() - rest).is_err() {
+    let mut out = match device_name_of(&[drive, u16::from(b':')]) {
+        Err(STATUS_FLT_VOLUME_NOT_FOUND) => return Err(STATUS_OBJECT_PATH_NOT_FOUND),
+        other => other?,
+    };
+    if out.try_reserve_exact(path.len() - rest + 1).is_err() {
         return Err(STATUS_INSUFFICIENT_RESOURCES);
     }
     out.extend_from_slice(&path[rest..]);
@@ -741,6 +719,29 @@ pub(super) fn device_path(path: Vec<u16>) -> Result<Vec<u16>, NTSTATUS> {
         return Err(STATUS_NAME_TOO_LONG);
     }
     Ok(out)
+}
+
+/// The device name (`\Device\HarddiskVolumeN`) of the volume
+/// `FltGetVolumeFromName` finds for `name` (a drive, `D:`; a volume GUID
+/// name, `\??\Volume{...}`; or a device name), by `FltGetVolumeName`.
+/// PASSIVE_LEVEL.
+fn device_name_of(name: &[u16]) -> Result<Vec<u16>, NTSTATUS> {
+    let name = unicode_string_for(name).ok_or(STATUS_NAME_TOO_LONG)?;
+    let mut volume: PFLT_VOLUME = 0;
+    // SAFETY: FltGetVolumeFromName (fltkernel.h,
+    // learn.microsoft.com/windows-hardware/drivers/ddi/fltkernel/nf-fltkernel-fltgetvolumefromname,
+    // which takes "D:" names): our registered filter, a UNICODE_STRING over
+    // the caller's units for the call; the volume comes back referenced.
+    // PASSIVE_LEVEL.
+    let status = unsafe { FltGetVolumeFromName(filter_callbacks::filter(), &name, &mut volume) };
+    if !nt_success(status) {
+        return Err(status);
+    }
+    let named = volume_device_name(volume);
+    // SAFETY: FltObjectDereference (fltkernel.h): drops the reference
+    // FltGetVolumeFromName added.
+    unsafe { FltObjectDereference(volume as *mut c_void) };
+    named
 }
 
 /// The drive letter of `path` (`C:` alone or before `\`, optionally after
@@ -824,12 +825,9 @@ fn remediate(_agent: &Agent, job: &Job, r: &Remediate<'_>) -> ActionResult {
         // The host stopped waiting (§14.1): do not start.
         return failed(STATUS_IO_TIMEOUT);
     }
-    let Some(path) = path_units(&r.path) else {
-        return failed(STATUS_NAME_TOO_LONG);
-    };
-    let path = match device_path(path) {
+    let path = match target_path(&r.path) {
         Ok(p) => p,
-        Err(STATUS_FLT_VOLUME_NOT_FOUND) => return ActionResult::status(ActionStatus::NotFound),
+        Err(status) if not_found(status) => return ActionResult::status(ActionStatus::NotFound),
         Err(status) => return failed(status),
     };
     let instance = match InstanceRef::for_path(&path) {
@@ -1084,16 +1082,7 @@ impl Scan {
                 done(ScanStatus::Failed, Some(OsError::NtStatus(s as u32)))
             }
         };
-        let Some(path) = path_units(&t.root) else {
-            return Err(fail(STATUS_NAME_TOO_LONG));
-        };
-        let mut path = device_path(path).map_err(|s| {
-            fail(if s == STATUS_FLT_VOLUME_NOT_FOUND {
-                STATUS_OBJECT_PATH_NOT_FOUND
-            } else {
-                s
-            })
-        })?;
+        let mut path = target_path(&t.root).map_err(fail)?;
         // "\Device\HarddiskVolume3\" names the volume's root directory;
         // without its last backslash it would name the volume itself.
         let slash = u16::from(b'\\');
@@ -1536,32 +1525,14 @@ impl Scan {
         if self.mounts.len() >= MAX_MOUNTS {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
-        let name = unicode_string_for(guid_name).ok_or(STATUS_NAME_TOO_LONG)?;
-        let mut volume: PFLT_VOLUME = 0;
-        // SAFETY: FltGetVolumeFromName (fltkernel.h): our registered
-        // filter, a UNICODE_STRING over `guid_name` for the call; the
-        // volume comes back referenced. PASSIVE_LEVEL.
-        let status =
-            unsafe { FltGetVolumeFromName(filter_callbacks::filter(), &name, &mut volume) };
-        if !nt_success(status) {
-            return Err(status);
-        }
-        let found = volume_device_name(volume).and_then(|device| {
-            let seen = self.volumes_seen.iter().any(|v| {
-                v.len() == device.len() && v.iter().zip(&device).all(|(a, b)| fold(*a) == fold(*b))
-            });
-            if seen {
-                return Ok(None);
-            }
-            let instance = InstanceRef::for_volume(volume)?;
-            Ok(Some((instance, device)))
+        let device = device_name_of(guid_name)?;
+        let seen = self.volumes_seen.iter().any(|v| {
+            v.len() == device.len() && v.iter().zip(&device).all(|(a, b)| fold(*a) == fold(*b))
         });
-        // SAFETY: FltObjectDereference (fltkernel.h): drops the reference
-        // FltGetVolumeFromName added (the instance holds its own).
-        unsafe { FltObjectDereference(volume as *mut c_void) };
-        let Some((instance, device)) = found? else {
+        if seen {
             return Ok(None);
-        };
+        }
+        let instance = InstanceRef::for_path(&device)?;
         if device.len() + 1 > PATH_UNITS {
             return Err(STATUS_NAME_TOO_LONG);
         }

@@ -39,15 +39,15 @@ use thinagent_km_sys::fltmgr::windows_sys::Wdk::Storage::FileSystem::{
     FileRenameInformation,
 };
 use thinagent_km_sys::fltmgr::windows_sys::Win32::Foundation::{
-    NTSTATUS, STATUS_FLT_VOLUME_NOT_FOUND, STATUS_OBJECT_NAME_COLLISION, STATUS_STOPPED_ON_SYMLINK,
+    NTSTATUS, STATUS_OBJECT_NAME_COLLISION, STATUS_STOPPED_ON_SYMLINK,
 };
 use thinagent_protocol::{ActionResult, ActionStatus, Restore, RestoreData};
 
 use super::filter_callbacks;
 use super::host_actions::{
     DELETE, FILE_ATTRIBUTE_REPARSE_POINT, FILE_READ_ATTRIBUTES, FILE_TRAVERSE, FILE_WRITE_DATA,
-    InstanceRef, Job, OpenFile, STATUS_IO_TIMEOUT, STATUS_NAME_TOO_LONG, STATUS_UNSUCCESSFUL,
-    device_path, failed, mark_deleted, not_found, path_units, volume_name_len,
+    InstanceRef, Job, OpenFile, STATUS_IO_TIMEOUT, STATUS_UNSUCCESSFUL, failed, mark_deleted,
+    not_found, target_path, volume_name_len,
 };
 use super::kernel::{
     self, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, Utf16, nt_success,
@@ -249,14 +249,7 @@ fn begin(job: &Job, r: &Restore<'_>, deadline: Instant) -> Result<Box<Restoring>
     if kernel::now().has_reached(deadline) {
         return Err(failed(STATUS_IO_TIMEOUT));
     }
-    let path = path_units(&r.path).ok_or_else(|| failed(STATUS_NAME_TOO_LONG))?;
-    let path = device_path(path).map_err(|s| {
-        if s == STATUS_FLT_VOLUME_NOT_FOUND {
-            ActionResult::status(ActionStatus::NotFound)
-        } else {
-            failed(s)
-        }
-    })?;
+    let path = target_path(&r.path).map_err(fail)?;
     let slash = u16::from(b'\\');
     let volume_len = volume_name_len(&path).ok_or_else(|| fail(STATUS_OBJECT_NAME_INVALID))?;
     // The target's directory ends at the last backslash, at or after the
