@@ -657,14 +657,10 @@ async fn guests_remediate_and_scan_through_the_control_socket() {
     running.shutdown().await;
 }
 
-/// `[remediation]` with a quarantine rule: the denied EICAR's bytes are in
-/// the quarantine store before the guest is asked to delete it, and the
-/// outcome is an event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_detection_is_quarantined_then_deleted_automatically() {
-    let dir = tempfile::tempdir().unwrap();
-    let events_file = dir.path().join("events.jsonl");
-    let mut config: thinagent_scanner::config::Config = toml::from_str(&format!(
+/// A TCP listener, a quarantine store (`dir/quarantine`), an event file
+/// (`dir/events.jsonl`) with its queue (`dir/queue`), and `more` TOML.
+fn store_and_events_config(dir: &std::path::Path, more: &str) -> thinagent_scanner::config::Config {
+    toml::from_str(&format!(
         r#"
         listen = ["tcp://127.0.0.1:0"]
         [quarantine]
@@ -672,14 +668,29 @@ async fn a_detection_is_quarantined_then_deleted_automatically() {
         [events]
         file = "{e}"
         queue_dir = "{d}"
-        [remediation]
-        rules = [{{ threat = "Eicar-*", action = "quarantine" }}]
+        {more}
         "#,
-        q = dir.path().join("quarantine").display(),
-        e = events_file.display(),
-        d = dir.path().join("queue").display(),
+        q = dir.join("quarantine").display(),
+        e = dir.join("events.jsonl").display(),
+        d = dir.join("queue").display(),
     ))
-    .unwrap();
+    .unwrap()
+}
+
+/// `[remediation]` with a quarantine rule: the denied EICAR's bytes are in
+/// the quarantine store before the guest is asked to delete it, and the
+/// outcome is an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detection_is_quarantined_then_deleted_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_file = dir.path().join("events.jsonl");
+    let mut config = store_and_events_config(
+        dir.path(),
+        r#"
+        [remediation]
+        rules = [{ threat = "Eicar-*", action = "quarantine" }]
+        "#,
+    );
     config.validate().unwrap();
     config.control_socket = None;
     let running = Running::start(config).await;
@@ -742,20 +753,7 @@ async fn a_detection_is_quarantined_then_deleted_automatically() {
 async fn a_stopped_service_starts_again_at_once_while_a_control_client_is_connected() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("control.sock");
-    let mut config: thinagent_scanner::config::Config = toml::from_str(&format!(
-        r#"
-        listen = ["tcp://127.0.0.1:0"]
-        [quarantine]
-        dir = "{q}"
-        [events]
-        file = "{e}"
-        queue_dir = "{d}"
-        "#,
-        q = dir.path().join("quarantine").display(),
-        e = dir.path().join("events.jsonl").display(),
-        d = dir.path().join("queue").display(),
-    ))
-    .unwrap();
+    let mut config = store_and_events_config(dir.path(), "");
     config.control_socket = Some(socket.clone());
     for round in 0..3 {
         let running = Running::start(config.clone()).await;
