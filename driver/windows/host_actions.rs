@@ -49,6 +49,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
 
 use thinagent_guest::log::routine;
+use thinagent_guest::nt_path;
 use thinagent_guest::{Instant, Level, OpenPolicy, PathRef};
 use thinagent_km_sys::fltmgr::Minifilters::{
     FltClose, FltCreateFileEx2, FltFsControlFile, FltGetVolumeFromName,
@@ -491,24 +492,6 @@ pub(super) fn failed(status: NTSTATUS) -> ActionResult {
 // Files: our own opens below our instance
 // ---------------------------------------------------------------------------
 
-/// Length (UTF-16 units) of the volume's name `path` starts with
-/// (`\Device\<name>`, the first two components of a normalized name:
-/// up to the third backslash or the end). `None`: not such a name.
-pub(super) fn volume_name_len(path: &[u16]) -> Option<usize> {
-    let slash = u16::from(b'\\');
-    let mut seen = 0;
-    let end = path
-        .iter()
-        .position(|&c| {
-            if c == slash {
-                seen += 1;
-            }
-            seen == 3
-        })
-        .unwrap_or(path.len());
-    (path.first() == Some(&slash) && seen >= 2).then_some(end)
-}
-
 /// Our instance on a volume, referenced (`FltGetVolumeInstanceFromName`);
 /// dereferenced on drop.
 pub(super) struct InstanceRef(pub(super) PFLT_INSTANCE);
@@ -517,7 +500,7 @@ impl InstanceRef {
     /// Our instance on the volume `path` starts with (`\Device\<name>`, the
     /// first two components of a normalized name). PASSIVE_LEVEL.
     pub(super) fn for_path(path: &[u16]) -> Result<Self, NTSTATUS> {
-        let end = volume_name_len(path).ok_or(STATUS_OBJECT_PATH_NOT_FOUND)?;
+        let end = nt_path::volume_name_len(path).ok_or(STATUS_OBJECT_PATH_NOT_FOUND)?;
         let name = unicode_string_for(&path[..end]).ok_or(STATUS_NAME_TOO_LONG)?;
         let filter = filter_callbacks::filter();
         let mut volume: PFLT_VOLUME = 0;
@@ -700,7 +683,7 @@ fn path_units(path: &FilePath<'_>) -> Option<Vec<u16>> {
 /// not text or too long, `STATUS_NAME_TOO_LONG`. PASSIVE_LEVEL.
 pub(super) fn target_path(path: &FilePath<'_>) -> Result<Vec<u16>, NTSTATUS> {
     let path = path_units(path).ok_or(STATUS_NAME_TOO_LONG)?;
-    let Some((drive, rest)) = drive_letter(&path) else {
+    let Some((drive, rest)) = nt_path::drive_letter(&path) else {
         return Ok(path);
     };
     let mut out = match device_name_of(&[drive, u16::from(b':')]) {
@@ -742,33 +725,6 @@ fn device_name_of(name: &[u16]) -> Result<Vec<u16>, NTSTATUS> {
     // FltGetVolumeFromName added.
     unsafe { FltObjectDereference(volume as *mut c_void) };
     named
-}
-
-/// The drive letter of `path` (`C:` alone or before `\`, optionally after
-/// `\??\` or `\DosDevices\`, ASCII case-insensitive) and where the rest
-/// of the path starts.
-fn drive_letter(path: &[u16]) -> Option<(u16, usize)> {
-    let eq = |units: &[u16], text: &str| {
-        units.len() == text.len()
-            && units
-                .iter()
-                .zip(text.bytes())
-                .all(|(&u, b)| u8::try_from(u).is_ok_and(|c| c.eq_ignore_ascii_case(&b)))
-    };
-    let start = ["\\??\\", "\\DosDevices\\"]
-        .iter()
-        .find(|p| path.len() >= p.len() && eq(&path[..p.len()], p))
-        .map_or(0, |p| p.len());
-    let drive = *path.get(start)?;
-    let letter = u8::try_from(drive).ok().filter(u8::is_ascii_alphabetic)?;
-    if path.get(start + 1) != Some(&u16::from(b':')) {
-        return None;
-    }
-    match path.get(start + 2) {
-        None => Some((u16::from(letter), start + 2)),
-        Some(&u) if u == u16::from(b'\\') => Some((u16::from(letter), start + 2)),
-        Some(_) => None,
-    }
 }
 
 /// The volume's device name (`\Device\HarddiskVolumeN`), by
@@ -1133,7 +1089,7 @@ impl Scan {
         };
         let _ = reparse; // the root itself is where the host asked to start
         let mut volumes_seen = Vec::new();
-        let root_volume = volume_name_len(&path).unwrap_or(path.len());
+        let root_volume = nt_path::volume_name_len(&path).unwrap_or(path.len());
         let mut root_name = Vec::new();
         if root_name.try_reserve_exact(root_volume).is_err()
             || volumes_seen.try_reserve_exact(MAX_MOUNTS + 1).is_err()
@@ -1526,9 +1482,10 @@ impl Scan {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
         let device = device_name_of(guid_name)?;
-        let seen = self.volumes_seen.iter().any(|v| {
-            v.len() == device.len() && v.iter().zip(&device).all(|(a, b)| fold(*a) == fold(*b))
-        });
+        let seen = self
+            .volumes_seen
+            .iter()
+            .any(|v| nt_path::eq_ascii_case(v, &device));
         if seen {
             return Ok(None);
         }
@@ -1633,15 +1590,6 @@ impl Scan {
     }
 }
 
-/// ASCII case folding of one UTF-16 unit (volume names).
-fn fold(u: u16) -> u16 {
-    if (u16::from(b'A')..=u16::from(b'Z')).contains(&u) {
-        u + 32
-    } else {
-        u
-    }
-}
-
 /// `FSCTL_GET_REPARSE_POINT` (winioctl.h) and `IO_REPARSE_TAG_MOUNT_POINT`
 /// (ntifs.h): junctions and volume mount points share the tag.
 const FSCTL_GET_REPARSE_POINT: u32 = 0x0009_00A8;
@@ -1695,32 +1643,12 @@ fn mount_target(instance: PFLT_INSTANCE, point: &OpenFile) -> Option<Vec<u16>> {
     let offset = usize::from(u16_at(8)?);
     let len = usize::from(u16_at(10)?);
     let name = data.get(16 + offset..16 + offset + len)?;
-    let units: Vec<u16> = name
+    let mut units: Vec<u16> = name
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
-    volume_guid_name(&units)
-}
-
-/// `\??\Volume{...}` (an optional last backslash dropped), or `None`.
-fn volume_guid_name(units: &[u16]) -> Option<Vec<u16>> {
-    let prefix = "\\??\\Volume{";
-    let mut it = units.iter();
-    for b in prefix.bytes() {
-        if fold(*it.next()?) != fold(u16::from(b)) {
-            return None;
-        }
-    }
-    let end = units.iter().position(|&u| u == u16::from(b'}'))?;
-    match &units[end + 1..] {
-        [] => {}
-        [u] if *u == u16::from(b'\\') => {}
-        _ => return None,
-    }
-    let mut out = Vec::new();
-    out.try_reserve_exact(end + 1).ok()?;
-    out.extend_from_slice(&units[..=end]);
-    Some(out)
+    units.truncate(nt_path::volume_guid_name_len(&units)?);
+    Some(units)
 }
 
 /// Whether the opened file is a directory, and a reparse point

@@ -47,7 +47,7 @@ use super::filter_callbacks;
 use super::host_actions::{
     DELETE, FILE_ATTRIBUTE_REPARSE_POINT, FILE_READ_ATTRIBUTES, FILE_TRAVERSE, FILE_WRITE_DATA,
     InstanceRef, Job, OpenFile, STATUS_IO_TIMEOUT, STATUS_UNSUCCESSFUL, failed, mark_deleted,
-    not_found, target_path, volume_name_len,
+    not_found, target_path,
 };
 use super::kernel::{
     self, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, Utf16, nt_success,
@@ -251,7 +251,8 @@ fn begin(job: &Job, r: &Restore<'_>, deadline: Instant) -> Result<Box<Restoring>
     }
     let path = target_path(&r.path).map_err(fail)?;
     let slash = u16::from(b'\\');
-    let volume_len = volume_name_len(&path).ok_or_else(|| fail(STATUS_OBJECT_NAME_INVALID))?;
+    let volume_len = thinagent_guest::nt_path::volume_name_len(&path)
+        .ok_or_else(|| fail(STATUS_OBJECT_NAME_INVALID))?;
     // The target's directory ends at the last backslash, at or after the
     // root's.
     let cut = path

@@ -33,6 +33,7 @@ pub mod file_key;
 pub mod health;
 pub mod host_policy;
 pub mod log;
+pub mod nt_path;
 pub mod params;
 pub mod policy;
 pub mod reconnect;
