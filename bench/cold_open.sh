@@ -6,13 +6,17 @@
 # round trip carrying the file's first 64 KiB, (4) for files over 64 KiB
 # floor-roundtrip-whole, the round trip carrying the whole file, and
 # (5) thinagent-linux-agent + thinagent-scanner over a Unix socket.
-# Prints a table and the goal check of issue 16 (ThinAgent cold <= 2x
-# floor-roundtrip). Not a test; not run in CI. Needs root (tmpfs, fanotify).
+# Each size's setups are measured in turn, ROUNDS times over (fresh files
+# each time), and the table takes the median of the rounds: a drift of the
+# machine between two setups then weighs on both. Prints a table and the
+# goal check of issue 16 (ThinAgent cold <= 2x floor-roundtrip at 4 KiB;
+# the other sizes are reported). Not a test; not run in CI. Needs root
+# (tmpfs, fanotify).
 # See bench/README.md ("Cold open at its floor") for the method.
 #
 #   bench/cold_open.sh [--quick] [--sizes "1K 4K 64K 1M"] [--files N] [--mb M]
 #                      [--setups "..."] [--dir DIR] [--no-build] [--nice N]
-#                      [--cpus LIST] [--agent-args "ARGS"]
+#                      [--cpus LIST] [--agent-args "ARGS"] [--rounds R]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +24,7 @@ ROOT=$(dirname "$HERE")
 SIZES="1K 4K 64K 1M"
 FILES=2000
 BUDGET_MB=128
+ROUNDS=3
 ALL_SETUPS="none floor-allow floor-roundtrip floor-roundtrip-whole thinagent"
 SETUPS=$ALL_SETUPS
 DIR=/tmp/thinagent-coldopen
@@ -36,7 +41,9 @@ usage: $0 [options]
   --sizes "LIST"     file sizes, bytes or with K/M suffix (default "$SIZES")
   --files N          files per size and setup, at most (default $FILES)
   --mb M             and at most M MiB of them per size and setup (default $BUDGET_MB: 128 files of 1 MiB)
-  --quick            --files 500 --mb 32 (a check that everything works, ~1 min)
+  --rounds R         measure every setup R times, in turn with the others (default $ROUNDS);
+                     the table shows the median of the rounds
+  --quick            --files 500 --mb 32 --rounds 1 (a check that everything works)
   --setups "LIST"    any of: $ALL_SETUPS (default: all; none is always run)
   --dir DIR          work dir, the tmpfs is mounted at DIR/mnt (default $DIR)
   --no-build         use the binaries already in target/release
@@ -52,7 +59,8 @@ while [ $# -gt 0 ]; do
         --sizes) SIZES=${2:?--sizes needs a list}; shift 2 ;;
         --files) FILES=${2:?--files needs a number}; shift 2 ;;
         --mb) BUDGET_MB=${2:?--mb needs a number}; shift 2 ;;
-        --quick) FILES=500; BUDGET_MB=32; shift ;;
+        --quick) FILES=500; BUDGET_MB=32; ROUNDS=1; shift ;;
+        --rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
         --setups) SETUPS=${2:?--setups needs a list}; shift 2 ;;
         --dir) DIR=${2:?--dir needs a path}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -67,6 +75,7 @@ die() { echo "cold_open: $*" >&2; exit 2; }
 log() { echo "== $*" >&2; }
 case $FILES in ''|*[!0-9]*|0) die "--files expects a positive number" ;; esac
 case $BUDGET_MB in ''|*[!0-9]*|0) die "--mb expects a positive number" ;; esac
+case $ROUNDS in ''|*[!0-9]*|0) die "--rounds expects a positive number" ;; esac
 case $NICE in -[0-9]|-1[0-9]|-20|[0-9]|1[0-9]) ;; *) die "--nice expects -20..19" ;; esac
 for s in $SETUPS; do
     case " $ALL_SETUPS " in *" $s "*) ;; *) die "unknown setup $s (known: $ALL_SETUPS)" ;; esac
@@ -278,9 +287,10 @@ stop_setup() { # SETUP TAG
 }
 
 PASS_ERRORS=0
-# pass SETUP SIZE NAME DIR: one coldread pass, its line appended to SIZE-SETUP.passes
+# pass SETUP SIZE NAME DIR ROUND: one coldread pass, its line (with round=ROUND)
+# appended to SIZE-SETUP.passes
 pass() {
-    local setup=$1 size=$2 name=$3 dir=$4 tag="$2-$1-$3" rc=0 line
+    local setup=$1 size=$2 name=$3 dir=$4 round=$5 tag="$2-$1-$3-r$5" rc=0 line
     timeout "$PASS_TIMEOUT" "$WORKLOAD" coldread "$dir" --pass "$name" \
         >"$RUN/$tag.out" 2>"$RUN/$tag.err" || rc=$?
     line=$(cat "$RUN/$tag.out")
@@ -292,39 +302,42 @@ pass() {
         echo "   $setup $size $name: errors: $(head -c 300 "$RUN/$tag.err")" >&2
         PASS_ERRORS=1
     fi
-    echo "   $setup $size $name: $line" >&2
-    echo "$line" >>"$RUN/$2-$1.passes"
+    echo "   $setup $size $name (round $round): $line" >&2
+    echo "round=$round $line" >>"$RUN/$2-$1.passes"
 }
 
-# One line per (size, setup) in setups.tsv: size setup status load_before load_after counters
+# One line per (size, setup, round) in setups.tsv: size setup status
+# load_before load_after counters round
 : >"$RUN/setups.tsv"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for i in "${!SIZE_BYTES[@]}"; do
     size=${SIZE_BYTES[$i]}
     n=$(files_for "$size")
+    for s in $ALL_SETUPS; do : >"$RUN/$size-$s.passes"; done
+  for round in $(seq "$ROUNDS"); do
     for setup in $ALL_SETUPS; do
         want "$setup" || continue
         [ "$setup" = floor-roundtrip-whole ] && [ "$size" -le "$FLOOR_BYTES" ] && continue
-        tag=$size-$setup
+        tag=$size-$setup-r$round
         status=ok
         load_before=$(cut -d' ' -f1-3 /proc/loadavg)
         if [ -n "${STATUS[$setup]:-}" ]; then
             status=${STATUS[$setup]}
         else
-            log "size $size, $setup: $n fresh files (load average $load_before)"
+            log "size $size, round $round/$ROUNDS, $setup: $n fresh files (load average $load_before)"
             fdir=$MNT/$tag
             # Fresh files written before the setup starts: its first pass is
             # the first open of each of them while it runs.
             "$WORKLOAD" populate-sized "$fdir" --files "$n" --size "$size" \
-                --seed "$((i * 10 + ${#setup}))" >/dev/null
-            : >"$RUN/$tag.passes"
+                --seed "$((round * 1000 + i * 10 + ${#setup}))" >/dev/null
             if ! start_setup "$setup" "$tag"; then
                 status="did not start: $WHY"
             elif [ "$setup" = thinagent ] && ! check_thinagent; then
                 status=$WHY
             elif [ "$setup" != thinagent ] && ! check_open; then
                 status=$WHY
-            elif ! pass "$setup" "$size" cold "$fdir" || ! pass "$setup" "$size" warm "$fdir"; then
+            elif ! pass "$setup" "$size" cold "$fdir" "$round" \
+                    || ! pass "$setup" "$size" warm "$fdir" "$round"; then
                 status=$WHY
             fi
             stop_setup "$setup" "$tag"
@@ -332,14 +345,16 @@ for i in "${!SIZE_BYTES[@]}"; do
             [ "$status" = ok ] || echo "   FAILURE: $setup at $size bytes: $status" >&2
         fi
         load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$size" "$setup" "$status" "$load_before" "$load_after" \
-            "$(cat "$RUN/$tag-counters.txt" 2>/dev/null || true)" >>"$RUN/setups.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$size" "$setup" "$status" "$load_before" \
+            "$load_after" "$(cat "$RUN/$tag-counters.txt" 2>/dev/null || true)" "$round" \
+            >>"$RUN/setups.tsv"
     done
+  done
 done
 
 echo
 echo "Cold open at its floor — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel $(uname -r)"
-echo "fresh files per size and setup on tmpfs: at most $FILES, at most $BUDGET_MB MiB; niceness $(ps -o ni= -p $$ | tr -d ' '); CPUs ${CPUS:-all}${AGENT_ARGS:+; agent arguments: $AGENT_ARGS}; load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "fresh files per size, setup and round on tmpfs: at most $FILES, at most $BUDGET_MB MiB; $ROUNDS rounds (setups in turn), median shown; niceness $(ps -o ni= -p $$ | tr -d ' '); CPUs ${CPUS:-all}${AGENT_ARGS:+; agent arguments: $AGENT_ARGS}; load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 python3 "$HERE/cold_report.py" "$RUN"
 echo

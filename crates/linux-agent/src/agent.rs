@@ -9,10 +9,11 @@
 //! group and the kernel queues the rest.
 //!
 //! The cold path, hop by hop (protocol version 2 with inline content): the
-//! reader thread hands over the event with its file's first bytes already
-//! read ([`crate::reader`]); the loop runs it through the core, which
-//! encodes the `FileEvent` with the content, and writes it to the socket at
-//! once in the same turn ([`Edge::try_flush`], no second pass through the
+//! kernel's event wakes the loop itself (the group's descriptor is in the
+//! loop's reactor), which reads the file's first bytes with the event
+//! ([`crate::intake`]), runs it through the core, which encodes the
+//! `FileEvent` with the content, and writes it to the socket at once in the
+//! same turn ([`Edge::try_flush`], no second pass through the
 //! `select!`); the `Verdict` wakes the loop, which answers the kernel and
 //! puts the ignore mark in that same turn. A small file needs no
 //! `ReadRequest`, so no blocking-pool thread and no second round trip.
@@ -23,7 +24,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -43,10 +44,10 @@ use crate::core::{
     Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, HostJob, PermEvent, PolicyChange,
     Stats, StopPlan, StopRequest, Token, Why, field_names, stop_plan, supersedes,
 };
-use crate::fanotify::{self, EventClass, FanGroup, FanotifyError, InlineRead, MarkScope};
+use crate::fanotify::{self, FanGroup, FanotifyError, InlineRead, MarkScope};
 use crate::handover::{self, Inherited};
+use crate::intake::{Incoming, Intake};
 use crate::logging::{Logger, routine};
-use crate::reader::{Incoming, Reader, ReaderShared};
 
 /// How long after an open was checked a host scan keeps its reduced pace.
 const SCAN_YIELD: Duration = Duration::from_millis(50);
@@ -54,6 +55,24 @@ const SCAN_YIELD: Duration = Duration::from_millis(50);
 const SCAN_IN_FLIGHT_UNDER_LOAD: u16 = 2;
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A host read's result as the protocol's outcome (`EIO` for an error
+/// without an OS code).
+fn read_outcome(result: &io::Result<(Vec<u8>, bool)>) -> ReadOutcome<'_> {
+    match result {
+        Ok((data, true)) => ReadOutcome::EndOfFile(data),
+        Ok((data, false)) => ReadOutcome::Data(data),
+        Err(e) => ReadOutcome::Error(OsError::Errno(
+            e.raw_os_error()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(5),
+        )),
+    }
+}
+
+/// How long the loop leaves the fanotify group alone after a failed read
+/// (`EMFILE`: the kernel answers that event itself; reading again at once
+/// would only fail again).
+const GROUP_RETRY: Duration = Duration::from_millis(10);
 /// How long the last bytes (Goodbye) may take to leave at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -285,7 +304,7 @@ fn process_image(pid: u32) -> Option<Vec<u8>> {
     Some(exe.file_name()?.as_bytes().to_vec())
 }
 
-/// A permission event waiting for the core, as the reader handed it over.
+/// A permission event waiting for the core, as [`Intake::take`] left it.
 struct Arrival {
     event: FanotifyEvent,
     access: Access,
@@ -293,6 +312,8 @@ struct Arrival {
     arrived: Instant,
     stat: Option<FileStat>,
     content: Option<InlineRead>,
+    /// Reads of it cannot hang ([`Incoming::Perm`]).
+    local: bool,
 }
 
 /// One held permission event.
@@ -301,6 +322,10 @@ struct Held {
     path: String,
     pid: u32,
     access: Access,
+    /// The host's reads of it are served on the loop's thread (a local
+    /// file system, as for the bytes read with the event), not on the
+    /// blocking pool: no thread hop per read.
+    local: bool,
 }
 
 /// Builds the policy from the configuration.
@@ -411,8 +436,9 @@ struct Edge {
     config: AgentConfig,
     log: Logger,
     fan: Arc<FanGroup>,
-    reader: Option<Reader>,
-    shared: ReaderShared,
+    /// Cache hits, the agent's own opens and inline reads, done as each
+    /// event is read.
+    intake: Intake,
     core: AgentCore,
     held: HashMap<Token, Arc<Held>>,
     /// Permission events read but not yet given to the core (a read returns
@@ -447,13 +473,13 @@ struct Edge {
 }
 
 impl Edge {
-    /// The core's counters plus the reader's cache hits.
+    /// The core's counters plus the intake's cache hits and own opens.
     fn stats(&self) -> Stats {
         let mut s = self.core.stats();
-        let fast = self.shared.fast_hits.load(Ordering::Relaxed);
+        let fast = self.intake.fast_hits;
         s.events += fast;
         s.cache_hits += fast;
-        let own = self.shared.own_hits.load(Ordering::Relaxed);
+        let own = self.intake.own_hits;
         s.events += own;
         s.skipped += own;
         s
@@ -636,40 +662,29 @@ impl Edge {
         }
     }
 
-    /// Events read by this thread itself (at shutdown, after the reader
-    /// stopped).
-    fn on_events(&mut self, events: Vec<FanotifyEvent>) {
+    /// Events just read from the group: each answered at once when the
+    /// intake can (cache hit, the agent's own open), else queued for the
+    /// core in the order read.
+    fn on_group_events(&mut self, events: Vec<FanotifyEvent>) {
         let now = self.now();
         for event in events {
-            match fanotify::classify(&event) {
-                EventClass::Overflow => self.on_incoming(Incoming::Overflow),
-                EventClass::CloseWrite => {
-                    if let Some(st) = fanotify::stat_of(&event) {
-                        self.core.on_close_write(st.dev, st.ino);
-                    }
-                }
-                class @ (EventClass::OpenPerm | EventClass::ExecPerm) => {
-                    let access = if class == EventClass::ExecPerm {
-                        Access::Exec
-                    } else {
-                        Access::Open
-                    };
-                    let stat = fanotify::stat_of(&event);
-                    self.shared.handed.fetch_add(1, Ordering::SeqCst);
-                    self.backlog.push_back(Arrival {
-                        event,
-                        access,
-                        arrived: now,
-                        stat,
-                        content: None,
-                    });
-                }
-                EventClass::Other => {}
+            if let Some(incoming) = self.intake.take(&self.fan, event, now) {
+                self.on_incoming(incoming);
             }
         }
     }
 
-    /// What the reader thread handed over.
+    /// Reading the group failed. `EMFILE`/`ENFILE`: the kernel could not
+    /// open an event's file for us and answered that event itself.
+    fn on_group_read_error(&self, e: &io::Error) {
+        self.log.log(
+            Level::Error,
+            routine::FANOTIFY,
+            format_args!("reading fanotify events: {e}"),
+        );
+    }
+
+    /// What the intake left for the core.
     fn on_incoming(&mut self, incoming: Incoming) {
         match incoming {
             Incoming::Perm {
@@ -678,23 +693,20 @@ impl Edge {
                 arrived,
                 stat,
                 content,
+                local,
             } => self.backlog.push_back(Arrival {
                 event,
                 access,
                 arrived,
                 stat,
                 content,
+                local,
             }),
             Incoming::CloseWrite { dev, ino } => self.core.on_close_write(dev, ino),
             Incoming::Overflow => self.log.log(
                 Level::Warn,
                 routine::FANOTIFY,
                 format_args!("fanotify queue overflow: notification events were lost"),
-            ),
-            Incoming::ReadError(e) => self.log.log(
-                Level::Error,
-                routine::FANOTIFY,
-                format_args!("reading fanotify events: {e}"),
             ),
         }
     }
@@ -708,6 +720,7 @@ impl Edge {
             arrived,
             stat,
             content,
+            local,
         } = arrival;
         let token = self.next_token;
         self.next_token += 1;
@@ -719,6 +732,7 @@ impl Edge {
             event,
             pid,
             access,
+            local,
         });
         self.held.insert(token, held);
         let image = if self.core.wants_process_images() {
@@ -748,8 +762,8 @@ impl Edge {
 
     /// Writes what the core has queued for the scanner now, as far as the
     /// socket takes it without waiting, instead of on the `select!`'s next
-    /// turn: a `FileEvent` leaves in the same turn that took its event from
-    /// the reader. The rest, if any, goes by the `select!`'s write branch.
+    /// turn: a `FileEvent` leaves in the same turn that read its event from
+    /// the group. The rest, if any, goes by the `select!`'s write branch.
     fn try_flush(&mut self) {
         let Some(wr) = self.wr.as_mut() else {
             return;
@@ -857,9 +871,9 @@ impl Edge {
 
     fn run_actions(&mut self) {
         self.run_core_actions();
-        // What the reader reads with each event follows the session (0
+        // What the intake reads with each event follows the session (0
         // until a version-2 session with inline content is open).
-        self.shared
+        self.intake
             .inline_len
             .store(self.core.max_inline_len(), Ordering::Relaxed);
     }
@@ -878,6 +892,12 @@ impl Edge {
                     offset,
                     length,
                 } => match self.held.get(&token).cloned() {
+                    Some(held) if held.local => {
+                        let result = fanotify::pread_event(&held.event, offset, length);
+                        let now = self.now();
+                        self.core
+                            .read_completed(read_id, read_outcome(&result), now);
+                    }
                     Some(held) => {
                         let tx = self.read_tx.clone();
                         tokio::task::spawn_blocking(move || {
@@ -900,9 +920,9 @@ impl Edge {
                     }
                 },
                 Action::Connected { version } => {
-                    // Before the line that says so: from here the reader
+                    // Before the line that says so: from here the intake
                     // reads files with their events.
-                    self.shared
+                    self.intake
                         .inline_len
                         .store(self.core.max_inline_len(), Ordering::Relaxed);
                     self.log.log(
@@ -1141,7 +1161,7 @@ impl Edge {
                     flags,
                     max_depth,
                     filter,
-                    inline_len: self.shared.inline_len.clone(),
+                    inline_len: self.intake.inline_len.clone(),
                 };
                 let counters = Arc::new(WalkCounters::default());
                 // Room for a few files ahead of the in-flight limit; the
@@ -1448,9 +1468,7 @@ impl Edge {
         }
         let local = self.config.max_file_size.unwrap_or(u64::MAX);
         let host = self.core.max_scan_size().unwrap_or(u64::MAX);
-        self.shared
-            .max_file_size
-            .store(local.min(host), Ordering::Relaxed);
+        self.intake.max_file_size = local.min(host);
         self.log.log(
             Level::Audit,
             routine::SESSION,
@@ -1473,7 +1491,6 @@ impl Edge {
         let Some(held) = self.held.remove(&token) else {
             return;
         };
-        self.shared.handed.fetch_sub(1, Ordering::SeqCst);
         if let Err(e) = self.fan.respond(&held.event, allow) {
             self.log.log(
                 Level::Error,
@@ -1777,40 +1794,32 @@ pub async fn run_with(
     };
     let in_store = store_group(&fan, log);
     let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::unbounded_channel();
-    let shared = ReaderShared {
-        cache: core.shared_cache(),
-        handed: Arc::new(AtomicUsize::new(0)),
-        fast_hits: Arc::new(AtomicU64::new(0)),
-        kernel_cache: config.kernel_cache_entries > 0,
-        inline_len: Arc::new(AtomicU32::new(0)),
-        max_file_size: Arc::new(AtomicU64::new(config.max_file_size.unwrap_or(u64::MAX))),
-        own_hits: Arc::new(AtomicU64::new(0)),
-    };
+    let intake = Intake::new(
+        core.shared_cache(),
+        config.kernel_cache_entries > 0,
+        config.max_file_size.unwrap_or(u64::MAX),
+    );
     let (remediation_tx, mut remediation_rx) = tokio::sync::mpsc::unbounded_channel();
     let (restore_tx, mut restore_rx) = tokio::sync::mpsc::unbounded_channel();
     let clock = std::time::Instant::now();
-    // The reader may hand over a few reads' worth beyond max_in_flight
-    // (they wait in the backlog); the kernel queues the rest.
-    let reader = Reader::start(
-        fan.clone(),
-        shared.clone(),
-        incoming_tx,
-        clock,
-        config.max_in_flight * 4,
-        log,
-    )
-    .map_err(|source| AgentError::Io {
-        what: "starting the fanotify reader thread",
+    // The loop waits on the group itself. The descriptor is non-blocking
+    // (`FAN_NONBLOCK`, kept by a handed-over group's open file description).
+    let group = fanotify::register_with_reactor(fan.clone()).map_err(|source| AgentError::Io {
+        what: "registering the fanotify group with the event loop",
         source,
     })?;
+    // Events read and not yet answered, at most (held by the core or
+    // waiting in the backlog): a few reads' worth beyond max_in_flight;
+    // beyond it the loop stops reading and the kernel queues the rest.
+    let read_limit = config.max_in_flight * 4;
+    // After a failed read of the group, when to try again.
+    let mut group_retry: Option<tokio::time::Instant> = None;
     let mut edge = Edge {
         reconnect: Reconnect::new(config.reconnect),
         config,
         log,
         fan,
-        reader: Some(reader),
-        shared,
+        intake,
         core,
         held: HashMap::new(),
         backlog: VecDeque::new(),
@@ -1884,6 +1893,10 @@ pub async fn run_with(
         let tx = edge.core.pending_tx().to_vec();
         let scan_room = edge.scan_has_room();
         let progress_at = edge.scan.as_ref().and_then(|s| s.next_progress);
+        // Handing over, nothing more is read: the next agent takes the rest.
+        let reading = drain_until.is_none()
+            && group_retry.is_none()
+            && edge.held.len() + edge.backlog.len() < read_limit;
         tokio::select! {
             biased;
             Some(r) = requests.recv() => {
@@ -1906,12 +1919,6 @@ pub async fn run_with(
                 plan = stop_plan(r, in_store);
                 if plan == StopPlan::RemoveMarks {
                     break;
-                }
-                if let Some(mut reader) = edge.reader.take() {
-                    reader.stop();
-                }
-                while let Ok(incoming) = incoming_rx.try_recv() {
-                    edge.on_incoming(incoming);
                 }
                 log.log(
                     Level::Info,
@@ -1943,22 +1950,27 @@ pub async fn run_with(
             }
             Some((read_id, result)) = read_rx.recv() => {
                 let now = edge.now();
-                let outcome = match &result {
-                    Ok((data, true)) => ReadOutcome::EndOfFile(data),
-                    Ok((data, false)) => ReadOutcome::Data(data),
-                    Err(e) => ReadOutcome::Error(OsError::Errno(
-                        e.raw_os_error().and_then(|n| u32::try_from(n).ok()).unwrap_or(5),
-                    )),
-                };
-                edge.core.read_completed(read_id, outcome, now);
+                edge.core.read_completed(read_id, read_outcome(&result), now);
             }
-            Some(incoming) = incoming_rx.recv() => {
-                edge.on_incoming(incoming);
-                // Take everything already handed over in one go.
-                while let Ok(more) = incoming_rx.try_recv() {
-                    edge.on_incoming(more);
+            r = group.readable(), if reading => match r {
+                // One read takes every event queued (as many as its buffer
+                // holds); the readiness stays set while more wait.
+                Ok(mut ready) => match ready.try_io(|g| g.get_ref().read_events()) {
+                    Ok(Ok(events)) => edge.on_group_events(events),
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(Err(e)) => {
+                        edge.on_group_read_error(&e);
+                        group_retry = Some(tokio::time::Instant::now() + GROUP_RETRY);
+                    }
+                    // Read dry: `try_io` cleared the readiness.
+                    Err(_would_block) => {}
+                },
+                Err(e) => {
+                    edge.on_group_read_error(&e);
+                    group_retry = Some(tokio::time::Instant::now() + GROUP_RETRY);
                 }
-            }
+            },
+            () = sleep_opt(group_retry) => group_retry = None,
             r = read_opt(&mut edge.rd, &mut rx_buf), if edge.rx_pending.is_empty() => match r {
                 Ok(0) => edge.drop_connection("closed by the scanner"),
                 Ok(n) => edge.on_received(&rx_buf[..n]),
@@ -1992,7 +2004,8 @@ pub async fn run_with(
             }
         }
     }
-    shutdown_edge(&mut edge, &mut incoming_rx, plan).await;
+    drop(group);
+    shutdown_edge(&mut edge, plan).await;
     let stats = edge.stats();
     log.log(
         Level::Audit,
@@ -2023,23 +2036,13 @@ pub async fn run_with(
 /// Stops taking events; for a stop removes the marks and takes what is still
 /// queued; answers everything held by the fail mode; says Goodbye. Handing
 /// over, the marks and the kernel's queue stay for the next agent.
-async fn shutdown_edge(
-    edge: &mut Edge,
-    incoming_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Incoming>,
-    plan: StopPlan,
-) {
+async fn shutdown_edge(edge: &mut Edge, plan: StopPlan) {
     let log = edge.log;
     if let Some(h) = edge.connecting.take() {
         h.abort();
     }
     if let Some(scan) = edge.scan.take() {
         scan.counters.cancel.store(true, Ordering::Relaxed);
-    }
-    if let Some(mut reader) = edge.reader.take() {
-        reader.stop();
-    }
-    while let Ok(incoming) = incoming_rx.try_recv() {
-        edge.on_incoming(incoming);
     }
     if plan == StopPlan::RemoveMarks {
         let removed = edge.fan.remove_marks();
@@ -2051,7 +2054,7 @@ async fn shutdown_edge(
         // Events queued before the marks went away still wait for an answer.
         loop {
             match edge.fan.read_events() {
-                Ok(events) if !events.is_empty() => edge.on_events(events),
+                Ok(events) if !events.is_empty() => edge.on_group_events(events),
                 _ => break,
             }
         }

@@ -63,7 +63,7 @@ pub const KERNEL_CACHE_ENTRIES: usize = 32_768;
 /// The guest crate's fixed-size [`VerdictCache`], sharded by file identity
 /// so that a large cache is built shard by shard on the heap (one
 /// `VerdictCache` is a plain array, built on the stack first). Shared (behind
-/// a mutex) by the core and the reader thread's warm path.
+/// a mutex) by the core and the intake's warm path ([`crate::intake`]).
 pub struct ShardedCache {
     shards: Vec<VerdictCache<CACHE_SHARD_ENTRIES>>,
 }
@@ -703,7 +703,7 @@ impl AgentCore {
         }
     }
 
-    /// The verdict cache, for the reader thread's warm path.
+    /// The verdict cache, for the intake's warm path.
     #[must_use]
     pub fn shared_cache(&self) -> Arc<Mutex<ShardedCache>> {
         self.cache.clone()

@@ -1,7 +1,8 @@
 //! The fanotify OS edge: the group, its marks, reading events, answering them.
 //!
-//! Built on `nix`'s fanotify API: no `unsafe` of its own (an inherited
-//! group's descriptor is checked and owned in [`crate::handover`]).
+//! Built on `nix`'s fanotify API. Its one `unsafe` registers the group's
+//! descriptor with tokio's reactor ([`register_with_reactor`]); an inherited
+//! group's descriptor is checked and owned in [`crate::handover`].
 //! The group is created in the content class (`FAN_CLASS_CONTENT`) with
 //! permission events `FAN_OPEN_PERM` and `FAN_OPEN_EXEC_PERM`, plus the
 //! notification `FAN_CLOSE_WRITE` (verdict cache invalidation). Each event's
@@ -30,6 +31,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::sys::fanotify::{
@@ -370,6 +372,36 @@ impl FanGroup {
     }
 }
 
+/// The group's descriptor in the calling tokio runtime's reactor, readable
+/// when events wait: the agent's loop reads the group itself (no thread in
+/// between, [`crate::intake`]).
+///
+/// # Errors
+/// Setting `O_NONBLOCK` or registering failed.
+pub fn register_with_reactor(
+    group: Arc<FanGroup>,
+) -> io::Result<tokio::io::unix::AsyncFd<Arc<FanGroup>>> {
+    // A new group is non-blocking already (`FAN_NONBLOCK`); one handed over
+    // by another program need not be, and a blocking read would stall the
+    // loop.
+    let flags = nix::fcntl::fcntl(group.as_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(group.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    #[allow(
+        unsafe_code,
+        reason = "tokio registers a raw descriptor only through an unsafe constructor"
+    )]
+    // SAFETY: the descriptor is the group's `Fanotify`, an `OwnedFd` that a
+    // `FanGroup` never replaces or closes before it is dropped; the
+    // `AsyncFd` holds an `Arc` of the group, so the group (and with it the
+    // descriptor) lives at least as long as the registration, and
+    // `as_raw_fd` always returns that same descriptor.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(group, tokio::io::Interest::READABLE)
+    };
+    registered.map_err(io::Error::from)
+}
+
 impl AsRawFd for FanGroup {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fan.as_raw_fd()
@@ -566,7 +598,7 @@ pub fn read_inline_fd<Fd: AsFd>(fd: Fd, stat: &FileStat, max: u32) -> io::Result
 
 /// Whether the event's file lives on a file system whose reads cannot hang
 /// for long: not a network file system and not FUSE (whose daemon may itself
-/// wait for an open this agent has to answer). The reader thread reads
+/// wait for an open this agent has to answer). The agent reads
 /// inline content only there; elsewhere the file goes the version-1 way
 /// (the scanner asks, a blocking-pool thread reads), so one stuck read never
 /// stalls the thread every open waits on.

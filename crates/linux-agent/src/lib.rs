@@ -16,7 +16,8 @@
 //!   remediation and the tree walk of a host scan.
 //! * [`agent`]: the tokio loop tying them together.
 //! * [`logging`]: lines in the driver's `LEVEL: Routine : message: 0xSTATUS` shape.
-// `unsafe` only where inherited descriptors are owned (`handover`).
+// `unsafe` only where inherited descriptors are owned (`handover`) and where
+// the fanotify group is registered with tokio's reactor (`fanotify`).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,5 +27,5 @@ pub mod connect;
 pub mod core;
 pub mod fanotify;
 pub mod handover;
+pub mod intake;
 pub mod logging;
-pub mod reader;

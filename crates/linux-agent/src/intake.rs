@@ -1,0 +1,211 @@
+//! Taking events off the fanotify group: the warm path of every open, and
+//! the first step of the cold one.
+//!
+//! The loop ([`crate::agent`]) waits on the group itself: its descriptor is
+//! registered with the loop's reactor beside the scanner socket, so the
+//! thread the kernel wakes for an open is the thread that answers it. Each
+//! event read goes through [`Intake::take`] at once, in the order read:
+//!
+//! * the agent's own opens (walker, remediation, ready file) are allowed at
+//!   once: the policy never checks them;
+//! * a permission event whose file version the verdict cache holds as
+//!   **allowed** is answered at once: a `fstat` and a cache lookup. Only
+//!   allows are answered here, so skipping the policy is safe: the policy
+//!   can only let more opens through unchecked, never deny. A cached *deny*
+//!   goes through the full path (a hard link under an excluded prefix, or
+//!   an excluded process, still gets through);
+//! * `FAN_CLOSE_WRITE` invalidates the file before any later event is
+//!   looked at (and removes its ignore mark: a shared writable mapping
+//!   modifies a file without the event that would clear it);
+//! * everything else becomes an [`Incoming`] for the core.
+//!
+//! The cold path (protocol version 2). Once the session has negotiated
+//! inline content ([`Intake::inline_len`] > 0), a cache miss's first bytes
+//! are read here, `pread` on the event's descriptor, up to that length,
+//! right after the `fstat` done anyway. The core puts them in the
+//! `FileEvent`, and the loop writes it to the socket in the same turn. A
+//! small file then costs the agent two wakeups, as a bare responder with one
+//! round trip does: the kernel's event, and the scanner's `Verdict`. (A reader
+//! thread that handed events to the loop over a channel, as earlier
+//! versions had, cost one more wakeup per cold open, on another CPU as
+//! often as not.) Reads here are kept to file systems whose reads cannot hang on the
+//! network or a FUSE daemon ([`fanotify::reads_are_local`]), to regular
+//! files the policy would check (not the agent's own opens, not above
+//! `--max-file-size`): this thread is the one every open waits on.
+//! Everything else goes the version-1 way. (Excluded prefixes and processes
+//! are only known to the core: such a file may be read here for nothing,
+//! never sent.)
+
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::fanotify::FanotifyEvent;
+use thinagent_guest::{CachedVerdict, Instant};
+
+use crate::core::{Access, FileStat, FileType, ShardedCache};
+use crate::fanotify::{self, EventClass, FanGroup, InlineRead};
+
+/// An event [`Intake::take`] could not answer itself: the core's.
+pub enum Incoming {
+    /// A permission event the cache could not allow.
+    Perm {
+        /// The event (its descriptor stays open until answered).
+        event: FanotifyEvent,
+        /// Open or exec.
+        access: Access,
+        /// When it was read.
+        arrived: Instant,
+        /// `fstat` of its descriptor.
+        stat: Option<FileStat>,
+        /// The file's first bytes, read with the event for inline content
+        /// (version 2), from the version `stat` describes.
+        content: Option<InlineRead>,
+        /// A regular file on a file system whose reads cannot hang
+        /// ([`fanotify::reads_are_local`]): the loop may read it itself.
+        local: bool,
+    },
+    /// `FAN_CLOSE_WRITE` (already invalidated in the cache).
+    CloseWrite {
+        /// `st_dev`.
+        dev: u64,
+        /// Inode.
+        ino: u64,
+    },
+    /// The kernel's queue overflowed.
+    Overflow,
+}
+
+/// What the loop needs to take events off the group.
+pub struct Intake {
+    /// The verdict cache (also used by the core).
+    pub cache: Arc<Mutex<ShardedCache>>,
+    /// Opens allowed from the cache here.
+    pub fast_hits: u64,
+    /// Permission events of the agent's own process (its remediation and
+    /// scan threads, its ready file), allowed here at once: the policy
+    /// never checks them.
+    pub own_hits: u64,
+    /// The kernel-side cache is on: a `FAN_CLOSE_WRITE` removes the file's
+    /// ignore mark.
+    pub kernel_cache: bool,
+    /// Bytes of a cache miss to read with its event for inline content: the
+    /// session's negotiated `max_inline_len`, kept current by the loop; 0
+    /// (no session, version 1, `--no-inline`) reads nothing. Shared with
+    /// the host scan's walker thread, which reads the same way.
+    pub inline_len: Arc<AtomicU32>,
+    /// `--max-file-size` or the host policy's `max_scan_size`, whichever
+    /// is smaller (`u64::MAX`: none): larger files are not sent, so not
+    /// read here. Kept current by the loop.
+    pub max_file_size: u64,
+    /// This process's pid, as fanotify reports it.
+    own_pid: i32,
+}
+
+impl Intake {
+    /// Takes events for the core that owns `cache`.
+    pub fn new(cache: Arc<Mutex<ShardedCache>>, kernel_cache: bool, max_file_size: u64) -> Self {
+        Intake {
+            cache,
+            fast_hits: 0,
+            own_hits: 0,
+            kernel_cache,
+            inline_len: Arc::new(AtomicU32::new(0)),
+            max_file_size,
+            own_pid: i32::try_from(std::process::id()).unwrap_or(-1),
+        }
+    }
+
+    /// One event read from `fan` at `now`: answered here (`None`), or what
+    /// the core must decide.
+    pub fn take(&mut self, fan: &FanGroup, event: FanotifyEvent, now: Instant) -> Option<Incoming> {
+        match fanotify::classify(&event) {
+            class @ (EventClass::OpenPerm | EventClass::ExecPerm) => {
+                if event.pid() == self.own_pid {
+                    // An answer that fails here (the group is closing) is
+                    // final either way.
+                    let _ = fan.respond(&event, true);
+                    self.own_hits += 1;
+                    return None;
+                }
+                let stat = fanotify::stat_of(&event);
+                if self.allowed_from_cache(fan, &event, stat, now) {
+                    self.fast_hits += 1;
+                    return None;
+                }
+                let regular = stat.is_some_and(|s| s.file_type == FileType::Regular);
+                let local = regular && fanotify::reads_are_local(&event);
+                let content = if local {
+                    self.read_with_event(&event, stat)
+                } else {
+                    None
+                };
+                Some(Incoming::Perm {
+                    event,
+                    access: if class == EventClass::ExecPerm {
+                        Access::Exec
+                    } else {
+                        Access::Open
+                    },
+                    arrived: now,
+                    stat,
+                    content,
+                    local,
+                })
+            }
+            EventClass::CloseWrite => {
+                let st = fanotify::stat_of(&event)?;
+                // Before any later event is looked at: the next open of
+                // this file must miss, and raise an event.
+                if self.kernel_cache {
+                    let _ = fan.remove_ignore_mark(&event);
+                }
+                let id = thinagent_guest::FileKey::with_u64_id(st.dev, st.ino, 0, 0).file_id;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .invalidate(st.dev, &id);
+                Some(Incoming::CloseWrite {
+                    dev: st.dev,
+                    ino: st.ino,
+                })
+            }
+            EventClass::Overflow => Some(Incoming::Overflow),
+            EventClass::Other => None,
+        }
+    }
+
+    /// Answers `event` from the cache if it holds an allow for its version.
+    fn allowed_from_cache(
+        &self,
+        fan: &FanGroup,
+        event: &FanotifyEvent,
+        stat: Option<FileStat>,
+        now: Instant,
+    ) -> bool {
+        let Some(st) = stat.filter(|s| s.file_type == FileType::Regular) else {
+            return false;
+        };
+        let hit = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&st.key(), now);
+        if hit != Some(CachedVerdict::Allow) {
+            return false;
+        }
+        let _ = fan.respond(event, true);
+        true
+    }
+
+    /// The first bytes of a cache miss's local regular file, when the
+    /// session takes inline content (module docs); `None` otherwise, and on
+    /// a read error (the scanner will ask, and get the error then).
+    fn read_with_event(&self, event: &FanotifyEvent, stat: Option<FileStat>) -> Option<InlineRead> {
+        let max = self.inline_len.load(std::sync::atomic::Ordering::Relaxed);
+        let st = stat?;
+        if max == 0 || st.size > self.max_file_size {
+            return None;
+        }
+        fanotify::read_inline(event, &st, max).ok()
+    }
+}
