@@ -567,7 +567,7 @@ fn send_file(
     }
     let max = cfg.inline_len.load(Ordering::Relaxed);
     let content = if max > 0 {
-        fanotify::read_inline_fd(&file, &stat, max).ok()
+        fanotify::read_inline_fd(&file, &stat, max, fanotify::Wait::Block).ok()
     } else {
         None
     };

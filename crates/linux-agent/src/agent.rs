@@ -44,7 +44,7 @@ use crate::core::{
     Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, HostJob, PermEvent, PolicyChange,
     Stats, StopPlan, StopRequest, Token, Why, field_names, stop_plan, supersedes,
 };
-use crate::fanotify::{self, FanGroup, FanotifyError, InlineRead, MarkScope};
+use crate::fanotify::{self, FanGroup, FanotifyError, InlineRead, LoopReads, MarkScope, Wait};
 use crate::handover::{self, Inherited};
 use crate::intake::{Incoming, Intake};
 use crate::logging::{Logger, routine};
@@ -312,8 +312,8 @@ struct Arrival {
     arrived: Instant,
     stat: Option<FileStat>,
     content: Option<InlineRead>,
-    /// Reads of it cannot hang ([`Incoming::Perm`]).
-    local: bool,
+    /// Which reads of it the loop may do ([`Incoming::Perm`]).
+    loop_reads: LoopReads,
 }
 
 /// One held permission event.
@@ -322,10 +322,10 @@ struct Held {
     path: String,
     pid: u32,
     access: Access,
-    /// The host's reads of it are served on the loop's thread (a local
-    /// file system, as for the bytes read with the event), not on the
-    /// blocking pool: no thread hop per read.
-    local: bool,
+    /// Which of the host's reads of it the loop serves itself, as for the
+    /// bytes read with the event: no blocking-pool hop per read; the rest
+    /// go to the pool.
+    loop_reads: LoopReads,
 }
 
 /// Builds the policy from the configuration.
@@ -693,14 +693,14 @@ impl Edge {
                 arrived,
                 stat,
                 content,
-                local,
+                loop_reads,
             } => self.backlog.push_back(Arrival {
                 event,
                 access,
                 arrived,
                 stat,
                 content,
-                local,
+                loop_reads,
             }),
             Incoming::CloseWrite { dev, ino } => self.core.on_close_write(dev, ino),
             Incoming::Overflow => self.log.log(
@@ -720,7 +720,7 @@ impl Edge {
             arrived,
             stat,
             content,
-            local,
+            loop_reads,
         } = arrival;
         let token = self.next_token;
         self.next_token += 1;
@@ -732,7 +732,7 @@ impl Edge {
             event,
             pid,
             access,
-            local,
+            loop_reads,
         });
         self.held.insert(token, held);
         let image = if self.core.wants_process_images() {
@@ -892,24 +892,37 @@ impl Edge {
                     offset,
                     length,
                 } => match self.held.get(&token).cloned() {
-                    Some(held) if held.local => {
-                        let result = fanotify::pread_event(&held.event, offset, length);
-                        let now = self.now();
-                        self.core
-                            .read_completed(read_id, read_outcome(&result), now);
-                    }
                     Some(held) => {
-                        let tx = self.read_tx.clone();
-                        tokio::task::spawn_blocking(move || {
-                            let r = fanotify::pread_event(&held.event, offset, length);
-                            let _ = tx.send((read_id, r));
-                        });
+                        let wait = match held.loop_reads {
+                            LoopReads::All => Some(Wait::Block),
+                            LoopReads::Cached => Some(Wait::CachedOnly),
+                            LoopReads::None => None,
+                        };
+                        // On the loop when it may; a read that would wait
+                        // for the disk is done again on the pool.
+                        let here = wait
+                            .map(|w| fanotify::pread_event(&held.event, offset, length, w))
+                            .filter(
+                                |r| !matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                            );
+                        if let Some(result) = here {
+                            let now = self.now();
+                            self.core
+                                .read_completed(read_id, read_outcome(&result), now);
+                        } else {
+                            let tx = self.read_tx.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let r =
+                                    fanotify::pread_event(&held.event, offset, length, Wait::Block);
+                                let _ = tx.send((read_id, r));
+                            });
+                        }
                     }
                     None if self.scan_files.contains_key(&token) => {
                         let file = self.scan_files[&token].clone();
                         let tx = self.read_tx.clone();
                         tokio::task::spawn_blocking(move || {
-                            let r = fanotify::pread_fd(&*file, offset, length);
+                            let r = fanotify::pread_fd(&*file, offset, length, Wait::Block);
                             let _ = tx.send((read_id, r));
                         });
                     }

@@ -504,27 +504,48 @@ pub fn path_of(event: &FanotifyEvent) -> Vec<u8> {
 /// gives it just after the read: the host usually asks for exactly the size
 /// the `FileEvent` stated, and without this it would need a second
 /// `ReadRequest` only to learn that nothing follows.
-pub fn pread_event(event: &FanotifyEvent, offset: u64, length: u32) -> io::Result<(Vec<u8>, bool)> {
+///
+/// With [`Wait::CachedOnly`] it fails with `WouldBlock` as soon as a byte
+/// is not in the page cache (the caller reads again where waiting is
+/// allowed).
+pub fn pread_event(
+    event: &FanotifyEvent,
+    offset: u64,
+    length: u32,
+    wait: Wait,
+) -> io::Result<(Vec<u8>, bool)> {
     let fd = event
         .fd()
         .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
-    pread_fd(fd, offset, length)
+    pread_fd(fd, offset, length, wait)
 }
 
 /// [`pread_event`] on any descriptor (a host scan's file).
-pub fn pread_fd<Fd: AsFd>(fd: Fd, offset: u64, length: u32) -> io::Result<(Vec<u8>, bool)> {
+pub fn pread_fd<Fd: AsFd>(
+    fd: Fd,
+    offset: u64,
+    length: u32,
+    wait: Wait,
+) -> io::Result<(Vec<u8>, bool)> {
     let fd = fd.as_fd();
-    let start = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // No file has bytes past i64::MAX (and to `preadv2` an offset of
+    // u64::MAX means "the current offset").
+    if i64::try_from(offset.saturating_add(u64::from(length))).is_err() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
     let mut buf = vec![0u8; length as usize];
     let mut got = 0usize;
     while got < buf.len() {
-        match nix::sys::uio::pread(fd, &mut buf[got..], start + got as i64) {
+        match pread_at(fd, &mut buf[got..], offset + got as u64, wait) {
             Ok(0) => {
                 buf.truncate(got);
                 return Ok((buf, true));
             }
             Ok(n) => got += n,
             Err(Errno::EINTR) => {}
+            Err(e) if wait == Wait::CachedOnly && would_wait(e) => {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -554,15 +575,29 @@ pub struct InlineRead {
 /// the size after the read). A file that reports size 0 but has bytes (a
 /// pseudo file) is not whole either: one byte past the stated size is read
 /// to see the end.
-pub fn read_inline(event: &FanotifyEvent, stat: &FileStat, max: u32) -> io::Result<InlineRead> {
+///
+/// With [`Wait::CachedOnly`] the read stops at the first byte the page
+/// cache does not hold: what came before it is sent (never as the whole
+/// file), and nothing at all fails with `WouldBlock`.
+pub fn read_inline(
+    event: &FanotifyEvent,
+    stat: &FileStat,
+    max: u32,
+    wait: Wait,
+) -> io::Result<InlineRead> {
     let fd = event
         .fd()
         .ok_or_else(|| io::Error::from_raw_os_error(libc_ebadf()))?;
-    read_inline_fd(fd, stat, max)
+    read_inline_fd(fd, stat, max, wait)
 }
 
 /// [`read_inline`] on any descriptor (a host scan's file).
-pub fn read_inline_fd<Fd: AsFd>(fd: Fd, stat: &FileStat, max: u32) -> io::Result<InlineRead> {
+pub fn read_inline_fd<Fd: AsFd>(
+    fd: Fd,
+    stat: &FileStat,
+    max: u32,
+    wait: Wait,
+) -> io::Result<InlineRead> {
     let fd = fd.as_fd();
     let want = usize::try_from(stat.size.min(u64::from(max))).unwrap_or(0);
     // When the whole file fits, one byte more: a read that stops at the
@@ -573,13 +608,20 @@ pub fn read_inline_fd<Fd: AsFd>(fd: Fd, stat: &FileStat, max: u32) -> io::Result
     let mut got = 0usize;
     let mut hit_end = false;
     while got < target {
-        match nix::sys::uio::pread(fd, &mut buf[got..], got as i64) {
+        match pread_at(fd, &mut buf[got..], got as u64, wait) {
             Ok(0) => {
                 hit_end = true;
                 break;
             }
             Ok(n) => got += n,
             Err(Errno::EINTR) => {}
+            Err(e) if wait == Wait::CachedOnly && would_wait(e) => {
+                if got == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                // The first bytes, not the whole file.
+                break;
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -596,15 +638,42 @@ pub fn read_inline_fd<Fd: AsFd>(fd: Fd, stat: &FileStat, max: u32) -> io::Result
     })
 }
 
-/// Whether the event's file lives on a file system whose reads cannot hang
-/// for long: not a network file system and not FUSE (whose daemon may itself
-/// wait for an open this agent has to answer). The agent reads
-/// inline content only there; elsewhere the file goes the version-1 way
-/// (the scanner asks, a blocking-pool thread reads), so one stuck read never
-/// stalls the thread every open waits on.
+/// How a read may wait for the storage under the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// As long as it takes (a blocking-pool or walker thread).
+    Block,
+    /// Not at all: only bytes the page cache holds (`preadv2` with
+    /// `RWF_NOWAIT`); the loop's reads of block-device file systems.
+    CachedOnly,
+}
+
+/// Which reads of a file the agent's loop may do itself, on the thread every
+/// open waits on ([`loop_reads`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopReads {
+    /// A memory file system (tmpfs, ramfs): reads never wait for storage.
+    /// (`RWF_NOWAIT` is refused there, `EOPNOTSUPP`, so it cannot be asked.)
+    All,
+    /// A local file system on a block device: only what the page cache
+    /// holds ([`Wait::CachedOnly`]). A read that would wait for the disk,
+    /// which on a VM may be remote storage that stalls for seconds, goes to
+    /// a blocking-pool thread, and the loop goes on answering.
+    Cached,
+    /// Network, FUSE and cluster file systems (a read may hang on a server
+    /// or a daemon that itself waits for an open this agent must answer),
+    /// or no answer from `fstatfs`: never on the loop.
+    None,
+}
+
+/// Which reads of the event's file the loop may do itself.
 #[must_use]
-pub fn reads_are_local(event: &FanotifyEvent) -> bool {
+pub fn loop_reads(event: &FanotifyEvent) -> LoopReads {
     // f_type values (linux/magic.h and the file systems' own headers).
+    const MEMORY: &[u32] = &[
+        0x0102_1994, // TMPFS_MAGIC
+        0x8584_58F6, // RAMFS_MAGIC
+    ];
     const SLOW: &[u32] = &[
         0x6573_5546, // FUSE_SUPER_MAGIC (also virtiofs, sshfs, ...)
         0x0000_6969, // NFS_SUPER_MAGIC
@@ -622,13 +691,47 @@ pub fn reads_are_local(event: &FanotifyEvent) -> bool {
         0x0BD0_0BD0, // LUSTRE_SUPER_MAGIC
     ];
     let Some(fd) = event.fd() else {
-        return false;
+        return LoopReads::None;
     };
     match nix::sys::statfs::fstatfs(fd) {
         // The kernel's f_type is a 32-bit magic in a (signed) long.
-        Ok(st) => !SLOW.contains(&(st.filesystem_type().0 as u64 as u32)),
-        Err(_) => false,
+        Ok(st) => {
+            let magic = st.filesystem_type().0 as u64 as u32;
+            if MEMORY.contains(&magic) {
+                LoopReads::All
+            } else if SLOW.contains(&magic) {
+                LoopReads::None
+            } else {
+                LoopReads::Cached
+            }
+        }
+        Err(_) => LoopReads::None,
     }
+}
+
+/// One `pread` of `buf.len()` bytes at `offset`; with [`Wait::CachedOnly`]
+/// a `preadv2(RWF_NOWAIT)`, which fails with `EAGAIN` rather than wait
+/// for the disk (nix has no `preadv2`; rustix's is safe).
+fn pread_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64, wait: Wait) -> Result<usize, Errno> {
+    match wait {
+        Wait::Block => {
+            let at = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
+            nix::sys::uio::pread(fd, buf, at)
+        }
+        Wait::CachedOnly => rustix::io::preadv2(
+            fd,
+            &mut [std::io::IoSliceMut::new(buf)],
+            offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        )
+        .map_err(|e| Errno::from_raw(e.raw_os_error())),
+    }
+}
+
+/// A `RWF_NOWAIT` read that would have had to wait (`EAGAIN`), or a file
+/// system that cannot tell (`EOPNOTSUPP`): read it where waiting is allowed.
+fn would_wait(e: Errno) -> bool {
+    matches!(e, Errno::EAGAIN | Errno::EOPNOTSUPP)
 }
 
 fn libc_ebadf() -> i32 {

@@ -25,16 +25,21 @@
 //! right after the `fstat` done anyway. The core puts them in the
 //! `FileEvent`, and the loop writes it to the socket in the same turn. A
 //! small file then costs the agent two wakeups, as a bare responder with one
-//! round trip does: the kernel's event, and the scanner's `Verdict`. (A reader
-//! thread that handed events to the loop over a channel, as earlier
-//! versions had, cost one more wakeup per cold open, on another CPU as
-//! often as not.) Reads here are kept to file systems whose reads cannot hang on the
-//! network or a FUSE daemon ([`fanotify::reads_are_local`]), to regular
-//! files the policy would check (not the agent's own opens, not above
-//! `--max-file-size`): this thread is the one every open waits on.
-//! Everything else goes the version-1 way. (Excluded prefixes and processes
-//! are only known to the core: such a file may be read here for nothing,
-//! never sent.)
+//! round trip does: the kernel's event, and the scanner's `Verdict`. (A
+//! reader thread that handed events to the loop over a channel, as earlier
+//! versions had, cost one more wakeup per cold open, on another CPU as often
+//! as not.)
+//!
+//! This thread is the one every open waits on, so what it reads is bounded
+//! by where the file lives ([`fanotify::loop_reads`]): on a memory file
+//! system (tmpfs) it reads; on a block-device file system only what the page
+//! cache holds (`preadv2(RWF_NOWAIT)`: a file that would have to come from
+//! the disk, which on a VM may be remote storage that stalls, goes the
+//! version-1 way and is read on a blocking-pool thread); on network, FUSE
+//! and cluster file systems never. Only regular files the policy would
+//! check are read (not the agent's own opens, not above `--max-file-size`).
+//! (Excluded prefixes and processes are only known to the core: such a file
+//! may be read here for nothing, never sent.)
 
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
@@ -43,7 +48,7 @@ use nix::sys::fanotify::FanotifyEvent;
 use thinagent_guest::{CachedVerdict, Instant};
 
 use crate::core::{Access, FileStat, FileType, ShardedCache};
-use crate::fanotify::{self, EventClass, FanGroup, InlineRead};
+use crate::fanotify::{self, EventClass, FanGroup, InlineRead, LoopReads, Wait};
 
 /// An event [`Intake::take`] could not answer itself: the core's.
 pub enum Incoming {
@@ -60,9 +65,10 @@ pub enum Incoming {
         /// The file's first bytes, read with the event for inline content
         /// (version 2), from the version `stat` describes.
         content: Option<InlineRead>,
-        /// A regular file on a file system whose reads cannot hang
-        /// ([`fanotify::reads_are_local`]): the loop may read it itself.
-        local: bool,
+        /// Which reads of it the loop may do itself
+        /// ([`fanotify::loop_reads`]; [`LoopReads::None`] for anything but
+        /// a regular file).
+        loop_reads: LoopReads,
     },
     /// `FAN_CLOSE_WRITE` (already invalidated in the cache).
     CloseWrite {
@@ -133,12 +139,12 @@ impl Intake {
                     return None;
                 }
                 let regular = stat.is_some_and(|s| s.file_type == FileType::Regular);
-                let local = regular && fanotify::reads_are_local(&event);
-                let content = if local {
-                    self.read_with_event(&event, stat)
+                let loop_reads = if regular {
+                    fanotify::loop_reads(&event)
                 } else {
-                    None
+                    LoopReads::None
                 };
+                let content = self.read_with_event(&event, stat, loop_reads);
                 Some(Incoming::Perm {
                     event,
                     access: if class == EventClass::ExecPerm {
@@ -149,7 +155,7 @@ impl Intake {
                     arrived: now,
                     stat,
                     content,
-                    local,
+                    loop_reads,
                 })
             }
             EventClass::CloseWrite => {
@@ -197,15 +203,26 @@ impl Intake {
         true
     }
 
-    /// The first bytes of a cache miss's local regular file, when the
-    /// session takes inline content (module docs); `None` otherwise, and on
-    /// a read error (the scanner will ask, and get the error then).
-    fn read_with_event(&self, event: &FanotifyEvent, stat: Option<FileStat>) -> Option<InlineRead> {
+    /// The first bytes of a cache miss's regular file, when the session
+    /// takes inline content and the loop may read them (module docs);
+    /// `None` otherwise, when they are not in the page cache, and on a read
+    /// error (the scanner will ask, and get them or the error then).
+    fn read_with_event(
+        &self,
+        event: &FanotifyEvent,
+        stat: Option<FileStat>,
+        loop_reads: LoopReads,
+    ) -> Option<InlineRead> {
         let max = self.inline_len.load(std::sync::atomic::Ordering::Relaxed);
         let st = stat?;
         if max == 0 || st.size > self.max_file_size {
             return None;
         }
-        fanotify::read_inline(event, &st, max).ok()
+        let wait = match loop_reads {
+            LoopReads::All => Wait::Block,
+            LoopReads::Cached => Wait::CachedOnly,
+            LoopReads::None => return None,
+        };
+        fanotify::read_inline(event, &st, max, wait).ok()
     }
 }

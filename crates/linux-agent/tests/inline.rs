@@ -3,8 +3,10 @@
 //! every `FileEvent` and `ReadRequest`. Small files go to the scanner whole
 //! with their event and come back without a single read; larger ones carry
 //! their first bytes and are read for the rest; a version-1 scanner and
-//! `--no-inline` get the version-1 behaviour. Skips when not root or without
-//! fanotify permission events.
+//! `--no-inline` get the version-1 behaviour; on a block-device file system
+//! only what the page cache holds is read with the event. Skips when not
+//! root or without fanotify permission events (and the block-device test
+//! without loop devices).
 
 mod common;
 
@@ -198,4 +200,134 @@ fn no_inline_keeps_the_version_1_behaviour_with_a_version_2_scanner() {
     let st = agent.terminate();
     assert!(st.success(), "{st}");
     assert_eq!(final_stat(&agent.log_text(), "reads"), 1);
+}
+
+/// An ext4 file system on a loop device (its image on the test's tmpfs),
+/// mounted on `dir`; unmounted on drop.
+struct Ext4 {
+    image: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Ext4 {
+    /// Makes and mounts it, or says why the test must be skipped.
+    fn make(test: &str, image: std::path::PathBuf, dir: std::path::PathBuf) -> Option<Ext4> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |cmd: &mut std::process::Command| match cmd.output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let made = run(std::process::Command::new("truncate")
+            .args(["-s", "16M"])
+            .arg(&image))
+        .and_then(|()| {
+            run(std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image))
+        });
+        if let Err(e) = made {
+            eprintln!("SKIP {test}: cannot make an ext4 image (mkfs.ext4): {e}");
+            return None;
+        }
+        let fs = Ext4 { image, dir };
+        if let Err(e) = fs.mount() {
+            eprintln!("SKIP {test}: cannot mount an ext4 image on a loop device: {e}");
+            return None;
+        }
+        Some(fs)
+    }
+
+    fn mount(&self) -> Result<(), String> {
+        let o = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+        }
+    }
+
+    /// Unmounts and mounts again: nothing of it is in the page cache after.
+    fn remount(&self) {
+        let st = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "umount {}", self.dir.display());
+        self.mount().unwrap();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[test]
+fn on_a_block_device_only_bytes_in_the_page_cache_go_with_the_event() {
+    let test = "block_device_page_cache_only";
+    let Some(mnt) = setup(test) else {
+        return;
+    };
+    let Some(fs) = Ext4::make(test, mnt.join("ext4.img"), mnt.join("ext4")) else {
+        return;
+    };
+    let cold = fs.dir.join("cold.bin");
+    let warm = fs.dir.join("warm.bin");
+    let bad = fs.dir.join("bad.com");
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&cold, &bytes).unwrap();
+    std::fs::write(&warm, &bytes[..3000]).unwrap();
+    std::fs::write(&bad, EICAR).unwrap();
+    // Nothing of the file system in the page cache, then warm.bin read back
+    // in (before the agent runs: that read is not checked).
+    fs.remount();
+    assert_eq!(std::fs::read(&warm).unwrap(), bytes[..3000]);
+    let state = state_dir();
+    let host = ScriptedHost::start(2, MAX_INLINE);
+    let watch = fs.dir.to_str().unwrap();
+    let mut agent = agent_connected(state.path(), &base_args(&host.url, watch));
+
+    assert_eq!(read(&warm).unwrap(), bytes[..3000]);
+    assert_eq!(
+        read(&cold).unwrap(),
+        bytes,
+        "a file from the disk still opens"
+    );
+    assert_eq!(
+        read(&bad),
+        Err(EPERM),
+        "and one from the disk is still judged"
+    );
+
+    let log = host.log();
+    let w = &log.events_of("warm.bin")[0];
+    assert_eq!(
+        (w.content_len, w.whole_file, log.reads_of("warm.bin")),
+        (3000, true, 0),
+        "in the page cache: whole with its event: {log:?}"
+    );
+    for name in ["cold.bin", "bad.com"] {
+        let e = &log.events_of(name)[0];
+        assert_eq!(
+            (e.version, e.content_len, e.whole_file),
+            (2, 0, false),
+            "{name}: would have waited for the disk: nothing read with the event"
+        );
+        assert_eq!(log.reads_of(name), 1, "{name}: read on request: {log:?}");
+    }
+    let st = agent.terminate();
+    assert!(st.success(), "{st}");
+    let text = agent.log_text();
+    assert_eq!(final_stat(&text, "inline_whole"), 1, "{text}");
+    assert_eq!(final_stat(&text, "reads"), 2, "{text}");
 }
