@@ -881,6 +881,11 @@ impl Edge {
     fn run_core_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
+                // Before the answer that follows it, on purpose: once
+                // answered, the opener may write, and a write before the
+                // mark is in place would leave a mark on changed content
+                // that the check after the mark cannot always see (same
+                // size, within one timestamp tick).
                 Action::AddIgnoreMark { token, expect } => self.add_ignore_mark(token, expect),
                 Action::FlushIgnoreMarks { reason, marks } => {
                     self.flush_ignore_marks(reason, marks);

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::quiet_socket::QuietSocket;
+
 /// The client certificate and trusted CA a `tls://` scanner is reached
 /// with ([`thinagent_guest_tls::client_config`]). Two are equal when they
 /// are the same configuration.
@@ -165,7 +167,7 @@ impl ConnectUrl {
                 let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
                 Ok(Connection {
-                    stream: Box::new(s),
+                    stream: Box::new(QuietSocket::new(s.into_std()?.into())?),
                     peer_pid: None,
                 })
             }
@@ -200,7 +202,7 @@ impl ConnectUrl {
                     .and_then(|c| c.pid())
                     .and_then(|p| u32::try_from(p).ok());
                 Ok(Connection {
-                    stream: Box::new(s),
+                    stream: Box::new(QuietSocket::new(s.into_std()?.into())?),
                     peer_pid,
                 })
             }

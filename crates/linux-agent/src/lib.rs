@@ -11,13 +11,16 @@
 //! * [`connect`]: scanner URLs (`vsock://`, `tcp://`, `unix://`).
 //! * [`handover`]: the group kept across restarts (systemd's descriptor
 //!   store, exec in place).
-//! * [`reader`]: the thread reading the group; answers cached allows at once.
+//! * [`intake`]: each event as the loop reads it: cached allows and the
+//!   agent's own opens answered at once, inline bytes read.
+//! * [`quiet_socket`]: the scanner connection (Unix, TCP) registered for
+//!   readability only.
 //! * [`actions`]: host actions (protocol §14) carried out off the loop:
 //!   remediation and the tree walk of a host scan.
 //! * [`agent`]: the tokio loop tying them together.
 //! * [`logging`]: lines in the driver's `LEVEL: Routine : message: 0xSTATUS` shape.
 // `unsafe` only where inherited descriptors are owned (`handover`) and where
-// the fanotify group is registered with tokio's reactor (`fanotify`).
+// descriptors are registered with tokio's reactor (`fanotify`, `quiet_socket`).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,3 +32,4 @@ pub mod fanotify;
 pub mod handover;
 pub mod intake;
 pub mod logging;
+pub mod quiet_socket;
