@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::quiet_socket::QuietSocket;
+use thinagent_quiet_socket::QuietSocket;
 
 /// The client certificate and trusted CA a `tls://` scanner is reached
 /// with ([`thinagent_guest_tls::client_config`]). Two are equal when they

@@ -13,14 +13,12 @@
 //!   store, exec in place).
 //! * [`intake`]: each event as the loop reads it: cached allows and the
 //!   agent's own opens answered at once, inline bytes read.
-//! * [`quiet_socket`]: the scanner connection (Unix, TCP) registered for
-//!   readability only.
 //! * [`actions`]: host actions (protocol §14) carried out off the loop:
 //!   remediation and the tree walk of a host scan.
 //! * [`agent`]: the tokio loop tying them together.
 //! * [`logging`]: lines in the driver's `LEVEL: Routine : message: 0xSTATUS` shape.
 // `unsafe` only where inherited descriptors are owned (`handover`) and where
-// descriptors are registered with tokio's reactor (`fanotify`, `quiet_socket`).
+// the fanotify group is registered with tokio's reactor (`fanotify`).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,4 +30,3 @@ pub mod fanotify;
 pub mod handover;
 pub mod intake;
 pub mod logging;
-pub mod quiet_socket;

@@ -415,7 +415,7 @@ impl Listener {
             Self::Tcp(l, _) => {
                 let (s, a) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                Ok(Accepted::ready(Box::pin(s), GuestId::Tcp(a)))
+                Ok(Accepted::ready(quiet(s.into_std()?)?, GuestId::Tcp(a)))
             }
             Self::Tls(l, tls, _) => {
                 let (s, a) = l.accept().await?;
@@ -431,7 +431,7 @@ impl Listener {
                 let (s, _) = l.accept().await?;
                 let cred = s.peer_cred().ok();
                 Ok(Accepted::ready(
-                    Box::pin(s),
+                    quiet(s.into_std()?)?,
                     GuestId::Unix {
                         listener: guard.0.clone(),
                         uid: cred.map(|c| c.uid()),
@@ -441,6 +441,22 @@ impl Listener {
             }
         }
     }
+}
+
+/// An accepted Unix or TCP connection, registered for readability only
+/// (`thinagent_quiet_socket`): no wakeup of the runtime each time the guest
+/// reads a verdict.
+#[cfg(unix)]
+fn quiet(s: impl Into<std::os::fd::OwnedFd>) -> io::Result<BoxConn> {
+    Ok(Box::pin(thinagent_quiet_socket::QuietSocket::new(
+        s.into(),
+    )?))
+}
+
+/// Elsewhere the tokio stream as it is.
+#[cfg(not(unix))]
+fn quiet(s: std::net::TcpStream) -> io::Result<BoxConn> {
+    Ok(Box::pin(tokio::net::TcpStream::from_std(s)?))
 }
 
 enum Pending {
