@@ -131,6 +131,8 @@ impl ScanUrl {
             Self::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a).await?;
                 let _ = s.set_nodelay(true);
+                #[cfg(unix)]
+                let s = thinagent_quiet_socket::QuietSocket::new(s.into_std()?.into())?;
                 Box::pin(s)
             }
             Self::Tls { host, addr } => {
@@ -145,7 +147,9 @@ impl ScanUrl {
                 Box::pin(thinagent_guest_tls::connect(host, *addr, tls).await?)
             }
             #[cfg(unix)]
-            Self::Unix(p) => Box::pin(tokio::net::UnixStream::connect(p).await?),
+            Self::Unix(p) => Box::pin(thinagent_quiet_socket::QuietSocket::new(
+                tokio::net::UnixStream::connect(p).await?.into_std()?.into(),
+            )?),
             #[cfg(target_os = "linux")]
             Self::Vsock(cid, port) => Box::pin(
                 tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
