@@ -11,7 +11,7 @@
 //! Here the socket is registered for readability only; a write is tried
 //! directly, and only a write that finds the socket full registers a
 //! duplicate of the descriptor for writability, dropped again once a write
-//! goes through. No crate offers this (tokio's `AsyncFd` is the tool; the
+//! goes through without waiting. No crate offers this (tokio's `AsyncFd` is the tool; the
 //! stream types above it fix their interest), so it is written here.
 //!
 //! Both ends use it: the Linux agent for its scanner connection, the
@@ -43,9 +43,11 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 pub struct QuietSocket {
     /// The socket, registered for readability only.
     read: AsyncFd<OwnedFd>,
-    /// A duplicate of it registered for writability, while a write waits
+    /// A duplicate of it registered for writability, while writes wait
     /// for room.
     write: Option<AsyncFd<OwnedFd>>,
+    /// The last write waited for room (returned `Pending`).
+    waited: bool,
 }
 
 /// Registers `fd` with the current runtime's reactor for `interest`.
@@ -73,6 +75,7 @@ impl QuietSocket {
         Ok(QuietSocket {
             read: register(fd, Interest::READABLE)?,
             write: None,
+            waited: false,
         })
     }
 
@@ -134,29 +137,38 @@ impl AsyncWrite for QuietSocket {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.write.is_none() {
-            match self.send(data) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let dup = self.read.get_ref().try_clone()?;
-                    self.write = Some(register(dup, Interest::WRITABLE)?);
-                }
-                r => return Poll::Ready(r),
-            }
-        }
         loop {
+            match self.send(data) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => {
+                    if !std::mem::take(&mut self.waited) {
+                        // Through without waiting: room again, so no more
+                        // write-space wakeups until the socket is full the
+                        // next time. (While writes keep waiting, a bulk
+                        // transfer, the registration stays.)
+                        self.write = None;
+                    }
+                    return Poll::Ready(r);
+                }
+            }
+            if self.write.is_none() {
+                let dup = self.read.get_ref().try_clone()?;
+                self.write = Some(register(dup, Interest::WRITABLE)?);
+            }
             let Some(write) = self.write.as_ref() else {
                 unreachable!("registered above")
             };
-            let mut guard = ready!(write.poll_write_ready(cx))?;
-            let sent = guard.try_io(|_| self.send(data));
-            drop(guard);
-            if let Ok(r) = sent {
-                // Room again: no more write-space wakeups until the socket
-                // is full the next time.
-                self.write = None;
-                return Poll::Ready(r);
+            match write.poll_write_ready(cx) {
+                Poll::Pending => {
+                    self.waited = true;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // Room was signalled (maybe before the send above failed):
+                // forget it and try again; a send that still finds the
+                // socket full then waits for the next signal.
+                Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
             }
-            // Still full: the readiness was cleared; wait for the next.
         }
     }
 
