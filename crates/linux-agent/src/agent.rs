@@ -55,20 +55,6 @@ const SCAN_YIELD: Duration = Duration::from_millis(50);
 const SCAN_IN_FLIGHT_UNDER_LOAD: u16 = 2;
 /// How long one connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A host read's result as the protocol's outcome (`EIO` for an error
-/// without an OS code).
-fn read_outcome(result: &io::Result<(Vec<u8>, bool)>) -> ReadOutcome<'_> {
-    match result {
-        Ok((data, true)) => ReadOutcome::EndOfFile(data),
-        Ok((data, false)) => ReadOutcome::Data(data),
-        Err(e) => ReadOutcome::Error(OsError::Errno(
-            e.raw_os_error()
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(5),
-        )),
-    }
-}
-
 /// How long the loop leaves the fanotify group alone after a failed read
 /// (`EMFILE`: the kernel answers that event itself; reading again at once
 /// would only fail again).
@@ -898,14 +884,11 @@ impl Edge {
                     length,
                 } => match self.held.get(&token).cloned() {
                     Some(held) => {
-                        let wait = match held.loop_reads {
-                            LoopReads::All => Some(Wait::Block),
-                            LoopReads::Cached => Some(Wait::CachedOnly),
-                            LoopReads::None => None,
-                        };
                         // On the loop when it may; a read that would wait
                         // for the disk is done again on the pool.
-                        let here = wait
+                        let here = held
+                            .loop_reads
+                            .wait()
                             .map(|w| fanotify::pread_event(&held.event, offset, length, w))
                             .filter(
                                 |r| !matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
@@ -1594,6 +1577,20 @@ impl Edge {
                 }
             }
         }
+    }
+}
+
+/// A host read's result as the protocol's outcome (`EIO` for an error
+/// without an OS code).
+fn read_outcome(result: &io::Result<(Vec<u8>, bool)>) -> ReadOutcome<'_> {
+    match result {
+        Ok((data, true)) => ReadOutcome::EndOfFile(data),
+        Ok((data, false)) => ReadOutcome::Data(data),
+        Err(e) => ReadOutcome::Error(OsError::Errno(
+            e.raw_os_error()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(5),
+        )),
     }
 }
 

@@ -666,6 +666,18 @@ pub enum LoopReads {
     None,
 }
 
+impl LoopReads {
+    /// How the loop reads such a file; `None`: not on the loop.
+    #[must_use]
+    pub fn wait(self) -> Option<Wait> {
+        match self {
+            LoopReads::All => Some(Wait::Block),
+            LoopReads::Cached => Some(Wait::CachedOnly),
+            LoopReads::None => None,
+        }
+    }
+}
+
 /// Which reads of the event's file the loop may do itself.
 #[must_use]
 pub fn loop_reads(event: &FanotifyEvent) -> LoopReads {

@@ -48,7 +48,7 @@ use nix::sys::fanotify::FanotifyEvent;
 use thinagent_guest::{CachedVerdict, Instant};
 
 use crate::core::{Access, FileStat, FileType, ShardedCache};
-use crate::fanotify::{self, EventClass, FanGroup, InlineRead, LoopReads, Wait};
+use crate::fanotify::{self, EventClass, FanGroup, InlineRead, LoopReads};
 
 /// An event [`Intake::take`] could not answer itself: the core's.
 pub enum Incoming {
@@ -218,11 +218,6 @@ impl Intake {
         if max == 0 || st.size > self.max_file_size {
             return None;
         }
-        let wait = match loop_reads {
-            LoopReads::All => Wait::Block,
-            LoopReads::Cached => Wait::CachedOnly,
-            LoopReads::None => return None,
-        };
-        fanotify::read_inline(event, &st, max, wait).ok()
+        fanotify::read_inline(event, &st, max, loop_reads.wait()?).ok()
     }
 }
