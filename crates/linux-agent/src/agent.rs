@@ -44,9 +44,9 @@ use crate::core::{
     Access, Action, AgentCore, CoreConfig, FileStat, FlushReason, HostJob, PermEvent, PolicyChange,
     Stats, StopPlan, StopRequest, Token, Why, field_names, stop_plan, supersedes,
 };
-use crate::fanotify::{self, FanGroup, FanotifyError, InlineRead, LoopReads, MarkScope, Wait};
+use crate::fanotify::{self, FanGroup, FanotifyError, LoopReads, MarkScope, Wait};
 use crate::handover::{self, Inherited};
-use crate::intake::{Incoming, Intake};
+use crate::intake::{Arrival, Incoming, Intake};
 use crate::logging::{Logger, routine};
 
 /// How long after an open was checked a host scan keeps its reduced pace.
@@ -288,18 +288,6 @@ fn process_image(pid: u32) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     Some(exe.file_name()?.as_bytes().to_vec())
-}
-
-/// A permission event waiting for the core, as [`Intake::take`] left it.
-struct Arrival {
-    event: FanotifyEvent,
-    access: Access,
-    /// When it was read: its deadline counts from then.
-    arrived: Instant,
-    stat: Option<FileStat>,
-    content: Option<InlineRead>,
-    /// Which reads of it the loop may do ([`Incoming::Perm`]).
-    loop_reads: LoopReads,
 }
 
 /// One held permission event.
@@ -673,21 +661,7 @@ impl Edge {
     /// What the intake left for the core.
     fn on_incoming(&mut self, incoming: Incoming) {
         match incoming {
-            Incoming::Perm {
-                event,
-                access,
-                arrived,
-                stat,
-                content,
-                loop_reads,
-            } => self.backlog.push_back(Arrival {
-                event,
-                access,
-                arrived,
-                stat,
-                content,
-                loop_reads,
-            }),
+            Incoming::Perm(arrival) => self.backlog.push_back(arrival),
             Incoming::CloseWrite { dev, ino } => self.core.on_close_write(dev, ino),
             Incoming::Overflow => self.log.log(
                 Level::Warn,

@@ -50,26 +50,28 @@ use thinagent_guest::{CachedVerdict, Instant};
 use crate::core::{Access, FileStat, FileType, ShardedCache};
 use crate::fanotify::{self, EventClass, FanGroup, InlineRead, LoopReads};
 
+/// A permission event the cache could not allow, waiting for the core.
+pub struct Arrival {
+    /// The event (its descriptor stays open until answered).
+    pub event: FanotifyEvent,
+    /// Open or exec.
+    pub access: Access,
+    /// When it was read: its deadline counts from then.
+    pub arrived: Instant,
+    /// `fstat` of its descriptor.
+    pub stat: Option<FileStat>,
+    /// The file's first bytes, read with the event for inline content
+    /// (version 2), from the version `stat` describes.
+    pub content: Option<InlineRead>,
+    /// Which reads of it the loop may do itself ([`fanotify::loop_reads`];
+    /// [`LoopReads::None`] for anything but a regular file).
+    pub loop_reads: LoopReads,
+}
+
 /// An event [`Intake::take`] could not answer itself: the core's.
 pub enum Incoming {
     /// A permission event the cache could not allow.
-    Perm {
-        /// The event (its descriptor stays open until answered).
-        event: FanotifyEvent,
-        /// Open or exec.
-        access: Access,
-        /// When it was read.
-        arrived: Instant,
-        /// `fstat` of its descriptor.
-        stat: Option<FileStat>,
-        /// The file's first bytes, read with the event for inline content
-        /// (version 2), from the version `stat` describes.
-        content: Option<InlineRead>,
-        /// Which reads of it the loop may do itself
-        /// ([`fanotify::loop_reads`]; [`LoopReads::None`] for anything but
-        /// a regular file).
-        loop_reads: LoopReads,
-    },
+    Perm(Arrival),
     /// `FAN_CLOSE_WRITE` (already invalidated in the cache).
     CloseWrite {
         /// `st_dev`.
@@ -145,7 +147,7 @@ impl Intake {
                     LoopReads::None
                 };
                 let content = self.read_with_event(&event, stat, loop_reads);
-                Some(Incoming::Perm {
+                Some(Incoming::Perm(Arrival {
                     event,
                     access: if class == EventClass::ExecPerm {
                         Access::Exec
@@ -156,7 +158,7 @@ impl Intake {
                     stat,
                     content,
                     loop_reads,
-                })
+                }))
             }
             EventClass::CloseWrite => {
                 let st = fanotify::stat_of(&event)?;
