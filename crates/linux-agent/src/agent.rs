@@ -637,8 +637,9 @@ impl Edge {
     }
 
     /// Events just read from the group: each answered at once when the
-    /// intake can (cache hit, the agent's own open), else queued for the
-    /// core in the order read.
+    /// intake can (cache hit, the agent's own open), else given to the core
+    /// (a close-write invalidates before the next event is taken) or queued
+    /// for it, in the order read.
     fn on_group_events(&mut self, events: Vec<FanotifyEvent>) {
         let now = self.now();
         for event in events {

@@ -14,9 +14,10 @@
 //!   can only let more opens through unchecked, never deny. A cached *deny*
 //!   goes through the full path (a hard link under an excluded prefix, or
 //!   an excluded process, still gets through);
-//! * `FAN_CLOSE_WRITE` invalidates the file before any later event is
-//!   looked at (and removes its ignore mark: a shared writable mapping
-//!   modifies a file without the event that would clear it);
+//! * `FAN_CLOSE_WRITE` removes the file's ignore mark (a shared writable
+//!   mapping modifies a file without the event that would clear it) and
+//!   goes to the core, which invalidates its cached verdict before the
+//!   loop takes the next event;
 //! * everything else becomes an [`Incoming`] for the core.
 //!
 //! The cold path (protocol version 2). Once the session has negotiated
@@ -72,7 +73,7 @@ pub struct Arrival {
 pub enum Incoming {
     /// A permission event the cache could not allow.
     Perm(Arrival),
-    /// `FAN_CLOSE_WRITE` (already invalidated in the cache).
+    /// `FAN_CLOSE_WRITE` (its ignore mark already removed).
     CloseWrite {
         /// `st_dev`.
         dev: u64,
@@ -162,16 +163,11 @@ impl Intake {
             }
             EventClass::CloseWrite => {
                 let st = fanotify::stat_of(&event)?;
-                // Before any later event is looked at: the next open of
-                // this file must miss, and raise an event.
+                // The next open of this file must raise an event. (Its
+                // cached verdict goes in the core, in this same turn.)
                 if self.kernel_cache {
                     let _ = fan.remove_ignore_mark(&event);
                 }
-                let id = thinagent_guest::FileKey::with_u64_id(st.dev, st.ino, 0, 0).file_id;
-                self.cache
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .invalidate(st.dev, &id);
                 Some(Incoming::CloseWrite {
                     dev: st.dev,
                     ino: st.ino,
