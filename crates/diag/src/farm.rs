@@ -37,8 +37,9 @@ pub const STALE_SECS: u64 = 180;
 /// How to reach the farm's Redis: the scanner's `[farm]` settings.
 #[derive(clap::Args, Debug)]
 pub struct RedisArgs {
-    /// A scanner's configuration file: its [farm] redis_url, password_file
-    /// and key_prefix (the options below override them).
+    /// A scanner's configuration file: its [farm] redis_url, password_file,
+    /// ca_file, cert_file, key_file and key_prefix (the options below
+    /// override them).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The farm's Redis: redis://[USER@]HOST:PORT or rediss://... (TLS), as
@@ -48,6 +49,17 @@ pub struct RedisArgs {
     /// File whose first line is the Redis password (farm.password_file).
     #[arg(long, value_name = "PATH")]
     pub password_file: Option<PathBuf>,
+    /// rediss:// only: PEM CA certificates that sign Redis's certificate
+    /// (farm.ca_file; unset: the system's trust store).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// rediss:// only: PEM client certificate to show Redis, with
+    /// --key-file (farm.cert_file).
+    #[arg(long, value_name = "PATH")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of --cert-file (farm.key_file).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
     /// Prefix of the farm's keys (farm.key_prefix; default thinagent:).
     #[arg(long, value_name = "PREFIX")]
     pub key_prefix: Option<String>,
@@ -117,6 +129,9 @@ struct ScannerFile {
 struct FarmSection {
     redis_url: Option<String>,
     password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
     key_prefix: Option<String>,
 }
 
@@ -125,6 +140,9 @@ struct FarmSection {
 struct Settings {
     url: String,
     password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
     prefix: String,
 }
 
@@ -153,6 +171,9 @@ fn settings(args: &RedisArgs) -> Result<Settings> {
     Ok(Settings {
         url,
         password_file: args.password_file.clone().or(file.password_file),
+        ca_file: args.ca_file.clone().or(file.ca_file),
+        cert_file: args.cert_file.clone().or(file.cert_file),
+        key_file: args.key_file.clone().or(file.key_file),
         prefix: args
             .key_prefix
             .clone()
@@ -206,10 +227,15 @@ fn connect(s: &Settings) -> Result<redis::Connection> {
         let redis = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(redis);
     }
-    let client = redis::Client::open(info).with_context(|| shown.clone())?;
+    let client = match tls_files(s)? {
+        Some(tls) => redis::Client::build_with_tls(info, tls),
+        None => redis::Client::open(info),
+    }
+    .with_context(|| shown.clone())?;
     let check = "check the URL (--redis-url, or [farm] redis_url of --config), that Redis runs and \
-                 this host may reach it (firewall; rediss:// for a TLS port), and the ACL user and \
-                 its password (--password-file)";
+                 this host may reach it (firewall; rediss:// for a TLS port, with --ca-file for a \
+                 private CA and --cert-file and --key-file where Redis asks for a client \
+                 certificate), and the ACL user and its password (--password-file)";
     let mut conn = client
         .get_connection_with_timeout(Duration::from_secs(3))
         .map_err(|e| anyhow!("cannot reach the farm's Redis at {shown}: {e}; {check}"))?;
@@ -219,6 +245,43 @@ fn connect(s: &Settings) -> Result<redis::Connection> {
         .query::<String>(&mut conn)
         .map_err(|e| anyhow!("the farm's Redis at {shown} does not answer PING: {e}; {check}"))?;
     Ok(conn)
+}
+
+/// The TLS files of a `rediss://` connection, read; `None` when none is
+/// given (the system's trust store, no client certificate). The redis
+/// crate parses them and says what is wrong in one.
+fn tls_files(s: &Settings) -> Result<Option<redis::TlsCertificates>> {
+    if s.ca_file.is_none() && s.cert_file.is_none() && s.key_file.is_none() {
+        return Ok(None);
+    }
+    if !s.url.starts_with("rediss://") {
+        bail!(
+            "--ca-file, --cert-file and --key-file (farm.ca_file, cert_file, key_file) are for a rediss:// URL: a redis:// connection is not encrypted"
+        );
+    }
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read {flag} {}: give a PEM file", path.display()))
+    };
+    let root_cert = s
+        .ca_file
+        .as_deref()
+        .map(|p| read("--ca-file", p))
+        .transpose()?;
+    let client_tls = match (&s.cert_file, &s.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("--cert-file", cert)?,
+            client_key: read("--key-file", key)?,
+        }),
+        (None, None) => None,
+        _ => bail!(
+            "a client certificate needs both --cert-file and --key-file (farm.cert_file and key_file)"
+        ),
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 fn query<T: redis::FromRedisValue>(
@@ -582,10 +645,58 @@ mod tests {
             config: None,
             redis_url: None,
             password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             key_prefix: None,
             scanner: None,
             json: false,
         }
+    }
+
+    #[test]
+    fn tls_files_come_from_the_scanner_config_and_are_for_rediss_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("scanner.toml");
+        std::fs::write(
+            &config,
+            "[farm]\nredis_url = \"rediss://u@redis.example:6380\"\nca_file = \"/nonexistent/ca.pem\"\ncert_file = \"/etc/c.crt\"\nkey_file = \"/etc/c.key\"\n",
+        )
+        .unwrap();
+        let s = settings(&RedisArgs {
+            config: Some(config),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(s.ca_file, Some("/nonexistent/ca.pem".into()));
+        assert_eq!(s.cert_file, Some("/etc/c.crt".into()));
+        assert_eq!(s.key_file, Some("/etc/c.key".into()));
+        let e = tls_files(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read --ca-file /nonexistent/ca.pem"),
+            "{e}"
+        );
+
+        let plain = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>, url: &str| Settings {
+            url: url.into(),
+            password_file: None,
+            ca_file: ca.map(Into::into),
+            cert_file: cert.map(Into::into),
+            key_file: key.map(Into::into),
+            prefix: DEFAULT_PREFIX.into(),
+        };
+        assert!(
+            tls_files(&plain(None, None, None, "rediss://h:1"))
+                .unwrap()
+                .is_none()
+        );
+        let e = tls_files(&plain(Some("/ca"), None, None, "redis://h:1")).unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = tls_files(&plain(None, Some("/c"), None, "rediss://h:1")).unwrap_err();
+        assert!(
+            e.to_string().contains("both --cert-file and --key-file"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -607,6 +718,9 @@ mod tests {
             Settings {
                 url: "redis://u@10.0.0.5:6379".into(),
                 password_file: Some("/etc/pw".into()),
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
                 prefix: "f1:".into(),
             }
         );

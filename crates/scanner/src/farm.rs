@@ -100,6 +100,19 @@ pub struct FarmConfig {
     /// URL (`redis://thinagent@HOST:PORT`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// `rediss://` only: a PEM file of the CA certificates that sign the
+    /// Redis server's certificate (a farm's own CA); these alone are then
+    /// trusted. Unset: the system's trust store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// `rediss://` only, with `key_file`: the PEM certificate (chain) this
+    /// scanner shows Redis. A Redis TLS port asks every client for one
+    /// unless it is set `tls-auth-clients no`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file` (keep it 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// Prefix of every key.
     pub key_prefix: String,
     /// How long a shared verdict lives, seconds.
@@ -124,6 +137,9 @@ impl Default for FarmConfig {
         Self {
             redis_url: None,
             password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             key_prefix: "thinagent:".into(),
             ttl_secs: 86_400,
             deadline_ms: 20,
@@ -152,6 +168,40 @@ impl FarmConfig {
                 display_path(self.password_file.as_ref()),
                 "a password without farm.redis_url: set the Redis URL too, or unset the password file",
             ));
+        }
+        let tls = self
+            .redis_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"));
+        for (key, file) in [
+            ("farm.ca_file", &self.ca_file),
+            ("farm.cert_file", &self.cert_file),
+            ("farm.key_file", &self.key_file),
+        ] {
+            if file.is_some() && !tls {
+                return Err(invalid(
+                    key,
+                    display_path(file.as_ref()),
+                    "TLS files without a rediss:// farm.redis_url: a redis:// connection is not encrypted; use rediss://HOST:PORT (Redis's tls-port), or unset the file",
+                ));
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "farm.cert_file",
+                    display_path(self.cert_file.as_ref()),
+                    "a client certificate without farm.key_file: set its private key too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "farm.key_file",
+                    display_path(self.key_file.as_ref()),
+                    "a private key without farm.cert_file: set the client certificate too",
+                ));
+            }
+            _ => {}
         }
         if self.key_prefix.len() > 64
             || self
@@ -296,6 +346,18 @@ pub enum FarmError {
         #[source]
         source: std::io::Error,
     },
+    /// A TLS file of the farm cannot be used.
+    #[error("{key} = {}: {why}; give {what}", path.display())]
+    TlsFile {
+        /// The setting.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+        /// What the file must hold.
+        what: &'static str,
+    },
     /// The URL or the client settings are refused.
     #[error("farm.redis_url = {url}: {why}")]
     Url {
@@ -304,6 +366,89 @@ pub enum FarmError {
         /// What is wrong.
         why: String,
     },
+}
+
+/// What `rediss://` trusts and shows, read from `ca_file`, `cert_file` and
+/// `key_file` (each parsed here, so a wrong file is named at the start and
+/// by `--check-config`, not at the first connection); `None` when none is
+/// set: the system's trust store, no client certificate.
+pub fn read_tls_files(config: &FarmConfig) -> Result<Option<redis::TlsCertificates>, FarmError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+
+    if config.ca_file.is_none() && config.cert_file.is_none() {
+        return Ok(None);
+    }
+    let root_cert = config
+        .ca_file
+        .as_deref()
+        .map(|path| {
+            read_tls_file(
+                "farm.ca_file",
+                path,
+                "the CA certificates (PEM) that sign Redis's certificate",
+                pem_certificates,
+            )
+        })
+        .transpose()?;
+    let client_tls = match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read_tls_file(
+                "farm.cert_file",
+                cert,
+                "this scanner's client certificate (PEM)",
+                pem_certificates,
+            )?,
+            client_key: read_tls_file(
+                "farm.key_file",
+                key,
+                "the PEM private key of farm.cert_file",
+                |pem| {
+                    PrivateKeyDer::from_pem_slice(pem)
+                        .map(drop)
+                        .map_err(|e| format!("no usable private key in it ({e})"))
+                },
+            )?,
+        }),
+        _ => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// The bytes of the TLS file `path` (setting `key`, which must hold
+/// `what`), once `check` accepts them.
+fn read_tls_file(
+    key: &'static str,
+    path: &std::path::Path,
+    what: &'static str,
+    check: impl FnOnce(&[u8]) -> Result<(), String>,
+) -> Result<Vec<u8>, FarmError> {
+    let bad = |why| FarmError::TlsFile {
+        key,
+        path: path.to_owned(),
+        why,
+        what,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+    check(&pem).map_err(bad)?;
+    Ok(pem)
+}
+
+/// Whether `pem` holds certificates, and only well-formed ones.
+fn pem_certificates(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let found = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates ({e})"))?;
+    if found.is_empty() {
+        return Err("no CERTIFICATE block in it".into());
+    }
+    Ok(())
 }
 
 /// Reads the password: the file's first line.
@@ -854,7 +999,11 @@ impl Farm {
         let info = config
             .connection_info(password.as_deref())
             .map_err(url_error)?;
-        let client = redis::Client::open(info).map_err(|e| url_error(e.to_string()))?;
+        let client = match read_tls_files(config)? {
+            Some(tls) => redis::Client::build_with_tls(info, tls),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| url_error(e.to_string()))?;
         let deadline = Duration::from_millis(config.deadline_ms);
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -1580,6 +1729,116 @@ mod tests {
         .unwrap();
         assert_eq!(redact("redis://u:pw@h:1"), "redis://u:***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn tls_files_are_for_rediss_and_parsed_before_any_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        )
+        .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let ca_pem = file("ca.pem", &ca.pem());
+        let crt = file("c.crt", &cert.pem());
+        let key = file("c.key", &key.serialize_pem());
+        let tls = FarmConfig {
+            redis_url: Some("rediss://redis.example:6380".into()),
+            ca_file: Some(ca_pem.clone()),
+            cert_file: Some(crt.clone()),
+            key_file: Some(key.clone()),
+            ..FarmConfig::default()
+        };
+        tls.validate().unwrap();
+        let read = read_tls_files(&tls).unwrap().unwrap();
+        assert!(read.root_cert.is_some() && read.client_tls.is_some());
+        let only_ca = FarmConfig {
+            cert_file: None,
+            key_file: None,
+            ..tls.clone()
+        };
+        let read = read_tls_files(&only_ca).unwrap().unwrap();
+        assert!(read.root_cert.is_some() && read.client_tls.is_none());
+        assert!(
+            read_tls_files(&FarmConfig::default()).unwrap().is_none(),
+            "no file: the system's trust store"
+        );
+
+        let invalid = |c: FarmConfig, key: &str, why: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(why), "{key}: {e}");
+        };
+        invalid(
+            FarmConfig {
+                redis_url: Some("redis://redis.example:6379".into()),
+                ..only_ca.clone()
+            },
+            "farm.ca_file",
+            "rediss://",
+        );
+        invalid(
+            FarmConfig {
+                key_file: None,
+                ..tls.clone()
+            },
+            "farm.cert_file",
+            "farm.key_file",
+        );
+        invalid(
+            FarmConfig {
+                cert_file: None,
+                ..tls.clone()
+            },
+            "farm.key_file",
+            "farm.cert_file",
+        );
+
+        let unusable = |c: FarmConfig, key: &str, why: &str| {
+            let e = read_tls_files(&c).unwrap_err().to_string();
+            assert!(e.starts_with(key) && e.contains(why), "{key}: {e}");
+        };
+        unusable(
+            FarmConfig {
+                ca_file: Some(dir.path().join("none.pem")),
+                ..tls.clone()
+            },
+            "farm.ca_file",
+            "cannot read it",
+        );
+        unusable(
+            FarmConfig {
+                ca_file: Some(file("empty.pem", "")),
+                ..tls.clone()
+            },
+            "farm.ca_file",
+            "no CERTIFICATE block",
+        );
+        unusable(
+            FarmConfig {
+                cert_file: Some(key.clone()),
+                ..tls.clone()
+            },
+            "farm.cert_file",
+            "no CERTIFICATE block",
+        );
+        unusable(
+            FarmConfig {
+                key_file: Some(crt.clone()),
+                ..tls.clone()
+            },
+            "farm.key_file",
+            "no usable private key",
+        );
     }
 
     #[test]

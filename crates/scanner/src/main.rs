@@ -209,6 +209,15 @@ struct Cli {
     /// File whose first line is the farm's Redis password (keep it 0600). [config: farm.password_file]
     #[arg(long, value_name = "PATH")]
     farm_password_file: Option<PathBuf>,
+    /// PEM CA certificates that sign the farm's Redis certificate (rediss:// only; unset: the system's). [config: farm.ca_file]
+    #[arg(long, value_name = "PATH")]
+    farm_ca_file: Option<PathBuf>,
+    /// PEM client certificate shown to the farm's Redis (rediss:// only, with --farm-key-file). [config: farm.cert_file]
+    #[arg(long, value_name = "PATH")]
+    farm_cert_file: Option<PathBuf>,
+    /// PEM private key of --farm-cert-file (keep it 0600). [config: farm.key_file]
+    #[arg(long, value_name = "PATH")]
+    farm_key_file: Option<PathBuf>,
     /// Prefix of every farm key in Redis. [config: farm.key_prefix]
     #[arg(long, value_name = "PREFIX")]
     farm_key_prefix: Option<String>,
@@ -417,6 +426,15 @@ impl Cli {
         }
         if self.farm_password_file.is_some() {
             farm.password_file = self.farm_password_file.clone();
+        }
+        for (slot, flag) in [
+            (&mut farm.ca_file, &self.farm_ca_file),
+            (&mut farm.cert_file, &self.farm_cert_file),
+            (&mut farm.key_file, &self.farm_key_file),
+        ] {
+            if flag.is_some() {
+                *slot = flag.clone();
+            }
         }
         if let Some(prefix) = &self.farm_key_prefix {
             farm.key_prefix = prefix.clone();
@@ -627,6 +645,9 @@ mod tests {
         "guest_policy.max_scan_size",
         "farm.redis_url",
         "farm.password_file",
+        "farm.ca_file",
+        "farm.cert_file",
+        "farm.key_file",
         "farm.scanner_name",
     ];
 

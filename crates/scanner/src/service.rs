@@ -228,6 +228,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
     if let Some(file) = &config.farm.password_file {
         crate::farm::read_password(file)?;
     }
+    crate::farm::read_tls_files(&config.farm)?;
     // Last: nothing after it fails, so a check never leaves a file behind.
     let audit = config
         .audit_log

@@ -804,4 +804,29 @@ fn check_config_validates_the_farm_without_connecting() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("farm.password_file"));
+    // TLS files: for rediss:// only, and read (a missing one is named).
+    let out = run(&[
+        "--farm-redis-url",
+        "redis://127.0.0.1:1",
+        "--farm-ca-file",
+        password.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("farm.ca_file") && err.contains("rediss://"),
+        "{err}"
+    );
+    let out = run(&[
+        "--farm-redis-url",
+        "rediss://127.0.0.1:1",
+        "--farm-ca-file",
+        "/nonexistent/ca.pem",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("farm.ca_file = /nonexistent/ca.pem: cannot read it"),
+        "{err}"
+    );
 }

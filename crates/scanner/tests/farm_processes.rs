@@ -67,9 +67,19 @@ struct Scanner {
 
 impl Scanner {
     fn start(name: &str, pki: &Pki, farm: &Acl, deadline_ms: u32) -> Self {
+        let farm = [
+            "--farm-redis-url".to_owned(),
+            farm.url("thinagent"),
+            "--farm-password-file".to_owned(),
+            path(farm.password_file("thinagent")),
+        ];
+        Self::start_with(name, pki, &farm, deadline_ms)
+    }
+
+    /// A scanner whose farm options are `farm` (URL, password, TLS files).
+    fn start_with(name: &str, pki: &Pki, farm: &[String], deadline_ms: u32) -> Self {
         let signatures = tempfile::tempdir().unwrap();
         let logs = tempfile::tempdir().unwrap();
-        let path = |p: PathBuf| p.display().to_string();
         let args = [
             "--listen".to_owned(),
             "tls://127.0.0.1:0".to_owned(),
@@ -85,16 +95,12 @@ impl Scanner {
             path(signatures.path().to_owned()),
             "--metrics".to_owned(),
             "tcp://127.0.0.1:0".to_owned(),
-            "--farm-redis-url".to_owned(),
-            farm.url("thinagent"),
-            "--farm-password-file".to_owned(),
-            path(farm.password_file("thinagent")),
             "--farm-scanner-name".to_owned(),
             name.to_owned(),
             "--farm-deadline-ms".to_owned(),
             deadline_ms.to_string(),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().chain(farm).map(String::as_str).collect();
         let process = ScannerProcess::start(&args, logs.path(), 2);
         Self {
             process,
@@ -191,6 +197,8 @@ fn diag_farm(diag: &Path, acl: &Acl, args: &[&str]) -> Output {
 /// (`thinagent-diag farm`), each with its password in a file.
 struct Acl {
     dir: tempfile::TempDir,
+    /// `redis://`, or `rediss://` for a TLS port.
+    scheme: &'static str,
     port: u16,
 }
 
@@ -203,26 +211,63 @@ impl Acl {
     /// A Redis with these users only, or `None` outside CI without
     /// redis-server.
     fn start() -> Option<(Self, RedisServer)> {
+        Self::start_with(None)
+    }
+
+    /// The same users, and a TLS port that asks every client for a
+    /// certificate of the farm's Redis CA (`redis-ca.pem`, `redis.crt` and
+    /// `redis.key` of `pki`); the users connect there (the test's own
+    /// checks use the plain port).
+    fn start_tls(pki: &Pki) -> Option<(Self, RedisServer)> {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(tls: Option<&Pki>) -> Option<(Self, RedisServer)> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("users.acl");
         std::fs::write(&file, Self::USERS).unwrap();
         std::fs::write(dir.path().join("thinagent.pw"), "scanner-pw\n").unwrap();
         std::fs::write(dir.path().join("farm-reader.pw"), "reader-pw\n").unwrap();
-        let redis = RedisServer::start_with(
-            vec!["--aclfile".into(), file.display().to_string()],
-            "admin:admin-pw@".into(),
-        )?;
-        let port = redis.port;
-        Some((Self { dir, port }, redis))
+        let mut args = vec!["--aclfile".into(), file.display().to_string()];
+        let tls_port = tls.map(|pki| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            args.extend([
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path(pki.path("redis.crt")),
+                "--tls-key-file".into(),
+                path(pki.path("redis.key")),
+                "--tls-ca-cert-file".into(),
+                path(pki.path("redis-ca.pem")),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ]);
+            port
+        });
+        let redis = RedisServer::start_with(args, "admin:admin-pw@".into())?;
+        let (scheme, port) = match tls_port {
+            Some(port) => ("rediss://", port),
+            None => ("redis://", redis.port),
+        };
+        Some((Self { dir, scheme, port }, redis))
     }
 
     fn url(&self, user: &str) -> String {
-        format!("redis://{user}@127.0.0.1:{}", self.port)
+        format!("{}{user}@127.0.0.1:{}", self.scheme, self.port)
     }
 
     fn password_file(&self, user: &str) -> PathBuf {
         self.dir.path().join(format!("{user}.pw"))
     }
+}
+
+fn path(p: PathBuf) -> String {
+    p.display().to_string()
 }
 
 fn stdout(out: &Output) -> String {
@@ -427,4 +472,107 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
     // And events flow again.
     let entries = redis.wait_stream("thinagent:events", |e| e["scanner"] == "esx-b");
     assert!(!entries.is_empty());
+}
+
+/// A Redis TLS port that asks every client for a certificate (Redis's
+/// default), signed like the server's by the farm's own CA: a scanner
+/// process reaches it with `--farm-ca-file`, `--farm-cert-file` and
+/// `--farm-key-file` and shares verdicts, and `thinagent-diag farm` reads it
+/// with the same files. Without a client certificate Redis refuses: the
+/// scanner says so once and scans on, and `thinagent-diag` says what to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_tls_port_that_asks_for_client_certificates_is_reached_with_the_farm_files() {
+    let pki = Pki::new();
+    let redis_ca = Pki::make_ca("ThinAgent test farm Redis CA");
+    std::fs::write(pki.path("redis-ca.pem"), redis_ca.pem()).unwrap();
+    pki.leaf("redis", "redis", true, &redis_ca);
+    pki.leaf("scanner-redis", "thinagent", false, &redis_ca);
+    pki.leaf("reader-redis", "farm-reader", false, &redis_ca);
+    let Some((acl, redis)) = Acl::start_tls(&pki) else {
+        return;
+    };
+    let Some(diag) = diag_binary() else {
+        return;
+    };
+    let farm = |client: Option<&str>| {
+        let mut args = vec![
+            "--farm-redis-url".to_owned(),
+            acl.url("thinagent"),
+            "--farm-password-file".to_owned(),
+            path(acl.password_file("thinagent")),
+            "--farm-ca-file".to_owned(),
+            path(pki.path("redis-ca.pem")),
+        ];
+        if let Some(name) = client {
+            args.extend([
+                "--farm-cert-file".to_owned(),
+                path(pki.path(&format!("{name}.crt"))),
+                "--farm-key-file".to_owned(),
+                path(pki.path(&format!("{name}.key"))),
+            ]);
+        }
+        args
+    };
+
+    let a = Scanner::start_with("esx-tls", &pki, &farm(Some("scanner-redis")), 1_000);
+    a.wait_farm_up(1.0).await;
+    let got = a
+        .open_tcp("desk-t", &[FileSpec::new("/eicar", 1, 1, EICAR)])
+        .await;
+    assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    assert_eq!(redis.wait_keys("thinagent:c:*", 1).len(), 1);
+    assert_eq!(redis.wait_keys("thinagent:guest:esx-tls:*", 1).len(), 1);
+    assert_eq!(a.farm("put", "error").await, 0.0);
+
+    let read = |client: Option<&str>| {
+        let mut cmd = Command::new(&diag);
+        cmd.args(["farm", "guests", "--redis-url", &acl.url("farm-reader")])
+            .arg("--password-file")
+            .arg(acl.password_file("farm-reader"))
+            .arg("--ca-file")
+            .arg(pki.path("redis-ca.pem"));
+        if let Some(name) = client {
+            cmd.arg("--cert-file")
+                .arg(pki.path(&format!("{name}.crt")))
+                .arg("--key-file")
+                .arg(pki.path(&format!("{name}.key")));
+        }
+        cmd.output().expect("run thinagent-diag")
+    };
+    let out = read(Some("reader-redis"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let table = stdout(&out);
+    assert!(
+        table.lines().skip(1).any(|r| r.starts_with("esx-tls")),
+        "{table}"
+    );
+    let out = read(None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the farm's Redis") && err.contains("--cert-file"),
+        "{err}"
+    );
+
+    // No client certificate: refused, said once, every open still answered.
+    let b = Scanner::start_with("esx-nocert", &pki, &farm(None), 1_000);
+    for round in 0..3u64 {
+        let got = b
+            .open_tcp("desk-u", &[FileSpec::new("/eicar", 10 + round, 1, EICAR)])
+            .await;
+        assert!(got[0].is_found("Eicar-Test-Signature"), "{got:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.m("thinagent_scanner_farm_up").await, 0.0);
+    let log = b.process.log_text();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("unreachable")).collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(
+        refused[0].contains("WARN") && refused[0].contains("CertificateRequired"),
+        "the reason is Redis's TLS alert: {log}"
+    );
+    assert!(
+        redis.keys("thinagent:guest:esx-nocert:*").is_empty(),
+        "written without a client certificate"
+    );
 }
