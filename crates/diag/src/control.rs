@@ -580,7 +580,9 @@ pub enum QuarantineCommand {
     /// Write an entry's bytes back to the guest it came from (only that
     /// guest, connected, with an agent that takes restores). The guest
     /// writes a new file and never overwrites one: a file at the path
-    /// answers `changed`. Exit status: 0 restored, 1 the guest did not
+    /// answers `changed`. On Linux the file is mode 0600, owner root (set
+    /// its owner and mode); on Windows it inherits the directory's
+    /// security. Exit status: 0 restored, 1 the guest did not
     /// (changed, failed, busy, timed-out), 2 the request could not be made.
     Restore(QuarantineRestoreArgs),
     /// Remove entries' bytes (the record of what was quarantined stays):

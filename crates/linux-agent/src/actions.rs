@@ -126,11 +126,12 @@ pub fn remediate(action: RemediateAction, path: &[u8], expect: &FileIdentity) ->
     }
 }
 
-/// The mode a restored file gets once its bytes are in (it is written
-/// 0600 until then). The `Restore` carries no mode: a restored file is
-/// readable by everyone and writable by its owner (root), as a file
-/// created under umask 022.
-pub const RESTORED_MODE: u32 = 0o644;
+/// The mode a restored file has: readable and writable by its owner
+/// (root) only. The `Restore` carries no mode or owner, and the quarantine
+/// does not know them: a restore must never widen who may read a file (a
+/// false positive may be a private key or a mailbox, 0600 to its user), so
+/// the admin gives it back its owner and mode.
+pub const RESTORED_MODE: u32 = 0o600;
 
 /// A file being restored (`Restore`, §14.7): a new file in the target's
 /// directory that has no name yet (`O_TMPFILE`; where the file system

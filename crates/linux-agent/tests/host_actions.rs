@@ -544,7 +544,8 @@ fn restore_writes_new_files_only_and_their_opens_are_judged_again() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&back).unwrap().permissions().mode() & 0o7777,
-        0o644
+        0o600,
+        "private to root: a restore never widens who may read a file"
     );
     // Its opens are judged by the host like any other file's.
     read(&back).unwrap();
