@@ -176,6 +176,7 @@ pub fn guests(args: &GuestsArgs) -> Result<ExitCode> {
     let mut rows = vec![
         [
             "IDENTITY",
+            "ADDRESS",
             "NAME",
             "OS",
             "AGENT",
@@ -200,6 +201,7 @@ pub fn guests(args: &GuestsArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| "-".to_owned());
         rows.push(vec![
             text(&g["identity"]),
+            text(&g["address"]),
             text(&g["name"]),
             text(&g["os"]),
             text(&g["agent_version"]),

@@ -46,7 +46,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-const GUESTS: &str = r#"{"ok":true,"guests":[{"identity":"vsock:cid=5","name":"web-01","os":"linux","agent_version":"1.2.3","protocol_version":2,"actions":["remediate","scan-tree"],"connected":true,"connected_since":"2026-12-03T18:00:00Z","last_seen":"2026-12-03T18:05:00Z","policy_version":4,"health":{"at":"2026-12-03T18:05:00Z","fail_mode":"closed","on_access":true,"scan_running":false,"uptime_secs":300,"events_sent":10,"cache_hits":2,"denied":1,"fail_decisions":0,"sessions":1},"detections":1,"last_detection":"Eicar-Test-Signature at /srv/eicar.com"},{"identity":"vsock:cid=9","name":"db-02","os":"windows","agent_version":"0.1.0","protocol_version":1,"actions":[],"connected":false,"connected_since":"2026-12-03T17:00:00Z","last_seen":"2026-12-03T17:30:00Z","policy_version":null,"health":null,"detections":0,"last_detection":null}]}"#;
+const GUESTS: &str = r#"{"ok":true,"guests":[{"identity":"vsock:cid=5","address":"vsock://5:1031","name":"web-01","os":"linux","agent_version":"1.2.3","protocol_version":2,"actions":["remediate","scan-tree"],"connected":true,"connected_since":"2026-12-03T18:00:00Z","last_seen":"2026-12-03T18:05:00Z","policy_version":4,"health":{"at":"2026-12-03T18:05:00Z","fail_mode":"closed","on_access":true,"scan_running":false,"uptime_secs":300,"events_sent":10,"cache_hits":2,"denied":1,"fail_decisions":0,"sessions":1},"detections":1,"last_detection":"Eicar-Test-Signature at /srv/eicar.com"},{"identity":"vsock:cid=9","name":"db-02","os":"windows","agent_version":"0.1.0","protocol_version":1,"actions":[],"connected":false,"connected_since":"2026-12-03T17:00:00Z","last_seen":"2026-12-03T17:30:00Z","policy_version":null,"health":null,"detections":0,"last_detection":null}]}"#;
 
 #[test]
 fn guests_prints_a_table_of_every_guest() {
@@ -61,6 +61,7 @@ fn guests_prints_a_table_of_every_guest() {
     assert!(lines[0].contains("LAST DETECTION"));
     assert!(lines[1].starts_with("vsock:cid=5"), "{stdout}");
     for cell in [
+        "vsock://5:1031",
         "web-01",
         "linux",
         "1.2.3",
@@ -75,7 +76,7 @@ fn guests_prints_a_table_of_every_guest() {
         lines[2].contains("db-02") && lines[2].contains("gone"),
         "{stdout}"
     );
-    // Columns line up: every row's second column starts where NAME does.
+    // Columns line up: every row's NAME starts where the header's does.
     let name_col = lines[0].find("NAME").unwrap();
     assert_eq!(&lines[1][name_col..name_col + 6], "web-01");
     assert_eq!(&lines[2][name_col..name_col + 5], "db-02");

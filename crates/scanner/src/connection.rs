@@ -915,7 +915,11 @@ impl Driver {
     /// an events stream entry saying `why`.
     fn publish_guest(&mut self, why: &'static str) {
         let Some(farm) = &self.ctx.farm else { return };
-        if let Some(view) = self.ctx.guests.view(&self.guest.to_string()) {
+        if let Some(view) = self
+            .ctx
+            .guests
+            .view(&crate::guests::registry_key(&self.guest))
+        {
             farm.publish_guest(&view, Some(why));
         }
     }
@@ -1549,11 +1553,11 @@ impl Driver {
             return;
         }
         let per_minute = self.ctx.remediation.max_per_guest_per_minute;
-        if !self
-            .ctx
-            .remediation_rate
-            .take(&self.guest.to_string(), per_minute, now())
-        {
+        if !self.ctx.remediation_rate.take(
+            &crate::guests::registry_key(&self.guest),
+            per_minute,
+            now(),
+        ) {
             let detail = format!(
                 "more than {per_minute} remediations of this guest in a minute (remediation.max_per_guest_per_minute): the file is kept"
             );
@@ -1625,7 +1629,10 @@ impl Driver {
             (Some(path), Some(_)) => self
                 .ctx
                 .guests
-                .find_detection(&self.guest.to_string(), &path.to_string_lossy())
+                .find_detection(
+                    &crate::guests::registry_key(&self.guest),
+                    &path.to_string_lossy(),
+                )
                 .map(|d| d.threat),
             _ => None,
         };

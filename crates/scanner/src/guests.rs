@@ -4,8 +4,13 @@
 //! it is connected a channel to its connection, through which the admin
 //! interface ([`crate::control`]) sends host actions (§14).
 //!
-//! Keyed by the transport identity ([`GuestId`]'s text, §13): never by the
-//! guest's announced name, which is a label.
+//! Keyed by the transport identity (§13, [`registry_key`]): a VM's vsock
+//! CID or a TLS certificate subject, so a guest that reconnects (from
+//! another port, after every reboot) is the same guest, with its counters,
+//! health, policy state and detections; never by the guest's announced
+//! name, which is a label. Loopback TCP and Unix peers name a host or a
+//! user that several guests may share: each connection of theirs is its
+//! own guest, keyed by its address.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,10 +224,25 @@ pub struct GuestMetricsView {
     pub health: Option<Health>,
 }
 
+/// The registry's key for `guest`: its transport identity when that names
+/// one guest (`vsock:CID`, `tls:SUBJECT`), else the connection's address
+/// (`tcp://127.0.0.1:PORT`, `unix://PATH (uid U, pid P)`).
+pub fn registry_key(guest: &GuestId) -> String {
+    let peer = guest.peer();
+    if peer.names_one_guest() {
+        peer.to_string()
+    } else {
+        guest.to_string()
+    }
+}
+
 /// One guest as the registry keeps it.
 #[derive(Debug)]
 struct Entry {
     identity: String,
+    /// The address of its last connection (`vsock://CID:PORT`,
+    /// `tls://IP:PORT (SUBJECT)`).
+    address: String,
     /// The transport identity (§13) its connections vouch for, and
     /// whether it names one guest (else the announced name tells guests
     /// behind it apart).
@@ -243,8 +263,10 @@ struct Entry {
 /// A guest as the admin interface shows it (`thinagent-diag guests`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct GuestView {
-    /// The transport identity (§13).
+    /// The transport identity (§13): [`registry_key`].
     pub identity: String,
+    /// The address of its last connection.
+    pub address: String,
     /// The announced name (a label).
     pub name: String,
     /// `windows` / `linux`.
@@ -366,11 +388,13 @@ impl GuestRegistry {
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = SystemTime::now();
-        let identity = guest.to_string();
+        let identity = registry_key(guest);
+        let address = guest.to_string();
         let mut guests = self.lock_mut();
         let peer = guest.peer();
         let entry = guests.entry(identity.clone()).or_insert_with(|| Entry {
             identity,
+            address: address.clone(),
             peer: (peer.to_string(), peer.names_one_guest()),
             info: None,
             connected: false,
@@ -383,6 +407,7 @@ impl GuestRegistry {
             counters: Arc::default(),
         });
         entry.info = Some(info.clone());
+        entry.address = address;
         entry.connected = true;
         entry.connected_since = now;
         entry.last_seen = now;
@@ -403,7 +428,13 @@ impl GuestRegistry {
         let mut guests = registry.lock();
         for g in saved.guests {
             if let Some(entry) = g.into_entry() {
-                guests.insert(entry.identity.clone(), entry);
+                // Several rows of one guest (an older file): the newest.
+                match guests.get(&entry.identity) {
+                    Some(kept) if kept.last_seen >= entry.last_seen => {}
+                    _ => {
+                        guests.insert(entry.identity.clone(), entry);
+                    }
+                }
             }
         }
         tracing::info!(guests = guests.len(), "guests of the last run restored");
@@ -435,7 +466,7 @@ impl GuestRegistry {
     /// that the counters are detached (they count nothing anyone sees).
     pub fn counters(&self, guest: &GuestId) -> Arc<GuestCounters> {
         self.lock()
-            .get(&guest.to_string())
+            .get(&registry_key(guest))
             .map(|e| Arc::clone(&e.counters))
             .unwrap_or_default()
     }
@@ -464,7 +495,7 @@ impl GuestRegistry {
     /// The connection `serial` of `guest` ended.
     pub fn disconnected(&self, guest: &GuestId, serial: u64) {
         let mut guests = self.lock_mut();
-        if let Some(e) = guests.get_mut(&guest.to_string())
+        if let Some(e) = guests.get_mut(&registry_key(guest))
             && e.conn.as_ref().is_some_and(|(s, _)| *s == serial)
         {
             e.conn = None;
@@ -478,7 +509,7 @@ impl GuestRegistry {
     /// (the first report differs).
     pub fn health(&self, guest: &GuestId, health: Health) -> bool {
         let mut guests = self.lock_mut();
-        let Some(e) = guests.get_mut(&guest.to_string()) else {
+        let Some(e) = guests.get_mut(&registry_key(guest)) else {
             return false;
         };
         let now = SystemTime::now();
@@ -498,7 +529,7 @@ impl GuestRegistry {
 
     /// The policy of `version` went to `guest`.
     pub fn policy_sent(&self, guest: &GuestId, version: u64) {
-        if let Some(e) = self.lock_mut().get_mut(&guest.to_string()) {
+        if let Some(e) = self.lock_mut().get_mut(&registry_key(guest)) {
             let in_effect = e.policy.as_ref().and_then(|p| p.in_effect);
             e.policy = Some(PolicyState {
                 sent: version,
@@ -513,7 +544,7 @@ impl GuestRegistry {
     pub fn policy_result(&self, guest: &GuestId, version: u64, outcome: ActionOutcome) {
         use thinagent_protocol::{ActionStatus, PolicyFields};
         let mut guests = self.lock_mut();
-        let Some(e) = guests.get_mut(&guest.to_string()) else {
+        let Some(e) = guests.get_mut(&registry_key(guest)) else {
             return;
         };
         let state = e.policy.get_or_insert_with(|| PolicyState {
@@ -564,7 +595,7 @@ impl GuestRegistry {
 
     /// `guest` was denied `detection.path` for a detection.
     pub fn detection(&self, guest: &GuestId, detection: Detection) {
-        if let Some(e) = self.lock_mut().get_mut(&guest.to_string()) {
+        if let Some(e) = self.lock_mut().get_mut(&registry_key(guest)) {
             e.counters.detections.fetch_add(1, Ordering::Relaxed);
             e.last_seen = detection.at;
             e.detections.retain(|d| d.path != detection.path);
@@ -674,6 +705,7 @@ fn view(e: &Entry) -> GuestView {
     .collect();
     GuestView {
         identity: e.identity.clone(),
+        address: e.address.clone(),
         name: info.map(|i| i.name.clone()).unwrap_or_default(),
         os: info
             .map(|i| format!("{:?}", i.os).to_lowercase())
@@ -736,6 +768,10 @@ struct SavedGuests {
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedGuest {
     identity: String,
+    /// Its last connection's address (absent before keys were identities:
+    /// the identity was the address).
+    #[serde(default)]
+    address: Option<String>,
     /// The transport identity (§13) and whether it names one guest.
     peer: String,
     peer_names_one_guest: bool,
@@ -813,6 +849,7 @@ impl SavedGuest {
         let info = e.info.as_ref()?;
         Some(Self {
             identity: e.identity.clone(),
+            address: Some(e.address.clone()),
             peer: e.peer.0.clone(),
             peer_names_one_guest: e.peer.1,
             name: info.name.clone(),
@@ -932,8 +969,17 @@ impl SavedGuest {
                 })
             })
             .collect();
+        // A file of a build that keyed every guest by its connection's
+        // address: a guest that names one guest is keyed by its identity.
+        let address = self.address.unwrap_or_else(|| self.identity.clone());
+        let identity = if self.peer_names_one_guest {
+            self.peer.clone()
+        } else {
+            self.identity
+        };
         Some(Entry {
-            identity: self.identity,
+            identity,
+            address,
             peer: (self.peer, self.peer_names_one_guest),
             info: Some(info),
             connected: false,
@@ -1032,6 +1078,116 @@ mod tests {
 
     use super::*;
 
+    fn info(name: &str) -> GuestInfo {
+        GuestInfo {
+            name: name.into(),
+            os: OsKind::Windows,
+            agent_version: AgentVersion {
+                major: 1,
+                minor: 0,
+                patch: 0,
+            },
+            capabilities: Capabilities(0),
+            version: 2,
+            max_inline_len: 0,
+            max_frame_len: 65_536,
+            max_reads_in_flight: 4,
+        }
+    }
+
+    /// A VM reconnects from another vsock port after every reboot, a TLS
+    /// guest from another TCP port: the same guest (one row, one `/metrics`
+    /// label, its counters and health kept, its name still resolves), its
+    /// address the newest. The old connection's end does not disconnect
+    /// the new one. Loopback TCP connections stay guests of their own.
+    #[test]
+    fn a_guest_that_reconnects_from_another_port_is_the_same_guest() {
+        let registry = GuestRegistry::default();
+        let first = GuestId::Vsock {
+            cid: 12,
+            port: 1025,
+        };
+        let second = GuestId::Vsock {
+            cid: 12,
+            port: 1031,
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let s1 = registry.connected(&first, &info("web-01"), tx.clone());
+        registry
+            .counters(&first)
+            .bytes_read
+            .fetch_add(7, Ordering::Relaxed);
+        let s2 = registry.connected(&second, &info("web-01"), tx.clone());
+        registry.disconnected(&first, s1);
+        let list = registry.list();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].identity, "vsock:12");
+        assert_eq!(list[0].address, "vsock://12:1031");
+        assert!(list[0].connected, "the old connection's end");
+        assert_eq!(list[0].counters.bytes_read, 7);
+        assert_eq!(registry.resolve("web-01").unwrap(), "vsock:12");
+        registry.disconnected(&second, s2);
+        assert!(!registry.list()[0].connected);
+
+        let subject: Arc<str> = "CN=vm-a".into();
+        for port in [50_000, 50_001] {
+            let tls = GuestId::Tls {
+                addr: format!("10.0.0.7:{port}").parse().unwrap(),
+                subject: Arc::clone(&subject),
+            };
+            registry.connected(&tls, &info("vm-a"), tx.clone());
+        }
+        assert_eq!(registry.resolve("vm-a").unwrap(), "tls:CN=vm-a");
+
+        for port in [4000, 4001] {
+            let tcp = GuestId::Tcp(format!("127.0.0.1:{port}").parse().unwrap());
+            registry.connected(&tcp, &info("desk"), tx.clone());
+        }
+        let rows: Vec<String> = registry.list().into_iter().map(|g| g.identity).collect();
+        assert_eq!(
+            rows,
+            [
+                "tcp://127.0.0.1:4000",
+                "tcp://127.0.0.1:4001",
+                "tls:CN=vm-a",
+                "vsock:12"
+            ]
+        );
+    }
+
+    /// A `guests.json` of a build that keyed guests by their connection's
+    /// address: a guest's rows become one, the newest.
+    #[test]
+    fn an_older_state_file_with_a_row_per_connection_is_read_as_one_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let row = |port: u32, last_seen_ms: u64| {
+            serde_json::json!({
+                "identity": format!("vsock://12:{port}"),
+                "peer": "vsock:12",
+                "peer_names_one_guest": true,
+                "name": "web-01",
+                "os": "windows",
+                "agent_version": [1, 0, 0],
+                "capabilities": 0,
+                "protocol_version": 2,
+                "max_inline_len": 0,
+                "max_frame_len": 65536,
+                "max_reads_in_flight": 4,
+                "connected_since_ms": last_seen_ms - 10,
+                "last_seen_ms": last_seen_ms,
+            })
+        };
+        let file = serde_json::json!({"guests": [row(1031, 2_000_000), row(1025, 1_000_000), row(1040, 1_500_000)]});
+        std::fs::write(dir.path().join(GUESTS_STATE_FILE), file.to_string()).unwrap();
+        let registry = GuestRegistry::restore(&state);
+        let list = registry.list();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].identity, "vsock:12");
+        assert_eq!(list[0].address, "vsock://12:1031", "the newest row");
+        assert!(!list[0].connected);
+    }
+
     fn health(state: u32, fail_mode: FailMode, policy_version: u64, events_sent: u64) -> Health {
         Health {
             policy_version,
@@ -1058,29 +1214,15 @@ mod tests {
             !registry.health(&guest, health(on, FailMode::Open, 1, 0)),
             "unknown guest"
         );
-        let info = GuestInfo {
-            name: "desk-1".into(),
-            os: OsKind::Windows,
-            agent_version: AgentVersion {
-                major: 1,
-                minor: 0,
-                patch: 0,
-            },
-            capabilities: Capabilities(0),
-            version: 2,
-            max_inline_len: 0,
-            max_frame_len: 65_536,
-            max_reads_in_flight: 4,
-        };
         let (tx, _rx) = mpsc::unbounded_channel();
-        registry.connected(&guest, &info, tx);
+        registry.connected(&guest, &info("desk-1"), tx);
         assert!(registry.health(&guest, health(on, FailMode::Open, 1, 0)));
         assert!(!registry.health(&guest, health(on, FailMode::Open, 1, 500)));
         assert!(registry.health(&guest, health(0, FailMode::Open, 1, 501)));
         assert!(registry.health(&guest, health(0, FailMode::Closed, 1, 502)));
         assert!(registry.health(&guest, health(0, FailMode::Closed, 2, 503)));
         assert!(!registry.health(&guest, health(0, FailMode::Closed, 2, 504)));
-        let view = registry.view(&guest.to_string()).unwrap();
+        let view = registry.view(&registry_key(&guest)).unwrap();
         assert_eq!(view.name, "desk-1");
         assert_eq!(view.policy_version, Some(2));
         let h = view.health.unwrap();

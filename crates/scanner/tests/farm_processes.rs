@@ -337,7 +337,7 @@ async fn two_scanner_processes_share_verdicts_events_and_guests_through_one_redi
     for scanner in ["esx-a", "esx-b"] {
         assert!(
             rows.iter()
-                .any(|r| r.starts_with(scanner) && r.contains("(CN=vm-a)") && r.contains("gone")),
+                .any(|r| r.starts_with(scanner) && r.contains("tls:CN=vm-a") && r.contains("gone")),
             "no vm-a on {scanner}:\n{table}"
         );
     }

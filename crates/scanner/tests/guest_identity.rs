@@ -219,6 +219,31 @@ async fn tls_guests_are_their_certificate_subjects() {
         ) >= 2.0,
         "{m}"
     );
+    // One guest per subject however often it reconnects: vm-a's two
+    // connections (two source ports, two names) are one series, counting
+    // both verdicts; the registry lists vm-a and vm-b once each.
+    let connected: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("thinagent_scanner_guest_connected{"))
+        .collect();
+    assert_eq!(connected.len(), 2, "{connected:?}");
+    assert_eq!(
+        common::metric(
+            &m,
+            "thinagent_scanner_guest_verdicts_total{guest=\"tls:CN=vm-a\",decision=\"allow\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    let listed: Vec<String> = svc
+        .handle
+        .context()
+        .guests
+        .list()
+        .into_iter()
+        .map(|g| g.identity)
+        .collect();
+    assert_eq!(listed, ["tls:CN=vm-a", "tls:CN=vm-b"]);
     svc.shutdown().await;
     // The audit log names each guest by its certificate subject.
     let text = std::fs::read_to_string(&audit).unwrap();
