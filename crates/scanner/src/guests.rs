@@ -255,7 +255,11 @@ struct Entry {
     detections: VecDeque<Detection>,
     policy: Option<PolicyState>,
     /// The live connection: its serial and command channel.
-    conn: Option<(u64, mpsc::UnboundedSender<GuestCommand>)>,
+    /// Its live connections, oldest first: serial, address and command
+    /// channel. Commands go to the newest; the guest is connected while
+    /// any is live (a reconnect may arrive before the old connection is
+    /// seen to end).
+    conns: Vec<(u64, String, mpsc::UnboundedSender<GuestCommand>)>,
     /// What the host counted (kept across reconnects).
     counters: Arc<GuestCounters>,
 }
@@ -403,15 +407,15 @@ impl GuestRegistry {
             health: None,
             detections: VecDeque::new(),
             policy: None,
-            conn: None,
+            conns: Vec::new(),
             counters: Arc::default(),
         });
         entry.info = Some(info.clone());
-        entry.address = address;
+        entry.address = address.clone();
         entry.connected = true;
         entry.connected_since = now;
         entry.last_seen = now;
-        entry.conn = Some((serial, commands));
+        entry.conns.push((serial, address, commands));
         serial
     }
 
@@ -496,11 +500,14 @@ impl GuestRegistry {
     pub fn disconnected(&self, guest: &GuestId, serial: u64) {
         let mut guests = self.lock_mut();
         if let Some(e) = guests.get_mut(&registry_key(guest))
-            && e.conn.as_ref().is_some_and(|(s, _)| *s == serial)
+            && let Some(i) = e.conns.iter().position(|(s, _, _)| *s == serial)
         {
-            e.conn = None;
-            e.connected = false;
+            e.conns.remove(i);
             e.last_seen = SystemTime::now();
+            match e.conns.last() {
+                Some((_, address, _)) => e.address.clone_from(address),
+                None => e.connected = false,
+            }
         }
     }
 
@@ -585,7 +592,7 @@ impl GuestRegistry {
         let mut reached: Vec<String> = guests
             .values()
             .filter_map(|e| {
-                let (_, tx) = e.conn.as_ref()?;
+                let (_, _, tx) = e.conns.last()?;
                 tx.send(command()).ok().map(|()| e.identity.clone())
             })
             .collect();
@@ -643,8 +650,8 @@ impl GuestRegistry {
         let Some(e) = guests.get(identity) else {
             return Err(LookupError::NotFound(identity.to_owned()));
         };
-        match &e.conn {
-            Some((_, tx)) => tx
+        match e.conns.last() {
+            Some((_, _, tx)) => tx
                 .send(command)
                 .map_err(|_| LookupError::NotConnected(identity.to_owned())),
             None => Err(LookupError::NotConnected(identity.to_owned())),
@@ -676,7 +683,7 @@ impl GuestRegistry {
             .collect();
         found.sort_by_key(|e| std::cmp::Reverse(e.connected));
         match found.first() {
-            Some(e) if e.conn.is_some() => Ok(e.identity.clone()),
+            Some(e) if !e.conns.is_empty() => Ok(e.identity.clone()),
             Some(e) => Err(LookupError::NotConnected(e.identity.clone())),
             None => Err(LookupError::NotConnected(format!("{peer} ({name})"))),
         }
@@ -988,7 +995,7 @@ impl SavedGuest {
             health,
             detections,
             policy,
-            conn: None,
+            conns: Vec::new(),
             counters: Arc::default(),
         })
     }
@@ -1119,6 +1126,28 @@ mod tests {
             .fetch_add(7, Ordering::Relaxed);
         let s2 = registry.connected(&second, &info("web-01"), tx.clone());
         registry.disconnected(&first, s1);
+        // The other order: the newer connection ends first, the older one
+        // is still live and takes the commands.
+        let third = GuestId::Vsock {
+            cid: 12,
+            port: 1040,
+        };
+        let (tx3, mut rx3) = mpsc::unbounded_channel();
+        let s3 = registry.connected(&third, &info("web-01"), tx3);
+        let (tx4, _rx4) = mpsc::unbounded_channel();
+        let fourth = GuestId::Vsock {
+            cid: 12,
+            port: 1041,
+        };
+        let s4 = registry.connected(&fourth, &info("web-01"), tx4);
+        registry.disconnected(&fourth, s4);
+        registry
+            .send("vsock:12", GuestCommand::CancelScan { id: 7 })
+            .unwrap();
+        assert!(rx3.try_recv().is_ok(), "the live connection got it");
+        assert_eq!(registry.list()[0].address, "vsock://12:1040");
+        registry.disconnected(&third, s3);
+        assert_eq!(registry.list()[0].address, "vsock://12:1031");
         let list = registry.list();
         assert_eq!(list.len(), 1, "{list:?}");
         assert_eq!(list[0].identity, "vsock:12");
