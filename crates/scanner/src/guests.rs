@@ -254,7 +254,6 @@ struct Entry {
     health: Option<(Health, SystemTime)>,
     detections: VecDeque<Detection>,
     policy: Option<PolicyState>,
-    /// The live connection: its serial and command channel.
     /// Its live connections, oldest first: serial, address and command
     /// channel. Commands go to the newest; the guest is connected while
     /// any is live (a reconnect may arrive before the old connection is
