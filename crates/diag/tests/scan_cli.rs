@@ -334,14 +334,20 @@ fn tls_scanner_with_client_certificates() {
     let pki = openssl_pki::Pki::new(d);
     pki.guest("vm-17", "/CN=vm-17", "guest-ca");
     pki.guest("rogue", "/CN=vm-17", "rogue-ca");
-    let (url, _) = scanner_with(d, |c| {
-        c.listen = vec!["tls://127.0.0.1:0".into()];
-        c.tls = Some(thinagent_scanner::tls::TlsConfig {
-            cert: pki.path("scanner.crt"),
-            key: pki.path("scanner.key"),
-            client_ca: pki.path("guest-ca.crt"),
-        });
-    });
+    // A tls:// scanner of the guest CA, with its revocation list `crl`.
+    let tls_scanner = |crl: Option<&str>| {
+        scanner_with(d, |c| {
+            c.listen = vec!["tls://127.0.0.1:0".into()];
+            c.tls = Some(thinagent_scanner::tls::TlsConfig {
+                cert: pki.path("scanner.crt"),
+                key: pki.path("scanner.key"),
+                client_ca: pki.path("guest-ca.crt"),
+                crl: crl.map(|f| pki.path(f)),
+            });
+        })
+        .0
+    };
+    let url = tls_scanner(None);
     assert!(url.starts_with("tls://"), "{url}");
     let (eicar, _) = files(d);
     let with = |cert: &str, key: &str| {
@@ -376,4 +382,29 @@ fn tls_scanner_with_client_certificates() {
         "{}",
         text(&out.stderr)
     );
+
+    // vm-18 revoked with the documented `openssl ca` commands: a scanner
+    // given the CA's list (tls.crl) refuses it and serves vm-17.
+    pki.guest("vm-18", "/CN=vm-18", "guest-ca");
+    pki.revoke("vm-18", "guest-ca");
+    let url = tls_scanner(Some("guest-ca.crl"));
+    let with = |name: &str| {
+        diag(&[
+            "--connect",
+            &url,
+            "--tls-cert",
+            &pki.arg(&format!("{name}.crt")),
+            "--tls-key",
+            &pki.arg(&format!("{name}.key")),
+            "--tls-ca",
+            &pki.arg("guest-ca.crt"),
+            "--timeout-ms",
+            "5000",
+            eicar.to_str().unwrap(),
+        ])
+    };
+    let out = with("vm-17");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = with("vm-18");
+    assert_eq!(out.status.code(), Some(2), "revoked: {}", text(&out.stdout));
 }

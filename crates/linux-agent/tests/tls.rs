@@ -18,6 +18,7 @@ fn tls_scanner(state: &std::path::Path, pki: &openssl_pki::Pki) -> Scanner {
             cert: pki.path("scanner.crt"),
             key: pki.path("scanner.key"),
             client_ca: pki.path("guest-ca.crt"),
+            crl: None,
         });
     })
 }

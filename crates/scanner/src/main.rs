@@ -107,6 +107,9 @@ struct Cli {
     /// PEM CA certificate(s) that sign guest certificates. [config: tls.client_ca]
     #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
     tls_client_ca: Option<PathBuf>,
+    /// PEM revocation lists of the guest CA(s): a listed guest certificate is refused (needs a [tls] section or the three --tls-* options). [config: tls.crl]
+    #[arg(long, value_name = "PEM")]
+    tls_crl: Option<PathBuf>,
     /// Max unanswered FileEvents per guest. [config: limits.max_in_flight_per_guest]
     #[arg(long, value_name = "N")]
     max_in_flight: Option<u32>,
@@ -285,11 +288,22 @@ impl Cli {
         if let (Some(cert), Some(key), Some(client_ca)) =
             (&self.tls_cert, &self.tls_key, &self.tls_client_ca)
         {
+            let crl = c.tls.take().and_then(|t| t.crl);
             c.tls = Some(thinagent_scanner::tls::TlsConfig {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: client_ca.clone(),
+                crl,
             });
+        }
+        if let Some(crl) = &self.tls_crl {
+            let Some(tls) = c.tls.as_mut() else {
+                anyhow::bail!(
+                    "--tls-crl {}: there is no TLS to check guests for: add a [tls] section or --tls-cert, --tls-key and --tls-client-ca",
+                    crl.display()
+                );
+            };
+            tls.crl = Some(crl.clone());
         }
         let l = &mut c.limits;
         set(&mut l.max_frame_len, self.max_frame_len);
@@ -626,6 +640,7 @@ mod tests {
         "tls.cert",
         "tls.key",
         "tls.client_ca",
+        "tls.crl",
         "limits.max_read_chunk",
         "limits.max_inline_len",
         "limits.idle_timeout_ms",

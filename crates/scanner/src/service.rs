@@ -229,6 +229,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
         crate::farm::read_password(file)?;
     }
     crate::farm::read_tls_files(&config.farm)?;
+    // The tls:// listeners' files (certificate, key, guest CA, revocation
+    // lists), likewise read and checked here and again at the bind.
+    if let Some(tls) = &config.tls {
+        crate::tls::server_config(tls)?;
+    }
     // Last: nothing after it fails, so a check never leaves a file behind.
     let audit = config
         .audit_log

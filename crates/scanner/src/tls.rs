@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,13 @@ pub struct TlsConfig {
     /// The CA certificate(s) (PEM) that sign guest certificates: a guest is
     /// accepted only with a certificate one of them signed.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM, `-----BEGIN X509 CRL-----`), one
+    /// from each CA of `client_ca`: a guest whose certificate is listed is
+    /// refused at the handshake, and so is one whose CA has no list here
+    /// (fail closed). Read at start, like the other files: a new list takes
+    /// a restart. Unset: no revocation check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 /// Why the TLS configuration could not be loaded.
@@ -38,7 +45,7 @@ pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
     #[error("tls.{field} = {path:?}: {why}")]
     File {
-        /// Which setting (`cert`, `key`, `client_ca`).
+        /// Which setting (`cert`, `key`, `client_ca`, `crl`).
         field: &'static str,
         /// The file.
         path: PathBuf,
@@ -55,29 +62,46 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-fn certificates(
+/// Every PEM block of type `T` in `path` (setting `field`), at least one:
+/// `what` names them for people (`certificate`, `revocation list`) and
+/// `begin` is their PEM label.
+fn pem_blocks<T: PemObject>(
     field: &'static str,
     path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    what: &str,
+    begin: &str,
+) -> Result<Vec<T>, TlsError> {
     let err = |why: String| TlsError::File {
         field,
         path: path.to_path_buf(),
         why,
     };
-    let certs = CertificateDer::pem_file_iter(path)
+    let blocks = T::pem_file_iter(path)
         .map_err(|e| err(format!("cannot read it: {e}")))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(err(
-            "holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)".into(),
-        ));
+        .map_err(|e| err(format!("not PEM {what}s: {e}")))?;
+    if blocks.is_empty() {
+        return Err(err(format!(
+            "holds no {what} (expected -----BEGIN {begin}----- blocks)"
+        )));
     }
-    Ok(certs)
+    Ok(blocks)
+}
+
+fn certificates(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    pem_blocks(field, path, "certificate", "CERTIFICATE")
+}
+
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    pem_blocks("crl", path, "revocation list", "X509 CRL")
 }
 
 /// Builds the server configuration: our chain and key, and a verifier that
-/// requires a client certificate signed by `client_ca`.
+/// requires a client certificate signed by `client_ca` (and not revoked by
+/// `crl`, when set).
 pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates("cert", &config.cert)?;
@@ -94,9 +118,24 @@ pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tl
             why: format!("not a usable CA certificate: {e}"),
         })?;
     }
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .build()?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+    if let Some(path) = &config.crl {
+        // The guest's own certificate is checked against its CA's list; a
+        // guest whose CA has no list is refused (rustls' default), so a
+        // wrong file fails loudly instead of revoking nothing.
+        verifier = verifier
+            .with_crls(revocation_lists(path)?)
+            .only_check_end_entity_revocation();
+    }
+    let verifier = verifier.build().map_err(|e| match (&config.crl, e) {
+        (Some(path), rustls::server::VerifierBuilderError::InvalidCrl(why)) => TlsError::File {
+            field: "crl",
+            path: path.clone(),
+            why: format!("not a usable revocation list: {why:?}"),
+        },
+        (_, other) => TlsError::Verifier(other),
+    })?;
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

@@ -319,3 +319,49 @@ fn check_config_checks_the_event_and_quarantine_paths() {
     // And the start accepts them.
     assert!(matches!(start_outcome(&args(&good)), Start::Listening));
 }
+
+/// The tls:// files are read by `--check-config` as by the start: a
+/// missing certificate, or a revocation list that is not one, is named;
+/// `--tls-crl` without TLS says what is missing.
+#[test]
+fn check_config_reads_the_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(d.join("s.crt"), cert.pem()).unwrap();
+    std::fs::write(d.join("s.key"), key.serialize_pem()).unwrap();
+    let p = |n: &str| d.join(n).display().to_string();
+    let tls = |cert: &str, crl: Option<&str>| {
+        let mut a = vec![
+            "--listen".to_string(),
+            "tls://127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            p(cert),
+            "--tls-key".into(),
+            p("s.key"),
+            "--tls-client-ca".into(),
+            p("s.crt"),
+        ];
+        if let Some(crl) = crl {
+            a.extend(["--tls-crl".into(), p(crl)]);
+        }
+        a
+    };
+    let (code, out, err) = run_check(&args(&tls("s.crt", None)));
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run_check(&args(&tls("none.crt", None)));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tls.cert") && err.contains("none.crt"),
+        "{err}"
+    );
+    let (code, _, err) = run_check(&args(&tls("s.crt", Some("s.crt"))));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tls.crl") && err.contains("X509 CRL"), "{err}");
+    let (code, _, err) = run_check(&["--listen", "tcp://127.0.0.1:0", "--tls-crl", "/x.crl"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tls-cert"), "{err}");
+}

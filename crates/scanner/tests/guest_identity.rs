@@ -48,6 +48,33 @@ where
     r.answers[0].clone().expect("the open is answered")
 }
 
+/// Asserts that `client` gets no session at `url`: its open is never
+/// answered by the host.
+async fn assert_no_session(
+    url: &str,
+    client: &Arc<rustls::ClientConfig>,
+    name: &str,
+    file: &Arc<FileSpec>,
+) {
+    let refused = async {
+        let s = tls_connect(url, client).await?;
+        let r = run_guest(
+            s,
+            name,
+            std::slice::from_ref(file),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+        Ok::<_, std::io::Error>(r.answers[0].clone())
+    }
+    .await;
+    assert!(
+        !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
+        "{name}: {refused:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_name_from_another_peer_never_shares_verdicts() {
     let svc = Running::start(tcp_config()).await;
@@ -193,23 +220,7 @@ async fn tls_guests_are_their_certificate_subjects() {
     // client with no certificate at all, get no session.
     let no_cert = Arc::new(pki.client_builder().with_no_client_auth());
     for (client, name) in [(pki.client("rogue"), "vm-a"), (no_cert, "x")] {
-        let refused = async {
-            let s = tls_connect(&url, &client).await?;
-            let r = run_guest(
-                s,
-                name,
-                std::slice::from_ref(&clean),
-                1,
-                Duration::from_secs(5),
-            )
-            .await;
-            Ok::<_, std::io::Error>(r.answers[0].clone())
-        }
-        .await;
-        assert!(
-            !matches!(&refused, Ok(Some(a)) if a.source == thinagent_guest::VerdictSource::Host),
-            "{name}: {refused:?}"
-        );
+        assert_no_session(&url, &client, name, &clean).await;
     }
     let m = svc.metrics();
     assert!(
@@ -292,4 +303,85 @@ fn tls_config_errors_name_the_file_and_what_to_do() {
         e.contains("tls.cert") && e.contains("no certificate"),
         "{e}"
     );
+}
+
+/// A revocation list signed by `issuer` listing the certificates in the
+/// PEM files `revoked`.
+fn revocation_list(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    revoked: &[&Path],
+) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let revoked_certs = revoked
+        .iter()
+        .map(|path| {
+            let der = CertificateDer::from_pem_file(path).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2026, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// `tls.crl`: a guest whose certificate its CA revoked gets no session,
+/// the CA's other guests do. A list from a CA that signed none of the
+/// guests refuses them all (fail closed: a wrong file is loud, it never
+/// silently revokes nothing), and a file that is no list stops the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_certificate_on_the_revocation_list_gets_no_session() {
+    let pki = Pki::new();
+    pki.leaf("vm-a", "vm-a", false, &pki.ca);
+    let (vm_b, _) = pki.leaf("vm-b", "vm-b", false, &pki.ca);
+    std::fs::write(pki.path("guest.crl"), revocation_list(&pki.ca, &[&vm_b])).unwrap();
+    let mut config = Config {
+        listen: vec!["tls://127.0.0.1:0".into()],
+        tls: Some(thinagent_scanner::tls::TlsConfig {
+            crl: Some(pki.path("guest.crl")),
+            ..pki.server_config()
+        }),
+        ..Config::default()
+    };
+    let clean = FileSpec::new("/bin/app", 5, 1, CLEAN_68);
+    let svc = Running::start(config.clone()).await;
+    let url = svc.url("tls://").to_string();
+    let vm_a = pki.client("vm-a");
+    let s = tls_connect(&url, &vm_a).await.unwrap();
+    assert!(open_once(s, "vm-a", &clean).await.is_clean());
+    assert_no_session(&url, &pki.client("vm-b"), "vm-b", &clean).await;
+    let refused = "thinagent_scanner_sessions_refused_total{kind=\"tls_handshake\"}";
+    assert_eq!(common::metric(&svc.metrics(), refused), 1.0);
+    svc.shutdown().await;
+
+    let other = Pki::make_ca("ThinAgent test other CA");
+    std::fs::write(pki.path("other.crl"), revocation_list(&other, &[])).unwrap();
+    config.tls.as_mut().unwrap().crl = Some(pki.path("other.crl"));
+    let svc = Running::start(config.clone()).await;
+    let url = svc.url("tls://").to_string();
+    assert_no_session(&url, &vm_a, "vm-a", &clean).await;
+    svc.shutdown().await;
+
+    // The CA's certificate given as the list: refused before listening.
+    config.tls.as_mut().unwrap().crl = Some(pki.path("ca.pem"));
+    let Err(e) = Service::build(&config).await else {
+        panic!("a CA certificate as the revocation list was taken");
+    };
+    let e = e.to_string();
+    assert!(e.contains("tls.crl") && e.contains("BEGIN X509 CRL"), "{e}");
 }

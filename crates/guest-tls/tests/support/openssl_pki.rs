@@ -71,6 +71,33 @@ impl Pki {
         self.signed(name, subject, ca, "extendedKeyUsage=clientAuth\n");
     }
 
+    /// Revokes `NAME.crt` at `ca` and writes the CA's revocation list
+    /// `CA.crl`, with the `openssl ca` commands docs/operations.md gives
+    /// (its `ca.cnf`, index and CRL number made on first use).
+    pub fn revoke(&self, name: &str, ca: &str) {
+        if !self.path("ca.cnf").exists() {
+            std::fs::write(
+                self.path("ca.cnf"),
+                "[ca]\ndefault_ca = guest_ca\n[guest_ca]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 30\n",
+            )
+            .unwrap();
+            std::fs::write(self.path("index.txt"), "").unwrap();
+            std::fs::write(self.path("crlnumber"), "1000\n").unwrap();
+        }
+        let (key, cert) = (format!("{ca}.key"), format!("{ca}.crt"));
+        let revoked = format!("{name}.crt");
+        let list = format!("{ca}.crl");
+        for args in [
+            vec!["-revoke", revoked.as_str()],
+            vec!["-gencrl", "-out", list.as_str()],
+        ] {
+            let mut all = vec!["ca", "-config", "ca.cnf"];
+            all.extend(args);
+            all.extend(["-keyfile", key.as_str(), "-cert", cert.as_str()]);
+            self.openssl(&all);
+        }
+    }
+
     /// `NAME` in the directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -662,6 +662,7 @@ impl Pki {
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::CrlSign,
         ];
         rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
     }
@@ -709,6 +710,7 @@ impl Pki {
             cert: self.path("server.crt"),
             key: self.path("server.key"),
             client_ca: self.path("ca.pem"),
+            crl: None,
         }
     }
 
