@@ -368,6 +368,42 @@ pub enum FarmError {
     },
 }
 
+/// The files a farm connection uses, read once at the start (by
+/// [`crate::service::prepare`], so `--check-config` reads what the start
+/// uses) and kept for [`Farm::start`]: a file that goes missing later does
+/// not matter until the next start.
+#[derive(Default)]
+pub struct FarmFiles {
+    /// The password of `password_file`.
+    pub password: Option<String>,
+    /// The `rediss://` files ([`read_tls_files`]).
+    pub tls: Option<redis::TlsCertificates>,
+}
+
+impl std::fmt::Debug for FarmFiles {
+    // The password is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FarmFiles")
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl FarmFiles {
+    /// Reads the files `config` names.
+    pub fn read(config: &FarmConfig) -> Result<Self, FarmError> {
+        Ok(Self {
+            password: config
+                .password_file
+                .as_deref()
+                .map(read_password)
+                .transpose()?,
+            tls: read_tls_files(config)?,
+        })
+    }
+}
+
 /// What `rediss://` trusts and shows, read from `ca_file`, `cert_file` and
 /// `key_file` (each parsed here, so a wrong file is named at the start and
 /// by `--check-config`, not at the first connection); `None` when none is
@@ -439,16 +475,12 @@ fn read_tls_file(
 
 /// Whether `pem` holds certificates, and only well-formed ones.
 fn pem_certificates(pem: &[u8]) -> Result<(), String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-
-    let found = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM certificates ({e})"))?;
-    if found.is_empty() {
-        return Err("no CERTIFICATE block in it".into());
-    }
-    Ok(())
+    crate::tls::pem_blocks_in::<rustls::pki_types::CertificateDer<'static>>(
+        pem,
+        "certificate",
+        "CERTIFICATE",
+    )
+    .map(drop)
 }
 
 /// Reads the password: the file's first line.
@@ -976,22 +1008,20 @@ impl std::fmt::Debug for Farm {
 }
 
 impl Farm {
-    /// Sets up the farm `config` names (`None` without `redis_url`). Does
-    /// not wait for Redis: the connection is made in the background, and
-    /// until it is, lookups miss. Must be called inside a tokio runtime.
+    /// Sets up the farm `config` names (`None` without `redis_url`) with
+    /// `files`, what [`FarmFiles::read`] read of it. Does not wait for
+    /// Redis: the connection is made in the background, and until it is,
+    /// lookups miss. Must be called inside a tokio runtime.
     pub fn start(
         config: &FarmConfig,
+        files: FarmFiles,
         metrics: FarmMetrics,
     ) -> Result<Option<Arc<Self>>, FarmError> {
         let Some(url) = &config.redis_url else {
             return Ok(None);
         };
         let shown = redact(url);
-        let password = config
-            .password_file
-            .as_deref()
-            .map(read_password)
-            .transpose()?;
+        let FarmFiles { password, tls } = files;
         let url_error = |why: String| FarmError::Url {
             url: shown.clone(),
             why,
@@ -999,7 +1029,7 @@ impl Farm {
         let info = config
             .connection_info(password.as_deref())
             .map_err(url_error)?;
-        let client = match read_tls_files(config)? {
+        let client = match tls {
             Some(tls) => redis::Client::build_with_tls(info, tls),
             None => redis::Client::open(info),
         }
@@ -1491,7 +1521,7 @@ mod tests {
             redis_url: Some("redis://127.0.0.1:1".into()),
             ..FarmConfig::default()
         };
-        let farm = Farm::start(&config, FarmMetrics::default())
+        let farm = Farm::start(&config, FarmFiles::default(), FarmMetrics::default())
             .unwrap()
             .unwrap();
         let (a, b) = ([1; 32], [2; 32]);

@@ -248,7 +248,6 @@ struct Entry {
     /// behind it apart).
     peer: (String, bool),
     info: Option<GuestInfo>,
-    connected: bool,
     connected_since: SystemTime,
     last_seen: SystemTime,
     health: Option<(Health, SystemTime)>,
@@ -261,6 +260,13 @@ struct Entry {
     conns: Vec<(u64, String, mpsc::UnboundedSender<GuestCommand>)>,
     /// What the host counted (kept across reconnects).
     counters: Arc<GuestCounters>,
+}
+
+impl Entry {
+    /// Connected now: a connection of it is live.
+    fn is_connected(&self) -> bool {
+        !self.conns.is_empty()
+    }
 }
 
 /// A guest as the admin interface shows it (`thinagent-diag guests`).
@@ -400,7 +406,6 @@ impl GuestRegistry {
             address: address.clone(),
             peer: (peer.to_string(), peer.names_one_guest()),
             info: None,
-            connected: false,
             connected_since: now,
             last_seen: now,
             health: None,
@@ -411,7 +416,6 @@ impl GuestRegistry {
         });
         entry.info = Some(info.clone());
         entry.address = address.clone();
-        entry.connected = true;
         entry.connected_since = now;
         entry.last_seen = now;
         entry.conns.push((serial, address, commands));
@@ -482,7 +486,7 @@ impl GuestRegistry {
             .map(|e| GuestMetricsView {
                 identity: e.identity.clone(),
                 name: e.info.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
-                connected: e.connected,
+                connected: e.is_connected(),
                 last_seen_secs: e
                     .last_seen
                     .duration_since(SystemTime::UNIX_EPOCH)
@@ -503,9 +507,8 @@ impl GuestRegistry {
         {
             e.conns.remove(i);
             e.last_seen = SystemTime::now();
-            match e.conns.last() {
-                Some((_, address, _)) => e.address.clone_from(address),
-                None => e.connected = false,
+            if let Some((_, address, _)) = e.conns.last() {
+                e.address.clone_from(address);
             }
         }
     }
@@ -680,9 +683,9 @@ impl GuestRegistry {
                 e.peer.0 == peer && (e.peer.1 || e.info.as_ref().is_some_and(|i| i.name == name))
             })
             .collect();
-        found.sort_by_key(|e| std::cmp::Reverse(e.connected));
+        found.sort_by_key(|e| std::cmp::Reverse(e.is_connected()));
         match found.first() {
-            Some(e) if !e.conns.is_empty() => Ok(e.identity.clone()),
+            Some(e) if e.is_connected() => Ok(e.identity.clone()),
             Some(e) => Err(LookupError::NotConnected(e.identity.clone())),
             None => Err(LookupError::NotConnected(format!("{peer} ({name})"))),
         }
@@ -724,7 +727,7 @@ fn view(e: &Entry) -> GuestView {
             .unwrap_or_default(),
         protocol_version: info.map_or(0, |i| i.version),
         actions,
-        connected: e.connected,
+        connected: e.is_connected(),
         connected_since: rfc3339(e.connected_since),
         last_seen: rfc3339(e.last_seen),
         policy_version: e
@@ -988,7 +991,6 @@ impl SavedGuest {
             address,
             peer: (self.peer, self.peer_names_one_guest),
             info: Some(info),
-            connected: false,
             connected_since: from_unix_ms(self.connected_since_ms),
             last_seen: from_unix_ms(self.last_seen_ms),
             health,

@@ -183,11 +183,7 @@ pub enum Listener {
     /// TCP.
     Tcp(tokio::net::TcpListener, ListenUrl),
     /// TCP with TLS and client certificates.
-    Tls(
-        tokio::net::TcpListener,
-        std::sync::Arc<rustls::ServerConfig>,
-        ListenUrl,
-    ),
+    Tls(tokio::net::TcpListener, crate::tls::TlsServers, ListenUrl),
     /// Unix; the path is removed on drop (Unix only).
     #[cfg(unix)]
     Unix(tokio::net::UnixListener, UnixPathGuard, ListenUrl),
@@ -318,11 +314,11 @@ impl Listener {
         Self::bind_with_tls(url, None)
     }
 
-    /// Binds `url`; `tls` is the server configuration `tls://` listeners
-    /// use (see [`crate::tls::server_config`]).
+    /// Binds `url`; `tls` is what `tls://` listeners use (each handshake
+    /// the newest [`crate::tls::TlsServer`] it holds).
     pub fn bind_with_tls(
         url: &ListenUrl,
-        tls: Option<&std::sync::Arc<rustls::ServerConfig>>,
+        tls: Option<&crate::tls::TlsServers>,
     ) -> Result<Self, BindError> {
         let io_err = |source| BindError::Io {
             url: url.clone(),
@@ -364,11 +360,7 @@ impl Listener {
                 };
                 let l = bind_tcp(addr, url)?;
                 let bound = l.local_addr().map_err(io_err)?;
-                Ok(Self::Tls(
-                    l,
-                    std::sync::Arc::clone(tls),
-                    ListenUrl::Tls(bound),
-                ))
+                Ok(Self::Tls(l, tls.clone(), ListenUrl::Tls(bound)))
             }
             #[cfg(unix)]
             ListenUrl::Unix(path) => {
@@ -420,9 +412,10 @@ impl Listener {
             Self::Tls(l, tls, _) => {
                 let (s, a) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::clone(tls));
+                let config = std::sync::Arc::clone(&tls.borrow().config);
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 Ok(Accepted {
-                    stream: Pending::Tls(s, acceptor, a),
+                    stream: Pending::Tls(s, acceptor, tls.clone(), a),
                     guest: GuestId::Tcp(a),
                 })
             }
@@ -461,7 +454,12 @@ fn quiet(s: std::net::TcpStream) -> io::Result<BoxConn> {
 
 enum Pending {
     Ready(BoxConn),
-    Tls(tokio::net::TcpStream, tokio_rustls::TlsAcceptor, SocketAddr),
+    Tls(
+        tokio::net::TcpStream,
+        tokio_rustls::TlsAcceptor,
+        crate::tls::TlsServers,
+        SocketAddr,
+    ),
 }
 
 /// An accepted connection whose transport may still have to authenticate
@@ -507,31 +505,61 @@ impl Accepted {
 
     /// Runs the TLS handshake if there is one (the caller bounds it in
     /// time) and returns the stream with the guest's final identity: for
-    /// TLS, [`GuestId::Tls`] with the verified certificate's subject.
-    pub async fn establish(self) -> Result<(BoxConn, GuestId), EstablishError> {
+    /// TLS, [`GuestId::Tls`] with the verified certificate's subject, and
+    /// the certificates it presented (to check again at a reload).
+    pub async fn establish(self) -> Result<Established, EstablishError> {
         match self.stream {
-            Pending::Ready(s) => Ok((s, self.guest)),
-            Pending::Tls(tcp, acceptor, addr) => {
+            Pending::Ready(stream) => Ok(Established {
+                stream,
+                guest: self.guest,
+                tls: None,
+            }),
+            Pending::Tls(tcp, acceptor, servers, addr) => {
                 let tls = acceptor
                     .accept(tcp)
                     .await
                     .map_err(EstablishError::Handshake)?;
-                let subject = tls
+                let chain: Vec<_> = tls
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|c| c.first())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| c.clone().into_owned())
+                    .collect();
+                let subject = chain
+                    .first()
                     .and_then(crate::tls::subject_of)
                     .ok_or(EstablishError::NoSubject)?;
-                Ok((
-                    Box::pin(tls),
-                    GuestId::Tls {
+                Ok(Established {
+                    stream: Box::pin(tls),
+                    guest: GuestId::Tls {
                         addr,
                         subject: std::sync::Arc::from(subject),
                     },
-                ))
+                    tls: Some(crate::tls::TlsPeer::new(chain, servers)),
+                })
             }
         }
+    }
+}
+
+/// A connection whose peer is known: [`Accepted::establish`]'s result.
+pub struct Established {
+    /// The stream (TLS decrypted).
+    pub stream: BoxConn,
+    /// Who it is.
+    pub guest: GuestId,
+    /// For a TLS guest, its certificates as verified.
+    pub tls: Option<crate::tls::TlsPeer>,
+}
+
+impl fmt::Debug for Established {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Established")
+            .field("guest", &self.guest)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }
 

@@ -438,10 +438,8 @@ impl Cli {
         if self.farm_redis_url.is_some() {
             farm.redis_url = self.farm_redis_url.clone();
         }
-        if self.farm_password_file.is_some() {
-            farm.password_file = self.farm_password_file.clone();
-        }
         for (slot, flag) in [
+            (&mut farm.password_file, &self.farm_password_file),
             (&mut farm.ca_file, &self.farm_ca_file),
             (&mut farm.cert_file, &self.farm_cert_file),
             (&mut farm.key_file, &self.farm_key_file),
@@ -528,8 +526,8 @@ async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Unix: SIGHUP reloads the signatures (a failed reload keeps the old set);
-/// SIGTERM or Ctrl-C (SIGINT) shuts down. Returns the reload task and the
+/// Unix: SIGHUP reloads the signatures and the `[tls]` files (a failed
+/// reload keeps what was in use); SIGTERM or Ctrl-C (SIGINT) shuts down. Returns the reload task and the
 /// shutdown future.
 #[cfg(unix)]
 fn signal_handlers(
@@ -544,9 +542,10 @@ fn signal_handlers(
         .context("installing the SIGTERM handler")?;
     let reloader = Some(tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading signatures");
-            // Failure is logged inside; the old set stays.
+            tracing::info!("SIGHUP: reloading signatures and tls files");
+            // Failures are logged inside; what was in use stays.
             let _ = handle.reload().await;
+            let _ = handle.reload_tls().await;
         }
     }));
     let shutdown = async move {

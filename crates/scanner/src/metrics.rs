@@ -345,6 +345,11 @@ pub struct Metrics {
     pub query_latency: Histogram,
     /// Signature (re)loads by result.
     pub signature_reloads: Family<ResultLabel, Counter>,
+    /// Reloads of the `tls://` files (SIGHUP), by result.
+    pub tls_reloads: Family<ResultLabel, Counter>,
+    /// TLS sessions ended because a reload's files no longer accept the
+    /// guest's certificate (revoked, CA removed, expired).
+    pub tls_sessions_untrusted: Counter,
     /// Signatures in the active set: built-in ones, hash signatures and
     /// YARA rules (clamd's database is not counted: its size is unknown).
     pub signatures_loaded: Gauge,
@@ -400,6 +405,8 @@ impl Metrics {
         // 50 µs .. ~ 26 s.
         let query_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         let signature_reloads = Family::<ResultLabel, Counter>::default();
+        let tls_reloads = Family::<ResultLabel, Counter>::default();
+        let tls_sessions_untrusted = Counter::default();
         let signatures_loaded = Gauge::default();
         let audit_records_not_written = Counter::default();
         let log_lines_suppressed = Counter::default();
@@ -462,6 +469,16 @@ impl Metrics {
             "signature_reloads",
             "Signature set loads, by result",
             signature_reloads.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Reloads of the tls:// certificate, key, guest CA and revocation list files, by result",
+            tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_sessions_untrusted",
+            "TLS guest sessions ended because the reloaded files no longer accept the guest's certificate",
+            tls_sessions_untrusted.clone(),
         );
         registry.register(
             "signatures_loaded",
@@ -543,6 +560,8 @@ impl Metrics {
             engine_errors,
             query_latency,
             signature_reloads,
+            tls_reloads,
+            tls_sessions_untrusted,
             signatures_loaded,
             audit_records_not_written,
             log_lines_suppressed,
@@ -660,11 +679,12 @@ impl Metrics {
 
     /// Counts a signature load.
     pub fn reload(&self, ok: bool) {
-        self.signature_reloads
-            .get_or_create(&ResultLabel {
-                result: if ok { "ok" } else { "failed" }.into(),
-            })
-            .inc();
+        count_result(&self.signature_reloads, ok);
+    }
+
+    /// Counts a reload of the `tls://` files.
+    pub fn tls_reload(&self, ok: bool) {
+        count_result(&self.tls_reloads, ok);
     }
 
     /// The text exposition.
@@ -731,6 +751,15 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let _ = stream.shutdown().await;
         });
     }
+}
+
+/// Counts `ok` (`result="ok"`) or a failure (`result="failed"`).
+fn count_result(family: &Family<ResultLabel, Counter>, ok: bool) {
+    family
+        .get_or_create(&ResultLabel {
+            result: if ok { "ok" } else { "failed" }.into(),
+        })
+        .inc();
 }
 
 #[cfg(test)]

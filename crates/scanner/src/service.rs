@@ -46,7 +46,7 @@ use crate::connection::{
 use crate::engine::EngineError;
 use crate::engine::clamd::{ClamdAddress, ClamdEngine};
 use crate::events::{EventBody, EventSink};
-use crate::listen::{Accepted, BindError, ListenUrl, Listener};
+use crate::listen::{Accepted, BindError, Established, ListenUrl, Listener};
 use crate::log_limit::{LogLimiter, LogLimits};
 use crate::metrics::Metrics;
 use crate::quarantine::QuarantineStore;
@@ -194,8 +194,9 @@ pub fn load_signatures(config: &SignatureConfig) -> Result<SignatureSet, Service
 
 /// What the start checks and loads before it binds anything: the values
 /// of the configuration, the signature set, the audit log's path (opened,
-/// created if missing). [`Service::build`] starts from it; `--check-config`
-/// runs it, pings clamd, closes the audit file with
+/// created if missing), the `tls://` files and the farm's password and TLS
+/// files (read and parsed). [`Service::build`] starts from it;
+/// `--check-config` runs it, pings clamd, closes the audit file with
 /// [`AuditFile::close_checked`] and stops. Blocking (signature loading).
 #[derive(Debug)]
 pub struct Prepared {
@@ -205,6 +206,11 @@ pub struct Prepared {
     pub set: SignatureSet,
     /// The opened audit file, when one is configured.
     pub audit: Option<AuditFile>,
+    /// What the `tls://` listeners run (certificate, key, guest CA,
+    /// revocation lists), when `[tls]` is set.
+    pub tls: Option<crate::tls::TlsServer>,
+    /// The farm's password and `rediss://` files.
+    pub farm_files: crate::farm::FarmFiles,
 }
 
 /// Runs every check of the start that needs no binding; see [`Prepared`].
@@ -225,15 +231,14 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
         check_dir("quarantine.dir", dir)?;
     }
     // Read, not kept: the start reads it again (no connection is made here).
-    if let Some(file) = &config.farm.password_file {
-        crate::farm::read_password(file)?;
-    }
-    crate::farm::read_tls_files(&config.farm)?;
-    // The tls:// listeners' files (certificate, key, guest CA, revocation
-    // lists), likewise read and checked here and again at the bind.
-    if let Some(tls) = &config.tls {
-        crate::tls::server_config(tls)?;
-    }
+    // The farm's and the listeners' files are read and checked once, here,
+    // and kept for the start.
+    let farm_files = crate::farm::FarmFiles::read(&config.farm)?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsServer::load)
+        .transpose()?;
     // Last: nothing after it fails, so a check never leaves a file behind.
     let audit = config
         .audit_log
@@ -244,6 +249,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
         signature_config,
         set,
         audit,
+        tls,
+        farm_files,
     })
 }
 
@@ -995,6 +1002,16 @@ pub struct Service {
     quarantine: Option<Arc<Mutex<QuarantineStore>>>,
     /// `state_dir`: where the guest registry is saved.
     state: Option<Arc<crate::state::StateDir>>,
+    /// The `[tls]` files and what the `tls://` listeners run of them.
+    tls: Option<Arc<TlsReload>>,
+}
+
+/// The `[tls]` section and where its next reading goes: the `tls://`
+/// listeners take each new handshake's configuration from it, and the TLS
+/// sessions check their guest's certificate again against each new one.
+struct TlsReload {
+    config: crate::tls::TlsConfig,
+    servers: watch::Sender<Arc<crate::tls::TlsServer>>,
 }
 
 /// How often the guest registry is saved to `state_dir` when it changed.
@@ -1009,15 +1026,17 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// Validates `config`, loads signatures, opens the audit log (all three
-    /// by [`prepare`]) and binds every listener. Must be called inside a
-    /// tokio runtime.
+    /// Validates `config`, loads signatures, opens the audit log, reads the
+    /// TLS files (all by [`prepare`]) and binds every listener. Must be
+    /// called inside a tokio runtime.
     pub async fn build(config: &Config) -> Result<Self, ServiceError> {
         let to_prepare = config.clone();
         let Prepared {
             signature_config,
             set,
             audit,
+            tls,
+            farm_files,
         } = tokio::task::spawn_blocking(move || prepare(&to_prepare))
             .await
             .map_err(|e| ServiceError::Loader(e.to_string()))??;
@@ -1062,7 +1081,7 @@ impl Service {
             None => None,
         };
         let logs = Arc::new(PeerLog::new(LogLimits::default(), metrics.clone()));
-        let farm = crate::farm::Farm::start(&config.farm, metrics.farm.clone())?;
+        let farm = crate::farm::Farm::start(&config.farm, farm_files, metrics.farm.clone())?;
         let mut observer = ServiceObserver::new(metrics.clone(), audit, logs.clone())
             .with_scan_budget(Duration::from_millis(config.limits.request_timeout_ms));
         if let Some(events) = events {
@@ -1108,14 +1127,17 @@ impl Service {
         metrics.attach_guests(Arc::clone(&ctx.guests));
         let ctx = Arc::new(ctx);
         let (urls, explicit) = config.listeners()?;
-        let tls = match &config.tls {
-            Some(t) => Some(crate::tls::server_config(t)?),
-            None => None,
-        };
+        let tls = config.tls.clone().zip(tls).map(|(config, server)| {
+            Arc::new(TlsReload {
+                config,
+                servers: watch::Sender::new(Arc::new(server)),
+            })
+        });
+        let servers = tls.as_ref().map(|t| t.servers.subscribe());
         let mut listeners = Vec::new();
         let mut skipped = Vec::new();
         for url in &urls {
-            match Listener::bind_with_tls(url, tls.as_ref()) {
+            match Listener::bind_with_tls(url, servers.as_ref()) {
                 Ok(l) => listeners.push(l),
                 // The embedded default's vsock listener is optional: skipped
                 // when the kernel lacks AF_VSOCK, or off Linux (Unsupported).
@@ -1169,6 +1191,7 @@ impl Service {
             allowed_cids: config.allowed_cids.clone(),
             quarantine,
             state,
+            tls,
         })
     }
 
@@ -1191,6 +1214,7 @@ impl Service {
             metrics: self.metrics.clone(),
             signature_config: self.signature_config.clone(),
             quarantine: self.quarantine.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -1366,8 +1390,8 @@ impl Acceptor {
                 // A plain-text Goodbye means nothing on a TLS listener.
                 if !tls && let Ok(p) = self.refusing.clone().try_acquire_owned() {
                     tokio::spawn(async move {
-                        if let Ok((stream, _)) = accepted.establish().await {
-                            refuse(stream).await;
+                        if let Ok(established) = accepted.establish().await {
+                            refuse(established.stream).await;
                         }
                         drop(p);
                     });
@@ -1385,8 +1409,11 @@ impl Acceptor {
         // Reap finished sessions so the set stays small.
         while set.try_join_next().is_some() {}
         set.spawn(async move {
-            let (stream, guest) =
-                match tokio::time::timeout(tls_timeout, accepted.establish()).await {
+            let Established {
+                stream,
+                guest,
+                tls,
+            } = match tokio::time::timeout(tls_timeout, accepted.establish()).await {
                     Ok(Ok(x)) => x,
                     Ok(Err(e)) => {
                         metrics.refused("tls_handshake");
@@ -1403,8 +1430,27 @@ impl Acceptor {
                         return;
                     }
                 };
+            let untrusted_guest = guest.clone();
             let stop = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
+                let shutdown = stop_rx.wait_for(|s| *s);
+                let Some(tls) = tls else {
+                    let _ = shutdown.await;
+                    return GoodbyeReason::Shutdown;
+                };
+                // A reload that no longer accepts the certificate ends the
+                // session as a handshake now would be refused: the guest
+                // reconnects and is refused there.
+                tokio::select! {
+                    _ = shutdown => {}
+                    why = tls.no_longer_trusted() => {
+                        metrics.tls_sessions_untrusted.inc();
+                        tracing::warn!(
+                            guest = %untrusted_guest,
+                            error = %why,
+                            "the reloaded tls files no longer accept this guest's certificate: session ended"
+                        );
+                    }
+                }
                 GoodbyeReason::Shutdown
             };
             let reason =
@@ -1452,6 +1498,7 @@ pub struct ServiceHandle {
     metrics: Arc<Metrics>,
     signature_config: SignatureConfig,
     quarantine: Option<Arc<Mutex<QuarantineStore>>>,
+    tls: Option<Arc<TlsReload>>,
 }
 
 impl std::fmt::Debug for ServiceHandle {
@@ -1483,6 +1530,36 @@ impl ServiceHandle {
                 self.metrics.reload(false);
                 tracing::error!(error = %e, "signature reload failed; the previous set stays active");
                 Err(e)
+            }
+        }
+    }
+
+    /// Reads the `[tls]` files again (certificate, key, guest CA,
+    /// revocation lists): new handshakes use them, and each TLS session
+    /// whose guest certificate they no longer accept (revoked by the new
+    /// list, its CA gone, expired) is ended. On failure nothing changes.
+    /// `Ok(false)` when there is no `[tls]`.
+    pub async fn reload_tls(&self) -> Result<bool, ServiceError> {
+        let Some(tls) = &self.tls else {
+            return Ok(false);
+        };
+        let config = tls.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::tls::TlsServer::load(&config))
+            .await
+            .map_err(|e| ServiceError::Loader(e.to_string()))?;
+        match loaded {
+            Ok(server) => {
+                // Counted and logged first: the sessions it ends may close
+                // as soon as it is sent.
+                self.metrics.tls_reload(true);
+                tracing::info!("tls files reloaded: new handshakes use them");
+                tls.servers.send_replace(Arc::new(server));
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.tls_reload(false);
+                tracing::error!(error = %e, "tls reload failed; the previous files stay in use");
+                Err(e.into())
             }
         }
     }

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{EICAR, FileSpec, Pki, Running, connect, connect_from, run_guest, tls_connect};
+use common::{
+    EICAR, FileSpec, Pki, Running, connect, connect_from, revocation_list, run_guest, tls_connect,
+};
 use thinagent_scanner::config::Config;
 use thinagent_scanner::listen::{ListenUrl, Listener};
 use thinagent_scanner::service::{Service, ServiceError};
@@ -305,41 +307,6 @@ fn tls_config_errors_name_the_file_and_what_to_do() {
     );
 }
 
-/// A revocation list signed by `issuer` listing the certificates in the
-/// PEM files `revoked`.
-fn revocation_list(
-    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    revoked: &[&Path],
-) -> String {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let revoked_certs = revoked
-        .iter()
-        .map(|path| {
-            let der = CertificateDer::from_pem_file(path).unwrap();
-            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
-            rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
-                revocation_time: rcgen::date_time_ymd(2026, 1, 1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            }
-        })
-        .collect();
-    rcgen::CertificateRevocationListParams {
-        this_update: rcgen::date_time_ymd(2026, 1, 1),
-        next_update: rcgen::date_time_ymd(2100, 1, 1),
-        crl_number: rcgen::SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs,
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(issuer)
-    .unwrap()
-    .pem()
-    .unwrap()
-}
-
 /// `tls.crl`: a guest whose certificate its CA revoked gets no session,
 /// the CA's other guests do. A list from a CA that signed none of the
 /// guests refuses them all (fail closed: a wrong file is loud, it never
@@ -384,4 +351,81 @@ async fn a_guest_certificate_on_the_revocation_list_gets_no_session() {
     };
     let e = e.to_string();
     assert!(e.contains("tls.crl") && e.contains("BEGIN X509 CRL"), "{e}");
+}
+
+/// A reload of the `[tls]` files (SIGHUP in the binary) takes a new
+/// revocation list without a restart: the session of the guest it revokes
+/// is ended with `Goodbye`, its next handshake is refused, and the other
+/// guests' sessions go on. A reload with a broken file changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_revocation_list_ends_the_revoked_guests_session() {
+    use common::{HostFrame, decode_all, hello_v1, read_to_eof, read_until};
+    use thinagent_protocol::GoodbyeReason;
+    use tokio::io::AsyncWriteExt;
+
+    let pki = Pki::new();
+    let (vm_a, _) = pki.leaf("vm-a", "vm-a", false, &pki.ca);
+    pki.leaf("vm-c", "vm-c", false, &pki.ca);
+    let crl = pki.path("guest.crl");
+    std::fs::write(&crl, revocation_list(&pki.ca, &[])).unwrap();
+    let config = Config {
+        listen: vec!["tls://127.0.0.1:0".into()],
+        tls: Some(thinagent_scanner::tls::TlsConfig {
+            crl: Some(crl.clone()),
+            ..pki.server_config()
+        }),
+        ..Config::default()
+    };
+    let svc = Running::start(config).await;
+    let url = svc.url("tls://").to_string();
+    let (client_a, client_c) = (pki.client("vm-a"), pki.client("vm-c"));
+    // vm-a is in session (its Hello answered) ...
+    let mut a = tls_connect(&url, &client_a).await.unwrap();
+    a.write_all(&hello_v1("vm-a")).await.unwrap();
+    let frames = read_until(&mut a, LIMIT, |f| f.contains(&HostFrame::HelloAck)).await;
+    assert!(frames.contains(&HostFrame::HelloAck), "{frames:?}");
+    // ... and so is vm-c, whose opens go on after the reload.
+    let c = tls_connect(&url, &client_c).await.unwrap();
+    let untrusted = "thinagent_scanner_tls_sessions_untrusted_total";
+    let reloads = |result: &str| {
+        common::metric(
+            &svc.metrics(),
+            &format!("thinagent_scanner_tls_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+
+    // A broken list: refused, the previous files stay, nobody is ended.
+    std::fs::write(&crl, "not a list").unwrap();
+    let e = svc.handle.reload_tls().await.unwrap_err().to_string();
+    assert!(e.contains("tls.crl") && e.contains("BEGIN X509 CRL"), "{e}");
+    assert_eq!(reloads("failed"), 1.0);
+    assert_eq!(common::metric(&svc.metrics(), untrusted), 0.0);
+
+    // The CA revokes vm-a: the reload ends its session ...
+    std::fs::write(&crl, revocation_list(&pki.ca, &[&vm_a])).unwrap();
+    assert!(svc.handle.reload_tls().await.unwrap());
+    assert_eq!(reloads("ok"), 1.0);
+    let (bytes, eof) = read_to_eof(&mut a, LIMIT).await;
+    assert!(eof, "vm-a's session is still open after the reload");
+    assert!(
+        decode_all(&bytes).contains(&HostFrame::Goodbye(GoodbyeReason::Shutdown)),
+        "{:?}",
+        decode_all(&bytes)
+    );
+    assert_eq!(common::metric(&svc.metrics(), untrusted), 1.0);
+    // ... its next handshake is refused ...
+    assert_no_session(
+        &url,
+        &client_a,
+        "vm-a",
+        &FileSpec::new("/a", 1, 1, CLEAN_68),
+    )
+    .await;
+    // ... and vm-c's session, open all along, is answered.
+    let clean = FileSpec::new("/bin/app", 5, 1, CLEAN_68);
+    assert!(open_once(c, "vm-c", &clean).await.is_clean());
+    let s = tls_connect(&url, &client_c).await.unwrap();
+    assert!(open_once(s, "vm-c", &clean).await.is_clean());
+    assert_eq!(common::metric(&svc.metrics(), untrusted), 1.0);
+    svc.shutdown().await;
 }

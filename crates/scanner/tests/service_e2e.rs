@@ -285,6 +285,94 @@ fn sighup_reloads_signatures_and_a_failed_reload_keeps_the_old_set() {
     );
 }
 
+/// SIGHUP on the binary also reads the `[tls]` files again: the guest a
+/// new revocation list revokes loses its session at once and is refused at
+/// its next handshake, while another guest's session goes on.
+#[test]
+fn sighup_reloads_the_revocation_list_and_ends_the_revoked_session() {
+    use common::{HostFrame, Pki, decode_all, hello_v1, read_to_eof, read_until, tls_connect};
+    use tokio::io::AsyncWriteExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let (vm_a, _) = pki.leaf("vm-a", "vm-a", false, &pki.ca);
+    pki.leaf("vm-c", "vm-c", false, &pki.ca);
+    let crl = pki.path("guest.crl");
+    std::fs::write(&crl, common::revocation_list(&pki.ca, &[])).unwrap();
+    let arg = |p: &Path| p.to_str().unwrap().to_string();
+    let tls = pki.server_config();
+    let scanner = ScannerProcess::start(
+        &[
+            "--listen",
+            "tls://127.0.0.1:0",
+            "--tls-cert",
+            &arg(&tls.cert),
+            "--tls-key",
+            &arg(&tls.key),
+            "--tls-client-ca",
+            &arg(&tls.client_ca),
+            "--tls-crl",
+            &arg(&crl),
+            "--metrics",
+            "tcp://127.0.0.1:0",
+        ],
+        tmp.path(),
+        1,
+    );
+    let url = scanner.url("tls://").to_string();
+    let metrics = scanner.metrics.clone().unwrap();
+    let (client_a, client_c) = (pki.client("vm-a"), pki.client("vm-c"));
+    rt().block_on(async {
+        let mut a = tls_connect(&url, &client_a).await.unwrap();
+        a.write_all(&hello_v1("vm-a")).await.unwrap();
+        let frames = read_until(&mut a, LIMIT, |f| f.contains(&HostFrame::HelloAck)).await;
+        assert!(frames.contains(&HostFrame::HelloAck), "{frames:?}");
+        let c = tls_connect(&url, &client_c).await.unwrap();
+
+        std::fs::write(&crl, common::revocation_list(&pki.ca, &[&vm_a])).unwrap();
+        scanner.signal("HUP");
+        let (bytes, eof) = read_to_eof(&mut a, LIMIT).await;
+        assert!(eof, "vm-a's session outlived the reload");
+        assert!(
+            decode_all(&bytes).contains(&HostFrame::Goodbye(
+                thinagent_protocol::GoodbyeReason::Shutdown
+            )),
+            "{:?}",
+            decode_all(&bytes)
+        );
+        let text = scrape(&metrics).await;
+        for counter in [
+            "thinagent_scanner_tls_reloads_total{result=\"ok\"}",
+            "thinagent_scanner_tls_sessions_untrusted_total",
+        ] {
+            assert_eq!(metric(&text, counter), 1.0, "{counter}");
+        }
+        // Refused at the handshake now: the connection ends before a Hello
+        // is answered.
+        let refused = match tls_connect(&url, &client_a).await {
+            Err(_) => true,
+            Ok(mut s) => {
+                let _ = s.write_all(&hello_v1("vm-a")).await;
+                let (bytes, eof) = read_to_eof(&mut s, LIMIT).await;
+                eof && !decode_all(&bytes).contains(&HostFrame::HelloAck)
+            }
+        };
+        assert!(refused, "revoked vm-a got a session after the reload");
+        // vm-c's session, open all along, is still answered.
+        let r = run_guest(c, "vm-c", &[FileSpec::new("/e", 1, 1, EICAR)], 1, LIMIT).await;
+        let answer = r.answers[0].clone();
+        assert!(
+            answer
+                .as_ref()
+                .is_some_and(|a| a.is_found("Eicar-Test-Signature")),
+            "{answer:?}"
+        );
+    });
+    let log = scanner.log_text();
+    assert!(log.contains("tls files reloaded"), "{log}");
+    assert!(log.contains("no longer accept"), "{log}");
+}
+
 fn run_check(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinagent-scanner"))
         .args(args)

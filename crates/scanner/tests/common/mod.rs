@@ -632,6 +632,41 @@ impl Running {
     }
 }
 
+/// A revocation list signed by `issuer` listing the certificates in the
+/// PEM files `revoked`.
+pub fn revocation_list(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    revoked: &[&Path],
+) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let revoked_certs = revoked
+        .iter()
+        .map(|path| {
+            let der = CertificateDer::from_pem_file(path).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+            rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }
+        })
+        .collect();
+    rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2026, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
 /// Test PKI made at test time: a guest CA, the scanner's certificate (for
 /// 127.0.0.1), guest certificates, and a rogue CA nobody configured.
 pub struct Pki {
