@@ -2,7 +2,7 @@
 //! check, exit status 2. (With a real Redis and two real scanners:
 //! crates/scanner/tests/farm_processes.rs.)
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 

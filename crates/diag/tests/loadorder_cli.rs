@@ -2,7 +2,7 @@
 //! statuses, and a real VMware guest's hive with and without a late class
 //! upper filter merged in by hivex.
 
-mod common;
+use crate::common;
 
 use common::{chain, clean, counted_hazards, diag, diag_json, with_filter};
 

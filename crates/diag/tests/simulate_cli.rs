@@ -2,7 +2,7 @@
 //! VMware's blocking agent and with ours, the JSON shape, and the timeline
 //! decoded back by `decode-log`.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsStr;
 

@@ -12,7 +12,7 @@
 //! Each test skips with a printed reason when not root or without fanotify
 //! permission events.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -19,7 +19,7 @@
 //! Skips with a printed reason when not root or without fanotify
 //! permission events.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

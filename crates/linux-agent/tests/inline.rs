@@ -8,7 +8,7 @@
 //! root or without fanotify permission events (and the block-device test
 //! without loop devices).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! cache or not). Skips like `onaccess.rs` when not root or without fanotify
 //! permission events.
 
-mod common;
+use crate::common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;

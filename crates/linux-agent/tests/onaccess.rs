@@ -3,7 +3,7 @@
 //! with a printed reason when not root or when fanotify permission events are
 //! unavailable.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

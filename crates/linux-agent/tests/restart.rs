@@ -4,7 +4,7 @@
 //! any point. Root and fanotify permission events needed, as in
 //! `onaccess.rs` (the tests skip with a reason otherwise).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -384,6 +384,15 @@ fn opens_a_killed_agent_had_read_are_answered_by_the_next_one() {
     );
 }
 
+/// Copies the executable `from` to `to` with cp(1), never through a
+/// descriptor of this process: another test thread's fork would inherit a
+/// descriptor open for writing until its exec, and running the copy
+/// meanwhile fails with ETXTBSY (seen in CI: "Text file busy").
+fn copy_executable(from: &str, to: &Path) {
+    let st = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp {from} {}", to.display());
+}
+
 #[test]
 fn reexec_after_an_upgrade_runs_the_new_binary() {
     let Some(mnt) = setup("reexec_after_an_upgrade_runs_the_new_binary") else {
@@ -395,7 +404,7 @@ fn reexec_after_an_upgrade_runs_the_new_binary() {
     std::fs::write(&eicar, EICAR).unwrap();
     // The agent installed at a path of its own (not on the watched mount).
     let installed = state.path().join("thinagent-linux-agent");
-    std::fs::copy(env!("CARGO_BIN_EXE_thinagent-linux-agent"), &installed).unwrap();
+    copy_executable(env!("CARGO_BIN_EXE_thinagent-linux-agent"), &installed);
     let mut args = base_args(&scanner.url, mnt.path().to_str().unwrap());
     args.extend(["--fail-mode", "closed"]);
     let mut agent = Agent::start_command(state.path(), Command::new(&installed), &args);
@@ -404,7 +413,7 @@ fn reexec_after_an_upgrade_runs_the_new_binary() {
     let old_ino = std::fs::metadata(&installed).unwrap().ino();
     // An upgrade as install(1) does it: a new file renamed over the old one.
     let staged = state.path().join("thinagent-linux-agent.new");
-    std::fs::copy(env!("CARGO_BIN_EXE_thinagent-linux-agent"), &staged).unwrap();
+    copy_executable(env!("CARGO_BIN_EXE_thinagent-linux-agent"), &staged);
     std::fs::rename(&staged, &installed).unwrap();
     assert!(exe().to_string_lossy().ends_with(" (deleted)"));
     agent.signal("USR2");

@@ -5,7 +5,7 @@
 //! session and fail-closed denies. Skips like the other fanotify tests when
 //! not root.
 
-mod common;
+use crate::common;
 
 #[path = "../../guest-tls/tests/support/openssl_pki.rs"]
 mod openssl_pki;

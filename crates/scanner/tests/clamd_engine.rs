@@ -6,8 +6,7 @@
 // clamd over a Unix socket (and clamav-daemon, a Unix service).
 #![cfg(unix)]
 
-#[path = "support/clamd_daemon.rs"]
-mod clamd_daemon;
+use crate::support::clamd_daemon;
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;

@@ -6,7 +6,7 @@
 //! progress, and what cannot be done is refused with a reason.
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

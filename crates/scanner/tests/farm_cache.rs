@@ -14,9 +14,8 @@
 //! failure: .ci/run installs it.
 #![cfg(unix)]
 
-mod common;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+use crate::common;
+use crate::support::redis_server;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

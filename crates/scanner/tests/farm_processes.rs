@@ -21,9 +21,8 @@
 //! so and passes, except under CI (`CI` set), where it fails.
 #![cfg(unix)]
 
-mod common;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+use crate::common;
+use crate::support::redis_server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -7,7 +7,7 @@
 //! over loopback TCP (127.0.0.1 and 127.0.0.2 are different peers) and TLS.
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

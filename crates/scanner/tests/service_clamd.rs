@@ -8,9 +8,8 @@
 // Off Unix (the Windows CI job) this file is skipped: clamd and the scanner over Unix sockets.
 #![cfg(unix)]
 
-#[path = "support/clamd_daemon.rs"]
-mod clamd_daemon;
-mod common;
+use crate::support::clamd_daemon;
+use crate::common;
 
 use std::time::Duration;
 

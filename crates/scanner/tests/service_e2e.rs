@@ -6,7 +6,7 @@
 // Unix sockets, SIGHUP/SIGTERM and AF_VSOCK (tokio-vsock is a Linux-only dependency).
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 // Linux only, like service_e2e.rs (SIGTERM, the scanner's process tests).
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

@@ -5,7 +5,7 @@
 // Off Unix (the Windows CI job) this file is skipped: every case runs over TCP and a Unix socket.
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,7 +7,7 @@
 // Off Unix (the Windows CI job) this file is skipped: half of the guests use a Unix socket.
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

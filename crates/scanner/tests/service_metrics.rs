@@ -3,7 +3,7 @@
 // Linux only, like service_e2e.rs (SIGHUP, Unix-only test helpers).
 #![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

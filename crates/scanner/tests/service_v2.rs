@@ -5,7 +5,7 @@
 //! `Session`) works unchanged beside it. Verdicts, the identity and content
 //! caches, metrics and audit records are checked for inline content.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
