@@ -70,6 +70,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -364,6 +365,16 @@ pub enum FarmError {
         /// The URL, password hidden.
         url: String,
         /// What is wrong.
+        why: String,
+    },
+    /// A reload's new connection did not answer `PING`.
+    #[error(
+        "farm reload: {url} did not answer a connection made with the files read now ({why}); the connection in use stays: check farm.password_file, the certificates and that Redis is up, then reload again"
+    )]
+    Reconnect {
+        /// The URL, password hidden.
+        url: String,
+        /// What Redis or the network said.
         why: String,
     },
 }
@@ -882,7 +893,11 @@ fn unreachable(e: &redis::RedisError) -> bool {
 /// The connection to the farm's Redis: lookups with a deadline, writes
 /// fire-and-forget. Cheap to share (`Arc`).
 pub struct Farm {
-    conn: ConnectionManager,
+    /// The connection; a reload of the farm's files ([`Farm::reconnect`])
+    /// puts a new one here, and the old one closes once no request uses it.
+    conn: Arc<ArcSwap<ConnectionManager>>,
+    /// The settings it was started with (a reload reads their files again).
+    config: FarmConfig,
     prefix: String,
     ttl_secs: u64,
     deadline: Duration,
@@ -1021,28 +1036,8 @@ impl Farm {
             return Ok(None);
         };
         let shown = redact(url);
-        let FarmFiles { password, tls } = files;
-        let url_error = |why: String| FarmError::Url {
-            url: shown.clone(),
-            why,
-        };
-        let info = config
-            .connection_info(password.as_deref())
-            .map_err(url_error)?;
-        let client = match tls {
-            Some(tls) => redis::Client::build_with_tls(info, tls),
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| url_error(e.to_string()))?;
+        let conn = Arc::new(ArcSwap::from_pointee(connection(config, files)?));
         let deadline = Duration::from_millis(config.deadline_ms);
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(WRITE_DEADLINE))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|e| url_error(e.to_string()))?;
         metrics.up.set(0);
         let shared = Arc::new(Shared {
             health: Mutex::new(Health::default()),
@@ -1057,9 +1052,15 @@ impl Farm {
             guests_index_key: guests_index_key(&config.key_prefix),
             stream_maxlen: config.stream_maxlen,
         };
-        tokio::spawn(writer(conn.clone(), Arc::clone(&shared), rx, writer_config));
+        tokio::spawn(writer(
+            Arc::clone(&conn),
+            Arc::clone(&shared),
+            rx,
+            writer_config,
+        ));
         Ok(Some(Arc::new(Self {
             conn,
+            config: config.clone(),
             prefix: config.key_prefix.clone(),
             ttl_secs: config.ttl_secs,
             deadline,
@@ -1070,6 +1071,40 @@ impl Farm {
             shared,
             inflight: Arc::default(),
         })))
+    }
+
+    /// The settings it was started with: [`FarmFiles::read`] of them is
+    /// what [`reconnect`](Self::reconnect) takes.
+    pub fn config(&self) -> &FarmConfig {
+        &self.config
+    }
+
+    /// Connects again with `files`, the farm's password and TLS files read
+    /// anew (a rotated password, a renewed certificate). Only a connection
+    /// that answers `PING` replaces the one in use (a wrong new password
+    /// never cuts a working farm off, and the first lookup after the
+    /// reload does not wait for a connection to be made): lookups and
+    /// writes from then on use it, those under way finish on the old one,
+    /// which then closes.
+    pub async fn reconnect(&self, files: FarmFiles) -> Result<(), FarmError> {
+        let mut conn = connection(&self.config, files)?;
+        let ping = tokio::time::timeout(
+            CONNECT_TIMEOUT + WRITE_DEADLINE,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        let why = match ping {
+            Ok(Ok(_)) => {
+                self.conn.store(Arc::new(conn));
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", CONNECT_TIMEOUT + WRITE_DEADLINE),
+        };
+        Err(FarmError::Reconnect {
+            url: self.shared.url.clone(),
+            why,
+        })
     }
 
     /// Single flight per content and scanner, for local content-cache
@@ -1122,7 +1157,7 @@ impl Farm {
             self.shared.metrics.count(op, "skipped");
             return None;
         }
-        let mut conn = self.conn.clone();
+        let mut conn = ConnectionManager::clone(&self.conn.load());
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
         let r = tokio::time::timeout(
@@ -1342,6 +1377,32 @@ fn pipeline(ops: &[Op], c: &WriterConfig) -> redis::Pipeline {
 }
 
 /// Most queued batches sent as one pipeline.
+/// A connection to `config`'s Redis with `files` (lazy: made at the first
+/// request, remade after a failure).
+fn connection(config: &FarmConfig, files: FarmFiles) -> Result<ConnectionManager, FarmError> {
+    let url = config.redis_url.as_deref().unwrap_or_default();
+    let url_error = |why: String| FarmError::Url {
+        url: redact(url),
+        why,
+    };
+    let FarmFiles { password, tls } = files;
+    let info = config
+        .connection_info(password.as_deref())
+        .map_err(url_error)?;
+    let client = match tls {
+        Some(tls) => redis::Client::build_with_tls(info, tls),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| url_error(e.to_string()))?;
+    let manager = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(WRITE_DEADLINE))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, manager).map_err(|e| url_error(e.to_string()))
+}
+
 const PIPELINE_BATCHES: usize = 64;
 
 /// The writer task: the queued batches in pipelines (up to
@@ -1349,7 +1410,7 @@ const PIPELINE_BATCHES: usize = 64;
 /// round trips), and a `PING` every [`PROBE_INTERVAL`]. Ends when the
 /// [`Farm`] is dropped.
 async fn writer(
-    mut conn: ConnectionManager,
+    conns: Arc<ArcSwap<ConnectionManager>>,
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<Batch>,
     config: WriterConfig,
@@ -1375,6 +1436,8 @@ async fn writer(
                         Err(_) => break,
                     }
                 }
+                // The newest connection: a reload may have replaced it.
+                let mut conn = ConnectionManager::clone(&conns.load());
                 write(&mut conn, &shared, &config, op, &ops, n).await;
                 if let Some(b) = other {
                     write(&mut conn, &shared, &config, b.op, &b.ops, 1).await;
@@ -1383,6 +1446,7 @@ async fn writer(
             _ = probe.tick() => {
                 // Also while up: a Redis that died is noticed (and the
                 // connection remade) without waiting for a lookup.
+                let mut conn = ConnectionManager::clone(&conns.load());
                 let r = tokio::time::timeout(
                     WRITE_DEADLINE,
                     redis::cmd("PING").query_async::<String>(&mut conn),

@@ -526,8 +526,8 @@ async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Unix: SIGHUP reloads the signatures and the `[tls]` files (a failed
-/// reload keeps what was in use); SIGTERM or Ctrl-C (SIGINT) shuts down. Returns the reload task and the
+/// Unix: SIGHUP reloads the signatures, the `[tls]` files and the farm's
+/// files (a failed reload keeps what was in use); SIGTERM or Ctrl-C (SIGINT) shuts down. Returns the reload task and the
 /// shutdown future.
 #[cfg(unix)]
 fn signal_handlers(
@@ -542,10 +542,11 @@ fn signal_handlers(
         .context("installing the SIGTERM handler")?;
     let reloader = Some(tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading signatures and tls files");
+            tracing::info!("SIGHUP: reloading signatures, tls and farm files");
             // Failures are logged inside; what was in use stays.
             let _ = handle.reload().await;
             let _ = handle.reload_tls().await;
+            let _ = handle.reload_farm().await;
         }
     }));
     let shutdown = async move {

@@ -350,6 +350,8 @@ pub struct Metrics {
     /// TLS sessions ended because a reload's files no longer accept the
     /// guest's certificate (revoked, CA removed, expired).
     pub tls_sessions_untrusted: Counter,
+    /// Reloads of the farm's password and TLS files (SIGHUP), by result.
+    pub farm_reloads: Family<ResultLabel, Counter>,
     /// Signatures in the active set: built-in ones, hash signatures and
     /// YARA rules (clamd's database is not counted: its size is unknown).
     pub signatures_loaded: Gauge,
@@ -407,6 +409,7 @@ impl Metrics {
         let signature_reloads = Family::<ResultLabel, Counter>::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
         let tls_sessions_untrusted = Counter::default();
+        let farm_reloads = Family::<ResultLabel, Counter>::default();
         let signatures_loaded = Gauge::default();
         let audit_records_not_written = Counter::default();
         let log_lines_suppressed = Counter::default();
@@ -479,6 +482,11 @@ impl Metrics {
             "tls_sessions_untrusted",
             "TLS guest sessions ended because the reloaded files no longer accept the guest's certificate",
             tls_sessions_untrusted.clone(),
+        );
+        registry.register(
+            "farm_reloads",
+            "Reloads of the farm's Redis password and TLS files, by result",
+            farm_reloads.clone(),
         );
         registry.register(
             "signatures_loaded",
@@ -562,6 +570,7 @@ impl Metrics {
             signature_reloads,
             tls_reloads,
             tls_sessions_untrusted,
+            farm_reloads,
             signatures_loaded,
             audit_records_not_written,
             log_lines_suppressed,
@@ -685,6 +694,11 @@ impl Metrics {
     /// Counts a reload of the `tls://` files.
     pub fn tls_reload(&self, ok: bool) {
         count_result(&self.tls_reloads, ok);
+    }
+
+    /// Counts a reload of the farm's files.
+    pub fn farm_reload(&self, ok: bool) {
+        count_result(&self.farm_reloads, ok);
     }
 
     /// The text exposition.

@@ -1564,6 +1564,37 @@ impl ServiceHandle {
         }
     }
 
+    /// Reads the farm's password and TLS files again and connects to Redis
+    /// with them (a rotated password, a renewed certificate): once that
+    /// connection answers, requests use it. On failure (a file that does
+    /// not read, a connection Redis refuses or that does not answer) the
+    /// connection in use stays. `Ok(false)` when there is no farm.
+    pub async fn reload_farm(&self) -> Result<bool, ServiceError> {
+        let Some(farm) = self.ctx.farm.clone() else {
+            return Ok(false);
+        };
+        let config = farm.config().clone();
+        let read = tokio::task::spawn_blocking(move || crate::farm::FarmFiles::read(&config))
+            .await
+            .map_err(|e| ServiceError::Loader(e.to_string()))?;
+        let reconnected = match read {
+            Ok(files) => farm.reconnect(files).await,
+            Err(e) => Err(e),
+        };
+        match reconnected {
+            Ok(()) => {
+                self.metrics.farm_reload(true);
+                tracing::info!("farm files reloaded: Redis is reached with them from now on");
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.farm_reload(false);
+                tracing::error!(error = %e, "farm reload failed; the connection in use stays");
+                Err(e.into())
+            }
+        }
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -766,7 +766,7 @@ async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
     // A wrong password: refused, the scanner scans on.
     let wrong = dir.path().join("wrong-password");
     std::fs::write(&wrong, "not-it\n").unwrap();
-    config.farm.password_file = Some(wrong);
+    config.farm.password_file = Some(wrong.clone());
     let svc = Running::start(config).await;
     let got = open_tcp(&svc, "g", &[FileSpec::new("/e2", 2, 1, EICAR)]).await;
     assert!(got[0].is_found("Eicar-Test-Signature"));
@@ -778,6 +778,54 @@ async fn an_acl_user_with_the_documented_permissions_shares_verdicts() {
         refused[0].contains("WARN") && refused[0].contains("authentication failed"),
         "{refused:?}"
     );
+
+    // A reload (SIGHUP in the binary) reads the password file again, with
+    // no restart: a missing file is refused and changes nothing ...
+    let reloads = |svc: &Running, result: &str| {
+        m(
+            svc,
+            &format!("thinagent_scanner_farm_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    std::fs::remove_file(&wrong).unwrap();
+    let e = svc.handle.reload_farm().await.unwrap_err().to_string();
+    assert!(e.contains("farm.password_file"), "{e}");
+    assert_eq!(reloads(&svc, "failed"), 1.0);
+    // ... the right password in it connects.
+    std::fs::write(&wrong, "s3cret-pw\n").unwrap();
+    assert!(svc.handle.reload_farm().await.unwrap());
+    assert_eq!(reloads(&svc, "ok"), 1.0);
+    wait_farm_up(&svc, 1.0).await;
+    let clean = |n: u64| FileSpec::new("/c", 10 + n, 1, format!("clean {n}").as_bytes());
+    assert!(open_tcp(&svc, "g", &[clean(1)]).await[0].is_clean());
+    assert_eq!(redis.wait_keys("thinagent:c:*", 2).len(), 2);
+    // A wrong new password: Redis refuses the new connection, so the one
+    // in use stays and sharing goes on.
+    std::fs::write(&wrong, "not-it-either\n").unwrap();
+    let e = svc.handle.reload_farm().await.unwrap_err().to_string();
+    assert!(e.contains("the connection in use stays"), "{e}");
+    assert_eq!(reloads(&svc, "failed"), 2.0);
+    assert!(open_tcp(&svc, "g", &[clean(3)]).await[0].is_clean());
+    assert_eq!(redis.wait_keys("thinagent:c:*", 3).len(), 3);
+
+    // A rotation: Redis takes a new password and drops the scanner's
+    // connections, so the old password is refused; the reload of the
+    // rotated file brings sharing back.
+    let mut admin = redis.sync_conn().unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "thinagent", "resetpass", ">rotated-pw"][..])
+        .query::<()>(&mut admin)
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg(&["KILL", "USER", "thinagent"][..])
+        .query::<i64>(&mut admin)
+        .unwrap();
+    wait_farm_up(&svc, 0.0).await;
+    std::fs::write(&wrong, "rotated-pw\n").unwrap();
+    assert!(svc.handle.reload_farm().await.unwrap());
+    wait_farm_up(&svc, 1.0).await;
+    assert!(open_tcp(&svc, "g", &[clean(2)]).await[0].is_clean());
+    assert_eq!(redis.wait_keys("thinagent:c:*", 4).len(), 4);
     svc.shutdown().await;
 }
 

@@ -8,8 +8,8 @@
 // Off Unix (the Windows CI job) this file is skipped: clamd and the scanner over Unix sockets.
 #![cfg(unix)]
 
-use crate::support::clamd_daemon;
 use crate::common;
+use crate::support::clamd_daemon;
 
 use std::time::Duration;
 
