@@ -407,4 +407,10 @@ fn tls_scanner_with_client_certificates() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let out = with("vm-18");
     assert_eq!(out.status.code(), Some(2), "revoked: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr)
+            .contains("the scanner refused this guest's certificate (CertificateRevoked)"),
+        "{}",
+        text(&out.stderr)
+    );
 }

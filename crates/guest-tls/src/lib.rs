@@ -120,9 +120,61 @@ pub async fn connect(
         .await
 }
 
+/// What `e`, an error of the connect or of a read or write on a
+/// [`TlsStream`], means when it is the scanner refusing this guest's
+/// certificate: the TLS alert the scanner sent, said for the admin with
+/// what to do; `None` for any other error. (With TLS 1.3 the guest's
+/// handshake ends before the scanner has checked its certificate, so the
+/// refusal comes as the first read's error.)
+pub fn certificate_refusal(e: &io::Error) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    let Some(rustls::Error::AlertReceived(alert)) = e.get_ref()?.downcast_ref::<rustls::Error>()
+    else {
+        return None;
+    };
+    let why = match alert {
+        Alert::CertificateRevoked => "it is revoked (on its CA's revocation list)",
+        Alert::CertificateExpired => {
+            "it has expired or is not valid yet (check this machine's clock)"
+        }
+        Alert::UnknownCA => {
+            "its CA is not one the scanner trusts (tls.client_ca), or that CA has no revocation list in the scanner's tls.crl"
+        }
+        Alert::CertificateRequired => "none was sent",
+        Alert::UnsupportedCertificate => {
+            "it is not a client certificate (extendedKeyUsage clientAuth)"
+        }
+        Alert::BadCertificate | Alert::CertificateUnknown | Alert::AccessDenied => {
+            "the scanner does not accept it"
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "the scanner refused this guest's certificate ({alert:?}): {why}; give the agent a valid one from the guest CA (--tls-cert, --tls-key)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_said_with_what_to_do() {
+        let alert = |a| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        let said = certificate_refusal(&alert(rustls::AlertDescription::CertificateRevoked))
+            .expect("a refusal");
+        assert!(
+            said.contains("revoked") && said.contains("--tls-cert"),
+            "{said}"
+        );
+        let said = certificate_refusal(&alert(rustls::AlertDescription::UnknownCA)).unwrap();
+        assert!(said.contains("tls.client_ca"), "{said}");
+        // Other alerts and other errors are not about the certificate.
+        assert!(certificate_refusal(&alert(rustls::AlertDescription::HandshakeFailure)).is_none());
+        assert!(certificate_refusal(&io::Error::from(io::ErrorKind::ConnectionReset)).is_none());
+        let other = io::Error::new(io::ErrorKind::InvalidData, "not rustls");
+        assert!(certificate_refusal(&other).is_none());
+    }
 
     #[test]
     fn server_names_from_url_hosts() {

@@ -319,6 +319,12 @@ fn build_policy(config: &AgentConfig) -> Result<OpenPolicy, AgentError> {
     Ok(policy)
 }
 
+/// A connection's error as the log says it: a scanner that refused this
+/// guest's TLS certificate is named as such, with what to do.
+fn connection_error(e: &io::Error) -> String {
+    thinagent_guest_tls::certificate_refusal(e).unwrap_or_else(|| e.to_string())
+}
+
 fn fail_mode_name(mode: FailMode) -> &'static str {
     match mode {
         FailMode::Open => "fail-open",
@@ -594,8 +600,9 @@ impl Edge {
                     routine::VSOCK_CONNECT,
                     NtStatus::STATUS_CONNECTION_REFUSED,
                     format_args!(
-                        "cannot connect to the scanner at {}: {e}; {} decides meanwhile",
+                        "cannot connect to the scanner at {}: {}; {} decides meanwhile",
                         self.config.connect,
+                        connection_error(&e),
                         fail_mode_name(self.core.fail_mode())
                     ),
                 );
@@ -741,7 +748,7 @@ impl Edge {
             match std::pin::Pin::new(&mut *wr).poll_write(&mut cx, tx) {
                 std::task::Poll::Ready(Ok(n)) if n > 0 => self.core.consume_tx(n),
                 std::task::Poll::Ready(Err(e)) => {
-                    self.drop_connection(&e.to_string());
+                    self.drop_connection(&connection_error(&e));
                     return;
                 }
                 _ => return,
@@ -1964,11 +1971,11 @@ pub async fn run_with(
             r = read_opt(&mut edge.rd, &mut rx_buf), if edge.rx_pending.is_empty() => match r {
                 Ok(0) => edge.drop_connection("closed by the scanner"),
                 Ok(n) => edge.on_received(&rx_buf[..n]),
-                Err(e) => edge.drop_connection(&e.to_string()),
+                Err(e) => edge.drop_connection(&connection_error(&e)),
             },
             r = write_opt(&mut edge.wr, &tx) => match r {
                 Ok(n) => edge.core.consume_tx(n),
-                Err(e) => edge.drop_connection(&e.to_string()),
+                Err(e) => edge.drop_connection(&connection_error(&e)),
             },
             () = sleep_opt(edge.next_connect), if edge.connecting.is_none() && edge.rd.is_none() => {
                 edge.start_connect();

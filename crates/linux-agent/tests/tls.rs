@@ -94,6 +94,14 @@ fn a_certificate_the_scanner_does_not_trust_gets_no_session() {
     // Not served: fail-closed denies even a clean file.
     assert!(read(&clean).is_err(), "{}", agent.log_text());
     assert!(scanner.audit_text().is_empty(), "{}", scanner.audit_text());
+    // The log says why, and what to do.
+    assert!(
+        common::eventually(std::time::Duration::from_secs(10), || agent
+            .log_text()
+            .contains("the scanner refused this guest's certificate (UnknownCA)")),
+        "{}",
+        agent.log_text()
+    );
     assert!(agent.terminate().success());
 }
 

@@ -158,6 +158,8 @@ async fn run_session(
     let mut finishing = false;
     let mut closed: Option<CloseReason> = None;
     let mut eof = false;
+    // The scanner refusing our TLS certificate, said for people.
+    let mut refused: Option<String> = None;
     loop {
         // Until neither new queries nor session events make progress.
         loop {
@@ -344,6 +346,9 @@ async fn run_session(
                     inline_bytes: p.inline,
                 });
             }
+            if let Some(why) = refused.filter(|_| !finishing) {
+                return Err(anyhow!(why));
+            }
             return match reason {
                 CloseReason::Local if finishing => Ok(()),
                 CloseReason::Local if eof => Err(anyhow!("the scanner closed the connection")),
@@ -361,7 +366,12 @@ async fn run_session(
             .unwrap_or_else(|| base + Duration::from_secs(86_400 * 365));
         tokio::select! {
             r = rd.read(&mut rx) => match r {
-                Ok(0) | Err(_) => {
+                Ok(0) => {
+                    eof = true;
+                    s.close(now());
+                }
+                Err(e) => {
+                    refused = thinagent_guest_tls::certificate_refusal(&e);
                     eof = true;
                     s.close(now());
                 }
