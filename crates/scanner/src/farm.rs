@@ -379,10 +379,11 @@ pub enum FarmError {
     },
 }
 
-/// The files a farm connection uses, read once at the start (by
+/// The files a farm connection uses, read at the start (by
 /// [`crate::service::prepare`], so `--check-config` reads what the start
-/// uses) and kept for [`Farm::start`]: a file that goes missing later does
-/// not matter until the next start.
+/// uses) and kept for [`Farm::start`], and again at each reload
+/// ([`Farm::reconnect`]): a file that goes missing in between does not
+/// matter until then.
 #[derive(Default)]
 pub struct FarmFiles {
     /// The password of `password_file`.

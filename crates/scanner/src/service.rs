@@ -230,9 +230,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, ServiceError> {
     if let Some(dir) = &config.quarantine.dir {
         check_dir("quarantine.dir", dir)?;
     }
-    // Read, not kept: the start reads it again (no connection is made here).
     // The farm's and the listeners' files are read and checked once, here,
-    // and kept for the start.
+    // and kept for the start (no connection is made here).
     let farm_files = crate::farm::FarmFiles::read(&config.farm)?;
     let tls = config
         .tls
