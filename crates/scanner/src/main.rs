@@ -527,8 +527,8 @@ async fn run(config: Config) -> Result<()> {
 }
 
 /// Unix: SIGHUP reloads the signatures, the `[tls]` files and the farm's
-/// files (a failed reload keeps what was in use); SIGTERM or Ctrl-C (SIGINT) shuts down. Returns the reload task and the
-/// shutdown future.
+/// files (a failed reload keeps what was in use); SIGTERM or Ctrl-C
+/// (SIGINT) shuts down. Returns the reload task and the shutdown future.
 #[cfg(unix)]
 fn signal_handlers(
     handle: service::ServiceHandle,

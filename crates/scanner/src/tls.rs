@@ -181,11 +181,6 @@ impl TlsServer {
     }
 }
 
-/// Builds the server configuration of `config` ([`TlsServer::load`]).
-pub fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    TlsServer::load(config).map(|s| s.config)
-}
-
 /// A guest connected over TLS: the certificate chain it presented (leaf
 /// first), checked again against each reloaded [`TlsServer`].
 pub struct TlsPeer {

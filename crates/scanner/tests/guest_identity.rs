@@ -289,7 +289,7 @@ fn tls_config_errors_name_the_file_and_what_to_do() {
     let pki = Pki::new();
     let mut c = pki.server_config();
     c.client_ca = Path::new("/nonexistent/ca.pem").to_path_buf();
-    let e = thinagent_scanner::tls::server_config(&c)
+    let e = thinagent_scanner::tls::TlsServer::load(&c)
         .unwrap_err()
         .to_string();
     assert!(
@@ -298,7 +298,7 @@ fn tls_config_errors_name_the_file_and_what_to_do() {
     );
     let mut c = pki.server_config();
     c.cert = pki.path("server.key");
-    let e = thinagent_scanner::tls::server_config(&c)
+    let e = thinagent_scanner::tls::TlsServer::load(&c)
         .unwrap_err()
         .to_string();
     assert!(

@@ -366,16 +366,12 @@ async fn run_session(
             .unwrap_or_else(|| base + Duration::from_secs(86_400 * 365));
         tokio::select! {
             r = rd.read(&mut rx) => match r {
-                Ok(0) => {
+                Ok(n) if n > 0 => s.receive(&rx[..n], now()),
+                ended => {
+                    refused = ended.err().as_ref().and_then(thinagent_guest_tls::certificate_refusal);
                     eof = true;
                     s.close(now());
                 }
-                Err(e) => {
-                    refused = thinagent_guest_tls::certificate_refusal(&e);
-                    eof = true;
-                    s.close(now());
-                }
-                Ok(n) => s.receive(&rx[..n], now()),
             },
             w = wr.write(&out), if !out.is_empty() => match w {
                 Ok(n) => { out.drain(..n); }
